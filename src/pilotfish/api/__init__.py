@@ -1,0 +1,1 @@
+"""Resource kinds, defaults and validation: the one source of the API."""

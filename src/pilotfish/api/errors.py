@@ -1,0 +1,106 @@
+"""API errors, shaped like Kubernetes Status objects (code, reason, message)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+
+class ApiError(Exception):
+    """An error a client can act on; `to_status()` is what goes on the wire."""
+
+    code: ClassVar[int] = 500
+    reason: ClassVar[str] = "InternalError"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def to_status(self) -> dict[str, Any]:
+        return {
+            "kind": "Status",
+            "apiVersion": "v1",
+            "status": "Failure",
+            "message": self.message,
+            "reason": self.reason,
+            "code": self.code,
+        }
+
+    @staticmethod
+    def from_status(status: dict[str, Any]) -> ApiError:
+        """Rebuild the error a server sent, keeping its class when the reason is known."""
+        reason = status.get("reason", "")
+        cls = next((c for c in _all_errors() if c.reason == reason), ApiError)
+        return cls(str(status.get("message", reason)))
+
+
+class BadRequest(ApiError):
+    code = 400
+    reason = "BadRequest"
+
+
+class Unauthorized(ApiError):
+    code = 401
+    reason = "Unauthorized"
+
+
+class NotFound(ApiError):
+    code = 404
+    reason = "NotFound"
+
+
+class MethodNotAllowed(ApiError):
+    code = 405
+    reason = "MethodNotAllowed"
+
+
+class Conflict(ApiError):
+    """A write lost a race (stale resourceVersion) or an apply hit another manager's field."""
+
+    code = 409
+    reason = "Conflict"
+
+
+class AlreadyExists(ApiError):
+    code = 409
+    reason = "AlreadyExists"
+
+
+class Expired(ApiError):
+    """A watch asked for history the store no longer keeps."""
+
+    code = 410
+    reason = "Expired"
+
+
+class UnsupportedMediaType(ApiError):
+    code = 415
+    reason = "UnsupportedMediaType"
+
+
+@dataclass(frozen=True)
+class FieldError:
+    """One reason an object is invalid: `path` is dotted with [i] indexes, like kubectl's."""
+
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}" if self.path else self.message
+
+
+class Invalid(ApiError):
+    """An object failed validation; the message is one line per field error."""
+
+    code = 422
+    reason = "Invalid"
+
+    @classmethod
+    def of(cls, kind: str, name: str, errors: list[FieldError]) -> Invalid:
+        """`VirtualService default/reviews: spec.http[0].route: Required value`, one per line."""
+        return cls("\n".join(f"{kind} {name}: {e}" for e in errors))
+
+
+def _all_errors() -> list[type[ApiError]]:
+    return [BadRequest, Unauthorized, NotFound, MethodNotAllowed, Conflict, AlreadyExists,
+            Expired, UnsupportedMediaType, Invalid]

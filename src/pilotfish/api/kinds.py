@@ -1,0 +1,143 @@
+"""The kinds pilotfish accepts, read from CustomResourceDefinition files.
+
+Istio's and Flagger's CRDs ship unmodified in `schemas/`; the Kubernetes core
+kinds (Service, ConfigMap, Secret, Namespace) and pilotfish's own (Workload)
+are described in the same CRD format, so one code path serves every kind.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+import yaml
+
+from pilotfish.api.errors import BadRequest, NotFound
+
+Obj = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Kind:
+    group: str  # "" for the core group ("v1")
+    kind: str
+    plural: str
+    singular: str
+    namespaced: bool
+    versions: tuple[str, ...]  # served versions, storage version first
+    short_names: tuple[str, ...] = ()
+    schemas: dict[str, Obj] = field(default_factory=dict, compare=False, repr=False)
+    printer_columns: dict[str, list[Obj]] = field(default_factory=dict, compare=False, repr=False)
+
+    def api_version(self, version: str | None = None) -> str:
+        v = version or self.versions[0]
+        return f"{self.group}/{v}" if self.group else v
+
+    def path(self, version: str, namespace: str | None, name: str | None = None) -> str:
+        """The REST path: /api/v1/... for the core group, /apis/GROUP/VERSION/... otherwise."""
+        base = f"/apis/{self.group}/{version}" if self.group else f"/api/{version}"
+        if self.namespaced and namespace:
+            base += f"/namespaces/{namespace}"
+        base += f"/{self.plural}"
+        return f"{base}/{name}" if name else base
+
+    @property
+    def qualified(self) -> str:
+        """`virtualservices.networking.istio.io`, as kubectl names a resource."""
+        return f"{self.plural}.{self.group}" if self.group else self.plural
+
+
+def split_api_version(api_version: str) -> tuple[str, str]:
+    group, _, version = api_version.rpartition("/")
+    return group, version
+
+
+class KindRegistry:
+    def __init__(self, kinds: list[Kind]) -> None:
+        self._kinds = kinds
+        self._by_gk = {(k.group, k.kind): k for k in kinds}
+
+    def __iter__(self) -> Iterator[Kind]:
+        return iter(self._kinds)
+
+    def for_object(self, obj: Obj) -> tuple[Kind, str]:
+        """The kind and version of an object, from its apiVersion and kind."""
+        api_version, kind_name = obj.get("apiVersion"), obj.get("kind")
+        if not isinstance(api_version, str) or not api_version:
+            raise BadRequest("apiVersion: Required value")
+        if not isinstance(kind_name, str) or not kind_name:
+            raise BadRequest("kind: Required value")
+        group, version = split_api_version(api_version)
+        kind = self._by_gk.get((group, kind_name))
+        if kind is None:
+            raise BadRequest(f'no kind "{kind_name}" is registered for version "{api_version}"')
+        if version not in kind.versions:
+            raise BadRequest(f'no kind "{kind_name}" is registered for version "{api_version}"')
+        return kind, version
+
+    def by_plural(self, group: str, version: str, plural: str) -> Kind:
+        for k in self._kinds:
+            if k.group == group and k.plural == plural and version in k.versions:
+                return k
+        raise NotFound(f'the server could not find the requested resource "{plural}"')
+
+    def resolve(self, name: str) -> Kind:
+        """A kind from what a user types: `vs`, `virtualservice`, `VirtualService`,
+        `virtualservices.networking.istio.io`."""
+        needle = name.lower()
+        plain, _, group = needle.partition(".")
+        matches = [
+            k for k in self._kinds
+            if plain in (k.plural, k.singular, k.kind.lower(), *k.short_names)
+            and (not group or k.group == group)
+        ]
+        if not matches:
+            raise NotFound(f'the server doesn\'t have a resource type "{name}"')
+        return _preferred(matches)
+
+
+def _preferred(matches: list[Kind]) -> Kind:
+    """Where names collide (Istio's and Kubernetes' both have none today), prefer
+    the mesh's own networking group, as users of istioctl would expect."""
+    order = ["networking.istio.io", "security.istio.io", "", "pilotfish.dev", "flagger.app"]
+    return min(matches, key=lambda k: order.index(k.group) if k.group in order else len(order))
+
+
+def kind_from_crd(crd: Obj) -> Kind:
+    spec, names = crd["spec"], crd["spec"]["names"]
+    served = [v for v in spec["versions"] if v.get("served", True)]
+    served.sort(key=lambda v: not v.get("storage", False))
+    return Kind(
+        group=spec["group"],
+        kind=names["kind"],
+        plural=names["plural"],
+        singular=names.get("singular", names["kind"].lower()),
+        namespaced=spec.get("scope", "Namespaced") == "Namespaced",
+        versions=tuple(v["name"] for v in served),
+        short_names=tuple(names.get("shortNames", [])),
+        schemas={v["name"]: v.get("schema", {}).get("openAPIV3Schema", {}) for v in served},
+        printer_columns={v["name"]: v.get("additionalPrinterColumns", []) for v in served},
+    )
+
+
+SCHEMA_FILES = ("istio-crd-all.gen.yaml", "flagger-crd.yaml", "core-v1.yaml", "pilotfish.yaml")
+
+
+@functools.cache
+def registry() -> KindRegistry:
+    """Every kind pilotfish serves, loaded once from the packaged CRD files."""
+    folder = resources.files("pilotfish.api") / "schemas"
+    kinds: list[Kind] = []
+    for filename in SCHEMA_FILES:
+        text = (folder / filename).read_text(encoding="utf-8")
+        for doc in yaml.load_all(text, Loader=_loader()):
+            if doc and doc.get("kind") == "CustomResourceDefinition":
+                kinds.append(kind_from_crd(doc))
+    return KindRegistry(kinds)
+
+
+def _loader() -> type[yaml.SafeLoader]:
+    return getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # type: ignore[no-any-return]

@@ -1,0 +1,62 @@
+"""The shapes shared by the store, its backends and its clients."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+Obj = dict[str, Any]
+EventType = Literal["ADDED", "MODIFIED", "DELETED"]
+
+
+@dataclass(frozen=True, order=True)
+class Key:
+    """Identity of a stored object; independent of the apiVersion it was written with."""
+
+    group: str  # "" for the core group
+    kind: str
+    namespace: str  # "" for cluster-scoped kinds
+    name: str
+
+    def __str__(self) -> str:
+        where = f"{self.namespace}/{self.name}" if self.namespace else self.name
+        return f"{self.kind}{'.' + self.group if self.group else ''} {where}"
+
+
+@dataclass(frozen=True)
+class Event:
+    """One change, as a watch delivers it: the object as it was after (or, for
+    DELETED, just before) the change, with metadata.resourceVersion set."""
+
+    type: EventType
+    object: Obj
+    resource_version: int
+
+
+class Watch(Protocol):
+    def next(self, timeout: float | None = None) -> Event | None:
+        """The next event, or None when `timeout` seconds pass with none."""
+
+    def close(self) -> None: ...
+
+
+class Backend(Protocol):
+    """Versioned storage of objects by Key. Every write bumps one store-wide
+    revision and is durable before the call returns."""
+
+    def read(self, key: Key) -> tuple[Obj, int] | None:
+        """The object and the revision that last wrote it, or None."""
+
+    def scan(self, group: str, kind: str, namespace: str | None) -> tuple[list[tuple[Obj, int]], int]:
+        """Every object of a kind (in one namespace, or all), and the store's current revision."""
+
+    def write(self, key: Key, obj: Obj | None, expected: int | None) -> int:
+        """Store `obj` (None deletes) if the key's current revision is `expected`
+        (0: must not exist; None: unconditional); return the new revision.
+        Raises Conflict when the expectation does not hold."""
+
+    def watch(self, since: int) -> Watch:
+        """Every change after revision `since`, in order, then live ones.
+        Raises Expired when `since` is older than the history kept."""
+
+    def close(self) -> None: ...
