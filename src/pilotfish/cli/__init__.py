@@ -1,0 +1,1 @@
+"""The `pilotfish` command: kubectl's habits for the mesh's resources."""

@@ -1,0 +1,342 @@
+"""What each `pilotfish` subcommand does. Handlers print and return an exit code."""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import sys
+from typing import Any
+
+from pilotfish.api.errors import ApiError, NotFound
+from pilotfish.api.kinds import Kind, registry
+from pilotfish.cli import output
+from pilotfish.cli.manifests import Document, read_documents
+from pilotfish.client import Client
+
+Obj = dict[str, Any]
+FIELD_MANAGER = "pilotfish"
+# Fields the server owns; showing them in a diff would only be noise.
+SERVER_FIELDS = ("resourceVersion", "generation", "managedFields", "uid", "creationTimestamp")
+
+
+class CliError(Exception):
+    """A mistake found before asking the server: printed as `error: ...`."""
+
+
+def resolve(name: str) -> Kind:
+    try:
+        return registry().resolve(name)
+    except ApiError as e:
+        raise CliError(e.message) from e
+
+
+def warn(message: str) -> None:
+    print(f"Warning: {message}", file=sys.stderr)
+
+
+def server_error(error: ApiError, context: str = "") -> None:
+    where = f"{context}: " if context else ""
+    print(f"Error from server ({error.reason}): {where}{error.message}", file=sys.stderr)
+
+
+def _client(args: argparse.Namespace) -> Client:
+    return Client.from_config(args.server)
+
+
+def _with_namespace(obj: Obj, kind: Kind, namespace: str | None) -> Obj:
+    """Fill the namespace from -n when the document has none; a document that
+    names another namespace than -n is an error, as in kubectl."""
+    if not kind.namespaced:
+        return obj
+    meta = obj.setdefault("metadata", {})
+    if namespace and meta.get("namespace") not in (None, namespace):
+        raise CliError(
+            f'the namespace from the provided object "{meta["namespace"]}" does not match '
+            f"the namespace \"{namespace}\". You must pass '--namespace={meta['namespace']}'"
+        )
+    meta.setdefault("namespace", namespace or "default")
+    return obj
+
+
+def apply(args: argparse.Namespace) -> int:
+    docs = read_documents(args.filename, args.recursive)
+    ok = apply_documents(
+        _client(args),
+        docs,
+        args.namespace,
+        force=args.force_conflicts,
+        dry_run=args.dry_run == "server",
+    )
+    return 0 if ok else 1
+
+
+def apply_documents(
+    client: Client,
+    docs: list[Document],
+    namespace: str | None,
+    *,
+    force: bool = False,
+    dry_run: bool = False,
+) -> bool:
+    """Apply each document, printing one line per object as kubectl does; a
+    document that fails is reported and the others still go. True if all went."""
+    failed = False
+    for doc in docs:
+        try:
+            kind, _ = registry().for_object(doc.obj)
+            obj = _with_namespace(doc.obj, kind, namespace)
+        except (ApiError, CliError) as e:
+            failed = True
+            print(f'error: "{doc.source}": {e}', file=sys.stderr)
+            continue
+        try:
+            verb = _apply_one(client, kind, obj, force, dry_run)
+        except ApiError as e:
+            failed = True
+            server_error(e, f'error when applying "{doc.source}"')
+            continue
+        suffix = " (server dry run)" if dry_run else ""
+        print(f"{output.resource_name(kind, obj['metadata'].get('name', ''))} {verb}{suffix}")
+    return not failed
+
+
+def _apply_one(client: Client, kind: Kind, obj: Obj, force: bool, dry_run: bool) -> str:
+    meta = obj.get("metadata", {})
+    before = _get_or_none(client, kind, meta.get("name", ""), meta.get("namespace"))
+    after, warnings = client.apply(obj, manager=FIELD_MANAGER, force=force, dry_run=dry_run)
+    for w in warnings:
+        warn(w)
+    if before is None:
+        return "created"
+    same = _strip(before) == _strip(after)
+    return "unchanged" if same else "configured"
+
+
+def _get_or_none(client: Client, kind: Kind, name: str, namespace: str | None) -> Obj | None:
+    try:
+        return client.get(kind, name, namespace)
+    except NotFound:
+        return None
+
+
+def _strip(obj: Obj) -> Obj:
+    """The object without what the server writes on its own."""
+    clean = {k: v for k, v in obj.items() if k != "status"}
+    meta = {k: v for k, v in obj.get("metadata", {}).items() if k not in SERVER_FIELDS}
+    return {**clean, "metadata": meta}
+
+
+def get(args: argparse.Namespace) -> int:
+    client = _client(args)
+    kinds = [resolve(name) for name in args.kind.split(",") if name]
+    namespace = None if args.all_namespaces else (args.namespace or "default")
+    if args.watch:
+        return _watch(client, kinds[0], namespace, args)
+    for i, kind in enumerate(kinds):
+        if args.name:
+            items = [client.get(kind, n, namespace) for n in args.name]
+        else:
+            items = client.list(kind, namespace, args.selector).get("items", [])
+        if i and items and args.output in (None, "wide"):
+            print()
+        _print_items(kind, items, args, prefix_kind=len(kinds) > 1)
+    return 0
+
+
+def _print_items(
+    kind: Kind, items: list[Obj], args: argparse.Namespace, prefix_kind: bool = False
+) -> None:
+    if args.output == "yaml":
+        print(
+            output.to_yaml(items[0] if args.name and len(items) == 1 else _as_list(items)), end=""
+        )
+    elif args.output == "json":
+        print(output.to_json(items[0] if args.name and len(items) == 1 else _as_list(items)))
+    elif args.output == "name":
+        for item in items:
+            print(output.resource_name(kind, item["metadata"]["name"]))
+    elif not items:
+        where = "" if args.all_namespaces else f" in {args.namespace or 'default'} namespace"
+        print(f"No resources found{where if kind.namespaced else ''}.", file=sys.stderr)
+    else:
+        prefix = output.kind_label(kind) + "/" if prefix_kind else ""
+        print(
+            output.table(
+                kind,
+                kind.versions[0],
+                items,
+                wide=args.output == "wide",
+                all_namespaces=args.all_namespaces,
+                name_prefix=prefix,
+            )
+        )
+
+
+def _as_list(items: list[Obj]) -> Obj:
+    return {"apiVersion": "v1", "kind": "List", "items": items}
+
+
+def _watch(client: Client, kind: Kind, namespace: str | None, args: argparse.Namespace) -> int:
+    """Current objects, then every change, until Ctrl-C; table headers print once."""
+    header_shown = False
+    try:
+        for _, obj in client.watch(kind, namespace):
+            if args.name and obj["metadata"]["name"] not in args.name:
+                continue
+            if args.output in (None, "wide"):
+                lines = output.table(
+                    kind,
+                    kind.versions[0],
+                    [obj],
+                    wide=args.output == "wide",
+                    all_namespaces=args.all_namespaces,
+                ).splitlines()
+                print("\n".join(lines if not header_shown else lines[1:]), flush=True)
+                header_shown = True
+            else:
+                _print_items(kind, [obj], args)
+                sys.stdout.flush()
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def describe(args: argparse.Namespace) -> int:
+    client, kind = _client(args), resolve(args.kind)
+    namespace = args.namespace or "default"
+    if args.name:
+        items = [client.get(kind, args.name, namespace)]
+    else:
+        items = client.list(kind, namespace, args.selector).get("items", [])
+    print("\n\n".join(describe_text(kind, item) for item in items))
+    return 0
+
+
+def describe_text(kind: Kind, obj: Obj) -> str:
+    """kubectl describe's layout: identity first, then spec and status as indented text."""
+    meta = obj.get("metadata", {})
+    lines = [
+        f"Name:         {meta.get('name', '')}",
+        *([f"Namespace:    {meta.get('namespace', '')}"] if kind.namespaced else []),
+        f"Labels:       {_pairs(meta.get('labels'))}",
+        f"Annotations:  {_pairs(meta.get('annotations'))}",
+        f"API Version:  {obj.get('apiVersion', '')}",
+        f"Kind:         {obj.get('kind', '')}",
+        "Metadata:",
+        f"  Creation Timestamp:  {meta.get('creationTimestamp', '')}",
+        f"  Generation:          {meta.get('generation', '')}",
+        f"  Resource Version:    {meta.get('resourceVersion', '')}",
+        f"  UID:                 {meta.get('uid', '')}",
+        f"  Managers:            {', '.join(_managers(meta))}",
+    ]
+    for section in ("spec", "data", "stringData", "status"):
+        if section in obj:
+            lines.append(f"{section[0].upper()}{section[1:]}:")
+            lines.extend("  " + line for line in output.to_yaml(obj[section]).splitlines())
+    lines.append("Events:       <none>")
+    return "\n".join(lines)
+
+
+def _pairs(mapping: Obj | None) -> str:
+    if not mapping:
+        return "<none>"
+    return "\n              ".join(f"{k}={v}" for k, v in sorted(mapping.items()))
+
+
+def _managers(meta: Obj) -> list[str]:
+    return sorted(
+        {f"{m.get('manager')} ({m.get('operation')})" for m in meta.get("managedFields", [])}
+    )
+
+
+def delete(args: argparse.Namespace) -> int:
+    client, failed = _client(args), False
+    for kind, name, namespace in _targets(args):
+        try:
+            client.delete(kind, name, namespace, dry_run=args.dry_run == "server")
+        except ApiError as e:
+            failed = True
+            server_error(e)
+            continue
+        suffix = " (server dry run)" if args.dry_run == "server" else ""
+        print(f'{output.kind_label(kind)} "{name}" deleted{suffix}')
+    return 1 if failed else 0
+
+
+def _targets(args: argparse.Namespace) -> list[tuple[Kind, str, str | None]]:
+    if args.filename:
+        found = []
+        for doc in read_documents(args.filename, args.recursive):
+            kind, _ = registry().for_object(doc.obj)
+            obj = _with_namespace(doc.obj, kind, args.namespace)
+            found.append((kind, obj["metadata"]["name"], obj["metadata"].get("namespace")))
+        return found
+    if not args.kind or not args.names:
+        raise CliError("you must specify a resource type and name(s), or -f FILE")
+    kind = resolve(args.kind)
+    return [(kind, n, args.namespace or "default") for n in args.names]
+
+
+def diff(args: argparse.Namespace) -> int:
+    """Live object vs what applying would make it (server dry run): exit 1 if they
+    differ, 0 if not, as `kubectl diff` does."""
+    client, changed = _client(args), False
+    for doc in read_documents(args.filename, args.recursive):
+        kind, _ = registry().for_object(doc.obj)
+        obj = _with_namespace(doc.obj, kind, args.namespace)
+        meta = obj["metadata"]
+        live = _get_or_none(client, kind, meta["name"], meta.get("namespace"))
+        merged, _ = client.apply(
+            obj, manager=FIELD_MANAGER, force=args.force_conflicts, dry_run=True
+        )
+        text = _unified(output.resource_name(kind, meta["name"]), live, merged)
+        if text:
+            changed = True
+            print(text, end="")
+    return 1 if changed else 0
+
+
+def _unified(name: str, live: Obj | None, merged: Obj) -> str:
+    before = output.to_yaml(_strip(live)).splitlines(keepends=True) if live else []
+    after = output.to_yaml(_strip(merged)).splitlines(keepends=True)
+    return "".join(difflib.unified_diff(before, after, f"live/{name}", f"merged/{name}"))
+
+
+def validate(args: argparse.Namespace) -> int:
+    """Offline, like `istioctl validate`: one line per error, non-zero if any."""
+    from pilotfish.api.validation import analyze
+    from pilotfish.api.validation import validate as check
+
+    docs = read_documents(args.filename, args.recursive)
+    invalid = 0
+    for doc in docs:
+        errors = check(doc.obj)
+        invalid += bool(errors)
+        for error in errors:
+            print(f"{doc.source}: {_label(doc)}: {error}", file=sys.stderr)
+    for doc in docs:
+        for w in analyze(doc.obj, _lookup_in(docs)):
+            warn(f"{doc.source}: {_label(doc)}: {w}")
+    valid = len(docs) - invalid
+    print(f"{valid} of {len(docs)} document{'s' if len(docs) != 1 else ''} valid")
+    return 1 if invalid else 0
+
+
+def _label(doc: Document) -> str:
+    meta = doc.obj.get("metadata") or {}
+    name = meta.get("name", f"#{doc.index + 1}") if isinstance(meta, dict) else f"#{doc.index + 1}"
+    namespace = meta.get("namespace", "default") if isinstance(meta, dict) else "default"
+    return f"{doc.obj.get('kind', '?')} {namespace}/{name}"
+
+
+def _lookup_in(docs: list[Document]) -> Any:
+    def lookup(group: str, kind: str, namespace: str) -> list[Obj]:
+        found = []
+        for d in docs:
+            api_group = str(d.obj.get("apiVersion", "")).rpartition("/")[0]
+            ns = (d.obj.get("metadata") or {}).get("namespace", "default")
+            if api_group == group and d.obj.get("kind") == kind and ns == namespace:
+                found.append(d.obj)
+        return found
+
+    return lookup

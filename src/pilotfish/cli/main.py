@@ -1,0 +1,186 @@
+"""`pilotfish`: argument parsing and dispatch; the work is in commands.py."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from pilotfish import __version__
+from pilotfish.api.errors import ApiError
+from pilotfish.cli import commands
+from pilotfish.cli.manifests import ManifestError
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler: Handler | None = getattr(args, "handler", None)
+    if handler is None:
+        build_parser().print_help()
+        return 2
+    try:
+        return handler(args)
+    except (commands.CliError, ManifestError) as e:
+        print(f"error: {e}", file=sys.stderr)
+    except ApiError as e:
+        commands.server_error(e)
+    except KeyboardInterrupt:
+        return 130
+    return 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pilotfish",
+        description="A service mesh with progressive delivery: Istio's config, Flagger's releases.",
+    )
+    parser.add_argument("--version", action="version", version=f"pilotfish {__version__}")
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND")
+    common = _common_options()
+    _add_controlplane(sub)
+    _add_demo(sub)
+    _add_apply(sub, common)
+    _add_get(sub, common)
+    _add_describe(sub, common)
+    _add_delete(sub, common)
+    _add_diff(sub, common)
+    _add_validate(sub)
+    return parser
+
+
+def _common_options() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--server",
+        help="control plane URL (default: $PILOTFISH_SERVER, "
+        "then the client config written by the control plane)",
+    )
+    common.add_argument("-n", "--namespace", help="namespace (default: default)")
+    return common
+
+
+def _files(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument(
+        "-f",
+        "--filename",
+        action="append",
+        required=required,
+        default=None,
+        metavar="FILE",
+        help="file, directory or - for stdin (repeatable)",
+    )
+    p.add_argument("-R", "--recursive", action="store_true", help="read directories recursively")
+
+
+def _dry_run(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--dry-run",
+        nargs="?",
+        const="server",
+        default="none",
+        choices=["none", "server"],
+        help="server: validate and merge, store nothing",
+    )
+
+
+def _add_controlplane(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("controlplane", help="run the control plane (REST API on 127.0.0.1:15080)")
+    p.add_argument("--data-dir", type=Path, default=Path.home() / ".pilotfish" / "data")
+    p.add_argument("--listen", default="127.0.0.1:15080", help="address of the REST API")
+    p.set_defaults(handler=_run_controlplane)
+
+
+def _run_controlplane(args: argparse.Namespace) -> int:
+    from pilotfish.controlplane.main import run_controlplane
+
+    return run_controlplane(args.data_dir, args.listen)
+
+
+def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("demo", help="run the control plane with the example config applied")
+    p.add_argument("--data-dir", type=Path, default=Path.home() / ".pilotfish" / "data")
+    p.add_argument("--listen", default="127.0.0.1:15080")
+    p.add_argument(
+        "--examples",
+        type=Path,
+        default=Path("examples/bookinfo"),
+        help="file or directory of resources to apply",
+    )
+    p.set_defaults(handler=_run_demo)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from pilotfish.cli.demo import demo
+
+    return demo(args)
+
+
+def _add_apply(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
+    p = sub.add_parser(
+        "apply", parents=[common], help="create or update resources (server-side apply)"
+    )
+    _files(p)
+    p.add_argument(
+        "--force-conflicts",
+        action="store_true",
+        help="take ownership of fields another manager owns",
+    )
+    _dry_run(p)
+    p.set_defaults(handler=commands.apply)
+
+
+def _add_get(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
+    p = sub.add_parser("get", parents=[common], help="list or show resources")
+    p.add_argument(
+        "kind",
+        help="e.g. virtualservices, vs, dr, workloads, canaries; several separated by commas",
+    )
+    p.add_argument("name", nargs="*")
+    p.add_argument("-o", "--output", choices=["yaml", "json", "wide", "name"])
+    p.add_argument("-A", "--all-namespaces", action="store_true")
+    p.add_argument("-l", "--selector", help="label selector, e.g. app=reviews,version!=v1")
+    p.add_argument("-w", "--watch", action="store_true", help="stream changes")
+    p.set_defaults(handler=commands.get)
+
+
+def _add_describe(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
+    p = sub.add_parser("describe", parents=[common], help="show a resource in detail")
+    p.add_argument("kind")
+    p.add_argument("name", nargs="?")
+    p.add_argument("-l", "--selector")
+    p.set_defaults(handler=commands.describe)
+
+
+def _add_delete(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
+    p = sub.add_parser("delete", parents=[common], help="delete resources by name or file")
+    p.add_argument("kind", nargs="?")
+    p.add_argument("names", nargs="*")
+    _files(p, required=False)
+    _dry_run(p)
+    p.set_defaults(handler=commands.delete)
+
+
+def _add_diff(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
+    p = sub.add_parser("diff", parents=[common], help="show what apply would change")
+    _files(p)
+    p.add_argument("--force-conflicts", action="store_true")
+    p.set_defaults(handler=commands.diff)
+
+
+def _add_validate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("validate", help="check files offline against Istio's and our schemas")
+    _files(p)
+    p.set_defaults(handler=commands.validate)
