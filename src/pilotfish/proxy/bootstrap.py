@@ -1,0 +1,71 @@
+"""Envoy-style bootstrap files: YAML or JSON parsed into
+`envoy.config.bootstrap.v3.Bootstrap`, with every field the proxy does not
+honour rejected at start, by path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from envoy.config.bootstrap.v3.bootstrap_pb2 import Bootstrap
+from google.protobuf import json_format
+
+from pilotfish.proxy import xds_types  # noqa: F401  (registers Any payload types)
+from pilotfish.proxy.proto_fields import unsupported
+
+# Listener and cluster contents are checked by their own compilers, which the
+# same resources arriving over xDS go through.
+SUPPORTED = frozenset(
+    {
+        "node",
+        "static_resources.listeners",
+        "static_resources.clusters",
+        "dynamic_resources.ads_config.api_type",
+        "dynamic_resources.ads_config.transport_api_version",
+        "dynamic_resources.ads_config.grpc_services.envoy_grpc.cluster_name",
+        "dynamic_resources.ads_config.set_node_on_first_message_only",
+        "dynamic_resources.lds_config.ads",
+        "dynamic_resources.lds_config.resource_api_version",
+        "dynamic_resources.cds_config.ads",
+        "dynamic_resources.cds_config.resource_api_version",
+        "admin.address.socket_address.address",
+        "admin.address.socket_address.port_value",
+    }
+)
+
+
+class BootstrapError(Exception):
+    """The bootstrap cannot be used; the message names the file and the field."""
+
+
+def load_bootstrap(path: Path) -> Bootstrap:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise BootstrapError(f"{path}: {' '.join(str(e).split())}") from e
+    if not isinstance(data, dict):
+        raise BootstrapError(f"{path}: a bootstrap is a YAML or JSON object")
+    return parse_bootstrap(data, str(path))
+
+
+def parse_bootstrap(data: dict[str, object], source: str = "bootstrap") -> Bootstrap:
+    bootstrap = Bootstrap()
+    try:
+        json_format.ParseDict(data, bootstrap)
+    except json_format.ParseError as e:
+        raise BootstrapError(f"{source}: {innermost(e)}") from e
+    bad = unsupported(bootstrap, SUPPORTED)
+    if bad:
+        raise BootstrapError(f"{source}: field not supported by pilotfish: {', '.join(bad)}")
+    return bootstrap
+
+
+def innermost(error: json_format.ParseError) -> str:
+    """protobuf nests one "Failed to parse X field:" per level; the fields make
+    the path, and the last clause is the reason."""
+    text, path = str(error), []
+    while text.startswith("Failed to parse ") and " field: " in text:
+        head, text = text.split(" field: ", 1)
+        path.append(head.removeprefix("Failed to parse "))
+    reason = text.split("\n")[0].rstrip(".")
+    return f"{'.'.join(path)}: {reason}" if path else reason

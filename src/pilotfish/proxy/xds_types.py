@@ -1,0 +1,35 @@
+"""The xDS type URLs pilotfish speaks, and the protobuf modules behind them.
+
+Importing this module registers every message type that may arrive inside an
+`Any` (listeners' network filters, HTTP filters, per-route configs), so that
+JSON/YAML bootstraps and discovery responses can be decoded.
+"""
+
+from __future__ import annotations
+
+from envoy.config.bootstrap.v3 import bootstrap_pb2  # noqa: F401  (registers types)
+from envoy.config.cluster.v3 import cluster_pb2  # noqa: F401
+from envoy.config.endpoint.v3 import endpoint_pb2  # noqa: F401
+from envoy.config.listener.v3 import listener_pb2  # noqa: F401
+from envoy.config.route.v3 import route_pb2  # noqa: F401
+from envoy.extensions.filters.http.cors.v3 import cors_pb2  # noqa: F401
+from envoy.extensions.filters.http.fault.v3 import fault_pb2  # noqa: F401
+from envoy.extensions.filters.http.local_ratelimit.v3 import local_rate_limit_pb2  # noqa: F401
+from envoy.extensions.filters.http.router.v3 import router_pb2  # noqa: F401
+from envoy.extensions.filters.network.http_connection_manager.v3 import (  # noqa: F401
+    http_connection_manager_pb2,
+)
+from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2  # noqa: F401
+from envoy.extensions.transport_sockets.tls.v3 import tls_pb2  # noqa: F401
+
+PREFIX = "type.googleapis.com/"
+LISTENER = PREFIX + "envoy.config.listener.v3.Listener"
+ROUTE = PREFIX + "envoy.config.route.v3.RouteConfiguration"
+CLUSTER = PREFIX + "envoy.config.cluster.v3.Cluster"
+ENDPOINT = PREFIX + "envoy.config.endpoint.v3.ClusterLoadAssignment"
+SECRET = PREFIX + "envoy.extensions.transport_sockets.tls.v3.Secret"
+HCM = PREFIX + "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+
+# Order in which a fresh proxy must receive them (Envoy's xDS "make before break").
+PUSH_ORDER = (CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET)
+SHORT_NAMES = {CLUSTER: "CDS", ENDPOINT: "EDS", LISTENER: "LDS", ROUTE: "RDS", SECRET: "SDS"}
