@@ -65,5 +65,6 @@ def test_reconnect_resends_node_and_last_versions() -> None:
     ads.on_response(listener_response("v7", "n1", "a"))
     requests = {r.type_url: r for r in ads.start()}
     assert requests[xds_types.LISTENER].version_info == "v7"
+    assert requests[xds_types.LISTENER].response_nonce == ""
     assert list(requests[xds_types.ROUTE].resource_names) == ["a"]
     assert sum(r.HasField("node") for r in requests.values()) == 1

@@ -43,8 +43,11 @@ class AdsProtocol:
     def start(self) -> list[DiscoveryRequest]:
         """Requests for a new stream: LDS and CDS wildcard first time, and every
         subscription with its last accepted version after a reconnect, so the
-        server can tell what this proxy already runs."""
+        server can tell what this proxy already runs. Nonces belong to a stream,
+        so they start empty again."""
         self._node_sent = False
+        for state in self.types.values():
+            state.nonce = ""
         for type_url in (xds_types.CLUSTER, xds_types.LISTENER):
             self.types.setdefault(type_url, TypeState())
         return [self._request(t, s) for t, s in self._ordered()]

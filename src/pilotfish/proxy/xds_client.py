@@ -1,0 +1,67 @@
+"""The ADS stream: the I/O shell around `AdsProtocol`.
+
+One gRPC stream to the control plane; when it breaks, reconnect with
+exponential backoff and jitter, and keep serving with the last good config
+meanwhile (nothing is torn down on disconnect).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import AsyncIterator
+
+import grpc
+from envoy.service.discovery.v3.ads_pb2_grpc import AggregatedDiscoveryServiceStub
+from envoy.service.discovery.v3.discovery_pb2 import DiscoveryRequest
+
+from pilotfish.proxy.ads import AdsProtocol
+
+log = logging.getLogger("pilotfish.proxy.xds")
+BACKOFF_FIRST_S, BACKOFF_MAX_S = 0.25, 30.0
+
+
+class AdsClient:
+    def __init__(self, target: str, protocol: AdsProtocol) -> None:
+        self.target, self.protocol = target, protocol
+        self.connected = asyncio.Event()
+        self._outbox: asyncio.Queue[DiscoveryRequest | None] = asyncio.Queue()
+
+    def __repr__(self) -> str:
+        return f"AdsClient({self.target!r}, connected={self.connected.is_set()})"
+
+    def send(self, requests: list[DiscoveryRequest]) -> None:
+        """Queue requests raised outside a response (e.g. a new subscription)."""
+        for request in requests:
+            self._outbox.put_nowait(request)
+
+    async def run(self) -> None:
+        """Stream until cancelled, reconnecting forever."""
+        delay = BACKOFF_FIRST_S
+        while True:
+            try:
+                await self._stream()
+                delay = BACKOFF_FIRST_S
+            except grpc.aio.AioRpcError as e:
+                log.warning(
+                    "xDS stream to %s ended: %s %s", self.target, e.code().name, e.details()
+                )
+            self.connected.clear()
+            await asyncio.sleep(delay * random.uniform(0.5, 1.5))
+            delay = min(delay * 2, BACKOFF_MAX_S)
+
+    async def _stream(self) -> None:
+        self._outbox = asyncio.Queue()
+        self.send(self.protocol.start())
+        async with grpc.aio.insecure_channel(self.target) as channel:
+            stub = AggregatedDiscoveryServiceStub(channel)
+            call = stub.StreamAggregatedResources(self._requests())
+            async for response in call:
+                self.connected.set()
+                self.send(self.protocol.on_response(response))
+        log.warning("xDS stream to %s closed by the server", self.target)
+
+    async def _requests(self) -> AsyncIterator[DiscoveryRequest]:
+        while (request := await self._outbox.get()) is not None:
+            yield request
