@@ -102,5 +102,14 @@ class Invalid(ApiError):
 
 
 def _all_errors() -> list[type[ApiError]]:
-    return [BadRequest, Unauthorized, NotFound, MethodNotAllowed, Conflict, AlreadyExists,
-            Expired, UnsupportedMediaType, Invalid]
+    return [
+        BadRequest,
+        Unauthorized,
+        NotFound,
+        MethodNotAllowed,
+        Conflict,
+        AlreadyExists,
+        Expired,
+        UnsupportedMediaType,
+        Invalid,
+    ]

@@ -90,7 +90,8 @@ class KindRegistry:
         needle = name.lower()
         plain, _, group = needle.partition(".")
         matches = [
-            k for k in self._kinds
+            k
+            for k in self._kinds
             if plain in (k.plural, k.singular, k.kind.lower(), *k.short_names)
             and (not group or k.group == group)
         ]

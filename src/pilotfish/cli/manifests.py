@@ -10,6 +10,8 @@ from typing import Any
 
 import yaml
 
+from pilotfish.api.manifest_yaml import load_all
+
 Obj = dict[str, Any]
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
 
@@ -61,7 +63,7 @@ def _read_file(path: Path) -> str:
 
 def _parse(source: str, text: str) -> list[Document]:
     try:
-        raw = [d for d in yaml.safe_load_all(text) if d is not None]
+        raw = [d for d in load_all(text) if d is not None]
     except yaml.YAMLError as e:
         raise ManifestError(f'error parsing "{source}": {_one_line(e)}') from e
     docs: list[Document] = []
