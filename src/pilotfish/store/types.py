@@ -26,7 +26,9 @@ class Key:
 @dataclass(frozen=True)
 class Event:
     """One change, as a watch delivers it: the object as it was after (or, for
-    DELETED, just before) the change, with metadata.resourceVersion set."""
+    DELETED, just before) the change. `resource_version` is the change's
+    revision; ResourceStore's watches also set it as metadata.resourceVersion
+    (a Backend stores objects as given and need not)."""
 
     type: EventType
     object: Obj
@@ -47,13 +49,17 @@ class Backend(Protocol):
     def read(self, key: Key) -> tuple[Obj, int] | None:
         """The object and the revision that last wrote it, or None."""
 
-    def scan(self, group: str, kind: str, namespace: str | None) -> tuple[list[tuple[Obj, int]], int]:
-        """Every object of a kind (in one namespace, or all), and the store's current revision."""
+    def scan(
+        self, group: str | None, kind: str | None, namespace: str | None
+    ) -> tuple[list[tuple[Obj, int]], int]:
+        """Every object matching the given parts of a key (None: any), as of one
+        revision, which is returned with them."""
 
     def write(self, key: Key, obj: Obj | None, expected: int | None) -> int:
         """Store `obj` (None deletes) if the key's current revision is `expected`
         (0: must not exist; None: unconditional); return the new revision.
-        Raises Conflict when the expectation does not hold."""
+        Raises Conflict when the expectation does not hold, NotFound when
+        deleting what is not there."""
 
     def watch(self, since: int) -> Watch:
         """Every change after revision `since`, in order, then live ones.

@@ -1,0 +1,79 @@
+"""The `store` fixture, once per backend: every store test runs against each.
+
+A backend factory takes the options a test needs (`history`: how many events
+to keep) and, called again, reopens the same data, as a restart would. The
+etcd backend will add itself to BACKENDS and run the same suite."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from store_testkit import kinds_registry
+
+from pilotfish.store.resources import ResourceStore
+from pilotfish.store.sqlite import SqliteBackend
+from pilotfish.store.types import Backend
+
+BackendFactory = Callable[..., Backend]
+
+
+def _sqlite(data_dir: Path) -> BackendFactory:
+    def make(**options: Any) -> Backend:
+        return SqliteBackend(data_dir / "store.db", **options)
+
+    return make
+
+
+BACKENDS: dict[str, Callable[[Path], BackendFactory]] = {"sqlite": _sqlite}
+
+
+class Clock:
+    """A settable clock, so timestamps in assertions are exact."""
+
+    def __init__(self) -> None:
+        self.now = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+@pytest.fixture(params=sorted(BACKENDS))
+def make_backend(request: pytest.FixtureRequest, tmp_path: Path) -> BackendFactory:
+    return BACKENDS[request.param](tmp_path)
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def make_store(
+    make_backend: BackendFactory, clock: Clock
+) -> Iterator[Callable[..., ResourceStore]]:
+    opened: list[ResourceStore] = []
+
+    def make(
+        validate: Callable[[dict[str, Any]], None] | None = None, **options: Any
+    ) -> ResourceStore:
+        store = ResourceStore(
+            make_backend(**options), validate=validate, kinds=kinds_registry(), now=clock
+        )
+        opened.append(store)
+        return store
+
+    yield make
+    for store in opened:
+        store.close()
+
+
+@pytest.fixture
+def store(make_store: Callable[..., ResourceStore]) -> ResourceStore:
+    return make_store()
