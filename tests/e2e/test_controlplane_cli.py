@@ -10,8 +10,7 @@ import time
 from pathlib import Path
 
 import yaml
-
-from .conftest import REPO, ControlPlane
+from processes import REPO, ControlPlane
 
 BOOKINFO = str(REPO / "examples" / "bookinfo")
 

@@ -12,23 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from store_testkit import kinds_registry
+from store_testkit import BACKENDS, BackendFactory, kinds_registry
 
 from pilotfish.store.resources import ResourceStore
-from pilotfish.store.sqlite import SqliteBackend
-from pilotfish.store.types import Backend
-
-BackendFactory = Callable[..., Backend]
-
-
-def _sqlite(data_dir: Path) -> BackendFactory:
-    def make(**options: Any) -> Backend:
-        return SqliteBackend(data_dir / "store.db", **options)
-
-    return make
-
-
-BACKENDS: dict[str, Callable[[Path], BackendFactory]] = {"sqlite": _sqlite}
 
 
 class Clock:

@@ -10,9 +10,8 @@ import os
 import sys
 from pathlib import Path
 
-from store_testkit import configmap, kinds_registry
+from store_testkit import BACKENDS, configmap, kinds_registry
 
-from conftest import BACKENDS
 from pilotfish.store.resources import ResourceStore
 
 NAMES = 20  # objects rewritten in turn, so the test sees creates and updates

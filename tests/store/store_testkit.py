@@ -3,9 +3,13 @@ so the store suite runs the same against every backend and every schema change."
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from pilotfish.api.kinds import Kind, KindRegistry
+from pilotfish.store.sqlite import SqliteBackend
+from pilotfish.store.types import Backend
 
 Obj = dict[str, Any]
 
@@ -122,3 +126,16 @@ def service(name: str, ports: list[Obj], **spec: Any) -> Obj:
         "metadata": {"name": name},
         "spec": {"ports": ports, **spec},
     }
+
+
+BackendFactory = Callable[..., Backend]
+
+
+def _sqlite(data_dir: Path) -> BackendFactory:
+    def make(**options: Any) -> Backend:
+        return SqliteBackend(data_dir / "store.db", **options)
+
+    return make
+
+
+BACKENDS: dict[str, Callable[[Path], BackendFactory]] = {"sqlite": _sqlite}

@@ -11,9 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
-from store_testkit import configmap, kinds_registry
+from store_testkit import BACKENDS, configmap, kinds_registry
 
-from conftest import BACKENDS
 from pilotfish.store import Key
 from pilotfish.store.resources import ResourceStore
 

@@ -11,6 +11,8 @@ from pilotfish import __version__
 from pilotfish.api.errors import ApiError
 from pilotfish.cli import commands
 from pilotfish.cli.manifests import ManifestError
+from pilotfish.client import Unreachable
+from pilotfish.config import ConfigError
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -25,6 +27,8 @@ def main(argv: list[str] | None = None) -> int:
         return handler(args)
     except (commands.CliError, ManifestError) as e:
         print(f"error: {e}", file=sys.stderr)
+    except (Unreachable, ConfigError) as e:
+        print(f"error: {e.message}", file=sys.stderr)
     except ApiError as e:
         commands.server_error(e)
     except KeyboardInterrupt:

@@ -1,0 +1,221 @@
+"""The Python client of the control plane's REST API, as the CLI uses it.
+
+Objects are plain dicts. Writes go to the path of the object's own apiVersion;
+reads use the kind's storage version. A Status from the server comes back as
+the ApiError it names; a server that cannot be reached as `Unreachable`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import urlencode, urlsplit
+
+from pilotfish.api.errors import ApiError, Invalid
+from pilotfish.api.kinds import Kind, registry
+from pilotfish.config import load_client_config
+from pilotfish.controlplane.auth import is_loopback
+
+Obj = dict[str, Any]
+Warnings = list[str]  # named here: inside Client, `list` is the method
+
+APPLY = "application/apply-patch+yaml"
+JSON = "application/json"
+_WARNING = re.compile(r'^\s*\d{3}\s+\S+\s+"((?:[^"\\]|\\.)*)"')
+
+
+class Unreachable(ApiError):
+    """No control plane answered at the configured address."""
+
+    code = 503
+    reason = "ServiceUnavailable"
+
+
+class Client:
+    def __init__(self, server: str, token: str | None, *, timeout: float = 30.0) -> None:
+        self.server = server.rstrip("/")
+        self._token = token
+        self.timeout = timeout
+        self._opener = _opener_for(self.server)
+
+    def __repr__(self) -> str:
+        return f"Client({self.server!r})"
+
+    @classmethod
+    def from_config(cls, server_override: str | None = None) -> Client:
+        config = load_client_config(server_override)
+        return cls(config.server, config.token)
+
+    # -- writes ------------------------------------------------------------------------
+
+    def apply(
+        self, obj: Obj, *, manager: str = "pilotfish", force: bool = False, dry_run: bool = False
+    ) -> tuple[Obj, Warnings]:
+        """Server-side apply; the object as stored (or as it would be) and any warnings."""
+        query = {"fieldManager": manager, **_flags(force=force, dry_run=dry_run)}
+        path = _object_path(obj, with_name=True)
+        return self._call("PATCH", path, query, obj, content_type=APPLY)
+
+    def create(self, obj: Obj, *, manager: str = "pilotfish", dry_run: bool = False) -> Obj:
+        query = {"fieldManager": manager, **_flags(dry_run=dry_run)}
+        return self._call("POST", _object_path(obj, with_name=False), query, obj)[0]
+
+    def update(self, obj: Obj, *, manager: str = "pilotfish", dry_run: bool = False) -> Obj:
+        """Replace the object; refused with Conflict if metadata.resourceVersion is stale."""
+        query = {"fieldManager": manager, **_flags(dry_run=dry_run)}
+        return self._call("PUT", _object_path(obj, with_name=True), query, obj)[0]
+
+    def update_status(self, obj: Obj, *, manager: str = "pilotfish") -> Obj:
+        """Replace the status of the object with obj["status"]; nothing else changes."""
+        path = _object_path(obj, with_name=True) + "/status"
+        return self._call("PUT", path, {"fieldManager": manager}, obj)[0]
+
+    def delete(
+        self,
+        kind: Kind,
+        name: str,
+        namespace: str | None,
+        *,
+        dry_run: bool = False,
+        resource_version: str | None = None,
+    ) -> Obj:
+        """Delete and return what was deleted; with `resource_version`, only that version."""
+        path = kind.path(kind.versions[0], _namespace(kind, namespace), name)
+        body: Obj = {"kind": "DeleteOptions", "apiVersion": "v1"}
+        if resource_version is not None:
+            body["preconditions"] = {"resourceVersion": resource_version}
+        return self._call("DELETE", path, _flags(dry_run=dry_run), body)[0]
+
+    # -- reads -------------------------------------------------------------------------
+
+    def get(self, kind: Kind, name: str, namespace: str | None) -> Obj:
+        path = kind.path(kind.versions[0], _namespace(kind, namespace), name)
+        return self._call("GET", path)[0]
+
+    def list(self, kind: Kind, namespace: str | None, label_selector: str | None = None) -> Obj:
+        """The List object; `namespace` None lists every namespace."""
+        query = {"labelSelector": label_selector} if label_selector else {}
+        return self._call("GET", kind.path(kind.versions[0], namespace), query)[0]
+
+    def watch(
+        self,
+        kind: Kind,
+        namespace: str | None,
+        resource_version: str | None = None,
+        label_selector: str | None = None,
+    ) -> Iterator[tuple[str, Obj]]:
+        """(event type, object) pairs: every current object as ADDED unless
+        `resource_version` is given, then changes after it, until the server
+        ends the stream. An ERROR event (Expired) is raised as its ApiError."""
+        query = {"watch": "true"}
+        if resource_version is not None:
+            query["resourceVersion"] = resource_version
+        if label_selector:
+            query["labelSelector"] = label_selector
+        request = self._request("GET", kind.path(kind.versions[0], namespace), query, None)
+        with self._open(request, timeout=None) as response:
+            for line in response:
+                if not line.strip():
+                    continue
+                event = json.loads(line)
+                if event.get("type") == "ERROR":
+                    raise ApiError.from_status(event.get("object") or {})
+                yield event["type"], event["object"]
+
+    # -- the wire ----------------------------------------------------------------------
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        query: dict[str, str] | None = None,
+        body: Obj | None = None,
+        content_type: str = JSON,
+    ) -> tuple[Obj, Warnings]:
+        request = self._request(method, path, query or {}, body, content_type)
+        with self._open(request, timeout=self.timeout) as response:
+            data = json.loads(response.read() or b"{}")
+            warnings = [_warning_text(w) for w in response.headers.get_all("Warning") or []]
+        return data, warnings
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        query: dict[str, str],
+        body: Obj | None,
+        content_type: str = JSON,
+    ) -> urllib.request.Request:
+        url = self.server + path + (f"?{urlencode(query)}" if query else "")
+        headers = {"Accept": JSON, "User-Agent": "pilotfish-client"}
+        if self._token:
+            headers["Authorization"] = f"Bearer {self._token}"
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode()
+            headers["Content-Type"] = content_type
+        return urllib.request.Request(url, data=data, headers=headers, method=method)
+
+    def _open(self, request: urllib.request.Request, timeout: float | None) -> Any:
+        try:
+            return self._opener.open(request, timeout=timeout)
+        except urllib.error.HTTPError as e:
+            raise _error_of(e) from None
+        except (urllib.error.URLError, OSError) as e:
+            raise Unreachable(
+                f'cannot reach the control plane at {self.server}: is "pilotfish controlplane" '
+                "running?"
+            ) from e
+
+
+def _opener_for(server: str) -> urllib.request.OpenerDirector:
+    """No HTTP proxy for a control plane on this host (as Go's clients do for
+    localhost): a proxy from the environment could not reach it, and would see the token."""
+    host = urlsplit(server).hostname or ""
+    if host == "localhost" or is_loopback(host):
+        return urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    return urllib.request.build_opener()
+
+
+def _object_path(obj: Obj, *, with_name: bool) -> str:
+    kind, version = registry().for_object(obj)
+    meta = obj.get("metadata") or {}
+    name = meta.get("name") if with_name else None
+    if with_name and not name:
+        raise Invalid(f"{obj.get('kind')}: metadata.name: Required value")
+    return kind.path(version, _namespace(kind, meta.get("namespace")), name)
+
+
+def _namespace(kind: Kind, namespace: str | None) -> str | None:
+    return (namespace or "default") if kind.namespaced else None
+
+
+def _flags(*, force: bool = False, dry_run: bool = False) -> dict[str, str]:
+    flags = {"force": "true"} if force else {}
+    if dry_run:
+        flags["dryRun"] = "All"
+    return flags
+
+
+def _error_of(error: urllib.error.HTTPError) -> ApiError:
+    """The server's Status as its ApiError; a body that is not one still gets a clear message."""
+    raw = error.read()
+    try:
+        status = json.loads(raw)
+    except ValueError:
+        status = None
+    if isinstance(status, dict) and status.get("kind") == "Status":
+        return ApiError.from_status(status)
+    text = raw.decode("utf-8", "replace").strip() or error.reason
+    return ApiError(f"the server answered {error.code}: {text}")
+
+
+def _warning_text(header: str) -> str:
+    match = _WARNING.match(header)
+    if match is None:
+        return header.strip()
+    return re.sub(r"\\(.)", r"\1", match.group(1))

@@ -1,0 +1,575 @@
+"""The REST API as a function: Request in, Response out, no sockets.
+
+Paths are Kubernetes': `/api/v1/...` for the core group, `/apis/GROUP/VERSION/...`
+for the rest, `namespaces/NS/` before the plural for a namespaced object.
+Every error is a Status object with its HTTP code. The HTTP shell (http.py)
+only moves bytes; a watch comes back as an EventStream the shell drains.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+import yaml
+
+from pilotfish.api.errors import (
+    ApiError,
+    BadRequest,
+    Conflict,
+    MethodNotAllowed,
+    NotFound,
+    UnsupportedMediaType,
+)
+from pilotfish.api.kinds import Kind, KindRegistry, registry
+from pilotfish.api.manifest_yaml import ManifestLoader
+from pilotfish.controlplane import openapi
+from pilotfish.controlplane.auth import authorize
+from pilotfish.store.resources import ResourceStore
+from pilotfish.store.selectors import Selector, parse_selector
+from pilotfish.store.types import Event, Key, Obj, Watch
+
+log = logging.getLogger(__name__)
+
+Lookup = Callable[[str, str, str], list[Obj]]
+Analyzer = Callable[[Obj, Lookup], list[str]]
+
+MAX_BODY = 3 * 1024 * 1024  # Kubernetes' limit on a request body
+APPLY = "application/apply-patch+yaml"
+MERGE = "application/merge-patch+json"
+JSON_TYPES = ("", "application/json")
+YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml")
+HEALTH_PATHS = ("/healthz", "/readyz", "/livez")
+_READS = ("GET", "HEAD")
+# Kubernetes' own wording, so messages users search for lead somewhere.
+_API_VERSION_MISMATCH = (
+    "the API version in the data ({given}) does not match the expected API version ({expected})"
+)
+_KIND_MISMATCH = "the kind in the data ({given}) does not match the expected kind ({expected})"
+_NAMESPACE_MISMATCH = (
+    "the namespace of the provided object ({given}) does not match "
+    "the namespace sent on the request ({expected})"
+)
+_NAME_MISMATCH = "the name of the object ({given}) does not match the name on the URL ({expected})"
+_MERGE_RETRIES = 20  # a merge patch re-reads and retries when another write got in between
+
+
+class RequestEntityTooLarge(ApiError):
+    code = 413
+    reason = "RequestEntityTooLarge"
+
+
+@dataclass(frozen=True)
+class Request:
+    method: str
+    path: str
+    query: Mapping[str, str] = field(default_factory=dict)
+    headers: Mapping[str, str] = field(default_factory=dict)  # names in lower case
+    body: bytes = b""
+    peer: str = "127.0.0.1"
+
+    @classmethod
+    def of(
+        cls,
+        method: str,
+        target: str,
+        headers: Mapping[str, str] | None = None,
+        body: bytes = b"",
+        peer: str = "127.0.0.1",
+    ) -> Request:
+        """A request from its request line's target (`/path?query`)."""
+        parts = urlsplit(target)
+        query = dict(parse_qsl(parts.query, keep_blank_values=True))
+        lowered = {k.lower(): v for k, v in (headers or {}).items()}
+        return cls(method.upper(), parts.path or "/", query, lowered, body, peer)
+
+    def header(self, name: str) -> str | None:
+        return self.headers.get(name.lower())
+
+    @property
+    def content_type(self) -> str:
+        return (self.header("content-type") or "").split(";", 1)[0].strip().lower()
+
+
+@dataclass
+class Response:
+    status: int
+    body: bytes = b""
+    content_type: str = "application/json"
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    stream: EventStream | None = None
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+    @property
+    def warnings(self) -> list[str]:
+        return [value for name, value in self.headers if name == "Warning"]
+
+
+@dataclass(frozen=True)
+class Target:
+    """What a resource path names: a collection (name None), an object, or its status."""
+
+    kind: Kind
+    version: str
+    namespace: str | None  # None: cluster-scoped, or every namespace
+    name: str | None = None
+    subresource: str | None = None
+
+    @property
+    def api_version(self) -> str:
+        return self.kind.api_version(self.version)
+
+    def key(self) -> Key:
+        assert self.name is not None
+        return Key(self.kind.group, self.kind.kind, self.namespace or "", self.name)
+
+
+def encode(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode()
+
+
+def status_response(error: ApiError) -> Response:
+    return Response(error.code, encode(error.to_status()))
+
+
+class Api:
+    """Routes each request to the store; holds no state of its own beyond caches."""
+
+    def __init__(
+        self,
+        store: ResourceStore,
+        token: str,
+        *,
+        analyze: Analyzer | None = None,
+        kinds: KindRegistry | None = None,
+    ) -> None:
+        self.store = store
+        self._token = token
+        self._analyze = analyze
+        self.kinds = kinds or registry()
+        self._documents: dict[str, bytes] = {}
+
+    def __repr__(self) -> str:
+        return f"Api({self.store!r})"
+
+    def handle(self, request: Request) -> Response:
+        try:
+            return self._route(request)
+        except ApiError as e:
+            return status_response(e)
+        except Exception:
+            log.exception("%s %s failed", request.method, request.path)
+            return status_response(ApiError("an internal error occurred; see the server log"))
+
+    def _route(self, request: Request) -> Response:
+        path = request.path.rstrip("/") or "/"
+        if path in HEALTH_PATHS:
+            return Response(200, b"ok", "text/plain; charset=utf-8")
+        authorize(
+            write=request.method not in _READS,
+            peer=request.peer,
+            authorization=request.header("authorization"),
+            token=self._token,
+        )
+        document = self._document(path)
+        if document is not None:
+            if request.method not in _READS:
+                raise MethodNotAllowed(f"{request.method} is not supported on {path}")
+            return Response(200, document)
+        return self._dispatch(request, self.target(path))
+
+    def _document(self, path: str) -> bytes | None:
+        """Discovery, /version and OpenAPI: built on first request, then kept."""
+        if path not in self._documents:
+            found = openapi.document(self.kinds, path)
+            if found is None:
+                return None
+            self._documents[path] = encode(found)
+        return self._documents[path]
+
+    # -- paths -------------------------------------------------------------------------
+
+    def target(self, path: str) -> Target:
+        parts = path.strip("/").split("/")
+        if "" in parts:
+            raise _no_such_path(path)
+        if parts[0] == "api" and len(parts) >= 3:
+            group, version, rest = "", parts[1], parts[2:]
+        elif parts[0] == "apis" and len(parts) >= 4:
+            group, version, rest = parts[1], parts[2], parts[3:]
+        else:
+            raise _no_such_path(path)
+        namespace = None
+        if rest[0] == "namespaces" and len(rest) >= 3 and rest[2:] != ["status"]:
+            namespace, rest = rest[1], rest[2:]
+        if len(rest) > 3 or (len(rest) == 3 and rest[2] != "status"):
+            raise _no_such_path(path)
+        kind = self.kinds.by_plural(group, version, rest[0])
+        name = rest[1] if len(rest) > 1 else None
+        if (namespace is not None and not kind.namespaced) or (
+            namespace is None and kind.namespaced and name is not None
+        ):
+            raise _no_such_path(path)
+        return Target(kind, version, namespace, name, rest[2] if len(rest) == 3 else None)
+
+    # -- verbs -------------------------------------------------------------------------
+
+    def _dispatch(self, request: Request, target: Target) -> Response:
+        method, item = request.method, target.name is not None
+        if method == "GET" and not item:
+            if _flag(request.query, "watch"):
+                return self._watch(request, target)
+            return self._list(request, target)
+        if method == "GET":
+            return self._ok(target, self.store.get(target.key()))
+        if method == "POST" and not item:
+            if target.namespace is None and target.kind.namespaced:
+                raise MethodNotAllowed(
+                    f"POST is not supported on a list across namespaces; "
+                    f"create under {target.kind.path(target.version, 'NAMESPACE')}"
+                )
+            return self._create(request, target)
+        if method == "PUT" and item:
+            return self._put(request, target)
+        if method == "PATCH" and item:
+            return self._patch(request, target)
+        if method == "DELETE" and item and target.subresource is None:
+            return self._delete(request, target)
+        where = "an object" if item else "a list"
+        raise MethodNotAllowed(f"{method} is not supported on {where} ({request.path})")
+
+    def _list(self, request: Request, target: Target) -> Response:
+        items, revision = self.store.list(
+            target.kind.group,
+            target.kind.kind,
+            target.namespace,
+            request.query.get("labelSelector"),
+        )
+        body = {
+            "kind": f"{target.kind.kind}List",
+            "apiVersion": target.api_version,
+            "metadata": {"resourceVersion": revision},
+            "items": [_in_version(item, target) for item in items],
+        }
+        return Response(200, encode(body))
+
+    def _watch(self, request: Request, target: Target) -> Response:
+        selector = parse_selector(request.query.get("labelSelector"))
+        deadline = _deadline(request.query.get("timeoutSeconds"))
+        try:
+            watch = self.store.watch(
+                target.kind.group,
+                target.kind.kind,
+                target.namespace,
+                request.query.get("resourceVersion"),
+            )
+        except ApiError as e:
+            if e.code != 410:
+                raise
+            return Response(200, stream=EventStream(None, target, selector, deadline, error=e))
+        return Response(200, stream=EventStream(watch, target, selector, deadline))
+
+    def _create(self, request: Request, target: Target) -> Response:
+        obj = self._bind(_body(request), target)
+        created = self.store.create(obj, manager=_manager(request), dry_run=_dry_run(request.query))
+        return self._ok(target, created, 201, warn=True)
+
+    def _put(self, request: Request, target: Target) -> Response:
+        obj = self._bind(_body(request), target)
+        if target.subresource == "status":
+            _no_dry_run_of_status(request)
+            version = obj.get("metadata", {}).get("resourceVersion")
+            updated = self.store.update_status(
+                target.key(),
+                obj.get("status") or {},
+                resource_version=str(version) if version not in (None, "") else None,
+                manager=_manager(request),
+            )
+        else:
+            updated = self.store.update(
+                obj, manager=_manager(request), dry_run=_dry_run(request.query)
+            )
+        return self._ok(target, updated, warn=True)
+
+    def _patch(self, request: Request, target: Target) -> Response:
+        if request.content_type == APPLY:
+            return self._apply(request, target)
+        if request.content_type == MERGE:
+            return self._ok(target, self._merge(request, target), warn=True)
+        raise UnsupportedMediaType(
+            f'the patch type "{request.content_type or "(none)"}" is not supported; '
+            f'use "{APPLY}" (server-side apply) or "{MERGE}"'
+        )
+
+    def _apply(self, request: Request, target: Target) -> Response:
+        manager = request.query.get("fieldManager")
+        if not manager:
+            raise BadRequest(
+                "PATCH requests with apply-patch+yaml content type require fieldManager"
+            )
+        if target.subresource is not None:
+            raise BadRequest("server-side apply of the status subresource is not supported")
+        applied = self.store.apply(
+            self._bind(_body(request, yaml_too=True), target),
+            manager=manager,
+            force=_flag(request.query, "force"),
+            dry_run=_dry_run(request.query),
+        )
+        return self._ok(target, applied, warn=True)
+
+    def _merge(self, request: Request, target: Target) -> Obj:
+        """RFC 7386 merge onto the live object, then an update; pinned to the
+        patch's resourceVersion if it gives one, else retried on a lost race."""
+        patch = _body(request)
+        pinned = (patch.get("metadata") or {}).get("resourceVersion")
+        if target.subresource == "status":
+            _no_dry_run_of_status(request)
+        for _ in range(_MERGE_RETRIES):
+            live = self.store.get(target.key())
+            merged = merge_patch(live, patch)
+            merged["apiVersion"] = patch.get("apiVersion") or target.api_version
+            merged = self._bind(merged, target)
+            merged["metadata"]["resourceVersion"] = pinned or live["metadata"]["resourceVersion"]
+            try:
+                if target.subresource == "status":
+                    return self.store.update_status(
+                        target.key(),
+                        merged.get("status") or {},
+                        resource_version=str(merged["metadata"]["resourceVersion"]),
+                        manager=_manager(request),
+                    )
+                return self.store.update(
+                    merged, manager=_manager(request), dry_run=_dry_run(request.query)
+                )
+            except Conflict:
+                if pinned:
+                    raise
+        raise Conflict(f'{target.kind.qualified} "{target.name}": too many concurrent writes')
+
+    def _delete(self, request: Request, target: Target) -> Response:
+        options = _body(request) if request.body.strip() else {}
+        preconditions = options.get("preconditions") or {}
+        version = preconditions.get("resourceVersion")
+        dry_run = _dry_run(request.query) or "All" in (options.get("dryRun") or [])
+        deleted = self.store.delete(
+            target.key(),
+            resource_version=str(version) if version not in (None, "") else None,
+            dry_run=dry_run,
+        )
+        return self._ok(target, deleted)
+
+    # -- bodies and answers ------------------------------------------------------------
+
+    def _bind(self, obj: Obj, target: Target) -> Obj:
+        """The body, checked against the path it was sent to, and completed from
+        it where it is silent (so `curl -d '{"spec": ...}'` to an object's URL works)."""
+        obj = dict(obj)
+        _agree(obj, "apiVersion", target.api_version, _API_VERSION_MISMATCH)
+        _agree(obj, "kind", target.kind.kind, _KIND_MISMATCH)
+        meta = obj.get("metadata")
+        if meta is not None and not isinstance(meta, dict):
+            raise BadRequest("metadata: must be an object")
+        meta = obj["metadata"] = dict(meta or {})
+        if target.namespace is not None:
+            _agree(meta, "namespace", target.namespace, _NAMESPACE_MISMATCH)
+        if target.name is not None:
+            _agree(meta, "name", target.name, _NAME_MISMATCH)
+        return obj
+
+    def _ok(self, target: Target, obj: Obj, code: int = 200, *, warn: bool = False) -> Response:
+        """The object in the path's version; after a write, with analysis warnings."""
+        warnings = self._warnings(obj) if warn else []
+        headers = [("Warning", warning_header(w)) for w in warnings]
+        return Response(code, encode(_in_version(obj, target)), headers=headers)
+
+    def _warnings(self, obj: Obj) -> list[str]:
+        if self._analyze is None:
+            return []
+
+        def lookup(group: str, kind: str, namespace: str) -> list[Obj]:
+            return self.store.list(group, kind, namespace)[0]
+
+        try:
+            return self._analyze(obj, lookup)
+        except Exception:
+            # Warnings are advice: a bug in one analyzer must not fail a write that succeeded.
+            log.exception("analysis of %s failed", obj.get("metadata", {}).get("name"))
+            return []
+
+
+class EventStream:
+    """A watch as JSON lines, `{"type": ..., "object": ...}`, in the path's version.
+    An Expired watch (or one that expires on the way) ends with one ERROR line."""
+
+    def __init__(
+        self,
+        watch: Watch | None,
+        target: Target,
+        selector: Selector,
+        deadline: float | None,
+        *,
+        error: ApiError | None = None,
+    ) -> None:
+        self._watch = watch
+        self._target = target
+        self._selector = selector
+        self._deadline = deadline
+        self._pending = [_error_line(error)] if error else []
+        self.done = False
+
+    def __repr__(self) -> str:
+        return f"EventStream({self._target.kind.kind}, {self._watch!r}, done={self.done})"
+
+    def next_line(self, timeout: float) -> bytes | None:
+        """The next line, or None if none came within `timeout` (then check `done`)."""
+        if self._pending:
+            return self._pending.pop(0)
+        if self._watch is None or self._expired():
+            self.done = True
+            return None
+        try:
+            event = self._watch.next(self._wait(timeout))
+        except ApiError as e:
+            self._watch.close()
+            self._watch = None
+            return _error_line(e)
+        if event is None or not self._wanted(event):
+            return None
+        return encode({"type": event.type, "object": _in_version(event.object, self._target)})
+
+    def close(self) -> None:
+        self.done = True
+        if self._watch is not None:
+            self._watch.close()
+            self._watch = None
+
+    def _wanted(self, event: Event) -> bool:
+        return self._selector.matches(event.object.get("metadata", {}).get("labels"))
+
+    def _expired(self) -> bool:
+        return self._deadline is not None and time.monotonic() >= self._deadline
+
+    def _wait(self, timeout: float) -> float:
+        if self._deadline is None:
+            return timeout
+        return max(0.0, min(timeout, self._deadline - time.monotonic()))
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386: objects merge key by key, null deletes, anything else replaces."""
+    if not isinstance(patch, dict):
+        return patch
+    merged = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            merged.pop(key, None)
+        else:
+            merged[key] = merge_patch(merged.get(key), value)
+    return merged
+
+
+def warning_header(text: str) -> str:
+    """RFC 7234 warn-code 299 with the text quoted, on one line, as Kubernetes sends it."""
+    clean = " ".join(text.split()).replace("\\", "\\\\").replace('"', '\\"')
+    return f'299 - "{clean.encode("latin-1", "replace").decode("latin-1")}"'
+
+
+def _error_line(error: ApiError) -> bytes:
+    return encode({"type": "ERROR", "object": error.to_status()})
+
+
+def _no_such_path(path: str) -> NotFound:
+    return NotFound(f"the server could not find the requested resource ({path})")
+
+
+def _in_version(obj: Obj, target: Target) -> Obj:
+    return {**obj, "apiVersion": target.api_version}
+
+
+def _agree(obj: Obj, field_name: str, expected: str, mismatch: str) -> None:
+    """Fill `field_name` from the path if the body lacks it; refuse a body that disagrees."""
+    given = obj.get(field_name)
+    if given in (None, ""):
+        obj[field_name] = expected
+    elif given != expected:
+        raise BadRequest(mismatch.format(given=given, expected=expected))
+
+
+def _body(request: Request, *, yaml_too: bool = False) -> Obj:
+    if len(request.body) > MAX_BODY:
+        raise RequestEntityTooLarge(f"the request body is larger than {MAX_BODY} bytes")
+    content_type = request.content_type
+    as_yaml = content_type in YAML_TYPES or (yaml_too and content_type == APPLY)
+    if not as_yaml and content_type not in (*JSON_TYPES, MERGE):
+        raise UnsupportedMediaType(f'the media type "{content_type}" is not supported')
+    try:
+        text = request.body.decode("utf-8")
+        parsed = yaml.load(text, Loader=_PlainLoader) if as_yaml else json.loads(text)
+    except (UnicodeDecodeError, ValueError, yaml.YAMLError) as e:
+        raise BadRequest(
+            f"the request body is not valid {'YAML' if as_yaml else 'JSON'}: {e}"
+        ) from e
+    if not isinstance(parsed, dict):
+        raise BadRequest("the request body must be an object")
+    return parsed
+
+
+class _PlainLoader(ManifestLoader):
+    """The CLI's YAML reading, with timestamps left as strings, so every body is
+    plain JSON data (a datetime could not be stored)."""
+
+
+_PlainLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
+def _flag(query: Mapping[str, str], name: str) -> bool:
+    value = query.get(name, "false").lower()
+    if value in ("true", "1"):
+        return True
+    if value in ("false", "0", ""):
+        return False
+    raise BadRequest(f'{name}: Invalid value: "{value}": must be true or false')
+
+
+def _dry_run(query: Mapping[str, str]) -> bool:
+    value = query.get("dryRun")
+    if value is None or value == "":
+        return False
+    if value == "All":
+        return True
+    raise BadRequest(f'dryRun: Unsupported value: "{value}": supported values: "All"')
+
+
+def _no_dry_run_of_status(request: Request) -> None:
+    # The store writes status directly; a dry run that wrote would be worse than none.
+    if _dry_run(request.query):
+        raise BadRequest("dryRun is not supported on the status subresource")
+
+
+def _deadline(text: str | None) -> float | None:
+    if text is None or text == "":
+        return None
+    try:
+        seconds = int(text)
+    except ValueError:
+        raise BadRequest(f'timeoutSeconds: Invalid value: "{text}": must be an integer') from None
+    return time.monotonic() + max(0, seconds)
+
+
+def _manager(request: Request) -> str:
+    """fieldManager, else the client's product name from User-Agent, as Kubernetes does."""
+    explicit = request.query.get("fieldManager")
+    if explicit:
+        return explicit
+    agent = (request.header("user-agent") or "").split("/", 1)[0].strip()
+    return agent or "unknown"
