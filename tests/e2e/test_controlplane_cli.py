@@ -64,7 +64,7 @@ def test_a_changed_spec_is_configured_and_bumps_generation(
 ) -> None:
     ok(controlplane.cli("apply", "-f", BOOKINFO))
     changed = (
-        (REPO / "examples/bookinfo/routing.yaml")
+        (REPO / "examples/bookinfo/20-routing.yaml")
         .read_text()
         .replace("subset: v1}", "subset: v2}", 1)
     )
@@ -128,27 +128,27 @@ def test_conflicting_field_manager_and_force(controlplane: ControlPlane) -> None
     authorized = [*curl, "-H", f"Authorization: Bearer {token}"]
     assert subprocess.run(authorized, capture_output=True, text=True).stdout == "200"
 
-    conflict = controlplane.cli("apply", "-f", f"{BOOKINFO}/routing.yaml")
+    conflict = controlplane.cli("apply", "-f", f"{BOOKINFO}/20-routing.yaml")
     assert conflict.returncode == 1
     assert 'conflict with "alice"' in conflict.stderr and ".spec.hosts" in conflict.stderr
 
-    diff = controlplane.cli("diff", "-f", f"{BOOKINFO}/routing.yaml", "--force-conflicts")
+    diff = controlplane.cli("diff", "-f", f"{BOOKINFO}/20-routing.yaml", "--force-conflicts")
     assert diff.returncode == 1 and "-  - reviews.example.com" in diff.stdout
 
-    ok(controlplane.cli("apply", "-f", f"{BOOKINFO}/routing.yaml", "--force-conflicts"))
+    ok(controlplane.cli("apply", "-f", f"{BOOKINFO}/20-routing.yaml", "--force-conflicts"))
     vs = json.loads(ok(controlplane.cli("get", "vs", "reviews", "-o", "json")))
     assert vs["spec"]["hosts"] == ["reviews"]
-    assert ok(controlplane.cli("diff", "-f", f"{BOOKINFO}/routing.yaml")) == ""
+    assert ok(controlplane.cli("diff", "-f", f"{BOOKINFO}/20-routing.yaml")) == ""
 
 
 def test_server_dry_run_stores_nothing(controlplane: ControlPlane) -> None:
-    out = ok(controlplane.cli("apply", "-f", f"{BOOKINFO}/services.yaml", "--dry-run=server"))
+    out = ok(controlplane.cli("apply", "-f", f"{BOOKINFO}/10-services.yaml", "--dry-run=server"))
     assert "service/reviews created (server dry run)" in out
     assert "No resources found" in controlplane.cli("get", "svc").stderr
 
 
 def test_watch_streams_changes(controlplane: ControlPlane) -> None:
-    ok(controlplane.cli("apply", "-f", f"{BOOKINFO}/services.yaml"))
+    ok(controlplane.cli("apply", "-f", f"{BOOKINFO}/10-services.yaml"))
     watcher = subprocess.Popen(
         [sys.executable, "-m", "pilotfish", "get", "vs", "-w", "-o", "name"],
         env=controlplane.env,
@@ -157,7 +157,7 @@ def test_watch_streams_changes(controlplane: ControlPlane) -> None:
     )
     try:
         time.sleep(0.5)
-        ok(controlplane.cli("apply", "-f", f"{BOOKINFO}/routing.yaml"))
+        ok(controlplane.cli("apply", "-f", f"{BOOKINFO}/20-routing.yaml"))
         assert watcher.stdout is not None
         first = watcher.stdout.readline().strip()
         assert first.startswith("virtualservice.networking.istio.io/")

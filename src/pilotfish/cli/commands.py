@@ -105,7 +105,7 @@ def _apply_one(client: Client, kind: Kind, obj: Obj, force: bool, dry_run: bool)
     before = _get_or_none(client, kind, meta.get("name", ""), meta.get("namespace"))
     after, warnings = client.apply(obj, manager=FIELD_MANAGER, force=force, dry_run=dry_run)
     for w in warnings:
-        warn(w)
+        warn(f"{output.resource_name(kind, meta.get('name', ''))}: {w}")
     if before is None:
         return "created"
     same = _strip(before) == _strip(after)
