@@ -46,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     common = _common_options()
     _add_controlplane(sub)
     _add_demo(sub)
+    _add_proxy(sub)
     _add_apply(sub, common)
     _add_get(sub, common)
     _add_describe(sub, common)
@@ -120,6 +121,28 @@ def _run_demo(args: argparse.Namespace) -> int:
     from pilotfish.cli.demo import demo
 
     return demo(args)
+
+
+def _add_proxy(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("proxy", help="run the sidecar proxy from an Envoy-style bootstrap")
+    p.add_argument("--bootstrap", type=Path, required=True, metavar="FILE",
+                   help="Envoy v3 bootstrap, YAML or JSON")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.set_defaults(handler=_run_proxy)
+
+
+def _run_proxy(args: argparse.Namespace) -> int:
+    import logging
+
+    from pilotfish.proxy.bootstrap import BootstrapError
+    from pilotfish.proxy.process import run_proxy
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
+    try:
+        return run_proxy(args.bootstrap)
+    except BootstrapError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
 
 
 def _add_apply(

@@ -1,0 +1,213 @@
+"""Results: the per-target numbers, the table, the target ratios, the JSON."""
+
+from __future__ import annotations
+
+import datetime
+import math
+import os
+import platform
+import sys
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from load import Latency, Load
+
+# The issue's targets: pilotfish vs nginx in the same run.
+THROUGHPUT_TARGET = 0.7  # pilotfish req/s / nginx req/s, at least
+CHAIN_P90_TARGET = 1.3  # pilotfish chain added p90 / nginx chain added p90, at most
+NOISY_CPUS = 0.05  # other processes' CPU use during a measurement worth a warning
+
+
+@dataclass
+class ShapeResult:
+    wrk: Load | None = None
+    h2load: Load | None = None
+    latency: Latency | None = None
+    cpu_us_per_req: float | None = None
+    rss_busy_kib: int | None = None
+    other_cpus: float = 0.0  # CPUs used by processes not ours meanwhile: noise
+    errors: list[str] = field(default_factory=list)
+
+
+@dataclass
+class TargetResult:
+    name: str
+    hops: int
+    unavailable: str | None = None
+    rss_idle_kib: int | None = None
+    shapes: dict[str, ShapeResult] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Settings:
+    seconds: int
+    connections: int
+    rate: int
+    shapes: tuple[str, ...]
+    retries: int
+
+
+def _p(result: TargetResult | None, shape: str) -> ShapeResult | None:
+    if result is None or result.unavailable is not None:
+        return None
+    return result.shapes.get(shape)
+
+
+def added_p90(results: dict[str, TargetResult], name: str, shape: str) -> float | None:
+    """p90 of the target minus p90 of the backend alone, same shape and rate."""
+    mine, direct = _p(results.get(name), shape), _p(results.get("direct"), shape)
+    if mine is None or direct is None or mine.latency is None or direct.latency is None:
+        return None
+    return mine.latency.p90_us - direct.latency.p90_us
+
+
+def ratios(results: dict[str, TargetResult], shapes: tuple[str, ...]) -> dict[str, Any]:
+    """The two numbers the issue sets targets for, per shape (None: not measurable)."""
+    out: dict[str, Any] = {}
+    for shape in shapes:
+        pf, ng = _p(results.get("pilotfish"), shape), _p(results.get("nginx"), shape)
+        tput = None
+        if pf and ng and pf.wrk and ng.wrk and ng.wrk.rps:
+            tput = pf.wrk.rps / ng.wrk.rps
+        pf_add = added_p90(results, "pilotfish-chain", shape)
+        ng_add = added_p90(results, "nginx-chain", shape)
+        chain = pf_add / ng_add if pf_add is not None and ng_add else None
+        out[shape] = {
+            "throughput_pilotfish_over_nginx": tput,
+            "throughput_target_min": THROUGHPUT_TARGET,
+            "chain_added_p90_pilotfish_over_nginx": chain,
+            "chain_added_p90_target_max": CHAIN_P90_TARGET,
+        }
+    return out
+
+
+# --- the table ------------------------------------------------------------
+
+COLUMNS = [
+    "target",
+    "shape",
+    "wrk req/s",
+    "h2load req/s",
+    "errors",
+    "p50 µs",
+    "p90 µs",
+    "p99 µs",
+    "+p90 µs",
+    "CPU µs/req",
+    "RSS idle MiB",
+    "RSS busy MiB",
+]
+
+
+def _num(value: float | None, digits: int = 0) -> str:
+    if value is None or math.isnan(value):
+        return "-"
+    return f"{value:,.{digits}f}"
+
+
+def _mib(kib: int | None) -> str:
+    return "-" if kib is None else f"{kib / 1024:.1f}"
+
+
+def _row(res: TargetResult, shape: str, results: dict[str, TargetResult]) -> list[str]:
+    r = res.shapes.get(shape, ShapeResult())
+    lat = r.latency
+    errors = sum(x.errors for x in (r.wrk, r.h2load, lat) if x is not None) + len(r.errors)
+    added = added_p90(results, res.name, shape) if res.hops else None
+    return [
+        res.name,
+        shape,
+        _num(r.wrk.rps if r.wrk else None),
+        _num(r.h2load.rps if r.h2load else None),
+        str(errors),
+        _num(lat.p50_us if lat else None),
+        _num(lat.p90_us if lat else None),
+        _num(lat.p99_us if lat else None),
+        _num(added),
+        _num(r.cpu_us_per_req, 1),
+        _mib(res.rss_idle_kib),
+        _mib(r.rss_busy_kib),
+    ]
+
+
+def table(results: dict[str, TargetResult], settings: Settings) -> str:
+    """A Markdown table: readable in a terminal, pasteable into the docs."""
+    rows = [COLUMNS, ["---"] * len(COLUMNS)]
+    notes = []
+    for res in results.values():
+        if res.unavailable is not None:
+            rows.append([res.name, "all", "not available", *["-"] * (len(COLUMNS) - 3)])
+            notes.append(f"- {res.name}: not available ({res.unavailable})")
+            continue
+        rows += [_row(res, shape, results) for shape in settings.shapes]
+        notes += [f"- {res.name}/{s}: {e}" for s, r in res.shapes.items() for e in r.errors]
+        notes += [
+            f"- {res.name}/{s}: other processes used {r.other_cpus:.0%} of a CPU meanwhile (noisy)"
+            for s, r in res.shapes.items()
+            if r.other_cpus > NOISY_CPUS
+        ]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
+    lines = [
+        "| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |"
+        for row in rows
+    ]
+    return "\n".join(lines + (["", *notes] if notes else []))
+
+
+def ratio_lines(rat: dict[str, Any]) -> str:
+    lines = []
+    for shape, r in rat.items():
+        t, c = r["throughput_pilotfish_over_nginx"], r["chain_added_p90_pilotfish_over_nginx"]
+        lines.append(
+            f"{shape:>9}: pilotfish/nginx throughput = {_verdict(t, THROUGHPUT_TARGET, True)}; "
+            f"chain added p90 pilotfish/nginx = {_verdict(c, CHAIN_P90_TARGET, False)}"
+        )
+    return "\n".join(lines)
+
+
+def _verdict(value: float | None, target: float, at_least: bool) -> str:
+    if value is None:
+        return f"n/a (target {'>=' if at_least else '<='} {target})"
+    ok = value >= target if at_least else value <= target
+    return f"{value:.2f} ({'meets' if ok else 'misses'} {'>=' if at_least else '<='} {target})"
+
+
+# --- JSON -------------------------------------------------------------------
+
+
+def machine() -> dict[str, Any]:
+    model = "?"
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next(
+                (ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "?"
+            )
+    except OSError:
+        pass
+    return {"nproc": os.cpu_count(), "cpu_model": model, "kernel": platform.release()}
+
+
+def document(
+    results: dict[str, TargetResult], settings: Settings, tool_versions: dict[str, str]
+) -> dict[str, Any]:
+    return {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "versions": {**tool_versions, "python": sys.version.split()[0]},
+        "settings": {
+            **asdict(settings),
+            "cpu_pinning": {"servers": 0, "load_generators": 1},
+            "latency_generator": "h2load --h1 --rps (10 connections), --log-file",
+        },
+        "results": {name: _result_json(res) for name, res in results.items()},
+        "ratios": ratios(results, settings.shapes),
+    }
+
+
+def _result_json(res: TargetResult) -> dict[str, Any]:
+    data = asdict(res)
+    for shape, r in res.shapes.items():
+        for key, load in (("wrk", r.wrk), ("h2load", r.h2load)):
+            if load is not None:
+                data["shapes"][shape][key]["rps"] = round(load.rps, 1)
+    return data

@@ -1,0 +1,389 @@
+"""The snapshot: config and registry at one moment, indexed once.
+
+    snapshot = build_snapshot(stored_objects, instances)
+    snapshot.visible_services(proxy)          # what a proxy may reach
+    snapshot.endpoints(service, 9080)         # healthy endpoints of one port
+    snapshot.virtual_service_for(proxy, host) # the VirtualService routing a host
+    snapshot.destination_rule(proxy, host)    # Istio's lookup order
+
+Building is a pure function of its inputs; lookups are dictionary reads. What
+depends on the proxy (exportTo, Sidecar egress) is computed once per
+(namespace, Sidecar) and memoised, since every proxy of a namespace without
+its own Sidecar sees the same mesh.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from pilotfish.model import endpoints as eps
+from pilotfish.model.config import (
+    DestinationRule,
+    Gateway,
+    Obj,
+    Sidecar,
+    VirtualService,
+    exported,
+    labels_match,
+    read_destination_rule,
+    read_gateway,
+    read_sidecar,
+    read_virtual_service,
+)
+from pilotfish.model.hosts import MESH_GATEWAY, ROOT_NAMESPACE, covers, is_wildcard, matches
+from pilotfish.model.services import service_from_v1, services_from_entry
+from pilotfish.model.types import Endpoint, Instance, Proxy, Service, ServicePort
+
+NETWORKING = "networking.istio.io"
+_KINDS = {
+    ("", "Service"),
+    (NETWORKING, "VirtualService"),
+    (NETWORKING, "DestinationRule"),
+    (NETWORKING, "Gateway"),
+    (NETWORKING, "ServiceEntry"),
+    (NETWORKING, "WorkloadEntry"),
+    (NETWORKING, "Sidecar"),
+}
+EndpointKey = tuple[str, str, int]  # (hostname, namespace, port)
+
+
+@dataclass(frozen=True)
+class ProxyView:
+    """What proxies of one namespace under one Sidecar may see."""
+
+    services: tuple[Service, ...]  # one per host name, sorted by host name
+    by_host: Mapping[str, Service]
+    virtual_services: tuple[VirtualService, ...]  # bound to the mesh, visible, allowed
+    vs_by_host: Mapping[str, VirtualService]  # exact hosts, the oldest VirtualService wins
+    vs_wildcards: tuple[tuple[str, VirtualService], ...]  # most specific first
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    services: tuple[Service, ...] = ()
+    instances: tuple[Instance, ...] = ()
+    virtual_services: tuple[VirtualService, ...] = ()
+    destination_rules: tuple[DestinationRule, ...] = ()
+    gateways: tuple[Gateway, ...] = ()
+    sidecars: tuple[Sidecar, ...] = ()
+    endpoint_index: Mapping[EndpointKey, tuple[Endpoint, ...]] = field(
+        default_factory=lambda: MappingProxyType({}), repr=False
+    )
+    _index: _Index = field(init=False, repr=False, compare=False)
+    _views: dict[tuple[str, str], ProxyView] = field(
+        default_factory=dict, repr=False, compare=False
+    )
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_index", _Index.of(self))
+
+    def __repr__(self) -> str:
+        return (
+            f"<Snapshot {len(self.services)} services, {len(self.instances)} instances, "
+            f"{len(self.virtual_services)} VirtualServices, "
+            f"{len(self.destination_rules)} DestinationRules>"
+        )
+
+    # -- what a proxy sees -------------------------------------------------
+
+    def view(self, proxy: Proxy) -> ProxyView:
+        sidecar = self.sidecar_for(proxy)
+        key = (proxy.namespace, f"{sidecar.namespace}/{sidecar.name}" if sidecar else "")
+        found = self._views.get(key)
+        if found is None:
+            found = self._index.view(proxy.namespace, sidecar)
+            self._views[key] = found
+        return found
+
+    def visible_services(self, proxy: Proxy) -> tuple[Service, ...]:
+        return self.view(proxy).services
+
+    def service_for(self, proxy: Proxy, hostname: str) -> Service | None:
+        return self.view(proxy).by_host.get(hostname)
+
+    def sidecar_for(self, proxy: Proxy) -> Sidecar | None:
+        """A Sidecar selecting the workload, else its namespace's default, else
+        the root namespace's default (Istio's order)."""
+        local = self._index.sidecars.get(proxy.namespace, ())
+        for sidecar in local:
+            if sidecar.selector and labels_match(sidecar.selector, proxy.labels):
+                return sidecar
+        for sidecar in (*local, *self._index.sidecars.get(ROOT_NAMESPACE, ())):
+            if sidecar.selector is None:
+                return sidecar
+        return None
+
+    def endpoints(self, service: Service, port: int) -> tuple[Endpoint, ...]:
+        return self.endpoint_index.get((service.hostname, service.namespace, port), ())
+
+    def own_instances(self, proxy: Proxy) -> tuple[Instance, ...]:
+        """The instances a sidecar fronts: by instance name when the proxy has
+        one, else by workload and address."""
+        local = self._index.instances.get(proxy.namespace, ())
+        name = proxy.instance_name
+        if name:
+            named = tuple(i for i in local if i.name == name)
+            if named:
+                return named
+        return tuple(i for i in local if i.workload == proxy.workload and i.address == proxy.ip)
+
+    # -- routing config ------------------------------------------------------
+
+    def virtual_service_for(self, proxy: Proxy, hostname: str) -> VirtualService | None:
+        """The VirtualService routing `hostname` for a sidecar: an exact host
+        first, else the most specific wildcard; the oldest wins a tie."""
+        view = self.view(proxy)
+        exact = view.vs_by_host.get(hostname)
+        if exact is not None:
+            return exact
+        return next((vs for h, vs in view.vs_wildcards if covers(h, hostname)), None)
+
+    def gateway_virtual_services(self, proxy: Proxy, gateway: str) -> tuple[VirtualService, ...]:
+        """VirtualServices bound to `gateway` (`ns/name`) and exported to the
+        gateway proxy's namespace, oldest first."""
+        return tuple(
+            vs
+            for vs in self._index.by_gateway.get(gateway, ())
+            if exported(vs.export_to, proxy.namespace)
+        )
+
+    def delegate(self, name: str, namespace: str, root_namespace: str) -> VirtualService | None:
+        vs = self._index.by_key.get(f"{namespace}/{name}")
+        if vs is None or vs.hosts or not exported(vs.export_to, root_namespace):
+            return None
+        return vs
+
+    def gateways_for(self, proxy: Proxy) -> tuple[Gateway, ...]:
+        """Gateways whose selector picks this proxy, in any namespace."""
+        return tuple(
+            g for g in self.gateways if g.selector and labels_match(g.selector, proxy.labels)
+        )
+
+    def destination_rule(self, proxy: Proxy, hostname: str) -> DestinationRule | None:
+        service = self.service_for(proxy, hostname)
+        return self._index.destination_rule(
+            proxy.namespace, hostname, service.namespace if service else ""
+        )
+
+
+@dataclass(frozen=True)
+class _Index:
+    by_host: Mapping[str, tuple[Service, ...]]
+    by_key: Mapping[str, VirtualService]
+    mesh_vs: tuple[VirtualService, ...]
+    by_gateway: Mapping[str, tuple[VirtualService, ...]]
+    rules: Mapping[str, Mapping[str, DestinationRule]]  # namespace -> host -> merged rule
+    sidecars: Mapping[str, tuple[Sidecar, ...]]
+    instances: Mapping[str, tuple[Instance, ...]]
+
+    @classmethod
+    def of(cls, snap: Snapshot) -> _Index:
+        by_host: dict[str, list[Service]] = defaultdict(list)
+        for s in snap.services:
+            by_host[s.hostname].append(s)
+        by_gateway: dict[str, list[VirtualService]] = defaultdict(list)
+        for vs in snap.virtual_services:
+            for gw in _gateway_names(vs):
+                by_gateway[gw].append(vs)
+        sidecars: dict[str, list[Sidecar]] = defaultdict(list)
+        for sc in snap.sidecars:
+            sidecars[sc.namespace].append(sc)
+        instances: dict[str, list[Instance]] = defaultdict(list)
+        for i in snap.instances:
+            instances[i.namespace].append(i)
+        return cls(
+            by_host={h: tuple(v) for h, v in by_host.items()},
+            by_key={vs.key: vs for vs in snap.virtual_services},
+            mesh_vs=tuple(
+                vs for vs in snap.virtual_services if vs.hosts and MESH_GATEWAY in vs.gateways
+            ),
+            by_gateway={g: tuple(v) for g, v in by_gateway.items()},
+            rules=_merge_rules(snap.destination_rules),
+            sidecars={n: tuple(v) for n, v in sidecars.items()},
+            instances={n: tuple(v) for n, v in instances.items()},
+        )
+
+    def view(self, namespace: str, sidecar: Sidecar | None) -> ProxyView:
+        egress = sidecar.egress if sidecar and sidecar.egress else None
+        chosen: dict[str, Service] = {}
+        for host in sorted(self.by_host):
+            visible = [
+                s
+                for s in self.by_host[host]
+                if exported(s.export_to, namespace)
+                and _allowed(egress, namespace, s.namespace, host)
+            ]
+            if visible:
+                own = [s for s in visible if s.namespace == namespace]
+                chosen[host] = (own or visible)[0]
+        vses = tuple(
+            vs
+            for vs in self.mesh_vs
+            if exported(vs.export_to, namespace)
+            and any(_allowed(egress, namespace, vs.namespace, h) for h in vs.hosts)
+        )
+        by_host: dict[str, VirtualService] = {}
+        for vs in vses:
+            for h in vs.hosts:
+                if not is_wildcard(h):
+                    by_host.setdefault(h, vs)
+        wild = [(h, vs) for vs in vses for h in vs.hosts if is_wildcard(h)]
+        wild.sort(key=lambda pair: -len(pair[0]))  # stable: the oldest wins a tie
+        return ProxyView(
+            tuple(chosen.values()),
+            MappingProxyType(chosen),
+            vses,
+            MappingProxyType(by_host),
+            tuple(wild),
+        )
+
+    def destination_rule(
+        self, proxy_ns: str, hostname: str, service_ns: str
+    ) -> DestinationRule | None:
+        """Istio's order: the proxy's namespace, the service's, the root's; only
+        the first two's rules need not be exported."""
+        local = _most_specific(self.rules.get(proxy_ns, {}), hostname)
+        if local is not None:
+            return local
+        for ns in (service_ns, ROOT_NAMESPACE):
+            rule = _most_specific(self.rules.get(ns, {}), hostname)
+            if rule is not None and exported(rule.export_to, proxy_ns):
+                return rule
+        return None
+
+
+def _gateway_names(vs: VirtualService) -> list[str]:
+    names = [g for g in vs.gateways if g != MESH_GATEWAY]
+    for route in vs.http:
+        for match in route.get("match") or []:
+            names += [g for g in match.get("gateways") or [] if g != MESH_GATEWAY]
+    return list(dict.fromkeys(names))
+
+
+def _allowed(
+    egress: tuple[tuple[str, str], ...] | None, proxy_ns: str, namespace: str, host: str
+) -> bool:
+    """Whether a Sidecar's egress hosts let a proxy of `proxy_ns` see config
+    of `namespace` for `host`; no Sidecar (or no egress) allows everything."""
+    if egress is None:
+        return True
+    return any(
+        (ns == "*" or ns == namespace or (ns == "." and namespace == proxy_ns))
+        and matches(pattern, host)
+        for ns, pattern in egress
+    )
+
+
+def _most_specific(rules: Mapping[str, DestinationRule], hostname: str) -> DestinationRule | None:
+    exact = rules.get(hostname)
+    if exact is not None:
+        return exact
+    wild = [h for h in rules if is_wildcard(h) and covers(h, hostname)]
+    return rules[max(wild, key=len)] if wild else None
+
+
+def _merge_rules(
+    rules: Iterable[DestinationRule],
+) -> Mapping[str, Mapping[str, DestinationRule]]:
+    """Rules for the same host in one namespace merge as Istio merges them: the
+    oldest rule's traffic policy, every subset whose name is not yet taken."""
+    merged: dict[str, dict[str, DestinationRule]] = defaultdict(dict)
+    for rule in rules:
+        seen = merged[rule.namespace].get(rule.host)
+        if seen is None:
+            merged[rule.namespace][rule.host] = rule
+            continue
+        names = {s.name for s in seen.subsets}
+        extra = tuple(s for s in rule.subsets if s.name not in names)
+        merged[rule.namespace][rule.host] = DestinationRule(
+            seen.name,
+            seen.namespace,
+            seen.host,
+            seen.traffic_policy or rule.traffic_policy,
+            seen.subsets + extra,
+            seen.export_to | rule.export_to,
+            seen.created,
+        )
+    return {ns: MappingProxyType(by_host) for ns, by_host in merged.items()}
+
+
+def build_snapshot(objects: Iterable[Obj], instances: Iterable[Instance] = ()) -> Snapshot:
+    """A snapshot from stored objects (any kinds; others are ignored) and the
+    registered instances. Config is ordered oldest first, as Istio orders it
+    to settle conflicts."""
+    by_kind: dict[str, list[Obj]] = defaultdict(list)
+    for obj in objects:
+        group = str(obj.get("apiVersion", "")).rpartition("/")[0]
+        if (group, obj.get("kind")) in _KINDS:
+            by_kind[str(obj["kind"])].append(obj)
+    for kind in by_kind:
+        by_kind[kind].sort(key=_age)
+    live = tuple(sorted(instances, key=lambda i: (i.namespace, i.name, i.address)))
+    services = _services(by_kind)
+    return Snapshot(
+        services=services,
+        instances=live,
+        virtual_services=tuple(map(read_virtual_service, by_kind["VirtualService"])),
+        destination_rules=tuple(map(read_destination_rule, by_kind["DestinationRule"])),
+        gateways=tuple(map(read_gateway, by_kind["Gateway"])),
+        sidecars=tuple(map(read_sidecar, by_kind["Sidecar"])),
+        endpoint_index=MappingProxyType(_endpoint_index(by_kind, services, live)),
+    )
+
+
+def _age(obj: Obj) -> tuple[str, str, str]:
+    metadata = obj.get("metadata") or {}
+    return (
+        str(metadata.get("creationTimestamp") or ""),
+        str(metadata.get("namespace") or "default"),
+        str(metadata.get("name") or ""),
+    )
+
+
+def _services(by_kind: Mapping[str, list[Obj]]) -> tuple[Service, ...]:
+    found = [service_from_v1(o) for o in by_kind.get("Service", [])]
+    for entry in by_kind.get("ServiceEntry", []):
+        found += services_from_entry(entry)
+    return tuple(found)
+
+
+def _endpoint_index(
+    by_kind: Mapping[str, list[Obj]], services: tuple[Service, ...], live: tuple[Instance, ...]
+) -> dict[EndpointKey, tuple[Endpoint, ...]]:
+    pool = [eps.workload_of_instance(i) for i in live if i.healthy]
+    pool += [eps.workload_of_entry(o) for o in by_kind.get("WorkloadEntry", [])]
+    sources = {("Service", o["metadata"]["name"], _ns(o)): o for o in by_kind.get("Service", [])}
+    sources |= {
+        ("ServiceEntry", o["metadata"]["name"], _ns(o)): o for o in by_kind.get("ServiceEntry", [])
+    }
+    index: dict[EndpointKey, tuple[Endpoint, ...]] = {}
+    for svc in services:
+        kind, _, name = svc.source.partition("/")
+        spec: dict[str, Any] = sources[(kind, name, svc.namespace)].get("spec") or {}
+        for port in svc.ports:
+            key = (svc.hostname, svc.namespace, port.port)
+            if kind == "Service":
+                chosen = list(eps.selected(spec.get("selector"), svc.namespace, pool))
+                index[key] = eps.endpoints_for(port, chosen)
+            else:
+                index[key] = _entry_endpoints(svc, port, spec, pool)
+    return index
+
+
+def _entry_endpoints(
+    svc: Service, port: ServicePort, spec: Obj, pool: list[eps.Workload]
+) -> tuple[Endpoint, ...]:
+    listed = [eps.workload_of_entry(e, svc.namespace) for e in spec.get("endpoints") or []]
+    selector = (spec.get("workloadSelector") or {}).get("labels")
+    listed += eps.selected(selector, svc.namespace, pool)
+    if not listed and not selector and svc.resolution in ("DNS", "DNS_ROUND_ROBIN"):
+        return (eps.dns_endpoint(svc.hostname, port),)
+    return eps.endpoints_for(port, listed)
+
+
+def _ns(obj: Obj) -> str:
+    return str((obj.get("metadata") or {}).get("namespace") or "default")

@@ -1,0 +1,112 @@
+"""The proxy's configuration: xDS resources in, one immutable snapshot out.
+
+Every update compiles the resources it brings before anything changes; one
+bad resource rejects the whole update (the ADS client NACKs it) and the
+previous snapshot keeps serving. A listener that needs a route configuration
+over RDS is warming until that arrives, and is not served meanwhile, as in
+Envoy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+from typing import Any
+
+from envoy.config.cluster.v3.cluster_pb2 import Cluster
+from envoy.config.endpoint.v3.endpoint_pb2 import ClusterLoadAssignment
+from envoy.config.listener.v3.listener_pb2 import Listener
+from envoy.config.route.v3.route_pb2 import RouteConfiguration
+from google.protobuf.any_pb2 import Any as AnyProto
+from google.protobuf.message import Message
+
+from pilotfish.proxy import xds_types
+from pilotfish.proxy.listeners import CompiledListener, compile_listener
+from pilotfish.proxy.routing import RouteTable, compile_route_config
+from pilotfish.proxy.upstream_set import ClusterSet
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What the data path reads; replaced whole, never changed in place."""
+
+    listeners: Mapping[str, CompiledListener] = field(default_factory=dict)
+    routes: Mapping[str, RouteTable] = field(default_factory=dict)
+    clusters: ClusterSet = field(default_factory=ClusterSet)
+    raw: Mapping[str, Mapping[str, Message]] = field(default_factory=dict)  # for /config_dump
+
+    def routes_of(self, listener: CompiledListener) -> RouteTable | None:
+        return listener.http.routes or self.routes.get(listener.http.rds_name)
+
+    def active_listeners(self) -> dict[str, CompiledListener]:
+        """Listeners with everything they need; the others are warming."""
+        return {n: lst for n, lst in self.listeners.items() if self.routes_of(lst) is not None}
+
+
+class ProxyConfig:
+    def __init__(self, on_change: Callable[[Snapshot], None] = lambda s: None) -> None:
+        self.snapshot = Snapshot()
+        self._on_change = on_change
+
+    def __repr__(self) -> str:
+        s = self.snapshot
+        return f"<ProxyConfig listeners={len(s.listeners)} routes={len(s.routes)} clusters={len(s.clusters)}>"
+
+    def apply(self, type_url: str, resources: list[AnyProto]) -> Mapping[str, frozenset[str]]:
+        """Apply a state-of-the-world update of one type; return the names now
+        wanted of the types it refers to. Raises on any invalid resource."""
+        decoded = [_decode(type_url, r) for r in resources]
+        snapshot, wanted = self._updated(type_url, decoded)
+        raw = {**self.snapshot.raw, type_url: {_name(m): m for m in decoded}}
+        self.snapshot = replace(snapshot, raw=MappingProxyType(raw))
+        self._on_change(self.snapshot)
+        return wanted
+
+    def load_static(self, listeners: list[Listener], clusters: list[Cluster]) -> None:
+        """The bootstrap's static_resources, applied like an xDS update."""
+        for type_url, messages in ((xds_types.CLUSTER, clusters), (xds_types.LISTENER, listeners)):
+            packed = []
+            for message in messages:
+                a = AnyProto()
+                a.Pack(message)
+                packed.append(a)
+            self.apply(type_url, packed)
+
+    def _updated(self, type_url: str, decoded: list[Any]) -> tuple[Snapshot, Mapping[str, frozenset[str]]]:
+        s = self.snapshot
+        if type_url == xds_types.LISTENER:
+            listeners = {lst.name: lst for lst in map(compile_listener, decoded)}
+            rds = frozenset(lst.http.rds_name for lst in listeners.values() if lst.http.rds_name)
+            return replace(s, listeners=MappingProxyType(listeners)), {xds_types.ROUTE: rds}
+        if type_url == xds_types.ROUTE:
+            routes = {rc.name: compile_route_config(rc) for rc in decoded}
+            return replace(s, routes=MappingProxyType(routes)), {}
+        if type_url == xds_types.CLUSTER:
+            clusters = s.clusters.with_clusters(decoded)
+            return replace(s, clusters=clusters), {xds_types.ENDPOINT: clusters.eds_names()}
+        if type_url == xds_types.ENDPOINT:
+            return replace(s, clusters=s.clusters.with_assignments(decoded)), {}
+        raise ValueError(f"unsupported resource type {type_url}")
+
+
+_TYPES: dict[str, type[Message]] = {
+    xds_types.LISTENER: Listener,
+    xds_types.ROUTE: RouteConfiguration,
+    xds_types.CLUSTER: Cluster,
+    xds_types.ENDPOINT: ClusterLoadAssignment,
+}
+
+
+def _decode(type_url: str, resource: AnyProto) -> Any:
+    message_type = _TYPES.get(type_url)
+    if message_type is None:
+        raise ValueError(f"unsupported resource type {type_url}")
+    if resource.type_url != type_url:
+        raise ValueError(f"a {type_url} response carries a {resource.type_url}")
+    message = message_type()
+    resource.Unpack(message)
+    return message
+
+
+def _name(message: Message) -> str:
+    return str(getattr(message, "name", "") or getattr(message, "cluster_name", ""))

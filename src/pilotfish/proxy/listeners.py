@@ -1,0 +1,181 @@
+"""Listeners compiled from `envoy.config.listener.v3.Listener`.
+
+A listener is an address and one filter chain holding either an
+HttpConnectionManager (with an inline route table or an RDS name) or nothing
+else: what the translation produces and a user writes in a bootstrap. Any
+other field that is set fails the compile with its path (a NACK).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from envoy.config.accesslog.v3.accesslog_pb2 import AccessLog
+from envoy.config.core.v3.base_pb2 import TrafficDirection
+from envoy.config.listener.v3.listener_pb2 import Listener
+from envoy.extensions.access_loggers.file.v3.file_pb2 import FileAccessLog
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2 as hcm_pb2,
+)
+from google.protobuf.duration_pb2 import Duration
+
+from pilotfish.proxy import xds_types
+from pilotfish.proxy.proto_fields import unsupported
+from pilotfish.proxy.routing import RouteTable, compile_route_config
+
+HCM_NAME = "envoy.filters.network.http_connection_manager"
+DEFAULT_MAX_HEADERS_KB = 60
+
+LISTENER_FIELDS = frozenset(
+    {
+        "name",
+        "address.socket_address.address",
+        "address.socket_address.port_value",
+        "address.socket_address.protocol",
+        "filter_chains.filters.name",
+        "filter_chains.filters.typed_config",
+        "filter_chains.name",
+        "traffic_direction",
+        "stat_prefix",
+        "metadata",
+        "per_connection_buffer_limit_bytes",
+    }
+)
+HCM_FIELDS = frozenset(
+    {
+        "stat_prefix",
+        "codec_type",
+        "route_config",
+        "rds.route_config_name",
+        "rds.config_source.ads",
+        "rds.config_source.resource_api_version",
+        "http_filters",
+        "generate_request_id",
+        "use_remote_address",
+        "xff_num_trusted_hops",
+        "skip_xff_append",
+        "server_name",
+        "request_headers_timeout",
+        "request_timeout",
+        "stream_idle_timeout",
+        "common_http_protocol_options.idle_timeout",
+        "common_http_protocol_options.max_requests_per_connection",
+        "max_request_headers_kb",
+        "upgrade_configs.upgrade_type",
+        "upgrade_configs.enabled",
+        "access_log",
+        "normalize_path",
+        "merge_slashes",
+        "preserve_external_request_id",
+        "forward_client_cert_details",
+        "set_current_client_cert_details",
+    }
+)
+
+
+class ListenerError(Exception):
+    """A listener that cannot be served; the message names the field."""
+
+
+@dataclass(frozen=True)
+class HttpManager:
+    stat_prefix: str
+    routes: RouteTable | None  # inline route_config
+    rds_name: str  # or the RouteConfiguration to wait for
+    http_filters: tuple[object, ...]  # the HttpFilter protos, compiled by the filter chain
+    generate_request_id: bool
+    use_remote_address: bool
+    skip_xff_append: bool
+    server_name: bytes
+    request_headers_timeout: float  # 0: none (the 408 guard)
+    idle_timeout: float  # downstream connection idle timeout, 0: none
+    max_requests_per_connection: int  # 0: unlimited
+    max_request_headers: int  # bytes, beyond which 431
+    upgrades: frozenset[bytes]  # lower-case upgrade types allowed, e.g. b"websocket"
+    access_log_paths: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class CompiledListener:
+    name: str
+    host: str
+    port: int
+    http: HttpManager
+    outbound: bool  # traffic_direction OUTBOUND: routes on absolute-form targets too
+
+    def __repr__(self) -> str:
+        return f"<Listener {self.name} {self.host}:{self.port}>"
+
+
+def compile_listener(listener: Listener) -> CompiledListener:
+    where = f"listener {listener.name or '(unnamed)'}"
+    bad = unsupported(listener, LISTENER_FIELDS)
+    if bad:
+        raise ListenerError(f"{where}: field not supported by pilotfish: {', '.join(bad)}")
+    socket = listener.address.socket_address
+    if not socket.address or not socket.port_value:
+        raise ListenerError(f"{where}: address.socket_address needs an address and a port_value")
+    if len(listener.filter_chains) != 1 or len(listener.filter_chains[0].filters) != 1:
+        raise ListenerError(
+            f"{where}: filter_chains: exactly one chain with one filter is supported"
+        )
+    network_filter = listener.filter_chains[0].filters[0]
+    if network_filter.typed_config.type_url != xds_types.HCM:
+        raise ListenerError(
+            f"{where}: filter_chains[0].filters[0]: only {HCM_NAME} is supported, "
+            f"got {network_filter.name or network_filter.typed_config.type_url}"
+        )
+    hcm = hcm_pb2.HttpConnectionManager()
+    network_filter.typed_config.Unpack(hcm)
+    return CompiledListener(
+        name=listener.name,
+        host=socket.address,
+        port=socket.port_value,
+        http=compile_http_manager(hcm, where),
+        outbound=listener.traffic_direction == TrafficDirection.OUTBOUND,
+    )
+
+
+def compile_http_manager(hcm: hcm_pb2.HttpConnectionManager, where: str) -> HttpManager:
+    bad = unsupported(hcm, HCM_FIELDS)
+    if bad:
+        prefix = "filter_chains[0].filters[0].typed_config."
+        raise ListenerError(
+            f"{where}: field not supported by pilotfish: " + ", ".join(prefix + b for b in bad)
+        )
+    if not hcm.HasField("route_config") and not hcm.rds.route_config_name:
+        raise ListenerError(f"{where}: http_connection_manager needs route_config or rds")
+    options = hcm.common_http_protocol_options
+    return HttpManager(
+        stat_prefix=hcm.stat_prefix,
+        routes=compile_route_config(hcm.route_config) if hcm.HasField("route_config") else None,
+        rds_name=hcm.rds.route_config_name,
+        http_filters=tuple(hcm.http_filters),
+        generate_request_id=hcm.generate_request_id.value
+        if hcm.HasField("generate_request_id")
+        else True,
+        use_remote_address=hcm.use_remote_address.value,
+        skip_xff_append=hcm.skip_xff_append,
+        server_name=(hcm.server_name or "envoy").encode(),
+        request_headers_timeout=_seconds(hcm.request_headers_timeout),
+        idle_timeout=_seconds(options.idle_timeout) if options.HasField("idle_timeout") else 3600.0,
+        max_requests_per_connection=options.max_requests_per_connection.value,
+        max_request_headers=(hcm.max_request_headers_kb.value or DEFAULT_MAX_HEADERS_KB) * 1024,
+        upgrades=frozenset(
+            u.upgrade_type.lower().encode()
+            for u in hcm.upgrade_configs
+            if not u.HasField("enabled") or u.enabled.value
+        ),
+        access_log_paths=tuple(_access_log_path(a, where) for a in hcm.access_log),
+    )
+
+
+def _seconds(duration: Duration) -> float:
+    return float(duration.seconds + duration.nanos / 1e9)
+
+
+def _access_log_path(access_log: AccessLog, where: str) -> str:
+    config = FileAccessLog()
+    if not access_log.typed_config.Unpack(config):
+        raise ListenerError(f"{where}: access_log: only envoy.access_loggers.file is supported")
+    return str(config.path)

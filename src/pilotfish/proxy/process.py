@@ -1,0 +1,177 @@
+"""`pilotfish proxy --bootstrap FILE`: the sidecar process.
+
+Loads the bootstrap, serves its static resources, follows the ADS server it
+names, runs the admin listener, and binds one socket per active listener,
+reconciled on every config change. SIGTERM, SIGINT and POST /quitquitquit
+drain: stop accepting, let in-flight requests finish (bounded), exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from envoy.config.bootstrap.v3.bootstrap_pb2 import Bootstrap
+
+from pilotfish.proxy import admin
+from pilotfish.proxy.ads import AdsProtocol
+from pilotfish.proxy.bootstrap import load_bootstrap
+from pilotfish.proxy.config import ProxyConfig, Snapshot
+from pilotfish.proxy.listeners import CompiledListener
+from pilotfish.proxy.metrics import Telemetry, Workload
+from pilotfish.proxy.pool import Pool
+from pilotfish.proxy.server import Downstream, Runtime
+from pilotfish.proxy.upstream_set import compile_cluster
+from pilotfish.proxy.xds_client import AdsClient
+
+log = logging.getLogger("pilotfish.proxy")
+DRAIN_TIMEOUT_S = 5.0
+
+
+@dataclass
+class Listeners:
+    """Bound sockets by listener name; new connections use the newest config."""
+
+    runtime: Runtime
+    servers: dict[str, tuple[tuple[str, int], asyncio.Server]] = field(default_factory=dict)
+    current: dict[str, CompiledListener] = field(default_factory=dict)
+
+    async def sync(self, snapshot: Snapshot) -> None:
+        wanted = snapshot.active_listeners()
+        self.current = wanted
+        for name in [n for n in self.servers if n not in wanted or self._moved(n, wanted[n])]:
+            self.servers.pop(name)[1].close()
+        for name, listener in wanted.items():
+            if name not in self.servers:
+                await self._bind(name, listener)
+
+    def _moved(self, name: str, listener: CompiledListener) -> bool:
+        return self.servers[name][0] != (listener.host, listener.port)
+
+    async def _bind(self, name: str, listener: CompiledListener) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            server = await loop.create_server(
+                lambda: Downstream(self.runtime, self.current.get(name, listener)),
+                listener.host, listener.port, reuse_address=True, backlog=1024,
+            )
+        except OSError as e:
+            log.error("listener %s cannot bind %s:%d: %s", name, listener.host, listener.port, e)
+            return
+        self.servers[name] = ((listener.host, listener.port), server)
+        log.info("listener %s serving on %s:%d", name, listener.host, listener.port)
+
+    def close(self) -> None:
+        for _, server in self.servers.values():
+            server.close()
+        self.servers.clear()
+
+
+def run_proxy(bootstrap_path: Path) -> int:
+    bootstrap = load_bootstrap(bootstrap_path)
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:  # the event loop is faster with it, correct without
+        pass
+    return asyncio.run(_serve(bootstrap))
+
+
+async def _serve(bootstrap: Bootstrap) -> int:
+    stop = asyncio.Event()
+    changed = asyncio.Event()
+    config = ProxyConfig(on_change=lambda _: changed.set())
+    runtime = Runtime(config, Pool(), Telemetry(Workload.from_node(bootstrap.node)))
+    listeners = Listeners(runtime)
+    resources = bootstrap.static_resources
+    runtime.config.load_static(list(resources.listeners), list(resources.clusters))
+    await listeners.sync(runtime.config.snapshot)
+    tasks = [asyncio.create_task(_follow(changed, listeners, runtime))]
+    ads = _ads_client(bootstrap, runtime.config)
+    if ads is not None:
+        tasks.append(asyncio.create_task(ads.run()))
+    admin_server = await _admin(bootstrap, runtime, listeners, stop, ads)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await _drain(runtime, listeners)
+    for task in tasks:
+        task.cancel()
+    if admin_server is not None:
+        admin_server.close()
+    runtime.pool.close()
+    return 0
+
+
+async def _follow(changed: asyncio.Event, listeners: Listeners, runtime: Runtime) -> None:
+    while True:
+        await changed.wait()
+        changed.clear()
+        await listeners.sync(runtime.config.snapshot)
+
+
+def _ads_client(bootstrap: Bootstrap, config: ProxyConfig) -> AdsClient | None:
+    ads_config = bootstrap.dynamic_resources.ads_config
+    if not ads_config.grpc_services:
+        return None
+    cluster_name = ads_config.grpc_services[0].envoy_grpc.cluster_name
+    proto = next((c for c in bootstrap.static_resources.clusters if c.name == cluster_name), None)
+    host = compile_cluster(proto).pick() if proto is not None else None
+    if host is None:
+        raise SystemExit(f"error: the ADS cluster {cluster_name!r} is not a static cluster with an endpoint")
+    return AdsClient(str(host), AdsProtocol(bootstrap.node, config.apply))
+
+
+async def _admin(bootstrap: Bootstrap, runtime: Runtime, listeners: Listeners,
+                 stop: asyncio.Event, ads: AdsClient | None) -> asyncio.Server | None:
+    address = bootstrap.admin.address.socket_address
+    if not address.port_value:
+        return None
+
+    def ready() -> tuple[int, str, bytes]:
+        serving = not runtime.draining and (ads is None or ads.connected.is_set())
+        return (200, admin.TEXT, b"LIVE\n") if serving else (503, admin.TEXT, b"PRE_INITIALIZING\n")
+
+    def drain() -> tuple[int, str, bytes]:
+        runtime.draining = True
+        listeners.close()
+        return 200, admin.TEXT, b"OK\n"
+
+    def quit_() -> tuple[int, str, bytes]:
+        stop.set()
+        return 200, admin.TEXT, b"OK\n"
+
+    routes = admin.AdminRoutes(
+        get={
+            "/ready": ready,
+            "/stats/prometheus": lambda: (200, "text/plain; version=0.0.4", runtime.telemetry.prometheus()),
+            "/config_dump": lambda: (200, admin.JSON, admin.config_dump(
+                {t: dict(m) for t, m in runtime.config.snapshot.raw.items()})),
+            "/clusters": lambda: (200, admin.TEXT, _clusters_text(runtime.config.snapshot)),
+        },
+        post={"/drain": drain, "/quitquitquit": quit_, "/drain_listeners": drain},
+    )
+    return await admin.serve_admin(address.address or "127.0.0.1", address.port_value, routes)
+
+
+def _clusters_text(snapshot: Snapshot) -> bytes:
+    lines = [f"{name}::{host}::health_flags::healthy"
+             for name, cluster in sorted(snapshot.clusters.clusters.items())
+             for host in cluster.hosts]
+    return ("\n".join(lines) + "\n").encode()
+
+
+async def _drain(runtime: Runtime, listeners: Listeners) -> None:
+    """Stop accepting; wait for in-flight exchanges, at most DRAIN_TIMEOUT_S."""
+    runtime.draining = True
+    listeners.close()
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(DRAIN_TIMEOUT_S):
+            while runtime.telemetry.connections > 0:
+                await asyncio.sleep(0.05)

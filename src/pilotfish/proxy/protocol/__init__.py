@@ -1,0 +1,1 @@
+"""Sans-I/O protocol cores of the sidecar: bytes in, events and bytes out, no asyncio."""

@@ -1,0 +1,310 @@
+"""Envoy's own stats: counters and gauges per cluster, listener and HTTP
+connection manager, as `/stats` text and as `envoy_*` Prometheus families.
+
+Each scope is an object with one integer attribute per stat, so the modules
+that own the events (`stats.cluster(name).upstream_rq_retry += 1`) pay an
+attribute add, and mypy catches a misspelled stat. An attribute's stat name
+is Envoy's, with "__" standing for Envoy's "." (`outlier_detection__
+ejections_active` is `outlier_detection.ejections_active`).
+
+The Prometheus names follow the tags Istio's bootstrap extracts:
+`cluster.<name>.upstream_rq_2xx` becomes
+`envoy_cluster_upstream_rq{response_code_class="2xx",cluster_name="<name>"}`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import Field, dataclass, field, fields
+from typing import Any
+
+from pilotfish.proxy.telemetry import Telemetry, counter, format_labels
+
+CODE_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
+
+
+def gauge() -> Any:
+    """A stat that goes up and down; the rest of a scope's stats are counters."""
+    return field(default=0, metadata={"kind": "gauge"})
+
+
+@dataclass(slots=True, eq=False)
+class Scope:
+    """Named integer stats under one Envoy prefix."""
+
+    name: str
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name}>"
+
+    def stats(self) -> Iterator[tuple[str, str, int]]:
+        """(Envoy stat name, "counter" or "gauge", value) of every stat."""
+        for f in _stat_fields(type(self)):
+            yield (
+                f.name.replace("__", "."),
+                f.metadata.get("kind", "counter"),
+                getattr(self, f.name),
+            )
+
+
+_FIELDS: dict[type[Scope], tuple[Field[Any], ...]] = {}
+
+
+def _stat_fields(cls: type[Scope]) -> tuple[Field[Any], ...]:
+    found = _FIELDS.get(cls)
+    if found is None:
+        # Annotations are strings here (postponed evaluation): "int" marks a stat.
+        found = _FIELDS[cls] = tuple(f for f in fields(cls) if f.type == "int")
+    return found
+
+
+@dataclass(slots=True, eq=False, repr=False)
+class ClusterStats(Scope):
+    """`cluster.<name>.*`: what the upstream side saw."""
+
+    upstream_cx_total: int = 0
+    upstream_cx_http1_total: int = 0
+    upstream_cx_connect_fail: int = 0
+    upstream_cx_connect_timeout: int = 0
+    upstream_cx_overflow: int = 0
+    upstream_cx_none_healthy: int = 0
+    upstream_cx_destroy: int = 0
+    upstream_cx_destroy_local: int = 0
+    upstream_cx_destroy_remote: int = 0
+    upstream_cx_idle_timeout: int = 0
+    upstream_cx_max_requests: int = 0
+    upstream_cx_rx_bytes_total: int = 0
+    upstream_cx_tx_bytes_total: int = 0
+    upstream_rq_total: int = 0
+    upstream_rq_completed: int = 0
+    upstream_rq_cancelled: int = 0
+    upstream_rq_timeout: int = 0
+    upstream_rq_per_try_timeout: int = 0
+    upstream_rq_rx_reset: int = 0
+    upstream_rq_tx_reset: int = 0
+    upstream_rq_pending_total: int = 0
+    upstream_rq_pending_overflow: int = 0
+    upstream_rq_retry: int = 0
+    upstream_rq_retry_success: int = 0
+    upstream_rq_retry_overflow: int = 0
+    upstream_rq_retry_limit_exceeded: int = 0
+    upstream_rq_retry_backoff_exponential: int = 0
+    upstream_rq_1xx: int = 0
+    upstream_rq_2xx: int = 0
+    upstream_rq_3xx: int = 0
+    upstream_rq_4xx: int = 0
+    upstream_rq_5xx: int = 0
+    outlier_detection__ejections_enforced_total: int = 0
+    outlier_detection__ejections_enforced_consecutive_5xx: int = 0
+    outlier_detection__ejections_enforced_consecutive_gateway_failure: int = 0
+    outlier_detection__ejections_overflow: int = 0
+    outlier_detection__ejections_detected_consecutive_5xx: int = 0
+    outlier_detection__ejections_detected_consecutive_gateway_failure: int = 0
+    update_attempt: int = 0
+    update_success: int = 0
+    update_rejected: int = 0
+    upstream_cx_active: int = gauge()
+    upstream_rq_active: int = gauge()
+    upstream_rq_pending_active: int = gauge()
+    outlier_detection__ejections_active: int = gauge()
+    membership_total: int = gauge()
+    membership_healthy: int = gauge()
+    membership_degraded: int = gauge()
+    membership_excluded: int = gauge()
+    max_host_weight: int = gauge()
+    circuit_breakers__default__cx_open: int = gauge()
+    circuit_breakers__default__rq_pending_open: int = gauge()
+    circuit_breakers__default__rq_open: int = gauge()
+    circuit_breakers__default__rq_retry_open: int = gauge()
+    codes: dict[int, int] = field(default_factory=dict)
+
+    def upstream_response(self, code: int) -> None:
+        """An upstream answered: Envoy's per-class and per-code counters."""
+        self.upstream_rq_completed += 1
+        self.codes[code] = self.codes.get(code, 0) + 1
+        _add_class(self, "upstream_rq_", code)
+
+    def stats(self) -> Iterator[tuple[str, str, int]]:
+        yield from Scope.stats(self)
+        for code in sorted(self.codes):
+            yield f"upstream_rq_{code}", "counter", self.codes[code]
+
+
+@dataclass(slots=True, eq=False, repr=False)
+class HttpStats(Scope):
+    """`http.<stat_prefix>.*`: the HTTP connection manager's downstream side."""
+
+    downstream_cx_total: int = 0
+    downstream_cx_http1_total: int = 0
+    downstream_cx_destroy: int = 0
+    downstream_cx_destroy_remote: int = 0
+    downstream_cx_destroy_local: int = 0
+    downstream_cx_protocol_error: int = 0
+    downstream_cx_rx_bytes_total: int = 0
+    downstream_cx_tx_bytes_total: int = 0
+    downstream_cx_idle_timeout: int = 0
+    downstream_cx_drain_close: int = 0
+    downstream_rq_total: int = 0
+    downstream_rq_http1_total: int = 0
+    downstream_rq_completed: int = 0
+    downstream_rq_rx_reset: int = 0
+    downstream_rq_tx_reset: int = 0
+    downstream_rq_timeout: int = 0
+    downstream_rq_header_timeout: int = 0
+    downstream_rq_too_large: int = 0
+    downstream_rq_1xx: int = 0
+    downstream_rq_2xx: int = 0
+    downstream_rq_3xx: int = 0
+    downstream_rq_4xx: int = 0
+    downstream_rq_5xx: int = 0
+    no_route: int = 0
+    no_cluster: int = 0
+    rq_redirect: int = 0
+    rq_direct_response: int = 0
+    fault__aborts_injected: int = 0
+    fault__delays_injected: int = 0
+    local_rate_limit__rate_limited: int = 0
+    downstream_cx_active: int = gauge()
+    downstream_cx_http1_active: int = gauge()
+    downstream_rq_active: int = gauge()
+
+    def downstream_response(self, code: int) -> None:
+        """A response went to the client, whoever produced it."""
+        self.downstream_rq_completed += 1
+        _add_class(self, "downstream_rq_", code)
+
+
+@dataclass(slots=True, eq=False, repr=False)
+class ListenerStats(Scope):
+    """`listener.<address>.*`, the address written as Envoy does: `0.0.0.0_15001`."""
+
+    downstream_cx_total: int = 0
+    downstream_cx_destroy: int = 0
+    downstream_cx_overflow: int = 0
+    no_filter_chain_match: int = 0
+    downstream_pre_cx_timeout: int = 0
+    downstream_cx_active: int = gauge()
+
+
+@dataclass(slots=True, eq=False, repr=False)
+class ServerStats(Scope):
+    """`server.*`: the process."""
+
+    envoy_bug_failures: int = 0
+    live: int = gauge()
+    state: int = gauge()
+    uptime: int = gauge()
+    concurrency: int = gauge()
+    total_connections: int = gauge()
+    memory_allocated: int = gauge()
+    memory_heap_size: int = gauge()
+
+
+def _add_class(scope: Scope, prefix: str, code: int) -> None:
+    if 100 <= code < 600:
+        name = f"{prefix}{code // 100}xx"
+        setattr(scope, name, getattr(scope, name) + 1)
+
+
+def listener_stat_name(host: str, port: int) -> str:
+    """Envoy's listener stat address: `0.0.0.0_15001`, `[::1]_15001`."""
+    return f"[{host}]_{port}" if ":" in host else f"{host}_{port}"
+
+
+class StatsRegistry:
+    """Every scope of one proxy; a scope is created on first use and stays
+    until removed (a cluster or listener gone from the config)."""
+
+    def __init__(self) -> None:
+        self.server = ServerStats("server")
+        self.clusters: dict[str, ClusterStats] = {}
+        self.listeners: dict[str, ListenerStats] = {}
+        self.http_managers: dict[str, HttpStats] = {}
+
+    def __repr__(self) -> str:
+        return (
+            f"<StatsRegistry clusters={len(self.clusters)} listeners={len(self.listeners)}"
+            f" http={len(self.http_managers)}>"
+        )
+
+    def cluster(self, name: str) -> ClusterStats:
+        found = self.clusters.get(name)
+        if found is None:
+            found = self.clusters[name] = ClusterStats(name)
+        return found
+
+    def listener(self, address: str) -> ListenerStats:
+        found = self.listeners.get(address)
+        if found is None:
+            found = self.listeners[address] = ListenerStats(address)
+        return found
+
+    def http(self, stat_prefix: str) -> HttpStats:
+        found = self.http_managers.get(stat_prefix)
+        if found is None:
+            found = self.http_managers[stat_prefix] = HttpStats(stat_prefix)
+        return found
+
+    def remove_cluster(self, name: str) -> None:
+        self.clusters.pop(name, None)
+
+    def remove_listener(self, address: str) -> None:
+        self.listeners.pop(address, None)
+
+    def text(self) -> bytes:
+        """Envoy's `/stats`: `name: value` lines, sorted by name."""
+        lines = sorted(f"{name}: {value}" for name, _, value in self._flat())
+        return ("\n".join(lines) + "\n").encode() if lines else b""
+
+    def prometheus(self) -> bytes:
+        """The `envoy_*` families in Prometheus text format 0.0.4."""
+        families: dict[str, tuple[str, list[tuple[str, int]]]] = {}
+        for family, prefix_tag, scopes in self._tagged_scopes():
+            for scope in scopes:
+                for stat, kind, value in scope.stats():
+                    name, labels = _prometheus_name(family, stat, prefix_tag, scope.name)
+                    families.setdefault(name, (kind, []))[1].append((labels, value))
+        return "".join(_render(families)).encode()
+
+    def _tagged_scopes(self) -> Iterator[tuple[str, tuple[str, str] | None, Iterable[Scope]]]:
+        yield "cluster", ("cluster_name", ""), self.clusters.values()
+        yield "http", ("http_conn_manager_prefix", ""), self.http_managers.values()
+        yield "listener", ("listener_address", ""), self.listeners.values()
+        yield "server", None, (self.server,)
+
+    def _flat(self) -> Iterator[tuple[str, str, int]]:
+        for family, _, scopes in self._tagged_scopes():
+            for scope in scopes:
+                prefix = "server" if family == "server" else f"{family}.{scope.name}"
+                for stat, kind, value in scope.stats():
+                    yield f"{prefix}.{stat}", kind, value
+
+
+def _prometheus_name(
+    family: str, stat: str, prefix_tag: tuple[str, str] | None, scope_name: str
+) -> tuple[str, str]:
+    """Envoy's tag extraction as Istio configures it: the scope's name and a
+    trailing response code or class become labels."""
+    pairs: list[tuple[str, str]] = []
+    head, _, last = stat.rpartition("_")
+    if head.endswith("_rq") and (last in CODE_CLASSES or (last.isdigit() and len(last) == 3)):
+        pairs.append(("response_code_class" if last in CODE_CLASSES else "response_code", last))
+        stat = head
+    if prefix_tag is not None:
+        pairs.append((prefix_tag[0], scope_name))
+    name = f"envoy_{family}_{stat.replace('.', '_')}"
+    return name, format_labels(pairs)
+
+
+def _render(families: dict[str, tuple[str, list[tuple[str, int]]]]) -> Iterator[str]:
+    for name in sorted(families):
+        kind, samples = families[name]
+        yield from counter(name, "", samples, kind)
+
+
+def prometheus_page(telemetry: Telemetry | None, stats: StatsRegistry | None) -> bytes:
+    """The body of admin `/stats/prometheus`: Istio's families, then Envoy's."""
+    parts = [] if telemetry is None else [telemetry.prometheus()]
+    if stats is not None:
+        parts.append(stats.prometheus())
+    return b"".join(parts)

@@ -1,0 +1,579 @@
+"""Golden metrics with Istio's names and labels, kept as plain counters.
+
+Each direction of the proxy is a `Reporter` (outbound: `reporter="source"`,
+inbound: `reporter="destination"`). Recording a request is one dict lookup on
+a tuple of objects the shell already holds (the peer workload, the destination
+service, the status, the flags) and a few integer additions; the label text is
+built and escaped once, the first time a label set is seen; the Prometheus
+text is built only when scraped.
+
+Who is who comes from the same places Istio takes it: the proxy's own
+workload from the bootstrap's node metadata (NAME, NAMESPACE, LABELS,
+SERVICE_ACCOUNT, CLUSTER_ID, WORKLOAD_NAME), the destination service from the
+cluster (its `istio` filter metadata, else its `outbound|port|subset|host`
+name), the destination workload from the endpoint's `istio.workload` metadata,
+and the peer of a request from Istio's `x-envoy-peer-metadata` header. What is
+not known is "unknown", as in Istio.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import functools
+from bisect import bisect_left
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from envoy.config.core.v3.base_pb2 import Metadata, Node
+from google.protobuf import message, struct_pb2
+
+from pilotfish.proxy import response_flags
+
+UNKNOWN = "unknown"
+TRUST_DOMAIN = "cluster.local"
+
+# Istio sets no histogram_bucket_settings, so its histograms, bytes included,
+# have Envoy's default buckets.
+DEFAULT_BUCKETS: tuple[float, ...] = (
+    0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000,
+    300000, 600000, 1800000, 3600000,
+)  # fmt: skip
+DURATION_BUCKETS_MS = DEFAULT_BUCKETS
+BYTES_BUCKETS = DEFAULT_BUCKETS
+
+# The metadata keys Istio's bootstrap writes on the node, and that its
+# metadata exchange carries between proxies.
+PEER_KEYS = (
+    "NAME",
+    "NAMESPACE",
+    "LABELS",
+    "SERVICE_ACCOUNT",
+    "CLUSTER_ID",
+    "WORKLOAD_NAME",
+    "ISTIO_VERSION",
+    "MESH_ID",
+    "OWNER",
+)
+# Label sets per reporter before new peers and services report as unknown.
+MAX_SERIES = 10_000
+PEER_METADATA_HEADER = b"x-envoy-peer-metadata"
+PEER_METADATA_ID_HEADER = b"x-envoy-peer-metadata-id"
+
+
+@dataclass(frozen=True, slots=True)
+class WorkloadInfo:
+    """One side of a request, as Istio's labels describe it."""
+
+    workload: str = UNKNOWN
+    namespace: str = UNKNOWN
+    app: str = UNKNOWN
+    version: str = UNKNOWN
+    canonical_service: str = UNKNOWN
+    canonical_revision: str = UNKNOWN
+    cluster: str = UNKNOWN
+    service_account: str = ""
+    trust_domain: str = TRUST_DOMAIN
+    # Recording hashes these objects per request: pay for the hash once.
+    _hash: int = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_hash", hash(tuple(getattr(self, f) for f in _WORKLOAD_FIELDS)))
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    @property
+    def principal(self) -> str:
+        if not self.service_account or self.namespace == UNKNOWN:
+            return UNKNOWN
+        return f"spiffe://{self.trust_domain}/ns/{self.namespace}/sa/{self.service_account}"
+
+    @staticmethod
+    def from_node(node: Node, trust_domain: str = TRUST_DOMAIN) -> WorkloadInfo:
+        """The proxy's own workload, from a bootstrap node written as Istio does."""
+        return WorkloadInfo.from_metadata(node.metadata, trust_domain)
+
+    @staticmethod
+    def from_metadata(meta: struct_pb2.Struct, trust_domain: str = TRUST_DOMAIN) -> WorkloadInfo:
+        fields = meta.fields
+        labels = _labels(fields)
+        workload = _text(fields, "WORKLOAD_NAME") or _text(fields, "NAME") or UNKNOWN
+        app = labels.get("app") or labels.get("app.kubernetes.io/name") or UNKNOWN
+        version = labels.get("version") or labels.get("app.kubernetes.io/version") or UNKNOWN
+        return WorkloadInfo(
+            workload=workload,
+            namespace=_text(fields, "NAMESPACE") or UNKNOWN,
+            app=app,
+            version=version,
+            canonical_service=canonical_service(labels, workload),
+            # Istio's "latest" is for a known workload without a version.
+            canonical_revision=canonical_revision(labels) if workload != UNKNOWN else UNKNOWN,
+            cluster=_text(fields, "CLUSTER_ID") or UNKNOWN,
+            service_account=_text(fields, "SERVICE_ACCOUNT"),
+            trust_domain=trust_domain,
+        )
+
+    @staticmethod
+    def from_endpoint(metadata: Metadata) -> WorkloadInfo:
+        """The workload behind an EDS endpoint: Istio writes it in the endpoint's
+        `istio` filter metadata as "name;namespace;canonical name;canonical
+        revision;cluster"."""
+        istio = metadata.filter_metadata.get("istio")
+        if istio is None or "workload" not in istio.fields:
+            return UNKNOWN_WORKLOAD
+        return workload_from_endpoint_text(istio.fields["workload"].string_value)
+
+
+_WORKLOAD_FIELDS = (
+    "workload",
+    "namespace",
+    "app",
+    "version",
+    "canonical_service",
+    "canonical_revision",
+    "cluster",
+    "service_account",
+    "trust_domain",
+)
+UNKNOWN_WORKLOAD = WorkloadInfo()
+
+
+@functools.lru_cache(maxsize=4096)
+def workload_from_endpoint_text(text: str) -> WorkloadInfo:
+    parts = [p or UNKNOWN for p in text.split(";")]
+    parts += [UNKNOWN] * (5 - len(parts))
+    name, namespace, service, revision, cluster = parts[:5]
+    # Istio's stats take app and version from the canonical names here.
+    return WorkloadInfo(name, namespace, service, revision, service, revision, cluster)
+
+
+def canonical_service(labels: Mapping[str, str], workload: str) -> str:
+    for key in ("service.istio.io/canonical-name", "app.kubernetes.io/name", "app"):
+        if labels.get(key):
+            return labels[key]
+    return workload
+
+
+def canonical_revision(labels: Mapping[str, str]) -> str:
+    for key in ("service.istio.io/canonical-revision", "app.kubernetes.io/version", "version"):
+        if labels.get(key):
+            return labels[key]
+    return "latest"
+
+
+def _text(fields: Mapping[str, struct_pb2.Value], key: str) -> str:
+    value = fields.get(key)
+    return value.string_value if value is not None else ""
+
+
+def _labels(fields: Mapping[str, struct_pb2.Value]) -> dict[str, str]:
+    value = fields.get("LABELS")
+    if value is None or value.WhichOneof("kind") != "struct_value":
+        return {}
+    return {k: v.string_value for k, v in value.struct_value.fields.items()}
+
+
+# -- metadata exchange -----------------------------------------------------
+
+
+def peer_metadata_headers(node: Node) -> list[tuple[bytes, bytes]]:
+    """The headers that tell the other proxy who this one is: Istio's
+    `x-envoy-peer-metadata` (a base64 protobuf Struct of the node metadata)
+    and `x-envoy-peer-metadata-id` (the node id). Built once, at start."""
+    exchanged = struct_pb2.Struct()
+    for key in PEER_KEYS:
+        if key in node.metadata.fields:
+            exchanged.fields[key].CopyFrom(node.metadata.fields[key])
+    encoded = base64.b64encode(exchanged.SerializeToString(deterministic=True))
+    return [(PEER_METADATA_HEADER, encoded), (PEER_METADATA_ID_HEADER, node.id.encode())]
+
+
+@functools.lru_cache(maxsize=1024)
+def peer_from_header(value: bytes) -> WorkloadInfo:
+    """The peer named by an `x-envoy-peer-metadata` value; cached, so the same
+    peer is the same object and costs one decode per proxy lifetime."""
+    try:
+        meta = struct_pb2.Struct.FromString(base64.b64decode(value, validate=True))
+    except (binascii.Error, message.DecodeError, ValueError):
+        return UNKNOWN_WORKLOAD
+    return WorkloadInfo.from_metadata(meta)
+
+
+# -- destination service ---------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceInfo:
+    """The destination service of a request: `destination_service` (its host),
+    `destination_service_name` and `destination_service_namespace`."""
+
+    host: str = UNKNOWN
+    name: str = UNKNOWN
+    namespace: str = UNKNOWN
+    _hash: int = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_hash", hash((self.host, self.name, self.namespace)))
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    @staticmethod
+    def from_cluster(name: str, metadata: Metadata | None = None) -> ServiceInfo:
+        """From a Cluster resource: Istio's `istio.services` filter metadata when
+        it names one service, else the host in an `outbound|port|subset|host`
+        name, else the cluster's name itself (a hand-written bootstrap)."""
+        if metadata is not None:
+            found = _service_from_metadata(metadata)
+            if found is not None:
+                return found
+        return service_from_cluster_name(name)
+
+
+UNKNOWN_SERVICE = ServiceInfo()
+
+
+@functools.lru_cache(maxsize=4096)
+def service_from_host(host: str) -> ServiceInfo:
+    """`reviews.default.svc.cluster.local` -> name reviews, namespace default;
+    a host outside the cluster domain is its own name, as in Istio."""
+    host = host.strip().lower()
+    if not host:
+        return UNKNOWN_SERVICE
+    parts = host.split(".")
+    if len(parts) >= 3 and parts[2] == "svc":
+        return ServiceInfo(host, parts[0], parts[1])
+    return ServiceInfo(host, parts[0] if len(parts) == 1 else host, UNKNOWN)
+
+
+@functools.lru_cache(maxsize=4096)
+def service_from_cluster_name(name: str) -> ServiceInfo:
+    parts = name.split("|")
+    if len(parts) == 4 and parts[0] in ("outbound", "inbound", "inbound-vip"):
+        return service_from_host(parts[3])
+    return service_from_host(name)
+
+
+@functools.lru_cache(maxsize=4096)
+def service_from_authority(authority: str) -> ServiceInfo:
+    """The inbound side's fallback, as Istio's: the Host header, port removed."""
+    host = authority.rsplit(":", 1)[0] if authority.count(":") == 1 else authority
+    return service_from_host(host)
+
+
+def _service_from_metadata(metadata: Metadata) -> ServiceInfo | None:
+    istio = metadata.filter_metadata.get("istio")
+    if istio is None or "services" not in istio.fields:
+        return None
+    services = istio.fields["services"].list_value.values
+    if len(services) != 1:
+        return None
+    entry = services[0].struct_value.fields
+    host = _text(entry, "host")
+    if not host:
+        return None
+    base = service_from_host(host)
+    return ServiceInfo(
+        base.host, _text(entry, "name") or base.name, _text(entry, "namespace") or base.namespace
+    )
+
+
+# -- series and reporters --------------------------------------------------
+
+
+class HttpSeries:
+    """The counters of one label set: istio_requests_total and the three
+    histograms, as bucket counts (not cumulative; summed at scrape)."""
+
+    __slots__ = (
+        "duration",
+        "duration_sum",
+        "labels",
+        "request_bytes",
+        "request_bytes_sum",
+        "requests",
+        "response_bytes",
+        "response_bytes_sum",
+    )
+
+    def __init__(self, labels: str) -> None:
+        self.labels = labels
+        self.requests = 0
+        self.duration = [0] * (len(DURATION_BUCKETS_MS) + 1)
+        self.duration_sum = 0.0
+        self.request_bytes = [0] * (len(BYTES_BUCKETS) + 1)
+        self.request_bytes_sum = 0
+        self.response_bytes = [0] * (len(BYTES_BUCKETS) + 1)
+        self.response_bytes_sum = 0
+
+    def __repr__(self) -> str:
+        return f"<HttpSeries requests={self.requests} {{{self.labels}}}>"
+
+
+class TcpSeries:
+    """Istio's TCP counters for one label set; the shell adds to the fields."""
+
+    __slots__ = ("closed", "labels", "opened", "received_bytes", "sent_bytes")
+
+    def __init__(self, labels: str) -> None:
+        self.labels = labels
+        self.opened = 0
+        self.closed = 0
+        self.sent_bytes = 0
+        self.received_bytes = 0
+
+    def __repr__(self) -> str:
+        return f"<TcpSeries opened={self.opened} closed={self.closed} {{{self.labels}}}>"
+
+
+HttpKey = tuple[WorkloadInfo, ServiceInfo, int, str, str, str, bool]
+TcpKey = tuple[WorkloadInfo, ServiceInfo, str, bool]
+
+
+class Reporter:
+    """One side's metrics: `reporter="source"` for outbound traffic (the peer
+    is the destination workload), `"destination"` for inbound (the peer is the
+    source workload)."""
+
+    def __init__(self, kind: str, own: WorkloadInfo, max_series: int = MAX_SERIES) -> None:
+        if kind not in ("source", "destination"):
+            raise ValueError(f"reporter is 'source' or 'destination', not {kind!r}")
+        self.kind, self.own, self.max_series = kind, own, max_series
+        self.http: dict[HttpKey, HttpSeries] = {}
+        self.tcp: dict[TcpKey, TcpSeries] = {}
+        # Equal label sets reached through unequal keys share one series.
+        self._http_by_labels: dict[str, HttpSeries] = {}
+        self._tcp_by_labels: dict[str, TcpSeries] = {}
+
+    def __repr__(self) -> str:
+        return f"<Reporter {self.kind} http_series={len(self._http_by_labels)}>"
+
+    def record(
+        self,
+        peer: WorkloadInfo,
+        service: ServiceInfo,
+        code: int,
+        flags: str,
+        duration_ms: float,
+        request_bytes: int,
+        response_bytes: int,
+        protocol: str = "http",
+        grpc_status: str = "",
+        mtls: bool = False,
+    ) -> None:
+        """One finished request. `flags` are Envoy's short codes joined by ","
+        ("" for none); `code` 0 means no response was sent."""
+        key = (peer, service, code, flags, protocol, grpc_status, mtls)
+        series = self.http.get(key)
+        if series is None:
+            series = self._new_http(key)
+        series.requests += 1
+        series.duration[bisect_left(DURATION_BUCKETS_MS, duration_ms)] += 1
+        series.duration_sum += duration_ms
+        series.request_bytes[bisect_left(BYTES_BUCKETS, request_bytes)] += 1
+        series.request_bytes_sum += request_bytes
+        series.response_bytes[bisect_left(BYTES_BUCKETS, response_bytes)] += 1
+        series.response_bytes_sum += response_bytes
+
+    def tcp_series(
+        self, peer: WorkloadInfo, service: ServiceInfo, flags: str = "", mtls: bool = False
+    ) -> TcpSeries:
+        """The TCP counters of a connection's label set; look it up when the
+        connection opens and add to it as bytes flow."""
+        key = (peer, service, flags, mtls)
+        series = self.tcp.get(key)
+        if series is None:
+            if len(self.tcp) >= 4 * self.max_series:
+                self.tcp.clear()  # only a cache: the series stay in _tcp_by_labels
+            if len(self._tcp_by_labels) >= self.max_series:
+                peer, service = UNKNOWN_WORKLOAD, UNKNOWN_SERVICE
+            text = self.labels(peer, service, "tcp", None, flags, mtls)
+            series = self._tcp_by_labels.setdefault(text, TcpSeries(text))
+            self.tcp[key] = series
+        return series
+
+    def _new_http(self, key: HttpKey) -> HttpSeries:
+        if len(self.http) >= 4 * self.max_series:
+            self.http.clear()  # only a cache: the series stay in _http_by_labels
+        peer, service, code, flags, protocol, grpc_status, mtls = key
+        if len(self._http_by_labels) >= self.max_series:
+            # Past the cap (a client inventing Host headers, say), new label
+            # sets lose their peer and service rather than grow memory.
+            peer, service = UNKNOWN_WORKLOAD, UNKNOWN_SERVICE
+        text = self.labels(peer, service, protocol, (code, grpc_status), flags, mtls)
+        series = self._http_by_labels.setdefault(text, HttpSeries(text))
+        self.http[key] = series
+        return series
+
+    def labels(
+        self,
+        peer: WorkloadInfo,
+        service: ServiceInfo,
+        protocol: str,
+        response: tuple[int, str] | None,
+        flags: str,
+        mtls: bool,
+    ) -> str:
+        """The escaped label text of a series, in Istio's label order; TCP
+        series (`response` None) have no response_code nor grpc_response_status."""
+        outbound = self.kind == "source"
+        src, dst = (self.own, peer) if outbound else (peer, self.own)
+        # A principal comes from a peer certificate, so it is known only under mTLS.
+        src_principal, dst_principal = (src.principal, dst.principal) if mtls else (UNKNOWN,) * 2
+        pairs = [
+            ("reporter", self.kind),
+            ("source_workload", src.workload),
+            ("source_canonical_service", src.canonical_service),
+            ("source_canonical_revision", src.canonical_revision),
+            ("source_workload_namespace", src.namespace),
+            ("source_principal", src_principal),
+            ("source_app", src.app),
+            ("source_version", src.version),
+            ("source_cluster", src.cluster),
+            ("destination_workload", dst.workload),
+            ("destination_workload_namespace", dst.namespace),
+            ("destination_principal", dst_principal),
+            ("destination_app", dst.app),
+            ("destination_version", dst.version),
+            ("destination_service", service.host),
+            ("destination_canonical_service", dst.canonical_service),
+            ("destination_canonical_revision", dst.canonical_revision),
+            ("destination_service_name", service.name),
+            ("destination_service_namespace", service.namespace),
+            ("destination_cluster", dst.cluster),
+            ("request_protocol", protocol),
+        ]
+        if response is not None:
+            pairs += [("response_code", str(response[0])), ("grpc_response_status", response[1])]
+        # Istio: the source side cannot know the server's policy.
+        security = UNKNOWN if outbound else ("mutual_tls" if mtls else "none")
+        pairs += [
+            ("response_flags", response_flags.label(flags)),
+            ("connection_security_policy", security),
+        ]
+        return format_labels(pairs)
+
+    @property
+    def http_series(self) -> list[HttpSeries]:
+        return list(self._http_by_labels.values())
+
+    @property
+    def tcp_series_list(self) -> list[TcpSeries]:
+        return list(self._tcp_by_labels.values())
+
+
+class Telemetry:
+    """Both reporters of one proxy, and their exposition."""
+
+    def __init__(self, own: WorkloadInfo = UNKNOWN_WORKLOAD, max_series: int = MAX_SERIES) -> None:
+        self.own = own
+        self.outbound = Reporter("source", own, max_series)
+        self.inbound = Reporter("destination", own, max_series)
+
+    def __repr__(self) -> str:
+        return f"<Telemetry {self.own.workload}.{self.own.namespace}>"
+
+    def prometheus(self) -> bytes:
+        """The istio_* families in Prometheus text format 0.0.4."""
+        return "".join(self._families()).encode()
+
+    def _families(self) -> Iterable[str]:
+        reporters = (self.outbound, self.inbound)
+        http = [s for r in reporters for s in r.http_series]
+        tcp = [s for r in reporters for s in r.tcp_series_list]
+        yield from counter(
+            "istio_requests_total",
+            "Requests handled by the proxy.",
+            [(s.labels, s.requests) for s in http],
+        )
+        yield from histogram(
+            "istio_request_duration_milliseconds",
+            "Request duration.",
+            DURATION_BUCKETS_MS,
+            [(s.labels, s.duration, s.duration_sum) for s in http],
+        )
+        yield from histogram(
+            "istio_request_bytes",
+            "HTTP request body sizes.",
+            BYTES_BUCKETS,
+            [(s.labels, s.request_bytes, s.request_bytes_sum) for s in http],
+        )
+        yield from histogram(
+            "istio_response_bytes",
+            "HTTP response body sizes.",
+            BYTES_BUCKETS,
+            [(s.labels, s.response_bytes, s.response_bytes_sum) for s in http],
+        )
+        for name, attribute, text in TCP_FAMILIES:
+            samples = [(s.labels, getattr(s, attribute)) for s in tcp]
+            yield from counter(name, text, samples)
+
+
+TCP_FAMILIES = (
+    ("istio_tcp_connections_opened_total", "opened", "TCP connections opened."),
+    ("istio_tcp_connections_closed_total", "closed", "TCP connections closed."),
+    ("istio_tcp_sent_bytes_total", "sent_bytes", "Bytes sent to the downstream on TCP."),
+    ("istio_tcp_received_bytes_total", "received_bytes", "Bytes received on TCP."),
+)
+
+
+# -- Prometheus text format 0.0.4 ------------------------------------------
+
+
+def escape_label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def escape_help(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("\n", "\\n")
+
+
+def format_labels(pairs: Iterable[tuple[str, str]]) -> str:
+    return ",".join(f'{name}="{escape_label(value)}"' for name, value in pairs)
+
+
+def format_number(value: float) -> str:
+    if isinstance(value, int):
+        return str(value)
+    return repr(value) if value == value else "NaN"
+
+
+def header(name: str, kind: str, text: str) -> str:
+    return (
+        f"# HELP {name} {escape_help(text)}\n# TYPE {name} {kind}\n"
+        if text
+        else (f"# TYPE {name} {kind}\n")
+    )
+
+
+def counter(
+    name: str, text: str, samples: list[tuple[str, int]], kind: str = "counter"
+) -> Iterable[str]:
+    """One family of (label text, value); nothing at all when it has no sample."""
+    if not samples:
+        return
+    yield header(name, kind, text)
+    for labels, value in samples:
+        yield (
+            f"{name}{{{labels}}} {format_number(value)}\n"
+            if labels
+            else (f"{name} {format_number(value)}\n")
+        )
+
+
+def histogram(
+    name: str, text: str, bounds: tuple[float, ...], samples: list[tuple[str, list[int], float]]
+) -> Iterable[str]:
+    if not samples:
+        return
+    yield header(name, "histogram", text)
+    les = [*(f"{b:g}" for b in bounds), "+Inf"]
+    for labels, counts, total in samples:
+        sep = "," if labels else ""
+        cumulative = 0
+        for le, count in zip(les, counts, strict=True):
+            cumulative += count
+            yield f'{name}_bucket{{{labels}{sep}le="{le}"}} {cumulative}\n'
+        yield f"{name}_sum{{{labels}}} {format_number(total)}\n"
+        yield f"{name}_count{{{labels}}} {cumulative}\n"

@@ -1,0 +1,102 @@
+"""Compiled, immutable cluster configuration: what `compile_cluster` and
+`compile_load_assignment` return and what a runtime `Cluster` is built from."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+from pilotfish.proxy.upstream.breakers import Thresholds
+from pilotfish.proxy.upstream.host import EdsHealth
+from pilotfish.proxy.upstream.outlier import OutlierConfig
+
+DEFAULT_OVERPROVISIONING = 140  # percent, Envoy's default factor of 1.4
+
+
+class LbPolicy(Enum):
+    ROUND_ROBIN = "ROUND_ROBIN"
+    LEAST_REQUEST = "LEAST_REQUEST"
+    RANDOM = "RANDOM"
+    RING_HASH = "RING_HASH"
+    MAGLEV = "MAGLEV"
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointSpec:
+    address: str
+    port: int
+    weight: int = 1
+    priority: int = 0
+    locality: tuple[str, str, str] = ("", "", "")  # region, zone, sub_zone
+    locality_weight: int = 0  # 0: unset (the locality takes no traffic when weighted)
+    hostname: str = ""
+    eds_health: EdsHealth = EdsHealth.HEALTHY
+    metadata: dict[str, object] = field(default_factory=dict, hash=False, compare=False)
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return self.address, self.port
+
+
+@dataclass(frozen=True, slots=True)
+class LoadAssignment:
+    cluster_name: str
+    endpoints: tuple[EndpointSpec, ...] = ()
+    overprovisioning_factor: int = DEFAULT_OVERPROVISIONING
+    weighted_priority_health: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class LbConfig:
+    policy: LbPolicy = LbPolicy.ROUND_ROBIN
+    choice_count: int = 2
+    active_request_bias: float = 1.0
+    ring_min: int = 1024
+    ring_max: int = 8 * 1024 * 1024
+    maglev_table_size: int = 65537
+    panic_threshold: float = 50.0
+    locality_weighted: bool = False
+    use_hostname_for_hashing: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class TcpKeepalive:
+    probes: int | None = None
+    time: float | None = None
+    interval: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PoolOptions:
+    """Passed through to the shell's connection pool. Envoy's defaults:
+    idle timeout one hour, unlimited requests per connection, 1 MiB buffers."""
+
+    idle_timeout: float | None = 3600.0  # None: never
+    max_requests_per_connection: int | None = None
+    per_connection_buffer_limit_bytes: int = 1024 * 1024
+    tcp_keepalive: TcpKeepalive | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterSpec:
+    name: str
+    eds_service_name: str = ""  # "" for STATIC
+    connect_timeout: float = 5.0
+    lb: LbConfig = LbConfig()
+    thresholds: Thresholds = field(default_factory=Thresholds)
+    high_thresholds: Thresholds = field(default_factory=Thresholds)
+    outlier: OutlierConfig | None = None
+    pool: PoolOptions = PoolOptions()
+    load_assignment: LoadAssignment | None = None
+    alt_stat_name: str = ""
+    added_via_api: bool = True
+    wait_for_warm_on_init: bool = True
+    eds_initial_fetch_timeout: float | None = None  # None: the ADS client's default
+
+    @property
+    def is_eds(self) -> bool:
+        return bool(self.eds_service_name)
+
+    @property
+    def stat_name(self) -> str:
+        return self.alt_stat_name or self.name

@@ -1,0 +1,179 @@
+"""Listeners (LDS).
+
+- sidecar: one outbound HTTP listener (127.0.0.1:15001 unless the node's
+  metadata says otherwise) routing by Host over RDS `http_proxy`; and per HTTP
+  port of its own instance, an inbound listener on that port forwarding to
+  `inbound|PORT||`, with its one-route table inline (it never changes with
+  routing config, so it need not travel over RDS).
+- gateway: one listener per port of its Gateways' plain-HTTP servers, RDS `http.PORT`.
+- proxyless gRPC: one api_listener per service port, named `HOST:PORT` as the
+  client's `xds:///HOST:PORT` target names it.
+
+Every HTTP filter chain ends with the router; fault and CORS come before it,
+so their per-route configs apply.
+"""
+
+from __future__ import annotations
+
+from envoy.config.core.v3 import base_pb2
+from envoy.config.listener.v3 import api_listener_pb2, listener_components_pb2
+from envoy.config.listener.v3.listener_pb2 import Listener
+from envoy.config.route.v3 import route_components_pb2 as rc
+from envoy.config.route.v3 import route_pb2
+from envoy.extensions.filters.http.cors.v3 import cors_pb2
+from envoy.extensions.filters.http.fault.v3 import fault_pb2
+from envoy.extensions.filters.http.router.v3 import router_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2 as hcm_pb2,
+)
+from google.protobuf.wrappers_pb2 import BoolValue
+
+from pilotfish.model import Instance, Protocol, Proxy, ProxyType, Snapshot
+from pilotfish.model.services import infer_protocol
+from pilotfish.translate import names
+from pilotfish.translate.protos import ads, duration, pack, socket_address
+from pilotfish.translate.routes import gateway_http_ports
+
+HCM_FILTER = "envoy.filters.network.http_connection_manager"
+ROUTER_FILTER = "envoy.filters.http.router"
+FAULT_FILTER = "envoy.filters.http.fault"
+CORS_FILTER = "envoy.filters.http.cors"
+OUTBOUND_ADDRESS = "127.0.0.1"
+OUTBOUND_PORT = 15001
+
+
+def translate_listeners(snapshot: Snapshot, proxy: Proxy) -> list[Listener]:
+    if proxy.type is ProxyType.GRPC:
+        out = translate_grpc_listeners(snapshot, proxy)
+    elif proxy.type is ProxyType.ROUTER:
+        out = translate_gateway_listeners(snapshot, proxy)
+    else:
+        out = [translate_outbound_listener(proxy), *translate_inbound_listeners(snapshot, proxy)]
+    return sorted(out, key=lambda listener: listener.name)
+
+
+def http_filters(proxyless: bool = False) -> list[hcm_pb2.HttpFilter]:
+    """gRPC clients know fault and router only; the router must come last."""
+    chain = (
+        []
+        if proxyless
+        else [hcm_pb2.HttpFilter(name=CORS_FILTER, typed_config=pack(cors_pb2.Cors()))]
+    )
+    chain.append(hcm_pb2.HttpFilter(name=FAULT_FILTER, typed_config=pack(fault_pb2.HTTPFault())))
+    chain.append(hcm_pb2.HttpFilter(name=ROUTER_FILTER, typed_config=pack(router_pb2.Router())))
+    return chain
+
+
+def _rds_manager(stat_prefix: str, route_name: str) -> hcm_pb2.HttpConnectionManager:
+    return hcm_pb2.HttpConnectionManager(
+        stat_prefix=stat_prefix,
+        rds=hcm_pb2.Rds(route_config_name=route_name, config_source=ads()),
+        http_filters=http_filters(),
+    )
+
+
+def _listener(
+    name: str, host: str, port: int, manager: hcm_pb2.HttpConnectionManager, direction: int
+) -> Listener:
+    return Listener(
+        name=name,
+        address=socket_address(host, port),
+        traffic_direction=direction,
+        filter_chains=[
+            listener_components_pb2.FilterChain(
+                filters=[
+                    listener_components_pb2.Filter(name=HCM_FILTER, typed_config=pack(manager))
+                ]
+            )
+        ],
+    )
+
+
+def translate_outbound_listener(proxy: Proxy) -> Listener:
+    host = proxy.metadata.get("OUTBOUND_ADDRESS", OUTBOUND_ADDRESS)
+    port = int(proxy.metadata.get("OUTBOUND_PORT", OUTBOUND_PORT))
+    name = f"{host}_{port}"
+    manager = _rds_manager(f"outbound_{name}", names.HTTP_PROXY_ROUTE)
+    return _listener(name, host, port, manager, base_pb2.OUTBOUND)
+
+
+def translate_inbound_listeners(snapshot: Snapshot, proxy: Proxy) -> list[Listener]:
+    """HTTP ports only: the pilotfish sidecar terminates HTTP on every listener."""
+    out: dict[str, Listener] = {}
+    for instance in snapshot.own_instances(proxy):
+        for port_name, port in sorted(instance.ports.items()):
+            if not _inbound_protocol(snapshot, instance, port_name).is_http_or_sniffed:
+                continue
+            name = f"inbound_{instance.address}_{port}"
+            out[name] = _listener(
+                name, instance.address, port, _inbound_manager(port), base_pb2.INBOUND
+            )
+    return list(out.values())
+
+
+def _inbound_protocol(snapshot: Snapshot, instance: Instance, port_name: str) -> Protocol:
+    """The protocol a service selecting this instance declares for the port,
+    else what the port's own name says."""
+    for service in snapshot.services:
+        if service.namespace != instance.namespace:
+            continue
+        for port in service.ports:
+            if port.target_port == port_name or (
+                port.target_port is None and port.name == port_name
+            ):
+                return port.protocol
+    return infer_protocol(port_name)
+
+
+def _inbound_manager(port: int) -> hcm_pb2.HttpConnectionManager:
+    cluster = names.inbound_cluster(port)
+    action = rc.RouteAction(cluster=cluster, timeout=duration(0))
+    action.max_stream_duration.max_stream_duration.CopyFrom(duration(0))
+    action.max_stream_duration.grpc_timeout_header_max.CopyFrom(duration(0))
+    route = rc.Route(
+        name=names.DEFAULT_ROUTE,
+        match=rc.RouteMatch(prefix="/", case_sensitive=BoolValue(value=True)),
+        route=action,
+    )
+    table = route_pb2.RouteConfiguration(
+        name=cluster,
+        validate_clusters=BoolValue(value=False),
+        virtual_hosts=[rc.VirtualHost(name=f"inbound|http|{port}", domains=["*"], routes=[route])],
+    )
+    return hcm_pb2.HttpConnectionManager(
+        stat_prefix=cluster, route_config=table, http_filters=http_filters()
+    )
+
+
+def translate_gateway_listeners(snapshot: Snapshot, proxy: Proxy) -> list[Listener]:
+    host = proxy.metadata.get("BIND_ADDRESS", "0.0.0.0")
+    out = []
+    for port in gateway_http_ports(snapshot, proxy):
+        name = f"{host}_{port}"
+        manager = _rds_manager(name, names.gateway_route(port))
+        # A gateway is the edge: the client's address is the peer's, not a header's.
+        manager.use_remote_address.value = True
+        out.append(_listener(name, host, port, manager, base_pb2.OUTBOUND))
+    return out
+
+
+def translate_grpc_listeners(snapshot: Snapshot, proxy: Proxy) -> list[Listener]:
+    out = []
+    for service in snapshot.visible_services(proxy):
+        for port in service.ports:
+            if not port.protocol.is_http_or_sniffed:
+                continue
+            manager = hcm_pb2.HttpConnectionManager(
+                rds=hcm_pb2.Rds(
+                    route_config_name=names.outbound_cluster(port.port, "", service.hostname),
+                    config_source=ads(),
+                ),
+                http_filters=http_filters(proxyless=True),
+            )
+            out.append(
+                Listener(
+                    name=names.grpc_listener(service.hostname, port.port),
+                    api_listener=api_listener_pb2.ApiListener(api_listener=pack(manager)),
+                )
+            )
+    return out
