@@ -37,10 +37,17 @@ async def serve_admin(host: str, port: int, routes: AdminRoutes) -> asyncio.Serv
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
             writer.close()
             return
-        reason = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
-                  503: "Service Unavailable"}.get(status, "OK")
-        head = (f"HTTP/1.1 {status} {reason}\r\ncontent-type: {ctype}\r\n"
-                f"content-length: {len(body)}\r\nconnection: close\r\n\r\n")
+        reason = {
+            200: "OK",
+            400: "Bad Request",
+            404: "Not Found",
+            405: "Method Not Allowed",
+            503: "Service Unavailable",
+        }.get(status, "OK")
+        head = (
+            f"HTTP/1.1 {status} {reason}\r\ncontent-type: {ctype}\r\n"
+            f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
+        )
         writer.write(head.encode() + body)
         try:
             await writer.drain()

@@ -26,6 +26,7 @@ from pilotfish.proxy.listeners import CompiledListener, compile_listener
 from pilotfish.proxy.routing import RouteTable, compile_route_config
 from pilotfish.proxy.upstream_set import ClusterSet
 
+
 @dataclass(frozen=True)
 class Snapshot:
     """What the data path reads; replaced whole, never changed in place."""
@@ -72,7 +73,9 @@ class ProxyConfig:
                 packed.append(a)
             self.apply(type_url, packed)
 
-    def _updated(self, type_url: str, decoded: list[Any]) -> tuple[Snapshot, Mapping[str, frozenset[str]]]:
+    def _updated(
+        self, type_url: str, decoded: list[Any]
+    ) -> tuple[Snapshot, Mapping[str, frozenset[str]]]:
         s = self.snapshot
         if type_url == xds_types.LISTENER:
             listeners = {lst.name: lst for lst in map(compile_listener, decoded)}

@@ -15,12 +15,40 @@ from typing import Protocol
 from envoy.config.core.v3.base_pb2 import Node
 
 # Istio's default buckets for istio_request_duration_milliseconds.
-DURATION_BUCKETS_MS = (0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000,
-                       60000, 300000, 600000, 1800000, 3600000)
-REQUEST_LABELS = ("reporter", "source_workload", "source_workload_namespace", "source_app",
-                  "source_version", "destination_service", "destination_service_name",
-                  "destination_cluster_name", "request_protocol", "response_code",
-                  "response_flags")
+DURATION_BUCKETS_MS = (
+    0.5,
+    1,
+    5,
+    10,
+    25,
+    50,
+    100,
+    250,
+    500,
+    1000,
+    2500,
+    5000,
+    10000,
+    30000,
+    60000,
+    300000,
+    600000,
+    1800000,
+    3600000,
+)
+REQUEST_LABELS = (
+    "reporter",
+    "source_workload",
+    "source_workload_namespace",
+    "source_app",
+    "source_version",
+    "destination_service",
+    "destination_service_name",
+    "destination_cluster_name",
+    "request_protocol",
+    "response_code",
+    "response_flags",
+)
 
 
 class Recorded(Protocol):
@@ -48,14 +76,20 @@ class Workload:
             value = fields.get(key)  # type: ignore[attr-defined]
             return value.string_value if value is not None and value.string_value else "unknown"
 
-        return Workload(text(meta, "WORKLOAD_NAME") if "WORKLOAD_NAME" in meta else text(meta, "NAME"),
-                        text(meta, "NAMESPACE"), text(labels, "app"), text(labels, "version"))
+        return Workload(
+            text(meta, "WORKLOAD_NAME") if "WORKLOAD_NAME" in meta else text(meta, "NAME"),
+            text(meta, "NAMESPACE"),
+            text(labels, "app"),
+            text(labels, "version"),
+        )
 
 
 @dataclass
 class Series:
     requests: int = 0
-    duration_buckets: list[int] = field(default_factory=lambda: [0] * (len(DURATION_BUCKETS_MS) + 1))
+    duration_buckets: list[int] = field(
+        default_factory=lambda: [0] * (len(DURATION_BUCKETS_MS) + 1)
+    )
     duration_sum: float = 0.0
 
 
@@ -79,21 +113,39 @@ class Telemetry:
 
     def _labels(self, cluster: str, status: int, flags: str) -> str:
         host = cluster.rsplit("|", 1)[-1] if "|" in cluster else cluster or "unknown"
-        values = (self.reporter, self.workload.name, self.workload.namespace, self.workload.app,
-                  self.workload.version, host, host.split(".")[0], cluster or "unknown", "http",
-                  str(status), flags or "-")
+        values = (
+            self.reporter,
+            self.workload.name,
+            self.workload.namespace,
+            self.workload.app,
+            self.workload.version,
+            host,
+            host.split(".")[0],
+            cluster or "unknown",
+            "http",
+            str(status),
+            flags or "-",
+        )
         return ",".join(f'{k}="{escape(v)}"' for k, v in zip(REQUEST_LABELS, values, strict=True))
 
     def prometheus(self) -> bytes:
         lines = ["# TYPE istio_requests_total counter"]
-        lines += [f"istio_requests_total{{{labels}}} {s.requests}" for labels, s in self.series.values()]
+        lines += [
+            f"istio_requests_total{{{labels}}} {s.requests}" for labels, s in self.series.values()
+        ]
         lines.append("# TYPE istio_request_duration_milliseconds histogram")
         for labels, s in self.series.values():
             cumulative = 0
-            for bound, count in zip((*DURATION_BUCKETS_MS, "+Inf"), s.duration_buckets, strict=True):
+            for bound, count in zip(
+                (*DURATION_BUCKETS_MS, "+Inf"), s.duration_buckets, strict=True
+            ):
                 cumulative += count
-                lines.append(f'istio_request_duration_milliseconds_bucket{{{labels},le="{bound}"}} {cumulative}')
-            lines.append(f"istio_request_duration_milliseconds_sum{{{labels}}} {s.duration_sum:.3f}")
+                lines.append(
+                    f'istio_request_duration_milliseconds_bucket{{{labels},le="{bound}"}} {cumulative}'
+                )
+            lines.append(
+                f"istio_request_duration_milliseconds_sum{{{labels}}} {s.duration_sum:.3f}"
+            )
             lines.append(f"istio_request_duration_milliseconds_count{{{labels}}} {s.requests}")
         lines.append("# TYPE envoy_server_downstream_cx_active gauge")
         lines.append(f"envoy_server_downstream_cx_active {self.connections}")

@@ -128,7 +128,9 @@ class Pool:
                 return conn
         loop = asyncio.get_running_loop()
         async with asyncio.timeout(connect_timeout):
-            _, conn = await loop.create_connection(lambda: UpstreamConnection(host), host.address, host.port)
+            _, conn = await loop.create_connection(
+                lambda: UpstreamConnection(host), host.address, host.port
+            )
         return conn
 
     def release(self, conn: UpstreamConnection) -> None:

@@ -57,7 +57,10 @@ class Listeners:
         try:
             server = await loop.create_server(
                 lambda: Downstream(self.runtime, self.current.get(name, listener)),
-                listener.host, listener.port, reuse_address=True, backlog=1024,
+                listener.host,
+                listener.port,
+                reuse_address=True,
+                backlog=1024,
             )
         except OSError as e:
             log.error("listener %s cannot bind %s:%d: %s", name, listener.host, listener.port, e)
@@ -124,12 +127,19 @@ def _ads_client(bootstrap: Bootstrap, config: ProxyConfig) -> AdsClient | None:
     proto = next((c for c in bootstrap.static_resources.clusters if c.name == cluster_name), None)
     host = compile_cluster(proto).pick() if proto is not None else None
     if host is None:
-        raise SystemExit(f"error: the ADS cluster {cluster_name!r} is not a static cluster with an endpoint")
+        raise SystemExit(
+            f"error: the ADS cluster {cluster_name!r} is not a static cluster with an endpoint"
+        )
     return AdsClient(str(host), AdsProtocol(bootstrap.node, config.apply))
 
 
-async def _admin(bootstrap: Bootstrap, runtime: Runtime, listeners: Listeners,
-                 stop: asyncio.Event, ads: AdsClient | None) -> asyncio.Server | None:
+async def _admin(
+    bootstrap: Bootstrap,
+    runtime: Runtime,
+    listeners: Listeners,
+    stop: asyncio.Event,
+    ads: AdsClient | None,
+) -> asyncio.Server | None:
     address = bootstrap.admin.address.socket_address
     if not address.port_value:
         return None
@@ -150,9 +160,16 @@ async def _admin(bootstrap: Bootstrap, runtime: Runtime, listeners: Listeners,
     routes = admin.AdminRoutes(
         get={
             "/ready": ready,
-            "/stats/prometheus": lambda: (200, "text/plain; version=0.0.4", runtime.telemetry.prometheus()),
-            "/config_dump": lambda: (200, admin.JSON, admin.config_dump(
-                {t: dict(m) for t, m in runtime.config.snapshot.raw.items()})),
+            "/stats/prometheus": lambda: (
+                200,
+                "text/plain; version=0.0.4",
+                runtime.telemetry.prometheus(),
+            ),
+            "/config_dump": lambda: (
+                200,
+                admin.JSON,
+                admin.config_dump({t: dict(m) for t, m in runtime.config.snapshot.raw.items()}),
+            ),
             "/clusters": lambda: (200, admin.TEXT, _clusters_text(runtime.config.snapshot)),
         },
         post={"/drain": drain, "/quitquitquit": quit_, "/drain_listeners": drain},
@@ -161,9 +178,11 @@ async def _admin(bootstrap: Bootstrap, runtime: Runtime, listeners: Listeners,
 
 
 def _clusters_text(snapshot: Snapshot) -> bytes:
-    lines = [f"{name}::{host}::health_flags::healthy"
-             for name, cluster in sorted(snapshot.clusters.clusters.items())
-             for host in cluster.hosts]
+    lines = [
+        f"{name}::{host}::health_flags::healthy"
+        for name, cluster in sorted(snapshot.clusters.clusters.items())
+        for host in cluster.hosts
+    ]
     return ("\n".join(lines) + "\n").encode()
 
 

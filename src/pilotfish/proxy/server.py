@@ -20,14 +20,27 @@ import httptools
 
 from pilotfish.proxy.config import ProxyConfig
 from pilotfish.proxy.listeners import CompiledListener
+from pilotfish.proxy.metrics import Telemetry
 from pilotfish.proxy.pool import Pool, UpstreamConnection
 from pilotfish.proxy.routing import (
-    DirectResponse, Forward, Redirect, RetryOn, RetryPolicy, Route, Target,
+    DirectResponse,
+    Forward,
+    Redirect,
+    RetryOn,
+    RetryPolicy,
+    Route,
+    Target,
 )
-from pilotfish.proxy.metrics import Telemetry
 from pilotfish.proxy.upstream_set import UpstreamCluster
 from pilotfish.proxy.wire import (
-    CHUNKED, CONTINUE, LAST_CHUNK, Headers, chunk, forwardable, local_response, request_head,
+    CHUNKED,
+    CONTINUE,
+    LAST_CHUNK,
+    Headers,
+    chunk,
+    forwardable,
+    local_response,
+    request_head,
     response_head,
 )
 
@@ -127,8 +140,9 @@ class Downstream(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self.requests += 1
-        exchange = Exchange(self, self.parser.get_method(), self.url, self.headers,
-                            self.parser.should_keep_alive())
+        exchange = Exchange(
+            self, self.parser.get_method(), self.url, self.headers, self.parser.should_keep_alive()
+        )
         if self.current is None:
             self.current = exchange
             exchange.start()
@@ -175,8 +189,9 @@ class Downstream(asyncio.Protocol):
 class Exchange:
     """One request: route, pick, forward with retries, stream the response."""
 
-    def __init__(self, down: Downstream, method: bytes, url: bytes, headers: Headers,
-                 keep_alive: bool) -> None:
+    def __init__(
+        self, down: Downstream, method: bytes, url: bytes, headers: Headers, keep_alive: bool
+    ) -> None:
         self.down, self.method, self.keep_alive = down, method, keep_alive
         self.path, self.authority = split_target(url, headers)
         self.headers = headers
@@ -274,8 +289,9 @@ class Exchange:
         except TimeoutError:
             self.timed_out()
 
-    async def attempt(self, cluster: UpstreamCluster, head: bytes,
-                      retry: RetryPolicy | None) -> Failure | None:
+    async def attempt(
+        self, cluster: UpstreamCluster, head: bytes, retry: RetryPolicy | None
+    ) -> Failure | None:
         """One try. None: the response went downstream. Otherwise why not: a
         response flag, or a status `retry` asks to retry (not forwarded)."""
         host = cluster.pick()
@@ -441,7 +457,9 @@ def retriable(failure: Failure, retry: RetryPolicy) -> bool:
     if isinstance(failure, str):
         if failure == "UF":
             return bool(on & (RetryOn.CONNECT_FAILURE | RetryOn.GATEWAY_ERROR | RetryOn.FIVE_XX))
-        return failure == "UC" and bool(on & (RetryOn.RESET | RetryOn.GATEWAY_ERROR | RetryOn.FIVE_XX))
+        return failure == "UC" and bool(
+            on & (RetryOn.RESET | RetryOn.GATEWAY_ERROR | RetryOn.FIVE_XX)
+        )
     return (
         (bool(on & RetryOn.FIVE_XX) and failure >= 500)
         or (bool(on & RetryOn.GATEWAY_ERROR) and failure in GATEWAY_ERRORS)

@@ -20,10 +20,18 @@ from pilotfish.proxy.proto_fields import unsupported
 
 HEALTHY = (HealthStatus.UNKNOWN, HealthStatus.HEALTHY)
 DEFAULT_CONNECT_TIMEOUT_S = 5.0
-CLUSTER_FIELDS = frozenset({
-    "name", "type", "connect_timeout", "lb_policy", "load_assignment", "eds_cluster_config",
-    "alt_stat_name", "metadata",
-})
+CLUSTER_FIELDS = frozenset(
+    {
+        "name",
+        "type",
+        "connect_timeout",
+        "lb_policy",
+        "load_assignment",
+        "eds_cluster_config",
+        "alt_stat_name",
+        "metadata",
+    }
+)
 
 
 class ClusterError(Exception):
@@ -65,7 +73,11 @@ def compile_cluster(cluster: Cluster) -> UpstreamCluster:
         raise ClusterError(f"{where}: lb_policy: only ROUND_ROBIN is supported")
     timeout = cluster.connect_timeout
     seconds = timeout.seconds + timeout.nanos / 1e9 if cluster.HasField("connect_timeout") else 0
-    eds = cluster.eds_cluster_config.service_name or cluster.name if cluster.type == Cluster.EDS else ""
+    eds = (
+        cluster.eds_cluster_config.service_name or cluster.name
+        if cluster.type == Cluster.EDS
+        else ""
+    )
     compiled = UpstreamCluster(cluster.name, eds, seconds or DEFAULT_CONNECT_TIMEOUT_S)
     if cluster.HasField("load_assignment"):
         compiled.hosts = hosts_of(cluster.load_assignment)
@@ -80,7 +92,9 @@ def hosts_of(assignment: ClusterLoadAssignment) -> tuple[Host, ...]:
             if lb.health_status not in HEALTHY:
                 continue
             socket = lb.endpoint.address.socket_address
-            by_priority.setdefault(locality.priority, []).append(Host(socket.address, socket.port_value))
+            by_priority.setdefault(locality.priority, []).append(
+                Host(socket.address, socket.port_value)
+            )
     return tuple(by_priority[min(by_priority)]) if by_priority else ()
 
 
@@ -108,7 +122,9 @@ class ClusterSet:
 
     def with_assignments(self, assignments: Iterable[ClusterLoadAssignment]) -> ClusterSet:
         hosts = {a.cluster_name: hosts_of(a) for a in assignments}
-        return ClusterSet({
-            name: replace(c, hosts=hosts[c.eds_name]) if c.eds_name in hosts else c
-            for name, c in self.clusters.items()
-        })
+        return ClusterSet(
+            {
+                name: replace(c, hosts=hosts[c.eds_name]) if c.eds_name in hosts else c
+                for name, c in self.clusters.items()
+            }
+        )

@@ -10,10 +10,17 @@ from http import HTTPStatus
 
 Headers = list[tuple[bytes, bytes]]
 
-HOP_BY_HOP = frozenset({
-    b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
-    b"transfer-encoding", b"upgrade",
-})
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    }
+)
 REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
 CRLF, COLON = b"\r\n", b": "
 CHUNKED = (b"transfer-encoding", b"chunked")
@@ -25,7 +32,8 @@ def forwardable(headers: Headers) -> Headers:
     """The end-to-end headers: hop-by-hop ones and those named in Connection removed."""
     named = {
         token.strip().lower()
-        for name, value in headers if name == b"connection"
+        for name, value in headers
+        if name == b"connection"
         for token in value.split(b",")
     }
     drop = HOP_BY_HOP | named if named else HOP_BY_HOP
@@ -48,12 +56,12 @@ def chunk(data: bytes) -> bytes:
     return b"%x\r\n%s\r\n" % (len(data), data)
 
 
-def local_response(status: int, body: bytes, *, flags: str = "", close: bool = False,
-                   extra: Headers | None = None) -> bytes:
+def local_response(
+    status: int, body: bytes, *, flags: str = "", close: bool = False, extra: Headers | None = None
+) -> bytes:
     """A complete response the proxy answers itself (no route, upstream failure,
     fault...), with Envoy's response flag in x-pilotfish-flags."""
-    headers: Headers = [(b"content-length", b"%d" % len(body)),
-                        (b"content-type", b"text/plain")]
+    headers: Headers = [(b"content-length", b"%d" % len(body)), (b"content-type", b"text/plain")]
     if flags:
         headers.append((b"x-pilotfish-flags", flags.encode()))
     headers.extend(extra or ())
