@@ -1,21 +1,10 @@
 from envoy.config.core.v3.base_pb2 import Node
 from envoy.config.listener.v3.listener_pb2 import Listener
-from envoy.service.discovery.v3.discovery_pb2 import DiscoveryResponse
 from google.protobuf.any_pb2 import Any as AnyProto
+from xds_fixtures import listener_response
 
 from pilotfish.proxy import xds_types
 from pilotfish.proxy.ads import AdsProtocol
-
-
-def listener_response(version: str, nonce: str, *names: str) -> DiscoveryResponse:
-    resources = []
-    for name in names:
-        a = AnyProto()
-        a.Pack(Listener(name=name))
-        resources.append(a)
-    return DiscoveryResponse(
-        type_url=xds_types.LISTENER, version_info=version, nonce=nonce, resources=resources
-    )
 
 
 class Config:

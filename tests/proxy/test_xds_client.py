@@ -9,6 +9,7 @@ from envoy.config.listener.v3.listener_pb2 import Listener
 from envoy.service.discovery.v3 import ads_pb2_grpc
 from envoy.service.discovery.v3.discovery_pb2 import DiscoveryRequest, DiscoveryResponse
 from google.protobuf.any_pb2 import Any as AnyProto
+from xds_fixtures import listener_response
 
 from pilotfish.proxy import xds_types
 from pilotfish.proxy.ads import AdsProtocol
@@ -16,17 +17,7 @@ from pilotfish.proxy.xds_client import AdsClient
 
 
 def listeners(version: str, *names: str) -> DiscoveryResponse:
-    resources = []
-    for name in names:
-        a = AnyProto()
-        a.Pack(Listener(name=name))
-        resources.append(a)
-    return DiscoveryResponse(
-        type_url=xds_types.LISTENER,
-        version_info=version,
-        nonce=f"nonce-{version}",
-        resources=resources,
-    )
+    return listener_response(version, f"nonce-{version}", *names)
 
 
 class OneShotServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):

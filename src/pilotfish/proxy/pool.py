@@ -12,8 +12,8 @@ from typing import Protocol
 
 import httptools
 
-from pilotfish.proxy.upstream_set import Host
-from pilotfish.proxy.wire import Headers
+from pilotfish.proxy.protocol.http1 import Headers
+from pilotfish.proxy.upstream import Host
 
 MAX_IDLE_PER_HOST = 128
 

@@ -22,10 +22,11 @@ from pilotfish.proxy.ads import AdsProtocol
 from pilotfish.proxy.bootstrap import load_bootstrap
 from pilotfish.proxy.config import ProxyConfig, Snapshot
 from pilotfish.proxy.listeners import CompiledListener
-from pilotfish.proxy.metrics import Telemetry, Workload
 from pilotfish.proxy.pool import Pool
 from pilotfish.proxy.server import Downstream, Runtime
-from pilotfish.proxy.upstream_set import compile_cluster
+from pilotfish.proxy.stats import StatsRegistry
+from pilotfish.proxy.telemetry import Telemetry, WorkloadInfo
+from pilotfish.proxy.upstream import Cluster, compile_cluster, render_clusters
 from pilotfish.proxy.xds_client import AdsClient
 
 log = logging.getLogger("pilotfish.proxy")
@@ -89,7 +90,9 @@ async def _serve(bootstrap: Bootstrap) -> int:
     stop = asyncio.Event()
     changed = asyncio.Event()
     config = ProxyConfig(on_change=lambda _: changed.set())
-    runtime = Runtime(config, Pool(), Telemetry(Workload.from_node(bootstrap.node)))
+    runtime = Runtime(
+        config, Pool(), Telemetry(WorkloadInfo.from_node(bootstrap.node)), StatsRegistry()
+    )
     listeners = Listeners(runtime)
     resources = bootstrap.static_resources
     runtime.config.load_static(list(resources.listeners), list(resources.clusters))
@@ -125,7 +128,7 @@ def _ads_client(bootstrap: Bootstrap, config: ProxyConfig) -> AdsClient | None:
         return None
     cluster_name = ads_config.grpc_services[0].envoy_grpc.cluster_name
     proto = next((c for c in bootstrap.static_resources.clusters if c.name == cluster_name), None)
-    host = compile_cluster(proto).pick() if proto is not None else None
+    host = Cluster(compile_cluster(proto)).pick() if proto is not None else None
     if host is None:
         raise SystemExit(
             f"error: the ADS cluster {cluster_name!r} is not a static cluster with an endpoint"
@@ -170,20 +173,15 @@ async def _admin(
                 admin.JSON,
                 admin.config_dump({t: dict(m) for t, m in runtime.config.snapshot.raw.items()}),
             ),
-            "/clusters": lambda: (200, admin.TEXT, _clusters_text(runtime.config.snapshot)),
+            "/clusters": lambda: (
+                200,
+                admin.TEXT,
+                render_clusters(runtime.config.snapshot.clusters.clusters.values()).encode(),
+            ),
         },
         post={"/drain": drain, "/quitquitquit": quit_, "/drain_listeners": drain},
     )
     return await admin.serve_admin(address.address or "127.0.0.1", address.port_value, routes)
-
-
-def _clusters_text(snapshot: Snapshot) -> bytes:
-    lines = [
-        f"{name}::{host}::health_flags::healthy"
-        for name, cluster in sorted(snapshot.clusters.clusters.items())
-        for host in cluster.hosts
-    ]
-    return ("\n".join(lines) + "\n").encode()
 
 
 async def _drain(runtime: Runtime, listeners: Listeners) -> None:
@@ -192,5 +190,5 @@ async def _drain(runtime: Runtime, listeners: Listeners) -> None:
     listeners.close()
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(DRAIN_TIMEOUT_S):
-            while runtime.telemetry.connections > 0:
+            while runtime.connections > 0:
                 await asyncio.sleep(0.05)

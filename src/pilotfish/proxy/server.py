@@ -20,8 +20,19 @@ import httptools
 
 from pilotfish.proxy.config import ProxyConfig
 from pilotfish.proxy.listeners import CompiledListener
-from pilotfish.proxy.metrics import Telemetry
 from pilotfish.proxy.pool import Pool, UpstreamConnection
+from pilotfish.proxy.protocol.http1 import (
+    CONTINUE_RESPONSE,
+    LAST_CHUNK,
+    Headers,
+    encode_chunk,
+    error_response,
+    get_header,
+    serialize_request_head,
+    serialize_response_head,
+    split_target,
+    strip_hop_by_hop,
+)
 from pilotfish.proxy.routing import (
     DirectResponse,
     Forward,
@@ -31,18 +42,14 @@ from pilotfish.proxy.routing import (
     Route,
     Target,
 )
-from pilotfish.proxy.upstream_set import UpstreamCluster
-from pilotfish.proxy.wire import (
-    CHUNKED,
-    CONTINUE,
-    LAST_CHUNK,
-    Headers,
-    chunk,
-    forwardable,
-    local_response,
-    request_head,
-    response_head,
+from pilotfish.proxy.stats import HttpStats, StatsRegistry
+from pilotfish.proxy.telemetry import (
+    UNKNOWN_SERVICE,
+    UNKNOWN_WORKLOAD,
+    Telemetry,
+    service_from_cluster_name,
 )
+from pilotfish.proxy.upstream import Cluster
 
 MAX_BUFFERED_BODY = 64 * 1024  # request bytes kept for retries; beyond it, no retry
 GATEWAY_ERRORS = frozenset({502, 503, 504})
@@ -64,7 +71,12 @@ class Runtime:
     config: ProxyConfig
     pool: Pool
     telemetry: Telemetry
+    stats: StatsRegistry
     draining: bool = False
+
+    @property
+    def connections(self) -> int:
+        return sum(h.downstream_cx_active for h in self.stats.http_managers.values())
 
 
 class Downstream(asyncio.Protocol):
@@ -73,6 +85,7 @@ class Downstream(asyncio.Protocol):
 
     def __init__(self, runtime: Runtime, listener: CompiledListener) -> None:
         self.runtime, self.listener = runtime, listener
+        self.stats: HttpStats = runtime.stats.http(listener.http.stat_prefix)
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
         self.peer = "-"
@@ -90,10 +103,11 @@ class Downstream(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
         self.peer = peer[0] if peer else "-"
-        self.runtime.telemetry.connections += 1
+        self.stats.downstream_cx_total += 1
+        self.stats.downstream_cx_active += 1
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.runtime.telemetry.connections -= 1
+        self.stats.downstream_cx_active -= 1
         for exchange in (self.current, *self.queued):
             if exchange is not None:
                 exchange.downstream_lost()
@@ -107,9 +121,6 @@ class Downstream(asyncio.Protocol):
             status = 431 if self.header_bytes > self.listener.http.max_request_headers else 400
             self.reject(status, f"bad request: {e}\n".encode(), "DPE")
 
-    def eof_received(self) -> bool | None:
-        return None
-
     def pause_writing(self) -> None:
         if self.current is not None:
             self.current.pause_upstream_reading()
@@ -122,7 +133,7 @@ class Downstream(asyncio.Protocol):
         """Malformed input: answer and close; nothing reaches an upstream."""
         if self.transport is not None and not self.transport.is_closing():
             if self.current is None:
-                self.transport.write(local_response(status, body, flags=flags, close=True))
+                self.transport.write(local_response(status, body, flags, close=True))
             self.transport.close()
 
     # httptools callbacks
@@ -193,7 +204,8 @@ class Exchange:
         self, down: Downstream, method: bytes, url: bytes, headers: Headers, keep_alive: bool
     ) -> None:
         self.down, self.method, self.keep_alive = down, method, keep_alive
-        self.path, self.authority = split_target(url, headers)
+        authority, self.path = split_target(url)
+        self.authority = authority if authority is not None else get_header(headers, b"host") or b""
         self.headers = headers
         self.scheme = b"http"
         self.source_ip = down.peer
@@ -224,7 +236,7 @@ class Exchange:
     def request_body(self, data: bytes) -> None:
         self.body_size += len(data)
         if self.upstream is not None and self.upstream.sink is self:
-            self.upstream.write(chunk(data) if self.chunked_request else data)
+            self.upstream.write(encode_chunk(data) if self.chunked_request else data)
         if not self.body_overflow:
             self.body.append(data)
             if self.body_size > MAX_BUFFERED_BODY:
@@ -251,7 +263,7 @@ class Exchange:
         except asyncio.CancelledError:
             pass
         finally:
-            self.down.runtime.telemetry.record(self)
+            self.record()
 
     async def _handle(self) -> None:
         snapshot = self.down.runtime.config.snapshot
@@ -290,7 +302,7 @@ class Exchange:
             self.timed_out()
 
     async def attempt(
-        self, cluster: UpstreamCluster, head: bytes, retry: RetryPolicy | None
+        self, cluster: Cluster, head: bytes, retry: RetryPolicy | None
     ) -> Failure | None:
         """One try. None: the response went downstream. Otherwise why not: a
         response flag, or a status `retry` asks to retry (not forwarded)."""
@@ -299,7 +311,7 @@ class Exchange:
             return "UH"
         self.host = str(host)
         try:
-            self.upstream = await self.down.runtime.pool.acquire(host, cluster.connect_timeout)
+            self.upstream = await self.down.runtime.pool.acquire(host, cluster.spec.connect_timeout)
         except (OSError, TimeoutError):
             return "UF"
         loop = asyncio.get_running_loop()
@@ -325,18 +337,16 @@ class Exchange:
             self.down.resume_reading()
         data = b"".join(self.body)
         if self.chunked_request:
-            data = (chunk(data) if data else b"") + (LAST_CHUNK if self.body_done else b"")
+            data = encode_chunk(data) + (LAST_CHUNK if self.body_done else b"")
         return data
 
     def upstream_head(self, action: Forward, target: Target) -> bytes:
         path = action.rewrite_path(self.path) if action.rewrite_path is not None else self.path
-        headers = [h for h in forwardable(self.headers) if h[0] != b"host"]
+        headers = [h for h in strip_hop_by_hop(self.headers) if h[0] != b"host"]
         headers.insert(0, (b"host", target.host_rewrite or self.authority))
         self.add_forwarding_headers(headers)
         target.request_headers.apply(headers)
-        if self.chunked_request:
-            headers.append(CHUNKED)
-        return request_head(self.method, path, headers)
+        return serialize_request_head(self.method, path, headers, chunked=self.chunked_request)
 
     def add_forwarding_headers(self, headers: Headers) -> None:
         http = self.down.listener.http
@@ -352,7 +362,7 @@ class Exchange:
             headers.append((b"x-request-id", str(uuid.uuid4()).encode()))
         if b"expect" in names:
             headers[:] = [h for h in headers if h[0] != b"expect"]
-            self.down.write(CONTINUE)  # Envoy answers 100-continue itself
+            self.down.write(CONTINUE_RESPONSE)  # Envoy answers 100-continue itself
 
     def fail(self, failure: Failure) -> None:
         if isinstance(failure, int):  # a retriable status, out of retries
@@ -373,7 +383,7 @@ class Exchange:
     def local(self, status: int, body: bytes, flags: str, extra: Headers | None = None) -> None:
         self.status, self.flags = status, flags or self.flags
         close = not self.keep_alive
-        self.down.write(local_response(status, body, flags=self.flags, close=close, extra=extra))
+        self.down.write(local_response(status, body, self.flags, close=close, extra=extra))
         self.down.finished(self, self.keep_alive)
 
     # upstream events (ResponseSink)
@@ -383,22 +393,20 @@ class Exchange:
 
     def start_response(self, status: int, headers: Headers) -> None:
         self.status, self.response_started = status, True
-        out = forwardable(headers)
-        has_length = any(n == b"content-length" for n, _ in out)
+        out = list(strip_hop_by_hop(headers))
+        has_length = get_header(out, b"content-length") is not None
         bodyless = self.method == b"HEAD" or status in (204, 304) or 100 <= status < 200
         self.response_chunked = not has_length and not bodyless
-        if self.response_chunked:
-            out.append(CHUNKED)
         if not self.keep_alive:
             out.append((b"connection", b"close"))
-        self.down.write(response_head(status, out))
+        self.down.write(serialize_response_head(status, out, chunked=self.response_chunked))
         if self.method == b"HEAD" and self.upstream is not None:
             self.upstream.close()  # the parser cannot tell a HEAD response has no body
             self.on_response_end()
 
     def on_response_body(self, data: bytes) -> None:
         if self.response_started:
-            self.down.write(chunk(data) if self.response_chunked else data)
+            self.down.write(encode_chunk(data) if self.response_chunked else data)
 
     def on_response_end(self) -> None:
         if self.done_future is None or self.done_future.done():
@@ -421,6 +429,15 @@ class Exchange:
             self.done_future.set_result(flag)
             self.down.reject(503, b"", flag)  # mid-response: all we can do is close
 
+    def record(self) -> None:
+        """Golden metrics; the destination workload is unknown until endpoints
+        carry Istio's workload metadata."""
+        elapsed_ms = (time.monotonic() - self.started) * 1000.0
+        service = service_from_cluster_name(self.cluster) if self.cluster else UNKNOWN_SERVICE
+        self.down.runtime.telemetry.outbound.record(
+            UNKNOWN_WORKLOAD, service, self.status, self.flags, elapsed_ms, self.body_size, 0
+        )
+
     def pause_reading_downstream(self) -> None:
         self.down.pause_reading()
 
@@ -436,15 +453,13 @@ class Exchange:
             self.upstream.transport.resume_reading()
 
 
-def split_target(url: bytes, headers: Headers) -> tuple[bytes, bytes]:
-    """(origin-form path, authority): an absolute-form target (a client using
-    the outbound listener as its HTTP proxy) gives both; else Host does."""
-    if url.startswith((b"http://", b"https://")):
-        rest = url.split(b"://", 1)[1]
-        authority, slash, path = rest.partition(b"/")
-        return slash + path or b"/", authority
-    host = next((v for n, v in headers if n == b"host"), b"")
-    return url, host
+def local_response(
+    status: int, body: bytes, flags: str, *, close: bool, extra: Headers | None = None
+) -> bytes:
+    """A response the proxy answers itself, with Envoy's response flags in
+    x-pilotfish-flags."""
+    headers = [(b"x-pilotfish-flags", flags.encode())] if flags else []
+    return error_response(status, body, headers + (extra or []), close=close)
 
 
 def backoff(retry: RetryPolicy, attempt: int) -> float:

@@ -9,7 +9,7 @@ exists for a proxy at all (see `applies`).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.type.matcher.v3 import regex_pb2
@@ -68,13 +68,7 @@ def _set_path(out: rc.RouteMatch, uri: Obj | None) -> None:
 
 
 def _header(name: str, match: Obj | None) -> rc.HeaderMatcher:
-    out = rc.HeaderMatcher(name=name.lower())
-    matcher = string_matcher(match or {})
-    if is_present_match(match) or matcher is None:
-        out.present_match = True
-    else:
-        out.string_match.CopyFrom(matcher)
-    return out
+    return _value_match(rc.HeaderMatcher(name=name.lower()), match)
 
 
 def _without(name: str, match: Obj | None) -> rc.HeaderMatcher:
@@ -88,7 +82,15 @@ def _without(name: str, match: Obj | None) -> rc.HeaderMatcher:
 
 
 def _query(name: str, match: Obj | None) -> rc.QueryParameterMatcher:
-    out = rc.QueryParameterMatcher(name=name)
+    return _value_match(rc.QueryParameterMatcher(name=name), match)
+
+
+M = TypeVar("M", rc.HeaderMatcher, rc.QueryParameterMatcher)
+
+
+def _value_match(out: M, match: Obj | None) -> M:
+    """Istio's StringMatch as Envoy's: a string matcher, or presence when the
+    match is empty ({} or `regex: "*"`)."""
     matcher = string_matcher(match or {})
     if is_present_match(match) or matcher is None:
         out.present_match = True

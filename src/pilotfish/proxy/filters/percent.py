@@ -13,8 +13,7 @@ from random import Random
 from typing import Any
 
 from pilotfish.proxy.filters.errors import FilterConfigError
-
-DENOMINATORS = (100, 10_000, 1_000_000)  # FractionalPercent.DenominatorType HUNDRED, ...
+from pilotfish.proxy.routing.policies import DENOMINATORS
 
 
 @dataclass(frozen=True, slots=True)

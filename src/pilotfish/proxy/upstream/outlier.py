@@ -245,11 +245,7 @@ class OutlierDetector:
         self, counts: list[tuple[Host, int, int]], kind: Ejection, now: float
     ) -> bool:
         cfg = self.config
-        rates = [
-            (h, 100.0 * ok / (ok + fail))
-            for h, ok, fail in counts
-            if ok + fail >= cfg.success_rate_request_volume
-        ]
+        rates = _success_rates(counts, cfg.success_rate_request_volume)
         local = kind is Ejection.SUCCESS_RATE_LOCAL_ORIGIN
         valid = {id(h): rate for h, rate in rates}
         for h, _, _ in counts:
@@ -271,11 +267,7 @@ class OutlierDetector:
         self, counts: list[tuple[Host, int, int]], kind: Ejection, now: float
     ) -> bool:
         cfg = self.config
-        rates = [
-            (h, 100.0 * ok / (ok + fail))
-            for h, ok, fail in counts
-            if ok + fail >= cfg.failure_percentage_request_volume
-        ]
+        rates = _success_rates(counts, cfg.failure_percentage_request_volume)
         if len(rates) < cfg.failure_percentage_minimum_hosts:
             return False
         # failure% >= threshold  <=>  success% <= 100 - threshold
@@ -310,3 +302,8 @@ class OutlierDetector:
             out[f"outlier_detection.ejections_detected_{kind.value}"] = self.detected[kind]
             out[f"outlier_detection.ejections_enforced_{kind.value}"] = self.enforced[kind]
         return out
+
+
+def _success_rates(counts: list[tuple[Host, int, int]], volume: int) -> list[tuple[Host, float]]:
+    """Success percentage of every host that saw at least `volume` requests."""
+    return [(h, 100.0 * ok / (ok + fail)) for h, ok, fail in counts if ok + fail >= volume]
