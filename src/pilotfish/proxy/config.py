@@ -9,7 +9,7 @@ Envoy.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
@@ -22,7 +22,7 @@ from google.protobuf.any_pb2 import Any as AnyProto
 from google.protobuf.message import Message
 
 from pilotfish.proxy import xds_types
-from pilotfish.proxy.listeners import CompiledListener, compile_listener
+from pilotfish.proxy.listeners import CompiledListener, compile_listener, prepare_routes
 from pilotfish.proxy.routing import RouteTable, compile_route_config
 from pilotfish.proxy.upstream_set import ClusterSet
 
@@ -79,10 +79,12 @@ class ProxyConfig:
         s = self.snapshot
         if type_url == xds_types.LISTENER:
             listeners = {lst.name: lst for lst in map(compile_listener, decoded)}
+            _prepare(listeners.values(), s.routes)
             rds = frozenset(lst.http.rds_name for lst in listeners.values() if lst.http.rds_name)
             return replace(s, listeners=MappingProxyType(listeners)), {xds_types.ROUTE: rds}
         if type_url == xds_types.ROUTE:
             routes = {rc.name: compile_route_config(rc) for rc in decoded}
+            _prepare(s.listeners.values(), routes)
             return replace(s, routes=MappingProxyType(routes)), {}
         if type_url == xds_types.CLUSTER:
             clusters = s.clusters.with_clusters(decoded)
@@ -90,6 +92,14 @@ class ProxyConfig:
         if type_url == xds_types.ENDPOINT:
             return replace(s, clusters=s.clusters.with_assignments(decoded)), {}
         raise ValueError(f"unsupported resource type {type_url}")
+
+
+def _prepare(listeners: Iterable[CompiledListener], routes: Mapping[str, RouteTable]) -> None:
+    """Check each RDS route table against the filters of the listeners using it."""
+    for listener in listeners:
+        table = routes.get(listener.http.rds_name)
+        if table is not None:
+            prepare_routes(listener.http.filters, table)
 
 
 _TYPES: dict[str, type[Message]] = {

@@ -20,11 +20,14 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 from google.protobuf.duration_pb2 import Duration
 
 from pilotfish.proxy import xds_types
+from pilotfish.proxy.filters import FilterChain, FilterConfigError, compile_http_filters
 from pilotfish.proxy.proto_fields import unsupported
-from pilotfish.proxy.routing import RouteTable, compile_route_config
+from pilotfish.proxy.routing import Forward, RouteTable, compile_route_config
 
 HCM_NAME = "envoy.filters.network.http_connection_manager"
 DEFAULT_MAX_HEADERS_KB = 60
+# Envoy has no default; a slow-headers guard is what a sidecar wants (0s in the config disables it).
+DEFAULT_REQUEST_HEADERS_TIMEOUT_S = 10.0
 
 LISTENER_FIELDS = frozenset(
     {
@@ -82,7 +85,7 @@ class HttpManager:
     stat_prefix: str
     routes: RouteTable | None  # inline route_config
     rds_name: str  # or the RouteConfiguration to wait for
-    http_filters: tuple[object, ...]  # the HttpFilter protos, compiled by the filter chain
+    filters: FilterChain  # http_filters before the router
     generate_request_id: bool
     use_remote_address: bool
     skip_xff_append: bool
@@ -101,7 +104,7 @@ class CompiledListener:
     host: str
     port: int
     http: HttpManager
-    outbound: bool  # traffic_direction OUTBOUND: routes on absolute-form targets too
+    inbound: bool  # traffic_direction INBOUND: reports as the destination, to the app
 
     def __repr__(self) -> str:
         return f"<Listener {self.name} {self.host}:{self.port}>"
@@ -132,7 +135,7 @@ def compile_listener(listener: Listener) -> CompiledListener:
         host=socket.address,
         port=socket.port_value,
         http=compile_http_manager(hcm, where),
-        outbound=listener.traffic_direction == TrafficDirection.OUTBOUND,
+        inbound=listener.traffic_direction == TrafficDirection.INBOUND,
     )
 
 
@@ -146,18 +149,21 @@ def compile_http_manager(hcm: hcm_pb2.HttpConnectionManager, where: str) -> Http
     if not hcm.HasField("route_config") and not hcm.rds.route_config_name:
         raise ListenerError(f"{where}: http_connection_manager needs route_config or rds")
     options = hcm.common_http_protocol_options
+    routes = compile_route_config(hcm.route_config) if hcm.HasField("route_config") else None
     return HttpManager(
         stat_prefix=hcm.stat_prefix,
-        routes=compile_route_config(hcm.route_config) if hcm.HasField("route_config") else None,
+        routes=routes,
         rds_name=hcm.rds.route_config_name,
-        http_filters=tuple(hcm.http_filters),
+        filters=_filter_chain(hcm, routes, where),
         generate_request_id=hcm.generate_request_id.value
         if hcm.HasField("generate_request_id")
         else True,
         use_remote_address=hcm.use_remote_address.value,
         skip_xff_append=hcm.skip_xff_append,
         server_name=(hcm.server_name or "envoy").encode(),
-        request_headers_timeout=_seconds(hcm.request_headers_timeout),
+        request_headers_timeout=_seconds(hcm.request_headers_timeout)
+        if hcm.HasField("request_headers_timeout")
+        else DEFAULT_REQUEST_HEADERS_TIMEOUT_S,
         idle_timeout=_seconds(options.idle_timeout) if options.HasField("idle_timeout") else 3600.0,
         max_requests_per_connection=options.max_requests_per_connection.value,
         max_request_headers=(hcm.max_request_headers_kb.value or DEFAULT_MAX_HEADERS_KB) * 1024,
@@ -168,6 +174,28 @@ def compile_http_manager(hcm: hcm_pb2.HttpConnectionManager, where: str) -> Http
         ),
         access_log_paths=tuple(_access_log_path(a, where) for a in hcm.access_log),
     )
+
+
+def _filter_chain(
+    hcm: hcm_pb2.HttpConnectionManager, routes: RouteTable | None, where: str
+) -> FilterChain:
+    try:
+        chain = compile_http_filters(hcm.http_filters)
+        if routes is not None:
+            prepare_routes(chain, routes)
+    except FilterConfigError as e:
+        raise ListenerError(f"{where}: {e}") from e
+    return chain
+
+
+def prepare_routes(chain: FilterChain, table: RouteTable) -> None:
+    """Compile the table's per-filter configs against the chain now, so that a
+    bad one rejects the configuration instead of failing requests."""
+    for route in table.routes():
+        chain.prepare(route.filter_configs)
+        if isinstance(route.action, Forward):
+            for target in route.action.targets:
+                chain.prepare(target.filter_configs)
 
 
 def _seconds(duration: Duration) -> float:

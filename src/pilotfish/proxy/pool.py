@@ -1,59 +1,90 @@
-"""Upstream HTTP/1.1 connections and the keep-alive pool per host.
+"""Upstream HTTP/1.1 connections, and the keep-alive pool per host.
 
-A connection carries one exchange at a time; its parser callbacks go
-straight to that exchange. Connections are reused while both sides keep
-them alive, because a new one costs far more than a request (~140 µs here).
+A connection carries one request at a time and hands the response's events
+(protocol/http1's ResponseParser) straight to the exchange using it, in the
+callback that read them: nothing is awaited between the head and the body,
+so nothing can be lost in between. Connections are reused while both sides
+keep them alive, because a new one costs far more than a request (~140 µs).
+
+Envoy's circuit breakers shape the pool: a request with no idle connection
+is pending (max_pending_requests) until a connection opens or frees up, and
+connections per cluster are bounded (max_connections); a refusal is an
+overflow the exchange answers 503 UO.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
+from collections import deque
 from typing import Protocol
 
-import httptools
+from pilotfish.proxy.protocol.http1 import (
+    ProtocolError,
+    ResponseEvent,
+    ResponseParser,
+)
+from pilotfish.proxy.upstream import Cluster, Host
 
-from pilotfish.proxy.protocol.http1 import Headers
-from pilotfish.proxy.upstream import Host
-
-MAX_IDLE_PER_HOST = 128
+MAX_IDLE_PER_HOST = 256
+SWEEP_INTERVAL_S = 1.0
 
 
 class ResponseSink(Protocol):
     """What an upstream connection reports to the exchange using it."""
 
-    def on_response_head(self, status: int, headers: Headers, keep_alive: bool) -> None: ...
-    def on_response_body(self, data: bytes) -> None: ...
-    def on_response_end(self) -> None: ...
-    def on_upstream_lost(self, error: str) -> None: ...
+    def on_connection(self, conn: UpstreamConnection) -> None: ...
+    def on_connect_failure(self, timed_out: bool) -> None: ...
+    def on_response(self, events: list[ResponseEvent]) -> None: ...
+    def on_upstream_error(self, error: ProtocolError) -> None: ...
     def pause_reading_downstream(self) -> None: ...
     def resume_reading_downstream(self) -> None: ...
 
 
 class UpstreamConnection(asyncio.Protocol):
-    def __init__(self, host: Host) -> None:
-        self.host = host
+    def __init__(self, pool: Pool, host: Host, cluster: Cluster) -> None:
+        self.pool, self.host, self.cluster = pool, host, cluster
         self.transport: asyncio.Transport | None = None
         self.sink: ResponseSink | None = None
-        self.parser = httptools.HttpResponseParser(self)
-        self.headers: Headers = []
+        self.parser = ResponseParser()
         self.reusable = True
+        self.requests = 0
+        self.idle_since = 0.0
 
     def __repr__(self) -> str:
         return f"<UpstreamConnection {self.host} busy={self.sink is not None}>"
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self.host.connection_opened()
 
     def data_received(self, data: bytes) -> None:
         try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserError:
-            self._fail("protocol error")
-            self.close()
+            events = self.parser.feed(data)
+        except ProtocolError as error:
+            self._fail(error)
+            return
+        if self.sink is not None and events:
+            self.sink.on_response(events)
+        elif events and self.sink is None:
+            self.close()  # bytes nobody asked for: the connection cannot be trusted
+
+    def eof_received(self) -> bool:
+        try:
+            events = self.parser.eof()
+        except ProtocolError as error:
+            self._fail(error)
+            return False
+        if self.sink is not None and events:
+            self.sink.on_response(events)
+        return False
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.reusable = False
-        self._fail("connection termination")
+        self.host.connection_closed()
+        self.pool.lost(self)
+        if self.sink is not None:
+            self._fail(ProtocolError("upstream connection reset", 503, "UC"))
 
     def pause_writing(self) -> None:
         if self.sink is not None:
@@ -63,46 +94,43 @@ class UpstreamConnection(asyncio.Protocol):
         if self.sink is not None:
             self.sink.resume_reading_downstream()
 
-    # httptools callbacks
-    def on_message_begin(self) -> None:
-        self.headers = []
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name.lower(), value))
-
-    def on_headers_complete(self) -> None:
-        keep_alive = self.parser.should_keep_alive()
-        self.reusable = self.reusable and keep_alive
-        if self.sink is not None:
-            self.sink.on_response_head(self.parser.get_status_code(), self.headers, keep_alive)
-
-    def on_body(self, data: bytes) -> None:
-        if self.sink is not None:
-            self.sink.on_response_body(data)
-
-    def on_message_complete(self) -> None:
-        sink, self.sink = self.sink, None
-        if sink is not None:
-            sink.on_response_end()
-
-    def send(self, sink: ResponseSink, data: bytes) -> None:
+    def send(self, sink: ResponseSink, method: bytes, data: bytes) -> None:
+        """Start a request: its head and whatever body is at hand."""
         self.sink = sink
+        self.requests += 1
+        held = self.parser.next_message(method)
         assert self.transport is not None
         self.transport.write(data)
+        if held:
+            sink.on_response(held)
 
     def write(self, data: bytes) -> None:
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
 
+    def detach(self) -> None:
+        """The exchange is done with this connection (response complete)."""
+        self.sink = None
+
     def close(self) -> None:
         self.reusable = False
+        self.sink = None
         if self.transport is not None:
             self.transport.close()
 
-    def _fail(self, reason: str) -> None:
+    def pause_reading(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    def _fail(self, error: ProtocolError) -> None:
         sink, self.sink = self.sink, None
+        self.close()
         if sink is not None:
-            sink.on_upstream_lost(reason)
+            sink.on_upstream_error(error)
 
     @property
     def alive(self) -> bool:
@@ -110,38 +138,121 @@ class UpstreamConnection(asyncio.Protocol):
 
 
 class Pool:
-    """Idle keep-alive connections per upstream host."""
+    """Idle keep-alive connections per host, and requests waiting for one."""
 
     def __init__(self) -> None:
         self.idle: dict[Host, list[UpstreamConnection]] = {}
+        self.waiting: dict[Host, deque[tuple[ResponseSink, Cluster]]] = {}
+        self.connecting: set[asyncio.Task[None]] = set()
+        self._sweeper: asyncio.TimerHandle | None = None
 
     def __repr__(self) -> str:
         return f"<Pool idle={sum(map(len, self.idle.values()))}>"
 
-    async def acquire(self, host: Host, connect_timeout: float) -> UpstreamConnection:
-        """An idle connection to `host`, or a new one; raises OSError or
-        TimeoutError when it cannot connect."""
+    def request(self, host: Host, cluster: Cluster, sink: ResponseSink) -> bool:
+        """Give `sink` a connection to `host` now (idle) or soon (connect, or
+        wait for one to free up). False: the circuit breakers refused (UO)."""
         idle = self.idle.get(host)
         while idle:
             conn = idle.pop()
             if conn.alive:
-                return conn
-        loop = asyncio.get_running_loop()
-        async with asyncio.timeout(connect_timeout):
-            _, conn = await loop.create_connection(
-                lambda: UpstreamConnection(host), host.address, host.port
-            )
-        return conn
+                sink.on_connection(conn)
+                return True
+        breakers = cluster.breakers
+        if not breakers.try_acquire_pending():
+            return False
+        if breakers.try_acquire_connection():
+            self._connect(host, cluster, sink)
+        else:
+            self.waiting.setdefault(host, deque()).append((sink, cluster))
+        return True
+
+    def cancel(self, host: Host, sink: ResponseSink) -> None:
+        """A waiting request gave up (timeout, client gone)."""
+        queue = self.waiting.get(host)
+        if queue:
+            for entry in queue:
+                if entry[0] is sink:
+                    queue.remove(entry)
+                    entry[1].breakers.release_pending()
+                    return
 
     def release(self, conn: UpstreamConnection) -> None:
-        idle = self.idle.setdefault(conn.host, [])
-        if conn.alive and conn.sink is None and len(idle) < MAX_IDLE_PER_HOST:
-            idle.append(conn)
-        else:
+        """The response is complete: the next waiter takes the connection, or it idles."""
+        conn.detach()
+        limit = conn.cluster.spec.pool.max_requests_per_connection
+        if not conn.alive or (limit is not None and conn.requests >= limit):
             conn.close()
+            return
+        queue = self.waiting.get(conn.host)
+        if queue:
+            sink, cluster = queue.popleft()
+            cluster.breakers.release_pending()
+            sink.on_connection(conn)
+            return
+        idle = self.idle.setdefault(conn.host, [])
+        if len(idle) >= MAX_IDLE_PER_HOST:
+            conn.close()
+            return
+        conn.idle_since = time.monotonic()
+        idle.append(conn)
+        self._arm_sweeper()
+
+    def lost(self, conn: UpstreamConnection) -> None:
+        """A connection closed: its slot may let a waiting request connect."""
+        conn.cluster.breakers.release_connection()
+        idle = self.idle.get(conn.host)
+        if idle and conn in idle:
+            idle.remove(conn)
+        queue = self.waiting.get(conn.host)
+        if queue and conn.cluster.breakers.try_acquire_connection():
+            sink, cluster = queue.popleft()
+            self._connect(conn.host, cluster, sink)
+
+    def _connect(self, host: Host, cluster: Cluster, sink: ResponseSink) -> None:
+        task = asyncio.ensure_future(self._open(host, cluster, sink))
+        self.connecting.add(task)
+        task.add_done_callback(self.connecting.discard)
+
+    async def _open(self, host: Host, cluster: Cluster, sink: ResponseSink) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(cluster.spec.connect_timeout):
+                _, conn = await loop.create_connection(
+                    lambda: UpstreamConnection(self, host, cluster), host.address, host.port
+                )
+        except (OSError, TimeoutError) as e:
+            cluster.breakers.release_connection()
+            cluster.breakers.release_pending()
+            sink.on_connect_failure(isinstance(e, TimeoutError))
+            return
+        cluster.breakers.release_pending()
+        sink.on_connection(conn)
+
+    def _arm_sweeper(self) -> None:
+        if self._sweeper is None:
+            loop = asyncio.get_running_loop()
+            self._sweeper = loop.call_later(SWEEP_INTERVAL_S, self._sweep)
+
+    def _sweep(self) -> None:
+        """Close connections idle longer than their cluster's idle_timeout."""
+        self._sweeper = None
+        now = time.monotonic()
+        for idle in self.idle.values():
+            for conn in list(idle):
+                timeout = conn.cluster.spec.pool.idle_timeout
+                if not conn.alive or (timeout is not None and now - conn.idle_since > timeout):
+                    idle.remove(conn)
+                    conn.close()
+        if any(self.idle.values()):
+            self._arm_sweeper()
 
     def close(self) -> None:
         for conns in self.idle.values():
             for conn in conns:
                 conn.close()
         self.idle.clear()
+        for task in self.connecting:
+            task.cancel()
+        if self._sweeper is not None:
+            self._sweeper.cancel()

@@ -25,7 +25,7 @@ from pilotfish.proxy.listeners import CompiledListener
 from pilotfish.proxy.pool import Pool
 from pilotfish.proxy.server import Downstream, Runtime
 from pilotfish.proxy.stats import StatsRegistry
-from pilotfish.proxy.telemetry import Telemetry, WorkloadInfo
+from pilotfish.proxy.telemetry import Telemetry, WorkloadInfo, peer_metadata_headers
 from pilotfish.proxy.upstream import Cluster, compile_cluster, render_clusters
 from pilotfish.proxy.xds_client import AdsClient
 
@@ -91,7 +91,11 @@ async def _serve(bootstrap: Bootstrap) -> int:
     changed = asyncio.Event()
     config = ProxyConfig(on_change=lambda _: changed.set())
     runtime = Runtime(
-        config, Pool(), Telemetry(WorkloadInfo.from_node(bootstrap.node)), StatsRegistry()
+        config,
+        Pool(),
+        Telemetry(WorkloadInfo.from_node(bootstrap.node)),
+        StatsRegistry(),
+        peer_metadata_headers(bootstrap.node),
     )
     listeners = Listeners(runtime)
     resources = bootstrap.static_resources
@@ -111,7 +115,7 @@ async def _serve(bootstrap: Bootstrap) -> int:
         task.cancel()
     if admin_server is not None:
         admin_server.close()
-    runtime.pool.close()
+    runtime.close()
     return 0
 
 

@@ -143,6 +143,18 @@ class RouteTable:
             hosts.append(self._default)
         return list({id(h.virtual_host): h.virtual_host for h in hosts}.values())
 
+    def routes(self) -> list[Route]:
+        """Every route of the table once, for checks made at config time."""
+        hosts = [
+            *self._exact.values(),
+            *(h for _, m in self._suffixes for h in m.values()),
+            *(h for _, m in self._prefixes for h in m.values()),
+        ]
+        if self._default is not None:
+            hosts.append(self._default)
+        found = {id(entry[4]): entry[4] for h in hosts for entry in h.entries}
+        return list(found.values())
+
     def _find(self, req: RequestView) -> _Host | None:
         if not (self._exact or self._suffixes or self._prefixes):
             return self._default

@@ -1,0 +1,630 @@
+"""One request through the proxy: route, filters, forward with retries, respond.
+
+Driven by callbacks, not a coroutine: the downstream connection hands over
+the request's events, the pool hands over a connection, the upstream
+connection hands over the response's events, and timers fire. A request
+that finds an idle connection goes upstream within the callback that read
+it, and its response goes downstream within the callback that read that.
+
+Failures answer as Envoy does, with its response flags (in the access log,
+the metrics and `x-pilotfish-flags`): no route NR, no cluster NC, no healthy
+host UH, connect failure UF, reset UC, protocol error UPE, timeout UT,
+retries exhausted URX, circuit breaker overflow UO, fault abort FI, fault
+delay DI, rate limited RL, client gone DC.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+import uuid
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from pilotfish.proxy import filters
+from pilotfish.proxy.mirror import send_mirror
+from pilotfish.proxy.pool import UpstreamConnection
+from pilotfish.proxy.protocol.http1 import (
+    CONTINUE_RESPONSE,
+    EndOfMessage,
+    Headers,
+    ProtocolError,
+    RequestHead,
+    ResponseEvent,
+    ResponseHead,
+    Tunnel,
+    encode_chunk,
+    encode_last_chunk,
+    error_response,
+    request_authority,
+    serialize_request_head,
+    serialize_response_head,
+    strip_hop_by_hop,
+)
+from pilotfish.proxy.routing import (
+    DirectResponse,
+    Forward,
+    Redirect,
+    RetryOn,
+    RetryPolicy,
+    Route,
+    Target,
+)
+from pilotfish.proxy.telemetry import PEER_METADATA_HEADER, PEER_METADATA_ID_HEADER
+from pilotfish.proxy.upstream import Cluster, Host, LocalOrigin, stable_hash
+
+if TYPE_CHECKING:
+    from pilotfish.proxy.server import Downstream
+
+MAX_BUFFERED_BODY = 64 * 1024  # request bytes kept for retries and mirrors
+RNG = random.Random()
+RESET_BEFORE_HEADERS = b"upstream connect error or disconnect/reset before headers. reset reason: "
+FAILURE_BODIES = {
+    "UH": (503, b"no healthy upstream"),
+    "UF": (503, RESET_BEFORE_HEADERS + b"connection failure"),
+    "UC": (503, RESET_BEFORE_HEADERS + b"connection termination"),
+    "UPE": (503, b"upstream protocol error"),
+    "UO": (503, RESET_BEFORE_HEADERS + b"overflow"),
+    "UT": (504, b"upstream request timeout"),
+}
+RETRY_ON_RESET = RetryOn.RESET | RetryOn.GATEWAY_ERROR | RetryOn.FIVE_XX
+RETRY_ON_CONNECT = RetryOn.CONNECT_FAILURE | RetryOn.GATEWAY_ERROR | RetryOn.FIVE_XX
+RETRY_ON_TIMEOUT = RetryOn.GATEWAY_ERROR | RetryOn.FIVE_XX
+
+
+class Exchange:
+    """A request and its response; see the module docstring."""
+
+    def __init__(self, down: Downstream, head: RequestHead) -> None:
+        self.down = down
+        self.head = head
+        self.method = head.method
+        authority, self.path = request_authority(head)
+        self.authority = authority or b""
+        self.original_path = self.path
+        self.headers: Headers = [(n.lower(), v) for n, v in head.headers]
+        self.scheme = b"http"
+        self.source_ip = down.peer
+        self.keep_alive = head.keep_alive
+        self.started = time.monotonic()
+        self.wall_start = time.time()
+        self.flags = ""
+        self.status = 0
+        self.request_bytes = 0
+        self.response_bytes = 0
+        self.body: list[bytes] = []  # request body not yet sent, or kept for a retry
+        self.body_done = False
+        self.keep_body = True  # until forwarding knows whether retries or mirrors need it
+        self.body_overflow = False
+        self.route: Route | None = None
+        self.target: Target | None = None
+        self.fx: filters.Exchange | None = None
+        self.cluster: Cluster | None = None
+        self.host: Host | None = None
+        self.last_host: str | None = None
+        self.tried: set[Host] = set()
+        self.conn: UpstreamConnection | None = None
+        self.waiting = False  # for a connection from the pool
+        self.sent = False  # the upstream has the request head
+        self.responding = False  # the response head went downstream
+        self.response_chunked = False
+        self.tunnel = False
+        self.retries_left = 0
+        self.hash_key: int | None = None
+        self.upstream_head = b""
+        self.upstream_path = b""
+        self.forwarded_headers: Headers = []
+        self.on_body_done: list[Callable[[], None]] = []
+        self.timer: asyncio.TimerHandle | None = None  # filter delay, backoff
+        self.try_timer: asyncio.TimerHandle | None = None
+        self.deadline: asyncio.TimerHandle | None = None
+        self.holds_request = False  # a circuit breaker request slot
+        self.holds_retry = False  # and a retry slot
+        self.peer_header: bytes | None = None  # the other side's x-envoy-peer-metadata
+        self.done = False
+
+    def __repr__(self) -> str:
+        return f"<Exchange {self.method.decode()} {self.authority.decode()}{self.path.decode()}>"
+
+    # -- the request, from downstream -----------------------------------------------------
+
+    def start(self) -> None:
+        listener = self.down.listener
+        table = self.down.runtime.config.snapshot.routes_of(listener)
+        rand = RNG.getrandbits(64)
+        route = table.route(self, rand) if table is not None else None
+        if route is None:
+            self.local(404, b"", "NR")
+            return
+        self.route = route
+        configs = route.filter_configs
+        cluster = ""
+        if isinstance(route.action, Forward):
+            self.target = route.action.pick(self, rand)
+            configs, cluster = self.target.filter_configs, self.target.cluster
+        chain = listener.http.filters
+        if chain.empty:
+            self.act(route)
+        else:
+            self.fx = chain.start(self, configs, cluster)
+            self.run_filters()
+
+    def request_body(self, data: bytes) -> None:
+        self.request_bytes += len(data)
+        conn = self.conn
+        if conn is not None and self.sent:
+            conn.write(encode_chunk(data) if self.head.chunked else data)
+            if not self.keep_body:
+                return
+        if self.body_overflow:
+            return
+        self.body.append(data)
+        if self.request_bytes > MAX_BUFFERED_BODY:
+            self.body_overflow = True
+            if not self.sent:
+                self.down.pause_body()  # until an upstream takes the bytes
+
+    def request_end(self, end: EndOfMessage) -> None:
+        self.body_done = True
+        if self.conn is not None and self.sent and self.head.chunked:
+            self.conn.write(encode_last_chunk(end.trailers))
+        callbacks, self.on_body_done = self.on_body_done, []
+        for callback in callbacks:
+            callback()
+
+    def tunnel_data(self, data: bytes) -> None:
+        self.request_bytes += len(data)
+        if self.conn is not None and self.sent:
+            self.conn.write(data)
+        else:
+            self.body.append(data)
+
+    def downstream_lost(self) -> None:
+        if self.done:
+            return
+        if not self.tunnel:
+            self.add_flag("DC")
+        self.drop_upstream()
+        self.finish()
+
+    # -- filters and the route's action ---------------------------------------------------
+
+    def run_filters(self) -> None:
+        self.timer = None
+        chain, fx = self.down.listener.http.filters, self.fx
+        assert fx is not None
+        step = chain.decode(fx, RNG)
+        if isinstance(step, filters.Delay):
+            self.add_flag("DI")
+            self.timer = asyncio.get_running_loop().call_later(step.seconds, self.run_filters)
+        elif isinstance(step, filters.LocalReply):
+            headers = list(step.headers)
+            chain.encode(fx, headers)
+            self.local(step.status, step.body, step.flag, headers)
+        else:
+            assert self.route is not None
+            self.act(self.route)
+
+    def act(self, route: Route) -> None:
+        action = route.action
+        if isinstance(action, Forward):
+            self.forward(action)
+            return
+        headers: Headers = []
+        if isinstance(action, Redirect):
+            headers.append((b"location", action.location(self)))
+            body = b""
+        else:
+            assert isinstance(action, DirectResponse)
+            body = action.body
+        route.response_headers.apply(headers)
+        self.local(action.status, body, "", headers)
+
+    def forward(self, action: Forward) -> None:
+        target = self.target
+        assert target is not None
+        runtime = self.down.runtime
+        cluster = runtime.config.snapshot.clusters.get(target.cluster)
+        if cluster is None:
+            self.local(action.cluster_not_found_status, b"", "NC")
+            return
+        if self.head.upgrade and not self.upgrade_allowed():
+            self.local(403, b"", "")
+            return
+        if not cluster.breakers.try_acquire_request():
+            self.local(503, FAILURE_BODIES["UO"][1], "UO")
+            return
+        self.holds_request, self.cluster = True, cluster
+        retry = action.retry
+        self.retries_left = retry.num_retries if retry is not None and not self.head.upgrade else 0
+        self.keep_body = bool(self.retries_left or action.mirrors)
+        if action.hash_key is not None:
+            key = action.hash_key(self)
+            self.hash_key = stable_hash(key) if key is not None else None
+        self.upstream_head = self.build_head(action, target)
+        if self.head.expect_continue and not self.body_done:
+            self.down.write(CONTINUE_RESPONSE)  # Envoy answers 100-continue itself
+        if action.mirrors:
+            self.mirror(action)
+        if action.timeout:
+            loop = asyncio.get_running_loop()
+            self.deadline = loop.call_later(action.timeout, self.on_deadline)
+        self.try_once()
+
+    def upgrade_allowed(self) -> bool:
+        upgrade = next((v for n, v in self.headers if n == b"upgrade"), b"")
+        return upgrade.lower() in self.down.listener.http.upgrades
+
+    def build_head(self, action: Forward, target: Target) -> bytes:
+        path = action.rewrite_path(self.path) if action.rewrite_path is not None else self.path
+        headers = [
+            h for h in strip_hop_by_hop(self.headers, tunnel=self.head.upgrade) if h[0] != b"host"
+        ]
+        headers.insert(0, (b"host", target.host_rewrite or self.authority))
+        self.add_forwarding_headers(headers)
+        if self.down.listener.inbound:
+            self.peer_header = take_peer(headers)
+        else:
+            headers += self.down.runtime.peer_headers
+        if self.fx is not None:
+            for mutation in self.fx.upstream_headers:
+                mutation.apply(headers)
+        target.request_headers.apply(headers)
+        self.forwarded_headers, self.upstream_path = headers, path
+        return serialize_request_head(self.method, path, headers, chunked=self.head.chunked)
+
+    def add_forwarding_headers(self, headers: Headers) -> None:
+        http = self.down.listener.http
+        if not http.skip_xff_append:
+            xff = next((v for n, v in headers if n == b"x-forwarded-for"), None)
+            peer = self.source_ip.encode()
+            headers[:] = [h for h in headers if h[0] != b"x-forwarded-for"]
+            headers.append((b"x-forwarded-for", xff + b", " + peer if xff else peer))
+        names = {n for n, _ in headers}
+        if b"x-forwarded-proto" not in names:
+            headers.append((b"x-forwarded-proto", self.scheme))
+        if http.generate_request_id and b"x-request-id" not in names:
+            headers.append((b"x-request-id", str(uuid.uuid4()).encode()))
+        if b"expect" in names:
+            headers[:] = [h for h in headers if h[0] != b"expect"]
+
+    def mirror(self, action: Forward) -> None:
+        for policy in action.mirrors:
+            if policy.fires(RNG.getrandbits(64)):
+                send_mirror(self, policy)
+
+    # -- tries ----------------------------------------------------------------------------
+
+    def try_once(self) -> None:
+        self.timer = None
+        cluster, action = self.cluster, self.action
+        assert cluster is not None
+        retry = action.retry
+        exclude = self.tried if retry is not None and retry.previous_hosts else None
+        attempts = retry.host_selection_max_attempts if retry is not None else 1
+        host = cluster.pick(self.hash_key, exclude, retries=attempts)
+        if host is None:
+            self.fail("UH")
+            return
+        self.host, self.last_host = host, str(host)
+        self.tried.add(host)
+        host.request_started()
+        self.waiting = True
+        if not self.down.runtime.pool.request(host, cluster, self):
+            self.waiting = False
+            host.request_finished()
+            self.fail("UO")
+            return
+        per_try = retry.per_try_timeout if retry is not None else None
+        if per_try and not self.done and (self.waiting or self.conn is not None):
+            loop = asyncio.get_running_loop()
+            self.try_timer = loop.call_later(per_try, self.on_try_timeout)
+
+    @property
+    def action(self) -> Forward:
+        assert self.route is not None and isinstance(self.route.action, Forward)
+        return self.route.action
+
+    def on_connection(self, conn: UpstreamConnection) -> None:
+        if not self.waiting or self.done:
+            self.down.runtime.pool.release(conn)
+            return
+        self.waiting = False
+        self.conn, self.sent = conn, True
+        body = self.pending_body()
+        conn.send(self, self.method, self.upstream_head + body)
+
+    def pending_body(self) -> bytes:
+        """The buffered request body, framed for the upstream; resumes reading
+        the client if it was held back while no upstream could take it."""
+        data = b"".join(self.body)
+        if not self.keep_body or self.tunnel:
+            self.body = []
+        if self.head.upgrade:
+            return data
+        if self.body_overflow and not self.keep_body:
+            self.down.resume_body()
+        if self.head.chunked:
+            return encode_chunk(data) + (LAST_CHUNK if self.body_done else b"")
+        return data
+
+    def on_connect_failure(self, timed_out: bool) -> None:
+        if not self.waiting or self.done:
+            return
+        self.waiting = False
+        self.report(LocalOrigin.TIMEOUT if timed_out else LocalOrigin.CONNECT_FAILED)
+        self.try_failed("UF")
+
+    # -- the response, from upstream ------------------------------------------------------
+
+    def on_response(self, events: list[ResponseEvent]) -> None:
+        for event in events:
+            kind = event.__class__
+            if kind is bytes:
+                assert isinstance(event, bytes)
+                self.response_bytes += len(event)
+                self.down.write(encode_chunk(event) if self.response_chunked else event)
+            elif kind is ResponseHead:
+                assert isinstance(event, ResponseHead)
+                if not self.on_response_head(event):
+                    return
+            elif kind is Tunnel:
+                assert isinstance(event, Tunnel)
+                self.response_bytes += len(event.data)
+                self.down.write(event.data)
+            else:
+                assert isinstance(event, EndOfMessage)
+                self.on_response_end(event)
+
+    def on_response_head(self, head: ResponseHead) -> bool:
+        """False when the response is dropped (an interim one, or a retry)."""
+        if head.status < 200 and head.status != 101:
+            return True  # 1xx: the client got its 100 Continue from us already
+        self.cancel_try_timer()
+        self.report(head.status)
+        retry = self.action.retry
+        if retry is not None and retriable_status(head.status, retry):
+            if self.can_retry():
+                self.drop_upstream()
+                self.retry_later()
+                return False
+            self.add_flag("URX")
+        self.respond(head)
+        return True
+
+    def respond(self, head: ResponseHead) -> None:
+        self.status, self.responding = head.status, True
+        self.tunnel = head.upgrade
+        if self.tunnel:
+            self.keep_alive = False
+        headers = [(n.lower(), v) for n, v in strip_hop_by_hop(head.headers, tunnel=self.tunnel)]
+        if self.down.listener.inbound:
+            headers += self.down.runtime.peer_headers
+        else:
+            self.peer_header = take_peer(headers)
+        assert self.target is not None
+        self.target.response_headers.apply(headers)
+        if self.fx is not None:
+            self.down.listener.http.filters.encode(self.fx, headers)
+        if self.flags:
+            headers.append((b"x-pilotfish-flags", self.flags.encode()))
+        bodyless = self.method == b"HEAD" or head.status in (204, 304) or self.tunnel
+        self.response_chunked = not bodyless and head.content_length is None
+        if not self.keep_alive and not self.tunnel:
+            headers.append((b"connection", b"close"))
+        self.down.write(
+            serialize_response_head(head.status, headers, chunked=self.response_chunked)
+        )
+
+    def on_response_end(self, end: EndOfMessage) -> None:
+        if self.response_chunked:
+            self.down.write(encode_last_chunk(end.trailers))
+        if self.tunnel:
+            return  # the tunnel ends when either side closes
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            if self.body_done:
+                self.down.runtime.pool.release(conn)
+            else:
+                conn.close()  # the upstream answered before the whole request came
+        self.finish()
+
+    def on_upstream_error(self, error: ProtocolError) -> None:
+        self.conn = None
+        if self.tunnel:
+            self.finish()
+            self.down.close()
+            return
+        if self.responding:
+            self.add_flag(error.flag)
+            self.finish()
+            self.down.close()  # mid-response: all the client can be told
+            return
+        self.cancel_try_timer()
+        self.report(LocalOrigin.RESET)
+        self.try_failed(error.flag)
+
+    def pause_reading_downstream(self) -> None:
+        self.down.pause_body()
+
+    def resume_reading_downstream(self) -> None:
+        self.down.resume_body()
+
+    # -- failures, retries and timeouts ---------------------------------------------------
+
+    def try_failed(self, flag: str) -> None:
+        """This try got no response: retry if the policy says so, else answer."""
+        if self.host is not None:
+            self.host.request_finished()
+            self.host = None
+        retry = self.action.retry
+        if retry is not None and retriable_failure(flag, retry.retry_on):
+            if self.can_retry():
+                self.retry_later()
+                return
+            self.add_flag("URX")
+        self.fail(flag)
+
+    def can_retry(self) -> bool:
+        if self.retries_left <= 0 or self.body_overflow or self.responding:
+            if self.retries_left <= 0:
+                self.stat("upstream_rq_retry_limit_exceeded")
+            return False
+        assert self.cluster is not None
+        breakers = self.cluster.breakers
+        if self.holds_retry:  # one retry slot at a time, as Envoy counts them
+            breakers.release_retry()
+            self.holds_retry = False
+        if not breakers.try_acquire_retry():
+            self.add_flag("UO")
+            self.stat("upstream_rq_retry_overflow")
+            return False
+        self.holds_retry = True
+        return True
+
+    def retry_later(self) -> None:
+        """Envoy's back-off: fully jittered, up to base * 2^n, capped at max."""
+        retry = self.action.retry
+        assert retry is not None and self.cluster is not None
+        attempt = retry.num_retries - self.retries_left
+        self.retries_left -= 1
+        self.stat("upstream_rq_retry")
+        if self.host is not None:
+            self.host.request_finished()
+            self.host = None
+        delay = RNG.uniform(0, min(retry.backoff_max, retry.backoff_base * (2**attempt)))
+        self.timer = asyncio.get_running_loop().call_later(delay, self.try_once)
+
+    def on_try_timeout(self) -> None:
+        self.try_timer = None
+        self.stat("upstream_rq_per_try_timeout")
+        self.report(LocalOrigin.TIMEOUT)
+        self.drop_upstream()
+        self.try_failed("UT")
+
+    def on_deadline(self) -> None:
+        self.deadline = None
+        self.stat("upstream_rq_timeout")
+        if self.host is not None:
+            self.report(LocalOrigin.TIMEOUT)
+        self.drop_upstream()
+        if self.responding:
+            self.add_flag("UT")
+            self.finish()
+            self.down.close()
+        else:
+            self.fail("UT")
+
+    def fail(self, flag: str) -> None:
+        status, body = FAILURE_BODIES.get(flag, (503, b"upstream failure"))
+        self.local(status, body, flag)
+
+    def drop_upstream(self) -> None:
+        """Stop the current try: close its connection or leave the pool's queue."""
+        self.cancel_try_timer()
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            conn.close()
+        if self.waiting and self.host is not None:
+            self.waiting = False
+            self.down.runtime.pool.cancel(self.host, self)
+
+    def cancel_try_timer(self) -> None:
+        if self.try_timer is not None:
+            self.try_timer.cancel()
+            self.try_timer = None
+
+    def report(self, result: int) -> None:
+        if self.cluster is not None and self.host is not None:
+            self.cluster.report(self.host, result, time.monotonic())
+            if result >= 0:
+                self.down.runtime.stats.cluster(self.cluster.name).upstream_response(result)
+
+    def stat(self, name: str) -> None:
+        if self.cluster is not None:
+            scope = self.down.runtime.stats.cluster(self.cluster.name)
+            setattr(scope, name, getattr(scope, name) + 1)
+
+    def add_flag(self, flag: str) -> None:
+        if flag and flag not in self.flags.split(","):
+            self.flags = f"{self.flags},{flag}" if self.flags else flag
+
+    # -- the end --------------------------------------------------------------------------
+
+    def local(self, status: int, body: bytes, flag: str, headers: Headers | None = None) -> None:
+        """Answer from the proxy itself (Envoy's local reply)."""
+        if self.responding:
+            self.down.close()
+            self.finish()
+            return
+        self.add_flag(flag)
+        self.status, self.responding = status, True
+        out = list(headers or ())
+        if self.fx is not None and headers is None:
+            self.down.listener.http.filters.encode(self.fx, out)
+        if self.flags:
+            out.append((b"x-pilotfish-flags", self.flags.encode()))
+        self.keep_alive = self.keep_alive and self.body_done
+        if self.method == b"HEAD":
+            body = b""
+        self.response_bytes = len(body)
+        self.down.write(error_response(status, body, out, close=not self.keep_alive))
+        self.finish()
+
+    def finish(self) -> None:
+        """Once, however the exchange ended: release what it holds, record it."""
+        if self.done:
+            return
+        self.done = True
+        for handle in (self.timer, self.try_timer, self.deadline):
+            if handle is not None:
+                handle.cancel()
+        if self.host is not None:
+            self.host.request_finished()
+        if self.holds_request and self.cluster is not None:
+            self.cluster.breakers.release_request()
+        if self.holds_retry and self.cluster is not None:
+            self.cluster.breakers.release_retry()
+        if self.fx is not None:
+            self.down.listener.http.filters.finish(self.fx)
+            for flag in self.fx.flags:
+                self.add_flag(flag)
+        self.down.runtime.observe(self)
+        self.down.exchange_done(self)
+
+
+def retriable_status(status: int, retry: RetryPolicy) -> bool:
+    on = retry.retry_on
+    return (
+        (bool(on & RetryOn.FIVE_XX) and status >= 500)
+        or (bool(on & RetryOn.GATEWAY_ERROR) and status in (502, 503, 504))
+        or (bool(on & RetryOn.RETRIABLE_4XX) and status == 409)
+        or (bool(on & RetryOn.RETRIABLE_STATUS_CODES) and status in retry.retriable_status_codes)
+    )
+
+
+def retriable_failure(flag: str, on: RetryOn) -> bool:
+    if flag == "UF":
+        return bool(on & RETRY_ON_CONNECT)
+    if flag == "UT":
+        return bool(on & RETRY_ON_TIMEOUT)
+    return flag in ("UC", "UPE") and bool(on & RETRY_ON_RESET)
+
+
+def take_peer(headers: Headers) -> bytes | None:
+    """Remove Istio's metadata-exchange headers; return the peer's metadata."""
+    found = None
+    for name, value in headers:
+        if name == PEER_METADATA_HEADER:
+            found = value
+    if found is not None or any(n == PEER_METADATA_ID_HEADER for n, _ in headers):
+        headers[:] = [h for h in headers if h[0] not in PEER_HEADERS]
+    return found
+
+
+PEER_HEADERS = frozenset({PEER_METADATA_HEADER, PEER_METADATA_ID_HEADER})
+LAST_CHUNK = encode_last_chunk()
