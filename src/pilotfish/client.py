@@ -7,13 +7,14 @@ the ApiError it names; a server that cannot be reached as `Unreachable`.
 
 from __future__ import annotations
 
+import builtins
 import json
 import re
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 from pilotfish.api.errors import ApiError, Invalid
 from pilotfish.api.kinds import Kind, registry
@@ -125,6 +126,26 @@ class Client:
                 if event.get("type") == "ERROR":
                     raise ApiError.from_status(event.get("object") or {})
                 yield event["type"], event["object"]
+
+    # -- the mesh: registry and proxies -----------------------------------------------
+
+    def register_instance(self, registration: Obj) -> Obj:
+        """Register a workload instance, or renew its lease (a heartbeat)."""
+        return self._call("POST", "/api/v1/registry/instances", body=registration)[0]
+
+    def deregister_instance(self, namespace: str, name: str) -> None:
+        self._call("DELETE", f"/api/v1/registry/instances/{quote(namespace)}/{quote(name)}")
+
+    def instances(self) -> builtins.list[Obj]:
+        return list(self._call("GET", "/api/v1/registry/instances")[0].get("items") or [])
+
+    def proxy_status(self) -> builtins.list[Obj]:
+        """Connected proxies with their sync state per xDS type."""
+        return list(self._call("GET", "/debug/syncz")[0].get("items") or [])
+
+    def proxy_config(self, proxy_id: str, kind: str) -> Obj:
+        """What a proxy was last sent of `kind` (listeners, routes, clusters, endpoints)."""
+        return self._call("GET", "/debug/config_dump", {"proxyID": proxy_id, "type": kind})[0]
 
     # -- the wire ----------------------------------------------------------------------
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from pilotfish import __version__
 from pilotfish.api.errors import ApiError
-from pilotfish.cli import commands
+from pilotfish.cli import commands, mesh
 from pilotfish.cli.manifests import ManifestError
 from pilotfish.client import Unreachable
 from pilotfish.config import ConfigError
@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return handler(args)
-    except (commands.CliError, ManifestError) as e:
+    except (commands.CliError, ManifestError, mesh.UsageError) as e:
         print(f"error: {e}", file=sys.stderr)
     except (Unreachable, ConfigError) as e:
         print(f"error: {e.message}", file=sys.stderr)
@@ -53,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_delete(sub, common)
     _add_diff(sub, common)
     _add_validate(sub)
+    _add_proxy_status(sub, common)
+    _add_proxy_config(sub, common)
+    _add_register(sub, common)
     return parser
 
 
@@ -95,13 +98,25 @@ def _add_controlplane(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p = sub.add_parser("controlplane", help="run the control plane (REST API on 127.0.0.1:15080)")
     p.add_argument("--data-dir", type=Path, default=Path.home() / ".pilotfish" / "data")
     p.add_argument("--listen", default="127.0.0.1:15080", help="address of the REST API")
+    p.add_argument(
+        "--xds-port",
+        type=int,
+        default=15010,
+        help="port of the ADS (xDS) server on the REST API's host; -1 turns xDS off",
+    )
     p.set_defaults(handler=_run_controlplane)
 
 
 def _run_controlplane(args: argparse.Namespace) -> int:
-    from pilotfish.controlplane.main import run_controlplane
+    from pilotfish.controlplane.http import parse_listen
+    from pilotfish.controlplane.main import run_controlplane, xds_listen
 
-    return run_controlplane(args.data_dir, args.listen)
+    try:
+        host = parse_listen(args.listen)[0]
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return run_controlplane(args.data_dir, args.listen, xds_listen=xds_listen(args.xds_port, host))
 
 
 def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -125,8 +140,13 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 def _add_proxy(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("proxy", help="run the sidecar proxy from an Envoy-style bootstrap")
-    p.add_argument("--bootstrap", type=Path, required=True, metavar="FILE",
-                   help="Envoy v3 bootstrap, YAML or JSON")
+    p.add_argument(
+        "--bootstrap",
+        type=Path,
+        required=True,
+        metavar="FILE",
+        help="Envoy v3 bootstrap, YAML or JSON",
+    )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(handler=_run_proxy)
 
@@ -211,3 +231,47 @@ def _add_validate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p = sub.add_parser("validate", help="check files offline against Istio's and our schemas")
     _files(p)
     p.set_defaults(handler=commands.validate)
+
+
+def _add_proxy_status(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
+    p = sub.add_parser(
+        "proxy-status", parents=[common], help="connected proxies and their xDS sync state"
+    )
+    p.add_argument("proxy", nargs="?", help="one proxy's node id (or NAME.NAMESPACE)")
+    p.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    p.set_defaults(handler=mesh.proxy_status)
+
+
+def _add_proxy_config(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
+    p = sub.add_parser(
+        "proxy-config", parents=[common], help="the xDS resources a proxy was last sent"
+    )
+    p.add_argument("type", choices=mesh.CONFIG_TYPES)
+    p.add_argument("proxy", help="node id, NAME.NAMESPACE, or a unique prefix of the node id")
+    p.add_argument("-o", "--output", choices=["table", "json", "yaml"], default="table")
+    p.set_defaults(handler=mesh.proxy_config)
+
+
+def _add_register(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
+    p = sub.add_parser(
+        "register", parents=[common], help="register a workload instance with the registry"
+    )
+    p.add_argument("name", help="instance name, unique in its namespace")
+    p.add_argument("--address", default="127.0.0.1")
+    p.add_argument("--port", action="append", metavar="NAME=PORT", required=True)
+    p.add_argument("--label", action="append", metavar="KEY=VALUE")
+    p.add_argument("--workload", default="", help="workload name (default: the instance name)")
+    p.add_argument("--service-account", default="default")
+    p.add_argument("--locality", default="", help="region/zone/subzone")
+    p.add_argument("--ttl", type=float, default=3.0, help="seconds the registration lasts")
+    p.add_argument("--unhealthy", action="store_true", help="registered but not ready")
+    p.add_argument(
+        "--heartbeat", action="store_true", help="keep renewing until stopped, then deregister"
+    )
+    p.set_defaults(handler=mesh.register)

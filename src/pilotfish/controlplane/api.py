@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 
 Lookup = Callable[[str, str, str], list[Obj]]
 Analyzer = Callable[[Obj, Lookup], list[str]]
+# Serves paths beyond the resource API (registry, xDS debug); None: not its path.
+Extension = Callable[["Request", str], "Response | None"]
 
 MAX_BODY = 3 * 1024 * 1024  # Kubernetes' limit on a request body
 APPLY = "application/apply-patch+yaml"
@@ -149,8 +151,10 @@ class Api:
         *,
         analyze: Analyzer | None = None,
         kinds: KindRegistry | None = None,
+        extension: Extension | None = None,
     ) -> None:
         self.store = store
+        self.extension = extension
         self._token = token
         self._analyze = analyze
         self.kinds = kinds or registry()
@@ -178,6 +182,9 @@ class Api:
             authorization=request.header("authorization"),
             token=self._token,
         )
+        extra = self.extension(request, path) if self.extension else None
+        if extra is not None:
+            return extra
         document = self._document(path)
         if document is not None:
             if request.method not in _READS:

@@ -1,7 +1,12 @@
-"""`pilotfish controlplane`: open the store, serve the API, stop cleanly on a signal.
+"""`pilotfish controlplane`: open the store, serve the API and xDS, stop cleanly
+on a signal.
 
-Start-up binds the port first, so a port in use fails before a store is opened
-or a config written; anything opened before a later failure is closed again.
+Start-up binds the API port first, so a port in use fails before a store is
+opened or a config written; anything opened before a later failure is closed
+again. The registry follows the store and the instance registrations; the ADS
+server (127.0.0.1:15010 by default, as istiod's plaintext port) pushes what
+they produce. Only validated config is ever stored, so only validated config
+reaches a proxy.
 """
 
 from __future__ import annotations
@@ -21,8 +26,13 @@ from pilotfish.config import ClientConfig, write_client_config
 from pilotfish.controlplane.api import Api
 from pilotfish.controlplane.auth import load_or_create_token
 from pilotfish.controlplane.http import ApiServer
+from pilotfish.controlplane.mesh_api import MeshApi
+from pilotfish.registry.instances import InstanceRegistry
+from pilotfish.registry.mesh import MeshRegistry
 from pilotfish.store.resources import ResourceStore
 from pilotfish.store.sqlite import SqliteBackend
+from pilotfish.xds.server import DEFAULT_LISTEN as DEFAULT_XDS_LISTEN
+from pilotfish.xds.server import AdsServer, BindError
 
 log = logging.getLogger("pilotfish.controlplane")
 
@@ -35,50 +45,97 @@ class StartError(Exception):
 
 
 class ControlPlane:
-    """The running parts: the API server over a store, and how to stop them."""
+    """The running parts: the API server over a store, the registry, the ADS
+    server, and how to stop them."""
 
-    def __init__(self, server: ApiServer, store: ResourceStore, data_dir: Path) -> None:
+    def __init__(
+        self,
+        server: ApiServer,
+        store: ResourceStore,
+        data_dir: Path,
+        mesh: MeshRegistry | None = None,
+        ads: AdsServer | None = None,
+    ) -> None:
         self.server = server
         self.store = store
         self.data_dir = data_dir
+        self.mesh = mesh
+        self.ads = ads
 
     def __repr__(self) -> str:
         return f"ControlPlane({self.server.url}, data_dir={str(self.data_dir)!r})"
 
     @classmethod
     def open(
-        cls, data_dir: Path, listen: str = DEFAULT_LISTEN, config_path: Path | None = None
+        cls,
+        data_dir: Path,
+        listen: str = DEFAULT_LISTEN,
+        config_path: Path | None = None,
+        xds_listen: str | None = None,
     ) -> ControlPlane:
+        """Everything started and serving, or nothing left running. Without
+        `xds_listen` there is no ADS server (the registry API still works): a
+        library caller does not take the well-known port unless it asks."""
         server = _bind(listen)
         store: ResourceStore | None = None
+        plane: ControlPlane | None = None
         try:
             _make_data_dir(data_dir)
             token = load_or_create_token(data_dir)
             store = ResourceStore(SqliteBackend(data_dir / STORE_FILE), validate=validate_or_raise)
-            server.api = Api(store, token, analyze=analyze)
+            plane = cls(server, store, data_dir)
+            plane._start_mesh(xds_listen)
+            server.api = Api(
+                store, token, analyze=analyze, extension=MeshApi(plane.instances, plane.ads)
+            )
             write_client_config(ClientConfig(server.url, token), config_path)
         except BaseException as e:
-            server.stop()
-            if store is not None:
-                store.close()
+            if plane is not None:
+                plane.close()
+            else:
+                server.stop()
+                if store is not None:
+                    store.close()
             reason = _start_error(e, data_dir)
             if reason is None:
                 raise
             raise reason from e
-        return cls(server, store, data_dir)
+        return plane
+
+    @property
+    def instances(self) -> InstanceRegistry:
+        assert self.mesh is not None
+        return self.mesh.instances
+
+    def _start_mesh(self, xds_listen: str | None) -> None:
+        self.mesh = MeshRegistry(self.store)
+        self.mesh.start()
+        if xds_listen is None:
+            return
+        self.ads = AdsServer(self.mesh.snapshot, xds_listen)
+        self.mesh.add_listener(self.ads.changed)
+        self.ads.start()
 
     def close(self) -> None:
+        """Stop what was started, newest first; safe on a half-open plane."""
+        if self.ads is not None:
+            self.ads.stop()
+        if self.mesh is not None:
+            self.mesh.stop()
         self.server.stop()
         self.store.close()
 
 
 def run_controlplane(
-    data_dir: Path, listen: str = DEFAULT_LISTEN, config_path: Path | None = None
+    data_dir: Path,
+    listen: str = DEFAULT_LISTEN,
+    config_path: Path | None = None,
+    xds_listen: str | None = DEFAULT_XDS_LISTEN,
 ) -> int:
     """Serve until SIGTERM or SIGINT, then shut down cleanly: 0; 1 if it cannot start."""
     _configure_logging()
     try:
-        plane = ControlPlane.open(data_dir, listen, config_path)
+        plane = ControlPlane.open(data_dir, listen, config_path, xds_listen)
     except StartError as e:
         log.error("error: %s", e)
         return 1
@@ -86,6 +143,10 @@ def run_controlplane(
     _stop_on_signals(stop)
     serving = plane.server.start()
     log.info("pilotfish control plane serving on %s (data in %s)", plane.server.url, data_dir)
+    if plane.ads is not None:
+        log.info(
+            "xDS (ADS) serving on %s", plane.ads.listen.rpartition(":")[0] + f":{plane.ads.port}"
+        )
     while not stop.wait(0.5) and serving.is_alive():
         pass
     log.info("pilotfish control plane stopping")
@@ -96,6 +157,8 @@ def run_controlplane(
 def _start_error(error: BaseException, data_dir: Path) -> StartError | None:
     """A one-line reason for what users can fix (permissions, a bad store file);
     anything else is a bug and keeps its traceback."""
+    if isinstance(error, BindError):
+        return StartError(f"{error} (is another control plane running? see --xds-port)")
     if isinstance(error, OSError):
         where = f" {error.filename}" if error.filename else ""
         return StartError(f"cannot start:{where}: {error.strerror or error}")
@@ -140,8 +203,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", type=Path, default=Path.home() / ".pilotfish" / "data")
     parser.add_argument("--listen", default=DEFAULT_LISTEN)
     parser.add_argument("--config", type=Path, default=None, help="client config to write")
+    parser.add_argument("--xds-port", type=int, default=15010, help="ADS port on 127.0.0.1")
     args = parser.parse_args(argv)
-    return run_controlplane(args.data_dir, args.listen, args.config)
+    return run_controlplane(args.data_dir, args.listen, args.config, xds_listen(args.xds_port))
+
+
+def xds_listen(port: int, host: str = "127.0.0.1") -> str | None:
+    """The ADS address for `--xds-port`; a negative port turns xDS off."""
+    return None if port < 0 else f"{host}:{port}"
 
 
 if __name__ == "__main__":

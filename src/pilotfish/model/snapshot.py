@@ -39,7 +39,7 @@ from pilotfish.model.services import service_from_v1, services_from_entry
 from pilotfish.model.types import Endpoint, Instance, Proxy, Service, ServicePort
 
 NETWORKING = "networking.istio.io"
-_KINDS = {
+MESH_KINDS = {  # what a snapshot reads; other kinds do not change what proxies get
     ("", "Service"),
     (NETWORKING, "VirtualService"),
     (NETWORKING, "DestinationRule"),
@@ -318,7 +318,7 @@ def build_snapshot(objects: Iterable[Obj], instances: Iterable[Instance] = ()) -
     by_kind: dict[str, list[Obj]] = defaultdict(list)
     for obj in objects:
         group = str(obj.get("apiVersion", "")).rpartition("/")[0]
-        if (group, obj.get("kind")) in _KINDS:
+        if (group, obj.get("kind")) in MESH_KINDS:
             by_kind[str(obj["kind"])].append(obj)
     for kind in by_kind:
         by_kind[kind].sort(key=_age)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -197,7 +196,7 @@ class Exchange:
         step = chain.decode(fx, RNG)
         if isinstance(step, filters.Delay):
             self.add_flag("DI")
-            self.timer = asyncio.get_running_loop().call_later(step.seconds, self.run_filters)
+            self.timer = self.down.runtime.loop.call_later(step.seconds, self.run_filters)
         elif isinstance(step, filters.LocalReply):
             headers = list(step.headers)
             chain.encode(fx, headers)
@@ -248,7 +247,7 @@ class Exchange:
         if action.mirrors:
             self.mirror(action)
         if action.timeout:
-            loop = asyncio.get_running_loop()
+            loop = self.down.runtime.loop
             self.deadline = loop.call_later(action.timeout, self.on_deadline)
         self.try_once()
 
@@ -285,7 +284,7 @@ class Exchange:
         if b"x-forwarded-proto" not in names:
             headers.append((b"x-forwarded-proto", self.scheme))
         if http.generate_request_id and b"x-request-id" not in names:
-            headers.append((b"x-request-id", str(uuid.uuid4()).encode()))
+            headers.append((b"x-request-id", request_id()))
         if b"expect" in names:
             headers[:] = [h for h in headers if h[0] != b"expect"]
 
@@ -318,7 +317,7 @@ class Exchange:
             return
         per_try = retry.per_try_timeout if retry is not None else None
         if per_try and not self.done and (self.waiting or self.conn is not None):
-            loop = asyncio.get_running_loop()
+            loop = self.down.runtime.loop
             self.try_timer = loop.call_later(per_try, self.on_try_timeout)
 
     @property
@@ -359,28 +358,41 @@ class Exchange:
     # -- the response, from upstream ------------------------------------------------------
 
     def on_response(self, events: list[ResponseEvent]) -> None:
+        """The response's events from one read, written downstream in one write."""
+        out: list[bytes] = []
+        ended = False
         for event in events:
             kind = event.__class__
             if kind is bytes:
                 assert isinstance(event, bytes)
                 self.response_bytes += len(event)
-                self.down.write(encode_chunk(event) if self.response_chunked else event)
+                out.append(encode_chunk(event) if self.response_chunked else event)
             elif kind is ResponseHead:
                 assert isinstance(event, ResponseHead)
-                if not self.on_response_head(event):
+                head = self.on_response_head(event)
+                if head is None:
                     return
+                out.append(head)
             elif kind is Tunnel:
                 assert isinstance(event, Tunnel)
                 self.response_bytes += len(event.data)
-                self.down.write(event.data)
+                out.append(event.data)
             else:
                 assert isinstance(event, EndOfMessage)
-                self.on_response_end(event)
+                if self.response_chunked:
+                    out.append(encode_last_chunk(event.trailers))
+                ended = not self.tunnel  # a tunnel ends when either side closes
+        if out:
+            self.down.write(out[0] if len(out) == 1 else b"".join(out))
+        if ended:
+            self.response_complete()
 
-    def on_response_head(self, head: ResponseHead) -> bool:
-        """False when the response is dropped (an interim one, or a retry)."""
+    def on_response_head(self, head: ResponseHead) -> bytes | None:
+        """The head to send downstream; None when the response is dropped for
+        a retry. An interim (1xx) head gives b"": the client got its 100
+        Continue from the proxy already."""
         if head.status < 200 and head.status != 101:
-            return True  # 1xx: the client got its 100 Continue from us already
+            return b""
         self.cancel_try_timer()
         self.report(head.status)
         retry = self.action.retry
@@ -388,12 +400,11 @@ class Exchange:
             if self.can_retry():
                 self.drop_upstream()
                 self.retry_later()
-                return False
+                return None
             self.add_flag("URX")
-        self.respond(head)
-        return True
+        return self.respond(head)
 
-    def respond(self, head: ResponseHead) -> None:
+    def respond(self, head: ResponseHead) -> bytes:
         self.status, self.responding = head.status, True
         self.tunnel = head.upgrade
         if self.tunnel:
@@ -413,15 +424,9 @@ class Exchange:
         self.response_chunked = not bodyless and head.content_length is None
         if not self.keep_alive and not self.tunnel:
             headers.append((b"connection", b"close"))
-        self.down.write(
-            serialize_response_head(head.status, headers, chunked=self.response_chunked)
-        )
+        return serialize_response_head(head.status, headers, chunked=self.response_chunked)
 
-    def on_response_end(self, end: EndOfMessage) -> None:
-        if self.response_chunked:
-            self.down.write(encode_last_chunk(end.trailers))
-        if self.tunnel:
-            return  # the tunnel ends when either side closes
+    def response_complete(self) -> None:
         conn, self.conn = self.conn, None
         if conn is not None:
             if self.body_done:
@@ -494,7 +499,7 @@ class Exchange:
             self.host.request_finished()
             self.host = None
         delay = RNG.uniform(0, min(retry.backoff_max, retry.backoff_base * (2**attempt)))
-        self.timer = asyncio.get_running_loop().call_later(delay, self.try_once)
+        self.timer = self.down.runtime.loop.call_later(delay, self.try_once)
 
     def on_try_timeout(self) -> None:
         self.try_timer = None
@@ -613,6 +618,14 @@ def retriable_failure(flag: str, on: RetryOn) -> bool:
     if flag == "UT":
         return bool(on & RETRY_ON_TIMEOUT)
     return flag in ("UC", "UPE") and bool(on & RETRY_ON_RESET)
+
+
+def request_id() -> bytes:
+    """A random (version 4) UUID, as Envoy generates x-request-id."""
+    bits = RNG.getrandbits(128) & ~(0xF000 << 64) | (0x4000 << 64)  # version 4
+    bits = bits & ~(0xC000 << 48) | (0x8000 << 48)  # RFC 4122 variant
+    h = b"%032x" % bits
+    return b"-".join((h[:8], h[8:12], h[12:16], h[16:20], h[20:]))
 
 
 def take_peer(headers: Headers) -> bytes | None:

@@ -97,6 +97,7 @@ async def _serve(bootstrap: Bootstrap) -> int:
         StatsRegistry(),
         peer_metadata_headers(bootstrap.node),
     )
+    runtime.start()
     listeners = Listeners(runtime)
     resources = bootstrap.static_resources
     runtime.config.load_static(list(resources.listeners), list(resources.clusters))

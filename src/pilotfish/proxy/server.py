@@ -39,6 +39,8 @@ from pilotfish.proxy.telemetry import (
     service_from_cluster_name,
 )
 
+TIMER_SWEEP_S = 0.25  # resolution of the 408 and idle timeouts
+
 
 @dataclass
 class Runtime:
@@ -53,6 +55,20 @@ class Runtime:
     files: list[BinaryIO] = field(default_factory=list)
     draining: bool = False
     connections: int = 0
+    # Cached: on 3.11 asyncio.get_running_loop() costs a getpid() system call.
+    loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.get_running_loop)
+    downstreams: set[Downstream] = field(default_factory=set)
+    ticker: asyncio.TimerHandle | None = None
+
+    def start(self) -> None:
+        """Begin the once-a-second sweep of connection timers."""
+        self.ticker = self.loop.call_later(TIMER_SWEEP_S, self.tick)
+
+    def tick(self) -> None:
+        now = time.monotonic()
+        for down in list(self.downstreams):
+            down.check_timers(now)
+        self.ticker = self.loop.call_later(TIMER_SWEEP_S, self.tick)
 
     def observe(self, ex: Exchange) -> None:
         """Golden metrics, stats and access log lines for a finished exchange."""
@@ -85,6 +101,8 @@ class Runtime:
         return writer
 
     def close(self) -> None:
+        if self.ticker is not None:
+            self.ticker.cancel()
         for writer in self.access_logs.values():
             writer.flush()
         self.pool.close()
@@ -134,8 +152,8 @@ class Downstream(asyncio.Protocol):
         self.requests = 0
         self.body_paused = False
         self.closed = False
-        self.head_timer: asyncio.TimerHandle | None = None
-        self.idle_timer: asyncio.TimerHandle | None = None
+        self.head_since = 0.0  # when the first byte of a request's head came; 0: none
+        self.idle_since = 0.0  # when the connection last became idle; 0: busy
 
     def __repr__(self) -> str:
         return f"<Downstream {self.peer} on {self.listener.name} requests={self.requests}>"
@@ -152,21 +170,20 @@ class Downstream(asyncio.Protocol):
         self.stats.downstream_cx_total += 1
         self.stats.downstream_cx_active += 1
         self.runtime.connections += 1
-        self.idle()
+        self.runtime.downstreams.add(self)
+        self.idle_since = time.monotonic()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.stats.downstream_cx_active -= 1
         self.runtime.connections -= 1
-        for timer in (self.head_timer, self.idle_timer):
-            if timer is not None:
-                timer.cancel()
+        self.runtime.downstreams.discard(self)
         if self.exchange is not None:
             self.exchange.downstream_lost()
 
     def data_received(self, data: bytes) -> None:
-        if self.exchange is None and self.head_timer is None:
-            self.waiting_for_head()
+        if self.exchange is None and not self.head_since:
+            self.head_since = time.monotonic()
         try:
             events = self.parser.feed(data)
         except ProtocolError as error:
@@ -210,10 +227,7 @@ class Downstream(asyncio.Protocol):
             self.transport.pause_reading()  # one request at a time
 
     def begin(self, head: RequestHead) -> None:
-        for timer in (self.head_timer, self.idle_timer):
-            if timer is not None:
-                timer.cancel()
-        self.head_timer = self.idle_timer = None
+        self.head_since = self.idle_since = 0.0
         self.requests += 1
         self.exchange = Exchange(self, head)
         self.exchange.start()
@@ -240,7 +254,7 @@ class Downstream(asyncio.Protocol):
         if held:
             self.dispatch(held)
         if self.exchange is None:
-            self.idle()
+            self.idle_since = time.monotonic()
         if not self.parser.paused and not self.body_paused and self.transport is not None:
             self.transport.resume_reading()
 
@@ -256,28 +270,19 @@ class Downstream(asyncio.Protocol):
 
     # -- timers ---------------------------------------------------------------------------
 
-    def waiting_for_head(self) -> None:
-        timeout = self.listener.http.request_headers_timeout
-        if timeout:
-            loop = asyncio.get_running_loop()
-            self.head_timer = loop.call_later(timeout, self.head_timed_out)
-
-    def head_timed_out(self) -> None:
-        self.head_timer = None
-        if self.exchange is None:
-            self.write(
-                error_response(408, b"request header timeout", [(b"x-pilotfish-flags", b"DPE")])
-            )
-            self.close()
-
-    def idle(self) -> None:
-        timeout = self.listener.http.idle_timeout
-        if timeout and self.idle_timer is None:
-            self.idle_timer = asyncio.get_running_loop().call_later(timeout, self.idle_timed_out)
-
-    def idle_timed_out(self) -> None:
-        self.idle_timer = None
-        if self.exchange is None:
+    def check_timers(self, now: float) -> None:
+        """Called about once a second: 408 for a head that is too slow, close
+        a connection idle too long (timers per request would cost more)."""
+        if self.exchange is not None:
+            return
+        http = self.listener.http
+        if self.head_since and http.request_headers_timeout:
+            if now - self.head_since > http.request_headers_timeout:
+                self.stats.downstream_rq_header_timeout += 1
+                flags = [(b"x-pilotfish-flags", b"DPE")]
+                self.write(error_response(408, b"request header timeout", flags))
+                self.close()
+        elif self.idle_since and http.idle_timeout and now - self.idle_since > http.idle_timeout:
             self.stats.downstream_cx_idle_timeout += 1
             self.close()
 

@@ -1,0 +1,142 @@
+"""The registry: what the store says (Services, ServiceEntries, WorkloadEntries
+and routing config) and which workload instances are alive, as snapshots.
+
+A watch keeps a copy of the mesh's kinds in memory, so a snapshot never reads
+the store; listeners hear "something changed" with the kinds that did, and
+take a fresh `snapshot()` when they are ready (the xDS server debounces).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from pilotfish.api.errors import ApiError
+from pilotfish.model import Snapshot, build_snapshot
+from pilotfish.model.snapshot import MESH_KINDS
+from pilotfish.registry.instances import InstanceRegistry
+from pilotfish.store.resources import ResourceStore
+from pilotfish.store.types import Event, Watch
+
+log = logging.getLogger("pilotfish.registry")
+
+Obj = dict[str, Any]
+ObjectKey = tuple[str, str, str, str]  # (group, kind, namespace, name)
+ChangeListener = Callable[[frozenset[str]], None]
+INSTANCE = "Instance"  # the "kind" a listener hears for a registration change
+_WATCH_POLL_S = 0.5
+
+
+class MeshRegistry:
+    """Config kept current from the store, instances from an InstanceRegistry."""
+
+    def __init__(self, store: ResourceStore, instances: InstanceRegistry | None = None) -> None:
+        self.store = store
+        self.instances = instances or InstanceRegistry()
+        self.instances.add_listener(lambda: self._changed(frozenset({INSTANCE})))
+        self._objects: dict[ObjectKey, Obj] = {}
+        self._lock = threading.Lock()
+        self._listeners: list[ChangeListener] = []
+        self._cached: Snapshot | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._synced = threading.Event()
+
+    def __repr__(self) -> str:
+        return f"MeshRegistry({len(self._objects)} objects, {self.instances!r})"
+
+    def add_listener(self, listener: ChangeListener) -> None:
+        self._listeners.append(listener)
+
+    def start(self) -> None:
+        """Watch the store from now on; returns once the current config is loaded."""
+        self.instances.start()
+        self._thread = threading.Thread(target=self._watch_forever, name="registry-watch")
+        self._thread.daemon = True
+        self._thread.start()
+        self._synced.wait(timeout=30)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.instances.stop()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def snapshot(self) -> Snapshot:
+        """The mesh now; rebuilt only after a change."""
+        with self._lock:
+            if self._cached is None:
+                self._cached = build_snapshot(
+                    list(self._objects.values()), self.instances.instances()
+                )
+            return self._cached
+
+    # -- keeping current ---------------------------------------------------------------
+
+    def apply_event(self, event: Event) -> str | None:
+        """Record one store event; the kind it changed, or None if not a mesh kind."""
+        obj = event.object
+        group = str(obj.get("apiVersion", "")).rpartition("/")[0]
+        kind = str(obj.get("kind", ""))
+        if (group, kind) not in MESH_KINDS:
+            return None
+        meta = obj.get("metadata") or {}
+        key = (group, kind, str(meta.get("namespace") or ""), str(meta.get("name") or ""))
+        with self._lock:
+            if event.type == "DELETED":
+                self._objects.pop(key, None)
+            else:
+                self._objects[key] = obj
+            self._cached = None
+        return kind
+
+    def _changed(self, kinds: frozenset[str]) -> None:
+        with self._lock:
+            self._cached = None
+        for listener in self._listeners:
+            listener(kinds)
+
+    def _watch_forever(self) -> None:
+        since: str | None = None
+        while not self._stop.is_set():
+            try:
+                since = self._follow(self.store.watch(since=since), since)
+            except ApiError as e:
+                # Expired history: start over from a full list, as an informer does.
+                log.warning("registry watch restarts: %s", e.message)
+                since = None
+                self._reset()
+
+    def _follow(self, watch: Watch, since: str | None) -> str | None:
+        try:
+            if since is None:
+                self._load_initial(watch)
+            while not self._stop.is_set():
+                event = watch.next(_WATCH_POLL_S)
+                if event is None:
+                    continue
+                since = str(event.resource_version)
+                kind = self.apply_event(event)
+                if kind is not None:
+                    self._changed(frozenset({kind}))
+            return since
+        finally:
+            watch.close()
+
+    def _load_initial(self, watch: Watch) -> None:
+        """Drain the watch's initial ADDED events (they come without waiting)."""
+        kinds: set[str] = set()
+        while (event := watch.next(0)) is not None:
+            kind = self.apply_event(event)
+            if kind is not None:
+                kinds.add(kind)
+        self._synced.set()
+        if kinds:
+            self._changed(frozenset(kinds))
+
+    def _reset(self) -> None:
+        with self._lock:
+            self._objects.clear()
+            self._cached = None
