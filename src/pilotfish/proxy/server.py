@@ -39,7 +39,7 @@ from pilotfish.proxy.telemetry import (
     service_from_cluster_name,
 )
 
-TIMER_SWEEP_S = 0.25  # resolution of the 408 and idle timeouts
+TIMER_SWEEP_S = 0.25  # resolution of the 408, idle and outlier-interval timers
 
 
 @dataclass
@@ -65,9 +65,14 @@ class Runtime:
         self.ticker = self.loop.call_later(TIMER_SWEEP_S, self.tick)
 
     def tick(self) -> None:
+        """Connection timers, and outlier detection's interval (un-ejections)."""
         now = time.monotonic()
         for down in list(self.downstreams):
             down.check_timers(now)
+        for cluster in self.config.snapshot.clusters.clusters.values():
+            deadline = cluster.next_deadline()
+            if deadline is not None and deadline <= now:
+                cluster.tick(now)
         self.ticker = self.loop.call_later(TIMER_SWEEP_S, self.tick)
 
     def observe(self, ex: Exchange) -> None:
