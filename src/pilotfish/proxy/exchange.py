@@ -73,7 +73,44 @@ RETRY_ON_TIMEOUT = RetryOn.GATEWAY_ERROR | RetryOn.FIVE_XX
 
 
 class Exchange:
-    """A request and its response; see the module docstring."""
+    """A request and its response; see the module docstring.
+
+    Most state starts as a class-level default and is set on the instance only
+    when it changes: a request that goes straight through touches few of them."""
+
+    scheme = b"http"
+    flags = ""
+    status = 0
+    response_bytes = 0
+    body_done = False
+    keep_body = True  # until forwarding knows whether retries or mirrors need it
+    body_overflow = False
+    route: Route | None = None
+    target: Target | None = None
+    fx: filters.Exchange | None = None
+    cluster: Cluster | None = None
+    host: Host | None = None
+    last_host: str | None = None
+    tried: frozenset[Host] | set[Host] = frozenset()  # for the previous-hosts predicate
+    conn: UpstreamConnection | None = None
+    waiting = False  # for a connection from the pool
+    sent = False  # the upstream has the request head
+    responding = False  # the response head went downstream
+    response_chunked = False
+    tunnel = False
+    retries_left = 0
+    hash_key: int | None = None
+    upstream_head = b""
+    upstream_path = b""
+    forwarded_headers: Headers = []  # replaced per request, never changed in place
+    on_body_done: tuple[Callable[[], None], ...] = ()
+    timer: asyncio.TimerHandle | None = None  # filter delay, backoff
+    try_timer: asyncio.TimerHandle | None = None
+    deadline: asyncio.TimerHandle | None = None
+    holds_request = False  # a circuit breaker request slot
+    holds_retry = False  # and a retry slot
+    peer_header: bytes | None = None  # the other side's x-envoy-peer-metadata
+    done = False
 
     def __init__(self, down: Downstream, head: RequestHead) -> None:
         self.down = down
@@ -83,45 +120,11 @@ class Exchange:
         self.authority = authority or b""
         self.original_path = self.path
         self.headers: Headers = [(n.lower(), v) for n, v in head.headers]
-        self.scheme = b"http"
         self.source_ip = down.peer
         self.keep_alive = head.keep_alive
         self.started = time.monotonic()
-        self.wall_start = time.time()
-        self.flags = ""
-        self.status = 0
         self.request_bytes = 0
-        self.response_bytes = 0
         self.body: list[bytes] = []  # request body not yet sent, or kept for a retry
-        self.body_done = False
-        self.keep_body = True  # until forwarding knows whether retries or mirrors need it
-        self.body_overflow = False
-        self.route: Route | None = None
-        self.target: Target | None = None
-        self.fx: filters.Exchange | None = None
-        self.cluster: Cluster | None = None
-        self.host: Host | None = None
-        self.last_host: str | None = None
-        self.tried: set[Host] = set()
-        self.conn: UpstreamConnection | None = None
-        self.waiting = False  # for a connection from the pool
-        self.sent = False  # the upstream has the request head
-        self.responding = False  # the response head went downstream
-        self.response_chunked = False
-        self.tunnel = False
-        self.retries_left = 0
-        self.hash_key: int | None = None
-        self.upstream_head = b""
-        self.upstream_path = b""
-        self.forwarded_headers: Headers = []
-        self.on_body_done: list[Callable[[], None]] = []
-        self.timer: asyncio.TimerHandle | None = None  # filter delay, backoff
-        self.try_timer: asyncio.TimerHandle | None = None
-        self.deadline: asyncio.TimerHandle | None = None
-        self.holds_request = False  # a circuit breaker request slot
-        self.holds_retry = False  # and a retry slot
-        self.peer_header: bytes | None = None  # the other side's x-envoy-peer-metadata
-        self.done = False
 
     def __repr__(self) -> str:
         return f"<Exchange {self.method.decode()} {self.authority.decode()}{self.path.decode()}>"
@@ -168,7 +171,7 @@ class Exchange:
         self.body_done = True
         if self.conn is not None and self.sent and self.head.chunked:
             self.conn.write(encode_last_chunk(end.trailers))
-        callbacks, self.on_body_done = self.on_body_done, []
+        callbacks, self.on_body_done = self.on_body_done, ()
         for callback in callbacks:
             callback()
 
@@ -307,7 +310,8 @@ class Exchange:
             self.fail("UH")
             return
         self.host, self.last_host = host, str(host)
-        self.tried.add(host)
+        if exclude is not None:
+            self.tried = {*self.tried, host}
         host.request_started()
         self.waiting = True
         if not self.down.runtime.pool.request(host, cluster, self):

@@ -61,7 +61,7 @@ def send_mirror(ex: Exchange, policy: MirrorPolicy) -> None:
     if ex.body_done:
         _send(ex, policy)
     else:
-        ex.on_body_done.append(lambda: _send(ex, policy))
+        ex.on_body_done = (*ex.on_body_done, lambda: _send(ex, policy))
 
 
 def _send(ex: Exchange, policy: MirrorPolicy) -> None:

@@ -39,6 +39,7 @@ from pilotfish.proxy.telemetry import (
     service_from_cluster_name,
 )
 
+MAX_HELD_BYTES = 64 * 1024  # pipelined bytes read ahead before reading pauses
 TIMER_SWEEP_S = 0.25  # resolution of the 408, idle and outlier-interval timers
 
 
@@ -120,7 +121,7 @@ def access_record(ex: Exchange, elapsed: float) -> AccessRecord:
 
     forwarded = next((v for n, v in ex.forwarded_headers if n == b"x-request-id"), None)
     return AccessRecord(
-        start_time=ex.wall_start,
+        start_time=time.time() - (time.monotonic() - ex.started),
         method=ex.method.decode("latin-1"),
         path=ex.original_path.decode("latin-1"),
         protocol=f"HTTP/{ex.head.version.decode()}",
@@ -156,6 +157,7 @@ class Downstream(asyncio.Protocol):
         self.exchange: Exchange | None = None
         self.requests = 0
         self.body_paused = False
+        self.held = 0  # bytes read past the current request (pipelined)
         self.closed = False
         self.head_since = 0.0  # when the first byte of a request's head came; 0: none
         self.idle_since = 0.0  # when the connection last became idle; 0: busy
@@ -187,8 +189,15 @@ class Downstream(asyncio.Protocol):
             self.exchange.downstream_lost()
 
     def data_received(self, data: bytes) -> None:
-        if self.exchange is None and not self.head_since:
-            self.head_since = time.monotonic()
+        if self.exchange is None:
+            if not self.head_since:
+                self.head_since = time.monotonic()
+        elif self.parser.paused:
+            # Bytes after the current request wait in the parser. Reading goes on,
+            # so that a client who leaves is noticed (DC), up to a bound.
+            self.held += len(data)
+            if self.held > MAX_HELD_BYTES:
+                self.set_reading()
         try:
             events = self.parser.feed(data)
         except ProtocolError as error:
@@ -228,8 +237,6 @@ class Downstream(asyncio.Protocol):
             else:
                 assert isinstance(event, EndOfMessage) and self.exchange is not None
                 self.exchange.request_end(event)
-        if self.parser.paused and self.exchange is not None and self.transport is not None:
-            self.transport.pause_reading()  # one request at a time
 
     def begin(self, head: RequestHead) -> None:
         self.head_since = self.idle_since = 0.0
@@ -260,8 +267,8 @@ class Downstream(asyncio.Protocol):
             self.dispatch(held)
         if self.exchange is None:
             self.idle_since = time.monotonic()
-        if not self.parser.paused and not self.body_paused and self.transport is not None:
-            self.transport.resume_reading()
+        self.held = 0
+        self.set_reading()
 
     def refuse(self, error: ProtocolError) -> None:
         """Bytes that are not acceptable HTTP/1.1: answer if we still can, close."""
@@ -302,12 +309,19 @@ class Downstream(asyncio.Protocol):
             self.transport.close()
 
     def pause_body(self) -> None:
+        """The request body cannot go anywhere yet (no upstream, or a full one)."""
         self.body_paused = True
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.pause_reading()
+        self.set_reading()
 
     def resume_body(self) -> None:
         self.body_paused = False
+        self.set_reading()
+
+    def set_reading(self) -> None:
         transport = self.transport
-        if transport is not None and not transport.is_closing() and not self.parser.paused:
+        if transport is None or transport.is_closing():
+            return
+        if self.body_paused or self.held > MAX_HELD_BYTES:
+            transport.pause_reading()
+        else:
             transport.resume_reading()
