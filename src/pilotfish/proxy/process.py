@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from envoy.config.bootstrap.v3.bootstrap_pb2 import Bootstrap
+from envoy.config.cluster.v3.cluster_pb2 import Cluster as ClusterProto
 
 from pilotfish.proxy import admin
 from pilotfish.proxy.ads import AdsProtocol
@@ -26,7 +27,7 @@ from pilotfish.proxy.pool import Pool
 from pilotfish.proxy.server import Downstream, Runtime
 from pilotfish.proxy.stats import StatsRegistry
 from pilotfish.proxy.telemetry import Telemetry, WorkloadInfo, peer_metadata_headers
-from pilotfish.proxy.upstream import Cluster, compile_cluster, render_clusters
+from pilotfish.proxy.upstream import render_clusters
 from pilotfish.proxy.xds_client import AdsClient
 
 log = logging.getLogger("pilotfish.proxy")
@@ -99,8 +100,7 @@ async def _serve(bootstrap: Bootstrap) -> int:
     )
     runtime.start()
     listeners = Listeners(runtime)
-    resources = bootstrap.static_resources
-    runtime.config.load_static(list(resources.listeners), list(resources.clusters))
+    load_static(bootstrap, runtime.config)
     await listeners.sync(runtime.config.snapshot)
     tasks = [asyncio.create_task(_follow(changed, listeners, runtime))]
     ads = _ads_client(bootstrap, runtime.config)
@@ -120,6 +120,23 @@ async def _serve(bootstrap: Bootstrap) -> int:
     return 0
 
 
+def load_static(bootstrap: Bootstrap, config: ProxyConfig) -> None:
+    """The bootstrap's static resources, but the ADS server's cluster: that one
+    is the gRPC client's (HTTP/2), not the data path's."""
+    resources = bootstrap.static_resources
+    ads_cluster = _ads_cluster_name(bootstrap)
+    clusters = [c for c in resources.clusters if c.name != ads_cluster]
+    try:
+        config.load_static(list(resources.listeners), clusters)
+    except Exception as e:  # any invalid static resource: say which, and do not start
+        raise SystemExit(f"error: bootstrap static_resources: {e}") from e
+
+
+def _ads_cluster_name(bootstrap: Bootstrap) -> str:
+    services = bootstrap.dynamic_resources.ads_config.grpc_services
+    return services[0].envoy_grpc.cluster_name if services else ""
+
+
 async def _follow(changed: asyncio.Event, listeners: Listeners, runtime: Runtime) -> None:
     while True:
         await changed.wait()
@@ -128,17 +145,27 @@ async def _follow(changed: asyncio.Event, listeners: Listeners, runtime: Runtime
 
 
 def _ads_client(bootstrap: Bootstrap, config: ProxyConfig) -> AdsClient | None:
-    ads_config = bootstrap.dynamic_resources.ads_config
-    if not ads_config.grpc_services:
+    cluster_name = _ads_cluster_name(bootstrap)
+    if not cluster_name:
         return None
-    cluster_name = ads_config.grpc_services[0].envoy_grpc.cluster_name
     proto = next((c for c in bootstrap.static_resources.clusters if c.name == cluster_name), None)
-    host = Cluster(compile_cluster(proto)).pick() if proto is not None else None
+    host = _ads_host(proto) if proto is not None else None
     if host is None:
         raise SystemExit(
             f"error: the ADS cluster {cluster_name!r} is not a static cluster with an endpoint"
         )
-    return AdsClient(str(host), AdsProtocol(bootstrap.node, config.apply))
+    return AdsClient(host, AdsProtocol(bootstrap.node, config.apply))
+
+
+def _ads_host(proto: ClusterProto) -> str | None:
+    """The ADS server's address: the cluster's first endpoint (HTTP/2 options
+    and the like are the gRPC client's business, not checked here)."""
+    for locality in proto.load_assignment.endpoints:
+        for lb in locality.lb_endpoints:
+            socket = lb.endpoint.address.socket_address
+            if socket.address and socket.port_value:
+                return f"{socket.address}:{socket.port_value}"
+    return None
 
 
 async def _admin(
