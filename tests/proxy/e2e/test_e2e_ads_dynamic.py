@@ -75,19 +75,27 @@ class Ads(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         subscribed: set[str] = set()
 
         def read() -> None:
-            for request in request_iterator:
-                with self.lock:
-                    self.requests.append(request)
-                if request.type_url not in subscribed:
-                    subscribed.add(request.type_url)
-                    if request.type_url in self.resources:
-                        pushes.put(request.type_url)
+            try:
+                for request in request_iterator:
+                    self.received(request, subscribed, pushes)
+            except grpc.RpcError:
+                pass  # the server is stopping
             pushes.put(None)
 
         threading.Thread(target=read, daemon=True).start()
         while (type_url := pushes.get()) is not None:
             if type_url in subscribed:
                 yield self.response(type_url)
+
+    def received(
+        self, request: DiscoveryRequest, subscribed: set[str], pushes: queue.Queue[str | None]
+    ) -> None:
+        with self.lock:
+            self.requests.append(request)
+        if request.type_url not in subscribed:
+            subscribed.add(request.type_url)
+            if request.type_url in self.resources:
+                pushes.put(request.type_url)
 
     def nacks(self, type_url: str) -> list[DiscoveryRequest]:
         with self.lock:
