@@ -45,6 +45,8 @@ class ControlPlane:
                 str(self.data_dir),
                 "--listen",
                 f"127.0.0.1:{self.port}",
+                "--xds-port",
+                "-1",  # these tests do not use xDS; 15010 may be taken
             ],
             env=self.env,
             stdout=log.open("wb"),

@@ -159,9 +159,9 @@ def test_sidecar_listeners_and_inbound_cluster() -> None:
         15001,
         "http_proxy",
     )
-    assert outbound.outbound
+    assert not outbound.inbound
     inbound = compile_listener(listeners["inbound_127.0.0.1_19080"])
-    assert inbound.http.routes is not None
+    assert inbound.inbound and inbound.http.routes is not None
     own = PRODUCTPAGE
     found = {c.name: c for c in translate_clusters(snap, own)}
     app = found["inbound|19080||"].load_assignment.endpoints[0].lb_endpoints[0].endpoint.address

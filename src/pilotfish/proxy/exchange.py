@@ -260,11 +260,7 @@ class Exchange:
 
     def build_head(self, action: Forward, target: Target) -> bytes:
         path = action.rewrite_path(self.path) if action.rewrite_path is not None else self.path
-        headers = [
-            h for h in strip_hop_by_hop(self.headers, tunnel=self.head.upgrade) if h[0] != b"host"
-        ]
-        headers.insert(0, (b"host", target.host_rewrite or self.authority))
-        self.add_forwarding_headers(headers)
+        headers = self.forwarding_headers(target.host_rewrite or self.authority)
         if self.down.listener.inbound:
             self.peer_header = take_peer(headers)
         else:
@@ -276,20 +272,37 @@ class Exchange:
         self.forwarded_headers, self.upstream_path = headers, path
         return serialize_request_head(self.method, path, headers, chunked=self.head.chunked)
 
-    def add_forwarding_headers(self, headers: Headers) -> None:
+    def forwarding_headers(self, authority: bytes) -> Headers:
+        """The request's headers for the upstream, in one pass: Host first,
+        hop-by-hop and Expect gone (the proxy answers 100-continue itself),
+        x-forwarded-for appended to, x-forwarded-proto and x-request-id added
+        when absent."""
         http = self.down.listener.http
+        headers: Headers = [(b"host", authority)]
+        xff = proto = request_id_seen = None
+        for header in strip_hop_by_hop(self.headers, tunnel=self.head.upgrade):
+            name = header[0]
+            if name in _REWRITTEN:
+                if name == b"x-forwarded-for":
+                    xff = header[1]
+                    continue
+                if name == b"x-forwarded-proto":
+                    proto = True
+                elif name == b"x-request-id":
+                    request_id_seen = True
+                else:
+                    continue  # host, expect
+            headers.append(header)
         if not http.skip_xff_append:
-            xff = next((v for n, v in headers if n == b"x-forwarded-for"), None)
             peer = self.source_ip.encode()
-            headers[:] = [h for h in headers if h[0] != b"x-forwarded-for"]
             headers.append((b"x-forwarded-for", xff + b", " + peer if xff else peer))
-        names = {n for n, _ in headers}
-        if b"x-forwarded-proto" not in names:
+        elif xff is not None:
+            headers.append((b"x-forwarded-for", xff))
+        if proto is None:
             headers.append((b"x-forwarded-proto", self.scheme))
-        if http.generate_request_id and b"x-request-id" not in names:
+        if request_id_seen is None and http.generate_request_id:
             headers.append((b"x-request-id", request_id()))
-        if b"expect" in names:
-            headers[:] = [h for h in headers if h[0] != b"expect"]
+        return headers
 
     def mirror(self, action: Forward) -> None:
         for policy in action.mirrors:
@@ -416,7 +429,7 @@ class Exchange:
         headers = [(n.lower(), v) for n, v in strip_hop_by_hop(head.headers, tunnel=self.tunnel)]
         if self.down.listener.inbound:
             headers += self.down.runtime.peer_headers
-        else:
+        elif self.down.runtime.peer_headers:  # a peer answers in kind only to a peer
             self.peer_header = take_peer(headers)
         assert self.target is not None
         self.target.response_headers.apply(headers)
@@ -634,14 +647,21 @@ def request_id() -> bytes:
 
 def take_peer(headers: Headers) -> bytes | None:
     """Remove Istio's metadata-exchange headers; return the peer's metadata."""
+    if not any(name in PEER_HEADERS for name, _ in headers):
+        return None
     found = None
-    for name, value in headers:
-        if name == PEER_METADATA_HEADER:
-            found = value
-    if found is not None or any(n == PEER_METADATA_ID_HEADER for n, _ in headers):
-        headers[:] = [h for h in headers if h[0] not in PEER_HEADERS]
+    kept: Headers = []
+    for header in headers:
+        if header[0] not in PEER_HEADERS:
+            kept.append(header)
+        elif header[0] == PEER_METADATA_HEADER:
+            found = header[1]
+    headers[:] = kept
     return found
 
 
+_REWRITTEN = frozenset(
+    {b"host", b"expect", b"x-forwarded-for", b"x-forwarded-proto", b"x-request-id"}
+)
 PEER_HEADERS = frozenset({PEER_METADATA_HEADER, PEER_METADATA_ID_HEADER})
 LAST_CHUNK = encode_last_chunk()

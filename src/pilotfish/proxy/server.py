@@ -241,21 +241,18 @@ class Downstream(asyncio.Protocol):
     def begin(self, head: RequestHead) -> None:
         self.head_since = self.idle_since = 0.0
         self.requests += 1
-        self.exchange = Exchange(self, head)
-        self.exchange.start()
+        exchange = self.exchange = Exchange(self, head)
+        limit = self.listener.http.max_requests_per_connection
+        if (limit and self.requests >= limit) or self.runtime.draining:
+            exchange.keep_alive = False  # the response says `connection: close`
+        exchange.start()
 
     def exchange_done(self, ex: Exchange) -> None:
         """The response is written: start the next request, or close."""
         if ex is not self.exchange:
             return
         self.exchange = None
-        limit = self.listener.http.max_requests_per_connection
-        if (
-            not ex.keep_alive
-            or self.runtime.draining
-            or (limit and self.requests >= limit)
-            or self.closed
-        ):
+        if not ex.keep_alive or self.runtime.draining or self.closed:
             self.close()
             return
         try:

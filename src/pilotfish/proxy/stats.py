@@ -200,9 +200,16 @@ class ServerStats(Scope):
     memory_heap_size: int = gauge()
 
 
+_CLASS_NAMES = {
+    (prefix, c): f"{prefix}{c}xx"
+    for prefix in ("upstream_rq_", "downstream_rq_")
+    for c in range(1, 6)
+}
+
+
 def _add_class(scope: Scope, prefix: str, code: int) -> None:
-    if 100 <= code < 600:
-        name = f"{prefix}{code // 100}xx"
+    name = _CLASS_NAMES.get((prefix, code // 100))
+    if name is not None:
         setattr(scope, name, getattr(scope, name) + 1)
 
 

@@ -1,0 +1,143 @@
+"""Micro-benchmark of the proxy's whole data path in Python, without sockets.
+
+One downstream connection and one pooled upstream connection with in-memory
+transports: each iteration feeds a request to the downstream side, the
+upstream side receives the forwarded request and is fed a response, which
+reaches the downstream transport. Everything a request costs the proxy in
+Python (parsing, routing, picking, headers, metrics) and nothing the kernel
+does. Shapes as in bench/http1_parse.py.
+
+    .venv/bin/python bench/proxy_path.py [--seconds 2] [--profile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import pstats
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import uvloop
+import yaml
+
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE), str(HERE / "proxy")]
+
+from http1_parse import (  # noqa: E402
+    REALISTIC_REQUEST,
+    REALISTIC_RESPONSE,
+    TINY_REQUEST,
+    TINY_RESPONSE,
+)
+from targets import pilotfish_bootstrap  # noqa: E402
+
+from pilotfish.proxy.bootstrap import parse_bootstrap  # noqa: E402
+from pilotfish.proxy.config import ProxyConfig  # noqa: E402
+from pilotfish.proxy.pool import Pool, UpstreamConnection  # noqa: E402
+from pilotfish.proxy.server import Downstream, Runtime  # noqa: E402
+from pilotfish.proxy.stats import StatsRegistry  # noqa: E402
+from pilotfish.proxy.telemetry import Telemetry, WorkloadInfo, peer_metadata_headers  # noqa: E402
+
+
+class MemoryTransport(asyncio.Transport):
+    """Keeps what is written; never pauses."""
+
+    def __init__(self, peer: tuple[str, int]) -> None:
+        super().__init__()
+        self.peer = peer
+        self.written: list[bytes] = []
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return {"peername": self.peer, "sockname": ("127.0.0.1", 15001)}.get(name, default)
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.written.append(bytes(data))
+
+    def is_closing(self) -> bool:
+        return False
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def close(self) -> None:
+        raise AssertionError("the benchmark's connections stay open")
+
+
+async def build() -> tuple[Downstream, UpstreamConnection, MemoryTransport, MemoryTransport]:
+    text = pilotfish_bootstrap("bench", 15001, 0, 8080)
+    bootstrap = parse_bootstrap(yaml.safe_load(text), "bench.yaml")
+    config = ProxyConfig()
+    resources = bootstrap.static_resources
+    config.load_static(list(resources.listeners), list(resources.clusters))
+    runtime = Runtime(
+        config,
+        Pool(),
+        Telemetry(WorkloadInfo.from_node(bootstrap.node)),
+        StatsRegistry(),
+        peer_metadata_headers(bootstrap.node),
+    )
+    listener = next(iter(config.snapshot.listeners.values()))
+    cluster = config.snapshot.clusters.get("next_hop")
+    assert cluster is not None
+    host = cluster.hosts[0]
+    upstream = UpstreamConnection(runtime.pool, host, cluster)
+    up_transport = MemoryTransport(("127.0.0.1", 8080))
+    upstream.connection_made(up_transport)
+    cluster.breakers.try_acquire_connection()
+    runtime.pool.release(upstream)
+    down = Downstream(runtime, listener)
+    down_transport = MemoryTransport(("127.0.0.1", 40000))
+    down.connection_made(down_transport)
+    return down, upstream, down_transport, up_transport
+
+
+def one(down: Downstream, upstream: UpstreamConnection, request: bytes, response: bytes) -> None:
+    down.data_received(request)
+    upstream.data_received(response)
+
+
+async def measure(request: bytes, response: bytes, seconds: float, profile: bool) -> float:
+    down, upstream, down_t, up_t = await build()
+    one(down, upstream, request, response)
+    assert down_t.written and b" 200 " in down_t.written[0], down_t.written
+    profiler = cProfile.Profile() if profile else None
+    count, start = 0, time.perf_counter()
+    if profiler is not None:
+        profiler.enable()
+    while time.perf_counter() - start < seconds:
+        for _ in range(1000):
+            one(down, upstream, request, response)
+        count += 1000
+        down_t.written.clear()
+        up_t.written.clear()
+    elapsed = time.perf_counter() - start
+    if profiler is not None:
+        profiler.disable()
+        pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
+    return elapsed / count * 1e6
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--seconds", type=float, default=2.0)
+    p.add_argument("--profile", action="store_true")
+    args = p.parse_args()
+    print(f"{'shape':<12}{'µs per request':>16}{'requests/s':>14}")
+    for name, request, response in (
+        ("tiny", TINY_REQUEST, TINY_RESPONSE),
+        ("realistic", REALISTIC_REQUEST, REALISTIC_RESPONSE),
+    ):
+        micros = uvloop.run(measure(request, response, args.seconds, args.profile))
+        print(f"{name:<12}{micros:>16.1f}{1e6 / micros:>14,.0f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

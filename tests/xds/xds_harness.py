@@ -1,0 +1,134 @@
+"""A hand-driven ADS client over a real gRPC channel, for server tests:
+send requests, read responses with a timeout."""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+from envoy.config.core.v3.base_pb2 import Node
+from envoy.service.discovery.v3.ads_pb2_grpc import AggregatedDiscoveryServiceStub
+from envoy.service.discovery.v3.discovery_pb2 import DiscoveryRequest, DiscoveryResponse
+from google.protobuf import struct_pb2
+from google.rpc.status_pb2 import Status
+
+from pilotfish.model import Instance, build_snapshot
+from pilotfish.xds import types
+
+Obj = dict[str, Any]
+
+
+def node(node_id: str, **metadata: Any) -> Node:
+    meta = struct_pb2.Struct()
+    meta.update(metadata)
+    return Node(id=node_id, metadata=meta)
+
+
+class AdsStream:
+    def __init__(self, target: str, node_: Node) -> None:
+        self.channel = grpc.insecure_channel(target)
+        self.node = node_
+        self._requests: queue.Queue[DiscoveryRequest | None] = queue.Queue()
+        self.responses: queue.Queue[DiscoveryResponse | Exception] = queue.Queue()
+        self._first = True
+        self.names: dict[str, list[str]] = {}  # what each type last asked for
+        stub = AggregatedDiscoveryServiceStub(self.channel)
+        self._call = stub.StreamAggregatedResources(self._iterate())
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _iterate(self) -> Iterator[DiscoveryRequest]:
+        while (request := self._requests.get()) is not None:
+            yield request
+
+    def _pump(self) -> None:
+        try:
+            for response in self._call:
+                self.responses.put(response)
+        except Exception as e:
+            self.responses.put(e)
+
+    def send(
+        self,
+        type_url: str,
+        names: list[str] | None = None,
+        *,
+        version: str = "",
+        nonce: str = "",
+        error: str = "",
+    ) -> None:
+        self.names[type_url] = names = self.names.get(type_url, []) if names is None else names
+        request = DiscoveryRequest(
+            type_url=type_url,
+            resource_names=names,
+            version_info=version,
+            response_nonce=nonce,
+        )
+        if error:
+            request.error_detail.CopyFrom(Status(code=3, message=error))
+        if self._first:
+            request.node.CopyFrom(self.node)
+            self._first = False
+        self._requests.put(request)
+
+    def ack(self, response: DiscoveryResponse, names: list[str] | None = None) -> None:
+        self.send(response.type_url, names, version=response.version_info, nonce=response.nonce)
+
+    def nack(self, response: DiscoveryResponse, error: str, names: list[str] | None = None) -> None:
+        self.send(response.type_url, names, nonce=response.nonce, error=error)
+
+    def receive(self, timeout: float = 5.0) -> DiscoveryResponse:
+        item = self.responses.get(timeout=timeout)
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+    def nothing_within(self, seconds: float) -> bool:
+        try:
+            item = self.responses.get(timeout=seconds)
+        except queue.Empty:
+            return True
+        self.responses.put(item)
+        return False
+
+    def close(self) -> None:
+        self._requests.put(None)
+        self.channel.close()
+
+
+def service(name: str, port: int = 9080, port_name: str = "http") -> Obj:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {"selector": {"app": name}, "ports": [{"name": port_name, "port": port}]},
+    }
+
+
+def instance(app: str, version: str, port: int, address: str = "127.0.0.1") -> Instance:
+    return Instance(
+        name=f"{app}-{version}-0",
+        namespace="default",
+        workload=f"{app}-{version}",
+        address=address,
+        ports={"http": port},
+        labels={"app": app, "version": version},
+    )
+
+
+class MutableMesh:
+    """A snapshot source tests change by hand."""
+
+    def __init__(self, objects: list[Obj], instances: list[Instance]) -> None:
+        self.objects, self.instances = objects, instances
+        self.builds = 0
+
+    def snapshot(self) -> Any:
+        self.builds += 1
+        return build_snapshot(list(self.objects), list(self.instances))
+
+
+SIDECAR = "sidecar~127.0.0.1~productpage-v1-0.default~default.svc.cluster.local"
+CDS, EDS, LDS, RDS = types.CLUSTER, types.ENDPOINT, types.LISTENER, types.ROUTE
