@@ -25,7 +25,7 @@ from pilotfish.proxy.config import ProxyConfig, Snapshot
 from pilotfish.proxy.listeners import CompiledListener
 from pilotfish.proxy.pool import Pool
 from pilotfish.proxy.server import Downstream, Runtime
-from pilotfish.proxy.stats import StatsRegistry
+from pilotfish.proxy.stats import StatsRegistry, prometheus_page
 from pilotfish.proxy.telemetry import Telemetry, WorkloadInfo, peer_metadata_headers
 from pilotfish.proxy.upstream import render_clusters
 from pilotfish.proxy.xds_client import AdsClient
@@ -198,8 +198,9 @@ async def _admin(
             "/stats/prometheus": lambda: (
                 200,
                 "text/plain; version=0.0.4",
-                runtime.telemetry.prometheus(),
+                prometheus_page(runtime.telemetry, runtime.stats),
             ),
+            "/stats": lambda: (200, admin.TEXT, runtime.stats.text()),
             "/config_dump": lambda: (
                 200,
                 admin.JSON,
