@@ -24,6 +24,7 @@ from google.protobuf.message import Message
 from pilotfish.proxy import xds_types
 from pilotfish.proxy.listeners import CompiledListener, compile_listener, prepare_routes
 from pilotfish.proxy.routing import RouteTable, compile_route_config
+from pilotfish.proxy.telemetry import ServiceInfo
 from pilotfish.proxy.upstream_set import ClusterSet
 
 
@@ -34,6 +35,8 @@ class Snapshot:
     listeners: Mapping[str, CompiledListener] = field(default_factory=dict)
     routes: Mapping[str, RouteTable] = field(default_factory=dict)
     clusters: ClusterSet = field(default_factory=ClusterSet)
+    # The destination service each cluster stands for (Istio's istio.services metadata).
+    services: Mapping[str, ServiceInfo] = field(default_factory=dict)
     raw: Mapping[str, Mapping[str, Message]] = field(default_factory=dict)  # for /config_dump
 
     def routes_of(self, listener: CompiledListener) -> RouteTable | None:
@@ -88,10 +91,20 @@ class ProxyConfig:
             return replace(s, routes=MappingProxyType(routes)), {}
         if type_url == xds_types.CLUSTER:
             clusters = s.clusters.with_clusters(decoded)
-            return replace(s, clusters=clusters), {xds_types.ENDPOINT: clusters.eds_names()}
+            services = {c.name: _service(c) for c in decoded}
+            return replace(s, clusters=clusters, services=MappingProxyType(services)), {
+                xds_types.ENDPOINT: clusters.eds_names()
+            }
         if type_url == xds_types.ENDPOINT:
             return replace(s, clusters=s.clusters.with_assignments(decoded)), {}
         raise ValueError(f"unsupported resource type {type_url}")
+
+
+def _service(cluster: Cluster) -> ServiceInfo:
+    """From the metadata if it names one service, else from the cluster's name;
+    unknown for an inbound cluster without it (`inbound|PORT||`): the request's
+    Host says then."""
+    return ServiceInfo.from_cluster(cluster.name, cluster.metadata)
 
 
 def _prepare(listeners: Iterable[CompiledListener], routes: Mapping[str, RouteTable]) -> None:

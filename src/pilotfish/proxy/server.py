@@ -32,11 +32,11 @@ from pilotfish.proxy.protocol.http1 import (
 )
 from pilotfish.proxy.stats import StatsRegistry
 from pilotfish.proxy.telemetry import (
+    UNKNOWN_SERVICE,
     UNKNOWN_WORKLOAD,
     Telemetry,
     peer_from_header,
     service_from_authority,
-    service_from_cluster_name,
 )
 
 MAX_HELD_BYTES = 64 * 1024  # pipelined bytes read ahead before reading pauses
@@ -80,9 +80,10 @@ class Runtime:
         """Golden metrics, stats and access log lines for a finished exchange."""
         elapsed = time.monotonic() - ex.started
         listener = ex.down.listener
+        service = UNKNOWN_SERVICE
         if ex.cluster is not None:
-            service = service_from_cluster_name(ex.cluster.name)
-        else:
+            service = self.config.snapshot.services.get(ex.cluster.name, UNKNOWN_SERVICE)
+        if service is UNKNOWN_SERVICE:
             service = service_from_authority(ex.authority.decode("latin-1"))
         peer = peer_from_header(ex.peer_header) if ex.peer_header else UNKNOWN_WORKLOAD
         reporter = self.telemetry.inbound if listener.inbound else self.telemetry.outbound

@@ -1,0 +1,80 @@
+"""Bookinfo's reviews service, in its three versions, chosen as Istio's
+deployments choose them: ENABLE_RATINGS (v1: false) and STAR_COLOR (v2:
+black, v3: red). With ratings on it calls ratings, forwarding the caller's
+trace and user headers, and waits 10 s for black stars, 2.5 s for red, as
+Bookinfo's Java service does; a failed call shows as the rating's error."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+import common
+
+RATINGS_ENABLED = os.environ.get("ENABLE_RATINGS", "false").lower() == "true"
+STAR_COLOR = os.environ.get("STAR_COLOR", "black")
+RATINGS_TIMEOUT_S = 10.0 if STAR_COLOR == "black" else 2.5
+RATINGS_UNAVAILABLE = "Ratings service is currently unavailable"
+REVIEWS = (
+    (
+        "Reviewer1",
+        "An extremely entertaining play by Shakespeare. The slapstick humour is refreshing!",
+    ),
+    (
+        "Reviewer2",
+        "Absolutely fun and entertaining. The play lacks thematic depth when compared "
+        "to other plays by Shakespeare.",
+    ),
+)
+
+
+def fetch_ratings(book_id: int, headers: Mapping[str, str]) -> dict[str, int] | None:
+    status, body = common.call_json(
+        common.service_url("ratings", f"/ratings/{book_id}"), headers, RATINGS_TIMEOUT_S
+    )
+    if status != 200 or not isinstance(body, dict) or not isinstance(body.get("ratings"), dict):
+        return None
+    return {str(k): int(v) for k, v in body["ratings"].items()}
+
+
+def reviews_document(book_id: int, ratings: dict[str, int] | None) -> dict[str, object]:
+    reviews = []
+    for reviewer, text in REVIEWS:
+        review: dict[str, object] = {"reviewer": reviewer, "text": text}
+        if RATINGS_ENABLED:
+            stars = (ratings or {}).get(reviewer)
+            review["rating"] = (
+                {"stars": stars, "color": STAR_COLOR}
+                if stars is not None
+                else {"error": RATINGS_UNAVAILABLE}
+            )
+        reviews.append(review)
+    return {
+        "id": str(book_id),
+        "podname": common.instance_name("reviews"),
+        "clustername": "null",
+        "reviews": reviews,
+    }
+
+
+class ReviewsHandler(common.Handler):
+    def do_GET(self) -> None:
+        path = self.path.split("?")[0]
+        if path == "/health":
+            self.send_json(200, {"status": "Reviews is healthy"})
+        elif path.startswith("/reviews/"):
+            book_id = path.removeprefix("/reviews/")
+            if not book_id.isdigit():
+                self.send_json(400, {"error": "please provide numeric product id"})
+                return
+            headers = common.forward_headers(dict(self.headers.items()))
+            ratings = fetch_ratings(int(book_id), headers) if RATINGS_ENABLED else None
+            self.send_json(200, reviews_document(int(book_id), ratings))
+        else:
+            self.send_json(404, {"error": "Not Found"})
+
+    do_HEAD = do_GET
+
+
+if __name__ == "__main__":
+    common.serve(ReviewsHandler, "reviews")

@@ -1,0 +1,84 @@
+"""The sidecar's Envoy-style bootstrap for one instance: who it is (an
+Istio-style node id and metadata, which the control plane matches to the
+registered instance), its admin port, its outbound port (metadata
+OUTBOUND_PORT, read by the listener translation), and ADS at the control
+plane through the static cluster `xds-grpc`, as Istio's bootstrap has it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+XDS_CLUSTER = "xds-grpc"
+HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+
+
+@dataclass(frozen=True)
+class SidecarIdentity:
+    instance: str
+    namespace: str
+    workload: str
+    labels: dict[str, str]
+    service_account: str
+    app_containers: str
+    address: str = "127.0.0.1"
+
+
+def node_id(who: SidecarIdentity) -> str:
+    return f"sidecar~{who.address}~{who.instance}.{who.namespace}~{who.namespace}.svc.cluster.local"
+
+
+def sidecar_bootstrap(
+    who: SidecarIdentity, *, admin_port: int, outbound_port: int, xds: tuple[str, int]
+) -> dict[str, Any]:
+    return {
+        "node": {
+            "id": node_id(who),
+            "cluster": f"{who.workload}.{who.namespace}",
+            "metadata": {
+                "NAME": who.instance,
+                "NAMESPACE": who.namespace,
+                "WORKLOAD_NAME": who.workload,
+                "LABELS": dict(who.labels),
+                "SERVICE_ACCOUNT": who.service_account,
+                "APP_CONTAINERS": who.app_containers,
+                "INSTANCE_IPS": who.address,
+                "OUTBOUND_ADDRESS": "127.0.0.1",
+                "OUTBOUND_PORT": str(outbound_port),
+            },
+        },
+        "admin": {"address": _address("127.0.0.1", admin_port)},
+        "dynamic_resources": {
+            "ads_config": {
+                "api_type": "GRPC",
+                "transport_api_version": "V3",
+                "grpc_services": [{"envoy_grpc": {"cluster_name": XDS_CLUSTER}}],
+            },
+            "lds_config": {"ads": {}, "resource_api_version": "V3"},
+            "cds_config": {"ads": {}, "resource_api_version": "V3"},
+        },
+        "static_resources": {"clusters": [_xds_cluster(*xds)]},
+    }
+
+
+def _xds_cluster(host: str, port: int) -> dict[str, Any]:
+    endpoint = {"endpoint": {"address": _address(host, port)}}
+    return {
+        "name": XDS_CLUSTER,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "typed_extension_protocol_options": {
+            HTTP_OPTIONS: {
+                "@type": f"type.googleapis.com/{HTTP_OPTIONS}",
+                "explicit_http_config": {"http2_protocol_options": {}},
+            }
+        },
+        "load_assignment": {
+            "cluster_name": XDS_CLUSTER,
+            "endpoints": [{"lb_endpoints": [endpoint]}],
+        },
+    }
+
+
+def _address(host: str, port: int) -> dict[str, Any]:
+    return {"socket_address": {"address": host, "port_value": port}}

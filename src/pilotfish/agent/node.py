@@ -1,0 +1,327 @@
+"""`pilotfish node`: the agent's shell. It watches Workloads (and the
+ConfigMaps and Secrets they read), converges each one's instances on its
+spec with plan.py, and writes what it sees into the Workload's status.
+
+Assignment: an agent runs the Workloads whose spec.nodeName is its own name
+or empty. With several agents, a later scheduler fills in nodeName; nothing
+here assumes there is one agent.
+
+On start the agent stops whatever a previous agent on the same state
+directory left running (pids.json files), then starts instances afresh:
+adoption of live processes would need their sidecars' ports and probe
+state, and a restart costs a second.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Protocol
+
+from pilotfish.agent import plan as planning
+from pilotfish.agent.instance import Instance, Ports
+from pilotfish.agent.ports import PortAllocator
+from pilotfish.agent.spec import ConfigData, SpecError, config_data, resolve
+from pilotfish.agent.spec import template_hash as hash_of
+from pilotfish.api.errors import ApiError
+from pilotfish.api.kinds import Kind, registry
+
+Obj = dict[str, Any]
+Key = tuple[str, str]  # (namespace, workload name)
+RESYNC_S = 2.0
+MANAGER = "pilotfish-node"
+
+
+class NodeClient(Protocol):
+    def list(self, kind: Kind, namespace: str | None, label_selector: str | None = None) -> Obj: ...
+    def update_status(self, obj: Obj, *, manager: str = ...) -> Obj: ...
+    def register_instance(self, registration: Obj) -> Obj: ...
+    def deregister_instance(self, namespace: str, name: str) -> None: ...
+
+
+class NodeAgent:
+    def __init__(
+        self, client: NodeClient, node_name: str, state_dir: Path, xds: tuple[str, int]
+    ) -> None:
+        self.client = client
+        self.node_name = node_name
+        self.state_dir = state_dir
+        self.xds = xds
+        self.ports = PortAllocator()
+        self.instances: dict[Key, dict[str, Instance]] = {}
+        self.errors: dict[Key, str] = {}
+        self._stopping: dict[Key, int] = {}
+        self._written: dict[Key, Obj] = {}
+        self._templates: dict[Key, str] = {}
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="stop")
+        self._dirty = threading.Event()
+
+    def __repr__(self) -> str:
+        return f"NodeAgent({self.node_name!r}, {sum(map(len, self.instances.values()))} instances)"
+
+    def run(self, stop: threading.Event) -> None:
+        """Until `stop` is set; then every instance is stopped before returning."""
+        stop_leftovers(self.state_dir)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        (self.state_dir / "agent.pid").write_text(str(os.getpid()))
+        for kind in ("Workload", "ConfigMap", "Secret"):
+            threading.Thread(target=self._watch, args=(kind, stop), daemon=True).start()
+        try:
+            while not stop.is_set():
+                self._dirty.wait(RESYNC_S / 4)
+                self._dirty.clear()
+                self.sync()
+                stop.wait(0.25)
+        finally:
+            self.shutdown()
+            (self.state_dir / "agent.pid").unlink(missing_ok=True)
+
+    def sync(self) -> None:
+        """One pass: converge every Workload of this node, then write statuses."""
+        try:
+            workloads = self._my_workloads()
+            configs = self._configs({w["metadata"]["namespace"] for w in workloads})
+        except ApiError as e:
+            print(f"node {self.node_name}: {e.message}", flush=True)
+            return
+        seen = set()
+        for workload in workloads:
+            key = (workload["metadata"]["namespace"], workload["metadata"]["name"])
+            seen.add(key)
+            self._converge(key, workload, configs.get(key[0], {}))
+            self._write_status(key, workload)
+        for key in [k for k in self.instances if k not in seen]:
+            self._converge(key, None, {})
+
+    def shutdown(self) -> None:
+        with self._lock:
+            everything = [i for group in self.instances.values() for i in group.values()]
+            self.instances.clear()
+        for instance in everything:
+            instance.request_stop()
+        list(self._pool.map(self._stop_instance, everything))
+        self._pool.shutdown(wait=True)
+
+    # -- converging ----------------------------------------------------------------
+
+    def _converge(self, key: Key, workload: Obj | None, configs: ConfigData) -> None:
+        current = self.instances.setdefault(key, {})
+        if workload is None:
+            self._stop_all(key, list(current))
+            self.instances.pop(key, None)
+            return
+        spec = workload["spec"]
+        template = hash_of(spec, configs)
+        self._templates[key] = template
+        views = [
+            planning.View(i.name, i.template, i.status.ready, i.created) for i in current.values()
+        ]
+        decided = planning.plan(
+            int(spec.get("replicas", 1)),
+            template,
+            views,
+            planning.Strategy.from_spec(spec),
+            self._stopping.get(key, 0),
+        )
+        self._stop_all(key, decided.stop)
+        for _ in range(decided.start):
+            if not self._start(key, spec, template, configs):
+                break
+
+    def _start(self, key: Key, spec: Obj, template: str, configs: ConfigData) -> bool:
+        namespace, workload = key
+        name = f"{workload}-{template[:5]}-{secrets.token_hex(3)}"
+        ports = Ports.allocate([p["name"] for p in spec.get("ports") or []], self.ports)
+        instance = Instance(
+            name=name,
+            namespace=namespace,
+            workload=workload,
+            template=template,
+            spec=spec,
+            directory=self.state_dir / "instances" / namespace / name,
+            ports=ports,
+            xds=self.xds,
+            client=self.client,
+        )
+        try:
+            resolved = resolve(spec, instance_env(instance, os.environ), configs)
+        except SpecError as e:
+            self.errors[key] = str(e)
+            self.ports.release(*ports.all())
+            return False
+        self.errors.pop(key, None)
+        self.instances[key][name] = instance
+        instance.start(resolved)
+        return True
+
+    def _stop_all(self, key: Key, names: list[str]) -> None:
+        group = self.instances.get(key, {})
+        for name in names:
+            instance = group.pop(name, None)
+            if instance is None:
+                continue
+            instance.request_stop()
+            with self._lock:
+                self._stopping[key] = self._stopping.get(key, 0) + 1
+            self._pool.submit(self._stop_then_count, key, instance)
+
+    def _stop_instance(self, instance: Instance) -> None:
+        instance.stop(float(instance.spec.get("terminationGracePeriodSeconds", 30)))
+        self.ports.release(*instance.ports.all())
+
+    def _stop_then_count(self, key: Key, instance: Instance) -> None:
+        try:
+            self._stop_instance(instance)
+        finally:
+            self._stopped(key)
+
+    def _stopped(self, key: Key) -> None:
+        with self._lock:
+            self._stopping[key] -= 1
+        self._dirty.set()
+
+    # -- reading the control plane ---------------------------------------------------
+
+    def _my_workloads(self) -> list[Obj]:
+        items = self.client.list(registry().resolve("Workload"), None).get("items") or []
+        return [
+            w for w in items if (w.get("spec") or {}).get("nodeName") in (None, "", self.node_name)
+        ]
+
+    def _configs(self, namespaces: set[str]) -> dict[str, ConfigData]:
+        out: dict[str, ConfigData] = {}
+        for namespace in namespaces:
+            objects: list[Obj] = []
+            for kind in ("ConfigMap", "Secret"):
+                listed = self.client.list(registry().resolve(kind), namespace)
+                objects += [{**o, "kind": kind} for o in listed.get("items") or []]
+            out[namespace] = config_data(objects)
+        return out
+
+    def _watch(self, kind: str, stop: threading.Event) -> None:
+        """Any change wakes the loop; the loop re-reads (a watch that breaks
+        costs a resync, not a missed change)."""
+        watch = getattr(self.client, "watch", None)
+        while watch is not None and not stop.is_set():
+            try:
+                for _ in watch(registry().resolve(kind), None):
+                    self._dirty.set()
+                    if stop.is_set():
+                        return
+            except (ApiError, OSError, ValueError):
+                pass
+            stop.wait(1.0)
+
+    # -- status ----------------------------------------------------------------------
+
+    def _write_status(self, key: Key, workload: Obj) -> None:
+        instances = list(self.instances.get(key, {}).values())
+        template = self._templates.get(key, "")
+        status = workload_status(
+            workload, instances, self.node_name, template, self.errors.get(key)
+        )
+        if self._written.get(key) == status:
+            return
+        with contextlib.suppress(ApiError):
+            self.client.update_status({**workload, "status": status}, manager=MANAGER)
+            self._written[key] = status
+
+
+def workload_status(
+    workload: Obj, instances: list[Instance], node: str, template: str, error: str | None
+) -> Obj:
+    """Deployment-like counts, plus each instance with its restarts and last
+    error, so a crash loop shows in `pilotfish get workloads`."""
+    spec = workload["spec"]
+    items = [
+        {
+            "name": i.name,
+            "node": node,
+            "phase": i.status.phase,
+            "ready": i.status.ready,
+            "restarts": i.status.restarts,
+            "lastError": i.status.last_error,
+            "address": "127.0.0.1",
+            "ports": dict(i.ports.inbound),
+            **({"startedAt": i.status.started_at} if i.status.started_at else {}),
+        }
+        for i in sorted(instances, key=lambda i: i.name)
+    ]
+    updated = [i for i in instances if i.template == template]
+    conditions = []
+    if error:
+        conditions.append({"type": "ReplicaFailure", "status": "True", "message": error})
+    ready = sum(i.status.ready for i in instances)
+    conditions.append(
+        {"type": "Available", "status": str(ready >= int(spec.get("replicas", 1))).capitalize()}
+    )
+    return {
+        "observedGeneration": workload["metadata"].get("generation", 1),
+        "replicas": len(instances),
+        "readyReplicas": ready,
+        "updatedReplicas": len(updated),
+        "availableReplicas": ready,
+        "restarts": sum(i.status.restarts for i in instances),
+        "lastError": next((i["lastError"] for i in items if i["lastError"]), error or ""),
+        "instances": items,
+        "conditions": conditions,
+    }
+
+
+def instance_env(instance: Instance, base: Any) -> dict[str, str]:
+    """What every app gets besides its spec's env: its ports, its sidecar as
+    its HTTP proxy, who it is; the agent's own Python first on PATH (so
+    `python3` in a command is the one pilotfish runs on), and never the
+    agent's token or proxy settings."""
+    env = {
+        k: v
+        for k, v in base.items()
+        if k.lower() not in ("http_proxy", "https_proxy", "no_proxy", "all_proxy")
+        and not k.startswith("PILOTFISH_")
+    }
+    python_dir = str(Path(sys.executable).parent)
+    env["PATH"] = os.pathsep.join([python_dir, env.get("PATH", os.defpath)])
+    proxy = f"http://127.0.0.1:{instance.ports.outbound}"
+    env.update(HTTP_PROXY=proxy, http_proxy=proxy, NO_PROXY="localhost,127.0.0.1")
+    env["no_proxy"] = env["NO_PROXY"]
+    for i, (name, port) in enumerate(instance.ports.app.items()):
+        if i == 0:
+            env["PORT"] = str(port)
+        env[f"PILOTFISH_PORT_{name.upper().replace('-', '_')}"] = str(port)
+    env.update(
+        POD_NAME=instance.name,
+        HOSTNAME=instance.name,
+        POD_NAMESPACE=instance.namespace,
+        INSTANCE_IP="127.0.0.1",
+        SERVICE_ACCOUNT=instance.spec.get("serviceAccountName", "default"),
+    )
+    return env
+
+
+def stop_leftovers(state_dir: Path) -> int:
+    """Stop the processes a previous agent on this directory left behind;
+    their instance directories go too. The number of processes signalled."""
+    count = 0
+    root = state_dir / "instances"
+    for pids_file in root.glob("*/*/pids.json") if root.exists() else []:
+        with contextlib.suppress(OSError, ValueError):
+            pids = json.loads(pids_file.read_text())
+            for role in ("sidecar", "app"):
+                if pids.get(role):
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.killpg(int(pids[role]), signal.SIGKILL)
+                        count += 1
+    if root.exists():
+        shutil.rmtree(root, ignore_errors=True)
+    time.sleep(0.1 if count else 0)
+    return count

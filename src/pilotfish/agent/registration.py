@@ -1,0 +1,59 @@
+"""Registration of instances with the control plane's registry: the one
+place that knows the wire shape, so the node loop only says "this instance,
+healthy or not" and "gone"."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Protocol
+
+from pilotfish.api.errors import ApiError
+
+Obj = dict[str, object]
+TTL_S = 3.0  # an agent that dies is noticed within this
+
+
+class RegistryClient(Protocol):
+    def register_instance(self, registration: Obj) -> Obj: ...
+    def deregister_instance(self, namespace: str, name: str) -> None: ...
+
+
+def registration(
+    *,
+    name: str,
+    namespace: str,
+    workload: str,
+    labels: dict[str, str],
+    service_account: str,
+    ports: dict[str, int],
+    app_ports: dict[str, int],
+    healthy: bool,
+) -> Obj:
+    return {
+        "name": name,
+        "namespace": namespace,
+        "workload": workload,
+        "address": "127.0.0.1",
+        "ports": ports,
+        "appPorts": app_ports,
+        "labels": labels,
+        "serviceAccount": service_account,
+        "healthy": healthy,
+        "ttlSeconds": TTL_S,
+    }
+
+
+def register(client: RegistryClient, body: Obj) -> str:
+    """Register or renew; an error message when the control plane refused or
+    was unreachable (the lease then runs out, which is the safe side)."""
+    try:
+        client.register_instance(body)
+    except ApiError as e:
+        return e.message
+    return ""
+
+
+def deregister(client: RegistryClient, namespace: str, name: str) -> None:
+    # Not registered, or unreachable: either way the lease expires on its own.
+    with contextlib.suppress(ApiError):
+        client.deregister_instance(namespace, name)
