@@ -5,193 +5,26 @@ only. Every process is stopped at the end, and the test checks none is left."""
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from collections.abc import Iterator
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[2]
-BOOKINFO_ISTIO = REPO.parent / "shared" / "conformance" / "istio" / "bookinfo-networking"
-DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_for(what: Callable[[], Any], timeout: float, message: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = what()
-        if result:
-            return result
-        time.sleep(0.2)
-    raise AssertionError(message)
-
-
-@dataclass
-class Mesh:
-    tmp: Path
-    env: dict[str, str]
-    api_port: int
-    state: Path
-    plane: subprocess.Popen[bytes]
-    agent: subprocess.Popen[bytes]
-
-    def cli(self, *args: str, check: bool = True) -> str:
-        done = subprocess.run(
-            [sys.executable, "-m", "pilotfish", *args],
-            env=self.env,
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert not check or done.returncode == 0, done.stdout + done.stderr
-        return done.stdout
-
-    def node_cli(self, *args: str) -> str:
-        return self.cli(*args, "--state-dir", str(self.state))
-
-    def status(self, workload: str) -> dict[str, Any]:
-        return json.loads(self.cli("get", "workloads", workload, "-o", "json")).get("status") or {}
-
-    def ready(self, workload: str, replicas: int = 1) -> bool:
-        status = self.status(workload)
-        instances = status.get("instances") or []
-        return (
-            status.get("readyReplicas") == replicas
-            and len(instances) == replicas
-            and all(i["ready"] for i in instances)
-        )
-
-    def inbound(self, workload: str) -> int:
-        return int(self.status(workload)["instances"][0]["ports"]["http"])
-
-
-def page(port: int, cookie: str | None = None) -> str:
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{port}/productpage", headers={"Cookie": cookie} if cookie else {}
-    )
-    with DIRECT.open(request, timeout=20) as response:
-        return response.read().decode()
-
-
-def login(port: int, user: str) -> str:
-    class NoRedirect(urllib.request.HTTPRedirectHandler):
-        def redirect_request(self, *args: Any, **kwargs: Any) -> None:
-            return None
-
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), NoRedirect)
-    with pytest.raises(urllib.error.HTTPError) as answer:
-        opener.open(
-            urllib.request.Request(
-                f"http://127.0.0.1:{port}/login", data=f"username={user}".encode()
-            ),
-            timeout=10,
-        )
-    return str(answer.value.headers["Set-Cookie"]).split(";")[0]
-
-
-def processes_under(path: Path) -> list[str]:
-    """Command lines of live processes that mention `path` (bootstraps, state dir)."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            state = (proc / "stat").read_text().split()[2]
-        except OSError:
-            continue
-        if str(path) in cmdline and state != "Z":
-            found.append(f"{proc.name}: {cmdline}")
-    return found
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+from tests.agent.mesh_harness import (
+    BOOKINFO_ISTIO,
+    BOOKINFO_WORKLOADS,
+    DIRECT,
+    Mesh,
+    login,
+    mesh_up,
+    page,
+    processes_under,
+    wait_for,
+)
 
 
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
-    tmp = tmp_path_factory.mktemp("mesh")
-    env = {**os.environ, "HOME": str(tmp / "home"), "PILOTFISH_CONFIG": str(tmp / "config.yaml")}
-    for var in ("PILOTFISH_SERVER", "PILOTFISH_TOKEN", "HTTP_PROXY", "http_proxy"):
-        env.pop(var, None)
-    api, xds = free_port(), free_port()
-    plane = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "pilotfish",
-            "controlplane",
-            "--data-dir",
-            str(tmp / "data"),
-            "--listen",
-            f"127.0.0.1:{api}",
-            "--xds-port",
-            str(xds),
-        ],
-        env=env,
-        stdout=(tmp / "controlplane.log").open("wb"),
-        stderr=subprocess.STDOUT,
-    )
-    agent = None
-    try:
-        wait_for(lambda: (tmp / "config.yaml").exists(), 20, "the control plane did not start")
-        state = tmp / "node"
-        agent = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "pilotfish",
-                "node",
-                "--state-dir",
-                str(state),
-                "--xds",
-                f"127.0.0.1:{xds}",
-            ],
-            env=env,
-            cwd=REPO,
-            stdout=(tmp / "node.log").open("wb"),
-            stderr=subprocess.STDOUT,
-        )
-        m = Mesh(tmp, env, api, state, plane, agent)
-        m.cli("apply", "-f", "examples/bookinfo")
-        for workload in (
-            "details-v1",
-            "ratings-v1",
-            "reviews-v1",
-            "reviews-v2",
-            "reviews-v3",
-            "productpage-v1",
-        ):
-            wait_for(
-                lambda w=workload: m.ready(w), 60, f"{workload} not ready: {m.status(workload)}"
-            )
+    with mesh_up(tmp_path_factory.mktemp("mesh")) as m:
         yield m
-    finally:
-        if agent is not None:
-            _stop(agent)
-        _stop(plane)
 
 
 def test_bookinfo_comes_up_and_productpage_reaches_everything_through_sidecars(mesh: Mesh) -> None:
@@ -250,8 +83,7 @@ def test_a_crash_loop_shows_in_status_and_get(mesh: Mesh) -> None:
         "apiVersion": "pilotfish.dev/v1alpha1",
         "kind": "Workload",
         "metadata": {"name": "crasher"},
-        "spec": {
-            "replicas": 1,
+        "spec": {  # no replicas: the stored default (1) shows as DESIRED
             "labels": {"app": "crasher"},
             "command": ["python3", "-c", "import sys; print('boom'); sys.exit(3)"],
             "ports": [{"name": "http", "port": 80}],
@@ -317,8 +149,40 @@ def test_configmap_change_rolls_productpage_forward(mesh: Mesh) -> None:
     assert "paperback" in page(mesh.inbound("productpage-v1"))
 
 
+def test_a_restarted_agent_adopts_the_running_instances(mesh: Mesh) -> None:
+    """An agent that dies (SIGKILL: it stops nothing) and starts again takes
+    over its instances: same processes, ready again, no restart."""
+
+    def app_pids() -> dict[str, int]:
+        found = {}
+        for pids_file in (mesh.state / "instances" / "default").glob("*/pids.json"):
+            pids = json.loads(pids_file.read_text())
+            if pids.get("app"):
+                found[pids_file.parent.name] = pids["app"]
+        return found
+
+    # Instances replaced by the tests above may still be on their way out.
+    def one_each() -> dict[str, int] | None:
+        found = app_pids()
+        return found if len(found) == len(BOOKINFO_WORKLOADS) else None
+
+    before = wait_for(one_each, 20, "not one instance per workload")
+    port = mesh.inbound("productpage-v1")
+    assert mesh.agent is not None
+    mesh.agent.kill()
+    mesh.agent.wait()
+    assert "paperback" in page(port)  # the instances serve on without their agent
+    mesh.start_agent()
+    for workload in BOOKINFO_WORKLOADS:
+        wait_for(lambda w=workload: mesh.ready(w), 30, f"{workload} not adopted")
+    assert app_pids() == before
+    assert all(processes_under(mesh.state / "instances" / "default" / name) for name in before)
+    body = page(mesh.inbound("productpage-v1"))
+    assert "paperback" in body and "Error fetching" not in body
+
+
 def test_down_leaves_no_process_behind(mesh: Mesh) -> None:
     assert processes_under(mesh.state)
     mesh.node_cli("down")
-    assert mesh.agent.wait(timeout=30) == 0
+    assert mesh.agent is not None and mesh.agent.wait(timeout=30) == 0
     assert processes_under(mesh.state) == []

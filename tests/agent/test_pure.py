@@ -4,6 +4,7 @@ content hash, probe counting, and the sidecar bootstrap the proxy must accept.""
 from __future__ import annotations
 
 import base64
+import socket
 
 import pytest
 
@@ -161,3 +162,21 @@ def test_sidecar_bootstrap_is_accepted_by_the_proxy() -> None:
         metadata["SERVICE_ACCOUNT"] == "bookinfo-reviews" and metadata["OUTBOUND_PORT"] == "15001"
     )
     assert bootstrap.static_resources.clusters[0].name == "xds-grpc"
+
+
+def test_ports_come_from_outside_the_ephemeral_range() -> None:
+    from pilotfish.agent.ports import PortAllocator, non_ephemeral_range
+
+    assert non_ephemeral_range("32768\t60999\n") == range(20000, 32768)
+    assert non_ephemeral_range("1024 40000") == range(40001, 65536)
+    assert non_ephemeral_range("garbage") == range(20000, 32768)
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        taken = held.getsockname()[1]
+        allocator = PortAllocator(ports=range(taken, taken + 3))
+        given = {allocator.allocate(), allocator.allocate()}
+        assert given == {taken + 1, taken + 2}  # the held port is skipped
+        with pytest.raises(OSError, match="no free port"):
+            allocator.allocate()
+    allocator.release(taken + 1)
+    assert allocator.allocate() in (taken, taken + 1)

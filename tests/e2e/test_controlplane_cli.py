@@ -176,6 +176,7 @@ def test_sigterm_then_restart_keeps_everything(controlplane: ControlPlane) -> No
     assert Path(controlplane.env["PILOTFISH_CONFIG"]).read_text() == config_before
     names = ok(controlplane.cli("get", "vs", "-o", "name")).split()
     assert names == [
+        "virtualservice.networking.istio.io/bookinfo",  # 40-gateway.yaml
         "virtualservice.networking.istio.io/ratings",
         "virtualservice.networking.istio.io/reviews",
     ]

@@ -11,6 +11,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2 as hpo
+from google.protobuf import json_format
 from translate_sim import (
     BOOKINFO_INSTANCES,
     BOOKINFO_SERVICES,
@@ -74,7 +75,9 @@ def test_subset_policy_overrides_top_level_and_port_level_replaces() -> None:
     top = found[cluster("reviews")]
     # Port-level settings replace connectionPool too: it is back to the defaults.
     assert top.lb_policy == Cluster.LEAST_REQUEST
-    assert not top.HasField("circuit_breakers") and top.connect_timeout.seconds == 10
+    (limits,) = top.circuit_breakers.thresholds
+    assert limits.max_retries.value == limits.max_connections.value == 2**32 - 1
+    assert top.connect_timeout.seconds == 10
     assert found[cluster("reviews", "v1")].lb_policy == Cluster.LEAST_REQUEST
     assert found[cluster("reviews", "v2")].lb_policy == Cluster.ROUND_ROBIN
     assert found[cluster("reviews", "v2")].type == Cluster.EDS
@@ -175,6 +178,20 @@ def test_inbound_cluster_points_at_the_application_port() -> None:
     found = {c.name: c for c in translate_clusters(snap, proxy)}
     app = found["inbound|19083||"].load_assignment.endpoints[0].lb_endpoints[0].endpoint.address
     assert app.socket_address.port_value == 29083
+
+
+def test_inbound_cluster_names_its_service_in_istio_metadata() -> None:
+    """Istio's `istio.services`: how the callee's sidecar knows destination_service."""
+    inst = instance("reviews", "v1", 19083, app_ports={"http": 29083})
+    snap = build_snapshot(BOOKINFO_SERVICES, [inst])
+    proxy = Proxy(node_id="sidecar~127.0.0.1~reviews-v1-0.default~x", namespace="default")
+    found = {c.name: c for c in translate_clusters(snap, proxy)}
+    istio = json_format.MessageToDict(found["inbound|19083||"].metadata)["filterMetadata"]["istio"]
+    assert istio == {
+        "services": [
+            {"host": "reviews.default.svc.cluster.local", "name": "reviews", "namespace": "default"}
+        ]
+    }
 
 
 def test_gateway_listener() -> None:

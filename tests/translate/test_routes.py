@@ -200,6 +200,11 @@ def test_retry_defaults_and_overrides() -> None:
         default.retry_on
         == "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes"
     )
+    assert list(default.retriable_status_codes) == [503]  # Istio's DefaultPolicy
+    attempts_only = _action(to("v1", retries={"attempts": 4})).route.retry_policy
+    assert list(attempts_only.retriable_status_codes) == [503]
+    replaced = _action(to("v1", retries={"attempts": 1, "retryOn": "gateway-error"}))
+    assert list(replaced.route.retry_policy.retriable_status_codes) == []  # retryOn replaces
     custom = _action(to("v1", retries={"attempts": 3, "perTryTimeout": "2s", "retryOn": "5xx,503"}))
     policy = custom.route.retry_policy
     assert (policy.num_retries.value, policy.per_try_timeout.seconds) == (3, 2)

@@ -24,16 +24,38 @@ class SidecarIdentity:
     address: str = "127.0.0.1"
 
 
-def node_id(who: SidecarIdentity) -> str:
-    return f"sidecar~{who.address}~{who.instance}.{who.namespace}~{who.namespace}.svc.cluster.local"
+def node_id(who: SidecarIdentity, kind: str = "sidecar") -> str:
+    """Istio's `TYPE~IP~NAME.NAMESPACE~NAMESPACE.svc.cluster.local`; the
+    control plane reads the type (sidecar, router) from it."""
+    return f"{kind}~{who.address}~{who.instance}.{who.namespace}~{who.namespace}.svc.cluster.local"
 
 
 def sidecar_bootstrap(
     who: SidecarIdentity, *, admin_port: int, outbound_port: int, xds: tuple[str, int]
 ) -> dict[str, Any]:
+    placement = {"OUTBOUND_ADDRESS": "127.0.0.1", "OUTBOUND_PORT": str(outbound_port)}
+    return _bootstrap(who, "sidecar", placement, admin_port, xds)
+
+
+def gateway_bootstrap(
+    who: SidecarIdentity, *, admin_port: int, xds: tuple[str, int]
+) -> dict[str, Any]:
+    """The same proxy in router mode, as Istio's ingress gateway: no inbound
+    or outbound listeners of its own, only the ports of the Gateways whose
+    selector matches its labels, bound on `who.address` (BIND_ADDRESS)."""
+    return _bootstrap(who, "router", {"BIND_ADDRESS": who.address}, admin_port, xds)
+
+
+def _bootstrap(
+    who: SidecarIdentity,
+    kind: str,
+    placement: dict[str, str],
+    admin_port: int,
+    xds: tuple[str, int],
+) -> dict[str, Any]:
     return {
         "node": {
-            "id": node_id(who),
+            "id": node_id(who, kind),
             "cluster": f"{who.workload}.{who.namespace}",
             "metadata": {
                 "NAME": who.instance,
@@ -43,8 +65,7 @@ def sidecar_bootstrap(
                 "SERVICE_ACCOUNT": who.service_account,
                 "APP_CONTAINERS": who.app_containers,
                 "INSTANCE_IPS": who.address,
-                "OUTBOUND_ADDRESS": "127.0.0.1",
-                "OUTBOUND_PORT": str(outbound_port),
+                **placement,
             },
         },
         "admin": {"address": _address("127.0.0.1", admin_port)},

@@ -8,7 +8,9 @@ listening, the instance is registered healthy and becomes an endpoint. An
 app that exits, or fails its liveness probe, is restarted after an
 exponential back-off (1 s doubling to 30 s, reset after 30 s of running),
 and is unhealthy meanwhile. Stopping: leave the endpoint set, wait for the
-callers' proxies to hear it, drain the sidecar, then stop the app.
+callers' proxies to hear it, drain the sidecar, then stop the app, and
+only then deregister (a sidecar whose instance is unknown to the registry
+loses its inbound listener).
 """
 
 from __future__ import annotations
@@ -23,13 +25,15 @@ import sys
 import threading
 import time
 import urllib.request
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from pilotfish.agent import registration
+from pilotfish.agent.adopted import Adopted
 from pilotfish.agent.bootstrap import SidecarIdentity, sidecar_bootstrap
 from pilotfish.agent.ports import PortAllocator
 from pilotfish.agent.probes import ProbeState, check
@@ -74,6 +78,10 @@ class Status:
     started_at: str = ""
 
 
+Process = subprocess.Popen[bytes] | Adopted
+RECORD = "instance.json"  # what a later agent needs to adopt the instance
+
+
 @dataclass
 class Instance:
     name: str
@@ -87,8 +95,8 @@ class Instance:
     client: registration.RegistryClient
     created: float = field(default_factory=time.monotonic)
     status: Status = field(default_factory=Status)
-    app: subprocess.Popen[bytes] | None = None
-    sidecar: subprocess.Popen[bytes] | None = None
+    app: Process | None = None
+    sidecar: Process | None = None
     _app_started: float = 0.0
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
@@ -106,10 +114,34 @@ class Instance:
             target = self.directory / path
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(content)
+        self._write_record()
+        self._spawn_supervisor(resolved)
+
+    def adopt(self, resolved: Resolved, app: Adopted, sidecar: Adopted) -> None:
+        """Take over the running processes of an instance a previous agent
+        started: supervised from here on, ready again once its probe passes."""
+        self.app, self.sidecar = app, sidecar
+        self._app_started = time.monotonic()
+        self.status.phase = "Running"
+        self._spawn_supervisor(resolved)
+
+    def _spawn_supervisor(self, resolved: Resolved) -> None:
         self._thread = threading.Thread(
             target=self._supervise, args=(resolved,), name=f"instance-{self.name}", daemon=True
         )
         self._thread.start()
+
+    def _write_record(self) -> None:
+        record = {
+            "name": self.name,
+            "namespace": self.namespace,
+            "workload": self.workload,
+            "template": self.template,
+            "spec": self.spec,
+            "ports": asdict(self.ports),
+            "createdAt": time.time() - (time.monotonic() - self.created),
+        }
+        (self.directory / RECORD).write_text(json.dumps(record))
 
     def stop(self, grace: float) -> None:
         """Leave the endpoint set, drain, stop; returns when both processes are gone."""
@@ -135,7 +167,8 @@ class Instance:
 
     def _supervise(self, resolved: Resolved) -> None:
         try:
-            self._start_sidecar()
+            if self.sidecar is None:  # else adopted, and running
+                self._start_sidecar()
             self._register(healthy=False)
             self._run(resolved)
         except Exception as e:  # a supervisor that dies silently would strand processes
@@ -145,7 +178,7 @@ class Instance:
 
     def _run(self, resolved: Resolved) -> None:
         backoff, restart_at = BACKOFF_BASE_S, 0.0
-        readiness = liveness = None
+        readiness, liveness = self._probes(time.monotonic()) if self.app else (None, None)
         beat = 0.0
         while not self._stop.wait(TICK_S):
             now = time.monotonic()
@@ -258,11 +291,10 @@ class Instance:
         )
         path.write_text(yaml.safe_dump(config, sort_keys=False))
         log = (self.directory / "sidecar.log").open("ab")
-        env = {k: v for k, v in os.environ.items() if k.lower() not in _PROXY_VARS}
         try:
             self.sidecar = subprocess.Popen(
                 [sys.executable, "-m", "pilotfish", "proxy", "--bootstrap", str(path)],
-                env=env,
+                env=proxy_free_env(os.environ),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -283,6 +315,9 @@ class Instance:
 
     def _note_exit(self, which: str, code: int | None) -> None:
         self.status.restarts += 1
+        if code == Adopted.UNKNOWN_EXIT:
+            self.status.last_error = f"{which} exited (adopted from a previous agent: code unknown)"
+            return
         if code is not None and code < 0:
             # Killed: its log's last line says nothing about why.
             name = signal.Signals(-code).name if -code in signal.valid_signals() else str(-code)
@@ -291,7 +326,7 @@ class Instance:
         tail = _tail(self.directory / f"{which}.log")
         self.status.last_error = f"{which} exited with code {code}" + (f": {tail}" if tail else "")
 
-    def _kill(self, process: subprocess.Popen[bytes] | None) -> None:
+    def _kill(self, process: Process | None) -> None:
         if process is not None and process.poll() is None:
             _signal_group(process, signal.SIGKILL)
 
@@ -322,17 +357,30 @@ class Instance:
             self.status.last_error = f"registration: {error}"
 
     def _shutdown(self) -> None:
+        """Leave the endpoint set but stay registered (unhealthy): the
+        instance's own sidecar keeps its inbound listener, and so keeps
+        answering what callers sent before they heard of the change, until
+        it is drained and stopped; only then does the registration go."""
         self.status.phase, self.status.ready = "Terminating", False
-        registration.deregister(self.client, self.namespace, self.name)
+        self._register(healthy=False)
         grace = float(self.spec.get("terminationGracePeriodSeconds", 30))
         if self.app is not None and self.app.poll() is None:
             time.sleep(DEREGISTER_SETTLE_S)
-        _terminate(self.sidecar, grace)
-        _terminate(self.app, grace)
+        terminate(self.sidecar, grace)
+        terminate(self.app, grace)
+        registration.deregister(self.client, self.namespace, self.name)
         (self.directory / "pids.json").unlink(missing_ok=True)
 
 
 _PROXY_VARS = {"http_proxy", "https_proxy", "all_proxy", "no_proxy"}
+
+
+def proxy_free_env(base: Mapping[str, str]) -> dict[str, str]:
+    """A proxy process's environment: a proxy must not send its own upstream
+    calls (xDS, clusters) through an HTTP proxy set for the agent."""
+    return {k: v for k, v in base.items() if k.lower() not in _PROXY_VARS}
+
+
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
@@ -344,13 +392,13 @@ def _listening(port: int) -> bool:
     return True
 
 
-def _signal_group(process: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+def _signal_group(process: Process, sig: signal.Signals) -> None:
     """The whole process group: an app may have started children of its own."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(process.pid, sig)
 
 
-def _terminate(process: subprocess.Popen[bytes] | None, grace: float) -> None:
+def terminate(process: Process | None, grace: float) -> None:
     if process is None or process.poll() is not None:
         if process is not None:
             _signal_group(process, signal.SIGKILL)  # children it left behind

@@ -6,10 +6,12 @@ Assignment: an agent runs the Workloads whose spec.nodeName is its own name
 or empty. With several agents, a later scheduler fills in nodeName; nothing
 here assumes there is one agent.
 
-On start the agent stops whatever a previous agent on the same state
-directory left running (pids.json files), then starts instances afresh:
-adoption of live processes would need their sidecars' ports and probe
-state, and a restart costs a second.
+On start the agent adopts what a previous agent on the same state
+directory left running (one that crashed or was killed: a stopped agent
+stops its instances): an instance whose Workload still exists and whose app
+and sidecar both still run is supervised from here on, with its ports and
+template from its instance.json, and keeps serving throughout. Anything
+else left there is stopped.
 """
 
 from __future__ import annotations
@@ -27,8 +29,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
 
+from pilotfish.agent import adopted
 from pilotfish.agent import plan as planning
-from pilotfish.agent.instance import Instance, Ports
+from pilotfish.agent.gateway import GatewayProxy, GatewaySpec
+from pilotfish.agent.instance import RECORD, Instance, Ports
 from pilotfish.agent.ports import PortAllocator
 from pilotfish.agent.spec import ConfigData, SpecError, config_data, resolve
 from pilotfish.agent.spec import template_hash as hash_of
@@ -50,7 +54,12 @@ class NodeClient(Protocol):
 
 class NodeAgent:
     def __init__(
-        self, client: NodeClient, node_name: str, state_dir: Path, xds: tuple[str, int]
+        self,
+        client: NodeClient,
+        node_name: str,
+        state_dir: Path,
+        xds: tuple[str, int],
+        gateway: GatewaySpec | None = None,
     ) -> None:
         self.client = client
         self.node_name = node_name
@@ -65,15 +74,22 @@ class NodeAgent:
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="stop")
         self._dirty = threading.Event()
+        self.gateway = (
+            GatewayProxy(gateway, node_name, state_dir, self.ports.allocate(), xds)
+            if gateway
+            else None
+        )
 
     def __repr__(self) -> str:
         return f"NodeAgent({self.node_name!r}, {sum(map(len, self.instances.values()))} instances)"
 
     def run(self, stop: threading.Event) -> None:
         """Until `stop` is set; then every instance is stopped before returning."""
-        stop_leftovers(self.state_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        stop_leftovers(self.state_dir, keep=self._take_over())
         (self.state_dir / "agent.pid").write_text(str(os.getpid()))
+        if self.gateway is not None:
+            self.gateway.start()
         for kind in ("Workload", "ConfigMap", "Secret"):
             threading.Thread(target=self._watch, args=(kind, stop), daemon=True).start()
         try:
@@ -111,6 +127,65 @@ class NodeAgent:
             instance.request_stop()
         list(self._pool.map(self._stop_instance, everything))
         self._pool.shutdown(wait=True)
+        if self.gateway is not None:
+            self.gateway.stop()
+
+    # -- adopting a previous agent's instances ---------------------------------------
+
+    def _take_over(self) -> set[Path]:
+        """Adopt the instances a previous agent left running; their directories."""
+        try:
+            workloads = {
+                (w["metadata"]["namespace"], w["metadata"]["name"]): w for w in self._my_workloads()
+            }
+            configs = self._configs({ns for ns, _ in workloads})
+        except ApiError:
+            return set()  # the control plane is not there: start afresh
+        root = self.state_dir / "instances"
+        kept = set()
+        for record in sorted(root.glob(f"*/*/{RECORD}")) if root.exists() else []:
+            instance = self._adopt(record, workloads, configs)
+            if instance is not None:
+                kept.add(instance.directory)
+        return kept
+
+    def _adopt(
+        self, path: Path, workloads: dict[Key, Obj], configs: dict[str, ConfigData]
+    ) -> Instance | None:
+        try:
+            record = json.loads(path.read_text())
+            pids = json.loads((path.parent / "pids.json").read_text())
+            key: Key = (record["namespace"], record["workload"])
+            ports = Ports(**record["ports"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        app = adopted.adopt(pids.get("app"), f"POD_NAME={record['name']}")
+        sidecar = adopted.adopt(pids.get("sidecar"), str(path.parent / "bootstrap.yaml"))
+        if key not in workloads or app is None or sidecar is None:
+            return None
+        age = max(0.0, time.time() - float(record.get("createdAt", time.time())))
+        instance = Instance(
+            name=record["name"],
+            namespace=key[0],
+            workload=key[1],
+            template=record["template"],
+            spec=record["spec"],
+            directory=path.parent,
+            ports=ports,
+            xds=self.xds,
+            client=self.client,
+            created=time.monotonic() - age,
+        )
+        try:
+            resolved = resolve(
+                instance.spec, instance_env(instance, os.environ), configs.get(key[0], {})
+            )
+        except SpecError:
+            return None
+        self.ports.reserve(*ports.all())
+        self.instances.setdefault(key, {})[instance.name] = instance
+        instance.adopt(resolved, app, sidecar)
+        return instance
 
     # -- converging ----------------------------------------------------------------
 
@@ -308,12 +383,16 @@ def instance_env(instance: Instance, base: Any) -> dict[str, str]:
     return env
 
 
-def stop_leftovers(state_dir: Path) -> int:
-    """Stop the processes a previous agent on this directory left behind;
-    their instance directories go too. The number of processes signalled."""
+def stop_leftovers(state_dir: Path, keep: set[Path] | None = None) -> int:
+    """Stop the processes a previous agent on this directory left behind,
+    but those of the instance directories in `keep` (adopted); the other
+    directories go too. The number of processes signalled."""
     count = 0
+    keep = keep or set()
     root = state_dir / "instances"
     for pids_file in root.glob("*/*/pids.json") if root.exists() else []:
+        if pids_file.parent in keep:
+            continue
         with contextlib.suppress(OSError, ValueError):
             pids = json.loads(pids_file.read_text())
             for role in ("sidecar", "app"):
@@ -321,7 +400,8 @@ def stop_leftovers(state_dir: Path) -> int:
                     with contextlib.suppress(ProcessLookupError, PermissionError):
                         os.killpg(int(pids[role]), signal.SIGKILL)
                         count += 1
-    if root.exists():
-        shutil.rmtree(root, ignore_errors=True)
+    for directory in root.glob("*/*") if root.exists() else []:
+        if directory not in keep:
+            shutil.rmtree(directory, ignore_errors=True)
     time.sleep(0.1 if count else 0)
     return count

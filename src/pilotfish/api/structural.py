@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import copy
 import json
 import re
 from dataclasses import dataclass, field
@@ -25,6 +26,9 @@ from pilotfish.api.names import invalid, required, show
 _JSON_TYPES = {bool: "boolean", int: "integer", float: "number", str: "string"}
 # Fields every object has beside its schema's own (Kubernetes' ObjectMeta/TypeMeta).
 _IMPLICIT_TOP = frozenset({"apiVersion", "kind", "metadata"})
+
+
+NO_DEFAULT: Any = object()  # a schema's `default` may be any JSON value, null included
 
 
 @dataclass
@@ -60,6 +64,7 @@ class Node:
     not_: Node | None = None
     rules: list[cel.Rule] = field(default_factory=list)
     transition_rules: int = 0  # rules needing oldSelf, skipped on create
+    default: Any = NO_DEFAULT
 
     def declares(self, name: str) -> bool:
         return name in self.properties
@@ -84,6 +89,7 @@ def _compile(schema: dict[str, Any], memo: dict[int, Node]) -> Node:
         extra is True
     )
     node.items = _compile(schema["items"], memo) if isinstance(schema.get("items"), dict) else None
+    node.default = schema.get("default", NO_DEFAULT)
     _compile_constraints(node, schema)
     node.one_of = [_compile(s, memo) for s in schema.get("oneOf", ())]
     node.any_of = [_compile(s, memo) for s in schema.get("anyOf", ())]
@@ -128,6 +134,26 @@ class Walk:
     @property
     def errors(self) -> list[FieldError]:
         return self.schema + self.rules
+
+
+def apply_defaults(node: Node, value: Any) -> None:
+    """Kubernetes' structural defaulting, in place: a missing property whose
+    schema has a default gets a copy of it, top-down, so a defaulted object
+    gets its own defaults too. Stored objects then say what they mean
+    (`replicas: 1`), for every reader and for `get`'s columns."""
+    if isinstance(value, dict):
+        for name, sub in node.properties.items():
+            if name not in value and sub.default is not NO_DEFAULT:
+                value[name] = copy.deepcopy(sub.default)
+            if name in value:
+                apply_defaults(sub, value[name])
+        if node.additional is not None:
+            for name, item in value.items():
+                if name not in node.properties:
+                    apply_defaults(node.additional, item)
+    elif isinstance(value, list) and node.items is not None:
+        for item in value:
+            apply_defaults(node.items, item)
 
 
 def check_object(root: Node, obj: dict[str, Any]) -> list[FieldError]:

@@ -10,6 +10,7 @@ analyze's cross-object warnings, which never reject.
 
 from __future__ import annotations
 
+import copy
 import functools
 from typing import Any
 
@@ -18,9 +19,16 @@ from pilotfish.api.errors import ApiError, FieldError, Invalid
 from pilotfish.api.kinds import Kind, registry, split_api_version
 from pilotfish.api.names import validate_metadata
 from pilotfish.api.semantic import semantic_errors
-from pilotfish.api.structural import Node, check_object, compile_schema
+from pilotfish.api.structural import Node, apply_defaults, check_object, compile_schema
 
-__all__ = ["Lookup", "analyze", "compiled_schema", "validate", "validate_or_raise"]
+__all__ = [
+    "Lookup",
+    "analyze",
+    "compiled_schema",
+    "validate",
+    "validate_or_raise",
+    "with_defaults",
+]
 
 
 def validate(obj: dict[str, Any]) -> list[FieldError]:
@@ -43,6 +51,19 @@ def validate_or_raise(obj: dict[str, Any]) -> None:
     errors = validate(obj)
     if errors:
         raise Invalid.of(str(obj.get("kind", "")), _name(obj), errors)
+
+
+def with_defaults(obj: dict[str, Any]) -> dict[str, Any]:
+    """A copy of `obj` with its schema's defaults filled in, as the API server
+    stores objects; an object of an unknown kind is returned unchanged (its
+    validation says why it is refused)."""
+    try:
+        kind, version = registry().for_object(obj)
+    except ApiError:
+        return obj
+    out = copy.deepcopy(obj)
+    apply_defaults(compiled_schema(kind.group, kind.kind, version), out)
+    return out
 
 
 @functools.cache

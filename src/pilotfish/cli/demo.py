@@ -1,63 +1,160 @@
-"""`pilotfish demo`: the control plane on its embedded store, with the example
-configuration applied, in the foreground until Ctrl-C."""
+"""`pilotfish demo`: the whole mesh on this machine in one command. It starts
+the control plane (embedded SQLite store) and the node agent with its
+ingress gateway, applies the examples, shows progress until every Workload
+is ready and the gateway answers, prints the URL and what to try next, and
+stays in the foreground until Ctrl-C or `pilotfish down`.
+
+The children run in sessions of their own, so Ctrl-C reaches the demo
+alone and it stops them in order: the agent first (its instances leave the
+registry while the control plane is still there to hear it), then the
+control plane. Their pids are in the node's state directory (demo.pid,
+controlplane.pid, agent.pid) for `pilotfish down` to find, also after the
+demo itself was killed.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import yaml
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
+
+from pilotfish.api.errors import ApiError
+from pilotfish.api.kinds import registry
 from pilotfish.cli.commands import CliError, apply_documents
 from pilotfish.cli.manifests import Document, read_documents
 from pilotfish.client import Client
 
 READY_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 60.0
+ISTIO_SAMPLES = Path("../shared/conformance/istio/bookinfo-networking")
+ISTIO_SAMPLES_URL = (
+    "https://raw.githubusercontent.com/istio/istio/master/samples/bookinfo/networking"
+)
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+@dataclass
+class Demo:
+    """The processes the demo started, and the flag that ends it."""
+
+    state: Path
+    stop: threading.Event = field(default_factory=threading.Event)
+    children: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        return f"Demo({self.state}, {sorted(self.children)})"
+
+    def spawn(self, role: str, argv: list[str]) -> subprocess.Popen[bytes]:
+        with (self.state / f"{role}.log").open("ab") as log:
+            child = subprocess.Popen(
+                [sys.executable, "-m", "pilotfish", *argv],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.children[role] = child
+        (self.state / f"{role}.pid").write_text(str(child.pid))
+        return child
+
+    def failed(self) -> str | None:
+        """A child that exited on its own, as a message."""
+        for role, child in self.children.items():
+            if child.poll() is not None:
+                log = self.state / f"{role}.log"
+                return f"the {role} exited with code {child.returncode} (see {log})"
+        return None
+
+    def shut_down(self) -> None:
+        for role in ("agent", "controlplane"):
+            child = self.children.pop(role, None)
+            if child is not None:
+                _stop(child)
+            (self.state / f"{role}.pid").unlink(missing_ok=True)
 
 
 def demo(args: argparse.Namespace) -> int:
-    server = f"http://{args.listen}"
-    plane = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "pilotfish",
-            "controlplane",
-            "--data-dir",
-            str(args.data_dir),
-            "--listen",
-            args.listen,
-        ],
-    )
+    from pilotfish.cli.node import default_state_dir, pid_alive
+
+    state = Path(args.state_dir) if args.state_dir else default_state_dir(args.node_name)
+    state.mkdir(parents=True, exist_ok=True)
+    running = state / "demo.pid"
+    if running.exists() and pid_alive(int(running.read_text() or 0)):
+        pid = running.read_text()
+        raise CliError(f"a demo already runs on {state} (pid {pid}); stop it: pilotfish down")
+    docs = _examples(args.examples)
+    running.write_text(str(os.getpid()))
+    run = Demo(state)
+    previous = {s: signal.signal(s, lambda *_: run.stop.set()) for s in _SIGNALS}
     try:
-        wait_ready(server, plane)
-        print(f"control plane ready at {server} (data in {args.data_dir})", flush=True)
-        ok = apply_documents(Client.from_config(server), _examples(args.examples), None)
-        _next_steps(server, args.examples)
-        if not ok:
-            return 1
-        return plane.wait()
-    except KeyboardInterrupt:
-        return 0
+        return _run(run, args, docs)
     finally:
-        _stop(plane)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not strand children
+        print("stopping the demo ...", flush=True)
+        run.shut_down()
+        running.unlink(missing_ok=True)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        print("stopped.", flush=True)
 
 
-def wait_ready(server: str, plane: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if plane.poll() is not None:
-            raise CliError(f"the control plane exited with code {plane.returncode}")
-        try:
-            with urllib.request.urlopen(f"{server}/readyz", timeout=1) as response:
-                if response.status == 200:
-                    return
-        except (urllib.error.URLError, OSError):
-            time.sleep(0.1)
-    raise CliError(f"the control plane did not become ready at {server} in {READY_TIMEOUT_S:.0f}s")
+_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def _run(run: Demo, args: argparse.Namespace, docs: list[Document]) -> int:
+    server = f"http://{args.listen}"
+    plane = ["controlplane", "--data-dir", str(args.data_dir), "--listen", args.listen]
+    run.spawn("controlplane", [*plane, "--xds-port", str(args.xds_port)])
+    if not _until(run, lambda: _answers(f"{server}/readyz"), READY_TIMEOUT_S):
+        why = run.failed() or f"the control plane did not become ready at {server}"
+        raise CliError(f"{why}; if an earlier demo still runs, `pilotfish down` stops it")
+    print(f"control plane ready at {server} (data in {args.data_dir})", flush=True)
+    host = args.listen.rpartition(":")[0]
+    node = ["node", "--state-dir", str(run.state), "--node-name", args.node_name]
+    node += ["--server", server, "--xds", f"{host}:{args.xds_port}", "--gateway"]
+    run.spawn("agent", node)
+    if not apply_documents(Client.from_config(server), docs, None):
+        return 1
+    url = gateway_url(docs, args.path)
+    if not _show_progress(run, Client.from_config(server), url, args.timeout):
+        if run.stop.is_set():
+            return 0
+        print(run.failed() or f"not ready after {args.timeout:.0f}s; see {run.state}/*.log")
+        return 1
+    _next_steps(url, run.state, args.examples)
+    while not run.stop.wait(0.5):
+        if (exited := run.failed()) is not None:
+            print(exited, file=sys.stderr, flush=True)
+            return 1
+    return 0
+
+
+def gateway_url(docs: list[Document], path: str) -> str:
+    """The first plain-HTTP server port of the examples' Gateways, on the
+    address the agent's gateway binds (127.0.0.1)."""
+    for doc in docs:
+        if doc.obj.get("kind") != "Gateway":
+            continue
+        for server in (doc.obj.get("spec") or {}).get("servers") or []:
+            port = server.get("port") or {}
+            if str(port.get("protocol", "")).upper() in ("HTTP", "HTTP2"):
+                return f"http://127.0.0.1:{port['number']}{path}"
+    raise CliError("the examples declare no Gateway with an HTTP server: nothing to open")
 
 
 def _examples(path: Path) -> list[Document]:
@@ -66,22 +163,100 @@ def _examples(path: Path) -> list[Document]:
     return read_documents([str(path)], recursive=True)
 
 
-def _next_steps(server: str, examples: Path) -> None:
+def _until(run: Demo, ready: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not run.stop.is_set() and run.failed() is None:
+        if ready():
+            return True
+        run.stop.wait(0.2)
+    return False
+
+
+def _answers(url: str) -> bool:
+    try:
+        with _DIRECT.open(url, timeout=2) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+# -- progress ------------------------------------------------------------------------
+
+
+def _show_progress(run: Demo, client: Client, url: str, timeout: float) -> bool:
+    """A bar per Workload (ready of desired) and one for the gateway, until
+    all are full; False on timeout, Ctrl-C or a child's exit."""
+    columns = (
+        SpinnerColumn(),
+        TextColumn("{task.description:<28}"),
+        BarColumn(),
+        TextColumn("{task.completed:.0f}/{task.total:.0f}"),
+        TimeElapsedColumn(),
+    )
+    tasks: dict[str, TaskID] = {}
+    with Progress(*columns, console=Console(highlight=False)) as progress:
+
+        def ready() -> bool:
+            counts = {**_workload_counts(client), f"gateway {url}": (int(_answers(url)), 1)}
+            for name, (done, total) in sorted(counts.items()):
+                if name not in tasks:
+                    tasks[name] = progress.add_task(name, total=total)
+                progress.update(tasks[name], completed=done, total=total)
+            return all(done >= total for done, total in counts.values())
+
+        return _until(run, ready, timeout)
+
+
+def _workload_counts(client: Client) -> dict[str, tuple[int, int]]:
+    try:
+        items = client.list(registry().resolve("Workload"), None).get("items") or []
+    except ApiError:
+        return {"workloads": (0, 1)}
+    return {
+        f"workload {w['metadata']['name']}": (
+            int((w.get("status") or {}).get("readyReplicas") or 0),
+            int(w["spec"].get("replicas", 1)),
+        )
+        for w in items
+    }
+
+
+def _next_steps(url: str, state: Path, examples: Path) -> None:
+    samples = str(ISTIO_SAMPLES) if ISTIO_SAMPLES.is_dir() else ISTIO_SAMPLES_URL
+    admin = _gateway_admin(state)
+    metrics = f"curl -s {admin}/stats/prometheus | grep istio_requests_total" if admin else ""
     print(
-        "\nNext steps, in another terminal:\n"
-        "  pilotfish get services,virtualservices  # what is configured\n"
-        "  pilotfish get vs reviews -o yaml\n"
-        f"  pilotfish validate -f {examples}        # offline checks, like istioctl validate\n"
-        f"  curl {server}/apis/networking.istio.io/v1/namespaces/default/virtualservices\n"
-        "Press Ctrl-C to stop.",
+        f"\nBookinfo is up: {url}\n\n"
+        "Next steps, in another terminal:\n"
+        "  pilotfish get workloads                # instances: ready, restarts, last error\n"
+        f"  pilotfish apply -f {samples}/virtual-service-reviews-test-v2.yaml\n"
+        "      then sign in as jason on the page: he sees reviews v2 (black stars)\n"
+        f"  pilotfish apply -f {samples}/virtual-service-reviews-50-v3.yaml\n"
+        "  pilotfish chaos kill reviews-v2        # the agent brings it back\n"
+        f"  {metrics or 'pilotfish proxy-status'}\n"
+        f"  pilotfish apply -f {examples}/20-routing.yaml --force-conflicts   # back to v1\n"
+        "  pilotfish down                         # stop everything (or Ctrl-C here)\n",
         flush=True,
     )
 
 
-def _stop(plane: subprocess.Popen[bytes]) -> None:
-    if plane.poll() is None:
-        plane.terminate()
+def _gateway_admin(state: Path) -> str:
+    """The gateway proxy's admin address, from the bootstrap the agent wrote."""
+    for path in (state / "instances").glob("*/*/bootstrap.yaml"):
+        with contextlib.suppress(OSError, yaml.YAMLError, KeyError, TypeError):
+            config: Any = yaml.safe_load(path.read_text())
+            if str(config["node"]["id"]).startswith("router~"):
+                port = config["admin"]["address"]["socket_address"]["port_value"]
+                return f"http://127.0.0.1:{port}"
+    return ""
+
+
+def _stop(child: subprocess.Popen[bytes]) -> None:
+    if child.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            child.terminate()
         try:
-            plane.wait(timeout=10)
+            child.wait(timeout=STOP_TIMEOUT_S)
         except subprocess.TimeoutExpired:
-            plane.kill()
+            child.kill()
+            child.wait()

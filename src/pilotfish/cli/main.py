@@ -121,15 +121,22 @@ def _run_controlplane(args: argparse.Namespace) -> int:
 
 
 def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("demo", help="run the control plane with the example config applied")
+    p = sub.add_parser(
+        "demo", help="run the whole mesh here: control plane, node agent, gateway, the examples"
+    )
     p.add_argument("--data-dir", type=Path, default=Path.home() / ".pilotfish" / "data")
-    p.add_argument("--listen", default="127.0.0.1:15080")
+    p.add_argument("--listen", default="127.0.0.1:15080", help="address of the REST API")
+    p.add_argument("--xds-port", type=int, default=15010, help="port of the ADS server")
+    p.add_argument("--state-dir", type=Path, help="the node agent's directory (default: per node)")
+    p.add_argument("--node-name", default="local", help="the node agent's name")
     p.add_argument(
         "--examples",
         type=Path,
         default=Path("examples/bookinfo"),
         help="file or directory of resources to apply",
     )
+    p.add_argument("--path", default="/productpage", help="the page to open on the gateway")
+    p.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for readiness")
     p.set_defaults(handler=_run_demo)
 
 

@@ -37,6 +37,13 @@ def add_commands(sub: Sub[argparse.ArgumentParser], common: argparse.ArgumentPar
     state.add_argument("--node-name", default=DEFAULT_NODE, help="node name (default: local)")
     p = sub.add_parser("node", parents=[common, state], help="run the node agent")
     p.add_argument("--xds", default="127.0.0.1:15010", help="the control plane's ADS address")
+    p.add_argument(
+        "--gateway",
+        action="store_true",
+        help="also run an ingress gateway proxy (labels istio=ingressgateway, namespace "
+        "istio-system): Gateways selecting it open their ports on --gateway-address",
+    )
+    p.add_argument("--gateway-address", default="127.0.0.1", help="where gateway ports bind")
     p.set_defaults(handler=run_node)
     p = sub.add_parser("logs", parents=[common, state], help="an application's log")
     p.add_argument("workload")
@@ -61,14 +68,16 @@ def _state(args: argparse.Namespace) -> Path:
 
 
 def run_node(args: argparse.Namespace) -> int:
+    from pilotfish.agent.gateway import GatewaySpec
     from pilotfish.agent.node import NodeAgent
 
     host, _, port = args.xds.rpartition(":")
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    gateway = GatewaySpec(address=args.gateway_address) if args.gateway else None
     agent = NodeAgent(
-        Client.from_config(args.server), args.node_name, _state(args), (host, int(port))
+        Client.from_config(args.server), args.node_name, _state(args), (host, int(port)), gateway
     )
     print(f"node {args.node_name}: running workloads, state in {_state(args)}", flush=True)
     agent.run(stop)
@@ -125,7 +134,7 @@ def chaos_kill(args: argparse.Namespace) -> int:
     found = [
         (d, p)
         for d, p in live_instances(_state(args), args.workload, args.namespace or "default")
-        if p.get("app") and _alive(int(p["app"]))
+        if p.get("app") and pid_alive(int(p["app"]))
     ]
     if not found:
         raise NodeError(f'no running instance of workload "{args.workload}" on this node')
@@ -136,27 +145,43 @@ def chaos_kill(args: argparse.Namespace) -> int:
 
 
 def down(args: argparse.Namespace) -> int:
-    """Stop the agent (it stops its instances), then anything left behind."""
+    """Stop a demo running on this state directory (it stops its agent, then
+    its control plane), then the agent, the control plane the demo started,
+    and anything left behind."""
     from pilotfish.agent.node import stop_leftovers
 
     state = _state(args)
-    pid_file = state / "agent.pid"
-    if pid_file.exists():
-        pid = int(pid_file.read_text())
-        if _alive(pid):
-            os.kill(pid, signal.SIGTERM)
-            deadline = time.monotonic() + 60
-            while _alive(pid) and time.monotonic() < deadline:
-                time.sleep(0.1)
-        pid_file.unlink(missing_ok=True)
+    stopped = [role for role in ("demo", "agent", "controlplane") if _stop_pid_file(state, role)]
     left = stop_leftovers(state)
     print(
-        f"node {args.node_name}: stopped" + (f" ({left} leftover processes killed)" if left else "")
+        f"node {args.node_name}: stopped"
+        + (f" ({', '.join(stopped)})" if stopped else "")
+        + (f" ({left} leftover processes killed)" if left else "")
     )
     return 0
 
 
-def _alive(pid: int) -> bool:
+def _stop_pid_file(state: Path, role: str, timeout: float = 90.0) -> bool:
+    """SIGTERM the process `ROLE.pid` names and wait for it (SIGKILL after
+    `timeout`); True if it was running."""
+    pid_file = state / f"{role}.pid"
+    try:
+        pid = int(pid_file.read_text())
+    except (OSError, ValueError):
+        return False
+    running = pid_alive(pid)
+    if running:
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if pid_alive(pid):
+            os.kill(pid, signal.SIGKILL)
+    pid_file.unlink(missing_ok=True)
+    return running
+
+
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

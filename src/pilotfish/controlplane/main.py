@@ -21,7 +21,7 @@ import threading
 from pathlib import Path
 from types import FrameType
 
-from pilotfish.api.validation import analyze, validate_or_raise
+from pilotfish.api.validation import analyze, validate_or_raise, with_defaults
 from pilotfish.config import ClientConfig, write_client_config
 from pilotfish.controlplane.api import Api
 from pilotfish.controlplane.auth import load_or_create_token
@@ -82,7 +82,11 @@ class ControlPlane:
         try:
             _make_data_dir(data_dir)
             token = load_or_create_token(data_dir)
-            store = ResourceStore(SqliteBackend(data_dir / STORE_FILE), validate=validate_or_raise)
+            store = ResourceStore(
+                SqliteBackend(data_dir / STORE_FILE),
+                validate=validate_or_raise,
+                default=with_defaults,
+            )
             plane = cls(server, store, data_dir)
             plane._start_mesh(xds_listen)
             server.api = Api(

@@ -7,7 +7,7 @@ default: an instance that fails readiness leaves the set on the next snapshot.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 from pilotfish.model.config import Obj, labels_match, meta
@@ -86,15 +86,32 @@ def endpoints_for(port: ServicePort, workloads: Iterable[Workload]) -> tuple[End
     return tuple(found[k] for k in sorted(found))
 
 
-def selected(
-    selector: Labels | None, namespace: str, pool: Sequence[Workload]
-) -> Iterator[Workload]:
-    """Workloads of `namespace` a (non-empty) selector picks."""
-    if not selector:
-        return
-    for w in pool:
-        if w.namespace == namespace and labels_match(selector, w.labels):
-            yield w
+class Pool:
+    """Workloads indexed by (namespace, label, value): a selector looks only
+    at the workloads carrying the rarest of its labels instead of at all of
+    them (1,000 services over 5,000 instances: 5 million label matches
+    otherwise, at every snapshot). Order is kept: candidates come in the
+    order the workloads were given."""
+
+    def __init__(self, workloads: Iterable[Workload]) -> None:
+        self._by_label: dict[tuple[str, str, str], list[Workload]] = {}
+        for w in workloads:
+            for key, value in w.labels.items():
+                self._by_label.setdefault((w.namespace, key, value), []).append(w)
+
+    def __repr__(self) -> str:
+        return f"<Pool {len(self._by_label)} labels>"
+
+    def selected(self, selector: Labels | None, namespace: str) -> Iterator[Workload]:
+        """Workloads of `namespace` a (non-empty) selector picks."""
+        if not selector:
+            return
+        candidates = min(
+            (self._by_label.get((namespace, k, v), []) for k, v in selector.items()), key=len
+        )
+        for w in candidates:
+            if labels_match(selector, w.labels):
+                yield w
 
 
 def dns_endpoint(hostname: str, port: ServicePort) -> Endpoint:

@@ -36,7 +36,7 @@ from pilotfish.model.config import (
 )
 from pilotfish.model.hosts import MESH_GATEWAY, ROOT_NAMESPACE, covers, is_wildcard, matches
 from pilotfish.model.services import service_from_v1, services_from_entry
-from pilotfish.model.types import Endpoint, Instance, Proxy, Service, ServicePort
+from pilotfish.model.types import Endpoint, Instance, Labels, Proxy, Service, ServicePort
 
 NETWORKING = "networking.istio.io"
 MESH_KINDS = {  # what a snapshot reads; other kinds do not change what proxies get
@@ -122,14 +122,19 @@ class Snapshot:
 
     def own_instances(self, proxy: Proxy) -> tuple[Instance, ...]:
         """The instances a sidecar fronts: by instance name when the proxy has
-        one, else by workload and address."""
-        local = self._index.instances.get(proxy.namespace, ())
+        one (and then none if that name is not registered: on one host all
+        instances of a workload share an address, and a sidecar whose own
+        instance is gone must not get the others' inbound ports to bind),
+        else by workload and address."""
         name = proxy.instance_name
         if name:
-            named = tuple(i for i in local if i.name == name)
-            if named:
-                return named
+            return self._index.instances_by_name.get((proxy.namespace, name), ())
+        local = self._index.instances.get(proxy.namespace, ())
         return tuple(i for i in local if i.workload == proxy.workload and i.address == proxy.ip)
+
+    def services_at(self, namespace: str, address: str, port: int) -> tuple[Service, ...]:
+        """The services of `namespace` with `address:port` among their endpoints."""
+        return self._index.served.get((namespace, address, port), ())
 
     # -- routing config ------------------------------------------------------
 
@@ -163,6 +168,12 @@ class Snapshot:
             g for g in self.gateways if g.selector and labels_match(g.selector, proxy.labels)
         )
 
+    def label_scope(self, labels: Labels) -> tuple[bool, ...]:
+        """Which of the config's label selectors (Sidecar and Gateway
+        selectors, sourceLabels) pick `labels`: all that translation can learn
+        of a proxy's labels, so proxies alike here get the same routes."""
+        return tuple(labels_match(s, labels) for s in self._index.label_selectors)
+
     def destination_rule(self, proxy: Proxy, hostname: str) -> DestinationRule | None:
         service = self.service_for(proxy, hostname)
         return self._index.destination_rule(
@@ -177,14 +188,19 @@ class _Index:
     mesh_vs: tuple[VirtualService, ...]
     by_gateway: Mapping[str, tuple[VirtualService, ...]]
     rules: Mapping[str, Mapping[str, DestinationRule]]  # namespace -> host -> merged rule
+    rule_wildcards: Mapping[str, tuple[str, ...]]  # namespace -> its rules' wildcard hosts
     sidecars: Mapping[str, tuple[Sidecar, ...]]
     instances: Mapping[str, tuple[Instance, ...]]
+    instances_by_name: Mapping[tuple[str, str], tuple[Instance, ...]]
+    served: Mapping[tuple[str, str, int], tuple[Service, ...]]  # (ns, address, port)
+    label_selectors: tuple[Labels, ...]  # every non-empty one the config holds
 
     @classmethod
     def of(cls, snap: Snapshot) -> _Index:
         by_host: dict[str, list[Service]] = defaultdict(list)
         for s in snap.services:
             by_host[s.hostname].append(s)
+        rules = _merge_rules(snap.destination_rules)
         by_gateway: dict[str, list[VirtualService]] = defaultdict(list)
         for vs in snap.virtual_services:
             for gw in _gateway_names(vs):
@@ -193,8 +209,10 @@ class _Index:
         for sc in snap.sidecars:
             sidecars[sc.namespace].append(sc)
         instances: dict[str, list[Instance]] = defaultdict(list)
+        by_name: dict[tuple[str, str], list[Instance]] = defaultdict(list)
         for i in snap.instances:
             instances[i.namespace].append(i)
+            by_name[(i.namespace, i.name)].append(i)
         return cls(
             by_host={h: tuple(v) for h, v in by_host.items()},
             by_key={vs.key: vs for vs in snap.virtual_services},
@@ -202,9 +220,15 @@ class _Index:
                 vs for vs in snap.virtual_services if vs.hosts and MESH_GATEWAY in vs.gateways
             ),
             by_gateway={g: tuple(v) for g, v in by_gateway.items()},
-            rules=_merge_rules(snap.destination_rules),
+            rules=rules,
+            rule_wildcards={
+                ns: tuple(h for h in by_ns if is_wildcard(h)) for ns, by_ns in rules.items()
+            },
             sidecars={n: tuple(v) for n, v in sidecars.items()},
             instances={n: tuple(v) for n, v in instances.items()},
+            instances_by_name={k: tuple(v) for k, v in by_name.items()},
+            served=_served(snap),
+            label_selectors=_label_selectors(snap),
         )
 
     def view(self, namespace: str, sidecar: Sidecar | None) -> ProxyView:
@@ -246,14 +270,43 @@ class _Index:
     ) -> DestinationRule | None:
         """Istio's order: the proxy's namespace, the service's, the root's; only
         the first two's rules need not be exported."""
-        local = _most_specific(self.rules.get(proxy_ns, {}), hostname)
+        local = self._most_specific(proxy_ns, hostname)
         if local is not None:
             return local
         for ns in (service_ns, ROOT_NAMESPACE):
-            rule = _most_specific(self.rules.get(ns, {}), hostname)
+            rule = self._most_specific(ns, hostname)
             if rule is not None and exported(rule.export_to, proxy_ns):
                 return rule
         return None
+
+    def _most_specific(self, namespace: str, hostname: str) -> DestinationRule | None:
+        rules = self.rules.get(namespace, {})
+        exact = rules.get(hostname)
+        if exact is not None:
+            return exact
+        wild = [h for h in self.rule_wildcards.get(namespace, ()) if covers(h, hostname)]
+        return rules[max(wild, key=len)] if wild else None
+
+
+def _served(snap: Snapshot) -> dict[tuple[str, str, int], tuple[Service, ...]]:
+    found: dict[tuple[str, str, int], dict[str, Service]] = defaultdict(dict)
+    for service in snap.services:
+        for port in service.ports:
+            for e in snap.endpoints(service, port.port):
+                found[(service.namespace, e.address, e.port)].setdefault(service.hostname, service)
+    return {k: tuple(v.values()) for k, v in found.items()}
+
+
+def _label_selectors(snap: Snapshot) -> tuple[Labels, ...]:
+    found: list[Labels] = [s.selector for s in snap.sidecars if s.selector]
+    found += [g.selector for g in snap.gateways if g.selector]
+    for vs in snap.virtual_services:
+        for http in vs.http:
+            for match in http.get("match") or []:
+                if isinstance(match, dict) and match.get("sourceLabels"):
+                    found.append(MappingProxyType(dict(match["sourceLabels"])))
+    unique = {tuple(sorted(s.items())): s for s in found}
+    return tuple(unique[k] for k in sorted(unique))
 
 
 def _gateway_names(vs: VirtualService) -> list[str]:
@@ -276,14 +329,6 @@ def _allowed(
         and matches(pattern, host)
         for ns, pattern in egress
     )
-
-
-def _most_specific(rules: Mapping[str, DestinationRule], hostname: str) -> DestinationRule | None:
-    exact = rules.get(hostname)
-    if exact is not None:
-        return exact
-    wild = [h for h in rules if is_wildcard(h) and covers(h, hostname)]
-    return rules[max(wild, key=len)] if wild else None
 
 
 def _merge_rules(
@@ -354,8 +399,9 @@ def _services(by_kind: Mapping[str, list[Obj]]) -> tuple[Service, ...]:
 def _endpoint_index(
     by_kind: Mapping[str, list[Obj]], services: tuple[Service, ...], live: tuple[Instance, ...]
 ) -> dict[EndpointKey, tuple[Endpoint, ...]]:
-    pool = [eps.workload_of_instance(i) for i in live if i.healthy]
-    pool += [eps.workload_of_entry(o) for o in by_kind.get("WorkloadEntry", [])]
+    workloads = [eps.workload_of_instance(i) for i in live if i.healthy]
+    workloads += [eps.workload_of_entry(o) for o in by_kind.get("WorkloadEntry", [])]
+    pool = eps.Pool(workloads)
     sources = {("Service", o["metadata"]["name"], _ns(o)): o for o in by_kind.get("Service", [])}
     sources |= {
         ("ServiceEntry", o["metadata"]["name"], _ns(o)): o for o in by_kind.get("ServiceEntry", [])
@@ -367,7 +413,7 @@ def _endpoint_index(
         for port in svc.ports:
             key = (svc.hostname, svc.namespace, port.port)
             if kind == "Service":
-                chosen = list(eps.selected(spec.get("selector"), svc.namespace, pool))
+                chosen = list(pool.selected(spec.get("selector"), svc.namespace))
                 index[key] = eps.endpoints_for(port, chosen)
             else:
                 index[key] = _entry_endpoints(svc, port, spec, pool)
@@ -375,11 +421,11 @@ def _endpoint_index(
 
 
 def _entry_endpoints(
-    svc: Service, port: ServicePort, spec: Obj, pool: list[eps.Workload]
+    svc: Service, port: ServicePort, spec: Obj, pool: eps.Pool
 ) -> tuple[Endpoint, ...]:
     listed = [eps.workload_of_entry(e, svc.namespace) for e in spec.get("endpoints") or []]
     selector = (spec.get("workloadSelector") or {}).get("labels")
-    listed += eps.selected(selector, svc.namespace, pool)
+    listed += pool.selected(selector, svc.namespace)
     if not listed and not selector and svc.resolution in ("DNS", "DNS_ROUND_ROBIN"):
         return (eps.dns_endpoint(svc.hostname, port),)
     return eps.endpoints_for(port, listed)

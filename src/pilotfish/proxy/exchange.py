@@ -590,7 +590,8 @@ class Exchange:
             self.down.listener.http.filters.encode(self.fx, out)
         if self.flags:
             out.append((b"x-pilotfish-flags", self.flags.encode()))
-        self.keep_alive = self.keep_alive and self.body_done
+        expects_body = self.head.chunked or bool(self.head.content_length)
+        self.keep_alive = self.keep_alive and (self.body_done or not expects_body)
         if self.method == b"HEAD":
             body = b""
         self.response_bytes = len(body)

@@ -159,6 +159,8 @@ class Downstream(asyncio.Protocol):
         self.requests = 0
         self.body_paused = False
         self.held = 0  # bytes read past the current request (pipelined)
+        self.dispatching = False  # inside dispatch: a finished exchange waits for it
+        self.next_pending = False
         self.closed = False
         self.head_since = 0.0  # when the first byte of a request's head came; 0: none
         self.idle_since = 0.0  # when the connection last became idle; 0: busy
@@ -224,20 +226,34 @@ class Downstream(asyncio.Protocol):
     # -- requests -------------------------------------------------------------------------
 
     def dispatch(self, events: list[RequestEvent]) -> None:
+        self.dispatching = True
+        try:
+            self.handle(events)
+        finally:
+            self.dispatching = False
+        if self.next_pending and not self.closed:
+            self.next_pending = False
+            self.next_request()
+
+    def handle(self, events: list[RequestEvent]) -> None:
         for event in events:
             kind = event.__class__
-            if kind is bytes:
-                assert isinstance(event, bytes) and self.exchange is not None
-                self.exchange.request_body(event)
-            elif kind is RequestHead:
+            if kind is RequestHead:
                 assert isinstance(event, RequestHead)
                 self.begin(event)
+                continue
+            exchange = self.exchange
+            if exchange is None:
+                continue  # the rest of a request answered early: read and dropped
+            if kind is bytes:
+                assert isinstance(event, bytes)
+                exchange.request_body(event)
             elif kind is Tunnel:
-                assert isinstance(event, Tunnel) and self.exchange is not None
-                self.exchange.tunnel_data(event.data)
+                assert isinstance(event, Tunnel)
+                exchange.tunnel_data(event.data)
             else:
-                assert isinstance(event, EndOfMessage) and self.exchange is not None
-                self.exchange.request_end(event)
+                assert isinstance(event, EndOfMessage)
+                exchange.request_end(event)
 
     def begin(self, head: RequestHead) -> None:
         self.head_since = self.idle_since = 0.0
@@ -256,6 +272,12 @@ class Downstream(asyncio.Protocol):
         if not ex.keep_alive or self.runtime.draining or self.closed:
             self.close()
             return
+        if self.dispatching:
+            self.next_pending = True  # after the events of this read are handled
+            return
+        self.next_request()
+
+    def next_request(self) -> None:
         try:
             held = self.parser.next_message()
         except ProtocolError as error:

@@ -68,9 +68,11 @@ class ResourceStore:
         validate: Callable[[Obj], None] | None = None,
         kinds: KindRegistry | None = None,
         now: Callable[[], datetime] | None = None,
+        default: Callable[[Obj], Obj] | None = None,
     ) -> None:
         self._backend = backend
         self._validate = validate
+        self._default = default  # fills in schema defaults before validation and storage
         self._kinds = kinds
         self._now = now or _utc_now
 
@@ -263,6 +265,8 @@ class ResourceStore:
             if precondition is not None and str(revision) != precondition:
                 raise self._not_found(key) if live is None and must_exist else self._modified(key)
             new = build(live)
+            if self._default is not None:
+                new = self._default(new)
             if live is not None and same(new, live):
                 return _stamped(live, revision)  # nothing changed: no write, no new revision
             if self._validate is not None:

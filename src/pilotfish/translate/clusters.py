@@ -14,13 +14,14 @@ from typing import Any
 
 from envoy.config.cluster.v3 import circuit_breaker_pb2, outlier_detection_pb2
 from envoy.config.cluster.v3.cluster_pb2 import Cluster
+from envoy.config.core.v3 import base_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2 as ec
 from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2 as hpo
 from envoy.type.v3 import percent_pb2
 from google.protobuf.wrappers_pb2 import UInt32Value, UInt64Value
 
-from pilotfish.model import Proxy, ProxyType, Service, ServicePort, Snapshot
+from pilotfish.model import Instance, Proxy, ProxyType, Service, ServicePort, Snapshot
 from pilotfish.translate import names
 from pilotfish.translate.protos import ads, duration, pack, socket_address
 from pilotfish.translate.traffic_policy import cluster_policy
@@ -39,6 +40,15 @@ _SIMPLE_LB = {
 
 
 def translate_clusters(snapshot: Snapshot, proxy: Proxy) -> list[Cluster]:
+    out = translate_outbound_clusters(snapshot, proxy)
+    if proxy.type is ProxyType.SIDECAR:
+        out += translate_inbound_clusters(snapshot, proxy)
+    return sorted(out, key=lambda c: c.name)
+
+
+def translate_outbound_clusters(snapshot: Snapshot, proxy: Proxy) -> list[Cluster]:
+    """The clusters of what the proxy may reach, sorted by name; they depend
+    on the proxy only as its routes do, so proxies share them (scope.py)."""
     out = [
         cluster
         for service in snapshot.visible_services(proxy)
@@ -46,8 +56,6 @@ def translate_clusters(snapshot: Snapshot, proxy: Proxy) -> list[Cluster]:
         if port.protocol != "UDP"
         for cluster in translate_service_clusters(snapshot, proxy, service, port)
     ]
-    if proxy.type is ProxyType.SIDECAR:
-        out += translate_inbound_clusters(snapshot, proxy)
     return sorted(out, key=lambda c: c.name)
 
 
@@ -95,8 +103,9 @@ def translate_outbound_cluster(
     options = hpo.HttpProtocolOptions()
     if port.protocol.is_http2:
         options.explicit_http_config.http2_protocol_options.SetInParent()
-    if policy.get("connectionPool"):
-        _apply_connection_pool(out, options, policy["connectionPool"])
+    # Even with no connectionPool: Istio gives every cluster maximal thresholds,
+    # where Envoy's defaults (3 retries in flight) would fail requests under load.
+    _apply_connection_pool(out, options, policy.get("connectionPool") or {})
     if policy.get("outlierDetection"):
         _apply_outlier_detection(out, policy["outlierDetection"])
     if options.ListFields():
@@ -240,6 +249,7 @@ def translate_inbound_clusters(snapshot: Snapshot, proxy: Proxy) -> list[Cluster
             app = socket_address(instance.app_address, instance.app_port(port_name))
             out[name] = Cluster(
                 name=name,
+                metadata=_inbound_metadata(snapshot, instance, port),
                 type=Cluster.STATIC,
                 connect_timeout=duration(DEFAULT_CONNECT_TIMEOUT),
                 load_assignment=endpoint_pb2.ClusterLoadAssignment(
@@ -252,3 +262,18 @@ def translate_inbound_clusters(snapshot: Snapshot, proxy: Proxy) -> list[Cluster
                 ),
             )
     return list(out.values())
+
+
+def _inbound_metadata(snapshot: Snapshot, instance: Instance, port: int) -> base_pb2.Metadata:
+    """Istio's `istio.services` filter metadata: the services whose endpoints
+    are this instance's port, so that the callee's sidecar can name the
+    destination service in its metrics (the cluster name `inbound|PORT||`
+    does not)."""
+    served = [
+        {"host": s.hostname, "name": s.hostname.split(".")[0], "namespace": s.namespace}
+        for s in snapshot.services_at(instance.namespace, instance.address, port)
+    ]
+    out = base_pb2.Metadata()
+    if served:
+        out.filter_metadata["istio"].update({"services": served})
+    return out

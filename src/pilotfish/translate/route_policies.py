@@ -25,6 +25,7 @@ from pilotfish.translate.protos import (
 
 Obj = dict[str, Any]
 DEFAULT_RETRY_ON = "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes"
+DEFAULT_RETRY_CODES = (503,)  # Istio's DefaultPolicy: a 503 is retried too
 DEFAULT_ATTEMPTS = 2
 HOST_SELECTION_ATTEMPTS = 5
 PREVIOUS_HOSTS = "envoy.retry_host_predicates.previous_hosts"
@@ -46,8 +47,9 @@ GRPC_CODES = {name: code for code, name in enumerate(_GRPC_NAMES.split())}
 
 def translate_retry_policy(retries: Obj | None, consistent_hash: bool) -> rc.RetryPolicy | None:
     """Istio's retry.ConvertPolicy: no `retries` means the mesh default (2
-    attempts on connection-level failures), `attempts: 0` means none. Retrying
-    on other hosts is skipped with consistent hashing, which wants the same one."""
+    attempts on connection-level failures and 503), `attempts: 0` means none;
+    a `retryOn` replaces both the conditions and the codes. Retrying on other
+    hosts is skipped with consistent hashing, which wants the same one."""
     if retries is not None and int(retries.get("attempts") or 0) <= 0:
         return None
     retries = retries or {}
@@ -55,9 +57,11 @@ def translate_retry_policy(retries: Obj | None, consistent_hash: bool) -> rc.Ret
         retry_on=DEFAULT_RETRY_ON,
         num_retries=UInt32Value(value=int(retries.get("attempts") or DEFAULT_ATTEMPTS)),
         host_selection_retry_max_attempts=HOST_SELECTION_ATTEMPTS,
+        retriable_status_codes=DEFAULT_RETRY_CODES,
     )
     if retries.get("retryOn"):
         out.retry_on, codes = _parse_retry_on(str(retries["retryOn"]))
+        del out.retriable_status_codes[:]
         out.retriable_status_codes.extend(codes)
     if retries.get("perTryTimeout"):
         out.per_try_timeout.CopyFrom(duration(retries["perTryTimeout"]))

@@ -4,25 +4,46 @@ The translate functions are pure and sorted, so the same snapshot and proxy
 give byte-identical resources; the version is a hash of those bytes. A push
 that would send the same version again is therefore skipped, which is how
 only the proxies and types a change affects get a push.
+
+`Generator` shares that work between proxies: resources are translated once
+per snapshot, type, names asked for and the proxy's scope (what of the proxy
+the translation reads, translate/scope.py), and every other proxy of the
+same scope gets the same Generated. Streams are served by many threads at
+once, so a key being translated makes the others wait for it (single
+flight) instead of translating it again in parallel.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
-from dataclasses import dataclass
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
 
 from google.protobuf.any_pb2 import Any as AnyProto
 from google.protobuf.message import Message
 
-from pilotfish.model import Proxy, Snapshot
+from pilotfish.model import Proxy, ProxyType, Snapshot
 from pilotfish.translate import (
     translate_clusters,
     translate_endpoints,
     translate_listeners,
     translate_routes,
 )
+from pilotfish.translate.clusters import translate_inbound_clusters, translate_outbound_clusters
+from pilotfish.translate.scope import Kind, scope_key
 from pilotfish.xds import types
+
+T = TypeVar("T")
+KEPT_SNAPSHOTS = 2  # the current one, and the one streams may still be answering from
+_KINDS = {
+    types.LISTENER: Kind.LISTENERS,
+    types.ROUTE: Kind.ROUTES,
+    types.CLUSTER: Kind.CLUSTERS,
+    types.ENDPOINT: Kind.ENDPOINTS,
+}
 
 
 @dataclass(frozen=True)
@@ -35,19 +56,35 @@ class Generated:
 def generate(snapshot: Snapshot, proxy: Proxy, type_url: str, names: frozenset[str]) -> Generated:
     """What `proxy` gets of `type_url` when it asked for `names` (for LDS and
     CDS, none means all)."""
-    messages = _translate(snapshot, proxy, type_url, names)
-    if names and type_url in types.WILDCARD_TYPES:
-        messages = [m for m in messages if _name(m) in names]
-    packed = []
+    return assemble(type_url, names, packed(_translate(snapshot, proxy, type_url, names)))
+
+
+Packed = tuple[tuple[str, AnyProto], ...]  # (name, resource), sorted by name
+
+
+def packed(messages: Sequence[Message]) -> Packed:
+    out = []
     for message in messages:
         wrapped = AnyProto()
         wrapped.Pack(message, deterministic=True)
-        packed.append(wrapped)
+        out.append((_name(message), wrapped))
+    return tuple(out)
+
+
+def assemble(type_url: str, names: frozenset[str], resources: Packed) -> Generated:
+    """The response body: resources narrowed to `names` (wildcard types), and
+    the version, a hash of their bytes."""
+    if names and type_url in types.WILDCARD_TYPES:
+        resources = tuple(r for r in resources if r[0] in names)
     digest = hashlib.sha256()
-    for wrapped in packed:
+    for _, wrapped in resources:
         digest.update(wrapped.value)
         digest.update(b"\0")
-    return Generated(digest.hexdigest()[:16], tuple(packed), tuple(map(_name, messages)))
+    return Generated(
+        digest.hexdigest()[:16],
+        tuple(wrapped for _, wrapped in resources),
+        tuple(name for name, _ in resources),
+    )
 
 
 def _translate(
@@ -66,7 +103,96 @@ def _translate(
 
 def _name(message: Message) -> str:
     """Listeners, clusters and routes have `name`; assignments `cluster_name`."""
-    for field in ("name", "cluster_name"):
-        if field in message.DESCRIPTOR.fields_by_name:
-            return str(getattr(message, field))
+    for attr in ("name", "cluster_name"):
+        if attr in message.DESCRIPTOR.fields_by_name:
+            return str(getattr(message, attr))
     return ""
+
+
+@dataclass
+class _Cell(Generic[T]):
+    """One translation, computed by the first thread that asked for it."""
+
+    done: threading.Event = field(default_factory=threading.Event)
+    value: T | None = None
+    error: BaseException | None = None
+
+    def get(self) -> T:
+        self.done.wait()
+        if self.error is not None:
+            raise self.error
+        assert self.value is not None
+        return self.value
+
+
+class Generator:
+    """`generate`, memoised per snapshot and proxy scope (thread-safe). A
+    sidecar's clusters are its outbound ones, shared with every proxy of the
+    same scope, plus its own inbound ones, translated for it alone."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        # id(snapshot) -> (the snapshot, kept so its id is not reused; its cells)
+        self._memos: OrderedDict[int, tuple[Snapshot, dict[Hashable, _Cell[Any]]]] = OrderedDict()
+        self.translations = 0  # cache misses, for tests and benchmarks
+
+    def __repr__(self) -> str:
+        return f"Generator({len(self._memos)} snapshots, {self.translations} translations)"
+
+    def generate(
+        self, snapshot: Snapshot, proxy: Proxy, type_url: str, names: frozenset[str]
+    ) -> Generated:
+        kind = _KINDS.get(type_url)
+        if kind is None:
+            return generate(snapshot, proxy, type_url, names)
+        key = (type_url, names, scope_key(snapshot, proxy, kind))
+        return self._shared(
+            snapshot, key, lambda: self._translate(snapshot, proxy, type_url, names)
+        )
+
+    def _translate(
+        self, snapshot: Snapshot, proxy: Proxy, type_url: str, names: frozenset[str]
+    ) -> Generated:
+        if type_url != types.CLUSTER or proxy.type is not ProxyType.SIDECAR:
+            return generate(snapshot, proxy, type_url, names)
+        outbound = self._shared(
+            snapshot,
+            (Kind.OUTBOUND_CLUSTERS, scope_key(snapshot, proxy, Kind.OUTBOUND_CLUSTERS)),
+            lambda: packed(translate_outbound_clusters(snapshot, proxy)),
+        )
+        inbound = packed(translate_inbound_clusters(snapshot, proxy))
+        return assemble(type_url, names, tuple(sorted((*outbound, *inbound), key=_first)))
+
+    def _shared(self, snapshot: Snapshot, key: Hashable, compute: Callable[[], T]) -> T:
+        """`compute()` once per snapshot and key; concurrent callers wait for it."""
+        cell, owner = self._cell(snapshot, key)
+        if owner:
+            try:
+                cell.value = compute()
+            except BaseException as e:
+                cell.error = e
+                raise
+            finally:
+                cell.done.set()
+        result: T = cell.get()
+        return result
+
+    def _cell(self, snapshot: Snapshot, key: Hashable) -> tuple[_Cell[Any], bool]:
+        """The cell for `key`, and whether the caller must fill it."""
+        with self._lock:
+            entry = self._memos.get(id(snapshot))
+            if entry is None:
+                entry = self._memos[id(snapshot)] = (snapshot, {})
+                while len(self._memos) > KEPT_SNAPSHOTS:
+                    self._memos.popitem(last=False)
+            cells = entry[1]
+            cell = cells.get(key)
+            if cell is not None:
+                return cell, False
+            cell = cells[key] = _Cell()
+            self.translations += 1
+            return cell, True
+
+
+def _first(pair: tuple[str, AnyProto]) -> str:
+    return pair[0]

@@ -5,8 +5,11 @@ requests (moved there by a reader thread) and the server's pushes arrive in
 order, so a stream's state is only ever touched by its own handler thread.
 Changes from the registry (any thread) are debounced by a pusher thread: a
 push starts once changes stop for `debounce` seconds, or `debounce_max` after
-the first, whichever comes first; then every stream regenerates its types and
-sends only those whose version moved.
+the first, whichever comes first; then every stream regenerates the types the
+changed kinds can alter (types.affected_types: a VirtualService, routes only)
+and sends only those whose version moved. Regenerating is shared: proxies that
+translation cannot tell apart get the same resources, translated once
+(generate.Generator).
 
 (grpc.aio was tried first: its server cannot be stopped cleanly from an
 event loop running on a thread other than the main one.)
@@ -31,7 +34,7 @@ from envoy.service.discovery.v3.discovery_pb2 import DiscoveryRequest, Discovery
 from pilotfish.model import Snapshot
 from pilotfish.xds import types
 from pilotfish.xds.connection import Connection
-from pilotfish.xds.generate import generate
+from pilotfish.xds.generate import Generator
 from pilotfish.xds.node import proxy_from_node
 
 log = logging.getLogger("pilotfish.xds")
@@ -40,7 +43,17 @@ DEFAULT_LISTEN = "127.0.0.1:15010"
 DEBOUNCE_S, DEBOUNCE_MAX_S = 0.1, 1.0
 MAX_STREAMS = 2048  # each stream holds a handler thread (and a reader thread)
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
-StreamItem: TypeAlias = DiscoveryRequest | Snapshot | None  # None: the client hung up
+
+
+@dataclass(frozen=True)
+class _Push:
+    """A new snapshot, and the types the changes behind it can have altered."""
+
+    snapshot: Snapshot
+    types: frozenset[str]
+
+
+StreamItem: TypeAlias = DiscoveryRequest | _Push | None  # None: the client hung up
 
 
 class BindError(Exception):
@@ -70,6 +83,8 @@ class AdsServer:
         self._snapshot_of = snapshot_of
         self._debounce = Debounce(debounce, debounce_max)
         self._snapshot = Snapshot()
+        self._generator = Generator()
+        self._pending: frozenset[str] = frozenset()  # types the changes since the last push alter
         self._streams: dict[str, _Stream] = {}
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
@@ -114,7 +129,10 @@ class AdsServer:
             self._pusher.join(timeout=5)
 
     def changed(self, kinds: Iterable[str] = ()) -> None:
-        """Something snapshots are built from changed (any thread)."""
+        """Something snapshots are built from changed (any thread); `kinds`
+        (empty: unknown) narrow the push to the types they can alter."""
+        with self._lock:
+            self._pending |= types.affected_types(frozenset(kinds))
         self._debounce.event()
 
     def connections(self) -> list[Connection]:
@@ -128,18 +146,21 @@ class AdsServer:
         while not self._stopping.is_set():
             if not self._debounce.wait_for_quiet(self._stopping):
                 continue
+            with self._lock:  # taken before the snapshot: later changes push again
+                affected, self._pending = self._pending, frozenset()
             try:
-                self._publish(self._snapshot_of())
+                self._publish(self._snapshot_of(), affected or types.ALL_TYPES)
             except Exception:  # a bad snapshot must not stop every later push
                 log.exception("building a snapshot failed; proxies keep their config")
 
-    def _publish(self, snapshot: Snapshot) -> None:
+    def _publish(self, snapshot: Snapshot, affected: frozenset[str]) -> None:
         self._snapshot = snapshot
         self.pushes += 1
+        push = _Push(snapshot, affected)
         with self._lock:
             streams = list(self._streams.values())
         for stream in streams:
-            stream.queue.put(snapshot)
+            stream.queue.put(push)
 
     # -- one stream ----------------------------------------------------------------------
 
@@ -156,7 +177,7 @@ class AdsServer:
             self._streams[stream.connection.conn_id] = stream
         try:
             while (item := stream.queue.get()) is not None and context.is_active():
-                if isinstance(item, Snapshot):
+                if isinstance(item, _Push):
                     yield from self._push(stream.connection, item)
                 else:
                     yield from self._answer(stream.connection, item, context)
@@ -185,18 +206,19 @@ class AdsServer:
             _log_nack(conn, request)
             return []
         names = conn.watched[request.type_url].names
-        generated = generate(self._snapshot, conn.proxy, request.type_url, names)
+        generated = self._generator.generate(self._snapshot, conn.proxy, request.type_url, names)
         return [conn.response(request.type_url, generated)]
 
-    def _push(self, conn: Connection, snapshot: Snapshot) -> list[DiscoveryResponse]:
+    def _push(self, conn: Connection, push: _Push) -> list[DiscoveryResponse]:
         if conn.proxy is None:
             return []
         out = []
-        for type_url in (*types.PUSH_ORDER, *sorted(set(conn.watched) - set(types.PUSH_ORDER))):
+        others = sorted(set(conn.watched) - set(types.PUSH_ORDER))
+        for type_url in (*types.PUSH_ORDER, *(others if push.types == types.ALL_TYPES else [])):
             watched = conn.watched.get(type_url)
-            if watched is None:
+            if watched is None or (type_url in types.ALL_TYPES and type_url not in push.types):
                 continue
-            generated = generate(snapshot, conn.proxy, type_url, watched.names)
+            generated = self._generator.generate(push.snapshot, conn.proxy, type_url, watched.names)
             if conn.needs_push(type_url, generated):
                 out.append(conn.response(type_url, generated))
         return out

@@ -15,6 +15,17 @@ PUSH_ORDER = (CLUSTER, ENDPOINT, LISTENER, ROUTE)
 # for RDS and EDS it asks for nothing.
 WILDCARD_TYPES = frozenset({LISTENER, CLUSTER})
 SHORT_NAMES = {CLUSTER: "CDS", ENDPOINT: "EDS", LISTENER: "LDS", ROUTE: "RDS"}
+ALL_TYPES = frozenset(PUSH_ORDER)
+# The types a change of a kind can alter, from what translate/ reads (checked
+# by tests/translate/test_affected_types.py): a VirtualService only routes; a
+# DestinationRule clusters, their endpoints (subsets) and routes (hashing);
+# a Gateway a gateway's listeners and routes. Any other kind (Service,
+# ServiceEntry, WorkloadEntry, Sidecar, a registered instance) may alter all.
+AFFECTED_BY_KIND = {
+    "VirtualService": frozenset({ROUTE}),
+    "DestinationRule": frozenset({CLUSTER, ENDPOINT, ROUTE}),
+    "Gateway": frozenset({LISTENER, ROUTE}),
+}
 BY_COMMAND_NAME = {
     "listeners": LISTENER,
     "routes": ROUTE,
@@ -25,3 +36,13 @@ BY_COMMAND_NAME = {
 
 def short_name(type_url: str) -> str:
     return SHORT_NAMES.get(type_url, type_url.rpartition(".")[2])
+
+
+def affected_types(kinds: frozenset[str]) -> frozenset[str]:
+    """What a push after changes of `kinds` must regenerate; no kinds: all."""
+    if not kinds:
+        return ALL_TYPES
+    out: frozenset[str] = frozenset()
+    for kind in kinds:
+        out |= AFFECTED_BY_KIND.get(kind, ALL_TYPES)
+    return out

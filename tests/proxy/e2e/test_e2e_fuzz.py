@@ -116,3 +116,25 @@ def test_hostile_upstream_answers_are_503_upe(start_proxy) -> None:
             response.headers,
         )
     raw.sock.close()
+
+
+def test_local_answers_keep_the_connection(start_proxy, make_backend) -> None:
+    """404s (no route) answered by the proxy itself, pipelined on one
+    connection: both answered, the connection stays usable, nothing logged."""
+    backend = make_backend("svc")
+    port = free_port()
+    proxy = start_proxy(
+        [listener("in", port, [vhost("svc", ["svc"], [route("svc")])])],
+        [static_cluster("svc", [backend.port])],
+    )
+    miss = b"GET /x HTTP/1.1\r\nHost: other\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(miss + miss)
+        received = b""
+        while received.count(b"HTTP/1.1 404") < 2:
+            received += s.recv(65536)
+        s.sendall(b"GET /ok HTTP/1.1\r\nHost: svc\r\n\r\n")
+        received = s.recv(65536)
+        assert received.startswith(b"HTTP/1.1 200"), received
+    errors = proxy.stderr_path.read_text()
+    assert "Traceback" not in errors, errors[-3000:]

@@ -1,0 +1,118 @@
+"""`pilotfish demo` from the repository, as a user runs it: one command
+brings up the control plane, the node agent, its ingress gateway and
+Bookinfo; the page answers through the gateway, Istio's routing files change
+what it shows, and `pilotfish down` leaves no process behind."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from tests.agent.mesh_harness import (
+    BOOKINFO_ISTIO,
+    DIRECT,
+    REPO,
+    bookinfo_with_gateway_port,
+    free_port,
+    login,
+    processes_under,
+    wait_for,
+)
+
+pytestmark = pytest.mark.slow
+URL_LINE = re.compile(r"Bookinfo is up: (http://\S+)")
+
+
+@dataclass
+class RunningDemo:
+    tmp: Path
+    env: dict[str, str]
+    process: subprocess.Popen[bytes]
+    url: str = ""
+
+    def output(self) -> str:
+        return (self.tmp / "demo.out").read_text(errors="replace")
+
+    def cli(self, *args: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-m", "pilotfish", *args],
+            env=self.env,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout
+
+    def page(self, cookie: str | None = None) -> str:
+        headers = {"Cookie": cookie} if cookie else {}
+        with DIRECT.open(urllib.request.Request(self.url, headers=headers), timeout=20) as r:
+            return str(r.read().decode())
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningDemo]:
+    tmp = tmp_path_factory.mktemp("demo")
+    env = {**os.environ, "HOME": str(tmp / "home"), "PILOTFISH_CONFIG": str(tmp / "config.yaml")}
+    for var in ("PILOTFISH_SERVER", "PILOTFISH_TOKEN", "HTTP_PROXY", "http_proxy"):
+        env.pop(var, None)
+    argv = [sys.executable, "-m", "pilotfish", "demo", "--data-dir", str(tmp / "data")]
+    argv += ["--state-dir", str(tmp / "state"), "--listen", f"127.0.0.1:{free_port()}"]
+    argv += ["--xds-port", str(free_port())]
+    argv += ["--examples", str(bookinfo_with_gateway_port(tmp, free_port()))]
+    with (tmp / "demo.out").open("wb") as out:
+        process = subprocess.Popen(argv, env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
+    running = RunningDemo(tmp, env, process)
+    try:
+        found = wait_for(
+            lambda: process.poll() is None and URL_LINE.search(running.output()),
+            120,
+            "the demo printed no URL",
+        )
+        running.url = found.group(1)
+        yield running
+    finally:
+        if process.poll() is None:
+            running.cli("down", "--state-dir", str(tmp / "state"))
+            process.wait(timeout=60)
+        for line in processes_under(tmp, environ=True):  # only if `down` failed
+            os.kill(int(line.split(":")[0]), signal.SIGKILL)
+
+
+def test_demo_prints_the_url_and_next_steps(demo: RunningDemo) -> None:
+    out = demo.output()
+    assert demo.url.endswith("/productpage") and "127.0.0.1:" in demo.url
+    assert "workload productpage-v1" in out and "virtual-service-reviews-test-v2.yaml" in out
+    assert "pilotfish chaos kill reviews-v2" in out and "pilotfish down" in out
+
+
+def test_productpage_through_the_gateway_shows_reviews(demo: RunningDemo) -> None:
+    body = demo.page()
+    assert "The Comedy of Errors" in body and "Error fetching" not in body
+    assert "Reviews served by:</dt><u>reviews-v1-" in body
+
+
+def test_istio_routing_file_sends_jason_to_v2_through_the_gateway(demo: RunningDemo) -> None:
+    demo.cli("apply", "-f", str(BOOKINFO_ISTIO / "virtual-service-reviews-test-v2.yaml"))
+    cookie = login(int(urllib.parse.urlsplit(demo.url).port or 80), "jason")
+    wait_for(lambda: "reviews-v2-" in demo.page(cookie), 15, "jason never reached reviews v2")
+    body = demo.page(cookie)
+    assert '<font color="black">' in body and "reviews-v1-" in demo.page()
+
+
+def test_down_stops_everything(demo: RunningDemo) -> None:
+    assert processes_under(demo.tmp, environ=True)
+    assert "stopped (demo" in demo.cli("down", "--state-dir", str(demo.tmp / "state"))
+    assert demo.process.wait(timeout=30) == 0
+    assert "stopped." in demo.output()
+    assert processes_under(demo.tmp, environ=True) == []

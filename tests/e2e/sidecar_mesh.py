@@ -1,0 +1,217 @@
+"""A small Bookinfo-like mesh of real processes for end-to-end tests through
+sidecars: the control plane (xDS on a free port), HTTP backends in the test
+process, each behind a `pilotfish proxy` started from an ADS bootstrap, and a
+client-side sidecar whose outbound listener curl uses as its HTTP proxy.
+
+Bootstraps come from the node agent's generator (pilotfish.agent.bootstrap),
+so these tests also check that what the agent writes is what the control
+plane's translation expects (node id, NAME, OUTBOUND_PORT, xds-grpc).
+Instances are registered over the REST API rather than with `pilotfish
+register`, because a sidecar's instance needs `appPorts` (where the
+application listens behind it), which the CLI does not take.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from mesh_processes import XdsControlPlane, wait_until
+from processes import free_port
+
+# The sidecar's own e2e harness: its backends, proxy process and curl helpers.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "proxy" / "e2e"))
+from harness import Backend, Proxy, Response, curl, curl_many
+
+from pilotfish.agent.bootstrap import SidecarIdentity, node_id, sidecar_bootstrap
+from pilotfish.api.errors import ApiError
+from pilotfish.client import Client
+from pilotfish.config import load_client_config
+
+__all__ = ["Backend", "Response", "Sidecar", "SidecarMesh", "curl", "curl_many"]
+NAMESPACE = "default"
+REGISTRATION_TTL_S = 300.0  # the test deregisters at teardown; no heartbeat needed
+
+
+@dataclass
+class Sidecar:
+    """One `pilotfish proxy` in front of (or, for a client, beside) an app."""
+
+    who: SidecarIdentity
+    proxy: Proxy
+    outbound_port: int
+    inbound_port: int = 0  # 0: a client-only sidecar, not registered
+
+    @property
+    def node_id(self) -> str:
+        return node_id(self.who)
+
+    def stats(self) -> str:
+        status, text = self.proxy.admin_get("/stats/prometheus")
+        assert status == 200, text
+        return text
+
+    def config_dump(self) -> dict[str, Any]:
+        status, text = self.proxy.admin_get("/config_dump")
+        assert status == 200, text
+        result: dict[str, Any] = json.loads(text)
+        return result
+
+
+@dataclass
+class SidecarMesh:
+    """Owns everything it starts; `close` stops it all in reverse order."""
+
+    plane: XdsControlPlane
+    directory: Path
+    sidecars: list[Sidecar] = field(default_factory=list)
+    backends: list[Backend] = field(default_factory=list)
+    registered: list[str] = field(default_factory=list)
+
+    def apply(self, manifest: str) -> None:
+        done = self.plane.cli("apply", "-f", "-", stdin=manifest)
+        assert done.returncode == 0, done.stderr
+
+    def workload(
+        self, instance: str, labels: dict[str, str], backend: Backend
+    ) -> tuple[Sidecar, Backend]:
+        """`backend` started, registered as `instance` (port `http` is its
+        sidecar's inbound port, appPorts.http the backend's), and its sidecar."""
+        backend.start()
+        self.backends.append(backend)
+        inbound = free_port()
+        who = self._identity(instance, labels)
+        self._register(who, inbound, backend.port)
+        return self._start_sidecar(who, inbound), backend
+
+    def plain_workload(self, instance: str, labels: dict[str, str], backend: Backend) -> Backend:
+        """`backend` registered with no sidecar: peers reach the app directly,
+        so it sees what a caller's sidecar sends on the wire."""
+        backend.start()
+        self.backends.append(backend)
+        self._register(self._identity(instance, labels), backend.port, backend.port)
+        return backend
+
+    def client(self, instance: str, labels: dict[str, str]) -> Sidecar:
+        """A sidecar for a caller with no inbound port of its own."""
+        return self._start_sidecar(self._identity(instance, labels), 0)
+
+    def _identity(self, instance: str, labels: dict[str, str]) -> SidecarIdentity:
+        workload = f"{labels['app']}-{labels.get('version', 'v1')}"
+        return SidecarIdentity(
+            instance=instance,
+            namespace=NAMESPACE,
+            workload=workload,
+            labels=labels,
+            service_account=f"bookinfo-{labels['app']}",
+            app_containers=labels["app"],
+        )
+
+    def _register(self, who: SidecarIdentity, inbound: int, app_port: int) -> None:
+        body = {
+            "name": who.instance,
+            "namespace": who.namespace,
+            "workload": who.workload,
+            "address": who.address,
+            "ports": {"http": inbound},
+            "appPorts": {"http": app_port},
+            "labels": who.labels,
+            "serviceAccount": who.service_account,
+            "ttlSeconds": REGISTRATION_TTL_S,
+        }
+        self._client().register_instance(body)
+        self.registered.append(who.instance)
+
+    def _start_sidecar(self, who: SidecarIdentity, inbound: int) -> Sidecar:
+        admin, outbound = free_port(), free_port()
+        config = sidecar_bootstrap(
+            who, admin_port=admin, outbound_port=outbound, xds=("127.0.0.1", self.plane.xds_port)
+        )
+        path = self.directory / f"bootstrap-{who.instance}.yaml"
+        path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+        proxy = Proxy(path, admin, self.directory / f"sidecar-{who.instance}.stderr")
+        sidecar = Sidecar(who, proxy, outbound, inbound)
+        self.sidecars.append(sidecar)
+        proxy.start(timeout=15)
+        return sidecar
+
+    def wait_serving(self, sidecar: Sidecar, timeout: float = 10) -> None:
+        """Until the sidecar has its outbound listener (and its inbound one,
+        when it fronts an app) from the control plane."""
+        wanted = {f"127.0.0.1_{sidecar.outbound_port}"}
+        if sidecar.inbound_port:
+            wanted.add(f"inbound_127.0.0.1_{sidecar.inbound_port}")
+
+        def has_listeners() -> bool:
+            return wanted <= listener_names(sidecar.config_dump())
+
+        wait_until(
+            has_listeners,
+            timeout,
+            f"{sidecar.who.instance} never got {wanted}: {sidecar.proxy.stderr()}",
+        )
+
+    def _client(self) -> Client:
+        """The API client the CLI would use: the control plane wrote its
+        server and token to the plane's PILOTFISH_CONFIG at start."""
+        config = load_client_config(path=Path(self.plane.env["PILOTFISH_CONFIG"]))
+        return Client(config.server, config.token)
+
+    def delete(self, kind: str, name: str) -> None:
+        """Delete if present (a test may run without the one that created it)."""
+        self.plane.cli("delete", kind, name)
+
+    def rds_versions(self) -> dict[str, str]:
+        """Node id -> RDS version each proxy ACKed (empty while not SYNCED)."""
+        out = {}
+        for status in self._client().proxy_status():
+            rds = status["types"].get("RDS", {})
+            out[status["proxy"]] = rds["ackedVersion"] if rds.get("state") == "SYNCED" else ""
+        return out
+
+    def apply_and_wait(self, manifest: str, caller: Sidecar, timeout: float = 5.0) -> None:
+        """Apply, then wait until the caller's sidecar ACKed new routes: a
+        test's traffic must not be judged against the previous test's config."""
+        before = self.rds_versions().get(caller.node_id)
+        self.apply(manifest)
+
+        def acked_new() -> bool:
+            return self.rds_versions().get(caller.node_id) not in ("", before)
+
+        wait_until(acked_new, timeout, f"routes not ACKed after apply: {self.rds_versions()}")
+
+    def proxy_status(self) -> subprocess.CompletedProcess[str]:
+        return self.plane.cli("proxy-status")
+
+    def close(self) -> None:
+        failures = []
+        for sidecar in reversed(self.sidecars):
+            if sidecar.proxy.process is not None and sidecar.proxy.process.poll() is None:
+                try:
+                    sidecar.proxy.stop()
+                except AssertionError as e:
+                    failures.append(str(e))
+        for name in self.registered:
+            with contextlib.suppress(ApiError, OSError):  # the control plane is going too
+                self._client().deregister_instance(NAMESPACE, name)
+        for backend in self.backends:
+            backend.stop()
+        self.plane.stop_all()
+        assert not failures, failures
+
+
+def listener_names(dump: dict[str, Any]) -> set[str]:
+    """Names of the listeners in force, from the proxy's /config_dump
+    (`configs`: one entry per type URL with its `resources`)."""
+    return {
+        str(resource.get("name"))
+        for config in dump.get("configs", [])
+        if config.get("@type", "").endswith("envoy.config.listener.v3.Listener")
+        for resource in config.get("resources", [])
+    }
