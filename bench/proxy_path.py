@@ -37,10 +37,9 @@ from targets import pilotfish_bootstrap  # noqa: E402
 
 from pilotfish.proxy.bootstrap import parse_bootstrap  # noqa: E402
 from pilotfish.proxy.config import ProxyConfig  # noqa: E402
-from pilotfish.proxy.pool import Pool, UpstreamConnection  # noqa: E402
-from pilotfish.proxy.server import Downstream, Runtime  # noqa: E402
-from pilotfish.proxy.stats import StatsRegistry  # noqa: E402
-from pilotfish.proxy.telemetry import Telemetry, WorkloadInfo, peer_metadata_headers  # noqa: E402
+from pilotfish.proxy.pool import UpstreamConnection  # noqa: E402
+from pilotfish.proxy.process import load_static, new_runtime  # noqa: E402
+from pilotfish.proxy.server import Downstream  # noqa: E402
 
 
 class MemoryTransport(asyncio.Transport):
@@ -74,15 +73,8 @@ async def build() -> tuple[Downstream, UpstreamConnection, MemoryTransport, Memo
     text = pilotfish_bootstrap("bench", 15001, 0, 8080)
     bootstrap = parse_bootstrap(yaml.safe_load(text), "bench.yaml")
     config = ProxyConfig()
-    resources = bootstrap.static_resources
-    config.load_static(list(resources.listeners), list(resources.clusters))
-    runtime = Runtime(
-        config,
-        Pool(),
-        Telemetry(WorkloadInfo.from_node(bootstrap.node)),
-        StatsRegistry(),
-        peer_metadata_headers(bootstrap.node),
-    )
+    load_static(bootstrap, config)
+    runtime = new_runtime(bootstrap, config)
     listener = next(iter(config.snapshot.listeners.values()))
     cluster = config.snapshot.clusters.get("next_hop")
     assert cluster is not None

@@ -15,9 +15,7 @@ pids.json and sidecar.log), so leftover cleanup and `pilotfish logs NAME
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -26,7 +24,7 @@ from pathlib import Path
 import yaml
 
 from pilotfish.agent.bootstrap import SidecarIdentity, gateway_bootstrap
-from pilotfish.agent.instance import BACKOFF_BASE_S, BACKOFF_MAX_S, proxy_free_env, terminate
+from pilotfish.agent.instance import BACKOFF_BASE_S, BACKOFF_MAX_S, spawn_proxy, terminate
 
 DEFAULT_LABELS = {"istio": "ingressgateway", "app": "istio-ingressgateway"}
 STOP_GRACE_S = 5.0
@@ -104,15 +102,7 @@ class GatewayProxy:
 
     def _spawn(self) -> None:
         bootstrap = self.directory / "bootstrap.yaml"
-        with (self.directory / "sidecar.log").open("ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "pilotfish", "proxy", "--bootstrap", str(bootstrap)],
-                env=proxy_free_env(os.environ),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        self.process = spawn_proxy(bootstrap, self.directory / "sidecar.log")
         pids = {
             "app": None,
             "sidecar": self.process.pid,

@@ -290,18 +290,7 @@ class Instance:
             xds=self.xds,
         )
         path.write_text(yaml.safe_dump(config, sort_keys=False))
-        log = (self.directory / "sidecar.log").open("ab")
-        try:
-            self.sidecar = subprocess.Popen(
-                [sys.executable, "-m", "pilotfish", "proxy", "--bootstrap", str(path)],
-                env=proxy_free_env(os.environ),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        finally:
-            log.close()
+        self.sidecar = spawn_proxy(path, self.directory / "sidecar.log")
         self._write_pids()
 
     def _sidecar_ready(self) -> bool:
@@ -373,6 +362,19 @@ class Instance:
 
 
 _PROXY_VARS = {"http_proxy", "https_proxy", "all_proxy", "no_proxy"}
+
+
+def spawn_proxy(bootstrap: Path, log_path: Path) -> subprocess.Popen[bytes]:
+    """`pilotfish proxy` in a session of its own, output appended to `log_path`."""
+    with log_path.open("ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "pilotfish", "proxy", "--bootstrap", str(bootstrap)],
+            env=proxy_free_env(os.environ),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
 
 def proxy_free_env(base: Mapping[str, str]) -> dict[str, str]:

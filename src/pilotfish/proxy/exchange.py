@@ -21,11 +21,12 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from pilotfish.proxy import filters
+from pilotfish.proxy import filters, response_flags
 from pilotfish.proxy.mirror import send_mirror
 from pilotfish.proxy.pool import UpstreamConnection
 from pilotfish.proxy.protocol.http1 import (
     CONTINUE_RESPONSE,
+    LAST_CHUNK,
     EndOfMessage,
     Headers,
     ProtocolError,
@@ -36,6 +37,7 @@ from pilotfish.proxy.protocol.http1 import (
     encode_chunk,
     encode_last_chunk,
     error_response,
+    get_header,
     request_authority,
     serialize_request_head,
     serialize_response_head,
@@ -255,7 +257,7 @@ class Exchange:
         self.try_once()
 
     def upgrade_allowed(self) -> bool:
-        upgrade = next((v for n, v in self.headers if n == b"upgrade"), b"")
+        upgrade = get_header(self.headers, b"upgrade") or b""
         return upgrade.lower() in self.down.listener.http.upgrades
 
     def build_head(self, action: Forward, target: Target) -> bytes:
@@ -572,8 +574,8 @@ class Exchange:
             setattr(scope, name, getattr(scope, name) + 1)
 
     def add_flag(self, flag: str) -> None:
-        if flag and flag not in self.flags.split(","):
-            self.flags = f"{self.flags},{flag}" if self.flags else flag
+        if flag:
+            self.flags = response_flags.add(self.flags, flag)
 
     # -- the end --------------------------------------------------------------------------
 
@@ -665,4 +667,3 @@ _REWRITTEN = frozenset(
     {b"host", b"expect", b"x-forwarded-for", b"x-forwarded-proto", b"x-request-id"}
 )
 PEER_HEADERS = frozenset({PEER_METADATA_HEADER, PEER_METADATA_ID_HEADER})
-LAST_CHUNK = encode_last_chunk()

@@ -91,13 +91,7 @@ async def _serve(bootstrap: Bootstrap) -> int:
     stop = asyncio.Event()
     changed = asyncio.Event()
     config = ProxyConfig(on_change=lambda _: changed.set())
-    runtime = Runtime(
-        config,
-        Pool(),
-        Telemetry(WorkloadInfo.from_node(bootstrap.node)),
-        StatsRegistry(),
-        peer_metadata_headers(bootstrap.node),
-    )
+    runtime = new_runtime(bootstrap, config)
     runtime.start()
     listeners = Listeners(runtime)
     load_static(bootstrap, runtime.config)
@@ -118,6 +112,17 @@ async def _serve(bootstrap: Bootstrap) -> int:
         admin_server.close()
     runtime.close()
     return 0
+
+
+def new_runtime(bootstrap: Bootstrap, config: ProxyConfig) -> Runtime:
+    """What the proxy's connections share, for the node the bootstrap names."""
+    return Runtime(
+        config,
+        Pool(),
+        Telemetry(WorkloadInfo.from_node(bootstrap.node)),
+        StatsRegistry(),
+        peer_metadata_headers(bootstrap.node),
+    )
 
 
 def load_static(bootstrap: Bootstrap, config: ProxyConfig) -> None:

@@ -29,6 +29,7 @@ from pilotfish.proxy.protocol.http1 import (
     RequestParser,
     Tunnel,
     error_response,
+    get_header,
 )
 from pilotfish.proxy.stats import StatsRegistry
 from pilotfish.proxy.telemetry import (
@@ -55,11 +56,14 @@ class Runtime:
     access_logs: dict[str, AccessLogWriter] = field(default_factory=dict)
     files: list[BinaryIO] = field(default_factory=list)
     draining: bool = False
-    connections: int = 0
     # Cached: on 3.11 asyncio.get_running_loop() costs a getpid() system call.
     loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.get_running_loop)
     downstreams: set[Downstream] = field(default_factory=set)
     ticker: asyncio.TimerHandle | None = None
+
+    @property
+    def connections(self) -> int:
+        return len(self.downstreams)
 
     def start(self) -> None:
         """Begin the once-a-second sweep of connection timers."""
@@ -117,10 +121,10 @@ class Runtime:
 
 def access_record(ex: Exchange, elapsed: float) -> AccessRecord:
     def header(name: bytes) -> str | None:
-        value = next((v for n, v in ex.headers if n == name), None)
+        value = get_header(ex.headers, name)
         return None if value is None else value.decode("latin-1")
 
-    forwarded = next((v for n, v in ex.forwarded_headers if n == b"x-request-id"), None)
+    forwarded = get_header(ex.forwarded_headers, b"x-request-id")
     return AccessRecord(
         start_time=time.time() - (time.monotonic() - ex.started),
         method=ex.method.decode("latin-1"),
@@ -179,14 +183,12 @@ class Downstream(asyncio.Protocol):
             self.local_address = f"{local[0]}:{local[1]}"
         self.stats.downstream_cx_total += 1
         self.stats.downstream_cx_active += 1
-        self.runtime.connections += 1
         self.runtime.downstreams.add(self)
         self.idle_since = time.monotonic()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.stats.downstream_cx_active -= 1
-        self.runtime.connections -= 1
         self.runtime.downstreams.discard(self)
         if self.exchange is not None:
             self.exchange.downstream_lost()
