@@ -2,17 +2,24 @@
 deployments choose them: ENABLE_RATINGS (v1: false) and STAR_COLOR (v2:
 black, v3: red). With ratings on it calls ratings, forwarding the caller's
 trace and user headers, and waits 10 s for black stars, 2.5 s for red, as
-Bookinfo's Java service does; a failed call shows as the rating's error."""
+Bookinfo's Java service does; a failed call shows as the rating's error.
+
+For release demos a build can be made faulty: FAULT_PERCENT of /reviews
+requests are answered 500, and FAULT_DELAY_MS is added to each of them."""
 
 from __future__ import annotations
 
 import os
+import random
+import time
 from collections.abc import Mapping
 
 import common
 
 RATINGS_ENABLED = os.environ.get("ENABLE_RATINGS", "false").lower() == "true"
 STAR_COLOR = os.environ.get("STAR_COLOR", "black")
+FAULT_PERCENT = float(os.environ.get("FAULT_PERCENT", "0"))
+FAULT_DELAY_S = float(os.environ.get("FAULT_DELAY_MS", "0")) / 1000
 RATINGS_TIMEOUT_S = 10.0 if STAR_COLOR == "black" else 2.5
 RATINGS_UNAVAILABLE = "Ratings service is currently unavailable"
 REVIEWS = (
@@ -66,6 +73,10 @@ class ReviewsHandler(common.Handler):
             book_id = path.removeprefix("/reviews/")
             if not book_id.isdigit():
                 self.send_json(400, {"error": "please provide numeric product id"})
+                return
+            time.sleep(FAULT_DELAY_S)
+            if random.uniform(0, 100) < FAULT_PERCENT:
+                self.send_json(500, {"error": "faulty build"})
                 return
             headers = common.forward_headers(dict(self.headers.items()))
             ratings = fetch_ratings(int(book_id), headers) if RATINGS_ENABLED else None

@@ -1,7 +1,7 @@
 """The kinds pilotfish accepts, read from CustomResourceDefinition files.
 
 Istio's and Flagger's CRDs ship unmodified in `schemas/`; the Kubernetes core
-kinds (Service, ConfigMap, Secret, Namespace) and pilotfish's own (Workload)
+kinds (Service, ConfigMap, Secret, Namespace, Event) and pilotfish's own (Workload)
 are described in the same CRD format, so one code path serves every kind.
 """
 

@@ -1,0 +1,441 @@
+"""The rollout controller's decisions: a pure `step()` over Flagger's phases.
+
+    ""/Initializing --primary ready--> Initialized
+    Initialized|Succeeded|Failed|Waiting --new revision, confirm-rollout ok--> Progressing
+                                         --new revision, confirm-rollout closed--> Waiting
+    Progressing --weights/iterations done, confirm-promotion closed--> WaitingPromotion
+    Progressing|WaitingPromotion --done, promotion confirmed--> Promoting
+    Progressing|WaitingPromotion --failed checks >= threshold, abort, rollback hook,
+                                   progress deadline--> Failed
+    Progressing|WaitingPromotion --new revision--> Progressing (analysis restarted)
+    Promoting --primary ready with the new spec, traffic back--> Finalising
+    Finalising --canary scaled down--> Succeeded
+
+Everything the world says comes in as `Observations`; everything to do goes
+out as a new status (from which the shell derives routes and scaling, see
+router.py) and a list of one-shot actions (events, post-rollout hooks,
+clearing a handled request). When a decision needs a webhook's answer or the
+metrics, `step` returns `needs` instead and is called again with them, so the
+shell only calls what the decision really depends on.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from pilotfish.rollout.canary import Canary, Strategy
+from pilotfish.rollout.types import (
+    CONFIRM_PROMOTION,
+    CONFIRM_ROLLOUT,
+    CONFIRM_TRAFFIC_INCREASE,
+    POST_ROLLOUT,
+    PRE_ROLLOUT,
+    ROLLBACK,
+    ROLLOUT,
+    MetricResult,
+    WebhookResult,
+)
+
+Obj = dict[str, Any]
+METRICS = "metrics"
+PROMOTE, ABORT = "promote", "abort"
+
+IDLE = ("Initialized", "Succeeded", "Failed", "Waiting")
+ANALYSING = ("Progressing", "WaitingPromotion")
+# While these last, the canary runs as many instances as the primary.
+CANARY_UP = ("Progressing", "WaitingPromotion", "Promoting", "Finalising")
+
+# Flagger's Promoted condition: (status, message) per phase.
+CONDITIONS = {
+    "Initializing": ("Unknown", "Deployment initialization in progress."),
+    "Initialized": ("True", "Deployment initialization completed."),
+    "Waiting": ("Unknown", "Waiting for approval."),
+    "Progressing": ("Unknown", "New revision detected, progressing canary analysis."),
+    "WaitingPromotion": ("Unknown", "Waiting for approval."),
+    "Promoting": ("Unknown", "Canary analysis completed, starting primary rolling update."),
+    "Finalising": ("Unknown", "Canary analysis completed, routing all traffic to primary."),
+    "Succeeded": ("True", "Canary analysis completed successfully, promotion finished."),
+    "Failed": ("False", "Canary analysis failed, Deployment scaled to zero."),
+}
+
+
+@dataclass(frozen=True)
+class Observations:
+    """What the shell saw this tick. `checksum` is the target's template
+    hash (spec and referenced config data), None when the target is gone."""
+
+    now: datetime
+    checksum: str | None
+    tracked_configs: Mapping[str, str] = field(default_factory=dict)
+    primary_ready: bool = False
+    canary_ready: bool = False
+    requested: frozenset[str] = frozenset()  # PROMOTE / ABORT from the CLI
+    hooks: Mapping[str, tuple[WebhookResult, ...]] = field(default_factory=dict)
+    metrics: tuple[MetricResult, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Event:
+    message: str
+    warning: bool = False
+
+
+@dataclass(frozen=True)
+class RunHooks:
+    """Fire-and-forget hooks (post-rollout) after the status is written."""
+
+    type: str
+    phase: str
+
+
+@dataclass(frozen=True)
+class ClearRequest:
+    request: str  # PROMOTE or ABORT
+
+
+Action = Event | RunHooks | ClearRequest
+
+
+@dataclass(frozen=True)
+class Decision:
+    status: Obj
+    actions: tuple[Action, ...] = ()
+    needs: tuple[str, ...] = ()  # hook types or METRICS: call again with them
+
+
+class _Need(Exception):
+    def __init__(self, what: str) -> None:
+        self.what = what
+
+
+class _Draft:
+    """The status being decided and the actions decided so far."""
+
+    def __init__(self, canary: Canary, status: Obj, obs: Observations) -> None:
+        self.canary, self.obs = canary, obs
+        self.status = copy.deepcopy(status)
+        self.actions: list[Action] = []
+
+    def event(self, message: str, *, warning: bool = False) -> None:
+        self.actions.append(Event(message, warning))
+
+    def set(self, **fields: Any) -> None:
+        self.status.update(fields)
+
+    @property
+    def phase(self) -> str:
+        return str(self.status.get("phase") or "")
+
+    def hooks(self, hook_type: str) -> tuple[WebhookResult, ...]:
+        if hook_type not in self.obs.hooks:
+            raise _Need(hook_type)
+        return self.obs.hooks[hook_type]
+
+    def gate(self, hook_type: str) -> WebhookResult | None:
+        """The first closed gate of this type, or None when all let us pass."""
+        return next((r for r in self.hooks(hook_type) if not r.ok), None)
+
+    def metrics(self) -> tuple[MetricResult, ...]:
+        if self.obs.metrics is None:
+            raise _Need(METRICS)
+        return self.obs.metrics
+
+    def num(self, name: str) -> int:
+        return int(self.status.get(name) or 0)
+
+
+def step(canary: Canary, status: Obj, obs: Observations) -> Decision:
+    """One tick of the controller for one Canary."""
+    draft = _Draft(canary, status, obs)
+    if canary.suspended:
+        return Decision(draft.status)
+    try:
+        if obs.checksum is None:
+            draft.event(f"{canary.display} not found", warning=True)
+        else:
+            PHASES[draft.phase](draft)
+    except _Need as need:
+        return Decision(copy.deepcopy(status), needs=(need.what,))
+    _stamp(draft, status)
+    return Decision(draft.status, tuple(draft.actions))
+
+
+def _stamp(draft: _Draft, before: Obj) -> None:
+    """lastTransitionTime moves with the phase, weight, iterations or failed
+    checks (as Flagger's status setters do); the Promoted condition follows
+    the phase."""
+    moved = any(
+        draft.status.get(k) != before.get(k)
+        for k in ("phase", "canaryWeight", "iterations", "failedChecks")
+    )
+    now = draft.obs.now.strftime("%Y-%m-%dT%H:%M:%SZ")
+    if moved or "lastTransitionTime" not in draft.status:
+        draft.set(lastTransitionTime=now)
+    phase = draft.phase or "Initializing"
+    state, message = CONDITIONS[phase]
+    old: Obj = next(iter(draft.status.get("conditions") or []), {})
+    changed = (old.get("status"), old.get("reason")) != (state, phase)
+    draft.set(
+        conditions=[
+            {
+                "type": "Promoted",
+                "status": state,
+                "reason": phase,
+                "message": message,
+                "lastUpdateTime": now if changed else old.get("lastUpdateTime", now),
+                "lastTransitionTime": now if changed else old.get("lastTransitionTime", now),
+            }
+        ]
+    )
+
+
+# -- phases --------------------------------------------------------------------
+
+
+def _initializing(d: _Draft) -> None:
+    if not d.obs.primary_ready:
+        d.set(phase="Initializing", canaryWeight=0, failedChecks=0, iterations=0)
+        return
+    d.set(
+        phase="Initialized",
+        lastAppliedSpec=d.obs.checksum,
+        lastPromotedSpec=d.obs.checksum,
+        trackedConfigs=dict(d.obs.tracked_configs),
+    )
+    d.event(f"Initialization done! {d.canary.display}")
+
+
+def _idle(d: _Draft) -> None:
+    if d.obs.checksum == d.status.get("lastAppliedSpec"):
+        return
+    closed = d.gate(CONFIRM_ROLLOUT)
+    if closed is not None:
+        d.set(phase="Waiting")
+        d.event(f"Halt {d.canary.display} advancement waiting for approval {closed.name}")
+        return
+    _start(d)
+    d.event(f"New revision detected! Scaling up {d.canary.display}")
+
+
+def _start(d: _Draft) -> None:
+    d.set(
+        phase="Progressing",
+        canaryWeight=0,
+        iterations=0,
+        failedChecks=0,
+        lastAppliedSpec=d.obs.checksum,
+        trackedConfigs=dict(d.obs.tracked_configs),
+    )
+    d.status.pop("lastAnalysis", None)
+
+
+def _analysing(d: _Draft) -> None:
+    c = d.canary
+    if d.obs.checksum != d.status.get("lastAppliedSpec"):
+        _start(d)
+        d.event(f"New revision detected! Restarting analysis for {c.display}")
+        return
+    if _should_roll_back(d):
+        return
+    if not d.obs.canary_ready:
+        _wait_for_canary(d)
+        return
+    if PROMOTE in d.obs.requested or c.skip_analysis:
+        if PROMOTE in d.obs.requested:
+            d.actions.append(ClearRequest(PROMOTE))
+            d.event(f"Promotion of {c.display} requested, skipping the rest of the analysis")
+        _promote(d)
+        return
+    if not _checks_pass(d):
+        d.set(failedChecks=d.num("failedChecks") + 1)
+        return
+    ADVANCE[c.strategy](d)
+
+
+def _should_roll_back(d: _Draft) -> bool:
+    c = d.canary
+    if ABORT in d.obs.requested:
+        d.actions.append(ClearRequest(ABORT))
+        _roll_back(d, f"Rolling back {c.display} abort requested")
+        return True
+    if any(r.ok for r in d.hooks(ROLLBACK)):
+        _roll_back(d, f"Rolling back {c.display} manual webhook invoked")
+        return True
+    if d.num("failedChecks") >= c.threshold:
+        _roll_back(d, f"Rolling back {c.display} failed checks threshold reached {c.threshold}")
+        return True
+    return False
+
+
+def _wait_for_canary(d: _Draft) -> None:
+    since = _parse_time(d.status.get("lastTransitionTime"))
+    waited = (d.obs.now - since).total_seconds() if since else 0.0
+    if waited > d.canary.progress_deadline_s:
+        _roll_back(
+            d,
+            f"Rolling back {d.canary.display} progress deadline exceeded: "
+            f"canary not ready after {waited:.0f}s",
+        )
+        return
+    d.event(f"Halt advancement {d.canary.display} waiting for the canary to be ready")
+
+
+def _checks_pass(d: _Draft) -> bool:
+    """Pre-rollout hooks before any traffic moves; afterwards the rollout
+    hooks and the metrics, every interval."""
+    c = d.canary
+    if d.num("canaryWeight") == 0 and d.num("iterations") == 0:
+        failed = d.gate(PRE_ROLLOUT)
+        if failed is not None:
+            d.event(
+                f"Halt {c.display} advancement pre-rollout check {failed.name} failed "
+                f"{failed.message}",
+                warning=True,
+            )
+            return False
+        d.event(f"Starting canary analysis for {c.display}")
+        return True
+    failed = d.gate(ROLLOUT)
+    if failed is not None:
+        d.event(
+            f"Halt {c.display} advancement external check {failed.name} failed {failed.message}",
+            warning=True,
+        )
+        return False
+    results = d.metrics()
+    d.set(lastAnalysis=_analysis_record(d.obs.now, results))
+    for result in results:
+        if not result.ok:
+            d.event(_metric_message(c, result), warning=True)
+    return all(r.ok for r in results)
+
+
+def _advance_weight(d: _Draft) -> None:
+    c, weight = d.canary, d.num("canaryWeight")
+    if weight < c.max_weight:
+        closed = d.gate(CONFIRM_TRAFFIC_INCREASE)
+        if closed is not None:
+            d.event(
+                f"Halt {c.display} advancement waiting for traffic increase approval {closed.name}"
+            )
+            return
+        weight = c.next_weight(weight)
+        d.set(phase="Progressing", canaryWeight=weight)
+        d.event(f"Advance {c.display} canary weight {weight}")
+        return
+    if _promotion_confirmed(d):
+        _promote(d)
+
+
+def _advance_iteration(d: _Draft) -> None:
+    c, done = d.canary, d.num("iterations")
+    if done < c.iterations:
+        if c.strategy is Strategy.BLUE_GREEN and c.mirror and done == 0:
+            d.event(f"Start traffic mirroring for {c.display}")
+        d.set(phase="Progressing", iterations=done + 1)
+        d.event(f"Advance {c.display} canary iteration {done + 1}/{c.iterations}")
+        return
+    if not _promotion_confirmed(d):
+        return
+    if c.strategy is Strategy.BLUE_GREEN:
+        if c.mirror:
+            d.event(f"Stop traffic mirroring for {c.display}")
+        d.event(f"Routing all traffic to canary {c.display}")
+        d.set(canaryWeight=100)
+    _promote(d)
+
+
+def _promotion_confirmed(d: _Draft) -> bool:
+    closed = d.gate(CONFIRM_PROMOTION)
+    if closed is None:
+        return True
+    d.set(phase="WaitingPromotion")
+    d.event(f"Halt {d.canary.display} advancement waiting for promotion approval {closed.name}")
+    return False
+
+
+def _promote(d: _Draft) -> None:
+    c = d.canary
+    d.event(f"Copying {c.display} template spec to {c.primary}.{c.namespace}")
+    d.set(phase="Promoting")
+
+
+def _promoting(d: _Draft) -> None:
+    if not d.obs.primary_ready:
+        return  # the primary is rolling to the new spec; routes stay as they are
+    c, weight = d.canary, d.num("canaryWeight")
+    if c.step_weight_promotion > 0 and weight > 0:
+        weight = max(0, weight - c.step_weight_promotion)
+        d.set(canaryWeight=weight)
+        d.event(f"Advance {c.display} primary weight {100 - weight}")
+        if weight > 0:
+            return
+    d.set(phase="Finalising", canaryWeight=0)
+    d.event(f"Routing all traffic to primary {c.primary}.{c.namespace}")
+
+
+def _finalising(d: _Draft) -> None:
+    d.set(phase="Succeeded", lastPromotedSpec=d.status.get("lastAppliedSpec"))
+    d.actions.append(RunHooks(POST_ROLLOUT, "Succeeded"))
+    d.event(f"Promotion completed! Scaling down {d.canary.display}")
+
+
+def _roll_back(d: _Draft, reason: str) -> None:
+    d.event(reason, warning=True)
+    d.set(phase="Failed", canaryWeight=0, iterations=0)
+    d.actions.append(RunHooks(POST_ROLLOUT, "Failed"))
+    d.event(f"Canary failed! Scaling down {d.canary.display}", warning=True)
+
+
+PHASES: dict[str, Callable[[_Draft], None]] = {
+    "": _initializing,
+    "Initializing": _initializing,
+    "Initialized": _idle,
+    "Waiting": _idle,
+    "Succeeded": _idle,
+    "Failed": _idle,
+    "Progressing": _analysing,
+    "WaitingPromotion": _analysing,
+    "Promoting": _promoting,
+    "Finalising": _finalising,
+}
+
+ADVANCE: dict[Strategy, Callable[[_Draft], None]] = {
+    Strategy.CANARY: _advance_weight,
+    Strategy.AB: _advance_iteration,
+    Strategy.BLUE_GREEN: _advance_iteration,
+}
+
+
+# -- helpers -------------------------------------------------------------------
+
+
+def _metric_message(c: Canary, r: MetricResult) -> str:
+    if r.value is None:
+        return f"Halt advancement {c.display}: {r.message or 'no values found for ' + r.name}"
+    if r.min is not None and r.value < r.min:
+        return f"Halt {c.display} advancement {r.name} {r.value:.2f} < {r.min:g}"
+    return f"Halt {c.display} advancement {r.name} {r.value:.2f} > {r.max:g}"
+
+
+def _analysis_record(now: datetime, results: tuple[MetricResult, ...]) -> Obj:
+    return {
+        "time": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "metrics": [
+            {"name": r.name, "value": r.value, "min": r.min, "max": r.max, "message": r.message}
+            for r in results
+        ],
+    }
+
+
+def _parse_time(text: Any) -> datetime | None:
+    if not isinstance(text, str):
+        return None
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None

@@ -1,0 +1,223 @@
+"""What a Canary's objects should look like, given its status: pure
+functions, as Flagger's Kubernetes and Istio routers build them.
+
+For a Canary whose target is the Workload `reviews` (labels app=reviews):
+  - Workload `reviews-primary`: the target's spec, labels app=reviews-primary,
+    reading `-primary` copies of its ConfigMaps and Secrets (so editing one
+    starts an analysis instead of changing the primary under the users);
+  - Services `reviews` and `reviews-primary` select the primary,
+    `reviews-canary` selects the target;
+  - DestinationRules `reviews-primary`, `reviews-canary`;
+  - VirtualService `reviews`: weights between the two, a header match for
+    A/B, a mirror for blue/green.
+Routes and replica counts are derived from the status alone, so a restarted
+control plane puts back exactly what the stored status says.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+from pilotfish.agent.spec import referenced
+from pilotfish.rollout.canary import Canary, Strategy
+from pilotfish.rollout.phases import ANALYSING, CANARY_UP
+
+Obj = dict[str, Any]
+PRIMARY = "-primary"
+CONFIG_FIELDS = ("data", "binaryData", "stringData", "type")
+MANAGED_BY = {"app.kubernetes.io/managed-by": "pilotfish-rollout"}
+
+
+@dataclass(frozen=True)
+class Routes:
+    primary: int
+    canary: int
+    match_to_canary: bool = False  # A/B: matching requests go to the canary
+    mirror: bool = False  # blue/green: the canary gets copies
+
+
+def routes(canary: Canary, status: Obj) -> Routes:
+    weight = int(status.get("canaryWeight") or 0)
+    phase = status.get("phase") or ""
+    testing = phase in ANALYSING and int(status.get("iterations") or 0) > 0
+    if canary.strategy is Strategy.AB:
+        return Routes(100, 0, match_to_canary=testing or phase == "Promoting")
+    mirror = canary.strategy is Strategy.BLUE_GREEN and canary.mirror and testing and weight == 0
+    return Routes(100 - weight, weight, mirror=mirror)
+
+
+def canary_replicas(status: Obj, primary: Obj | None) -> int:
+    """The target runs only while it is analysed or promoted."""
+    if (status.get("phase") or "") not in CANARY_UP or primary is None:
+        return 0
+    return int((primary.get("spec") or {}).get("replicas", 1))
+
+
+# -- the primary ------------------------------------------------------------------
+
+
+def primary_workload(canary: Canary, target: Obj, primary: Obj | None) -> Obj:
+    """The target's spec under primary labels and config copies; the
+    primary's own replica count once it exists."""
+    spec = copy.deepcopy(target["spec"])
+    spec["labels"] = primary_labels(spec.get("labels") or {})
+    _rename_refs(spec)
+    if primary is not None:
+        spec["replicas"] = (primary.get("spec") or {}).get("replicas", 1)
+    elif not spec.get("replicas"):
+        spec["replicas"] = 1
+    meta = target.get("metadata") or {}
+    return _obj(
+        "pilotfish.dev/v1alpha1",
+        "Workload",
+        canary.primary,
+        canary.namespace,
+        spec=spec,
+        labels={**(meta.get("labels") or {}), **primary_labels(meta.get("labels") or {})},
+    )
+
+
+def primary_labels(labels: dict[str, str]) -> dict[str, str]:
+    return {k: (f"{v}{PRIMARY}" if k == "app" else v) for k, v in labels.items()}
+
+
+def config_copies(target: Obj, configs: dict[tuple[str, str], Obj]) -> list[Obj]:
+    """`-primary` copies of each ConfigMap and Secret the target reads."""
+    copies = []
+    for kind, name in sorted(referenced(target["spec"])):
+        source = configs.get((kind, name))
+        if source is None:
+            continue
+        body = {
+            k: v for k, v in source.items() if k in ("data", "binaryData", "stringData", "type")
+        }
+        namespace = source["metadata"].get("namespace") or "default"
+        copies.append(_obj("v1", kind, name + PRIMARY, namespace, **body))
+    return copies
+
+
+def _rename_refs(spec: Obj) -> None:
+    for var in spec.get("env") or []:
+        source = var.get("valueFrom") or {}
+        for key in ("configMapKeyRef", "secretKeyRef"):
+            if key in source:
+                source[key]["name"] += PRIMARY
+    for source in spec.get("envFrom") or []:
+        for key in ("configMapRef", "secretRef"):
+            if key in source:
+                source[key]["name"] += PRIMARY
+    for volume in spec.get("volumes") or []:
+        if "configMap" in volume:
+            volume["configMap"]["name"] += PRIMARY
+        if "secret" in volume:
+            volume["secret"]["secretName"] += PRIMARY
+
+
+# -- services and routing ------------------------------------------------------------
+
+
+def services(canary: Canary, target: Obj) -> list[Obj]:
+    app = (target["spec"].get("labels") or {})["app"]
+    port = _service_port(canary, target)
+    chosen = {
+        canary.service: app + PRIMARY,
+        canary.service + PRIMARY: app + PRIMARY,
+        canary.service + "-canary": app,
+    }
+    return [
+        _obj(
+            "v1",
+            "Service",
+            name,
+            canary.namespace,
+            spec={"ports": [port], "selector": {"app": selected}},
+            labels={"app": name},
+        )
+        for name, selected in chosen.items()
+    ]
+
+
+def _service_port(canary: Canary, target: Obj) -> Obj:
+    """Named after the Workload port it reaches: instances register their
+    ports by name, and the sidecar, not the application, owns the number."""
+    service = canary.spec.get("service") or {}
+    wanted = canary.target_port
+    ports = target["spec"].get("ports") or []
+    name = next((p["name"] for p in ports if wanted in (p.get("name"), p.get("port"))), None)
+    name = name or service.get("portName") or "http"
+    return {"name": name, "port": canary.port, "protocol": "TCP"}
+
+
+def destination_rules(canary: Canary) -> list[Obj]:
+    policy = (canary.spec.get("service") or {}).get("trafficPolicy")
+    return [
+        _obj(
+            "networking.istio.io/v1beta1",
+            "DestinationRule",
+            name,
+            canary.namespace,
+            spec={"host": name, **({"trafficPolicy": policy} if policy else {})},
+        )
+        for name in (canary.service + PRIMARY, canary.service + "-canary")
+    ]
+
+
+def virtual_service(canary: Canary, status: Obj) -> Obj:
+    service = canary.spec.get("service") or {}
+    want = routes(canary, status)
+    primary, other = canary.service + PRIMARY, canary.service + "-canary"
+    main: Obj = {
+        **{
+            k: service[k]
+            for k in ("retries", "timeout", "headers", "corsPolicy", "rewrite")
+            if k in service
+        },
+        "route": [
+            _destination(primary, canary, want.primary),
+            _destination(other, canary, want.canary),
+        ],
+    }
+    if service.get("match"):
+        main["match"] = service["match"]
+    if want.mirror:
+        main["mirror"] = {"host": other, "port": {"number": canary.port}}
+        main["mirrorPercentage"] = {"value": float(canary.mirror_weight)}
+    http = [main]
+    if want.match_to_canary:
+        to_canary = {
+            "match": _ab_match(canary, service.get("match") or []),
+            "route": [_destination(primary, canary, 0), _destination(other, canary, 100)],
+        }
+        http = [to_canary, main]
+    spec: Obj = {"hosts": [canary.service, *(service.get("hosts") or [])], "http": http}
+    if service.get("gateways"):
+        spec["gateways"] = service["gateways"]
+    return _obj(
+        "networking.istio.io/v1beta1", "VirtualService", canary.service, canary.namespace, spec=spec
+    )
+
+
+def _ab_match(canary: Canary, service_match: list[Obj]) -> list[Obj]:
+    """Flagger merges each analysis match with each service match."""
+    if not service_match:
+        return [dict(m) for m in canary.match]
+    return [{**s, **m} for m in canary.match for s in service_match]
+
+
+def _destination(host: str, canary: Canary, weight: int) -> Obj:
+    return {"destination": {"host": host, "port": {"number": canary.port}}, "weight": weight}
+
+
+def _obj(
+    api_version: str,
+    kind: str,
+    name: str,
+    namespace: str,
+    *,
+    labels: dict[str, str] | None = None,
+    **body: Any,
+) -> Obj:
+    meta: Obj = {"name": name, "namespace": namespace, "labels": {**(labels or {}), **MANAGED_BY}}
+    return {"apiVersion": api_version, "kind": kind, "metadata": meta, **body}

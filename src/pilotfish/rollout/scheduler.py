@@ -1,0 +1,297 @@
+"""The rollout controller's shell: reads the store, asks phases.step() what
+to do, does it. It runs in the control plane's process, one thread.
+
+Each Canary is stepped once per `analysis.interval`. A restarted control
+plane resumes from the stored status: an analysing Canary's next step is due
+one interval after its lastTransitionTime, so no step runs twice. Routes and
+replica counts are written from the status before and after each step
+(router.py), and the status is written before the step's one-shot actions
+(events, post-rollout hooks), so a crash repeats no promotion and skips no
+rollback.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any
+
+from pilotfish.agent.spec import referenced, template_hash
+from pilotfish.api.errors import ApiError, NotFound
+from pilotfish.rollout import router
+from pilotfish.rollout.canary import Canary, read_canary
+from pilotfish.rollout.events import EventRecorder
+from pilotfish.rollout.phases import (
+    ABORT,
+    ANALYSING,
+    METRICS,
+    PROMOTE,
+    ClearRequest,
+    Decision,
+    Event,
+    Observations,
+    RunHooks,
+    step,
+)
+from pilotfish.rollout.types import EVENT, MetricResult, WebhookResult
+from pilotfish.store.resources import ResourceStore
+from pilotfish.store.types import Key
+
+log = logging.getLogger("pilotfish.rollout")
+
+Obj = dict[str, Any]
+MANAGER = "flagger"
+REQUEST_ANNOTATION = "rollout.pilotfish.dev/"
+CANARY = ("flagger.app", "Canary")
+WORKLOAD = ("pilotfish.dev", "Workload")
+Measure = Callable[[Obj, Obj], MetricResult]
+# canary, hook type, phase, extra metadata (an event's message and type)
+CallHooks = Callable[[Obj, str, str, Mapping[str, str]], tuple[WebhookResult, ...]]
+NEEDS_ROUNDS = 8  # at most one round per kind of answer a step can need
+
+
+class RolloutController:
+    def __init__(
+        self,
+        store: ResourceStore,
+        measure: Measure,
+        call_hooks: CallHooks,
+        *,
+        clock: Callable[[], float] = time.time,
+        period_s: float = 0.5,
+    ) -> None:
+        self.store = store
+        self.measure = measure
+        self.call_hooks = call_hooks
+        self.clock = clock
+        self.period_s = period_s
+        self.events = EventRecorder(store, clock, on_event=self._event_hooks)
+        self._due: dict[str, float] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __repr__(self) -> str:
+        return f"RolloutController({len(self._due)} canaries)"
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="rollout", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.period_s):
+            try:
+                self.sync()
+            except Exception:  # a bug in one pass must not end the controller
+                log.exception("rollout: sync failed")
+
+    def sync(self) -> None:
+        """Step every Canary that is due."""
+        canaries, _ = self.store.list(*CANARY)
+        now = self.clock()
+        seen = set()
+        for obj in canaries:
+            uid = obj["metadata"].get("uid", "")
+            seen.add(uid)
+            try:
+                canary = read_canary(obj)
+            except (ValueError, KeyError) as e:
+                self._complain(obj, str(e))
+                continue
+            if now < self._due.setdefault(uid, _first_due(canary, obj)):
+                continue
+            self._due[uid] = now + canary.interval_s
+            self.tick(canary, obj)
+        for uid in set(self._due) - seen:
+            del self._due[uid]
+
+    # -- one step --------------------------------------------------------------------
+
+    def tick(self, canary: Canary, obj: Obj) -> None:
+        target = self._get(WORKLOAD, canary.namespace, canary.target)
+        status = dict(obj.get("status") or {})
+        if target is not None:
+            self._reconcile(canary, target, status)
+        decision = self._decide(canary, obj, status, target)
+        if decision.status != status:
+            self.store.update_status(_key(obj), decision.status, manager=MANAGER)
+        if target is not None:
+            self._reconcile(canary, target, decision.status)
+        self._act(canary, obj, decision)
+
+    def _decide(self, canary: Canary, obj: Obj, status: Obj, target: Obj | None) -> Decision:
+        obs = self._observe(canary, obj, target)
+        decision = step(canary, status, obs)
+        for _ in range(NEEDS_ROUNDS):
+            if not decision.needs:
+                break
+            obs = self._answer(canary, obj, status, obs, decision.needs)
+            decision = step(canary, status, obs)
+        return decision
+
+    def _observe(self, canary: Canary, obj: Obj, target: Obj | None) -> Observations:
+        now = datetime.fromtimestamp(self.clock(), UTC)
+        if target is None:
+            return Observations(now=now, checksum=None)
+        configs = self._configs(canary.namespace, target)
+        data = {key: _data_of(o) for key, o in configs.items()}
+        primary = self._get(WORKLOAD, canary.namespace, canary.primary)
+        annotations = obj["metadata"].get("annotations") or {}
+        return Observations(
+            now=now,
+            checksum=template_hash(target["spec"], data),
+            tracked_configs={f"{k.lower()}/{n}": _digest(d) for (k, n), d in data.items()},
+            primary_ready=primary is not None and _ready(primary),
+            canary_ready=_ready(target) and int(target["spec"].get("replicas", 1)) > 0,
+            requested=frozenset(
+                r for r in (PROMOTE, ABORT) if REQUEST_ANNOTATION + r in annotations
+            ),
+        )
+
+    def _answer(
+        self, canary: Canary, obj: Obj, status: Obj, obs: Observations, needs: tuple[str, ...]
+    ) -> Observations:
+        phase = str(status.get("phase") or "")
+        hooks = dict(obs.hooks)
+        metrics = obs.metrics
+        for need in needs:
+            if need == METRICS:
+                wanted = (obj["spec"].get("analysis") or {}).get("metrics") or []
+                metrics = tuple(self.measure(obj, m) for m in wanted)
+            else:
+                hooks[need] = self.call_hooks(obj, need, phase, {})
+        return replace(obs, hooks=hooks, metrics=metrics)
+
+    # -- writing what the status implies ---------------------------------------------------
+
+    def _reconcile(self, canary: Canary, target: Obj, status: Obj) -> None:
+        phase = str(status.get("phase") or "")
+        primary = self._get(WORKLOAD, canary.namespace, canary.primary)
+        configs = self._configs(canary.namespace, target)
+        if primary is None or phase == "Promoting":
+            for copied in router.config_copies(target, configs):
+                self._apply(copied)
+            primary = self._apply(router.primary_workload(canary, target, primary))
+        if phase in ("", "Initializing"):
+            return  # nothing routes to the primary before it is ready
+        for obj in [*router.services(canary, target), *router.destination_rules(canary)]:
+            self._apply(obj)
+        self._apply(router.virtual_service(canary, status))
+        replicas = router.canary_replicas(status, primary)
+        if int(target["spec"].get("replicas", 1)) != replicas:
+            self._apply(_scale(target, replicas))
+
+    def _apply(self, obj: Obj) -> Obj:
+        return self.store.apply(obj, manager=MANAGER, force=True)
+
+    # -- one-shot actions --------------------------------------------------------------------
+
+    def _act(self, canary: Canary, obj: Obj, decision: Decision) -> None:
+        for action in decision.actions:
+            if isinstance(action, Event):
+                self.events.record(obj, action.message, warning=action.warning)
+            elif isinstance(action, RunHooks):
+                for result in self.call_hooks(obj, action.type, action.phase, {}):
+                    if not result.ok:
+                        log.warning("rollout: %s", result.message)
+            elif isinstance(action, ClearRequest):
+                self._clear_request(obj, action.request)
+
+    def _clear_request(self, obj: Obj, request: str) -> None:
+        for _ in range(5):
+            live = self._get(
+                CANARY, obj["metadata"].get("namespace", "default"), obj["metadata"]["name"]
+            )
+            if live is None:
+                return
+            live["metadata"].get("annotations", {}).pop(REQUEST_ANNOTATION + request, None)
+            try:
+                self.store.update(live, manager=MANAGER)
+                return
+            except ApiError as e:
+                if e.code != 409:
+                    raise
+
+    def _event_hooks(self, obj: Obj, message: str, warning: bool) -> None:
+        phase = str((obj.get("status") or {}).get("phase") or "")
+        kind = "Warning" if warning else "Normal"
+        self.call_hooks(obj, EVENT, phase, {"eventMessage": message, "eventType": kind})
+
+    def _complain(self, obj: Obj, reason: str) -> None:
+        self.events.record(obj, f"cannot run {obj['metadata']['name']}: {reason}", warning=True)
+
+    # -- reads -----------------------------------------------------------------------------
+
+    def _get(self, kind: tuple[str, str], namespace: str, name: str) -> Obj | None:
+        try:
+            return self.store.get(Key(kind[0], kind[1], namespace, name))
+        except NotFound:
+            return None
+
+    def _configs(self, namespace: str, target: Obj) -> dict[tuple[str, str], Obj]:
+        found = {}
+        for kind, name in referenced(target["spec"]):
+            obj = self._get(("", kind), namespace, name)
+            if obj is not None:
+                found[(kind, name)] = obj
+        return found
+
+
+def _first_due(canary: Canary, obj: Obj) -> float:
+    """An analysis in flight continues one interval after its last move;
+    anything else is looked at now."""
+    status = obj.get("status") or {}
+    if status.get("phase") not in (*ANALYSING, "Promoting", "Finalising"):
+        return 0.0
+    try:
+        moved = datetime.fromisoformat(str(status["lastTransitionTime"]).replace("Z", "+00:00"))
+    except (KeyError, ValueError):
+        return 0.0
+    return moved.timestamp() + canary.interval_s
+
+
+def _ready(workload: Obj) -> bool:
+    """All wanted instances run the current spec and are ready."""
+    spec, status = workload.get("spec") or {}, workload.get("status") or {}
+    wanted = int(spec.get("replicas", 1))
+    if status.get("observedGeneration") != workload["metadata"].get("generation"):
+        return False
+    return all(int(status.get(k) or 0) >= wanted for k in ("readyReplicas", "updatedReplicas"))
+
+
+def _scale(target: Obj, replicas: int) -> Obj:
+    meta = target["metadata"]
+    return {
+        "apiVersion": target["apiVersion"],
+        "kind": "Workload",
+        "metadata": {"name": meta["name"], "namespace": meta.get("namespace", "default")},
+        "spec": {"replicas": replicas},
+    }
+
+
+def _data_of(obj: Obj) -> Mapping[str, str]:
+    data = dict(obj.get("data") or {})
+    if obj.get("kind") == "Secret":
+        for k, v in (obj.get("stringData") or {}).items():
+            data[k] = base64.b64encode(str(v).encode()).decode()
+    return data
+
+
+def _digest(data: Mapping[str, str]) -> str:
+    return hashlib.sha256(json.dumps(dict(data), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _key(obj: Obj) -> Key:
+    meta = obj["metadata"]
+    return Key(CANARY[0], CANARY[1], meta.get("namespace") or "default", meta["name"])
