@@ -48,10 +48,26 @@ class Mesh:
     env: dict[str, str]
     api_port: int
     state: Path
-    plane: subprocess.Popen[bytes]
+    plane: subprocess.Popen[bytes] | None
     xds_port: int
     gateway: bool = False
+    gateway_port: int = 0  # where a test's own Gateway listens, when it has one
     agent: subprocess.Popen[bytes] | None = None
+
+    def start_plane(self) -> subprocess.Popen[bytes]:
+        """The control plane on this mesh's ports and data (again, after a stop)."""
+        argv = [
+            sys.executable,
+            "-m",
+            "pilotfish",
+            "controlplane",
+            "--data-dir",
+            str(self.tmp / "data"),
+        ]
+        argv += ["--listen", f"127.0.0.1:{self.api_port}", "--xds-port", str(self.xds_port)]
+        with (self.tmp / "controlplane.log").open("ab") as log:
+            self.plane = subprocess.Popen(argv, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        return self.plane
 
     def start_agent(self) -> subprocess.Popen[bytes]:
         argv = [sys.executable, "-m", "pilotfish", "node", "--state-dir", str(self.state)]
@@ -170,31 +186,7 @@ def bookinfo_with_gateway_port(tmp: Path, port: int) -> Path:
 def mesh_up(tmp: Path, gateway_port: int | None = None) -> Iterator[Mesh]:
     """The mesh with Bookinfo ready; with `gateway_port`, the agent's gateway
     serves Bookinfo there. Every process is stopped on the way out."""
-    env = {**os.environ, "HOME": str(tmp / "home"), "PILOTFISH_CONFIG": str(tmp / "config.yaml")}
-    for var in ("PILOTFISH_SERVER", "PILOTFISH_TOKEN", "HTTP_PROXY", "http_proxy"):
-        env.pop(var, None)
-    api, xds = free_port(), free_port()
-    plane = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "pilotfish",
-            "controlplane",
-            "--data-dir",
-            str(tmp / "data"),
-            "--listen",
-            f"127.0.0.1:{api}",
-            "--xds-port",
-            str(xds),
-        ],
-        env=env,
-        stdout=(tmp / "controlplane.log").open("wb"),
-        stderr=subprocess.STDOUT,
-    )
-    m = Mesh(tmp, env, api, tmp / "node", plane, xds, gateway=bool(gateway_port))
-    try:
-        wait_for(lambda: (tmp / "config.yaml").exists(), 20, "the control plane did not start")
-        m.start_agent()
+    with mesh_started(tmp, gateway=bool(gateway_port)) as m:
         if gateway_port:
             m.cli("apply", "-f", str(bookinfo_with_gateway_port(tmp, gateway_port)))
         else:
@@ -204,7 +196,23 @@ def mesh_up(tmp: Path, gateway_port: int | None = None) -> Iterator[Mesh]:
                 lambda w=workload: m.ready(w), 60, f"{workload} not ready: {m.status(workload)}"
             )
         yield m
+
+
+@contextmanager
+def mesh_started(tmp: Path, *, gateway: bool = False) -> Iterator[Mesh]:
+    """A control plane and a node agent (with its gateway when asked) and
+    nothing applied yet; every process is stopped on the way out."""
+    env = {**os.environ, "HOME": str(tmp / "home"), "PILOTFISH_CONFIG": str(tmp / "config.yaml")}
+    for var in ("PILOTFISH_SERVER", "PILOTFISH_TOKEN", "HTTP_PROXY", "http_proxy"):
+        env.pop(var, None)
+    m = Mesh(tmp, env, free_port(), tmp / "node", None, free_port(), gateway=gateway)
+    try:
+        m.start_plane()
+        wait_for(lambda: (tmp / "config.yaml").exists(), 20, "the control plane did not start")
+        m.start_agent()
+        yield m
     finally:
         if m.agent is not None:
             stop_process(m.agent)
-        stop_process(plane)
+        if m.plane is not None:
+            stop_process(m.plane)

@@ -339,6 +339,7 @@ class Instance:
             service_account=self.spec.get("serviceAccountName", "default"),
             ports=self.ports.inbound,
             app_ports=self.ports.app,
+            metrics_port=self.ports.admin,
             healthy=healthy,
         )
         error = registration.register(self.client, body)

@@ -27,6 +27,7 @@ def registration(
     service_account: str,
     ports: dict[str, int],
     app_ports: dict[str, int],
+    metrics_port: int,
     healthy: bool,
 ) -> Obj:
     return {
@@ -36,6 +37,7 @@ def registration(
         "address": "127.0.0.1",
         "ports": ports,
         "appPorts": app_ports,
+        "metricsPort": metrics_port,
         "labels": labels,
         "serviceAccount": service_account,
         "healthy": healthy,

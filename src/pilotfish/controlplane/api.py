@@ -47,6 +47,8 @@ MERGE = "application/merge-patch+json"
 JSON_TYPES = ("", "application/json")
 YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml")
 HEALTH_PATHS = ("/healthz", "/readyz", "/livez")
+# Paths anyone local may call: Flagger's webhooks (to the load tester) carry no token.
+PUBLIC_PREFIXES = ("/loadtester",)
 _READS = ("GET", "HEAD")
 # Kubernetes' own wording, so messages users search for lead somewhere.
 _API_VERSION_MISMATCH = (
@@ -177,7 +179,7 @@ class Api:
         if path in HEALTH_PATHS:
             return Response(200, b"ok", "text/plain; charset=utf-8")
         authorize(
-            write=request.method not in _READS,
+            write=request.method not in _READS and not _public(path),
             peer=request.peer,
             authorization=request.header("authorization"),
             token=self._token,
@@ -467,6 +469,23 @@ class EventStream:
         if self._deadline is None:
             return timeout
         return max(0.0, min(timeout, self._deadline - time.monotonic()))
+
+
+def chain(*extensions: Extension) -> Extension:
+    """Extensions asked in turn; the first answer wins."""
+
+    def ask(request: Request, path: str) -> Response | None:
+        for extension in extensions:
+            answer = extension(request, path)
+            if answer is not None:
+                return answer
+        return None
+
+    return ask
+
+
+def _public(path: str) -> bool:
+    return any(path == p or path.startswith(p + "/") for p in PUBLIC_PREFIXES)
 
 
 def merge_patch(target: Any, patch: Any) -> Any:

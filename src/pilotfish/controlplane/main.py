@@ -23,12 +23,14 @@ from types import FrameType
 
 from pilotfish.api.validation import analyze, validate_or_raise, with_defaults
 from pilotfish.config import ClientConfig, write_client_config
-from pilotfish.controlplane.api import Api
+from pilotfish.controlplane.api import Api, chain
 from pilotfish.controlplane.auth import load_or_create_token
 from pilotfish.controlplane.http import ApiServer
+from pilotfish.controlplane.loadtester_api import LoadTesterApi
 from pilotfish.controlplane.mesh_api import MeshApi
 from pilotfish.registry.instances import InstanceRegistry
 from pilotfish.registry.mesh import MeshRegistry
+from pilotfish.rollout.service import RolloutService
 from pilotfish.store.resources import ResourceStore
 from pilotfish.store.sqlite import SqliteBackend
 from pilotfish.xds.server import DEFAULT_LISTEN as DEFAULT_XDS_LISTEN
@@ -61,6 +63,8 @@ class ControlPlane:
         self.data_dir = data_dir
         self.mesh = mesh
         self.ads = ads
+        self.rollout: RolloutService | None = None
+        self.loadtester: LoadTesterApi | None = None
 
     def __repr__(self) -> str:
         return f"ControlPlane({self.server.url}, data_dir={str(self.data_dir)!r})"
@@ -89,9 +93,10 @@ class ControlPlane:
             )
             plane = cls(server, store, data_dir)
             plane._start_mesh(xds_listen)
-            server.api = Api(
-                store, token, analyze=analyze, extension=MeshApi(plane.instances, plane.ads)
-            )
+            plane._start_rollout()
+            assert plane.loadtester is not None
+            extensions = chain(MeshApi(plane.instances, plane.ads), plane.loadtester)
+            server.api = Api(store, token, analyze=analyze, extension=extensions)
             write_client_config(ClientConfig(server.url, token), config_path)
         except BaseException as e:
             if plane is not None:
@@ -120,8 +125,19 @@ class ControlPlane:
         self.mesh.add_listener(self.ads.changed)
         self.ads.start()
 
+    def _start_rollout(self) -> None:
+        """The rollout controller, its metrics sampler and the load tester."""
+        assert self.mesh is not None
+        self.loadtester = LoadTesterApi(self.mesh.snapshot)
+        self.rollout = RolloutService(self.store, self.instances.instances)
+        self.rollout.start()
+
     def close(self) -> None:
         """Stop what was started, newest first; safe on a half-open plane."""
+        if self.rollout is not None:
+            self.rollout.stop()
+        if self.loadtester is not None:
+            self.loadtester.close()
         if self.ads is not None:
             self.ads.stop()
         if self.mesh is not None:

@@ -4,6 +4,8 @@ server's view of its proxies.
     GET    /api/v1/registry/instances               registered instances
     POST   /api/v1/registry/instances               register or renew (heartbeat)
     DELETE /api/v1/registry/instances/NS/NAME       deregister
+    GET    /api/v1/registry/prometheus-targets      every sidecar's metrics, as Prometheus'
+                                                    http_sd_configs reads them
     GET    /debug/syncz                             proxies and sync state per type
     GET    /debug/config_dump?proxyID=ID&type=T     what a proxy was last sent
                                                     (T: listeners|routes|clusters|endpoints)
@@ -14,9 +16,12 @@ Registration is a write, so it needs the bearer token like any other write.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
+from typing import Any
 
 from pilotfish.api.errors import BadRequest, MethodNotAllowed, NotFound
 from pilotfish.controlplane.api import Request, Response, encode
+from pilotfish.model.types import Instance
 from pilotfish.registry.instances import (
     InstanceRegistry,
     InvalidRegistration,
@@ -28,6 +33,7 @@ from pilotfish.xds.server import AdsServer
 from pilotfish.xds.status import config_dump, find_connection, proxy_status
 
 INSTANCES = "/api/v1/registry/instances"
+PROMETHEUS_TARGETS = "/api/v1/registry/prometheus-targets"
 SYNCZ = "/debug/syncz"
 CONFIG_DUMP = "/debug/config_dump"
 
@@ -45,6 +51,9 @@ class MeshApi:
     def __call__(self, request: Request, path: str) -> Response | None:
         if path == INSTANCES or path.startswith(INSTANCES + "/"):
             return self._instances(request, path[len(INSTANCES) :].strip("/"))
+        if path == PROMETHEUS_TARGETS:
+            _only_get(request)
+            return Response(200, encode(prometheus_targets(self.instances.instances())))
         if path == SYNCZ:
             _only_get(request)
             return self._syncz()
@@ -99,6 +108,24 @@ class MeshApi:
         if conn is None:
             raise NotFound(f'proxy "{proxy_id}" is not connected to this control plane')
         return Response(200, encode(config_dump(conn, type_url)))
+
+
+def prometheus_targets(instances: Iterable[Instance]) -> list[dict[str, Any]]:
+    """Prometheus HTTP service discovery: one target group per sidecar, with
+    the labels a scrape config can keep (namespace, workload, instance)."""
+    return [
+        {
+            "targets": [f"{i.address}:{i.metrics_port}"],
+            "labels": {
+                "__metrics_path__": "/stats/prometheus",
+                "namespace": i.namespace,
+                "workload": i.workload,
+                "instance_name": i.name,
+            },
+        }
+        for i in sorted(instances, key=lambda i: (i.namespace, i.name))
+        if i.metrics_port
+    ]
 
 
 def _only_get(request: Request) -> None:

@@ -117,6 +117,7 @@ class Instance:
     locality: str = ""
     app_ports: Mapping[str, int] = field(default_factory=lambda: NO_LABELS_INT)
     app_address: str = "127.0.0.1"
+    metrics_port: int = 0  # the sidecar's admin port (/stats/prometheus); 0 when unknown
 
     def app_port(self, name: str) -> int:
         return self.app_ports.get(name, self.ports[name])

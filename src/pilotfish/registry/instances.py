@@ -171,6 +171,7 @@ def instance_from_json(body: Mapping[str, Any]) -> tuple[Instance, float]:
         locality=_text(body, "locality"),
         app_ports=_ports(body, "appPorts"),
         app_address=_text(body, "appAddress") or "127.0.0.1",
+        metrics_port=_port(body, "metricsPort"),
     )
     return instance, float(ttl)
 
@@ -189,6 +190,7 @@ def instance_to_json(lease: Lease, now: float) -> dict[str, Any]:
         "locality": i.locality,
         "appPorts": dict(i.app_ports),
         "appAddress": i.app_address,
+        "metricsPort": i.metrics_port,
         "ttlSeconds": lease.ttl,
         "expiresInSeconds": round(max(0.0, lease.expires - now), 3),
     }
@@ -215,6 +217,13 @@ def _ports(body: Mapping[str, Any], field: str, *, required: bool = False) -> Ma
         if isinstance(number, bool) or not isinstance(number, int) or not 0 < number < 65536:
             raise InvalidRegistration(f"{field}.{name}: must be a port number in 1-65535")
     return MappingProxyType({str(k): int(v) for k, v in value.items()})
+
+
+def _port(body: Mapping[str, Any], field: str) -> int:
+    value = body.get(field) or 0
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 65536:
+        raise InvalidRegistration(f"{field}: must be a port number in 1-65535 (0: none)")
+    return value
 
 
 def _labels(body: Mapping[str, Any]) -> Mapping[str, str]:

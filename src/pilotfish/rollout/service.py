@@ -1,0 +1,57 @@
+"""The rollout controller as the control plane runs it: the scheduler with
+the mesh's own metrics (sampled from the sidecars) and real webhooks."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from pilotfish.api.errors import NotFound
+from pilotfish.model.types import Instance
+from pilotfish.rollout import webhooks
+from pilotfish.rollout.metrics import MeshMetrics, measure
+from pilotfish.rollout.scheduler import RolloutController
+from pilotfish.rollout.types import MetricResult, WebhookResult
+from pilotfish.store.resources import ResourceStore
+from pilotfish.store.types import Key
+
+Obj = dict[str, Any]
+GROUPS = {"MetricTemplate": "flagger.app", "Secret": ""}
+
+
+class RolloutService:
+    def __init__(self, store: ResourceStore, instances: Callable[[], Iterable[Instance]]) -> None:
+        self.store = store
+        self.metrics = MeshMetrics(instances)
+        self.controller = RolloutController(store, self.measure, self.call_hooks)
+
+    def __repr__(self) -> str:
+        return f"RolloutService({self.controller!r}, {self.metrics!r})"
+
+    def start(self) -> None:
+        self.metrics.start()
+        self.controller.start()
+
+    def stop(self) -> None:
+        self.controller.stop()
+        self.metrics.stop()
+
+    def measure(self, canary: Obj, metric: Obj) -> MetricResult:
+        return measure(canary, metric, mesh=self.metrics, lookup=self._lookup)
+
+    def call_hooks(
+        self, canary: Obj, hook_type: str, phase: str, extra: Mapping[str, str]
+    ) -> tuple[WebhookResult, ...]:
+        checksum = str((canary.get("status") or {}).get("lastAppliedSpec") or "")
+        return tuple(
+            webhooks.call(
+                hook, webhooks.payload(canary, hook, phase=phase, checksum=checksum, extra=extra)
+            )
+            for hook in webhooks.hooks_of(canary, hook_type)
+        )
+
+    def _lookup(self, kind: str, namespace: str, name: str) -> Obj | None:
+        try:
+            return self.store.get(Key(GROUPS.get(kind, ""), kind, namespace, name))
+        except NotFound:
+            return None
