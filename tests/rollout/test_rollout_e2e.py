@@ -347,6 +347,45 @@ def test_a_configmap_change_starts_a_new_analysis(mesh: Mesh) -> None:
     assert copied["data"] == {"STAR_COLOR": "red"}
 
 
+def test_the_cli_follows_pauses_resumes_promotes_and_aborts(mesh: Mesh) -> None:
+    name = "rv-cli"
+    start(
+        mesh,
+        name,
+        workload(name),
+        workload(name, STAR_COLOR="red"),
+        canary(mesh, name, stepWeight=10, maxWeight=90),
+    )
+    wait_for(lambda: status(mesh, name).get("canaryWeight", 0) >= 20, 60, "no weight")
+    shown = mesh.cli("rollout", "status", name)
+    assert "Phase:          Progressing" in shown and "% to the canary (max 90%)" in shown
+    assert "request-success-rate" in shown and "(min 99)" in shown, shown
+    # The load test starts with the first rollout hook, so the first check may
+    # find no traffic yet, as Flagger's does.
+    assert "Failed checks:  0/3" in shown or "Failed checks:  1/3" in shown, shown
+    assert f"Advance {name}.default canary weight" in shown
+    assert "paused" in mesh.cli("rollout", "pause", name)
+    held = status(mesh, name)["canaryWeight"]
+    time.sleep(5)
+    assert status(mesh, name)["canaryWeight"] == held, "a paused analysis stays"
+    mesh.cli("rollout", "resume", name)
+    mesh.cli("rollout", "promote", name)
+    wait_phase(mesh, name, "Succeeded")
+    assert status(mesh, name).get("lastPromotedSpec") == status(mesh, name)["lastAppliedSpec"]
+    annotations = json.loads(mesh.cli("get", "canaries", name, "-o", "json"))["metadata"]
+    assert "rollout.pilotfish.dev/promote" not in (annotations.get("annotations") or {})
+    watched = mesh.cli("rollout", "status", name, "--watch")
+    assert "Phase:          Succeeded" in watched
+
+    apply(mesh, workload(name, STAR_COLOR="blue"))
+    wait_phase(mesh, name, "Progressing")
+    mesh.cli("rollout", "abort", name)
+    wait_phase(mesh, name, "Failed")
+    assert f"Rolling back {name}.default abort requested" in events(mesh, name)
+    primary = json.loads(mesh.cli("get", "workloads", f"{name}-primary", "-o", "json"))
+    assert {"name": "STAR_COLOR", "value": "red"} in primary["spec"]["env"]
+
+
 def test_a_control_plane_restart_resumes_the_analysis(mesh: Mesh) -> None:
     name = "rv-restart"
     start(

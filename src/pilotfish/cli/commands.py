@@ -208,11 +208,44 @@ def describe(args: argparse.Namespace) -> int:
         items = [client.get(kind, args.name, namespace)]
     else:
         items = client.list(kind, namespace, args.selector).get("items", [])
-    print("\n\n".join(describe_text(kind, item) for item in items))
+    print("\n\n".join(describe_text(kind, item, events_of(client, item)) for item in items))
     return 0
 
 
-def describe_text(kind: Kind, obj: Obj) -> str:
+def events_of(client: Client, obj: Obj) -> list[Obj]:
+    """The Events about `obj`, oldest first (none for a cluster-scoped one)."""
+    meta = obj.get("metadata", {})
+    namespace = meta.get("namespace")
+    if not namespace:
+        return []
+    items = client.list(resolve("Event"), namespace).get("items", [])
+    mine = [
+        e
+        for e in items
+        if (e.get("involvedObject") or {}).get("kind") == obj.get("kind")
+        and (e.get("involvedObject") or {}).get("name") == meta.get("name")
+    ]
+    return sorted(mine, key=lambda e: (e.get("lastTimestamp", ""), e.get("firstTimestamp", "")))
+
+
+def events_table(events: list[Obj]) -> str:
+    """kubectl describe's Events section."""
+    if not events:
+        return "Events:       <none>"
+    rows = [
+        ["Type", "Reason", "Age", "From", "Message"],
+        ["----", "------", "----", "----", "-------"],
+    ]
+    for e in events:
+        seen = output.age(e.get("lastTimestamp"))
+        if int(e.get("count") or 1) > 1:
+            seen += f" (x{e['count']} over {output.age(e.get('firstTimestamp'))})"
+        source = (e.get("source") or {}).get("component", "")
+        rows.append([e.get("type", ""), e.get("reason", ""), seen, source, e.get("message", "")])
+    return "Events:\n" + "\n".join("  " + line for line in output.align(rows).splitlines())
+
+
+def describe_text(kind: Kind, obj: Obj, events: list[Obj] | None = None) -> str:
     """kubectl describe's layout: identity first, then spec and status as indented text."""
     meta = obj.get("metadata", {})
     lines = [
@@ -233,7 +266,7 @@ def describe_text(kind: Kind, obj: Obj) -> str:
         if section in obj:
             lines.append(f"{section[0].upper()}{section[1:]}:")
             lines.extend("  " + line for line in output.to_yaml(obj[section]).splitlines())
-    lines.append("Events:       <none>")
+    lines.append(events_table(events or []))
     return "\n".join(lines)
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from pilotfish import __version__
 from pilotfish.api.errors import ApiError
-from pilotfish.cli import commands, mesh, node
+from pilotfish.cli import commands, mesh, node, rollout
 from pilotfish.cli.manifests import ManifestError
 from pilotfish.client import Unreachable
 from pilotfish.config import ConfigError
@@ -57,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_proxy_config(sub, common)
     _add_register(sub, common)
     node.add_commands(sub, common)
+    rollout.add_commands(sub, common)
     return parser
 
 
