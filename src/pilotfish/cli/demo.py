@@ -36,6 +36,7 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TaskID, TextColumn
 from pilotfish.api.errors import ApiError
 from pilotfish.api.kinds import registry
 from pilotfish.cli.commands import CliError, apply_documents
+from pilotfish.cli.demo_canary import canary_documents, run_releases
 from pilotfish.cli.manifests import Document, read_documents
 from pilotfish.client import Client
 
@@ -98,6 +99,8 @@ def demo(args: argparse.Namespace) -> int:
         pid = running.read_text()
         raise CliError(f"a demo already runs on {state} (pid {pid}); stop it: pilotfish down")
     docs = _examples(args.examples)
+    if args.canary:
+        docs = canary_documents(docs, args.canary_examples, args.listen)
     running.write_text(str(os.getpid()))
     run = Demo(state)
     previous = {s: signal.signal(s, lambda *_: run.stop.set()) for s in _SIGNALS}
@@ -136,7 +139,9 @@ def _run(run: Demo, args: argparse.Namespace, docs: list[Document]) -> int:
             return 0
         print(run.failed() or f"not ready after {args.timeout:.0f}s; see {run.state}/*.log")
         return 1
-    _next_steps(url, run.state, args.examples)
+    _next_steps(url, run.state, args.examples, args.canary)
+    if args.canary and not run_releases(Client.from_config(server), args.canary_examples, run.stop):
+        return 0 if run.stop.is_set() else 1
     while not run.stop.wait(0.5):
         if (exited := run.failed()) is not None:
             print(exited, file=sys.stderr, flush=True)
@@ -221,7 +226,19 @@ def _workload_counts(client: Client) -> dict[str, tuple[int, int]]:
     }
 
 
-def _next_steps(url: str, state: Path, examples: Path) -> None:
+def _next_steps(url: str, state: Path, examples: Path, canary: bool) -> None:
+    if canary:
+        print(
+            f"\nBookinfo is up: {url}\n\n"
+            "Reload the page while the releases below run: the stars turn red as traffic moves.\n"
+            "In another terminal:\n"
+            "  pilotfish rollout status reviews --watch   # weight, checks, metrics\n"
+            "  pilotfish describe canary reviews          # every decision, one line each\n"
+            "  pilotfish rollout pause|resume|promote|abort reviews\n"
+            "  pilotfish down                             # stop everything (or Ctrl-C here)",
+            flush=True,
+        )
+        return
     samples = str(ISTIO_SAMPLES) if ISTIO_SAMPLES.is_dir() else ISTIO_SAMPLES_URL
     admin = _gateway_admin(state)
     metrics = f"curl -s {admin}/stats/prometheus | grep istio_requests_total" if admin else ""

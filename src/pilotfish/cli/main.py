@@ -136,6 +136,13 @@ def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         default=Path("examples/bookinfo"),
         help="file or directory of resources to apply",
     )
+    p.add_argument(
+        "--canary",
+        action="store_true",
+        help="release reviews with a Flagger Canary (examples/canary): a good release, "
+        "then a faulty one that rolls back",
+    )
+    p.add_argument("--canary-examples", type=Path, default=Path("examples/canary"))
     p.add_argument("--path", default="/productpage", help="the page to open on the gateway")
     p.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for readiness")
     p.set_defaults(handler=_run_demo)

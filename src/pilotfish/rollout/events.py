@@ -42,7 +42,8 @@ class EventRecorder:
         meta = about["metadata"]
         namespace = meta.get("namespace") or "default"
         log.info("rollout: %s %s/%s: %s", about.get("kind"), namespace, meta["name"], message)
-        now = datetime.fromtimestamp(self.clock(), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        # Microseconds, so the events of one step sort in the order they were made.
+        now = datetime.fromtimestamp(self.clock(), UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         name = _event_name(about, message)
         try:
             self._count_up(Key("", "Event", namespace, name), now)
