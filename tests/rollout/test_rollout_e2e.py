@@ -7,6 +7,8 @@ one mesh; the control-plane restart runs last."""
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -384,6 +386,96 @@ def test_the_cli_follows_pauses_resumes_promotes_and_aborts(mesh: Mesh) -> None:
     assert f"Rolling back {name}.default abort requested" in events(mesh, name)
     primary = json.loads(mesh.cli("get", "workloads", f"{name}-primary", "-o", "json"))
     assert {"name": "STAR_COLOR", "value": "red"} in primary["spec"]["env"]
+
+
+SUCCESS_RATE_QUERY = """
+sum(rate(istio_requests_total{reporter="destination",
+    destination_workload_namespace="{{ namespace }}", destination_workload="{{ target }}",
+    response_code!~"5.*"}[{{ interval }}]))
+/ sum(rate(istio_requests_total{reporter="destination",
+    destination_workload_namespace="{{ namespace }}", destination_workload="{{ target }}"
+    }[{{ interval }}])) * 100
+"""
+
+
+@pytest.fixture
+def prometheus(mesh: Mesh) -> Iterator[str]:
+    """Debian's Prometheus, finding every sidecar through the control plane's
+    HTTP service discovery and scraping it every second."""
+    port = free_port()
+    config = {
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "scrape_configs": [
+            {
+                "job_name": "pilotfish-sidecars",
+                "http_sd_configs": [
+                    {
+                        "url": f"http://127.0.0.1:{mesh.api_port}/api/v1/registry/prometheus-targets",
+                        "refresh_interval": "1s",
+                    }
+                ],
+            }
+        ],
+    }
+    (mesh.tmp / "prometheus.yml").write_text(yaml.safe_dump(config))
+    argv = [
+        shutil.which("prometheus") or "/usr/bin/prometheus",
+        f"--config.file={mesh.tmp / 'prometheus.yml'}",
+        f"--storage.tsdb.path={mesh.tmp / 'tsdb'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+    ]
+    with (mesh.tmp / "prometheus.log").open("wb") as log:
+        server = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: _answers(f"http://127.0.0.1:{port}/-/ready"), 30, "Prometheus not ready")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop_process(server)
+
+
+def _answers(url: str) -> bool:
+    try:
+        with DIRECT.open(url, timeout=2) as answer:
+            return bool(answer.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def test_a_metric_template_queries_a_real_prometheus(mesh: Mesh, prometheus: str) -> None:
+    name = "rv-prom"
+    template = {
+        "apiVersion": "flagger.app/v1beta1",
+        "kind": "MetricTemplate",
+        "metadata": {"name": "success-rate"},
+        "spec": {
+            "provider": {"type": "prometheus", "address": prometheus},
+            "query": SUCCESS_RATE_QUERY,
+        },
+    }
+    metric = {
+        "name": "success-rate-from-prometheus",
+        "interval": "15s",
+        "thresholdRange": {"min": 99},
+        "templateRef": {"name": "success-rate"},
+    }
+    apply(mesh, template)
+    start(
+        mesh,
+        name,
+        workload(name),
+        workload(name, FAULT_PERCENT="50"),
+        canary(mesh, name, stepWeight=50, maxWeight=50, threshold=3, metrics=[metric]),
+    )
+    wait_phase(mesh, name, "Failed", "Succeeded")
+    measured = [
+        line
+        for line in events(mesh, name)
+        if line.startswith(f"Halt {name}.default advancement success-rate-from-prometheus")
+    ]
+    assert measured, events(mesh, name)
+    values = [float(line.split()[-3]) for line in measured]
+    assert all(25 <= v <= 75 for v in values), measured  # half of the answers are 500s
+    assert status(mesh, name)["phase"] == "Failed"
 
 
 def test_a_control_plane_restart_resumes_the_analysis(mesh: Mesh) -> None:
