@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import sys
+from datetime import datetime
 from typing import Any
 
 from pilotfish.api.errors import ApiError, NotFound
@@ -214,22 +215,45 @@ def describe(args: argparse.Namespace) -> int:
 
 def events_of(client: Client, obj: Obj) -> list[Obj]:
     """The Events about `obj`, oldest first (none for a cluster-scoped one)."""
-    meta = obj.get("metadata", {})
-    namespace = meta.get("namespace")
+    namespace = obj.get("metadata", {}).get("namespace")
     if not namespace:
         return []
-    items = client.list(resolve("Event"), namespace).get("items", [])
-    mine = [
-        e
-        for e in items
-        if (e.get("involvedObject") or {}).get("kind") == obj.get("kind")
-        and (e.get("involvedObject") or {}).get("name") == meta.get("name")
-    ]
-    return sorted(mine, key=lambda e: (e.get("lastTimestamp", ""), e.get("firstTimestamp", "")))
+    return events_about(obj, client.list(resolve("Event"), namespace).get("items", []))
 
 
-def events_table(events: list[Obj]) -> str:
-    """kubectl describe's Events section."""
+def events_about(obj: Obj, events: list[Obj]) -> list[Obj]:
+    """Those of `events` whose involvedObject is `obj` (by kind and name, and
+    by uid when both have one, as kubectl describe matches them), oldest first."""
+    meta = obj.get("metadata", {})
+    uid = meta.get("uid")
+
+    def about(event: Obj) -> bool:
+        involved = event.get("involvedObject") or {}
+        if (involved.get("kind"), involved.get("name")) != (obj.get("kind"), meta.get("name")):
+            return False
+        return not (uid and involved.get("uid") and involved["uid"] != uid)
+
+    return sorted(filter(about, events), key=_event_time)
+
+
+def _event_time(event: Obj) -> tuple[str, str]:
+    """When an event last happened, then its name to break ties."""
+    meta = event.get("metadata", {})
+    last = event.get("lastTimestamp") or event.get("eventTime") or event.get("firstTimestamp")
+    return str(last or meta.get("creationTimestamp") or ""), str(meta.get("name", ""))
+
+
+def event_age(event: Obj, now: datetime | None = None) -> str:
+    """kubectl's Age of an event: `3m`, or `3m (x4 over 10m)` when repeated."""
+    seen = output.age(_event_time(event)[0] or None, now)
+    count = int(event.get("count") or 1)
+    if count > 1 and event.get("firstTimestamp"):
+        seen += f" (x{count} over {output.age(event['firstTimestamp'], now)})"
+    return seen
+
+
+def events_table(events: list[Obj], now: datetime | None = None) -> str:
+    """kubectl describe's Events section: Type, Reason, Age, From, Message."""
     if not events:
         return "Events:       <none>"
     rows = [
@@ -237,11 +261,10 @@ def events_table(events: list[Obj]) -> str:
         ["----", "------", "----", "----", "-------"],
     ]
     for e in events:
-        seen = output.age(e.get("lastTimestamp"))
-        if int(e.get("count") or 1) > 1:
-            seen += f" (x{e['count']} over {output.age(e.get('firstTimestamp'))})"
-        source = (e.get("source") or {}).get("component", "")
-        rows.append([e.get("type", ""), e.get("reason", ""), seen, source, e.get("message", "")])
+        source = e.get("source") or {}
+        origin = ", ".join(str(source[k]) for k in ("component", "host") if source.get(k))
+        message = " ".join(str(e.get("message", "")).split())
+        rows.append([e.get("type", ""), e.get("reason", ""), event_age(e, now), origin, message])
     return "Events:\n" + "\n".join("  " + line for line in output.align(rows).splitlines())
 
 

@@ -15,6 +15,7 @@ from pilotfish.api.errors import ApiError
 from pilotfish.api.kinds import registry
 from pilotfish.cli.commands import CliError, apply_documents, events_of
 from pilotfish.cli.manifests import Document, read_documents
+from pilotfish.cli.rollout import DONE
 from pilotfish.client import Client
 
 Obj = dict[str, Any]
@@ -26,7 +27,6 @@ RELEASES = (
 )
 DEFAULT_API = "127.0.0.1:15080"
 RELEASE_TIMEOUT_S = 300.0
-DONE = ("Succeeded", "Failed")
 
 
 def canary_documents(bookinfo: list[Document], examples: Path, listen: str) -> list[Document]:

@@ -1,148 +1,158 @@
-"""The built-in load tester and gates, on flagger-loadtester's HTTP API, so
+"""The built-in load tester and gates on flagger-loadtester's HTTP API, so
 Flagger users' webhooks carry over with only the URL changed
-(http://127.0.0.1:15080/loadtester/). Like Flagger's, these paths need no
-token: webhooks carry none.
+(http://127.0.0.1:15080/loadtester/). As flagger-loadtester's, these paths
+take no token (webhooks carry none; api.py lets them through), answer in
+plain text, and read the canary from Flagger's webhook payload.
 
-    POST /loadtester/                 run metadata.cmd (hey or curl): in the background,
-                                      one copy at a time; with type bash or blocking:
-                                      "true", to the end (200 only if it succeeded)
-    GET  /loadtester/                 the commands running
-    POST /loadtester/gate/approve     200            /gate/halt     403
-    POST /loadtester/gate/check       200 when open, 403 when closed (the default)
-    POST /loadtester/gate/open|close  per canary (name and namespace of the payload)
-    POST /loadtester/rollback/check   200 when open (roll back), 403 when closed
-    POST /loadtester/rollback/open|close
+    POST /loadtester/                metadata.cmd, a hey or curl command:
+                                       type cmd (the default): started in the
+                                       background, 202; not again while the same
+                                       command runs for the same canary
+                                       type bash: run to its end, 200 if it
+                                       succeeded (with its output when
+                                       metadata.returnCmdOutput is true), else 500
+    GET  /loadtester/                the jobs running, as JSON (ours, not Flagger's)
+    *    /loadtester/healthz         200
+    *    /loadtester/gate/approve    200               /gate/halt      403
+    POST /loadtester/gate/check      200 when the canary's gate is open, else 403
+    POST /loadtester/gate/open       202, opens it     /gate/close     202, closes it
+    POST /loadtester/rollback/check  200 when a rollback is asked for, else 403
+    POST /loadtester/rollback/open   202               /rollback/close 202
+
+Gates start closed, are kept in memory, and are per canary (name and
+namespace of the payload).
 """
 
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Callable
 from typing import Any
 
-from pilotfish.api.errors import BadRequest, MethodNotAllowed, NotFound
 from pilotfish.controlplane.api import Request, Response, encode
 from pilotfish.model.snapshot import Snapshot
-from pilotfish.rollout.loadtester import CommandError, LoadTester, Resolver
+from pilotfish.rollout.loadcommands import CommandError
+from pilotfish.rollout.loadtester import (
+    Busy,
+    Gates,
+    LoadTester,
+    UnknownHost,
+    mesh_resolver,
+)
 
 PREFIX = "/loadtester"
-BLOCKING_TYPES = ("bash",)
-SUPPORTED_TYPES = ("", "cmd", "bash")
+BACKGROUND, BLOCKING = "cmd", "bash"  # flagger-loadtester's task types we run
+TEXT = "text/plain; charset=utf-8"
+Obj = dict[str, Any]
 
 
 class LoadTesterApi:
     """An `Api` extension: answers paths under /loadtester, None for others."""
 
     def __init__(self, snapshot: Callable[[], Snapshot]) -> None:
-        self.tester = LoadTester(snapshot_resolver(snapshot))
-        self._gates: dict[str, set[tuple[str, str]]] = {"gate": set(), "rollback": set()}
-        self._lock = threading.Lock()
+        self.tester = LoadTester(mesh_resolver(snapshot))
+        self.gates = Gates()
 
     def __repr__(self) -> str:
-        return f"LoadTesterApi({self.tester!r})"
+        return f"LoadTesterApi({self.tester!r}, {self.gates!r})"
 
     def __call__(self, request: Request, path: str) -> Response | None:
         if path != PREFIX and not path.startswith(PREFIX + "/"):
             return None
         rest = path[len(PREFIX) :].strip("/")
-        if request.method == "GET" and not rest:
-            return _answer(200, {"running": self.tester.running()})
-        if request.method != "POST":
-            raise MethodNotAllowed(f"{request.method} is not supported on {request.path}")
-        payload = _payload(request)
+        if rest == "healthz":
+            return _text(200, "OK")
+        if rest == "gate/approve":
+            return _text(200, "OK")
+        if rest == "gate/halt":
+            return _text(403, "Forbidden")
+        if not rest and request.method in ("GET", "HEAD") and not request.body.strip():
+            jobs = [job.to_json() for job in self.tester.jobs()]
+            return Response(200, encode({"jobs": jobs}))
+        body = _payload(request)
+        if isinstance(body, Response):
+            return body
         if not rest:
-            return self._command(payload)
-        return self._gate(rest, payload)
+            return self._task(body)
+        kind, _, action = rest.partition("/")
+        if kind in Gates.KINDS and action in ("check", "open", "close"):
+            return self._gate(kind, action, body)
+        return _text(404, f"{path}: no such load tester path")
 
     def close(self) -> None:
+        """Stop all load this API started."""
         self.tester.close()
 
-    def _command(self, payload: dict[str, Any]) -> Response:
-        metadata = payload.get("metadata") or {}
-        command, kind = str(metadata.get("cmd") or ""), str(metadata.get("type") or "")
-        if not command:
-            raise BadRequest("metadata.cmd is required: the command to run")
-        if kind not in SUPPORTED_TYPES:
-            raise BadRequest(f'metadata.type "{kind}" is not supported (supported: cmd, bash)')
+    def _task(self, body: Obj) -> Response:
+        metadata = body.get("metadata")
+        if not isinstance(metadata, dict) or not metadata:
+            return _text(400, "metadata not found in payload")
+        kind = str(metadata.get("type") or BACKGROUND)
+        if kind not in (BACKGROUND, BLOCKING):
+            return _text(
+                400,
+                f"unknown task type {kind}: the built-in load tester runs hey and curl "
+                f'commands, as type "{BACKGROUND}" (in the background) or "{BLOCKING}" '
+                "(to their end)",
+            )
+        command = metadata.get("cmd")
+        if not isinstance(command, str) or not command.strip():
+            return _text(400, "cmd not found in metadata")
+        name, namespace = _canary(body)
+        if kind == BLOCKING:
+            return self._run(command, name, namespace, _true(metadata.get("returnCmdOutput")))
         try:
-            if kind in BLOCKING_TYPES or str(metadata.get("blocking")).lower() == "true":
-                return self._run(command)
-            started = self.tester.start(command)
-        except (CommandError, LookupError) as e:
-            raise BadRequest(str(e)) from e
-        message = "started" if started else "already running"
-        return _answer(200, {"message": f"{message}: {command}"})
+            started = self.tester.start(command, canary=f"{name}.{namespace}", namespace=namespace)
+        except (CommandError, UnknownHost) as e:
+            return _text(400, str(e))
+        except Busy as e:
+            return _text(429, str(e))
+        return _text(202, f"{'started' if started else 'already running'}: {command}")
 
-    def _run(self, command: str) -> Response:
-        outcome = self.tester.run(command)
-        if outcome.errors or not outcome.sent:
-            why = outcome.last_error or "nothing was sent"
-            return _answer(400, {"message": f"{command} failed: {why}"})
-        return _answer(200, {"message": f"{command}: {outcome.sent} requests succeeded"})
+    def _run(self, command: str, name: str, namespace: str, with_output: bool) -> Response:
+        try:
+            result = self.tester.run(command, canary=f"{name}.{namespace}", namespace=namespace)
+        except CommandError as e:
+            return _text(400, str(e))
+        except Busy as e:
+            return _text(429, str(e))
+        if not result.ok:
+            return _text(500, f"command {command} failed: {result.message}")
+        return Response(200, result.output if with_output else b"", TEXT)
 
-    def _gate(self, rest: str, payload: dict[str, Any]) -> Response:
-        if rest == "gate/approve":
-            return _answer(200, {"message": "approved"})
-        if rest == "gate/halt":
-            return _answer(403, {"message": "halted"})
-        group, _, action = rest.partition("/")
-        if group not in self._gates or action not in ("check", "open", "close"):
-            raise NotFound(f"{PREFIX}/{rest}: no such load tester path")
-        who = (str(payload.get("name") or ""), str(payload.get("namespace") or "default"))
-        if not who[0]:
-            raise BadRequest("the payload needs the canary's name (and namespace)")
-        with self._lock:
-            opened = self._gates[group]
-            if action == "open":
-                opened.add(who)
-            elif action == "close":
-                opened.discard(who)
-            is_open = who in opened
-        if action != "check":
-            return _answer(202, {"message": f"{group} {'opened' if is_open else 'closed'}"})
-        return _answer(200 if is_open else 403, {"message": "open" if is_open else "closed"})
+    def _gate(self, kind: str, action: str, body: Obj) -> Response:
+        name, namespace = _canary(body)
+        if not name:
+            return _text(400, "the payload has no canary name")
+        if action == "open":
+            self.gates.open(kind, name, namespace)
+            return _text(202, f"{kind} opened for {name}.{namespace}")
+        if action == "close":
+            self.gates.close(kind, name, namespace)
+            return _text(202, f"{kind} closed for {name}.{namespace}")
+        if self.gates.is_open(kind, name, namespace):
+            return _text(200, "Approved")
+        return _text(403, "Forbidden")
 
 
-def snapshot_resolver(snapshot: Callable[[], Snapshot]) -> Resolver:
-    """A command's host as a mesh service: NAME, NAME.NS, NAME.NS.svc or the
-    full name; its instances' sidecar addresses for that port."""
-
-    def resolve(host: str, port: int) -> list[tuple[str, int]]:
-        snap = snapshot()
-        wanted = _full_name(host)
-        service = next((s for s in snap.services if s.hostname == wanted), None)
-        if service is None:
-            raise LookupError(f'"{host}" is not a service of the mesh')
-        if service.port(port) is None:
-            raise LookupError(f'service "{host}" has no port {port}')
-        return [(e.address, e.port) for e in snap.endpoints(service, port)]
-
-    return resolve
-
-
-def _full_name(host: str) -> str:
-    parts = host.rstrip(".").split(".")
-    if len(parts) == 1:
-        parts.append("default")
-    if len(parts) == 2:
-        parts.append("svc")
-    if len(parts) == 3 and parts[2] == "svc":
-        parts += ["cluster", "local"]
-    return ".".join(parts)
-
-
-def _payload(request: Request) -> dict[str, Any]:
-    if not request.body:
-        return {}
+def _payload(request: Request) -> Obj | Response:
+    """The webhook payload, or the 400 flagger-loadtester answers without one."""
     try:
-        body = json.loads(request.body)
+        body = json.loads(request.body or b"null")
     except ValueError as e:
-        raise BadRequest(f"the request body is not valid JSON: {e}") from e
+        return _text(400, f"decoding the request body failed: {e}")
     if not isinstance(body, dict):
-        raise BadRequest("the request body must be a JSON object")
+        return _text(400, "decoding the request body failed: expected a JSON object")
     return body
 
 
-def _answer(code: int, body: dict[str, Any]) -> Response:
-    return Response(code, encode(body))
+def _canary(body: Obj) -> tuple[str, str]:
+    return str(body.get("name") or ""), str(body.get("namespace") or "default")
+
+
+def _true(value: object) -> bool:
+    return str(value).strip().lower() in ("1", "t", "true")
+
+
+def _text(code: int, text: str) -> Response:
+    return Response(code, text.encode(), TEXT)

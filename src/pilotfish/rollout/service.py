@@ -29,12 +29,12 @@ class RolloutService:
         return f"RolloutService({self.controller!r}, {self.metrics!r})"
 
     def start(self) -> None:
-        self.metrics.start()
-        self.controller.start()
+        self.metrics.loop.start()
+        self.controller.loop.start()
 
     def stop(self) -> None:
-        self.controller.stop()
-        self.metrics.stop()
+        self.controller.loop.stop()
+        self.metrics.loop.stop()
 
     def measure(self, canary: Obj, metric: Obj) -> MetricResult:
         return measure(canary, metric, mesh=self.metrics, lookup=self._lookup)
@@ -42,7 +42,7 @@ class RolloutService:
     def call_hooks(
         self, canary: Obj, hook_type: str, phase: str, extra: Mapping[str, str]
     ) -> tuple[WebhookResult, ...]:
-        checksum = str((canary.get("status") or {}).get("lastAppliedSpec") or "")
+        checksum = webhooks.checksum(canary)
         return tuple(
             webhooks.call(
                 hook, webhooks.payload(canary, hook, phase=phase, checksum=checksum, extra=extra)
