@@ -151,7 +151,7 @@ def event_count(mesh: Mesh, name: str, message: str) -> int:
     )
 
 
-def initialized(mesh: Mesh, name: str, **env: str) -> None:
+def initialized(mesh: Mesh, name: str) -> None:
     wait_phase(mesh, name, "Initialized")
     wait_for(lambda: mesh.ready(f"{name}-primary"), 60, f"{name}-primary not ready")
 
@@ -191,10 +191,13 @@ def requests_seen(mesh: Mesh, workload: str) -> int:
     return total
 
 
-def start(mesh: Mesh, name: str, target: Obj, release: Obj, the_canary: Obj) -> None:
-    apply(mesh, target, the_canary)
+def release(mesh: Mesh, the_canary: Obj, **env: str) -> None:
+    """The canary's Workload and the Canary; once initialized, a new build
+    of the Workload with `env`."""
+    name = the_canary["metadata"]["name"]
+    apply(mesh, workload(name), the_canary)
     initialized(mesh, name)
-    apply(mesh, release)
+    apply(mesh, workload(name, **env))
 
 
 # -- the releases --------------------------------------------------------------------------
@@ -202,13 +205,7 @@ def start(mesh: Mesh, name: str, target: Obj, release: Obj, the_canary: Obj) -> 
 
 def test_a_healthy_release_reaches_max_weight_and_is_promoted(mesh: Mesh) -> None:
     name = "rv-good"
-    start(
-        mesh,
-        name,
-        workload(name, STAR_COLOR="black"),
-        workload(name, STAR_COLOR="red"),
-        canary(mesh, name, stepWeight=25, maxWeight=50),
-    )
+    release(mesh, canary(mesh, name, stepWeight=25, maxWeight=50), STAR_COLOR="red")
     seen = set()
     deadline = time.monotonic() + PHASE_TIMEOUT_S
     while time.monotonic() < deadline:
@@ -237,13 +234,7 @@ def test_a_healthy_release_reaches_max_weight_and_is_promoted(mesh: Mesh) -> Non
 
 def test_a_release_answering_5xx_rolls_back(mesh: Mesh) -> None:
     name = "rv-errors"
-    start(
-        mesh,
-        name,
-        workload(name),
-        workload(name, FAULT_PERCENT="100"),
-        canary(mesh, name, stepWeight=25, maxWeight=50, threshold=2),
-    )
+    release(mesh, canary(mesh, name, stepWeight=25, maxWeight=50, threshold=2), FAULT_PERCENT="100")
     s = wait_phase(mesh, name, "Failed", "Succeeded")
     assert s["phase"] == "Failed", describe(mesh, name)
     log = events(mesh, name)
@@ -257,12 +248,10 @@ def test_a_release_answering_5xx_rolls_back(mesh: Mesh) -> None:
 def test_a_release_with_slow_p99_rolls_back(mesh: Mesh) -> None:
     name = "rv-slow"
     metrics = [{"name": "request-duration", "interval": "10s", "thresholdRange": {"max": 250}}]
-    start(
+    release(
         mesh,
-        name,
-        workload(name),
-        workload(name, FAULT_DELAY_MS="600"),
         canary(mesh, name, stepWeight=25, maxWeight=50, threshold=2, metrics=metrics),
+        FAULT_DELAY_MS="600",
     )
     s = wait_phase(mesh, name, "Failed", "Succeeded")
     assert s["phase"] == "Failed", describe(mesh, name)
@@ -273,13 +262,7 @@ def test_ab_testing_sends_only_matching_users_to_the_canary(mesh: Mesh) -> None:
     name = "rv-ab"
     match = [{"headers": {"x-user": {"exact": "insider"}}}]
     gate = {"name": "hold", "type": "confirm-promotion", "url": loadtester(mesh, "gate/check")}
-    start(
-        mesh,
-        name,
-        workload(name),
-        workload(name, STAR_COLOR="red"),
-        canary(mesh, name, iterations=2, match=match, webhooks=[gate]),
-    )
+    release(mesh, canary(mesh, name, iterations=2, match=match, webhooks=[gate]), STAR_COLOR="red")
     wait_phase(mesh, name, "WaitingPromotion")
     host = f"{name}.example"
     insiders = [served_by(mesh, host, {"x-user": "insider"}) for _ in range(10)]
@@ -293,12 +276,10 @@ def test_ab_testing_sends_only_matching_users_to_the_canary(mesh: Mesh) -> None:
 def test_blue_green_mirrors_live_traffic_while_callers_see_the_primary(mesh: Mesh) -> None:
     name = "rv-bg"
     gate = {"name": "hold", "type": "confirm-promotion", "url": loadtester(mesh, "gate/check")}
-    start(
+    release(
         mesh,
-        name,
-        workload(name),
-        workload(name, STAR_COLOR="red"),
         canary(mesh, name, load=False, iterations=2, mirror=True, webhooks=[gate], metrics=[]),
+        STAR_COLOR="red",
     )
     wait_phase(mesh, name, "WaitingPromotion")
     before = requests_seen(mesh, name)
@@ -312,12 +293,8 @@ def test_blue_green_mirrors_live_traffic_while_callers_see_the_primary(mesh: Mes
 def test_a_webhook_gate_holds_the_rollout_then_releases_it(mesh: Mesh) -> None:
     name = "rv-gate"
     gate = {"name": "approval", "type": "confirm-rollout", "url": loadtester(mesh, "gate/check")}
-    start(
-        mesh,
-        name,
-        workload(name),
-        workload(name, STAR_COLOR="red"),
-        canary(mesh, name, stepWeight=50, maxWeight=50, webhooks=[gate]),
+    release(
+        mesh, canary(mesh, name, stepWeight=50, maxWeight=50, webhooks=[gate]), STAR_COLOR="red"
     )
     wait_phase(mesh, name, "Waiting")
     time.sleep(5)
@@ -351,13 +328,7 @@ def test_a_configmap_change_starts_a_new_analysis(mesh: Mesh) -> None:
 
 def test_the_cli_follows_pauses_resumes_promotes_and_aborts(mesh: Mesh) -> None:
     name = "rv-cli"
-    start(
-        mesh,
-        name,
-        workload(name),
-        workload(name, STAR_COLOR="red"),
-        canary(mesh, name, stepWeight=10, maxWeight=90),
-    )
+    release(mesh, canary(mesh, name, stepWeight=10, maxWeight=90), STAR_COLOR="red")
     wait_for(lambda: status(mesh, name).get("canaryWeight", 0) >= 20, 60, "no weight")
     shown = mesh.cli("rollout", "status", name)
     assert "Phase:          Progressing" in shown and "% to the canary (max 90%)" in shown
@@ -459,12 +430,10 @@ def test_a_metric_template_queries_a_real_prometheus(mesh: Mesh, prometheus: str
         "templateRef": {"name": "success-rate"},
     }
     apply(mesh, template)
-    start(
+    release(
         mesh,
-        name,
-        workload(name),
-        workload(name, FAULT_PERCENT="50"),
         canary(mesh, name, stepWeight=50, maxWeight=50, threshold=3, metrics=[metric]),
+        FAULT_PERCENT="50",
     )
     wait_phase(mesh, name, "Failed", "Succeeded")
     measured = [
@@ -474,19 +443,13 @@ def test_a_metric_template_queries_a_real_prometheus(mesh: Mesh, prometheus: str
     ]
     assert measured, events(mesh, name)
     values = [float(line.split()[-3]) for line in measured]
-    assert all(25 <= v <= 75 for v in values), measured  # half of the answers are 500s
+    assert all(45 <= v <= 55 for v in values), measured  # every other answer is a 500
     assert status(mesh, name)["phase"] == "Failed"
 
 
 def test_a_control_plane_restart_resumes_the_analysis(mesh: Mesh) -> None:
     name = "rv-restart"
-    start(
-        mesh,
-        name,
-        workload(name),
-        workload(name, STAR_COLOR="red"),
-        canary(mesh, name, stepWeight=20, maxWeight=80, interval="3s"),
-    )
+    release(mesh, canary(mesh, name, stepWeight=20, maxWeight=80, interval="3s"), STAR_COLOR="red")
     s = wait_for(
         lambda: (x := status(mesh, name)).get("canaryWeight", 0) >= 20 and x, 60, "no weight"
     )

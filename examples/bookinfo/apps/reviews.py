@@ -5,12 +5,14 @@ trace and user headers, and waits 10 s for black stars, 2.5 s for red, as
 Bookinfo's Java service does; a failed call shows as the rating's error.
 
 For release demos a build can be made faulty: FAULT_PERCENT of /reviews
-requests are answered 500, and FAULT_DELAY_MS is added to each of them."""
+requests are answered 500 (spread evenly: with 33, every third one), and
+FAULT_DELAY_MS is added to each of them."""
 
 from __future__ import annotations
 
+import itertools
 import os
-import random
+import threading
 import time
 from collections.abc import Mapping
 
@@ -20,6 +22,8 @@ RATINGS_ENABLED = os.environ.get("ENABLE_RATINGS", "false").lower() == "true"
 STAR_COLOR = os.environ.get("STAR_COLOR", "black")
 FAULT_PERCENT = float(os.environ.get("FAULT_PERCENT", "0"))
 FAULT_DELAY_S = float(os.environ.get("FAULT_DELAY_MS", "0")) / 1000
+_served = itertools.count()
+_served_lock = threading.Lock()
 RATINGS_TIMEOUT_S = 10.0 if STAR_COLOR == "black" else 2.5
 RATINGS_UNAVAILABLE = "Ratings service is currently unavailable"
 REVIEWS = (
@@ -64,6 +68,14 @@ def reviews_document(book_id: int, ratings: dict[str, int] | None) -> dict[str, 
     }
 
 
+def faulty_turn() -> bool:
+    """Whether this request is one of the FAULT_PERCENT that fail: the n-th
+    fails when n * percent crosses a multiple of 100."""
+    with _served_lock:
+        n = next(_served)
+    return (n + 1) * FAULT_PERCENT // 100 > n * FAULT_PERCENT // 100
+
+
 class ReviewsHandler(common.Handler):
     def do_GET(self) -> None:
         path = self.path.split("?")[0]
@@ -75,7 +87,7 @@ class ReviewsHandler(common.Handler):
                 self.send_json(400, {"error": "please provide numeric product id"})
                 return
             time.sleep(FAULT_DELAY_S)
-            if random.uniform(0, 100) < FAULT_PERCENT:
+            if faulty_turn():
                 self.send_json(500, {"error": "faulty build"})
                 return
             headers = common.forward_headers(dict(self.headers.items()))

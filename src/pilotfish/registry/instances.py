@@ -21,6 +21,7 @@ from types import MappingProxyType
 from typing import Any
 
 from pilotfish.model import Instance
+from pilotfish.periodic import Periodic
 
 DEFAULT_TTL_S = 3.0
 MAX_TTL_S = 300.0
@@ -84,8 +85,7 @@ class InstanceRegistry:
         self._lock = threading.Lock()
         self._clock = clock
         self._listeners: list[Callable[[], None]] = [on_change] if on_change else []
-        self._stop = threading.Event()
-        self._sweeper: threading.Thread | None = None
+        self._sweeper = Periodic("registry-sweep", SWEEP_INTERVAL_S, self.sweep)
 
     def __repr__(self) -> str:
         return f"InstanceRegistry({self._table!r})"
@@ -128,18 +128,10 @@ class InstanceRegistry:
             return self._table.instances()
 
     def start(self) -> None:
-        self._sweeper = threading.Thread(target=self._sweep_forever, name="registry-sweep")
-        self._sweeper.daemon = True
         self._sweeper.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._sweeper is not None:
-            self._sweeper.join(timeout=5)
-
-    def _sweep_forever(self) -> None:
-        while not self._stop.wait(SWEEP_INTERVAL_S):
-            self.sweep()
+        self._sweeper.stop()
 
     def _notify(self) -> None:
         for listener in self._listeners:

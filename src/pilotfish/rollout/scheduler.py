@@ -16,7 +16,6 @@ import base64
 import hashlib
 import json
 import logging
-import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
@@ -25,6 +24,7 @@ from typing import Any
 
 from pilotfish.agent.spec import referenced, template_hash
 from pilotfish.api.errors import ApiError, NotFound
+from pilotfish.periodic import Periodic
 from pilotfish.rollout import router
 from pilotfish.rollout.canary import Canary, read_canary
 from pilotfish.rollout.events import EventRecorder
@@ -71,30 +71,12 @@ class RolloutController:
         self.measure = measure
         self.call_hooks = call_hooks
         self.clock = clock
-        self.period_s = period_s
         self.events = EventRecorder(store, clock, on_event=self._event_hooks)
         self._due: dict[str, float] = {}
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self.loop = Periodic("rollout", period_s, self.sync)
 
     def __repr__(self) -> str:
         return f"RolloutController({len(self._due)} canaries)"
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="rollout", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.period_s):
-            try:
-                self.sync()
-            except Exception:  # a bug in one pass must not end the controller
-                log.exception("rollout: sync failed")
 
     def sync(self) -> None:
         """Step every Canary that is due."""

@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from pilotfish.model.types import Instance
+from pilotfish.periodic import Periodic
 from pilotfish.rollout.metrics.exposition import samples
 
 log = logging.getLogger("pilotfish.rollout")
@@ -53,7 +54,7 @@ class Series:
 
 
 class MeshMetrics:
-    """The sampler: `start()` runs it every `period_s` in a thread."""
+    """The sampler: `loop.start()` runs it every `period_s` in a thread."""
 
     def __init__(
         self,
@@ -63,31 +64,13 @@ class MeshMetrics:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.instances = instances
-        self.period_s = period_s
         self.clock = clock
         self._series: dict[str, Series] = {}  # instance namespace/name -> samples
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self.loop = Periodic("mesh-metrics", period_s, self.sample)
 
     def __repr__(self) -> str:
         return f"MeshMetrics({len(self._series)} sidecars)"
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="mesh-metrics", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.period_s):
-            try:
-                self.sample()
-            except Exception:  # a bad page must not end the sampler
-                log.exception("mesh metrics: sampling failed")
 
     def sample(self) -> None:
         """Scrape every sidecar with a metrics port once."""
