@@ -46,6 +46,9 @@ def gateway_bootstrap(
     return _bootstrap(who, "router", {"BIND_ADDRESS": who.address}, admin_port, xds)
 
 
+CLUSTER_ID = "Kubernetes"
+
+
 def _bootstrap(
     who: SidecarIdentity,
     kind: str,
@@ -65,6 +68,8 @@ def _bootstrap(
                 "SERVICE_ACCOUNT": who.service_account,
                 "APP_CONTAINERS": who.app_containers,
                 "INSTANCE_IPS": who.address,
+                # Istio's default cluster ID, so *_cluster metric labels read as Istio's do.
+                "CLUSTER_ID": CLUSTER_ID,
                 **placement,
             },
         },
