@@ -49,6 +49,7 @@ def _rules() -> dict[tuple[str, str], Rules]:
     # Imported here: the rule modules import Errors from this one.
     from pilotfish.api import (
         semantic_core,
+        semantic_flagger,
         semantic_networking,
         semantic_security,
         semantic_workload,
@@ -59,4 +60,5 @@ def _rules() -> dict[tuple[str, str], Rules]:
         **semantic_security.RULES,
         **semantic_core.RULES,
         **semantic_workload.RULES,
+        **semantic_flagger.RULES,
     }
