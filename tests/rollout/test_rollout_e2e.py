@@ -90,12 +90,12 @@ def canary(mesh: Mesh, name: str, *, load: bool = True, **analysis: Any) -> Obj:
                 "hosts": [f"{name}.example"],
             },
             "analysis": {
-                "interval": "2s",
+                "interval": "1s",
                 "threshold": 3,
                 "metrics": [
                     {
                         "name": "request-success-rate",
-                        "interval": "10s",
+                        "interval": "6s",
                         "thresholdRange": {"min": 99},
                     }
                 ],
@@ -234,7 +234,9 @@ def test_a_healthy_release_reaches_max_weight_and_is_promoted(mesh: Mesh) -> Non
 
 def test_a_release_answering_5xx_rolls_back(mesh: Mesh) -> None:
     name = "rv-errors"
-    release(mesh, canary(mesh, name, stepWeight=25, maxWeight=50, threshold=2), FAULT_PERCENT="100")
+    release(
+        mesh, canary(mesh, name, stepWeight=25, maxWeight=50, interval="2s"), FAULT_PERCENT="100"
+    )
     s = wait_phase(mesh, name, "Failed", "Succeeded")
     assert s["phase"] == "Failed", describe(mesh, name)
     log = events(mesh, name)
@@ -247,10 +249,12 @@ def test_a_release_answering_5xx_rolls_back(mesh: Mesh) -> None:
 
 def test_a_release_with_slow_p99_rolls_back(mesh: Mesh) -> None:
     name = "rv-slow"
-    metrics = [{"name": "request-duration", "interval": "10s", "thresholdRange": {"max": 250}}]
+    metrics = [{"name": "request-duration", "interval": "6s", "thresholdRange": {"max": 250}}]
     release(
         mesh,
-        canary(mesh, name, stepWeight=25, maxWeight=50, threshold=2, metrics=metrics),
+        canary(
+            mesh, name, stepWeight=25, maxWeight=50, threshold=3, interval="2s", metrics=metrics
+        ),
         FAULT_DELAY_MS="600",
     )
     s = wait_phase(mesh, name, "Failed", "Succeeded")
@@ -425,14 +429,16 @@ def test_a_metric_template_queries_a_real_prometheus(mesh: Mesh, prometheus: str
     }
     metric = {
         "name": "success-rate-from-prometheus",
-        "interval": "15s",
+        "interval": "8s",
         "thresholdRange": {"min": 99},
         "templateRef": {"name": "success-rate"},
     }
     apply(mesh, template)
     release(
         mesh,
-        canary(mesh, name, stepWeight=50, maxWeight=50, threshold=3, metrics=[metric]),
+        canary(
+            mesh, name, stepWeight=50, maxWeight=50, threshold=4, interval="3s", metrics=[metric]
+        ),
         FAULT_PERCENT="50",
     )
     wait_phase(mesh, name, "Failed", "Succeeded")
