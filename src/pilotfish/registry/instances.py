@@ -212,7 +212,9 @@ def _ports(body: Mapping[str, Any], field: str, *, required: bool = False) -> Ma
 
 
 def _port(body: Mapping[str, Any], field: str) -> int:
-    value = body.get(field) or 0
+    value = body.get(field)
+    if value is None:
+        return 0
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 65536:
         raise InvalidRegistration(f"{field}: must be a port number in 1-65535 (0: none)")
     return value

@@ -1,198 +1,218 @@
 """Flagger's two built-in metrics without a Prometheus: the control plane
 samples every registered sidecar's Istio metrics itself, keeps a few minutes
 of them, and answers the two questions a canary analysis asks about a
-workload over a window, as PromQL would over the same series:
+workload over a window, as Flagger's PromQL does over the same series:
 
-  request-success-rate  sum(increase(istio_requests_total{reporter="destination",
-                        response_code!~"5.*"})) / sum(increase(...)) * 100
-  request-duration      histogram_quantile(0.99, sum by (le)
-                        (increase(istio_request_duration_milliseconds_bucket{...})))
+  request-success-rate  sum(rate(istio_requests_total{reporter="destination",
+                        ..., response_code!~"5.*"}[w])) / sum(rate(...[w])) * 100
+  request-duration      histogram_quantile(0.99, sum(rate(
+                        istio_request_duration_milliseconds_bucket{...}[w])) by (le))
 
-`increase` here is the last sample less the first inside the window, with
-counter resets (a restarted sidecar) counted as Prometheus counts them.
+Each sidecar's series are counted between consecutive scrapes with rate()'s
+reset rule (promql.counted) into running totals, so a window's increase is
+its last total less its first, restarts included. Unlike rate() there is no
+extrapolation to the window's edges: the built-ins are ratios (of requests,
+of bucket counts), which extrapolation would scale alike.
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
 import threading
 import time
 import urllib.error
 import urllib.request
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from pilotfish.model.types import Instance
 from pilotfish.periodic import Periodic
 from pilotfish.rollout.metrics.exposition import samples
+from pilotfish.rollout.metrics.promql import counted, histogram_quantile
 
 log = logging.getLogger("pilotfish.rollout")
 
 REQUESTS = "istio_requests_total"
 BUCKETS = "istio_request_duration_milliseconds_bucket"
+PERIOD_S = 1.0
 RETENTION_S = 900.0
-SCRAPE_TIMEOUT_S = 1.0
+SCRAPE_TIMEOUT_S = 0.8
+MAX_PARALLEL_SCRAPES = 8
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+SeriesKey = tuple[str, frozenset[tuple[str, str]]]  # metric name, labels
+Page = dict[SeriesKey, float]
 
 
 @dataclass(frozen=True)
 class Totals:
-    """One sidecar's inbound counters at one moment."""
+    """A sidecar's inbound counters, summed over its series."""
 
     requests: float = 0.0
     ok: float = 0.0  # not 5xx
-    buckets: dict[float, float] = field(default_factory=dict)  # le -> cumulative count
+    buckets: Mapping[float, float] = field(default_factory=dict)  # le -> cumulative count
+
+    def __add__(self, other: Totals) -> Totals:
+        return Totals(
+            self.requests + other.requests, self.ok + other.ok, _merge(self.buckets, other.buckets)
+        )
+
+    def __sub__(self, other: Totals) -> Totals:
+        negated = {le: -n for le, n in other.buckets.items()}
+        return Totals(
+            self.requests - other.requests, self.ok - other.ok, _merge(self.buckets, negated)
+        )
 
 
 @dataclass
-class Series:
+class Sidecar:
+    """One instance's samples: its last page as scraped, and its running
+    totals over time (oldest first)."""
+
     namespace: str
     workload: str
-    points: deque[tuple[float, Totals]] = field(default_factory=deque)
+    page: Page
+    points: deque[tuple[float, Totals]]
 
 
 class MeshMetrics:
-    """The sampler: `loop.start()` runs it every `period_s` in a thread."""
+    """The sampler and its queries. `start()` scrapes every `period_s` on a
+    daemon thread; `sample(now)` does one pass, for tests."""
 
     def __init__(
         self,
         instances: Callable[[], Iterable[Instance]],
         *,
-        period_s: float = 1.0,
+        period_s: float = PERIOD_S,
+        retention_s: float = RETENTION_S,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.instances = instances
+        self.retention_s = retention_s
         self.clock = clock
-        self._series: dict[str, Series] = {}  # instance namespace/name -> samples
+        self._sidecars: dict[tuple[str, str], Sidecar] = {}  # (namespace, instance name)
         self._lock = threading.Lock()
         self.loop = Periodic("mesh-metrics", period_s, self.sample)
 
     def __repr__(self) -> str:
-        return f"MeshMetrics({len(self._series)} sidecars)"
+        return f"MeshMetrics({len(self._sidecars)} sidecars, every {self.loop.period_s:g}s)"
 
-    def sample(self) -> None:
-        """Scrape every sidecar with a metrics port once."""
-        for instance in self.instances():
-            if not instance.metrics_port:
-                continue
-            text = _scrape(instance)
-            if text is not None:
-                self.record(instance, parse_totals(text), self.clock())
-        self._forget(self.clock() - RETENTION_S)
+    def start(self) -> None:
+        self.loop.start()
 
-    def record(self, instance: Instance, totals: Totals, now: float) -> None:
-        key = f"{instance.namespace}/{instance.name}"
+    def stop(self) -> None:
+        self.loop.stop()
+
+    def sample(self, now: float | None = None) -> None:
+        """Scrape every sidecar with a metrics port once; one that does not
+        answer in time is skipped this pass."""
+        at = self.clock() if now is None else now
+        targets = [i for i in self.instances() if i.metrics_port]
+        if targets:
+            with ThreadPoolExecutor(min(MAX_PARALLEL_SCRAPES, len(targets))) as pool:
+                for instance, text in zip(targets, pool.map(scrape, targets), strict=True):
+                    if text is not None:
+                        self.record(instance, text, at)
+        self.forget(at - self.retention_s)
+
+    def record(self, instance: Instance, text: str, now: float) -> None:
+        """One scraped page of `instance`, read at `now`."""
+        page = read_page(text)
+        key = (instance.namespace, instance.name)
         with self._lock:
-            series = self._series.setdefault(key, Series(instance.namespace, instance.workload))
-            series.points.append((now, totals))
+            sidecar = self._sidecars.get(key)
+            if sidecar is None:
+                points = deque([(now, totals(page))])
+                self._sidecars[key] = Sidecar(instance.namespace, instance.workload, page, points)
+                return
+            running = sidecar.points[-1][1] + totals(counted(sidecar.page, page))
+            sidecar.page = page
+            sidecar.points.append((now, running))
 
-    def _forget(self, before: float) -> None:
+    def forget(self, before: float) -> None:
+        """Drop samples older than `before`, and sidecars left with none."""
         with self._lock:
-            for key, series in list(self._series.items()):
-                while series.points and series.points[0][0] < before:
-                    series.points.popleft()
-                if not series.points:
-                    del self._series[key]
+            for key, sidecar in list(self._sidecars.items()):
+                while sidecar.points and sidecar.points[0][0] < before:
+                    sidecar.points.popleft()
+                if not sidecar.points:
+                    del self._sidecars[key]
 
     # -- queries ---------------------------------------------------------------------
 
     def success_rate(self, namespace: str, workload: str, window_s: float) -> float | None:
         """Percent of requests not answered 5xx; None when there were none."""
-        total = ok = 0.0
-        for first, last in self._edges(namespace, workload, window_s):
-            total += _increase(first.requests, last.requests)
-            ok += _increase(first.ok, last.ok)
-        return None if total <= 0 else 100.0 * ok / total
+        counted_ = self.increase(namespace, workload, window_s)
+        if counted_.requests <= 0:
+            return None
+        return 100.0 * counted_.ok / counted_.requests
 
     def duration_p99(self, namespace: str, workload: str, window_s: float) -> float | None:
         """The 99th percentile in milliseconds; None when there were no requests."""
-        counts: dict[float, float] = {}
-        for first, last in self._edges(namespace, workload, window_s):
-            for le, value in last.buckets.items():
-                counts[le] = counts.get(le, 0.0) + _increase(first.buckets.get(le, 0.0), value)
-        return quantile(0.99, counts)
+        return histogram_quantile(0.99, self.increase(namespace, workload, window_s).buckets)
 
-    def _edges(self, namespace: str, workload: str, window_s: float) -> list[tuple[Totals, Totals]]:
-        """Per sidecar of the workload, its first and last sample in the window."""
+    def increase(self, namespace: str, workload: str, window_s: float) -> Totals:
+        """What the workload's sidecars counted in the window ending now, summed;
+        a sidecar needs two samples in the window to count, as in rate()."""
         since = self.clock() - window_s
+        total = Totals()
         with self._lock:
-            found = []
-            for series in self._series.values():
-                if (series.namespace, series.workload) != (namespace, workload):
+            for sidecar in self._sidecars.values():
+                if (sidecar.namespace, sidecar.workload) != (namespace, workload):
                     continue
-                inside = [t for at, t in series.points if at >= since]
+                inside = [t for at, t in sidecar.points if at >= since]
                 if len(inside) >= 2:
-                    found.append((inside[0], _with_resets(inside)))
-            return found
+                    total += inside[-1] - inside[0]
+        return total
 
 
-def parse_totals(text: str) -> Totals:
-    """The inbound (reporter="destination") counters of one sidecar's page."""
+def read_page(text: str) -> Page:
+    """The inbound (reporter="destination") series a canary analysis reads."""
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for s in samples(text, (REQUESTS, BUCKETS))
+        if s.labels.get("reporter") == "destination"
+    }
+
+
+def totals(page: Page) -> Totals:
     requests = ok = 0.0
     buckets: dict[float, float] = {}
-    for s in samples(text, (REQUESTS, BUCKETS)):
-        if s.labels.get("reporter") != "destination":
-            continue
-        if s.name == REQUESTS:
-            requests += s.value
-            if not s.labels.get("response_code", "").startswith("5"):
-                ok += s.value
+    for (name, labels), value in page.items():
+        found = dict(labels)
+        if name == REQUESTS:
+            requests += value
+            if not found.get("response_code", "").startswith("5"):
+                ok += value
         else:
-            le = float(s.labels.get("le", "+Inf"))
-            buckets[le] = buckets.get(le, 0.0) + s.value
+            le = _bound(found.get("le", ""))
+            if le is not None:
+                buckets[le] = buckets.get(le, 0.0) + value
     return Totals(requests, ok, buckets)
 
 
-def quantile(q: float, cumulative: dict[float, float]) -> float | None:
-    """histogram_quantile over cumulative bucket counts: linear within the
-    bucket that holds the rank; the highest finite bound when it is +Inf's."""
-    if not cumulative:
-        return None
-    bounds = sorted(cumulative)
-    total = cumulative[bounds[-1]]
-    if total <= 0:
-        return None
-    rank = q * total
-    lower, below = 0.0, 0.0
-    for le in bounds:
-        count = cumulative[le]
-        if count >= rank:
-            if le == float("inf"):
-                return lower
-            if count == below:
-                return le
-            return lower + (le - lower) * (rank - below) / (count - below)
-        lower, below = le, count
-    return lower
-
-
-def _with_resets(points: list[Totals]) -> Totals:
-    """The last sample, with what was counted before each reset added back,
-    so last - first is the increase across restarts."""
-    carried = Totals()
-    for previous, current in itertools.pairwise(points):
-        if current.requests < previous.requests:
-            carried = _add(carried, previous)
-    return _add(carried, points[-1])
-
-
-def _add(a: Totals, b: Totals) -> Totals:
-    buckets = dict(a.buckets)
-    for le, value in b.buckets.items():
-        buckets[le] = buckets.get(le, 0.0) + value
-    return Totals(a.requests + b.requests, a.ok + b.ok, buckets)
-
-
-def _increase(first: float, last: float) -> float:
-    return max(0.0, last - first)
-
-
-def _scrape(instance: Instance) -> str | None:
+def scrape(instance: Instance) -> str | None:
+    """The sidecar's /stats/prometheus page; None when it is gone or starting."""
     url = f"http://{instance.address}:{instance.metrics_port}/stats/prometheus"
     try:
         with _DIRECT.open(url, timeout=SCRAPE_TIMEOUT_S) as answer:
             return str(answer.read().decode("utf-8", "replace"))
-    except (urllib.error.URLError, OSError, ValueError):
-        return None  # a sidecar that is gone or starting: skipped this time
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        log.debug("scraping %s/%s at %s: %s", instance.namespace, instance.name, url, e)
+        return None
+
+
+def _bound(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def _merge(a: Mapping[float, float], b: Mapping[float, float]) -> dict[float, float]:
+    merged = dict(a)
+    for le, n in b.items():
+        merged[le] = merged.get(le, 0.0) + n
+    return merged
