@@ -198,14 +198,20 @@ def mesh_up(tmp: Path, gateway_port: int | None = None) -> Iterator[Mesh]:
         yield m
 
 
+def isolated_env(tmp: Path) -> dict[str, str]:
+    """This environment with HOME and the client config under `tmp`, and no
+    server, token or proxy of the user's."""
+    env = {**os.environ, "HOME": str(tmp / "home"), "PILOTFISH_CONFIG": str(tmp / "config.yaml")}
+    for var in ("PILOTFISH_SERVER", "PILOTFISH_TOKEN", "HTTP_PROXY", "http_proxy"):
+        env.pop(var, None)
+    return env
+
+
 @contextmanager
 def mesh_started(tmp: Path, *, gateway: bool = False) -> Iterator[Mesh]:
     """A control plane and a node agent (with its gateway when asked) and
     nothing applied yet; every process is stopped on the way out."""
-    env = {**os.environ, "HOME": str(tmp / "home"), "PILOTFISH_CONFIG": str(tmp / "config.yaml")}
-    for var in ("PILOTFISH_SERVER", "PILOTFISH_TOKEN", "HTTP_PROXY", "http_proxy"):
-        env.pop(var, None)
-    m = Mesh(tmp, env, free_port(), tmp / "node", None, free_port(), gateway=gateway)
+    m = Mesh(tmp, isolated_env(tmp), free_port(), tmp / "node", None, free_port(), gateway=gateway)
     try:
         m.start_plane()
         wait_for(lambda: (tmp / "config.yaml").exists(), 20, "the control plane did not start")

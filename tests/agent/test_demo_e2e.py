@@ -23,6 +23,7 @@ from tests.agent.mesh_harness import (
     REPO,
     bookinfo_with_gateway_port,
     free_port,
+    isolated_env,
     login,
     processes_under,
     wait_for,
@@ -63,9 +64,7 @@ class RunningDemo:
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningDemo]:
     tmp = tmp_path_factory.mktemp("demo")
-    env = {**os.environ, "HOME": str(tmp / "home"), "PILOTFISH_CONFIG": str(tmp / "config.yaml")}
-    for var in ("PILOTFISH_SERVER", "PILOTFISH_TOKEN", "HTTP_PROXY", "http_proxy"):
-        env.pop(var, None)
+    env = isolated_env(tmp)
     argv = [sys.executable, "-m", "pilotfish", "demo", "--data-dir", str(tmp / "data")]
     argv += ["--state-dir", str(tmp / "state"), "--listen", f"127.0.0.1:{free_port()}"]
     argv += ["--xds-port", str(free_port())]

@@ -19,6 +19,7 @@ from tests.agent.mesh_harness import (
     REPO,
     bookinfo_with_gateway_port,
     free_port,
+    isolated_env,
     processes_under,
     wait_for,
 )
@@ -28,10 +29,7 @@ URL_LINE = re.compile(r"Bookinfo is up: (http://\S+)")
 
 
 def test_demo_canary_promotes_v3_and_rolls_back_the_faulty_build(tmp_path: Path) -> None:
-    env = {**os.environ, "HOME": str(tmp_path / "home")}
-    env["PILOTFISH_CONFIG"] = str(tmp_path / "config.yaml")
-    for var in ("PILOTFISH_SERVER", "PILOTFISH_TOKEN", "HTTP_PROXY", "http_proxy"):
-        env.pop(var, None)
+    env = isolated_env(tmp_path)
     state = tmp_path / "state"
     argv = [
         sys.executable,
