@@ -4,6 +4,7 @@ content hash, probe counting, and the sidecar bootstrap the proxy must accept.""
 from __future__ import annotations
 
 import base64
+import random
 import socket
 
 import pytest
@@ -164,14 +165,36 @@ def test_sidecar_bootstrap_is_accepted_by_the_proxy() -> None:
     assert bootstrap.static_resources.clusters[0].name == "xds-grpc"
 
 
+def _three_free_ports_holding_the_first() -> socket.socket:
+    """A bound socket on port P where P+1 and P+2 were free a moment ago,
+    from outside the kernel's ephemeral range, so no bind(0) elsewhere in a
+    busy test run takes them in between."""
+    from pilotfish.agent.ports import non_ephemeral_range
+
+    span = non_ephemeral_range()
+    for _ in range(50):
+        base = random.randrange(span.start, span.stop - 3)
+        sockets = [socket.socket() for _ in range(3)]
+        try:
+            for i, s in enumerate(sockets):
+                s.bind(("127.0.0.1", base + i))
+        except OSError:
+            for s in sockets:
+                s.close()
+            continue
+        for s in sockets[1:]:
+            s.close()
+        return sockets[0]
+    raise AssertionError("no three free ports in a row")
+
+
 def test_ports_come_from_outside_the_ephemeral_range() -> None:
     from pilotfish.agent.ports import PortAllocator, non_ephemeral_range
 
     assert non_ephemeral_range("32768\t60999\n") == range(20000, 32768)
     assert non_ephemeral_range("1024 40000") == range(40001, 65536)
     assert non_ephemeral_range("garbage") == range(20000, 32768)
-    with socket.socket() as held:
-        held.bind(("127.0.0.1", 0))
+    with _three_free_ports_holding_the_first() as held:
         taken = held.getsockname()[1]
         allocator = PortAllocator(ports=range(taken, taken + 3))
         given = {allocator.allocate(), allocator.allocate()}
