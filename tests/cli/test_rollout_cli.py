@@ -76,7 +76,11 @@ def canary(name: str) -> Obj:
                 "metrics": [
                     {"name": "request-success-rate", "thresholdRange": {"min": 99}},
                     {"name": "request-duration", "thresholdRange": {"max": 500}},
-                    {"name": "error-rate", "thresholdRange": {"max": 1}},
+                    {
+                        "name": "error-rate",
+                        "thresholdRange": {"max": 1},
+                        "templateRef": {"name": "error-rate"},
+                    },
                 ],
             },
         },
