@@ -18,7 +18,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -26,7 +26,7 @@ from pilotfish.agent.spec import referenced, template_hash
 from pilotfish.api.errors import ApiError, NotFound
 from pilotfish.periodic import Periodic
 from pilotfish.rollout import router
-from pilotfish.rollout.canary import Canary, read_canary
+from pilotfish.rollout.canary import ANALYSIS_INTERVAL_S, Canary, read_canary
 from pilotfish.rollout.events import EventRecorder
 from pilotfish.rollout.phases import (
     ABORT,
@@ -73,6 +73,8 @@ class RolloutController:
         self.clock = clock
         self.events = EventRecorder(store, clock, on_event=self._event_hooks)
         self._due: dict[str, float] = {}
+        # (namespace, workload) of every Canary's target: what the metrics follow
+        self.targets: frozenset[tuple[str, str]] = frozenset()
         self.loop = Periodic("rollout", period_s, self.sync)
 
     def __repr__(self) -> str:
@@ -82,38 +84,48 @@ class RolloutController:
         """Step every Canary that is due."""
         canaries, _ = self.store.list(*CANARY)
         now = self.clock()
-        seen = set()
+        seen, targets = set(), set()
         for obj in canaries:
             uid = obj["metadata"].get("uid", "")
             seen.add(uid)
             try:
                 canary = read_canary(obj)
             except (ValueError, KeyError) as e:
-                self._complain(obj, str(e))
+                if now >= self._due.get(uid, now):
+                    self._due[uid] = now + ANALYSIS_INTERVAL_S  # say so once an interval
+                    self._complain(obj, str(e))
                 continue
+            targets.add((canary.namespace, canary.target))
             if now < self._due.setdefault(uid, _first_due(canary, obj)):
                 continue
             self._due[uid] = now + canary.interval_s
             self.tick(canary, obj)
+        self.targets = frozenset(targets)
         for uid in set(self._due) - seen:
             del self._due[uid]
 
     # -- one step --------------------------------------------------------------------
 
     def tick(self, canary: Canary, obj: Obj) -> None:
-        target = self._get(WORKLOAD, canary.namespace, canary.target)
+        """Read the target, its configs and the primary once; put back what
+        the stored status implies, decide, and write again only what moved."""
         status = dict(obj.get("status") or {})
-        if target is not None:
-            self._reconcile(canary, target, status)
-        decision = self._decide(canary, obj, status, target)
+        target = self._get(WORKLOAD, canary.namespace, canary.target)
+        if target is None:
+            decision = self._decide(canary, obj, status, None)
+        else:
+            seen = _Seen(target, self._configs(canary.namespace, target), None)
+            seen.primary = self._get(WORKLOAD, canary.namespace, canary.primary)
+            seen.primary = self._reconcile(canary, seen, status)
+            decision = self._decide(canary, obj, status, seen)
         if decision.status != status:
             self.store.update_status(_key(obj), decision.status, manager=MANAGER)
-        if target is not None:
-            self._reconcile(canary, target, decision.status)
+            if target is not None:
+                self._reconcile(canary, seen, decision.status)
         self._act(canary, obj, decision)
 
-    def _decide(self, canary: Canary, obj: Obj, status: Obj, target: Obj | None) -> Decision:
-        obs = self._observe(canary, obj, target)
+    def _decide(self, canary: Canary, obj: Obj, status: Obj, seen: _Seen | None) -> Decision:
+        obs = self._observe(canary, obj, seen)
         decision = step(canary, status, obs)
         for _ in range(NEEDS_ROUNDS):
             if not decision.needs:
@@ -122,13 +134,12 @@ class RolloutController:
             decision = step(canary, status, obs)
         return decision
 
-    def _observe(self, canary: Canary, obj: Obj, target: Obj | None) -> Observations:
+    def _observe(self, canary: Canary, obj: Obj, seen: _Seen | None) -> Observations:
         now = datetime.fromtimestamp(self.clock(), UTC)
-        if target is None:
+        if seen is None:
             return Observations(now=now, checksum=None)
-        configs = self._configs(canary.namespace, target)
-        data = {key: _data_of(o) for key, o in configs.items()}
-        primary = self._get(WORKLOAD, canary.namespace, canary.primary)
+        target, primary = seen.target, seen.primary
+        data = {key: _data_of(o) for key, o in seen.configs.items()}
         annotations = obj["metadata"].get("annotations") or {}
         return Observations(
             now=now,
@@ -157,22 +168,23 @@ class RolloutController:
 
     # -- writing what the status implies ---------------------------------------------------
 
-    def _reconcile(self, canary: Canary, target: Obj, status: Obj) -> None:
+    def _reconcile(self, canary: Canary, seen: _Seen, status: Obj) -> Obj:
+        """Write what `status` implies; the primary as it now is."""
         phase = str(status.get("phase") or "")
-        primary = self._get(WORKLOAD, canary.namespace, canary.primary)
-        configs = self._configs(canary.namespace, target)
+        target, primary = seen.target, seen.primary
         if primary is None or phase == "Promoting":
-            for copied in router.config_copies(target, configs):
+            for copied in router.config_copies(target, seen.configs):
                 self._apply(copied)
             primary = self._apply(router.primary_workload(canary, target, primary))
         if phase in ("", "Initializing"):
-            return  # nothing routes to the primary before it is ready
+            return primary  # nothing routes to the primary before it is ready
         for obj in [*router.services(canary, target), *router.destination_rules(canary)]:
             self._apply(obj)
         self._apply(router.virtual_service(canary, status))
         replicas = router.canary_replicas(status, primary)
         if int(target["spec"].get("replicas", 1)) != replicas:
             self._apply(_scale(target, replicas))
+        return primary
 
     def _apply(self, obj: Obj) -> Obj:
         return self.store.apply(obj, manager=MANAGER, force=True)
@@ -228,6 +240,15 @@ class RolloutController:
             if obj is not None:
                 found[(kind, name)] = obj
         return found
+
+
+@dataclass
+class _Seen:
+    """What one tick read of a Canary's world."""
+
+    target: Obj
+    configs: dict[tuple[str, str], Obj]
+    primary: Obj | None
 
 
 def _first_due(canary: Canary, obj: Obj) -> float:

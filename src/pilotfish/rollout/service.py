@@ -22,8 +22,8 @@ GROUPS = {"MetricTemplate": "flagger.app", "Secret": ""}
 class RolloutService:
     def __init__(self, store: ResourceStore, instances: Callable[[], Iterable[Instance]]) -> None:
         self.store = store
-        self.metrics = MeshMetrics(instances)
         self.controller = RolloutController(store, self.measure, self.call_hooks)
+        self.metrics = MeshMetrics(lambda: self._analysed(instances()))
 
     def __repr__(self) -> str:
         return f"RolloutService({self.controller!r}, {self.metrics!r})"
@@ -49,6 +49,12 @@ class RolloutService:
             )
             for hook in webhooks.hooks_of(canary, hook_type)
         )
+
+    def _analysed(self, instances: Iterable[Instance]) -> list[Instance]:
+        """Only Canary targets' sidecars are sampled: the built-in metrics
+        are about them, and scraping every sidecar each second is not free."""
+        wanted = self.controller.targets
+        return [i for i in instances if (i.namespace, i.workload) in wanted]
 
     def _lookup(self, kind: str, namespace: str, name: str) -> Obj | None:
         try:
