@@ -79,16 +79,7 @@ class Mesh:
         return self.agent
 
     def cli(self, *args: str, check: bool = True) -> str:
-        done = subprocess.run(
-            [sys.executable, "-m", "pilotfish", *args],
-            env=self.env,
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert not check or done.returncode == 0, done.stdout + done.stderr
-        return done.stdout
+        return run_cli(self.env, *args, check=check, timeout=60)
 
     def node_cli(self, *args: str) -> str:
         return self.cli(*args, "--state-dir", str(self.state))
@@ -196,6 +187,21 @@ def mesh_up(tmp: Path, gateway_port: int | None = None) -> Iterator[Mesh]:
                 lambda w=workload: m.ready(w), 60, f"{workload} not ready: {m.status(workload)}"
             )
         yield m
+
+
+def run_cli(env: dict[str, str], *args: str, check: bool = True, timeout: float = 120) -> str:
+    """`pilotfish ARGS` from the repository; its output, asserting success
+    when `check`."""
+    done = subprocess.run(
+        [sys.executable, "-m", "pilotfish", *args],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert not check or done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
 
 
 def isolated_env(tmp: Path) -> dict[str, str]:

@@ -26,6 +26,7 @@ from tests.agent.mesh_harness import (
     isolated_env,
     login,
     processes_under,
+    run_cli,
     wait_for,
 )
 
@@ -44,16 +45,7 @@ class RunningDemo:
         return (self.tmp / "demo.out").read_text(errors="replace")
 
     def cli(self, *args: str) -> str:
-        done = subprocess.run(
-            [sys.executable, "-m", "pilotfish", *args],
-            env=self.env,
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert done.returncode == 0, done.stdout + done.stderr
-        return done.stdout
+        return run_cli(self.env, *args)
 
     def page(self, cookie: str | None = None) -> str:
         headers = {"Cookie": cookie} if cookie else {}

@@ -93,9 +93,8 @@ class ControlPlane:
             )
             plane = cls(server, store, data_dir)
             plane._start_mesh(xds_listen)
-            plane._start_rollout()
-            assert plane.loadtester is not None
-            extensions = chain(MeshApi(plane.instances, plane.ads), plane.loadtester)
+            loadtester = plane._start_rollout()
+            extensions = chain(MeshApi(plane.instances, plane.ads), loadtester)
             server.api = Api(store, token, analyze=analyze, extension=extensions)
             write_client_config(ClientConfig(server.url, token), config_path)
         except BaseException as e:
@@ -125,12 +124,13 @@ class ControlPlane:
         self.mesh.add_listener(self.ads.changed)
         self.ads.start()
 
-    def _start_rollout(self) -> None:
+    def _start_rollout(self) -> LoadTesterApi:
         """The rollout controller, its metrics sampler and the load tester."""
         assert self.mesh is not None
         self.loadtester = LoadTesterApi(self.mesh.snapshot)
         self.rollout = RolloutService(self.store, self.instances.instances)
         self.rollout.start()
+        return self.loadtester
 
     def close(self) -> None:
         """Stop what was started, newest first; safe on a half-open plane."""
