@@ -24,6 +24,12 @@ from typing import TYPE_CHECKING
 from pilotfish.proxy import filters, response_flags
 from pilotfish.proxy.mirror import send_mirror
 from pilotfish.proxy.pool import UpstreamConnection
+from pilotfish.proxy.protocol.express import (
+    ExpressRequest,
+    ExpressResponse,
+    express_events,
+    splice,
+)
 from pilotfish.proxy.protocol.http1 import (
     CONTINUE_RESPONSE,
     LAST_CHUNK,
@@ -41,6 +47,7 @@ from pilotfish.proxy.protocol.http1 import (
     request_authority,
     serialize_request_head,
     serialize_response_head,
+    status_line,
     strip_hop_by_hop,
 )
 from pilotfish.proxy.routing import (
@@ -59,6 +66,7 @@ if TYPE_CHECKING:
     from pilotfish.proxy.server import Downstream
 
 MAX_BUFFERED_BODY = 64 * 1024  # request bytes kept for retries and mirrors
+PRECISE_WITHIN_S = 0.5  # a route timeout this short gets its timer at once
 RNG = random.Random()
 RESET_BEFORE_HEADERS = b"upstream connect error or disconnect/reset before headers. reset reason: "
 FAILURE_BODIES = {
@@ -92,7 +100,8 @@ class Exchange:
     fx: filters.Exchange | None = None
     cluster: Cluster | None = None
     host: Host | None = None
-    last_host: str | None = None
+    last_host: Host | None = None  # for the access log: the host of the last try
+    retry: RetryPolicy | None = None  # the forwarding route's
     tried: frozenset[Host] | set[Host] = frozenset()  # for the previous-hosts predicate
     conn: UpstreamConnection | None = None
     waiting = False  # for a connection from the pool
@@ -108,20 +117,28 @@ class Exchange:
     on_body_done: tuple[Callable[[], None], ...] = ()
     timer: asyncio.TimerHandle | None = None  # filter delay, backoff
     try_timer: asyncio.TimerHandle | None = None
-    deadline: asyncio.TimerHandle | None = None
+    deadline_at = 0.0  # the route timeout, in time.monotonic(); 0: none
+    deadline: asyncio.TimerHandle | None = None  # its timer, once near
     holds_request = False  # a circuit breaker request slot
     holds_retry = False  # and a retry slot
     peer_header: bytes | None = None  # the other side's x-envoy-peer-metadata
+    generated_id: bytes | None = None  # the x-request-id the proxy made up
     done = False
+    _headers: Headers | None = None
 
-    def __init__(self, down: Downstream, head: RequestHead) -> None:
+    def __init__(
+        self, down: Downstream, head: RequestHead, express: ExpressRequest | None = None
+    ) -> None:
         self.down = down
         self.head = head
+        self.express = express
         self.method = head.method
-        authority, self.path = request_authority(head)
-        self.authority = authority or b""
+        if head.target[:1] == b"/":
+            self.path, self.authority = head.target, head.host or b""
+        else:
+            authority, self.path = request_authority(head)
+            self.authority = authority or b""
         self.original_path = self.path
-        self.headers: Headers = [(n.lower(), v) for n, v in head.headers]
         self.source_ip = down.peer
         self.keep_alive = head.keep_alive
         self.started = time.monotonic()
@@ -130,6 +147,27 @@ class Exchange:
 
     def __repr__(self) -> str:
         return f"<Exchange {self.method.decode()} {self.authority.decode()}{self.path.decode()}>"
+
+    @property
+    def headers(self) -> Headers:
+        """The request's headers, names lower-cased; made when first read,
+        since a request that goes the express way may never need them."""
+        headers = self._headers
+        if headers is None:
+            express = self.express
+            if express is not None:
+                headers = express.headers()
+            else:
+                headers = [(n.lower(), v) for n, v in self.head.headers]
+            self._headers = headers
+        return headers
+
+    def take_body(self, body: bytes) -> None:
+        """The whole request body, read with the head (the express way)."""
+        if body:
+            self.request_bytes = len(body)
+            self.body.append(body)
+        self.body_done = True
 
     # -- the request, from downstream -----------------------------------------------------
 
@@ -148,7 +186,7 @@ class Exchange:
             self.target = route.action.pick(self, rand)
             configs, cluster = self.target.filter_configs, self.target.cluster
         chain = listener.http.filters
-        if chain.empty:
+        if not chain.filters:
             self.act(route)
         else:
             self.fx = chain.start(self, configs, cluster)
@@ -240,7 +278,7 @@ class Exchange:
             self.local(503, FAILURE_BODIES["UO"][1], "UO")
             return
         self.holds_request, self.cluster = True, cluster
-        retry = action.retry
+        retry = self.retry = action.retry
         self.retries_left = retry.num_retries if retry is not None and not self.head.upgrade else 0
         self.keep_body = bool(self.retries_left or action.mirrors)
         if action.hash_key is not None:
@@ -252,9 +290,18 @@ class Exchange:
         if action.mirrors:
             self.mirror(action)
         if action.timeout:
-            loop = self.down.runtime.loop
-            self.deadline = loop.call_later(action.timeout, self.on_deadline)
+            now = time.monotonic()
+            self.deadline_at = now + action.timeout
+            self.arm_deadline(now, PRECISE_WITHIN_S)
         self.try_once()
+
+    def arm_deadline(self, now: float, horizon: float) -> None:
+        """Set the route timeout's timer once it is within `horizon`. A timer
+        per request costs more than most requests, so the connection's sweep
+        arms it for the few requests that come close (server.Runtime.tick)."""
+        if self.deadline_at and self.deadline is None and self.deadline_at - now <= horizon:
+            loop = self.down.runtime.loop
+            self.deadline = loop.call_later(max(0.0, self.deadline_at - now), self.on_deadline)
 
     def upgrade_allowed(self) -> bool:
         upgrade = get_header(self.headers, b"upgrade") or b""
@@ -262,6 +309,17 @@ class Exchange:
 
     def build_head(self, action: Forward, target: Target) -> bytes:
         path = action.rewrite_path(self.path) if action.rewrite_path is not None else self.path
+        express = self.express
+        if (
+            express is not None
+            and not action.mirrors
+            and (self.fx is None or not self.fx.upstream_headers)
+            and not target.request_headers
+            and not target.host_rewrite
+            and (express.host is None or express.host == self.authority)
+        ):
+            self.upstream_path = path
+            return self.express_head(express, path)
         headers = self.forwarding_headers(target.host_rewrite or self.authority)
         if self.down.listener.inbound:
             self.peer_header = take_peer(headers)
@@ -273,6 +331,34 @@ class Exchange:
         target.request_headers.apply(headers)
         self.forwarded_headers, self.upstream_path = headers, path
         return serialize_request_head(self.method, path, headers, chunked=self.head.chunked)
+
+    def express_head(self, req: ExpressRequest, path: bytes) -> bytes:
+        """What forwarding_headers and build_head make, from the head's bytes:
+        the header lines as received, less the cut ones, plus the added ones."""
+        down = self.down
+        http = down.listener.http
+        parts = [self.method, b" ", path, b" HTTP/1.1"]
+        if req.host is None:
+            parts += (b"\r\nhost: ", self.authority)
+        if down.listener.inbound:
+            self.peer_header = req.peer
+            parts.append(splice(req.lines, req.cuts + req.peer_cuts))
+        else:
+            parts.append(splice(req.lines, req.cuts))
+            parts.append(down.runtime.peer_lines)
+        xff = req.forwarded_for
+        if not http.skip_xff_append:
+            peer = self.source_ip.encode()
+            parts += (b"\r\nx-forwarded-for: ", xff + b", " + peer if xff else peer)
+        elif xff is not None:
+            parts += (b"\r\nx-forwarded-for: ", xff)
+        if not req.has_proto:
+            parts += (b"\r\nx-forwarded-proto: ", self.scheme)
+        if not req.has_request_id and http.generate_request_id:
+            self.generated_id = request_id()
+            parts += (b"\r\nx-request-id: ", self.generated_id)
+        parts.append(b"\r\n\r\n")
+        return b"".join(parts)
 
     def forwarding_headers(self, authority: bytes) -> Headers:
         """The request's headers for the upstream, in one pass: Host first,
@@ -303,7 +389,8 @@ class Exchange:
         if proto is None:
             headers.append((b"x-forwarded-proto", self.scheme))
         if request_id_seen is None and http.generate_request_id:
-            headers.append((b"x-request-id", request_id()))
+            self.generated_id = request_id()
+            headers.append((b"x-request-id", self.generated_id))
         return headers
 
     def mirror(self, action: Forward) -> None:
@@ -315,16 +402,15 @@ class Exchange:
 
     def try_once(self) -> None:
         self.timer = None
-        cluster, action = self.cluster, self.action
+        cluster, retry = self.cluster, self.retry
         assert cluster is not None
-        retry = action.retry
         exclude = self.tried if retry is not None and retry.previous_hosts else None
         attempts = retry.host_selection_max_attempts if retry is not None else 1
         host = cluster.pick(self.hash_key, exclude, retries=attempts)
         if host is None:
             self.fail("UH")
             return
-        self.host, self.last_host = host, str(host)
+        self.host = self.last_host = host
         if exclude is not None:
             self.tried = {*self.tried, host}
         host.request_started()
@@ -338,11 +424,6 @@ class Exchange:
         if per_try and not self.done and (self.waiting or self.conn is not None):
             loop = self.down.runtime.loop
             self.try_timer = loop.call_later(per_try, self.on_try_timeout)
-
-    @property
-    def action(self) -> Forward:
-        assert self.route is not None and isinstance(self.route.action, Forward)
-        return self.route.action
 
     def on_connection(self, conn: UpstreamConnection) -> None:
         if not self.waiting or self.done:
@@ -406,22 +487,64 @@ class Exchange:
         if ended:
             self.response_complete()
 
+    def on_express_response(self, resp: ExpressResponse) -> None:
+        """A response head with its Content-Length body, or the start of it,
+        from one read; the connection counts the rest of the body in."""
+        if (self.fx is not None and self.fx.encoders) or self.target_response_headers():
+            self.on_response(express_events(resp))
+            return
+        if not self.accept_response(resp.status):
+            return
+        self.status, self.responding = resp.status, True
+        if not resp.keep_alive and self.conn is not None:
+            self.conn.reusable = False
+        down = self.down
+        peer_lines = down.runtime.peer_lines
+        parts = [status_line(resp.status)]
+        if down.listener.inbound:
+            parts += (splice(resp.lines, resp.cuts), peer_lines)
+        elif peer_lines:  # a peer answers in kind only to a peer
+            self.peer_header = resp.peer
+            parts.append(splice(resp.lines, resp.cuts + resp.peer_cuts))
+        else:
+            parts.append(splice(resp.lines, resp.cuts))
+        if self.flags:
+            parts += (b"\r\nx-pilotfish-flags: ", self.flags.encode())
+        if not self.keep_alive:
+            parts.append(b"\r\nconnection: close")
+        parts += (b"\r\n\r\n", resp.body)
+        self.response_bytes = len(resp.body)
+        down.write(b"".join(parts))
+        if len(resp.body) == resp.content_length:
+            self.response_complete()
+
+    def target_response_headers(self) -> bool:
+        return self.target is not None and bool(self.target.response_headers)
+
     def on_response_head(self, head: ResponseHead) -> bytes | None:
         """The head to send downstream; None when the response is dropped for
         a retry. An interim (1xx) head gives b"": the client got its 100
         Continue from the proxy already."""
         if head.status < 200 and head.status != 101:
             return b""
+        if not self.accept_response(head.status):
+            return None
+        if not head.keep_alive and self.conn is not None:
+            self.conn.reusable = False
+        return self.respond(head)
+
+    def accept_response(self, status: int) -> bool:
+        """A final response came: report it, and take it, or drop it to retry."""
         self.cancel_try_timer()
-        self.report(head.status)
-        retry = self.action.retry
-        if retry is not None and retriable_status(head.status, retry):
+        self.report(status)
+        retry = self.retry
+        if retry is not None and retriable_status(status, retry):
             if self.can_retry():
                 self.drop_upstream()
                 self.retry_later()
-                return None
+                return False
             self.add_flag("URX")
-        return self.respond(head)
+        return True
 
     def respond(self, head: ResponseHead) -> bytes:
         self.status, self.responding = head.status, True
@@ -482,7 +605,7 @@ class Exchange:
         if self.host is not None:
             self.host.request_finished()
             self.host = None
-        retry = self.action.retry
+        retry = self.retry
         if retry is not None and retriable_failure(flag, retry.retry_on):
             if self.can_retry():
                 self.retry_later()
@@ -509,7 +632,7 @@ class Exchange:
 
     def retry_later(self) -> None:
         """Envoy's back-off: fully jittered, up to base * 2^n, capped at max."""
-        retry = self.action.retry
+        retry = self.retry
         assert retry is not None and self.cluster is not None
         attempt = retry.num_retries - self.retries_left
         self.retries_left -= 1
@@ -529,6 +652,7 @@ class Exchange:
 
     def on_deadline(self) -> None:
         self.deadline = None
+        self.deadline_at = 0.0
         self.stat("upstream_rq_timeout")
         if self.host is not None:
             self.report(LocalOrigin.TIMEOUT)

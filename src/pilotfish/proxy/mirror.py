@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from pilotfish.proxy.pool import UpstreamConnection
+from pilotfish.proxy.protocol.express import ExpressResponse, express_events
 from pilotfish.proxy.protocol.http1 import (
     EndOfMessage,
     ProtocolError,
@@ -45,6 +46,9 @@ class MirrorSink:
         if self.conn is not None and any(e.__class__ is EndOfMessage for e in events):
             conn, self.conn = self.conn, None
             self.pool.release(conn)
+
+    def on_express_response(self, resp: ExpressResponse) -> None:
+        self.on_response(express_events(resp))
 
     def on_upstream_error(self, error: ProtocolError) -> None:
         self.conn = None

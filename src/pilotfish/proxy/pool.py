@@ -19,7 +19,9 @@ import time
 from collections import deque
 from typing import Protocol
 
+from pilotfish.proxy.protocol.express import ExpressResponse, parse_response
 from pilotfish.proxy.protocol.http1 import (
+    END,
     ProtocolError,
     ResponseEvent,
     ResponseParser,
@@ -27,6 +29,7 @@ from pilotfish.proxy.protocol.http1 import (
 from pilotfish.proxy.upstream import Cluster, Host
 
 MAX_IDLE_PER_HOST = 256
+_NOT_EXPRESS = frozenset({b"HEAD", b"CONNECT"})  # their responses' bytes do not say their end
 SWEEP_INTERVAL_S = 1.0
 
 
@@ -36,6 +39,7 @@ class ResponseSink(Protocol):
     def on_connection(self, conn: UpstreamConnection) -> None: ...
     def on_connect_failure(self, timed_out: bool) -> None: ...
     def on_response(self, events: list[ResponseEvent]) -> None: ...
+    def on_express_response(self, resp: ExpressResponse) -> None: ...
     def on_upstream_error(self, error: ProtocolError) -> None: ...
     def pause_reading_downstream(self) -> None: ...
     def resume_reading_downstream(self) -> None: ...
@@ -50,6 +54,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.reusable = True
         self.requests = 0
         self.idle_since = 0.0
+        self.express = False  # the response may be read the express way
+        self.remaining = 0  # body bytes of an express response still to come
 
     def __repr__(self) -> str:
         return f"<UpstreamConnection {self.host} busy={self.sink is not None}>"
@@ -59,6 +65,17 @@ class UpstreamConnection(asyncio.Protocol):
         self.host.connection_opened()
 
     def data_received(self, data: bytes) -> None:
+        if self.remaining:
+            self._express_body(data)
+            return
+        sink = self.sink
+        if self.express and sink is not None:
+            self.express = False
+            resp = parse_response(data, self.parser.max_head)
+            if resp is not None:
+                self.remaining = resp.content_length - len(resp.body)
+                sink.on_express_response(resp)
+                return
         try:
             events = self.parser.feed(data)
         except ProtocolError as error:
@@ -99,10 +116,22 @@ class UpstreamConnection(asyncio.Protocol):
         self.sink = sink
         self.requests += 1
         held = self.parser.next_message(method)
+        self.express = self.parser.idle and method not in _NOT_EXPRESS
         assert self.transport is not None
         self.transport.write(data)
         if held:
             sink.on_response(held)
+
+    def _express_body(self, data: bytes) -> None:
+        """The rest of an express response's body; bytes past it were not
+        asked for, so the connection is not reused."""
+        if len(data) > self.remaining:
+            data = data[: self.remaining]
+            self.reusable = False
+        self.remaining -= len(data)
+        sink = self.sink
+        if sink is not None:
+            sink.on_response([data, END] if not self.remaining else [data])
 
     def write(self, data: bytes) -> None:
         if self.transport is not None and not self.transport.is_closing():
@@ -111,10 +140,12 @@ class UpstreamConnection(asyncio.Protocol):
     def detach(self) -> None:
         """The exchange is done with this connection (response complete)."""
         self.sink = None
+        self.express = False
 
     def close(self) -> None:
         self.reusable = False
         self.sink = None
+        self.remaining = 0
         if self.transport is not None:
             self.transport.close()
 
@@ -155,7 +186,7 @@ class Pool:
         idle = self.idle.get(host)
         while idle:
             conn = idle.pop()
-            if conn.alive:
+            if conn.reusable and not conn.transport.is_closing():  # type: ignore[union-attr]
                 sink.on_connection(conn)
                 return True
         breakers = cluster.breakers
@@ -196,7 +227,8 @@ class Pool:
             return
         conn.idle_since = time.monotonic()
         idle.append(conn)
-        self._arm_sweeper()
+        if self._sweeper is None:
+            self._arm_sweeper()
 
     def lost(self, conn: UpstreamConnection) -> None:
         """A connection closed: its slot may let a waiting request connect."""

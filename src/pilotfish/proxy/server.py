@@ -20,6 +20,7 @@ from pilotfish.proxy.config import ProxyConfig
 from pilotfish.proxy.exchange import Exchange
 from pilotfish.proxy.listeners import CompiledListener
 from pilotfish.proxy.pool import Pool
+from pilotfish.proxy.protocol.express import ExpressRequest, encode_lines, parse_request
 from pilotfish.proxy.protocol.http1 import (
     EndOfMessage,
     Headers,
@@ -53,6 +54,7 @@ class Runtime:
     telemetry: Telemetry
     stats: StatsRegistry
     peer_headers: Headers = field(default_factory=list)  # this proxy's metadata exchange
+    peer_lines: bytes = field(init=False)  # the same, as header lines (see protocol/express)
     access_logs: dict[str, AccessLogWriter] = field(default_factory=dict)
     files: list[BinaryIO] = field(default_factory=list)
     draining: bool = False
@@ -60,6 +62,9 @@ class Runtime:
     loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.get_running_loop)
     downstreams: set[Downstream] = field(default_factory=set)
     ticker: asyncio.TimerHandle | None = None
+
+    def __post_init__(self) -> None:
+        self.peer_lines = encode_lines(self.peer_headers)
 
     @property
     def connections(self) -> int:
@@ -119,12 +124,19 @@ class Runtime:
         self.pool.close()
 
 
+def express_head(req: ExpressRequest) -> RequestHead:
+    return RequestHead(
+        req.method, req.target, b"1.1", [], req.keep_alive, False, False, req.content_length,
+        False, req.host,
+    )  # fmt: skip
+
+
 def access_record(ex: Exchange, elapsed: float) -> AccessRecord:
     def header(name: bytes) -> str | None:
         value = get_header(ex.headers, name)
         return None if value is None else value.decode("latin-1")
 
-    forwarded = get_header(ex.forwarded_headers, b"x-request-id")
+    generated = ex.generated_id
     return AccessRecord(
         start_time=time.time() - (time.monotonic() - ex.started),
         method=ex.method.decode("latin-1"),
@@ -137,9 +149,9 @@ def access_record(ex: Exchange, elapsed: float) -> AccessRecord:
         duration=int(elapsed * 1000),
         x_forwarded_for=header(b"x-forwarded-for"),
         user_agent=header(b"user-agent"),
-        request_id=forwarded.decode("latin-1") if forwarded else header(b"x-request-id"),
+        request_id=generated.decode("latin-1") if generated else header(b"x-request-id"),
         authority=ex.authority.decode("latin-1"),
-        upstream_host=ex.last_host,
+        upstream_host=str(ex.last_host) if ex.last_host is not None else None,
         upstream_cluster=ex.cluster.name if ex.cluster is not None else None,
         downstream_remote_address=ex.down.peer_address,
         downstream_local_address=ex.down.local_address,
@@ -194,6 +206,11 @@ class Downstream(asyncio.Protocol):
             self.exchange.downstream_lost()
 
     def data_received(self, data: bytes) -> None:
+        if self.exchange is None and self.parser.idle:
+            express = parse_request(data, self.parser.max_head)
+            if express is not None:
+                self.begin(express_head(express), express)
+                return
         if self.exchange is None:
             if not self.head_since:
                 self.head_since = time.monotonic()
@@ -257,13 +274,15 @@ class Downstream(asyncio.Protocol):
                 assert isinstance(event, EndOfMessage)
                 exchange.request_end(event)
 
-    def begin(self, head: RequestHead) -> None:
+    def begin(self, head: RequestHead, express: ExpressRequest | None = None) -> None:
         self.head_since = self.idle_since = 0.0
         self.requests += 1
-        exchange = self.exchange = Exchange(self, head)
+        exchange = self.exchange = Exchange(self, head, express)
         limit = self.listener.http.max_requests_per_connection
         if (limit and self.requests >= limit) or self.runtime.draining:
             exchange.keep_alive = False  # the response says `connection: close`
+        if express is not None:
+            exchange.take_body(express.body)
         exchange.start()
 
     def exchange_done(self, ex: Exchange) -> None:
@@ -305,9 +324,11 @@ class Downstream(asyncio.Protocol):
     # -- timers ---------------------------------------------------------------------------
 
     def check_timers(self, now: float) -> None:
-        """Called about once a second: 408 for a head that is too slow, close
-        a connection idle too long (timers per request would cost more)."""
+        """Called every TIMER_SWEEP_S: 408 for a head that is too slow, close a
+        connection idle too long, arm a route timeout that is near (timers
+        per request would cost more)."""
         if self.exchange is not None:
+            self.exchange.arm_deadline(now, 2 * TIMER_SWEEP_S)
             return
         http = self.listener.http
         if self.head_since and http.request_headers_timeout:

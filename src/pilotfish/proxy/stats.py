@@ -76,7 +76,6 @@ class ClusterStats(Scope):
     upstream_cx_rx_bytes_total: int = 0
     upstream_cx_tx_bytes_total: int = 0
     upstream_rq_total: int = 0
-    upstream_rq_completed: int = 0
     upstream_rq_cancelled: int = 0
     upstream_rq_timeout: int = 0
     upstream_rq_per_try_timeout: int = 0
@@ -89,11 +88,6 @@ class ClusterStats(Scope):
     upstream_rq_retry_overflow: int = 0
     upstream_rq_retry_limit_exceeded: int = 0
     upstream_rq_retry_backoff_exponential: int = 0
-    upstream_rq_1xx: int = 0
-    upstream_rq_2xx: int = 0
-    upstream_rq_3xx: int = 0
-    upstream_rq_4xx: int = 0
-    upstream_rq_5xx: int = 0
     outlier_detection__ejections_enforced_total: int = 0
     outlier_detection__ejections_enforced_consecutive_5xx: int = 0
     outlier_detection__ejections_enforced_consecutive_gateway_failure: int = 0
@@ -116,16 +110,16 @@ class ClusterStats(Scope):
     circuit_breakers__default__rq_pending_open: int = gauge()
     circuit_breakers__default__rq_open: int = gauge()
     circuit_breakers__default__rq_retry_open: int = gauge()
-    codes: dict[int, int] = field(default_factory=dict)
+    codes: dict[int, int] = field(default_factory=dict)  # upstream responses by status
 
     def upstream_response(self, code: int) -> None:
-        """An upstream answered: Envoy's per-class and per-code counters."""
-        self.upstream_rq_completed += 1
-        self.codes[code] = self.codes.get(code, 0) + 1
-        _add_class(self, "upstream_rq_", code)
+        """An upstream answered; the per-class and completed counters are sums of these."""
+        codes = self.codes
+        codes[code] = codes.get(code, 0) + 1
 
     def stats(self) -> Iterator[tuple[str, str, int]]:
         yield from Scope.stats(self)
+        yield from code_stats("upstream_rq_", self.codes)
         for code in sorted(self.codes):
             yield f"upstream_rq_{code}", "counter", self.codes[code]
 
@@ -146,17 +140,11 @@ class HttpStats(Scope):
     downstream_cx_drain_close: int = 0
     downstream_rq_total: int = 0
     downstream_rq_http1_total: int = 0
-    downstream_rq_completed: int = 0
     downstream_rq_rx_reset: int = 0
     downstream_rq_tx_reset: int = 0
     downstream_rq_timeout: int = 0
     downstream_rq_header_timeout: int = 0
     downstream_rq_too_large: int = 0
-    downstream_rq_1xx: int = 0
-    downstream_rq_2xx: int = 0
-    downstream_rq_3xx: int = 0
-    downstream_rq_4xx: int = 0
-    downstream_rq_5xx: int = 0
     no_route: int = 0
     no_cluster: int = 0
     rq_redirect: int = 0
@@ -167,11 +155,16 @@ class HttpStats(Scope):
     downstream_cx_active: int = gauge()
     downstream_cx_http1_active: int = gauge()
     downstream_rq_active: int = gauge()
+    codes: dict[int, int] = field(default_factory=dict)  # responses sent, by status
 
     def downstream_response(self, code: int) -> None:
         """A response went to the client, whoever produced it."""
-        self.downstream_rq_completed += 1
-        _add_class(self, "downstream_rq_", code)
+        codes = self.codes
+        codes[code] = codes.get(code, 0) + 1
+
+    def stats(self) -> Iterator[tuple[str, str, int]]:
+        yield from Scope.stats(self)
+        yield from code_stats("downstream_rq_", self.codes)
 
 
 @dataclass(slots=True, eq=False, repr=False)
@@ -200,17 +193,16 @@ class ServerStats(Scope):
     memory_heap_size: int = gauge()
 
 
-_CLASS_NAMES = {
-    (prefix, c): f"{prefix}{c}xx"
-    for prefix in ("upstream_rq_", "downstream_rq_")
-    for c in range(1, 6)
-}
-
-
-def _add_class(scope: Scope, prefix: str, code: int) -> None:
-    name = _CLASS_NAMES.get((prefix, code // 100))
-    if name is not None:
-        setattr(scope, name, getattr(scope, name) + 1)
+def code_stats(prefix: str, codes: dict[int, int]) -> Iterator[tuple[str, str, int]]:
+    """Envoy's `<prefix>completed` and `<prefix>1xx`..`5xx`, summed from counts by
+    status, so that a request pays one dict update for all of them."""
+    classes = dict.fromkeys(range(1, 6), 0)
+    for code, count in codes.items():
+        if code // 100 in classes:
+            classes[code // 100] += count
+    yield f"{prefix}completed", "counter", sum(codes.values())
+    for c, count in classes.items():
+        yield f"{prefix}{c}xx", "counter", count
 
 
 def listener_stat_name(host: str, port: int) -> str:

@@ -151,6 +151,15 @@ def test_route_timeout_is_504_ut(start_proxy, make_backend) -> None:
     assert 0.25 < elapsed < 1.2
 
 
+def test_a_longer_route_timeout_fires_on_time_too(start_proxy, make_backend) -> None:
+    # Past exchange.PRECISE_WITHIN_S the timer is armed by the connections' sweep.
+    slow = make_backend("slow", delay=3)
+    port = one_route_proxy(start_proxy, static_cluster("slow", [slow.port]), {"timeout": "1.2s"})
+    r, elapsed = timed_curl(f"http://127.0.0.1:{port}/")
+    assert (r.status, r.flags) == (504, "UT")
+    assert 1.15 < elapsed < 1.6
+
+
 def test_outlier_detection_ejects_and_brings_back(start_proxy, make_backend) -> None:
     good, bad = make_backend("good"), make_backend("bad", always_status=503)
     proxy_port = free_port()

@@ -235,6 +235,11 @@ class _Parser(Generic[Event]):
         """The current message has ended: stop reading until next_message()."""
         return self._gated
 
+    @property
+    def idle(self) -> bool:
+        """Between messages with nothing held: the next bytes start a message."""
+        return self._state == _IDLE and not self._gated and not self._held
+
     # -- driving it -------------------------------------------------------------------------
 
     def feed(self, data: bytes) -> list[Event]:
@@ -257,6 +262,8 @@ class _Parser(Generic[Event]):
         """Release the events held since the current message ended, up to the
         next message's end; raise the error met in them, if there was one."""
         held = self._held
+        if not held and not self._gated and self._state != _FAILED:
+            return []  # nothing was read ahead (the express way): nothing to do
         end = _message_end(held) if held else -1
         if end >= 0:
             self._held = self._sink = held[end:]
@@ -614,7 +621,7 @@ class ResponseParser(_Parser[ResponseEvent]):
 # -- writing --------------------------------------------------------------------------------
 
 _STATUS_LINES: Final = {
-    s.value: b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode()) for s in HTTPStatus
+    s.value: b"HTTP/1.1 %d %s" % (s.value, s.phrase.encode()) for s in HTTPStatus
 }
 _CHUNKED_END_OF_HEAD: Final = b"transfer-encoding: chunked\r\n\r\n"
 
@@ -624,6 +631,11 @@ def status_phrase(status: int) -> bytes:
         return HTTPStatus(status).phrase.encode()
     except ValueError:
         return b"Unknown"
+
+
+def status_line(status: int) -> bytes:
+    """`HTTP/1.1 200 OK`, with the standard reason phrase and without CRLF."""
+    return _STATUS_LINES.get(status) or b"HTTP/1.1 %d %s" % (status, status_phrase(status))
 
 
 def serialize_request_head(
@@ -640,8 +652,7 @@ def serialize_request_head(
 
 def serialize_response_head(status: int, headers: Headers, *, chunked: bool = False) -> bytes:
     """An HTTP/1.1 response head with the standard reason phrase."""
-    line = _STATUS_LINES.get(status) or b"HTTP/1.1 %d %s\r\n" % (status, status_phrase(status))
-    parts = [line]
+    parts = [status_line(status), b"\r\n"]
     for name, value in headers:
         parts += (name, b": ", value, b"\r\n")
     parts.append(_CHUNKED_END_OF_HEAD if chunked else b"\r\n")
@@ -673,8 +684,8 @@ def error_response(
     """A complete response the proxy answers by itself (bad request, no route,
     upstream failure...), e.g. with x-pilotfish-flags among `headers`."""
     parts = [
-        _STATUS_LINES.get(status) or b"HTTP/1.1 %d %s\r\n" % (status, status_phrase(status)),
-        b"content-length: %d\r\n" % len(body),
+        status_line(status),
+        b"\r\ncontent-length: %d\r\n" % len(body),
     ]
     if body:
         parts.append(b"content-type: text/plain\r\n")

@@ -1,0 +1,231 @@
+"""The express reading of HTTP/1.1: a subset of what protocol/http1 accepts, with
+the same meaning, and None for everything else (the long way then decides)."""
+
+from __future__ import annotations
+
+import pytest
+from http1_support import requests
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pilotfish.proxy.protocol.express import (
+    ExpressResponse,
+    express_events,
+    parse_request,
+    parse_response,
+    splice,
+)
+from pilotfish.proxy.protocol.http1 import END, RequestHead, ResponseHead, ResponseParser
+
+GET = b"GET /reviews/1?x=y HTTP/1.1\r\nHost: reviews:9080\r\nUser-Agent: curl/8.5\r\n\r\n"
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: keep-alive\r\nX-A: b\r\n\r\nhello"
+
+
+def long_way(data: bytes) -> list[object]:
+    return requests([data])
+
+
+class TestRequests:
+    def test_a_plain_get(self) -> None:
+        req = parse_request(GET)
+        assert req is not None
+        assert (req.method, req.target, req.host, req.keep_alive) == (
+            b"GET",
+            b"/reviews/1?x=y",
+            b"reviews:9080",
+            True,
+        )
+        assert req.headers() == [(b"host", b"reviews:9080"), (b"user-agent", b"curl/8.5")]
+        assert req.cuts == [] and req.body == b""
+
+    def test_a_post_with_its_whole_body(self) -> None:
+        req = parse_request(b"POST /r HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello")
+        assert req is not None and (req.content_length, req.body) == (5, b"hello")
+
+    def test_hop_by_hop_lines_are_cut_and_the_rest_kept_verbatim(self) -> None:
+        data = (
+            b"GET / HTTP/1.1\r\nHost: h\r\nConnection: keep-alive\r\nKeep-Alive: 5\r\n"
+            b"X-Forwarded-For: 10.0.0.1\r\nX-Mixed-Case: V \r\n\r\n"
+        )
+        req = parse_request(data)
+        assert req is not None and req.forwarded_for == b"10.0.0.1"
+        assert splice(req.lines, req.cuts) == b"\r\nHost: h\r\nX-Mixed-Case: V "
+
+    def test_connection_close_is_understood(self) -> None:
+        req = parse_request(b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+        assert req is not None and req.keep_alive is False
+
+    def test_istio_peer_metadata_is_set_aside(self) -> None:
+        data = b"GET / HTTP/1.1\r\nHost: h\r\nx-envoy-peer-metadata: abc\r\nx-envoy-peer-metadata-id: i\r\n\r\n"
+        req = parse_request(data)
+        assert req is not None and req.peer == b"abc" and req.cuts == []
+        assert splice(req.lines, req.peer_cuts) == b"\r\nHost: h"
+
+    def test_an_absolute_form_target_needs_no_host(self) -> None:
+        req = parse_request(b"GET http://reviews:9080/a HTTP/1.1\r\n\r\n")
+        assert req is not None and req.host is None and req.target == b"http://reviews:9080/a"
+
+    @pytest.mark.parametrize(
+        "data",
+        [
+            pytest.param(GET[:-2], id="partial head"),
+            pytest.param(GET + GET, id="pipelined"),
+            pytest.param(
+                b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhel", id="partial body"
+            ),
+            pytest.param(
+                b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n", id="chunked"
+            ),
+            pytest.param(
+                b"GET / HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+                id="upgrade",
+            ),
+            pytest.param(
+                b"PUT / HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n",
+                id="expect",
+            ),
+            pytest.param(b"GET / HTTP/1.0\r\nHost: h\r\n\r\n", id="HTTP/1.0"),
+            pytest.param(b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", id="two hosts"),
+            pytest.param(b"GET / HTTP/1.1\r\n\r\n", id="no host"),
+            pytest.param(
+                b"GET / HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n",
+                id="two lengths",
+            ),
+            pytest.param(
+                b"GET / HTTP/1.1\r\nHost: h\r\nContent-Length: -1\r\n\r\n", id="bad length"
+            ),
+            pytest.param(
+                b"GET / HTTP/1.1\r\nHost: h\r\nConnection: x-secret\r\n\r\n",
+                id="connection names a header",
+            ),
+            pytest.param(b"GET / HTTP/1.1\r\nHost: h\r\nBad Name: v\r\n\r\n", id="space in a name"),
+            pytest.param(b"GET / HTTP/1.1\r\nHost: h\r\n folded\r\n\r\n", id="obs-fold"),
+            pytest.param(b"GET / HTTP/1.1\r\nHost: h\r\nA: b\x00c\r\n\r\n", id="NUL in a value"),
+            pytest.param(b"GET / HTTP/1.1\nHost: h\n\n", id="bare LF"),
+            pytest.param(b"BREW / HTTP/1.1\r\nHost: h\r\n\r\n", id="unknown method"),
+            pytest.param(b"CONNECT h:443 HTTP/1.1\r\nHost: h\r\n\r\n", id="CONNECT"),
+        ],
+    )
+    def test_anything_else_goes_the_long_way(self, data: bytes) -> None:
+        assert parse_request(data) is None
+
+    def test_a_head_over_the_limit_goes_the_long_way(self) -> None:
+        assert parse_request(GET, max_head=len(GET) - 1) is None
+
+
+class TestResponses:
+    def test_a_whole_response(self) -> None:
+        resp = parse_response(OK)
+        assert resp is not None
+        assert (resp.status, resp.content_length, resp.body, resp.keep_alive) == (
+            200,
+            5,
+            b"hello",
+            True,
+        )
+        assert splice(resp.lines, resp.cuts) == b"\r\nContent-Length: 5\r\nX-A: b"
+
+    def test_the_start_of_a_body(self) -> None:
+        resp = parse_response(OK[:-2])
+        assert resp is not None and resp.body == b"hel"
+        assert express_events(resp)[1:] == [b"hel"]  # no END: the rest is to come
+
+    def test_connection_close(self) -> None:
+        resp = parse_response(
+            b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+        assert resp is not None and resp.keep_alive is False and resp.status == 503
+
+    @pytest.mark.parametrize(
+        "data",
+        [
+            pytest.param(b"HTTP/1.1 200 OK\r\n\r\nbody", id="no length"),
+            pytest.param(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", id="chunked"),
+            pytest.param(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n", id="204"),
+            pytest.param(b"HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n", id="304"),
+            pytest.param(b"HTTP/1.1 100 Continue\r\n\r\n", id="interim"),
+            pytest.param(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: ws\r\n\r\n", id="101"),
+            pytest.param(OK + b"extra", id="bytes past the body"),
+            pytest.param(b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n", id="HTTP/1.0"),
+            pytest.param(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx",
+                id="two lengths",
+            ),
+        ],
+    )
+    def test_anything_else_goes_the_long_way(self, data: bytes) -> None:
+        assert parse_response(data) is None
+
+
+# -- agreement with protocol/http1 ----------------------------------------------------------
+
+NAMES = st.sampled_from(
+    [b"Host", b"host", b"Content-Length", b"Connection", b"Keep-Alive", b"TE", b"Upgrade",
+     b"Transfer-Encoding", b"X-Forwarded-For", b"x-request-id", b"Accept", b"X-A", b"Bad Name",
+     b"x-envoy-peer-metadata", b"Expect", b""]
+)  # fmt: skip
+VALUES = st.sampled_from(
+    [b"h", b" spaced \t", b"0", b"5", b"-1", b"close", b"keep-alive", b"x-a", b"chunked",
+     b"100-continue", b"", b"a\x00b", b"caf\xc3\xa9", b"a\rb"]
+)  # fmt: skip
+LINES = st.lists(st.tuples(NAMES, VALUES), max_size=6)
+METHODS = st.sampled_from([b"GET", b"POST", b"HEAD", b"DELETE", b"BREW", b"CONNECT", b"get"])
+TARGETS = st.sampled_from([b"/", b"/a?b=c", b"http://h:1/p", b"*", b"/a b", b"/%zz", b""])
+VERSIONS = st.sampled_from([b"HTTP/1.1", b"HTTP/1.0", b"HTTP/2.0", b"http/1.1"])
+BODIES = st.sampled_from([b"", b"hello", b"hel", b"GET / HTTP/1.1\r\n\r\n"])
+
+
+def message(first_line: bytes, lines: list[tuple[bytes, bytes]], body: bytes) -> bytes:
+    head = b"".join(b"%s: %s\r\n" % pair for pair in lines)
+    return first_line + b"\r\n" + head + b"\r\n" + body
+
+
+@settings(max_examples=400, deadline=None)
+@given(METHODS, TARGETS, VERSIONS, LINES, BODIES)
+def test_an_express_request_is_what_the_long_way_reads(
+    method: bytes, target: bytes, version: bytes, lines: list[tuple[bytes, bytes]], body: bytes
+) -> None:
+    data = message(b"%s %s %s" % (method, target, version), lines, body)
+    req = parse_request(data)
+    if req is None:
+        return
+    events = long_way(data)
+    head = events[0]
+    assert isinstance(head, RequestHead)
+    assert (head.method, head.target, head.host) == (req.method, req.target, req.host)
+    assert (head.keep_alive, head.content_length) == (req.keep_alive, req.content_length)
+    assert not head.upgrade and not head.chunked and not head.expect_continue
+    assert [(n.lower(), v) for n, v in head.headers] == req.headers()
+    assert events[1:] == ([req.body, END] if req.body else [END])
+
+
+STATUSES = st.sampled_from(
+    [b"200 OK", b"503 Service Unavailable", b"204 No Content", b"101 X", b"99 X", b"200"]
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(STATUSES, VERSIONS, LINES, BODIES)
+def test_an_express_response_is_what_the_long_way_reads(
+    status: bytes, version: bytes, lines: list[tuple[bytes, bytes]], body: bytes
+) -> None:
+    data = message(version + b" " + status, lines, body)
+    resp = parse_response(data)
+    if resp is None:
+        return
+    parser = ResponseParser()
+    parser.next_message(b"GET")
+    events = parser.feed(data)
+    assert_same(events, resp)
+
+
+def assert_same(events: list[object], resp: ExpressResponse) -> None:
+    head, express_head = events[0], express_events(resp)[0]
+    assert isinstance(head, ResponseHead) and isinstance(express_head, ResponseHead)
+    assert (head.status, head.keep_alive, head.content_length) == (
+        express_head.status,
+        express_head.keep_alive,
+        express_head.content_length,
+    )
+    assert [(n.lower(), v) for n, v in head.headers] == express_head.headers
+    assert events[1:] == express_events(resp)[1:]
