@@ -175,9 +175,11 @@ def _haproxy_hop(bench: Bench, name: str, upstream_port: int) -> HopStart:
 
 def pilotfish_bootstrap(name: str, port: int, admin_port: int, upstream_port: int) -> str:
     """The Envoy v3 bootstrap the harness gives `pilotfish proxy`: one listener
-    routing / to one STATIC cluster; routing and metrics on, access log off."""
+    routing / to one STATIC cluster, with a sidecar's HTTP filters (CORS and
+    fault, idle unless a route configures them, then the router); routing and
+    metrics on, access log off."""
     hcm = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3"
-    router = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+    filters = "type.googleapis.com/envoy.extensions.filters.http"
     return f"""\
 node:
   id: sidecar~127.0.0.1~{name}.bench~bench.svc.cluster.local
@@ -210,9 +212,15 @@ static_resources:
               - match: {{prefix: "/"}}
                 route: {{cluster: next_hop}}
           http_filters:
+          - name: envoy.filters.http.cors
+            typed_config:
+              "@type": {filters}.cors.v3.Cors
+          - name: envoy.filters.http.fault
+            typed_config:
+              "@type": {filters}.fault.v3.HTTPFault
           - name: envoy.filters.http.router
             typed_config:
-              "@type": {router}
+              "@type": {filters}.router.v3.Router
   clusters:
   - name: next_hop
     type: STATIC

@@ -186,7 +186,7 @@ class Exchange:
             self.target = route.action.pick(self, rand)
             configs, cluster = self.target.filter_configs, self.target.cluster
         chain = listener.http.filters
-        if not chain.filters:
+        if not chain.filters or chain.idle(configs):
             self.act(route)
         else:
             self.fx = chain.start(self, configs, cluster)

@@ -18,6 +18,7 @@ from filters_sim import (
     FakeClock,
     chain,
     http_filters,
+    per_route,
     request,
     run,
 )
@@ -249,3 +250,27 @@ def test_the_most_specific_per_filter_config_replaces_the_filters_own() -> None:
     assert (quiet.status, quiet.delay) == (0, 0.1)  # the route's replaced the virtual host's
     assert quiet.headers == [(b"access-control-allow-origin", b"https://a.test")]  # vhost CORS
     assert run(c, request()).status == 503  # no route config: the listener's own
+
+
+def test_a_chain_is_idle_where_no_filter_has_work() -> None:
+    # A sidecar's chain: CORS and fault with no config of their own.
+    c = chain(
+        {"name": "envoy.filters.http.cors", "typed_config": {"@type": CORS_T}},
+        {"name": FAULT, "typed_config": {"@type": FAULT_T}},
+    )
+    assert c.idle(per_route())
+    assert not c.idle(per_route(**{FAULT: ABORT_503}))
+    cors_policy = {"@type": CORS_POLICY_T, "allow_origin_string_match": [{"exact": "https://a"}]}
+    assert not c.idle(per_route(**{"envoy.filters.http.cors": cors_policy}))
+    assert not chain({"name": FAULT, "typed_config": ABORT_503}).idle(per_route())
+    bucket = {"max_tokens": 1, "tokens_per_fill": 1, "fill_interval": "1s"}
+    limiter = {"@type": RL_T, "stat_prefix": "rl", "token_bucket": bucket}
+    assert not chain({"name": "envoy.filters.http.local_ratelimit", "typed_config": limiter}).idle(
+        per_route()
+    )
+    assert chain(
+        {
+            "name": "envoy.filters.http.local_ratelimit",
+            "typed_config": {"@type": RL_T, "stat_prefix": "rl"},
+        }
+    ).idle(per_route())

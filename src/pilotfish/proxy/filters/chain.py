@@ -69,6 +69,9 @@ class HttpFilter(Protocol):
     def prepare(self, route_configs: FilterConfigs) -> None:
         """Compile this filter's per-route config, if `route_configs` has one."""
 
+    def idle(self, route_configs: FilterConfigs) -> bool:
+        """Whether the filter does nothing at all for requests on such a route."""
+
 
 # The config message each supported filter takes, and how to build it from one.
 _Builder = Callable[[str, Message, str, Clock], HttpFilter]
@@ -120,6 +123,12 @@ class FilterChain:
     def empty(self) -> bool:
         """Nothing but the router: the shell may skip the chain altogether."""
         return not self.filters
+
+    def idle(self, route_configs: FilterConfigs) -> bool:
+        """No filter has anything to do on such a route (a sidecar's CORS and
+        fault filters, where no VirtualService asks for them): the shell may
+        skip the chain, as for `empty`."""
+        return all(f.idle(route_configs) for f in self.filters)
 
     def prepare(self, route_configs: FilterConfigs) -> None:
         """Compile a route's per-filter configs now, so that a bad one fails

@@ -186,6 +186,9 @@ class CorsFilter:
     def prepare(self, route_configs: FilterConfigs) -> None:
         self.policies.resolve(route_configs)
 
+    def idle(self, route_configs: FilterConfigs) -> bool:
+        return self.policies.resolve(route_configs) is None
+
     def resume(self, ex: Exchange, rng: Random) -> Step:
         raise AssertionError("the CORS filter never pauses")
 

@@ -305,6 +305,10 @@ class FaultFilter:
     def prepare(self, route_configs: FilterConfigs) -> None:
         self.policies.resolve(route_configs)
 
+    def idle(self, route_configs: FilterConfigs) -> bool:
+        policy = self.policies.resolve(route_configs)
+        return policy is None or (policy.delay is None and policy.abort is None)
+
     def resume(self, ex: Exchange, rng: Random) -> Step:
         """After the delay: Envoy decides the abort now, and a delay that is
         not followed by one stops counting as an active fault."""

@@ -220,6 +220,9 @@ class LocalRateLimitFilter:
     def __repr__(self) -> str:
         return f"<LocalRateLimitFilter {self.name} {self.limits.base!r}>"
 
+    def idle(self, route_configs: FilterConfigs) -> bool:
+        return self.limits.resolve(route_configs).bucket is None
+
     def decode(self, ex: Exchange, rng: Random) -> Step:
         limit = self.limits.resolve(ex.route_configs)
         if not limit.enabled.sample(rng):
