@@ -59,6 +59,7 @@ from pilotfish.proxy.routing import (
     Route,
     Target,
 )
+from pilotfish.proxy.stats import ClusterStats
 from pilotfish.proxy.telemetry import PEER_METADATA_HEADER, PEER_METADATA_ID_HEADER
 from pilotfish.proxy.upstream import Cluster, Host, LocalOrigin, stable_hash
 
@@ -76,6 +77,13 @@ FAILURE_BODIES = {
     "UPE": (503, b"upstream protocol error"),
     "UO": (503, RESET_BEFORE_HEADERS + b"overflow"),
     "UT": (504, b"upstream request timeout"),
+}
+# Envoy's connection manager counters for the local replies that have one.
+LOCAL_REPLY_STATS = {
+    "NR": "no_route",
+    "NC": "no_cluster",
+    "FI": "fault__aborts_injected",
+    "RL": "local_rate_limit__rate_limited",
 }
 RETRY_ON_RESET = RetryOn.RESET | RetryOn.GATEWAY_ERROR | RetryOn.FIVE_XX
 RETRY_ON_CONNECT = RetryOn.CONNECT_FAILURE | RetryOn.GATEWAY_ERROR | RetryOn.FIVE_XX
@@ -99,6 +107,7 @@ class Exchange:
     target: Target | None = None
     fx: filters.Exchange | None = None
     cluster: Cluster | None = None
+    cluster_stats: ClusterStats | None = None
     host: Host | None = None
     last_host: Host | None = None  # for the access log: the host of the last try
     retry: RetryPolicy | None = None  # the forwarding route's
@@ -239,6 +248,7 @@ class Exchange:
         step = chain.decode(fx, RNG)
         if isinstance(step, filters.Delay):
             self.add_flag("DI")
+            self.http_stat("fault__delays_injected")
             self.timer = self.down.runtime.loop.call_later(step.seconds, self.run_filters)
         elif isinstance(step, filters.LocalReply):
             headers = list(step.headers)
@@ -257,9 +267,11 @@ class Exchange:
         if isinstance(action, Redirect):
             headers.append((b"location", action.location(self)))
             body = b""
+            self.http_stat("rq_redirect")
         else:
             assert isinstance(action, DirectResponse)
             body = action.body
+            self.http_stat("rq_direct_response")
         route.response_headers.apply(headers)
         self.local(action.status, body, "", headers)
 
@@ -278,6 +290,7 @@ class Exchange:
             self.local(503, FAILURE_BODIES["UO"][1], "UO")
             return
         self.holds_request, self.cluster = True, cluster
+        self.cluster_stats = runtime.stats.cluster(cluster.name)
         retry = self.retry = action.retry
         self.retries_left = retry.num_retries if retry is not None and not self.head.upgrade else 0
         self.keep_body = bool(self.retries_left or action.mirrors)
@@ -414,6 +427,7 @@ class Exchange:
         if exclude is not None:
             self.tried = {*self.tried, host}
         host.request_started()
+        self.stat("upstream_rq_total")
         self.waiting = True
         if not self.down.runtime.pool.request(host, cluster, self):
             self.waiting = False
@@ -544,6 +558,8 @@ class Exchange:
                 self.retry_later()
                 return False
             self.add_flag("URX")
+        elif self.holds_retry:
+            self.stat("upstream_rq_retry_success")
         return True
 
     def respond(self, head: ResponseHead) -> bytes:
@@ -590,6 +606,7 @@ class Exchange:
             return
         self.cancel_try_timer()
         self.report(LocalOrigin.RESET)
+        self.stat("upstream_rq_rx_reset")
         self.try_failed(error.flag)
 
     def pause_reading_downstream(self) -> None:
@@ -624,8 +641,7 @@ class Exchange:
             breakers.release_retry()
             self.holds_retry = False
         if not breakers.try_acquire_retry():
-            self.add_flag("UO")
-            self.stat("upstream_rq_retry_overflow")
+            self.add_flag("UO")  # the breakers count upstream_rq_retry_overflow
             return False
         self.holds_retry = True
         return True
@@ -689,13 +705,17 @@ class Exchange:
     def report(self, result: int) -> None:
         if self.cluster is not None and self.host is not None:
             self.cluster.report(self.host, result, time.monotonic())
-            if result >= 0:
-                self.down.runtime.stats.cluster(self.cluster.name).upstream_response(result)
+            if result >= 0 and self.cluster_stats is not None:
+                self.cluster_stats.upstream_response(result)
 
     def stat(self, name: str) -> None:
-        if self.cluster is not None:
-            scope = self.down.runtime.stats.cluster(self.cluster.name)
+        scope = self.cluster_stats
+        if scope is not None:
             setattr(scope, name, getattr(scope, name) + 1)
+
+    def http_stat(self, name: str) -> None:
+        scope = self.down.stats
+        setattr(scope, name, getattr(scope, name) + 1)
 
     def add_flag(self, flag: str) -> None:
         if flag:
@@ -710,6 +730,8 @@ class Exchange:
             self.finish()
             return
         self.add_flag(flag)
+        if flag in LOCAL_REPLY_STATS:
+            self.http_stat(LOCAL_REPLY_STATS[flag])
         self.status, self.responding = status, True
         out = list(headers or ())
         if self.fx is not None and headers is None:

@@ -26,6 +26,7 @@ from pilotfish.proxy.protocol.http1 import (
     ResponseEvent,
     ResponseParser,
 )
+from pilotfish.proxy.stats import StatsRegistry
 from pilotfish.proxy.upstream import Cluster, Host
 
 MAX_IDLE_PER_HOST = 256
@@ -99,6 +100,7 @@ class UpstreamConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.reusable = False
         self.host.connection_closed()
+        self.pool.stats.cluster(self.cluster.name).upstream_cx_destroy += 1
         self.pool.lost(self)
         if self.sink is not None:
             self._fail(ProtocolError("upstream connection reset", 503, "UC"))
@@ -171,7 +173,8 @@ class UpstreamConnection(asyncio.Protocol):
 class Pool:
     """Idle keep-alive connections per host, and requests waiting for one."""
 
-    def __init__(self) -> None:
+    def __init__(self, stats: StatsRegistry | None = None) -> None:
+        self.stats = stats or StatsRegistry()
         self.idle: dict[Host, list[UpstreamConnection]] = {}
         self.waiting: dict[Host, deque[tuple[ResponseSink, Cluster]]] = {}
         self.connecting: set[asyncio.Task[None]] = set()
@@ -192,6 +195,7 @@ class Pool:
         breakers = cluster.breakers
         if not breakers.try_acquire_pending():
             return False
+        self.stats.cluster(cluster.name).upstream_rq_pending_total += 1
         if breakers.try_acquire_connection():
             self._connect(host, cluster, sink)
         else:
@@ -213,6 +217,8 @@ class Pool:
         conn.detach()
         limit = conn.cluster.spec.pool.max_requests_per_connection
         if not conn.alive or (limit is not None and conn.requests >= limit):
+            if conn.alive:
+                self.stats.cluster(conn.cluster.name).upstream_cx_max_requests += 1
             conn.close()
             return
         queue = self.waiting.get(conn.host)
@@ -256,8 +262,13 @@ class Pool:
         except (OSError, TimeoutError) as e:
             cluster.breakers.release_connection()
             cluster.breakers.release_pending()
+            stats = self.stats.cluster(cluster.name)
+            stats.upstream_cx_connect_fail += 1
+            if isinstance(e, TimeoutError):
+                stats.upstream_cx_connect_timeout += 1
             sink.on_connect_failure(isinstance(e, TimeoutError))
             return
+        self.stats.cluster(cluster.name).upstream_cx_total += 1
         cluster.breakers.release_pending()
         sink.on_connection(conn)
 
@@ -274,6 +285,8 @@ class Pool:
             for conn in list(idle):
                 timeout = conn.cluster.spec.pool.idle_timeout
                 if not conn.alive or (timeout is not None and now - conn.idle_since > timeout):
+                    if conn.alive:
+                        self.stats.cluster(conn.cluster.name).upstream_cx_idle_timeout += 1
                     idle.remove(conn)
                     conn.close()
         if any(self.idle.values()):

@@ -12,7 +12,9 @@ import asyncio
 import contextlib
 import logging
 import signal
+import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from envoy.config.bootstrap.v3.bootstrap_pb2 import Bootstrap
@@ -25,7 +27,7 @@ from pilotfish.proxy.config import ProxyConfig, Snapshot
 from pilotfish.proxy.listeners import CompiledListener
 from pilotfish.proxy.pool import Pool
 from pilotfish.proxy.server import Downstream, Runtime
-from pilotfish.proxy.stats import StatsRegistry, prometheus_page
+from pilotfish.proxy.stats import State, StatsRegistry, prometheus_page
 from pilotfish.proxy.telemetry import Telemetry, WorkloadInfo, peer_metadata_headers
 from pilotfish.proxy.upstream import render_clusters
 from pilotfish.proxy.xds_client import AdsClient
@@ -116,13 +118,33 @@ async def _serve(bootstrap: Bootstrap) -> int:
 
 def new_runtime(bootstrap: Bootstrap, config: ProxyConfig) -> Runtime:
     """What the proxy's connections share, for the node the bootstrap names."""
-    return Runtime(
+    stats = StatsRegistry()
+    runtime = Runtime(
         config,
-        Pool(),
+        Pool(stats),
         Telemetry(WorkloadInfo.from_node(bootstrap.node)),
-        StatsRegistry(),
+        stats,
         peer_metadata_headers(bootstrap.node),
     )
+    stats.state = partial(live_stats, runtime, time.monotonic())
+    return runtime
+
+
+def live_stats(runtime: Runtime, started: float) -> State:
+    """The stats read from state: every cluster's (membership, breakers,
+    outlier detection, active connections and requests), and the server's."""
+    state: State = {
+        ("cluster", name): cluster.stats()
+        for name, cluster in runtime.config.snapshot.clusters.clusters.items()
+    }
+    state["server", "server"] = {
+        "live": int(not runtime.draining),
+        "state": int(runtime.draining),  # Envoy's 0 LIVE, 1 DRAINING
+        "uptime": int(time.monotonic() - started),
+        "concurrency": 1,
+        "total_connections": runtime.connections,
+    }
+    return state
 
 
 def load_static(bootstrap: Bootstrap, config: ProxyConfig) -> None:

@@ -32,7 +32,7 @@ from pilotfish.proxy.protocol.http1 import (
     error_response,
     get_header,
 )
-from pilotfish.proxy.stats import StatsRegistry
+from pilotfish.proxy.stats import StatsRegistry, listener_stat_name
 from pilotfish.proxy.telemetry import (
     UNKNOWN_SERVICE,
     UNKNOWN_WORKLOAD,
@@ -166,6 +166,9 @@ class Downstream(asyncio.Protocol):
         self.runtime, self.listener = runtime, listener
         http = listener.http
         self.stats = runtime.stats.http(http.stat_prefix or listener.name)
+        self.listener_stats = runtime.stats.listener(
+            listener_stat_name(listener.host, listener.port)
+        )
         self.parser = RequestParser(http.max_request_headers)
         self.transport: asyncio.Transport | None = None
         self.peer = "-"
@@ -195,12 +198,17 @@ class Downstream(asyncio.Protocol):
             self.local_address = f"{local[0]}:{local[1]}"
         self.stats.downstream_cx_total += 1
         self.stats.downstream_cx_active += 1
+        self.listener_stats.downstream_cx_total += 1
+        self.listener_stats.downstream_cx_active += 1
         self.runtime.downstreams.add(self)
         self.idle_since = time.monotonic()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.stats.downstream_cx_active -= 1
+        self.stats.downstream_cx_destroy += 1
+        self.listener_stats.downstream_cx_active -= 1
+        self.listener_stats.downstream_cx_destroy += 1
         self.runtime.downstreams.discard(self)
         if self.exchange is not None:
             self.exchange.downstream_lost()
@@ -314,6 +322,9 @@ class Downstream(asyncio.Protocol):
     def refuse(self, error: ProtocolError) -> None:
         """Bytes that are not acceptable HTTP/1.1: answer if we still can, close."""
         self.stats.downstream_rq_rx_reset += 1
+        self.stats.downstream_cx_protocol_error += 1
+        if error.status in (413, 431):
+            self.stats.downstream_rq_too_large += 1
         if self.exchange is None or not self.exchange.responding:
             self.write(error.response())
         if self.exchange is not None:

@@ -14,7 +14,7 @@ The Prometheus names follow the tags Istio's bootstrap extracts:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import Field, dataclass, field, fields
 from typing import Any
 
@@ -60,56 +60,24 @@ def _stat_fields(cls: type[Scope]) -> tuple[Field[Any], ...]:
 
 @dataclass(slots=True, eq=False, repr=False)
 class ClusterStats(Scope):
-    """`cluster.<name>.*`: what the upstream side saw."""
+    """`cluster.<name>.*` counted as events happen. What the cluster's state
+    says (membership, circuit breakers, outlier detection, active connections
+    and requests) is read from it when the stats are (`StatsRegistry.state`)."""
 
     upstream_cx_total: int = 0
-    upstream_cx_http1_total: int = 0
     upstream_cx_connect_fail: int = 0
     upstream_cx_connect_timeout: int = 0
-    upstream_cx_overflow: int = 0
-    upstream_cx_none_healthy: int = 0
     upstream_cx_destroy: int = 0
-    upstream_cx_destroy_local: int = 0
-    upstream_cx_destroy_remote: int = 0
     upstream_cx_idle_timeout: int = 0
     upstream_cx_max_requests: int = 0
-    upstream_cx_rx_bytes_total: int = 0
-    upstream_cx_tx_bytes_total: int = 0
     upstream_rq_total: int = 0
-    upstream_rq_cancelled: int = 0
+    upstream_rq_pending_total: int = 0
     upstream_rq_timeout: int = 0
     upstream_rq_per_try_timeout: int = 0
     upstream_rq_rx_reset: int = 0
-    upstream_rq_tx_reset: int = 0
-    upstream_rq_pending_total: int = 0
-    upstream_rq_pending_overflow: int = 0
     upstream_rq_retry: int = 0
     upstream_rq_retry_success: int = 0
-    upstream_rq_retry_overflow: int = 0
     upstream_rq_retry_limit_exceeded: int = 0
-    upstream_rq_retry_backoff_exponential: int = 0
-    outlier_detection__ejections_enforced_total: int = 0
-    outlier_detection__ejections_enforced_consecutive_5xx: int = 0
-    outlier_detection__ejections_enforced_consecutive_gateway_failure: int = 0
-    outlier_detection__ejections_overflow: int = 0
-    outlier_detection__ejections_detected_consecutive_5xx: int = 0
-    outlier_detection__ejections_detected_consecutive_gateway_failure: int = 0
-    update_attempt: int = 0
-    update_success: int = 0
-    update_rejected: int = 0
-    upstream_cx_active: int = gauge()
-    upstream_rq_active: int = gauge()
-    upstream_rq_pending_active: int = gauge()
-    outlier_detection__ejections_active: int = gauge()
-    membership_total: int = gauge()
-    membership_healthy: int = gauge()
-    membership_degraded: int = gauge()
-    membership_excluded: int = gauge()
-    max_host_weight: int = gauge()
-    circuit_breakers__default__cx_open: int = gauge()
-    circuit_breakers__default__rq_pending_open: int = gauge()
-    circuit_breakers__default__rq_open: int = gauge()
-    circuit_breakers__default__rq_retry_open: int = gauge()
     codes: dict[int, int] = field(default_factory=dict)  # upstream responses by status
 
     def upstream_response(self, code: int) -> None:
@@ -129,20 +97,11 @@ class HttpStats(Scope):
     """`http.<stat_prefix>.*`: the HTTP connection manager's downstream side."""
 
     downstream_cx_total: int = 0
-    downstream_cx_http1_total: int = 0
     downstream_cx_destroy: int = 0
-    downstream_cx_destroy_remote: int = 0
-    downstream_cx_destroy_local: int = 0
     downstream_cx_protocol_error: int = 0
-    downstream_cx_rx_bytes_total: int = 0
-    downstream_cx_tx_bytes_total: int = 0
     downstream_cx_idle_timeout: int = 0
-    downstream_cx_drain_close: int = 0
     downstream_rq_total: int = 0
-    downstream_rq_http1_total: int = 0
     downstream_rq_rx_reset: int = 0
-    downstream_rq_tx_reset: int = 0
-    downstream_rq_timeout: int = 0
     downstream_rq_header_timeout: int = 0
     downstream_rq_too_large: int = 0
     no_route: int = 0
@@ -153,8 +112,6 @@ class HttpStats(Scope):
     fault__delays_injected: int = 0
     local_rate_limit__rate_limited: int = 0
     downstream_cx_active: int = gauge()
-    downstream_cx_http1_active: int = gauge()
-    downstream_rq_active: int = gauge()
     codes: dict[int, int] = field(default_factory=dict)  # responses sent, by status
 
     def downstream_response(self, code: int) -> None:
@@ -173,24 +130,21 @@ class ListenerStats(Scope):
 
     downstream_cx_total: int = 0
     downstream_cx_destroy: int = 0
-    downstream_cx_overflow: int = 0
-    no_filter_chain_match: int = 0
-    downstream_pre_cx_timeout: int = 0
     downstream_cx_active: int = gauge()
 
 
-@dataclass(slots=True, eq=False, repr=False)
-class ServerStats(Scope):
-    """`server.*`: the process."""
+# What is read from live state rather than counted: (family, scope name) -> {stat: value}.
+State = dict[tuple[str, str], dict[str, int]]
+_STATE_GAUGE_PREFIXES = ("membership_", "circuit_breakers.", "max_host_weight", "server.")
+_STATE_GAUGES = frozenset({"live", "state", "uptime", "concurrency", "total_connections"})
 
-    envoy_bug_failures: int = 0
-    live: int = gauge()
-    state: int = gauge()
-    uptime: int = gauge()
-    concurrency: int = gauge()
-    total_connections: int = gauge()
-    memory_allocated: int = gauge()
-    memory_heap_size: int = gauge()
+
+def state_kind(stat: str) -> str:
+    """Counter or gauge, for a stat read from state."""
+    gauge = (
+        stat in _STATE_GAUGES or stat.endswith("_active") or stat.startswith(_STATE_GAUGE_PREFIXES)
+    )
+    return "gauge" if gauge else "counter"
 
 
 def code_stats(prefix: str, codes: dict[int, int]) -> Iterator[tuple[str, str, int]]:
@@ -214,8 +168,8 @@ class StatsRegistry:
     """Every scope of one proxy; a scope is created on first use and stays
     until removed (a cluster or listener gone from the config)."""
 
-    def __init__(self) -> None:
-        self.server = ServerStats("server")
+    def __init__(self, state: Callable[[], State] = dict) -> None:
+        self.state = state  # the stats read from live state, when stats are read
         self.clusters: dict[str, ClusterStats] = {}
         self.listeners: dict[str, ListenerStats] = {}
         self.http_managers: dict[str, HttpStats] = {}
@@ -252,35 +206,50 @@ class StatsRegistry:
 
     def text(self) -> bytes:
         """Envoy's `/stats`: `name: value` lines, sorted by name."""
-        lines = sorted(f"{name}: {value}" for name, _, value in self._flat())
+        lines = sorted(
+            f"{family if family == 'server' else f'{family}.{scope}'}.{stat}: {value}"
+            for family, _, scope, stat, _, value in self._entries()
+        )
         return ("\n".join(lines) + "\n").encode() if lines else b""
 
     def prometheus(self) -> bytes:
         """The `envoy_*` families in Prometheus text format 0.0.4."""
         families: dict[str, tuple[str, list[tuple[str, int]]]] = {}
-        for family, prefix_tag, scopes in self._tagged_scopes():
-            for scope in scopes:
-                for stat, kind, value in scope.stats():
-                    name, labels = _prometheus_name(family, stat, prefix_tag, scope.name)
-                    families.setdefault(name, (kind, []))[1].append((labels, value))
+        for family, tag, scope, stat, kind, value in self._entries():
+            name, labels = _prometheus_name(family, stat, tag, scope)
+            families.setdefault(name, (kind, []))[1].append((labels, value))
         return "".join(_render(families)).encode()
 
-    def _tagged_scopes(self) -> Iterator[tuple[str, tuple[str, str] | None, Iterable[Scope]]]:
-        yield "cluster", ("cluster_name", ""), self.clusters.values()
-        yield "http", ("http_conn_manager_prefix", ""), self.http_managers.values()
-        yield "listener", ("listener_address", ""), self.listeners.values()
-        yield "server", None, (self.server,)
-
-    def _flat(self) -> Iterator[tuple[str, str, int]]:
-        for family, _, scopes in self._tagged_scopes():
+    def _entries(self) -> Iterator[tuple[str, str | None, str, str, str, int]]:
+        """(family, its scope's label name, scope, stat, kind, value) of every stat:
+        the counted ones, then those read from state, for the same scope."""
+        state = self.state()
+        for family, tag, scopes in self._tagged_scopes():
             for scope in scopes:
-                prefix = "server" if family == "server" else f"{family}.{scope.name}"
                 for stat, kind, value in scope.stats():
-                    yield f"{prefix}.{stat}", kind, value
+                    yield family, tag, scope.name, stat, kind, value
+                for stat, value in state.pop((family, scope.name), {}).items():
+                    yield family, tag, scope.name, stat, state_kind(stat), value
+        for (family, name), stats in state.items():
+            tag = _TAGS.get(family)
+            for stat, value in stats.items():
+                yield family, tag, name, stat, state_kind(stat), value
+
+    def _tagged_scopes(self) -> Iterator[tuple[str, str | None, Iterable[Scope]]]:
+        yield "cluster", _TAGS["cluster"], self.clusters.values()
+        yield "http", _TAGS["http"], self.http_managers.values()
+        yield "listener", _TAGS["listener"], self.listeners.values()
+
+
+_TAGS = {
+    "cluster": "cluster_name",
+    "http": "http_conn_manager_prefix",
+    "listener": "listener_address",
+}
 
 
 def _prometheus_name(
-    family: str, stat: str, prefix_tag: tuple[str, str] | None, scope_name: str
+    family: str, stat: str, prefix_tag: str | None, scope_name: str
 ) -> tuple[str, str]:
     """Envoy's tag extraction as Istio configures it: the scope's name and a
     trailing response code or class become labels."""
@@ -290,7 +259,7 @@ def _prometheus_name(
         pairs.append(("response_code_class" if last in CODE_CLASSES else "response_code", last))
         stat = head
     if prefix_tag is not None:
-        pairs.append((prefix_tag[0], scope_name))
+        pairs.append((prefix_tag, scope_name))
     name = f"envoy_{family}_{stat.replace('.', '_')}"
     return name, format_labels(pairs)
 

@@ -90,6 +90,36 @@ def test_golden_metrics(start_proxy, make_backend) -> None:
         assert matching(samples(proxy, name), **ok) == [3.0], name
 
 
+def test_envoy_stats_count_what_happened(start_proxy, make_backend) -> None:
+    reviews = make_backend("reviews")
+    port = free_port()
+    proxy = start_proxy(
+        [listener("outbound", port, [vhost("all", ["*"], [route(REVIEWS, prefix="/api")])])],
+        [static_cluster(REVIEWS, [reviews.port]), static_cluster("unused", [reviews.port])],
+    )
+    for _ in range(3):
+        assert curl(f"http://127.0.0.1:{port}/api").status == 200
+    assert curl(f"http://127.0.0.1:{port}/missing").status == 404
+    status, text = proxy.admin_get("/stats")
+    assert status == 200
+    stats = dict(line.split(": ") for line in text.splitlines())
+    cluster = f"cluster.{REVIEWS}"
+    assert stats[f"{cluster}.upstream_rq_total"] == "3"
+    assert stats[f"{cluster}.upstream_rq_2xx"] == "3"
+    assert int(stats[f"{cluster}.upstream_cx_total"]) >= 1
+    assert stats[f"{cluster}.upstream_rq_active"] == "0"
+    assert stats[f"{cluster}.membership_total"] == "1"
+    assert stats[f"{cluster}.membership_healthy"] == "1"
+    assert stats["cluster.unused.membership_total"] == "1"  # configured, never used
+    assert stats["http.outbound.no_route"] == "1"
+    assert stats["http.outbound.downstream_rq_4xx"] == "1"
+    assert stats[f"listener.127.0.0.1_{port}.downstream_cx_total"] == "4"
+    assert stats["server.live"] == "1"
+    assert matching(samples(proxy, "envoy_cluster_membership_total"), cluster_name="unused") == [
+        1.0
+    ]
+
+
 def test_inbound_metrics_report_as_destination(start_proxy, make_backend) -> None:
     app = make_backend("app")
     port = free_port()

@@ -17,16 +17,22 @@ def busy_registry() -> StatsRegistry:
         cluster.upstream_rq_total += 1
         cluster.upstream_response(code)
     cluster.upstream_rq_retry += 2
-    cluster.upstream_rq_pending_overflow += 1
-    cluster.upstream_cx_active = 3
-    cluster.outlier_detection__ejections_active = 1
     http = stats.http("outbound_0.0.0.0_15001")
     http.downstream_rq_total += 2
     http.downstream_response(200)
     http.downstream_response(404)
     http.downstream_cx_active = 1
     stats.listener(listener_stat_name("0.0.0.0", 15001)).downstream_cx_total += 4
-    stats.server.live = 1
+    stats.state = lambda: {  # what the live cluster and server say when read
+        ("cluster", REVIEWS): {
+            "upstream_cx_active": 3,
+            "upstream_rq_pending_overflow": 1,
+            "outlier_detection.ejections_active": 1,
+            "circuit_breakers.default.rq_open": 0,
+        },
+        ("cluster", "idle"): {"membership_total": 2},
+        ("server", "server"): {"live": 1},
+    }
     return stats
 
 
@@ -47,6 +53,7 @@ def test_stats_text_is_envoys_name_colon_value_sorted() -> None:
     assert values["http.outbound_0.0.0.0_15001.downstream_rq_4xx"] == "1"
     assert values["listener.0.0.0.0_15001.downstream_cx_total"] == "4"
     assert values["server.live"] == "1"
+    assert values["cluster.idle.membership_total"] == "2"  # configured, no request yet
 
 
 def test_prometheus_families_use_istios_tag_names() -> None:
@@ -79,6 +86,9 @@ def test_prometheus_families_use_istios_tag_names() -> None:
 def test_gauges_and_counters_are_typed() -> None:
     kinds = families(busy_registry().prometheus())
     assert kinds["envoy_cluster_upstream_cx_active"] == "gauge"
+    assert kinds["envoy_cluster_membership_total"] == "gauge"
+    assert kinds["envoy_cluster_circuit_breakers_default_rq_open"] == "gauge"
+    assert kinds["envoy_server_live"] == "gauge"
     assert kinds["envoy_cluster_upstream_rq_retry"] == "counter"
     assert kinds["envoy_cluster_upstream_rq"] == "counter"
 
@@ -86,6 +96,7 @@ def test_gauges_and_counters_are_typed() -> None:
 def test_a_removed_cluster_leaves_the_stats() -> None:
     stats = busy_registry()
     stats.remove_cluster(REVIEWS)
+    stats.state = dict
     assert REVIEWS not in stats.text().decode()
 
 

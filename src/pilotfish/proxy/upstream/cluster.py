@@ -282,6 +282,11 @@ class Cluster:
             "membership_excluded": 0,
             "lb_healthy_panic": self.lb_healthy_panic,
             "upstream_cx_none_healthy": self.upstream_cx_none_healthy,
+            "upstream_cx_active": sum(h.cx_active for h in self.hosts),
+            "upstream_rq_active": sum(h.rq_active for h in self.hosts),
+            "upstream_rq_pending_active": self.breakers.rq_pending_open
+            + self.high_breakers.rq_pending_open,
+            "max_host_weight": max((h.weight for h in self.hosts), default=0),
         }
         high = self.high_breakers.counters()
         out.update({name: n + high[name] for name, n in self.breakers.counters().items()})
