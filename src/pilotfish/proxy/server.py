@@ -177,6 +177,7 @@ class Downstream(asyncio.Protocol):
         self.exchange: Exchange | None = None
         self.requests = 0
         self.body_paused = False
+        self.reading_paused = False
         self.held = 0  # bytes read past the current request (pipelined)
         self.dispatching = False  # inside dispatch: a finished exchange waits for it
         self.next_pending = False
@@ -372,10 +373,12 @@ class Downstream(asyncio.Protocol):
         self.set_reading()
 
     def set_reading(self) -> None:
+        pause = self.body_paused or self.held > MAX_HELD_BYTES
         transport = self.transport
-        if transport is None or transport.is_closing():
+        if pause is self.reading_paused or transport is None or transport.is_closing():
             return
-        if self.body_paused or self.held > MAX_HELD_BYTES:
+        self.reading_paused = pause
+        if pause:
             transport.pause_reading()
         else:
             transport.resume_reading()
