@@ -8,6 +8,12 @@ Python (parsing, routing, picking, headers, metrics) and nothing the kernel
 does. Shapes as in bench/http1_parse.py.
 
     .venv/bin/python bench/proxy_path.py [--seconds 2] [--profile]
+    .venv/bin/python bench/proxy_path.py --instructions   # needs valgrind, ~3 min
+
+On a shared machine the timings move by a third from run to run;
+`--instructions` counts the CPU instructions per request under valgrind's
+callgrind instead (the same count on every run of the same code), by running
+N requests and none in two child processes and dividing the difference.
 """
 
 from __future__ import annotations
@@ -16,6 +22,8 @@ import argparse
 import asyncio
 import cProfile
 import pstats
+import re
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -116,16 +124,55 @@ async def measure(request: bytes, response: bytes, seconds: float, profile: bool
     return elapsed / count * 1e6
 
 
+SHAPES = {
+    "tiny": (TINY_REQUEST, TINY_RESPONSE),
+    "realistic": (REALISTIC_REQUEST, REALISTIC_RESPONSE),
+}
+COUNTED_REQUESTS = 2000
+
+
+async def run_requests(shape: str, count: int) -> None:
+    request, response = SHAPES[shape]
+    down, upstream, _, _ = await build()
+    for _ in range(count):
+        one(down, upstream, request, response)
+
+
+def instructions(shape: str) -> int:
+    """Instructions per request, counted by callgrind: (N requests - none) / N."""
+
+    def counted(count: int) -> int:
+        argv = [sys.executable, __file__, "--run", shape, str(count)]
+        out = subprocess.run(
+            ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", *argv],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stderr
+        found = re.search(r"Collected : (\d+)", out)
+        assert found is not None, out
+        return int(found.group(1))
+
+    return (counted(COUNTED_REQUESTS) - counted(0)) // COUNTED_REQUESTS
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seconds", type=float, default=2.0)
     p.add_argument("--profile", action="store_true")
+    p.add_argument("--instructions", action="store_true")
+    p.add_argument("--run", nargs=2, metavar=("SHAPE", "N"), help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.run:
+        uvloop.run(run_requests(args.run[0], int(args.run[1])))
+        return 0
+    if args.instructions:
+        print(f"{'shape':<12}{'instructions per request':>26}")
+        for name in SHAPES:
+            print(f"{name:<12}{instructions(name):>26,}")
+        return 0
     print(f"{'shape':<12}{'µs per request':>16}{'requests/s':>14}")
-    for name, request, response in (
-        ("tiny", TINY_REQUEST, TINY_RESPONSE),
-        ("realistic", REALISTIC_REQUEST, REALISTIC_RESPONSE),
-    ):
+    for name, (request, response) in SHAPES.items():
         micros = uvloop.run(measure(request, response, args.seconds, args.profile))
         print(f"{name:<12}{micros:>16.1f}{1e6 / micros:>14,.0f}")
     return 0
