@@ -125,8 +125,11 @@ class Runtime:
 
 
 def express_head(req: ExpressRequest) -> RequestHead:
+    """The head protocol/http1 would make of the same bytes, but for its
+    headers: the exchange reads those from `req` if anything asks for them."""
     return RequestHead(
-        req.method, req.target, b"1.1", [], req.keep_alive, False, False, req.content_length,
+        req.method, req.target, b"1.1", [], req.keep_alive, False, False,
+        req.content_length if req.content_length >= 0 else None,
         False, req.host,
     )  # fmt: skip
 

@@ -75,7 +75,7 @@ class ExpressRequest:
     cuts: list[Span]
     host: bytes | None
     keep_alive: bool
-    content_length: int | None
+    content_length: int  # -1: none
     body: bytes
     forwarded_for: bytes | None
     has_proto: bool
@@ -96,7 +96,7 @@ class ExpressResponse:
     lines: bytes
     cuts: list[Span]
     keep_alive: bool
-    content_length: int
+    content_length: int  # -1 while parsing: none yet
     body: bytes  # the part of the body in the same read
     peer: bytes | None
     peer_cuts: list[Span]
@@ -122,7 +122,7 @@ def parse_request(data: bytes, max_head: int = DEFAULT_MAX_HEAD) -> ExpressReque
         [],
         None,
         True,
-        None,
+        -1,
         b"",
         None,
         False,
@@ -136,7 +136,7 @@ def parse_request(data: bytes, max_head: int = DEFAULT_MAX_HEAD) -> ExpressReque
     if req.host is None and req.target[:1] == b"/":
         return None  # HTTP/1.1 without Host: the long way answers 400
     body = data[match.end() :]
-    if len(body) != (req.content_length or 0):
+    if len(body) != max(req.content_length, 0):
         return None  # a body still coming, or pipelined bytes after it
     req.body = body
     return req
@@ -149,33 +149,17 @@ def _request_header(req: ExpressRequest, special: re.Match[bytes]) -> bool:
         if req.host is not None:
             return False
         req.host = value
-        return True
-    if name == b"content-length":
-        if req.content_length is not None or not _is_length(value):
-            return False
-        req.content_length = int(value)
-        return True
-    if name in _REFUSED:
-        return False
-    if name == b"connection":
-        keep = _connection(value)
-        if keep is None:
-            return False
-        req.keep_alive = keep
     elif name == b"x-forwarded-for":
         if req.forwarded_for is not None:
             return False
         req.forwarded_for = value
+        req.cuts.append(special.span())  # appended to, at the end
     elif name == b"x-forwarded-proto":
         req.has_proto = True
-        return True
     elif name == b"x-request-id":
         req.has_request_id = True
-        return True
-    elif name in _PEER:
-        _peer(req, name, value, special)
-        return True
-    req.cuts.append(special.span())
+    else:
+        return _message_header(req, name, value, special)
     return True
 
 
@@ -203,23 +187,33 @@ def parse_response(data: bytes, max_head: int = DEFAULT_MAX_HEAD) -> ExpressResp
 
 def _response_header(resp: ExpressResponse, special: re.Match[bytes]) -> bool:
     name, value = special.groups()
-    name, value = name.lower(), value.rstrip(b" \t")
+    return _message_header(resp, name.lower(), value.rstrip(b" \t"), special)
+
+
+def _message_header(
+    message: ExpressRequest | ExpressResponse, name: bytes, value: bytes, found: re.Match[bytes]
+) -> bool:
+    """What requests and responses share: framing, Connection, hop-by-hop
+    headers (cut) and Istio's metadata exchange (set aside). False: only the
+    long way can take this message."""
     if name == b"content-length":
-        if resp.content_length >= 0 or not _is_length(value):
+        if message.content_length >= 0 or not _is_length(value):
             return False
-        resp.content_length = int(value)
+        message.content_length = int(value)
         return True
     if name in _REFUSED:
         return False
+    if name in _PEER:
+        message.peer_cuts.append(found.span())
+        if name == b"x-envoy-peer-metadata":
+            message.peer = value
+        return True
     if name == b"connection":
         keep = _connection(value)
         if keep is None:
             return False
-        resp.keep_alive = keep
-    elif name in _PEER:
-        _peer(resp, name, value, special)
-        return True
-    resp.cuts.append(special.span())
+        message.keep_alive = keep
+    message.cuts.append(found.span())
     return True
 
 
@@ -235,15 +229,6 @@ def _connection(value: bytes) -> bool | None:
     if value == b"close":
         return False
     return None
-
-
-def _peer(
-    message: ExpressRequest | ExpressResponse, name: bytes, value: bytes, found: re.Match[bytes]
-) -> None:
-    """Istio's metadata exchange: kept aside, since only one side takes it out."""
-    message.peer_cuts.append(found.span())
-    if name == b"x-envoy-peer-metadata":
-        message.peer = value
 
 
 def splice(lines: bytes, cuts: list[Span]) -> bytes:
