@@ -96,6 +96,7 @@ class Exchange:
     Slots, all set at once: on 3.11 an attribute that falls back to a class
     default costs a dictionary lookup, and a request reads dozens of them."""
 
+    scheme = b"http"  # what Envoy calls x-forwarded-proto, for routing and forwarding
     __slots__ = (
         "_headers",
         "authority",
@@ -134,7 +135,6 @@ class Exchange:
         "retries_left",
         "retry",
         "route",
-        "scheme",
         "sent",
         "source_ip",
         "started",
@@ -156,18 +156,14 @@ class Exchange:
         self.head = head
         self.express = express
         self.method = head.method
-        if head.target[:1] == b"/":
-            self.path, self.authority = head.target, head.host or b""
-        else:
-            authority, self.path = request_authority(head)
-            self.authority = authority or b""
+        authority, self.path = request_authority(head)
+        self.authority = authority or b""
         self.original_path = self.path
         self.source_ip = down.peer
         self.keep_alive = head.keep_alive
         self.started = time.monotonic()
         self.request_bytes = 0
         self.body: list[bytes] = []  # request body not yet sent, or kept for a retry
-        self.scheme = b"http"
         self.flags = ""
         self.status = 0
         self.response_bytes = 0
@@ -556,14 +552,13 @@ class Exchange:
     def on_express_response(self, resp: ExpressResponse) -> None:
         """A response head with its Content-Length body, or the start of it,
         from one read; the connection counts the rest of the body in."""
-        if (self.fx is not None and self.fx.encoders) or self.target_response_headers():
+        target = self.target
+        if (self.fx is not None and self.fx.encoders) or (target and target.response_headers):
             self.on_response(express_events(resp))
             return
-        if not self.accept_response(resp.status):
+        if not self.accept_response(resp.status, resp.keep_alive):
             return
         self.status, self.responding = resp.status, True
-        if not resp.keep_alive and self.conn is not None:
-            self.conn.reusable = False
         down = self.down
         peer_lines = down.runtime.peer_lines
         parts = [status_line(resp.status)]
@@ -584,23 +579,21 @@ class Exchange:
         if len(resp.body) == resp.content_length:
             self.response_complete()
 
-    def target_response_headers(self) -> bool:
-        return self.target is not None and bool(self.target.response_headers)
-
     def on_response_head(self, head: ResponseHead) -> bytes | None:
         """The head to send downstream; None when the response is dropped for
         a retry. An interim (1xx) head gives b"": the client got its 100
         Continue from the proxy already."""
         if head.status < 200 and head.status != 101:
             return b""
-        if not self.accept_response(head.status):
+        if not self.accept_response(head.status, head.keep_alive):
             return None
-        if not head.keep_alive and self.conn is not None:
-            self.conn.reusable = False
         return self.respond(head)
 
-    def accept_response(self, status: int) -> bool:
-        """A final response came: report it, and take it, or drop it to retry."""
+    def accept_response(self, status: int, keep_alive: bool) -> bool:
+        """A final response came: report it, and take it, or drop it to retry.
+        Without keep-alive its connection goes once the response is through."""
+        if not keep_alive and self.conn is not None:
+            self.conn.reusable = False
         self.cancel_try_timer()
         self.report(status)
         retry = self.retry

@@ -189,7 +189,7 @@ class Pool:
         idle = self.idle.get(host)
         while idle:
             conn = idle.pop()
-            if conn.reusable and not conn.transport.is_closing():  # type: ignore[union-attr]
+            if conn.alive:
                 sink.on_connection(conn)
                 return True
         breakers = cluster.breakers

@@ -378,7 +378,7 @@ class Downstream(asyncio.Protocol):
     def set_reading(self) -> None:
         pause = self.body_paused or self.held > MAX_HELD_BYTES
         transport = self.transport
-        if pause is self.reading_paused or transport is None or transport.is_closing():
+        if pause == self.reading_paused or transport is None or transport.is_closing():
             return
         self.reading_paused = pause
         if pause:

@@ -135,8 +135,10 @@ class ListenerStats(Scope):
 
 # What is read from live state rather than counted: (family, scope name) -> {stat: value}.
 State = dict[tuple[str, str], dict[str, int]]
-_STATE_GAUGE_PREFIXES = ("membership_", "circuit_breakers.", "max_host_weight", "server.")
-_STATE_GAUGES = frozenset({"live", "state", "uptime", "concurrency", "total_connections"})
+_STATE_GAUGE_PREFIXES = ("membership_", "circuit_breakers.")
+_STATE_GAUGES = frozenset(
+    {"live", "state", "uptime", "concurrency", "total_connections", "max_host_weight"}
+)
 
 
 def state_kind(stat: str) -> str:
@@ -224,27 +226,30 @@ class StatsRegistry:
         """(family, its scope's label name, scope, stat, kind, value) of every stat:
         the counted ones, then those read from state, for the same scope."""
         state = self.state()
-        for family, tag, scopes in self._tagged_scopes():
+        for family, scopes in self._scopes():
+            tag = _TAGS[family]
             for scope in scopes:
                 for stat, kind, value in scope.stats():
                     yield family, tag, scope.name, stat, kind, value
                 for stat, value in state.pop((family, scope.name), {}).items():
                     yield family, tag, scope.name, stat, state_kind(stat), value
         for (family, name), stats in state.items():
-            tag = _TAGS.get(family)
+            tag = _TAGS[family]
             for stat, value in stats.items():
                 yield family, tag, name, stat, state_kind(stat), value
 
-    def _tagged_scopes(self) -> Iterator[tuple[str, str | None, Iterable[Scope]]]:
-        yield "cluster", _TAGS["cluster"], self.clusters.values()
-        yield "http", _TAGS["http"], self.http_managers.values()
-        yield "listener", _TAGS["listener"], self.listeners.values()
+    def _scopes(self) -> Iterator[tuple[str, Iterable[Scope]]]:
+        yield "cluster", self.clusters.values()
+        yield "http", self.http_managers.values()
+        yield "listener", self.listeners.values()
 
 
-_TAGS = {
+# The label each family's scope name becomes (Istio's tag extraction); server has none.
+_TAGS: dict[str, str | None] = {
     "cluster": "cluster_name",
     "http": "http_conn_manager_prefix",
     "listener": "listener_address",
+    "server": None,
 }
 
 

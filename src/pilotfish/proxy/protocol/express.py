@@ -52,7 +52,6 @@ _RESPONSE_NAMES: Final = (
 _REQUEST_SPECIAL: Final = re.compile(rb"\r\n(" + _REQUEST_NAMES + rb"):[ \t]*([^\r]*)", re.I)
 _RESPONSE_SPECIAL: Final = re.compile(rb"\r\n(" + _RESPONSE_NAMES + rb"):[ \t]*([^\r]*)", re.I)
 _MAX_LENGTH_DIGITS: Final = 15
-_HOP_BY_HOP: Final = frozenset({b"keep-alive", b"proxy-connection", b"te", b"trailer"})
 _PEER: Final = frozenset({b"x-envoy-peer-metadata", b"x-envoy-peer-metadata-id"})
 _REFUSED: Final = frozenset({b"transfer-encoding", b"expect", b"upgrade"})
 
