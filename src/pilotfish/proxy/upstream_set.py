@@ -36,9 +36,10 @@ class ClusterSet:
         fresh = {}
         for spec in specs:
             old = self.clusters.get(spec.name)
-            fresh[spec.name] = (
-                old.with_spec(spec, now) if old is not None else Cluster(spec, now=now)
-            )
+            if old is None:
+                fresh[spec.name] = Cluster(spec, now=now)
+            else:  # as Envoy, a cluster a push leaves unchanged is kept as it is
+                fresh[spec.name] = old if old.spec == spec else old.with_spec(spec, now)
         return ClusterSet(fresh)
 
     def with_assignments(self, protos: Iterable[ClusterLoadAssignment]) -> ClusterSet:

@@ -141,3 +141,31 @@ def test_ejection_multiplier_decays_while_healthy() -> None:
     assert bad.eject_multiplier == 1
     c.tick(40.0)
     assert bad.eject_multiplier == 0
+
+
+def test_counters_go_on_across_cds_pushes() -> None:
+    """Envoy keeps a cluster's stats by name: a push that leaves the cluster
+    as it was changes nothing, and one that changes it keeps the counters."""
+    from upstream_kit import cluster_proto
+
+    from pilotfish.proxy.upstream_set import ClusterSet
+
+    limits = {"thresholds": [{"max_requests": 1}]}
+    resource = {"outlier_detection": {"interval": "10s"}, "circuit_breakers": limits}
+    proto = cluster_proto(load_assignment=localities(level(0, 3)), **resource)
+    clusters = ClusterSet().with_clusters([proto])
+    c = clusters.get("svc")
+    assert c is not None
+    fail(c, c.hosts[0], 5, 1.0)
+    assert c.breakers.try_acquire_request() and not c.breakers.try_acquire_request()
+    counted = {k: v for k, v in c.stats().items() if "overflow" in k or "enforced" in k}
+    assert counted["upstream_rq_pending_overflow"] == 1
+    assert counted["outlier_detection.ejections_enforced_total"] == 1
+
+    same = clusters.with_clusters([proto]).get("svc")
+    assert same is c and c.hosts[0].ejected and c.breakers.rq_open == 1
+
+    changed = cluster_proto(load_assignment=localities(level(0, 3)), lb_policy="RANDOM", **resource)
+    newer = clusters.with_clusters([changed]).get("svc")
+    assert newer is not None and newer is not c
+    assert {k: newer.stats()[k] for k in counted} == counted

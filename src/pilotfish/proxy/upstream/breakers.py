@@ -58,6 +58,11 @@ class CircuitBreakers:
         self.cx_overflow = self.rq_pending_overflow = self.rq_retry_overflow = 0
         self.pool_overflow = 0
 
+    def keep_counters(self, old: CircuitBreakers) -> None:
+        self.cx_overflow, self.pool_overflow = old.cx_overflow, old.pool_overflow
+        self.rq_pending_overflow = old.rq_pending_overflow
+        self.rq_retry_overflow = old.rq_retry_overflow
+
     def __repr__(self) -> str:
         return (
             f"<CircuitBreakers {self.priority} cx={self.cx_open} pending={self.rq_pending_open}"

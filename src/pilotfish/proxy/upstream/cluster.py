@@ -113,7 +113,18 @@ class Cluster:
         if spec.is_eds and spec.eds_service_name == self.spec.eds_service_name:
             fresh._by_key = dict(self._by_key)
             fresh.set_assignment(self.assignment)
+        fresh.keep_counters(self)
         return fresh
+
+    def keep_counters(self, old: Cluster) -> None:
+        """Envoy keeps a cluster's stats by its name: the counters of the
+        cluster this one replaces go on counting here."""
+        self.lb_healthy_panic = old.lb_healthy_panic
+        self.upstream_cx_none_healthy = old.upstream_cx_none_healthy
+        self.breakers.keep_counters(old.breakers)
+        self.high_breakers.keep_counters(old.high_breakers)
+        if self.outlier is not None and old.outlier is not None:
+            self.outlier.keep_counters(old.outlier)
 
     def host(self, address: str, port: int) -> Host | None:
         return self._by_key.get((address, port))

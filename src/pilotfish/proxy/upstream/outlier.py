@@ -120,6 +120,11 @@ class OutlierDetector:
     def __repr__(self) -> str:
         return f"<OutlierDetector ejected={self.ejections_active}/{len(self.hosts)}>"
 
+    def keep_counters(self, old: OutlierDetector) -> None:
+        self.ejections_overflow, self.ejections_total = old.ejections_overflow, old.ejections_total
+        self.ejections_enforced_total = old.ejections_enforced_total
+        self.detected, self.enforced = dict(old.detected), dict(old.enforced)
+
     def set_hosts(self, hosts: Sequence[Host]) -> None:
         self.hosts = hosts
         self.ejections_active = sum(1 for h in hosts if h.ejected_at is not None)
