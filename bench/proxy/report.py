@@ -65,10 +65,7 @@ def ratios(results: dict[str, TargetResult], shapes: tuple[str, ...]) -> dict[st
     """The two numbers the issue sets targets for, per shape (None: not measurable)."""
     out: dict[str, Any] = {}
     for shape in shapes:
-        pf, ng = _p(results.get("pilotfish"), shape), _p(results.get("nginx"), shape)
-        tput = None
-        if pf and ng and pf.wrk and ng.wrk and ng.wrk.rps:
-            tput = pf.wrk.rps / ng.wrk.rps
+        tput = throughput_ratio(results, "pilotfish", shape)
         pf_add = added_p90(results, "pilotfish-chain", shape)
         ng_add = added_p90(results, "nginx-chain", shape)
         chain = pf_add / ng_add if pf_add is not None and ng_add else None
@@ -77,8 +74,17 @@ def ratios(results: dict[str, TargetResult], shapes: tuple[str, ...]) -> dict[st
             "throughput_target_min": THROUGHPUT_TARGET,
             "chain_added_p90_pilotfish_over_nginx": chain,
             "chain_added_p90_target_max": CHAIN_P90_TARGET,
+            "throughput_relay_over_nginx": throughput_ratio(results, "relay", shape),
         }
     return out
+
+
+def throughput_ratio(results: dict[str, TargetResult], name: str, shape: str) -> float | None:
+    """wrk req/s through `name` over wrk req/s through nginx."""
+    mine, ng = _p(results.get(name), shape), _p(results.get("nginx"), shape)
+    if mine and ng and mine.wrk and ng.wrk and ng.wrk.rps:
+        return mine.wrk.rps / ng.wrk.rps
+    return None
 
 
 # --- the table ------------------------------------------------------------
@@ -162,6 +168,9 @@ def ratio_lines(rat: dict[str, Any]) -> str:
             f"{shape:>9}: pilotfish/nginx throughput = {_verdict(t, THROUGHPUT_TARGET, True)}; "
             f"chain added p90 pilotfish/nginx = {_verdict(c, CHAIN_P90_TARGET, False)}"
         )
+        relay = r.get("throughput_relay_over_nginx")
+        if relay is not None:
+            lines.append(f"{'':>9}  (bare Python relay/nginx throughput = {relay:.2f})")
     return "\n".join(lines)
 
 

@@ -4,9 +4,10 @@
     .venv/bin/python bench/proxy/run.py [--quick] [--targets direct,nginx,...]
 
 In one go, the same HTTP/1.1 keep-alive load against: the backend alone
-(nginx, one worker, fixed answers), nginx as a reverse proxy, HAProxy, the
-pilotfish proxy (one process each), and two-hop chains (outbound -> inbound ->
-backend) of nginx and of pilotfish. Two shapes, tiny and realistic (see
+(nginx, one worker, fixed answers), nginx as a reverse proxy, HAProxy, a bare
+Python relay (relay.py: the floor for a proxy in Python), the pilotfish proxy
+(one process each), and two-hop chains (outbound -> inbound -> backend) of
+nginx and of pilotfish. Two shapes, tiny and realistic (see
 shapes.py). Per target and shape: wrk and h2load throughput at 32
 connections, p50/p90/p99 at a fixed 1000 req/s (h2load --rps), the p90 added
 over the backend alone, CPU µs per request and VmRSS idle and busy.
@@ -47,7 +48,7 @@ from report import (  # noqa: E402
     table,
 )
 from shapes import SHAPES, Shape  # noqa: E402
-from targets import TARGETS, Bench, Target, start_backend, start_target  # noqa: E402
+from targets import TARGETS, Bench, Target, known_target, start_backend, start_target  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 TOOLS = ["nginx", "haproxy", "wrk", "h2load", "taskset"]
@@ -65,7 +66,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--targets",
         default=",".join(TARGETS),
-        help=f"comma-separated subset of {','.join(TARGETS)}",
+        help=f"comma-separated subset of {','.join(TARGETS)}, or relay+N (N µs of work "
+        "per request, to see what each µs costs)",
     )
     p.add_argument(
         "--retries",
@@ -76,7 +78,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--output", type=Path, default=HERE / "results.json")
     args = p.parse_args(argv)
-    unknown = set(args.targets.split(",")) - set(TARGETS)
+    unknown = {name for name in args.targets.split(",") if not known_target(name)}
     if unknown:
         p.error(f"unknown targets: {', '.join(sorted(unknown))}")
     return args

@@ -19,6 +19,7 @@ from shapes import REALISTIC_BODY, REALISTIC_EXTRA_HEADERS, SHAPES, TINY_BODY, S
 NGINX = "nginx"
 HAPROXY = "haproxy"
 PILOTFISH = [sys.executable, "-m", "pilotfish", "proxy", "--bootstrap"]
+RELAY = [sys.executable, str(Path(__file__).resolve().parent / "relay.py")]
 START_TIMEOUT_S = 20.0
 
 
@@ -245,6 +246,16 @@ def _pilotfish_hop(bench: Bench, name: str, upstream_port: int) -> HopStart:
     return HopStart(proc, port, lambda: get(admin_port, "/ready").status == 200)
 
 
+# --- the Python relay (a reference: see relay.py) -------------------------------
+
+
+def _relay_hop(bench: Bench, name: str, upstream_port: int) -> HopStart:
+    port = free_port()
+    work = name.partition("+")[2] or "0"
+    proc = bench.sup.start(name, [*RELAY, str(port), str(upstream_port), "--work-us", work])
+    return HopStart(proc, port, lambda: listening(port))
+
+
 # --- targets ----------------------------------------------------------------
 
 
@@ -277,8 +288,19 @@ def _chain(bench: Bench, target: Target, hop: Hop, base: str) -> Target:
     return target
 
 
-HOPS: dict[str, Hop] = {"nginx": _nginx_hop, "haproxy": _haproxy_hop, "pilotfish": _pilotfish_hop}
-TARGETS = ["direct", "nginx", "haproxy", "pilotfish", "nginx-chain", "pilotfish-chain"]
+HOPS: dict[str, Hop] = {
+    "nginx": _nginx_hop,
+    "haproxy": _haproxy_hop,
+    "pilotfish": _pilotfish_hop,
+    "relay": _relay_hop,
+}
+TARGETS = ["direct", "nginx", "haproxy", "relay", "pilotfish", "nginx-chain", "pilotfish-chain"]
+
+
+def known_target(name: str) -> bool:
+    """One of TARGETS, or relay+N: the relay with N µs of work per request."""
+    base, plus, work = name.partition("+")
+    return name in TARGETS or (base == "relay" and bool(plus) and work.isdigit())
 
 
 def start_target(bench: Bench, name: str) -> Target:
@@ -287,7 +309,8 @@ def start_target(bench: Bench, name: str) -> Target:
     if name == "direct":
         return Target(name, 0, bench.backend_port, measured=[bench.backend])
     base = name.removesuffix("-chain")
-    target = _chain(bench, Target(name, 2 if name.endswith("-chain") else 1), HOPS[base], base)
+    hop = HOPS[base.partition("+")[0]]
+    target = _chain(bench, Target(name, 2 if name.endswith("-chain") else 1), hop, base)
     if target.unavailable is None:
         target.unavailable = check_answers(target)
     return target
