@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from random import Random
 from typing import Any, Protocol
 
@@ -115,6 +115,10 @@ class FilterChain:
     forwarding step). Holds the filters' shared state: buckets, fault counts."""
 
     filters: tuple[HttpFilter, ...] = ()
+    idle_by_default: bool = field(init=False)  # idle on a route without per-filter configs
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "idle_by_default", all(f.idle(EMPTY) for f in self.filters))
 
     def __repr__(self) -> str:
         return f"FilterChain({', '.join(f.name for f in self.filters)} -> router)"
@@ -128,6 +132,8 @@ class FilterChain:
         """No filter has anything to do on such a route (a sidecar's CORS and
         fault filters, where no VirtualService asks for them): the shell may
         skip the chain, as for `empty`."""
+        if route_configs is EMPTY:
+            return self.idle_by_default
         return all(f.idle(route_configs) for f in self.filters)
 
     def prepare(self, route_configs: FilterConfigs) -> None:

@@ -175,18 +175,14 @@ def parse_response(data: bytes, max_head: int = DEFAULT_MAX_HEAD) -> ExpressResp
     lines = match.group(2)
     resp = ExpressResponse(status, lines, [], True, -1, b"", None, [])
     for special in _RESPONSE_SPECIAL.finditer(lines):
-        if not _response_header(resp, special):
+        name, value = special.groups()
+        if not _message_header(resp, name.lower(), value.rstrip(b" \t"), special):
             return None
     body = data[match.end() :]
     if resp.content_length < 0 or len(body) > resp.content_length:
         return None
     resp.body = body
     return resp
-
-
-def _response_header(resp: ExpressResponse, special: re.Match[bytes]) -> bool:
-    name, value = special.groups()
-    return _message_header(resp, name.lower(), value.rstrip(b" \t"), special)
 
 
 def _message_header(
@@ -196,7 +192,7 @@ def _message_header(
     headers (cut) and Istio's metadata exchange (set aside). False: only the
     long way can take this message."""
     if name == b"content-length":
-        if message.content_length >= 0 or not _is_length(value):
+        if message.content_length >= 0 or not value.isdigit() or len(value) > _MAX_LENGTH_DIGITS:
             return False
         message.content_length = int(value)
         return True
@@ -214,10 +210,6 @@ def _message_header(
         message.keep_alive = keep
     message.cuts.append(found.span())
     return True
-
-
-def _is_length(value: bytes) -> bool:
-    return value.isdigit() and len(value) <= _MAX_LENGTH_DIGITS
 
 
 def _connection(value: bytes) -> bool | None:
