@@ -149,12 +149,10 @@ class Exchange:
         "waiting",
     )
 
-    def __init__(
-        self, down: Downstream, head: RequestHead, express: ExpressRequest | None = None
-    ) -> None:
+    def __init__(self, down: Downstream, head: RequestHead | ExpressRequest) -> None:
         self.down = down
         self.head = head
-        self.express = express
+        self.express = head if isinstance(head, ExpressRequest) else None
         self.method = head.method
         authority, self.path = request_authority(head)
         self.authority = authority or b""
@@ -211,11 +209,11 @@ class Exchange:
         since a request that goes the express way may never need them."""
         headers = self._headers
         if headers is None:
-            express = self.express
-            if express is not None:
-                headers = express.headers()
+            head = self.head
+            if isinstance(head, ExpressRequest):
+                headers = head.headers()
             else:
-                headers = [(n.lower(), v) for n, v in self.head.headers]
+                headers = [(n.lower(), v) for n, v in head.headers]
             self._headers = headers
         return headers
 
@@ -475,7 +473,8 @@ class Exchange:
         if exclude is not None:
             self.tried = {*self.tried, host}
         host.request_started()
-        self.stat("upstream_rq_total")
+        if self.cluster_stats is not None:
+            self.cluster_stats.upstream_rq_total += 1
         self.waiting = True
         if not self.down.runtime.pool.request(host, cluster, self):
             self.waiting = False
@@ -594,7 +593,8 @@ class Exchange:
         Without keep-alive its connection goes once the response is through."""
         if not keep_alive and self.conn is not None:
             self.conn.reusable = False
-        self.cancel_try_timer()
+        if self.try_timer is not None:
+            self.cancel_try_timer()
         self.report(status)
         retry = self.retry
         if retry is not None and retriable_status(status, retry):
@@ -783,7 +783,7 @@ class Exchange:
             self.down.listener.http.filters.encode(self.fx, out)
         if self.flags:
             out.append((b"x-pilotfish-flags", self.flags.encode()))
-        expects_body = self.head.chunked or bool(self.head.content_length)
+        expects_body = self.head.chunked or (self.head.content_length or 0) > 0
         self.keep_alive = self.keep_alive and (self.body_done or not expects_body)
         if self.method == b"HEAD":
             body = b""

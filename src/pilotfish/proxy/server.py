@@ -124,16 +124,6 @@ class Runtime:
         self.pool.close()
 
 
-def express_head(req: ExpressRequest) -> RequestHead:
-    """The head protocol/http1 would make of the same bytes, but for its
-    headers: the exchange reads those from `req` if anything asks for them."""
-    return RequestHead(
-        req.method, req.target, b"1.1", [], req.keep_alive, False, False,
-        req.content_length if req.content_length >= 0 else None,
-        False, req.host,
-    )  # fmt: skip
-
-
 def access_record(ex: Exchange, elapsed: float) -> AccessRecord:
     def header(name: bytes) -> str | None:
         value = get_header(ex.headers, name)
@@ -221,7 +211,7 @@ class Downstream(asyncio.Protocol):
         if self.exchange is None and self.parser.idle:
             express = parse_request(data, self.parser.max_head)
             if express is not None:
-                self.begin(express_head(express), express)
+                self.begin(express)
                 return
         if self.exchange is None:
             if not self.head_since:
@@ -286,15 +276,15 @@ class Downstream(asyncio.Protocol):
                 assert isinstance(event, EndOfMessage)
                 exchange.request_end(event)
 
-    def begin(self, head: RequestHead, express: ExpressRequest | None = None) -> None:
+    def begin(self, head: RequestHead | ExpressRequest) -> None:
         self.head_since = self.idle_since = 0.0
         self.requests += 1
-        exchange = self.exchange = Exchange(self, head, express)
+        exchange = self.exchange = Exchange(self, head)
         limit = self.listener.http.max_requests_per_connection
         if (limit and self.requests >= limit) or self.runtime.draining:
             exchange.keep_alive = False  # the response says `connection: close`
-        if express is not None:
-            exchange.take_body(express.body)
+        if exchange.express is not None:
+            exchange.take_body(exchange.express.body)
         exchange.start()
 
     def exchange_done(self, ex: Exchange) -> None:
@@ -321,7 +311,8 @@ class Downstream(asyncio.Protocol):
         if self.exchange is None:
             self.idle_since = time.monotonic()
         self.held = 0
-        self.set_reading()
+        if self.reading_paused or self.body_paused:
+            self.set_reading()
 
     def refuse(self, error: ProtocolError) -> None:
         """Bytes that are not acceptable HTTP/1.1: answer if we still can, close."""

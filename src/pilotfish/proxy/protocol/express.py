@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Final
+from typing import ClassVar, Final
 
 from pilotfish.proxy.protocol.http1 import (
     DEFAULT_MAX_HEAD,
@@ -60,13 +60,20 @@ Span = tuple[int, int]
 
 @dataclass(slots=True)
 class ExpressRequest:
-    """A request head (and its whole body) found in one read.
+    """A request head (and its whole body) found in one read; the exchange
+    takes it where it takes a RequestHead.
 
     `lines` is the header section as received, each line led by CRLF and
     without the blank line; `cuts` are spans of `lines` to leave out when
     forwarding (hop-by-hop headers, and x-forwarded-for, which is re-added);
     `peer_cuts` those of Istio's metadata-exchange headers, `peer` the
     metadata itself."""
+
+    # What a RequestHead says that is the same for every express request.
+    version: ClassVar[bytes] = b"1.1"
+    upgrade: ClassVar[bool] = False
+    expect_continue: ClassVar[bool] = False
+    chunked: ClassVar[bool] = False
 
     method: bytes
     target: bytes

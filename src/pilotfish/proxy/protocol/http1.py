@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Any, Final, Generic, TypeAlias, TypeVar
+from typing import Any, Final, Generic, Protocol, TypeAlias, TypeVar
 
 import httptools
 
@@ -773,7 +773,15 @@ def split_target(target: bytes) -> tuple[bytes | None, bytes]:
     return authority, path
 
 
-def request_authority(head: RequestHead) -> tuple[bytes | None, bytes]:
+class RequestLine(Protocol):
+    """What says where a request goes: a RequestHead, or the express way's request."""
+
+    method: bytes
+    target: bytes
+    host: bytes | None
+
+
+def request_authority(head: RequestLine) -> tuple[bytes | None, bytes]:
     """Where a request goes, (authority, path): an absolute-form target wins over
     Host (RFC 9112 3.2.2); CONNECT's target is the authority itself."""
     if head.method == b"CONNECT":
