@@ -7,7 +7,9 @@ status; metrics and webhooks answer from tables."""
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+import threading
+import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -234,3 +236,41 @@ def _partial(annotations: dict[str, str] | None = None) -> Obj:
     if annotations:
         meta["annotations"] = annotations
     return {"apiVersion": "flagger.app/v1beta1", "kind": "Canary", "metadata": meta}
+
+
+def test_a_canary_held_by_a_slow_webhook_holds_up_no_other(world: World) -> None:
+    """As Flagger runs a job per Canary: with steps on threads (the control
+    plane's way), one Canary waiting on its webhook does not stop another."""
+    released = threading.Event()
+
+    def call_hooks(canary: Obj, kind: str, phase: str, extra: Mapping[str, str]) -> tuple[()]:
+        if canary["metadata"]["name"] == "ratings":  # listed, and so stepped, first
+            released.wait(10)
+        return ()
+
+    world.controller = RolloutController(
+        world.store, world.measure, call_hooks, clock=lambda: world.now, threads=True
+    )
+    ratings = copy.deepcopy(CANARY)
+    ratings["metadata"]["name"] = ratings["spec"]["targetRef"]["name"] = "ratings"
+    world.apply({**WORKLOAD, "metadata": {"name": "ratings", "namespace": "default"}})
+    world.apply(ratings)
+    held = world.get("flagger.app", "Canary", "ratings")["metadata"]["uid"]
+
+    def reviews_initialized() -> bool:
+        world.tick()
+        return (world.canary().get("status") or {}).get("phase") == "Initialized"
+
+    assert _within(5.0, reviews_initialized), world.events()
+    assert world.controller.stepping(held), "ratings still waits on its webhook"
+    released.set()
+    assert _within(5.0, lambda: not world.controller.stepping(held))
+
+
+def _within(seconds: float, check: Callable[[], bool]) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.02)
+    return False

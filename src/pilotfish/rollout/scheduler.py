@@ -1,7 +1,10 @@
 """The rollout controller's shell: reads the store, asks phases.step() what
-to do, does it. It runs in the control plane's process, one thread.
+to do, does it. It runs in the control plane's process.
 
-Each Canary is stepped once per `analysis.interval`. A restarted control
+Each Canary is stepped once per `analysis.interval`. In the control plane
+each step runs on a thread of its own, as Flagger runs a job per Canary: a
+slow webhook, load test or metrics query of one Canary holds up no other,
+and a Canary whose step is still running is not stepped again meanwhile. A restarted control
 plane resumes from the stored status: an analysing Canary's next step is due
 one interval after its lastTransitionTime, so no step runs twice. Routes and
 replica counts are written from the status before and after each step
@@ -16,6 +19,7 @@ import base64
 import hashlib
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
@@ -66,8 +70,12 @@ class RolloutController:
         *,
         clock: Callable[[], float] = time.time,
         period_s: float = 0.5,
+        threads: bool = False,
     ) -> None:
         self.store = store
+        self.threads = threads  # each step on its own thread; else within sync()
+        self._stepping: set[str] = set()  # uids of the Canaries whose step is running
+        self._lock = threading.Lock()
         self.measure = measure
         self.call_hooks = call_hooks
         self.clock = clock
@@ -96,13 +104,36 @@ class RolloutController:
                     self._complain(obj, str(e))
                 continue
             targets.add((canary.namespace, canary.target))
-            if now < self._due.setdefault(uid, _first_due(canary, obj)):
+            if now < self._due.setdefault(uid, _first_due(canary, obj)) or self.stepping(uid):
                 continue
             self._due[uid] = now + canary.interval_s
-            self.tick(canary, obj)
+            self._start(uid, canary, obj)
         self.targets = frozenset(targets)
         for uid in set(self._due) - seen:
             del self._due[uid]
+
+    def stepping(self, uid: str) -> bool:
+        with self._lock:
+            return uid in self._stepping
+
+    def _start(self, uid: str, canary: Canary, obj: Obj) -> None:
+        if not self.threads:
+            self._step(uid, canary, obj)
+            return
+        with self._lock:
+            self._stepping.add(uid)
+        name = f"rollout {canary.namespace}/{canary.name}"
+        threading.Thread(target=self._step, args=(uid, canary, obj), name=name, daemon=True).start()
+
+    def _step(self, uid: str, canary: Canary, obj: Obj) -> None:
+        """One Canary's step; what goes wrong in it stays with it."""
+        try:
+            self.tick(canary, obj)
+        except Exception:
+            log.exception("rollout: the step of %s/%s failed", canary.namespace, canary.name)
+        finally:
+            with self._lock:
+                self._stepping.discard(uid)
 
     # -- one step --------------------------------------------------------------------
 

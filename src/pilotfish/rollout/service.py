@@ -22,7 +22,7 @@ GROUPS = {"MetricTemplate": "flagger.app", "Secret": ""}
 class RolloutService:
     def __init__(self, store: ResourceStore, instances: Callable[[], Iterable[Instance]]) -> None:
         self.store = store
-        self.controller = RolloutController(store, self.measure, self.call_hooks)
+        self.controller = RolloutController(store, self.measure, self.call_hooks, threads=True)
         self.metrics = MeshMetrics(lambda: self._analysed(instances()))
 
     def __repr__(self) -> str:
