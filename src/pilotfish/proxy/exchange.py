@@ -749,9 +749,9 @@ class Exchange:
 
     def report(self, result: int) -> None:
         if self.cluster is not None and self.host is not None:
-            self.cluster.report(self.host, result, time.monotonic())
+            self.cluster.report(self.host, result)
             if result >= 0 and self.cluster_stats is not None:
-                self.cluster_stats.upstream_response(result)
+                self.cluster_stats.codes[result] += 1
 
     def stat(self, name: str) -> None:
         scope = self.cluster_stats
@@ -833,8 +833,8 @@ def retriable_failure(flag: str, on: RetryOn) -> bool:
 
 def request_id() -> bytes:
     """A random (version 4) UUID, as Envoy generates x-request-id."""
-    h = (RNG.getrandbits(128) & _UUID_CLEAR | _UUID_SET).to_bytes(16, "big").hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}".encode()
+    h = b"%032x" % (RNG.getrandbits(128) & _UUID_CLEAR | _UUID_SET)
+    return b"%s-%s-%s-%s-%s" % (h[:8], h[8:12], h[12:16], h[16:20], h[20:])
 
 
 _UUID_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))

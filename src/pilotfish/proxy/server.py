@@ -103,7 +103,7 @@ class Runtime:
         http = ex.down.stats
         http.downstream_rq_total += 1
         if ex.status:
-            http.downstream_response(ex.status)
+            http.codes[ex.status] += 1
         for path in listener.http.access_log_paths:
             self.access_log(path).log(access_record(ex, elapsed))
 

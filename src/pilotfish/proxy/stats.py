@@ -14,6 +14,7 @@ The Prometheus names follow the tags Istio's bootstrap extracts:
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import Field, dataclass, field, fields
 from typing import Any
@@ -78,12 +79,8 @@ class ClusterStats(Scope):
     upstream_rq_retry: int = 0
     upstream_rq_retry_success: int = 0
     upstream_rq_retry_limit_exceeded: int = 0
-    codes: dict[int, int] = field(default_factory=dict)  # upstream responses by status
-
-    def upstream_response(self, code: int) -> None:
-        """An upstream answered; the per-class and completed counters are sums of these."""
-        codes = self.codes
-        codes[code] = codes.get(code, 0) + 1
+    # Upstream responses by status; the per-class and completed counters are sums of these.
+    codes: Counter[int] = field(default_factory=Counter)
 
     def stats(self) -> Iterator[tuple[str, str, int]]:
         yield from Scope.stats(self)
@@ -112,12 +109,7 @@ class HttpStats(Scope):
     fault__delays_injected: int = 0
     local_rate_limit__rate_limited: int = 0
     downstream_cx_active: int = gauge()
-    codes: dict[int, int] = field(default_factory=dict)  # responses sent, by status
-
-    def downstream_response(self, code: int) -> None:
-        """A response went to the client, whoever produced it."""
-        codes = self.codes
-        codes[code] = codes.get(code, 0) + 1
+    codes: Counter[int] = field(default_factory=Counter)  # responses sent, by status
 
     def stats(self) -> Iterator[tuple[str, str, int]]:
         yield from Scope.stats(self)

@@ -15,12 +15,12 @@ def busy_registry() -> StatsRegistry:
     cluster = stats.cluster(REVIEWS)
     for code in (200, 200, 201, 404, 503):
         cluster.upstream_rq_total += 1
-        cluster.upstream_response(code)
+        cluster.codes[code] += 1
     cluster.upstream_rq_retry += 2
     http = stats.http("outbound_0.0.0.0_15001")
     http.downstream_rq_total += 2
-    http.downstream_response(200)
-    http.downstream_response(404)
+    http.codes[200] += 1
+    http.codes[404] += 1
     http.downstream_cx_active = 1
     stats.listener(listener_stat_name("0.0.0.0", 15001)).downstream_cx_total += 4
     stats.state = lambda: {  # what the live cluster and server say when read

@@ -10,6 +10,7 @@ a single call into that priority's balancer.
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -175,19 +176,20 @@ class Cluster:
                 return slot.picker.pick(hash_key, attempt, rng)
         return None
 
-    def report(self, host: Host, result: int, now: float) -> None:
+    def report(self, host: Host, result: int, now: float | None = None) -> None:
         """The outcome of a request to `host`: its HTTP status, or a LocalOrigin
-        result (connect failure, timeout, reset, connect success)."""
-        if result >= 500 or result == LocalOrigin.RESET:
-            host.rq_error += 1
-        elif result >= 0:
+        result (connect failure, timeout, reset, connect success); `now` in
+        time.monotonic(), read when outlier detection needs it if not given."""
+        if 0 <= result < 500:
             host.rq_success += 1
+        elif result >= 500 or result == LocalOrigin.RESET:
+            host.rq_error += 1
         elif result == LocalOrigin.TIMEOUT:
             host.rq_timeout += 1
         elif result == LocalOrigin.CONNECT_FAILED:
             host.cx_connect_fail += 1
         if self.outlier is not None:
-            self.outlier.report(host, result, now)
+            self.outlier.report(host, result, time.monotonic() if now is None else now)
 
     def tick(self, now: float) -> None:
         """Call at `next_deadline()`; un-ejects hosts whose time is up. Also run
