@@ -14,6 +14,7 @@ from pilotfish.rollout.phases import (
     ABORT,
     METRICS,
     PROMOTE,
+    Alert,
     ClearRequest,
     Decision,
     Event,
@@ -320,3 +321,23 @@ def test_a_restart_replays_nothing_already_decided() -> None:
 )
 def test_step_weights_follow_flagger(analysis: dict[str, Any], weights: tuple[int, ...]) -> None:
     assert canary(**analysis).step_weights == weights
+
+
+def test_approval_gates_alert_once_when_they_close_unless_muted() -> None:
+    def alerts(d: Driver) -> list[tuple[str, str]]:
+        return [(a.severity, a.message) for a in d.actions if isinstance(a, Alert)]
+
+    d = Driver(canary(stepWeight=10))
+    d.until("Initialized")
+    d.gates["confirm-rollout"] = (WebhookResult("gate", "confirm-rollout", False, "403"),)
+    for _ in range(3):
+        d.tick(checksum="v2")
+    assert alerts(d)[1:] == [("warn", "Canary is waiting for approval.")]
+
+    muted = Driver(canary(stepWeight=10))
+    muted.until("Initialized")
+    closed = WebhookResult("gate", "confirm-rollout", False, "403", mute_alert=True)
+    muted.gates["confirm-rollout"] = (closed,)
+    muted.tick(checksum="v2")
+    assert muted.status["phase"] == "Waiting"
+    assert len(alerts(muted)) == 1, "only the initialization's"

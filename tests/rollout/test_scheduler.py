@@ -66,6 +66,7 @@ class World:
         self.now = 1_790_000_000.0
         self.success = 100.0
         self.hooks: list[tuple[str, str]] = []
+        self.alerts: list[tuple[str, str]] = []  # severity, message
         self.store = self._open()
         self.controller = self._controller()
 
@@ -75,7 +76,13 @@ class World:
         )
 
     def _controller(self) -> RolloutController:
-        return RolloutController(self.store, self.measure, self.call_hooks, clock=lambda: self.now)
+        return RolloutController(
+            self.store,
+            self.measure,
+            self.call_hooks,
+            clock=lambda: self.now,
+            alert=lambda canary, alert: self.alerts.append((alert.severity, alert.message)),
+        )
 
     def restart(self) -> None:
         self.store.close()
@@ -193,6 +200,19 @@ def test_bad_metrics_roll_back_and_the_primary_is_untouched(world: World) -> Non
     assert "args" not in world.workload("reviews-primary")["spec"]
     assert world.workload("reviews")["spec"]["replicas"] == 0
     assert "Canary failed! Scaling down reviews.default" in world.events()
+
+
+def test_alerts_say_what_flagger_alerts_say(world: World) -> None:
+    phase_after_ticks(world, "Initialized")
+    assert world.alerts == [("info", "New Deployment detected, initialization completed.")]
+    world.apply({**CONFIG, "data": {"STAR_COLOR": "red"}})
+    world.tick()
+    assert world.alerts[-1] == ("info", "New revision detected, progressing canary analysis.")
+    world.tick()
+    world.success = 50.0
+    phase_after_ticks(world, "Failed")
+    assert world.alerts[-1] == ("error", "Failed checks threshold reached 2")
+    assert len(world.alerts) == 3, "nothing else is alerted on the way"
 
 
 def test_a_restart_resumes_where_the_status_says(world: World) -> None:

@@ -77,6 +77,14 @@ class Canary:
         return next((w for w in self.step_weights if w > weight), weight)
 
     @property
+    def analysis(self) -> Obj:
+        return dict(self.spec.get("analysis") or self.spec.get("canaryAnalysis") or {})
+
+    @property
+    def target_kind(self) -> str:
+        return str(self.spec["targetRef"]["kind"])
+
+    @property
     def display(self) -> str:
         return f"{self.target}.{self.namespace}"
 

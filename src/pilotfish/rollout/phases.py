@@ -85,6 +85,16 @@ class Event:
 
 
 @dataclass(frozen=True)
+class Alert:
+    """A message for the Canary's alert providers (Flagger's `alert`), at
+    severity info, warn or error; `metadata` adds the Canary's settings."""
+
+    message: str
+    severity: str = "info"
+    metadata: bool = False
+
+
+@dataclass(frozen=True)
 class RunHooks:
     """Fire-and-forget hooks (post-rollout) after the status is written."""
 
@@ -97,7 +107,7 @@ class ClearRequest:
     request: str  # PROMOTE or ABORT
 
 
-Action = Event | RunHooks | ClearRequest
+Action = Event | Alert | RunHooks | ClearRequest
 
 
 @dataclass(frozen=True)
@@ -122,6 +132,14 @@ class _Draft:
 
     def event(self, message: str, *, warning: bool = False) -> None:
         self.actions.append(Event(message, warning))
+
+    def alert(self, message: str, severity: str = "info", *, metadata: bool = False) -> None:
+        self.actions.append(Alert(message, severity, metadata))
+
+    def approval_alert(self, gate: WebhookResult, message: str) -> None:
+        """A closed gate alerts (warn) unless its webhook says muteAlert."""
+        if not gate.mute_alert:
+            self.alert(message, "warn")
 
     def set(self, **fields: Any) -> None:
         self.status.update(fields)
@@ -207,6 +225,7 @@ def _initializing(d: _Draft) -> None:
         trackedConfigs=dict(d.obs.tracked_configs),
     )
     d.event(f"Initialization done! {d.canary.display}")
+    d.alert(f"New {d.canary.target_kind} detected, initialization completed.", metadata=True)
 
 
 def _idle(d: _Draft) -> None:
@@ -214,11 +233,14 @@ def _idle(d: _Draft) -> None:
         return
     closed = d.gate(CONFIRM_ROLLOUT)
     if closed is not None:
+        if d.phase != "Waiting":
+            d.approval_alert(closed, "Canary is waiting for approval.")
         d.set(phase="Waiting")
         d.event(f"Halt {d.canary.display} advancement waiting for approval {closed.name}")
         return
     _start(d)
     d.event(f"New revision detected! Scaling up {d.canary.display}")
+    d.alert("New revision detected, progressing canary analysis.", metadata=True)
 
 
 def _start(d: _Draft) -> None:
@@ -263,9 +285,11 @@ def _should_roll_back(d: _Draft) -> bool:
         _roll_back(d, f"Rolling back {c.display} abort requested")
         return True
     if any(r.ok for r in d.hooks(ROLLBACK)):
+        d.alert("Rolling back manual webhook invoked", "warn")
         _roll_back(d, f"Rolling back {c.display} manual webhook invoked")
         return True
     if d.num("failedChecks") >= c.threshold:
+        d.alert(f"Failed checks threshold reached {d.num('failedChecks')}", "error")
         _roll_back(d, f"Rolling back {c.display} failed checks threshold reached {c.threshold}")
         return True
     return False
@@ -275,11 +299,9 @@ def _wait_for_canary(d: _Draft) -> None:
     since = _parse_time(d.status.get("lastTransitionTime"))
     waited = (d.obs.now - since).total_seconds() if since else 0.0
     if waited > d.canary.progress_deadline_s:
-        _roll_back(
-            d,
-            f"Rolling back {d.canary.display} progress deadline exceeded: "
-            f"canary not ready after {waited:.0f}s",
-        )
+        why = f"canary not ready after {waited:.0f}s"
+        d.alert(f"Progress deadline exceeded {why}", "error")
+        _roll_back(d, f"Rolling back {d.canary.display} progress deadline exceeded: {why}")
         return
     d.event(f"Halt advancement {d.canary.display} waiting for the canary to be ready")
 
@@ -319,6 +341,7 @@ def _advance_weight(d: _Draft) -> None:
     if weight < c.max_weight:
         closed = d.gate(CONFIRM_TRAFFIC_INCREASE)
         if closed is not None:
+            d.approval_alert(closed, "Canary traffic increase is waiting for approval.")
             d.event(
                 f"Halt {c.display} advancement waiting for traffic increase approval {closed.name}"
             )
@@ -353,6 +376,8 @@ def _promotion_confirmed(d: _Draft) -> bool:
     closed = d.gate(CONFIRM_PROMOTION)
     if closed is None:
         return True
+    if d.phase != "WaitingPromotion":
+        d.approval_alert(closed, "Canary promotion is waiting for approval.")
     d.set(phase="WaitingPromotion")
     d.event(f"Halt {d.canary.display} advancement waiting for promotion approval {closed.name}")
     return False
@@ -382,6 +407,7 @@ def _finalising(d: _Draft) -> None:
     d.set(phase="Succeeded", lastPromotedSpec=d.status.get("lastAppliedSpec"))
     d.actions.append(RunHooks(POST_ROLLOUT, "Succeeded"))
     d.event(f"Promotion completed! Scaling down {d.canary.display}")
+    d.alert("Canary analysis completed successfully, promotion finished.")
 
 
 def _roll_back(d: _Draft, reason: str) -> None:

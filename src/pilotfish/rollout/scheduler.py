@@ -37,6 +37,7 @@ from pilotfish.rollout.phases import (
     ANALYSING,
     METRICS,
     PROMOTE,
+    Alert,
     ClearRequest,
     Decision,
     Event,
@@ -58,6 +59,7 @@ WORKLOAD = ("pilotfish.dev", "Workload")
 Measure = Callable[[Obj, Obj], MetricResult]
 # canary, hook type, phase, extra metadata (an event's message and type)
 CallHooks = Callable[[Obj, str, str, Mapping[str, str]], tuple[WebhookResult, ...]]
+SendAlert = Callable[[Canary, Alert], None]
 NEEDS_ROUNDS = 8  # at most one round per kind of answer a step can need
 
 
@@ -71,8 +73,10 @@ class RolloutController:
         clock: Callable[[], float] = time.time,
         period_s: float = 0.5,
         threads: bool = False,
+        alert: SendAlert = lambda canary, alert: None,
     ) -> None:
         self.store = store
+        self.alert = alert
         self.threads = threads  # each step on its own thread; else within sync()
         self._stepping: set[str] = set()  # uids of the Canaries whose step is running
         self._lock = threading.Lock()
@@ -226,6 +230,8 @@ class RolloutController:
         for action in decision.actions:
             if isinstance(action, Event):
                 self.events.record(obj, action.message, warning=action.warning)
+            elif isinstance(action, Alert):
+                self.alert(canary, action)
             elif isinstance(action, RunHooks):
                 for result in self.call_hooks(obj, action.type, action.phase, {}):
                     if not result.ok:

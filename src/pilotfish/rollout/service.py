@@ -1,28 +1,34 @@
 """The rollout controller as the control plane runs it: the scheduler with
-the mesh's own metrics (sampled from the sidecars) and real webhooks."""
+the mesh's own metrics (sampled from the sidecars), real webhooks and alerts."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from pilotfish.api.errors import NotFound
 from pilotfish.model.types import Instance
-from pilotfish.rollout import webhooks
+from pilotfish.rollout import alerts, webhooks
+from pilotfish.rollout.canary import Canary
 from pilotfish.rollout.metrics import MeshMetrics, measure
+from pilotfish.rollout.phases import Alert
 from pilotfish.rollout.scheduler import RolloutController
 from pilotfish.rollout.types import MetricResult, WebhookResult
 from pilotfish.store.resources import ResourceStore
 from pilotfish.store.types import Key
 
 Obj = dict[str, Any]
-GROUPS = {"MetricTemplate": "flagger.app", "Secret": ""}
+GROUPS = {"MetricTemplate": "flagger.app", "AlertProvider": "flagger.app", "Secret": ""}
+log = logging.getLogger("pilotfish.rollout")
 
 
 class RolloutService:
     def __init__(self, store: ResourceStore, instances: Callable[[], Iterable[Instance]]) -> None:
         self.store = store
-        self.controller = RolloutController(store, self.measure, self.call_hooks, threads=True)
+        self.controller = RolloutController(
+            store, self.measure, self.call_hooks, threads=True, alert=self.alert
+        )
         self.metrics = MeshMetrics(lambda: self._analysed(instances()))
 
     def __repr__(self) -> str:
@@ -49,6 +55,10 @@ class RolloutService:
             )
             for hook in webhooks.hooks_of(canary, hook_type)
         )
+
+    def alert(self, canary: Canary, alert: Alert) -> None:
+        for error in alerts.send(canary, alert, self._lookup):
+            log.warning("rollout: %s/%s: %s", canary.namespace, canary.name, error)
 
     def _analysed(self, instances: Iterable[Instance]) -> list[Instance]:
         """Only Canary targets' sidecars are sampled: the built-in metrics

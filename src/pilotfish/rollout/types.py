@@ -58,3 +58,4 @@ class WebhookResult:
     type: str
     ok: bool
     message: str = ""
+    mute_alert: bool = False  # the hook's muteAlert: a closed gate sends no alert

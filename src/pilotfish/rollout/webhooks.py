@@ -91,24 +91,24 @@ def checksum(canary: Obj) -> str:
 def call(hook: Obj, body: Obj) -> WebhookResult:
     """POST `body` to the hook: ok when it answered 200-202 in time."""
     name, kind = str(hook.get("name") or ""), str(hook.get("type") or ROLLOUT)
-    url = str(hook.get("url") or "")
+    url, mute = str(hook.get("url") or ""), bool(hook.get("muteAlert"))
     label = f'webhook "{name}" ({url or "no url"})'
     try:
         timeout = _timeout(hook)
         request = _request(url, body)
     except ValueError as e:
-        return WebhookResult(name, kind, False, f"{label}: {_one_line(str(e))}")
+        return WebhookResult(name, kind, False, f"{label}: {_one_line(str(e))}", mute)
     retries = min(MAX_RETRIES, max(0, _int(hook.get("retries"))))
     opener = _opener(url, insecure=bool(hook.get("disableTLS")))
     for attempt in range(retries + 1):
         outcome = _post(opener, request, timeout)
         if outcome.ok:
-            return WebhookResult(name, kind, True)
+            return WebhookResult(name, kind, True, mute_alert=mute)
         if attempt == retries or not outcome.retry:
             break
         time.sleep(_backoff(attempt, outcome.retry_after))
     after = f" after {retries + 1} attempts" if retries else ""
-    return WebhookResult(name, kind, False, f"{label}: {outcome.why}{after}")
+    return WebhookResult(name, kind, False, f"{label}: {outcome.why}{after}", mute)
 
 
 class _Outcome:
