@@ -20,39 +20,10 @@ APPS = Path(__file__).with_name("grpc_apps.py")
 
 @dataclass
 class XdsControlPlane(ControlPlane):
-    xds_port: int = 0
+    """A control plane serving xDS (pass xds_port), with the processes a test
+    starts around it."""
+
     children: list[subprocess.Popen[Any]] = field(default_factory=list)
-
-    def start(self) -> None:
-        log = self.data_dir.parent / f"controlplane-{len(self.log)}.log"
-        self.log.append(log)
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "pilotfish",
-                "controlplane",
-                "--data-dir",
-                str(self.data_dir),
-                "--listen",
-                f"127.0.0.1:{self.port}",
-                "--xds-port",
-                str(self.xds_port),
-            ],
-            env=self.env,
-            stdout=log.open("wb"),
-            stderr=subprocess.STDOUT,
-        )
-        wait_until(lambda: self._ready(log), 20, f"control plane not ready: {log}")
-
-    def _ready(self, log: Path) -> bool:
-        assert self.process is not None
-        assert self.process.poll() is None, log.read_text()
-        try:
-            with urllib.request.urlopen(f"{self.server}/readyz", timeout=1):
-                return True
-        except OSError:
-            return False
 
     def get(self, path: str) -> Any:
         with urllib.request.urlopen(self.server + path, timeout=5) as response:

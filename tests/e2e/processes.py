@@ -27,6 +27,7 @@ class ControlPlane:
     env: dict[str, str]
     process: subprocess.Popen[bytes] | None = None
     log: list[Path] = field(default_factory=list)
+    xds_port: int = -1  # -1: no xDS server (most tests do not use it; 15010 may be taken)
 
     @property
     def server(self) -> str:
@@ -46,7 +47,7 @@ class ControlPlane:
                 "--listen",
                 f"127.0.0.1:{self.port}",
                 "--xds-port",
-                "-1",  # these tests do not use xDS; 15010 may be taken
+                str(self.xds_port),
             ],
             env=self.env,
             stdout=log.open("wb"),
