@@ -22,7 +22,7 @@ from pilotfish.rollout.phases import (
     RunHooks,
     step,
 )
-from pilotfish.rollout.router import routes
+from pilotfish.rollout.router import routes, virtual_service
 from pilotfish.rollout.types import MetricResult, WebhookResult
 
 T0 = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)
@@ -341,3 +341,36 @@ def test_approval_gates_alert_once_when_they_close_unless_muted() -> None:
     muted.tick(checksum="v2")
     assert muted.status["phase"] == "Waiting"
     assert len(alerts(muted)) == 1, "only the initialization's"
+
+
+def test_session_affinity_keeps_canary_users_there_then_expires_their_cookie() -> None:
+    affinity = {"cookieName": "flagger-cookie", "maxAge": 3600, "httpOnly": True}
+    d = released(Driver(canary(stepWeight=10, maxWeight=20, sessionAffinity=affinity)))
+    assert "sessionAffinityCookie" not in d.status, "no cookie while the canary gets nothing"
+    d.tick()
+    cookie = d.status["sessionAffinityCookie"]
+    assert cookie.startswith("flagger-cookie=")
+    value = cookie.partition("=")[2]
+    http = virtual_service(d.c, d.status)["spec"]["http"]
+    assert http[0]["match"] == [{"headers": {"cookie": {"regex": f".*flagger-cookie.*{value}.*"}}}]
+    assert [r["weight"] for r in http[0]["route"]] == [0, 100]
+    weighted = http[1]["route"]
+    assert [r["weight"] for r in weighted] == [90, 10]
+    set_cookie = {"response": {"add": {"Set-Cookie": f"{cookie}; Max-Age=3600; HttpOnly"}}}
+    assert weighted[1]["headers"] == set_cookie and "headers" not in weighted[0]
+    d.tick()
+    assert d.status["sessionAffinityCookie"] == cookie, "one cookie per release"
+
+    d.until("Succeeded")
+    assert "sessionAffinityCookie" not in d.status
+    assert d.status["previousSessionAffinityCookie"] == cookie
+    expire, weighted_after = virtual_service(d.c, d.status)["spec"]["http"]
+    assert expire["headers"] == {"response": {"add": {"Set-Cookie": f"{cookie}; Max-Age=-1"}}}
+    assert (
+        [r["weight"] for r in expire["route"]]
+        == [100, 0]
+        == [r["weight"] for r in weighted_after["route"]]
+    )
+    d.tick(checksum="v3")
+    d.tick()
+    assert d.status["sessionAffinityCookie"] not in (None, cookie), "a new release, a new cookie"

@@ -277,6 +277,37 @@ def test_ab_testing_sends_only_matching_users_to_the_canary(mesh: Mesh) -> None:
     wait_phase(mesh, name, "Succeeded")
 
 
+def test_session_affinity_keeps_a_user_who_landed_on_the_canary_there(mesh: Mesh) -> None:
+    name = "rv-sticky"
+    gate = {"name": "hold", "type": "confirm-promotion", "url": loadtester(mesh, "gate/check")}
+    affinity = {"cookieName": "flagger-cookie", "maxAge": 600}
+    the_canary = canary(
+        mesh, name, stepWeight=50, maxWeight=50, sessionAffinity=affinity, webhooks=[gate]
+    )
+    release(mesh, the_canary, STAR_COLOR="red")
+    wait_phase(mesh, name, "WaitingPromotion")
+    host = f"{name}.example"
+
+    def call(cookie: str = "") -> tuple[str, str]:
+        """(who answered, the Set-Cookie it sent)"""
+        url = f"http://127.0.0.1:{mesh.gateway_port}/reviews/0"
+        headers = {"Host": host, **({"Cookie": f"theme=dark; {cookie}"} if cookie else {})}
+        with DIRECT.open(urllib.request.Request(url, headers=headers), timeout=10) as answer:
+            return str(json.loads(answer.read())["podname"]), answer.headers["Set-Cookie"] or ""
+
+    answers = [call() for _ in range(40)]
+    on_canary = [c for who, c in answers if "-primary-" not in who]
+    assert on_canary and all(c.startswith("flagger-cookie=") for c in on_canary), answers
+    assert all(not c for who, c in answers if "-primary-" in who), "the primary sets none"
+    cookie = on_canary[0].split(";")[0]
+    assert cookie == status(mesh, name)["sessionAffinityCookie"]
+    sticky = [call(cookie)[0] for _ in range(20)]
+    assert all("-primary-" not in who for who in sticky), sticky
+    open_gate(mesh, name)
+    wait_phase(mesh, name, "Succeeded")
+    assert call(cookie)[1] == f"{cookie}; Max-Age=-1", "after the release the cookie is expired"
+
+
 def test_blue_green_mirrors_live_traffic_while_callers_see_the_primary(mesh: Mesh) -> None:
     name = "rv-bg"
     gate = {"name": "hold", "type": "confirm-promotion", "url": loadtester(mesh, "gate/check")}

@@ -215,6 +215,26 @@ def test_alerts_say_what_flagger_alerts_say(world: World) -> None:
     assert len(world.alerts) == 3, "nothing else is alerted on the way"
 
 
+def test_session_affinity_routes_pass_istios_validation(world: World) -> None:
+    sticky = copy.deepcopy(CANARY)
+    sticky["spec"]["analysis"]["sessionAffinity"] = {
+        "cookieName": "canary-user",
+        "primaryCookieName": "primary-user",
+    }
+    world.apply(sticky)
+    phase_after_ticks(world, "Initialized")
+    world.apply({**CONFIG, "data": {"STAR_COLOR": "red"}})
+    world.tick()
+    status = world.tick()
+    assert status["canaryWeight"] == 10
+    http = world.get("networking.istio.io", "VirtualService", "reviews")["spec"]["http"]
+    cookies = [m["headers"]["cookie"]["regex"] for route in http[:2] for m in route["match"]]
+    assert [c.split(".*")[1] for c in cookies] == ["canary-user", "primary-user"]
+    weighted = http[2]["route"]
+    assert weighted[0]["headers"]["response"]["add"]["Set-Cookie"].endswith("; Max-Age=10")
+    assert weighted[1]["headers"]["response"]["add"]["Set-Cookie"].endswith("; Max-Age=86400")
+
+
 def test_a_restart_resumes_where_the_status_says(world: World) -> None:
     phase_after_ticks(world, "Initialized")
     world.apply({**CONFIG, "data": {"STAR_COLOR": "red"}})

@@ -22,6 +22,7 @@ shell only calls what the decision really depends on.
 from __future__ import annotations
 
 import copy
+import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -178,8 +179,34 @@ def step(canary: Canary, status: Obj, obs: Observations) -> Decision:
             PHASES[draft.phase](draft)
     except _Need as need:
         return Decision(copy.deepcopy(status), needs=(need.what,))
+    _session_cookies(draft)
     _stamp(draft, status)
     return Decision(draft.status, tuple(draft.actions))
+
+
+def _session_cookies(d: _Draft) -> None:
+    """Flagger's session affinity: while the canary gets weighted traffic, a
+    cookie (NAME=VALUE, kept in the status) marks who landed on it; when the
+    weight is back to 0 it becomes the previous cookie, which the routes then
+    expire. VALUE comes from the Canary and the release, so it is the same at
+    every step of one release and differs between releases."""
+    affinity = d.canary.analysis.get("sessionAffinity") or {}
+    if not affinity.get("cookieName") or d.canary.strategy is not Strategy.CANARY:
+        return
+    if d.num("canaryWeight") == 0:
+        if d.status.get("sessionAffinityCookie"):
+            d.set(previousSessionAffinityCookie=d.status.pop("sessionAffinityCookie"))
+        return
+    release = f"{d.canary.uid}/{d.status.get('lastAppliedSpec')}"
+    if not d.status.get("sessionAffinityCookie"):
+        d.set(sessionAffinityCookie=_cookie(affinity["cookieName"], release))
+    primary = affinity.get("primaryCookieName")
+    if primary and not d.status.get("primarySessionAffinityCookie"):
+        d.set(primarySessionAffinityCookie=_cookie(primary, release))
+
+
+def _cookie(name: str, release: str) -> str:
+    return f"{name}={hashlib.sha256(f'{release}/{name}'.encode()).hexdigest()[:20]}"
 
 
 def _stamp(draft: _Draft, before: Obj) -> None:

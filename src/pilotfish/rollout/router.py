@@ -184,7 +184,7 @@ def virtual_service(canary: Canary, status: Obj) -> Obj:
     if want.mirror:
         main["mirror"] = {"host": other, "port": {"number": canary.port}}
         main["mirrorPercentage"] = {"value": float(canary.mirror_weight)}
-    http = [main]
+    http = [*_sticky_routes(canary, status, main), main]
     if want.match_to_canary:
         to_canary = {
             "match": _ab_match(canary, service.get("match") or []),
@@ -197,6 +197,79 @@ def virtual_service(canary: Canary, status: Obj) -> Obj:
     return _obj(
         "networking.istio.io/v1beta1", "VirtualService", canary.service, canary.namespace, spec=spec
     )
+
+
+def _sticky_routes(canary: Canary, status: Obj, main: Obj) -> list[Obj]:
+    """Flagger's session affinity (phases._session_cookies keeps the cookies):
+    during a release, the weighted route's canary answers set the canary
+    cookie (and its primary answers the primary cookie, if named), and
+    routes before it send each cookie's holders back where they landed;
+    after it, a route expires the previous release's cookie."""
+    affinity = canary.analysis.get("sessionAffinity") or {}
+    if not affinity.get("cookieName") or canary.strategy is not Strategy.CANARY:
+        return []
+    cookie = status.get("sessionAffinityCookie")
+    if not cookie:
+        previous = status.get("previousSessionAffinityCookie")
+        if not previous:
+            return []
+        expire = _set_cookie(main.get("headers"), f"{previous}; Max-Age=-1")
+        return [{**main, "match": _cookie_match(canary, previous), "headers": expire}]
+    to_primary, to_canary = main["route"]
+    sticky = [
+        {
+            **main,
+            "match": _cookie_match(canary, cookie),
+            "route": [{**to_primary, "weight": 0}, {**to_canary, "weight": 100}],
+        }
+    ]
+    set_canary = _build_cookie(affinity, cookie, affinity.get("maxAge") or 86400)
+    to_canary["headers"] = _set_cookie(None, set_canary)
+    primary_cookie = status.get("primarySessionAffinityCookie")
+    if affinity.get("primaryCookieName") and primary_cookie:
+        sticky.append(
+            {
+                **main,
+                "match": _cookie_match(canary, primary_cookie),
+                "route": [{**to_primary, "weight": 100}, {**to_canary, "weight": 0}],
+            }
+        )
+        set_primary = _build_cookie(affinity, primary_cookie, canary.interval_s)
+        to_primary["headers"] = _set_cookie(None, set_primary)
+    return sticky
+
+
+def _cookie_match(canary: Canary, cookie: str) -> list[Obj]:
+    """The cookie's holders, within the service's own match if it has one."""
+    name, _, value = cookie.partition("=")
+    by_cookie = {"cookie": {"regex": f".*{name}.*{value}.*"}}
+    service_match = (canary.spec.get("service") or {}).get("match") or [{}]
+    return [{**m, "headers": {**(m.get("headers") or {}), **by_cookie}} for m in service_match]
+
+
+def _build_cookie(affinity: Obj, cookie: str, max_age: float) -> str:
+    """A Set-Cookie value with the attributes sessionAffinity asks for, in Flagger's order."""
+    text = f"{cookie}; Max-Age={int(max_age)}"
+    if affinity.get("domain"):
+        text += f"; Domain={affinity['domain']}"
+    for flag, attribute in (("httpOnly", "HttpOnly"), ("partitioned", "Partitioned")):
+        if affinity.get(flag):
+            text += f"; {attribute}"
+    if affinity.get("path"):
+        text += f"; Path={affinity['path']}"
+    if affinity.get("sameSite"):
+        text += f"; SameSite={affinity['sameSite']}"
+    if affinity.get("secure"):
+        text += "; Secure"
+    return text
+
+
+def _set_cookie(headers: Obj | None, value: str) -> Obj:
+    """`headers` (a route's or a destination's) with Set-Cookie added to the response."""
+    headers = copy.deepcopy(headers or {})
+    response = headers.setdefault("response", {})
+    response["add"] = {**(response.get("add") or {}), "Set-Cookie": value}
+    return headers
 
 
 def _ab_match(canary: Canary, service_match: list[Obj]) -> list[Obj]:
