@@ -333,6 +333,7 @@ def test_approval_gates_alert_once_when_they_close_unless_muted() -> None:
     for _ in range(3):
         d.tick(checksum="v2")
     assert alerts(d)[1:] == [("warn", "Canary is waiting for approval.")]
+    assert d.events.count("Halt reviews.default advancement waiting for approval gate") == 1
 
     muted = Driver(canary(stepWeight=10))
     muted.until("Initialized")
@@ -374,3 +375,22 @@ def test_session_affinity_keeps_canary_users_there_then_expires_their_cookie() -
     d.tick(checksum="v3")
     d.tick()
     assert d.status["sessionAffinityCookie"] not in (None, cookie), "a new release, a new cookie"
+
+
+def test_skipped_analysis_says_so_when_promoted() -> None:
+    c = read_canary(
+        {
+            "metadata": {"name": "reviews", "namespace": "default"},
+            "spec": {
+                "targetRef": {"kind": "Deployment", "name": "reviews"},
+                "service": {"port": 9080},
+                "skipAnalysis": True,
+                "analysis": {"stepWeight": 10},
+            },
+        }
+    )
+    d = released(Driver(c))
+    d.until("Succeeded")
+    assert d.events[-1] == "Promotion completed! Canary analysis was skipped for reviews.default"
+    last = [a for a in d.actions if isinstance(a, Alert)][-1]
+    assert last == Alert("Canary analysis was skipped, promotion finished.")

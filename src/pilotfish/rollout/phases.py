@@ -260,10 +260,10 @@ def _idle(d: _Draft) -> None:
         return
     closed = d.gate(CONFIRM_ROLLOUT)
     if closed is not None:
-        if d.phase != "Waiting":
+        if d.phase != "Waiting":  # said once, as Flagger does, not at every step
+            d.set(phase="Waiting")
+            d.event(f"Halt {d.canary.display} advancement waiting for approval {closed.name}")
             d.approval_alert(closed, "Canary is waiting for approval.")
-        d.set(phase="Waiting")
-        d.event(f"Halt {d.canary.display} advancement waiting for approval {closed.name}")
         return
     _start(d)
     d.event(f"New revision detected! Scaling up {d.canary.display}")
@@ -403,10 +403,10 @@ def _promotion_confirmed(d: _Draft) -> bool:
     closed = d.gate(CONFIRM_PROMOTION)
     if closed is None:
         return True
-    if d.phase != "WaitingPromotion":
+    if d.phase != "WaitingPromotion":  # said once, as Flagger does
+        d.set(phase="WaitingPromotion")
+        d.event(f"Halt {d.canary.display} advancement waiting for promotion approval {closed.name}")
         d.approval_alert(closed, "Canary promotion is waiting for approval.")
-    d.set(phase="WaitingPromotion")
-    d.event(f"Halt {d.canary.display} advancement waiting for promotion approval {closed.name}")
     return False
 
 
@@ -433,8 +433,12 @@ def _promoting(d: _Draft) -> None:
 def _finalising(d: _Draft) -> None:
     d.set(phase="Succeeded", lastPromotedSpec=d.status.get("lastAppliedSpec"))
     d.actions.append(RunHooks(POST_ROLLOUT, "Succeeded"))
-    d.event(f"Promotion completed! Scaling down {d.canary.display}")
-    d.alert("Canary analysis completed successfully, promotion finished.")
+    if d.canary.skip_analysis:
+        d.event(f"Promotion completed! Canary analysis was skipped for {d.canary.display}")
+        d.alert("Canary analysis was skipped, promotion finished.")
+    else:
+        d.event(f"Promotion completed! Scaling down {d.canary.display}")
+        d.alert("Canary analysis completed successfully, promotion finished.")
 
 
 def _roll_back(d: _Draft, reason: str) -> None:
