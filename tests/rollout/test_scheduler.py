@@ -230,6 +230,8 @@ def test_session_affinity_routes_pass_istios_validation(world: World) -> None:
     http = world.get("networking.istio.io", "VirtualService", "reviews")["spec"]["http"]
     cookies = [m["headers"]["cookie"]["regex"] for route in http[:2] for m in route["match"]]
     assert [c.split(".*")[1] for c in cookies] == ["canary-user", "primary-user"]
+    assert [[d["weight"] for d in route["route"]] for route in http[:2]] == [[0, 100], [100, 0]]
+    assert all("headers" not in d for route in http[:2] for d in route["route"])
     weighted = http[2]["route"]
     assert weighted[0]["headers"]["response"]["add"]["Set-Cookie"].endswith("; Max-Age=10")
     assert weighted[1]["headers"]["response"]["add"]["Set-Cookie"].endswith("; Max-Age=86400")

@@ -216,27 +216,22 @@ def _sticky_routes(canary: Canary, status: Obj, main: Obj) -> list[Obj]:
         expire = _set_cookie(main.get("headers"), f"{previous}; Max-Age=-1")
         return [{**main, "match": _cookie_match(canary, previous), "headers": expire}]
     to_primary, to_canary = main["route"]
-    sticky = [
-        {
-            **main,
-            "match": _cookie_match(canary, cookie),
-            "route": [{**to_primary, "weight": 0}, {**to_canary, "weight": 100}],
-        }
-    ]
-    set_canary = _build_cookie(affinity, cookie, affinity.get("maxAge") or 86400)
-    to_canary["headers"] = _set_cookie(None, set_canary)
+    sticky = [_sticky(canary, main, cookie, canary_weight=100)]
     primary_cookie = status.get("primarySessionAffinityCookie")
     if affinity.get("primaryCookieName") and primary_cookie:
-        sticky.append(
-            {
-                **main,
-                "match": _cookie_match(canary, primary_cookie),
-                "route": [{**to_primary, "weight": 100}, {**to_canary, "weight": 0}],
-            }
-        )
+        sticky.append(_sticky(canary, main, primary_cookie, canary_weight=0))
         set_primary = _build_cookie(affinity, primary_cookie, canary.interval_s)
         to_primary["headers"] = _set_cookie(None, set_primary)
+    set_canary = _build_cookie(affinity, cookie, affinity.get("maxAge") or 86400)
+    to_canary["headers"] = _set_cookie(None, set_canary)
     return sticky
+
+
+def _sticky(canary: Canary, main: Obj, cookie: str, canary_weight: int) -> Obj:
+    """The weighted route, for a cookie's holders, all to one side."""
+    to_primary, to_canary = main["route"]
+    route = [{**to_primary, "weight": 100 - canary_weight}, {**to_canary, "weight": canary_weight}]
+    return {**main, "match": _cookie_match(canary, cookie), "route": route}
 
 
 def _cookie_match(canary: Canary, cookie: str) -> list[Obj]:
