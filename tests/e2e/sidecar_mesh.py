@@ -90,6 +90,18 @@ class SidecarMesh:
         self._register(who, inbound, backend.port)
         return self._start_sidecar(who, inbound), backend
 
+    def self_registered(
+        self, instance: str, labels: dict[str, str], backend: Backend
+    ) -> tuple[Sidecar, Backend]:
+        """`backend` behind a sidecar that registers the instance itself
+        (`pilotfish proxy --register`), as on a host without the node agent."""
+        backend.start()
+        self.backends.append(backend)
+        inbound = free_port()
+        ports = ("--port", f"http={inbound}", "--app-port", f"http={backend.port}")
+        sidecar = self._start_sidecar(self._identity(instance, labels), inbound, register=ports)
+        return sidecar, backend
+
     def plain_workload(self, instance: str, labels: dict[str, str], backend: Backend) -> Backend:
         """`backend` registered with no sidecar: peers reach the app directly,
         so it sees what a caller's sidecar sends on the wire."""
@@ -128,14 +140,18 @@ class SidecarMesh:
         self._client().register_instance(body)
         self.registered.append(who.instance)
 
-    def _start_sidecar(self, who: SidecarIdentity, inbound: int) -> Sidecar:
+    def _start_sidecar(
+        self, who: SidecarIdentity, inbound: int, register: tuple[str, ...] = ()
+    ) -> Sidecar:
         admin, outbound = free_port(), free_port()
         config = sidecar_bootstrap(
             who, admin_port=admin, outbound_port=outbound, xds=("127.0.0.1", self.plane.xds_port)
         )
         path = self.directory / f"bootstrap-{who.instance}.yaml"
         path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
-        proxy = Proxy(path, admin, self.directory / f"sidecar-{who.instance}.stderr")
+        stderr = self.directory / f"sidecar-{who.instance}.stderr"
+        args = ("--register", *register) if register else ()
+        proxy = Proxy(path, admin, stderr, args=args, env=self.plane.env if register else None)
         sidecar = Sidecar(who, proxy, outbound, inbound)
         self.sidecars.append(sidecar)
         proxy.start(timeout=15)
@@ -162,6 +178,10 @@ class SidecarMesh:
         server and token to the plane's PILOTFISH_CONFIG at start."""
         config = load_client_config(path=Path(self.plane.env["PILOTFISH_CONFIG"]))
         return Client(config.server, config.token)
+
+    def instances(self) -> dict[str, dict[str, Any]]:
+        """The registry's instances by name."""
+        return {i["name"]: i for i in self._client().instances()}
 
     def delete(self, kind: str, name: str) -> None:
         """Delete if present (a test may run without the one that created it)."""

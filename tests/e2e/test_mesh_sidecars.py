@@ -19,7 +19,7 @@ from collections.abc import Iterator
 
 import pytest
 from google.protobuf import json_format, struct_pb2
-from mesh_processes import XdsControlPlane
+from mesh_processes import XdsControlPlane, wait_until
 from processes import REPO, free_port
 from sidecar_mesh import Backend, Response, Sidecar, SidecarMesh, curl, curl_many
 
@@ -305,3 +305,39 @@ def test_proxy_status_lists_the_sidecars_synced(bookinfo: Bookinfo) -> None:
         assert rows[sidecar.node_id][2:] == ["SYNCED"] * 4, done.stdout
     header = done.stdout.splitlines()[0].split()
     assert header[-4:] == ["CDS", "LDS", "EDS", "RDS"], header
+
+
+def test_a_sidecar_started_by_hand_registers_its_instance(bookinfo: Bookinfo) -> None:
+    """`pilotfish proxy --register`: the instance is in the registry while the
+    sidecar serves (who it is from the bootstrap's node metadata), callers
+    reach the app through it, and it leaves the registry when stopped."""
+    mesh = bookinfo.mesh
+    mesh.apply(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: hello}\n"
+        "spec: {selector: {app: hello}, ports: [{name: http, port: 9080}]}\n"
+    )
+    labels = {"app": "hello", "version": "v1"}
+    sidecar, backend = mesh.self_registered("hello-v1-0", labels, Backend("hello-v1"))
+    mesh.wait_serving(sidecar)
+    wanted = {
+        "workload": "hello-v1",
+        "labels": labels,
+        "ports": {"http": sidecar.inbound_port},
+        "appPorts": {"http": backend.port},
+        "metricsPort": sidecar.proxy.admin_port,
+        "serviceAccount": "bookinfo-hello",
+        "healthy": True,
+    }
+
+    def registered() -> bool:
+        found = mesh.instances().get("hello-v1-0") or {}
+        return {k: found.get(k) for k in wanted} == wanted
+
+    wait_until(registered, 10, f"not registered as {wanted}: {mesh.instances()}")
+
+    def reached() -> bool:
+        return bookinfo.get("http://hello:9080/").header("x-backend") == "hello-v1"
+
+    wait_until(reached, 10, "hello is not reached through its sidecar")
+    assert sidecar.proxy.stop() == 0
+    assert "hello-v1-0" not in mesh.instances(), "deregistered when stopped"

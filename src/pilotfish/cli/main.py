@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pilotfish import __version__
 from pilotfish.api.errors import ApiError
@@ -13,6 +15,11 @@ from pilotfish.cli import commands, mesh, node, rollout
 from pilotfish.cli.manifests import ManifestError
 from pilotfish.client import Unreachable
 from pilotfish.config import ConfigError
+
+if TYPE_CHECKING:
+    from envoy.config.bootstrap.v3.bootstrap_pb2 import Bootstrap
+
+    from pilotfish.proxy.register import Registrar
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -164,6 +171,26 @@ def _add_proxy(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="Envoy v3 bootstrap, YAML or JSON",
     )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument(
+        "--register",
+        action="store_true",
+        help="keep this instance in the control plane's registry while serving "
+        "(who it is from the bootstrap's node metadata: NAME, NAMESPACE, WORKLOAD_NAME, "
+        "LABELS, SERVICE_ACCOUNT); deregister at shutdown",
+    )
+    p.add_argument(
+        "--port",
+        action="append",
+        metavar="NAME=PORT",
+        help="with --register: a port callers reach, this sidecar's inbound one (repeatable)",
+    )
+    p.add_argument(
+        "--app-port",
+        action="append",
+        metavar="NAME=PORT",
+        help="with --register: where the application listens behind the port NAME",
+    )
+    p.add_argument("--server", help="with --register: the control plane URL (as other commands)")
     p.set_defaults(handler=_run_proxy)
 
 
@@ -171,14 +198,32 @@ def _run_proxy(args: argparse.Namespace) -> int:
     import logging
 
     from pilotfish.proxy.bootstrap import BootstrapError
-    from pilotfish.proxy.process import run_proxy
+    from pilotfish.proxy.process import RegisterWith, run_proxy
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
+    if (args.port or args.app_port or args.server) and not args.register:
+        raise mesh.UsageError("--port, --app-port and --server go with --register")
+    register: RegisterWith | None = None
+    if args.register:
+        ports = mesh.pairs(args.port, "--port", int)
+        app_ports = mesh.pairs(args.app_port, "--app-port", int)
+        register = partial(_registrar, ports, app_ports, args.server)
     try:
-        return run_proxy(args.bootstrap)
-    except BootstrapError as e:
+        return run_proxy(args.bootstrap, register)
+    except (BootstrapError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+
+
+def _registrar(
+    ports: dict[str, int], app_ports: dict[str, int], server: str | None, bootstrap: Bootstrap
+) -> Registrar:
+    from pilotfish.client import Client
+    from pilotfish.proxy.register import Registrar
+
+    admin = bootstrap.admin.address.socket_address.port_value
+    client = Client.from_config(server)
+    return Registrar.for_node(bootstrap.node, ports, app_ports, admin, client)
 
 
 def _add_apply(

@@ -233,8 +233,8 @@ def registration(args: argparse.Namespace) -> Obj:
         "namespace": args.namespace or "default",
         "workload": args.workload or args.name,
         "address": args.address,
-        "ports": _pairs(args.port, "--port", int),
-        "labels": _pairs(args.label, "--label", str),
+        "ports": pairs(args.port, "--port", int),
+        "labels": pairs(args.label, "--label", str),
         "serviceAccount": args.service_account,
         "healthy": not args.unhealthy,
         "locality": args.locality,
@@ -242,7 +242,7 @@ def registration(args: argparse.Namespace) -> Obj:
     }
 
 
-def _pairs(values: list[str] | None, flag: str, convert: type) -> Obj:
+def pairs(values: list[str] | None, flag: str, convert: type) -> Obj:
     out: Obj = {}
     for text in values or []:
         key, sep, value = text.partition("=")

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -26,6 +27,7 @@ from pilotfish.proxy.bootstrap import load_bootstrap
 from pilotfish.proxy.config import ProxyConfig, Snapshot
 from pilotfish.proxy.listeners import CompiledListener
 from pilotfish.proxy.pool import Pool
+from pilotfish.proxy.register import Registrar
 from pilotfish.proxy.server import Downstream, Runtime
 from pilotfish.proxy.stats import State, StatsRegistry, prometheus_page
 from pilotfish.proxy.telemetry import Telemetry, WorkloadInfo, peer_metadata_headers
@@ -34,6 +36,7 @@ from pilotfish.proxy.xds_client import AdsClient
 
 log = logging.getLogger("pilotfish.proxy")
 DRAIN_TIMEOUT_S = 5.0
+RegisterWith = Callable[[Bootstrap], Registrar]
 
 
 @dataclass
@@ -78,18 +81,21 @@ class Listeners:
         self.servers.clear()
 
 
-def run_proxy(bootstrap_path: Path) -> int:
+def run_proxy(bootstrap_path: Path, register: RegisterWith | None = None) -> int:
+    """Serve until stopped; with `register`, keep the instance in the registry
+    (see register.py). `register` makes a Registrar for the bootstrap."""
     bootstrap = load_bootstrap(bootstrap_path)
+    registrar = register(bootstrap) if register is not None else None
     try:
         import uvloop
 
         uvloop.install()
     except ImportError:  # the event loop is faster with it, correct without
         pass
-    return asyncio.run(_serve(bootstrap))
+    return asyncio.run(_serve(bootstrap, registrar))
 
 
-async def _serve(bootstrap: Bootstrap) -> int:
+async def _serve(bootstrap: Bootstrap, registrar: Registrar | None = None) -> int:
     stop = asyncio.Event()
     changed = asyncio.Event()
     config = ProxyConfig(on_change=lambda _: changed.set())
@@ -103,17 +109,28 @@ async def _serve(bootstrap: Bootstrap) -> int:
     if ads is not None:
         tasks.append(asyncio.create_task(ads.run()))
     admin_server = await _admin(bootstrap, runtime, listeners, stop, ads)
+    if registrar is not None:
+        tasks.append(asyncio.create_task(registrar.keep(partial(_serving, runtime, ads))))
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
+    if registrar is not None:
+        await registrar.renew(healthy=False)  # callers stop picking it before it drains
     await _drain(runtime, listeners)
     for task in tasks:
         task.cancel()
     if admin_server is not None:
         admin_server.close()
     runtime.close()
+    if registrar is not None:
+        await registrar.leave()
     return 0
+
+
+def _serving(runtime: Runtime, ads: AdsClient | None) -> bool:
+    """Ready: not draining, and connected to the ADS server if there is one."""
+    return not runtime.draining and (ads is None or ads.connected.is_set())
 
 
 def new_runtime(bootstrap: Bootstrap, config: ProxyConfig) -> Runtime:
@@ -207,8 +224,9 @@ async def _admin(
         return None
 
     def ready() -> tuple[int, str, bytes]:
-        serving = not runtime.draining and (ads is None or ads.connected.is_set())
-        return (200, admin.TEXT, b"LIVE\n") if serving else (503, admin.TEXT, b"PRE_INITIALIZING\n")
+        if _serving(runtime, ads):
+            return 200, admin.TEXT, b"LIVE\n"
+        return 503, admin.TEXT, b"PRE_INITIALIZING\n"
 
     def drain() -> tuple[int, str, bytes]:
         runtime.draining = True

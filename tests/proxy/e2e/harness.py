@@ -228,13 +228,16 @@ class Proxy:
     admin_port: int
     stderr_path: Path
     process: subprocess.Popen[bytes] | None = None
+    args: tuple[str, ...] = ()  # more of `pilotfish proxy`'s options
+    env: dict[str, str] | None = None
 
     def start(self, timeout: float = 10.0) -> None:
         self.process = subprocess.Popen(
-            [str(PILOTFISH), "proxy", "--bootstrap", str(self.bootstrap_path)],
+            [str(PILOTFISH), "proxy", "--bootstrap", str(self.bootstrap_path), *self.args],
             stdout=subprocess.DEVNULL,
             stderr=self.stderr_path.open("wb"),
             cwd=REPO,
+            env=self.env,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

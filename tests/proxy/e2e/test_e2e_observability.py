@@ -299,3 +299,26 @@ def test_sigterm_finishes_in_flight_and_exits_0(start_proxy, make_backend) -> No
     assert proxy.stop() == 0
     in_flight.join(timeout=8)
     assert (result["r"].status, result["r"].text) == (200, "slow\n")
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["--port", "http=9080"], "--port, --app-port and --server go with --register"),
+        (["--register"], "--register needs the instance's name in node.metadata.NAME"),
+        (["--register", "--port", "http"], "--port 'http': expected NAME=VALUE"),
+    ],
+)
+def test_register_options_are_checked_before_serving(
+    tmp_path: Path, args: list[str], said: str
+) -> None:
+    config = bootstrap([], [static_cluster("svc", [free_port()])], free_port())
+    path = write_bootstrap(tmp_path, config)
+    done = subprocess.run(
+        [str(PILOTFISH), "proxy", "--bootstrap", str(path), *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=20,
+    )
+    assert done.returncode != 0 and said in done.stderr, done.stderr

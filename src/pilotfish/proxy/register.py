@@ -1,0 +1,88 @@
+"""`pilotfish proxy --register`: a sidecar started by hand (on a VM, a
+laptop) keeps its workload instance in the control plane's registry while it
+serves, as the node agent does for the instances it runs.
+
+Who the instance is comes from the bootstrap's node metadata, as Istio writes
+it: NAME (the instance), NAMESPACE, WORKLOAD_NAME, LABELS and
+SERVICE_ACCOUNT; its ports from the command line (those callers reach: the
+sidecar's inbound ports, and where the application listens behind each);
+its metrics port is the proxy's admin port, so the control plane samples its golden metrics. It is
+registered healthy while the proxy is ready (what /ready says), renewed every
+ttl/3, registered unhealthy when draining starts (callers stop picking it)
+and deregistered once drained. A proxy that dies stops renewing, and its
+lease runs out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from envoy.config.core.v3.base_pb2 import Node
+from google.protobuf import struct_pb2
+
+from pilotfish.agent import registration
+
+log = logging.getLogger("pilotfish.proxy")
+Obj = dict[str, Any]
+
+
+@dataclass
+class Registrar:
+    client: registration.RegistryClient
+    body: Obj  # the registration, `healthy` aside
+
+    @classmethod
+    def for_node(
+        cls,
+        node: Node,
+        ports: dict[str, int],
+        app_ports: dict[str, int],
+        admin_port: int,
+        client: registration.RegistryClient,
+    ) -> Registrar:
+        """ValueError names what the node metadata or the ports lack."""
+        fields = node.metadata.fields
+        name, namespace = _text(fields, "NAME"), _text(fields, "NAMESPACE") or "default"
+        if not name:
+            raise ValueError("--register needs the instance's name in node.metadata.NAME")
+        if not ports:
+            raise ValueError("--register needs the instance's ports: --port NAME=PORT")
+        labels = fields["LABELS"].struct_value if "LABELS" in fields else struct_pb2.Struct()
+        body = registration.registration(
+            name=name,
+            namespace=namespace,
+            workload=_text(fields, "WORKLOAD_NAME") or name,
+            labels={k: v.string_value for k, v in labels.fields.items()},
+            service_account=_text(fields, "SERVICE_ACCOUNT") or "default",
+            ports=ports,
+            app_ports=app_ports,
+            metrics_port=admin_port,
+            healthy=False,
+        )
+        return cls(client, body)
+
+    async def keep(self, ready: Callable[[], bool]) -> None:
+        """Renew the lease until cancelled, healthy as `ready()` says."""
+        while True:
+            await self.renew(ready())
+            await asyncio.sleep(registration.TTL_S / 3)
+
+    async def renew(self, healthy: bool) -> None:
+        body = {**self.body, "healthy": healthy}
+        error = await asyncio.to_thread(registration.register, self.client, body)
+        if error:
+            log.warning("registration of %s: %s", self.body["name"], error)
+
+    async def leave(self) -> None:
+        await asyncio.to_thread(
+            registration.deregister, self.client, self.body["namespace"], self.body["name"]
+        )
+
+
+def _text(fields: Any, key: str) -> str:
+    value = fields.get(key)
+    return value.string_value if value is not None else ""
