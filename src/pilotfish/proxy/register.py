@@ -3,10 +3,11 @@ laptop) keeps its workload instance in the control plane's registry while it
 serves, as the node agent does for the instances it runs.
 
 Who the instance is comes from the bootstrap's node metadata, as Istio writes
-it: NAME (the instance), NAMESPACE, WORKLOAD_NAME, LABELS and
-SERVICE_ACCOUNT; its ports from the command line (those callers reach: the
-sidecar's inbound ports, and where the application listens behind each);
-its metrics port is the proxy's admin port, so the control plane samples its golden metrics. It is
+it: NAME (the instance), NAMESPACE, WORKLOAD_NAME, LABELS, SERVICE_ACCOUNT
+and INSTANCE_IPS (its address; 127.0.0.1 when absent). Its ports come from
+the command line: those callers reach (the sidecar's inbound ports) and
+where the application listens behind each. Its metrics port is the proxy's
+admin port, so the control plane samples its golden metrics. It is
 registered healthy while the proxy is ready (what /ready says), renewed every
 ttl/3, registered unhealthy when draining starts (callers stop picking it)
 and deregistered once drained. A proxy that dies stops renewing, and its
@@ -63,7 +64,8 @@ class Registrar:
             metrics_port=admin_port,
             healthy=False,
         )
-        return cls(client, body)
+        address = _text(fields, "INSTANCE_IPS").split(",")[0].strip()
+        return cls(client, {**body, "address": address or body["address"]})
 
     async def keep(self, ready: Callable[[], bool]) -> None:
         """Renew the lease until cancelled, healthy as `ready()` says."""
