@@ -12,6 +12,7 @@ from pathlib import Path
 import yaml
 from processes import REPO, ControlPlane
 
+PILOTFISH = (sys.executable, "-m", "pilotfish")
 BOOKINFO = str(REPO / "examples" / "bookinfo")
 
 
@@ -201,3 +202,31 @@ def test_validate_needs_no_server(controlplane: ControlPlane, tmp_path: Path) ->
         f"{bad}: ServiceEntry default/se: spec.hosts: Required value"
     ]
     assert "1 of 2 documents valid" in result.stdout
+
+
+def test_a_registration_the_control_plane_refuses_stops_the_proxy_at_start(
+    controlplane: ControlPlane, tmp_path: Path
+) -> None:
+    """`pilotfish proxy --register` with a port the registry refuses: a clear
+    error and no proxy left running, rather than warnings while it serves."""
+    config = {
+        "node": {
+            "id": "sidecar~127.0.0.1~hello-0.default~default",
+            "metadata": {"NAME": "hello-0"},
+        },
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
+    }
+    path = tmp_path / "bootstrap.yaml"
+    path.write_text(yaml.safe_dump(config))
+    done = subprocess.run(
+        [*PILOTFISH, "proxy", "--bootstrap", str(path), "--register", "--port", "http=70000"],
+        env=controlplane.env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=REPO,
+    )
+    assert done.returncode != 0
+    assert "--register: the control plane refused" in done.stderr, done.stderr
+    assert "ports.http: must be a port number in 1-65535" in done.stderr, done.stderr
+    assert "hello-0" not in controlplane.cli("get", "instances").stdout

@@ -96,6 +96,8 @@ def run_proxy(bootstrap_path: Path, register: RegisterWith | None = None) -> int
 
 
 async def _serve(bootstrap: Bootstrap, registrar: Registrar | None = None) -> int:
+    if registrar is not None:
+        await registrar.join()
     stop = asyncio.Event()
     changed = asyncio.Event()
     config = ProxyConfig(on_change=lambda _: changed.set())

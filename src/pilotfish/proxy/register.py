@@ -26,6 +26,8 @@ from envoy.config.core.v3.base_pb2 import Node
 from google.protobuf import struct_pb2
 
 from pilotfish.agent import registration
+from pilotfish.api.errors import ApiError
+from pilotfish.client import Unreachable
 
 log = logging.getLogger("pilotfish.proxy")
 Obj = dict[str, Any]
@@ -52,6 +54,9 @@ class Registrar:
             raise ValueError("--register needs the instance's name in node.metadata.NAME")
         if not ports:
             raise ValueError("--register needs the instance's ports: --port NAME=PORT")
+        unnamed = sorted(app_ports.keys() - ports.keys())
+        if unnamed:
+            raise ValueError(f"--app-port {unnamed[0]}: no --port is named {unnamed[0]}")
         labels = fields["LABELS"].struct_value if "LABELS" in fields else struct_pb2.Struct()
         body = registration.registration(
             name=name,
@@ -66,6 +71,18 @@ class Registrar:
         )
         address = _text(fields, "INSTANCE_IPS").split(",")[0].strip()
         return cls(client, {**body, "address": address or body["address"]})
+
+    async def join(self) -> None:
+        """The first registration, unhealthy until the proxy is ready. The
+        control plane refusing it (a bad port, a missing token) is an error
+        at start; one not answering yet is tried again by `keep`."""
+        body = {**self.body, "healthy": False}
+        try:
+            await asyncio.to_thread(self.client.register_instance, body)
+        except Unreachable as e:
+            log.warning("registration of %s: %s", self.body["name"], e.message)
+        except ApiError as e:
+            raise SystemExit(f"error: --register: the control plane refused: {e.message}") from e
 
     async def keep(self, ready: Callable[[], bool]) -> None:
         """Renew the lease until cancelled, healthy as `ready()` says."""

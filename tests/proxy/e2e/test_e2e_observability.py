@@ -307,12 +307,17 @@ def test_sigterm_finishes_in_flight_and_exits_0(start_proxy, make_backend) -> No
         (["--port", "http=9080"], "--port, --app-port and --server go with --register"),
         (["--register"], "--register needs the instance's name in node.metadata.NAME"),
         (["--register", "--port", "http"], "--port 'http': expected NAME=VALUE"),
+        (
+            ["--register", "--port", "http=19080", "--app-port", "grpc=9080"],
+            "--app-port grpc: no --port is named grpc",
+        ),
     ],
 )
 def test_register_options_are_checked_before_serving(
     tmp_path: Path, args: list[str], said: str
 ) -> None:
-    config = bootstrap([], [static_cluster("svc", [free_port()])], free_port())
+    named = {"NAME": "hello-0"} if "--port" in args else {}
+    config = bootstrap([], [static_cluster("svc", [free_port()])], free_port(), node_metadata=named)
     path = write_bootstrap(tmp_path, config)
     done = subprocess.run(
         [str(PILOTFISH), "proxy", "--bootstrap", str(path), *args],
