@@ -51,12 +51,14 @@ def _rules() -> dict[tuple[str, str], Rules]:
         semantic_core,
         semantic_flagger,
         semantic_networking,
+        semantic_routing,
         semantic_security,
         semantic_workload,
     )
 
     return {
         **semantic_networking.RULES,
+        **semantic_routing.RULES,
         **semantic_security.RULES,
         **semantic_core.RULES,
         **semantic_workload.RULES,
