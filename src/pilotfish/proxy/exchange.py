@@ -473,8 +473,7 @@ class Exchange:
         if exclude is not None:
             self.tried = {*self.tried, host}
         host.request_started()
-        if self.cluster_stats is not None:
-            self.cluster_stats.upstream_rq_total += 1
+        self.stat("upstream_rq_total")
         self.waiting = True
         if not self.down.runtime.pool.request(host, cluster, self):
             self.waiting = False
@@ -593,8 +592,7 @@ class Exchange:
         Without keep-alive its connection goes once the response is through."""
         if not keep_alive and self.conn is not None:
             self.conn.reusable = False
-        if self.try_timer is not None:
-            self.cancel_try_timer()
+        self.cancel_try_timer()
         self.report(status)
         retry = self.retry
         if retry is not None and retriable_status(status, retry):

@@ -311,8 +311,7 @@ class Downstream(asyncio.Protocol):
         if self.exchange is None:
             self.idle_since = time.monotonic()
         self.held = 0
-        if self.reading_paused or self.body_paused:
-            self.set_reading()
+        self.set_reading()
 
     def refuse(self, error: ProtocolError) -> None:
         """Bytes that are not acceptable HTTP/1.1: answer if we still can, close."""

@@ -78,7 +78,15 @@ class Canary:
 
     @property
     def analysis(self) -> Obj:
-        return dict(self.spec.get("analysis") or self.spec.get("canaryAnalysis") or {})
+        return analysis_of(self.spec)
+
+    @property
+    def session_affinity(self) -> Obj | None:
+        """`analysis.sessionAffinity`, where it applies: weighted releases, a cookie named."""
+        affinity = self.analysis.get("sessionAffinity") or {}
+        if not affinity.get("cookieName") or self.strategy is not Strategy.CANARY:
+            return None
+        return dict(affinity)
 
     @property
     def target_kind(self) -> str:
@@ -93,6 +101,11 @@ class Canary:
         return f"{self.target}-primary"
 
 
+def analysis_of(spec: Obj) -> Obj:
+    """`analysis`, or its older name `canaryAnalysis`."""
+    return dict(spec.get("analysis") or spec.get("canaryAnalysis") or {})
+
+
 def read_canary(obj: Obj) -> Canary:
     """The Canary with Flagger's defaults; ValueError names a field it cannot use."""
     meta, spec = obj.get("metadata") or {}, obj.get("spec") or {}
@@ -102,7 +115,7 @@ def read_canary(obj: Obj) -> Canary:
             f"spec.targetRef.kind: {target.get('kind')!r} is not supported: "
             "use Deployment (it names a pilotfish Workload)"
         )
-    analysis = spec.get("analysis") or spec.get("canaryAnalysis") or {}
+    analysis = analysis_of(spec)
     service = spec.get("service") or {}
     return Canary(
         name=meta["name"],

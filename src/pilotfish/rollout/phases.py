@@ -190,8 +190,8 @@ def _session_cookies(d: _Draft) -> None:
     weight is back to 0 it becomes the previous cookie, which the routes then
     expire. VALUE comes from the Canary and the release, so it is the same at
     every step of one release and differs between releases."""
-    affinity = d.canary.analysis.get("sessionAffinity") or {}
-    if not affinity.get("cookieName") or d.canary.strategy is not Strategy.CANARY:
+    affinity = d.canary.session_affinity
+    if affinity is None:
         return
     if d.num("canaryWeight") == 0:
         if d.status.get("sessionAffinityCookie"):

@@ -205,8 +205,8 @@ def _sticky_routes(canary: Canary, status: Obj, main: Obj) -> list[Obj]:
     cookie (and its primary answers the primary cookie, if named), and
     routes before it send each cookie's holders back where they landed;
     after it, a route expires the previous release's cookie."""
-    affinity = canary.analysis.get("sessionAffinity") or {}
-    if not affinity.get("cookieName") or canary.strategy is not Strategy.CANARY:
+    affinity = canary.session_affinity
+    if affinity is None:
         return []
     cookie = status.get("sessionAffinityCookie")
     if not cookie:

@@ -4,13 +4,13 @@ to do, does it. It runs in the control plane's process.
 Each Canary is stepped once per `analysis.interval`. In the control plane
 each step runs on a thread of its own, as Flagger runs a job per Canary: a
 slow webhook, load test or metrics query of one Canary holds up no other,
-and a Canary whose step is still running is not stepped again meanwhile. A restarted control
-plane resumes from the stored status: an analysing Canary's next step is due
-one interval after its lastTransitionTime, so no step runs twice. Routes and
-replica counts are written from the status before and after each step
-(router.py), and the status is written before the step's one-shot actions
-(events, post-rollout hooks), so a crash repeats no promotion and skips no
-rollback.
+and a Canary whose step is still running is not stepped again meanwhile.
+A restarted control plane resumes from the stored status: an analysing
+Canary's next step is due one interval after its lastTransitionTime, so no
+step runs twice. Routes and replica counts are written from the status
+before and after each step (router.py), and the status is written before the
+step's one-shot actions (events, alerts, post-rollout hooks), so a crash
+repeats no promotion and skips no rollback.
 """
 
 from __future__ import annotations
