@@ -66,17 +66,23 @@ def ratios(results: dict[str, TargetResult], shapes: tuple[str, ...]) -> dict[st
     out: dict[str, Any] = {}
     for shape in shapes:
         tput = throughput_ratio(results, "pilotfish", shape)
-        pf_add = added_p90(results, "pilotfish-chain", shape)
-        ng_add = added_p90(results, "nginx-chain", shape)
-        chain = pf_add / ng_add if pf_add is not None and ng_add else None
         out[shape] = {
             "throughput_pilotfish_over_nginx": tput,
             "throughput_target_min": THROUGHPUT_TARGET,
-            "chain_added_p90_pilotfish_over_nginx": chain,
+            "chain_added_p90_pilotfish_over_nginx": chain_ratio(results, "pilotfish", shape),
             "chain_added_p90_target_max": CHAIN_P90_TARGET,
             "throughput_relay_over_nginx": throughput_ratio(results, "relay", shape),
+            "throughput_httptools_over_nginx": throughput_ratio(results, "httptools", shape),
+            "chain_added_p90_httptools_over_nginx": chain_ratio(results, "httptools", shape),
         }
     return out
+
+
+def chain_ratio(results: dict[str, TargetResult], name: str, shape: str) -> float | None:
+    """The p90 a two-hop chain of `name` adds over the one nginx's chain adds."""
+    mine = added_p90(results, f"{name}-chain", shape)
+    ng = added_p90(results, "nginx-chain", shape)
+    return mine / ng if mine is not None and ng else None
 
 
 def throughput_ratio(results: dict[str, TargetResult], name: str, shape: str) -> float | None:
@@ -160,6 +166,13 @@ def table(results: dict[str, TargetResult], settings: Settings) -> str:
     return "\n".join(lines + (["", *notes] if notes else []))
 
 
+REFERENCES = {
+    "throughput_relay_over_nginx": "bare Python relay/nginx throughput",
+    "throughput_httptools_over_nginx": "bare uvloop + httptools proxy/nginx throughput",
+    "chain_added_p90_httptools_over_nginx": "its chain's added p90/nginx's",
+}
+
+
 def ratio_lines(rat: dict[str, Any]) -> str:
     lines = []
     for shape, r in rat.items():
@@ -168,9 +181,10 @@ def ratio_lines(rat: dict[str, Any]) -> str:
             f"{shape:>9}: pilotfish/nginx throughput = {_verdict(t, THROUGHPUT_TARGET, True)}; "
             f"chain added p90 pilotfish/nginx = {_verdict(c, CHAIN_P90_TARGET, False)}"
         )
-        relay = r.get("throughput_relay_over_nginx")
-        if relay is not None:
-            lines.append(f"{'':>9}  (bare Python relay/nginx throughput = {relay:.2f})")
+        for key, what in REFERENCES.items():
+            ref = r.get(key)
+            if ref is not None:
+                lines.append(f"{'':>9}  ({what} = {ref:.2f})")
     return "\n".join(lines)
 
 

@@ -20,6 +20,7 @@ NGINX = "nginx"
 HAPROXY = "haproxy"
 PILOTFISH = [sys.executable, "-m", "pilotfish", "proxy", "--bootstrap"]
 RELAY = [sys.executable, str(Path(__file__).resolve().parent / "relay.py")]
+HTTPTOOLS = [sys.executable, str(Path(__file__).resolve().parent / "httptools_proxy.py")]
 START_TIMEOUT_S = 20.0
 
 
@@ -246,13 +247,19 @@ def _pilotfish_hop(bench: Bench, name: str, upstream_port: int) -> HopStart:
     return HopStart(proc, port, lambda: get(admin_port, "/ready").status == 200)
 
 
-# --- the Python relay (a reference: see relay.py) -------------------------------
+# --- the Python references (relay.py, httptools_proxy.py) -----------------------
 
 
 def _relay_hop(bench: Bench, name: str, upstream_port: int) -> HopStart:
     port = free_port()
-    work = name.partition("+")[2] or "0"
+    work = name.partition("+")[2].partition("-")[0] or "0"  # relay+N, relay+N-inbound
     proc = bench.sup.start(name, [*RELAY, str(port), str(upstream_port), "--work-us", work])
+    return HopStart(proc, port, lambda: listening(port))
+
+
+def _httptools_hop(bench: Bench, name: str, upstream_port: int) -> HopStart:
+    port = free_port()
+    proc = bench.sup.start(name, [*HTTPTOOLS, str(port), str(upstream_port)])
     return HopStart(proc, port, lambda: listening(port))
 
 
@@ -293,8 +300,19 @@ HOPS: dict[str, Hop] = {
     "haproxy": _haproxy_hop,
     "pilotfish": _pilotfish_hop,
     "relay": _relay_hop,
+    "httptools": _httptools_hop,
 }
-TARGETS = ["direct", "nginx", "haproxy", "relay", "pilotfish", "nginx-chain", "pilotfish-chain"]
+TARGETS = [
+    "direct",
+    "nginx",
+    "haproxy",
+    "relay",
+    "httptools",
+    "pilotfish",
+    "nginx-chain",
+    "httptools-chain",
+    "pilotfish-chain",
+]
 
 
 def known_target(name: str) -> bool:
