@@ -8,9 +8,9 @@ In one go, the same HTTP/1.1 keep-alive load against: the backend alone
 Python relay (relay.py: the floor for a proxy in Python), the issue's bare
 uvloop + httptools proxy (httptools_proxy.py: the floor for one that parses
 HTTP), the pilotfish proxy (one process each), and two-hop chains (outbound ->
-inbound -> backend) of nginx, the httptools proxy and pilotfish. Two shapes, tiny and realistic (see
-shapes.py). Per target and shape: wrk and h2load throughput at 32
-connections, p50/p90/p99 at a fixed 1000 req/s (h2load --rps), the p90 added
+inbound -> backend) of nginx, the httptools proxy and pilotfish. Two shapes,
+tiny and realistic (see shapes.py). Per target and shape: wrk and h2load
+throughput at 32 connections, p50/p90/p99 at a fixed 1000 req/s (h2load --rps), the p90 added
 over the backend alone, CPU µs per request and VmRSS idle and busy.
 
 On this 2-core machine the servers (proxies and backend) share CPU 0 and the
