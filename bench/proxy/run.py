@@ -10,8 +10,9 @@ uvloop + httptools proxy (httptools_proxy.py: the floor for one that parses
 HTTP), the pilotfish proxy (one process each), and two-hop chains (outbound ->
 inbound -> backend) of nginx, the httptools proxy and pilotfish. Two shapes,
 tiny and realistic (see shapes.py). Per target and shape: wrk and h2load
-throughput at 32 connections, p50/p90/p99 at a fixed 1000 req/s (h2load --rps), the p90 added
-over the backend alone, CPU µs per request and VmRSS idle and busy.
+throughput at 32 connections, p50/p90/p99 at a fixed 1000 req/s (h2load
+--rps), the p90 added over the backend alone, CPU µs per request and VmRSS
+idle and busy.
 
 On this 2-core machine the servers (proxies and backend) share CPU 0 and the
 load generator has CPU 1: a proxy's throughput is bounded by the CPU it leaves
