@@ -216,3 +216,33 @@ def test_the_control_planes_rollout_service_finds_providers_in_the_store(
     store.close()
     (body,) = receiver.bodies("/hook")
     assert (body["channel"], body["attachments"][0]["text"]) == ("on-call", "hi")
+
+
+def test_a_providers_proxy_carries_its_posts(receiver: Receiver) -> None:
+    address = "http://alerts.example.invalid/hook"
+    objects = {
+        ("AlertProvider", "shop", "p"): provider("slack", address=address, proxy=receiver.url)
+    }
+    assert (
+        send(canary({"name": "p", "providerRef": {"name": "p"}}), Alert("hi"), lookup_in(objects))
+        == []
+    )
+    assert [path for path, _, _ in receiver.posts] == [address]  # absolute form: a proxy's request
+
+
+def test_without_one_the_environments_proxy_is_used_except_for_loopback(
+    receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As Flagger's Go client: HTTP(S)_PROXY from the environment, never for loopback."""
+    monkeypatch.setenv("HTTP_PROXY", receiver.url)
+    monkeypatch.setenv("http_proxy", receiver.url)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    remote = "http://alerts.example.invalid/hook"
+    objects = {
+        ("AlertProvider", "shop", "remote"): provider("slack", address=remote),
+        ("AlertProvider", "shop", "local"): provider("slack", address=f"{receiver.url}/local"),
+    }
+    c = canary(*({"name": n, "providerRef": {"name": n}} for n in ("remote", "local")))
+    assert send(c, Alert("hi"), lookup_in(objects)) == []
+    assert sorted(path for path, _, _ in receiver.posts) == ["/local", remote]

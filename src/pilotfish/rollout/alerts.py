@@ -24,6 +24,7 @@ from typing import Any
 
 from pilotfish.rollout.canary import Canary, Strategy
 from pilotfish.rollout.phases import Alert
+from pilotfish.rollout.webhooks import opener_for
 
 Obj = dict[str, Any]
 Lookup = Callable[[str, str, str], Obj | None]  # kind, namespace, name -> object or None
@@ -132,10 +133,8 @@ def post(url: str, payload: Obj, token: str = "", proxy: str = "") -> None:
     request = urllib.request.Request(
         url, json.dumps(payload).encode(), headers=headers, method="POST"
     )
-    proxies = {"http": proxy, "https": proxy} if proxy else {}
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler(proxies))
     try:
-        with opener.open(request, timeout=POST_TIMEOUT_S):
+        with opener_for(url, proxy=proxy).open(request, timeout=POST_TIMEOUT_S):
             return
     except urllib.error.HTTPError as e:
         body = e.read(200).decode("utf-8", "replace").strip()

@@ -13,7 +13,6 @@ but 501), waiting 1s, 2s, 4s... up to 30s in between.
 from __future__ import annotations
 
 import http.client
-import ipaddress
 import json
 import ssl
 import time
@@ -25,6 +24,7 @@ from email.message import Message
 from typing import Any
 
 from pilotfish.api.gotypes import parse_duration_ns
+from pilotfish.controlplane.auth import is_loopback
 from pilotfish.rollout.types import EVENT, ROLLOUT, WebhookResult
 
 Obj = dict[str, Any]
@@ -99,7 +99,7 @@ def call(hook: Obj, body: Obj) -> WebhookResult:
     except ValueError as e:
         return WebhookResult(name, kind, False, f"{label}: {_one_line(str(e))}", mute)
     retries = min(MAX_RETRIES, max(0, _int(hook.get("retries"))))
-    opener = _opener(url, insecure=bool(hook.get("disableTLS")))
+    opener = opener_for(url, insecure=bool(hook.get("disableTLS")))
     for attempt in range(retries + 1):
         outcome = _post(opener, request, timeout)
         if outcome.ok:
@@ -158,11 +158,17 @@ def _request(url: str, body: Obj) -> urllib.request.Request:
     )
 
 
-def _opener(url: str, *, insecure: bool) -> urllib.request.OpenerDirector:
-    """Proxies from the environment except for loopback hosts, as Go's
-    ProxyFromEnvironment; no certificate checks with disableTLS."""
+def opener_for(
+    url: str, *, insecure: bool = False, proxy: str = ""
+) -> urllib.request.OpenerDirector:
+    """`proxy` if given, else proxies from the environment except for
+    loopback hosts, as Go's ProxyFromEnvironment; no certificate checks when
+    `insecure` (disableTLS)."""
     handlers: list[urllib.request.BaseHandler] = []
-    if _loopback(urllib.parse.urlsplit(url).hostname or ""):
+    host = urllib.parse.urlsplit(url).hostname or ""
+    if proxy:
+        handlers.append(urllib.request.ProxyHandler({"http": proxy, "https": proxy}))
+    elif host == "localhost" or is_loopback(host):
         handlers.append(urllib.request.ProxyHandler({}))
     if insecure:
         context = ssl.create_default_context()
@@ -204,15 +210,6 @@ def _cause(reason: object, timeout: float) -> str:
     if isinstance(reason, ConnectionRefusedError):
         return "connection refused"
     return str(reason)
-
-
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _read(error: urllib.error.HTTPError) -> bytes:
