@@ -169,6 +169,41 @@ def test_delete_with_stale_resource_version_conflicts(store: ResourceStore) -> N
     store.get(VS_KEY)
 
 
+def test_an_object_with_finalizers_is_marked_and_goes_when_the_last_one_is_removed(
+    store: ResourceStore,
+) -> None:
+    obj = vs()
+    obj["metadata"]["finalizers"] = ["example.com/a", "example.com/b"]
+    store.create(obj, manager="kubectl")
+    marked = store.delete(VS_KEY)
+    assert marked["metadata"]["deletionTimestamp"] == "2024-05-01T12:00:00Z"
+    assert store.get(VS_KEY) == marked, "still there while finalizers remain"
+    assert store.delete(VS_KEY) == marked, "deleting again changes nothing"
+    live = store.get(VS_KEY)
+    live["metadata"]["finalizers"] = ["example.com/b"]
+    live["spec"]["hosts"] = ["changed"]
+    updated = store.update(live, manager="controller")
+    assert updated["metadata"]["deletionTimestamp"] == "2024-05-01T12:00:00Z"
+    assert updated["spec"]["hosts"] == ["changed"]
+    updated["metadata"]["finalizers"] = ["example.com/b", "example.com/new"]
+    with pytest.raises(Invalid, match="no new finalizers can be added"):
+        store.update(updated, manager="controller")
+    updated["metadata"]["finalizers"] = []
+    store.update(updated, manager="controller")
+    with pytest.raises(NotFound):
+        store.get(VS_KEY)
+
+
+def test_the_server_owns_the_deletion_timestamp(store: ResourceStore) -> None:
+    obj = vs()
+    obj["metadata"]["deletionTimestamp"] = "2020-01-01T00:00:00Z"
+    created = store.create(obj, manager="kubectl")
+    assert "deletionTimestamp" not in created["metadata"]
+    store.delete(VS_KEY)
+    with pytest.raises(NotFound):
+        store.get(VS_KEY)
+
+
 def test_list_sorted_by_namespace_and_name_with_store_revision(store: ResourceStore) -> None:
     for ns, name in [("b", "x"), ("a", "z"), ("a", "y")]:
         store.apply(configmap(name, namespace=ns), manager="kubectl")

@@ -190,3 +190,18 @@ def test_watch_sees_writes_made_through_another_connection(make_store) -> None:
     assert event.object == written
     reopened_revision = first.list("", "ConfigMap")[1]
     assert reopened_revision == written["metadata"]["resourceVersion"]
+
+
+def test_a_finalized_delete_is_modified_then_deleted(store: ResourceStore) -> None:
+    obj = vs()
+    obj["metadata"]["finalizers"] = ["example.com/a"]
+    rv = store.create(obj, manager="kubectl")["metadata"]["resourceVersion"]
+    watch = store.watch(since=rv)
+    marked = store.delete(Key("networking.istio.io", "VirtualService", "default", "reviews"))
+    marked["metadata"]["finalizers"] = []
+    store.update(marked, manager="controller")
+    first, second = watch.next(2), watch.next(2)
+    assert first is not None and second is not None
+    assert (first.type, second.type) == ("MODIFIED", "DELETED")
+    assert "deletionTimestamp" in first.object["metadata"]
+    watch.close()

@@ -45,8 +45,10 @@ SYSTEM_METADATA = frozenset(
         "managedFields",
         "selfLink",
         "deletionTimestamp",
+        "deletionGracePeriodSeconds",
     }
 )
+_DELETION = ("deletionTimestamp", "deletionGracePeriodSeconds")  # kept until the object goes
 _RETRIES = 50  # compare-and-swap rounds before a write under heavy contention gives up
 
 Build = Callable[[Obj | None], Obj]
@@ -219,7 +221,9 @@ class ResourceStore:
     def delete(
         self, key: Key, *, resource_version: str | None = None, dry_run: bool = False
     ) -> Obj:
-        """Remove an object; what it was is returned, at the delete's revision."""
+        """Remove an object; what it was is returned, at the delete's revision.
+        An object with finalizers is only marked (metadata.deletionTimestamp),
+        as in Kubernetes: it goes when a write leaves it none."""
         for _ in range(_RETRIES):
             found = self._backend.read(key)
             if found is None:
@@ -227,16 +231,27 @@ class ResourceStore:
             live, revision = found
             if resource_version is not None and resource_version != str(revision):
                 raise self._modified(key)
-            if dry_run:
-                return _stamped(live, revision)
+            finalizing = bool(live["metadata"].get("finalizers"))
+            after = self._marked(live) if finalizing else live
+            if dry_run or (finalizing and after is live):
+                return _stamped(after, revision)  # nothing to write, or marked already
             try:
-                return _stamped(live, self._backend.write(key, None, revision))
+                stored = after if finalizing else None
+                return _stamped(after, self._backend.write(key, stored, revision))
             except Conflict:
                 if resource_version is not None:
                     raise self._modified(key) from None
             except NotFound:
                 raise self._not_found(key) from None
         raise self._modified(key)
+
+    def _marked(self, live: Obj) -> Obj:
+        """`live` marked for deletion (itself if it is already)."""
+        meta = live["metadata"]
+        if "deletionTimestamp" in meta:
+            return live
+        now = _rfc3339(self._now())
+        return {**live, "metadata": {**meta, _DELETION[0]: now, _DELETION[1]: 0}}
 
     def close(self) -> None:
         self._backend.close()
@@ -271,10 +286,11 @@ class ResourceStore:
                 return _stamped(live, revision)  # nothing changed: no write, no new revision
             if self._validate is not None:
                 self._validate(_stamped(new, revision))
+            gone = _finalized(live, new)
             if dry_run:
                 return _stamped(new, revision)
             try:
-                return _stamped(new, self._backend.write(key, new, revision))
+                return _stamped(new, self._backend.write(key, None if gone else new, revision))
             except Conflict:
                 if precondition is not None:
                     raise self._modified(key) from None
@@ -315,6 +331,7 @@ class ResourceStore:
         meta["uid"] = live_meta.get("uid") or str(uuid.uuid4())
         meta["generation"] = generation
         meta["creationTimestamp"] = live_meta.get("creationTimestamp") or _rfc3339(self._now())
+        meta.update((k, live_meta[k]) for k in _DELETION if k in live_meta)
         if owners:
             meta["managedFields"] = render_owners(owners)
         out: Obj = {"apiVersion": api_version, "kind": key.kind, "metadata": meta}
@@ -322,6 +339,22 @@ class ResourceStore:
         if "status" in body:
             out["status"] = body["status"]
         return out
+
+
+def _finalized(live: Obj | None, new: Obj) -> bool:
+    """Whether this write removes an object being deleted: it leaves no
+    finalizers. One being deleted takes no new ones, as in Kubernetes."""
+    if live is None or "deletionTimestamp" not in live["metadata"]:
+        return False
+    before = set(live["metadata"].get("finalizers") or ())
+    after = new["metadata"].get("finalizers") or []
+    added = [f for f in after if f not in before]
+    if added:
+        raise Invalid(
+            f'{new["kind"]} "{new["metadata"]["name"]}": metadata.finalizers: Forbidden: no new '
+            f"finalizers can be added if the object is being deleted, found new finalizers {added}"
+        )
+    return not after
 
 
 def _owned_part(obj: Obj) -> Obj:
