@@ -236,6 +236,23 @@ def test_delete_returns_the_object_and_dry_run_keeps_it(call: Caller) -> None:
     assert call("DELETE", f"{VS_PATH}/reviews").status == 404
 
 
+def test_a_delete_held_by_a_finalizer_marks_until_a_patch_removes_it(call: Caller) -> None:
+    vs = virtual_service()
+    vs["metadata"]["finalizers"] = ["example.com/hold"]
+    call.apply(vs, f"{VS_PATH}/reviews")
+    marked = call("DELETE", f"{VS_PATH}/reviews")
+    assert marked.status == 200 and "deletionTimestamp" in marked.json()["metadata"]
+    assert call("GET", f"{VS_PATH}/reviews").json()["metadata"]["finalizers"] == [
+        "example.com/hold"
+    ]
+    patch = {"metadata": {"finalizers": None}}
+    released = call(
+        "PATCH", f"{VS_PATH}/reviews", patch, content_type="application/merge-patch+json"
+    )
+    assert released.status == 200, released.body
+    assert call("GET", f"{VS_PATH}/reviews").status == 404
+
+
 def test_verbs_a_path_does_not_take_are_405(call: Caller) -> None:
     assert call("POST", f"{VS_PATH}/reviews", virtual_service()).status == 405
     assert call("DELETE", VS_PATH).status == 405

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from pilotfish.api.errors import NotFound
 from pilotfish.api.validation import validate_or_raise, with_defaults
 from pilotfish.rollout.scheduler import RolloutController
 from pilotfish.rollout.types import MetricResult, WebhookResult
@@ -188,6 +189,67 @@ def test_a_config_change_is_released_and_promoted(world: World) -> None:
     assert ("post-rollout", "Succeeded") in world.hooks
     route = world.get("networking.istio.io", "VirtualService", "reviews")["spec"]["http"][0]
     assert route["route"][0]["weight"] == 100
+
+
+def test_revert_on_deletion_gives_the_service_back_to_the_target(world: World) -> None:
+    """Flagger's revertOnDeletion: a finalizer holds the deleted Canary until
+    the target runs the primary's replicas and is ready; then the Canary's
+    Service selects the target, what the Canary made goes, and so does it."""
+    world.apply({**CANARY, "spec": {**CANARY["spec"], "revertOnDeletion": True}})
+    phase_after_ticks(world, "Initialized")
+    assert world.canary()["metadata"]["finalizers"] == ["finalizer.flagger.app"]
+    world.store.apply({**_scale_of("reviews-primary", 2)}, manager="user", force=True)
+    world.store.delete(Key("flagger.app", "Canary", "default", "reviews"))
+    world.now += 1
+    world.controller.sync()  # at once: a deleted Canary does not wait for its interval
+    assert world.canary()["status"]["phase"] == "Terminating"
+    assert world.workload("reviews")["spec"]["replicas"] == 2, "scaled back like the primary"
+    assert world.get("", "Service", "reviews")["spec"]["selector"] == {"app": "reviews-primary"}
+    world.now += 1
+    world.agent_reports()  # the target runs two ready replicas
+    world.controller.sync()
+    with pytest.raises(NotFound):
+        world.canary()
+    assert world.get("", "Service", "reviews")["spec"]["selector"] == {"app": "reviews"}
+    for group, kind, name in [
+        ("pilotfish.dev", "Workload", "reviews-primary"),
+        ("", "ConfigMap", "reviews-config-primary"),
+        ("", "Service", "reviews-primary"),
+        ("", "Service", "reviews-canary"),
+        ("networking.istio.io", "DestinationRule", "reviews-primary"),
+        ("networking.istio.io", "DestinationRule", "reviews-canary"),
+        ("networking.istio.io", "VirtualService", "reviews"),
+    ]:
+        with pytest.raises(NotFound):
+            world.get(group, kind, name)
+    assert world.workload("reviews")["spec"]["replicas"] == 2
+    assert world.events()[-2:] == [
+        "Terminating canary reviews.default",
+        "Terminated canary reviews.default",
+    ]
+
+
+def test_without_revert_on_deletion_a_deleted_canary_goes_at_once(world: World) -> None:
+    phase_after_ticks(world, "Initialized")
+    world.apply({**CANARY, "spec": {**CANARY["spec"], "revertOnDeletion": True}})
+    world.tick()
+    assert world.canary()["metadata"]["finalizers"] == ["finalizer.flagger.app"]
+    world.apply({**CANARY, "spec": {**CANARY["spec"], "revertOnDeletion": False}})
+    world.tick()
+    assert not world.canary()["metadata"].get("finalizers"), "opting out drops the finalizer"
+    world.store.delete(Key("flagger.app", "Canary", "default", "reviews"))
+    with pytest.raises(NotFound):
+        world.canary()
+    assert world.get("", "Service", "reviews")["spec"]["selector"] == {"app": "reviews-primary"}
+
+
+def _scale_of(name: str, replicas: int) -> Obj:
+    return {
+        "apiVersion": "pilotfish.dev/v1alpha1",
+        "kind": "Workload",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {"replicas": replicas},
+    }
 
 
 def test_bad_metrics_roll_back_and_the_primary_is_untouched(world: World) -> None:

@@ -23,7 +23,15 @@ _LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 
 # metadata fields the store owns: accepted as written, never checked here.
 SYSTEM_FIELDS = frozenset(
-    {"uid", "resourceVersion", "generation", "creationTimestamp", "managedFields"}
+    {
+        "uid",
+        "resourceVersion",
+        "generation",
+        "creationTimestamp",
+        "managedFields",
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
+    }
 )
 _USER_FIELDS = frozenset(
     {"name", "namespace", "labels", "annotations", "generateName", "finalizers", "ownerReferences"}

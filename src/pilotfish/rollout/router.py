@@ -23,6 +23,7 @@ from typing import Any
 from pilotfish.agent.spec import referenced
 from pilotfish.rollout.canary import Canary, Strategy
 from pilotfish.rollout.phases import ANALYSING, CANARY_UP
+from pilotfish.store.types import Key
 
 Obj = dict[str, Any]
 PRIMARY = "-primary"
@@ -119,24 +120,23 @@ def _rename_refs(spec: Obj) -> None:
 
 
 def services(canary: Canary, target: Obj) -> list[Obj]:
-    app = (target["spec"].get("labels") or {})["app"]
-    port = _service_port(canary, target)
+    app = _app(target)
     chosen = {
         canary.service: app + PRIMARY,
         canary.service + PRIMARY: app + PRIMARY,
         canary.service + "-canary": app,
     }
-    return [
-        _obj(
-            "v1",
-            "Service",
-            name,
-            canary.namespace,
-            spec={"ports": [port], "selector": {"app": selected}},
-            labels={"app": name},
-        )
-        for name, selected in chosen.items()
-    ]
+    return [_service(canary, target, name, selected) for name, selected in chosen.items()]
+
+
+def _app(target: Obj) -> str:
+    return str((target["spec"].get("labels") or {})["app"])
+
+
+def _service(canary: Canary, target: Obj, name: str, app: str) -> Obj:
+    port = _service_port(canary, target)
+    spec = {"ports": [port], "selector": {"app": app}}
+    return _obj("v1", "Service", name, canary.namespace, spec=spec, labels={"app": name})
 
 
 def _service_port(canary: Canary, target: Obj) -> Obj:
@@ -272,6 +272,34 @@ def _ab_match(canary: Canary, service_match: list[Obj]) -> list[Obj]:
     if not service_match:
         return [dict(m) for m in canary.match]
     return [{**s, **m} for m in canary.match for s in service_match]
+
+
+# -- reverting (revertOnDeletion) ---------------------------------------------------
+
+
+def reverted_service(canary: Canary, target: Obj) -> Obj:
+    """The Service named after the Canary's, selecting the target again."""
+    return _service(canary, target, canary.service, _app(target))
+
+
+def generated(canary: Canary, target: Obj) -> list[Key]:
+    """What the Canary made besides that Service: what Kubernetes' garbage
+    collector removes once a Canary is gone (its primary, the primary's
+    config copies, the -primary and -canary Services and DestinationRules,
+    the VirtualService)."""
+    ns = canary.namespace
+    configs = sorted(referenced(target["spec"]))
+    copies = [Key("", kind, ns, name + PRIMARY) for kind, name in configs]
+    return [
+        Key("pilotfish.dev", "Workload", ns, canary.primary),
+        *copies,
+        *(Key("", "Service", ns, canary.service + end) for end in (PRIMARY, "-canary")),
+        *(
+            Key("networking.istio.io", "DestinationRule", ns, canary.service + end)
+            for end in (PRIMARY, "-canary")
+        ),
+        Key("networking.istio.io", "VirtualService", ns, canary.service),
+    ]
 
 
 def _destination(host: str, canary: Canary, weight: int) -> Obj:

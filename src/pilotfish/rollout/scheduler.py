@@ -16,6 +16,7 @@ repeats no promotion and skips no rollback.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import logging
@@ -27,7 +28,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pilotfish.agent.spec import referenced, template_hash
-from pilotfish.api.errors import ApiError, NotFound
+from pilotfish.api.errors import ApiError, Conflict, NotFound
 from pilotfish.periodic import Periodic
 from pilotfish.rollout import router
 from pilotfish.rollout.canary import ANALYSIS_INTERVAL_S, Canary, read_canary
@@ -53,6 +54,8 @@ log = logging.getLogger("pilotfish.rollout")
 
 Obj = dict[str, Any]
 MANAGER = "flagger"
+FINALIZER = "finalizer.flagger.app"
+TERMINATING = "Terminating"
 REQUEST_ANNOTATION = "rollout.pilotfish.dev/"
 CANARY = ("flagger.app", "Canary")
 WORKLOAD = ("pilotfish.dev", "Workload")
@@ -108,7 +111,8 @@ class RolloutController:
                     self._complain(obj, str(e))
                 continue
             targets.add((canary.namespace, canary.target))
-            if now < self._due.setdefault(uid, _first_due(canary, obj)) or self.stepping(uid):
+            due = self._due.setdefault(uid, _first_due(canary, obj))
+            if (now < due and not _deleting(obj)) or self.stepping(uid):
                 continue
             self._due[uid] = now + canary.interval_s
             self._start(uid, canary, obj)
@@ -144,6 +148,10 @@ class RolloutController:
     def tick(self, canary: Canary, obj: Obj) -> None:
         """Read the target, its configs and the primary once; put back what
         the stored status implies, decide, and write again only what moved."""
+        if _deleting(obj):
+            self._finalize(canary, obj)
+            return
+        self._hold(obj, revert=bool(canary.spec.get("revertOnDeletion")))
         status = dict(obj.get("status") or {})
         target = self._get(WORKLOAD, canary.namespace, canary.target)
         if target is None:
@@ -224,6 +232,51 @@ class RolloutController:
     def _apply(self, obj: Obj) -> Obj:
         return self.store.apply(obj, manager=MANAGER, force=True)
 
+    # -- deletion (revertOnDeletion) ----------------------------------------------------------
+
+    def _hold(self, obj: Obj, *, revert: bool) -> None:
+        """With revertOnDeletion, Flagger's finalizer holds a deleted Canary
+        until its target is restored; opting out drops it."""
+        finalizers = list(obj["metadata"].get("finalizers") or [])
+        if revert == (FINALIZER in finalizers):
+            return
+        kept = [f for f in finalizers if f != FINALIZER]
+        meta = {**obj["metadata"], "finalizers": [*kept, FINALIZER] if revert else kept}
+        with contextlib.suppress(Conflict):  # changed meanwhile: the next step looks again
+            self.store.update({**obj, "metadata": meta}, manager=MANAGER)
+
+    def _finalize(self, canary: Canary, obj: Obj) -> None:
+        """Flagger's revert, then the finalizer goes and the Canary with it:
+        the target scaled back to the primary's replicas; once it is ready,
+        the Canary's Service selects it again and what the Canary made goes."""
+        if FINALIZER not in (obj["metadata"].get("finalizers") or []):
+            return
+        status = dict(obj.get("status") or {})
+        if status.get("phase") != TERMINATING:
+            now = datetime.fromtimestamp(self.clock(), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            status.update(phase=TERMINATING, lastTransitionTime=now)
+            self.store.update_status(_key(obj), status, manager=MANAGER)
+            self.events.record(obj, f"Terminating canary {canary.name}.{canary.namespace}")
+        target = self._get(WORKLOAD, canary.namespace, canary.target)
+        if target is not None and not self._reverted(canary, target):
+            return  # the target is not ready yet: the next step looks again
+        self.events.record(obj, f"Terminated canary {canary.name}.{canary.namespace}")
+        self._hold(self.store.get(_key(obj)), revert=False)
+
+    def _reverted(self, canary: Canary, target: Obj) -> bool:
+        primary = self._get(WORKLOAD, canary.namespace, canary.primary)
+        replicas = int((primary or {}).get("spec", {}).get("replicas", 1))
+        if int(target["spec"].get("replicas", 1)) != replicas:
+            self._apply(_scale(target, replicas))
+            return False
+        if not _ready(target):
+            return False
+        self._apply(router.reverted_service(canary, target))
+        for key in router.generated(canary, target):
+            with contextlib.suppress(NotFound):
+                self.store.delete(key)
+        return True
+
     # -- one-shot actions --------------------------------------------------------------------
 
     def _act(self, canary: Canary, obj: Obj, decision: Decision) -> None:
@@ -299,6 +352,10 @@ def _first_due(canary: Canary, obj: Obj) -> float:
     except (KeyError, ValueError):
         return 0.0
     return moved.timestamp() + canary.interval_s
+
+
+def _deleting(obj: Obj) -> bool:
+    return "deletionTimestamp" in obj["metadata"]
 
 
 def _ready(workload: Obj) -> bool:
