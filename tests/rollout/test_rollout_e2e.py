@@ -247,6 +247,44 @@ def test_a_release_answering_5xx_rolls_back(mesh: Mesh) -> None:
     assert served_by(mesh, f"{name}.example").startswith(f"{name}-primary-")
 
 
+def test_deleting_a_canary_with_revert_on_deletion_gives_the_target_back(mesh: Mesh) -> None:
+    name = "rv-revert"
+    the_canary = canary(mesh, name, load=False, stepWeight=50)
+    the_canary["spec"]["revertOnDeletion"] = True
+    apply(mesh, workload(name), the_canary)
+    initialized(mesh, name)
+    assert served_by(mesh, f"{name}.example").startswith(f"{name}-primary-")
+    assert mesh.status(name).get("replicas") == 0
+    mesh.cli("delete", "canary", name)
+    wait_for(lambda: not mesh.cli("get", "canaries", name, check=False).strip(), 60, "still there")
+    assert mesh.status(name).get("replicas") == 1, "the target runs again"
+    for kind in ("workloads", "virtualservices", "destinationrules"):
+        listed = json.loads(mesh.cli("get", kind, "-o", "json"))["items"]
+        assert not [o for o in listed if o["metadata"]["name"].startswith(f"{name}-primary")]
+    # The Canary's routes went with it; a plain route to its Service reaches the target.
+    route = {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "VirtualService",
+        "metadata": {"name": f"{name}-plain"},
+        "spec": {
+            "hosts": [f"{name}.example"],
+            "gateways": ["rollout-gw"],
+            "http": [{"route": [{"destination": {"host": name, "port": {"number": 9080}}}]}],
+        },
+    }
+    apply(mesh, route)
+    wait_for(
+        lambda: served_by(mesh, f"{name}.example").startswith(f"{name}-"),
+        30,
+        "the Service does not reach the target",
+    )
+    assert not served_by(mesh, f"{name}.example").startswith(f"{name}-primary")
+    assert events(mesh, name)[-2:] == [
+        f"Terminating canary {name}.default",
+        f"Terminated canary {name}.default",
+    ]
+
+
 def test_a_release_with_slow_p99_rolls_back(mesh: Mesh) -> None:
     name = "rv-slow"
     metrics = [{"name": "request-duration", "interval": "6s", "thresholdRange": {"max": 250}}]
