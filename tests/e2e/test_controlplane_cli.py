@@ -60,6 +60,36 @@ def test_apply_get_describe_delete(controlplane: ControlPlane) -> None:
     )
 
 
+def test_delete_waits_for_finalizers_as_kubectl_does(controlplane: ControlPlane) -> None:
+    held = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "held", "finalizers": ["example.com/hold"]},
+        "data": {"a": "b"},
+    }
+    ok(controlplane.cli("apply", "-f", "-", stdin=yaml.safe_dump(held)))
+    out = ok(controlplane.cli("delete", "configmap", "held", "--wait=false"))
+    assert out.strip() == 'configmap "held" deleted'
+    marked = json.loads(ok(controlplane.cli("get", "configmap", "held", "-o", "json")))
+    assert "deletionTimestamp" in marked["metadata"], "a finalizer holds it"
+    timed_out = controlplane.cli("delete", "configmap", "held", "--timeout=1s")
+    assert timed_out.returncode == 1
+    assert "timed out waiting for the condition on configmaps/held" in timed_out.stderr
+    waiting = subprocess.Popen(
+        [*PILOTFISH, "delete", "configmap", "held"],
+        env=controlplane.env,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(1)
+    assert waiting.poll() is None, "it waits while the finalizer is there"
+    released = {**held, "metadata": {"name": "held"}}  # the applier lets go of its finalizer
+    ok(controlplane.cli("apply", "-f", "-", stdin=yaml.safe_dump(released)))
+    assert waiting.wait(timeout=10) == 0
+    assert controlplane.cli("get", "configmap", "held").returncode == 1
+
+
 def test_a_changed_spec_is_configured_and_bumps_generation(
     controlplane: ControlPlane, tmp_path: Path
 ) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import sys
+import time
 from datetime import datetime
 from typing import Any
 
@@ -16,6 +17,7 @@ from pilotfish.client import Client
 
 Obj = dict[str, Any]
 FIELD_MANAGER = "pilotfish"
+DELETE_POLL_S = 0.5  # how often delete --wait looks whether a held object is gone
 # Fields the server owns; showing them in a diff would only be noise.
 SERVER_FIELDS = ("resourceVersion", "generation", "managedFields", "uid", "creationTimestamp")
 
@@ -306,17 +308,40 @@ def _managers(meta: Obj) -> list[str]:
 
 
 def delete(args: argparse.Namespace) -> int:
-    client, failed = _client(args), False
+    client, failed, held = _client(args), False, []
+    dry_run = args.dry_run == "server"
     for kind, name, namespace in _targets(args):
         try:
-            client.delete(kind, name, namespace, dry_run=args.dry_run == "server")
+            deleted = client.delete(kind, name, namespace, dry_run=dry_run)
         except ApiError as e:
             failed = True
             server_error(e)
             continue
-        suffix = " (server dry run)" if args.dry_run == "server" else ""
-        print(f'{output.kind_label(kind)} "{name}" deleted{suffix}')
+        print(f'{output.kind_label(kind)} "{name}" deleted{" (server dry run)" if dry_run else ""}')
+        if "deletionTimestamp" in deleted["metadata"] and not dry_run:
+            held.append((kind, name, namespace))
+    if args.wait == "true" and not _gone(client, held, args.timeout):
+        failed = True
     return 1 if failed else 0
+
+
+def _gone(client: Client, held: list[tuple[Kind, str, str | None]], timeout_s: float) -> bool:
+    """Wait until objects their finalizers held are gone, as kubectl delete does."""
+    deadline = time.monotonic() + timeout_s if timeout_s else None
+    for kind, name, namespace in held:
+        while True:
+            try:
+                client.get(kind, name, namespace)
+            except NotFound:
+                break
+            if deadline is not None and time.monotonic() > deadline:
+                print(
+                    f"error: timed out waiting for the condition on {kind.plural}/{name}",
+                    file=sys.stderr,
+                )
+                return False
+            time.sleep(DELETE_POLL_S)
+    return True
 
 
 def _targets(args: argparse.Namespace) -> list[tuple[Kind, str, str | None]]:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from pilotfish import __version__
 from pilotfish.api.errors import ApiError
+from pilotfish.api.gotypes import parse_duration_ns
 from pilotfish.cli import commands, mesh, node, rollout
 from pilotfish.cli.manifests import ManifestError
 from pilotfish.client import Unreachable
@@ -276,7 +277,28 @@ def _add_delete(
     p.add_argument("names", nargs="*")
     _files(p, required=False)
     _dry_run(p)
+    p.add_argument(
+        "--wait",
+        nargs="?",
+        const="true",
+        default="true",
+        choices=["true", "false"],
+        help="wait until finalizers let the objects go (default true, as kubectl)",
+    )
+    p.add_argument(
+        "--timeout",
+        type=_duration_s,
+        default=0.0,
+        help="give up waiting after this long (e.g. 30s; default 0: no limit)",
+    )
     p.set_defaults(handler=commands.delete)
+
+
+def _duration_s(text: str) -> float:
+    try:
+        return parse_duration_ns(text) / 1e9
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _add_diff(
