@@ -24,12 +24,20 @@ import uvloop
 _REFRAMED = frozenset({b"connection", b"keep-alive", b"transfer-encoding", b"content-length"})
 
 
-class Message:
-    """The parts of one message, and the bytes they make again."""
+class Side(asyncio.Protocol):
+    """One connection: its messages parsed by httptools and made again as bytes."""
+
+    parser: httptools.HttpRequestParser | httptools.HttpResponseParser
 
     def __init__(self) -> None:
         self.parts: list[bytes] = []
         self.body: list[bytes] = []
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+
+    def data_received(self, data: bytes) -> None:
+        self.parser.feed_data(data)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if name.lower() not in _REFRAMED:
@@ -46,43 +54,34 @@ class Message:
         return data
 
 
-class Upstream(asyncio.Protocol):
+class Upstream(Side):
+    parser: httptools.HttpResponseParser
+
     def __init__(self, client: Client) -> None:
+        super().__init__()
         self.client = client
-        self.message = Message()
         self.parser = httptools.HttpResponseParser(self)
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
-
-    def data_received(self, data: bytes) -> None:
-        self.parser.feed_data(data)
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.message.on_header(name, value)
-
-    def on_body(self, body: bytes) -> None:
-        self.message.on_body(body)
-
     def on_message_complete(self) -> None:
-        status = self.parser.get_status_code()
-        self.message.parts.insert(0, b"HTTP/1.1 %d OK" % status)
-        self.client.transport.write(self.message.take())
+        self.parts.insert(0, b"HTTP/1.1 %d OK" % self.parser.get_status_code())
+        self.client.transport.write(self.take())
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.client.transport.close()
 
 
-class Client(asyncio.Protocol):
+class Client(Side):
+    parser: httptools.HttpRequestParser
+
     def __init__(self, upstream_port: int) -> None:
+        super().__init__()
         self.upstream_port = upstream_port
         self.upstream: Upstream | None = None
         self.early: list[bytes] = []
-        self.message = Message()
         self.parser = httptools.HttpRequestParser(self)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        super().connection_made(transport)
         asyncio.get_running_loop().create_task(self.connect())
 
     async def connect(self) -> None:
@@ -95,20 +94,11 @@ class Client(asyncio.Protocol):
             upstream.transport.write(data)
         self.early.clear()
 
-    def data_received(self, data: bytes) -> None:
-        self.parser.feed_data(data)
-
     def on_url(self, url: bytes) -> None:
-        self.message.parts += (self.parser.get_method(), b" ", url, b" HTTP/1.1")
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.message.on_header(name, value)
-
-    def on_body(self, body: bytes) -> None:
-        self.message.on_body(body)
+        self.parts += (self.parser.get_method(), b" ", url, b" HTTP/1.1")
 
     def on_message_complete(self) -> None:
-        data = self.message.take()
+        data = self.take()
         if self.upstream is None:
             self.early.append(data)
         else:
