@@ -31,6 +31,7 @@ def canary(target_kind: str = "Deployment", **analysis: Any) -> dict[str, Any]:
         {"stepWeights": [1, 5, 20, 50]},
         {"iterations": 10, "match": [{"headers": {"x-canary": {"exact": "insider"}}}]},
         {"iterations": 10, "mirror": True, "mirrorWeight": 100},
+        {"stepWeight": 10, "mirror": True},
         {
             "stepWeight": 5,
             "metrics": [
@@ -52,7 +53,10 @@ def test_flaggers_strategies_pass(analysis: dict[str, Any]) -> None:
         (canary(stepWeight=0), "spec.analysis.stepWeight: Invalid value: 0"),
         (canary(stepWeights=[20, 10]), "spec.analysis.stepWeights: Invalid value"),
         (canary(stepWeight=10, match=[{"headers": {}}]), "A/B testing (match) needs iterations"),
-        (canary(stepWeight=10, mirror=True), "blue/green (iterations) only"),
+        (
+            canary(iterations=10, match=[{"headers": {}}], mirror=True),
+            "mirroring is for blue/green and canary releases, not A/B testing (match)",
+        ),
         (canary(stepWeight=10, interval="soon"), "spec.analysis.interval: Invalid value"),
         (
             canary(stepWeight=10, metrics=[{"name": "error-rate"}]),

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from pilotfish.api.validation import validate_or_raise
 from pilotfish.rollout.canary import Strategy, read_canary
 from pilotfish.rollout.phases import (
     ABORT,
@@ -286,6 +287,45 @@ def test_blue_green_mirrors_then_switches_all_traffic() -> None:
     assert "Routing all traffic to canary reviews.default" in d.events
     d.until("Succeeded")
     assert routes(c, d.status).primary == 100
+
+
+def test_a_mirrored_canary_mirrors_one_step_then_shifts_weight() -> None:
+    """Flagger's traffic mirroring as a pre-stage of a weighted release: one
+    step mirrored at weight 0, its metrics checked, then weight moves."""
+    c = canary(stepWeight=20, maxWeight=40, mirror=True, mirrorWeight=50)
+    assert c.strategy is Strategy.CANARY
+    d = released(Driver(c))
+    d.tick()  # pre-rollout checks; no traffic yet, so no metrics
+    assert METRICS not in d.asked
+    assert (d.status["canaryWeight"], d.status["mirrored"]) == (0, True)
+    r = routes(c, d.status)
+    assert (r.primary, r.canary, r.mirror) == (100, 0, True)
+    vs = virtual_service(c, d.status)
+    validate_or_raise(vs)  # Istio's schema and webhook rules take it
+    http = vs["spec"]["http"][0]
+    assert http["mirror"]["host"] == "reviews-canary"
+    assert http["mirrorPercentage"] == {"value": 50.0}
+    d.metrics = BAD
+    d.tick()  # the mirrored copies are analysed
+    assert METRICS in d.asked
+    assert (d.status["failedChecks"], d.status["canaryWeight"]) == (1, 0)
+    d.metrics = GOOD
+    d.tick()
+    assert d.status["canaryWeight"] == 20 and "mirrored" not in d.status
+    assert not routes(c, d.status).mirror
+    assert d.events.count("Advance reviews.default canary weight 0") == 1
+    d.until("Succeeded")
+    assert not routes(c, d.status).mirror
+
+
+def test_a_failed_mirrored_canary_stops_mirroring() -> None:
+    d = released(Driver(canary(stepWeight=20, mirror=True, threshold=1)))
+    d.tick()
+    d.metrics = BAD
+    d.tick()
+    d.tick()
+    assert d.status["phase"] == "Failed" and "mirrored" not in d.status
+    assert not routes(d.c, d.status).mirror
 
 
 def test_suspended_and_missing_targets_change_nothing() -> None:

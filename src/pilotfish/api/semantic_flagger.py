@@ -34,10 +34,11 @@ def _strategy(path: str, analysis: Obj, skip: bool, errors: Errors) -> None:
     steps = analysis.get("stepWeights") or []
     if analysis.get("match") and not iterations:
         errors.add(f"{path}.match", "Required value: A/B testing (match) needs iterations")
-    if analysis.get("mirror") and not iterations:
+    if analysis.get("mirror") and analysis.get("match"):
         errors.add(
             f"{path}.mirror",
-            "Invalid value: true: mirroring is supported for blue/green (iterations) only",
+            "Invalid value: true: mirroring is for blue/green and canary releases, not A/B "
+            "testing (match)",
         )
     if iterations or skip:
         return

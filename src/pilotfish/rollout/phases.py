@@ -44,6 +44,10 @@ from pilotfish.rollout.types import (
 Obj = dict[str, Any]
 METRICS = "metrics"
 PROMOTE, ABORT = "promote", "abort"
+# A weighted release with `mirror` first mirrors at weight 0 for one step, as
+# Flagger does. Flagger reads that state back from the VirtualService; here
+# routes come from the status alone, so the status says it.
+MIRRORED = "mirrored"
 
 IDLE = ("Initialized", "Succeeded", "Failed", "Waiting")
 ANALYSING = ("Progressing", "WaitingPromotion")
@@ -280,6 +284,7 @@ def _start(d: _Draft) -> None:
         trackedConfigs=dict(d.obs.tracked_configs),
     )
     d.status.pop("lastAnalysis", None)
+    d.status.pop(MIRRORED, None)
 
 
 def _analysing(d: _Draft) -> None:
@@ -337,7 +342,7 @@ def _checks_pass(d: _Draft) -> bool:
     """Pre-rollout hooks before any traffic moves; afterwards the rollout
     hooks and the metrics, every interval."""
     c = d.canary
-    if d.num("canaryWeight") == 0 and d.num("iterations") == 0:
+    if d.num("canaryWeight") == 0 and d.num("iterations") == 0 and not d.status.get(MIRRORED):
         failed = d.gate(PRE_ROLLOUT)
         if failed is not None:
             d.event(
@@ -373,8 +378,12 @@ def _advance_weight(d: _Draft) -> None:
                 f"Halt {c.display} advancement waiting for traffic increase approval {closed.name}"
             )
             return
-        weight = c.next_weight(weight)
-        d.set(phase="Progressing", canaryWeight=weight)
+        if c.mirror and weight == 0 and not d.status.get(MIRRORED):
+            d.set(phase="Progressing", **{MIRRORED: True})  # one mirrored step first
+        else:
+            weight = c.next_weight(weight)
+            d.set(phase="Progressing", canaryWeight=weight)
+            d.status.pop(MIRRORED, None)
         d.event(f"Advance {c.display} canary weight {weight}")
         return
     if _promotion_confirmed(d):
@@ -444,6 +453,7 @@ def _finalising(d: _Draft) -> None:
 def _roll_back(d: _Draft, reason: str) -> None:
     d.event(reason, warning=True)
     d.set(phase="Failed", canaryWeight=0, iterations=0)
+    d.status.pop(MIRRORED, None)
     d.actions.append(RunHooks(POST_ROLLOUT, "Failed"))
     d.event(f"Canary failed! Scaling down {d.canary.display}", warning=True)
 

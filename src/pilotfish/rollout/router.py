@@ -9,7 +9,7 @@ For a Canary whose target is the Workload `reviews` (labels app=reviews):
     `reviews-canary` selects the target;
   - DestinationRules `reviews-primary`, `reviews-canary`;
   - VirtualService `reviews`: weights between the two, a header match for
-    A/B, a mirror for blue/green.
+    A/B, a mirror for blue/green and a mirrored canary's first step.
 Routes and replica counts are derived from the status alone, so a restarted
 control plane puts back exactly what the stored status says.
 """
@@ -22,7 +22,7 @@ from typing import Any
 
 from pilotfish.agent.spec import referenced
 from pilotfish.rollout.canary import Canary, Strategy
-from pilotfish.rollout.phases import ANALYSING, CANARY_UP
+from pilotfish.rollout.phases import ANALYSING, CANARY_UP, MIRRORED
 from pilotfish.store.types import Key
 
 Obj = dict[str, Any]
@@ -36,7 +36,7 @@ class Routes:
     primary: int
     canary: int
     match_to_canary: bool = False  # A/B: matching requests go to the canary
-    mirror: bool = False  # blue/green: the canary gets copies
+    mirror: bool = False  # the canary gets copies (blue/green, a canary's first step)
 
 
 def routes(canary: Canary, status: Obj) -> Routes:
@@ -45,7 +45,11 @@ def routes(canary: Canary, status: Obj) -> Routes:
     testing = phase in ANALYSING and int(status.get("iterations") or 0) > 0
     if canary.strategy is Strategy.AB:
         return Routes(100, 0, match_to_canary=testing or phase == "Promoting")
-    mirror = canary.strategy is Strategy.BLUE_GREEN and canary.mirror and testing and weight == 0
+    mirror = canary.mirror and weight == 0 and phase in ANALYSING
+    if canary.strategy is Strategy.BLUE_GREEN:
+        mirror = mirror and testing
+    else:
+        mirror = mirror and bool(status.get(MIRRORED))
     return Routes(100 - weight, weight, mirror=mirror)
 
 
