@@ -318,6 +318,22 @@ def test_a_mirrored_canary_mirrors_one_step_then_shifts_weight() -> None:
     assert not routes(c, d.status).mirror
 
 
+def test_traffic_increase_is_confirmed_before_the_mirror_not_after_it() -> None:
+    d = released(Driver(canary(stepWeight=20, mirror=True)))
+    closed = (WebhookResult("gate", "confirm-traffic-increase", False, "closed"),)
+    d.gates["confirm-traffic-increase"] = closed
+    d.tick()
+    assert "mirrored" not in d.status, "held before the mirror"
+    del d.gates["confirm-traffic-increase"]
+    d.tick()
+    assert (d.status["mirrored"], d.status["canaryWeight"]) == (True, 0)
+    d.gates["confirm-traffic-increase"] = closed
+    d.tick()
+    assert d.status["canaryWeight"] == 20, "the mirror gives way without asking"
+    d.tick()
+    assert d.status["canaryWeight"] == 20, "the next increase asks again"
+
+
 def test_a_failed_mirrored_canary_stops_mirroring() -> None:
     d = released(Driver(canary(stepWeight=20, mirror=True, threshold=1)))
     d.tick()

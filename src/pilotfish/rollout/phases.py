@@ -370,15 +370,17 @@ def _checks_pass(d: _Draft) -> bool:
 
 def _advance_weight(d: _Draft) -> None:
     c, weight = d.canary, d.num("canaryWeight")
+    mirrored = bool(d.status.get(MIRRORED))
     if weight < c.max_weight:
-        closed = d.gate(CONFIRM_TRAFFIC_INCREASE)
+        # Flagger asks before mirroring, not again when the mirror gives way to weight.
+        closed = None if mirrored else d.gate(CONFIRM_TRAFFIC_INCREASE)
         if closed is not None:
             d.approval_alert(closed, "Canary traffic increase is waiting for approval.")
             d.event(
                 f"Halt {c.display} advancement waiting for traffic increase approval {closed.name}"
             )
             return
-        if c.mirror and weight == 0 and not d.status.get(MIRRORED):
+        if c.mirror and weight == 0 and not mirrored:
             d.set(phase="Progressing", **{MIRRORED: True})  # one mirrored step first
         else:
             weight = c.next_weight(weight)
