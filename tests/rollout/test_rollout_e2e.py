@@ -363,6 +363,31 @@ def test_blue_green_mirrors_live_traffic_while_callers_see_the_primary(mesh: Mes
     wait_phase(mesh, name, "Succeeded")
 
 
+def test_a_mirrored_canary_mirrors_live_traffic_before_its_weight_moves(mesh: Mesh) -> None:
+    name = "rv-mirror"
+    gate = {"name": "hold", "type": "rollout", "url": loadtester(mesh, "gate/check")}
+    the_canary = canary(
+        mesh, name, load=False, stepWeight=50, maxWeight=50, mirror=True, threshold=1000,
+        webhooks=[gate], metrics=[],
+    )  # fmt: skip
+    release(mesh, the_canary, STAR_COLOR="red")
+    wait_for(lambda: status(mesh, name).get("mirrored") is True, PHASE_TIMEOUT_S, "no mirror")
+    wait_for(lambda: mesh.ready(name), 60, f"{name} not ready")
+    before = requests_seen(mesh, name)
+    answers = [served_by(mesh, f"{name}.example") for _ in range(20)]
+    assert all(a.startswith(f"{name}-primary-") for a in answers), answers
+    wait_for(lambda: requests_seen(mesh, name) >= before + 20, 10, "the canary saw no mirror")
+    assert status(mesh, name)["canaryWeight"] == 0, "held by the closed rollout gate"
+    open_gate(mesh, name)
+    wait_phase(mesh, name, "Succeeded")
+    log = events(mesh, name)
+    weights = [line for line in log if line.startswith(f"Advance {name}.default canary weight")]
+    assert weights[:2] == [
+        f"Advance {name}.default canary weight 0",
+        f"Advance {name}.default canary weight 50",
+    ], log
+
+
 def test_a_webhook_gate_holds_the_rollout_then_releases_it(mesh: Mesh) -> None:
     name = "rv-gate"
     gate = {"name": "approval", "type": "confirm-rollout", "url": loadtester(mesh, "gate/check")}
