@@ -234,16 +234,20 @@ class RolloutController:
 
     # -- deletion (revertOnDeletion) ----------------------------------------------------------
 
-    def _hold(self, obj: Obj, *, revert: bool) -> None:
+    def _hold(self, obj: Obj, *, revert: bool) -> bool:
         """With revertOnDeletion, Flagger's finalizer holds a deleted Canary
-        until its target is restored; opting out drops it."""
+        until its target is restored; opting out drops it. False: the Canary
+        changed meanwhile, and the next step looks again."""
         finalizers = list(obj["metadata"].get("finalizers") or [])
         if revert == (FINALIZER in finalizers):
-            return
+            return True
         kept = [f for f in finalizers if f != FINALIZER]
         meta = {**obj["metadata"], "finalizers": [*kept, FINALIZER] if revert else kept}
-        with contextlib.suppress(Conflict):  # changed meanwhile: the next step looks again
+        try:
             self.store.update({**obj, "metadata": meta}, manager=MANAGER)
+        except Conflict:
+            return False
+        return True
 
     def _finalize(self, canary: Canary, obj: Obj) -> None:
         """Flagger's revert, then the finalizer goes and the Canary with it:
@@ -260,8 +264,8 @@ class RolloutController:
         target = self._get(WORKLOAD, canary.namespace, canary.target)
         if target is not None and not self._reverted(canary, target):
             return  # the target is not ready yet: the next step looks again
-        self.events.record(obj, f"Terminated canary {canary.name}.{canary.namespace}")
-        self._hold(self.store.get(_key(obj)), revert=False)
+        if self._hold(self.store.get(_key(obj)), revert=False):  # then it goes, as in Flagger
+            self.events.record(obj, f"Terminated canary {canary.name}.{canary.namespace}")
 
     def _reverted(self, canary: Canary, target: Obj) -> bool:
         primary = self._get(WORKLOAD, canary.namespace, canary.primary)
