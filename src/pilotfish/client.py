@@ -10,6 +10,7 @@ from __future__ import annotations
 import builtins
 import json
 import re
+import ssl
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -41,7 +42,7 @@ class Client:
         self.server = server.rstrip("/")
         self._token = token
         self.timeout = timeout
-        self._opener = _opener_for(self.server)
+        self._opener = opener_for(self.server)
 
     def __repr__(self) -> str:
         return f"Client({self.server!r})"
@@ -193,13 +194,24 @@ class Client:
             ) from e
 
 
-def _opener_for(server: str) -> urllib.request.OpenerDirector:
-    """No HTTP proxy for a control plane on this host (as Go's clients do for
-    localhost): a proxy from the environment could not reach it, and would see the token."""
-    host = urlsplit(server).hostname or ""
-    if host == "localhost" or is_loopback(host):
-        return urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    return urllib.request.build_opener()
+def opener_for(
+    url: str, *, insecure: bool = False, proxy: str = ""
+) -> urllib.request.OpenerDirector:
+    """`proxy` if given, else proxies from the environment except for
+    loopback hosts, as Go's ProxyFromEnvironment: a proxy could not reach this
+    host, and would see the token. No certificate checks when `insecure`."""
+    handlers: list[urllib.request.BaseHandler] = []
+    host = urlsplit(url).hostname or ""
+    if proxy:
+        handlers.append(urllib.request.ProxyHandler({"http": proxy, "https": proxy}))
+    elif host == "localhost" or is_loopback(host):
+        handlers.append(urllib.request.ProxyHandler({}))
+    if insecure:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        handlers.append(urllib.request.HTTPSHandler(context=context))
+    return urllib.request.build_opener(*handlers)
 
 
 def _object_path(obj: Obj, *, with_name: bool) -> str:

@@ -23,11 +23,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from envoy.config.core.v3.base_pb2 import Node
-from google.protobuf import struct_pb2
 
 from pilotfish.agent import registration
 from pilotfish.api.errors import ApiError
 from pilotfish.client import Unreachable
+from pilotfish.proxy.telemetry import metadata_labels, metadata_text
 
 log = logging.getLogger("pilotfish.proxy")
 Obj = dict[str, Any]
@@ -49,7 +49,8 @@ class Registrar:
     ) -> Registrar:
         """ValueError names what the node metadata or the ports lack."""
         fields = node.metadata.fields
-        name, namespace = _text(fields, "NAME"), _text(fields, "NAMESPACE") or "default"
+        name = metadata_text(fields, "NAME")
+        namespace = metadata_text(fields, "NAMESPACE") or "default"
         if not name:
             raise ValueError("--register needs the instance's name in node.metadata.NAME")
         if not ports:
@@ -57,19 +58,18 @@ class Registrar:
         unnamed = sorted(app_ports.keys() - ports.keys())
         if unnamed:
             raise ValueError(f"--app-port {unnamed[0]}: no --port is named {unnamed[0]}")
-        labels = fields["LABELS"].struct_value if "LABELS" in fields else struct_pb2.Struct()
         body = registration.registration(
             name=name,
             namespace=namespace,
-            workload=_text(fields, "WORKLOAD_NAME") or name,
-            labels={k: v.string_value for k, v in labels.fields.items()},
-            service_account=_text(fields, "SERVICE_ACCOUNT") or "default",
+            workload=metadata_text(fields, "WORKLOAD_NAME") or name,
+            labels=metadata_labels(fields),
+            service_account=metadata_text(fields, "SERVICE_ACCOUNT") or "default",
             ports=ports,
             app_ports=app_ports,
             metrics_port=admin_port,
             healthy=False,
         )
-        address = _text(fields, "INSTANCE_IPS").split(",")[0].strip()
+        address = metadata_text(fields, "INSTANCE_IPS").split(",")[0].strip()
         return cls(client, {**body, "address": address or body["address"]})
 
     async def join(self) -> None:
@@ -100,8 +100,3 @@ class Registrar:
         await asyncio.to_thread(
             registration.deregister, self.client, self.body["namespace"], self.body["name"]
         )
-
-
-def _text(fields: Any, key: str) -> str:
-    value = fields.get(key)
-    return value.string_value if value is not None else ""

@@ -97,20 +97,22 @@ class WorkloadInfo:
     @staticmethod
     def from_metadata(meta: struct_pb2.Struct, trust_domain: str = TRUST_DOMAIN) -> WorkloadInfo:
         fields = meta.fields
-        labels = _labels(fields)
-        workload = _text(fields, "WORKLOAD_NAME") or _text(fields, "NAME") or UNKNOWN
+        labels = metadata_labels(fields)
+        workload = (
+            metadata_text(fields, "WORKLOAD_NAME") or metadata_text(fields, "NAME") or UNKNOWN
+        )
         app = labels.get("app") or labels.get("app.kubernetes.io/name") or UNKNOWN
         version = labels.get("version") or labels.get("app.kubernetes.io/version") or UNKNOWN
         return WorkloadInfo(
             workload=workload,
-            namespace=_text(fields, "NAMESPACE") or UNKNOWN,
+            namespace=metadata_text(fields, "NAMESPACE") or UNKNOWN,
             app=app,
             version=version,
             canonical_service=canonical_service(labels, workload),
             # Istio's "latest" is for a known workload without a version.
             canonical_revision=canonical_revision(labels) if workload != UNKNOWN else UNKNOWN,
-            cluster=_text(fields, "CLUSTER_ID") or UNKNOWN,
-            service_account=_text(fields, "SERVICE_ACCOUNT"),
+            cluster=metadata_text(fields, "CLUSTER_ID") or UNKNOWN,
+            service_account=metadata_text(fields, "SERVICE_ACCOUNT"),
             trust_domain=trust_domain,
         )
 
@@ -162,12 +164,14 @@ def canonical_revision(labels: Mapping[str, str]) -> str:
     return "latest"
 
 
-def _text(fields: Mapping[str, struct_pb2.Value], key: str) -> str:
+def metadata_text(fields: Mapping[str, struct_pb2.Value], key: str) -> str:
+    """A string field of node (or filter) metadata; "" when absent."""
     value = fields.get(key)
     return value.string_value if value is not None else ""
 
 
-def _labels(fields: Mapping[str, struct_pb2.Value]) -> dict[str, str]:
+def metadata_labels(fields: Mapping[str, struct_pb2.Value]) -> dict[str, str]:
+    """Node metadata's LABELS; {} when absent."""
     value = fields.get("LABELS")
     if value is None or value.WhichOneof("kind") != "struct_value":
         return {}
@@ -270,13 +274,12 @@ def _service_from_metadata(metadata: Metadata) -> ServiceInfo | None:
     if len(services) != 1:
         return None
     entry = services[0].struct_value.fields
-    host = _text(entry, "host")
+    host = metadata_text(entry, "host")
     if not host:
         return None
     base = service_from_host(host)
-    return ServiceInfo(
-        base.host, _text(entry, "name") or base.name, _text(entry, "namespace") or base.namespace
-    )
+    name = metadata_text(entry, "name") or base.name
+    return ServiceInfo(base.host, name, metadata_text(entry, "namespace") or base.namespace)
 
 
 # -- series and reporters --------------------------------------------------

@@ -22,9 +22,9 @@ import urllib.request
 from collections.abc import Callable
 from typing import Any
 
+from pilotfish.client import opener_for
 from pilotfish.rollout.canary import Canary, Strategy
 from pilotfish.rollout.phases import Alert
-from pilotfish.rollout.webhooks import opener_for
 
 Obj = dict[str, Any]
 Lookup = Callable[[str, str, str], Obj | None]  # kind, namespace, name -> object or None

@@ -45,11 +45,9 @@ def routes(canary: Canary, status: Obj) -> Routes:
     testing = phase in ANALYSING and int(status.get("iterations") or 0) > 0
     if canary.strategy is Strategy.AB:
         return Routes(100, 0, match_to_canary=testing or phase == "Promoting")
-    mirror = canary.mirror and weight == 0 and phase in ANALYSING
-    if canary.strategy is Strategy.BLUE_GREEN:
-        mirror = mirror and testing
-    else:
-        mirror = mirror and bool(status.get(MIRRORED))
+    # Blue/green mirrors while it iterates, a weighted canary for its mirrored step.
+    mirroring = testing if canary.strategy is Strategy.BLUE_GREEN else status.get(MIRRORED)
+    mirror = canary.mirror and weight == 0 and phase in ANALYSING and bool(mirroring)
     return Routes(100 - weight, weight, mirror=mirror)
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import ssl
 import time
 import urllib.error
 import urllib.parse
@@ -24,7 +23,7 @@ from email.message import Message
 from typing import Any
 
 from pilotfish.api.gotypes import parse_duration_ns
-from pilotfish.controlplane.auth import is_loopback
+from pilotfish.client import opener_for
 from pilotfish.rollout.types import EVENT, ROLLOUT, WebhookResult
 
 Obj = dict[str, Any]
@@ -156,26 +155,6 @@ def _request(url: str, body: Obj) -> urllib.request.Request:
         headers={"Content-Type": "application/json"},
         method="POST",
     )
-
-
-def opener_for(
-    url: str, *, insecure: bool = False, proxy: str = ""
-) -> urllib.request.OpenerDirector:
-    """`proxy` if given, else proxies from the environment except for
-    loopback hosts, as Go's ProxyFromEnvironment; no certificate checks when
-    `insecure` (disableTLS)."""
-    handlers: list[urllib.request.BaseHandler] = []
-    host = urllib.parse.urlsplit(url).hostname or ""
-    if proxy:
-        handlers.append(urllib.request.ProxyHandler({"http": proxy, "https": proxy}))
-    elif host == "localhost" or is_loopback(host):
-        handlers.append(urllib.request.ProxyHandler({}))
-    if insecure:
-        context = ssl.create_default_context()
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-        handlers.append(urllib.request.HTTPSHandler(context=context))
-    return urllib.request.build_opener(*handlers)
 
 
 def _timeout(hook: Obj) -> float:

@@ -250,8 +250,8 @@ class ResourceStore:
         meta = live["metadata"]
         if "deletionTimestamp" in meta:
             return live
-        now = _rfc3339(self._now())
-        return {**live, "metadata": {**meta, _DELETION[0]: now, _DELETION[1]: 0}}
+        marks = {"deletionTimestamp": _rfc3339(self._now()), "deletionGracePeriodSeconds": 0}
+        return {**live, "metadata": {**meta, **marks}}
 
     def close(self) -> None:
         self._backend.close()
