@@ -30,7 +30,7 @@ from pilotfish.api.kinds import Kind, registry
 from pilotfish.cli import output
 from pilotfish.cli.commands import event_age, events_of
 from pilotfish.client import Client
-from pilotfish.rollout.canary import ANALYSIS_INTERVAL_S, Canary, read_canary
+from pilotfish.rollout.canary import ANALYSIS_INTERVAL_S, Canary, analysis_of, read_canary
 from pilotfish.rollout.phases import ANALYSING
 from pilotfish.rollout.scheduler import REQUEST_ANNOTATION
 from pilotfish.rollout.types import MetricResult
@@ -195,7 +195,7 @@ def _strategy(canary: Canary) -> str:
 
 
 def _interval(canary: Canary) -> str:
-    given = (canary.spec.get("analysis") or {}).get("interval")
+    given = canary.analysis.get("interval")
     return str(given) if given else f"{canary.interval_s:g}s"
 
 
@@ -246,7 +246,7 @@ def _analysis_lines(st: Obj, spec: Obj, now: datetime | None) -> list[str]:
 
 
 def _threshold_ranges(spec: Obj) -> dict[str, Obj]:
-    metrics = (spec.get("analysis") or {}).get("metrics") or []
+    metrics = analysis_of(spec).get("metrics") or []
     return {str(m.get("name")): m.get("thresholdRange") or {} for m in metrics if m.get("name")}
 
 

@@ -102,8 +102,9 @@ class Canary:
 
 
 def analysis_of(spec: Obj) -> Obj:
-    """`analysis`, or its older name `canaryAnalysis`."""
-    return dict(spec.get("analysis") or spec.get("canaryAnalysis") or {})
+    """`spec.analysis`; {} when absent. (Flagger's older `canaryAnalysis` is
+    not in its v1beta1 schema, so the store never holds one.)"""
+    return dict(spec.get("analysis") or {})
 
 
 def read_canary(obj: Obj) -> Canary:

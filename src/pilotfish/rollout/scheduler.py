@@ -203,7 +203,7 @@ class RolloutController:
         metrics = obs.metrics
         for need in needs:
             if need == METRICS:
-                wanted = (obj["spec"].get("analysis") or {}).get("metrics") or []
+                wanted = canary.analysis.get("metrics") or []
                 metrics = tuple(self.measure(obj, m) for m in wanted)
             else:
                 hooks[need] = self.call_hooks(obj, need, phase, {})

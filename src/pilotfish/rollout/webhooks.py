@@ -24,6 +24,7 @@ from typing import Any
 
 from pilotfish.api.gotypes import parse_duration_ns
 from pilotfish.client import opener_for
+from pilotfish.rollout.canary import analysis_of
 from pilotfish.rollout.types import EVENT, ROLLOUT, WebhookResult
 
 Obj = dict[str, Any]
@@ -41,8 +42,7 @@ _SAFE_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
 def hooks_of(canary: Obj, hook_type: str) -> list[Obj]:
     """The canary's webhooks of one type, in order; a hook without a type is
     a `rollout` hook, as in Flagger."""
-    analysis = (canary.get("spec") or {}).get("analysis") or {}
-    hooks = analysis.get("webhooks") or []
+    hooks = analysis_of(canary.get("spec") or {}).get("webhooks") or []
     return [h for h in hooks if isinstance(h, dict) and (h.get("type") or ROLLOUT) == hook_type]
 
 
