@@ -3,15 +3,26 @@ header propagation, and Bookinfo's own words when a service fails."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import signal
+import socket
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from tests.examples.bookinfo_harness import VARIANTS, App, FakeMesh, fake_mesh, start_app, stop
+from tests.examples.bookinfo_harness import (
+    APPS,
+    VARIANTS,
+    App,
+    FakeMesh,
+    fake_mesh,
+    start_app,
+    stop,
+)
 
 DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
@@ -195,3 +206,40 @@ def test_sigterm_stops_an_app_cleanly(tmp_path: Path) -> None:
         app = start_app("ratings", proxy, tmp_path)
         app.process.send_signal(signal.SIGTERM)
         assert app.process.wait(timeout=5) == 0
+
+
+def test_an_answer_leaves_the_app_in_one_write() -> None:
+    """Chaos kills apps with SIGKILL. Between a head's write and its body's,
+    that would leave the caller a status whose body never comes."""
+    spec = importlib.util.spec_from_file_location("bookinfo_common", APPS / "common.py")
+    assert spec and spec.loader
+    common = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(common)
+    writes: list[bytes] = []
+
+    class Recording(socket.socket):
+        def send(self, data: Any, *args: Any) -> int:
+            writes.append(bytes(data))
+            return super().send(data, *args)
+
+        def sendall(self, data: Any, *args: Any) -> None:
+            writes.append(bytes(data))
+            super().sendall(data, *args)
+
+    class Page(common.Handler):  # type: ignore[name-defined,misc]
+        def do_GET(self) -> None:
+            self.send(200, b"x" * 1322, "text/html")
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    caller, app_end = socket.socketpair()
+    with caller:
+        caller.sendall(
+            b"GET /productpage HTTP/1.1\r\nHost: productpage\r\nConnection: close\r\n\r\n"
+        )
+        Page(Recording(fileno=app_end.detach()), ("127.0.0.1", 0), None)
+        assert len(writes) == 1
+        assert writes[0].startswith(b"HTTP/1.1 200 ") and writes[0].endswith(
+            b"\r\n\r\n" + b"x" * 1322
+        )

@@ -102,6 +102,10 @@ class Handler(BaseHTTPRequestHandler):
 
     protocol_version = "HTTP/1.1"
     server_version = "bookinfo"
+    # Buffered: an answer's head and body leave in one write when the request
+    # ends. An app killed between two writes would send a head whose body
+    # never comes, which no proxy can retry (its status is already on the way).
+    wbufsize = 1 << 16
 
     def send(
         self,
