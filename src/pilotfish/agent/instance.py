@@ -38,6 +38,7 @@ from pilotfish.agent.bootstrap import SidecarIdentity, sidecar_bootstrap
 from pilotfish.agent.ports import PortAllocator
 from pilotfish.agent.probes import ProbeState, check
 from pilotfish.agent.spec import Resolved
+from pilotfish.api.gotypes import rfc3339
 
 BACKOFF_BASE_S = 1.0
 BACKOFF_MAX_S = 30.0
@@ -277,7 +278,7 @@ class Instance:
             log.close()
         self._app_started = time.monotonic()
         self.status.phase = "Running"
-        self.status.started_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        self.status.started_at = rfc3339(time.time())
         self._write_pids()
         return True
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 _UNITS_NS = {
     "ns": 1,
@@ -22,6 +23,14 @@ _UNITS_NS = {
 }
 _COMPONENT = re.compile(r"(\d+\.?\d*|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
 _MAX_NS = 2**63 - 1
+
+
+def rfc3339(moment: datetime | float) -> str:
+    """A time as Kubernetes writes metav1.Time: UTC, to the second. A float is
+    seconds since the epoch."""
+    if not isinstance(moment, datetime):
+        moment = datetime.fromtimestamp(moment, UTC)
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def parse_duration_ns(text: str) -> int:

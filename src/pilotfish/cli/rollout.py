@@ -26,6 +26,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
+from pilotfish.api.gotypes import rfc3339
 from pilotfish.api.kinds import Kind, registry
 from pilotfish.cli import output
 from pilotfish.cli.commands import event_age, events_of
@@ -322,7 +323,7 @@ def _request(args: argparse.Namespace, what: str, said: str) -> int:
     client, live = _get(args)
     config = owned_config(live)
     annotations = config["metadata"].setdefault("annotations", {})
-    annotations[REQUEST_ANNOTATION + what] = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    annotations[REQUEST_ANNOTATION + what] = rfc3339(time.time())
     client.apply(config, manager=FIELD_MANAGER, force=True)
     phase = (live.get("status") or {}).get("phase") or "Initializing"
     when = "at its next step" if phase in ANALYSING else f"when an analysis runs (now {phase})"

@@ -17,11 +17,10 @@ from envoy.extensions.access_loggers.file.v3.file_pb2 import FileAccessLog
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
-from google.protobuf.duration_pb2 import Duration
 
 from pilotfish.proxy import xds_types
 from pilotfish.proxy.filters import FilterChain, FilterConfigError, compile_http_filters
-from pilotfish.proxy.proto_fields import unsupported
+from pilotfish.proxy.proto_fields import seconds, unsupported
 from pilotfish.proxy.routing import Forward, RouteTable, compile_route_config
 
 HCM_NAME = "envoy.filters.network.http_connection_manager"
@@ -161,10 +160,10 @@ def compile_http_manager(hcm: hcm_pb2.HttpConnectionManager, where: str) -> Http
         use_remote_address=hcm.use_remote_address.value,
         skip_xff_append=hcm.skip_xff_append,
         server_name=(hcm.server_name or "envoy").encode(),
-        request_headers_timeout=_seconds(hcm.request_headers_timeout)
+        request_headers_timeout=seconds(hcm.request_headers_timeout)
         if hcm.HasField("request_headers_timeout")
         else DEFAULT_REQUEST_HEADERS_TIMEOUT_S,
-        idle_timeout=_seconds(options.idle_timeout) if options.HasField("idle_timeout") else 3600.0,
+        idle_timeout=seconds(options.idle_timeout) if options.HasField("idle_timeout") else 3600.0,
         max_requests_per_connection=options.max_requests_per_connection.value,
         max_request_headers=(hcm.max_request_headers_kb.value or DEFAULT_MAX_HEADERS_KB) * 1024,
         upgrades=frozenset(
@@ -196,10 +195,6 @@ def prepare_routes(chain: FilterChain, table: RouteTable) -> None:
         if isinstance(route.action, Forward):
             for target in route.action.targets:
                 chain.prepare(target.filter_configs)
-
-
-def _seconds(duration: Duration) -> float:
-    return float(duration.seconds + duration.nanos / 1e9)
 
 
 def _access_log_path(access_log: AccessLog, where: str) -> str:

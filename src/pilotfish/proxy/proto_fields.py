@@ -1,4 +1,4 @@
-"""Finding the fields of a protobuf message that pilotfish does not honour.
+"""Reading config protos: the fields pilotfish does not honour, and durations.
 
 A proxy that silently ignored a field would behave unlike the Envoy its user
 configured for, so every config entry point lists what it supports and
@@ -9,7 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import Message
+
+
+def seconds(duration: Duration) -> float:
+    return float(duration.seconds + duration.nanos / 1e9)
 
 
 def set_fields(msg: Message, prefix: str = "") -> Iterator[tuple[str, str]]:

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from pilotfish.api.gotypes import rfc3339
 from pilotfish.model.hosts import DOMAIN_SUFFIX, service_fqdn
 from pilotfish.model.snapshot import Snapshot
 from pilotfish.model.types import Service
@@ -421,7 +422,7 @@ class Job:
         return {
             "canary": self.canary,
             "command": self.command,
-            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.started)),
+            "started": rfc3339(self.started),
             "blocking": self.blocking,
             **self.outcome.to_json(),
         }

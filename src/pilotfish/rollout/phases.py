@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from pilotfish.api.gotypes import rfc3339
 from pilotfish.rollout.canary import Canary, Strategy
 from pilotfish.rollout.types import (
     CONFIRM_PROMOTION,
@@ -221,7 +222,7 @@ def _stamp(draft: _Draft, before: Obj) -> None:
         draft.status.get(k) != before.get(k)
         for k in ("phase", "canaryWeight", "iterations", "failedChecks")
     )
-    now = draft.obs.now.strftime("%Y-%m-%dT%H:%M:%SZ")
+    now = rfc3339(draft.obs.now)
     if moved or "lastTransitionTime" not in draft.status:
         draft.set(lastTransitionTime=now)
     phase = draft.phase or "Initializing"
@@ -493,7 +494,7 @@ def _metric_message(c: Canary, r: MetricResult) -> str:
 
 def _analysis_record(now: datetime, results: tuple[MetricResult, ...]) -> Obj:
     return {
-        "time": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "time": rfc3339(now),
         "metrics": [
             {"name": r.name, "value": r.value, "min": r.min, "max": r.max, "message": r.message}
             for r in results

@@ -29,6 +29,7 @@ from typing import Any
 
 from pilotfish.agent.spec import referenced, template_hash
 from pilotfish.api.errors import ApiError, Conflict, NotFound
+from pilotfish.api.gotypes import rfc3339
 from pilotfish.periodic import Periodic
 from pilotfish.rollout import router
 from pilotfish.rollout.canary import ANALYSIS_INTERVAL_S, Canary, read_canary
@@ -257,7 +258,7 @@ class RolloutController:
             return
         status = dict(obj.get("status") or {})
         if status.get("phase") != TERMINATING:
-            now = datetime.fromtimestamp(self.clock(), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            now = rfc3339(self.clock())
             status.update(phase=TERMINATING, lastTransitionTime=now)
             self.store.update_status(_key(obj), status, manager=MANAGER)
             self.events.record(obj, f"Terminating canary {canary.name}.{canary.namespace}")

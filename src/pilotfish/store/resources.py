@@ -18,6 +18,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from pilotfish.api.errors import AlreadyExists, BadRequest, Conflict, Invalid, NotFound
+from pilotfish.api.gotypes import rfc3339
 from pilotfish.api.kinds import Kind, KindRegistry, registry
 from pilotfish.store.fields import same
 from pilotfish.store.managed import (
@@ -56,10 +57,6 @@ Build = Callable[[Obj | None], Obj]
 
 def _utc_now() -> datetime:
     return datetime.now(UTC)
-
-
-def _rfc3339(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class ResourceStore:
@@ -173,7 +170,7 @@ class ResourceStore:
             owners = _owners(live)
             schema = kind.schemas.get(version)
             merged, sets = apply_config(live_body, config, owners, me, schema, force)
-            new_owners = record(owners, sets, me, obj["apiVersion"], _rfc3339(self._now()))
+            new_owners = record(owners, sets, me, obj["apiVersion"], rfc3339(self._now()))
             return self._assemble(key, obj["apiVersion"], live, merged, new_owners)
 
         return self._write(key, build, _given_version(obj), dry_run)
@@ -250,7 +247,7 @@ class ResourceStore:
         meta = live["metadata"]
         if "deletionTimestamp" in meta:
             return live
-        marks = {"deletionTimestamp": _rfc3339(self._now()), "deletionGracePeriodSeconds": 0}
+        marks = {"deletionTimestamp": rfc3339(self._now()), "deletionGracePeriodSeconds": 0}
         return {**live, "metadata": {**meta, **marks}}
 
     def close(self) -> None:
@@ -311,7 +308,7 @@ class ResourceStore:
         owners = _owners(live)
         live_body = _owned_part(live) if live else {}
         sets = update_sets(live_body, body, owners, me, kind.schemas.get(version))
-        new_owners = record(owners, sets, me, api_version, _rfc3339(self._now()))
+        new_owners = record(owners, sets, me, api_version, rfc3339(self._now()))
         return self._assemble(key, api_version, live, body, new_owners)
 
     def _assemble(
@@ -330,7 +327,7 @@ class ResourceStore:
         meta.update(user_meta)
         meta["uid"] = live_meta.get("uid") or str(uuid.uuid4())
         meta["generation"] = generation
-        meta["creationTimestamp"] = live_meta.get("creationTimestamp") or _rfc3339(self._now())
+        meta["creationTimestamp"] = live_meta.get("creationTimestamp") or rfc3339(self._now())
         meta.update((k, live_meta[k]) for k in _DELETION if k in live_meta)
         if owners:
             meta["managedFields"] = render_owners(owners)

@@ -5,11 +5,11 @@ and the resources a proxy was last sent (`pilotfish proxy-config`)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 from google.protobuf.json_format import MessageToDict
 
+from pilotfish.api.gotypes import rfc3339
 from pilotfish.xds import types
 from pilotfish.xds.connection import Connection, Nack, WatchedType
 
@@ -25,7 +25,7 @@ def proxy_status(conn: Connection) -> Obj:
         "namespace": proxy.namespace if proxy else "",
         "workload": proxy.workload if proxy else "",
         "peer": conn.peer,
-        "connectedAt": _timestamp(conn.connected_at),
+        "connectedAt": rfc3339(conn.connected_at),
         "types": {
             types.short_name(t): _type_status(conn.watched[t])
             for t in types.PUSH_ORDER
@@ -52,7 +52,7 @@ def _nack(nack: Nack) -> Obj:
         "version": nack.version,
         "nonce": nack.nonce,
         "message": nack.message,
-        "time": _timestamp(nack.at),
+        "time": rfc3339(nack.at),
     }
 
 
@@ -92,7 +92,3 @@ def config_dump(conn: Connection, type_url: str) -> Obj:
 def _decoded(resource: Any) -> Obj:
     body: Obj = MessageToDict(resource, preserving_proto_field_name=False)
     return body
-
-
-def _timestamp(seconds: float) -> str:
-    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -34,7 +34,7 @@ from pilotfish.proxy.filters.base import (
 from pilotfish.proxy.filters.errors import FilterConfigError
 from pilotfish.proxy.filters.overrides import RouteOverrides, expect
 from pilotfish.proxy.filters.percent import Percent, percent_from_proto
-from pilotfish.proxy.proto_fields import unsupported
+from pilotfish.proxy.proto_fields import seconds, unsupported
 from pilotfish.proxy.routing.errors import RouteConfigError
 from pilotfish.proxy.routing.match import Condition, compile_header_matcher
 from pilotfish.proxy.routing.per_filter import FilterConfigs
@@ -224,10 +224,10 @@ def _delay(delay: Any, path: str) -> DelaySpec:
         return DelaySpec(None, percent)
     if which != "fixed_delay":
         raise FilterConfigError(path, "a delay needs fixed_delay or header_delay")
-    seconds = delay.fixed_delay.seconds + delay.fixed_delay.nanos / 1e9
-    if seconds <= 0:
+    delay_s = seconds(delay.fixed_delay)
+    if delay_s <= 0:
         raise FilterConfigError(f"{path}.fixed_delay", "must be greater than 0s")
-    return DelaySpec(seconds, percent)
+    return DelaySpec(delay_s, percent)
 
 
 def _abort(abort: Any, path: str) -> AbortSpec:

@@ -11,6 +11,7 @@ from typing import Any
 
 from google.protobuf.message import Message
 
+from pilotfish.proxy.proto_fields import seconds
 from pilotfish.proxy.routing.actions import (
     DEFAULT_TIMEOUT_S,
     Action,
@@ -43,7 +44,6 @@ from pilotfish.proxy.routing.policies import (
     compile_mirror_policy,
     compile_retry_policy,
     fraction,
-    seconds,
 )
 from pilotfish.proxy.routing.regex import compile_re2, compile_substitution
 from pilotfish.proxy.routing.request import path_only

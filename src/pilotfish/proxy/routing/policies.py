@@ -9,6 +9,7 @@ from typing import Any
 
 from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2
 
+from pilotfish.proxy.proto_fields import seconds
 from pilotfish.proxy.routing.errors import RouteConfigError
 from pilotfish.proxy.routing.regex import compile_re2, compile_substitution
 from pilotfish.proxy.routing.request import (
@@ -78,10 +79,6 @@ class RetryPolicy:
     host_selection_max_attempts: int = 1
     backoff_base: float = 0.025
     backoff_max: float = 0.25
-
-
-def seconds(duration: Any) -> float:
-    return float(duration.seconds) + float(duration.nanos) / 1e9
 
 
 def compile_retry_policy(p: Any, path: str) -> RetryPolicy:

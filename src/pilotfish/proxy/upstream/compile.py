@@ -17,7 +17,7 @@ from envoy.config.core.v3.health_check_pb2 import HealthStatus
 from envoy.extensions.upstreams.http.v3.http_protocol_options_pb2 import HttpProtocolOptions
 from google.protobuf import json_format
 
-from pilotfish.proxy.proto_fields import unsupported
+from pilotfish.proxy.proto_fields import seconds, unsupported
 from pilotfish.proxy.upstream.breakers import RetryBudget, Thresholds
 from pilotfish.proxy.upstream.errors import ClusterConfigError
 from pilotfish.proxy.upstream.host import EdsHealth
@@ -163,7 +163,7 @@ def compile_cluster(proto: Any) -> ClusterSpec:
     return ClusterSpec(
         name=name,
         eds_service_name=(proto.eds_cluster_config.service_name or name) if eds else "",
-        connect_timeout=_seconds(proto.connect_timeout)
+        connect_timeout=seconds(proto.connect_timeout)
         if proto.HasField("connect_timeout")
         else 5.0,
         lb=_lb_config(proto, policy, where),
@@ -309,7 +309,7 @@ def _outlier(o: Any) -> OutlierConfig:
         elif not o.HasField(f.name):
             continue
         elif f.name in _DURATIONS:
-            values[f.name] = _seconds(getattr(o, f.name))
+            values[f.name] = seconds(getattr(o, f.name))
         else:
             values[f.name] = getattr(o, f.name).value
     return replace(OutlierConfig(), **values)
@@ -328,7 +328,7 @@ def _pool_options(proto: Any, where: str) -> PoolOptions:
         if bad:
             raise ClusterConfigError(where, f"{path}.{bad[0]}", "field not supported by pilotfish")
         common = options.common_http_protocol_options
-    idle = _seconds(common.idle_timeout) if common.HasField("idle_timeout") else 3600.0
+    idle = seconds(common.idle_timeout) if common.HasField("idle_timeout") else 3600.0
     max_requests = _wrapped(common, "max_requests_per_connection", max_requests)
     keepalive = None
     if proto.upstream_connection_options.HasField("tcp_keepalive"):
@@ -350,15 +350,11 @@ def _pool_options(proto: Any, where: str) -> PoolOptions:
 
 def _initial_fetch_timeout(proto: Any) -> float | None:
     eds = proto.eds_cluster_config.eds_config
-    return _seconds(eds.initial_fetch_timeout) if eds.HasField("initial_fetch_timeout") else None
+    return seconds(eds.initial_fetch_timeout) if eds.HasField("initial_fetch_timeout") else None
 
 
 def _wrapped(msg: Any, name: str, default: Any) -> Any:
     return getattr(msg, name).value if msg.HasField(name) else default
-
-
-def _seconds(duration: Any) -> float:
-    return float(duration.seconds + duration.nanos / 1e9)
 
 
 def _is_prime(n: int) -> bool:
