@@ -21,7 +21,7 @@ def canary(obj: Obj, errors: Errors) -> None:
             target.get("kind"),
             "pilotfish releases Workloads: use kind Deployment, which names a Workload",
         )
-    analysis = spec.get("analysis") or spec.get("canaryAnalysis")
+    analysis = spec.get("analysis")
     if isinstance(analysis, dict):
         _strategy("spec.analysis", analysis, bool(spec.get("skipAnalysis")), errors)
         _durations("spec.analysis", analysis, errors)
