@@ -263,12 +263,13 @@ class RolloutController:
             self.store.update_status(_key(obj), status, manager=MANAGER)
             self.events.record(obj, f"Terminating canary {canary.name}.{canary.namespace}")
         target = self._get(WORKLOAD, canary.namespace, canary.target)
-        if target is not None and not self._reverted(canary, target):
+        if target is not None and not self._revert(canary, target):
             return  # the target is not ready yet: the next step looks again
         if self._hold(self.store.get(_key(obj)), revert=False):  # then it goes, as in Flagger
             self.events.record(obj, f"Terminated canary {canary.name}.{canary.namespace}")
 
-    def _reverted(self, canary: Canary, target: Obj) -> bool:
+    def _revert(self, canary: Canary, target: Obj) -> bool:
+        """One step of giving the Service back to the target; True once done."""
         primary = self._get(WORKLOAD, canary.namespace, canary.primary)
         replicas = int((primary or {}).get("spec", {}).get("replicas", 1))
         if int(target["spec"].get("replicas", 1)) != replicas:

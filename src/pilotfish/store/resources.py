@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from pilotfish.api.errors import AlreadyExists, BadRequest, Conflict, Invalid, NotFound
 from pilotfish.api.gotypes import rfc3339
 from pilotfish.api.kinds import Kind, KindRegistry, registry
+from pilotfish.api.names import SYSTEM_FIELDS
 from pilotfish.store.fields import same
 from pilotfish.store.managed import (
     Manager,
@@ -34,21 +35,10 @@ from pilotfish.store.selectors import parse_selector
 from pilotfish.store.types import Backend, Event, Key, Obj, Watch
 
 # Metadata the server owns; what a client sends there is ignored. Kubernetes
-# likewise leaves these (and apiVersion, kind) out of every field manager's set.
-SYSTEM_METADATA = frozenset(
-    {
-        "name",
-        "namespace",
-        "uid",
-        "resourceVersion",
-        "generation",
-        "creationTimestamp",
-        "managedFields",
-        "selfLink",
-        "deletionTimestamp",
-        "deletionGracePeriodSeconds",
-    }
-)
+# likewise leaves these (and apiVersion, kind) out of every field manager's set:
+# the fields validation leaves to the store, the key's name and namespace, and
+# selfLink (never stored).
+SYSTEM_METADATA = SYSTEM_FIELDS | {"name", "namespace", "selfLink"}
 _DELETION = ("deletionTimestamp", "deletionGracePeriodSeconds")  # kept until the object goes
 _RETRIES = 50  # compare-and-swap rounds before a write under heavy contention gives up
 
