@@ -114,11 +114,15 @@ def _add_controlplane(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         default=15010,
         help="port of the ADS (xDS) server on the REST API's host; -1 turns xDS off",
     )
+    from pilotfish.controlplane.identity import add_ca_flags
+
+    add_ca_flags(p)
     p.set_defaults(handler=_run_controlplane)
 
 
 def _run_controlplane(args: argparse.Namespace) -> int:
     from pilotfish.controlplane.http import parse_listen
+    from pilotfish.controlplane.identity import ca_options
     from pilotfish.controlplane.main import run_controlplane, xds_listen
 
     try:
@@ -126,7 +130,9 @@ def _run_controlplane(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    return run_controlplane(args.data_dir, args.listen, xds_listen=xds_listen(args.xds_port, host))
+    return run_controlplane(
+        args.data_dir, args.listen, xds_listen=xds_listen(args.xds_port, host), ca=ca_options(args)
+    )
 
 
 def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -192,6 +198,14 @@ def _add_proxy(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="with --register: where the application listens behind the port NAME",
     )
     p.add_argument("--server", help="with --register: the control plane URL (as other commands)")
+    p.add_argument(
+        "--ca-token-file",
+        type=Path,
+        metavar="FILE",
+        help="hold a workload certificate from the control plane's CA (SDS secrets default and "
+        "ROOTCA), proving the identity with the service account token in FILE "
+        "(`pilotfish create token`)",
+    )
     p.set_defaults(handler=_run_proxy)
 
 
@@ -210,7 +224,7 @@ def _run_proxy(args: argparse.Namespace) -> int:
         app_ports = mesh.pairs(args.app_port, "--app-port", int)
         register = partial(_registrar, ports, app_ports, args.server)
     try:
-        return run_proxy(args.bootstrap, register)
+        return run_proxy(args.bootstrap, register, args.ca_token_file)
     except (BootstrapError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
