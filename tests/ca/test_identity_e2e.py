@@ -232,4 +232,3 @@ def _dump_secrets(admin: int) -> dict[str, Any] | None:
             found = {s["name"]: s for s in config.get("dynamicActiveSecrets") or []}
             return found or None
     return None
-
