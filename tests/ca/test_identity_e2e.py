@@ -23,6 +23,8 @@ import yaml
 from cryptography import x509
 from tests.agent.mesh_harness import DIRECT, Mesh, free_port, mesh_started, stop_process, wait_for
 
+from pilotfish.agent.bootstrap import SidecarIdentity, sidecar_bootstrap
+
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")
 TTL_S = 8
 WORKLOAD = """
@@ -166,48 +168,13 @@ def test_a_hand_started_proxy_gets_the_identity_its_token_allows_and_no_other(
 
 
 def _hand_started(mesh: Mesh, tmp: Path, account: str) -> tuple[subprocess.Popen[bytes], int]:
+    """`pilotfish proxy` with a bootstrap written as Istio's (the agent's own
+    writer): NAMESPACE vm, SERVICE_ACCOUNT `account`."""
     admin = free_port()
-    bootstrap = {
-        "node": {
-            "id": f"sidecar~127.0.0.1~{account}-0.vm~vm.svc.cluster.local",
-            "metadata": {"NAME": f"{account}-0", "NAMESPACE": "vm", "SERVICE_ACCOUNT": account},
-        },
-        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
-        "dynamic_resources": {
-            "ads_config": {
-                "api_type": "GRPC",
-                "transport_api_version": "V3",
-                "grpc_services": [{"envoy_grpc": {"cluster_name": "xds-grpc"}}],
-            }
-        },
-        "static_resources": {
-            "clusters": [
-                {
-                    "name": "xds-grpc",
-                    "type": "STATIC",
-                    "load_assignment": {
-                        "cluster_name": "xds-grpc",
-                        "endpoints": [
-                            {
-                                "lb_endpoints": [
-                                    {
-                                        "endpoint": {
-                                            "address": {
-                                                "socket_address": {
-                                                    "address": "127.0.0.1",
-                                                    "port_value": mesh.xds_port,
-                                                }
-                                            }
-                                        }
-                                    }
-                                ]
-                            }
-                        ],
-                    },
-                }
-            ]
-        },
-    }
+    who = SidecarIdentity(f"{account}-0", "vm", account, {"app": account}, account, account)
+    bootstrap = sidecar_bootstrap(
+        who, admin_port=admin, outbound_port=free_port(), xds=("127.0.0.1", mesh.xds_port)
+    )
     path = tmp / f"{account}.yaml"
     path.write_text(yaml.safe_dump(bootstrap))
     argv = [sys.executable, "-m", "pilotfish", "proxy", "--bootstrap", str(path)]
