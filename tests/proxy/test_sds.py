@@ -83,7 +83,20 @@ def test_proxy_config_secret_prints_istioctls_columns(
 
     assert [line.split("   ")[0] for line in lines] == ["RESOURCE NAME", "default", "ROOTCA"]
     assert lines[0].split() == (
-        ["RESOURCE", "NAME", "TYPE", "STATUS", "VALID", "CERT", "SERIAL", "NUMBER", "NOT", "AFTER", "NOT", "BEFORE"]
+        [
+            "RESOURCE",
+            "NAME",
+            "TYPE",
+            "STATUS",
+            "VALID",
+            "CERT",
+            "SERIAL",
+            "NUMBER",
+            "NOT",
+            "AFTER",
+            "NOT",
+            "BEFORE",
+        ]
     )
     assert lines[1].split()[1:] == [
         "Cert", "Chain", "ACTIVE", "true", leaf.serial, stamp(leaf.not_after), stamp(leaf.not_before)
@@ -105,3 +118,16 @@ def test_a_missing_token_file_is_reported_and_retried(tmp_path: Path) -> None:
     asyncio.run(briefly())
     assert certificates.last_error.startswith(f"cannot read the token file {tmp_path}/istio-token")
     assert certificates.current is None and certificates.secrets() == {}
+
+
+def test_the_data_plane_side_imports_nothing_of_the_agent_api_or_control_plane() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, pilotfish.proxy.sds, pilotfish.ca.workload, pilotfish.ca.protos; "
+        "print(sorted(m for m in sys.modules if m.startswith(("
+        "'pilotfish.agent', 'pilotfish.api', 'pilotfish.controlplane', 'pilotfish.config'))))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"

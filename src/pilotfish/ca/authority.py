@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from pilotfish.ca.identity import SpiffeId
+from pilotfish.ca.workload import pem
 from pilotfish.config import write_private
 
 CA_CERT, CA_KEY, ROOT_CERT, CERT_CHAIN = (
@@ -104,10 +105,6 @@ class CertificateAuthority:
                 f"{_seconds(self.max_ttl)}"
             )
         return requested
-
-
-def pem(cert: x509.Certificate) -> str:
-    return cert.public_bytes(serialization.Encoding.PEM).decode()
 
 
 def _seconds(delta: datetime.timedelta) -> str:

@@ -1,6 +1,7 @@
 """The workload's side of the CA, pure: a key made where the workload runs,
 a CSR for its SPIFFE ID, when to renew what came back, and how to describe a
-certificate (for /config_dump and `proxy-config secret`)."""
+certificate (for /config_dump and `proxy-config secret`). The sidecar
+imports it, so it imports nothing of the control plane's."""
 
 from __future__ import annotations
 
@@ -47,6 +48,10 @@ def renew_at(cert: x509.Certificate, rng: random.Random | None = None) -> dateti
     ratio = GRACE_RATIO + (rng or random).uniform(-GRACE_JITTER, GRACE_JITTER)
     start, end = cert.not_valid_before_utc, cert.not_valid_after_utc
     return start + (end - start) * ratio
+
+
+def pem(cert: x509.Certificate) -> str:
+    return cert.public_bytes(serialization.Encoding.PEM).decode()
 
 
 def load_chain(pems: list[str]) -> list[x509.Certificate]:

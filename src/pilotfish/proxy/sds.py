@@ -32,8 +32,15 @@ from envoy.extensions.transport_sockets.tls.v3.secret_pb2 import Secret
 from google.protobuf import json_format
 
 from pilotfish.ca import protos
-from pilotfish.ca.authority import pem
-from pilotfish.ca.workload import WorkloadKey, csr_for, key_pem, load_chain, new_key, renew_at
+from pilotfish.ca.workload import (
+    WorkloadKey,
+    csr_for,
+    key_pem,
+    load_chain,
+    new_key,
+    pem,
+    renew_at,
+)
 
 log = logging.getLogger("pilotfish.proxy.sds")
 DEFAULT, ROOTCA = "default", "ROOTCA"  # istio-agent's resource names
