@@ -44,7 +44,8 @@ spec:
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     tmp = tmp_path_factory.mktemp("identity")
-    with mesh_started(tmp, plane_args=("--workload-cert-ttl", f"{TTL_S}s")) as m:
+    plane_args = ("--workload-cert-ttl", f"{TTL_S}s")
+    with mesh_started(tmp, gateway=True, plane_args=plane_args) as m:
         (tmp / "web.yaml").write_text(WORKLOAD)
         m.cli("apply", "-f", str(tmp / "web.yaml"))
         wait_for(lambda: ready(m), 60, "web is not ready")
@@ -140,6 +141,19 @@ def test_renewal_at_half_life_changes_the_serial_while_the_sidecar_serves(mesh: 
         time.sleep(0.3)
     assert second != first, "the certificate was not renewed within its lifetime"
     assert failures == 0 and served > 0
+
+
+def test_the_ingress_gateway_holds_its_service_accounts_certificate(mesh: Mesh) -> None:
+    found = list((mesh.state / "instances" / "istio-system").glob("istio-ingressgateway-*"))
+    assert len(found) == 1
+    bootstrap = yaml.safe_load((found[0] / "bootstrap.yaml").read_text())
+    admin = bootstrap["admin"]["address"]["socket_address"]["port_value"]
+    secrets = wait_for(lambda: _dump_secrets(admin), 20, "no certificate for the gateway")
+    leaf = x509.load_pem_x509_certificate(pems(secrets)[0])
+    san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.UniformResourceIdentifier) == [
+        "spiffe://cluster.local/ns/istio-system/sa/istio-ingressgateway-service-account"
+    ]
 
 
 def test_a_hand_started_proxy_gets_the_identity_its_token_allows_and_no_other(

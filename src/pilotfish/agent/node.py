@@ -78,7 +78,7 @@ class NodeAgent:
         self._pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="stop")
         self._dirty = threading.Event()
         self.gateway = (
-            GatewayProxy(gateway, node_name, state_dir, self.ports.allocate(), xds)
+            GatewayProxy(gateway, node_name, state_dir, self.ports.allocate(), xds, client)
             if gateway
             else None
         )
