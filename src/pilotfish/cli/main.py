@@ -346,7 +346,9 @@ def _add_proxy_config(
     sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
 ) -> None:
     p = sub.add_parser(
-        "proxy-config", parents=[common], help="the xDS resources a proxy was last sent"
+        "proxy-config",
+        parents=[common],
+        help="the xDS resources a proxy was last sent (secret: its own certificates)",
     )
     p.add_argument("type", choices=mesh.CONFIG_TYPES)
     p.add_argument("proxy", help="node id, NAME.NAMESPACE, or a unique prefix of the node id")
