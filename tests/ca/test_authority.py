@@ -14,7 +14,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from tests.ca.pki import write_cacerts
 
-from pilotfish.ca.authority import CaError, CsrError, load_cacerts, requested_identity, self_signed
+from pilotfish.ca.authority import CsrError, requested_identity
+from pilotfish.ca.cacerts import CaError, load_cacerts, self_signed
 from pilotfish.ca.identity import IdentityError, SpiffeId
 from pilotfish.ca.workload import csr_for, new_key, renew_at
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pilotfish.ca.authority import self_signed
+from pilotfish.ca.cacerts import self_signed
 from pilotfish.ca.identity import SpiffeId
 from pilotfish.ca.workload import CertDetails, csr_for, key_pem, load_chain, new_key
 from pilotfish.cli.identity import secret_table

@@ -13,6 +13,7 @@ as Kubernetes' (the body a TokenRequest, `spec.expirationSeconds` at least
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import time
@@ -25,15 +26,9 @@ from pilotfish.api.errors import BadRequest, Invalid, MethodNotAllowed
 from pilotfish.api.gotypes import parse_duration_ns, rfc3339
 from pilotfish.api.kinds import registry
 from pilotfish.ca import tokens
-from pilotfish.ca.authority import (
-    DEFAULT_WORKLOAD_TTL,
-    MAX_WORKLOAD_TTL,
-    CaError,
-    CertificateAuthority,
-    load_cacerts,
-    self_signed,
-)
+from pilotfish.ca.authority import DEFAULT_WORKLOAD_TTL, MAX_WORKLOAD_TTL
 from pilotfish.ca.authorize import CsrAuthorizer
+from pilotfish.ca.cacerts import CaError, load_cacerts, self_signed
 from pilotfish.ca.identity import (
     DEFAULT_SERVICE_ACCOUNT,
     DEFAULT_TRUST_DOMAIN,
@@ -77,15 +72,7 @@ def open_ca(
         authority = load_cacerts(options.cacerts, domain)
     else:
         authority = self_signed(data_dir, domain)
-    authority = CertificateAuthority(
-        domain,
-        authority.cert,
-        authority.key,
-        authority.chain,
-        authority.root,
-        default_ttl=options.workload_cert_ttl,
-        source=authority.source,
-    )
+    authority = dataclasses.replace(authority, default_ttl=options.workload_cert_ttl)
     authorizer = CsrAuthorizer(admin_token, service_tokens, lambda ns: workload_accounts(store, ns))
     return CertificateService(authority, authorizer)
 

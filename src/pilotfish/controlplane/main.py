@@ -23,7 +23,7 @@ from types import FrameType
 
 from pilotfish.api.validation import analyze, validate_or_raise, with_defaults
 from pilotfish.ca import tokens
-from pilotfish.ca.authority import CaError
+from pilotfish.ca.cacerts import CaError
 from pilotfish.ca.service import CertificateService
 from pilotfish.config import ClientConfig, write_client_config
 from pilotfish.controlplane.api import Api, chain
