@@ -11,11 +11,13 @@ import datetime
 from pathlib import Path
 
 import pytest
+from envoy.config.bootstrap.v3.bootstrap_pb2 import Bootstrap
 
 from pilotfish.ca.cacerts import self_signed
 from pilotfish.ca.identity import SpiffeId
 from pilotfish.ca.workload import CertDetails, csr_for, key_pem, load_chain, new_key
 from pilotfish.cli.identity import secret_table
+from pilotfish.proxy.bootstrap import parse_bootstrap
 from pilotfish.proxy.sds import IssueError, WorkloadCertificates, _checked
 
 ID = "spiffe://cluster.local/ns/shop/sa/web"
@@ -131,3 +133,49 @@ def test_the_data_plane_side_imports_nothing_of_the_agent_api_or_control_plane()
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+def _bootstrap(metadata: dict[str, str]) -> Bootstrap:
+    xds = {"socket_address": {"address": "127.0.0.1", "port_value": 15010}}
+    return parse_bootstrap(
+        {
+            "node": {"id": "sidecar~127.0.0.1~a.shop~shop.svc.cluster.local", "metadata": metadata},
+            "dynamic_resources": {
+                "ads_config": {"grpc_services": [{"envoy_grpc": {"cluster_name": "xds-grpc"}}]}
+            },
+            "static_resources": {
+                "clusters": [
+                    {
+                        "name": "xds-grpc",
+                        "load_assignment": {
+                            "cluster_name": "xds-grpc",
+                            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": xds}}]}],
+                        },
+                    }
+                ]
+            },
+        }
+    )
+
+
+def test_the_sidecars_identity_comes_from_its_node_metadata(tmp_path: Path) -> None:
+    from pilotfish.proxy.process import workload_certificates
+
+    token = tmp_path / "token"
+    made = workload_certificates(_bootstrap({"NAMESPACE": "shop"}), token)
+    assert (made.spiffe_id, made.ca_target) == (
+        "spiffe://cluster.local/ns/shop/sa/default",
+        "127.0.0.1:15010",
+    )
+    made = workload_certificates(
+        _bootstrap({"NAMESPACE": "shop", "SERVICE_ACCOUNT": "web"}),
+        token,
+    )
+    assert made.spiffe_id == "spiffe://cluster.local/ns/shop/sa/web"
+    with pytest.raises(SystemExit, match=r"needs the workload's node\.metadata\.NAMESPACE"):
+        workload_certificates(_bootstrap({}), token)
+    with pytest.raises(SystemExit, match="service account 'a/b' is not a valid name"):
+        workload_certificates(
+            _bootstrap({"NAMESPACE": "shop", "SERVICE_ACCOUNT": "a/b"}),
+            token,
+        )

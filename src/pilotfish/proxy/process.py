@@ -21,6 +21,7 @@ from pathlib import Path
 from envoy.config.bootstrap.v3.bootstrap_pb2 import Bootstrap
 from envoy.config.cluster.v3.cluster_pb2 import Cluster as ClusterProto
 
+from pilotfish.ca.identity import IdentityError, SpiffeId
 from pilotfish.proxy import admin
 from pilotfish.proxy.ads import AdsProtocol
 from pilotfish.proxy.bootstrap import load_bootstrap
@@ -119,8 +120,11 @@ def workload_certificates(bootstrap: Bootstrap, token_file: Path) -> WorkloadCer
     target = _ads_target(bootstrap)
     if target is None:
         raise SystemExit("error: --ca-token-file needs an ADS server (the CA is served there)")
-    spiffe_id = f"spiffe://{TRUST_DOMAIN}/ns/{namespace}/sa/{account}"
-    return WorkloadCertificates(target, spiffe_id, token_file)
+    try:
+        spiffe_id = SpiffeId.of(TRUST_DOMAIN, namespace, account)
+    except IdentityError as e:
+        raise SystemExit(f"error: --ca-token-file: the node metadata's identity: {e}") from e
+    return WorkloadCertificates(target, str(spiffe_id), token_file)
 
 
 async def _serve(
