@@ -148,6 +148,18 @@ class Client:
         """What a proxy was last sent of `kind` (listeners, routes, clusters, endpoints)."""
         return self._call("GET", "/debug/config_dump", {"proxyID": proxy_id, "type": kind})[0]
 
+    def create_token(self, namespace: str, service_account: str, expiration_seconds: int) -> Obj:
+        """A TokenRequest: a token bound to the service account, for the CA."""
+        path = (
+            f"/api/v1/namespaces/{quote(namespace)}/serviceaccounts/{quote(service_account)}/token"
+        )
+        body = {
+            "kind": "TokenRequest",
+            "apiVersion": "authentication.k8s.io/v1",
+            "spec": {"expirationSeconds": expiration_seconds},
+        }
+        return self._call("POST", path, body=body)[0]
+
     # -- the wire ----------------------------------------------------------------------
 
     def _call(

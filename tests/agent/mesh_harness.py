@@ -53,6 +53,7 @@ class Mesh:
     gateway: bool = False
     gateway_port: int = 0  # where a test's own Gateway listens, when it has one
     agent: subprocess.Popen[bytes] | None = None
+    plane_args: tuple[str, ...] = ()  # more `pilotfish controlplane` flags
 
     def start_plane(self) -> subprocess.Popen[bytes]:
         """The control plane on this mesh's ports and data (again, after a stop)."""
@@ -65,6 +66,7 @@ class Mesh:
             str(self.tmp / "data"),
         ]
         argv += ["--listen", f"127.0.0.1:{self.api_port}", "--xds-port", str(self.xds_port)]
+        argv += self.plane_args
         with (self.tmp / "controlplane.log").open("ab") as log:
             self.plane = subprocess.Popen(argv, env=self.env, stdout=log, stderr=subprocess.STDOUT)
         return self.plane
@@ -214,10 +216,13 @@ def isolated_env(tmp: Path) -> dict[str, str]:
 
 
 @contextmanager
-def mesh_started(tmp: Path, *, gateway: bool = False) -> Iterator[Mesh]:
-    """A control plane and a node agent (with its gateway when asked) and
-    nothing applied yet; every process is stopped on the way out."""
+def mesh_started(
+    tmp: Path, *, gateway: bool = False, plane_args: tuple[str, ...] = ()
+) -> Iterator[Mesh]:
+    """A control plane (with `plane_args`) and a node agent (with its gateway
+    when asked) and nothing applied yet; every process is stopped on the way out."""
     m = Mesh(tmp, isolated_env(tmp), free_port(), tmp / "node", None, free_port(), gateway=gateway)
+    m.plane_args = plane_args
     try:
         m.start_plane()
         wait_for(lambda: (tmp / "config.yaml").exists(), 20, "the control plane did not start")

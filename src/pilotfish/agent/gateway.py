@@ -25,6 +25,7 @@ import yaml
 
 from pilotfish.agent.bootstrap import SidecarIdentity, gateway_bootstrap
 from pilotfish.agent.instance import BACKOFF_BASE_S, BACKOFF_MAX_S, spawn_proxy, terminate
+from pilotfish.agent.tokens import TOKEN_FILE, ProjectedToken, TokenClient
 
 DEFAULT_LABELS = {"istio": "ingressgateway", "app": "istio-ingressgateway"}
 STOP_GRACE_S = 5.0
@@ -55,12 +56,23 @@ class GatewayProxy:
     """One gateway proxy process, restarted with back-off when it exits."""
 
     def __init__(
-        self, spec: GatewaySpec, node: str, state_dir: Path, admin_port: int, xds: tuple[str, int]
+        self,
+        spec: GatewaySpec,
+        node: str,
+        state_dir: Path,
+        admin_port: int,
+        xds: tuple[str, int],
+        client: TokenClient,
     ) -> None:
         self.who = spec.identity(node)
         self.directory = state_dir / "instances" / spec.namespace / self.who.instance
         self.admin_port = admin_port
         self.xds = xds
+        self.client = client
+        # Its workload certificate, as Istio's gateway has one (for mTLS to sidecars).
+        self.token = ProjectedToken(
+            self.directory / TOKEN_FILE, self.who.namespace, self.who.service_account
+        )
         self.restarts = 0
         self.process: subprocess.Popen[bytes] | None = None
         self._stop = threading.Event()
@@ -87,10 +99,12 @@ class GatewayProxy:
         try:
             while not self._stop.is_set():
                 started = time.monotonic()
+                self._refresh_token()
                 self._spawn()
                 while self.process is not None and self.process.poll() is None:
                     if self._stop.wait(0.2):
                         return
+                    self._refresh_token()
                 self.restarts += 1
                 if time.monotonic() - started > BACKOFF_MAX_S:
                     backoff = BACKOFF_BASE_S
@@ -100,9 +114,15 @@ class GatewayProxy:
             terminate(self.process, STOP_GRACE_S)
             (self.directory / "pids.json").unlink(missing_ok=True)
 
+    def _refresh_token(self) -> None:
+        error = self.token.refresh(self.client)
+        if error:
+            print(f"gateway {self.who.instance}: {error}", flush=True)
+
     def _spawn(self) -> None:
         bootstrap = self.directory / "bootstrap.yaml"
-        self.process = spawn_proxy(bootstrap, self.directory / "sidecar.log")
+        token = ["--ca-token-file", str(self.token.path)]
+        self.process = spawn_proxy(bootstrap, self.directory / "sidecar.log", token)
         pids = {
             "app": None,
             "sidecar": self.process.pid,

@@ -25,10 +25,10 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import yaml
 
@@ -38,6 +38,7 @@ from pilotfish.agent.bootstrap import SidecarIdentity, sidecar_bootstrap
 from pilotfish.agent.ports import PortAllocator
 from pilotfish.agent.probes import ProbeState, check
 from pilotfish.agent.spec import Resolved
+from pilotfish.agent.tokens import TOKEN_FILE, ProjectedToken, TokenClient
 from pilotfish.api.gotypes import rfc3339
 
 BACKOFF_BASE_S = 1.0
@@ -80,6 +81,13 @@ class Status:
 
 
 Process = subprocess.Popen[bytes] | Adopted
+
+
+class InstanceClient(registration.RegistryClient, TokenClient, Protocol):
+    """What an instance asks of the control plane: its registration, and its
+    sidecar's service account token."""
+
+
 RECORD = "instance.json"  # what a later agent needs to adopt the instance
 
 
@@ -93,7 +101,7 @@ class Instance:
     directory: Path
     ports: Ports
     xds: tuple[str, int]
-    client: registration.RegistryClient
+    client: InstanceClient
     created: float = field(default_factory=time.monotonic)
     status: Status = field(default_factory=Status)
     app: Process | None = None
@@ -101,6 +109,7 @@ class Instance:
     _app_started: float = 0.0
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
+    _token: ProjectedToken | None = None
 
     def __repr__(self) -> str:
         return (
@@ -168,6 +177,12 @@ class Instance:
 
     def _supervise(self, resolved: Resolved) -> None:
         try:
+            self._token = ProjectedToken(
+                self.directory / TOKEN_FILE,
+                self.namespace,
+                self.spec.get("serviceAccountName") or "default",
+            )
+            self._refresh_token()
             if self.sidecar is None:  # else adopted, and running
                 self._start_sidecar()
             self._register(healthy=False)
@@ -183,6 +198,7 @@ class Instance:
         beat = 0.0
         while not self._stop.wait(TICK_S):
             now = time.monotonic()
+            self._refresh_token()
             if self.sidecar is not None and self.sidecar.poll() is not None:
                 self._note_exit("sidecar", self.sidecar.returncode)
                 self._start_sidecar()
@@ -291,8 +307,14 @@ class Instance:
             xds=self.xds,
         )
         path.write_text(yaml.safe_dump(config, sort_keys=False))
-        self.sidecar = spawn_proxy(path, self.directory / "sidecar.log")
+        token = ["--ca-token-file", str(self.directory / TOKEN_FILE)]
+        self.sidecar = spawn_proxy(path, self.directory / "sidecar.log", token)
         self._write_pids()
+
+    def _refresh_token(self) -> None:
+        error = self._token.refresh(self.client) if self._token is not None else ""
+        if error:
+            self.status.last_error = error
 
     def _sidecar_ready(self) -> bool:
         url = f"http://127.0.0.1:{self.ports.admin}/ready"
@@ -366,11 +388,21 @@ class Instance:
 _PROXY_VARS = {"http_proxy", "https_proxy", "all_proxy", "no_proxy"}
 
 
-def spawn_proxy(bootstrap: Path, log_path: Path) -> subprocess.Popen[bytes]:
+def spawn_proxy(
+    bootstrap: Path, log_path: Path, extra_args: Sequence[str] = ()
+) -> subprocess.Popen[bytes]:
     """`pilotfish proxy` in a session of its own, output appended to `log_path`."""
     with log_path.open("ab") as log:
         return subprocess.Popen(
-            [sys.executable, "-m", "pilotfish", "proxy", "--bootstrap", str(bootstrap)],
+            [
+                sys.executable,
+                "-m",
+                "pilotfish",
+                "proxy",
+                "--bootstrap",
+                str(bootstrap),
+                *extra_args,
+            ],
             env=proxy_free_env(os.environ),
             stdin=subprocess.DEVNULL,
             stdout=log,

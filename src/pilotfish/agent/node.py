@@ -50,6 +50,9 @@ class NodeClient(Protocol):
     def update_status(self, obj: Obj, *, manager: str = ...) -> Obj: ...
     def register_instance(self, registration: Obj) -> Obj: ...
     def deregister_instance(self, namespace: str, name: str) -> None: ...
+    def create_token(
+        self, namespace: str, service_account: str, expiration_seconds: int
+    ) -> Obj: ...
 
 
 class NodeAgent:
@@ -75,7 +78,7 @@ class NodeAgent:
         self._pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="stop")
         self._dirty = threading.Event()
         self.gateway = (
-            GatewayProxy(gateway, node_name, state_dir, self.ports.allocate(), xds)
+            GatewayProxy(gateway, node_name, state_dir, self.ports.allocate(), xds, client)
             if gateway
             else None
         )

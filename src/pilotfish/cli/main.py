@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from pilotfish import __version__
 from pilotfish.api.errors import ApiError
 from pilotfish.api.gotypes import parse_duration_ns
-from pilotfish.cli import commands, mesh, node, rollout
+from pilotfish.cli import commands, identity, mesh, node, rollout
 from pilotfish.cli.manifests import ManifestError
 from pilotfish.client import Unreachable
 from pilotfish.config import ConfigError
@@ -64,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_proxy_status(sub, common)
     _add_proxy_config(sub, common)
     _add_register(sub, common)
+    identity.add_commands(sub, common)
     node.add_commands(sub, common)
     rollout.add_commands(sub, common)
     return parser
@@ -114,11 +115,15 @@ def _add_controlplane(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         default=15010,
         help="port of the ADS (xDS) server on the REST API's host; -1 turns xDS off",
     )
+    from pilotfish.controlplane.identity import add_ca_flags
+
+    add_ca_flags(p)
     p.set_defaults(handler=_run_controlplane)
 
 
 def _run_controlplane(args: argparse.Namespace) -> int:
     from pilotfish.controlplane.http import parse_listen
+    from pilotfish.controlplane.identity import ca_options
     from pilotfish.controlplane.main import run_controlplane, xds_listen
 
     try:
@@ -126,7 +131,9 @@ def _run_controlplane(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    return run_controlplane(args.data_dir, args.listen, xds_listen=xds_listen(args.xds_port, host))
+    return run_controlplane(
+        args.data_dir, args.listen, xds_listen=xds_listen(args.xds_port, host), ca=ca_options(args)
+    )
 
 
 def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -192,6 +199,14 @@ def _add_proxy(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="with --register: where the application listens behind the port NAME",
     )
     p.add_argument("--server", help="with --register: the control plane URL (as other commands)")
+    p.add_argument(
+        "--ca-token-file",
+        type=Path,
+        metavar="FILE",
+        help="hold a workload certificate from the control plane's CA (SDS secrets default and "
+        "ROOTCA), proving the identity with the service account token in FILE "
+        "(`pilotfish create token`)",
+    )
     p.set_defaults(handler=_run_proxy)
 
 
@@ -210,7 +225,7 @@ def _run_proxy(args: argparse.Namespace) -> int:
         app_ports = mesh.pairs(args.app_port, "--app-port", int)
         register = partial(_registrar, ports, app_ports, args.server)
     try:
-        return run_proxy(args.bootstrap, register)
+        return run_proxy(args.bootstrap, register, args.ca_token_file)
     except (BootstrapError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -331,7 +346,9 @@ def _add_proxy_config(
     sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
 ) -> None:
     p = sub.add_parser(
-        "proxy-config", parents=[common], help="the xDS resources a proxy was last sent"
+        "proxy-config",
+        parents=[common],
+        help="the xDS resources a proxy was last sent (secret: its own certificates)",
     )
     p.add_argument("type", choices=mesh.CONFIG_TYPES)
     p.add_argument("proxy", help="node id, NAME.NAMESPACE, or a unique prefix of the node id")

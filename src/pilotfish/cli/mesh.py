@@ -82,6 +82,10 @@ def _pod(node_id: str) -> str:
 
 
 def proxy_config(args: argparse.Namespace) -> int:
+    if args.type == "secret":  # the sidecar's own, not what the control plane sent
+        from pilotfish.cli.identity import proxy_config_secret
+
+        return proxy_config_secret(args)
     dump = Client.from_config(args.server).proxy_config(args.proxy, args.type)
     resources: list[Obj] = dump.get("resources") or []
     if args.output == "json":
@@ -194,7 +198,7 @@ _TABLES = {
     "clusters": (["SERVICE FQDN", "PORT", "SUBSET", "DIRECTION", "TYPE"], _cluster_rows),
     "endpoints": (["ENDPOINT", "STATUS", "CLUSTER"], _endpoint_rows),
 }
-CONFIG_TYPES = tuple(_TABLES)
+CONFIG_TYPES = (*_TABLES, "secret")
 
 
 # -- register ---------------------------------------------------------------------------

@@ -22,10 +22,14 @@ from pathlib import Path
 from types import FrameType
 
 from pilotfish.api.validation import analyze, validate_or_raise, with_defaults
+from pilotfish.ca import tokens
+from pilotfish.ca.cacerts import CaError
+from pilotfish.ca.service import CertificateService
 from pilotfish.config import ClientConfig, write_client_config
 from pilotfish.controlplane.api import Api, chain
 from pilotfish.controlplane.auth import load_or_create_token
 from pilotfish.controlplane.http import ApiServer
+from pilotfish.controlplane.identity import CaOptions, TokenApi, add_ca_flags, ca_options, open_ca
 from pilotfish.controlplane.loadtester_api import LoadTesterApi
 from pilotfish.controlplane.mesh_api import MeshApi
 from pilotfish.registry.instances import InstanceRegistry
@@ -65,6 +69,7 @@ class ControlPlane:
         self.ads = ads
         self.rollout: RolloutService | None = None
         self.loadtester: LoadTesterApi | None = None
+        self.ca: CertificateService | None = None
 
     def __repr__(self) -> str:
         return f"ControlPlane({self.server.url}, data_dir={str(self.data_dir)!r})"
@@ -76,10 +81,12 @@ class ControlPlane:
         listen: str = DEFAULT_LISTEN,
         config_path: Path | None = None,
         xds_listen: str | None = None,
+        ca: CaOptions | None = None,
     ) -> ControlPlane:
         """Everything started and serving, or nothing left running. Without
         `xds_listen` there is no ADS server (the registry API still works): a
-        library caller does not take the well-known port unless it asks."""
+        library caller does not take the well-known port unless it asks.
+        The CA is served on the xDS port, so it runs when xDS does."""
         server = _bind(listen)
         store: ResourceStore | None = None
         plane: ControlPlane | None = None
@@ -92,9 +99,14 @@ class ControlPlane:
                 default=with_defaults,
             )
             plane = cls(server, store, data_dir)
+            service_tokens = tokens.load_or_create(data_dir)
+            if xds_listen is not None:
+                plane.ca = open_ca(store, data_dir, token, service_tokens, ca or CaOptions())
             plane._start_mesh(xds_listen)
             loadtester = plane._start_rollout()
-            extensions = chain(MeshApi(plane.instances, plane.ads), loadtester)
+            extensions = chain(
+                MeshApi(plane.instances, plane.ads), TokenApi(service_tokens), loadtester
+            )
             server.api = Api(store, token, analyze=analyze, extension=extensions)
             write_client_config(ClientConfig(server.url, token), config_path)
         except BaseException as e:
@@ -120,7 +132,8 @@ class ControlPlane:
         self.mesh.start()
         if xds_listen is None:
             return
-        self.ads = AdsServer(self.mesh.snapshot, xds_listen)
+        services = [self.ca.handler()] if self.ca is not None else []
+        self.ads = AdsServer(self.mesh.snapshot, xds_listen, services=services)
         self.mesh.add_listener(self.ads.changed)
         self.ads.start()
 
@@ -151,11 +164,12 @@ def run_controlplane(
     listen: str = DEFAULT_LISTEN,
     config_path: Path | None = None,
     xds_listen: str | None = DEFAULT_XDS_LISTEN,
+    ca: CaOptions | None = None,
 ) -> int:
     """Serve until SIGTERM or SIGINT, then shut down cleanly: 0; 1 if it cannot start."""
     _configure_logging()
     try:
-        plane = ControlPlane.open(data_dir, listen, config_path, xds_listen)
+        plane = ControlPlane.open(data_dir, listen, config_path, xds_listen, ca)
     except StartError as e:
         log.error("error: %s", e)
         return 1
@@ -167,6 +181,8 @@ def run_controlplane(
         log.info(
             "xDS (ADS) serving on %s", plane.ads.listen.rpartition(":")[0] + f":{plane.ads.port}"
         )
+    if plane.ca is not None:
+        log.info("CA: trust domain %s, %s", plane.ca.authority.trust_domain, plane.ca.authority)
     while not stop.wait(0.5) and serving.is_alive():
         pass
     log.info("pilotfish control plane stopping")
@@ -177,6 +193,8 @@ def run_controlplane(
 def _start_error(error: BaseException, data_dir: Path) -> StartError | None:
     """A one-line reason for what users can fix (permissions, a bad store file);
     anything else is a bug and keeps its traceback."""
+    if isinstance(error, CaError):
+        return StartError(f"the CA cannot start: {error}")
     if isinstance(error, BindError):
         return StartError(f"{error} (is another control plane running? see --xds-port)")
     if isinstance(error, OSError):
@@ -224,8 +242,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--listen", default=DEFAULT_LISTEN)
     parser.add_argument("--config", type=Path, default=None, help="client config to write")
     parser.add_argument("--xds-port", type=int, default=15010, help="ADS port on 127.0.0.1")
+    add_ca_flags(parser)
     args = parser.parse_args(argv)
-    return run_controlplane(args.data_dir, args.listen, args.config, xds_listen(args.xds_port))
+    return run_controlplane(
+        args.data_dir, args.listen, args.config, xds_listen(args.xds_port), ca_options(args)
+    )
 
 
 def xds_listen(port: int, host: str = "127.0.0.1") -> str | None:

@@ -12,6 +12,7 @@ import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from google.protobuf import json_format
 from google.protobuf.message import Message
@@ -73,10 +74,13 @@ async def _answer(reader: asyncio.StreamReader, routes: AdminRoutes) -> tuple[in
     return handler()
 
 
-def config_dump(raw: dict[str, dict[str, Message]]) -> bytes:
-    """Envoy-like /config_dump: the resources in force, by type, as JSON."""
+def config_dump(
+    raw: dict[str, dict[str, Message]], extra: list[dict[str, Any]] | None = None
+) -> bytes:
+    """Envoy-like /config_dump: the resources in force, by type, as JSON;
+    `extra`: dumps already in Envoy's shape (the SecretsConfigDump)."""
     configs = [
         {"@type": type_url, "resources": [json_format.MessageToDict(m) for m in msgs.values()]}
         for type_url, msgs in raw.items()
-    ]
+    ] + list(extra or [])
     return json.dumps({"configs": configs}, indent=2).encode()

@@ -21,6 +21,7 @@ from pathlib import Path
 from envoy.config.bootstrap.v3.bootstrap_pb2 import Bootstrap
 from envoy.config.cluster.v3.cluster_pb2 import Cluster as ClusterProto
 
+from pilotfish.ca.identity import IdentityError, SpiffeId
 from pilotfish.proxy import admin
 from pilotfish.proxy.ads import AdsProtocol
 from pilotfish.proxy.bootstrap import load_bootstrap
@@ -28,9 +29,16 @@ from pilotfish.proxy.config import ProxyConfig, Snapshot
 from pilotfish.proxy.listeners import CompiledListener
 from pilotfish.proxy.pool import Pool
 from pilotfish.proxy.register import Registrar
+from pilotfish.proxy.sds import WorkloadCertificates
 from pilotfish.proxy.server import Downstream, Runtime
 from pilotfish.proxy.stats import State, StatsRegistry, prometheus_page
-from pilotfish.proxy.telemetry import Telemetry, WorkloadInfo, peer_metadata_headers
+from pilotfish.proxy.telemetry import (
+    TRUST_DOMAIN,
+    Telemetry,
+    WorkloadInfo,
+    metadata_text,
+    peer_metadata_headers,
+)
 from pilotfish.proxy.upstream import render_clusters
 from pilotfish.proxy.xds_client import AdsClient
 
@@ -81,21 +89,49 @@ class Listeners:
         self.servers.clear()
 
 
-def run_proxy(bootstrap_path: Path, register: RegisterWith | None = None) -> int:
+def run_proxy(
+    bootstrap_path: Path, register: RegisterWith | None = None, ca_token_file: Path | None = None
+) -> int:
     """Serve until stopped; with `register`, keep the instance in the registry
-    (see register.py). `register` makes a Registrar for the bootstrap."""
+    (see register.py). `register` makes a Registrar for the bootstrap. With
+    `ca_token_file`, hold a workload certificate from the control plane's CA
+    (see sds.py)."""
     bootstrap = load_bootstrap(bootstrap_path)
     registrar = register(bootstrap) if register is not None else None
+    certificates = workload_certificates(bootstrap, ca_token_file) if ca_token_file else None
     try:
         import uvloop
 
         uvloop.install()
     except ImportError:  # the event loop is faster with it, correct without
         pass
-    return asyncio.run(_serve(bootstrap, registrar))
+    return asyncio.run(_serve(bootstrap, registrar, certificates))
 
 
-async def _serve(bootstrap: Bootstrap, registrar: Registrar | None = None) -> int:
+def workload_certificates(bootstrap: Bootstrap, token_file: Path) -> WorkloadCertificates:
+    """Who the sidecar is, from its node metadata as Istio writes it
+    (NAMESPACE, SERVICE_ACCOUNT: "default" when absent); the CA is the ADS
+    server, as istio-agent's CA_ADDR defaults to the discovery address."""
+    fields = bootstrap.node.metadata.fields
+    namespace = metadata_text(fields, "NAMESPACE")
+    if not namespace:
+        raise SystemExit("error: --ca-token-file needs the workload's node.metadata.NAMESPACE")
+    account = metadata_text(fields, "SERVICE_ACCOUNT") or "default"
+    target = _ads_target(bootstrap)
+    if target is None:
+        raise SystemExit("error: --ca-token-file needs an ADS server (the CA is served there)")
+    try:
+        spiffe_id = SpiffeId.of(TRUST_DOMAIN, namespace, account)
+    except IdentityError as e:
+        raise SystemExit(f"error: --ca-token-file: the node metadata's identity: {e}") from e
+    return WorkloadCertificates(target, str(spiffe_id), token_file)
+
+
+async def _serve(
+    bootstrap: Bootstrap,
+    registrar: Registrar | None = None,
+    certificates: WorkloadCertificates | None = None,
+) -> int:
     if registrar is not None:
         await registrar.join()
     stop = asyncio.Event()
@@ -110,7 +146,9 @@ async def _serve(bootstrap: Bootstrap, registrar: Registrar | None = None) -> in
     ads = _ads_client(bootstrap, runtime.config)
     if ads is not None:
         tasks.append(asyncio.create_task(ads.run()))
-    admin_server = await _admin(bootstrap, runtime, listeners, stop, ads)
+    if certificates is not None:
+        tasks.append(asyncio.create_task(certificates.run()))
+    admin_server = await _admin(bootstrap, runtime, listeners, stop, ads, certificates)
     if registrar is not None:
         tasks.append(asyncio.create_task(registrar.keep(partial(_serving, runtime, ads))))
     loop = asyncio.get_running_loop()
@@ -191,6 +229,12 @@ async def _follow(changed: asyncio.Event, listeners: Listeners, runtime: Runtime
 
 
 def _ads_client(bootstrap: Bootstrap, config: ProxyConfig) -> AdsClient | None:
+    host = _ads_target(bootstrap)
+    return AdsClient(host, AdsProtocol(bootstrap.node, config.apply)) if host else None
+
+
+def _ads_target(bootstrap: Bootstrap) -> str | None:
+    """HOST:PORT of the ADS server; None without one."""
     cluster_name = _ads_cluster_name(bootstrap)
     if not cluster_name:
         return None
@@ -200,7 +244,7 @@ def _ads_client(bootstrap: Bootstrap, config: ProxyConfig) -> AdsClient | None:
         raise SystemExit(
             f"error: the ADS cluster {cluster_name!r} is not a static cluster with an endpoint"
         )
-    return AdsClient(host, AdsProtocol(bootstrap.node, config.apply))
+    return host
 
 
 def _ads_host(proto: ClusterProto) -> str | None:
@@ -220,6 +264,7 @@ async def _admin(
     listeners: Listeners,
     stop: asyncio.Event,
     ads: AdsClient | None,
+    certificates: WorkloadCertificates | None = None,
 ) -> asyncio.Server | None:
     address = bootstrap.admin.address.socket_address
     if not address.port_value:
@@ -251,7 +296,10 @@ async def _admin(
             "/config_dump": lambda: (
                 200,
                 admin.JSON,
-                admin.config_dump({t: dict(m) for t, m in runtime.config.snapshot.raw.items()}),
+                admin.config_dump(
+                    {t: dict(m) for t, m in runtime.config.snapshot.raw.items()},
+                    [certificates.config_dump()] if certificates is not None else [],
+                ),
             ),
             "/clusters": lambda: (
                 200,

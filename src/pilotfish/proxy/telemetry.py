@@ -28,10 +28,11 @@ from dataclasses import dataclass, field
 from envoy.config.core.v3.base_pb2 import Metadata, Node
 from google.protobuf import message, struct_pb2
 
+from pilotfish.ca.identity import DEFAULT_TRUST_DOMAIN
 from pilotfish.proxy import response_flags
 
 UNKNOWN = "unknown"
-TRUST_DOMAIN = "cluster.local"
+TRUST_DOMAIN = DEFAULT_TRUST_DOMAIN
 
 # Istio sets no histogram_bucket_settings, so its histograms, bytes included,
 # have Envoy's default buckets.

@@ -22,7 +22,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TypeAlias
@@ -76,8 +76,10 @@ class AdsServer:
         *,
         debounce: float = DEBOUNCE_S,
         debounce_max: float = DEBOUNCE_MAX_S,
+        services: Sequence[grpc.GenericRpcHandler] = (),
     ) -> None:
         self.listen = listen
+        self._services = tuple(services)  # more gRPC services on this port (Istio's CA)
         self.port = 0
         self.pushes = 0
         self._snapshot_of = snapshot_of
@@ -110,6 +112,7 @@ class AdsServer:
             maximum_concurrent_rpcs=MAX_STREAMS,
         )
         ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(self, server)
+        server.add_generic_rpc_handlers(self._services)
         self.port = _bind(server, self.listen)
         server.start()
         self._server = server
