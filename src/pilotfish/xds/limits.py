@@ -1,0 +1,147 @@
+"""What one client may hold of the ADS server, without I/O.
+
+A stream costs the server memory for as long as it is open, and a request
+costs it a translation and a cache entry per distinct list of names, so
+both are bounded:
+
+- streams in total, and per peer: a peer is (source address, node id), since
+  on loopback every local process shares one address and only the node id
+  tells a real proxy from a noisy neighbour;
+- streams that have not yet sent a DiscoveryRequest with a node ("who are
+  you?") have a deadline, and their own cap, so they cannot hold the room
+  identified proxies need;
+- per stream, the resource types it watches and, per type, how many names it
+  subscribes to and how long each may be.
+
+A request over a limit ends its stream with a gRPC status naming the limit
+(`StreamRefused`); the client sees the status, the server keeps nothing.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+from envoy.service.discovery.v3.discovery_pb2 import DiscoveryRequest
+
+MAX_STREAMS = 1024
+MAX_UNIDENTIFIED_STREAMS = 256
+MAX_STREAMS_PER_PEER = 16
+IDENTIFY_WITHIN_S = 10.0
+MAX_TYPES_PER_STREAM = 8  # the four served, and room for Secret and the like
+MAX_NAMES_PER_TYPE = 4096
+MAX_NAME_BYTES = 512  # a DNS name is at most 253; `outbound|PORT|SUBSET|HOST` fits
+MAX_REQUEST_BYTES = 4 * 1024 * 1024  # gRPC's own default; a full list of names fits
+
+
+@dataclass(frozen=True)
+class Limits:
+    streams: int = MAX_STREAMS
+    unidentified: int = MAX_UNIDENTIFIED_STREAMS
+    per_peer: int = MAX_STREAMS_PER_PEER
+    identify_within: float = IDENTIFY_WITHIN_S
+    types_per_stream: int = MAX_TYPES_PER_STREAM
+    names_per_type: int = MAX_NAMES_PER_TYPE
+    name_bytes: int = MAX_NAME_BYTES
+
+
+class StreamRefused(Exception):
+    """A stream must end; `code` is the gRPC status code's name."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+Peer = tuple[str, str]  # (source address, node id); "" until the stream says who it is
+
+
+class StreamCounts:
+    """Open streams per peer, and the checks made when one opens or identifies.
+    Not thread-safe: the server calls it from its event loop only."""
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self._by_peer: Counter[Peer] = Counter()
+        self._total = 0
+        self._unidentified = 0
+
+    def __repr__(self) -> str:
+        return f"StreamCounts({self._total} open, {self._unidentified} unidentified)"
+
+    def open(self, address: str) -> None:
+        """Count a new stream from `address`, or refuse it."""
+        if self._total >= self.limits.streams:
+            raise StreamRefused(
+                "RESOURCE_EXHAUSTED",
+                f"the xDS server holds its maximum of {self.limits.streams} streams; retry later",
+            )
+        if self._unidentified >= self.limits.unidentified:
+            raise StreamRefused(
+                "RESOURCE_EXHAUSTED",
+                f"{self.limits.unidentified} xDS streams have not yet sent a node; retry later",
+            )
+        self._total += 1
+        self._unidentified += 1
+        self._by_peer[address, ""] += 1
+
+    def identify(self, address: str, node_id: str) -> None:
+        """Move a stream from `address` to the peer (address, node id), or refuse it
+        (the stream stays counted as unidentified until `close`)."""
+        held = self._by_peer[address, node_id]
+        if held >= self.limits.per_peer:
+            raise StreamRefused(
+                "RESOURCE_EXHAUSTED",
+                f"node {node_id!r} from {address} already holds {held} xDS streams, "
+                f"the limit per peer",
+            )
+        self._move((address, ""), (address, node_id))
+        self._unidentified -= 1
+
+    def close(self, peer: Peer) -> None:
+        self._total -= 1
+        if not peer[1]:
+            self._unidentified -= 1
+        self._move(peer, None)
+
+    def held(self, peer: Peer) -> int:
+        return self._by_peer[peer]
+
+    def _move(self, old: Peer, new: Peer | None) -> None:
+        self._by_peer[old] -= 1
+        if self._by_peer[old] <= 0:
+            del self._by_peer[old]
+        if new is not None:
+            self._by_peer[new] += 1
+
+
+def check_request(
+    request: DiscoveryRequest, watched: int, known_type: bool, limits: Limits
+) -> None:
+    """Refuse a request that would make the stream hold more than a stream may:
+    `watched` is how many types the stream watches, `known_type` whether it
+    already watches this one."""
+    if len(request.type_url) > limits.name_bytes:
+        raise StreamRefused(
+            "INVALID_ARGUMENT",
+            f"type_url is {len(request.type_url)} bytes long; the limit is {limits.name_bytes}",
+        )
+    if not known_type and watched >= limits.types_per_stream:
+        raise StreamRefused(
+            "RESOURCE_EXHAUSTED",
+            f"a stream may watch at most {limits.types_per_stream} resource types",
+        )
+    names = request.resource_names
+    if len(names) > limits.names_per_type:
+        raise StreamRefused(
+            "RESOURCE_EXHAUSTED",
+            f"{len(names)} resource_names for {request.type_url}; the limit per type "
+            f"is {limits.names_per_type}",
+        )
+    longest = max((len(name.encode()) for name in names), default=0)
+    if longest > limits.name_bytes:
+        raise StreamRefused(
+            "INVALID_ARGUMENT",
+            f"a resource name of {longest} bytes for {request.type_url}; the limit is "
+            f"{limits.name_bytes} bytes",
+        )
