@@ -45,6 +45,9 @@ class Limits:
     name_bytes: int = MAX_NAME_BYTES
 
 
+DEFAULT_LIMITS = Limits()
+
+
 class StreamRefused(Exception):
     """A stream must end; `code` is the gRPC status code's name."""
 

@@ -41,6 +41,7 @@ from pilotfish.xds import types
 from pilotfish.xds.connection import Connection
 from pilotfish.xds.generate import Generator
 from pilotfish.xds.limits import (
+    DEFAULT_LIMITS,
     MAX_REQUEST_BYTES,
     Limits,
     Peer,
@@ -100,7 +101,7 @@ class AdsServer:
         debounce: float = DEBOUNCE_S,
         debounce_max: float = DEBOUNCE_MAX_S,
         token: str | None = None,
-        limits: Limits = Limits(),
+        limits: Limits = DEFAULT_LIMITS,
     ) -> None:
         self.listen = listen
         self.port = 0
