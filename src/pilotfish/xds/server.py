@@ -1,4 +1,4 @@
-"""The ADS server: grpc.aio on an event loop of its own thread.
+"""The ADS server: grpc.aio on an event loop thread of its own.
 
 A stream costs a queue and a reader task, never a thread, so however many
 streams clients open, the thread count stays flat; how many they may open,
@@ -118,7 +118,6 @@ class AdsServer:
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
         self._server: grpc.aio.Server | None = None
         self._stopping = threading.Event()
         self._pusher: threading.Thread | None = None
@@ -131,14 +130,8 @@ class AdsServer:
     def start(self) -> None:
         """Bind and serve; BindError if the address cannot be used."""
         self._snapshot = self._snapshot_of()
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="xds", daemon=True)
-        self._thread.start()
-        try:
-            self._server = self._run(self._serve())
-        except BaseException:
-            self._stop_loop()
-            raise
+        self._loop = _server_loop()
+        self._server = self._run(self._serve())
         self._pusher = threading.Thread(target=self._push_forever, name="xds-push", daemon=True)
         self._pusher.start()
 
@@ -161,7 +154,6 @@ class AdsServer:
         if self._server is not None:
             self._run(self._shutdown(self._server))
             self._server = None
-        self._stop_loop()
         if self._pusher is not None:
             self._pusher.join(timeout=5)
 
@@ -169,14 +161,6 @@ class AdsServer:
         for stream in list(self._streams.values()):
             stream.queue.put_nowait(None)
         await server.stop(grace=1.0)
-
-    def _stop_loop(self) -> None:
-        if self._loop is None or self._thread is None:
-            return
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=10)
-        self._loop.close()
-        self._loop = None
 
     def _run(self, coroutine: Coroutine[Any, Any, T]) -> T:
         assert self._loop is not None
@@ -210,9 +194,8 @@ class AdsServer:
     def _publish(self, snapshot: Snapshot, affected: frozenset[str]) -> None:
         self._snapshot = snapshot
         self.pushes += 1
-        loop = self._loop
-        if loop is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(self._fan_out, _Push(snapshot, affected))
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._fan_out, _Push(snapshot, affected))
 
     def _fan_out(self, push: _Push) -> None:
         """On the loop: every stream gets the push, merged into any it has not sent yet."""
@@ -340,6 +323,22 @@ class AdsServer:
             if conn.needs_push(type_url, generated):
                 out.append(conn.response(type_url, generated))
         return out
+
+
+_loop_lock = threading.Lock()
+_loop: asyncio.AbstractEventLoop | None = None
+
+
+def _server_loop() -> asyncio.AbstractEventLoop:
+    """The event loop every AdsServer of the process runs on, started once and
+    never closed: grpc.aio delivers all its completions through the first loop
+    that used it, so a server whose loop stopped would stall any other."""
+    global _loop
+    with _loop_lock:
+        if _loop is None:
+            _loop = asyncio.new_event_loop()
+            threading.Thread(target=_loop.run_forever, name="xds", daemon=True).start()
+        return _loop
 
 
 class Debounce:
