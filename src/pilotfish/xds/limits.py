@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from envoy.service.discovery.v3.discovery_pb2 import DiscoveryRequest
 
 MAX_STREAMS = 1024
-MAX_UNIDENTIFIED_STREAMS = 256
+MAX_UNIDENTIFIED_STREAMS = 512  # half the total: a restart's burst of reconnects fits
 MAX_STREAMS_PER_PEER = 16
 IDENTIFY_WITHIN_S = 10.0
 MAX_TYPES_PER_STREAM = 8  # the four served, and room for Secret and the like
