@@ -114,6 +114,11 @@ def _add_controlplane(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         default=15010,
         help="port of the ADS (xDS) server on the REST API's host; -1 turns xDS off",
     )
+    p.add_argument(
+        "--xds-listen",
+        metavar="ADDR",
+        help="address of the ADS server instead (HOST:PORT); off loopback, proxies need the token",
+    )
     p.set_defaults(handler=_run_controlplane)
 
 
@@ -122,11 +127,12 @@ def _run_controlplane(args: argparse.Namespace) -> int:
     from pilotfish.controlplane.main import run_controlplane, xds_listen
 
     try:
-        host = parse_listen(args.listen)[0]
+        parse_listen(args.listen)
+        xds = xds_listen(args.xds_port, args.listen, args.xds_listen)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    return run_controlplane(args.data_dir, args.listen, xds_listen=xds_listen(args.xds_port, host))
+    return run_controlplane(args.data_dir, args.listen, xds_listen=xds)
 
 
 def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -4,9 +4,9 @@ on a signal.
 Start-up binds the API port first, so a port in use fails before a store is
 opened or a config written; anything opened before a later failure is closed
 again. The registry follows the store and the instance registrations; the ADS
-server (127.0.0.1:15010 by default, as istiod's plaintext port) pushes what
-they produce. Only validated config is ever stored, so only validated config
-reaches a proxy.
+server (port 15010 on the REST API's host by default, as istiod's plaintext
+port; peers off loopback present the token) pushes what they produce. Only
+validated config is ever stored, so only validated config reaches a proxy.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from pilotfish.api.validation import analyze, validate_or_raise, with_defaults
 from pilotfish.config import ClientConfig, write_client_config
 from pilotfish.controlplane.api import Api, chain
 from pilotfish.controlplane.auth import load_or_create_token
-from pilotfish.controlplane.http import ApiServer
+from pilotfish.controlplane.http import ApiServer, parse_listen
 from pilotfish.controlplane.loadtester_api import LoadTesterApi
 from pilotfish.controlplane.mesh_api import MeshApi
 from pilotfish.registry.instances import InstanceRegistry
@@ -92,7 +92,7 @@ class ControlPlane:
                 default=with_defaults,
             )
             plane = cls(server, store, data_dir)
-            plane._start_mesh(xds_listen)
+            plane._start_mesh(xds_listen, token)
             loadtester = plane._start_rollout()
             extensions = chain(MeshApi(plane.instances, plane.ads), loadtester)
             server.api = Api(store, token, analyze=analyze, extension=extensions)
@@ -115,12 +115,12 @@ class ControlPlane:
         assert self.mesh is not None
         return self.mesh.instances
 
-    def _start_mesh(self, xds_listen: str | None) -> None:
+    def _start_mesh(self, xds_listen: str | None, token: str) -> None:
         self.mesh = MeshRegistry(self.store)
         self.mesh.start()
         if xds_listen is None:
             return
-        self.ads = AdsServer(self.mesh.snapshot, xds_listen)
+        self.ads = AdsServer(self.mesh.snapshot, xds_listen, token=token)
         self.mesh.add_listener(self.ads.changed)
         self.ads.start()
 
@@ -178,7 +178,7 @@ def _start_error(error: BaseException, data_dir: Path) -> StartError | None:
     """A one-line reason for what users can fix (permissions, a bad store file);
     anything else is a bug and keeps its traceback."""
     if isinstance(error, BindError):
-        return StartError(f"{error} (is another control plane running? see --xds-port)")
+        return StartError(f"{error} (is another control plane running? see --xds-listen)")
     if isinstance(error, OSError):
         where = f" {error.filename}" if error.filename else ""
         return StartError(f"cannot start:{where}: {error.strerror or error}")
@@ -223,14 +223,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", type=Path, default=Path.home() / ".pilotfish" / "data")
     parser.add_argument("--listen", default=DEFAULT_LISTEN)
     parser.add_argument("--config", type=Path, default=None, help="client config to write")
-    parser.add_argument("--xds-port", type=int, default=15010, help="ADS port on 127.0.0.1")
+    parser.add_argument("--xds-port", type=int, default=15010, help="ADS port on --listen's host")
+    parser.add_argument("--xds-listen", help="ADS address (default: --xds-port on --listen's host)")
     args = parser.parse_args(argv)
-    return run_controlplane(args.data_dir, args.listen, args.config, xds_listen(args.xds_port))
+    try:
+        xds = xds_listen(args.xds_port, args.listen, args.xds_listen)
+    except ValueError as e:
+        parser.error(str(e))
+    return run_controlplane(args.data_dir, args.listen, args.config, xds)
 
 
-def xds_listen(port: int, host: str = "127.0.0.1") -> str | None:
-    """The ADS address for `--xds-port`; a negative port turns xDS off."""
-    return None if port < 0 else f"{host}:{port}"
+def xds_listen(port: int, api_listen: str, explicit: str | None = None) -> str | None:
+    """Where the ADS server binds: `explicit` (--xds-listen) if given, else
+    `port` (--xds-port) on the REST API's host, so xDS is never reachable from
+    where the API is not; a negative port turns xDS off. ValueError names a
+    bad address."""
+    if explicit is not None:
+        host, port = parse_listen(explicit)
+    elif port < 0:
+        return None
+    else:
+        host = parse_listen(api_listen)[0]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 if __name__ == "__main__":

@@ -200,7 +200,11 @@ def _ads_client(bootstrap: Bootstrap, config: ProxyConfig) -> AdsClient | None:
         raise SystemExit(
             f"error: the ADS cluster {cluster_name!r} is not a static cluster with an endpoint"
         )
-    return AdsClient(host, AdsProtocol(bootstrap.node, config.apply))
+    metadata = [
+        (header.key.lower(), header.value)
+        for header in bootstrap.dynamic_resources.ads_config.grpc_services[0].initial_metadata
+    ]
+    return AdsClient(host, AdsProtocol(bootstrap.node, config.apply), metadata)
 
 
 def _ads_host(proto: ClusterProto) -> str | None:
