@@ -124,10 +124,11 @@ def check_request(
     """Refuse a request that would make the stream hold more than a stream may:
     `watched` is how many types the stream watches, `known_type` whether it
     already watches this one."""
-    if len(request.type_url) > limits.name_bytes:
+    if len(request.type_url.encode()) > limits.name_bytes:
         raise StreamRefused(
             "INVALID_ARGUMENT",
-            f"type_url is {len(request.type_url)} bytes long; the limit is {limits.name_bytes}",
+            f"type_url is {len(request.type_url.encode())} bytes long; the limit is "
+            f"{limits.name_bytes}",
         )
     if not known_type and watched >= limits.types_per_stream:
         raise StreamRefused(

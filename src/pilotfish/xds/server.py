@@ -298,10 +298,10 @@ class AdsServer:
         """The first request says who the proxy is; it must, within the deadline."""
         if not request.HasField("node") or not request.node.id:
             raise StreamRefused("INVALID_ARGUMENT", "the first request must carry a node id")
-        if len(request.node.id) > self.limits.name_bytes:
+        if len(request.node.id.encode()) > self.limits.name_bytes:
             raise StreamRefused(
                 "INVALID_ARGUMENT",
-                f"the node id is {len(request.node.id)} bytes; the limit is "
+                f"the node id is {len(request.node.id.encode())} bytes; the limit is "
                 f"{self.limits.name_bytes}",
             )
         address = stream.peer[0]
