@@ -268,3 +268,32 @@ def test_idle_streams_cost_the_control_plane_no_threads(tmp_path: Path) -> None:
         assert during - before < 10, f"threads {before} -> {during}"
     finally:
         plane.stop()
+
+
+def test_stream_counts_follow_a_stream_from_open_to_close() -> None:
+    counts = limits.StreamCounts(Limits(streams=3, unidentified=2, per_peer=1))
+    counts.open("10.0.0.1")
+    counts.open("10.0.0.1")
+    with pytest.raises(limits.StreamRefused, match="2 xDS streams have not yet sent a node"):
+        counts.open("10.0.0.2")
+    counts.identify("10.0.0.1", "a")
+    with pytest.raises(limits.StreamRefused, match="already holds 1 xDS streams"):
+        counts.identify("10.0.0.1", "a")  # refused: it stays unidentified until it closes
+    counts.close(("10.0.0.1", ""))
+    counts.open("10.0.0.2")
+    counts.identify("10.0.0.2", "a")  # the same node id from another address is another peer
+    counts.open("10.0.0.3")
+    with pytest.raises(limits.StreamRefused, match="maximum of 3 streams"):
+        counts.open("10.0.0.4")
+    for peer in (("10.0.0.1", "a"), ("10.0.0.2", "a"), ("10.0.0.3", "")):
+        counts.close(peer)
+    assert repr(counts) == "StreamCounts(0 open, 0 unidentified)"
+    assert counts.held(("10.0.0.1", "a")) == 0
+
+
+def test_a_node_id_too_long_is_refused(server: AdsServer, streams: Streams) -> None:
+    stream = streams.open("n" * 513)
+    stream.send(CDS)
+    refused = stream.refusal()
+    assert refused.code() is grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+    assert refused.details() == "the node id is 513 bytes; the limit is 512"  # type: ignore[attr-defined]
