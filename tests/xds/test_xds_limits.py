@@ -5,6 +5,7 @@ names one stream may subscribe to. Each test failed before the limits."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import os
 import time
@@ -27,12 +28,6 @@ from pilotfish.xds.server import AdsServer
 @pytest.fixture
 def mesh() -> MutableMesh:
     return MutableMesh([service("reviews")], [instance("reviews", "v1", 19081)])
-
-
-def serve(mesh: MutableMesh, **overrides: float) -> AdsServer:
-    ads = AdsServer(mesh.snapshot, "127.0.0.1:0", limits=Limits(**overrides))  # type: ignore[arg-type]
-    ads.start()
-    return ads
 
 
 @pytest.fixture
@@ -65,6 +60,18 @@ class Streams:
     def close(self) -> None:
         for stream in self.opened:
             stream.close()
+
+
+@contextlib.contextmanager
+def serving(mesh: MutableMesh, with_limits: Limits) -> Iterator[tuple[AdsServer, Streams]]:
+    ads = AdsServer(mesh.snapshot, "127.0.0.1:0", limits=with_limits)
+    ads.start()
+    opened = Streams(ads)
+    try:
+        yield ads, opened
+    finally:
+        opened.close()
+        ads.stop()
 
 
 @pytest.fixture
@@ -101,9 +108,7 @@ def test_a_peer_at_its_limit_is_refused_and_others_still_connect(
 
 
 def test_streams_in_total_are_bounded(mesh: MutableMesh) -> None:
-    ads = serve(mesh, streams=4)
-    opened = Streams(ads)
-    try:
+    with serving(mesh, Limits(streams=4)) as (ads, opened):
         for i in range(4):
             opened.identified(f"proxy-{i}")
         fifth = opened.open("proxy-4")
@@ -114,15 +119,10 @@ def test_streams_in_total_are_bounded(mesh: MutableMesh) -> None:
         opened.opened[0].close()  # a stream that ends makes room
         wait_for(lambda: len(ads.connections()) == 3)
         opened.identified("proxy-5")
-    finally:
-        opened.close()
-        ads.stop()
 
 
 def test_a_stream_that_never_sends_its_node_is_closed(mesh: MutableMesh) -> None:
-    ads = serve(mesh, identify_within=0.5)
-    opened = Streams(ads)
-    try:
+    with serving(mesh, Limits(identify_within=0.5)) as (ads, opened):
         silent = opened.open(SIDECAR)
         started = time.monotonic()
         refused = silent.refusal(timeout=5)
@@ -135,15 +135,10 @@ def test_a_stream_that_never_sends_its_node_is_closed(mesh: MutableMesh) -> None
         opened.identified(SIDECAR)  # a proxy that says who it is stays
         time.sleep(0.8)
         assert len(ads.connections()) == 1
-    finally:
-        opened.close()
-        ads.stop()
 
 
 def test_silent_streams_cannot_take_every_slot(mesh: MutableMesh) -> None:
-    ads = serve(mesh, unidentified=3)
-    opened = Streams(ads)
-    try:
+    with serving(mesh, Limits(unidentified=3)) as (ads, opened):
         for _ in range(3):
             opened.open("silent")
         wait_for(lambda: len(ads.connections()) == 3)
@@ -154,9 +149,6 @@ def test_silent_streams_cannot_take_every_slot(mesh: MutableMesh) -> None:
         opened.opened[0].send(CDS)  # one identifies: room for another newcomer
         opened.opened[0].receive()
         opened.identified(SIDECAR)
-    finally:
-        opened.close()
-        ads.stop()
 
 
 def test_too_many_names_for_one_type_are_refused(server: AdsServer, streams: Streams) -> None:
