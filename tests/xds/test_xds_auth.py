@@ -7,6 +7,7 @@ grpcio client, the control plane and `pilotfish proxy` as processes."""
 from __future__ import annotations
 
 import logging
+import re
 import socket
 import subprocess
 import sys
@@ -25,6 +26,9 @@ from xds_harness import CDS, SIDECAR, AdsStream, node
 from pilotfish.agent.bootstrap import SidecarIdentity, XdsServer, sidecar_bootstrap
 from pilotfish.agent.instance import write_bootstrap
 from pilotfish.controlplane.main import ControlPlane, xds_listen
+from pilotfish.proxy.bootstrap import BootstrapError, parse_bootstrap
+from pilotfish.proxy.config import ProxyConfig
+from pilotfish.proxy.process import _ads_client as ads_client
 
 NEEDS_TOKEN = (
     "xDS from {address} (not loopback) needs the control plane's token: "
@@ -204,3 +208,30 @@ def wait_until(condition: object, process: subprocess.Popen[bytes], timeout: flo
         assert process.poll() is None, "the process exited"
         assert time.monotonic() < deadline, "not ready in time"
         time.sleep(0.1)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "error"),
+    [
+        ("author ization", "Bearer t", "illegal characters in gRPC initial metadata key"),
+        ("token-bin", "dA==", "illegal characters in gRPC initial metadata key"),
+        ("authorization", "Bearer \x01", "initial_metadata[0].value: must be printable ASCII"),
+    ],
+)
+def test_bad_initial_metadata_is_refused_at_start(key: str, value: str, error: str) -> None:
+    who = SidecarIdentity("reviews-v1-0", "default", "reviews-v1", {}, "", "")
+    config = sidecar_bootstrap(who, admin_port=1, outbound_port=2, xds=XdsServer("127.0.0.1", 3))
+    service = config["dynamic_resources"]["ads_config"]["grpc_services"][0]
+    service["initial_metadata"] = [{"key": key, "value": value}]
+    with pytest.raises(BootstrapError, match=re.escape(error)):
+        parse_bootstrap(config)
+
+
+def test_initial_metadata_keys_are_sent_lowercased_as_envoy_does() -> None:
+    who = SidecarIdentity("reviews-v1-0", "default", "reviews-v1", {}, "", "")
+    config = sidecar_bootstrap(who, admin_port=1, outbound_port=2, xds=XdsServer("127.0.0.1", 3))
+    service = config["dynamic_resources"]["ads_config"]["grpc_services"][0]
+    service["initial_metadata"] = [{"key": "Authorization", "value": "Bearer t"}]
+    client = ads_client(parse_bootstrap(config), ProxyConfig())
+    assert client is not None and client._metadata == (("authorization", "Bearer t"),)
+    assert "Bearer" not in repr(client)
