@@ -257,7 +257,7 @@ def test_idle_streams_cost_the_control_plane_no_threads(tmp_path: Path) -> None:
         before = os_threads(pid)
         target = f"127.0.0.1:{plane.xds_port}"
         during = asyncio.run(hold_streams(target, 200, 300, lambda: os_threads(pid)))
-        assert during - before < 10, f"threads {before} -> {during}"
+        assert during - before < 32, f"threads {before} -> {during}"  # main: 15 -> 1014
     finally:
         plane.stop()
 
