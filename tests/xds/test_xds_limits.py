@@ -172,6 +172,18 @@ def test_a_name_too_long_is_refused(server: AdsServer, streams: Streams) -> None
     )
 
 
+def test_a_stream_holds_at_most_512_kib_of_names(server: AdsServer, streams: Streams) -> None:
+    stream = streams.open(SIDECAR)
+    stream.send(EDS, [f"{i:0100d}" for i in range(4000)])  # 400,000 bytes: within the limit
+    stream.receive()
+    stream.send(RDS, [f"{i:0100d}" for i in range(1500)])
+    refused = stream.refusal()
+    assert refused.code() is grpc.StatusCode.RESOURCE_EXHAUSTED  # type: ignore[attr-defined]
+    assert refused.details() == (  # type: ignore[attr-defined]
+        "the resource names of this stream would total 550000 bytes; the limit per stream is 524288"
+    )
+
+
 def test_too_many_types_are_refused(server: AdsServer, streams: Streams) -> None:
     stream = streams.open(SIDECAR)
     for i in range(limits.MAX_TYPES_PER_STREAM):
