@@ -87,10 +87,10 @@ class AdsStream:
     def refusal(self, timeout: float = 5.0) -> grpc.RpcError:
         """The status the server ended the stream with."""
         try:
-            self.receive(timeout)
+            answer = self.receive(timeout)
         except grpc.RpcError as e:
             return e
-        raise AssertionError("the stream was answered, not refused")
+        raise AssertionError(f"the stream was answered, not refused: {answer.type_url}")
 
     def receive(self, timeout: float = 5.0) -> DiscoveryResponse:
         item = self.responses.get(timeout=timeout)

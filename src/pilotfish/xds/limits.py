@@ -10,8 +10,8 @@ both are bounded:
 - streams that have not yet sent a DiscoveryRequest with a node ("who are
   you?") have a deadline, and their own cap, so they cannot hold the room
   identified proxies need;
-- per stream, the resource types it watches and, per type, how many names it
-  subscribes to and how long each may be.
+- per stream, the resource types it watches, per type how many names it
+  subscribes to and how long each may be, and the bytes of all its names.
 
 A request over a limit ends its stream with a gRPC status naming the limit
 (`StreamRefused`); the client sees the status, the server keeps nothing.
@@ -20,6 +20,7 @@ A request over a limit ends its stream with a gRPC status naming the limit
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
 from envoy.service.discovery.v3.discovery_pb2 import DiscoveryRequest
@@ -31,6 +32,7 @@ IDENTIFY_WITHIN_S = 10.0
 MAX_TYPES_PER_STREAM = 8  # the four served, and room for Secret and the like
 MAX_NAMES_PER_TYPE = 4096
 MAX_NAME_BYTES = 512  # a DNS name is at most 253; `outbound|PORT|SUBSET|HOST` fits
+MAX_NAME_BYTES_PER_STREAM = 512 * 1024  # a sidecar of a 4,096-service mesh needs ~300 KiB
 MAX_REQUEST_BYTES = 4 * 1024 * 1024  # gRPC's own default; a full list of names fits
 
 
@@ -43,6 +45,7 @@ class Limits:
     types_per_stream: int = MAX_TYPES_PER_STREAM
     names_per_type: int = MAX_NAMES_PER_TYPE
     name_bytes: int = MAX_NAME_BYTES
+    stream_name_bytes: int = MAX_NAME_BYTES_PER_STREAM
 
 
 DEFAULT_LIMITS = Limits()
@@ -119,22 +122,27 @@ class StreamCounts:
 
 
 def check_request(
-    request: DiscoveryRequest, watched: int, known_type: bool, limits: Limits
+    request: DiscoveryRequest, subscribed: Mapping[str, Collection[str]], limits: Limits
 ) -> None:
-    """Refuse a request that would make the stream hold more than a stream may:
-    `watched` is how many types the stream watches, `known_type` whether it
-    already watches this one."""
+    """Refuse a request that would make the stream hold more than a stream may;
+    `subscribed` is what the stream watches now, names by type."""
     if len(request.type_url.encode()) > limits.name_bytes:
         raise StreamRefused(
             "INVALID_ARGUMENT",
             f"type_url is {len(request.type_url.encode())} bytes long; the limit is "
             f"{limits.name_bytes}",
         )
-    if not known_type and watched >= limits.types_per_stream:
+    if request.type_url not in subscribed and len(subscribed) >= limits.types_per_stream:
         raise StreamRefused(
             "RESOURCE_EXHAUSTED",
             f"a stream may watch at most {limits.types_per_stream} resource types",
         )
+    _check_names(request, subscribed, limits)
+
+
+def _check_names(
+    request: DiscoveryRequest, subscribed: Mapping[str, Collection[str]], limits: Limits
+) -> None:
     names = request.resource_names
     if len(names) > limits.names_per_type:
         raise StreamRefused(
@@ -142,10 +150,22 @@ def check_request(
             f"{len(names)} resource_names for {request.type_url}; the limit per type "
             f"is {limits.names_per_type}",
         )
-    longest = max((len(name.encode()) for name in names), default=0)
-    if longest > limits.name_bytes:
+    sizes = [len(name.encode()) for name in names]
+    if max(sizes, default=0) > limits.name_bytes:
         raise StreamRefused(
             "INVALID_ARGUMENT",
-            f"a resource name of {longest} bytes for {request.type_url}; the limit is "
+            f"a resource name of {max(sizes)} bytes for {request.type_url}; the limit is "
             f"{limits.name_bytes} bytes",
+        )
+    others = sum(
+        len(name.encode())
+        for type_url, held in subscribed.items()
+        if type_url != request.type_url
+        for name in held
+    )
+    if others + sum(sizes) > limits.stream_name_bytes:
+        raise StreamRefused(
+            "RESOURCE_EXHAUSTED",
+            f"the resource names of this stream would total {others + sum(sizes)} bytes; "
+            f"the limit per stream is {limits.stream_name_bytes}",
         )

@@ -286,7 +286,8 @@ class AdsServer:
         if conn.proxy is None:
             self._identify(stream, request)
         assert conn.proxy is not None
-        check_request(request, len(conn.watched), request.type_url in conn.watched, self.limits)
+        subscribed = {type_url: w.names for type_url, w in conn.watched.items()}
+        check_request(request, subscribed, self.limits)
         if not conn.on_request(request):
             _log_nack(conn, request)
             return []
