@@ -40,6 +40,7 @@ from pilotfish.model import Snapshot
 from pilotfish.xds import types
 from pilotfish.xds.connection import Connection
 from pilotfish.xds.generate import Generator
+from pilotfish.xds.handlers import AsyncAdapter
 from pilotfish.xds.limits import (
     DEFAULT_LIMITS,
     MAX_REQUEST_BYTES,
@@ -102,8 +103,11 @@ class AdsServer:
         debounce_max: float = DEBOUNCE_MAX_S,
         token: str | None = None,
         limits: Limits = DEFAULT_LIMITS,
+        services: Sequence[grpc.GenericRpcHandler] = (),
     ) -> None:
         self.listen = listen
+        # More gRPC services on this port (Istio's CA); synchronous ones run on threads.
+        self._services = tuple(AsyncAdapter(service) for service in services)
         self.port = 0
         self.pushes = 0
         self.limits = limits
@@ -144,6 +148,7 @@ class AdsServer:
             ],
         )
         ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(self, server)
+        server.add_generic_rpc_handlers(self._services)
         self.port = _bind(server, self.listen)
         await server.start()
         return server
