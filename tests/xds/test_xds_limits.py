@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import gc
 import os
+import socket
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -301,3 +302,49 @@ def test_a_node_id_too_long_is_refused(server: AdsServer, streams: Streams) -> N
     refused = stream.refusal()
     assert refused.code() is grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
     assert refused.details() == "the node id is 513 bytes; the limit is 512"  # type: ignore[attr-defined]
+
+
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+
+
+def closed_within(sock: socket.socket, seconds: float) -> bytes | None:
+    """What the server sent before closing `sock`; None if it is still open."""
+    sock.settimeout(0.1)
+    received, deadline = b"", time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            chunk = sock.recv(4096)
+        except TimeoutError:
+            continue
+        except ConnectionResetError:
+            return received
+        if not chunk:
+            return received
+        received += chunk
+    return None
+
+
+def test_raw_connections_are_capped_and_timed_out(mesh: MutableMesh) -> None:
+    """TCP connections that never speak HTTP/2 were held 120 s each, with no
+    cap: enough of them took every file descriptor of the control plane."""
+    with serving(mesh, Limits(connections=8, handshake_within=2.0)) as (ads, _):
+        raw = [socket.create_connection(("127.0.0.1", ads.port)) for _ in range(12)]
+        try:
+            time.sleep(0.3)
+            held = [s for s in raw if closed_within(s, 0.05) is None]
+            assert len(held) == 8  # beyond the cap: closed at once
+            assert all(closed_within(s, 4) is not None for s in held)  # then the handshake's 2 s
+        finally:
+            for s in raw:
+                s.close()
+
+
+def test_a_connection_with_no_stream_is_closed_when_idle(mesh: MutableMesh) -> None:
+    with serving(mesh, Limits(idle_connection=0.5)) as (ads, opened):
+        proxy = opened.identified(SIDECAR)
+        with socket.create_connection(("127.0.0.1", ads.port)) as idle:
+            idle.sendall(H2_PREFACE)
+            said = closed_within(idle, 5)
+            assert said is not None and b"connection idle" in said  # a GOAWAY saying why
+        proxy.send(EDS, [])  # a stream keeps its connection however quiet
+        assert proxy.receive().type_url == EDS

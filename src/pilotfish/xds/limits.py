@@ -4,6 +4,9 @@ A stream costs the server memory for as long as it is open, and a request
 costs it a translation and a cache entry per distinct list of names, so
 both are bounded:
 
+- connections: how many (each holds a file descriptor the REST API in the
+  same process needs too), how long one may take to begin HTTP/2, and how
+  long one may stay open with no stream;
 - streams in total, and per peer: a peer is (source address, node id), since
   on loopback every local process shares one address and only the node id
   tells a real proxy from a noisy neighbour;
@@ -25,6 +28,9 @@ from dataclasses import dataclass
 
 from envoy.service.discovery.v3.discovery_pb2 import DiscoveryRequest
 
+MAX_CONNECTIONS = 2048  # and at most half the process's open-file limit (the server's call)
+HANDSHAKE_WITHIN_S = 10.0
+IDLE_CONNECTION_S = 60.0  # a connection with no stream; a proxy's always has its ADS stream
 MAX_STREAMS = 1024
 MAX_UNIDENTIFIED_STREAMS = 512  # half the total: a restart's burst of reconnects fits
 MAX_STREAMS_PER_PEER = 16
@@ -38,6 +44,9 @@ MAX_REQUEST_BYTES = 4 * 1024 * 1024  # gRPC's own default; a full list of names 
 
 @dataclass(frozen=True)
 class Limits:
+    connections: int = MAX_CONNECTIONS
+    handshake_within: float = HANDSHAKE_WITHIN_S
+    idle_connection: float = IDLE_CONNECTION_S
     streams: int = MAX_STREAMS
     unidentified: int = MAX_UNIDENTIFIED_STREAMS
     per_peer: int = MAX_STREAMS_PER_PEER

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import resource
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Sequence
@@ -140,13 +141,7 @@ class AdsServer:
         self._pusher.start()
 
     async def _serve(self) -> grpc.aio.Server:
-        server = grpc.aio.server(
-            options=[
-                ("grpc.so_reuseport", 0),  # a second control plane must fail, not share
-                ("grpc.max_send_message_length", MAX_SEND_BYTES),
-                ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
-            ],
-        )
+        server = grpc.aio.server(options=_server_options(self.limits))
         ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(self, server)
         server.add_generic_rpc_handlers(self._services)
         self.port = _bind(server, self.listen)
@@ -410,6 +405,23 @@ def _log_nack(conn: Connection, request: DiscoveryRequest) -> None:
             request.version_info or "(none)",
             request.error_detail.message,
         )
+
+
+def _server_options(limits: Limits) -> list[tuple[str, int]]:
+    # Connections beyond the cap are closed at once: better a proxy retrying
+    # than a process out of file descriptors, its REST API with it.
+    soft_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    connections = limits.connections
+    if soft_limit != resource.RLIM_INFINITY:
+        connections = min(connections, soft_limit // 2)
+    return [
+        ("grpc.so_reuseport", 0),  # a second control plane must fail, not share
+        ("grpc.max_send_message_length", MAX_SEND_BYTES),
+        ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
+        ("grpc.max_allowed_incoming_connections", connections),
+        ("grpc.server_handshake_timeout_ms", int(limits.handshake_within * 1000)),
+        ("grpc.max_connection_idle_ms", int(limits.idle_connection * 1000)),
+    ]
 
 
 def _bind(server: grpc.aio.Server, listen: str) -> int:
