@@ -10,7 +10,7 @@ import socket
 import pytest
 
 import pilotfish.proxy.process  # noqa: F401  (what the proxy process loads: every payload type)
-from pilotfish.agent.bootstrap import SidecarIdentity, node_id, sidecar_bootstrap
+from pilotfish.agent.bootstrap import SidecarIdentity, XdsServer, node_id, sidecar_bootstrap
 from pilotfish.agent.plan import Strategy, View, plan, scaled
 from pilotfish.agent.probes import ProbeState
 from pilotfish.agent.spec import SpecError, config_data, expand, resolve, template_hash
@@ -153,7 +153,9 @@ def test_sidecar_bootstrap_is_accepted_by_the_proxy() -> None:
         "bookinfo-reviews",
         "reviews-v2",
     )
-    config = sidecar_bootstrap(who, admin_port=15000, outbound_port=15001, xds=("127.0.0.1", 15010))
+    config = sidecar_bootstrap(
+        who, admin_port=15000, outbound_port=15001, xds=XdsServer("127.0.0.1", 15010)
+    )
     bootstrap = parse_bootstrap(config)
     assert node_id(who) == "sidecar~127.0.0.1~reviews-v2-abc.default~default.svc.cluster.local"
     assert bootstrap.node.id == node_id(who)

@@ -23,7 +23,7 @@ import yaml
 from cryptography import x509
 from tests.agent.mesh_harness import DIRECT, Mesh, free_port, mesh_started, stop_process, wait_for
 
-from pilotfish.agent.bootstrap import SidecarIdentity, sidecar_bootstrap
+from pilotfish.agent.bootstrap import SidecarIdentity, XdsServer, sidecar_bootstrap
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")
 TTL_S = 8
@@ -187,7 +187,7 @@ def _hand_started(mesh: Mesh, tmp: Path, account: str) -> tuple[subprocess.Popen
     admin = free_port()
     who = SidecarIdentity(f"{account}-0", "vm", account, {"app": account}, account, account)
     bootstrap = sidecar_bootstrap(
-        who, admin_port=admin, outbound_port=free_port(), xds=("127.0.0.1", mesh.xds_port)
+        who, admin_port=admin, outbound_port=free_port(), xds=XdsServer("127.0.0.1", mesh.xds_port)
     )
     path = tmp / f"{account}.yaml"
     path.write_text(yaml.safe_dump(bootstrap))

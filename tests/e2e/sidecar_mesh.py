@@ -29,7 +29,7 @@ from processes import free_port
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "proxy" / "e2e"))
 from harness import Backend, Proxy, Response, curl, curl_many
 
-from pilotfish.agent.bootstrap import SidecarIdentity, node_id, sidecar_bootstrap
+from pilotfish.agent.bootstrap import SidecarIdentity, XdsServer, node_id, sidecar_bootstrap
 from pilotfish.api.errors import ApiError
 from pilotfish.client import Client
 from pilotfish.config import load_client_config
@@ -145,7 +145,10 @@ class SidecarMesh:
     ) -> Sidecar:
         admin, outbound = free_port(), free_port()
         config = sidecar_bootstrap(
-            who, admin_port=admin, outbound_port=outbound, xds=("127.0.0.1", self.plane.xds_port)
+            who,
+            admin_port=admin,
+            outbound_port=outbound,
+            xds=XdsServer("127.0.0.1", self.plane.xds_port),
         )
         path = self.directory / f"bootstrap-{who.instance}.yaml"
         path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")

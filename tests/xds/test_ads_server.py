@@ -215,3 +215,37 @@ def test_disconnect_removes_connection(server: AdsServer, stream: AdsStream) -> 
     assert len(server.connections()) == 1
     stream.close()
     wait_for(lambda: not server.connections())
+
+
+class TokenEcho:
+    """A synchronous unary service in the CA's style: reads the metadata and
+    the peer, and aborts when the caller says nothing."""
+
+    def call(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+        metadata = dict(context.invocation_metadata())
+        if "authorization" not in metadata:
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "who are you?")
+        return f"{metadata['authorization']} from {context.peer()[:4]}: ".encode() + request
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        method = grpc.unary_unary_rpc_method_handler(self.call)
+        return grpc.method_handlers_generic_handler("test.TokenEcho", {"Call": method})
+
+
+def test_a_synchronous_service_shares_the_port(mesh: MutableMesh) -> None:
+    ads = AdsServer(mesh.snapshot, "127.0.0.1:0", services=[TokenEcho().handler()])
+    ads.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{ads.port}") as channel:
+            call = channel.unary_unary("/test.TokenEcho/Call")
+            assert call(b"hi", metadata=[("authorization", "t")], timeout=5) == b"t from ipv4: hi"
+            with pytest.raises(grpc.RpcError) as refused:
+                call(b"hi", timeout=5)
+            assert refused.value.code() is grpc.StatusCode.UNAUTHENTICATED  # type: ignore[attr-defined]
+            assert refused.value.details() == "who are you?"  # type: ignore[attr-defined]
+        stream = AdsStream(f"127.0.0.1:{ads.port}", node(SIDECAR, NAMESPACE="default"))
+        stream.send(CDS)
+        assert stream.receive().type_url == CDS
+        stream.close()
+    finally:
+        ads.stop()

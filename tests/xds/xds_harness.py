@@ -28,7 +28,9 @@ def node(node_id: str, **metadata: Any) -> Node:
 
 
 class AdsStream:
-    def __init__(self, target: str, node_: Node) -> None:
+    def __init__(
+        self, target: str, node_: Node, metadata: tuple[tuple[str, str], ...] = ()
+    ) -> None:
         self.channel = grpc.insecure_channel(target)
         self.node = node_
         self._requests: queue.Queue[DiscoveryRequest | None] = queue.Queue()
@@ -36,7 +38,7 @@ class AdsStream:
         self._first = True
         self.names: dict[str, list[str]] = {}  # what each type last asked for
         stub = AggregatedDiscoveryServiceStub(self.channel)
-        self._call = stub.StreamAggregatedResources(self._iterate())
+        self._call = stub.StreamAggregatedResources(self._iterate(), metadata=metadata)
         threading.Thread(target=self._pump, daemon=True).start()
 
     def _iterate(self) -> Iterator[DiscoveryRequest]:
@@ -78,6 +80,17 @@ class AdsStream:
 
     def nack(self, response: DiscoveryResponse, error: str, names: list[str] | None = None) -> None:
         self.send(response.type_url, names, nonce=response.nonce, error=error)
+
+    def send_raw(self, request: DiscoveryRequest) -> None:
+        self._requests.put(request)
+
+    def refusal(self, timeout: float = 5.0) -> grpc.RpcError:
+        """The status the server ended the stream with."""
+        try:
+            answer = self.receive(timeout)
+        except grpc.RpcError as e:
+            return e
+        raise AssertionError(f"the stream was answered, not refused: {answer.type_url}")
 
     def receive(self, timeout: float = 5.0) -> DiscoveryResponse:
         item = self.responses.get(timeout=timeout)

@@ -2,15 +2,28 @@
 Istio-style node id and metadata, which the control plane matches to the
 registered instance), its admin port, its outbound port (metadata
 OUTBOUND_PORT, read by the listener translation), and ADS at the control
-plane through the static cluster `xds-grpc`, as Istio's bootstrap has it."""
+plane through the static cluster `xds-grpc`, as Istio's bootstrap has it,
+with the control plane's token as the stream's `authorization` metadata
+(Envoy's `grpc_services[].initial_metadata`) when the agent has one: off
+loopback the ADS server refuses streams without it. The file therefore holds
+a credential (instance.write_bootstrap writes it 0600)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 XDS_CLUSTER = "xds-grpc"
 HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+
+
+@dataclass(frozen=True)
+class XdsServer:
+    """Where the proxies' ADS server is, and the bearer token they present."""
+
+    host: str
+    port: int
+    token: str = field(default="", repr=False)
 
 
 @dataclass(frozen=True)
@@ -31,15 +44,13 @@ def node_id(who: SidecarIdentity, kind: str = "sidecar") -> str:
 
 
 def sidecar_bootstrap(
-    who: SidecarIdentity, *, admin_port: int, outbound_port: int, xds: tuple[str, int]
+    who: SidecarIdentity, *, admin_port: int, outbound_port: int, xds: XdsServer
 ) -> dict[str, Any]:
     placement = {"OUTBOUND_ADDRESS": "127.0.0.1", "OUTBOUND_PORT": str(outbound_port)}
     return _bootstrap(who, "sidecar", placement, admin_port, xds)
 
 
-def gateway_bootstrap(
-    who: SidecarIdentity, *, admin_port: int, xds: tuple[str, int]
-) -> dict[str, Any]:
+def gateway_bootstrap(who: SidecarIdentity, *, admin_port: int, xds: XdsServer) -> dict[str, Any]:
     """The same proxy in router mode, as Istio's ingress gateway: no inbound
     or outbound listeners of its own, only the ports of the Gateways whose
     selector matches its labels, bound on `who.address` (BIND_ADDRESS)."""
@@ -54,7 +65,7 @@ def _bootstrap(
     kind: str,
     placement: dict[str, str],
     admin_port: int,
-    xds: tuple[str, int],
+    xds: XdsServer,
 ) -> dict[str, Any]:
     return {
         "node": {
@@ -78,13 +89,20 @@ def _bootstrap(
             "ads_config": {
                 "api_type": "GRPC",
                 "transport_api_version": "V3",
-                "grpc_services": [{"envoy_grpc": {"cluster_name": XDS_CLUSTER}}],
+                "grpc_services": [_ads_service(xds.token)],
             },
             "lds_config": {"ads": {}, "resource_api_version": "V3"},
             "cds_config": {"ads": {}, "resource_api_version": "V3"},
         },
-        "static_resources": {"clusters": [_xds_cluster(*xds)]},
+        "static_resources": {"clusters": [_xds_cluster(xds.host, xds.port)]},
     }
+
+
+def _ads_service(token: str) -> dict[str, Any]:
+    service: dict[str, Any] = {"envoy_grpc": {"cluster_name": XDS_CLUSTER}}
+    if token:
+        service["initial_metadata"] = [{"key": "authorization", "value": f"Bearer {token}"}]
+    return service
 
 
 def _xds_cluster(host: str, port: int) -> dict[str, Any]:

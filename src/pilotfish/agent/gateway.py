@@ -21,10 +21,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
-from pilotfish.agent.bootstrap import SidecarIdentity, gateway_bootstrap
-from pilotfish.agent.instance import BACKOFF_BASE_S, BACKOFF_MAX_S, spawn_proxy, terminate
+from pilotfish.agent.bootstrap import SidecarIdentity, XdsServer, gateway_bootstrap
+from pilotfish.agent.instance import (
+    BACKOFF_BASE_S,
+    BACKOFF_MAX_S,
+    spawn_proxy,
+    terminate,
+    write_bootstrap,
+)
 from pilotfish.agent.tokens import TOKEN_FILE, ProjectedToken, TokenClient
 
 DEFAULT_LABELS = {"istio": "ingressgateway", "app": "istio-ingressgateway"}
@@ -61,7 +65,7 @@ class GatewayProxy:
         node: str,
         state_dir: Path,
         admin_port: int,
-        xds: tuple[str, int],
+        xds: XdsServer,
         client: TokenClient,
     ) -> None:
         self.who = spec.identity(node)
@@ -85,7 +89,7 @@ class GatewayProxy:
     def start(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         config = gateway_bootstrap(self.who, admin_port=self.admin_port, xds=self.xds)
-        (self.directory / "bootstrap.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        write_bootstrap(self.directory / "bootstrap.yaml", config)
         self._thread = threading.Thread(target=self._supervise, name="gateway", daemon=True)
         self._thread.start()
 

@@ -34,12 +34,13 @@ import yaml
 
 from pilotfish.agent import registration
 from pilotfish.agent.adopted import Adopted
-from pilotfish.agent.bootstrap import SidecarIdentity, sidecar_bootstrap
+from pilotfish.agent.bootstrap import SidecarIdentity, XdsServer, sidecar_bootstrap
 from pilotfish.agent.ports import PortAllocator
 from pilotfish.agent.probes import ProbeState, check
 from pilotfish.agent.spec import Resolved
 from pilotfish.agent.tokens import TOKEN_FILE, ProjectedToken, TokenClient
 from pilotfish.api.gotypes import rfc3339
+from pilotfish.config import write_private
 
 BACKOFF_BASE_S = 1.0
 BACKOFF_MAX_S = 30.0
@@ -100,7 +101,7 @@ class Instance:
     spec: dict[str, Any]
     directory: Path
     ports: Ports
-    xds: tuple[str, int]
+    xds: XdsServer
     client: InstanceClient
     created: float = field(default_factory=time.monotonic)
     status: Status = field(default_factory=Status)
@@ -306,7 +307,7 @@ class Instance:
             outbound_port=self.ports.outbound,
             xds=self.xds,
         )
-        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        write_bootstrap(path, config)
         token = ["--ca-token-file", str(self.directory / TOKEN_FILE)]
         self.sidecar = spawn_proxy(path, self.directory / "sidecar.log", token)
         self._write_pids()
@@ -386,6 +387,11 @@ class Instance:
 
 
 _PROXY_VARS = {"http_proxy", "https_proxy", "all_proxy", "no_proxy"}
+
+
+def write_bootstrap(path: Path, config: dict[str, Any]) -> None:
+    """Write a bootstrap only its owner can read: it may carry the token."""
+    write_private(path, yaml.safe_dump(config, sort_keys=False))
 
 
 def spawn_proxy(

@@ -31,6 +31,7 @@ from typing import Any, Protocol
 
 from pilotfish.agent import adopted
 from pilotfish.agent import plan as planning
+from pilotfish.agent.bootstrap import XdsServer
 from pilotfish.agent.gateway import GatewayProxy, GatewaySpec
 from pilotfish.agent.instance import RECORD, Instance, Ports
 from pilotfish.agent.ports import PortAllocator
@@ -61,7 +62,7 @@ class NodeAgent:
         client: NodeClient,
         node_name: str,
         state_dir: Path,
-        xds: tuple[str, int],
+        xds: XdsServer,
         gateway: GatewaySpec | None = None,
     ) -> None:
         self.client = client

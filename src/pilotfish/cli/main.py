@@ -115,6 +115,11 @@ def _add_controlplane(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         default=15010,
         help="port of the ADS (xDS) server on the REST API's host; -1 turns xDS off",
     )
+    p.add_argument(
+        "--xds-listen",
+        metavar="ADDR",
+        help="address of the ADS server instead (HOST:PORT); off loopback, proxies need the token",
+    )
     from pilotfish.controlplane.identity import add_ca_flags
 
     add_ca_flags(p)
@@ -127,13 +132,12 @@ def _run_controlplane(args: argparse.Namespace) -> int:
     from pilotfish.controlplane.main import run_controlplane, xds_listen
 
     try:
-        host = parse_listen(args.listen)[0]
+        parse_listen(args.listen)
+        xds = xds_listen(args.xds_port, args.listen, args.xds_listen)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    return run_controlplane(
-        args.data_dir, args.listen, xds_listen=xds_listen(args.xds_port, host), ca=ca_options(args)
-    )
+    return run_controlplane(args.data_dir, args.listen, xds_listen=xds, ca=ca_options(args))
 
 
 def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

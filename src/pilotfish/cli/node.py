@@ -18,6 +18,7 @@ from typing import Any
 from pilotfish.api.kinds import registry
 from pilotfish.cli.commands import CliError
 from pilotfish.client import Client
+from pilotfish.config import load_client_config
 
 DEFAULT_NODE = os.environ.get("PILOTFISH_NODE_NAME", "local")
 Sub = argparse._SubParsersAction
@@ -68,6 +69,7 @@ def _state(args: argparse.Namespace) -> Path:
 
 
 def run_node(args: argparse.Namespace) -> int:
+    from pilotfish.agent.bootstrap import XdsServer
     from pilotfish.agent.gateway import GatewaySpec
     from pilotfish.agent.node import NodeAgent
 
@@ -76,8 +78,11 @@ def run_node(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     gateway = GatewaySpec(address=args.gateway_address) if args.gateway else None
+    config = load_client_config(args.server)
+    # The sidecars present the agent's own token to the ADS server (needed off loopback).
+    xds = XdsServer(host.strip("[]"), int(port), config.token or "")
     agent = NodeAgent(
-        Client.from_config(args.server), args.node_name, _state(args), (host, int(port)), gateway
+        Client(config.server, config.token), args.node_name, _state(args), xds, gateway
     )
     print(f"node {args.node_name}: running workloads, state in {_state(args)}", flush=True)
     agent.run(stop)

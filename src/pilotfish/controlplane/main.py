@@ -4,9 +4,9 @@ on a signal.
 Start-up binds the API port first, so a port in use fails before a store is
 opened or a config written; anything opened before a later failure is closed
 again. The registry follows the store and the instance registrations; the ADS
-server (127.0.0.1:15010 by default, as istiod's plaintext port) pushes what
-they produce. Only validated config is ever stored, so only validated config
-reaches a proxy.
+server (port 15010 on the REST API's host by default, as istiod's plaintext
+port; peers off loopback present the token) pushes what they produce. Only
+validated config is ever stored, so only validated config reaches a proxy.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from pilotfish.ca.service import CertificateService
 from pilotfish.config import ClientConfig, write_client_config
 from pilotfish.controlplane.api import Api, chain
 from pilotfish.controlplane.auth import load_or_create_token
-from pilotfish.controlplane.http import ApiServer
+from pilotfish.controlplane.http import ApiServer, parse_listen
 from pilotfish.controlplane.identity import CaOptions, TokenApi, add_ca_flags, ca_options, open_ca
 from pilotfish.controlplane.loadtester_api import LoadTesterApi
 from pilotfish.controlplane.mesh_api import MeshApi
@@ -102,7 +102,7 @@ class ControlPlane:
             service_tokens = tokens.load_or_create(data_dir)
             if xds_listen is not None:
                 plane.ca = open_ca(store, data_dir, token, service_tokens, ca or CaOptions())
-            plane._start_mesh(xds_listen)
+            plane._start_mesh(xds_listen, token)
             loadtester = plane._start_rollout()
             extensions = chain(
                 MeshApi(plane.instances, plane.ads), TokenApi(service_tokens), loadtester
@@ -127,13 +127,13 @@ class ControlPlane:
         assert self.mesh is not None
         return self.mesh.instances
 
-    def _start_mesh(self, xds_listen: str | None) -> None:
+    def _start_mesh(self, xds_listen: str | None, token: str) -> None:
         self.mesh = MeshRegistry(self.store)
         self.mesh.start()
         if xds_listen is None:
             return
         services = [self.ca.handler()] if self.ca is not None else []
-        self.ads = AdsServer(self.mesh.snapshot, xds_listen, services=services)
+        self.ads = AdsServer(self.mesh.snapshot, xds_listen, token=token, services=services)
         self.mesh.add_listener(self.ads.changed)
         self.ads.start()
 
@@ -196,7 +196,7 @@ def _start_error(error: BaseException, data_dir: Path) -> StartError | None:
     if isinstance(error, CaError):
         return StartError(f"the CA cannot start: {error}")
     if isinstance(error, BindError):
-        return StartError(f"{error} (is another control plane running? see --xds-port)")
+        return StartError(f"{error} (is another control plane running? see --xds-listen)")
     if isinstance(error, OSError):
         where = f" {error.filename}" if error.filename else ""
         return StartError(f"cannot start:{where}: {error.strerror or error}")
@@ -241,17 +241,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", type=Path, default=Path.home() / ".pilotfish" / "data")
     parser.add_argument("--listen", default=DEFAULT_LISTEN)
     parser.add_argument("--config", type=Path, default=None, help="client config to write")
-    parser.add_argument("--xds-port", type=int, default=15010, help="ADS port on 127.0.0.1")
+    parser.add_argument("--xds-port", type=int, default=15010, help="ADS port on --listen's host")
+    parser.add_argument("--xds-listen", help="ADS address (default: --xds-port on --listen's host)")
     add_ca_flags(parser)
     args = parser.parse_args(argv)
-    return run_controlplane(
-        args.data_dir, args.listen, args.config, xds_listen(args.xds_port), ca_options(args)
-    )
+    try:
+        xds = xds_listen(args.xds_port, args.listen, args.xds_listen)
+    except ValueError as e:
+        parser.error(str(e))
+    return run_controlplane(args.data_dir, args.listen, args.config, xds, ca_options(args))
 
 
-def xds_listen(port: int, host: str = "127.0.0.1") -> str | None:
-    """The ADS address for `--xds-port`; a negative port turns xDS off."""
-    return None if port < 0 else f"{host}:{port}"
+def xds_listen(port: int, api_listen: str, explicit: str | None = None) -> str | None:
+    """Where the ADS server binds: `explicit` (--xds-listen) if given, else
+    `port` (--xds-port) on the REST API's host, so xDS is never reachable from
+    where the API is not; a negative port turns xDS off. ValueError names a
+    bad address."""
+    if explicit is not None:
+        host, port = parse_listen(explicit)
+    elif port < 0:
+        return None
+    else:
+        host = parse_listen(api_listen)[0]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 if __name__ == "__main__":

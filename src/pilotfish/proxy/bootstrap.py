@@ -4,6 +4,7 @@ honour rejected at start, by path."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import yaml
@@ -23,6 +24,8 @@ SUPPORTED = frozenset(
         "dynamic_resources.ads_config.api_type",
         "dynamic_resources.ads_config.transport_api_version",
         "dynamic_resources.ads_config.grpc_services.envoy_grpc.cluster_name",
+        "dynamic_resources.ads_config.grpc_services.initial_metadata.key",
+        "dynamic_resources.ads_config.grpc_services.initial_metadata.value",
         "dynamic_resources.ads_config.set_node_on_first_message_only",
         "dynamic_resources.lds_config.ads",
         "dynamic_resources.lds_config.resource_api_version",
@@ -57,7 +60,29 @@ def parse_bootstrap(data: dict[str, object], source: str = "bootstrap") -> Boots
     bad = unsupported(bootstrap, SUPPORTED)
     if bad:
         raise BootstrapError(f"{source}: field not supported by pilotfish: {', '.join(bad)}")
+    _check_initial_metadata(bootstrap, source)
     return bootstrap
+
+
+_METADATA_KEY = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+def _check_initial_metadata(bootstrap: Bootstrap, source: str) -> None:
+    """What Envoy refuses in gRPC initial metadata, refused at start: keys of
+    other characters than gRPC's (they are sent lowercased, as Envoy does), and
+    values that are not printable ASCII; either would fail every stream."""
+    for i, service in enumerate(bootstrap.dynamic_resources.ads_config.grpc_services):
+        for j, header in enumerate(service.initial_metadata):
+            where = (
+                f"{source}: dynamic_resources.ads_config.grpc_services[{i}].initial_metadata[{j}]"
+            )
+            if not _METADATA_KEY.fullmatch(header.key) or header.key.endswith("-bin"):
+                raise BootstrapError(
+                    f"{where}.key: illegal characters in gRPC initial metadata key "
+                    f"{header.key!r} (letters, digits, '-', '_' and '.'; no '-bin' suffix)"
+                )
+            if not header.value.isprintable() or not header.value.isascii():
+                raise BootstrapError(f"{where}.value: must be printable ASCII")
 
 
 def innermost(error: json_format.ParseError) -> str:

@@ -230,7 +230,13 @@ async def _follow(changed: asyncio.Event, listeners: Listeners, runtime: Runtime
 
 def _ads_client(bootstrap: Bootstrap, config: ProxyConfig) -> AdsClient | None:
     host = _ads_target(bootstrap)
-    return AdsClient(host, AdsProtocol(bootstrap.node, config.apply)) if host else None
+    if not host:
+        return None
+    metadata = [
+        (header.key.lower(), header.value)
+        for header in bootstrap.dynamic_resources.ads_config.grpc_services[0].initial_metadata
+    ]
+    return AdsClient(host, AdsProtocol(bootstrap.node, config.apply), metadata)
 
 
 def _ads_target(bootstrap: Bootstrap) -> str | None:

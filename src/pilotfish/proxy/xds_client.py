@@ -2,7 +2,8 @@
 
 One gRPC stream to the control plane; when it breaks, reconnect with
 exponential backoff and jitter, and keep serving with the last good config
-meanwhile (nothing is torn down on disconnect).
+meanwhile (nothing is torn down on disconnect). Every stream carries the
+bootstrap's `initial_metadata` (the control plane's token, off loopback).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import grpc
 from envoy.service.discovery.v3.ads_pb2_grpc import AggregatedDiscoveryServiceStub
@@ -22,9 +23,13 @@ log = logging.getLogger("pilotfish.proxy.xds")
 BACKOFF_FIRST_S, BACKOFF_MAX_S = 0.25, 30.0
 
 
+Metadata = Sequence[tuple[str, str]]
+
+
 class AdsClient:
-    def __init__(self, target: str, protocol: AdsProtocol) -> None:
+    def __init__(self, target: str, protocol: AdsProtocol, metadata: Metadata = ()) -> None:
         self.target, self.protocol = target, protocol
+        self._metadata = tuple(metadata)  # may hold a credential: kept out of __repr__
         self.connected = asyncio.Event()
         self._outbox: asyncio.Queue[DiscoveryRequest | None] = asyncio.Queue()
 
@@ -56,7 +61,7 @@ class AdsClient:
         self.send(self.protocol.start())
         async with grpc.aio.insecure_channel(self.target) as channel:
             stub = AggregatedDiscoveryServiceStub(channel)
-            call = stub.StreamAggregatedResources(self._requests())
+            call = stub.StreamAggregatedResources(self._requests(), metadata=self._metadata)
             async for response in call:
                 self.connected.set()
                 self.send(self.protocol.on_response(response))

@@ -10,7 +10,10 @@ per snapshot, type, names asked for and the proxy's scope (what of the proxy
 the translation reads, translate/scope.py), and every other proxy of the
 same scope gets the same Generated. Streams are served by many threads at
 once, so a key being translated makes the others wait for it (single
-flight) instead of translating it again in parallel.
+flight) instead of translating it again in parallel. The names a key holds
+come from clients, so what is kept per snapshot is bounded by the names in
+its keys (MEMO_NAMES, least recently used first out): a client churning
+through lists of names costs translations, never memory.
 """
 
 from __future__ import annotations
@@ -38,6 +41,8 @@ from pilotfish.xds import types
 
 T = TypeVar("T")
 KEPT_SNAPSHOTS = 2  # the current one, and the one streams may still be answering from
+MEMO_NAMES = 65_536  # names in the keys kept per snapshot (a 1,000-service mesh's sidecars
+# asking for every cluster's endpoints, in 64 scopes)
 _KINDS = {
     types.LISTENER: Kind.LISTENERS,
     types.ROUTE: Kind.ROUTES,
@@ -125,19 +130,66 @@ class _Cell(Generic[T]):
         return self.value
 
 
+class _Memo:
+    """One snapshot's cells, least recently used first, weighed by the names
+    in their keys; only finished cells are dropped (a waiter holds the rest)."""
+
+    def __init__(self, snapshot: Snapshot, budget: int) -> None:
+        self.snapshot = snapshot  # kept so its id is not reused while the memo lives
+        self.budget = budget
+        self.weight = 0
+        self.cells: OrderedDict[Hashable, _Cell[Any]] = OrderedDict()
+
+    def get(self, key: Hashable) -> _Cell[Any] | None:
+        cell = self.cells.get(key)
+        if cell is not None:
+            self.cells.move_to_end(key)
+        return cell
+
+    def add(self, key: Hashable) -> _Cell[Any]:
+        cell = self.cells[key] = _Cell()
+        self.weight += _weight(key)
+        if self.weight > self.budget:
+            self._evict(self.weight - self.budget)
+        return cell
+
+    def _evict(self, excess: int) -> None:
+        doomed = []
+        for key, cell in self.cells.items():
+            if excess <= 0:
+                break
+            if cell.done.is_set():
+                doomed.append(key)
+                excess -= _weight(key)
+        for key in doomed:
+            del self.cells[key]
+            self.weight -= _weight(key)
+
+
+def _weight(key: Hashable) -> int:
+    """1, plus the names of a (type, names, scope) key."""
+    names = key[1] if isinstance(key, tuple) and isinstance(key[1], frozenset) else ()
+    return 1 + len(names)
+
+
 class Generator:
     """`generate`, memoised per snapshot and proxy scope (thread-safe). A
     sidecar's clusters are its outbound ones, shared with every proxy of the
     same scope, plus its own inbound ones, translated for it alone."""
 
-    def __init__(self) -> None:
+    def __init__(self, memo_names: int = MEMO_NAMES) -> None:
         self._lock = threading.Lock()
-        # id(snapshot) -> (the snapshot, kept so its id is not reused; its cells)
-        self._memos: OrderedDict[int, tuple[Snapshot, dict[Hashable, _Cell[Any]]]] = OrderedDict()
+        self._memo_names = memo_names
+        self._memos: OrderedDict[int, _Memo] = OrderedDict()  # by id(snapshot)
         self.translations = 0  # cache misses, for tests and benchmarks
 
     def __repr__(self) -> str:
         return f"Generator({len(self._memos)} snapshots, {self.translations} translations)"
+
+    def cached_names(self) -> int:
+        """The weight of what is memoised (names in keys, plus one per key)."""
+        with self._lock:
+            return sum(memo.weight for memo in self._memos.values())
 
     def generate(
         self, snapshot: Snapshot, proxy: Proxy, type_url: str, names: frozenset[str]
@@ -180,18 +232,16 @@ class Generator:
     def _cell(self, snapshot: Snapshot, key: Hashable) -> tuple[_Cell[Any], bool]:
         """The cell for `key`, and whether the caller must fill it."""
         with self._lock:
-            entry = self._memos.get(id(snapshot))
-            if entry is None:
-                entry = self._memos[id(snapshot)] = (snapshot, {})
+            memo = self._memos.get(id(snapshot))
+            if memo is None:
+                memo = self._memos[id(snapshot)] = _Memo(snapshot, self._memo_names)
                 while len(self._memos) > KEPT_SNAPSHOTS:
                     self._memos.popitem(last=False)
-            cells = entry[1]
-            cell = cells.get(key)
+            cell = memo.get(key)
             if cell is not None:
                 return cell, False
-            cell = cells[key] = _Cell()
             self.translations += 1
-            return cell, True
+            return memo.add(key), True
 
 
 def _first(pair: tuple[str, AnyProto]) -> str:

@@ -1,48 +1,65 @@
-"""The ADS server: grpcio's threaded server, one handler thread per stream.
+"""The ADS server: grpc.aio on an event loop thread of its own.
 
-Every stream is a Connection (connection.py) fed by one queue: the client's
-requests (moved there by a reader thread) and the server's pushes arrive in
-order, so a stream's state is only ever touched by its own handler thread.
+A stream costs a queue and a reader task, never a thread, so however many
+streams clients open, the thread count stays flat; how many they may open,
+and what each may make the server hold, is limits.py's. Every stream is a
+Connection (connection.py) fed by one queue: the client's requests (moved
+there by the reader task, at most a few ahead) and "a push is due" markers
+arrive in order, so a stream's state is only ever touched by its handler.
 Changes from the registry (any thread) are debounced by a pusher thread: a
 push starts once changes stop for `debounce` seconds, or `debounce_max` after
 the first, whichever comes first; then every stream regenerates the types the
 changed kinds can alter (types.affected_types: a VirtualService, routes only)
-and sends only those whose version moved. Regenerating is shared: proxies that
-translation cannot tell apart get the same resources, translated once
-(generate.Generator).
+and sends only those whose version moved. A stream that is slow to read
+keeps one pending push, the newest, not a backlog. Regenerating is shared:
+proxies that translation cannot tell apart get the same resources,
+translated once (generate.Generator).
 
-(grpc.aio was tried first: its server cannot be stopped cleanly from an
-event loop running on a thread other than the main one.)
+Who may connect: any loopback peer, as before; from any other address a
+stream must carry the control plane's token in its gRPC metadata
+(`authorization: Bearer TOKEN`), or it ends UNAUTHENTICATED at once.
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
-import queue
+import resource
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TypeAlias
+from typing import Any, TypeAlias, TypeVar
 
 import grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc
 from envoy.service.discovery.v3.discovery_pb2 import DiscoveryRequest, DiscoveryResponse
 
+from pilotfish.controlplane.auth import has_token, is_loopback
 from pilotfish.model import Snapshot
 from pilotfish.xds import types
 from pilotfish.xds.connection import Connection
 from pilotfish.xds.generate import Generator
+from pilotfish.xds.handlers import AsyncAdapter
+from pilotfish.xds.limits import (
+    DEFAULT_LIMITS,
+    MAX_REQUEST_BYTES,
+    Limits,
+    Peer,
+    StreamCounts,
+    StreamRefused,
+    check_request,
+)
 from pilotfish.xds.node import proxy_from_node
 
 log = logging.getLogger("pilotfish.xds")
 
 DEFAULT_LISTEN = "127.0.0.1:15010"
 DEBOUNCE_S, DEBOUNCE_MAX_S = 0.1, 1.0
-MAX_STREAMS = 2048  # each stream holds a handler thread (and a reader thread)
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+MAX_SEND_BYTES = 64 * 1024 * 1024  # a large mesh's full CDS fits in one response
+REQUESTS_AHEAD = 4  # requests read from a stream before its handler took the first
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -53,7 +70,12 @@ class _Push:
     types: frozenset[str]
 
 
-StreamItem: TypeAlias = DiscoveryRequest | _Push | None  # None: the client hung up
+class _PushDue:
+    """Queued once per pending push; the push itself waits on the stream."""
+
+
+_PUSH_DUE = _PushDue()
+StreamItem: TypeAlias = DiscoveryRequest | _PushDue | None  # None: the client hung up
 
 
 class BindError(Exception):
@@ -63,11 +85,15 @@ class BindError(Exception):
 @dataclass
 class _Stream:
     connection: Connection
-    queue: queue.SimpleQueue[StreamItem] = field(default_factory=queue.SimpleQueue)
+    peer: Peer
+    queue: asyncio.Queue[StreamItem] = field(default_factory=asyncio.Queue)
+    room: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(REQUESTS_AHEAD))
+    push: _Push | None = None
 
 
 class AdsServer:
-    """Serves state-of-the-world ADS from the snapshots `snapshot_of()` builds."""
+    """Serves state-of-the-world ADS from the snapshots `snapshot_of()` builds.
+    `token`: what peers off loopback must present (None: they are all refused)."""
 
     def __init__(
         self,
@@ -76,21 +102,28 @@ class AdsServer:
         *,
         debounce: float = DEBOUNCE_S,
         debounce_max: float = DEBOUNCE_MAX_S,
+        token: str | None = None,
+        limits: Limits = DEFAULT_LIMITS,
         services: Sequence[grpc.GenericRpcHandler] = (),
     ) -> None:
         self.listen = listen
-        self._services = tuple(services)  # more gRPC services on this port (Istio's CA)
+        # More gRPC services on this port (Istio's CA); synchronous ones run on threads.
+        self._services = tuple(AsyncAdapter(service) for service in services)
         self.port = 0
         self.pushes = 0
+        self.limits = limits
+        self._token = token
         self._snapshot_of = snapshot_of
         self._debounce = Debounce(debounce, debounce_max)
         self._snapshot = Snapshot()
         self._generator = Generator()
         self._pending: frozenset[str] = frozenset()  # types the changes since the last push alter
         self._streams: dict[str, _Stream] = {}
+        self._counts = StreamCounts(limits)
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
-        self._server: grpc.Server | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._server: grpc.aio.Server | None = None
         self._stopping = threading.Event()
         self._pusher: threading.Thread | None = None
 
@@ -102,34 +135,36 @@ class AdsServer:
     def start(self) -> None:
         """Bind and serve; BindError if the address cannot be used."""
         self._snapshot = self._snapshot_of()
-        server = grpc.server(
-            ThreadPoolExecutor(max_workers=MAX_STREAMS, thread_name_prefix="xds-stream"),
-            options=[
-                ("grpc.so_reuseport", 0),  # a second control plane must fail, not share
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ],
-            maximum_concurrent_rpcs=MAX_STREAMS,
-        )
+        self._loop = _server_loop()
+        self._server = self._run(self._serve())
+        self._pusher = threading.Thread(target=self._push_forever, name="xds-push", daemon=True)
+        self._pusher.start()
+
+    async def _serve(self) -> grpc.aio.Server:
+        server = grpc.aio.server(options=_server_options(self.limits))
         ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(self, server)
         server.add_generic_rpc_handlers(self._services)
         self.port = _bind(server, self.listen)
-        server.start()
-        self._server = server
-        self._pusher = threading.Thread(target=self._push_forever, name="xds-push", daemon=True)
-        self._pusher.start()
+        await server.start()
+        return server
 
     def stop(self) -> None:
         self._stopping.set()
         self._debounce.wake()
-        with self._lock:
-            streams = list(self._streams.values())
-        for stream in streams:
-            stream.queue.put(None)
         if self._server is not None:
-            self._server.stop(grace=1.0).wait(timeout=10)
+            self._run(self._shutdown(self._server))
+            self._server = None
         if self._pusher is not None:
             self._pusher.join(timeout=5)
+
+    async def _shutdown(self, server: grpc.aio.Server) -> None:
+        for stream in list(self._streams.values()):
+            stream.queue.put_nowait(None)
+        await server.stop(grace=1.0)
+
+    def _run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        assert self._loop is not None
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
 
     def changed(self, kinds: Iterable[str] = ()) -> None:
         """Something snapshots are built from changed (any thread); `kinds`
@@ -159,58 +194,122 @@ class AdsServer:
     def _publish(self, snapshot: Snapshot, affected: frozenset[str]) -> None:
         self._snapshot = snapshot
         self.pushes += 1
-        push = _Push(snapshot, affected)
-        with self._lock:
-            streams = list(self._streams.values())
-        for stream in streams:
-            stream.queue.put(push)
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._fan_out, _Push(snapshot, affected))
+
+    def _fan_out(self, push: _Push) -> None:
+        """On the loop: every stream gets the push, merged into any it has not sent yet."""
+        for stream in self._streams.values():
+            if stream.push is None:
+                stream.queue.put_nowait(_PUSH_DUE)
+                stream.push = push
+            else:
+                stream.push = _Push(push.snapshot, stream.push.types | push.types)
 
     # -- one stream ----------------------------------------------------------------------
 
-    def StreamAggregatedResources(
-        self, request_iterator: Iterator[DiscoveryRequest], context: grpc.ServicerContext
-    ) -> Iterator[DiscoveryResponse]:
-        stream = _Stream(
-            Connection(f"{context.peer()}-{next(self._ids)}", _peer_ip(context.peer()))
-        )
-        threading.Thread(
-            target=_read_requests, args=(request_iterator, stream.queue), daemon=True
-        ).start()
-        with self._lock:
-            self._streams[stream.connection.conn_id] = stream
+    async def StreamAggregatedResources(
+        self, request_iterator: AsyncIterator[DiscoveryRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[DiscoveryResponse]:
+        address = _peer_ip(context.peer())
         try:
-            while (item := stream.queue.get()) is not None and context.is_active():
-                if isinstance(item, _Push):
-                    yield from self._push(stream.connection, item)
-                else:
-                    yield from self._answer(stream.connection, item, context)
+            self._authenticate(address, context.invocation_metadata() or ())
+            self._counts.open(address)
+        except StreamRefused as e:
+            await context.abort(grpc.StatusCode[e.code], str(e))
+        conn = Connection(f"{context.peer()}-{next(self._ids)}", address)
+        stream = _Stream(conn, (address, ""))
+        reader = asyncio.create_task(_read_requests(request_iterator, stream))
+        with self._lock:
+            self._streams[conn.conn_id] = stream
+        try:
+            async for response in self._serve_stream(stream):
+                yield response
+        except StreamRefused as e:
+            log.warning("xDS stream %s refused: %s", conn.conn_id, e)
+            await context.abort(grpc.StatusCode[e.code], str(e))
         finally:
+            reader.cancel()
             with self._lock:
-                self._streams.pop(stream.connection.conn_id, None)
-            log.info("xDS stream closed: %r", stream.connection)
+                self._streams.pop(conn.conn_id, None)
+            self._counts.close(stream.peer)
+            log.info("xDS stream closed: %r", conn)
 
-    def DeltaAggregatedResources(
-        self, request_iterator: Iterator[object], context: grpc.ServicerContext
-    ) -> Iterator[object]:
-        context.abort(grpc.StatusCode.UNIMPLEMENTED, "delta xDS is not served; use SotW")
-        return iter(())
+    async def _serve_stream(self, stream: _Stream) -> AsyncIterator[DiscoveryResponse]:
+        conn = stream.connection
+        deadline = time.monotonic() + self.limits.identify_within
+        while (item := await self._next(stream, deadline)) is not None:
+            if isinstance(item, _PushDue):
+                push, stream.push = stream.push, None
+                responses = self._push(conn, push) if push is not None else []
+            else:
+                stream.room.release()
+                responses = self._answer(stream, item)
+            for response in responses:
+                yield response
 
-    def _answer(
-        self, conn: Connection, request: DiscoveryRequest, context: grpc.ServicerContext
-    ) -> list[DiscoveryResponse]:
+    async def _next(self, stream: _Stream, deadline: float) -> StreamItem:
+        if stream.connection.proxy is not None:
+            return await stream.queue.get()
+        try:
+            return await asyncio.wait_for(stream.queue.get(), deadline - time.monotonic())
+        except TimeoutError:
+            raise StreamRefused(
+                "DEADLINE_EXCEEDED",
+                f"no DiscoveryRequest with a node arrived within "
+                f"{self.limits.identify_within:g}s of the stream opening",
+            ) from None
+
+    def _authenticate(self, address: str, metadata: Sequence[tuple[str, Any]]) -> None:
+        if is_loopback(address):
+            return
+        given = [str(v) for k, v in metadata if k == "authorization"]
+        if self._token is not None and given and has_token(given[0], self._token):
+            return
+        if given:
+            raise StreamRefused(
+                "UNAUTHENTICATED", "the bearer token in 'authorization' is not valid"
+            )
+        raise StreamRefused(
+            "UNAUTHENTICATED",
+            f"xDS from {address} (not loopback) needs the control plane's token: "
+            "send gRPC metadata 'authorization: Bearer TOKEN'",
+        )
+
+    async def DeltaAggregatedResources(
+        self, request_iterator: AsyncIterator[object], context: grpc.aio.ServicerContext
+    ) -> None:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "delta xDS is not served; use SotW")
+
+    def _answer(self, stream: _Stream, request: DiscoveryRequest) -> list[DiscoveryResponse]:
+        conn = stream.connection
         if conn.proxy is None:
-            if not request.HasField("node") or not request.node.id:
-                context.abort(
-                    grpc.StatusCode.INVALID_ARGUMENT, "the first request must carry a node id"
-                )
-            conn.proxy = proxy_from_node(request.node, conn.peer)
-            log.info("xDS stream %s: %r", conn.conn_id, conn.proxy)
+            self._identify(stream, request)
+        assert conn.proxy is not None
+        subscribed = {type_url: w.names for type_url, w in conn.watched.items()}
+        check_request(request, subscribed, self.limits)
         if not conn.on_request(request):
             _log_nack(conn, request)
             return []
         names = conn.watched[request.type_url].names
         generated = self._generator.generate(self._snapshot, conn.proxy, request.type_url, names)
         return [conn.response(request.type_url, generated)]
+
+    def _identify(self, stream: _Stream, request: DiscoveryRequest) -> None:
+        """The first request says who the proxy is; it must, within the deadline."""
+        if not request.HasField("node") or not request.node.id:
+            raise StreamRefused("INVALID_ARGUMENT", "the first request must carry a node id")
+        if len(request.node.id.encode()) > self.limits.name_bytes:
+            raise StreamRefused(
+                "INVALID_ARGUMENT",
+                f"the node id is {len(request.node.id.encode())} bytes; the limit is "
+                f"{self.limits.name_bytes}",
+            )
+        address = stream.peer[0]
+        self._counts.identify(address, request.node.id)
+        stream.peer = (address, request.node.id)
+        stream.connection.proxy = proxy_from_node(request.node, address)
+        log.info("xDS stream %s: %r", stream.connection.conn_id, stream.connection.proxy)
 
     def _push(self, conn: Connection, push: _Push) -> list[DiscoveryResponse]:
         if conn.proxy is None:
@@ -225,6 +324,22 @@ class AdsServer:
             if conn.needs_push(type_url, generated):
                 out.append(conn.response(type_url, generated))
         return out
+
+
+_loop_lock = threading.Lock()
+_loop: asyncio.AbstractEventLoop | None = None
+
+
+def _server_loop() -> asyncio.AbstractEventLoop:
+    """The event loop every AdsServer of the process runs on, started once and
+    never closed: grpc.aio delivers all its completions through the first loop
+    that used it, so a server whose loop stopped would stall any other."""
+    global _loop
+    with _loop_lock:
+        if _loop is None:
+            _loop = asyncio.new_event_loop()
+            threading.Thread(target=_loop.run_forever, name="xds", daemon=True).start()
+        return _loop
 
 
 class Debounce:
@@ -268,16 +383,17 @@ class Debounce:
             return False
 
 
-def _read_requests(
-    requests: Iterator[DiscoveryRequest], into: queue.SimpleQueue[StreamItem]
-) -> None:
+async def _read_requests(requests: AsyncIterator[DiscoveryRequest], stream: _Stream) -> None:
+    """Move requests to the stream's queue, at most REQUESTS_AHEAD ahead of its
+    handler, so a client cannot queue requests faster than they are answered."""
     try:
-        for request in requests:
-            into.put(request)
+        async for request in requests:
+            await stream.room.acquire()
+            stream.queue.put_nowait(request)
     except grpc.RpcError:
         pass  # the client went away; the handler ends below
     finally:
-        into.put(None)
+        stream.queue.put_nowait(None)
 
 
 def _log_nack(conn: Connection, request: DiscoveryRequest) -> None:
@@ -291,7 +407,24 @@ def _log_nack(conn: Connection, request: DiscoveryRequest) -> None:
         )
 
 
-def _bind(server: grpc.Server, listen: str) -> int:
+def _server_options(limits: Limits) -> list[tuple[str, int]]:
+    # Connections beyond the cap are closed at once: better a proxy retrying
+    # than a process out of file descriptors, its REST API with it.
+    soft_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    connections = limits.connections
+    if soft_limit != resource.RLIM_INFINITY:
+        connections = min(connections, soft_limit // 2)
+    return [
+        ("grpc.so_reuseport", 0),  # a second control plane must fail, not share
+        ("grpc.max_send_message_length", MAX_SEND_BYTES),
+        ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
+        ("grpc.max_allowed_incoming_connections", connections),
+        ("grpc.server_handshake_timeout_ms", int(limits.handshake_within * 1000)),
+        ("grpc.max_connection_idle_ms", int(limits.idle_connection * 1000)),
+    ]
+
+
+def _bind(server: grpc.aio.Server, listen: str) -> int:
     try:
         port = int(server.add_insecure_port(listen))
     except RuntimeError as e:
