@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from pilotfish import __version__
 from pilotfish.api.errors import ApiError
 from pilotfish.api.gotypes import parse_duration_ns
-from pilotfish.cli import commands, mesh, node, rollout
+from pilotfish.cli import commands, mesh, node, rollout, token
 from pilotfish.cli.manifests import ManifestError
 from pilotfish.client import Unreachable
 from pilotfish.config import ConfigError
@@ -66,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_register(sub, common)
     node.add_commands(sub, common)
     rollout.add_commands(sub, common)
+    token.add_commands(sub)
     return parser
 
 
@@ -114,7 +115,22 @@ def _add_controlplane(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         default=15010,
         help="port of the ADS (xDS) server on the REST API's host; -1 turns xDS off",
     )
+    p.add_argument(
+        "--anonymous-reads",
+        type=_boolean,
+        default=True,
+        metavar="true|false",
+        help="serve reads without a token to loopback callers, Secrets excepted (default: true)",
+    )
     p.set_defaults(handler=_run_controlplane)
+
+
+def _boolean(text: str) -> bool:
+    if text.lower() in ("true", "1"):
+        return True
+    if text.lower() in ("false", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f'"{text}": must be true or false')
 
 
 def _run_controlplane(args: argparse.Namespace) -> int:
@@ -126,7 +142,12 @@ def _run_controlplane(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    return run_controlplane(args.data_dir, args.listen, xds_listen=xds_listen(args.xds_port, host))
+    return run_controlplane(
+        args.data_dir,
+        args.listen,
+        xds_listen=xds_listen(args.xds_port, host),
+        anonymous_reads=args.anonymous_reads,
+    )
 
 
 def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

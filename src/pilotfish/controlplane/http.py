@@ -8,30 +8,34 @@ plane has its own asyncio stack). Nothing here decides what a request means.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 import logging
+import re
 import select
 import socket
 import threading
 import time
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from pilotfish import __version__
 from pilotfish.api.errors import ApiError, BadRequest
-from pilotfish.controlplane.api import (
-    MAX_BODY,
-    Api,
-    EventStream,
-    Request,
-    RequestEntityTooLarge,
-    Response,
-    status_response,
-)
+from pilotfish.controlplane.api import Api, EventStream, Request, Response, status_response
+from pilotfish.controlplane.bodies import MAX_BODY, too_large
 
 log = logging.getLogger(__name__)
 
 STREAM_TICK_S = 0.25  # how often an idle watch checks for shutdown and a departed client
 IDLE_TIMEOUT_S = 120.0  # a keep-alive connection with no request for this long is closed
+BACKLOG = 128  # connections the kernel queues before accept (the stdlib's default is 5)
+MAX_LINE = 1024  # a chunk-size or trailer line
+MAX_TRAILERS = 100
+# RFC 9112 chunk-size: hex digits only (no sign, prefix or space), as Go's
+# parseHexUint, bounded like it: 16 digits.
+_CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")
+_CONTENT_LENGTH = re.compile(r"[0-9]{1,19}")  # ASCII digits: str.isdigit() takes "²"
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -41,6 +45,13 @@ def parse_listen(listen: str) -> tuple[str, int]:
         raise ValueError(f'invalid listen address "{listen}": expected HOST:PORT')
     host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
     return host or "0.0.0.0", int(port_text)
+
+
+def _chunk_size(line: bytes) -> int:
+    size = line.split(b";", 1)[0].rstrip(b" \t")  # an extension may follow, after optional space
+    if not _CHUNK_SIZE.fullmatch(size):
+        raise BadRequest(f"malformed chunked request body: invalid chunk size {size[:20]!r}")
+    return int(size, 16)
 
 
 def client_url(host: str, port: int) -> str:
@@ -118,6 +129,7 @@ class ApiServer:
 
 class _HttpServer(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = BACKLOG
     api: Api
 
     def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
@@ -194,15 +206,18 @@ class _Handler(BaseHTTPRequestHandler):
         log.debug("%s " + format, self.address_string(), *args)
 
     def _serve(self) -> None:
+        method = "GET" if self.command == "HEAD" else self.command
+        head = Request.of(method, self.path, dict(self.headers), b"", self.client_address[0])
         try:
+            # Who is calling is known from the head: a caller who may not do
+            # this is refused before a byte of its body is read.
+            self.server.api.admit(head)
             body = self._read_body()
         except ApiError as e:
             self.close_connection = True  # the unread body would be taken for the next request
             self._send(status_response(e))
             return
-        method = "GET" if self.command == "HEAD" else self.command
-        request = Request.of(method, self.path, dict(self.headers), body, self.client_address[0])
-        response = self.server.api.handle(request)
+        response = self.server.api.handle(dataclasses.replace(head, body=body))
         if response.stream is not None:
             self._stream(response.stream)
         else:
@@ -211,34 +226,70 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
 
     def _read_body(self) -> bytes:
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+        encoding = self.headers.get("Transfer-Encoding")
+        if encoding is not None:
+            if encoding.strip().lower() != "chunked":
+                raise BadRequest(f'unsupported Transfer-Encoding "{encoding}"')
             return self._read_chunked()
-        length_text = self.headers.get("Content-Length") or "0"
-        if not length_text.isdigit():
-            raise BadRequest(f'invalid Content-Length "{length_text}"')
+        lengths = set(self.headers.get_all("Content-Length") or ["0"])
+        if len(lengths) > 1:
+            raise BadRequest(f"conflicting Content-Length headers: {sorted(lengths)}")
+        length_text = lengths.pop().strip()
+        if not _CONTENT_LENGTH.fullmatch(length_text):
+            raise BadRequest(f"invalid Content-Length {json.dumps(length_text)}")
         length = int(length_text)
         if length > MAX_BODY:
-            raise RequestEntityTooLarge(f"the request body is larger than {MAX_BODY} bytes")
-        return self.rfile.read(length) if length else b""
+            raise too_large()
+        body = self.rfile.read(length) if length else b""
+        if len(body) < length:
+            raise BadRequest("the request body ended before its Content-Length")
+        return body
 
     def _read_chunked(self) -> bytes:
         parts: list[bytes] = []
         size = 0
         while True:
-            line = self.rfile.readline(1024).split(b";", 1)[0].strip()
-            try:
-                chunk = int(line, 16)
-            except ValueError:
-                raise BadRequest("malformed chunked request body") from None
+            chunk = _chunk_size(self._line())
             size += chunk
             if size > MAX_BODY:
-                raise RequestEntityTooLarge(f"the request body is larger than {MAX_BODY} bytes")
+                raise too_large()
             if chunk == 0:
-                while self.rfile.readline(1024).strip():
-                    pass  # trailers, which mean nothing here
+                self._skip_trailers()
                 return b"".join(parts)
-            parts.append(self.rfile.read(chunk))
-            self.rfile.readline(1024)
+            data = self.rfile.read(chunk)
+            if len(data) < chunk or self._line() != b"":
+                raise BadRequest("malformed chunked request body: a chunk is not followed by CRLF")
+            parts.append(data)
+
+    def _line(self) -> bytes:
+        """One line of chunked framing without its line end; BadRequest if it is
+        longer than MAX_LINE or the body ends first."""
+        line = self.rfile.readline(MAX_LINE + 1)
+        if not line.endswith(b"\n"):
+            raise BadRequest("malformed chunked request body: a line is too long or cut short")
+        return line.rstrip(b"\r\n") if line.endswith(b"\r\n") else line[:-1]
+
+    def _skip_trailers(self) -> None:
+        for _ in range(MAX_TRAILERS):
+            if not self._line():
+                return
+        raise BadRequest(f"malformed chunked request body: more than {MAX_TRAILERS} trailers")
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """The stdlib's own refusals (a bad request line, too many headers, an
+        unknown method) as Status objects too, like every other error."""
+        self.close_connection = True
+        phrase = HTTPStatus(code).phrase if code in HTTPStatus._value2member_map_ else "Error"
+        error = ApiError(message or phrase)
+        status = {**error.to_status(), "reason": re.sub(r"[^A-Za-z]", "", phrase), "code": code}
+        body = json.dumps(status).encode()
+        self.send_response(code, message)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Connection", "close")
+        self.end_headers()
+        if self.command != "HEAD" and code >= 200 and code not in (204, 304):
+            self.wfile.write(body)
 
     def _send(self, response: Response) -> None:
         self.send_response(response.status)

@@ -14,8 +14,10 @@ from __future__ import annotations
 import argparse
 import errno
 import logging
+import os
 import signal
 import sqlite3
+import stat
 import sys
 import threading
 from pathlib import Path
@@ -24,7 +26,7 @@ from types import FrameType
 from pilotfish.api.validation import analyze, validate_or_raise, with_defaults
 from pilotfish.config import ClientConfig, write_client_config
 from pilotfish.controlplane.api import Api, chain
-from pilotfish.controlplane.auth import load_or_create_token
+from pilotfish.controlplane.auth import Authenticator, load_or_create_token
 from pilotfish.controlplane.http import ApiServer
 from pilotfish.controlplane.loadtester_api import LoadTesterApi
 from pilotfish.controlplane.mesh_api import MeshApi
@@ -76,6 +78,8 @@ class ControlPlane:
         listen: str = DEFAULT_LISTEN,
         config_path: Path | None = None,
         xds_listen: str | None = None,
+        *,
+        anonymous_reads: bool = True,
     ) -> ControlPlane:
         """Everything started and serving, or nothing left running. Without
         `xds_listen` there is no ADS server (the registry API still works): a
@@ -95,7 +99,8 @@ class ControlPlane:
             plane._start_mesh(xds_listen)
             loadtester = plane._start_rollout()
             extensions = chain(MeshApi(plane.instances, plane.ads), loadtester)
-            server.api = Api(store, token, analyze=analyze, extension=extensions)
+            auth = Authenticator(token, data_dir=data_dir, anonymous_reads=anonymous_reads)
+            server.api = Api(store, auth, analyze=analyze, extension=extensions)
             write_client_config(ClientConfig(server.url, token), config_path)
         except BaseException as e:
             if plane is not None:
@@ -151,11 +156,15 @@ def run_controlplane(
     listen: str = DEFAULT_LISTEN,
     config_path: Path | None = None,
     xds_listen: str | None = DEFAULT_XDS_LISTEN,
+    *,
+    anonymous_reads: bool = True,
 ) -> int:
     """Serve until SIGTERM or SIGINT, then shut down cleanly: 0; 1 if it cannot start."""
     _configure_logging()
     try:
-        plane = ControlPlane.open(data_dir, listen, config_path, xds_listen)
+        plane = ControlPlane.open(
+            data_dir, listen, config_path, xds_listen, anonymous_reads=anonymous_reads
+        )
     except StartError as e:
         log.error("error: %s", e)
         return 1
@@ -202,7 +211,28 @@ def _bind(listen: str) -> ApiServer:
 
 
 def _make_data_dir(data_dir: Path) -> None:
+    """Create it 0700, or check that nobody else can write an existing one: who
+    can write the directory can swap the store or the token files under us."""
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    problem = unsafe_directory(data_dir)
+    if problem:
+        raise StartError(f"refusing to use the data directory {data_dir}: {problem}")
+
+
+def unsafe_directory(path: Path) -> str | None:
+    """Why other users could change what is in `path`, or None if they cannot."""
+    info = path.stat()
+    if info.st_uid != os.geteuid():
+        return (
+            f"it is owned by uid {info.st_uid}, not by this user (uid {os.geteuid()}); "
+            f"use a directory of your own, or run: chown {os.geteuid()} {path} && chmod 700 {path}"
+        )
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return (
+            f"other users can write to it (mode {stat.S_IMODE(info.st_mode):04o}); "
+            f"run: chmod 700 {path}"
+        )
+    return None
 
 
 def _stop_on_signals(stop: threading.Event) -> None:

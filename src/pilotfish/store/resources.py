@@ -166,6 +166,9 @@ class ResourceStore:
         return self._write(key, build, _given_version(obj), dry_run)
 
     def create(self, obj: Obj, *, manager: str, dry_run: bool = False) -> Obj:
+        if (obj.get("metadata") or {}).get("resourceVersion") not in (None, ""):
+            # Kubernetes' storage refuses it too: a create cannot be conditional.
+            raise BadRequest("resourceVersion should not be set on objects to be created")
         key, kind, version = self._identify(obj)
 
         def build(live: Obj | None) -> Obj:
