@@ -208,3 +208,43 @@ def test_the_server_keeps_serving_after_every_attack(plane: ControlPlane) -> Non
         t.join(10)
     code, status = exchange(plane, f"GET {VS_PATH} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
     assert code == 200 and status["items"] == []
+
+
+def test_a_body_trickled_past_the_deadline_is_408(
+    plane: ControlPlane, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One byte now and then kept a thread reading for ever: every recv reset
+    # the idle timeout. The deadline is for the whole body.
+    monkeypatch.setattr("pilotfish.controlplane.http.BODY_TIMEOUT_S", 1.0)
+    for framing, first in (
+        (b"Content-Length: 100\r\n", b"{"),
+        (b"Transfer-Encoding: chunked\r\n", b"64\r\n{"),
+    ):
+        head = (
+            b"POST "
+            + VS_PATH.encode()
+            + b" HTTP/1.1\r\nHost: x\r\n"
+            + framing
+            + f"Authorization: Bearer {token_of(plane)}\r\n\r\n".encode()
+        )
+        with socket.create_connection((plane.server.host, plane.server.port), timeout=5) as s:
+            s.sendall(head + first)
+            started = time.monotonic()
+            for _ in range(4):  # each byte well within the idle timeout, then silence
+                time.sleep(0.2)
+                s.sendall(b" ")
+            code, status = read_answer(s)
+        assert code == 408 and status["reason"] == "Timeout"
+        assert status["message"] == "the request body did not arrive within 1 seconds"
+        assert time.monotonic() - started < 3
+
+
+def test_expect_100_continue_is_refused_before_the_body_is_invited(plane: ControlPlane) -> None:
+    head = (
+        f"POST {VS_PATH} HTTP/1.1\r\nHost: x\r\nContent-Length: 2000\r\n"
+        "Expect: 100-continue\r\n\r\n"
+    ).encode()
+    with socket.create_connection((plane.server.host, plane.server.port), timeout=5) as s:
+        s.sendall(head)
+        first = s.recv(12)
+    assert first == b"HTTP/1.1 403"  # not "HTTP/1.1 100": no body is invited

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 import json
 import logging
 import re
@@ -29,6 +30,7 @@ log = logging.getLogger(__name__)
 
 STREAM_TICK_S = 0.25  # how often an idle watch checks for shutdown and a departed client
 IDLE_TIMEOUT_S = 120.0  # a keep-alive connection with no request for this long is closed
+BODY_TIMEOUT_S = 60.0  # a whole request body, as Kubernetes' default request timeout
 BACKLOG = 128  # connections the kernel queues before accept (the stdlib's default is 5)
 MAX_LINE = 1024  # a chunk-size or trailer line
 MAX_TRAILERS = 100
@@ -45,6 +47,15 @@ def parse_listen(listen: str) -> tuple[str, int]:
         raise ValueError(f'invalid listen address "{listen}": expected HOST:PORT')
     host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
     return host or "0.0.0.0", int(port_text)
+
+
+class RequestTimeout(ApiError):
+    code = 408
+    reason = "Timeout"
+
+
+def _body_timeout() -> RequestTimeout:
+    return RequestTimeout(f"the request body did not arrive within {BODY_TIMEOUT_S:g} seconds")
 
 
 def _chunk_size(line: bytes) -> int:
@@ -205,18 +216,35 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s " + format, self.address_string(), *args)
 
-    def _serve(self) -> None:
+    def handle_expect_100(self) -> bool:
+        # Refuse before inviting the body (curl sends Expect: 100-continue over 1 KiB).
+        try:
+            self.server.api.admit(self._head())
+        except ApiError as e:
+            self._refuse(e)
+            return False
+        return super().handle_expect_100()
+
+    def _head(self) -> Request:
         method = "GET" if self.command == "HEAD" else self.command
-        head = Request.of(method, self.path, dict(self.headers), b"", self.client_address[0])
+        return Request.of(method, self.path, dict(self.headers), b"", self.client_address[0])
+
+    def _refuse(self, error: ApiError) -> None:
+        self.close_connection = True  # the unread body would be taken for the next request
+        self._send(status_response(error))
+
+    def _serve(self) -> None:
+        head = self._head()
         try:
             # Who is calling is known from the head: a caller who may not do
             # this is refused before a byte of its body is read.
             self.server.api.admit(head)
             body = self._read_body()
         except ApiError as e:
-            self.close_connection = True  # the unread body would be taken for the next request
-            self._send(status_response(e))
+            self._refuse(e)
             return
+        finally:
+            self.connection.settimeout(self.timeout)
         response = self.server.api.handle(dataclasses.replace(head, body=body))
         if response.stream is not None:
             self._stream(response.stream)
@@ -226,6 +254,12 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
 
     def _read_body(self) -> bytes:
+        try:
+            return self._read_framed()
+        except TimeoutError:
+            raise _body_timeout() from None
+
+    def _read_framed(self) -> bytes:
         encoding = self.headers.get("Transfer-Encoding")
         if encoding is not None:
             if encoding.strip().lower() != "chunked":
@@ -240,38 +274,66 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(length_text)
         if length > MAX_BODY:
             raise too_large()
-        body = self.rfile.read(length) if length else b""
+        body = self._read(length, time.monotonic() + BODY_TIMEOUT_S)
         if len(body) < length:
             raise BadRequest("the request body ended before its Content-Length")
         return body
 
     def _read_chunked(self) -> bytes:
+        deadline = time.monotonic() + BODY_TIMEOUT_S
         parts: list[bytes] = []
         size = 0
         while True:
-            chunk = _chunk_size(self._line())
+            chunk = _chunk_size(self._line(deadline))
             size += chunk
             if size > MAX_BODY:
                 raise too_large()
             if chunk == 0:
-                self._skip_trailers()
+                self._skip_trailers(deadline)
                 return b"".join(parts)
-            data = self.rfile.read(chunk)
-            if len(data) < chunk or self._line() != b"":
+            data = self._read(chunk, deadline)
+            if len(data) < chunk or self._line(deadline) != b"":
                 raise BadRequest("malformed chunked request body: a chunk is not followed by CRLF")
             parts.append(data)
 
-    def _line(self) -> bytes:
+    def _read(self, size: int, deadline: float) -> bytes:
+        """Up to `size` bytes (fewer only at EOF), by the deadline: one recv per
+        step, so a client trickling bytes cannot stretch the wait."""
+        parts: list[bytes] = []
+        while size > 0:
+            self._arm(deadline)
+            piece = self.rfile.read1(min(size, 65536))
+            if not piece:
+                break
+            parts.append(piece)
+            size -= len(piece)
+        return b"".join(parts)
+
+    def _line(self, deadline: float) -> bytes:
         """One line of chunked framing without its line end; BadRequest if it is
         longer than MAX_LINE or the body ends first."""
-        line = self.rfile.readline(MAX_LINE + 1)
+        line = b""
+        while not line.endswith(b"\n") and len(line) <= MAX_LINE:
+            self._arm(deadline)
+            assert isinstance(self.rfile, io.BufferedReader)  # makefile("rb") with a buffer
+            buffered = self.rfile.peek(1)[: MAX_LINE + 1 - len(line)]
+            if not buffered:
+                break
+            end = buffered.find(b"\n")
+            line += self.rfile.read(end + 1 if end >= 0 else len(buffered))
         if not line.endswith(b"\n"):
             raise BadRequest("malformed chunked request body: a line is too long or cut short")
         return line.rstrip(b"\r\n") if line.endswith(b"\r\n") else line[:-1]
 
-    def _skip_trailers(self) -> None:
+    def _arm(self, deadline: float) -> None:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise _body_timeout()
+        self.connection.settimeout(remaining)
+
+    def _skip_trailers(self, deadline: float) -> None:
         for _ in range(MAX_TRAILERS):
-            if not self._line():
+            if not self._line(deadline):
                 return
         raise BadRequest(f"malformed chunked request body: more than {MAX_TRAILERS} trailers")
 
