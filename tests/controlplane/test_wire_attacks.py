@@ -248,3 +248,9 @@ def test_expect_100_continue_is_refused_before_the_body_is_invited(plane: Contro
         s.sendall(head)
         first = s.recv(12)
     assert first == b"HTTP/1.1 403"  # not "HTTP/1.1 100": no body is invited
+
+
+def test_too_many_headers_get_a_status(plane: ControlPlane) -> None:
+    headers = "".join(f"X-{i}: y\r\n" for i in range(101))
+    code, status = exchange(plane, f"GET {VS_PATH} HTTP/1.1\r\nHost: x\r\n{headers}\r\n".encode())
+    assert code == 431 and status["kind"] == "Status" and status["code"] == 431
