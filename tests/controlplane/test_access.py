@@ -243,3 +243,19 @@ def test_pilotfish_get_prints_the_deepest_accepted_object(
     assert json.loads(capsys.readouterr().out)["metadata"]["name"] == "deep"
     assert cli(["get", "envoyfilters", "--server", plane.server.url]) == 0
     assert "deep" in capsys.readouterr().out
+
+
+def test_a_damaged_token_file_admits_no_reader_and_the_admin_still_works(
+    guarded: Caller, tmp_path: Path
+) -> None:
+    token = create_token(tmp_path)
+    (tmp_path / READ_ONLY_TOKENS_FILE).write_text('{"ci": "not hex"}')
+    assert guarded("GET", SECRETS, token=token).status == 401
+    assert guarded("GET", SECRETS).status == 200
+
+
+@pytest.mark.parametrize(("flag", "value"), [([], True), (["--anonymous-reads=false"], False)])
+def test_the_anonymous_reads_flag(flag: list[str], value: bool) -> None:
+    from pilotfish.cli.main import build_parser
+
+    assert build_parser().parse_args(["controlplane", *flag]).anonymous_reads is value

@@ -197,6 +197,8 @@ def test_no_bad_request_is_a_500(call: Caller) -> None:
         ("POST", VS_PATH, b"[" * 100_000),
         ("GET", f"{VS_PATH}?watch=true&resourceVersion=abc", b""),
         ("GET", f"{VS_PATH}?watch=maybe", b""),
+        ("GET", f"{VS_PATH}?watch=true&timeoutSeconds={'9' * 400}", b""),
+        ("GET", f"{VS_PATH}?watch=true&resourceVersion={'9' * 400}", b""),
     ]
     headers = {"Content-Type": "application/json", "Authorization": f"Bearer {TOKEN}"}
     for method, path, body in bad:

@@ -47,6 +47,7 @@ HEALTH_PATHS = ("/healthz", "/readyz", "/livez")
 # Paths anyone local may call: Flagger's webhooks (to the load tester) carry no token.
 PUBLIC_PREFIXES = ("/loadtester",)
 _READS = ("GET", "HEAD")
+_INT64_MAX = 2**63 - 1
 _RESOURCE_VERBS = {"post": "create", "put": "update"}  # the rest are named as their method
 # Kubernetes' own wording, so messages users search for lead somewhere.
 _API_VERSION_MISMATCH = (
@@ -640,6 +641,8 @@ def _deadline(text: str | None) -> float | None:
         seconds = int(text)
     except ValueError:
         raise BadRequest(f'timeoutSeconds: Invalid value: "{text}": must be an integer') from None
+    if seconds > _INT64_MAX:  # Kubernetes' field is an int64; a float could not hold more
+        raise BadRequest(f'timeoutSeconds: Invalid value: "{text}": out of range')
     return time.monotonic() + max(0, seconds)
 
 

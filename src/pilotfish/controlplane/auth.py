@@ -18,6 +18,7 @@ import hashlib
 import hmac
 import ipaddress
 import json
+import logging
 import os
 import re
 import secrets
@@ -27,6 +28,8 @@ from typing import Literal
 
 from pilotfish.api.errors import AlreadyExists, BadRequest, Forbidden, NotFound, Unauthorized
 from pilotfish.config import write_private
+
+log = logging.getLogger(__name__)
 
 TOKEN_FILE = "token"
 READ_ONLY_TOKENS_FILE = "readonly-tokens"
@@ -146,8 +149,14 @@ class ReadOnlyTokens:
             return {}
         seen = (info.st_mtime_ns, info.st_size)
         if seen != self._seen:
-            self._hashes = {n: bytes.fromhex(h) for n, h in read_token_hashes(self.path).items()}
-            self._seen = seen
+            try:
+                hashes = {n: bytes.fromhex(h) for n, h in read_token_hashes(self.path).items()}
+            except (ValueError, BadRequest) as e:
+                # A damaged file admits no reader (the admin token still works);
+                # the error names the file, never a token.
+                log.error("ignoring the read-only tokens in %s: %s", self.path, e)
+                hashes = {}
+            self._hashes, self._seen = hashes, seen
         return self._hashes
 
 

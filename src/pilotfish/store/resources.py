@@ -378,6 +378,8 @@ def _revision(text: str) -> int:
         raise BadRequest(f'invalid resourceVersion "{text}": not an integer') from None
     if value < 0:
         raise BadRequest(f'invalid resourceVersion "{text}": negative')
+    if value >= 2**63:  # etcd's revisions, and Kubernetes', are int64
+        raise BadRequest(f'invalid resourceVersion "{text}": out of range')
     return value
 
 
