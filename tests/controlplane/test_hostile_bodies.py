@@ -13,6 +13,7 @@ import pytest
 
 from pilotfish.controlplane.api import Request
 from pilotfish.controlplane.bodies import MAX_DEPTH, MAX_VALUES
+from pilotfish.controlplane.main import ControlPlane
 
 from .cp_testkit import TOKEN, VS_PATH, Caller, virtual_service
 
@@ -205,3 +206,15 @@ def test_no_bad_request_is_a_500(call: Caller) -> None:
         answer = call.api.handle(Request.of(method, path, headers, body))
         assert 400 <= answer.status < 500, (method, path, body[:40], answer.body)
         assert answer.json()["kind"] == "Status" and answer.json()["message"]
+
+
+def test_the_mesh_and_load_tester_paths_parse_within_the_same_limits(
+    plane: ControlPlane,
+) -> None:
+    deep = b"[" * 5000 + b"]" * 5000
+    token = (plane.data_dir / "token").read_text().strip()
+    for path in ("/loadtester/gate/check", "/api/v1/registry/instances"):
+        headers = {"Content-Type": "application/json", "Authorization": f"Bearer {token}"}
+        answer = plane.server.api.handle(Request.of("POST", path, headers, deep))
+        assert answer.status == 400, (path, answer.body)
+        assert f"exceeded max depth of {MAX_DEPTH}" in answer.body.decode()
