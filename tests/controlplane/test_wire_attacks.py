@@ -254,3 +254,28 @@ def test_too_many_headers_get_a_status(plane: ControlPlane) -> None:
     headers = "".join(f"X-{i}: y\r\n" for i in range(101))
     code, status = exchange(plane, f"GET {VS_PATH} HTTP/1.1\r\nHost: x\r\n{headers}\r\n".encode())
     assert code == 431 and status["kind"] == "Status" and status["code"] == 431
+
+
+def test_connections_over_the_limit_get_429_and_free_slots_serve_again(
+    plane: ControlPlane, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each connection was a thread, without bound: idle sockets from anyone
+    # who can connect grew the process until it failed.
+    monkeypatch.setattr("pilotfish.controlplane.http.MAX_CONNECTIONS", 3)
+    address = (plane.server.host, plane.server.port)
+    idle = [socket.create_connection(address, timeout=5) for _ in range(3)]
+    try:
+        time.sleep(0.2)  # accepted and counted
+        code, status = exchange(plane, f"GET {VS_PATH} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        assert code == 429 and status["reason"] == "TooManyRequests"
+        assert status["message"] == "Too many requests, please try again later."
+    finally:
+        for s in idle:
+            s.close()
+    deadline = time.monotonic() + 5
+    while True:  # the server notices the closed connections within a moment
+        code, status = exchange(plane, f"GET {VS_PATH} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        if code == 200 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert code == 200 and status["items"] == []

@@ -32,6 +32,7 @@ STREAM_TICK_S = 0.25  # how often an idle watch checks for shutdown and a depart
 IDLE_TIMEOUT_S = 120.0  # a keep-alive connection with no request for this long is closed
 BODY_TIMEOUT_S = 60.0  # a whole request body, as Kubernetes' default request timeout
 BACKLOG = 128  # connections the kernel queues before accept (the stdlib's default is 5)
+MAX_CONNECTIONS = 1024  # open at once, watches included; more are refused with 429
 MAX_LINE = 1024  # a chunk-size or trailer line
 MAX_TRAILERS = 100
 # RFC 9112 chunk-size: hex digits only (no sign, prefix or space), as Go's
@@ -52,6 +53,34 @@ def parse_listen(listen: str) -> tuple[str, int]:
 class RequestTimeout(ApiError):
     code = 408
     reason = "Timeout"
+
+
+def _refuse_busy(connection: socket.socket) -> None:
+    """apiserver's answer when its in-flight limit is reached, sent without a
+    thread: 429, retry after a second. What the client already sent is read
+    first, so closing does not reset the connection under the answer."""
+    status = {
+        **TooManyRequests("Too many requests, please try again later.").to_status(),
+        "details": {"retryAfterSeconds": 1},
+    }
+    body = json.dumps(status).encode()
+    head = (
+        f"HTTP/1.1 429 Too Many Requests\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n"
+    )
+    with contextlib.suppress(OSError):
+        connection.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            while connection.recv(65536):
+                pass
+        connection.settimeout(1.0)
+        connection.sendall(head.encode() + body)
+        connection.shutdown(socket.SHUT_WR)
+
+
+class TooManyRequests(ApiError):
+    code = 429
+    reason = "TooManyRequests"
 
 
 def _body_timeout() -> RequestTimeout:
@@ -149,14 +178,27 @@ class _HttpServer(ThreadingHTTPServer):
         self._connections: set[socket.socket] = set()
         self._changed = threading.Condition()
 
-    def track(self, connection: socket.socket) -> None:
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """Count the connection before its thread starts, so a flood of idle
+        connections meets the limit at once, not a thread per connection later."""
         with self._changed:
-            self._connections.add(connection)
+            busy = len(self._connections) >= MAX_CONNECTIONS
+            if not busy:
+                self._connections.add(request)
+        if busy:
+            _refuse_busy(request)
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
 
-    def untrack(self, connection: socket.socket) -> None:
-        with self._changed:
-            self._connections.discard(connection)
-            self._changed.notify_all()
+    def shutdown_request(self, request: Any) -> None:
+        # Called for every connection, whatever its handler did: the one place to forget it.
+        try:
+            super().shutdown_request(request)
+        finally:
+            with self._changed:
+                self._connections.discard(request)
+                self._changed.notify_all()
 
     def wake_idle_connections(self) -> None:
         """Shut the read side: a thread waiting for the next request sees EOF, while
@@ -184,16 +226,6 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = f"pilotfish/{__version__}"
     timeout = IDLE_TIMEOUT_S
     server: _HttpServer
-
-    def setup(self) -> None:
-        super().setup()
-        self.server.track(self.connection)
-
-    def finish(self) -> None:
-        try:
-            super().finish()
-        finally:
-            self.server.untrack(self.connection)
 
     def do_GET(self) -> None:
         self._serve()
