@@ -7,6 +7,7 @@ connection or a server that reads without bound.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import threading
@@ -279,3 +280,20 @@ def test_connections_over_the_limit_get_429_and_free_slots_serve_again(
             break
         time.sleep(0.1)
     assert code == 200 and status["items"] == []
+
+
+def test_a_request_head_trickled_past_the_deadline_is_dropped(
+    plane: ControlPlane, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A header line now and then kept the connection (and its thread) for
+    # ever: the idle timeout restarted with every byte.
+    monkeypatch.setattr("pilotfish.controlplane.http.IDLE_TIMEOUT_S", 1.0)
+    with socket.create_connection((plane.server.host, plane.server.port), timeout=5) as s:
+        s.sendall(f"GET {VS_PATH} HTTP/1.1\r\n".encode())
+        started = time.monotonic()
+        with contextlib.suppress(OSError):  # the server may close while we send
+            for i in range(4):
+                time.sleep(0.3)
+                s.sendall(f"X-{i}: y\r\n".encode())
+        assert s.recv(65536) == b""  # closed, no request served
+        assert time.monotonic() - started < 3

@@ -12,6 +12,7 @@ import dataclasses
 import io
 import json
 import logging
+import math
 import re
 import select
 import socket
@@ -48,6 +49,26 @@ def parse_listen(listen: str) -> tuple[str, int]:
         raise ValueError(f'invalid listen address "{listen}": expected HOST:PORT')
     host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
     return host or "0.0.0.0", int(port_text)
+
+
+class _DeadlineReader(io.RawIOBase):
+    """The socket's bytes, each recv given only the time left until `deadline`
+    (TimeoutError once it has passed)."""
+
+    def __init__(self, connection: socket.socket) -> None:
+        self._connection = connection
+        self.deadline = math.inf
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("the deadline passed")
+        if remaining != math.inf:
+            self._connection.settimeout(remaining)
+        return self._connection.recv_into(buffer)
 
 
 class RequestTimeout(ApiError):
@@ -226,6 +247,20 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = f"pilotfish/{__version__}"
     timeout = IDLE_TIMEOUT_S
     server: _HttpServer
+    _reader: _DeadlineReader
+
+    def setup(self) -> None:
+        super().setup()
+        # Reads go through a reader with a deadline per phase (the next
+        # request's head, then its body): a socket timeout alone restarts with
+        # every byte, so a client trickling bytes could hold a thread for ever.
+        self.rfile.close()  # the stdlib's, replaced before anything was read through it
+        self._reader = _DeadlineReader(self.connection)
+        self.rfile = io.BufferedReader(self._reader)
+
+    def handle_one_request(self) -> None:
+        self._reader.deadline = time.monotonic() + IDLE_TIMEOUT_S
+        super().handle_one_request()
 
     def do_GET(self) -> None:
         self._serve()
@@ -276,7 +311,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._refuse(e)
             return
         finally:
-            self.connection.settimeout(self.timeout)
+            self._reader.deadline = math.inf
+            self.connection.settimeout(self.timeout)  # the reader narrowed it
         response = self.server.api.handle(dataclasses.replace(head, body=body))
         if response.stream is not None:
             self._stream(response.stream)
@@ -286,6 +322,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
 
     def _read_body(self) -> bytes:
+        self._reader.deadline = time.monotonic() + BODY_TIMEOUT_S
         try:
             return self._read_framed()
         except TimeoutError:
@@ -306,66 +343,38 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(length_text)
         if length > MAX_BODY:
             raise too_large()
-        body = self._read(length, time.monotonic() + BODY_TIMEOUT_S)
+        body = self.rfile.read(length) if length else b""
         if len(body) < length:
             raise BadRequest("the request body ended before its Content-Length")
         return body
 
     def _read_chunked(self) -> bytes:
-        deadline = time.monotonic() + BODY_TIMEOUT_S
         parts: list[bytes] = []
         size = 0
         while True:
-            chunk = _chunk_size(self._line(deadline))
+            chunk = _chunk_size(self._line())
             size += chunk
             if size > MAX_BODY:
                 raise too_large()
             if chunk == 0:
-                self._skip_trailers(deadline)
+                self._skip_trailers()
                 return b"".join(parts)
-            data = self._read(chunk, deadline)
-            if len(data) < chunk or self._line(deadline) != b"":
+            data = self.rfile.read(chunk)
+            if len(data) < chunk or self._line() != b"":
                 raise BadRequest("malformed chunked request body: a chunk is not followed by CRLF")
             parts.append(data)
 
-    def _read(self, size: int, deadline: float) -> bytes:
-        """Up to `size` bytes (fewer only at EOF), by the deadline: one recv per
-        step, so a client trickling bytes cannot stretch the wait."""
-        parts: list[bytes] = []
-        while size > 0:
-            self._arm(deadline)
-            piece = self.rfile.read1(min(size, 65536))
-            if not piece:
-                break
-            parts.append(piece)
-            size -= len(piece)
-        return b"".join(parts)
-
-    def _line(self, deadline: float) -> bytes:
+    def _line(self) -> bytes:
         """One line of chunked framing without its line end; BadRequest if it is
         longer than MAX_LINE or the body ends first."""
-        line = b""
-        while not line.endswith(b"\n") and len(line) <= MAX_LINE:
-            self._arm(deadline)
-            assert isinstance(self.rfile, io.BufferedReader)  # makefile("rb") with a buffer
-            buffered = self.rfile.peek(1)[: MAX_LINE + 1 - len(line)]
-            if not buffered:
-                break
-            end = buffered.find(b"\n")
-            line += self.rfile.read(end + 1 if end >= 0 else len(buffered))
+        line = self.rfile.readline(MAX_LINE + 1)
         if not line.endswith(b"\n"):
             raise BadRequest("malformed chunked request body: a line is too long or cut short")
         return line.rstrip(b"\r\n") if line.endswith(b"\r\n") else line[:-1]
 
-    def _arm(self, deadline: float) -> None:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise _body_timeout()
-        self.connection.settimeout(remaining)
-
-    def _skip_trailers(self, deadline: float) -> None:
+    def _skip_trailers(self) -> None:
         for _ in range(MAX_TRAILERS):
-            if not self._line(deadline):
+            if not self._line():
                 return
         raise BadRequest(f"malformed chunked request body: more than {MAX_TRAILERS} trailers")
 
