@@ -172,6 +172,7 @@ def test_a_watch_from_a_future_revision_is_504_too_large_resource_version(call: 
     assert answer.json() == {
         "kind": "Status",
         "apiVersion": "v1",
+        "metadata": {},
         "status": "Failure",
         "message": f"Timeout: Too large resource version: {current + 100}, current: {current}",
         "reason": "Timeout",
