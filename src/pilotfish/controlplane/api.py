@@ -190,7 +190,7 @@ class Api:
             return Attributes(method, path)  # a non-resource path: the verb is the method
         verb = _RESOURCE_VERBS.get(method, method)
         if verb == "get" and target.name is None:
-            verb = "watch" if request.query.get("watch") in ("true", "1") else "list"
+            verb = "watch" if request.query.get("watch", "").lower() in ("true", "1") else "list"
         return Attributes(
             verb,
             path,

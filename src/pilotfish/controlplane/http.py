@@ -80,11 +80,8 @@ def _refuse_busy(connection: socket.socket) -> None:
     """apiserver's answer when its in-flight limit is reached, sent without a
     thread: 429, retry after a second. What the client already sent is read
     first, so closing does not reset the connection under the answer."""
-    status = {
-        **TooManyRequests("Too many requests, please try again later.").to_status(),
-        "details": {"retryAfterSeconds": 1},
-    }
-    body = json.dumps(status).encode()
+    busy = TooManyRequests("Too many requests, please try again later.", {"retryAfterSeconds": 1})
+    body = json.dumps(busy.to_status()).encode()
     head = (
         f"HTTP/1.1 429 Too Many Requests\r\nContent-Type: application/json\r\n"
         f"Content-Length: {len(body)}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n"
