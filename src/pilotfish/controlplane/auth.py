@@ -130,7 +130,7 @@ class ReadOnlyTokens:
 
     def __init__(self, data_dir: Path) -> None:
         self.path = data_dir / READ_ONLY_TOKENS_FILE
-        self._seen: tuple[int, int] | None = None
+        self._seen: tuple[int, int, int] | None = None
         self._hashes: dict[str, bytes] = {}
 
     def match(self, given: bytes) -> str | None:
@@ -147,7 +147,7 @@ class ReadOnlyTokens:
             info = self.path.stat()
         except FileNotFoundError:
             return {}
-        seen = (info.st_mtime_ns, info.st_size)
+        seen = (info.st_ino, info.st_mtime_ns, info.st_size)  # each write is a new file
         if seen != self._seen:
             try:
                 hashes = {n: bytes.fromhex(h) for n, h in read_token_hashes(self.path).items()}
