@@ -17,7 +17,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from tests.ca.pki import write_cacerts
 
-from pilotfish.api.errors import Invalid, Unauthorized
+from pilotfish.api.errors import Forbidden, Invalid, Unauthorized
 from pilotfish.ca import protos
 from pilotfish.ca.tokens import ServiceAccountTokens, TokenError
 from pilotfish.ca.workload import csr_for, new_key
@@ -172,8 +172,10 @@ def test_token_requests_need_the_admin_token_and_kubernetes_lifetimes(
     assert answer["kind"] == "TokenRequest" and answer["status"]["expirationTimestamp"]
     with pytest.raises(Invalid, match="may not specify a duration less than 10 minutes"):
         admin_client.create_token("shop", "web-frontend", 60)
-    with pytest.raises(Unauthorized):
+    with pytest.raises(Forbidden, match='User "system:anonymous" cannot post'):
         Client(plane.server.url, None, timeout=5).create_token("shop", "web-frontend", 3600)
+    with pytest.raises(Unauthorized):
+        Client(plane.server.url, "not-a-token", timeout=5).create_token("shop", "web", 3600)
 
 
 def test_an_expired_token_is_refused() -> None:

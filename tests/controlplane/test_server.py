@@ -24,6 +24,7 @@ from pilotfish.api.errors import (
     BadRequest,
     Conflict,
     Expired,
+    Forbidden,
     Invalid,
     NotFound,
     Unauthorized,
@@ -154,7 +155,7 @@ def test_path_body_mismatch_unknown_resource_and_token(plane: ControlPlane) -> N
     assert code == 404 and status["kind"] == "Status" and status["code"] == 404
 
     anonymous = Client(server, None)
-    with pytest.raises(Unauthorized):
+    with pytest.raises(Forbidden, match='User "system:anonymous" cannot patch'):
         anonymous.apply(virtual_service())
     with pytest.raises(Unauthorized):
         Client(server, "not-the-token").apply(virtual_service())
@@ -306,7 +307,9 @@ def test_chunked_uploads_and_oversized_bodies(plane: ControlPlane) -> None:
 
     with socket.create_connection((plane.server.host, plane.server.port), timeout=5) as s:
         s.sendall(
-            f"POST {VS_PATH} HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999\r\n\r\n".encode()
+            f"POST {VS_PATH} HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999\r\n"
+            f"Authorization: Bearer {token_of(plane)}\r\n\r\n".encode()
         )
         answer = b"".join(iter(lambda: s.recv(65536), b"")).decode()  # the server closes
     assert answer.startswith("HTTP/1.1 413") and '"reason":"RequestEntityTooLarge"' in answer
+    assert '"message":"Request entity too large: limit is 3145728"' in answer

@@ -155,7 +155,10 @@ def test_conflicting_field_manager_and_force(controlplane: ControlPlane) -> None
         "--data-binary",
         json.dumps(other),
     ]
-    assert subprocess.run(curl, capture_output=True, text=True).stdout == "401"
+    # No token on loopback is system:anonymous, who may not write: 403, as apiserver.
+    assert subprocess.run(curl, capture_output=True, text=True).stdout == "403"
+    bad = [*curl, "-H", "Authorization: Bearer not-the-token"]
+    assert subprocess.run(bad, capture_output=True, text=True).stdout == "401"
     authorized = [*curl, "-H", f"Authorization: Bearer {token}"]
     assert subprocess.run(authorized, capture_output=True, text=True).stdout == "200"
 
@@ -260,3 +263,40 @@ def test_a_registration_the_control_plane_refuses_stops_the_proxy_at_start(
     assert "--register: the control plane refused" in done.stderr, done.stderr
     assert "ports.http: must be a port number in 1-65535" in done.stderr, done.stderr
     assert "hello-0" not in controlplane.cli("get", "instances").stdout
+
+
+def test_secrets_need_a_token_and_read_only_tokens_read_them(controlplane: ControlPlane) -> None:
+    db = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "db"},
+        "stringData": {"password": "hunter2"},
+    }
+    ok(controlplane.cli("apply", "-f", "-", stdin=yaml.safe_dump(db)))
+    url = f"{controlplane.server}/api/v1/namespaces/default/secrets/db"
+    anonymous = subprocess.run(["curl", "-sS", url], capture_output=True, text=True)
+    status = json.loads(anonymous.stdout)
+    assert status["code"] == 403 and "hunter2" not in anonymous.stdout
+    assert status["message"] == (
+        'secrets "db" is forbidden: User "system:anonymous" cannot get resource "secrets" '
+        'in API group "" in the namespace "default"'
+    )
+    # Minted while the control plane runs, by a command that reads its data directory.
+    token = ok(
+        controlplane.cli(
+            "token", "create", "--read-only", "ci", "--data-dir", str(controlplane.data_dir)
+        )
+    ).strip()
+    read = subprocess.run(
+        ["curl", "-sS", url, "-H", f"Authorization: Bearer {token}"], capture_output=True, text=True
+    )
+    assert json.loads(read.stdout)["stringData"] == {"password": "hunter2"}
+    env = {**controlplane.env, "PILOTFISH_TOKEN": token}
+    denied = subprocess.run(
+        [*PILOTFISH, "delete", "secret", "db"], env=env, capture_output=True, text=True, timeout=30
+    )
+    assert denied.returncode == 1
+    assert (
+        'Error from server (Forbidden): secrets "db" is forbidden: User "ci" cannot delete'
+        in denied.stderr
+    )

@@ -12,19 +12,24 @@ class ApiError(Exception):
     code: ClassVar[int] = 500
     reason: ClassVar[str] = "InternalError"
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, details: dict[str, Any] | None = None) -> None:
         super().__init__(message)
         self.message = message
+        self.details = details
 
     def to_status(self) -> dict[str, Any]:
-        return {
+        status: dict[str, Any] = {
             "kind": "Status",
             "apiVersion": "v1",
+            "metadata": {},
             "status": "Failure",
             "message": self.message,
             "reason": self.reason,
-            "code": self.code,
         }
+        if self.details:
+            status["details"] = self.details
+        status["code"] = self.code
+        return status
 
     @staticmethod
     def from_status(status: dict[str, Any]) -> ApiError:
@@ -42,6 +47,13 @@ class BadRequest(ApiError):
 class Unauthorized(ApiError):
     code = 401
     reason = "Unauthorized"
+
+
+class Forbidden(ApiError):
+    """A known caller (system:anonymous included) asked for what it may not do."""
+
+    code = 403
+    reason = "Forbidden"
 
 
 class NotFound(ApiError):
@@ -73,9 +85,33 @@ class Expired(ApiError):
     reason = "Expired"
 
 
+class RequestEntityTooLarge(ApiError):
+    code = 413
+    reason = "RequestEntityTooLarge"
+
+
 class UnsupportedMediaType(ApiError):
     code = 415
     reason = "UnsupportedMediaType"
+
+
+class Timeout(ApiError):
+    code = 504
+    reason = "Timeout"
+
+
+def too_large_resource_version(requested: int, current: int) -> Timeout:
+    """Kubernetes' answer to a watch or list from a revision the store has not
+    reached: 504, retry after a second, with the cause clients look for."""
+    return Timeout(
+        f"Timeout: Too large resource version: {requested}, current: {current}",
+        {
+            "causes": [
+                {"reason": "ResourceVersionTooLarge", "message": "Too large resource version"}
+            ],
+            "retryAfterSeconds": 1,
+        },
+    )
 
 
 @dataclass(frozen=True)
@@ -105,11 +141,14 @@ def _all_errors() -> list[type[ApiError]]:
     return [
         BadRequest,
         Unauthorized,
+        Forbidden,
         NotFound,
         MethodNotAllowed,
         Conflict,
         AlreadyExists,
         Expired,
+        RequestEntityTooLarge,
         UnsupportedMediaType,
+        Timeout,
         Invalid,
     ]

@@ -38,6 +38,9 @@ def warn(message: str) -> None:
 
 
 def server_error(error: ApiError, context: str = "") -> None:
+    if error.code == 401:  # kubectl's words for a missing or rejected token
+        print("error: You must be logged in to the server (Unauthorized)", file=sys.stderr)
+        return
     where = f"{context}: " if context else ""
     print(f"Error from server ({error.reason}): {where}{error.message}", file=sys.stderr)
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from pilotfish import __version__
 from pilotfish.api.errors import ApiError
 from pilotfish.api.gotypes import parse_duration_ns
-from pilotfish.cli import commands, identity, mesh, node, rollout
+from pilotfish.cli import commands, identity, mesh, node, rollout, token
 from pilotfish.cli.manifests import ManifestError
 from pilotfish.client import Unreachable
 from pilotfish.config import ConfigError
@@ -67,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     identity.add_commands(sub, common)
     node.add_commands(sub, common)
     rollout.add_commands(sub, common)
+    token.add_commands(sub)
     return parser
 
 
@@ -120,10 +121,25 @@ def _add_controlplane(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         metavar="ADDR",
         help="address of the ADS server instead (HOST:PORT); off loopback, proxies need the token",
     )
+    p.add_argument(
+        "--anonymous-reads",
+        type=_boolean,
+        default=True,
+        metavar="true|false",
+        help="serve reads without a token to loopback callers, Secrets excepted (default: true)",
+    )
     from pilotfish.controlplane.identity import add_ca_flags
 
     add_ca_flags(p)
     p.set_defaults(handler=_run_controlplane)
+
+
+def _boolean(text: str) -> bool:
+    if text.lower() in ("true", "1"):
+        return True
+    if text.lower() in ("false", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f'"{text}": must be true or false')
 
 
 def _run_controlplane(args: argparse.Namespace) -> int:
@@ -137,7 +153,13 @@ def _run_controlplane(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    return run_controlplane(args.data_dir, args.listen, xds_listen=xds, ca=ca_options(args))
+    return run_controlplane(
+        args.data_dir,
+        args.listen,
+        xds_listen=xds,
+        ca=ca_options(args),
+        anonymous_reads=args.anonymous_reads,
+    )
 
 
 def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -16,8 +16,6 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-import yaml
-
 from pilotfish.api.errors import (
     ApiError,
     BadRequest,
@@ -27,9 +25,9 @@ from pilotfish.api.errors import (
     UnsupportedMediaType,
 )
 from pilotfish.api.kinds import Kind, KindRegistry, registry
-from pilotfish.api.manifest_yaml import ManifestLoader
 from pilotfish.controlplane import openapi
-from pilotfish.controlplane.auth import authorize
+from pilotfish.controlplane.auth import Attributes, Authenticator, forbidden
+from pilotfish.controlplane.bodies import parse
 from pilotfish.store.resources import ResourceStore
 from pilotfish.store.selectors import Selector, parse_selector
 from pilotfish.store.types import Event, Key, Obj, Watch
@@ -41,7 +39,6 @@ Analyzer = Callable[[Obj, Lookup], list[str]]
 # Serves paths beyond the resource API (registry, xDS debug); None: not its path.
 Extension = Callable[["Request", str], "Response | None"]
 
-MAX_BODY = 3 * 1024 * 1024  # Kubernetes' limit on a request body
 APPLY = "application/apply-patch+yaml"
 MERGE = "application/merge-patch+json"
 JSON_TYPES = ("", "application/json")
@@ -50,6 +47,8 @@ HEALTH_PATHS = ("/healthz", "/readyz", "/livez")
 # Paths anyone local may call: Flagger's webhooks (to the load tester) carry no token.
 PUBLIC_PREFIXES = ("/loadtester",)
 _READS = ("GET", "HEAD")
+_INT64_MAX = 2**63 - 1
+_RESOURCE_VERBS = {"post": "create", "put": "update"}  # the rest are named as their method
 # Kubernetes' own wording, so messages users search for lead somewhere.
 _API_VERSION_MISMATCH = (
     "the API version in the data ({given}) does not match the expected API version ({expected})"
@@ -61,11 +60,6 @@ _NAMESPACE_MISMATCH = (
 )
 _NAME_MISMATCH = "the name of the object ({given}) does not match the name on the URL ({expected})"
 _MERGE_RETRIES = 20  # a merge patch re-reads and retries when another write got in between
-
-
-class RequestEntityTooLarge(ApiError):
-    code = 413
-    reason = "RequestEntityTooLarge"
 
 
 @dataclass(frozen=True)
@@ -149,7 +143,7 @@ class Api:
     def __init__(
         self,
         store: ResourceStore,
-        token: str,
+        auth: Authenticator | str,
         *,
         analyze: Analyzer | None = None,
         kinds: KindRegistry | None = None,
@@ -157,7 +151,8 @@ class Api:
     ) -> None:
         self.store = store
         self.extension = extension
-        self._token = token
+        # A plain string is the admin token, with the default rules for the rest.
+        self.auth = auth if isinstance(auth, Authenticator) else Authenticator(auth)
         self._analyze = analyze
         self.kinds = kinds or registry()
         self._documents: dict[str, bytes] = {}
@@ -174,16 +169,43 @@ class Api:
             log.exception("%s %s failed", request.method, request.path)
             return status_response(ApiError("an internal error occurred; see the server log"))
 
+    def admit(self, request: Request) -> None:
+        """Authenticate and authorize from the request's head alone, so the HTTP
+        shell can refuse a caller before reading a byte of its body."""
+        path = _clean(request.path)
+        if path in HEALTH_PATHS:
+            return
+        public = _public(path)
+        caller = self.auth.caller(request.header("authorization"), request.peer, public=public)
+        attributes = self.attributes(request, path)
+        if not public and not caller.may(attributes):
+            raise forbidden(caller, attributes)
+
+    def attributes(self, request: Request, path: str) -> Attributes:
+        """The verb and resource a request asks for, as Kubernetes' RequestInfo."""
+        method = "get" if request.method == "HEAD" else request.method.lower()
+        try:
+            target = self.target(path)
+        except NotFound:
+            return Attributes(method, path)  # a non-resource path: the verb is the method
+        verb = _RESOURCE_VERBS.get(method, method)
+        if verb == "get" and target.name is None:
+            verb = "watch" if request.query.get("watch", "").lower() in ("true", "1") else "list"
+        return Attributes(
+            verb,
+            path,
+            target.kind.plural,
+            target.kind.group,
+            target.namespace or "",
+            target.name or "",
+            target.subresource or "",
+        )
+
     def _route(self, request: Request) -> Response:
-        path = request.path.rstrip("/") or "/"
+        path = _clean(request.path)
         if path in HEALTH_PATHS:
             return Response(200, b"ok", "text/plain; charset=utf-8")
-        authorize(
-            write=request.method not in _READS and not _public(path),
-            peer=request.peer,
-            authorization=request.header("authorization"),
-            token=self._token,
-        )
+        self.admit(request)
         extra = self.extension(request, path) if self.extension else None
         if extra is not None:
             return extra
@@ -364,12 +386,12 @@ class Api:
 
     def _delete(self, request: Request, target: Target) -> Response:
         options = _body(request) if request.body.strip() else {}
-        preconditions = options.get("preconditions") or {}
-        version = preconditions.get("resourceVersion")
-        dry_run = _dry_run(request.query) or "All" in (options.get("dryRun") or [])
+        check_delete_options(options)
+        version = (options.get("preconditions") or {}).get("resourceVersion")
+        dry_run = _dry_run(request.query) or bool(options.get("dryRun"))
         deleted = self.store.delete(
             target.key(),
-            resource_version=str(version) if version not in (None, "") else None,
+            resource_version=version or None,
             dry_run=dry_run,
         )
         return self._ok(target, deleted)
@@ -484,6 +506,10 @@ def chain(*extensions: Extension) -> Extension:
     return ask
 
 
+def _clean(path: str) -> str:
+    return path.rstrip("/") or "/"
+
+
 def _public(path: str) -> bool:
     return any(path == p or path.startswith(p + "/") for p in PUBLIC_PREFIXES)
 
@@ -529,33 +555,59 @@ def _agree(obj: Obj, field_name: str, expected: str, mismatch: str) -> None:
 
 
 def _body(request: Request, *, yaml_too: bool = False) -> Obj:
-    if len(request.body) > MAX_BODY:
-        raise RequestEntityTooLarge(f"the request body is larger than {MAX_BODY} bytes")
     content_type = request.content_type
     as_yaml = content_type in YAML_TYPES or (yaml_too and content_type == APPLY)
     if not as_yaml and content_type not in (*JSON_TYPES, MERGE):
         raise UnsupportedMediaType(f'the media type "{content_type}" is not supported')
-    try:
-        text = request.body.decode("utf-8")
-        parsed = yaml.load(text, Loader=_PlainLoader) if as_yaml else json.loads(text)
-    except (UnicodeDecodeError, ValueError, yaml.YAMLError) as e:
-        raise BadRequest(
-            f"the request body is not valid {'YAML' if as_yaml else 'JSON'}: {e}"
-        ) from e
+    parsed = parse(request.body, as_yaml=as_yaml)
     if not isinstance(parsed, dict):
         raise BadRequest("the request body must be an object")
     return parsed
 
 
-class _PlainLoader(ManifestLoader):
-    """The CLI's YAML reading, with timestamps left as strings, so every body is
-    plain JSON data (a datetime could not be stored)."""
-
-
-_PlainLoader.yaml_implicit_resolvers = {
-    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+# DeleteOptions' fields: (JSON type, Go's name of the type), as apiserver decodes them.
+_DELETE_OPTIONS = {
+    "kind": (str, "string"),
+    "apiVersion": (str, "string"),
+    "gracePeriodSeconds": (int, "int64"),
+    "preconditions": (dict, "v1.Preconditions"),
+    "orphanDependents": (bool, "bool"),
+    "propagationPolicy": (str, "v1.DeletionPropagation"),
+    "dryRun": (list, "[]string"),
+    "ignoreStoreReadErrorWithClusterBreakingPotential": (bool, "bool"),
 }
+_PRECONDITIONS = {"uid": (str, "types.UID"), "resourceVersion": (str, "string")}
+
+
+def check_delete_options(options: Obj) -> None:
+    """Refuse a DeleteOptions field of the wrong type with Go's decoding error,
+    which names it (null is as good as absent, as in Go)."""
+    _check_fields(options, _DELETE_OPTIONS, "DeleteOptions")
+    _check_fields(options.get("preconditions") or {}, _PRECONDITIONS, "DeleteOptions.preconditions")
+    for value in options.get("dryRun") or []:
+        if not isinstance(value, str):
+            raise _unmarshal(value, "DeleteOptions.dryRun", "string")
+        if value != "All":
+            raise BadRequest(f'dryRun: Unsupported value: "{value}": supported values: "All"')
+
+
+def _check_fields(obj: Obj, fields: Mapping[str, tuple[type, str]], where: str) -> None:
+    for name, (wanted, go_type) in fields.items():
+        value = obj.get(name)
+        if value is None:
+            continue
+        # bool is an int in Python, never in JSON; a whole float is an integer in JSON.
+        fits = isinstance(value, wanted) and not (wanted is int and isinstance(value, bool))
+        if not fits and not (wanted is int and isinstance(value, float) and value.is_integer()):
+            raise _unmarshal(value, f"{where}.{name}", go_type)
+
+
+def _unmarshal(value: Any, field_path: str, go_type: str) -> BadRequest:
+    kinds = {bool: "bool", int: "number", float: "number", str: "string", list: "array"}
+    given = kinds.get(type(value), "object")
+    return BadRequest(
+        f"json: cannot unmarshal {given} into Go struct field {field_path} of type {go_type}"
+    )
 
 
 def _flag(query: Mapping[str, str], name: str) -> bool:
@@ -589,6 +641,8 @@ def _deadline(text: str | None) -> float | None:
         seconds = int(text)
     except ValueError:
         raise BadRequest(f'timeoutSeconds: Invalid value: "{text}": must be an integer') from None
+    if seconds > _INT64_MAX:  # Kubernetes' field is an int64; a float could not hold more
+        raise BadRequest(f'timeoutSeconds: Invalid value: "{text}": out of range')
     return time.monotonic() + max(0, seconds)
 
 

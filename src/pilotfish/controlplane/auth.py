@@ -1,28 +1,207 @@
-"""Who may call the API: a bearer token for writes, and for reads from other hosts.
+"""Who may call the API, decided as Kubernetes' authenticator and authorizer do.
 
-One token, generated on first start and kept in the data directory (mode
-0600), so a restart keeps every client's config valid. Reads are open to
-loopback peers only, as the issue allows: someone on this host can already
-read the store file, but a remote peer must prove it holds the token.
+Callers, from a bearer token or its absence:
+  - the admin token (DATA_DIR/token, made on first start, 0600): everything;
+  - read-only tokens (`pilotfish token create --read-only NAME`, kept hashed in
+    DATA_DIR/readonly-tokens, 0600): every read, Secrets included; no write;
+  - no token, from a loopback peer while anonymous reads are on:
+    "system:anonymous", who may read everything but Secrets and write nothing;
+  - no token otherwise (another host, or `--anonymous-reads=false`), or a
+    token that is not valid: 401 Unauthorized.
+A known caller asking for what it may not do gets 403 Forbidden, worded as
+apiserver words it. Tokens are compared in constant time and never logged.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import ipaddress
+import json
+import logging
 import os
+import re
 import secrets
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
-from pilotfish.api.errors import Unauthorized
+from pilotfish.api.errors import AlreadyExists, BadRequest, Forbidden, NotFound, Unauthorized
 from pilotfish.config import write_private
 
+log = logging.getLogger(__name__)
+
 TOKEN_FILE = "token"
+READ_ONLY_TOKENS_FILE = "readonly-tokens"
+ANONYMOUS = "system:anonymous"
+ADMIN = "admin"
+READ_VERBS = frozenset({"get", "list", "watch"})
+SECRETS = ("", "secrets")  # (API group, resource) that anonymous callers never read
 _BEARER = "bearer "
+_TOKEN_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+Role = Literal["admin", "reader", "anonymous"]
+
+
+@dataclass(frozen=True)
+class Caller:
+    name: str
+    role: Role
+
+    def may(self, attributes: Attributes) -> bool:
+        if self.role == "admin":
+            return True
+        if attributes.verb not in READ_VERBS:
+            return False
+        return self.role == "reader" or (attributes.group, attributes.resource) != SECRETS
+
+
+@dataclass(frozen=True)
+class Attributes:
+    """What a request asks to do, as Kubernetes' authorizer sees it: a verb on a
+    resource (a plural; "" for a path outside the resource API) or on a path."""
+
+    verb: str
+    path: str
+    resource: str = ""
+    group: str = ""
+    namespace: str = ""
+    name: str = ""
+    subresource: str = ""
+
+
+def forbidden(caller: Caller, attributes: Attributes) -> Forbidden:
+    """apiserver's refusal: `secrets is forbidden: User "system:anonymous" cannot
+    list resource "secrets" in API group "" in the namespace "default"`."""
+    a = attributes
+    user = json.dumps(caller.name)
+    if not a.resource:
+        return Forbidden(f"forbidden: User {user} cannot {a.verb} path {json.dumps(a.path)}")
+    resource = f"{a.resource}/{a.subresource}" if a.subresource else a.resource
+    scope = f"in the namespace {json.dumps(a.namespace)}" if a.namespace else "at the cluster scope"
+    why = (
+        f"User {user} cannot {a.verb} resource {json.dumps(resource)} "
+        f"in API group {json.dumps(a.group)} {scope}"
+    )
+    qualified = f"{a.resource}.{a.group}" if a.group else a.resource
+    subject = f"{qualified} {json.dumps(a.name)}" if a.name else qualified
+    details = {"name": a.name, "group": a.group, "kind": a.resource}
+    return Forbidden(f"{subject} is forbidden: {why}", {k: v for k, v in details.items() if v})
+
+
+class Authenticator:
+    """Turns a request's credentials into a Caller, or refuses it with 401."""
+
+    def __init__(
+        self, admin_token: str, *, data_dir: Path | None = None, anonymous_reads: bool = True
+    ) -> None:
+        self._admin = admin_token.encode()
+        self._readers = ReadOnlyTokens(data_dir) if data_dir is not None else None
+        self.anonymous_reads = anonymous_reads
+
+    def __repr__(self) -> str:
+        return f"Authenticator(anonymous_reads={self.anonymous_reads})"
+
+    def caller(self, authorization: str | None, peer: str, *, public: bool = False) -> Caller:
+        """`public`: a path for local callers without a token (Flagger's
+        webhooks), open to loopback whatever `anonymous_reads` says."""
+        presented = bearer_token(authorization)
+        if presented is not None:
+            found = self._by_token(presented)
+            if found is None:
+                raise Unauthorized("Unauthorized")
+            return found
+        if is_loopback(peer) and (self.anonymous_reads or public):
+            return Caller(ANONYMOUS, "anonymous")
+        raise Unauthorized("Unauthorized")
+
+    def _by_token(self, presented: str) -> Caller | None:
+        given = presented.encode()
+        if hmac.compare_digest(given, self._admin):
+            return Caller(ADMIN, "admin")
+        name = self._readers.match(given) if self._readers is not None else None
+        return Caller(name, "reader") if name is not None else None
+
+
+class ReadOnlyTokens:
+    """DATA_DIR/readonly-tokens: {NAME: sha256 of the token}, so the file alone
+    gives no one a token. Re-read when it changes, so `pilotfish token create`
+    takes effect on a running control plane."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.path = data_dir / READ_ONLY_TOKENS_FILE
+        self._seen: tuple[int, int, int] | None = None
+        self._hashes: dict[str, bytes] = {}
+
+    def match(self, given: bytes) -> str | None:
+        digest = hashlib.sha256(given).digest()
+        found = None
+        for name, expected in self._current().items():
+            # Every entry is compared, so the time taken says nothing about which matched.
+            if hmac.compare_digest(digest, expected):
+                found = name
+        return found
+
+    def _current(self) -> dict[str, bytes]:
+        try:
+            info = self.path.stat()
+        except FileNotFoundError:
+            return {}
+        seen = (info.st_ino, info.st_mtime_ns, info.st_size)  # each write is a new file
+        if seen != self._seen:
+            try:
+                hashes = {n: bytes.fromhex(h) for n, h in read_token_hashes(self.path).items()}
+            except (ValueError, BadRequest) as e:
+                # A damaged file admits no reader (the admin token still works);
+                # the error names the file, never a token.
+                log.error("ignoring the read-only tokens in %s: %s", self.path, e)
+                hashes = {}
+            self._hashes, self._seen = hashes, seen
+        return self._hashes
+
+
+def read_token_hashes(path: Path) -> dict[str, str]:
+    try:
+        loaded = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    if not isinstance(loaded, dict):
+        raise BadRequest(f"{path}: expected a JSON object of token names to hashes")
+    return {str(name): str(digest) for name, digest in loaded.items()}
+
+
+def create_read_only_token(data_dir: Path, name: str) -> str:
+    """A new read-only token called `name`; only its hash is kept, so this is
+    the one time it is seen."""
+    if not _TOKEN_NAME.match(name):
+        raise BadRequest(
+            f'invalid token name "{name}": lower case letters, digits and "-", '
+            "starting and ending with a letter or digit, at most 63 characters"
+        )
+    path = data_dir / READ_ONLY_TOKENS_FILE
+    hashes = read_token_hashes(path)
+    if name in hashes:
+        raise AlreadyExists(f'read-only token "{name}" already exists')
+    token = secrets.token_urlsafe(32)
+    hashes[name] = hashlib.sha256(token.encode()).hexdigest()
+    write_private(path, json.dumps(hashes, indent=2, sort_keys=True) + "\n")
+    return token
+
+
+def delete_read_only_token(data_dir: Path, name: str) -> None:
+    path = data_dir / READ_ONLY_TOKENS_FILE
+    hashes = read_token_hashes(path)
+    if hashes.pop(name, None) is None:
+        raise NotFound(f'read-only token "{name}" not found')
+    write_private(path, json.dumps(hashes, indent=2, sort_keys=True) + "\n")
+
+
+def read_only_token_names(data_dir: Path) -> list[str]:
+    return sorted(read_token_hashes(data_dir / READ_ONLY_TOKENS_FILE))
 
 
 def load_or_create_token(data_dir: Path) -> str:
-    """The token in DATA_DIR/token, written there first if there is none."""
+    """The admin token in DATA_DIR/token, written there first if there is none."""
     path = data_dir / TOKEN_FILE
     try:
         token = path.read_text(encoding="utf-8").strip()
@@ -45,21 +224,16 @@ def is_loopback(host: str) -> bool:
     return address.is_loopback
 
 
+def bearer_token(authorization: str | None) -> str | None:
+    """The token of an `Authorization: Bearer TOKEN` header; None without one."""
+    if not authorization:
+        return None
+    if not authorization.lower().startswith(_BEARER):
+        return ""  # credentials of another scheme: present, and not valid here
+    return authorization[len(_BEARER) :].strip()
+
+
 def has_token(authorization: str | None, token: str) -> bool:
     """Whether an Authorization header carries `token`, compared in constant time."""
-    if not authorization or not authorization.lower().startswith(_BEARER):
-        return False
-    given = authorization[len(_BEARER) :].strip()
-    return hmac.compare_digest(given.encode(), token.encode())
-
-
-def authorize(*, write: bool, peer: str, authorization: str | None, token: str) -> None:
-    """Raise Unauthorized unless the caller may do this."""
-    if has_token(authorization, token):
-        return
-    if not write and is_loopback(peer):
-        return
-    if authorization:
-        raise Unauthorized("Unauthorized: the bearer token is not valid")
-    why = "writes" if write else "reads from a non-loopback address"
-    raise Unauthorized(f"Unauthorized: {why} need an Authorization: Bearer token")
+    given = bearer_token(authorization)
+    return given is not None and given != "" and hmac.compare_digest(given.encode(), token.encode())

@@ -8,30 +8,38 @@ plane has its own asyncio stack). Nothing here decides what a request means.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import io
+import json
 import logging
+import math
+import re
 import select
 import socket
 import threading
 import time
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from pilotfish import __version__
 from pilotfish.api.errors import ApiError, BadRequest
-from pilotfish.controlplane.api import (
-    MAX_BODY,
-    Api,
-    EventStream,
-    Request,
-    RequestEntityTooLarge,
-    Response,
-    status_response,
-)
+from pilotfish.controlplane.api import Api, EventStream, Request, Response, status_response
+from pilotfish.controlplane.bodies import MAX_BODY, too_large
 
 log = logging.getLogger(__name__)
 
 STREAM_TICK_S = 0.25  # how often an idle watch checks for shutdown and a departed client
 IDLE_TIMEOUT_S = 120.0  # a keep-alive connection with no request for this long is closed
+BODY_TIMEOUT_S = 60.0  # a whole request body, as Kubernetes' default request timeout
+BACKLOG = 128  # connections the kernel queues before accept (the stdlib's default is 5)
+MAX_CONNECTIONS = 1024  # open at once, watches included; more are refused with 429
+MAX_LINE = 1024  # a chunk-size or trailer line
+MAX_TRAILERS = 100
+# RFC 9112 chunk-size: hex digits only (no sign, prefix or space), as Go's
+# parseHexUint, bounded like it: 16 digits.
+_CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")
+_CONTENT_LENGTH = re.compile(r"[0-9]{1,19}")  # ASCII digits: str.isdigit() takes "²"
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -41,6 +49,67 @@ def parse_listen(listen: str) -> tuple[str, int]:
         raise ValueError(f'invalid listen address "{listen}": expected HOST:PORT')
     host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
     return host or "0.0.0.0", int(port_text)
+
+
+class _DeadlineReader(io.RawIOBase):
+    """The socket's bytes, each recv given only the time left until `deadline`
+    (TimeoutError once it has passed)."""
+
+    def __init__(self, connection: socket.socket) -> None:
+        self._connection = connection
+        self.deadline = math.inf
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("the deadline passed")
+        if remaining != math.inf:
+            self._connection.settimeout(remaining)
+        return self._connection.recv_into(buffer)
+
+
+class RequestTimeout(ApiError):
+    code = 408
+    reason = "Timeout"
+
+
+def _refuse_busy(connection: socket.socket) -> None:
+    """apiserver's answer when its in-flight limit is reached, sent without a
+    thread: 429, retry after a second. What the client already sent is read
+    first, so closing does not reset the connection under the answer."""
+    busy = TooManyRequests("Too many requests, please try again later.", {"retryAfterSeconds": 1})
+    body = json.dumps(busy.to_status()).encode()
+    head = (
+        f"HTTP/1.1 429 Too Many Requests\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n"
+    )
+    with contextlib.suppress(OSError):
+        connection.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            while connection.recv(65536):
+                pass
+        connection.settimeout(1.0)
+        connection.sendall(head.encode() + body)
+        connection.shutdown(socket.SHUT_WR)
+
+
+class TooManyRequests(ApiError):
+    code = 429
+    reason = "TooManyRequests"
+
+
+def _body_timeout() -> RequestTimeout:
+    return RequestTimeout(f"the request body did not arrive within {BODY_TIMEOUT_S:g} seconds")
+
+
+def _chunk_size(line: bytes) -> int:
+    size = line.split(b";", 1)[0].rstrip(b" \t")  # an extension may follow, after optional space
+    if not _CHUNK_SIZE.fullmatch(size):
+        raise BadRequest(f"malformed chunked request body: invalid chunk size {size[:20]!r}")
+    return int(size, 16)
 
 
 def client_url(host: str, port: int) -> str:
@@ -118,6 +187,7 @@ class ApiServer:
 
 class _HttpServer(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = BACKLOG
     api: Api
 
     def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
@@ -126,14 +196,27 @@ class _HttpServer(ThreadingHTTPServer):
         self._connections: set[socket.socket] = set()
         self._changed = threading.Condition()
 
-    def track(self, connection: socket.socket) -> None:
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """Count the connection before its thread starts, so a flood of idle
+        connections meets the limit at once, not a thread per connection later."""
         with self._changed:
-            self._connections.add(connection)
+            busy = len(self._connections) >= MAX_CONNECTIONS
+            if not busy:
+                self._connections.add(request)
+        if busy:
+            _refuse_busy(request)
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
 
-    def untrack(self, connection: socket.socket) -> None:
-        with self._changed:
-            self._connections.discard(connection)
-            self._changed.notify_all()
+    def shutdown_request(self, request: Any) -> None:
+        # Called for every connection, whatever its handler did: the one place to forget it.
+        try:
+            super().shutdown_request(request)
+        finally:
+            with self._changed:
+                self._connections.discard(request)
+                self._changed.notify_all()
 
     def wake_idle_connections(self) -> None:
         """Shut the read side: a thread waiting for the next request sees EOF, while
@@ -161,16 +244,20 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = f"pilotfish/{__version__}"
     timeout = IDLE_TIMEOUT_S
     server: _HttpServer
+    _reader: _DeadlineReader
 
     def setup(self) -> None:
         super().setup()
-        self.server.track(self.connection)
+        # Reads go through a reader with a deadline per phase (the next
+        # request's head, then its body): a socket timeout alone restarts with
+        # every byte, so a client trickling bytes could hold a thread for ever.
+        self.rfile.close()  # the stdlib's, replaced before anything was read through it
+        self._reader = _DeadlineReader(self.connection)
+        self.rfile = io.BufferedReader(self._reader)
 
-    def finish(self) -> None:
-        try:
-            super().finish()
-        finally:
-            self.server.untrack(self.connection)
+    def handle_one_request(self) -> None:
+        self._reader.deadline = time.monotonic() + IDLE_TIMEOUT_S
+        super().handle_one_request()
 
     def do_GET(self) -> None:
         self._serve()
@@ -193,16 +280,37 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s " + format, self.address_string(), *args)
 
-    def _serve(self) -> None:
+    def handle_expect_100(self) -> bool:
+        # Refuse before inviting the body (curl sends Expect: 100-continue over 1 KiB).
         try:
+            self.server.api.admit(self._head())
+        except ApiError as e:
+            self._refuse(e)
+            return False
+        return super().handle_expect_100()
+
+    def _head(self) -> Request:
+        method = "GET" if self.command == "HEAD" else self.command
+        return Request.of(method, self.path, dict(self.headers), b"", self.client_address[0])
+
+    def _refuse(self, error: ApiError) -> None:
+        self.close_connection = True  # the unread body would be taken for the next request
+        self._send(status_response(error))
+
+    def _serve(self) -> None:
+        head = self._head()
+        try:
+            # Who is calling is known from the head: a caller who may not do
+            # this is refused before a byte of its body is read.
+            self.server.api.admit(head)
             body = self._read_body()
         except ApiError as e:
-            self.close_connection = True  # the unread body would be taken for the next request
-            self._send(status_response(e))
+            self._refuse(e)
             return
-        method = "GET" if self.command == "HEAD" else self.command
-        request = Request.of(method, self.path, dict(self.headers), body, self.client_address[0])
-        response = self.server.api.handle(request)
+        finally:
+            self._reader.deadline = math.inf
+            self.connection.settimeout(self.timeout)  # the reader narrowed it
+        response = self.server.api.handle(dataclasses.replace(head, body=body))
         if response.stream is not None:
             self._stream(response.stream)
         else:
@@ -211,34 +319,77 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
 
     def _read_body(self) -> bytes:
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+        self._reader.deadline = time.monotonic() + BODY_TIMEOUT_S
+        try:
+            return self._read_framed()
+        except TimeoutError:
+            raise _body_timeout() from None
+
+    def _read_framed(self) -> bytes:
+        encoding = self.headers.get("Transfer-Encoding")
+        if encoding is not None:
+            if encoding.strip().lower() != "chunked":
+                raise BadRequest(f'unsupported Transfer-Encoding "{encoding}"')
             return self._read_chunked()
-        length_text = self.headers.get("Content-Length") or "0"
-        if not length_text.isdigit():
-            raise BadRequest(f'invalid Content-Length "{length_text}"')
+        lengths = set(self.headers.get_all("Content-Length") or ["0"])
+        if len(lengths) > 1:
+            raise BadRequest(f"conflicting Content-Length headers: {sorted(lengths)}")
+        length_text = lengths.pop().strip()
+        if not _CONTENT_LENGTH.fullmatch(length_text):
+            raise BadRequest(f"invalid Content-Length {json.dumps(length_text)}")
         length = int(length_text)
         if length > MAX_BODY:
-            raise RequestEntityTooLarge(f"the request body is larger than {MAX_BODY} bytes")
-        return self.rfile.read(length) if length else b""
+            raise too_large()
+        body = self.rfile.read(length) if length else b""
+        if len(body) < length:
+            raise BadRequest("the request body ended before its Content-Length")
+        return body
 
     def _read_chunked(self) -> bytes:
         parts: list[bytes] = []
         size = 0
         while True:
-            line = self.rfile.readline(1024).split(b";", 1)[0].strip()
-            try:
-                chunk = int(line, 16)
-            except ValueError:
-                raise BadRequest("malformed chunked request body") from None
+            chunk = _chunk_size(self._line())
             size += chunk
             if size > MAX_BODY:
-                raise RequestEntityTooLarge(f"the request body is larger than {MAX_BODY} bytes")
+                raise too_large()
             if chunk == 0:
-                while self.rfile.readline(1024).strip():
-                    pass  # trailers, which mean nothing here
+                self._skip_trailers()
                 return b"".join(parts)
-            parts.append(self.rfile.read(chunk))
-            self.rfile.readline(1024)
+            data = self.rfile.read(chunk)
+            if len(data) < chunk or self._line() != b"":
+                raise BadRequest("malformed chunked request body: a chunk is not followed by CRLF")
+            parts.append(data)
+
+    def _line(self) -> bytes:
+        """One line of chunked framing without its line end; BadRequest if it is
+        longer than MAX_LINE or the body ends first."""
+        line = self.rfile.readline(MAX_LINE + 1)
+        if not line.endswith(b"\n"):
+            raise BadRequest("malformed chunked request body: a line is too long or cut short")
+        return line.rstrip(b"\r\n") if line.endswith(b"\r\n") else line[:-1]
+
+    def _skip_trailers(self) -> None:
+        for _ in range(MAX_TRAILERS):
+            if not self._line():
+                return
+        raise BadRequest(f"malformed chunked request body: more than {MAX_TRAILERS} trailers")
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """The stdlib's own refusals (a bad request line, too many headers, an
+        unknown method) as Status objects too, like every other error."""
+        self.close_connection = True
+        phrase = HTTPStatus(code).phrase if code in HTTPStatus._value2member_map_ else "Error"
+        error = ApiError(message or phrase)
+        status = {**error.to_status(), "reason": re.sub(r"[^A-Za-z]", "", phrase), "code": code}
+        body = json.dumps(status).encode()
+        self.send_response(code, message)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Connection", "close")
+        self.end_headers()
+        if self.command != "HEAD" and code >= 200 and code not in (204, 304):
+            self.wfile.write(body)
 
     def _send(self, response: Response) -> None:
         self.send_response(response.status)

@@ -25,11 +25,12 @@ namespace of the payload).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import Any
 
+from pilotfish.api.errors import BadRequest
 from pilotfish.controlplane.api import Request, Response, encode
+from pilotfish.controlplane.bodies import parse
 from pilotfish.model.snapshot import Snapshot
 from pilotfish.rollout.loadcommands import CommandError
 from pilotfish.rollout.loadtester import (
@@ -138,9 +139,9 @@ class LoadTesterApi:
 def _payload(request: Request) -> Obj | Response:
     """The webhook payload, or the 400 flagger-loadtester answers without one."""
     try:
-        body = json.loads(request.body or b"null")
-    except ValueError as e:
-        return _text(400, f"decoding the request body failed: {e}")
+        body = parse(request.body or b"null", as_yaml=False)
+    except BadRequest as e:  # malformed, or over the parse limits every body has
+        return _text(400, f"decoding the request body failed: {e.message}")
     if not isinstance(body, dict):
         return _text(400, "decoding the request body failed: expected a JSON object")
     return body

@@ -14,8 +14,10 @@ from __future__ import annotations
 import argparse
 import errno
 import logging
+import os
 import signal
 import sqlite3
+import stat
 import sys
 import threading
 from pathlib import Path
@@ -27,7 +29,7 @@ from pilotfish.ca.cacerts import CaError
 from pilotfish.ca.service import CertificateService
 from pilotfish.config import ClientConfig, write_client_config
 from pilotfish.controlplane.api import Api, chain
-from pilotfish.controlplane.auth import load_or_create_token
+from pilotfish.controlplane.auth import Authenticator, load_or_create_token
 from pilotfish.controlplane.http import ApiServer, parse_listen
 from pilotfish.controlplane.identity import CaOptions, TokenApi, add_ca_flags, ca_options, open_ca
 from pilotfish.controlplane.loadtester_api import LoadTesterApi
@@ -82,6 +84,8 @@ class ControlPlane:
         config_path: Path | None = None,
         xds_listen: str | None = None,
         ca: CaOptions | None = None,
+        *,
+        anonymous_reads: bool = True,
     ) -> ControlPlane:
         """Everything started and serving, or nothing left running. Without
         `xds_listen` there is no ADS server (the registry API still works): a
@@ -107,7 +111,8 @@ class ControlPlane:
             extensions = chain(
                 MeshApi(plane.instances, plane.ads), TokenApi(service_tokens), loadtester
             )
-            server.api = Api(store, token, analyze=analyze, extension=extensions)
+            auth = Authenticator(token, data_dir=data_dir, anonymous_reads=anonymous_reads)
+            server.api = Api(store, auth, analyze=analyze, extension=extensions)
             write_client_config(ClientConfig(server.url, token), config_path)
         except BaseException as e:
             if plane is not None:
@@ -165,11 +170,15 @@ def run_controlplane(
     config_path: Path | None = None,
     xds_listen: str | None = DEFAULT_XDS_LISTEN,
     ca: CaOptions | None = None,
+    *,
+    anonymous_reads: bool = True,
 ) -> int:
     """Serve until SIGTERM or SIGINT, then shut down cleanly: 0; 1 if it cannot start."""
     _configure_logging()
     try:
-        plane = ControlPlane.open(data_dir, listen, config_path, xds_listen, ca)
+        plane = ControlPlane.open(
+            data_dir, listen, config_path, xds_listen, ca, anonymous_reads=anonymous_reads
+        )
     except StartError as e:
         log.error("error: %s", e)
         return 1
@@ -220,7 +229,28 @@ def _bind(listen: str) -> ApiServer:
 
 
 def _make_data_dir(data_dir: Path) -> None:
+    """Create it 0700, or check that nobody else can write an existing one: who
+    can write the directory can swap the store or the token files under us."""
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    problem = unsafe_directory(data_dir)
+    if problem:
+        raise StartError(f"refusing to use the data directory {data_dir}: {problem}")
+
+
+def unsafe_directory(path: Path) -> str | None:
+    """Why other users could change what is in `path`, or None if they cannot."""
+    info = path.stat()
+    if info.st_uid != os.geteuid():
+        return (
+            f"it is owned by uid {info.st_uid}, not by this user (uid {os.geteuid()}); "
+            f"use a directory of your own, or run: chown {os.geteuid()} {path} && chmod 700 {path}"
+        )
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return (
+            f"other users can write to it (mode {stat.S_IMODE(info.st_mode):04o}); "
+            f"run: chmod 700 {path}"
+        )
+    return None
 
 
 def _stop_on_signals(stop: threading.Event) -> None:

@@ -15,12 +15,12 @@ Registration is a write, so it needs the bearer token like any other write.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from typing import Any
 
 from pilotfish.api.errors import BadRequest, MethodNotAllowed, NotFound
 from pilotfish.controlplane.api import Request, Response, encode
+from pilotfish.controlplane.bodies import parse
 from pilotfish.model.types import Instance
 from pilotfish.registry.instances import (
     InstanceRegistry,
@@ -77,10 +77,7 @@ class MeshApi:
         raise MethodNotAllowed(f"{request.method} is not supported on {request.path}")
 
     def _register(self, request: Request) -> Response:
-        try:
-            body = json.loads(request.body or b"{}")
-        except ValueError as e:
-            raise BadRequest(f"the request body is not valid JSON: {e}") from e
+        body = parse(request.body or b"{}", as_yaml=False)
         if not isinstance(body, dict):
             raise BadRequest("the request body must be an object")
         try:

@@ -166,6 +166,9 @@ class ResourceStore:
         return self._write(key, build, _given_version(obj), dry_run)
 
     def create(self, obj: Obj, *, manager: str, dry_run: bool = False) -> Obj:
+        if (obj.get("metadata") or {}).get("resourceVersion") not in (None, ""):
+            # Kubernetes' storage refuses it too: a create cannot be conditional.
+            raise BadRequest("resourceVersion should not be set on objects to be created")
         key, kind, version = self._identify(obj)
 
         def build(live: Obj | None) -> Obj:
@@ -375,6 +378,8 @@ def _revision(text: str) -> int:
         raise BadRequest(f'invalid resourceVersion "{text}": not an integer') from None
     if value < 0:
         raise BadRequest(f'invalid resourceVersion "{text}": negative')
+    if value >= 2**63:  # etcd's revisions, and Kubernetes', are int64
+        raise BadRequest(f'invalid resourceVersion "{text}": out of range')
     return value
 
 

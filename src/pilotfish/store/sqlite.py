@@ -12,6 +12,7 @@ SQLite anyway, and reads are short primary-key lookups.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
@@ -21,7 +22,7 @@ from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from pilotfish.api.errors import Conflict, Expired, NotFound
+from pilotfish.api.errors import Conflict, Expired, NotFound, too_large_resource_version
 from pilotfish.store.types import Event, EventType, Key, Obj
 
 _SCHEMA = """
@@ -44,6 +45,19 @@ def _dump(obj: Obj) -> str:
     return json.dumps(obj, separators=(",", ":"))
 
 
+def _make_private(path: str) -> None:
+    """Create the database file 0600 before SQLite opens it: SQLite gives its
+    -wal and -shm files the database file's mode, so all three stay private
+    whatever the directory's mode. Files left looser by an older version are
+    tightened (a WAL can hold a Secret in clear)."""
+    if path == ":memory:":
+        return
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    for name in (path, f"{path}-wal", f"{path}-shm", f"{path}-journal"):
+        with contextlib.suppress(FileNotFoundError):
+            os.chmod(name, 0o600)
+
+
 class SqliteBackend:
     def __init__(
         self, path: str | os.PathLike[str], *, history: int = 10_000, poll_interval: float = 0.25
@@ -54,6 +68,7 @@ class SqliteBackend:
         self.poll_interval = poll_interval
         self._lock = threading.RLock()
         self._changed = threading.Condition()
+        _make_private(self.path)
         self._conn = sqlite3.connect(
             self.path, check_same_thread=False, isolation_level=None, timeout=30
         )
@@ -151,6 +166,9 @@ class SqliteBackend:
     def watch(self, since: int) -> SqliteWatch:
         with self._lock:
             self._check_kept(since)
+            head = self._meta("revision")
+        if since > head:
+            raise too_large_resource_version(since, head)
         return SqliteWatch(self, since)
 
     def close(self) -> None:

@@ -63,6 +63,8 @@ class Backend(Protocol):
 
     def watch(self, since: int) -> Watch:
         """Every change after revision `since`, in order, then live ones.
-        Raises Expired when `since` is older than the history kept."""
+        Raises Expired when `since` is older than the history kept, and
+        Timeout (Kubernetes' "Too large resource version") when it is newer
+        than the store's revision."""
 
     def close(self) -> None: ...
