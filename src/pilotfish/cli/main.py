@@ -114,19 +114,40 @@ def _add_controlplane(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         default=15010,
         help="port of the ADS (xDS) server on the REST API's host; -1 turns xDS off",
     )
+    _add_store_options(p)
     p.set_defaults(handler=_run_controlplane)
+
+
+def _add_store_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--store",
+        default="sqlite",
+        metavar="sqlite|etcd://HOST:PORT[,...]|etcds://HOST:PORT[,...]",
+        help="where resources are kept: a SQLite file in --data-dir (default), or etcd",
+    )
+    p.add_argument("--etcd-prefix", help="key prefix in etcd (default /pilotfish)")
+    p.add_argument("--etcd-cafile", type=Path, help="CA bundle to verify etcd's certificate")
+    p.add_argument("--etcd-certfile", type=Path, help="client certificate for etcd (PEM)")
+    p.add_argument("--etcd-keyfile", type=Path, help="client certificate's key (PEM)")
 
 
 def _run_controlplane(args: argparse.Namespace) -> int:
     from pilotfish.controlplane.http import parse_listen
     from pilotfish.controlplane.main import run_controlplane, xds_listen
+    from pilotfish.store.backends import StoreOptions
 
+    prefix = args.etcd_prefix or StoreOptions.etcd_prefix
+    store = StoreOptions(
+        args.store, prefix, args.etcd_cafile, args.etcd_certfile, args.etcd_keyfile
+    )
     try:
         host = parse_listen(args.listen)[0]
+        store.check()
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    return run_controlplane(args.data_dir, args.listen, xds_listen=xds_listen(args.xds_port, host))
+    xds = xds_listen(args.xds_port, host)
+    return run_controlplane(args.data_dir, args.listen, xds_listen=xds, store_options=store)
 
 
 def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

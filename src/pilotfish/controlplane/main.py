@@ -21,6 +21,7 @@ import threading
 from pathlib import Path
 from types import FrameType
 
+from pilotfish.api.errors import ApiError
 from pilotfish.api.validation import analyze, validate_or_raise, with_defaults
 from pilotfish.config import ClientConfig, write_client_config
 from pilotfish.controlplane.api import Api, chain
@@ -31,15 +32,14 @@ from pilotfish.controlplane.mesh_api import MeshApi
 from pilotfish.registry.instances import InstanceRegistry
 from pilotfish.registry.mesh import MeshRegistry
 from pilotfish.rollout.service import RolloutService
+from pilotfish.store.backends import STORE_FILE, StoreOptions, open_backend
 from pilotfish.store.resources import ResourceStore
-from pilotfish.store.sqlite import SqliteBackend
 from pilotfish.xds.server import DEFAULT_LISTEN as DEFAULT_XDS_LISTEN
 from pilotfish.xds.server import AdsServer, BindError
 
 log = logging.getLogger("pilotfish.controlplane")
 
 DEFAULT_LISTEN = "127.0.0.1:15080"
-STORE_FILE = "store.db"
 
 
 class StartError(Exception):
@@ -76,10 +76,12 @@ class ControlPlane:
         listen: str = DEFAULT_LISTEN,
         config_path: Path | None = None,
         xds_listen: str | None = None,
+        store_options: StoreOptions | None = None,
     ) -> ControlPlane:
         """Everything started and serving, or nothing left running. Without
         `xds_listen` there is no ADS server (the registry API still works): a
         library caller does not take the well-known port unless it asks."""
+        options = store_options or StoreOptions()
         server = _bind(listen)
         store: ResourceStore | None = None
         plane: ControlPlane | None = None
@@ -87,7 +89,7 @@ class ControlPlane:
             _make_data_dir(data_dir)
             token = load_or_create_token(data_dir)
             store = ResourceStore(
-                SqliteBackend(data_dir / STORE_FILE),
+                open_backend(options, data_dir),
                 validate=validate_or_raise,
                 default=with_defaults,
             )
@@ -104,7 +106,7 @@ class ControlPlane:
                 server.stop()
                 if store is not None:
                     store.close()
-            reason = _start_error(e, data_dir)
+            reason = _start_error(e, data_dir, options)
             if reason is None:
                 raise
             raise reason from e
@@ -151,11 +153,12 @@ def run_controlplane(
     listen: str = DEFAULT_LISTEN,
     config_path: Path | None = None,
     xds_listen: str | None = DEFAULT_XDS_LISTEN,
+    store_options: StoreOptions | None = None,
 ) -> int:
     """Serve until SIGTERM or SIGINT, then shut down cleanly: 0; 1 if it cannot start."""
     _configure_logging()
     try:
-        plane = ControlPlane.open(data_dir, listen, config_path, xds_listen)
+        plane = ControlPlane.open(data_dir, listen, config_path, xds_listen, store_options)
     except StartError as e:
         log.error("error: %s", e)
         return 1
@@ -163,6 +166,8 @@ def run_controlplane(
     _stop_on_signals(stop)
     serving = plane.server.start()
     log.info("pilotfish control plane serving on %s (data in %s)", plane.server.url, data_dir)
+    if store_options is not None and store_options.url != "sqlite":
+        log.info("store: %s (prefix %s)", store_options.url, store_options.etcd_prefix)
     if plane.ads is not None:
         log.info(
             "xDS (ADS) serving on %s", plane.ads.listen.rpartition(":")[0] + f":{plane.ads.port}"
@@ -174,9 +179,9 @@ def run_controlplane(
     return 0
 
 
-def _start_error(error: BaseException, data_dir: Path) -> StartError | None:
-    """A one-line reason for what users can fix (permissions, a bad store file);
-    anything else is a bug and keeps its traceback."""
+def _start_error(error: BaseException, data_dir: Path, store: StoreOptions) -> StartError | None:
+    """A one-line reason for what users can fix (permissions, a bad store file,
+    an unreachable etcd); anything else is a bug and keeps its traceback."""
     if isinstance(error, BindError):
         return StartError(f"{error} (is another control plane running? see --xds-port)")
     if isinstance(error, OSError):
@@ -184,6 +189,8 @@ def _start_error(error: BaseException, data_dir: Path) -> StartError | None:
         return StartError(f"cannot start:{where}: {error.strerror or error}")
     if isinstance(error, sqlite3.Error):
         return StartError(f"cannot open the store {data_dir / STORE_FILE}: {error}")
+    if isinstance(error, ApiError):
+        return StartError(f"cannot open the store {store.url}: {error}")
     return None
 
 

@@ -47,6 +47,11 @@ _QUEUE = 1000  # events a watch holds unread before etcd is made to wait (and ma
 _RESUME_S = 0.5  # pause before a watch reconnects after etcd went away
 
 
+def check_prefix(prefix: str) -> None:
+    if not prefix.startswith("/") or prefix.endswith("/"):
+        raise ValueError(f'--etcd-prefix "{prefix}": must start with "/" and not end with one')
+
+
 def _encode(obj: Obj) -> bytes:
     return json.dumps(obj, separators=(",", ":")).encode()
 
@@ -67,8 +72,7 @@ class EtcdBackend:
         history: int = 10_000,
         kinds: KindRegistry | None = None,
     ) -> None:
-        if not prefix.startswith("/") or prefix.endswith("/"):
-            raise ValueError(f"etcd prefix {prefix!r}: must start with '/' and not end with one")
+        check_prefix(prefix)
         self.client = client
         self.prefix = prefix
         self.history = history
@@ -101,6 +105,11 @@ class EtcdBackend:
             return f"{self.prefix}/{group}/".encode() if group else f"{self.prefix}/".encode()
         base = self._type_prefix(group, kind)
         return (base + f"{namespace}/" if namespace else base).encode()
+
+    def ping(self) -> None:
+        """Raise Unavailable (or the error etcd gives) unless etcd answers a read."""
+        start = f"{self.prefix}/".encode()
+        self.client.call("Range", message("RangeRequest", key=start, limit=1))
 
     # -- Backend -----------------------------------------------------------------------
 
