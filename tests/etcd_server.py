@@ -29,7 +29,7 @@ def etcd_binary() -> str:
     return found
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -94,8 +94,8 @@ def make_certs(where: Path) -> Certs:
 class EtcdServer:
     data_dir: Path
     certs: Certs | None = None
-    client_port: int = field(default_factory=_free_port)
-    peer_port: int = field(default_factory=_free_port)
+    client_port: int = field(default_factory=free_port)
+    peer_port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
 
     @property
