@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from tests.agent.mesh_harness import free_port
 
 from pilotfish.api.errors import ApiError
 from pilotfish.store.etcd_client import EtcdClient, Tls, message
@@ -27,12 +28,6 @@ def etcd_binary() -> str:
     if found is None:
         raise RuntimeError(MISSING)
     return found
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 from store_testkit import configmap, kinds_registry
-from tests.etcd_server import EtcdServer, free_port
+from tests.agent.mesh_harness import free_port
+from tests.etcd_server import EtcdServer
 
 from pilotfish.store import Event, Key
 from pilotfish.store.etcd import EtcdBackend
