@@ -228,3 +228,26 @@ def test_an_unreachable_etcd_fails_start_up_clearly(tmp_path: Path) -> None:
         in result.stderr
     )
     assert time.monotonic() - started < 30
+
+
+def wait_for_log(plane: ControlPlane, text: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in plane.log[-1].read_text():
+        assert time.monotonic() < deadline, f"no {text!r} in\n{plane.log[-1].read_text()}"
+        time.sleep(0.1)
+
+
+def test_one_control_plane_leads_the_rollout_controller_and_hands_over_on_sigterm(
+    plane: ControlPlane, etcd: EtcdServer, tmp_path: Path
+) -> None:
+    leading = "/pilotfish-election/rollout: leading as"
+    wait_for_log(plane, leading, 10)
+    other = plane_on(tmp_path / "b", "--store", etcd.url)
+    other.start()
+    try:
+        time.sleep(3)  # more than a retry period: it has campaigned and lost
+        assert leading not in other.log[-1].read_text()
+        assert plane.stop(signal.SIGTERM) == 0
+        wait_for_log(other, leading, 6)  # the key was given up: no lease to wait out
+    finally:
+        stopped(other)

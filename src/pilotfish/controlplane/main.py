@@ -26,6 +26,7 @@ from pilotfish.api.validation import analyze, validate_or_raise, with_defaults
 from pilotfish.config import ClientConfig, write_client_config
 from pilotfish.controlplane.api import Api, chain
 from pilotfish.controlplane.auth import load_or_create_token
+from pilotfish.controlplane.election import Elector
 from pilotfish.controlplane.http import ApiServer
 from pilotfish.controlplane.loadtester_api import LoadTesterApi
 from pilotfish.controlplane.mesh_api import MeshApi
@@ -33,7 +34,9 @@ from pilotfish.registry.instances import InstanceRegistry
 from pilotfish.registry.mesh import MeshRegistry
 from pilotfish.rollout.service import RolloutService
 from pilotfish.store.backends import STORE_FILE, StoreOptions, open_backend
+from pilotfish.store.etcd import EtcdBackend
 from pilotfish.store.resources import ResourceStore
+from pilotfish.store.types import Backend
 from pilotfish.xds.server import DEFAULT_LISTEN as DEFAULT_XDS_LISTEN
 from pilotfish.xds.server import AdsServer, BindError
 
@@ -64,6 +67,7 @@ class ControlPlane:
         self.mesh = mesh
         self.ads = ads
         self.rollout: RolloutService | None = None
+        self.elector: Elector | None = None
         self.loadtester: LoadTesterApi | None = None
 
     def __repr__(self) -> str:
@@ -88,14 +92,11 @@ class ControlPlane:
         try:
             _make_data_dir(data_dir)
             token = load_or_create_token(data_dir)
-            store = ResourceStore(
-                open_backend(options, data_dir),
-                validate=validate_or_raise,
-                default=with_defaults,
-            )
+            backend = open_backend(options, data_dir)
+            store = ResourceStore(backend, validate=validate_or_raise, default=with_defaults)
             plane = cls(server, store, data_dir)
             plane._start_mesh(xds_listen)
-            loadtester = plane._start_rollout()
+            loadtester = plane._start_rollout(backend)
             extensions = chain(MeshApi(plane.instances, plane.ads), loadtester)
             server.api = Api(store, token, analyze=analyze, extension=extensions)
             write_client_config(ClientConfig(server.url, token), config_path)
@@ -126,11 +127,18 @@ class ControlPlane:
         self.mesh.add_listener(self.ads.changed)
         self.ads.start()
 
-    def _start_rollout(self) -> LoadTesterApi:
-        """The rollout controller, its metrics sampler and the load tester."""
+    def _start_rollout(self, backend: Backend) -> LoadTesterApi:
+        """The rollout controller, its metrics sampler and the load tester. On
+        etcd, where other control planes may share the store, the controller
+        and sampler act only while this one is the elected leader."""
         assert self.mesh is not None
         self.loadtester = LoadTesterApi(self.mesh.snapshot)
-        self.rollout = RolloutService(self.store, self.instances.instances)
+        leading = None
+        if isinstance(backend, EtcdBackend):
+            self.elector = Elector(backend.client, f"{backend.prefix}-election/rollout")
+            self.elector.start()
+            leading = self.elector.leading
+        self.rollout = RolloutService(self.store, self.instances.instances, leading)
         self.rollout.start()
         return self.loadtester
 
@@ -138,6 +146,8 @@ class ControlPlane:
         """Stop what was started, newest first; safe on a half-open plane."""
         if self.rollout is not None:
             self.rollout.stop()
+        if self.elector is not None:
+            self.elector.stop()
         if self.loadtester is not None:
             self.loadtester.close()
         if self.ads is not None:

@@ -109,6 +109,21 @@ _MESSAGES: dict[str, list[tuple[str, int, int | str, str]]] = {
     ],
     "CompactionRequest": [("revision", 1, _I64, ""), ("physical", 2, _BOOL, "")],
     "CompactionResponse": [("header", 1, "ResponseHeader", "")],
+    "LeaseGrantRequest": [("TTL", 1, _I64, ""), ("ID", 2, _I64, "")],
+    "LeaseGrantResponse": [
+        ("header", 1, "ResponseHeader", ""),
+        ("ID", 2, _I64, ""),
+        ("TTL", 3, _I64, ""),
+        ("error", 4, _STR, ""),
+    ],
+    "LeaseRevokeRequest": [("ID", 1, _I64, "")],
+    "LeaseRevokeResponse": [("header", 1, "ResponseHeader", "")],
+    "LeaseKeepAliveRequest": [("ID", 1, _I64, "")],
+    "LeaseKeepAliveResponse": [
+        ("header", 1, "ResponseHeader", ""),
+        ("ID", 2, _I64, ""),
+        ("TTL", 3, _I64, ""),
+    ],
     "WatchCreateRequest": [
         ("key", 1, _BYTES, ""),
         ("range_end", 2, _BYTES, ""),
@@ -134,6 +149,7 @@ _PACKAGE = "etcdserverpb"
 
 # Compare.result / Compare.target / Event.type values, as in rpc.proto and kv.proto.
 EQUAL = 0
+TARGET_CREATE = 1
 TARGET_MOD = 2
 EVENT_DELETE = 1
 
@@ -220,6 +236,8 @@ _UNARY = {
     "DeleteRange": ("KV", "DeleteRangeResponse"),
     "Txn": ("KV", "TxnResponse"),
     "Compact": ("KV", "CompactionResponse"),
+    "LeaseGrant": ("Lease", "LeaseGrantResponse"),
+    "LeaseRevoke": ("Lease", "LeaseRevokeResponse"),
 }
 CALL_TIMEOUT_S = 10.0
 
@@ -294,6 +312,25 @@ class EtcdClient:
             response_deserializer=_parser("WatchResponse"),
         )
         return stream(requests), index
+
+    def keep_alive(self, lease: int, timeout: float = CALL_TIMEOUT_S) -> int:
+        """Renew a lease once; the seconds etcd says are left (<= 0: it is gone)."""
+        channel, index = self.channel()
+        stream = channel.stream_stream(
+            f"/{_PACKAGE}.Lease/LeaseKeepAlive",
+            request_serializer=_serialize,
+            response_deserializer=_parser("LeaseKeepAliveResponse"),
+        )
+        replies = stream(iter([message("LeaseKeepAliveRequest", ID=lease)]), timeout=timeout)
+        try:
+            return int(next(replies).TTL)
+        except grpc.RpcError as e:
+            self.failed(index)
+            raise Unavailable(f"etcd {self.endpoints[index]}: {_details(e)}") from e
+        except StopIteration:
+            raise Unavailable(f"etcd {self.endpoints[index]}: no answer to a keep-alive") from None
+        finally:
+            replies.cancel()
 
     def close(self) -> None:
         with self._lock:
