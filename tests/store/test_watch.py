@@ -208,3 +208,17 @@ def test_a_finalized_delete_is_modified_then_deleted(store: ResourceStore) -> No
     assert (first.type, second.type) == ("MODIFIED", "DELETED")
     assert "deletionTimestamp" in first.object["metadata"]
     watch.close()
+
+
+def test_closing_the_store_ends_a_blocked_next(make_store) -> None:
+    store = make_store()
+    watch = store.watch("", "ConfigMap")
+    results: list[object] = []
+    thread = threading.Thread(target=lambda: results.append(watch.next()))
+    thread.start()
+    time.sleep(0.1)
+    store.close()
+    thread.join(timeout=3)
+    assert not thread.is_alive()
+    assert results == [None]
+    assert watch.next(timeout=None) is None

@@ -292,7 +292,7 @@ class EtcdWatch:
     def next(self, timeout: float | None = None) -> Event | None:
         if self._failure is not None:
             raise self._failure
-        if self._closed.is_set():
+        if self._closed.is_set() or self._backend.closed:
             return None
         if self._thread is None:
             self._thread = threading.Thread(target=self._read, name=repr(self), daemon=True)
@@ -310,11 +310,16 @@ class EtcdWatch:
         self._closed.set()
         stream = self._stream
         if stream is not None:
-            stream.cancel()
-        with contextlib.suppress(queue.Full):  # full: no next() is blocked
-            self._queue.put_nowait(None)  # wakes a blocked next()
+            stream.cancel()  # the reader then ends, waking a blocked next()
 
     def _read(self) -> None:
+        try:
+            self._read_until_closed()
+        finally:
+            with contextlib.suppress(queue.Full):  # full: no next() is blocked
+                self._queue.put_nowait(None)  # wakes a next() blocked when the store closed
+
+    def _read_until_closed(self) -> None:
         while not self._closed.is_set() and not self._backend.closed:
             stream = self._stream = self._backend._stream(self._position)
             if self._closed.is_set():
