@@ -186,11 +186,11 @@ class EtcdBackend:
         except FutureRevision:
             return  # nothing written after `since` yet: nothing lost either
         except Compacted:
-            raise self._expired(since, self._oldest_kept(since)) from None
+            raise _expired(since, self._oldest_kept(since)) from None
 
     def _oldest_kept(self, since: int) -> int:
         """etcd's compaction revision, as a watch from `since` is told it."""
-        stream = self._stream(since)
+        stream = self.open_stream(since)
         timer = threading.Timer(CALL_TIMEOUT_S, stream.cancel)
         timer.start()
         try:
@@ -204,12 +204,7 @@ class EtcdBackend:
             stream.cancel()
         return since + 1
 
-    @staticmethod
-    def _expired(since: int, compact_revision: int) -> Expired:
-        # etcd keeps revisions >= compact_revision: what follows compact_revision - 1.
-        return Expired(f"too old resource version: {since} ({compact_revision - 1})")
-
-    def _stream(self, since: int) -> _Cancelling:
+    def open_stream(self, since: int) -> _Cancelling:
         """etcd's watch of every key under the prefix, after revision `since`."""
         start = f"{self.prefix}/".encode()
         create = message(
@@ -241,6 +236,11 @@ class EtcdBackend:
     @property
     def closed(self) -> bool:
         return self._closed.is_set()
+
+
+def _expired(since: int, compact_revision: int) -> Expired:
+    # etcd keeps revisions >= compact_revision: what follows compact_revision - 1.
+    return Expired(f"too old resource version: {since} ({compact_revision - 1})")
 
 
 def _mod_revision_is(key: bytes, revision: int) -> Any:
@@ -321,7 +321,7 @@ class EtcdWatch:
 
     def _read_until_closed(self) -> None:
         while not self._closed.is_set() and not self._backend.closed:
-            stream = self._stream = self._backend._stream(self._position)
+            stream = self._stream = self._backend.open_stream(self._position)
             if self._closed.is_set():
                 stream.cancel()  # close() came before the stream was set
             try:
@@ -337,7 +337,7 @@ class EtcdWatch:
     def _follow(self, stream: _Cancelling) -> None:
         for reply in stream:
             if reply.compact_revision:
-                raise EtcdBackend._expired(self._position, int(reply.compact_revision))
+                raise _expired(self._position, int(reply.compact_revision))
             if reply.canceled:
                 raise Unavailable(f"etcd cancelled the watch: {reply.cancel_reason}")
             for raw in reply.events:
