@@ -251,3 +251,22 @@ def test_one_control_plane_leads_the_rollout_controller_and_hands_over_on_sigter
         wait_for_log(other, leading, 6)  # the key was given up: no lease to wait out
     finally:
         stopped(other)
+
+
+def test_a_killed_leader_is_replaced_once_its_lease_runs_out(
+    plane: ControlPlane, etcd: EtcdServer, tmp_path: Path
+) -> None:
+    leading = "/pilotfish-election/rollout: leading as"
+    wait_for_log(plane, leading, 10)
+    other = plane_on(tmp_path / "b", "--store", etcd.url)
+    other.start()
+    try:
+        time.sleep(3)
+        assert plane.stop(signal.SIGKILL) == -signal.SIGKILL
+        killed = time.monotonic()
+        wait_for_log(other, leading, 25)
+        took = time.monotonic() - killed
+        # Not before the dead leader's 15 s lease (renewed every 2 s) ran out; soon after.
+        assert 15 - 2 - 0.5 <= took <= 15 + 2 + 3, took
+    finally:
+        stopped(other)
