@@ -122,8 +122,9 @@ def _add_store_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--store",
         default="sqlite",
-        metavar="sqlite|etcd://HOST:PORT[,...]|etcds://HOST:PORT[,...]",
-        help="where resources are kept: a SQLite file in --data-dir (default), or etcd",
+        metavar="URL",
+        help="where resources are kept: sqlite (a file in --data-dir, the default), "
+        "etcd://HOST:PORT[,HOST:PORT...] or etcds://... (TLS)",
     )
     p.add_argument("--etcd-prefix", help="key prefix in etcd (default /pilotfish)")
     p.add_argument("--etcd-cafile", type=Path, help="CA bundle to verify etcd's certificate")
