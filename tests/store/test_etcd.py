@@ -90,3 +90,17 @@ def test_a_watch_resumes_across_an_etcd_restart_with_no_gap_and_no_duplicate(
     finally:
         store.close()
         server.stop()
+
+
+def test_a_list_larger_than_grpcs_default_4_mib_message(etcd: EtcdServer) -> None:
+    """etcd answers a list in one message; grpcio refuses messages over 4 MiB
+    unless told otherwise, as etcd's own client tells it."""
+    store = etcd_store(etcd.client(), prefix="/large")
+    try:
+        value = "x" * 200_000
+        for i in range(25):  # 5 MB in all; each write is under etcd's 1.5 MiB request limit
+            store.apply(configmap(f"big-{i}", data={"v": value}), manager="m")
+        items, _ = store.list("", "ConfigMap")
+        assert len(items) == 25 and all(item["data"]["v"] == value for item in items)
+    finally:
+        store.close()

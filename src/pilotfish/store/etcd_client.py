@@ -240,6 +240,8 @@ _UNARY = {
     "LeaseRevoke": ("Lease", "LeaseRevokeResponse"),
 }
 CALL_TIMEOUT_S = 10.0
+# A list is one Range answer: no 4 MiB cap on it (etcd's client sets the same).
+_OPTIONS = [("grpc.max_receive_message_length", 2**31 - 1)]
 
 
 class EtcdClient:
@@ -261,9 +263,9 @@ class EtcdClient:
     def _open(self, index: int) -> grpc.Channel:
         target = self.endpoints[index]
         if self._tls is None:
-            return grpc.insecure_channel(target)
+            return grpc.insecure_channel(target, _OPTIONS)
         creds = grpc.ssl_channel_credentials(self._tls.ca, self._tls.key, self._tls.cert)
-        return grpc.secure_channel(target, creds)
+        return grpc.secure_channel(target, creds, _OPTIONS)
 
     def channel(self) -> tuple[grpc.Channel, int]:
         with self._lock:
