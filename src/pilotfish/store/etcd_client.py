@@ -15,6 +15,7 @@ unavailable moves to the next one, as etcd's own clients fail over.
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -180,15 +181,18 @@ _POOL = descriptor_pool.DescriptorPool()
 _POOL.Add(_file_descriptor())
 
 
+@functools.cache
+def _class(name: str) -> Any:
+    return message_factory.GetMessageClass(_POOL.FindMessageTypeByName(f"{_PACKAGE}.{name}"))
+
+
 def message(name: str, **fields: Any) -> Any:
     """A new etcd message: `message("RangeRequest", key=b"/a")`."""
-    cls = message_factory.GetMessageClass(_POOL.FindMessageTypeByName(f"{_PACKAGE}.{name}"))
-    return cls(**fields)
+    return _class(name)(**fields)
 
 
 def _parser(name: str) -> Callable[[bytes], Any]:
-    cls = message_factory.GetMessageClass(_POOL.FindMessageTypeByName(f"{_PACKAGE}.{name}"))
-    return cls.FromString  # type: ignore[no-any-return]
+    return _class(name).FromString  # type: ignore[no-any-return]
 
 
 def prefix_end(prefix: bytes) -> bytes:
@@ -232,8 +236,6 @@ class Tls:
 
 _UNARY = {
     "Range": ("KV", "RangeResponse"),
-    "Put": ("KV", "PutResponse"),
-    "DeleteRange": ("KV", "DeleteRangeResponse"),
     "Txn": ("KV", "TxnResponse"),
     "Compact": ("KV", "CompactionResponse"),
     "LeaseGrant": ("Lease", "LeaseGrantResponse"),
