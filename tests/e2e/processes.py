@@ -28,6 +28,7 @@ class ControlPlane:
     process: subprocess.Popen[bytes] | None = None
     log: list[Path] = field(default_factory=list)
     xds_port: int = -1  # -1: no xDS server (most tests do not use it; 15010 may be taken)
+    args: tuple[str, ...] = ()  # more `pilotfish controlplane` options (--store ...)
 
     @property
     def server(self) -> str:
@@ -48,6 +49,7 @@ class ControlPlane:
                 f"127.0.0.1:{self.port}",
                 "--xds-port",
                 str(self.xds_port),
+                *self.args,
             ],
             env=self.env,
             stdout=log.open("wb"),

@@ -1,8 +1,8 @@
 """The `store` fixture, once per backend: every store test runs against each.
 
 A backend factory takes the options a test needs (`history`: how many events
-to keep) and, called again, reopens the same data, as a restart would. The
-etcd backend will add itself to BACKENDS and run the same suite."""
+to keep) and, called again, reopens the same data, as a restart would. One
+real etcd is started per session (per worker); without etcd the run fails."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from store_testkit import BACKENDS, BackendFactory, kinds_registry
+from store_testkit import BACKENDS, ETCD_ENV, BackendFactory, kinds_registry
+from tests.etcd_server import EtcdServer
 
 from pilotfish.store.resources import ResourceStore
 
@@ -30,9 +31,25 @@ class Clock:
         self.now += timedelta(seconds=seconds)
 
 
+@pytest.fixture(scope="session")
+def etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdServer]:
+    server = EtcdServer(tmp_path_factory.mktemp("etcd") / "data").start()
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv(ETCD_ENV, server.endpoint)
+        yield server
+    server.stop()
+
+
 @pytest.fixture(params=sorted(BACKENDS))
-def make_backend(request: pytest.FixtureRequest, tmp_path: Path) -> BackendFactory:
-    return BACKENDS[request.param](tmp_path)
+def backend_name(request: pytest.FixtureRequest) -> str:
+    if request.param == "etcd":
+        request.getfixturevalue("etcd")
+    return str(request.param)
+
+
+@pytest.fixture
+def make_backend(backend_name: str, tmp_path: Path) -> BackendFactory:
+    return BACKENDS[backend_name](tmp_path)
 
 
 @pytest.fixture

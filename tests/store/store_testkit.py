@@ -3,11 +3,15 @@ so the store suite runs the same against every backend and every schema change."
 
 from __future__ import annotations
 
+import hashlib
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from pilotfish.api.kinds import Kind, KindRegistry
+from pilotfish.store.etcd import EtcdBackend
+from pilotfish.store.etcd_client import EtcdClient
 from pilotfish.store.sqlite import SqliteBackend
 from pilotfish.store.types import Backend
 
@@ -138,4 +142,21 @@ def _sqlite(data_dir: Path) -> BackendFactory:
     return make
 
 
-BACKENDS: dict[str, Callable[[Path], BackendFactory]] = {"sqlite": _sqlite}
+# Where the session's etcd listens; set by conftest's `etcd` fixture, and so
+# inherited by the processes a test starts (crash_writer.py).
+ETCD_ENV = "PILOTFISH_TEST_ETCD"
+
+
+def _etcd(data_dir: Path) -> BackendFactory:
+    """One etcd serves the whole session; each test keeps its objects under a
+    prefix of its own (the same one again when reopened)."""
+    prefix = "/test-" + hashlib.sha1(str(data_dir).encode()).hexdigest()[:16]
+
+    def make(**options: Any) -> Backend:
+        client = EtcdClient([os.environ[ETCD_ENV]])
+        return EtcdBackend(client, prefix=prefix, kinds=kinds_registry(), **options)
+
+    return make
+
+
+BACKENDS: dict[str, Callable[[Path], BackendFactory]] = {"sqlite": _sqlite, "etcd": _etcd}

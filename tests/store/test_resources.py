@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import pytest
 from store_testkit import configmap, vs
@@ -326,3 +329,34 @@ def test_concurrent_appliers_all_land(store: ResourceStore) -> None:
     assert errors == []
     labels = store.get(Key("", "ConfigMap", "default", "shared"))["metadata"]["labels"]
     assert len(labels) == 40
+
+
+WRITER = Path(__file__).with_name("concurrent_writer.py")
+
+
+def test_writers_in_several_processes_lose_no_update(
+    backend_name: str, make_store, tmp_path: Path
+) -> None:
+    """Processes with their own connections (control planes on several hosts):
+    optimistic updates of one counter all count, conflicts are reported to the
+    loser rather than overwritten, and concurrent applies all land."""
+    store = make_store()
+    store.apply(configmap("counter", data={"n": "0"}), manager="init")
+    store.apply(configmap("labels"), manager="init")
+    writers, count = 3, 15
+    children = [
+        subprocess.Popen(
+            [sys.executable, str(WRITER), backend_name, str(tmp_path), f"w{n}", str(count)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for n in range(writers)
+    ]
+    outputs = [child.communicate(timeout=120) for child in children]
+    assert all(child.returncode == 0 for child in children), outputs
+    counter = store.get(Key("", "ConfigMap", "default", "counter"))
+    assert counter["data"] == {"n": str(writers * count)}
+    assert counter["metadata"]["generation"] == 1 + writers * count  # one write per increment
+    labels = store.get(Key("", "ConfigMap", "default", "labels"))["metadata"]["labels"]
+    assert len(labels) == writers * count

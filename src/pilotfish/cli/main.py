@@ -131,6 +131,7 @@ def _add_controlplane(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     from pilotfish.controlplane.identity import add_ca_flags
 
     add_ca_flags(p)
+    _add_store_options(p)
     p.set_defaults(handler=_run_controlplane)
 
 
@@ -142,14 +143,34 @@ def _boolean(text: str) -> bool:
     raise argparse.ArgumentTypeError(f'"{text}": must be true or false')
 
 
+def _add_store_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--store",
+        default="sqlite",
+        metavar="URL",
+        help="where resources are kept: sqlite (a file in --data-dir, the default), "
+        "etcd://HOST:PORT[,HOST:PORT...] or etcds://... (TLS)",
+    )
+    p.add_argument("--etcd-prefix", help="key prefix in etcd (default /pilotfish)")
+    p.add_argument("--etcd-cafile", type=Path, help="CA bundle to verify etcd's certificate")
+    p.add_argument("--etcd-certfile", type=Path, help="client certificate for etcd (PEM)")
+    p.add_argument("--etcd-keyfile", type=Path, help="client certificate's key (PEM)")
+
+
 def _run_controlplane(args: argparse.Namespace) -> int:
     from pilotfish.controlplane.http import parse_listen
     from pilotfish.controlplane.identity import ca_options
     from pilotfish.controlplane.main import run_controlplane, xds_listen
+    from pilotfish.store.backends import StoreOptions
 
+    prefix = args.etcd_prefix or StoreOptions.etcd_prefix
+    store = StoreOptions(
+        args.store, prefix, args.etcd_cafile, args.etcd_certfile, args.etcd_keyfile
+    )
     try:
         parse_listen(args.listen)
         xds = xds_listen(args.xds_port, args.listen, args.xds_listen)
+        store.check()
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -158,6 +179,7 @@ def _run_controlplane(args: argparse.Namespace) -> int:
         args.listen,
         xds_listen=xds,
         ca=ca_options(args),
+        store_options=store,
         anonymous_reads=args.anonymous_reads,
     )
 

@@ -23,6 +23,7 @@ import threading
 from pathlib import Path
 from types import FrameType
 
+from pilotfish.api.errors import ApiError
 from pilotfish.api.validation import analyze, validate_or_raise, with_defaults
 from pilotfish.ca import tokens
 from pilotfish.ca.cacerts import CaError
@@ -30,6 +31,7 @@ from pilotfish.ca.service import CertificateService
 from pilotfish.config import ClientConfig, write_client_config
 from pilotfish.controlplane.api import Api, chain
 from pilotfish.controlplane.auth import Authenticator, load_or_create_token
+from pilotfish.controlplane.election import Elector
 from pilotfish.controlplane.http import ApiServer, parse_listen
 from pilotfish.controlplane.identity import CaOptions, TokenApi, add_ca_flags, ca_options, open_ca
 from pilotfish.controlplane.loadtester_api import LoadTesterApi
@@ -37,15 +39,16 @@ from pilotfish.controlplane.mesh_api import MeshApi
 from pilotfish.registry.instances import InstanceRegistry
 from pilotfish.registry.mesh import MeshRegistry
 from pilotfish.rollout.service import RolloutService
+from pilotfish.store.backends import STORE_FILE, StoreOptions, open_backend
+from pilotfish.store.etcd import EtcdBackend
 from pilotfish.store.resources import ResourceStore
-from pilotfish.store.sqlite import SqliteBackend
+from pilotfish.store.types import Backend
 from pilotfish.xds.server import DEFAULT_LISTEN as DEFAULT_XDS_LISTEN
 from pilotfish.xds.server import AdsServer, BindError
 
 log = logging.getLogger("pilotfish.controlplane")
 
 DEFAULT_LISTEN = "127.0.0.1:15080"
-STORE_FILE = "store.db"
 
 
 class StartError(Exception):
@@ -70,6 +73,7 @@ class ControlPlane:
         self.mesh = mesh
         self.ads = ads
         self.rollout: RolloutService | None = None
+        self.elector: Elector | None = None
         self.loadtester: LoadTesterApi | None = None
         self.ca: CertificateService | None = None
 
@@ -84,6 +88,7 @@ class ControlPlane:
         config_path: Path | None = None,
         xds_listen: str | None = None,
         ca: CaOptions | None = None,
+        store_options: StoreOptions | None = None,
         *,
         anonymous_reads: bool = True,
     ) -> ControlPlane:
@@ -91,23 +96,21 @@ class ControlPlane:
         `xds_listen` there is no ADS server (the registry API still works): a
         library caller does not take the well-known port unless it asks.
         The CA is served on the xDS port, so it runs when xDS does."""
+        options = store_options or StoreOptions()
         server = _bind(listen)
         store: ResourceStore | None = None
         plane: ControlPlane | None = None
         try:
             _make_data_dir(data_dir)
             token = load_or_create_token(data_dir)
-            store = ResourceStore(
-                SqliteBackend(data_dir / STORE_FILE),
-                validate=validate_or_raise,
-                default=with_defaults,
-            )
+            backend = open_backend(options, data_dir)
+            store = ResourceStore(backend, validate=validate_or_raise, default=with_defaults)
             plane = cls(server, store, data_dir)
             service_tokens = tokens.load_or_create(data_dir)
             if xds_listen is not None:
                 plane.ca = open_ca(store, data_dir, token, service_tokens, ca or CaOptions())
             plane._start_mesh(xds_listen, token)
-            loadtester = plane._start_rollout()
+            loadtester = plane._start_rollout(backend)
             extensions = chain(
                 MeshApi(plane.instances, plane.ads), TokenApi(service_tokens), loadtester
             )
@@ -121,7 +124,7 @@ class ControlPlane:
                 server.stop()
                 if store is not None:
                     store.close()
-            reason = _start_error(e, data_dir)
+            reason = _start_error(e, data_dir, options)
             if reason is None:
                 raise
             raise reason from e
@@ -142,11 +145,18 @@ class ControlPlane:
         self.mesh.add_listener(self.ads.changed)
         self.ads.start()
 
-    def _start_rollout(self) -> LoadTesterApi:
-        """The rollout controller, its metrics sampler and the load tester."""
+    def _start_rollout(self, backend: Backend) -> LoadTesterApi:
+        """The rollout controller, its metrics sampler and the load tester. On
+        etcd, where other control planes may share the store, the controller
+        and sampler act only while this one is the elected leader."""
         assert self.mesh is not None
         self.loadtester = LoadTesterApi(self.mesh.snapshot)
-        self.rollout = RolloutService(self.store, self.instances.instances)
+        leading = None
+        if isinstance(backend, EtcdBackend):
+            self.elector = Elector(backend.client, f"{backend.prefix}-election/rollout")
+            self.elector.start()
+            leading = self.elector.leading
+        self.rollout = RolloutService(self.store, self.instances.instances, leading)
         self.rollout.start()
         return self.loadtester
 
@@ -154,6 +164,8 @@ class ControlPlane:
         """Stop what was started, newest first; safe on a half-open plane."""
         if self.rollout is not None:
             self.rollout.stop()
+        if self.elector is not None:
+            self.elector.stop()
         if self.loadtester is not None:
             self.loadtester.close()
         if self.ads is not None:
@@ -170,6 +182,7 @@ def run_controlplane(
     config_path: Path | None = None,
     xds_listen: str | None = DEFAULT_XDS_LISTEN,
     ca: CaOptions | None = None,
+    store_options: StoreOptions | None = None,
     *,
     anonymous_reads: bool = True,
 ) -> int:
@@ -177,7 +190,13 @@ def run_controlplane(
     _configure_logging()
     try:
         plane = ControlPlane.open(
-            data_dir, listen, config_path, xds_listen, ca, anonymous_reads=anonymous_reads
+            data_dir,
+            listen,
+            config_path,
+            xds_listen,
+            ca,
+            store_options,
+            anonymous_reads=anonymous_reads,
         )
     except StartError as e:
         log.error("error: %s", e)
@@ -186,6 +205,8 @@ def run_controlplane(
     _stop_on_signals(stop)
     serving = plane.server.start()
     log.info("pilotfish control plane serving on %s (data in %s)", plane.server.url, data_dir)
+    if store_options is not None and store_options.url != "sqlite":
+        log.info("store: %s (prefix %s)", store_options.url, store_options.etcd_prefix)
     if plane.ads is not None:
         log.info(
             "xDS (ADS) serving on %s", plane.ads.listen.rpartition(":")[0] + f":{plane.ads.port}"
@@ -199,9 +220,9 @@ def run_controlplane(
     return 0
 
 
-def _start_error(error: BaseException, data_dir: Path) -> StartError | None:
-    """A one-line reason for what users can fix (permissions, a bad store file);
-    anything else is a bug and keeps its traceback."""
+def _start_error(error: BaseException, data_dir: Path, store: StoreOptions) -> StartError | None:
+    """A one-line reason for what users can fix (permissions, a bad store file,
+    an unreachable etcd, a bad CA); anything else is a bug and keeps its traceback."""
     if isinstance(error, CaError):
         return StartError(f"the CA cannot start: {error}")
     if isinstance(error, BindError):
@@ -211,6 +232,8 @@ def _start_error(error: BaseException, data_dir: Path) -> StartError | None:
         return StartError(f"cannot start:{where}: {error.strerror or error}")
     if isinstance(error, sqlite3.Error):
         return StartError(f"cannot open the store {data_dir / STORE_FILE}: {error}")
+    if isinstance(error, ApiError):
+        return StartError(f"cannot open the store {store.url}: {error}")
     return None
 
 

@@ -24,8 +24,14 @@ log = logging.getLogger("pilotfish.rollout")
 
 
 class RolloutService:
-    def __init__(self, store: ResourceStore, instances: Callable[[], Iterable[Instance]]) -> None:
+    def __init__(
+        self,
+        store: ResourceStore,
+        instances: Callable[[], Iterable[Instance]],
+        leading: Callable[[], bool] | None = None,
+    ) -> None:
         self.store = store
+        self._leading = leading  # None: the only control plane, always acting
         self.controller = RolloutController(
             store, self.measure, self.call_hooks, threads=True, alert=self.alert
         )
@@ -35,6 +41,10 @@ class RolloutService:
         return f"RolloutService({self.controller!r}, {self.metrics!r})"
 
     def start(self) -> None:
+        if self._leading is not None:
+            # Steps and samples happen once, on the leader: a pass starts only while it leads.
+            for loop in (self.metrics.loop, self.controller.loop):
+                loop.work = _when(self._leading, loop.work)
         self.metrics.loop.start()
         self.controller.loop.start()
 
@@ -71,3 +81,10 @@ class RolloutService:
             return self.store.get(Key(GROUPS.get(kind, ""), kind, namespace, name))
         except NotFound:
             return None
+
+
+def _when(leading: Callable[[], bool], work: Callable[[], object]) -> Callable[[], object]:
+    def gated() -> object:
+        return work() if leading() else None
+
+    return gated

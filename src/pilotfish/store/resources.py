@@ -139,7 +139,7 @@ class ResourceStore:
     ) -> Watch:
         """From `since` (a resourceVersion), or, when it is None, "" or "0" as in
         Kubernetes, an ADDED event per current object and then what follows."""
-        wanted = _EventFilter(group, kind, namespace)
+        wanted = ObjectFilter(group, kind, namespace)
         if since in (None, "", "0"):
             found, revision = self._backend.scan(group, kind, namespace)
             initial = [Event("ADDED", _stamped(obj, rev), rev) for obj, rev in found]
@@ -396,7 +396,9 @@ def _stamped(obj: Obj, revision: int) -> Obj:
     return {**obj, "metadata": meta}
 
 
-class _EventFilter:
+class ObjectFilter:
+    """Whether an object is of the given group, kind and namespace (None: any)."""
+
     def __init__(self, group: str | None, kind: str | None, namespace: str | None) -> None:
         self.group, self.kind, self.namespace = group, kind, namespace
 
@@ -413,7 +415,7 @@ class _EventFilter:
 class StoreWatch:
     """The initial ADDED events (if any), then the backend's changes that match."""
 
-    def __init__(self, inner: Watch, wanted: _EventFilter, initial: list[Event]) -> None:
+    def __init__(self, inner: Watch, wanted: ObjectFilter, initial: list[Event]) -> None:
         self._inner = inner
         self._wanted = wanted
         self._initial = initial
