@@ -133,9 +133,18 @@ def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "demo", help="run the whole mesh here: control plane, node agent, gateway, the examples"
     )
-    p.add_argument("--data-dir", type=Path, default=Path.home() / ".pilotfish" / "data")
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        help="the store (default: ~/.pilotfish/data; with --canary ~/.pilotfish/data-canary)",
+    )
     p.add_argument("--listen", default="127.0.0.1:15080", help="address of the REST API")
     p.add_argument("--xds-port", type=int, default=15010, help="port of the ADS server")
+    p.add_argument(
+        "--gateway-port",
+        type=int,
+        help="serve the examples' Gateway on this port instead of the one it declares (8080)",
+    )
     p.add_argument("--state-dir", type=Path, help="the node agent's directory (default: per node)")
     p.add_argument("--node-name", default="local", help="the node agent's name")
     p.add_argument(
