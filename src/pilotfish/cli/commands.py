@@ -38,8 +38,13 @@ def warn(message: str) -> None:
 
 
 def server_error(error: ApiError, context: str = "") -> None:
+    """kubectl's `Error from server (Reason): ...` for what the server answered;
+    `error: ...` for what went wrong on this side (no answer, a bad object)."""
     where = f"{context}: " if context else ""
-    print(f"Error from server ({error.reason}): {where}{error.message}", file=sys.stderr)
+    if error.from_server:
+        print(f"Error from server ({error.reason}): {where}{error.message}", file=sys.stderr)
+    else:
+        print(f"error: {where}{error.message}", file=sys.stderr)
 
 
 def _client(args: argparse.Namespace) -> Client:
@@ -200,7 +205,7 @@ def _watch(client: Client, kind: Kind, namespace: str | None, args: argparse.Nam
                 _print_items(kind, [obj], args)
                 sys.stdout.flush()
     except KeyboardInterrupt:
-        pass
+        return 1  # kubectl's watch ends on Ctrl-C through its interrupt handler: exit 1
     return 0
 
 

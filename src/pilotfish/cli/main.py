@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import io
+import os
+import signal
 import sys
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TextIO
 
 from pilotfish import __version__
 from pilotfish.api.errors import ApiError
 from pilotfish.api.gotypes import parse_duration_ns
 from pilotfish.cli import commands, mesh, node, rollout
 from pilotfish.cli.manifests import ManifestError
-from pilotfish.client import Unreachable
-from pilotfish.config import ConfigError
 
 if TYPE_CHECKING:
     from envoy.config.bootstrap.v3.bootstrap_pb2 import Bootstrap
@@ -26,22 +27,81 @@ Handler = Callable[[argparse.Namespace], int]
 
 
 def main(argv: list[str] | None = None) -> int:
+    if sys.stdout is sys.__stdout__ and sys.stdout is not None:
+        sys.stdout = _whole_writes(sys.stdout)
     args = build_parser().parse_args(argv)
     handler: Handler | None = getattr(args, "handler", None)
     if handler is None:
         build_parser().print_help()
         return 2
     try:
-        return handler(args)
+        code = handler(args)
+        sys.stdout.flush()  # here, where a closed pipe is caught, not at exit
+        return code
     except (commands.CliError, ManifestError, mesh.UsageError) as e:
         print(f"error: {e}", file=sys.stderr)
-    except (Unreachable, ConfigError) as e:
-        print(f"error: {e.message}", file=sys.stderr)
     except ApiError as e:
         commands.server_error(e)
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        return _closed_pipe()
     return 1
+
+
+# The shell's codes for a process that SIGINT or SIGPIPE ended, which is how
+# kubectl ends on Ctrl-C or when the reader of its output (`| head`) goes away.
+EXIT_INTERRUPTED = 128 + signal.SIGINT
+EXIT_CLOSED_PIPE = 128 + signal.SIGPIPE
+
+
+class _WholeWrites(io.RawIOBase):
+    """Standard output whose write() writes everything or raises. CPython's
+    BufferedWriter drops the rest of a large write the pipe took only part
+    of before its reader left (`| head`), and reports success: the closed
+    pipe would go unnoticed and the command exit 0."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+
+    def writable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def isatty(self) -> bool:
+        return os.isatty(self._fd)
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        sent = 0
+        while sent < len(view):
+            sent += os.write(self._fd, view[sent:])
+        return sent
+
+
+def _whole_writes(stream: TextIO) -> TextIO:
+    try:
+        fd = stream.fileno()
+    except (OSError, ValueError):
+        return stream
+    stream.flush()
+    return io.TextIOWrapper(
+        io.BufferedWriter(_WholeWrites(fd)),
+        encoding=stream.encoding,
+        errors=stream.errors,
+        line_buffering=bool(stream.line_buffering),
+    )
+
+
+def _closed_pipe() -> int:
+    """Quietly: the reader is gone. stdout now points at /dev/null so the
+    interpreter's last flush at exit has nowhere to fail."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return EXIT_CLOSED_PIPE
 
 
 def build_parser() -> argparse.ArgumentParser:

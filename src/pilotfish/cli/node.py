@@ -153,6 +153,12 @@ def down(args: argparse.Namespace) -> int:
     state = _state(args)
     stopped = [role for role in ("demo", "agent", "controlplane") if _stop_pid_file(state, role)]
     left = stop_leftovers(state)
+    if not stopped and not left:
+        print(
+            f"node {args.node_name}: nothing was running "
+            f"(no demo, node agent or instance in {state})"
+        )
+        return 0
     print(
         f"node {args.node_name}: stopped"
         + (f" ({', '.join(stopped)})" if stopped else "")

@@ -1,0 +1,156 @@
+"""The CLI as kubectl users expect it, against a real control plane process:
+errors that say what happened, quiet ends on a closed pipe or Ctrl-C with
+kubectl's exit codes, and output shapes (columns, `-o name`, jsonpath)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from processes import REPO, ControlPlane, free_port
+
+PILOTFISH = (sys.executable, "-m", "pilotfish")
+BOOKINFO = str(REPO / "examples" / "bookinfo")
+
+
+@pytest.fixture(scope="module")
+def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
+    tmp = tmp_path_factory.mktemp("plane")
+    env = {**os.environ, "HOME": str(tmp / "home"), "PILOTFISH_CONFIG": str(tmp / "config.yaml")}
+    for var in ("PILOTFISH_SERVER", "PILOTFISH_TOKEN"):
+        env.pop(var, None)
+    running = ControlPlane(tmp / "data", free_port(), env)
+    running.start()
+    ok(running.cli("apply", "-f", BOOKINFO))
+    yield running
+    assert running.process is not None
+    running.process.kill()
+    running.process.wait()
+
+
+def ok(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
+    return result.stdout
+
+
+def _apply(plane: ControlPlane, obj: dict[str, object]) -> subprocess.CompletedProcess[str]:
+    return plane.cli("apply", "-f", "-", stdin=yaml.safe_dump(obj))
+
+
+# -- errors that say what happened -------------------------------------------------------
+
+
+def test_a_20mb_apply_is_refused_as_too_large_not_unreachable(
+    plane: ControlPlane, tmp_path: Path
+) -> None:
+    big = tmp_path / "big.yaml"
+    big.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {"name": "big"},
+                "data": {"blob": "x" * 20_000_000},
+            }
+        )
+    )
+    done = plane.cli("apply", "-f", str(big), timeout=120)
+    assert done.returncode == 1
+    assert (
+        f'Error from server (RequestEntityTooLarge): error when applying "{big}": ' in done.stderr
+    )
+    assert "3145728" in done.stderr and "cannot reach" not in done.stderr
+
+
+def test_errors_found_on_this_side_are_not_from_the_server(plane: ControlPlane) -> None:
+    down = plane.cli("get", "vs", "--server", f"http://127.0.0.1:{free_port()}")
+    assert down.returncode == 1
+    assert down.stderr.startswith("error: cannot reach the control plane at http://127.0.0.1:")
+    missing = plane.cli("get", "vs", "nothing-here")
+    assert missing.returncode == 1
+    assert missing.stderr.startswith("Error from server (NotFound): ")
+
+
+def test_secret_string_data_is_folded_into_data_on_write(plane: ControlPlane) -> None:
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "creds"},
+        "data": {"user": base64.b64encode(b"old").decode(), "kept": "a2VwdA=="},
+        "stringData": {"user": "admin", "password": "s3cret"},
+    }
+    ok(_apply(plane, secret))
+    stored = json.loads(ok(plane.cli("get", "secret", "creds", "-o", "json")))
+    assert "stringData" not in stored
+    assert stored["data"] == {
+        "user": base64.b64encode(b"admin").decode(),
+        "kept": "a2VwdA==",
+        "password": base64.b64encode(b"s3cret").decode(),
+    }
+    assert ok(_apply(plane, secret)).strip() == "secret/creds unchanged"
+
+
+# -- closed pipes and Ctrl-C ----------------------------------------------------------------
+
+
+def test_a_closed_pipe_ends_quietly_with_sigpipes_code(plane: ControlPlane) -> None:
+    filler = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "filler"}}
+    ok(_apply(plane, {**filler, "data": {"text": "line\n" * 100_000}}))
+    script = 'set -o pipefail; "$@" get configmaps -o yaml | head -c 10 >/dev/null'
+    done = subprocess.run(
+        ["bash", "-c", script, "bash", *PILOTFISH],
+        env=plane.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
+    assert done.returncode == 141  # 128 + SIGPIPE, as the shell reports kubectl's end
+    assert done.stderr == ""
+
+
+def test_ctrl_c_ends_a_watch_quietly_with_kubectls_code(plane: ControlPlane) -> None:
+    watcher = subprocess.Popen(
+        [*PILOTFISH, "get", "vs", "-w"],
+        env=plane.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert watcher.stdout is not None
+    assert watcher.stdout.readline().split()[0] == "NAME"
+    watcher.send_signal(signal.SIGINT)
+    _, err = watcher.communicate(timeout=10)
+    assert watcher.returncode == 1 and err == ""  # kubectl's interrupt handler exits 1
+
+
+def test_ctrl_c_elsewhere_ends_quietly_with_130(plane: ControlPlane, tmp_path: Path) -> None:
+    reader = subprocess.Popen(
+        [*PILOTFISH, "apply", "-f", "-"],
+        env=plane.env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(1.0)  # reading stdin
+    reader.send_signal(signal.SIGINT)
+    out, err = reader.communicate(timeout=10)
+    assert reader.returncode == 130 and err == "" and out == ""
+
+
+def test_down_with_nothing_running_says_so(plane: ControlPlane, tmp_path: Path) -> None:
+    out = ok(plane.cli("down", "--state-dir", str(tmp_path / "state")))
+    assert (
+        out.strip()
+        == f"node local: nothing was running (no demo, node agent or instance in {tmp_path / 'state'})"
+    )
