@@ -154,3 +154,86 @@ def test_down_with_nothing_running_says_so(plane: ControlPlane, tmp_path: Path) 
         out.strip()
         == f"node local: nothing was running (no demo, node agent or instance in {tmp_path / 'state'})"
     )
+
+
+# -- get, as kubectl get -----------------------------------------------------------------
+
+
+def test_get_type_slash_name_and_several_names(plane: ControlPlane) -> None:
+    one = ok(plane.cli("get", "vs/reviews")).splitlines()
+    assert one[0].split() == ["NAME", "GATEWAYS", "HOSTS", "AGE"]
+    assert [line.split()[0] for line in one[1:]] == ["reviews"]
+    several = ok(plane.cli("get", "vs", "reviews", "ratings")).splitlines()
+    assert [line.split()[0] for line in several[1:]] == ["reviews", "ratings"]
+    mixed = plane.cli("get", "vs/reviews", "dr/reviews", "-o", "name")
+    assert ok(mixed).splitlines() == [
+        "virtualservice.networking.istio.io/reviews",
+        "destinationrule.networking.istio.io/reviews",
+    ]
+    refused = plane.cli("get", "vs", "dr/reviews")
+    assert refused.returncode == 1
+    assert "there is no need to specify a resource type as a separate argument" in refused.stderr
+
+
+def test_get_a_missing_name_prints_the_rest_then_the_error(plane: ControlPlane) -> None:
+    done = plane.cli("get", "vs", "reviews", "nope")
+    assert done.returncode == 1
+    assert [line.split()[0] for line in done.stdout.splitlines()] == ["NAME", "reviews"]
+    assert done.stderr.strip() == (
+        'Error from server (NotFound): virtualservices.networking.istio.io "nope" not found'
+    )
+
+
+def test_get_all_lists_the_all_category_with_kind_prefixes(plane: ControlPlane) -> None:
+    tables = ok(plane.cli("get", "all")).split("\n\n")
+    names = {line.split()[0] for table in tables for line in table.splitlines()[1:]}
+    assert "service/reviews" in names and "workload.pilotfish.dev/reviews-v1" in names
+    assert all(table.split()[0] == "NAME" for table in tables)
+    assert not any(n.startswith("virtualservice") for n in names)  # Istio's kinds are not in "all"
+
+
+def test_get_with_a_label_selector_and_all_namespaces(plane: ControlPlane) -> None:
+    rows = ok(plane.cli("get", "workloads", "-l", "app=reviews,version!=v1")).splitlines()
+    assert [r.split()[0] for r in rows[1:]] == ["reviews-v2", "reviews-v3"]
+    everywhere = ok(plane.cli("get", "svc", "-A")).splitlines()
+    assert everywhere[0].split()[:2] == ["NAMESPACE", "NAME"]
+    assert ["default", "reviews"] in [r.split()[:2] for r in everywhere[1:]]
+
+
+def test_get_jsonpath_as_kubectl_prints_it(plane: ControlPlane) -> None:
+    names = ok(plane.cli("get", "svc", "-o", "jsonpath={.items[*].metadata.name}"))
+    assert names == "details productpage ratings reviews"  # no newline, as kubectl
+    port = ok(plane.cli("get", "svc", "reviews", "-o", "jsonpath={.spec.ports[0].port}"))
+    assert port == "9080"
+    ranged = ok(
+        plane.cli(
+            "get",
+            "wl",
+            "-l",
+            "app=reviews",
+            "-o",
+            'jsonpath={range .items[*]}{.metadata.name}{"\\t"}{.spec.labels.version}{"\\n"}{end}',
+        )
+    )
+    assert ranged == "reviews-v1\tv1\nreviews-v2\tv2\nreviews-v3\tv3\n"
+    labels = ok(plane.cli("get", "wl", "reviews-v2", "-o", "jsonpath={.spec.labels}"))
+    assert json.loads(labels) == {"app": "reviews", "version": "v2"}
+    filtered = ok(
+        plane.cli(
+            "get", "wl", "-o", 'jsonpath={.items[?(@.spec.labels.version=="v3")].metadata.name}'
+        )
+    )
+    assert filtered == "reviews-v3"
+
+
+def test_get_custom_columns(plane: ControlPlane) -> None:
+    spec = "NAME:.metadata.name,PORT:.spec.ports[*].port,MISSING:.spec.nothing"
+    rows = ok(plane.cli("get", "svc", "-o", f"custom-columns={spec}")).splitlines()
+    assert rows[0].split() == ["NAME", "PORT", "MISSING"]
+    assert rows[-1].split() == ["reviews", "9080", "<none>"]
+
+
+def test_get_an_unknown_output_format_is_refused(plane: ControlPlane) -> None:
+    done = plane.cli("get", "vs", "-o", "xml")
+    assert done.returncode == 1
+    assert 'unable to match a printer suitable for the output format "xml"' in done.stderr

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from pilotfish import __version__
 from pilotfish.api.errors import ApiError
 from pilotfish.api.gotypes import parse_duration_ns
-from pilotfish.cli import commands, mesh, node, rollout
+from pilotfish.cli import commands, get, mesh, node, rollout
 from pilotfish.cli.manifests import ManifestError
 
 if TYPE_CHECKING:
@@ -318,14 +318,15 @@ def _add_get(
     p = sub.add_parser("get", parents=[common], help="list or show resources")
     p.add_argument(
         "kind",
-        help="e.g. virtualservices, vs, dr, workloads, canaries; several separated by commas",
+        help="e.g. virtualservices, vs, dr, workloads, canaries, all; several separated by "
+        "commas; or TYPE/NAME",
     )
-    p.add_argument("name", nargs="*")
-    p.add_argument("-o", "--output", choices=["yaml", "json", "wide", "name"])
+    p.add_argument("name", nargs="*", help="names, or TYPE/NAME arguments (vs/reviews)")
+    p.add_argument("-o", "--output", help="|".join(get.FORMATS))
     p.add_argument("-A", "--all-namespaces", action="store_true")
     p.add_argument("-l", "--selector", help="label selector, e.g. app=reviews,version!=v1")
     p.add_argument("-w", "--watch", action="store_true", help="stream changes")
-    p.set_defaults(handler=commands.get)
+    p.set_defaults(handler=get.get)
 
 
 def _add_describe(

@@ -63,7 +63,7 @@ def _listening_inodes(port: int, proc: Path) -> set[str]:
 
 
 def _socket_inode(link: str) -> str:
-    """"123" of a /proc/PID/fd link "socket:[123]"; "" for anything else."""
+    """ "123" of a /proc/PID/fd link "socket:[123]"; "" for anything else."""
     return link[8:-1] if link.startswith("socket:[") else ""
 
 
