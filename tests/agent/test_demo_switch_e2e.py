@@ -75,10 +75,10 @@ def test_the_canary_demo_after_the_bookinfo_demo_selects_only_its_own(tmp_path: 
             240,
             second_out.read_text(errors="replace"),
         )
-        out = second_out.read_text()
-        assert "removed the Workloads reviews-v1, reviews-v2, reviews-v3 an earlier demo" in out
         assert _selected(env, "reviews-canary") <= {"reviews"}
         assert _selected(env, "reviews-primary") == {"reviews-primary"}
+        out = second_out.read_text()
+        assert "removed the Workloads reviews-v1, reviews-v2, reviews-v3 an earlier demo" in out
     finally:
         _down(tmp_path, env, second)
         for line in processes_under(tmp_path, environ=True):
