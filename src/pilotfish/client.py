@@ -180,6 +180,14 @@ class Client:
                     raise ApiError.from_status(event.get("object") or {})
                 yield event["type"], event["object"]
 
+    def discovery(self, path: str) -> Obj:
+        """A discovery document: /api/v1, /apis, /apis/GROUP/VERSION."""
+        return self._call("GET", path)[0]
+
+    def version(self) -> Obj:
+        """The server's /version (gitVersion, major, minor, platform)."""
+        return self._call("GET", "/version")[0]
+
     # -- the mesh: registry and proxies -----------------------------------------------
 
     def register_instance(self, registration: Obj) -> Obj:

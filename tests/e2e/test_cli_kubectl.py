@@ -237,3 +237,58 @@ def test_get_an_unknown_output_format_is_refused(plane: ControlPlane) -> None:
     done = plane.cli("get", "vs", "-o", "xml")
     assert done.returncode == 1
     assert 'unable to match a printer suitable for the output format "xml"' in done.stderr
+
+
+# -- api-resources, version, explain ---------------------------------------------------------
+
+
+def test_api_resources_as_kubectl_lists_them(plane: ControlPlane) -> None:
+    rows = ok(plane.cli("api-resources")).splitlines()
+    assert rows[0].split() == ["NAME", "SHORTNAMES", "APIVERSION", "NAMESPACED", "KIND"]
+    by_name = {r.split()[0]: r.split() for r in rows[1:]}
+    assert by_name["virtualservices"] == [
+        "virtualservices",
+        "vs",
+        "networking.istio.io/v1",
+        "true",
+        "VirtualService",
+    ]
+    assert by_name["namespaces"] == ["namespaces", "ns", "v1", "false", "Namespace"]
+    assert by_name["canaries"] == ["canaries", "flagger.app/v1beta1", "true", "Canary"]
+    names = ok(plane.cli("api-resources", "-o", "name")).splitlines()
+    assert "services" in names and "virtualservices.networking.istio.io" in names
+    wide = ok(plane.cli("api-resources", "-o", "wide", "--api-group", "flagger.app")).splitlines()
+    assert wide[0].split()[-2:] == ["VERBS", "CATEGORIES"]
+    assert all(r.split()[-1] == "all" for r in wide[1:])
+    cluster = ok(plane.cli("api-resources", "--namespaced=false", "-o", "name")).split()
+    assert cluster == ["namespaces"]
+
+
+def test_version_shows_the_client_and_the_control_plane(plane: ControlPlane) -> None:
+    from pilotfish import __version__
+
+    lines = ok(plane.cli("version")).splitlines()
+    assert lines == [f"Client Version: v{__version__}", f"Server Version: v{__version__}"]
+    both = json.loads(ok(plane.cli("version", "-o", "json")))
+    assert set(both) == {"clientVersion", "serverVersion"}
+    assert both["serverVersion"]["gitVersion"] == f"v{__version__}"
+    alone = plane.cli("version", "--server", f"http://127.0.0.1:{free_port()}")
+    assert alone.returncode == 1 and alone.stdout == f"Client Version: v{__version__}\n"
+    assert "cannot reach the control plane" in alone.stderr
+
+
+def test_explain_a_kind_and_a_field_from_the_schemas(plane: ControlPlane) -> None:
+    kind = ok(plane.cli("explain", "virtualservice")).splitlines()
+    assert kind[:3] == [
+        "GROUP:      networking.istio.io",
+        "KIND:       VirtualService",
+        "VERSION:    v1",
+    ]
+    assert "FIELDS:" in kind and "  spec\t<Object>" in kind
+    field = ok(plane.cli("explain", "vs.spec.http.route.destination")).splitlines()
+    assert "FIELD: destination <Object>" in field
+    assert "  host\t<string> -required-" in field and "  subset\t<string>" in field
+    listed = ok(plane.cli("explain", "vs.spec.http")).splitlines()
+    assert "FIELD: http <[]Object>" in listed
+    missing = plane.cli("explain", "workload.spec.nope")
+    assert missing.returncode == 1 and 'field "nope" does not exist' in missing.stderr
