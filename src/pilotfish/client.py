@@ -29,6 +29,7 @@ Warnings = list[str]  # named here: inside Client, `list` is the method
 
 APPLY = "application/apply-patch+yaml"
 JSON = "application/json"
+MERGE = "application/merge-patch+json"
 _WARNING = re.compile(r'^\s*\d{3}\s+\S+\s+"((?:[^"\\]|\\.)*)"')
 
 
@@ -122,6 +123,14 @@ class Client:
         """Replace the object; refused with Conflict if metadata.resourceVersion is stale."""
         query = {"fieldManager": manager, **_flags(dry_run=dry_run)}
         return self._call("PUT", _object_path(obj, with_name=True), query, obj)[0]
+
+    def merge_patch(
+        self, kind: Kind, name: str, namespace: str | None, patch: Obj, *, dry_run: bool = False
+    ) -> Obj:
+        """An RFC 7386 merge patch, merged by the server onto the live object."""
+        path = kind.path(kind.versions[0], _namespace(kind, namespace), name)
+        query = {"fieldManager": "pilotfish-patch", **_flags(dry_run=dry_run)}
+        return self._call("PATCH", path, query, patch, content_type=MERGE)[0]
 
     def update_status(self, obj: Obj, *, manager: str = "pilotfish") -> Obj:
         """Replace the status of the object with obj["status"]; nothing else changes."""

@@ -292,3 +292,110 @@ def test_explain_a_kind_and_a_field_from_the_schemas(plane: ControlPlane) -> Non
     assert "FIELD: http <[]Object>" in listed
     missing = plane.cli("explain", "workload.spec.nope")
     assert missing.returncode == 1 and 'field "nope" does not exist' in missing.stderr
+
+
+# -- patch and edit ---------------------------------------------------------------------------
+
+
+def _subset(plane: ControlPlane) -> str:
+    return ok(
+        plane.cli(
+            "get", "vs", "ratings", "-o", "jsonpath={.spec.http[0].route[0].destination.subset}"
+        )
+    )
+
+
+def test_patch_merge_json_and_strategic(plane: ControlPlane) -> None:
+    merge = '{"spec":{"http":[{"route":[{"destination":{"host":"ratings","subset":"v2"}}]}]}}'
+    assert ok(plane.cli("patch", "vs", "ratings", "--type", "merge", "-p", merge)) == (
+        "virtualservice.networking.istio.io/ratings patched\n"
+    )
+    assert _subset(plane) == "v2"
+    again = ok(plane.cli("patch", "vs/ratings", "--type=merge", "-p", merge))
+    assert again == "virtualservice.networking.istio.io/ratings patched (no change)\n"
+    op = '[{"op":"replace","path":"/spec/http/0/route/0/destination/subset","value":"v1"}]'
+    ok(plane.cli("patch", "vs", "ratings", "--type", "json", "-p", op))
+    assert _subset(plane) == "v1"
+    failed_test = '[{"op":"test","path":"/spec/hosts/0","value":"nope"}]'
+    refused = plane.cli("patch", "vs", "ratings", "--type", "json", "-p", failed_test)
+    assert refused.returncode == 1 and "testing value failed" in refused.stderr
+    custom = plane.cli("patch", "vs", "ratings", "-p", merge)  # strategic, kubectl's default
+    assert custom.returncode == 1
+    assert (
+        "strategic merge patch is not supported for virtualservices.networking.istio.io"
+        in custom.stderr
+    )
+    ports = '{"spec":{"ports":[{"port":9080,"name":"http-web"},{"port":9443,"name":"https"}]}}'
+    ok(plane.cli("patch", "svc", "details", "-p", ports))
+    merged = json.loads(ok(plane.cli("get", "svc", "details", "-o", "jsonpath={.spec.ports}")))
+    assert [(p["port"], p["name"]) for p in merged] == [(9080, "http-web"), (9443, "https")]
+    invalid = '{"spec":{"http":[{"route":[{"destination":{"host":""}}]}]}}'
+    bad = plane.cli("patch", "vs", "ratings", "--type", "merge", "-p", invalid)
+    assert bad.returncode == 1 and bad.stderr.startswith("Error from server (Invalid): ")
+    assert _subset(plane) == "v1"
+
+
+def _editor(tmp_path: Path, script: str) -> dict[str, str]:
+    editor = tmp_path / "editor.sh"
+    editor.write_text("#!/bin/sh\n" + script)
+    editor.chmod(0o755)
+    return {"EDITOR": str(editor)}
+
+
+def _edit(plane: ControlPlane, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*PILOTFISH, "edit", *args],
+        env={**plane.env, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
+
+
+def test_edit_applies_what_was_saved(plane: ControlPlane, tmp_path: Path) -> None:
+    ok(
+        plane.cli(
+            "patch",
+            "vs",
+            "ratings",
+            "--type",
+            "json",
+            "-p",
+            '[{"op":"replace","path":"/spec/http/0/route/0/destination/subset","value":"v1"}]',
+        )
+    )
+    done = _edit(
+        plane, _editor(tmp_path, 'sed -i "s/subset: v1/subset: v2/" "$1"\n'), "vs", "ratings"
+    )
+    assert done.stdout == "virtualservice.networking.istio.io/ratings edited\n", done.stderr
+    assert _subset(plane) == "v2"
+    untouched = _edit(plane, _editor(tmp_path, "true\n"), "vs/ratings")
+    assert untouched.returncode == 0 and untouched.stdout == "Edit cancelled, no changes made.\n"
+
+
+def test_edit_refuses_a_write_that_lost_a_race(plane: ControlPlane, tmp_path: Path) -> None:
+    racing = (
+        f"{sys.executable} -m pilotfish patch vs ratings --type merge "
+        """-p '{"spec":{"hosts":["ratings","ratings.default"]}}' >/dev/null\n"""
+        'sed -i "s/subset: v[0-9]/subset: v3/" "$1"\n'
+    )
+    done = _edit(plane, _editor(tmp_path, racing), "vs", "ratings")
+    assert done.returncode == 1
+    assert "Error from server (Conflict): Operation cannot be fulfilled" in done.stderr
+    copy = done.stderr.split('stored to "')[1].split('"')[0]
+    assert "subset: v3" in Path(copy).read_text()
+    Path(copy).unlink()
+    assert _subset(plane) != "v3"  # the other write stands, this one was not applied
+
+
+def test_an_invalid_edit_reopens_with_the_error_then_cancels(
+    plane: ControlPlane, tmp_path: Path
+) -> None:
+    script = 'grep -q "^# Error from server (Invalid)" "$1" && cp "$1" "$1.seen"; sed -i "s/- ratings$/- \'\'/" "$1"\n'
+    script = script.replace("$1.seen", str(tmp_path / "seen.yaml"))
+    done = _edit(plane, _editor(tmp_path, script), "vs", "ratings")
+    assert done.returncode == 1
+    assert "error: Edit cancelled, no valid changes were saved." in done.stderr
+    assert "# Error from server (Invalid): " in (tmp_path / "seen.yaml").read_text()
+    Path(done.stderr.split('stored to "')[1].split('"')[0]).unlink()

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from pilotfish import __version__
 from pilotfish.api.errors import ApiError
 from pilotfish.api.gotypes import parse_duration_ns
-from pilotfish.cli import commands, discovery, get, mesh, node, rollout
+from pilotfish.cli import commands, discovery, get, mesh, node, patch, rollout
 from pilotfish.cli.manifests import ManifestError
 
 if TYPE_CHECKING:
@@ -127,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     node.add_commands(sub, common)
     rollout.add_commands(sub, common)
     discovery.add_commands(sub, common)
+    patch.add_commands(sub, common)
     return parser
 
 
