@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -399,3 +400,33 @@ def test_an_invalid_edit_reopens_with_the_error_then_cancels(
     assert "error: Edit cancelled, no valid changes were saved." in done.stderr
     assert "# Error from server (Invalid): " in (tmp_path / "seen.yaml").read_text()
     Path(done.stderr.split('stored to "')[1].split('"')[0]).unlink()
+
+
+def test_get_events_with_kubectls_columns(plane: ControlPlane) -> None:
+    from pilotfish.api.gotypes import rfc3339
+
+    event = {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"name": "reviews.17a"},
+        "involvedObject": {"kind": "Canary", "name": "reviews", "namespace": "default"},
+        "reason": "Synced",
+        "message": "Advance reviews.default canary weight 10",
+        "type": "Normal",
+        "lastTimestamp": rfc3339(time.time() - 120),
+        "source": {"component": "flagger"},
+    }
+    ok(_apply(plane, event))
+    rows = ok(plane.cli("get", "events")).splitlines()
+    assert re.split(r"\s{2,}", rows[0]) == [
+        "LAST SEEN",
+        "TYPE",
+        "REASON",
+        "OBJECT",
+        "MESSAGE",
+    ]
+    assert rows[1].split(None, 4) == ["2m", "Normal", "Synced", "canary/reviews", event["message"]]
+    everywhere = ok(plane.cli("get", "ev", "-A")).splitlines()
+    assert everywhere[0].startswith("NAMESPACE   LAST SEEN") and everywhere[1].startswith(
+        "default "
+    )

@@ -165,10 +165,10 @@ def events_about(obj: Obj, events: list[Obj]) -> list[Obj]:
             return False
         return not (uid and involved.get("uid") and involved["uid"] != uid)
 
-    return sorted(filter(about, events), key=_event_time)
+    return sorted(filter(about, events), key=event_time)
 
 
-def _event_time(event: Obj) -> tuple[str, str]:
+def event_time(event: Obj) -> tuple[str, str]:
     """When an event last happened, then its name to break ties."""
     meta = event.get("metadata", {})
     last = event.get("lastTimestamp") or event.get("eventTime") or event.get("firstTimestamp")
@@ -177,7 +177,7 @@ def _event_time(event: Obj) -> tuple[str, str]:
 
 def event_age(event: Obj, now: datetime | None = None) -> str:
     """kubectl's Age of an event: `3m`, or `3m (x4 over 10m)` when repeated."""
-    seen = output.age(_event_time(event)[0] or None, now)
+    seen = output.age(event_time(event)[0] or None, now)
     count = int(event.get("count") or 1)
     if count > 1 and event.get("firstTimestamp"):
         seen += f" (x{count} over {output.age(event['firstTimestamp'], now)})"

@@ -11,8 +11,8 @@ from typing import Any
 
 from pilotfish.api.errors import ApiError
 from pilotfish.api.kinds import Kind, registry
-from pilotfish.cli import jsonpath, output
-from pilotfish.cli.commands import CliError, resolve, server_error
+from pilotfish.cli import instances, jsonpath, output
+from pilotfish.cli.commands import CliError, event_time, resolve, server_error
 from pilotfish.client import Client
 
 Obj = dict[str, Any]
@@ -80,6 +80,8 @@ def _kind_names() -> set[str]:
 
 
 def get(args: argparse.Namespace) -> int:
+    if args.kind.lower() in instances.NAMES:
+        return instances.get_instances(args)
     fmt = Format.of(args.output)
     request = parse_targets([args.kind, *args.name])
     client = Client.from_config(args.server)
@@ -200,6 +202,10 @@ def _tables(found: list[tuple[Kind, list[Obj]]], request: Request, args: Any, wi
         if printed:
             print()
         prefix = output.kind_label(kind) + "/" if request.with_kind else ""
+        if (kind.group, kind.kind) == ("", "Event") and not wide:
+            print(events_table(items, all_namespaces=args.all_namespaces))
+            printed = True
+            continue
         print(
             output.table(
                 kind,
@@ -211,6 +217,26 @@ def _tables(found: list[tuple[Kind, list[Obj]]], request: Request, args: Any, wi
             )
         )
         printed = True
+
+
+def events_table(events: list[Obj], *, all_namespaces: bool) -> str:
+    """kubectl get events' columns (no NAME, no AGE), oldest first."""
+    header = ["LAST SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"]
+    rows = [(["NAMESPACE"] if all_namespaces else []) + header]
+    for e in sorted(events, key=event_time):
+        involved = e.get("involvedObject") or {}
+        obj = f"{str(involved.get('kind', '')).lower()}/{involved.get('name', '')}"
+        rows.append(
+            ([e["metadata"].get("namespace", "")] if all_namespaces else [])
+            + [
+                output.age(event_time(e)[0] or None),
+                str(e.get("type", "")),
+                str(e.get("reason", "")),
+                obj,
+                " ".join(str(e.get("message", "")).split()),
+            ]
+        )
+    return output.align(rows)
 
 
 def _none_found(found: list[tuple[Kind, list[Obj]]], request: Request, args: Any) -> None:

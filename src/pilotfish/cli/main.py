@@ -406,7 +406,11 @@ def _add_proxy_config(
         "proxy-config", parents=[common], help="the xDS resources a proxy was last sent"
     )
     p.add_argument("type", choices=mesh.CONFIG_TYPES)
-    p.add_argument("proxy", help="node id, NAME.NAMESPACE, or a unique prefix of the node id")
+    p.add_argument(
+        "proxy",
+        help="an instance or Workload name (its first instance; also workload/NAME), "
+        "a node id, NAME.NAMESPACE, or a unique prefix of the node id",
+    )
     p.add_argument("-o", "--output", choices=["table", "json", "yaml"], default="table")
     p.set_defaults(handler=mesh.proxy_config)
 

@@ -82,7 +82,10 @@ def _pod(node_id: str) -> str:
 
 
 def proxy_config(args: argparse.Namespace) -> int:
-    dump = Client.from_config(args.server).proxy_config(args.proxy, args.type)
+    from pilotfish.cli.instances import proxy_id
+
+    client = Client.from_config(args.server)
+    dump = client.proxy_config(proxy_id(client, args.proxy, args.namespace or "default"), args.type)
     resources: list[Obj] = dump.get("resources") or []
     if args.output == "json":
         print(output.to_json(resources))
