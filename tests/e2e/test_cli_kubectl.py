@@ -430,3 +430,30 @@ def test_get_events_with_kubectls_columns(plane: ControlPlane) -> None:
     assert everywhere[0].startswith("NAMESPACE   LAST SEEN") and everywhere[1].startswith(
         "default "
     )
+
+
+# -- validate -----------------------------------------------------------------------------------
+
+
+def test_validate_reads_a_directory_down_to_the_bottom(plane: ControlPlane, tmp_path: Path) -> None:
+    examples = REPO / "examples"
+    files = sorted(p for p in examples.rglob("*") if p.suffix in (".yaml", ".yml", ".json"))
+    docs = sum(1 for f in files for d in yaml.safe_load_all(f.read_text()) if d)
+    done = plane.cli("validate", "-f", "examples/")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"{docs} of {docs} documents valid ({len(files)} files read)\n"
+    nested = tmp_path / "config" / "deeper"
+    nested.mkdir(parents=True)
+    (tmp_path / "config" / "ok.yaml").write_text(
+        (examples / "bookinfo" / "10-services.yaml").read_text()
+    )
+    (nested / "bad.yaml").write_text(
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: x}\nspec:\n"
+        "  hosts: [x]\n  http: [{route: [{destination: {host: ''}}]}]\n"
+    )
+    bad = plane.cli("validate", "-f", str(tmp_path / "config"))
+    assert bad.returncode == 1
+    assert f"{nested / 'bad.yaml'}: VirtualService default/x: " in bad.stderr
+    assert bad.stdout.endswith("documents valid (2 files read)\n")
+    empty = plane.cli("validate", "-f", str(nested.parent.parent / "nothing"))
+    assert empty.returncode == 1

@@ -314,11 +314,14 @@ def _unified(name: str, live: Obj | None, merged: Obj) -> str:
 
 
 def validate(args: argparse.Namespace) -> int:
-    """Offline, like `istioctl validate`: one line per error, non-zero if any."""
+    """Offline, like `istioctl validate`: one line per error, non-zero if any.
+    Directories are read down to the bottom, as istioctl walks them."""
     from pilotfish.api.validation import analyze
     from pilotfish.api.validation import validate as check
 
-    docs = read_documents(args.filename, args.recursive)
+    docs = read_documents(args.filename, recursive=True)
+    if not docs:
+        raise CliError(f"no objects passed to validate (nothing in {', '.join(args.filename)})")
     invalid = 0
     for doc in docs:
         errors = check(doc.obj)
@@ -329,7 +332,11 @@ def validate(args: argparse.Namespace) -> int:
         for w in analyze(doc.obj, _lookup_in(docs)):
             warn(f"{doc.source}: {_label(doc)}: {w}")
     valid = len(docs) - invalid
-    print(f"{valid} of {len(docs)} document{'s' if len(docs) != 1 else ''} valid")
+    files = len({doc.source for doc in docs})
+    print(
+        f"{valid} of {len(docs)} document{'s' if len(docs) != 1 else ''} valid "
+        f"({files} file{'s' if files != 1 else ''} read)"
+    )
     return 1 if invalid else 0
 
 

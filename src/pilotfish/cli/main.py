@@ -384,7 +384,7 @@ def _add_diff(
 
 def _add_validate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("validate", help="check files offline against Istio's and our schemas")
-    _files(p)
+    _files(p)  # directories are always read recursively here, as istioctl validate reads them
     p.set_defaults(handler=commands.validate)
 
 
