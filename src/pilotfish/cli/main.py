@@ -16,6 +16,7 @@ from pilotfish import __version__
 from pilotfish.api.errors import ApiError
 from pilotfish.api.gotypes import parse_duration_ns
 from pilotfish.cli import commands, discovery, get, mesh, node, patch, rollout
+from pilotfish.cli.help import GroupedParser
 from pilotfish.cli.manifests import ManifestError
 
 if TYPE_CHECKING:
@@ -105,12 +106,14 @@ def _closed_pipe() -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = GroupedParser(
         prog="pilotfish",
         description="A service mesh with progressive delivery: Istio's config, Flagger's releases.",
     )
     parser.add_argument("--version", action="version", version=f"pilotfish {__version__}")
-    sub = parser.add_subparsers(title="commands", metavar="COMMAND")
+    sub = parser.add_subparsers(
+        title="commands", metavar="COMMAND", parser_class=argparse.ArgumentParser
+    )
     common = _common_options()
     _add_controlplane(sub)
     _add_demo(sub)
