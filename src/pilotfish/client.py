@@ -66,8 +66,9 @@ class _EarlyAnswer(http.client.HTTPConnection):
         if self.sock is None:
             self.connect()
         sock, view, sent = self.sock, memoryview(data), 0
+        wait = self.timeout if isinstance(self.timeout, int | float) else None  # not the default
         while sent < len(view):
-            readable, writable, _ = select.select([sock], [sock], [], self.timeout)
+            readable, writable, _ = select.select([sock], [sock], [], wait)
             if readable or not writable:
                 return  # answered, closed, or stuck: the response (or its absence) says which
             try:
