@@ -141,7 +141,8 @@ def _run(run: Demo, args: argparse.Namespace, docs: list[Document]) -> int:
     if not _until(run, lambda: _answers(f"{server}/readyz"), READY_TIMEOUT_S):
         why = run.failed() or f"the control plane did not become ready at {server}"
         raise CliError(f"{why}; if an earlier demo still runs, `pilotfish down` stops it")
-    print(f"control plane ready at {server} (data in {args.data_dir})", flush=True)
+    own = ", the canary demo's own store" if args.canary else ""
+    print(f"control plane ready at {server} (data in {args.data_dir}{own})", flush=True)
     if args.canary and (removed := remove_leftovers(Client.from_config(server), docs)):
         print(
             f"removed the Workloads {', '.join(removed)} an earlier demo left in "
@@ -303,6 +304,7 @@ def _next_steps(url: str, state: Path, examples: Path, canary: bool) -> None:
         f"\nBookinfo is up: {url}\n\n"
         "Next steps, in another terminal:\n"
         "  pilotfish get workloads                # instances: ready, restarts, last error\n"
+        "  pilotfish get instances                # where each listens: app, sidecar, admin ports\n"
         f"  pilotfish apply -f {samples}/virtual-service-reviews-test-v2.yaml\n"
         "      then sign in as jason on the page: he sees reviews v2 (black stars)\n"
         f"  pilotfish apply -f {samples}/virtual-service-reviews-50-v3.yaml\n"

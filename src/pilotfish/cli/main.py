@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import io
-import os
-import signal
 import sys
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING
 
 from pilotfish import __version__
 from pilotfish.api.errors import ApiError
 from pilotfish.api.gotypes import parse_duration_ns
-from pilotfish.cli import commands, discovery, get, mesh, node, patch, rollout
+from pilotfish.cli import commands, discovery, get, mesh, node, patch, rollout, terminal
 from pilotfish.cli.help import GroupedParser
 from pilotfish.cli.manifests import ManifestError
 
@@ -28,8 +25,7 @@ Handler = Callable[[argparse.Namespace], int]
 
 
 def main(argv: list[str] | None = None) -> int:
-    if sys.stdout is sys.__stdout__ and sys.stdout is not None:
-        sys.stdout = _whole_writes(sys.stdout)
+    terminal.whole_writes()
     args = build_parser().parse_args(argv)
     handler: Handler | None = getattr(args, "handler", None)
     if handler is None:
@@ -44,65 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     except ApiError as e:
         commands.server_error(e)
     except KeyboardInterrupt:
-        return EXIT_INTERRUPTED
+        return terminal.EXIT_INTERRUPTED
     except BrokenPipeError:
-        return _closed_pipe()
+        return terminal.closed_pipe()
     return 1
-
-
-# The shell's codes for a process that SIGINT or SIGPIPE ended, which is how
-# kubectl ends on Ctrl-C or when the reader of its output (`| head`) goes away.
-EXIT_INTERRUPTED = 128 + signal.SIGINT
-EXIT_CLOSED_PIPE = 128 + signal.SIGPIPE
-
-
-class _WholeWrites(io.RawIOBase):
-    """Standard output whose write() writes everything or raises. CPython's
-    BufferedWriter drops the rest of a large write the pipe took only part
-    of before its reader left (`| head`), and reports success: the closed
-    pipe would go unnoticed and the command exit 0."""
-
-    def __init__(self, fd: int) -> None:
-        self._fd = fd
-
-    def writable(self) -> bool:
-        return True
-
-    def fileno(self) -> int:
-        return self._fd
-
-    def isatty(self) -> bool:
-        return os.isatty(self._fd)
-
-    def write(self, data: Any) -> int:
-        view = memoryview(data).cast("B")
-        sent = 0
-        while sent < len(view):
-            sent += os.write(self._fd, view[sent:])
-        return sent
-
-
-def _whole_writes(stream: TextIO) -> TextIO:
-    try:
-        fd = stream.fileno()
-    except (OSError, ValueError):
-        return stream
-    stream.flush()
-    return io.TextIOWrapper(
-        io.BufferedWriter(_WholeWrites(fd)),
-        encoding=stream.encoding,
-        errors=stream.errors,
-        line_buffering=bool(stream.line_buffering),
-    )
-
-
-def _closed_pipe() -> int:
-    """Quietly: the reader is gone. stdout now points at /dev/null so the
-    interpreter's last flush at exit has nowhere to fail."""
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
-    os.close(devnull)
-    return EXIT_CLOSED_PIPE
 
 
 def build_parser() -> argparse.ArgumentParser:
