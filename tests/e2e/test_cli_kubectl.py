@@ -228,6 +228,12 @@ def test_get_jsonpath_as_kubectl_prints_it(plane: ControlPlane) -> None:
     assert filtered == "reviews-v3"
 
 
+def test_get_wide_shows_a_services_selector_as_kubectl(plane: ControlPlane) -> None:
+    rows = ok(plane.cli("get", "svc", "-o", "wide")).splitlines()
+    assert re.split(r"\s{2,}", rows[0]) == ["NAME", "TYPE", "CLUSTER-IP", "SELECTOR", "AGE"]
+    assert "app=reviews" in rows[-1].split()
+
+
 def test_get_custom_columns(plane: ControlPlane) -> None:
     spec = "NAME:.metadata.name,PORT:.spec.ports[*].port,MISSING:.spec.nothing"
     rows = ok(plane.cli("get", "svc", "-o", f"custom-columns={spec}")).splitlines()

@@ -67,6 +67,9 @@ def cell(value: Any, column_type: str = "string") -> str:
         return age(str(value))
     if isinstance(value, bool):
         return str(value).lower()
+    if isinstance(value, dict) and value and all(isinstance(v, str) for v in value.values()):
+        # a label map (a Service's selector): key=value pairs, as kubectl shows selectors
+        return ",".join(f"{k}={v}" for k, v in sorted(value.items()))
     if isinstance(value, list | dict):
         return json.dumps(value, separators=(",", ":"))
     return str(value)
