@@ -14,7 +14,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.agent.mesh_harness import REPO, bookinfo_with_gateway_port, free_port, isolated_env
+from tests.agent.mesh_harness import (
+    REPO,
+    bookinfo_with_gateway_port,
+    free_port,
+    isolated_env,
+    run_cli,
+)
 
 from pilotfish.cli.ports import holder, in_use
 
@@ -31,9 +37,13 @@ def _demo(tmp: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], floa
     argv = [sys.executable, "-m", "pilotfish", "demo", "--state-dir", str(tmp / "state")]
     argv += ["--data-dir", str(tmp / "data"), *args]
     started = time.monotonic()
-    done = subprocess.run(
-        argv, env=isolated_env(tmp), cwd=REPO, capture_output=True, text=True, timeout=60
-    )
+    try:
+        done = subprocess.run(
+            argv, env=isolated_env(tmp), cwd=REPO, capture_output=True, text=True, timeout=60
+        )
+    finally:  # a demo that started anything (the check failed) leaves nothing behind
+        if any((tmp / "state" / f"{role}.pid").exists() for role in ("controlplane", "agent")):
+            run_cli(isolated_env(tmp), "down", "--state-dir", str(tmp / "state"), check=False)
     return done, time.monotonic() - started
 
 
