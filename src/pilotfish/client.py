@@ -8,8 +8,10 @@ the ApiError it names; a server that cannot be reached as `Unreachable`.
 from __future__ import annotations
 
 import builtins
+import http.client
 import json
 import re
+import select
 import ssl
 import urllib.error
 import urllib.request
@@ -27,6 +29,7 @@ Warnings = list[str]  # named here: inside Client, `list` is the method
 
 APPLY = "application/apply-patch+yaml"
 JSON = "application/json"
+MERGE = "application/merge-patch+json"
 _WARNING = re.compile(r'^\s*\d{3}\s+\S+\s+"((?:[^"\\]|\\.)*)"')
 
 
@@ -35,6 +38,57 @@ class Unreachable(ApiError):
 
     code = 503
     reason = "ServiceUnavailable"
+
+
+class ConnectionClosed(ApiError):
+    """The server took the connection but dropped it without an answer."""
+
+    code = 503
+    reason = "ServiceUnavailable"
+
+
+# A server that stops reading a body it refuses (too large) and closes the
+# connection resets it under the client; that is not an absent server.
+_CUT_OFF = (ConnectionResetError, BrokenPipeError, http.client.RemoteDisconnected)
+_PIECE = 64 * 1024  # a request body goes out in pieces, watching for an early answer
+
+
+class _EarlyAnswer(http.client.HTTPConnection):
+    """Sends a large body in pieces and stops as soon as the server has
+    answered (a 413 sent before reading the body) or dropped the connection,
+    so that getresponse() reads what the server said instead of the write
+    failing with a broken pipe. curl does the same."""
+
+    def send(self, data: Any) -> None:
+        if not isinstance(data, bytes | bytearray) or len(data) <= _PIECE:
+            super().send(data)
+            return
+        if self.sock is None:
+            self.connect()
+        sock, view, sent = self.sock, memoryview(data), 0
+        wait = self.timeout if isinstance(self.timeout, int | float) else None  # not the default
+        while sent < len(view):
+            readable, writable, _ = select.select([sock], [sock], [], wait)
+            if readable or not writable:
+                return  # answered, closed, or stuck: the response (or its absence) says which
+            try:
+                sent += sock.send(view[sent : sent + _PIECE])
+            except (BrokenPipeError, ConnectionResetError):
+                return
+
+
+class _EarlyAnswerTLS(http.client.HTTPSConnection, _EarlyAnswer):
+    pass
+
+
+class _HttpHandler(urllib.request.HTTPHandler):
+    def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(_EarlyAnswer, req)
+
+
+class _HttpsHandler(urllib.request.HTTPSHandler):
+    def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(_EarlyAnswerTLS, req, context=self._context)  # type: ignore[attr-defined]
 
 
 class Client:
@@ -70,6 +124,14 @@ class Client:
         """Replace the object; refused with Conflict if metadata.resourceVersion is stale."""
         query = {"fieldManager": manager, **_flags(dry_run=dry_run)}
         return self._call("PUT", _object_path(obj, with_name=True), query, obj)[0]
+
+    def merge_patch(
+        self, kind: Kind, name: str, namespace: str | None, patch: Obj, *, dry_run: bool = False
+    ) -> Obj:
+        """An RFC 7386 merge patch, merged by the server onto the live object."""
+        path = kind.path(kind.versions[0], _namespace(kind, namespace), name)
+        query = {"fieldManager": "pilotfish-patch", **_flags(dry_run=dry_run)}
+        return self._call("PATCH", path, query, patch, content_type=MERGE)[0]
 
     def update_status(self, obj: Obj, *, manager: str = "pilotfish") -> Obj:
         """Replace the status of the object with obj["status"]; nothing else changes."""
@@ -127,6 +189,14 @@ class Client:
                 if event.get("type") == "ERROR":
                     raise ApiError.from_status(event.get("object") or {})
                 yield event["type"], event["object"]
+
+    def discovery(self, path: str) -> Obj:
+        """A discovery document: /api/v1, /apis, /apis/GROUP/VERSION."""
+        return self._call("GET", path)[0]
+
+    def version(self) -> Obj:
+        """The server's /version (gitVersion, major, minor, platform)."""
+        return self._call("GET", "/version")[0]
 
     # -- the mesh: registry and proxies -----------------------------------------------
 
@@ -200,6 +270,12 @@ class Client:
         except urllib.error.HTTPError as e:
             raise _error_of(e) from None
         except (urllib.error.URLError, OSError) as e:
+            reason = e.reason if isinstance(e, urllib.error.URLError) else e
+            if isinstance(request.data, bytes) and isinstance(reason, _CUT_OFF):
+                raise ConnectionClosed(
+                    f"the control plane at {self.server} closed the connection before it "
+                    f"answered a request of {_size(len(request.data))}"
+                ) from e
             raise Unreachable(
                 f'cannot reach the control plane at {self.server}: is "pilotfish controlplane" '
                 "running?"
@@ -212,17 +288,18 @@ def opener_for(
     """`proxy` if given, else proxies from the environment except for
     loopback hosts, as Go's ProxyFromEnvironment: a proxy could not reach this
     host, and would see the token. No certificate checks when `insecure`."""
-    handlers: list[urllib.request.BaseHandler] = []
+    handlers: list[urllib.request.BaseHandler] = [_HttpHandler()]
     host = urlsplit(url).hostname or ""
     if proxy:
         handlers.append(urllib.request.ProxyHandler({"http": proxy, "https": proxy}))
     elif host == "localhost" or is_loopback(host):
         handlers.append(urllib.request.ProxyHandler({}))
+    context = None
     if insecure:
         context = ssl.create_default_context()
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
-        handlers.append(urllib.request.HTTPSHandler(context=context))
+    handlers.append(_HttpsHandler(context=context))
     return urllib.request.build_opener(*handlers)
 
 
@@ -256,7 +333,14 @@ def _error_of(error: urllib.error.HTTPError) -> ApiError:
     if isinstance(status, dict) and status.get("kind") == "Status":
         return ApiError.from_status(status)
     text = raw.decode("utf-8", "replace").strip() or error.reason
-    return ApiError(f"the server answered {error.code}: {text}")
+    found = ApiError(f"the server answered {error.code}: {text}")
+    found.from_server = True
+    return found
+
+
+def _size(length: int) -> str:
+    """`20.0 MB`, `512 bytes`: a request's size as a user reads it."""
+    return f"{length / 1e6:.1f} MB" if length >= 1_000_000 else f"{length} bytes"
 
 
 def _warning_text(header: str) -> str:

@@ -121,11 +121,11 @@ def test_a_crash_loop_shows_in_status_and_get(mesh: Mesh) -> None:
 
 
 def test_scale_and_logs(mesh: Mesh) -> None:
-    assert "scaled to 2" in mesh.cli("scale", "details-v1", "2")
+    assert mesh.cli("scale", "details-v1", "2") == "workload.pilotfish.dev/details-v1 scaled\n"
     wait_for(lambda: mesh.ready("details-v1", 2), 30, "details-v1 did not scale to 2")
     logs = mesh.node_cli("logs", "details-v1")
     assert "details-v1 listening on 127.0.0.1:" in logs and "GET /health" in logs
-    mesh.cli("scale", "details-v1", "1")
+    mesh.cli("scale", "workload/details-v1", "--replicas", "1")
     wait_for(lambda: mesh.ready("details-v1", 1), 30, "details-v1 did not scale back to 1")
 
 

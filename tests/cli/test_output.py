@@ -57,3 +57,37 @@ def test_names_as_kubectl_prints_them():
         == "destinationrule.networking.istio.io/reviews"
     )
     assert output.resource_name(registry().resolve("svc"), "reviews") == "service/reviews"
+
+
+def test_help_groups_every_command_as_kubectl_does() -> None:
+    import argparse
+
+    from pilotfish.cli.help import GROUPS
+    from pilotfish.cli.main import build_parser
+
+    parser = build_parser()
+    text = parser.format_help()
+    titles = [
+        line[:-1] for line in text.splitlines() if line.endswith(":") and not line.startswith(" ")
+    ]
+    assert titles == [
+        "Basic Commands",
+        "Deploy Commands",
+        "Troubleshooting and Debugging Commands",
+        "Mesh Commands",
+        "Releases",
+        "Other Commands",
+        "Usage",
+    ]
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    listed = [
+        line.split()[0]
+        for line in text.splitlines()
+        if line.startswith("  ") and not line.startswith("  pilotfish")
+    ]
+    assert sorted(listed) == sorted(sub.choices)  # each command once, none left out
+    section = text.split("Troubleshooting and Debugging Commands:\n")[1].split("\n\n")[0]
+    assert [line.split()[0] for line in section.splitlines()][:2] == ["logs", "validate"]
+    assert all(
+        name in dict(GROUPS)["Basic Commands"] for name in ("get", "edit", "patch", "explain")
+    )

@@ -250,6 +250,23 @@ def test_watch_redraws_until_the_release_succeeds_or_fails(
 # -- steering ---------------------------------------------------------------------------------
 
 
+def test_watch_into_a_closed_pipe_ends_quietly(plane: ControlPlane, client: Client) -> None:
+    """`rollout status --watch | head -1`: the next frame meets a closed pipe;
+    the watch ends at once, with no traceback, as kubectl does (141)."""
+    name, now = "rv-head", datetime.now(UTC)
+    new_canary(plane, client, name)
+    set_status(client, name, progressing(now))
+    watching = watch(plane, name)
+    assert watching.stdout is not None
+    assert watching.stdout.readline().startswith("Name:")
+    watching.stdout.close()  # what `head -1` does once it has its line
+    moved = progressing(now)
+    moved["canaryWeight"] = 40
+    set_status(client, name, moved)  # a new frame to write
+    assert watching.wait(timeout=15) == 141
+    assert watching.stderr is not None and watching.stderr.read() == ""
+
+
 def annotations(client: Client, name: str) -> dict[str, str]:
     return dict(client.get(CANARY, name, "default")["metadata"].get("annotations") or {})
 

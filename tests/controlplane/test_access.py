@@ -177,7 +177,7 @@ def test_the_running_server_applies_the_rules(tmp_path: Path) -> None:
         # A token minted while the control plane runs works at once.
         token = create_token(plane.data_dir, "dashboard")
         ci = Client(plane.server.url, token)
-        assert ci.get(SECRET, "db", "default")["stringData"]["password"] == "hunter2"
+        assert ci.get(SECRET, "db", "default")["data"]["password"] == "aHVudGVyMg=="
         with pytest.raises(Forbidden, match='User "dashboard" cannot delete'):
             ci.delete(SECRET, "db", "default")
     finally:

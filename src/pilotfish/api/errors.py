@@ -16,6 +16,8 @@ class ApiError(Exception):
         super().__init__(message)
         self.message = message
         self.details = details
+        # True when a server sent it (a client says `Error from server` only then).
+        self.from_server = False
 
     def to_status(self) -> dict[str, Any]:
         status: dict[str, Any] = {
@@ -35,8 +37,17 @@ class ApiError(Exception):
     def from_status(status: dict[str, Any]) -> ApiError:
         """Rebuild the error a server sent, keeping its class when the reason is known."""
         reason = status.get("reason", "")
-        cls = next((c for c in _all_errors() if c.reason == reason), ApiError)
-        return cls(str(status.get("message", reason)))
+        cls = next((c for c in _all_errors() if c.reason == reason), None)
+        if cls is None:  # a reason this side has no class for keeps its reason and code
+            code = status.get("code")
+            attrs = {
+                "reason": reason or ApiError.reason,
+                "code": code if isinstance(code, int) else 500,
+            }
+            cls = type(str(attrs["reason"]), (ApiError,), attrs)
+        error = cls(str(status.get("message", reason)))
+        error.from_server = True
+        return error
 
 
 class BadRequest(ApiError):

@@ -29,6 +29,7 @@ class Kind:
     namespaced: bool
     versions: tuple[str, ...]  # served versions, storage version first
     short_names: tuple[str, ...] = ()
+    categories: tuple[str, ...] = ()  # `kubectl get all` lists the kinds in category "all"
     schemas: dict[str, Obj] = field(default_factory=dict, compare=False, repr=False)
     printer_columns: dict[str, list[Obj]] = field(default_factory=dict, compare=False, repr=False)
 
@@ -99,6 +100,10 @@ class KindRegistry:
             raise NotFound(f'the server doesn\'t have a resource type "{name}"')
         return _preferred(matches)
 
+    def category(self, name: str) -> list[Kind]:
+        """The kinds in a category (`all`, `istio-io`), in registry order."""
+        return [k for k in self._kinds if name.lower() in k.categories]
+
 
 def _preferred(matches: list[Kind]) -> Kind:
     """Where names collide (Istio's and Kubernetes' both have none today), prefer
@@ -119,6 +124,7 @@ def kind_from_crd(crd: Obj) -> Kind:
         namespaced=spec.get("scope", "Namespaced") == "Namespaced",
         versions=tuple(v["name"] for v in served),
         short_names=tuple(names.get("shortNames", [])),
+        categories=tuple(names.get("categories", [])),
         schemas={v["name"]: v.get("schema", {}).get("openAPIV3Schema", {}) for v in served},
         printer_columns={v["name"]: v.get("additionalPrinterColumns", []) for v in served},
     )

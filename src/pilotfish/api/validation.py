@@ -10,6 +10,7 @@ analyze's cross-object warnings, which never reject.
 
 from __future__ import annotations
 
+import base64
 import copy
 import functools
 from typing import Any
@@ -63,7 +64,26 @@ def with_defaults(obj: dict[str, Any]) -> dict[str, Any]:
         return obj
     out = copy.deepcopy(obj)
     apply_defaults(compiled_schema(kind.group, kind.kind, version), out)
+    if (kind.group, kind.kind) == ("", "Secret"):
+        _fold_string_data(out)
     return out
+
+
+def _fold_string_data(secret: dict[str, Any]) -> None:
+    """Kubernetes merges a Secret's write-only stringData into data on write,
+    base64-encoded, over any value data has for the same key, and never
+    stores stringData. A stringData that is not a map of strings is left for
+    validation to refuse."""
+    given = secret.get("stringData")
+    if not isinstance(given, dict) or not all(isinstance(v, str) for v in given.values()):
+        return
+    data = secret.get("data")
+    if given and not isinstance(data, dict | None):
+        return
+    encoded = {k: base64.b64encode(v.encode()).decode() for k, v in given.items()}
+    del secret["stringData"]
+    if encoded:
+        secret["data"] = {**(data or {}), **encoded}
 
 
 @functools.cache

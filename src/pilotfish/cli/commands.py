@@ -38,11 +38,16 @@ def warn(message: str) -> None:
 
 
 def server_error(error: ApiError, context: str = "") -> None:
-    if error.code == 401:  # kubectl's words for a missing or rejected token
+    """kubectl's `Error from server (Reason): ...` for what the server answered;
+    `error: ...` for what went wrong on this side (no answer, a bad object)."""
+    if error.code == 401 and error.from_server:  # kubectl's words for a rejected token
         print("error: You must be logged in to the server (Unauthorized)", file=sys.stderr)
         return
     where = f"{context}: " if context else ""
-    print(f"Error from server ({error.reason}): {where}{error.message}", file=sys.stderr)
+    if error.from_server:
+        print(f"Error from server ({error.reason}): {where}{error.message}", file=sys.stderr)
+    else:
+        print(f"error: {where}{error.message}", file=sys.stderr)
 
 
 def _client(args: argparse.Namespace) -> Client:
@@ -132,81 +137,6 @@ def _strip(obj: Obj) -> Obj:
     return {**clean, "metadata": meta}
 
 
-def get(args: argparse.Namespace) -> int:
-    client = _client(args)
-    kinds = [resolve(name) for name in args.kind.split(",") if name]
-    namespace = None if args.all_namespaces else (args.namespace or "default")
-    if args.watch:
-        return _watch(client, kinds[0], namespace, args)
-    for i, kind in enumerate(kinds):
-        if args.name:
-            items = [client.get(kind, n, namespace) for n in args.name]
-        else:
-            items = client.list(kind, namespace, args.selector).get("items", [])
-        if i and items and args.output in (None, "wide"):
-            print()
-        _print_items(kind, items, args, prefix_kind=len(kinds) > 1)
-    return 0
-
-
-def _print_items(
-    kind: Kind, items: list[Obj], args: argparse.Namespace, prefix_kind: bool = False
-) -> None:
-    if args.output == "yaml":
-        print(
-            output.to_yaml(items[0] if args.name and len(items) == 1 else _as_list(items)), end=""
-        )
-    elif args.output == "json":
-        print(output.to_json(items[0] if args.name and len(items) == 1 else _as_list(items)))
-    elif args.output == "name":
-        for item in items:
-            print(output.resource_name(kind, item["metadata"]["name"]))
-    elif not items:
-        where = "" if args.all_namespaces else f" in {args.namespace or 'default'} namespace"
-        print(f"No resources found{where if kind.namespaced else ''}.", file=sys.stderr)
-    else:
-        prefix = output.kind_label(kind) + "/" if prefix_kind else ""
-        print(
-            output.table(
-                kind,
-                kind.versions[0],
-                items,
-                wide=args.output == "wide",
-                all_namespaces=args.all_namespaces,
-                name_prefix=prefix,
-            )
-        )
-
-
-def _as_list(items: list[Obj]) -> Obj:
-    return {"apiVersion": "v1", "kind": "List", "items": items}
-
-
-def _watch(client: Client, kind: Kind, namespace: str | None, args: argparse.Namespace) -> int:
-    """Current objects, then every change, until Ctrl-C; table headers print once."""
-    header_shown = False
-    try:
-        for _, obj in client.watch(kind, namespace):
-            if args.name and obj["metadata"]["name"] not in args.name:
-                continue
-            if args.output in (None, "wide"):
-                lines = output.table(
-                    kind,
-                    kind.versions[0],
-                    [obj],
-                    wide=args.output == "wide",
-                    all_namespaces=args.all_namespaces,
-                ).splitlines()
-                print("\n".join(lines if not header_shown else lines[1:]), flush=True)
-                header_shown = True
-            else:
-                _print_items(kind, [obj], args)
-                sys.stdout.flush()
-    except KeyboardInterrupt:
-        pass
-    return 0
-
-
 def describe(args: argparse.Namespace) -> int:
     client, kind = _client(args), resolve(args.kind)
     namespace = args.namespace or "default"
@@ -238,10 +168,10 @@ def events_about(obj: Obj, events: list[Obj]) -> list[Obj]:
             return False
         return not (uid and involved.get("uid") and involved["uid"] != uid)
 
-    return sorted(filter(about, events), key=_event_time)
+    return sorted(filter(about, events), key=event_time)
 
 
-def _event_time(event: Obj) -> tuple[str, str]:
+def event_time(event: Obj) -> tuple[str, str]:
     """When an event last happened, then its name to break ties."""
     meta = event.get("metadata", {})
     last = event.get("lastTimestamp") or event.get("eventTime") or event.get("firstTimestamp")
@@ -250,7 +180,7 @@ def _event_time(event: Obj) -> tuple[str, str]:
 
 def event_age(event: Obj, now: datetime | None = None) -> str:
     """kubectl's Age of an event: `3m`, or `3m (x4 over 10m)` when repeated."""
-    seen = output.age(_event_time(event)[0] or None, now)
+    seen = output.age(event_time(event)[0] or None, now)
     count = int(event.get("count") or 1)
     if count > 1 and event.get("firstTimestamp"):
         seen += f" (x{count} over {output.age(event['firstTimestamp'], now)})"
@@ -387,11 +317,14 @@ def _unified(name: str, live: Obj | None, merged: Obj) -> str:
 
 
 def validate(args: argparse.Namespace) -> int:
-    """Offline, like `istioctl validate`: one line per error, non-zero if any."""
+    """Offline, like `istioctl validate`: one line per error, non-zero if any.
+    Directories are read down to the bottom, as istioctl walks them."""
     from pilotfish.api.validation import analyze
     from pilotfish.api.validation import validate as check
 
-    docs = read_documents(args.filename, args.recursive)
+    docs = read_documents(args.filename, recursive=True)
+    if not docs:
+        raise CliError(f"no objects passed to validate (nothing in {', '.join(args.filename)})")
     invalid = 0
     for doc in docs:
         errors = check(doc.obj)
@@ -402,7 +335,11 @@ def validate(args: argparse.Namespace) -> int:
         for w in analyze(doc.obj, _lookup_in(docs)):
             warn(f"{doc.source}: {_label(doc)}: {w}")
     valid = len(docs) - invalid
-    print(f"{valid} of {len(docs)} document{'s' if len(docs) != 1 else ''} valid")
+    files = len({doc.source for doc in docs})
+    print(
+        f"{valid} of {len(docs)} document{'s' if len(docs) != 1 else ''} valid "
+        f"({files} file{'s' if files != 1 else ''} read)"
+    )
     return 1 if invalid else 0
 
 

@@ -36,9 +36,12 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TaskID, TextColumn
 from pilotfish.api.errors import ApiError
 from pilotfish.api.kinds import registry
 from pilotfish.cli.commands import CliError, apply_documents
-from pilotfish.cli.demo_canary import canary_documents, run_releases
+from pilotfish.cli.demo_canary import canary_documents, remove_leftovers, run_releases
 from pilotfish.cli.manifests import Document, read_documents
+from pilotfish.cli.ports import check_free
 from pilotfish.client import Client
+
+Obj = dict[str, Any]
 
 READY_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 60.0
@@ -93,14 +96,19 @@ def demo(args: argparse.Namespace) -> int:
     from pilotfish.cli.node import default_state_dir, pid_alive
 
     state = Path(args.state_dir) if args.state_dir else default_state_dir(args.node_name)
+    if args.data_dir is None:
+        args.data_dir = default_data_dir(args.canary)
     state.mkdir(parents=True, exist_ok=True)
     running = state / "demo.pid"
     if running.exists() and pid_alive(int(running.read_text() or 0)):
         pid = running.read_text()
         raise CliError(f"a demo already runs on {state} (pid {pid}); stop it: pilotfish down")
     docs = _examples(args.examples)
+    if args.gateway_port is not None:
+        docs = with_gateway_port(docs, args.gateway_port)
     if args.canary:
         docs = canary_documents(docs, args.canary_examples, args.listen)
+    check_free(_ports(args, docs))
     running.write_text(str(os.getpid()))
     run = Demo(state)
     previous = {s: signal.signal(s, lambda *_: run.stop.set()) for s in _SIGNALS}
@@ -119,6 +127,13 @@ def demo(args: argparse.Namespace) -> int:
 _SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
+def default_data_dir(canary: bool) -> Path:
+    """Each demo keeps its own store, so neither starts with the other's
+    objects (the Bookinfo demo's reviews-v1/v2/v3 would be selected by the
+    canary's service): ~/.pilotfish/data, and ~/.pilotfish/data-canary."""
+    return Path.home() / ".pilotfish" / ("data-canary" if canary else "data")
+
+
 def _run(run: Demo, args: argparse.Namespace, docs: list[Document]) -> int:
     server = f"http://{args.listen}"
     plane = ["controlplane", "--data-dir", str(args.data_dir), "--listen", args.listen]
@@ -126,7 +141,14 @@ def _run(run: Demo, args: argparse.Namespace, docs: list[Document]) -> int:
     if not _until(run, lambda: _answers(f"{server}/readyz"), READY_TIMEOUT_S):
         why = run.failed() or f"the control plane did not become ready at {server}"
         raise CliError(f"{why}; if an earlier demo still runs, `pilotfish down` stops it")
-    print(f"control plane ready at {server} (data in {args.data_dir})", flush=True)
+    own = ", the canary demo's own store" if args.canary else ""
+    print(f"control plane ready at {server} (data in {args.data_dir}{own})", flush=True)
+    if args.canary and (removed := remove_leftovers(Client.from_config(server), docs)):
+        print(
+            f"removed the Workloads {', '.join(removed)} an earlier demo left in "
+            f"{args.data_dir}: the canary's service would select their instances",
+            flush=True,
+        )
     host = args.listen.rpartition(":")[0]
     node = ["node", "--state-dir", str(run.state), "--node-name", args.node_name]
     node += ["--server", server, "--xds", f"{host}:{args.xds_port}", "--gateway"]
@@ -152,14 +174,50 @@ def _run(run: Demo, args: argparse.Namespace, docs: list[Document]) -> int:
 def gateway_url(docs: list[Document], path: str) -> str:
     """The first plain-HTTP server port of the examples' Gateways, on the
     address the agent's gateway binds (127.0.0.1)."""
+    port = _http_server_port(docs)
+    if port is None:
+        raise CliError("the examples declare no Gateway with an HTTP server: nothing to open")
+    return f"http://127.0.0.1:{port['number']}{path}"
+
+
+def _http_server_port(docs: list[Document]) -> Obj | None:
+    """The `port` of the examples' first plain-HTTP Gateway server."""
     for doc in docs:
         if doc.obj.get("kind") != "Gateway":
             continue
         for server in (doc.obj.get("spec") or {}).get("servers") or []:
             port = server.get("port") or {}
             if str(port.get("protocol", "")).upper() in ("HTTP", "HTTP2"):
-                return f"http://127.0.0.1:{port['number']}{path}"
-    raise CliError("the examples declare no Gateway with an HTTP server: nothing to open")
+                return dict(port)
+    return None
+
+
+def with_gateway_port(docs: list[Document], number: int) -> list[Document]:
+    """The examples with their Gateway's HTTP server on `number` (--gateway-port)."""
+    port = _http_server_port(docs)
+    if port is None:
+        raise CliError("--gateway-port: the examples declare no Gateway with an HTTP server")
+    for doc in docs:
+        for server in (doc.obj.get("spec") or {}).get("servers") or []:
+            if doc.obj.get("kind") == "Gateway" and server.get("port") == port:
+                server["port"] = {**port, "number": number}
+    return docs
+
+
+def _ports(args: argparse.Namespace, docs: list[Document]) -> list[tuple[str, int, str]]:
+    """What the demo will listen on, each with the flag that moves it."""
+    from pilotfish.controlplane.http import parse_listen
+
+    try:
+        host, port = parse_listen(args.listen)
+    except ValueError as e:
+        raise CliError(str(e)) from None
+    gateway = _http_server_port(docs) or {}
+    return [
+        (host, port, "--listen"),
+        (host, args.xds_port, "--xds-port"),
+        ("127.0.0.1", int(gateway.get("number") or 0), "--gateway-port"),
+    ]
 
 
 def _examples(path: Path) -> list[Document]:
@@ -246,12 +304,13 @@ def _next_steps(url: str, state: Path, examples: Path, canary: bool) -> None:
         f"\nBookinfo is up: {url}\n\n"
         "Next steps, in another terminal:\n"
         "  pilotfish get workloads                # instances: ready, restarts, last error\n"
+        "  pilotfish get instances                # where each listens: app, sidecar, admin ports\n"
         f"  pilotfish apply -f {samples}/virtual-service-reviews-test-v2.yaml\n"
         "      then sign in as jason on the page: he sees reviews v2 (black stars)\n"
         f"  pilotfish apply -f {samples}/virtual-service-reviews-50-v3.yaml\n"
         "  pilotfish chaos kill reviews-v2        # the agent brings it back\n"
         f"  {metrics or 'pilotfish proxy-status'}\n"
-        f"  pilotfish apply -f {examples}/20-routing.yaml --force-conflicts   # back to v1\n"
+        f"  pilotfish apply -f {examples}/20-routing.yaml   # back to v1\n"
         "  pilotfish down                         # stop everything (or Ctrl-C here)\n",
         flush=True,
     )

@@ -41,6 +41,21 @@ def canary_documents(bookinfo: list[Document], examples: Path, listen: str) -> l
     return kept + [Document(d.source, d.index, _on_api(d.obj, listen)) for d in added]
 
 
+def remove_leftovers(client: Client, docs: list[Document]) -> list[str]:
+    """Delete the Workloads an earlier Bookinfo demo left in this store that
+    the canary's service would select (reviews-v1/v2/v3, labelled app=reviews
+    like the Canary's own); the names deleted."""
+    kind = registry().resolve("Workload")
+    declared = {(d.obj.get("metadata") or {}).get("name") for d in docs}
+    removed = []
+    for obj in client.list(kind, "default").get("items") or []:
+        name = obj["metadata"]["name"]
+        if _replaced(obj) and name not in declared:
+            client.delete(kind, name, "default")
+            removed.append(name)
+    return removed
+
+
 def _replaced(obj: Obj) -> bool:
     kind, name = obj.get("kind"), (obj.get("metadata") or {}).get("name")
     if kind == "Workload":

@@ -67,13 +67,13 @@ def create_token(args: argparse.Namespace) -> int:
     return 0
 
 
-def proxy_config_secret(args: argparse.Namespace) -> int:
-    client = Client.from_config(args.server)
-    instance = find_instance(client.instances(), args.proxy, args.namespace)
+def proxy_config_secret(client: Client, proxy: str, format: str | None) -> int:
+    """`proxy`: NAME.NAMESPACE or a node id, as proxy-config resolves it."""
+    instance = find_instance(client.instances(), proxy, None)
     dump = sidecar_secrets(f"{instance['address']}:{instance['metricsPort']}")
-    if args.output == "json":
+    if format == "json":
         print(output.to_json(dump))
-    elif args.output == "yaml":
+    elif format == "yaml":
         print(output.to_yaml(dump), end="")
     else:
         print(secret_table(dump))

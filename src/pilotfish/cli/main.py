@@ -12,10 +12,20 @@ from typing import TYPE_CHECKING
 from pilotfish import __version__
 from pilotfish.api.errors import ApiError
 from pilotfish.api.gotypes import parse_duration_ns
-from pilotfish.cli import commands, identity, mesh, node, rollout, token
+from pilotfish.cli import (
+    commands,
+    discovery,
+    get,
+    identity,
+    mesh,
+    node,
+    patch,
+    rollout,
+    terminal,
+    token,
+)
+from pilotfish.cli.help import GroupedParser
 from pilotfish.cli.manifests import ManifestError
-from pilotfish.client import Unreachable
-from pilotfish.config import ConfigError
 
 if TYPE_CHECKING:
     from envoy.config.bootstrap.v3.bootstrap_pb2 import Bootstrap
@@ -26,31 +36,36 @@ Handler = Callable[[argparse.Namespace], int]
 
 
 def main(argv: list[str] | None = None) -> int:
+    terminal.whole_writes()
     args = build_parser().parse_args(argv)
     handler: Handler | None = getattr(args, "handler", None)
     if handler is None:
         build_parser().print_help()
         return 2
     try:
-        return handler(args)
+        code = handler(args)
+        sys.stdout.flush()  # here, where a closed pipe is caught, not at exit
+        return code
     except (commands.CliError, ManifestError, mesh.UsageError) as e:
         print(f"error: {e}", file=sys.stderr)
-    except (Unreachable, ConfigError) as e:
-        print(f"error: {e.message}", file=sys.stderr)
     except ApiError as e:
         commands.server_error(e)
     except KeyboardInterrupt:
-        return 130
+        return terminal.EXIT_INTERRUPTED
+    except BrokenPipeError:
+        return terminal.closed_pipe()
     return 1
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = GroupedParser(
         prog="pilotfish",
         description="A service mesh with progressive delivery: Istio's config, Flagger's releases.",
     )
     parser.add_argument("--version", action="version", version=f"pilotfish {__version__}")
-    sub = parser.add_subparsers(title="commands", metavar="COMMAND")
+    sub = parser.add_subparsers(
+        title="commands", metavar="COMMAND", parser_class=argparse.ArgumentParser
+    )
     common = _common_options()
     _add_controlplane(sub)
     _add_demo(sub)
@@ -68,6 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     node.add_commands(sub, common)
     rollout.add_commands(sub, common)
     token.add_commands(sub)
+    discovery.add_commands(sub, common)
+    patch.add_commands(sub, common)
     return parser
 
 
@@ -188,9 +205,18 @@ def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "demo", help="run the whole mesh here: control plane, node agent, gateway, the examples"
     )
-    p.add_argument("--data-dir", type=Path, default=Path.home() / ".pilotfish" / "data")
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        help="the store (default: ~/.pilotfish/data; with --canary ~/.pilotfish/data-canary)",
+    )
     p.add_argument("--listen", default="127.0.0.1:15080", help="address of the REST API")
     p.add_argument("--xds-port", type=int, default=15010, help="port of the ADS server")
+    p.add_argument(
+        "--gateway-port",
+        type=int,
+        help="serve the examples' Gateway on this port instead of the one it declares (8080)",
+    )
     p.add_argument("--state-dir", type=Path, help="the node agent's directory (default: per node)")
     p.add_argument("--node-name", default="local", help="the node agent's name")
     p.add_argument(
@@ -312,14 +338,15 @@ def _add_get(
     p = sub.add_parser("get", parents=[common], help="list or show resources")
     p.add_argument(
         "kind",
-        help="e.g. virtualservices, vs, dr, workloads, canaries; several separated by commas",
+        help="e.g. virtualservices, vs, dr, workloads, canaries, all; several separated by "
+        "commas; or TYPE/NAME",
     )
-    p.add_argument("name", nargs="*")
-    p.add_argument("-o", "--output", choices=["yaml", "json", "wide", "name"])
+    p.add_argument("name", nargs="*", help="names, or TYPE/NAME arguments (vs/reviews)")
+    p.add_argument("-o", "--output", help="|".join(get.FORMATS))
     p.add_argument("-A", "--all-namespaces", action="store_true")
     p.add_argument("-l", "--selector", help="label selector, e.g. app=reviews,version!=v1")
     p.add_argument("-w", "--watch", action="store_true", help="stream changes")
-    p.set_defaults(handler=commands.get)
+    p.set_defaults(handler=get.get)
 
 
 def _add_describe(
@@ -375,7 +402,7 @@ def _add_diff(
 
 def _add_validate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("validate", help="check files offline against Istio's and our schemas")
-    _files(p)
+    _files(p)  # directories are always read recursively here, as istioctl validate reads them
     p.set_defaults(handler=commands.validate)
 
 
@@ -399,7 +426,11 @@ def _add_proxy_config(
         help="the xDS resources a proxy was last sent (secret: its own certificates)",
     )
     p.add_argument("type", choices=mesh.CONFIG_TYPES)
-    p.add_argument("proxy", help="node id, NAME.NAMESPACE, or a unique prefix of the node id")
+    p.add_argument(
+        "proxy",
+        help="an instance or Workload name (its first instance; also workload/NAME), "
+        "a node id, NAME.NAMESPACE, or a unique prefix of the node id",
+    )
     p.add_argument("-o", "--output", choices=["table", "json", "yaml"], default="table")
     p.set_defaults(handler=mesh.proxy_config)
 

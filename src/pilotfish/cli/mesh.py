@@ -82,11 +82,15 @@ def _pod(node_id: str) -> str:
 
 
 def proxy_config(args: argparse.Namespace) -> int:
+    from pilotfish.cli.instances import proxy_id
+
+    client = Client.from_config(args.server)
+    proxy = proxy_id(client, args.proxy, args.namespace or "default")
     if args.type == "secret":  # the sidecar's own, not what the control plane sent
         from pilotfish.cli.identity import proxy_config_secret
 
-        return proxy_config_secret(args)
-    dump = Client.from_config(args.server).proxy_config(args.proxy, args.type)
+        return proxy_config_secret(client, proxy, args.output)
+    dump = client.proxy_config(proxy, args.type)
     resources: list[Obj] = dump.get("resources") or []
     if args.output == "json":
         print(output.to_json(resources))

@@ -8,10 +8,12 @@ import argparse
 import json
 import os
 import random
+import re
 import signal
 import sys
 import threading
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -47,13 +49,22 @@ def add_commands(sub: Sub[argparse.ArgumentParser], common: argparse.ArgumentPar
     p.add_argument("--gateway-address", default="127.0.0.1", help="where gateway ports bind")
     p.set_defaults(handler=run_node)
     p = sub.add_parser("logs", parents=[common, state], help="an application's log")
-    p.add_argument("workload")
+    p.add_argument("workload", help="a Workload (all its instances) or one instance")
     p.add_argument("-f", "--follow", action="store_true")
     p.add_argument("--sidecar", action="store_true", help="the sidecar's log instead")
+    p.add_argument(
+        "--tail", type=int, default=-1, help="the last N lines of each log (default -1: all)"
+    )
+    p.add_argument(
+        "--since",
+        type=_since,
+        help="only lines newer than this (5s, 2m, 1h), by the time a line starts with",
+    )
     p.set_defaults(handler=logs)
     p = sub.add_parser("scale", parents=[common], help="set a Workload's replicas")
-    p.add_argument("workload")
-    p.add_argument("replicas", type=int)
+    p.add_argument("workload", help="NAME or workload/NAME")
+    p.add_argument("count", nargs="?", type=int, metavar="REPLICAS", help="as --replicas")
+    p.add_argument("--replicas", type=int, help="the new number of replicas")
     p.set_defaults(handler=scale)
     chaos = sub.add_parser("chaos", help="break things on purpose").add_subparsers(metavar="ACTION")
     p = chaos.add_parser("kill", parents=[common, state], help="SIGKILL instances' applications")
@@ -91,45 +102,116 @@ def run_node(args: argparse.Namespace) -> int:
 
 def live_instances(state_dir: Path, workload: str, namespace: str) -> list[tuple[Path, Any]]:
     """(directory, pids) of the instances the agent runs for `workload` now."""
-    out = []
-    for pids_file in sorted((state_dir / "instances" / namespace).glob("*/pids.json")):
-        try:
-            pids = json.loads(pids_file.read_text())
-        except (OSError, ValueError):
-            continue
-        if pids.get("workload") == workload:
-            out.append((pids_file.parent, pids))
-    return out
+    return [
+        (d, p) for d, p in _all_instances(state_dir, namespace) if p.get("workload") == workload
+    ]
 
 
 def logs(args: argparse.Namespace) -> int:
-    found = live_instances(_state(args), args.workload, args.namespace or "default")
+    namespace = args.namespace or "default"
+    found = live_instances(_state(args), args.workload, namespace)
+    found = found or [
+        (d, p) for d, p in _all_instances(_state(args), namespace) if d.name == args.workload
+    ]
     if not found:
         raise NodeError(f'no instance of workload "{args.workload}" runs on this node')
     name = "sidecar.log" if args.sidecar else "app.log"
     files = {d.name: (d / name).open("rb") for d, _ in found if (d / name).exists()}
+    since = time.time() - args.since if args.since is not None else None
     try:
+        first = True
         while True:
             for instance, log in files.items():
-                for line in log.readlines():
-                    prefix = f"[{instance}] " if len(files) > 1 else ""
-                    sys.stdout.write(prefix + line.decode("utf-8", "replace"))
+                lines = [line.decode("utf-8", "replace") for line in log.readlines()]
+                if first:
+                    lines = recent_lines(lines, args.tail, since, _mtime(log.name))
+                prefix = f"[{instance}] " if len(files) > 1 else ""
+                sys.stdout.write("".join(prefix + line for line in lines))
             sys.stdout.flush()
             if not args.follow:
                 return 0
+            first = False
             time.sleep(0.2)
     finally:
         for log in files.values():
             log.close()
 
 
+def recent_lines(lines: list[str], tail: int, since: float | None, written: float) -> list[str]:
+    """kubectl logs' --since then --tail. A line's time is the timestamp it
+    starts with (ISO 8601, or Python logging's `2026-01-02 03:04:05,678`,
+    local time), else that of the last stamped line before it; lines before
+    any stamp count as written when the file last was."""
+    if since is not None:
+        kept, when = [], None
+        for line in lines:
+            when = line_time(line) or when
+            if (when if when is not None else written) >= since:
+                kept.append(line)
+        lines = kept
+    return lines if tail < 0 else lines[len(lines) - tail :] if tail else []
+
+
+_STAMP = re.compile(
+    r"^\[?(\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(?:[.,]\d+)?(?:Z|[+-]\d{2}:?\d{2})?)"
+)
+
+
+def line_time(line: str) -> float | None:
+    match = _STAMP.match(line)
+    if match is None:
+        return None
+    text = match.group(1).replace(",", ".").replace("Z", "+00:00")
+    try:
+        return datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        return None
+
+
+def _mtime(path: str | bytes | int) -> float:
+    try:
+        return os.stat(path).st_mtime
+    except (OSError, TypeError):
+        return 0.0
+
+
+def _since(text: str) -> float:
+    from pilotfish.api.gotypes import parse_duration_ns
+
+    try:
+        return parse_duration_ns(text) / 1e9
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _all_instances(state_dir: Path, namespace: str) -> list[tuple[Path, Any]]:
+    out = []
+    for pids_file in sorted((state_dir / "instances" / namespace).glob("*/pids.json")):
+        try:
+            out.append((pids_file.parent, json.loads(pids_file.read_text())))
+        except (OSError, ValueError):
+            continue
+    return out
+
+
 def scale(args: argparse.Namespace) -> int:
-    client = Client.from_config(args.server)
+    """kubectl scale: `scale NAME --replicas N` (or the older `scale NAME N`)."""
+    if (args.count is None) == (args.replicas is None):
+        raise CliError("give the number of replicas once: --replicas N (or as REPLICAS)")
+    replicas = args.replicas if args.replicas is not None else args.count
+    if replicas < 0:
+        raise CliError(
+            "The --replicas=COUNT flag is required, and COUNT must be greater than or equal to 0"
+        )
+    type_name, _, name = args.workload.rpartition("/")
     kind = registry().resolve("Workload")
-    workload = client.get(kind, args.workload, args.namespace)
-    workload["spec"]["replicas"] = args.replicas
+    if type_name and registry().resolve(type_name) != kind:
+        raise CliError(f'only Workloads scale here, not "{type_name}"')
+    client = Client.from_config(args.server)
+    workload = client.get(kind, name, args.namespace)
+    workload["spec"]["replicas"] = replicas
     client.update(workload, manager="pilotfish-scale")
-    print(f"workload.pilotfish.dev/{args.workload} scaled to {args.replicas}")
+    print(f"workload.pilotfish.dev/{name} scaled")
     return 0
 
 
@@ -158,6 +240,12 @@ def down(args: argparse.Namespace) -> int:
     state = _state(args)
     stopped = [role for role in ("demo", "agent", "controlplane") if _stop_pid_file(state, role)]
     left = stop_leftovers(state)
+    if not stopped and not left:
+        print(
+            f"node {args.node_name}: nothing was running "
+            f"(no demo, node agent or instance in {state})"
+        )
+        return 0
     print(
         f"node {args.node_name}: stopped"
         + (f" ({', '.join(stopped)})" if stopped else "")

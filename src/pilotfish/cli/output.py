@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from datetime import UTC, datetime
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 import yaml
 
 from pilotfish.api.kinds import Kind
+from pilotfish.cli import jsonpath
 
 Obj = dict[str, Any]
 
@@ -47,13 +49,15 @@ def age(timestamp: str | None, now: datetime | None = None) -> str:
 
 
 def json_path(obj: Obj, path: str) -> Any:
-    """The value at a simple `.a.b.c` path (what CRD printer columns use), or None."""
-    value: Any = obj
-    for part in path.strip(".").split("."):
-        if not isinstance(value, dict):
-            return None
-        value = value.get(part)
-    return value
+    """A printer column's value: the first result of its JSONPath, as the
+    Kubernetes API server fills CRD columns, or None."""
+    found = jsonpath.evaluate(_column_path(path), obj)
+    return found[0] if found else None
+
+
+@functools.cache
+def _column_path(path: str) -> jsonpath.Expr:
+    return jsonpath.parse_path(path)
 
 
 def cell(value: Any, column_type: str = "string") -> str:
@@ -63,6 +67,9 @@ def cell(value: Any, column_type: str = "string") -> str:
         return age(str(value))
     if isinstance(value, bool):
         return str(value).lower()
+    if isinstance(value, dict) and value and all(isinstance(v, str) for v in value.values()):
+        # a label map (a Service's selector): key=value pairs, as kubectl shows selectors
+        return ",".join(f"{k}={v}" for k, v in sorted(value.items()))
     if isinstance(value, list | dict):
         return json.dumps(value, separators=(",", ":"))
     return str(value)

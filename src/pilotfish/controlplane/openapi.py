@@ -101,6 +101,8 @@ def _resource(kind: Kind, name: str, verbs: list[str]) -> Obj:
     }
     if kind.short_names and "/" not in name:
         entry["shortNames"] = list(kind.short_names)
+    if kind.categories and "/" not in name:
+        entry["categories"] = list(kind.categories)
     return entry
 
 
