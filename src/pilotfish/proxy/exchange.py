@@ -380,10 +380,12 @@ class Exchange:
             self.upstream_path = path
             return self.express_head(express, path)
         headers = self.forwarding_headers(target.host_rewrite or self.authority)
-        if self.down.listener.inbound:
-            self.peer_header = take_peer(headers)
-        else:
-            headers += self.down.runtime.peer_headers
+        peer = take_peer(headers)  # never forwarded as the client sent them
+        down = self.down
+        if down.mesh_peer:
+            self.peer_header = peer
+        if not down.listener.inbound:
+            headers += down.runtime.peer_headers
         if self.fx is not None:
             for mutation in self.fx.upstream_headers:
                 mutation.apply(headers)
@@ -399,11 +401,12 @@ class Exchange:
         parts = [self.method, b" ", path, b" HTTP/1.1"]
         if req.host is None:
             parts += (b"\r\nhost: ", self.authority)
-        if down.listener.inbound:
+        if down.mesh_peer:
             self.peer_header = req.peer
-            parts.append(splice(req.lines, req.cuts + req.peer_cuts))
-        else:
-            parts.append(splice(req.lines, req.cuts))
+        # The client's metadata-exchange headers never go on: outbound, this
+        # proxy says who the caller is; inbound, the app has no use for them.
+        parts.append(splice(req.lines, req.cuts + req.peer_cuts if req.peer_cuts else req.cuts))
+        if not down.listener.inbound:
             parts.append(down.runtime.peer_lines)
         xff = req.forwarded_for
         if not http.skip_xff_append:
@@ -560,8 +563,9 @@ class Exchange:
         down = self.down
         peer_lines = down.runtime.peer_lines
         parts = [status_line(resp.status)]
-        if down.listener.inbound:
-            parts += (splice(resp.lines, resp.cuts), peer_lines)
+        if down.listener.inbound:  # the local app's answer: it cannot speak for this workload
+            cuts = resp.cuts + resp.peer_cuts if resp.peer_cuts else resp.cuts
+            parts += (splice(resp.lines, cuts), peer_lines)
         elif peer_lines:  # a peer answers in kind only to a peer
             self.peer_header = resp.peer
             parts.append(splice(resp.lines, resp.cuts + resp.peer_cuts))
@@ -611,7 +615,8 @@ class Exchange:
         if self.tunnel:
             self.keep_alive = False
         headers = [(n.lower(), v) for n, v in strip_hop_by_hop(head.headers, tunnel=self.tunnel)]
-        if self.down.listener.inbound:
+        if self.down.listener.inbound:  # the local app's answer: it cannot speak for this workload
+            take_peer(headers)
             headers += self.down.runtime.peer_headers
         elif self.down.runtime.peer_headers:  # a peer answers in kind only to a peer
             self.peer_header = take_peer(headers)

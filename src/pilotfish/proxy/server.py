@@ -152,6 +152,21 @@ def access_record(ex: Exchange, elapsed: float) -> AccessRecord:
     )
 
 
+def is_mesh_peer(listener: CompiledListener, transport: asyncio.BaseTransport) -> bool:
+    """Whether a connection's client may say which workload it is with Istio's
+    metadata-exchange headers (x-envoy-peer-metadata, -id), which label the
+    golden metrics. The one place that decides it.
+
+    Outbound, the client is the local app: never; the proxy strips what it
+    sent and says who it is itself. Inbound, the client is another workload's
+    sidecar: trusted, as Istio trusts these headers on plaintext mesh traffic.
+    With mutual TLS this becomes "the peer presented a verified certificate"
+    (`transport` will carry it); until then whoever can reach an inbound
+    listener directly, bypassing its own sidecar, can still claim a name."""
+    del transport  # what the mTLS check will read
+    return listener.inbound
+
+
 class Downstream(asyncio.Protocol):
     """One client connection; requests are answered one at a time, in order."""
 
@@ -168,6 +183,7 @@ class Downstream(asyncio.Protocol):
         self.peer_address: str | None = None
         self.local_address: str | None = None
         self.exchange: Exchange | None = None
+        self.mesh_peer = False  # may say who it is (is_mesh_peer), decided once connected
         self.requests = 0
         self.body_paused = False
         self.reading_paused = False
@@ -190,6 +206,7 @@ class Downstream(asyncio.Protocol):
             self.peer, self.peer_address = peer[0], f"{peer[0]}:{peer[1]}"
         if local:
             self.local_address = f"{local[0]}:{local[1]}"
+        self.mesh_peer = is_mesh_peer(self.listener, transport)
         self.stats.downstream_cx_total += 1
         self.stats.downstream_cx_active += 1
         self.listener_stats.downstream_cx_total += 1

@@ -5,6 +5,8 @@ that would hold every upstream slot. Raw sockets, curl and real backends."""
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import socket
 import threading
 import time
@@ -12,6 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
+from google.protobuf import struct_pb2
 from harness import (
     Backend,
     Proxy,
@@ -24,6 +27,7 @@ from harness import (
     static_cluster,
     vhost,
 )
+from prometheus_client.parser import text_string_to_metric_families
 
 SMUGGLED = b"GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n"
 
@@ -122,11 +126,11 @@ def test_duplicate_identical_content_length_is_400(served: Served, app: Backend)
     assert paths_seen(app, settle=0) == []
 
 
-class NominatingBackend:
-    """Answers every request with a Content-Length response whose Connection
-    header nominates Content-Length, and keeps the connection open."""
+class ScriptedBackend:
+    """Answers every request it reads with `answer`, keeping the connection open."""
 
-    def __init__(self) -> None:
+    def __init__(self, answer: bytes) -> None:
+        self.answer = answer
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
         threading.Thread(target=self.serve, daemon=True).start()
@@ -137,21 +141,20 @@ class NominatingBackend:
                 conn, _ = self.sock.accept()
             except OSError:
                 return
-            threading.Thread(target=self.answer, args=(conn,), daemon=True).start()
+            threading.Thread(target=self.converse, args=(conn,), daemon=True).start()
 
-    def answer(self, conn: socket.socket) -> None:
-        with conn:
+    def converse(self, conn: socket.socket) -> None:
+        with conn, contextlib.suppress(OSError):
             while conn.recv(65536):
-                conn.sendall(
-                    b"HTTP/1.1 200 OK\r\nConnection: content-length\r\n"
-                    b"Content-Length: 5\r\n\r\nhello"
-                )
+                conn.sendall(self.answer)
 
 
 def test_a_response_keeps_its_content_length_whatever_connection_says(start_proxy) -> None:
     """Without the fix the client got neither Content-Length nor chunked on a
     kept-alive connection: it cannot tell where the response ends."""
-    nominating = NominatingBackend()
+    nominating = ScriptedBackend(
+        b"HTTP/1.1 200 OK\r\nConnection: content-length\r\nContent-Length: 5\r\n\r\nhello"
+    )
     port = free_port()
     start_proxy(
         [listener("in", port, [vhost("all", ["*"], [route("raw")])])],
@@ -163,3 +166,109 @@ def test_a_response_keeps_its_content_length_whatever_connection_says(start_prox
     assert response.headers.get("content-length") == "5"
     assert response.body == b"hello"
     nominating.sock.close()
+
+
+# -- the metadata exchange: who a caller is, is said by its sidecar --------------------------
+
+CALLER_ID = "sidecar~127.0.0.1~productpage-v1-abc.default~default.svc.cluster.local"
+CALLEE = {
+    "WORKLOAD_NAME": "reviews-v1",
+    "NAMESPACE": "default",
+    "LABELS": {"app": "reviews", "version": "v1"},
+}
+
+
+def forged_metadata(workload: str, namespace: str) -> str:
+    meta = struct_pb2.Struct()
+    meta.update({"WORKLOAD_NAME": workload, "NAMESPACE": namespace, "LABELS": {"app": workload}})
+    return base64.b64encode(meta.SerializeToString(deterministic=True)).decode()
+
+
+FORGED = {
+    "x-envoy-peer-metadata": forged_metadata("ratings-v1", "admin"),
+    "x-envoy-peer-metadata-id": "sidecar~10.0.0.9~ratings-v1-xyz.admin~admin.svc.cluster.local",
+}
+# The express way (a plain request), and the long way (Connection naming a header).
+WAYS = pytest.mark.parametrize("extra", [{}, {"Connection": "keep-alive, x-hop", "x-hop": "1"}])
+
+
+def samples(proxy: Proxy, name: str) -> list[dict[str, str]]:
+    status, text = proxy.admin_get("/stats/prometheus")
+    assert status == 200
+    return [
+        dict(s.labels)
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == name
+    ]
+
+
+@WAYS
+def test_outbound_replaces_what_the_app_claims(start_proxy, make_backend, extra) -> None:
+    """The upstream gets this sidecar's metadata only, once: not the app's
+    forgery in front of it (a peer that reads the first value, as Envoy's
+    header map does, would believe the forgery)."""
+    app = make_backend("reviews")
+    port = free_port()
+    start_proxy(
+        [listener("out", port, [vhost("all", ["*"], [route("reviews")])], outbound=True)],
+        [static_cluster("reviews", [app.port])],
+    )
+    seen = curl(f"http://127.0.0.1:{port}/echo", headers={**FORGED, **extra}).json()["headers"]
+    assert seen["x-envoy-peer-metadata-id"] == CALLER_ID
+    assert FORGED["x-envoy-peer-metadata"] not in seen["x-envoy-peer-metadata"]
+    assert "," not in seen["x-envoy-peer-metadata"]  # one value: the proxy's own
+
+
+@WAYS
+def test_the_callee_metrics_name_the_real_caller(start_proxy, make_backend, extra) -> None:
+    """App -> its sidecar (outbound) -> the callee's sidecar (inbound) -> app:
+    the callee's istio_requests_total names productpage-v1, whatever the
+    calling app put in the metadata-exchange headers."""
+    app = make_backend("reviews")
+    inbound_port, outbound_port = free_port(), free_port()
+    callee = start_proxy(
+        [listener("in", inbound_port, [vhost("all", ["*"], [route("app")])], inbound=True)],
+        [static_cluster("app", [app.port])],
+        node_metadata=CALLEE,
+    )
+    start_proxy(
+        [listener("out", outbound_port, [vhost("all", ["*"], [route("reviews")])], outbound=True)],
+        [static_cluster("reviews", [inbound_port])],
+    )
+    response = curl(f"http://127.0.0.1:{outbound_port}/echo", headers={**FORGED, **extra})
+    assert response.status == 200
+    seen = response.json()["headers"]
+    assert "x-envoy-peer-metadata" not in seen  # the inbound side keeps them from the app
+    sources = {
+        (s["source_workload"], s["source_workload_namespace"])
+        for s in samples(callee, "istio_requests_total")
+        if s["reporter"] == "destination"
+    }
+    assert sources == {("productpage-v1", "default")}
+
+
+def test_inbound_replaces_what_the_app_answers(start_proxy) -> None:
+    """The callee's app cannot speak for its workload either: the caller's
+    sidecar gets the callee sidecar's metadata only."""
+    forging = ScriptedBackend(
+        b"HTTP/1.1 200 OK\r\nx-envoy-peer-metadata: "
+        + FORGED["x-envoy-peer-metadata"].encode()
+        + b"\r\nx-envoy-peer-metadata-id: forged\r\nContent-Length: 2\r\n\r\nok"
+    )
+    port = free_port()
+    start_proxy(
+        [listener("in", port, [vhost("all", ["*"], [route("app")])], inbound=True)],
+        [static_cluster("app", [forging.port])],
+        node_metadata=CALLEE,
+    )
+    for request in (
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",  # the express way
+        b"GET / HTTP/1.1\r\nHost: x\r\nConnection: x-hop\r\n\r\n",  # the long way
+    ):
+        raw = raw_exchange(port, request, timeout=2, read_until_close=False)
+        head = raw.partition(b"\r\n\r\n")[0].lower()
+        assert head.count(b"x-envoy-peer-metadata:") == 1, raw
+        assert FORGED["x-envoy-peer-metadata"].lower().encode() not in head
+        assert b"x-envoy-peer-metadata-id: forged" not in head
+    forging.sock.close()
