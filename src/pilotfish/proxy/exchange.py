@@ -108,6 +108,7 @@ class Exchange:
         "conn",
         "deadline",
         "deadline_at",
+        "details",
         "done",
         "down",
         "express",
@@ -197,6 +198,7 @@ class Exchange:
         self.holds_retry = False  # and a retry slot
         self.peer_header: bytes | None = None  # the other side's x-envoy-peer-metadata
         self.generated_id: bytes | None = None  # the x-request-id the proxy made up
+        self.details: str | None = None  # Envoy's response code details, where a local reply says
         self.done = False
         self._headers: Headers | None = None
 
@@ -332,6 +334,9 @@ class Exchange:
         if self.head.upgrade and not self.upgrade_allowed():
             self.local(403, b"", "")
             return
+        if not self.body_done and self.buffers_body_first():
+            self.forward_after_body(action)
+            return
         if not cluster.breakers.try_acquire_request():
             self.local(503, FAILURE_BODIES["UO"][1], "UO")
             return
@@ -353,6 +358,27 @@ class Exchange:
             self.deadline_at = now + action.timeout
             self.arm_deadline(now, PRECISE_WITHIN_S)
         self.try_once()
+
+    def buffers_body_first(self) -> bool:
+        """A body small enough to keep whole is read before the request takes
+        an upstream slot (a circuit breaker's request, a pool's connection),
+        so that clients who send bodies slowly hold only their own connection
+        and cannot starve the others. Bigger bodies stream, bounded by the
+        listener's request_timeout."""
+        length = self.head.content_length
+        return length is not None and length <= MAX_BUFFERED_BODY and not self.head.upgrade
+
+    def forward_after_body(self, action: Forward) -> None:
+        if self.head.expect_continue:
+            self.down.write(CONTINUE_RESPONSE)  # or the client never sends the body
+        self.on_body_done = (*self.on_body_done, lambda: self.forward(action))
+
+    def request_timed_out(self) -> None:
+        """The listener's request_timeout passed before the whole request came:
+        Envoy's local reply, 408 `request timeout`."""
+        self.details = "request_overall_timeout"
+        self.drop_upstream()
+        self.local(408, b"request timeout", "")
 
     def arm_deadline(self, now: float, horizon: float) -> None:
         """Set the route timeout's timer once it is within `horizon`. A timer

@@ -149,6 +149,7 @@ def access_record(ex: Exchange, elapsed: float) -> AccessRecord:
         downstream_remote_address=ex.down.peer_address,
         downstream_local_address=ex.down.local_address,
         route_name=ex.route.name if ex.route is not None and ex.route.name else None,
+        response_code_details=ex.details,
     )
 
 
@@ -346,13 +347,19 @@ class Downstream(asyncio.Protocol):
     # -- timers ---------------------------------------------------------------------------
 
     def check_timers(self, now: float) -> None:
-        """Called every TIMER_SWEEP_S: 408 for a head that is too slow, close a
-        connection idle too long, arm a route timeout that is near (timers
-        per request would cost more)."""
-        if self.exchange is not None:
-            self.exchange.arm_deadline(now, 2 * TIMER_SWEEP_S)
-            return
+        """Called every TIMER_SWEEP_S: 408 for a head, or a whole request, that
+        is too slow, close a connection idle too long, arm a route timeout
+        that is near (timers per request would cost more)."""
         http = self.listener.http
+        exchange = self.exchange
+        if exchange is not None:
+            timeout = http.request_timeout
+            if timeout and not exchange.body_done and now - exchange.started > timeout:
+                self.stats.downstream_rq_timeout += 1
+                exchange.request_timed_out()
+            else:
+                exchange.arm_deadline(now, 2 * TIMER_SWEEP_S)
+            return
         if self.head_since and http.request_headers_timeout:
             if now - self.head_since > http.request_headers_timeout:
                 self.stats.downstream_rq_header_timeout += 1

@@ -272,3 +272,82 @@ def test_inbound_replaces_what_the_app_answers(start_proxy) -> None:
         assert FORGED["x-envoy-peer-metadata"].lower().encode() not in head
         assert b"x-envoy-peer-metadata-id: forged" not in head
     forging.sock.close()
+
+
+# -- slow bodies: a request timeout, and slots only for requests ready to go -----------------
+
+LIMITS = {"thresholds": [{"max_connections": 2, "max_pending_requests": 2, "max_requests": 2}]}
+
+
+def slow_post(port: int, head: bytes) -> socket.socket:
+    """A client that sends a head and the start of its body, then stalls."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+    s.sendall(head)
+    return s
+
+
+def read_all(s: socket.socket) -> bytes:
+    data = b""
+    with contextlib.suppress(OSError):
+        while chunk := s.recv(65536):
+            data += chunk
+    return data
+
+
+def test_slow_bodies_do_not_starve_other_requests(start_proxy, make_backend) -> None:
+    """Many more slow POSTs than the cluster has request slots: a normal
+    request still gets through at once (without the fix: 503, overflow, until
+    the slow clients finish or time out)."""
+    app = make_backend("app")
+    port = free_port()
+    start_proxy(
+        [listener("in", port, [vhost("all", ["*"], [route("app")])], request_timeout="30s")],
+        [static_cluster("app", [app.port], circuit_breakers=LIMITS)],
+    )
+    head = b"POST /upload HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 1000\r\n\r\n"
+    slow = [slow_post(port, head + b"a" * 10) for _ in range(8)]
+    try:
+        time.sleep(0.3)
+        started = time.monotonic()
+        for _ in range(3):
+            response = curl(f"http://127.0.0.1:{port}/echo", timeout=3)
+            assert response.status == 200, (response.status, response.headers)
+        assert time.monotonic() - started < 2
+        # A slow client that finishes is served in full.
+        slow[0].sendall(b"b" * 990)
+        answer = read_all(slow[0])
+        assert status_of(answer) == 200
+        assert b"1000" in answer.partition(b"\r\n\r\n")[2]
+    finally:
+        for s in slow:
+            s.close()
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\nabc",
+        b"POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n",
+    ],
+    ids=["buffered", "streamed"],
+)
+def test_a_request_slower_than_request_timeout_is_408(start_proxy, make_backend, head) -> None:
+    app = make_backend("app")
+    port = free_port()
+    proxy = start_proxy(
+        [listener("in", port, [vhost("all", ["*"], [route("app")])], request_timeout="1s")],
+        [static_cluster("app", [app.port], circuit_breakers=LIMITS)],
+    )
+    started = time.monotonic()
+    with slow_post(port, head) as s:
+        answer = read_all(s)
+    elapsed = time.monotonic() - started
+    assert status_of(answer) == 408
+    assert answer.endswith(b"\r\n\r\nrequest timeout")
+    assert b"connection: close" in answer.lower()
+    assert 0.9 <= elapsed < 3, elapsed
+    text = proxy.admin_get("/stats")[1]
+    stats = dict(line.split(": ") for line in text.splitlines())
+    assert stats["http.in.downstream_rq_timeout"] == "1"
+    assert stats["cluster.app.upstream_rq_active"] == "0"  # its slot, if it took one, is back
+    assert curl(f"http://127.0.0.1:{port}/echo").status == 200
