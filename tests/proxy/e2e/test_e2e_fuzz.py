@@ -9,7 +9,7 @@ import socket
 import threading
 from typing import Any
 
-from harness import curl, free_port, listener, route, static_cluster, vhost
+from harness import RawServer, curl, free_port, listener, route, static_cluster, vhost
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -85,24 +85,14 @@ def test_hostile_bytes_never_break_the_proxy(start_proxy, make_backend) -> None:
     assert "Traceback" not in errors and "Exception" not in errors, errors[-3000:]
 
 
-class RawBackend:
+class RawBackend(RawServer):
     """Answers every connection with the bytes in `answer`, then closes."""
 
-    def __init__(self) -> None:
-        self.answer = b""
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        threading.Thread(target=self.serve, daemon=True).start()
+    answer = b""
 
-    def serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            with conn:
-                conn.recv(65536)
-                conn.sendall(self.answer)
+    def converse(self, conn: socket.socket) -> None:
+        conn.recv(65536)
+        conn.sendall(self.answer)
 
 
 def test_hostile_upstream_answers_are_503_upe(start_proxy) -> None:
@@ -126,7 +116,7 @@ def test_hostile_upstream_answers_are_503_upe(start_proxy) -> None:
             answer,
             response.headers,
         )
-    raw.sock.close()
+    raw.close()
 
 
 def test_local_answers_keep_the_connection(start_proxy, make_backend) -> None:
@@ -275,7 +265,7 @@ def parsed_requests(data: bytes, eof: bool) -> tuple[list[tuple[bytes, bytes, by
     return found, valid
 
 
-class RecordingBackend:
+class RecordingBackend(RawServer):
     """Reads each upstream connection with a parser of its own, as a backend
     would, answers every complete request with an empty 200, and records
     what it read: the requests, and the bytes it could not parse."""
@@ -284,34 +274,21 @@ class RecordingBackend:
         self.lock = threading.Lock()
         self.requests: list[tuple[bytes, bytes, bytes]] = []
         self.garbled: list[bytes] = []
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        threading.Thread(target=self.serve, daemon=True).start()
+        super().__init__()
 
-    def serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self.connection, args=(conn,), daemon=True).start()
-
-    def connection(self, conn: socket.socket) -> None:
+    def converse(self, conn: socket.socket) -> None:
         received, answered = b"", 0
-        with conn, contextlib.suppress(OSError):  # the proxy may reset a connection it drops
-            while chunk := conn.recv(65536):
-                received += chunk
-                found, valid = parsed_requests(received, eof=False)
-                with self.lock:
-                    self.requests += found[answered:]
-                    if not valid:
-                        self.garbled.append(received)
+        while chunk := conn.recv(65536):
+            received += chunk
+            found, valid = parsed_requests(received, eof=False)
+            with self.lock:
+                self.requests += found[answered:]
                 if not valid:
-                    return
-                conn.sendall(
-                    b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n" * (len(found) - answered)
-                )
-                answered = len(found)
+                    self.garbled.append(received)
+            if not valid:
+                return
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n" * (len(found) - answered))
+            answered = len(found)
 
 
 def is_subsequence(part: list[Any], whole: list[Any]) -> bool:
@@ -355,4 +332,4 @@ def test_the_backend_reads_exactly_what_the_proxy_forwarded(start_proxy) -> None
         assert is_subsequence(read, forwarded), (data, read, forwarded)
 
     differential()
-    backend.sock.close()
+    backend.close()

@@ -8,7 +8,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,13 +17,14 @@ from google.protobuf import struct_pb2
 from harness import (
     Backend,
     Proxy,
+    RawServer,
     curl,
     free_port,
     listener,
-    parse_head,
     raw_exchange,
     route,
     static_cluster,
+    status_of,
     vhost,
 )
 from prometheus_client.parser import text_string_to_metric_families
@@ -63,11 +63,6 @@ def paths_seen(backend: Backend, settle: float = 0.3) -> list[str]:
     time.sleep(settle)  # a smuggled request would reach the backend just after the first
     with backend._lock:
         return [seen.path for seen in backend.requests]
-
-
-def status_of(raw: bytes) -> int:
-    assert raw.startswith(b"HTTP/1.1 "), raw[:200]
-    return parse_head(raw.partition(b"\r\n\r\n")[0])[0]
 
 
 # -- Connection may not remove framing (or what the proxy relies on) -------------------------
@@ -126,27 +121,16 @@ def test_duplicate_identical_content_length_is_400(served: Served, app: Backend)
     assert paths_seen(app, settle=0) == []
 
 
-class ScriptedBackend:
+class ScriptedBackend(RawServer):
     """Answers every request it reads with `answer`, keeping the connection open."""
 
     def __init__(self, answer: bytes) -> None:
         self.answer = answer
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        threading.Thread(target=self.serve, daemon=True).start()
-
-    def serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self.converse, args=(conn,), daemon=True).start()
+        super().__init__()
 
     def converse(self, conn: socket.socket) -> None:
-        with conn, contextlib.suppress(OSError):
-            while conn.recv(65536):
-                conn.sendall(self.answer)
+        while conn.recv(65536):
+            conn.sendall(self.answer)
 
 
 def test_a_response_keeps_its_content_length_whatever_connection_says(start_proxy) -> None:
@@ -165,7 +149,7 @@ def test_a_response_keeps_its_content_length_whatever_connection_says(start_prox
     assert response.status == 200
     assert response.headers.get("content-length") == "5"
     assert response.body == b"hello"
-    nominating.sock.close()
+    nominating.close()
 
 
 # -- the metadata exchange: who a caller is, is said by its sidecar --------------------------
@@ -271,7 +255,7 @@ def test_inbound_replaces_what_the_app_answers(start_proxy) -> None:
         assert head.count(b"x-envoy-peer-metadata:") == 1, raw
         assert FORGED["x-envoy-peer-metadata"].lower().encode() not in head
         assert b"x-envoy-peer-metadata-id: forged" not in head
-    forging.sock.close()
+    forging.close()
 
 
 # -- slow bodies: a request timeout, and slots only for requests ready to go -----------------
