@@ -189,6 +189,7 @@ class Downstream(asyncio.Protocol):
         self.body_paused = False
         self.reading_paused = False
         self.held = 0  # bytes read past the current request (pipelined)
+        self.early: list[bytes] = []  # those bytes, after an express request: not parsed yet
         self.dispatching = False  # inside dispatch: a finished exchange waits for it
         self.next_pending = False
         self.closed = False
@@ -231,9 +232,19 @@ class Downstream(asyncio.Protocol):
             if express is not None:
                 self.begin(express)
                 return
-        if self.exchange is None:
+        exchange = self.exchange
+        if exchange is None:
             if not self.head_since:
                 self.head_since = time.monotonic()
+        elif exchange.express is not None:
+            # The parser never saw the request in flight (it went the express
+            # way), so it would start these bytes as a request now, answered
+            # before or instead of that one: they wait for its response.
+            self.early.append(data)
+            self.held += len(data)
+            if self.held > MAX_HELD_BYTES:
+                self.set_reading()
+            return
         elif self.parser.paused:
             # Bytes after the current request wait in the parser. Reading goes on,
             # so that a client who leaves is noticed (DC), up to a bound.
@@ -329,6 +340,9 @@ class Downstream(asyncio.Protocol):
         if self.exchange is None:
             self.idle_since = time.monotonic()
         self.held = 0
+        if self.early:
+            early, self.early = self.early, []
+            self.data_received(b"".join(early))  # as if read now
         self.set_reading()
 
     def refuse(self, error: ProtocolError) -> None:

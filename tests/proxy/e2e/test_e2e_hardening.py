@@ -65,6 +65,15 @@ def paths_seen(backend: Backend, settle: float = 0.3) -> list[str]:
         return [seen.path for seen in backend.requests]
 
 
+def read_all(s: socket.socket) -> bytes:
+    """What comes back until the proxy closes."""
+    data = b""
+    with contextlib.suppress(OSError):
+        while chunk := s.recv(65536):
+            data += chunk
+    return data
+
+
 # -- Connection may not remove framing (or what the proxy relies on) -------------------------
 
 
@@ -119,6 +128,25 @@ def test_duplicate_identical_content_length_is_400(served: Served, app: Backend)
     assert status_of(raw) == 400
     assert raw.count(b"HTTP/1.1 ") == 1
     assert paths_seen(app, settle=0) == []
+
+
+def test_a_request_read_while_another_is_answered_waits_its_turn(
+    served: Served, app: Backend
+) -> None:
+    """HTTP/1.1 answers in order. The second request comes in a read of its
+    own while the first (read the express way) waits for its slow answer;
+    without the fix it was forwarded at once, and the client got only its
+    answer: the first request's answer was lost, and a client pairing
+    answers with requests took the second's for the first."""
+    with socket.create_connection(("127.0.0.1", served.port), timeout=5) as s:
+        s.sendall(b"GET /echo?delay=0.5&n=1 HTTP/1.1\r\nHost: x\r\n\r\n")
+        time.sleep(0.1)
+        s.sendall(b"GET /echo?n=2 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        answers = read_all(s)
+    assert answers.count(b"HTTP/1.1 200 ") == 2, answers
+    first, second = answers.index(b"n=1"), answers.index(b"n=2")
+    assert first < second
+    assert paths_seen(app, settle=0) == ["/echo?delay=0.5&n=1", "/echo?n=2"]
 
 
 class ScriptedBackend(RawServer):
@@ -268,14 +296,6 @@ def slow_post(port: int, head: bytes) -> socket.socket:
     s = socket.create_connection(("127.0.0.1", port), timeout=5)
     s.sendall(head)
     return s
-
-
-def read_all(s: socket.socket) -> bytes:
-    data = b""
-    with contextlib.suppress(OSError):
-        while chunk := s.recv(65536):
-            data += chunk
-    return data
 
 
 def test_slow_bodies_do_not_starve_other_requests(start_proxy, make_backend) -> None:
