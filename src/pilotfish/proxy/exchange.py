@@ -613,6 +613,13 @@ class Exchange:
         Continue from the proxy already."""
         if head.status < 200 and head.status != 101:
             return b""
+        if head.upgrade and not self.head.upgrade:
+            # A switch the request did not ask for: forwarded, the client would
+            # take the connection as switched while the proxy reads it as HTTP.
+            self.drop_upstream()
+            self.report(LocalOrigin.RESET)
+            self.try_failed("UPE")
+            return None
         if not self.accept_response(head.status, head.keep_alive):
             return None
         return self.respond(head)

@@ -180,6 +180,25 @@ def test_a_response_keeps_its_content_length_whatever_connection_says(start_prox
     nominating.close()
 
 
+def test_a_switch_nobody_asked_for_is_503_upe(start_proxy) -> None:
+    """An upstream answering 101 to a request that asked for no upgrade
+    cannot be forwarded: the client would believe the protocol switched
+    while the proxy still reads it as HTTP (without the fix: a 101 to a
+    plain GET, then a connection that went nowhere)."""
+    switching = ScriptedBackend(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+    )
+    port = free_port()
+    start_proxy(
+        [listener("in", port, [vhost("all", ["*"], [route("app")])])],
+        [static_cluster("app", [switching.port])],
+    )
+    response = curl(f"http://127.0.0.1:{port}/", timeout=3)
+    assert response.status == 503
+    assert response.headers.get("x-pilotfish-flags") == "UPE"
+    switching.close()
+
+
 # -- the metadata exchange: who a caller is, is said by its sidecar --------------------------
 
 CALLER_ID = "sidecar~127.0.0.1~productpage-v1-abc.default~default.svc.cluster.local"
