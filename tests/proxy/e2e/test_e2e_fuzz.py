@@ -218,11 +218,11 @@ LAST: Request = (b"GET", b"TAG/last", [(b"Connection", b"close")], b"")
 
 def converse(port: int, pieces: list[bytes], apart: bool) -> bytes:
     """Send the pieces, in one write or `apart` (a write each, a moment
-    between), and read until the proxy closes (or goes quiet for a second: a
+    between), and read until the proxy closes (or goes quiet for half a second: a
     request left waiting for the rest of its body)."""
     received = b""
     with (
-        socket.create_connection(("127.0.0.1", port), timeout=1) as s,
+        socket.create_connection(("127.0.0.1", port), timeout=0.5) as s,
         contextlib.suppress(TimeoutError, ConnectionError),  # it may close early: a 400
     ):
         if apart:
@@ -325,7 +325,7 @@ def test_the_backend_reads_exactly_what_the_proxy_forwarded(start_proxy) -> None
     )
 
     @settings(
-        max_examples=250,
+        max_examples=200,
         deadline=None,
         suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
     )

@@ -335,7 +335,7 @@ def test_slow_bodies_do_not_starve_other_requests(start_proxy, make_backend) -> 
         for _ in range(3):
             response = curl(f"http://127.0.0.1:{port}/echo", timeout=3)
             assert response.status == 200, (response.status, response.headers)
-        assert time.monotonic() - started < 2
+        assert time.monotonic() - started < 5  # the slow clients wait 30 s for theirs
         # A slow client that finishes is served in full.
         slow[0].sendall(b"b" * 990)
         answer = read_all(slow[0])
