@@ -380,6 +380,14 @@ class Exchange:
         self.drop_upstream()
         self.local(408, b"request timeout", "")
 
+    def stream_idle_timed_out(self) -> None:
+        """No byte moved either way for the listener's stream_idle_timeout:
+        Envoy's 408 (request incomplete) or 504 `stream timeout`, flag SI; a
+        response already begun is cut short."""
+        self.details = "stream_idle_timeout"
+        self.drop_upstream()
+        self.local(504 if self.body_done else 408, b"stream timeout", "SI")
+
     def arm_deadline(self, now: float, horizon: float) -> None:
         """Set the route timeout's timer once it is within `horizon`. A timer
         per request costs more than most requests, so the connection's sweep

@@ -195,6 +195,10 @@ class Downstream(asyncio.Protocol):
         self.closed = False
         self.head_since = 0.0  # when the first byte of a request's head came; 0: none
         self.idle_since = 0.0  # when the connection last became idle; 0: busy
+        # The sweep's view of the exchange in flight, for stream_idle_timeout.
+        self.watched: Exchange | None = None
+        self.moved = 0  # its bytes moved, both ways, when last seen changing
+        self.moved_at = 0.0
 
     def __repr__(self) -> str:
         return f"<Downstream {self.peer} on {self.listener.name} requests={self.requests}>"
@@ -367,10 +371,13 @@ class Downstream(asyncio.Protocol):
         http = self.listener.http
         exchange = self.exchange
         if exchange is not None:
-            timeout = http.request_timeout
+            timeout, idle = http.request_timeout, http.stream_idle_timeout
             if timeout and not exchange.body_done and now - exchange.started > timeout:
                 self.stats.downstream_rq_timeout += 1
                 exchange.request_timed_out()
+            elif idle and self.stream_idle(exchange, now) > idle:
+                self.stats.downstream_rq_idle_timeout += 1
+                exchange.stream_idle_timed_out()
             else:
                 exchange.arm_deadline(now, 2 * TIMER_SWEEP_S)
             return
@@ -383,6 +390,14 @@ class Downstream(asyncio.Protocol):
         elif self.idle_since and http.idle_timeout and now - self.idle_since > http.idle_timeout:
             self.stats.downstream_cx_idle_timeout += 1
             self.close()
+
+    def stream_idle(self, exchange: Exchange, now: float) -> float:
+        """How long no byte of `exchange` has moved either way, as the sweep
+        sees it: it compares the byte counts, so moving bytes costs nothing."""
+        moved = exchange.request_bytes + exchange.response_bytes + exchange.responding
+        if exchange is not self.watched or moved != self.moved:
+            self.watched, self.moved, self.moved_at = exchange, moved, now
+        return now - self.moved_at
 
     # -- used by the exchange -------------------------------------------------------------
 

@@ -374,3 +374,30 @@ def test_a_request_slower_than_request_timeout_is_408(start_proxy, make_backend,
     assert stats["http.in.downstream_rq_timeout"] == "1"
     assert stats["cluster.app.upstream_rq_active"] == "0"  # its slot, if it took one, is back
     assert curl(f"http://127.0.0.1:{port}/echo").status == 200
+
+
+def test_a_request_with_nothing_moving_for_stream_idle_timeout_ends(
+    start_proxy, make_backend
+) -> None:
+    """Envoy's stream_idle_timeout (accepted before, ignored): no byte either
+    way for that long gives 504 `stream timeout`, flag SI, when the request
+    was complete, 408 when the client stalled mid-body."""
+    app = make_backend("app")
+    port = free_port()
+    proxy = start_proxy(
+        [listener("in", port, [vhost("all", ["*"], [route("app")])], stream_idle_timeout="1s")],
+        [static_cluster("app", [app.port])],
+    )
+    started = time.monotonic()
+    response = curl(f"http://127.0.0.1:{port}/echo?delay=4", timeout=6)
+    assert (response.status, response.body) == (504, b"stream timeout")
+    assert response.headers.get("x-pilotfish-flags") == "SI"
+    assert time.monotonic() - started < 3
+    stalled = b"POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n"
+    with slow_post(port, stalled) as s:
+        answer = read_all(s)
+    assert status_of(answer) == 408
+    assert b"x-pilotfish-flags: SI" in answer
+    text = proxy.admin_get("/stats")[1]
+    stats = dict(line.split(": ") for line in text.splitlines())
+    assert stats["http.in.downstream_rq_idle_timeout"] == "2"
