@@ -381,6 +381,7 @@ class Downstream(asyncio.Protocol):
             else:
                 exchange.arm_deadline(now, 2 * TIMER_SWEEP_S)
             return
+        self.watched = None  # a finished exchange (and its buffers) is not kept alive
         if self.head_since and http.request_headers_timeout:
             if now - self.head_since > http.request_headers_timeout:
                 self.stats.downstream_rq_header_timeout += 1
