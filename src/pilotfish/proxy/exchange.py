@@ -108,6 +108,7 @@ class Exchange:
         "conn",
         "deadline",
         "deadline_at",
+        "details",
         "done",
         "down",
         "express",
@@ -197,6 +198,7 @@ class Exchange:
         self.holds_retry = False  # and a retry slot
         self.peer_header: bytes | None = None  # the other side's x-envoy-peer-metadata
         self.generated_id: bytes | None = None  # the x-request-id the proxy made up
+        self.details: str | None = None  # Envoy's response code details, where a local reply says
         self.done = False
         self._headers: Headers | None = None
 
@@ -332,6 +334,9 @@ class Exchange:
         if self.head.upgrade and not self.upgrade_allowed():
             self.local(403, b"", "")
             return
+        if not self.body_done and self.buffers_body_first():
+            self.forward_after_body(action)
+            return
         if not cluster.breakers.try_acquire_request():
             self.local(503, FAILURE_BODIES["UO"][1], "UO")
             return
@@ -353,6 +358,35 @@ class Exchange:
             self.deadline_at = now + action.timeout
             self.arm_deadline(now, PRECISE_WITHIN_S)
         self.try_once()
+
+    def buffers_body_first(self) -> bool:
+        """A body small enough to keep whole is read before the request takes
+        an upstream slot (a circuit breaker's request, a pool's connection),
+        so that clients who send bodies slowly hold only their own connection
+        and cannot starve the others. Bigger bodies stream, bounded by the
+        listener's request_timeout."""
+        length = self.head.content_length
+        return length is not None and length <= MAX_BUFFERED_BODY and not self.head.upgrade
+
+    def forward_after_body(self, action: Forward) -> None:
+        if self.head.expect_continue:
+            self.down.write(CONTINUE_RESPONSE)  # or the client never sends the body
+        self.on_body_done = (*self.on_body_done, lambda: self.forward(action))
+
+    def request_timed_out(self) -> None:
+        """The listener's request_timeout passed before the whole request came:
+        Envoy's local reply, 408 `request timeout`."""
+        self.details = "request_overall_timeout"
+        self.drop_upstream()
+        self.local(408, b"request timeout", "")
+
+    def stream_idle_timed_out(self) -> None:
+        """No byte moved either way for the listener's stream_idle_timeout:
+        Envoy's 408 (request incomplete) or 504 `stream timeout`, flag SI; a
+        response already begun is cut short."""
+        self.details = "stream_idle_timeout"
+        self.drop_upstream()
+        self.local(504 if self.body_done else 408, b"stream timeout", "SI")
 
     def arm_deadline(self, now: float, horizon: float) -> None:
         """Set the route timeout's timer once it is within `horizon`. A timer
@@ -380,10 +414,12 @@ class Exchange:
             self.upstream_path = path
             return self.express_head(express, path)
         headers = self.forwarding_headers(target.host_rewrite or self.authority)
-        if self.down.listener.inbound:
-            self.peer_header = take_peer(headers)
-        else:
-            headers += self.down.runtime.peer_headers
+        peer = take_peer(headers)  # never forwarded as the client sent them
+        down = self.down
+        if down.mesh_peer:
+            self.peer_header = peer
+        if not down.listener.inbound:
+            headers += down.runtime.peer_headers
         if self.fx is not None:
             for mutation in self.fx.upstream_headers:
                 mutation.apply(headers)
@@ -399,11 +435,12 @@ class Exchange:
         parts = [self.method, b" ", path, b" HTTP/1.1"]
         if req.host is None:
             parts += (b"\r\nhost: ", self.authority)
-        if down.listener.inbound:
+        if down.mesh_peer:
             self.peer_header = req.peer
-            parts.append(splice(req.lines, req.cuts + req.peer_cuts))
-        else:
-            parts.append(splice(req.lines, req.cuts))
+        # The client's metadata-exchange headers never go on: outbound, this
+        # proxy says who the caller is; inbound, the app has no use for them.
+        parts.append(splice(req.lines, req.cuts + req.peer_cuts if req.peer_cuts else req.cuts))
+        if not down.listener.inbound:
             parts.append(down.runtime.peer_lines)
         xff = req.forwarded_for
         if not http.skip_xff_append:
@@ -560,8 +597,9 @@ class Exchange:
         down = self.down
         peer_lines = down.runtime.peer_lines
         parts = [status_line(resp.status)]
-        if down.listener.inbound:
-            parts += (splice(resp.lines, resp.cuts), peer_lines)
+        if down.listener.inbound:  # the local app's answer: it cannot speak for this workload
+            cuts = resp.cuts + resp.peer_cuts if resp.peer_cuts else resp.cuts
+            parts += (splice(resp.lines, cuts), peer_lines)
         elif peer_lines:  # a peer answers in kind only to a peer
             self.peer_header = resp.peer
             parts.append(splice(resp.lines, resp.cuts + resp.peer_cuts))
@@ -583,6 +621,13 @@ class Exchange:
         Continue from the proxy already."""
         if head.status < 200 and head.status != 101:
             return b""
+        if head.upgrade and not self.head.upgrade:
+            # A switch the request did not ask for: forwarded, the client would
+            # take the connection as switched while the proxy reads it as HTTP.
+            self.drop_upstream()
+            self.report(LocalOrigin.RESET)
+            self.try_failed("UPE")
+            return None
         if not self.accept_response(head.status, head.keep_alive):
             return None
         return self.respond(head)
@@ -611,7 +656,8 @@ class Exchange:
         if self.tunnel:
             self.keep_alive = False
         headers = [(n.lower(), v) for n, v in strip_hop_by_hop(head.headers, tunnel=self.tunnel)]
-        if self.down.listener.inbound:
+        if self.down.listener.inbound:  # the local app's answer: it cannot speak for this workload
+            take_peer(headers)
             headers += self.down.runtime.peer_headers
         elif self.down.runtime.peer_headers:  # a peer answers in kind only to a peer
             self.peer_header = take_peer(headers)

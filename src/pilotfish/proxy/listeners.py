@@ -27,6 +27,11 @@ HCM_NAME = "envoy.filters.network.http_connection_manager"
 DEFAULT_MAX_HEADERS_KB = 60
 # Envoy has no default; a slow-headers guard is what a sidecar wants (0s in the config disables it).
 DEFAULT_REQUEST_HEADERS_TIMEOUT_S = 10.0
+# Envoy has none either: without one a client that sends its body slowly keeps
+# its request (and, for a body too big to buffer, an upstream slot) for as
+# long as it likes. Long enough for a large upload; 0s in the config disables it.
+DEFAULT_REQUEST_TIMEOUT_S = 300.0
+DEFAULT_STREAM_IDLE_TIMEOUT_S = 300.0  # Envoy's default, 5 minutes
 
 LISTENER_FIELDS = frozenset(
     {
@@ -90,6 +95,8 @@ class HttpManager:
     skip_xff_append: bool
     server_name: bytes
     request_headers_timeout: float  # 0: none (the 408 guard)
+    request_timeout: float  # the whole request, body included, must arrive within; 0: none
+    stream_idle_timeout: float  # a request with no bytes moving either way; 0: none
     idle_timeout: float  # downstream connection idle timeout, 0: none
     max_requests_per_connection: int  # 0: unlimited
     max_request_headers: int  # bytes, beyond which 431
@@ -163,6 +170,12 @@ def compile_http_manager(hcm: hcm_pb2.HttpConnectionManager, where: str) -> Http
         request_headers_timeout=seconds(hcm.request_headers_timeout)
         if hcm.HasField("request_headers_timeout")
         else DEFAULT_REQUEST_HEADERS_TIMEOUT_S,
+        request_timeout=seconds(hcm.request_timeout)
+        if hcm.HasField("request_timeout")
+        else DEFAULT_REQUEST_TIMEOUT_S,
+        stream_idle_timeout=seconds(hcm.stream_idle_timeout)
+        if hcm.HasField("stream_idle_timeout")
+        else DEFAULT_STREAM_IDLE_TIMEOUT_S,
         idle_timeout=seconds(options.idle_timeout) if options.HasField("idle_timeout") else 3600.0,
         max_requests_per_connection=options.max_requests_per_connection.value,
         max_request_headers=(hcm.max_request_headers_kb.value or DEFAULT_MAX_HEADERS_KB) * 1024,

@@ -149,7 +149,23 @@ def access_record(ex: Exchange, elapsed: float) -> AccessRecord:
         downstream_remote_address=ex.down.peer_address,
         downstream_local_address=ex.down.local_address,
         route_name=ex.route.name if ex.route is not None and ex.route.name else None,
+        response_code_details=ex.details,
     )
+
+
+def is_mesh_peer(listener: CompiledListener, transport: asyncio.BaseTransport) -> bool:
+    """Whether a connection's client may say which workload it is with Istio's
+    metadata-exchange headers (x-envoy-peer-metadata, -id), which label the
+    golden metrics. The one place that decides it.
+
+    Outbound, the client is the local app: never; the proxy strips what it
+    sent and says who it is itself. Inbound, the client is another workload's
+    sidecar: trusted, as Istio trusts these headers on plaintext mesh traffic.
+    With mutual TLS this becomes "the peer presented a verified certificate"
+    (`transport` will carry it); until then whoever can reach an inbound
+    listener directly, bypassing its own sidecar, can still claim a name."""
+    del transport  # what the mTLS check will read
+    return listener.inbound
 
 
 class Downstream(asyncio.Protocol):
@@ -168,15 +184,21 @@ class Downstream(asyncio.Protocol):
         self.peer_address: str | None = None
         self.local_address: str | None = None
         self.exchange: Exchange | None = None
+        self.mesh_peer = False  # may say who it is (is_mesh_peer), decided once connected
         self.requests = 0
         self.body_paused = False
         self.reading_paused = False
         self.held = 0  # bytes read past the current request (pipelined)
+        self.early: list[bytes] = []  # those bytes, after an express request: not parsed yet
         self.dispatching = False  # inside dispatch: a finished exchange waits for it
         self.next_pending = False
         self.closed = False
         self.head_since = 0.0  # when the first byte of a request's head came; 0: none
         self.idle_since = 0.0  # when the connection last became idle; 0: busy
+        # The sweep's view of the exchange in flight, for stream_idle_timeout.
+        self.watched: Exchange | None = None
+        self.moved = 0  # its bytes moved, both ways, when last seen changing
+        self.moved_at = 0.0
 
     def __repr__(self) -> str:
         return f"<Downstream {self.peer} on {self.listener.name} requests={self.requests}>"
@@ -190,6 +212,7 @@ class Downstream(asyncio.Protocol):
             self.peer, self.peer_address = peer[0], f"{peer[0]}:{peer[1]}"
         if local:
             self.local_address = f"{local[0]}:{local[1]}"
+        self.mesh_peer = is_mesh_peer(self.listener, transport)
         self.stats.downstream_cx_total += 1
         self.stats.downstream_cx_active += 1
         self.listener_stats.downstream_cx_total += 1
@@ -213,9 +236,19 @@ class Downstream(asyncio.Protocol):
             if express is not None:
                 self.begin(express)
                 return
-        if self.exchange is None:
+        exchange = self.exchange
+        if exchange is None:
             if not self.head_since:
                 self.head_since = time.monotonic()
+        elif exchange.express is not None:
+            # The parser never saw the request in flight (it went the express
+            # way), so it would start these bytes as a request now, answered
+            # before or instead of that one: they wait for its response.
+            self.early.append(data)
+            self.held += len(data)
+            if self.held > MAX_HELD_BYTES:
+                self.set_reading()
+            return
         elif self.parser.paused:
             # Bytes after the current request wait in the parser. Reading goes on,
             # so that a client who leaves is noticed (DC), up to a bound.
@@ -311,6 +344,9 @@ class Downstream(asyncio.Protocol):
         if self.exchange is None:
             self.idle_since = time.monotonic()
         self.held = 0
+        if self.early:
+            early, self.early = self.early, []
+            self.data_received(b"".join(early))  # as if read now
         self.set_reading()
 
     def refuse(self, error: ProtocolError) -> None:
@@ -329,13 +365,23 @@ class Downstream(asyncio.Protocol):
     # -- timers ---------------------------------------------------------------------------
 
     def check_timers(self, now: float) -> None:
-        """Called every TIMER_SWEEP_S: 408 for a head that is too slow, close a
-        connection idle too long, arm a route timeout that is near (timers
-        per request would cost more)."""
-        if self.exchange is not None:
-            self.exchange.arm_deadline(now, 2 * TIMER_SWEEP_S)
-            return
+        """Called every TIMER_SWEEP_S: 408 for a head, or a whole request, that
+        is too slow, close a connection idle too long, arm a route timeout
+        that is near (timers per request would cost more)."""
         http = self.listener.http
+        exchange = self.exchange
+        if exchange is not None:
+            timeout, idle = http.request_timeout, http.stream_idle_timeout
+            if timeout and not exchange.body_done and now - exchange.started > timeout:
+                self.stats.downstream_rq_timeout += 1
+                exchange.request_timed_out()
+            elif idle and self.stream_idle(exchange, now) > idle:
+                self.stats.downstream_rq_idle_timeout += 1
+                exchange.stream_idle_timed_out()
+            else:
+                exchange.arm_deadline(now, 2 * TIMER_SWEEP_S)
+            return
+        self.watched = None  # a finished exchange (and its buffers) is not kept alive
         if self.head_since and http.request_headers_timeout:
             if now - self.head_since > http.request_headers_timeout:
                 self.stats.downstream_rq_header_timeout += 1
@@ -345,6 +391,14 @@ class Downstream(asyncio.Protocol):
         elif self.idle_since and http.idle_timeout and now - self.idle_since > http.idle_timeout:
             self.stats.downstream_cx_idle_timeout += 1
             self.close()
+
+    def stream_idle(self, exchange: Exchange, now: float) -> float:
+        """How long no byte of `exchange` has moved either way, as the sweep
+        sees it: it compares the byte counts, so moving bytes costs nothing."""
+        moved = exchange.request_bytes + exchange.response_bytes + exchange.responding
+        if exchange is not self.watched or moved != self.moved:
+            self.watched, self.moved, self.moved_at = exchange, moved, now
+        return now - self.moved_at
 
     # -- used by the exchange -------------------------------------------------------------
 

@@ -100,6 +100,8 @@ class HttpStats(Scope):
     downstream_rq_total: int = 0
     downstream_rq_rx_reset: int = 0
     downstream_rq_header_timeout: int = 0
+    downstream_rq_timeout: int = 0
+    downstream_rq_idle_timeout: int = 0
     downstream_rq_too_large: int = 0
     no_route: int = 0
     no_cluster: int = 0

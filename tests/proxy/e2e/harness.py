@@ -641,6 +641,41 @@ def wait_for(predicate: Any, timeout: float = 5.0, interval: float = 0.05) -> bo
     return bool(predicate())
 
 
+class RawServer:
+    """A TCP server in a thread of the test process, for backends that must
+    say exactly which bytes they send: `converse(conn)` runs for each
+    connection, in a thread of its own; `close()` stops accepting."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self.sock.getsockname()[1])
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._converse, args=(conn,), daemon=True).start()
+
+    def _converse(self, conn: socket.socket) -> None:
+        with conn, contextlib.suppress(OSError):  # a proxy may reset a connection it drops
+            self.converse(conn)
+
+    def converse(self, conn: socket.socket) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def status_of(raw: bytes) -> int:
+    """The status of the first response in `raw`."""
+    assert raw.startswith(b"HTTP/1.1 "), raw[:200]
+    return parse_head(raw.partition(b"\r\n\r\n")[0])[0]
+
+
 def raw_exchange(
     port: int, data: bytes, timeout: float = 5.0, read_until_close: bool = True
 ) -> bytes:

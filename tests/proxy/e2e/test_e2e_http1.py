@@ -25,6 +25,7 @@ from harness import (
     raw_exchange,
     route,
     static_cluster,
+    status_of,
     timed_curl,
     vhost,
 )
@@ -154,11 +155,6 @@ def test_expect_100_continue(served: Served, app: Backend) -> None:
     assert r.json()["size"] == len(body)
     assert "HTTP/1.1 100 Continue" in r.stderr
     assert elapsed < 2  # curl did not have to give up waiting for the 100
-
-
-def status_of(raw: bytes) -> int:
-    assert raw.startswith(b"HTTP/1.1 "), raw[:200]
-    return parse_head(raw.partition(b"\r\n\r\n")[0])[0]
 
 
 def test_bad_request_line_is_400_and_close(served: Served, app: Backend) -> None:

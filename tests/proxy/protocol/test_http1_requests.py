@@ -327,7 +327,45 @@ BAD_REQUESTS = {
         431,
     ),
     "target over 60 KiB": (b"GET /" + LONG + b" HTTP/1.1\r\nHost: a\r\n\r\n", 414),
+    # Connection may not remove what frames the body or what the proxy relies on:
+    # forwarding the body without its Content-Length smuggles a second request.
+    "Connection nominates Content-Length": (
+        b"POST / HTTP/1.1\r\nHost: a\r\nConnection: Content-Length\r\nContent-Length: 3\r\n\r\nabc",
+        400,
+    ),
+    "Connection nominates Transfer-Encoding": (
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n"
+        b"Connection: keep-alive, transfer-encoding\r\n\r\n0\r\n\r\n",
+        400,
+    ),
+    "Connection nominates Host": (b"GET / HTTP/1.1\r\nHost: a\r\nConnection: HOST\r\n\r\n", 400),
+    "Connection nominates X-Forwarded-For": (
+        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\nConnection: x-forwarded-for\r\n\r\n",
+        400,
+    ),
+    "Connection nominates peer metadata": (
+        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: x-envoy-peer-metadata\r\n\r\n",
+        400,
+    ),
+    "Connection nominates a pseudo-header": (
+        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: :authority\r\n\r\n",
+        400,
+    ),
+    "Connection nominates 10 headers": (
+        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: a,b,c,d,e\r\nConnection: f,g,h,i,j\r\n\r\n",
+        400,
+    ),
 }
+
+
+@pytest.mark.parametrize(
+    "connection",
+    [b"close", b"keep-alive, x-hop", b"Upgrade", b"te, x-request-id", b"a,b,c,d,e,f,g,h,i"],
+)
+def test_connection_may_nominate_other_headers(connection: bytes) -> None:
+    data = b"GET / HTTP/1.1\r\nHost: a\r\nConnection: " + connection + b"\r\n\r\n"
+    events = RequestParser().feed(data)
+    assert isinstance(events[0], RequestHead) and events[-1] == END
 
 
 @pytest.mark.parametrize(("data", "status"), BAD_REQUESTS.values(), ids=BAD_REQUESTS.keys())

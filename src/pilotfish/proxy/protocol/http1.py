@@ -178,18 +178,38 @@ def _next_state(state: int, event: int) -> int:
 
 
 # Headers the core reads while parsing; by length first, since most headers are none of them.
-_HOST, _CONTENT_LENGTH, _TRANSFER_ENCODING, _EXPECT = range(4)
+_HOST, _CONTENT_LENGTH, _TRANSFER_ENCODING, _EXPECT, _CONNECTION = range(5)
 _REQUEST_WATCH: Final = {
     b"host": _HOST,
     b"content-length": _CONTENT_LENGTH,
     b"transfer-encoding": _TRANSFER_ENCODING,
     b"expect": _EXPECT,
+    b"connection": _CONNECTION,
 }
 _RESPONSE_WATCH: Final = {
     b"content-length": _CONTENT_LENGTH,
     b"transfer-encoding": _TRANSFER_ENCODING,
 }
 _WATCH_LENGTHS: Final = frozenset(map(len, _REQUEST_WATCH))
+
+# Headers a request's Connection header may not nominate for removal: framing
+# (dropping Content-Length while forwarding the body makes the body a second
+# request upstream), where the request goes, what the proxy itself sets or
+# trusts. Envoy's codec refuses the X-Forwarded-* ones and pseudo-headers
+# (400, http1.connection_header_rejected); the rest are the same mistake here.
+PROTECTED_FROM_CONNECTION: Final = frozenset(
+    {
+        b"content-length",
+        b"transfer-encoding",
+        b"host",
+        b"x-forwarded-for",
+        b"x-forwarded-host",
+        b"x-forwarded-proto",
+        b"x-envoy-peer-metadata",
+        b"x-envoy-peer-metadata-id",
+    }
+)
+MAX_CONNECTION_TOKENS: Final = 10  # Envoy refuses a Connection header with 10 or more
 
 
 class _Cut(Exception):
@@ -432,6 +452,7 @@ class RequestParser(_Parser[RequestEvent]):
         self._url = b""
         self._host: bytes | None = None
         self._expect = False
+        self._nominated = 0  # tokens seen in this request's Connection headers
 
     def _new_parser(self) -> httptools.HttpRequestParser:
         return httptools.HttpRequestParser(self)
@@ -444,14 +465,31 @@ class RequestParser(_Parser[RequestEvent]):
         self._content_length = self._transfer_encoding = self._host = None
         self._upgrade = self._expect = False
         self._url = b""
+        self._nominated = 0
 
     def _watched_request(self, kind: int, value: bytes) -> None:
         if kind == _HOST:
             if self._host is not None:
                 raise RequestError("more than one Host header")
             self._host = value
-        else:
+        elif kind == _EXPECT:
             self._expect = value.lower() == b"100-continue"
+        else:
+            self._check_connection(value)
+
+    def _check_connection(self, value: bytes) -> None:
+        """Refuse a Connection header that nominates a protected header, or too
+        many (Envoy: 400, http1.connection_header_rejected)."""
+        for token in value.split(b","):
+            token = token.strip().lower()
+            if not token:
+                continue
+            self._nominated += 1
+            if token in PROTECTED_FROM_CONNECTION or token[:1] == b":":
+                name = token.decode("latin-1")
+                raise RequestError(f"invalid nominated header in Connection: {name}")
+        if self._nominated >= MAX_CONNECTION_TOKENS:
+            raise RequestError("too many nominated headers in Connection")
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -714,7 +752,10 @@ _CONNECTION_UPGRADE: Final = (b"connection", b"upgrade")
 
 
 def strip_hop_by_hop(headers: Headers, *, tunnel: bool = False) -> Headers:
-    """The headers to forward: without hop-by-hop ones and those Connection names.
+    """The headers to forward: without hop-by-hop ones and those Connection names,
+    except the protected ones (requests nominating those were refused; an
+    upstream's response keeps its Content-Length, or the client could not
+    tell where the response ends).
 
     With `tunnel` (forwarding an Upgrade), Upgrade is kept and `connection:
     upgrade` added, so the next hop sees the upgrade request too. Returns
@@ -728,7 +769,7 @@ def strip_hop_by_hop(headers: Headers, *, tunnel: bool = False) -> Headers:
                 named.update(token.strip().lower() for token in value.split(b","))
     if not found:
         return headers
-    drop = _HOP_BY_HOP | named
+    drop = _HOP_BY_HOP | (named - PROTECTED_FROM_CONNECTION)
     if tunnel:
         drop = drop - {b"upgrade"}
     kept = [header for header in headers if header[0].lower() not in drop]
