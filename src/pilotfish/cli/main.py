@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from pilotfish import __version__
 from pilotfish.api.errors import ApiError
 from pilotfish.api.gotypes import parse_duration_ns
-from pilotfish.cli import commands, mesh, node, rollout
+from pilotfish.cli import analyze, commands, mesh, node, rollout
 from pilotfish.cli.manifests import ManifestError
 from pilotfish.client import Unreachable
 from pilotfish.config import ConfigError
@@ -61,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_delete(sub, common)
     _add_diff(sub, common)
     _add_validate(sub)
+    analyze.add_command(sub, common)
     _add_proxy_status(sub, common)
     _add_proxy_config(sub, common)
     _add_register(sub, common)

@@ -36,7 +36,7 @@ from pilotfish.store.types import Event, Key, Obj, Watch
 
 log = logging.getLogger(__name__)
 
-Lookup = Callable[[str, str, str], list[Obj]]
+Lookup = Callable[[str, str, str | None], list[Obj]]  # namespace None: every namespace
 Analyzer = Callable[[Obj, Lookup], list[str]]
 # Serves paths beyond the resource API (registry, xDS debug); None: not its path.
 Extension = Callable[["Request", str], "Response | None"]
@@ -402,7 +402,7 @@ class Api:
         if self._analyze is None:
             return []
 
-        def lookup(group: str, kind: str, namespace: str) -> list[Obj]:
+        def lookup(group: str, kind: str, namespace: str | None) -> list[Obj]:
             return self.store.list(group, kind, namespace)[0]
 
         try:

@@ -21,8 +21,10 @@ import threading
 from pathlib import Path
 from types import FrameType
 
-from pilotfish.api.validation import analyze, validate_or_raise, with_defaults
+from pilotfish.analysis import warnings_for
+from pilotfish.api.validation import validate_or_raise, with_defaults
 from pilotfish.config import ClientConfig, write_client_config
+from pilotfish.controlplane.analyze_api import AnalyzeApi
 from pilotfish.controlplane.api import Api, chain
 from pilotfish.controlplane.auth import load_or_create_token
 from pilotfish.controlplane.http import ApiServer
@@ -94,8 +96,8 @@ class ControlPlane:
             plane = cls(server, store, data_dir)
             plane._start_mesh(xds_listen)
             loadtester = plane._start_rollout()
-            extensions = chain(MeshApi(plane.instances, plane.ads), loadtester)
-            server.api = Api(store, token, analyze=analyze, extension=extensions)
+            extensions = chain(MeshApi(plane.instances, plane.ads), AnalyzeApi(store), loadtester)
+            server.api = Api(store, token, analyze=warnings_for, extension=extensions)
             write_client_config(ClientConfig(server.url, token), config_path)
         except BaseException as e:
             if plane is not None:

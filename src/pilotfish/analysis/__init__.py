@@ -1,0 +1,100 @@
+"""Istio's `istioctl analyze` checks for pilotfish's kinds, and pilotfish's own.
+
+Pure: `analyze(objects)` takes every object to consider (live state, files, or
+files laid over live state: the caller decides) and returns sorted messages.
+Objects that fail validation get IST0106 and are left out of the other
+analyzers, since pilotfish never stores them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from pilotfish.analysis import (
+    deprecation,
+    destinationrule,
+    envoyfilter,
+    gateway,
+    serviceentry,
+    telemetry,
+    unenforced,
+    virtualservice,
+)
+from pilotfish.analysis.config import Config, Obj, name_of, namespace_of
+from pilotfish.analysis.messages import Message, Resource, kind_known, sorted_messages
+from pilotfish.analysis.schema import schema_errors
+from pilotfish.api.kinds import registry
+from pilotfish.api.validation import validate
+
+
+@dataclass(frozen=True)
+class Analyzer:
+    name: str  # Istio's analyzer name, or pilotfish's own
+    run: Callable[[Config], list[Message]]
+    codes: tuple[str, ...]
+
+
+ANALYZERS: tuple[Analyzer, ...] = (
+    Analyzer("deprecation.FieldAnalyzer", deprecation.fields, ("IST0002",)),
+    Analyzer("destinationrule.CaCertificateAnalyzer", destinationrule.ca_certificates, ("IST0128", "IST0129")),
+    Analyzer("envoyfilter.EnvoyPatchAnalyzer", envoyfilter.patches, ("IST0151", "IST0152", "IST0153", "IST0154", "IST0155")),
+    Analyzer("gateway.ConflictingGatewayAnalyzer", gateway.conflicting_gateways, ("IST0145",)),
+    Analyzer("serviceentry.ProtocolAddressesAnalyzer", serviceentry.addresses_required, ("IST0134",)),
+    Analyzer("telemetry.ProdiverAnalyzer", telemetry.providers, ("IST0157",)),
+    Analyzer("telemetry.DefaultSelectorAnalyzer", telemetry.default_selectors, ("IST0160",)),
+    Analyzer(
+        "virtualservice.ConflictingMeshGatewayHostsAnalyzer",
+        virtualservice.conflicting_mesh_gateway_hosts,
+        ("IST0109",),
+    ),
+    Analyzer("virtualservice.DestinationHostAnalyzer", virtualservice.destination_hosts, ("IST0101", "IST0112")),
+    Analyzer("virtualservice.DestinationRuleAnalyzer", virtualservice.destination_rules, ("IST0101",)),
+    Analyzer("virtualservice.GatewayAnalyzer", virtualservice.gateways, ("IST0101", "IST0132")),
+    Analyzer("virtualservice.JWTClaimRouteAnalyzer", virtualservice.jwt_claim_routes, ("IST0149",)),
+    Analyzer("pilotfish.UnenforcedAnalyzer", unenforced.unenforced, ("PF0001",)),
+)
+
+
+def analyze(
+    objects: list[Obj], analyzers: tuple[Analyzer, ...] = ANALYZERS, *, stored: bool = False
+) -> list[Message]:
+    """Every message about `objects`, sorted; objects of kinds pilotfish does
+    not serve are skipped, as istioctl skips kinds it has no schema for.
+    `stored`: the objects come from the store, so they were validated there."""
+    known = [o for o in objects if kind_known(o)]
+    found = [] if stored else schema_errors(known)
+    invalid = {id(m_obj) for m_obj in known if not stored and validate(m_obj)}
+    config = Config([o for o in known if id(o) not in invalid])
+    for analyzer in analyzers:
+        found += analyzer.run(config)
+    return sorted_messages(found)
+
+
+def about(messages: list[Message], obj: Obj) -> list[Message]:
+    """The messages about one object."""
+    wanted = Resource.of(obj)
+    return [m for m in messages if m.resource == wanted]
+
+
+Lookup = Callable[[str, str, "str | None"], list[Obj]]
+_NOT_CONFIG = {("", "Event"), ("", "Secret"), ("", "ConfigMap")}
+
+
+def warnings_for(obj: Obj, lookup: Lookup) -> list[str]:
+    """What `apply` warns about one object just written, given the stored
+    objects `lookup(group, kind, None)` returns (every namespace): the
+    messages about it, analyzed with the live state it joins."""
+    key = _key(obj)
+    objects = [obj]
+    for kind in registry():
+        if (kind.group, kind.kind) not in _NOT_CONFIG:
+            objects += [o for o in lookup(kind.group, kind.kind, None) if _key(o) != key]
+    return [str(m) for m in about(analyze(objects, stored=True), obj)]
+
+
+def _key(obj: Obj) -> tuple[str, str, str]:
+    return str(obj.get("kind", "")), namespace_of(obj), name_of(obj)
+
+
+__all__ = ["ANALYZERS", "Analyzer", "Lookup", "Message", "about", "analyze", "warnings_for"]

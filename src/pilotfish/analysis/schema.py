@@ -1,0 +1,14 @@
+"""IST0106: what validation would refuse (files analyzed before they are applied)."""
+
+from __future__ import annotations
+
+from pilotfish.analysis.config import Config, Obj
+from pilotfish.analysis.messages import Message, new
+from pilotfish.api.validation import validate
+
+
+def schema_errors(objects: list[Obj]) -> list[Message]:
+    return [new("SchemaValidationError", obj, str(error)) for obj in objects for error in validate(obj)]
+
+
+__all__ = ["Config", "schema_errors"]

@@ -1,0 +1,79 @@
+"""PF0001: config pilotfish stores and serves but no proxy or controller acts
+on yet, so a user never believes a policy is in force when it is not.
+
+ONE table. Each row names what is stored, and `evidence`: text that enforcing
+it would put in the source of a package (an Envoy proto a proxy would need, a
+field a model would read). tests/analysis/test_unenforced.py fails when that
+text appears, so the row is deleted in the change that enforces it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from pilotfish.analysis.config import NETWORKING, SECURITY, TELEMETRY, Config, Obj, items, mapping, spec
+from pilotfish.analysis.messages import Message, new
+
+EXTENSIONS = "extensions.istio.io"
+
+
+@dataclass(frozen=True)
+class Unenforced:
+    group: str
+    kind: str
+    field: str  # dotted path under the object, `[]` for every list item; "" for the whole kind
+    reason: str
+    evidence: tuple[tuple[str, str], ...]  # (package under src/pilotfish, text enforcing it needs)
+
+
+_NO_KIND = "no proxy receives anything from it"
+TABLE: tuple[Unenforced, ...] = (
+    Unenforced(SECURITY, "AuthorizationPolicy", "", _NO_KIND, (("translate", "AuthorizationPolicy"), ("translate", "RBAC"))),
+    Unenforced(SECURITY, "PeerAuthentication", "", _NO_KIND, (("translate", "PeerAuthentication"),)),
+    Unenforced(SECURITY, "RequestAuthentication", "", _NO_KIND, (("translate", "RequestAuthentication"), ("translate", "jwt_authn"))),
+    Unenforced(NETWORKING, "EnvoyFilter", "", _NO_KIND, (("translate", "EnvoyFilter"),)),
+    Unenforced(NETWORKING, "ProxyConfig", "", _NO_KIND, (("translate", "ProxyConfig"), ("agent", "ProxyConfig"))),
+    Unenforced(NETWORKING, "WorkloadGroup", "", "no WorkloadEntry is made from it", (("model", "WorkloadGroup"), ("registry", "WorkloadGroup"))),
+    Unenforced(EXTENSIONS, "WasmPlugin", "", _NO_KIND, (("translate", "WasmPlugin"), ("proxy", "wasm"))),
+    Unenforced(EXTENSIONS, "TrafficExtension", "", _NO_KIND, (("translate", "TrafficExtension"),)),
+    Unenforced(TELEMETRY, "Telemetry", "", "proxies report Istio's standard metrics whatever it says", (("translate", "Telemetry"), ("model", "Telemetry"))),
+    Unenforced(NETWORKING, "VirtualService", "spec.tcp", "only http routes are served", (("model", '"tcp"'),)),
+    Unenforced(NETWORKING, "VirtualService", "spec.tls", "only http routes are served", (("model", '"tls"'),)),
+    Unenforced(NETWORKING, "DestinationRule", "spec.trafficPolicy.tls", "proxies do not originate TLS", (("translate", "UpstreamTlsContext"),)),
+    Unenforced(NETWORKING, "DestinationRule", "spec.trafficPolicy.portLevelSettings[].tls", "proxies do not originate TLS", (("translate", "UpstreamTlsContext"),)),
+    Unenforced(NETWORKING, "DestinationRule", "spec.subsets[].trafficPolicy.tls", "proxies do not originate TLS", (("translate", "UpstreamTlsContext"),)),
+    Unenforced(NETWORKING, "Gateway", "spec.servers[].tls", "gateways serve plain HTTP only; this server is not served", (("translate", "DownstreamTlsContext"),)),
+    Unenforced("flagger.app", "Canary", "spec.autoscalerRef", "replicas are not scaled during a release", (("rollout", "autoscalerRef"),)),
+)
+
+
+def values_at(obj: Any, path: str) -> Iterator[Any]:
+    """Every value at a dotted path; `name[]` steps into each item of a list."""
+    if not path:
+        yield obj
+        return
+    step, _, rest = path.partition(".")
+    if step.endswith("[]"):
+        for item in items(mapping(obj).get(step[:-2])):
+            yield from values_at(item, rest)
+    elif step in mapping(obj):
+        yield from values_at(mapping(obj)[step], rest)
+
+
+def _present(obj: Obj, row: Unenforced) -> bool:
+    return any(v not in (None, [], {}) for v in values_at(obj, row.field))
+
+
+def unenforced(config: Config) -> list[Message]:
+    out = []
+    for row in TABLE:
+        for obj in config.of(row.group, row.kind):
+            if _present(obj, row):
+                what = f"{row.kind} {row.field}" if row.field else row.kind
+                out.append(new("NotEnforced", obj, what, row.reason))
+    return out
+
+
+__all__ = ["TABLE", "Unenforced", "spec", "unenforced", "values_at"]
