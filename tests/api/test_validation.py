@@ -7,8 +7,9 @@ from typing import Any
 
 import pytest
 
+from pilotfish.analysis import warnings_for
 from pilotfish.api.errors import Invalid
-from pilotfish.api.validation import analyze, validate, validate_or_raise
+from pilotfish.api.validation import validate, validate_or_raise
 
 
 def messages(obj: dict[str, Any]) -> list[str]:
@@ -300,9 +301,18 @@ def test_authorization_policy_semantics() -> None:
 def test_analyze_warns_about_missing_subsets_and_gateways() -> None:
     stored = {
         ("networking.istio.io", "DestinationRule", "default"): [
-            dr({"host": "reviews", "subsets": [{"name": "v1", "labels": {"version": "v1"}}]})
+            {
+                **dr({"host": "reviews", "subsets": [{"name": "v1", "labels": {"version": "v1"}}]}),
+                "metadata": {"name": "reviews", "namespace": "default"},
+            }
         ],
-        ("", "Service", "default"): [{"metadata": {"name": "reviews", "namespace": "default"}}],
+        ("", "Service", "default"): [
+            {
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": {"name": "reviews", "namespace": "default"},
+            }
+        ],
     }
     obj = vs(
         {
@@ -318,9 +328,12 @@ def test_analyze_warns_about_missing_subsets_and_gateways() -> None:
             ],
         }
     )
-    warnings = analyze(obj, lambda group, kind, ns: stored.get((group, kind, ns), []))
+    warnings = warnings_for(obj, lambda group, kind, ns: stored.get((group, kind, "default"), []))
     assert warnings == [
-        'referenced gateway not found: "bookinfo-gateway"',
-        "referenced subset v3 not found in any DestinationRule for host reviews",
+        'Error [IST0101] (VirtualService default/reviews) Referenced gateway not found: "bookinfo-gateway"',
+        "Error [IST0101] (VirtualService default/reviews) Referenced host+subset in destinationrule "
+        'not found: "reviews+v3"',
+        "Warning [IST0132] (VirtualService default/reviews) one or more host [reviews] defined in "
+        "VirtualService default/reviews not found in Gateway default/bookinfo-gateway.",
     ]
     assert validate(obj) == []  # warnings never reject

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pilotfish.api.validation import analyze, validate_or_raise
+from pilotfish.analysis import warnings_for as analyze
+from pilotfish.api.validation import validate_or_raise
 from pilotfish.controlplane.api import Api, EventStream
 from pilotfish.store.resources import ResourceStore
 from pilotfish.store.sqlite import SqliteBackend

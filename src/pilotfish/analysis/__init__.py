@@ -2,8 +2,9 @@
 
 Pure: `analyze(objects)` takes every object to consider (live state, files, or
 files laid over live state: the caller decides) and returns sorted messages.
-Objects that fail validation get IST0106 and are left out of the other
-analyzers, since pilotfish never stores them.
+Objects that fail validation get IST0106 and still go through the other
+analyzers (as in istioctl, where schema validation is one analyzer among
+others), so every analyzer reads fields defensively.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ from pilotfish.analysis.config import Config, Obj, name_of, namespace_of
 from pilotfish.analysis.messages import Message, Resource, kind_known, sorted_messages
 from pilotfish.analysis.schema import schema_errors
 from pilotfish.api.kinds import registry
-from pilotfish.api.validation import validate
 
 
 @dataclass(frozen=True)
@@ -35,12 +35,24 @@ class Analyzer:
     codes: tuple[str, ...]
 
 
+SCHEMA = Analyzer("schema.ValidationAnalyzer", schema_errors, ("IST0106",))
 ANALYZERS: tuple[Analyzer, ...] = (
+    SCHEMA,
     Analyzer("deprecation.FieldAnalyzer", deprecation.fields, ("IST0002",)),
-    Analyzer("destinationrule.CaCertificateAnalyzer", destinationrule.ca_certificates, ("IST0128", "IST0129")),
-    Analyzer("envoyfilter.EnvoyPatchAnalyzer", envoyfilter.patches, ("IST0151", "IST0152", "IST0153", "IST0154", "IST0155")),
+    Analyzer(
+        "destinationrule.CaCertificateAnalyzer",
+        destinationrule.ca_certificates,
+        ("IST0128", "IST0129"),
+    ),
+    Analyzer(
+        "envoyfilter.EnvoyPatchAnalyzer",
+        envoyfilter.patches,
+        ("IST0151", "IST0152", "IST0153", "IST0154", "IST0155"),
+    ),
     Analyzer("gateway.ConflictingGatewayAnalyzer", gateway.conflicting_gateways, ("IST0145",)),
-    Analyzer("serviceentry.ProtocolAddressesAnalyzer", serviceentry.addresses_required, ("IST0134",)),
+    Analyzer(
+        "serviceentry.ProtocolAddressesAnalyzer", serviceentry.addresses_required, ("IST0134",)
+    ),
     Analyzer("telemetry.ProdiverAnalyzer", telemetry.providers, ("IST0157",)),
     Analyzer("telemetry.DefaultSelectorAnalyzer", telemetry.default_selectors, ("IST0160",)),
     Analyzer(
@@ -48,8 +60,14 @@ ANALYZERS: tuple[Analyzer, ...] = (
         virtualservice.conflicting_mesh_gateway_hosts,
         ("IST0109",),
     ),
-    Analyzer("virtualservice.DestinationHostAnalyzer", virtualservice.destination_hosts, ("IST0101", "IST0112")),
-    Analyzer("virtualservice.DestinationRuleAnalyzer", virtualservice.destination_rules, ("IST0101",)),
+    Analyzer(
+        "virtualservice.DestinationHostAnalyzer",
+        virtualservice.destination_hosts,
+        ("IST0101", "IST0112"),
+    ),
+    Analyzer(
+        "virtualservice.DestinationRuleAnalyzer", virtualservice.destination_rules, ("IST0101",)
+    ),
     Analyzer("virtualservice.GatewayAnalyzer", virtualservice.gateways, ("IST0101", "IST0132")),
     Analyzer("virtualservice.JWTClaimRouteAnalyzer", virtualservice.jwt_claim_routes, ("IST0149",)),
     Analyzer("pilotfish.UnenforcedAnalyzer", unenforced.unenforced, ("PF0001",)),
@@ -62,12 +80,11 @@ def analyze(
     """Every message about `objects`, sorted; objects of kinds pilotfish does
     not serve are skipped, as istioctl skips kinds it has no schema for.
     `stored`: the objects come from the store, so they were validated there."""
-    known = [o for o in objects if kind_known(o)]
-    found = [] if stored else schema_errors(known)
-    invalid = {id(m_obj) for m_obj in known if not stored and validate(m_obj)}
-    config = Config([o for o in known if id(o) not in invalid])
+    config = Config([o for o in objects if kind_known(o)])
+    found: list[Message] = []
     for analyzer in analyzers:
-        found += analyzer.run(config)
+        if not (stored and analyzer is SCHEMA):
+            found += analyzer.run(config)
     return sorted_messages(found)
 
 

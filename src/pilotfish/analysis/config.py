@@ -26,6 +26,9 @@ class Config:
     def __repr__(self) -> str:
         return f"Config({sum(len(v) for v in self._by_kind.values())} objects)"
 
+    def all(self) -> list[Obj]:
+        return [obj for found in self._by_kind.values() for obj in found]
+
     def of(self, group: str, kind: str) -> list[Obj]:
         return self._by_kind.get((group, kind), [])
 

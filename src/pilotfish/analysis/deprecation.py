@@ -17,12 +17,36 @@ def fields(config: Config) -> list[Message]:
         for rule in items(spec(vs).get("http")):
             rule = mapping(rule)
             if "percent" in mapping(mapping(rule.get("fault")).get("delay")):
-                out.append(new("Deprecated", vs, _replaced("HTTPRoute.fault.delay.percent", "HTTPRoute.fault.delay.percentage")))
+                out.append(
+                    new(
+                        "Deprecated",
+                        vs,
+                        _replaced(
+                            "HTTPRoute.fault.delay.percent", "HTTPRoute.fault.delay.percentage"
+                        ),
+                    )
+                )
             if "mirrorPercent" in rule:
-                out.append(new("Deprecated", vs, _replaced("HTTPRoute.mirrorPercent", "HTTPRoute.mirrorPercentage")))
+                out.append(
+                    new(
+                        "Deprecated",
+                        vs,
+                        _replaced("HTTPRoute.mirrorPercent", "HTTPRoute.mirrorPercentage"),
+                    )
+                )
             if "allowOrigin" in mapping(rule.get("corsPolicy")):
-                out.append(new("Deprecated", vs, _replaced("CorsPolicy.allowOrigin", "CorsPolicy.allowOrigins")))
+                out.append(
+                    new(
+                        "Deprecated",
+                        vs,
+                        _replaced("CorsPolicy.allowOrigin", "CorsPolicy.allowOrigins"),
+                    )
+                )
     for sidecar in config.of(NETWORKING, "Sidecar"):
         if "egressProxy" in mapping(spec(sidecar).get("outboundTrafficPolicy")):
-            out.append(new("Deprecated", sidecar, "Sidecar.outboundTrafficPolicy.egressProxy is deprecated"))
+            out.append(
+                new(
+                    "Deprecated", sidecar, "Sidecar.outboundTrafficPolicy.egressProxy is deprecated"
+                )
+            )
     return out

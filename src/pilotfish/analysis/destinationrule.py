@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from pilotfish.analysis.config import NETWORKING, Config, Obj, items, mapping, name_of, namespace_of, spec
+from pilotfish.analysis.config import (
+    NETWORKING,
+    Config,
+    Obj,
+    items,
+    mapping,
+    name_of,
+    namespace_of,
+    spec,
+)
 from pilotfish.analysis.messages import Message, new
 
 _VERIFIED_MODES = ("SIMPLE", "MUTUAL")
@@ -19,7 +28,14 @@ def ca_certificates(config: Config) -> list[Message]:
         mode = _unverified(rule, mapping(policy.get("tls")))
         if mode:
             out.append(
-                new("NoServerCertificateVerificationDestinationLevel", rule, name_of(rule), namespace_of(rule), mode, host)
+                new(
+                    "NoServerCertificateVerificationDestinationLevel",
+                    rule,
+                    name_of(rule),
+                    namespace_of(rule),
+                    mode,
+                    host,
+                )
             )
         for settings in items(policy.get("portLevelSettings")):
             mode = _unverified(rule, mapping(mapping(settings).get("tls")))
@@ -28,7 +44,12 @@ def ca_certificates(config: Config) -> list[Message]:
                 out.append(
                     new(
                         "NoServerCertificateVerificationPortLevel",
-                        rule, name_of(rule), namespace_of(rule), mode, host, port,
+                        rule,
+                        name_of(rule),
+                        namespace_of(rule),
+                        mode,
+                        host,
+                        port,
                     )
                 )
     return out

@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
-from pilotfish.analysis.config import NETWORKING, Config, Obj, hosts_match, items, labels_text, mapping, name_of, spec
+from pilotfish.analysis.config import (
+    NETWORKING,
+    Config,
+    Obj,
+    hosts_match,
+    items,
+    labels_text,
+    mapping,
+    name_of,
+    spec,
+)
 from pilotfish.analysis.messages import Message, new
 
 Listener = tuple[Obj, str, int, str]  # gateway, selector, port number, host
@@ -25,7 +35,11 @@ def conflicting_gateways(config: Config) -> list[Message]:
             )
             if others:
                 hosts = [h for g, s, p, h in mine if p == port]
-                out.append(new("ConflictingGateways", gateway, ",".join(others), selector, str(port), hosts))
+                out.append(
+                    new(
+                        "ConflictingGateways", gateway, ",".join(others), selector, str(port), hosts
+                    )
+                )
                 break
     return out
 

@@ -34,7 +34,12 @@ _TYPES = (
     MessageType("Deprecated", "IST0002", "Warning", "Deprecated: %s"),
     MessageType("ReferencedResourceNotFound", "IST0101", "Error", "Referenced %s not found: %q"),
     MessageType("SchemaValidationError", "IST0106", "Error", "Schema validation error: %v"),
-    MessageType("MisplacedAnnotation", "IST0107", "Warning", "Misplaced annotation: %s can only be applied to %s"),
+    MessageType(
+        "MisplacedAnnotation",
+        "IST0107",
+        "Warning",
+        "Misplaced annotation: %s can only be applied to %s",
+    ),
     MessageType("UnknownAnnotation", "IST0108", "Warning", "Unknown annotation: %s"),
     MessageType(
         "ConflictingMeshGatewayVirtualServiceHosts",
@@ -62,9 +67,12 @@ _TYPES = (
         "PortNameIsNotUnderNamingConvention",
         "IST0118",
         "Info",
-        "Port name %s (port: %d, targetPort: %s) doesn't follow the naming convention of Istio port.",
+        "Port name %s (port: %d, targetPort: %s) doesn't follow the naming convention of "
+        "Istio port.",
     ),
-    MessageType("InvalidRegexp", "IST0122", "Warning", "Field %q regular expression invalid: %q (%s)"),
+    MessageType(
+        "InvalidRegexp", "IST0122", "Warning", "Field %q regular expression invalid: %q (%s)"
+    ),
     MessageType(
         "NoMatchingWorkloadsFound",
         "IST0127",
@@ -228,8 +236,11 @@ class Resource:
 
     @classmethod
     def of(cls, obj: Obj) -> Resource:
-        meta = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
-        return cls(str(obj.get("kind", "")), str(meta.get("namespace") or ""), str(meta.get("name", "")))
+        found = obj.get("metadata")
+        meta: Obj = found if isinstance(found, dict) else {}
+        return cls(
+            str(obj.get("kind", "")), str(meta.get("namespace") or ""), str(meta.get("name", ""))
+        )
 
     @property
     def full_name(self) -> str:
@@ -267,7 +278,11 @@ class Message:
 
     def to_status(self) -> Obj:
         """One entry of an object's `status.validationMessages`, as istiod writes it."""
-        return {"documentationUrl": self.to_dict()["documentationUrl"], "level": self.type.level.upper(), "type": {"code": self.type.code, "name": self.type.name}}
+        return {
+            "documentationUrl": self.to_dict()["documentationUrl"],
+            "level": self.type.level.upper(),
+            "type": {"code": self.type.code, "name": self.type.name},
+        }
 
 
 def new(name: str, obj: Obj, *args: Any) -> Message:

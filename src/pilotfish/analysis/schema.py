@@ -7,8 +7,12 @@ from pilotfish.analysis.messages import Message, new
 from pilotfish.api.validation import validate
 
 
-def schema_errors(objects: list[Obj]) -> list[Message]:
-    return [new("SchemaValidationError", obj, str(error)) for obj in objects for error in validate(obj)]
+def schema_errors(config: Config) -> list[Message]:
+    return [
+        new("SchemaValidationError", obj, str(error))
+        for obj in config.all()
+        for error in validate(obj)
+    ]
 
 
-__all__ = ["Config", "schema_errors"]
+__all__ = ["Obj", "schema_errors"]

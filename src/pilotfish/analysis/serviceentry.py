@@ -13,7 +13,9 @@ def addresses_required(config: Config) -> list[Message]:
     for entry in config.of(NETWORKING, "ServiceEntry"):
         if items(spec(entry).get("addresses")):
             continue
-        protocols = [str(mapping(p).get("protocol") or "").upper() for p in items(spec(entry).get("ports"))]
+        protocols = [
+            str(mapping(p).get("protocol") or "").upper() for p in items(spec(entry).get("ports"))
+        ]
         if any(p in ("", "TCP") for p in protocols):
             out.append(new("ServiceEntryAddressesRequired", entry))
     return out

@@ -13,7 +13,16 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from pilotfish.analysis.config import NETWORKING, SECURITY, TELEMETRY, Config, Obj, items, mapping, spec
+from pilotfish.analysis.config import (
+    NETWORKING,
+    SECURITY,
+    TELEMETRY,
+    Config,
+    Obj,
+    items,
+    mapping,
+    spec,
+)
 from pilotfish.analysis.messages import Message, new
 
 EXTENSIONS = "extensions.istio.io"
@@ -30,22 +39,98 @@ class Unenforced:
 
 _NO_KIND = "no proxy receives anything from it"
 TABLE: tuple[Unenforced, ...] = (
-    Unenforced(SECURITY, "AuthorizationPolicy", "", _NO_KIND, (("translate", "AuthorizationPolicy"), ("translate", "RBAC"))),
-    Unenforced(SECURITY, "PeerAuthentication", "", _NO_KIND, (("translate", "PeerAuthentication"),)),
-    Unenforced(SECURITY, "RequestAuthentication", "", _NO_KIND, (("translate", "RequestAuthentication"), ("translate", "jwt_authn"))),
+    Unenforced(
+        SECURITY,
+        "AuthorizationPolicy",
+        "",
+        _NO_KIND,
+        (("translate", "AuthorizationPolicy"), ("translate", "RBAC")),
+    ),
+    Unenforced(
+        SECURITY, "PeerAuthentication", "", _NO_KIND, (("translate", "PeerAuthentication"),)
+    ),
+    Unenforced(
+        SECURITY,
+        "RequestAuthentication",
+        "",
+        _NO_KIND,
+        (("translate", "RequestAuthentication"), ("translate", "jwt_authn")),
+    ),
     Unenforced(NETWORKING, "EnvoyFilter", "", _NO_KIND, (("translate", "EnvoyFilter"),)),
-    Unenforced(NETWORKING, "ProxyConfig", "", _NO_KIND, (("translate", "ProxyConfig"), ("agent", "ProxyConfig"))),
-    Unenforced(NETWORKING, "WorkloadGroup", "", "no WorkloadEntry is made from it", (("model", "WorkloadGroup"), ("registry", "WorkloadGroup"))),
-    Unenforced(EXTENSIONS, "WasmPlugin", "", _NO_KIND, (("translate", "WasmPlugin"), ("proxy", "wasm"))),
+    Unenforced(
+        NETWORKING,
+        "ProxyConfig",
+        "",
+        _NO_KIND,
+        (("translate", "ProxyConfig"), ("agent", "ProxyConfig")),
+    ),
+    Unenforced(
+        NETWORKING,
+        "WorkloadGroup",
+        "",
+        "no WorkloadEntry is made from it",
+        (("model", "WorkloadGroup"), ("registry", "WorkloadGroup")),
+    ),
+    Unenforced(
+        EXTENSIONS, "WasmPlugin", "", _NO_KIND, (("translate", "WasmPlugin"), ("proxy", "wasm"))
+    ),
     Unenforced(EXTENSIONS, "TrafficExtension", "", _NO_KIND, (("translate", "TrafficExtension"),)),
-    Unenforced(TELEMETRY, "Telemetry", "", "proxies report Istio's standard metrics whatever it says", (("translate", "Telemetry"), ("model", "Telemetry"))),
-    Unenforced(NETWORKING, "VirtualService", "spec.tcp", "only http routes are served", (("model", '"tcp"'),)),
-    Unenforced(NETWORKING, "VirtualService", "spec.tls", "only http routes are served", (("model", '"tls"'),)),
-    Unenforced(NETWORKING, "DestinationRule", "spec.trafficPolicy.tls", "proxies do not originate TLS", (("translate", "UpstreamTlsContext"),)),
-    Unenforced(NETWORKING, "DestinationRule", "spec.trafficPolicy.portLevelSettings[].tls", "proxies do not originate TLS", (("translate", "UpstreamTlsContext"),)),
-    Unenforced(NETWORKING, "DestinationRule", "spec.subsets[].trafficPolicy.tls", "proxies do not originate TLS", (("translate", "UpstreamTlsContext"),)),
-    Unenforced(NETWORKING, "Gateway", "spec.servers[].tls", "gateways serve plain HTTP only; this server is not served", (("translate", "DownstreamTlsContext"),)),
-    Unenforced("flagger.app", "Canary", "spec.autoscalerRef", "replicas are not scaled during a release", (("rollout", "autoscalerRef"),)),
+    Unenforced(
+        TELEMETRY,
+        "Telemetry",
+        "",
+        "proxies report Istio's standard metrics whatever it says",
+        (("translate", "Telemetry"), ("model", "Telemetry")),
+    ),
+    Unenforced(
+        NETWORKING,
+        "VirtualService",
+        "spec.tcp",
+        "only http routes are served",
+        (("model", '"tcp"'),),
+    ),
+    Unenforced(
+        NETWORKING,
+        "VirtualService",
+        "spec.tls",
+        "only http routes are served",
+        (("model", '"tls"'),),
+    ),
+    Unenforced(
+        NETWORKING,
+        "DestinationRule",
+        "spec.trafficPolicy.tls",
+        "proxies do not originate TLS",
+        (("translate", "UpstreamTlsContext"),),
+    ),
+    Unenforced(
+        NETWORKING,
+        "DestinationRule",
+        "spec.trafficPolicy.portLevelSettings[].tls",
+        "proxies do not originate TLS",
+        (("translate", "UpstreamTlsContext"),),
+    ),
+    Unenforced(
+        NETWORKING,
+        "DestinationRule",
+        "spec.subsets[].trafficPolicy.tls",
+        "proxies do not originate TLS",
+        (("translate", "UpstreamTlsContext"),),
+    ),
+    Unenforced(
+        NETWORKING,
+        "Gateway",
+        "spec.servers[].tls",
+        "gateways serve plain HTTP only; this server is not served",
+        (("translate", "DownstreamTlsContext"),),
+    ),
+    Unenforced(
+        "flagger.app",
+        "Canary",
+        "spec.autoscalerRef",
+        "replicas are not scaled during a release",
+        (("rollout", "autoscalerRef"),),
+    ),
 )
 
 

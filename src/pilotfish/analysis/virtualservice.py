@@ -56,7 +56,9 @@ def conflicting_mesh_gateway_hosts(config: Config) -> list[Message]:
         for vs in found:
             if id(vs) not in reported:
                 reported.add(id(vs))
-                out.append(new("ConflictingMeshGatewayVirtualServiceHosts", vs, names, f"{scope}/{host}"))
+                out.append(
+                    new("ConflictingMeshGatewayVirtualServiceHosts", vs, names, f"{scope}/{host}")
+                )
     return out
 
 
@@ -107,15 +109,19 @@ def _service_ports(config: Config, host: str, namespace: str) -> list[int] | Non
     for svc in config.of("", "Service"):
         fqdn = f"{name_of(svc)}.{namespace_of(svc) or 'default'}.svc.cluster.local"
         if fqdn == host and visible_from(service_export(svc), namespace):
-            return [p.get("port") for p in items(spec(svc).get("ports")) if isinstance(p, dict)]
+            return _numbers(spec(svc).get("ports"), "port")
     for entry in config.of(NETWORKING, "ServiceEntry"):
         scope = export_scope(items(spec(entry).get("exportTo")), namespace_of(entry))
         if not visible_from(scope, namespace):
             continue
         for h in items(spec(entry).get("hosts")):
             if hosts_match(to_fqdn(namespace_of(entry), str(h)), host):
-                return [p.get("number") for p in items(spec(entry).get("ports")) if isinstance(p, dict)]
+                return _numbers(spec(entry).get("ports"), "number")
     return None
+
+
+def _numbers(ports: Any, field: str) -> list[int]:
+    return [p[field] for p in items(ports) if isinstance(mapping(p).get(field), int)]
 
 
 def destination_rules(config: Config) -> list[Message]:
@@ -126,7 +132,9 @@ def destination_rules(config: Config) -> list[Message]:
             subset = dest.get("subset")
             if subset and not _subset_defined(config, vs, str(dest.get("host") or ""), str(subset)):
                 ref = f"{dest.get('host')}+{subset}"
-                out.append(new("ReferencedResourceNotFound", vs, "host+subset in destinationrule", ref))
+                out.append(
+                    new("ReferencedResourceNotFound", vs, "host+subset in destinationrule", ref)
+                )
     return out
 
 
@@ -136,9 +144,10 @@ def _subset_defined(config: Config, vs: Obj, host: str, subset: str) -> bool:
         scope = export_scope(items(spec(rule).get("exportTo")), namespace_of(rule))
         if not visible_from(scope, namespace_of(vs)):
             continue
-        if hosts_match(to_fqdn(namespace_of(rule), str(spec(rule).get("host") or "")), fqdn):
-            if any(mapping(s).get("name") == subset for s in items(spec(rule).get("subsets"))):
-                return True
+        rule_host = to_fqdn(namespace_of(rule), str(spec(rule).get("host") or ""))
+        subsets = items(spec(rule).get("subsets"))
+        if hosts_match(rule_host, fqdn) and any(mapping(s).get("name") == subset for s in subsets):
+            return True
     return False
 
 
@@ -163,7 +172,9 @@ def gateways(config: Config) -> list[Message]:
                 out.append(new("ReferencedResourceNotFound", vs, "gateway", name))
             if not _served(gateway, hosts, namespace_of(vs)):
                 ref = f"{namespace}/{short}" if namespace else short
-                out.append(new("VirtualServiceHostNotFoundInGateway", vs, hosts, full_name(vs), ref))
+                out.append(
+                    new("VirtualServiceHostNotFoundInGateway", vs, hosts, full_name(vs), ref)
+                )
     return out
 
 
@@ -203,7 +214,15 @@ def jwt_claim_routes(config: Config) -> list[Message]:
             selector = mapping(spec(gateway).get("selector"))
             if not _authenticated(config, selector):
                 labels = ",".join(f"{k}={v}" for k, v in sorted(selector.items()))
-                out.append(new("JwtClaimBasedRoutingWithoutRequestAuthN", vs, key, full_name(gateway), labels))
+                out.append(
+                    new(
+                        "JwtClaimBasedRoutingWithoutRequestAuthN",
+                        vs,
+                        key,
+                        full_name(gateway),
+                        labels,
+                    )
+                )
     return out
 
 

@@ -46,8 +46,15 @@ def add_command(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     p.add_argument("-o", "--output", choices=["log", "json", "yaml"], default="log")
     levels = f"one of {', '.join(LEVELS)}"
-    p.add_argument("--failure-threshold", type=_level, default="Error", help=f"exit 79 at this level ({levels})")
-    p.add_argument("--output-threshold", type=_level, default="Info", help=f"print from this level ({levels})")
+    p.add_argument(
+        "--failure-threshold",
+        type=_level,
+        default="Error",
+        help=f"exit 79 at this level ({levels})",
+    )
+    p.add_argument(
+        "--output-threshold", type=_level, default="Info", help=f"print from this level ({levels})"
+    )
     p.add_argument(
         "-S",
         "--suppress",
@@ -96,7 +103,9 @@ def run(args: argparse.Namespace) -> int:
     if not shown:
         what = "\n".join(paths) if paths else target
         print(f"\u2714 No validation issues found when analyzing {what}.", file=sys.stderr)
-    if args.output == "log" and any(level_at_least(m.type.level, args.failure_threshold) for m in messages):
+    if args.output == "log" and any(
+        level_at_least(m.type.level, args.failure_threshold) for m in messages
+    ):
         print(f"Error: Analyzers found issues when analyzing {target}.", file=sys.stderr)
         print(f"See {DOC_URL} for more information about causes and resolutions.", file=sys.stderr)
         return EXIT_ISSUES_FOUND
@@ -128,7 +137,8 @@ def _with_namespace(obj: Obj, namespace: str | None) -> Obj:
         return obj
     if not namespaced or namespace is None or namespace_of(obj):
         return obj
-    meta = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
+    found = obj.get("metadata")
+    meta: Obj = found if isinstance(found, dict) else {}
     return {**obj, "metadata": {**meta, "namespace": namespace}}
 
 
@@ -137,7 +147,12 @@ def _overlay(live: list[Obj], files: list[Obj]) -> list[Obj]:
     the live one of the same kind, namespace and name."""
 
     def key(obj: Obj) -> tuple[str, str, str, str]:
-        return str(obj.get("apiVersion", "")).rpartition("/")[0], str(obj.get("kind")), namespace_of(obj), name_of(obj)
+        return (
+            str(obj.get("apiVersion", "")).rpartition("/")[0],
+            str(obj.get("kind")),
+            namespace_of(obj),
+            name_of(obj),
+        )
 
     replaced = {key(o) for o in files}
     return [o for o in live if key(o) not in replaced] + files
@@ -146,10 +161,13 @@ def _overlay(live: list[Obj], files: list[Obj]) -> list[Obj]:
 def _suppression(text: str) -> tuple[str, str]:
     code, sep, resource = text.partition("=")
     if not sep or "=" in resource:
-        raise ManifestError(f"{text} is not a valid suppression value. See pilotfish analyze --help")
+        raise ManifestError(
+            f"{text} is not a valid suppression value. See pilotfish analyze --help"
+        )
     if code not in CODES:
         print(
-            f"Warning: Supplied message code '{code}' is an unknown message code and will not have any effect.",
+            f"Warning: Supplied message code '{code}' is an unknown message code "
+            "and will not have any effect.",
             file=sys.stderr,
         )
     return code, resource
