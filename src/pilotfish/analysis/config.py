@@ -16,11 +16,12 @@ EXPORT_TO_ANNOTATION = "networking.istio.io/exportTo"
 
 
 class Config:
-    """Objects by (group, kind), in the order given; what every analyzer reads."""
+    """Objects by (group, kind), each kind sorted by namespace and name so that
+    messages naming several objects read the same whatever order they came in."""
 
     def __init__(self, objects: list[Obj]) -> None:
         self._by_kind: dict[tuple[str, str], list[Obj]] = {}
-        for obj in objects:
+        for obj in sorted(objects, key=lambda o: (namespace_of(o), name_of(o))):
             self._by_kind.setdefault(group_kind(obj), []).append(obj)
 
     def __repr__(self) -> str:
