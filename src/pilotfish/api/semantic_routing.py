@@ -192,7 +192,7 @@ def header_operations(path: str, headers: Any, errors: Errors) -> None:
     if not isinstance(headers, dict):
         return
     for side in ("request", "response"):
-        ops = headers.get(side) if isinstance(headers.get(side), dict) else {}
+        ops = _section(headers, side)
         name_check = (
             checks.request_header_write if side == "request" else checks.header_operation_name
         )
@@ -208,8 +208,13 @@ def header_operations(path: str, headers: Any, errors: Errors) -> None:
     _authority_once(path, headers, errors)
 
 
+def _section(headers: Obj, side: str) -> Obj:
+    found = headers.get(side)
+    return found if isinstance(found, dict) else {}
+
+
 def _authority_once(path: str, headers: Obj, errors: Errors) -> None:
-    request = headers.get("request") if isinstance(headers.get("request"), dict) else {}
+    request = _section(headers, "request")
     current = ""
     for op in ("set", "add"):
         for name, value in (request.get(op) or {}).items():
