@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 _CONFORMANCE = "tests/api/test_conformance.py::"
-_ANALYZERS = "tests/analysis/test_conformance.py::"
+_ANALYZERS = "tests/analysis/test_analyzer_conformance.py::"
 _results: dict[str, dict[str, bool]] = {"validation": {}, "bookinfo": {}, "analyzers": {}}
 
 
@@ -31,7 +31,7 @@ def pytest_runtest_logreport(report: Any) -> None:
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     analyzers = _results["analyzers"]
     if analyzers:
-        from tests.analysis.test_conformance import UNCLAIMED
+        from tests.analysis.test_analyzer_conformance import UNCLAIMED
 
         terminalreporter.write_line(
             f"istioctl analyze conformance: {sum(analyzers.values())}/{len(analyzers)} "
