@@ -25,7 +25,7 @@ from pilotfish.analysis import (
 from pilotfish.analysis.config import Config, Obj, name_of, namespace_of
 from pilotfish.analysis.messages import Message, Resource, kind_known, sorted_messages
 from pilotfish.analysis.schema import schema_errors
-from pilotfish.api.kinds import registry
+from pilotfish.api.kinds import Kind, registry
 
 
 @dataclass(frozen=True)
@@ -98,15 +98,19 @@ Lookup = Callable[[str, str, "str | None"], list[Obj]]
 _NOT_CONFIG = {("", "Event"), ("", "Secret"), ("", "ConfigMap")}
 
 
+def config_kinds() -> list[Kind]:
+    """The kinds analysis reads (records and payloads like Events and Secrets are not)."""
+    return [k for k in registry() if (k.group, k.kind) not in _NOT_CONFIG]
+
+
 def warnings_for(obj: Obj, lookup: Lookup) -> list[str]:
     """What `apply` warns about one object just written, given the stored
     objects `lookup(group, kind, None)` returns (every namespace): the
     messages about it, analyzed with the live state it joins."""
     key = _key(obj)
     objects = [obj]
-    for kind in registry():
-        if (kind.group, kind.kind) not in _NOT_CONFIG:
-            objects += [o for o in lookup(kind.group, kind.kind, None) if _key(o) != key]
+    for kind in config_kinds():
+        objects += [o for o in lookup(kind.group, kind.kind, None) if _key(o) != key]
     return [str(m) for m in about(analyze(objects, stored=True), obj)]
 
 
@@ -114,4 +118,13 @@ def _key(obj: Obj) -> tuple[str, str, str]:
     return str(obj.get("kind", "")), namespace_of(obj), name_of(obj)
 
 
-__all__ = ["ANALYZERS", "Analyzer", "Lookup", "Message", "about", "analyze", "warnings_for"]
+__all__ = [
+    "ANALYZERS",
+    "Analyzer",
+    "Lookup",
+    "Message",
+    "about",
+    "analyze",
+    "config_kinds",
+    "warnings_for",
+]

@@ -13,10 +13,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from pilotfish.analysis.config import Obj, name_of, namespace_of
 from pilotfish.api.errors import ApiError
 from pilotfish.api.kinds import registry
 
-Obj = dict[str, Any]
 LEVELS = ("Info", "Warning", "Error")  # worst last, as diag.Level orders them
 DOC_URL = "https://istio.io/latest/docs/reference/config/analysis"
 
@@ -236,11 +236,7 @@ class Resource:
 
     @classmethod
     def of(cls, obj: Obj) -> Resource:
-        found = obj.get("metadata")
-        meta: Obj = found if isinstance(found, dict) else {}
-        return cls(
-            str(obj.get("kind", "")), str(meta.get("namespace") or ""), str(meta.get("name", ""))
-        )
+        return cls(str(obj.get("kind", "")), namespace_of(obj), name_of(obj))
 
     @property
     def full_name(self) -> str:

@@ -21,7 +21,6 @@ from pilotfish.analysis.config import (
     Obj,
     items,
     mapping,
-    spec,
 )
 from pilotfish.analysis.messages import Message, new
 
@@ -161,4 +160,4 @@ def unenforced(config: Config) -> list[Message]:
     return out
 
 
-__all__ = ["TABLE", "Unenforced", "spec", "unenforced", "values_at"]
+__all__ = ["TABLE", "Unenforced", "unenforced", "values_at"]

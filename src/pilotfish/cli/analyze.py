@@ -10,6 +10,7 @@ import sys
 from typing import Any
 
 from pilotfish.analysis import analyze as run_analyzers
+from pilotfish.analysis import config_kinds
 from pilotfish.analysis.config import Obj, name_of, namespace_of
 from pilotfish.analysis.messages import CODES, DOC_URL, LEVELS, Message, level_at_least
 from pilotfish.api.errors import ApiError
@@ -21,7 +22,6 @@ from pilotfish.client import Client
 # istioctl's exit codes (istioctl/pkg/util/exitcodes.go).
 EXIT_FILE_PARSE = 78
 EXIT_ISSUES_FOUND = 79
-_NOT_CONFIG = {("", "Event"), ("", "Secret"), ("", "ConfigMap")}
 
 
 def add_command(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -123,9 +123,8 @@ def _print(messages: list[Message], fmt: str) -> None:
 
 def _live(client: Client) -> list[Obj]:
     found: list[Obj] = []
-    for kind in registry():
-        if (kind.group, kind.kind) not in _NOT_CONFIG:
-            found += client.list(kind, None).get("items", [])
+    for kind in config_kinds():
+        found += client.list(kind, None).get("items", [])
     return found
 
 

@@ -5,15 +5,13 @@ namespace. Reads need no token, as other reads."""
 
 from __future__ import annotations
 
-from pilotfish.analysis import analyze
+from pilotfish.analysis import analyze, config_kinds
 from pilotfish.analysis.config import Obj
 from pilotfish.api.errors import MethodNotAllowed
-from pilotfish.api.kinds import registry
 from pilotfish.controlplane.api import Request, Response, encode
 from pilotfish.store.resources import ResourceStore
 
 ANALYZE = "/apis/pilotfish.dev/v1alpha1/analyze"
-_NOT_CONFIG = {("", "Event"), ("", "Secret"), ("", "ConfigMap")}
 
 
 class AnalyzeApi:
@@ -40,7 +38,6 @@ class AnalyzeApi:
 def live_objects(store: ResourceStore) -> list[Obj]:
     """Every stored object analysis reads, in every namespace."""
     found: list[Obj] = []
-    for kind in registry():
-        if (kind.group, kind.kind) not in _NOT_CONFIG:
-            found += store.list(kind.group, kind.kind, None)[0]
+    for kind in config_kinds():
+        found += store.list(kind.group, kind.kind, None)[0]
     return found
