@@ -24,6 +24,8 @@ from types import FrameType
 from pilotfish.analysis import warnings_for
 from pilotfish.api.validation import validate_or_raise, with_defaults
 from pilotfish.config import ClientConfig, write_client_config
+from pilotfish.controlplane import analysis_status
+from pilotfish.controlplane.analysis_status import StatusWriter
 from pilotfish.controlplane.analyze_api import AnalyzeApi
 from pilotfish.controlplane.api import Api, chain
 from pilotfish.controlplane.auth import load_or_create_token
@@ -67,6 +69,7 @@ class ControlPlane:
         self.ads = ads
         self.rollout: RolloutService | None = None
         self.loadtester: LoadTesterApi | None = None
+        self.analysis: StatusWriter | None = None
 
     def __repr__(self) -> str:
         return f"ControlPlane({self.server.url}, data_dir={str(self.data_dir)!r})"
@@ -96,6 +99,9 @@ class ControlPlane:
             plane = cls(server, store, data_dir)
             plane._start_mesh(xds_listen)
             loadtester = plane._start_rollout()
+            if analysis_status.enabled():
+                plane.analysis = StatusWriter(store)
+                plane.analysis.start()
             extensions = chain(MeshApi(plane.instances, plane.ads), AnalyzeApi(store), loadtester)
             server.api = Api(store, token, analyze=warnings_for, extension=extensions)
             write_client_config(ClientConfig(server.url, token), config_path)
@@ -136,6 +142,8 @@ class ControlPlane:
 
     def close(self) -> None:
         """Stop what was started, newest first; safe on a half-open plane."""
+        if self.analysis is not None:
+            self.analysis.stop()
         if self.rollout is not None:
             self.rollout.stop()
         if self.loadtester is not None:
