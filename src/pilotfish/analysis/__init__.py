@@ -17,6 +17,7 @@ from pilotfish.analysis import (
     destinationrule,
     envoyfilter,
     gateway,
+    matches,
     serviceentry,
     telemetry,
     unenforced,
@@ -70,6 +71,11 @@ ANALYZERS: tuple[Analyzer, ...] = (
     ),
     Analyzer("virtualservice.GatewayAnalyzer", virtualservice.gateways, ("IST0101", "IST0132")),
     Analyzer("virtualservice.JWTClaimRouteAnalyzer", virtualservice.jwt_claim_routes, ("IST0149",)),
+    Analyzer(
+        "schema.ValidationAnalyzer.VirtualService",
+        matches.unreachable_rules,
+        ("IST0130", "IST0131"),
+    ),
     Analyzer("pilotfish.UnenforcedAnalyzer", unenforced.unenforced, ("PF0001",)),
 )
 
