@@ -314,6 +314,12 @@ CASES: list[tuple[str, list[str], str, list[tuple[str, str]]]] = [
         ],
     ),
     (
+        "Route Rule no effect on Ingress",
+        ["virtualservice_route_rule_no_effects_ingress.yaml"],
+        "virtualservice.DestinationHostAnalyzer",
+        [("IST0140", "VirtualService default/testing-service-01-test-01")],
+    ),
+    (
         "dupmatches",
         ["virtualservice_dupmatches.yaml", "virtualservice_overlappingmatches.yaml"],
         "schema.ValidationAnalyzer.VirtualService",
@@ -372,7 +378,6 @@ UNCLAIMED: dict[str, str] = {
     "missing Addresses ... with ISTIO_META_DNS_AUTO_ALLOCATE enabled": "MeshConfig files are not read by pilotfish",
     "certificate duplication in Gateway": "gateway TLS is not enforced (PF0001); the analyzer also needs gateway Pods",
     "webook": f"{_K8S} (MutatingWebhookConfiguration)",
-    "Route Rule no effect on Ingress": "IngressRouteRulesNotAffected not ported yet",
     "Application Pod/Container SecurityContext (4 cases)": f"{_K8S} (Pods, Deployments)",
     "telemetrySelector": f"{_K8S} (Pods)",
     "Telemetry Lightstep": "MeshConfig extension providers are not read by pilotfish",

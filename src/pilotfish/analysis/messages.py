@@ -125,6 +125,12 @@ _TYPES = (
         "connections.",
     ),
     MessageType(
+        "IngressRouteRulesNotAffected",
+        "IST0140",
+        "Warning",
+        "Subset in virtual service %s has no effect on ingress gateway %s requests",
+    ),
+    MessageType(
         "ConflictingGateways",
         "IST0145",
         "Error",

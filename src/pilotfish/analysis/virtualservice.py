@@ -83,11 +83,39 @@ def _checked_namespaces(vs: Obj) -> list[str]:
 
 def destination_hosts(config: Config) -> list[Message]:
     """IST0101 for a destination host (or host:port) no Service or ServiceEntry
-    defines, IST0112 for a multi-port Service named without a port."""
+    defines, IST0112 for a multi-port Service named without a port, IST0140
+    for a gateway route that skips the subsets the mesh's routes use."""
     out = []
     for vs in config.of(NETWORKING, "VirtualService"):
         for dest in destinations(vs):
             out += _check_destination(config, vs, dest)
+    return out + _ingress_subsets(config)
+
+
+def _ingress_subsets(config: Config) -> list[Message]:
+    """A gateway applies only its own VirtualService: the mesh VirtualService's
+    subsets for the same host do nothing for requests entering there."""
+    mesh_subsets: dict[str, list[Obj]] = {}
+    for vs in config.of(NETWORKING, "VirtualService"):
+        gateways = items(spec(vs).get("gateways"))
+        if gateways and MESH_GATEWAY not in gateways:
+            continue
+        if any(dest.get("subset") for dest in destinations(vs)):
+            for host in items(spec(vs).get("hosts")):
+                mesh_subsets.setdefault(to_fqdn(namespace_of(vs), str(host)), []).append(vs)
+    out = []
+    for vs in config.of(NETWORKING, "VirtualService"):
+        gateways = items(spec(vs).get("gateways"))
+        if not gateways or MESH_GATEWAY in gateways:
+            continue
+        for dest in destinations(vs):
+            host = to_fqdn(namespace_of(vs), str(dest.get("host") or ""))
+            if dest.get("subset") or host not in mesh_subsets:
+                continue
+            for mesh_vs in mesh_subsets[host]:
+                out.append(
+                    new("IngressRouteRulesNotAffected", vs, full_name(mesh_vs), full_name(vs))
+                )
     return out
 
 
