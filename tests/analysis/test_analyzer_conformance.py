@@ -405,6 +405,7 @@ def test_istio_analyzer_case(
 ) -> None:
     objects = [d.obj for d in read_documents([str(INPUTS / f) for f in files])]
     alone = analyze(objects, (_ANALYZERS[analyzer],))
+    assert {m.type.code for m in alone} <= set(_ANALYZERS[analyzer].codes)
     assert Counter((m.type.code, m.resource.origin) for m in alone) == Counter(expected)
     printed = [(m["code"], m["origin"], m["message"]) for m in _run(files, capsys)]
     assert all((m.type.code, m.resource.origin, m.text) in printed for m in alone)

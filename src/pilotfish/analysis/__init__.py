@@ -64,7 +64,7 @@ ANALYZERS: tuple[Analyzer, ...] = (
     Analyzer(
         "virtualservice.DestinationHostAnalyzer",
         virtualservice.destination_hosts,
-        ("IST0101", "IST0112"),
+        ("IST0101", "IST0112", "IST0140"),
     ),
     Analyzer(
         "virtualservice.DestinationRuleAnalyzer", virtualservice.destination_rules, ("IST0101",)
