@@ -17,7 +17,7 @@ LINE = (
 )
 
 
-def _vs(name: str, subset: str) -> str:
+def _vs(name: str, path: str) -> str:
     return yaml.safe_dump(
         {
             "apiVersion": "networking.istio.io/v1",
@@ -25,7 +25,12 @@ def _vs(name: str, subset: str) -> str:
             "metadata": {"name": name},
             "spec": {
                 "hosts": ["reviews"],
-                "http": [{"route": [{"destination": {"host": "reviews", "subset": subset}}]}],
+                "http": [
+                    {
+                        "match": [{"uri": {"prefix": path}}],
+                        "route": [{"destination": {"host": "reviews"}}],
+                    }
+                ],
             },
         }
     )
@@ -39,26 +44,15 @@ SERVICE = yaml.safe_dump(
         "spec": {"selector": {"app": "reviews"}, "ports": [{"name": "http", "port": 9080}]},
     }
 )
-RULE = yaml.safe_dump(
-    {
-        "apiVersion": "networking.istio.io/v1",
-        "kind": "DestinationRule",
-        "metadata": {"name": "reviews"},
-        "spec": {
-            "host": "reviews",
-            "subsets": [{"name": n, "labels": {"version": n}} for n in ("v1", "v2")],
-        },
-    }
-)
 
 
 def test_two_virtual_services_for_one_host(controlplane: ControlPlane) -> None:
-    setup = controlplane.cli("apply", "-f", "-", stdin=SERVICE + "---\n" + RULE)
+    setup = controlplane.cli("apply", "-f", "-", stdin=SERVICE)
     assert setup.returncode == 0, setup.stderr
-    first = controlplane.cli("apply", "-f", "-", stdin=_vs("reviews", "v1"))
+    first = controlplane.cli("apply", "-f", "-", stdin=_vs("reviews", "/a"))
     assert first.returncode == 0 and first.stderr == "", first.stderr
 
-    second = controlplane.cli("apply", "-f", "-", stdin=_vs("reviews-2", "v2"))
+    second = controlplane.cli("apply", "-f", "-", stdin=_vs("reviews-2", "/b"))
     assert second.returncode == 0, second.stderr
     assert "virtualservice.networking.istio.io/reviews-2 created" in second.stdout
     assert second.stderr.splitlines() == ["Warning: " + LINE.format(name="reviews-2")]

@@ -46,6 +46,11 @@ ANALYZERS: tuple[Analyzer, ...] = (
         ("IST0128", "IST0129"),
     ),
     Analyzer(
+        "destinationrule.PodNotSelectedAnalyzer",
+        destinationrule.subsets_select_workloads,
+        ("IST0173",),
+    ),
+    Analyzer(
         "envoyfilter.EnvoyPatchAnalyzer",
         envoyfilter.patches,
         ("IST0151", "IST0152", "IST0153", "IST0154", "IST0155"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pilotfish.analysis.config import (
+    DOMAIN,
     NETWORKING,
     Config,
     Obj,
@@ -10,7 +11,9 @@ from pilotfish.analysis.config import (
     mapping,
     name_of,
     namespace_of,
+    selector_matches,
     spec,
+    to_fqdn,
 )
 from pilotfish.analysis.messages import Message, new
 
@@ -62,3 +65,38 @@ def _unverified(rule: Obj, tls: Obj) -> str:
     if tls.get("credentialName") and spec(rule).get("workloadSelector"):
         return ""
     return mode
+
+
+def subsets_select_workloads(config: Config) -> list[Message]:
+    """IST0173: a subset of a Service's DestinationRule that no Workload or
+    WorkloadEntry of the Service carries: requests routed to it get 503 UH.
+    (Istio looks at Pods; pilotfish's are Workloads and WorkloadEntries.)"""
+    out = []
+    for rule in config.of(NETWORKING, "DestinationRule"):
+        service = _service_of(
+            config, to_fqdn(namespace_of(rule), str(spec(rule).get("host") or ""))
+        )
+        if service is None:
+            continue
+        selector = mapping(spec(service).get("selector"))
+        labels = _workload_labels(config, namespace_of(service))
+        for subset in items(spec(rule).get("subsets")):
+            wanted = {**selector, **mapping(mapping(subset).get("labels"))}
+            if not any(selector_matches(wanted, have) for have in labels):
+                out.append(
+                    new("DestinationRuleSubsetNotSelectPods", rule, mapping(subset).get("name"))
+                )
+    return out
+
+
+def _service_of(config: Config, host: str) -> Obj | None:
+    for service in config.of("", "Service"):
+        if f"{name_of(service)}.{namespace_of(service)}.{DOMAIN}" == host:
+            return service
+    return None
+
+
+def _workload_labels(config: Config, namespace: str) -> list[Obj]:
+    found = [o for o in config.of("pilotfish.dev", "Workload") if namespace_of(o) == namespace]
+    found += [o for o in config.of(NETWORKING, "WorkloadEntry") if namespace_of(o) == namespace]
+    return [mapping(spec(o).get("labels")) for o in found]

@@ -202,6 +202,13 @@ _TYPES = (
         "The Telemetries %v in namespace %q have no workload selector, which can lead to "
         "undefined behavior.",
     ),
+    MessageType(
+        "DestinationRuleSubsetNotSelectPods",
+        "IST0173",
+        "Error",
+        "The Subset %s defined in the DestinationRule does not select any pods. Which may lead "
+        "to 503 UH (NoHealthyUpstream).",
+    ),
     # pilotfish's own: config that is stored and served but not acted on.
     MessageType(
         "NotEnforced",

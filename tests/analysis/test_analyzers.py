@@ -1,0 +1,78 @@
+"""Analyzers where pilotfish's kinds stand in for Kubernetes' (Workloads for
+Pods), and the write path's view of one object among the live ones."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pilotfish.analysis import analyze, warnings_for
+
+Obj = dict[str, Any]
+
+
+def _obj(api: str, kind: str, name: str, spec: Obj) -> Obj:
+    return {
+        "apiVersion": api,
+        "kind": kind,
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": spec,
+    }
+
+
+SERVICE = _obj(
+    "v1",
+    "Service",
+    "reviews",
+    {"selector": {"app": "reviews"}, "ports": [{"name": "http", "port": 9080}]},
+)
+RULE = _obj(
+    "networking.istio.io/v1",
+    "DestinationRule",
+    "reviews",
+    {"host": "reviews", "subsets": [{"name": n, "labels": {"version": n}} for n in ("v1", "v2")]},
+)
+
+
+def _workload(version: str) -> Obj:
+    labels = {"app": "reviews", "version": version}
+    return _obj(
+        "pilotfish.dev/v1alpha1",
+        "Workload",
+        f"reviews-{version}",
+        {"labels": labels, "command": ["x"]},
+    )
+
+
+def test_a_subset_no_workload_carries_is_ist0173() -> None:
+    messages = [
+        str(m) for m in analyze([SERVICE, RULE, _workload("v1")]) if m.type.code == "IST0173"
+    ]
+    assert messages == [
+        "Error [IST0173] (DestinationRule default/reviews) The Subset v2 defined in the "
+        "DestinationRule does not select any pods. Which may lead to 503 UH (NoHealthyUpstream)."
+    ]
+    entry = _obj(
+        "networking.istio.io/v1",
+        "WorkloadEntry",
+        "vm",
+        {"address": "10.0.0.9", "labels": {"app": "reviews", "version": "v2"}},
+    )
+    assert [
+        m for m in analyze([SERVICE, RULE, _workload("v1"), entry]) if m.type.code == "IST0173"
+    ] == []
+
+
+def test_the_write_path_reports_on_the_written_object_only() -> None:
+    first = _obj(
+        "networking.istio.io/v1",
+        "VirtualService",
+        "a",
+        {"hosts": ["reviews"], "http": [{"route": [{"destination": {"host": "reviews"}}]}]},
+    )
+    second = {**first, "metadata": {"name": "b", "namespace": "default"}}
+    stored = {("", "Service"): [SERVICE], ("networking.istio.io", "VirtualService"): [first]}
+    warnings = warnings_for(second, lambda group, kind, ns: stored.get((group, kind), []))
+    assert [w.split(")")[0] for w in warnings] == ["Error [IST0109] (VirtualService default/b"]
+    # the stored copy of the object being written is replaced, not counted twice
+    stored[("networking.istio.io", "VirtualService")] = [first, second]
+    assert warnings_for(second, lambda group, kind, ns: stored.get((group, kind), [])) == warnings
