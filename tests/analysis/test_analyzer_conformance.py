@@ -6,15 +6,18 @@ comparing (code, resource) with Istio's expectations for that analyzer.
 Istio runs one analyzer per case, so each case runs the case's analyzer
 alone over the files as the CLI reads them, compares with Istio's list, and
 checks that `pilotfish analyze` (every analyzer) prints each of those
-messages. Cases not claimed are listed with the reason in UNCLAIMED."""
+messages. Pods and Deployments become Workloads with their labels (pilotfish's
+equivalent). Cases not claimed are listed with the reason in UNCLAIMED."""
 
 from __future__ import annotations
 
 import json
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
 from pilotfish.analysis import ANALYZERS, analyze
 from pilotfish.cli.main import main
@@ -326,6 +329,21 @@ CASES: list[tuple[str, list[str], str, list[tuple[str, str]]]] = [
         [("IST0173", "DestinationRule default/subsets-not-select-pods")],
     ),
     (
+        "authorizationpolicies",
+        ["authorizationpolicies.yaml"],
+        "authz.AuthorizationPoliciesAnalyzer",
+        [
+            ("IST0127", "AuthorizationPolicy istio-system/meshwide-httpbin-v1"),
+            ("IST0127", "AuthorizationPolicy httpbin-empty/httpbin-empty-namespace-wide"),
+            ("IST0127", "AuthorizationPolicy httpbin/httpbin-nopods"),
+            ("IST0101", "AuthorizationPolicy httpbin/httpbin-bogus-ns"),
+            ("IST0101", "AuthorizationPolicy httpbin/httpbin-bogus-ns"),
+            ("IST0101", "AuthorizationPolicy httpbin/httpbin-bogus-not-ns"),
+            ("IST0101", "AuthorizationPolicy httpbin/httpbin-bogus-not-ns"),
+            ("IST0127", "AuthorizationPolicy test-ambient/no-workload"),
+        ],
+    ),
+    (
         "dupmatches",
         ["virtualservice_dupmatches.yaml", "virtualservice_overlappingmatches.yaml"],
         "schema.ValidationAnalyzer.VirtualService",
@@ -380,7 +398,6 @@ UNCLAIMED: dict[str, str] = {
     "virtualServiceInternalGatewayRef": "ReferencedInternalGateway is newer than the Istio message table ported here",
     "serviceMultipleDeployments, deploymentMultiServicesInDifferentNamespace, serviceWithNoSelector": f"{_K8S} (Deployments)",
     "unknown service registry in mesh networks": "MeshNetworks (multicluster) has no pilotfish equivalent",
-    "authorizationpolicies": f"{_K8S} (Pods, to find workloads a selector matches)",
     "missing Addresses ... with ISTIO_META_DNS_AUTO_ALLOCATE enabled": "MeshConfig files are not read by pilotfish",
     "certificate duplication in Gateway": "gateway TLS is not enforced (PF0001); the analyzer also needs gateway Pods",
     "webook": f"{_K8S} (MutatingWebhookConfiguration)",
@@ -398,10 +415,26 @@ UNCLAIMED: dict[str, str] = {
 _ANALYZERS = {a.name: a for a in ANALYZERS}
 
 
-def _run(files: list[str], capsys: pytest.CaptureFixture[str]) -> list[dict[str, str]]:
-    args = ["analyze", "--use-kube=false", "-A", "-o", "json"] + [str(INPUTS / f) for f in files]
-    assert main(args) == 0  # json output sets no exit code, as istioctl's
-    return json.loads(capsys.readouterr().out)
+def _run(path: Path, capsys: pytest.CaptureFixture[str]) -> list[dict[str, str]]:
+    assert main(["analyze", "--use-kube=false", "-A", "-o", "json", str(path)]) == 0
+    return json.loads(capsys.readouterr().out)  # json output sets no exit code, as istioctl's
+
+
+def as_pilotfish(obj: dict[str, Any]) -> dict[str, Any]:
+    """Kubernetes' Pods and Deployments as pilotfish's equivalent, a Workload
+    with the same labels; everything else as it is."""
+    if obj.get("kind") == "Pod":
+        labels = (obj.get("metadata") or {}).get("labels") or {}
+    elif obj.get("kind") == "Deployment":
+        labels = ((obj.get("spec") or {}).get("template") or {}).get("metadata", {}).get("labels")
+    else:
+        return obj
+    return {
+        "apiVersion": "pilotfish.dev/v1alpha1",
+        "kind": "Workload",
+        "metadata": obj["metadata"],
+        "spec": {"labels": labels or {}, "command": ["app"]},
+    }
 
 
 @pytest.mark.parametrize(
@@ -413,12 +446,16 @@ def test_istio_analyzer_case(
     analyzer: str,
     expected: list[tuple[str, str]],
     capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
 ) -> None:
-    objects = [d.obj for d in read_documents([str(INPUTS / f) for f in files])]
+    docs = read_documents([str(INPUTS / f) for f in files])
+    objects = [as_pilotfish(d.obj) for d in docs]
     alone = analyze(objects, (_ANALYZERS[analyzer],))
     assert {m.type.code for m in alone} <= set(_ANALYZERS[analyzer].codes)
     assert Counter((m.type.code, m.resource.origin) for m in alone) == Counter(expected)
-    printed = [(m["code"], m["origin"], m["message"]) for m in _run(files, capsys)]
+    mapped = tmp_path / "input.yaml"
+    mapped.write_text(yaml.safe_dump_all(objects))
+    printed = [(m["code"], m["origin"], m["message"]) for m in _run(mapped, capsys)]
     assert all((m.type.code, m.resource.origin, m.text) in printed for m in alone)
 
 

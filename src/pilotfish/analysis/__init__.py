@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from pilotfish.analysis import (
+    authz,
     deprecation,
     destinationrule,
     envoyfilter,
@@ -39,6 +40,7 @@ class Analyzer:
 SCHEMA = Analyzer("schema.ValidationAnalyzer", schema_errors, ("IST0106",))
 ANALYZERS: tuple[Analyzer, ...] = (
     SCHEMA,
+    Analyzer("authz.AuthorizationPoliciesAnalyzer", authz.policies, ("IST0101", "IST0127")),
     Analyzer("deprecation.FieldAnalyzer", deprecation.fields, ("IST0002",)),
     Analyzer(
         "destinationrule.CaCertificateAnalyzer",

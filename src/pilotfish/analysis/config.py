@@ -40,6 +40,12 @@ class Config:
         return None
 
 
+def workloads(config: Config) -> list[Obj]:
+    """What runs in the mesh and carries labels: Workloads and WorkloadEntries
+    (pilotfish's stand-ins for Istio's Pods; every one has a sidecar)."""
+    return config.of("pilotfish.dev", "Workload") + config.of(NETWORKING, "WorkloadEntry")
+
+
 def group_kind(obj: Obj) -> tuple[str, str]:
     return str(obj.get("apiVersion", "")).rpartition("/")[0], str(obj.get("kind", ""))
 

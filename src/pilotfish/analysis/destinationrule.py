@@ -14,6 +14,7 @@ from pilotfish.analysis.config import (
     selector_matches,
     spec,
     to_fqdn,
+    workloads,
 )
 from pilotfish.analysis.messages import Message, new
 
@@ -97,6 +98,6 @@ def _service_of(config: Config, host: str) -> Obj | None:
 
 
 def _workload_labels(config: Config, namespace: str) -> list[Obj]:
-    found = [o for o in config.of("pilotfish.dev", "Workload") if namespace_of(o) == namespace]
-    found += [o for o in config.of(NETWORKING, "WorkloadEntry") if namespace_of(o) == namespace]
-    return [mapping(spec(o).get("labels")) for o in found]
+    return [
+        mapping(spec(o).get("labels")) for o in workloads(config) if namespace_of(o) == namespace
+    ]
