@@ -19,6 +19,7 @@ from pilotfish.analysis import (
     envoyfilter,
     gateway,
     matches,
+    selectors,
     serviceentry,
     telemetry,
     unenforced,
@@ -61,8 +62,10 @@ ANALYZERS: tuple[Analyzer, ...] = (
     Analyzer(
         "serviceentry.ProtocolAddressesAnalyzer", serviceentry.addresses_required, ("IST0134",)
     ),
+    Analyzer("sidecar.SelectorAnalyzer", selectors.sidecars, ("IST0101", "IST0110", "IST0111")),
+    Analyzer("telemetry.SelectorAnalyzer", selectors.telemetry_selectors, ("IST0101", "IST0159")),
     Analyzer("telemetry.ProdiverAnalyzer", telemetry.providers, ("IST0157",)),
-    Analyzer("telemetry.DefaultSelectorAnalyzer", telemetry.default_selectors, ("IST0160",)),
+    Analyzer("telemetry.DefaultSelectorAnalyzer", selectors.telemetry_namespace_wide, ("IST0160",)),
     Analyzer(
         "virtualservice.ConflictingMeshGatewayHostsAnalyzer",
         virtualservice.conflicting_mesh_gateway_hosts,

@@ -50,6 +50,13 @@ _TYPES = (
         "into a single resource.",
     ),
     MessageType(
+        "ConflictingSidecarWorkloadSelectors",
+        "IST0110",
+        "Error",
+        "The Sidecars %v in namespace %q select the same workload pod %q, which can lead to "
+        "undefined behavior.",
+    ),
+    MessageType(
         "MultipleSidecarsWithoutWorkloadSelectors",
         "IST0111",
         "Error",
@@ -194,6 +201,13 @@ _TYPES = (
         "IST0157",
         "Warning",
         "The Telemetry %v in namespace %q with empty providers will be ignored.",
+    ),
+    MessageType(
+        "ConflictingTelemetryWorkloadSelectors",
+        "IST0159",
+        "Error",
+        "The Telemetries %v in namespace %q select the same workload pod %q, which can lead to "
+        "undefined behavior.",
     ),
     MessageType(
         "MultipleTelemetriesWithoutWorkloadSelectors",

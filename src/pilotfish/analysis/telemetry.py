@@ -5,7 +5,6 @@ from __future__ import annotations
 from pilotfish.analysis.config import (
     TELEMETRY,
     Config,
-    Obj,
     items,
     mapping,
     name_of,
@@ -42,30 +41,4 @@ def _empty(entry: object) -> bool:
         not items(entry.get("providers"))
         and not entry.get("disabled")
         and "disableSpanReporting" not in entry
-    )
-
-
-def default_selectors(config: Config) -> list[Message]:
-    """IST0160: two namespace-wide Telemetries in one namespace; which applies is undefined."""
-    by_namespace: dict[str, list[Obj]] = {}
-    for telemetry in config.of(TELEMETRY, "Telemetry"):
-        if not _targeted(telemetry):
-            by_namespace.setdefault(namespace_of(telemetry), []).append(telemetry)
-    out = []
-    for namespace, found in sorted(by_namespace.items()):
-        if len(found) > 1:
-            names = [name_of(t) for t in found]
-            out += [
-                new("MultipleTelemetriesWithoutWorkloadSelectors", t, names, namespace)
-                for t in found
-            ]
-    return out
-
-
-def _targeted(obj: Obj) -> bool:
-    body = spec(obj)
-    return bool(
-        mapping(body.get("selector")).get("matchLabels")
-        or body.get("targetRef")
-        or body.get("targetRefs")
     )
