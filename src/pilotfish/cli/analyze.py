@@ -117,7 +117,7 @@ def _print(messages: list[Message], fmt: str) -> None:
         print(json.dumps([m.to_dict() for m in messages], indent="\t"))
     elif fmt == "yaml":
         print(output.to_yaml([m.to_dict() for m in messages]), end="")
-    elif messages:
+    else:  # istioctl prints its (maybe empty) text and a newline
         print("\n".join(str(m) for m in messages))
 
 
