@@ -139,3 +139,26 @@ def test_invalid_objects_are_ist0106(tmp_path: Path, capsys: pytest.CaptureFixtu
         "Error [IST0106] (VirtualService default/a) Schema validation error: spec.http[0].route[0].weight"
         in out
     )
+
+
+def test_validate_warns_on_config_pilotfish_does_not_enforce(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    policy = tmp_path / "deny.yaml"
+    policy.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "security.istio.io/v1",
+                "kind": "AuthorizationPolicy",
+                "metadata": {"name": "deny-all", "namespace": "istio-system"},  # mesh-wide
+                "spec": {},
+            }
+        )
+    )
+    assert main(["validate", "-f", str(policy)]) == 0
+    out, err = capsys.readouterr()
+    assert out == "1 of 1 document valid\n"
+    assert err.splitlines() == [
+        "Warning: Warning [PF0001] (AuthorizationPolicy istio-system/deny-all) AuthorizationPolicy "
+        "is stored but not enforced by pilotfish: no proxy receives anything from it"
+    ]

@@ -74,6 +74,21 @@ def test_two_virtual_services_for_one_host(controlplane: ControlPlane) -> None:
     assert suppressed.returncode == 0, suppressed.stdout
     assert "No validation issues found when analyzing namespace: default." in suppressed.stderr
 
+    policy = yaml.safe_dump(
+        {
+            "apiVersion": "security.istio.io/v1",
+            "kind": "AuthorizationPolicy",
+            "metadata": {"name": "deny-all", "namespace": "istio-system"},  # mesh-wide
+            "spec": {},
+        }
+    )
+    applied = controlplane.cli("apply", "-f", "-", stdin=policy)
+    assert applied.returncode == 0, applied.stderr
+    assert applied.stderr.splitlines() == [
+        "Warning: Warning [PF0001] (AuthorizationPolicy istio-system/deny-all) AuthorizationPolicy "
+        "is stored but not enforced by pilotfish: no proxy receives anything from it"
+    ]
+
     url = f"{controlplane.server}/apis/pilotfish.dev/v1alpha1/analyze?namespace=default"
     with urllib.request.urlopen(url, timeout=10) as response:
         messages = json.loads(response.read())["messages"]
