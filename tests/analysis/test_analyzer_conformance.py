@@ -42,6 +42,12 @@ CASES: list[tuple[str, list[str], str, list[tuple[str, str]]]] = [
         [("IST0145", "Gateway alpha"), ("IST0145", "Gateway beta")],
     ),
     (
+        "conflicting gateways detect by sub selector",
+        ["conflicting-gateways-subSelector.yaml"],
+        "gateway.ConflictingGatewayAnalyzer",
+        [("IST0145", "Gateway alpha"), ("IST0145", "Gateway beta")],
+    ),
+    (
         "gateways with different port",
         ["gateway-different-port.yaml"],
         "gateway.ConflictingGatewayAnalyzer",
@@ -407,7 +413,6 @@ UNCLAIMED: dict[str, str] = {
     "externalControlPlane* (5 cases)": f"{_K8S} (webhook configurations)",
     "gatewayNoWorkload, gatewayBadPort, gatewayCorrectPort, gatewayCustomIngressGateway* (6), gatewayServiceMatchPod": "IngressGatewayPortAnalyzer matches gateway Pods and their Services; pilotfish gateways are agent-run, not Pods",
     "gatewaySecret, gatewaySecretValidations": "credentialName is not enforced (gateways serve plain HTTP): PF0001 says so",
-    "conflicting gateways detect by sub selector": f"{_K8S} (Pods, to find gateways selecting the same workload)",
     "istioInjection*, injectionImage*, Detect `image: auto`": "sidecar injection: pilotfish's node agent starts sidecars itself",
     "portNameNotFollowConvention, namedPort, unnamedPortInSystemNamespace, ExternalNameServiceType*": "PortNameAnalyzer not ported: pilotfish takes a port's protocol from appProtocol or the name, with no protocol sniffing to warn about",
     "sidecarDefaultSelector": "IneffectivePolicy (Sidecars in ambient namespaces) is newer than "

@@ -11,30 +11,39 @@ from pilotfish.analysis.config import (
     labels_text,
     mapping,
     name_of,
+    selector_matches,
     spec,
+    workloads,
 )
 from pilotfish.analysis.messages import Message, new
 
-Listener = tuple[Obj, str, int, str]  # gateway, selector, port number, host
+Listener = tuple[Obj, int, str]  # gateway, port number, host
 
 
 def conflicting_gateways(config: Config) -> list[Message]:
     """IST0145: two Gateways on the same workloads and port claim the same host,
-    so which one serves it is undefined."""
-    listeners = list(_listeners(config.of(NETWORKING, "Gateway")))
+    so which one serves it is undefined. Same workloads: equal selectors, or
+    selectors one workload matches both of."""
+    gateways = config.of(NETWORKING, "Gateway")
+    listeners = _listeners(gateways)
+    labels = [mapping(spec(w).get("labels")) for w in workloads(config)]
     out = []
-    for gateway in config.of(NETWORKING, "Gateway"):
+    for gateway in gateways:
         mine = [entry for entry in listeners if entry[0] is gateway]
-        for _, selector, port, host in mine:
+        for _, port, host in mine:
             others = sorted(
                 {
                     name_of(other)
-                    for other, s, p, h in listeners
-                    if other is not gateway and s == selector and p == port and hosts_match(h, host)
+                    for other, p, h in listeners
+                    if other is not gateway
+                    and p == port
+                    and hosts_match(h, host)
+                    and _same_workloads(gateway, other, labels)
                 }
             )
             if others:
-                hosts = [h for g, s, p, h in mine if p == port]
+                hosts = [h for _, p, h in mine if p == port]
+                selector = labels_text(_selector(gateway))
                 out.append(
                     new(
                         "ConflictingGateways", gateway, ",".join(others), selector, str(port), hosts
@@ -44,14 +53,24 @@ def conflicting_gateways(config: Config) -> list[Message]:
     return out
 
 
+def _selector(gateway: Obj) -> Obj:
+    return mapping(spec(gateway).get("selector"))
+
+
+def _same_workloads(a: Obj, b: Obj, labels: list[Obj]) -> bool:
+    mine, theirs = _selector(a), _selector(b)
+    if mine == theirs:
+        return True
+    return any(selector_matches(mine, have) and selector_matches(theirs, have) for have in labels)
+
+
 def _listeners(gateways: list[Obj]) -> list[Listener]:
     found = []
     for gateway in gateways:
-        selector = labels_text(mapping(spec(gateway).get("selector")))
         for server in items(spec(gateway).get("servers")):
             port = mapping(mapping(server).get("port")).get("number")
             if not isinstance(port, int):
                 continue
             for host in items(mapping(server).get("hosts")):
-                found.append((gateway, selector, port, str(host).rpartition("/")[2]))
+                found.append((gateway, port, str(host).rpartition("/")[2]))
     return found
