@@ -27,7 +27,13 @@ SERVICE = {
     "apiVersion": "v1",
     "kind": "Service",
     "metadata": {"name": "reviews", "namespace": "default"},
-    "spec": {"ports": [{"name": "http", "port": 9080}]},
+    "spec": {"selector": {"app": "reviews"}, "ports": [{"name": "http", "port": 9080}]},
+}
+WORKLOAD = {
+    "apiVersion": "pilotfish.dev/v1alpha1",
+    "kind": "Workload",
+    "metadata": {"name": "reviews-v1", "namespace": "default"},
+    "spec": {"labels": {"app": "reviews", "version": "v1"}, "command": ["python3", "app.py"]},
 }
 RULE = {
     "apiVersion": "networking.istio.io/v1",
@@ -38,7 +44,7 @@ RULE = {
 
 
 def test_messages_land_in_status_once_and_leave_when_fixed(store: ResourceStore) -> None:
-    for obj in (SERVICE, RULE, _vs("v9")):
+    for obj in (SERVICE, WORKLOAD, RULE, _vs("v9")):
         store.apply(obj, manager="user")
     writer = StatusWriter(store)
     assert writer.sync() == 1
