@@ -76,3 +76,15 @@ def test_the_write_path_reports_on_the_written_object_only() -> None:
     # the stored copy of the object being written is replaced, not counted twice
     stored[("networking.istio.io", "VirtualService")] = [first, second]
     assert warnings_for(second, lambda group, kind, ns: stored.get((group, kind), [])) == warnings
+
+
+def test_every_analyzer_lists_with_a_description(capsys: Any) -> None:
+    from pilotfish.analysis import ANALYZERS
+    from pilotfish.cli.main import main
+
+    assert all(a.description for a in ANALYZERS)
+    assert main(["analyze", "-L"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "* authz.AuthorizationPoliciesAnalyzer:"
+    assert lines[1].startswith("    IST0127 for a selector no workload matches")
+    assert len(lines) == 2 * len(ANALYZERS)

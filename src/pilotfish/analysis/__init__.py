@@ -37,6 +37,11 @@ class Analyzer:
     run: Callable[[Config], list[Message]]
     codes: tuple[str, ...]
 
+    @property
+    def description(self) -> str:
+        """The first paragraph of the function's docstring, on one line."""
+        return " ".join((self.run.__doc__ or "").strip().split("\n\n")[0].split())
+
 
 SCHEMA = Analyzer("schema.ValidationAnalyzer", schema_errors, ("IST0106",))
 ANALYZERS: tuple[Analyzer, ...] = (

@@ -8,6 +8,7 @@ from pilotfish.api.validation import validate
 
 
 def schema_errors(config: Config) -> list[Message]:
+    """IST0106 for every reason pilotfish would refuse the object."""
     return [
         new("SchemaValidationError", obj, str(error))
         for obj in config.all()

@@ -94,12 +94,15 @@ def _targeted(obj: Obj) -> bool:
 
 
 def sidecars(config: Config) -> list[Message]:
+    """Sidecars: selectors matching no workload, two on one workload, two namespace-wide."""
     return selected(config, SIDECAR) + namespace_wide(config, SIDECAR)
 
 
 def telemetry_selectors(config: Config) -> list[Message]:
+    """Telemetries: selectors matching no workload, two on one workload."""
     return selected(config, TELEMETRY_KIND)
 
 
 def telemetry_namespace_wide(config: Config) -> list[Message]:
+    """IST0160: two Telemetries without a selector in one namespace."""
     return namespace_wide(config, TELEMETRY_KIND)

@@ -151,6 +151,7 @@ def _present(obj: Obj, row: Unenforced) -> bool:
 
 
 def unenforced(config: Config) -> list[Message]:
+    """PF0001 for each kind or field in TABLE that an object has: stored, served, not enforced."""
     out = []
     for row in TABLE:
         for obj in config.of(row.group, row.kind):

@@ -9,8 +9,8 @@ import json
 import sys
 from typing import Any
 
+from pilotfish.analysis import ANALYZERS, config_kinds
 from pilotfish.analysis import analyze as run_analyzers
-from pilotfish.analysis import config_kinds
 from pilotfish.analysis.config import Obj, name_of, namespace_of
 from pilotfish.analysis.messages import CODES, DOC_URL, LEVELS, Message, level_at_least
 from pilotfish.api.errors import ApiError
@@ -33,6 +33,9 @@ def add_command(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("files", nargs="*", metavar="FILE", help="files or directories to analyze")
     p.add_argument("-f", "--filename", action="append", default=[], metavar="FILE", help="as FILE")
     p.add_argument("-R", "--recursive", action="store_true", help="read directories recursively")
+    p.add_argument(
+        "-L", "--list-analyzers", action="store_true", help="list the analyzers and exit"
+    )
     p.add_argument("-A", "--all-namespaces", action="store_true", help="analyze all namespaces")
     p.add_argument(
         "-k",
@@ -83,6 +86,10 @@ def _level(text: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.list_analyzers:
+        for analyzer in sorted(ANALYZERS, key=lambda a: a.name):
+            print(f"* {analyzer.name}:\n    {analyzer.description}")
+        return 0
     suppressions = [_suppression(s) for s in args.suppress]
     namespace = None if args.all_namespaces else (args.namespace or "default")
     paths = list(args.filename) + list(args.files)
