@@ -24,7 +24,8 @@ from pilotfish.model.hosts import ROOT_NAMESPACE
 
 
 def policies(config: Config) -> list[Message]:
-    """IST0127 for a selector no workload matches (namespace-wide: none in the namespace), IST0101 for a source namespace pattern no namespace matches."""
+    """IST0127 for a selector no workload matches (namespace-wide: none in the
+    namespace), IST0101 for a source namespace pattern no namespace matches."""
     known = _namespaces(config)
     found = workloads(config)
     out = []

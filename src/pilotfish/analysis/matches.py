@@ -31,7 +31,8 @@ class _Prefix:
 
 
 def unreachable_rules(config: Config) -> list[Message]:
-    """IST0130 for a rule an earlier one always takes, IST0131 for a match an earlier rule duplicates or covers."""
+    """IST0130 for a rule an earlier one always takes, IST0131 for a match an
+    earlier rule duplicates or covers."""
     out: list[Message] = []
     for vs in config.of(NETWORKING, "VirtualService"):
 
