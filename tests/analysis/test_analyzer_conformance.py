@@ -6,8 +6,8 @@ comparing (code, resource) with Istio's expectations for that analyzer.
 Istio runs one analyzer per case, so each case runs the case's analyzer
 alone over the files as the CLI reads them, compares with Istio's list, and
 checks that `pilotfish analyze` (every analyzer) prints each of those
-messages. Pods and Deployments become Workloads with their labels (pilotfish's
-equivalent). Cases not claimed are listed with the reason in UNCLAIMED."""
+messages. Pods and meshed Deployments become Workloads with their labels (pilotfish's
+equivalent; an expected `Deployment ns/name` is then `Workload ns/name`). Cases not claimed are listed with the reason in UNCLAIMED."""
 
 from __future__ import annotations
 
@@ -366,6 +366,28 @@ CASES: list[tuple[str, list[str], str, list[tuple[str, str]]]] = [
         for kind, code in (("Sidecar", "IST0110"), ("Telemetry", "IST0159"))
     ],
     (
+        "serviceMultipleDeployments",
+        ["deployment-multi-service.yaml"],
+        "deployment.MultiServiceAnalyzer",
+        [
+            ("IST0116", "Deployment bookinfo/multiple-svc-multiple-prot"),
+            ("IST0116", "Deployment bookinfo/multiple-without-port"),
+            ("IST0137", "Deployment bookinfo/conflicting-ports"),
+        ],
+    ),
+    (
+        "deploymentMultiServicesInDifferentNamespace",
+        ["deployment-multi-service-different-ns.yaml"],
+        "deployment.MultiServiceAnalyzer",
+        [],
+    ),
+    (
+        "serviceWithNoSelector",
+        ["deployment-service-no-selector.yaml"],
+        "deployment.MultiServiceAnalyzer",
+        [],
+    ),
+    (
         "dupmatches",
         ["virtualservice_dupmatches.yaml", "virtualservice_overlappingmatches.yaml"],
         "schema.ValidationAnalyzer.VirtualService",
@@ -418,7 +440,6 @@ UNCLAIMED: dict[str, str] = {
     "sidecarDefaultSelector": "IneffectivePolicy (Sidecars in ambient namespaces) is newer than "
     "the message table ported here; pilotfish has no ambient mode",
     "virtualServiceInternalGatewayRef": "ReferencedInternalGateway is newer than the Istio message table ported here",
-    "serviceMultipleDeployments, deploymentMultiServicesInDifferentNamespace, serviceWithNoSelector": f"{_K8S} (Deployments)",
     "unknown service registry in mesh networks": "MeshNetworks (multicluster) has no pilotfish equivalent",
     "missing Addresses ... with ISTIO_META_DNS_AUTO_ALLOCATE enabled": "MeshConfig files are not read by pilotfish",
     "certificate duplication in Gateway": "gateway TLS is not enforced (PF0001); the analyzer also needs gateway Pods",
@@ -441,20 +462,37 @@ def _run(path: Path, capsys: pytest.CaptureFixture[str]) -> list[dict[str, str]]
     return json.loads(capsys.readouterr().out)  # json output sets no exit code, as istioctl's
 
 
-def as_pilotfish(obj: dict[str, Any]) -> dict[str, Any]:
-    """Kubernetes' Pods and Deployments as pilotfish's equivalent, a Workload
-    with the same labels; everything else as it is."""
+def as_pilotfish(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Kubernetes' Pods and meshed Deployments as pilotfish's equivalent, a
+    Workload with the same labels (every Workload runs with a sidecar, so a
+    Deployment Istio would not inject has none); everything else as it is."""
+    injected = {
+        o["metadata"]["name"]
+        for o in objects
+        if o.get("kind") == "Namespace"
+        and (o["metadata"].get("labels") or {}).get("istio-injection") == "enabled"
+    }
+    return [w for w in (_workload(o, injected) for o in objects) if w is not None]
+
+
+def _workload(obj: dict[str, Any], injected: set[str]) -> dict[str, Any] | None:
+    meta = obj.get("metadata") or {}
     if obj.get("kind") == "Pod":
-        labels = (obj.get("metadata") or {}).get("labels") or {}
+        labels = meta.get("labels") or {}
     elif obj.get("kind") == "Deployment":
-        labels = ((obj.get("spec") or {}).get("template") or {}).get("metadata", {}).get("labels")
+        template = ((obj.get("spec") or {}).get("template") or {}).get("metadata") or {}
+        labels = template.get("labels") or {}
+        inject = (template.get("annotations") or {}).get("sidecar.istio.io/inject")
+        inject = labels.get("sidecar.istio.io/inject", inject)
+        if inject == "false" or (inject != "true" and meta.get("namespace") not in injected):
+            return None
     else:
         return obj
     return {
         "apiVersion": "pilotfish.dev/v1alpha1",
         "kind": "Workload",
-        "metadata": obj["metadata"],
-        "spec": {"labels": labels or {}, "command": ["app"]},
+        "metadata": meta,
+        "spec": {"labels": labels, "command": ["app"]},
     }
 
 
@@ -470,10 +508,11 @@ def test_istio_analyzer_case(
     tmp_path: Path,
 ) -> None:
     docs = read_documents([str(INPUTS / f) for f in files])
-    objects = [as_pilotfish(d.obj) for d in docs]
+    objects = as_pilotfish([d.obj for d in docs])
     alone = analyze(objects, (_ANALYZERS[analyzer],))
     assert {m.type.code for m in alone} <= set(_ANALYZERS[analyzer].codes)
-    assert Counter((m.type.code, m.resource.origin) for m in alone) == Counter(expected)
+    workloads = [(code, origin.replace("Deployment ", "Workload ", 1)) for code, origin in expected]
+    assert Counter((m.type.code, m.resource.origin) for m in alone) == Counter(workloads)
     mapped = tmp_path / "input.yaml"
     mapped.write_text(yaml.safe_dump_all(objects))
     printed = [(m["code"], m["origin"], m["message"]) for m in _run(mapped, capsys)]

@@ -24,6 +24,7 @@ from pilotfish.analysis import (
     telemetry,
     unenforced,
     virtualservice,
+    workload,
 )
 from pilotfish.analysis.config import Config, Obj, name_of, namespace_of
 from pilotfish.analysis.messages import Message, Resource, kind_known, sorted_messages
@@ -90,6 +91,9 @@ ANALYZERS: tuple[Analyzer, ...] = (
         "schema.ValidationAnalyzer.VirtualService",
         matches.unreachable_rules,
         ("IST0130", "IST0131"),
+    ),
+    Analyzer(
+        "deployment.MultiServiceAnalyzer", workload.service_association, ("IST0116", "IST0137")
     ),
     Analyzer("pilotfish.UnenforcedAnalyzer", unenforced.unenforced, ("PF0001",)),
 )

@@ -71,6 +71,13 @@ _TYPES = (
         "port in the destination is required to disambiguate.",
     ),
     MessageType(
+        "DeploymentAssociatedToMultipleServices",
+        "IST0116",
+        "Warning",
+        "This deployment %s is associated with multiple services using port %d but different "
+        "protocols: %v",
+    ),
+    MessageType(
         "PortNameIsNotUnderNamingConvention",
         "IST0118",
         "Info",
@@ -123,6 +130,13 @@ _TYPES = (
         "IST0134",
         "Warning",
         "ServiceEntry addresses are required for this protocol.",
+    ),
+    MessageType(
+        "DeploymentConflictingPorts",
+        "IST0137",
+        "Warning",
+        "This deployment %s is associated with multiple services %v using targetPort %q but "
+        "different ports: %v.",
     ),
     MessageType(
         "GatewayDuplicateCertificate",
