@@ -388,6 +388,39 @@ CASES: list[tuple[str, list[str], str, list[tuple[str, str]]]] = [
         [],
     ),
     (
+        "portNameNotFollowConvention",
+        ["service-no-port-name.yaml"],
+        "service.PortNameAnalyzer",
+        [
+            ("IST0118", "Service my-namespace1/my-service1"),
+            ("IST0118", "Service my-namespace1/my-service1"),
+            ("IST0118", "Service my-namespace2/my-service2"),
+        ],
+    ),
+    ("namedPort", ["service-port-name.yaml"], "service.PortNameAnalyzer", []),
+    (
+        "unnamedPortInSystemNamespace",
+        ["service-no-port-name-system-namespace.yaml"],
+        "service.PortNameAnalyzer",
+        [],
+    ),
+    (
+        "ExternalNameServiceTypeInvalidPortName",
+        ["incorrect-port-name-external-name-service-type.yaml"],
+        "service.PortNameAnalyzer",
+        [
+            ("IST0150", "Service nginx-ns/nginx"),
+            ("IST0150", "Service nginx-ns2/nginx-svc2"),
+            ("IST0150", "Service nginx-ns3/nginx-svc3"),
+        ],
+    ),
+    (
+        "ExternalNameServiceTypeValidPortName",
+        ["correct-port-name-external-name-service-type.yaml"],
+        "service.PortNameAnalyzer",
+        [],
+    ),
+    (
         "dupmatches",
         ["virtualservice_dupmatches.yaml", "virtualservice_overlappingmatches.yaml"],
         "schema.ValidationAnalyzer.VirtualService",
@@ -436,7 +469,6 @@ UNCLAIMED: dict[str, str] = {
     "gatewayNoWorkload, gatewayBadPort, gatewayCorrectPort, gatewayCustomIngressGateway* (6), gatewayServiceMatchPod": "IngressGatewayPortAnalyzer matches gateway Pods and their Services; pilotfish gateways are agent-run, not Pods",
     "gatewaySecret, gatewaySecretValidations": "credentialName is not enforced (gateways serve plain HTTP): PF0001 says so",
     "istioInjection*, injectionImage*, Detect `image: auto`": "sidecar injection: pilotfish's node agent starts sidecars itself",
-    "portNameNotFollowConvention, namedPort, unnamedPortInSystemNamespace, ExternalNameServiceType*": "PortNameAnalyzer not ported: pilotfish takes a port's protocol from appProtocol or the name, with no protocol sniffing to warn about",
     "sidecarDefaultSelector": "IneffectivePolicy (Sidecars in ambient namespaces) is newer than "
     "the message table ported here; pilotfish has no ambient mode",
     "virtualServiceInternalGatewayRef": "ReferencedInternalGateway is newer than the Istio message table ported here",
