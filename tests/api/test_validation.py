@@ -407,8 +407,10 @@ def test_match_header_names_allow_jwt_claims_and_pseudo_headers() -> None:
             }
         ]
     )
+    good["spec"]["gateways"] = ["istio-system/ingress"]  # claims are a gateway's to match
     assert messages(good) == []
     bad = _route(match=[{"headers": {"bad header": ok, "@request.auth.claims": ok}}])
+    bad["spec"]["gateways"] = ["istio-system/ingress"]
     assert messages(bad) == [
         'spec.http[0].match[0].headers: Invalid value: "bad header": header name bad header '
         "is not a valid header name",
@@ -430,3 +432,14 @@ def test_mirror_shares_in_istios_words() -> None:
         "spec.http[0].mirrors[0].percentage.value: Invalid value: 150.5: mirror percentage must "
         "have a max value of 100 (it has 150.500000)",
     ]
+
+
+def test_jwt_claim_routes_only_on_gateways() -> None:
+    claim = {"@request.auth.claims.groups": {"exact": "admin"}}
+    mesh = _route(match=[{"headers": claim}])
+    assert messages(mesh) == [
+        "spec.http[0].match[0].headers: JWT claim based routing (key: "
+        "@request.auth.claims.groups) is only supported for gateway, found no gateways: []"
+    ]
+    gateway = {**mesh, "spec": {**mesh["spec"], "gateways": ["istio-system/ingress", "mesh"]}}
+    assert messages(gateway) == []

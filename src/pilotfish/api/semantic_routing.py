@@ -69,11 +69,29 @@ def virtual_service(obj: Obj, errors: Errors) -> None:
         errors.add("spec", "http, tcp or tls must be provided in virtual service")
     for i, route in enumerate(spec.get("http") or []):
         _http_route(f"spec.http[{i}]", route, delegate=not hosts, errors=errors)
+    if all(g == "mesh" for g in gateways):
+        _no_claims_in_the_mesh(spec, gateways, errors)
     for i, route in enumerate(spec.get("tcp") or []):
         _l4_route(f"spec.tcp[{i}]", route, "TCP", errors)
     for i, route in enumerate(spec.get("tls") or []):
         _tls_route(f"spec.tls[{i}]", route, errors)
     check_export_to(spec.get("exportTo") or [], namespace_of(obj), errors)
+
+
+def _no_claims_in_the_mesh(spec: Obj, gateways: list[str], errors: Errors) -> None:
+    """Only a gateway validates JWTs before routing, so only its routes may
+    match on claims (Istio's words; Go prints the gateway list as [a b])."""
+    shown = "[" + " ".join(gateways) + "]"
+    for i, route in enumerate(spec.get("http") or []):
+        for j, match in enumerate(route.get("match") or []):
+            for field in ("headers", "withoutHeaders"):
+                for key in match.get(field) or {}:
+                    if str(key).startswith("@request.auth.claims"):
+                        errors.add(
+                            f"spec.http[{i}].match[{j}].{field}",
+                            f"JWT claim based routing (key: {key}) is only supported for "
+                            f"gateway, found no gateways: {shown}",
+                        )
 
 
 def _delegate_limits(spec: Obj, errors: Errors) -> None:
