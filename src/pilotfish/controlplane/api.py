@@ -393,8 +393,9 @@ class Api:
         return obj
 
     def _ok(self, target: Target, obj: Obj, code: int = 200, *, warn: bool = False) -> Response:
-        """The object in the path's version; after a write, with analysis warnings."""
-        warnings = self._warnings(obj) if warn else []
+        """The object in the path's version; after a write of an object (not of
+        its status, which analysis never reads), with analysis warnings."""
+        warnings = self._warnings(obj) if warn and target.subresource != "status" else []
         headers = [("Warning", warning_header(w)) for w in warnings]
         return Response(code, encode(_in_version(obj, target)), headers=headers)
 
