@@ -64,6 +64,13 @@ def test_two_virtual_services_for_one_host(controlplane: ControlPlane) -> None:
         "Error: Analyzers found issues when analyzing namespace: default."
     )
 
+    # a file laid over the live state, as if applied: reviews-2 moved to another host
+    moved = yaml.safe_load(_vs("reviews-2", "/b"))
+    moved["spec"]["hosts"] = ["reviews-next"]
+    overlaid = controlplane.cli("analyze", "-f", "-", stdin=yaml.safe_dump(moved))
+    assert overlaid.returncode == 0, overlaid.stdout
+    assert "No validation issues found when analyzing -." in overlaid.stderr
+
     suppressed = controlplane.cli(
         "analyze",
         "--suppress",
