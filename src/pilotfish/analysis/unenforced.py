@@ -123,6 +123,30 @@ TABLE: tuple[Unenforced, ...] = (
         "gateways serve plain HTTP only; this server is not served",
         (("translate", "DownstreamTlsContext"),),
     ),
+    *[
+        Unenforced(
+            NETWORKING,
+            "DestinationRule",
+            f"{policy}.loadBalancer.{field}",
+            reason,
+            (("translate", f'"{field}"'),),
+        )
+        for policy in ("spec.trafficPolicy", "spec.subsets[].trafficPolicy")
+        for field, reason in (
+            ("localityLbSetting", "clusters balance over every locality alike"),
+            ("warmupDurationSecs", "new endpoints get their full share at once"),
+        )
+    ],
+    *[
+        Unenforced(
+            NETWORKING,
+            "Sidecar",
+            f"spec.{field}",
+            "a Sidecar's egress hosts and workloadSelector are all that is applied",
+            (("model", f'"{field}"'), ("translate", f'"{field}"')),
+        )
+        for field in ("ingress", "outboundTrafficPolicy", "inboundConnectionPool")
+    ],
     Unenforced(
         "flagger.app",
         "Canary",
