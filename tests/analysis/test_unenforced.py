@@ -65,3 +65,50 @@ def test_absent_or_empty_fields_do_not_warn() -> None:
         "spec": {"host": "reviews", "trafficPolicy": {"loadBalancer": {"simple": "RANDOM"}}},
     }
     assert [m for m in analyze([dr]) if m.type.code == "PF0001"] == []
+
+
+def test_the_source_reads_no_istio_annotation_but_the_honoured_ones() -> None:
+    """When this fails, pilotfish now acts on an Istio annotation: add it to
+    HONOURED_ANNOTATIONS (and say where it applies)."""
+    import re
+
+    from pilotfish.analysis.unenforced import HONOURED_ANNOTATIONS, istio_annotation
+
+    quoted = re.compile(r'"([a-z0-9.-]*istio\.io/[A-Za-z0-9.-]+)"')
+    read = {
+        key
+        for package in (
+            "translate",
+            "model",
+            "registry",
+            "agent",
+            "proxy",
+            "rollout",
+            "controlplane",
+        )
+        for key in quoted.findall(_source(package))
+        if istio_annotation(key) and not key.endswith(("/v1", "/v1beta1", "/v1alpha3", "/v1alpha1"))
+    }
+    labels = {"service.istio.io/canonical-name", "service.istio.io/canonical-revision"}  # labels
+    assert read - labels <= set(HONOURED_ANNOTATIONS)
+
+
+def test_istio_annotations_pilotfish_ignores_warn_and_suppressions_hold() -> None:
+    vs = {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "VirtualService",
+        "metadata": {
+            "name": "r",
+            "namespace": "default",
+            "annotations": {"sidecar.istio.io/inject": "false", "example.com/x": "y"},
+        },
+        "spec": {"hosts": ["r"], "http": [{"route": [{"destination": {"host": "nowhere"}}]}]},
+    }
+    found = [str(m) for m in analyze([vs]) if m.type.code in ("PF0001", "IST0101")]
+    assert found == [
+        'Error [IST0101] (VirtualService default/r) Referenced host not found: "nowhere"',
+        "Warning [PF0001] (VirtualService default/r) annotation sidecar.istio.io/inject is stored "
+        "but not enforced by pilotfish: pilotfish acts on no such annotation here",
+    ]
+    vs["metadata"]["annotations"]["galley.istio.io/analyze-suppress"] = "IST0101,PF0001"
+    assert [m for m in analyze([vs]) if m.type.code in ("PF0001", "IST0101")] == []

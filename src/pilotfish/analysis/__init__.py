@@ -27,7 +27,7 @@ from pilotfish.analysis import (
     virtualservice,
     workload,
 )
-from pilotfish.analysis.config import Config, Obj, name_of, namespace_of
+from pilotfish.analysis.config import Config, Obj, mapping, meta, name_of, namespace_of
 from pilotfish.analysis.messages import Message, Resource, kind_known, sorted_messages
 from pilotfish.analysis.schema import schema_errors
 from pilotfish.api.kinds import Kind, registry
@@ -112,7 +112,24 @@ def analyze(
     for analyzer in analyzers:
         if not (stored and analyzer is SCHEMA):
             found += analyzer.run(config)
-    return sorted_messages(found)
+    quiet = _suppressed_by_annotation(config)
+    return sorted_messages(
+        m for m in found if not ({"*", m.type.code} & quiet.get(m.resource, set()))
+    )
+
+
+SUPPRESS_ANNOTATION = "galley.istio.io/analyze-suppress"
+
+
+def _suppressed_by_annotation(config: Config) -> dict[Resource, set[str]]:
+    """Istio's `galley.istio.io/analyze-suppress: IST0108,IST0103` (or `*`) on
+    a resource silences those codes about it."""
+    quiet = {}
+    for obj in config.all():
+        codes = str(mapping(meta(obj).get("annotations")).get(SUPPRESS_ANNOTATION) or "")
+        if codes:
+            quiet[Resource.of(obj)] = {c.strip() for c in codes.split(",")}
+    return quiet
 
 
 def about(messages: list[Message], obj: Obj) -> list[Message]:

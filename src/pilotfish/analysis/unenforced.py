@@ -21,6 +21,7 @@ from pilotfish.analysis.config import (
     Obj,
     items,
     mapping,
+    meta,
 )
 from pilotfish.analysis.messages import Message, new
 
@@ -174,6 +175,33 @@ def _present(obj: Obj, row: Unenforced) -> bool:
     return any(v not in (None, [], {}) for v in values_at(obj, row.field))
 
 
+# The Istio annotations pilotfish acts on, by the kind they go on (a kind of
+# None: any). tests/analysis/test_unenforced.py checks that the source reads
+# no other Istio annotation, so an annotation starts being honoured here.
+HONOURED_ANNOTATIONS: dict[str, tuple[str, ...]] = {
+    "networking.istio.io/exportTo": ("Service",),
+    "galley.istio.io/analyze-suppress": (),  # analysis itself; any kind
+}
+
+
+def istio_annotation(key: str) -> bool:
+    domain = key.partition("/")[0] if "/" in key else ""
+    return domain == "istio.io" or domain.endswith(".istio.io")
+
+
+def unenforced_annotations(config: Config) -> list[Message]:
+    """PF0001 for an Istio annotation pilotfish does not act on where it is."""
+    out = []
+    for obj in config.all():
+        for key in mapping(meta(obj).get("annotations")):
+            kinds = HONOURED_ANNOTATIONS.get(str(key))
+            honoured = kinds is not None and (not kinds or obj.get("kind") in kinds)
+            if istio_annotation(str(key)) and not honoured:
+                reason = "pilotfish acts on no such annotation here"
+                out.append(new("NotEnforced", obj, f"annotation {key}", reason))
+    return out
+
+
 def unenforced(config: Config) -> list[Message]:
     """PF0001 for each kind or field in TABLE that an object has: stored, served, not enforced."""
     out = []
@@ -182,7 +210,7 @@ def unenforced(config: Config) -> list[Message]:
             if _present(obj, row):
                 what = f"{row.kind} {row.field}" if row.field else row.kind
                 out.append(new("NotEnforced", obj, what, row.reason))
-    return out
+    return out + unenforced_annotations(config)
 
 
 __all__ = ["TABLE", "Unenforced", "unenforced", "values_at"]
