@@ -123,6 +123,8 @@ def test_a_file_that_does_not_parse(tmp_path: Path, capsys: pytest.CaptureFixtur
     bad.write_text("kind: [unclosed")
     code, _, err = run(capsys, str(bad))
     assert code == 78 and err.startswith("Error(s) adding files:")
+    code, _, err = run(capsys, str(tmp_path / "missing.yaml"))
+    assert code == 1 and err == f'error: the path "{tmp_path / "missing.yaml"}" does not exist\n'
 
 
 def test_invalid_objects_are_ist0106(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -7,6 +7,7 @@ import argparse
 import fnmatch
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 from pilotfish.analysis import ANALYZERS, config_kinds
@@ -93,6 +94,9 @@ def run(args: argparse.Namespace) -> int:
     suppressions = [_suppression(s) for s in args.suppress]
     namespace = None if args.all_namespaces else (args.namespace or "default")
     paths = list(args.filename) + list(args.files)
+    missing = [p for p in paths if p != "-" and not Path(p).exists()]
+    if missing:  # istioctl fails the command (exit 1); only a file that does not parse is 78
+        raise ManifestError(f'the path "{missing[0]}" does not exist')
     try:
         files = [d.obj for d in read_documents(paths, args.recursive)] if paths else []
     except ManifestError as e:
