@@ -88,3 +88,22 @@ def test_every_analyzer_lists_with_a_description(capsys: Any) -> None:
     assert lines[0] == "* authz.AuthorizationPoliciesAnalyzer:"
     assert lines[1].startswith("    IST0127 for a selector no workload matches")
     assert len(lines) == 2 * len(ANALYZERS)
+
+
+def test_workload_ports_no_service_targets_are_pf0002() -> None:
+    workload = _workload("v1")
+    workload["spec"]["ports"] = [{"name": "http", "port": 9080}, {"name": "admin", "port": 9901}]
+    found = [str(m) for m in analyze([SERVICE, workload]) if m.type.code == "PF0002"]
+    assert found == [
+        "Warning [PF0002] (Workload default/reviews-v1) Workload port admin (9901) is the target "
+        "of no port of a Service selecting this Workload, so nothing in the mesh can call it."
+    ]
+    named = {
+        **SERVICE,
+        "spec": {**SERVICE["spec"], "ports": [{"name": "http", "port": 80, "targetPort": "http"}]},
+    }
+    assert [m.text for m in analyze([named, workload]) if m.type.code == "PF0002"] == [
+        found[0].split(") ", 1)[1]
+    ]
+    alone = [m for m in analyze([workload]) if m.type.code == "PF0002"]
+    assert len(alone) == 2

@@ -48,6 +48,7 @@ class Analyzer:
 SCHEMA = Analyzer("schema.ValidationAnalyzer", schema_errors, ("IST0106",))
 ANALYZERS: tuple[Analyzer, ...] = (
     SCHEMA,
+    Analyzer("pilotfish.WorkloadPortAnalyzer", workload.ports_without_service, ("PF0002",)),
     Analyzer("service.PortNameAnalyzer", service.port_names, ("IST0118", "IST0150")),
     Analyzer("authz.AuthorizationPoliciesAnalyzer", authz.policies, ("IST0101", "IST0127")),
     Analyzer("deprecation.FieldAnalyzer", deprecation.fields, ("IST0002",)),

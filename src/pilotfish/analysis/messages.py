@@ -244,6 +244,13 @@ _TYPES = (
         "Warning",
         "%s is stored but not enforced by pilotfish: %s",
     ),
+    MessageType(
+        "WorkloadPortWithoutService",
+        "PF0002",
+        "Warning",
+        "Workload port %s (%d) is the target of no port of a Service selecting this Workload, "
+        "so nothing in the mesh can call it.",
+    ),
 )
 TYPES: dict[str, MessageType] = {t.name: t for t in _TYPES}
 CODES: dict[str, MessageType] = {t.code: t for t in _TYPES}

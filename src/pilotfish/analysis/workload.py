@@ -15,6 +15,8 @@ from pilotfish.analysis.config import (
     spec,
 )
 from pilotfish.analysis.messages import Message, new
+from pilotfish.model.endpoints import target_port
+from pilotfish.model.services import service_from_v1
 
 
 def service_association(config: Config) -> list[Message]:
@@ -82,3 +84,26 @@ def _target_ports(workload: Obj, services: list[Obj]) -> list[Message]:
         for target, ports in sorted(by_target.items())
         if len(ports) > 1
     ]
+
+
+def ports_without_service(config: Config) -> list[Message]:
+    """PF0002: a Workload port no port of a Service selecting the Workload
+    targets; no host routes to it, so nothing in the mesh can call it."""
+    out = []
+    for workload in config.of("pilotfish.dev", "Workload"):
+        declared = {
+            str(p.get("name")): p["port"]
+            for p in (mapping(p) for p in items(spec(workload).get("ports")))
+            if isinstance(p.get("port"), int)
+        }
+        reached = {
+            target_port(port, declared)
+            for service in _selecting(config, workload)
+            for port in service_from_v1(service).ports
+        }
+        out += [
+            new("WorkloadPortWithoutService", workload, name, number)
+            for name, number in declared.items()
+            if number not in reached
+        ]
+    return out
