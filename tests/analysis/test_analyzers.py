@@ -107,3 +107,15 @@ def test_workload_ports_no_service_targets_are_pf0002() -> None:
     ]
     alone = [m for m in analyze([workload]) if m.type.code == "PF0002"]
     assert len(alone) == 2
+
+
+def test_ports_of_no_usable_shape_do_not_crash_the_workload_analyzer() -> None:
+    service = _obj(
+        "v1",
+        "Service",
+        "s",
+        {"selector": {"app": "reviews"}, "ports": [5, {"port": "x"}, {"name": 3, "port": 9080}]},
+    )
+    workload = _workload("v1")
+    workload["spec"]["ports"] = [{"name": "http", "port": 9080}]
+    assert [m for m in analyze([service, workload]) if m.type.code == "PF0002"] == []

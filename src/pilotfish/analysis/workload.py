@@ -17,6 +17,7 @@ from pilotfish.analysis.config import (
 from pilotfish.analysis.messages import Message, new
 from pilotfish.model.endpoints import target_port
 from pilotfish.model.services import service_from_v1
+from pilotfish.model.types import ServicePort
 
 
 def service_association(config: Config) -> list[Message]:
@@ -42,7 +43,10 @@ def _selecting(config: Config, workload: Obj) -> list[Obj]:
 
 
 def _ports(service: Obj) -> list[Obj]:
-    return [mapping(p) for p in items(spec(service).get("ports"))]
+    """The Service's ports of a usable shape (analysis also reads objects
+    validation refuses)."""
+    found = [mapping(p) for p in items(spec(service).get("ports"))]
+    return [p for p in found if isinstance(p.get("port"), int)]
 
 
 def _protocols(workload: Obj, services: list[Obj]) -> list[Message]:
@@ -99,7 +103,7 @@ def ports_without_service(config: Config) -> list[Message]:
         reached = {
             target_port(port, declared)
             for service in _selecting(config, workload)
-            for port in service_from_v1(service).ports
+            for port in _service_ports(service)
         }
         out += [
             new("WorkloadPortWithoutService", workload, name, number)
@@ -107,3 +111,9 @@ def ports_without_service(config: Config) -> list[Message]:
             if number not in reached
         ]
     return out
+
+
+def _service_ports(service: Obj) -> tuple[ServicePort, ...]:
+    """The Service's usable ports as the model reads them."""
+    clean = {"metadata": {"name": name_of(service)}, "spec": {"ports": _ports(service)}}
+    return service_from_v1(clean).ports
