@@ -12,6 +12,7 @@ equivalent; an expected `Deployment ns/name` is then `Workload ns/name`). Cases 
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -23,9 +24,14 @@ from pilotfish.analysis import ANALYZERS, analyze
 from pilotfish.cli.main import main
 from pilotfish.cli.manifests import read_documents
 
-INPUTS = Path(__file__).resolve().parents[3] / "shared" / "conformance" / "istio" / "analyzers"
-if not INPUTS.is_dir():
-    INPUTS = Path("/work/shared/conformance/istio/analyzers")
+# Where tests/api/test_conformance.py finds shared/conformance, and how it is overridden.
+INPUTS = (
+    Path(
+        os.environ.get("PILOTFISH_CONFORMANCE_DIR")
+        or Path(__file__).resolve().parents[3] / "shared/conformance"
+    )
+    / "istio/analyzers"
+)
 
 # (case name, input files, Istio analyzer, expected [(code, origin)]) from analyzers_test.go.
 CASES: list[tuple[str, list[str], str, list[tuple[str, str]]]] = [

@@ -11,15 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.analysis.test_analyzer_conformance import INPUTS
 
 from pilotfish.analysis import ANALYZERS, SCHEMA, analyze
 from pilotfish.cli.manifests import read_documents
 
 REPO = Path(__file__).resolve().parents[2]
 
-INPUTS = Path(__file__).resolve().parents[3] / "shared" / "conformance" / "istio" / "analyzers"
-if not INPUTS.is_dir():
-    INPUTS = Path("/work/shared/conformance/istio/analyzers")
 FILES = [
     "virtualservice_destinationhosts.yaml",
     "virtualservice_dupmatches.yaml",

@@ -90,6 +90,11 @@ def to_fqdn(namespace: str, host: str) -> str:
     return f"{host}.{namespace}.{DOMAIN}"
 
 
+def service_host(service: Obj) -> str:
+    """A v1 Service's host name: NAME.NAMESPACE.svc.cluster.local."""
+    return f"{name_of(service)}.{namespace_of(service)}.{DOMAIN}"
+
+
 def hosts_match(a: str, b: str) -> bool:
     """Istio's host.Name.Matches: equal, or one wildcard covers the other."""
     a_wild, b_wild = a.startswith("*"), b.startswith("*")

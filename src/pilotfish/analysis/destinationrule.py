@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pilotfish.analysis.config import (
-    DOMAIN,
     NETWORKING,
     Config,
     Obj,
@@ -12,6 +11,7 @@ from pilotfish.analysis.config import (
     name_of,
     namespace_of,
     selector_matches,
+    service_host,
     spec,
     to_fqdn,
     workloads,
@@ -92,7 +92,7 @@ def subsets_select_workloads(config: Config) -> list[Message]:
 
 def _service_of(config: Config, host: str) -> Obj | None:
     for service in config.of("", "Service"):
-        if f"{name_of(service)}.{namespace_of(service)}.{DOMAIN}" == host:
+        if service_host(service) == host:
             return service
     return None
 

@@ -6,7 +6,6 @@ from collections.abc import Iterator
 from typing import Any
 
 from pilotfish.analysis.config import (
-    DOMAIN,
     MESH_GATEWAY,
     NETWORKING,
     SECURITY,
@@ -18,9 +17,9 @@ from pilotfish.analysis.config import (
     items,
     iter_routes,
     mapping,
-    name_of,
     namespace_of,
     service_export,
+    service_host,
     spec,
     to_fqdn,
     visible_from,
@@ -136,8 +135,7 @@ def _check_destination(config: Config, vs: Obj, dest: Obj) -> list[Message]:
 def _service_ports(config: Config, host: str, namespace: str) -> list[int] | None:
     """The ports of the service `host` as seen from `namespace`; None if unseen."""
     for svc in config.of("", "Service"):
-        fqdn = f"{name_of(svc)}.{namespace_of(svc)}.{DOMAIN}"
-        if fqdn == host and visible_from(service_export(svc), namespace):
+        if service_host(svc) == host and visible_from(service_export(svc), namespace):
             return _numbers(spec(svc).get("ports"), "port")
     for entry in config.of(NETWORKING, "ServiceEntry"):
         scope = export_scope(items(spec(entry).get("exportTo")), namespace_of(entry))
