@@ -5,15 +5,22 @@ from __future__ import annotations
 from typing import Any
 
 _CONFORMANCE = "tests/api/test_conformance.py::"
-_results: dict[str, dict[str, bool]] = {"validation": {}, "bookinfo": {}}
+_ANALYZERS = "tests/analysis/test_analyzer_conformance.py::"
+_results: dict[str, dict[str, bool]] = {"validation": {}, "bookinfo": {}, "analyzers": {}}
 
 
 def pytest_runtest_logreport(report: Any) -> None:
-    if not report.nodeid.startswith(_CONFORMANCE) or report.when not in ("setup", "call"):
+    if report.when not in ("setup", "call"):
         return
-    test = report.nodeid[len(_CONFORMANCE) :]
-    group = "validation" if test.startswith("test_istio_validation_case[") else None
-    group = "bookinfo" if test.startswith("test_bookinfo_file_accepted[") else group
+    if report.nodeid.startswith(_ANALYZERS):
+        test = report.nodeid[len(_ANALYZERS) :]
+        group = "analyzers" if test.startswith("test_istio_analyzer_case[") else None
+    elif report.nodeid.startswith(_CONFORMANCE):
+        test = report.nodeid[len(_CONFORMANCE) :]
+        group = "validation" if test.startswith("test_istio_validation_case[") else None
+        group = "bookinfo" if test.startswith("test_bookinfo_file_accepted[") else group
+    else:
+        return
     if group is None:
         return
     if report.when == "setup" and report.passed:
@@ -22,6 +29,16 @@ def pytest_runtest_logreport(report: Any) -> None:
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
+    analyzers = _results["analyzers"]
+    if analyzers:
+        from tests.analysis.test_analyzer_conformance import UNCLAIMED
+
+        terminalreporter.write_line(
+            f"istioctl analyze conformance: {sum(analyzers.values())}/{len(analyzers)} "
+            f"claimed cases passed; not claimed:"
+        )
+        for cases, reason in UNCLAIMED.items():
+            terminalreporter.write_line(f"  {cases}: {reason}")
     validation, bookinfo = _results["validation"], _results["bookinfo"]
     if not validation and not bookinfo:
         return

@@ -45,6 +45,18 @@ def test_flaggers_strategies_pass(analysis: dict[str, Any]) -> None:
     validate_or_raise(canary(**analysis))
 
 
+def test_a_target_may_be_a_workload_of_pilotfish() -> None:
+    workload = canary("Workload", stepWeight=10)
+    workload["spec"]["targetRef"]["apiVersion"] = "pilotfish.dev/v1alpha1"
+    validate_or_raise(workload)
+    with pytest.raises(Invalid) as refused:
+        validate_or_raise(canary("Workload", stepWeight=10))  # apiVersion apps/v1
+    assert (
+        'spec.targetRef.apiVersion: Invalid value: "apps/v1": a Workload target is '
+        "pilotfish.dev/v1alpha1" in str(refused.value)
+    )
+
+
 @pytest.mark.parametrize(
     ("obj", "message"),
     [

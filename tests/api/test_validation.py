@@ -7,8 +7,9 @@ from typing import Any
 
 import pytest
 
+from pilotfish.analysis import warnings_for
 from pilotfish.api.errors import Invalid
-from pilotfish.api.validation import analyze, validate, validate_or_raise
+from pilotfish.api.validation import validate, validate_or_raise
 
 
 def messages(obj: dict[str, Any]) -> list[str]:
@@ -158,7 +159,7 @@ def test_durations_retries_fault_mirror() -> None:
         'spec.http[0].timeout: Invalid value: "1500us": only durations to ms precision are supported',
         "spec.http[0].retries.attempts: Invalid value: -1: attempts cannot be negative",
         "spec.http[0].fault.abort.httpStatus: Invalid value: 700: HTTP status 700 is not in range 200-599",
-        "spec.http[0].mirrorPercentage.value: Invalid value: 101: percentage 101 is not in range 0..100",
+        "spec.http[0].mirrorPercentage.value: Invalid value: 101: mirror_percentage must have a max value of 100 (it has 101.000000)",
     ]
     assert messages(
         vs({"hosts": ["r"], "http": [{"route": route(("r", 0)), "timeout": "0.5ms"}]})
@@ -300,9 +301,18 @@ def test_authorization_policy_semantics() -> None:
 def test_analyze_warns_about_missing_subsets_and_gateways() -> None:
     stored = {
         ("networking.istio.io", "DestinationRule", "default"): [
-            dr({"host": "reviews", "subsets": [{"name": "v1", "labels": {"version": "v1"}}]})
+            {
+                **dr({"host": "reviews", "subsets": [{"name": "v1", "labels": {"version": "v1"}}]}),
+                "metadata": {"name": "reviews", "namespace": "default"},
+            }
         ],
-        ("", "Service", "default"): [{"metadata": {"name": "reviews", "namespace": "default"}}],
+        ("", "Service", "default"): [
+            {
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": {"name": "reviews", "namespace": "default"},
+            }
+        ],
     }
     obj = vs(
         {
@@ -318,9 +328,118 @@ def test_analyze_warns_about_missing_subsets_and_gateways() -> None:
             ],
         }
     )
-    warnings = analyze(obj, lambda group, kind, ns: stored.get((group, kind, ns), []))
+    warnings = warnings_for(obj, lambda group, kind, ns: stored.get((group, kind, "default"), []))
     assert warnings == [
-        'referenced gateway not found: "bookinfo-gateway"',
-        "referenced subset v3 not found in any DestinationRule for host reviews",
+        'Error [IST0101] (VirtualService default/reviews) Referenced gateway not found: "bookinfo-gateway"',
+        "Error [IST0101] (VirtualService default/reviews) Referenced host+subset in destinationrule "
+        'not found: "reviews+v3"',
+        "Warning [IST0132] (VirtualService default/reviews) one or more host [reviews] defined in "
+        "VirtualService default/reviews not found in Gateway default/bookinfo-gateway.",
     ]
     assert validate(obj) == []  # warnings never reject
+
+
+# --- Istio's header and mirror rules (pkg/config/validation/virtualservice.go) -------
+
+
+def _route(**extra: Any) -> dict[str, Any]:
+    return vs(
+        {"hosts": ["reviews"], "http": [{"route": [{"destination": {"host": "reviews"}}], **extra}]}
+    )
+
+
+def test_header_operations_keep_host_and_pseudo_headers() -> None:
+    obj = _route(
+        headers={
+            "request": {"set": {"Host": "a.example.com", ":path": "/x"}, "remove": ["host"]},
+            "response": {"add": {"Host": "b"}, "set": {"x-ok": "v\nw"}, "remove": [""]},
+        }
+    )
+    assert messages(obj) == [
+        'spec.http[0].headers.request.set: Invalid value: ":path": invalid header ":path": '
+        'header cannot have ":" prefix',
+        'spec.http[0].headers.request.remove[0]: Invalid value: "host": invalid header "host": '
+        "cannot set Host header",
+        'spec.http[0].headers.response.add: Invalid value: "Host": invalid header "Host": '
+        "cannot set Host header",
+        'spec.http[0].headers.response.set[x-ok]: Invalid value: "v\nw": header value '
+        "configuration v\nw is invalid",
+        'spec.http[0].headers.response.remove[0]: Invalid value: "": header name cannot be empty',
+    ]
+
+
+def test_destination_headers_and_the_authority_set_twice() -> None:
+    obj = vs(
+        {
+            "hosts": ["reviews"],
+            "http": [
+                {
+                    "route": [
+                        {
+                            "destination": {"host": "reviews"},
+                            "headers": {
+                                "request": {"set": {"host": "a"}, "add": {":authority": "b"}}
+                            },
+                        }
+                    ]
+                }
+            ],
+        }
+    )
+    assert messages(obj) == [
+        "spec.http[0].route[0].headers.request.add: authority header cannot be set multiple "
+        'times: have "a", attempting to set "b"'
+    ]
+
+
+def test_match_header_names_allow_jwt_claims_and_pseudo_headers() -> None:
+    ok = {"exact": "x"}
+    good = _route(
+        match=[
+            {
+                "headers": {
+                    "@request.auth.claims.groups": ok,
+                    "@request.auth.claims[nested][key]": ok,
+                    ":authority": ok,
+                    "end-user": ok,
+                },
+                "withoutHeaders": {"x-canary": ok},
+            }
+        ]
+    )
+    good["spec"]["gateways"] = ["istio-system/ingress"]  # claims are a gateway's to match
+    assert messages(good) == []
+    bad = _route(match=[{"headers": {"bad header": ok, "@request.auth.claims": ok}}])
+    bad["spec"]["gateways"] = ["istio-system/ingress"]
+    assert messages(bad) == [
+        'spec.http[0].match[0].headers: Invalid value: "bad header": header name bad header '
+        "is not a valid header name",
+        'spec.http[0].match[0].headers: Invalid value: "@request.auth.claims": header name '
+        "@request.auth.claims is not a valid header name",
+    ]
+
+
+def test_mirror_shares_in_istios_words() -> None:
+    mirror = {"host": "reviews"}
+    assert messages(_route(mirror=mirror, mirrorPercentage={"value": -1})) == [
+        "spec.http[0].mirrorPercentage.value: Invalid value: -1: mirror_percentage must have a "
+        "min value of 0 (it has -1.000000)"
+    ]
+    assert messages(
+        _route(mirror=mirror, mirrors=[{"destination": mirror, "percentage": {"value": 150.5}}])
+    ) == [
+        "spec.http[0]: HTTP route cannot contain both mirror and mirrors",
+        "spec.http[0].mirrors[0].percentage.value: Invalid value: 150.5: mirror percentage must "
+        "have a max value of 100 (it has 150.500000)",
+    ]
+
+
+def test_jwt_claim_routes_only_on_gateways() -> None:
+    claim = {"@request.auth.claims.groups": {"exact": "admin"}}
+    mesh = _route(match=[{"headers": claim}])
+    assert messages(mesh) == [
+        "spec.http[0].match[0].headers: JWT claim based routing (key: "
+        "@request.auth.claims.groups) is only supported for gateway, found no gateways: []"
+    ]
+    gateway = {**mesh, "spec": {**mesh["spec"], "gateways": ["istio-system/ingress", "mesh"]}}
+    assert messages(gateway) == []

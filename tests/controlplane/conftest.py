@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from pilotfish.api.validation import analyze, validate_or_raise
+from pilotfish.analysis import warnings_for as analyze
+from pilotfish.api.validation import validate_or_raise
 from pilotfish.client import Client
 from pilotfish.controlplane.api import Api
 from pilotfish.controlplane.main import ControlPlane

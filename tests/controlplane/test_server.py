@@ -130,7 +130,10 @@ def test_two_managers_conflict_on_a_field_and_force_resolves_it(client: Client) 
 def test_dry_run_stores_nothing_and_warnings_arrive(client: Client) -> None:
     obj, warnings = client.apply(virtual_service(), dry_run=True)
     assert obj["spec"]["hosts"] == ["reviews"]
-    assert 'referenced host not found: "reviews"' in warnings
+    assert any(
+        '[IST0101] (VirtualService default/reviews) Referenced host not found: "reviews"' in w
+        for w in warnings
+    )
     assert client.list(VS, "default")["items"] == []
     client.apply(service())
     client.delete(SVC, "reviews", "default", dry_run=True)

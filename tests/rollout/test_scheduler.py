@@ -378,3 +378,18 @@ def _within(seconds: float, check: Callable[[], bool]) -> bool:
             return True
         time.sleep(0.02)
     return False
+
+
+def test_a_target_ref_may_name_the_workload_itself(tmp_path: Path) -> None:
+    w = World(tmp_path)
+    target = {"apiVersion": "pilotfish.dev/v1alpha1", "kind": "Workload", "name": "reviews"}
+    canary = copy.deepcopy(CANARY)
+    canary["spec"]["targetRef"] = target
+    for obj in (CONFIG, WORKLOAD, canary):
+        w.apply(obj)
+    try:
+        phase_after_ticks(w, "Initialized")
+        assert w.workload("reviews-primary")["spec"]["labels"]["app"] == "reviews-primary"
+        assert w.events() == ["Initialization done! reviews.default"]
+    finally:
+        w.store.close()

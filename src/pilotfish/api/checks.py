@@ -170,3 +170,54 @@ def percent(value: float) -> list[str]:
     if value < 0 or value > 100:
         return [f"percentage {value:g} is not in range 0..100"]
     return []
+
+
+_HEADER_NAME = re.compile(r"^[-_A-Za-z0-9]+$")
+_HEADER_VALUE = re.compile("^[^\x00-\x08\x0a-\x1f\x7f]*$")
+_PSEUDO_HEADERS = frozenset({":method", ":scheme", ":authority", ":path", ":status"})
+_JWT_CLAIM = "@request.auth.claims"
+_CLAIM_PATH = re.compile(r"^(\.[^.\[\]]+)+$|^(\[[^\[\]]+\])+$")
+
+
+def header_name(name: str) -> list[str]:
+    if not name:
+        return ["header name cannot be empty"]
+    if not _HEADER_NAME.match(name):
+        return [f"header name {name} is not a valid header name"]
+    return []
+
+
+def header_name_or_jwt_claim(name: str) -> list[str]:
+    """A header to match on: a header name, a pseudo-header, or a JWT claim
+    (`@request.auth.claims.key` or `@request.auth.claims[a][b]`)."""
+    if name.lower().startswith(_JWT_CLAIM.lower()) and _CLAIM_PATH.match(name[len(_JWT_CLAIM) :]):
+        return []
+    if name in _PSEUDO_HEADERS:
+        return []
+    return header_name(name)
+
+
+def request_header_write(name: str) -> list[str]:
+    """A request header to set or add: the authority (Host) may be rewritten."""
+    if not name:
+        return ["header name cannot be empty"]
+    if name.startswith(":") and name.lower() != ":authority":
+        return [f'invalid header "{name}": header cannot have ":" prefix']
+    return []
+
+
+def header_operation_name(name: str) -> list[str]:
+    """A request header to remove, or a response header to write."""
+    if not name:
+        return ["header name cannot be empty"]
+    if name.lower() == "host":
+        return [f'invalid header "{name}": cannot set Host header']
+    if name.startswith(":"):
+        return [f'invalid header "{name}": header cannot have ":" prefix']
+    return []
+
+
+def header_value(value: str) -> list[str]:
+    if not _HEADER_VALUE.match(value):
+        return [f"header value configuration {value} is invalid"]
+    return []

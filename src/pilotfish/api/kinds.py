@@ -3,6 +3,8 @@
 Istio's and Flagger's CRDs ship unmodified in `schemas/`; the Kubernetes core
 kinds (Service, ConfigMap, Secret, Namespace, Event) and pilotfish's own (Workload)
 are described in the same CRD format, so one code path serves every kind.
+pilotfish's one extension to them is applied on load, in `_extend`: a
+Canary's targetRef may also name a Workload.
 """
 
 from __future__ import annotations
@@ -142,8 +144,19 @@ def registry() -> KindRegistry:
         text = (folder / filename).read_text(encoding="utf-8")
         for doc in yaml.load_all(text, Loader=_loader()):
             if doc and doc.get("kind") == "CustomResourceDefinition":
-                kinds.append(kind_from_crd(doc))
+                kinds.append(kind_from_crd(_extend(doc)))
     return KindRegistry(kinds)
+
+
+def _extend(crd: Obj) -> Obj:
+    """Flagger's Canary targets a Deployment, DaemonSet or Service; pilotfish
+    also lets it name its own Workload (pilotfish.dev/v1alpha1)."""
+    if crd["spec"]["group"] != "flagger.app" or crd["spec"]["names"]["kind"] != "Canary":
+        return crd
+    for version in crd["spec"]["versions"]:
+        spec = version["schema"]["openAPIV3Schema"]["properties"]["spec"]
+        spec["properties"]["targetRef"]["properties"]["kind"]["enum"].append("Workload")
+    return crd
 
 
 def _loader() -> type[yaml.SafeLoader]:

@@ -14,19 +14,35 @@ BUILTIN_METRICS = ("request-success-rate", "request-duration")
 
 def canary(obj: Obj, errors: Errors) -> None:
     spec = obj.get("spec") or {}
-    target = spec.get("targetRef") or {}
-    if target.get("kind") != "Deployment":
-        errors.invalid(
-            "spec.targetRef.kind",
-            target.get("kind"),
-            "pilotfish releases Workloads: use kind Deployment, which names a Workload",
-        )
+    _target(spec.get("targetRef") or {}, errors)
     analysis = spec.get("analysis")
     if isinstance(analysis, dict):
         _strategy("spec.analysis", analysis, bool(spec.get("skipAnalysis")), errors)
         _durations("spec.analysis", analysis, errors)
         for i, metric in enumerate(analysis.get("metrics") or []):
             _metric(f"spec.analysis.metrics[{i}]", metric, errors)
+
+
+# What a targetRef may name: Flagger's spelling, which pilotfish maps to its
+# Workload of that name, or the Workload itself.
+TARGETS = {"Deployment": "apps/v1", "Workload": "pilotfish.dev/v1alpha1"}
+
+
+def _target(target: Obj, errors: Errors) -> None:
+    kind = target.get("kind")
+    if kind not in TARGETS:
+        errors.invalid(
+            "spec.targetRef.kind",
+            kind,
+            "pilotfish releases Workloads: use kind Deployment (apps/v1), which names a "
+            "Workload, or kind Workload (pilotfish.dev/v1alpha1)",
+        )
+    elif target.get("apiVersion") != TARGETS[kind]:
+        errors.invalid(
+            "spec.targetRef.apiVersion",
+            target.get("apiVersion"),
+            f"a {kind} target is {TARGETS[kind]}",
+        )
 
 
 def _strategy(path: str, analysis: Obj, skip: bool, errors: Errors) -> None:

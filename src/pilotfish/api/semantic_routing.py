@@ -69,11 +69,29 @@ def virtual_service(obj: Obj, errors: Errors) -> None:
         errors.add("spec", "http, tcp or tls must be provided in virtual service")
     for i, route in enumerate(spec.get("http") or []):
         _http_route(f"spec.http[{i}]", route, delegate=not hosts, errors=errors)
+    if all(g == "mesh" for g in gateways):
+        _no_claims_in_the_mesh(spec, gateways, errors)
     for i, route in enumerate(spec.get("tcp") or []):
         _l4_route(f"spec.tcp[{i}]", route, "TCP", errors)
     for i, route in enumerate(spec.get("tls") or []):
         _tls_route(f"spec.tls[{i}]", route, errors)
     check_export_to(spec.get("exportTo") or [], namespace_of(obj), errors)
+
+
+def _no_claims_in_the_mesh(spec: Obj, gateways: list[str], errors: Errors) -> None:
+    """Only a gateway validates JWTs before routing, so only its routes may
+    match on claims (Istio's words; Go prints the gateway list as [a b])."""
+    shown = "[" + " ".join(gateways) + "]"
+    for i, route in enumerate(spec.get("http") or []):
+        for j, match in enumerate(route.get("match") or []):
+            for field in ("headers", "withoutHeaders"):
+                for key in match.get(field) or {}:
+                    if str(key).startswith("@request.auth.claims"):
+                        errors.add(
+                            f"spec.http[{i}].match[{j}].{field}",
+                            f"JWT claim based routing (key: {key}) is only supported for "
+                            f"gateway, found no gateways: {shown}",
+                        )
 
 
 def _delegate_limits(spec: Obj, errors: Errors) -> None:
@@ -125,6 +143,8 @@ def _http_route(path: str, route: Obj, delegate: bool, errors: Errors) -> None:
         _http_match(f"{path}.match[{j}]", match, errors)
     for j, dest in enumerate(route.get("route") or []):
         _destination(f"{path}.route[{j}].destination", dest.get("destination"), errors)
+        header_operations(f"{path}.route[{j}].headers", dest.get("headers"), errors)
+    header_operations(f"{path}.headers", route.get("headers"), errors)
     _weights(f"{path}.route", route.get("route") or [], errors)
     if "timeout" in route:
         errors.invalid(f"{path}.timeout", route["timeout"], *checks.duration(route["timeout"]))
@@ -165,6 +185,10 @@ def _http_match(path: str, match: Obj, errors: Errors) -> None:
         _string_match(f"{path}.{field}", match.get(field), errors)
     for field in ("headers", "queryParams", "withoutHeaders"):
         for key, value in (match.get(field) or {}).items():
+            if field != "queryParams":
+                errors.invalid(f"{path}.{field}", key, *checks.header_name_or_jwt_claim(key))
+            if field == "headers" and value is None:
+                errors.add(f"{path}.{field}[{key}]", f"header match {key} cannot be null")
             _string_match(f"{path}.{field}[{key}]", value, errors)
     if match.get("port"):
         errors.invalid(f"{path}.port", match["port"], *checks.port(match["port"]))
@@ -177,6 +201,51 @@ def _http_match(path: str, match: Obj, errors: Errors) -> None:
         )
     for i, name in enumerate(match.get("gateways") or []):
         _gateway_name(f"{path}.gateways[{i}]", name, errors)
+
+
+def header_operations(path: str, headers: Any, errors: Errors) -> None:
+    """Istio's rules for `headers.request` and `headers.response`: a request may
+    set or add the authority (Host) but never remove it; a response may not
+    touch Host at all; no other pseudo-header may be written."""
+    if not isinstance(headers, dict):
+        return
+    for side in ("request", "response"):
+        ops = _section(headers, side)
+        name_check = (
+            checks.request_header_write if side == "request" else checks.header_operation_name
+        )
+        for op in ("add", "set"):
+            for name, value in (ops.get(op) or {}).items():
+                at = f"{path}.{side}.{op}"
+                errors.invalid(at, name, *name_check(str(name)))
+                errors.invalid(f"{at}[{name}]", value, *checks.header_value(str(value)))
+        for i, name in enumerate(ops.get("remove") or []):
+            errors.invalid(
+                f"{path}.{side}.remove[{i}]", name, *checks.header_operation_name(str(name))
+            )
+    _authority_once(path, headers, errors)
+
+
+def _section(headers: Obj, side: str) -> Obj:
+    found = headers.get(side)
+    return found if isinstance(found, dict) else {}
+
+
+def _authority_once(path: str, headers: Obj, errors: Errors) -> None:
+    request = _section(headers, "request")
+    current = ""
+    for op in ("set", "add"):
+        for name, value in (request.get(op) or {}).items():
+            if str(name).lower() not in (":authority", "host"):
+                continue
+            if current:
+                errors.add(
+                    f"{path}.request.{op}",
+                    f'authority header cannot be set multiple times: have "{current}", '
+                    f'attempting to set "{value}"',
+                )
+                return
+            current = str(value)
 
 
 def _string_match(path: str, match: Any, errors: Errors) -> None:
@@ -276,20 +345,36 @@ def _fault_percent(path: str, part: Obj, errors: Errors) -> None:
 
 
 def _mirrors(path: str, route: Obj, errors: Errors) -> None:
+    if route.get("mirror") is not None and route.get("mirrors"):
+        errors.add(path, "HTTP route cannot contain both mirror and mirrors")
     if "mirror" in route:
         _destination(f"{path}.mirror", route["mirror"], errors)
-    if "mirrorPercent" in route:
+    percent = route.get("mirrorPercent")
+    if isinstance(percent, int) and percent > 100:
         errors.invalid(
-            f"{path}.mirrorPercent", route["mirrorPercent"], *checks.percent(route["mirrorPercent"])
+            f"{path}.mirrorPercent",
+            percent,
+            f"mirror_percent must have a max value of 100 (it has {percent})",
         )
     value = (route.get("mirrorPercentage") or {}).get("value")
-    if value is not None:
-        errors.invalid(f"{path}.mirrorPercentage.value", value, *checks.percent(value))
+    errors.invalid(f"{path}.mirrorPercentage.value", value, *_share("mirror_percentage", value))
     for i, mirror in enumerate(route.get("mirrors") or []):
         _destination(f"{path}.mirrors[{i}].destination", mirror.get("destination"), errors)
         share = (mirror.get("percentage") or {}).get("value")
-        if share is not None:
-            errors.invalid(f"{path}.mirrors[{i}].percentage.value", share, *checks.percent(share))
+        errors.invalid(
+            f"{path}.mirrors[{i}].percentage.value", share, *_share("mirror percentage", share)
+        )
+
+
+def _share(name: str, value: Any) -> list[str]:
+    """Istio's words for a mirrored share out of range (Go's %f: six decimals)."""
+    if not isinstance(value, (int, float)):
+        return []
+    if value > 100:
+        return [f"{name} must have a max value of 100 (it has {value:f})"]
+    if value < 0:
+        return [f"{name} must have a min value of 0 (it has {value:f})"]
+    return []
 
 
 def _redirect(path: str, redirect: Any, matches: list[Obj], errors: Errors) -> None:

@@ -4,8 +4,8 @@ An object is checked as a Kubernetes API server with Istio's webhook would:
 its kind must be registered; metadata follows apimachinery's name rules; the
 rest follows the kind's CRD schema (structure, then `x-kubernetes-validations`
 CEL rules); and, once the object is well formed, the semantic rules of Istio's
-validating webhook and of pilotfish's own kinds. `analyze` adds istioctl
-analyze's cross-object warnings, which never reject.
+validating webhook and of pilotfish's own kinds. istioctl analyze's
+cross-object warnings, which never reject, are pilotfish.analysis.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import copy
 import functools
 from typing import Any
 
-from pilotfish.api.analysis import Lookup, analyze
 from pilotfish.api.errors import ApiError, FieldError, Invalid
 from pilotfish.api.kinds import Kind, registry, split_api_version
 from pilotfish.api.names import validate_metadata
@@ -23,8 +22,6 @@ from pilotfish.api.semantic import semantic_errors
 from pilotfish.api.structural import Node, apply_defaults, check_object, compile_schema
 
 __all__ = [
-    "Lookup",
-    "analyze",
     "compiled_schema",
     "validate",
     "validate_or_raise",

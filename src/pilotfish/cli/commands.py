@@ -116,7 +116,7 @@ def _apply_one(client: Client, kind: Kind, obj: Obj, force: bool, dry_run: bool)
     before = _get_or_none(client, kind, meta.get("name", ""), meta.get("namespace"))
     after, warnings = client.apply(obj, manager=FIELD_MANAGER, force=force, dry_run=dry_run)
     for w in warnings:
-        warn(f"{output.resource_name(kind, meta.get('name', ''))}: {w}")
+        warn(w)  # the server's analysis message, naming its resource, as kubectl prints it
     if before is None:
         return "created"
     same = _strip(before) == _strip(after)
@@ -317,9 +317,10 @@ def _unified(name: str, live: Obj | None, merged: Obj) -> str:
 
 
 def validate(args: argparse.Namespace) -> int:
-    """Offline, like `istioctl validate`: one line per error, non-zero if any.
+    """Offline, like `istioctl validate`: one line per error, non-zero if any;
+    then the analysis warnings of the valid documents, taken together.
     Directories are read down to the bottom, as istioctl walks them."""
-    from pilotfish.api.validation import analyze
+    from pilotfish.analysis import ANALYZERS, SCHEMA, analyze
     from pilotfish.api.validation import validate as check
 
     docs = read_documents(args.filename, recursive=True)
@@ -331,9 +332,9 @@ def validate(args: argparse.Namespace) -> int:
         invalid += bool(errors)
         for error in errors:
             print(f"{doc.source}: {_label(doc)}: {error}", file=sys.stderr)
-    for doc in docs:
-        for w in analyze(doc.obj, _lookup_in(docs)):
-            warn(f"{doc.source}: {_label(doc)}: {w}")
+    others = tuple(a for a in ANALYZERS if a is not SCHEMA)
+    for message in analyze([_defaulted(d.obj) for d in docs if not check(d.obj)], others):
+        warn(str(message))
     valid = len(docs) - invalid
     files = len({doc.source for doc in docs})
     print(
@@ -343,21 +344,17 @@ def validate(args: argparse.Namespace) -> int:
     return 1 if invalid else 0
 
 
+def _defaulted(obj: Obj) -> Obj:
+    """A document without a namespace lands in `default`, as apply puts it."""
+    found = obj.get("metadata")
+    meta: Obj = found if isinstance(found, dict) else {}
+    if meta.get("namespace") or not registry().for_object(obj)[0].namespaced:
+        return obj
+    return {**obj, "metadata": {**meta, "namespace": "default"}}
+
+
 def _label(doc: Document) -> str:
     meta = doc.obj.get("metadata") or {}
     name = meta.get("name", f"#{doc.index + 1}") if isinstance(meta, dict) else f"#{doc.index + 1}"
     namespace = meta.get("namespace", "default") if isinstance(meta, dict) else "default"
     return f"{doc.obj.get('kind', '?')} {namespace}/{name}"
-
-
-def _lookup_in(docs: list[Document]) -> Any:
-    def lookup(group: str, kind: str, namespace: str) -> list[Obj]:
-        found = []
-        for d in docs:
-            api_group = str(d.obj.get("apiVersion", "")).rpartition("/")[0]
-            ns = (d.obj.get("metadata") or {}).get("namespace", "default")
-            if api_group == group and d.obj.get("kind") == kind and ns == namespace:
-                found.append(d.obj)
-        return found
-
-    return lookup

@@ -13,6 +13,7 @@ from pilotfish import __version__
 from pilotfish.api.errors import ApiError
 from pilotfish.api.gotypes import parse_duration_ns
 from pilotfish.cli import (
+    analyze,
     commands,
     discovery,
     get,
@@ -76,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_delete(sub, common)
     _add_diff(sub, common)
     _add_validate(sub)
+    analyze.add_command(sub, common)
     _add_proxy_status(sub, common)
     _add_proxy_config(sub, common)
     _add_register(sub, common)

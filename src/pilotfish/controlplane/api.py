@@ -34,7 +34,7 @@ from pilotfish.store.types import Event, Key, Obj, Watch
 
 log = logging.getLogger(__name__)
 
-Lookup = Callable[[str, str, str], list[Obj]]
+Lookup = Callable[[str, str, str | None], list[Obj]]  # namespace None: every namespace
 Analyzer = Callable[[Obj, Lookup], list[str]]
 # Serves paths beyond the resource API (registry, xDS debug); None: not its path.
 Extension = Callable[["Request", str], "Response | None"]
@@ -415,8 +415,9 @@ class Api:
         return obj
 
     def _ok(self, target: Target, obj: Obj, code: int = 200, *, warn: bool = False) -> Response:
-        """The object in the path's version; after a write, with analysis warnings."""
-        warnings = self._warnings(obj) if warn else []
+        """The object in the path's version; after a write of an object (not of
+        its status, which analysis never reads), with analysis warnings."""
+        warnings = self._warnings(obj) if warn and target.subresource != "status" else []
         headers = [("Warning", warning_header(w)) for w in warnings]
         return Response(code, encode(_in_version(obj, target)), headers=headers)
 
@@ -424,7 +425,7 @@ class Api:
         if self._analyze is None:
             return []
 
-        def lookup(group: str, kind: str, namespace: str) -> list[Obj]:
+        def lookup(group: str, kind: str, namespace: str | None) -> list[Obj]:
             return self.store.list(group, kind, namespace)[0]
 
         try:

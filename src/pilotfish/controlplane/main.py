@@ -23,12 +23,16 @@ import threading
 from pathlib import Path
 from types import FrameType
 
+from pilotfish.analysis import warnings_for
 from pilotfish.api.errors import ApiError
-from pilotfish.api.validation import analyze, validate_or_raise, with_defaults
+from pilotfish.api.validation import validate_or_raise, with_defaults
 from pilotfish.ca import tokens
 from pilotfish.ca.cacerts import CaError
 from pilotfish.ca.service import CertificateService
 from pilotfish.config import ClientConfig, write_client_config
+from pilotfish.controlplane import analysis_status
+from pilotfish.controlplane.analysis_status import StatusWriter
+from pilotfish.controlplane.analyze_api import AnalyzeApi
 from pilotfish.controlplane.api import Api, chain
 from pilotfish.controlplane.auth import Authenticator, load_or_create_token
 from pilotfish.controlplane.election import Elector
@@ -76,6 +80,7 @@ class ControlPlane:
         self.elector: Elector | None = None
         self.loadtester: LoadTesterApi | None = None
         self.ca: CertificateService | None = None
+        self.analysis: StatusWriter | None = None
 
     def __repr__(self) -> str:
         return f"ControlPlane({self.server.url}, data_dir={str(self.data_dir)!r})"
@@ -111,11 +116,17 @@ class ControlPlane:
                 plane.ca = open_ca(store, data_dir, token, service_tokens, ca or CaOptions())
             plane._start_mesh(xds_listen, token)
             loadtester = plane._start_rollout(backend)
+            if analysis_status.enabled():
+                plane.analysis = StatusWriter(store)
+                plane.analysis.start()
             extensions = chain(
-                MeshApi(plane.instances, plane.ads), TokenApi(service_tokens), loadtester
+                MeshApi(plane.instances, plane.ads),
+                TokenApi(service_tokens),
+                AnalyzeApi(store),
+                loadtester,
             )
             auth = Authenticator(token, data_dir=data_dir, anonymous_reads=anonymous_reads)
-            server.api = Api(store, auth, analyze=analyze, extension=extensions)
+            server.api = Api(store, auth, analyze=warnings_for, extension=extensions)
             write_client_config(ClientConfig(server.url, token), config_path)
         except BaseException as e:
             if plane is not None:
@@ -162,6 +173,8 @@ class ControlPlane:
 
     def close(self) -> None:
         """Stop what was started, newest first; safe on a half-open plane."""
+        if self.analysis is not None:
+            self.analysis.stop()
         if self.rollout is not None:
             self.rollout.stop()
         if self.elector is not None:

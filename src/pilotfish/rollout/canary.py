@@ -2,7 +2,8 @@
 the router never look into raw dictionaries.
 
 Flagger's CRD allows targetRef kinds Deployment, DaemonSet and Service; here
-`kind: Deployment` names a pilotfish Workload, the nearest thing to one.
+`kind: Deployment` names a pilotfish Workload, the nearest thing to one, and
+`kind: Workload` (pilotfish.dev/v1alpha1) names it directly.
 """
 
 from __future__ import annotations
@@ -114,7 +115,7 @@ def read_canary(obj: Obj) -> Canary:
     if target.get("kind") not in TARGET_KINDS:
         raise ValueError(
             f"spec.targetRef.kind: {target.get('kind')!r} is not supported: "
-            "use Deployment (it names a pilotfish Workload)"
+            "use Deployment (it names a pilotfish Workload) or Workload"
         )
     analysis = analysis_of(spec)
     service = spec.get("service") or {}

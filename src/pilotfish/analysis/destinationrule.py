@@ -1,0 +1,103 @@
+"""Analyzers of DestinationRules (Istio's analyzers/destinationrule)."""
+
+from __future__ import annotations
+
+from pilotfish.analysis.config import (
+    NETWORKING,
+    Config,
+    Obj,
+    items,
+    mapping,
+    name_of,
+    namespace_of,
+    selector_matches,
+    service_host,
+    spec,
+    to_fqdn,
+    workloads,
+)
+from pilotfish.analysis.messages import Message, new
+
+_VERIFIED_MODES = ("SIMPLE", "MUTUAL")
+
+
+def ca_certificates(config: Config) -> list[Message]:
+    """IST0128/IST0129: TLS to a destination without caCertificates does not
+    verify the server; a credentialName on a gateway's rule (one with a
+    workloadSelector) carries its own CA."""
+    out = []
+    for rule in config.of(NETWORKING, "DestinationRule"):
+        policy = mapping(spec(rule).get("trafficPolicy"))
+        host = str(spec(rule).get("host") or "")
+        mode = _unverified(rule, mapping(policy.get("tls")))
+        if mode:
+            out.append(
+                new(
+                    "NoServerCertificateVerificationDestinationLevel",
+                    rule,
+                    name_of(rule),
+                    namespace_of(rule),
+                    mode,
+                    host,
+                )
+            )
+        for settings in items(policy.get("portLevelSettings")):
+            mode = _unverified(rule, mapping(mapping(settings).get("tls")))
+            if mode:
+                port = str(mapping(mapping(settings).get("port")).get("number", ""))
+                out.append(
+                    new(
+                        "NoServerCertificateVerificationPortLevel",
+                        rule,
+                        name_of(rule),
+                        namespace_of(rule),
+                        mode,
+                        host,
+                        port,
+                    )
+                )
+    return out
+
+
+def _unverified(rule: Obj, tls: Obj) -> str:
+    mode = str(tls.get("mode") or "")
+    if mode not in _VERIFIED_MODES or tls.get("caCertificates") or tls.get("insecureSkipVerify"):
+        return ""
+    if tls.get("credentialName") and spec(rule).get("workloadSelector"):
+        return ""
+    return mode
+
+
+def subsets_select_workloads(config: Config) -> list[Message]:
+    """IST0173: a subset of a Service's DestinationRule that no Workload or
+    WorkloadEntry of the Service carries: requests routed to it get 503 UH.
+    (Istio looks at Pods; pilotfish's are Workloads and WorkloadEntries.)"""
+    out = []
+    for rule in config.of(NETWORKING, "DestinationRule"):
+        service = _service_of(
+            config, to_fqdn(namespace_of(rule), str(spec(rule).get("host") or ""))
+        )
+        if service is None:
+            continue
+        selector = mapping(spec(service).get("selector"))
+        labels = _workload_labels(config, namespace_of(service))
+        for subset in items(spec(rule).get("subsets")):
+            wanted = {**selector, **mapping(mapping(subset).get("labels"))}
+            if not any(selector_matches(wanted, have) for have in labels):
+                out.append(
+                    new("DestinationRuleSubsetNotSelectPods", rule, mapping(subset).get("name"))
+                )
+    return out
+
+
+def _service_of(config: Config, host: str) -> Obj | None:
+    for service in config.of("", "Service"):
+        if service_host(service) == host:
+            return service
+    return None
+
+
+def _workload_labels(config: Config, namespace: str) -> list[Obj]:
+    return [
+        mapping(spec(o).get("labels")) for o in workloads(config) if namespace_of(o) == namespace
+    ]
