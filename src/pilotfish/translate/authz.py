@@ -35,10 +35,11 @@ from envoy.extensions.filters.network.rbac.v3 import rbac_pb2 as tcp_rbac_pb2
 from envoy.type.matcher.v3 import metadata_pb2, string_pb2, value_pb2
 from envoy.type.v3 import http_status_pb2
 
+from pilotfish.ca.identity import DEFAULT_TRUST_DOMAIN
+from pilotfish.model import Proxy, Snapshot
 from pilotfish.model.hosts import ROOT_NAMESPACE
 from pilotfish.translate import names
 from pilotfish.translate.authz_rules import (
-    DEFAULT_TRUST_DOMAIN,
     Unusable,
     rbac_policy,
     rule_model,
@@ -533,3 +534,30 @@ def translate_authz_tcp(
     policies: Sequence[Obj], settings: AuthzSettings
 ) -> list[listener_components_pb2.Filter]:
     return [*translate_ext_authz_tcp(policies, settings), *translate_rbac_tcp(policies, settings)]
+
+
+def authz_settings(snapshot: Snapshot) -> AuthzSettings:
+    """The mesh config's trustDomain (default cluster.local), its
+    trustDomainAliases and extensionProviders, and the mesh's services."""
+    mesh = snapshot.mesh_config
+    domain = str(mesh.get("trustDomain") or DEFAULT_TRUST_DOMAIN)
+    aliases = [str(a) for a in mesh.get("trustDomainAliases") or () if a]
+    providers = tuple(p for p in mesh.get("extensionProviders") or () if isinstance(p, dict))
+    services: dict[str, list[str]] = {}
+    for service in snapshot.services:
+        found = services.setdefault(service.hostname, [])
+        if service.namespace not in found:
+            found.append(service.namespace)
+    return AuthzSettings(
+        trust_domains=(domain, *(a for a in aliases if a != domain)),
+        providers=providers,
+        services=MappingProxyType({h: tuple(ns) for h, ns in services.items()}),
+    )
+
+
+def translate_proxy_authz_http(snapshot: Snapshot, proxy: Proxy) -> list[hcm_pb2.HttpFilter]:
+    """The authorization filters of a proxy's inbound HTTP chains."""
+    if not snapshot.authorization_policies:
+        return []
+    policies = policies_for(snapshot.authorization_policies, proxy.namespace, proxy.labels)
+    return translate_authz_http(policies, authz_settings(snapshot))

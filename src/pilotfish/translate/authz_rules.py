@@ -24,6 +24,7 @@ from envoy.extensions.path.match.uri_template.v3 import uri_template_match_pb2
 from envoy.type.matcher.v3 import metadata_pb2, path_pb2, regex_pb2, string_pb2, value_pb2
 from google.protobuf.wrappers_pb2 import UInt32Value
 
+from pilotfish.ca.identity import DEFAULT_TRUST_DOMAIN
 from pilotfish.translate.protos import pack
 
 Obj = dict[str, Any]
@@ -33,7 +34,6 @@ JWT_FILTER = "envoy.filters.http.jwt_authn"
 JWT_PAYLOAD = "payload"
 SPIFFE_PREFIX = "spiffe://"
 MATCH_ONE, MATCH_ANY = "{*}", "{**}"
-DEFAULT_TRUST_DOMAIN = "cluster.local"
 
 
 _META = re.compile(r"([\\.+*?()|\[\]{}^$])")
