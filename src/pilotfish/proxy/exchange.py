@@ -108,6 +108,7 @@ class Exchange:
         "conn",
         "deadline",
         "deadline_at",
+        "details",
         "done",
         "down",
         "express",
@@ -197,6 +198,7 @@ class Exchange:
         self.holds_retry = False  # and a retry slot
         self.peer_header: bytes | None = None  # the other side's x-envoy-peer-metadata
         self.generated_id: bytes | None = None  # the x-request-id the proxy made up
+        self.details: str | None = None  # Envoy's response code details, if a filter answered
         self.done = False
         self._headers: Headers | None = None
 
@@ -244,7 +246,8 @@ class Exchange:
         if not chain.filters or chain.idle(configs):
             self.act(route)
         else:
-            self.fx = chain.start(self, configs, cluster)
+            connection = filters.Connection.of(self.down.peer, self.down.local_address)
+            self.fx = chain.start(self, configs, cluster, connection, self.down.stats.filters)
             self.run_filters()
 
     def request_body(self, data: bytes) -> None:
@@ -297,6 +300,7 @@ class Exchange:
             self.http_stat("fault__delays_injected")
             self.timer = self.down.runtime.loop.call_later(step.seconds, self.run_filters)
         elif isinstance(step, filters.LocalReply):
+            self.details = step.details
             headers = list(step.headers)
             chain.encode(fx, headers)
             self.local(step.status, step.body, step.flag, headers)

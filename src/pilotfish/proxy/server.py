@@ -149,6 +149,7 @@ def access_record(ex: Exchange, elapsed: float) -> AccessRecord:
         downstream_remote_address=ex.down.peer_address,
         downstream_local_address=ex.down.local_address,
         route_name=ex.route.name if ex.route is not None and ex.route.name else None,
+        response_code_details=ex.details,
     )
 
 

@@ -132,9 +132,7 @@ def _inbound_protocol(snapshot: Snapshot, instance: Instance, port_name: str) ->
     return infer_protocol(port_name)
 
 
-def _inbound_manager(
-    port: int, authz: list[hcm_pb2.HttpFilter]
-) -> hcm_pb2.HttpConnectionManager:
+def _inbound_manager(port: int, authz: list[hcm_pb2.HttpFilter]) -> hcm_pb2.HttpConnectionManager:
     cluster = names.inbound_cluster(port)
     action = rc.RouteAction(cluster=cluster, timeout=duration(0))
     action.max_stream_duration.max_stream_duration.CopyFrom(duration(0))

@@ -20,9 +20,10 @@ A request's trip through the chain, as the shell drives it:
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Final, final
+from typing import Any, Final, final
 
 from pilotfish.proxy.routing.headers import HeaderMutation
 from pilotfish.proxy.routing.match import grpc_condition
@@ -71,6 +72,32 @@ class LocalReply:
 Step = Proceed | Delay | LocalReply
 
 
+@dataclass(frozen=True, slots=True)
+class Connection:
+    """What filters read of the downstream connection (Envoy's connection and
+    stream info): the peer's address, the local address the request came to,
+    the TLS SNI, and the peer's identity.
+
+    peer_principal: the URI SAN (a SPIFFE ID) of a client certificate the
+    listener's TLS verified; None on a plaintext connection, and then
+    `authenticated` principals match nothing, as in Envoy."""
+
+    direct_remote_ip: str = ""
+    local_ip: str = ""
+    local_port: int = 0
+    requested_server_name: str = ""
+    peer_principal: str | None = None
+
+    @classmethod
+    def of(cls, peer: str, local_address: str | None) -> Connection:
+        """From the shell's `ip` and `ip:port` strings (`[v6]:port` too)."""
+        host, _, port = (local_address or "").rpartition(":")
+        return cls(peer, host.strip("[]"), int(port) if port.isdigit() else 0)
+
+
+NO_CONNECTION: Final = Connection()
+
+
 @dataclass(slots=True, eq=False)
 class Exchange:
     """One request's filter state, from `chain.start` to `chain.finish`.
@@ -89,6 +116,14 @@ class Exchange:
     position: int = 0  # the filter that decodes next (or is paused)
     paused: bool = False  # position's filter returned Delay and wants `resume`
     release_after_pause: Callable[[], None] | None = None  # what the pausing filter holds
+    connection: Connection = NO_CONNECTION
+    # Envoy's per-request dynamic metadata: filter name -> its fields. jwt_authn
+    # writes a verified token's claims under "envoy.filters.http.jwt_authn" ->
+    # {"payload": claims}; RBAC reads them there and writes its shadow result.
+    dynamic_metadata: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Filter counters, added to the HTTP connection manager's stats under these
+    # names (`rbac.allowed`); the shell hands in its scope's counter.
+    counters: Counter[str] = field(default_factory=Counter)
     _index: dict[bytes, bytes] | None = None
 
     def __repr__(self) -> str:
