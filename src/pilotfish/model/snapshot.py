@@ -313,6 +313,10 @@ def _label_selectors(snap: Snapshot) -> tuple[Labels, ...]:
             for match in http.get("match") or []:
                 if isinstance(match, dict) and match.get("sourceLabels"):
                     found.append(MappingProxyType(dict(match["sourceLabels"])))
+    for policy in snap.authorization_policies:  # their selectors pick listeners' filters
+        selector = ((policy.get("spec") or {}).get("selector") or {}).get("matchLabels")
+        if selector:
+            found.append(MappingProxyType(dict(selector)))
     unique = {tuple(sorted(s.items())): s for s in found}
     return tuple(unique[k] for k in sorted(unique))
 
