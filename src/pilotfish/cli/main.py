@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from pilotfish import __version__
 from pilotfish.api.errors import ApiError
 from pilotfish.api.gotypes import parse_duration_ns
-from pilotfish.cli import commands, identity, mesh, node, rollout
+from pilotfish.cli import authz, commands, identity, mesh, node, rollout
 from pilotfish.cli.manifests import ManifestError
 from pilotfish.client import Unreachable
 from pilotfish.config import ConfigError
@@ -65,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_proxy_config(sub, common)
     _add_register(sub, common)
     identity.add_commands(sub, common)
+    authz.add_commands(sub, common)
     node.add_commands(sub, common)
     rollout.add_commands(sub, common)
     return parser
