@@ -257,3 +257,46 @@ def test_rbac_filter_is_known_to_the_chain_by_name() -> None:
     protos = [hcm_pb2.HttpFilter(name="envoy.filters.http.rbac"), *http_filters(ROUTER)]
     chain = compile_http_filters(protos)  # no typed_config: an empty RBAC, allows all
     assert not chain.empty
+
+
+def test_ext_authz_asks_only_where_the_custom_policy_matched_and_reads_the_answer() -> None:
+    """Without sockets: the Check step, then the answer fed back as the shell does."""
+    from pilotfish.proxy.filters import Check, CheckResult
+    from pilotfish.translate.authz import translate_ext_authz_http
+
+    custom = policy(
+        "ext",
+        {
+            "action": "CUSTOM",
+            "provider": {"name": "p"},
+            "rules": [{"to": [{"operation": {"paths": ["/x"]}}]}],
+        },
+    )
+    settings = AuthzSettings(
+        providers=(
+            {"name": "p", "envoyExtAuthzHttp": {"service": "a.ns.svc.cluster.local", "port": 80}},
+        ),
+        services={"a.ns.svc.cluster.local": ("ns",)},
+    )
+    chain = compile_http_filters(
+        [*translate_ext_authz_http([custom], settings), *http_filters(ROUTER)]
+    )
+    rng = random.Random(1)
+    ex = chain.start(request("GET", "/y"), connection=PLAIN)
+    assert isinstance(chain.decode(ex, rng), Proceed)
+    ex = chain.start(
+        request("POST", "/x", {"authorization": "Bearer t", "x-other": "1"}), connection=PLAIN
+    )
+    step = chain.decode(ex, rng)
+    assert isinstance(step, Check)
+    assert (step.cluster, step.method, step.path) == (
+        "outbound|80||a.ns.svc.cluster.local",
+        b"POST",
+        b"/x",
+    )
+    assert dict(step.headers) == {b"host": b"svc", b"authorization": b"Bearer t"}
+    ex.check_result = CheckResult(401, ((b"www-authenticate", b"Bearer"),), b"no")
+    denied = chain.decode(ex, rng)
+    assert isinstance(denied, LocalReply)
+    assert (denied.status, denied.body, denied.details) == (401, b"no", "ext_authz_denied")
+    assert ex.counters["ext_authz.denied"] == 1

@@ -1,9 +1,11 @@
-"""The sidecar's HTTP filters (RBAC, fault, CORS, local rate limit) as decisions the
+"""The sidecar's HTTP filters (RBAC, ext_authz, fault, CORS, local rate limit) as decisions the
 shell applies: `compile_http_filters` builds the chain from an
 HttpConnectionManager's http_filters; see `base` for how a request goes through."""
 
 from pilotfish.proxy.filters.base import (
     PROCEED,
+    Check,
+    CheckResult,
     Connection,
     Delay,
     Exchange,
@@ -18,6 +20,8 @@ from pilotfish.proxy.filters.percent import Percent
 
 __all__ = [
     "PROCEED",
+    "Check",
+    "CheckResult",
     "Connection",
     "Delay",
     "Exchange",

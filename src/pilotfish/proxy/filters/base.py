@@ -5,9 +5,9 @@ A request's trip through the chain, as the shell drives it:
 
     ex = chain.start(request_view, target.filter_configs, target.cluster)
     step = chain.decode(ex, rng)
-    while isinstance(step, Delay):          # fault delay: sleep, then carry on
-        await asyncio.sleep(step.seconds)
-        step = chain.decode(ex, rng)
+    while isinstance(step, Delay | Check):  # fault delay: sleep; ext_authz: call the
+        await asyncio.sleep(step.seconds)   # authorizer and set ex.check_result;
+        step = chain.decode(ex, rng)        # then carry on
     if isinstance(step, LocalReply):        # abort, 429, CORS preflight: answer it
         headers = list(step.headers); chain.encode(ex, headers); write it
     else:                                   # PROCEED: the router's turn
@@ -69,7 +69,28 @@ class LocalReply:
     details: str
 
 
-Step = Proceed | Delay | LocalReply
+@dataclass(frozen=True, slots=True)
+class Check:
+    """Send this request to `cluster` and call `decode` again with its answer
+    in `Exchange.check_result` (None: no answer in `timeout` seconds, or a
+    failed connection). The external authorization call."""
+
+    cluster: str
+    timeout: float
+    method: bytes
+    path: bytes
+    headers: tuple[tuple[bytes, bytes], ...]
+    body: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class CheckResult:
+    status: int
+    headers: tuple[tuple[bytes, bytes], ...]  # lower-case names
+    body: bytes
+
+
+Step = Proceed | Delay | LocalReply | Check
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +145,7 @@ class Exchange:
     # Filter counters, added to the HTTP connection manager's stats under these
     # names (`rbac.allowed`); the shell hands in its scope's counter.
     counters: Counter[str] = field(default_factory=Counter)
+    check_result: CheckResult | None = None  # the answer to the last Check
     _index: dict[bytes, bytes] | None = None
 
     def __repr__(self) -> str:

@@ -24,6 +24,7 @@ from random import Random
 from typing import Any, Protocol
 
 from envoy.extensions.filters.http.cors.v3 import cors_pb2
+from envoy.extensions.filters.http.ext_authz.v3 import ext_authz_pb2
 from envoy.extensions.filters.http.fault.v3 import fault_pb2
 from envoy.extensions.filters.http.local_ratelimit.v3 import local_rate_limit_pb2
 from envoy.extensions.filters.http.rbac.v3 import rbac_pb2
@@ -33,6 +34,7 @@ from google.protobuf.message import Message
 from pilotfish.proxy.filters.base import (
     NO_CONNECTION,
     PROCEED,
+    Check,
     Connection,
     Delay,
     Exchange,
@@ -42,6 +44,7 @@ from pilotfish.proxy.filters.base import (
 )
 from pilotfish.proxy.filters.cors import CorsFilter
 from pilotfish.proxy.filters.errors import FilterConfigError
+from pilotfish.proxy.filters.ext_authz import compile_ext_authz
 from pilotfish.proxy.filters.fault import FaultFilter, compile_fault
 from pilotfish.proxy.filters.ratelimit import (
     Clock,
@@ -57,6 +60,7 @@ FAULT = "envoy.filters.http.fault"
 CORS = "envoy.filters.http.cors"
 LOCAL_RATELIMIT = "envoy.filters.http.local_ratelimit"
 RBAC = "envoy.filters.http.rbac"
+EXT_AUTHZ = "envoy.filters.http.ext_authz"
 ROUTER = "envoy.filters.http.router"
 # Router fields that change nothing pilotfish does (stats and tracing labels).
 ROUTER_FIELDS = frozenset({"dynamic_stats", "start_child_span"})
@@ -102,7 +106,13 @@ def _rbac(name: str, msg: Message, path: str, clock: Clock) -> HttpFilter:
     return compile_rbac(name, msg, path)
 
 
+def _ext_authz(name: str, msg: Message, path: str, clock: Clock) -> HttpFilter:
+    assert isinstance(msg, ext_authz_pb2.ExtAuthz)
+    return compile_ext_authz(name, msg, path)
+
+
 _KINDS: dict[str, tuple[type[Message], _Builder | None]] = {
+    ext_authz_pb2.ExtAuthz.DESCRIPTOR.full_name: (ext_authz_pb2.ExtAuthz, _ext_authz),
     rbac_pb2.RBAC.DESCRIPTOR.full_name: (rbac_pb2.RBAC, _rbac),
     fault_pb2.HTTPFault.DESCRIPTOR.full_name: (fault_pb2.HTTPFault, _fault),
     cors_pb2.Cors.DESCRIPTOR.full_name: (cors_pb2.Cors, _cors),
@@ -117,6 +127,7 @@ _WELL_KNOWN = {
     CORS: cors_pb2.Cors.DESCRIPTOR.full_name,
     LOCAL_RATELIMIT: local_rate_limit_pb2.LocalRateLimit.DESCRIPTOR.full_name,
     RBAC: rbac_pb2.RBAC.DESCRIPTOR.full_name,
+    EXT_AUTHZ: ext_authz_pb2.ExtAuthz.DESCRIPTOR.full_name,
     ROUTER: router_pb2.Router.DESCRIPTOR.full_name,
 }
 SUPPORTED_NAMES = tuple(_WELL_KNOWN)
@@ -205,6 +216,8 @@ def _stopped(ex: Exchange, step: Step) -> Step:
     if isinstance(step, Delay):
         ex.paused = True
         ex.flags.append("DI")
+    elif isinstance(step, Check):
+        ex.paused = True
     elif not isinstance(step, Proceed) and step.flag:
         ex.flags.append(step.flag)
     return step

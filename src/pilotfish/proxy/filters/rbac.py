@@ -216,7 +216,7 @@ def _permission(p: Any, path: str) -> Test:
         test = compile_string_matcher(p.requested_server_name, f"{path}.requested_server_name")
         return lambda ex: test(ex.connection.requested_server_name.encode())
     if which == "metadata":
-        return _metadata(p.metadata, f"{path}.metadata")
+        return compile_metadata_matcher(p.metadata, f"{path}.metadata")
     raise RouteConfigError(f"{path}.{which or 'rule'}", "not supported by pilotfish")
 
 
@@ -245,7 +245,7 @@ def _principal(p: Any, path: str) -> Test:
     if which == "header":
         return _header(p.header, f"{path}.header")
     if which == "metadata":
-        return _metadata(p.metadata, f"{path}.metadata")
+        return compile_metadata_matcher(p.metadata, f"{path}.metadata")
     raise RouteConfigError(f"{path}.{which or 'identifier'}", "not supported by pilotfish")
 
 
@@ -330,8 +330,9 @@ def _uri_template(config: Any, path: str) -> Test:
     return lambda ex: regex.fullmatch(_bare_path(ex)) is not None
 
 
-def _metadata(m: Any, path: str) -> Test:
-    """A dynamic metadata value of one filter, found by keys, tested."""
+def compile_metadata_matcher(m: Any, path: str) -> Test:
+    """A MetadataMatcher on the request's dynamic metadata: one filter's
+    value found by keys, tested."""
     if m.invert:
         inner = _metadata_value(m, path)
         return lambda ex: not inner(ex)
