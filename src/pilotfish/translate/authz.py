@@ -17,7 +17,7 @@ broken authorizer never lets traffic through.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -34,6 +34,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 from envoy.extensions.filters.network.rbac.v3 import rbac_pb2 as tcp_rbac_pb2
 from envoy.type.matcher.v3 import metadata_pb2, string_pb2, value_pb2
 from envoy.type.v3 import http_status_pb2
+from google.protobuf.message import Message
 
 from pilotfish.ca.identity import DEFAULT_TRUST_DOMAIN
 from pilotfish.model import Proxy, Snapshot
@@ -186,41 +187,62 @@ def _shadow_prefix(sets: RuleSets) -> str:
     return DRY_RUN_ALLOW_PREFIX
 
 
-def translate_rbac_http(
-    policies: Sequence[Obj], settings: AuthzSettings
-) -> list[hcm_pb2.HttpFilter]:
-    """AUDIT, DENY and ALLOW RBAC filters, in Istio's order."""
+@dataclass(frozen=True)
+class _Chain:
+    """What differs between an HTTP and a TCP filter chain's authz filters."""
+
+    for_tcp: bool
+    rbac: type[Message]  # the http or network RBAC message
+    rbac_name: str
+    ext_name: str
+    wrap: Callable[[str, Message], Any]  # (name, config) -> HttpFilter | Filter
+    extra: Mapping[str, str]  # more RBAC fields: the network filter's stat_prefix
+
+
+_HTTP = _Chain(
+    False,
+    http_rbac_pb2.RBAC,
+    HTTP_RBAC,
+    HTTP_EXT_AUTHZ,
+    lambda name, config: hcm_pb2.HttpFilter(name=name, typed_config=pack(config)),
+    MappingProxyType({}),
+)
+_TCP = _Chain(
+    True,
+    tcp_rbac_pb2.RBAC,
+    TCP_RBAC,
+    TCP_EXT_AUTHZ,
+    lambda name, config: listener_components_pb2.Filter(name=name, typed_config=pack(config)),
+    MappingProxyType({"stat_prefix": TCP_STAT_PREFIX}),
+)
+
+
+def _rbac_filters(policies: Sequence[Obj], settings: AuthzSettings, chain: _Chain) -> list[Any]:
     out = []
     for action in ("AUDIT", "DENY", "ALLOW"):
-        sets = translate_rule_sets(policies, action, settings, for_tcp=False)
+        sets = translate_rule_sets(policies, action, settings, chain.for_tcp)
         if sets is None:
             continue
-        config = http_rbac_pb2.RBAC(shadow_rules_stat_prefix=_shadow_prefix(sets))
+        config: Any = chain.rbac(shadow_rules_stat_prefix=_shadow_prefix(sets), **chain.extra)
         if sets.rules is not None:
             config.rules.CopyFrom(sets.rules)
         if sets.shadow is not None:
             config.shadow_rules.CopyFrom(sets.shadow)
-        out.append(hcm_pb2.HttpFilter(name=HTTP_RBAC, typed_config=pack(config)))
+        out.append(chain.wrap(chain.rbac_name, config))
     return out
+
+
+def translate_rbac_http(
+    policies: Sequence[Obj], settings: AuthzSettings
+) -> list[hcm_pb2.HttpFilter]:
+    """AUDIT, DENY and ALLOW RBAC filters, in Istio's order."""
+    return _rbac_filters(policies, settings, _HTTP)
 
 
 def translate_rbac_tcp(
     policies: Sequence[Obj], settings: AuthzSettings
 ) -> list[listener_components_pb2.Filter]:
-    out = []
-    for action in ("AUDIT", "DENY", "ALLOW"):
-        sets = translate_rule_sets(policies, action, settings, for_tcp=True)
-        if sets is None:
-            continue
-        config = tcp_rbac_pb2.RBAC(
-            stat_prefix=TCP_STAT_PREFIX, shadow_rules_stat_prefix=_shadow_prefix(sets)
-        )
-        if sets.rules is not None:
-            config.rules.CopyFrom(sets.rules)
-        if sets.shadow is not None:
-            config.shadow_rules.CopyFrom(sets.shadow)
-        out.append(listener_components_pb2.Filter(name=TCP_RBAC, typed_config=pack(config)))
-    return out
+    return _rbac_filters(policies, settings, _TCP)
 
 
 # -- CUSTOM ---------------------------------------------------------------------
@@ -260,59 +282,47 @@ def _bad_custom(rules: rbac_pb2.RBAC) -> rbac_pb2.RBAC:
     return out
 
 
-def translate_ext_authz_http(
-    policies: Sequence[Obj], settings: AuthzSettings
-) -> list[hcm_pb2.HttpFilter]:
+def _ext_authz_filters(
+    policies: Sequence[Obj], settings: AuthzSettings, chain: _Chain
+) -> list[Any]:
     """Per CUSTOM provider (sorted): a shadow RBAC filter naming the matched
     policy, then ext_authz enabled by that name. More than one provider per
-    workload is refused as istiod refuses it without its feature flag."""
-    per_provider = _custom_rules(policies, settings, for_tcp=False)
+    workload is refused as istiod refuses it without its feature flag; an
+    HTTP provider has nothing for a TCP chain."""
+    per_provider = _custom_rules(policies, settings, chain.for_tcp)
     resolved = resolve_providers(settings)
     out = []
     for provider in sorted(per_provider):
         rules = per_provider[provider]
         built = resolved.get(provider)
         if len(per_provider) > 1 or not isinstance(built, ExtAuthz):
-            config = http_rbac_pb2.RBAC(rules=_bad_custom(rules))
-            out.append(hcm_pb2.HttpFilter(name=HTTP_RBAC, typed_config=pack(config)))
+            out.append(
+                chain.wrap(chain.rbac_name, chain.rbac(rules=_bad_custom(rules), **chain.extra))
+            )
             continue
-        shadow = http_rbac_pb2.RBAC(
-            shadow_rules=rules, shadow_rules_stat_prefix=EXT_AUTHZ_SHADOW_PREFIX
+        built_ext = built.tcp if chain.for_tcp else built.http
+        if built_ext is None:
+            continue
+        shadow = chain.rbac(
+            shadow_rules=rules, shadow_rules_stat_prefix=EXT_AUTHZ_SHADOW_PREFIX, **chain.extra
         )
-        ext = http_ext_authz_pb2.ExtAuthz()
-        ext.CopyFrom(built.http)
-        ext.filter_enabled_metadata.CopyFrom(_enabled_by(HTTP_RBAC, provider))
-        out.append(hcm_pb2.HttpFilter(name=HTTP_RBAC, typed_config=pack(shadow)))
-        out.append(hcm_pb2.HttpFilter(name=HTTP_EXT_AUTHZ, typed_config=pack(ext)))
+        ext: Any = type(built_ext)()
+        ext.CopyFrom(built_ext)
+        ext.filter_enabled_metadata.CopyFrom(_enabled_by(chain.rbac_name, provider))
+        out += [chain.wrap(chain.rbac_name, shadow), chain.wrap(chain.ext_name, ext)]
     return out
+
+
+def translate_ext_authz_http(
+    policies: Sequence[Obj], settings: AuthzSettings
+) -> list[hcm_pb2.HttpFilter]:
+    return _ext_authz_filters(policies, settings, _HTTP)
 
 
 def translate_ext_authz_tcp(
     policies: Sequence[Obj], settings: AuthzSettings
 ) -> list[listener_components_pb2.Filter]:
-    per_provider = _custom_rules(policies, settings, for_tcp=True)
-    resolved = resolve_providers(settings)
-    out = []
-    for provider in sorted(per_provider):
-        rules = per_provider[provider]
-        built = resolved.get(provider)
-        if len(per_provider) > 1 or not isinstance(built, ExtAuthz):
-            config = tcp_rbac_pb2.RBAC(rules=_bad_custom(rules), stat_prefix=TCP_STAT_PREFIX)
-            out.append(listener_components_pb2.Filter(name=TCP_RBAC, typed_config=pack(config)))
-            continue
-        if built.tcp is None:
-            continue
-        shadow = tcp_rbac_pb2.RBAC(
-            shadow_rules=rules,
-            stat_prefix=TCP_STAT_PREFIX,
-            shadow_rules_stat_prefix=EXT_AUTHZ_SHADOW_PREFIX,
-        )
-        ext = tcp_ext_authz_pb2.ExtAuthz()
-        ext.CopyFrom(built.tcp)
-        ext.filter_enabled_metadata.CopyFrom(_enabled_by(TCP_RBAC, provider))
-        out.append(listener_components_pb2.Filter(name=TCP_RBAC, typed_config=pack(shadow)))
-        out.append(listener_components_pb2.Filter(name=TCP_EXT_AUTHZ, typed_config=pack(ext)))
-    return out
+    return _ext_authz_filters(policies, settings, _TCP)
 
 
 def _enabled_by(rbac_filter: str, provider: str | None = None) -> metadata_pb2.MetadataMatcher:
