@@ -81,10 +81,13 @@ class Check:
     path: bytes
     headers: tuple[tuple[bytes, bytes], ...]
     body: bytes = b""
+    grpc: bool = False  # a unary gRPC call: `path` is the method, `body` the message
 
 
 @dataclass(frozen=True, slots=True)
 class CheckResult:
+    """An HTTP answer; for a gRPC call, status 200 and the response message as body."""
+
     status: int
     headers: tuple[tuple[bytes, bytes], ...]  # lower-case names
     body: bytes

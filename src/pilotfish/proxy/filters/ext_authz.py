@@ -18,7 +18,12 @@ HTTP authorization service, as Envoy runs it:
   `status_on_error` (403) with no body, details `ext_authz_error`;
 - counters `ext_authz.ok|denied|error|failure_mode_allowed`.
 
-The gRPC authorization service is not supported (its config fails, named).
+With a gRPC service (`grpc_service.envoy_grpc`), the check is
+envoy.service.auth.v3.Authorization/Check with the request's attributes
+(ext_authz_grpc.py); an OK status allows (its headers set or appended
+upstream, removed, or added to the response), any other denies with the
+denied_response's status (403 when unset), headers and body; a failed call
+is an error as above.
 """
 
 from __future__ import annotations
@@ -40,10 +45,21 @@ from pilotfish.proxy.filters.base import (
     set_header,
 )
 from pilotfish.proxy.filters.errors import FilterConfigError
+from pilotfish.proxy.filters.ext_authz_grpc import (
+    CHECK_METHOD,
+    Verdict,
+    check_request,
+    read_response,
+)
 from pilotfish.proxy.filters.rbac import compile_metadata_matcher
 from pilotfish.proxy.proto_fields import unsupported
 from pilotfish.proxy.routing.errors import RouteConfigError
-from pilotfish.proxy.routing.headers import OVERWRITE_IF_EXISTS_OR_ADD, HeaderMutation
+from pilotfish.proxy.routing.headers import (
+    APPEND_IF_EXISTS_OR_ADD,
+    OVERWRITE_IF_EXISTS_OR_ADD,
+    REMOVE,
+    HeaderMutation,
+)
 from pilotfish.proxy.routing.match import compile_string_matcher
 from pilotfish.proxy.routing.per_filter import FilterConfigs
 
@@ -54,12 +70,15 @@ SUPPORTED = frozenset(
      "http_service.authorization_response.allowed_upstream_headers",
      "http_service.authorization_response.allowed_client_headers",
      "http_service.authorization_response.allowed_client_headers_on_success",
+     "grpc_service.envoy_grpc.cluster_name", "grpc_service.envoy_grpc.authority",
+     "grpc_service.timeout",
      "failure_mode_allow", "status_on_error", "allowed_headers", "filter_enabled_metadata",
      "transport_api_version", "stat_prefix"}
 )  # fmt: skip
 ALWAYS_SENT = frozenset({b"host", b"authorization", b"content-length"})
 NOT_TO_CLIENT = frozenset({b"host", b"content-length", b"transfer-encoding", b"connection"})
 NameTest = Callable[[bytes], bool]
+Headers = tuple[tuple[bytes, bytes], ...]
 
 
 def _names(matcher: Any, path: str) -> NameTest | None:
@@ -70,6 +89,13 @@ def _names(matcher: Any, path: str) -> NameTest | None:
         compile_string_matcher(p, f"{path}.patterns[{i}]") for i, p in enumerate(matcher.patterns)
     ]
     return lambda name: any(t(name) for t in tests)
+
+
+@dataclass(frozen=True, slots=True)
+class GrpcService:
+    cluster: str
+    timeout: float
+    authority: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +113,7 @@ class ExtAuthzFilter:
     def __init__(
         self,
         name: str,
-        service: HttpService,
+        service: HttpService | GrpcService,
         allowed_headers: NameTest | None,
         enabled: Callable[[Exchange], bool] | None,
         fail_open: bool,
@@ -105,6 +131,12 @@ class ExtAuthzFilter:
     def decode(self, ex: Exchange, rng: Random) -> Step:
         if self.enabled is not None and not self.enabled(ex):
             return PROCEED
+        service = self.service
+        if isinstance(service, GrpcService):
+            authority = ((b":authority", service.authority),) if service.authority else ()
+            method = CHECK_METHOD.encode()
+            body = check_request(ex)
+            return Check(service.cluster, service.timeout, b"POST", method, authority, body, True)
         req = ex.request
         headers = [(b"host", req.authority)]
         for name, value in ex.request.headers:
@@ -112,33 +144,58 @@ class ExtAuthzFilter:
                 continue
             if name in ALWAYS_SENT or (self.allowed_headers and self.allowed_headers(name)):
                 headers.append((name, value))
-        headers += self.service.headers_to_add
-        path = self.service.path_prefix + req.path
-        return Check(self.service.cluster, self.service.timeout, req.method, path, tuple(headers))
+        headers += service.headers_to_add
+        path = service.path_prefix + req.path
+        return Check(service.cluster, service.timeout, req.method, path, tuple(headers))
 
     def resume(self, ex: Exchange, rng: Random) -> Step:
         result = ex.check_result
+        if isinstance(self.service, GrpcService):
+            verdict = read_response(result.body) if result is not None else None
+            return self._error(ex) if verdict is None else self._grpc_verdict(ex, verdict)
         if result is None or result.status >= 500:
-            ex.counters[self.stat + "error"] += 1
-            if self.fail_open:
-                ex.counters[self.stat + "failure_mode_allowed"] += 1
-                return PROCEED
-            return LocalReply(self.status_on_error, (), b"", "UAEX", "ext_authz_error")
+            return self._error(ex)
         if result.status != 200:
-            ex.counters[self.stat + "denied"] += 1
-            chosen = self.service.to_client_on_deny
-            headers = tuple(
-                (n, v)
-                for n, v in result.headers
-                if n not in NOT_TO_CLIENT and (chosen is None or chosen(n))
-            )
-            return LocalReply(result.status, headers, result.body, "UAEX", "ext_authz_denied")
+            return self._denied(ex, result.status, result.headers, result.body)
         ex.counters[self.stat + "ok"] += 1
         self._allowed(ex, result.headers)
         return PROCEED
 
-    def _allowed(self, ex: Exchange, headers: tuple[tuple[bytes, bytes], ...]) -> None:
-        upstream, client = self.service.to_upstream, self.service.to_client_on_allow
+    def _error(self, ex: Exchange) -> Step:
+        ex.counters[self.stat + "error"] += 1
+        if self.fail_open:
+            ex.counters[self.stat + "failure_mode_allowed"] += 1
+            return PROCEED
+        return LocalReply(self.status_on_error, (), b"", "UAEX", "ext_authz_error")
+
+    def _denied(self, ex: Exchange, status: int, headers: Headers, body: bytes) -> Step:
+        ex.counters[self.stat + "denied"] += 1
+        service = self.service
+        chosen = service.to_client_on_deny if isinstance(service, HttpService) else None
+        shown = tuple(
+            (n, v) for n, v in headers if n not in NOT_TO_CLIENT and (chosen is None or chosen(n))
+        )
+        return LocalReply(status, shown, body, "UAEX", "ext_authz_denied")
+
+    def _grpc_verdict(self, ex: Exchange, verdict: Verdict) -> Step:
+        if not verdict.allowed:
+            return self._denied(ex, verdict.status, verdict.client, verdict.body)
+        ex.counters[self.stat + "ok"] += 1
+        ops = [(REMOVE, name, b"") for name in verdict.remove]
+        ops += [
+            (APPEND_IF_EXISTS_OR_ADD if append else OVERWRITE_IF_EXISTS_OR_ADD, n, v)
+            for append, n, v in verdict.upstream
+        ]
+        if ops:
+            ex.upstream_headers.append(HeaderMutation(tuple(ops)))
+        if verdict.client:
+            ex.encoders.append(lambda response: _set_all(response, list(verdict.client)))
+        return PROCEED
+
+    def _allowed(self, ex: Exchange, headers: Headers) -> None:
+        service = self.service
+        assert isinstance(service, HttpService)
+        upstream, client = service.to_upstream, service.to_client_on_allow
         if upstream is not None:
             ops = tuple((OVERWRITE_IF_EXISTS_OR_ADD, n, v) for n, v in headers if upstream(n))
             if ops:
@@ -164,10 +221,8 @@ def compile_ext_authz(name: str, config: ext_authz_pb2.ExtAuthz, path: str) -> E
     bad = unsupported(config, SUPPORTED)
     if bad:
         raise FilterConfigError(f"{path}.{bad[0]}", "not supported by pilotfish")
-    if not config.HasField("http_service"):
-        raise FilterConfigError(f"{path}.http_service", "an HTTP authorization service is required")
     try:
-        service = _http_service(config.http_service, f"{path}.http_service")
+        service = _service(config, path)
         allowed = _names(config.allowed_headers, f"{path}.allowed_headers")
         enabled = (
             compile_metadata_matcher(
@@ -188,6 +243,21 @@ def compile_ext_authz(name: str, config: ext_authz_pb2.ExtAuthz, path: str) -> E
         status or 403,
         config.stat_prefix,
     )
+
+
+def _service(config: Any, path: str) -> HttpService | GrpcService:
+    if config.HasField("http_service"):
+        return _http_service(config.http_service, f"{path}.http_service")
+    if config.HasField("grpc_service"):
+        return _grpc_service(config.grpc_service, f"{path}.grpc_service")
+    raise RouteConfigError(f"{path}.services", "an http_service or a grpc_service is required")
+
+
+def _grpc_service(g: Any, path: str) -> GrpcService:
+    if not g.envoy_grpc.cluster_name:
+        raise RouteConfigError(f"{path}.envoy_grpc.cluster_name", "is required")
+    timeout = g.timeout.seconds + g.timeout.nanos / 1e9 if g.HasField("timeout") else 0.2
+    return GrpcService(g.envoy_grpc.cluster_name, timeout, g.envoy_grpc.authority.encode())
 
 
 def _http_service(s: Any, path: str) -> HttpService:
