@@ -247,8 +247,11 @@ class Exchange:
         if not chain.filters or chain.idle(configs):
             self.act(route)
         else:
-            connection = filters.Connection.of(self.down.peer, self.down.local_address)
-            self.fx = chain.start(self, configs, cluster, connection, self.down.stats.filters)
+            down = self.down
+            connection = down.filter_view
+            if connection is None:
+                connection = down.filter_view = filters.Connection.of(down.peer, down.local_address)
+            self.fx = chain.start(self, configs, cluster, connection, down.stats.filters)
             self.run_filters()
 
     def request_body(self, data: bytes) -> None:

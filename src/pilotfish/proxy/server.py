@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
+from pilotfish.proxy import filters
 from pilotfish.proxy.accesslog import AccessLogWriter, AccessRecord
 from pilotfish.proxy.config import ProxyConfig
 from pilotfish.proxy.exchange import Exchange
@@ -178,6 +179,7 @@ class Downstream(asyncio.Protocol):
         self.closed = False
         self.head_since = 0.0  # when the first byte of a request's head came; 0: none
         self.idle_since = 0.0  # when the connection last became idle; 0: busy
+        self.filter_view: filters.Connection | None = None  # what filters read of it, once
 
     def __repr__(self) -> str:
         return f"<Downstream {self.peer} on {self.listener.name} requests={self.requests}>"

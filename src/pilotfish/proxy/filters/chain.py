@@ -177,10 +177,9 @@ class FilterChain:
         """route_configs: the chosen target's (or route's) filter_configs;
         cluster: the chosen cluster, "" for redirects and direct responses;
         counters: the HTTP connection manager's filter counters."""
-        ex = Exchange(request, route_configs, cluster, connection=connection)
-        if counters is not None:
-            ex.counters = counters
-        return ex
+        if counters is None:
+            return Exchange(request, route_configs, cluster, connection=connection)
+        return Exchange(request, route_configs, cluster, connection=connection, counters=counters)
 
     def decode(self, ex: Exchange, rng: Random) -> Step:
         """Run the filters from where the request stands: PROCEED (route it),
