@@ -113,10 +113,23 @@ class Connection:
     peer_principal: str | None = None
 
     @classmethod
-    def of(cls, peer: str, local_address: str | None) -> Connection:
-        """From the shell's `ip` and `ip:port` strings (`[v6]:port` too)."""
+    def of(
+        cls,
+        peer: str,
+        local_address: str | None,
+        requested_server_name: str = "",
+        peer_principal: str | None = None,
+    ) -> Connection:
+        """From the shell's `ip` and `ip:port` strings (`[v6]:port` too); a
+        TLS listener passes the SNI and the verified peer certificate's URI SAN."""
         host, _, port = (local_address or "").rpartition(":")
-        return cls(peer, host.strip("[]"), int(port) if port.isdigit() else 0)
+        return cls(
+            peer,
+            host.strip("[]"),
+            int(port) if port.isdigit() else 0,
+            requested_server_name,
+            peer_principal,
+        )
 
 
 NO_CONNECTION: Final = Connection()
