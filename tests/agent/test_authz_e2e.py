@@ -9,6 +9,7 @@ principals never matches (as in Envoy on a plaintext connection)."""
 from __future__ import annotations
 
 import contextlib
+import sys
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -93,8 +94,10 @@ def test_istio_http_authorization_task(mesh: Mesh, tmp_path: Path) -> None:
     wait_for(lambda: get(port)[0] == 200, 20, "productpage-viewer not enforced")
     # Pushes reach the six sidecars one after another: wait for details' and reviews'.
     wait_for(
-        lambda: "Error fetching product details" in (body := get(port)[1])
-        and "Error fetching product reviews" in body,
+        lambda: (
+            "Error fetching product details" in (body := get(port)[1])
+            and "Error fetching product reviews" in body
+        ),
         20,
         "details and reviews still answer productpage",
     )
@@ -143,8 +146,10 @@ def test_istio_http_authorization_task(mesh: Mesh, tmp_path: Path) -> None:
     }
     apply(mesh, tmp_path, policy("deny-all-dry-run", dry, **{"istio.io/dry-run": "true"}))
     wait_for(
-        lambda: get(port)[0] == 200
-        and "rbac.istio_dry_run_deny_shadow_denied" in stats(mesh, "productpage-v1"),
+        lambda: (
+            get(port)[0] == 200
+            and "rbac.istio_dry_run_deny_shadow_denied" in stats(mesh, "productpage-v1")
+        ),
         20,
         "no dry-run count",
     )
@@ -160,3 +165,82 @@ def test_istio_http_authorization_task(mesh: Mesh, tmp_path: Path) -> None:
     for name in ("allow-nothing", "productpage-viewer", "details-viewer", "deny-all-dry-run"):
         mesh.cli("delete", "authorizationpolicy", name, "-n", "default")
     wait_for(lambda: "Error fetching" not in get(port)[1], 20, "policies not removed")
+
+
+AUTHORIZER = """
+import os
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+class Check(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self):
+        allowed = self.headers.get("x-ext-authz") == "allow"
+        body = b"" if allowed else b"denied by ext_authz for not found header `x-ext-authz: allow`"
+        self.send_response(200 if allowed else 403)
+        self.send_header("x-ext-authz-check-result", "allowed" if allowed else "denied")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+port = int(os.environ.get("PILOTFISH_PORT_HTTP") or os.environ["PORT"])
+ThreadingHTTPServer(("127.0.0.1", port), Check).serve_forever()
+"""
+
+
+def test_custom_policy_with_an_authorizer_in_the_mesh(mesh: Mesh, tmp_path: Path) -> None:
+    """Istio's ext-authz task: the authorizer a Workload of the mesh, the
+    provider in the mesh config, a CUSTOM policy on productpage."""
+    script = tmp_path / "ext_authz.py"
+    script.write_text(AUTHORIZER)
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "ext-authz", "namespace": "default"},
+        "spec": {"selector": {"app": "ext-authz"}, "ports": [{"name": "http", "port": 8000}]},
+    }
+    workload = {
+        "apiVersion": "pilotfish.dev/v1alpha1",
+        "kind": "Workload",
+        "metadata": {"name": "ext-authz", "namespace": "default"},
+        "spec": {
+            "labels": {"app": "ext-authz"},
+            "command": [sys.executable, str(script)],
+            "ports": [{"name": "http", "port": 8000}],
+        },
+    }
+    provider = {
+        "name": "sample-ext-authz-http",
+        "envoyExtAuthzHttp": {
+            "service": "ext-authz.default.svc.cluster.local",
+            "port": 8000,
+            "includeRequestHeadersInCheck": ["x-ext-authz"],
+            "headersToDownstreamOnDeny": ["x-ext-authz-check-result"],
+        },
+    }
+    mesh_config = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "istio", "namespace": "istio-system"},
+        "data": {"mesh": yaml.safe_dump({"extensionProviders": [provider]})},
+    }
+    custom = policy(
+        "ext-authz",
+        {
+            "selector": PRODUCTPAGE,
+            "action": "CUSTOM",
+            "provider": {"name": "sample-ext-authz-http"},
+            "rules": [{"to": [{"operation": {"paths": ["/productpage"]}}]}],
+        },
+    )
+    apply(mesh, tmp_path, service, workload, mesh_config, custom)
+    wait_for(lambda: mesh.ready("ext-authz"), 60, "the authorizer is not ready")
+    port = mesh.inbound("productpage-v1")
+    wait_for(lambda: get(port)[0] == 403, 30, "the CUSTOM policy is not enforced")
+    assert get(port) == (403, "denied by ext_authz for not found header `x-ext-authz: allow`")
+    assert get(port, {"x-ext-authz": "allow"})[0] == 200
+    mesh.cli("delete", "authorizationpolicy", "ext-authz", "-n", "default")
+    wait_for(lambda: get(port)[0] == 200, 30, "the CUSTOM policy was not removed")
