@@ -9,6 +9,11 @@ does. Shapes as in bench/http1_parse.py.
 
     .venv/bin/python bench/proxy_path.py [--seconds 2] [--profile]
     .venv/bin/python bench/proxy_path.py --instructions   # needs valgrind, ~3 min
+    .venv/bin/python bench/proxy_path.py --shapes tiny tiny+rbac10   # some rows only
+
+`+rbac10` rows put in front of the router the RBAC filter the control plane
+translates from one ALLOW AuthorizationPolicy of ten rules, the request
+matching only the last (each rule a method and a path prefix).
 
 On a shared machine the timings move by a third from run to run;
 `--instructions` counts the CPU instructions per request under valgrind's
@@ -21,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import json
 import pstats
 import re
 import subprocess
@@ -31,6 +37,7 @@ from typing import Any
 
 import uvloop
 import yaml
+from google.protobuf.json_format import MessageToDict
 
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE / "proxy")]
@@ -48,6 +55,7 @@ from pilotfish.proxy.config import ProxyConfig  # noqa: E402
 from pilotfish.proxy.pool import UpstreamConnection  # noqa: E402
 from pilotfish.proxy.process import load_static, new_runtime  # noqa: E402
 from pilotfish.proxy.server import Downstream  # noqa: E402
+from pilotfish.translate.authz import AuthzSettings, translate_rbac_http  # noqa: E402
 
 
 class MemoryTransport(asyncio.Transport):
@@ -77,9 +85,26 @@ class MemoryTransport(asyncio.Transport):
         raise AssertionError("the benchmark's connections stay open")
 
 
-async def build() -> tuple[Downstream, UpstreamConnection, MemoryTransport, MemoryTransport]:
-    text = pilotfish_bootstrap("bench", 15001, 0, 8080)
-    bootstrap = parse_bootstrap(yaml.safe_load(text), "bench.yaml")
+def ten_rule_allow_filter() -> dict[str, Any]:
+    """One ALLOW policy of ten rules; the benchmark's requests (GET /hello,
+    POST /api/v1/...) match only the tenth."""
+    rules = [
+        {"to": [{"operation": {"methods": ["PUT"], "paths": [f"/admin/{i}/*"]}}]} for i in range(9)
+    ]
+    rules.append({"to": [{"operation": {"methods": ["GET", "POST"], "paths": ["/*"]}}]})
+    policy = {"metadata": {"name": "ten-rules", "namespace": "bench"}, "spec": {"rules": rules}}
+    [rbac] = translate_rbac_http([policy], AuthzSettings())
+    return json.loads(json.dumps(MessageToDict(rbac)))
+
+
+async def build(
+    rbac: bool = False,
+) -> tuple[Downstream, UpstreamConnection, MemoryTransport, MemoryTransport]:
+    config_dict = yaml.safe_load(pilotfish_bootstrap("bench", 15001, 0, 8080))
+    if rbac:
+        hcm = config_dict["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+        hcm["typed_config"]["http_filters"].insert(0, ten_rule_allow_filter())
+    bootstrap = parse_bootstrap(config_dict, "bench.yaml")
     config = ProxyConfig()
     load_static(bootstrap, config)
     runtime = new_runtime(bootstrap, config)
@@ -103,8 +128,9 @@ def one(down: Downstream, upstream: UpstreamConnection, request: bytes, response
     upstream.data_received(response)
 
 
-async def measure(request: bytes, response: bytes, seconds: float, profile: bool) -> float:
-    down, upstream, down_t, up_t = await build()
+async def measure(shape: str, seconds: float, profile: bool) -> float:
+    request, response = SHAPES[shape.removesuffix("+rbac10")]
+    down, upstream, down_t, up_t = await build(shape.endswith("+rbac10"))
     one(down, upstream, request, response)
     assert down_t.written and b" 200 " in down_t.written[0], down_t.written
     profiler = cProfile.Profile() if profile else None
@@ -131,9 +157,12 @@ SHAPES = {
 COUNTED_REQUESTS = 2000
 
 
+ROWS = (*SHAPES, *(f"{name}+rbac10" for name in SHAPES))
+
+
 async def run_requests(shape: str, count: int) -> None:
-    request, response = SHAPES[shape]
-    down, upstream, _, _ = await build()
+    request, response = SHAPES[shape.removesuffix("+rbac10")]
+    down, upstream, _, _ = await build(shape.endswith("+rbac10"))
     for _ in range(count):
         one(down, upstream, request, response)
 
@@ -161,20 +190,21 @@ def main() -> int:
     p.add_argument("--seconds", type=float, default=2.0)
     p.add_argument("--profile", action="store_true")
     p.add_argument("--instructions", action="store_true")
+    p.add_argument("--shapes", nargs="+", choices=ROWS, default=ROWS, metavar="SHAPE")
     p.add_argument("--run", nargs=2, metavar=("SHAPE", "N"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.run:
         uvloop.run(run_requests(args.run[0], int(args.run[1])))
         return 0
     if args.instructions:
-        print(f"{'shape':<12}{'instructions per request':>26}")
-        for name in SHAPES:
-            print(f"{name:<12}{instructions(name):>26,}")
+        print(f"{'shape':<20}{'instructions per request':>26}")
+        for name in args.shapes:
+            print(f"{name:<20}{instructions(name):>26,}")
         return 0
-    print(f"{'shape':<12}{'µs per request':>16}{'requests/s':>14}")
-    for name, (request, response) in SHAPES.items():
-        micros = uvloop.run(measure(request, response, args.seconds, args.profile))
-        print(f"{name:<12}{micros:>16.1f}{1e6 / micros:>14,.0f}")
+    print(f"{'shape':<20}{'µs per request':>16}{'requests/s':>14}")
+    for name in args.shapes:
+        micros = uvloop.run(measure(name, args.seconds, args.profile))
+        print(f"{name:<20}{micros:>16.1f}{1e6 / micros:>14,.0f}")
     return 0
 
 

@@ -1,35 +1,40 @@
-"""Suite-wide hooks: the Istio conformance count printed after every run."""
+"""Suite-wide hooks: the conformance counts printed after every run (Istio's
+validation cases, Bookinfo files, istioctl analyze's cases, AuthorizationPolicy
+builder cases)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-_CONFORMANCE = "tests/api/test_conformance.py::"
-_ANALYZERS = "tests/analysis/test_analyzer_conformance.py::"
-_results: dict[str, dict[str, bool]] = {"validation": {}, "bookinfo": {}, "analyzers": {}}
+# (node id prefix, test name prefix) -> the group a test's outcome counts in
+_GROUPS = {
+    ("tests/api/test_conformance.py::", "test_istio_validation_case["): "validation",
+    ("tests/api/test_conformance.py::", "test_bookinfo_file_accepted["): "bookinfo",
+    ("tests/analysis/test_analyzer_conformance.py::", "test_istio_analyzer_case["): "analyzers",
+    ("tests/translate/test_authz_builder.py::", "test_istio_authz_builder_case["): "authz",
+}
+_results: dict[str, dict[str, bool]] = {group: {} for group in _GROUPS.values()}
+
+
+def _group_of(nodeid: str) -> tuple[str, str] | None:
+    for (module, prefix), group in _GROUPS.items():
+        if nodeid.startswith(module) and nodeid[len(module) :].startswith(prefix):
+            return group, nodeid[len(module) :]
+    return None
 
 
 def pytest_runtest_logreport(report: Any) -> None:
-    if report.when not in ("setup", "call"):
-        return
-    if report.nodeid.startswith(_ANALYZERS):
-        test = report.nodeid[len(_ANALYZERS) :]
-        group = "analyzers" if test.startswith("test_istio_analyzer_case[") else None
-    elif report.nodeid.startswith(_CONFORMANCE):
-        test = report.nodeid[len(_CONFORMANCE) :]
-        group = "validation" if test.startswith("test_istio_validation_case[") else None
-        group = "bookinfo" if test.startswith("test_bookinfo_file_accepted[") else group
-    else:
-        return
-    if group is None:
+    found = _group_of(report.nodeid) if report.when in ("setup", "call") else None
+    if found is None:
         return
     if report.when == "setup" and report.passed:
         return  # the call phase decides
+    group, test = found
     _results[group][test] = report.passed and report.when == "call"
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
-    analyzers = _results["analyzers"]
+    analyzers, authz = _results["analyzers"], _results["authz"]
     if analyzers:
         from tests.analysis.test_analyzer_conformance import UNCLAIMED
 
@@ -39,13 +44,16 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         )
         for cases, reason in UNCLAIMED.items():
             terminalreporter.write_line(f"  {cases}: {reason}")
+    if authz:
+        terminalreporter.write_line(
+            f"Istio conformance: {sum(authz.values())}/{len(authz)} AuthorizationPolicy "
+            "builder cases passed"
+        )
     validation, bookinfo = _results["validation"], _results["bookinfo"]
     if not validation and not bookinfo:
         return
     files = {t.split(":")[0] for t in bookinfo}
-    accepted = {t.split(":")[0] for t in bookinfo} - {
-        t.split(":")[0] for t, ok in bookinfo.items() if not ok
-    }
+    accepted = files - {t.split(":")[0] for t, ok in bookinfo.items() if not ok}
     terminalreporter.write_line(
         f"Istio conformance: {sum(validation.values())}/{len(validation)} validation cases passed, "
         f"{len(accepted)}/{len(files)} Bookinfo files accepted"

@@ -146,14 +146,14 @@ def test_invalid_objects_are_ist0106(tmp_path: Path, capsys: pytest.CaptureFixtu
 def test_validate_warns_on_config_pilotfish_does_not_enforce(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    policy = tmp_path / "deny.yaml"
+    policy = tmp_path / "strict.yaml"
     policy.write_text(
         yaml.safe_dump(
             {
                 "apiVersion": "security.istio.io/v1",
-                "kind": "AuthorizationPolicy",
-                "metadata": {"name": "deny-all", "namespace": "istio-system"},  # mesh-wide
-                "spec": {},
+                "kind": "PeerAuthentication",
+                "metadata": {"name": "default", "namespace": "istio-system"},  # mesh-wide
+                "spec": {"mtls": {"mode": "STRICT"}},
             }
         )
     )
@@ -161,6 +161,6 @@ def test_validate_warns_on_config_pilotfish_does_not_enforce(
     out, err = capsys.readouterr()
     assert out == "1 of 1 document valid (1 file read)\n"
     assert err.splitlines() == [
-        "Warning: Warning [PF0001] (AuthorizationPolicy istio-system/deny-all) AuthorizationPolicy "
+        "Warning: Warning [PF0001] (PeerAuthentication istio-system/default) PeerAuthentication "
         "is stored but not enforced by pilotfish: no proxy receives anything from it"
     ]

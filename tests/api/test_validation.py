@@ -295,6 +295,22 @@ def test_authorization_policy_semantics() -> None:
     ]
 
 
+def test_authorization_policy_target_refs_refused_as_gateway_api() -> None:
+    for field, value in (
+        ("targetRefs", [{"group": "", "kind": "Service", "name": "productpage"}]),
+        ("targetRef", {"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "gw"}),
+    ):
+        ap = {
+            "apiVersion": "security.istio.io/v1",
+            "kind": "AuthorizationPolicy",
+            "metadata": {"name": "a", "namespace": "default"},
+            "spec": {field: value, "rules": [{}]},
+        }
+        [message] = messages(ap)
+        assert message.startswith(f"spec.{field}: Forbidden: `{field}` attaches a policy")
+        assert "Kubernetes Gateway API" in message
+
+
 # --- analyze ------------------------------------------------------------------
 
 

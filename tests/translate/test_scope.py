@@ -3,7 +3,7 @@ share a key must get byte-identical resources, and the ADS server's shared
 Generator must answer exactly what translating for each proxy alone does.
 The proxies differ in every field a Proxy has; the config uses everything
 that reads a proxy's labels or namespace (sourceLabels, a Sidecar with a
-workloadSelector, a gateway)."""
+workloadSelector, a gateway, an AuthorizationPolicy's selector)."""
 
 from __future__ import annotations
 
@@ -43,6 +43,16 @@ SIDECAR = {
         "egress": [{"hosts": ["./details.default.svc.cluster.local"]}],
     },
 }
+AUTHZ = {
+    "apiVersion": "security.istio.io/v1",
+    "kind": "AuthorizationPolicy",
+    "metadata": {"name": "reviews-v2-deny-post", "namespace": "default"},
+    "spec": {
+        "selector": {"matchLabels": {"app": "reviews", "version": "v2"}},
+        "action": "DENY",
+        "rules": [{"to": [{"operation": {"methods": ["POST"]}}]}],
+    },
+}
 KINDS = {
     types.ROUTE: Kind.ROUTES,
     types.ENDPOINT: Kind.ENDPOINTS,
@@ -55,7 +65,7 @@ def _snapshot() -> Snapshot:
     if not BOOKINFO_DIR.exists():
         pytest.skip("Istio's Bookinfo samples are not here")
     files = ("destination-rule-all.yaml", "virtual-service-reviews-test-v2.yaml")
-    return bookinfo(*files, "bookinfo-gateway.yaml", extra=[SOURCE_LABELS_VS, SIDECAR])
+    return bookinfo(*files, "bookinfo-gateway.yaml", extra=[SOURCE_LABELS_VS, SIDECAR, AUTHZ])
 
 
 def _proxies() -> list[Proxy]:

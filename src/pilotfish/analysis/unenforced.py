@@ -40,13 +40,6 @@ class Unenforced:
 _NO_KIND = "no proxy receives anything from it"
 TABLE: tuple[Unenforced, ...] = (
     Unenforced(
-        SECURITY,
-        "AuthorizationPolicy",
-        "",
-        _NO_KIND,
-        (("translate", "AuthorizationPolicy"), ("translate", "RBAC")),
-    ),
-    Unenforced(
         SECURITY, "PeerAuthentication", "", _NO_KIND, (("translate", "PeerAuthentication"),)
     ),
     Unenforced(
@@ -54,7 +47,7 @@ TABLE: tuple[Unenforced, ...] = (
         "RequestAuthentication",
         "",
         _NO_KIND,
-        (("translate", "RequestAuthentication"), ("translate", "jwt_authn")),
+        (("translate", "RequestAuthentication"), ("translate", "JwtAuthentication")),
     ),
     Unenforced(NETWORKING, "EnvoyFilter", "", _NO_KIND, (("translate", "EnvoyFilter"),)),
     Unenforced(
@@ -180,6 +173,7 @@ def _present(obj: Obj, row: Unenforced) -> bool:
 # no other Istio annotation, so an annotation starts being honoured here.
 HONOURED_ANNOTATIONS: dict[str, tuple[str, ...]] = {
     "networking.istio.io/exportTo": ("Service",),
+    "istio.io/dry-run": ("AuthorizationPolicy",),  # shadow rules
     "galley.istio.io/analyze-suppress": (),  # analysis itself; any kind
 }
 

@@ -36,6 +36,14 @@ def authorization_policy(obj: Obj, errors: Errors) -> None:
             f"{action} action without `rules` is meaningless as it will never be "
             "triggered, add an empty rule `{}` if you want it be triggered for every request",
         )
+    for field in ("targetRef", "targetRefs"):
+        if field in spec:
+            errors.add(
+                f"spec.{field}",
+                f"Forbidden: `{field}` attaches a policy to a Kubernetes Gateway API "
+                "resource (Gateway, Service), which pilotfish does not have; "
+                "select workloads with `selector` instead",
+            )
     if action == "CUSTOM" and not (spec.get("provider") or {}).get("name"):
         errors.add("spec.provider.name", "Required value: `provider.name` must not be empty")
     if spec.get("provider") and action != "CUSTOM":

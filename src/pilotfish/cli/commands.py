@@ -144,8 +144,21 @@ def describe(args: argparse.Namespace) -> int:
         items = [client.get(kind, args.name, namespace)]
     else:
         items = client.list(kind, namespace, args.selector).get("items", [])
-    print("\n\n".join(describe_text(kind, item, events_of(client, item)) for item in items))
+    print(
+        "\n\n".join(
+            describe_text(kind, i, events_of(client, i), _more(client, kind, i)) for i in items
+        )
+    )
     return 0
+
+
+def _more(client: Client, kind: Kind, obj: Obj) -> list[str]:
+    """What describe shows of a kind beyond its fields."""
+    if kind.kind != "AuthorizationPolicy":
+        return []
+    from pilotfish.cli.authz import selected_workloads  # it imports this module
+
+    return [f"Selected Workloads:  {', '.join(selected_workloads(client, obj)) or '<none>'}"]
 
 
 def events_of(client: Client, obj: Obj) -> list[Obj]:
@@ -203,7 +216,9 @@ def events_table(events: list[Obj], now: datetime | None = None) -> str:
     return "Events:\n" + "\n".join("  " + line for line in output.align(rows).splitlines())
 
 
-def describe_text(kind: Kind, obj: Obj, events: list[Obj] | None = None) -> str:
+def describe_text(
+    kind: Kind, obj: Obj, events: list[Obj] | None = None, more: list[str] | None = None
+) -> str:
     """kubectl describe's layout: identity first, then spec and status as indented text."""
     meta = obj.get("metadata", {})
     lines = [
@@ -224,6 +239,7 @@ def describe_text(kind: Kind, obj: Obj, events: list[Obj] | None = None) -> str:
         if section in obj:
             lines.append(f"{section[0].upper()}{section[1:]}:")
             lines.extend("  " + line for line in output.to_yaml(obj[section]).splitlines())
+    lines.extend(more or [])
     lines.append(events_table(events or []))
     return "\n".join(lines)
 

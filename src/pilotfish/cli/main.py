@@ -14,6 +14,7 @@ from pilotfish.api.errors import ApiError
 from pilotfish.api.gotypes import parse_duration_ns
 from pilotfish.cli import (
     analyze,
+    authz,
     commands,
     discovery,
     get,
@@ -82,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_proxy_config(sub, common)
     _add_register(sub, common)
     identity.add_commands(sub, common)
+    authz.add_commands(sub, common)
     node.add_commands(sub, common)
     rollout.add_commands(sub, common)
     token.add_commands(sub)

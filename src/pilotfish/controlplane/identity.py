@@ -38,10 +38,9 @@ from pilotfish.ca.identity import (
 )
 from pilotfish.ca.service import CertificateService
 from pilotfish.controlplane.api import Request, Response, encode
+from pilotfish.model.snapshot import MESH_CONFIG
 from pilotfish.store.resources import ResourceStore
 from pilotfish.store.types import Obj
-
-MESH_CONFIG = ("istio-system", "istio")  # Istio's mesh config: ConfigMap istio, key `mesh`
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+import yaml
+
 from pilotfish.model import endpoints as eps
 from pilotfish.model.config import (
     DestinationRule,
@@ -39,6 +41,8 @@ from pilotfish.model.services import service_from_v1, services_from_entry
 from pilotfish.model.types import Endpoint, Instance, Labels, Proxy, Service, ServicePort
 
 NETWORKING = "networking.istio.io"
+SECURITY = "security.istio.io"
+MESH_CONFIG = ("istio-system", "istio")  # Istio's mesh config: ConfigMap istio, key `mesh`
 MESH_KINDS = {  # what a snapshot reads; other kinds do not change what proxies get
     ("", "Service"),
     (NETWORKING, "VirtualService"),
@@ -47,6 +51,8 @@ MESH_KINDS = {  # what a snapshot reads; other kinds do not change what proxies 
     (NETWORKING, "ServiceEntry"),
     (NETWORKING, "WorkloadEntry"),
     (NETWORKING, "Sidecar"),
+    (SECURITY, "AuthorizationPolicy"),
+    ("", "ConfigMap"),  # only istio-system/istio is read: the mesh config
 }
 EndpointKey = tuple[str, str, int]  # (hostname, namespace, port)
 
@@ -70,6 +76,8 @@ class Snapshot:
     destination_rules: tuple[DestinationRule, ...] = ()
     gateways: tuple[Gateway, ...] = ()
     sidecars: tuple[Sidecar, ...] = ()
+    authorization_policies: tuple[Obj, ...] = ()  # as stored, oldest first
+    mesh_config: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     endpoint_index: Mapping[EndpointKey, tuple[Endpoint, ...]] = field(
         default_factory=lambda: MappingProxyType({}), repr=False
     )
@@ -305,6 +313,10 @@ def _label_selectors(snap: Snapshot) -> tuple[Labels, ...]:
             for match in http.get("match") or []:
                 if isinstance(match, dict) and match.get("sourceLabels"):
                     found.append(MappingProxyType(dict(match["sourceLabels"])))
+    for policy in snap.authorization_policies:  # their selectors pick listeners' filters
+        selector = ((policy.get("spec") or {}).get("selector") or {}).get("matchLabels")
+        if selector:
+            found.append(MappingProxyType(dict(selector)))
     unique = {tuple(sorted(s.items())): s for s in found}
     return tuple(unique[k] for k in sorted(unique))
 
@@ -376,8 +388,25 @@ def build_snapshot(objects: Iterable[Obj], instances: Iterable[Instance] = ()) -
         destination_rules=tuple(map(read_destination_rule, by_kind["DestinationRule"])),
         gateways=tuple(map(read_gateway, by_kind["Gateway"])),
         sidecars=tuple(map(read_sidecar, by_kind["Sidecar"])),
+        authorization_policies=tuple(by_kind["AuthorizationPolicy"]),
+        mesh_config=MappingProxyType(_mesh_config(by_kind["ConfigMap"])),
         endpoint_index=MappingProxyType(_endpoint_index(by_kind, services, live)),
     )
+
+
+def _mesh_config(config_maps: Iterable[Obj]) -> Obj:
+    """The `mesh` key of ConfigMap istio-system/istio, parsed; {} if absent.
+    Not YAML, or not a mapping: {} too (the CA reports it when it starts)."""
+    namespace, name = MESH_CONFIG
+    for item in config_maps:
+        meta = item.get("metadata") or {}
+        if meta.get("namespace") == namespace and meta.get("name") == name:
+            try:
+                mesh = yaml.safe_load((item.get("data") or {}).get("mesh") or "")
+            except yaml.YAMLError:
+                return {}
+            return mesh if isinstance(mesh, dict) else {}
+    return {}
 
 
 def _age(obj: Obj) -> tuple[str, str, str]:

@@ -81,7 +81,15 @@ class ProxyConfig:
     ) -> tuple[Snapshot, Mapping[str, frozenset[str]]]:
         s = self.snapshot
         if type_url == xds_types.LISTENER:
-            listeners = {lst.name: lst for lst in map(compile_listener, decoded)}
+            # An unchanged listener keeps its compiled self (and its filters'
+            # state); a changed one is new, and its open connections drain.
+            before = s.raw.get(xds_types.LISTENER, {})
+            listeners = {
+                m.name: kept
+                if (kept := s.listeners.get(m.name)) is not None and before.get(m.name) == m
+                else compile_listener(m)
+                for m in decoded
+            }
             _prepare(listeners.values(), s.routes)
             rds = frozenset(lst.http.rds_name for lst in listeners.values() if lst.http.rds_name)
             return replace(s, listeners=MappingProxyType(listeners)), {xds_types.ROUTE: rds}

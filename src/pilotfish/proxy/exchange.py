@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from pilotfish.proxy import filters, response_flags
+from pilotfish.proxy.authz_call import send_check
 from pilotfish.proxy.mirror import send_mirror
 from pilotfish.proxy.pool import UpstreamConnection
 from pilotfish.proxy.protocol.express import (
@@ -246,7 +247,11 @@ class Exchange:
         if not chain.filters or chain.idle(configs):
             self.act(route)
         else:
-            self.fx = chain.start(self, configs, cluster)
+            down = self.down
+            connection = down.filter_view
+            if connection is None:
+                connection = down.filter_view = filters.Connection.of(down.peer, down.local_address)
+            self.fx = chain.start(self, configs, cluster, connection, down.stats.filters)
             self.run_filters()
 
     def request_body(self, data: bytes) -> None:
@@ -298,13 +303,28 @@ class Exchange:
             self.add_flag("DI")
             self.http_stat("fault__delays_injected")
             self.timer = self.down.runtime.loop.call_later(step.seconds, self.run_filters)
+        elif isinstance(step, filters.Check):
+            self.check(fx, step)
         elif isinstance(step, filters.LocalReply):
+            self.details = step.details
             headers = list(step.headers)
             chain.encode(fx, headers)
             self.local(step.status, step.body, step.flag, headers)
         else:
             assert self.route is not None
             self.act(self.route)
+
+    def check(self, fx: filters.Exchange, step: filters.Check) -> None:
+        """The ext_authz call; the filters go on when its answer is in."""
+        runtime = self.down.runtime
+
+        def done(result: filters.CheckResult | None) -> None:
+            fx.check_result = result
+            if not self.done:
+                self.run_filters()
+
+        cluster = runtime.config.snapshot.clusters.get(step.cluster)
+        send_check(runtime.loop, runtime.pool, cluster, step, done)
 
     def act(self, route: Route) -> None:
         action = route.action

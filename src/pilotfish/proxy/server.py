@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
+from pilotfish.proxy import filters
 from pilotfish.proxy.accesslog import AccessLogWriter, AccessRecord
 from pilotfish.proxy.config import ProxyConfig
 from pilotfish.proxy.exchange import Exchange
@@ -199,6 +200,7 @@ class Downstream(asyncio.Protocol):
         self.watched: Exchange | None = None
         self.moved = 0  # its bytes moved, both ways, when last seen changing
         self.moved_at = 0.0
+        self.filter_view: filters.Connection | None = None  # what filters read of it, once
 
     def __repr__(self) -> str:
         return f"<Downstream {self.peer} on {self.listener.name} requests={self.requests}>"
@@ -314,11 +316,17 @@ class Downstream(asyncio.Protocol):
         self.requests += 1
         exchange = self.exchange = Exchange(self, head)
         limit = self.listener.http.max_requests_per_connection
-        if (limit and self.requests >= limit) or self.runtime.draining:
+        if (limit and self.requests >= limit) or self.runtime.draining or self.stale():
             exchange.keep_alive = False  # the response says `connection: close`
         if exchange.express is not None:
             exchange.take_body(exchange.express.body)
         exchange.start()
+
+    def stale(self) -> bool:
+        """The listener changed since this connection opened: Envoy drains such
+        connections, so that the next request meets the new config (a new
+        AuthorizationPolicy, say) on a new connection."""
+        return self.runtime.config.snapshot.listeners.get(self.listener.name) is not self.listener
 
     def exchange_done(self, ex: Exchange) -> None:
         """The response is written: start the next request, or close."""

@@ -112,10 +112,15 @@ class HttpStats(Scope):
     local_rate_limit__rate_limited: int = 0
     downstream_cx_active: int = gauge()
     codes: Counter[int] = field(default_factory=Counter)  # responses sent, by status
+    # Counters the HTTP filters name themselves (`rbac.allowed`, with their
+    # configs' stat prefixes in the names).
+    filters: Counter[str] = field(default_factory=Counter)
 
     def stats(self) -> Iterator[tuple[str, str, int]]:
         yield from Scope.stats(self)
         yield from code_stats("downstream_rq_", self.codes)
+        for name in sorted(self.filters):
+            yield name, "counter", self.filters[name]
 
 
 @dataclass(slots=True, eq=False, repr=False)

@@ -10,7 +10,9 @@
   client's `xds:///HOST:PORT` target names it.
 
 Every HTTP filter chain ends with the router; fault and CORS come before it,
-so their per-route configs apply.
+so their per-route configs apply. Inbound (and gateway) chains start with the
+AuthorizationPolicy filters (translate/authz.py): CUSTOM ext_authz, then the
+AUDIT, DENY and ALLOW RBAC filters, as Istio orders them.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from google.protobuf.wrappers_pb2 import BoolValue
 from pilotfish.model import Instance, Protocol, Proxy, ProxyType, Snapshot
 from pilotfish.model.services import infer_protocol
 from pilotfish.translate import names
+from pilotfish.translate.authz import translate_proxy_authz_http
 from pilotfish.translate.protos import ads, duration, pack, socket_address
 from pilotfish.translate.routes import gateway_http_ports
 
@@ -52,23 +55,26 @@ def translate_listeners(snapshot: Snapshot, proxy: Proxy) -> list[Listener]:
     return sorted(out, key=lambda listener: listener.name)
 
 
-def http_filters(proxyless: bool = False) -> list[hcm_pb2.HttpFilter]:
-    """gRPC clients know fault and router only; the router must come last."""
-    chain = (
-        []
-        if proxyless
-        else [hcm_pb2.HttpFilter(name=CORS_FILTER, typed_config=pack(cors_pb2.Cors()))]
-    )
+def http_filters(
+    proxyless: bool = False, authz: list[hcm_pb2.HttpFilter] | None = None
+) -> list[hcm_pb2.HttpFilter]:
+    """gRPC clients know fault and router only; the router must come last;
+    `authz` filters come first."""
+    chain = list(authz or ())
+    if not proxyless:
+        chain.append(hcm_pb2.HttpFilter(name=CORS_FILTER, typed_config=pack(cors_pb2.Cors())))
     chain.append(hcm_pb2.HttpFilter(name=FAULT_FILTER, typed_config=pack(fault_pb2.HTTPFault())))
     chain.append(hcm_pb2.HttpFilter(name=ROUTER_FILTER, typed_config=pack(router_pb2.Router())))
     return chain
 
 
-def _rds_manager(stat_prefix: str, route_name: str) -> hcm_pb2.HttpConnectionManager:
+def _rds_manager(
+    stat_prefix: str, route_name: str, authz: list[hcm_pb2.HttpFilter] | None = None
+) -> hcm_pb2.HttpConnectionManager:
     return hcm_pb2.HttpConnectionManager(
         stat_prefix=stat_prefix,
         rds=hcm_pb2.Rds(route_config_name=route_name, config_source=ads()),
-        http_filters=http_filters(),
+        http_filters=http_filters(authz=authz),
     )
 
 
@@ -100,13 +106,14 @@ def translate_outbound_listener(proxy: Proxy) -> Listener:
 def translate_inbound_listeners(snapshot: Snapshot, proxy: Proxy) -> list[Listener]:
     """HTTP ports only: the pilotfish sidecar terminates HTTP on every listener."""
     out: dict[str, Listener] = {}
+    authz = translate_proxy_authz_http(snapshot, proxy)
     for instance in snapshot.own_instances(proxy):
         for port_name, port in sorted(instance.ports.items()):
             if not _inbound_protocol(snapshot, instance, port_name).is_http_or_sniffed:
                 continue
             name = f"inbound_{instance.address}_{port}"
             out[name] = _listener(
-                name, instance.address, port, _inbound_manager(port), base_pb2.INBOUND
+                name, instance.address, port, _inbound_manager(port, authz), base_pb2.INBOUND
             )
     return list(out.values())
 
@@ -125,7 +132,7 @@ def _inbound_protocol(snapshot: Snapshot, instance: Instance, port_name: str) ->
     return infer_protocol(port_name)
 
 
-def _inbound_manager(port: int) -> hcm_pb2.HttpConnectionManager:
+def _inbound_manager(port: int, authz: list[hcm_pb2.HttpFilter]) -> hcm_pb2.HttpConnectionManager:
     cluster = names.inbound_cluster(port)
     action = rc.RouteAction(cluster=cluster, timeout=duration(0))
     action.max_stream_duration.max_stream_duration.CopyFrom(duration(0))
@@ -141,16 +148,17 @@ def _inbound_manager(port: int) -> hcm_pb2.HttpConnectionManager:
         virtual_hosts=[rc.VirtualHost(name=f"inbound|http|{port}", domains=["*"], routes=[route])],
     )
     return hcm_pb2.HttpConnectionManager(
-        stat_prefix=cluster, route_config=table, http_filters=http_filters()
+        stat_prefix=cluster, route_config=table, http_filters=http_filters(authz=authz)
     )
 
 
 def translate_gateway_listeners(snapshot: Snapshot, proxy: Proxy) -> list[Listener]:
     host = proxy.metadata.get("BIND_ADDRESS", "0.0.0.0")
     out = []
+    authz = translate_proxy_authz_http(snapshot, proxy)
     for port in gateway_http_ports(snapshot, proxy):
         name = f"{host}_{port}"
-        manager = _rds_manager(name, names.gateway_route(port))
+        manager = _rds_manager(name, names.gateway_route(port), authz)
         # A gateway is the edge: the client's address is the peer's, not a header's.
         manager.use_remote_address.value = True
         out.append(_listener(name, host, port, manager, base_pb2.OUTBOUND))

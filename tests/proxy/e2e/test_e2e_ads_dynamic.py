@@ -20,6 +20,7 @@ from envoy.config.cluster.v3.cluster_pb2 import Cluster
 from envoy.config.endpoint.v3.endpoint_pb2 import ClusterLoadAssignment
 from envoy.config.listener.v3.listener_pb2 import Listener
 from envoy.config.route.v3.route_pb2 import RouteConfiguration
+from envoy.extensions.filters.http.rbac.v3 import rbac_pb2  # noqa: F401 - for ParseDict
 from envoy.service.discovery.v3 import ads_pb2_grpc
 from envoy.service.discovery.v3.discovery_pb2 import DiscoveryRequest, DiscoveryResponse
 from google.protobuf import json_format
@@ -272,3 +273,63 @@ def test_warming_updates_nack_and_serving_without_the_server(
     time.sleep(0.5)
     response = curl(f"http://127.0.0.1:{port}/")
     assert response.status == 200 and response.headers.get("x-backend") == "v2"
+
+
+def _keep_alive_get(sock: socket.socket) -> bytes:
+    """One GET on an open connection; the response head."""
+    sock.sendall(b"GET / HTTP/1.1\r\nhost: svc\r\n\r\n")
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next(
+        (
+            int(v)
+            for k, _, v in (ln.partition(b":") for ln in head.split(b"\r\n"))
+            if k.lower() == b"content-length"
+        ),
+        0,
+    )
+    while len(body) < length:
+        body += sock.recv(65536)
+    return head.lower()
+
+
+def test_a_changed_listener_drains_open_connections(
+    ads: tuple[Ads, grpc.Server, int], dynamic_proxy: tuple[int, int], make_backend
+) -> None:
+    """As Envoy drains the connections of an updated listener, so that a new
+    AuthorizationPolicy meets the next request; an unchanged re-push does not."""
+    servicer, _, _ = ads
+    port, _ = dynamic_proxy
+    v1 = make_backend("v1")
+    servicer.set(xds_types.CLUSTER, [eds_cluster("v1")])
+    servicer.set(xds_types.ENDPOINT, [assignment("v1", v1.port)])
+    servicer.set(xds_types.ROUTE, [route_config("v1")])
+    servicer.set(xds_types.LISTENER, [rds_listener(port)])
+    assert wait_for(lambda: backend_of(port) == "v1", timeout=10)
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        assert b"connection: close" not in _keep_alive_get(sock)
+        servicer.set(xds_types.LISTENER, [rds_listener(port)])  # the same listener again
+        assert wait_for(lambda: servicer.acked(xds_types.LISTENER, 2), timeout=10)
+        assert b"connection: close" not in _keep_alive_get(sock)
+        deny_all = rds_listener(port)
+        hcm = deny_all["filter_chains"][0]["filters"][0]["typed_config"]
+        hcm["http_filters"].insert(
+            0,
+            {
+                "name": "envoy.filters.http.rbac",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC",
+                    "rules": {},
+                },
+            },
+        )
+        servicer.set(xds_types.LISTENER, [deny_all])
+        assert wait_for(lambda: servicer.acked(xds_types.LISTENER, 3), timeout=10)
+        head = _keep_alive_get(sock)
+        assert head.startswith(b"http/1.1 200") and b"connection: close" in head
+    assert curl(f"http://127.0.0.1:{port}/").status == 403

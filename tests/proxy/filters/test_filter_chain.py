@@ -31,7 +31,7 @@ FAULT = "envoy.filters.http.fault"
 ABORT_503 = {"@type": FAULT_T, "abort": {"http_status": 503, "percentage": {"numerator": 100}}}
 
 
-EXT_AUTHZ_T = "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz"
+BUFFER_T = "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer"
 
 
 def compile_error(*filters: Any) -> str:
@@ -42,10 +42,10 @@ def compile_error(*filters: Any) -> str:
     return str(e.value)
 
 
-def ext_authz(optional: bool = False) -> hcm_pb2.HttpFilter:
-    """A filter pilotfish does not know (its type is not even in the proto registry)."""
-    f = hcm_pb2.HttpFilter(name="envoy.filters.http.ext_authz", is_optional=optional)
-    f.typed_config.type_url = EXT_AUTHZ_T
+def unknown(optional: bool = False) -> hcm_pb2.HttpFilter:
+    """A filter pilotfish does not know."""
+    f = hcm_pb2.HttpFilter(name="envoy.filters.http.buffer", is_optional=optional)
+    f.typed_config.type_url = BUFFER_T
     return f
 
 
@@ -67,18 +67,18 @@ def test_filters_compile_in_order_without_the_router() -> None:
 
 
 def test_an_unknown_filter_is_a_compile_error_naming_it() -> None:
-    message = compile_error(ext_authz(), ROUTER)
+    message = compile_error(unknown(), ROUTER)
     assert message.startswith(
-        "http_filters[0] (envoy.filters.http.ext_authz): HTTP filter 'envoy.filters.http.ext_authz'"
+        "http_filters[0] (envoy.filters.http.buffer): HTTP filter 'envoy.filters.http.buffer'"
     )
-    assert "type envoy.extensions.filters.http.ext_authz.v3.ExtAuthz" in message
+    assert "type envoy.extensions.filters.http.buffer.v3.Buffer" in message
     assert "is not supported by pilotfish" in message and "is_optional" in message
 
 
 def test_an_optional_unknown_filter_is_skipped() -> None:
     c = compile_http_filters(
         [
-            ext_authz(optional=True),
+            unknown(optional=True),
             *http_filters({"name": FAULT, "typed_config": ABORT_503}, ROUTER),
         ]
     )

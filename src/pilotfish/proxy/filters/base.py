@@ -5,9 +5,9 @@ A request's trip through the chain, as the shell drives it:
 
     ex = chain.start(request_view, target.filter_configs, target.cluster)
     step = chain.decode(ex, rng)
-    while isinstance(step, Delay):          # fault delay: sleep, then carry on
-        await asyncio.sleep(step.seconds)
-        step = chain.decode(ex, rng)
+    while isinstance(step, Delay | Check):  # fault delay: sleep; ext_authz: call the
+        await asyncio.sleep(step.seconds)   # authorizer and set ex.check_result;
+        step = chain.decode(ex, rng)        # then carry on
     if isinstance(step, LocalReply):        # abort, 429, CORS preflight: answer it
         headers = list(step.headers); chain.encode(ex, headers); write it
     else:                                   # PROCEED: the router's turn
@@ -20,9 +20,10 @@ A request's trip through the chain, as the shell drives it:
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Final, final
+from typing import Any, Final, final
 
 from pilotfish.proxy.routing.headers import HeaderMutation
 from pilotfish.proxy.routing.match import grpc_condition
@@ -68,7 +69,70 @@ class LocalReply:
     details: str
 
 
-Step = Proceed | Delay | LocalReply
+@dataclass(frozen=True, slots=True)
+class Check:
+    """Send this request to `cluster` and call `decode` again with its answer
+    in `Exchange.check_result` (None: no answer in `timeout` seconds, or a
+    failed connection). The external authorization call."""
+
+    cluster: str
+    timeout: float
+    method: bytes
+    path: bytes
+    headers: tuple[tuple[bytes, bytes], ...]
+    body: bytes = b""
+    grpc: bool = False  # a unary gRPC call: `path` is the method, `body` the message
+
+
+@dataclass(frozen=True, slots=True)
+class CheckResult:
+    """An HTTP answer; for a gRPC call, status 200 and the response message as body."""
+
+    status: int
+    headers: tuple[tuple[bytes, bytes], ...]  # lower-case names
+    body: bytes
+
+
+Step = Proceed | Delay | LocalReply | Check
+
+
+@dataclass(frozen=True, slots=True)
+class Connection:
+    """What filters read of the downstream connection (Envoy's connection and
+    stream info): the peer's address, the local address the request came to,
+    the TLS SNI, and the peer's identity.
+
+    peer_principal: the URI SAN (a SPIFFE ID) of a client certificate the
+    listener's TLS verified; None on a plaintext connection, and then
+    `authenticated` principals match nothing, as in Envoy."""
+
+    direct_remote_ip: str = ""
+    local_ip: str = ""
+    local_port: int = 0
+    requested_server_name: str = ""
+    peer_principal: str | None = None
+
+    @classmethod
+    def of(
+        cls,
+        peer: str,
+        local_address: str | None,
+        requested_server_name: str = "",
+        peer_principal: str | None = None,
+    ) -> Connection:
+        """From the shell's `ip` and `ip:port` strings (`[v6]:port` too); a
+        TLS listener passes the SNI and the verified peer certificate's URI SAN."""
+        host, _, port = (local_address or "").rpartition(":")
+        return cls(
+            peer,
+            host.strip("[]"),
+            int(port) if port.isdigit() else 0,
+            requested_server_name,
+            peer_principal,
+        )
+
+
+NO_CONNECTION: Final = Connection()
 
 
 @dataclass(slots=True, eq=False)
@@ -89,6 +153,15 @@ class Exchange:
     position: int = 0  # the filter that decodes next (or is paused)
     paused: bool = False  # position's filter returned Delay and wants `resume`
     release_after_pause: Callable[[], None] | None = None  # what the pausing filter holds
+    connection: Connection = NO_CONNECTION
+    # Envoy's per-request dynamic metadata: filter name -> its fields. jwt_authn
+    # writes a verified token's claims under "envoy.filters.http.jwt_authn" ->
+    # {"payload": claims}; RBAC reads them there and writes its shadow result.
+    dynamic_metadata: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Filter counters, added to the HTTP connection manager's stats under these
+    # names (`rbac.allowed`); the shell hands in its scope's counter.
+    counters: Counter[str] = field(default_factory=Counter)
+    check_result: CheckResult | None = None  # the answer to the last Check
     _index: dict[bytes, bytes] | None = None
 
     def __repr__(self) -> str:

@@ -17,19 +17,25 @@ An empty list means the router alone, as in Envoy.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from random import Random
 from typing import Any, Protocol
 
 from envoy.extensions.filters.http.cors.v3 import cors_pb2
+from envoy.extensions.filters.http.ext_authz.v3 import ext_authz_pb2
 from envoy.extensions.filters.http.fault.v3 import fault_pb2
 from envoy.extensions.filters.http.local_ratelimit.v3 import local_rate_limit_pb2
+from envoy.extensions.filters.http.rbac.v3 import rbac_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
 from google.protobuf.message import Message
 
 from pilotfish.proxy.filters.base import (
+    NO_CONNECTION,
     PROCEED,
+    Check,
+    Connection,
     Delay,
     Exchange,
     Proceed,
@@ -38,12 +44,14 @@ from pilotfish.proxy.filters.base import (
 )
 from pilotfish.proxy.filters.cors import CorsFilter
 from pilotfish.proxy.filters.errors import FilterConfigError
+from pilotfish.proxy.filters.ext_authz import compile_ext_authz
 from pilotfish.proxy.filters.fault import FaultFilter, compile_fault
 from pilotfish.proxy.filters.ratelimit import (
     Clock,
     LocalRateLimitFilter,
     compile_local_rate_limit,
 )
+from pilotfish.proxy.filters.rbac import compile_rbac
 from pilotfish.proxy.proto_fields import unsupported
 from pilotfish.proxy.routing.per_filter import EMPTY, FilterConfigs
 from pilotfish.proxy.routing.request import RequestView
@@ -51,6 +59,8 @@ from pilotfish.proxy.routing.request import RequestView
 FAULT = "envoy.filters.http.fault"
 CORS = "envoy.filters.http.cors"
 LOCAL_RATELIMIT = "envoy.filters.http.local_ratelimit"
+RBAC = "envoy.filters.http.rbac"
+EXT_AUTHZ = "envoy.filters.http.ext_authz"
 ROUTER = "envoy.filters.http.router"
 # Router fields that change nothing pilotfish does (stats and tracing labels).
 ROUTER_FIELDS = frozenset({"dynamic_stats", "start_child_span"})
@@ -91,7 +101,19 @@ def _local_ratelimit(name: str, msg: Message, path: str, clock: Clock) -> HttpFi
     return LocalRateLimitFilter(name, compile_local_rate_limit(msg, path, clock), clock)
 
 
+def _rbac(name: str, msg: Message, path: str, clock: Clock) -> HttpFilter:
+    assert isinstance(msg, rbac_pb2.RBAC)
+    return compile_rbac(name, msg, path)
+
+
+def _ext_authz(name: str, msg: Message, path: str, clock: Clock) -> HttpFilter:
+    assert isinstance(msg, ext_authz_pb2.ExtAuthz)
+    return compile_ext_authz(name, msg, path)
+
+
 _KINDS: dict[str, tuple[type[Message], _Builder | None]] = {
+    ext_authz_pb2.ExtAuthz.DESCRIPTOR.full_name: (ext_authz_pb2.ExtAuthz, _ext_authz),
+    rbac_pb2.RBAC.DESCRIPTOR.full_name: (rbac_pb2.RBAC, _rbac),
     fault_pb2.HTTPFault.DESCRIPTOR.full_name: (fault_pb2.HTTPFault, _fault),
     cors_pb2.Cors.DESCRIPTOR.full_name: (cors_pb2.Cors, _cors),
     local_rate_limit_pb2.LocalRateLimit.DESCRIPTOR.full_name: (
@@ -104,6 +126,8 @@ _WELL_KNOWN = {
     FAULT: fault_pb2.HTTPFault.DESCRIPTOR.full_name,
     CORS: cors_pb2.Cors.DESCRIPTOR.full_name,
     LOCAL_RATELIMIT: local_rate_limit_pb2.LocalRateLimit.DESCRIPTOR.full_name,
+    RBAC: rbac_pb2.RBAC.DESCRIPTOR.full_name,
+    EXT_AUTHZ: ext_authz_pb2.ExtAuthz.DESCRIPTOR.full_name,
     ROUTER: router_pb2.Router.DESCRIPTOR.full_name,
 }
 SUPPORTED_NAMES = tuple(_WELL_KNOWN)
@@ -143,11 +167,19 @@ class FilterChain:
             f.prepare(route_configs)
 
     def start(
-        self, request: RequestView, route_configs: FilterConfigs = EMPTY, cluster: str = ""
+        self,
+        request: RequestView,
+        route_configs: FilterConfigs = EMPTY,
+        cluster: str = "",
+        connection: Connection = NO_CONNECTION,
+        counters: Counter[str] | None = None,
     ) -> Exchange:
         """route_configs: the chosen target's (or route's) filter_configs;
-        cluster: the chosen cluster, "" for redirects and direct responses."""
-        return Exchange(request, route_configs, cluster)
+        cluster: the chosen cluster, "" for redirects and direct responses;
+        counters: the HTTP connection manager's filter counters."""
+        if counters is None:
+            return Exchange(request, route_configs, cluster, connection=connection)
+        return Exchange(request, route_configs, cluster, connection=connection, counters=counters)
 
     def decode(self, ex: Exchange, rng: Random) -> Step:
         """Run the filters from where the request stands: PROCEED (route it),
@@ -183,6 +215,8 @@ def _stopped(ex: Exchange, step: Step) -> Step:
     if isinstance(step, Delay):
         ex.paused = True
         ex.flags.append("DI")
+    elif isinstance(step, Check):
+        ex.paused = True
     elif not isinstance(step, Proceed) and step.flag:
         ex.flags.append(step.flag)
     return step
