@@ -22,6 +22,7 @@ from pilotfish.api.errors import (
     ApiError,
     BadRequest,
     Conflict,
+    Invalid,
     MethodNotAllowed,
     NotFound,
     UnsupportedMediaType,
@@ -42,6 +43,7 @@ Analyzer = Callable[[Obj, Lookup], list[str]]
 Extension = Callable[["Request", str], "Response | None"]
 
 MAX_BODY = 3 * 1024 * 1024  # Kubernetes' limit on a request body
+MAX_FIELD_MANAGER = 128  # Kubernetes' limit on a fieldManager name
 APPLY = "application/apply-patch+yaml"
 MERGE = "application/merge-patch+json"
 JSON_TYPES = ("", "application/json")
@@ -255,6 +257,7 @@ class Api:
         raise MethodNotAllowed(f"{method} is not supported on {where} ({request.path})")
 
     def _list(self, request: Request, target: Target) -> Response:
+        _deadline(request.query.get("timeoutSeconds"))  # a list takes it too: refuse a bad one
         items, revision = self.store.list(
             target.kind.group,
             target.kind.kind,
@@ -323,6 +326,7 @@ class Api:
             raise BadRequest(
                 "PATCH requests with apply-patch+yaml content type require fieldManager"
             )
+        _checked_manager(manager)
         if target.subresource is not None:
             raise BadRequest("server-side apply of the status subresource is not supported")
         applied = self.store.apply(
@@ -569,7 +573,7 @@ def _flag(query: Mapping[str, str], name: str) -> bool:
 
 def _dry_run(query: Mapping[str, str]) -> bool:
     value = query.get("dryRun")
-    if value is None or value == "":
+    if value is None:
         return False
     if value == "All":
         return True
@@ -583,7 +587,7 @@ def _no_dry_run_of_status(request: Request) -> None:
 
 
 def _deadline(text: str | None) -> float | None:
-    if text is None or text == "":
+    if text is None:
         return None
     try:
         seconds = int(text)
@@ -592,10 +596,23 @@ def _deadline(text: str | None) -> float | None:
     return time.monotonic() + max(0, seconds)
 
 
+def _checked_manager(manager: str) -> str:
+    """Kubernetes' ValidateFieldManager: the name is kept in managedFields and
+    shown by `get -o yaml`, so no control characters and no essays."""
+    if len(manager) > MAX_FIELD_MANAGER:
+        raise Invalid(f"fieldManager: Too long: may not be more than {MAX_FIELD_MANAGER} bytes")
+    if not manager.isprintable():
+        raise Invalid(
+            f"fieldManager: Invalid value: {json.dumps(manager)}: "
+            "must only contain printable characters"
+        )
+    return manager
+
+
 def _manager(request: Request) -> str:
     """fieldManager, else the client's product name from User-Agent, as Kubernetes does."""
     explicit = request.query.get("fieldManager")
     if explicit:
-        return explicit
+        return _checked_manager(explicit)
     agent = (request.header("user-agent") or "").split("/", 1)[0].strip()
     return agent or "unknown"

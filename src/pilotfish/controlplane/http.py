@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import select
 import socket
 import threading
 import time
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from pilotfish import __version__
-from pilotfish.api.errors import ApiError, BadRequest
+from pilotfish.api.errors import ApiError, BadRequest, MethodNotAllowed
 from pilotfish.controlplane.api import (
     MAX_BODY,
     Api,
@@ -25,6 +27,7 @@ from pilotfish.controlplane.api import (
     Request,
     RequestEntityTooLarge,
     Response,
+    encode,
     status_response,
 )
 
@@ -158,6 +161,9 @@ class _HttpServer6(_HttpServer):
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # The stdlib answers a request line it cannot parse as HTTP/0.9: a body with no
+    # status line, which no client can tell from an answer. Nobody speaks 0.9.
+    default_request_version = "HTTP/1.1"
     server_version = f"pilotfish/{__version__}"
     timeout = IDLE_TIMEOUT_S
     server: _HttpServer
@@ -189,6 +195,21 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_DELETE(self) -> None:
         self._serve()
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """The stdlib's own refusals (a bad request line, headers or URI too long,
+        a method it has no do_ for) as Status objects, as every other error here:
+        clients read `reason` and `message`, not an HTML page."""
+        self.log_error("code %d, message %s", code, message)
+        if code == HTTPStatus.NOT_IMPLEMENTED:
+            error = MethodNotAllowed(f"{self.command} is not supported")
+            status = error.to_status()
+        else:
+            phrase = HTTPStatus(code).phrase
+            reason = "".join(w[:1].upper() + w[1:] for w in re.split(r"[ -]", phrase))
+            status = {**ApiError(message or phrase).to_status(), "reason": reason, "code": code}
+        self.close_connection = True  # what follows on the connection cannot be trusted
+        self._send(Response(status["code"], encode(status), headers=[("Connection", "close")]))
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s " + format, self.address_string(), *args)

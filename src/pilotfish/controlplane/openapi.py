@@ -222,8 +222,14 @@ def _query(name: str, description: str, kind: str = "string") -> Obj:
     return {"name": name, "in": "query", "description": description, "schema": {"type": kind}}
 
 
-_DRY_RUN = _query("dryRun", "All: validate and compute the result, store nothing")
-_FIELD_MANAGER = _query("fieldManager", "who is writing; required for server-side apply")
+_DRY_RUN = {
+    **_query("dryRun", "All: validate and compute the result, store nothing"),
+    "schema": {"type": "string", "enum": ["All"]},
+}
+_FIELD_MANAGER = {
+    **_query("fieldManager", "who is writing, in printable characters; required for apply"),
+    "schema": {"type": "string", "maxLength": 128},
+}
 _FORCE = _query("force", "apply: take fields other managers own", "boolean")
 _LIST_PARAMS = [
     _query("labelSelector", "e.g. app=reviews,version!=v1"),

@@ -1,0 +1,76 @@
+"""Regression tests for what the schemathesis run (test_fuzz_openapi.py)
+found: each a request a client could send, and the Status it must get."""
+
+from __future__ import annotations
+
+import json
+import socket
+
+from pilotfish.controlplane.main import ControlPlane
+
+from .cp_testkit import VS_PATH, Caller, virtual_service
+
+
+def test_a_list_refuses_a_timeout_that_is_no_integer(call: Caller) -> None:
+    for query in ("timeoutSeconds=abc", "timeoutSeconds=", "timeoutSeconds=1.5"):
+        answer = call("GET", f"{VS_PATH}?{query}")
+        assert answer.status == 400, query
+        assert answer.json()["message"].startswith("timeoutSeconds: Invalid value"), query
+    assert call("GET", f"{VS_PATH}?timeoutSeconds=5").status == 200
+
+
+def test_an_empty_dry_run_is_refused_and_stores_nothing(call: Caller) -> None:
+    answer = call("POST", f"{VS_PATH}?dryRun=", virtual_service())
+    assert answer.status == 400
+    assert answer.json()["message"] == 'dryRun: Unsupported value: "": supported values: "All"'
+    assert call("GET", f"{VS_PATH}/reviews").status == 404
+
+
+def test_a_field_manager_is_printable_and_at_most_128_characters(call: Caller) -> None:
+    for manager in ("a%1Bb", "line%0Abreak", "m" * 129):
+        for answer in (
+            call.apply(virtual_service(), f"{VS_PATH}/reviews", f"fieldManager={manager}"),
+            call("POST", f"{VS_PATH}?fieldManager={manager}", virtual_service()),
+        ):
+            assert answer.status == 422, manager
+            assert answer.json()["message"].startswith("fieldManager: "), manager
+    assert call("GET", f"{VS_PATH}/reviews").status == 404
+    long_enough = "m" * 128
+    assert (
+        call.apply(virtual_service(), f"{VS_PATH}/reviews", f"fieldManager={long_enough}").status
+        == 200
+    )
+
+
+def _raw(plane: ControlPlane, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    with socket.create_connection((plane.server.host, plane.server.port), timeout=5) as sock:
+        sock.sendall(request)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines)}
+    return int(status_line.split()[1]), headers, body
+
+
+def test_what_the_http_layer_refuses_is_a_status_too(plane: ControlPlane) -> None:
+    cases = {
+        b"TRACE /api/v1/namespaces HTTP/1.1\r\nHost: x\r\n\r\n": (405, "MethodNotAllowed"),
+        b"BREW /api/v1/namespaces HTTP/1.1\r\nHost: x\r\n\r\n": (405, "MethodNotAllowed"),
+        b"GET /api/v1 HTTP/1.1 extra\r\n\r\n": (400, "BadRequest"),
+        b"GET /" + b"a" * 70_000 + b" HTTP/1.1\r\n\r\n": (414, "RequestURITooLong"),
+        b"GET / HTTP/1.1\r\nX: " + b"a" * 70_000 + b"\r\n\r\n": (
+            431,
+            "RequestHeaderFieldsTooLarge",
+        ),
+    }
+    for request, (code, reason) in cases.items():
+        status, headers, body = _raw(plane, request)
+        assert status == code, request[:40]
+        assert headers["content-type"] == "application/json"
+        assert int(headers["content-length"]) == len(body)
+        answer = json.loads(body)
+        assert answer["kind"] == "Status" and answer["status"] == "Failure", answer
+        assert (answer["code"], answer["reason"]) == (code, reason), answer
+        assert answer["message"], answer
