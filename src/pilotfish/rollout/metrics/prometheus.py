@@ -17,6 +17,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from pilotfish.client import RedirectHandler
+
 TIMEOUT_S = 5.0
 _SPACE = re.compile(r"\s+")
 _NO_PROXY = urllib.request.ProxyHandler({})
@@ -92,7 +94,7 @@ def _query_url(address: str, query: str) -> str:
 
 def _get(provider: Provider, url: str) -> Any:
     request = urllib.request.Request(url, headers=_headers(provider))
-    handlers: list[urllib.request.BaseHandler] = [_NO_PROXY]
+    handlers: list[urllib.request.BaseHandler] = [_NO_PROXY, RedirectHandler()]
     if provider.insecure:
         handlers.append(urllib.request.HTTPSHandler(context=_unverified()))
     address = provider.address
