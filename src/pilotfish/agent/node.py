@@ -38,6 +38,7 @@ from pilotfish.agent.spec import ConfigData, SpecError, config_data, resolve
 from pilotfish.agent.spec import template_hash as hash_of
 from pilotfish.api.errors import ApiError
 from pilotfish.api.kinds import Kind, registry
+from pilotfish.config import private_dir
 
 Obj = dict[str, Any]
 Key = tuple[str, str]  # (namespace, workload name)
@@ -85,7 +86,7 @@ class NodeAgent:
 
     def run(self, stop: threading.Event) -> None:
         """Until `stop` is set; then every instance is stopped before returning."""
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.state_dir)
         stop_leftovers(self.state_dir, keep=self._take_over())
         (self.state_dir / "agent.pid").write_text(str(os.getpid()))
         if self.gateway is not None:
