@@ -510,3 +510,26 @@ def test_webhooks_reach_the_load_tester_without_a_token(api: LoadTesterApi, tmp_
         assert status("/loadtester/gate/approve", peer="10.1.2.3") == 401  # local callers only
     finally:
         store.close()
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        "curl -s -H $'X: a\\rb' http://reviews:9080/",
+        "curl -s -A $'x\\ny' http://reviews:9080/",
+        "curl -s -H 'Bad Name: v' http://reviews:9080/",
+        "curl -s -X 'GET /admin' http://reviews:9080/",
+        "hey -n 1 -c 1 -m 'GET /admin' http://reviews:9080/",
+        "hey -n 1 -c 1 -H $'X: a\\rb' http://reviews:9080/",
+    ],
+)
+def test_a_command_cannot_forge_a_request_line_or_header(
+    api: LoadTesterApi, servers: tuple[Server, Server], command: str
+) -> None:
+    """An anonymous caller's command: a 400 naming the bad part, not a 500 from
+    deep in http.client (or, for a method with spaces, another request line)."""
+    text = command.replace("$'", "'").replace("\\r", "\r").replace("\\n", "\n")
+    for kind in ("bash", "cmd"):
+        answer = post(api, "/loadtester/", task(text, type=kind))
+        assert answer.status == 400, (kind, answer.body)
+        assert b"invalid method" in answer.body or b"invalid header" in answer.body

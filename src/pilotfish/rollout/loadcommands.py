@@ -30,6 +30,8 @@ HEY_AGENT = "hey/0.0.1"
 CURL_AGENT = "curl/8.5.0"
 _OPERATOR = re.compile(r"^[();<>|&]+$")
 _HEY_HEADER = re.compile(r"^([\w-]+):\s*(.+)")
+_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # RFC 9110 token
+_CTL = re.compile(r"[\x00\r\n]")
 REDIRECTS = (301, 302, 303, 307, 308)
 CURL_TRANSIENT = (408, 429, 500, 502, 503, 504)
 
@@ -439,7 +441,18 @@ def _bounded(load: Load) -> Load:
         raise CommandError(f"{load.tool}: the body is larger than {MAX_BODY} bytes")
     if load.retries > MAX_RETRIES:
         raise CommandError(f"{load.tool}: --retry is above the limit of {MAX_RETRIES}")
+    _check_framing(load)
     return replace(load, timeout_s=min(load.timeout_s, MAX_TIMEOUT_S))
+
+
+def _check_framing(load: Load) -> None:
+    """The method is an HTTP token and no header holds CR, LF or NUL: what a
+    command says must not turn into another request line or header."""
+    if not _TOKEN.match(load.method):
+        raise CommandError(f"{load.tool}: invalid method {load.method!r}: must be an HTTP token")
+    for name, value in load.headers:
+        if not _TOKEN.match(name) or _CTL.search(value):
+            raise CommandError(f"{load.tool}: invalid header {name!r}: {value!r}")
 
 
 def _only_url(tool: str, rest: list[str]) -> Url:
