@@ -34,12 +34,13 @@ def resolve(name: str) -> Kind:
 
 
 def warn(message: str) -> None:
-    print(f"Warning: {message}", file=sys.stderr)
+    print(output.escape_terminal(f"Warning: {message}"), file=sys.stderr)
 
 
 def server_error(error: ApiError, context: str = "") -> None:
     where = f"{context}: " if context else ""
-    print(f"Error from server ({error.reason}): {where}{error.message}", file=sys.stderr)
+    text = f"Error from server ({error.reason}): {where}{error.message}"
+    print(output.escape_terminal(text), file=sys.stderr)
 
 
 def _client(args: argparse.Namespace) -> Client:
@@ -211,7 +212,8 @@ def describe(args: argparse.Namespace) -> int:
         items = [client.get(kind, args.name, namespace)]
     else:
         items = client.list(kind, namespace, args.selector).get("items", [])
-    print("\n\n".join(describe_text(kind, item, events_of(client, item)) for item in items))
+    text = "\n\n".join(describe_text(kind, item, events_of(client, item)) for item in items)
+    print(output.escape_terminal(text))
     return 0
 
 
