@@ -51,6 +51,8 @@ BOOKINFO_NETWORKING = "istio/bookinfo-networking"
 SECOND_NAMESPACE = "bookinfo"
 EXAMPLES = int(os.environ.get("PILOTFISH_FUZZ_EXAMPLES", "8"))
 EVERY_OPERATION = os.environ.get("PILOTFISH_FUZZ_ALL", "") not in ("", "0")
+COVERAGE = os.environ.get("PILOTFISH_FUZZ_COVERAGE", "") not in ("", "0")
+PATHS = os.environ.get("PILOTFISH_FUZZ_PATHS", "")  # a regex: fuzz only these paths
 # The default run: the kinds that have seeded objects, at their storage version.
 DEFAULT_KINDS = (
     "services", "configmaps", "secrets", "namespaces", "virtualservices",
@@ -174,12 +176,15 @@ def _schema() -> Any:
         {
             # Kubernetes ignores query parameters it does not know, and so do we.
             "generation": {"max-examples": EXAMPLES, "allow-extra-parameters": False},
-            # Coverage's boundary cases per parameter multiply past the time budget on
-            # Istio's large schemas; examples and fuzzing reach the same code.
-            "phases": {"coverage": {"enabled": EVERY_OPERATION}},
+            # Coverage's boundary cases are built for every operation when the tests
+            # are collected: gigabytes and minutes on Istio's schemas before the
+            # first request. Examples and fuzzing reach the same code.
+            "phases": {"coverage": {"enabled": COVERAGE}},
         }
     )
     loaded = schemathesis.openapi.from_dict(with_seeds(DOCUMENT, seeds), config=config)
+    if PATHS:
+        return loaded.include(path_regex=PATHS)
     return loaded if EVERY_OPERATION else loaded.include(path_regex=_operations_pattern())
 
 
