@@ -6,6 +6,10 @@ from __future__ import annotations
 import json
 import socket
 
+import pytest
+
+from pilotfish.api.errors import BadRequest
+from pilotfish.client import Client
 from pilotfish.controlplane.main import ControlPlane
 
 from .cp_testkit import VS_PATH, Caller, virtual_service
@@ -74,3 +78,30 @@ def test_what_the_http_layer_refuses_is_a_status_too(plane: ControlPlane) -> Non
         assert answer["kind"] == "Status" and answer["status"] == "Failure", answer
         assert (answer["code"], answer["reason"]) == (code, reason), answer
         assert answer["message"], answer
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("name", "a/b"),
+        ("name", "web\nx"),
+        ("namespace", "../etc"),
+        ("workload", "Web_1"),
+        ("serviceAccount", "x/ns/kube-system/sa/admin"),
+        ("address", "10.0.0.1:80"),
+        ("address", "host name"),
+        ("appAddress", "127.0.0.1\r\n"),
+        ("labels", {"app": "a\nb"}),
+        ("labels", {"a/b/c": "x"}),
+    ],
+)
+def test_a_registration_with_a_bad_name_or_address_is_refused(
+    client: Client, field: str, value: object
+) -> None:
+    """Registered names end up in paths, SPIFFE IDs and metric labels; the
+    address is what proxies connect to. Each is checked as Kubernetes would."""
+    body = {"name": "web-0", "address": "10.0.0.1", "ports": {"http": 80}, field: value}
+    with pytest.raises(BadRequest) as refused:
+        client.register_instance(body)
+    assert refused.value.message.startswith(f'instance "{body["name"]}": {field}')
+    assert client.instances() == []
