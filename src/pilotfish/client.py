@@ -195,9 +195,10 @@ class Client:
 
 
 class RedirectHandler(urllib.request.HTTPRedirectHandler):
-    """Follows redirects as Go's http.Client (kubectl's, Flagger's): credentials
-    go on to the same host or a subdomain of it only. urllib's own handler sends
-    the token or password to whatever host the answer names."""
+    """Follows redirects as Go's http.Client (kubectl's, Flagger's): to http(s)
+    only, and credentials go on to the same host or a subdomain of it only.
+    urllib's own handler sends the token or password to whatever host the
+    answer names."""
 
     def redirect_request(
         self,
@@ -208,6 +209,12 @@ class RedirectHandler(urllib.request.HTTPRedirectHandler):
         headers: Any,
         newurl: str,
     ) -> urllib.request.Request | None:
+        if urlsplit(newurl).scheme not in ("http", "https"):
+            # urllib would follow to ftp:// too: a TCP connection to any port the
+            # answer names, speaking FTP (Go's client only follows http and https).
+            raise urllib.error.HTTPError(
+                req.full_url, code, f"redirect to {newurl!r} refused: not http(s)", headers, fp
+            )
         new = super().redirect_request(req, fp, code, msg, headers, newurl)
         if new is not None and not _same_site(req.full_url, new.full_url):
             for name in _CREDENTIAL_HEADERS:

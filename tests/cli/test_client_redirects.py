@@ -6,6 +6,7 @@ host that is neither the same nor a subdomain; urllib forwards them."""
 from __future__ import annotations
 
 import json
+import socket
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -13,10 +14,11 @@ from typing import Any
 
 import pytest
 
+from pilotfish.api.errors import ApiError
 from pilotfish.api.kinds import registry
 from pilotfish.client import Client
 from pilotfish.rollout import alerts
-from pilotfish.rollout.metrics.prometheus import Provider, instant_query
+from pilotfish.rollout.metrics.prometheus import Provider, QueryError, instant_query
 
 PROMETHEUS_ANSWER = {"status": "success", "data": {"resultType": "scalar", "result": [0, "1"]}}
 
@@ -116,3 +118,45 @@ def test_an_alert_token_does_not_follow_a_redirect(
     alerts.post(f"http://127.0.0.1:{redirector.port}/away", {"text": "hi"}, token="t0ken")
     assert redirector.seen[0]["authorization"] == "Bearer t0ken"
     assert "authorization" not in elsewhere.seen[0]
+
+
+@pytest.fixture
+def listener() -> Iterator[tuple[socket.socket, list[bytes]]]:
+    """A bare TCP port that records whether anyone connected (an FTP server would)."""
+    sock = socket.create_server(("127.0.0.1", 0))
+    sock.settimeout(0.5)
+    seen: list[bytes] = []
+    yield sock, seen
+    sock.close()
+
+
+def _connected(sock: socket.socket) -> bool:
+    try:
+        conn, _ = sock.accept()
+    except TimeoutError:
+        return False
+    conn.close()
+    return True
+
+
+def test_a_redirect_to_another_scheme_is_refused(
+    listener: tuple[socket.socket, list[bytes]],
+) -> None:
+    sock, _ = listener
+    port = sock.getsockname()[1]
+    target = {"ftp": f"ftp://127.0.0.1:{port}/x", "file": "file:///etc/hostname"}
+    for scheme, location in target.items():
+        for server in _serve(lambda path, loc=location: (302, [("Location", loc)], b"")):
+            client = Client(f"http://127.0.0.1:{server.port}", "s3cret")
+            with pytest.raises(ApiError):
+                client.get(registry().resolve("namespace"), "default", None)
+            provider = Provider(f"http://127.0.0.1:{server.port}", {"token": "t"})
+            with pytest.raises(QueryError, match="answered 302"):
+                instant_query(provider, "vector(1)")
+        assert not _connected(sock), scheme
+
+
+def test_a_metric_provider_address_is_http() -> None:
+    for address in ("file:///etc/passwd", "ftp://127.0.0.1/"):
+        with pytest.raises(QueryError, match="is not a valid URL"):
+            instant_query(Provider(address), "vector(1)")

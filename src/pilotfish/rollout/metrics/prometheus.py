@@ -85,7 +85,7 @@ def value_of(body: Any, address: str = "Prometheus") -> float:
 
 def _query_url(address: str, query: str) -> str:
     parts = urllib.parse.urlsplit(address)
-    if not address or not parts.scheme or not parts.netloc:
+    if parts.scheme not in ("http", "https") or not parts.netloc:
         raise QueryError(f'the provider address "{address}" is not a valid URL')
     path = parts.path.rstrip("/") + "/api/v1/query"
     encoded = urllib.parse.urlencode({"query": _SPACE.sub(" ", query)})
