@@ -30,7 +30,8 @@ from pilotfish.api.errors import (
 from pilotfish.api.kinds import Kind, KindRegistry, registry
 from pilotfish.api.manifest_yaml import ManifestLoader
 from pilotfish.controlplane import openapi
-from pilotfish.controlplane.auth import authorize
+from pilotfish.controlplane.auth import authorize, has_token
+from pilotfish.controlplane.browsers import refuse_cross_site
 from pilotfish.store.resources import ResourceStore
 from pilotfish.store.selectors import Selector, parse_selector
 from pilotfish.store.types import Event, Key, Obj, Watch
@@ -186,6 +187,8 @@ class Api:
             authorization=request.header("authorization"),
             token=self._token,
         )
+        if not has_token(request.header("authorization"), self._token):
+            refuse_cross_site(request.headers)
         extra = self.extension(request, path) if self.extension else None
         if extra is not None:
             return extra
