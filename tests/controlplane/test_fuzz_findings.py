@@ -105,3 +105,13 @@ def test_a_registration_with_a_bad_name_or_address_is_refused(
         client.register_instance(body)
     assert refused.value.message.startswith(f'instance "{body["name"]}": {field}')
     assert client.instances() == []
+
+
+def test_a_merge_patch_whose_metadata_is_no_object_is_a_400(call: Caller) -> None:
+    call.apply(virtual_service(), f"{VS_PATH}/reviews")
+    for path in (f"{VS_PATH}/reviews", f"{VS_PATH}/reviews/status"):
+        for meta in (5, "x", True):
+            answer = call(
+                "PATCH", path, {"metadata": meta}, content_type="application/merge-patch+json"
+            )
+            assert (answer.status, answer.json()["message"]) == (400, "metadata: must be an object")

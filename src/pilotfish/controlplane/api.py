@@ -344,7 +344,10 @@ class Api:
         """RFC 7386 merge onto the live object, then an update; pinned to the
         patch's resourceVersion if it gives one, else retried on a lost race."""
         patch = _body(request)
-        pinned = (patch.get("metadata") or {}).get("resourceVersion")
+        meta = patch.get("metadata")
+        if meta is not None and not isinstance(meta, dict):
+            raise BadRequest("metadata: must be an object")
+        pinned = (meta or {}).get("resourceVersion")
         if target.subresource == "status":
             _no_dry_run_of_status(request)
         for _ in range(_MERGE_RETRIES):
