@@ -115,3 +115,40 @@ def test_a_merge_patch_whose_metadata_is_no_object_is_a_400(call: Caller) -> Non
                 "PATCH", path, {"metadata": meta}, content_type="application/merge-patch+json"
             )
             assert (answer.status, answer.json()["message"]) == (400, "metadata: must be an object")
+
+
+def test_a_field_selector_selects_by_name_and_namespace(call: Caller) -> None:
+    """An ignored fieldSelector would list everything, so that
+    `kubectl delete --field-selector metadata.name=a` would delete it all."""
+    for name in ("a", "b"):
+        call.apply(virtual_service(name), f"{VS_PATH}/{name}")
+    every = "/apis/networking.istio.io/v1/virtualservices"
+
+    def names(query: str, path: str = VS_PATH) -> list[str]:
+        answer = call("GET", f"{path}?{query}")
+        assert answer.status == 200, answer.body
+        return [i["metadata"]["name"] for i in answer.json()["items"]]
+
+    assert names("fieldSelector=metadata.name%3Da") == ["a"]
+    assert names("fieldSelector=metadata.name%3D%3Da") == ["a"]
+    assert names("fieldSelector=metadata.name!%3Da") == ["b"]
+    assert names("fieldSelector=metadata.namespace%3Ddefault,metadata.name%3Db", every) == ["b"]
+    assert names("fieldSelector=metadata.namespace%3Dother", every) == []
+    refused = {
+        "spec.hosts%3Dx": '"spec.hosts" is not a known field selector: only "metadata.name", "metadata.namespace"',
+        "metadata.name": "invalid selector: 'metadata.name'; can't understand 'metadata.name'",
+    }
+    for query, message in refused.items():
+        answer = call("GET", f"{VS_PATH}?fieldSelector={query}")
+        assert (answer.status, answer.json()["message"]) == (400, message)
+
+
+def test_a_watch_with_a_field_selector_sees_that_object_only(call: Caller) -> None:
+    stream = call("GET", f"{VS_PATH}?watch=true&fieldSelector=metadata.name%3Db").stream
+    assert stream is not None
+    for name in ("a", "b"):
+        call.apply(virtual_service(name), f"{VS_PATH}/{name}")
+    lines = [stream.next_line(0.5) for _ in range(4)]
+    stream.close()
+    events = [json.loads(line) for line in lines if line]
+    assert [(e["type"], e["object"]["metadata"]["name"]) for e in events] == [("ADDED", "b")]

@@ -33,7 +33,12 @@ from pilotfish.controlplane import openapi
 from pilotfish.controlplane.auth import authorize, has_token
 from pilotfish.controlplane.browsers import refuse_cross_site
 from pilotfish.store.resources import ResourceStore
-from pilotfish.store.selectors import Selector, parse_selector
+from pilotfish.store.selectors import (
+    Selector,
+    object_fields,
+    parse_field_selector,
+    parse_selector,
+)
 from pilotfish.store.types import Event, Key, Obj, Watch
 
 log = logging.getLogger(__name__)
@@ -261,12 +266,14 @@ class Api:
 
     def _list(self, request: Request, target: Target) -> Response:
         _deadline(request.query.get("timeoutSeconds"))  # a list takes it too: refuse a bad one
+        fields = parse_field_selector(request.query.get("fieldSelector"))
         items, revision = self.store.list(
             target.kind.group,
             target.kind.kind,
             target.namespace,
             request.query.get("labelSelector"),
         )
+        items = [i for i in items if fields.matches(object_fields(i.get("metadata")))]
         body = {
             "kind": f"{target.kind.kind}List",
             "apiVersion": target.api_version,
@@ -277,6 +284,7 @@ class Api:
 
     def _watch(self, request: Request, target: Target) -> Response:
         selector = parse_selector(request.query.get("labelSelector"))
+        fields = parse_field_selector(request.query.get("fieldSelector"))
         deadline = _deadline(request.query.get("timeoutSeconds"))
         try:
             watch = self.store.watch(
@@ -288,8 +296,9 @@ class Api:
         except ApiError as e:
             if e.code != 410:
                 raise
-            return Response(200, stream=EventStream(None, target, selector, deadline, error=e))
-        return Response(200, stream=EventStream(watch, target, selector, deadline))
+            stream = EventStream(None, target, selector, deadline, error=e)
+            return Response(200, stream=stream)
+        return Response(200, stream=EventStream(watch, target, selector, deadline, fields=fields))
 
     def _create(self, request: Request, target: Target) -> Response:
         obj = self._bind(_body(request), target)
@@ -435,8 +444,10 @@ class EventStream:
         deadline: float | None,
         *,
         error: ApiError | None = None,
+        fields: Selector | None = None,
     ) -> None:
         self._watch = watch
+        self._fields = fields or Selector(())
         self._target = target
         self._selector = selector
         self._deadline = deadline
@@ -470,7 +481,10 @@ class EventStream:
             self._watch = None
 
     def _wanted(self, event: Event) -> bool:
-        return self._selector.matches(event.object.get("metadata", {}).get("labels"))
+        meta = event.object.get("metadata", {})
+        return self._selector.matches(meta.get("labels")) and self._fields.matches(
+            object_fields(meta)
+        )
 
     def _expired(self) -> bool:
         return self._deadline is not None and time.monotonic() >= self._deadline

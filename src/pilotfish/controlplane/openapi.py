@@ -233,6 +233,7 @@ _FIELD_MANAGER = {
 _FORCE = _query("force", "apply: take fields other managers own", "boolean")
 _LIST_PARAMS = [
     _query("labelSelector", "e.g. app=reviews,version!=v1"),
+    _query("fieldSelector", "metadata.name or metadata.namespace, with =, == or !="),
     _query("watch", "stream ADDED/MODIFIED/DELETED events as JSON lines", "boolean"),
     _query("resourceVersion", "watch: the resourceVersion to resume after"),
     _query("timeoutSeconds", "watch: end the stream after this long", "integer"),
