@@ -152,3 +152,31 @@ def test_a_watch_with_a_field_selector_sees_that_object_only(call: Caller) -> No
     stream.close()
     events = [json.loads(line) for line in lines if line]
     assert [(e["type"], e["object"]["metadata"]["name"]) for e in events] == [("ADDED", "b")]
+
+
+def test_a_query_boolean_given_without_a_value_is_true(call: Caller) -> None:
+    """Kubernetes' query booleans: `?watch` watches, `?force` forces."""
+    stream = call("GET", f"{VS_PATH}?watch&timeoutSeconds=5").stream
+    assert stream is not None
+    stream.close()
+    call.apply(virtual_service(), f"{VS_PATH}/reviews", "fieldManager=alice")
+    taken = virtual_service(hosts=["bob"])
+    assert call.apply(taken, f"{VS_PATH}/reviews", "fieldManager=bob").status == 409
+    assert call.apply(taken, f"{VS_PATH}/reviews", "fieldManager=bob&force").status == 200
+    assert call("GET", f"{VS_PATH}?watch=maybe").status == 400
+
+
+def test_force_is_refused_on_a_merge_patch(call: Caller) -> None:
+    call.apply(virtual_service(), f"{VS_PATH}/reviews")
+    for query in ("force=true", "force=false", "force=-1"):
+        answer = call(
+            "PATCH",
+            f"{VS_PATH}/reviews?{query}",
+            {"spec": {"hosts": ["x"]}},
+            content_type="application/merge-patch+json",
+        )
+        assert answer.status == 422, query
+        assert (
+            answer.json()["message"] == "force: Forbidden: may not be specified for non-apply patch"
+        )
+    assert call("GET", f"{VS_PATH}/reviews").json()["spec"]["hosts"] == ["reviews"]

@@ -326,6 +326,8 @@ class Api:
         if request.content_type == APPLY:
             return self._apply(request, target)
         if request.content_type == MERGE:
+            if "force" in request.query:
+                raise Invalid("force: Forbidden: may not be specified for non-apply patch")
             return self._ok(target, self._merge(request, target), warn=True)
         raise UnsupportedMediaType(
             f'the patch type "{request.content_type or "(none)"}" is not supported; '
@@ -583,10 +585,12 @@ _PlainLoader.yaml_implicit_resolvers = {
 
 
 def _flag(query: Mapping[str, str], name: str) -> bool:
+    """Kubernetes' query booleans: absent, false or 0 is false; given without a
+    value (`?watch`) is true. Other text is refused rather than taken as true."""
     value = query.get(name, "false").lower()
-    if value in ("true", "1"):
+    if value in ("true", "1", ""):
         return True
-    if value in ("false", "0", ""):
+    if value in ("false", "0"):
         return False
     raise BadRequest(f'{name}: Invalid value: "{value}": must be true or false')
 

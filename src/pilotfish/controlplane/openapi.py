@@ -230,11 +230,18 @@ _FIELD_MANAGER = {
     **_query("fieldManager", "who is writing, in printable characters; required for apply"),
     "schema": {"type": "string", "maxLength": 128},
 }
-_FORCE = _query("force", "apply: take fields other managers own", "boolean")
+# Kubernetes' query booleans: given without a value (`?watch`) means true.
+_FORCE = {
+    **_query("force", "apply: take fields other managers own", "boolean"),
+    "allowEmptyValue": True,
+}
 _LIST_PARAMS = [
     _query("labelSelector", "e.g. app=reviews,version!=v1"),
     _query("fieldSelector", "metadata.name or metadata.namespace, with =, == or !="),
-    _query("watch", "stream ADDED/MODIFIED/DELETED events as JSON lines", "boolean"),
+    {
+        **_query("watch", "stream ADDED/MODIFIED/DELETED events as JSON lines", "boolean"),
+        "allowEmptyValue": True,
+    },
     _query("resourceVersion", "watch: the resourceVersion to resume after"),
     _query("timeoutSeconds", "watch: end the stream after this long", "integer"),
 ]
