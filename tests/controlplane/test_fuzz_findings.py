@@ -180,3 +180,14 @@ def test_force_is_refused_on_a_merge_patch(call: Caller) -> None:
             answer.json()["message"] == "force: Forbidden: may not be specified for non-apply patch"
         )
     assert call("GET", f"{VS_PATH}/reviews").json()["spec"]["hosts"] == ["reviews"]
+
+
+def test_yaml_keys_that_are_not_strings_become_strings_as_in_kubernetes(call: Caller) -> None:
+    """`data: {1: a}` was a 500 (validation took len() of the int key)."""
+    body = b"metadata: {name: keys}\ndata: {1: a, true: b, null: c, 2.5: d}\n"
+    path = "/api/v1/namespaces/default/configmaps/keys"
+    answer = call(
+        "PATCH", f"{path}?fieldManager=a", body, content_type="application/apply-patch+yaml"
+    )
+    assert answer.status == 200, answer.body
+    assert answer.json()["data"] == {"1": "a", "true": "b", "null": "c", "2.5": "d"}
