@@ -6,6 +6,7 @@ them."""
 from __future__ import annotations
 
 import base64
+import math
 import re
 import shlex
 import urllib.parse
@@ -231,7 +232,7 @@ def _go_value(tool: str, name: str, kind: str, value: str) -> str:
         if kind == "int":
             int(value, 0)
         elif kind == "float":
-            float(value)
+            _finite(value)
         elif kind == "duration":
             parse_duration_ns(value)
         elif kind == "bool" and value.lower() not in ("1", "t", "true", "0", "f", "false"):
@@ -344,13 +345,22 @@ def _curl_short(letters: str, words: Iterator[str], options: dict[str, list[str]
         return
 
 
+def _finite(text: str) -> float:
+    """A number; NaN and infinity are not (with -q NaN no bound on the rate held:
+    every comparison with NaN is false, so the pacing never waited)."""
+    number = float(text)
+    if not math.isfinite(number):
+        raise ValueError(text)
+    return number
+
+
 def _curl_value(name: str, value: str) -> str:
     if name in ("data", "data-binary", "data-ascii", "json") and value.startswith("@"):
         raise CommandError(f"curl: --{name} {value}: reading files is not supported")
     numeric = ("max-time", "connect-timeout", "retry", "retry-delay")
     if name in (*numeric, "max-redirs"):
         try:
-            number = float(value)
+            number = _finite(value)
         except ValueError:
             raise CommandError(f'curl: --{name}: "{value}" is not a number') from None
         if number < 0 and name != "max-redirs":
@@ -404,7 +414,10 @@ def _curl_redirects(options: Mapping[str, list[str]]) -> int:
 
 def parse_url(text: str) -> Url:
     """An http URL of a mesh service (http:// may be left out)."""
-    parts = urllib.parse.urlsplit(text if "://" in text else f"http://{text}")
+    try:
+        parts = urllib.parse.urlsplit(text if "://" in text else f"http://{text}")
+    except ValueError as e:  # "Invalid IPv6 URL"
+        raise CommandError(f"{text}: {e}") from e
     if parts.scheme != "http":
         raise CommandError(
             f"{text}: only http:// URLs of mesh services are supported "
