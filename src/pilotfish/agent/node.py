@@ -160,8 +160,9 @@ class NodeAgent:
             ports = Ports(**record["ports"])
         except (OSError, ValueError, KeyError, TypeError):
             return None
-        app = adopted.adopt(pids.get("app"), f"POD_NAME={record['name']}")
-        sidecar = adopted.adopt(pids.get("sidecar"), str(path.parent / "bootstrap.yaml"))
+        markers = _markers(path.parent)
+        app = adopted.adopt(pids.get("app"), markers["app"])
+        sidecar = adopted.adopt(pids.get("sidecar"), markers["sidecar"])
         if key not in workloads or app is None or sidecar is None:
             return None
         age = max(0.0, time.time() - float(record.get("createdAt", time.time())))
@@ -384,6 +385,12 @@ def instance_env(instance: Instance, base: Any) -> dict[str, str]:
     return env
 
 
+def _markers(directory: Path) -> dict[str, str]:
+    """What shows that a recorded pid is still the process started for the
+    instance in `directory` (sidecar first, then app)."""
+    return {"sidecar": str(directory / "bootstrap.yaml"), "app": f"POD_NAME={directory.name}"}
+
+
 def stop_leftovers(state_dir: Path, keep: set[Path] | None = None) -> int:
     """Stop the processes a previous agent on this directory left behind,
     but those of the instance directories in `keep` (adopted); the other
@@ -396,8 +403,10 @@ def stop_leftovers(state_dir: Path, keep: set[Path] | None = None) -> int:
             continue
         with contextlib.suppress(OSError, ValueError):
             pids = json.loads(pids_file.read_text())
-            for role in ("sidecar", "app"):
-                if pids.get(role):
+            for role, marker in _markers(pids_file.parent).items():
+                # A recorded pid may be a stranger's by now (after a reboot): only
+                # the process that still carries the instance's marker is killed.
+                if adopted.adopt(pids.get(role), marker) is not None:
                     with contextlib.suppress(ProcessLookupError, PermissionError):
                         os.killpg(int(pids[role]), signal.SIGKILL)
                         count += 1
