@@ -35,8 +35,6 @@ log = logging.getLogger(__name__)
 
 STREAM_TICK_S = 0.25  # how often an idle watch checks for shutdown and a departed client
 IDLE_TIMEOUT_S = 120.0  # a keep-alive connection with no request for this long is closed
-MAX_CONNECTIONS = 1024  # open at once, each with its thread
-MAX_CONNECTIONS_PER_PEER = 256  # from one address (every local client is 127.0.0.1)
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -124,34 +122,12 @@ class ApiServer:
 class _HttpServer(ThreadingHTTPServer):
     daemon_threads = True
     api: Api
-    max_connections = MAX_CONNECTIONS
-    max_per_peer = MAX_CONNECTIONS_PER_PEER
 
     def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
         super().__init__(address, handler)
         self.stopping = threading.Event()
         self._connections: set[socket.socket] = set()
-        self._admitted: dict[Any, str] = {}  # every connection with a thread, by its peer
         self._changed = threading.Condition()
-
-    def verify_request(self, request: Any, client_address: Any) -> bool:
-        """Each connection holds a thread until it is idle for IDLE_TIMEOUT_S, before
-        any token is checked: bounded in total and per peer address, so one
-        peer opening connections it never uses cannot take every thread."""
-        peer = str(client_address[0])
-        with self._changed:
-            mine = sum(1 for p in self._admitted.values() if p == peer)
-            if len(self._admitted) < self.max_connections and mine < self.max_per_peer:
-                self._admitted[request] = peer
-                return True
-        log.warning("refused a connection from %s: too many connections", peer)
-        _too_many(request)
-        return False
-
-    def shutdown_request(self, request: Any) -> None:
-        with self._changed:
-            self._admitted.pop(request, None)
-        super().shutdown_request(request)
 
     def track(self, connection: socket.socket) -> None:
         with self._changed:
@@ -177,23 +153,6 @@ class _HttpServer(ThreadingHTTPServer):
                 self._changed.wait(deadline - time.monotonic())
             if self._connections:
                 log.warning("%d connections still open at shutdown", len(self._connections))
-
-
-def _too_many(connection: socket.socket) -> None:
-    """Kubernetes' answer when it has too many requests in flight: 429, Retry-After."""
-    status = {
-        **ApiError("too many connections; please try again later").to_status(),
-        "reason": "TooManyRequests",
-        "code": 429,
-    }
-    body = encode(status)
-    head = (
-        "HTTP/1.1 429 Too Many Requests\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n"
-    )
-    with contextlib.suppress(OSError):
-        connection.settimeout(1.0)
-        connection.sendall(head.encode() + body)
 
 
 class _HttpServer6(_HttpServer):
