@@ -282,13 +282,52 @@ class Client:
             ) from e
 
 
+class RedirectHandler(urllib.request.HTTPRedirectHandler):
+    """Follows redirects as Go's http.Client (kubectl's, Flagger's): to http(s)
+    only, and credentials go on to the same host or a subdomain of it only.
+    urllib's own handler sends the token or password to whatever host the
+    answer names."""
+
+    def redirect_request(
+        self,
+        req: urllib.request.Request,
+        fp: Any,
+        code: int,
+        msg: str,
+        headers: Any,
+        newurl: str,
+    ) -> urllib.request.Request | None:
+        if urlsplit(newurl).scheme not in ("http", "https"):
+            # urllib would follow to ftp:// too: a TCP connection to any port the
+            # answer names, speaking FTP (Go's client only follows http and https).
+            raise urllib.error.HTTPError(
+                req.full_url, code, f"redirect to {newurl!r} refused: not http(s)", headers, fp
+            )
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        if new is not None and not _same_site(req.full_url, new.full_url):
+            for name in _CREDENTIAL_HEADERS:
+                new.remove_header(name)
+        return new
+
+
+_CREDENTIAL_HEADERS = ("Authorization", "Proxy-authorization", "Cookie", "Cookie2")
+
+
+def _same_site(initial: str, target: str) -> bool:
+    """Go's shouldCopyHeaderOnRedirect: the same host name, or a subdomain of it."""
+    first = (urlsplit(initial).hostname or "").lower()
+    then = (urlsplit(target).hostname or "").lower()
+    return then == first or then.endswith("." + first)
+
+
 def opener_for(
     url: str, *, insecure: bool = False, proxy: str = ""
 ) -> urllib.request.OpenerDirector:
     """`proxy` if given, else proxies from the environment except for
     loopback hosts, as Go's ProxyFromEnvironment: a proxy could not reach this
-    host, and would see the token. No certificate checks when `insecure`."""
-    handlers: list[urllib.request.BaseHandler] = [_HttpHandler()]
+    host, and would see the token. No certificate checks when `insecure`.
+    Redirects keep credentials on their host (RedirectHandler)."""
+    handlers: list[urllib.request.BaseHandler] = [_HttpHandler(), RedirectHandler()]
     host = urlsplit(url).hostname or ""
     if proxy:
         handlers.append(urllib.request.ProxyHandler({"http": proxy, "https": proxy}))

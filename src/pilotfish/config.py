@@ -65,6 +65,15 @@ def write_client_config(config: ClientConfig, path: Path | None = None) -> Path:
     return target
 
 
+def private_dir(path: Path) -> Path:
+    """`path` as a directory only its owner can enter, made so if it was not:
+    what is under it (Secrets mounted for workloads, their logs) is then
+    private whatever the files' own modes."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(path, 0o700)
+    return path
+
+
 def write_private(path: Path, text: str) -> None:
     """Write `text` so no other user can ever read it, replacing any old file
     atomically (a temporary file, created 0600, then renamed over it)."""

@@ -5,6 +5,7 @@ only. Every process is stopped at the end, and the test checks none is left."""
 from __future__ import annotations
 
 import json
+import stat
 from collections.abc import Iterator
 
 import pytest
@@ -186,3 +187,9 @@ def test_down_leaves_no_process_behind(mesh: Mesh) -> None:
     mesh.node_cli("down")
     assert mesh.agent is not None and mesh.agent.wait(timeout=30) == 0
     assert processes_under(mesh.state) == []
+
+
+def test_the_state_directory_is_private_to_the_agent_user(mesh: Mesh) -> None:
+    """Instances' files (Secrets mounted for them, app and sidecar logs) live
+    under it, each with its own mode: only the directory keeps others out."""
+    assert stat.S_IMODE(mesh.state.stat().st_mode) == 0o700

@@ -157,7 +157,7 @@ def test_other_kinds_do_not_change_the_mesh(
     mesh, changes = registry
     before = mesh.snapshot()
     changes.kinds.clear()
-    store.apply(
+    store.apply(  # a ConfigMap is the mesh config only as istio-system/istio
         {
             "apiVersion": "v1",
             "kind": "ConfigMap",
@@ -166,8 +166,17 @@ def test_other_kinds_do_not_change_the_mesh(
         },
         manager="test",
     )
+    store.apply(
+        {
+            "apiVersion": "flagger.app/v1beta1",
+            "kind": "MetricTemplate",
+            "metadata": {"name": "errors", "namespace": "default"},
+            "spec": {"provider": {"type": "prometheus", "address": "http://p:9090"}, "query": "1"},
+        },
+        manager="test",
+    )
     store.apply({**SERVICE, "metadata": {"name": "details", "namespace": "default"}}, manager="t")
     changes.wait("Service")
-    assert all("ConfigMap" not in k for k in changes.kinds)
+    assert all("MetricTemplate" not in k for k in changes.kinds)
     assert mesh.snapshot() is not before
     assert mesh.snapshot() is mesh.snapshot()  # cached until the next change

@@ -125,6 +125,14 @@ def test_curl_options() -> None:
         ("curl -m soon http://a/", '--max-time: "soon" is not a number'),
         ("curl -H nocolon http://a/", 'a header is "Name: value"'),
         ("curl -u justme http://a/", 'credentials are "user:password"'),
+        # -q NaN passed every bound (comparisons with NaN are false) and then
+        # paced nothing: as many requests as 100 workers could send, for an hour.
+        ("hey -q NaN -z 1h -c 100 http://a/", 'invalid value "NaN" for flag -q'),
+        ("hey -q inf -n 1 -c 1 http://a/", 'invalid value "inf" for flag -q'),
+        ("curl -m nan http://a/", '--max-time: "nan" is not a number'),
+        ("curl --retry 1 --retry-delay nan http://a/", '--retry-delay: "nan" is not a number'),
+        ("curl -L --max-redirs inf http://a/", '--max-redirs: "inf" is not a number'),
+        ("curl http://[::1:9080/", "Invalid IPv6 URL"),
     ],
 )
 def test_bad_commands_are_refused_with_the_reason(command: str, why: str) -> None:
@@ -510,3 +518,31 @@ def test_webhooks_reach_the_load_tester_without_a_token(api: LoadTesterApi, tmp_
         assert status("/loadtester/gate/approve", peer="10.1.2.3") == 401  # local callers only
     finally:
         store.close()
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        "curl -s -H $'X: a\\rb' http://reviews:9080/",
+        "curl -s -A $'x\\ny' http://reviews:9080/",
+        "curl -s -H 'Bad Name: v' http://reviews:9080/",
+        "curl -s -X 'GET /admin' http://reviews:9080/",
+        "hey -n 1 -c 1 -m 'GET /admin' http://reviews:9080/",
+        "hey -n 1 -c 1 -H $'X: a\\rb' http://reviews:9080/",
+    ],
+)
+def test_a_command_cannot_forge_a_request_line_or_header(
+    api: LoadTesterApi, servers: tuple[Server, Server], command: str
+) -> None:
+    """An anonymous caller's command: a 400 naming the bad part, not a 500 from
+    deep in http.client (or, for a method with spaces, another request line)."""
+    text = command.replace("$'", "'").replace("\\r", "\r").replace("\\n", "\n")
+    for kind in ("bash", "cmd"):
+        answer = post(api, "/loadtester/", task(text, type=kind))
+        assert answer.status == 400, (kind, answer.body)
+        assert b"invalid method" in answer.body or b"invalid header" in answer.body
+
+
+def test_an_unparsable_url_is_a_400_not_a_500(api: LoadTesterApi) -> None:
+    answer = post(api, "/loadtester/", task("curl -s http://[::1:9080/", type="bash"))
+    assert answer.status == 400 and b"Invalid IPv6 URL" in answer.body, answer.body

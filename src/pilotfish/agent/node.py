@@ -39,6 +39,7 @@ from pilotfish.agent.spec import ConfigData, SpecError, config_data, resolve
 from pilotfish.agent.spec import template_hash as hash_of
 from pilotfish.api.errors import ApiError
 from pilotfish.api.kinds import Kind, registry
+from pilotfish.config import private_dir
 
 Obj = dict[str, Any]
 Key = tuple[str, str]  # (namespace, workload name)
@@ -89,7 +90,7 @@ class NodeAgent:
 
     def run(self, stop: threading.Event) -> None:
         """Until `stop` is set; then every instance is stopped before returning."""
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.state_dir)
         stop_leftovers(self.state_dir, keep=self._take_over())
         (self.state_dir / "agent.pid").write_text(str(os.getpid()))
         if self.gateway is not None:
@@ -163,8 +164,9 @@ class NodeAgent:
             ports = Ports(**record["ports"])
         except (OSError, ValueError, KeyError, TypeError):
             return None
-        app = adopted.adopt(pids.get("app"), f"POD_NAME={record['name']}")
-        sidecar = adopted.adopt(pids.get("sidecar"), str(path.parent / "bootstrap.yaml"))
+        markers = _markers(path.parent)
+        app = adopted.adopt(pids.get("app"), markers["app"])
+        sidecar = adopted.adopt(pids.get("sidecar"), markers["sidecar"])
         if key not in workloads or app is None or sidecar is None:
             return None
         age = max(0.0, time.time() - float(record.get("createdAt", time.time())))
@@ -387,6 +389,12 @@ def instance_env(instance: Instance, base: Any) -> dict[str, str]:
     return env
 
 
+def _markers(directory: Path) -> dict[str, str]:
+    """What shows that a recorded pid is still the process started for the
+    instance in `directory` (sidecar first, then app)."""
+    return {"sidecar": str(directory / "bootstrap.yaml"), "app": f"POD_NAME={directory.name}"}
+
+
 def stop_leftovers(state_dir: Path, keep: set[Path] | None = None) -> int:
     """Stop the processes a previous agent on this directory left behind,
     but those of the instance directories in `keep` (adopted); the other
@@ -399,8 +407,10 @@ def stop_leftovers(state_dir: Path, keep: set[Path] | None = None) -> int:
             continue
         with contextlib.suppress(OSError, ValueError):
             pids = json.loads(pids_file.read_text())
-            for role in ("sidecar", "app"):
-                if pids.get(role):
+            for role, marker in _markers(pids_file.parent).items():
+                # A recorded pid may be a stranger's by now (after a reboot): only
+                # the process that still carries the instance's marker is killed.
+                if adopted.adopt(pids.get(role), marker) is not None:
                     with contextlib.suppress(ProcessLookupError, PermissionError):
                         os.killpg(int(pids[role]), signal.SIGKILL)
                         count += 1

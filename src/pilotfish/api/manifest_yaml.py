@@ -9,10 +9,12 @@ safe loader.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import json
+from collections.abc import Hashable, Iterator
 from typing import Any
 
 import yaml
+from yaml.constructor import ConstructorError
 from yaml.tokens import ScalarToken
 
 _FLOW_END = ",[]{}"
@@ -28,6 +30,26 @@ class ManifestLoader(yaml.SafeLoader):
             colons += 1
         self.forward(colons)
         return ScalarToken(token.value + ":" * colons, True, token.start_mark, self.get_mark())
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        """Keys as JSON has them, as Kubernetes' YAML-to-JSON conversion makes
+        them: `{1: a, true: b, null: c}` is {"1": ..., "true": ..., "null": ...}
+        (converted one by one: Python takes 1 and True for the same key). A
+        key of another type reached code that expects strings (a 500)."""
+        self.flatten_mapping(node)  # `<<` merge keys, as SafeLoader does
+        mapping: dict[Any, Any] = {}
+        for key_node, value_node in node.value:
+            key = _key_text(self.construct_object(key_node, deep=deep))
+            if not isinstance(key, Hashable):
+                raise ConstructorError(None, None, "found unhashable key", key_node.start_mark)
+            mapping[key] = self.construct_object(value_node, deep=deep)
+        return mapping
+
+
+def _key_text(key: Any) -> Any:
+    if isinstance(key, str) or not isinstance(key, bool | int | float | None):
+        return key
+    return json.dumps(key)
 
 
 def load_all(text: str) -> Iterator[Any]:

@@ -34,7 +34,7 @@ def resolve(name: str) -> Kind:
 
 
 def warn(message: str) -> None:
-    print(f"Warning: {message}", file=sys.stderr)
+    print(output.escape_terminal(f"Warning: {message}"), file=sys.stderr)
 
 
 def server_error(error: ApiError, context: str = "") -> None:
@@ -44,10 +44,13 @@ def server_error(error: ApiError, context: str = "") -> None:
         print("error: You must be logged in to the server (Unauthorized)", file=sys.stderr)
         return
     where = f"{context}: " if context else ""
+    text = f"{where}{error.message}"
     if error.from_server:
-        print(f"Error from server ({error.reason}): {where}{error.message}", file=sys.stderr)
+        print(
+            output.escape_terminal(f"Error from server ({error.reason}): {text}"), file=sys.stderr
+        )
     else:
-        print(f"error: {where}{error.message}", file=sys.stderr)
+        print(output.escape_terminal(f"error: {text}"), file=sys.stderr)
 
 
 def _client(args: argparse.Namespace) -> Client:
@@ -144,11 +147,10 @@ def describe(args: argparse.Namespace) -> int:
         items = [client.get(kind, args.name, namespace)]
     else:
         items = client.list(kind, namespace, args.selector).get("items", [])
-    print(
-        "\n\n".join(
-            describe_text(kind, i, events_of(client, i), _more(client, kind, i)) for i in items
-        )
+    text = "\n\n".join(
+        describe_text(kind, i, events_of(client, i), _more(client, kind, i)) for i in items
     )
+    print(output.escape_terminal(text))
     return 0
 
 

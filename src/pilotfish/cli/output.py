@@ -105,8 +105,19 @@ def _row(
     return row
 
 
+def escape_terminal(text: str) -> str:
+    """kubectl's EscapeTerminal: text from the server (an Event's message that
+    quotes a webhook's answer, a label) cannot move the cursor, retitle the
+    window or rewrite earlier lines of the user's terminal."""
+    return text.translate(_TERMINAL_ESCAPES)
+
+
+_TERMINAL_ESCAPES = str.maketrans({"\x1b": "^[", "\r": "\\r"})
+
+
 def align(rows: list[list[str]]) -> str:
     """Columns separated by three spaces, left-aligned, as kubectl prints them."""
+    rows = [[escape_terminal(value) for value in row] for row in rows]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["   ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in rows]
     return "\n".join(lines)

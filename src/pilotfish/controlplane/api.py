@@ -20,6 +20,7 @@ from pilotfish.api.errors import (
     ApiError,
     BadRequest,
     Conflict,
+    Invalid,
     MethodNotAllowed,
     NotFound,
     UnsupportedMediaType,
@@ -28,8 +29,14 @@ from pilotfish.api.kinds import Kind, KindRegistry, registry
 from pilotfish.controlplane import openapi
 from pilotfish.controlplane.auth import Attributes, Authenticator, forbidden
 from pilotfish.controlplane.bodies import parse
+from pilotfish.controlplane.browsers import refuse_cross_site
 from pilotfish.store.resources import ResourceStore
-from pilotfish.store.selectors import Selector, parse_selector
+from pilotfish.store.selectors import (
+    Selector,
+    object_fields,
+    parse_field_selector,
+    parse_selector,
+)
 from pilotfish.store.types import Event, Key, Obj, Watch
 
 log = logging.getLogger(__name__)
@@ -39,6 +46,7 @@ Analyzer = Callable[[Obj, Lookup], list[str]]
 # Serves paths beyond the resource API (registry, xDS debug); None: not its path.
 Extension = Callable[["Request", str], "Response | None"]
 
+MAX_FIELD_MANAGER = 128  # Kubernetes' limit on a fieldManager name
 APPLY = "application/apply-patch+yaml"
 MERGE = "application/merge-patch+json"
 JSON_TYPES = ("", "application/json")
@@ -180,6 +188,8 @@ class Api:
         attributes = self.attributes(request, path)
         if not public and not caller.may(attributes):
             raise forbidden(caller, attributes)
+        if caller.role == "anonymous":  # what a web page could make a browser send
+            refuse_cross_site(request.headers)
 
     def attributes(self, request: Request, path: str) -> Attributes:
         """The verb and resource a request asks for, as Kubernetes' RequestInfo."""
@@ -190,7 +200,7 @@ class Api:
             return Attributes(method, path)  # a non-resource path: the verb is the method
         verb = _RESOURCE_VERBS.get(method, method)
         if verb == "get" and target.name is None:
-            verb = "watch" if request.query.get("watch", "").lower() in ("true", "1") else "list"
+            verb = "watch" if _flag(request.query, "watch") else "list"
         return Attributes(
             verb,
             path,
@@ -277,12 +287,15 @@ class Api:
         raise MethodNotAllowed(f"{method} is not supported on {where} ({request.path})")
 
     def _list(self, request: Request, target: Target) -> Response:
+        _deadline(request.query.get("timeoutSeconds"))  # a list takes it too: refuse a bad one
+        fields = parse_field_selector(request.query.get("fieldSelector"))
         items, revision = self.store.list(
             target.kind.group,
             target.kind.kind,
             target.namespace,
             request.query.get("labelSelector"),
         )
+        items = [i for i in items if fields.matches(object_fields(i.get("metadata")))]
         body = {
             "kind": f"{target.kind.kind}List",
             "apiVersion": target.api_version,
@@ -293,6 +306,7 @@ class Api:
 
     def _watch(self, request: Request, target: Target) -> Response:
         selector = parse_selector(request.query.get("labelSelector"))
+        fields = parse_field_selector(request.query.get("fieldSelector"))
         deadline = _deadline(request.query.get("timeoutSeconds"))
         try:
             watch = self.store.watch(
@@ -304,8 +318,9 @@ class Api:
         except ApiError as e:
             if e.code != 410:
                 raise
-            return Response(200, stream=EventStream(None, target, selector, deadline, error=e))
-        return Response(200, stream=EventStream(watch, target, selector, deadline))
+            stream = EventStream(None, target, selector, deadline, error=e)
+            return Response(200, stream=stream)
+        return Response(200, stream=EventStream(watch, target, selector, deadline, fields=fields))
 
     def _create(self, request: Request, target: Target) -> Response:
         obj = self._bind(_body(request), target)
@@ -333,6 +348,8 @@ class Api:
         if request.content_type == APPLY:
             return self._apply(request, target)
         if request.content_type == MERGE:
+            if "force" in request.query:
+                raise Invalid("force: Forbidden: may not be specified for non-apply patch")
             return self._ok(target, self._merge(request, target), warn=True)
         raise UnsupportedMediaType(
             f'the patch type "{request.content_type or "(none)"}" is not supported; '
@@ -345,6 +362,7 @@ class Api:
             raise BadRequest(
                 "PATCH requests with apply-patch+yaml content type require fieldManager"
             )
+        _checked_manager(manager)
         if target.subresource is not None:
             raise BadRequest("server-side apply of the status subresource is not supported")
         applied = self.store.apply(
@@ -359,7 +377,10 @@ class Api:
         """RFC 7386 merge onto the live object, then an update; pinned to the
         patch's resourceVersion if it gives one, else retried on a lost race."""
         patch = _body(request)
-        pinned = (patch.get("metadata") or {}).get("resourceVersion")
+        meta = patch.get("metadata")
+        if meta is not None and not isinstance(meta, dict):
+            raise BadRequest("metadata: must be an object")
+        pinned = (meta or {}).get("resourceVersion")
         if target.subresource == "status":
             _no_dry_run_of_status(request)
         for _ in range(_MERGE_RETRIES):
@@ -448,8 +469,10 @@ class EventStream:
         deadline: float | None,
         *,
         error: ApiError | None = None,
+        fields: Selector | None = None,
     ) -> None:
         self._watch = watch
+        self._fields = fields or Selector(())
         self._target = target
         self._selector = selector
         self._deadline = deadline
@@ -483,7 +506,10 @@ class EventStream:
             self._watch = None
 
     def _wanted(self, event: Event) -> bool:
-        return self._selector.matches(event.object.get("metadata", {}).get("labels"))
+        meta = event.object.get("metadata", {})
+        return self._selector.matches(meta.get("labels")) and self._fields.matches(
+            object_fields(meta)
+        )
 
     def _expired(self) -> bool:
         return self._deadline is not None and time.monotonic() >= self._deadline
@@ -612,17 +638,19 @@ def _unmarshal(value: Any, field_path: str, go_type: str) -> BadRequest:
 
 
 def _flag(query: Mapping[str, str], name: str) -> bool:
+    """Kubernetes' query booleans: absent, false or 0 is false; given without a
+    value (`?watch`) is true. Other text is refused rather than taken as true."""
     value = query.get(name, "false").lower()
-    if value in ("true", "1"):
+    if value in ("true", "1", ""):
         return True
-    if value in ("false", "0", ""):
+    if value in ("false", "0"):
         return False
     raise BadRequest(f'{name}: Invalid value: "{value}": must be true or false')
 
 
 def _dry_run(query: Mapping[str, str]) -> bool:
     value = query.get("dryRun")
-    if value is None or value == "":
+    if value is None:
         return False
     if value == "All":
         return True
@@ -636,7 +664,7 @@ def _no_dry_run_of_status(request: Request) -> None:
 
 
 def _deadline(text: str | None) -> float | None:
-    if text is None or text == "":
+    if text is None:
         return None
     try:
         seconds = int(text)
@@ -647,10 +675,23 @@ def _deadline(text: str | None) -> float | None:
     return time.monotonic() + max(0, seconds)
 
 
+def _checked_manager(manager: str) -> str:
+    """Kubernetes' ValidateFieldManager: the name is kept in managedFields and
+    shown by `get -o yaml`, so no control characters and no essays."""
+    if len(manager) > MAX_FIELD_MANAGER:
+        raise Invalid(f"fieldManager: Too long: may not be more than {MAX_FIELD_MANAGER} bytes")
+    if not manager.isprintable():
+        raise Invalid(
+            f"fieldManager: Invalid value: {json.dumps(manager)}: "
+            "must only contain printable characters"
+        )
+    return manager
+
+
 def _manager(request: Request) -> str:
     """fieldManager, else the client's product name from User-Agent, as Kubernetes does."""
     explicit = request.query.get("fieldManager")
     if explicit:
-        return explicit
+        return _checked_manager(explicit)
     agent = (request.header("user-agent") or "").split("/", 1)[0].strip()
     return agent or "unknown"

@@ -23,7 +23,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from pilotfish import __version__
-from pilotfish.api.errors import ApiError, BadRequest
+from pilotfish.api.errors import ApiError, BadRequest, MethodNotAllowed
 from pilotfish.controlplane.api import Api, EventStream, Request, Response, status_response
 from pilotfish.controlplane.bodies import MAX_BODY, too_large
 
@@ -241,6 +241,9 @@ class _HttpServer6(_HttpServer):
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # The stdlib answers a request line it cannot parse as HTTP/0.9: a body with no
+    # status line, which no client can tell from an answer. Nobody speaks 0.9.
+    default_request_version = "HTTP/1.1"
     server_version = f"pilotfish/{__version__}"
     timeout = IDLE_TIMEOUT_S
     server: _HttpServer
@@ -379,9 +382,14 @@ class _Handler(BaseHTTPRequestHandler):
         """The stdlib's own refusals (a bad request line, too many headers, an
         unknown method) as Status objects too, like every other error."""
         self.close_connection = True
-        phrase = HTTPStatus(code).phrase if code in HTTPStatus._value2member_map_ else "Error"
-        error = ApiError(message or phrase)
-        status = {**error.to_status(), "reason": re.sub(r"[^A-Za-z]", "", phrase), "code": code}
+        if code == HTTPStatus.NOT_IMPLEMENTED:  # a method it has no do_ for: Kubernetes' 405
+            code = HTTPStatus.METHOD_NOT_ALLOWED
+            message = f"{self.command} is not supported"
+            status = MethodNotAllowed(message).to_status()
+        else:
+            phrase = HTTPStatus(code).phrase if code in HTTPStatus._value2member_map_ else "Error"
+            error = ApiError(message or phrase)
+            status = {**error.to_status(), "reason": re.sub(r"[^A-Za-z]", "", phrase), "code": code}
         body = json.dumps(status).encode()
         self.send_response(code, message)
         self.send_header("Content-Type", "application/json")

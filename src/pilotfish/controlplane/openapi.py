@@ -224,12 +224,26 @@ def _query(name: str, description: str, kind: str = "string") -> Obj:
     return {"name": name, "in": "query", "description": description, "schema": {"type": kind}}
 
 
-_DRY_RUN = _query("dryRun", "All: validate and compute the result, store nothing")
-_FIELD_MANAGER = _query("fieldManager", "who is writing; required for server-side apply")
-_FORCE = _query("force", "apply: take fields other managers own", "boolean")
+_DRY_RUN = {
+    **_query("dryRun", "All: validate and compute the result, store nothing"),
+    "schema": {"type": "string", "enum": ["All"]},
+}
+_FIELD_MANAGER = {
+    **_query("fieldManager", "who is writing, in printable characters; required for apply"),
+    "schema": {"type": "string", "maxLength": 128},
+}
+# Kubernetes' query booleans: given without a value (`?watch`) means true.
+_FORCE = {
+    **_query("force", "apply: take fields other managers own", "boolean"),
+    "allowEmptyValue": True,
+}
 _LIST_PARAMS = [
     _query("labelSelector", "e.g. app=reviews,version!=v1"),
-    _query("watch", "stream ADDED/MODIFIED/DELETED events as JSON lines", "boolean"),
+    _query("fieldSelector", "metadata.name or metadata.namespace, with =, == or !="),
+    {
+        **_query("watch", "stream ADDED/MODIFIED/DELETED events as JSON lines", "boolean"),
+        "allowEmptyValue": True,
+    },
     _query("resourceVersion", "watch: the resourceVersion to resume after"),
     _query("timeoutSeconds", "watch: end the stream after this long", "integer"),
 ]

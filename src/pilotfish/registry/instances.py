@@ -13,6 +13,8 @@ a lock, a clock, a sweeping thread and change notification.
 
 from __future__ import annotations
 
+import ipaddress
+import json
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -20,6 +22,13 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
+from pilotfish.api.names import (
+    dns1123_label_errors,
+    dns1123_subdomain_errors,
+    is_dns1123_subdomain,
+    label_value_errors,
+    qualified_name_errors,
+)
 from pilotfish.model import Instance
 from pilotfish.periodic import Periodic
 
@@ -152,17 +161,19 @@ def instance_from_json(body: Mapping[str, Any]) -> tuple[Instance, float]:
     if not isinstance(healthy, bool):
         raise InvalidRegistration("healthy: must be true or false")
     instance = Instance(
-        name=name,
-        namespace=_text(body, "namespace") or "default",
-        workload=_text(body, "workload") or name,
-        address=_text(body, "address", required=True),
+        name=_named(name, "name", dns1123_subdomain_errors),
+        namespace=_named(_text(body, "namespace") or "default", "namespace", dns1123_label_errors),
+        workload=_named(_text(body, "workload") or name, "workload", dns1123_subdomain_errors),
+        address=_address(_text(body, "address", required=True), "address"),
         ports=_ports(body, "ports", required=True),
         labels=_labels(body),
-        service_account=_text(body, "serviceAccount") or "default",
+        service_account=_named(
+            _text(body, "serviceAccount") or "default", "serviceAccount", dns1123_subdomain_errors
+        ),
         healthy=healthy,
         locality=_text(body, "locality"),
         app_ports=_ports(body, "appPorts"),
-        app_address=_text(body, "appAddress") or "127.0.0.1",
+        app_address=_address(_text(body, "appAddress") or "127.0.0.1", "appAddress"),
         metrics_port=_port(body, "metricsPort"),
     )
     return instance, float(ttl)
@@ -199,6 +210,27 @@ def _text(body: Mapping[str, Any], field: str, *, required: bool = False) -> str
     return value
 
 
+def _named(value: str, field: str, errors_of: Callable[[str], list[str]]) -> str:
+    """Names as Kubernetes has them: they end up in paths (DELETE .../NS/NAME),
+    SPIFFE IDs (ns/NS/sa/SA) and metric labels, where '/' or a newline would
+    mean something else."""
+    for error in errors_of(value):
+        raise InvalidRegistration(f"{field}: Invalid value: {json.dumps(value)}: {error}")
+    return value
+
+
+def _address(value: str, field: str) -> str:
+    """An IP address or a host name: what a proxy can connect to."""
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        if not is_dns1123_subdomain(value.lower()):
+            raise InvalidRegistration(
+                f"{field}: Invalid value: {json.dumps(value)}: must be an IP address or a host name"
+            ) from None
+    return value
+
+
 def _ports(body: Mapping[str, Any], field: str, *, required: bool = False) -> Mapping[str, int]:
     value = body.get(field) or {}
     if not isinstance(value, dict):
@@ -224,4 +256,9 @@ def _labels(body: Mapping[str, Any]) -> Mapping[str, str]:
     value = body.get("labels") or {}
     if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
         raise InvalidRegistration("labels: must be a map of strings")
+    for key, text in value.items():
+        for error in qualified_name_errors(key):
+            raise InvalidRegistration(f"labels: Invalid value: {json.dumps(key)}: {error}")
+        for error in label_value_errors(text):
+            raise InvalidRegistration(f"labels.{key}: Invalid value: {json.dumps(text)}: {error}")
     return MappingProxyType({str(k): v for k, v in value.items()})

@@ -6,6 +6,7 @@ them."""
 from __future__ import annotations
 
 import base64
+import math
 import re
 import shlex
 import urllib.parse
@@ -30,6 +31,8 @@ HEY_AGENT = "hey/0.0.1"
 CURL_AGENT = "curl/8.5.0"
 _OPERATOR = re.compile(r"^[();<>|&]+$")
 _HEY_HEADER = re.compile(r"^([\w-]+):\s*(.+)")
+_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # RFC 9110 token
+_CTL = re.compile(r"[\x00\r\n]")
 REDIRECTS = (301, 302, 303, 307, 308)
 CURL_TRANSIENT = (408, 429, 500, 502, 503, 504)
 
@@ -229,7 +232,7 @@ def _go_value(tool: str, name: str, kind: str, value: str) -> str:
         if kind == "int":
             int(value, 0)
         elif kind == "float":
-            float(value)
+            _finite(value)
         elif kind == "duration":
             parse_duration_ns(value)
         elif kind == "bool" and value.lower() not in ("1", "t", "true", "0", "f", "false"):
@@ -342,13 +345,22 @@ def _curl_short(letters: str, words: Iterator[str], options: dict[str, list[str]
         return
 
 
+def _finite(text: str) -> float:
+    """A number; NaN and infinity are not (with -q NaN no bound on the rate held:
+    every comparison with NaN is false, so the pacing never waited)."""
+    number = float(text)
+    if not math.isfinite(number):
+        raise ValueError(text)
+    return number
+
+
 def _curl_value(name: str, value: str) -> str:
     if name in ("data", "data-binary", "data-ascii", "json") and value.startswith("@"):
         raise CommandError(f"curl: --{name} {value}: reading files is not supported")
     numeric = ("max-time", "connect-timeout", "retry", "retry-delay")
     if name in (*numeric, "max-redirs"):
         try:
-            number = float(value)
+            number = _finite(value)
         except ValueError:
             raise CommandError(f'curl: --{name}: "{value}" is not a number') from None
         if number < 0 and name != "max-redirs":
@@ -402,7 +414,10 @@ def _curl_redirects(options: Mapping[str, list[str]]) -> int:
 
 def parse_url(text: str) -> Url:
     """An http URL of a mesh service (http:// may be left out)."""
-    parts = urllib.parse.urlsplit(text if "://" in text else f"http://{text}")
+    try:
+        parts = urllib.parse.urlsplit(text if "://" in text else f"http://{text}")
+    except ValueError as e:  # "Invalid IPv6 URL"
+        raise CommandError(f"{text}: {e}") from e
     if parts.scheme != "http":
         raise CommandError(
             f"{text}: only http:// URLs of mesh services are supported "
@@ -439,7 +454,18 @@ def _bounded(load: Load) -> Load:
         raise CommandError(f"{load.tool}: the body is larger than {MAX_BODY} bytes")
     if load.retries > MAX_RETRIES:
         raise CommandError(f"{load.tool}: --retry is above the limit of {MAX_RETRIES}")
+    _check_framing(load)
     return replace(load, timeout_s=min(load.timeout_s, MAX_TIMEOUT_S))
+
+
+def _check_framing(load: Load) -> None:
+    """The method is an HTTP token and no header holds CR, LF or NUL: what a
+    command says must not turn into another request line or header."""
+    if not _TOKEN.match(load.method):
+        raise CommandError(f"{load.tool}: invalid method {load.method!r}: must be an HTTP token")
+    for name, value in load.headers:
+        if not _TOKEN.match(name) or _CTL.search(value):
+            raise CommandError(f"{load.tool}: invalid header {name!r}: {value!r}")
 
 
 def _only_url(tool: str, rest: list[str]) -> Url:

@@ -161,3 +161,37 @@ class _Parser:
 
 def _shown(token: str | None) -> str:
     return "end of string" if token is None else repr(token)
+
+
+# Field selectors: what Kubernetes serves for every kind (metadata.name and
+# metadata.namespace), with =, == and != only. A field selector that is
+# ignored would select everything: `delete --field-selector` would take it all.
+FIELDS = ("metadata.name", "metadata.namespace")
+_FIELD_TERM = re.compile(r"^([^=!]+?)\s*(==|!=|=)\s*(.*)$")
+
+
+def parse_field_selector(text: str | None) -> Selector:
+    """The field selector a string means; BadRequest in Kubernetes' words."""
+    if not text or not text.strip():
+        return Selector(())
+    requirements = []
+    for term in text.split(","):
+        found = _FIELD_TERM.match(term.strip())
+        if found is None:
+            raise BadRequest(f"invalid selector: '{text}'; can't understand '{term}'")
+        key, op, value = found.group(1).strip(), found.group(2), found.group(3).strip()
+        if key not in FIELDS:
+            raise BadRequest(
+                f'"{key}" is not a known field selector: only "metadata.name", "metadata.namespace"'
+            )
+        requirements.append(Requirement(key, "!=" if op == "!=" else "=", (value,)))
+    return Selector(tuple(requirements))
+
+
+def object_fields(metadata: Mapping[str, object] | None) -> dict[str, str]:
+    """An object's fields that a field selector may name."""
+    meta = metadata or {}
+    return {
+        "metadata.name": str(meta.get("name", "")),
+        "metadata.namespace": str(meta.get("namespace", "")),
+    }

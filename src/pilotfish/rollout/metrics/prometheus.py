@@ -17,6 +17,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from pilotfish.client import RedirectHandler
+
 TIMEOUT_S = 5.0
 _SPACE = re.compile(r"\s+")
 _NO_PROXY = urllib.request.ProxyHandler({})
@@ -83,7 +85,7 @@ def value_of(body: Any, address: str = "Prometheus") -> float:
 
 def _query_url(address: str, query: str) -> str:
     parts = urllib.parse.urlsplit(address)
-    if not address or not parts.scheme or not parts.netloc:
+    if parts.scheme not in ("http", "https") or not parts.netloc:
         raise QueryError(f'the provider address "{address}" is not a valid URL')
     path = parts.path.rstrip("/") + "/api/v1/query"
     encoded = urllib.parse.urlencode({"query": _SPACE.sub(" ", query)})
@@ -92,7 +94,7 @@ def _query_url(address: str, query: str) -> str:
 
 def _get(provider: Provider, url: str) -> Any:
     request = urllib.request.Request(url, headers=_headers(provider))
-    handlers: list[urllib.request.BaseHandler] = [_NO_PROXY]
+    handlers: list[urllib.request.BaseHandler] = [_NO_PROXY, RedirectHandler()]
     if provider.insecure:
         handlers.append(urllib.request.HTTPSHandler(context=_unverified()))
     address = provider.address
