@@ -20,17 +20,20 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from pilotfish.ca.identity import DEFAULT_TRUST_DOMAIN
 from pilotfish.model import endpoints as eps
 from pilotfish.model.config import (
     DestinationRule,
     Gateway,
     Obj,
+    PeerAuthentication,
     Sidecar,
     VirtualService,
     exported,
     labels_match,
     read_destination_rule,
     read_gateway,
+    read_peer_authentication,
     read_sidecar,
     read_virtual_service,
 )
@@ -39,6 +42,7 @@ from pilotfish.model.services import service_from_v1, services_from_entry
 from pilotfish.model.types import Endpoint, Instance, Labels, Proxy, Service, ServicePort
 
 NETWORKING = "networking.istio.io"
+SECURITY = "security.istio.io"
 MESH_KINDS = {  # what a snapshot reads; other kinds do not change what proxies get
     ("", "Service"),
     (NETWORKING, "VirtualService"),
@@ -47,6 +51,7 @@ MESH_KINDS = {  # what a snapshot reads; other kinds do not change what proxies 
     (NETWORKING, "ServiceEntry"),
     (NETWORKING, "WorkloadEntry"),
     (NETWORKING, "Sidecar"),
+    (SECURITY, "PeerAuthentication"),
 }
 EndpointKey = tuple[str, str, int]  # (hostname, namespace, port)
 
@@ -70,6 +75,8 @@ class Snapshot:
     destination_rules: tuple[DestinationRule, ...] = ()
     gateways: tuple[Gateway, ...] = ()
     sidecars: tuple[Sidecar, ...] = ()
+    peer_authentications: tuple[PeerAuthentication, ...] = ()  # oldest first
+    trust_domain: str = DEFAULT_TRUST_DOMAIN  # of the SPIFFE identities clusters expect
     endpoint_index: Mapping[EndpointKey, tuple[Endpoint, ...]] = field(
         default_factory=lambda: MappingProxyType({}), repr=False
     )
@@ -300,6 +307,7 @@ def _served(snap: Snapshot) -> dict[tuple[str, str, int], tuple[Service, ...]]:
 def _label_selectors(snap: Snapshot) -> tuple[Labels, ...]:
     found: list[Labels] = [s.selector for s in snap.sidecars if s.selector]
     found += [g.selector for g in snap.gateways if g.selector]
+    found += [p.selector for p in snap.peer_authentications if p.selector]
     for vs in snap.virtual_services:
         for http in vs.http:
             for match in http.get("match") or []:
@@ -356,7 +364,11 @@ def _merge_rules(
     return {ns: MappingProxyType(by_host) for ns, by_host in merged.items()}
 
 
-def build_snapshot(objects: Iterable[Obj], instances: Iterable[Instance] = ()) -> Snapshot:
+def build_snapshot(
+    objects: Iterable[Obj],
+    instances: Iterable[Instance] = (),
+    trust_domain: str = DEFAULT_TRUST_DOMAIN,
+) -> Snapshot:
     """A snapshot from stored objects (any kinds; others are ignored) and the
     registered instances. Config is ordered oldest first, as Istio orders it
     to settle conflicts."""
@@ -376,6 +388,8 @@ def build_snapshot(objects: Iterable[Obj], instances: Iterable[Instance] = ()) -
         destination_rules=tuple(map(read_destination_rule, by_kind["DestinationRule"])),
         gateways=tuple(map(read_gateway, by_kind["Gateway"])),
         sidecars=tuple(map(read_sidecar, by_kind["Sidecar"])),
+        peer_authentications=tuple(map(read_peer_authentication, by_kind["PeerAuthentication"])),
+        trust_domain=trust_domain,
         endpoint_index=MappingProxyType(_endpoint_index(by_kind, services, live)),
     )
 

@@ -61,6 +61,7 @@ class AccessRecord:
     upstream_transport_failure_reason: str | None = None
     downstream_local_address: str | None = None
     downstream_remote_address: str | None = None
+    downstream_peer_uri_san: str | None = None
     requested_server_name: str | None = None
     route_name: str | None = None
 
@@ -80,6 +81,7 @@ def to_json(record: AccessRecord) -> dict[str, object]:
         "bytes_sent": record.bytes_sent,
         "connection_termination_details": record.connection_termination_details,
         "downstream_local_address": record.downstream_local_address,
+        "downstream_peer_uri_san": record.downstream_peer_uri_san,
         "downstream_remote_address": record.downstream_remote_address,
         "duration": record.duration,
         "method": record.method,

@@ -141,11 +141,13 @@ class Exchange:
         "status",
         "target",
         "timer",
+        "transport_failure",
         "tried",
         "try_timer",
         "tunnel",
         "upstream_head",
         "upstream_path",
+        "upstream_tls",
         "waiting",
     )
 
@@ -175,6 +177,8 @@ class Exchange:
         self.cluster_stats: ClusterStats | None = None
         self.host: Host | None = None
         self.last_host: Host | None = None  # for the access log: the host of the last try
+        self.upstream_tls = False  # the last try's connection was mutual TLS
+        self.transport_failure: str | None = None  # why the last TLS handshake failed
         self.retry: RetryPolicy | None = None  # the forwarding route's
         self.tried: frozenset[Host] | set[Host] = frozenset()  # for the previous-hosts predicate
         self.conn: UpstreamConnection | None = None
@@ -491,6 +495,7 @@ class Exchange:
             return
         self.waiting = False
         self.conn, self.sent = conn, True
+        self.upstream_tls = conn.tls
         body = self.pending_body()
         conn.send(self, self.method, self.upstream_head + body)
 
@@ -508,10 +513,12 @@ class Exchange:
             return encode_chunk(data) + (LAST_CHUNK if self.body_done else b"")
         return data
 
-    def on_connect_failure(self, timed_out: bool) -> None:
+    def on_connect_failure(self, timed_out: bool, reason: str | None = None) -> None:
+        """`reason`: a failed TLS handshake's, as Envoy's upstream transport failure reason."""
         if not self.waiting or self.done:
             return
         self.waiting = False
+        self.transport_failure = reason
         self.report(LocalOrigin.TIMEOUT if timed_out else LocalOrigin.CONNECT_FAILED)
         self.try_failed("UF")
 
@@ -725,6 +732,8 @@ class Exchange:
 
     def fail(self, flag: str) -> None:
         status, body = FAILURE_BODIES.get(flag, (503, b"upstream failure"))
+        if flag == "UF" and self.transport_failure:
+            body += b", transport failure reason: " + self.transport_failure.encode()
         self.local(status, body, flag)
 
     def drop_upstream(self) -> None:
