@@ -29,9 +29,7 @@ from pilotfish.proxy.tls import DownstreamTls, TlsConfigError, compile_downstrea
 
 HCM_NAME = "envoy.filters.network.http_connection_manager"
 TLS_CONTEXT = xds_types.PREFIX + "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
-TLS_INSPECTOR = (
-    xds_types.PREFIX + "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"
-)
+TLS_INSPECTOR = xds_types.PREFIX + "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"
 DEFAULT_MAX_HEADERS_KB = 60
 # Envoy has no default; a slow-headers guard is what a sidecar wants (0s in the config disables it).
 DEFAULT_REQUEST_HEADERS_TIMEOUT_S = 10.0
