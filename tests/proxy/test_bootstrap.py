@@ -6,7 +6,8 @@ from pilotfish.proxy.bootstrap import BootstrapError, load_bootstrap, parse_boot
 
 HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 
-STATIC = """
+STATIC = (
+    """
 node:
   id: sidecar~127.0.0.1~reviews-v1-1.default~default.svc.cluster.local
   cluster: reviews
@@ -32,6 +33,7 @@ static_resources:
       cluster_name: backend
       endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: 8000}}}}]}]
 """.replace("HCM_TYPE", HCM)
+)
 
 
 def test_static_bootstrap_from_yaml(tmp_path: Path) -> None:
