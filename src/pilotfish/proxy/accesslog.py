@@ -74,14 +74,23 @@ def format_start_time(seconds: float) -> str:
 
 
 def to_json(record: AccessRecord) -> dict[str, object]:
-    """The JSON object of one line, keys sorted as Envoy prints a Struct."""
+    """The JSON object of one line, keys sorted as Envoy prints a Struct:
+    Istio's default JSON format, and under mutual TLS the caller's SPIFFE ID
+    (Envoy's %DOWNSTREAM_PEER_URI_SAN%), so plaintext lines keep Istio's shape."""
+    line = _istio_fields(record)
+    if record.downstream_peer_uri_san is not None:
+        line["downstream_peer_uri_san"] = record.downstream_peer_uri_san
+        line = dict(sorted(line.items()))
+    return line
+
+
+def _istio_fields(record: AccessRecord) -> dict[str, object]:
     return {
         "authority": record.authority,
         "bytes_received": record.bytes_received,
         "bytes_sent": record.bytes_sent,
         "connection_termination_details": record.connection_termination_details,
         "downstream_local_address": record.downstream_local_address,
-        "downstream_peer_uri_san": record.downstream_peer_uri_san,
         "downstream_remote_address": record.downstream_remote_address,
         "duration": record.duration,
         "method": record.method,

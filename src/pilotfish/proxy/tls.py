@@ -26,17 +26,9 @@ from typing import Any, Protocol
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, tls_pb2
 from envoy.extensions.transport_sockets.tls.v3.secret_pb2 import Secret
 
+from pilotfish.ca.workload import ISTIO_CIPHERS
 from pilotfish.proxy.proto_fields import unsupported
 
-# Istio's default cipher suites for TLS 1.2 (TLS 1.3's are fixed by the protocol).
-ISTIO_CIPHERS = (
-    "ECDHE-ECDSA-AES256-GCM-SHA384",
-    "ECDHE-RSA-AES256-GCM-SHA384",
-    "ECDHE-ECDSA-AES128-GCM-SHA256",
-    "ECDHE-RSA-AES128-GCM-SHA256",
-    "AES256-GCM-SHA384",
-    "AES128-GCM-SHA256",
-)
 _VERSIONS = {
     common_pb2.TlsParameters.TLS_AUTO: ssl.TLSVersion.TLSv1_2,
     common_pb2.TlsParameters.TLSv1_2: ssl.TLSVersion.TLSv1_2,

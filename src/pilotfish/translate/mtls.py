@@ -33,6 +33,7 @@ from google.protobuf import struct_pb2
 from google.protobuf.wrappers_pb2 import BoolValue
 
 from pilotfish.ca.identity import TLS_MODE_LABEL
+from pilotfish.ca.workload import ISTIO_CIPHERS
 from pilotfish.model import ROOT_NAMESPACE, Endpoint, Service, Snapshot
 from pilotfish.model.config import PeerAuthentication, labels_match
 from pilotfish.model.types import Labels
@@ -46,15 +47,6 @@ RAW_SOCKET = "envoy.transport_sockets.raw_buffer"
 INBOUND_ALPN = ("istio-peer-exchange", "istio", "istio-http/1.0", "istio-http/1.1", "istio-h2")
 OUTBOUND_ALPN = ("istio-peer-exchange", "istio-http/1.1", "istio")
 SERVER_ALPN = ("istio-http/1.1", "http/1.1")  # the sidecar speaks HTTP/1.1 inside TLS
-# Istio's default TLS 1.2 cipher suites.
-CIPHERS = (
-    "ECDHE-ECDSA-AES256-GCM-SHA384",
-    "ECDHE-RSA-AES256-GCM-SHA384",
-    "ECDHE-ECDSA-AES128-GCM-SHA256",
-    "ECDHE-RSA-AES128-GCM-SHA256",
-    "AES256-GCM-SHA384",
-    "AES128-GCM-SHA256",
-)
 
 
 class Mode(StrEnum):
@@ -103,7 +95,7 @@ def _common(alpn: Iterable[str], sans: Iterable[str] = ()) -> tls_pb2.CommonTlsC
     context = tls_pb2.CommonTlsContext(
         tls_params=common_pb2.TlsParameters(
             tls_minimum_protocol_version=common_pb2.TlsParameters.TLSv1_2,
-            cipher_suites=list(CIPHERS),
+            cipher_suites=list(ISTIO_CIPHERS),
         ),
         tls_certificate_sds_secret_configs=[_sds(CERTIFICATE)],
         alpn_protocols=list(alpn),
