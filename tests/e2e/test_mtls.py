@@ -193,6 +193,48 @@ def test_plaintext_reaches_a_permissive_port_and_is_refused_on_a_strict_one(worl
     assert curl(plain).status == 200
 
 
+def _requests_total(sidecar: Sidecar, policy: str) -> int:
+    wanted = ('reporter="destination"', f'connection_security_policy="{policy}"')
+    return sum(
+        int(float(line.rsplit(" ", 1)[1]))
+        for line in sidecar.stats().splitlines()
+        if line.startswith("istio_requests_total{") and all(w in line for w in wanted)
+    )
+
+
+def test_a_destination_rule_disabling_tls_applies_to_pooled_connections(world: World) -> None:
+    """The caller's pool holds a TLS connection to reviews; after a
+    DestinationRule says DISABLE, requests go in plaintext, not over it."""
+    assert world.via_client(REVIEWS)[0] == 200
+    before = _requests_total(world.reviews, "none")
+    world.mesh.apply(
+        """
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews-plain}
+spec:
+  host: reviews
+  trafficPolicy: {tls: {mode: DISABLE}}
+"""
+    )
+    try:
+
+        def plaintext_arrives() -> bool:
+            assert world.via_client(REVIEWS)[0] == 200
+            return _requests_total(world.reviews, "none") > before
+
+        wait_until(plaintext_arrives, 10, "still mutual TLS over the pooled connection")
+    finally:
+        world.mesh.delete("destinationrule", "reviews-plain")
+    after = _requests_total(world.reviews, "mutual_tls")
+
+    def mtls_again() -> bool:
+        assert world.via_client(REVIEWS)[0] == 200
+        return _requests_total(world.reviews, "mutual_tls") > after
+
+    wait_until(mtls_again, 10, "mutual TLS did not come back")
+
+
 def _register_as(world: World, instance: str, app: str, account: str, port: int) -> None:
     """An instance of `app` claiming service account `account`, with a sidecar (tlsMode istio)."""
     world.mesh._client().register_instance(

@@ -50,6 +50,7 @@ class ResponseSink(Protocol):
 
 class UpstreamConnection(asyncio.Protocol):
     tls = False  # mutual TLS (set once the handshake and the SAN check passed)
+    made_with: UpstreamTls | None = None  # the cluster's TLS settings it was opened with
     peer_principal: str | None = None  # the server certificate's SPIFFE ID under TLS
 
     def __init__(self, pool: Pool, host: Host, cluster: Cluster) -> None:
@@ -195,9 +196,10 @@ class Pool:
         idle = self.idle.get(host)
         while idle:
             conn = idle.pop()
-            if conn.alive:
+            if conn.alive and (conn.cluster is cluster or self._still_fits(conn, host, cluster)):
                 sink.on_connection(conn)
                 return True
+            conn.close()
         breakers = cluster.breakers
         if not breakers.try_acquire_pending():
             return False
@@ -207,6 +209,11 @@ class Pool:
         else:
             self.waiting.setdefault(host, deque()).append((sink, cluster))
         return True
+
+    def _still_fits(self, conn: UpstreamConnection, host: Host, cluster: Cluster) -> bool:
+        """After a CDS push: a connection made under the old cluster is reused
+        only if the new one connects the same way (TLS or not, same context)."""
+        return conn.made_with == cluster.spec.upstream_tls(host.metadata)
 
     def cancel(self, host: Host, sink: ResponseSink) -> None:
         """A waiting request gave up (timeout, client gone)."""
@@ -277,6 +284,7 @@ class Pool:
             reason = failure_reason(e) if isinstance(e, ssl.SSLError) else None
             self._open_failed(cluster, sink, isinstance(e, TimeoutError), reason)
             return
+        conn.made_with = tls
         if tls is not None:
             reason = self._verify(conn, tls)
             if reason is not None:
