@@ -27,9 +27,9 @@ from processes import free_port
 from sidecar_mesh import Backend, Sidecar, SidecarMesh, curl
 
 from pilotfish.agent.bootstrap import SidecarIdentity
-from pilotfish.ca.cacerts import ROOT_CERT, SELF_SIGNED_DIR, self_signed
+from pilotfish.ca.cacerts import ROOT_CERT, SELF_SIGNED_DIR, load_cacerts, self_signed
 from pilotfish.ca.identity import TLS_MODE_LABEL, SpiffeId
-from pilotfish.ca.workload import csr_for, key_pem, new_key
+from pilotfish.ca.workload import csr_for, key_pem, new_key, pem
 
 pytestmark = [
     pytest.mark.slow,
@@ -309,6 +309,38 @@ def test_a_server_of_a_foreign_ca_fails_with_uf_unknown_ca(world: World) -> None
         assert "unknown CA" in body, body
         # the proxy stays up and serves the rest of the mesh
         assert world.via_client(REVIEWS)[0] == 200
+    finally:
+        server.terminate()
+        server.wait(timeout=5)
+
+
+def test_a_server_refusing_the_callers_certificate_fails_with_uf(world: World) -> None:
+    """openssl s_server with a mesh certificate, trusting another root for
+    clients: TLS 1.3 refuses the caller's certificate after the caller's
+    handshake, and that is still UF with the alert named, not a reset."""
+    world.mesh.apply(service("checkout"))
+    mesh_ca = load_cacerts(world.mesh.plane.data_dir / SELF_SIGNED_DIR, "cluster.local")
+    foreign = self_signed(world.tmp / "foreign-clients", "cluster.local")
+    key = new_key()
+    identity = "spiffe://cluster.local/ns/default/sa/bookinfo-checkout"
+    chain = mesh_ca.sign(csr_for(key, identity), SpiffeId.parse(identity), requested_seconds=3600)
+    (world.tmp / "checkout.pem").write_text("".join(chain))
+    (world.tmp / "checkout.key").write_bytes(key_pem(key))
+    (world.tmp / "other-root.pem").write_text(pem(foreign.root))
+    port = free_port()
+    server = subprocess.Popen(
+        ["openssl", "s_server", "-accept", str(port), "-cert", str(world.tmp / "checkout.pem"),
+         "-key", str(world.tmp / "checkout.key"), "-Verify", "1", "-verify_return_error",
+         "-CAfile", str(world.tmp / "other-root.pem"), "-www", "-quiet"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        _register_as(world, "checkout-v1", "checkout", "bookinfo-checkout", port)
+        url = "http://checkout:9080/"
+        wait_until(lambda: world.via_client(url)[1] not in ("", "UH"), 10, "no endpoint")
+        status, flags, body = world.via_client(url)
+        assert status == 503 and "UF" in flags.split(","), (flags, body)
+        assert "TLS error: TLSV1_ALERT_UNKNOWN_CA" in body, body
     finally:
         server.terminate()
         server.wait(timeout=5)

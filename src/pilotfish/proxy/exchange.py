@@ -645,6 +645,8 @@ class Exchange:
 
     def on_upstream_error(self, error: ProtocolError) -> None:
         self.conn = None
+        if error.flag == "UF":  # the server refused our certificate (see pool.py)
+            self.transport_failure = error.reason
         if self.tunnel:
             self.finish()
             self.down.close()

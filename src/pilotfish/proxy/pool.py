@@ -109,7 +109,12 @@ class UpstreamConnection(asyncio.Protocol):
         self.pool.stats.cluster(self.cluster.name).upstream_cx_destroy += 1
         self.pool.lost(self)
         if self.sink is not None:
-            self._fail(ProtocolError("upstream connection reset", 503, "UC"))
+            if isinstance(exc, ssl.SSLError):
+                # A TLS 1.3 server refuses the client's certificate after the
+                # client's handshake is done: it is still a TLS failure.
+                self._fail(ProtocolError(failure_reason(exc), 503, "UF"))
+            else:
+                self._fail(ProtocolError("upstream connection reset", 503, "UC"))
 
     def pause_writing(self) -> None:
         if self.sink is not None:
