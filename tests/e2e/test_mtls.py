@@ -346,6 +346,63 @@ def test_a_server_refusing_the_callers_certificate_fails_with_uf(world: World) -
         server.wait(timeout=5)
 
 
+def test_destination_rule_tls_simple_and_mutual_originate_tls_with_files(world: World) -> None:
+    """An application's own TLS server (openssl s_server, a company CA,
+    client certificates required), registered without a sidecar: MUTUAL with
+    the company's files reaches it; SIMPLE trusting another root fails UF."""
+    world.mesh.apply(service("shop"))
+    company = self_signed(world.tmp / "company", "cluster.local")
+    files = {}
+    for who in ("server", "client"):
+        key = new_key()
+        spiffe = f"spiffe://cluster.local/ns/default/sa/shop-{who}"
+        chain = company.sign(csr_for(key, spiffe), SpiffeId.parse(spiffe), requested_seconds=3600)
+        files[who] = (world.tmp / f"shop-{who}.pem", world.tmp / f"shop-{who}.key")
+        files[who][0].write_text("".join(chain))
+        files[who][1].write_bytes(key_pem(key))
+    root = world.tmp / "company-root.pem"
+    root.write_text(pem(company.root))
+    port = free_port()
+    server = subprocess.Popen(
+        ["openssl", "s_server", "-accept", str(port), "-cert", str(files["server"][0]),
+         "-key", str(files["server"][1]), "-Verify", "1", "-verify_return_error",
+         "-CAfile", str(root), "-www", "-quiet"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    rule = """
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: shop}}
+spec:
+  host: shop
+  trafficPolicy: {{tls: {tls}}}
+"""
+    mutual = (
+        f"{{mode: MUTUAL, caCertificates: {root}, clientCertificate: {files['client'][0]}, "
+        f"privateKey: {files['client'][1]}, "
+        "subjectAltNames: [spiffe://cluster.local/ns/default/sa/shop-server]}"
+    )
+    url = "http://shop:9080/"
+    try:
+        world.mesh._client().register_instance(
+            {"name": "shop-v1", "namespace": "default", "workload": "shop-v1",
+             "address": "127.0.0.1", "ports": {"http": port}, "labels": {"app": "shop"},
+             "ttlSeconds": 300}
+        )  # fmt: skip
+        world.mesh.registered.append("shop-v1")
+        world.mesh.apply(rule.format(tls=mutual))
+        wait_until(lambda: world.via_client(url)[0] == 200, 10, "MUTUAL never reached shop")
+        assert "s_server" in world.via_client(url)[2]
+        world.mesh.apply(rule.format(tls=f"{{mode: SIMPLE, caCertificates: {world.root}}}"))
+        wait_until(lambda: world.via_client(url)[0] == 503, 10, "SIMPLE with another root passed")
+        status, flags, body = world.via_client(url)
+        assert status == 503 and "UF" in flags.split(",") and "unknown CA" in body, (flags, body)
+    finally:
+        world.mesh.delete("destinationrule", "shop")
+        server.terminate()
+        server.wait(timeout=5)
+
+
 def _load(port: int, stop: threading.Event, results: list[str]) -> None:
     """Keep-alive requests through the caller's sidecar until `stop`."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)

@@ -92,8 +92,9 @@ def test_mutual_tls_handshake_and_both_peers_identities(mesh_ca: CertificateAuth
 
 def test_no_certificate_yet_means_no_context() -> None:
     empty = WorkloadCertificates("127.0.0.1:1", CLIENT_ID, Path("/nonexistent"))
-    assert TlsContexts(empty).client(CLIENT) is None
-    assert TlsContexts(None).server(SERVER) is None
+    with pytest.raises(ssl.SSLError, match="the SDS secret default is not available"):
+        TlsContexts(empty).client(CLIENT)
+    assert TlsContexts(None).server(SERVER) is None  # the listener closes the connection
 
 
 def test_a_server_of_another_ca_is_an_unknown_ca(

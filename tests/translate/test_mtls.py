@@ -227,3 +227,32 @@ def test_an_external_service_entry_and_a_proxyless_client_get_no_tls() -> None:
     _, found = clusters(instances=[meshed("reviews", "v1", 19083)], proxy=grpc)
     assert not found[CLUSTER].transport_socket_matches
     assert not found[CLUSTER].HasField("transport_socket")
+
+
+def test_simple_and_mutual_name_istio_agents_file_backed_secrets() -> None:
+    def spec_for(tls: Obj) -> Any:
+        rule = {
+            "apiVersion": "networking.istio.io/v1",
+            "kind": "DestinationRule",
+            "metadata": {"name": "reviews", "namespace": "default"},
+            "spec": {"host": "reviews", "trafficPolicy": {"tls": tls}},
+        }
+        _, found = clusters(rule, instances=[meshed("reviews", "v1", 19083)])
+        return compile_cluster(found[CLUSTER])
+
+    mutual = spec_for(
+        {"mode": "MUTUAL", "caCertificates": "/etc/ca.pem", "clientCertificate": "/etc/c.pem",
+         "privateKey": "/etc/c.key", "sni": "shop.example", "subjectAltNames": ["spiffe://x/y"]}
+    ).upstream_tls({})  # fmt: skip
+    assert mutual is not None and mutual.sni == "shop.example"
+    assert mutual.settings.certificate == "file-cert:/etc/c.pem~/etc/c.key"
+    assert mutual.settings.validation == "file-root:/etc/ca.pem"
+    assert mutual.settings.sans == ("spiffe://x/y",)
+    simple = spec_for({"mode": "SIMPLE"}).upstream_tls({})
+    assert simple is not None and simple.sni == "reviews.default.svc.cluster.local"
+    assert (simple.settings.certificate, simple.settings.validation) == ("", "")  # system roots
+    # credentialName: Istio's SDS names, which the sidecar does not serve yet (fails closed)
+    named = spec_for({"mode": "MUTUAL", "credentialName": "shop-tls"}).upstream_tls({})
+    assert named is not None
+    assert named.settings.certificate == "kubernetes://shop-tls"
+    assert named.settings.validation == "kubernetes://shop-tls-cacert"

@@ -273,10 +273,8 @@ class Pool:
     async def _open(self, host: Host, cluster: Cluster, sink: ResponseSink) -> None:
         loop = asyncio.get_running_loop()
         tls = cluster.spec.upstream_tls(host.metadata)
-        context = self.tls.client(tls) if tls is not None else None
         try:
-            if tls is not None and context is None:
-                raise ssl.SSLError("no workload certificate yet")
+            context = self.tls.client(tls) if tls is not None else None
             async with asyncio.timeout(cluster.spec.connect_timeout):
                 _, conn = await loop.create_connection(
                     lambda: UpstreamConnection(self, host, cluster),

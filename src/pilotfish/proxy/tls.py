@@ -56,6 +56,9 @@ DOWNSTREAM_FIELDS = frozenset(
 UPSTREAM_FIELDS = frozenset({*("common_tls_context." + f for f in COMMON_FIELDS), "sni"})
 
 
+FILE_ROOT, FILE_CERT = "file-root:", "file-cert:"
+
+
 class TlsConfigError(ValueError):
     """A TLS context pilotfish cannot serve; the message names the field."""
 
@@ -95,12 +98,12 @@ class UpstreamTls:
 def compile_downstream(proto: tls_pb2.DownstreamTlsContext, where: str) -> DownstreamTls:
     _check(proto, DOWNSTREAM_FIELDS, where)
     required = proto.require_client_certificate.value
-    return DownstreamTls(_settings(proto.common_tls_context, where), required)
+    return DownstreamTls(_settings(proto.common_tls_context, where, server=True), required)
 
 
 def compile_upstream(proto: tls_pb2.UpstreamTlsContext, where: str) -> UpstreamTls:
     _check(proto, UPSTREAM_FIELDS, where)
-    return UpstreamTls(_settings(proto.common_tls_context, where), proto.sni)
+    return UpstreamTls(_settings(proto.common_tls_context, where, server=False), proto.sni)
 
 
 def _check(proto: Any, allowed: frozenset[str], where: str) -> None:
@@ -109,26 +112,49 @@ def _check(proto: Any, allowed: frozenset[str], where: str) -> None:
         raise TlsConfigError(f"{where}: field not supported by pilotfish: {', '.join(bad)}")
 
 
-def _settings(common: tls_pb2.CommonTlsContext, where: str) -> TlsSettings:
+def _settings(common: tls_pb2.CommonTlsContext, where: str, server: bool) -> TlsSettings:
     certs = common.tls_certificate_sds_secret_configs
     validation = common.combined_validation_context.validation_context_sds_secret_config.name
-    if len(certs) != 1 or not validation:
+    if len(certs) > 1 or (server and not (certs and validation)):
         raise TlsConfigError(
-            f"{where}: a TLS context needs one tls_certificate_sds_secret_configs and a "
-            "combined_validation_context.validation_context_sds_secret_config"
+            f"{where}: a TLS context needs one tls_certificate_sds_secret_configs"
+            + (
+                " and a combined_validation_context.validation_context_sds_secret_config"
+                if server
+                else ""
+            )
         )
     version = _VERSIONS.get(common.tls_params.tls_minimum_protocol_version)
     if version is None:
         raise TlsConfigError(f"{where}: tls_params.tls_minimum_protocol_version: TLS 1.2 or 1.3")
     matchers = common.combined_validation_context.default_validation_context.match_subject_alt_names
     return TlsSettings(
-        certificate=certs[0].name,
+        certificate=certs[0].name if certs else "",
         validation=validation,
         min_version=version,
         ciphers=tuple(common.tls_params.cipher_suites) or ISTIO_CIPHERS,
         alpn=tuple(common.alpn_protocols),
         sans=tuple(m.exact for m in matchers),
     )
+
+
+def file_secret(name: str) -> Secret | None:
+    """istio-agent's file-backed SDS names, read from disk: `file-root:PATH`
+    (a trust bundle) and `file-cert:CERT~KEY` (a certificate chain and its
+    key), what Istio writes for a DestinationRule's caCertificates and
+    clientCertificate/privateKey. None for another name; OSError if unreadable."""
+    secret = Secret(name=name)
+    if name.startswith(FILE_ROOT):
+        with open(name[len(FILE_ROOT) :], "rb") as f:
+            secret.validation_context.trusted_ca.inline_bytes = f.read()
+        return secret
+    if name.startswith(FILE_CERT):
+        cert, _, key = name[len(FILE_CERT) :].partition("~")
+        with open(cert, "rb") as c, open(key, "rb") as k:
+            secret.tls_certificate.certificate_chain.inline_bytes = c.read()
+            secret.tls_certificate.private_key.inline_bytes = k.read()
+        return secret
+    return None
 
 
 class TlsContexts:
@@ -144,25 +170,44 @@ class TlsContexts:
 
     def server(self, tls: DownstreamTls) -> ssl.SSLContext | None:
         """None while the sidecar has no certificate yet."""
-        return self._get(tls, lambda s: _server_context(tls, s))
+        return self._get(tls, tls.settings, lambda s: _server_context(tls, s))
 
-    def client(self, tls: UpstreamTls) -> ssl.SSLContext | None:
-        return self._get(tls, lambda s: _client_context(tls, s))
+    def client(self, tls: UpstreamTls) -> ssl.SSLContext:
+        """ssl.SSLError naming a secret that is not there (yet), or a
+        file-backed one that cannot be read or loaded."""
+        context = self._get(tls, tls.settings, lambda s: _client_context(tls, s))
+        if context is None:
+            have = self.source.secrets() if self.source is not None else {}
+            names = (tls.settings.certificate, tls.settings.validation)
+            missing = next(n for n in names if n and n not in have)
+            raise ssl.SSLError(f"the SDS secret {missing} is not available")
+        return context
 
-    def _get(self, key: object, make: Any) -> ssl.SSLContext | None:
-        if self.source is None:
-            return None
-        version = self.source.version
+    def _get(self, key: object, settings: TlsSettings, make: Any) -> ssl.SSLContext | None:
+        version = self.source.version if self.source is not None else 0
         if version != self._version:
             self._cache.clear()  # live connections keep their own reference
             self._version = version
         context = self._cache.get(key)
         if context is None:
-            secrets = self.source.secrets()
-            if not secrets:
+            secrets = self._secrets(settings)
+            if secrets is None:
                 return None
             context = self._cache[key] = make(secrets)
         return context
+
+    def _secrets(self, settings: TlsSettings) -> dict[str, Secret] | None:
+        found = dict(self.source.secrets()) if self.source is not None else {}
+        for name in (settings.certificate, settings.validation):
+            if name and name not in found:
+                try:
+                    secret = file_secret(name)
+                except OSError as e:
+                    raise ssl.SSLError(f"the SDS secret {name} cannot be read: {e.strerror}") from e
+                if secret is None:
+                    return None
+                found[name] = secret
+        return found
 
 
 def _server_context(tls: DownstreamTls, secrets: dict[str, Secret]) -> ssl.SSLContext:
@@ -186,12 +231,18 @@ def _base_context(
     context.set_ciphers(":".join(settings.ciphers))
     if settings.alpn:
         context.set_alpn_protocols(list(settings.alpn))
-    certificate = secrets[settings.certificate].tls_certificate
-    _load_certificate(
-        context, certificate.certificate_chain.inline_bytes, certificate.private_key.inline_bytes
-    )
-    roots = secrets[settings.validation].validation_context.trusted_ca.inline_bytes
-    context.load_verify_locations(cadata=roots.decode())
+    if settings.certificate:
+        certificate = secrets[settings.certificate].tls_certificate
+        _load_certificate(
+            context,
+            certificate.certificate_chain.inline_bytes,
+            certificate.private_key.inline_bytes,
+        )
+    if settings.validation:
+        roots = secrets[settings.validation].validation_context.trusted_ca.inline_bytes
+        context.load_verify_locations(cadata=roots.decode())
+    else:
+        context.load_default_certs()  # Istio verifies against the system's roots
     return context
 
 

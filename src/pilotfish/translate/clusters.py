@@ -5,9 +5,9 @@ instance, pointing at the application behind it.
 
 Sidecars and gateways get Istio's auto mTLS (see mtls.py): TLS to endpoints
 with a sidecar, plaintext to others; `trafficPolicy.tls` mode ISTIO_MUTUAL
-or DISABLE overrides it. SIMPLE and MUTUAL (the application's own TLS) are
-not translated yet. Locality load balancing, warmup and PASSTHROUGH are not
-translated either.
+or DISABLE overrides it; SIMPLE and MUTUAL originate TLS with the files it
+names (a credentialName's Secret is not served yet: its connections fail).
+Locality load balancing, warmup and PASSTHROUGH are not translated either.
 """
 
 from __future__ import annotations
@@ -119,10 +119,14 @@ def translate_outbound_cluster(
 def _apply_tls(
     out: Cluster, snapshot: Snapshot, service: Service, port: int, subset: str, tls: Obj
 ) -> None:
-    """Auto mTLS, unless the DestinationRule's `tls` says ISTIO_MUTUAL or DISABLE."""
+    """Auto mTLS, unless the DestinationRule's `tls` says otherwise."""
     mode = str(tls.get("mode") or "")
-    if mode and mode != "ISTIO_MUTUAL":
-        return  # DISABLE; SIMPLE and MUTUAL are not supported yet (plaintext)
+    if mode in ("SIMPLE", "MUTUAL"):
+        origination = mtls.origination_tls(tls, service.hostname)
+        out.transport_socket.CopyFrom(mtls.transport_socket(origination))
+        return
+    if mode == "DISABLE":
+        return
     sans = tls.get("subjectAltNames") or mtls.service_identities(snapshot, service, port)
     context = mtls.upstream_tls(tls.get("sni") or mtls.sni(port, subset, service.hostname), sans)
     if mode == "ISTIO_MUTUAL":

@@ -12,7 +12,8 @@
   (those with a sidecar holding a mesh certificate) and plaintext to others;
   the server must present one of the service's identities (its endpoints'
   service accounts). A DestinationRule's `tls` mode ISTIO_MUTUAL forces TLS,
-  DISABLE forces plaintext.
+  DISABLE forces plaintext; SIMPLE and MUTUAL originate TLS to the
+  application's own server with the files the rule names.
 
 The TLS contexts name the SDS secrets istio-agent serves (`default`,
 `ROOTCA`), Istio's ALPN and SNI, TLS 1.2 at least and Istio's ciphers.
@@ -37,7 +38,7 @@ from pilotfish.ca.workload import ISTIO_CIPHERS
 from pilotfish.model import ROOT_NAMESPACE, Endpoint, Service, Snapshot
 from pilotfish.model.config import PeerAuthentication, labels_match
 from pilotfish.model.types import Labels
-from pilotfish.translate.protos import pack
+from pilotfish.translate.protos import Obj, pack
 
 TRANSPORT_SOCKET_MATCH = "envoy.transport_socket_match"  # the endpoint metadata key
 CERTIFICATE, ROOTCA = "default", "ROOTCA"  # istio-agent's SDS names
@@ -91,17 +92,25 @@ def _sds(name: str) -> tls_pb2.SdsSecretConfig:
     )
 
 
-def _common(alpn: Iterable[str], sans: Iterable[str] = ()) -> tls_pb2.CommonTlsContext:
+def _common(
+    alpn: Iterable[str],
+    sans: Iterable[str] = (),
+    certificate: str = CERTIFICATE,
+    root: str = ROOTCA,
+) -> tls_pb2.CommonTlsContext:
+    """SDS names of the certificate and the trust bundle; "" for none (no
+    client certificate; the system's roots)."""
     context = tls_pb2.CommonTlsContext(
         tls_params=common_pb2.TlsParameters(
             tls_minimum_protocol_version=common_pb2.TlsParameters.TLSv1_2,
             cipher_suites=list(ISTIO_CIPHERS),
         ),
-        tls_certificate_sds_secret_configs=[_sds(CERTIFICATE)],
+        tls_certificate_sds_secret_configs=[_sds(certificate)] if certificate else [],
         alpn_protocols=list(alpn),
     )
     combined = context.combined_validation_context
-    combined.validation_context_sds_secret_config.CopyFrom(_sds(ROOTCA))
+    if root:
+        combined.validation_context_sds_secret_config.CopyFrom(_sds(root))
     combined.default_validation_context.SetInParent()
     for san in sans:
         combined.default_validation_context.match_subject_alt_names.append(
@@ -145,6 +154,28 @@ def service_identities(snapshot: Snapshot, service: Service, port: int) -> list[
 
 def upstream_tls(sni_name: str, sans: Iterable[str]) -> tls_pb2.UpstreamTlsContext:
     return tls_pb2.UpstreamTlsContext(common_tls_context=_common(OUTBOUND_ALPN, sans), sni=sni_name)
+
+
+def origination_tls(tls: Obj, host: str) -> tls_pb2.UpstreamTlsContext:
+    """DestinationRule tls SIMPLE or MUTUAL with files, as Istio writes it:
+    istio-agent's file-backed SDS names `file-root:CA` and `file-cert:CERT~KEY`;
+    SNI `sni`, else the host. A credentialName becomes Istio's SDS names
+    `kubernetes://NAME` and `kubernetes://NAME-cacert`, which the sidecar does
+    not serve yet: such a cluster fails its connections (UF) rather than
+    sending plaintext."""
+    credential = tls.get("credentialName")
+    certificate = ""
+    if credential:
+        root = f"kubernetes://{credential}-cacert"
+        certificate = f"kubernetes://{credential}" if tls.get("mode") == "MUTUAL" else ""
+    else:
+        root = f"file-root:{tls['caCertificates']}" if tls.get("caCertificates") else ""
+        if tls.get("mode") == "MUTUAL":
+            certificate = (
+                f"file-cert:{tls.get('clientCertificate', '')}~{tls.get('privateKey', '')}"
+            )
+    context = _common((), tls.get("subjectAltNames") or (), certificate, root)
+    return tls_pb2.UpstreamTlsContext(common_tls_context=context, sni=tls.get("sni") or host)
 
 
 def auto_mtls_matches(context: tls_pb2.UpstreamTlsContext) -> list[Cluster.TransportSocketMatch]:
