@@ -92,9 +92,36 @@ def test_mutual_tls_handshake_and_both_peers_identities(mesh_ca: CertificateAuth
 
 def test_no_certificate_yet_means_no_context() -> None:
     empty = WorkloadCertificates("127.0.0.1:1", CLIENT_ID, Path("/nonexistent"))
-    with pytest.raises(ssl.SSLError, match="the SDS secret default is not available"):
+    with pytest.raises(ssl.SSLError) as caught:
         TlsContexts(empty).client(CLIENT)
+    assert failure_reason(caught.value) == "TLS error: the SDS secret default is not available"
     assert TlsContexts(None).server(SERVER) is None  # the listener closes the connection
+
+
+def test_file_backed_secrets_are_read_and_a_missing_file_is_named(
+    mesh_ca: CertificateAuthority, tmp_path: Path
+) -> None:
+    root = tmp_path / "root.pem"
+    root.write_text(pem(mesh_ca.root))
+    simple = UpstreamTls(
+        TlsSettings("", f"file-root:{root}", ssl.TLSVersion.TLSv1_2, ISTIO_CIPHERS, (), ()), "x"
+    )
+    client = TlsContexts(None).client(simple)  # no workload certificate needed
+    server = TlsContexts(holder(mesh_ca, SERVER_ID)).server(
+        DownstreamTls(settings(), require_client_certificate=False)
+    )
+    assert server is not None
+    c, _ = handshake(client, server)
+    assert peer_uri_sans(c) == (SERVER_ID,)
+    gone = UpstreamTls(
+        TlsSettings("", f"file-root:{tmp_path}/nope.pem", ssl.TLSVersion.TLSv1_2, (), (), ()), "x"
+    )
+    with pytest.raises(ssl.SSLError) as caught:
+        TlsContexts(None).client(gone)
+    assert failure_reason(caught.value) == (
+        f"TLS error: the SDS secret file-root:{tmp_path}/nope.pem cannot be read: "
+        "No such file or directory"
+    )
 
 
 def test_a_server_of_another_ca_is_an_unknown_ca(

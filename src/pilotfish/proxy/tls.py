@@ -295,5 +295,7 @@ def failure_reason(error: BaseException) -> str:
         named = _VERIFY_REASONS.get(error.verify_code, "certificate verify failed")
         return f"TLS error: CERTIFICATE_VERIFY_FAILED: {named} ({error.verify_message})"
     if isinstance(error, ssl.SSLError):
-        return f"TLS error: {error.reason or error.strerror or error}"
+        # OpenSSL's errors carry a reason; ours (a missing secret) only a message
+        message = error.args[0] if len(error.args) == 1 else str(error)
+        return f"TLS error: {getattr(error, 'reason', None) or error.strerror or message}"
     return f"TLS error: {error}"
