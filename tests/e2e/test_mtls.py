@@ -9,6 +9,7 @@ sidecar). Each test that adds a failure case adds its own service.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import os
 import re
@@ -27,6 +28,7 @@ from processes import free_port
 from sidecar_mesh import Backend, Sidecar, SidecarMesh, curl
 
 from pilotfish.agent.bootstrap import SidecarIdentity
+from pilotfish.ca.authority import CertificateAuthority
 from pilotfish.ca.cacerts import ROOT_CERT, SELF_SIGNED_DIR, load_cacerts, self_signed
 from pilotfish.ca.identity import TLS_MODE_LABEL, SpiffeId
 from pilotfish.ca.workload import csr_for, key_pem, new_key, pem
@@ -283,23 +285,37 @@ def test_a_server_with_the_wrong_identity_fails_with_uf_and_says_why(world: Worl
     assert backend.count == 0
 
 
+def issue_files(world: World, ca: CertificateAuthority, account: str) -> tuple[Path, Path]:
+    """A certificate chain and key for `account`'s SPIFFE ID signed by `ca`, as files."""
+    key = new_key()
+    identity = f"spiffe://cluster.local/ns/default/sa/{account}"
+    chain = ca.sign(csr_for(key, identity), SpiffeId.parse(identity), requested_seconds=3600)
+    cert, key_file = world.tmp / f"{account}.pem", world.tmp / f"{account}.key"
+    cert.write_text("".join(chain))
+    key_file.write_bytes(key_pem(key))
+    return cert, key_file
+
+
+@contextlib.contextmanager
+def s_server(files: tuple[Path, Path], *args: str) -> Iterator[int]:
+    """`openssl s_server -www` with these certificate files; its port."""
+    port = free_port()
+    command = ["openssl", "s_server", "-accept", str(port), "-cert", str(files[0])]
+    command += ["-key", str(files[1]), "-www", "-quiet", *args]
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        yield port
+    finally:
+        server.terminate()
+        server.wait(timeout=5)
+
+
 def test_a_server_of_a_foreign_ca_fails_with_uf_unknown_ca(world: World) -> None:
     """openssl s_server with a certificate for the right SPIFFE ID, signed
     by a CA the mesh does not trust."""
     world.mesh.apply(service("details"))
     foreign = self_signed(world.tmp / "foreign", "cluster.local")
-    key = new_key()
-    identity = "spiffe://cluster.local/ns/default/sa/bookinfo-details"
-    chain = foreign.sign(csr_for(key, identity), SpiffeId.parse(identity), requested_seconds=3600)
-    (world.tmp / "details.pem").write_text("".join(chain))
-    (world.tmp / "details.key").write_bytes(key_pem(key))
-    port = free_port()
-    server = subprocess.Popen(
-        ["openssl", "s_server", "-accept", str(port), "-cert", str(world.tmp / "details.pem"),
-         "-key", str(world.tmp / "details.key"), "-www", "-quiet"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
+    with s_server(issue_files(world, foreign, "bookinfo-details")) as port:
         _register_as(world, "details-v1", "details", "bookinfo-details", port)
         wait_until(
             lambda: world.via_client("http://details:9080/")[1].startswith("UF"), 10, "no UF"
@@ -309,9 +325,6 @@ def test_a_server_of_a_foreign_ca_fails_with_uf_unknown_ca(world: World) -> None
         assert "unknown CA" in body, body
         # the proxy stays up and serves the rest of the mesh
         assert world.via_client(REVIEWS)[0] == 200
-    finally:
-        server.terminate()
-        server.wait(timeout=5)
 
 
 def test_a_server_refusing_the_callers_certificate_fails_with_uf(world: World) -> None:
@@ -321,29 +334,16 @@ def test_a_server_refusing_the_callers_certificate_fails_with_uf(world: World) -
     world.mesh.apply(service("checkout"))
     mesh_ca = load_cacerts(world.mesh.plane.data_dir / SELF_SIGNED_DIR, "cluster.local")
     foreign = self_signed(world.tmp / "foreign-clients", "cluster.local")
-    key = new_key()
-    identity = "spiffe://cluster.local/ns/default/sa/bookinfo-checkout"
-    chain = mesh_ca.sign(csr_for(key, identity), SpiffeId.parse(identity), requested_seconds=3600)
-    (world.tmp / "checkout.pem").write_text("".join(chain))
-    (world.tmp / "checkout.key").write_bytes(key_pem(key))
     (world.tmp / "other-root.pem").write_text(pem(foreign.root))
-    port = free_port()
-    server = subprocess.Popen(
-        ["openssl", "s_server", "-accept", str(port), "-cert", str(world.tmp / "checkout.pem"),
-         "-key", str(world.tmp / "checkout.key"), "-Verify", "1", "-verify_return_error",
-         "-CAfile", str(world.tmp / "other-root.pem"), "-www", "-quiet"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
+    files = issue_files(world, mesh_ca, "bookinfo-checkout")
+    verify = ("-Verify", "1", "-verify_return_error", "-CAfile", str(world.tmp / "other-root.pem"))
+    with s_server(files, *verify) as port:
         _register_as(world, "checkout-v1", "checkout", "bookinfo-checkout", port)
         url = "http://checkout:9080/"
         wait_until(lambda: world.via_client(url)[1] not in ("", "UH"), 10, "no endpoint")
         status, flags, body = world.via_client(url)
         assert status == 503 and "UF" in flags.split(","), (flags, body)
         assert "TLS error: TLSV1_ALERT_UNKNOWN_CA" in body, body
-    finally:
-        server.terminate()
-        server.wait(timeout=5)
 
 
 def test_destination_rule_tls_simple_and_mutual_originate_tls_with_files(world: World) -> None:
@@ -352,23 +352,10 @@ def test_destination_rule_tls_simple_and_mutual_originate_tls_with_files(world: 
     the company's files reaches it; SIMPLE trusting another root fails UF."""
     world.mesh.apply(service("shop"))
     company = self_signed(world.tmp / "company", "cluster.local")
-    files = {}
-    for who in ("server", "client"):
-        key = new_key()
-        spiffe = f"spiffe://cluster.local/ns/default/sa/shop-{who}"
-        chain = company.sign(csr_for(key, spiffe), SpiffeId.parse(spiffe), requested_seconds=3600)
-        files[who] = (world.tmp / f"shop-{who}.pem", world.tmp / f"shop-{who}.key")
-        files[who][0].write_text("".join(chain))
-        files[who][1].write_bytes(key_pem(key))
+    server_files = issue_files(world, company, "shop-server")
+    client_files = issue_files(world, company, "shop-client")
     root = world.tmp / "company-root.pem"
     root.write_text(pem(company.root))
-    port = free_port()
-    server = subprocess.Popen(
-        ["openssl", "s_server", "-accept", str(port), "-cert", str(files["server"][0]),
-         "-key", str(files["server"][1]), "-Verify", "1", "-verify_return_error",
-         "-CAfile", str(root), "-www", "-quiet"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
     rule = """
 apiVersion: networking.istio.io/v1
 kind: DestinationRule
@@ -378,29 +365,29 @@ spec:
   trafficPolicy: {{tls: {tls}}}
 """
     mutual = (
-        f"{{mode: MUTUAL, caCertificates: {root}, clientCertificate: {files['client'][0]}, "
-        f"privateKey: {files['client'][1]}, "
+        f"{{mode: MUTUAL, caCertificates: {root}, clientCertificate: {client_files[0]}, "
+        f"privateKey: {client_files[1]}, "
         "subjectAltNames: [spiffe://cluster.local/ns/default/sa/shop-server]}"
     )
     url = "http://shop:9080/"
-    try:
-        world.mesh._client().register_instance(
-            {"name": "shop-v1", "namespace": "default", "workload": "shop-v1",
-             "address": "127.0.0.1", "ports": {"http": port}, "labels": {"app": "shop"},
-             "ttlSeconds": 300}
-        )  # fmt: skip
-        world.mesh.registered.append("shop-v1")
-        world.mesh.apply(rule.format(tls=mutual))
-        wait_until(lambda: world.via_client(url)[0] == 200, 10, "MUTUAL never reached shop")
-        assert "s_server" in world.via_client(url)[2]
-        world.mesh.apply(rule.format(tls=f"{{mode: SIMPLE, caCertificates: {world.root}}}"))
-        wait_until(lambda: world.via_client(url)[0] == 503, 10, "SIMPLE with another root passed")
-        status, flags, body = world.via_client(url)
-        assert status == 503 and "UF" in flags.split(",") and "unknown CA" in body, (flags, body)
-    finally:
-        world.mesh.delete("destinationrule", "shop")
-        server.terminate()
-        server.wait(timeout=5)
+    verify = ("-Verify", "1", "-verify_return_error", "-CAfile", str(root))
+    with s_server(server_files, *verify) as port:
+        try:
+            world.mesh._client().register_instance(
+                {"name": "shop-v1", "namespace": "default", "workload": "shop-v1",
+                 "address": "127.0.0.1", "ports": {"http": port}, "labels": {"app": "shop"},
+                 "ttlSeconds": 300}
+            )  # fmt: skip
+            world.mesh.registered.append("shop-v1")
+            world.mesh.apply(rule.format(tls=mutual))
+            wait_until(lambda: world.via_client(url)[0] == 200, 10, "MUTUAL never reached shop")
+            assert "s_server" in world.via_client(url)[2]
+            world.mesh.apply(rule.format(tls=f"{{mode: SIMPLE, caCertificates: {world.root}}}"))
+            wait_until(lambda: world.via_client(url)[0] == 503, 10, "another root passed")
+            status, flags, body = world.via_client(url)
+            assert "UF" in flags.split(",") and "unknown CA" in body, (status, flags, body)
+        finally:
+            world.mesh.delete("destinationrule", "shop")
 
 
 def _load(port: int, stop: threading.Event, results: list[str]) -> None:
