@@ -55,12 +55,12 @@ class SniffingServer:
         return f"<SniffingServer {self.sock.getsockname()} pending={len(self.pending)}>"
 
     def close(self) -> None:
-        """Stop accepting; connections already handed over carry on."""
+        """Stop accepting, as asyncio.Server.close: connections already
+        accepted carry on (those still being sniffed are handed over too, so
+        a drain loses no request that had reached the kernel)."""
         if self.sock.fileno() >= 0:
             self.loop.remove_reader(self.sock.fileno())
             self.sock.close()
-        for conn in list(self.pending):
-            self._drop(conn)
 
     def _accept(self) -> None:
         for _ in range(64):  # a bounded batch, so one listener cannot starve the loop
