@@ -30,6 +30,9 @@ from tests.agent.mesh_harness import (
     wait_for,
 )
 
+from pilotfish.client import Client
+from pilotfish.config import load_client_config
+
 pytestmark = pytest.mark.slow
 URL_LINE = re.compile(r"Bookinfo is up: (http://\S+)")
 
@@ -99,6 +102,43 @@ def test_istio_routing_file_sends_jason_to_v2_through_the_gateway(demo: RunningD
     wait_for(lambda: "reviews-v2-" in demo.page(cookie), 15, "jason never reached reviews v2")
     body = demo.page(cookie)
     assert '<font color="black">' in body and "reviews-v1-" in demo.page()
+
+
+def test_sidecars_talk_mutual_tls_by_default(demo: RunningDemo) -> None:
+    """Istio's default: every hop between sidecars is mTLS without asking, and
+    an inbound port shows the workload's SPIFFE certificate to openssl."""
+    assert "Reviews served by:" in demo.page()  # gateway -> productpage -> reviews -> ratings
+    config = load_client_config(path=Path(demo.env["PILOTFISH_CONFIG"]))
+    instances = Client(config.server, config.token).instances()
+    reviews = next(i for i in instances if i["workload"] == "reviews-v1")
+    assert reviews["labels"]["security.istio.io/tlsMode"] == "istio"
+    secret = demo.cli("proxy-config", "secret", f"{reviews['name']}.default")
+    assert "default" in secret and "ROOTCA" in secret and "ACTIVE" in secret
+    metrics_url = f"http://127.0.0.1:{reviews['metricsPort']}/stats/prometheus"
+    with DIRECT.open(metrics_url, timeout=10) as r:
+        metrics = r.read().decode()
+    inbound = [
+        line
+        for line in metrics.splitlines()
+        if line.startswith("istio_requests_total{") and 'reporter="destination"' in line
+    ]
+    assert inbound and all('connection_security_policy="mutual_tls"' in x for x in inbound)
+    assert 'source_principal="spiffe://cluster.local/ns/default/sa/' in inbound[0]
+    done = subprocess.run(
+        ["openssl", "s_client", "-connect", f"127.0.0.1:{reviews['ports']['http']}"],
+        input=b"",
+        capture_output=True,
+        timeout=20,
+    )
+    assert (
+        b"URI:spiffe://cluster.local/ns/default/sa/"
+        in subprocess.run(
+            ["openssl", "x509", "-noout", "-ext", "subjectAltName"],
+            input=done.stdout,
+            capture_output=True,
+            timeout=10,
+        ).stdout
+    )
 
 
 def test_down_stops_everything(demo: RunningDemo) -> None:

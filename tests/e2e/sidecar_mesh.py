@@ -31,6 +31,7 @@ from harness import Backend, Proxy, Response, curl, curl_many
 
 from pilotfish.agent.bootstrap import SidecarIdentity, XdsServer, node_id, sidecar_bootstrap
 from pilotfish.api.errors import ApiError
+from pilotfish.ca.identity import TLS_MODE_LABEL
 from pilotfish.client import Client
 from pilotfish.config import load_client_config
 
@@ -73,6 +74,9 @@ class SidecarMesh:
     sidecars: list[Sidecar] = field(default_factory=list)
     backends: list[Backend] = field(default_factory=list)
     registered: list[str] = field(default_factory=list)
+    # Sidecars hold a certificate from the CA (--ca-token-file) and their
+    # instances carry Istio's tlsMode label, as the node agent's do: mTLS.
+    certificates: bool = False
 
     def apply(self, manifest: str) -> None:
         done = self.plane.cli("apply", "-f", "-", stdin=manifest)
@@ -133,7 +137,7 @@ class SidecarMesh:
             "address": who.address,
             "ports": {"http": inbound},
             "appPorts": {"http": app_port},
-            "labels": who.labels,
+            "labels": {**who.labels, **({TLS_MODE_LABEL: "istio"} if self.certificates else {})},
             "serviceAccount": who.service_account,
             "ttlSeconds": REGISTRATION_TTL_S,
         }
@@ -154,11 +158,21 @@ class SidecarMesh:
         path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
         stderr = self.directory / f"sidecar-{who.instance}.stderr"
         args = ("--register", *register) if register else ()
+        if self.certificates:
+            args += ("--ca-token-file", str(self.token_file(who)))
         proxy = Proxy(path, admin, stderr, args=args, env=self.plane.env if register else None)
         sidecar = Sidecar(who, proxy, outbound, inbound)
         self.sidecars.append(sidecar)
         proxy.start(timeout=15)
         return sidecar
+
+    def token_file(self, who: SidecarIdentity) -> Path:
+        """A service account token for the sidecar's identity, as `pilotfish create token` makes it."""
+        done = self.plane.cli("create", "token", who.service_account, "-n", who.namespace)
+        assert done.returncode == 0, done.stderr
+        path = self.directory / f"token-{who.instance}"
+        path.write_text(done.stdout, encoding="utf-8")
+        return path
 
     def wait_serving(self, sidecar: Sidecar, timeout: float = 10) -> None:
         """Until the sidecar has its outbound listener (and its inbound one,

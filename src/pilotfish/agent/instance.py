@@ -365,6 +365,7 @@ class Instance:
             app_ports=self.ports.app,
             metrics_port=self.ports.admin,
             healthy=healthy,
+            mtls=True,  # its sidecar always holds a certificate (--ca-token-file)
         )
         error = registration.register(self.client, body)
         if error:

@@ -8,6 +8,7 @@ import contextlib
 from typing import Protocol
 
 from pilotfish.api.errors import ApiError
+from pilotfish.ca.identity import TLS_MODE_LABEL
 
 Obj = dict[str, object]
 TTL_S = 3.0  # an agent that dies is noticed within this
@@ -29,7 +30,12 @@ def registration(
     app_ports: dict[str, int],
     metrics_port: int,
     healthy: bool,
+    mtls: bool = False,
 ) -> Obj:
+    """`mtls`: the sidecar holds a mesh certificate; the instance is labelled
+    as Istio labels such pods, so callers send it mutual TLS."""
+    if mtls:
+        labels = {**labels, TLS_MODE_LABEL: "istio"}
     return {
         "name": name,
         "namespace": namespace,

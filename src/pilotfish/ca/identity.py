@@ -9,6 +9,9 @@ from dataclasses import dataclass
 DEFAULT_TRUST_DOMAIN = "cluster.local"
 DEFAULT_SERVICE_ACCOUNT = "default"
 SCHEME = "spiffe://"
+# Istio's label on a workload whose sidecar holds a mesh certificate: callers'
+# auto mTLS sends TLS to it (its value "istio"), plaintext to the rest.
+TLS_MODE_LABEL = "security.istio.io/tlsMode"
 # A trust domain is a DNS-ish name (SPIFFE: lowercase letters, digits, '.', '-', '_').
 _TRUST_DOMAIN = re.compile(r"^[a-z0-9._-]{1,255}$")
 _SEGMENT = re.compile(r"^[A-Za-z0-9._-]{1,253}$")

@@ -301,7 +301,8 @@ def _run_proxy(args: argparse.Namespace) -> int:
     if args.register:
         ports = mesh.pairs(args.port, "--port", int)
         app_ports = mesh.pairs(args.app_port, "--app-port", int)
-        register = partial(_registrar, ports, app_ports, args.server)
+        mtls = args.ca_token_file is not None  # a certificate: callers may send mutual TLS
+        register = partial(_registrar, ports, app_ports, args.server, mtls)
     try:
         return run_proxy(args.bootstrap, register, args.ca_token_file)
     except (BootstrapError, ValueError) as e:
@@ -310,14 +311,18 @@ def _run_proxy(args: argparse.Namespace) -> int:
 
 
 def _registrar(
-    ports: dict[str, int], app_ports: dict[str, int], server: str | None, bootstrap: Bootstrap
+    ports: dict[str, int],
+    app_ports: dict[str, int],
+    server: str | None,
+    mtls: bool,
+    bootstrap: Bootstrap,
 ) -> Registrar:
     from pilotfish.client import Client
     from pilotfish.proxy.register import Registrar
 
     admin = bootstrap.admin.address.socket_address.port_value
     client = Client.from_config(server)
-    return Registrar.for_node(bootstrap.node, ports, app_ports, admin, client)
+    return Registrar.for_node(bootstrap.node, ports, app_ports, admin, client, mtls)
 
 
 def _add_apply(

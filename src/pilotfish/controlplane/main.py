@@ -28,6 +28,7 @@ from pilotfish.api.errors import ApiError
 from pilotfish.api.validation import validate_or_raise, with_defaults
 from pilotfish.ca import tokens
 from pilotfish.ca.cacerts import CaError
+from pilotfish.ca.identity import DEFAULT_TRUST_DOMAIN
 from pilotfish.ca.service import CertificateService
 from pilotfish.config import ClientConfig, write_client_config
 from pilotfish.controlplane import analysis_status
@@ -147,7 +148,8 @@ class ControlPlane:
         return self.mesh.instances
 
     def _start_mesh(self, xds_listen: str | None, token: str) -> None:
-        self.mesh = MeshRegistry(self.store)
+        domain = self.ca.authority.trust_domain if self.ca is not None else DEFAULT_TRUST_DOMAIN
+        self.mesh = MeshRegistry(self.store, trust_domain=domain)
         self.mesh.start()
         if xds_listen is None:
             return

@@ -107,6 +107,34 @@ class Sidecar:
     egress: tuple[tuple[str, str], ...]
 
 
+@dataclass(frozen=True)
+class PeerAuthentication:
+    """security.istio.io PeerAuthentication: the mTLS mode a workload's
+    inbound ports accept (STRICT, PERMISSIVE, DISABLE; UNSET inherits)."""
+
+    name: str
+    namespace: str
+    selector: Labels | None  # None: the whole namespace (the mesh, in the root namespace)
+    mode: str
+    port_modes: tuple[tuple[int, str], ...]  # portLevelMtls, by the workload's port
+
+
+def read_peer_authentication(obj: Obj) -> PeerAuthentication:
+    name, namespace, _ = meta(obj)
+    spec = obj.get("spec") or {}
+    selector = (spec.get("selector") or {}).get("matchLabels")
+    port_modes = tuple(
+        (int(port), str((value or {}).get("mode") or "UNSET"))
+        for port, value in sorted(
+            (spec.get("portLevelMtls") or {}).items(), key=lambda kv: int(kv[0])
+        )
+    )
+    mode = str((spec.get("mtls") or {}).get("mode") or "UNSET")
+    return PeerAuthentication(
+        name, namespace, dict(selector) if selector else None, mode, port_modes
+    )
+
+
 def read_virtual_service(obj: Obj) -> VirtualService:
     name, namespace, created = meta(obj)
     spec = obj.get("spec") or {}

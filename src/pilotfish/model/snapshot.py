@@ -22,17 +22,20 @@ from typing import Any
 
 import yaml
 
+from pilotfish.ca.identity import DEFAULT_TRUST_DOMAIN
 from pilotfish.model import endpoints as eps
 from pilotfish.model.config import (
     DestinationRule,
     Gateway,
     Obj,
+    PeerAuthentication,
     Sidecar,
     VirtualService,
     exported,
     labels_match,
     read_destination_rule,
     read_gateway,
+    read_peer_authentication,
     read_sidecar,
     read_virtual_service,
 )
@@ -52,6 +55,7 @@ MESH_KINDS = {  # what a snapshot reads; other kinds do not change what proxies 
     (NETWORKING, "WorkloadEntry"),
     (NETWORKING, "Sidecar"),
     (SECURITY, "AuthorizationPolicy"),
+    (SECURITY, "PeerAuthentication"),
     ("", "ConfigMap"),  # only istio-system/istio is read: the mesh config
 }
 EndpointKey = tuple[str, str, int]  # (hostname, namespace, port)
@@ -78,6 +82,8 @@ class Snapshot:
     sidecars: tuple[Sidecar, ...] = ()
     authorization_policies: tuple[Obj, ...] = ()  # as stored, oldest first
     mesh_config: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    peer_authentications: tuple[PeerAuthentication, ...] = ()  # oldest first
+    trust_domain: str = DEFAULT_TRUST_DOMAIN  # of the SPIFFE identities clusters expect
     endpoint_index: Mapping[EndpointKey, tuple[Endpoint, ...]] = field(
         default_factory=lambda: MappingProxyType({}), repr=False
     )
@@ -308,6 +314,7 @@ def _served(snap: Snapshot) -> dict[tuple[str, str, int], tuple[Service, ...]]:
 def _label_selectors(snap: Snapshot) -> tuple[Labels, ...]:
     found: list[Labels] = [s.selector for s in snap.sidecars if s.selector]
     found += [g.selector for g in snap.gateways if g.selector]
+    found += [p.selector for p in snap.peer_authentications if p.selector]
     for vs in snap.virtual_services:
         for http in vs.http:
             for match in http.get("match") or []:
@@ -368,7 +375,11 @@ def _merge_rules(
     return {ns: MappingProxyType(by_host) for ns, by_host in merged.items()}
 
 
-def build_snapshot(objects: Iterable[Obj], instances: Iterable[Instance] = ()) -> Snapshot:
+def build_snapshot(
+    objects: Iterable[Obj],
+    instances: Iterable[Instance] = (),
+    trust_domain: str = DEFAULT_TRUST_DOMAIN,
+) -> Snapshot:
     """A snapshot from stored objects (any kinds; others are ignored) and the
     registered instances. Config is ordered oldest first, as Istio orders it
     to settle conflicts."""
@@ -390,6 +401,8 @@ def build_snapshot(objects: Iterable[Obj], instances: Iterable[Instance] = ()) -
         sidecars=tuple(map(read_sidecar, by_kind["Sidecar"])),
         authorization_policies=tuple(by_kind["AuthorizationPolicy"]),
         mesh_config=MappingProxyType(_mesh_config(by_kind["ConfigMap"])),
+        peer_authentications=tuple(map(read_peer_authentication, by_kind["PeerAuthentication"])),
+        trust_domain=trust_domain,
         endpoint_index=MappingProxyType(_endpoint_index(by_kind, services, live)),
     )
 

@@ -61,6 +61,7 @@ class AccessRecord:
     upstream_transport_failure_reason: str | None = None
     downstream_local_address: str | None = None
     downstream_remote_address: str | None = None
+    downstream_peer_uri_san: str | None = None
     requested_server_name: str | None = None
     route_name: str | None = None
 
@@ -73,7 +74,17 @@ def format_start_time(seconds: float) -> str:
 
 
 def to_json(record: AccessRecord) -> dict[str, object]:
-    """The JSON object of one line, keys sorted as Envoy prints a Struct."""
+    """The JSON object of one line, keys sorted as Envoy prints a Struct:
+    Istio's default JSON format, and under mutual TLS the caller's SPIFFE ID
+    (Envoy's %DOWNSTREAM_PEER_URI_SAN%), so plaintext lines keep Istio's shape."""
+    line = _istio_fields(record)
+    if record.downstream_peer_uri_san is not None:
+        line["downstream_peer_uri_san"] = record.downstream_peer_uri_san
+        line = dict(sorted(line.items()))
+    return line
+
+
+def _istio_fields(record: AccessRecord) -> dict[str, object]:
     return {
         "authority": record.authority,
         "bytes_received": record.bytes_received,

@@ -68,7 +68,7 @@ class CheckCall:
         self.conn = conn
         conn.send(self, self.method, self.data)
 
-    def on_connect_failure(self, timed_out: bool) -> None:
+    def on_connect_failure(self, timed_out: bool, reason: str | None = None) -> None:
         self.report(None)
 
     def on_response(self, events: list[ResponseEvent]) -> None:

@@ -143,11 +143,13 @@ class Exchange:
         "status",
         "target",
         "timer",
+        "transport_failure",
         "tried",
         "try_timer",
         "tunnel",
         "upstream_head",
         "upstream_path",
+        "upstream_tls",
         "waiting",
     )
 
@@ -177,6 +179,8 @@ class Exchange:
         self.cluster_stats: ClusterStats | None = None
         self.host: Host | None = None
         self.last_host: Host | None = None  # for the access log: the host of the last try
+        self.upstream_tls = False  # the last try's connection was mutual TLS
+        self.transport_failure: str | None = None  # why the last TLS handshake failed
         self.retry: RetryPolicy | None = None  # the forwarding route's
         self.tried: frozenset[Host] | set[Host] = frozenset()  # for the previous-hosts predicate
         self.conn: UpstreamConnection | None = None
@@ -250,7 +254,9 @@ class Exchange:
             down = self.down
             connection = down.filter_view
             if connection is None:
-                connection = down.filter_view = filters.Connection.of(down.peer, down.local_address)
+                connection = down.filter_view = filters.Connection.of(
+                    down.peer, down.local_address, peer_principal=down.peer_principal
+                )
             self.fx = chain.start(self, configs, cluster, connection, down.stats.filters)
             self.run_filters()
 
@@ -548,6 +554,7 @@ class Exchange:
             return
         self.waiting = False
         self.conn, self.sent = conn, True
+        self.upstream_tls = conn.tls
         body = self.pending_body()
         conn.send(self, self.method, self.upstream_head + body)
 
@@ -565,10 +572,12 @@ class Exchange:
             return encode_chunk(data) + (LAST_CHUNK if self.body_done else b"")
         return data
 
-    def on_connect_failure(self, timed_out: bool) -> None:
+    def on_connect_failure(self, timed_out: bool, reason: str | None = None) -> None:
+        """`reason`: a failed TLS handshake's, as Envoy's upstream transport failure reason."""
         if not self.waiting or self.done:
             return
         self.waiting = False
+        self.transport_failure = reason
         self.report(LocalOrigin.TIMEOUT if timed_out else LocalOrigin.CONNECT_FAILED)
         self.try_failed("UF")
 
@@ -704,6 +713,8 @@ class Exchange:
 
     def on_upstream_error(self, error: ProtocolError) -> None:
         self.conn = None
+        if error.flag == "UF":  # the server refused our certificate (see pool.py)
+            self.transport_failure = error.reason
         if self.tunnel:
             self.finish()
             self.down.close()
@@ -791,6 +802,8 @@ class Exchange:
 
     def fail(self, flag: str) -> None:
         status, body = FAILURE_BODIES.get(flag, (503, b"upstream failure"))
+        if flag == "UF" and self.transport_failure:
+            body += b", transport failure reason: " + self.transport_failure.encode()
         self.local(status, body, flag)
 
     def drop_upstream(self) -> None:

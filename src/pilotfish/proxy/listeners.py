@@ -1,9 +1,11 @@
 """Listeners compiled from `envoy.config.listener.v3.Listener`.
 
-A listener is an address and one filter chain holding either an
-HttpConnectionManager (with an inline route table or an RDS name) or nothing
-else: what the translation produces and a user writes in a bootstrap. Any
-other field that is set fails the compile with its path (a NACK).
+A listener is an address and filter chains holding one HttpConnectionManager
+(with an inline route table or an RDS name): what the translation produces and
+a user writes in a bootstrap. Several chains may differ only in their
+transport, as Istio's inbound chains do: one for TLS (transport_protocol
+`tls`, a DownstreamTlsContext from SDS) and one for plaintext. Any other
+field that is set fails the compile with its path (a NACK).
 """
 
 from __future__ import annotations
@@ -17,13 +19,17 @@ from envoy.extensions.access_loggers.file.v3.file_pb2 import FileAccessLog
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
+from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 
 from pilotfish.proxy import xds_types
 from pilotfish.proxy.filters import FilterChain, FilterConfigError, compile_http_filters
 from pilotfish.proxy.proto_fields import seconds, unsupported
 from pilotfish.proxy.routing import Forward, RouteTable, compile_route_config
+from pilotfish.proxy.tls import DownstreamTls, TlsConfigError, compile_downstream
 
 HCM_NAME = "envoy.filters.network.http_connection_manager"
+TLS_CONTEXT = xds_types.PREFIX + "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
+TLS_INSPECTOR = xds_types.PREFIX + "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"
 DEFAULT_MAX_HEADERS_KB = 60
 # Envoy has no default; a slow-headers guard is what a sidecar wants (0s in the config disables it).
 DEFAULT_REQUEST_HEADERS_TIMEOUT_S = 10.0
@@ -42,6 +48,12 @@ LISTENER_FIELDS = frozenset(
         "filter_chains.filters.name",
         "filter_chains.filters.typed_config",
         "filter_chains.name",
+        "filter_chains.filter_chain_match.transport_protocol",
+        "filter_chains.filter_chain_match.application_protocols",
+        "filter_chains.transport_socket.name",
+        "filter_chains.transport_socket.typed_config",  # checked by compile_downstream
+        "listener_filters.name",
+        "listener_filters.typed_config",  # tls_inspector only
         "traffic_direction",
         "stat_prefix",
         "metadata",
@@ -111,6 +123,8 @@ class CompiledListener:
     port: int
     http: HttpManager
     inbound: bool  # traffic_direction INBOUND: reports as the destination, to the app
+    tls: DownstreamTls | None = None  # a filter chain for TLS connections
+    plaintext: bool = True  # a filter chain for plaintext ones (PERMISSIVE, DISABLE)
 
     def __repr__(self) -> str:
         return f"<Listener {self.name} {self.host}:{self.port}>"
@@ -124,25 +138,77 @@ def compile_listener(listener: Listener) -> CompiledListener:
     socket = listener.address.socket_address
     if not socket.address or not socket.port_value:
         raise ListenerError(f"{where}: address.socket_address needs an address and a port_value")
-    if len(listener.filter_chains) != 1 or len(listener.filter_chains[0].filters) != 1:
-        raise ListenerError(
-            f"{where}: filter_chains: exactly one chain with one filter is supported"
-        )
-    network_filter = listener.filter_chains[0].filters[0]
+    _check_listener_filters(listener, where)
+    tls, plaintext = _transports(listener, where)
+    return CompiledListener(
+        name=listener.name,
+        host=socket.address,
+        port=socket.port_value,
+        http=compile_http_manager(_one_manager(listener, where), where),
+        inbound=listener.traffic_direction == TrafficDirection.INBOUND,
+        tls=tls,
+        plaintext=plaintext,
+    )
+
+
+def _one_manager(listener: Listener, where: str) -> hcm_pb2.HttpConnectionManager:
+    """The HttpConnectionManager every filter chain runs: chains differ only in
+    their transport (Istio's inbound chains for TLS and plaintext)."""
+    chains = listener.filter_chains
+    if not chains or any(len(chain.filters) != 1 for chain in chains):
+        raise ListenerError(f"{where}: filter_chains: every chain needs exactly one filter")
+    network_filter = chains[0].filters[0]
     if network_filter.typed_config.type_url != xds_types.HCM:
         raise ListenerError(
             f"{where}: filter_chains[0].filters[0]: only {HCM_NAME} is supported, "
             f"got {network_filter.name or network_filter.typed_config.type_url}"
         )
+    if any(chain.filters[0].typed_config != network_filter.typed_config for chain in chains):
+        raise ListenerError(
+            f"{where}: filter_chains: chains that differ in more than their transport "
+            "are not supported"
+        )
     hcm = hcm_pb2.HttpConnectionManager()
     network_filter.typed_config.Unpack(hcm)
-    return CompiledListener(
-        name=listener.name,
-        host=socket.address,
-        port=socket.port_value,
-        http=compile_http_manager(hcm, where),
-        inbound=listener.traffic_direction == TrafficDirection.INBOUND,
-    )
+    return hcm
+
+
+def _check_listener_filters(listener: Listener, where: str) -> None:
+    for i, listener_filter in enumerate(listener.listener_filters):
+        if listener_filter.typed_config.type_url != TLS_INSPECTOR:
+            raise ListenerError(
+                f"{where}: listener_filters[{i}]: only envoy.filters.listener.tls_inspector "
+                "is supported"
+            )
+
+
+def _transports(listener: Listener, where: str) -> tuple[DownstreamTls | None, bool]:
+    """The TLS chain's context, and whether plaintext has a chain: what the
+    first bytes of a connection choose between (see process.py)."""
+    tls: DownstreamTls | None = None
+    plaintext = False
+    for i, chain in enumerate(listener.filter_chains):
+        path = f"{where}: filter_chains[{i}]"
+        transport = chain.filter_chain_match.transport_protocol
+        if not chain.HasField("transport_socket"):
+            if transport == "tls":
+                raise ListenerError(f"{path}: a chain for TLS needs a transport_socket")
+            plaintext = True
+            continue
+        if transport == "raw_buffer" or chain.transport_socket.typed_config.type_url != TLS_CONTEXT:
+            raise ListenerError(
+                f"{path}.transport_socket: only a DownstreamTlsContext, on a chain "
+                "matching transport_protocol tls, is supported"
+            )
+        if tls is not None:
+            raise ListenerError(f"{path}: only one chain may do TLS")
+        context = tls_pb2.DownstreamTlsContext()
+        chain.transport_socket.typed_config.Unpack(context)
+        try:
+            tls = compile_downstream(context, f"{path}.transport_socket")
+        except TlsConfigError as e:
+            raise ListenerError(str(e)) from e
+    return tls, plaintext
 
 
 def compile_http_manager(hcm: hcm_pb2.HttpConnectionManager, where: str) -> HttpManager:

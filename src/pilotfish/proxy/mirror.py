@@ -39,7 +39,7 @@ class MirrorSink:
         self.conn = conn
         conn.send(self, self.method, self.data)
 
-    def on_connect_failure(self, timed_out: bool) -> None:
+    def on_connect_failure(self, timed_out: bool, reason: str | None = None) -> None:
         pass  # the caller never hears of the mirror
 
     def on_response(self, events: list[ResponseEvent]) -> None:

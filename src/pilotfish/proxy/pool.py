@@ -15,6 +15,7 @@ overflow the exchange answers 503 UO.
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from collections import deque
 from typing import Protocol
@@ -27,6 +28,7 @@ from pilotfish.proxy.protocol.http1 import (
     ResponseParser,
 )
 from pilotfish.proxy.stats import StatsRegistry
+from pilotfish.proxy.tls import TlsContexts, UpstreamTls, check_sans, failure_reason, peer_uri_sans
 from pilotfish.proxy.upstream import Cluster, Host
 
 MAX_IDLE_PER_HOST = 256
@@ -38,7 +40,7 @@ class ResponseSink(Protocol):
     """What an upstream connection reports to the exchange using it."""
 
     def on_connection(self, conn: UpstreamConnection) -> None: ...
-    def on_connect_failure(self, timed_out: bool) -> None: ...
+    def on_connect_failure(self, timed_out: bool, reason: str | None = None) -> None: ...
     def on_response(self, events: list[ResponseEvent]) -> None: ...
     def on_express_response(self, resp: ExpressResponse) -> None: ...
     def on_upstream_error(self, error: ProtocolError) -> None: ...
@@ -47,6 +49,10 @@ class ResponseSink(Protocol):
 
 
 class UpstreamConnection(asyncio.Protocol):
+    tls = False  # mutual TLS (set once the handshake and the SAN check passed)
+    made_with: UpstreamTls | None = None  # the cluster's TLS settings it was opened with
+    peer_principal: str | None = None  # the server certificate's SPIFFE ID under TLS
+
     def __init__(self, pool: Pool, host: Host, cluster: Cluster) -> None:
         self.pool, self.host, self.cluster = pool, host, cluster
         self.transport: asyncio.Transport | None = None
@@ -103,7 +109,12 @@ class UpstreamConnection(asyncio.Protocol):
         self.pool.stats.cluster(self.cluster.name).upstream_cx_destroy += 1
         self.pool.lost(self)
         if self.sink is not None:
-            self._fail(ProtocolError("upstream connection reset", 503, "UC"))
+            if isinstance(exc, ssl.SSLError):
+                # A TLS 1.3 server refuses the client's certificate after the
+                # client's handshake is done: it is still a TLS failure.
+                self._fail(ProtocolError(failure_reason(exc), 503, "UF"))
+            else:
+                self._fail(ProtocolError("upstream connection reset", 503, "UC"))
 
     def pause_writing(self) -> None:
         if self.sink is not None:
@@ -173,8 +184,9 @@ class UpstreamConnection(asyncio.Protocol):
 class Pool:
     """Idle keep-alive connections per host, and requests waiting for one."""
 
-    def __init__(self, stats: StatsRegistry | None = None) -> None:
+    def __init__(self, stats: StatsRegistry | None = None, tls: TlsContexts | None = None) -> None:
         self.stats = stats or StatsRegistry()
+        self.tls = tls or TlsContexts(None)
         self.idle: dict[Host, list[UpstreamConnection]] = {}
         self.waiting: dict[Host, deque[tuple[ResponseSink, Cluster]]] = {}
         self.connecting: set[asyncio.Task[None]] = set()
@@ -189,9 +201,10 @@ class Pool:
         idle = self.idle.get(host)
         while idle:
             conn = idle.pop()
-            if conn.alive:
+            if conn.alive and (conn.cluster is cluster or self._still_fits(conn, host, cluster)):
                 sink.on_connection(conn)
                 return True
+            conn.close()
         breakers = cluster.breakers
         if not breakers.try_acquire_pending():
             return False
@@ -201,6 +214,11 @@ class Pool:
         else:
             self.waiting.setdefault(host, deque()).append((sink, cluster))
         return True
+
+    def _still_fits(self, conn: UpstreamConnection, host: Host, cluster: Cluster) -> bool:
+        """After a CDS push: a connection made under the old cluster is reused
+        only if the new one connects the same way (TLS or not, same context)."""
+        return conn.made_with == cluster.spec.upstream_tls(host.metadata)
 
     def cancel(self, host: Host, sink: ResponseSink) -> None:
         """A waiting request gave up (timeout, client gone)."""
@@ -254,23 +272,66 @@ class Pool:
 
     async def _open(self, host: Host, cluster: Cluster, sink: ResponseSink) -> None:
         loop = asyncio.get_running_loop()
+        tls = cluster.spec.upstream_tls(host.metadata)
         try:
+            context = self.tls.client(tls) if tls is not None else None
             async with asyncio.timeout(cluster.spec.connect_timeout):
                 _, conn = await loop.create_connection(
-                    lambda: UpstreamConnection(self, host, cluster), host.address, host.port
+                    lambda: UpstreamConnection(self, host, cluster),
+                    host.address,
+                    host.port,
+                    ssl=context,
+                    server_hostname=(tls.sni or None) if tls is not None else None,
                 )
         except (OSError, TimeoutError) as e:
-            cluster.breakers.release_connection()
-            cluster.breakers.release_pending()
-            stats = self.stats.cluster(cluster.name)
-            stats.upstream_cx_connect_fail += 1
-            if isinstance(e, TimeoutError):
-                stats.upstream_cx_connect_timeout += 1
-            sink.on_connect_failure(isinstance(e, TimeoutError))
+            reason = failure_reason(e) if isinstance(e, ssl.SSLError) else None
+            self._open_failed(cluster, sink, isinstance(e, TimeoutError), reason)
             return
+        conn.made_with = tls
+        if tls is not None:
+            reason = self._verify(conn, tls)
+            if reason is not None:
+                conn.close()  # its connection_lost gives the connection slot back
+                self._open_failed(cluster, sink, False, reason, slot=False)
+                return
         self.stats.cluster(cluster.name).upstream_cx_total += 1
         cluster.breakers.release_pending()
         sink.on_connection(conn)
+
+    def _verify(self, conn: UpstreamConnection, tls: UpstreamTls) -> str | None:
+        """None when the server is one of the identities translation expects
+        (its service accounts; OpenSSL has checked the chain), else why not."""
+        assert conn.transport is not None
+        sans = peer_uri_sans(conn.transport.get_extra_info("ssl_object"))
+        reason = check_sans(sans, tls.settings.sans)
+        conn.peer_principal = sans[0] if sans else None
+        stats = self.stats.cluster(conn.cluster.name)
+        stats.ssl__handshake += 1
+        if reason is None:
+            conn.tls = True
+        else:
+            stats.ssl__fail_verify_san += 1
+        return reason
+
+    def _open_failed(
+        self,
+        cluster: Cluster,
+        sink: ResponseSink,
+        timed_out: bool,
+        reason: str | None,
+        slot: bool = True,
+    ) -> None:
+        """`slot`: the connection slot is still held (no connection was made)."""
+        if slot:
+            cluster.breakers.release_connection()
+        cluster.breakers.release_pending()
+        stats = self.stats.cluster(cluster.name)
+        stats.upstream_cx_connect_fail += 1
+        if timed_out:
+            stats.upstream_cx_connect_timeout += 1
+        if reason is not None:
+            stats.ssl__connection_error += 1
+        sink.on_connect_failure(timed_out, reason)
 
     def _arm_sweeper(self) -> None:
         if self._sweeper is None:

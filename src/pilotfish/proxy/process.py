@@ -12,17 +12,20 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import Protocol
 
 from envoy.config.bootstrap.v3.bootstrap_pb2 import Bootstrap
 from envoy.config.cluster.v3.cluster_pb2 import Cluster as ClusterProto
 
 from pilotfish.ca.identity import IdentityError, SpiffeId
 from pilotfish.proxy import admin
+from pilotfish.proxy.accept import SniffingServer
 from pilotfish.proxy.ads import AdsProtocol
 from pilotfish.proxy.bootstrap import load_bootstrap
 from pilotfish.proxy.config import ProxyConfig, Snapshot
@@ -31,7 +34,7 @@ from pilotfish.proxy.pool import Pool
 from pilotfish.proxy.register import Registrar
 from pilotfish.proxy.sds import WorkloadCertificates
 from pilotfish.proxy.server import Downstream, Runtime
-from pilotfish.proxy.stats import State, StatsRegistry, prometheus_page
+from pilotfish.proxy.stats import State, StatsRegistry, listener_stat_name, prometheus_page
 from pilotfish.proxy.telemetry import (
     TRUST_DOMAIN,
     Telemetry,
@@ -39,6 +42,7 @@ from pilotfish.proxy.telemetry import (
     metadata_text,
     peer_metadata_headers,
 )
+from pilotfish.proxy.tls import SecretSource, TlsContexts
 from pilotfish.proxy.upstream import render_clusters
 from pilotfish.proxy.xds_client import AdsClient
 
@@ -47,12 +51,23 @@ DRAIN_TIMEOUT_S = 5.0
 RegisterWith = Callable[[Bootstrap], Registrar]
 
 
+class Server(Protocol):
+    def close(self) -> None: ...
+
+
+Placement = tuple[str, int, bool]  # host, port, and whether the first bytes choose TLS
+
+
+def _placement(listener: CompiledListener) -> Placement:
+    return listener.host, listener.port, listener.tls is not None
+
+
 @dataclass
 class Listeners:
     """Bound sockets by listener name; new connections use the newest config."""
 
     runtime: Runtime
-    servers: dict[str, tuple[tuple[str, int], asyncio.Server]] = field(default_factory=dict)
+    servers: dict[str, tuple[Placement, Server]] = field(default_factory=dict)
     current: dict[str, CompiledListener] = field(default_factory=dict)
 
     async def sync(self, snapshot: Snapshot) -> None:
@@ -65,22 +80,32 @@ class Listeners:
                 await self._bind(name, listener)
 
     def _moved(self, name: str, listener: CompiledListener) -> bool:
-        return self.servers[name][0] != (listener.host, listener.port)
+        return self.servers[name][0] != _placement(listener)
 
     async def _bind(self, name: str, listener: CompiledListener) -> None:
+        def newest() -> CompiledListener:
+            return self.current.get(name, listener)
+
+        def factory() -> Downstream:
+            return Downstream(self.runtime, newest())
+
         loop = asyncio.get_running_loop()
+        server: Server
         try:
-            server = await loop.create_server(
-                lambda: Downstream(self.runtime, self.current.get(name, listener)),
-                listener.host,
-                listener.port,
-                reuse_address=True,
-                backlog=1024,
-            )
+            if listener.tls is None:
+                server = await loop.create_server(
+                    factory, listener.host, listener.port, reuse_address=True, backlog=1024
+                )
+            else:
+                sock = socket.create_server((listener.host, listener.port), backlog=1024)
+                stats = self.runtime.stats.listener(
+                    listener_stat_name(listener.host, listener.port)
+                )
+                server = SniffingServer(sock, newest, factory, self.runtime.tls, stats)
         except OSError as e:
             log.error("listener %s cannot bind %s:%d: %s", name, listener.host, listener.port, e)
             return
-        self.servers[name] = ((listener.host, listener.port), server)
+        self.servers[name] = (_placement(listener), server)
         log.info("listener %s serving on %s:%d", name, listener.host, listener.port)
 
     def close(self) -> None:
@@ -137,7 +162,7 @@ async def _serve(
     stop = asyncio.Event()
     changed = asyncio.Event()
     config = ProxyConfig(on_change=lambda _: changed.set())
-    runtime = new_runtime(bootstrap, config)
+    runtime = new_runtime(bootstrap, config, certificates)
     runtime.start()
     listeners = Listeners(runtime)
     load_static(bootstrap, runtime.config)
@@ -173,15 +198,20 @@ def _serving(runtime: Runtime, ads: AdsClient | None) -> bool:
     return not runtime.draining and (ads is None or ads.connected.is_set())
 
 
-def new_runtime(bootstrap: Bootstrap, config: ProxyConfig) -> Runtime:
-    """What the proxy's connections share, for the node the bootstrap names."""
+def new_runtime(
+    bootstrap: Bootstrap, config: ProxyConfig, secrets: SecretSource | None = None
+) -> Runtime:
+    """What the proxy's connections share, for the node the bootstrap names;
+    TLS uses `secrets` (the workload certificate), none without."""
     stats = StatsRegistry()
+    contexts = TlsContexts(secrets)
     runtime = Runtime(
         config,
-        Pool(stats),
+        Pool(stats, contexts),
         Telemetry(WorkloadInfo.from_node(bootstrap.node)),
         stats,
         peer_metadata_headers(bootstrap.node),
+        tls=contexts,
     )
     stats.state = partial(live_stats, runtime, time.monotonic())
     return runtime

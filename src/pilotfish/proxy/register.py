@@ -46,6 +46,7 @@ class Registrar:
         app_ports: dict[str, int],
         admin_port: int,
         client: registration.RegistryClient,
+        mtls: bool = False,
     ) -> Registrar:
         """ValueError names what the node metadata or the ports lack."""
         fields = node.metadata.fields
@@ -68,6 +69,7 @@ class Registrar:
             app_ports=app_ports,
             metrics_port=admin_port,
             healthy=False,
+            mtls=mtls,
         )
         address = metadata_text(fields, "INSTANCE_IPS").split(",")[0].strip()
         return cls(client, {**body, "address": address or body["address"]})

@@ -80,8 +80,12 @@ class WorkloadCertificates:
         self.last_error = ""
 
     def __repr__(self) -> str:
-        version = self.current.version if self.current else 0
-        return f"WorkloadCertificates({self.spiffe_id!r}, version={version})"
+        return f"WorkloadCertificates({self.spiffe_id!r}, version={self.version})"
+
+    @property
+    def version(self) -> int:
+        """Goes up with every certificate: TLS contexts are made again when it does."""
+        return self.current.version if self.current else 0
 
     async def run(self) -> None:
         """Keep a valid certificate until cancelled."""

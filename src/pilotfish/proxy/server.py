@@ -41,6 +41,7 @@ from pilotfish.proxy.telemetry import (
     peer_from_header,
     service_from_authority,
 )
+from pilotfish.proxy.tls import TlsContexts, peer_uri_sans
 
 MAX_HELD_BYTES = 64 * 1024  # pipelined bytes read ahead before reading pauses
 TIMER_SWEEP_S = 0.25  # resolution of the 408, idle and outlier-interval timers
@@ -63,6 +64,7 @@ class Runtime:
     loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.get_running_loop)
     downstreams: set[Downstream] = field(default_factory=set)
     ticker: asyncio.TimerHandle | None = None
+    tls: TlsContexts = field(default_factory=lambda: TlsContexts(None))
 
     def __post_init__(self) -> None:
         self.peer_lines = encode_lines(self.peer_headers)
@@ -99,7 +101,7 @@ class Runtime:
         reporter = self.telemetry.inbound if listener.inbound else self.telemetry.outbound
         reporter.record(
             peer, service, ex.status, ex.flags, elapsed * 1000.0, ex.request_bytes,
-            ex.response_bytes,
+            ex.response_bytes, mtls=ex.down.mtls if listener.inbound else ex.upstream_tls,
         )  # fmt: skip
         http = ex.down.stats
         http.downstream_rq_total += 1
@@ -149,6 +151,8 @@ def access_record(ex: Exchange, elapsed: float) -> AccessRecord:
         upstream_cluster=ex.cluster.name if ex.cluster is not None else None,
         downstream_remote_address=ex.down.peer_address,
         downstream_local_address=ex.down.local_address,
+        downstream_peer_uri_san=ex.down.peer_principal,
+        upstream_transport_failure_reason=ex.transport_failure,
         route_name=ex.route.name if ex.route is not None and ex.route.name else None,
         response_code_details=ex.details,
     )
@@ -184,6 +188,11 @@ class Downstream(asyncio.Protocol):
         self.peer = "-"
         self.peer_address: str | None = None
         self.local_address: str | None = None
+        # Under mutual TLS, the client certificate's verified SPIFFE ID (its
+        # first URI SAN): who is calling, for RBAC's authenticated principal,
+        # the telemetry labels and the peer-metadata trust check. None in plaintext.
+        self.peer_principal: str | None = None
+        self.mtls = False  # the connection is TLS with a verified client certificate
         self.exchange: Exchange | None = None
         self.mesh_peer = False  # may say who it is (is_mesh_peer), decided once connected
         self.requests = 0
@@ -214,6 +223,11 @@ class Downstream(asyncio.Protocol):
             self.peer, self.peer_address = peer[0], f"{peer[0]}:{peer[1]}"
         if local:
             self.local_address = f"{local[0]}:{local[1]}"
+        ssl_object = transport.get_extra_info("ssl_object")
+        if ssl_object is not None:
+            sans = peer_uri_sans(ssl_object)
+            self.mtls = bool(sans) or ssl_object.getpeercert() is not None
+            self.peer_principal = sans[0] if sans else None
         self.mesh_peer = is_mesh_peer(self.listener, transport)
         self.stats.downstream_cx_total += 1
         self.stats.downstream_cx_active += 1

@@ -79,6 +79,9 @@ class ClusterStats(Scope):
     upstream_rq_retry: int = 0
     upstream_rq_retry_success: int = 0
     upstream_rq_retry_limit_exceeded: int = 0
+    ssl__handshake: int = 0
+    ssl__connection_error: int = 0
+    ssl__fail_verify_san: int = 0
     # Upstream responses by status; the per-class and completed counters are sums of these.
     codes: Counter[int] = field(default_factory=Counter)
 
@@ -129,6 +132,9 @@ class ListenerStats(Scope):
 
     downstream_cx_total: int = 0
     downstream_cx_destroy: int = 0
+    no_filter_chain_match: int = 0  # e.g. plaintext on a STRICT mTLS port
+    ssl__handshake: int = 0
+    ssl__connection_error: int = 0
     downstream_cx_active: int = gauge()
 
 

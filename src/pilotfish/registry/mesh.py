@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from pilotfish.api.errors import ApiError
+from pilotfish.ca.identity import DEFAULT_TRUST_DOMAIN
 from pilotfish.model import Snapshot, build_snapshot
 from pilotfish.model.snapshot import MESH_KINDS
 from pilotfish.registry.instances import InstanceRegistry
@@ -32,8 +33,14 @@ _WATCH_POLL_S = 0.5
 class MeshRegistry:
     """Config kept current from the store, instances from an InstanceRegistry."""
 
-    def __init__(self, store: ResourceStore, instances: InstanceRegistry | None = None) -> None:
+    def __init__(
+        self,
+        store: ResourceStore,
+        instances: InstanceRegistry | None = None,
+        trust_domain: str = DEFAULT_TRUST_DOMAIN,
+    ) -> None:
         self.store = store
+        self.trust_domain = trust_domain  # of the identities clusters expect of servers
         self.instances = instances or InstanceRegistry()
         self.instances.add_listener(lambda: self._changed(frozenset({INSTANCE})))
         self._objects: dict[ObjectKey, Obj] = {}
@@ -69,7 +76,7 @@ class MeshRegistry:
         with self._lock:
             if self._cached is None:
                 self._cached = build_snapshot(
-                    list(self._objects.values()), self.instances.instances()
+                    list(self._objects.values()), self.instances.instances(), self.trust_domain
                 )
             return self._cached
 

@@ -3,9 +3,11 @@ a proxy may reach, one more per DestinationRule subset, each with its merged
 traffic policy; and for a sidecar, `inbound|PORT||` per port of its own
 instance, pointing at the application behind it.
 
-Upstream TLS (`trafficPolicy.tls`, ISTIO_MUTUAL) is not translated yet: the
-clusters are plaintext whatever the rule says. Locality load balancing,
-warmup and PASSTHROUGH are not translated either.
+Sidecars and gateways get Istio's auto mTLS (see mtls.py): TLS to endpoints
+with a sidecar, plaintext to others; `trafficPolicy.tls` mode ISTIO_MUTUAL
+or DISABLE overrides it; SIMPLE and MUTUAL originate TLS with the files it
+names (a credentialName's Secret is not served yet: its connections fail).
+Locality load balancing, warmup and PASSTHROUGH are not translated either.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from envoy.type.v3 import percent_pb2
 from google.protobuf.wrappers_pb2 import UInt32Value, UInt64Value
 
 from pilotfish.model import Instance, Proxy, ProxyType, Service, ServicePort, Snapshot
-from pilotfish.translate import names
+from pilotfish.translate import mtls, names
 from pilotfish.translate.protos import ads, duration, pack, socket_address
 from pilotfish.translate.traffic_policy import cluster_policy
 
@@ -110,7 +112,27 @@ def translate_outbound_cluster(
         _apply_outlier_detection(out, policy["outlierDetection"])
     if options.ListFields():
         out.typed_extension_protocol_options[HTTP_OPTIONS].CopyFrom(pack(options))
+    _apply_tls(out, snapshot, service, port.port, subset, policy.get("tls") or {})
     return out
+
+
+def _apply_tls(
+    out: Cluster, snapshot: Snapshot, service: Service, port: int, subset: str, tls: Obj
+) -> None:
+    """Auto mTLS, unless the DestinationRule's `tls` says otherwise."""
+    mode = str(tls.get("mode") or "")
+    if mode in ("SIMPLE", "MUTUAL"):
+        origination = mtls.origination_tls(tls, service.hostname)
+        out.transport_socket.CopyFrom(mtls.transport_socket(origination))
+        return
+    if mode == "DISABLE":
+        return
+    sans = tls.get("subjectAltNames") or mtls.service_identities(snapshot, service, port)
+    context = mtls.upstream_tls(tls.get("sni") or mtls.sni(port, subset, service.hostname), sans)
+    if mode == "ISTIO_MUTUAL":
+        out.transport_socket.CopyFrom(mtls.transport_socket(context))
+    else:
+        out.transport_socket_matches.extend(mtls.auto_mtls_matches(context))
 
 
 def _dns_assignment(

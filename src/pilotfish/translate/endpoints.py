@@ -21,6 +21,7 @@ from pilotfish.model import Endpoint, Proxy, Snapshot
 from pilotfish.model.config import labels_match
 from pilotfish.translate import names
 from pilotfish.translate.clusters import translate_clusters
+from pilotfish.translate.mtls import endpoint_metadata
 from pilotfish.translate.protos import socket_address
 
 
@@ -81,6 +82,7 @@ def translate_locality(locality: str, endpoints: list[Endpoint]) -> ec.LocalityL
                 endpoint=ec.Endpoint(address=socket_address(e.address, e.port)),
                 health_status=health_check_pb2.HEALTHY,
                 load_balancing_weight=UInt32Value(value=max(e.weight, 1)),
+                metadata=endpoint_metadata(e),
             )
             for e in sorted(endpoints, key=lambda e: (e.address, e.port))
         ],

@@ -4,7 +4,8 @@
   metadata says otherwise) routing by Host over RDS `http_proxy`; and per HTTP
   port of its own instance, an inbound listener on that port forwarding to
   `inbound|PORT||`, with its one-route table inline (it never changes with
-  routing config, so it need not travel over RDS).
+  routing config, so it need not travel over RDS); its filter chains follow
+  the port's PeerAuthentication mode (mtls.py).
 - gateway: one listener per port of its Gateways' plain-HTTP servers, RDS `http.PORT`.
 - proxyless gRPC: one api_listener per service port, named `HOST:PORT` as the
   client's `xds:///HOST:PORT` target names it.
@@ -25,6 +26,7 @@ from envoy.config.route.v3 import route_pb2
 from envoy.extensions.filters.http.cors.v3 import cors_pb2
 from envoy.extensions.filters.http.fault.v3 import fault_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
+from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
@@ -32,7 +34,7 @@ from google.protobuf.wrappers_pb2 import BoolValue
 
 from pilotfish.model import Instance, Protocol, Proxy, ProxyType, Snapshot
 from pilotfish.model.services import infer_protocol
-from pilotfish.translate import names
+from pilotfish.translate import mtls, names
 from pilotfish.translate.authz import translate_proxy_authz_http
 from pilotfish.translate.protos import ads, duration, pack, socket_address
 from pilotfish.translate.routes import gateway_http_ports
@@ -41,6 +43,7 @@ HCM_FILTER = "envoy.filters.network.http_connection_manager"
 ROUTER_FILTER = "envoy.filters.http.router"
 FAULT_FILTER = "envoy.filters.http.fault"
 CORS_FILTER = "envoy.filters.http.cors"
+TLS_INSPECTOR = "envoy.filters.listener.tls_inspector"
 OUTBOUND_ADDRESS = "127.0.0.1"
 OUTBOUND_PORT = 15001
 
@@ -112,10 +115,37 @@ def translate_inbound_listeners(snapshot: Snapshot, proxy: Proxy) -> list[Listen
             if not _inbound_protocol(snapshot, instance, port_name).is_http_or_sniffed:
                 continue
             name = f"inbound_{instance.address}_{port}"
-            out[name] = _listener(
+            listener = _listener(
                 name, instance.address, port, _inbound_manager(port, authz), base_pb2.INBOUND
             )
+            mode = mtls.inbound_mode(snapshot, instance.namespace, instance.labels, port)
+            out[name] = _inbound_chains(listener, mode)
     return list(out.values())
+
+
+def _inbound_chains(listener: Listener, mode: mtls.Mode) -> Listener:
+    """Istio's inbound filter chains for the port's mode: a TLS chain (a
+    verified client certificate required) unless DISABLE, a plaintext chain
+    unless STRICT, told apart by the tls_inspector."""
+    if mode is mtls.Mode.DISABLE:
+        return listener
+    plain = listener.filter_chains[0]
+    secure = listener_components_pb2.FilterChain()
+    secure.CopyFrom(plain)
+    secure.filter_chain_match.transport_protocol = "tls"
+    secure.filter_chain_match.application_protocols.extend(mtls.INBOUND_ALPN)
+    secure.transport_socket.CopyFrom(mtls.transport_socket(mtls.downstream_tls()))
+    plain.filter_chain_match.transport_protocol = "raw_buffer"
+    del listener.filter_chains[:]
+    listener.filter_chains.append(secure)
+    if mode is mtls.Mode.PERMISSIVE:
+        listener.filter_chains.append(plain)
+    listener.listener_filters.append(
+        listener_components_pb2.ListenerFilter(
+            name=TLS_INSPECTOR, typed_config=pack(tls_inspector_pb2.TlsInspector())
+        )
+    )
+    return listener
 
 
 def _inbound_protocol(snapshot: Snapshot, instance: Instance, port_name: str) -> Protocol:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import threading
 from pathlib import Path
@@ -63,6 +64,15 @@ def test_a_sample_request_is_one_json_line_with_envoys_fields() -> None:
         "user_agent": "nsq2http",
         "x_forwarded_for": "10.0.35.28",
     }
+
+
+def test_under_mutual_tls_the_line_names_the_callers_spiffe_id() -> None:
+    peer = "spiffe://cluster.local/ns/default/sa/bookinfo-productpage"
+    line = format_line(dataclasses.replace(SAMPLE, downstream_peer_uri_san=peer))
+    fields = json.loads(line)
+    assert fields["downstream_peer_uri_san"] == peer
+    assert list(fields) == sorted(fields)  # keys stay sorted, as Envoy prints a Struct
+    assert "downstream_peer_uri_san" not in json.loads(format_line(SAMPLE))  # plaintext
 
 
 def test_a_local_reply_has_flags_and_no_upstream() -> None:

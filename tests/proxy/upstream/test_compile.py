@@ -98,7 +98,7 @@ def test_typed_http_protocol_options_as_istio_sends_them() -> None:
             {"circuit_breakers": {"per_host_thresholds": [{}]}},
             "circuit_breakers.per_host_thresholds",
         ),
-        ({"transport_socket": {"name": "tls"}}, "transport_socket"),
+        ({"upstream_http_protocol_options": {"auto_sni": True}}, "upstream_http_protocol_options"),
         (
             {"load_assignment": {"policy": {"drop_overloads": [{"category": "x"}]}}},
             "load_assignment.policy.drop_overloads",

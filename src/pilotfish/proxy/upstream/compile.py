@@ -14,10 +14,12 @@ from typing import Any
 
 from envoy.config.cluster.v3.cluster_pb2 import Cluster as ClusterProto
 from envoy.config.core.v3.health_check_pb2 import HealthStatus
+from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 from envoy.extensions.upstreams.http.v3.http_protocol_options_pb2 import HttpProtocolOptions
 from google.protobuf import json_format
 
 from pilotfish.proxy.proto_fields import seconds, unsupported
+from pilotfish.proxy.tls import TlsConfigError, UpstreamTls, compile_upstream
 from pilotfish.proxy.upstream.breakers import RetryBudget, Thresholds
 from pilotfish.proxy.upstream.errors import ClusterConfigError
 from pilotfish.proxy.upstream.host import EdsHealth
@@ -31,9 +33,13 @@ from pilotfish.proxy.upstream.spec import (
     LoadAssignment,
     PoolOptions,
     TcpKeepalive,
+    TransportSocketMatch,
 )
 
 HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+_TYPES = "type.googleapis.com/envoy.extensions.transport_sockets."
+UPSTREAM_TLS = _TYPES + "tls.v3.UpstreamTlsContext"
+RAW_BUFFER = _TYPES + "raw_buffer.v3.RawBuffer"
 # Every OutlierConfig field is named after its proto field. The active-health-check
 # flag is accepted because pilotfish has no active health checking for it to change.
 _OUTLIER = (*(f.name for f in fields(OutlierConfig)), "successful_active_health_check_uneject_host")
@@ -85,6 +91,12 @@ CLUSTER_FIELDS = frozenset(
         "dns_refresh_rate",
         "respect_dns_ttl",
         "wait_for_warm_on_init",
+        "transport_socket.name",
+        "transport_socket.typed_config",  # checked by _transport_socket
+        "transport_socket_matches.name",
+        "transport_socket_matches.match",
+        "transport_socket_matches.transport_socket.name",
+        "transport_socket_matches.transport_socket.typed_config",
         *(f"circuit_breakers.thresholds.{f}" for f in _THRESHOLDS),
         *(f"outlier_detection.{f}" for f in _OUTLIER),
     }
@@ -175,7 +187,35 @@ def compile_cluster(proto: Any) -> ClusterSpec:
         alt_stat_name=proto.alt_stat_name,
         wait_for_warm_on_init=_wrapped(proto, "wait_for_warm_on_init", True),
         eds_initial_fetch_timeout=_initial_fetch_timeout(proto),
+        transport_socket=_transport_socket(proto.transport_socket, where, "transport_socket"),
+        transport_socket_matches=tuple(
+            TransportSocketMatch(
+                m.name,
+                tuple(sorted(json_format.MessageToDict(m.match).items())),
+                _transport_socket(
+                    m.transport_socket, where, f"transport_socket_matches[{i}].transport_socket"
+                ),
+            )
+            for i, m in enumerate(proto.transport_socket_matches)
+        ),
     )
+
+
+def _transport_socket(proto: Any, where: str, path: str) -> UpstreamTls | None:
+    """An UpstreamTlsContext, or plaintext (unset, or raw_buffer)."""
+    url = proto.typed_config.type_url
+    if not url or url == RAW_BUFFER:
+        return None
+    if url != UPSTREAM_TLS:
+        raise ClusterConfigError(
+            where, f"{path}.typed_config", "only UpstreamTlsContext and RawBuffer are supported"
+        )
+    context = tls_pb2.UpstreamTlsContext()
+    proto.typed_config.Unpack(context)
+    try:
+        return compile_upstream(context, path)
+    except TlsConfigError as e:
+        raise ClusterConfigError(where, path, str(e)) from e
 
 
 def compile_load_assignment(proto: Any, where: str = "", prefix: str = "") -> LoadAssignment:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 
+from pilotfish.proxy.tls import UpstreamTls
 from pilotfish.proxy.upstream.breakers import Thresholds
 from pilotfish.proxy.upstream.host import EdsHealth
 from pilotfish.proxy.upstream.outlier import OutlierConfig
@@ -77,6 +78,19 @@ class PoolOptions:
     tcp_keepalive: TcpKeepalive | None = None
 
 
+TRANSPORT_SOCKET_MATCH = "envoy.transport_socket_match"  # the endpoint metadata key
+
+
+@dataclass(frozen=True, slots=True)
+class TransportSocketMatch:
+    """Envoy's transport_socket_matches entry: endpoints whose metadata under
+    `envoy.transport_socket_match` has all of `match` use `tls` (None: plaintext)."""
+
+    name: str
+    match: tuple[tuple[str, object], ...]
+    tls: UpstreamTls | None
+
+
 @dataclass(frozen=True, slots=True)
 class ClusterSpec:
     name: str
@@ -92,6 +106,21 @@ class ClusterSpec:
     added_via_api: bool = True
     wait_for_warm_on_init: bool = True
     eds_initial_fetch_timeout: float | None = None  # None: the ADS client's default
+    transport_socket: UpstreamTls | None = None  # None: plaintext
+    transport_socket_matches: tuple[TransportSocketMatch, ...] = ()
+
+    def upstream_tls(self, metadata: dict[str, object]) -> UpstreamTls | None:
+        """How to connect to an endpoint with this metadata: the first
+        transport_socket_matches entry it matches, else transport_socket
+        (Istio's auto mTLS: TLS to endpoints labelled tlsMode istio)."""
+        if not self.transport_socket_matches:
+            return self.transport_socket
+        found = metadata.get(TRANSPORT_SOCKET_MATCH)
+        labels = found if isinstance(found, dict) else {}
+        for entry in self.transport_socket_matches:
+            if all(labels.get(k) == v for k, v in entry.match):
+                return entry.tls
+        return self.transport_socket
 
     @property
     def is_eds(self) -> bool:

@@ -1,0 +1,135 @@
+"""Accepting connections on a listener that has a TLS filter chain.
+
+Istio's inbound listener serves mutual TLS and, in PERMISSIVE mode,
+plaintext on the same port; Envoy's tls_inspector tells them apart by the
+first bytes. Here the shell does the same before asyncio owns the socket:
+it waits until the connection is readable, peeks at the first byte
+(MSG_PEEK: nothing is consumed) and hands the socket to the event loop as a
+TLS connection (a handshake record starts with 0x16) or a plaintext one. A
+connection whose transport the listener has no chain for is closed at once,
+as Envoy closes one that matches no filter chain: in STRICT mode a plaintext
+client gets no answer at all.
+
+Plaintext-only listeners never come here (loop.create_server as before), so
+the plaintext path costs nothing more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import ssl
+from collections.abc import Callable
+
+from pilotfish.proxy.listeners import CompiledListener
+from pilotfish.proxy.stats import ListenerStats
+from pilotfish.proxy.tls import TlsContexts
+
+log = logging.getLogger("pilotfish.proxy")
+TLS_HANDSHAKE_RECORD = 0x16  # the first byte of a TLS ClientHello
+LISTENER_FILTERS_TIMEOUT_S = 15.0  # Envoy's default: a silent client is closed after it
+HANDSHAKE_TIMEOUT_S = 10.0
+
+
+class SniffingServer:
+    """A listening socket whose connections are sorted into TLS and plaintext."""
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        listener: Callable[[], CompiledListener],
+        factory: Callable[[], asyncio.Protocol],
+        contexts: TlsContexts,
+        stats: ListenerStats,
+    ) -> None:
+        self.sock, self.listener, self.factory = sock, listener, factory
+        self.contexts, self.stats = contexts, stats
+        self.loop = asyncio.get_running_loop()
+        self.pending: dict[socket.socket, asyncio.TimerHandle] = {}
+        self.handshakes: set[asyncio.Task[None]] = set()
+        sock.setblocking(False)
+        self.loop.add_reader(sock.fileno(), self._accept)
+
+    def __repr__(self) -> str:
+        return f"<SniffingServer {self.sock.getsockname()} pending={len(self.pending)}>"
+
+    def close(self) -> None:
+        """Stop accepting, as asyncio.Server.close: connections already
+        accepted carry on (those still being sniffed are handed over too, so
+        a drain loses no request that had reached the kernel)."""
+        if self.sock.fileno() >= 0:
+            self.loop.remove_reader(self.sock.fileno())
+            self.sock.close()
+
+    def _accept(self) -> None:
+        for _ in range(64):  # a bounded batch, so one listener cannot starve the loop
+            try:
+                conn, _ = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:  # EMFILE and the like: the next readiness tries again
+                log.warning("accept on %s: %s", self.sock.getsockname(), e)
+                return
+            conn.setblocking(False)
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            timer = self.loop.call_later(LISTENER_FILTERS_TIMEOUT_S, self._drop, conn)
+            self.pending[conn] = timer
+            self.loop.add_reader(conn.fileno(), self._sniff, conn)
+
+    def _drop(self, conn: socket.socket) -> None:
+        timer = self.pending.pop(conn, None)
+        if timer is not None:
+            timer.cancel()
+        if conn.fileno() >= 0:
+            self.loop.remove_reader(conn.fileno())
+            conn.close()
+
+    def _sniff(self, conn: socket.socket) -> None:
+        try:
+            first = conn.recv(1, socket.MSG_PEEK)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            first = b""
+        if not first:
+            self._drop(conn)
+            return
+        timer = self.pending.pop(conn)
+        timer.cancel()
+        self.loop.remove_reader(conn.fileno())
+        listener = self.listener()
+        context = None
+        if first[0] == TLS_HANDSHAKE_RECORD and listener.tls is not None:
+            context = self.contexts.server(listener.tls)
+            if context is None:
+                log.warning("listener %s: TLS refused, no certificate yet", listener.name)
+        elif listener.plaintext:
+            self._hand_over(conn, None)
+            return
+        if context is None:
+            self.stats.no_filter_chain_match += 1
+            conn.close()
+            return
+        self._hand_over(conn, context)
+
+    def _hand_over(self, conn: socket.socket, context: ssl.SSLContext | None) -> None:
+        task = asyncio.ensure_future(self._connect(conn, context))
+        self.handshakes.add(task)
+        task.add_done_callback(self.handshakes.discard)
+
+    async def _connect(self, conn: socket.socket, context: ssl.SSLContext | None) -> None:
+        try:
+            if context is None:
+                await self.loop.connect_accepted_socket(self.factory, conn)
+            else:
+                await self.loop.connect_accepted_socket(
+                    self.factory, conn, ssl=context, ssl_handshake_timeout=HANDSHAKE_TIMEOUT_S
+                )
+        except (OSError, TimeoutError) as e:  # ssl.SSLError is an OSError
+            self.stats.ssl__connection_error += 1
+            log.debug("listener %s: handshake failed: %s", self.listener().name, e)
+            conn.close()
+            return
+        if context is not None:
+            self.stats.ssl__handshake += 1
