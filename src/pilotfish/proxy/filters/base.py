@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Final, final
+from typing import Any, Final, final
 
 from pilotfish.proxy.routing.headers import HeaderMutation
 from pilotfish.proxy.routing.match import grpc_condition
@@ -89,6 +89,8 @@ class Exchange:
     position: int = 0  # the filter that decodes next (or is paused)
     paused: bool = False  # position's filter returned Delay and wants `resume`
     release_after_pause: Callable[[], None] | None = None  # what the pausing filter holds
+    dynamic_metadata: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Envoy's per-request dynamic metadata: filter namespace -> its keys and values."""
     _index: dict[bytes, bytes] | None = None
 
     def __repr__(self) -> str:

@@ -24,6 +24,7 @@ from typing import Any, Protocol
 
 from envoy.extensions.filters.http.cors.v3 import cors_pb2
 from envoy.extensions.filters.http.fault.v3 import fault_pb2
+from envoy.extensions.filters.http.jwt_authn.v3 import config_pb2 as jwt_authn_pb2
 from envoy.extensions.filters.http.local_ratelimit.v3 import local_rate_limit_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
 from google.protobuf.message import Message
@@ -39,6 +40,7 @@ from pilotfish.proxy.filters.base import (
 from pilotfish.proxy.filters.cors import CorsFilter
 from pilotfish.proxy.filters.errors import FilterConfigError
 from pilotfish.proxy.filters.fault import FaultFilter, compile_fault
+from pilotfish.proxy.filters.jwt_authn import JwtAuthnFilter, compile_jwt_authn
 from pilotfish.proxy.filters.ratelimit import (
     Clock,
     LocalRateLimitFilter,
@@ -51,6 +53,7 @@ from pilotfish.proxy.routing.request import RequestView
 FAULT = "envoy.filters.http.fault"
 CORS = "envoy.filters.http.cors"
 LOCAL_RATELIMIT = "envoy.filters.http.local_ratelimit"
+JWT_AUTHN = "envoy.filters.http.jwt_authn"
 ROUTER = "envoy.filters.http.router"
 # Router fields that change nothing pilotfish does (stats and tracing labels).
 ROUTER_FIELDS = frozenset({"dynamic_stats", "start_child_span"})
@@ -91,6 +94,11 @@ def _local_ratelimit(name: str, msg: Message, path: str, clock: Clock) -> HttpFi
     return LocalRateLimitFilter(name, compile_local_rate_limit(msg, path, clock), clock)
 
 
+def _jwt_authn(name: str, msg: Message, path: str, clock: Clock) -> HttpFilter:
+    assert isinstance(msg, jwt_authn_pb2.JwtAuthentication)
+    return JwtAuthnFilter(name, compile_jwt_authn(msg, path))
+
+
 _KINDS: dict[str, tuple[type[Message], _Builder | None]] = {
     fault_pb2.HTTPFault.DESCRIPTOR.full_name: (fault_pb2.HTTPFault, _fault),
     cors_pb2.Cors.DESCRIPTOR.full_name: (cors_pb2.Cors, _cors),
@@ -98,12 +106,17 @@ _KINDS: dict[str, tuple[type[Message], _Builder | None]] = {
         local_rate_limit_pb2.LocalRateLimit,
         _local_ratelimit,
     ),
+    jwt_authn_pb2.JwtAuthentication.DESCRIPTOR.full_name: (
+        jwt_authn_pb2.JwtAuthentication,
+        _jwt_authn,
+    ),
     router_pb2.Router.DESCRIPTOR.full_name: (router_pb2.Router, None),  # None: the router
 }
 _WELL_KNOWN = {
     FAULT: fault_pb2.HTTPFault.DESCRIPTOR.full_name,
     CORS: cors_pb2.Cors.DESCRIPTOR.full_name,
     LOCAL_RATELIMIT: local_rate_limit_pb2.LocalRateLimit.DESCRIPTOR.full_name,
+    JWT_AUTHN: jwt_authn_pb2.JwtAuthentication.DESCRIPTOR.full_name,
     ROUTER: router_pb2.Router.DESCRIPTOR.full_name,
 }
 SUPPORTED_NAMES = tuple(_WELL_KNOWN)
