@@ -39,6 +39,7 @@ from pilotfish.model.services import service_from_v1, services_from_entry
 from pilotfish.model.types import Endpoint, Instance, Labels, Proxy, Service, ServicePort
 
 NETWORKING = "networking.istio.io"
+SECURITY = "security.istio.io"
 MESH_KINDS = {  # what a snapshot reads; other kinds do not change what proxies get
     ("", "Service"),
     (NETWORKING, "VirtualService"),
@@ -47,6 +48,7 @@ MESH_KINDS = {  # what a snapshot reads; other kinds do not change what proxies 
     (NETWORKING, "ServiceEntry"),
     (NETWORKING, "WorkloadEntry"),
     (NETWORKING, "Sidecar"),
+    (SECURITY, "RequestAuthentication"),
 }
 EndpointKey = tuple[str, str, int]  # (hostname, namespace, port)
 
@@ -70,6 +72,8 @@ class Snapshot:
     destination_rules: tuple[DestinationRule, ...] = ()
     gateways: tuple[Gateway, ...] = ()
     sidecars: tuple[Sidecar, ...] = ()
+    request_authentications: tuple[Obj, ...] = ()  # oldest first
+    jwks: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))  # by jwksUri
     endpoint_index: Mapping[EndpointKey, tuple[Endpoint, ...]] = field(
         default_factory=lambda: MappingProxyType({}), repr=False
     )
@@ -356,10 +360,15 @@ def _merge_rules(
     return {ns: MappingProxyType(by_host) for ns, by_host in merged.items()}
 
 
-def build_snapshot(objects: Iterable[Obj], instances: Iterable[Instance] = ()) -> Snapshot:
+def build_snapshot(
+    objects: Iterable[Obj],
+    instances: Iterable[Instance] = (),
+    jwks: Mapping[str, str] | None = None,
+) -> Snapshot:
     """A snapshot from stored objects (any kinds; others are ignored) and the
     registered instances. Config is ordered oldest first, as Istio orders it
-    to settle conflicts."""
+    to settle conflicts. `jwks`: the keys fetched for RequestAuthentication
+    jwksUris, by URI."""
     by_kind: dict[str, list[Obj]] = defaultdict(list)
     for obj in objects:
         group = str(obj.get("apiVersion", "")).rpartition("/")[0]
@@ -376,6 +385,8 @@ def build_snapshot(objects: Iterable[Obj], instances: Iterable[Instance] = ()) -
         destination_rules=tuple(map(read_destination_rule, by_kind["DestinationRule"])),
         gateways=tuple(map(read_gateway, by_kind["Gateway"])),
         sidecars=tuple(map(read_sidecar, by_kind["Sidecar"])),
+        request_authentications=tuple(by_kind["RequestAuthentication"]),
+        jwks=MappingProxyType(dict(jwks or {})),
         endpoint_index=MappingProxyType(_endpoint_index(by_kind, services, live)),
     )
 

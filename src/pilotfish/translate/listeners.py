@@ -31,6 +31,7 @@ from google.protobuf.wrappers_pb2 import BoolValue
 from pilotfish.model import Instance, Protocol, Proxy, ProxyType, Snapshot
 from pilotfish.model.services import infer_protocol
 from pilotfish.translate import names
+from pilotfish.translate.jwt import applicable, translate_jwt_filter
 from pilotfish.translate.protos import ads, duration, pack, socket_address
 from pilotfish.translate.routes import gateway_http_ports
 
@@ -105,10 +106,20 @@ def translate_inbound_listeners(snapshot: Snapshot, proxy: Proxy) -> list[Listen
             if not _inbound_protocol(snapshot, instance, port_name).is_http_or_sniffed:
                 continue
             name = f"inbound_{instance.address}_{port}"
-            out[name] = _listener(
-                name, instance.address, port, _inbound_manager(port), base_pb2.INBOUND
-            )
+            manager = _inbound_manager(port)
+            _add_jwt_filter(snapshot, instance, manager)
+            out[name] = _listener(name, instance.address, port, manager, base_pb2.INBOUND)
     return list(out.values())
+
+
+def _add_jwt_filter(
+    snapshot: Snapshot, instance: Instance, manager: hcm_pb2.HttpConnectionManager
+) -> None:
+    """Istio's inbound order puts jwt_authn first, before any authorization."""
+    policies = applicable(snapshot.request_authentications, instance.namespace, instance.labels)
+    jwt = translate_jwt_filter(policies, snapshot.jwks)
+    if jwt is not None:
+        manager.http_filters.insert(0, jwt)
 
 
 def _inbound_protocol(snapshot: Snapshot, instance: Instance, port_name: str) -> Protocol:
