@@ -182,3 +182,12 @@ def test_status_reports_the_fetched_keys(enforcing: JwtMesh) -> None:
     (rule,) = enforcing.policy_status()["jwtRules"]
     assert rule["issuer"] == ISSUER and rule["keys"] == 2
     assert "lastFetched" in rule and "error" not in rule
+
+
+def test_describe_shows_the_status_and_the_selected_workloads(enforcing: JwtMesh) -> None:
+    done = enforcing.mesh.plane.cli("describe", "requestauthentication", "reviews-jwt")
+    assert done.returncode == 0, done.stderr
+    text = done.stdout
+    assert "Selected Workloads:\n  default/reviews-v1-0 (reviews-v1)\n" in text
+    assert "reason: JwksResolved" in text and "keys: 2" in text
+    assert "productpage" not in text

@@ -14,6 +14,8 @@ from pilotfish.api.kinds import Kind, registry
 from pilotfish.cli import output
 from pilotfish.cli.manifests import Document, read_documents
 from pilotfish.client import Client
+from pilotfish.model.snapshot import SECURITY
+from pilotfish.translate.jwt import selects
 
 Obj = dict[str, Any]
 FIELD_MANAGER = "pilotfish"
@@ -214,8 +216,26 @@ def describe(args: argparse.Namespace) -> int:
         items = [client.get(kind, args.name, namespace)]
     else:
         items = client.list(kind, namespace, args.selector).get("items", [])
-    print("\n\n".join(describe_text(kind, item, events_of(client, item)) for item in items))
+    instances = client.instances() if kind.group == SECURITY else []
+    texts = [
+        describe_text(kind, item, events_of(client, item), selected_workloads(item, instances))
+        for item in items
+    ]
+    print("\n\n".join(texts))
     return 0
+
+
+def selected_workloads(policy: Obj, instances: list[Obj]) -> list[str] | None:
+    """A security policy's workloads, as `namespace/instance (workload)`; None
+    for other kinds. Istio's scope: mesh-wide from the root namespace,
+    namespace-wide without a selector, else the selector's matches."""
+    if not str(policy.get("apiVersion", "")).startswith(SECURITY + "/"):
+        return None
+    return [
+        f"{i.get('namespace', '')}/{i.get('name', '')} ({i.get('workload', '')})"
+        for i in instances
+        if selects(policy, str(i.get("namespace", "")), i.get("labels") or {})
+    ]
 
 
 def events_of(client: Client, obj: Obj) -> list[Obj]:
@@ -273,8 +293,11 @@ def events_table(events: list[Obj], now: datetime | None = None) -> str:
     return "Events:\n" + "\n".join("  " + line for line in output.align(rows).splitlines())
 
 
-def describe_text(kind: Kind, obj: Obj, events: list[Obj] | None = None) -> str:
-    """kubectl describe's layout: identity first, then spec and status as indented text."""
+def describe_text(
+    kind: Kind, obj: Obj, events: list[Obj] | None = None, selected: list[str] | None = None
+) -> str:
+    """kubectl describe's layout: identity first, then spec and status as indented
+    text; `selected`: the workloads a policy applies to."""
     meta = obj.get("metadata", {})
     lines = [
         f"Name:         {meta.get('name', '')}",
@@ -294,6 +317,9 @@ def describe_text(kind: Kind, obj: Obj, events: list[Obj] | None = None) -> str:
         if section in obj:
             lines.append(f"{section[0].upper()}{section[1:]}:")
             lines.extend("  " + line for line in output.to_yaml(obj[section]).splitlines())
+    if selected is not None:
+        lines.append("Selected Workloads:" + ("" if selected else "  <none>"))
+        lines.extend(f"  {w}" for w in selected)
     lines.append(events_table(events or []))
     return "\n".join(lines)
 
