@@ -15,6 +15,7 @@ from typing import Any
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
+from tests.agent.mesh_harness import wait_for
 
 from pilotfish.controlplane.jwks import (
     JwksState,
@@ -159,16 +160,6 @@ def test_fetch_from_a_real_server(jwks_server: tuple[str, type[_Keys]]) -> None:
     )
 
 
-def _wait(check: Any, timeout: float = 15) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = check()
-        if got:
-            return got
-        time.sleep(0.1)
-    raise AssertionError("condition not reached")
-
-
 def test_the_control_plane_fetches_keeps_and_reports(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, jwks_server: tuple[str, type[_Keys]]
 ) -> None:
@@ -188,10 +179,10 @@ def test_the_control_plane_fetches_keeps_and_reports(
                 ).get("status", "")
             )
 
-        _wait(lambda: ready() == "True")
+        wait_for(lambda: ready() == "True", 15, "keys never fetched")
         assert plane.mesh.snapshot().jwks == {uri: JWKS}
         handler.delay = 1.0  # the JWKS URL now times out: reported, keys kept
-        _wait(lambda: ready() == "False")
+        wait_for(lambda: ready() == "False", 15, "the timeout never reported")
         message = condition(plane.store.get(key)["status"])["message"]
         assert message == f"issuer a: fetching {uri}: timed out (last good keys kept)"
         assert plane.mesh.snapshot().jwks == {uri: JWKS}
