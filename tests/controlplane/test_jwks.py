@@ -192,12 +192,37 @@ def test_the_control_plane_fetches_keeps_and_reports(
 
 
 @pytest.mark.parametrize("version", ["v1", "v1beta1"])
-def test_target_refs_are_refused_as_gateway_api(version: str) -> None:
+def test_target_refs_are_gateway_api_and_select_nothing(version: str) -> None:
+    """Istio's validation accepts targetRefs (its conformance cases do), so the
+    policy is stored; it applies to no sidecar, and analyze and status say why."""
+    from pilotfish.api.analysis import analyze
     from pilotfish.api.validation import validate
+    from pilotfish.translate.jwt import applicable
 
     obj = policy({"issuer": "a", "jwksUri": URI})
     obj["apiVersion"] = f"security.istio.io/{version}"
     obj["spec"]["targetRefs"] = [{"group": "", "kind": "Service", "name": "reviews"}]
-    errors = validate(obj)
-    assert [e.path for e in errors] == ["spec.targetRefs"]
-    assert "Kubernetes Gateway API" in errors[0].message and "selector" in errors[0].message
+    assert validate(obj) == []
+    assert applicable([obj], "default", {}) == []
+    (warning,) = analyze(obj, lambda *_: [])
+    assert "Kubernetes Gateway API" in warning and "applies to no workload" in warning
+    cond = condition(policy_status(obj, record(JwksState(), URI, 0, JWKS, ""), 0))
+    assert (cond["status"], cond["reason"]) == ("False", "TargetRefsUnsupported")
+    assert cond["message"] == warning
+
+
+def test_analyze_warns_of_rules_whose_tokens_cannot_pass() -> None:
+    from pilotfish.api.analysis import analyze
+
+    state = record(JwksState(), URI, 0, None, f"fetching {URI}: HTTP 404")
+    failing = policy({"issuer": "a", "jwksUri": URI}, {"issuer": "b"})
+    failing["status"] = policy_status(failing, state, 0)
+    warnings = analyze(failing, lambda *_: [])
+    assert warnings[0] == (
+        "jwtRules[1]: neither jwks nor jwksUri: tokens of issuer b will fail "
+        "(keys are not discovered from the issuer)"
+    )
+    assert (
+        warnings[1].startswith("JWKS unavailable: issuer a: fetching") and "HTTP 404" in warnings[1]
+    )
+    assert analyze(policy({"issuer": "a", "jwks": JWKS}), lambda *_: []) == []

@@ -11,6 +11,10 @@ Obj = dict[str, Any]
 Lookup = Callable[[str, str, str], list[Obj]]
 NETWORKING = "networking.istio.io"
 _DOMAIN = "svc.cluster.local"
+TARGET_REFS_IGNORED = (
+    "targetRefs attaches a policy to a Kubernetes Gateway API resource, which "
+    "pilotfish does not have: this policy applies to no workload; use selector"
+)
 
 
 def analyze(obj: Obj, lookup: Lookup) -> list[str]:
@@ -21,7 +25,26 @@ def analyze(obj: Obj, lookup: Lookup) -> list[str]:
         return _virtual_service(obj, lookup)
     if group == NETWORKING and kind == "DestinationRule":
         return _destination_rule(obj)
+    if group == "security.istio.io" and kind == "RequestAuthentication":
+        return _request_authentication(obj)
     return []
+
+
+def _request_authentication(obj: Obj) -> list[str]:
+    """Rules whose tokens cannot pass: no key source, or keys the control
+    plane could not get (its Ready condition, once it has tried)."""
+    spec = obj.get("spec") or {}
+    warnings = [TARGET_REFS_IGNORED] if spec.get("targetRef") or spec.get("targetRefs") else []
+    for i, rule in enumerate(spec.get("jwtRules") or []):
+        if not rule.get("jwks") and not rule.get("jwksUri"):
+            warnings.append(
+                f"jwtRules[{i}]: neither jwks nor jwksUri: tokens of issuer "
+                f"{rule.get('issuer', '')} will fail (keys are not discovered from the issuer)"
+            )
+    for condition in (obj.get("status") or {}).get("conditions") or []:
+        if condition.get("type") == "Ready" and condition.get("reason") == "JwksUnavailable":
+            warnings.append(f"JWKS unavailable: {condition.get('message', '')}")
+    return warnings
 
 
 def _namespace(obj: Obj) -> str:

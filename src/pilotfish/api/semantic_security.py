@@ -114,18 +114,8 @@ def peer_authentication(obj: Obj, errors: Errors) -> None:
 
 
 def request_authentication(obj: Obj, errors: Errors) -> None:
-    spec = _spec(obj)
-    for field in ("targetRef", "targetRefs"):
-        if spec.get(field):
-            errors.add(f"spec.{field}", GATEWAY_API_REFUSED)
-    for i, rule in enumerate(spec.get("jwtRules") or []):
+    for i, rule in enumerate(_spec(obj).get("jwtRules") or []):
         _jwt_rule(f"spec.jwtRules[{i}]", rule, errors)
-
-
-GATEWAY_API_REFUSED = (
-    "Unsupported value: targetRefs attaches a policy to a Kubernetes Gateway API "
-    "resource, which pilotfish does not have; use selector.matchLabels"
-)
 
 
 def _jwt_rule(path: str, rule: Obj, errors: Errors) -> None:

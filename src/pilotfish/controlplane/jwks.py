@@ -28,12 +28,14 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
 
+from pilotfish.api.analysis import TARGET_REFS_IGNORED
 from pilotfish.api.gotypes import parse_duration_ns, rfc3339
 from pilotfish.model.config import Obj
 from pilotfish.periodic import Periodic
 from pilotfish.proxy.filters.jwt_verify import JwksError, parse_jwks
 from pilotfish.registry.mesh import MeshRegistry
 from pilotfish.store.resources import ResourceStore
+from pilotfish.translate.jwt import has_target_refs
 
 log = logging.getLogger("pilotfish.jwks")
 
@@ -187,14 +189,20 @@ def policy_status(policy: Obj, state: JwksState, now: float) -> Obj:
         lines.append(line)
         if error:
             errors.append(error)
-    ready = "False" if errors else "True"
+    if has_target_refs(policy):
+        reason, message = "TargetRefsUnsupported", TARGET_REFS_IGNORED
+    elif errors:
+        reason, message = "JwksUnavailable", "; ".join(errors)
+    else:
+        reason, message = "JwksResolved", "keys are available for every JWT rule"
+    ready = "True" if reason == "JwksResolved" else "False"
     old = _condition(policy)
     since = old.get("lastTransitionTime") if old.get("status") == ready else None
     condition = {
         "type": "Ready",
         "status": ready,
-        "reason": "JwksUnavailable" if errors else "JwksResolved",
-        "message": "; ".join(errors) if errors else "keys are available for every JWT rule",
+        "reason": reason,
+        "message": message,
         "lastTransitionTime": since or rfc3339(now),
     }
     return {"conditions": [condition], "jwtRules": lines}

@@ -65,8 +65,16 @@ def selector_of(obj: Obj) -> Labels:
     return labels
 
 
+def has_target_refs(obj: Obj) -> bool:
+    spec = obj.get("spec") or {}
+    return bool(spec.get("targetRef") or spec.get("targetRefs"))
+
+
 def selects(obj: Obj, namespace: str, labels: Labels, root: str = ROOT_NAMESPACE) -> bool:
-    """Whether a policy applies to a workload of `namespace` with `labels`."""
+    """Whether a policy applies to a workload of `namespace` with `labels`. One
+    with targetRefs (Gateway API attachment, which pilotfish has not) applies to none."""
+    if has_target_refs(obj):
+        return False
     policy_ns = str(_meta(obj).get("namespace") or "default")
     selector = selector_of(obj)
     if not selector:
