@@ -18,7 +18,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
 from google.protobuf import json_format
-from translate_sim import BOOKINFO_SERVICES, instance
+from translate_sim import BOOKINFO_SERVICES, INGRESS, instance, load_file
 
 from pilotfish.model import Proxy, build_snapshot
 from pilotfish.proxy.listeners import compile_listener
@@ -200,3 +200,22 @@ def test_inbound_listener_puts_jwt_authn_first_and_the_sidecar_takes_it() -> Non
 
     assert inbound_filters(ra)[0] == "envoy.filters.http.jwt_authn"
     assert "envoy.filters.http.jwt_authn" not in inbound_filters(other)
+
+
+def test_an_ingress_gateway_selected_in_the_root_namespace_gets_the_filter() -> None:
+    """Istio's 'JWT at the ingress gateway' task: a policy in istio-system
+    selecting istio: ingressgateway."""
+    ra = policy(
+        {"issuer": FOO, "jwksUri": URI}, ns="istio-system", selector={"istio": "ingressgateway"}
+    )
+    objects = [*BOOKINFO_SERVICES, *load_file("bookinfo-gateway.yaml"), ra]
+    snap = build_snapshot(objects, [], jwks=FETCHED)
+    (listener,) = translate_listeners(snap, INGRESS)
+    compile_listener(listener)
+    manager = hcm_pb2.HttpConnectionManager()
+    listener.filter_chains[0].filters[0].typed_config.Unpack(manager)
+    assert manager.http_filters[0].name == "envoy.filters.http.jwt_authn"
+    snap = build_snapshot([*objects[:-1]], [], jwks=FETCHED)
+    (listener,) = translate_listeners(snap, INGRESS)
+    listener.filter_chains[0].filters[0].typed_config.Unpack(manager)
+    assert "envoy.filters.http.jwt_authn" not in [f.name for f in manager.http_filters]

@@ -30,6 +30,7 @@ from google.protobuf.wrappers_pb2 import BoolValue
 
 from pilotfish.model import Instance, Protocol, Proxy, ProxyType, Snapshot
 from pilotfish.model.services import infer_protocol
+from pilotfish.model.types import Labels
 from pilotfish.translate import names
 from pilotfish.translate.jwt import applicable, translate_jwt_filter
 from pilotfish.translate.protos import ads, duration, pack, socket_address
@@ -107,16 +108,16 @@ def translate_inbound_listeners(snapshot: Snapshot, proxy: Proxy) -> list[Listen
                 continue
             name = f"inbound_{instance.address}_{port}"
             manager = _inbound_manager(port)
-            _add_jwt_filter(snapshot, instance, manager)
+            _add_jwt_filter(snapshot, instance.namespace, instance.labels, manager)
             out[name] = _listener(name, instance.address, port, manager, base_pb2.INBOUND)
     return list(out.values())
 
 
 def _add_jwt_filter(
-    snapshot: Snapshot, instance: Instance, manager: hcm_pb2.HttpConnectionManager
+    snapshot: Snapshot, namespace: str, labels: Labels, manager: hcm_pb2.HttpConnectionManager
 ) -> None:
-    """Istio's inbound order puts jwt_authn first, before any authorization."""
-    policies = applicable(snapshot.request_authentications, instance.namespace, instance.labels)
+    """Istio's inbound (and gateway) order puts jwt_authn first, before any authorization."""
+    policies = applicable(snapshot.request_authentications, namespace, labels)
     jwt = translate_jwt_filter(policies, snapshot.jwks)
     if jwt is not None:
         manager.http_filters.insert(0, jwt)
@@ -162,6 +163,7 @@ def translate_gateway_listeners(snapshot: Snapshot, proxy: Proxy) -> list[Listen
     for port in gateway_http_ports(snapshot, proxy):
         name = f"{host}_{port}"
         manager = _rds_manager(name, names.gateway_route(port))
+        _add_jwt_filter(snapshot, proxy.namespace, proxy.labels, manager)
         # A gateway is the edge: the client's address is the peer's, not a header's.
         manager.use_remote_address.value = True
         out.append(_listener(name, host, port, manager, base_pb2.OUTBOUND))
