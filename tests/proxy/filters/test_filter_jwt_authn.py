@@ -281,3 +281,19 @@ def test_the_chain_takes_the_filter_and_refuses_remote_jwks() -> None:
 def test_real_clock_default_is_wall_time() -> None:
     flt = JwtAuthnFilter("jwt", compile_jwt_authn(istio_config(provider()), "jwt"))
     assert abs(flt.now() - time.time()) < 5
+
+
+def test_a_cached_token_still_expires() -> None:
+    """Envoy's jwt cache skips the signature of a token seen before, never its time."""
+    now = [NOW]
+    flt = JwtAuthnFilter("jwt", compile_jwt_authn(istio_config(provider()), "jwt"), lambda: now[0])
+    headers = [(b"authorization", b"Bearer " + token(exp=NOW + 10).encode())]
+
+    def decode() -> Any:
+        req = Request(method=b"GET", path=b"/", authority=b"svc", headers=headers)
+        return flt.decode(Exchange(req), random.Random(0))
+
+    assert isinstance(decode(), Proceed)
+    assert isinstance(decode(), Proceed)  # from the cache
+    now[0] = NOW + 71
+    denied(decode(), 401, "Jwt is expired")

@@ -49,6 +49,7 @@ FILTER_NAME = "envoy.filters.http.jwt_authn"
 ISTIO_AUTHN = "istio_authn"
 JWKS_FETCH_FAIL = "Jwks remote fetch is failed"  # no usable keys: Envoy's status when it has none
 DEFAULT_CLOCK_SKEW_S = 60
+JWT_CACHE_SIZE = 100  # Envoy's JwtCacheConfig default
 _TOKEN = re.compile(rb"[A-Za-z0-9._\-+/=]+")  # what Envoy takes after a header's prefix
 _PROVIDER_FIELDS = frozenset(
     {"issuer", "audiences", "local_jwks.inline_string", "forward", "from_headers"}
@@ -80,9 +81,25 @@ class Provider:
     space_delimited: frozenset[str]
     claim_headers: tuple[tuple[str, bytes], ...]  # (claim, header)
     skew: int
+    # Envoy's jwt_cache (on by default, 100 tokens): a token verified once under
+    # this config skips the signature check while its time is still good.
+    cache: dict[str, Jwt] = field(default_factory=dict)
 
     def __repr__(self) -> str:
         return f"Provider({self.name}, issuer={self.issuer!r}, {len(self.keys)} keys)"
+
+    def verified(self, token: str, now: float) -> Jwt:
+        """The token checked under this provider (JwtError if it fails)."""
+        jwt = self.cache.get(token)
+        if jwt is not None:
+            verify_time(jwt, now, self.skew)
+            return jwt
+        jwt = parse_jwt(token)
+        self.check(jwt, now)
+        if len(self.cache) >= JWT_CACHE_SIZE:
+            del self.cache[next(iter(self.cache))]  # the oldest entry
+        self.cache[token] = jwt
+        return jwt
 
     def check(self, jwt: Jwt, now: float) -> None:
         """jwt_verify_lib's order: issuer, time, audiences, then the signature."""
@@ -189,11 +206,18 @@ class _Request:
     now: float
     results: dict[tuple[str, str], str | None] = field(default_factory=dict)
     verified: dict[str, tuple[Jwt, Provider, bytes | None]] = field(default_factory=dict)
+    _tokens: dict[str, list[tuple[str, bytes | None]]] = field(default_factory=dict)
     _query: list[tuple[str, str]] | None = None
     _cookies: dict[str, str] | None = None
 
     def tokens(self, provider: Provider) -> list[tuple[str, bytes | None]]:
         """(token, the header it came in, if it came in one) at the provider's locations."""
+        found = self._tokens.get(provider.name)
+        if found is None:
+            found = self._tokens[provider.name] = self._extract(provider)
+        return found
+
+    def _extract(self, provider: Provider) -> list[tuple[str, bytes | None]]:
         found: list[tuple[str, bytes | None]] = []
         index = self.ex.index()
         for name, prefix in provider.headers:
@@ -230,8 +254,7 @@ class _Request:
         if key in self.results:
             return self.results[key]
         try:
-            jwt = parse_jwt(token)
-            provider.check(jwt, self.now)
+            jwt = provider.verified(token, self.now)
         except JwtError as e:
             self.results[key] = str(e)
             return str(e)
@@ -286,6 +309,9 @@ class _Request:
     def _verify_by_issuer(
         self, token: str, header: bytes | None, providers: dict[str, Provider]
     ) -> str | None:
+        for provider in providers.values():  # seen before: no need to parse it again
+            if token in provider.cache:
+                return self.verify(token, header, provider)
         try:
             issuer = parse_jwt(token).issuer
         except JwtError as e:
