@@ -191,3 +191,42 @@ def test_describe_shows_the_status_and_the_selected_workloads(enforcing: JwtMesh
     assert "Selected Workloads:\n  default/reviews-v1-0 (reviews-v1)\n" in text
     assert "reason: JwksResolved" in text and "keys: 2" in text
     assert "productpage" not in text
+
+
+def test_an_unreachable_jwks_makes_its_tokens_fail_never_pass(enforcing: JwtMesh) -> None:
+    """A second policy whose jwksUri nothing answers: its issuer's tokens are
+    refused (the fake key), the first issuer's still pass, status says why."""
+    dead = f"http://127.0.0.1:{free_port()}/keys"
+    enforcing.mesh.apply(
+        f"""
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: reviews-down}}
+spec:
+  selector: {{matchLabels: {{app: reviews}}}}
+  jwtRules: [{{issuer: "https://down.test", jwksUri: "{dead}"}}]
+"""
+    )
+    try:
+        wait_until(
+            lambda: "down.test" in json.dumps(enforcing.reviews.config_dump()),
+            15,
+            "the second policy never reached the sidecar",
+        )
+        # Straight to the inbound listener: a new connection, so the new config.
+        inbound = f"http://127.0.0.1:{enforcing.reviews.inbound_port}/echo"
+        down = {"Authorization": f"Bearer {token(iss='https://down.test')}"}
+        got = curl(inbound, headers={**down, "Host": "reviews"})
+        assert (got.status, got.body.decode()) == (
+            401,
+            "Jwks doesn't have key to match kid or alg from Jwt",
+        ), got
+        good = {"Authorization": f"Bearer {token()}", "Host": "reviews"}
+        assert curl(inbound, headers=good).status == 200
+        obj = enforcing.client.get(resolve("RequestAuthentication"), "reviews-down", "default")
+        (cond,) = obj["status"]["conditions"]
+        assert (cond["status"], cond["reason"]) == ("False", "JwksUnavailable")
+        assert cond["message"].startswith(f"issuer https://down.test: fetching {dead}: ")
+        assert cond["message"].endswith("(tokens of this issuer fail)")
+    finally:
+        enforcing.mesh.delete("requestauthentication", "reviews-down")

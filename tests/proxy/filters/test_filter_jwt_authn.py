@@ -297,3 +297,18 @@ def test_a_cached_token_still_expires() -> None:
     assert isinstance(decode(), Proceed)  # from the cache
     now[0] = NOW + 71
     denied(decode(), 401, "Jwt is expired")
+
+
+def test_with_two_providers_the_real_error_beats_unknown_issuer() -> None:
+    """Envoy's AnyVerifier: a token of the second issuer whose keys do not match
+    reports that, not the first provider's 'issuer is not configured'."""
+    second = provider(issuer="https://second.example", local_jwks={"inline_string": '{"keys": []}'})
+    keyless = provider(issuer="https://second.example")
+    keyless["local_jwks"] = {
+        "inline_string": json.dumps({"keys": [jwk(OTHER_RSA, "other", "RS256")]})
+    }
+    config = istio_config(provider(), keyless)
+    _, step = run(config, bearer(token(iss="https://second.example")))
+    denied(step, 401, "Jwks doesn't have key to match kid or alg from Jwt")
+    _, step = run(istio_config(provider(), second), bearer(token(iss="https://second.example")))
+    denied(step, 401, "Jwks remote fetch is failed")

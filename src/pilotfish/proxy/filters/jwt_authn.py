@@ -277,10 +277,7 @@ class _Request:
                     return status
             return None
         if kind == "any":
-            statuses = [self.check(r, providers) for r in req[1]]
-            if any(s is None for s in statuses):
-                return None
-            return next((s for s in statuses if s != MISSING), MISSING)
+            return self.check_any(req[1], providers)
         if kind == "all":
             for r in req[1]:
                 status = self.check(r, providers)
@@ -289,6 +286,27 @@ class _Request:
             return None
         status = self.check_any_issuer(providers)
         return None if kind == "missing_or_failed" or status in (None, MISSING) else status
+
+    def check_any(self, reqs: list[Requirement], providers: dict[str, Provider]) -> str | None:
+        """Envoy's AnyVerifier: allow_missing(_or_failed) among others is a flag,
+        not a child; with all children failed, the last error other than
+        missing / unknown issuer wins, then unknown issuer, then missing."""
+        bypass = {r[0] for r in reqs if r[0] in ("missing", "missing_or_failed")}
+        children = [r for r in reqs if r[0] not in bypass]
+        if not children:
+            return self.check(
+                ("missing_or_failed" if "missing_or_failed" in bypass else "missing",), providers
+            )
+        final = MISSING
+        for child in children:  # in order, stopping at the first that passes, as Envoy does
+            status = self.check(child, providers)
+            if status is None:
+                return None
+            if status not in (MISSING, UNKNOWN_ISSUER) or final == MISSING:
+                final = status
+        if "missing_or_failed" in bypass or ("missing" in bypass and final == MISSING):
+            return None
+        return final
 
     def check_any_issuer(self, providers: dict[str, Provider]) -> str | None:
         """allow_missing: any token found at any provider's locations must be good
