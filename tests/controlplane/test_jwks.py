@@ -226,3 +226,31 @@ def test_analyze_warns_of_rules_whose_tokens_cannot_pass() -> None:
         warnings[1].startswith("JWKS unavailable: issuer a: fetching") and "HTTP 404" in warnings[1]
     )
     assert analyze(policy({"issuer": "a", "jwks": JWKS}), lambda *_: []) == []
+
+
+def test_the_resolver_keeps_the_rest_of_the_status() -> None:
+    """Analysis writes status.validationMessages; the resolver must not erase it
+    (nor rewrite its own part when nothing changed), or the two would fight."""
+    from pilotfish.controlplane.jwks import JwksResolver
+
+    other = {"validationMessages": [{"type": {"code": "IST0101"}}]}
+    stored = policy({"issuer": "a", "jwksUri": URI}, status=other)
+    writes: list[dict[str, Any]] = []
+
+    def write(obj: dict[str, Any], status: dict[str, Any]) -> None:
+        writes.append(status)
+        obj["status"] = status
+
+    resolver = JwksResolver(
+        lambda: [stored],
+        lambda keys: None,
+        write,
+        clock=lambda: 0.0,
+        timing=TIMING,
+        fetcher=lambda uri, timeout: (JWKS, ""),
+    )
+    resolver.step()
+    resolver.step()
+    assert len(writes) == 1
+    assert writes[0]["validationMessages"] == other["validationMessages"]
+    assert writes[0]["conditions"][0]["reason"] == "JwksResolved"

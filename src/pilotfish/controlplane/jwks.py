@@ -26,7 +26,6 @@ import urllib.request
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
-from typing import Any
 
 from pilotfish.api.analysis import TARGET_REFS_IGNORED
 from pilotfish.api.gotypes import parse_duration_ns, rfc3339
@@ -285,12 +284,16 @@ class JwksResolver:
             self._update_status(policy)
 
     def _update_status(self, policy: Obj) -> None:
-        status = policy_status(policy, self.state, self.clock())
-        if status != _without_none(policy.get("status")):
-            try:
-                self.write_status(policy, status)
-            except Exception as e:  # deleted meanwhile, or a conflict: the next pass retries
-                log.info("status of RequestAuthentication not written: %s", e)
+        """Only this resolver's keys of the status; others' (analysis's
+        validationMessages) are kept as they are."""
+        mine = policy_status(policy, self.state, self.clock())
+        current: Obj = policy.get("status") or {}
+        if all(current.get(k) == v for k, v in mine.items()):
+            return
+        try:
+            self.write_status(policy, {**current, **mine})
+        except Exception as e:  # deleted meanwhile, or a conflict: the next pass retries
+            log.info("status of RequestAuthentication not written: %s", e)
 
 
 def start_jwks_resolver(store: ResourceStore, mesh: MeshRegistry) -> JwksResolver:
@@ -307,7 +310,3 @@ def start_jwks_resolver(store: ResourceStore, mesh: MeshRegistry) -> JwksResolve
     )
     resolver.start()
     return resolver
-
-
-def _without_none(value: Any) -> Any:
-    return value if value is not None else {}
