@@ -312,3 +312,22 @@ def test_with_two_providers_the_real_error_beats_unknown_issuer() -> None:
     denied(step, 401, "Jwks doesn't have key to match kid or alg from Jwt")
     _, step = run(istio_config(provider(), second), bearer(token(iss="https://second.example")))
     denied(step, 401, "Jwks remote fetch is failed")
+
+
+def test_forged_output_headers_are_removed_from_requests_without_a_token() -> None:
+    """Envoy's sanitizeHeaders: x-jwt-payload and claim headers only ever come
+    from a verified token."""
+    config = istio_config(
+        provider(
+            forward_payload_header="x-jwt-payload",
+            claim_to_headers=[{"header_name": "x-jwt-sub", "claim_name": "sub"}],
+        )
+    )
+    forged = {"x-jwt-payload": "e30", "x-jwt-sub": "admin"}
+    ex, step = run(config, forged)
+    assert isinstance(step, Proceed)
+    got = upstream_headers(ex, [(b"x-jwt-payload", b"e30"), (b"x-jwt-sub", b"admin"), (b"a", b"b")])
+    assert got == {b"a": b"b"}
+    ex, _ = run(config, {**forged, **bearer(token())})
+    got = upstream_headers(ex, [(b"x-jwt-sub", b"admin")])
+    assert got[b"x-jwt-sub"] == b"alice"

@@ -123,6 +123,21 @@ class JwtAuthnConfig:
     providers: dict[str, Provider]
     rules: tuple[tuple[str, bool, bool, Requirement], ...]  # (path, prefix?, case?, requires)
     bypass_cors_preflight: bool
+    # Envoy's sanitizeHeaders: the headers the filter writes are removed from
+    # every request it checks, so a client cannot pass forged ones without a token.
+    sanitize: HeaderMutation
+
+    @classmethod
+    def of(
+        cls,
+        providers: dict[str, Provider],
+        rules: tuple[tuple[str, bool, bool, Requirement], ...],
+        bypass_cors_preflight: bool,
+    ) -> JwtAuthnConfig:
+        written = {p.payload_header for p in providers.values() if p.payload_header}
+        written |= {name for p in providers.values() for _, name in p.claim_headers}
+        sanitize = HeaderMutation(tuple((REMOVE, name, b"") for name in sorted(written)))
+        return cls(providers, rules, bypass_cors_preflight, sanitize)
 
 
 def compile_jwt_authn(msg: config_pb2.JwtAuthentication, path: str) -> JwtAuthnConfig:
@@ -145,7 +160,7 @@ def compile_jwt_authn(msg: config_pb2.JwtAuthentication, path: str) -> JwtAuthnC
             else ("missing_or_failed",)
         )
         rules.append((value, prefix, case, requires))
-    return JwtAuthnConfig(providers, tuple(rules), msg.bypass_cors_preflight)
+    return JwtAuthnConfig.of(providers, tuple(rules), msg.bypass_cors_preflight)
 
 
 def _provider(name: str, p: config_pb2.JwtProvider, path: str) -> Provider:
@@ -364,6 +379,8 @@ class JwtAuthnFilter:
         requirement = self._requirement(ex)
         if requirement is None:
             return PROCEED
+        if self.config.sanitize:
+            ex.upstream_headers.append(self.config.sanitize)
         state = _Request(ex, self.now())
         status = state.check(requirement, self.config.providers)
         if status is not None:
