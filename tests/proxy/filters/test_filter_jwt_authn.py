@@ -331,3 +331,20 @@ def test_forged_output_headers_are_removed_from_requests_without_a_token() -> No
     ex, _ = run(config, {**forged, **bearer(token())})
     got = upstream_headers(ex, [(b"x-jwt-sub", b"admin")])
     assert got[b"x-jwt-sub"] == b"alice"
+
+
+def test_padded_payload_header_and_a_rule_without_requirement() -> None:
+    tok = token(pad="x")  # a payload whose base64url needs padding
+    assert len(tok.split(".")[1]) % 4 == 2
+    config = istio_config(provider(forward_payload_header="x-p", pad_forward_payload_header=True))
+    ex, _ = run(config, bearer(tok))
+    value = upstream_headers(ex, [])[b"x-p"]
+    assert value.rstrip(b"=") == tok.split(".")[1].encode() and len(value) % 4 == 0
+    config.rules[0].ClearField("requires")  # no requirement: nothing checked, a bad token passes
+    ex, step = run(config, bearer("garbage"))
+    assert isinstance(step, Proceed) and ex.dynamic_metadata == {}
+
+
+def test_clear_route_cache_is_refused() -> None:
+    with pytest.raises(FilterConfigError, match="clear_route_cache"):
+        compile_jwt_authn(istio_config(provider(clear_route_cache=True)), "jwt")

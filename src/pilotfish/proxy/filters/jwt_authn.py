@@ -55,7 +55,7 @@ _PROVIDER_FIELDS = frozenset(
     {"issuer", "audiences", "local_jwks.inline_string", "forward", "from_headers"}
     | {"from_params", "from_cookies", "forward_payload_header", "payload_in_metadata"}
     | {"normalize_payload_in_metadata", "clock_skew_seconds", "claim_to_headers"}
-    | {"clear_route_cache", "pad_forward_payload_header"}
+    | {"pad_forward_payload_header"}
 )
 _CONFIG_FIELDS = frozenset(
     {"providers", "rules.match.prefix", "rules.match.path", "rules.requires"}
@@ -77,6 +77,7 @@ class Provider:
     params: tuple[str, ...]
     cookies: tuple[str, ...]
     payload_header: bytes
+    pad_payload: bool
     payload_key: str
     space_delimited: frozenset[str]
     claim_headers: tuple[tuple[str, bytes], ...]  # (claim, header)
@@ -157,7 +158,7 @@ def compile_jwt_authn(msg: config_pb2.JwtAuthentication, path: str) -> JwtAuthnC
         requires = (
             _requirement(rule.requires, providers, f"{where}.requires")
             if rule.HasField("requires")
-            else ("missing_or_failed",)
+            else ("all", [])  # Envoy's AllowAllVerifier: nothing is checked
         )
         rules.append((value, prefix, case, requires))
     return JwtAuthnConfig.of(providers, tuple(rules), msg.bypass_cors_preflight)
@@ -185,6 +186,7 @@ def _provider(name: str, p: config_pb2.JwtProvider, path: str) -> Provider:
         params=params,
         cookies=tuple(p.from_cookies),
         payload_header=p.forward_payload_header.lower().encode(),
+        pad_payload=p.pad_forward_payload_header,
         payload_key=p.payload_in_metadata,
         space_delimited=frozenset(p.normalize_payload_in_metadata.space_delimited_claims),
         claim_headers=tuple(
@@ -421,7 +423,10 @@ def _accept(ex: Exchange, jwt: Jwt, provider: Provider, header: bytes | None) ->
     if not provider.forward and header is not None:
         ops.append((REMOVE, header, b""))
     if provider.payload_header:
-        ops.append((OVERWRITE_IF_EXISTS_OR_ADD, provider.payload_header, jwt.payload_b64.encode()))
+        encoded = jwt.payload_b64.encode()
+        if provider.pad_payload:
+            encoded += b"=" * (-len(encoded) % 4)
+        ops.append((OVERWRITE_IF_EXISTS_OR_ADD, provider.payload_header, encoded))
     for claim, name in provider.claim_headers:
         value = _claim_value(jwt.payload, claim)
         if value is not None:
