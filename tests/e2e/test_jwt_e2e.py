@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from mesh_processes import XdsControlPlane, wait_until
 from processes import free_port
 from sidecar_mesh import Backend, Response, Sidecar, SidecarMesh, curl
+from tests.agent.mesh_harness import wait_for
 
 from pilotfish.cli.commands import resolve
 
@@ -136,12 +137,8 @@ def enforcing(mesh: JwtMesh) -> JwtMesh:
         return bool(conditions[0].get("status") == "True")
 
     wait_until(ready, 15, f"keys never fetched: {mesh.policy_status()}")
-    # No request before the sidecar holds the keys: a pooled connection keeps
-    # the listener config it was accepted with (see the report on draining).
-    wait_until(lambda: "rsa-1" in json.dumps(mesh.reviews.config_dump()), 15, "keys never pushed")
     good = {"Authorization": f"Bearer {token()}"}
-    got = mesh.get(good)
-    assert got.status == 200, got
+    wait_until(lambda: mesh.get(good).status == 200, 15, "a valid token never passed")
     return mesh
 
 
@@ -209,23 +206,33 @@ spec:
 """
     )
     try:
+        down = {"Authorization": f"Bearer {token(iss='https://down.test')}"}
         wait_until(
             lambda: "down.test" in json.dumps(enforcing.reviews.config_dump()),
             15,
             "the second policy never reached the sidecar",
         )
-        # Straight to the inbound listener: a new connection, so the new config.
+        # Through productpage's sidecar, whose connection to reviews' sidecar was
+        # opened under the old listener: that one drains, the next is new.
+        kid_mismatch = "Jwks doesn't have key to match kid or alg from Jwt"
+        wait_until(
+            lambda: enforcing.get(down).body.decode() == kid_mismatch,
+            5,
+            "the pooled connection kept the old listener config",
+        )
+        # Straight to the inbound listener as well.
         inbound = f"http://127.0.0.1:{enforcing.reviews.inbound_port}/echo"
-        down = {"Authorization": f"Bearer {token(iss='https://down.test')}"}
         got = curl(inbound, headers={**down, "Host": "reviews"})
-        assert (got.status, got.body.decode()) == (
-            401,
-            "Jwks doesn't have key to match kid or alg from Jwt",
-        ), got
+        assert (got.status, got.body.decode()) == (401, kid_mismatch), got
         good = {"Authorization": f"Bearer {token()}", "Host": "reviews"}
         assert curl(inbound, headers=good).status == 200
-        obj = enforcing.client.get(resolve("RequestAuthentication"), "reviews-down", "default")
-        (cond,) = obj["status"]["conditions"]
+        kind = resolve("RequestAuthentication")
+
+        def condition() -> Any:
+            status = enforcing.client.get(kind, "reviews-down", "default").get("status") or {}
+            return (status.get("conditions") or [None])[0]
+
+        cond = wait_for(condition, 10, "no status written")
         assert (cond["status"], cond["reason"]) == ("False", "JwksUnavailable")
         assert cond["message"].startswith(f"issuer https://down.test: fetching {dead}: ")
         assert cond["message"].endswith("(tokens of this issuer fail)")

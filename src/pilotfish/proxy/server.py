@@ -58,6 +58,7 @@ class Runtime:
     access_logs: dict[str, AccessLogWriter] = field(default_factory=dict)
     files: list[BinaryIO] = field(default_factory=list)
     draining: bool = False
+    listeners: dict[str, CompiledListener] = field(default_factory=dict)  # the ones in force
     # Cached: on 3.11 asyncio.get_running_loop() costs a getpid() system call.
     loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.get_running_loop)
     downstreams: set[Downstream] = field(default_factory=set)
@@ -281,11 +282,17 @@ class Downstream(asyncio.Protocol):
         self.requests += 1
         exchange = self.exchange = Exchange(self, head)
         limit = self.listener.http.max_requests_per_connection
-        if (limit and self.requests >= limit) or self.runtime.draining:
+        if (limit and self.requests >= limit) or self.runtime.draining or self.replaced():
             exchange.keep_alive = False  # the response says `connection: close`
         if exchange.express is not None:
             exchange.take_body(exchange.express.body)
         exchange.start()
+
+    def replaced(self) -> bool:
+        """An update changed this connection's listener: like Envoy draining the
+        old one, finish the request in hand and close, so the next comes in
+        under the new config (a new RequestAuthentication, new keys)."""
+        return self.runtime.listeners.get(self.listener.name, self.listener) is not self.listener
 
     def exchange_done(self, ex: Exchange) -> None:
         """The response is written: start the next request, or close."""
