@@ -251,6 +251,19 @@ _TYPES = (
         "Workload port %s (%d) is the target of no port of a Service selecting this Workload, "
         "so nothing in the mesh can call it.",
     ),
+    MessageType(
+        "JwtRuleWithoutKeys",
+        "PF0003",
+        "Warning",
+        "jwtRules[%d] of issuer %q has neither jwks nor jwksUri: its tokens fail (keys are "
+        "not discovered from the issuer's OpenID configuration).",
+    ),
+    MessageType(
+        "JwksUnavailable",
+        "PF0004",
+        "Warning",
+        "The control plane could not get this policy's keys, so its tokens fail: %s",
+    ),
 )
 TYPES: dict[str, MessageType] = {t.name: t for t in _TYPES}
 CODES: dict[str, MessageType] = {t.code: t for t in _TYPES}

@@ -15,7 +15,6 @@ from typing import Any
 
 from pilotfish.analysis.config import (
     NETWORKING,
-    SECURITY,
     TELEMETRY,
     Config,
     Obj,
@@ -39,16 +38,6 @@ class Unenforced:
 
 _NO_KIND = "no proxy receives anything from it"
 TABLE: tuple[Unenforced, ...] = (
-    Unenforced(
-        SECURITY, "PeerAuthentication", "", _NO_KIND, (("translate", "PeerAuthentication"),)
-    ),
-    Unenforced(
-        SECURITY,
-        "RequestAuthentication",
-        "",
-        _NO_KIND,
-        (("translate", "RequestAuthentication"), ("translate", "JwtAuthentication")),
-    ),
     Unenforced(NETWORKING, "EnvoyFilter", "", _NO_KIND, (("translate", "EnvoyFilter"),)),
     Unenforced(
         NETWORKING,
@@ -92,30 +81,30 @@ TABLE: tuple[Unenforced, ...] = (
     Unenforced(
         NETWORKING,
         "DestinationRule",
-        "spec.trafficPolicy.tls",
-        "proxies do not originate TLS",
-        (("translate", "UpstreamTlsContext"),),
+        "spec.trafficPolicy.tls.credentialName",
+        "the Secret is not served to proxies: the cluster's connections fail",
+        (("proxy", "kubernetes://"),),
     ),
     Unenforced(
         NETWORKING,
         "DestinationRule",
-        "spec.trafficPolicy.portLevelSettings[].tls",
-        "proxies do not originate TLS",
-        (("translate", "UpstreamTlsContext"),),
+        "spec.trafficPolicy.portLevelSettings[].tls.credentialName",
+        "the Secret is not served to proxies: the cluster's connections fail",
+        (("proxy", "kubernetes://"),),
     ),
     Unenforced(
         NETWORKING,
         "DestinationRule",
-        "spec.subsets[].trafficPolicy.tls",
-        "proxies do not originate TLS",
-        (("translate", "UpstreamTlsContext"),),
+        "spec.subsets[].trafficPolicy.tls.credentialName",
+        "the Secret is not served to proxies: the cluster's connections fail",
+        (("proxy", "kubernetes://"),),
     ),
     Unenforced(
         NETWORKING,
         "Gateway",
         "spec.servers[].tls",
         "gateways serve plain HTTP only; this server is not served",
-        (("translate", "DownstreamTlsContext"),),
+        (("translate", "httpsRedirect"),),
     ),
     *[
         Unenforced(

@@ -29,6 +29,7 @@ from pilotfish.translate.authz import (
     selects,
     translate_authz_http,
 )
+from pilotfish.translate.jwt import selects as authn_selects
 
 Obj = dict[str, Any]
 Sub = argparse._SubParsersAction
@@ -108,13 +109,16 @@ def _services(client: Client) -> list[Obj]:
 
 def selected_workloads(client: Client, policy: Obj) -> list[str]:
     """`NAMESPACE/NAME` of the Workloads whose sidecars `policy` applies to
-    (every namespace's for a policy in the root namespace)."""
+    (every namespace's for a policy in the root namespace). Authentication
+    policies select as Istio's: with a selector, only in their own namespace."""
+    authn = policy.get("kind") in ("RequestAuthentication", "PeerAuthentication")
+    applies = authn_selects if authn else selects
     namespace = (policy.get("metadata") or {}).get("namespace") or "default"
     where = None if namespace == ROOT_NAMESPACE else namespace
     out = []
     for workload in client.list(resolve("Workload"), where).get("items", []):
         meta = workload.get("metadata") or {}
         ns = meta.get("namespace") or "default"
-        if selects(policy, ns, workload_labels(workload)):
+        if applies(policy, ns, workload_labels(workload)):
             out.append(f"{ns}/{meta.get('name')}")
     return sorted(out)

@@ -156,7 +156,7 @@ def describe(args: argparse.Namespace) -> int:
 
 def _more(client: Client, kind: Kind, obj: Obj) -> list[str]:
     """What describe shows of a kind beyond its fields."""
-    if kind.kind != "AuthorizationPolicy":
+    if kind.kind not in ("AuthorizationPolicy", "RequestAuthentication", "PeerAuthentication"):
         return []
     from pilotfish.cli.authz import selected_workloads  # it imports this module
 

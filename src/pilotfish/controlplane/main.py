@@ -39,6 +39,7 @@ from pilotfish.controlplane.auth import Authenticator, load_or_create_token
 from pilotfish.controlplane.election import Elector
 from pilotfish.controlplane.http import ApiServer, parse_listen
 from pilotfish.controlplane.identity import CaOptions, TokenApi, add_ca_flags, ca_options, open_ca
+from pilotfish.controlplane.jwks import JwksResolver, start_jwks_resolver
 from pilotfish.controlplane.loadtester_api import LoadTesterApi
 from pilotfish.controlplane.mesh_api import MeshApi
 from pilotfish.registry.instances import InstanceRegistry
@@ -82,6 +83,7 @@ class ControlPlane:
         self.loadtester: LoadTesterApi | None = None
         self.ca: CertificateService | None = None
         self.analysis: StatusWriter | None = None
+        self.jwks: JwksResolver | None = None
 
     def __repr__(self) -> str:
         return f"ControlPlane({self.server.url}, data_dir={str(self.data_dir)!r})"
@@ -151,6 +153,7 @@ class ControlPlane:
         domain = self.ca.authority.trust_domain if self.ca is not None else DEFAULT_TRUST_DOMAIN
         self.mesh = MeshRegistry(self.store, trust_domain=domain)
         self.mesh.start()
+        self.jwks = start_jwks_resolver(self.store, self.mesh)
         if xds_listen is None:
             return
         services = [self.ca.handler()] if self.ca is not None else []
@@ -185,6 +188,8 @@ class ControlPlane:
             self.loadtester.close()
         if self.ads is not None:
             self.ads.stop()
+        if self.jwks is not None:
+            self.jwks.stop()
         if self.mesh is not None:
             self.mesh.stop()
         self.server.stop()

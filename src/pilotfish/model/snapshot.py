@@ -56,6 +56,7 @@ MESH_KINDS = {  # what a snapshot reads; other kinds do not change what proxies 
     (NETWORKING, "Sidecar"),
     (SECURITY, "AuthorizationPolicy"),
     (SECURITY, "PeerAuthentication"),
+    (SECURITY, "RequestAuthentication"),
     ("", "ConfigMap"),  # only istio-system/istio is read: the mesh config
 }
 EndpointKey = tuple[str, str, int]  # (hostname, namespace, port)
@@ -84,6 +85,8 @@ class Snapshot:
     mesh_config: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     peer_authentications: tuple[PeerAuthentication, ...] = ()  # oldest first
     trust_domain: str = DEFAULT_TRUST_DOMAIN  # of the SPIFFE identities clusters expect
+    request_authentications: tuple[Obj, ...] = ()  # oldest first
+    jwks: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))  # by jwksUri
     endpoint_index: Mapping[EndpointKey, tuple[Endpoint, ...]] = field(
         default_factory=lambda: MappingProxyType({}), repr=False
     )
@@ -379,10 +382,12 @@ def build_snapshot(
     objects: Iterable[Obj],
     instances: Iterable[Instance] = (),
     trust_domain: str = DEFAULT_TRUST_DOMAIN,
+    jwks: Mapping[str, str] | None = None,
 ) -> Snapshot:
     """A snapshot from stored objects (any kinds; others are ignored) and the
     registered instances. Config is ordered oldest first, as Istio orders it
-    to settle conflicts."""
+    to settle conflicts. `jwks`: the keys fetched for RequestAuthentication
+    jwksUris, by URI."""
     by_kind: dict[str, list[Obj]] = defaultdict(list)
     for obj in objects:
         group = str(obj.get("apiVersion", "")).rpartition("/")[0]
@@ -403,6 +408,8 @@ def build_snapshot(
         mesh_config=MappingProxyType(_mesh_config(by_kind["ConfigMap"])),
         peer_authentications=tuple(map(read_peer_authentication, by_kind["PeerAuthentication"])),
         trust_domain=trust_domain,
+        request_authentications=tuple(by_kind["RequestAuthentication"]),
+        jwks=MappingProxyType(dict(jwks or {})),
         endpoint_index=MappingProxyType(_endpoint_index(by_kind, services, live)),
     )
 

@@ -76,20 +76,22 @@ class ProxyConfig:
                 packed.append(a)
             self.apply(type_url, packed)
 
+    def _compiled(self, listener: Listener) -> CompiledListener:
+        """An unchanged listener stays the same object, as Envoy keeps a listener
+        an update does not change: its connections are not drained, and its
+        filters keep their state (rate limit buckets, verified tokens)."""
+        s = self.snapshot
+        same = s.raw.get(xds_types.LISTENER, {}).get(listener.name) == listener
+        kept = s.listeners.get(listener.name) if same else None
+        return kept if kept is not None else compile_listener(listener)
+
     def _updated(
         self, type_url: str, decoded: list[Any]
     ) -> tuple[Snapshot, Mapping[str, frozenset[str]]]:
         s = self.snapshot
         if type_url == xds_types.LISTENER:
-            # An unchanged listener keeps its compiled self (and its filters'
-            # state); a changed one is new, and its open connections drain.
-            before = s.raw.get(xds_types.LISTENER, {})
-            listeners = {
-                m.name: kept
-                if (kept := s.listeners.get(m.name)) is not None and before.get(m.name) == m
-                else compile_listener(m)
-                for m in decoded
-            }
+            # A changed listener is new, and its open connections drain.
+            listeners = {m.name: self._compiled(m) for m in decoded}
             _prepare(listeners.values(), s.routes)
             rds = frozenset(lst.http.rds_name for lst in listeners.values() if lst.http.rds_name)
             return replace(s, listeners=MappingProxyType(listeners)), {xds_types.ROUTE: rds}

@@ -72,7 +72,7 @@ class Listeners:
 
     async def sync(self, snapshot: Snapshot) -> None:
         wanted = snapshot.active_listeners()
-        self.current = wanted
+        self.current = self.runtime.listeners = wanted
         for name in [n for n in self.servers if n not in wanted or self._moved(n, wanted[n])]:
             self.servers.pop(name)[1].close()
         for name, listener in wanted.items():

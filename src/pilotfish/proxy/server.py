@@ -60,6 +60,7 @@ class Runtime:
     access_logs: dict[str, AccessLogWriter] = field(default_factory=dict)
     files: list[BinaryIO] = field(default_factory=list)
     draining: bool = False
+    listeners: dict[str, CompiledListener] = field(default_factory=dict)  # the ones in force
     # Cached: on 3.11 asyncio.get_running_loop() costs a getpid() system call.
     loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.get_running_loop)
     downstreams: set[Downstream] = field(default_factory=set)

@@ -27,6 +27,7 @@ Obj = dict[str, Any]
 ObjectKey = tuple[str, str, str, str]  # (group, kind, namespace, name)
 ChangeListener = Callable[[frozenset[str]], None]
 INSTANCE = "Instance"  # the "kind" a listener hears for a registration change
+JWKS = "Jwks"  # ... and for newly fetched RequestAuthentication keys
 _WATCH_POLL_S = 0.5
 
 
@@ -50,6 +51,7 @@ class MeshRegistry:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._synced = threading.Event()
+        self._jwks: dict[str, str] = {}
 
     def __repr__(self) -> str:
         return f"MeshRegistry({len(self._objects)} objects, {self.instances!r})"
@@ -76,9 +78,18 @@ class MeshRegistry:
         with self._lock:
             if self._cached is None:
                 self._cached = build_snapshot(
-                    list(self._objects.values()), self.instances.instances(), self.trust_domain
+                    list(self._objects.values()),
+                    self.instances.instances(),
+                    self.trust_domain,
+                    self._jwks,
                 )
             return self._cached
+
+    def set_jwks(self, keys: dict[str, str]) -> None:
+        """The JWKS the control plane fetched, by jwksUri: the proxies get them inline."""
+        with self._lock:
+            self._jwks = dict(keys)
+        self._changed(frozenset({JWKS}))
 
     # -- keeping current ---------------------------------------------------------------
 

@@ -34,8 +34,10 @@ from google.protobuf.wrappers_pb2 import BoolValue
 
 from pilotfish.model import Instance, Protocol, Proxy, ProxyType, Snapshot
 from pilotfish.model.services import infer_protocol
+from pilotfish.model.types import Labels
 from pilotfish.translate import mtls, names
 from pilotfish.translate.authz import translate_proxy_authz_http
+from pilotfish.translate.jwt import applicable, translate_jwt_filter
 from pilotfish.translate.protos import ads, duration, pack, socket_address
 from pilotfish.translate.routes import gateway_http_ports
 
@@ -115,12 +117,22 @@ def translate_inbound_listeners(snapshot: Snapshot, proxy: Proxy) -> list[Listen
             if not _inbound_protocol(snapshot, instance, port_name).is_http_or_sniffed:
                 continue
             name = f"inbound_{instance.address}_{port}"
-            listener = _listener(
-                name, instance.address, port, _inbound_manager(port, authz), base_pb2.INBOUND
-            )
+            manager = _inbound_manager(port, authz)
+            _add_jwt_filter(snapshot, instance.namespace, instance.labels, manager)
+            listener = _listener(name, instance.address, port, manager, base_pb2.INBOUND)
             mode = mtls.inbound_mode(snapshot, instance.namespace, instance.labels, port)
             out[name] = _inbound_chains(listener, mode)
     return list(out.values())
+
+
+def _add_jwt_filter(
+    snapshot: Snapshot, namespace: str, labels: Labels, manager: hcm_pb2.HttpConnectionManager
+) -> None:
+    """Istio's inbound (and gateway) order puts jwt_authn first, before any authorization."""
+    policies = applicable(snapshot.request_authentications, namespace, labels)
+    jwt = translate_jwt_filter(policies, snapshot.jwks)
+    if jwt is not None:
+        manager.http_filters.insert(0, jwt)
 
 
 def _inbound_chains(listener: Listener, mode: mtls.Mode) -> Listener:
@@ -189,6 +201,7 @@ def translate_gateway_listeners(snapshot: Snapshot, proxy: Proxy) -> list[Listen
     for port in gateway_http_ports(snapshot, proxy):
         name = f"{host}_{port}"
         manager = _rds_manager(name, names.gateway_route(port), authz)
+        _add_jwt_filter(snapshot, proxy.namespace, proxy.labels, manager)
         # A gateway is the edge: the client's address is the peer's, not a header's.
         manager.use_remote_address.value = True
         out.append(_listener(name, host, port, manager, base_pb2.OUTBOUND))

@@ -26,6 +26,7 @@ from typing import Any, Protocol
 from envoy.extensions.filters.http.cors.v3 import cors_pb2
 from envoy.extensions.filters.http.ext_authz.v3 import ext_authz_pb2
 from envoy.extensions.filters.http.fault.v3 import fault_pb2
+from envoy.extensions.filters.http.jwt_authn.v3 import config_pb2 as jwt_authn_pb2
 from envoy.extensions.filters.http.local_ratelimit.v3 import local_rate_limit_pb2
 from envoy.extensions.filters.http.rbac.v3 import rbac_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
@@ -46,6 +47,7 @@ from pilotfish.proxy.filters.cors import CorsFilter
 from pilotfish.proxy.filters.errors import FilterConfigError
 from pilotfish.proxy.filters.ext_authz import compile_ext_authz
 from pilotfish.proxy.filters.fault import FaultFilter, compile_fault
+from pilotfish.proxy.filters.jwt_authn import JwtAuthnFilter, compile_jwt_authn
 from pilotfish.proxy.filters.ratelimit import (
     Clock,
     LocalRateLimitFilter,
@@ -61,6 +63,7 @@ CORS = "envoy.filters.http.cors"
 LOCAL_RATELIMIT = "envoy.filters.http.local_ratelimit"
 RBAC = "envoy.filters.http.rbac"
 EXT_AUTHZ = "envoy.filters.http.ext_authz"
+JWT_AUTHN = "envoy.filters.http.jwt_authn"
 ROUTER = "envoy.filters.http.router"
 # Router fields that change nothing pilotfish does (stats and tracing labels).
 ROUTER_FIELDS = frozenset({"dynamic_stats", "start_child_span"})
@@ -111,6 +114,11 @@ def _ext_authz(name: str, msg: Message, path: str, clock: Clock) -> HttpFilter:
     return compile_ext_authz(name, msg, path)
 
 
+def _jwt_authn(name: str, msg: Message, path: str, clock: Clock) -> HttpFilter:
+    assert isinstance(msg, jwt_authn_pb2.JwtAuthentication)
+    return JwtAuthnFilter(name, compile_jwt_authn(msg, path))
+
+
 _KINDS: dict[str, tuple[type[Message], _Builder | None]] = {
     ext_authz_pb2.ExtAuthz.DESCRIPTOR.full_name: (ext_authz_pb2.ExtAuthz, _ext_authz),
     rbac_pb2.RBAC.DESCRIPTOR.full_name: (rbac_pb2.RBAC, _rbac),
@@ -120,6 +128,10 @@ _KINDS: dict[str, tuple[type[Message], _Builder | None]] = {
         local_rate_limit_pb2.LocalRateLimit,
         _local_ratelimit,
     ),
+    jwt_authn_pb2.JwtAuthentication.DESCRIPTOR.full_name: (
+        jwt_authn_pb2.JwtAuthentication,
+        _jwt_authn,
+    ),
     router_pb2.Router.DESCRIPTOR.full_name: (router_pb2.Router, None),  # None: the router
 }
 _WELL_KNOWN = {
@@ -128,6 +140,7 @@ _WELL_KNOWN = {
     LOCAL_RATELIMIT: local_rate_limit_pb2.LocalRateLimit.DESCRIPTOR.full_name,
     RBAC: rbac_pb2.RBAC.DESCRIPTOR.full_name,
     EXT_AUTHZ: ext_authz_pb2.ExtAuthz.DESCRIPTOR.full_name,
+    JWT_AUTHN: jwt_authn_pb2.JwtAuthentication.DESCRIPTOR.full_name,
     ROUTER: router_pb2.Router.DESCRIPTOR.full_name,
 }
 SUPPORTED_NAMES = tuple(_WELL_KNOWN)
