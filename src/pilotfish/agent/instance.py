@@ -35,15 +35,13 @@ from pilotfish.agent import lifecycle as lc
 from pilotfish.agent import registration
 from pilotfish.agent.adopted import Adopted
 from pilotfish.agent.bootstrap import SidecarIdentity, XdsServer, sidecar_bootstrap
-from pilotfish.agent.lifecycle import BACKOFF_BASE_S, BACKOFF_MAX_S, Lifecycle, Status
+from pilotfish.agent.lifecycle import Lifecycle, Status
 from pilotfish.agent.ports import PortAllocator
 from pilotfish.agent.probes import check
 from pilotfish.agent.spec import Resolved
 from pilotfish.agent.tokens import TOKEN_FILE, ProjectedToken, TokenClient
 from pilotfish.api.gotypes import rfc3339
 from pilotfish.config import write_private
-
-__all__ = ["BACKOFF_BASE_S", "BACKOFF_MAX_S", "Instance", "Ports", "Status"]
 
 TICK_S = 0.1
 DEREGISTER_SETTLE_S = 1.0  # for the endpoint removal to reach callers' proxies
