@@ -131,13 +131,15 @@ def test_sidecar_and_agent_fail_over_to_the_other_replica(
         run_cli(agent_env, "apply", "-f", str(tmp_path / "details.yaml"), "--server", a.url)
         wait_for(lambda: _ready(a, token), 60, "details-v1 did not become ready")
         instance = _get(f"{a.url}/api/v1/registry/instances", token)["items"][0]
-        name = instance["name"]
+        name, inbound = instance["name"], instance["ports"]["http"]
+        assert _answers(f"http://127.0.0.1:{inbound}/health")  # through the sidecar
         admin = _admin_port(state / "instances" / "default" / name / "bootstrap.yaml")
         assert "details.default.svc.cluster.local" in _config_dump(admin)
 
         assert a.process is not None
         a.process.send_signal(signal.SIGKILL)
         a.process.wait()
+        assert _answers(f"http://127.0.0.1:{inbound}/health")  # at once, on its last config
 
         # The agent's next heartbeats reach b: the instance is registered there.
         wait_for(
@@ -152,6 +154,7 @@ def test_sidecar_and_agent_fail_over_to_the_other_replica(
             "the sidecar did not reconnect to the surviving replica",
         )
         assert _answers(f"http://127.0.0.1:{admin}/ready")
+        assert _answers(f"http://127.0.0.1:{inbound}/health")  # it kept serving
         assert "details.default.svc.cluster.local" in _config_dump(admin)  # kept
         (tmp_path / "extra.yaml").write_text(EXTRA)
         run_cli(agent_env, "apply", "-f", str(tmp_path / "extra.yaml"), "--server", b.url)
