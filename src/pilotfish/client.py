@@ -92,14 +92,23 @@ class _HttpsHandler(urllib.request.HTTPSHandler):
 
 
 class Client:
+    """The REST API's client. `server` may list several control-plane
+    replicas, comma-separated: a request that cannot reach one goes to the
+    next, which then stays the one asked."""
+
     def __init__(self, server: str, token: str | None, *, timeout: float = 30.0) -> None:
-        self.server = server.rstrip("/")
+        self.servers = [s.strip().rstrip("/") for s in server.split(",") if s.strip()]
+        self._current = 0
         self._token = token
         self.timeout = timeout
-        self._opener = opener_for(self.server)
+        self._openers = {s: opener_for(s) for s in self.servers}
 
     def __repr__(self) -> str:
         return f"Client({self.server!r})"
+
+    @property
+    def server(self) -> str:
+        return self.servers[self._current]
 
     @classmethod
     def from_config(cls, server_override: str | None = None) -> Client:
@@ -265,8 +274,18 @@ class Client:
         return urllib.request.Request(url, data=data, headers=headers, method=method)
 
     def _open(self, request: urllib.request.Request, timeout: float | None) -> Any:
+        for _ in self.servers[1:]:
+            try:
+                return self._open_one(request, timeout)
+            except Unreachable:  # nothing reached that replica: the next one
+                before = self.server
+                self._current = (self._current + 1) % len(self.servers)
+                request.full_url = self.server + request.full_url[len(before) :]
+        return self._open_one(request, timeout)
+
+    def _open_one(self, request: urllib.request.Request, timeout: float | None) -> Any:
         try:
-            return self._opener.open(request, timeout=timeout)
+            return self._openers[self.server].open(request, timeout=timeout)
         except urllib.error.HTTPError as e:
             raise _error_of(e) from None
         except (urllib.error.URLError, OSError) as e:

@@ -18,10 +18,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from tests.ca.pki import write_cacerts
 
 from pilotfish.api.errors import Forbidden, Invalid, Unauthorized
+from pilotfish.api.kinds import registry
 from pilotfish.ca import protos
 from pilotfish.ca.tokens import ServiceAccountTokens, TokenError
 from pilotfish.ca.workload import csr_for, new_key
-from pilotfish.client import Client
+from pilotfish.client import Client, Unreachable
 from pilotfish.controlplane.identity import CaOptions
 from pilotfish.controlplane.main import ControlPlane, StartError
 
@@ -37,6 +38,7 @@ WORKLOAD = {
     },
 }
 KEY = new_key()
+WORKLOAD_KIND = registry().resolve("workload")
 WEB = "spiffe://cluster.local/ns/shop/sa/web-frontend"
 
 
@@ -97,6 +99,44 @@ def test_the_node_agent_gets_the_identity_of_a_workload_in_the_store(
 ) -> None:
     chain = create_certificate(plane, csr_for(KEY, WEB), admin_token)
     assert uri_of(chain) == [WEB]
+
+
+def test_the_sidecars_ca_client_fails_over_past_a_replica_that_is_down(
+    plane: ControlPlane, admin_client: Client, admin_token: str, tmp_path: Path
+) -> None:
+    import asyncio
+    import socket
+
+    from pilotfish.proxy.sds import IssueError, WorkloadCertificates
+
+    assert plane.ads is not None
+    with socket.socket() as s:  # a port nothing listens on: a replica that died
+        s.bind(("127.0.0.1", 0))
+        dead = f"127.0.0.1:{s.getsockname()[1]}"
+    live = f"127.0.0.1:{plane.ads.port}"
+    (tmp_path / "token").write_text(admin_token)
+    certificates = WorkloadCertificates([dead, live], WEB, tmp_path / "token")
+    issued = asyncio.run(certificates._issue())
+    san = issued.leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.UniformResourceIdentifier) == [WEB]
+    assert certificates.ca_targets == (live, dead)  # the one that answered is asked first
+    with pytest.raises(IssueError, match=f"the CA at {dead}: UNAVAILABLE"):
+        asyncio.run(WorkloadCertificates([dead], WEB, tmp_path / "token")._issue())
+
+
+def test_the_rest_client_fails_over_past_a_replica_that_is_down(
+    plane: ControlPlane, admin_client: Client, admin_token: str
+) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    client = Client(f"{dead},{plane.server.url}", admin_token, timeout=10)
+    assert client.get(WORKLOAD_KIND, "web", "shop")["metadata"]["name"] == "web"
+    assert client.server == plane.server.url  # and it stays there
+    with pytest.raises(Unreachable, match=f"cannot reach the control plane at {dead}"):
+        Client(dead, admin_token).get(WORKLOAD_KIND, "web", "shop")
 
 
 def test_the_node_agent_cannot_get_an_identity_no_workload_runs_as(

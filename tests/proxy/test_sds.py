@@ -28,7 +28,7 @@ def issued(tmp_path_factory: pytest.TempPathFactory) -> tuple[WorkloadCertificat
     ca = self_signed(tmp_path_factory.mktemp("data"), "cluster.local")
     key = new_key()
     chain = ca.sign(csr_for(key, ID), SpiffeId.parse(ID), requested_seconds=3600)
-    certificates = WorkloadCertificates("127.0.0.1:1", ID, Path("/nonexistent"))
+    certificates = WorkloadCertificates(["127.0.0.1:1"], ID, Path("/nonexistent"))
     certificates.current = _checked(chain, key, None)
     return certificates, chain
 
@@ -111,7 +111,7 @@ def test_proxy_config_secret_prints_istioctls_columns(
 
 
 def test_a_missing_token_file_is_reported_and_retried(tmp_path: Path) -> None:
-    certificates = WorkloadCertificates("127.0.0.1:1", ID, tmp_path / "istio-token")
+    certificates = WorkloadCertificates(["127.0.0.1:1"], ID, tmp_path / "istio-token")
 
     async def briefly() -> None:
         with pytest.raises(TimeoutError):
@@ -163,9 +163,9 @@ def test_the_sidecars_identity_comes_from_its_node_metadata(tmp_path: Path) -> N
 
     token = tmp_path / "token"
     made = workload_certificates(_bootstrap({"NAMESPACE": "shop"}), token)
-    assert (made.spiffe_id, made.ca_target) == (
+    assert (made.spiffe_id, made.ca_targets) == (
         "spiffe://cluster.local/ns/shop/sa/default",
-        "127.0.0.1:15010",
+        ("127.0.0.1:15010",),
     )
     made = workload_certificates(
         _bootstrap({"NAMESPACE": "shop", "SERVICE_ACCOUNT": "web"}),

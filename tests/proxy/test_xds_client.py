@@ -69,7 +69,7 @@ def test_ack_nack_and_reconnect() -> None:
             applied.append(names)
             return {}
 
-        client = AdsClient(target, AdsProtocol(Node(id="sidecar-1"), apply))
+        client = AdsClient([target], AdsProtocol(Node(id="sidecar-1"), apply))
         task = asyncio.create_task(client.run())
         try:
             ack = await next_listener_request(servicer)
@@ -83,5 +83,42 @@ def test_ack_nack_and_reconnect() -> None:
         finally:
             task.cancel()
             await grpc_server.stop(None)
+
+    asyncio.run(scenario())
+
+
+def test_fails_over_to_the_next_replica_at_once_keeping_what_it_had() -> None:
+    """Three replicas: the first is down, the second serves once and goes
+    away; the client reaches the third without waiting out a back-off."""
+
+    async def scenario() -> None:
+        dead = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
+        dead_port = dead.sockets[0].getsockname()[1]
+        dead.close()
+        await dead.wait_closed()
+        first, second = OneShotServer([listeners("1", "a")]), OneShotServer([listeners("2", "b")])
+        (server_a, target_a), (server_b, target_b) = (
+            await start_server(first),
+            await start_server(second),
+        )
+        applied: list[list[str]] = []
+
+        def apply(type_url: str, resources: list[AnyProto]) -> dict[str, frozenset[str]]:
+            applied.append([Listener.FromString(r.value).name for r in resources])
+            return {}
+
+        targets = [f"127.0.0.1:{dead_port}", target_a, target_b]
+        client = AdsClient(targets, AdsProtocol(Node(id="sidecar-1"), apply))
+        task = asyncio.create_task(client.run())
+        started = asyncio.get_running_loop().time()
+        try:
+            assert (await next_listener_request(first)).version_info == "1"
+            await server_a.stop(None)
+            assert (await next_listener_request(second)).version_info == "2"
+            assert asyncio.get_running_loop().time() - started < 2.0  # no back-off between
+            assert applied == [["a"], ["b"]]
+        finally:
+            task.cancel()
+            await server_b.stop(None)
 
     asyncio.run(scenario())

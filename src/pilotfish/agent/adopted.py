@@ -13,10 +13,11 @@ import subprocess
 import time
 from pathlib import Path
 
+from pilotfish.agent.lifecycle import UNKNOWN_EXIT
+
 
 class Adopted:
-    # Its exit status went to whoever reaped it (init), so it stays unknown.
-    UNKNOWN_EXIT = -255
+    UNKNOWN_EXIT = UNKNOWN_EXIT
 
     def __init__(self, pid: int) -> None:
         self.pid = pid

@@ -19,11 +19,25 @@ HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 
 @dataclass(frozen=True)
 class XdsServer:
-    """Where the proxies' ADS server is, and the bearer token they present."""
+    """Where the proxies' ADS server is, and the bearer token they present;
+    `replicas`: the other control-plane replicas' (host, port), to fail over to."""
 
     host: str
     port: int
     token: str = field(default="", repr=False)
+    replicas: tuple[tuple[str, int], ...] = ()
+
+    @classmethod
+    def parse(cls, addresses: str, token: str = "") -> XdsServer:
+        """HOST:PORT[,HOST:PORT...], as `pilotfish node --xds` takes it."""
+        parsed = []
+        for address in addresses.split(","):
+            host, _, port = address.strip().rpartition(":")
+            if not host or not port.isdigit():
+                raise ValueError(f"not HOST:PORT: {address.strip()!r}")
+            parsed.append((host.strip("[]"), int(port)))
+        (first_host, first_port), *replicas = parsed
+        return cls(first_host, first_port, token, tuple(replicas))
 
 
 @dataclass(frozen=True)
@@ -94,7 +108,7 @@ def _bootstrap(
             "lds_config": {"ads": {}, "resource_api_version": "V3"},
             "cds_config": {"ads": {}, "resource_api_version": "V3"},
         },
-        "static_resources": {"clusters": [_xds_cluster(xds.host, xds.port)]},
+        "static_resources": {"clusters": [_xds_cluster([(xds.host, xds.port), *xds.replicas])]},
     }
 
 
@@ -105,8 +119,9 @@ def _ads_service(token: str) -> dict[str, Any]:
     return service
 
 
-def _xds_cluster(host: str, port: int) -> dict[str, Any]:
-    endpoint = {"endpoint": {"address": _address(host, port)}}
+def _xds_cluster(servers: list[tuple[str, int]]) -> dict[str, Any]:
+    """One endpoint per control-plane replica, as Envoy's bootstrap lists them."""
+    endpoints = [{"endpoint": {"address": _address(host, port)}} for host, port in servers]
     return {
         "name": XDS_CLUSTER,
         "type": "STATIC",
@@ -119,7 +134,7 @@ def _xds_cluster(host: str, port: int) -> dict[str, Any]:
         },
         "load_assignment": {
             "cluster_name": XDS_CLUSTER,
-            "endpoints": [{"lb_endpoints": [endpoint]}],
+            "endpoints": [{"lb_endpoints": endpoints}],
         },
     }
 

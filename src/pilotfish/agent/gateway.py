@@ -22,13 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pilotfish.agent.bootstrap import SidecarIdentity, XdsServer, gateway_bootstrap
-from pilotfish.agent.instance import (
-    BACKOFF_BASE_S,
-    BACKOFF_MAX_S,
-    spawn_proxy,
-    terminate,
-    write_bootstrap,
-)
+from pilotfish.agent.instance import spawn_proxy, terminate, write_bootstrap
+from pilotfish.agent.lifecycle import BACKOFF_BASE_S, BACKOFF_MAX_S
 from pilotfish.agent.tokens import TOKEN_FILE, ProjectedToken, TokenClient
 
 DEFAULT_LABELS = {"istio": "ingressgateway", "app": "istio-ingressgateway"}

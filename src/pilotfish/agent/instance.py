@@ -1,16 +1,15 @@
 """One instance: the application process and its own sidecar, supervised by
 a thread of their own.
 
-Life of an instance: the sidecar starts, the instance registers as not
+Life of an instance (the decisions are lifecycle.py's pure `step`; this is
+the shell that runs them): the sidecar starts, the instance registers as not
 healthy (so the control plane sends the sidecar its inbound listener), the
 app starts; once the readiness probe passes and the sidecar is ready and
 listening, the instance is registered healthy and becomes an endpoint. An
 app that exits, or fails its liveness probe, is restarted after an
-exponential back-off (1 s doubling to 30 s, reset after 30 s of running),
-and is unhealthy meanwhile. Stopping: leave the endpoint set, wait for the
-callers' proxies to hear it, drain the sidecar, then stop the app, and
-only then deregister (a sidecar whose instance is unknown to the registry
-loses its inbound listener).
+exponential back-off, and is unhealthy meanwhile. Stopping: leave the
+endpoint set, wait for the callers' proxies to hear it, drain the sidecar,
+then stop the app, and only then deregister.
 """
 
 from __future__ import annotations
@@ -32,20 +31,18 @@ from typing import Any, Protocol
 
 import yaml
 
+from pilotfish.agent import lifecycle as lc
 from pilotfish.agent import registration
 from pilotfish.agent.adopted import Adopted
 from pilotfish.agent.bootstrap import SidecarIdentity, XdsServer, sidecar_bootstrap
+from pilotfish.agent.lifecycle import Lifecycle, Status
 from pilotfish.agent.ports import PortAllocator
-from pilotfish.agent.probes import ProbeState, check
+from pilotfish.agent.probes import check
 from pilotfish.agent.spec import Resolved
 from pilotfish.agent.tokens import TOKEN_FILE, ProjectedToken, TokenClient
 from pilotfish.api.gotypes import rfc3339
 from pilotfish.config import write_private
 
-BACKOFF_BASE_S = 1.0
-BACKOFF_MAX_S = 30.0
-BACKOFF_RESET_S = 30.0
-HEARTBEAT_S = 1.0
 TICK_S = 0.1
 DEREGISTER_SETTLE_S = 1.0  # for the endpoint removal to reach callers' proxies
 
@@ -68,17 +65,6 @@ class Ports:
 
     def all(self) -> list[int]:
         return [*self.app.values(), *self.inbound.values(), self.outbound, self.admin]
-
-
-@dataclass
-class Status:
-    """What the Workload's status shows of this instance."""
-
-    phase: str = "Pending"
-    ready: bool = False
-    restarts: int = 0
-    last_error: str = ""
-    started_at: str = ""
 
 
 Process = subprocess.Popen[bytes] | Adopted
@@ -104,18 +90,27 @@ class Instance:
     xds: XdsServer
     client: InstanceClient
     created: float = field(default_factory=time.monotonic)
-    status: Status = field(default_factory=Status)
+    state: Lifecycle | None = None
     app: Process | None = None
     sidecar: Process | None = None
-    _app_started: float = 0.0
+    _resolved: Resolved | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
     _token: ProjectedToken | None = None
+
+    def __post_init__(self) -> None:
+        if self.state is None:
+            self.state = Lifecycle(self.spec, next(iter(self.ports.app), 0))
 
     def __repr__(self) -> str:
         return (
             f"<Instance {self.namespace}/{self.name} {self.status.phase} ready={self.status.ready}>"
         )
+
+    @property
+    def status(self) -> Status:
+        assert self.state is not None
+        return self.state.status
 
     # -- lifecycle (called by the node) --------------------------------------------
 
@@ -132,13 +127,13 @@ class Instance:
         """Take over the running processes of an instance a previous agent
         started: supervised from here on, ready again once its probe passes."""
         self.app, self.sidecar = app, sidecar
-        self._app_started = time.monotonic()
-        self.status.phase = "Running"
+        self.state = Lifecycle.adopted(self.spec, next(iter(self.ports.app), 0), time.monotonic())
         self._spawn_supervisor(resolved)
 
     def _spawn_supervisor(self, resolved: Resolved) -> None:
+        self._resolved = resolved
         self._thread = threading.Thread(
-            target=self._supervise, args=(resolved,), name=f"instance-{self.name}", daemon=True
+            target=self._supervise, name=f"instance-{self.name}", daemon=True
         )
         self._thread.start()
 
@@ -174,9 +169,9 @@ class Instance:
             app_containers=self.workload,
         )
 
-    # -- the supervising thread ----------------------------------------------------
+    # -- the supervising thread: events in, commands run ---------------------------
 
-    def _supervise(self, resolved: Resolved) -> None:
+    def _supervise(self) -> None:
         try:
             self._token = ProjectedToken(
                 self.directory / TOKEN_FILE,
@@ -184,88 +179,78 @@ class Instance:
                 self.spec.get("serviceAccountName") or "default",
             )
             self._refresh_token()
-            if self.sidecar is None:  # else adopted, and running
-                self._start_sidecar()
-            self._register(healthy=False)
-            self._run(resolved)
+            self._feed(lc.Begin(sidecar_running=self.sidecar is not None))
+            while not self._stop.wait(TICK_S):
+                self._refresh_token()
+                for event in self._exits():
+                    self._feed(event)
+                self._feed(lc.Tick())
         except Exception as e:  # a supervisor that dies silently would strand processes
             self.status.last_error = f"agent error: {e}"
         finally:
             self._shutdown()
 
-    def _run(self, resolved: Resolved) -> None:
-        backoff, restart_at = BACKOFF_BASE_S, 0.0
-        readiness, liveness = self._probes(time.monotonic()) if self.app else (None, None)
-        beat = 0.0
-        while not self._stop.wait(TICK_S):
-            now = time.monotonic()
-            self._refresh_token()
-            if self.sidecar is not None and self.sidecar.poll() is not None:
-                self._note_exit("sidecar", self.sidecar.returncode)
+    def _shutdown(self) -> None:
+        assert self.state is not None
+        if self.state.phase in (lc.TERMINATING, lc.TERMINATED):
+            return
+        running = self.app is not None and self.app.poll() is None
+        self._feed(lc.Stop(app_running=running))
+        self._feed(lc.Stopped())
+
+    def _exits(self) -> list[lc.Event]:
+        """The processes that exited since the last tick."""
+        events: list[lc.Event] = []
+        if self.sidecar is not None and self.sidecar.poll() is not None:
+            events.append(self._exited("sidecar", self.sidecar.returncode))
+            self.sidecar = None
+        if self.app is not None and self.app.poll() is not None:
+            events.append(self._exited("app", self.app.returncode))
+            self.app = None
+        return events
+
+    def _exited(self, which: str, code: int | None) -> lc.Exited:
+        tail = _tail(self.directory / f"{which}.log") if code is not None and code >= 0 else ""
+        return lc.Exited(which, code, tail)
+
+    def _feed(self, event: lc.Event) -> None:
+        """One event through the step; a command's outcome is the next event."""
+        assert self.state is not None
+        for command in lc.step(self.state, event, time.monotonic()):
+            outcome = self._run(command)
+            if outcome is not None:
+                self._feed(outcome)
+
+    def _run(self, command: lc.Command) -> lc.Event | None:
+        match command:
+            case lc.StartSidecar():
                 self._start_sidecar()
-            if self.app is None or self.app.poll() is not None:
-                if self.app is not None:
-                    self._note_exit("app", self.app.returncode)
-                    restart_at = now + backoff
-                    backoff = min(backoff * 2, BACKOFF_MAX_S)
-                    self.status.phase, self.app = "CrashLoopBackOff", None
-                    self._set_ready(False)
-                if now < restart_at:
-                    continue
-                if not self._start_app(resolved):
-                    restart_at = now + backoff
-                    backoff = min(backoff * 2, BACKOFF_MAX_S)
-                    continue
-                readiness, liveness = self._probes(now)
-            if now - self._app_started >= BACKOFF_RESET_S:
-                backoff = BACKOFF_BASE_S
-            if not self._probe(readiness, liveness, resolved, now):
-                continue
-            if now - beat >= HEARTBEAT_S:
-                beat = now
-                self._register(self.status.ready)
-
-    def _probes(self, now: float) -> tuple[ProbeState, ProbeState | None]:
-        ready_spec = self.spec.get("readinessProbe") or {
-            "tcpSocket": {"port": next(iter(self.ports.app), 0)},
-            "periodSeconds": 1,
-            "failureThreshold": 1,
-        }
-        live_spec = self.spec.get("livenessProbe")
-        readiness = ProbeState(ready_spec, passing=False, started=now)
-        liveness = ProbeState(live_spec, passing=True, started=now) if live_spec else None
-        return readiness, liveness
-
-    def _probe(
-        self,
-        readiness: ProbeState | None,
-        liveness: ProbeState | None,
-        resolved: Resolved,
-        now: float,
-    ) -> bool:
-        """Run the probes that are due; False when the app was killed for
-        failing its liveness probe (the exit is handled on the next tick)."""
-        cwd, env = self._cwd(), resolved.env
-        if liveness is not None and liveness.due(now):
-            ok, why = check(liveness.spec, self.ports.app, cwd, env)
-            if liveness.record(ok, why, now) and not liveness.passing:
-                self.status.last_error = f"Liveness probe failed: {why}"
+            case lc.StartApp():
+                return self._start_app()
+            case lc.KillApp():
                 self._kill(self.app)
-                return False
-        if readiness is not None and readiness.due(now):
-            ok, why = check(readiness.spec, self.ports.app, cwd, env)
-            if ok and not self._sidecar_ready():
-                ok, why = False, "sidecar not ready"
-            readiness.record(ok, why, now)
-            self._set_ready(readiness.passing)
-        return True
+            case lc.Probe(kind=kind):
+                return self._probe(kind)
+            case lc.Register(healthy=healthy):
+                self._register(healthy)
+            case lc.Settle():
+                time.sleep(DEREGISTER_SETTLE_S)
+            case lc.Terminate(which=which):
+                grace = float(self.spec.get("terminationGracePeriodSeconds", 30))
+                terminate(self.sidecar if which == "sidecar" else self.app, grace)
+            case lc.Deregister():
+                registration.deregister(self.client, self.namespace, self.name)
+                (self.directory / "pids.json").unlink(missing_ok=True)
+        return None
 
-    def _set_ready(self, ready: bool) -> None:
-        if ready != self.status.ready:
-            self.status.ready = ready
-            if self.status.phase != "CrashLoopBackOff":
-                self.status.phase = "Running"
-            self._register(ready)
+    def _probe(self, kind: str) -> lc.ProbeResult:
+        assert self.state is not None and self._resolved is not None
+        probe = self.state.liveness if kind == "liveness" else self.state.readiness
+        assert probe is not None
+        ok, why = check(probe.spec, self.ports.app, self._cwd(), self._resolved.env)
+        if ok and kind == "readiness" and not self._sidecar_ready():
+            ok, why = False, "sidecar not ready"
+        return lc.ProbeResult(kind, ok, why)
 
     # -- processes -----------------------------------------------------------------
 
@@ -273,8 +258,9 @@ class Instance:
         working = self.spec.get("workingDir")
         return str(Path(working).resolve()) if working else str(self.directory)
 
-    def _start_app(self, resolved: Resolved) -> bool:
-        """False when the program cannot even be started (a crash, for back-off)."""
+    def _start_app(self) -> lc.Event:
+        assert self._resolved is not None
+        resolved = self._resolved
         log = (self.directory / "app.log").open("ab")
         try:
             self.app = subprocess.Popen(
@@ -287,17 +273,11 @@ class Instance:
                 start_new_session=True,
             )
         except OSError as e:
-            self.status.last_error = f"cannot start {resolved.argv[0]}: {e}"
-            self.status.phase = "CrashLoopBackOff"
-            self.status.restarts += 1
-            return False
+            return lc.AppStartFailed(f"cannot start {resolved.argv[0]}: {e}")
         finally:
             log.close()
-        self._app_started = time.monotonic()
-        self.status.phase = "Running"
-        self.status.started_at = rfc3339(time.time())
         self._write_pids()
-        return True
+        return lc.AppStarted(rfc3339(time.time()))
 
     def _start_sidecar(self) -> None:
         path = self.directory / "bootstrap.yaml"
@@ -326,19 +306,6 @@ class Instance:
             return False
         return ok and all(_listening(p) for p in self.ports.inbound.values())
 
-    def _note_exit(self, which: str, code: int | None) -> None:
-        self.status.restarts += 1
-        if code == Adopted.UNKNOWN_EXIT:
-            self.status.last_error = f"{which} exited (adopted from a previous agent: code unknown)"
-            return
-        if code is not None and code < 0:
-            # Killed: its log's last line says nothing about why.
-            name = signal.Signals(-code).name if -code in signal.valid_signals() else str(-code)
-            self.status.last_error = f"{which} exited with code {code} ({name})"
-            return
-        tail = _tail(self.directory / f"{which}.log")
-        self.status.last_error = f"{which} exited with code {code}" + (f": {tail}" if tail else "")
-
     def _kill(self, process: Process | None) -> None:
         if process is not None and process.poll() is None:
             _signal_group(process, signal.SIGKILL)
@@ -351,8 +318,6 @@ class Instance:
             "namespace": self.namespace,
         }
         (self.directory / "pids.json").write_text(json.dumps(pids))
-
-    # -- registration and shutdown -------------------------------------------------
 
     def _register(self, healthy: bool) -> None:
         body = registration.registration(
@@ -370,21 +335,6 @@ class Instance:
         error = registration.register(self.client, body)
         if error:
             self.status.last_error = f"registration: {error}"
-
-    def _shutdown(self) -> None:
-        """Leave the endpoint set but stay registered (unhealthy): the
-        instance's own sidecar keeps its inbound listener, and so keeps
-        answering what callers sent before they heard of the change, until
-        it is drained and stopped; only then does the registration go."""
-        self.status.phase, self.status.ready = "Terminating", False
-        self._register(healthy=False)
-        grace = float(self.spec.get("terminationGracePeriodSeconds", 30))
-        if self.app is not None and self.app.poll() is None:
-            time.sleep(DEREGISTER_SETTLE_S)
-        terminate(self.sidecar, grace)
-        terminate(self.app, grace)
-        registration.deregister(self.client, self.namespace, self.name)
-        (self.directory / "pids.json").unlink(missing_ok=True)
 
 
 _PROXY_VARS = {"http_proxy", "https_proxy", "all_proxy", "no_proxy"}

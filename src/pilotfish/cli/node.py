@@ -39,7 +39,12 @@ def add_commands(sub: Sub[argparse.ArgumentParser], common: argparse.ArgumentPar
     state.add_argument("--state-dir", type=Path, help="the agent's directory (default: per node)")
     state.add_argument("--node-name", default=DEFAULT_NODE, help="node name (default: local)")
     p = sub.add_parser("node", parents=[common, state], help="run the node agent")
-    p.add_argument("--xds", default="127.0.0.1:15010", help="the control plane's ADS address")
+    p.add_argument(
+        "--xds",
+        default="127.0.0.1:15010",
+        help="the control plane's ADS address: HOST:PORT, or several, comma-separated "
+        "(one per control-plane replica; sidecars fail over between them)",
+    )
     p.add_argument(
         "--gateway",
         action="store_true",
@@ -84,14 +89,16 @@ def run_node(args: argparse.Namespace) -> int:
     from pilotfish.agent.gateway import GatewaySpec
     from pilotfish.agent.node import NodeAgent
 
-    host, _, port = args.xds.rpartition(":")
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     gateway = GatewaySpec(address=args.gateway_address) if args.gateway else None
     config = load_client_config(args.server)
     # The sidecars present the agent's own token to the ADS server (needed off loopback).
-    xds = XdsServer(host.strip("[]"), int(port), config.token or "")
+    try:
+        xds = XdsServer.parse(args.xds, config.token or "")
+    except ValueError as e:
+        raise NodeError(f"--xds: {e}") from e
     agent = NodeAgent(
         Client(config.server, config.token), args.node_name, _state(args), xds, gateway
     )

@@ -142,14 +142,14 @@ def workload_certificates(bootstrap: Bootstrap, token_file: Path) -> WorkloadCer
     if not namespace:
         raise SystemExit("error: --ca-token-file needs the workload's node.metadata.NAMESPACE")
     account = metadata_text(fields, "SERVICE_ACCOUNT") or "default"
-    target = _ads_target(bootstrap)
-    if target is None:
+    targets = _ads_targets(bootstrap)
+    if not targets:
         raise SystemExit("error: --ca-token-file needs an ADS server (the CA is served there)")
     try:
         spiffe_id = SpiffeId.of(TRUST_DOMAIN, namespace, account)
     except IdentityError as e:
         raise SystemExit(f"error: --ca-token-file: the node metadata's identity: {e}") from e
-    return WorkloadCertificates(target, str(spiffe_id), token_file)
+    return WorkloadCertificates(targets, str(spiffe_id), token_file)
 
 
 async def _serve(
@@ -259,39 +259,41 @@ async def _follow(changed: asyncio.Event, listeners: Listeners, runtime: Runtime
 
 
 def _ads_client(bootstrap: Bootstrap, config: ProxyConfig) -> AdsClient | None:
-    host = _ads_target(bootstrap)
-    if not host:
+    hosts = _ads_targets(bootstrap)
+    if not hosts:
         return None
     metadata = [
         (header.key.lower(), header.value)
         for header in bootstrap.dynamic_resources.ads_config.grpc_services[0].initial_metadata
     ]
-    return AdsClient(host, AdsProtocol(bootstrap.node, config.apply), metadata)
+    return AdsClient(hosts, AdsProtocol(bootstrap.node, config.apply), metadata)
 
 
-def _ads_target(bootstrap: Bootstrap) -> str | None:
-    """HOST:PORT of the ADS server; None without one."""
+def _ads_targets(bootstrap: Bootstrap) -> list[str]:
+    """HOST:PORT of each ADS server (control-plane replica); none without one."""
     cluster_name = _ads_cluster_name(bootstrap)
     if not cluster_name:
-        return None
+        return []
     proto = next((c for c in bootstrap.static_resources.clusters if c.name == cluster_name), None)
-    host = _ads_host(proto) if proto is not None else None
-    if host is None:
+    hosts = _ads_hosts(proto) if proto is not None else []
+    if not hosts:
         raise SystemExit(
             f"error: the ADS cluster {cluster_name!r} is not a static cluster with an endpoint"
         )
-    return host
+    return hosts
 
 
-def _ads_host(proto: ClusterProto) -> str | None:
-    """The ADS server's address: the cluster's first endpoint (HTTP/2 options
-    and the like are the gRPC client's business, not checked here)."""
-    for locality in proto.load_assignment.endpoints:
-        for lb in locality.lb_endpoints:
-            socket = lb.endpoint.address.socket_address
-            if socket.address and socket.port_value:
-                return f"{socket.address}:{socket.port_value}"
-    return None
+def _ads_hosts(proto: ClusterProto) -> list[str]:
+    """The ADS servers' addresses: the cluster's endpoints, in order (HTTP/2
+    options and the like are the gRPC client's business, not checked here)."""
+    return [
+        f"[{socket.address}]:{socket.port_value}"
+        if ":" in socket.address  # IPv6, as a gRPC target writes it
+        else f"{socket.address}:{socket.port_value}"
+        for locality in proto.load_assignment.endpoints
+        for lb in locality.lb_endpoints
+        if (socket := lb.endpoint.address.socket_address).address and socket.port_value
+    ]
 
 
 async def _admin(

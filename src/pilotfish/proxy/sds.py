@@ -20,6 +20,7 @@ import asyncio
 import datetime
 import logging
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,8 +72,8 @@ class Issued:
 
 
 class WorkloadCertificates:
-    def __init__(self, ca_target: str, spiffe_id: str, token_file: Path) -> None:
-        self.ca_target = ca_target
+    def __init__(self, ca_targets: Sequence[str], spiffe_id: str, token_file: Path) -> None:
+        self.ca_targets = tuple(ca_targets)  # the control-plane replicas, the last good first
         self.spiffe_id = spiffe_id
         self.token_file = token_file
         self.current: Issued | None = None
@@ -118,21 +119,33 @@ class WorkloadCertificates:
             raise IssueError(f"cannot read the token file {self.token_file}: {e.strerror}") from e
         key = await asyncio.to_thread(new_key)  # RSA generation would stall the data path
         request = protos.IstioCertificateRequest(csr=csr_for(key, self.spiffe_id))
-        try:
-            async with grpc.aio.insecure_channel(self.ca_target) as channel:
-                call = channel.unary_unary(
-                    protos.METHOD_PATH,
-                    request_serializer=lambda m: m.SerializeToString(),
-                    response_deserializer=protos.IstioCertificateResponse.FromString,
-                )
-                response = await call(
-                    request,
-                    metadata=(("authorization", f"Bearer {token}"),),
-                    timeout=CALL_TIMEOUT_S,
-                )
-        except grpc.aio.AioRpcError as e:
-            raise IssueError(f"the CA at {self.ca_target}: {e.code().name}: {e.details()}") from e
-        return _checked(list(response.cert_chain), key, self.current)
+        for attempt, target in enumerate(self.ca_targets):
+            try:
+                response = await self._call(target, request, token)
+            except grpc.aio.AioRpcError as e:
+                last = attempt == len(self.ca_targets) - 1
+                if e.code() != grpc.StatusCode.UNAVAILABLE or last:
+                    raise IssueError(f"the CA at {target}: {e.code().name}: {e.details()}") from e
+                continue  # that replica is down: the next one
+            self.ca_targets = (target, *(t for t in self.ca_targets if t != target))
+            return _checked(list(response.cert_chain), key, self.current)
+        raise AssertionError("unreachable: at least one CA address")
+
+    async def _call(
+        self, target: str, request: protos.IstioCertificateRequest, token: str
+    ) -> protos.IstioCertificateResponse:
+        async with grpc.aio.insecure_channel(target) as channel:
+            call = channel.unary_unary(
+                protos.METHOD_PATH,
+                request_serializer=lambda m: m.SerializeToString(),
+                response_deserializer=protos.IstioCertificateResponse.FromString,
+            )
+            response: protos.IstioCertificateResponse = await call(
+                request,
+                metadata=(("authorization", f"Bearer {token}"),),
+                timeout=CALL_TIMEOUT_S,
+            )
+            return response
 
     def secrets(self) -> dict[str, Secret]:
         """The SDS resources, as istio-agent names them; none before the first issue."""

@@ -2,7 +2,9 @@
 
 One gRPC stream to the control plane; when it breaks, reconnect with
 exponential backoff and jitter, and keep serving with the last good config
-meanwhile (nothing is torn down on disconnect). Every stream carries the
+meanwhile (nothing is torn down on disconnect). Given several control-plane
+replicas (the xds cluster's endpoints), a broken stream fails over to the
+next one at once; the back-off applies once every replica has failed. Every stream carries the
 bootstrap's `initial_metadata` (the control plane's token, off loopback).
 """
 
@@ -27,14 +29,24 @@ Metadata = Sequence[tuple[str, str]]
 
 
 class AdsClient:
-    def __init__(self, target: str, protocol: AdsProtocol, metadata: Metadata = ()) -> None:
-        self.target, self.protocol = target, protocol
+    def __init__(
+        self, targets: Sequence[str], protocol: AdsProtocol, metadata: Metadata = ()
+    ) -> None:
+        if not targets:
+            raise ValueError("an ADS client needs at least one server address")
+        self.targets, self.protocol = tuple(targets), protocol
+        self._current = 0
         self._metadata = tuple(metadata)  # may hold a credential: kept out of __repr__
         self.connected = asyncio.Event()
         self._outbox: asyncio.Queue[DiscoveryRequest | None] = asyncio.Queue()
 
     def __repr__(self) -> str:
         return f"AdsClient({self.target!r}, connected={self.connected.is_set()})"
+
+    @property
+    def target(self) -> str:
+        """The replica streamed to now (or tried next)."""
+        return self.targets[self._current]
 
     def send(self, requests: list[DiscoveryRequest]) -> None:
         """Queue requests raised outside a response (e.g. a new subscription)."""
@@ -43,16 +55,21 @@ class AdsClient:
 
     async def run(self) -> None:
         """Stream until cancelled, reconnecting forever."""
-        delay = BACKOFF_FIRST_S
+        delay, failed = BACKOFF_FIRST_S, 0
         while True:
             try:
                 await self._stream()
-                delay = BACKOFF_FIRST_S
             except grpc.aio.AioRpcError as e:
                 log.warning(
                     "xDS stream to %s ended: %s %s", self.target, e.code().name, e.details()
                 )
+            if self.connected.is_set():  # it had worked: start over
+                delay, failed = BACKOFF_FIRST_S, 0
             self.connected.clear()
+            self._current = (self._current + 1) % len(self.targets)
+            failed += 1
+            if failed % len(self.targets):
+                continue  # another replica, at once
             await asyncio.sleep(delay * random.uniform(0.5, 1.5))
             delay = min(delay * 2, BACKOFF_MAX_S)
 
