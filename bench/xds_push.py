@@ -191,6 +191,18 @@ class ControlPlane:
         if done.returncode != 0:
             raise SystemExit(f"pilotfish {' '.join(args)} failed: {done.stderr}")
 
+    def api_apply(self, text: str) -> None:
+        """What `pilotfish apply` sends, from this process."""
+        import yaml
+
+        sys.path.insert(0, str(REPO / "src"))
+        from pilotfish.cli.commands import FIELD_MANAGER
+        from pilotfish.client import Client
+        from pilotfish.config import load_client_config
+
+        config = load_client_config(path=self.directory / "config.yaml")
+        Client(config.server, config.token).apply(yaml.safe_load(text), manager=FIELD_MANAGER)
+
     def cpu_seconds(self) -> float:
         """utime + stime of the control plane process, all threads."""
         assert self.process is not None
@@ -641,6 +653,7 @@ def percentile(values: list[float], q: float) -> float:
 
 @dataclass
 class ChangeResult:
+    via: str  # "cli" or "api"
     cli_s: float  # how long the CLI took, start to exit
     from_start: list[float]  # per affected proxy: ACK time minus CLI start
     from_exit: list[float]  # per affected proxy: ACK time minus CLI exit
@@ -651,14 +664,19 @@ class ChangeResult:
 
 
 def change_once(
-    plane: ControlPlane, clients: Clients, namespace: str, v1_weight: int
+    plane: ControlPlane, clients: Clients, namespace: str, v1_weight: int, via: str
 ) -> ChangeResult:
-    """Apply one weight change; each affected proxy's first routes carrying
-    the new weights after the CLI started are timed."""
+    """Apply one weight change with the CLI (`via` "cli") or the same
+    server-side apply from this process ("api": no CLI start-up); each
+    affected proxy's first routes carrying the new weights are timed."""
     wanted = {"v1": v1_weight, "v2": 100 - v1_weight}
+    text = virtual_service_yaml(CHANGED, namespace, v1_weight)
     cpu_before = plane.cpu_seconds()
     started = time.monotonic()
-    plane.cli("apply", "-f", "-", stdin=virtual_service_yaml(CHANGED, namespace, v1_weight))
+    if via == "cli":
+        plane.cli("apply", "-f", "-", stdin=text)
+    else:
+        plane.api_apply(text)
     exited = time.monotonic()
     replies = clients.ask({"op": "wait", "since": started, "wanted": wanted, "timeout": 60})
     cpu = plane.cpu_seconds() - cpu_before
@@ -667,6 +685,7 @@ def change_once(
         raise SystemExit(f"{missing} affected proxies never got the change")
     times = [t for r in replies for t in r["arrivals"]]
     return ChangeResult(
+        via,
         exited - started,
         [t - started for t in times],
         [t - exited for t in times],
@@ -719,7 +738,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         progress("changes")
         namespace = namespace_of(0, args.namespaces)
         changes = [
-            change_once(plane, clients, namespace, 10 * (1 + k % 8)) for k in range(args.changes)
+            change_once(plane, clients, namespace, 10 * (1 + k % 8), via)
+            for via in ("cli", "api")
+            for k in range(args.changes)
         ]
         result["changes"] = [vars(c) for c in changes]
         result["rss_mb"], result["peak_rss_mb"] = plane.memory_mb()
@@ -735,11 +756,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def report(result: dict[str, Any]) -> str:
-    changes = [ChangeResult(**c) for c in result["changes"]]
-    start = [x for c in changes for x in c.from_start]
-    exit_ = [x for c in changes for x in c.from_exit]
-    per_change_max = [max(c.from_start) for c in changes]
-    ms = 1000.0
+    all_changes = [ChangeResult(**c) for c in result["changes"]]
     scope = f"{result['namespaces']} namespaces" + (", Sidecar ./*" if result["sidecar"] else "")
     rows = [
         ("services x endpoints", f"{result['services']} x {result['endpoints']} ({scope})"),
@@ -751,35 +768,43 @@ def report(result: dict[str, Any]) -> str:
         ("first full push, all proxies ACKed", f"{result['first_push_s']:.2f} s"),
         ("  control plane CPU for it", f"{result['first_push_cpu_s']:.2f} s"),
         ("control plane CPU idle (proxies connected)", f"{result['idle_cpu_pct']:.1f} %"),
-        ("VS change: affected proxies", f"{changes[0].affected}"),
-        ("VS change: CLI run time (median)", f"{statistics.median(c.cli_s for c in changes) * ms:.0f} ms"),  # noqa: E501
-        (
-            "VS change, from CLI exit: p50 / p99 / max",
-            f"{percentile(exit_, 0.5) * ms:.0f} / {percentile(exit_, 0.99) * ms:.0f} / "
-            f"{max(exit_) * ms:.0f} ms",
-        ),
-        (
-            "VS change, from CLI start: p50 / p99 / max",
-            f"{percentile(start, 0.5) * ms:.0f} / {percentile(start, 0.99) * ms:.0f} / "
-            f"{max(start) * ms:.0f} ms",
-        ),
-        (
-            "  slowest proxy per change (from start)",
-            ", ".join(f"{x * ms:.0f}" for x in per_change_max) + " ms",
-        ),
-        (
-            "  control plane CPU per change (median)",
-            f"{statistics.median(c.cpu_s for c in changes) * ms:.0f} ms",
-        ),
-        ("  responses to unaffected proxies / extra to affected",
-            f"{sum(c.unaffected_got for c in changes)} / {sum(c.affected_extra for c in changes)}"),
-        ("control plane RSS: idle / now / peak", f"{result['idle_rss_mb']:.0f} / "
-            f"{result['rss_mb']:.0f} / {result['peak_rss_mb']:.0f} MB"),
+        ("VS change: affected proxies", f"{all_changes[0].affected}"),
     ]  # fmt: skip
+    for via in ("cli", "api"):
+        changes = [c for c in all_changes if c.via == via]
+        if changes:
+            rows += _change_rows(via, changes)
+    rows.append(("control plane RSS: idle / now / peak", f"{result['idle_rss_mb']:.0f} / "
+        f"{result['rss_mb']:.0f} / {result['peak_rss_mb']:.0f} MB"))  # fmt: skip
     width = max(len(r[0]) for r in rows)
     lines = [f"| {'measure'.ljust(width)} | value |", f"|{'-' * (width + 2)}|-------|"]
     lines += [f"| {name.ljust(width)} | {value} |" for name, value in rows]
     return "\n".join(lines)
+
+
+def _change_rows(via: str, changes: list[ChangeResult]) -> list[tuple[str, str]]:
+    start = [x for c in changes for x in c.from_start]
+    exit_ = [x for c in changes for x in c.from_exit]
+    ms = 1000.0
+    what = "pilotfish apply" if via == "cli" else "REST apply"
+
+    def spread(values: list[float]) -> str:
+        return (
+            f"{percentile(values, 0.5) * ms:.0f} / {percentile(values, 0.99) * ms:.0f} / "
+            f"{max(values) * ms:.0f} ms"
+        )
+
+    return [
+        (f"{what}: run time (median)", f"{statistics.median(c.cli_s for c in changes) * ms:.0f} ms"),  # noqa: E501
+        (f"{what}, from its start: p50 / p99 / max", spread(start)),
+        (f"{what}, from its return: p50 / p99 / max", spread(exit_)),
+        ("  slowest proxy per change (from start)",
+            ", ".join(f"{max(c.from_start) * ms:.0f}" for c in changes) + " ms"),
+        ("  control plane CPU per change (median)",
+            f"{statistics.median(c.cpu_s for c in changes) * ms:.0f} ms"),
+        ("  responses to unaffected proxies / extra to affected",
+            f"{sum(c.unaffected_got for c in changes)} / {sum(c.affected_extra for c in changes)}"),
+    ]  # fmt: skip
 
 
 def main() -> None:
