@@ -2,31 +2,39 @@
 ADS server under many connected proxies.
 
 Starts `pilotfish controlplane` (its own data dir and ports), applies a mesh of
-N v1 Services, each with a DestinationRule (subsets v1, v2) and a weighted
-VirtualService, registers E instances per service, then connects P simulated
-sidecars: one grpcio ADS stream each, all in this process, each subscribing
-as Envoy does (CDS and LDS wildcard, then EDS for the EDS clusters and RDS for
-the routes its listeners name) and ACKing every response. Then it applies
-one VirtualService change with the CLI, K times, and measures for each proxy
-the time from the CLI starting (and from it returning) until the proxy has
-received and ACKed routes carrying the new weights. Reports first full push,
-change latency p50/p99/max, and the control plane's CPU time and RSS.
+N v1 Services spread over K namespaces, each with a DestinationRule (subsets
+v1, v2) and a weighted VirtualService, registers E instances per service,
+then connects P simulated sidecars spread over C client processes: one
+grpc.aio ADS stream (and connection) each, subscribing as Envoy does (CDS and
+LDS wildcard, then EDS for the EDS clusters and RDS for the routes its
+listeners name) and ACKing every response. Then it applies one
+VirtualService change with the CLI, `--changes` times, and measures for each
+*affected* proxy (one whose routes hold the changed host) the time from the
+CLI starting (and from it returning) until it has received and ACKed routes
+carrying the new weights; unaffected proxies must receive nothing. Reports
+first full push, change latency p50/p99/max, the control plane's CPU while
+idle and per change, and its RSS.
 
     .venv/bin/python bench/xds_push.py                  # 50 services, 100 proxies
-    .venv/bin/python bench/xds_push.py --services 1000 --endpoints 5 --routed 100 --proxies 500
+    .venv/bin/python bench/xds_push.py --services 1000 --endpoints 2 --routed 100 \
+        --proxies 2000 --namespaces 50 --sidecar        # Istio's scale, scoped
     .venv/bin/python bench/xds_push.py --profile         # cProfile of the control plane
 
-The control plane and the clients are pinned to different CPUs when the
-machine has two or more, so the clients' own Python work does not slow it.
+`--sidecar` applies, in each namespace, a default `Sidecar` whose egress is
+`./*` (Istio's recommended scoping: a proxy gets its own namespace's
+services only). The control plane runs on CPU 0 and the client processes on
+the others when the machine has two or more, so the clients' Python work does
+not slow it. Client processes stop by themselves when this one goes away or
+their deadline passes.
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
+import asyncio
 import json
 import os
-import queue
+import select
 import shutil
 import signal
 import socket
@@ -34,24 +42,13 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
-
-import grpc
-from envoy.config.cluster.v3.cluster_pb2 import Cluster
-from envoy.config.listener.v3.listener_pb2 import Listener
-from envoy.config.route.v3.route_pb2 import RouteConfiguration
-from envoy.extensions.filters.network.http_connection_manager.v3 import (
-    http_connection_manager_pb2 as hcm_pb2,
-)
-from envoy.service.discovery.v3 import ads_pb2_grpc
-from envoy.service.discovery.v3.discovery_pb2 import DiscoveryRequest, DiscoveryResponse
-from google.protobuf import struct_pb2
 
 REPO = Path(__file__).resolve().parents[1]
 PREFIX = "type.googleapis.com/"
@@ -59,19 +56,23 @@ CDS = PREFIX + "envoy.config.cluster.v3.Cluster"
 EDS = PREFIX + "envoy.config.endpoint.v3.ClusterLoadAssignment"
 LDS = PREFIX + "envoy.config.listener.v3.Listener"
 RDS = PREFIX + "envoy.config.route.v3.RouteConfiguration"
-NAMESPACE = "default"
-CHANGED = "svc-0"  # the service whose VirtualService changes
+CHANGED = "svc-0"  # the service whose VirtualService changes, in namespace ns(0)
+FIRST_RESPONSES_AT_ONCE = 64  # per client process: streams not yet answered (a connect storm)
+
+
+def namespace_of(service: int, namespaces: int) -> str:
+    return "default" if namespaces <= 1 else f"ns-{service % namespaces}"
 
 
 # -- the mesh as YAML ---------------------------------------------------------------------
 
 
-def service_yaml(i: int, routed: bool = True) -> str:
+def service_yaml(i: int, namespace: str, routed: bool = True) -> str:
     """A v1 Service; when `routed`, with a DestinationRule and a VirtualService."""
     name = f"svc-{i}"
     service = f"""apiVersion: v1
 kind: Service
-metadata: {{name: {name}}}
+metadata: {{name: {name}, namespace: {namespace}}}
 spec:
   selector: {{app: {name}}}
   ports: [{{name: http, port: 9080}}]
@@ -81,7 +82,7 @@ spec:
     return f"""{service}---
 apiVersion: networking.istio.io/v1
 kind: DestinationRule
-metadata: {{name: {name}}}
+metadata: {{name: {name}, namespace: {namespace}}}
 spec:
   host: {name}
   trafficPolicy: {{connectionPool: {{http: {{http1MaxPendingRequests: 100}}}}}}
@@ -89,13 +90,13 @@ spec:
   - {{name: v1, labels: {{version: v1}}}}
   - {{name: v2, labels: {{version: v2}}}}
 ---
-{virtual_service_yaml(name, 90)}"""
+{virtual_service_yaml(name, namespace, 90)}"""
 
 
-def virtual_service_yaml(name: str, v1_weight: int) -> str:
+def virtual_service_yaml(name: str, namespace: str, v1_weight: int) -> str:
     return f"""apiVersion: networking.istio.io/v1
 kind: VirtualService
-metadata: {{name: {name}}}
+metadata: {{name: {name}, namespace: {namespace}}}
 spec:
   hosts: [{name}]
   http:
@@ -107,6 +108,27 @@ spec:
     retries: {{attempts: 2, retryOn: 5xx}}
     timeout: 5s
 """
+
+
+def sidecar_yaml(namespace: str) -> str:
+    """Istio's recommended default: a namespace's proxies see their own namespace."""
+    return f"""apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {{name: default, namespace: {namespace}}}
+spec:
+  egress: [{{hosts: ["./*"]}}]
+"""
+
+
+def mesh_yaml(args: argparse.Namespace) -> str:
+    docs = [
+        service_yaml(i, namespace_of(i, args.namespaces), i < args.routed)
+        for i in range(args.services)
+    ]
+    if args.sidecar:
+        spaces = sorted({namespace_of(i, args.namespaces) for i in range(args.services)})
+        docs += [sidecar_yaml(ns) for ns in spaces]
+    return "---\n".join(docs)
 
 
 # -- the control plane process --------------------------------------------------------------
@@ -123,6 +145,7 @@ class ControlPlane:
     directory: Path
     cpu: int | None
     profile: bool
+    max_streams: int
     port: int = field(default_factory=free_port)
     xds_port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
@@ -139,6 +162,7 @@ class ControlPlane:
             command += ["-m", "cProfile", "-o", str(self.directory / "controlplane.prof")]
         command += ["-m", "pilotfish", "controlplane", "--data-dir", str(self.directory / "data")]
         command += ["--listen", f"127.0.0.1:{self.port}", "--xds-port", str(self.xds_port)]
+        command += ["--xds-max-streams", str(self.max_streams)]
         if self.cpu is not None:
             command = ["taskset", "-c", str(self.cpu), *command]
         log = (self.directory / "controlplane.log").open("wb")
@@ -166,6 +190,18 @@ class ControlPlane:
         )
         if done.returncode != 0:
             raise SystemExit(f"pilotfish {' '.join(args)} failed: {done.stderr}")
+
+    def api_apply(self, text: str) -> None:
+        """What `pilotfish apply` sends, from this process."""
+        import yaml
+
+        sys.path.insert(0, str(REPO / "src"))
+        from pilotfish.cli.commands import FIELD_MANAGER
+        from pilotfish.client import Client
+        from pilotfish.config import load_client_config
+
+        config = load_client_config(path=self.directory / "config.yaml")
+        Client(config.server, config.token).apply(yaml.safe_load(text), manager=FIELD_MANAGER)
 
     def cpu_seconds(self) -> float:
         """utime + stime of the control plane process, all threads."""
@@ -198,6 +234,7 @@ class Workload:
     """A registered instance, which one simulated sidecar fronts."""
 
     name: str
+    namespace: str
     workload: str
     address: str
     labels: dict[str, str]
@@ -205,28 +242,62 @@ class Workload:
     def registration(self) -> dict[str, Any]:
         return {
             "name": self.name,
-            "namespace": NAMESPACE,
+            "namespace": self.namespace,
             "workload": self.workload,
             "address": self.address,
             "ports": {"http": 9080},
             "appPorts": {"http": 8080},
             "labels": self.labels,
-            "ttlSeconds": 300,
+            "ttlSeconds": 300,  # the most a lease may be; a run stays shorter
         }
 
 
-def workloads(services: int, endpoints: int) -> list[Workload]:
+def workloads(services: int, endpoints: int, namespaces: int) -> list[Workload]:
     """E instances per service, versions alternating v1, v2."""
     return [
         Workload(
             name=f"svc-{i}-{j}",
+            namespace=namespace_of(i, namespaces),
             workload=f"svc-{i}-v{1 + j % 2}",
             address=f"10.{i // 250}.{i % 250}.{j + 1}",
             labels={"app": f"svc-{i}", "version": f"v{1 + j % 2}"},
         )
-        for i in range(services)
         for j in range(endpoints)
+        for i in range(services)
     ]
+
+
+def callers(count: int, namespaces: int) -> list[Workload]:
+    """Sidecars that front nothing (clients only), spread over the namespaces."""
+    return [
+        Workload(
+            f"client-{k}", namespace_of(k, namespaces), "client", "127.0.0.1", {"app": "client"}
+        )
+        for k in range(count)
+    ]
+
+
+def preload(data_dir: Path, mesh: str) -> None:
+    """The mesh written to the control plane's store before it starts, through
+    the store's own validation and server-side apply, as the CLI's field
+    manager: the REST API would also analyze the whole mesh on every write
+    (`apply`'s warnings), which at 1,000 services takes minutes for the load."""
+    import yaml
+
+    sys.path.insert(0, str(REPO / "src"))
+    from pilotfish.api.validation import validate_or_raise, with_defaults
+    from pilotfish.cli.commands import FIELD_MANAGER
+    from pilotfish.store.backends import StoreOptions, open_backend
+    from pilotfish.store.resources import ResourceStore
+
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    backend = open_backend(StoreOptions(), data_dir)
+    store = ResourceStore(backend, validate=validate_or_raise, default=with_defaults)
+    try:
+        for obj in yaml.safe_load_all(mesh):
+            store.apply(obj, manager=FIELD_MANAGER)
+    finally:
+        store.close()
 
 
 def register(plane: ControlPlane, instances: list[Workload]) -> None:
@@ -238,128 +309,57 @@ def register(plane: ControlPlane, instances: list[Workload]) -> None:
 
     config = load_client_config(path=plane.directory / "config.yaml")
     client = Client(config.server, config.token)
-    for instance in instances:
-        client.register_instance(instance.registration())
+    with ThreadPoolExecutor(8) as pool:  # the API serves each on a thread of its own
+        list(pool.map(lambda i: client.register_instance(i.registration()), instances))
 
 
-# -- a simulated sidecar ----------------------------------------------------------------------
+# -- a client process: simulated sidecars on one event loop ---------------------------------
 
 
-@dataclass
-class Received:
-    """One RDS response; its routes are decoded only once the clock stopped,
-    so that one simulated proxy's decoding does not delay the others."""
+class Decoded:
+    """What responses mean to a sidecar, decoded once per (type, version) in a
+    client process: a version is a hash of the resources' bytes."""
 
-    version: str
-    at: float  # when the ACK for it was sent (monotonic)
-    response: DiscoveryResponse
+    def __init__(self) -> None:
+        self._follow: dict[tuple[str, str], dict[str, list[str]]] = {}
+        self._weights: dict[str, dict[str, int] | None] = {}
+        self.routes: dict[str, Any] = {}  # RDS version -> the response, until decoded
 
-    @functools.cached_property
-    def weights(self) -> dict[str, int]:
-        """Of the changed service's default route."""
-        return _weights(self.response)
-
-
-class SimulatedSidecar:
-    """One ADS stream subscribing as Envoy does: CDS and LDS for everything,
-    then EDS for the EDS clusters and RDS for the routes the listeners name;
-    every response is ACKed as soon as it is read. It fronts `fronts` (its
-    inbound listener and cluster), or nothing: a caller only."""
-
-    def __init__(self, index: int, channel: grpc.Channel, fronts: Workload | None) -> None:
-        self.index = index
-        self.fronts = fronts or Workload(
-            f"client-{index}", "client", "127.0.0.1", {"app": "client", "version": "v1"}
-        )
-        self.node_id = (
-            f"sidecar~{self.fronts.address}~{self.fronts.name}.{NAMESPACE}~"
-            f"{NAMESPACE}.svc.cluster.local"
-        )
-        self.requests: queue.SimpleQueue[DiscoveryRequest | None] = queue.SimpleQueue()
-        self.stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
-        self.acked: dict[str, str] = {}
-        self.counts: dict[str, int] = {}  # resources in the latest response, by type
-        self.routes: list[Received] = []
-        self.error: str = ""
-        self._subscribed: dict[str, list[str]] = {CDS: [], LDS: []}
-        self._first = True
-        self._changed = threading.Event()
-
-    def __repr__(self) -> str:
-        return f"<SimulatedSidecar {self.index} acked={self.acked}>"
-
-    def run(self) -> None:
-        self._send(CDS, [])
-        self._send(LDS, [])
-        try:
-            for response in self.stub.StreamAggregatedResources(self._outgoing()):
-                self._on_response(response)
-        except grpc.RpcError as e:
-            if e.code() != grpc.StatusCode.CANCELLED:
-                self.error = f"{e.code()}: {e.details()}"
-
-    def close(self) -> None:
-        self.requests.put(None)
-
-    def _outgoing(self) -> Iterator[DiscoveryRequest]:
-        while (request := self.requests.get()) is not None:
-            yield request
-
-    def _send(self, type_url: str, names: list[str], ack: DiscoveryResponse | None = None) -> None:
-        request = DiscoveryRequest(type_url=type_url, resource_names=names)
-        if self._first:
-            request.node.id = self.node_id
-            request.node.metadata.CopyFrom(self._metadata())
-            self._first = False
-        if ack is not None:
-            request.version_info, request.response_nonce = ack.version_info, ack.nonce
-        self.requests.put(request)
-
-    def _metadata(self) -> struct_pb2.Struct:
-        meta = struct_pb2.Struct()
-        meta.update(
-            {
-                "NAMESPACE": NAMESPACE,
-                "WORKLOAD_NAME": self.fronts.workload,
-                "NAME": self.fronts.name,
-                "LABELS": self.fronts.labels,
-                "SERVICE_ACCOUNT": "default",
-                "INSTANCE_IPS": self.fronts.address,
-                "OUTBOUND_PORT": "15001",
-            }
-        )
-        return meta
-
-    def _on_response(self, response: DiscoveryResponse) -> None:
-        type_url = response.type_url
-        names = self._names_for(response)
-        self._send(type_url, self._subscribed.get(type_url, []), ack=response)
-        now = time.monotonic()
-        self.acked[type_url] = response.version_info
-        self.counts[type_url] = len(response.resources)
-        if type_url == RDS:
-            self.routes.append(Received(response.version_info, now, response))
-        for follow_type, follow_names in names.items():
-            if sorted(follow_names) != sorted(self._subscribed.get(follow_type, [])):
-                self._subscribed[follow_type] = sorted(follow_names)
-                self._send(follow_type, sorted(follow_names))
-
-    def _names_for(self, response: DiscoveryResponse) -> dict[str, list[str]]:
+    def follow(self, response: Any) -> dict[str, list[str]]:
         """What a CDS or LDS response makes the proxy ask for next."""
-        if response.type_url == CDS:
-            clusters = [_unpack(r, Cluster) for r in response.resources]
-            return {EDS: [c.name for c in clusters if c.type == Cluster.EDS]}
-        if response.type_url == LDS:
-            routes = set()
-            for resource in response.resources:
-                listener = _unpack(resource, Listener)
-                for chain in listener.filter_chains:
-                    for network_filter in chain.filters:
-                        manager = hcm_pb2.HttpConnectionManager()
-                        if network_filter.typed_config.Unpack(manager) and manager.HasField("rds"):
-                            routes.add(manager.rds.route_config_name)
-            return {RDS: sorted(routes)}
-        return {}
+        key = (response.type_url, response.version_info)
+        if key not in self._follow:
+            self._follow[key] = _names_for(response)
+        return self._follow[key]
+
+    def weights(self, version: str) -> dict[str, int] | None:
+        """Subset -> weight on the changed service's default route; None when
+        the routes have no virtual host for it (the proxy is not affected)."""
+        if version not in self._weights:
+            self._weights[version] = _weights(self.routes.pop(version))
+        return self._weights[version]
+
+
+def _names_for(response: Any) -> dict[str, list[str]]:
+    from envoy.config.cluster.v3.cluster_pb2 import Cluster
+    from envoy.config.listener.v3.listener_pb2 import Listener
+    from envoy.extensions.filters.network.http_connection_manager.v3 import (
+        http_connection_manager_pb2 as hcm_pb2,
+    )
+
+    if response.type_url == CDS:
+        clusters = [_unpack(r, Cluster) for r in response.resources]
+        return {EDS: sorted(c.name for c in clusters if c.type == Cluster.EDS)}
+    if response.type_url == LDS:
+        routes = set()
+        for resource in response.resources:
+            for chain in _unpack(resource, Listener).filter_chains:
+                for network_filter in chain.filters:
+                    manager = hcm_pb2.HttpConnectionManager()
+                    if network_filter.typed_config.Unpack(manager) and manager.HasField("rds"):
+                        routes.add(manager.rds.route_config_name)
+        return {RDS: sorted(routes)}
+    return {}
 
 
 def _unpack(resource: Any, kind: type[Any]) -> Any:
@@ -368,64 +368,282 @@ def _unpack(resource: Any, kind: type[Any]) -> Any:
     return out
 
 
-def _weights(response: DiscoveryResponse) -> dict[str, int]:
-    """Subset -> weight on the changed service's last (default) route."""
+def _weights(response: Any) -> dict[str, int] | None:
+    from envoy.config.route.v3.route_pb2 import RouteConfiguration
+
     for resource in response.resources:
-        config = _unpack(resource, RouteConfiguration)
-        for vhost in config.virtual_hosts:
-            if vhost.name.startswith(f"{CHANGED}.{NAMESPACE}.svc"):
+        for vhost in _unpack(resource, RouteConfiguration).virtual_hosts:
+            if vhost.name.startswith(f"{CHANGED}.") and ".svc." in vhost.name:
                 action = vhost.routes[-1].route
                 return {
                     c.name.split("|")[2]: c.weight.value for c in action.weighted_clusters.clusters
                 }
-    return {}
+    return None
+
+
+class AioSidecar:
+    """One ADS stream on its own connection, as Envoy subscribes; every
+    response is ACKed as soon as it is read, and logged (time, type, version)."""
+
+    def __init__(self, index: int, fronts: Workload, decoded: Decoded) -> None:
+        self.index = index
+        self.fronts = fronts
+        self.decoded = decoded
+        self.log: list[tuple[float, str, str]] = []
+        self.acked: dict[str, str] = {}
+        self.counts: dict[str, int] = {}
+        self.error = ""
+        self._subscribed: dict[str, list[str]] = {CDS: [], LDS: []}
+        self._requests: asyncio.Queue[Any] = asyncio.Queue()
+
+    def __repr__(self) -> str:
+        return f"<AioSidecar {self.index} {self.fronts.name} acked={sorted(self.acked)}>"
+
+    @property
+    def synced(self) -> bool:
+        return all(self.acked.get(t) for t in (CDS, EDS, LDS, RDS))
+
+    async def run(self, target: str, gate: asyncio.Semaphore) -> None:
+        import grpc
+        from envoy.service.discovery.v3 import ads_pb2_grpc
+
+        self._send(CDS, [], first=True)
+        self._send(LDS, [])
+        await gate.acquire()
+        held = True
+        try:
+            async with grpc.aio.insecure_channel(target) as channel:
+                stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
+                async for response in stub.StreamAggregatedResources(self._outgoing()):
+                    if held:
+                        gate.release()
+                        held = False
+                    self._on_response(response)
+        except grpc.RpcError as e:
+            if e.code() != grpc.StatusCode.CANCELLED:
+                self.error = f"{e.code()}: {e.details()}"
+        finally:
+            if held:
+                gate.release()
+
+    async def _outgoing(self) -> AsyncIterator[Any]:
+        while (request := await self._requests.get()) is not None:
+            yield request
+
+    def close(self) -> None:
+        self._requests.put_nowait(None)
+
+    def _send(self, type_url: str, names: list[str], ack: Any = None, first: bool = False) -> None:
+        from envoy.service.discovery.v3.discovery_pb2 import DiscoveryRequest
+
+        request = DiscoveryRequest(type_url=type_url, resource_names=names)
+        if first:
+            w = self.fronts
+            request.node.id = (
+                f"sidecar~{w.address}~{w.name}.{w.namespace}~{w.namespace}.svc.cluster.local"
+            )
+            request.node.metadata.update(
+                {
+                    "NAMESPACE": w.namespace,
+                    "WORKLOAD_NAME": w.workload,
+                    "NAME": w.name,
+                    "LABELS": w.labels,
+                    "SERVICE_ACCOUNT": "default",
+                    "INSTANCE_IPS": w.address,
+                    "OUTBOUND_PORT": "15001",
+                }
+            )
+        if ack is not None:
+            request.version_info, request.response_nonce = ack.version_info, ack.nonce
+        self._requests.put_nowait(request)
+
+    def _on_response(self, response: Any) -> None:
+        type_url = response.type_url
+        self._send(type_url, self._subscribed.get(type_url, []), ack=response)
+        self.log.append((time.monotonic(), type_url, response.version_info))
+        self.acked[type_url] = response.version_info
+        self.counts[type_url] = len(response.resources)
+        if type_url == RDS:
+            self.decoded.routes.setdefault(response.version_info, response)
+        for follow_type, names in self.decoded.follow(response).items():
+            if names != self._subscribed.get(follow_type):
+                self._subscribed[follow_type] = names
+                self._send(follow_type, names)
+
+    def arrival(self, since: float, wanted: dict[str, int]) -> tuple[bool, float | None, int]:
+        """(affected, when routes with `wanted` arrived after `since`, responses
+        of any type after `since`). Affected: its routes before `since` held
+        the changed host."""
+        before = [version for at, t, version in self.log if t == RDS and at < since]
+        affected = bool(before) and self.decoded.weights(before[-1]) is not None
+        after = [(at, t, version) for at, t, version in self.log if at >= since]
+        arrived = next(
+            (at for at, t, v in after if t == RDS and self.decoded.weights(v) == wanted), None
+        )
+        return affected, arrived, len(after)
+
+
+class ClientProcess:
+    """The commands a client process answers, one JSON object per line."""
+
+    def __init__(self, sidecars: list[AioSidecar]) -> None:
+        self.sidecars = sidecars
+
+    def status(self) -> dict[str, Any]:
+        first = self.sidecars[0] if self.sidecars else None
+        return {
+            "synced": sum(s.synced for s in self.sidecars),
+            "errors": [s.error for s in self.sidecars if s.error][:3],
+            "counts": first.counts if first else {},
+        }
+
+    async def wait(self, since: float, wanted: dict[str, int], timeout: float) -> dict[str, Any]:
+        """Until every affected sidecar has the change, then a quiet 0.3 s in
+        which anything else that arrives is counted."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if all(not a or at is not None for a, at, _ in self._arrivals(since, wanted)):
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.3)
+        rows = self._arrivals(since, wanted)
+        return {
+            "affected": sum(a for a, _, _ in rows),
+            "arrivals": [at for a, at, _ in rows if a and at is not None],
+            "missing": sum(a and at is None for a, at, _ in rows),
+            "unaffected_got": sum(n for a, _, n in rows if not a),
+            "affected_extra": sum(n - 1 for a, at, n in rows if a and at is not None),
+        }
+
+    def _arrivals(
+        self, since: float, wanted: dict[str, int]
+    ) -> list[tuple[bool, float | None, int]]:
+        return [s.arrival(since, wanted) for s in self.sidecars]
+
+
+async def client_main() -> None:
+    """A client process: its sidecars, and commands from stdin until it closes
+    (or the deadline passes)."""
+    lines = _Lines()
+    spec = json.loads(lines.read(60) or "null")
+    if spec is None:
+        return
+    decoded = Decoded()
+    target = f"127.0.0.1:{spec['xds_port']}"
+    sidecars = [AioSidecar(i, Workload(**w), decoded) for i, w in enumerate(spec["fronts"])]
+    gate = asyncio.Semaphore(FIRST_RESPONSES_AT_ONCE)
+    tasks = [asyncio.create_task(s.run(target, gate)) for s in sidecars]
+    process = ClientProcess(sidecars)
+    loop = asyncio.get_running_loop()
+    deadline = time.monotonic() + spec["deadline"]
+    try:
+        while time.monotonic() < deadline:
+            line = await loop.run_in_executor(None, lines.read, deadline - time.monotonic())
+            if not line:
+                break
+            command = json.loads(line)
+            if command["op"] == "status":
+                reply = process.status()
+            elif command["op"] == "wait":
+                reply = await process.wait(command["since"], command["wanted"], command["timeout"])
+            else:
+                break
+            sys.stdout.write(json.dumps(reply) + "\n")
+            sys.stdout.flush()
+    finally:
+        for s in sidecars:
+            s.close()
+        await asyncio.wait(tasks, timeout=5)
+
+
+class _Lines:
+    """Lines from stdin, unbuffered by Python, so select() sees what is unread."""
+
+    def __init__(self) -> None:
+        self._buffer = b""
+
+    def read(self, timeout: float) -> str:
+        """The next line; "" on end of input or when `timeout` passes."""
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self._buffer:
+            ready, _, _ = select.select([0], [], [], max(0.0, deadline - time.monotonic()))
+            chunk = os.read(0, 1 << 16) if ready else b""
+            if not chunk:
+                return ""
+            self._buffer += chunk
+        line, _, self._buffer = self._buffer.partition(b"\n")
+        return line.decode()
 
 
 # -- the run ------------------------------------------------------------------------------------
 
 
-@dataclass
-class Fleet:
-    sidecars: list[SimulatedSidecar]
-    channels: list[grpc.Channel]
-    threads: list[threading.Thread]
+class Clients:
+    """The client processes, each pinned off the control plane's CPU."""
 
-    @staticmethod
-    def connect(xds_port: int, count: int, fronted: list[Workload]) -> Fleet:
-        """`count` sidecars, the first ones fronting `fronted` in order."""
-        fleet = Fleet([], [], [])
-        for i in range(count):
-            channel = grpc.insecure_channel(f"127.0.0.1:{xds_port}")
-            sidecar = SimulatedSidecar(i, channel, fronted[i] if i < len(fronted) else None)
-            thread = threading.Thread(target=sidecar.run, daemon=True, name=f"sidecar-{i}")
-            fleet.sidecars.append(sidecar)
-            fleet.channels.append(channel)
-            fleet.threads.append(thread)
-            thread.start()
-        return fleet
+    def __init__(
+        self, xds_port: int, fronts: list[Workload], processes: int, deadline: float
+    ) -> None:
+        self.processes: list[subprocess.Popen[str]] = []
+        cpus = os.cpu_count() or 1
+        for k in range(processes):
+            share = fronts[k::processes]
+            command = [sys.executable, str(Path(__file__).resolve()), "--client"]
+            if cpus >= 2:
+                command = ["taskset", "-c", f"1-{cpus - 1}", *command]
+            process = subprocess.Popen(
+                command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO
+            )
+            spec = {
+                "xds_port": xds_port,
+                "fronts": [asdict(w) for w in share],
+                "deadline": deadline,
+            }
+            assert process.stdin is not None
+            process.stdin.write(json.dumps(spec) + "\n")
+            process.stdin.flush()
+            self.processes.append(process)
 
-    def all_have(self, predicate: Any, timeout: float) -> bool:
+    def ask(self, command: dict[str, Any]) -> list[dict[str, Any]]:
+        """Send to all, then read every answer (they work in parallel)."""
+        for process in self.processes:
+            assert process.stdin is not None
+            process.stdin.write(json.dumps(command) + "\n")
+            process.stdin.flush()
+        replies = []
+        for process in self.processes:
+            assert process.stdout is not None
+            line = process.stdout.readline()
+            if not line:
+                raise SystemExit(f"a client process ended (exit {process.wait()})")
+            replies.append(json.loads(line))
+        return replies
+
+    def wait_synced(self, count: int, timeout: float) -> dict[str, int]:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if all(predicate(s) for s in self.sidecars):
-                return True
-            errors = [s.error for s in self.sidecars if s.error]
+            replies = self.ask({"op": "status"})
+            errors = [e for r in replies for e in r["errors"]]
             if errors:
                 raise SystemExit(f"an ADS stream failed: {errors[0]}")
-            time.sleep(0.01)
-        return False
+            if sum(r["synced"] for r in replies) == count:
+                return dict(replies[0]["counts"])
+            time.sleep(0.2)
+        raise SystemExit("not every proxy got its first full push")
 
     def close(self) -> None:
-        for sidecar in self.sidecars:
-            sidecar.close()
-        for channel in self.channels:
-            channel.close()
-        for thread in self.threads:
-            thread.join(timeout=5)
-
-
-def fully_synced(sidecar: SimulatedSidecar) -> bool:
-    return all(sidecar.acked.get(t) for t in (CDS, EDS, LDS, RDS))
+        for process in self.processes:
+            try:
+                assert process.stdin is not None
+                process.stdin.close()
+            except OSError:
+                pass
+        for process in self.processes:
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -435,81 +653,100 @@ def percentile(values: list[float], q: float) -> float:
 
 @dataclass
 class ChangeResult:
+    via: str  # "cli" or "api"
     cli_s: float  # how long the CLI took, start to exit
-    from_start: list[float]  # per proxy: ACK time minus CLI start
-    from_exit: list[float]  # per proxy: ACK time minus CLI exit
+    from_start: list[float]  # per affected proxy: ACK time minus CLI start
+    from_exit: list[float]  # per affected proxy: ACK time minus CLI exit
     cpu_s: float
+    affected: int
+    unaffected_got: int  # responses unaffected proxies received (want 0)
+    affected_extra: int  # responses beyond the one RDS the affected ones received
 
 
-def change_once(plane: ControlPlane, fleet: Fleet, v1_weight: int) -> ChangeResult:
-    """Apply one weight change; each proxy's first new routes after it are
-    timed, then checked to carry the new weights."""
+def change_once(
+    plane: ControlPlane, clients: Clients, namespace: str, v1_weight: int, via: str
+) -> ChangeResult:
+    """Apply one weight change with the CLI (`via` "cli") or the same
+    server-side apply from this process ("api": no CLI start-up); each
+    affected proxy's first routes carrying the new weights are timed."""
     wanted = {"v1": v1_weight, "v2": 100 - v1_weight}
-    old = {s.index: s.routes[-1].version for s in fleet.sidecars}
+    text = virtual_service_yaml(CHANGED, namespace, v1_weight)
     cpu_before = plane.cpu_seconds()
     started = time.monotonic()
-    plane.cli("apply", "-f", "-", stdin=virtual_service_yaml(CHANGED, v1_weight))
+    if via == "cli":
+        plane.cli("apply", "-f", "-", stdin=text)
+    else:
+        plane.api_apply(text)
     exited = time.monotonic()
-
-    def first_new(sidecar: SimulatedSidecar) -> Received | None:
-        routes = sidecar.routes
-        return next(
-            (r for r in routes if r.at >= started and r.version != old[sidecar.index]), None
-        )
-
-    if not fleet.all_have(lambda s: first_new(s) is not None, 60):
-        missing = sum(first_new(s) is None for s in fleet.sidecars)
-        raise SystemExit(f"{missing} proxies never got the change")
-    time.sleep(0.3)  # let the push's tail (other types, other threads) finish
+    replies = clients.ask({"op": "wait", "since": started, "wanted": wanted, "timeout": 60})
     cpu = plane.cpu_seconds() - cpu_before
-    arrivals = [first_new(s) for s in fleet.sidecars]
-    wrong = [r.weights for r in arrivals if r is None or r.weights != wanted]
-    if wrong:
-        raise SystemExit(f"{len(wrong)} proxies got other routes than the change: {wrong[0]}")
-    times = [r.at for r in arrivals if r is not None]
+    missing = sum(r["missing"] for r in replies)
+    if missing:
+        raise SystemExit(f"{missing} affected proxies never got the change")
+    times = [t for r in replies for t in r["arrivals"]]
     return ChangeResult(
-        exited - started, [t - started for t in times], [t - exited for t in times], cpu
+        via,
+        exited - started,
+        [t - started for t in times],
+        [t - exited for t in times],
+        cpu,
+        sum(r["affected"] for r in replies),
+        sum(r["unaffected_got"] for r in replies),
+        sum(r["affected_extra"] for r in replies),
     )
+
+
+def progress(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     directory = Path(tempfile.mkdtemp(prefix="xds-push-"))
     cpus = os.cpu_count() or 1
-    plane = ControlPlane(directory, 0 if cpus >= 2 else None, args.profile)
-    if cpus >= 2:
-        os.sched_setaffinity(0, set(range(1, cpus)))
-    fleet: Fleet | None = None
-    result: dict[str, Any] = {"services": args.services, "endpoints": args.endpoints}
-    result["routed"] = args.routed
-    result["proxies"] = args.proxies
-    result["fronting"] = min(args.proxies, args.services * args.endpoints)
+    plane = ControlPlane(directory, 0 if cpus >= 2 else None, args.profile, args.proxies + 64)
+    clients: Clients | None = None
+    result: dict[str, Any] = {k: getattr(args, k) for k in ("services", "endpoints", "routed")}
+    result |= {k: getattr(args, k) for k in ("proxies", "namespaces", "sidecar")}
+    result["client_processes"] = args.client_processes
     try:
+        started = time.monotonic()
+        preload(directory / "data", mesh_yaml(args))
         plane.start()
         result["idle_rss_mb"] = plane.memory_mb()[0]
-        started = time.monotonic()
-        mesh = "---\n".join(service_yaml(i, i < args.routed) for i in range(args.services))
-        plane.cli("apply", "-f", "-", stdin=mesh)
-        instances = workloads(args.services, args.endpoints)
+        progress("control plane up with the mesh; registering instances")
+        instances = workloads(args.services, args.endpoints, args.namespaces)
         register(plane, instances)
         result["config_s"] = time.monotonic() - started
+        result["objects"] = mesh_yaml(args).count("\nkind: ")
         time.sleep(1.5)  # the registration burst's pushes are done before proxies connect
+        fronts = instances[: args.proxies]
+        fronts += callers(args.proxies - len(fronts), args.namespaces)
+        result["fronting"] = min(args.proxies, len(instances))
+        progress(f"connecting {len(fronts)} proxies")
         cpu_before, started = plane.cpu_seconds(), time.monotonic()
-        fleet = Fleet.connect(plane.xds_port, args.proxies, instances)
-        if not fleet.all_have(fully_synced, 600):
-            raise SystemExit("not every proxy got its first full push")
+        clients = Clients(plane.xds_port, fronts, args.client_processes, args.deadline)
+        counts = clients.wait_synced(len(fronts), 600)
         result["first_push_s"] = time.monotonic() - started
         result["first_push_cpu_s"] = plane.cpu_seconds() - cpu_before
-        result["resources"] = {
-            name: fleet.sidecars[0].counts.get(t, 0)
-            for name, t in (("CDS", CDS), ("EDS", EDS), ("LDS", LDS), ("RDS", RDS))
-        }
+        names = (("CDS", CDS), ("EDS", EDS), ("LDS", LDS), ("RDS", RDS))
+        result["resources"] = {name: counts.get(t, 0) for name, t in names}
+        progress("all synced; sampling idle CPU")
         time.sleep(1.0)
-        changes = [change_once(plane, fleet, 10 * (1 + k % 8)) for k in range(args.changes)]
+        cpu_before = plane.cpu_seconds()
+        time.sleep(args.idle_seconds)
+        result["idle_cpu_pct"] = 100 * (plane.cpu_seconds() - cpu_before) / args.idle_seconds
+        progress("changes")
+        namespace = namespace_of(0, args.namespaces)
+        changes = [
+            change_once(plane, clients, namespace, 10 * (1 + k % 8), via)
+            for via in ("cli", "api")
+            for k in range(args.changes)
+        ]
         result["changes"] = [vars(c) for c in changes]
         result["rss_mb"], result["peak_rss_mb"] = plane.memory_mb()
     finally:
-        if fleet is not None:
-            fleet.close()
+        if clients is not None:
+            clients.close()
         plane.stop()
         if args.profile:
             print(f"profile: {directory / 'controlplane.prof'}")
@@ -519,48 +756,61 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def report(result: dict[str, Any]) -> str:
-    changes = [ChangeResult(**c) for c in result["changes"]]
-    start = [x for c in changes for x in c.from_start]
-    exit_ = [x for c in changes for x in c.from_exit]
-    per_change_max = [max(c.from_start) for c in changes]
-    ms = 1000.0
+    all_changes = [ChangeResult(**c) for c in result["changes"]]
+    scope = f"{result['namespaces']} namespaces" + (", Sidecar ./*" if result["sidecar"] else "")
     rows = [
-        ("services x endpoints", f"{result['services']} x {result['endpoints']}"),
+        ("services x endpoints", f"{result['services']} x {result['endpoints']} ({scope})"),
         ("with VirtualService + DestinationRule", str(result["routed"])),
-        ("proxies (ADS streams)", f"{result['proxies']} ({result['fronting']} front an instance)"),
+        ("proxies (ADS streams)", f"{result['proxies']} ({result['fronting']} front an instance; "
+            f"{result['client_processes']} client processes)"),
         ("resources per proxy", ", ".join(f"{k} {v}" for k, v in result["resources"].items())),
-        ("apply config + register", f"{result['config_s']:.1f} s"),
+        ("store the mesh + register", f"{result['config_s']:.1f} s"),
         ("first full push, all proxies ACKed", f"{result['first_push_s']:.2f} s"),
         ("  control plane CPU for it", f"{result['first_push_cpu_s']:.2f} s"),
-        ("VS change: CLI run time (median)", f"{statistics.median(c.cli_s for c in changes) * ms:.0f} ms"),  # noqa: E501
-        (
-            "VS change, from CLI exit: p50 / p99 / max",
-            f"{percentile(exit_, 0.5) * ms:.0f} / {percentile(exit_, 0.99) * ms:.0f} / "
-            f"{max(exit_) * ms:.0f} ms",
-        ),
-        (
-            "VS change, from CLI start: p50 / p99 / max",
-            f"{percentile(start, 0.5) * ms:.0f} / {percentile(start, 0.99) * ms:.0f} / "
-            f"{max(start) * ms:.0f} ms",
-        ),
-        (
-            "  slowest proxy per change (from start)",
-            ", ".join(f"{x * ms:.0f}" for x in per_change_max) + " ms",
-        ),
-        (
-            "  control plane CPU per change (median)",
-            f"{statistics.median(c.cpu_s for c in changes) * ms:.0f} ms",
-        ),
-        ("control plane RSS: idle / now / peak", f"{result['idle_rss_mb']:.0f} / "
-            f"{result['rss_mb']:.0f} / {result['peak_rss_mb']:.0f} MB"),
+        ("control plane CPU idle (proxies connected)", f"{result['idle_cpu_pct']:.1f} %"),
+        ("VS change: affected proxies", f"{all_changes[0].affected}"),
     ]  # fmt: skip
+    for via in ("cli", "api"):
+        changes = [c for c in all_changes if c.via == via]
+        if changes:
+            rows += _change_rows(via, changes)
+    rows.append(("control plane RSS: idle / now / peak", f"{result['idle_rss_mb']:.0f} / "
+        f"{result['rss_mb']:.0f} / {result['peak_rss_mb']:.0f} MB"))  # fmt: skip
     width = max(len(r[0]) for r in rows)
     lines = [f"| {'measure'.ljust(width)} | value |", f"|{'-' * (width + 2)}|-------|"]
     lines += [f"| {name.ljust(width)} | {value} |" for name, value in rows]
     return "\n".join(lines)
 
 
+def _change_rows(via: str, changes: list[ChangeResult]) -> list[tuple[str, str]]:
+    start = [x for c in changes for x in c.from_start]
+    exit_ = [x for c in changes for x in c.from_exit]
+    ms = 1000.0
+    what = "pilotfish apply" if via == "cli" else "REST apply"
+
+    def spread(values: list[float]) -> str:
+        return (
+            f"{percentile(values, 0.5) * ms:.0f} / {percentile(values, 0.99) * ms:.0f} / "
+            f"{max(values) * ms:.0f} ms"
+        )
+
+    return [
+        (f"{what}: run time (median)", f"{statistics.median(c.cli_s for c in changes) * ms:.0f} ms"),  # noqa: E501
+        (f"{what}, from its start: p50 / p99 / max", spread(start)),
+        (f"{what}, from its return: p50 / p99 / max", spread(exit_)),
+        ("  slowest proxy per change (from start)",
+            ", ".join(f"{max(c.from_start) * ms:.0f}" for c in changes) + " ms"),
+        ("  control plane CPU per change (median)",
+            f"{statistics.median(c.cpu_s for c in changes) * ms:.0f} ms"),
+        ("  responses to unaffected proxies / extra to affected",
+            f"{sum(c.unaffected_got for c in changes)} / {sum(c.affected_extra for c in changes)}"),
+    ]  # fmt: skip
+
+
 def main() -> None:
+    if sys.argv[1:] == ["--client"]:
+        asyncio.run(client_main())
+        return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--services", type=int, default=50)
     parser.add_argument("--endpoints", type=int, default=2, help="instances per service")
@@ -568,11 +818,21 @@ def main() -> None:
         "--routed", type=int, help="services with a VirtualService and DestinationRule (all)"
     )
     parser.add_argument("--proxies", type=int, default=100)
+    parser.add_argument("--namespaces", type=int, default=1, help="services spread over these")
+    parser.add_argument(
+        "--sidecar", action="store_true", help="a default Sidecar (egress ./*) per namespace"
+    )
+    parser.add_argument("--client-processes", type=int, default=4)
     parser.add_argument("--changes", type=int, default=5, help="VirtualService changes timed")
+    parser.add_argument("--idle-seconds", type=float, default=5.0, help="idle CPU sampled over")
+    parser.add_argument(
+        "--deadline", type=float, default=900.0, help="client processes exit after this long"
+    )
     parser.add_argument("--profile", action="store_true", help="cProfile the control plane")
     parser.add_argument("--json", type=Path, help="also write the raw numbers here")
     args = parser.parse_args()
     args.routed = args.services if args.routed is None else min(args.routed, args.services)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop what was started
     result = run(args)
     print(report(result))
     if args.json:

@@ -348,3 +348,18 @@ def test_a_connection_with_no_stream_is_closed_when_idle(mesh: MutableMesh) -> N
             assert said is not None and b"connection idle" in said  # a GOAWAY saying why
         proxy.send(EDS, [])  # a stream keeps its connection however quiet
         assert proxy.receive().type_url == EDS
+
+
+def test_max_streams_flag_scales_the_related_limits_and_refuses_nonsense(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pilotfish.cli.main import main
+
+    limits = Limits.for_streams(3000)
+    assert (limits.streams, limits.connections, limits.unidentified) == (3000, 6000, 1500)
+    small = Limits.for_streams(10)  # never fewer connections than the default
+    assert (small.streams, small.connections, small.unidentified) == (10, 2048, 5)
+    code = main(["controlplane", "--data-dir", str(tmp_path / "d"), "--xds-max-streams", "0"])
+    assert code == 1
+    assert "the maximum of xDS streams must be at least 1, not 0" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()  # refused before anything was created

@@ -143,6 +143,13 @@ def _add_controlplane(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="address of the ADS server instead (HOST:PORT); off loopback, proxies need the token",
     )
     p.add_argument(
+        "--xds-max-streams",
+        type=int,
+        default=1024,
+        metavar="N",
+        help="ADS streams served at once, about one per proxy (default 1024)",
+    )
+    p.add_argument(
         "--anonymous-reads",
         type=_boolean,
         default=True,
@@ -183,6 +190,7 @@ def _run_controlplane(args: argparse.Namespace) -> int:
     from pilotfish.controlplane.identity import ca_options
     from pilotfish.controlplane.main import run_controlplane, xds_listen
     from pilotfish.store.backends import StoreOptions
+    from pilotfish.xds.limits import Limits
 
     prefix = args.etcd_prefix or StoreOptions.etcd_prefix
     store = StoreOptions(
@@ -191,6 +199,7 @@ def _run_controlplane(args: argparse.Namespace) -> int:
     try:
         parse_listen(args.listen)
         xds = xds_listen(args.xds_port, args.listen, args.xds_listen)
+        xds_limits = Limits.for_streams(args.xds_max_streams)
         store.check()
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -202,6 +211,7 @@ def _run_controlplane(args: argparse.Namespace) -> int:
         ca=ca_options(args),
         store_options=store,
         anonymous_reads=args.anonymous_reads,
+        xds_limits=xds_limits,
     )
 
 

@@ -49,6 +49,7 @@ from pilotfish.store.backends import STORE_FILE, StoreOptions, open_backend
 from pilotfish.store.etcd import EtcdBackend
 from pilotfish.store.resources import ResourceStore
 from pilotfish.store.types import Backend
+from pilotfish.xds.limits import DEFAULT_LIMITS, Limits
 from pilotfish.xds.server import DEFAULT_LISTEN as DEFAULT_XDS_LISTEN
 from pilotfish.xds.server import AdsServer, BindError
 
@@ -99,6 +100,7 @@ class ControlPlane:
         store_options: StoreOptions | None = None,
         *,
         anonymous_reads: bool = True,
+        xds_limits: Limits = DEFAULT_LIMITS,
     ) -> ControlPlane:
         """Everything started and serving, or nothing left running. Without
         `xds_listen` there is no ADS server (the registry API still works): a
@@ -117,7 +119,7 @@ class ControlPlane:
             service_tokens = tokens.load_or_create(data_dir)
             if xds_listen is not None:
                 plane.ca = open_ca(store, data_dir, token, service_tokens, ca or CaOptions())
-            plane._start_mesh(xds_listen, token)
+            plane._start_mesh(xds_listen, token, xds_limits)
             loadtester = plane._start_rollout(backend)
             if analysis_status.enabled():
                 plane.analysis = StatusWriter(store)
@@ -149,7 +151,7 @@ class ControlPlane:
         assert self.mesh is not None
         return self.mesh.instances
 
-    def _start_mesh(self, xds_listen: str | None, token: str) -> None:
+    def _start_mesh(self, xds_listen: str | None, token: str, limits: Limits) -> None:
         domain = self.ca.authority.trust_domain if self.ca is not None else DEFAULT_TRUST_DOMAIN
         self.mesh = MeshRegistry(self.store, trust_domain=domain)
         self.mesh.start()
@@ -157,7 +159,9 @@ class ControlPlane:
         if xds_listen is None:
             return
         services = [self.ca.handler()] if self.ca is not None else []
-        self.ads = AdsServer(self.mesh.snapshot, xds_listen, token=token, services=services)
+        self.ads = AdsServer(
+            self.mesh.snapshot, xds_listen, token=token, limits=limits, services=services
+        )
         self.mesh.add_listener(self.ads.changed)
         self.ads.start()
 
@@ -205,6 +209,7 @@ def run_controlplane(
     store_options: StoreOptions | None = None,
     *,
     anonymous_reads: bool = True,
+    xds_limits: Limits = DEFAULT_LIMITS,
 ) -> int:
     """Serve until SIGTERM or SIGINT, then shut down cleanly: 0; 1 if it cannot start."""
     _configure_logging()
@@ -217,6 +222,7 @@ def run_controlplane(
             ca,
             store_options,
             anonymous_reads=anonymous_reads,
+            xds_limits=xds_limits,
         )
     except StartError as e:
         log.error("error: %s", e)

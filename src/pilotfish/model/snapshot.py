@@ -201,6 +201,7 @@ class Snapshot:
 @dataclass(frozen=True)
 class _Index:
     by_host: Mapping[str, tuple[Service, ...]]
+    hosts_by_namespace: Mapping[str, frozenset[str]]  # the hosts each namespace has services of
     by_key: Mapping[str, VirtualService]
     mesh_vs: tuple[VirtualService, ...]
     by_gateway: Mapping[str, tuple[VirtualService, ...]]
@@ -232,6 +233,7 @@ class _Index:
             by_name[(i.namespace, i.name)].append(i)
         return cls(
             by_host={h: tuple(v) for h, v in by_host.items()},
+            hosts_by_namespace=_hosts_by_namespace(snap.services),
             by_key={vs.key: vs for vs in snap.virtual_services},
             mesh_vs=tuple(
                 vs for vs in snap.virtual_services if vs.hosts and MESH_GATEWAY in vs.gateways
@@ -251,7 +253,7 @@ class _Index:
     def view(self, namespace: str, sidecar: Sidecar | None) -> ProxyView:
         egress = sidecar.egress if sidecar and sidecar.egress else None
         chosen: dict[str, Service] = {}
-        for host in sorted(self.by_host):
+        for host in self._candidate_hosts(egress, namespace):
             visible = [
                 s
                 for s in self.by_host[host]
@@ -282,6 +284,18 @@ class _Index:
             tuple(wild),
         )
 
+    def _candidate_hosts(
+        self, egress: tuple[tuple[str, str], ...] | None, namespace: str
+    ) -> list[str]:
+        """The hosts a view must check, sorted: all of them, unless the
+        Sidecar's egress names only some namespaces (Istio's `./*`): then only
+        theirs, since no other namespace's service can pass `_allowed`. A
+        mesh of many namespaces builds each view from its own few services."""
+        if egress is None or any(ns == "*" for ns, _ in egress):
+            return sorted(self.by_host)
+        spaces = {namespace if ns == "." else ns for ns, _ in egress}
+        return sorted(set().union(*(self.hosts_by_namespace.get(ns, ()) for ns in spaces)))
+
     def destination_rule(
         self, proxy_ns: str, hostname: str, service_ns: str
     ) -> DestinationRule | None:
@@ -303,6 +317,13 @@ class _Index:
             return exact
         wild = [h for h in self.rule_wildcards.get(namespace, ()) if covers(h, hostname)]
         return rules[max(wild, key=len)] if wild else None
+
+
+def _hosts_by_namespace(services: Iterable[Service]) -> dict[str, frozenset[str]]:
+    found: dict[str, set[str]] = defaultdict(set)
+    for service in services:
+        found[service.namespace].add(service.hostname)
+    return {ns: frozenset(hosts) for ns, hosts in found.items()}
 
 
 def _served(snap: Snapshot) -> dict[tuple[str, str, int], tuple[Service, ...]]:

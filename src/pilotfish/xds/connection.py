@@ -115,17 +115,16 @@ class Connection:
             return True
         return False
 
-    def response(self, type_url: str, generated: Generated) -> DiscoveryResponse:
-        """A response carrying `generated`, recorded as sent."""
+    def response(self, type_url: str, generated: Generated) -> bytes:
+        """A serialized DiscoveryResponse carrying `generated`, recorded as
+        sent: its shared body, then this stream's nonce (protobuf merges
+        concatenated messages, so the bytes parse as one response)."""
+        assert generated.type_url == type_url
         watched = self.watched[type_url]
         watched.sent = generated
         watched.sent_nonce = f"{next(_nonces)}-{generated.version[:8]}"
-        return DiscoveryResponse(
-            version_info=generated.version,
-            resources=list(generated.resources),
-            type_url=type_url,
-            nonce=watched.sent_nonce,
-        )
+        nonce = DiscoveryResponse(nonce=watched.sent_nonce).SerializeToString()
+        return generated.body + bytes(nonce)
 
     def needs_push(self, type_url: str, generated: Generated) -> bool:
         """A push sends only what changed since the last response of the type."""

@@ -18,6 +18,7 @@ through lists of names costs translations, never memory.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import threading
 from collections import OrderedDict
@@ -25,6 +26,7 @@ from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+from envoy.service.discovery.v3.discovery_pb2 import DiscoveryResponse
 from google.protobuf.any_pb2 import Any as AnyProto
 from google.protobuf.message import Message
 
@@ -56,6 +58,17 @@ class Generated:
     version: str
     resources: tuple[AnyProto, ...]
     names: tuple[str, ...]  # each resource's name, same order
+    type_url: str = ""
+
+    @functools.cached_property
+    def body(self) -> bytes:
+        """A DiscoveryResponse carrying these resources, serialized, without
+        its nonce: every stream sent this Generated shares these bytes, and
+        appends only its own nonce (`Connection.response`)."""
+        response = DiscoveryResponse(
+            version_info=self.version, resources=self.resources, type_url=self.type_url
+        )
+        return bytes(response.SerializeToString(deterministic=True))
 
 
 def generate(snapshot: Snapshot, proxy: Proxy, type_url: str, names: frozenset[str]) -> Generated:
@@ -89,6 +102,7 @@ def assemble(type_url: str, names: frozenset[str], resources: Packed) -> Generat
         digest.hexdigest()[:16],
         tuple(wrapped for _, wrapped in resources),
         tuple(name for name, _ in resources),
+        type_url,
     )
 
 

@@ -56,6 +56,19 @@ class Limits:
     name_bytes: int = MAX_NAME_BYTES
     stream_name_bytes: int = MAX_NAME_BYTES_PER_STREAM
 
+    @classmethod
+    def for_streams(cls, streams: int) -> Limits:
+        """The defaults, with room for `streams` streams (`--xds-max-streams`):
+        connections and streams awaiting their node keep the defaults' ratios
+        to it, never going below the defaults."""
+        if streams < 1:
+            raise ValueError(f"the maximum of xDS streams must be at least 1, not {streams}")
+        return cls(
+            connections=max(MAX_CONNECTIONS, 2 * streams),
+            streams=streams,
+            unidentified=max(1, streams // 2),
+        )
+
 
 DEFAULT_LIMITS = Limits()
 

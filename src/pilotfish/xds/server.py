@@ -33,8 +33,11 @@ from dataclasses import dataclass, field
 from typing import Any, TypeAlias, TypeVar
 
 import grpc
-from envoy.service.discovery.v3 import ads_pb2_grpc
-from envoy.service.discovery.v3.discovery_pb2 import DiscoveryRequest, DiscoveryResponse
+from envoy.service.discovery.v3.discovery_pb2 import (
+    DeltaDiscoveryRequest,
+    DeltaDiscoveryResponse,
+    DiscoveryRequest,
+)
 
 from pilotfish.controlplane.auth import has_token, is_loopback
 from pilotfish.model import Snapshot
@@ -56,6 +59,7 @@ from pilotfish.xds.node import proxy_from_node
 log = logging.getLogger("pilotfish.xds")
 
 DEFAULT_LISTEN = "127.0.0.1:15010"
+ADS_SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
 DEBOUNCE_S, DEBOUNCE_MAX_S = 0.1, 1.0
 MAX_SEND_BYTES = 64 * 1024 * 1024  # a large mesh's full CDS fits in one response
 REQUESTS_AHEAD = 4  # requests read from a stream before its handler took the first
@@ -142,8 +146,7 @@ class AdsServer:
 
     async def _serve(self) -> grpc.aio.Server:
         server = grpc.aio.server(options=_server_options(self.limits))
-        ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(self, server)
-        server.add_generic_rpc_handlers(self._services)
+        server.add_generic_rpc_handlers((_ads_handler(self), *self._services))
         self.port = _bind(server, self.listen)
         await server.start()
         return server
@@ -210,7 +213,7 @@ class AdsServer:
 
     async def StreamAggregatedResources(
         self, request_iterator: AsyncIterator[DiscoveryRequest], context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[DiscoveryResponse]:
+    ) -> AsyncIterator[bytes]:
         address = _peer_ip(context.peer())
         try:
             self._authenticate(address, context.invocation_metadata() or ())
@@ -235,7 +238,7 @@ class AdsServer:
             self._counts.close(stream.peer)
             log.info("xDS stream closed: %r", conn)
 
-    async def _serve_stream(self, stream: _Stream) -> AsyncIterator[DiscoveryResponse]:
+    async def _serve_stream(self, stream: _Stream) -> AsyncIterator[bytes]:
         conn = stream.connection
         deadline = time.monotonic() + self.limits.identify_within
         while (item := await self._next(stream, deadline)) is not None:
@@ -281,7 +284,7 @@ class AdsServer:
     ) -> None:
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "delta xDS is not served; use SotW")
 
-    def _answer(self, stream: _Stream, request: DiscoveryRequest) -> list[DiscoveryResponse]:
+    def _answer(self, stream: _Stream, request: DiscoveryRequest) -> list[bytes]:
         conn = stream.connection
         if conn.proxy is None:
             self._identify(stream, request)
@@ -311,7 +314,7 @@ class AdsServer:
         stream.connection.proxy = proxy_from_node(request.node, address)
         log.info("xDS stream %s: %r", stream.connection.conn_id, stream.connection.proxy)
 
-    def _push(self, conn: Connection, push: _Push) -> list[DiscoveryResponse]:
+    def _push(self, conn: Connection, push: _Push) -> list[bytes]:
         if conn.proxy is None:
             return []
         out = []
@@ -324,6 +327,31 @@ class AdsServer:
             if conn.needs_push(type_url, generated):
                 out.append(conn.response(type_url, generated))
         return out
+
+
+def _ads_handler(server: AdsServer) -> grpc.GenericRpcHandler:
+    """The ADS service, answering with responses already serialized
+    (Connection.response), so that a response many streams are sent is
+    serialized once, not once per stream."""
+    return grpc.method_handlers_generic_handler(
+        ADS_SERVICE,
+        {
+            "StreamAggregatedResources": grpc.stream_stream_rpc_method_handler(
+                server.StreamAggregatedResources,
+                request_deserializer=DiscoveryRequest.FromString,
+                response_serializer=_already_bytes,
+            ),
+            "DeltaAggregatedResources": grpc.stream_stream_rpc_method_handler(
+                server.DeltaAggregatedResources,
+                request_deserializer=DeltaDiscoveryRequest.FromString,
+                response_serializer=DeltaDiscoveryResponse.SerializeToString,
+            ),
+        },
+    )
+
+
+def _already_bytes(response: bytes) -> bytes:
+    return response
 
 
 _loop_lock = threading.Lock()
