@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from pilotfish import __version__
 from pilotfish.api.errors import ApiError
 from pilotfish.api.gotypes import parse_duration_ns
-from pilotfish.cli import commands, identity, mesh, node, rollout, token
+from pilotfish.cli import commands, dashboard, identity, mesh, node, rollout, stat, token
 from pilotfish.cli.manifests import ManifestError
 from pilotfish.client import Unreachable
 from pilotfish.config import ConfigError
@@ -67,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     identity.add_commands(sub, common)
     node.add_commands(sub, common)
     rollout.add_commands(sub, common)
+    stat.add_commands(sub, common)
+    dashboard.add_commands(sub, common)
     token.add_commands(sub)
     return parser
 

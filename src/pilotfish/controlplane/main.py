@@ -36,13 +36,16 @@ from pilotfish.controlplane.http import ApiServer, parse_listen
 from pilotfish.controlplane.identity import CaOptions, TokenApi, add_ca_flags, ca_options, open_ca
 from pilotfish.controlplane.loadtester_api import LoadTesterApi
 from pilotfish.controlplane.mesh_api import MeshApi
+from pilotfish.dashboard.api import DashboardApi
+from pilotfish.dashboard.sampler import MeshSampler
+from pilotfish.periodic import when
 from pilotfish.registry.instances import InstanceRegistry
 from pilotfish.registry.mesh import MeshRegistry
 from pilotfish.rollout.service import RolloutService
 from pilotfish.store.backends import STORE_FILE, StoreOptions, open_backend
 from pilotfish.store.etcd import EtcdBackend
 from pilotfish.store.resources import ResourceStore
-from pilotfish.store.types import Backend
+from pilotfish.store.types import Backend, Obj
 from pilotfish.xds.server import DEFAULT_LISTEN as DEFAULT_XDS_LISTEN
 from pilotfish.xds.server import AdsServer, BindError
 
@@ -76,6 +79,7 @@ class ControlPlane:
         self.elector: Elector | None = None
         self.loadtester: LoadTesterApi | None = None
         self.ca: CertificateService | None = None
+        self.sampler: MeshSampler | None = None
 
     def __repr__(self) -> str:
         return f"ControlPlane({self.server.url}, data_dir={str(self.data_dir)!r})"
@@ -112,7 +116,10 @@ class ControlPlane:
             plane._start_mesh(xds_listen, token)
             loadtester = plane._start_rollout(backend)
             extensions = chain(
-                MeshApi(plane.instances, plane.ads), TokenApi(service_tokens), loadtester
+                MeshApi(plane.instances, plane.ads),
+                TokenApi(service_tokens),
+                loadtester,
+                plane._start_dashboard(),
             )
             auth = Authenticator(token, data_dir=data_dir, anonymous_reads=anonymous_reads)
             server.api = Api(store, auth, analyze=analyze, extension=extensions)
@@ -160,8 +167,24 @@ class ControlPlane:
         self.rollout.start()
         return self.loadtester
 
+    def _start_dashboard(self) -> DashboardApi:
+        """The mesh metrics sampler (on the leader only, as the rollout's) and
+        the dashboard's paths."""
+        self.sampler = MeshSampler(self.instances.instances)
+        if self.elector is not None:
+            self.sampler.loop.work = when(self.elector.leading, self.sampler.loop.work)
+        self.sampler.start()
+        store = self.store
+
+        def canaries(namespace: str | None) -> list[Obj]:
+            return store.list("flagger.app", "Canary", namespace)[0]
+
+        return DashboardApi(self.sampler, self.instances.instances, canaries)
+
     def close(self) -> None:
         """Stop what was started, newest first; safe on a half-open plane."""
+        if self.sampler is not None:
+            self.sampler.stop()
         if self.rollout is not None:
             self.rollout.stop()
         if self.elector is not None:
