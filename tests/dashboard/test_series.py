@@ -60,7 +60,10 @@ def test_a_fault_the_caller_injects_turns_its_edge_red_and_the_callee_hop_stays_
         reviews_out.record(RATINGS_V1, RATINGS, 200, "", 3.0, 0, 10)
         ratings_in.record(REVIEWS, RATINGS, 200, "", 2.0, 0, 10)
     for _ in range(2):  # 2 aborted by reviews' own sidecar: ratings never saw them
-        reviews_out.record(WorkloadInfo(), RATINGS, 500, "FI", 0.1, 0, 0)
+        # The caller's sidecar names the host as it was asked for: "ratings".
+        reviews_out.record(
+            WorkloadInfo(), ServiceInfo("ratings", "ratings", "unknown"), 500, "FI", 0.1, 0, 0
+        )
     scrape(1005.0)
 
     counted = sampler.store.window(1000.0)

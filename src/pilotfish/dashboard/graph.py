@@ -64,7 +64,13 @@ def workload_id(namespace: str, workload: str) -> str:
 
 
 def service_id(edge: Edge) -> str:
-    return f"service:{edge.service}"
+    """A short host (a caller's sidecar reports the Host it was asked for when
+    it answered itself, as for an injected fault) resolves as Kubernetes DNS
+    resolves it: in the caller's namespace."""
+    host = edge.service
+    if "." not in host and host != UNKNOWN and edge.source_namespace != UNKNOWN:
+        host = f"{host}.{edge.source_namespace}.svc.cluster.local"
+    return f"service:{host}"
 
 
 def hops(

@@ -15,7 +15,7 @@ from typing import Any
 
 Json = dict[str, Any]
 COLOURS = {"healthy": "#3f9c35", "degraded": "#ec7a08", "failure": "#cc0000", "idle": "#8a8d90"}
-COLUMN_W, ROW_H, MARGIN = 190, 78, 60
+COLUMN_W, ROW_H, MARGIN = 170, 78, 80
 MAX_DEPTH = 32
 
 
@@ -67,8 +67,8 @@ def draw(graph: Json, show: str = "rps") -> str:
     width = max((x for x, _ in at.values()), default=0) + MARGIN + 80
     height = max((y for _, y in at.values()), default=0) + MARGIN + 20
     parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" class="graph" width="{width:.0f}" '
-        f'height="{height:.0f}" viewBox="0 0 {width:.0f} {height:.0f}">',
+        f'<svg xmlns="http://www.w3.org/2000/svg" class="graph" width="100%" '
+        f'style="max-width:{width:.0f}px" viewBox="0 0 {width:.0f} {height:.0f}">',
         "<defs>",
         *(
             f'<marker id="arrow-{h}" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="7" '
@@ -88,7 +88,7 @@ def _edge(edge: Json, at: dict[str, tuple[float, float]], show: str) -> str:
     x1, x2 = x1 + 16, x2 - 18
     mid_x, mid_y = (x1 + x2) / 2, (y1 + y2) / 2
     colour = COLOURS[edge["health"]]
-    lock = " \N{LOCK}" if edge["mtls"] >= 0.5 else ""
+    lock = " [mTLS]" if edge["mtls"] >= 0.5 else ""  # text: no emoji font on a server
     dash = ' stroke-dasharray="6 4"' if edge["protocol"] == "tcp" else ""
     return (
         f'<g class="edge" data-source="{escape(edge["source"])}" '

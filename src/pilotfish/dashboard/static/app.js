@@ -28,7 +28,7 @@ function graphPage() {
     el("div", { class: "panel legend" },
       el("span", { class: "healthy" }, "\u25cf healthy"), el("span", { class: "degraded" }, "\u25cf 5xx > 0%"),
       el("span", { class: "failure" }, "\u25cf 5xx \u2265 10%"), el("span", { class: "idle" }, "\u25cf idle"),
-      el("span", {}, "\u25b2 service \u25cf workload \u25a0 gateway \ud83d\udd12 mutual TLS"),
+      el("span", {}, "\u25b2 service \u25cf workload \u25a0 gateway [mTLS] mutual TLS"),
       el("span", { id: "graph-time" }, "")),
     el("div", { class: "panel", id: "graph" }, "waiting for metrics\u2026"));
   source = new EventSource(API + "/graph/stream?window=1m");
