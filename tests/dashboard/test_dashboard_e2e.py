@@ -57,7 +57,7 @@ kind: Canary
 metadata: {name: podinfo, namespace: default}
 spec:
   suspend: true
-  targetRef: {apiVersion: pilotfish.dev/v1alpha1, kind: Workload, name: podinfo}
+  targetRef: {apiVersion: apps/v1, kind: Deployment, name: podinfo}
   service: {port: 9898}
   analysis:
     interval: 10s
@@ -163,9 +163,6 @@ def test_the_graph_shows_bookinfo_live_and_a_fault_on_ratings_turns_it_red(
         assert took < 30
     finally:
         running.mesh.cli("delete", "-f", str(applied))
-    readme_shot = Path(__file__).resolve().parents[2] / "docs" / "dashboard-graph.png"
-    if readme_shot.parent.is_dir() and not readme_shot.exists():
-        page.screenshot(path=str(readme_shot))
 
 
 def test_a_workload_page_shows_its_golden_metrics_neighbours_and_config(
@@ -200,6 +197,15 @@ def test_releases_shows_a_canarys_weight_move_and_steers_it_with_the_token(
     wait_for(lambda: weight.inner_text() == "10%", 20, "the weight is not shown")
     write_status(running, 30)
     wait_for(lambda: weight.inner_text() == "30%", 20, "the weight did not move on the page")
+    checks = page.locator('div.canary[data-name="default/podinfo"] tr.check')
+    assert checks.nth(0).inner_text().split() == [
+        "FAIL",
+        "request-success-rate",
+        "97.50",
+        "≥",
+        "99",
+    ]
+    assert checks.nth(1).inner_text().split() == ["ok", "request-duration", "120.00", "≤", "500"]
     page.screenshot(path=str(tmp_path / "releases.png"), full_page=True)
     page.click('div.canary[data-name="default/podinfo"] button[data-action="promote"]')
     wait_for(lambda: "promote sent" in page.inner_text("#status"), 20, "promote failed")
@@ -213,7 +219,19 @@ def write_status(running: Running, weight: int) -> None:
     """The Canary's status as the controller would write it, through the API."""
     path = "/apis/flagger.app/v1beta1/namespaces/default/canaries/podinfo"
     live = running.get(path)
-    live["status"] = {**(live.get("status") or {}), "phase": "Progressing", "canaryWeight": weight}
+    analysis = {
+        "time": "2026-01-01T00:00:00Z",
+        "metrics": [
+            {"name": "request-success-rate", "value": 97.5, "min": 99, "max": None},
+            {"name": "request-duration", "value": 120.0, "min": None, "max": 500},
+        ],
+    }
+    live["status"] = {
+        **(live.get("status") or {}),
+        "phase": "Progressing",
+        "canaryWeight": weight,
+        "lastAnalysis": analysis,
+    }
     token = (running.mesh.tmp / "data" / "token").read_text().strip()
     request = urllib.request.Request(
         running.url + path + "/status",
@@ -250,6 +268,7 @@ def test_stat_agrees_with_the_sidecars_counters_over_the_same_window(running: Ru
     time.sleep(11)  # two sampler passes
     after = inbound_requests(running, "productpage-v1")
     out = running.mesh.cli("stat", "workloads", "productpage-v1", "-t", "30s", "-o", "json")
+    table = running.mesh.cli("stat", "workloads", "-t", "30s")
     running.traffic.set()
     (row,) = json.loads(out)
     assert after - before == 20
@@ -257,7 +276,6 @@ def test_stat_agrees_with_the_sidecars_counters_over_the_same_window(running: Ru
     assert row["rps"] == pytest.approx(20 / 30)
     assert row["success"] == 1.0
     assert row["meshed"] == "1/1"
-    table = running.mesh.cli("stat", "workloads", "-t", "30s")
     head, *rows = table.splitlines()
     assert head.split() == [
         "NAME",

@@ -168,12 +168,19 @@ async function releasesPage() {
     const st = c.status || {}, key = `${c.metadata.namespace}/${c.metadata.name}`;
     const w = st.canaryWeight || 0;
     (weights[key] = weights[key] || []).push([Date.now(), w]);
-    const checks = el("table", {}, el("tr", {}, el("th", {}, "check"), el("th", {}, "value"), el("th", {}, "threshold")));
+    const last = st.lastAnalysis || {};
+    const checks = el("table", {}, el("tr", {}, ...["", "check", "value", "threshold", ""].map((h) => el("th", {}, h))));
     for (const m of ((c.spec.analysis || {}).metrics || [])) {
-      const last = ((st.analysis || st.lastAnalysis || {}).metrics || []).find((x) => x.name === m.name) || {};
+      const r = (last.metrics || []).find((x) => x.name === m.name) || {};
       const range = m.thresholdRange || {};
-      checks.append(el("tr", {}, el("td", {}, m.name), el("td", {}, last.value === undefined ? "-" : last.value),
-        el("td", {}, `${range.min !== undefined ? "\u2265 " + range.min : ""} ${range.max !== undefined ? "\u2264 " + range.max : ""}`)));
+      const low = r.min ?? range.min, high = r.max ?? range.max;
+      const has = r.value !== undefined && r.value !== null;
+      const ok = has && (low === undefined || low === null || r.value >= low) && (high === undefined || high === null || r.value <= high);
+      checks.append(el("tr", { class: "check" },
+        el("td", { class: !("name" in r) ? "idle" : ok ? "good" : "bad" }, !("name" in r) ? "" : ok ? "ok" : "FAIL"),
+        el("td", {}, m.name), el("td", {}, has ? Number(r.value).toFixed(2) : "-"),
+        el("td", {}, `${low != null ? "\u2265 " + low : ""} ${high != null ? "\u2264 " + high : ""}`),
+        el("td", {}, r.message || "")));
     }
     const mine = (events.items || []).filter((e) => (e.involvedObject || {}).name === c.metadata.name && (e.involvedObject || {}).kind === "Canary").slice(-8);
     const buttons = ["pause", "resume", "promote", "abort"].map((a) => {
@@ -187,7 +194,7 @@ async function releasesPage() {
       el("p", {}, "canary weight: ", el("strong", { class: "weight" }, `${w}%`), " ",
         el("span", { class: "bar", style: `width:${2 * w}px` }), ` failed checks: ${st.failedChecks || 0}`),
       weightChart(weights[key]),
-      el("h4", {}, "Analysis"), checks,
+      el("h4", {}, "Analysis" + (last.time ? ` at ${last.time}` : "")), checks,
       el("h4", {}, "Events"), el("pre", {}, mine.map((e) => `${e.lastTimestamp || ""} ${e.reason}: ${e.message}`).join("\n") || "none"),
       el("div", {}, ...buttons)));
   }
