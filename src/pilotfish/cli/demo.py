@@ -36,9 +36,9 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TaskID, TextColumn
 from pilotfish.api.errors import ApiError
 from pilotfish.api.kinds import registry
 from pilotfish.cli.commands import CliError, apply_documents
+from pilotfish.cli.dashboard import dashboard_url
 from pilotfish.cli.demo_canary import canary_documents, run_releases
 from pilotfish.cli.manifests import Document, read_documents
-from pilotfish.cli.dashboard import dashboard_url
 from pilotfish.client import Client
 
 READY_TIMEOUT_S = 30.0

@@ -130,6 +130,11 @@ def _add_controlplane(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         metavar="true|false",
         help="serve reads without a token to loopback callers, Secrets excepted (default: true)",
     )
+    p.add_argument(
+        "--prometheus",
+        metavar="URL",
+        help="the dashboard and `pilotfish stat` query this Prometheus (default: own sampler)",
+    )
     from pilotfish.controlplane.identity import add_ca_flags
 
     add_ca_flags(p)
@@ -183,6 +188,7 @@ def _run_controlplane(args: argparse.Namespace) -> int:
         ca=ca_options(args),
         store_options=store,
         anonymous_reads=args.anonymous_reads,
+        prometheus=args.prometheus,
     )
 
 

@@ -36,7 +36,8 @@ from pilotfish.controlplane.http import ApiServer, parse_listen
 from pilotfish.controlplane.identity import CaOptions, TokenApi, add_ca_flags, ca_options, open_ca
 from pilotfish.controlplane.loadtester_api import LoadTesterApi
 from pilotfish.controlplane.mesh_api import MeshApi
-from pilotfish.dashboard.api import DashboardApi
+from pilotfish.dashboard.api import DashboardApi, Metrics
+from pilotfish.dashboard.prometheus import PrometheusMetrics
 from pilotfish.dashboard.sampler import MeshSampler
 from pilotfish.periodic import when
 from pilotfish.registry.instances import InstanceRegistry
@@ -95,6 +96,7 @@ class ControlPlane:
         store_options: StoreOptions | None = None,
         *,
         anonymous_reads: bool = True,
+        prometheus: str | None = None,
     ) -> ControlPlane:
         """Everything started and serving, or nothing left running. Without
         `xds_listen` there is no ADS server (the registry API still works): a
@@ -119,7 +121,7 @@ class ControlPlane:
                 MeshApi(plane.instances, plane.ads),
                 TokenApi(service_tokens),
                 loadtester,
-                plane._start_dashboard(),
+                plane._start_dashboard(prometheus),
             )
             auth = Authenticator(token, data_dir=data_dir, anonymous_reads=anonymous_reads)
             server.api = Api(store, auth, analyze=analyze, extension=extensions)
@@ -167,19 +169,23 @@ class ControlPlane:
         self.rollout.start()
         return self.loadtester
 
-    def _start_dashboard(self) -> DashboardApi:
-        """The mesh metrics sampler (on the leader only, as the rollout's) and
-        the dashboard's paths."""
-        self.sampler = MeshSampler(self.instances.instances)
-        if self.elector is not None:
-            self.sampler.loop.work = when(self.elector.leading, self.sampler.loop.work)
-        self.sampler.start()
+    def _start_dashboard(self, prometheus: str | None) -> DashboardApi:
+        """The dashboard's paths, reading `prometheus` or else the mesh
+        metrics sampler (run on the leader only, as the rollout's)."""
+        metrics: Metrics
+        if prometheus:
+            metrics = PrometheusMetrics(prometheus, self.instances.instances)
+        else:
+            metrics = self.sampler = MeshSampler(self.instances.instances)
+            if self.elector is not None:
+                self.sampler.loop.work = when(self.elector.leading, self.sampler.loop.work)
+            self.sampler.start()
         store = self.store
 
         def canaries(namespace: str | None) -> list[Obj]:
             return store.list("flagger.app", "Canary", namespace)[0]
 
-        return DashboardApi(self.sampler, self.instances.instances, canaries)
+        return DashboardApi(metrics, self.instances.instances, canaries)
 
     def close(self) -> None:
         """Stop what was started, newest first; safe on a half-open plane."""
@@ -208,6 +214,7 @@ def run_controlplane(
     store_options: StoreOptions | None = None,
     *,
     anonymous_reads: bool = True,
+    prometheus: str | None = None,
 ) -> int:
     """Serve until SIGTERM or SIGINT, then shut down cleanly: 0; 1 if it cannot start."""
     _configure_logging()
@@ -220,6 +227,7 @@ def run_controlplane(
             ca,
             store_options,
             anonymous_reads=anonymous_reads,
+            prometheus=prometheus,
         )
     except StartError as e:
         log.error("error: %s", e)

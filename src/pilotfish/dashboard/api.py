@@ -19,24 +19,45 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from importlib import resources
-from typing import Any
+from typing import Any, Protocol
 
-from pilotfish.api.errors import BadRequest, MethodNotAllowed, NotFound
+from pilotfish.api.errors import ApiError, BadRequest, MethodNotAllowed, NotFound
 from pilotfish.controlplane.api import Request, Response, encode
 from pilotfish.dashboard.graph import build_graph, metrics
-from pilotfish.dashboard.sampler import MeshSampler
 from pilotfish.dashboard.series import RETENTION_S, Edge
 from pilotfish.dashboard.stat import KINDS, row, stat_rows
 from pilotfish.dashboard.svg import draw
 from pilotfish.model.types import Instance
 from pilotfish.rollout.metrics import parse_interval
 from pilotfish.rollout.metrics.builtin import Totals
+from pilotfish.rollout.metrics.prometheus import QueryError
 
 Json = dict[str, Any]
 PREFIX = "/dashboard"
 STATIC = {"": "text/html", "app.js": "text/javascript", "style.css": "text/css"}
 STREAM_PERIOD_S = 3.0
 Canaries = Callable[[str | None], list[Json]]  # namespace (None: all) -> Canary objects
+
+
+class Metrics(Protocol):
+    """Where the numbers come from: the control plane's sampler, or Prometheus."""
+
+    def now(self) -> float: ...
+
+    def window(self, window_s: float) -> dict[Edge, Totals]: ...
+
+    def cumulative(self) -> dict[Edge, Totals]: ...
+
+    def meshed(self) -> dict[tuple[str, str], int]: ...
+
+    def timeline(
+        self, window_s: float, keep: Callable[[Edge], bool]
+    ) -> tuple[float, list[tuple[float, Totals]]]: ...
+
+
+class MetricsUnavailable(ApiError):
+    code = 503
+    reason = "ServiceUnavailable"
 
 
 def window_of(request: Request, default: str) -> float:
@@ -53,21 +74,27 @@ def window_of(request: Request, default: str) -> float:
 class DashboardApi:
     def __init__(
         self,
-        sampler: MeshSampler,
+        metrics: Metrics,
         instances: Callable[[], Iterable[Instance]],
         canaries: Canaries,
     ) -> None:
-        self.sampler = sampler
+        self.metrics = metrics
         self.instances = instances
         self.canaries = canaries
         self.stopping = threading.Event()
 
     def __repr__(self) -> str:
-        return f"DashboardApi({self.sampler!r})"
+        return f"DashboardApi({self.metrics!r})"
 
     def __call__(self, request: Request, path: str) -> Response | None:
         if path != PREFIX and not path.startswith(PREFIX + "/"):
             return None
+        try:
+            return self._serve(request, path)
+        except QueryError as e:
+            raise MetricsUnavailable(f"the metrics cannot be read: {e}") from e
+
+    def _serve(self, request: Request, path: str) -> Response:
         if request.method != "GET":
             raise MethodNotAllowed(f"{request.method} is not supported on {request.path}")
         rest = path[len(PREFIX) :].strip("/")
@@ -86,9 +113,10 @@ class DashboardApi:
         raise NotFound(f"the dashboard has no page {request.path}")
 
     def graph(self, window_s: float) -> Json:
-        now = self.sampler.clock()
-        counted = self.sampler.store.window(now - window_s)
-        graph = build_graph(counted, window_s, set(self.sampler.meshed()), now)
+        now = self.metrics.now()
+        graph = build_graph(
+            self.metrics.window(window_s), window_s, set(self.metrics.meshed()), now
+        )
         graph["svg"] = draw(graph)
         return graph
 
@@ -100,8 +128,8 @@ class DashboardApi:
         namespace = request.query.get("namespace") or None
         q = request.query
         source, to, name = q.get("from") or None, q.get("to") or None, q.get("name") or None
-        counted = self.sampler.store.window(self.sampler.clock() - window_s)
-        cumulative = self.sampler.cumulative()
+        counted = self.metrics.window(window_s)
+        cumulative = self.metrics.cumulative()
         known = self.known(kind)
         rows = stat_rows(
             "services" if kind == "services" else "workloads",
@@ -128,7 +156,7 @@ class DashboardApi:
         for i in self.instances():
             key = (i.namespace, i.workload)
             registered[key] = registered.get(key, 0) + 1
-        read = self.sampler.meshed()
+        read = self.metrics.meshed()
         return {k: f"{read.get(k, 0)}/{n}" for k, n in registered.items()}
 
     def timeline(self, request: Request) -> Json:
@@ -148,9 +176,7 @@ class DashboardApi:
                 )
             return (edge.service_namespace, edge.service_name) == (namespace, service)
 
-        now = self.sampler.clock()
-        step = self.sampler.store.resolution_s
-        points = self.sampler.store.timeline(now - window_s, keep)
+        step, points = self.metrics.timeline(window_s, keep)
         return {
             "windowSeconds": window_s,
             "points": [{"time": at, **metrics(t, step)} for at, t in points],

@@ -54,6 +54,19 @@ class MeshSampler:
     def stop(self) -> None:
         self.loop.stop()
 
+    def now(self) -> float:
+        return self.clock()
+
+    def window(self, window_s: float) -> dict[Edge, Totals]:
+        """What each edge counted in the last `window_s` seconds."""
+        return self.store.window(self.clock() - window_s)
+
+    def timeline(
+        self, window_s: float, keep: Callable[[Edge], bool]
+    ) -> tuple[float, list[tuple[float, Totals]]]:
+        """(seconds per point, the kept edges summed per slot) over the window."""
+        return self.store.resolution_s, self.store.timeline(self.clock() - window_s, keep)
+
     def meshed(self) -> dict[tuple[str, str], int]:
         """Sidecars read in the last pass, per (namespace, workload)."""
         with self._lock:

@@ -59,6 +59,22 @@ def instant_query(provider: Provider, query: str) -> float:
     return value_of(body, provider.address)
 
 
+def vector_query(provider: Provider, query: str) -> list[tuple[dict[str, str], float]]:
+    """Each sample of an instant vector: its labels and value (NaN left out);
+    QueryError when the query failed or gave anything but a vector."""
+    body = _get(provider, _query_url(provider.address, query))
+    data = body.get("data") if isinstance(body, dict) else None
+    if not isinstance(data, dict) or data.get("resultType") != "vector":
+        raise QueryError(f"Prometheus at {provider.address} did not answer an instant vector")
+    found = []
+    for sample in data.get("result") or []:
+        value = _number(sample, provider.address) if isinstance(sample, dict) else None
+        if value is not None and not math.isnan(value):
+            labels = sample.get("metric") or {}
+            found.append(({str(k): str(v) for k, v in labels.items()}, value))
+    return found
+
+
 def value_of(body: Any, address: str = "Prometheus") -> float:
     """Flagger's reading of an answer: every sample's value in turn, the
     last one kept (a single-sample query is the usual case); a range
