@@ -13,19 +13,19 @@ from tests.rollout.metrics.test_metrics_real_prometheus import (  # noqa: F401 (
     _value,
     discovery,
     prometheus,
+    register,
     registry,
     send,
     sidecar,
     wait,
 )
 
-from pilotfish.agent.registration import registration
 from pilotfish.api.errors import ApiError
 from pilotfish.controlplane.api import Request
 from pilotfish.dashboard.api import DashboardApi
 from pilotfish.dashboard.prometheus import PrometheusMetrics
 from pilotfish.dashboard.sampler import MeshSampler
-from pilotfish.registry.instances import InstanceRegistry, instance_from_json
+from pilotfish.registry.instances import InstanceRegistry
 
 pytestmark = pytest.mark.slow
 REVIEWS = "workload:shop/reviews"
@@ -43,18 +43,7 @@ def test_the_graph_from_prometheus_agrees_with_the_sampler(
     prometheus: str,  # noqa: F811
 ) -> None:
     send(sidecar, ok=200, errors=100)  # before any scrape: invisible to both
-    body = registration(
-        name="reviews-1",
-        namespace="shop",
-        workload="reviews",
-        labels={"app": "reviews"},
-        service_account="reviews",
-        ports={"http": sidecar.inbound},
-        app_ports={},
-        metrics_port=sidecar.proxy.admin_port,
-        healthy=True,
-    )
-    registry.register(instance_from_json(body)[0])
+    register(registry, sidecar)
     sampler = MeshSampler(registry.instances)
     sampler.sample()
     wait(lambda: _value(prometheus, TOTAL) == 300.0, 15, "Prometheus never saw the sidecar")

@@ -128,30 +128,9 @@ def test_health_uses_kialis_default_thresholds() -> None:
 
 
 def test_stat_rows_count_what_the_resource_received_or_sent() -> None:
-    inbound = Edge(
-        "destination",
-        "default",
-        "productpage-v1",
-        "reviews.default.svc.cluster.local",
-        "default",
-        "reviews",
-        "default",
-        "reviews-v2",
-        "http",
-        "none",
-    )
-    outbound = Edge(
-        "source",
-        "default",
-        "productpage-v1",
-        "reviews.default.svc.cluster.local",
-        "default",
-        "reviews",
-        "default",
-        "reviews-v2",
-        "http",
-        "unknown",
-    )
+    hop = ("default", "productpage-v1", "reviews.default.svc.cluster.local", "default", "reviews")
+    inbound = Edge("destination", *hop, "default", "reviews-v2", "http", "none")
+    outbound = Edge("source", *hop, "default", "reviews-v2", "http", "unknown")
     counted = {
         inbound: Totals(60.0, 57.0, {10.0: 60.0, float("inf"): 60.0}),
         outbound: Totals(62.0, 57.0, {10.0: 62.0, float("inf"): 62.0}),
