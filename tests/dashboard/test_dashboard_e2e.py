@@ -161,6 +161,9 @@ def test_the_graph_shows_bookinfo_live_and_a_fault_on_ratings_turns_it_red(
         label = page.locator(f'g.edge[data-target="{RATINGS}"][data-health="failure"]').first
         assert "%err" in (label.text_content() or "")
         assert took < 30
+        page.select_option("#edge-label", "p99")  # Kiali's edge label menu
+        edge = page.locator(f'g.edge[data-target="{RATINGS}"]').first
+        wait_for(lambda: (edge.text_content() or "").endswith("ms"), 15, "no p99 labels")
     finally:
         running.mesh.cli("delete", "-f", str(applied))
 
@@ -259,7 +262,9 @@ def inbound_requests(running: Running, workload: str) -> float:
     return total
 
 
-def test_stat_agrees_with_the_sidecars_counters_over_the_same_window(running: Running) -> None:
+def test_stat_agrees_with_the_sidecars_counters_over_the_same_window(
+    running: Running, tmp_path: Path
+) -> None:
     running.traffic.clear()
     time.sleep(25)  # the background traffic falls out of a 30 s window
     before = inbound_requests(running, "productpage-v1")
@@ -270,6 +275,7 @@ def test_stat_agrees_with_the_sidecars_counters_over_the_same_window(running: Ru
     out = running.mesh.cli("stat", "workloads", "productpage-v1", "-t", "30s", "-o", "json")
     table = running.mesh.cli("stat", "workloads", "-t", "30s")
     running.traffic.set()
+    (tmp_path / "stat.txt").write_text(table)
     (row,) = json.loads(out)
     assert after - before == 20
     assert row["requests"] == after - before

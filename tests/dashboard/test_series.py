@@ -177,5 +177,13 @@ def test_the_graph_streams_as_server_sent_events_on_the_api_port(tmp_path: Path)
         except urllib.error.HTTPError as e:
             assert e.code == 400
             assert "keeps the last 1h" in json.loads(e.read())["message"]
+        try:
+            DIRECT.open(url + "/dashboard/api/graph?label=bytes", timeout=10)
+            raise AssertionError("an unknown edge label was accepted")
+        except urllib.error.HTTPError as e:
+            assert e.code == 400
+            assert json.loads(e.read())["message"] == (
+                'invalid label "bytes": expected one of rps, errors, p99'
+            )
     finally:
         plane.close()

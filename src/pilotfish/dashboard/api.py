@@ -1,8 +1,9 @@
 """The dashboard's paths on the REST API's port, an `Api` extension:
 
     GET /dashboard/                      the pages (static HTML, JS, CSS)
-    GET /dashboard/api/graph?window=1m   nodes and edges with rate, errors, p50/p90/p99, mTLS,
-                                         and the graph drawn as SVG
+    GET /dashboard/api/graph?window=1m&label=rps|errors|p99
+                                         nodes and edges with rate, errors, p50/p90/p99, mTLS,
+                                         and the graph drawn as SVG, edges labelled with `label`
     GET /dashboard/api/graph/stream      the same, pushed every STREAM_PERIOD_S (server-sent events)
     GET /dashboard/api/stat?kind=workloads&name=&from=&to=&namespace=&window=1m
                                          `pilotfish stat`'s rows
@@ -36,6 +37,7 @@ Json = dict[str, Any]
 PREFIX = "/dashboard"
 STATIC = {"": "text/html", "app.js": "text/javascript", "style.css": "text/css"}
 STREAM_PERIOD_S = 3.0
+LABELS = ("rps", "errors", "p99")
 Canaries = Callable[[str | None], list[Json]]  # namespace (None: all) -> Canary objects
 
 
@@ -71,6 +73,14 @@ def window_of(request: Request, default: str) -> float:
     return seconds
 
 
+def label_of(request: Request) -> str:
+    """What the graph's edges are labelled with, as Kiali's Edge Labels menu."""
+    label = request.query.get("label") or "rps"
+    if label not in LABELS:
+        raise BadRequest(f'invalid label "{label}": expected one of {", ".join(LABELS)}')
+    return label
+
+
 class DashboardApi:
     def __init__(
         self,
@@ -99,9 +109,10 @@ class DashboardApi:
             raise MethodNotAllowed(f"{request.method} is not supported on {request.path}")
         rest = path[len(PREFIX) :].strip("/")
         if rest == "api/graph":
-            return Response(200, encode(self.graph(window_of(request, "1m"))))
+            return Response(200, encode(self.graph(window_of(request, "1m"), label_of(request))))
         if rest == "api/graph/stream":
-            stream = GraphStream(lambda: self.graph(window_of(request, "1m")), self.stopping)
+            window_s, label = window_of(request, "1m"), label_of(request)
+            stream = GraphStream(lambda: self.graph(window_s, label), self.stopping)
             return Response(200, content_type="text/event-stream", stream=stream)
         if rest == "api/stat":
             return Response(200, encode(self.stat(request)))
@@ -112,12 +123,12 @@ class DashboardApi:
             return Response(200, body.read_bytes(), f"{STATIC[rest]}; charset=utf-8")
         raise NotFound(f"the dashboard has no page {request.path}")
 
-    def graph(self, window_s: float) -> Json:
+    def graph(self, window_s: float, label: str = "rps") -> Json:
         now = self.metrics.now()
         graph = build_graph(
             self.metrics.window(window_s), window_s, set(self.metrics.meshed()), now
         )
-        graph["svg"] = draw(graph)
+        graph["svg"] = draw(graph, label)
         return graph
 
     def stat(self, request: Request) -> Json:

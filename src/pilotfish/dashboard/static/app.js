@@ -29,9 +29,20 @@ function graphPage() {
       el("span", { class: "healthy" }, "\u25cf healthy"), el("span", { class: "degraded" }, "\u25cf 5xx > 0%"),
       el("span", { class: "failure" }, "\u25cf 5xx \u2265 10%"), el("span", { class: "idle" }, "\u25cf idle"),
       el("span", {}, "\u25b2 service \u25cf workload \u25a0 gateway [mTLS] mutual TLS"),
-      el("span", { id: "graph-time" }, "")),
+      el("span", { id: "graph-time" }, ""),
+      labelMenu),
     el("div", { class: "panel", id: "graph" }, "waiting for metrics\u2026"));
-  source = new EventSource(API + "/graph/stream?window=1m");
+  listen(labelMenu.value);
+  labelMenu.onchange = () => listen(labelMenu.value);
+}
+
+const labelMenu = el("select", { id: "edge-label" },
+  el("option", { value: "rps" }, "request rate"), el("option", { value: "errors" }, "error share"),
+  el("option", { value: "p99" }, "p99 latency"));
+
+function listen(label) {
+  if (source) source.close();
+  source = new EventSource(`${API}/graph/stream?window=1m&label=${label}`);
   source.onmessage = (event) => {
     const graph = JSON.parse(event.data);
     const holder = document.getElementById("graph");
