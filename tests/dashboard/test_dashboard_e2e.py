@@ -51,6 +51,26 @@ spec:
     route:
     - destination: {host: ratings, subset: v1}
 """
+RATINGS_V1 = """
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: ratings, namespace: default}
+spec:
+  hosts: [ratings]
+  http:
+  - route:
+    - destination: {host: ratings, subset: v1}
+"""
+GHOST = """
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: ghost, namespace: default}
+spec:
+  hosts: [ghost.example.com]
+  http:
+  - route:
+    - destination: {host: reviews, subset: v9}
+"""
 CANARY = """
 apiVersion: flagger.app/v1beta1
 kind: Canary
@@ -165,7 +185,13 @@ def test_the_graph_shows_bookinfo_live_and_a_fault_on_ratings_turns_it_red(
         edge = page.locator(f'g.edge[data-target="{RATINGS}"]').first
         wait_for(lambda: (edge.text_content() or "").endswith("ms"), 15, "no p99 labels")
     finally:
-        running.mesh.cli("delete", "-f", str(applied))
+        applied.write_text(
+            ABORT_RATINGS.replace(
+                "  - fault:\n      abort: {percentage: {value: 100}, httpStatus: 500}\n    route:",
+                "  - route:",
+            )
+        )
+        running.mesh.cli("apply", "-f", str(applied))
 
 
 def test_a_workload_page_shows_its_golden_metrics_neighbours_and_config(
@@ -180,8 +206,17 @@ def test_a_workload_page_shows_its_golden_metrics_neighbours_and_config(
     assert "reviews-v2-" in text  # an instance
     assert "DestinationRule reviews" in text
     page.screenshot(path=str(tmp_path / "workload.png"), full_page=True)
+    ghost = tmp_path / "ghost.yaml"
+    ghost.write_text(GHOST)
+    running.mesh.cli("apply", "-f", str(ghost))
     page.goto(running.url + "/dashboard/#/config")
-    page.wait_for_selector("td:text('VirtualService')", timeout=30_000)
+    page.wait_for_selector("tr.config", timeout=30_000)
+    rows = {
+        tuple(r.split("\t")[:3]): r.split("\t")[3]
+        for r in page.locator("tr.config").all_inner_texts()
+    }
+    assert rows[("VirtualService", "default", "reviews")] == "ok"
+    assert "referenced subset v9 not found" in rows[("VirtualService", "default", "ghost")]
     page.screenshot(path=str(tmp_path / "config.png"), full_page=True)
 
 

@@ -37,6 +37,7 @@ from pilotfish.controlplane.identity import CaOptions, TokenApi, add_ca_flags, c
 from pilotfish.controlplane.loadtester_api import LoadTesterApi
 from pilotfish.controlplane.mesh_api import MeshApi
 from pilotfish.dashboard.api import DashboardApi, Metrics
+from pilotfish.dashboard.config import config_rows
 from pilotfish.dashboard.prometheus import PrometheusMetrics
 from pilotfish.dashboard.sampler import MeshSampler
 from pilotfish.periodic import when
@@ -185,7 +186,9 @@ class ControlPlane:
         def canaries(namespace: str | None) -> list[Obj]:
             return store.list("flagger.app", "Canary", namespace)[0]
 
-        return DashboardApi(metrics, self.instances.instances, canaries)
+        return DashboardApi(
+            metrics, self.instances.instances, canaries, lambda: config_rows(store, analyze)
+        )
 
     def close(self) -> None:
         """Stop what was started, newest first; safe on a half-open plane."""

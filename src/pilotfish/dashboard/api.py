@@ -7,6 +7,7 @@
     GET /dashboard/api/graph/stream      the same, pushed every STREAM_PERIOD_S (server-sent events)
     GET /dashboard/api/stat?kind=workloads&name=&from=&to=&namespace=&window=1m
                                          `pilotfish stat`'s rows
+    GET /dashboard/api/config            every mesh object with its analysis and validation messages
     GET /dashboard/api/timeline?namespace=NS&workload=W|service=S&window=15m
                                          golden metrics per slot, for a page's charts
 
@@ -39,6 +40,7 @@ STATIC = {"": "text/html", "app.js": "text/javascript", "style.css": "text/css"}
 STREAM_PERIOD_S = 3.0
 LABELS = ("rps", "errors", "p99")
 Canaries = Callable[[str | None], list[Json]]  # namespace (None: all) -> Canary objects
+Config = Callable[[], list[Json]]  # the Config page's rows (config.py)
 
 
 class Metrics(Protocol):
@@ -87,10 +89,12 @@ class DashboardApi:
         metrics: Metrics,
         instances: Callable[[], Iterable[Instance]],
         canaries: Canaries,
+        config: Config = list,
     ) -> None:
         self.metrics = metrics
         self.instances = instances
         self.canaries = canaries
+        self.config = config
         self.stopping = threading.Event()
 
     def __repr__(self) -> str:
@@ -116,6 +120,8 @@ class DashboardApi:
             return Response(200, content_type="text/event-stream", stream=stream)
         if rest == "api/stat":
             return Response(200, encode(self.stat(request)))
+        if rest == "api/config":
+            return Response(200, encode({"items": self.config()}))
         if rest == "api/timeline":
             return Response(200, encode(self.timeline(request)))
         if rest in STATIC:

@@ -221,23 +221,12 @@ function weightChart(points) {
 }
 
 // -- Config -------------------------------------------------------------------------
-const CONFIG_KINDS = [
-  ["networking.istio.io/v1", "gateways"], ["networking.istio.io/v1", "virtualservices"],
-  ["networking.istio.io/v1", "destinationrules"], ["networking.istio.io/v1", "serviceentries"],
-  ["security.istio.io/v1", "peerauthentications"], ["security.istio.io/v1", "authorizationpolicies"],
-  ["flagger.app/v1beta1", "canaries"], ["pilotfish.dev/v1alpha1", "workloads"],
-];
 async function configPage() {
+  const { items } = await getJson(`${API}/config`);
   const table = el("table", {}, el("tr", {}, ...["kind", "namespace", "name", "messages"].map((h) => el("th", {}, h))));
-  for (const [gv, plural] of CONFIG_KINDS) {
-    const list = await getJson(`/apis/${gv}/${plural}`).catch(() => ({ items: [] }));
-    for (const obj of list.items || []) {
-      const messages = ((obj.status || {}).validationMessages || []).map((m) => `${m.level || ""} ${m.documentationUrl || ""} ${m.description || m.message || ""}`);
-      const conditions = ((obj.status || {}).conditions || []).filter((c) => c.status !== "True").map((c) => `${c.type}: ${c.message || c.reason || ""}`);
-      const all = messages.concat(conditions);
-      table.append(el("tr", {}, el("td", {}, obj.kind), el("td", {}, obj.metadata.namespace || ""), el("td", {}, obj.metadata.name),
-        el("td", { class: all.length ? "degraded" : "good" }, all.join("; ") || "ok")));
-    }
+  for (const row of items) {
+    table.append(el("tr", { class: "config" }, el("td", {}, row.kind), el("td", {}, row.namespace), el("td", {}, row.name),
+      el("td", { class: row.messages.length ? "degraded" : "good" }, row.messages.join("; ") || "ok")));
   }
   main.replaceChildren(el("div", { class: "panel" }, table));
 }
