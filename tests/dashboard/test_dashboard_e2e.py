@@ -19,7 +19,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.agent.mesh_harness import BOOKINFO_ISTIO, DIRECT, Mesh, free_port, mesh_up, wait_for
+from tests.agent.mesh_harness import (
+    BOOKINFO_ISTIO,
+    DIRECT,
+    REPO,
+    Mesh,
+    free_port,
+    mesh_up,
+    wait_for,
+)
 
 from pilotfish.rollout.metrics.exposition import samples
 
@@ -330,3 +338,46 @@ def test_stat_agrees_with_the_sidecars_counters_over_the_same_window(
     ]
     productpage = next(r.split() for r in rows if r.startswith("productpage-v1"))
     assert productpage[1:4] == ["1/1", "100.00%", "0.7rps"]
+
+
+def test_releases_shows_the_weight_move_while_a_release_runs(
+    running: Running, browser: Any, tmp_path: Path
+) -> None:
+    """Last in this module: it hands reviews over to a Canary, as `pilotfish
+    demo --canary` does, and releases reviews v3."""
+    mesh = running.mesh
+    for workload in ("reviews-v1", "reviews-v2", "reviews-v3"):
+        mesh.cli("delete", "workloads", workload)
+    mesh.cli("delete", "virtualservices", "reviews")
+    mesh.cli("delete", "destinationrules", "reviews")
+    examples = REPO / "examples" / "canary"
+    for name in ("10-reviews.yaml", "20-canary.yaml", "release-v3.yaml"):
+        text = (
+            (examples / name).read_text().replace("127.0.0.1:15080", f"127.0.0.1:{mesh.api_port}")
+        )
+        (tmp_path / name).write_text(text)
+    mesh.cli(
+        "apply", "-f", str(tmp_path / "10-reviews.yaml"), "-f", str(tmp_path / "20-canary.yaml")
+    )
+    path = "/apis/flagger.app/v1beta1/namespaces/default/canaries/reviews"
+    wait_for(
+        lambda: (running.get(path).get("status") or {}).get("phase") == "Initialized",
+        120,
+        "the Canary did not initialize",
+    )
+    page = browser.new_page(viewport={"width": 1000, "height": 800})
+    page.goto(running.url + "/dashboard/#/releases")
+    weight = page.locator('div.canary[data-name="default/reviews"] .weight')
+    wait_for(lambda: weight.count() and weight.inner_text() == "0%", 20, "no Canary on the page")
+    mesh.cli("apply", "-f", str(tmp_path / "release-v3.yaml"))
+    seen: list[str] = []
+
+    def moved() -> bool:
+        shown = weight.inner_text()
+        if not seen or seen[-1] != shown:
+            seen.append(shown)
+        return "20%" in seen
+
+    wait_for(moved, 120, f"the weight did not move on the page: {seen}")
+    assert "10%" in seen and seen.index("10%") < seen.index("20%")
+    page.screenshot(path=str(tmp_path / "releases-running.png"), full_page=True)

@@ -193,7 +193,8 @@ async function releasesPage() {
         el("td", {}, `${low != null ? "\u2265 " + low : ""} ${high != null ? "\u2264 " + high : ""}`),
         el("td", {}, r.message || "")));
     }
-    const mine = (events.items || []).filter((e) => (e.involvedObject || {}).name === c.metadata.name && (e.involvedObject || {}).kind === "Canary").slice(-8);
+    const mine = (events.items || []).filter((e) => (e.involvedObject || {}).name === c.metadata.name && (e.involvedObject || {}).kind === "Canary")
+      .sort((a, b) => String(a.lastTimestamp || "").localeCompare(String(b.lastTimestamp || ""))).slice(-8);
     const buttons = ["pause", "resume", "promote", "abort"].map((a) => {
       const b = el("button", { "data-action": a }, a);
       b.onclick = () => steer(c, a);
