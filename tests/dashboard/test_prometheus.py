@@ -53,11 +53,9 @@ def test_the_graph_from_prometheus_agrees_with_the_sampler(
     sampler.sample()
 
     own = graph_of(DashboardApi(sampler, registry.instances, lambda ns: []))
-    remote = graph_of(
-        DashboardApi(
-            PrometheusMetrics(prometheus, registry.instances), registry.instances, lambda ns: []
-        )
-    )
+    metrics = PrometheusMetrics(prometheus, registry.instances)
+    remote_api = DashboardApi(metrics, registry.instances, lambda ns: [])
+    remote = graph_of(remote_api)
     assert own.keys() == remote.keys()
     (hop,) = [key for key in own if key[1] == REVIEWS]
     assert own[hop]["requests"] == 100
@@ -65,6 +63,13 @@ def test_the_graph_from_prometheus_agrees_with_the_sampler(
     assert remote[hop]["errorRate"] == pytest.approx(0.1)  # rate() extrapolates all alike
     assert remote[hop]["p99"] == pytest.approx(own[hop]["p99"], rel=1e-9)
     assert remote[hop]["health"] == own[hop]["health"] == "failure"
+    timeline = "/dashboard/api/timeline"
+    query = Request.of("GET", timeline + "?namespace=shop&workload=reviews&window=1m")
+    answer = remote_api(query, timeline)
+    assert answer is not None
+    found = answer.json()
+    assert found["points"] and found["points"][-1]["errorRate"] == pytest.approx(0.1)
+    assert found["total"]["errorRate"] == pytest.approx(0.1)
 
 
 def test_an_unreachable_prometheus_is_a_503_that_names_it(registry: InstanceRegistry) -> None:  # noqa: F811

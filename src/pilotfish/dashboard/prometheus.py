@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 from pilotfish.dashboard.series import TCP, Edge, edge_counts
 from pilotfish.model.types import Instance
 from pilotfish.rollout.metrics.builtin import BUCKETS, REQUESTS, Page, Totals
-from pilotfish.rollout.metrics.prometheus import Provider, vector_query
+from pilotfish.rollout.metrics.prometheus import Provider, range_query, vector_query
 
 EDGE_LABELS = (
     "reporter",
@@ -31,6 +31,8 @@ EDGE_LABELS = (
     "request_protocol",
     "connection_security_policy",
 )
+STEP_S = 15.0  # a range query's step: at least a few scrape intervals, as rate() needs
+MAX_POINTS = 120
 # family -> the labels it is summed by beyond the edge's
 FAMILIES = ((REQUESTS, ("response_code",)), (BUCKETS, ("le",)), *((name, ()) for name in TCP))
 
@@ -85,6 +87,18 @@ class PrometheusMetrics:
     def timeline(
         self, window_s: float, keep: Callable[[Edge], bool]
     ) -> tuple[float, list[tuple[float, Totals]]]:
-        """One point for the whole window: the history stays in Prometheus."""
-        kept = [t for edge, t in self.window(window_s).items() if keep(edge)]
-        return window_s, [(self.now(), sum(kept, Totals()))] if kept else []
+        """The kept edges summed per step over the window, from a range query
+        of each family: what each step counted, as increase() over the step."""
+        end = self.now()
+        step = max(STEP_S, window_s / MAX_POINTS)
+        pages: dict[float, Page] = {}
+        for family, extra in FAMILIES:
+            query = window_query(family, extra, step)
+            for at, labels, rate in range_query(self.provider, query, end - window_s, end, step):
+                pages.setdefault(at, {})[(family, frozenset(labels.items()))] = rate * step
+        points = []
+        for at, page in sorted(pages.items()):
+            kept = [t for edge, t in edge_counts(page).items() if keep(edge)]
+            if kept:
+                points.append((at, sum(kept, Totals())))
+        return step, points
