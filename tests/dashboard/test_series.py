@@ -125,6 +125,7 @@ def test_health_uses_kialis_default_thresholds() -> None:
     assert health(1, 1000) == "degraded"
     assert health(9.99, 100) == "degraded"
     assert health(10, 100) == "failure"
+    assert health(100 - 90.00000000000001, 100) == "failure"  # float noise at the threshold
 
 
 def test_stat_rows_count_what_the_resource_received_or_sent() -> None:

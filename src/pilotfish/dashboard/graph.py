@@ -31,7 +31,9 @@ def health(errors: float, requests: float) -> str:
     """Kiali's colour for an edge or node: idle, healthy, degraded or failure."""
     if requests <= 0:
         return "idle"
-    share = errors / requests
+    # Rounded: counts read back from Prometheus as rate x window carry float
+    # noise, and 10% of them must not read as 9.999999%.
+    share = round(errors / requests, 9)
     if share >= FAILURE_AT:
         return "failure"
     return "degraded" if share > DEGRADED_ABOVE else "healthy"
