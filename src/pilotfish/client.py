@@ -227,6 +227,10 @@ class Client:
         """What a proxy was last sent of `kind` (listeners, routes, clusters, endpoints)."""
         return self._call("GET", "/debug/config_dump", {"proxyID": proxy_id, "type": kind})[0]
 
+    def stat(self, query: dict[str, str]) -> Obj:
+        """`pilotfish stat`'s rows: the dashboard's stat API with `query`'s filters."""
+        return self._call("GET", "/dashboard/api/stat", query)[0]
+
     def create_token(self, namespace: str, service_account: str, expiration_seconds: int) -> Obj:
         """A TokenRequest: a token bound to the service account, for the CA."""
         path = (

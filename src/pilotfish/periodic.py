@@ -36,3 +36,12 @@ class Periodic:
                 self.work()
             except Exception:  # one bad pass must not end the loop
                 log.exception("%s failed", self.name)
+
+
+def when(leading: Callable[[], bool], work: Callable[[], object]) -> Callable[[], object]:
+    """`work`, done only while `leading()`: on etcd, one elected control plane acts."""
+
+    def gated() -> object:
+        return work() if leading() else None
+
+    return gated

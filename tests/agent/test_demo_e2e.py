@@ -35,6 +35,7 @@ from pilotfish.config import load_client_config
 
 pytestmark = pytest.mark.slow
 URL_LINE = re.compile(r"Bookinfo is up: (http://\S+)")
+DASHBOARD_LINE = re.compile(r"The mesh, live: (http://\S+/dashboard/)")
 
 
 @dataclass
@@ -88,6 +89,16 @@ def test_demo_prints_the_url_and_next_steps(demo: RunningDemo) -> None:
     assert demo.url.endswith("/productpage") and "127.0.0.1:" in demo.url
     assert "workload productpage-v1" in out and "virtual-service-reviews-test-v2.yaml" in out
     assert "pilotfish chaos kill reviews-v2" in out and "pilotfish down" in out
+
+
+def test_demo_ends_with_the_dashboards_url(demo: RunningDemo) -> None:
+    found = wait_for(
+        lambda: DASHBOARD_LINE.search(demo.output().strip().splitlines()[-1]),
+        10,
+        "no dashboard URL",
+    )
+    with DIRECT.open(found.group(1), timeout=10) as answer:
+        assert b"/dashboard/app.js" in answer.read()
 
 
 def test_productpage_through_the_gateway_shows_reviews(demo: RunningDemo) -> None:

@@ -150,10 +150,10 @@ def test_validate_warns_on_config_pilotfish_does_not_enforce(
     policy.write_text(
         yaml.safe_dump(
             {
-                "apiVersion": "security.istio.io/v1",
-                "kind": "PeerAuthentication",
-                "metadata": {"name": "default", "namespace": "istio-system"},  # mesh-wide
-                "spec": {"mtls": {"mode": "STRICT"}},
+                "apiVersion": "telemetry.istio.io/v1",
+                "kind": "Telemetry",
+                "metadata": {"name": "mesh-default", "namespace": "istio-system"},  # mesh-wide
+                "spec": {"tracing": [{"providers": [{"name": "otel"}]}]},
             }
         )
     )
@@ -161,6 +161,7 @@ def test_validate_warns_on_config_pilotfish_does_not_enforce(
     out, err = capsys.readouterr()
     assert out == "1 of 1 document valid (1 file read)\n"
     assert err.splitlines() == [
-        "Warning: Warning [PF0001] (PeerAuthentication istio-system/default) PeerAuthentication "
-        "is stored but not enforced by pilotfish: no proxy receives anything from it"
+        "Warning: Warning [PF0001] (Telemetry istio-system/mesh-default) Telemetry "
+        "is stored but not enforced by pilotfish: proxies report Istio's standard metrics "
+        "whatever it says"
     ]

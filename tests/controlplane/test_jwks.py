@@ -195,8 +195,7 @@ def test_the_control_plane_fetches_keeps_and_reports(
 def test_target_refs_are_gateway_api_and_select_nothing(version: str) -> None:
     """Istio's validation accepts targetRefs (its conformance cases do), so the
     policy is stored; it applies to no sidecar, and analyze and status say why."""
-    from pilotfish.api.analysis import analyze
-
+    from pilotfish.analysis import analyze
     from pilotfish.api.validation import validate
     from pilotfish.translate.jwt import applicable
 
@@ -205,7 +204,7 @@ def test_target_refs_are_gateway_api_and_select_nothing(version: str) -> None:
     obj["spec"]["targetRefs"] = [{"group": "", "kind": "Service", "name": "reviews"}]
     assert validate(obj) == []
     assert applicable([obj], "default", {}) == []
-    (warning,) = analyze(obj, lambda *_: [])
+    (warning,) = [m.text for m in analyze([obj]) if m.type.code == "PF0005"]
     assert "Kubernetes Gateway API" in warning and "applies to no workload" in warning
     cond = condition(policy_status(obj, record(JwksState(), URI, 0, JWKS, ""), 0))
     assert (cond["status"], cond["reason"]) == ("False", "TargetRefsUnsupported")
@@ -213,20 +212,23 @@ def test_target_refs_are_gateway_api_and_select_nothing(version: str) -> None:
 
 
 def test_analyze_warns_of_rules_whose_tokens_cannot_pass() -> None:
-    from pilotfish.api.analysis import analyze
+    from pilotfish.analysis import analyze
+
+    def jwt_messages(obj: dict[str, Any]) -> list[tuple[str, str]]:
+        return [(m.type.code, m.text) for m in analyze([obj]) if m.type.code.startswith("PF000")]
 
     state = record(JwksState(), URI, 0, None, f"fetching {URI}: HTTP 404")
     failing = policy({"issuer": "a", "jwksUri": URI}, {"issuer": "b"})
     failing["status"] = policy_status(failing, state, 0)
-    warnings = analyze(failing, lambda *_: [])
-    assert warnings[0] == (
-        "jwtRules[1]: neither jwks nor jwksUri: tokens of issuer b will fail "
-        "(keys are not discovered from the issuer)"
+    (missing, unavailable) = jwt_messages(failing)
+    assert missing == (
+        "PF0003",
+        'jwtRules[1] of issuer "b" has neither jwks nor jwksUri: its tokens fail (keys are '
+        "not discovered from the issuer's OpenID configuration).",
     )
-    assert (
-        warnings[1].startswith("JWKS unavailable: issuer a: fetching") and "HTTP 404" in warnings[1]
-    )
-    assert analyze(policy({"issuer": "a", "jwks": JWKS}), lambda *_: []) == []
+    assert unavailable[0] == "PF0004" and "issuer a: fetching" in unavailable[1]
+    assert "HTTP 404" in unavailable[1]
+    assert jwt_messages(policy({"issuer": "a", "jwks": JWKS})) == []
 
 
 def test_the_resolver_keeps_the_rest_of_the_status() -> None:

@@ -52,7 +52,7 @@ ANALYZERS: tuple[Analyzer, ...] = (
     Analyzer("pilotfish.WorkloadPortAnalyzer", workload.ports_without_service, ("PF0002",)),
     Analyzer("service.PortNameAnalyzer", service.port_names, ("IST0118", "IST0150")),
     Analyzer("authz.AuthorizationPoliciesAnalyzer", authz.policies, ("IST0101", "IST0127")),
-    Analyzer("pilotfish.JwtKeysAnalyzer", authn.jwt_keys, ("PF0003", "PF0004")),
+    Analyzer("pilotfish.JwtKeysAnalyzer", authn.jwt_keys, ("PF0003", "PF0004", "PF0005")),
     Analyzer("deprecation.FieldAnalyzer", deprecation.fields, ("IST0002",)),
     Analyzer(
         "destinationrule.CaCertificateAnalyzer",

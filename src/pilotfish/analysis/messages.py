@@ -264,6 +264,7 @@ _TYPES = (
         "Warning",
         "The control plane could not get this policy's keys, so its tokens fail: %s",
     ),
+    MessageType("TargetRefsUnsupported", "PF0005", "Warning", "%s"),
 )
 TYPES: dict[str, MessageType] = {t.name: t for t in _TYPES}
 CODES: dict[str, MessageType] = {t.code: t for t in _TYPES}

@@ -36,6 +36,7 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TaskID, TextColumn
 from pilotfish.api.errors import ApiError
 from pilotfish.api.kinds import registry
 from pilotfish.cli.commands import CliError, apply_documents
+from pilotfish.cli.dashboard import dashboard_url
 from pilotfish.cli.demo_canary import canary_documents, remove_leftovers, run_releases
 from pilotfish.cli.manifests import Document, read_documents
 from pilotfish.cli.ports import check_free
@@ -162,6 +163,7 @@ def _run(run: Demo, args: argparse.Namespace, docs: list[Document]) -> int:
         print(run.failed() or f"not ready after {args.timeout:.0f}s; see {run.state}/*.log")
         return 1
     _next_steps(url, run.state, args.examples, args.canary)
+    print(f"\nThe mesh, live: {dashboard_url(server)}   (pilotfish dashboard)", flush=True)
     if args.canary and not run_releases(Client.from_config(server), args.canary_examples, run.stop):
         return 0 if run.stop.is_set() else 1
     while not run.stop.wait(0.5):

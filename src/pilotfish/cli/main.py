@@ -16,6 +16,7 @@ from pilotfish.cli import (
     analyze,
     authz,
     commands,
+    dashboard,
     discovery,
     get,
     identity,
@@ -23,6 +24,7 @@ from pilotfish.cli import (
     node,
     patch,
     rollout,
+    stat,
     terminal,
     token,
 )
@@ -86,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     authz.add_commands(sub, common)
     node.add_commands(sub, common)
     rollout.add_commands(sub, common)
+    stat.add_commands(sub, common)
+    dashboard.add_commands(sub, common)
     token.add_commands(sub)
     discovery.add_commands(sub, common)
     patch.add_commands(sub, common)
@@ -156,6 +160,11 @@ def _add_controlplane(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         metavar="true|false",
         help="serve reads without a token to loopback callers, Secrets excepted (default: true)",
     )
+    p.add_argument(
+        "--prometheus",
+        metavar="URL",
+        help="the dashboard and `pilotfish stat` query this Prometheus (default: own sampler)",
+    )
     from pilotfish.controlplane.identity import add_ca_flags
 
     add_ca_flags(p)
@@ -212,6 +221,7 @@ def _run_controlplane(args: argparse.Namespace) -> int:
         store_options=store,
         anonymous_reads=args.anonymous_reads,
         xds_limits=xds_limits,
+        prometheus=args.prometheus,
     )
 
 

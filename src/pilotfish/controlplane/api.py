@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import parse_qsl, urlsplit
 
 from pilotfish.api.errors import (
@@ -70,6 +70,16 @@ _NAME_MISMATCH = "the name of the object ({given}) does not match the name on th
 _MERGE_RETRIES = 20  # a merge patch re-reads and retries when another write got in between
 
 
+class LineStream(Protocol):
+    """What the HTTP shell drains line by line: a watch, or server-sent events."""
+
+    done: bool
+
+    def next_line(self, timeout: float) -> bytes | None: ...
+
+    def close(self) -> None: ...
+
+
 @dataclass(frozen=True)
 class Request:
     method: str
@@ -108,7 +118,7 @@ class Response:
     body: bytes = b""
     content_type: str = "application/json"
     headers: list[tuple[str, str]] = field(default_factory=list)
-    stream: EventStream | None = None
+    stream: LineStream | None = None
 
     def json(self) -> Any:
         return json.loads(self.body)

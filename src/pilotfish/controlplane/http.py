@@ -24,7 +24,7 @@ from typing import Any
 
 from pilotfish import __version__
 from pilotfish.api.errors import ApiError, BadRequest, MethodNotAllowed
-from pilotfish.controlplane.api import Api, EventStream, Request, Response, status_response
+from pilotfish.controlplane.api import Api, LineStream, Request, Response, status_response
 from pilotfish.controlplane.bodies import MAX_BODY, too_large
 
 log = logging.getLogger(__name__)
@@ -315,7 +315,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.connection.settimeout(self.timeout)  # the reader narrowed it
         response = self.server.api.handle(dataclasses.replace(head, body=body))
         if response.stream is not None:
-            self._stream(response.stream)
+            self._stream(response.stream, response.content_type)
         else:
             self._send(response)
         if self.server.stopping.is_set():
@@ -409,12 +409,14 @@ class _Handler(BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(response.body)
 
-    def _stream(self, stream: EventStream) -> None:
-        """Chunked JSON lines until the watch ends, the client leaves or we stop."""
+    def _stream(self, stream: LineStream, content_type: str) -> None:
+        """Chunked lines (JSON, or server-sent events) until the stream ends,
+        the client leaves or we stop."""
         self.close_connection = True
         try:
             self.send_response(200)
-            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Type", content_type)
+            self.send_header("Cache-Control", "no-cache")
             self.send_header("Transfer-Encoding", "chunked")
             self.end_headers()
             self.wfile.flush()

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
-from pilotfish.api.analysis import TARGET_REFS_IGNORED
+from pilotfish.analysis.authn import TARGET_REFS_IGNORED
 from pilotfish.api.gotypes import parse_duration_ns, rfc3339
 from pilotfish.model.config import Obj
 from pilotfish.periodic import Periodic

@@ -42,13 +42,18 @@ from pilotfish.controlplane.identity import CaOptions, TokenApi, add_ca_flags, c
 from pilotfish.controlplane.jwks import JwksResolver, start_jwks_resolver
 from pilotfish.controlplane.loadtester_api import LoadTesterApi
 from pilotfish.controlplane.mesh_api import MeshApi
+from pilotfish.dashboard.api import DashboardApi, Metrics
+from pilotfish.dashboard.config import config_rows
+from pilotfish.dashboard.prometheus import PrometheusMetrics
+from pilotfish.dashboard.sampler import MeshSampler
+from pilotfish.periodic import when
 from pilotfish.registry.instances import InstanceRegistry
 from pilotfish.registry.mesh import MeshRegistry
 from pilotfish.rollout.service import RolloutService
 from pilotfish.store.backends import STORE_FILE, StoreOptions, open_backend
 from pilotfish.store.etcd import EtcdBackend
 from pilotfish.store.resources import ResourceStore
-from pilotfish.store.types import Backend
+from pilotfish.store.types import Backend, Obj
 from pilotfish.xds.limits import DEFAULT_LIMITS, Limits
 from pilotfish.xds.server import DEFAULT_LISTEN as DEFAULT_XDS_LISTEN
 from pilotfish.xds.server import AdsServer, BindError
@@ -85,6 +90,7 @@ class ControlPlane:
         self.ca: CertificateService | None = None
         self.analysis: StatusWriter | None = None
         self.jwks: JwksResolver | None = None
+        self.sampler: MeshSampler | None = None
 
     def __repr__(self) -> str:
         return f"ControlPlane({self.server.url}, data_dir={str(self.data_dir)!r})"
@@ -101,6 +107,7 @@ class ControlPlane:
         *,
         anonymous_reads: bool = True,
         xds_limits: Limits = DEFAULT_LIMITS,
+        prometheus: str | None = None,
     ) -> ControlPlane:
         """Everything started and serving, or nothing left running. Without
         `xds_listen` there is no ADS server (the registry API still works): a
@@ -129,6 +136,7 @@ class ControlPlane:
                 TokenApi(service_tokens),
                 AnalyzeApi(store),
                 loadtester,
+                plane._start_dashboard(prometheus),
             )
             auth = Authenticator(token, data_dir=data_dir, anonymous_reads=anonymous_reads)
             server.api = Api(store, auth, analyze=warnings_for, extension=extensions)
@@ -180,10 +188,30 @@ class ControlPlane:
         self.rollout.start()
         return self.loadtester
 
+    def _start_dashboard(self, prometheus: str | None) -> DashboardApi:
+        """The dashboard's paths, reading `prometheus` or else the mesh
+        metrics sampler (run on the leader only, as the rollout's)."""
+        metrics: Metrics
+        if prometheus:
+            metrics = PrometheusMetrics(prometheus, self.instances.instances)
+        else:
+            metrics = self.sampler = MeshSampler(self.instances.instances)
+            if self.elector is not None:
+                self.sampler.loop.work = when(self.elector.leading, self.sampler.loop.work)
+            self.sampler.start()
+        store = self.store
+
+        def canaries(namespace: str | None) -> list[Obj]:
+            return store.list("flagger.app", "Canary", namespace)[0]
+
+        return DashboardApi(metrics, self.instances.instances, canaries, lambda: config_rows(store))
+
     def close(self) -> None:
         """Stop what was started, newest first; safe on a half-open plane."""
         if self.analysis is not None:
             self.analysis.stop()
+        if self.sampler is not None:
+            self.sampler.stop()
         if self.rollout is not None:
             self.rollout.stop()
         if self.elector is not None:
@@ -210,6 +238,7 @@ def run_controlplane(
     *,
     anonymous_reads: bool = True,
     xds_limits: Limits = DEFAULT_LIMITS,
+    prometheus: str | None = None,
 ) -> int:
     """Serve until SIGTERM or SIGINT, then shut down cleanly: 0; 1 if it cannot start."""
     _configure_logging()
@@ -223,6 +252,7 @@ def run_controlplane(
             store_options,
             anonymous_reads=anonymous_reads,
             xds_limits=xds_limits,
+            prometheus=prometheus,
         )
     except StartError as e:
         log.error("error: %s", e)

@@ -9,6 +9,7 @@ from typing import Any
 
 from pilotfish.api.errors import NotFound
 from pilotfish.model.types import Instance
+from pilotfish.periodic import when
 from pilotfish.rollout import alerts, webhooks
 from pilotfish.rollout.canary import Canary
 from pilotfish.rollout.metrics import MeshMetrics, measure
@@ -44,7 +45,7 @@ class RolloutService:
         if self._leading is not None:
             # Steps and samples happen once, on the leader: a pass starts only while it leads.
             for loop in (self.metrics.loop, self.controller.loop):
-                loop.work = _when(self._leading, loop.work)
+                loop.work = when(self._leading, loop.work)
         self.metrics.loop.start()
         self.controller.loop.start()
 
@@ -81,10 +82,3 @@ class RolloutService:
             return self.store.get(Key(GROUPS.get(kind, ""), kind, namespace, name))
         except NotFound:
             return None
-
-
-def _when(leading: Callable[[], bool], work: Callable[[], object]) -> Callable[[], object]:
-    def gated() -> object:
-        return work() if leading() else None
-
-    return gated

@@ -192,6 +192,22 @@ def send(sidecar: Sidecar, ok: int, errors: int, delay: str = "") -> None:
     assert sorted(statuses) == [200] * ok + [500] * errors
 
 
+def register(registry: InstanceRegistry, sidecar: Sidecar) -> None:
+    """The sidecar as reviews-1 in shop, as its node agent registers it."""
+    body = registration(
+        name="reviews-1",
+        namespace="shop",
+        workload="reviews",
+        labels={"app": "reviews"},
+        service_account="reviews",
+        ports={"http": sidecar.inbound},
+        app_ports={},
+        metrics_port=sidecar.proxy.admin_port,
+        healthy=True,
+    )
+    registry.register(instance_from_json(body)[0])
+
+
 def template(address: str, query: str) -> dict[str, Any]:
     return {
         "apiVersion": "flagger.app/v1beta1",
@@ -206,18 +222,7 @@ def test_flaggers_queries_on_a_real_prometheus_agree_with_the_sampler(
 ) -> None:
     # Before any scrape: invisible to rate(), as to the sampler's first sample.
     send(sidecar, ok=200, errors=100)
-    body = registration(
-        name="reviews-1",
-        namespace="shop",
-        workload="reviews",
-        labels={"app": "reviews"},
-        service_account="reviews",
-        ports={"http": sidecar.inbound},
-        app_ports={},
-        metrics_port=sidecar.proxy.admin_port,
-        healthy=True,
-    )
-    registry.register(instance_from_json(body)[0])
+    register(registry, sidecar)
     mesh = MeshMetrics(registry.instances)
     mesh.sample()
     up = (

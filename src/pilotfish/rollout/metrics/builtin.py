@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pilotfish.model.types import Instance
 from pilotfish.periodic import Periodic
 from pilotfish.rollout.metrics.exposition import samples
-from pilotfish.rollout.metrics.promql import counted, histogram_quantile
+from pilotfish.rollout.metrics.promql import K, counted, histogram_quantile
 
 log = logging.getLogger("pilotfish.rollout")
 
@@ -53,16 +53,22 @@ class Totals:
     requests: float = 0.0
     ok: float = 0.0  # not 5xx
     buckets: Mapping[float, float] = field(default_factory=dict)  # le -> cumulative count
+    tcp: Mapping[str, float] = field(default_factory=dict)  # istio_tcp_* name -> count
 
     def __add__(self, other: Totals) -> Totals:
         return Totals(
-            self.requests + other.requests, self.ok + other.ok, _merge(self.buckets, other.buckets)
+            self.requests + other.requests,
+            self.ok + other.ok,
+            _merge(self.buckets, other.buckets),
+            _merge(self.tcp, other.tcp),
         )
 
     def __sub__(self, other: Totals) -> Totals:
-        negated = {le: -n for le, n in other.buckets.items()}
-        return Totals(
-            self.requests - other.requests, self.ok - other.ok, _merge(self.buckets, negated)
+        return self + Totals(
+            -other.requests,
+            -other.ok,
+            {le: -n for le, n in other.buckets.items()},
+            {name: -n for name, n in other.tcp.items()},
         )
 
 
@@ -109,12 +115,8 @@ class MeshMetrics:
         """Scrape every sidecar with a metrics port once; one that does not
         answer in time is skipped this pass."""
         at = self.clock() if now is None else now
-        targets = [i for i in self.instances() if i.metrics_port]
-        if targets:
-            with ThreadPoolExecutor(min(MAX_PARALLEL_SCRAPES, len(targets))) as pool:
-                for instance, text in zip(targets, pool.map(scrape, targets), strict=True):
-                    if text is not None:
-                        self.record(instance, text, at)
+        for instance, text in scrape_all(self.instances()):
+            self.record(instance, text, at)
         self.forget(at - self.retention_s)
 
     def record(self, instance: Instance, text: str, now: float) -> None:
@@ -178,19 +180,35 @@ def read_page(text: str) -> Page:
 
 
 def totals(page: Page) -> Totals:
+    """The page's series summed: requests, those not 5xx, duration buckets,
+    and any istio_tcp_* counters by name."""
     requests = ok = 0.0
     buckets: dict[float, float] = {}
+    tcp: dict[str, float] = {}
     for (name, labels), value in page.items():
         found = dict(labels)
         if name == REQUESTS:
             requests += value
             if not found.get("response_code", "").startswith("5"):
                 ok += value
-        else:
+        elif name == BUCKETS:
             le = _bound(found.get("le", ""))
             if le is not None:
                 buckets[le] = buckets.get(le, 0.0) + value
-    return Totals(requests, ok, buckets)
+        else:
+            tcp[name] = tcp.get(name, 0.0) + value
+    return Totals(requests, ok, buckets, tcp)
+
+
+def scrape_all(instances: Iterable[Instance]) -> list[tuple[Instance, str]]:
+    """Every sidecar with a metrics port, scraped in parallel; those that did
+    not answer in time are left out of this pass."""
+    targets = [i for i in instances if i.metrics_port]
+    if not targets:
+        return []
+    with ThreadPoolExecutor(min(MAX_PARALLEL_SCRAPES, len(targets))) as pool:
+        pages = pool.map(scrape, targets)
+        return [(i, text) for i, text in zip(targets, pages, strict=True) if text is not None]
 
 
 def scrape(instance: Instance) -> str | None:
@@ -211,7 +229,7 @@ def _bound(text: str) -> float | None:
         return None
 
 
-def _merge(a: Mapping[float, float], b: Mapping[float, float]) -> dict[float, float]:
+def _merge(a: Mapping[K, float], b: Mapping[K, float]) -> dict[K, float]:
     merged = dict(a)
     for le, n in b.items():
         merged[le] = merged.get(le, 0.0) + n

@@ -61,6 +61,42 @@ def instant_query(provider: Provider, query: str) -> float:
     return value_of(body, provider.address)
 
 
+Labels = dict[str, str]
+
+
+def vector_query(provider: Provider, query: str) -> list[tuple[Labels, float]]:
+    """Each sample of an instant vector: its labels and value (NaN left out);
+    QueryError when the query failed or gave anything but a vector."""
+    body = _get(provider, _query_url(provider.address, query))
+    return [(labels, value) for at, labels, value in _series(body, "vector", provider.address)]
+
+
+def range_query(
+    provider: Provider, query: str, start: float, end: float, step: float
+) -> list[tuple[float, Labels, float]]:
+    """Each point of a range query (`/api/v1/query_range`): time, labels, value."""
+    extra = {"start": f"{start:.3f}", "end": f"{end:.3f}", "step": f"{step:g}"}
+    body = _get(provider, _query_url(provider.address, query, "query_range", extra))
+    return _series(body, "matrix", provider.address)
+
+
+def _series(body: Any, kind: str, address: str) -> list[tuple[float, Labels, float]]:
+    data = body.get("data") if isinstance(body, dict) else None
+    if not isinstance(data, dict) or data.get("resultType") != kind:
+        raise QueryError(f"Prometheus at {address} did not answer a {kind}")
+    found = []
+    for sample in data.get("result") or []:
+        if not isinstance(sample, dict):
+            continue
+        labels = {str(k): str(v) for k, v in (sample.get("metric") or {}).items()}
+        points = sample.get("values") if kind == "matrix" else [sample.get("value")]
+        for point in points if isinstance(points, list) else []:
+            value = _number({"value": point}, address)
+            if value is not None and not math.isnan(value):
+                found.append((float(point[0]), labels, value))
+    return found
+
+
 def value_of(body: Any, address: str = "Prometheus") -> float:
     """Flagger's reading of an answer: every sample's value in turn, the
     last one kept (a single-sample query is the usual case); a range
@@ -83,12 +119,14 @@ def value_of(body: Any, address: str = "Prometheus") -> float:
     return value
 
 
-def _query_url(address: str, query: str) -> str:
+def _query_url(
+    address: str, query: str, api: str = "query", extra: Mapping[str, str] | None = None
+) -> str:
     parts = urllib.parse.urlsplit(address)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise QueryError(f'the provider address "{address}" is not a valid URL')
-    path = parts.path.rstrip("/") + "/api/v1/query"
-    encoded = urllib.parse.urlencode({"query": _SPACE.sub(" ", query)})
+    path = parts.path.rstrip("/") + "/api/v1/" + api
+    encoded = urllib.parse.urlencode({"query": _SPACE.sub(" ", query), **(extra or {})})
     return urllib.parse.urlunsplit((parts.scheme, parts.netloc, path, encoded, ""))
 
 
