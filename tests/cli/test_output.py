@@ -74,6 +74,7 @@ def test_help_groups_every_command_as_kubectl_does() -> None:
         "Basic Commands",
         "Deploy Commands",
         "Troubleshooting and Debugging Commands",
+        "Observability Commands",
         "Mesh Commands",
         "Releases",
         "Other Commands",

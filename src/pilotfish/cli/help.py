@@ -15,7 +15,8 @@ GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
         "Troubleshooting and Debugging Commands",
         ("logs", "validate", "analyze", "proxy-status", "proxy-config", "chaos"),
     ),
-    ("Mesh Commands", ("proxy", "register")),
+    ("Observability Commands", ("stat", "dashboard")),
+    ("Mesh Commands", ("proxy", "register", "authz")),
     ("Releases", ("rollout",)),
     ("Other Commands", ("api-resources", "token", "version")),
 )
