@@ -23,8 +23,8 @@ from pilotfish.api.errors import ApiError, Invalid
 from pilotfish.api.kinds import Kind, registry
 from pilotfish.config import load_client_config
 from pilotfish.controlplane.auth import is_loopback
+from pilotfish.objects import Obj
 
-Obj = dict[str, Any]
 Warnings = list[str]  # named here: inside Client, `list` is the method
 
 APPLY = "application/apply-patch+yaml"

@@ -30,8 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from pilotfish.agent.probes import ProbeState
-
-Obj = dict[str, Any]
+from pilotfish.objects import Obj
 
 BACKOFF_BASE_S = 1.0
 BACKOFF_MAX_S = 30.0

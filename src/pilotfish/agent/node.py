@@ -40,8 +40,8 @@ from pilotfish.agent.spec import template_hash as hash_of
 from pilotfish.api.errors import ApiError
 from pilotfish.api.kinds import Kind, registry
 from pilotfish.config import private_dir
+from pilotfish.objects import Obj
 
-Obj = dict[str, Any]
 Key = tuple[str, str]  # (namespace, workload name)
 RESYNC_S = 2.0
 MANAGER = "pilotfish-node"

@@ -9,9 +9,8 @@ import http.client
 import socket
 import subprocess
 from dataclasses import dataclass
-from typing import Any
 
-Obj = dict[str, Any]
+from pilotfish.objects import Obj
 
 
 @dataclass

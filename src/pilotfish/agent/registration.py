@@ -9,8 +9,8 @@ from typing import Protocol
 
 from pilotfish.api.errors import ApiError
 from pilotfish.ca.identity import TLS_MODE_LABEL
+from pilotfish.objects import Obj
 
-Obj = dict[str, object]
 TTL_S = 3.0  # an agent that dies is noticed within this
 
 

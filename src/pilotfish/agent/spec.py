@@ -16,9 +16,9 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
-Obj = dict[str, Any]
+from pilotfish.objects import Obj
+
 # (kind, name) -> data; Secrets are stored base64-encoded, as in Kubernetes.
 ConfigData = Mapping[tuple[str, str], Mapping[str, str]]
 _VAR = re.compile(r"\$\$|\$\(([-._a-zA-Z][-._a-zA-Z0-9]*)\)")

@@ -15,13 +15,12 @@ from typing import Protocol
 
 from pilotfish.api.errors import ApiError
 from pilotfish.config import write_private
+from pilotfish.objects import Obj
 
 TOKEN_FILE = "istio-token"
 TTL_S = 3600
 REFRESH_AT = 0.8  # of the token's life, as the kubelet refreshes projected tokens
 RETRY_S = 5.0
-
-Obj = dict[str, object]
 
 
 class TokenClient(Protocol):

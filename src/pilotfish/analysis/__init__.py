@@ -28,10 +28,11 @@ from pilotfish.analysis import (
     virtualservice,
     workload,
 )
-from pilotfish.analysis.config import Config, Obj, mapping, meta, name_of, namespace_of
+from pilotfish.analysis.config import Config, mapping, meta, name_of, namespace_of
 from pilotfish.analysis.messages import Message, Resource, kind_known, sorted_messages
 from pilotfish.analysis.schema import schema_errors
 from pilotfish.api.kinds import Kind, registry
+from pilotfish.objects import Obj
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,6 @@ import fnmatch
 from pilotfish.analysis.config import (
     SECURITY,
     Config,
-    Obj,
     items,
     labels_text,
     mapping,
@@ -21,6 +20,7 @@ from pilotfish.analysis.config import (
 )
 from pilotfish.analysis.messages import Message, new
 from pilotfish.model.hosts import ROOT_NAMESPACE
+from pilotfish.objects import Obj
 
 
 def policies(config: Config) -> list[Message]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pilotfish.analysis.config import (
     NETWORKING,
     Config,
-    Obj,
     items,
     mapping,
     name_of,
@@ -17,6 +16,7 @@ from pilotfish.analysis.config import (
     workloads,
 )
 from pilotfish.analysis.messages import Message, new
+from pilotfish.objects import Obj
 
 _VERIFIED_MODES = ("SIMPLE", "MUTUAL")
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pilotfish.analysis.config import (
     NETWORKING,
     Config,
-    Obj,
     items,
     mapping,
     name_of,
@@ -13,6 +12,7 @@ from pilotfish.analysis.config import (
     spec,
 )
 from pilotfish.analysis.messages import Message, new
+from pilotfish.objects import Obj
 
 _ROUTE_LEVEL = ("ROUTE_CONFIGURATION", "HTTP_ROUTE")
 # REPLACE is also how a whole virtual host is swapped (Istio's test data expects no message).

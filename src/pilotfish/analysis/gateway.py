@@ -5,7 +5,6 @@ from __future__ import annotations
 from pilotfish.analysis.config import (
     NETWORKING,
     Config,
-    Obj,
     hosts_match,
     items,
     labels_text,
@@ -16,6 +15,7 @@ from pilotfish.analysis.config import (
     workloads,
 )
 from pilotfish.analysis.messages import Message, new
+from pilotfish.objects import Obj
 
 Listener = tuple[Obj, int, str]  # gateway, port number, host
 

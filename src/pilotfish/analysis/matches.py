@@ -9,8 +9,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pilotfish.analysis.config import NETWORKING, Config, Obj, items, mapping, spec
+from pilotfish.analysis.config import NETWORKING, Config, items, mapping, spec
 from pilotfish.analysis.messages import Message, new
+from pilotfish.objects import Obj
 
 Report = Callable[..., None]
 

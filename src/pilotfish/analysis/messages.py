@@ -13,9 +13,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from pilotfish.analysis.config import Obj, name_of, namespace_of
+from pilotfish.analysis.config import name_of, namespace_of
 from pilotfish.api.errors import ApiError
 from pilotfish.api.kinds import registry
+from pilotfish.objects import Obj
 
 LEVELS = ("Info", "Warning", "Error")  # worst last, as diag.Level orders them
 DOC_URL = "https://istio.io/latest/docs/reference/config/analysis"

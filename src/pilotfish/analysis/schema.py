@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from pilotfish.analysis.config import Config, Obj
+from pilotfish.analysis.config import Config
 from pilotfish.analysis.messages import Message, new
 from pilotfish.api.validation import validate
+from pilotfish.objects import Obj
 
 
 def schema_errors(config: Config) -> list[Message]:

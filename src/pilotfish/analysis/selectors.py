@@ -12,7 +12,6 @@ from pilotfish.analysis.config import (
     NETWORKING,
     TELEMETRY,
     Config,
-    Obj,
     labels_text,
     mapping,
     name_of,
@@ -22,6 +21,7 @@ from pilotfish.analysis.config import (
     workloads,
 )
 from pilotfish.analysis.messages import Message, new
+from pilotfish.objects import Obj
 
 
 @dataclass(frozen=True)

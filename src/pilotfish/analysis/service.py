@@ -3,10 +3,11 @@ as Istio, takes a port's protocol from appProtocol or the name's prefix."""
 
 from __future__ import annotations
 
-from pilotfish.analysis.config import Config, Obj, items, mapping, meta, namespace_of, spec
+from pilotfish.analysis.config import Config, items, mapping, meta, namespace_of, spec
 from pilotfish.analysis.messages import Message, new
 from pilotfish.model.services import infer_protocol
 from pilotfish.model.types import Protocol
+from pilotfish.objects import Obj
 
 # Istio leaves Kubernetes' own namespaces alone (inject.IgnoredNamespaces).
 SYSTEM_NAMESPACES = frozenset(

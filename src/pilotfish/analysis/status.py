@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from pilotfish.analysis.config import NETWORKING, SECURITY, TELEMETRY, Obj, group_kind, mapping
+from pilotfish.analysis.config import NETWORKING, SECURITY, TELEMETRY, group_kind, mapping
 from pilotfish.analysis.messages import Message, Resource
+from pilotfish.objects import Obj
 
 # Istio's kinds carry an IstioStatus; others (Canary, Service) have their own status.
 ISTIO_GROUPS = frozenset({NETWORKING, SECURITY, TELEMETRY, "extensions.istio.io"})

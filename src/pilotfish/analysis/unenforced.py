@@ -13,16 +13,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from pilotfish.analysis.config import (
-    NETWORKING,
-    TELEMETRY,
-    Config,
-    Obj,
-    items,
-    mapping,
-    meta,
-)
+from pilotfish.analysis.config import NETWORKING, TELEMETRY, Config, items, mapping, meta
 from pilotfish.analysis.messages import Message, new
+from pilotfish.objects import Obj
 
 EXTENSIONS = "extensions.istio.io"
 

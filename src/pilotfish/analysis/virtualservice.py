@@ -10,7 +10,6 @@ from pilotfish.analysis.config import (
     NETWORKING,
     SECURITY,
     Config,
-    Obj,
     export_scope,
     full_name,
     hosts_match,
@@ -25,6 +24,7 @@ from pilotfish.analysis.config import (
     visible_from,
 )
 from pilotfish.analysis.messages import Message, new
+from pilotfish.objects import Obj
 
 _CLAIM_PREFIX = "@request.auth.claims."
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from pilotfish.analysis.config import (
     Config,
-    Obj,
     full_name,
     items,
     mapping,
@@ -18,6 +17,7 @@ from pilotfish.analysis.messages import Message, new
 from pilotfish.model.endpoints import target_port
 from pilotfish.model.services import service_from_v1
 from pilotfish.model.types import ServicePort
+from pilotfish.objects import Obj
 
 
 def service_association(config: Config) -> list[Message]:

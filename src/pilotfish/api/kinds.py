@@ -13,13 +13,11 @@ import functools
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any
 
 import yaml
 
 from pilotfish.api.errors import BadRequest, NotFound
-
-Obj = dict[str, Any]
+from pilotfish.objects import Obj
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,7 @@ from typing import Any
 from pilotfish.api.errors import FieldError
 from pilotfish.api.kinds import Kind
 from pilotfish.api.names import show
-
-Obj = dict[str, Any]
+from pilotfish.objects import Obj
 
 
 class Errors:

@@ -7,7 +7,8 @@ import base64
 import binascii
 import re
 
-from pilotfish.api.semantic import Errors, Obj, Rules
+from pilotfish.api.semantic import Errors, Rules
+from pilotfish.objects import Obj
 
 _CONFIG_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
 _CONFIG_KEY_REASON = (

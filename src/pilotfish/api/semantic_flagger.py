@@ -7,7 +7,8 @@ from __future__ import annotations
 from typing import Any
 
 from pilotfish.api.checks import duration
-from pilotfish.api.semantic import Errors, Obj, Rules
+from pilotfish.api.semantic import Errors, Rules
+from pilotfish.objects import Obj
 
 BUILTIN_METRICS = ("request-success-rate", "request-duration")
 

@@ -7,7 +7,8 @@ from __future__ import annotations
 from typing import Any
 
 from pilotfish.api import checks
-from pilotfish.api.semantic import Errors, Obj, Rules
+from pilotfish.api.semantic import Errors, Rules
+from pilotfish.objects import Obj
 
 GROUP = "networking.istio.io"
 

@@ -7,8 +7,9 @@ from __future__ import annotations
 from typing import Any
 
 from pilotfish.api import checks
-from pilotfish.api.semantic import Errors, Obj, Rules
+from pilotfish.api.semantic import Errors, Rules
 from pilotfish.api.semantic_networking import GROUP, check_export_to, namespace_of, spec_of
+from pilotfish.objects import Obj
 
 _STRING_MATCH_FIELDS = ("uri", "scheme", "method", "authority")
 _RETRY_ON = frozenset(

@@ -6,7 +6,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from pilotfish.api.semantic import Errors, Obj, Rules
+from pilotfish.api.semantic import Errors, Rules
+from pilotfish.objects import Obj
 
 _PERCENT = re.compile(r"^(0|[1-9][0-9]*)%$")
 

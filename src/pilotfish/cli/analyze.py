@@ -12,13 +12,14 @@ from typing import Any
 
 from pilotfish.analysis import ANALYZERS, config_kinds
 from pilotfish.analysis import analyze as run_analyzers
-from pilotfish.analysis.config import Obj, name_of, namespace_of
+from pilotfish.analysis.config import name_of, namespace_of
 from pilotfish.analysis.messages import CODES, DOC_URL, LEVELS, Message, level_at_least
 from pilotfish.api.errors import ApiError
 from pilotfish.api.kinds import registry
 from pilotfish.cli import output
 from pilotfish.cli.manifests import ManifestError, read_documents
 from pilotfish.client import Client
+from pilotfish.objects import Obj
 
 # istioctl's exit codes (istioctl/pkg/util/exitcodes.go).
 EXIT_FILE_PARSE = 78

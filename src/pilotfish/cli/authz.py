@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Mapping
-from typing import Any
 
 from google.protobuf.json_format import MessageToDict
 
@@ -22,6 +21,7 @@ from pilotfish.cli.commands import resolve
 from pilotfish.client import Client
 from pilotfish.model import ROOT_NAMESPACE, build_snapshot
 from pilotfish.model.snapshot import MESH_CONFIG
+from pilotfish.objects import Obj
 from pilotfish.translate.authz import (
     action_of,
     authz_settings,
@@ -31,7 +31,6 @@ from pilotfish.translate.authz import (
 )
 from pilotfish.translate.jwt import selects as authn_selects
 
-Obj = dict[str, Any]
 Sub = argparse._SubParsersAction
 COLUMNS = ["ACTION", "AuthorizationPolicy", "RULES"]
 

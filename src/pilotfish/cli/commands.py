@@ -7,15 +7,14 @@ import difflib
 import sys
 import time
 from datetime import datetime
-from typing import Any
 
 from pilotfish.api.errors import ApiError, NotFound
 from pilotfish.api.kinds import Kind, registry
 from pilotfish.cli import output
 from pilotfish.cli.manifests import Document, read_documents
 from pilotfish.client import Client
+from pilotfish.objects import Obj
 
-Obj = dict[str, Any]
 FIELD_MANAGER = "pilotfish"
 DELETE_POLL_S = 0.5  # how often delete --wait looks whether a held object is gone
 # Fields the server owns; showing them in a diff would only be noise.

@@ -41,8 +41,7 @@ from pilotfish.cli.demo_canary import canary_documents, remove_leftovers, run_re
 from pilotfish.cli.manifests import Document, read_documents
 from pilotfish.cli.ports import check_free
 from pilotfish.client import Client
-
-Obj = dict[str, Any]
+from pilotfish.objects import Obj
 
 READY_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 60.0

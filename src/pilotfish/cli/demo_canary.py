@@ -9,7 +9,6 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 from pilotfish.api.errors import ApiError
 from pilotfish.api.kinds import registry
@@ -17,8 +16,8 @@ from pilotfish.cli.commands import CliError, apply_documents, events_of
 from pilotfish.cli.manifests import Document, read_documents
 from pilotfish.cli.rollout import DONE
 from pilotfish.client import Client
+from pilotfish.objects import Obj
 
-Obj = dict[str, Any]
 CANARY = "reviews"
 SETUP_FILES = ("10-reviews.yaml", "20-canary.yaml")
 RELEASES = (

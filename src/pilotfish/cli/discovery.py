@@ -7,15 +7,14 @@ from __future__ import annotations
 import argparse
 import sys
 import textwrap
-from typing import Any
 
 from pilotfish.api.errors import ApiError
 from pilotfish.api.kinds import Kind
 from pilotfish.cli import output
 from pilotfish.cli.commands import CliError, resolve, server_error
 from pilotfish.client import Client
+from pilotfish.objects import Obj
 
-Obj = dict[str, Any]
 Sub = argparse._SubParsersAction
 # kubectl explain's text for the fields every object has, which CRD schemas leave out.
 _ENVELOPE: Obj = {

@@ -14,8 +14,8 @@ from pilotfish.api.kinds import Kind, registry
 from pilotfish.cli import instances, jsonpath, output
 from pilotfish.cli.commands import CliError, event_time, resolve, server_error
 from pilotfish.client import Client
+from pilotfish.objects import Obj
 
-Obj = dict[str, Any]
 FORMATS = ("yaml", "json", "wide", "name", "jsonpath=TEMPLATE", "custom-columns=SPEC")
 NONE = "<none>"
 

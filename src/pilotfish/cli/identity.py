@@ -15,7 +15,6 @@ import json
 import sys
 import urllib.error
 import urllib.request
-from typing import Any
 
 from cryptography import x509
 
@@ -24,8 +23,8 @@ from pilotfish.ca.workload import CertDetails
 from pilotfish.cli import output
 from pilotfish.cli.commands import CliError
 from pilotfish.client import Client
+from pilotfish.objects import Obj
 
-Obj = dict[str, Any]
 SECRETS_DUMP = "type.googleapis.com/envoy.admin.v3.SecretsConfigDump"
 SECRET_COLUMNS = [
     "RESOURCE NAME",

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
 
 from pilotfish.api.kinds import registry
 from pilotfish.cli import output
 from pilotfish.cli.commands import CliError
 from pilotfish.client import Client
+from pilotfish.objects import Obj
 
-Obj = dict[str, Any]
 NAMES = ("instances", "instance", "inst")
 HEADER = ["NAME", "WORKLOAD", "READY", "STATUS", "RESTARTS", "NODE", "ADDRESS"]
 HEADER += ["APP PORTS", "SIDECAR PORTS", "ADMIN PORT"]

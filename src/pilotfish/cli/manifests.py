@@ -6,13 +6,12 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import yaml
 
 from pilotfish.api.manifest_yaml import load_all
+from pilotfish.objects import Obj
 
-Obj = dict[str, Any]
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
 
 

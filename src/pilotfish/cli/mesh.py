@@ -8,13 +8,12 @@ import signal
 import sys
 import threading
 from types import FrameType
-from typing import Any
 
 from pilotfish.api.errors import ApiError
 from pilotfish.cli import output
 from pilotfish.client import Client
+from pilotfish.objects import Obj
 
-Obj = dict[str, Any]
 STATUS_TYPES = ("CDS", "LDS", "EDS", "RDS")
 
 

@@ -11,8 +11,7 @@ import yaml
 
 from pilotfish.api.kinds import Kind
 from pilotfish.cli import jsonpath
-
-Obj = dict[str, Any]
+from pilotfish.objects import Obj
 
 
 def to_yaml(obj: Any) -> str:

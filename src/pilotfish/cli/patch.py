@@ -37,8 +37,8 @@ from pilotfish.api.kinds import Kind
 from pilotfish.cli import output
 from pilotfish.cli.commands import CliError, resolve
 from pilotfish.client import Client
+from pilotfish.objects import Obj
 
-Obj = dict[str, Any]
 Sub = argparse._SubParsersAction
 FIELD_MANAGER = "pilotfish-patch"
 EDIT_MANAGER = "pilotfish-edit"

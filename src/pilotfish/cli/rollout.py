@@ -24,19 +24,19 @@ import json
 import sys
 import time
 from datetime import UTC, datetime
-from typing import Any, TextIO
+from typing import TextIO
 
 from pilotfish.api.gotypes import rfc3339
 from pilotfish.api.kinds import Kind, registry
 from pilotfish.cli import output
 from pilotfish.cli.commands import event_age, events_of
 from pilotfish.client import Client
+from pilotfish.objects import Obj
 from pilotfish.rollout.canary import ANALYSIS_INTERVAL_S, Canary, analysis_of, read_canary
 from pilotfish.rollout.phases import ANALYSING
 from pilotfish.rollout.scheduler import REQUEST_ANNOTATION
 from pilotfish.rollout.types import MetricResult
 
-Obj = dict[str, Any]
 Sub = argparse._SubParsersAction
 FIELD_MANAGER = "pilotfish-rollout"
 REQUESTS = ("promote", "abort")

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
 
 from pilotfish.cli import output
 from pilotfish.client import Client
 from pilotfish.dashboard.stat import KINDS
+from pilotfish.objects import Obj
 
-Obj = dict[str, Any]
 Sub = argparse._SubParsersAction
 COLUMNS = ("MESHED", "SUCCESS", "RPS", "LATENCY_P50", "LATENCY_P95", "LATENCY_P99", "TCP_CONN")
 CANARY_COLUMNS = ("LEAF", "WEIGHT", "SUCCESS", "RPS", "LATENCY_P50", "LATENCY_P95", "LATENCY_P99")

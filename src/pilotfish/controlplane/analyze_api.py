@@ -6,9 +6,9 @@ namespace. Reads need no token, as other reads."""
 from __future__ import annotations
 
 from pilotfish.analysis import analyze, config_kinds
-from pilotfish.analysis.config import Obj
 from pilotfish.api.errors import MethodNotAllowed
 from pilotfish.controlplane.api import Request, Response, encode
+from pilotfish.objects import Obj
 from pilotfish.store.resources import ResourceStore
 
 ANALYZE = "/apis/pilotfish.dev/v1alpha1/analyze"

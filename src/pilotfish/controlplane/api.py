@@ -30,6 +30,7 @@ from pilotfish.controlplane import openapi
 from pilotfish.controlplane.auth import Attributes, Authenticator, forbidden
 from pilotfish.controlplane.bodies import parse
 from pilotfish.controlplane.browsers import refuse_cross_site
+from pilotfish.objects import Obj
 from pilotfish.store.resources import ResourceStore
 from pilotfish.store.selectors import (
     Selector,
@@ -37,7 +38,7 @@ from pilotfish.store.selectors import (
     parse_field_selector,
     parse_selector,
 )
-from pilotfish.store.types import Event, Key, Obj, Watch
+from pilotfish.store.types import Event, Key, Watch
 
 log = logging.getLogger(__name__)
 

@@ -39,8 +39,8 @@ from pilotfish.ca.identity import (
 from pilotfish.ca.service import CertificateService
 from pilotfish.controlplane.api import Request, Response, encode
 from pilotfish.model.snapshot import MESH_CONFIG
+from pilotfish.objects import Obj
 from pilotfish.store.resources import ResourceStore
-from pilotfish.store.types import Obj
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from types import MappingProxyType
 
 from pilotfish.analysis.authn import TARGET_REFS_IGNORED
 from pilotfish.api.gotypes import parse_duration_ns, rfc3339
-from pilotfish.model.config import Obj
+from pilotfish.objects import Obj
 from pilotfish.periodic import Periodic
 from pilotfish.proxy.filters.jwt_verify import JwksError, parse_jwks
 from pilotfish.registry.mesh import MeshRegistry

@@ -26,12 +26,12 @@ namespace of the payload).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 from pilotfish.api.errors import BadRequest
 from pilotfish.controlplane.api import Request, Response, encode
 from pilotfish.controlplane.bodies import parse
 from pilotfish.model.snapshot import Snapshot
+from pilotfish.objects import Obj
 from pilotfish.rollout.loadcommands import CommandError
 from pilotfish.rollout.loadtester import (
     Busy,
@@ -44,7 +44,6 @@ from pilotfish.rollout.loadtester import (
 PREFIX = "/loadtester"
 BACKGROUND, BLOCKING = "cmd", "bash"  # flagger-loadtester's task types we run
 TEXT = "text/plain; charset=utf-8"
-Obj = dict[str, Any]
 
 
 class LoadTesterApi:

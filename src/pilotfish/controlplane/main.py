@@ -46,6 +46,7 @@ from pilotfish.dashboard.api import DashboardApi, Metrics
 from pilotfish.dashboard.config import config_rows
 from pilotfish.dashboard.prometheus import PrometheusMetrics
 from pilotfish.dashboard.sampler import MeshSampler
+from pilotfish.objects import Obj
 from pilotfish.periodic import when
 from pilotfish.registry.instances import InstanceRegistry
 from pilotfish.registry.mesh import MeshRegistry
@@ -53,7 +54,7 @@ from pilotfish.rollout.service import RolloutService
 from pilotfish.store.backends import STORE_FILE, StoreOptions, open_backend
 from pilotfish.store.etcd import EtcdBackend
 from pilotfish.store.resources import ResourceStore
-from pilotfish.store.types import Backend, Obj
+from pilotfish.store.types import Backend
 from pilotfish.xds.limits import DEFAULT_LIMITS, Limits
 from pilotfish.xds.server import DEFAULT_LISTEN as DEFAULT_XDS_LISTEN
 from pilotfish.xds.server import AdsServer, BindError

@@ -9,12 +9,10 @@ APIResourceList) so tools that speak to an API server find their way.
 from __future__ import annotations
 
 import platform
-from typing import Any
 
 from pilotfish import __version__
 from pilotfish.api.kinds import Kind, KindRegistry
-
-Obj = dict[str, Any]
+from pilotfish.objects import Obj
 
 OPENAPI_PATHS = ("/openapi/v3", "/openapi.json")
 STATUS = "io.k8s.apimachinery.pkg.apis.meta.v1.Status"

@@ -10,8 +10,8 @@ from collections import defaultdict
 from pilotfish.analysis import Message, analyze
 from pilotfish.analysis.messages import Resource
 from pilotfish.api.kinds import registry
+from pilotfish.objects import Obj
 from pilotfish.store.resources import ResourceStore
-from pilotfish.store.types import Obj
 
 GROUPS = (
     "networking.istio.io",

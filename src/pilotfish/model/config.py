@@ -20,8 +20,7 @@ from pilotfish.model.hosts import (
     split_namespaced_host,
 )
 from pilotfish.model.types import Labels
-
-Obj = dict[str, Any]
+from pilotfish.objects import Obj
 
 
 def meta(obj: Obj) -> tuple[str, str, str]:

@@ -10,8 +10,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
-from pilotfish.model.config import Obj, labels_match, meta
+from pilotfish.model.config import labels_match, meta
 from pilotfish.model.types import NO_LABELS, Endpoint, Instance, Labels, ServicePort
+from pilotfish.objects import Obj
 
 
 @dataclass(frozen=True)

@@ -6,9 +6,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from pilotfish.model.config import Obj, export_to, meta
+from pilotfish.model.config import export_to, meta
 from pilotfish.model.hosts import resolve_host, service_fqdn
 from pilotfish.model.types import Protocol, Service, ServicePort
+from pilotfish.objects import Obj
 
 EXPORT_TO_ANNOTATION = "networking.istio.io/exportTo"
 _BY_NAME = {p.value.lower(): p for p in Protocol if p is not Protocol.UNSUPPORTED}

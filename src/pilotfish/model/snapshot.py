@@ -27,7 +27,6 @@ from pilotfish.model import endpoints as eps
 from pilotfish.model.config import (
     DestinationRule,
     Gateway,
-    Obj,
     PeerAuthentication,
     Sidecar,
     VirtualService,
@@ -42,6 +41,7 @@ from pilotfish.model.config import (
 from pilotfish.model.hosts import MESH_GATEWAY, ROOT_NAMESPACE, covers, is_wildcard, matches
 from pilotfish.model.services import service_from_v1, services_from_entry
 from pilotfish.model.types import Endpoint, Instance, Labels, Proxy, Service, ServicePort
+from pilotfish.objects import Obj
 
 NETWORKING = "networking.istio.io"
 SECURITY = "security.istio.io"

@@ -20,17 +20,16 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from envoy.config.core.v3.base_pb2 import Node
 
 from pilotfish.agent import registration
 from pilotfish.api.errors import ApiError
 from pilotfish.client import Unreachable
+from pilotfish.objects import Obj
 from pilotfish.proxy.telemetry import metadata_labels, metadata_text
 
 log = logging.getLogger("pilotfish.proxy")
-Obj = dict[str, Any]
 
 
 @dataclass

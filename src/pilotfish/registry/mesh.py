@@ -11,19 +11,18 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from typing import Any
 
 from pilotfish.api.errors import ApiError
 from pilotfish.ca.identity import DEFAULT_TRUST_DOMAIN
 from pilotfish.model import Snapshot, build_snapshot
 from pilotfish.model.snapshot import MESH_KINDS
+from pilotfish.objects import Obj
 from pilotfish.registry.instances import InstanceRegistry
 from pilotfish.store.resources import ResourceStore
 from pilotfish.store.types import Event, Watch
 
 log = logging.getLogger("pilotfish.registry")
 
-Obj = dict[str, Any]
 ObjectKey = tuple[str, str, str, str]  # (group, kind, namespace, name)
 ChangeListener = Callable[[frozenset[str]], None]
 INSTANCE = "Instance"  # the "kind" a listener hears for a registration change

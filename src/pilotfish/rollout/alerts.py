@@ -20,13 +20,12 @@ import json
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from typing import Any
 
 from pilotfish.client import opener_for
+from pilotfish.objects import Obj
 from pilotfish.rollout.canary import Canary, Strategy
 from pilotfish.rollout.phases import Alert
 
-Obj = dict[str, Any]
 Lookup = Callable[[str, str, str], Obj | None]  # kind, namespace, name -> object or None
 Fields = list[tuple[str, str]]
 POST_TIMEOUT_S = 5.0  # Flagger's

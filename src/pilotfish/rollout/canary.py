@@ -10,11 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
 
 from pilotfish.api.gotypes import parse_duration_ns
-
-Obj = dict[str, Any]
+from pilotfish.objects import Obj
 
 # Flagger's defaults (pkg/apis/flagger/v1beta1/canary.go).
 ANALYSIS_INTERVAL_S = 60.0

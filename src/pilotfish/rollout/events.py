@@ -10,15 +10,14 @@ import hashlib
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
 
 from pilotfish.api.errors import ApiError, NotFound
+from pilotfish.objects import Obj
 from pilotfish.store.resources import ResourceStore
 from pilotfish.store.types import Key
 
 log = logging.getLogger("pilotfish.rollout")
 
-Obj = dict[str, Any]
 COMPONENT = "flagger"
 REASON = "Synced"  # what Flagger gives every event it records
 KEEP = 200  # events kept per object; the oldest go first

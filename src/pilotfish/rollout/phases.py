@@ -29,6 +29,7 @@ from datetime import datetime
 from typing import Any
 
 from pilotfish.api.gotypes import rfc3339
+from pilotfish.objects import Obj
 from pilotfish.rollout.canary import Canary, Strategy
 from pilotfish.rollout.types import (
     CONFIRM_PROMOTION,
@@ -42,7 +43,6 @@ from pilotfish.rollout.types import (
     WebhookResult,
 )
 
-Obj = dict[str, Any]
 METRICS = "metrics"
 PROMOTE, ABORT = "promote", "abort"
 # A weighted release with `mirror` first mirrors at weight 0 for one step, as

@@ -21,11 +21,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from pilotfish.agent.spec import referenced
+from pilotfish.objects import Obj
 from pilotfish.rollout.canary import Canary, Strategy
 from pilotfish.rollout.phases import ANALYSING, CANARY_UP, MIRRORED
 from pilotfish.store.types import Key
 
-Obj = dict[str, Any]
 PRIMARY = "-primary"
 CONFIG_FIELDS = ("data", "binaryData", "stringData", "type")
 MANAGED_BY = {"app.kubernetes.io/managed-by": "pilotfish-rollout"}

@@ -25,11 +25,11 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any
 
 from pilotfish.agent.spec import referenced, template_hash
 from pilotfish.api.errors import ApiError, Conflict, NotFound
 from pilotfish.api.gotypes import rfc3339
+from pilotfish.objects import Obj
 from pilotfish.periodic import Periodic
 from pilotfish.rollout import router
 from pilotfish.rollout.canary import ANALYSIS_INTERVAL_S, Canary, read_canary
@@ -53,7 +53,6 @@ from pilotfish.store.types import Key
 
 log = logging.getLogger("pilotfish.rollout")
 
-Obj = dict[str, Any]
 MANAGER = "flagger"
 FINALIZER = "finalizer.flagger.app"
 TERMINATING = "Terminating"

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
 
 from pilotfish.api.errors import NotFound
 from pilotfish.model.types import Instance
+from pilotfish.objects import Obj
 from pilotfish.periodic import when
 from pilotfish.rollout import alerts, webhooks
 from pilotfish.rollout.canary import Canary
@@ -19,7 +19,6 @@ from pilotfish.rollout.types import MetricResult, WebhookResult
 from pilotfish.store.resources import ResourceStore
 from pilotfish.store.types import Key
 
-Obj = dict[str, Any]
 GROUPS = {"MetricTemplate": "flagger.app", "AlertProvider": "flagger.app", "Secret": ""}
 log = logging.getLogger("pilotfish.rollout")
 

@@ -4,9 +4,6 @@ of the I/O the shell did (metric queries, webhook calls), in plain data."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
-
-Obj = dict[str, Any]
 
 # Flagger's webhook types, in the order a release meets them.
 CONFIRM_ROLLOUT = "confirm-rollout"

@@ -20,14 +20,13 @@ import urllib.parse
 import urllib.request
 from collections.abc import Mapping
 from email.message import Message
-from typing import Any
 
 from pilotfish.api.gotypes import parse_duration_ns
 from pilotfish.client import opener_for
+from pilotfish.objects import Obj
 from pilotfish.rollout.canary import analysis_of
 from pilotfish.rollout.types import EVENT, ROLLOUT, WebhookResult
 
-Obj = dict[str, Any]
 DEFAULT_TIMEOUT = "10s"  # Flagger's, for a timeout unset or shorter than two characters
 LAST_OK_STATUS = 202  # Flagger fails a hook that answers above 202
 MAX_RETRIES = 10

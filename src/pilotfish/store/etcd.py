@@ -27,6 +27,7 @@ import grpc
 
 from pilotfish.api.errors import Conflict, Expired, NotFound
 from pilotfish.api.kinds import KindRegistry, registry
+from pilotfish.objects import Obj
 from pilotfish.store.etcd_client import (
     CALL_TIMEOUT_S,
     EQUAL,
@@ -40,7 +41,7 @@ from pilotfish.store.etcd_client import (
     prefix_end,
 )
 from pilotfish.store.resources import ObjectFilter
-from pilotfish.store.types import Event, EventType, Key, Obj
+from pilotfish.store.types import Event, EventType, Key
 
 DEFAULT_PREFIX = "/pilotfish"
 _QUEUE = 1000  # events a watch holds unread before etcd is made to wait (and may compact it away)

@@ -19,8 +19,8 @@ from collections.abc import Iterable, Iterator
 from typing import Any, Final
 
 from pilotfish.api.errors import BadRequest
+from pilotfish.objects import Obj
 
-Obj = dict[str, Any]
 Path = tuple[str, ...]
 FieldSet = frozenset[Path]
 

@@ -14,10 +14,10 @@ from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from pilotfish.api.errors import Conflict
+from pilotfish.objects import Obj
 from pilotfish.store.fields import (
     MISSING,
     FieldSet,
-    Obj,
     Path,
     changed,
     from_fields_v1,

@@ -21,6 +21,7 @@ from pilotfish.api.errors import AlreadyExists, BadRequest, Conflict, Invalid, N
 from pilotfish.api.gotypes import rfc3339
 from pilotfish.api.kinds import Kind, KindRegistry, registry
 from pilotfish.api.names import SYSTEM_FIELDS
+from pilotfish.objects import Obj
 from pilotfish.store.fields import same
 from pilotfish.store.managed import (
     Manager,
@@ -32,7 +33,7 @@ from pilotfish.store.managed import (
     update_sets,
 )
 from pilotfish.store.selectors import parse_selector
-from pilotfish.store.types import Backend, Event, Key, Obj, Watch
+from pilotfish.store.types import Backend, Event, Key, Watch
 
 # Metadata the server owns; what a client sends there is ignored. Kubernetes
 # likewise leaves these (and apiVersion, kind) out of every field manager's set:

@@ -23,7 +23,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from pilotfish.api.errors import Conflict, Expired, NotFound, too_large_resource_version
-from pilotfish.store.types import Event, EventType, Key, Obj
+from pilotfish.objects import Obj
+from pilotfish.store.types import Event, EventType, Key
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS objects (

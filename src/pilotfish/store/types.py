@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Literal, Protocol
 
-Obj = dict[str, Any]
+from pilotfish.objects import Obj
+
 EventType = Literal["ADDED", "MODIFIED", "DELETED"]
 
 

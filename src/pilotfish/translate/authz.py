@@ -39,6 +39,7 @@ from google.protobuf.message import Message
 from pilotfish.ca.identity import DEFAULT_TRUST_DOMAIN
 from pilotfish.model import Proxy, Snapshot
 from pilotfish.model.hosts import ROOT_NAMESPACE
+from pilotfish.objects import Obj
 from pilotfish.translate import names
 from pilotfish.translate.authz_rules import (
     Unusable,
@@ -48,7 +49,6 @@ from pilotfish.translate.authz_rules import (
 )
 from pilotfish.translate.protos import duration, pack
 
-Obj = dict[str, Any]
 HTTP_RBAC = "envoy.filters.http.rbac"
 TCP_RBAC = "envoy.filters.network.rbac"
 HTTP_EXT_AUTHZ = "envoy.filters.http.ext_authz"

@@ -25,9 +25,9 @@ from envoy.type.matcher.v3 import metadata_pb2, path_pb2, regex_pb2, string_pb2,
 from google.protobuf.wrappers_pb2 import UInt32Value
 
 from pilotfish.ca.identity import DEFAULT_TRUST_DOMAIN
+from pilotfish.objects import Obj
 from pilotfish.translate.protos import pack
 
-Obj = dict[str, Any]
 # Where Envoy's jwt_authn filter leaves a verified token's claims, and where
 # Istio's RBAC config reads them (requestPrincipals, request.auth.*).
 JWT_FILTER = "envoy.filters.http.jwt_authn"

@@ -12,8 +12,6 @@ Locality load balancing, warmup and PASSTHROUGH are not translated either.
 
 from __future__ import annotations
 
-from typing import Any
-
 from envoy.config.cluster.v3 import circuit_breaker_pb2, outlier_detection_pb2
 from envoy.config.cluster.v3.cluster_pb2 import Cluster
 from envoy.config.core.v3 import base_pb2
@@ -24,11 +22,11 @@ from envoy.type.v3 import percent_pb2
 from google.protobuf.wrappers_pb2 import UInt32Value, UInt64Value
 
 from pilotfish.model import Instance, Proxy, ProxyType, Service, ServicePort, Snapshot
+from pilotfish.objects import Obj
 from pilotfish.translate import mtls, names
 from pilotfish.translate.protos import ads, duration, pack, socket_address
 from pilotfish.translate.traffic_policy import cluster_policy
 
-Obj = dict[str, Any]
 DEFAULT_CONNECT_TIMEOUT = "10s"  # Istio's mesh default connectTimeout
 MAX_U32 = 2**32 - 1
 DEFAULT_RING_SIZE = 1024

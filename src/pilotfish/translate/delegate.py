@@ -9,9 +9,9 @@ root's) is dropped. Fields the delegate route leaves unset come from the root.
 from __future__ import annotations
 
 import copy
-from typing import Any
 
-Obj = dict[str, Any]
+from pilotfish.objects import Obj
+
 _INHERITED = (
     "rewrite",
     "directResponse",

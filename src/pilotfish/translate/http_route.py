@@ -9,12 +9,12 @@ matches, as Istio documents. A match that catches everything ends the list.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from envoy.config.route.v3 import route_components_pb2 as rc
 from google.protobuf.wrappers_pb2 import UInt32Value
 
 from pilotfish.model import Proxy, ProxyType, Snapshot, VirtualService
+from pilotfish.objects import Obj
 from pilotfish.translate import route_policies as policies
 from pilotfish.translate.delegate import merge_http_routes
 from pilotfish.translate.names import outbound_cluster
@@ -22,7 +22,6 @@ from pilotfish.translate.protos import duration, pack
 from pilotfish.translate.route_match import applies, translate_route_match
 from pilotfish.translate.traffic_policy import consistent_hash
 
-Obj = dict[str, Any]
 FAULT_FILTER = "envoy.filters.http.fault"
 CORS_FILTER = "envoy.filters.http.cors"
 

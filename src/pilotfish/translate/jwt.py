@@ -26,9 +26,10 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 )
 from google.protobuf import empty_pb2
 
-from pilotfish.model.config import Obj, labels_match
+from pilotfish.model.config import labels_match
 from pilotfish.model.hosts import ROOT_NAMESPACE
 from pilotfish.model.types import Labels
+from pilotfish.objects import Obj
 from pilotfish.translate.protos import pack
 
 JWT_FILTER = "envoy.filters.http.jwt_authn"

@@ -38,7 +38,8 @@ from pilotfish.ca.workload import ISTIO_CIPHERS
 from pilotfish.model import ROOT_NAMESPACE, Endpoint, Service, Snapshot
 from pilotfish.model.config import PeerAuthentication, labels_match
 from pilotfish.model.types import Labels
-from pilotfish.translate.protos import Obj, pack
+from pilotfish.objects import Obj
+from pilotfish.translate.protos import pack
 
 TRANSPORT_SOCKET_MATCH = "envoy.transport_socket_match"  # the endpoint metadata key
 CERTIFICATE, ROOTCA = "default", "ROOTCA"  # istio-agent's SDS names

@@ -4,8 +4,6 @@ Envoy messages out."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from envoy.config.core.v3 import address_pb2, config_source_pb2
 from envoy.type.matcher.v3 import regex_pb2, string_pb2
 from envoy.type.v3 import percent_pb2
@@ -13,8 +11,8 @@ from google.protobuf import any_pb2, duration_pb2
 from google.protobuf.message import Message
 
 from pilotfish.api.gotypes import parse_duration_ns
+from pilotfish.objects import Obj
 
-Obj = dict[str, Any]
 NS_PER_S = 1_000_000_000
 
 

@@ -9,7 +9,7 @@ exists for a proxy at all (see `applies`).
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.type.matcher.v3 import regex_pb2
@@ -17,9 +17,9 @@ from google.protobuf.wrappers_pb2 import BoolValue
 
 from pilotfish.model.config import labels_match
 from pilotfish.model.types import Labels
+from pilotfish.objects import Obj
 from pilotfish.translate.protos import is_present_match, string_matcher
 
-Obj = dict[str, Any]
 _PSEUDO = (("method", ":method"), ("authority", ":authority"), ("scheme", ":scheme"))
 
 

@@ -15,6 +15,7 @@ from envoy.extensions.filters.http.fault.v3 import fault_pb2
 from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2
 from google.protobuf.wrappers_pb2 import BoolValue, UInt32Value
 
+from pilotfish.objects import Obj
 from pilotfish.translate.protos import (
     duration,
     integer_percent,
@@ -23,7 +24,6 @@ from pilotfish.translate.protos import (
     string_matcher,
 )
 
-Obj = dict[str, Any]
 DEFAULT_RETRY_ON = "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes"
 DEFAULT_RETRY_CODES = (503,)  # Istio's DefaultPolicy: a 503 is retried too
 DEFAULT_ATTEMPTS = 2

@@ -9,11 +9,9 @@ not inherit. A subset's policy overrides field by field.
 
 from __future__ import annotations
 
-from typing import Any
-
 from pilotfish.model import DestinationRule
+from pilotfish.objects import Obj
 
-Obj = dict[str, Any]
 PORT_FIELDS = ("connectionPool", "loadBalancer", "outlierDetection", "tls")
 SUBSET_FIELDS = (*PORT_FIELDS, "proxyProtocol", "tunnel")
 

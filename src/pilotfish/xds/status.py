@@ -10,10 +10,9 @@ from typing import Any
 from google.protobuf.json_format import MessageToDict
 
 from pilotfish.api.gotypes import rfc3339
+from pilotfish.objects import Obj
 from pilotfish.xds import types
 from pilotfish.xds.connection import Connection, Nack, WatchedType
-
-Obj = dict[str, Any]
 
 
 def proxy_status(conn: Connection) -> Obj:

@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from pilotfish.api.gotypes import parse_duration_ns
+from pilotfish.objects import Obj
 from pilotfish.rollout.metrics.builtin import MeshMetrics
 from pilotfish.rollout.metrics.prometheus import (
     NoValues,
@@ -24,7 +25,6 @@ from pilotfish.rollout.metrics.prometheus import (
 from pilotfish.rollout.metrics.templates import TemplateError, model, render
 from pilotfish.rollout.types import MetricResult
 
-Obj = dict[str, Any]
 Lookup = Callable[[str, str, str], Obj | None]  # (kind, namespace, name) -> stored object
 DEFAULT_INTERVAL = "1m"  # Flagger's MetricInterval
 SUCCESS_RATE, DURATION = "request-success-rate", "request-duration"
