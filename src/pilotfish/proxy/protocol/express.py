@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import ClassVar, Final
+from typing import Final
 
 from pilotfish.proxy.protocol.http1 import (
     DEFAULT_MAX_HEAD,
@@ -69,12 +69,6 @@ class ExpressRequest:
     `peer_cuts` those of Istio's metadata-exchange headers, `peer` the
     metadata itself."""
 
-    # What a RequestHead says that is the same for every express request.
-    version: ClassVar[bytes] = b"1.1"
-    upgrade: ClassVar[bool] = False
-    expect_continue: ClassVar[bool] = False
-    chunked: ClassVar[bool] = False
-
     method: bytes
     target: bytes
     lines: bytes
@@ -88,6 +82,25 @@ class ExpressRequest:
     has_request_id: bool
     peer: bytes | None
     peer_cuts: list[Span]
+
+    # What a RequestHead says that is the same for every express request.
+    # Properties, not ClassVar defaults: mypyc takes a dataclass's class-level
+    # defaults for fields.
+    @property
+    def version(self) -> bytes:
+        return b"1.1"
+
+    @property
+    def upgrade(self) -> bool:
+        return False
+
+    @property
+    def expect_continue(self) -> bool:
+        return False
+
+    @property
+    def chunked(self) -> bool:
+        return False
 
     def headers(self) -> Headers:
         """Every header, names lower-cased, values stripped, in order."""
