@@ -1,4 +1,5 @@
-"""Suite-wide hooks: the Istio conformance count printed after every run."""
+"""Suite-wide hooks: no stale compiled data path; the Istio conformance count
+printed after every run."""
 
 from __future__ import annotations
 
@@ -7,6 +8,22 @@ from typing import Any
 _CONFORMANCE = "tests/api/test_conformance.py::"
 _ANALYZERS = "tests/analysis/test_analyzer_conformance.py::"
 _results: dict[str, dict[str, bool]] = {"validation": {}, "bookinfo": {}, "analyzers": {}}
+
+
+def pytest_configure(config: Any) -> None:
+    """Refuse to test a compiled module older than its edited source (an
+    editable install keeps the .so beside the .py, and Python imports the .so)."""
+    import pytest
+
+    from pilotfish.proxy import compiled
+
+    changed = compiled.stale()
+    if changed:
+        pytest.exit(
+            f"the compiled data path is older than its sources ({', '.join(changed)}): "
+            "rebuild with scripts/setup --test, or run scripts/test, which does",
+            returncode=4,
+        )
 
 
 def pytest_runtest_logreport(report: Any) -> None:

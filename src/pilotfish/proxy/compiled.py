@@ -81,7 +81,7 @@ def compiled_modules(root: Path = PACKAGE) -> list[str]:
 def describe(root: Path = PACKAGE) -> str:
     """What `pilotfish --version` says of the data path."""
     count = len(compiled_modules(root))
-    return f"mypyc, {count}/{len(MODULES)} modules" if count else "interpreted"
+    return f"mypyc ({count}/{len(MODULES)} modules)" if count else "interpreted"
 
 
 def _imports(module: str, root: Path) -> set[str]:
@@ -111,9 +111,7 @@ def build_inputs(root: Path = PACKAGE) -> list[str]:
 
 
 def hashes(root: Path = PACKAGE) -> dict[str, str]:
-    return {
-        m: hashlib.sha256(source(m, root).read_bytes()).hexdigest() for m in build_inputs(root)
-    }
+    return {m: hashlib.sha256(source(m, root).read_bytes()).hexdigest() for m in build_inputs(root)}
 
 
 def write_record(package_dir: Path, root: Path = PACKAGE) -> None:
