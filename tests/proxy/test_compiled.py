@@ -43,10 +43,10 @@ def test_the_record_matches_until_a_source_changes(package: Path) -> None:
 
 
 def test_an_imported_interpreted_module_counts_too(package: Path) -> None:
-    # stats was compiled against response_flags' types (stats imports it).
-    assert "pilotfish.proxy.response_flags" in compiled.build_inputs(package)
-    edit(package, "pilotfish.proxy.upstream.spec")  # imported by upstream/, not compiled
-    assert compiled.stale(package) == ["pilotfish.proxy.upstream.spec"]
+    # The compiled filters were built against filters/base's types.
+    assert "pilotfish.proxy.filters.base" not in compiled.MODULES
+    edit(package, "pilotfish.proxy.filters.base")
+    assert compiled.stale(package) == ["pilotfish.proxy.filters.base"]
 
 
 def test_no_record_is_stale_and_nothing_compiled_is_never_stale(package: Path) -> None:

@@ -88,10 +88,13 @@ def _imports(module: str, root: Path) -> set[str]:
     """The pilotfish modules `module` imports (those that exist as files)."""
     tree = ast.parse(source(module, root).read_bytes())
     found: set[str] = set()
+    package = module if source(module, root).name == "__init__.py" else module.rpartition(".")[0]
     for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            found.add(node.module)
-            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+        if isinstance(node, ast.ImportFrom):
+            base = package.rsplit(".", node.level - 1)[0] if node.level else ""
+            name = ".".join(part for part in (base, node.module) if part)
+            found.add(name)
+            found.update(f"{name}.{alias.name}" for alias in node.names)
         elif isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
     return {m for m in found if m.startswith("pilotfish.") and source(m, root).exists()}

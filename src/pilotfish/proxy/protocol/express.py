@@ -82,25 +82,13 @@ class ExpressRequest:
     has_request_id: bool
     peer: bytes | None
     peer_cuts: list[Span]
-
-    # What a RequestHead says that is the same for every express request.
-    # Properties, not ClassVar defaults: mypyc takes a dataclass's class-level
-    # defaults for fields.
-    @property
-    def version(self) -> bytes:
-        return b"1.1"
-
-    @property
-    def upgrade(self) -> bool:
-        return False
-
-    @property
-    def expect_continue(self) -> bool:
-        return False
-
-    @property
-    def chunked(self) -> bool:
-        return False
+    # What a RequestHead says that is the same for every express request:
+    # fields with defaults, not ClassVars (mypyc takes a dataclass's
+    # class-level values for field defaults) nor properties (a call each).
+    version: bytes = b"1.1"
+    upgrade: bool = False
+    expect_continue: bool = False
+    chunked: bool = False
 
     def headers(self) -> Headers:
         """Every header, names lower-cased, values stripped, in order."""
