@@ -1,6 +1,6 @@
-"""Suite-wide hooks: the conformance counts printed after every run (Istio's
-validation cases, Bookinfo files, istioctl analyze's cases, AuthorizationPolicy
-builder cases)."""
+"""Suite-wide hooks: no stale compiled data path; the conformance counts
+printed after every run (Istio's validation cases, Bookinfo files, istioctl
+analyze's cases, AuthorizationPolicy builder cases)."""
 
 from __future__ import annotations
 
@@ -21,6 +21,22 @@ def _group_of(nodeid: str) -> tuple[str, str] | None:
         if nodeid.startswith(module) and nodeid[len(module) :].startswith(prefix):
             return group, nodeid[len(module) :]
     return None
+
+
+def pytest_configure(config: Any) -> None:
+    """Refuse to test a compiled module older than its edited source (an
+    editable install keeps the .so beside the .py, and Python imports the .so)."""
+    import pytest
+
+    from pilotfish.proxy import compiled
+
+    changed = compiled.stale()
+    if changed:
+        pytest.exit(
+            f"the compiled data path is older than its sources ({', '.join(changed)}): "
+            "rebuild with scripts/setup --test, or run scripts/test, which does",
+            returncode=4,
+        )
 
 
 def pytest_runtest_logreport(report: Any) -> None:

@@ -30,6 +30,7 @@ from pilotfish.cli import (
 )
 from pilotfish.cli.help import GroupedParser
 from pilotfish.cli.manifests import ManifestError
+from pilotfish.proxy.compiled import describe
 
 if TYPE_CHECKING:
     from envoy.config.bootstrap.v3.bootstrap_pb2 import Bootstrap
@@ -66,7 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="pilotfish",
         description="A service mesh with progressive delivery: Istio's config, Flagger's releases.",
     )
-    parser.add_argument("--version", action="version", version=f"pilotfish {__version__}")
+    parser.add_argument(
+        "--version", action="version", version=f"pilotfish {__version__}, data path: {describe()}"
+    )
     sub = parser.add_subparsers(
         title="commands", metavar="COMMAND", parser_class=argparse.ArgumentParser
     )

@@ -1,5 +1,6 @@
 """The admin listener (default 127.0.0.1:15000), as Envoy's: /ready,
-/config_dump, /clusters, /stats, /stats/prometheus, /drain, /quitquitquit.
+/server_info, /config_dump, /clusters, /stats, /stats/prometheus, /drain,
+/quitquitquit.
 
 Low-rate and local, so requests are read whole with asyncio streams; the
 data path has its own protocol code.
@@ -16,6 +17,9 @@ from typing import Any
 
 from google.protobuf import json_format
 from google.protobuf.message import Message
+
+from pilotfish import __version__
+from pilotfish.proxy import compiled
 
 log = logging.getLogger("pilotfish.proxy.admin")
 Handler = Callable[[], tuple[int, str, bytes]]
@@ -72,6 +76,16 @@ async def _answer(reader: asyncio.StreamReader, routes: AdminRoutes) -> tuple[in
         other = routes.post if table is routes.get else routes.get
         return (405, TEXT, b"use POST\n") if target in other else (404, TEXT, b"not found\n")
     return handler()
+
+
+def server_info(state: str) -> bytes:
+    """Envoy's /server_info, its version and state, and whether this
+    sidecar's data path runs compiled: "compiled": "mypyc" or "interpreted",
+    and the modules that are."""
+    modules = compiled.compiled_modules()
+    data_path = {"compiled": "mypyc" if modules else "interpreted", "modules": modules}
+    info = {"version": f"pilotfish/{__version__}", "state": state, "data_path": data_path}
+    return json.dumps(info, indent=2).encode()
 
 
 def config_dump(

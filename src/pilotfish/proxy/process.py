@@ -313,6 +313,10 @@ async def _admin(
             return 200, admin.TEXT, b"LIVE\n"
         return 503, admin.TEXT, b"PRE_INITIALIZING\n"
 
+    def server_info() -> tuple[int, str, bytes]:
+        state = "LIVE" if _serving(runtime, ads) else "PRE_INITIALIZING"
+        return 200, admin.JSON, admin.server_info("DRAINING" if runtime.draining else state)
+
     def drain() -> tuple[int, str, bytes]:
         runtime.draining = True
         listeners.close()
@@ -325,6 +329,7 @@ async def _admin(
     routes = admin.AdminRoutes(
         get={
             "/ready": ready,
+            "/server_info": server_info,
             "/stats/prometheus": lambda: (
                 200,
                 "text/plain; version=0.0.4",

@@ -54,8 +54,9 @@ _FIELDS: dict[type[Scope], tuple[Field[Any], ...]] = {}
 def _stat_fields(cls: type[Scope]) -> tuple[Field[Any], ...]:
     found = _FIELDS.get(cls)
     if found is None:
-        # Annotations are strings here (postponed evaluation): "int" marks a stat.
-        found = _FIELDS[cls] = tuple(f for f in fields(cls) if f.type == "int")
+        # An integer default marks a stat (not the annotation: a string when
+        # interpreted, the type itself when mypyc compiled the class).
+        found = _FIELDS[cls] = tuple(f for f in fields(cls) if type(f.default) is int)
     return found
 
 

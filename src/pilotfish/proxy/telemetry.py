@@ -537,7 +537,9 @@ def format_labels(pairs: Iterable[tuple[str, str]]) -> str:
     return ",".join(f'{name}="{escape_label(value)}"' for name, value in pairs)
 
 
-def format_number(value: float) -> str:
+def format_number(value: int | float) -> str:
+    # `int | float`, not `float`: compiled by mypyc, a float parameter
+    # turns an int into a float, and a counter would print as "3.0".
     if isinstance(value, int):
         return str(value)
     return repr(value) if value == value else "NaN"

@@ -29,6 +29,8 @@ from harness import (
 )
 from prometheus_client.parser import text_string_to_metric_families
 
+from pilotfish.proxy import compiled
+
 REVIEWS = "outbound|9080||reviews.default.svc.cluster.local"
 
 
@@ -201,6 +203,12 @@ def test_admin_endpoints(start_proxy, make_backend) -> None:
         [static_cluster("svc", [svc.port])],
     )
     assert proxy.admin_get("/ready") == (200, "LIVE\n")
+    status, info = proxy.admin_get("/server_info")
+    assert status == 200
+    data_path = json.loads(info)["data_path"]
+    assert json.loads(info)["state"] == "LIVE"
+    assert data_path["modules"] == compiled.compiled_modules()
+    assert data_path["compiled"] == ("mypyc" if data_path["modules"] else "interpreted")
     status, dump = proxy.admin_get("/config_dump")
     assert status == 200
     resources = [r for c in json.loads(dump)["configs"] for r in c.get("resources", [])]

@@ -91,6 +91,19 @@ def test_default_max_ejection_percent_still_ejects_one_host() -> None:
     assert [h.ejected for h in c.hosts] == [True, False, False]
 
 
+def test_always_eject_one_host_is_off_unless_set() -> None:
+    # A BoolValue in the proto: unset, it is false (the message itself was
+    # once taken for the flag, and any message is true).
+    off = cluster(n=3, max_ejection_percent=0)
+    fail(off, off.hosts[0], 5, 1.0)
+    assert not off.hosts[0].ejected
+    assert off.stats()["outlier_detection.ejections_overflow"] == 1
+    on = cluster(n=3, max_ejection_percent=0, always_eject_one_host=True)
+    fail(on, on.hosts[0], 5, 1.0)
+    fail(on, on.hosts[1], 5, 1.0)
+    assert [h.ejected for h in on.hosts] == [True, False, False]
+
+
 def test_gateway_failures_are_not_enforced_by_default() -> None:
     c = cluster(consecutive_5xx=100)
     fail(c, c.hosts[0], 5, 1.0, status=503)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import ClassVar, Final
+from typing import Final
 
 from pilotfish.proxy.protocol.http1 import (
     DEFAULT_MAX_HEAD,
@@ -69,12 +69,6 @@ class ExpressRequest:
     `peer_cuts` those of Istio's metadata-exchange headers, `peer` the
     metadata itself."""
 
-    # What a RequestHead says that is the same for every express request.
-    version: ClassVar[bytes] = b"1.1"
-    upgrade: ClassVar[bool] = False
-    expect_continue: ClassVar[bool] = False
-    chunked: ClassVar[bool] = False
-
     method: bytes
     target: bytes
     lines: bytes
@@ -88,6 +82,13 @@ class ExpressRequest:
     has_request_id: bool
     peer: bytes | None
     peer_cuts: list[Span]
+    # What a RequestHead says that is the same for every express request:
+    # fields with defaults, not ClassVars (mypyc takes a dataclass's
+    # class-level values for field defaults) nor properties (a call each).
+    version: bytes = b"1.1"
+    upgrade: bool = False
+    expect_continue: bool = False
+    chunked: bool = False
 
     def headers(self) -> Headers:
         """Every header, names lower-cased, values stripped, in order."""

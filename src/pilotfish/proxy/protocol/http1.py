@@ -46,13 +46,14 @@ class ProtocolError(Exception):
     `status` is what the proxy answers with before closing; `flag` is the
     Envoy response flag for the access log and x-pilotfish-flags."""
 
-    default_flag = "DPE"
-
+    # The default flag is an argument, not a class attribute the subclass
+    # overrides: mypyc compiles these classes, and its instances do not fall
+    # back to class attributes.
     def __init__(self, reason: str, status: int = 400, flag: str | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
         self.status = status
-        self.flag = flag or self.default_flag
+        self.flag = flag or "DPE"
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.reason!r}, status={self.status}, flag={self.flag!r})"
@@ -71,10 +72,8 @@ class ResponseError(ProtocolError):
     """An upstream's response the proxy cannot forward. The client is not at
     fault, so whatever went wrong it gets 503 (Envoy's UPE), never a 4xx."""
 
-    default_flag = "UPE"
-
     def __init__(self, reason: str, status: int = 503, flag: str | None = None) -> None:
-        super().__init__(reason, 503, flag)
+        super().__init__(reason, 503, flag or "UPE")
 
 
 # -- events ---------------------------------------------------------------------------------

@@ -46,7 +46,8 @@ _OUTLIER = (*(f.name for f in fields(OutlierConfig)), "successful_active_health_
 _DURATIONS = frozenset(
     {"interval", "base_ejection_time", "max_ejection_time", "max_ejection_time_jitter"}
 )
-_BOOLS = frozenset({"split_external_local_origin_errors", "always_eject_one_host"})
+# Plain bools in the proto (always_eject_one_host is a BoolValue, read as the others).
+_BOOLS = frozenset({"split_external_local_origin_errors"})
 _THRESHOLDS = (
     "priority",
     "max_connections",
