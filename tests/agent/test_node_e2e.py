@@ -37,7 +37,9 @@ def test_bookinfo_comes_up_and_productpage_reaches_everything_through_sidecars(m
     assert len(instances) == 6 and all(i["healthy"] for i in instances)
     reviews = next(i for i in instances if i["workload"] == "reviews-v2")
     assert (
-        reviews["labels"] == {"app": "reviews", "version": "v2"}
+        # the agent's sidecars take mutual TLS, as Istio's injected pods say
+        reviews["labels"]
+        == {"app": "reviews", "version": "v2", "security.istio.io/tlsMode": "istio"}
         and reviews["serviceAccount"] == "bookinfo-reviews"
     )
     assert reviews["ports"]["http"] != reviews["appPorts"]["http"]

@@ -224,7 +224,9 @@ def test_a_workload_page_shows_its_golden_metrics_neighbours_and_config(
         for r in page.locator("tr.config").all_inner_texts()
     }
     assert rows[("VirtualService", "default", "reviews")] == "ok"
-    assert "referenced subset v9 not found" in rows[("VirtualService", "default", "ghost")]
+    assert rows[("VirtualService", "default", "ghost")] == (  # istioctl analyze's words
+        'Error [IST0101]: Referenced host+subset in destinationrule not found: "reviews+v9"'
+    )
     page.screenshot(path=str(tmp_path / "config.png"), full_page=True)
 
 

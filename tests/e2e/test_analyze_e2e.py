@@ -81,19 +81,19 @@ def test_two_virtual_services_for_one_host(controlplane: ControlPlane) -> None:
     assert suppressed.returncode == 0, suppressed.stdout
     assert "No validation issues found when analyzing namespace: default." in suppressed.stderr
 
-    policy = yaml.safe_dump(
+    telemetry = yaml.safe_dump(
         {
-            "apiVersion": "security.istio.io/v1",
-            "kind": "AuthorizationPolicy",
-            "metadata": {"name": "deny-all", "namespace": "istio-system"},  # mesh-wide
-            "spec": {},
+            "apiVersion": "telemetry.istio.io/v1",
+            "kind": "Telemetry",
+            "metadata": {"name": "mesh-default", "namespace": "istio-system"},  # mesh-wide
+            "spec": {"tracing": [{"providers": [{"name": "otel"}]}]},
         }
     )
-    applied = controlplane.cli("apply", "-f", "-", stdin=policy)
+    applied = controlplane.cli("apply", "-f", "-", stdin=telemetry)
     assert applied.returncode == 0, applied.stderr
     assert applied.stderr.splitlines() == [
-        "Warning: Warning [PF0001] (AuthorizationPolicy istio-system/deny-all) AuthorizationPolicy "
-        "is stored but not enforced by pilotfish: no proxy receives anything from it"
+        "Warning: Warning [PF0001] (Telemetry istio-system/mesh-default) Telemetry is stored "
+        "but not enforced by pilotfish: proxies report Istio's standard metrics whatever it says"
     ]
 
     url = f"{controlplane.server}/apis/pilotfish.dev/v1alpha1/analyze?namespace=default"

@@ -107,17 +107,24 @@ def _services(client: Client) -> list[Obj]:
 
 
 def selected_workloads(client: Client, policy: Obj) -> list[str]:
-    """`NAMESPACE/NAME` of the Workloads whose sidecars `policy` applies to
-    (every namespace's for a policy in the root namespace). Authentication
+    """`NAMESPACE/NAME` of the workloads whose sidecars `policy` applies to
+    (every namespace's for a policy in the root namespace): the Workloads the
+    agents run, and those of sidecars registered by hand. Authentication
     policies select as Istio's: with a selector, only in their own namespace."""
     authn = policy.get("kind") in ("RequestAuthentication", "PeerAuthentication")
     applies = authn_selects if authn else selects
     namespace = (policy.get("metadata") or {}).get("namespace") or "default"
     where = None if namespace == ROOT_NAMESPACE else namespace
-    out = []
+    found: dict[str, Mapping[str, str]] = {}
     for workload in client.list(resolve("Workload"), where).get("items", []):
         meta = workload.get("metadata") or {}
-        ns = meta.get("namespace") or "default"
-        if applies(policy, ns, workload_labels(workload)):
-            out.append(f"{ns}/{meta.get('name')}")
-    return sorted(out)
+        found[f"{meta.get('namespace') or 'default'}/{meta.get('name')}"] = workload_labels(
+            workload
+        )
+    for instance in client.instances():
+        ns = str(instance.get("namespace") or "default")
+        if where in (None, ns) and instance.get("workload"):
+            found.setdefault(f"{ns}/{instance['workload']}", instance.get("labels") or {})
+    return sorted(
+        name for name, labels in found.items() if applies(policy, name.split("/")[0], labels)
+    )
