@@ -11,10 +11,10 @@ from pilotfish.analysis.config import (
     SECURITY,
     Config,
     items,
+    labels_match,
     labels_text,
     mapping,
     namespace_of,
-    selector_matches,
     spec,
     workloads,
 )
@@ -51,7 +51,7 @@ def _workloads_matched(policy: Obj, found: list[Obj]) -> list[Message]:
         return []
     for workload in found:
         in_scope = mesh_wide or namespace_of(workload) == namespace
-        if in_scope and selector_matches(selector, mapping(spec(workload).get("labels"))):
+        if in_scope and labels_match(selector, mapping(spec(workload).get("labels"))):
             return []
     return [new("NoMatchingWorkloadsFound", policy, labels_text(selector))]
 

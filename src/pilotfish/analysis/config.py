@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+from pilotfish.model.config import labels_match as labels_match  # one matcher, re-exported
 from pilotfish.objects import Obj
 
 NETWORKING = "networking.istio.io"
@@ -24,6 +25,7 @@ class Config:
         self._by_kind: dict[tuple[str, str], list[Obj]] = {}
         for obj in sorted(objects, key=lambda o: (namespace_of(o), name_of(o))):
             self._by_kind.setdefault(group_kind(obj), []).append(obj)
+        self._services: dict[str, list[Obj]] | None = None
 
     def __repr__(self) -> str:
         return f"Config({sum(len(v) for v in self._by_kind.values())} objects)"
@@ -33,6 +35,15 @@ class Config:
 
     def of(self, group: str, kind: str) -> list[Obj]:
         return self._by_kind.get((group, kind), [])
+
+    def services_at(self, host: str) -> list[Obj]:
+        """The v1 Services named by `host` (NAME.NAMESPACE.svc.cluster.local),
+        indexed once: analyzers look a host up per route destination."""
+        if self._services is None:
+            self._services = {}
+            for service in self.of("", "Service"):
+                self._services.setdefault(service_host(service), []).append(service)
+        return self._services.get(host, [])
 
     def find(self, group: str, kind: str, namespace: str, name: str) -> Obj | None:
         for obj in self.of(group, kind):
@@ -126,10 +137,6 @@ def visible_from(scope: set[str], namespace: str) -> bool:
 def service_export(svc: Obj) -> set[str]:
     raw = str(mapping(meta(svc).get("annotations")).get(EXPORT_TO_ANNOTATION) or "")
     return export_scope(raw.split(",") if raw else [], namespace_of(svc))
-
-
-def selector_matches(selector: Obj, labels: Obj) -> bool:
-    return all(labels.get(k) == v for k, v in selector.items())
 
 
 def labels_text(selector: Obj) -> str:

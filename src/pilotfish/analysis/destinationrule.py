@@ -6,11 +6,10 @@ from pilotfish.analysis.config import (
     NETWORKING,
     Config,
     items,
+    labels_match,
     mapping,
     name_of,
     namespace_of,
-    selector_matches,
-    service_host,
     spec,
     to_fqdn,
     workloads,
@@ -83,7 +82,7 @@ def subsets_select_workloads(config: Config) -> list[Message]:
         labels = _workload_labels(config, namespace_of(service))
         for subset in items(spec(rule).get("subsets")):
             wanted = {**selector, **mapping(mapping(subset).get("labels"))}
-            if not any(selector_matches(wanted, have) for have in labels):
+            if not any(labels_match(wanted, have) for have in labels):
                 out.append(
                     new("DestinationRuleSubsetNotSelectPods", rule, mapping(subset).get("name"))
                 )
@@ -91,10 +90,7 @@ def subsets_select_workloads(config: Config) -> list[Message]:
 
 
 def _service_of(config: Config, host: str) -> Obj | None:
-    for service in config.of("", "Service"):
-        if service_host(service) == host:
-            return service
-    return None
+    return next(iter(config.services_at(host)), None)
 
 
 def _workload_labels(config: Config, namespace: str) -> list[Obj]:

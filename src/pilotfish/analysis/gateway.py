@@ -7,10 +7,10 @@ from pilotfish.analysis.config import (
     Config,
     hosts_match,
     items,
+    labels_match,
     labels_text,
     mapping,
     name_of,
-    selector_matches,
     spec,
     workloads,
 )
@@ -61,7 +61,7 @@ def _same_workloads(a: Obj, b: Obj, labels: list[Obj]) -> bool:
     mine, theirs = _selector(a), _selector(b)
     if mine == theirs:
         return True
-    return any(selector_matches(mine, have) and selector_matches(theirs, have) for have in labels)
+    return any(labels_match(mine, have) and labels_match(theirs, have) for have in labels)
 
 
 def _listeners(gateways: list[Obj]) -> list[Listener]:

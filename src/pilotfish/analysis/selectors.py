@@ -12,11 +12,11 @@ from pilotfish.analysis.config import (
     NETWORKING,
     TELEMETRY,
     Config,
+    labels_match,
     labels_text,
     mapping,
     name_of,
     namespace_of,
-    selector_matches,
     spec,
     workloads,
 )
@@ -62,7 +62,7 @@ def selected(config: Config, what: Selecting) -> list[Message]:
             w
             for w in workloads(config)
             if namespace_of(w) == namespace_of(obj)
-            and selector_matches(selector, mapping(spec(w).get("labels")))
+            and labels_match(selector, mapping(spec(w).get("labels")))
         ]
         if not matched:
             out.append(new("ReferencedResourceNotFound", obj, "selector", labels_text(selector)))

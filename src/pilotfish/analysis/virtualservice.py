@@ -18,7 +18,6 @@ from pilotfish.analysis.config import (
     mapping,
     namespace_of,
     service_export,
-    service_host,
     spec,
     to_fqdn,
     visible_from,
@@ -134,8 +133,8 @@ def _check_destination(config: Config, vs: Obj, dest: Obj) -> list[Message]:
 
 def _service_ports(config: Config, host: str, namespace: str) -> list[int] | None:
     """The ports of the service `host` as seen from `namespace`; None if unseen."""
-    for svc in config.of("", "Service"):
-        if service_host(svc) == host and visible_from(service_export(svc), namespace):
+    for svc in config.services_at(host):
+        if visible_from(service_export(svc), namespace):
             return _numbers(spec(svc).get("ports"), "port")
     for entry in config.of(NETWORKING, "ServiceEntry"):
         scope = export_scope(items(spec(entry).get("exportTo")), namespace_of(entry))

@@ -7,10 +7,10 @@ from pilotfish.analysis.config import (
     Config,
     full_name,
     items,
+    labels_match,
     mapping,
     name_of,
     namespace_of,
-    selector_matches,
     spec,
 )
 from pilotfish.analysis.messages import Message, new
@@ -38,7 +38,7 @@ def _selecting(config: Config, workload: Obj) -> list[Obj]:
         for s in config.of("", "Service")
         if namespace_of(s) == namespace_of(workload)
         and mapping(spec(s).get("selector"))
-        and selector_matches(mapping(spec(s).get("selector")), labels)
+        and labels_match(mapping(spec(s).get("selector")), labels)
     ]
 
 

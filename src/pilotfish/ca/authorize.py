@@ -19,10 +19,9 @@ from collections.abc import Callable
 
 from pilotfish.ca.identity import SpiffeId
 from pilotfish.ca.tokens import ServiceAccountTokens, TokenError
-from pilotfish.controlplane.auth import has_token
+from pilotfish.controlplane.auth import bearer_token, has_token
 
 AccountsIn = Callable[[str], set[str]]  # namespace -> service accounts its Workloads run as
-_BEARER = "bearer "
 
 
 class Unauthenticated(Exception):
@@ -46,7 +45,8 @@ class CsrAuthorizer:
 
     def check(self, authorization: str | None, wanted: SpiffeId, now: float | None = None) -> str:
         """Who the caller is (for the log), if it may hold `wanted`; else raise."""
-        if not authorization or not authorization.lower().startswith(_BEARER):
+        presented = bearer_token(authorization)
+        if not presented:
             raise Unauthenticated("the request carries no Authorization: Bearer token")
         if has_token(authorization, self._admin_token):
             if wanted.service_account not in self._accounts_in(wanted.namespace):
@@ -56,7 +56,7 @@ class CsrAuthorizer:
                 )
             return "node agent"
         try:
-            bound = self._tokens.verify(authorization[len(_BEARER) :].strip(), now)
+            bound = self._tokens.verify(presented, now)
         except TokenError as e:
             raise Unauthenticated(f"the bearer token is not valid: {e}") from e
         if bound != wanted.account:

@@ -62,6 +62,18 @@ MESH_KINDS = {  # what a snapshot reads; other kinds do not change what proxies 
 EndpointKey = tuple[str, str, int]  # (hostname, namespace, port)
 
 
+def is_mesh_object(obj: Obj) -> bool:
+    """Whether a snapshot reads `obj`: a mesh kind, and of ConfigMaps only the
+    mesh config, so that other ConfigMaps push nothing to the proxies."""
+    group = str(obj.get("apiVersion", "")).rpartition("/")[0]
+    if (group, obj.get("kind")) not in MESH_KINDS:
+        return False
+    if obj.get("kind") != "ConfigMap":
+        return True
+    meta = obj.get("metadata") or {}
+    return (meta.get("namespace"), meta.get("name")) == MESH_CONFIG
+
+
 @dataclass(frozen=True)
 class ProxyView:
     """What proxies of one namespace under one Sidecar may see."""
@@ -411,8 +423,7 @@ def build_snapshot(
     jwksUris, by URI."""
     by_kind: dict[str, list[Obj]] = defaultdict(list)
     for obj in objects:
-        group = str(obj.get("apiVersion", "")).rpartition("/")[0]
-        if (group, obj.get("kind")) in MESH_KINDS:
+        if is_mesh_object(obj):
             by_kind[str(obj["kind"])].append(obj)
     for kind in by_kind:
         by_kind[kind].sort(key=_age)
@@ -438,15 +449,12 @@ def build_snapshot(
 def _mesh_config(config_maps: Iterable[Obj]) -> Obj:
     """The `mesh` key of ConfigMap istio-system/istio, parsed; {} if absent.
     Not YAML, or not a mapping: {} too (the CA reports it when it starts)."""
-    namespace, name = MESH_CONFIG
-    for item in config_maps:
-        meta = item.get("metadata") or {}
-        if meta.get("namespace") == namespace and meta.get("name") == name:
-            try:
-                mesh = yaml.safe_load((item.get("data") or {}).get("mesh") or "")
-            except yaml.YAMLError:
-                return {}
-            return mesh if isinstance(mesh, dict) else {}
+    for item in config_maps:  # only the mesh config is a mesh object
+        try:
+            mesh = yaml.safe_load((item.get("data") or {}).get("mesh") or "")
+        except yaml.YAMLError:
+            return {}
+        return mesh if isinstance(mesh, dict) else {}
     return {}
 
 

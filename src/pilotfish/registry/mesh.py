@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pilotfish.api.errors import ApiError
 from pilotfish.ca.identity import DEFAULT_TRUST_DOMAIN
 from pilotfish.model import Snapshot, build_snapshot
-from pilotfish.model.snapshot import MESH_KINDS
+from pilotfish.model.snapshot import is_mesh_object
 from pilotfish.objects import Obj
 from pilotfish.registry.instances import InstanceRegistry
 from pilotfish.store.resources import ResourceStore
@@ -95,10 +95,10 @@ class MeshRegistry:
     def apply_event(self, event: Event) -> str | None:
         """Record one store event; the kind it changed, or None if not a mesh kind."""
         obj = event.object
+        if not is_mesh_object(obj):
+            return None
         group = str(obj.get("apiVersion", "")).rpartition("/")[0]
         kind = str(obj.get("kind", ""))
-        if (group, kind) not in MESH_KINDS:
-            return None
         meta = obj.get("metadata") or {}
         key = (group, kind, str(meta.get("namespace") or ""), str(meta.get("name") or ""))
         with self._lock:

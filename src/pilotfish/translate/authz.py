@@ -38,6 +38,7 @@ from google.protobuf.message import Message
 
 from pilotfish.ca.identity import DEFAULT_TRUST_DOMAIN
 from pilotfish.model import Proxy, Snapshot
+from pilotfish.model.config import labels_match
 from pilotfish.model.hosts import ROOT_NAMESPACE
 from pilotfish.objects import Obj
 from pilotfish.translate import names
@@ -97,7 +98,7 @@ def selects(policy: Obj, namespace: str, labels: Mapping[str, str]) -> bool:
     if _meta(policy).get("namespace", "default") not in (ROOT_NAMESPACE, namespace):
         return False
     match = (_spec(policy).get("selector") or {}).get("matchLabels") or {}
-    return all(labels.get(k) == v for k, v in match.items())
+    return labels_match(match, labels)
 
 
 def policies_for(policies: Iterable[Obj], namespace: str, labels: Mapping[str, str]) -> list[Obj]:
