@@ -33,6 +33,19 @@ def rfc3339(moment: datetime | float) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})")
+
+
+def parse_rfc3339(text: str) -> datetime:
+    """A metav1.Time (or any RFC 3339 date-time) as an aware datetime;
+    ValueError for anything else, a date alone or a time without its offset
+    included (Python's fromisoformat takes both, and a naive datetime breaks
+    every comparison with an aware one)."""
+    if not _RFC3339.fullmatch(text):
+        raise ValueError(f"not an RFC 3339 date-time: {text!r}")
+    return datetime.fromisoformat(text.upper().replace("Z", "+00:00"))
+
+
 def parse_duration_ns(text: str) -> int:
     """Nanoseconds in a Go duration ("1h30m", "300ms", "-1.5s", "0"); ValueError if not one."""
     body, sign = text, 1

@@ -16,11 +16,11 @@ import copy
 import json
 import re
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 from pilotfish.api import cel
 from pilotfish.api.errors import FieldError
+from pilotfish.api.gotypes import parse_rfc3339
 from pilotfish.api.names import invalid, required, show
 
 _JSON_TYPES = {bool: "boolean", int: "integer", float: "number", str: "string"}
@@ -273,7 +273,7 @@ def _format_ok(fmt: str, value: str) -> bool:
         return True
     if fmt == "date-time":
         try:
-            datetime.fromisoformat(value.replace("Z", "+00:00"))
+            parse_rfc3339(value)
         except ValueError:
             return False
     return True  # Kubernetes checks no other format this project's schemas use

@@ -9,6 +9,7 @@ from typing import Any
 
 import yaml
 
+from pilotfish.api.gotypes import parse_rfc3339
 from pilotfish.api.kinds import Kind
 from pilotfish.cli import jsonpath
 from pilotfish.objects import Obj
@@ -37,7 +38,7 @@ def age(timestamp: str | None, now: datetime | None = None) -> str:
     if not timestamp:
         return "<unknown>"
     try:
-        then = datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
+        then = parse_rfc3339(timestamp)
     except ValueError:
         return "<invalid>"
     seconds = int(((now or datetime.now(UTC)) - then).total_seconds())

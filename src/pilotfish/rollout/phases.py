@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from pilotfish.api.gotypes import rfc3339
+from pilotfish.api.gotypes import parse_rfc3339, rfc3339
 from pilotfish.objects import Obj
 from pilotfish.rollout.canary import Canary, Strategy
 from pilotfish.rollout.types import (
@@ -506,6 +506,6 @@ def _parse_time(text: Any) -> datetime | None:
     if not isinstance(text, str):
         return None
     try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+        return parse_rfc3339(text)
     except ValueError:
         return None

@@ -28,7 +28,7 @@ from datetime import UTC, datetime
 
 from pilotfish.agent.spec import referenced, template_hash
 from pilotfish.api.errors import ApiError, Conflict, NotFound
-from pilotfish.api.gotypes import rfc3339
+from pilotfish.api.gotypes import parse_rfc3339, rfc3339
 from pilotfish.objects import Obj
 from pilotfish.periodic import Periodic
 from pilotfish.rollout import router
@@ -353,7 +353,7 @@ def _first_due(canary: Canary, obj: Obj) -> float:
     if status.get("phase") not in (*ANALYSING, "Promoting", "Finalising"):
         return 0.0
     try:
-        moved = datetime.fromisoformat(str(status["lastTransitionTime"]).replace("Z", "+00:00"))
+        moved = parse_rfc3339(str(status["lastTransitionTime"]))
     except (KeyError, ValueError):
         return 0.0
     return moved.timestamp() + canary.interval_s
