@@ -24,6 +24,7 @@ from pilotfish.rollout.phases import (
     step,
 )
 from pilotfish.rollout.router import routes, virtual_service
+from pilotfish.rollout.status import CanaryStatus
 from pilotfish.rollout.types import MetricResult, WebhookResult
 
 T0 = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)
@@ -64,7 +65,7 @@ class Driver:
     def tick(self, **changes: Any) -> Decision:
         self.now += timedelta(seconds=10)
         self.obs = replace(self.obs, now=self.now, hooks={}, metrics=None, **changes)
-        decision = step(self.c, self.status, self.obs)
+        decision = step(self.c, self.typed, self.obs)
         while decision.needs:
             (need,) = decision.needs
             self.asked.append(need)
@@ -74,11 +75,15 @@ class Driver:
                 self.obs = replace(
                     self.obs, hooks={**self.obs.hooks, need: self.gates.get(need, ())}
                 )
-            decision = step(self.c, self.status, self.obs)
-        self.status = decision.status
+            decision = step(self.c, self.typed, self.obs)
+        self.status = decision.status.to_obj()  # as the store keeps it, read back each tick
         self.events += [a.message for a in decision.actions if isinstance(a, Event)]
         self.actions += decision.actions
         return decision
+
+    @property
+    def typed(self) -> CanaryStatus:
+        return CanaryStatus.of(self.status)
 
     def until(self, phase: str, ticks: int = 30) -> None:
         for _ in range(ticks):
@@ -263,15 +268,15 @@ def test_ab_testing_counts_iterations_and_routes_matching_users_only() -> None:
     c = canary(iterations=2, match=[{"headers": {"x-canary": {"exact": "insider"}}}])
     assert c.strategy is Strategy.AB
     d = released(Driver(c))
-    assert not routes(c, d.status).match_to_canary
+    assert not routes(c, d.typed).match_to_canary
     d.tick()
     assert d.status["iterations"] == 1
-    assert routes(c, d.status).match_to_canary
-    assert routes(c, d.status).canary == 0
+    assert routes(c, d.typed).match_to_canary
+    assert routes(c, d.typed).canary == 0
     d.until("Promoting")
     assert d.events.count("Advance reviews.default canary iteration 2/2") == 1
     d.until("Succeeded")
-    assert not routes(c, d.status).match_to_canary
+    assert not routes(c, d.typed).match_to_canary
 
 
 def test_blue_green_mirrors_then_switches_all_traffic() -> None:
@@ -279,14 +284,14 @@ def test_blue_green_mirrors_then_switches_all_traffic() -> None:
     assert c.strategy is Strategy.BLUE_GREEN
     d = released(Driver(c))
     d.tick()
-    r = routes(c, d.status)
+    r = routes(c, d.typed)
     assert (r.primary, r.canary, r.mirror) == (100, 0, True)
     d.until("Promoting")
-    r = routes(c, d.status)
+    r = routes(c, d.typed)
     assert (r.primary, r.canary, r.mirror) == (0, 100, False)
     assert "Routing all traffic to canary reviews.default" in d.events
     d.until("Succeeded")
-    assert routes(c, d.status).primary == 100
+    assert routes(c, d.typed).primary == 100
 
 
 def test_a_mirrored_canary_mirrors_one_step_then_shifts_weight() -> None:
@@ -298,9 +303,9 @@ def test_a_mirrored_canary_mirrors_one_step_then_shifts_weight() -> None:
     d.tick()  # pre-rollout checks; no traffic yet, so no metrics
     assert METRICS not in d.asked
     assert (d.status["canaryWeight"], d.status["mirrored"]) == (0, True)
-    r = routes(c, d.status)
+    r = routes(c, d.typed)
     assert (r.primary, r.canary, r.mirror) == (100, 0, True)
-    vs = virtual_service(c, d.status)
+    vs = virtual_service(c, d.typed)
     validate_or_raise(vs)  # Istio's schema and webhook rules take it
     http = vs["spec"]["http"][0]
     assert http["mirror"]["host"] == "reviews-canary"
@@ -312,10 +317,10 @@ def test_a_mirrored_canary_mirrors_one_step_then_shifts_weight() -> None:
     d.metrics = GOOD
     d.tick()
     assert d.status["canaryWeight"] == 20 and "mirrored" not in d.status
-    assert not routes(c, d.status).mirror
+    assert not routes(c, d.typed).mirror
     assert d.events.count("Advance reviews.default canary weight 0") == 1
     d.until("Succeeded")
-    assert not routes(c, d.status).mirror
+    assert not routes(c, d.typed).mirror
 
 
 def test_traffic_increase_is_confirmed_before_the_mirror_not_after_it() -> None:
@@ -341,7 +346,7 @@ def test_a_failed_mirrored_canary_stops_mirroring() -> None:
     d.tick()
     d.tick()
     assert d.status["phase"] == "Failed" and "mirrored" not in d.status
-    assert not routes(d.c, d.status).mirror
+    assert not routes(d.c, d.typed).mirror
 
 
 def test_suspended_and_missing_targets_change_nothing() -> None:
@@ -408,7 +413,7 @@ def test_session_affinity_keeps_canary_users_there_then_expires_their_cookie() -
     cookie = d.status["sessionAffinityCookie"]
     assert cookie.startswith("flagger-cookie=")
     value = cookie.partition("=")[2]
-    http = virtual_service(d.c, d.status)["spec"]["http"]
+    http = virtual_service(d.c, d.typed)["spec"]["http"]
     assert http[0]["match"] == [{"headers": {"cookie": {"regex": f".*flagger-cookie.*{value}.*"}}}]
     assert [r["weight"] for r in http[0]["route"]] == [0, 100]
     weighted = http[1]["route"]
@@ -421,7 +426,7 @@ def test_session_affinity_keeps_canary_users_there_then_expires_their_cookie() -
     d.until("Succeeded")
     assert "sessionAffinityCookie" not in d.status
     assert d.status["previousSessionAffinityCookie"] == cookie
-    expire, weighted_after = virtual_service(d.c, d.status)["spec"]["http"]
+    expire, weighted_after = virtual_service(d.c, d.typed)["spec"]["http"]
     assert expire["headers"] == {"response": {"add": {"Set-Cookie": f"{cookie}; Max-Age=-1"}}}
     assert (
         [r["weight"] for r in expire["route"]]

@@ -426,10 +426,12 @@ def test_a_configmap_change_starts_a_new_analysis(mesh: Mesh) -> None:
 
 def test_the_cli_follows_pauses_resumes_promotes_and_aborts(mesh: Mesh) -> None:
     name = "rv-cli"
-    release(mesh, canary(mesh, name, stepWeight=10, maxWeight=90), STAR_COLOR="red")
+    # Small steps, so the release is still running when the (slowly starting)
+    # CLI pauses it; each step takes an interval of 1 s.
+    release(mesh, canary(mesh, name, stepWeight=5, maxWeight=95), STAR_COLOR="red")
     wait_for(lambda: status(mesh, name).get("canaryWeight", 0) >= 20, 60, "no weight")
     shown = mesh.cli("rollout", "status", name)
-    assert "Phase:          Progressing" in shown and "% to the canary (max 90%)" in shown
+    assert "Phase:          Progressing" in shown and "% to the canary (max 95%)" in shown
     assert "request-success-rate" in shown and "(min 99)" in shown, shown
     # The load test starts with the first rollout hook, so the first check may
     # find no traffic yet, as Flagger's does.
@@ -439,9 +441,13 @@ def test_the_cli_follows_pauses_resumes_promotes_and_aborts(mesh: Mesh) -> None:
     held = status(mesh, name)["canaryWeight"]
     time.sleep(5)
     assert status(mesh, name)["canaryWeight"] == held, "a paused analysis stays"
-    mesh.cli("rollout", "resume", name)
+    # Promote while paused, then resume: the request is seen at the first step
+    # after the pause. (Resuming first raced the remaining steps on a loaded
+    # machine: the release could finish on its own before the request came.)
     mesh.cli("rollout", "promote", name)
+    mesh.cli("rollout", "resume", name)
     wait_phase(mesh, name, "Succeeded")
+    assert any(f"Promotion of {name}.default requested" in e for e in events(mesh, name))
     assert status(mesh, name).get("lastPromotedSpec") == status(mesh, name)["lastAppliedSpec"]
     annotations = json.loads(mesh.cli("get", "canaries", name, "-o", "json"))["metadata"]
     assert "rollout.pilotfish.dev/promote" not in (annotations.get("annotations") or {})

@@ -17,6 +17,7 @@ from pilotfish.cli.manifests import Document, read_documents
 from pilotfish.cli.rollout import DONE
 from pilotfish.client import Client
 from pilotfish.objects import Obj
+from pilotfish.rollout.status import CanaryStatus
 
 CANARY = "reviews"
 SETUP_FILES = ("10-reviews.yaml", "20-canary.yaml")
@@ -123,7 +124,7 @@ def _canary(client: Client) -> Obj | None:
 
 
 def _print_new_events(client: Client, canary: Obj, seen: set[tuple[str, int]]) -> None:
-    weight = int((canary.get("status") or {}).get("canaryWeight") or 0)
+    weight = CanaryStatus.of(canary.get("status")).canary_weight
     for event in events_of(client, canary):
         key = (event["metadata"]["name"], int(event.get("count") or 1))
         if key in seen:

@@ -35,6 +35,7 @@ from pilotfish.objects import Obj
 from pilotfish.rollout.canary import ANALYSIS_INTERVAL_S, Canary, analysis_of, read_canary
 from pilotfish.rollout.phases import ANALYSING
 from pilotfish.rollout.scheduler import REQUEST_ANNOTATION
+from pilotfish.rollout.status import CanaryStatus
 from pilotfish.rollout.types import MetricResult
 
 Sub = argparse._SubParsersAction
@@ -140,7 +141,7 @@ def _state(canary: Obj, events: list[Obj]) -> str:
 def status_text(canary: Obj, events: list[Obj], now: datetime | None = None) -> str:
     """One Canary's release, as `kubectl argo rollouts get` lays one out."""
     meta, spec = canary.get("metadata") or {}, canary.get("spec") or {}
-    st = canary.get("status") or {}
+    st = CanaryStatus.of(canary.get("status"))
     target = spec.get("targetRef") or {}
     lines = [
         _field("Name", str(meta.get("name", ""))),
@@ -160,26 +161,25 @@ def _field(name: str, value: str) -> str:
     return f"{name + ':':<16}{value}"
 
 
-def _phase(st: Obj, spec: Obj) -> str:
-    phase = str(st.get("phase") or "Initializing")
+def _phase(st: CanaryStatus, spec: Obj) -> str:
+    phase = st.phase or "Initializing"
     return f"{phase} (paused: spec.suspend is true)" if spec.get("suspend") else phase
 
 
-def _condition_lines(st: Obj) -> list[str]:
-    conditions = st.get("conditions") or []
-    promoted = next((c for c in conditions if c.get("type") == "Promoted"), None)
+def _condition_lines(st: CanaryStatus) -> list[str]:
+    promoted = next((c for c in st.conditions if c.type == "Promoted"), None)
     if promoted is None:
         return []
-    return [_field("Message", str(promoted.get("message") or promoted.get("reason") or ""))]
+    return [_field("Message", promoted.message or promoted.reason)]
 
 
 def _progress_lines(canary: Obj) -> list[str]:
-    st = canary.get("status") or {}
+    st = CanaryStatus.of(canary.get("status"))
     try:
         parsed = read_canary(canary)
     except (ValueError, KeyError, TypeError) as e:
         return [_field("Spec", f"cannot be read: {e}")]
-    failed = f"{int(st.get('failedChecks') or 0)}/{parsed.threshold}"
+    failed = f"{st.failed_checks}/{parsed.threshold}"
     return [
         _field("Strategy", f"{_strategy(parsed)}, every {_interval(parsed)}"),
         _progress(parsed, st),
@@ -200,12 +200,12 @@ def _interval(canary: Canary) -> str:
     return str(given) if given else f"{canary.interval_s:g}s"
 
 
-def _progress(canary: Canary, st: Obj) -> str:
+def _progress(canary: Canary, st: CanaryStatus) -> str:
     if canary.iterations > 0:
-        done = int(st.get("iterations") or 0)
+        done = st.iterations
         bar = progress_bar(done, canary.iterations)
         return _field("Iterations", f"{bar} {done}/{canary.iterations}")
-    weight = int(st.get("canaryWeight") or 0)
+    weight = st.canary_weight
     bar = progress_bar(weight, canary.max_weight)
     return _field("Traffic", f"{bar} {weight}% to the canary (max {canary.max_weight}%)")
 
@@ -230,9 +230,9 @@ def _requests(canary: Obj) -> dict[str, str]:
     return {r: str(annotations[k]) for r, k in keys.items() if k in annotations}
 
 
-def _analysis_lines(st: Obj, spec: Obj, now: datetime | None) -> list[str]:
-    record = st.get("lastAnalysis")
-    if not isinstance(record, dict) or not record.get("metrics"):
+def _analysis_lines(st: CanaryStatus, spec: Obj, now: datetime | None) -> list[str]:
+    record = st.last_analysis
+    if record is None or not record.get("metrics"):
         return [_field("Last analysis", "none yet")]
     when = str(record.get("time") or "")
     lines = [_field("Last analysis", f"{output.age(when or None, now)} ago ({when})")]
@@ -325,7 +325,7 @@ def _request(args: argparse.Namespace, what: str, said: str) -> int:
     annotations = config["metadata"].setdefault("annotations", {})
     annotations[REQUEST_ANNOTATION + what] = rfc3339(time.time())
     client.apply(config, manager=FIELD_MANAGER, force=True)
-    phase = (live.get("status") or {}).get("phase") or "Initializing"
+    phase = CanaryStatus.of(live.get("status")).phase or "Initializing"
     when = "at its next step" if phase in ANALYSING else f"when an analysis runs (now {phase})"
     print(f"{output.resource_name(_canary_kind(), args.name)} {said}: the controller acts {when}")
     return 0

@@ -33,6 +33,7 @@ from pilotfish.model.types import Instance
 from pilotfish.rollout.metrics import parse_interval
 from pilotfish.rollout.metrics.builtin import Totals
 from pilotfish.rollout.metrics.prometheus import QueryError
+from pilotfish.rollout.status import CanaryStatus
 
 Json = dict[str, Any]
 PREFIX = "/dashboard"
@@ -209,7 +210,7 @@ def canary_rows(canaries: list[Json], by_workload: dict[tuple[str, str], Json]) 
         meta, spec = canary.get("metadata") or {}, canary.get("spec") or {}
         namespace, name = meta.get("namespace") or "default", meta.get("name") or ""
         target = str((spec.get("targetRef") or {}).get("name") or name)
-        weight = int((canary.get("status") or {}).get("canaryWeight") or 0)
+        weight = CanaryStatus.of(canary.get("status")).canary_weight
         for leaf, share in ((f"{target}-primary", 100 - weight), (target, weight)):
             found = by_workload.get((namespace, leaf)) or row((namespace, leaf), None, 1.0, "-", 0)
             rows.append(

@@ -21,7 +21,6 @@ shell only calls what the decision really depends on.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from typing import Any
 from pilotfish.api.gotypes import parse_rfc3339, rfc3339
 from pilotfish.objects import Obj
 from pilotfish.rollout.canary import Canary, Strategy
+from pilotfish.rollout.status import CanaryStatus, Condition
 from pilotfish.rollout.types import (
     CONFIRM_PROMOTION,
     CONFIRM_ROLLOUT,
@@ -45,10 +45,6 @@ from pilotfish.rollout.types import (
 
 METRICS = "metrics"
 PROMOTE, ABORT = "promote", "abort"
-# A weighted release with `mirror` first mirrors at weight 0 for one step, as
-# Flagger does. Flagger reads that state back from the VirtualService; here
-# routes come from the status alone, so the status says it.
-MIRRORED = "mirrored"
 
 IDLE = ("Initialized", "Succeeded", "Failed", "Waiting")
 ANALYSING = ("Progressing", "WaitingPromotion")
@@ -118,7 +114,7 @@ Action = Event | Alert | RunHooks | ClearRequest
 
 @dataclass(frozen=True)
 class Decision:
-    status: Obj
+    status: CanaryStatus
     actions: tuple[Action, ...] = ()
     needs: tuple[str, ...] = ()  # hook types or METRICS: call again with them
 
@@ -131,9 +127,9 @@ class _Need(Exception):
 class _Draft:
     """The status being decided and the actions decided so far."""
 
-    def __init__(self, canary: Canary, status: Obj, obs: Observations) -> None:
+    def __init__(self, canary: Canary, status: CanaryStatus, obs: Observations) -> None:
         self.canary, self.obs = canary, obs
-        self.status = copy.deepcopy(status)
+        self.status = status
         self.actions: list[Action] = []
 
     def event(self, message: str, *, warning: bool = False) -> None:
@@ -148,11 +144,11 @@ class _Draft:
             self.alert(message, "warn")
 
     def set(self, **fields: Any) -> None:
-        self.status.update(fields)
+        self.status = self.status.but(**fields)
 
     @property
     def phase(self) -> str:
-        return str(self.status.get("phase") or "")
+        return self.status.phase
 
     def hooks(self, hook_type: str) -> tuple[WebhookResult, ...]:
         if hook_type not in self.obs.hooks:
@@ -168,11 +164,8 @@ class _Draft:
             raise _Need(METRICS)
         return self.obs.metrics
 
-    def num(self, name: str) -> int:
-        return int(self.status.get(name) or 0)
 
-
-def step(canary: Canary, status: Obj, obs: Observations) -> Decision:
+def step(canary: Canary, status: CanaryStatus, obs: Observations) -> Decision:
     """One tick of the controller for one Canary."""
     draft = _Draft(canary, status, obs)
     if canary.suspended:
@@ -183,7 +176,7 @@ def step(canary: Canary, status: Obj, obs: Observations) -> Decision:
         else:
             PHASES[draft.phase](draft)
     except _Need as need:
-        return Decision(copy.deepcopy(status), needs=(need.what,))
+        return Decision(status, needs=(need.what,))
     _session_cookies(draft)
     _stamp(draft, status)
     return Decision(draft.status, tuple(draft.actions))
@@ -198,49 +191,47 @@ def _session_cookies(d: _Draft) -> None:
     affinity = d.canary.session_affinity
     if affinity is None:
         return
-    if d.num("canaryWeight") == 0:
-        if d.status.get("sessionAffinityCookie"):
-            d.set(previousSessionAffinityCookie=d.status.pop("sessionAffinityCookie"))
+    if d.status.canary_weight == 0:
+        if d.status.session_affinity_cookie:
+            d.set(
+                previous_session_affinity_cookie=d.status.session_affinity_cookie,
+                session_affinity_cookie=None,
+            )
         return
-    release = f"{d.canary.uid}/{d.status.get('lastAppliedSpec')}"
-    if not d.status.get("sessionAffinityCookie"):
-        d.set(sessionAffinityCookie=_cookie(affinity["cookieName"], release))
+    release = f"{d.canary.uid}/{d.status.last_applied_spec}"
+    if not d.status.session_affinity_cookie:
+        d.set(session_affinity_cookie=_cookie(affinity["cookieName"], release))
     primary = affinity.get("primaryCookieName")
-    if primary and not d.status.get("primarySessionAffinityCookie"):
-        d.set(primarySessionAffinityCookie=_cookie(primary, release))
+    if primary and not d.status.primary_session_affinity_cookie:
+        d.set(primary_session_affinity_cookie=_cookie(primary, release))
 
 
 def _cookie(name: str, release: str) -> str:
     return f"{name}={hashlib.sha256(f'{release}/{name}'.encode()).hexdigest()[:20]}"
 
 
-def _stamp(draft: _Draft, before: Obj) -> None:
+def _stamp(draft: _Draft, before: CanaryStatus) -> None:
     """lastTransitionTime moves with the phase, weight, iterations or failed
     checks (as Flagger's status setters do); the Promoted condition follows
     the phase."""
-    moved = any(
-        draft.status.get(k) != before.get(k)
-        for k in ("phase", "canaryWeight", "iterations", "failedChecks")
+    new = draft.status
+    moved = (new.phase, new.canary_weight, new.iterations, new.failed_checks) != (
+        before.phase,
+        before.canary_weight,
+        before.iterations,
+        before.failed_checks,
     )
     now = rfc3339(draft.obs.now)
-    if moved or "lastTransitionTime" not in draft.status:
-        draft.set(lastTransitionTime=now)
+    if moved or not new.last_transition_time:
+        draft.set(last_transition_time=now)
     phase = draft.phase or "Initializing"
     state, message = CONDITIONS[phase]
-    old: Obj = next(iter(draft.status.get("conditions") or []), {})
-    changed = (old.get("status"), old.get("reason")) != (state, phase)
-    draft.set(
-        conditions=[
-            {
-                "type": "Promoted",
-                "status": state,
-                "reason": phase,
-                "message": message,
-                "lastUpdateTime": now if changed else old.get("lastUpdateTime", now),
-                "lastTransitionTime": now if changed else old.get("lastTransitionTime", now),
-            }
-        ]
-    )
+    old = next(iter(new.conditions), None)
+    kept = old is not None and (old.status, old.reason) == (state, phase)
+    updated = old.last_update_time if old and kept else now
+    since = old.last_transition_time if old and kept else now
+    condition = Condition("Promoted", state, phase, message, updated or now, since or now)
+    draft.set(conditions=(condition,))
 
 
 # -- phases --------------------------------------------------------------------
@@ -248,20 +239,20 @@ def _stamp(draft: _Draft, before: Obj) -> None:
 
 def _initializing(d: _Draft) -> None:
     if not d.obs.primary_ready:
-        d.set(phase="Initializing", canaryWeight=0, failedChecks=0, iterations=0)
+        d.set(phase="Initializing", canary_weight=0, failed_checks=0, iterations=0)
         return
     d.set(
         phase="Initialized",
-        lastAppliedSpec=d.obs.checksum,
-        lastPromotedSpec=d.obs.checksum,
-        trackedConfigs=dict(d.obs.tracked_configs),
+        last_applied_spec=d.obs.checksum,
+        last_promoted_spec=d.obs.checksum,
+        tracked_configs=dict(d.obs.tracked_configs),
     )
     d.event(f"Initialization done! {d.canary.display}")
     d.alert(f"New {d.canary.target_kind} detected, initialization completed.", metadata=True)
 
 
 def _idle(d: _Draft) -> None:
-    if d.obs.checksum == d.status.get("lastAppliedSpec"):
+    if d.obs.checksum == d.status.last_applied_spec:
         return
     closed = d.gate(CONFIRM_ROLLOUT)
     if closed is not None:
@@ -278,19 +269,19 @@ def _idle(d: _Draft) -> None:
 def _start(d: _Draft) -> None:
     d.set(
         phase="Progressing",
-        canaryWeight=0,
+        canary_weight=0,
         iterations=0,
-        failedChecks=0,
-        lastAppliedSpec=d.obs.checksum,
-        trackedConfigs=dict(d.obs.tracked_configs),
+        failed_checks=0,
+        last_applied_spec=d.obs.checksum,
+        tracked_configs=dict(d.obs.tracked_configs),
+        last_analysis=None,
+        mirrored=False,
     )
-    d.status.pop("lastAnalysis", None)
-    d.status.pop(MIRRORED, None)
 
 
 def _analysing(d: _Draft) -> None:
     c = d.canary
-    if d.obs.checksum != d.status.get("lastAppliedSpec"):
+    if d.obs.checksum != d.status.last_applied_spec:
         _start(d)
         d.event(f"New revision detected! Restarting analysis for {c.display}")
         return
@@ -306,7 +297,7 @@ def _analysing(d: _Draft) -> None:
         _promote(d)
         return
     if not _checks_pass(d):
-        d.set(failedChecks=d.num("failedChecks") + 1)
+        d.set(failed_checks=d.status.failed_checks + 1)
         return
     ADVANCE[c.strategy](d)
 
@@ -321,15 +312,15 @@ def _should_roll_back(d: _Draft) -> bool:
         d.alert("Rolling back manual webhook invoked", "warn")
         _roll_back(d, f"Rolling back {c.display} manual webhook invoked")
         return True
-    if d.num("failedChecks") >= c.threshold:
-        d.alert(f"Failed checks threshold reached {d.num('failedChecks')}", "error")
+    if d.status.failed_checks >= c.threshold:
+        d.alert(f"Failed checks threshold reached {d.status.failed_checks}", "error")
         _roll_back(d, f"Rolling back {c.display} failed checks threshold reached {c.threshold}")
         return True
     return False
 
 
 def _wait_for_canary(d: _Draft) -> None:
-    since = _parse_time(d.status.get("lastTransitionTime"))
+    since = _parse_time(d.status.last_transition_time)
     waited = (d.obs.now - since).total_seconds() if since else 0.0
     if waited > d.canary.progress_deadline_s:
         why = f"canary not ready after {waited:.0f}s"
@@ -343,7 +334,8 @@ def _checks_pass(d: _Draft) -> bool:
     """Pre-rollout hooks before any traffic moves; afterwards the rollout
     hooks and the metrics, every interval."""
     c = d.canary
-    if d.num("canaryWeight") == 0 and d.num("iterations") == 0 and not d.status.get(MIRRORED):
+    s = d.status
+    if s.canary_weight == 0 and s.iterations == 0 and not s.mirrored:
         failed = d.gate(PRE_ROLLOUT)
         if failed is not None:
             d.event(
@@ -362,7 +354,7 @@ def _checks_pass(d: _Draft) -> bool:
         )
         return False
     results = d.metrics()
-    d.set(lastAnalysis=_analysis_record(d.obs.now, results))
+    d.set(last_analysis=_analysis_record(d.obs.now, results))
     for result in results:
         if not result.ok:
             d.event(_metric_message(c, result), warning=True)
@@ -370,8 +362,7 @@ def _checks_pass(d: _Draft) -> bool:
 
 
 def _advance_weight(d: _Draft) -> None:
-    c, weight = d.canary, d.num("canaryWeight")
-    mirrored = bool(d.status.get(MIRRORED))
+    c, weight, mirrored = d.canary, d.status.canary_weight, d.status.mirrored
     if weight < c.max_weight:
         # Flagger asks before mirroring, not again when the mirror gives way to weight.
         closed = None if mirrored else d.gate(CONFIRM_TRAFFIC_INCREASE)
@@ -382,11 +373,10 @@ def _advance_weight(d: _Draft) -> None:
             )
             return
         if c.mirror and weight == 0 and not mirrored:
-            d.set(phase="Progressing", **{MIRRORED: True})  # one mirrored step first
+            d.set(phase="Progressing", mirrored=True)  # one mirrored step first
         else:
             weight = c.next_weight(weight)
-            d.set(phase="Progressing", canaryWeight=weight)
-            d.status.pop(MIRRORED, None)
+            d.set(phase="Progressing", canary_weight=weight, mirrored=False)
         d.event(f"Advance {c.display} canary weight {weight}")
         return
     if _promotion_confirmed(d):
@@ -394,7 +384,7 @@ def _advance_weight(d: _Draft) -> None:
 
 
 def _advance_iteration(d: _Draft) -> None:
-    c, done = d.canary, d.num("iterations")
+    c, done = d.canary, d.status.iterations
     if done < c.iterations:
         if c.strategy is Strategy.BLUE_GREEN and c.mirror and done == 0:
             d.event(f"Start traffic mirroring for {c.display}")
@@ -407,7 +397,7 @@ def _advance_iteration(d: _Draft) -> None:
         if c.mirror:
             d.event(f"Stop traffic mirroring for {c.display}")
         d.event(f"Routing all traffic to canary {c.display}")
-        d.set(canaryWeight=100)
+        d.set(canary_weight=100)
     _promote(d)
 
 
@@ -431,19 +421,19 @@ def _promote(d: _Draft) -> None:
 def _promoting(d: _Draft) -> None:
     if not d.obs.primary_ready:
         return  # the primary is rolling to the new spec; routes stay as they are
-    c, weight = d.canary, d.num("canaryWeight")
+    c, weight = d.canary, d.status.canary_weight
     if c.step_weight_promotion > 0 and weight > 0:
         weight = max(0, weight - c.step_weight_promotion)
-        d.set(canaryWeight=weight)
+        d.set(canary_weight=weight)
         d.event(f"Advance {c.display} primary weight {100 - weight}")
         if weight > 0:
             return
-    d.set(phase="Finalising", canaryWeight=0)
+    d.set(phase="Finalising", canary_weight=0)
     d.event(f"Routing all traffic to primary {c.primary}.{c.namespace}")
 
 
 def _finalising(d: _Draft) -> None:
-    d.set(phase="Succeeded", lastPromotedSpec=d.status.get("lastAppliedSpec"))
+    d.set(phase="Succeeded", last_promoted_spec=d.status.last_applied_spec)
     d.actions.append(RunHooks(POST_ROLLOUT, "Succeeded"))
     if d.canary.skip_analysis:
         d.event(f"Promotion completed! Canary analysis was skipped for {d.canary.display}")
@@ -455,8 +445,7 @@ def _finalising(d: _Draft) -> None:
 
 def _roll_back(d: _Draft, reason: str) -> None:
     d.event(reason, warning=True)
-    d.set(phase="Failed", canaryWeight=0, iterations=0)
-    d.status.pop(MIRRORED, None)
+    d.set(phase="Failed", canary_weight=0, iterations=0, mirrored=False)
     d.actions.append(RunHooks(POST_ROLLOUT, "Failed"))
     d.event(f"Canary failed! Scaling down {d.canary.display}", warning=True)
 

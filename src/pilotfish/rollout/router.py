@@ -23,7 +23,8 @@ from typing import Any
 from pilotfish.agent.spec import referenced
 from pilotfish.objects import Obj
 from pilotfish.rollout.canary import Canary, Strategy
-from pilotfish.rollout.phases import ANALYSING, CANARY_UP, MIRRORED
+from pilotfish.rollout.phases import ANALYSING, CANARY_UP
+from pilotfish.rollout.status import CanaryStatus
 from pilotfish.store.types import Key
 
 PRIMARY = "-primary"
@@ -39,21 +40,20 @@ class Routes:
     mirror: bool = False  # the canary gets copies (blue/green, a canary's first step)
 
 
-def routes(canary: Canary, status: Obj) -> Routes:
-    weight = int(status.get("canaryWeight") or 0)
-    phase = status.get("phase") or ""
-    testing = phase in ANALYSING and int(status.get("iterations") or 0) > 0
+def routes(canary: Canary, status: CanaryStatus) -> Routes:
+    weight, phase = status.canary_weight, status.phase
+    testing = phase in ANALYSING and status.iterations > 0
     if canary.strategy is Strategy.AB:
         return Routes(100, 0, match_to_canary=testing or phase == "Promoting")
     # Blue/green mirrors while it iterates, a weighted canary for its mirrored step.
-    mirroring = testing if canary.strategy is Strategy.BLUE_GREEN else status.get(MIRRORED)
+    mirroring = testing if canary.strategy is Strategy.BLUE_GREEN else status.mirrored
     mirror = canary.mirror and weight == 0 and phase in ANALYSING and bool(mirroring)
     return Routes(100 - weight, weight, mirror=mirror)
 
 
-def canary_replicas(status: Obj, primary: Obj | None) -> int:
+def canary_replicas(status: CanaryStatus, primary: Obj | None) -> int:
     """The target runs only while it is analysed or promoted."""
-    if (status.get("phase") or "") not in CANARY_UP or primary is None:
+    if status.phase not in CANARY_UP or primary is None:
         return 0
     return int((primary.get("spec") or {}).get("replicas", 1))
 
@@ -166,7 +166,7 @@ def destination_rules(canary: Canary) -> list[Obj]:
     ]
 
 
-def virtual_service(canary: Canary, status: Obj) -> Obj:
+def virtual_service(canary: Canary, status: CanaryStatus) -> Obj:
     service = canary.spec.get("service") or {}
     want = routes(canary, status)
     primary, other = canary.service + PRIMARY, canary.service + "-canary"
@@ -201,7 +201,7 @@ def virtual_service(canary: Canary, status: Obj) -> Obj:
     )
 
 
-def _sticky_routes(canary: Canary, status: Obj, main: Obj) -> list[Obj]:
+def _sticky_routes(canary: Canary, status: CanaryStatus, main: Obj) -> list[Obj]:
     """Flagger's session affinity (phases._session_cookies keeps the cookies):
     during a release, the weighted route's canary answers set the canary
     cookie (and its primary answers the primary cookie, if named), and
@@ -210,16 +210,16 @@ def _sticky_routes(canary: Canary, status: Obj, main: Obj) -> list[Obj]:
     affinity = canary.session_affinity
     if affinity is None:
         return []
-    cookie = status.get("sessionAffinityCookie")
+    cookie = status.session_affinity_cookie
     if not cookie:
-        previous = status.get("previousSessionAffinityCookie")
+        previous = status.previous_session_affinity_cookie
         if not previous:
             return []
         expire = _set_cookie(main.get("headers"), f"{previous}; Max-Age=-1")
         return [{**main, "match": _cookie_match(canary, previous), "headers": expire}]
     to_primary, to_canary = main["route"]
     sticky = [_sticky(canary, main, cookie, canary_weight=100)]
-    primary_cookie = status.get("primarySessionAffinityCookie")
+    primary_cookie = status.primary_session_affinity_cookie
     if affinity.get("primaryCookieName") and primary_cookie:
         sticky.append(_sticky(canary, main, primary_cookie, canary_weight=0))
         set_primary = _build_cookie(affinity, primary_cookie, canary.interval_s)

@@ -47,6 +47,7 @@ from pilotfish.rollout.phases import (
     RunHooks,
     step,
 )
+from pilotfish.rollout.status import CanaryStatus
 from pilotfish.rollout.types import EVENT, MetricResult, WebhookResult
 from pilotfish.store.resources import ResourceStore
 from pilotfish.store.types import Key
@@ -152,7 +153,7 @@ class RolloutController:
             self._finalize(canary, obj)
             return
         self._hold(obj, revert=bool(canary.spec.get("revertOnDeletion")))
-        status = dict(obj.get("status") or {})
+        status = CanaryStatus.of(obj.get("status"))
         target = self._get(WORKLOAD, canary.namespace, canary.target)
         if target is None:
             decision = self._decide(canary, obj, status, None)
@@ -161,13 +162,15 @@ class RolloutController:
             seen.primary = self._get(WORKLOAD, canary.namespace, canary.primary)
             seen.primary = self._reconcile(canary, seen, status)
             decision = self._decide(canary, obj, status, seen)
-        if decision.status != status:
-            self.store.update_status(_key(obj), decision.status, manager=MANAGER)
+        if decision.status.to_obj() != obj.get("status"):
+            self.store.update_status(_key(obj), decision.status.to_obj(), manager=MANAGER)
             if target is not None:
                 self._reconcile(canary, seen, decision.status)
         self._act(canary, obj, decision)
 
-    def _decide(self, canary: Canary, obj: Obj, status: Obj, seen: _Seen | None) -> Decision:
+    def _decide(
+        self, canary: Canary, obj: Obj, status: CanaryStatus, seen: _Seen | None
+    ) -> Decision:
         obs = self._observe(canary, obj, seen)
         decision = step(canary, status, obs)
         for _ in range(NEEDS_ROUNDS):
@@ -196,9 +199,14 @@ class RolloutController:
         )
 
     def _answer(
-        self, canary: Canary, obj: Obj, status: Obj, obs: Observations, needs: tuple[str, ...]
+        self,
+        canary: Canary,
+        obj: Obj,
+        status: CanaryStatus,
+        obs: Observations,
+        needs: tuple[str, ...],
     ) -> Observations:
-        phase = str(status.get("phase") or "")
+        phase = status.phase
         hooks = dict(obs.hooks)
         metrics = obs.metrics
         for need in needs:
@@ -211,9 +219,9 @@ class RolloutController:
 
     # -- writing what the status implies ---------------------------------------------------
 
-    def _reconcile(self, canary: Canary, seen: _Seen, status: Obj) -> Obj:
+    def _reconcile(self, canary: Canary, seen: _Seen, status: CanaryStatus) -> Obj:
         """Write what `status` implies; the primary as it now is."""
-        phase = str(status.get("phase") or "")
+        phase = status.phase
         target, primary = seen.target, seen.primary
         if primary is None or phase == "Promoting":
             for copied in router.config_copies(target, seen.configs):
@@ -255,11 +263,10 @@ class RolloutController:
         the Canary's Service selects it again and what the Canary made goes."""
         if FINALIZER not in (obj["metadata"].get("finalizers") or []):
             return
-        status = dict(obj.get("status") or {})
-        if status.get("phase") != TERMINATING:
-            now = rfc3339(self.clock())
-            status.update(phase=TERMINATING, lastTransitionTime=now)
-            self.store.update_status(_key(obj), status, manager=MANAGER)
+        status = CanaryStatus.of(obj.get("status"))
+        if status.phase != TERMINATING:
+            status = status.but(phase=TERMINATING, last_transition_time=rfc3339(self.clock()))
+            self.store.update_status(_key(obj), status.to_obj(), manager=MANAGER)
             self.events.record(obj, f"Terminating canary {canary.name}.{canary.namespace}")
         target = self._get(WORKLOAD, canary.namespace, canary.target)
         if target is not None and not self._revert(canary, target):
@@ -349,12 +356,12 @@ class _Seen:
 def _first_due(canary: Canary, obj: Obj) -> float:
     """An analysis in flight continues one interval after its last move;
     anything else is looked at now."""
-    status = obj.get("status") or {}
-    if status.get("phase") not in (*ANALYSING, "Promoting", "Finalising"):
+    status = CanaryStatus.of(obj.get("status"))
+    if status.phase not in (*ANALYSING, "Promoting", "Finalising"):
         return 0.0
     try:
-        moved = parse_rfc3339(str(status["lastTransitionTime"]))
-    except (KeyError, ValueError):
+        moved = parse_rfc3339(status.last_transition_time or "")
+    except ValueError:
         return 0.0
     return moved.timestamp() + canary.interval_s
 

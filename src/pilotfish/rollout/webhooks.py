@@ -25,6 +25,7 @@ from pilotfish.api.gotypes import parse_duration_ns
 from pilotfish.client import opener_for
 from pilotfish.objects import Obj
 from pilotfish.rollout.canary import analysis_of
+from pilotfish.rollout.status import CanaryStatus
 from pilotfish.rollout.types import EVENT, ROLLOUT, WebhookResult
 
 DEFAULT_TIMEOUT = "10s"  # Flagger's, for a timeout unset or shorter than two characters
@@ -77,10 +78,10 @@ def checksum(canary: Obj) -> str:
     """What identifies the canary's current configuration, as Flagger's
     canaryChecksum: a hash of status.trackedConfigs and lastAppliedSpec, in
     the same short alphabet (the value differs: Flagger hashes Go structs)."""
-    status = canary.get("status") or {}
+    status = CanaryStatus.of(canary.get("status"))
     fields = {
-        "TrackedConfigs": status.get("trackedConfigs") or None,
-        "LastAppliedSpec": str(status.get("lastAppliedSpec") or ""),
+        "TrackedConfigs": dict(status.tracked_configs) if status.tracked_configs else None,
+        "LastAppliedSpec": status.last_applied_spec or "",
     }
     text = json.dumps(fields, sort_keys=True, separators=(",", ":"))
     return "".join(_SAFE_ALPHABET[ord(c) % len(_SAFE_ALPHABET)] for c in str(_fnv32a(text)))
