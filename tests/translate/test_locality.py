@@ -13,6 +13,7 @@ import pytest
 from envoy.config.core.v3.base_pb2 import Locality, Node
 
 from pilotfish.model import Instance, Proxy, Snapshot, build_snapshot
+from pilotfish.model.locality import locality_from_labels
 from pilotfish.model.types import Endpoint
 from pilotfish.proxy.upstream import Cluster, compile_cluster, compile_load_assignment
 from pilotfish.translate import translate_clusters, translate_endpoints
@@ -22,7 +23,6 @@ from pilotfish.translate.locality import (
     apply_failover,
     apply_failover_priority,
     lb_priority,
-    locality_from_labels,
     locality_match,
 )
 from pilotfish.translate.scope import Kind, scope_key

@@ -20,6 +20,7 @@ from google.protobuf.wrappers_pb2 import UInt32Value
 
 from pilotfish.model import Endpoint, Proxy, Snapshot
 from pilotfish.model.config import labels_match
+from pilotfish.model.locality import split_locality
 from pilotfish.translate import names
 from pilotfish.translate.clusters import translate_clusters
 from pilotfish.translate.locality import (
@@ -30,7 +31,6 @@ from pilotfish.translate.locality import (
     caller,
     cluster_locality_policy,
     group_by_locality,
-    split_locality,
 )
 from pilotfish.translate.mtls import endpoint_metadata
 from pilotfish.translate.protos import socket_address

@@ -34,18 +34,12 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from pilotfish.model import Endpoint, Proxy, Snapshot
+from pilotfish.model.locality import locality_labels, split_locality
 from pilotfish.model.types import Labels
 from pilotfish.objects import Obj
 from pilotfish.translate.traffic_policy import cluster_policy
 
-REGION_LABEL = "topology.kubernetes.io/region"
-ZONE_LABEL = "topology.kubernetes.io/zone"
-SUBZONE_LABEL = "topology.istio.io/subzone"
-LOCALITY_LABELS = (REGION_LABEL, ZONE_LABEL, SUBZONE_LABEL)
-ISTIO_LOCALITY_LABEL = "istio-locality"  # region.zone.subzone: a label value has no '/'
 FAILOVER_LEVELS = 5  # priorities applyLocalityFailover hands out (0..4)
-
-Locality = tuple[str, str, str]
 
 
 @dataclass(frozen=True)
@@ -82,25 +76,6 @@ class LocalityPolicy:
         return self.failover and bool(
             self.setting.get("failover") or self.setting.get("failoverPriority")
         )
-
-
-def split_locality(text: str) -> Locality:
-    region, zone, subzone = [*text.split("/"), "", "", ""][:3]
-    return region, zone, subzone
-
-
-def locality_from_labels(labels: Labels) -> str:
-    """A workload's locality from its labels, as Istio reads a pod's:
-    `istio-locality` (dots for slashes), else the topology labels; "" if none."""
-    if labels.get(ISTIO_LOCALITY_LABEL):
-        return "/".join(split_locality(labels[ISTIO_LOCALITY_LABEL].replace(".", "/"))).rstrip("/")
-    parts = [labels.get(name, "") for name in LOCALITY_LABELS]
-    return "/".join(parts).rstrip("/") if parts[0] else ""
-
-
-def locality_labels(locality: str) -> dict[str, str]:
-    """The topology labels a locality stands for (Istio's AugmentLabels)."""
-    return {k: v for k, v in zip(LOCALITY_LABELS, split_locality(locality), strict=True) if v}
 
 
 def caller(snapshot: Snapshot, proxy: Proxy) -> Caller:
