@@ -387,7 +387,7 @@ def instance_env(instance: Instance, base: Any) -> dict[str, str]:
         POD_NAME=instance.name,
         HOSTNAME=instance.name,
         POD_NAMESPACE=instance.namespace,
-        INSTANCE_IP="127.0.0.1",
+        INSTANCE_IP=instance.placement.address,
         SERVICE_ACCOUNT=instance.spec.get("serviceAccountName", "default"),
     )
     return env
