@@ -107,7 +107,6 @@ def run_node(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    gateway = GatewaySpec(address=args.gateway_address) if args.gateway else None
     config = load_client_config(args.server)
     # The sidecars present the agent's own token to the ADS server (needed off loopback).
     try:
@@ -122,6 +121,11 @@ def run_node(args: argparse.Namespace) -> int:
         placement = Placement(args.address, check_locality(args.locality))
     except ValueError as e:
         raise NodeError(f"--locality: {e}") from e
+    gateway = (
+        GatewaySpec(address=args.gateway_address, locality=placement.locality)
+        if args.gateway
+        else None
+    )
     client = Client(config.server, config.token)
     agent = NodeAgent(client, args.node_name, _state(args), xds, gateway, placement)
     print(f"node {args.node_name}: running workloads, state in {_state(args)}", flush=True)
