@@ -15,6 +15,7 @@ from envoy.config.core.v3.base_pb2 import Locality, Node
 from pilotfish.model import Instance, Proxy, Snapshot, build_snapshot
 from pilotfish.model.locality import locality_from_labels
 from pilotfish.model.types import Endpoint
+from pilotfish.objects import Obj
 from pilotfish.proxy.upstream import Cluster, compile_cluster, compile_load_assignment
 from pilotfish.translate import translate_clusters, translate_endpoints
 from pilotfish.translate.locality import (
@@ -32,7 +33,6 @@ from pilotfish.xds.node import proxy_from_node
 
 HOST = "echo.default.svc.cluster.local"
 CLUSTER = f"outbound|80||{HOST}"
-Obj = dict[str, Any]
 
 SERVICE = {
     "apiVersion": "v1",
