@@ -26,7 +26,7 @@ from google.protobuf.wrappers_pb2 import UInt32Value, UInt64Value
 from pilotfish.model import Instance, Proxy, ProxyType, Service, ServicePort, Snapshot
 from pilotfish.objects import Obj
 from pilotfish.translate import mtls, names
-from pilotfish.translate.locality import LocalityPolicy, locality_setting
+from pilotfish.translate.locality import locality_policy
 from pilotfish.translate.protos import ads, duration, pack, socket_address
 from pilotfish.translate.traffic_policy import cluster_policy
 
@@ -99,8 +99,7 @@ def translate_outbound_cluster(
         out.eds_cluster_config.service_name = name
         out.eds_cluster_config.eds_config.CopyFrom(ads())
     _apply_load_balancer(out, policy.get("loadBalancer") or {})
-    setting = locality_setting(snapshot.mesh_config, policy.get("loadBalancer"))
-    if LocalityPolicy(setting, policy.get("outlierDetection") is not None).weighted:
+    if locality_policy(snapshot.mesh_config, policy).weighted:
         out.common_lb_config.locality_weighted_lb_config.SetInParent()
     if proxy.type is ProxyType.GRPC:
         _apply_grpc_circuit_breaker(out, policy.get("connectionPool") or {})

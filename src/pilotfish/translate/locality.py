@@ -97,12 +97,17 @@ def locality_setting(mesh: Mapping[str, Any], lb: Obj | None) -> Obj | None:
     return found
 
 
+def locality_policy(mesh: Mapping[str, Any], policy: Obj) -> LocalityPolicy:
+    """For a cluster's merged traffic policy (traffic_policy.cluster_policy)."""
+    setting = locality_setting(mesh, policy.get("loadBalancer"))
+    return LocalityPolicy(setting, policy.get("outlierDetection") is not None)
+
+
 def cluster_locality_policy(
     snapshot: Snapshot, proxy: Proxy, host: str, port: int, subset: str
 ) -> LocalityPolicy:
     policy = cluster_policy(snapshot.destination_rule(proxy, host), subset, port)
-    setting = locality_setting(snapshot.mesh_config, policy.get("loadBalancer"))
-    return LocalityPolicy(setting, policy.get("outlierDetection") is not None)
+    return locality_policy(snapshot.mesh_config, policy)
 
 
 def group_by_locality(endpoints: Iterable[Endpoint]) -> list[LocalityGroup]:
