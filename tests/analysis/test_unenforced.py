@@ -89,7 +89,11 @@ def test_the_source_reads_no_istio_annotation_but_the_honoured_ones() -> None:
         for key in quoted.findall(_source(package))
         if istio_annotation(key) and not key.endswith(("/v1", "/v1beta1", "/v1alpha3", "/v1alpha1"))
     }
-    labels = {"service.istio.io/canonical-name", "service.istio.io/canonical-revision"}  # labels
+    labels = {  # labels, not annotations
+        "service.istio.io/canonical-name",
+        "service.istio.io/canonical-revision",
+        "topology.istio.io/subzone",
+    }
     assert read - labels <= set(HONOURED_ANNOTATIONS)
 
 

@@ -95,6 +95,8 @@ def test_wire_shape_round_trip() -> None:
         ({"name": "a", "address": "1.2.3.4", "ports": {"h": 1}, "ttlSeconds": 0}, "ttlSeconds"),
         ({"name": "a", "address": "1.2.3.4", "ports": {"h": 1}, "healthy": "yes"}, "healthy"),
         ({"name": "a", "address": "1.2.3.4", "ports": {"h": 1}, "labels": {"a": 1}}, "labels"),
+        ({"name": "a", "address": "1.2.3.4", "ports": {"h": 1}, "locality": "r//s"}, "locality"),
+        ({"name": "a", "address": "1.2.3.4", "ports": {"h": 1}, "locality": "a/b/c/d"}, "locality"),
     ],
 )
 def test_invalid_registrations_name_the_field(body: dict[str, object], error: str) -> None:

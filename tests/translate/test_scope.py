@@ -7,6 +7,7 @@ workloadSelector, a gateway, an AuthorizationPolicy's selector)."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from concurrent.futures import ThreadPoolExecutor
 from types import MappingProxyType
@@ -87,7 +88,8 @@ def _proxies() -> list[Proxy]:
             )
         )
     grpc = Proxy(node_id="proxyless~1~g.default~x", namespace="default", type=ProxyType.GRPC)
-    return [*out, INGRESS, grpc]
+    elsewhere = dataclasses.replace(out[0], locality="us-west/zone-b/sub2")
+    return [*out, elsewhere, INGRESS, grpc]
 
 
 def _names(snapshot: Snapshot, proxy: Proxy, type_url: str) -> frozenset[str]:

@@ -13,6 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from pilotfish.model.locality import locality_from_labels, split_locality
+from pilotfish.model.types import Labels
+
 XDS_CLUSTER = "xds-grpc"
 HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 
@@ -41,6 +44,21 @@ class XdsServer:
 
 
 @dataclass(frozen=True)
+class Placement:
+    """Where a node agent's instances are: the address peers on other hosts
+    reach them at (their sidecars' inbound listeners bind there), and the
+    node's locality, region/zone/subzone."""
+
+    address: str = "127.0.0.1"
+    locality: str = ""
+
+    def locality_for(self, labels: Labels) -> str:
+        """An instance's own topology labels win over the node's, as Istio
+        reads a pod's `istio-locality` label over its node's."""
+        return locality_from_labels(labels) or self.locality
+
+
+@dataclass(frozen=True)
 class SidecarIdentity:
     instance: str
     namespace: str
@@ -49,6 +67,7 @@ class SidecarIdentity:
     service_account: str
     app_containers: str
     address: str = "127.0.0.1"
+    locality: str = ""
 
 
 def node_id(who: SidecarIdentity, kind: str = "sidecar") -> str:
@@ -83,6 +102,7 @@ def _bootstrap(
 ) -> dict[str, Any]:
     return {
         "node": {
+            **_locality(who.locality),
             "id": node_id(who, kind),
             "cluster": f"{who.workload}.{who.namespace}",
             "metadata": {
@@ -110,6 +130,14 @@ def _bootstrap(
         },
         "static_resources": {"clusters": [_xds_cluster([(xds.host, xds.port), *xds.replicas])]},
     }
+
+
+def _locality(locality: str) -> dict[str, Any]:
+    """Envoy's `node.locality`, which the control plane reads as the caller's."""
+    if not locality:
+        return {}
+    region, zone, sub_zone = split_locality(locality)
+    return {"locality": {"region": region, "zone": zone, "sub_zone": sub_zone}}
 
 
 def _ads_service(token: str) -> dict[str, Any]:

@@ -38,6 +38,7 @@ class GatewaySpec:
     namespace: str = "istio-system"
     labels: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_LABELS))
     address: str = "127.0.0.1"
+    locality: str = ""  # the node's: callers through the gateway prefer it too
 
     def identity(self, node: str) -> SidecarIdentity:
         return SidecarIdentity(
@@ -48,6 +49,7 @@ class GatewaySpec:
             service_account=f"{self.name}-service-account",
             app_containers="",
             address=self.address,
+            locality=self.locality,
         )
 
 

@@ -34,7 +34,7 @@ import yaml
 from pilotfish.agent import lifecycle as lc
 from pilotfish.agent import registration
 from pilotfish.agent.adopted import Adopted
-from pilotfish.agent.bootstrap import SidecarIdentity, XdsServer, sidecar_bootstrap
+from pilotfish.agent.bootstrap import Placement, SidecarIdentity, XdsServer, sidecar_bootstrap
 from pilotfish.agent.lifecycle import Lifecycle, Status
 from pilotfish.agent.ports import PortAllocator
 from pilotfish.agent.probes import check
@@ -89,6 +89,7 @@ class Instance:
     ports: Ports
     xds: XdsServer
     client: InstanceClient
+    placement: Placement = field(default_factory=Placement)
     created: float = field(default_factory=time.monotonic)
     state: Lifecycle | None = None
     app: Process | None = None
@@ -167,6 +168,8 @@ class Instance:
             labels=dict(self.spec["labels"]),
             service_account=self.spec.get("serviceAccountName", "default"),
             app_containers=self.workload,
+            address=self.placement.address,
+            locality=self.placement.locality_for(self.spec["labels"]),
         )
 
     # -- the supervising thread: events in, commands run ---------------------------
@@ -304,7 +307,8 @@ class Instance:
                 ok = response.status == 200
         except OSError:
             return False
-        return ok and all(_listening(p) for p in self.ports.inbound.values())
+        address = self.placement.address
+        return ok and all(_listening(address, p) for p in self.ports.inbound.values())
 
     def _kill(self, process: Process | None) -> None:
         if process is not None and process.poll() is None:
@@ -331,6 +335,8 @@ class Instance:
             metrics_port=self.ports.admin,
             healthy=healthy,
             mtls=True,  # its sidecar always holds a certificate (--ca-token-file)
+            address=self.placement.address,
+            locality=self.placement.locality_for(self.spec["labels"]),
         )
         error = registration.register(self.client, body)
         if error:
@@ -377,9 +383,9 @@ def proxy_free_env(base: Mapping[str, str]) -> dict[str, str]:
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
-def _listening(port: int) -> bool:
+def _listening(address: str, port: int) -> bool:
     try:
-        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+        socket.create_connection((address, port), timeout=0.5).close()
     except OSError:
         return False
     return True

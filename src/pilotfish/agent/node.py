@@ -31,7 +31,7 @@ from typing import Any, Protocol
 
 from pilotfish.agent import adopted
 from pilotfish.agent import plan as planning
-from pilotfish.agent.bootstrap import XdsServer
+from pilotfish.agent.bootstrap import Placement, XdsServer
 from pilotfish.agent.gateway import GatewayProxy, GatewaySpec
 from pilotfish.agent.instance import RECORD, Instance, Ports
 from pilotfish.agent.ports import PortAllocator
@@ -65,8 +65,10 @@ class NodeAgent:
         state_dir: Path,
         xds: XdsServer,
         gateway: GatewaySpec | None = None,
+        placement: Placement | None = None,
     ) -> None:
         self.client = client
+        self.placement = placement or Placement()
         self.node_name = node_name
         self.state_dir = state_dir
         self.xds = xds
@@ -180,6 +182,7 @@ class NodeAgent:
             ports=ports,
             xds=self.xds,
             client=self.client,
+            placement=self.placement,
             created=time.monotonic() - age,
         )
         try:
@@ -233,6 +236,7 @@ class NodeAgent:
             ports=ports,
             xds=self.xds,
             client=self.client,
+            placement=self.placement,
         )
         try:
             resolved = resolve(spec, instance_env(instance, os.environ), configs)
@@ -332,7 +336,7 @@ def workload_status(
             "ready": i.status.ready,
             "restarts": i.status.restarts,
             "lastError": i.status.last_error,
-            "address": "127.0.0.1",
+            "address": i.placement.address,
             "ports": dict(i.ports.inbound),
             **({"startedAt": i.status.started_at} if i.status.started_at else {}),
         }
@@ -383,7 +387,7 @@ def instance_env(instance: Instance, base: Any) -> dict[str, str]:
         POD_NAME=instance.name,
         HOSTNAME=instance.name,
         POD_NAMESPACE=instance.namespace,
-        INSTANCE_IP="127.0.0.1",
+        INSTANCE_IP=instance.placement.address,
         SERVICE_ACCOUNT=instance.spec.get("serviceAccountName", "default"),
     )
     return env

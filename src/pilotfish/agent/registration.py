@@ -31,6 +31,8 @@ def registration(
     metrics_port: int,
     healthy: bool,
     mtls: bool = False,
+    address: str = "127.0.0.1",
+    locality: str = "",
 ) -> Obj:
     """`mtls`: the sidecar holds a mesh certificate; the instance is labelled
     as Istio labels such pods, so callers send it mutual TLS."""
@@ -40,7 +42,8 @@ def registration(
         "name": name,
         "namespace": namespace,
         "workload": workload,
-        "address": "127.0.0.1",
+        "address": address,
+        "locality": locality,
         "ports": ports,
         "appPorts": app_ports,
         "metricsPort": metrics_port,

@@ -60,6 +60,7 @@ ANALYZERS: tuple[Analyzer, ...] = (
         destinationrule.ca_certificates,
         ("IST0128", "IST0129"),
     ),
+    Analyzer("pilotfish.LocalityFailoverAnalyzer", destinationrule.locality_failover, ("PF0006",)),
     Analyzer(
         "destinationrule.PodNotSelectedAnalyzer",
         destinationrule.subsets_select_workloads,

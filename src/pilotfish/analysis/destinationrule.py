@@ -20,6 +20,37 @@ from pilotfish.objects import Obj
 _VERIFIED_MODES = ("SIMPLE", "MUTUAL")
 
 
+def locality_failover(config: Config) -> list[Message]:
+    """PF0006: a localityLbSetting `failover` or `failoverPriority` beside no
+    outlierDetection (Istio's webhook warns the same): proxies never learn a
+    host is bad, so they never leave the caller's own locality.
+
+    Checked at each level a traffic policy can be, as Istio checks it."""
+    out = []
+    for rule in config.of(NETWORKING, "DestinationRule"):
+        for path, policy in _traffic_policies(spec(rule)):
+            setting = mapping(mapping(policy.get("loadBalancer")).get("localityLbSetting"))
+            failover = setting.get("failover") or setting.get("failoverPriority")
+            if failover and policy.get("outlierDetection") is None:
+                out.append(new("FailoverWithoutOutlierDetection", rule, path))
+    return out
+
+
+def _traffic_policies(rule_spec: Obj) -> list[tuple[str, Obj]]:
+    """(path, policy) for the rule's, its subsets' and their port-level ones."""
+    found = [("spec.trafficPolicy", mapping(rule_spec.get("trafficPolicy")))]
+    found += [
+        (f"spec.subsets[{i}].trafficPolicy", mapping(mapping(s).get("trafficPolicy")))
+        for i, s in enumerate(items(rule_spec.get("subsets")))
+    ]
+    out = []
+    for path, policy in found:
+        out.append((path, policy))
+        for j, settings in enumerate(items(policy.get("portLevelSettings"))):
+            out.append((f"{path}.portLevelSettings[{j}]", mapping(settings)))
+    return out
+
+
 def ca_certificates(config: Config) -> list[Message]:
     """IST0128/IST0129: TLS to a destination without caCertificates does not
     verify the server; a credentialName on a gateway's rule (one with a

@@ -266,6 +266,12 @@ _TYPES = (
         "The control plane could not get this policy's keys, so its tokens fail: %s",
     ),
     MessageType("TargetRefsUnsupported", "PF0005", "Warning", "%s"),
+    MessageType(
+        "FailoverWithoutOutlierDetection",
+        "PF0006",
+        "Warning",
+        "%s: outlier detection policy must be provided for failover",
+    ),
 )
 TYPES: dict[str, MessageType] = {t.name: t for t in _TYPES}
 CODES: dict[str, MessageType] = {t.code: t for t in _TYPES}

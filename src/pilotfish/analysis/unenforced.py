@@ -108,10 +108,7 @@ TABLE: tuple[Unenforced, ...] = (
             (("translate", f'"{field}"'),),
         )
         for policy in ("spec.trafficPolicy", "spec.subsets[].trafficPolicy")
-        for field, reason in (
-            ("localityLbSetting", "clusters balance over every locality alike"),
-            ("warmupDurationSecs", "new endpoints get their full share at once"),
-        )
+        for field, reason in (("warmupDurationSecs", "new endpoints get their full share at once"),)
     ],
     *[
         Unenforced(

@@ -8,6 +8,7 @@ from typing import Any
 
 from pilotfish.api import checks
 from pilotfish.api.semantic import Errors, Rules
+from pilotfish.api.semantic_locality import locality_lb_setting
 from pilotfish.objects import Obj
 
 GROUP = "networking.istio.io"
@@ -162,6 +163,7 @@ def _load_balancer(path: str, lb: Any, errors: Errors) -> None:
             )
     if lb.get("localityLbSetting") and lb.get("zoneAwareLbSetting"):
         errors.add(path, "only one of localityLbSetting and zoneAwareLbSetting can be set")
+    locality_lb_setting(f"{path}.localityLbSetting", lb.get("localityLbSetting"), errors)
     warmup = lb.get("warmup")
     if isinstance(warmup, dict) and "duration" in warmup:
         errors.invalid(

@@ -5,6 +5,7 @@ state directory (this host's), as kubectl logs reads the kubelet's files."""
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import os
 import random
@@ -52,6 +53,19 @@ def add_commands(sub: Sub[argparse.ArgumentParser], common: argparse.ArgumentPar
         "istio-system): Gateways selecting it open their ports on --gateway-address",
     )
     p.add_argument("--gateway-address", default="127.0.0.1", help="where gateway ports bind")
+    p.add_argument(
+        "--address",
+        default="127.0.0.1",
+        help="this host's address: instances are registered with it and their sidecars' "
+        "inbound ports bind there, so that other hosts reach them",
+    )
+    p.add_argument(
+        "--locality",
+        default="",
+        metavar="REGION/ZONE/SUBZONE",
+        help="this node's locality; an instance's labels topology.kubernetes.io/region, "
+        "topology.kubernetes.io/zone, topology.istio.io/subzone (or istio-locality) win",
+    )
     p.set_defaults(handler=run_node)
     p = sub.add_parser("logs", parents=[common, state], help="an application's log")
     p.add_argument("workload", help="a Workload (all its instances) or one instance")
@@ -85,23 +99,35 @@ def _state(args: argparse.Namespace) -> Path:
 
 
 def run_node(args: argparse.Namespace) -> int:
-    from pilotfish.agent.bootstrap import XdsServer
+    from pilotfish.agent.bootstrap import Placement, XdsServer
     from pilotfish.agent.gateway import GatewaySpec
     from pilotfish.agent.node import NodeAgent
+    from pilotfish.model.locality import check_locality
 
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    gateway = GatewaySpec(address=args.gateway_address) if args.gateway else None
     config = load_client_config(args.server)
     # The sidecars present the agent's own token to the ADS server (needed off loopback).
     try:
         xds = XdsServer.parse(args.xds, config.token or "")
     except ValueError as e:
         raise NodeError(f"--xds: {e}") from e
-    agent = NodeAgent(
-        Client(config.server, config.token), args.node_name, _state(args), xds, gateway
+    try:
+        ipaddress.ip_address(args.address)
+    except ValueError as e:
+        raise NodeError(f"--address: {e}") from e
+    try:
+        placement = Placement(args.address, check_locality(args.locality))
+    except ValueError as e:
+        raise NodeError(f"--locality: {e}") from e
+    gateway = (
+        GatewaySpec(address=args.gateway_address, locality=placement.locality)
+        if args.gateway
+        else None
     )
+    client = Client(config.server, config.token)
+    agent = NodeAgent(client, args.node_name, _state(args), xds, gateway, placement)
     print(f"node {args.node_name}: running workloads, state in {_state(args)}", flush=True)
     agent.run(stop)
     return 0

@@ -197,6 +197,11 @@ class Snapshot:
             g for g in self.gateways if g.selector and labels_match(g.selector, proxy.labels)
         )
 
+    @property
+    def failover_labels(self) -> tuple[str, ...]:
+        """The labels any `failoverPriority` names (the mesh's or a DestinationRule's)."""
+        return self._index.failover_labels
+
     def label_scope(self, labels: Labels) -> tuple[bool, ...]:
         """Which of the config's label selectors (Sidecar and Gateway
         selectors, sourceLabels) pick `labels`: all that translation can learn
@@ -224,6 +229,7 @@ class _Index:
     instances_by_name: Mapping[tuple[str, str], tuple[Instance, ...]]
     served: Mapping[tuple[str, str, int], tuple[Service, ...]]  # (ns, address, port)
     label_selectors: tuple[Labels, ...]  # every non-empty one the config holds
+    failover_labels: tuple[str, ...]  # labels any localityLbSetting.failoverPriority names
 
     @classmethod
     def of(cls, snap: Snapshot) -> _Index:
@@ -260,6 +266,7 @@ class _Index:
             instances_by_name={k: tuple(v) for k, v in by_name.items()},
             served=_served(snap),
             label_selectors=_label_selectors(snap),
+            failover_labels=_failover_labels(snap),
         )
 
     def view(self, namespace: str, sidecar: Sidecar | None) -> ProxyView:
@@ -362,6 +369,19 @@ def _label_selectors(snap: Snapshot) -> tuple[Labels, ...]:
             found.append(MappingProxyType(dict(selector)))
     unique = {tuple(sorted(s.items())): s for s in found}
     return tuple(unique[k] for k in sorted(unique))
+
+
+def _failover_labels(snap: Snapshot) -> tuple[str, ...]:
+    """What of a caller's labels its endpoints' priorities can depend on."""
+    policies: list[Obj | None] = [{"loadBalancer": dict(snap.mesh_config)}]
+    for rule in snap.destination_rules:
+        for policy in (rule.traffic_policy, *(s.traffic_policy for s in rule.subsets)):
+            policies += [policy, *((policy or {}).get("portLevelSettings") or [])]
+    names: set[str] = set()
+    for policy in policies:
+        setting = ((policy or {}).get("loadBalancer") or {}).get("localityLbSetting") or {}
+        names.update(str(p).partition("=")[0] for p in setting.get("failoverPriority") or [])
+    return tuple(sorted(names))
 
 
 def _gateway_names(vs: VirtualService) -> list[str]:

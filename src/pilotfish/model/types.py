@@ -141,6 +141,7 @@ class Proxy:
     workload: str = ""
     ip: str = "127.0.0.1"
     metadata: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    locality: str = ""  # region/zone/subzone, from the Node's locality
 
     @property
     def instance_name(self) -> str:

@@ -30,6 +30,7 @@ from pilotfish.api.names import (
     qualified_name_errors,
 )
 from pilotfish.model import Instance
+from pilotfish.model.locality import check_locality
 from pilotfish.periodic import Periodic
 
 DEFAULT_TTL_S = 3.0
@@ -171,12 +172,19 @@ def instance_from_json(body: Mapping[str, Any]) -> tuple[Instance, float]:
             _text(body, "serviceAccount") or "default", "serviceAccount", dns1123_subdomain_errors
         ),
         healthy=healthy,
-        locality=_text(body, "locality"),
+        locality=_locality(_text(body, "locality")),
         app_ports=_ports(body, "appPorts"),
         app_address=_address(_text(body, "appAddress") or "127.0.0.1", "appAddress"),
         metrics_port=_port(body, "metricsPort"),
     )
     return instance, float(ttl)
+
+
+def _locality(text: str) -> str:
+    try:
+        return check_locality(text)
+    except ValueError as e:
+        raise InvalidRegistration(f"locality: {e}") from e
 
 
 def instance_to_json(lease: Lease, now: float) -> dict[str, Any]:

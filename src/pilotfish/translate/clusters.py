@@ -7,7 +7,9 @@ Sidecars and gateways get Istio's auto mTLS (see mtls.py): TLS to endpoints
 with a sidecar, plaintext to others; `trafficPolicy.tls` mode ISTIO_MUTUAL
 or DISABLE overrides it; SIMPLE and MUTUAL originate TLS with the files it
 names (a credentialName's Secret is not served yet: its connections fail).
-Locality load balancing, warmup and PASSTHROUGH are not translated either.
+Locality load balancing is weighted by locality where Istio turns it on
+(locality.py); the priorities themselves are per caller, in EDS. Warmup and
+PASSTHROUGH are not translated.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from google.protobuf.wrappers_pb2 import UInt32Value, UInt64Value
 from pilotfish.model import Instance, Proxy, ProxyType, Service, ServicePort, Snapshot
 from pilotfish.objects import Obj
 from pilotfish.translate import mtls, names
+from pilotfish.translate.locality import locality_policy
 from pilotfish.translate.protos import ads, duration, pack, socket_address
 from pilotfish.translate.traffic_policy import cluster_policy
 
@@ -96,6 +99,8 @@ def translate_outbound_cluster(
         out.eds_cluster_config.service_name = name
         out.eds_cluster_config.eds_config.CopyFrom(ads())
     _apply_load_balancer(out, policy.get("loadBalancer") or {})
+    if locality_policy(snapshot.mesh_config, policy).weighted:
+        out.common_lb_config.locality_weighted_lb_config.SetInParent()
     if proxy.type is ProxyType.GRPC:
         _apply_grpc_circuit_breaker(out, policy.get("connectionPool") or {})
         return out
@@ -106,7 +111,7 @@ def translate_outbound_cluster(
     # Even with no connectionPool: Istio gives every cluster maximal thresholds,
     # where Envoy's defaults (3 retries in flight) would fail requests under load.
     _apply_connection_pool(out, options, policy.get("connectionPool") or {})
-    if policy.get("outlierDetection"):
+    if policy.get("outlierDetection") is not None:  # `{}` too: Envoy's defaults, as in Istio
         _apply_outlier_detection(out, policy["outlierDetection"])
     if options.ListFields():
         out.typed_extension_protocol_options[HTTP_OPTIONS].CopyFrom(pack(options))

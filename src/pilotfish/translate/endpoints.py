@@ -2,13 +2,14 @@
 
 Endpoints are grouped by locality, and every locality carries a weight (the
 sum of its endpoints' weights): gRPC's xDS client drops localities without
-one. Every requested cluster gets an assignment, an empty one when nothing
-serves it, so that a proxy learns a set became empty.
+one. Priorities and weights then follow the caller's locality (locality.py),
+so two proxies in different places get different assignments. Every
+requested cluster gets an assignment, an empty one when nothing serves it,
+so that a proxy learns a set became empty.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Iterable, Sequence
 
 from envoy.config.cluster.v3.cluster_pb2 import Cluster
@@ -19,8 +20,18 @@ from google.protobuf.wrappers_pb2 import UInt32Value
 
 from pilotfish.model import Endpoint, Proxy, Snapshot
 from pilotfish.model.config import labels_match
+from pilotfish.model.locality import split_locality
 from pilotfish.translate import names
 from pilotfish.translate.clusters import translate_clusters
+from pilotfish.translate.locality import (
+    Caller,
+    LocalityGroup,
+    LocalityPolicy,
+    apply_locality_lb,
+    caller,
+    cluster_locality_policy,
+    group_by_locality,
+)
 from pilotfish.translate.mtls import endpoint_metadata
 from pilotfish.translate.protos import socket_address
 
@@ -32,12 +43,15 @@ def translate_endpoints(
     when None), sorted by name; names that are not outbound clusters are skipped."""
     wanted = eds_cluster_names(snapshot, proxy) if cluster_names is None else cluster_names
     out = []
+    who = caller(snapshot, proxy)
     for name in sorted(set(wanted)):
         parsed = names.parse_cluster(name)
         if parsed is None or parsed.direction != names.OUTBOUND:
             continue
-        endpoints = cluster_endpoints(snapshot, proxy, parsed.host, parsed.port, parsed.subset)
-        out.append(translate_load_assignment(name, endpoints))
+        host, port, subset = parsed.host, parsed.port, parsed.subset
+        endpoints = cluster_endpoints(snapshot, proxy, host, port, subset)
+        policy = cluster_locality_policy(snapshot, proxy, host, port, subset)
+        out.append(translate_load_assignment(name, endpoints, who, policy))
     return out
 
 
@@ -63,18 +77,22 @@ def cluster_endpoints(
     return [e for e in endpoints if labels_match(found.labels, e.labels)]
 
 
-def translate_load_assignment(name: str, endpoints: Sequence[Endpoint]) -> ClusterLoadAssignment:
-    by_locality: dict[str, list[Endpoint]] = defaultdict(list)
-    for e in endpoints:
-        by_locality[e.locality].append(e)
+def translate_load_assignment(
+    name: str,
+    endpoints: Sequence[Endpoint],
+    who: Caller | None = None,
+    policy: LocalityPolicy | None = None,
+) -> ClusterLoadAssignment:
+    groups = group_by_locality(endpoints)
+    if who is not None and policy is not None:
+        groups = apply_locality_lb(groups, who, policy)
     return ClusterLoadAssignment(
-        cluster_name=name,
-        endpoints=[translate_locality(loc, by_locality[loc]) for loc in sorted(by_locality)],
+        cluster_name=name, endpoints=[translate_locality(g) for g in groups]
     )
 
 
-def translate_locality(locality: str, endpoints: list[Endpoint]) -> ec.LocalityLbEndpoints:
-    region, zone, sub_zone = [*locality.split("/"), "", "", ""][:3]
+def translate_locality(group: LocalityGroup) -> ec.LocalityLbEndpoints:
+    region, zone, sub_zone = split_locality(group.locality)
     return ec.LocalityLbEndpoints(
         locality=base_pb2.Locality(region=region, zone=zone, sub_zone=sub_zone),
         lb_endpoints=[
@@ -84,7 +102,8 @@ def translate_locality(locality: str, endpoints: list[Endpoint]) -> ec.LocalityL
                 load_balancing_weight=UInt32Value(value=max(e.weight, 1)),
                 metadata=endpoint_metadata(e),
             )
-            for e in sorted(endpoints, key=lambda e: (e.address, e.port))
+            for e in sorted(group.endpoints, key=lambda e: (e.address, e.port))
         ],
-        load_balancing_weight=UInt32Value(value=sum(max(e.weight, 1) for e in endpoints)),
+        load_balancing_weight=UInt32Value(value=group.weight),
+        priority=group.priority,
     )

@@ -13,6 +13,8 @@ functions read, directly or through Snapshot lookups:
   Sidecar, domains, sourceNamespace), and of its labels only which of the
   config's selectors pick them (Sidecar selection, sourceLabels, gateways):
   sidecars of different workloads still share their routes;
+- endpoints: those, and the caller's locality and the values of the labels
+  that `failoverPriority` settings name (locality.py);
 - clusters: those, and the instances the sidecar fronts (inbound clusters);
 - listeners: those, and the metadata that places listeners (OUTBOUND_ADDRESS,
   OUTBOUND_PORT, BIND_ADDRESS).
@@ -28,6 +30,7 @@ from collections.abc import Hashable
 from enum import StrEnum
 
 from pilotfish.model import Proxy, Snapshot
+from pilotfish.translate.locality import caller
 
 LISTENER_METADATA = ("OUTBOUND_ADDRESS", "OUTBOUND_PORT", "BIND_ADDRESS")
 
@@ -43,8 +46,11 @@ class Kind(StrEnum):
 def scope_key(snapshot: Snapshot, proxy: Proxy, kind: Kind) -> Hashable:
     """The key under which `kind` translated for `proxy` may be shared."""
     common = (proxy.type, proxy.namespace, snapshot.label_scope(proxy.labels))
-    if kind in (Kind.ROUTES, Kind.ENDPOINTS, Kind.OUTBOUND_CLUSTERS):
+    if kind in (Kind.ROUTES, Kind.OUTBOUND_CLUSTERS):
         return common
+    if kind is Kind.ENDPOINTS:
+        who = caller(snapshot, proxy)
+        return (*common, who.locality, tuple(who.labels.get(n) for n in snapshot.failover_labels))
     own = tuple((i.namespace, i.name) for i in snapshot.own_instances(proxy))
     if kind is Kind.CLUSTERS:
         return (*common, own)

@@ -2,10 +2,11 @@
 
 Node ids follow Istio's `TYPE~IP~NAME.NAMESPACE~NAMESPACE.svc.cluster.local`;
 metadata uses Istio's keys (NAMESPACE, LABELS, WORKLOAD_NAME, NAME,
-INSTANCE_IPS). A gRPC client is proxyless when its node id's type is
-`proxyless`, its metadata says `GENERATOR: grpc` (Istio's proxyless
-bootstrap), or its user agent is gRPC's own: it then gets api_listeners
-named after its targets instead of a sidecar's socket listeners.
+INSTANCE_IPS); its locality is the Node's `locality`. A gRPC client is
+proxyless when its node id's type is `proxyless`, its metadata says
+`GENERATOR: grpc` (Istio's proxyless bootstrap), or its user agent is
+gRPC's own: it then gets api_listeners named after its targets instead of
+a sidecar's socket listeners.
 """
 
 from __future__ import annotations
@@ -36,7 +37,14 @@ def proxy_from_node(node: Node, peer_ip: str = "127.0.0.1") -> Proxy:
         metadata=MappingProxyType(
             {k: str(v) for k, v in metadata.items() if isinstance(v, str | int | float | bool)}
         ),
+        locality=_locality(node),
     )
+
+
+def _locality(node: Node) -> str:
+    """region/zone/subzone as Istio writes it; trailing empty parts dropped."""
+    loc = node.locality
+    return "/".join((loc.region, loc.zone, loc.sub_zone)).rstrip("/")
 
 
 def _proxy_type(node: Node, metadata: Mapping[str, Any], id_type: str) -> ProxyType:
