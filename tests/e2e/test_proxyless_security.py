@@ -1,0 +1,240 @@
+"""Proxyless gRPC security with grpcio itself as the referee: `pilotfish
+grpc-agent` writes each workload's xDS bootstrap and its certificate from
+the mesh CA; an xDS-enabled grpcio server (`grpc.server(xds=True)`) and a
+proxyless client (`xds:///`, `xds_channel_credentials`) then talk mutual TLS
+as a DestinationRule and a PeerAuthentication say, and the server enforces
+AuthorizationPolicy through gRPC's own RBAC filter (gRFC A41)."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+from mesh_processes import XdsControlPlane, wait_until
+from processes import REPO, free_port
+
+APPS = Path(__file__).with_name("grpc_secure_apps.py")
+HOST = "secure.default.svc.cluster.local"
+SERVER_ID = "spiffe://cluster.local/ns/default/sa/default"
+CLIENT_ID = "spiffe://cluster.local/ns/default/sa/sleep"
+SETTLE_S = 0.6  # > the ADS debounce (0.1 s) plus a push
+
+BASE = """
+apiVersion: v1
+kind: Service
+metadata: {name: secure}
+spec:
+  selector: {app: secure}
+  ports: [{name: grpc, port: 7070}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: secure}
+spec:
+  host: secure
+  trafficPolicy: {tls: {mode: ISTIO_MUTUAL}}
+"""
+
+
+def peer_authentication(mode: str) -> str:
+    return f"""
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {{name: secure}}
+spec:
+  selector: {{matchLabels: {{app: secure}}}}
+  mtls: {{mode: {mode}}}
+"""
+
+
+@dataclass
+class Mesh:
+    plane: XdsControlPlane
+    port: int  # the xDS-enabled server's
+    client_dir: Path
+    server_dir: Path
+
+    def apply(self, manifest: str) -> None:
+        done = self.plane.cli("apply", "-f", "-", stdin=manifest)
+        assert done.returncode == 0, done.stderr
+        time.sleep(SETTLE_S)
+
+    def delete(self, kind: str, name: str) -> None:
+        done = self.plane.cli("delete", kind, name)
+        assert done.returncode == 0, done.stderr
+        time.sleep(SETTLE_S)
+
+    def call(self, method: str = "Call", calls: int = 1, plaintext: bool = False) -> Any:
+        target = f"127.0.0.1:{self.port}" if plaintext else f"xds:///{HOST}:7070"
+        args = ["call", "--target", target, "--method", method, "--calls", str(calls)]
+        done = subprocess.run(
+            [sys.executable, str(APPS), *args, *(["--plaintext"] if plaintext else [])],
+            env={**self.plane.env, "GRPC_XDS_BOOTSTRAP": str(self.client_dir / "bootstrap.json")},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+
+
+def grpc_agent(
+    plane: XdsControlPlane, name: str, account: str, directory: Path, labels: dict[str, str]
+) -> subprocess.Popen[str]:
+    token = plane.cli("create", "token", account)
+    assert token.returncode == 0, token.stderr
+    token_file = directory.parent / f"{name}.token"
+    token_file.write_text(token.stdout.strip())
+    label_args = [a for k, v in labels.items() for a in ("--label", f"{k}={v}")]
+    agent = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pilotfish",
+            "grpc-agent",
+            name,
+            "--service-account",
+            account,
+            *label_args,
+            "--xds",
+            f"127.0.0.1:{plane.xds_port}",
+            "--dir",
+            str(directory),
+            "--ca-token-file",
+            str(token_file),
+        ],
+        env=plane.env,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    plane.children.append(agent)
+    assert agent.stdout is not None
+    assert agent.stdout.readline().startswith("bootstrap: "), "grpc-agent wrote no bootstrap"
+    line = agent.stdout.readline()
+    assert line.startswith("certificate: serial "), line
+    return agent
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
+    tmp = tmp_path_factory.mktemp("proxyless-security")
+    env = {**os.environ, "HOME": str(tmp / "home"), "PILOTFISH_CONFIG": str(tmp / "config.yaml")}
+    for var in ("PILOTFISH_SERVER", "PILOTFISH_TOKEN", "GRPC_XDS_BOOTSTRAP"):
+        env.pop(var, None)
+    plane = XdsControlPlane(tmp / "data", free_port(), env, xds_port=free_port())
+    try:
+        plane.start()
+        found = Mesh(plane, free_port(), tmp / "client", tmp / "server")
+        found.apply(BASE + "---" + peer_authentication("STRICT"))
+        grpc_agent(plane, "secure-0", "default", found.server_dir, {"app": "secure"})
+        grpc_agent(plane, "sleep-0", "sleep", found.client_dir, {"app": "sleep"})
+        server = subprocess.Popen(
+            [sys.executable, str(APPS), "serve", "--port", str(found.port)],
+            env={**env, "GRPC_XDS_BOOTSTRAP": str(found.server_dir / "bootstrap.json")},
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        plane.children.append(server)
+        assert server.stdout is not None and server.stdout.readline().strip() == "serving"
+        plane.children.append(plane.register("secure-0", found.port, {"app": "secure"}))
+        wait_until(
+            lambda: len(plane.get("/api/v1/registry/instances")["items"]) == 1,
+            10,
+            "the server did not register",
+        )
+        yield found
+    finally:
+        plane.stop_all()
+
+
+def test_grpc_agent_writes_a_bootstrap_and_a_mesh_certificate(mesh: Mesh) -> None:
+    bootstrap = json.loads((mesh.server_dir / "bootstrap.json").read_text())
+    provider = bootstrap["certificate_providers"]["default"]
+    assert provider["plugin_name"] == "file_watcher"
+    assert provider["config"]["private_key_file"] == str(mesh.server_dir / "key.pem")
+    assert bootstrap["server_listener_resource_name_template"] == (
+        "xds.istio.io/grpc/lds/inbound/%s"
+    )
+    assert stat.S_IMODE((mesh.server_dir / "key.pem").stat().st_mode) == 0o600
+    (leaf,) = x509.load_pem_x509_certificates((mesh.server_dir / "cert-chain.pem").read_bytes())
+    san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.UniformResourceIdentifier) == [SERVER_ID]
+    root = x509.load_pem_x509_certificate((mesh.server_dir / "root-cert.pem").read_bytes())
+    leaf.verify_directly_issued_by(root)
+
+
+def test_mutual_tls_and_the_server_sees_the_clients_spiffe_id(mesh: Mesh) -> None:
+    answer = mesh.call(calls=3)
+    assert answer["errors"] == {}, answer
+    for reply in answer["replies"]:
+        auth = reply["auth"]
+        assert auth["transport_security_type"] == ["tls"], auth
+        assert CLIENT_ID in auth["x509_subject_alternative_name"], auth
+
+
+def test_a_plaintext_client_is_refused_by_a_strict_server(mesh: Mesh) -> None:
+    answer = mesh.call(plaintext=True, calls=2)
+    assert answer["replies"] == [] and answer["errors"] == {"UNAVAILABLE": 2}, answer
+
+
+def test_permissive_serves_plaintext_as_istio_builds_it_for_proxyless(mesh: Mesh) -> None:
+    mesh.apply(peer_authentication("PERMISSIVE") + "---" + BASE.replace("ISTIO_MUTUAL", "DISABLE"))
+    try:
+        wait_until(lambda: mesh.call(plaintext=True)["errors"] == {}, 10, "plaintext refused")
+        (reply,) = mesh.call(plaintext=True)["replies"]
+        assert reply["auth"].get("transport_security_type") != ["tls"], reply
+        assert mesh.call()["errors"] == {}  # the proxyless client follows DISABLE
+    finally:
+        mesh.apply(peer_authentication("STRICT") + "---" + BASE)
+    wait_until(lambda: mesh.call(plaintext=True)["replies"] == [], 10, "STRICT not back")
+
+
+def test_authorization_deny_by_path_and_by_principal(mesh: Mesh) -> None:
+    mesh.apply(
+        """
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: no-secrets}
+spec:
+  selector: {matchLabels: {app: secure}}
+  action: DENY
+  rules: [{to: [{operation: {paths: [/pilotfish.test.Echo/Secret]}}]}]
+"""
+    )
+    wait_until(
+        lambda: mesh.call("Secret")["errors"] == {"PERMISSION_DENIED": 1}, 10, "Secret not denied"
+    )
+    assert mesh.call("Call", calls=3)["errors"] == {}
+    mesh.delete("authorizationpolicy", "no-secrets")
+    wait_until(lambda: mesh.call("Secret")["errors"] == {}, 10, "Secret still denied")
+    mesh.apply(
+        """
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: not-sleep}
+spec:
+  selector: {matchLabels: {app: secure}}
+  action: DENY
+  rules: [{from: [{source: {principals: [cluster.local/ns/default/sa/sleep]}}]}]
+"""
+    )
+    try:
+        wait_until(
+            lambda: mesh.call("Call")["errors"] == {"PERMISSION_DENIED": 1},
+            10,
+            "the sleep principal was not denied",
+        )
+    finally:
+        mesh.delete("authorizationpolicy", "not-sleep")
