@@ -185,6 +185,7 @@ def test_mutual_tls_and_the_server_sees_the_clients_spiffe_id(mesh: Mesh) -> Non
 
 
 def test_a_plaintext_client_is_refused_by_a_strict_server(mesh: Mesh) -> None:
+    assert mesh.call()["errors"] == {}  # serving, to mesh clients
     answer = mesh.call(plaintext=True, calls=2)
     assert answer["replies"] == [] and answer["errors"] == {"UNAVAILABLE": 2}, answer
 
