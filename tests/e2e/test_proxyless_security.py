@@ -28,6 +28,7 @@ HOST = "secure.default.svc.cluster.local"
 SERVER_ID = "spiffe://cluster.local/ns/default/sa/default"
 CLIENT_ID = "spiffe://cluster.local/ns/default/sa/sleep"
 SETTLE_S = 0.6  # > the ADS debounce (0.1 s) plus a push
+CERT_TTL_S = 10  # short, so every test runs across renewals (at half-life: every ~5 s)
 
 BASE = """
 apiVersion: v1
@@ -112,6 +113,8 @@ def grpc_agent(
             str(directory),
             "--ca-token-file",
             str(token_file),
+            "--refresh-interval",
+            "1s",
         ],
         env=plane.env,
         cwd=REPO,
@@ -133,7 +136,8 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     env = {**os.environ, "HOME": str(tmp / "home"), "PILOTFISH_CONFIG": str(tmp / "config.yaml")}
     for var in ("PILOTFISH_SERVER", "PILOTFISH_TOKEN", "GRPC_XDS_BOOTSTRAP"):
         env.pop(var, None)
-    plane = XdsControlPlane(tmp / "data", free_port(), env, xds_port=free_port())
+    ttl = ("--workload-cert-ttl", f"{CERT_TTL_S}s")
+    plane = XdsControlPlane(tmp / "data", free_port(), env, xds_port=free_port(), args=ttl)
     try:
         plane.start()
         found = Mesh(plane, free_port(), tmp / "client", tmp / "server")
@@ -182,6 +186,22 @@ def test_mutual_tls_and_the_server_sees_the_clients_spiffe_id(mesh: Mesh) -> Non
         auth = reply["auth"]
         assert auth["transport_security_type"] == ["tls"], auth
         assert CLIENT_ID in auth["x509_subject_alternative_name"], auth
+
+
+def serial(pem_file: Path) -> int:
+    return x509.load_pem_x509_certificates(pem_file.read_bytes())[0].serial_number
+
+
+def test_renewal_at_half_life_replaces_the_files_and_fails_no_call(mesh: Mesh) -> None:
+    chain = mesh.client_dir / "cert-chain.pem"
+    first, presented = serial(chain), set()
+    deadline = time.monotonic() + CERT_TTL_S * 0.8  # past the next half-life
+    while time.monotonic() < deadline:
+        answer = mesh.call()
+        assert answer["errors"] == {}, answer
+        presented.add(answer["replies"][0]["auth"]["x509_pem_cert"][0])
+    assert serial(chain) != first
+    assert len(presented) >= 2, "the server saw one client certificate only"
 
 
 def test_a_plaintext_client_is_refused_by_a_strict_server(mesh: Mesh) -> None:
