@@ -8,7 +8,6 @@ AuthorizationPolicy through gRPC's own RBAC filter (gRFC A41)."""
 from __future__ import annotations
 
 import json
-import os
 import stat
 import subprocess
 import sys
@@ -20,8 +19,8 @@ from typing import Any
 
 import pytest
 from cryptography import x509
-from mesh_processes import XdsControlPlane, wait_until
-from processes import REPO, free_port
+from mesh_processes import XdsControlPlane, wait_until, xds_plane
+from processes import free_port
 
 APPS = Path(__file__).with_name("grpc_secure_apps.py")
 HOST = "secure.default.svc.cluster.local"
@@ -97,30 +96,21 @@ def grpc_agent(
     token_file = directory.parent / f"{name}.token"
     token_file.write_text(token.stdout.strip())
     label_args = [a for k, v in labels.items() for a in ("--label", f"{k}={v}")]
-    agent = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "pilotfish",
-            "grpc-agent",
-            name,
-            "--service-account",
-            account,
-            *label_args,
-            "--xds",
-            f"127.0.0.1:{plane.xds_port}",
-            "--dir",
-            str(directory),
-            "--ca-token-file",
-            str(token_file),
-            "--refresh-interval",
-            "1s",
-        ],
-        env=plane.env,
-        cwd=REPO,
+    agent = plane.pilotfish(
+        "grpc-agent",
+        name,
+        "--service-account",
+        account,
+        *label_args,
+        "--xds",
+        f"127.0.0.1:{plane.xds_port}",
+        "--dir",
+        str(directory),
+        "--ca-token-file",
+        str(token_file),
+        "--refresh-interval",
+        "1s",
         stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
     )
     plane.children.append(agent)
     assert agent.stdout is not None
@@ -133,11 +123,7 @@ def grpc_agent(
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     tmp = tmp_path_factory.mktemp("proxyless-security")
-    env = {**os.environ, "HOME": str(tmp / "home"), "PILOTFISH_CONFIG": str(tmp / "config.yaml")}
-    for var in ("PILOTFISH_SERVER", "PILOTFISH_TOKEN", "GRPC_XDS_BOOTSTRAP"):
-        env.pop(var, None)
-    ttl = ("--workload-cert-ttl", f"{CERT_TTL_S}s")
-    plane = XdsControlPlane(tmp / "data", free_port(), env, xds_port=free_port(), args=ttl)
+    plane = xds_plane(tmp, "--workload-cert-ttl", f"{CERT_TTL_S}s")
     try:
         plane.start()
         found = Mesh(plane, free_port(), tmp / "client", tmp / "server")
@@ -146,7 +132,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
         grpc_agent(plane, "sleep-0", "sleep", found.client_dir, {"app": "sleep"})
         server = subprocess.Popen(
             [sys.executable, str(APPS), "serve", "--port", str(found.port)],
-            env={**env, "GRPC_XDS_BOOTSTRAP": str(found.server_dir / "bootstrap.json")},
+            env={**plane.env, "GRPC_XDS_BOOTSTRAP": str(found.server_dir / "bootstrap.json")},
             stdout=subprocess.PIPE,
             text=True,
         )
@@ -222,18 +208,20 @@ def test_permissive_serves_plaintext_as_istio_builds_it_for_proxyless(mesh: Mesh
     wait_until(lambda: mesh.call(plaintext=True)["replies"] == [], 10, "STRICT not back")
 
 
-def test_authorization_deny_by_path_and_by_principal(mesh: Mesh) -> None:
-    mesh.apply(
-        """
+def deny(name: str, rule: str) -> str:
+    return f"""
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
-metadata: {name: no-secrets}
+metadata: {{name: {name}}}
 spec:
-  selector: {matchLabels: {app: secure}}
+  selector: {{matchLabels: {{app: secure}}}}
   action: DENY
-  rules: [{to: [{operation: {paths: [/pilotfish.test.Echo/Secret]}}]}]
+  rules: [{rule}]
 """
-    )
+
+
+def test_authorization_deny_by_path_and_by_principal(mesh: Mesh) -> None:
+    mesh.apply(deny("no-secrets", "{to: [{operation: {paths: [/pilotfish.test.Echo/Secret]}}]}"))
     wait_until(
         lambda: mesh.call("Secret")["errors"] == {"PERMISSION_DENIED": 1}, 10, "Secret not denied"
     )
@@ -241,15 +229,7 @@ spec:
     mesh.delete("authorizationpolicy", "no-secrets")
     wait_until(lambda: mesh.call("Secret")["errors"] == {}, 10, "Secret still denied")
     mesh.apply(
-        """
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: not-sleep}
-spec:
-  selector: {matchLabels: {app: secure}}
-  action: DENY
-  rules: [{from: [{source: {principals: [cluster.local/ns/default/sa/sleep]}}]}]
-"""
+        deny("not-sleep", "{from: [{source: {principals: [cluster.local/ns/default/sa/sleep]}}]}")
     )
     try:
         wait_until(
