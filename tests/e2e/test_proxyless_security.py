@@ -239,3 +239,15 @@ def test_authorization_deny_by_path_and_by_principal(mesh: Mesh) -> None:
         )
     finally:
         mesh.delete("authorizationpolicy", "not-sleep")
+
+
+def test_the_server_acks_its_listener_and_proxy_config_shows_it(mesh: Mesh) -> None:
+    status = mesh.plane.cli("proxy-status")
+    assert status.returncode == 0, status.stderr
+    (row,) = [line for line in status.stdout.splitlines() if "secure-0" in line]
+    assert "SYNCED" in row and "NACK" not in row and "STALE" not in row, status.stdout
+    listeners = mesh.plane.cli("proxy-config", "listeners", "secure-0.default")
+    assert listeners.returncode == 0, listeners.stderr
+    name = f"xds.istio.io/grpc/lds/inbound/0.0.0.0:{mesh.port}"
+    (shown,) = [line.split() for line in listeners.stdout.splitlines() if name in line]
+    assert shown == [name, "0.0.0.0", str(mesh.port), "HTTP", "Route:", f"inbound|http|{mesh.port}"]
