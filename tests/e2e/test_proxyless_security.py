@@ -89,9 +89,16 @@ class Mesh:
 
 
 def grpc_agent(
-    plane: XdsControlPlane, name: str, account: str, directory: Path, labels: dict[str, str]
+    plane: XdsControlPlane,
+    name: str,
+    account: str,
+    directory: Path,
+    labels: dict[str, str],
+    token_of: str = "",
 ) -> subprocess.Popen[str]:
-    token = plane.cli("create", "token", account)
+    """`pilotfish grpc-agent` holding `account`'s identity, with the token of
+    `token_of` (default: the same account), once its bootstrap is written."""
+    token = plane.cli("create", "token", token_of or account)
     assert token.returncode == 0, token.stderr
     token_file = directory.parent / f"{name}.token"
     token_file.write_text(token.stdout.strip())
@@ -115,9 +122,13 @@ def grpc_agent(
     plane.children.append(agent)
     assert agent.stdout is not None
     assert agent.stdout.readline().startswith("bootstrap: "), "grpc-agent wrote no bootstrap"
+    return agent
+
+
+def certified(agent: subprocess.Popen[str]) -> None:
+    assert agent.stdout is not None
     line = agent.stdout.readline()
     assert line.startswith("certificate: serial "), line
-    return agent
 
 
 @pytest.fixture(scope="module")
@@ -128,8 +139,8 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
         plane.start()
         found = Mesh(plane, free_port(), tmp / "client", tmp / "server")
         found.apply(BASE + "---" + peer_authentication("STRICT"))
-        grpc_agent(plane, "secure-0", "default", found.server_dir, {"app": "secure"})
-        grpc_agent(plane, "sleep-0", "sleep", found.client_dir, {"app": "sleep"})
+        certified(grpc_agent(plane, "secure-0", "default", found.server_dir, {"app": "secure"}))
+        certified(grpc_agent(plane, "sleep-0", "sleep", found.client_dir, {"app": "sleep"}))
         server = subprocess.Popen(
             [sys.executable, str(APPS), "serve", "--port", str(found.port)],
             env={**plane.env, "GRPC_XDS_BOOTSTRAP": str(found.server_dir / "bootstrap.json")},
@@ -172,6 +183,17 @@ def test_mutual_tls_and_the_server_sees_the_clients_spiffe_id(mesh: Mesh) -> Non
         auth = reply["auth"]
         assert auth["transport_security_type"] == ["tls"], auth
         assert CLIENT_ID in auth["x509_subject_alternative_name"], auth
+
+
+def test_a_token_gets_no_certificate_for_another_identity(mesh: Mesh, tmp_path: Path) -> None:
+    directory = tmp_path / "thief"
+    agent = grpc_agent(mesh.plane, "thief-0", "default", directory, {}, token_of="sleep")
+    assert agent.stdout is not None
+    refused = agent.stdout.readline()
+    agent.terminate()
+    agent.wait(timeout=10)
+    assert "PERMISSION_DENIED" in refused and f"may not hold {SERVER_ID}" in refused, refused
+    assert not (directory / "key.pem").exists() and not (directory / "cert-chain.pem").exists()
 
 
 def serial(pem_file: Path) -> int:
