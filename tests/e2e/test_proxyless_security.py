@@ -74,8 +74,10 @@ class Mesh:
         assert done.returncode == 0, done.stderr
         time.sleep(SETTLE_S)
 
-    def call(self, method: str = "Call", calls: int = 1, plaintext: bool = False) -> Any:
-        target = f"127.0.0.1:{self.port}" if plaintext else f"xds:///{HOST}:7070"
+    def call(
+        self, method: str = "Call", calls: int = 1, plaintext: bool = False, target: str = ""
+    ) -> Any:
+        target = target or (f"127.0.0.1:{self.port}" if plaintext else f"xds:///{HOST}:7070")
         args = ["call", "--target", target, "--method", method, "--calls", str(calls)]
         done = subprocess.run(
             [sys.executable, str(APPS), *args, *(["--plaintext"] if plaintext else [])],
@@ -273,3 +275,74 @@ def test_the_server_acks_its_listener_and_proxy_config_shows_it(mesh: Mesh) -> N
     name = f"xds.istio.io/grpc/lds/inbound/0.0.0.0:{mesh.port}"
     (shown,) = [line.split() for line in listeners.stdout.splitlines() if name in line]
     assert shown == [name, "0.0.0.0", str(mesh.port), "HTTP", "Route:", f"inbound|http|{mesh.port}"]
+
+
+NODE_MESH = f"""
+apiVersion: v1
+kind: Service
+metadata: {{name: node-secure}}
+spec:
+  selector: {{app: node-secure}}
+  ports: [{{name: grpc, port: 7071}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: node-secure}}
+spec:
+  host: node-secure
+  trafficPolicy: {{tls: {{mode: ISTIO_MUTUAL}}}}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {{name: node-secure}}
+spec:
+  selector: {{matchLabels: {{app: node-secure}}}}
+  mtls: {{mode: STRICT}}
+---
+apiVersion: pilotfish.dev/v1alpha1
+kind: Workload
+metadata:
+  name: node-secure
+  annotations: {{inject.istio.io/templates: grpc-agent}}
+spec:
+  labels: {{app: node-secure}}
+  serviceAccountName: node-secure
+  command: [python3, {APPS}, serve, --port, $(PORT)]
+  ports: [{{name: grpc, port: 7071}}]
+"""
+
+
+def test_the_node_agent_runs_a_proxyless_workload_with_grpc_agent(
+    mesh: Mesh, tmp_path: Path
+) -> None:
+    mesh.apply(NODE_MESH)
+    agent = mesh.plane.pilotfish(
+        "node", "--state-dir", str(tmp_path / "node"), "--xds", f"127.0.0.1:{mesh.plane.xds_port}"
+    )
+    target = "xds:///node-secure.default.svc.cluster.local:7071"
+    try:
+        wait_until(lambda: mesh.call(target=target)["errors"] == {}, 60, "never served")
+        (reply,) = mesh.call(target=target)["replies"]
+        assert reply["auth"]["transport_security_type"] == ["tls"], reply
+        assert CLIENT_ID in reply["auth"]["x509_subject_alternative_name"], reply
+        (instance,) = [
+            i
+            for i in mesh.plane.get("/api/v1/registry/instances")["items"]
+            if i["workload"] == "node-secure"
+        ]
+        # callers reach the app itself; only ISTIO_MUTUAL sends it TLS
+        assert instance["ports"] == instance["appPorts"], instance
+        assert instance["labels"] == {"app": "node-secure"}, instance
+        assert instance["serviceAccount"] == "node-secure"
+        (directory,) = (tmp_path / "node" / "instances" / "default").iterdir()
+        chain = x509.load_pem_x509_certificates(
+            (directory / "grpc" / "cert-chain.pem").read_bytes()
+        )
+        san = chain[0].extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        assert san.get_values_for_type(x509.UniformResourceIdentifier) == [
+            "spiffe://cluster.local/ns/default/sa/node-secure"
+        ]
+    finally:
+        mesh.plane.cli("delete", "workload", "node-secure")
+        agent.terminate()
+        agent.wait(timeout=30)

@@ -26,11 +26,17 @@ from typing import Any
 from pilotfish.agent.bootstrap import SidecarIdentity, XdsServer, node_id
 from pilotfish.ca.workload import key_pem, pem
 from pilotfish.config import write_private
+from pilotfish.objects import Obj
 from pilotfish.proxy.sds import Issued
 from pilotfish.translate.proxyless import PROVIDER_INSTANCE, SERVER_LISTENER_TEMPLATE
 
 CERT_CHAIN, KEY, ROOT_CERT = "cert-chain.pem", "key.pem", "root-cert.pem"  # istio-agent's names
 BOOTSTRAP = "bootstrap.json"
+# Istio's annotation choosing what is injected beside an application; a
+# Workload whose value lists `grpc-agent` runs proxyless: no sidecar, this
+# agent's bootstrap and certificates instead.
+INJECT_TEMPLATES = "inject.istio.io/templates"
+GRPC_AGENT = "grpc-agent"
 
 
 @dataclass(frozen=True)
@@ -53,6 +59,25 @@ class ProxylessWorkload:
             app_containers="",
             address=self.address,
         )
+
+
+def is_proxyless(workload: Obj) -> bool:
+    annotations = (workload.get("metadata") or {}).get("annotations") or {}
+    templates = str(annotations.get(INJECT_TEMPLATES) or "")
+    return GRPC_AGENT in (t.strip() for t in templates.split(","))
+
+
+def grpc_agent_args(
+    who: SidecarIdentity, xds: XdsServer, directory: Path, token_file: Path
+) -> list[str]:
+    """`pilotfish grpc-agent`'s arguments for an instance the node agent runs."""
+    args = [GRPC_AGENT, who.instance, "--namespace", who.namespace, "--workload", who.workload]
+    args += ["--service-account", who.service_account, "--address", who.address]
+    args += ["--xds", f"{xds.host}:{xds.port}", "--dir", str(directory)]
+    args += ["--ca-token-file", str(token_file)]
+    for key, value in sorted(who.labels.items()):
+        args += ["--label", f"{key}={value}"]
+    return args
 
 
 def grpc_bootstrap(
