@@ -5,6 +5,7 @@ a proxyless grpcio client whose xDS bootstrap points at the control plane."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -55,26 +56,27 @@ class XdsControlPlane(ControlPlane):
 
     def register(self, name: str, port: int, labels: dict[str, str]) -> subprocess.Popen[str]:
         label_args = [a for k, v in labels.items() for a in ("--label", f"{k}={v}")]
+        return self.pilotfish(
+            "register",
+            name,
+            "--port",
+            f"grpc={port}",
+            "--workload",
+            name.rsplit("-", 1)[0],
+            *label_args,
+            "--ttl",
+            "2",
+            "--heartbeat",
+        )
+
+    def pilotfish(self, *args: str, stdout: Any = subprocess.DEVNULL) -> subprocess.Popen[str]:
+        """A long-running `pilotfish` command (a child of the test, not tracked)."""
         return subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "pilotfish",
-                "register",
-                name,
-                "--port",
-                f"grpc={port}",
-                "--workload",
-                name.rsplit("-", 1)[0],
-                *label_args,
-                "--ttl",
-                "2",
-                "--heartbeat",
-            ],
+            [sys.executable, "-m", "pilotfish", *args],
             env=self.env,
             cwd=REPO,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stdout=stdout,
+            stderr=subprocess.DEVNULL if stdout is subprocess.DEVNULL else subprocess.STDOUT,
             text=True,
         )
 
@@ -89,6 +91,15 @@ class XdsControlPlane(ControlPlane):
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
             self.process.wait(timeout=15)
+
+
+def xds_plane(tmp: Path, *args: str) -> XdsControlPlane:
+    """A control plane of its own in `tmp` (home, CLI config, data), with an
+    xDS port; `args`: more `pilotfish controlplane` flags."""
+    env = {**os.environ, "HOME": str(tmp / "home"), "PILOTFISH_CONFIG": str(tmp / "config.yaml")}
+    for var in ("PILOTFISH_SERVER", "PILOTFISH_TOKEN", "GRPC_XDS_BOOTSTRAP"):
+        env.pop(var, None)
+    return XdsControlPlane(tmp / "data", free_port(), env, xds_port=free_port(), args=args)
 
 
 def bootstrap(path: Path, xds_port: int, node_id: str) -> Path:

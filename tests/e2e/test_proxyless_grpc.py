@@ -6,15 +6,13 @@ weight change taking effect in a running client."""
 from __future__ import annotations
 
 import itertools
-import os
 import signal
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from mesh_processes import GrpcClient, XdsControlPlane, bootstrap, wait_until
-from processes import free_port
+from mesh_processes import GrpcClient, XdsControlPlane, bootstrap, wait_until, xds_plane
 
 TARGET = "xds:///echo.default.svc.cluster.local:7070"
 FLAKY = "xds:///flaky.default.svc.cluster.local:7071"
@@ -64,15 +62,7 @@ spec:
 
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[XdsControlPlane]:
-    tmp = tmp_path_factory.mktemp("proxyless")
-    env = {
-        **os.environ,
-        "HOME": str(tmp / "home"),
-        "PILOTFISH_CONFIG": str(tmp / "config.yaml"),
-    }
-    for var in ("PILOTFISH_SERVER", "PILOTFISH_TOKEN", "GRPC_XDS_BOOTSTRAP"):
-        env.pop(var, None)
-    plane = XdsControlPlane(tmp / "data", free_port(), env, xds_port=free_port())
+    plane = xds_plane(tmp_path_factory.mktemp("proxyless"))
     try:
         plane.start()
         apply(plane, BASE)

@@ -38,6 +38,7 @@ from pilotfish.agent.bootstrap import Placement, SidecarIdentity, XdsServer, sid
 from pilotfish.agent.lifecycle import Lifecycle, Status
 from pilotfish.agent.ports import PortAllocator
 from pilotfish.agent.probes import check
+from pilotfish.agent.proxyless import CERT_CHAIN, grpc_agent_args
 from pilotfish.agent.spec import Resolved
 from pilotfish.agent.tokens import TOKEN_FILE, ProjectedToken, TokenClient
 from pilotfish.api.gotypes import rfc3339
@@ -90,6 +91,7 @@ class Instance:
     xds: XdsServer
     client: InstanceClient
     placement: Placement = field(default_factory=Placement)
+    proxyless: bool = False  # grpc-agent beside the app instead of a sidecar (agent/proxyless.py)
     created: float = field(default_factory=time.monotonic)
     state: Lifecycle | None = None
     app: Process | None = None
@@ -146,6 +148,7 @@ class Instance:
             "template": self.template,
             "spec": self.spec,
             "ports": asdict(self.ports),
+            "proxyless": self.proxyless,
             "createdAt": time.time() - (time.monotonic() - self.created),
         }
         (self.directory / RECORD).write_text(json.dumps(record))
@@ -261,7 +264,12 @@ class Instance:
         working = self.spec.get("workingDir")
         return str(Path(working).resolve()) if working else str(self.directory)
 
-    def _start_app(self) -> lc.Event:
+    def _start_app(self) -> lc.Event | None:
+        if self.proxyless and not self._sidecar_ready():
+            # Held until grpc-agent wrote the certificate (Istio's
+            # holdApplicationUntilProxyStarts): gRPC would read no files and
+            # retry only every refresh interval. The next tick asks again.
+            return None
         assert self._resolved is not None
         resolved = self._resolved
         log = (self.directory / "app.log").open("ab")
@@ -283,6 +291,13 @@ class Instance:
         return lc.AppStarted(rfc3339(time.time()))
 
     def _start_sidecar(self) -> None:
+        if self.proxyless:
+            args = grpc_agent_args(
+                self.identity(), self.xds, self.grpc_dir, self.directory / TOKEN_FILE
+            )
+            self.sidecar = spawn_pilotfish(args, self.directory / "sidecar.log")
+            self._write_pids()
+            return
         path = self.directory / "bootstrap.yaml"
         config = sidecar_bootstrap(
             self.identity(),
@@ -300,7 +315,14 @@ class Instance:
         if error:
             self.status.last_error = error
 
+    @property
+    def grpc_dir(self) -> Path:
+        """A proxyless instance's bootstrap and certificate files."""
+        return self.directory / "grpc"
+
     def _sidecar_ready(self) -> bool:
+        if self.proxyless:  # the app can start its xDS client once its certificate is there
+            return (self.grpc_dir / CERT_CHAIN).is_file()
         url = f"http://127.0.0.1:{self.ports.admin}/ready"
         try:
             with _DIRECT.open(url, timeout=1) as response:
@@ -330,11 +352,12 @@ class Instance:
             workload=self.workload,
             labels=dict(self.spec["labels"]),
             service_account=self.spec.get("serviceAccountName", "default"),
-            ports=self.ports.inbound,
+            # Callers reach a proxyless app itself, and only ISTIO_MUTUAL sends it TLS.
+            ports=self.ports.app if self.proxyless else self.ports.inbound,
             app_ports=self.ports.app,
-            metrics_port=self.ports.admin,
+            metrics_port=0 if self.proxyless else self.ports.admin,
             healthy=healthy,
-            mtls=True,  # its sidecar always holds a certificate (--ca-token-file)
+            mtls=not self.proxyless,  # a sidecar always holds a certificate (--ca-token-file)
             address=self.placement.address,
             locality=self.placement.locality_for(self.spec["labels"]),
         )
@@ -355,17 +378,15 @@ def spawn_proxy(
     bootstrap: Path, log_path: Path, extra_args: Sequence[str] = ()
 ) -> subprocess.Popen[bytes]:
     """`pilotfish proxy` in a session of its own, output appended to `log_path`."""
+    return spawn_pilotfish(["proxy", "--bootstrap", str(bootstrap), *extra_args], log_path)
+
+
+def spawn_pilotfish(args: Sequence[str], log_path: Path) -> subprocess.Popen[bytes]:
+    """A `pilotfish` command beside an app (its proxy or grpc-agent), in a
+    session of its own, output appended to `log_path`."""
     with log_path.open("ab") as log:
         return subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "pilotfish",
-                "proxy",
-                "--bootstrap",
-                str(bootstrap),
-                *extra_args,
-            ],
+            [sys.executable, "-m", "pilotfish", *args],
             env=proxy_free_env(os.environ),
             stdin=subprocess.DEVNULL,
             stdout=log,

@@ -35,6 +35,7 @@ from pilotfish.agent.bootstrap import Placement, XdsServer
 from pilotfish.agent.gateway import GatewayProxy, GatewaySpec
 from pilotfish.agent.instance import RECORD, Instance, Ports
 from pilotfish.agent.ports import PortAllocator
+from pilotfish.agent.proxyless import BOOTSTRAP, GRPC_AGENT, INJECT_TEMPLATES, is_proxyless
 from pilotfish.agent.spec import ConfigData, SpecError, config_data, resolve
 from pilotfish.agent.spec import template_hash as hash_of
 from pilotfish.api.errors import ApiError
@@ -183,6 +184,7 @@ class NodeAgent:
             xds=self.xds,
             client=self.client,
             placement=self.placement,
+            proxyless=bool(record.get("proxyless")),
             created=time.monotonic() - age,
         )
         try:
@@ -205,7 +207,9 @@ class NodeAgent:
             self.instances.pop(key, None)
             return
         spec = workload["spec"]
-        template = hash_of(spec, configs)
+        proxyless = is_proxyless(workload)
+        # The injection is part of what an instance runs: changing it rolls the instances.
+        template = hash_of({**spec, INJECT_TEMPLATES: GRPC_AGENT} if proxyless else spec, configs)
         self._templates[key] = template
         views = [
             planning.View(i.name, i.template, i.status.ready, i.created) for i in current.values()
@@ -219,10 +223,12 @@ class NodeAgent:
         )
         self._stop_all(key, decided.stop)
         for _ in range(decided.start):
-            if not self._start(key, spec, template, configs):
+            if not self._start(key, spec, template, configs, proxyless):
                 break
 
-    def _start(self, key: Key, spec: Obj, template: str, configs: ConfigData) -> bool:
+    def _start(
+        self, key: Key, spec: Obj, template: str, configs: ConfigData, proxyless: bool
+    ) -> bool:
         namespace, workload = key
         name = f"{workload}-{template[:5]}-{secrets.token_hex(3)}"
         ports = Ports.allocate([p["name"] for p in spec.get("ports") or []], self.ports)
@@ -237,6 +243,7 @@ class NodeAgent:
             xds=self.xds,
             client=self.client,
             placement=self.placement,
+            proxyless=proxyless,
         )
         try:
             resolved = resolve(spec, instance_env(instance, os.environ), configs)
@@ -365,9 +372,9 @@ def workload_status(
 
 def instance_env(instance: Instance, base: Any) -> dict[str, str]:
     """What every app gets besides its spec's env: its ports, its sidecar as
-    its HTTP proxy, who it is; the agent's own Python first on PATH (so
-    `python3` in a command is the one pilotfish runs on), and never the
-    agent's token or proxy settings."""
+    its HTTP proxy (a proxyless one: GRPC_XDS_BOOTSTRAP), who it is; the
+    agent's own Python first on PATH (so `python3` in a command is the one
+    pilotfish runs on), and never the agent's token or proxy settings."""
     env = {
         k: v
         for k, v in base.items()
@@ -376,9 +383,12 @@ def instance_env(instance: Instance, base: Any) -> dict[str, str]:
     }
     python_dir = str(Path(sys.executable).parent)
     env["PATH"] = os.pathsep.join([python_dir, env.get("PATH", os.defpath)])
-    proxy = f"http://127.0.0.1:{instance.ports.outbound}"
-    env.update(HTTP_PROXY=proxy, http_proxy=proxy, NO_PROXY="localhost,127.0.0.1")
-    env["no_proxy"] = env["NO_PROXY"]
+    if instance.proxyless:  # it reads xDS itself: no sidecar to send HTTP through
+        env["GRPC_XDS_BOOTSTRAP"] = str(instance.grpc_dir / BOOTSTRAP)
+    else:
+        proxy = f"http://127.0.0.1:{instance.ports.outbound}"
+        env.update(HTTP_PROXY=proxy, http_proxy=proxy, NO_PROXY="localhost,127.0.0.1")
+        env["no_proxy"] = env["NO_PROXY"]
     for i, (name, port) in enumerate(instance.ports.app.items()):
         if i == 0:
             env["PORT"] = str(port)
@@ -396,7 +406,8 @@ def instance_env(instance: Instance, base: Any) -> dict[str, str]:
 def _markers(directory: Path) -> dict[str, str]:
     """What shows that a recorded pid is still the process started for the
     instance in `directory` (sidecar first, then app)."""
-    return {"sidecar": str(directory / "bootstrap.yaml"), "app": f"POD_NAME={directory.name}"}
+    # The sidecar's --bootstrap, or a proxyless grpc-agent's --dir, lies in the directory.
+    return {"sidecar": f"{directory}{os.sep}", "app": f"POD_NAME={directory.name}"}
 
 
 def stop_leftovers(state_dir: Path, keep: set[Path] | None = None) -> int:

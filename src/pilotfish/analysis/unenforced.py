@@ -153,6 +153,7 @@ def _present(obj: Obj, row: Unenforced) -> bool:
 HONOURED_ANNOTATIONS: dict[str, tuple[str, ...]] = {
     "networking.istio.io/exportTo": ("Service",),
     "istio.io/dry-run": ("AuthorizationPolicy",),  # shadow rules
+    "inject.istio.io/templates": ("Workload",),  # grpc-agent: a proxyless instance
     "galley.istio.io/analyze-suppress": (),  # analysis itself; any kind
 }
 

@@ -23,6 +23,7 @@ from pilotfish.cli import (
     mesh,
     node,
     patch,
+    proxyless,
     rollout,
     stat,
     terminal,
@@ -94,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     stat.add_commands(sub, common)
     dashboard.add_commands(sub, common)
     token.add_commands(sub)
+    proxyless.add_commands(sub)
     discovery.add_commands(sub, common)
     patch.add_commands(sub, common)
     return parser

@@ -20,7 +20,7 @@ import asyncio
 import datetime
 import logging
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,10 +72,17 @@ class Issued:
 
 
 class WorkloadCertificates:
-    def __init__(self, ca_targets: Sequence[str], spiffe_id: str, token_file: Path) -> None:
+    def __init__(
+        self,
+        ca_targets: Sequence[str],
+        spiffe_id: str,
+        token_file: Path,
+        on_issued: Callable[[Issued], None] | None = None,
+    ) -> None:
         self.ca_targets = tuple(ca_targets)  # the control-plane replicas, the last good first
         self.spiffe_id = spiffe_id
         self.token_file = token_file
+        self.on_issued = on_issued  # e.g. write the files a proxyless gRPC workload reads
         self.current: Issued | None = None
         self.ready = asyncio.Event()
         self.last_error = ""
@@ -101,6 +108,8 @@ class WorkloadCertificates:
                 delay = min(delay * 2, RETRY_MAX_S)
                 continue
             delay, self.last_error = RETRY_FIRST_S, ""
+            if self.on_issued is not None:
+                self.on_issued(self.current)
             self.ready.set()
             leaf = self.current.leaf
             log.info(

@@ -3,7 +3,8 @@ a proxy may reach, one more per DestinationRule subset, each with its merged
 traffic policy; and for a sidecar, `inbound|PORT||` per port of its own
 instance, pointing at the application behind it.
 
-Sidecars and gateways get Istio's auto mTLS (see mtls.py): TLS to endpoints
+Sidecars and gateways get Istio's auto mTLS (see mtls.py; proxyless gRPC
+clients what of it gRPC understands, see proxyless.py): TLS to endpoints
 with a sidecar, plaintext to others; `trafficPolicy.tls` mode ISTIO_MUTUAL
 or DISABLE overrides it; SIMPLE and MUTUAL originate TLS with the files it
 names (a credentialName's Secret is not served yet: its connections fail).
@@ -28,6 +29,7 @@ from pilotfish.objects import Obj
 from pilotfish.translate import mtls, names
 from pilotfish.translate.locality import locality_policy
 from pilotfish.translate.protos import ads, duration, pack, socket_address
+from pilotfish.translate.proxyless import apply_grpc_tls
 from pilotfish.translate.traffic_policy import cluster_policy
 
 DEFAULT_CONNECT_TIMEOUT = "10s"  # Istio's mesh default connectTimeout
@@ -103,6 +105,7 @@ def translate_outbound_cluster(
         out.common_lb_config.locality_weighted_lb_config.SetInParent()
     if proxy.type is ProxyType.GRPC:
         _apply_grpc_circuit_breaker(out, policy.get("connectionPool") or {})
+        apply_grpc_tls(out, snapshot, service, port.port, subset, policy.get("tls") or {})
         return out
     out.connect_timeout.CopyFrom(duration(DEFAULT_CONNECT_TIMEOUT))
     options = hpo.HttpProtocolOptions()
@@ -123,16 +126,15 @@ def _apply_tls(
     out: Cluster, snapshot: Snapshot, service: Service, port: int, subset: str, tls: Obj
 ) -> None:
     """Auto mTLS, unless the DestinationRule's `tls` says otherwise."""
-    mode = str(tls.get("mode") or "")
-    if mode in ("SIMPLE", "MUTUAL"):
+    decision = mtls.outbound_tls(snapshot, service, port, subset, tls)
+    if decision.mode is mtls.Outbound.ORIGINATE:
         origination = mtls.origination_tls(tls, service.hostname)
         out.transport_socket.CopyFrom(mtls.transport_socket(origination))
         return
-    if mode == "DISABLE":
+    if decision.mode is mtls.Outbound.PLAINTEXT:
         return
-    sans = tls.get("subjectAltNames") or mtls.service_identities(snapshot, service, port)
-    context = mtls.upstream_tls(tls.get("sni") or mtls.sni(port, subset, service.hostname), sans)
-    if mode == "ISTIO_MUTUAL":
+    context = mtls.upstream_tls(decision.sni, decision.sans)
+    if decision.mode is mtls.Outbound.MUTUAL:
         out.transport_socket.CopyFrom(mtls.transport_socket(context))
     else:
         out.transport_socket_matches.extend(mtls.auto_mtls_matches(context))

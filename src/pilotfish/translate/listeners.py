@@ -8,7 +8,8 @@
   the port's PeerAuthentication mode (mtls.py).
 - gateway: one listener per port of its Gateways' plain-HTTP servers, RDS `http.PORT`.
 - proxyless gRPC: one api_listener per service port, named `HOST:PORT` as the
-  client's `xds:///HOST:PORT` target names it.
+  client's `xds:///HOST:PORT` target names it; and for an xDS-enabled server,
+  the server listeners it asks for by name (proxyless.py).
 
 Every HTTP filter chain ends with the router; fault and CORS come before it,
 so their per-route configs apply. Inbound (and gateway) chains start with the
@@ -17,6 +18,8 @@ AUDIT, DENY and ALLOW RBAC filters, as Istio orders them.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 from envoy.config.core.v3 import base_pb2
 from envoy.config.listener.v3 import api_listener_pb2, listener_components_pb2
@@ -39,10 +42,9 @@ from pilotfish.translate import mtls, names
 from pilotfish.translate.authz import translate_proxy_authz_http
 from pilotfish.translate.jwt import applicable, translate_jwt_filter
 from pilotfish.translate.protos import ads, duration, pack, socket_address
+from pilotfish.translate.proxyless import translate_server_listeners
 from pilotfish.translate.routes import gateway_http_ports
 
-HCM_FILTER = "envoy.filters.network.http_connection_manager"
-ROUTER_FILTER = "envoy.filters.http.router"
 FAULT_FILTER = "envoy.filters.http.fault"
 CORS_FILTER = "envoy.filters.http.cors"
 TLS_INSPECTOR = "envoy.filters.listener.tls_inspector"
@@ -50,9 +52,13 @@ OUTBOUND_ADDRESS = "127.0.0.1"
 OUTBOUND_PORT = 15001
 
 
-def translate_listeners(snapshot: Snapshot, proxy: Proxy) -> list[Listener]:
+def translate_listeners(
+    snapshot: Snapshot, proxy: Proxy, names: Iterable[str] = ()
+) -> list[Listener]:
+    """`names`: what the proxy asked for; a gRPC server's listeners exist only by name."""
     if proxy.type is ProxyType.GRPC:
         out = translate_grpc_listeners(snapshot, proxy)
+        out += translate_server_listeners(snapshot, proxy, names)
     elif proxy.type is ProxyType.ROUTER:
         out = translate_gateway_listeners(snapshot, proxy)
     else:
@@ -69,7 +75,9 @@ def http_filters(
     if not proxyless:
         chain.append(hcm_pb2.HttpFilter(name=CORS_FILTER, typed_config=pack(cors_pb2.Cors())))
     chain.append(hcm_pb2.HttpFilter(name=FAULT_FILTER, typed_config=pack(fault_pb2.HTTPFault())))
-    chain.append(hcm_pb2.HttpFilter(name=ROUTER_FILTER, typed_config=pack(router_pb2.Router())))
+    chain.append(
+        hcm_pb2.HttpFilter(name=names.ROUTER_FILTER, typed_config=pack(router_pb2.Router()))
+    )
     return chain
 
 
@@ -93,7 +101,9 @@ def _listener(
         filter_chains=[
             listener_components_pb2.FilterChain(
                 filters=[
-                    listener_components_pb2.Filter(name=HCM_FILTER, typed_config=pack(manager))
+                    listener_components_pb2.Filter(
+                        name=names.HCM_FILTER, typed_config=pack(manager)
+                    )
                 ]
             )
         ],

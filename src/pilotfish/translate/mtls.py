@@ -22,6 +22,7 @@ The TLS contexts name the SDS secrets istio-agent serves (`default`,
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from enum import StrEnum
 
 from envoy.config.cluster.v3.cluster_pb2 import Cluster
@@ -151,6 +152,39 @@ def service_identities(snapshot: Snapshot, service: Service, port: int) -> list[
             if e.service_account
         }
     )
+
+
+class Outbound(StrEnum):
+    """What a cluster does about TLS."""
+
+    ORIGINATE = "ORIGINATE"  # DestinationRule SIMPLE or MUTUAL: TLS to the app's own server
+    PLAINTEXT = "PLAINTEXT"  # DestinationRule DISABLE
+    MUTUAL = "MUTUAL"  # DestinationRule ISTIO_MUTUAL: mesh mTLS to every endpoint
+    AUTO = "AUTO"  # no DestinationRule tls: mesh mTLS to endpoints with a sidecar
+
+
+@dataclass(frozen=True)
+class OutboundTls:
+    mode: Outbound
+    sni: str = ""
+    sans: tuple[str, ...] = ()  # the identities the server must present
+
+
+def outbound_tls(
+    snapshot: Snapshot, service: Service, port: int, subset: str, tls: Obj
+) -> OutboundTls:
+    """The one decision of a cluster's TLS, for sidecars and proxyless
+    clients alike: the DestinationRule's `tls` mode if it sets one, else auto
+    mTLS; mesh TLS expects the rule's subjectAltNames, else the service's
+    identities."""
+    mode = str(tls.get("mode") or "")
+    if mode in ("SIMPLE", "MUTUAL"):
+        return OutboundTls(Outbound.ORIGINATE)
+    if mode == "DISABLE":
+        return OutboundTls(Outbound.PLAINTEXT)
+    sans = tuple(tls.get("subjectAltNames") or service_identities(snapshot, service, port))
+    name = str(tls.get("sni") or sni(port, subset, service.hostname))
+    return OutboundTls(Outbound.MUTUAL if mode == "ISTIO_MUTUAL" else Outbound.AUTO, name, sans)
 
 
 def upstream_tls(sni_name: str, sans: Iterable[str]) -> tls_pb2.UpstreamTlsContext:

@@ -8,6 +8,8 @@ OUTBOUND = "outbound"
 INBOUND = "inbound"
 HTTP_PROXY_ROUTE = "http_proxy"  # the sidecar's outbound route table, all services and ports
 DEFAULT_ROUTE = "default"
+HCM_FILTER = "envoy.filters.network.http_connection_manager"
+ROUTER_FILTER = "envoy.filters.http.router"
 
 
 class ClusterName(NamedTuple):

@@ -110,7 +110,7 @@ def _translate(
     snapshot: Snapshot, proxy: Proxy, type_url: str, names: frozenset[str]
 ) -> Sequence[Message]:
     if type_url == types.LISTENER:
-        return translate_listeners(snapshot, proxy)
+        return translate_listeners(snapshot, proxy, names)
     if type_url == types.CLUSTER:
         return translate_clusters(snapshot, proxy)
     if type_url == types.ROUTE:
