@@ -42,6 +42,7 @@ from pilotfish.controlplane.identity import CaOptions, TokenApi, add_ca_flags, c
 from pilotfish.controlplane.jwks import JwksResolver, start_jwks_resolver
 from pilotfish.controlplane.loadtester_api import LoadTesterApi
 from pilotfish.controlplane.mesh_api import MeshApi
+from pilotfish.controlplane.traces_api import TracesApi
 from pilotfish.dashboard.api import DashboardApi, Metrics
 from pilotfish.dashboard.config import config_rows
 from pilotfish.dashboard.prometheus import PrometheusMetrics
@@ -55,6 +56,8 @@ from pilotfish.store.backends import STORE_FILE, StoreOptions, open_backend
 from pilotfish.store.etcd import EtcdBackend
 from pilotfish.store.resources import ResourceStore
 from pilotfish.store.types import Backend
+from pilotfish.tracing import jaeger
+from pilotfish.tracing.store import TRACES_FILE, SpanStore
 from pilotfish.xds.limits import DEFAULT_LIMITS, Limits
 from pilotfish.xds.server import DEFAULT_LISTEN as DEFAULT_XDS_LISTEN
 from pilotfish.xds.server import AdsServer, BindError
@@ -92,6 +95,7 @@ class ControlPlane:
         self.analysis: StatusWriter | None = None
         self.jwks: JwksResolver | None = None
         self.sampler: MeshSampler | None = None
+        self.spans: SpanStore | None = None
 
     def __repr__(self) -> str:
         return f"ControlPlane({self.server.url}, data_dir={str(self.data_dir)!r})"
@@ -124,6 +128,7 @@ class ControlPlane:
             backend = open_backend(options, data_dir)
             store = ResourceStore(backend, validate=validate_or_raise, default=with_defaults)
             plane = cls(server, store, data_dir)
+            plane.spans = SpanStore(data_dir / TRACES_FILE)
             service_tokens = tokens.load_or_create(data_dir)
             if xds_listen is not None:
                 plane.ca = open_ca(store, data_dir, token, service_tokens, ca or CaOptions())
@@ -137,9 +142,12 @@ class ControlPlane:
                 TokenApi(service_tokens),
                 AnalyzeApi(store),
                 loadtester,
+                TracesApi(plane.spans),
                 plane._start_dashboard(prometheus),
             )
-            auth = Authenticator(token, data_dir=data_dir, anonymous_reads=anonymous_reads)
+            auth = Authenticator(
+                token, data_dir=data_dir, anonymous_reads=anonymous_reads, workloads=service_tokens
+            )
             server.api = Api(store, auth, analyze=warnings_for, extension=extensions)
             write_client_config(ClientConfig(server.url, token), config_path)
         except BaseException as e:
@@ -205,7 +213,21 @@ class ControlPlane:
         def canaries(namespace: str | None) -> list[Obj]:
             return store.list("flagger.app", "Canary", namespace)[0]
 
-        return DashboardApi(metrics, self.instances.instances, canaries, lambda: config_rows(store))
+        return DashboardApi(
+            metrics,
+            self.instances.instances,
+            canaries,
+            lambda: config_rows(store),
+            trace=self._trace,
+        )
+
+    def _trace(self, trace_id: str) -> Obj | None:
+        assert self.spans is not None
+        try:
+            spans = self.spans.trace(jaeger.trace_id(trace_id))
+        except jaeger.BadQuery:
+            return None
+        return jaeger.trace(spans) if spans else None
 
     def close(self) -> None:
         """Stop what was started, newest first; safe on a half-open plane."""
@@ -226,6 +248,8 @@ class ControlPlane:
         if self.mesh is not None:
             self.mesh.stop()
         self.server.stop()
+        if self.spans is not None:
+            self.spans.close()
         self.store.close()
 
 
