@@ -16,8 +16,18 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 # A Bookinfo page load: (service, operation, kind, parent index or None)
 BOOKINFO_HOPS = [
-    ("istio-ingressgateway.istio-system", "productpage.default.svc.cluster.local:9080/productpage", SpanKind.CLIENT, None),
-    ("productpage.default", "productpage.default.svc.cluster.local:9080/productpage", SpanKind.SERVER, 0),
+    (
+        "istio-ingressgateway.istio-system",
+        "productpage.default.svc.cluster.local:9080/productpage",
+        SpanKind.CLIENT,
+        None,
+    ),
+    (
+        "productpage.default",
+        "productpage.default.svc.cluster.local:9080/productpage",
+        SpanKind.SERVER,
+        0,
+    ),
     ("productpage.default", "details.default.svc.cluster.local:9080/*", SpanKind.CLIENT, 1),
     ("details.default", "details.default.svc.cluster.local:9080/*", SpanKind.SERVER, 2),
     ("productpage.default", "reviews.default.svc.cluster.local:9080/*", SpanKind.CLIENT, 1),
