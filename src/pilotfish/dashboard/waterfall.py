@@ -103,18 +103,25 @@ def _row(
     x = LABEL_W + BAR_W * left
     w = max(BAR_W * share, 2)
     error = is_error(span)
-    label = f"{service}: {span['operationName']}"
+    indent = 6 + 12 * min(depth, 16)
+    label = _fit(f"{service}: {span['operationName']}", (LABEL_W - indent - 12) // 7)
     red = f' fill="{ERROR}"' if error else ""
     return (
         f'<g class="span" data-span-id="{escape(span["spanID"])}" '
         f'data-service="{escape(service)}" data-error="{str(error).lower()}">'
-        f'<text x="{6 + 12 * min(depth, 16)}" y="{y + 16}" class="span-label"{red}>'
-        f"{escape(label[:60])}</text>"
+        # the whole row takes the click, not only the text and the bar
+        f'<rect x="0" y="{y}" width="{LABEL_W + BAR_W + 90}" height="{ROW_H}" fill="transparent"/>'
+        f'<text x="{indent}" y="{y + 16}" class="span-label"{red}>{escape(label)}</text>'
         f'<rect x="{x:.1f}" y="{y + 4}" width="{w:.1f}" height="{ROW_H - 8}" rx="2" '
         f'fill="{colour}" stroke="{ERROR if error else colour}"/>'
         f'<text x="{x + w + 4:.1f}" y="{y + 16}" class="span-duration">'
         f"{format_us(span['duration'])}</text></g>"
     )
+
+
+def _fit(text: str, characters: int) -> str:
+    """Cut to about the label column's width (12px text is ~7px a character)."""
+    return text if len(text) <= characters else text[: characters - 1] + "\u2026"
 
 
 def format_us(us: float) -> str:
