@@ -21,6 +21,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from pilotfish.ca.tokens import ServiceAccountTokens
+from pilotfish.client import Client
 from pilotfish.controlplane.api import Api
 from pilotfish.controlplane.auth import Authenticator, create_read_only_token
 from pilotfish.controlplane.main import ControlPlane
@@ -362,3 +363,33 @@ def test_retention_by_count_age_and_bytes_and_a_restart_keeps_the_rest(tmp_path:
 
 def _all(store: SpanStore) -> list[list[dict[str, Any]]]:
     return store.find(Query(service="raw", limit=100))
+
+
+MESH_WITH_COLLECTOR = """
+extensionProviders:
+- name: otel
+  opentelemetry:
+    service: opentelemetry-collector.observability.svc.cluster.local
+    port: 4318
+    http: {path: /v1/traces, timeout: 5s}
+defaultProviders:
+  tracing: [otel]
+"""
+
+
+def test_a_mesh_collector_leaves_the_built_in_receiver_serving(
+    plane: ControlPlane, client: Client
+) -> None:
+    """Istio's `opentelemetry` extension provider sends the sidecars' spans to
+    a collector of the user's; the control plane keeps receiving whatever is
+    sent to it (applications, sidecars told to export here too)."""
+    mesh = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "istio", "namespace": "istio-system"},
+        "data": {"mesh": MESH_WITH_COLLECTOR},
+    }
+    client.apply(mesh)
+    sent = export_trace(plane.server.url + "/v1/traces")
+    status, found = get(f"{plane.server.url}/api/traces/{sent.trace_id}")
+    assert status == 200 and len(found["data"][0]["spans"]) == len(BOOKINFO_HOPS)

@@ -25,6 +25,7 @@ from pilotfish.cli import (
     patch,
     rollout,
     stat,
+    tap,
     terminal,
     token,
 )
@@ -92,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     node.add_commands(sub, common)
     rollout.add_commands(sub, common)
     stat.add_commands(sub, common)
+    tap.add_commands(sub, common)
     dashboard.add_commands(sub, common)
     token.add_commands(sub)
     discovery.add_commands(sub, common)

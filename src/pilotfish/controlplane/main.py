@@ -42,6 +42,7 @@ from pilotfish.controlplane.identity import CaOptions, TokenApi, add_ca_flags, c
 from pilotfish.controlplane.jwks import JwksResolver, start_jwks_resolver
 from pilotfish.controlplane.loadtester_api import LoadTesterApi
 from pilotfish.controlplane.mesh_api import MeshApi
+from pilotfish.controlplane.tap import TapHub
 from pilotfish.controlplane.traces_api import TracesApi
 from pilotfish.dashboard.api import DashboardApi, Metrics
 from pilotfish.dashboard.config import config_rows
@@ -96,6 +97,7 @@ class ControlPlane:
         self.jwks: JwksResolver | None = None
         self.sampler: MeshSampler | None = None
         self.spans: SpanStore | None = None
+        self.tap: TapHub | None = None
 
     def __repr__(self) -> str:
         return f"ControlPlane({self.server.url}, data_dir={str(self.data_dir)!r})"
@@ -143,6 +145,7 @@ class ControlPlane:
                 AnalyzeApi(store),
                 loadtester,
                 TracesApi(plane.spans),
+                plane.tap or TapHub(None),  # without xDS no sidecar connects: nothing to tap
                 plane._start_dashboard(prometheus),
             )
             auth = Authenticator(
@@ -175,7 +178,9 @@ class ControlPlane:
         self.jwks = start_jwks_resolver(self.store, self.mesh)
         if xds_listen is None:
             return
+        self.tap = TapHub(token)  # sidecars' tap streams, authenticated as their ADS streams
         services = [self.ca.handler()] if self.ca is not None else []
+        services.append(self.tap)
         self.ads = AdsServer(
             self.mesh.snapshot, xds_listen, token=token, limits=limits, services=services
         )
