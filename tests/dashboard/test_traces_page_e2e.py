@@ -7,16 +7,16 @@ its recent traces. Screenshots are saved under the test's tmp_path."""
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.controlplane.conftest import plane  # noqa: F401  (a real control plane, port 0)
 from tests.controlplane.otel_spans import BOOKINFO_HOPS, export_trace
 
 from pilotfish.controlplane.main import ControlPlane
 
-from .test_dashboard_e2e import CHROMIUM_ARGS
+from .test_dashboard_e2e import browser  # noqa: F401  (Debian's Chromium, headless)
 
 pytestmark = [
     pytest.mark.slow,
@@ -26,27 +26,14 @@ playwright = pytest.importorskip("playwright.sync_api")
 
 
 @pytest.fixture
-def plane(tmp_path: Path) -> Iterator[ControlPlane]:
-    running = ControlPlane.open(tmp_path / "data", "127.0.0.1:0", tmp_path / "config.yaml")
-    running.server.start()
-    yield running
-    running.close()
-
-
-@pytest.fixture
-def page(plane: ControlPlane) -> Iterator[Any]:
-    with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=shutil.which("chromium"), headless=True, args=CHROMIUM_ARGS
-        )
-        try:
-            yield browser.new_page(viewport={"width": 1200, "height": 900})
-        finally:
-            browser.close()
+def page(browser: Any) -> Any:  # noqa: F811  (the dashboard tests' Chromium)
+    return browser.new_page(viewport={"width": 1200, "height": 900})
 
 
 def test_the_traces_page_finds_a_trace_and_draws_every_span(
-    plane: ControlPlane, page: Any, tmp_path: Path
+    plane: ControlPlane,  # noqa: F811  (the fixture imported above)
+    page: Any,
+    tmp_path: Path,
 ) -> None:
     url = plane.server.url
     export_trace(url + "/v1/traces")  # an older, healthy page load
@@ -94,7 +81,10 @@ def test_the_traces_page_finds_a_trace_and_draws_every_span(
     page.screenshot(path=str(tmp_path / "workload-traces.png"), full_page=True)
 
 
-def test_a_bad_search_shows_jaegers_message(plane: ControlPlane, page: Any, tmp_path: Path) -> None:
+def test_a_bad_search_shows_jaegers_message(
+    plane: ControlPlane,  # noqa: F811  (the fixture imported above)
+    page: Any,
+) -> None:
     export_trace(plane.server.url + "/v1/traces")
     page.goto(plane.server.url + "/dashboard/#/traces?service=ratings.default&minDuration=fast")
     page.wait_for_selector("#results p.bad")

@@ -21,18 +21,10 @@ from typing import IO
 import pytest
 from mesh_processes import XdsControlPlane
 from processes import REPO, free_port
-from sidecar_mesh import Backend, Sidecar, SidecarMesh, curl, curl_many
+from sidecar_mesh import REVIEWS_SERVICE, Backend, Sidecar, SidecarMesh, curl, curl_many
 
 pytestmark = pytest.mark.slow
 
-SERVICE = """
-apiVersion: v1
-kind: Service
-metadata: {name: reviews, labels: {app: reviews}}
-spec:
-  selector: {app: reviews}
-  ports: [{name: http, port: 9080}]
-"""
 TAP_PATH = "/apis/tap.pilotfish.dev/v1alpha1/watch/namespaces/default/workloads/reviews-v1/tap"
 
 
@@ -66,7 +58,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     sidecars = SidecarMesh(plane, tmp)
     try:
         plane.start()
-        sidecars.apply(SERVICE)
+        sidecars.apply(REVIEWS_SERVICE)
         reviews, _ = sidecars.workload(
             "reviews-v1-0", {"app": "reviews", "version": "v1"}, Backend("reviews-v1")
         )

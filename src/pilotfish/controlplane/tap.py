@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 
 PREFIX = "/apis/tap.pilotfish.dev/v1alpha1/watch/namespaces/"
 QUEUE = 1000  # events waiting for a slow reader; more are dropped and counted
-MAX_MESSAGE = 4 * 1024 * 1024  # one message up from a sidecar
+HELLO_WITHIN_S = 10.0  # a stream that does not say which workload it is ends
 
 
 def _same(data: bytes) -> bytes:
@@ -127,13 +127,16 @@ class TapHub(grpc.GenericRpcHandler):  # type: ignore[misc]  # grpc ships no typ
     ) -> AsyncIterator[bytes]:
         try:
             authenticate(peer_ip(context.peer()), context.invocation_metadata() or (), self._token)
-            hello = json.loads(await anext(aiter(requests)))["hello"]
+            first = await asyncio.wait_for(anext(aiter(requests)), HELLO_WITHIN_S)
+            hello = json.loads(first)["hello"]
             session = _Session(
                 str(hello["node"]), str(hello["namespace"]), str(hello["workload"]),
                 asyncio.get_running_loop(),
             )  # fmt: skip
         except StreamRefused as e:
             await context.abort(grpc.StatusCode[e.code], str(e))
+        except TimeoutError:
+            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "no hello arrived in time")
         except (StopAsyncIteration, ValueError, KeyError, TypeError) as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"expected a hello: {e}")
         reader = asyncio.create_task(self._read(requests, session))
@@ -148,9 +151,7 @@ class TapHub(grpc.GenericRpcHandler):  # type: ignore[misc]  # grpc ships no typ
                 self._sessions.discard(session)
 
     async def _read(self, requests: AsyncIterator[bytes], session: _Session) -> None:
-        async for message in requests:
-            if len(message) > MAX_MESSAGE:
-                continue
+        async for message in requests:  # at most gRPC's 4 MiB each (the xDS port's limit)
             try:
                 batch = json.loads(message)
             except ValueError:

@@ -13,13 +13,12 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from pilotfish.objects import Obj
-from pilotfish.store.sqlite import _make_private
+from pilotfish.store.sqlite import _make_private, transaction
 from pilotfish.tracing.otlp import SpanRecord
 
 TRACES_FILE = "traces.db"
@@ -90,23 +89,12 @@ class SpanStore:
     def __repr__(self) -> str:
         return f"SpanStore({str(self.path)!r}, {self.retention})"
 
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._conn
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            self._conn.execute("COMMIT")
-
     def add(self, records: Iterable[SpanRecord]) -> int:
         """Store spans (a span seen before is kept as first seen); the number dropped
         because their trace is full."""
         dropped = 0
         now = self._clock()
-        with self._transaction() as db:
+        with transaction(self._conn, self._lock, "IMMEDIATE") as db:
             for r in records:
                 db.execute(
                     "INSERT OR IGNORE INTO traces (trace_id, received) VALUES (?, ?)",
