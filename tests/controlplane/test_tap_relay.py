@@ -114,3 +114,17 @@ def test_off_loopback_a_tap_needs_a_token(call: Caller, hub: TapHub) -> None:
         answer.stream.close()
     finally:
         loop.close()
+
+
+def test_a_sidecars_refusal_reaches_its_tap_and_junk_is_ignored(hub: TapHub) -> None:
+    sidecar, loop = session(hub)
+    try:
+        watch = hub.start("default", "reviews-v1", {"maxRps": 1.0})
+        for junk in ([1, 2], {"events": [3, {"taps": 5}]}, {"events": "x"}):
+            hub._deliver(junk, sidecar)
+        hub._deliver({"tap": watch.tap_id, "error": "this sidecar already serves 8 taps"}, sidecar)
+        assert lines(watch) == [
+            {"node": "sidecar~reviews-v1", "error": "this sidecar already serves 8 taps"}
+        ]
+    finally:
+        loop.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from pilotfish.client import Client
 from pilotfish.objects import Obj
@@ -43,6 +44,10 @@ def tap(args: argparse.Namespace) -> int:
     seen = 0
     namespace = args.namespace or "default"
     for event in Client.from_config(args.server).tap(namespace, args.workload, query):
+        if "error" in event:
+            print(f"error: the sidecar {event.get('node')} refused the tap: {event['error']}",
+                  file=sys.stderr, flush=True)  # fmt: skip
+            continue
         if "dropped" in event and "proxy" not in event:
             print(f"# {event['dropped']} requests dropped: the tap could not keep up", flush=True)
             continue

@@ -158,9 +158,15 @@ class TapHub(grpc.GenericRpcHandler):  # type: ignore[misc]  # grpc ships no typ
                 continue
             self._deliver(batch, session)
 
-    def _deliver(self, batch: Obj, session: _Session) -> None:
+    def _deliver(self, batch: Any, session: _Session) -> None:
+        """A message up from a sidecar: a batch of events, or its refusal of a tap."""
+        if not isinstance(batch, dict):
+            return
         if "error" in batch:
-            log.warning("tap on %s refused: %s", session.node, batch["error"])
+            log.warning("the sidecar %s refused a tap: %s", session.node, batch["error"])
+            refused = self._watches.get(str(batch.get("tap")))
+            if refused is not None:
+                refused.put({"node": session.node, "error": str(batch["error"])})
             return
         with self._lock:
             watches = list(self._watches.values())
@@ -169,9 +175,9 @@ class TapHub(grpc.GenericRpcHandler):  # type: ignore[misc]  # grpc ships no typ
             if isinstance(dropped, int) and dropped > 0 and session in watch.sessions:
                 watch.dropped += dropped
         for event in batch.get("events") or []:
-            taps = event.pop("taps", [])
-            for tap_id in taps:
-                found = self._watches.get(tap_id)
+            taps = event.pop("taps", []) if isinstance(event, dict) else []
+            for tap_id in taps if isinstance(taps, list) else []:
+                found = self._watches.get(str(tap_id))
                 if found is not None:
                     found.put({"node": session.node, **event})
 

@@ -29,7 +29,8 @@ MAX_SPANS_PER_TRACE = 10_000  # more are dropped, as the trace would not draw an
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS traces (
-    trace_id TEXT PRIMARY KEY, received REAL NOT NULL, spans INTEGER NOT NULL DEFAULT 0
+    trace_id TEXT PRIMARY KEY, received REAL NOT NULL, spans INTEGER NOT NULL DEFAULT 0,
+    bytes INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS traces_received ON traces(received);
 CREATE TABLE IF NOT EXISTS spans (
@@ -121,24 +122,29 @@ class SpanStore:
                     ),
                 ).rowcount
                 db.execute(
-                    "UPDATE traces SET spans = spans + ? WHERE trace_id = ?", (added, r.trace_id)
+                    "UPDATE traces SET spans = spans + ?, bytes = bytes + ? WHERE trace_id = ?",
+                    (added, added * len(body), r.trace_id),
                 )
             self._expire(db, now)
         return dropped
 
     def _expire(self, db: sqlite3.Connection, now: float) -> None:
+        """Age first, then the oldest traces until both the count and the bytes
+        fit (the sums read the small traces table, never the spans)."""
         r = self.retention
-        doomed = "SELECT trace_id FROM traces WHERE received < ?"
-        self._drop(db, doomed, (now - r.max_age_s,))
-        (count,) = db.execute("SELECT COUNT(*) FROM traces").fetchone()
-        if count > r.max_traces:
-            oldest = "SELECT trace_id FROM traces ORDER BY received, trace_id LIMIT ?"
-            self._drop(db, oldest, (count - r.max_traces,))
-        while True:
-            (size,) = db.execute("SELECT COALESCE(SUM(LENGTH(body)), 0) FROM spans").fetchone()
-            if size <= r.max_bytes:
-                return
-            self._drop(db, "SELECT trace_id FROM traces ORDER BY received, trace_id LIMIT 1", ())
+        self._drop(db, "SELECT trace_id FROM traces WHERE received < ?", (now - r.max_age_s,))
+        count, size = db.execute("SELECT COUNT(*), COALESCE(SUM(bytes), 0) FROM traces").fetchone()
+        doomed = 0
+        oldest = db.execute("SELECT bytes FROM traces ORDER BY received, trace_id")
+        while count - doomed > r.max_traces or size > r.max_bytes:
+            row = oldest.fetchone()
+            if row is None:
+                break
+            doomed, size = doomed + 1, size - row[0]
+        oldest.close()
+        if doomed:
+            first = "SELECT trace_id FROM traces ORDER BY received, trace_id LIMIT ?"
+            self._drop(db, first, (doomed,))
 
     @staticmethod
     def _drop(db: sqlite3.Connection, select: str, args: tuple[object, ...]) -> None:
