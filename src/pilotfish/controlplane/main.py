@@ -58,7 +58,7 @@ from pilotfish.store.etcd import EtcdBackend
 from pilotfish.store.resources import ResourceStore
 from pilotfish.store.types import Backend
 from pilotfish.tracing import jaeger
-from pilotfish.tracing.store import TRACES_FILE, SpanStore
+from pilotfish.tracing.store import DEFAULT_RETENTION, TRACES_FILE, Retention, SpanStore
 from pilotfish.xds.limits import DEFAULT_LIMITS, Limits
 from pilotfish.xds.server import DEFAULT_LISTEN as DEFAULT_XDS_LISTEN
 from pilotfish.xds.server import AdsServer, BindError
@@ -115,6 +115,7 @@ class ControlPlane:
         anonymous_reads: bool = True,
         xds_limits: Limits = DEFAULT_LIMITS,
         prometheus: str | None = None,
+        traces: Retention = DEFAULT_RETENTION,
     ) -> ControlPlane:
         """Everything started and serving, or nothing left running. Without
         `xds_listen` there is no ADS server (the registry API still works): a
@@ -130,7 +131,7 @@ class ControlPlane:
             backend = open_backend(options, data_dir)
             store = ResourceStore(backend, validate=validate_or_raise, default=with_defaults)
             plane = cls(server, store, data_dir)
-            plane.spans = SpanStore(data_dir / TRACES_FILE)
+            plane.spans = SpanStore(data_dir / TRACES_FILE, traces)
             service_tokens = tokens.load_or_create(data_dir)
             if xds_listen is not None:
                 plane.ca = open_ca(store, data_dir, token, service_tokens, ca or CaOptions())
@@ -269,6 +270,7 @@ def run_controlplane(
     anonymous_reads: bool = True,
     xds_limits: Limits = DEFAULT_LIMITS,
     prometheus: str | None = None,
+    traces: Retention = DEFAULT_RETENTION,
 ) -> int:
     """Serve until SIGTERM or SIGINT, then shut down cleanly: 0; 1 if it cannot start."""
     _configure_logging()
@@ -283,6 +285,7 @@ def run_controlplane(
             anonymous_reads=anonymous_reads,
             xds_limits=xds_limits,
             prometheus=prometheus,
+            traces=traces,
         )
     except StartError as e:
         log.error("error: %s", e)

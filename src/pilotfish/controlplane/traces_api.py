@@ -15,14 +15,16 @@ workload's service account token); the queries are reads.
 
 from __future__ import annotations
 
+import argparse
 import logging
 from collections.abc import Callable
 
 from pilotfish.api.errors import MethodNotAllowed
 from pilotfish.controlplane.api import Request, Response, encode
 from pilotfish.objects import Obj
+from pilotfish.rollout.metrics import parse_interval
 from pilotfish.tracing import jaeger, otlp
-from pilotfish.tracing.store import SpanStore
+from pilotfish.tracing.store import MAX_AGE_S, MAX_TRACES, Retention, SpanStore
 
 log = logging.getLogger(__name__)
 
@@ -101,3 +103,39 @@ class TraceNotFound(LookupError):
 def _otlp_error(status: int, message: str, content_type: str) -> Response:
     body, answer_type = otlp.error_body(message, content_type)
     return Response(status, body, answer_type)
+
+
+def add_trace_flags(parser: argparse.ArgumentParser) -> None:
+    """The span store's retention, for `pilotfish controlplane` (Jaeger's
+    --memory.max-traces and --badger.span-store-ttl)."""
+    parser.add_argument(
+        "--traces-max",
+        type=_positive,
+        default=MAX_TRACES,
+        metavar="N",
+        help=f"traces kept in DATA_DIR/traces.db, the oldest dropped first (default {MAX_TRACES})",
+    )
+    parser.add_argument(
+        "--traces-ttl",
+        type=_interval,
+        default=MAX_AGE_S,
+        metavar="DURATION",
+        help="how long a trace is kept, a Go duration (default 72h)",
+    )
+
+
+def retention(args: argparse.Namespace) -> Retention:
+    return Retention(max_traces=args.traces_max, max_age_s=args.traces_ttl)
+
+
+def _positive(text: str) -> int:
+    if not text.isascii() or not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f'"{text}": must be a whole number above 0')
+    return int(text)
+
+
+def _interval(text: str) -> float:
+    try:
+        return parse_interval(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from e

@@ -56,6 +56,9 @@ class Retention:
     max_bytes: int = MAX_BYTES
 
 
+DEFAULT_RETENTION = Retention()
+
+
 @dataclass(frozen=True)
 class Query:
     """Jaeger's trace search: traces with a span that matches every field set."""
@@ -75,7 +78,7 @@ class SpanStore:
     def __init__(
         self,
         path: Path,
-        retention: Retention = Retention(),
+        retention: Retention = DEFAULT_RETENTION,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.path = path
