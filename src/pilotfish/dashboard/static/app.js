@@ -92,7 +92,11 @@ async function detailPage(type, namespace, name) {
     el("div", { class: "panel" }, el("h3", {}, "Instances"), inst),
     el("div", { class: "panel", id: "applies" }, el("h3", {}, "Config that applies"), "loading\u2026"),
     el("div", { class: "panel", id: "recent-traces" }, el("h3", {}, "Recent traces"), "loading\u2026"));
-  document.getElementById("recent-traces").replaceChildren(el("h3", {}, "Recent traces"), ...(await recentTraces(type, namespace, name)));
+  // Beside the config below, not before it: traces are a second, independent read.
+  const traces = document.getElementById("recent-traces");
+  recentTraces(type, namespace, name)
+    .then((found) => traces.replaceChildren(el("h3", {}, "Recent traces"), ...found))
+    .catch((e) => traces.replaceChildren(el("h3", {}, "Recent traces"), el("p", { class: "bad" }, String(e.message || e))));
   const host = type === "service" ? name : name.replace(/-v\d+$|-primary$/, "");
   document.getElementById("applies").replaceChildren(el("h3", {}, "Config that applies"), ...(await appliedConfig(host, namespace)));
 }
