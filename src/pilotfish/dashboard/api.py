@@ -208,7 +208,6 @@ class DashboardApi:
             "total": metrics(sum((t for _, t in points), start=Totals()), window_s),
         }
 
-
     def waterfall(self, trace_id: str) -> Json:
         found = self.trace(trace_id) if self.trace is not None else None
         if found is None:

@@ -366,9 +366,7 @@ def authenticate(address: str, metadata: Sequence[tuple[str, Any]], token: str |
     if token is not None and given and has_token(given[0], token):
         return
     if given:
-        raise StreamRefused(
-            "UNAUTHENTICATED", "the bearer token in 'authorization' is not valid"
-        )
+        raise StreamRefused("UNAUTHENTICATED", "the bearer token in 'authorization' is not valid")
     raise StreamRefused(
         "UNAUTHENTICATED",
         f"xDS from {address} (not loopback) needs the control plane's token: "
