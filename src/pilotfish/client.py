@@ -199,6 +199,17 @@ class Client:
                     raise ApiError.from_status(event.get("object") or {})
                 yield event["type"], event["object"]
 
+    def tap(self, namespace: str, workload: str, query: dict[str, str]) -> Iterator[Obj]:
+        """`pilotfish tap`'s stream: one object per request the workload's
+        sidecars see (or `{"dropped": N}`), until the server ends it."""
+        watch = "/apis/tap.pilotfish.dev/v1alpha1/watch"  # linkerd's tap API's shape
+        path = f"{watch}/namespaces/{namespace}/workloads/{workload}/tap"
+        request = self._request("GET", path, query, None)
+        with self._open(request, timeout=None) as response:
+            for line in response:
+                if line.strip():
+                    yield json.loads(line)
+
     def discovery(self, path: str) -> Obj:
         """A discovery document: /api/v1, /apis, /apis/GROUP/VERSION."""
         return self._call("GET", path)[0]

@@ -35,8 +35,17 @@ from pilotfish.ca.identity import TLS_MODE_LABEL
 from pilotfish.client import Client
 from pilotfish.config import load_client_config
 
-__all__ = ["Backend", "Response", "Sidecar", "SidecarMesh", "curl", "curl_many"]
+__all__ = ["REVIEWS_SERVICE", "Backend", "Response", "Sidecar", "SidecarMesh", "curl", "curl_many"]
 NAMESPACE = "default"
+# reviews, port http 9080, as a test mesh's callers address it
+REVIEWS_SERVICE = """
+apiVersion: v1
+kind: Service
+metadata: {name: reviews, labels: {app: reviews}}
+spec:
+  selector: {app: reviews}
+  ports: [{name: http, port: 9080}]
+"""
 REGISTRATION_TTL_S = 300.0  # the test deregisters at teardown; no heartbeat needed
 
 

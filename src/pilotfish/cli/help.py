@@ -15,7 +15,7 @@ GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
         "Troubleshooting and Debugging Commands",
         ("logs", "validate", "analyze", "proxy-status", "proxy-config", "chaos"),
     ),
-    ("Observability Commands", ("stat", "dashboard")),
+    ("Observability Commands", ("stat", "tap", "dashboard")),
     ("Mesh Commands", ("proxy", "register", "authz")),
     ("Releases", ("rollout",)),
     ("Other Commands", ("api-resources", "token", "version")),

@@ -26,6 +26,7 @@ from pilotfish.cli import (
     proxyless,
     rollout,
     stat,
+    tap,
     terminal,
     token,
 )
@@ -93,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     node.add_commands(sub, common)
     rollout.add_commands(sub, common)
     stat.add_commands(sub, common)
+    tap.add_commands(sub, common)
     dashboard.add_commands(sub, common)
     token.add_commands(sub)
     proxyless.add_commands(sub)
@@ -171,8 +173,10 @@ def _add_controlplane(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="the dashboard and `pilotfish stat` query this Prometheus (default: own sampler)",
     )
     from pilotfish.controlplane.identity import add_ca_flags
+    from pilotfish.controlplane.traces_api import add_trace_flags
 
     add_ca_flags(p)
+    add_trace_flags(p)
     _add_store_options(p)
     p.set_defaults(handler=_run_controlplane)
 
@@ -203,6 +207,7 @@ def _run_controlplane(args: argparse.Namespace) -> int:
     from pilotfish.controlplane.http import parse_listen
     from pilotfish.controlplane.identity import ca_options
     from pilotfish.controlplane.main import run_controlplane, xds_listen
+    from pilotfish.controlplane.traces_api import retention
     from pilotfish.store.backends import StoreOptions
     from pilotfish.xds.limits import Limits
 
@@ -227,6 +232,7 @@ def _run_controlplane(args: argparse.Namespace) -> int:
         anonymous_reads=args.anonymous_reads,
         xds_limits=xds_limits,
         prometheus=args.prometheus,
+        traces=retention(args),
     )
 
 

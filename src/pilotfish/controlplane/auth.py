@@ -6,8 +6,12 @@ Callers, from a bearer token or its absence:
     DATA_DIR/readonly-tokens, 0600): every read, Secrets included; no write;
   - no token, from a loopback peer while anonymous reads are on:
     "system:anonymous", who may read everything but Secrets and write nothing;
+  - a workload's service account token (the one its sidecar shows the CA):
+    "system:serviceaccount:NS:SA", who may only post telemetry (spans);
   - no token otherwise (another host, or `--anonymous-reads=false`), or a
     token that is not valid: 401 Unauthorized.
+Telemetry (`POST /v1/traces`) is open to loopback callers without a token
+whatever `anonymous_reads` says, as the sidecars on this host export there.
 A known caller asking for what it may not do gets 403 Forbidden, worded as
 apiserver words it. Tokens are compared in constant time and never logged.
 """
@@ -27,6 +31,7 @@ from pathlib import Path
 from typing import Literal
 
 from pilotfish.api.errors import AlreadyExists, BadRequest, Forbidden, NotFound, Unauthorized
+from pilotfish.ca.tokens import SUBJECT_PREFIX, ServiceAccountTokens, TokenError
 from pilotfish.config import write_private
 
 log = logging.getLogger(__name__)
@@ -38,9 +43,11 @@ ADMIN = "admin"
 READ_VERBS = frozenset({"get", "list", "watch"})
 SECRETS = ("", "secrets")  # (API group, resource) that anonymous callers never read
 _BEARER = "bearer "
+# Writes every member of the mesh may make: sidecars export their spans here.
+TELEMETRY_PATHS = frozenset({"/v1/traces"})
 _TOKEN_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
-Role = Literal["admin", "reader", "anonymous"]
+Role = Literal["admin", "reader", "anonymous", "workload"]
 
 
 @dataclass(frozen=True)
@@ -51,7 +58,9 @@ class Caller:
     def may(self, attributes: Attributes) -> bool:
         if self.role == "admin":
             return True
-        if attributes.verb not in READ_VERBS:
+        if attributes.path in TELEMETRY_PATHS and attributes.verb == "post":
+            return self.role in ("anonymous", "workload")
+        if self.role == "workload" or attributes.verb not in READ_VERBS:
             return False
         return self.role == "reader" or (attributes.group, attributes.resource) != SECRETS
 
@@ -93,9 +102,15 @@ class Authenticator:
     """Turns a request's credentials into a Caller, or refuses it with 401."""
 
     def __init__(
-        self, admin_token: str, *, data_dir: Path | None = None, anonymous_reads: bool = True
+        self,
+        admin_token: str,
+        *,
+        data_dir: Path | None = None,
+        anonymous_reads: bool = True,
+        workloads: ServiceAccountTokens | None = None,
     ) -> None:
         self._admin = admin_token.encode()
+        self._workloads = workloads
         self._readers = ReadOnlyTokens(data_dir) if data_dir is not None else None
         self.anonymous_reads = anonymous_reads
 
@@ -120,7 +135,18 @@ class Authenticator:
         if hmac.compare_digest(given, self._admin):
             return Caller(ADMIN, "admin")
         name = self._readers.match(given) if self._readers is not None else None
-        return Caller(name, "reader") if name is not None else None
+        if name is not None:
+            return Caller(name, "reader")
+        return self._workload(presented)
+
+    def _workload(self, presented: str) -> Caller | None:
+        if self._workloads is None or presented.count(".") != 2:
+            return None
+        try:
+            namespace, account = self._workloads.verify(presented)
+        except TokenError:
+            return None
+        return Caller(f"{SUBJECT_PREFIX}{namespace}:{account}", "workload")
 
 
 class ReadOnlyTokens:

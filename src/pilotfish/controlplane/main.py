@@ -42,6 +42,8 @@ from pilotfish.controlplane.identity import CaOptions, TokenApi, add_ca_flags, c
 from pilotfish.controlplane.jwks import JwksResolver, start_jwks_resolver
 from pilotfish.controlplane.loadtester_api import LoadTesterApi
 from pilotfish.controlplane.mesh_api import MeshApi
+from pilotfish.controlplane.tap import TapHub
+from pilotfish.controlplane.traces_api import TracesApi
 from pilotfish.dashboard.api import DashboardApi, Metrics
 from pilotfish.dashboard.config import config_rows
 from pilotfish.dashboard.prometheus import PrometheusMetrics
@@ -55,6 +57,8 @@ from pilotfish.store.backends import STORE_FILE, StoreOptions, open_backend
 from pilotfish.store.etcd import EtcdBackend
 from pilotfish.store.resources import ResourceStore
 from pilotfish.store.types import Backend
+from pilotfish.tracing import jaeger
+from pilotfish.tracing.store import DEFAULT_RETENTION, TRACES_FILE, Retention, SpanStore
 from pilotfish.xds.limits import DEFAULT_LIMITS, Limits
 from pilotfish.xds.server import DEFAULT_LISTEN as DEFAULT_XDS_LISTEN
 from pilotfish.xds.server import AdsServer, BindError
@@ -92,6 +96,8 @@ class ControlPlane:
         self.analysis: StatusWriter | None = None
         self.jwks: JwksResolver | None = None
         self.sampler: MeshSampler | None = None
+        self.spans: SpanStore | None = None
+        self.tap: TapHub | None = None
 
     def __repr__(self) -> str:
         return f"ControlPlane({self.server.url}, data_dir={str(self.data_dir)!r})"
@@ -109,6 +115,7 @@ class ControlPlane:
         anonymous_reads: bool = True,
         xds_limits: Limits = DEFAULT_LIMITS,
         prometheus: str | None = None,
+        traces: Retention = DEFAULT_RETENTION,
     ) -> ControlPlane:
         """Everything started and serving, or nothing left running. Without
         `xds_listen` there is no ADS server (the registry API still works): a
@@ -124,6 +131,7 @@ class ControlPlane:
             backend = open_backend(options, data_dir)
             store = ResourceStore(backend, validate=validate_or_raise, default=with_defaults)
             plane = cls(server, store, data_dir)
+            plane.spans = SpanStore(data_dir / TRACES_FILE, traces)
             service_tokens = tokens.load_or_create(data_dir)
             if xds_listen is not None:
                 plane.ca = open_ca(store, data_dir, token, service_tokens, ca or CaOptions())
@@ -137,9 +145,13 @@ class ControlPlane:
                 TokenApi(service_tokens),
                 AnalyzeApi(store),
                 loadtester,
+                TracesApi(plane.spans),
+                plane.tap or TapHub(None),  # without xDS no sidecar connects: nothing to tap
                 plane._start_dashboard(prometheus),
             )
-            auth = Authenticator(token, data_dir=data_dir, anonymous_reads=anonymous_reads)
+            auth = Authenticator(
+                token, data_dir=data_dir, anonymous_reads=anonymous_reads, workloads=service_tokens
+            )
             server.api = Api(store, auth, analyze=warnings_for, extension=extensions)
             write_client_config(ClientConfig(server.url, token), config_path)
         except BaseException as e:
@@ -167,7 +179,9 @@ class ControlPlane:
         self.jwks = start_jwks_resolver(self.store, self.mesh)
         if xds_listen is None:
             return
+        self.tap = TapHub(token)  # sidecars' tap streams, authenticated as their ADS streams
         services = [self.ca.handler()] if self.ca is not None else []
+        services.append(self.tap)
         self.ads = AdsServer(
             self.mesh.snapshot, xds_listen, token=token, limits=limits, services=services
         )
@@ -205,7 +219,21 @@ class ControlPlane:
         def canaries(namespace: str | None) -> list[Obj]:
             return store.list("flagger.app", "Canary", namespace)[0]
 
-        return DashboardApi(metrics, self.instances.instances, canaries, lambda: config_rows(store))
+        return DashboardApi(
+            metrics,
+            self.instances.instances,
+            canaries,
+            lambda: config_rows(store),
+            trace=self._trace,
+        )
+
+    def _trace(self, trace_id: str) -> Obj | None:
+        assert self.spans is not None
+        try:
+            spans = self.spans.trace(jaeger.trace_id(trace_id))
+        except jaeger.BadQuery:
+            return None
+        return jaeger.trace(spans) if spans else None
 
     def close(self) -> None:
         """Stop what was started, newest first; safe on a half-open plane."""
@@ -226,6 +254,8 @@ class ControlPlane:
         if self.mesh is not None:
             self.mesh.stop()
         self.server.stop()
+        if self.spans is not None:
+            self.spans.close()
         self.store.close()
 
 
@@ -240,6 +270,7 @@ def run_controlplane(
     anonymous_reads: bool = True,
     xds_limits: Limits = DEFAULT_LIMITS,
     prometheus: str | None = None,
+    traces: Retention = DEFAULT_RETENTION,
 ) -> int:
     """Serve until SIGTERM or SIGINT, then shut down cleanly: 0; 1 if it cannot start."""
     _configure_logging()
@@ -254,6 +285,7 @@ def run_controlplane(
             anonymous_reads=anonymous_reads,
             xds_limits=xds_limits,
             prometheus=prometheus,
+            traces=traces,
         )
     except StartError as e:
         log.error("error: %s", e)

@@ -10,6 +10,8 @@
     GET /dashboard/api/config            every mesh object with its analysis and validation messages
     GET /dashboard/api/timeline?namespace=NS&workload=W|service=S&window=15m
                                          golden metrics per slot, for a page's charts
+    GET /dashboard/api/waterfall?traceID=ID
+                                         one trace (Jaeger's JSON) and its waterfall as SVG
 
 Reads, so open to loopback callers without a token as the rest of the API's are.
 """
@@ -25,6 +27,7 @@ from typing import Any, Protocol
 
 from pilotfish.api.errors import ApiError, BadRequest, MethodNotAllowed, NotFound
 from pilotfish.controlplane.api import Request, Response, encode
+from pilotfish.dashboard import waterfall
 from pilotfish.dashboard.graph import build_graph, metrics
 from pilotfish.dashboard.series import RETENTION_S, Edge
 from pilotfish.dashboard.stat import KINDS, row, stat_rows
@@ -42,6 +45,7 @@ STREAM_PERIOD_S = 3.0
 LABELS = ("rps", "errors", "p99")
 Canaries = Callable[[str | None], list[Json]]  # namespace (None: all) -> Canary objects
 Config = Callable[[], list[Json]]  # the Config page's rows (config.py)
+Trace = Callable[[str], Json | None]  # trace id -> Jaeger's trace, None if not kept
 
 
 class Metrics(Protocol):
@@ -91,11 +95,13 @@ class DashboardApi:
         instances: Callable[[], Iterable[Instance]],
         canaries: Canaries,
         config: Config = list,
+        trace: Trace | None = None,
     ) -> None:
         self.metrics = metrics
         self.instances = instances
         self.canaries = canaries
         self.config = config
+        self.trace = trace
         self.stopping = threading.Event()
 
     def __repr__(self) -> str:
@@ -125,6 +131,8 @@ class DashboardApi:
             return Response(200, encode({"items": self.config()}))
         if rest == "api/timeline":
             return Response(200, encode(self.timeline(request)))
+        if rest == "api/waterfall":
+            return Response(200, encode(self.waterfall(request.query.get("traceID") or "")))
         if rest in STATIC:
             body = resources.files("pilotfish.dashboard").joinpath("static", rest or "index.html")
             return Response(200, body.read_bytes(), f"{STATIC[rest]}; charset=utf-8")
@@ -200,6 +208,12 @@ class DashboardApi:
             "points": [{"time": at, **metrics(t, step)} for at, t in points],
             "total": metrics(sum((t for _, t in points), start=Totals()), window_s),
         }
+
+    def waterfall(self, trace_id: str) -> Json:
+        found = self.trace(trace_id) if self.trace is not None else None
+        if found is None:
+            raise NotFound(f'trace "{trace_id}" not found')
+        return {"trace": found, "svg": waterfall.draw(found)}
 
 
 def canary_rows(canaries: list[Json], by_workload: dict[tuple[str, str], Json]) -> list[Json]:

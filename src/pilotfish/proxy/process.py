@@ -35,6 +35,8 @@ from pilotfish.proxy.register import Registrar
 from pilotfish.proxy.sds import WorkloadCertificates
 from pilotfish.proxy.server import Downstream, Runtime
 from pilotfish.proxy.stats import State, StatsRegistry, listener_stat_name, prometheus_page
+from pilotfish.proxy.tap import Tap
+from pilotfish.proxy.tap_stream import TapStream
 from pilotfish.proxy.telemetry import (
     TRUST_DOMAIN,
     Telemetry,
@@ -171,6 +173,7 @@ async def _serve(
     ads = _ads_client(bootstrap, runtime.config)
     if ads is not None:
         tasks.append(asyncio.create_task(ads.run()))
+        tasks.append(asyncio.create_task(_tap_stream(bootstrap, runtime, certificates).run()))
     if certificates is not None:
         tasks.append(asyncio.create_task(certificates.run()))
     admin_server = await _admin(bootstrap, runtime, listeners, stop, ads, certificates)
@@ -262,11 +265,25 @@ def _ads_client(bootstrap: Bootstrap, config: ProxyConfig) -> AdsClient | None:
     hosts = _ads_targets(bootstrap)
     if not hosts:
         return None
-    metadata = [
+    return AdsClient(hosts, AdsProtocol(bootstrap.node, config.apply), _ads_metadata(bootstrap))
+
+
+def _ads_metadata(bootstrap: Bootstrap) -> list[tuple[str, str]]:
+    return [
         (header.key.lower(), header.value)
         for header in bootstrap.dynamic_resources.ads_config.grpc_services[0].initial_metadata
     ]
-    return AdsClient(hosts, AdsProtocol(bootstrap.node, config.apply), metadata)
+
+
+def _tap_stream(
+    bootstrap: Bootstrap, runtime: Runtime, certificates: WorkloadCertificates | None
+) -> TapStream:
+    """`pilotfish tap`'s stream to the control plane, beside the ADS stream."""
+    me = runtime.telemetry.own
+    identity = certificates.spiffe_id if certificates is not None else ""
+    runtime.tap = Tap(me, identity)
+    hello = {"node": bootstrap.node.id, "namespace": me.namespace, "workload": me.workload}
+    return TapStream(runtime.tap, _ads_targets(bootstrap), _ads_metadata(bootstrap), hello)
 
 
 def _ads_targets(bootstrap: Bootstrap) -> list[str]:

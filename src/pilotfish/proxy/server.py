@@ -34,6 +34,7 @@ from pilotfish.proxy.protocol.http1 import (
     get_header,
 )
 from pilotfish.proxy.stats import StatsRegistry, listener_stat_name
+from pilotfish.proxy.tap import Tap
 from pilotfish.proxy.telemetry import (
     UNKNOWN_SERVICE,
     UNKNOWN_WORKLOAD,
@@ -66,6 +67,7 @@ class Runtime:
     downstreams: set[Downstream] = field(default_factory=set)
     ticker: asyncio.TimerHandle | None = None
     tls: TlsContexts = field(default_factory=lambda: TlsContexts(None))
+    tap: Tap | None = None  # `pilotfish tap`'s view of finished requests
 
     def __post_init__(self) -> None:
         self.peer_lines = encode_lines(self.peer_headers)
@@ -110,6 +112,8 @@ class Runtime:
             http.codes[ex.status] += 1
         for path in listener.http.access_log_paths:
             self.access_log(path).log(access_record(ex, elapsed))
+        if self.tap is not None and self.tap.filters:  # only while a tap runs
+            self.tap.offer(access_record(ex, elapsed), listener.inbound, peer)
 
     def access_log(self, path: str) -> AccessLogWriter:
         writer = self.access_logs.get(path)

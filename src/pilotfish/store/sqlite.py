@@ -20,7 +20,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 
 from pilotfish.api.errors import Conflict, Expired, NotFound, too_large_resource_version
 from pilotfish.objects import Obj
@@ -59,6 +59,21 @@ def _make_private(path: str) -> None:
             os.chmod(name, 0o600)
 
 
+@contextmanager
+def transaction(
+    conn: sqlite3.Connection, lock: AbstractContextManager[object], mode: str = "DEFERRED"
+) -> Iterator[sqlite3.Connection]:
+    """One transaction on `conn` (opened with isolation_level=None), under `lock`."""
+    with lock:
+        conn.execute(f"BEGIN {mode}")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+
 class SqliteBackend:
     def __init__(
         self, path: str | os.PathLike[str], *, history: int = 10_000, poll_interval: float = 0.25
@@ -82,16 +97,8 @@ class SqliteBackend:
     def __repr__(self) -> str:
         return f"SqliteBackend({self.path!r}, revision={self._head}, history={self.history})"
 
-    @contextmanager
-    def _transaction(self, mode: str = "DEFERRED") -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._conn.execute(f"BEGIN {mode}")
-            try:
-                yield self._conn
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            self._conn.execute("COMMIT")
+    def _transaction(self, mode: str = "DEFERRED") -> AbstractContextManager[sqlite3.Connection]:
+        return transaction(self._conn, self._lock, mode)
 
     def _meta(self, name: str) -> int:
         row = self._conn.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()

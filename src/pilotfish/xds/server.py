@@ -214,7 +214,7 @@ class AdsServer:
     async def StreamAggregatedResources(
         self, request_iterator: AsyncIterator[DiscoveryRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[bytes]:
-        address = _peer_ip(context.peer())
+        address = peer_ip(context.peer())
         try:
             self._authenticate(address, context.invocation_metadata() or ())
             self._counts.open(address)
@@ -264,20 +264,7 @@ class AdsServer:
             ) from None
 
     def _authenticate(self, address: str, metadata: Sequence[tuple[str, Any]]) -> None:
-        if is_loopback(address):
-            return
-        given = [str(v) for k, v in metadata if k == "authorization"]
-        if self._token is not None and given and has_token(given[0], self._token):
-            return
-        if given:
-            raise StreamRefused(
-                "UNAUTHENTICATED", "the bearer token in 'authorization' is not valid"
-            )
-        raise StreamRefused(
-            "UNAUTHENTICATED",
-            f"xDS from {address} (not loopback) needs the control plane's token: "
-            "send gRPC metadata 'authorization: Bearer TOKEN'",
-        )
+        authenticate(address, metadata, self._token)
 
     async def DeltaAggregatedResources(
         self, request_iterator: AsyncIterator[object], context: grpc.aio.ServicerContext
@@ -368,6 +355,23 @@ def _server_loop() -> asyncio.AbstractEventLoop:
             _loop = asyncio.new_event_loop()
             threading.Thread(target=_loop.run_forever, name="xds", daemon=True).start()
         return _loop
+
+
+def authenticate(address: str, metadata: Sequence[tuple[str, Any]], token: str | None) -> None:
+    """A stream on the xDS port (ADS, `pilotfish tap`'s) is served to loopback
+    peers, and to others that present `token`; StreamRefused otherwise."""
+    if is_loopback(address):
+        return
+    given = [str(v) for k, v in metadata if k == "authorization"]
+    if token is not None and given and has_token(given[0], token):
+        return
+    if given:
+        raise StreamRefused("UNAUTHENTICATED", "the bearer token in 'authorization' is not valid")
+    raise StreamRefused(
+        "UNAUTHENTICATED",
+        f"xDS from {address} (not loopback) needs the control plane's token: "
+        "send gRPC metadata 'authorization: Bearer TOKEN'",
+    )
 
 
 class Debounce:
@@ -462,7 +466,7 @@ def _bind(server: grpc.aio.Server, listen: str) -> int:
     return port
 
 
-def _peer_ip(peer: str) -> str:
+def peer_ip(peer: str) -> str:
     """`ipv4:127.0.0.1:5555` or `ipv6:[::1]:5555` -> the address."""
     _, _, rest = peer.partition(":")
     host = rest.rpartition(":")[0]

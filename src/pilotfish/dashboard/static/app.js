@@ -90,7 +90,13 @@ async function detailPage(type, namespace, name) {
     el("div", { class: "panel" }, el("h3", {}, "Last 15 minutes"), golden, chart(timeline.points)),
     el("div", { class: "panel" }, el("h3", {}, "Neighbours"), neighbours),
     el("div", { class: "panel" }, el("h3", {}, "Instances"), inst),
-    el("div", { class: "panel", id: "applies" }, el("h3", {}, "Config that applies"), "loading\u2026"));
+    el("div", { class: "panel", id: "applies" }, el("h3", {}, "Config that applies"), "loading\u2026"),
+    el("div", { class: "panel", id: "recent-traces" }, el("h3", {}, "Recent traces"), "loading\u2026"));
+  // Beside the config below, not before it: traces are a second, independent read.
+  const traces = document.getElementById("recent-traces");
+  recentTraces(type, namespace, name)
+    .then((found) => traces.replaceChildren(el("h3", {}, "Recent traces"), ...found))
+    .catch((e) => traces.replaceChildren(el("h3", {}, "Recent traces"), el("p", { class: "bad" }, String(e.message || e))));
   const host = type === "service" ? name : name.replace(/-v\d+$|-primary$/, "");
   document.getElementById("applies").replaceChildren(el("h3", {}, "Config that applies"), ...(await appliedConfig(host, namespace)));
 }
@@ -221,6 +227,101 @@ function weightChart(points) {
   return div;
 }
 
+// -- Traces -------------------------------------------------------------------------
+// Jaeger's query API on the same port (/api/traces, /api/services); the waterfall
+// is drawn on the server, as the graph is.
+const duration = (us) => (us < 1000 ? `${us}\u03bcs` : us < 1e6 ? `${(us / 1000).toFixed(2)}ms` : `${(us / 1e6).toFixed(2)}s`);
+const isError = (s) => (s.tags || []).some((t) => t.key === "error" && t.value === true);
+
+function traceSummary(t) {
+  const start = Math.min(...t.spans.map((s) => s.startTime));
+  const end = Math.max(...t.spans.map((s) => s.startTime + s.duration));
+  const root = t.spans.find((s) => !(s.references || []).some((r) => r.refType === "CHILD_OF")) || t.spans[0];
+  return { start, took: end - start, root: `${t.processes[root.processID].serviceName}: ${root.operationName}`,
+    errors: t.spans.filter(isError).length, services: new Set(t.spans.map((s) => t.processes[s.processID].serviceName)).size };
+}
+
+function traceTable(traces) {
+  const table = el("table", { id: "trace-results" }, el("tr", {}, ...["trace", "spans", "services", "errors", "duration", "started"].map((h) => el("th", {}, h))));
+  for (const t of traces) {
+    const s = traceSummary(t);
+    table.append(el("tr", { class: "trace-result", "data-trace-id": t.traceID },
+      el("td", {}, el("a", { href: `#/trace/${t.traceID}` }, s.root)), el("td", {}, t.spans.length),
+      el("td", {}, s.services), el("td", { class: s.errors ? "bad" : "good" }, s.errors),
+      el("td", {}, duration(s.took)), el("td", {}, new Date(s.start / 1000).toLocaleTimeString())));
+  }
+  return traces.length ? table : el("p", {}, "no traces found");
+}
+
+async function tracesPage(params) {
+  const services = (await getJson("/api/services")).data || [];
+  const service = el("select", { name: "service" }, ...services.map((s) => el("option", { value: s }, s)));
+  const operation = el("select", { name: "operation" }, el("option", { value: "" }, "all"));
+  const field = (name, placeholder) => el("input", { name, placeholder, size: 8, value: params.get(name) || "" });
+  const status = el("select", { name: "status" }, el("option", { value: "" }, "any"), el("option", { value: "error" }, "error"), el("option", { value: "ok" }, "ok"));
+  const form = el("form", { class: "search" },
+    el("label", {}, "service ", service), el("label", {}, "operation ", operation),
+    el("label", {}, "min ", field("minDuration", "100ms")), el("label", {}, "max ", field("maxDuration", "2s")),
+    el("label", {}, "status ", status), el("label", {}, "limit ", field("limit", "20")),
+    el("button", { type: "submit", id: "find-traces" }, "Find Traces"));
+  const loadOperations = async () => {
+    const ops = service.value ? (await getJson(`/api/services/${encodeURIComponent(service.value)}/operations`)).data : [];
+    operation.replaceChildren(el("option", { value: "" }, "all"), ...ops.map((o) => el("option", { value: o }, o)));
+    operation.value = params.get("operation") || "";
+  };
+  service.value = params.get("service") || services[0] || "";
+  status.value = params.get("status") || "";
+  service.onchange = () => { params.delete("operation"); loadOperations(); };
+  form.onsubmit = (event) => {
+    event.preventDefault();
+    const q = new URLSearchParams([...new FormData(form)].filter(([, v]) => v));
+    location.hash = `#/traces?${q}`;
+  };
+  const results = el("div", { class: "panel", id: "results" }, services.length ? "" : "no spans received yet (sidecars and applications export OTLP to /v1/traces)");
+  main.replaceChildren(el("div", { class: "panel" }, form), results);
+  await loadOperations();
+  if (params.get("service")) {
+    const r = await fetch(`/api/traces?${params}`);
+    const body = await r.json();
+    results.replaceChildren(r.ok ? traceTable(body.data) : el("p", { class: "bad" }, body.errors[0].msg));
+  }
+}
+
+async function tracePage(id) {
+  const { trace, svg } = await getJson(`${API}/waterfall?traceID=${encodeURIComponent(id)}`);
+  const s = traceSummary(trace);
+  const holder = el("div", { class: "panel", id: "waterfall" });
+  holder.innerHTML = svg;
+  const attributes = el("div", { class: "panel" }, el("h3", {}, "Spans"));
+  for (const span of trace.spans) {
+    const process = trace.processes[span.processID];
+    const rows = [...(span.tags || []), ...(process.tags || []).map((t) => ({ ...t, key: `process: ${t.key}` }))];
+    attributes.append(el("details", { class: "span-attrs", "data-span-id": span.spanID },
+      el("summary", { class: isError(span) ? "bad" : "" }, `${process.serviceName}: ${span.operationName} (${duration(span.duration)})`),
+      el("table", {}, ...rows.map((t) => el("tr", {}, el("td", {}, t.key), el("td", {}, String(t.value)))),
+        el("tr", {}, el("td", {}, "spanID"), el("td", {}, span.spanID)))));
+  }
+  holder.onclick = (event) => {
+    const g = event.target.closest("g.span");
+    const details = g && attributes.querySelector(`details[data-span-id="${g.dataset.spanId}"]`);
+    if (details) { details.open = true; details.scrollIntoView(); }
+  };
+  main.replaceChildren(
+    el("h2", {}, `Trace ${trace.traceID}`),
+    el("p", {}, `${s.root}: ${trace.spans.length} spans, ${s.services} services, ${s.errors} errors, ${duration(s.took)}`),
+    holder, attributes);
+}
+
+async function recentTraces(type, namespace, name) {
+  // Istio names a sidecar's spans CANONICAL_SERVICE.NAMESPACE; an application its own way.
+  const canonical = name.replace(/-v\d+$|-primary$/, "");
+  const known = (await getJson("/api/services")).data || [];
+  const service = [`${canonical}.${namespace}`, name, canonical].find((s) => known.includes(s));
+  if (!service) return ["no traces"];
+  const body = await getJson(`/api/traces?service=${encodeURIComponent(service)}&limit=10`);
+  return [traceTable(body.data)];
+}
+
 // -- Config -------------------------------------------------------------------------
 async function configPage() {
   const { items } = await getJson(`${API}/config`);
@@ -235,11 +336,14 @@ async function configPage() {
 // -- routing ------------------------------------------------------------------------
 async function route() {
   if (source) { source.close(); source = null; }
-  const parts = (location.hash || "#/graph").slice(2).split("/");
-  document.querySelectorAll("nav a").forEach((a) => a.classList.toggle("active", a.id === "nav-" + parts[0]));
+  const [path, query] = (location.hash || "#/graph").slice(2).split("?");
+  const parts = path.split("/");
+  document.querySelectorAll("nav a").forEach((a) => a.classList.toggle("active", a.id === "nav-" + parts[0].replace(/^trace$/, "traces")));
   try {
     if (parts[0] === "releases") await releasesPage();
     else if (parts[0] === "config") await configPage();
+    else if (parts[0] === "traces") await tracesPage(new URLSearchParams(query || ""));
+    else if (parts[0] === "trace") await tracePage(parts[1]);
     else if (parts[0] === "workload" || parts[0] === "service") await detailPage(parts[0], parts[1], parts[2]);
     else graphPage();
   } catch (e) {
