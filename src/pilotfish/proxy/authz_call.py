@@ -14,7 +14,6 @@ from collections.abc import Callable
 import grpc
 
 from pilotfish.proxy.filters import Check, CheckResult
-from pilotfish.proxy.pool import Pool, UpstreamConnection
 from pilotfish.proxy.protocol.express import ExpressResponse, express_events
 from pilotfish.proxy.protocol.http1 import (
     EndOfMessage,
@@ -24,6 +23,7 @@ from pilotfish.proxy.protocol.http1 import (
     serialize_request_head,
 )
 from pilotfish.proxy.upstream import Cluster, Host
+from pilotfish.proxy.upstream.pool import Pool, UpstreamConnection
 
 Done = Callable[[CheckResult | None], None]
 MAX_CHECK_BODY = 64 * 1024  # an authorizer's denial body, kept for the client

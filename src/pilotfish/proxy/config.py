@@ -54,7 +54,8 @@ class ProxyConfig:
 
     def __repr__(self) -> str:
         s = self.snapshot
-        return f"<ProxyConfig listeners={len(s.listeners)} routes={len(s.routes)} clusters={len(s.clusters)}>"
+        counts = f"listeners={len(s.listeners)} routes={len(s.routes)} clusters={len(s.clusters)}"
+        return f"<ProxyConfig {counts}>"
 
     def apply(self, type_url: str, resources: list[AnyProto]) -> Mapping[str, frozenset[str]]:
         """Apply a state-of-the-world update of one type; return the names now

@@ -30,7 +30,6 @@ from pilotfish.proxy.ads import AdsProtocol
 from pilotfish.proxy.bootstrap import load_bootstrap
 from pilotfish.proxy.config import ProxyConfig, Snapshot
 from pilotfish.proxy.listeners import CompiledListener
-from pilotfish.proxy.pool import Pool
 from pilotfish.proxy.register import Registrar
 from pilotfish.proxy.sds import WorkloadCertificates
 from pilotfish.proxy.server import Downstream, Runtime
@@ -44,6 +43,7 @@ from pilotfish.proxy.telemetry import (
 )
 from pilotfish.proxy.tls import SecretSource, TlsContexts
 from pilotfish.proxy.upstream import render_clusters
+from pilotfish.proxy.upstream.pool import Pool
 from pilotfish.proxy.xds_client import AdsClient
 
 log = logging.getLogger("pilotfish.proxy")
