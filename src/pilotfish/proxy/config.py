@@ -25,7 +25,7 @@ from pilotfish.proxy import xds_types
 from pilotfish.proxy.listeners import CompiledListener, compile_listener, prepare_routes
 from pilotfish.proxy.routing import RouteTable, compile_route_config
 from pilotfish.proxy.telemetry import ServiceInfo
-from pilotfish.proxy.upstream_set import ClusterSet
+from pilotfish.proxy.upstream.cluster_set import ClusterSet
 
 
 @dataclass(frozen=True)
