@@ -52,9 +52,9 @@ from targets import pilotfish_bootstrap  # noqa: E402
 
 from pilotfish.proxy.bootstrap import parse_bootstrap  # noqa: E402
 from pilotfish.proxy.config import ProxyConfig  # noqa: E402
-from pilotfish.proxy.pool import UpstreamConnection  # noqa: E402
 from pilotfish.proxy.process import load_static, new_runtime  # noqa: E402
 from pilotfish.proxy.server import Downstream  # noqa: E402
+from pilotfish.proxy.upstream.pool import UpstreamConnection  # noqa: E402
 from pilotfish.translate.authz import AuthzSettings, translate_rbac_http  # noqa: E402
 
 

@@ -1,3 +1,3 @@
-from pilotfish.cli.main import main
+from pilotfish.cli import run
 
-raise SystemExit(main())
+raise SystemExit(run())

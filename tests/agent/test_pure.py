@@ -13,7 +13,8 @@ import pilotfish.proxy.process  # noqa: F401  (what the proxy process loads: eve
 from pilotfish.agent.bootstrap import SidecarIdentity, XdsServer, node_id, sidecar_bootstrap
 from pilotfish.agent.plan import Strategy, View, plan, scaled
 from pilotfish.agent.probes import ProbeState
-from pilotfish.agent.spec import SpecError, config_data, expand, resolve, template_hash
+from pilotfish.agent.spec import SpecError, config_data, expand, resolve
+from pilotfish.api.workloads import template_hash
 from pilotfish.proxy.bootstrap import parse_bootstrap
 
 

@@ -17,12 +17,13 @@ from typing import Any
 import pytest
 import yaml
 
+from pilotfish.addresses import is_loopback
 from pilotfish.api.errors import Forbidden, Unauthorized
 from pilotfish.api.kinds import registry
 from pilotfish.cli.main import main as cli
 from pilotfish.client import Client
 from pilotfish.controlplane.api import Api
-from pilotfish.controlplane.auth import READ_ONLY_TOKENS_FILE, Authenticator, is_loopback
+from pilotfish.controlplane.auth import READ_ONLY_TOKENS_FILE, Authenticator
 from pilotfish.controlplane.bodies import MAX_DEPTH
 from pilotfish.controlplane.main import ControlPlane, StartError
 from pilotfish.store.resources import ResourceStore

@@ -9,8 +9,9 @@ import pytest
 from google.protobuf.json_format import MessageToDict
 from xds_harness import MutableMesh, instance, service
 
+from pilotfish.cli.flags import UsageError
 from pilotfish.cli.main import build_parser
-from pilotfish.cli.mesh import UsageError, config_table, nack_lines, registration, status_table
+from pilotfish.cli.mesh import config_table, nack_lines, registration, status_table
 from pilotfish.model import Proxy, ProxyType
 from pilotfish.xds import types
 from pilotfish.xds.generate import generate

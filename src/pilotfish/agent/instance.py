@@ -32,7 +32,6 @@ from typing import Any, Protocol
 import yaml
 
 from pilotfish.agent import lifecycle as lc
-from pilotfish.agent import registration
 from pilotfish.agent.adopted import Adopted
 from pilotfish.agent.bootstrap import Placement, SidecarIdentity, XdsServer, sidecar_bootstrap
 from pilotfish.agent.lifecycle import Lifecycle, Status
@@ -42,6 +41,7 @@ from pilotfish.agent.proxyless import CERT_CHAIN, grpc_agent_args
 from pilotfish.agent.spec import Resolved
 from pilotfish.agent.tokens import TOKEN_FILE, ProjectedToken, TokenClient
 from pilotfish.api.gotypes import rfc3339
+from pilotfish.client import registration
 from pilotfish.config import write_private
 
 TICK_S = 0.1

@@ -36,10 +36,11 @@ from pilotfish.agent.gateway import GatewayProxy, GatewaySpec
 from pilotfish.agent.instance import RECORD, Instance, Ports
 from pilotfish.agent.ports import PortAllocator
 from pilotfish.agent.proxyless import BOOTSTRAP, GRPC_AGENT, INJECT_TEMPLATES, is_proxyless
-from pilotfish.agent.spec import ConfigData, SpecError, config_data, resolve
-from pilotfish.agent.spec import template_hash as hash_of
+from pilotfish.agent.spec import SpecError, config_data, resolve
 from pilotfish.api.errors import ApiError
 from pilotfish.api.kinds import Kind, registry
+from pilotfish.api.workloads import ConfigData
+from pilotfish.api.workloads import template_hash as hash_of
 from pilotfish.config import private_dir
 from pilotfish.objects import Obj
 

@@ -3,24 +3,21 @@ one instance runs: argv, env, files. Pure functions, so the rules ($(VAR)
 expansion, optional references, the content hash) are tested without
 processes.
 
-The template hash covers the spec and the data of every referenced
-ConfigMap or Secret, as Wave and Reloader do: a change to either means new
-instances, rolled forward by plan.py.
+The template hash (api/workloads.py) covers the spec and the data of every
+referenced ConfigMap or Secret, as Wave and Reloader do: a change to either
+means new instances, rolled forward by plan.py.
 """
 
 from __future__ import annotations
 
 import base64
-import hashlib
-import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from pilotfish.api.workloads import ConfigData
 from pilotfish.objects import Obj
 
-# (kind, name) -> data; Secrets are stored base64-encoded, as in Kubernetes.
-ConfigData = Mapping[tuple[str, str], Mapping[str, str]]
 _VAR = re.compile(r"\$\$|\$\(([-._a-zA-Z][-._a-zA-Z0-9]*)\)")
 
 
@@ -46,37 +43,6 @@ def expand(text: str, env: Mapping[str, str]) -> str:
         return env.get(match.group(1), match.group(0))
 
     return _VAR.sub(one, text)
-
-
-def referenced(spec: Obj) -> set[tuple[str, str]]:
-    """Every (kind, name) of ConfigMap or Secret the spec reads."""
-    refs: set[tuple[str, str]] = set()
-    for var in spec.get("env") or []:
-        source = var.get("valueFrom") or {}
-        if "configMapKeyRef" in source:
-            refs.add(("ConfigMap", source["configMapKeyRef"]["name"]))
-        if "secretKeyRef" in source:
-            refs.add(("Secret", source["secretKeyRef"]["name"]))
-    for source in spec.get("envFrom") or []:
-        if "configMapRef" in source:
-            refs.add(("ConfigMap", source["configMapRef"]["name"]))
-        if "secretRef" in source:
-            refs.add(("Secret", source["secretRef"]["name"]))
-    for volume in spec.get("volumes") or []:
-        if "configMap" in volume:
-            refs.add(("ConfigMap", volume["configMap"]["name"]))
-        if "secret" in volume:
-            refs.add(("Secret", volume["secret"]["secretName"]))
-    return refs
-
-
-def template_hash(spec: Obj, configs: ConfigData) -> str:
-    """What identifies an instance's template: the spec less replicas (scaling
-    is not an update) plus the referenced data."""
-    template = {k: v for k, v in spec.items() if k != "replicas"}
-    data = {f"{k}/{n}": dict(configs.get((k, n)) or {}) for k, n in sorted(referenced(spec))}
-    blob = json.dumps([template, data], sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 
 def resolve(spec: Obj, base_env: Mapping[str, str], configs: ConfigData) -> Resolved:

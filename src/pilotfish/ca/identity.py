@@ -12,6 +12,16 @@ SCHEME = "spiffe://"
 # Istio's label on a workload whose sidecar holds a mesh certificate: callers'
 # auto mTLS sends TLS to it (its value "istio"), plaintext to the rest.
 TLS_MODE_LABEL = "security.istio.io/tlsMode"
+# Istio's default TLS 1.2 cipher suites between workloads (TLS 1.3's are fixed);
+# here, not in workload.py, so the sidecar's TLS does not load cryptography.
+ISTIO_CIPHERS = (
+    "ECDHE-ECDSA-AES256-GCM-SHA384",
+    "ECDHE-RSA-AES256-GCM-SHA384",
+    "ECDHE-ECDSA-AES128-GCM-SHA256",
+    "ECDHE-RSA-AES128-GCM-SHA256",
+    "AES256-GCM-SHA384",
+    "AES128-GCM-SHA256",
+)
 # A trust domain is a DNS-ish name (SPIFFE: lowercase letters, digits, '.', '-', '_').
 _TRUST_DOMAIN = re.compile(r"^[a-z0-9._-]{1,255}$")
 _SEGMENT = re.compile(r"^[A-Za-z0-9._-]{1,253}$")

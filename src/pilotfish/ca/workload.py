@@ -17,15 +17,6 @@ RSA_BITS = 2048  # istio-agent's default workload key (RSA 2048, unless ECC is a
 GRACE_RATIO = 0.5  # renew at half-life, as Istio's SECRET_GRACE_PERIOD_RATIO
 GRACE_JITTER = 0.01  # Istio's SECRET_GRACE_PERIOD_RATIO_JITTER
 WorkloadKey = rsa.RSAPrivateKey
-# Istio's default TLS 1.2 cipher suites between workloads (TLS 1.3's are fixed).
-ISTIO_CIPHERS = (
-    "ECDHE-ECDSA-AES256-GCM-SHA384",
-    "ECDHE-RSA-AES256-GCM-SHA384",
-    "ECDHE-ECDSA-AES128-GCM-SHA256",
-    "ECDHE-RSA-AES128-GCM-SHA256",
-    "AES256-GCM-SHA384",
-    "AES128-GCM-SHA256",
-)
 
 
 def new_key() -> WorkloadKey:

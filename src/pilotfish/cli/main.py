@@ -5,9 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
-from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from pilotfish import __version__
 from pilotfish.api.errors import ApiError
@@ -25,19 +23,16 @@ from pilotfish.cli import (
     patch,
     proxyless,
     rollout,
+    sidecar,
     stat,
     tap,
     terminal,
     token,
 )
+from pilotfish.cli.flags import UsageError
 from pilotfish.cli.help import GroupedParser
 from pilotfish.cli.manifests import ManifestError
 from pilotfish.proxy.compiled import describe
-
-if TYPE_CHECKING:
-    from envoy.config.bootstrap.v3.bootstrap_pb2 import Bootstrap
-
-    from pilotfish.proxy.register import Registrar
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -53,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         code = handler(args)
         sys.stdout.flush()  # here, where a closed pipe is caught, not at exit
         return code
-    except (commands.CliError, ManifestError, mesh.UsageError) as e:
+    except (commands.CliError, ManifestError, UsageError) as e:
         print(f"error: {e}", file=sys.stderr)
     except ApiError as e:
         commands.server_error(e)
@@ -78,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     common = _common_options()
     _add_controlplane(sub)
     _add_demo(sub)
-    _add_proxy(sub)
+    sidecar.add_command(sub)
     _add_apply(sub, common)
     _add_get(sub, common)
     _add_describe(sub, common)
@@ -276,84 +271,6 @@ def _run_demo(args: argparse.Namespace) -> int:
     from pilotfish.cli.demo import demo
 
     return demo(args)
-
-
-def _add_proxy(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("proxy", help="run the sidecar proxy from an Envoy-style bootstrap")
-    p.add_argument(
-        "--bootstrap",
-        type=Path,
-        required=True,
-        metavar="FILE",
-        help="Envoy v3 bootstrap, YAML or JSON",
-    )
-    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    p.add_argument(
-        "--register",
-        action="store_true",
-        help="keep this instance in the control plane's registry while serving "
-        "(who it is from the bootstrap's node metadata: NAME, NAMESPACE, WORKLOAD_NAME, "
-        "LABELS, SERVICE_ACCOUNT); deregister at shutdown",
-    )
-    p.add_argument(
-        "--port",
-        action="append",
-        metavar="NAME=PORT",
-        help="with --register: a port callers reach, this sidecar's inbound one (repeatable)",
-    )
-    p.add_argument(
-        "--app-port",
-        action="append",
-        metavar="NAME=PORT",
-        help="with --register: where the application listens behind the port NAME",
-    )
-    p.add_argument("--server", help="with --register: the control plane URL (as other commands)")
-    p.add_argument(
-        "--ca-token-file",
-        type=Path,
-        metavar="FILE",
-        help="hold a workload certificate from the control plane's CA (SDS secrets default and "
-        "ROOTCA), proving the identity with the service account token in FILE "
-        "(`pilotfish create token`)",
-    )
-    p.set_defaults(handler=_run_proxy)
-
-
-def _run_proxy(args: argparse.Namespace) -> int:
-    import logging
-
-    from pilotfish.proxy.bootstrap import BootstrapError
-    from pilotfish.proxy.process import RegisterWith, run_proxy
-
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
-    if (args.port or args.app_port or args.server) and not args.register:
-        raise mesh.UsageError("--port, --app-port and --server go with --register")
-    register: RegisterWith | None = None
-    if args.register:
-        ports = mesh.pairs(args.port, "--port", int)
-        app_ports = mesh.pairs(args.app_port, "--app-port", int)
-        mtls = args.ca_token_file is not None  # a certificate: callers may send mutual TLS
-        register = partial(_registrar, ports, app_ports, args.server, mtls)
-    try:
-        return run_proxy(args.bootstrap, register, args.ca_token_file)
-    except (BootstrapError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-
-
-def _registrar(
-    ports: dict[str, int],
-    app_ports: dict[str, int],
-    server: str | None,
-    mtls: bool,
-    bootstrap: Bootstrap,
-) -> Registrar:
-    from pilotfish.client import Client
-    from pilotfish.proxy.register import Registrar
-
-    admin = bootstrap.admin.address.socket_address.port_value
-    client = Client.from_config(server)
-    return Registrar.for_node(bootstrap.node, ports, app_ports, admin, client, mtls)
 
 
 def _add_apply(

@@ -11,14 +11,11 @@ from types import FrameType
 
 from pilotfish.api.errors import ApiError
 from pilotfish.cli import output
+from pilotfish.cli.flags import pairs
 from pilotfish.client import Client
 from pilotfish.objects import Obj
 
 STATUS_TYPES = ("CDS", "LDS", "EDS", "RDS")
-
-
-class UsageError(Exception):
-    """A bad argument, found before asking the server."""
 
 
 # -- proxy-status ---------------------------------------------------------------------
@@ -247,16 +244,3 @@ def registration(args: argparse.Namespace) -> Obj:
         "locality": args.locality,
         "ttlSeconds": args.ttl,
     }
-
-
-def pairs(values: list[str] | None, flag: str, convert: type) -> Obj:
-    out: Obj = {}
-    for text in values or []:
-        key, sep, value = text.partition("=")
-        if not sep or not key:
-            raise UsageError(f"{flag} {text!r}: expected NAME=VALUE")
-        try:
-            out[key] = convert(value)
-        except ValueError:
-            raise UsageError(f"{flag} {text!r}: {value!r} is not a number") from None
-    return out

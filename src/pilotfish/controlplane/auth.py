@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import ipaddress
 import json
 import logging
 import os
@@ -30,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from pilotfish.addresses import is_loopback
 from pilotfish.api.errors import AlreadyExists, BadRequest, Forbidden, NotFound, Unauthorized
 from pilotfish.ca.tokens import SUBJECT_PREFIX, ServiceAccountTokens, TokenError
 from pilotfish.config import write_private
@@ -238,16 +238,6 @@ def load_or_create_token(data_dir: Path) -> str:
         write_private(path, token + "\n")
     os.chmod(path, 0o600)  # a copy made by hand with a looser mode is tightened
     return token
-
-
-def is_loopback(host: str) -> bool:
-    try:
-        address = ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped.is_loopback
-    return address.is_loopback
 
 
 def bearer_token(authorization: str | None) -> str | None:

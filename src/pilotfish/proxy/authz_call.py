@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-
-import grpc
+from typing import TYPE_CHECKING
 
 from pilotfish.proxy.filters import Check, CheckResult
-from pilotfish.proxy.pool import Pool, UpstreamConnection
 from pilotfish.proxy.protocol.express import ExpressResponse, express_events
 from pilotfish.proxy.protocol.http1 import (
     EndOfMessage,
@@ -24,6 +22,7 @@ from pilotfish.proxy.protocol.http1 import (
     serialize_request_head,
 )
 from pilotfish.proxy.upstream import Cluster, Host
+from pilotfish.proxy.upstream.pool import Pool, UpstreamConnection
 
 Done = Callable[[CheckResult | None], None]
 MAX_CHECK_BODY = 64 * 1024  # an authorizer's denial body, kept for the client
@@ -129,6 +128,9 @@ def send_check(
     return call
 
 
+if TYPE_CHECKING:  # imported by the first gRPC check: ~14 MiB a sidecar without one never needs
+    import grpc
+
 _CHANNELS: dict[tuple[str, int, bytes], grpc.aio.Channel] = {}
 _RUNNING: set[asyncio.Task[None]] = set()  # held so that they are not collected mid-call
 
@@ -139,6 +141,8 @@ def _identity(data: bytes) -> bytes:
 
 async def _grpc_check(host: Host, check: Check, done: Done) -> None:
     """One unary call; its answer, or None on any failure or the deadline."""
+    import grpc
+
     authority = dict(check.headers).get(b":authority", b"")
     key = (host.address, host.port, authority)
     channel = _CHANNELS.get(key)

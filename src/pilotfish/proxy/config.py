@@ -25,7 +25,7 @@ from pilotfish.proxy import xds_types
 from pilotfish.proxy.listeners import CompiledListener, compile_listener, prepare_routes
 from pilotfish.proxy.routing import RouteTable, compile_route_config
 from pilotfish.proxy.telemetry import ServiceInfo
-from pilotfish.proxy.upstream_set import ClusterSet
+from pilotfish.proxy.upstream.cluster_set import ClusterSet
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,8 @@ class ProxyConfig:
 
     def __repr__(self) -> str:
         s = self.snapshot
-        return f"<ProxyConfig listeners={len(s.listeners)} routes={len(s.routes)} clusters={len(s.clusters)}>"
+        counts = f"listeners={len(s.listeners)} routes={len(s.routes)} clusters={len(s.clusters)}"
+        return f"<ProxyConfig {counts}>"
 
     def apply(self, type_url: str, resources: list[AnyProto]) -> Mapping[str, frozenset[str]]:
         """Apply a state-of-the-world update of one type; return the names now

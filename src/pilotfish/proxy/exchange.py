@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING
 from pilotfish.proxy import filters, response_flags
 from pilotfish.proxy.authz_call import send_check
 from pilotfish.proxy.mirror import send_mirror
-from pilotfish.proxy.pool import UpstreamConnection
 from pilotfish.proxy.protocol.express import (
     ExpressRequest,
     ExpressResponse,
@@ -63,6 +62,7 @@ from pilotfish.proxy.routing import (
 from pilotfish.proxy.stats import ClusterStats
 from pilotfish.proxy.telemetry import PEER_METADATA_HEADER, PEER_METADATA_ID_HEADER
 from pilotfish.proxy.upstream import Cluster, Host, LocalOrigin, stable_hash
+from pilotfish.proxy.upstream.pool import UpstreamConnection
 
 if TYPE_CHECKING:
     from pilotfish.proxy.server import Downstream

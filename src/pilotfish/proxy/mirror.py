@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from pilotfish.proxy.pool import UpstreamConnection
 from pilotfish.proxy.protocol.express import ExpressResponse, express_events
 from pilotfish.proxy.protocol.http1 import (
     EndOfMessage,
@@ -19,10 +18,11 @@ from pilotfish.proxy.protocol.http1 import (
     serialize_request_head,
 )
 from pilotfish.proxy.routing import MirrorPolicy, shadow_authority
+from pilotfish.proxy.upstream.pool import UpstreamConnection
 
 if TYPE_CHECKING:
     from pilotfish.proxy.exchange import Exchange
-    from pilotfish.proxy.pool import Pool
+    from pilotfish.proxy.upstream.pool import Pool
 
 
 class MirrorSink:

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from envoy.config.bootstrap.v3.bootstrap_pb2 import Bootstrap
 from envoy.config.cluster.v3.cluster_pb2 import Cluster as ClusterProto
@@ -30,13 +30,9 @@ from pilotfish.proxy.ads import AdsProtocol
 from pilotfish.proxy.bootstrap import load_bootstrap
 from pilotfish.proxy.config import ProxyConfig, Snapshot
 from pilotfish.proxy.listeners import CompiledListener
-from pilotfish.proxy.pool import Pool
-from pilotfish.proxy.register import Registrar
-from pilotfish.proxy.sds import WorkloadCertificates
 from pilotfish.proxy.server import Downstream, Runtime
 from pilotfish.proxy.stats import State, StatsRegistry, listener_stat_name, prometheus_page
 from pilotfish.proxy.tap import Tap
-from pilotfish.proxy.tap_stream import TapStream
 from pilotfish.proxy.telemetry import (
     TRUST_DOMAIN,
     Telemetry,
@@ -46,11 +42,18 @@ from pilotfish.proxy.telemetry import (
 )
 from pilotfish.proxy.tls import SecretSource, TlsContexts
 from pilotfish.proxy.upstream import render_clusters
-from pilotfish.proxy.xds_client import AdsClient
+from pilotfish.proxy.upstream.pool import Pool
+
+if TYPE_CHECKING:  # imported where used: gRPC, the client library and cryptography
+    # cost a sidecar ~25 MiB, and one with a static bootstrap uses none of them
+    from pilotfish.proxy.register import Registrar
+    from pilotfish.proxy.sds import WorkloadCertificates
+    from pilotfish.proxy.tap_stream import TapStream
+    from pilotfish.proxy.xds_client import AdsClient
 
 log = logging.getLogger("pilotfish.proxy")
 DRAIN_TIMEOUT_S = 5.0
-RegisterWith = Callable[[Bootstrap], Registrar]
+RegisterWith = Callable[[Bootstrap], "Registrar"]
 
 
 class Server(Protocol):
@@ -139,6 +142,8 @@ def workload_certificates(bootstrap: Bootstrap, token_file: Path) -> WorkloadCer
     """Who the sidecar is, from its node metadata as Istio writes it
     (NAMESPACE, SERVICE_ACCOUNT: "default" when absent); the CA is the ADS
     server, as istio-agent's CA_ADDR defaults to the discovery address."""
+    from pilotfish.proxy.sds import WorkloadCertificates
+
     fields = bootstrap.node.metadata.fields
     namespace = metadata_text(fields, "NAMESPACE")
     if not namespace:
@@ -265,6 +270,8 @@ def _ads_client(bootstrap: Bootstrap, config: ProxyConfig) -> AdsClient | None:
     hosts = _ads_targets(bootstrap)
     if not hosts:
         return None
+    from pilotfish.proxy.xds_client import AdsClient
+
     return AdsClient(hosts, AdsProtocol(bootstrap.node, config.apply), _ads_metadata(bootstrap))
 
 
@@ -279,6 +286,8 @@ def _tap_stream(
     bootstrap: Bootstrap, runtime: Runtime, certificates: WorkloadCertificates | None
 ) -> TapStream:
     """`pilotfish tap`'s stream to the control plane, beside the ADS stream."""
+    from pilotfish.proxy.tap_stream import TapStream
+
     me = runtime.telemetry.own
     identity = certificates.spiffe_id if certificates is not None else ""
     runtime.tap = Tap(me, identity)

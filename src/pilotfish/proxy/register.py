@@ -23,9 +23,7 @@ from dataclasses import dataclass
 
 from envoy.config.core.v3.base_pb2 import Node
 
-from pilotfish.agent import registration
-from pilotfish.api.errors import ApiError
-from pilotfish.client import Unreachable
+from pilotfish.client import registration
 from pilotfish.objects import Obj
 from pilotfish.proxy.telemetry import metadata_labels, metadata_text
 
@@ -79,11 +77,11 @@ class Registrar:
         at start; one not answering yet is tried again by `keep`."""
         body = {**self.body, "healthy": False}
         try:
-            await asyncio.to_thread(self.client.register_instance, body)
-        except Unreachable as e:
-            log.warning("registration of %s: %s", self.body["name"], e.message)
-        except ApiError as e:
-            raise SystemExit(f"error: --register: the control plane refused: {e.message}") from e
+            warning = await asyncio.to_thread(registration.join, self.client, body)
+        except registration.Refused as e:
+            raise SystemExit(f"error: --register: the control plane refused: {e}") from e
+        if warning:
+            log.warning("registration of %s: %s", self.body["name"], warning)
 
     async def keep(self, ready: Callable[[], bool]) -> None:
         """Renew the lease until cancelled, healthy as `ready()` says."""

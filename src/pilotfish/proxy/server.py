@@ -20,7 +20,6 @@ from pilotfish.proxy.accesslog import AccessLogWriter, AccessRecord
 from pilotfish.proxy.config import ProxyConfig
 from pilotfish.proxy.exchange import Exchange
 from pilotfish.proxy.listeners import CompiledListener
-from pilotfish.proxy.pool import Pool
 from pilotfish.proxy.protocol.express import ExpressRequest, encode_lines, parse_request
 from pilotfish.proxy.protocol.http1 import (
     EndOfMessage,
@@ -43,6 +42,7 @@ from pilotfish.proxy.telemetry import (
     service_from_authority,
 )
 from pilotfish.proxy.tls import TlsContexts, peer_uri_sans
+from pilotfish.proxy.upstream.pool import Pool
 
 MAX_HELD_BYTES = 64 * 1024  # pipelined bytes read ahead before reading pauses
 TIMER_SWEEP_S = 0.25  # resolution of the 408, idle and outlier-interval timers

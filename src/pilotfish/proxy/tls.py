@@ -26,7 +26,7 @@ from typing import Any, Protocol
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, tls_pb2
 from envoy.extensions.transport_sockets.tls.v3.secret_pb2 import Secret
 
-from pilotfish.ca.workload import ISTIO_CIPHERS
+from pilotfish.ca.identity import ISTIO_CIPHERS
 from pilotfish.proxy.proto_fields import unsupported
 
 _VERSIONS = {

@@ -20,7 +20,7 @@ import copy
 from dataclasses import dataclass
 from typing import Any
 
-from pilotfish.agent.spec import referenced
+from pilotfish.api.workloads import referenced
 from pilotfish.objects import Obj
 from pilotfish.rollout.canary import Canary, Strategy
 from pilotfish.rollout.phases import ANALYSING, CANARY_UP

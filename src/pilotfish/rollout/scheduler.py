@@ -26,9 +26,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
-from pilotfish.agent.spec import referenced, template_hash
 from pilotfish.api.errors import ApiError, Conflict, NotFound
 from pilotfish.api.gotypes import parse_rfc3339, rfc3339
+from pilotfish.api.workloads import referenced, template_hash
 from pilotfish.objects import Obj
 from pilotfish.periodic import Periodic
 from pilotfish.rollout import router

@@ -34,8 +34,7 @@ from envoy.type.matcher.v3 import string_pb2
 from google.protobuf import struct_pb2
 from google.protobuf.wrappers_pb2 import BoolValue
 
-from pilotfish.ca.identity import TLS_MODE_LABEL
-from pilotfish.ca.workload import ISTIO_CIPHERS
+from pilotfish.ca.identity import ISTIO_CIPHERS, TLS_MODE_LABEL
 from pilotfish.model import ROOT_NAMESPACE, Endpoint, Service, Snapshot
 from pilotfish.model.config import PeerAuthentication, labels_match
 from pilotfish.model.types import Labels

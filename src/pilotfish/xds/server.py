@@ -39,7 +39,8 @@ from envoy.service.discovery.v3.discovery_pb2 import (
     DiscoveryRequest,
 )
 
-from pilotfish.controlplane.auth import has_token, is_loopback
+from pilotfish.addresses import is_loopback
+from pilotfish.controlplane.auth import has_token
 from pilotfish.model import Snapshot
 from pilotfish.xds import types
 from pilotfish.xds.connection import Connection

@@ -161,7 +161,7 @@ def test_counters_go_on_across_cds_pushes() -> None:
     as it was changes nothing, and one that changes it keeps the counters."""
     from upstream_kit import cluster_proto
 
-    from pilotfish.proxy.upstream_set import ClusterSet
+    from pilotfish.proxy.upstream.cluster_set import ClusterSet
 
     limits = {"thresholds": [{"max_requests": 1}]}
     resource = {"outlier_detection": {"interval": "10s"}, "circuit_breakers": limits}

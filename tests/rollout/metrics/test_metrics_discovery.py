@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 from tests.rollout.metrics.sidecar_pages import instance
 
-from pilotfish.agent.registration import registration
 from pilotfish.api.errors import MethodNotAllowed
+from pilotfish.client.registration import registration
 from pilotfish.controlplane.api import Request
 from pilotfish.controlplane.mesh_api import PROMETHEUS_TARGETS, MeshApi, prometheus_targets
 from pilotfish.registry.instances import (

@@ -31,7 +31,7 @@ from tests.proxy.e2e.harness import (
     write_bootstrap,
 )
 
-from pilotfish.agent.registration import registration
+from pilotfish.client.registration import registration
 from pilotfish.controlplane.api import Request
 from pilotfish.controlplane.mesh_api import MeshApi
 from pilotfish.registry.instances import InstanceRegistry, instance_from_json

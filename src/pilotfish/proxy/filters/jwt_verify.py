@@ -16,10 +16,11 @@ import base64
 import binascii
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jwt as pyjwt
-from jwt.algorithms import Algorithm
+if TYPE_CHECKING:  # PyJWT and cryptography are imported by the first key or token
+    # that needs them: ~14 MiB a sidecar without a JWT rule never uses
+    from jwt.algorithms import Algorithm
 
 # jwt_verify_lib's status strings.
 MISSING = "Jwt is missing"
@@ -128,6 +129,8 @@ def parse_jwks(text: str) -> tuple[Key, ...]:
 def _parse_key(jwk: Any) -> Key | None:
     if not isinstance(jwk, dict) or not isinstance(jwk.get("kty"), str):
         return None
+    import jwt as pyjwt
+
     try:
         parsed = pyjwt.PyJWK(jwk)
     except (pyjwt.PyJWTError, ValueError, TypeError, KeyError):
@@ -217,6 +220,8 @@ def verify_signature(jwt: Jwt, keys: tuple[Key, ...]) -> None:
         raise JwtError(KID_ALG_MISMATCH)
     algorithm = _ALGORITHM_CACHE.get(jwt.alg)
     if algorithm is None:
+        import jwt as pyjwt
+
         algorithm = _ALGORITHM_CACHE[jwt.alg] = pyjwt.get_algorithm_by_name(jwt.alg)
     for key in fitting:
         try:

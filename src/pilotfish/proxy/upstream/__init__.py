@@ -1,7 +1,8 @@
 """Upstream clusters: hosts, load balancers, priorities, outlier detection and circuit breakers.
 
-Pure logic, no I/O and no asyncio: the proxy's shell owns sockets, pools and
-timers, and calls in with events and the time.
+Pure logic, no I/O and no asyncio, but for pool.py (upstream connections and
+the keep-alive pool, the shell's side of this package, imported by the shell
+only): the shell owns sockets and timers, and calls in with events and the time.
 
     spec = compile_cluster(cluster_proto)                 # ClusterConfigError -> NACK
     cluster = Cluster(spec)                                # STATIC: hosts come with the spec

@@ -1,6 +1,7 @@
 """Registration of instances with the control plane's registry: the one
-place that knows the wire shape, so the node loop only says "this instance,
-healthy or not" and "gone"."""
+place that knows the wire shape, so the node agent and a sidecar started by
+hand (`pilotfish proxy --register`) only say "this instance, healthy or not"
+and "gone"."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Protocol
 
 from pilotfish.api.errors import ApiError
 from pilotfish.ca.identity import TLS_MODE_LABEL
+from pilotfish.client import Unreachable
 from pilotfish.objects import Obj
 
 TTL_S = 3.0  # an agent that dies is noticed within this
@@ -52,6 +54,24 @@ def registration(
         "healthy": healthy,
         "ttlSeconds": TTL_S,
     }
+
+
+class Refused(Exception):
+    """The control plane answered the registration with an error; the
+    message is its reason."""
+
+
+def join(client: RegistryClient, body: Obj) -> str:
+    """The first registration. The control plane refusing it (a bad port, a
+    missing token) raises Refused: a mistake to fix before serving. One not
+    answering yet is a warning returned, since renewals try again."""
+    try:
+        client.register_instance(body)
+    except Unreachable as e:
+        return e.message
+    except ApiError as e:
+        raise Refused(e.message) from e
+    return ""
 
 
 def register(client: RegistryClient, body: Obj) -> str:

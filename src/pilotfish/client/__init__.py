@@ -19,10 +19,10 @@ from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
+from pilotfish.addresses import is_loopback
 from pilotfish.api.errors import ApiError, Invalid
 from pilotfish.api.kinds import Kind, registry
 from pilotfish.config import load_client_config
-from pilotfish.controlplane.auth import is_loopback
 from pilotfish.objects import Obj
 
 Warnings = list[str]  # named here: inside Client, `list` is the method

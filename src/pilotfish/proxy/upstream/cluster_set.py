@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from envoy.config.cluster.v3.cluster_pb2 import Cluster as ClusterProto
 from envoy.config.endpoint.v3.endpoint_pb2 import ClusterLoadAssignment
 
-from pilotfish.proxy.upstream import Cluster, compile_cluster, compile_load_assignment
+from pilotfish.proxy.upstream.cluster import Cluster
+from pilotfish.proxy.upstream.compile import compile_cluster, compile_load_assignment
 
 
 @dataclass(frozen=True)

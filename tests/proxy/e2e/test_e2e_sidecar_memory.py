@@ -1,0 +1,118 @@
+"""A sidecar loads only what its config uses. `pilotfish proxy` with a static
+bootstrap (routing, the fault filter, an upstream; no ADS server, no TLS, no
+JWT rule, no --register) serves without gRPC, cryptography, PyJWT, the client
+library, the API's kinds or the CLI's other commands: each of them costs its
+memory on every host of the mesh (docs/benchmarks.md, "Idle memory").
+
+The sidecar runs as the `pilotfish` command does (pilotfish.cli.run), in a
+process that, once the proxy is ready and has forwarded a request, writes
+its sys.modules out and stops itself with SIGTERM."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from harness import (
+    Backend,
+    bootstrap,
+    fault_filter,
+    free_port,
+    listener,
+    route,
+    static_cluster,
+    vhost,
+    write_bootstrap,
+)
+
+# Imported where a config asks for them (ADS, SDS, ext_authz over gRPC, JWT,
+# --register), never by a plain start.
+LAZY = (
+    "grpc",
+    "cryptography",
+    "jwt",
+    "pilotfish.client",
+    "pilotfish.api",
+    "pilotfish.agent",
+    "pilotfish.ca.workload",
+    "pilotfish.cli.main",
+    "pilotfish.controlplane",
+    "pilotfish.translate",
+    "pilotfish.proxy.sds",
+    "pilotfish.proxy.xds_client",
+    "pilotfish.proxy.register",
+)
+
+# Waits for /ready and one proxied answer over plain sockets (urllib would
+# load http.client and email into the process being looked at).
+WATCH = """
+import os, signal, socket, sys, threading, time
+
+def answer(port, path):
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+            s.sendall(b"GET " + path + b" HTTP/1.1\\r\\nhost: app\\r\\nconnection: close\\r\\n\\r\\n")
+            return s.recv(64)
+    except OSError:
+        return b""
+
+def watch(admin, port, out):
+    while not answer(admin, b"/ready").startswith(b"HTTP/1.1 200"):
+        time.sleep(0.05)
+    status = answer(port, b"/echo")[:12].decode()
+    with open(out, "w") as f:
+        f.write(status + "\\n" + "\\n".join(sorted(sys.modules)))
+    os.kill(os.getpid(), signal.SIGTERM)
+
+admin, port, out, path = sys.argv[1:5]
+threading.Thread(target=watch, args=(int(admin), int(port), out), daemon=True).start()
+sys.argv = ["pilotfish", "proxy", "--bootstrap", path]
+from pilotfish.cli import run
+sys.exit(run())
+"""
+
+
+@pytest.fixture
+def app() -> Backend:
+    backend = Backend("app").start()
+    yield backend  # type: ignore[misc]
+    backend.stop()
+
+
+def loaded_by_a_plain_sidecar(tmp_path: Path, app: Backend) -> list[str]:
+    admin, port = free_port(), free_port()
+    routes = [route("app", prefix="/")]
+    inbound = listener(
+        "inbound", port, [vhost("app", ["*"], routes)], http_filters=[fault_filter()]
+    )
+    path = write_bootstrap(
+        tmp_path, bootstrap([inbound], [static_cluster("app", [app.port])], admin)
+    )
+    out = tmp_path / "modules.txt"
+    argv = [
+        sys.executable,
+        "-c",
+        textwrap.dedent(WATCH),
+        str(admin),
+        str(port),
+        str(out),
+        str(path),
+    ]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    status, *modules = out.read_text().splitlines()
+    assert status == "HTTP/1.1 200", "the sidecar did not forward the request"
+    return modules
+
+
+def test_a_plain_sidecar_loads_none_of_what_its_config_does_not_use(
+    tmp_path: Path, app: Backend
+) -> None:
+    modules = loaded_by_a_plain_sidecar(tmp_path, app)
+    assert "pilotfish.proxy.process" in modules
+    assert "pilotfish.proxy.filters.fault" in modules
+    loaded = sorted(m for m in modules for lazy in LAZY if m == lazy or m.startswith(lazy + "."))
+    assert not loaded, loaded
