@@ -11,7 +11,7 @@ from envoy.config.bootstrap.v3.bootstrap_pb2 import Bootstrap
 from google.protobuf import json_format
 
 from pilotfish.agent.bootstrap import Placement, SidecarIdentity, XdsServer, sidecar_bootstrap
-from pilotfish.agent.registration import registration
+from pilotfish.client.registration import registration
 from pilotfish.model.locality import check_locality
 from pilotfish.xds.node import proxy_from_node
 

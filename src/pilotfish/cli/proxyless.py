@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pilotfish.cli.mesh import UsageError, pairs
+from pilotfish.cli.flags import UsageError, pairs
 
 if TYPE_CHECKING:  # the rest is imported when the command runs: `pilotfish` starts faster
     from pilotfish.agent.bootstrap import XdsServer
