@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
-import json
 import pstats
 import re
 import subprocess
@@ -37,7 +36,6 @@ from typing import Any
 
 import uvloop
 import yaml
-from google.protobuf.json_format import MessageToDict
 
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE / "proxy")]
@@ -48,6 +46,7 @@ from http1_parse import (  # noqa: E402
     TINY_REQUEST,
     TINY_RESPONSE,
 )
+from policies import ten_rule_allow_filter  # noqa: E402
 from targets import pilotfish_bootstrap  # noqa: E402
 
 from pilotfish.proxy.bootstrap import parse_bootstrap  # noqa: E402
@@ -55,7 +54,6 @@ from pilotfish.proxy.config import ProxyConfig  # noqa: E402
 from pilotfish.proxy.pool import UpstreamConnection  # noqa: E402
 from pilotfish.proxy.process import load_static, new_runtime  # noqa: E402
 from pilotfish.proxy.server import Downstream  # noqa: E402
-from pilotfish.translate.authz import AuthzSettings, translate_rbac_http  # noqa: E402
 
 
 class MemoryTransport(asyncio.Transport):
@@ -83,18 +81,6 @@ class MemoryTransport(asyncio.Transport):
 
     def close(self) -> None:
         raise AssertionError("the benchmark's connections stay open")
-
-
-def ten_rule_allow_filter() -> dict[str, Any]:
-    """One ALLOW policy of ten rules; the benchmark's requests (GET /hello,
-    POST /api/v1/...) match only the tenth."""
-    rules = [
-        {"to": [{"operation": {"methods": ["PUT"], "paths": [f"/admin/{i}/*"]}}]} for i in range(9)
-    ]
-    rules.append({"to": [{"operation": {"methods": ["GET", "POST"], "paths": ["/*"]}}]})
-    policy = {"metadata": {"name": "ten-rules", "namespace": "bench"}, "spec": {"rules": rules}}
-    [rbac] = translate_rbac_http([policy], AuthzSettings())
-    return json.loads(json.dumps(MessageToDict(rbac)))
 
 
 async def build(
