@@ -22,7 +22,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from mesh_processes import XdsControlPlane, wait_until
 from processes import free_port
-from sidecar_mesh import Backend, Response, Sidecar, SidecarMesh, curl
+from sidecar_mesh import REVIEWS_SERVICE, Backend, Response, Sidecar, SidecarMesh, curl
 from tests.agent.mesh_harness import wait_for
 
 from pilotfish.cli.commands import resolve
@@ -34,15 +34,6 @@ RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 EC_KEY = ec.generate_private_key(ec.SECP256R1())
 STRANGER = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 REVIEWS = "http://reviews:9080/echo"
-
-SERVICES = """
-apiVersion: v1
-kind: Service
-metadata: {name: reviews, labels: {app: reviews}}
-spec:
-  selector: {app: reviews}
-  ports: [{name: http, port: 9080}]
-"""
 
 
 def jwks() -> str:
@@ -90,7 +81,7 @@ spec:
 class JwtMesh:
     def __init__(self, mesh: SidecarMesh, jwks_uri: str) -> None:
         self.mesh = mesh
-        mesh.apply(SERVICES)
+        mesh.apply(REVIEWS_SERVICE)
         self.reviews, self.backend = mesh.workload(
             "reviews-v1-0", {"app": "reviews", "version": "v1"}, Backend("reviews-v1")
         )
