@@ -16,15 +16,18 @@ import time
 from typing import Any
 
 import jwt
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ec
 from google.protobuf.json_format import MessageToDict
 
 from pilotfish.translate.authz import AuthzSettings, translate_rbac_http
 from pilotfish.translate.jwt import translate_jwt_filter
 
 ISSUER = "https://auth.bench.test"
-_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+# A fixed key, not a generated one: key generation's cost varies from run to
+# run, and proxy_path.py --instructions subtracts two runs' counts.
+_KEY = ec.derive_private_key(0x5EC0_0D15_BE4C_4A11_2026_1207, ec.SECP256R1())
 _KID = "bench-1"
+_ALG = "ES256"
 
 
 def _as_json(message: Any) -> dict[str, Any]:
@@ -48,12 +51,12 @@ def ten_rule_allow_filter(require_jwt: bool = False) -> dict[str, Any]:
 
 
 def jwks() -> str:
-    public = json.loads(jwt.get_algorithm_by_name("RS256").to_jwk(_KEY.public_key()))
-    return json.dumps({"keys": [{**public, "kid": _KID, "alg": "RS256"}]})
+    public = json.loads(jwt.get_algorithm_by_name(_ALG).to_jwk(_KEY.public_key()))
+    return json.dumps({"keys": [{**public, "kid": _KID, "alg": _ALG}]})
 
 
 def jwt_filter() -> dict[str, Any]:
-    """The jwt_authn HTTP filter of one RequestAuthentication (RS256, inline keys,
+    """The jwt_authn HTTP filter of one RequestAuthentication (ES256, inline keys,
     as istiod sends a fetched jwksUri)."""
     policy = {
         "metadata": {"name": "bench-jwt", "namespace": "bench"},
@@ -65,6 +68,6 @@ def jwt_filter() -> dict[str, Any]:
 
 
 def token(lifetime_s: int = 3600) -> str:
-    """A valid RS256 token of the issuer, good for `lifetime_s`."""
+    """A valid ES256 token of the issuer, good for `lifetime_s`."""
     claims = {"iss": ISSUER, "sub": "bench-user", "exp": int(time.time()) + lifetime_s}
-    return jwt.encode(claims, _KEY, algorithm="RS256", headers={"kid": _KID})
+    return jwt.encode(claims, _KEY, algorithm=_ALG, headers={"kid": _KID})
