@@ -13,7 +13,10 @@ does. Shapes as in bench/http1_parse.py.
 
 `+rbac10` rows put in front of the router the RBAC filter the control plane
 translates from one ALLOW AuthorizationPolicy of ten rules, the request
-matching only the last (each rule a method and a path prefix).
+matching only the last (each rule a method and a path prefix). `+authz` rows
+are the inbound side of bench/proxy's pilotfish-authz target: one
+RequestAuthentication's jwt_authn filter, then that policy with its last
+rule requiring a request principal; the request carries a valid ES256 token.
 
 On a shared machine the timings move by a third from run to run;
 `--instructions` counts the CPU instructions per request under valgrind's
@@ -26,7 +29,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
-import json
 import pstats
 import re
 import subprocess
@@ -37,7 +39,6 @@ from typing import Any
 
 import uvloop
 import yaml
-from google.protobuf.json_format import MessageToDict
 
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE / "proxy")]
@@ -48,6 +49,8 @@ from http1_parse import (  # noqa: E402
     TINY_REQUEST,
     TINY_RESPONSE,
 )
+from policies import jwt_filter, ten_rule_allow_filter, token  # noqa: E402
+from security import Security  # noqa: E402
 from targets import pilotfish_bootstrap  # noqa: E402
 
 from pilotfish.proxy.bootstrap import parse_bootstrap  # noqa: E402
@@ -55,7 +58,6 @@ from pilotfish.proxy.config import ProxyConfig  # noqa: E402
 from pilotfish.proxy.process import load_static, new_runtime  # noqa: E402
 from pilotfish.proxy.server import Downstream  # noqa: E402
 from pilotfish.proxy.upstream.pool import UpstreamConnection  # noqa: E402
-from pilotfish.translate.authz import AuthzSettings, translate_rbac_http  # noqa: E402
 
 
 class MemoryTransport(asyncio.Transport):
@@ -85,25 +87,29 @@ class MemoryTransport(asyncio.Transport):
         raise AssertionError("the benchmark's connections stay open")
 
 
-def ten_rule_allow_filter() -> dict[str, Any]:
-    """One ALLOW policy of ten rules; the benchmark's requests (GET /hello,
-    POST /api/v1/...) match only the tenth."""
-    rules = [
-        {"to": [{"operation": {"methods": ["PUT"], "paths": [f"/admin/{i}/*"]}}]} for i in range(9)
-    ]
-    rules.append({"to": [{"operation": {"methods": ["GET", "POST"], "paths": ["/*"]}}]})
-    policy = {"metadata": {"name": "ten-rules", "namespace": "bench"}, "spec": {"rules": rules}}
-    [rbac] = translate_rbac_http([policy], AuthzSettings())
-    return json.loads(json.dumps(MessageToDict(rbac)))
+def security(row: str) -> Security:
+    """The HTTP filters a row puts before CORS (see the module's doc)."""
+    if row.endswith("+rbac10"):
+        return Security(http_filters=[ten_rule_allow_filter()])
+    if row.endswith("+authz"):
+        return Security(http_filters=[jwt_filter(), ten_rule_allow_filter(require_jwt=True)])
+    return Security()
+
+
+def exchange(row: str) -> tuple[bytes, bytes]:
+    """The request and response bytes of a row; +authz requests carry a token."""
+    request, response = SHAPES[row.partition("+")[0]]
+    if row.endswith("+authz"):
+        line, _, rest = request.partition(b"\r\n")
+        request = line + b"\r\nAuthorization: Bearer " + token().encode() + b"\r\n" + rest
+    return request, response
 
 
 async def build(
-    rbac: bool = False,
+    row: str,
 ) -> tuple[Downstream, UpstreamConnection, MemoryTransport, MemoryTransport]:
-    config_dict = yaml.safe_load(pilotfish_bootstrap("bench", 15001, 0, 8080))
-    if rbac:
-        hcm = config_dict["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
-        hcm["typed_config"]["http_filters"].insert(0, ten_rule_allow_filter())
+    bootstrap_text = pilotfish_bootstrap("bench", 15001, 0, 8080, security(row))
+    config_dict = yaml.safe_load(bootstrap_text)
     bootstrap = parse_bootstrap(config_dict, "bench.yaml")
     config = ProxyConfig()
     load_static(bootstrap, config)
@@ -129,8 +135,8 @@ def one(down: Downstream, upstream: UpstreamConnection, request: bytes, response
 
 
 async def measure(shape: str, seconds: float, profile: bool) -> float:
-    request, response = SHAPES[shape.removesuffix("+rbac10")]
-    down, upstream, down_t, up_t = await build(shape.endswith("+rbac10"))
+    request, response = exchange(shape)
+    down, upstream, down_t, up_t = await build(shape)
     one(down, upstream, request, response)
     assert down_t.written and b" 200 " in down_t.written[0], down_t.written
     profiler = cProfile.Profile() if profile else None
@@ -157,12 +163,12 @@ SHAPES = {
 COUNTED_REQUESTS = 2000
 
 
-ROWS = (*SHAPES, *(f"{name}+rbac10" for name in SHAPES))
+ROWS = (*SHAPES, *(f"{name}+{extra}" for extra in ("rbac10", "authz") for name in SHAPES))
 
 
 async def run_requests(shape: str, count: int) -> None:
-    request, response = SHAPES[shape.removesuffix("+rbac10")]
-    down, upstream, _, _ = await build(shape.endswith("+rbac10"))
+    request, response = exchange(shape)
+    down, upstream, _, _ = await build(shape)
     for _ in range(count):
         one(down, upstream, request, response)
 

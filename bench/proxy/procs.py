@@ -235,10 +235,12 @@ class Probe:
     body: bytes
 
 
-def get(port: int, path: str, timeout_s: float = 2.0) -> Probe:
+def get(
+    port: int, path: str, timeout_s: float = 2.0, headers: dict[str, str] | None = None
+) -> Probe:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout_s)
     try:
-        conn.request("GET", path)
+        conn.request("GET", path, headers=headers or {})
         resp = conn.getresponse()
         return Probe(resp.status, len(resp.getheaders()), resp.read())
     finally:

@@ -25,6 +25,7 @@ class ShapeResult:
     latency: Latency | None = None
     cpu_us_per_req: float | None = None
     rss_busy_kib: int | None = None
+    handshakes_per_1k: float | None = None  # TLS handshakes per 1000 wrk requests
     other_cpus: float = 0.0  # CPUs used by processes not ours meanwhile: noise
     errors: list[str] = field(default_factory=list)
 
@@ -74,8 +75,45 @@ def ratios(results: dict[str, TargetResult], shapes: tuple[str, ...]) -> dict[st
             "throughput_relay_over_nginx": throughput_ratio(results, "relay", shape),
             "throughput_httptools_over_nginx": throughput_ratio(results, "httptools", shape),
             "chain_added_p90_httptools_over_nginx": chain_ratio(results, "httptools", shape),
+            **security_costs(results, shape),
         }
     return out
+
+
+def security_costs(results: dict[str, TargetResult], shape: str) -> dict[str, float | None]:
+    """What mutual TLS costs each chain and authorization costs pilotfish,
+    against the same target without it in the same run."""
+    mtls = {
+        "chain_mtls_added_p90_pilotfish_over_nginx": _over(
+            added_p90(results, "pilotfish-mtls-chain", shape),
+            added_p90(results, "nginx-mtls-chain", shape),
+        )
+    }
+    for name in ("nginx", "pilotfish"):
+        mtls[f"mtls_p90_us_{name}_chain"] = _minus(
+            added_p90(results, f"{name}-mtls-chain", shape),
+            added_p90(results, f"{name}-chain", shape),
+        )
+        mtls[f"mtls_cpu_us_per_req_{name}_chain"] = _minus(
+            _cpu(results, f"{name}-mtls-chain", shape), _cpu(results, f"{name}-chain", shape)
+        )
+    mtls["authz_cpu_us_per_req_pilotfish"] = _minus(
+        _cpu(results, "pilotfish-authz", shape), _cpu(results, "pilotfish", shape)
+    )
+    return mtls
+
+
+def _cpu(results: dict[str, TargetResult], name: str, shape: str) -> float | None:
+    r = _p(results.get(name), shape)
+    return r.cpu_us_per_req if r else None
+
+
+def _over(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def _minus(a: float | None, b: float | None) -> float | None:
+    return a - b if a is not None and b is not None else None
 
 
 def chain_ratio(results: dict[str, TargetResult], name: str, shape: str) -> float | None:
@@ -108,6 +146,7 @@ COLUMNS = [
     "CPU µs/req",
     "RSS idle MiB",
     "RSS busy MiB",
+    "TLS hs/1k req",
 ]
 
 
@@ -139,6 +178,7 @@ def _row(res: TargetResult, shape: str, results: dict[str, TargetResult]) -> lis
         _num(r.cpu_us_per_req, 1),
         _mib(res.rss_idle_kib),
         _mib(r.rss_busy_kib),
+        _num(r.handshakes_per_1k, 2),
     ]
 
 
@@ -170,6 +210,12 @@ REFERENCES = {
     "throughput_relay_over_nginx": "bare Python relay/nginx throughput",
     "throughput_httptools_over_nginx": "bare uvloop + httptools proxy/nginx throughput",
     "chain_added_p90_httptools_over_nginx": "its chain's added p90/nginx's",
+    "chain_mtls_added_p90_pilotfish_over_nginx": "mTLS chain added p90 pilotfish/nginx",
+    "mtls_p90_us_nginx_chain": "mTLS adds to nginx's chain p90, µs",
+    "mtls_p90_us_pilotfish_chain": "mTLS adds to pilotfish's chain p90, µs",
+    "mtls_cpu_us_per_req_nginx_chain": "mTLS adds to nginx's chain CPU, µs/req",
+    "mtls_cpu_us_per_req_pilotfish_chain": "mTLS adds to pilotfish's chain CPU, µs/req",
+    "authz_cpu_us_per_req_pilotfish": "JWT + 10-rule ALLOW add to pilotfish CPU, µs/req",
 }
 
 

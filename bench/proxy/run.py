@@ -8,11 +8,15 @@ In one go, the same HTTP/1.1 keep-alive load against: the backend alone
 Python relay (relay.py: the floor for a proxy in Python), the issue's bare
 uvloop + httptools proxy (httptools_proxy.py: the floor for one that parses
 HTTP), the pilotfish proxy (one process each), and two-hop chains (outbound ->
-inbound -> backend) of nginx, the httptools proxy and pilotfish. Two shapes,
+inbound -> backend) of nginx, the httptools proxy and pilotfish; pilotfish with
+a sidecar's authorization filters (one RequestAuthentication, one ALLOW policy
+of ten rules, requests carrying a valid JWT: pilotfish-authz); and the two
+chains with mutual TLS between the hops (security.py). Two shapes,
 tiny and realistic (see shapes.py). Per target and shape: wrk and h2load
 throughput at 32 connections, p50/p90/p99 at a fixed 1000 req/s (h2load
---rps), the p90 added over the backend alone, CPU µs per request and VmRSS
-idle and busy.
+--rps), the p90 added over the backend alone, CPU µs per request, VmRSS
+idle and busy, and for the TLS chains the handshakes per 1000 requests over
+the wrk run (counted on the inbound hop, after the warm-up).
 
 On this 2-core machine the servers (proxies and backend) share CPU 0 and the
 load generator has CPU 1: a proxy's throughput is bounded by the CPU it leaves
@@ -32,6 +36,7 @@ import signal
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 
@@ -113,13 +118,18 @@ def _measure_shape(
     target: Target, pids: list[int], shape: Shape, settings: Settings, workdir: Path
 ) -> ShapeResult:
     result = ShapeResult()
+    shape = replace(shape, headers=shape.headers + target.headers)
     try:
         wrk(shape, target.port, settings.connections, WARMUP_S, workdir)
         cpu_before = cpu_seconds(pids)
+        handshakes_before = target.handshakes() if target.handshakes else 0
         with RssPeak(pids) as rss:
             result.wrk = wrk(shape, target.port, settings.connections, settings.seconds, workdir)
         if result.wrk.requests:
             result.cpu_us_per_req = (cpu_seconds(pids) - cpu_before) * 1e6 / result.wrk.requests
+            if target.handshakes:
+                made = target.handshakes() - handshakes_before
+                result.handshakes_per_1k = made * 1000 / result.wrk.requests
         result.rss_busy_kib = rss.peak
     except LoadError as e:
         result.errors.append(f"wrk: {e}")

@@ -9,11 +9,26 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
+from typing import Any
 
+import yaml
+from policies import jwt_filter, ten_rule_allow_filter, token
 from procs import Started, Supervisor, free_port, get, listening, process_tree, wait_until
+from security import (
+    MeshCerts,
+    NginxHandshakes,
+    PilotfishHandshakes,
+    Security,
+    inbound_tls,
+    mesh_certs,
+    nginx_inbound_server,
+    nginx_outbound_location,
+    nginx_status_server,
+    outbound_tls,
+)
 from shapes import REALISTIC_BODY, REALISTIC_EXTRA_HEADERS, SHAPES, TINY_BODY, Shape
 
 NGINX = "nginx"
@@ -34,6 +49,8 @@ class Target:
     measured: list[Started] = field(default_factory=list)  # proxies (the backend for direct)
     owned: list[Started] = field(default_factory=list)  # stopped when the target is done
     unavailable: str | None = None
+    handshakes: Callable[[], int] | None = None  # TLS handshakes so far, for the TLS rows
+    headers: tuple[tuple[str, str], ...] = ()  # added to every request (a JWT)
 
     def pids(self) -> list[int]:
         return [pid for proc in self.measured for pid in process_tree(proc.pid)]
@@ -51,10 +68,17 @@ class Bench:
     pool_size: int
     backend: Started | None = None
     backend_port: int = 0
+    certs: MeshCerts | None = None
 
     @property
     def dir(self) -> Path:
         return self.sup.workdir
+
+    def mesh_certs(self) -> MeshCerts:
+        """The run's mesh CA and workload certificates, made on first use."""
+        if self.certs is None:
+            self.certs = mesh_certs(self.dir)
+        return self.certs
 
 
 # --- nginx ----------------------------------------------------------------
@@ -102,7 +126,19 @@ def _backend_block(port: int) -> str:
     }}"""
 
 
-def _proxy_block(port: int, upstream_port: int, pool: int) -> str:
+def _proxy_block(
+    port: int,
+    upstream_port: int,
+    pool: int,
+    *,
+    server_tls: str = "",
+    location_tls: str = "",
+    extra_servers: str = "",
+) -> str:
+    """A reverse proxy with a keepalive pool to the next hop; with
+    `server_tls` its listener does TLS, with `location_tls` its upstream."""
+    ssl = " ssl" if server_tls else ""
+    scheme = "https" if location_tls else "http"
     return f"""\
     upstream next_hop {{
         server 127.0.0.1:{upstream_port};
@@ -111,13 +147,16 @@ def _proxy_block(port: int, upstream_port: int, pool: int) -> str:
         keepalive_timeout 300s;
     }}
     server {{
-        listen 127.0.0.1:{port} backlog=4096;
+        listen 127.0.0.1:{port}{ssl} backlog=4096;
+{server_tls}
         location / {{
-            proxy_pass http://next_hop;
+            proxy_pass {scheme}://next_hop;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
+{location_tls}
         }}
-    }}"""
+    }}
+{extra_servers}"""
 
 
 def _start_nginx(bench: Bench, name: str, block: Callable[[int], str]) -> tuple[Started, int]:
@@ -137,6 +176,27 @@ def start_backend(bench: Bench) -> str | None:
 def _nginx_hop(bench: Bench, name: str, upstream_port: int) -> HopStart:
     pool = bench.pool_size
     proc, port = _start_nginx(bench, name, lambda p: _proxy_block(p, upstream_port, pool))
+    return HopStart(proc, port, lambda: listening(port))
+
+
+def _nginx_mtls_hop(bench: Bench, name: str, upstream_port: int) -> HopStart:
+    """The inbound hop serves TLS and counts its handshakes; the outbound one
+    does TLS with a client certificate to it."""
+    pool, certs = bench.pool_size, bench.mesh_certs()
+    if name.endswith("-inbound"):
+        status = free_port()
+        tls = {
+            "server_tls": nginx_inbound_server(certs),
+            "extra_servers": nginx_status_server(status),
+        }
+        proc, port = _start_nginx(
+            bench, name, lambda p: _proxy_block(p, upstream_port, pool, **tls)
+        )
+        return HopStart(proc, port, lambda: listening(port), NginxHandshakes(status))
+    location = nginx_outbound_location(certs)
+    proc, port = _start_nginx(
+        bench, name, lambda p: _proxy_block(p, upstream_port, pool, location_tls=location)
+    )
     return HopStart(proc, port, lambda: listening(port))
 
 
@@ -175,76 +235,124 @@ def _haproxy_hop(bench: Bench, name: str, upstream_port: int) -> HopStart:
 # --- pilotfish ----------------------------------------------------------------
 
 
-def pilotfish_bootstrap(name: str, port: int, admin_port: int, upstream_port: int) -> str:
+HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3"
+HTTP_FILTERS = "type.googleapis.com/envoy.extensions.filters.http"
+
+
+def pilotfish_bootstrap(
+    name: str,
+    port: int,
+    admin_port: int,
+    upstream_port: int,
+    security: Security | None = None,
+) -> str:
     """The Envoy v3 bootstrap the harness gives `pilotfish proxy`: one listener
     routing / to one STATIC cluster, with a sidecar's HTTP filters (CORS and
     fault, idle unless a route configures them, then the router); routing and
-    metrics on, access log off."""
-    hcm = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3"
-    filters = "type.googleapis.com/envoy.extensions.filters.http"
-    return f"""\
-node:
-  id: sidecar~127.0.0.1~{name}.bench~bench.svc.cluster.local
-  cluster: {name}.bench
-  metadata:
-    NAME: {name}
-    NAMESPACE: bench
-    WORKLOAD_NAME: {name}
-    LABELS: {{app: {name}, version: v1}}
-admin:
-  address:
-    socket_address: {{address: 127.0.0.1, port_value: {admin_port}}}
-static_resources:
-  listeners:
-  - name: {name}
-    address:
-      socket_address: {{address: 127.0.0.1, port_value: {port}}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": {hcm}.HttpConnectionManager
-          stat_prefix: {name}
-          route_config:
-            name: {name}
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes:
-              - match: {{prefix: "/"}}
-                route: {{cluster: next_hop}}
-          http_filters:
-          - name: envoy.filters.http.cors
-            typed_config:
-              "@type": {filters}.cors.v3.Cors
-          - name: envoy.filters.http.fault
-            typed_config:
-              "@type": {filters}.fault.v3.HTTPFault
-          - name: envoy.filters.http.router
-            typed_config:
-              "@type": {filters}.router.v3.Router
-  clusters:
-  - name: next_hop
-    type: STATIC
-    connect_timeout: 1s
-    lb_policy: ROUND_ROBIN
-    load_assignment:
-      cluster_name: next_hop
-      endpoints:
-      - lb_endpoints:
-        - endpoint:
-            address:
-              socket_address: {{address: 127.0.0.1, port_value: {upstream_port}}}
-"""
+    metrics on, access log off. `security` adds what a mesh sidecar's inbound
+    or outbound side carries: TLS on the listener or the cluster, and HTTP
+    filters before CORS (jwt_authn, RBAC)."""
+    security = security or Security()
+    filters = [
+        *security.http_filters,
+        {
+            "name": "envoy.filters.http.cors",
+            "typed_config": {"@type": f"{HTTP_FILTERS}.cors.v3.Cors"},
+        },
+        {
+            "name": "envoy.filters.http.fault",
+            "typed_config": {"@type": f"{HTTP_FILTERS}.fault.v3.HTTPFault"},
+        },
+        {
+            "name": "envoy.filters.http.router",
+            "typed_config": {"@type": f"{HTTP_FILTERS}.router.v3.Router"},
+        },
+    ]
+    hcm = {
+        "name": "envoy.filters.network.http_connection_manager",
+        "typed_config": {
+            "@type": f"{HCM}.HttpConnectionManager",
+            "stat_prefix": name,
+            "route_config": {
+                "name": name,
+                "virtual_hosts": [
+                    {
+                        "name": "all",
+                        "domains": ["*"],
+                        "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "next_hop"}}],
+                    }
+                ],
+            },
+            "http_filters": filters,
+        },
+    }
+    chain: dict[str, Any] = {"filters": [hcm]}
+    if security.listener_tls is not None:
+        chain["filter_chain_match"] = {"transport_protocol": "tls"}
+        chain["transport_socket"] = security.listener_tls
+    cluster: dict[str, Any] = {
+        "name": "next_hop",
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "lb_policy": "ROUND_ROBIN",
+        "load_assignment": {
+            "cluster_name": "next_hop",
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _address(upstream_port)}}]}],
+        },
+    }
+    if security.cluster_tls is not None:
+        cluster["transport_socket"] = security.cluster_tls
+    config = {
+        "node": {
+            "id": f"sidecar~127.0.0.1~{name}.bench~bench.svc.cluster.local",
+            "cluster": f"{name}.bench",
+            "metadata": {
+                "NAME": name,
+                "NAMESPACE": "bench",
+                "WORKLOAD_NAME": name,
+                "LABELS": {"app": name, "version": "v1"},
+            },
+        },
+        "admin": {"address": _address(admin_port)},
+        "static_resources": {
+            "listeners": [{"name": name, "address": _address(port), "filter_chains": [chain]}],
+            "clusters": [cluster],
+        },
+    }
+    return yaml.safe_dump(config, sort_keys=False)
 
 
-def _pilotfish_hop(bench: Bench, name: str, upstream_port: int) -> HopStart:
+def _address(port: int) -> dict[str, Any]:
+    return {"socket_address": {"address": "127.0.0.1", "port_value": port}}
+
+
+def _pilotfish_hop(
+    bench: Bench, name: str, upstream_port: int, security: Security | None = None
+) -> HopStart:
     port, admin_port = free_port(), free_port()
     path = bench.dir / f"{name}.bootstrap.yaml"
-    path.write_text(pilotfish_bootstrap(name, port, admin_port, upstream_port))
+    path.write_text(pilotfish_bootstrap(name, port, admin_port, upstream_port, security))
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = bench.sup.start(name, [*PILOTFISH, str(path)], env=env)
-    return HopStart(proc, port, lambda: get(admin_port, "/ready").status == 200)
+    return HopStart(proc, port, lambda: get(admin_port, "/ready").status == 200, admin=admin_port)
+
+
+def _pilotfish_mtls_hop(bench: Bench, name: str, upstream_port: int) -> HopStart:
+    """A sidecar's inbound side (TLS listener, client certificate required)
+    or outbound side (a cluster doing mutual TLS), as translation writes them."""
+    certs = bench.mesh_certs()
+    if name.endswith("-inbound"):
+        hop = _pilotfish_hop(bench, name, upstream_port, Security(listener_tls=inbound_tls(certs)))
+        return replace(hop, handshakes=PilotfishHandshakes(hop.admin))
+    return _pilotfish_hop(bench, name, upstream_port, Security(cluster_tls=outbound_tls(certs)))
+
+
+def _pilotfish_authz_hop(bench: Bench, name: str, upstream_port: int) -> HopStart:
+    """An inbound side with one RequestAuthentication and one ALLOW policy of
+    ten rules whose matching one requires a JWT; the load carries a valid one."""
+    filters = [jwt_filter(), ten_rule_allow_filter(require_jwt=True)]
+    hop = _pilotfish_hop(bench, name, upstream_port, Security(http_filters=filters))
+    return replace(hop, headers=(("authorization", f"Bearer {token()}"),))
 
 
 # --- the Python references (relay.py, httptools_proxy.py) -----------------------
@@ -268,11 +376,16 @@ def _httptools_hop(bench: Bench, name: str, upstream_port: int) -> HopStart:
 
 @dataclass(frozen=True)
 class HopStart:
-    """A proxy just started: its process, its listener, how to tell it is ready."""
+    """A proxy just started: its process, its listener, how to tell it is ready;
+    for the TLS rows, how many handshakes its listener made so far; the
+    request headers it needs (a JWT)."""
 
     proc: Started
     port: int
     ready: Callable[[], bool]
+    handshakes: Callable[[], int] | None = None
+    headers: tuple[tuple[str, str], ...] = ()
+    admin: int = 0  # pilotfish's admin port
 
 
 Hop = Callable[[Bench, str, int], HopStart]
@@ -290,6 +403,8 @@ def _chain(bench: Bench, target: Target, hop: Hop, base: str) -> Target:
             target.unavailable = f"{name}: {why}"
             return target
         target.measured.append(started.proc)
+        target.handshakes = target.handshakes or started.handshakes
+        target.headers += started.headers
         upstream = started.port
     target.port = upstream
     return target
@@ -301,6 +416,9 @@ HOPS: dict[str, Hop] = {
     "pilotfish": _pilotfish_hop,
     "relay": _relay_hop,
     "httptools": _httptools_hop,
+    "nginx-mtls": _nginx_mtls_hop,
+    "pilotfish-mtls": _pilotfish_mtls_hop,
+    "pilotfish-authz": _pilotfish_authz_hop,
 }
 TARGETS = [
     "direct",
@@ -312,6 +430,9 @@ TARGETS = [
     "nginx-chain",
     "httptools-chain",
     "pilotfish-chain",
+    "pilotfish-authz",
+    "nginx-mtls-chain",
+    "pilotfish-mtls-chain",
 ]
 
 
@@ -337,14 +458,15 @@ def start_target(bench: Bench, name: str) -> Target:
 def check_answers(target: Target) -> str | None:
     """None if both shapes come back right through the target, else what is wrong."""
     for shape in SHAPES.values():
-        why = wait_until(partial(_answers, target.port, shape), 5, target.measured[-1])
+        check = partial(_answers, target.port, shape, dict(target.headers))
+        why = wait_until(check, 5, target.measured[-1])
         if why is not None:
             return f"GET {shape.path} through {target.name}: {why}"
     return None
 
 
-def _answers(port: int, shape: Shape) -> bool:
-    got = get(port, shape.path)
+def _answers(port: int, shape: Shape, headers: dict[str, str]) -> bool:
+    got = get(port, shape.path, headers=headers)
     if got.status != 200 or got.body != shape.body:
         raise ValueError(
             f"got {got.status} with {len(got.body)} body bytes, wanted 200 with {len(shape.body)}"

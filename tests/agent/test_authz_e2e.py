@@ -1,17 +1,19 @@
 """Istio's HTTP-traffic authorization task on Bookinfo, on a real mesh: the
-control plane translates AuthorizationPolicies, the sidecars enforce them.
+control plane translates AuthorizationPolicies, the sidecars enforce them,
+curl asks.
 
-https://istio.io/latest/docs/tasks/security/authorization/authz-http/ with
-what pilotfish cannot do yet said plainly: there is no mutual TLS on the
-wire, so a peer has no verified identity and a rule naming service-account
-principals never matches (as in Envoy on a plaintext connection)."""
+https://istio.io/latest/docs/tasks/security/authorization/authz-http/: the
+sidecars the node agent runs talk mutual TLS (on by default), so a rule
+naming a caller's service account (`cluster.local/ns/default/sa/...`)
+matches the SPIFFE ID of its certificate; a request that reaches a sidecar
+in plaintext has no principal and does not match."""
 
 from __future__ import annotations
 
 import contextlib
+import os
+import subprocess
 import sys
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,13 +31,20 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
         yield m
 
 
-def get(port: int, headers: dict[str, str] | None = None) -> tuple[int, str]:
-    request = urllib.request.Request(f"http://127.0.0.1:{port}/productpage", headers=headers or {})
-    try:
-        with DIRECT.open(request, timeout=20) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
+def get(
+    port: int, headers: dict[str, str] | None = None, path: str = "/productpage"
+) -> tuple[int, str]:
+    """(status, body) as curl sees them, straight to a sidecar's inbound port."""
+    command = ["curl", "-s", "-S", "--max-time", "20", "-o", "-", "-w", "\n%{http_code}"]
+    for name, value in (headers or {}).items():
+        command += ["-H", f"{name}: {value}"]
+    env = {k: v for k, v in os.environ.items() if k.lower() not in ("http_proxy", "https_proxy")}
+    done = subprocess.run(
+        [*command, f"http://127.0.0.1:{port}{path}"], capture_output=True, text=True, env=env
+    )
+    body, _, status = done.stdout.rpartition("\n")
+    assert status.isdigit() and status != "000", f"curl: {done.stderr}"
+    return int(status), body
 
 
 def apply(mesh: Mesh, tmp: Path, *docs: dict[str, Any]) -> None:
@@ -102,30 +111,38 @@ def test_istio_http_authorization_task(mesh: Mesh, tmp_path: Path) -> None:
         "details and reviews still answer productpage",
     )
 
-    # details-viewer by service-account principal: without mutual TLS the
-    # caller has no verified identity, so it does not match.
-    by_principal = {
-        "selector": {"matchLabels": {"app": "details"}},
-        "action": "ALLOW",
-        "rules": [
-            {
-                "from": [
-                    {"source": {"principals": ["cluster.local/ns/default/sa/bookinfo-productpage"]}}
-                ],
-                "to": [{"operation": {"methods": ["GET"]}}],
-            }
-        ],
-    }
-    apply(mesh, tmp_path, policy("details-viewer", by_principal))
-    wait_for(lambda: "rbac.denied" in stats(mesh, "details-v1"), 20, "details saw no request")
-    assert "Error fetching product details" in get(port)[1]
+    # details-viewer and reviews-viewer by service-account principal: the
+    # caller's identity is its mTLS certificate's.
+    def by_principal(app: str, account: str) -> dict[str, Any]:
+        principal = f"cluster.local/ns/default/sa/{account}"
+        return {
+            "selector": {"matchLabels": {"app": app}},
+            "action": "ALLOW",
+            "rules": [
+                {
+                    "from": [{"source": {"principals": [principal]}}],
+                    "to": [{"operation": {"methods": ["GET"]}}],
+                }
+            ],
+        }
 
-    # The same policy by the caller's address matches: it was the principal.
-    by_ip = {**by_principal, "rules": [{"from": [{"source": {"ipBlocks": ["127.0.0.0/8"]}}]}]}
-    apply(mesh, tmp_path, policy("details-viewer", by_ip))
+    apply(mesh, tmp_path, policy("details-viewer", by_principal("details", "bookinfo-productpage")))
     wait_for(
         lambda: "Error fetching product details" not in get(port)[1], 20, "details still denied"
     )
+    apply(mesh, tmp_path, policy("reviews-viewer", by_principal("reviews", "bookinfo-productpage")))
+    wait_for(
+        lambda: "Error fetching product reviews" not in get(port)[1], 20, "reviews still denied"
+    )
+    # Another service account's principal does not match productpage's certificate.
+    apply(mesh, tmp_path, policy("details-viewer", by_principal("details", "bookinfo-reviews")))
+    wait_for(lambda: "Error fetching product details" in get(port)[1], 20, "details still allowed")
+    # Plaintext straight to details' sidecar: no certificate, no principal.
+    apply(mesh, tmp_path, policy("details-viewer", by_principal("details", "bookinfo-productpage")))
+    wait_for(
+        lambda: "Error fetching product details" not in get(port)[1], 20, "details still denied"
+    )
+    assert get(mesh.inbound("details-v1"), path="/details/0") == (403, "RBAC: access denied")
 
     # A DENY beats an ALLOW.
     deny = {
@@ -162,7 +179,8 @@ def test_istio_http_authorization_task(mesh: Mesh, tmp_path: Path) -> None:
         for k, v in counts.items()
     )
 
-    for name in ("allow-nothing", "productpage-viewer", "details-viewer", "deny-all-dry-run"):
+    policies = ("productpage-viewer", "details-viewer", "reviews-viewer", "deny-all-dry-run")
+    for name in ("allow-nothing", *policies):
         mesh.cli("delete", "authorizationpolicy", name, "-n", "default")
     wait_for(lambda: "Error fetching" not in get(port)[1], 20, "policies not removed")
 

@@ -47,6 +47,14 @@ spec:
   ports: [{name: http, port: 9080}]
 """
 REGISTRATION_TTL_S = 300.0  # the test deregisters at teardown; no heartbeat needed
+REVIEWS_SERVICE = """
+apiVersion: v1
+kind: Service
+metadata: {name: reviews, labels: {app: reviews}}
+spec:
+  selector: {app: reviews}
+  ports: [{name: http, port: 9080}]
+"""
 
 
 @dataclass
@@ -72,6 +80,20 @@ class Sidecar:
         assert status == 200, text
         result: dict[str, Any] = json.loads(text)
         return result
+
+    def has_certificate(self) -> bool:
+        """Whether the sidecar holds its workload certificate from the CA (SDS)."""
+        for config in self.config_dump().get("configs", []):
+            if config.get("@type", "").endswith("SecretsConfigDump"):
+                return bool(config.get("dynamicActiveSecrets"))
+        return False
+
+    def counters(self) -> dict[str, int]:
+        """Envoy's /stats text (`name: value`), counters and gauges by name."""
+        status, text = self.proxy.admin_get("/stats")
+        assert status == 200, text
+        pairs = (line.rpartition(": ") for line in text.splitlines())
+        return {name: int(value) for name, _, value in pairs if value.isdigit()}
 
 
 @dataclass

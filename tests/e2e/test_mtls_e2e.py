@@ -82,13 +82,6 @@ class World:
         return response.status, response.header("x-pilotfish-flags") or "", response.body.decode()
 
 
-def has_certificate(sidecar: Sidecar) -> bool:
-    for config in sidecar.config_dump().get("configs", []):
-        if config.get("@type", "").endswith("SecretsConfigDump"):
-            return bool(config.get("dynamicActiveSecrets"))
-    return False
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     tmp = tmp_path_factory.mktemp("mtls")
@@ -106,7 +99,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         client = mesh.client("productpage-v1", {"app": "productpage"})
         for sidecar in (reviews, client):
             mesh.wait_serving(sidecar)
-            wait_until(lambda s=sidecar: has_certificate(s), 20, "no certificate")
+            wait_until(sidecar.has_certificate, 20, "no certificate")
         world = World(mesh, client, reviews, app, tmp)
         wait_until(lambda: world.via_client(REVIEWS)[0] == 200, 10, "reviews never answered")
         yield world
@@ -276,7 +269,7 @@ def test_a_server_with_the_wrong_identity_fails_with_uf_and_says_why(world: Worl
     )  # fmt: skip
     sidecar = world.mesh._start_sidecar(who, inbound)
     world.mesh.wait_serving(sidecar)
-    wait_until(lambda: has_certificate(sidecar), 20, "no certificate")
+    wait_until(sidecar.has_certificate, 20, "no certificate")
     wait_until(lambda: world.via_client("http://ratings:9080/")[1].startswith("UF"), 10, "no UF")
     status, flags, body = world.via_client("http://ratings:9080/")
     # UF, and URX: Istio's default retry policy tried again (connect-failure)

@@ -263,7 +263,7 @@ _TYPES = (
         "JwksUnavailable",
         "PF0004",
         "Warning",
-        "The control plane could not get this policy's keys, so its tokens fail: %s",
+        "The control plane could not get this policy's keys: %s",
     ),
     MessageType("TargetRefsUnsupported", "PF0005", "Warning", "%s"),
     MessageType(

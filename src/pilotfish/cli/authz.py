@@ -5,12 +5,15 @@ plane translates them into, in the order the sidecar runs them.
 
 The policies are read from the control plane and translated here by the same
 pure functions the control plane uses (translate/authz.py), with the mesh
-config (ConfigMap istio-system/istio) for trust domains and providers.
+config (ConfigMap istio-system/istio) for trust domains and providers (a
+control plane started with --trust-domain uses that domain instead, which the
+API does not expose: `proxy-config` shows what a sidecar really got).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from collections.abc import Mapping
 
@@ -60,6 +63,11 @@ def check(args: argparse.Namespace) -> int:
     print(output.align(policy_rows(policies)))
     if args.output == "yaml":
         snapshot = build_snapshot([*_mesh_config(client), *_services(client)])
+        # The control plane's trust domain is its --trust-domain, which the API
+        # does not show; the mesh config's is what it uses without the flag.
+        domain = snapshot.mesh_config.get("trustDomain")
+        if domain:
+            snapshot = dataclasses.replace(snapshot, trust_domain=str(domain))
         filters = translate_authz_http(policies, authz_settings(snapshot))
         print(output.to_yaml([json.loads(json.dumps(MessageToDict(f))) for f in filters]))
     return 0

@@ -548,10 +548,13 @@ def translate_authz_tcp(
 
 
 def authz_settings(snapshot: Snapshot) -> AuthzSettings:
-    """The mesh config's trustDomain (default cluster.local), its
-    trustDomainAliases and extensionProviders, and the mesh's services."""
+    """The mesh's trust domain, its trustDomainAliases and extensionProviders
+    (mesh config), and the mesh's services. The trust domain is the one the
+    CA signs identities in (`snapshot.trust_domain`: --trust-domain, else the
+    mesh config's trustDomain read at start, else cluster.local), so that a
+    policy's principals name the identities the workloads really hold."""
     mesh = snapshot.mesh_config
-    domain = str(mesh.get("trustDomain") or DEFAULT_TRUST_DOMAIN)
+    domain = snapshot.trust_domain
     aliases = [str(a) for a in mesh.get("trustDomainAliases") or () if a]
     providers = tuple(p for p in mesh.get("extensionProviders") or () if isinstance(p, dict))
     services: dict[str, list[str]] = {}

@@ -348,3 +348,30 @@ def test_padded_payload_header_and_a_rule_without_requirement() -> None:
 def test_clear_route_cache_is_refused() -> None:
     with pytest.raises(FilterConfigError, match="clear_route_cache"):
         compile_jwt_authn(istio_config(provider(clear_route_cache=True)), "jwt")
+
+
+def test_envoys_counters_allowed_denied_and_cors_preflight_bypassed() -> None:
+    """`jwt_authn.allowed|denied|cors_preflight_bypassed` (Envoy's names, in the
+    connection manager's scope), under the config's stat_prefix when it has one."""
+    config = istio_config(provider())
+    preflight = {"Origin": "http://a", "Access-Control-Request-Method": "GET"}
+    cases = [
+        ({}, "GET", {"jwt_authn.allowed": 1}),  # missing: allowed by the requirement
+        (bearer(token()), "GET", {"jwt_authn.allowed": 1}),
+        (bearer(token(exp=NOW - 3600)), "GET", {"jwt_authn.denied": 1}),
+        (bearer(token(key=OTHER_RSA)), "GET", {"jwt_authn.denied": 1}),
+        (
+            {**bearer("garbage"), **preflight},
+            "OPTIONS",
+            {"jwt_authn.allowed": 1, "jwt_authn.cors_preflight_bypassed": 1},
+        ),
+    ]
+    for headers, method, counted in cases:
+        ex, _ = run(config, headers, method=method)
+        assert dict(ex.counters) == counted, (headers, method)
+    config.stat_prefix = "inbound_9080."
+    ex, _ = run(config, bearer(token(key=OTHER_RSA)))
+    assert dict(ex.counters) == {"jwt_authn.inbound_9080.denied": 1}
+    config.rules[0].match.prefix = "/only-here"  # no rule for the path: let through, counted
+    ex, _ = run(config, bearer("garbage"))
+    assert dict(ex.counters) == {"jwt_authn.inbound_9080.allowed": 1}

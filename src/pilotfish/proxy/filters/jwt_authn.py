@@ -59,7 +59,7 @@ _PROVIDER_FIELDS = frozenset(
 )
 _CONFIG_FIELDS = frozenset(
     {"providers", "rules.match.prefix", "rules.match.path", "rules.requires"}
-    | {"bypass_cors_preflight", "rules.match.case_sensitive"}
+    | {"bypass_cors_preflight", "rules.match.case_sensitive", "stat_prefix"}
 )
 Clock = Callable[[], float]
 
@@ -127,6 +127,7 @@ class JwtAuthnConfig:
     # Envoy's sanitizeHeaders: the headers the filter writes are removed from
     # every request it checks, so a client cannot pass forged ones without a token.
     sanitize: HeaderMutation
+    stat_prefix: str = ""  # Envoy's `jwt_authn.<stat_prefix>` counter scope
 
     @classmethod
     def of(
@@ -134,11 +135,12 @@ class JwtAuthnConfig:
         providers: dict[str, Provider],
         rules: tuple[tuple[str, bool, bool, Requirement], ...],
         bypass_cors_preflight: bool,
+        stat_prefix: str = "",
     ) -> JwtAuthnConfig:
         written = {p.payload_header for p in providers.values() if p.payload_header}
         written |= {name for p in providers.values() for _, name in p.claim_headers}
         sanitize = HeaderMutation(tuple((REMOVE, name, b"") for name in sorted(written)))
-        return cls(providers, rules, bypass_cors_preflight, sanitize)
+        return cls(providers, rules, bypass_cors_preflight, sanitize, stat_prefix)
 
 
 def compile_jwt_authn(msg: config_pb2.JwtAuthentication, path: str) -> JwtAuthnConfig:
@@ -161,7 +163,7 @@ def compile_jwt_authn(msg: config_pb2.JwtAuthentication, path: str) -> JwtAuthnC
             else ("all", [])  # Envoy's AllowAllVerifier: nothing is checked
         )
         rules.append((value, prefix, case, requires))
-    return JwtAuthnConfig.of(providers, tuple(rules), msg.bypass_cors_preflight)
+    return JwtAuthnConfig.of(providers, tuple(rules), msg.bypass_cors_preflight, msg.stat_prefix)
 
 
 def _provider(name: str, p: config_pb2.JwtProvider, path: str) -> Provider:
@@ -358,12 +360,23 @@ class _Request:
 
 
 class JwtAuthnFilter:
-    """The filter in a chain; `now` is wall-clock time (tokens carry epoch seconds)."""
+    """The filter in a chain; `now` is wall-clock time (tokens carry epoch seconds).
+
+    Envoy's counters, in the HTTP connection manager's scope
+    (`http.<stat_prefix>.jwt_authn.allowed`): `allowed` for every request let
+    through (a valid token, a missing one its requirement allows, no rule
+    matching the path, a CORS preflight), `denied` for every 401/403, and
+    `cors_preflight_bypassed`. Envoy's `jwks_fetch_success|failed` count
+    remote_jwks fetches, which a sidecar never makes: the control plane
+    fetches a jwksUri and sends the keys inline, as istiod does."""
 
     def __init__(self, name: str, config: JwtAuthnConfig, now: Clock = time.time) -> None:
         self.name = name
         self.config = config
         self.now = now
+        scope = f"jwt_authn.{config.stat_prefix}"
+        self.allowed, self.denied = f"{scope}allowed", f"{scope}denied"
+        self.cors_bypassed = f"{scope}cors_preflight_bypassed"
 
     def __repr__(self) -> str:
         return f"JwtAuthnFilter({self.name}, providers={sorted(self.config.providers)})"
@@ -378,25 +391,35 @@ class JwtAuthnFilter:
         return PROCEED
 
     def decode(self, ex: Exchange, rng: Random) -> Step:
+        if self._cors_preflight(ex):
+            ex.counters[self.cors_bypassed] += 1
+            ex.counters[self.allowed] += 1
+            return PROCEED
         requirement = self._requirement(ex)
         if requirement is None:
+            ex.counters[self.allowed] += 1
             return PROCEED
         if self.config.sanitize:
             ex.upstream_headers.append(self.config.sanitize)
         state = _Request(ex, self.now())
         status = state.check(requirement, self.config.providers)
         if status is not None:
+            ex.counters[self.denied] += 1
             return _deny(ex, status)
+        ex.counters[self.allowed] += 1
         for jwt, provider, header in state.verified.values():
             _accept(ex, jwt, provider, header)
         return PROCEED
 
+    def _cors_preflight(self, ex: Exchange) -> bool:
+        """A preflight carries no credentials, so Envoy lets it through unchecked."""
+        if not (self.config.bypass_cors_preflight and ex.request.method == b"OPTIONS"):
+            return False
+        index = ex.index()
+        return bool(index.get(b"origin") and index.get(b"access-control-request-method"))
+
     def _requirement(self, ex: Exchange) -> Requirement | None:
         request = ex.request
-        if self.config.bypass_cors_preflight and request.method == b"OPTIONS":
-            index = ex.index()
-            if index.get(b"origin") and index.get(b"access-control-request-method"):
-                return None
         path = request.path.partition(b"?")[0].decode("latin-1")
         for value, prefix, case, requires in self.config.rules:
             got, want = (path, value) if case else (path.lower(), value.lower())
