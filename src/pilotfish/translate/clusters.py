@@ -6,7 +6,7 @@ instance, pointing at the application behind it.
 Sidecars and gateways get Istio's auto mTLS (see mtls.py): TLS to endpoints
 with a sidecar, plaintext to others; `trafficPolicy.tls` mode ISTIO_MUTUAL
 or DISABLE overrides it; SIMPLE and MUTUAL originate TLS with the files it
-names (a credentialName's Secret is not served yet: its connections fail).
+names, or a credentialName's Secret (served over SDS, translate/secrets.py).
 Locality load balancing, warmup and PASSTHROUGH are not translated either.
 """
 
