@@ -447,7 +447,9 @@ def build_snapshot(
         trust_domain=trust_domain,
         request_authentications=tuple(by_kind["RequestAuthentication"]),
         jwks=MappingProxyType(dict(jwks or {})),
-        secrets=MappingProxyType({(_ns(o), str(o["metadata"]["name"])): o for o in by_kind["Secret"]}),
+        secrets=MappingProxyType(
+            {(_ns(o), str(o["metadata"]["name"])): o for o in by_kind["Secret"]}
+        ),
         endpoint_index=MappingProxyType(_endpoint_index(by_kind, services, live)),
     )
 

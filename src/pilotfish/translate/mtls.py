@@ -154,7 +154,9 @@ def service_identities(snapshot: Snapshot, service: Service, port: int) -> list[
 
 
 def upstream_tls(sni_name: str, sans: Iterable[str]) -> tls_pb2.UpstreamTlsContext:
-    return tls_pb2.UpstreamTlsContext(common_tls_context=common_tls(OUTBOUND_ALPN, sans), sni=sni_name)
+    return tls_pb2.UpstreamTlsContext(
+        common_tls_context=common_tls(OUTBOUND_ALPN, sans), sni=sni_name
+    )
 
 
 def origination_tls(tls: Obj, host: str) -> tls_pb2.UpstreamTlsContext:

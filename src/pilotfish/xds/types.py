@@ -20,8 +20,9 @@ ALL_TYPES = frozenset(PUSH_ORDER)
 # The types a change of a kind can alter, from what translate/ reads (checked
 # by tests/translate/test_affected_types.py): a VirtualService only routes; a
 # DestinationRule clusters, their endpoints (subsets) and routes (hashing);
-# a Gateway a gateway's listeners and routes; a Secret only what SDS serves. Any other kind (Service,
-# ServiceEntry, WorkloadEntry, Sidecar, a registered instance) may alter all.
+# a Gateway a gateway's listeners and routes; a Secret only what SDS serves.
+# Any other kind (Service, ServiceEntry, WorkloadEntry, Sidecar, a registered
+# instance) may alter all.
 AFFECTED_BY_KIND = {
     "VirtualService": frozenset({ROUTE}),
     "DestinationRule": frozenset({CLUSTER, ENDPOINT, ROUTE}),

@@ -57,8 +57,8 @@ def test_unsupported_fields_are_named(bad: dict[str, Any], path: str) -> None:
 
 
 def test_unsupported_vhost_field() -> None:
-    assert refused(route(), require_tls="ALL").startswith(
-        "virtual_hosts[0].require_tls: field not supported"
+    assert refused(route(), rate_limits=[{"stage": 1}]).startswith(
+        "virtual_hosts[0].rate_limits: field not supported"
     )
 
 

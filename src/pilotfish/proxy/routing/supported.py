@@ -95,6 +95,7 @@ _ROUTE = (
 _VHOST = (
     "name",
     "domains",
+    "require_tls",
     "metadata",
     "typed_per_filter_config",
     *_HEADERS,
