@@ -1,0 +1,366 @@
+"""Gateway TLS end to end with real peers: a control plane, a `pilotfish
+proxy` in router mode (the ingress gateway, in istio-system, from the node
+agent's bootstrap), an app behind it, and curl and openssl as the clients.
+
+Certificates come from a test CA made here; the Secrets that hold them are
+applied as a user would (`kubernetes.io/tls`, base64 data). One Gateway has:
+an HTTPS port with a SIMPLE server (gw.example.com) and a MUTUAL one
+(mtls.example.com) chosen by SNI, an HTTP port redirecting gw.example.com to
+https, and an HTTPS port for tls13.example.com with minProtocolVersion TLSV1_3.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import json
+import os
+import re
+import shutil
+import socket
+import ssl
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from mesh_processes import XdsControlPlane, wait_until
+from processes import free_port
+from sidecar_mesh import Backend, Proxy, SidecarMesh, curl
+
+from pilotfish.agent.bootstrap import SidecarIdentity, XdsServer, gateway_bootstrap
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl"),
+]
+GATEWAY_NS = "istio-system"
+Key = ec.EllipticCurvePrivateKey
+
+
+@dataclass
+class Issued:
+    cert: x509.Certificate
+    key: Key
+
+    @property
+    def cert_pem(self) -> bytes:
+        return self.cert.public_bytes(serialization.Encoding.PEM)
+
+    @property
+    def key_pem(self) -> bytes:
+        return self.key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+
+
+def issue(name: str, ca: Issued | None = None, days: int = 1, ago: int = 0) -> Issued:
+    """A certificate for `name` (a DNS SAN), signed by `ca`, else self-signed as a CA."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=ago)
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(ca.cert.subject if ca else subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=ca is None, path_length=None), critical=True)
+    )
+    if ca is not None:
+        builder = builder.add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), False)
+    return Issued(builder.sign(ca.key if ca else key, hashes.SHA256()), key)
+
+
+def tls_secret(name: str, leaf: Issued, ca: Issued | None = None, key: bytes = b"") -> str:
+    data = {"tls.crt": leaf.cert_pem, "tls.key": key or leaf.key_pem}
+    if ca is not None:
+        data["ca.crt"] = ca.cert_pem
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name, "namespace": GATEWAY_NS},
+        "type": "kubernetes.io/tls",
+        "data": {k: base64.b64encode(v).decode() for k, v in data.items()},
+    }
+    return yaml.safe_dump(secret)
+
+
+def gateway(https: int, http: int, tls13: int) -> str:
+    def server(port: int, proto: str, host: str, tls: dict[str, object]) -> dict[str, object]:
+        name = f"{proto.lower()}-{host.split('.')[0]}"
+        return {
+            "port": {"number": port, "name": name, "protocol": proto},
+            "hosts": [host],
+            "tls": tls,
+        }
+
+    servers = [
+        server(https, "HTTPS", "gw.example.com", {"mode": "SIMPLE", "credentialName": "gw-cred"}),
+        server(https, "HTTPS", "mtls.example.com", {"mode": "MUTUAL", "credentialName": "mtls"}),
+        server(http, "HTTP", "gw.example.com", {"httpsRedirect": True}),
+        server(
+            tls13,
+            "HTTPS",
+            "tls13.example.com",
+            {"mode": "SIMPLE", "credentialName": "gw-cred", "minProtocolVersion": "TLSV1_3"},
+        ),
+    ]
+    objects = [
+        {
+            "apiVersion": "networking.istio.io/v1",
+            "kind": "Gateway",
+            "metadata": {"name": "edge", "namespace": "default"},
+            "spec": {"selector": {"istio": "ingressgateway"}, "servers": servers},
+        },
+        {
+            "apiVersion": "networking.istio.io/v1",
+            "kind": "VirtualService",
+            "metadata": {"name": "web", "namespace": "default"},
+            "spec": {
+                "hosts": ["gw.example.com", "mtls.example.com", "tls13.example.com"],
+                "gateways": ["edge"],
+                "http": [{"route": [{"destination": {"host": "web.default.svc.cluster.local"}}]}],
+            },
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "web", "namespace": "default"},
+            "spec": {"selector": {"app": "web"}, "ports": [{"name": "http", "port": 8080}]},
+        },
+    ]
+    return yaml.safe_dump_all(objects)
+
+
+@dataclass
+class World:
+    mesh: SidecarMesh
+    gateway: Proxy
+    tmp: Path
+    ca: Issued
+    https: int
+    http: int
+    tls13: int
+
+    def file(self, name: str, data: bytes) -> str:
+        path = self.tmp / name
+        path.write_bytes(data)
+        return str(path)
+
+    def https_get(self, host: str, *args: str, port: int = 0) -> subprocess.CompletedProcess[str]:
+        port = port or self.https
+        cacert = self.file("ca.pem", self.ca.cert_pem)
+        return subprocess.run(
+            ["curl", "-sS", "--max-time", "5", "--cacert", cacert, "--resolve",
+             f"{host}:{port}:127.0.0.1", "-w", "\n%{http_code}\n%{certs}", *args,
+             f"https://{host}:{port}/hello"],
+            capture_output=True, text=True, timeout=15,
+        )  # fmt: skip
+
+    def sds_state(self) -> dict[str, object]:
+        for status in self.mesh._client().proxy_status():
+            if status["type"] == "router":
+                found: dict[str, object] = status["types"].get("SDS", {})
+                return found
+        return {}
+
+
+def serial_seen(done: subprocess.CompletedProcess[str]) -> int:
+    match = re.search(r"Serial Number:\s*([0-9a-fA-F:]+)", done.stdout)
+    assert match, done.stdout + done.stderr
+    return int(match.group(1).replace(":", ""), 16)
+
+
+def status_of(done: subprocess.CompletedProcess[str]) -> str:
+    lines = done.stdout.splitlines()
+    return next((line for line in reversed(lines) if re.fullmatch(r"\d{3}", line)), "")
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    tmp = tmp_path_factory.mktemp("gwtls")
+    env = {**os.environ, "HOME": str(tmp / "home"), "PILOTFISH_CONFIG": str(tmp / "config.yaml")}
+    for var in ("PILOTFISH_SERVER", "PILOTFISH_TOKEN", "HTTP_PROXY", "http_proxy"):
+        env.pop(var, None)
+    plane = XdsControlPlane(tmp / "data", free_port(), env, xds_port=free_port())
+    mesh = SidecarMesh(plane, tmp)
+    ca = issue("test-ca")
+    ports = (free_port(), free_port(), free_port())
+    gateway_proxy: Proxy | None = None
+    try:
+        plane.start()
+        mesh.apply(tls_secret("gw-cred", issue("gw.example.com", ca)))
+        mesh.apply(tls_secret("mtls", issue("mtls.example.com", ca), ca))
+        mesh.apply(gateway(*ports))
+        mesh.plain_workload("web-0", {"app": "web"}, Backend("web"))
+        gateway_proxy = start_gateway(mesh, tmp)
+        world = World(mesh, gateway_proxy, tmp, ca, *ports)
+        wait_until(
+            lambda: status_of(world.https_get("gw.example.com")) == "200",
+            20,
+            f"the gateway never served HTTPS: {world.gateway.stderr()}",
+        )
+        yield world
+    finally:
+        if gateway_proxy is not None and gateway_proxy.process is not None:
+            gateway_proxy.stop()
+        mesh.close()
+
+
+def start_gateway(mesh: SidecarMesh, tmp: Path) -> Proxy:
+    who = SidecarIdentity(
+        instance="istio-ingressgateway-0",
+        namespace=GATEWAY_NS,
+        workload="istio-ingressgateway",
+        labels={"istio": "ingressgateway", "app": "istio-ingressgateway"},
+        service_account="istio-ingressgateway",
+        app_containers="",
+    )
+    admin = free_port()
+    config = gateway_bootstrap(
+        who, admin_port=admin, xds=XdsServer("127.0.0.1", mesh.plane.xds_port)
+    )
+    path = tmp / "bootstrap-gateway.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    proxy = Proxy(path, admin, tmp / "gateway.stderr")
+    proxy.start(timeout=15)
+    return proxy
+
+
+def test_https_with_the_secrets_certificate(world: World) -> None:
+    done = world.https_get("gw.example.com")
+    assert status_of(done) == "200", done.stderr
+    assert "web" in done.stdout  # the backend's name in its body
+    assert "CN = gw.example.com" in done.stdout or "CN=gw.example.com" in done.stdout
+
+
+def test_a_client_that_does_not_trust_the_ca_is_refused(world: World) -> None:
+    done = subprocess.run(
+        ["curl", "-sS", "--max-time", "5", "--resolve", f"gw.example.com:{world.https}:127.0.0.1",
+         f"https://gw.example.com:{world.https}/"],
+        capture_output=True, text=True, timeout=15,
+    )  # fmt: skip
+    assert done.returncode == 60, done.stderr  # curl: peer certificate cannot be authenticated
+
+
+def test_mutual_refuses_a_client_without_a_certificate_and_accepts_one_from_ca_crt(
+    world: World,
+) -> None:
+    refused = world.https_get("mtls.example.com")
+    assert status_of(refused) != "200"
+    assert refused.returncode != 0, refused.stdout
+    client = issue("client.example.com", world.ca)
+    cert = world.file("client.pem", client.cert_pem)
+    key = world.file("client-key.pem", client.key_pem)
+    accepted = world.https_get("mtls.example.com", "--cert", cert, "--key", key)
+    assert status_of(accepted) == "200", accepted.stderr
+    assert "CN = mtls.example.com" in accepted.stdout or "CN=mtls.example.com" in accepted.stdout
+    stranger = issue("stranger", issue("other-ca"))
+    foreign = world.https_get(
+        "mtls.example.com",
+        "--cert", world.file("s.pem", stranger.cert_pem),
+        "--key", world.file("s-key.pem", stranger.key_pem),
+    )  # fmt: skip
+    assert status_of(foreign) != "200"
+
+
+def test_simple_server_on_the_same_port_asks_no_client_certificate(world: World) -> None:
+    """SNI picks the SIMPLE chain: no certificate needed there, though the
+    MUTUAL chain on the same port requires one."""
+    assert status_of(world.https_get("gw.example.com")) == "200"
+
+
+def test_https_redirect_is_a_301_to_https(world: World) -> None:
+    response = curl(f"http://127.0.0.1:{world.http}/a/b?x=1", headers={"Host": "gw.example.com"})
+    assert response.status == 301
+    assert response.header("location") == "https://gw.example.com/a/b?x=1"
+
+
+def test_min_protocol_version_refuses_older_clients(world: World) -> None:
+    def s_client(*args: str) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(
+            ["openssl", "s_client", "-connect", f"127.0.0.1:{world.tls13}",
+             "-servername", "tls13.example.com", *args],
+            input=b"", capture_output=True, timeout=15,
+        )  # fmt: skip
+
+    for old in ("-tls1_1", "-tls1_2"):
+        done = s_client(old)
+        assert done.returncode != 0, (old, done.stdout[-500:])
+    newest = s_client("-tls1_3")
+    assert newest.returncode == 0, newest.stderr[-500:]
+    assert b"TLSv1.3" in newest.stdout
+    # The SIMPLE server without a minimum still takes TLS 1.2.
+    assert status_of(world.https_get("gw.example.com", "--tls-max", "1.2")) == "200"
+
+
+def test_a_changed_secret_is_served_without_restart_and_old_connections_live_on(
+    world: World,
+) -> None:
+    before = serial_seen(world.https_get("gw.example.com"))
+    kept = keep_alive_connection(world)
+    pid = world.gateway.pid
+    renewed = issue("gw.example.com", world.ca)
+    world.mesh.apply(tls_secret("gw-cred", renewed))
+    wait_until(
+        lambda: serial_seen(world.https_get("gw.example.com")) == renewed.cert.serial_number,
+        20,
+        "the gateway never served the new certificate",
+    )
+    assert before != renewed.cert.serial_number
+    assert world.gateway.pid == pid and world.gateway.process.poll() is None  # type: ignore[union-attr]
+    assert request_on(kept) == 200  # the connection made under the old certificate
+
+
+def test_a_bad_secret_is_nacked_naming_it_and_the_last_good_one_serves(world: World) -> None:
+    good = serial_seen(world.https_get("gw.example.com"))
+    mismatched = issue("gw.example.com", world.ca)
+    other_key = issue("gw.example.com", world.ca).key_pem
+    world.mesh.apply(tls_secret("gw-cred", mismatched, key=other_key))
+
+    def nacked() -> bool:
+        nack = world.sds_state().get("nack")
+        return bool(nack) and "kubernetes://gw-cred" in json.dumps(nack)
+
+    wait_until(nacked, 20, f"no NACK: {world.sds_state()}")
+    message = json.dumps(world.sds_state()["nack"])
+    assert "does not match the certificate" in message
+    assert serial_seen(world.https_get("gw.example.com")) == good
+    expired = issue("gw.example.com", world.ca, days=1, ago=3)
+    world.mesh.apply(tls_secret("gw-cred", expired))
+    wait_until(lambda: "expired" in json.dumps(world.sds_state().get("nack")), 20, "no NACK")
+    assert serial_seen(world.https_get("gw.example.com")) == good
+
+
+def keep_alive_connection(world: World) -> ssl.SSLSocket:
+    context = ssl.create_default_context(cadata=world.ca.cert_pem.decode())
+    raw = socket.create_connection(("127.0.0.1", world.https), timeout=5)
+    conn = context.wrap_socket(raw, server_hostname="gw.example.com")
+    assert request_on(conn) == 200
+    return conn
+
+
+def request_on(conn: ssl.SSLSocket) -> int:
+    conn.sendall(b"GET /hello HTTP/1.1\r\nHost: gw.example.com\r\n\r\n")
+    head = b""
+    deadline = time.monotonic() + 5
+    while b"\r\n\r\n" not in head and time.monotonic() < deadline:
+        head += conn.recv(65536)
+    status = int(head.split(b" ", 2)[1])
+    length = re.search(rb"(?i)content-length:\s*(\d+)", head)
+    body = head.partition(b"\r\n\r\n")[2]
+    while length and len(body) < int(length.group(1)):
+        body += conn.recv(65536)
+    return status
