@@ -21,11 +21,10 @@ import datetime
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 from envoy.extensions.transport_sockets.tls.v3.secret_pb2 import Secret
 from google.protobuf import json_format
 
+from pilotfish.ca.credentials import check_bundle, check_certificate_and_key
 from pilotfish.proxy import xds_types
 from pilotfish.proxy.sds import REDACTED, SECRETS_DUMP, WorkloadCertificates
 from pilotfish.proxy.tls import FILE_CERT, FILE_ROOT, TlsSettings
@@ -49,59 +48,18 @@ def wanted_names(settings: Iterable[TlsSettings]) -> frozenset[str]:
 
 
 def check_secrets(secrets: Iterable[Secret], now: datetime.datetime | None = None) -> None:
-    now = now or datetime.datetime.now(datetime.UTC)
     for secret in secrets:
         try:
-            _check(secret, now)
-        except SecretError as e:
+            if secret.HasField("tls_certificate"):
+                tls = secret.tls_certificate
+                chain, key = tls.certificate_chain.inline_bytes, tls.private_key.inline_bytes
+                check_certificate_and_key(chain, key, now)
+            elif secret.HasField("validation_context"):
+                check_bundle(secret.validation_context.trusted_ca.inline_bytes)
+            else:
+                raise ValueError("neither a tls_certificate nor a validation_context")
+        except ValueError as e:
             raise SecretError(f"Secret {secret.name}: {e}") from None
-
-
-def _check(secret: Secret, now: datetime.datetime) -> None:
-    if secret.HasField("tls_certificate"):
-        tls = secret.tls_certificate
-        chain = _certificates(tls.certificate_chain.inline_bytes, "certificate_chain")
-        try:
-            key = serialization.load_pem_private_key(tls.private_key.inline_bytes, password=None)
-        except (ValueError, TypeError):
-            raise SecretError("private_key: not an unencrypted PEM private key") from None
-        if _spki(key.public_key()) != _spki(chain[0].public_key()):
-            raise SecretError("private_key does not match the certificate")
-        _check_period(chain[0], now)
-    elif secret.HasField("validation_context"):
-        _certificates(secret.validation_context.trusted_ca.inline_bytes, "trusted_ca")
-    else:
-        raise SecretError("neither a tls_certificate nor a validation_context")
-
-
-def _certificates(data: bytes, field: str) -> list[x509.Certificate]:
-    try:
-        found = x509.load_pem_x509_certificates(data)
-    except ValueError:
-        raise SecretError(f"{field}: not a PEM certificate") from None
-    if not found:
-        raise SecretError(f"{field}: no certificate")
-    return found
-
-
-def _spki(key: Any) -> bytes:
-    der: bytes = key.public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return der
-
-
-def _check_period(cert: x509.Certificate, now: datetime.datetime) -> None:
-    serial = f"serial {cert.serial_number:x}"
-    if now >= cert.not_valid_after_utc:
-        raise SecretError(
-            f"the certificate ({serial}) expired on {cert.not_valid_after_utc.isoformat()}"
-        )
-    if now < cert.not_valid_before_utc:
-        raise SecretError(
-            f"the certificate ({serial}) is not valid before "
-            f"{cert.not_valid_before_utc.isoformat()}"
-        )
 
 
 class SecretSet:

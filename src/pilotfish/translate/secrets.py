@@ -71,7 +71,7 @@ def _secret(snapshot: Snapshot, namespace: str, name: str) -> Secret | None:
     if secret_name.endswith(CA_SUFFIX):
         own = snapshot.secrets.get((ns, secret_name))
         base = snapshot.secrets.get((ns, secret_name[: -len(CA_SUFFIX)]))
-        roots = _value(own, CA_KEYS) or _value(base, CA_KEYS)
+        roots = secret_value(own, CA_KEYS) or secret_value(base, CA_KEYS)
         if roots is None:
             return None
         out = Secret(name=name)
@@ -79,7 +79,7 @@ def _secret(snapshot: Snapshot, namespace: str, name: str) -> Secret | None:
         return out
     obj = snapshot.secrets.get((ns, secret_name))
     for cert_key, key_key in CERT_KEYS:
-        chain, key = _value(obj, (cert_key,)), _value(obj, (key_key,))
+        chain, key = secret_value(obj, (cert_key,)), secret_value(obj, (key_key,))
         if chain is not None and key is not None:
             out = Secret(name=name)
             out.tls_certificate.certificate_chain.inline_bytes = chain
@@ -88,13 +88,15 @@ def _secret(snapshot: Snapshot, namespace: str, name: str) -> Secret | None:
     return None
 
 
-def _value(obj: Obj | None, keys: tuple[str, ...]) -> bytes | None:
-    """The first of `keys` in the Secret's data, decoded; None if absent."""
-    data = (obj or {}).get("data") or {}
+def secret_value(obj: Obj | None, keys: tuple[str, ...]) -> bytes | None:
+    """The first of `keys` in a stored Secret's data, decoded; None if absent."""
+    data = obj.get("data") if isinstance(obj, dict) else None
+    if not isinstance(data, dict):
+        return None  # analysis reads Secrets as written: any shape
     for key in keys:
-        if data.get(key):
+        if isinstance(data.get(key), str) and data[key]:
             try:
-                return base64.b64decode(str(data[key]), validate=True)
+                return base64.b64decode(data[key], validate=True)
             except (binascii.Error, ValueError):
                 return None  # validation refuses such a Secret on write
     return None
