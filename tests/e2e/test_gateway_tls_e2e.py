@@ -20,6 +20,7 @@ import shutil
 import socket
 import ssl
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -364,3 +365,78 @@ def request_on(conn: ssl.SSLSocket) -> int:
     while length and len(body) < int(length.group(1)):
         body += conn.recv(65536)
     return status
+
+
+@dataclass
+class TlsBackend(Backend):
+    """The harness's backend behind TLS, requiring a client certificate of `ca`."""
+
+    certificate: Issued | None = None
+    ca: Issued | None = None
+
+    def start(self) -> Backend:
+        super().start()
+        assert self._server is not None and self.certificate is not None and self.ca is not None
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        with tempfile.NamedTemporaryFile(suffix=".pem") as pem:
+            pem.write(self.certificate.cert_pem + self.certificate.key_pem)
+            pem.flush()
+            context.load_cert_chain(pem.name)
+        context.load_verify_locations(cadata=self.ca.cert_pem.decode())
+        context.verify_mode = ssl.CERT_REQUIRED
+        self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
+        return self
+
+
+def upstream_tls(credential: str, service: str) -> str:
+    objects = [
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": service, "namespace": "default"},
+            "spec": {"selector": {"app": service}, "ports": [{"name": "http", "port": 8443}]},
+        },
+        {
+            "apiVersion": "networking.istio.io/v1",
+            "kind": "DestinationRule",
+            "metadata": {"name": service, "namespace": "default"},
+            "spec": {
+                "host": f"{service}.default.svc.cluster.local",
+                "trafficPolicy": {"tls": {"mode": "MUTUAL", "credentialName": credential}},
+            },
+        },
+    ]
+    return yaml.safe_dump_all(objects)
+
+
+def test_a_destination_rule_credential_name_originates_mutual_tls(world: World) -> None:
+    """DestinationRule tls MUTUAL with credentialName: the sidecar presents the
+    Secret's certificate and verifies the server with its ca.crt; a Secret of
+    another namespace is never served to it, so that cluster fails closed."""
+    server_ca = issue("server-ca")
+    client = issue("caller.default", world.ca)
+    secure = TlsBackend("secure", certificate=issue("secure.example.com", server_ca), ca=world.ca)
+    world.mesh.plain_workload("secure-0", {"app": "secure"}, secure)
+    world.mesh.plain_workload(
+        "foreign-0",
+        {"app": "foreign"},
+        # Signed by the CA in `mtls`: were that Secret served here, this would answer.
+        TlsBackend("foreign", certificate=issue("foreign.example.com", world.ca), ca=world.ca),
+    )
+    credential = yaml.safe_load(tls_secret("client-cred", client, server_ca))
+    credential["metadata"]["namespace"] = "default"
+    world.mesh.apply(yaml.safe_dump(credential))
+    world.mesh.apply(upstream_tls("client-cred", "secure"))
+    world.mesh.apply(upstream_tls("mtls", "foreign"))  # `mtls` lives in istio-system only
+    caller = world.mesh.client("caller-0", {"app": "caller"})
+    world.mesh.wait_serving(caller)
+
+    def status(url: str) -> int:
+        return curl(url, proxy=caller.outbound_port).status
+
+    wait_until(lambda: status("http://secure:8443/hello") == 200, 20, "no mutual TLS upstream")
+    assert secure.count >= 1
+    foreign = curl("http://foreign:8443/hello", proxy=caller.outbound_port)
+    assert foreign.status == 503
+    assert "UF" in (foreign.header("x-pilotfish-flags") or "")
+    assert world.mesh.backends[-1].count == 0
