@@ -440,3 +440,33 @@ def test_a_destination_rule_credential_name_originates_mutual_tls(world: World) 
     assert foreign.status == 503
     assert "UF" in (foreign.header("x-pilotfish-flags") or "")
     assert world.mesh.backends[-1].count == 0
+
+
+def test_apply_and_analyze_warn_of_a_missing_credential(world: World) -> None:
+    manifest = yaml.safe_dump(
+        {
+            "apiVersion": "networking.istio.io/v1",
+            "kind": "Gateway",
+            "metadata": {"name": "nope", "namespace": "default"},
+            "spec": {
+                "selector": {"istio": "ingressgateway"},
+                "servers": [
+                    {
+                        "port": {"number": free_port(), "name": "https", "protocol": "HTTPS"},
+                        "hosts": ["nope.example.com"],
+                        "tls": {"mode": "SIMPLE", "credentialName": "nope"},
+                    }
+                ],
+            },
+        }
+    )
+    try:
+        applied = world.mesh.plane.cli("apply", "-f", "-", stdin=manifest)
+        assert applied.returncode == 0, applied.stderr
+        warning = 'Referenced credentialName not found: "nope"'
+        assert warning in applied.stderr
+        analyzed = world.mesh.plane.cli("analyze", "-A")
+        assert f"(Gateway default/nope) {warning}" in analyzed.stdout
+        assert "gw-cred" not in analyzed.stdout  # the good Secrets raise nothing
+    finally:
+        world.mesh.plane.cli("delete", "gateway", "nope")
