@@ -11,8 +11,6 @@ https, and an HTTPS port for tls13.example.com with minProtocolVersion TLSV1_3.
 
 from __future__ import annotations
 
-import base64
-import datetime
 import json
 import os
 import re
@@ -28,13 +26,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from mesh_processes import XdsControlPlane, wait_until
 from processes import free_port
 from sidecar_mesh import Backend, Proxy, SidecarMesh, curl
+from tests.tls_certs import Issued, issue
+from tests.tls_certs import tls_secret as secret_object
 
 from pilotfish.agent.bootstrap import SidecarIdentity, XdsServer, gateway_bootstrap
 
@@ -43,59 +39,13 @@ pytestmark = [
     pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl"),
 ]
 GATEWAY_NS = "istio-system"
-Key = ec.EllipticCurvePrivateKey
-
-
-@dataclass
-class Issued:
-    cert: x509.Certificate
-    key: Key
-
-    @property
-    def cert_pem(self) -> bytes:
-        return self.cert.public_bytes(serialization.Encoding.PEM)
-
-    @property
-    def key_pem(self) -> bytes:
-        return self.key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-
-
-def issue(name: str, ca: Issued | None = None, days: int = 1, ago: int = 0) -> Issued:
-    """A certificate for `name` (a DNS SAN), signed by `ca`, else self-signed as a CA."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=ago)
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(ca.cert.subject if ca else subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=days))
-        .add_extension(x509.BasicConstraints(ca=ca is None, path_length=None), critical=True)
-    )
-    if ca is not None:
-        builder = builder.add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), False)
-    return Issued(builder.sign(ca.key if ca else key, hashes.SHA256()), key)
 
 
 def tls_secret(name: str, leaf: Issued, ca: Issued | None = None, key: bytes = b"") -> str:
-    data = {"tls.crt": leaf.cert_pem, "tls.key": key or leaf.key_pem}
+    data = {"tls_crt": leaf.cert_pem, "tls_key": key or leaf.key_pem}
     if ca is not None:
-        data["ca.crt"] = ca.cert_pem
-    secret = {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {"name": name, "namespace": GATEWAY_NS},
-        "type": "kubernetes.io/tls",
-        "data": {k: base64.b64encode(v).decode() for k, v in data.items()},
-    }
-    return yaml.safe_dump(secret)
+        data["ca_crt"] = ca.cert_pem
+    return yaml.safe_dump(secret_object(name, GATEWAY_NS, **data))
 
 
 def gateway(https: int, http: int, tls13: int) -> str:

@@ -4,14 +4,9 @@ kept), how a listener's TLS chain is chosen by SNI, and require_tls."""
 
 from __future__ import annotations
 
-import datetime
 import json
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from envoy.config.core.v3.base_pb2 import Node
 from envoy.config.route.v3 import route_pb2
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
@@ -19,6 +14,7 @@ from envoy.extensions.transport_sockets.tls.v3.secret_pb2 import Secret
 from envoy.service.discovery.v3.discovery_pb2 import DiscoveryResponse
 from google.protobuf import json_format
 from google.protobuf.any_pb2 import Any as AnyProto
+from tests.tls_certs import pem_pair
 
 from pilotfish.model import Proxy, ProxyType, build_snapshot
 from pilotfish.proxy import xds_types
@@ -52,26 +48,6 @@ def https_gateway() -> dict[str, object]:
             "servers": [{"port": port, "hosts": ["gw.example.com"], "tls": tls}],
         },
     }
-
-
-def certificate(days: float = 1.0, ago: float = 0.0) -> tuple[bytes, bytes]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=ago)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "gw.example.com")])
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=1))
-        .not_valid_after(now + datetime.timedelta(days=days))
-        .sign(key, hashes.SHA256())
-    )
-    pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    return cert.public_bytes(serialization.Encoding.PEM), pem
 
 
 def tls_secret(name: str, chain: bytes, key: bytes) -> AnyProto:
@@ -108,13 +84,13 @@ def test_no_tls_no_sds_subscription() -> None:
     ("make", "reason"),
     [
         (
-            lambda: (certificate()[0], certificate()[1]),
+            lambda: (pem_pair()[0], pem_pair()[1]),
             "private_key does not match the certificate",
         ),
-        (lambda: (b"-----BEGIN CERTIFICATE-----\nnot base64\n", certificate()[1]), "not a PEM"),
-        (lambda: (certificate()[0], b"garbage"), "not an unencrypted PEM private key"),
-        (lambda: certificate(days=1, ago=2), "expired on"),
-        (lambda: certificate(days=3, ago=-1), "is not valid before"),
+        (lambda: (b"-----BEGIN CERTIFICATE-----\nnot base64\n", pem_pair()[1]), "not a PEM"),
+        (lambda: (pem_pair()[0], b"garbage"), "not an unencrypted PEM private key"),
+        (lambda: pem_pair(days=1, ago=2), "expired on"),
+        (lambda: pem_pair(days=3, ago=-1), "is not valid before"),
     ],
     ids=["mismatched key", "bad pem", "bad key", "expired", "not yet valid"],
 )
@@ -123,7 +99,7 @@ def test_a_bad_secret_is_nacked_naming_it_and_the_last_good_one_stays(
 ) -> None:
     config = ProxyConfig()
     ads = AdsProtocol(Node(id="router~1~gw.istio-system~x"), config.apply)
-    good = tls_secret("kubernetes://cred", *certificate())
+    good = tls_secret("kubernetes://cred", *pem_pair())
     ack = ads.on_response(
         DiscoveryResponse(type_url=xds_types.SECRET, version_info="1", resources=[good])
     )
@@ -141,7 +117,7 @@ def test_a_bad_secret_is_nacked_naming_it_and_the_last_good_one_stays(
 
 def test_served_secrets_join_the_tls_contexts_and_config_dump_redacts_keys() -> None:
     config = ProxyConfig()
-    chain, key = certificate()
+    chain, key = pem_pair()
     config.apply(xds_types.SECRET, [tls_secret("kubernetes://cred", chain, key)])
     secrets = SecretSet(None, config.served_secrets)
     assert secrets.version == 1

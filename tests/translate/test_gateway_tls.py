@@ -4,11 +4,11 @@ secrets), httpsRedirect as require_tls, and the Secrets SDS serves to whom."""
 
 from __future__ import annotations
 
-import base64
 from typing import Any
 
 from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, tls_pb2
+from tests.tls_certs import tls_secret
 from translate_sim import INGRESS
 
 from pilotfish.model import Proxy, build_snapshot
@@ -36,16 +36,6 @@ def gateway(*servers: Obj) -> Obj:
         "kind": "Gateway",
         "metadata": {"name": "edge", "namespace": "default"},
         "spec": {"selector": {"istio": "ingressgateway"}, "servers": list(servers)},
-    }
-
-
-def secret(name: str, namespace: str = "istio-system", **data: bytes) -> Obj:
-    return {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {"name": name, "namespace": namespace},
-        "type": "kubernetes.io/tls",
-        "data": {k.replace("_", "."): base64.b64encode(v).decode() for k, v in data.items()},
     }
 
 
@@ -166,8 +156,8 @@ def test_https_redirect_requires_tls_on_the_servers_hosts() -> None:
 def test_secrets_are_served_only_to_proxies_of_their_namespace() -> None:
     snapshot = build_snapshot(
         [
-            secret("cred", tls_crt=b"CERT", tls_key=b"KEY", ca_crt=b"CA"),
-            secret("cred", "default", tls_crt=b"OTHER", tls_key=b"K2"),
+            tls_secret("cred", tls_crt=b"CERT", tls_key=b"KEY", ca_crt=b"CA"),
+            tls_secret("cred", "default", tls_crt=b"OTHER", tls_key=b"K2"),
         ]
     )
     names = ["kubernetes://cred", "kubernetes://cred-cacert"]
@@ -186,8 +176,8 @@ def test_secrets_are_served_only_to_proxies_of_their_namespace() -> None:
 def test_a_cacert_secret_of_its_own_wins_over_the_ca_crt_key() -> None:
     snapshot = build_snapshot(
         [
-            secret("cred", tls_crt=b"C", tls_key=b"K", ca_crt=b"IN-SECRET"),
-            secret("cred-cacert", ca_crt=b"COMPANION"),
+            tls_secret("cred", tls_crt=b"C", tls_key=b"K", ca_crt=b"IN-SECRET"),
+            tls_secret("cred-cacert", ca_crt=b"COMPANION"),
         ]
     )
     (found,) = translate_secrets(snapshot, INGRESS, ["kubernetes://cred-cacert"])
@@ -195,7 +185,7 @@ def test_a_cacert_secret_of_its_own_wins_over_the_ca_crt_key() -> None:
 
 
 def test_istio_generic_secret_keys() -> None:
-    generic = secret("g", cert=b"C", key=b"K", cacert=b"CA")
+    generic = tls_secret("g", cert=b"C", key=b"K", cacert=b"CA")
     snapshot = build_snapshot([generic])
     served = translate_secrets(snapshot, INGRESS, ["kubernetes://g", "kubernetes://g-cacert"])
     assert [s.name for s in served] == ["kubernetes://g", "kubernetes://g-cacert"]
