@@ -26,11 +26,11 @@ from google.protobuf import json_format
 
 from pilotfish.ca.credentials import check_bundle, check_certificate_and_key
 from pilotfish.proxy import xds_types
-from pilotfish.proxy.sds import REDACTED, SECRETS_DUMP, WorkloadCertificates
+from pilotfish.proxy.sds import DEFAULT, REDACTED, ROOTCA, SECRETS_DUMP, WorkloadCertificates
 from pilotfish.proxy.tls import FILE_CERT, FILE_ROOT, TlsSettings
 
 # Served by the sidecar itself, or read from files: never asked of the control plane.
-LOCAL_NAMES = frozenset({"default", "ROOTCA"})
+LOCAL_NAMES = frozenset({DEFAULT, ROOTCA})
 
 
 class SecretError(ValueError):
