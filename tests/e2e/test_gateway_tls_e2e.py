@@ -229,8 +229,11 @@ def test_mutual_refuses_a_client_without_a_certificate_and_accepts_one_from_ca_c
 
 def test_simple_server_on_the_same_port_asks_no_client_certificate(world: World) -> None:
     """SNI picks the SIMPLE chain: no certificate needed there, though the
-    MUTUAL chain on the same port requires one."""
+    MUTUAL chain on the same port requires one; and that chain's clients
+    cannot reach the MUTUAL server's host by naming it in Host."""
     assert status_of(world.https_get("gw.example.com")) == "200"
+    smuggled = world.https_get("gw.example.com", "-H", "Host: mtls.example.com")
+    assert status_of(smuggled) == "404", smuggled.stdout
 
 
 def test_https_redirect_is_a_301_to_https(world: World) -> None:

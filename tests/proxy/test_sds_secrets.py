@@ -198,3 +198,30 @@ def _unpacked(packed: AnyProto) -> Secret:
     out = Secret()
     packed.Unpack(out)
     return out
+
+
+def test_tls_context_match_wants_a_verified_client_certificate() -> None:
+    config = json_format.ParseDict(
+        {
+            "name": "http.443",
+            "virtual_hosts": [
+                {
+                    "name": "m",
+                    "domains": ["*"],
+                    "routes": [
+                        {
+                            "match": {
+                                "prefix": "/",
+                                "tls_context": {"presented": True, "validated": True},
+                            },
+                            "route": {"cluster": "c"},
+                        }
+                    ],
+                }
+            ],
+        },
+        route_pb2.RouteConfiguration(),
+    )
+    table = compile_route_config(config)
+    assert table.route(Request(authority=b"m.example.com")) is None  # 404, NR
+    assert table.route(Request(authority=b"m.example.com", client_certificate_verified=True))

@@ -189,3 +189,30 @@ def test_istio_generic_secret_keys() -> None:
     snapshot = build_snapshot([generic])
     served = translate_secrets(snapshot, INGRESS, ["kubernetes://g", "kubernetes://g-cacert"])
     assert [s.name for s in served] == ["kubernetes://g", "kubernetes://g-cacert"]
+
+
+def test_routes_of_a_mutual_servers_hosts_want_a_verified_client_certificate() -> None:
+    """The port's servers share one route table: a client of the SIMPLE
+    chain must not reach the MUTUAL server's host by naming it in Host."""
+    objects = [
+        gateway(
+            server(443, "HTTPS", ["open.example.com"], {"mode": "SIMPLE", "credentialName": "a"}),
+            server(443, "HTTPS", ["*.secure.org"], {"mode": "MUTUAL", "credentialName": "b"}),
+        ),
+        {
+            "apiVersion": "networking.istio.io/v1",
+            "kind": "VirtualService",
+            "metadata": {"name": "web", "namespace": "default"},
+            "spec": {
+                "hosts": ["open.example.com", "api.secure.org"],
+                "gateways": ["edge"],
+                "http": [{"route": [{"destination": {"host": "web"}}]}],
+            },
+        },
+    ]
+    (table,) = translate_routes(build_snapshot(objects), INGRESS, ["http.443"])
+    wanted = {
+        v.domains[0]: [r.match.tls_context.validated.value for r in v.routes]
+        for v in table.virtual_hosts
+    }
+    assert wanted == {"api.secure.org": [True], "open.example.com": [False]}

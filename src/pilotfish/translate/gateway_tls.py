@@ -13,6 +13,9 @@
     as Istio's gateways), `cipherSuites` (else Istio's).
   MUTUAL requires a verified client certificate; OPTIONAL_MUTUAL verifies
   one if sent.
+- A port's servers share one route table; the routes of a host whose SNI
+  chain requires a client certificate require a verified one too (Envoy's
+  RouteMatch `tls_context`), so another chain's clients cannot reach them.
 - `httpsRedirect` on a plain HTTP server: its hosts' virtual hosts get
   Envoy's `require_tls: ALL` (routes.py), a 301 to https.
 - PASSTHROUGH and AUTO_PASSTHROUGH (no termination) are not served.
@@ -20,10 +23,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, tls_pb2
 from google.protobuf.wrappers_pb2 import BoolValue
 
-from pilotfish.model.hosts import split_namespaced_host
+from pilotfish.model.hosts import covers, is_wildcard, split_namespaced_host
 from pilotfish.objects import Obj
 from pilotfish.translate import mtls
 from pilotfish.translate.secrets import credential_names
@@ -55,6 +60,31 @@ def server_names(server: Obj, namespace: str) -> list[str]:
     """The SNI names of a server's chain; [] matches any (a `*` host)."""
     names = {split_namespaced_host(str(h), namespace)[1] for h in server.get("hosts") or []}
     return [] if "*" in names else sorted(names)
+
+
+def requires_client_certificate(servers: Iterable[tuple[str, Obj]], host: str) -> bool:
+    """Whether the TLS server a client reaching `host` (as SNI) is handed
+    requires a client certificate: `servers` are (namespace, server) of one
+    port, oldest first; the exact name wins, then the longest wildcard, then
+    `*`, as the SNI chains are chosen. The port's servers share one route
+    table, so a route of such a host must also require one, or a client
+    could present another server's SNI and this host's Host."""
+    best: tuple[int, Obj] | None = None
+    for namespace, server in servers:
+        if not terminates_tls(server):
+            continue
+        for pattern in server_names(server, namespace) or ["*"]:
+            rank = _specificity(pattern)
+            if covers(pattern, host) and (best is None or rank > best[0]):
+                best = (rank, server)
+    mode = str(((best[1] if best else {}).get("tls") or {}).get("mode"))
+    return mode in ("MUTUAL", "ISTIO_MUTUAL")
+
+
+def _specificity(pattern: str) -> int:
+    if pattern == "*":
+        return 0
+    return len(pattern) if is_wildcard(pattern) else 1 << 16
 
 
 def downstream_context(server: Obj) -> tls_pb2.DownstreamTlsContext:

@@ -28,7 +28,11 @@ from pilotfish.model.hosts import (
     split_namespaced_host,
 )
 from pilotfish.translate import names
-from pilotfish.translate.gateway_tls import https_redirect, terminates_tls
+from pilotfish.translate.gateway_tls import (
+    https_redirect,
+    requires_client_certificate,
+    terminates_tls,
+)
 from pilotfish.translate.http_route import (
     RouteContext,
     is_catch_all,
@@ -253,11 +257,11 @@ def translate_gateway_routes(
         ignore_port_in_host_matching=True,
         max_direct_response_body_size_bytes=UInt32Value(value=MAX_DIRECT_RESPONSE_BODY),
     )
+    tls_servers = [(g.namespace, s) for g, s in servers]
     for host in sorted(by_host):
         ordered = sorted(by_host[host], key=is_catch_all)  # catch-alls last, order kept
         vhost = rc.VirtualHost(name=names.vhost_name(host, port), domains=[host], routes=ordered)
-        if any(covers(pattern, host) for pattern in redirected):
-            vhost.require_tls = rc.VirtualHost.ALL
+        _secure_vhost(vhost, host, redirected, tls_servers)
         out.virtual_hosts.append(vhost)
     if not out.virtual_hosts:
         # Nothing bound: 404 every request rather than leave the port unrouted.
@@ -265,6 +269,22 @@ def translate_gateway_routes(
             rc.VirtualHost(name=names.vhost_name("blackhole", port), domains=["*"])
         )
     return out
+
+
+def _secure_vhost(
+    vhost: rc.VirtualHost,
+    host: str,
+    redirected: set[str],
+    servers: list[tuple[str, dict[str, Any]]],
+) -> None:
+    """httpsRedirect's require_tls, and a verified client certificate on the
+    routes of a host a MUTUAL server serves (see gateway_tls.py)."""
+    if any(covers(pattern, host) for pattern in redirected):
+        vhost.require_tls = rc.VirtualHost.ALL
+    if requires_client_certificate(servers, host):
+        for route in vhost.routes:
+            route.match.tls_context.presented.value = True
+            route.match.tls_context.validated.value = True
 
 
 def _server_vs_hosts(

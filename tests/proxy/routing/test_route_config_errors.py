@@ -22,10 +22,6 @@ def route(match: dict[str, Any] | None = None, **action: Any) -> dict[str, Any]:
     ("bad", "path"),
     [
         (
-            route({"prefix": "/", "tls_context": {"presented": True}}),
-            "virtual_hosts[0].routes[0].match.tls_context",
-        ),
-        (
             route(
                 {
                     "prefix": "/",

@@ -38,6 +38,7 @@ _MATCH = (
     "headers",
     "query_parameters",
     "grpc",
+    "tls_context",
 )
 _WEIGHTED = (
     "total_weight",
