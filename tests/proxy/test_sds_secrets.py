@@ -4,9 +4,13 @@ kept), how a listener's TLS chain is chosen by SNI, and require_tls."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import ssl
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from envoy.config.core.v3.base_pb2 import Node
 from envoy.config.route.v3 import route_pb2
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
@@ -24,7 +28,13 @@ from pilotfish.proxy.routing import compile_route_config
 from pilotfish.proxy.routing.actions import Redirect
 from pilotfish.proxy.routing.request import Request
 from pilotfish.proxy.sds_secrets import SecretSet
-from pilotfish.proxy.tls import ServerChains, TlsConfigError, compile_downstream
+from pilotfish.proxy.tls import (
+    DownstreamTls,
+    ServerChains,
+    TlsConfigError,
+    TlsContexts,
+    compile_downstream,
+)
 from pilotfish.translate import translate_listeners
 from pilotfish.translate.gateway_tls import downstream_context
 
@@ -225,3 +235,36 @@ def test_tls_context_match_wants_a_verified_client_certificate() -> None:
     table = compile_route_config(config)
     assert table.route(Request(authority=b"m.example.com")) is None  # 404, NR
     assert table.route(Request(authority=b"m.example.com", client_certificate_verified=True))
+
+
+def test_one_servers_missing_secret_fails_only_its_own_handshakes() -> None:
+    """Two SNI chains on a port; only the second one's Secret has arrived:
+    its clients still get a handshake, with its certificate."""
+    config = ProxyConfig()
+    chain, key = pem_pair()
+    config.apply(xds_types.SECRET, [tls_secret("kubernetes://there", chain, key)])
+    contexts = TlsContexts(SecretSet(None, config.served_secrets))
+
+    def compiled(credential: str) -> DownstreamTls:
+        server = {"tls": {"mode": "SIMPLE", "credentialName": credential}}
+        return compile_downstream(downstream_context(server), credential)
+
+    chains = ServerChains(
+        (("a.example.com", compiled("missing")), ("b.example.com", compiled("there"))), None
+    )
+    server = contexts.server_by_sni(chains)
+    assert server is not None
+    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client.load_verify_locations(cadata=chain.decode())
+    client.check_hostname = False
+    c_in, c_out, s_in, s_out = (ssl.MemoryBIO() for _ in range(4))
+    c = client.wrap_bio(c_in, c_out, server_hostname="b.example.com")
+    s = server.wrap_bio(s_in, s_out, server_side=True)
+    for _ in range(10):
+        for side, out, peer_in in ((c, c_out, s_in), (s, s_out, c_in)):
+            with contextlib.suppress(ssl.SSLWantReadError):
+                side.do_handshake()
+            peer_in.write(out.read())
+    assert c.getpeercert(binary_form=True) == x509.load_pem_x509_certificate(chain).public_bytes(
+        serialization.Encoding.DER
+    )

@@ -227,19 +227,23 @@ class TlsContexts:
         swapped in, so this one asks for a client certificate (optionally)
         when any chain verifies one; `client_certificate_missing` then
         refuses, after the handshake, a chain's connection that required one
-        and got none. None while a chain's secrets are missing."""
-        first = chains.default or chains.by_name[0][1]
+        and got none. It starts from the first chain whose secrets are here,
+        so one server's missing Secret fails only that server's handshakes;
+        None while no chain has its secrets."""
+        every = [t for _, t in chains.by_name] + ([chains.default] if chains.default else [])
+        verifies = any(t.settings.validation for t in every)
+        for first in every:
 
-        def make(secrets: dict[str, Secret]) -> ssl.SSLContext:
-            context = _server_context(first, secrets)
-            verifies = any(t.settings.validation for _, t in chains.by_name) or (
-                chains.default is not None and chains.default.settings.validation
-            )
-            context.verify_mode = ssl.CERT_OPTIONAL if verifies else ssl.CERT_NONE
-            context.sni_callback = lambda obj, name, _: self._switch(obj, chains, name)
-            return context
+            def make(secrets: dict[str, Secret], first: DownstreamTls = first) -> ssl.SSLContext:
+                context = _server_context(first, secrets)
+                context.verify_mode = ssl.CERT_OPTIONAL if verifies else ssl.CERT_NONE
+                context.sni_callback = lambda obj, name, _: self._switch(obj, chains, name)
+                return context
 
-        return self._get(chains, first.settings, make)
+            found = self._get((chains, first), first.settings, make)
+            if found is not None:
+                return found
+        return None
 
     def _switch(self, obj: ssl.SSLObject, chains: ServerChains, sni: str | None) -> int | None:
         chosen = chains.select(sni)
