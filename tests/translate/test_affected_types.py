@@ -25,10 +25,20 @@ FILES = (
 )
 
 
+CREDENTIAL = {
+    "apiVersion": "v1",
+    "kind": "Secret",
+    "metadata": {"name": "credential", "namespace": "default"},
+    "type": "kubernetes.io/tls",
+    "data": {"tls.crt": "Y2VydA==", "tls.key": "a2V5", "ca.crt": "Y2E="},
+}
+
+
 def _base() -> list[Obj]:
     if not BOOKINFO_DIR.exists():
         pytest.skip("Istio's Bookinfo samples are not here")
-    return [*copy.deepcopy(BOOKINFO_SERVICES), *(o for f in FILES for o in load_file(f))]
+    files = (o for f in FILES for o in load_file(f))
+    return [*copy.deepcopy(BOOKINFO_SERVICES), *files, copy.deepcopy(CREDENTIAL)]
 
 
 def _changed(objects: list[Obj], kind: str) -> list[Obj]:
@@ -38,7 +48,7 @@ def _changed(objects: list[Obj], kind: str) -> list[Obj]:
     for obj in out:
         if obj["kind"] != kind:
             continue
-        spec = obj["spec"]
+        spec = obj.get("spec", {})
         if kind == "VirtualService":
             for http in spec["http"]:
                 http["timeout"] = "3s"
@@ -46,6 +56,8 @@ def _changed(objects: list[Obj], kind: str) -> list[Obj]:
         elif kind == "DestinationRule":
             spec["subsets"] = spec["subsets"][:1]
             spec["trafficPolicy"] = {"loadBalancer": {"consistentHash": {"httpHeaderName": "x"}}}
+        elif kind == "Secret":
+            obj["data"]["ca.crt"] = "b3RoZXIgY2E="
         elif kind == "Gateway":
             spec["servers"].append({"port": {"number": 9090, "name": "h", "protocol": "HTTP"}})
             spec["servers"][0]["hosts"] = ["bookinfo.example"]

@@ -99,6 +99,8 @@ def _names(snapshot: Snapshot, proxy: Proxy, type_url: str) -> frozenset[str]:
         return frozenset(route_names_for(snapshot, proxy))
     if type_url == types.ENDPOINT:
         return frozenset(generate(snapshot, proxy, types.CLUSTER, frozenset()).names)
+    if type_url == types.SECRET:
+        return frozenset({"kubernetes://credential", "kubernetes://credential-cacert"})
     return frozenset()
 
 

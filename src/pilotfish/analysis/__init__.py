@@ -72,6 +72,7 @@ ANALYZERS: tuple[Analyzer, ...] = (
         ("IST0151", "IST0152", "IST0153", "IST0154", "IST0155"),
     ),
     Analyzer("gateway.ConflictingGatewayAnalyzer", gateway.conflicting_gateways, ("IST0145",)),
+    Analyzer("gateway.SecretAnalyzer", gateway.credentials, ("IST0101", "IST0161")),
     Analyzer(
         "serviceentry.ProtocolAddressesAnalyzer", serviceentry.addresses_required, ("IST0134",)
     ),
@@ -144,11 +145,13 @@ def about(messages: list[Message], obj: Obj) -> list[Message]:
 
 
 Lookup = Callable[[str, str, "str | None"], list[Obj]]
-_NOT_CONFIG = {("", "Event"), ("", "Secret"), ("", "ConfigMap")}
+_NOT_CONFIG = {("", "Event"), ("", "ConfigMap")}
 
 
 def config_kinds() -> list[Kind]:
-    """The kinds analysis reads (records and payloads like Events and Secrets are not)."""
+    """The kinds analysis reads: records and payloads like Events are not,
+    but Secrets are, since a Gateway's credentialName names one (no message
+    ever shows what a Secret holds)."""
     return [k for k in registry() if (k.group, k.kind) not in _NOT_CONFIG]
 
 

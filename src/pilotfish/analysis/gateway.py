@@ -11,11 +11,15 @@ from pilotfish.analysis.config import (
     labels_text,
     mapping,
     name_of,
+    namespace_of,
     spec,
     workloads,
 )
 from pilotfish.analysis.messages import Message, new
+from pilotfish.ca.credentials import check_bundle, check_certificate_and_key
+from pilotfish.model.hosts import ROOT_NAMESPACE
 from pilotfish.objects import Obj
+from pilotfish.translate.secrets import CA_KEYS, CA_SUFFIX, CERT_KEYS, secret_value
 
 Listener = tuple[Obj, int, str]  # gateway, port number, host
 
@@ -74,3 +78,66 @@ def _listeners(gateways: list[Obj]) -> list[Listener]:
             for host in items(mapping(server).get("hosts")):
                 found.append((gateway, port, str(host).rpartition("/")[2]))
     return found
+
+
+def credentials(config: Config) -> list[Message]:
+    """Istio's gateway SecretAnalyzer: a server's credentialName must name a
+    Secret where the gateway runs (IST0101), holding a certificate and key
+    that can serve, and for MUTUAL a CA bundle (IST0161). Where it runs: the
+    namespace of the workloads its selector picks, else its own namespace or
+    istio-system, where pilotfish's ingress gateway runs."""
+    out = []
+    for gateway in config.of(NETWORKING, "Gateway"):
+        namespaces = _gateway_namespaces(config, gateway)
+        for server in items(spec(gateway).get("servers")):
+            tls = mapping(mapping(server).get("tls"))
+            name = str(tls.get("credentialName") or "")
+            if not name:
+                continue
+            found = next(
+                (s for ns in namespaces if (s := config.find("", "Secret", ns, name))), None
+            )
+            if found is None:
+                out.append(new("ReferencedResourceNotFound", gateway, "credentialName", name))
+                continue
+            mutual = str(tls.get("mode")) in ("MUTUAL", "OPTIONAL_MUTUAL")
+            if not _serves(config, found, mutual):
+                ns = namespace_of(found)
+                out.append(new("InvalidGatewayCredential", gateway, name_of(gateway), ns))
+    return out
+
+
+def _gateway_namespaces(config: Config, gateway: Obj) -> list[str]:
+    selector = _selector(gateway)
+    picked = sorted(
+        {
+            namespace_of(w)
+            for w in workloads(config)
+            if selector and labels_match(selector, mapping(spec(w).get("labels")))
+        }
+    )
+    return picked or [namespace_of(gateway), ROOT_NAMESPACE]
+
+
+def _serves(config: Config, secret: Obj, mutual: bool) -> bool:
+    """A certificate and its key, valid now; and, for MUTUAL, a CA bundle in
+    the Secret or its NAME-cacert companion (as the SDS server finds it)."""
+    pair = next(
+        (
+            (c, k)
+            for cert, key in CERT_KEYS
+            if (c := secret_value(secret, (cert,))) and (k := secret_value(secret, (key,)))
+        ),
+        None,
+    )
+    companion = config.find("", "Secret", namespace_of(secret), name_of(secret) + CA_SUFFIX)
+    roots = secret_value(companion, CA_KEYS) or secret_value(secret, CA_KEYS)
+    try:
+        if pair is None:
+            return False
+        check_certificate_and_key(*pair)
+        if mutual:
+            check_bundle(roots or b"")
+    except ValueError:
+        return False
+    return True

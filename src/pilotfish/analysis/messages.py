@@ -232,6 +232,13 @@ _TYPES = (
         "undefined behavior.",
     ),
     MessageType(
+        "InvalidGatewayCredential",
+        "IST0161",
+        "Error",
+        "The credential referenced by the Gateway %s in namespace %s is invalid, which can "
+        "cause the traffic not to work as expected.",
+    ),
+    MessageType(
         "DestinationRuleSubsetNotSelectPods",
         "IST0173",
         "Error",

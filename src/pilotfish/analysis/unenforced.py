@@ -71,34 +71,6 @@ TABLE: tuple[Unenforced, ...] = (
         "only http routes are served",
         (("model", '"tls"'),),
     ),
-    Unenforced(
-        NETWORKING,
-        "DestinationRule",
-        "spec.trafficPolicy.tls.credentialName",
-        "the Secret is not served to proxies: the cluster's connections fail",
-        (("proxy", "kubernetes://"),),
-    ),
-    Unenforced(
-        NETWORKING,
-        "DestinationRule",
-        "spec.trafficPolicy.portLevelSettings[].tls.credentialName",
-        "the Secret is not served to proxies: the cluster's connections fail",
-        (("proxy", "kubernetes://"),),
-    ),
-    Unenforced(
-        NETWORKING,
-        "DestinationRule",
-        "spec.subsets[].trafficPolicy.tls.credentialName",
-        "the Secret is not served to proxies: the cluster's connections fail",
-        (("proxy", "kubernetes://"),),
-    ),
-    Unenforced(
-        NETWORKING,
-        "Gateway",
-        "spec.servers[].tls",
-        "gateways serve plain HTTP only; this server is not served",
-        (("translate", "httpsRedirect"),),
-    ),
     *[
         Unenforced(
             NETWORKING,

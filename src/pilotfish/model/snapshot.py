@@ -58,6 +58,7 @@ MESH_KINDS = {  # what a snapshot reads; other kinds do not change what proxies 
     (SECURITY, "PeerAuthentication"),
     (SECURITY, "RequestAuthentication"),
     ("", "ConfigMap"),  # only istio-system/istio is read: the mesh config
+    ("", "Secret"),  # served over SDS as `kubernetes://NAME` (translate/secrets.py)
 }
 EndpointKey = tuple[str, str, int]  # (hostname, namespace, port)
 
@@ -99,6 +100,10 @@ class Snapshot:
     trust_domain: str = DEFAULT_TRUST_DOMAIN  # of the SPIFFE identities clusters expect
     request_authentications: tuple[Obj, ...] = ()  # oldest first
     jwks: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))  # by jwksUri
+    # Secrets by (namespace, name), as stored (data base64): what credentialName names.
+    secrets: Mapping[tuple[str, str], Obj] = field(
+        default_factory=lambda: MappingProxyType({}), repr=False
+    )
     endpoint_index: Mapping[EndpointKey, tuple[Endpoint, ...]] = field(
         default_factory=lambda: MappingProxyType({}), repr=False
     )
@@ -462,6 +467,9 @@ def build_snapshot(
         trust_domain=trust_domain,
         request_authentications=tuple(by_kind["RequestAuthentication"]),
         jwks=MappingProxyType(dict(jwks or {})),
+        secrets=MappingProxyType(
+            {(_ns(o), str(o["metadata"]["name"])): o for o in by_kind["Secret"]}
+        ),
         endpoint_index=MappingProxyType(_endpoint_index(by_kind, services, live)),
     )
 

@@ -21,10 +21,11 @@ import logging
 import socket
 import ssl
 from collections.abc import Callable
+from typing import cast
 
 from pilotfish.proxy.listeners import CompiledListener
 from pilotfish.proxy.stats import ListenerStats
-from pilotfish.proxy.tls import TlsContexts
+from pilotfish.proxy.tls import TlsContexts, client_certificate_missing
 
 log = logging.getLogger("pilotfish.proxy")
 TLS_HANDSHAKE_RECORD = 0x16  # the first byte of a TLS ClientHello
@@ -100,8 +101,11 @@ class SniffingServer:
         self.loop.remove_reader(conn.fileno())
         listener = self.listener()
         context = None
-        if first[0] == TLS_HANDSHAKE_RECORD and listener.tls is not None:
-            context = self.contexts.server(listener.tls)
+        if first[0] == TLS_HANDSHAKE_RECORD and listener.has_tls:
+            if listener.tls is not None and not listener.sni_tls:
+                context = self.contexts.server(listener.tls)
+            else:
+                context = self.contexts.server_by_sni(listener.server_chains)
             if context is None:
                 log.warning("listener %s: TLS refused, no certificate yet", listener.name)
         elif listener.plaintext:
@@ -123,8 +127,10 @@ class SniffingServer:
             if context is None:
                 await self.loop.connect_accepted_socket(self.factory, conn)
             else:
+                gated = context.sni_callback is not None  # chains chosen by SNI
+                factory = (lambda: _ClientCertificateGate(self)) if gated else self.factory
                 await self.loop.connect_accepted_socket(
-                    self.factory, conn, ssl=context, ssl_handshake_timeout=HANDSHAKE_TIMEOUT_S
+                    factory, conn, ssl=context, ssl_handshake_timeout=HANDSHAKE_TIMEOUT_S
                 )
         except (OSError, TimeoutError) as e:  # ssl.SSLError is an OSError
             self.stats.ssl__connection_error += 1
@@ -133,3 +139,25 @@ class SniffingServer:
             return
         if context is not None:
             self.stats.ssl__handshake += 1
+
+
+class _ClientCertificateGate(asyncio.Protocol):
+    """Stands before the HTTP protocol on a connection whose chain was chosen
+    by SNI: a chain that requires a client certificate refuses one without
+    (see TlsContexts.server_by_sni), before any byte of a request is read;
+    otherwise it hands the connection over and is gone from the data path."""
+
+    def __init__(self, server: SniffingServer) -> None:
+        self.server = server
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if client_certificate_missing(transport.get_extra_info("ssl_object")):
+            self.server.stats.ssl__connection_error += 1
+            cast(asyncio.Transport, transport).abort()
+            return
+        protocol = self.server.factory()
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        pass

@@ -18,13 +18,16 @@ from envoy.config.cluster.v3.cluster_pb2 import Cluster
 from envoy.config.endpoint.v3.endpoint_pb2 import ClusterLoadAssignment
 from envoy.config.listener.v3.listener_pb2 import Listener
 from envoy.config.route.v3.route_pb2 import RouteConfiguration
+from envoy.extensions.transport_sockets.tls.v3.secret_pb2 import Secret
 from google.protobuf.any_pb2 import Any as AnyProto
 from google.protobuf.message import Message
 
 from pilotfish.proxy import xds_types
 from pilotfish.proxy.listeners import CompiledListener, compile_listener, prepare_routes
 from pilotfish.proxy.routing import RouteTable, compile_route_config
+from pilotfish.proxy.sds_secrets import check_secrets, wanted_names
 from pilotfish.proxy.telemetry import ServiceInfo
+from pilotfish.proxy.tls import DownstreamTls
 from pilotfish.proxy.upstream.cluster_set import ClusterSet
 
 
@@ -38,6 +41,10 @@ class Snapshot:
     # The destination service each cluster stands for (Istio's istio.services metadata).
     services: Mapping[str, ServiceInfo] = field(default_factory=dict)
     raw: Mapping[str, Mapping[str, Message]] = field(default_factory=dict)  # for /config_dump
+    # The last good SDS update (its private keys are never put in `raw`), and a
+    # counter that goes up with each, so TLS contexts are made again.
+    secrets: Mapping[str, Secret] = field(default_factory=dict)
+    secrets_version: int = 0
 
     def routes_of(self, listener: CompiledListener) -> RouteTable | None:
         return listener.http.routes or self.routes.get(listener.http.rds_name)
@@ -51,6 +58,7 @@ class ProxyConfig:
     def __init__(self, on_change: Callable[[Snapshot], None] = lambda s: None) -> None:
         self.snapshot = Snapshot()
         self._on_change = on_change
+        self._asked_secrets = False
 
     def __repr__(self) -> str:
         s = self.snapshot
@@ -62,10 +70,30 @@ class ProxyConfig:
         wanted of the types it refers to. Raises on any invalid resource."""
         decoded = [_decode(type_url, r) for r in resources]
         snapshot, wanted = self._updated(type_url, decoded)
-        raw = {**self.snapshot.raw, type_url: {_name(m): m for m in decoded}}
-        self.snapshot = replace(snapshot, raw=MappingProxyType(raw))
+        if type_url != xds_types.SECRET:
+            raw = {**self.snapshot.raw, type_url: {_name(m): m for m in decoded}}
+            snapshot = replace(snapshot, raw=MappingProxyType(raw))
+        if type_url in (xds_types.LISTENER, xds_types.CLUSTER):
+            wanted = {**wanted, **self._wanted_secrets(snapshot)}
+        self.snapshot = snapshot
         self._on_change(self.snapshot)
         return wanted
+
+    def served_secrets(self) -> tuple[int, Mapping[str, Secret]]:
+        return self.snapshot.secrets_version, self.snapshot.secrets
+
+    def _wanted_secrets(self, snapshot: Snapshot) -> dict[str, frozenset[str]]:
+        """SDS names the listeners' and clusters' TLS refer to; asked for once
+        there are any, and from then on (an empty list unsubscribes)."""
+        settings = [t.settings for lst in snapshot.listeners.values() for t in _listener_tls(lst)]
+        settings += [
+            t.settings for c in snapshot.clusters.clusters.values() for t in c.spec.all_tls()
+        ]
+        names = wanted_names(settings)
+        if not names and not self._asked_secrets:
+            return {}
+        self._asked_secrets = True
+        return {xds_types.SECRET: names}
 
     def load_static(self, listeners: list[Listener], clusters: list[Cluster]) -> None:
         """The bootstrap's static_resources, applied like an xDS update."""
@@ -108,6 +136,10 @@ class ProxyConfig:
             }
         if type_url == xds_types.ENDPOINT:
             return replace(s, clusters=s.clusters.with_assignments(decoded)), {}
+        if type_url == xds_types.SECRET:
+            check_secrets(decoded)
+            secrets = MappingProxyType({m.name: m for m in decoded})
+            return replace(s, secrets=secrets, secrets_version=s.secrets_version + 1), {}
         raise ValueError(f"unsupported resource type {type_url}")
 
 
@@ -116,6 +148,11 @@ def _service(cluster: Cluster) -> ServiceInfo:
     unknown for an inbound cluster without it (`inbound|PORT||`): the request's
     Host says then."""
     return ServiceInfo.from_cluster(cluster.name, cluster.metadata)
+
+
+def _listener_tls(listener: CompiledListener) -> list[DownstreamTls]:
+    chains = [tls for _, tls in listener.sni_tls]
+    return chains + ([listener.tls] if listener.tls is not None else [])
 
 
 def _prepare(listeners: Iterable[CompiledListener], routes: Mapping[str, RouteTable]) -> None:
@@ -131,6 +168,7 @@ _TYPES: dict[str, type[Message]] = {
     xds_types.ROUTE: RouteConfiguration,
     xds_types.CLUSTER: Cluster,
     xds_types.ENDPOINT: ClusterLoadAssignment,
+    xds_types.SECRET: Secret,
 }
 
 

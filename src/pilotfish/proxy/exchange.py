@@ -207,6 +207,11 @@ class Exchange:
         self.done = False
         self._headers: Headers | None = None
 
+    @property
+    def client_certificate_verified(self) -> bool:
+        """For RouteMatch.tls_context: a TLS client certificate was verified."""
+        return bool(self.down.mtls)
+
     def __repr__(self) -> str:
         return f"<Exchange {self.method.decode()} {self.authority.decode()}{self.path.decode()}>"
 

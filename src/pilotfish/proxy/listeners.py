@@ -4,8 +4,9 @@ A listener is an address and filter chains holding one HttpConnectionManager
 (with an inline route table or an RDS name): what the translation produces and
 a user writes in a bootstrap. Several chains may differ only in their
 transport, as Istio's inbound chains do: one for TLS (transport_protocol
-`tls`, a DownstreamTlsContext from SDS) and one for plaintext. Any other
-field that is set fails the compile with its path (a NACK).
+`tls`, a DownstreamTlsContext from SDS) and one for plaintext; a gateway's
+TLS chains also differ in the SNI names they match (`server_names`). Any
+other field that is set fails the compile with its path (a NACK).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 
 from envoy.config.accesslog.v3.accesslog_pb2 import AccessLog
 from envoy.config.core.v3.base_pb2 import TrafficDirection
+from envoy.config.listener.v3 import listener_components_pb2
 from envoy.config.listener.v3.listener_pb2 import Listener
 from envoy.extensions.access_loggers.file.v3.file_pb2 import FileAccessLog
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
@@ -25,7 +27,7 @@ from pilotfish.proxy import xds_types
 from pilotfish.proxy.filters import FilterChain, FilterConfigError, compile_http_filters
 from pilotfish.proxy.proto_fields import seconds, unsupported
 from pilotfish.proxy.routing import Forward, RouteTable, compile_route_config
-from pilotfish.proxy.tls import DownstreamTls, TlsConfigError, compile_downstream
+from pilotfish.proxy.tls import DownstreamTls, ServerChains, TlsConfigError, compile_downstream
 
 HCM_NAME = "envoy.filters.network.http_connection_manager"
 TLS_CONTEXT = xds_types.PREFIX + "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
@@ -50,6 +52,7 @@ LISTENER_FIELDS = frozenset(
         "filter_chains.name",
         "filter_chains.filter_chain_match.transport_protocol",
         "filter_chains.filter_chain_match.application_protocols",
+        "filter_chains.filter_chain_match.server_names",
         "filter_chains.transport_socket.name",
         "filter_chains.transport_socket.typed_config",  # checked by compile_downstream
         "listener_filters.name",
@@ -125,9 +128,19 @@ class CompiledListener:
     inbound: bool  # traffic_direction INBOUND: reports as the destination, to the app
     tls: DownstreamTls | None = None  # a filter chain for TLS connections
     plaintext: bool = True  # a filter chain for plaintext ones (PERMISSIVE, DISABLE)
+    # TLS chains chosen by SNI (a gateway's HTTPS servers); `tls` then serves other names
+    sni_tls: tuple[tuple[str, DownstreamTls], ...] = ()
 
     def __repr__(self) -> str:
         return f"<Listener {self.name} {self.host}:{self.port}>"
+
+    @property
+    def has_tls(self) -> bool:
+        return self.tls is not None or bool(self.sni_tls)
+
+    @property
+    def server_chains(self) -> ServerChains:
+        return ServerChains(self.sni_tls, self.tls)
 
 
 def compile_listener(listener: Listener) -> CompiledListener:
@@ -139,7 +152,7 @@ def compile_listener(listener: Listener) -> CompiledListener:
     if not socket.address or not socket.port_value:
         raise ListenerError(f"{where}: address.socket_address needs an address and a port_value")
     _check_listener_filters(listener, where)
-    tls, plaintext = _transports(listener, where)
+    tls, plaintext, sni_tls = _transports(listener, where)
     return CompiledListener(
         name=listener.name,
         host=socket.address,
@@ -148,6 +161,7 @@ def compile_listener(listener: Listener) -> CompiledListener:
         inbound=listener.traffic_direction == TrafficDirection.INBOUND,
         tls=tls,
         plaintext=plaintext,
+        sni_tls=sni_tls,
     )
 
 
@@ -182,33 +196,50 @@ def _check_listener_filters(listener: Listener, where: str) -> None:
             )
 
 
-def _transports(listener: Listener, where: str) -> tuple[DownstreamTls | None, bool]:
-    """The TLS chain's context, and whether plaintext has a chain: what the
-    first bytes of a connection choose between (see process.py)."""
+SniChains = tuple[tuple[str, DownstreamTls], ...]
+
+
+def _transports(listener: Listener, where: str) -> tuple[DownstreamTls | None, bool, SniChains]:
+    """The TLS chain without server_names, whether plaintext has a chain, and
+    the TLS chains by SNI name: what the first bytes of a connection (and
+    its ClientHello) choose between (see accept.py)."""
     tls: DownstreamTls | None = None
     plaintext = False
+    by_name: dict[str, DownstreamTls] = {}
     for i, chain in enumerate(listener.filter_chains):
         path = f"{where}: filter_chains[{i}]"
-        transport = chain.filter_chain_match.transport_protocol
+        match = chain.filter_chain_match
         if not chain.HasField("transport_socket"):
-            if transport == "tls":
+            if match.transport_protocol == "tls" or match.server_names:
                 raise ListenerError(f"{path}: a chain for TLS needs a transport_socket")
             plaintext = True
             continue
-        if transport == "raw_buffer" or chain.transport_socket.typed_config.type_url != TLS_CONTEXT:
-            raise ListenerError(
-                f"{path}.transport_socket: only a DownstreamTlsContext, on a chain "
-                "matching transport_protocol tls, is supported"
-            )
-        if tls is not None:
-            raise ListenerError(f"{path}: only one chain may do TLS")
-        context = tls_pb2.DownstreamTlsContext()
-        chain.transport_socket.typed_config.Unpack(context)
-        try:
-            tls = compile_downstream(context, f"{path}.transport_socket")
-        except TlsConfigError as e:
-            raise ListenerError(str(e)) from e
-    return tls, plaintext
+        compiled = _chain_tls(chain, path)
+        if match.server_names:
+            for name in match.server_names:
+                if name.lower() in by_name:
+                    raise ListenerError(f"{path}: server name {name!r} is in two chains")
+                by_name[name.lower()] = compiled
+        elif tls is not None:
+            raise ListenerError(f"{path}: only one TLS chain may match any server name")
+        else:
+            tls = compiled
+    return tls, plaintext, tuple(sorted(by_name.items(), key=lambda item: item[0]))
+
+
+def _chain_tls(chain: listener_components_pb2.FilterChain, path: str) -> DownstreamTls:
+    transport = chain.filter_chain_match.transport_protocol
+    if transport == "raw_buffer" or chain.transport_socket.typed_config.type_url != TLS_CONTEXT:
+        raise ListenerError(
+            f"{path}.transport_socket: only a DownstreamTlsContext, on a chain "
+            "matching transport_protocol tls, is supported"
+        )
+    context = tls_pb2.DownstreamTlsContext()
+    chain.transport_socket.typed_config.Unpack(context)
+    try:
+        return compile_downstream(context, f"{path}.transport_socket")
+    except TlsConfigError as e:
+        raise ListenerError(str(e)) from e
 
 
 def compile_http_manager(hcm: hcm_pb2.HttpConnectionManager, where: str) -> HttpManager:

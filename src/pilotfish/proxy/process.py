@@ -30,6 +30,7 @@ from pilotfish.proxy.ads import AdsProtocol
 from pilotfish.proxy.bootstrap import load_bootstrap
 from pilotfish.proxy.config import ProxyConfig, Snapshot
 from pilotfish.proxy.listeners import CompiledListener
+from pilotfish.proxy.sds_secrets import SecretSet
 from pilotfish.proxy.server import Downstream, Runtime
 from pilotfish.proxy.stats import State, StatsRegistry, listener_stat_name, prometheus_page
 from pilotfish.proxy.tap import Tap
@@ -64,7 +65,7 @@ Placement = tuple[str, int, bool]  # host, port, and whether the first bytes cho
 
 
 def _placement(listener: CompiledListener) -> Placement:
-    return listener.host, listener.port, listener.tls is not None
+    return listener.host, listener.port, listener.has_tls
 
 
 @dataclass
@@ -97,7 +98,7 @@ class Listeners:
         loop = asyncio.get_running_loop()
         server: Server
         try:
-            if listener.tls is None:
+            if not listener.has_tls:
                 server = await loop.create_server(
                     factory, listener.host, listener.port, reuse_address=True, backlog=1024
                 )
@@ -169,7 +170,8 @@ async def _serve(
     stop = asyncio.Event()
     changed = asyncio.Event()
     config = ProxyConfig(on_change=lambda _: changed.set())
-    runtime = new_runtime(bootstrap, config, certificates)
+    secrets = SecretSet(certificates, config.served_secrets)
+    runtime = new_runtime(bootstrap, config, secrets)
     runtime.start()
     listeners = Listeners(runtime)
     load_static(bootstrap, runtime.config)
@@ -181,7 +183,7 @@ async def _serve(
         tasks.append(asyncio.create_task(_tap_stream(bootstrap, runtime, certificates).run()))
     if certificates is not None:
         tasks.append(asyncio.create_task(certificates.run()))
-    admin_server = await _admin(bootstrap, runtime, listeners, stop, ads, certificates)
+    admin_server = await _admin(bootstrap, runtime, listeners, stop, ads, secrets)
     if registrar is not None:
         tasks.append(asyncio.create_task(registrar.keep(partial(_serving, runtime, ads))))
     loop = asyncio.get_running_loop()
@@ -210,7 +212,7 @@ def new_runtime(
     bootstrap: Bootstrap, config: ProxyConfig, secrets: SecretSource | None = None
 ) -> Runtime:
     """What the proxy's connections share, for the node the bootstrap names;
-    TLS uses `secrets` (the workload certificate), none without."""
+    TLS uses `secrets` (the workload certificate and the Secrets from SDS)."""
     stats = StatsRegistry()
     contexts = TlsContexts(secrets)
     runtime = Runtime(
@@ -328,7 +330,7 @@ async def _admin(
     listeners: Listeners,
     stop: asyncio.Event,
     ads: AdsClient | None,
-    certificates: WorkloadCertificates | None = None,
+    secrets: SecretSet,
 ) -> asyncio.Server | None:
     address = bootstrap.admin.address.socket_address
     if not address.port_value:
@@ -367,7 +369,7 @@ async def _admin(
                 admin.JSON,
                 admin.config_dump(
                     {t: dict(m) for t, m in runtime.config.snapshot.raw.items()},
-                    [certificates.config_dump()] if certificates is not None else [],
+                    secrets.config_dumps(),
                 ),
             ),
             "/clusters": lambda: (

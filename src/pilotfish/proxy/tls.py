@@ -30,10 +30,13 @@ from pilotfish.ca.identity import ISTIO_CIPHERS
 from pilotfish.proxy.proto_fields import unsupported
 
 _VERSIONS = {
-    common_pb2.TlsParameters.TLS_AUTO: ssl.TLSVersion.TLSv1_2,
+    common_pb2.TlsParameters.TLSv1_0: ssl.TLSVersion.TLSv1,
+    common_pb2.TlsParameters.TLSv1_1: ssl.TLSVersion.TLSv1_1,
     common_pb2.TlsParameters.TLSv1_2: ssl.TLSVersion.TLSv1_2,
     common_pb2.TlsParameters.TLSv1_3: ssl.TLSVersion.TLSv1_3,
 }
+# Envoy's TLS_AUTO: TLS 1.2 at least, up to TLS 1.3.
+_AUTO_MIN, _AUTO_MAX = ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3
 COMMON_FIELDS = frozenset(
     {
         "tls_params.tls_minimum_protocol_version",
@@ -81,6 +84,7 @@ class TlsSettings:
     ciphers: tuple[str, ...]
     alpn: tuple[str, ...]
     sans: tuple[str, ...]  # exact URI SANs the peer must present; () for any
+    max_version: ssl.TLSVersion = _AUTO_MAX
 
 
 @dataclass(frozen=True)
@@ -95,10 +99,39 @@ class UpstreamTls:
     sni: str
 
 
+@dataclass(frozen=True)
+class ServerChains:
+    """A listener's TLS filter chains: by SNI (`server_names`, exact or
+    `*.suffix`), and the one without server_names, for any other name or none."""
+
+    by_name: tuple[tuple[str, DownstreamTls], ...]
+    default: DownstreamTls | None
+
+    def select(self, sni: str | None) -> DownstreamTls | None:
+        """Envoy's order: the exact name, then the longest wildcard suffix, then the default."""
+        if sni:
+            sni = sni.lower()
+            found = dict(self.by_name)
+            if sni in found:
+                return found[sni]
+            wild = [
+                (len(n), tls) for n, tls in self.by_name if n[:2] == "*." and sni.endswith(n[1:])
+            ]
+            if wild:
+                return max(wild, key=lambda item: item[0])[1]
+        return self.default
+
+
 def compile_downstream(proto: tls_pb2.DownstreamTlsContext, where: str) -> DownstreamTls:
     _check(proto, DOWNSTREAM_FIELDS, where)
     required = proto.require_client_certificate.value
-    return DownstreamTls(_settings(proto.common_tls_context, where, server=True), required)
+    settings = _settings(proto.common_tls_context, where, server=True)
+    if required and not settings.validation:
+        raise TlsConfigError(
+            f"{where}: require_client_certificate needs a "
+            "combined_validation_context.validation_context_sds_secret_config"
+        )
+    return DownstreamTls(settings, required)
 
 
 def compile_upstream(proto: tls_pb2.UpstreamTlsContext, where: str) -> UpstreamTls:
@@ -115,27 +148,43 @@ def _check(proto: Any, allowed: frozenset[str], where: str) -> None:
 def _settings(common: tls_pb2.CommonTlsContext, where: str, server: bool) -> TlsSettings:
     certs = common.tls_certificate_sds_secret_configs
     validation = common.combined_validation_context.validation_context_sds_secret_config.name
-    if len(certs) > 1 or (server and not (certs and validation)):
+    if len(certs) > 1 or (server and not certs):
+        raise TlsConfigError(f"{where}: a TLS context needs one tls_certificate_sds_secret_configs")
+    params = common.tls_params
+    low = _VERSIONS.get(params.tls_minimum_protocol_version, _AUTO_MIN)
+    high = _VERSIONS.get(params.tls_maximum_protocol_version, _AUTO_MAX)
+    if low > high:
         raise TlsConfigError(
-            f"{where}: a TLS context needs one tls_certificate_sds_secret_configs"
-            + (
-                " and a combined_validation_context.validation_context_sds_secret_config"
-                if server
-                else ""
-            )
+            f"{where}: tls_params: tls_minimum_protocol_version is above "
+            "tls_maximum_protocol_version"
         )
-    version = _VERSIONS.get(common.tls_params.tls_minimum_protocol_version)
-    if version is None:
-        raise TlsConfigError(f"{where}: tls_params.tls_minimum_protocol_version: TLS 1.2 or 1.3")
     matchers = common.combined_validation_context.default_validation_context.match_subject_alt_names
     return TlsSettings(
         certificate=certs[0].name if certs else "",
         validation=validation,
-        min_version=version,
-        ciphers=tuple(common.tls_params.cipher_suites) or ISTIO_CIPHERS,
+        min_version=low,
+        ciphers=_ciphers(tuple(params.cipher_suites), where),
         alpn=tuple(common.alpn_protocols),
         sans=tuple(m.exact for m in matchers),
+        max_version=high,
     )
+
+
+def _ciphers(named: tuple[str, ...], where: str) -> tuple[str, ...]:
+    """The cipher suites, checked now so that a bad name rejects the config
+    rather than failing handshakes (TLS 1.3's suites are not configurable,
+    as in Envoy)."""
+    if not named or named == ISTIO_CIPHERS:
+        return ISTIO_CIPHERS
+    probe = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    for name in named:
+        try:
+            probe.set_ciphers(name)
+        except ssl.SSLError:
+            raise TlsConfigError(
+                f"{where}: tls_params.cipher_suites: unknown cipher suite {name!r}"
+            ) from None
+    return named
 
 
 def file_secret(name: str) -> Secret | None:
@@ -171,6 +220,38 @@ class TlsContexts:
     def server(self, tls: DownstreamTls) -> ssl.SSLContext | None:
         """None while the sidecar has no certificate yet."""
         return self._get(tls, tls.settings, lambda s: _server_context(tls, s))
+
+    def server_by_sni(self, chains: ServerChains) -> ssl.SSLContext | None:
+        """A context that picks the chain's own context from the ClientHello's
+        SNI. OpenSSL keeps the first context's verify mode when another is
+        swapped in, so this one asks for a client certificate (optionally)
+        when any chain verifies one; `client_certificate_missing` then
+        refuses, after the handshake, a chain's connection that required one
+        and got none. It starts from the first chain whose secrets are here,
+        so one server's missing Secret fails only that server's handshakes;
+        None while no chain has its secrets."""
+        every = [t for _, t in chains.by_name] + ([chains.default] if chains.default else [])
+        verifies = any(t.settings.validation for t in every)
+        for first in every:
+
+            def make(secrets: dict[str, Secret], first: DownstreamTls = first) -> ssl.SSLContext:
+                context = _server_context(first, secrets)
+                context.verify_mode = ssl.CERT_OPTIONAL if verifies else ssl.CERT_NONE
+                context.sni_callback = lambda obj, name, _: self._switch(obj, chains, name)
+                return context
+
+            found = self._get((chains, first), first.settings, make)
+            if found is not None:
+                return found
+        return None
+
+    def _switch(self, obj: ssl.SSLObject, chains: ServerChains, sni: str | None) -> int | None:
+        chosen = chains.select(sni)
+        context = self.server(chosen) if chosen is not None else None
+        if context is None:  # no chain for the name (or its certificate is not here)
+            return ssl.ALERT_DESCRIPTION_UNRECOGNIZED_NAME
+        obj.context = context
+        return None
 
     def client(self, tls: UpstreamTls) -> ssl.SSLContext:
         """ssl.SSLError naming a secret that is not there (yet), or a
@@ -228,6 +309,7 @@ def _base_context(
 ) -> ssl.SSLContext:
     context = ssl.SSLContext(protocol)
     context.minimum_version = settings.min_version
+    context.maximum_version = settings.max_version
     context.set_ciphers(":".join(settings.ciphers))
     if settings.alpn:
         context.set_alpn_protocols(list(settings.alpn))
@@ -256,6 +338,14 @@ def _load_certificate(context: ssl.SSLContext, chain: bytes, key: bytes) -> None
         context.load_cert_chain(f"/proc/self/fd/{fd}")
     finally:
         os.close(fd)
+
+
+def client_certificate_missing(ssl_object: ssl.SSLObject | None) -> bool:
+    """A handshake done under a chain that requires a client certificate but
+    got none (see TlsContexts.server_by_sni)."""
+    if ssl_object is None or ssl_object.context.verify_mode != ssl.CERT_REQUIRED:
+        return False
+    return ssl_object.getpeercert(binary_form=True) is None
 
 
 def peer_uri_sans(ssl_object: ssl.SSLObject | ssl.SSLSocket | None) -> tuple[str, ...]:

@@ -7,7 +7,7 @@ Sidecars and gateways get Istio's auto mTLS (see mtls.py; proxyless gRPC
 clients what of it gRPC understands, see proxyless.py): TLS to endpoints
 with a sidecar, plaintext to others; `trafficPolicy.tls` mode ISTIO_MUTUAL
 or DISABLE overrides it; SIMPLE and MUTUAL originate TLS with the files it
-names (a credentialName's Secret is not served yet: its connections fail).
+names, or a credentialName's Secret (served over SDS, translate/secrets.py).
 Locality load balancing is weighted by locality where Istio turns it on
 (locality.py); the priorities themselves are per caller, in EDS. Warmup and
 PASSTHROUGH are not translated.

@@ -6,7 +6,8 @@
   `inbound|PORT||`, with its one-route table inline (it never changes with
   routing config, so it need not travel over RDS); its filter chains follow
   the port's PeerAuthentication mode (mtls.py).
-- gateway: one listener per port of its Gateways' plain-HTTP servers, RDS `http.PORT`.
+- gateway: one listener per port of its Gateways' HTTP servers, RDS `http.PORT`;
+  an HTTPS server adds a TLS filter chain matched by SNI (gateway_tls.py).
 - proxyless gRPC: one api_listener per service port, named `HOST:PORT` as the
   client's `xds:///HOST:PORT` target names it; and for an xDS-enabled server,
   the server listeners it asks for by name (proxyless.py).
@@ -35,15 +36,16 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 )
 from google.protobuf.wrappers_pb2 import BoolValue
 
-from pilotfish.model import Instance, Protocol, Proxy, ProxyType, Snapshot
+from pilotfish.model import Gateway, Instance, Protocol, Proxy, ProxyType, Snapshot
 from pilotfish.model.services import infer_protocol
 from pilotfish.model.types import Labels
-from pilotfish.translate import mtls, names
+from pilotfish.objects import Obj
+from pilotfish.translate import gateway_tls, mtls, names
 from pilotfish.translate.authz import translate_proxy_authz_http
 from pilotfish.translate.jwt import applicable, translate_jwt_filter
 from pilotfish.translate.protos import ads, duration, pack, socket_address
 from pilotfish.translate.proxyless import translate_server_listeners
-from pilotfish.translate.routes import gateway_http_ports
+from pilotfish.translate.routes import gateway_http_servers
 
 FAULT_FILTER = "envoy.filters.http.fault"
 CORS_FILTER = "envoy.filters.http.cors"
@@ -162,12 +164,17 @@ def _inbound_chains(listener: Listener, mode: mtls.Mode) -> Listener:
     listener.filter_chains.append(secure)
     if mode is mtls.Mode.PERMISSIVE:
         listener.filter_chains.append(plain)
+    _add_tls_inspector(listener)
+    return listener
+
+
+def _add_tls_inspector(listener: Listener) -> None:
+    """What tells TLS from plaintext (and reads the SNI) before a chain is chosen."""
     listener.listener_filters.append(
         listener_components_pb2.ListenerFilter(
             name=TLS_INSPECTOR, typed_config=pack(tls_inspector_pb2.TlsInspector())
         )
     )
-    return listener
 
 
 def _inbound_protocol(snapshot: Snapshot, instance: Instance, port_name: str) -> Protocol:
@@ -208,14 +215,44 @@ def translate_gateway_listeners(snapshot: Snapshot, proxy: Proxy) -> list[Listen
     host = proxy.metadata.get("BIND_ADDRESS", "0.0.0.0")
     out = []
     authz = translate_proxy_authz_http(snapshot, proxy)
-    for port in gateway_http_ports(snapshot, proxy):
+    for port, servers in sorted(gateway_http_servers(snapshot, proxy).items()):
         name = f"{host}_{port}"
         manager = _rds_manager(name, names.gateway_route(port), authz)
         _add_jwt_filter(snapshot, proxy.namespace, proxy.labels, manager)
         # A gateway is the edge: the client's address is the peer's, not a header's.
         manager.use_remote_address.value = True
-        out.append(_listener(name, host, port, manager, base_pb2.OUTBOUND))
+        listener = _listener(name, host, port, manager, base_pb2.OUTBOUND)
+        out.append(_gateway_chains(listener, servers))
     return out
+
+
+def _gateway_chains(listener: Listener, servers: list[tuple[Gateway, Obj]]) -> Listener:
+    """A TLS chain per HTTPS server, chosen by SNI from its hosts (the first
+    server claiming a set of names wins, as Istio keeps the oldest), and the
+    plaintext chain if a plain server shares the port."""
+    plain = listener.filter_chains[0]
+    chains: dict[tuple[str, ...], listener_components_pb2.FilterChain] = {}
+    for gateway, server in servers:
+        if not gateway_tls.terminates_tls(server):
+            continue
+        sni = tuple(gateway_tls.server_names(server, gateway.namespace))
+        if sni in chains:
+            continue
+        chain = chains[sni] = listener_components_pb2.FilterChain()
+        chain.CopyFrom(plain)
+        chain.filter_chain_match.transport_protocol = "tls"
+        chain.filter_chain_match.server_names.extend(sni)
+        chain.transport_socket.CopyFrom(
+            mtls.transport_socket(gateway_tls.downstream_context(server))
+        )
+    if not chains:
+        return listener
+    del listener.filter_chains[:]
+    listener.filter_chains.extend(chains[k] for k in sorted(chains))
+    if any(not gateway_tls.terminates_tls(s) for _, s in servers):
+        listener.filter_chains.append(plain)
+    _add_tls_inspector(listener)
+    return listener
 
 
 def translate_grpc_listeners(snapshot: Snapshot, proxy: Proxy) -> list[Listener]:

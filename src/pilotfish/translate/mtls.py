@@ -93,7 +93,7 @@ def _sds(name: str) -> tls_pb2.SdsSecretConfig:
     )
 
 
-def _common(
+def common_tls(
     alpn: Iterable[str],
     sans: Iterable[str] = (),
     certificate: str = CERTIFICATE,
@@ -123,7 +123,7 @@ def _common(
 def downstream_tls() -> tls_pb2.DownstreamTlsContext:
     """The inbound chain's: a client certificate is required and verified."""
     return tls_pb2.DownstreamTlsContext(
-        common_tls_context=_common(SERVER_ALPN), require_client_certificate=BoolValue(value=True)
+        common_tls_context=common_tls(SERVER_ALPN), require_client_certificate=BoolValue(value=True)
     )
 
 
@@ -187,15 +187,18 @@ def outbound_tls(
 
 
 def upstream_tls(sni_name: str, sans: Iterable[str]) -> tls_pb2.UpstreamTlsContext:
-    return tls_pb2.UpstreamTlsContext(common_tls_context=_common(OUTBOUND_ALPN, sans), sni=sni_name)
+    return tls_pb2.UpstreamTlsContext(
+        common_tls_context=common_tls(OUTBOUND_ALPN, sans), sni=sni_name
+    )
 
 
 def origination_tls(tls: Obj, host: str) -> tls_pb2.UpstreamTlsContext:
     """DestinationRule tls SIMPLE or MUTUAL with files, as Istio writes it:
     istio-agent's file-backed SDS names `file-root:CA` and `file-cert:CERT~KEY`;
     SNI `sni`, else the host. A credentialName becomes Istio's SDS names
-    `kubernetes://NAME` and `kubernetes://NAME-cacert`, which the sidecar does
-    not serve yet: such a cluster fails its connections (UF) rather than
+    `kubernetes://NAME` and `kubernetes://NAME-cacert`, the Secret of the
+    proxy's namespace that the control plane serves over SDS (secrets.py);
+    until it arrives the cluster fails its connections (UF) rather than
     sending plaintext."""
     credential = tls.get("credentialName")
     certificate = ""
@@ -208,7 +211,7 @@ def origination_tls(tls: Obj, host: str) -> tls_pb2.UpstreamTlsContext:
             certificate = (
                 f"file-cert:{tls.get('clientCertificate', '')}~{tls.get('privateKey', '')}"
             )
-    context = _common((), tls.get("subjectAltNames") or (), certificate, root)
+    context = common_tls((), tls.get("subjectAltNames") or (), certificate, root)
     return tls_pb2.UpstreamTlsContext(common_tls_context=context, sni=tls.get("sni") or host)
 
 

@@ -2,8 +2,9 @@
 
 - `http_proxy`: a sidecar's outbound table, every visible service and HTTP port
   (Istio's HTTP-proxy route: all ports in one table, so domains carry ports);
-- `http.PORT`: a gateway's plain-HTTP servers on PORT, with the
-  VirtualServices bound to them;
+- `http.PORT`: a gateway's HTTP servers on PORT (plain, or HTTPS whose TLS
+  it terminates), with the VirtualServices bound to them; the hosts of a
+  server with `httpsRedirect` get Envoy's `require_tls: ALL` (a 301 to https);
 - `outbound|PORT||HOST`: what a proxyless gRPC client asks for after its
   `HOST:PORT` listener.
 """
@@ -21,11 +22,17 @@ from pilotfish.model import Gateway, Proxy, ProxyType, Service, Snapshot
 from pilotfish.model.hosts import (
     DOMAIN_SUFFIX,
     MESH_GATEWAY,
+    covers,
     matches,
     more_specific,
     split_namespaced_host,
 )
 from pilotfish.translate import names
+from pilotfish.translate.gateway_tls import (
+    https_redirect,
+    requires_client_certificate,
+    terminates_tls,
+)
 from pilotfish.translate.http_route import (
     RouteContext,
     is_catch_all,
@@ -187,19 +194,33 @@ def translate_grpc_routes(
 
 
 def gateway_http_ports(snapshot: Snapshot, proxy: Proxy) -> list[int]:
-    return sorted(
-        {int(s["port"]["number"]) for _, s in _http_servers(snapshot.gateways_for(proxy))}
-    )
+    return sorted(gateway_http_servers(snapshot, proxy))
+
+
+def gateway_http_servers(
+    snapshot: Snapshot, proxy: Proxy
+) -> dict[int, list[tuple[Gateway, dict[str, Any]]]]:
+    """The HTTP servers of the proxy's Gateways by port, oldest Gateway first."""
+    out: dict[int, list[tuple[Gateway, dict[str, Any]]]] = {}
+    for gateway, server in _http_servers(snapshot.gateways_for(proxy)):
+        out.setdefault(int(server["port"]["number"]), []).append((gateway, server))
+    return out
 
 
 def _http_servers(gateways: Iterable[Gateway]) -> list[tuple[Gateway, dict[str, Any]]]:
-    """Servers of plain HTTP: HTTPS and TLS servers wait for TLS support."""
+    """Servers that serve HTTP: plain ones (an httpsRedirect is their only
+    `tls`), and HTTPS ones whose TLS the gateway terminates (gateway_tls.py).
+    All of a port's share its route table `http.PORT`; the Host picks the
+    virtual host."""
     return [
         (g, s)
         for g in gateways
         for s in g.servers
-        if str((s.get("port") or {}).get("protocol", "")).upper() in HTTP_SERVER_PROTOCOLS
-        and not s.get("tls")
+        if terminates_tls(s)
+        or (
+            str((s.get("port") or {}).get("protocol", "")).upper() in HTTP_SERVER_PROTOCOLS
+            and set(s.get("tls") or {}) <= {"httpsRedirect"}
+        )
     ]
 
 
@@ -214,6 +235,7 @@ def translate_gateway_routes(
     if not servers:
         return None
     by_host: dict[str, list[rc.Route]] = {}
+    redirected: set[str] = set()
     for gateway, server in servers:
         for vs in snapshot.gateway_virtual_services(proxy, gateway.key):
             hosts = _server_vs_hosts(gateway, server, vs.namespace, vs.hosts)
@@ -223,23 +245,46 @@ def translate_gateway_routes(
             routes = translate_virtual_service(ctx, vs)
             for host in hosts:
                 by_host.setdefault(host, []).extend(routes)
+        if https_redirect(server) and not terminates_tls(server):
+            # Istio redirects a server's hosts whether or not a VirtualService binds them.
+            hosts = [split_namespaced_host(str(h), gateway.namespace)[1] for h in server["hosts"]]
+            redirected.update(hosts)
+            for host in hosts:
+                by_host.setdefault(host, [])
     out = route_pb2.RouteConfiguration(
         name=names.gateway_route(port),
         validate_clusters=BoolValue(value=False),
         ignore_port_in_host_matching=True,
         max_direct_response_body_size_bytes=UInt32Value(value=MAX_DIRECT_RESPONSE_BODY),
     )
+    tls_servers = [(g.namespace, s) for g, s in servers]
     for host in sorted(by_host):
         ordered = sorted(by_host[host], key=is_catch_all)  # catch-alls last, order kept
-        out.virtual_hosts.append(
-            rc.VirtualHost(name=names.vhost_name(host, port), domains=[host], routes=ordered)
-        )
+        vhost = rc.VirtualHost(name=names.vhost_name(host, port), domains=[host], routes=ordered)
+        _secure_vhost(vhost, host, redirected, tls_servers)
+        out.virtual_hosts.append(vhost)
     if not out.virtual_hosts:
         # Nothing bound: 404 every request rather than leave the port unrouted.
         out.virtual_hosts.append(
             rc.VirtualHost(name=names.vhost_name("blackhole", port), domains=["*"])
         )
     return out
+
+
+def _secure_vhost(
+    vhost: rc.VirtualHost,
+    host: str,
+    redirected: set[str],
+    servers: list[tuple[str, dict[str, Any]]],
+) -> None:
+    """httpsRedirect's require_tls, and a verified client certificate on the
+    routes of a host a MUTUAL server serves (see gateway_tls.py)."""
+    if any(covers(pattern, host) for pattern in redirected):
+        vhost.require_tls = rc.VirtualHost.ALL
+    if requires_client_certificate(servers, host):
+        for route in vhost.routes:
+            route.match.tls_context.presented.value = True
+            route.match.tls_context.validated.value = True
 
 
 def _server_vs_hosts(

@@ -39,6 +39,7 @@ from pilotfish.translate import (
 )
 from pilotfish.translate.clusters import translate_inbound_clusters, translate_outbound_clusters
 from pilotfish.translate.scope import Kind, scope_key
+from pilotfish.translate.secrets import translate_secrets
 from pilotfish.xds import types
 
 T = TypeVar("T")
@@ -117,6 +118,8 @@ def _translate(
         return translate_routes(snapshot, proxy, sorted(names)) if names else []
     if type_url == types.ENDPOINT:
         return translate_endpoints(snapshot, proxy, sorted(names)) if names else []
+    if type_url == types.SECRET:
+        return translate_secrets(snapshot, proxy, names)
     return []
 
 

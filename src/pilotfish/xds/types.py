@@ -7,24 +7,27 @@ LISTENER = PREFIX + "envoy.config.listener.v3.Listener"
 ROUTE = PREFIX + "envoy.config.route.v3.RouteConfiguration"
 CLUSTER = PREFIX + "envoy.config.cluster.v3.Cluster"
 ENDPOINT = PREFIX + "envoy.config.endpoint.v3.ClusterLoadAssignment"
+SECRET = PREFIX + "envoy.extensions.transport_sockets.tls.v3.Secret"
 
 # Envoy's "make before break": clusters and their endpoints before the
 # listeners and routes that point at them.
-PUSH_ORDER = (CLUSTER, ENDPOINT, LISTENER, ROUTE)
+PUSH_ORDER = (CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET)
 # For LDS and CDS an empty list of names asks for everything (wildcard);
 # for RDS and EDS it asks for nothing.
 WILDCARD_TYPES = frozenset({LISTENER, CLUSTER})
-SHORT_NAMES = {CLUSTER: "CDS", ENDPOINT: "EDS", LISTENER: "LDS", ROUTE: "RDS"}
+SHORT_NAMES = {CLUSTER: "CDS", ENDPOINT: "EDS", LISTENER: "LDS", ROUTE: "RDS", SECRET: "SDS"}
 ALL_TYPES = frozenset(PUSH_ORDER)
 # The types a change of a kind can alter, from what translate/ reads (checked
 # by tests/translate/test_affected_types.py): a VirtualService only routes; a
 # DestinationRule clusters, their endpoints (subsets) and routes (hashing);
-# a Gateway a gateway's listeners and routes. Any other kind (Service,
-# ServiceEntry, WorkloadEntry, Sidecar, a registered instance) may alter all.
+# a Gateway a gateway's listeners and routes; a Secret only what SDS serves.
+# Any other kind (Service, ServiceEntry, WorkloadEntry, Sidecar, a registered
+# instance) may alter all.
 AFFECTED_BY_KIND = {
     "VirtualService": frozenset({ROUTE}),
     "DestinationRule": frozenset({CLUSTER, ENDPOINT, ROUTE}),
     "Gateway": frozenset({LISTENER, ROUTE}),
+    "Secret": frozenset({SECRET}),
 }
 BY_COMMAND_NAME = {
     "listeners": LISTENER,

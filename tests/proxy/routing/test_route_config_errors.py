@@ -22,10 +22,6 @@ def route(match: dict[str, Any] | None = None, **action: Any) -> dict[str, Any]:
     ("bad", "path"),
     [
         (
-            route({"prefix": "/", "tls_context": {"presented": True}}),
-            "virtual_hosts[0].routes[0].match.tls_context",
-        ),
-        (
             route(
                 {
                     "prefix": "/",
@@ -57,8 +53,8 @@ def test_unsupported_fields_are_named(bad: dict[str, Any], path: str) -> None:
 
 
 def test_unsupported_vhost_field() -> None:
-    assert refused(route(), require_tls="ALL").startswith(
-        "virtual_hosts[0].require_tls: field not supported"
+    assert refused(route(), rate_limits=[{"stage": 1}]).startswith(
+        "virtual_hosts[0].rate_limits: field not supported"
     )
 
 

@@ -167,6 +167,8 @@ def _merged(
 
 def _conditions(m: Any, path: str) -> tuple[Condition, ...]:
     conditions: list[Condition] = [grpc_condition] if m.HasField("grpc") else []
+    if m.HasField("tls_context"):
+        conditions.append(_tls_condition(m.tls_context))
     conditions += [
         compile_header_matcher(h, f"{path}.headers[{i}]") for i, h in enumerate(m.headers)
     ]
@@ -175,6 +177,22 @@ def _conditions(m: Any, path: str) -> tuple[Condition, ...]:
         for i, q in enumerate(m.query_parameters)
     ]
     return tuple(conditions)
+
+
+def _tls_condition(options: Any) -> Condition:
+    """Envoy's RouteMatch.tls_context: whether the connection's client
+    certificate was presented and validated. The proxy keeps only validated
+    ones (an invalid one fails the handshake), so the two are one here."""
+    wanted = []
+    for field in ("presented", "validated"):
+        if options.HasField(field):
+            wanted.append(getattr(options, field).value)
+    if len(set(wanted)) > 1:  # presented but not validated cannot happen here
+        return lambda req, _: False
+    expected = wanted[0] if wanted else None
+    if expected is None:
+        return lambda req, _: True
+    return lambda req, _: req.client_certificate_verified is expected
 
 
 def _mirrors(policies: Sequence[Any], path: str) -> tuple[MirrorPolicy, ...]:

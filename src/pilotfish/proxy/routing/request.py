@@ -41,6 +41,8 @@ class RequestView(Protocol):
     def headers(self) -> Headers: ...
     @property
     def source_ip(self) -> str: ...
+    @property
+    def client_certificate_verified(self) -> bool: ...
 
 
 @dataclass(slots=True)
@@ -53,6 +55,7 @@ class Request:
     scheme: bytes = b"http"
     headers: Headers = field(default_factory=list)
     source_ip: str = "127.0.0.1"
+    client_certificate_verified: bool = False  # the connection's TLS client certificate
 
 
 def index_headers(headers: Headers) -> dict[bytes, bytes]:

@@ -38,6 +38,7 @@ _MATCH = (
     "headers",
     "query_parameters",
     "grpc",
+    "tls_context",
 )
 _WEIGHTED = (
     "total_weight",
@@ -95,6 +96,7 @@ _ROUTE = (
 _VHOST = (
     "name",
     "domains",
+    "require_tls",
     "metadata",
     "typed_per_filter_config",
     *_HEADERS,

@@ -16,10 +16,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from envoy.config.route.v3 import route_pb2
+from envoy.config.route.v3 import route_components_pb2, route_pb2
 
 from pilotfish.proxy.proto_fields import unsupported
-from pilotfish.proxy.routing.actions import Action, Forward, Target
+from pilotfish.proxy.routing.actions import Action, Forward, Redirect, Target
 from pilotfish.proxy.routing.compile import (
     RouteContext,
     compile_route,
@@ -72,6 +72,7 @@ _Entry = tuple[int, bytes, "tuple[int, int] | None", tuple[Condition, ...], Rout
 class _Host:
     virtual_host: VirtualHost
     entries: tuple[_Entry, ...]
+    tls_redirect: Route | None = None  # require_tls ALL: every plaintext request gets it
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -93,6 +94,8 @@ class RouteTable:
         host = self._find(req)
         if host is None:
             return None
+        if host.tls_redirect is not None and req.scheme != b"https":
+            return host.tls_redirect
         path = req.path
         if self._strip_path_parameters and b";" in path:
             path = _strip_parameters(path)
@@ -286,7 +289,23 @@ def _compile_vhost(vh: Any, path: str, config_ctx: RouteContext) -> _Host:
         include_attempt_count_in_response=vh.include_attempt_count_in_response,
     )
     ctx = vhost_context(vh, path, config_ctx)
-    return _Host(virtual_host, tuple(_entries(vh, path, virtual_host, ctx)))
+    return _Host(
+        virtual_host, tuple(_entries(vh, path, virtual_host, ctx)), _tls_redirect(vh, virtual_host)
+    )
+
+
+def _tls_redirect(vh: Any, virtual_host: VirtualHost) -> Route | None:
+    """Envoy's require_tls: a request not made over TLS gets a 301 to the
+    same host and path over https. EXTERNAL_ONLY is ALL here, since the
+    proxy trusts no x-forwarded-proto of a peer to say a request was TLS."""
+    if vh.require_tls == route_components_pb2.VirtualHost.NONE:
+        return None
+    return Route(
+        name="require_tls",
+        virtual_host=virtual_host,
+        match=PathMatch(PREFIX, b"/", "/"),
+        action=Redirect(status=301, scheme=b"https"),
+    )
 
 
 def _entries(vh: Any, path: str, virtual_host: VirtualHost, ctx: RouteContext) -> Iterator[_Entry]:

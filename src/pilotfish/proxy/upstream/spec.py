@@ -109,6 +109,11 @@ class ClusterSpec:
     transport_socket: UpstreamTls | None = None  # None: plaintext
     transport_socket_matches: tuple[TransportSocketMatch, ...] = ()
 
+    def all_tls(self) -> list[UpstreamTls]:
+        """Every TLS context the cluster may connect with (for the SDS names it needs)."""
+        found = [m.tls for m in self.transport_socket_matches if m.tls is not None]
+        return found + ([self.transport_socket] if self.transport_socket is not None else [])
+
     def upstream_tls(self, metadata: dict[str, object]) -> UpstreamTls | None:
         """How to connect to an endpoint with this metadata: the first
         transport_socket_matches entry it matches, else transport_socket
