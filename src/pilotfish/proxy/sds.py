@@ -42,11 +42,9 @@ from pilotfish.ca.workload import (
     pem,
     renew_at,
 )
+from pilotfish.proxy.sds_secrets import DEFAULT, REDACTED, ROOTCA, SECRETS_DUMP
 
 log = logging.getLogger("pilotfish.proxy.sds")
-DEFAULT, ROOTCA = "default", "ROOTCA"  # istio-agent's resource names
-SECRETS_DUMP = "type.googleapis.com/envoy.admin.v3.SecretsConfigDump"
-REDACTED = b"[redacted]"  # what Envoy's config_dump shows for a private key
 RETRY_FIRST_S, RETRY_MAX_S = 1.0, 30.0
 CALL_TIMEOUT_S = 10.0
 

@@ -19,15 +19,22 @@ from __future__ import annotations
 
 import datetime
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from envoy.extensions.transport_sockets.tls.v3.secret_pb2 import Secret
 from google.protobuf import json_format
 
-from pilotfish.ca.credentials import check_bundle, check_certificate_and_key
 from pilotfish.proxy import xds_types
-from pilotfish.proxy.sds import DEFAULT, REDACTED, ROOTCA, SECRETS_DUMP, WorkloadCertificates
 from pilotfish.proxy.tls import FILE_CERT, FILE_ROOT, TlsSettings
+
+if TYPE_CHECKING:  # sds.py brings gRPC and cryptography, which a sidecar
+    # without a workload certificate never loads (docs/benchmarks.md, idle memory)
+    from pilotfish.proxy.sds import WorkloadCertificates
+
+DEFAULT, ROOTCA = "default", "ROOTCA"  # istio-agent's resource names
+SECRETS_DUMP = "type.googleapis.com/envoy.admin.v3.SecretsConfigDump"
+REDACTED = b"[redacted]"  # what Envoy's config_dump shows for a private key
+
 
 # Served by the sidecar itself, or read from files: never asked of the control plane.
 LOCAL_NAMES = frozenset({DEFAULT, ROOTCA})
@@ -48,6 +55,8 @@ def wanted_names(settings: Iterable[TlsSettings]) -> frozenset[str]:
 
 
 def check_secrets(secrets: Iterable[Secret], now: datetime.datetime | None = None) -> None:
+    from pilotfish.ca.credentials import check_bundle, check_certificate_and_key  # cryptography
+
     for secret in secrets:
         try:
             if secret.HasField("tls_certificate"):
