@@ -55,7 +55,9 @@ class ControlPlane:
             stdout=log.open("wb"),
             stderr=subprocess.STDOUT,
         )
-        deadline = time.monotonic() + 20
+        # A wait, not a measure: generous, since a loaded CI machine starts
+        # Python slowly (imports alone took over 20 s under load).
+        deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             assert self.process.poll() is None, log.read_text()
             try:

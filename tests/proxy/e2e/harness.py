@@ -231,7 +231,7 @@ class Proxy:
     args: tuple[str, ...] = ()  # more of `pilotfish proxy`'s options
     env: dict[str, str] | None = None
 
-    def start(self, timeout: float = 10.0) -> None:
+    def start(self, timeout: float = 30.0) -> None:
         self.process = subprocess.Popen(
             [str(PILOTFISH), "proxy", "--bootstrap", str(self.bootstrap_path), *self.args],
             stdout=subprocess.DEVNULL,
