@@ -43,6 +43,7 @@ from pilotfish.proxy.telemetry import (
     peer_metadata_headers,
 )
 from pilotfish.proxy.tls import SecretSource, TlsContexts
+from pilotfish.proxy.tracing.tracer import Tracer
 from pilotfish.proxy.upstream import render_clusters
 from pilotfish.proxy.xds_client import AdsClient
 
@@ -205,13 +206,15 @@ def new_runtime(
     TLS uses `secrets` (the workload certificate), none without."""
     stats = StatsRegistry()
     contexts = TlsContexts(secrets)
+    own = WorkloadInfo.from_node(bootstrap.node)
     runtime = Runtime(
         config,
         Pool(stats, contexts),
-        Telemetry(WorkloadInfo.from_node(bootstrap.node)),
+        Telemetry(own),
         stats,
         peer_metadata_headers(bootstrap.node),
         tls=contexts,
+        tracer=Tracer(own, bootstrap.node.id, stats.tracing),
     )
     stats.state = partial(live_stats, runtime, time.monotonic())
     return runtime

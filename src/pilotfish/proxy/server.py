@@ -42,6 +42,7 @@ from pilotfish.proxy.telemetry import (
     service_from_authority,
 )
 from pilotfish.proxy.tls import TlsContexts, peer_uri_sans
+from pilotfish.proxy.tracing.tracer import Tracer
 
 MAX_HELD_BYTES = 64 * 1024  # pipelined bytes read ahead before reading pauses
 TIMER_SWEEP_S = 0.25  # resolution of the 408, idle and outlier-interval timers
@@ -66,6 +67,7 @@ class Runtime:
     downstreams: set[Downstream] = field(default_factory=set)
     ticker: asyncio.TimerHandle | None = None
     tls: TlsContexts = field(default_factory=lambda: TlsContexts(None))
+    tracer: Tracer | None = None  # spans of listeners that trace (proxy/tracing)
 
     def __post_init__(self) -> None:
         self.peer_lines = encode_lines(self.peer_headers)
@@ -110,6 +112,13 @@ class Runtime:
             http.codes[ex.status] += 1
         for path in listener.http.access_log_paths:
             self.access_log(path).log(access_record(ex, elapsed))
+        tracing = listener.http.tracing
+        if tracing is not None and self.tracer is not None:
+            operation = ex.route.operation if ex.route is not None else ""
+            hop = (listener.inbound, operation, listener.port)
+            self.tracer.finish(
+                ex.trace, ex.headers, tracing, access_record(ex, elapsed), elapsed, hop
+            )
 
     def access_log(self, path: str) -> AccessLogWriter:
         writer = self.access_logs.get(path)
@@ -125,6 +134,8 @@ class Runtime:
             self.ticker.cancel()
         for writer in self.access_logs.values():
             writer.flush()
+        if self.tracer is not None:
+            self.tracer.close()
         self.pool.close()
 
 

@@ -1,0 +1,85 @@
+"""The proxy's tracer: the two hooks the exchange calls, and the exporters.
+
+`trace_request` runs when the request's headers are built for the upstream:
+it reads the incoming context, decides sampling and writes this hop's
+context on the forwarded request. `Tracer.finish` runs when the exchange is
+recorded: a sampled span goes to its provider's exporter.
+"""
+
+from __future__ import annotations
+
+from pilotfish.proxy.accesslog import AccessRecord
+from pilotfish.proxy.protocol.http1 import Headers
+from pilotfish.proxy.stats import TracingStats
+from pilotfish.proxy.telemetry import WorkloadInfo
+from pilotfish.proxy.tracing.config import OtlpHttp, TracingConfig
+from pilotfish.proxy.tracing.exporter import OtlpExporter
+from pilotfish.proxy.tracing.propagation import (
+    FORCE_TRACE,
+    SpanContext,
+    decide,
+    extract,
+    inject,
+    start_span,
+)
+from pilotfish.proxy.tracing.spans import Hop, build_span, operation_name, service_name
+
+
+def context_of(headers: Headers, tracing: TracingConfig) -> SpanContext:
+    """This hop's span for a request with these (incoming) headers."""
+    incoming = extract(headers)
+    force = any(name == FORCE_TRACE for name, _ in headers)
+    return start_span(incoming, decide(incoming, tracing.sampling, force))
+
+
+def trace_request(headers: Headers, tracing: TracingConfig) -> SpanContext:
+    """Decide this hop's span and put it on the forwarded `headers`."""
+    span = context_of(headers, tracing)
+    inject(headers, span)
+    return span
+
+
+class Tracer:
+    """Exporters by collector, made on first use; `own`: who this proxy is."""
+
+    def __init__(self, own: WorkloadInfo, node_id: str, stats: TracingStats) -> None:
+        self.own, self.node_id, self.stats = own, node_id, stats
+        self.exporters: dict[OtlpHttp, OtlpExporter] = {}
+
+    def __repr__(self) -> str:
+        return f"<Tracer {self.node_id} exporters={len(self.exporters)}>"
+
+    def finish(
+        self,
+        span: SpanContext | None,
+        request_headers: Headers,
+        tracing: TracingConfig,
+        record: AccessRecord,
+        elapsed: float,
+        hop: tuple[bool, str, int],
+    ) -> None:
+        """Report a finished request's span; `span` None: it was answered
+        before forwarding (a local reply), so its context is decided now.
+        `hop`: (inbound, the route's operation, the listener's port)."""
+        if tracing.provider is None:
+            return
+        if span is None:
+            span = context_of(request_headers, tracing)
+        if not span.sampled:
+            return
+        inbound, operation, port = hop
+        name = operation_name(operation, record.authority or "", port if inbound else 0)
+        where = Hop(self.own, self.node_id, inbound)
+        built = build_span(span, record, elapsed, where, name, tracing, request_headers)
+        self.exporter(tracing.provider).add(built)
+
+    def exporter(self, target: OtlpHttp) -> OtlpExporter:
+        found = self.exporters.get(target)
+        if found is None:
+            service = service_name(target.service_name, self.own)
+            found = self.exporters[target] = OtlpExporter(target, service, self.stats)
+        return found
+
+    def close(self) -> None:
+        for exporter in self.exporters.values():
+            exporter.close()
