@@ -28,6 +28,7 @@ OTEL_TRACER = "envoy.tracers.opentelemetry"
 OTEL_CONFIG = "envoy.config.trace.v3.OpenTelemetryConfig"
 DEFAULT_MAX_PATH_TAG_LENGTH = 256  # Envoy's
 DEFAULT_EXPORT_TIMEOUT_S = 1.0
+DEFAULT_MAX_CACHE_SIZE = 1024  # Envoy's OpenTelemetryConfig.max_cache_size
 TRACING_FIELDS = frozenset(
     {
         "random_sampling.value",
@@ -45,6 +46,7 @@ TRACING_FIELDS = frozenset(
 PROVIDER_FIELDS = frozenset(
     {
         "service_name",
+        "max_cache_size",
         "http_service.http_uri.uri",
         "http_service.http_uri.cluster",
         "http_service.http_uri.timeout",
@@ -79,6 +81,7 @@ class OtlpHttp:
     timeout: float
     service_name: str
     headers: tuple[tuple[str, str], ...] = ()
+    max_queued: int = DEFAULT_MAX_CACHE_SIZE  # spans waiting to be sent; beyond, dropped
 
     def __repr__(self) -> str:
         return f"<OtlpHttp {self.host}:{self.port}{self.path}>"
@@ -160,4 +163,5 @@ def _provider(tracing: hcm_pb2.HttpConnectionManager.Tracing) -> OtlpHttp:
         headers=tuple(
             (h.header.key, h.header.value) for h in config.http_service.request_headers_to_add
         ),
+        max_queued=config.max_cache_size.value or DEFAULT_MAX_CACHE_SIZE,
     )

@@ -6,8 +6,8 @@ a POST waits, spans queue up to the bound and then are dropped and counted
 (`tracing.opentelemetry.spans_dropped`), so memory stays bounded too.
 
 Batching follows Envoy's OpenTelemetry tracer: a flush every 5 s, or sooner
-once 5 spans wait (its `min_flush_spans`); the queue holds 1024 spans (its
-`max_cache_size` default).
+once 5 spans wait (its `min_flush_spans`); the queue holds the provider's
+`max_cache_size` spans (default 1024), one batch at most per POST.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from pilotfish.proxy.tracing.spans import export_request
 
 FLUSH_INTERVAL_S = 5.0
 MIN_FLUSH_SPANS = 5
-MAX_QUEUED_SPANS = 1024
 MAX_RESPONSE_HEAD = 16 * 1024
 
 
@@ -35,12 +34,10 @@ class OtlpExporter:
         target: OtlpHttp,
         service: str,
         stats: TracingStats,
-        *,
-        max_queued: int = MAX_QUEUED_SPANS,
         flush_interval: float = FLUSH_INTERVAL_S,
     ) -> None:
         self.target, self.service, self.stats = target, service, stats
-        self.max_queued, self.flush_interval = max_queued, flush_interval
+        self.max_queued, self.flush_interval = target.max_queued, flush_interval
         self.queue: list[Span] = []
         self.sending: asyncio.Task[None] | None = None
         self.timer: asyncio.TimerHandle | None = None

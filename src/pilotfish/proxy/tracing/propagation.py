@@ -7,7 +7,7 @@ format is ignored, as if absent (W3C: "the vendor MUST ignore"), so a client
 sending garbage starts a new trace rather than an error. What goes out is
 both formats, whichever came in, so an application that copies either kind
 (Istio's Bookinfo copies all of them) keeps the trace; the single `b3`
-header is written only when it came in, as Envoy's Zipkin tracer does.
+header is written only when it came in (in any of the formats' company).
 
 Sampling is decided once, where a trace starts (the first proxy, or the
 gateway): a sampled flag that comes in is kept; B3's "defer" (no flag) and a
@@ -78,7 +78,8 @@ def extract(headers: Headers) -> Incoming:
         parsed = parse_traceparent(found[b"traceparent"])
         if parsed is not None:
             trace_id, parent_id, sampled = parsed
-            return Incoming(trace_id, parent_id, sampled, found.get(b"tracestate", b""))
+            state = found.get(b"tracestate", b"")
+            return Incoming(trace_id, parent_id, sampled, state, b"b3" in found)
     if b"b3" in found:
         single = parse_b3_single(found[b"b3"])
         if single is not None:
