@@ -45,6 +45,7 @@ from pilotfish.objects import Obj
 
 NETWORKING = "networking.istio.io"
 SECURITY = "security.istio.io"
+TELEMETRY = "telemetry.istio.io"
 MESH_CONFIG = ("istio-system", "istio")  # Istio's mesh config: ConfigMap istio, key `mesh`
 MESH_KINDS = {  # what a snapshot reads; other kinds do not change what proxies get
     ("", "Service"),
@@ -58,6 +59,7 @@ MESH_KINDS = {  # what a snapshot reads; other kinds do not change what proxies 
     (SECURITY, "PeerAuthentication"),
     (SECURITY, "RequestAuthentication"),
     ("", "ConfigMap"),  # only istio-system/istio is read: the mesh config
+    (TELEMETRY, "Telemetry"),
 }
 EndpointKey = tuple[str, str, int]  # (hostname, namespace, port)
 
@@ -98,6 +100,7 @@ class Snapshot:
     peer_authentications: tuple[PeerAuthentication, ...] = ()  # oldest first
     trust_domain: str = DEFAULT_TRUST_DOMAIN  # of the SPIFFE identities clusters expect
     request_authentications: tuple[Obj, ...] = ()  # oldest first
+    telemetries: tuple[Obj, ...] = ()  # Telemetry objects as stored, oldest first
     jwks: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))  # by jwksUri
     endpoint_index: Mapping[EndpointKey, tuple[Endpoint, ...]] = field(
         default_factory=lambda: MappingProxyType({}), repr=False
@@ -441,6 +444,7 @@ def build_snapshot(
         peer_authentications=tuple(map(read_peer_authentication, by_kind["PeerAuthentication"])),
         trust_domain=trust_domain,
         request_authentications=tuple(by_kind["RequestAuthentication"]),
+        telemetries=tuple(by_kind["Telemetry"]),
         jwks=MappingProxyType(dict(jwks or {})),
         endpoint_index=MappingProxyType(_endpoint_index(by_kind, services, live)),
     )
