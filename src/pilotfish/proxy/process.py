@@ -214,10 +214,18 @@ def new_runtime(
         stats,
         peer_metadata_headers(bootstrap.node),
         tls=contexts,
-        tracer=Tracer(own, bootstrap.node.id, stats.tracing),
+        tracer=Tracer(own, bootstrap.node.id, stats.tracing, partial(pick_host, config)),
     )
     stats.state = partial(live_stats, runtime, time.monotonic())
     return runtime
+
+
+def pick_host(config: ProxyConfig, cluster: str) -> tuple[str, int] | None:
+    """A host of the named cluster, as the cluster's balancer picks it; None
+    if the proxy has no such cluster or it has no healthy host."""
+    found = config.snapshot.clusters.clusters.get(cluster)
+    host = found.pick() if found is not None else None
+    return (host.address, host.port) if host is not None else None
 
 
 def live_stats(runtime: Runtime, started: float) -> State:

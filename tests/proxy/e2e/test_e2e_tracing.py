@@ -66,11 +66,18 @@ def receiver() -> Iterator[OtlpReceiver]:
 
 
 def two_hops(
-    start_proxy, app_port: int, url: str, percent: float = 100.0, **otel: Any
+    start_proxy,
+    app_port: int,
+    url: str,
+    percent: float = 100.0,
+    collector_port: int | None = None,
+    **otel: Any,
 ) -> tuple[int, Proxy]:
     """An inbound proxy in front of the app, an outbound proxy calling it;
-    the outbound proxy's port, and the outbound proxy."""
+    the outbound proxy's port, and the outbound proxy. `collector_port`: the
+    proxies have a cluster `otel` with that one endpoint."""
     inbound_port, outbound_port = free_port(), free_port()
+    otel_cluster = [static_cluster("otel", [collector_port])] if collector_port else []
     start_proxy(
         [
             listener(
@@ -81,7 +88,7 @@ def two_hops(
                 tracing=tracing(url, percent, **otel),
             )
         ],
-        [static_cluster(INBOUND, [app_port])],
+        [static_cluster(INBOUND, [app_port]), *otel_cluster],
         node_metadata=CALLEE,
     )
     caller = start_proxy(
@@ -94,7 +101,7 @@ def two_hops(
                 tracing=tracing(url, percent, **otel),
             )
         ],
-        [static_cluster(REVIEWS, [inbound_port])],
+        [static_cluster(REVIEWS, [inbound_port]), *otel_cluster],
         node_metadata=CALLER,
     )
     return outbound_port, caller
@@ -177,8 +184,11 @@ def test_unsampled_propagates_but_reports_nothing(start_proxy, make_backend, rec
 
 
 def test_b3_in_and_out(start_proxy, make_backend, receiver) -> None:
+    """Also: the collector is reached through the provider's cluster, as Envoy
+    does, its URI's host name resolving nowhere."""
     app = make_backend("reviews")
-    port, _ = two_hops(start_proxy, app.port, receiver.url, percent=0.0)
+    url = "http://otel-collector.invalid:4318/v1/traces"
+    port, _ = two_hops(start_proxy, app.port, url, percent=0.0, collector_port=receiver.port)
     single = "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1"
     assert curl("http://reviews:9080/echo", proxy=port, headers={"b3": single}).status == 200
     seen = app.requests[-1].headers
@@ -204,6 +214,7 @@ def test_dead_collector_costs_no_request(start_proxy, make_backend, collector) -
         )  # fmt: skip
         assert [status for status, _ in results] == [200] * 300
         assert max(float(f["%{time_total}"]) for _, f in results) < 1.0
+
         def stats() -> dict[str, int]:
             text = caller.admin_get("/stats")[1]
             pairs = (line.split(": ", 1) for line in text.splitlines())

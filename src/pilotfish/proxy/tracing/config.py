@@ -73,7 +73,8 @@ class CustomTag:
 
 @dataclass(frozen=True, slots=True)
 class OtlpHttp:
-    """An OTLP/HTTP collector: `POST path` to host:port, protobuf."""
+    """An OTLP/HTTP collector: `POST path` to host:port, protobuf; to a host
+    of `cluster` instead when the proxy has that cluster (as Envoy sends it)."""
 
     host: str
     port: int
@@ -82,6 +83,7 @@ class OtlpHttp:
     service_name: str
     headers: tuple[tuple[str, str], ...] = ()
     max_queued: int = DEFAULT_MAX_CACHE_SIZE  # spans waiting to be sent; beyond, dropped
+    cluster: str = ""
 
     def __repr__(self) -> str:
         return f"<OtlpHttp {self.host}:{self.port}{self.path}>"
@@ -164,4 +166,5 @@ def _provider(tracing: hcm_pb2.HttpConnectionManager.Tracing) -> OtlpHttp:
             (h.header.key, h.header.value) for h in config.http_service.request_headers_to_add
         ),
         max_queued=config.max_cache_size.value or DEFAULT_MAX_CACHE_SIZE,
+        cluster=uri.cluster,
     )

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
@@ -24,6 +25,7 @@ from pilotfish.proxy.tracing.spans import export_request
 FLUSH_INTERVAL_S = 5.0
 MIN_FLUSH_SPANS = 5
 MAX_RESPONSE_HEAD = 16 * 1024
+Resolve = Callable[[str], "tuple[str, int] | None"]  # a cluster's name -> one of its hosts
 
 
 class OtlpExporter:
@@ -34,9 +36,11 @@ class OtlpExporter:
         target: OtlpHttp,
         service: str,
         stats: TracingStats,
+        resolve: Resolve | None = None,
         flush_interval: float = FLUSH_INTERVAL_S,
     ) -> None:
         self.target, self.service, self.stats = target, service, stats
+        self.resolve = resolve
         self.max_queued, self.flush_interval = target.max_queued, flush_interval
         self.queue: list[Span] = []
         self.sending: asyncio.Task[None] | None = None
@@ -89,7 +93,9 @@ class OtlpExporter:
 
     async def _post(self, body: bytes) -> int:
         target = self.target
-        reader, writer = await asyncio.open_connection(target.host, target.port)
+        found = self.resolve(target.cluster) if self.resolve and target.cluster else None
+        host, port = found or (target.host, target.port)
+        reader, writer = await asyncio.open_connection(host, port)
         try:
             extra = "".join(f"{k}: {v}\r\n" for k, v in target.headers)
             writer.write(

@@ -13,7 +13,7 @@ from pilotfish.proxy.protocol.http1 import Headers
 from pilotfish.proxy.stats import TracingStats
 from pilotfish.proxy.telemetry import WorkloadInfo
 from pilotfish.proxy.tracing.config import OtlpHttp, TracingConfig
-from pilotfish.proxy.tracing.exporter import OtlpExporter
+from pilotfish.proxy.tracing.exporter import OtlpExporter, Resolve
 from pilotfish.proxy.tracing.propagation import (
     FORCE_TRACE,
     SpanContext,
@@ -42,8 +42,10 @@ def trace_request(headers: Headers, tracing: TracingConfig) -> SpanContext:
 class Tracer:
     """Exporters by collector, made on first use; `own`: who this proxy is."""
 
-    def __init__(self, own: WorkloadInfo, node_id: str, stats: TracingStats) -> None:
-        self.own, self.node_id, self.stats = own, node_id, stats
+    def __init__(
+        self, own: WorkloadInfo, node_id: str, stats: TracingStats, resolve: Resolve | None = None
+    ) -> None:
+        self.own, self.node_id, self.stats, self.resolve = own, node_id, stats, resolve
         self.exporters: dict[OtlpHttp, OtlpExporter] = {}
 
     def __repr__(self) -> str:
@@ -77,7 +79,8 @@ class Tracer:
         found = self.exporters.get(target)
         if found is None:
             service = service_name(target.service_name, self.own)
-            found = self.exporters[target] = OtlpExporter(target, service, self.stats)
+            found = OtlpExporter(target, service, self.stats, self.resolve)
+            self.exporters[target] = found
         return found
 
     def close(self) -> None:
