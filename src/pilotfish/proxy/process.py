@@ -214,10 +214,26 @@ def new_runtime(
         stats,
         peer_metadata_headers(bootstrap.node),
         tls=contexts,
-        tracer=Tracer(own, bootstrap.node.id, stats.tracing, partial(pick_host, config)),
+        tracer=Tracer(
+            own,
+            bootstrap.node.id,
+            stats.tracing,
+            partial(pick_host, config),
+            _control_plane(bootstrap),
+        ),
     )
     stats.state = partial(live_stats, runtime, time.monotonic())
     return runtime
+
+
+def _control_plane(bootstrap: Bootstrap) -> tuple[str, str]:
+    """The control plane's API URL (node metadata PILOTFISH_API) and the ADS
+    `authorization` the proxy presents, for the spans it sends there."""
+    api = metadata_text(bootstrap.node.metadata.fields, "PILOTFISH_API")
+    services = bootstrap.dynamic_resources.ads_config.grpc_services
+    headers = services[0].initial_metadata if services else ()
+    auth = next((h.value for h in headers if h.key.lower() == "authorization"), "")
+    return api, auth
 
 
 def pick_host(config: ProxyConfig, cluster: str) -> tuple[str, int] | None:

@@ -8,6 +8,9 @@ recorded: a sampled span goes to its provider's exporter.
 
 from __future__ import annotations
 
+from dataclasses import replace
+from urllib.parse import urlsplit
+
 from pilotfish.proxy.accesslog import AccessRecord
 from pilotfish.proxy.protocol.http1 import Headers
 from pilotfish.proxy.stats import TracingStats
@@ -43,9 +46,17 @@ class Tracer:
     """Exporters by collector, made on first use; `own`: who this proxy is."""
 
     def __init__(
-        self, own: WorkloadInfo, node_id: str, stats: TracingStats, resolve: Resolve | None = None
+        self,
+        own: WorkloadInfo,
+        node_id: str,
+        stats: TracingStats,
+        resolve: Resolve | None = None,
+        control_plane: tuple[str, str] = ("", ""),
     ) -> None:
+        """`control_plane`: its API URL and the `authorization` header value the
+        proxy presents to it (the ADS token), sent with spans to that address only."""
         self.own, self.node_id, self.stats, self.resolve = own, node_id, stats, resolve
+        self.control_plane = control_plane
         self.exporters: dict[OtlpHttp, OtlpExporter] = {}
 
     def __repr__(self) -> str:
@@ -79,7 +90,13 @@ class Tracer:
         found = self.exporters.get(target)
         if found is None:
             service = service_name(target.service_name, self.own)
-            found = OtlpExporter(target, service, self.stats, self.resolve)
+            api, authorization = self.control_plane
+            parts = urlsplit(api)
+            if authorization and (parts.hostname, parts.port or 80) == (target.host, target.port):
+                sent = replace(target, headers=(*target.headers, ("authorization", authorization)))
+            else:
+                sent = target
+            found = OtlpExporter(sent, service, self.stats, self.resolve)
             self.exporters[target] = found
         return found
 
