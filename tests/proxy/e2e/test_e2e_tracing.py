@@ -5,7 +5,10 @@ test's, which decodes them with the OpenTelemetry protocol's own classes."""
 from __future__ import annotations
 
 import time
+import urllib.request
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from threading import Thread
 from typing import Any
 
 import pytest
@@ -20,6 +23,12 @@ from harness import (
     vhost,
     wait_for,
 )
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.trace import SpanKind
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from otlp_receiver import OtlpReceiver, Received, blackhole
 
 OTEL_CONFIG = "type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig"
@@ -229,3 +238,75 @@ def test_dead_collector_costs_no_request(start_proxy, make_backend, collector) -
         assert "envoy_tracing_opentelemetry_spans_dropped " in text
     finally:
         hole.close()
+
+
+class _InstrumentedApp:
+    """An app using the OpenTelemetry Python SDK: its server span continues
+    the incoming W3C context, and its call out carries its own span."""
+
+    def __init__(self, collector: str, outbound_port: int) -> None:
+
+        self.provider = TracerProvider(resource=Resource.create({"service.name": "instrumented"}))
+        self.provider.add_span_processor(SimpleSpanProcessor(OTLPSpanExporter(endpoint=collector)))
+        self.tracer = self.provider.get_tracer("test-app")
+        self.outbound_port = outbound_port
+
+    def handle(self, headers: dict[str, str]) -> int:
+
+        propagator = TraceContextTextMapPropagator()
+        parent = propagator.extract(carrier=headers)
+        with self.tracer.start_as_current_span("handle", context=parent, kind=SpanKind.SERVER):
+            out: dict[str, str] = {}
+            propagator.inject(out)
+            proxy = urllib.request.ProxyHandler({"http": f"http://127.0.0.1:{self.outbound_port}"})
+            request = urllib.request.Request("http://ratings:9080/echo", headers=out)
+            with urllib.request.build_opener(proxy).open(request, timeout=5) as answer:
+                return int(answer.status)
+
+
+def test_sdk_instrumented_app_joins_the_trace(start_proxy, make_backend, receiver) -> None:
+    """curl -> inbound proxy -> app (OpenTelemetry SDK) -> outbound proxy -> ratings."""
+    ratings = make_backend("ratings")
+    outbound_port, inbound_port = free_port(), free_port()
+    app = _InstrumentedApp(receiver.url, outbound_port)
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            status = app.handle({k.lower(): v for k, v in self.headers.items()})
+            self.send_response(status)
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        start_proxy(
+            [listener("inbound", inbound_port, [vhost("in", ["*"], [route(INBOUND)])],
+                      inbound=True, tracing=tracing(receiver.url))],
+            [static_cluster(INBOUND, [server.server_address[1]])],
+            node_metadata=CALLEE,
+        )  # fmt: skip
+        start_proxy(
+            [listener("outbound", outbound_port, [vhost("all", ["*"], [route("ratings")])],
+                      outbound=True, tracing=tracing(receiver.url))],
+            [static_cluster("ratings", [ratings.port])],
+            node_metadata=CALLER,
+        )  # fmt: skip
+        assert curl(f"http://127.0.0.1:{inbound_port}/").status == 200
+        assert wait_for(lambda: len(receiver.received()) >= 3, timeout=10)
+    finally:
+        server.shutdown()
+        server.server_close()
+        app.provider.shutdown()
+    spans = receiver.received()
+    (inbound,) = [s for s in spans if s.service == "reviews.default"]
+    (own,) = [s for s in spans if s.service == "instrumented"]
+    (outbound,) = [s for s in spans if s.service == "productpage.default"]
+    assert inbound.span.trace_id == own.span.trace_id == outbound.span.trace_id
+    assert own.span.parent_span_id == inbound.span.span_id
+    assert outbound.span.parent_span_id == own.span.span_id
+    seen = ratings.requests[-1].headers["traceparent"]
+    assert seen == f"00-{own.span.trace_id.hex()}-{outbound.span.span_id.hex()}-01"
