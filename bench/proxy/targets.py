@@ -21,6 +21,7 @@ HAPROXY = "haproxy"
 PILOTFISH = [sys.executable, "-m", "pilotfish", "proxy", "--bootstrap"]
 RELAY = [sys.executable, str(Path(__file__).resolve().parent / "relay.py")]
 HTTPTOOLS = [sys.executable, str(Path(__file__).resolve().parent / "httptools_proxy.py")]
+OTLP_SINK = [sys.executable, str(Path(__file__).resolve().parent / "otlp_sink.py")]
 START_TIMEOUT_S = 20.0
 
 
@@ -51,6 +52,7 @@ class Bench:
     pool_size: int
     backend: Started | None = None
     backend_port: int = 0
+    collector_port: int = 0  # the OTLP sink of the tracing rows, once started
 
     @property
     def dir(self) -> Path:
@@ -175,11 +177,13 @@ def _haproxy_hop(bench: Bench, name: str, upstream_port: int) -> HopStart:
 # --- pilotfish ----------------------------------------------------------------
 
 
-def pilotfish_bootstrap(name: str, port: int, admin_port: int, upstream_port: int) -> str:
+def pilotfish_bootstrap(
+    name: str, port: int, admin_port: int, upstream_port: int, tracing: str = ""
+) -> str:
     """The Envoy v3 bootstrap the harness gives `pilotfish proxy`: one listener
     routing / to one STATIC cluster, with a sidecar's HTTP filters (CORS and
     fault, idle unless a route configures them, then the router); routing and
-    metrics on, access log off."""
+    metrics on, access log off; `tracing`: the connection manager's, as YAML."""
     hcm = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3"
     filters = "type.googleapis.com/envoy.extensions.filters.http"
     return f"""\
@@ -204,7 +208,7 @@ static_resources:
       - name: envoy.filters.network.http_connection_manager
         typed_config:
           "@type": {hcm}.HttpConnectionManager
-          stat_prefix: {name}
+          stat_prefix: {name}{tracing}
           route_config:
             name: {name}
             virtual_hosts:
@@ -238,10 +242,36 @@ static_resources:
 """
 
 
+def tracing_yaml(percent: int, collector_port: int) -> str:
+    """The connection manager's tracing: `percent` sampled, spans to the sink."""
+    otel = "type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig"
+    uri = f"http://127.0.0.1:{collector_port}/v1/traces"
+    return f"""
+          tracing:
+            random_sampling: {{value: {percent}}}
+            provider:
+              name: envoy.tracers.opentelemetry
+              typed_config:
+                "@type": {otel}
+                http_service: {{http_uri: {{uri: "{uri}", cluster: otel, timeout: 1s}}}}"""
+
+
+def _collector(bench: Bench) -> int:
+    """The run's OTLP sink (started once, not measured: a collector's work is not the proxy's)."""
+    if bench.collector_port == 0:
+        port = free_port()
+        proc = bench.sup.start("otlp-sink", [*OTLP_SINK, str(port)])
+        wait_until(lambda: listening(port), START_TIMEOUT_S, proc)
+        bench.collector_port = port
+    return bench.collector_port
+
+
 def _pilotfish_hop(bench: Bench, name: str, upstream_port: int) -> HopStart:
     port, admin_port = free_port(), free_port()
     path = bench.dir / f"{name}.bootstrap.yaml"
-    path.write_text(pilotfish_bootstrap(name, port, admin_port, upstream_port))
+    percent = name.partition("-trace")[2].partition("-")[0]  # pilotfish-traceN: N% sampled
+    tracing = tracing_yaml(int(percent), _collector(bench)) if percent else ""
+    path.write_text(pilotfish_bootstrap(name, port, admin_port, upstream_port, tracing))
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = bench.sup.start(name, [*PILOTFISH, str(path)], env=env)
     return HopStart(proc, port, lambda: get(admin_port, "/ready").status == 200)
@@ -299,6 +329,8 @@ HOPS: dict[str, Hop] = {
     "nginx": _nginx_hop,
     "haproxy": _haproxy_hop,
     "pilotfish": _pilotfish_hop,
+    "pilotfish-trace1": _pilotfish_hop,
+    "pilotfish-trace100": _pilotfish_hop,
     "relay": _relay_hop,
     "httptools": _httptools_hop,
 }
@@ -309,6 +341,8 @@ TARGETS = [
     "relay",
     "httptools",
     "pilotfish",
+    "pilotfish-trace1",
+    "pilotfish-trace100",
     "nginx-chain",
     "httptools-chain",
     "pilotfish-chain",

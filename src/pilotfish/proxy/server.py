@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from typing import BinaryIO
 
 from pilotfish.proxy import filters
@@ -114,11 +115,7 @@ class Runtime:
             self.access_log(path).log(access_record(ex, elapsed))
         tracing = listener.http.tracing
         if tracing is not None and self.tracer is not None:
-            operation = ex.route.operation if ex.route is not None else ""
-            hop = (listener.inbound, operation, listener.port)
-            self.tracer.finish(
-                ex.trace, ex.headers, tracing, access_record(ex, elapsed), elapsed, hop
-            )
+            self.tracer.finish(ex, tracing, partial(access_record, ex, elapsed), elapsed)
 
     def access_log(self, path: str) -> AccessLogWriter:
         writer = self.access_logs.get(path)

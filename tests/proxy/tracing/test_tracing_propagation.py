@@ -80,7 +80,8 @@ def test_w3c_preferred_over_b3() -> None:
 def test_sampling_decided_once() -> None:
     assert decide(Incoming(sampled=True), 0.0) is True  # an incoming decision is kept
     assert decide(Incoming(sampled=False), 100.0) is False
-    assert decide(Incoming(sampled=False), 0.0, force=True) is True
+    assert decide(Incoming(sampled=False, forced=True), 0.0) is True
+    assert extract([(b"x-envoy-force-trace", b"true")]).forced
     assert decide(Incoming(), 1.0, rand=0.005) is True  # 0.5 < 1 percent
     assert decide(Incoming(), 1.0, rand=0.02) is False
     share = sum(decide(Incoming(), 1.0) for _ in range(20_000)) / 20_000

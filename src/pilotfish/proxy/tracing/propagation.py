@@ -18,7 +18,7 @@ trace that starts here are decided by the local percentage. B3 debug
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from pilotfish.proxy.protocol.http1 import Headers
 
@@ -35,6 +35,7 @@ TRACE_HEADERS = frozenset(
     }
 )
 FORCE_TRACE = b"x-envoy-force-trace"
+_READ = TRACE_HEADERS | {FORCE_TRACE}
 _HEX = frozenset(b"0123456789abcdef")
 _RNG = random.Random()
 
@@ -49,6 +50,7 @@ class Incoming:
     sampled: bool | None = None  # None: no decision came in
     tracestate: bytes = b""
     single_b3: bool = False
+    forced: bool = False  # x-envoy-force-trace
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,10 +72,17 @@ def extract(headers: Headers) -> Incoming:
     """The incoming context: W3C first, then single `b3`, then multi B3."""
     found: dict[bytes, bytes] = {}
     for name, value in headers:
-        if name in TRACE_HEADERS and name not in found:
+        if name in _READ and name not in found:
             found[name] = value.strip()
     if not found:
         return Incoming()
+    incoming = _context(found)
+    if FORCE_TRACE in found:
+        return replace(incoming, forced=True)
+    return incoming
+
+
+def _context(found: dict[bytes, bytes]) -> Incoming:
     if b"traceparent" in found:
         parsed = parse_traceparent(found[b"traceparent"])
         if parsed is not None:
@@ -170,9 +179,9 @@ def _is_zero(value: bytes) -> bool:
     return value.count(b"0") == len(value)
 
 
-def decide(incoming: Incoming, percent: float, force: bool = False, rand: float = -1.0) -> bool:
+def decide(incoming: Incoming, percent: float, rand: float = -1.0) -> bool:
     """Sampled or not: forced, else what came in, else `percent` of new decisions."""
-    if force:
+    if incoming.forced:
         return True
     if incoming.sampled is not None:
         return incoming.sampled

@@ -8,7 +8,9 @@ recorded: a sampled span goes to its provider's exporter.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from pilotfish.proxy.accesslog import AccessRecord
@@ -18,7 +20,6 @@ from pilotfish.proxy.telemetry import WorkloadInfo
 from pilotfish.proxy.tracing.config import OtlpHttp, TracingConfig
 from pilotfish.proxy.tracing.exporter import OtlpExporter, Resolve
 from pilotfish.proxy.tracing.propagation import (
-    FORCE_TRACE,
     SpanContext,
     decide,
     extract,
@@ -27,12 +28,14 @@ from pilotfish.proxy.tracing.propagation import (
 )
 from pilotfish.proxy.tracing.spans import Hop, build_span, operation_name, service_name
 
+if TYPE_CHECKING:
+    from pilotfish.proxy.exchange import Exchange
+
 
 def context_of(headers: Headers, tracing: TracingConfig) -> SpanContext:
     """This hop's span for a request with these (incoming) headers."""
     incoming = extract(headers)
-    force = any(name == FORCE_TRACE for name, _ in headers)
-    return start_span(incoming, decide(incoming, tracing.sampling, force))
+    return start_span(incoming, decide(incoming, tracing.sampling))
 
 
 def trace_request(headers: Headers, tracing: TracingConfig) -> SpanContext:
@@ -64,26 +67,26 @@ class Tracer:
 
     def finish(
         self,
-        span: SpanContext | None,
-        request_headers: Headers,
+        ex: Exchange,
         tracing: TracingConfig,
-        record: AccessRecord,
+        record: Callable[[], AccessRecord],
         elapsed: float,
-        hop: tuple[bool, str, int],
     ) -> None:
-        """Report a finished request's span; `span` None: it was answered
-        before forwarding (a local reply), so its context is decided now.
-        `hop`: (inbound, the route's operation, the listener's port)."""
+        """Report a finished exchange's span if sampled. One answered before it
+        was forwarded (a local reply) has no span yet: it is decided now.
+        `record` makes the access record, only for a span that is reported."""
         if tracing.provider is None:
             return
-        if span is None:
-            span = context_of(request_headers, tracing)
+        span = ex.trace or context_of(ex.headers, tracing)
         if not span.sampled:
             return
-        inbound, operation, port = hop
-        name = operation_name(operation, record.authority or "", port if inbound else 0)
-        where = Hop(self.own, self.node_id, inbound)
-        built = build_span(span, record, elapsed, where, name, tracing, request_headers)
+        listener = ex.down.listener
+        done = record()
+        operation = ex.route.operation if ex.route is not None else ""
+        port = listener.port if listener.inbound else 0
+        name = operation_name(operation, done.authority or "", port)
+        where = Hop(self.own, self.node_id, listener.inbound)
+        built = build_span(span, done, elapsed, where, name, tracing, ex.headers)
         self.exporter(tracing.provider).add(built)
 
     def exporter(self, target: OtlpHttp) -> OtlpExporter:
