@@ -60,9 +60,9 @@ TABLE: tuple[Unenforced, ...] = (
     Unenforced(
         TELEMETRY,
         "Telemetry",
-        "spec.accessLogging",
-        "access logs are written as each listener's config says",
-        (("translate", '"accessLogging"'),),
+        "spec.accessLogging[].filter",
+        "every request is logged: CEL filters are not evaluated",
+        (("translate", '"filter"'),),
     ),
     *[
         Unenforced(

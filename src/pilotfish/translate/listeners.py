@@ -14,12 +14,15 @@ Every HTTP filter chain ends with the router; fault and CORS come before it,
 so their per-route configs apply. Inbound (and gateway) chains start with the
 AuthorizationPolicy filters (translate/authz.py): CUSTOM ext_authz, then the
 AUDIT, DENY and ALLOW RBAC filters, as Istio orders them. Sidecar and
-gateway managers carry the `tracing` Telemetry and the mesh config give
-them (translate/telemetry.py); proxyless gRPC clients get none.
+gateway managers carry the `tracing` and `access_log` Telemetry and the
+mesh config give them (translate/telemetry.py); proxyless gRPC clients get none.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+from envoy.config.accesslog.v3.accesslog_pb2 import AccessLog
 from envoy.config.core.v3 import base_pb2
 from envoy.config.listener.v3 import api_listener_pb2, listener_components_pb2
 from envoy.config.listener.v3.listener_pb2 import Listener
@@ -42,7 +45,7 @@ from pilotfish.translate.authz import translate_proxy_authz_http
 from pilotfish.translate.jwt import applicable, translate_jwt_filter
 from pilotfish.translate.protos import ads, duration, pack, socket_address
 from pilotfish.translate.routes import gateway_http_ports
-from pilotfish.translate.telemetry import translate_tracing
+from pilotfish.translate.telemetry import translate_access_logs, translate_tracing
 
 HCM_FILTER = "envoy.filters.network.http_connection_manager"
 ROUTER_FILTER = "envoy.filters.http.router"
@@ -59,7 +62,11 @@ def translate_listeners(snapshot: Snapshot, proxy: Proxy) -> list[Listener]:
     elif proxy.type is ProxyType.ROUTER:
         out = translate_gateway_listeners(snapshot, proxy)
     else:
-        outbound = translate_outbound_listener(proxy, translate_tracing(snapshot, proxy, False))
+        outbound = translate_outbound_listener(
+            proxy,
+            translate_tracing(snapshot, proxy, False),
+            translate_access_logs(snapshot, proxy, False),
+        )
         out = [outbound, *translate_inbound_listeners(snapshot, proxy)]
     return sorted(out, key=lambda listener: listener.name)
 
@@ -105,7 +112,9 @@ def _listener(
 
 
 def translate_outbound_listener(
-    proxy: Proxy, tracing: hcm_pb2.HttpConnectionManager.Tracing | None = None
+    proxy: Proxy,
+    tracing: hcm_pb2.HttpConnectionManager.Tracing | None = None,
+    logs: Sequence[AccessLog] = (),
 ) -> Listener:
     host = proxy.metadata.get("OUTBOUND_ADDRESS", OUTBOUND_ADDRESS)
     port = int(proxy.metadata.get("OUTBOUND_PORT", OUTBOUND_PORT))
@@ -113,6 +122,7 @@ def translate_outbound_listener(
     manager = _rds_manager(f"outbound_{name}", names.HTTP_PROXY_ROUTE)
     if tracing is not None:
         manager.tracing.CopyFrom(tracing)
+    manager.access_log.extend(logs)
     return _listener(name, host, port, manager, base_pb2.OUTBOUND)
 
 
@@ -121,6 +131,7 @@ def translate_inbound_listeners(snapshot: Snapshot, proxy: Proxy) -> list[Listen
     out: dict[str, Listener] = {}
     authz = translate_proxy_authz_http(snapshot, proxy)
     tracing = translate_tracing(snapshot, proxy, True)
+    logs = translate_access_logs(snapshot, proxy, True)
     for instance in snapshot.own_instances(proxy):
         for port_name, port in sorted(instance.ports.items()):
             if not _inbound_protocol(snapshot, instance, port_name).is_http_or_sniffed:
@@ -129,6 +140,7 @@ def translate_inbound_listeners(snapshot: Snapshot, proxy: Proxy) -> list[Listen
             manager = _inbound_manager(port, authz)
             if tracing is not None:
                 manager.tracing.CopyFrom(tracing)
+            manager.access_log.extend(logs)
             _add_jwt_filter(snapshot, instance.namespace, instance.labels, manager)
             listener = _listener(name, instance.address, port, manager, base_pb2.INBOUND)
             mode = mtls.inbound_mode(snapshot, instance.namespace, instance.labels, port)
@@ -210,11 +222,13 @@ def translate_gateway_listeners(snapshot: Snapshot, proxy: Proxy) -> list[Listen
     out = []
     authz = translate_proxy_authz_http(snapshot, proxy)
     tracing = translate_tracing(snapshot, proxy, False)
+    logs = translate_access_logs(snapshot, proxy, False)
     for port in gateway_http_ports(snapshot, proxy):
         name = f"{host}_{port}"
         manager = _rds_manager(name, names.gateway_route(port), authz)
         if tracing is not None:
             manager.tracing.CopyFrom(tracing)
+        manager.access_log.extend(logs)
         _add_jwt_filter(snapshot, proxy.namespace, proxy.labels, manager)
         # A gateway is the edge: the client's address is the peer's, not a header's.
         manager.use_remote_address.value = True

@@ -1,5 +1,6 @@
-"""Telemetry (telemetry.istio.io) and the mesh config's tracing settings,
-as the `tracing` of a proxy's HTTP connection managers.
+"""Telemetry (telemetry.istio.io) and the mesh config's tracing and access
+log settings, as the `tracing` and `access_log` of a proxy's HTTP connection
+managers.
 
 Scopes as Istio's: a Telemetry in the root namespace without a selector is
 the mesh's; one in the proxy's namespace without a selector, the
@@ -17,6 +18,12 @@ node metadata PILOTFISH_API names); sampling `defaultConfig.tracing.sampling`,
 then Istio's 1%. `enableTracing: false` in the mesh config turns it all off.
 A provider must be an `opentelemetry` extension provider; pilotfish exports
 OTLP/HTTP to its service and port (the collector's HTTP port, 4318).
+
+Access logs merge the same way (`providers` and `disabled` replace). A
+provider is Istio's built-in `envoy` (the proxy's stdout) or an
+`envoyFileAccessLog` extension provider (its `path`); none named: the mesh
+config's `defaultProviders.accessLogging`, else its `accessLogFile`, else no
+access log, as Istio's defaults. The log's format is the proxy's own.
 """
 
 from __future__ import annotations
@@ -26,8 +33,10 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from envoy.config.accesslog.v3 import accesslog_pb2
 from envoy.config.core.v3 import http_service_pb2, http_uri_pb2
 from envoy.config.trace.v3 import http_tracer_pb2, opentelemetry_pb2
+from envoy.extensions.access_loggers.file.v3 import file_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
@@ -46,6 +55,8 @@ API_METADATA = "PILOTFISH_API"  # the control plane's REST API, as the node agen
 CONTROL_PLANE_CLUSTER = "pilotfish-controlplane"
 OTLP_PATH = "/v1/traces"
 SERVER, CLIENT = "SERVER", "CLIENT"
+FILE_ACCESS_LOG = "envoy.access_loggers.file"
+STDOUT = "/dev/stdout"  # Istio's built-in `envoy` access log provider
 
 
 @dataclass
@@ -203,3 +214,49 @@ def _otel(
             added.header.key, added.header.value = str(header["name"]), str(header.get("value", ""))
     config = opentelemetry_pb2.OpenTelemetryConfig(http_service=service, service_name=service_name)
     return http_tracer_pb2.Tracing.Http(name=OTEL_TRACER, typed_config=pack(config))
+
+
+def merged_access_logging(telemetries: list[Obj], side: str) -> tuple[tuple[str, ...] | None, bool]:
+    """(providers, disabled) the scopes say, merged as tracing's are."""
+    providers: tuple[str, ...] | None = None
+    disabled = False
+    for telemetry in telemetries:
+        for entry in _entries(telemetry, "accessLogging", side):
+            named = [str(p.get("name")) for p in entry.get("providers") or () if p.get("name")]
+            if named:
+                providers = tuple(named)
+            if entry.get("disabled") is not None:
+                disabled = bool(entry["disabled"])
+    return providers, disabled
+
+
+def translate_access_logs(
+    snapshot: Snapshot, proxy: Proxy, inbound: bool
+) -> list[accesslog_pb2.AccessLog]:
+    """The file access logs of one of the proxy's connection managers."""
+    mesh = snapshot.mesh_config
+    telemetries = scoped_telemetries(snapshot, proxy)
+    named, disabled = merged_access_logging(telemetries, proxy_side(proxy, inbound))
+    if disabled:
+        return []
+    default = tuple((mesh.get("defaultProviders") or {}).get("accessLogging") or ())
+    chosen = named or default
+    if not chosen:
+        path = mesh.get("accessLogFile")
+        return [_file_log(str(path))] if isinstance(path, str) and path else []
+    paths = (_access_log_path(mesh, name) for name in chosen)
+    return [_file_log(p) for p in dict.fromkeys(p for p in paths if p)]
+
+
+def _access_log_path(mesh: Mapping[str, Any], name: str) -> str:
+    for provider in mesh.get("extensionProviders") or ():
+        if isinstance(provider, dict) and provider.get("name") == name:
+            found = provider.get("envoyFileAccessLog")
+            return str(found.get("path") or STDOUT) if isinstance(found, dict) else ""
+    return STDOUT if name == "envoy" else ""
+
+
+def _file_log(path: str) -> accesslog_pb2.AccessLog:
+    return accesslog_pb2.AccessLog(
+        name=FILE_ACCESS_LOG, typed_config=pack(file_pb2.FileAccessLog(path=path))
+    )
