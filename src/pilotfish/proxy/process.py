@@ -220,6 +220,7 @@ def new_runtime(
             stats.tracing,
             partial(pick_host, config),
             _control_plane(bootstrap),
+            metadata_text(bootstrap.node.metadata.fields, "MESH_ID"),
         ),
     )
     stats.state = partial(live_stats, runtime, time.monotonic())

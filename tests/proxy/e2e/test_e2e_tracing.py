@@ -33,6 +33,7 @@ from otlp_receiver import OtlpReceiver, Received, blackhole
 
 OTEL_CONFIG = "type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig"
 CALLER = {
+    "MESH_ID": "cluster.local",
     "NAME": "productpage-v1-1",
     "WORKLOAD_NAME": "productpage-v1",
     "NAMESPACE": "default",
@@ -153,6 +154,8 @@ def test_two_hops_one_trace(start_proxy, make_backend, receiver) -> None:
         assert span.attr("team") == "bookinfo" and span.attr("user") == "jason"
         assert span.attr("istio.namespace") == "default"
         assert span.span.end_time_unix_nano >= span.span.start_time_unix_nano > 0
+    assert client.attr("istio.mesh_id") == "cluster.local"
+    assert server.attr("istio.mesh_id") is None  # its node metadata has no MESH_ID
     assert client.attr("istio.canonical_service") == "productpage"
     assert server.attr("istio.canonical_service") == "reviews"
     assert str(client.attr("node_id")).startswith("sidecar~")

@@ -55,11 +55,13 @@ class Tracer:
         stats: TracingStats,
         resolve: Resolve | None = None,
         control_plane: tuple[str, str] = ("", ""),
+        mesh_id: str = "",
     ) -> None:
         """`control_plane`: its API URL and the `authorization` header value the
-        proxy presents to it (the ADS token), sent with spans to that address only."""
+        proxy presents to it (the ADS token), sent with spans to that address only;
+        `mesh_id`: the node metadata's MESH_ID, for `istio.mesh_id`."""
         self.own, self.node_id, self.stats, self.resolve = own, node_id, stats, resolve
-        self.control_plane = control_plane
+        self.control_plane, self.mesh_id = control_plane, mesh_id
         self.exporters: dict[OtlpHttp, OtlpExporter] = {}
 
     def __repr__(self) -> str:
@@ -85,7 +87,7 @@ class Tracer:
         operation = ex.route.operation if ex.route is not None else ""
         port = listener.port if listener.inbound else 0
         name = operation_name(operation, done.authority or "", port)
-        where = Hop(self.own, self.node_id, listener.inbound)
+        where = Hop(self.own, self.node_id, listener.inbound, self.mesh_id)
         built = build_span(span, done, elapsed, where, name, tracing, ex.headers)
         self.exporter(tracing.provider).add(built)
 
