@@ -5,6 +5,10 @@ deadline. A slow or dead collector therefore costs requests nothing: while
 a POST waits, spans queue up to the bound and then are dropped and counted
 (`tracing.opentelemetry.spans_dropped`), so memory stays bounded too.
 
+A request queues what its span is made of (`PendingSpan`); the OTLP
+messages are built when the batch is sent, in a timer's callback rather
+than in the request's.
+
 Batching follows Envoy's OpenTelemetry tracer: a flush every 5 s, or sooner
 once 5 spans wait (its `min_flush_spans`); the queue holds the provider's
 `max_cache_size` spans (default 1024), one batch at most per POST.
@@ -26,6 +30,7 @@ FLUSH_INTERVAL_S = 5.0
 MIN_FLUSH_SPANS = 5
 MAX_RESPONSE_HEAD = 16 * 1024
 Resolve = Callable[[str], "tuple[str, int] | None"]  # a cluster's name -> one of its hosts
+PendingSpan = Callable[[], Span]  # builds the span's message
 
 
 class OtlpExporter:
@@ -42,7 +47,7 @@ class OtlpExporter:
         self.target, self.service, self.stats = target, service, stats
         self.resolve = resolve
         self.max_queued, self.flush_interval = target.max_queued, flush_interval
-        self.queue: list[Span] = []
+        self.queue: list[PendingSpan] = []
         self.sending: asyncio.Task[None] | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.loop = asyncio.get_running_loop()
@@ -50,7 +55,7 @@ class OtlpExporter:
     def __repr__(self) -> str:
         return f"<OtlpExporter {self.target!r} queued={len(self.queue)}>"
 
-    def add(self, span: Span) -> None:
+    def add(self, span: PendingSpan) -> None:
         if len(self.queue) >= self.max_queued:
             self.stats.spans_dropped += 1
             return
@@ -73,9 +78,10 @@ class OtlpExporter:
         batch, self.queue = self.queue, []
         self.sending = self.loop.create_task(self._send(batch))
 
-    async def _send(self, batch: list[Span]) -> None:
+    async def _send(self, batch: list[PendingSpan]) -> None:
         try:
-            body = export_request(self.service, batch).SerializeToString()
+            spans = [make() for make in batch]
+            body = export_request(self.service, spans).SerializeToString()
             status = await asyncio.wait_for(self._post(body), self.target.timeout)
             if 200 <= status < 300:
                 self.stats.spans_sent += len(batch)

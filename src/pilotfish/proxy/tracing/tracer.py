@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import replace
+from functools import partial
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
@@ -88,8 +89,8 @@ class Tracer:
         port = listener.port if listener.inbound else 0
         name = operation_name(operation, done.authority or "", port)
         where = Hop(self.own, self.node_id, listener.inbound, self.mesh_id)
-        built = build_span(span, done, elapsed, where, name, tracing, ex.headers)
-        self.exporter(tracing.provider).add(built)
+        pending = partial(build_span, span, done, elapsed, where, name, tracing, ex.headers)
+        self.exporter(tracing.provider).add(pending)
 
     def exporter(self, target: OtlpHttp) -> OtlpExporter:
         found = self.exporters.get(target)
