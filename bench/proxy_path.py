@@ -17,6 +17,10 @@ matching only the last (each rule a method and a path prefix). `+authz` rows
 are the inbound side of bench/proxy's pilotfish-authz target: one
 RequestAuthentication's jwt_authn filter, then that policy with its last
 rule requiring a request principal; the request carries a valid ES256 token.
+`+trace1` and `+trace100` rows trace the requests (W3C and B3 headers read
+and written, a span per sampled request) at 1% and 100% sampling; their
+spans go to a collector's queue that nothing drains here, so what the
+exporter does off the request path (encoding, the POST) is not counted.
 
 On a shared machine the timings move by a third from run to run;
 `--instructions` counts the CPU instructions per request under valgrind's
@@ -51,7 +55,7 @@ from http1_parse import (  # noqa: E402
 )
 from policies import jwt_filter, ten_rule_allow_filter, token  # noqa: E402
 from security import Security  # noqa: E402
-from targets import pilotfish_bootstrap  # noqa: E402
+from targets import pilotfish_bootstrap, tracing_config  # noqa: E402
 
 from pilotfish.proxy.bootstrap import parse_bootstrap  # noqa: E402
 from pilotfish.proxy.config import ProxyConfig  # noqa: E402
@@ -108,7 +112,9 @@ def exchange(row: str) -> tuple[bytes, bytes]:
 async def build(
     row: str,
 ) -> tuple[Downstream, UpstreamConnection, MemoryTransport, MemoryTransport]:
-    bootstrap_text = pilotfish_bootstrap("bench", 15001, 0, 8080, security(row))
+    percent = row.partition("+trace")[2]
+    tracing = tracing_config(int(percent), 9) if percent else None
+    bootstrap_text = pilotfish_bootstrap("bench", 15001, 0, 8080, security(row), tracing)
     config_dict = yaml.safe_load(bootstrap_text)
     bootstrap = parse_bootstrap(config_dict, "bench.yaml")
     config = ProxyConfig()
@@ -163,7 +169,10 @@ SHAPES = {
 COUNTED_REQUESTS = 2000
 
 
-ROWS = (*SHAPES, *(f"{name}+{extra}" for extra in ("rbac10", "authz") for name in SHAPES))
+ROWS = (
+    *SHAPES,
+    *(f"{name}+{extra}" for extra in ("rbac10", "authz", "trace1", "trace100") for name in SHAPES),
+)
 
 
 async def run_requests(shape: str, count: int) -> None:

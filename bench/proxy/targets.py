@@ -36,6 +36,7 @@ HAPROXY = "haproxy"
 PILOTFISH = [sys.executable, "-m", "pilotfish", "proxy", "--bootstrap"]
 RELAY = [sys.executable, str(Path(__file__).resolve().parent / "relay.py")]
 HTTPTOOLS = [sys.executable, str(Path(__file__).resolve().parent / "httptools_proxy.py")]
+OTLP_SINK = [sys.executable, str(Path(__file__).resolve().parent / "otlp_sink.py")]
 START_TIMEOUT_S = 20.0
 
 
@@ -69,6 +70,7 @@ class Bench:
     backend: Started | None = None
     backend_port: int = 0
     certs: MeshCerts | None = None
+    collector_port: int = 0  # the OTLP sink of the tracing rows, once started
 
     @property
     def dir(self) -> Path:
@@ -245,13 +247,15 @@ def pilotfish_bootstrap(
     admin_port: int,
     upstream_port: int,
     security: Security | None = None,
+    tracing: dict[str, Any] | None = None,
 ) -> str:
     """The Envoy v3 bootstrap the harness gives `pilotfish proxy`: one listener
     routing / to one STATIC cluster, with a sidecar's HTTP filters (CORS and
     fault, idle unless a route configures them, then the router); routing and
     metrics on, access log off. `security` adds what a mesh sidecar's inbound
     or outbound side carries: TLS on the listener or the cluster, and HTTP
-    filters before CORS (jwt_authn, RBAC)."""
+    filters before CORS (jwt_authn, RBAC); `tracing`, the connection
+    manager's tracing."""
     security = security or Security()
     filters = [
         *security.http_filters,
@@ -268,7 +272,7 @@ def pilotfish_bootstrap(
             "typed_config": {"@type": f"{HTTP_FILTERS}.router.v3.Router"},
         },
     ]
-    hcm = {
+    hcm: dict[str, Any] = {
         "name": "envoy.filters.network.http_connection_manager",
         "typed_config": {
             "@type": f"{HCM}.HttpConnectionManager",
@@ -286,6 +290,8 @@ def pilotfish_bootstrap(
             "http_filters": filters,
         },
     }
+    if tracing is not None:
+        hcm["typed_config"]["tracing"] = tracing
     chain: dict[str, Any] = {"filters": [hcm]}
     if security.listener_tls is not None:
         chain["filter_chain_match"] = {"transport_protocol": "tls"}
@@ -326,12 +332,40 @@ def _address(port: int) -> dict[str, Any]:
     return {"socket_address": {"address": "127.0.0.1", "port_value": port}}
 
 
+def tracing_config(percent: int, collector_port: int) -> dict[str, Any]:
+    """The connection manager's tracing: `percent` sampled, spans to the sink."""
+    uri = f"http://127.0.0.1:{collector_port}/v1/traces"
+    return {
+        "random_sampling": {"value": percent},
+        "provider": {
+            "name": "envoy.tracers.opentelemetry",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig",
+                "http_service": {"http_uri": {"uri": uri, "cluster": "otel", "timeout": "1s"}},
+            },
+        },
+    }
+
+
+def _collector(bench: Bench) -> int:
+    """The run's OTLP sink (started once, not measured: a collector's work is not the proxy's)."""
+    if bench.collector_port == 0:
+        port = free_port()
+        proc = bench.sup.start("otlp-sink", [*OTLP_SINK, str(port)])
+        wait_until(lambda: listening(port), START_TIMEOUT_S, proc)
+        bench.collector_port = port
+    return bench.collector_port
+
+
 def _pilotfish_hop(
     bench: Bench, name: str, upstream_port: int, security: Security | None = None
 ) -> HopStart:
     port, admin_port = free_port(), free_port()
     path = bench.dir / f"{name}.bootstrap.yaml"
-    path.write_text(pilotfish_bootstrap(name, port, admin_port, upstream_port, security))
+    percent = name.partition("-trace")[2].partition("-")[0]  # pilotfish-traceN: N% sampled
+    tracing = tracing_config(int(percent), _collector(bench)) if percent else None
+    bootstrap = pilotfish_bootstrap(name, port, admin_port, upstream_port, security, tracing)
+    path.write_text(bootstrap)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = bench.sup.start(name, [*PILOTFISH, str(path)], env=env)
     return HopStart(proc, port, lambda: get(admin_port, "/ready").status == 200, admin=admin_port)
@@ -414,6 +448,8 @@ HOPS: dict[str, Hop] = {
     "nginx": _nginx_hop,
     "haproxy": _haproxy_hop,
     "pilotfish": _pilotfish_hop,
+    "pilotfish-trace1": _pilotfish_hop,
+    "pilotfish-trace100": _pilotfish_hop,
     "relay": _relay_hop,
     "httptools": _httptools_hop,
     "nginx-mtls": _nginx_mtls_hop,
@@ -427,6 +463,8 @@ TARGETS = [
     "relay",
     "httptools",
     "pilotfish",
+    "pilotfish-trace1",
+    "pilotfish-trace100",
     "nginx-chain",
     "httptools-chain",
     "pilotfish-chain",

@@ -153,7 +153,12 @@ def test_validate_warns_on_config_pilotfish_does_not_enforce(
                 "apiVersion": "telemetry.istio.io/v1",
                 "kind": "Telemetry",
                 "metadata": {"name": "mesh-default", "namespace": "istio-system"},  # mesh-wide
-                "spec": {"tracing": [{"providers": [{"name": "otel"}]}]},
+                "spec": {
+                    "tracing": [{"providers": [{"name": "otel"}]}],  # enforced: no warning
+                    "metrics": [
+                        {"providers": [{"name": "prometheus"}], "overrides": [{"disabled": True}]}
+                    ],
+                },
             }
         )
     )
@@ -161,7 +166,7 @@ def test_validate_warns_on_config_pilotfish_does_not_enforce(
     out, err = capsys.readouterr()
     assert out == "1 of 1 document valid (1 file read)\n"
     assert err.splitlines() == [
-        "Warning: Warning [PF0001] (Telemetry istio-system/mesh-default) Telemetry "
+        "Warning: Warning [PF0001] (Telemetry istio-system/mesh-default) Telemetry spec.metrics "
         "is stored but not enforced by pilotfish: proxies report Istio's standard metrics "
         "whatever it says"
     ]

@@ -86,14 +86,20 @@ def test_two_virtual_services_for_one_host(controlplane: ControlPlane) -> None:
             "apiVersion": "telemetry.istio.io/v1",
             "kind": "Telemetry",
             "metadata": {"name": "mesh-default", "namespace": "istio-system"},  # mesh-wide
-            "spec": {"tracing": [{"providers": [{"name": "otel"}]}]},
+            "spec": {
+                "tracing": [{"providers": [{"name": "otel"}]}],
+                "metrics": [
+                    {"providers": [{"name": "prometheus"}], "overrides": [{"disabled": True}]}
+                ],
+            },
         }
     )
     applied = controlplane.cli("apply", "-f", "-", stdin=telemetry)
     assert applied.returncode == 0, applied.stderr
     assert applied.stderr.splitlines() == [
-        "Warning: Warning [PF0001] (Telemetry istio-system/mesh-default) Telemetry is stored "
-        "but not enforced by pilotfish: proxies report Istio's standard metrics whatever it says"
+        "Warning: Warning [PF0001] (Telemetry istio-system/mesh-default) Telemetry spec.metrics "
+        "is stored but not enforced by pilotfish: proxies report Istio's standard metrics "
+        "whatever it says"
     ]
 
     url = f"{controlplane.server}/apis/pilotfish.dev/v1alpha1/analyze?namespace=default"

@@ -23,15 +23,19 @@ HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 @dataclass(frozen=True)
 class XdsServer:
     """Where the proxies' ADS server is, and the bearer token they present;
-    `replicas`: the other control-plane replicas' (host, port), to fail over to."""
+    `replicas`: the other control-plane replicas' (host, port), to fail over to;
+    `api`: the control plane's REST API URL, whose `/v1/traces` receives the
+    sidecars' spans unless Telemetry names another provider (node metadata
+    PILOTFISH_API, read by translate/telemetry.py)."""
 
     host: str
     port: int
     token: str = field(default="", repr=False)
     replicas: tuple[tuple[str, int], ...] = ()
+    api: str = ""
 
     @classmethod
-    def parse(cls, addresses: str, token: str = "") -> XdsServer:
+    def parse(cls, addresses: str, token: str = "", api: str = "") -> XdsServer:
         """HOST:PORT[,HOST:PORT...], as `pilotfish node --xds` takes it."""
         parsed = []
         for address in addresses.split(","):
@@ -40,7 +44,7 @@ class XdsServer:
                 raise ValueError(f"not HOST:PORT: {address.strip()!r}")
             parsed.append((host.strip("[]"), int(port)))
         (first_host, first_port), *replicas = parsed
-        return cls(first_host, first_port, token, tuple(replicas))
+        return cls(first_host, first_port, token, tuple(replicas), api)
 
 
 @dataclass(frozen=True)
@@ -115,6 +119,7 @@ def _bootstrap(
                 "INSTANCE_IPS": who.address,
                 # Istio's default cluster ID, so *_cluster metric labels read as Istio's do.
                 "CLUSTER_ID": CLUSTER_ID,
+                **({"PILOTFISH_API": xds.api} if xds.api else {}),
                 **placement,
             },
         },

@@ -13,12 +13,15 @@ from pilotfish.analysis.config import (
 )
 from pilotfish.analysis.messages import Message, new
 
-_SECTIONS = ("accessLogging", "metrics", "tracing")
+# Tracing is not here: an entry without providers falls back on the mesh's
+# default, the control plane's own receiver (translate/telemetry.py).
+_SECTIONS = ("accessLogging", "metrics")
 
 
 def providers(config: Config) -> list[Message]:
-    """IST0157: an entry with no providers (pilotfish has no mesh-wide default
-    provider to fall back on) that does not disable anything is ignored."""
+    """IST0157: an access-logging or metrics entry with no providers (pilotfish
+    has no default provider for these to fall back on) that disables nothing
+    is ignored."""
     out = []
     for telemetry in config.of(TELEMETRY, "Telemetry"):
         if any(

@@ -53,10 +53,27 @@ TABLE: tuple[Unenforced, ...] = (
     Unenforced(
         TELEMETRY,
         "Telemetry",
-        "",
+        "spec.metrics",
         "proxies report Istio's standard metrics whatever it says",
-        (("translate", "Telemetry"), ("model", "Telemetry")),
+        (("translate", '"metrics"'),),
     ),
+    Unenforced(
+        TELEMETRY,
+        "Telemetry",
+        "spec.accessLogging[].filter",
+        "every request is logged: CEL filters are not evaluated",
+        (("translate", '"filter"'),),
+    ),
+    *[
+        Unenforced(
+            TELEMETRY,
+            "Telemetry",
+            f"spec.{field}",
+            "only spec.selector chooses workloads: this Telemetry applies namespace-wide",
+            (("translate", "def telemetry_target_refs"),),
+        )
+        for field in ("targetRef", "targetRefs")
+    ],
     Unenforced(
         NETWORKING,
         "VirtualService",

@@ -110,7 +110,7 @@ def run_node(args: argparse.Namespace) -> int:
     config = load_client_config(args.server)
     # The sidecars present the agent's own token to the ADS server (needed off loopback).
     try:
-        xds = XdsServer.parse(args.xds, config.token or "")
+        xds = XdsServer.parse(args.xds, config.token or "", config.server.split(",")[0])
     except ValueError as e:
         raise NodeError(f"--xds: {e}") from e
     try:

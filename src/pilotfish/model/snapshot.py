@@ -45,6 +45,7 @@ from pilotfish.objects import Obj
 
 NETWORKING = "networking.istio.io"
 SECURITY = "security.istio.io"
+TELEMETRY = "telemetry.istio.io"
 MESH_CONFIG = ("istio-system", "istio")  # Istio's mesh config: ConfigMap istio, key `mesh`
 MESH_KINDS = {  # what a snapshot reads; other kinds do not change what proxies get
     ("", "Service"),
@@ -59,6 +60,7 @@ MESH_KINDS = {  # what a snapshot reads; other kinds do not change what proxies 
     (SECURITY, "RequestAuthentication"),
     ("", "ConfigMap"),  # only istio-system/istio is read: the mesh config
     ("", "Secret"),  # served over SDS as `kubernetes://NAME` (translate/secrets.py)
+    (TELEMETRY, "Telemetry"),
 }
 EndpointKey = tuple[str, str, int]  # (hostname, namespace, port)
 
@@ -99,6 +101,7 @@ class Snapshot:
     peer_authentications: tuple[PeerAuthentication, ...] = ()  # oldest first
     trust_domain: str = DEFAULT_TRUST_DOMAIN  # of the SPIFFE identities clusters expect
     request_authentications: tuple[Obj, ...] = ()  # oldest first
+    telemetries: tuple[Obj, ...] = ()  # Telemetry objects as stored, oldest first
     jwks: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))  # by jwksUri
     # Secrets by (namespace, name), as stored (data base64): what credentialName names.
     secrets: Mapping[tuple[str, str], Obj] = field(
@@ -466,6 +469,7 @@ def build_snapshot(
         peer_authentications=tuple(map(read_peer_authentication, by_kind["PeerAuthentication"])),
         trust_domain=trust_domain,
         request_authentications=tuple(by_kind["RequestAuthentication"]),
+        telemetries=tuple(by_kind["Telemetry"]),
         jwks=MappingProxyType(dict(jwks or {})),
         secrets=MappingProxyType(
             {(_ns(o), str(o["metadata"]["name"])): o for o in by_kind["Secret"]}

@@ -61,6 +61,8 @@ from pilotfish.proxy.routing import (
 )
 from pilotfish.proxy.stats import ClusterStats
 from pilotfish.proxy.telemetry import PEER_METADATA_HEADER, PEER_METADATA_ID_HEADER
+from pilotfish.proxy.tracing.propagation import SpanContext
+from pilotfish.proxy.tracing.tracer import trace_request
 from pilotfish.proxy.upstream import Cluster, Host, LocalOrigin, stable_hash
 from pilotfish.proxy.upstream.pool import UpstreamConnection
 
@@ -143,6 +145,7 @@ class Exchange:
         "status",
         "target",
         "timer",
+        "trace",
         "transport_failure",
         "tried",
         "try_timer",
@@ -204,6 +207,7 @@ class Exchange:
         self.peer_header: bytes | None = None  # the other side's x-envoy-peer-metadata
         self.generated_id: bytes | None = None  # the x-request-id the proxy made up
         self.details: str | None = None  # Envoy's response code details, where a local reply says
+        self.trace: SpanContext | None = None  # this hop's span, once forwarded (tracing/)
         self.done = False
         self._headers: Headers | None = None
 
@@ -434,8 +438,10 @@ class Exchange:
     def build_head(self, action: Forward, target: Target) -> bytes:
         path = action.rewrite_path(self.path) if action.rewrite_path is not None else self.path
         express = self.express
+        tracing = self.down.listener.http.tracing
         if (
             express is not None
+            and tracing is None  # trace headers are rewritten
             and not action.mirrors
             and (self.fx is None or not self.fx.upstream_headers)
             and not target.request_headers
@@ -455,6 +461,8 @@ class Exchange:
             for mutation in self.fx.upstream_headers:
                 mutation.apply(headers)
         target.request_headers.apply(headers)
+        if tracing is not None:
+            self.trace = trace_request(headers, tracing)
         self.forwarded_headers, self.upstream_path = headers, path
         return serialize_request_head(self.method, path, headers, chunked=self.head.chunked)
 

@@ -28,6 +28,7 @@ from pilotfish.proxy.filters import FilterChain, FilterConfigError, compile_http
 from pilotfish.proxy.proto_fields import seconds, unsupported
 from pilotfish.proxy.routing import Forward, RouteTable, compile_route_config
 from pilotfish.proxy.tls import DownstreamTls, ServerChains, TlsConfigError, compile_downstream
+from pilotfish.proxy.tracing.config import TracingConfig, TracingConfigError, compile_tracing
 
 HCM_NAME = "envoy.filters.network.http_connection_manager"
 TLS_CONTEXT = xds_types.PREFIX + "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
@@ -91,6 +92,7 @@ HCM_FIELDS = frozenset(
         "preserve_external_request_id",
         "forward_client_cert_details",
         "set_current_client_cert_details",
+        "tracing",  # checked by compile_tracing
     }
 )
 
@@ -117,6 +119,7 @@ class HttpManager:
     max_request_headers: int  # bytes, beyond which 431
     upgrades: frozenset[bytes]  # lower-case upgrade types allowed, e.g. b"websocket"
     access_log_paths: tuple[str, ...]
+    tracing: TracingConfig | None = None  # None: no trace context read, written or reported
 
 
 @dataclass(frozen=True)
@@ -282,7 +285,17 @@ def compile_http_manager(hcm: hcm_pb2.HttpConnectionManager, where: str) -> Http
             if not u.HasField("enabled") or u.enabled.value
         ),
         access_log_paths=tuple(_access_log_path(a, where) for a in hcm.access_log),
+        tracing=_tracing(hcm, where),
     )
+
+
+def _tracing(hcm: hcm_pb2.HttpConnectionManager, where: str) -> TracingConfig | None:
+    if not hcm.HasField("tracing"):
+        return None
+    try:
+        return compile_tracing(hcm.tracing)
+    except TracingConfigError as e:
+        raise ListenerError(f"{where}: {e}") from e
 
 
 def _filter_chain(

@@ -42,6 +42,7 @@ from pilotfish.proxy.telemetry import (
     peer_metadata_headers,
 )
 from pilotfish.proxy.tls import SecretSource, TlsContexts
+from pilotfish.proxy.tracing.tracer import Tracer
 from pilotfish.proxy.upstream import render_clusters
 from pilotfish.proxy.upstream.pool import Pool
 
@@ -215,16 +216,43 @@ def new_runtime(
     TLS uses `secrets` (the workload certificate and the Secrets from SDS)."""
     stats = StatsRegistry()
     contexts = TlsContexts(secrets)
+    own = WorkloadInfo.from_node(bootstrap.node)
     runtime = Runtime(
         config,
         Pool(stats, contexts),
-        Telemetry(WorkloadInfo.from_node(bootstrap.node)),
+        Telemetry(own),
         stats,
         peer_metadata_headers(bootstrap.node),
         tls=contexts,
+        tracer=Tracer(
+            own,
+            bootstrap.node.id,
+            stats.tracing,
+            partial(pick_host, config),
+            _control_plane(bootstrap),
+            metadata_text(bootstrap.node.metadata.fields, "MESH_ID"),
+        ),
     )
     stats.state = partial(live_stats, runtime, time.monotonic())
     return runtime
+
+
+def _control_plane(bootstrap: Bootstrap) -> tuple[str, str]:
+    """The control plane's API URL (node metadata PILOTFISH_API) and the ADS
+    `authorization` the proxy presents, for the spans it sends there."""
+    api = metadata_text(bootstrap.node.metadata.fields, "PILOTFISH_API")
+    services = bootstrap.dynamic_resources.ads_config.grpc_services
+    headers = services[0].initial_metadata if services else ()
+    auth = next((h.value for h in headers if h.key.lower() == "authorization"), "")
+    return api, auth
+
+
+def pick_host(config: ProxyConfig, cluster: str) -> tuple[str, int] | None:
+    """A host of the named cluster, as the cluster's balancer picks it; None
+    if the proxy has no such cluster or it has no healthy host."""
+    found = config.snapshot.clusters.clusters.get(cluster)
+    host = found.pick() if found is not None else None
+    return (host.address, host.port) if host is not None else None
 
 
 def live_stats(runtime: Runtime, started: float) -> State:

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from typing import BinaryIO
 
 from pilotfish.proxy import filters
@@ -42,6 +43,7 @@ from pilotfish.proxy.telemetry import (
     service_from_authority,
 )
 from pilotfish.proxy.tls import TlsContexts, peer_uri_sans
+from pilotfish.proxy.tracing.tracer import Tracer
 from pilotfish.proxy.upstream.pool import Pool
 
 MAX_HELD_BYTES = 64 * 1024  # pipelined bytes read ahead before reading pauses
@@ -68,6 +70,7 @@ class Runtime:
     ticker: asyncio.TimerHandle | None = None
     tls: TlsContexts = field(default_factory=lambda: TlsContexts(None))
     tap: Tap | None = None  # `pilotfish tap`'s view of finished requests
+    tracer: Tracer | None = None  # spans of listeners that trace (proxy/tracing)
 
     def __post_init__(self) -> None:
         self.peer_lines = encode_lines(self.peer_headers)
@@ -114,6 +117,9 @@ class Runtime:
             self.access_log(path).log(access_record(ex, elapsed))
         if self.tap is not None and self.tap.filters:  # only while a tap runs
             self.tap.offer(access_record(ex, elapsed), listener.inbound, peer)
+        tracing = listener.http.tracing
+        if tracing is not None and self.tracer is not None:
+            self.tracer.finish(ex, tracing, partial(access_record, ex, elapsed), elapsed)
 
     def access_log(self, path: str) -> AccessLogWriter:
         writer = self.access_logs.get(path)
@@ -129,6 +135,8 @@ class Runtime:
             self.ticker.cancel()
         for writer in self.access_logs.values():
             writer.flush()
+        if self.tracer is not None:
+            self.tracer.close()
         self.pool.close()
 
 

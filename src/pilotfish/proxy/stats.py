@@ -139,6 +139,17 @@ class ListenerStats(Scope):
     downstream_cx_active: int = gauge()
 
 
+@dataclass(slots=True, eq=False, repr=False)
+class TracingStats(Scope):
+    """`tracing.opentelemetry.*`: the span exporter's (see proxy/tracing/exporter.py)."""
+
+    spans_sent: int = 0
+    spans_dropped: int = 0  # the queue was full: the collector is slow or gone
+    timer_flushed: int = 0
+    reports_sent: int = 0
+    reports_failed: int = 0
+
+
 # What is read from live state rather than counted: (family, scope name) -> {stat: value}.
 State = dict[tuple[str, str], dict[str, int]]
 _STATE_GAUGE_PREFIXES = ("membership_", "circuit_breakers.")
@@ -181,6 +192,7 @@ class StatsRegistry:
         self.clusters: dict[str, ClusterStats] = {}
         self.listeners: dict[str, ListenerStats] = {}
         self.http_managers: dict[str, HttpStats] = {}
+        self.tracing = TracingStats("opentelemetry")
 
     def __repr__(self) -> str:
         return (
@@ -248,6 +260,7 @@ class StatsRegistry:
         yield "cluster", self.clusters.values()
         yield "http", self.http_managers.values()
         yield "listener", self.listeners.values()
+        yield "tracing", (self.tracing,)
 
 
 # The label each family's scope name becomes (Istio's tag extraction); server has none.
@@ -256,6 +269,7 @@ _TAGS: dict[str, str | None] = {
     "http": "http_conn_manager_prefix",
     "listener": "listener_address",
     "server": None,
+    "tracing": None,
 }
 
 
@@ -271,6 +285,8 @@ def _prometheus_name(
         stat = head
     if prefix_tag is not None:
         pairs.append((prefix_tag, scope_name))
+    if prefix_tag is None and family != "server":  # a fixed scope is part of the name
+        stat = f"{scope_name}_{stat}"
     name = f"envoy_{family}_{stat.replace('.', '_')}"
     return name, format_labels(pairs)
 

@@ -15,13 +15,16 @@
 Every HTTP filter chain ends with the router; fault and CORS come before it,
 so their per-route configs apply. Inbound (and gateway) chains start with the
 AuthorizationPolicy filters (translate/authz.py): CUSTOM ext_authz, then the
-AUDIT, DENY and ALLOW RBAC filters, as Istio orders them.
+AUDIT, DENY and ALLOW RBAC filters, as Istio orders them. Sidecar and
+gateway managers carry the `tracing` and `access_log` Telemetry and the
+mesh config give them (translate/telemetry.py); proxyless gRPC clients get none.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
+from envoy.config.accesslog.v3.accesslog_pb2 import AccessLog
 from envoy.config.core.v3 import base_pb2
 from envoy.config.listener.v3 import api_listener_pb2, listener_components_pb2
 from envoy.config.listener.v3.listener_pb2 import Listener
@@ -46,6 +49,7 @@ from pilotfish.translate.jwt import applicable, translate_jwt_filter
 from pilotfish.translate.protos import ads, duration, pack, socket_address
 from pilotfish.translate.proxyless import translate_server_listeners
 from pilotfish.translate.routes import gateway_http_servers
+from pilotfish.translate.telemetry import translate_access_logs, translate_tracing
 
 FAULT_FILTER = "envoy.filters.http.fault"
 CORS_FILTER = "envoy.filters.http.cors"
@@ -64,7 +68,12 @@ def translate_listeners(
     elif proxy.type is ProxyType.ROUTER:
         out = translate_gateway_listeners(snapshot, proxy)
     else:
-        out = [translate_outbound_listener(proxy), *translate_inbound_listeners(snapshot, proxy)]
+        outbound = translate_outbound_listener(
+            proxy,
+            translate_tracing(snapshot, proxy, False),
+            translate_access_logs(snapshot, proxy, False),
+        )
+        out = [outbound, *translate_inbound_listeners(snapshot, proxy)]
     return sorted(out, key=lambda listener: listener.name)
 
 
@@ -112,11 +121,18 @@ def _listener(
     )
 
 
-def translate_outbound_listener(proxy: Proxy) -> Listener:
+def translate_outbound_listener(
+    proxy: Proxy,
+    tracing: hcm_pb2.HttpConnectionManager.Tracing | None = None,
+    logs: Sequence[AccessLog] = (),
+) -> Listener:
     host = proxy.metadata.get("OUTBOUND_ADDRESS", OUTBOUND_ADDRESS)
     port = int(proxy.metadata.get("OUTBOUND_PORT", OUTBOUND_PORT))
     name = f"{host}_{port}"
     manager = _rds_manager(f"outbound_{name}", names.HTTP_PROXY_ROUTE)
+    if tracing is not None:
+        manager.tracing.CopyFrom(tracing)
+    manager.access_log.extend(logs)
     return _listener(name, host, port, manager, base_pb2.OUTBOUND)
 
 
@@ -124,12 +140,17 @@ def translate_inbound_listeners(snapshot: Snapshot, proxy: Proxy) -> list[Listen
     """HTTP ports only: the pilotfish sidecar terminates HTTP on every listener."""
     out: dict[str, Listener] = {}
     authz = translate_proxy_authz_http(snapshot, proxy)
+    tracing = translate_tracing(snapshot, proxy, True)
+    logs = translate_access_logs(snapshot, proxy, True)
     for instance in snapshot.own_instances(proxy):
         for port_name, port in sorted(instance.ports.items()):
             if not _inbound_protocol(snapshot, instance, port_name).is_http_or_sniffed:
                 continue
             name = f"inbound_{instance.address}_{port}"
             manager = _inbound_manager(port, authz)
+            if tracing is not None:
+                manager.tracing.CopyFrom(tracing)
+            manager.access_log.extend(logs)
             _add_jwt_filter(snapshot, instance.namespace, instance.labels, manager)
             listener = _listener(name, instance.address, port, manager, base_pb2.INBOUND)
             mode = mtls.inbound_mode(snapshot, instance.namespace, instance.labels, port)
@@ -215,9 +236,14 @@ def translate_gateway_listeners(snapshot: Snapshot, proxy: Proxy) -> list[Listen
     host = proxy.metadata.get("BIND_ADDRESS", "0.0.0.0")
     out = []
     authz = translate_proxy_authz_http(snapshot, proxy)
+    tracing = translate_tracing(snapshot, proxy, False)
+    logs = translate_access_logs(snapshot, proxy, False)
     for port, servers in sorted(gateway_http_servers(snapshot, proxy).items()):
         name = f"{host}_{port}"
         manager = _rds_manager(name, names.gateway_route(port), authz)
+        if tracing is not None:
+            manager.tracing.CopyFrom(tracing)
+        manager.access_log.extend(logs)
         _add_jwt_filter(snapshot, proxy.namespace, proxy.labels, manager)
         # A gateway is the edge: the client's address is the peer's, not a header's.
         manager.use_remote_address.value = True

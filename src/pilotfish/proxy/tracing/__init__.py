@@ -1,0 +1,1 @@
+"""Distributed tracing in the sidecar: propagation, spans, OTLP export."""
