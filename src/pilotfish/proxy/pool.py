@@ -82,7 +82,7 @@ class UpstreamConnection(asyncio.Protocol):
             self.express = False
             resp = parse_response(data, self.parser.max_head)
             if resp is not None:
-                self.remaining = resp.content_length - len(resp.body)
+                self.remaining = (resp.content_length or 0) - len(resp.body)
                 sink.on_response(resp)
                 return
         try:
