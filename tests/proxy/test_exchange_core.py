@@ -221,6 +221,7 @@ class World:
     in_flight: list[int] = field(default_factory=list)  # connects asked for, not yet delivered
     given_back: set[int] = field(default_factory=set)  # released, closed or returned
     delivered: set[int] = field(default_factory=set)
+    late: int | None = None  # a connection delivered after its try was given up
     next_conn: int = 0
     try_timer: bool = False
     backoff: bool = False
@@ -268,6 +269,10 @@ class World:
             self.sent = True
         elif command in (E.CLOSE_CONNECTION, E.RELEASE_CONNECTION):
             self.give_back()
+        elif command == E.RETURN_CONNECTION:
+            assert self.late is not None
+            self.given_back.add(self.late)
+            self.late = None
         elif command == E.ACQUIRE_RETRY:
             self.feed(E.RETRY_GRANTED if self.draw.draw(st.booleans()) else E.RETRY_REFUSED)
         elif command == E.START_BACKOFF:
@@ -288,8 +293,9 @@ class World:
         if self.core.state == CONNECTING:
             self.held, self.sent, self.answering = conn, False, False
         else:
-            self.given_back.add(conn)  # what RETURN_CONNECTION does; checked below
+            self.late = conn  # the core must give it back (RETURN_CONNECTION)
         self.feed(E_CONNECTED)
+        assert self.late is None, "a late connection was kept"
 
     def possible(self) -> list[str]:
         """What sockets and timers could bring now."""
