@@ -70,7 +70,9 @@ class CheckCall:
     def on_connect_failure(self, timed_out: bool, reason: str | None = None) -> None:
         self.report(None)
 
-    def on_response(self, events: list[ResponseEvent]) -> None:
+    def on_response(self, events: list[ResponseEvent] | ExpressResponse) -> None:
+        if isinstance(events, ExpressResponse):
+            events = express_events(events)
         for event in events:
             if isinstance(event, ResponseHead):
                 if event.status >= 200:
@@ -91,18 +93,12 @@ class CheckCall:
         headers = tuple((n.lower(), v) for n, v in head.headers)
         self.report(CheckResult(head.status, headers, b"".join(self.body)[:MAX_CHECK_BODY]))
 
-    def on_express_response(self, resp: ExpressResponse) -> None:
-        self.on_response(express_events(resp))
-
     def on_upstream_error(self, error: ProtocolError) -> None:
         self.conn = None
         self.report(None)
 
-    def pause_reading_downstream(self) -> None:
-        pass
-
-    def resume_reading_downstream(self) -> None:
-        pass
+    def on_flow(self, paused: bool) -> None:
+        pass  # the check's request is written whole
 
 
 def send_check(

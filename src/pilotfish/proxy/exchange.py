@@ -23,10 +23,40 @@ from typing import TYPE_CHECKING
 
 from pilotfish.proxy import filters, response_flags
 from pilotfish.proxy.authz_call import send_check
-from pilotfish.proxy.mirror import send_mirror
+from pilotfish.proxy.exchange_core import (
+    BACKOFF_ELAPSED,
+    COMMAND_NAMES,
+    CONNECT_FAILED,
+    CONNECTED,
+    CONNECTING,
+    DEADLINE,
+    DOWNSTREAM_LOST,
+    HOST_PICKED,
+    LOCAL_REPLY,
+    NO_HOST,
+    OVERFLOW,
+    REQUEST_BODY,
+    REQUEST_END,
+    RESPONDING,
+    RESPONSE_BODY,
+    RESPONSE_END,
+    RESPONSE_HEAD,
+    RETRY_GRANTED,
+    RETRY_REFUSED,
+    SENT,
+    SWITCHED,
+    TRY_TIMEOUT,
+    UPSTREAM_RESET,
+    WRITE_UPSTREAM,
+    ExchangeCore,
+    ExchangeStateError,
+)
+from pilotfish.proxy.filters.mirror import MirrorRequest, send_mirror
+from pilotfish.proxy.forwarding import request_additions, response_additions, response_peers
 from pilotfish.proxy.protocol.express import (
     ExpressRequest,
     ExpressResponse,
+    encode_lines,
     express_events,
     splice,
 )
@@ -53,8 +83,8 @@ from pilotfish.proxy.protocol.http1 import (
 from pilotfish.proxy.routing import (
     DirectResponse,
     Forward,
+    MirrorPolicy,
     Redirect,
-    RetryOn,
     RetryPolicy,
     Route,
     Target,
@@ -65,6 +95,7 @@ from pilotfish.proxy.tracing.propagation import SpanContext
 from pilotfish.proxy.tracing.tracer import trace_request
 from pilotfish.proxy.upstream import Cluster, Host, LocalOrigin, stable_hash
 from pilotfish.proxy.upstream.pool import UpstreamConnection
+from pilotfish.proxy.upstream.retry import backoff_delay, per_try_timeout, retries_allowed
 
 if TYPE_CHECKING:
     from pilotfish.proxy.server import Downstream
@@ -88,9 +119,6 @@ LOCAL_REPLY_STATS = {
     "FI": "fault__aborts_injected",
     "RL": "local_rate_limit__rate_limited",
 }
-RETRY_ON_RESET = RetryOn.RESET | RetryOn.GATEWAY_ERROR | RetryOn.FIVE_XX
-RETRY_ON_CONNECT = RetryOn.CONNECT_FAILURE | RetryOn.GATEWAY_ERROR | RetryOn.FIVE_XX
-RETRY_ON_TIMEOUT = RetryOn.GATEWAY_ERROR | RetryOn.FIVE_XX
 
 
 class Exchange:
@@ -102,6 +130,7 @@ class Exchange:
     scheme = b"http"  # what Envoy calls x-forwarded-proto, for routing and forwarding
     __slots__ = (
         "_headers",
+        "action",
         "authority",
         "body",
         "body_done",
@@ -109,6 +138,7 @@ class Exchange:
         "cluster",
         "cluster_stats",
         "conn",
+        "core",
         "deadline",
         "deadline_at",
         "details",
@@ -121,22 +151,25 @@ class Exchange:
         "generated_id",
         "hash_key",
         "head",
+        "held",
         "holds_request",
         "holds_retry",
         "host",
         "keep_alive",
         "keep_body",
         "last_host",
+        "late",
         "method",
         "on_body_done",
         "original_path",
+        "outbox",
         "path",
         "peer_header",
+        "reply",
         "request_bytes",
         "responding",
         "response_bytes",
         "response_chunked",
-        "retries_left",
         "retry",
         "route",
         "sent",
@@ -153,7 +186,6 @@ class Exchange:
         "upstream_head",
         "upstream_path",
         "upstream_tls",
-        "waiting",
     )
 
     def __init__(self, down: Downstream, head: RequestHead | ExpressRequest) -> None:
@@ -187,12 +219,16 @@ class Exchange:
         self.retry: RetryPolicy | None = None  # the forwarding route's
         self.tried: frozenset[Host] | set[Host] = frozenset()  # for the previous-hosts predicate
         self.conn: UpstreamConnection | None = None
-        self.waiting = False  # for a connection from the pool
         self.sent = False  # the upstream has the request head
         self.responding = False  # the response head went downstream
         self.response_chunked = False
         self.tunnel = False
-        self.retries_left = 0
+        self.core = ExchangeCore()
+        self.action: Forward | None = None  # the route's, once it forwards
+        self.held: ResponseHead | ExpressResponse | None = None  # a response head the core weighs
+        self.late: UpstreamConnection | None = None  # one an earlier try asked for, going back
+        self.outbox: list[bytes] | None = None  # downstream bytes on_response writes at once
+        self.reply: tuple[int, bytes, str, Headers | None] | None = None  # a local reply to write
         self.hash_key: int | None = None
         self.upstream_head = b""
         self.upstream_path = b""
@@ -239,6 +275,7 @@ class Exchange:
             self.request_bytes = len(body)
             self.body.append(body)
         self.body_done = True
+        self.core.on(REQUEST_END)
 
     # -- the request, from downstream -----------------------------------------------------
 
@@ -271,8 +308,11 @@ class Exchange:
 
     def request_body(self, data: bytes) -> None:
         self.request_bytes += len(data)
+        commands = self.core.on(REQUEST_BODY)
+        if not commands:
+            return  # the exchange is over: read and dropped
         conn = self.conn
-        if conn is not None and self.sent:
+        if commands[0] == WRITE_UPSTREAM and conn is not None:
             conn.write(encode_chunk(data) if self.head.chunked else data)
             if not self.keep_body:
                 return
@@ -281,12 +321,13 @@ class Exchange:
         self.body.append(data)
         if self.request_bytes > MAX_BUFFERED_BODY:
             self.body_overflow = True
+            self.core.replayable = False  # what was not kept cannot be sent again
             if not self.sent:
                 self.down.pause_body()  # until an upstream takes the bytes
 
     def request_end(self, end: EndOfMessage) -> None:
         self.body_done = True
-        if self.conn is not None and self.sent and self.head.chunked:
+        if self.core.on(REQUEST_END) and self.conn is not None and self.head.chunked:
             self.conn.write(encode_last_chunk(end.trailers))
         callbacks, self.on_body_done = self.on_body_done, ()
         for callback in callbacks:
@@ -294,18 +335,14 @@ class Exchange:
 
     def tunnel_data(self, data: bytes) -> None:
         self.request_bytes += len(data)
-        if self.conn is not None and self.sent:
+        commands = self.core.on(REQUEST_BODY)
+        if commands and commands[0] == WRITE_UPSTREAM and self.conn is not None:
             self.conn.write(data)
-        else:
+        elif commands:
             self.body.append(data)
 
     def downstream_lost(self) -> None:
-        if self.done:
-            return
-        if not self.tunnel:
-            self.add_flag("DC")
-        self.drop_upstream()
-        self.finish()
+        self.feed(DOWNSTREAM_LOST)
 
     # -- filters and the route's action ---------------------------------------------------
 
@@ -378,21 +415,16 @@ class Exchange:
         self.holds_request, self.cluster = True, cluster
         self.cluster_stats = runtime.stats.cluster(cluster.name)
         retry = self.retry = action.retry
-        self.retries_left = retry.num_retries if retry is not None and not self.head.upgrade else 0
-        self.keep_body = bool(self.retries_left or action.mirrors)
+        retries = retries_allowed(retry, self.head.upgrade)
+        self.keep_body = bool(retries or action.mirrors)
         if action.hash_key is not None:
             key = action.hash_key(self)
             self.hash_key = stable_hash(key) if key is not None else None
         self.upstream_head = self.build_head(action, target)
         if self.head.expect_continue and not self.body_done:
             self.down.write(CONTINUE_RESPONSE)  # Envoy answers 100-continue itself
-        if action.mirrors:
-            self.mirror(action)
-        if action.timeout:
-            now = time.monotonic()
-            self.deadline_at = now + action.timeout
-            self.arm_deadline(now, PRECISE_WITHIN_S)
-        self.try_once()
+        self.action = action
+        self.run(self.core.forward(retry, retries))
 
     def buffers_body_first(self) -> bool:
         """A body small enough to keep whole is read before the request takes
@@ -412,7 +444,6 @@ class Exchange:
         """The listener's request_timeout passed before the whole request came:
         Envoy's local reply, 408 `request timeout`."""
         self.details = "request_overall_timeout"
-        self.drop_upstream()
         self.local(408, b"request timeout", "")
 
     def stream_idle_timed_out(self) -> None:
@@ -420,7 +451,6 @@ class Exchange:
         Envoy's 408 (request incomplete) or 504 `stream timeout`, flag SI; a
         response already begun is cut short."""
         self.details = "stream_idle_timeout"
-        self.drop_upstream()
         self.local(504 if self.body_done else 408, b"stream timeout", "SI")
 
     def arm_deadline(self, now: float, horizon: float) -> None:
@@ -470,7 +500,6 @@ class Exchange:
         """What forwarding_headers and build_head make, from the head's bytes:
         the header lines as received, less the cut ones, plus the added ones."""
         down = self.down
-        http = down.listener.http
         parts = [self.method, b" ", path, b" HTTP/1.1"]
         if req.host is None:
             parts += (b"\r\nhost: ", self.authority)
@@ -481,18 +510,8 @@ class Exchange:
         parts.append(splice(req.lines, req.cuts + req.peer_cuts if req.peer_cuts else req.cuts))
         if not down.listener.inbound:
             parts.append(down.runtime.peer_lines)
-        xff = req.forwarded_for
-        if not http.skip_xff_append:
-            peer = self.source_ip.encode()
-            parts += (b"\r\nx-forwarded-for: ", xff + b", " + peer if xff else peer)
-        elif xff is not None:
-            parts += (b"\r\nx-forwarded-for: ", xff)
-        if not req.has_proto:
-            parts += (b"\r\nx-forwarded-proto: ", self.scheme)
-        if not req.has_request_id and http.generate_request_id:
-            self.generated_id = request_id()
-            parts += (b"\r\nx-request-id: ", self.generated_id)
-        parts.append(b"\r\n\r\n")
+        added = self.additions(req.forwarded_for, req.has_proto, req.has_request_id)
+        parts += (encode_lines(added), b"\r\n\r\n")
         return b"".join(parts)
 
     def forwarding_headers(self, authority: bytes) -> Headers:
@@ -500,7 +519,6 @@ class Exchange:
         hop-by-hop and Expect gone (the proxy answers 100-continue itself),
         x-forwarded-for appended to, x-forwarded-proto and x-request-id added
         when absent."""
-        http = self.down.listener.http
         headers: Headers = [(b"host", authority)]
         xff = proto = request_id_seen = None
         for header in strip_hop_by_hop(self.headers, tunnel=self.head.upgrade):
@@ -516,26 +534,60 @@ class Exchange:
                 else:
                     continue  # host, expect
             headers.append(header)
-        if not http.skip_xff_append:
-            peer = self.source_ip.encode()
-            headers.append((b"x-forwarded-for", xff + b", " + peer if xff else peer))
-        elif xff is not None:
-            headers.append((b"x-forwarded-for", xff))
-        if proto is None:
-            headers.append((b"x-forwarded-proto", self.scheme))
-        if request_id_seen is None and http.generate_request_id:
-            self.generated_id = request_id()
-            headers.append((b"x-request-id", self.generated_id))
+        headers += self.additions(xff, proto is not None, request_id_seen is not None)
         return headers
 
-    def mirror(self, action: Forward) -> None:
-        for policy in action.mirrors:
-            if policy.fires(RNG.getrandbits(64)):
-                send_mirror(self, policy)
+    def additions(self, xff: bytes | None, has_proto: bool, has_request_id: bool) -> Headers:
+        """The forwarding policy's headers for this request (proxy/forwarding.py)."""
+        http = self.down.listener.http
+        added, self.generated_id = request_additions(
+            xff, has_proto, has_request_id, self.source_ip.encode(), self.scheme,
+            not http.skip_xff_append, request_id if http.generate_request_id else None,
+        )  # fmt: skip
+        return added
 
-    # -- tries ----------------------------------------------------------------------------
+    # -- the core's commands --------------------------------------------------------------
 
-    def try_once(self) -> None:
+    def feed(self, event: int, outcome: str | int = "") -> None:
+        """Hand `event` to the exchange core and carry out its commands."""
+        for command in self.core.on(event, outcome):
+            _COMMANDS[command](self)
+
+    def run(self, commands: tuple[int, ...]) -> None:
+        for command in commands:
+            _COMMANDS[command](self)
+
+    def mirror_now(self) -> None:
+        """Mirror the request now if its body is complete, else when it is."""
+        action = self.action
+        if action is None or not action.mirrors:
+            return
+        fired = [p for p in action.mirrors if p.fires(RNG.getrandbits(64))]
+        if fired and self.body_done:
+            self.send_mirrors(fired)
+        elif fired:
+            self.on_body_done = (*self.on_body_done, lambda: self.send_mirrors(fired))
+
+    def send_mirrors(self, policies: list[MirrorPolicy]) -> None:
+        if self.body_overflow:
+            return  # not kept whole: no copy can be made
+        request = MirrorRequest(
+            self.method, self.upstream_path, self.authority, self.forwarded_headers,
+            b"".join(self.body),
+        )  # fmt: skip
+        runtime = self.down.runtime
+        for policy in policies:
+            cluster = runtime.config.snapshot.clusters.get(policy.cluster)
+            send_mirror(runtime.pool, cluster, request, policy)
+
+    def start_deadline(self) -> None:
+        action = self.action
+        if action is not None and action.timeout:
+            now = time.monotonic()
+            self.deadline_at = now + action.timeout
+            self.arm_deadline(now, PRECISE_WITHIN_S)
+
+    def pick_host(self) -> None:
         self.timer = None
         cluster, retry = self.cluster, self.retry
         assert cluster is not None
@@ -543,33 +595,137 @@ class Exchange:
         attempts = retry.host_selection_max_attempts if retry is not None else 1
         host = cluster.pick(self.hash_key, exclude, retries=attempts)
         if host is None:
-            self.fail("UH")
+            self.feed(NO_HOST)
             return
         self.host = self.last_host = host
         if exclude is not None:
             self.tried = {*self.tried, host}
         host.request_started()
         self.stat("upstream_rq_total")
-        self.waiting = True
+        self.feed(HOST_PICKED)
+
+    def start_try_timer(self) -> None:
+        seconds = per_try_timeout(self.retry)
+        if seconds:
+            self.try_timer = self.down.runtime.loop.call_later(seconds, self.on_try_timeout)
+
+    def open_connection(self) -> None:
+        host, cluster = self.host, self.cluster
+        assert host is not None and cluster is not None
         if not self.down.runtime.pool.request(host, cluster, self):
-            self.waiting = False
             host.request_finished()
-            self.fail("UO")
-            return
-        per_try = retry.per_try_timeout if retry is not None else None
-        if per_try and not self.done and (self.waiting or self.conn is not None):
-            loop = self.down.runtime.loop
-            self.try_timer = loop.call_later(per_try, self.on_try_timeout)
+            self.host = None
+            self.feed(OVERFLOW)
+
+    def leave_queue(self) -> None:
+        if self.host is not None:
+            self.down.runtime.pool.cancel(self.host, self)
+
+    def send_request(self) -> None:
+        conn = self.conn
+        assert conn is not None
+        self.sent = True
+        self.upstream_tls = conn.tls
+        conn.send(self, self.method, self.upstream_head + self.pending_body())
+
+    def close_connection(self) -> None:
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            conn.close()
+
+    def release_connection(self) -> None:
+        """The response is through: the connection goes back to the pool,
+        unless the upstream answered before the whole request came."""
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            if self.core.request_done:
+                self.down.runtime.pool.release(conn)
+            else:
+                conn.close()
+
+    def return_connection(self) -> None:
+        conn, self.late = self.late, None
+        if conn is not None:
+            self.down.runtime.pool.release(conn)
+
+    def acquire_retry(self) -> None:
+        """One retry slot at a time, as Envoy's circuit breakers count them."""
+        assert self.cluster is not None
+        breakers = self.cluster.breakers
+        if self.holds_retry:
+            breakers.release_retry()
+            self.holds_retry = False
+        if breakers.try_acquire_retry():
+            self.holds_retry = True
+            self.feed(RETRY_GRANTED)
+        else:
+            self.add_flag("UO")  # the breakers count upstream_rq_retry_overflow
+            self.feed(RETRY_REFUSED)
+
+    def start_backoff(self) -> None:
+        retry = self.retry
+        assert retry is not None
+        self.stat("upstream_rq_retry")
+        if self.host is not None:
+            self.host.request_finished()
+            self.host = None
+        delay = backoff_delay(retry, self.core.attempt - 1, RNG.random())
+        self.timer = self.down.runtime.loop.call_later(delay, self.on_backoff_elapsed)
+
+    def on_backoff_elapsed(self) -> None:
+        self.timer = None
+        self.feed(BACKOFF_ELAPSED)
+
+    def mark_exhausted(self) -> None:
+        self.add_flag("URX")
+        if self.core.retries_left <= 0:
+            self.stat("upstream_rq_retry_limit_exceeded")
+
+    def write_response(self) -> None:
+        """The response head held by on_response_head or on_express_response."""
+        held, self.held = self.held, None
+        if self.holds_retry and "URX" not in self.flags:
+            self.stat("upstream_rq_retry_success")
+        if isinstance(held, ExpressResponse):
+            self.respond_express(held)
+        elif held is not None:
+            self.emit(self.respond(held))
+
+    def write_failure(self) -> None:
+        flag = self.core.failure
+        status, body = FAILURE_BODIES.get(flag, (503, b"upstream failure"))
+        if flag == "UF" and self.transport_failure:
+            body += b", transport failure reason: " + self.transport_failure.encode()
+        self.reply = (status, body, flag, None)
+        self.write_local()
+
+    def cut_short(self) -> None:
+        self.add_flag(self.core.failure)
+
+    def cannot_carry(self) -> None:
+        raise ExchangeStateError("a body command came without its bytes")
+
+    def flag_dc(self) -> None:
+        self.add_flag("DC")
+
+    def close_downstream(self) -> None:
+        self.down.close()
+
+    def emit(self, data: bytes) -> None:
+        """Write downstream, or add to the write on_response is gathering."""
+        if self.outbox is not None:
+            self.outbox.append(data)
+        else:
+            self.down.write(data)
+
+    # -- tries ----------------------------------------------------------------------------
 
     def on_connection(self, conn: UpstreamConnection) -> None:
-        if not self.waiting or self.done:
-            self.down.runtime.pool.release(conn)
-            return
-        self.waiting = False
-        self.conn, self.sent = conn, True
-        self.upstream_tls = conn.tls
-        body = self.pending_body()
-        conn.send(self, self.method, self.upstream_head + body)
+        if self.core.state == CONNECTING:
+            self.conn = conn
+        else:
+            self.late = conn
+        self.feed(CONNECTED)
 
     def pending_body(self) -> bytes:
         """The buffered request body, framed for the upstream; resumes reading
@@ -587,44 +743,47 @@ class Exchange:
 
     def on_connect_failure(self, timed_out: bool, reason: str | None = None) -> None:
         """`reason`: a failed TLS handshake's, as Envoy's upstream transport failure reason."""
-        if not self.waiting or self.done:
-            return
-        self.waiting = False
-        self.transport_failure = reason
-        self.report(LocalOrigin.TIMEOUT if timed_out else LocalOrigin.CONNECT_FAILED)
-        self.try_failed("UF")
+        if self.core.state == CONNECTING:
+            self.transport_failure = reason
+            self.report(LocalOrigin.TIMEOUT if timed_out else LocalOrigin.CONNECT_FAILED)
+        self.feed(CONNECT_FAILED)
 
     # -- the response, from upstream ------------------------------------------------------
 
-    def on_response(self, events: list[ResponseEvent]) -> None:
+    def on_response(self, events: list[ResponseEvent] | ExpressResponse) -> None:
         """The response's events from one read, written downstream in one write."""
+        if events.__class__ is ExpressResponse:
+            assert isinstance(events, ExpressResponse)
+            self.on_express_response(events)
+            return
+        assert isinstance(events, list)
         out: list[bytes] = []
         ended = False
-        for event in events:
-            kind = event.__class__
-            if kind is bytes:
-                assert isinstance(event, bytes)
-                self.response_bytes += len(event)
-                out.append(encode_chunk(event) if self.response_chunked else event)
-            elif kind is ResponseHead:
-                assert isinstance(event, ResponseHead)
-                head = self.on_response_head(event)
-                if head is None:
-                    return
-                out.append(head)
-            elif kind is Tunnel:
-                assert isinstance(event, Tunnel)
-                self.response_bytes += len(event.data)
-                out.append(event.data)
-            else:
-                assert isinstance(event, EndOfMessage)
-                if self.response_chunked:
-                    out.append(encode_last_chunk(event.trailers))
-                ended = not self.tunnel  # a tunnel ends when either side closes
+        self.outbox = out
+        try:
+            for event in events:
+                kind = event.__class__
+                if kind is bytes or kind is Tunnel:
+                    data = event if kind is bytes else event.data  # type: ignore[union-attr]
+                    assert isinstance(data, bytes)
+                    self.core.on(RESPONSE_BODY)  # WRITE_DOWNSTREAM: into this write
+                    self.response_bytes += len(data)
+                    out.append(encode_chunk(data) if self.response_chunked else data)
+                elif kind is ResponseHead:
+                    assert isinstance(event, ResponseHead)
+                    if not self.on_response_head(event):
+                        return
+                else:
+                    assert isinstance(event, EndOfMessage)
+                    if self.response_chunked:
+                        out.append(encode_last_chunk(event.trailers))
+                    ended = not self.tunnel  # a tunnel ends when either side closes
+        finally:
+            self.outbox = None
         if out:
             self.down.write(out[0] if len(out) == 1 else b"".join(out))
         if ended:
-            self.response_complete()
+            self.feed(RESPONSE_END)
 
     def on_express_response(self, resp: ExpressResponse) -> None:
         """A response head with its Content-Length body, or the start of it,
@@ -633,64 +792,61 @@ class Exchange:
         if (self.fx is not None and self.fx.encoders) or (target and target.response_headers):
             self.on_response(express_events(resp))
             return
-        if not self.accept_response(resp.status, resp.keep_alive):
-            return
+        self.take_response_head(resp, resp.status, resp.keep_alive)
+        if self.core.state == RESPONDING and len(resp.body) == resp.content_length:
+            self.feed(RESPONSE_END)
+
+    def respond_express(self, resp: ExpressResponse) -> None:
+        """respond()'s policy applied to the header lines as received."""
         self.status, self.responding = resp.status, True
         down = self.down
-        peer_lines = down.runtime.peer_lines
-        parts = [status_line(resp.status)]
-        if down.listener.inbound:  # the local app's answer: it cannot speak for this workload
-            cuts = resp.cuts + resp.peer_cuts if resp.peer_cuts else resp.cuts
-            parts += (splice(resp.lines, cuts), peer_lines)
-        elif peer_lines:  # a peer answers in kind only to a peer
+        inbound, peer_lines = down.listener.inbound, down.runtime.peer_lines
+        cut, add_own = response_peers(inbound, bool(peer_lines))
+        cuts = resp.cuts
+        if cut and resp.peer_cuts:
+            cuts = cuts + resp.peer_cuts
+        if cut and not inbound:
             self.peer_header = resp.peer
-            parts.append(splice(resp.lines, resp.cuts + resp.peer_cuts))
-        else:
-            parts.append(splice(resp.lines, resp.cuts))
-        if self.flags:
-            parts += (b"\r\nx-pilotfish-flags: ", self.flags.encode())
-        if not self.keep_alive:
-            parts.append(b"\r\nconnection: close")
+        parts = [status_line(resp.status), splice(resp.lines, cuts)]
+        if add_own:
+            parts.append(peer_lines)
+        added = response_additions(self.flags, not self.keep_alive)
+        if added:
+            parts.append(encode_lines(added))
         parts += (b"\r\n\r\n", resp.body)
         self.response_bytes = len(resp.body)
-        down.write(b"".join(parts))
-        if len(resp.body) == resp.content_length:
-            self.response_complete()
+        self.emit(b"".join(parts))
 
-    def on_response_head(self, head: ResponseHead) -> bytes | None:
-        """The head to send downstream; None when the response is dropped for
-        a retry. An interim (1xx) head gives b"": the client got its 100
-        Continue from the proxy already."""
+    def on_response_head(self, head: ResponseHead) -> bool:
+        """Whether the response goes on; an interim (1xx) head is dropped: the
+        client got its 100 Continue from the proxy already."""
         if head.status < 200 and head.status != 101:
-            return b""
+            return True
         if head.upgrade and not self.head.upgrade:
             # A switch the request did not ask for: forwarded, the client would
             # take the connection as switched while the proxy reads it as HTTP.
-            self.drop_upstream()
             self.report(LocalOrigin.RESET)
-            self.try_failed("UPE")
-            return None
-        if not self.accept_response(head.status, head.keep_alive):
-            return None
-        return self.respond(head)
+            self.feed(UPSTREAM_RESET, "UPE")
+            return False
+        if head.upgrade:
+            self.report(head.status)
+            self.held = head
+            self.feed(SWITCHED)
+            return True
+        self.take_response_head(head, head.status, head.keep_alive)
+        return self.core.state == RESPONDING
 
-    def accept_response(self, status: int, keep_alive: bool) -> bool:
-        """A final response came: report it, and take it, or drop it to retry.
-        Without keep-alive its connection goes once the response is through."""
+    def take_response_head(
+        self, head: ResponseHead | ExpressResponse, status: int, keep_alive: bool
+    ) -> None:
+        """A final response came: report it; the core takes it, or drops it to
+        retry. Without keep-alive its connection goes once the response is through."""
         if not keep_alive and self.conn is not None:
             self.conn.reusable = False
-        self.cancel_try_timer()
         self.report(status)
-        retry = self.retry
-        if retry is not None and retriable_status(status, retry):
-            if self.can_retry():
-                self.drop_upstream()
-                self.retry_later()
-                return False
-            self.add_flag("URX")
-        elif self.holds_retry:
-            self.stat("upstream_rq_retry_success")
-        return True
+        self.held = head
+        self.feed(RESPONSE_HEAD, status)
+        self.held = None
 
     def respond(self, head: ResponseHead) -> bytes:
         self.status, self.responding = head.status, True
@@ -698,106 +854,45 @@ class Exchange:
         if self.tunnel:
             self.keep_alive = False
         headers = [(n.lower(), v) for n, v in strip_hop_by_hop(head.headers, tunnel=self.tunnel)]
-        if self.down.listener.inbound:  # the local app's answer: it cannot speak for this workload
-            take_peer(headers)
-            headers += self.down.runtime.peer_headers
-        elif self.down.runtime.peer_headers:  # a peer answers in kind only to a peer
-            self.peer_header = take_peer(headers)
+        inbound, peer_headers = self.down.listener.inbound, self.down.runtime.peer_headers
+        cut, add_own = response_peers(inbound, bool(peer_headers))
+        if cut:
+            peer = take_peer(headers)
+            if not inbound:
+                self.peer_header = peer
+        if add_own:
+            headers += peer_headers
         assert self.target is not None
         self.target.response_headers.apply(headers)
         if self.fx is not None:
             self.down.listener.http.filters.encode(self.fx, headers)
-        if self.flags:
-            headers.append((b"x-pilotfish-flags", self.flags.encode()))
+        headers += response_additions(self.flags, not self.keep_alive and not self.tunnel)
         bodyless = self.method == b"HEAD" or head.status in (204, 304) or self.tunnel
         self.response_chunked = not bodyless and head.content_length is None
-        if not self.keep_alive and not self.tunnel:
-            headers.append((b"connection", b"close"))
         return serialize_response_head(head.status, headers, chunked=self.response_chunked)
 
-    def response_complete(self) -> None:
-        conn, self.conn = self.conn, None
-        if conn is not None:
-            if self.body_done:
-                self.down.runtime.pool.release(conn)
-            else:
-                conn.close()  # the upstream answered before the whole request came
-        self.finish()
-
     def on_upstream_error(self, error: ProtocolError) -> None:
-        self.conn = None
+        self.conn = None  # closed by the pool already
         if error.flag == "UF":  # the server refused our certificate (see pool.py)
             self.transport_failure = error.reason
-        if self.tunnel:
-            self.finish()
-            self.down.close()
-            return
-        if self.responding:
-            self.add_flag(error.flag)
-            self.finish()
-            self.down.close()  # mid-response: all the client can be told
-            return
-        self.cancel_try_timer()
-        self.report(LocalOrigin.RESET)
-        self.stat("upstream_rq_rx_reset")
-        self.try_failed(error.flag)
+        if self.core.state == SENT:
+            self.report(LocalOrigin.RESET)
+            self.stat("upstream_rq_rx_reset")
+        self.feed(UPSTREAM_RESET, error.flag)
 
-    def pause_reading_downstream(self) -> None:
-        self.down.pause_body()
+    def on_flow(self, paused: bool) -> None:
+        if paused:
+            self.down.pause_body()
+        else:
+            self.down.resume_body()
 
-    def resume_reading_downstream(self) -> None:
-        self.down.resume_body()
-
-    # -- failures, retries and timeouts ---------------------------------------------------
-
-    def try_failed(self, flag: str) -> None:
-        """This try got no response: retry if the policy says so, else answer."""
-        if self.host is not None:
-            self.host.request_finished()
-            self.host = None
-        retry = self.retry
-        if retry is not None and retriable_failure(flag, retry.retry_on):
-            if self.can_retry():
-                self.retry_later()
-                return
-            self.add_flag("URX")
-        self.fail(flag)
-
-    def can_retry(self) -> bool:
-        if self.retries_left <= 0 or self.body_overflow or self.responding:
-            if self.retries_left <= 0:
-                self.stat("upstream_rq_retry_limit_exceeded")
-            return False
-        assert self.cluster is not None
-        breakers = self.cluster.breakers
-        if self.holds_retry:  # one retry slot at a time, as Envoy counts them
-            breakers.release_retry()
-            self.holds_retry = False
-        if not breakers.try_acquire_retry():
-            self.add_flag("UO")  # the breakers count upstream_rq_retry_overflow
-            return False
-        self.holds_retry = True
-        return True
-
-    def retry_later(self) -> None:
-        """Envoy's back-off: fully jittered, up to base * 2^n, capped at max."""
-        retry = self.retry
-        assert retry is not None and self.cluster is not None
-        attempt = retry.num_retries - self.retries_left
-        self.retries_left -= 1
-        self.stat("upstream_rq_retry")
-        if self.host is not None:
-            self.host.request_finished()
-            self.host = None
-        delay = RNG.uniform(0, min(retry.backoff_max, retry.backoff_base * (2**attempt)))
-        self.timer = self.down.runtime.loop.call_later(delay, self.try_once)
+    # -- timers -------------------------------------------------------------------------
 
     def on_try_timeout(self) -> None:
         self.try_timer = None
         self.stat("upstream_rq_per_try_timeout")
         self.report(LocalOrigin.TIMEOUT)
-        self.drop_upstream()
-        self.try_failed("UT")
+        self.feed(TRY_TIMEOUT)
 
     def on_deadline(self) -> None:
         self.deadline = None
@@ -805,32 +900,7 @@ class Exchange:
         self.stat("upstream_rq_timeout")
         if self.host is not None:
             self.report(LocalOrigin.TIMEOUT)
-        self.drop_upstream()
-        if self.responding:
-            self.add_flag("UT")
-            self.finish()
-            self.down.close()
-        else:
-            self.fail("UT")
-
-    def fail(self, flag: str) -> None:
-        status, body = FAILURE_BODIES.get(flag, (503, b"upstream failure"))
-        if flag == "UF" and self.transport_failure:
-            body += b", transport failure reason: " + self.transport_failure.encode()
-        self.local(status, body, flag)
-
-    def drop_upstream(self) -> None:
-        """Stop the current try: close its connection or leave the pool's queue."""
-        self.cancel_try_timer()
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-        conn, self.conn = self.conn, None
-        if conn is not None:
-            conn.close()
-        if self.waiting and self.host is not None:
-            self.waiting = False
-            self.down.runtime.pool.cancel(self.host, self)
+        self.feed(DEADLINE)
 
     def cancel_try_timer(self) -> None:
         if self.try_timer is not None:
@@ -860,10 +930,13 @@ class Exchange:
 
     def local(self, status: int, body: bytes, flag: str, headers: Headers | None = None) -> None:
         """Answer from the proxy itself (Envoy's local reply)."""
-        if self.responding:
-            self.down.close()
-            self.finish()
-            return
+        self.reply = (status, body, flag, headers)
+        self.feed(LOCAL_REPLY)
+
+    def write_local(self) -> None:
+        reply, self.reply = self.reply, None
+        assert reply is not None
+        status, body, flag, headers = reply
         self.add_flag(flag)
         if flag in LOCAL_REPLY_STATS:
             self.http_stat(LOCAL_REPLY_STATS[flag])
@@ -871,15 +944,13 @@ class Exchange:
         out = list(headers or ())
         if self.fx is not None and headers is None:
             self.down.listener.http.filters.encode(self.fx, out)
-        if self.flags:
-            out.append((b"x-pilotfish-flags", self.flags.encode()))
+        out += response_additions(self.flags, close=False)  # error_response says close
         expects_body = self.head.chunked or (self.head.content_length or 0) > 0
         self.keep_alive = self.keep_alive and (self.body_done or not expects_body)
         if self.method == b"HEAD":
             body = b""
         self.response_bytes = len(body)
         self.down.write(error_response(status, body, out, close=not self.keep_alive))
-        self.finish()
 
     def finish(self) -> None:
         """Once, however the exchange ended: release what it holds, record it."""
@@ -901,24 +972,6 @@ class Exchange:
                 self.add_flag(flag)
         self.down.runtime.observe(self)
         self.down.exchange_done(self)
-
-
-def retriable_status(status: int, retry: RetryPolicy) -> bool:
-    on = retry.retry_on
-    return (
-        (bool(on & RetryOn.FIVE_XX) and status >= 500)
-        or (bool(on & RetryOn.GATEWAY_ERROR) and status in (502, 503, 504))
-        or (bool(on & RetryOn.RETRIABLE_4XX) and status == 409)
-        or (bool(on & RetryOn.RETRIABLE_STATUS_CODES) and status in retry.retriable_status_codes)
-    )
-
-
-def retriable_failure(flag: str, on: RetryOn) -> bool:
-    if flag == "UF":
-        return bool(on & RETRY_ON_CONNECT)
-    if flag == "UT":
-        return bool(on & RETRY_ON_TIMEOUT)
-    return flag in ("UC", "UPE") and bool(on & RETRY_ON_RESET)
 
 
 def request_id() -> bytes:
@@ -950,3 +1003,34 @@ _REWRITTEN = frozenset(
     {b"host", b"expect", b"x-forwarded-for", b"x-forwarded-proto", b"x-request-id"}
 )
 PEER_HEADERS = frozenset({PEER_METADATA_HEADER, PEER_METADATA_ID_HEADER})
+
+
+# The shell's side of each exchange_core command, by its number. The body
+# commands (BUFFER, WRITE_DOWNSTREAM, and WRITE_UPSTREAM for a body piece)
+# are carried out where the bytes are, in request_body and on_response.
+_COMMANDS: tuple[Callable[[Exchange], None], ...] = (
+    Exchange.mirror_now,  # MIRROR
+    Exchange.start_deadline,  # ARM_DEADLINE
+    Exchange.pick_host,  # PICK_HOST
+    Exchange.start_try_timer,  # START_TRY_TIMER
+    Exchange.open_connection,  # OPEN
+    Exchange.send_request,  # WRITE_UPSTREAM
+    Exchange.cannot_carry,  # BUFFER
+    Exchange.cancel_try_timer,  # CANCEL_TRY_TIMER
+    Exchange.leave_queue,  # LEAVE_QUEUE
+    Exchange.close_connection,  # CLOSE_CONNECTION
+    Exchange.release_connection,  # RELEASE_CONNECTION
+    Exchange.acquire_retry,  # ACQUIRE_RETRY
+    Exchange.start_backoff,  # START_BACKOFF
+    Exchange.mark_exhausted,  # MARK_EXHAUSTED
+    Exchange.write_response,  # WRITE_RESPONSE
+    Exchange.cannot_carry,  # WRITE_DOWNSTREAM
+    Exchange.write_local,  # WRITE_LOCAL
+    Exchange.write_failure,  # WRITE_FAILURE
+    Exchange.cut_short,  # CUT_SHORT
+    Exchange.flag_dc,  # FLAG_DC
+    Exchange.close_downstream,  # CLOSE_DOWNSTREAM
+    Exchange.finish,  # FINISH
+    Exchange.return_connection,  # RETURN_CONNECTION
+)
+assert len(_COMMANDS) == len(COMMAND_NAMES)

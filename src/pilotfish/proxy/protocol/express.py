@@ -75,7 +75,7 @@ class ExpressRequest:
     cuts: list[Span]
     host: bytes | None
     keep_alive: bool
-    content_length: int  # -1: none
+    content_length: int | None  # as RequestHead has it: None when absent
     body: bytes
     forwarded_for: bytes | None
     has_proto: bool
@@ -103,7 +103,7 @@ class ExpressResponse:
     lines: bytes
     cuts: list[Span]
     keep_alive: bool
-    content_length: int  # -1 while parsing: none yet
+    content_length: int | None  # None only while parsing: none yet
     body: bytes  # the part of the body in the same read
     peer: bytes | None
     peer_cuts: list[Span]
@@ -129,7 +129,7 @@ def parse_request(data: bytes, max_head: int = DEFAULT_MAX_HEAD) -> ExpressReque
         [],
         None,
         True,
-        -1,
+        None,
         b"",
         None,
         False,
@@ -143,7 +143,7 @@ def parse_request(data: bytes, max_head: int = DEFAULT_MAX_HEAD) -> ExpressReque
     if req.host is None and req.target[:1] == b"/":
         return None  # HTTP/1.1 without Host: the long way answers 400
     body = data[match.end() :]
-    if len(body) != max(req.content_length, 0):
+    if len(body) != (req.content_length or 0):
         return None  # a body still coming, or pipelined bytes after it
     req.body = body
     return req
@@ -181,13 +181,13 @@ def parse_response(data: bytes, max_head: int = DEFAULT_MAX_HEAD) -> ExpressResp
     if status in (204, 304):
         return None
     lines = match.group(2)
-    resp = ExpressResponse(status, lines, [], True, -1, b"", None, [])
+    resp = ExpressResponse(status, lines, [], True, None, b"", None, [])
     for special in _RESPONSE_SPECIAL.finditer(lines):
         name, value = special.groups()
         if not _message_header(resp, name.lower(), value.rstrip(b" \t"), special):
             return None
     body = data[match.end() :]
-    if resp.content_length < 0 or len(body) > resp.content_length:
+    if resp.content_length is None or len(body) > resp.content_length:
         return None
     resp.body = body
     return resp
@@ -200,7 +200,9 @@ def _message_header(
     headers (cut) and Istio's metadata exchange (set aside). False: only the
     long way can take this message."""
     if name == b"content-length":
-        if message.content_length >= 0 or not value.isdigit() or len(value) > _MAX_LENGTH_DIGITS:
+        if message.content_length is not None or not value.isdigit():
+            return False
+        if len(value) > _MAX_LENGTH_DIGITS:
             return False
         message.content_length = int(value)
         return True

@@ -37,15 +37,17 @@ SWEEP_INTERVAL_S = 1.0
 
 
 class ResponseSink(Protocol):
-    """What an upstream connection reports to the exchange using it."""
+    """What an upstream connection reports to the exchange using it: the
+    response's events from one read, or an express response (a head with its
+    Content-Length body, or the start of it); `on_flow(True)` when the
+    connection's write buffer is full (stop reading the client), False when
+    it drained."""
 
     def on_connection(self, conn: UpstreamConnection) -> None: ...
     def on_connect_failure(self, timed_out: bool, reason: str | None = None) -> None: ...
-    def on_response(self, events: list[ResponseEvent]) -> None: ...
-    def on_express_response(self, resp: ExpressResponse) -> None: ...
+    def on_response(self, events: list[ResponseEvent] | ExpressResponse) -> None: ...
     def on_upstream_error(self, error: ProtocolError) -> None: ...
-    def pause_reading_downstream(self) -> None: ...
-    def resume_reading_downstream(self) -> None: ...
+    def on_flow(self, paused: bool) -> None: ...
 
 
 class UpstreamConnection(asyncio.Protocol):
@@ -80,8 +82,8 @@ class UpstreamConnection(asyncio.Protocol):
             self.express = False
             resp = parse_response(data, self.parser.max_head)
             if resp is not None:
-                self.remaining = resp.content_length - len(resp.body)
-                sink.on_express_response(resp)
+                self.remaining = (resp.content_length or 0) - len(resp.body)
+                sink.on_response(resp)
                 return
         try:
             events = self.parser.feed(data)
@@ -118,11 +120,11 @@ class UpstreamConnection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         if self.sink is not None:
-            self.sink.pause_reading_downstream()
+            self.sink.on_flow(True)
 
     def resume_writing(self) -> None:
         if self.sink is not None:
-            self.sink.resume_reading_downstream()
+            self.sink.on_flow(False)
 
     def send(self, sink: ResponseSink, method: bytes, data: bytes) -> None:
         """Start a request: its head and whatever body is at hand."""

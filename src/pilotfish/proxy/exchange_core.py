@@ -1,0 +1,241 @@
+"""One request/response exchange as a state machine, without I/O.
+
+The shell (proxy/exchange.py) turns what happens on sockets and timers into
+events, feeds them to `ExchangeCore.on`, and carries out the commands that
+come back, in order. The core decides what the exchange does next: which
+tries it makes, when it gives up, how it ends; the shell decides how (HTTP/1.1
+framing, header rewriting, the pool, asyncio timers). Nothing here knows
+about HTTP/1.1: an HTTP/2 stream drives the same events.
+
+Three commands have an outcome the shell feeds straight back as an event,
+so each ends its row: PICK_HOST (HOST_PICKED, NO_HOST), OPEN (CONNECTED now
+or later, CONNECT_FAILED later, OVERFLOW now), ACQUIRE_RETRY (the cluster's
+retry budget: RETRY_GRANTED, RETRY_REFUSED).
+
+The states marked * are transient. HEAD_IN and TRY_FAILED are left within
+the same `on` call by asking upstream/retry.verdict whether the try's
+outcome is accepted, retried, or retriable with no retry left (EXHAUSTED:
+Envoy's URX); RETRY_ASKED and HELD (a response held while its retry is
+asked for) by the answer to ACQUIRE_RETRY.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from pilotfish.proxy.routing import RetryPolicy
+from pilotfish.proxy.upstream.retry import ACCEPT, EXHAUSTED, RETRY, verdict
+
+# -- the state machine ------------------------------------------------------------------------
+#
+#           forward          host picked           connected         response head
+#   START ---------> PICKING* ---------> CONNECTING --------> SENT -----------> HEAD_IN*
+#     |                | no host,          | connect failed,   | reset,           | accept,
+#     |                | overflow          | try timeout       | try timeout      | exhausted
+#     |                v                   v                   |                  v
+#     |              DONE             TRY_FAILED* <------------+   RESPONDING --end--> DONE
+#     |                                 |     |                    (TUNNEL on a switch)
+#     |                          accept,|     |retry                      ^
+#     |                        exhausted|     v                   refused |   retry
+#     |  local reply,                   |  RETRY_ASKED*          HELD* <--+---- HEAD_IN
+#     |  downstream lost                v     | granted            | granted
+#     +----------------> DONE         DONE    +---> BACKOFF <------+
+#                                   (refused)         | elapsed
+#                                                     +--------> PICKING
+#
+#    From every state but the transient ones (*) and DONE: a local reply
+#    (route, filters, request or idle timeout), the route's deadline and a
+#    lost downstream end the exchange, dropping whatever upstream it holds.
+#
+# Plain ints rather than an Enum, as protocol/http1 has them: the shell feeds
+# several events per request.
+
+START, PICKING, CONNECTING, SENT, HEAD_IN, TRY_FAILED, RETRY_ASKED, HELD = range(8)
+BACKOFF, RESPONDING, TUNNEL, DONE = range(8, 12)
+STATE_NAMES: Final = (
+    "START", "PICKING", "CONNECTING", "SENT", "HEAD_IN", "TRY_FAILED",
+    "RETRY_ASKED", "HELD", "BACKOFF", "RESPONDING", "TUNNEL", "DONE",
+)  # fmt: skip
+
+# Events, from the shell.
+FORWARD, LOCAL_REPLY, DOWNSTREAM_LOST, REQUEST_BODY, REQUEST_END = range(5)
+HOST_PICKED, NO_HOST, OVERFLOW, CONNECTED, CONNECT_FAILED = range(5, 10)
+RESPONSE_HEAD, SWITCHED, RESPONSE_BODY, RESPONSE_END, UPSTREAM_RESET = range(10, 15)
+TRY_TIMEOUT, DEADLINE, BACKOFF_ELAPSED, RETRY_GRANTED, RETRY_REFUSED = range(15, 20)
+# Events the core gives itself, leaving a transient state.
+_ACCEPT, _RETRY, _EXHAUSTED = range(20, 23)
+EVENT_NAMES: Final = (
+    "forward", "local reply", "downstream lost", "request body", "request end",
+    "host picked", "no host", "overflow", "connected", "connect failed",
+    "response head", "switched", "response body", "response end", "upstream reset",
+    "try timeout", "deadline", "backoff elapsed", "retry granted", "retry refused",
+    "accept", "retry", "exhausted",
+)  # fmt: skip
+
+# Commands, to the shell.
+MIRROR, ARM_DEADLINE, PICK_HOST, START_TRY_TIMER, OPEN = range(5)
+WRITE_UPSTREAM, BUFFER, CANCEL_TRY_TIMER, LEAVE_QUEUE, CLOSE_CONNECTION = range(5, 10)
+RELEASE_CONNECTION, ACQUIRE_RETRY, START_BACKOFF, MARK_EXHAUSTED, WRITE_RESPONSE = range(10, 15)
+WRITE_DOWNSTREAM, WRITE_LOCAL, WRITE_FAILURE, CUT_SHORT, FLAG_DC = range(15, 20)
+CLOSE_DOWNSTREAM, FINISH, RETURN_CONNECTION = range(20, 23)
+COMMAND_NAMES: Final = (
+    "mirror", "arm deadline", "pick host", "start try timer", "open",
+    "write upstream", "buffer", "cancel try timer", "leave queue", "close connection",
+    "release connection", "acquire retry", "start backoff", "mark exhausted", "write response",
+    "write downstream", "write local", "write failure", "cut short", "flag DC",
+    "close downstream", "finish", "return connection",
+)  # fmt: skip
+
+Row = tuple[tuple[int, ...], int]
+
+# Ending before any response went downstream: the client gets the proxy's
+# reply; after one began, all it can be told is a closed connection.
+_ANSWER_LOCAL: Final = (WRITE_LOCAL, FINISH)
+_CUT: Final = (CLOSE_CONNECTION, CLOSE_DOWNSTREAM, FINISH)
+_FAIL: Final = (WRITE_FAILURE, FINISH)
+
+TRANSITIONS: Final[dict[tuple[int, int], Row]] = {
+    (START, FORWARD): ((MIRROR, ARM_DEADLINE, PICK_HOST), PICKING),
+    (START, LOCAL_REPLY): (_ANSWER_LOCAL, DONE),
+    (START, DOWNSTREAM_LOST): ((FLAG_DC, FINISH), DONE),
+    (START, REQUEST_BODY): ((BUFFER,), START),
+    (START, REQUEST_END): ((), START),
+    (PICKING, HOST_PICKED): ((START_TRY_TIMER, OPEN), CONNECTING),
+    (PICKING, NO_HOST): (_FAIL, DONE),
+    (CONNECTING, OVERFLOW): ((CANCEL_TRY_TIMER, *_FAIL), DONE),
+    (CONNECTING, CONNECTED): ((WRITE_UPSTREAM,), SENT),
+    (CONNECTING, CONNECT_FAILED): ((CANCEL_TRY_TIMER,), TRY_FAILED),
+    (CONNECTING, TRY_TIMEOUT): ((LEAVE_QUEUE,), TRY_FAILED),
+    (CONNECTING, DEADLINE): ((LEAVE_QUEUE, *_FAIL), DONE),
+    (CONNECTING, LOCAL_REPLY): ((LEAVE_QUEUE, *_ANSWER_LOCAL), DONE),
+    (CONNECTING, DOWNSTREAM_LOST): ((FLAG_DC, LEAVE_QUEUE, FINISH), DONE),
+    (CONNECTING, REQUEST_BODY): ((BUFFER,), CONNECTING),
+    (CONNECTING, REQUEST_END): ((), CONNECTING),
+    (SENT, RESPONSE_HEAD): ((CANCEL_TRY_TIMER,), HEAD_IN),
+    (SENT, SWITCHED): ((CANCEL_TRY_TIMER, WRITE_RESPONSE), TUNNEL),
+    (SENT, UPSTREAM_RESET): ((CANCEL_TRY_TIMER, CLOSE_CONNECTION), TRY_FAILED),
+    (SENT, TRY_TIMEOUT): ((CLOSE_CONNECTION,), TRY_FAILED),
+    (SENT, DEADLINE): ((CLOSE_CONNECTION, *_FAIL), DONE),
+    (SENT, LOCAL_REPLY): ((CLOSE_CONNECTION, *_ANSWER_LOCAL), DONE),
+    (SENT, DOWNSTREAM_LOST): ((FLAG_DC, CLOSE_CONNECTION, FINISH), DONE),
+    (SENT, REQUEST_BODY): ((WRITE_UPSTREAM,), SENT),
+    (SENT, REQUEST_END): ((WRITE_UPSTREAM,), SENT),
+    (HEAD_IN, _ACCEPT): ((WRITE_RESPONSE,), RESPONDING),
+    (HEAD_IN, _EXHAUSTED): ((MARK_EXHAUSTED, WRITE_RESPONSE), RESPONDING),
+    (HEAD_IN, _RETRY): ((ACQUIRE_RETRY,), HELD),
+    (TRY_FAILED, _ACCEPT): (_FAIL, DONE),
+    (TRY_FAILED, _EXHAUSTED): ((MARK_EXHAUSTED, *_FAIL), DONE),
+    (TRY_FAILED, _RETRY): ((ACQUIRE_RETRY,), RETRY_ASKED),
+    (RETRY_ASKED, RETRY_GRANTED): ((START_BACKOFF,), BACKOFF),
+    (RETRY_ASKED, RETRY_REFUSED): ((MARK_EXHAUSTED, *_FAIL), DONE),
+    # A response held for a retry is dropped with its connection once the
+    # retry is granted; refused, it goes to the client after all (URX).
+    (HELD, RETRY_GRANTED): ((CLOSE_CONNECTION, START_BACKOFF), BACKOFF),
+    (HELD, RETRY_REFUSED): ((MARK_EXHAUSTED, WRITE_RESPONSE), RESPONDING),
+    (BACKOFF, BACKOFF_ELAPSED): ((PICK_HOST,), PICKING),
+    (BACKOFF, DEADLINE): (_FAIL, DONE),
+    (BACKOFF, LOCAL_REPLY): (_ANSWER_LOCAL, DONE),
+    (BACKOFF, DOWNSTREAM_LOST): ((FLAG_DC, FINISH), DONE),
+    (BACKOFF, REQUEST_BODY): ((BUFFER,), BACKOFF),
+    (BACKOFF, REQUEST_END): ((), BACKOFF),
+    (RESPONDING, RESPONSE_BODY): ((WRITE_DOWNSTREAM,), RESPONDING),
+    (RESPONDING, RESPONSE_END): ((RELEASE_CONNECTION, FINISH), DONE),
+    (RESPONDING, UPSTREAM_RESET): ((CUT_SHORT, *_CUT), DONE),
+    (RESPONDING, DEADLINE): ((CUT_SHORT, *_CUT), DONE),
+    (RESPONDING, LOCAL_REPLY): (_CUT, DONE),
+    (RESPONDING, DOWNSTREAM_LOST): ((FLAG_DC, CLOSE_CONNECTION, FINISH), DONE),
+    (RESPONDING, REQUEST_BODY): ((WRITE_UPSTREAM,), RESPONDING),
+    (RESPONDING, REQUEST_END): ((WRITE_UPSTREAM,), RESPONDING),
+    # A tunnel carries bytes both ways until either side closes.
+    (TUNNEL, RESPONSE_BODY): ((WRITE_DOWNSTREAM,), TUNNEL),
+    (TUNNEL, RESPONSE_END): ((), TUNNEL),
+    (TUNNEL, REQUEST_BODY): ((WRITE_UPSTREAM,), TUNNEL),
+    (TUNNEL, REQUEST_END): ((), TUNNEL),
+    (TUNNEL, UPSTREAM_RESET): (_CUT, DONE),
+    (TUNNEL, DEADLINE): ((CUT_SHORT, *_CUT), DONE),
+    (TUNNEL, LOCAL_REPLY): (_CUT, DONE),
+    (TUNNEL, DOWNSTREAM_LOST): ((CLOSE_CONNECTION, FINISH), DONE),
+    # After the end, late news changes nothing: the rest of a request
+    # answered early is read and dropped.
+    (DONE, DOWNSTREAM_LOST): ((), DONE),
+    (DONE, REQUEST_BODY): ((), DONE),
+    (DONE, REQUEST_END): ((), DONE),
+}
+# A connection an earlier try asked for (a connect the pool could not call
+# off) may come, or fail, once the exchange moved on: it goes back unused.
+for _state in (SENT, BACKOFF, RESPONDING, TUNNEL, DONE):
+    TRANSITIONS[_state, CONNECTED] = ((RETURN_CONNECTION,), _state)
+    TRANSITIONS[_state, CONNECT_FAILED] = ((), _state)
+
+_VERDICT_EVENTS: Final = {ACCEPT: _ACCEPT, RETRY: _RETRY, EXHAUSTED: _EXHAUSTED}
+
+# The Envoy flag of a failure, where the event alone says it.
+_FLAGS: Final = {
+    NO_HOST: "UH", OVERFLOW: "UO", CONNECT_FAILED: "UF", TRY_TIMEOUT: "UT", DEADLINE: "UT",
+    UPSTREAM_RESET: "UC",
+}  # fmt: skip
+
+
+class ExchangeStateError(Exception):
+    """An event the transition table has no entry for: a bug in the shell."""
+
+
+class ExchangeCore:
+    """Where one exchange is, and what its retries have left.
+
+    `failure` is the Envoy flag of the last failed try (or of a deadline),
+    for WRITE_FAILURE; `replayable` goes False when the request body was not
+    kept whole, so it cannot be sent again; `request_done` says whether the
+    whole request went upstream, so a response that ends before it closes
+    its connection rather than releasing it (RELEASE_CONNECTION means
+    "release if the request is complete, else close")."""
+
+    __slots__ = (
+        "attempt", "failure", "replayable", "request_done", "retries_left", "retry", "state",
+    )  # fmt: skip
+
+    def __init__(self) -> None:
+        self.state = START
+        self.retry: RetryPolicy | None = None
+        self.retries_left = 0
+        self.attempt = 0  # retries granted so far
+        self.failure = ""
+        self.replayable = True
+        self.request_done = False
+
+    def __repr__(self) -> str:
+        return f"<ExchangeCore {STATE_NAMES[self.state]} retries_left={self.retries_left}>"
+
+    def forward(self, retry: RetryPolicy | None, retries: int) -> tuple[int, ...]:
+        """The route forwards: the commands that start the first try."""
+        self.retry, self.retries_left = retry, retries
+        return self.on(FORWARD)
+
+    def on(self, event: int, outcome: str | int = "") -> tuple[int, ...]:
+        """The commands for `event`. `outcome` is a response head's status
+        (RESPONSE_HEAD) or a failure's Envoy flag: UPSTREAM_RESET's (UC by
+        default, UPE, UF for a refused certificate); the others' are implied."""
+        if event == REQUEST_END:
+            self.request_done = True
+        commands, state = self._step(self.state, event)
+        if isinstance(outcome, str):
+            outcome = outcome or _FLAGS.get(event, "")
+            if outcome:
+                self.failure = outcome
+        if state in (TRY_FAILED, HEAD_IN):
+            taken = verdict(self.retry, self.retries_left, self.replayable, outcome)
+            more, state = self._step(state, _VERDICT_EVENTS[taken])
+            commands += more
+        elif event == RETRY_GRANTED:
+            self.retries_left -= 1
+            self.attempt += 1
+        self.state = state
+        return commands
+
+    def _step(self, state: int, event: int) -> Row:
+        row = TRANSITIONS.get((state, event))
+        if row is None:
+            raise ExchangeStateError(
+                f"unexpected {EVENT_NAMES[event]} while {STATE_NAMES[state]}"
+            )
+        return row

@@ -1,0 +1,44 @@
+"""The forwarding policy both readings of HTTP/1.1 apply (proxy/forwarding.py)."""
+
+from __future__ import annotations
+
+from pilotfish.proxy.forwarding import request_additions, response_additions, response_peers
+
+
+def new_id() -> bytes:
+    return b"made-up"
+
+
+def test_xff_is_appended_to_and_proto_and_request_id_added_when_absent() -> None:
+    added, generated = request_additions(b"1.1.1.1", False, False, b"10.0.0.9", b"http", True, new_id)
+    assert added == [
+        (b"x-forwarded-for", b"1.1.1.1, 10.0.0.9"),
+        (b"x-forwarded-proto", b"http"),
+        (b"x-request-id", b"made-up"),
+    ]
+    assert generated == b"made-up"
+
+
+def test_what_the_client_sent_is_kept() -> None:
+    added, generated = request_additions(None, True, True, b"10.0.0.9", b"http", True, new_id)
+    assert (added, generated) == ([(b"x-forwarded-for", b"10.0.0.9")], None)
+
+
+def test_skip_xff_append_passes_the_clients_on_and_no_id_is_made_when_generation_is_off() -> None:
+    added, generated = request_additions(b"1.1.1.1", True, False, b"10.0.0.9", b"http", False, None)
+    assert (added, generated) == ([(b"x-forwarded-for", b"1.1.1.1")], None)
+    assert request_additions(None, True, True, b"10.0.0.9", b"http", False, None) == ([], None)
+
+
+def test_a_response_ends_with_the_flags_and_connection_close() -> None:
+    assert response_additions("", False) == []
+    assert response_additions("UT,URX", True) == [
+        (b"x-pilotfish-flags", b"UT,URX"),
+        (b"connection", b"close"),
+    ]
+
+
+def test_peer_metadata_on_responses() -> None:
+    assert response_peers(inbound=True, speaks_for_itself=False) == (True, True)
+    assert response_peers(inbound=False, speaks_for_itself=True) == (True, False)
+    assert response_peers(inbound=False, speaks_for_itself=False) == (False, False)
