@@ -52,6 +52,7 @@ from pilotfish.objects import Obj
 from pilotfish.periodic import when
 from pilotfish.registry.instances import InstanceRegistry
 from pilotfish.registry.mesh import MeshRegistry
+from pilotfish.registry.shared import SharedInstanceRegistry
 from pilotfish.rollout.service import RolloutService
 from pilotfish.store.backends import STORE_FILE, StoreOptions, open_backend
 from pilotfish.store.etcd import EtcdBackend
@@ -135,8 +136,8 @@ class ControlPlane:
             service_tokens = tokens.load_or_create(data_dir)
             if xds_listen is not None:
                 plane.ca = open_ca(store, data_dir, token, service_tokens, ca or CaOptions())
-            plane._start_mesh(xds_listen, token, xds_limits)
-            loadtester = plane._start_rollout(backend)
+            plane._start_mesh(xds_listen, token, xds_limits, plane._instances_on(backend))
+            loadtester = plane._start_rollout()
             if analysis_status.enabled():
                 plane.analysis = StatusWriter(store)
                 plane.analysis.start()
@@ -172,9 +173,20 @@ class ControlPlane:
         assert self.mesh is not None
         return self.mesh.instances
 
-    def _start_mesh(self, xds_listen: str | None, token: str, limits: Limits) -> None:
+    def _instances_on(self, backend: Backend) -> InstanceRegistry | None:
+        """On etcd, the leader election, and registrations shared with the other
+        replicas (swept by the leader); None: this process's own registry."""
+        if not isinstance(backend, EtcdBackend):
+            return None
+        self.elector = Elector(backend.client, f"{backend.prefix}-election/rollout")
+        self.elector.start()
+        return SharedInstanceRegistry(backend, self.elector.leading)
+
+    def _start_mesh(
+        self, xds_listen: str | None, token: str, limits: Limits, instances: InstanceRegistry | None
+    ) -> None:
         domain = self.ca.authority.trust_domain if self.ca is not None else DEFAULT_TRUST_DOMAIN
-        self.mesh = MeshRegistry(self.store, trust_domain=domain)
+        self.mesh = MeshRegistry(self.store, instances, trust_domain=domain)
         self.mesh.start()
         self.jwks = start_jwks_resolver(self.store, self.mesh)
         if xds_listen is None:
@@ -188,17 +200,13 @@ class ControlPlane:
         self.mesh.add_listener(self.ads.changed)
         self.ads.start()
 
-    def _start_rollout(self, backend: Backend) -> LoadTesterApi:
+    def _start_rollout(self) -> LoadTesterApi:
         """The rollout controller, its metrics sampler and the load tester. On
         etcd, where other control planes may share the store, the controller
         and sampler act only while this one is the elected leader."""
         assert self.mesh is not None
         self.loadtester = LoadTesterApi(self.mesh.snapshot)
-        leading = None
-        if isinstance(backend, EtcdBackend):
-            self.elector = Elector(backend.client, f"{backend.prefix}-election/rollout")
-            self.elector.start()
-            leading = self.elector.leading
+        leading = self.elector.leading if self.elector is not None else None
         self.rollout = RolloutService(self.store, self.instances.instances, leading)
         self.rollout.start()
         return self.loadtester

@@ -167,9 +167,11 @@ class EtcdBackend:
             self.client.call("Compact", message("CompactionRequest", revision=floor + 1))
         self._compacted = floor
 
-    def watch(self, since: int) -> EtcdWatch:
+    def watch(self, since: int, prefix: str | None = None) -> EtcdWatch:
+        """Events after `since` under the store's prefix, or under `prefix`
+        (a sibling of it, such as the shared instance registrations')."""
         self._check_kept(since)
-        return EtcdWatch(self, since)
+        return EtcdWatch(self, since, prefix)
 
     def close(self) -> None:
         self._closed.set()
@@ -205,9 +207,9 @@ class EtcdBackend:
             stream.cancel()
         return since + 1
 
-    def open_stream(self, since: int) -> _Cancelling:
-        """etcd's watch of every key under the prefix, after revision `since`."""
-        start = f"{self.prefix}/".encode()
+    def open_stream(self, since: int, prefix: str | None = None) -> _Cancelling:
+        """etcd's watch of every key under the prefix (or `prefix`), after revision `since`."""
+        start = f"{prefix or self.prefix}/".encode()
         create = message(
             "WatchCreateRequest",
             key=start,
@@ -275,8 +277,9 @@ class EtcdWatch:
     the first next(), so a watch nobody reads does not hold history; when etcd
     goes away it resumes after the last event it queued: no gap, no duplicate."""
 
-    def __init__(self, backend: EtcdBackend, since: int) -> None:
+    def __init__(self, backend: EtcdBackend, since: int, prefix: str | None = None) -> None:
         self._backend = backend
+        self._prefix = prefix
         self._position = since  # the last revision queued
         self._queue: queue.Queue[Event | Exception | None] = queue.Queue(_QUEUE)
         self._closed = threading.Event()
@@ -322,7 +325,7 @@ class EtcdWatch:
 
     def _read_until_closed(self) -> None:
         while not self._closed.is_set() and not self._backend.closed:
-            stream = self._stream = self._backend.open_stream(self._position)
+            stream = self._stream = self._backend.open_stream(self._position, self._prefix)
             if self._closed.is_set():
                 stream.cancel()  # close() came before the stream was set
             try:
