@@ -137,7 +137,7 @@ class ControlPlane:
             if xds_listen is not None:
                 plane.ca = open_ca(store, data_dir, token, service_tokens, ca or CaOptions())
             plane._start_mesh(xds_listen, token, xds_limits, plane._instances_on(backend))
-            loadtester = plane._start_rollout()
+            loadtester = plane._start_rollout(backend)
             if analysis_status.enabled():
                 plane.analysis = StatusWriter(store)
                 plane.analysis.start()
@@ -200,14 +200,19 @@ class ControlPlane:
         self.mesh.add_listener(self.ads.changed)
         self.ads.start()
 
-    def _start_rollout(self) -> LoadTesterApi:
+    def _start_rollout(self, backend: Backend) -> LoadTesterApi:
         """The rollout controller, its metrics sampler and the load tester. On
         etcd, where other control planes may share the store, the controller
-        and sampler act only while this one is the elected leader."""
+        and sampler act only while this one is the elected leader, and the
+        controller's writes are fenced by its lead (EtcdBackend.fenced)."""
         assert self.mesh is not None
         self.loadtester = LoadTesterApi(self.mesh.snapshot)
-        leading = self.elector.leading if self.elector is not None else None
-        self.rollout = RolloutService(self.store, self.instances.instances, leading)
+        leading, store = None, self.store
+        if self.elector is not None and isinstance(backend, EtcdBackend):
+            leading = self.elector.leading
+            fenced = backend.fenced(self.elector.fence)
+            store = ResourceStore(fenced, validate=validate_or_raise, default=with_defaults)
+        self.rollout = RolloutService(store, self.instances.instances, leading)
         self.rollout.start()
         return self.loadtester
 
