@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -29,13 +29,6 @@ from pilotfish.store.types import Key
 KEY = "/pilotfish-election/rollout"
 SLOW = Timing()  # client-go's: the leader renews only every 2 s, so it has not noticed yet
 NOTE = Key("", "ConfigMap", "default", "note")
-
-
-@pytest.fixture
-def etcd(tmp_path: Path) -> Iterator[EtcdServer]:
-    server = EtcdServer(tmp_path / "etcd").start()
-    yield server
-    server.stop()
 
 
 def leader(etcd: EtcdServer, clock: Callable[[], float] = time.monotonic) -> Elector:

@@ -25,13 +25,6 @@ from pilotfish.store.etcd import EtcdBackend
 from pilotfish.store.etcd_client import message
 
 
-@pytest.fixture
-def etcd(tmp_path: Path) -> Iterator[EtcdServer]:
-    server = EtcdServer(tmp_path / "etcd").start()
-    yield server
-    server.stop()
-
-
 def replica(where: Path, etcd: EtcdServer) -> ControlPlane:
     plane = ControlPlane.open(
         where / "data",
