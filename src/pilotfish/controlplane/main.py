@@ -35,6 +35,7 @@ from pilotfish.controlplane import analysis_status
 from pilotfish.controlplane.analysis_status import StatusWriter
 from pilotfish.controlplane.analyze_api import AnalyzeApi
 from pilotfish.controlplane.api import Api, chain
+from pilotfish.controlplane.api_tls import ApiTls
 from pilotfish.controlplane.auth import Authenticator, load_or_create_token
 from pilotfish.controlplane.election import Elector
 from pilotfish.controlplane.http import ApiServer, parse_listen
@@ -117,13 +118,14 @@ class ControlPlane:
         xds_limits: Limits = DEFAULT_LIMITS,
         prometheus: str | None = None,
         traces: Retention = DEFAULT_RETENTION,
+        api_tls: ApiTls | None = None,
     ) -> ControlPlane:
         """Everything started and serving, or nothing left running. Without
         `xds_listen` there is no ADS server (the registry API still works): a
         library caller does not take the well-known port unless it asks.
         The CA is served on the xDS port, so it runs when xDS does."""
         options = store_options or StoreOptions()
-        server = _bind(listen)
+        server = _bind(listen, api_tls)
         store: ResourceStore | None = None
         plane: ControlPlane | None = None
         try:
@@ -284,6 +286,7 @@ def run_controlplane(
     xds_limits: Limits = DEFAULT_LIMITS,
     prometheus: str | None = None,
     traces: Retention = DEFAULT_RETENTION,
+    api_tls: ApiTls | None = None,
 ) -> int:
     """Serve until SIGTERM or SIGINT, then shut down cleanly: 0; 1 if it cannot start."""
     _configure_logging()
@@ -299,6 +302,7 @@ def run_controlplane(
             xds_limits=xds_limits,
             prometheus=prometheus,
             traces=traces,
+            api_tls=api_tls,
         )
     except StartError as e:
         log.error("error: %s", e)
@@ -339,9 +343,9 @@ def _start_error(error: BaseException, data_dir: Path, store: StoreOptions) -> S
     return None
 
 
-def _bind(listen: str) -> ApiServer:
+def _bind(listen: str, tls: ApiTls | None = None) -> ApiServer:
     try:
-        return ApiServer(listen)
+        return ApiServer(listen, tls=tls.context() if tls is not None else None)
     except ValueError as e:
         raise StartError(str(e)) from e
     except OSError as e:
