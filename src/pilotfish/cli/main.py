@@ -170,9 +170,11 @@ def _add_controlplane(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     from pilotfish.controlplane.api_tls import add_tls_flags
     from pilotfish.controlplane.identity import add_ca_flags
     from pilotfish.controlplane.traces_api import add_trace_flags
+    from pilotfish.controlplane.xds_tls import add_xds_tls_flags
 
     add_ca_flags(p)
     add_tls_flags(p)
+    add_xds_tls_flags(p)
     add_trace_flags(p)
     _add_store_options(p)
     p.set_defaults(handler=_run_controlplane)
@@ -206,6 +208,7 @@ def _run_controlplane(args: argparse.Namespace) -> int:
     from pilotfish.controlplane.identity import ca_options
     from pilotfish.controlplane.main import run_controlplane, xds_listen
     from pilotfish.controlplane.traces_api import retention
+    from pilotfish.controlplane.xds_tls import secure_listen
     from pilotfish.store.backends import StoreOptions
     from pilotfish.xds.limits import Limits
 
@@ -219,6 +222,7 @@ def _run_controlplane(args: argparse.Namespace) -> int:
         xds_limits = Limits.for_streams(args.xds_max_streams)
         store.check()
         api_tls = tls_options(args)
+        xds_tls = secure_listen(args.xds_tls_port, xds)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -233,6 +237,7 @@ def _run_controlplane(args: argparse.Namespace) -> int:
         prometheus=args.prometheus,
         traces=retention(args),
         api_tls=api_tls,
+        xds_tls_listen=xds_tls,
     )
 
 

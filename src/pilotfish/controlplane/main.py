@@ -31,7 +31,7 @@ from pilotfish.ca.cacerts import CaError
 from pilotfish.ca.identity import DEFAULT_TRUST_DOMAIN
 from pilotfish.ca.service import CertificateService
 from pilotfish.config import ClientConfig, write_client_config
-from pilotfish.controlplane import analysis_status
+from pilotfish.controlplane import analysis_status, xds_tls
 from pilotfish.controlplane.analysis_status import StatusWriter
 from pilotfish.controlplane.analyze_api import AnalyzeApi
 from pilotfish.controlplane.api import Api, chain
@@ -119,6 +119,7 @@ class ControlPlane:
         prometheus: str | None = None,
         traces: Retention = DEFAULT_RETENTION,
         api_tls: ApiTls | None = None,
+        xds_tls_listen: str | None = None,
     ) -> ControlPlane:
         """Everything started and serving, or nothing left running. Without
         `xds_listen` there is no ADS server (the registry API still works): a
@@ -138,7 +139,9 @@ class ControlPlane:
             service_tokens = tokens.load_or_create(data_dir)
             if xds_listen is not None:
                 plane.ca = open_ca(store, data_dir, token, service_tokens, ca or CaOptions())
-            plane._start_mesh(xds_listen, token, xds_limits, plane._instances_on(backend))
+            plane._start_mesh(
+                xds_listen, token, xds_limits, plane._instances_on(backend), xds_tls_listen
+            )
             loadtester = plane._start_rollout(backend)
             if analysis_status.enabled():
                 plane.analysis = StatusWriter(store)
@@ -185,7 +188,12 @@ class ControlPlane:
         return SharedInstanceRegistry(backend, self.elector.leading)
 
     def _start_mesh(
-        self, xds_listen: str | None, token: str, limits: Limits, instances: InstanceRegistry | None
+        self,
+        xds_listen: str | None,
+        token: str,
+        limits: Limits,
+        instances: InstanceRegistry | None,
+        tls_listen: str | None = None,
     ) -> None:
         domain = self.ca.authority.trust_domain if self.ca is not None else DEFAULT_TRUST_DOMAIN
         self.mesh = MeshRegistry(self.store, instances, trust_domain=domain)
@@ -196,8 +204,16 @@ class ControlPlane:
         self.tap = TapHub(token)  # sidecars' tap streams, authenticated as their ADS streams
         services = [self.ca.handler()] if self.ca is not None else []
         services.append(self.tap)
+        secure = None
+        if tls_listen is not None and self.ca is not None:
+            secure = (tls_listen, xds_tls.credentials(self.ca.authority, tls_listen))
         self.ads = AdsServer(
-            self.mesh.snapshot, xds_listen, token=token, limits=limits, services=services
+            self.mesh.snapshot,
+            xds_listen,
+            token=token,
+            limits=limits,
+            services=services,
+            secure=secure,
         )
         self.mesh.add_listener(self.ads.changed)
         self.ads.start()
@@ -287,6 +303,7 @@ def run_controlplane(
     prometheus: str | None = None,
     traces: Retention = DEFAULT_RETENTION,
     api_tls: ApiTls | None = None,
+    xds_tls_listen: str | None = None,
 ) -> int:
     """Serve until SIGTERM or SIGINT, then shut down cleanly: 0; 1 if it cannot start."""
     _configure_logging()
@@ -303,6 +320,7 @@ def run_controlplane(
             prometheus=prometheus,
             traces=traces,
             api_tls=api_tls,
+            xds_tls_listen=xds_tls_listen,
         )
     except StartError as e:
         log.error("error: %s", e)
@@ -317,6 +335,8 @@ def run_controlplane(
         log.info(
             "xDS (ADS) serving on %s", plane.ads.listen.rpartition(":")[0] + f":{plane.ads.port}"
         )
+    if plane.ads is not None and plane.ads.secure_port:
+        log.info("xDS and the CA over TLS on port %d", plane.ads.secure_port)
     if plane.ca is not None:
         log.info("CA: trust domain %s, %s", plane.ca.authority.trust_domain, plane.ca.authority)
     while not stop.wait(0.5) and serving.is_alive():
