@@ -144,3 +144,25 @@ def registration_instance(name: str) -> Instance:
 def _revision(etcd: EtcdServer) -> int:
     reply = etcd.client().call("Range", message("RangeRequest", key=b"/", limit=1))
     return int(reply.header.revision)
+
+
+def test_a_heartbeat_is_not_a_change(etcd: EtcdServer) -> None:
+    """Renewals reach every replica through etcd, but only a registration
+    that differs wakes the listeners (and so the xDS pushes)."""
+    backend = EtcdBackend(etcd.client())
+    shared = SharedInstanceRegistry(backend, lambda: False)
+    changes: list[int] = []
+    shared.add_listener(lambda: changes.append(1))
+    shared.start()
+    try:
+        instance = registration_instance("steady")
+        shared.register(instance, ttl=5.0)
+        for _ in range(5):
+            shared.register(instance, ttl=5.0)
+        assert len(changes) == 1
+        shared.register(instance_from_json({**registration("steady", 19090), "healthy": False})[0])
+        assert len(changes) == 2
+        assert [i.healthy for i in shared.instances()] == [False]
+    finally:
+        shared.stop()
+        backend.close()
