@@ -4,7 +4,11 @@ analyze's cases, AuthorizationPolicy builder cases)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
+
+import pytest
 
 # (node id prefix, test name prefix) -> the group a test's outcome counts in
 _GROUPS = {
@@ -74,3 +78,14 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         f"Istio conformance: {sum(validation.values())}/{len(validation)} validation cases passed, "
         f"{len(accepted)}/{len(files)} Bookinfo files accepted"
     )
+
+
+@pytest.fixture
+def etcd(tmp_path: Path) -> Iterator[Any]:
+    """A real etcd of this test's own (tests/etcd_server.py); a test module or
+    directory may define its own `etcd` instead (the store suite shares one)."""
+    from tests.etcd_server import EtcdServer  # only for the tests that ask for etcd
+
+    server = EtcdServer(tmp_path / "etcd").start()
+    yield server
+    server.stop()

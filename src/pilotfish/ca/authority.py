@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from pilotfish.ca.identity import SpiffeId
@@ -22,6 +23,7 @@ DEFAULT_WORKLOAD_TTL = datetime.timedelta(hours=24)  # Istio's DEFAULT_WORKLOAD_
 MAX_WORKLOAD_TTL = datetime.timedelta(days=90)  # Istio's MAX_WORKLOAD_CERT_TTL
 RSA_BITS = 2048
 SigningKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
+PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey
 
 
 class CsrError(ValueError):
@@ -62,9 +64,19 @@ class CertificateAuthority:
         ttl = self._ttl(requested_seconds)
         now = now or datetime.datetime.now(datetime.UTC)
         not_after = min(now + ttl, self.cert.not_valid_after_utc)
-        leaf = _leaf(
-            csr, identity.in_domain(self.trust_domain), self.cert, self.key, now, not_after
-        )
+        spiffe = x509.UniformResourceIdentifier(str(identity.in_domain(self.trust_domain)))
+        leaf = _leaf(csr.public_key(), [spiffe], self.cert, self.key, now, not_after)
+        return self._chain(leaf)
+
+    def serving(
+        self, public_key: PublicKey, names: list[x509.GeneralName], now: datetime.datetime
+    ) -> list[str]:
+        """A server certificate for DNS names and IP addresses (the control
+        plane's own, as istiod's DNS certificate), valid for the maximum TTL."""
+        not_after = min(now + self.max_ttl, self.cert.not_valid_after_utc)
+        return self._chain(_leaf(public_key, names, self.cert, self.key, now, not_after))
+
+    def _chain(self, leaf: x509.Certificate) -> list[str]:
         chain = [leaf, *self.chain]
         if chain[-1] != self.root:
             chain.append(self.root)
@@ -170,8 +182,8 @@ def _check_key(key: object, what: str) -> None:
 
 
 def _leaf(
-    csr: x509.CertificateSigningRequest,
-    identity: SpiffeId,
+    public_key: CertificatePublicKeyTypes,  # RSA or EC: check_csr or the caller made sure
+    names: list[x509.GeneralName],
     issuer: x509.Certificate,
     key: SigningKey,
     now: datetime.datetime,
@@ -182,14 +194,11 @@ def _leaf(
         x509.CertificateBuilder()
         .subject_name(x509.Name([]))
         .issuer_name(issuer.subject)
-        .public_key(csr.public_key())
+        .public_key(public_key)
         .serial_number(x509.random_serial_number())
         .not_valid_before(now)
         .not_valid_after(not_after)
-        .add_extension(
-            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(str(identity))]),
-            critical=True,
-        )
+        .add_extension(x509.SubjectAlternativeName(names), critical=True)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(key_usage(digital_signature=True, key_encipherment=True), critical=True)
         .add_extension(

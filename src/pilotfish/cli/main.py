@@ -167,10 +167,14 @@ def _add_controlplane(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         metavar="URL",
         help="the dashboard and `pilotfish stat` query this Prometheus (default: own sampler)",
     )
+    from pilotfish.controlplane.api_tls import add_tls_flags
     from pilotfish.controlplane.identity import add_ca_flags
     from pilotfish.controlplane.traces_api import add_trace_flags
+    from pilotfish.controlplane.xds_tls import add_xds_tls_flags
 
     add_ca_flags(p)
+    add_tls_flags(p)
+    add_xds_tls_flags(p)
     add_trace_flags(p)
     _add_store_options(p)
     p.set_defaults(handler=_run_controlplane)
@@ -199,10 +203,12 @@ def _add_store_options(p: argparse.ArgumentParser) -> None:
 
 
 def _run_controlplane(args: argparse.Namespace) -> int:
+    from pilotfish.controlplane.api_tls import tls_options
     from pilotfish.controlplane.http import parse_listen
     from pilotfish.controlplane.identity import ca_options
     from pilotfish.controlplane.main import run_controlplane, xds_listen
     from pilotfish.controlplane.traces_api import retention
+    from pilotfish.controlplane.xds_tls import secure_listen
     from pilotfish.store.backends import StoreOptions
     from pilotfish.xds.limits import Limits
 
@@ -215,6 +221,8 @@ def _run_controlplane(args: argparse.Namespace) -> int:
         xds = xds_listen(args.xds_port, args.listen, args.xds_listen)
         xds_limits = Limits.for_streams(args.xds_max_streams)
         store.check()
+        api_tls = tls_options(args)
+        xds_tls = secure_listen(args.xds_tls_port, xds)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -228,6 +236,8 @@ def _run_controlplane(args: argparse.Namespace) -> int:
         xds_limits=xds_limits,
         prometheus=args.prometheus,
         traces=retention(args),
+        api_tls=api_tls,
+        xds_tls_listen=xds_tls,
     )
 
 

@@ -17,6 +17,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from typing import Any
 
 from pilotfish.api.errors import ApiError
 from pilotfish.controlplane.leader import (
@@ -32,6 +33,7 @@ from pilotfish.controlplane.leader import (
     acting,
     step,
 )
+from pilotfish.store.etcd import FenceLost
 from pilotfish.store.etcd_client import EQUAL, TARGET_CREATE, EtcdClient, message
 
 log = logging.getLogger("pilotfish.election")
@@ -61,6 +63,7 @@ class Elector:
         self._clock = clock
         self._state = State()
         self._lease = 0  # the lease our key is attached to, while leading
+        self._created = 0  # our key's create_revision, while leading: what fences our writes
         self._lock = threading.RLock()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -72,6 +75,18 @@ class Elector:
         """Whether to act now: leading, and renewed within the renew deadline."""
         # No lock: the state is replaced whole, and the thread may be in a slow call.
         return acting(self._state, self._clock(), self.timing)
+
+    def fence(self) -> Any:
+        """The etcd Compare a leader's writes carry (EtcdBackend.fenced): the
+        election key is still the one this elector created. A leader whose
+        lease was lost, even while it was paused and had not noticed, then has
+        its writes refused by etcd. FenceLost at once when not leading."""
+        created = self._created
+        if not created or not self.leading():
+            raise FenceLost(f"{self.key.decode()}: this control plane does not lead")
+        return message(
+            "Compare", result=EQUAL, target=TARGET_CREATE, key=self.key, create_revision=created
+        )
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name=repr(self), daemon=True)
@@ -147,7 +162,9 @@ class Elector:
             txn = message(
                 "TxnRequest", compare=[absent], success=[message("RequestOp", request_put=put)]
             )
-            if self.client.call("Txn", txn).succeeded:
+            reply = self.client.call("Txn", txn)
+            if reply.succeeded:
+                self._created = int(reply.header.revision)
                 return Acquired(sent)
             self._revoke()  # another got there first
             return Held(self._clock(), "")
@@ -157,7 +174,7 @@ class Elector:
 
     def _revoke(self) -> None:
         """Give up our lease (and so the key) if we have one; etcd would let it expire anyway."""
-        lease, self._lease = self._lease, 0
+        lease, self._lease, self._created = self._lease, 0, 0
         if not lease:
             return
         try:

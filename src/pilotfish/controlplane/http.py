@@ -16,6 +16,7 @@ import math
 import re
 import select
 import socket
+import ssl
 import threading
 import time
 from http import HTTPStatus
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 
 STREAM_TICK_S = 0.25  # how often an idle watch checks for shutdown and a departed client
 IDLE_TIMEOUT_S = 120.0  # a keep-alive connection with no request for this long is closed
+HANDSHAKE_TIMEOUT_S = 10.0  # a TLS client that has not finished its handshake by then is dropped
 BODY_TIMEOUT_S = 60.0  # a whole request body, as Kubernetes' default request timeout
 BACKLOG = 128  # connections the kernel queues before accept (the stdlib's default is 5)
 MAX_CONNECTIONS = 1024  # open at once, watches included; more are refused with 429
@@ -112,13 +114,13 @@ def _chunk_size(line: bytes) -> int:
     return int(size, 16)
 
 
-def client_url(host: str, port: int) -> str:
+def client_url(host: str, port: int, scheme: str = "http") -> str:
     """The URL a client on this host should use for a server bound to (host, port)."""
     if host in ("0.0.0.0", ""):
         host = "127.0.0.1"
     elif host == "::":
         host = "::1"
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
 
 class ApiServer:
@@ -126,11 +128,14 @@ class ApiServer:
     connections wait in the backlog until `serve_forever` or `start`, by which
     time `api` must be set. `stop` ends it all, watch streams included."""
 
-    def __init__(self, listen: str, api: Api | None = None) -> None:
+    def __init__(
+        self, listen: str, api: Api | None = None, tls: ssl.SSLContext | None = None
+    ) -> None:
         host, port = parse_listen(listen)
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         server_class = _HttpServer6 if family == socket.AF_INET6 else _HttpServer
         self._http = server_class((host, port), _Handler)
+        self._http.tls = tls
         self._api = api
         self._serving = threading.Event()
         self._thread: threading.Thread | None = None
@@ -148,7 +153,7 @@ class ApiServer:
 
     @property
     def url(self) -> str:
-        return client_url(self.host, self.port)
+        return client_url(self.host, self.port, "https" if self._http.tls else "http")
 
     @property
     def api(self) -> Api:
@@ -189,6 +194,7 @@ class _HttpServer(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = BACKLOG
     api: Api
+    tls: ssl.SSLContext | None = None
 
     def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
         super().__init__(address, handler)
@@ -208,6 +214,26 @@ class _HttpServer(ThreadingHTTPServer):
             self.shutdown_request(request)
             return
         super().process_request(request, client_address)
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        """With TLS, the handshake happens here, on the connection's own thread
+        (not the accepting one), within HANDSHAKE_TIMEOUT_S; the TLS socket then
+        takes the plain one's place among the connections a stop wakes."""
+        if self.tls is None:
+            super().finish_request(request, client_address)
+            return
+        request.settimeout(HANDSHAKE_TIMEOUT_S)
+        try:
+            secure = self.tls.wrap_socket(request, server_side=True)
+        except (OSError, ssl.SSLError) as e:
+            log.debug("TLS handshake with %s failed: %s", client_address, e)
+            return
+        with self._changed:
+            self._connections.add(secure)
+        try:
+            super().finish_request(secure, client_address)
+        finally:
+            self.shutdown_request(secure)
 
     def shutdown_request(self, request: Any) -> None:
         # Called for every connection, whatever its handler did: the one place to forget it.

@@ -31,10 +31,11 @@ from pilotfish.ca.cacerts import CaError
 from pilotfish.ca.identity import DEFAULT_TRUST_DOMAIN
 from pilotfish.ca.service import CertificateService
 from pilotfish.config import ClientConfig, write_client_config
-from pilotfish.controlplane import analysis_status
+from pilotfish.controlplane import analysis_status, xds_tls
 from pilotfish.controlplane.analysis_status import StatusWriter
 from pilotfish.controlplane.analyze_api import AnalyzeApi
 from pilotfish.controlplane.api import Api, chain
+from pilotfish.controlplane.api_tls import ApiTls
 from pilotfish.controlplane.auth import Authenticator, load_or_create_token
 from pilotfish.controlplane.election import Elector
 from pilotfish.controlplane.http import ApiServer, parse_listen
@@ -52,6 +53,7 @@ from pilotfish.objects import Obj
 from pilotfish.periodic import when
 from pilotfish.registry.instances import InstanceRegistry
 from pilotfish.registry.mesh import MeshRegistry
+from pilotfish.registry.shared import SharedInstanceRegistry
 from pilotfish.rollout.service import RolloutService
 from pilotfish.store.backends import STORE_FILE, StoreOptions, open_backend
 from pilotfish.store.etcd import EtcdBackend
@@ -116,13 +118,15 @@ class ControlPlane:
         xds_limits: Limits = DEFAULT_LIMITS,
         prometheus: str | None = None,
         traces: Retention = DEFAULT_RETENTION,
+        api_tls: ApiTls | None = None,
+        xds_tls_listen: str | None = None,
     ) -> ControlPlane:
         """Everything started and serving, or nothing left running. Without
         `xds_listen` there is no ADS server (the registry API still works): a
         library caller does not take the well-known port unless it asks.
         The CA is served on the xDS port, so it runs when xDS does."""
         options = store_options or StoreOptions()
-        server = _bind(listen)
+        server = _bind(listen, api_tls)
         store: ResourceStore | None = None
         plane: ControlPlane | None = None
         try:
@@ -135,7 +139,9 @@ class ControlPlane:
             service_tokens = tokens.load_or_create(data_dir)
             if xds_listen is not None:
                 plane.ca = open_ca(store, data_dir, token, service_tokens, ca or CaOptions())
-            plane._start_mesh(xds_listen, token, xds_limits)
+            plane._start_mesh(
+                xds_listen, token, xds_limits, plane._instances_on(backend), xds_tls_listen
+            )
             loadtester = plane._start_rollout(backend)
             if analysis_status.enabled():
                 plane.analysis = StatusWriter(store)
@@ -172,9 +178,25 @@ class ControlPlane:
         assert self.mesh is not None
         return self.mesh.instances
 
-    def _start_mesh(self, xds_listen: str | None, token: str, limits: Limits) -> None:
+    def _instances_on(self, backend: Backend) -> InstanceRegistry | None:
+        """On etcd, the leader election, and registrations shared with the other
+        replicas (swept by the leader); None: this process's own registry."""
+        if not isinstance(backend, EtcdBackend):
+            return None
+        self.elector = Elector(backend.client, f"{backend.prefix}-election/rollout")
+        self.elector.start()
+        return SharedInstanceRegistry(backend, self.elector.leading)
+
+    def _start_mesh(
+        self,
+        xds_listen: str | None,
+        token: str,
+        limits: Limits,
+        instances: InstanceRegistry | None,
+        tls_listen: str | None = None,
+    ) -> None:
         domain = self.ca.authority.trust_domain if self.ca is not None else DEFAULT_TRUST_DOMAIN
-        self.mesh = MeshRegistry(self.store, trust_domain=domain)
+        self.mesh = MeshRegistry(self.store, instances, trust_domain=domain)
         self.mesh.start()
         self.jwks = start_jwks_resolver(self.store, self.mesh)
         if xds_listen is None:
@@ -182,8 +204,16 @@ class ControlPlane:
         self.tap = TapHub(token)  # sidecars' tap streams, authenticated as their ADS streams
         services = [self.ca.handler()] if self.ca is not None else []
         services.append(self.tap)
+        secure = None
+        if tls_listen is not None and self.ca is not None:
+            secure = (tls_listen, xds_tls.credentials(self.ca.authority, tls_listen))
         self.ads = AdsServer(
-            self.mesh.snapshot, xds_listen, token=token, limits=limits, services=services
+            self.mesh.snapshot,
+            xds_listen,
+            token=token,
+            limits=limits,
+            services=services,
+            secure=secure,
         )
         self.mesh.add_listener(self.ads.changed)
         self.ads.start()
@@ -191,15 +221,16 @@ class ControlPlane:
     def _start_rollout(self, backend: Backend) -> LoadTesterApi:
         """The rollout controller, its metrics sampler and the load tester. On
         etcd, where other control planes may share the store, the controller
-        and sampler act only while this one is the elected leader."""
+        and sampler act only while this one is the elected leader, and the
+        controller's writes are fenced by its lead (EtcdBackend.fenced)."""
         assert self.mesh is not None
         self.loadtester = LoadTesterApi(self.mesh.snapshot)
-        leading = None
-        if isinstance(backend, EtcdBackend):
-            self.elector = Elector(backend.client, f"{backend.prefix}-election/rollout")
-            self.elector.start()
+        leading, store = None, self.store
+        if self.elector is not None and isinstance(backend, EtcdBackend):
             leading = self.elector.leading
-        self.rollout = RolloutService(self.store, self.instances.instances, leading)
+            fenced = backend.fenced(self.elector.fence)
+            store = ResourceStore(fenced, validate=validate_or_raise, default=with_defaults)
+        self.rollout = RolloutService(store, self.instances.instances, leading)
         self.rollout.start()
         return self.loadtester
 
@@ -271,6 +302,8 @@ def run_controlplane(
     xds_limits: Limits = DEFAULT_LIMITS,
     prometheus: str | None = None,
     traces: Retention = DEFAULT_RETENTION,
+    api_tls: ApiTls | None = None,
+    xds_tls_listen: str | None = None,
 ) -> int:
     """Serve until SIGTERM or SIGINT, then shut down cleanly: 0; 1 if it cannot start."""
     _configure_logging()
@@ -286,6 +319,8 @@ def run_controlplane(
             xds_limits=xds_limits,
             prometheus=prometheus,
             traces=traces,
+            api_tls=api_tls,
+            xds_tls_listen=xds_tls_listen,
         )
     except StartError as e:
         log.error("error: %s", e)
@@ -300,6 +335,8 @@ def run_controlplane(
         log.info(
             "xDS (ADS) serving on %s", plane.ads.listen.rpartition(":")[0] + f":{plane.ads.port}"
         )
+    if plane.ads is not None and plane.ads.secure_port:
+        log.info("xDS and the CA over TLS on port %d", plane.ads.secure_port)
     if plane.ca is not None:
         log.info("CA: trust domain %s, %s", plane.ca.authority.trust_domain, plane.ca.authority)
     while not stop.wait(0.5) and serving.is_alive():
@@ -326,9 +363,9 @@ def _start_error(error: BaseException, data_dir: Path, store: StoreOptions) -> S
     return None
 
 
-def _bind(listen: str) -> ApiServer:
+def _bind(listen: str, tls: ApiTls | None = None) -> ApiServer:
     try:
-        return ApiServer(listen)
+        return ApiServer(listen, tls=tls.context() if tls is not None else None)
     except ValueError as e:
         raise StartError(str(e)) from e
     except OSError as e:

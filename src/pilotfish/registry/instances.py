@@ -188,7 +188,14 @@ def _locality(text: str) -> str:
 
 
 def instance_to_json(lease: Lease, now: float) -> dict[str, Any]:
-    i = lease.instance
+    return {
+        **registration_json(lease.instance, lease.ttl),
+        "expiresInSeconds": round(max(0.0, lease.expires - now), 3),
+    }
+
+
+def registration_json(i: Instance, ttl: float) -> dict[str, Any]:
+    """What a client registers (instance_from_json reads it back)."""
     return {
         "name": i.name,
         "namespace": i.namespace,
@@ -202,8 +209,7 @@ def instance_to_json(lease: Lease, now: float) -> dict[str, Any]:
         "appPorts": dict(i.app_ports),
         "appAddress": i.app_address,
         "metricsPort": i.metrics_port,
-        "ttlSeconds": lease.ttl,
-        "expiresInSeconds": round(max(0.0, lease.expires - now), 3),
+        "ttlSeconds": ttl,
     }
 
 

@@ -20,12 +20,12 @@ import contextlib
 import json
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
 
-from pilotfish.api.errors import Conflict, Expired, NotFound
+from pilotfish.api.errors import ApiError, Conflict, Expired, NotFound
 from pilotfish.api.kinds import KindRegistry, registry
 from pilotfish.objects import Obj
 from pilotfish.store.etcd_client import (
@@ -46,6 +46,18 @@ from pilotfish.store.types import Event, EventType, Key
 DEFAULT_PREFIX = "/pilotfish"
 _QUEUE = 1000  # events a watch holds unread before etcd is made to wait (and may compact it away)
 _RESUME_S = 0.5  # pause before a watch reconnects after etcd went away
+
+
+# What a fenced backend's writes also require: an etcd Compare, from the leader.
+Fence = Callable[[], Any]
+
+
+class FenceLost(ApiError):
+    """A fenced write refused: its writer no longer holds what fences it (the
+    lead). Not a Conflict, which the store retries: no retry can succeed."""
+
+    code = 409
+    reason = "Conflict"
 
 
 def check_prefix(prefix: str) -> None:
@@ -81,9 +93,19 @@ class EtcdBackend:
         self._plurals: dict[tuple[str, str], str] = {}
         self._compacted = 0  # the last floor this backend compacted to
         self._closed = threading.Event()
+        self._fence: Fence | None = None
+        self._owner = True  # closing a fenced view leaves the client to its owner
 
     def __repr__(self) -> str:
         return f"EtcdBackend({self.client!r}, prefix={self.prefix!r}, history={self.history})"
+
+    def fenced(self, fence: Fence) -> EtcdBackend:
+        """This backend, with every write also conditioned on `fence()` (a
+        Compare, or FenceLost raised at once): a leader's work written so
+        cannot land after another replica has taken the lead over."""
+        view = EtcdBackend(self.client, prefix=self.prefix, history=self.history, kinds=self._kinds)
+        view._closed, view._fence, view._owner = self._closed, fence, False
+        return view
 
     # -- keys --------------------------------------------------------------------------
 
@@ -143,10 +165,18 @@ class EtcdBackend:
                 "RequestOp", request_put=message("PutRequest", key=name, value=_encode(obj))
             )
         compare = [] if expected is None else [_mod_revision_is(name, expected)]
-        current = message("RequestOp", request_range=message("RangeRequest", key=name))
-        txn = message("TxnRequest", compare=compare, success=[op], failure=[current])
+        failure = [message("RequestOp", request_range=message("RangeRequest", key=name))]
+        fence = self._fence() if self._fence is not None else None
+        if fence is not None:
+            compare.append(fence)
+            failure.append(
+                message("RequestOp", request_range=message("RangeRequest", key=fence.key))
+            )
+        txn = message("TxnRequest", compare=compare, success=[op], failure=failure)
         reply = self.client.call("Txn", txn)
         if not reply.succeeded:
+            if fence is not None:
+                _check_fence(fence, reply.responses[1].response_range.kvs)
             kvs = reply.responses[0].response_range.kvs
             found = int(kvs[0].mod_revision) if kvs else 0
             raise Conflict(f"{key}: expected revision {expected}, found {found}")
@@ -167,13 +197,16 @@ class EtcdBackend:
             self.client.call("Compact", message("CompactionRequest", revision=floor + 1))
         self._compacted = floor
 
-    def watch(self, since: int) -> EtcdWatch:
+    def watch(self, since: int, prefix: str | None = None) -> EtcdWatch:
+        """Events after `since` under the store's prefix, or under `prefix`
+        (a sibling of it, such as the shared instance registrations')."""
         self._check_kept(since)
-        return EtcdWatch(self, since)
+        return EtcdWatch(self, since, prefix)
 
     def close(self) -> None:
-        self._closed.set()
-        self.client.close()
+        if self._owner:
+            self._closed.set()
+            self.client.close()
 
     # -- for watches -------------------------------------------------------------------
 
@@ -205,9 +238,9 @@ class EtcdBackend:
             stream.cancel()
         return since + 1
 
-    def open_stream(self, since: int) -> _Cancelling:
-        """etcd's watch of every key under the prefix, after revision `since`."""
-        start = f"{self.prefix}/".encode()
+    def open_stream(self, since: int, prefix: str | None = None) -> _Cancelling:
+        """etcd's watch of every key under the prefix (or `prefix`), after revision `since`."""
+        start = f"{prefix or self.prefix}/".encode()
         create = message(
             "WatchCreateRequest",
             key=start,
@@ -244,6 +277,17 @@ def _expired(since: int, compact_revision: int) -> Expired:
     return Expired(f"too old resource version: {since} ({compact_revision - 1})")
 
 
+def _check_fence(fence: Any, found: Any) -> None:
+    """Raise FenceLost unless the fence's key still has the create_revision compared."""
+    created = int(found[0].create_revision) if found else 0
+    if created != fence.create_revision:
+        raise FenceLost(
+            f"{fence.key.decode()}: the lead taken at revision {fence.create_revision} "
+            f"is no longer held ({'taken again at ' + str(created) if created else 'released'}); "
+            "nothing was written"
+        )
+
+
 def _mod_revision_is(key: bytes, revision: int) -> Any:
     return message("Compare", result=EQUAL, target=TARGET_MOD, key=key, mod_revision=revision)
 
@@ -275,8 +319,9 @@ class EtcdWatch:
     the first next(), so a watch nobody reads does not hold history; when etcd
     goes away it resumes after the last event it queued: no gap, no duplicate."""
 
-    def __init__(self, backend: EtcdBackend, since: int) -> None:
+    def __init__(self, backend: EtcdBackend, since: int, prefix: str | None = None) -> None:
         self._backend = backend
+        self._prefix = prefix
         self._position = since  # the last revision queued
         self._queue: queue.Queue[Event | Exception | None] = queue.Queue(_QUEUE)
         self._closed = threading.Event()
@@ -322,7 +367,7 @@ class EtcdWatch:
 
     def _read_until_closed(self) -> None:
         while not self._closed.is_set() and not self._backend.closed:
-            stream = self._stream = self._backend.open_stream(self._position)
+            stream = self._stream = self._backend.open_stream(self._position, self._prefix)
             if self._closed.is_set():
                 stream.cancel()  # close() came before the stream was set
             try:

@@ -110,8 +110,12 @@ class AdsServer:
         token: str | None = None,
         limits: Limits = DEFAULT_LIMITS,
         services: Sequence[grpc.GenericRpcHandler] = (),
+        secure: tuple[str, grpc.ServerCredentials] | None = None,
     ) -> None:
         self.listen = listen
+        # The same services over TLS too (istiod's 15012): where, and the server's certificate.
+        self._secure = secure
+        self.secure_port = 0
         # More gRPC services on this port (Istio's CA); synchronous ones run on threads.
         self._services = tuple(AsyncAdapter(service) for service in services)
         self.port = 0
@@ -149,6 +153,8 @@ class AdsServer:
         server = grpc.aio.server(options=_server_options(self.limits))
         server.add_generic_rpc_handlers((_ads_handler(self), *self._services))
         self.port = _bind(server, self.listen)
+        if self._secure is not None:
+            self.secure_port = _bind(server, *self._secure)
         await server.start()
         return server
 
@@ -457,9 +463,14 @@ def _server_options(limits: Limits) -> list[tuple[str, int]]:
     ]
 
 
-def _bind(server: grpc.aio.Server, listen: str) -> int:
+def _bind(
+    server: grpc.aio.Server, listen: str, credentials: grpc.ServerCredentials | None = None
+) -> int:
     try:
-        port = int(server.add_insecure_port(listen))
+        if credentials is None:
+            port = int(server.add_insecure_port(listen))
+        else:
+            port = int(server.add_secure_port(listen, credentials))
     except RuntimeError as e:
         raise BindError(f"cannot listen on {listen} for xDS: {e}") from e
     if port == 0:
