@@ -383,3 +383,31 @@ def test_releases_shows_the_weight_move_while_a_release_runs(
     wait_for(moved, 120, f"the weight did not move on the page: {seen}")
     assert "10%" in seen and seen.index("10%") < seen.index("20%")
     page.screenshot(path=str(tmp_path / "releases-running.png"), full_page=True)
+
+
+BOOKINFO_SERVICES = {"productpage.default", "details.default", "reviews.default", "ratings.default"}
+
+
+def _whole_page_load(running: Running) -> str | None:
+    """The id of a trace the sidecars reported (examples/bookinfo traces every
+    request) with a span from the gateway and from each Bookinfo service."""
+    found = running.get("/api/traces?service=productpage.default&limit=20")
+    for trace in found["data"]:
+        names = {p["serviceName"] for p in trace["processes"].values()}
+        if names >= BOOKINFO_SERVICES and len(names) >= 5:
+            return str(trace["traceID"])
+    return None
+
+
+def test_a_page_load_is_one_trace_of_five_hops_on_the_traces_page(
+    running: Running, browser: Any, tmp_path: Path
+) -> None:
+    """No collector but the control plane's own: the demo's sidecars send
+    their spans to it, and the Traces page draws one page load whole."""
+    trace_id = wait_for(lambda: _whole_page_load(running), 60, "no whole page load traced")
+    page = browser.new_page(viewport={"width": 1200, "height": 900})
+    page.goto(running.url + f"/dashboard/#/trace/{trace_id}")
+    page.wait_for_selector("svg.waterfall g.span", timeout=30_000)
+    services = set(page.eval_on_selector_all("g.span", "els => els.map(e => e.dataset.service)"))
+    assert services >= BOOKINFO_SERVICES and len(services) >= 5, services
+    page.screenshot(path=str(tmp_path / "trace.png"), full_page=True)
