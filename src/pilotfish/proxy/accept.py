@@ -24,6 +24,7 @@ from collections.abc import Callable
 
 from pilotfish.proxy.listeners import CompiledListener
 from pilotfish.proxy.stats import ListenerStats
+from pilotfish.proxy.tcp.listener import TcpListener
 from pilotfish.proxy.tls import TlsContexts
 
 log = logging.getLogger("pilotfish.proxy")
@@ -38,7 +39,7 @@ class SniffingServer:
     def __init__(
         self,
         sock: socket.socket,
-        listener: Callable[[], CompiledListener],
+        listener: Callable[[], CompiledListener | TcpListener],
         factory: Callable[[], asyncio.Protocol],
         contexts: TlsContexts,
         stats: ListenerStats,

@@ -138,8 +138,8 @@ def compile_listener(listener: Listener) -> CompiledListener:
     socket = listener.address.socket_address
     if not socket.address or not socket.port_value:
         raise ListenerError(f"{where}: address.socket_address needs an address and a port_value")
-    _check_listener_filters(listener, where)
-    tls, plaintext = _transports(listener, where)
+    check_listener_filters(listener, where)
+    tls, plaintext = transports(listener, where)
     return CompiledListener(
         name=listener.name,
         host=socket.address,
@@ -173,7 +173,7 @@ def _one_manager(listener: Listener, where: str) -> hcm_pb2.HttpConnectionManage
     return hcm
 
 
-def _check_listener_filters(listener: Listener, where: str) -> None:
+def check_listener_filters(listener: Listener, where: str) -> None:
     for i, listener_filter in enumerate(listener.listener_filters):
         if listener_filter.typed_config.type_url != TLS_INSPECTOR:
             raise ListenerError(
@@ -182,7 +182,7 @@ def _check_listener_filters(listener: Listener, where: str) -> None:
             )
 
 
-def _transports(listener: Listener, where: str) -> tuple[DownstreamTls | None, bool]:
+def transports(listener: Listener, where: str) -> tuple[DownstreamTls | None, bool]:
     """The TLS chain's context, and whether plaintext has a chain: what the
     first bytes of a connection choose between (see process.py)."""
     tls: DownstreamTls | None = None

@@ -1,0 +1,83 @@
+"""Listeners whose filter chains hold a tcp_proxy: Istio's inbound listener
+for a TCP port (a TLS chain and, unless STRICT, a plaintext one, both
+proxying to `inbound|PORT||`), or one a user writes in a bootstrap."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from envoy.config.core.v3.base_pb2 import TrafficDirection
+from envoy.config.listener.v3.listener_pb2 import Listener
+from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
+
+from pilotfish.proxy.listeners import (
+    LISTENER_FIELDS,
+    ListenerError,
+    check_listener_filters,
+    transports,
+)
+from pilotfish.proxy.proto_fields import unsupported
+from pilotfish.proxy.tcp.config import TCP_PROXY, TcpConfigError, TcpProxy, compile_tcp_proxy
+from pilotfish.proxy.tls import DownstreamTls
+
+
+@dataclass(frozen=True)
+class TcpListener:
+    name: str
+    host: str
+    port: int
+    tcp: TcpProxy
+    inbound: bool  # traffic_direction INBOUND
+    tls: DownstreamTls | None = None  # a filter chain for TLS connections
+    plaintext: bool = True  # a filter chain for plaintext ones
+
+    def __repr__(self) -> str:
+        return f"<TcpListener {self.name} {self.host}:{self.port}>"
+
+
+def is_tcp_listener(listener: Listener) -> bool:
+    """Its first chain's network filter is a tcp_proxy."""
+    chains = listener.filter_chains
+    return bool(
+        chains and chains[0].filters and chains[0].filters[0].typed_config.type_url == TCP_PROXY
+    )
+
+
+def compile_tcp_listener(listener: Listener) -> TcpListener:
+    where = f"listener {listener.name or '(unnamed)'}"
+    bad = unsupported(listener, LISTENER_FIELDS)
+    if bad:
+        raise ListenerError(f"{where}: field not supported by pilotfish: {', '.join(bad)}")
+    socket = listener.address.socket_address
+    if not socket.address or not socket.port_value:
+        raise ListenerError(f"{where}: address.socket_address needs an address and a port_value")
+    check_listener_filters(listener, where)
+    tls, plaintext = transports(listener, where)
+    return TcpListener(
+        name=listener.name,
+        host=socket.address,
+        port=socket.port_value,
+        tcp=_one_proxy(listener, where),
+        inbound=listener.traffic_direction == TrafficDirection.INBOUND,
+        tls=tls,
+        plaintext=plaintext,
+    )
+
+
+def _one_proxy(listener: Listener, where: str) -> TcpProxy:
+    """The tcp_proxy every chain runs: chains differ only in their transport."""
+    chains = listener.filter_chains
+    if any(len(chain.filters) != 1 for chain in chains):
+        raise ListenerError(f"{where}: filter_chains: every chain needs exactly one filter")
+    config = chains[0].filters[0].typed_config
+    if any(chain.filters[0].typed_config != config for chain in chains):
+        raise ListenerError(
+            f"{where}: filter_chains: chains that differ in more than their transport "
+            "are not supported"
+        )
+    proto = tcp_proxy_pb2.TcpProxy()
+    config.Unpack(proto)
+    try:
+        return compile_tcp_proxy(proto, f"{where}: filter_chains[0].filters[0].typed_config")
+    except TcpConfigError as e:
+        raise ListenerError(str(e)) from e

@@ -1,0 +1,300 @@
+"""tcp_proxy end to end from static bootstraps: a real redis-server behind
+the proxy (redis-cli as the client), a weighted shift between two redis
+instances, half-close, a client that never reads, idle timeout, connect
+attempts, and TCP inside mutual TLS between two proxies."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from harness import closed_port, free_port, static_cluster, wait_for
+from test_e2e_tls import TLS_CONTEXT, issue, sds
+
+from pilotfish.ca.cacerts import self_signed
+from pilotfish.ca.workload import pem
+
+TCP_PROXY = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
+UPSTREAM_TLS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
+needs_redis = pytest.mark.skipif(
+    shutil.which("redis-server") is None, reason="needs redis-server (scripts/setup --test)"
+)
+
+
+def tcp_listener(name: str, port: int, **proxy: Any) -> dict[str, Any]:
+    config = {"@type": TCP_PROXY, "stat_prefix": name, **proxy}
+    return {
+        "name": name,
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+        "filter_chains": [
+            {"filters": [{"name": "envoy.filters.network.tcp_proxy", "typed_config": config}]}
+        ],
+    }
+
+
+@pytest.fixture
+def redis(tmp_path: Path) -> Iterator[Any]:
+    """`redis("a")`: a started redis-server whose key `who` is "a"; its port."""
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(who: str) -> int:
+        port = free_port()
+        process = subprocess.Popen(
+            [
+                "redis-server",
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(tmp_path),
+            ],
+            stdout=subprocess.DEVNULL,
+        )
+        started.append(process)
+        assert wait_for(lambda: _redis(port, "PING") == "PONG", timeout=10)
+        assert _redis(port, "SET", "who", who) == "OK"
+        return port
+
+    yield start
+    for process in started:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def _redis(port: int, *args: str) -> str:
+    done = subprocess.run(
+        ["redis-cli", "-h", "127.0.0.1", "-p", str(port), *args],
+        capture_output=True,
+        timeout=10,
+        check=False,
+    )
+    return done.stdout.decode().strip()
+
+
+def _exchange(port: int, payload: bytes, timeout: float = 5.0) -> bytes:
+    """Send, half-close, and read to EOF."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(payload)
+        s.shutdown(socket.SHUT_WR)
+        return _read_all(s)
+
+
+def _answer_or_closed(port: int, payload: bytes) -> bytes:
+    """What comes back, or b"" for a connection the proxy closed (FIN or reset)."""
+    try:
+        return _exchange(port, payload)
+    except OSError:  # ECONNRESET, or ENOTCONN on shutdown after the close
+        return b""
+
+
+def _read_all(s: socket.socket) -> bytes:
+    chunks = []
+    while chunk := s.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@needs_redis
+def test_redis_cli_through_a_tcp_proxy(start_proxy: Any, redis: Any) -> None:
+    backend, port = redis("a"), free_port()
+    start_proxy(
+        [tcp_listener("redis", port, cluster="redis")], [static_cluster("redis", [backend])]
+    )
+    assert _redis(port, "SET", "greeting", "hello") == "OK", proxy_stderr(start_proxy)
+    assert _redis(port, "GET", "greeting") == "hello"
+    assert _redis(backend, "GET", "greeting") == "hello"  # it reached the real server
+
+
+@needs_redis
+def test_weighted_clusters_split_connections_80_20(start_proxy: Any, redis: Any) -> None:
+    a, b, port = redis("a"), redis("b"), free_port()
+    weighted = {"clusters": [{"name": "a", "weight": 80}, {"name": "b", "weight": 20}]}
+    start_proxy(
+        [tcp_listener("redis", port, weighted_clusters=weighted)],
+        [static_cluster("a", [a]), static_cluster("b", [b])],
+    )
+    n = 300
+    seen = [_exchange(port, b"GET who\r\n") for _ in range(n)]
+    share = seen.count(b"$1\r\na\r\n") / n
+    assert seen.count(b"$1\r\na\r\n") + seen.count(b"$1\r\nb\r\n") == n, set(seen)
+    # binomial(300, 0.8): sigma is 2.3 points; 4.5 sigma either way
+    assert 0.70 <= share <= 0.90, share
+
+
+class _EofServer:
+    """Reads to the client's FIN, then answers how much it got and closes:
+    the answer only arrives if the proxy passes the FIN on and keeps the
+    other direction open."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                got = _read_all(conn)
+                conn.sendall(b"got %d" % len(got))
+
+
+def test_half_close_keeps_the_other_direction_open(start_proxy: Any) -> None:
+    backend, port = _EofServer(), free_port()
+    start_proxy([tcp_listener("eof", port, cluster="eof")], [static_cluster("eof", [backend.port])])
+    payload = b"x" * 300_000
+    assert _exchange(port, payload) == b"got 300000"
+    backend.sock.close()
+
+
+class _Firehose:
+    """Writes for as long as the peer takes it."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        block = b"y" * 65536
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._pour, args=(conn, block), daemon=True).start()
+
+    @staticmethod
+    def _pour(conn: socket.socket, block: bytes) -> None:
+        with conn:
+            try:
+                while True:
+                    conn.sendall(block)
+            except OSError:
+                return
+
+
+def test_a_client_that_never_reads_holds_bounded_memory(start_proxy: Any) -> None:
+    firehose, echo, port, other = _Firehose(), _EofServer(), free_port(), free_port()
+    proxy = start_proxy(
+        [tcp_listener("hose", port, cluster="hose"), tcp_listener("eof", other, cluster="eof")],
+        [static_cluster("hose", [firehose.port]), static_cluster("eof", [echo.port])],
+    )
+    before = proxy.rss_kb()
+    stalled = [socket.create_connection(("127.0.0.1", port)) for _ in range(4)]
+    time.sleep(3)  # unbounded buffering would take in hundreds of MB meanwhile
+    assert _exchange(other, b"still served") == b"got 12"  # other clients are served
+    grown = proxy.rss_kb() - before
+    assert grown < 40_000, f"proxy grew {grown} kB while its clients did not read"
+    for s in stalled:
+        s.close()
+    firehose.sock.close()
+    echo.sock.close()
+
+
+def test_idle_timeout_closes_a_silent_connection(start_proxy: Any) -> None:
+    backend, port = _EofServer(), free_port()
+    start_proxy(
+        [tcp_listener("idle", port, cluster="idle", idle_timeout="0.5s")],
+        [static_cluster("idle", [backend.port])],
+    )
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        started = time.monotonic()
+        s.sendall(b"abc")
+        # the backend waits for a FIN that never comes; the proxy's idle timer closes both
+        assert s.recv(100) == b""
+        assert 0.4 <= time.monotonic() - started < 4
+    backend.sock.close()
+
+
+def test_max_connect_attempts_tries_another_host(start_proxy: Any) -> None:
+    backend, dead, port, once = _EofServer(), closed_port(), free_port(), free_port()
+    cluster = static_cluster("two", [dead, backend.port], lb_policy="RANDOM")
+    start_proxy(
+        [
+            tcp_listener("retrying", port, cluster="two", max_connect_attempts=5),
+            tcp_listener("once", once, cluster="two"),
+        ],
+        [cluster],
+    )
+    assert all(_exchange(port, b"hi") == b"got 2" for _ in range(20))
+    # with one attempt, about half the connections pick the dead host and are closed
+    answers = [_answer_or_closed(once, b"hi") for _ in range(40)]
+    assert b"" in answers and b"got 2" in answers
+    backend.sock.close()
+
+
+@needs_redis
+def test_tcp_inside_mutual_tls_between_two_proxies(
+    tmp_path: Path, start_proxy: Any, redis: Any
+) -> None:
+    ca = self_signed(tmp_path / "ca", "cluster.local")
+    root = tmp_path / "root.pem"
+    root.write_text(pem(ca.root))
+    server, client = issue(ca, tmp_path, "redis"), issue(ca, tmp_path, "app")
+    backend, inbound, outbound = redis("a"), free_port(), free_port()
+    secure = tcp_listener("inbound", inbound, cluster="redis")
+    chain = secure["filter_chains"][0]
+    chain["filter_chain_match"] = {"transport_protocol": "tls", "application_protocols": ["istio"]}
+    chain["transport_socket"] = {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": TLS_CONTEXT,
+            "require_client_certificate": True,
+            "common_tls_context": _common(server, root),
+        },
+    }
+    secure["listener_filters"] = [
+        {
+            "name": "envoy.filters.listener.tls_inspector",
+            "typed_config": {
+                "@type": "type.googleapis.com/"
+                "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"
+            },
+        }
+    ]
+    start_proxy([secure], [static_cluster("redis", [backend])])
+    mesh = static_cluster("mesh", [inbound])
+    upstream = {"common_tls_context": _common(client, root)}
+    upstream["common_tls_context"]["alpn_protocols"] = ["istio"]
+    san = "spiffe://cluster.local/ns/default/sa/redis"
+    upstream["common_tls_context"]["combined_validation_context"]["default_validation_context"] = {
+        "match_subject_alt_names": [{"exact": san}]
+    }
+    mesh["transport_socket"] = {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {"@type": UPSTREAM_TLS, **upstream},
+    }
+    start_proxy([tcp_listener("outbound", outbound, cluster="mesh")], [mesh])
+    assert _redis(outbound, "GET", "who") == "a"
+    # plaintext straight to the inbound port has no chain: closed without an answer
+    assert _answer_or_closed(inbound, b"GET who\r\n") == b""
+
+
+def _common(identity: tuple[Path, Path], root: Path) -> dict[str, Any]:
+    return {
+        "tls_certificate_sds_secret_configs": [sds(f"file-cert:{identity[0]}~{identity[1]}")],
+        "combined_validation_context": {
+            "default_validation_context": {},
+            "validation_context_sds_secret_config": sds(f"file-root:{root}"),
+        },
+    }
+
+
+def proxy_stderr(starter: Any) -> str:
+    return "\n".join(p.stderr() for p in starter.proxies)

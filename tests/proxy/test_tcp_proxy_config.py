@@ -1,0 +1,87 @@
+"""tcp_proxy listeners compiled from protos: what is served, and bad config
+rejected by field path."""
+
+from __future__ import annotations
+
+import pytest
+from envoy.config.listener.v3.listener_pb2 import Listener
+from google.protobuf import json_format
+
+from pilotfish.proxy.config import ProxyConfig
+from pilotfish.proxy.listeners import ListenerError
+from pilotfish.proxy.tcp.config import TcpProxy
+from pilotfish.proxy.tcp.listener import compile_tcp_listener
+
+TCP_PROXY = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
+
+
+def tcp_listener(**proxy: object) -> Listener:
+    config = {"@type": TCP_PROXY, "stat_prefix": "redis", **proxy}
+    return json_format.ParseDict(
+        {
+            "name": "redis",
+            "address": {"socket_address": {"address": "127.0.0.1", "port_value": 6379}},
+            "filter_chains": [
+                {"filters": [{"name": "envoy.filters.network.tcp_proxy", "typed_config": config}]}
+            ],
+        },
+        Listener(),
+    )
+
+
+def test_a_single_cluster_with_envoy_defaults() -> None:
+    compiled = compile_tcp_listener(tcp_listener(cluster="redis"))
+    assert compiled.tcp == TcpProxy("redis", (("redis", 1),), 3600.0, 1)
+    assert (compiled.host, compiled.port, compiled.plaintext, compiled.tls) == (
+        "127.0.0.1",
+        6379,
+        True,
+        None,
+    )
+
+
+def test_weights_choose_clusters_in_proportion() -> None:
+    weighted = {"clusters": [{"name": "a", "weight": 80}, {"name": "b", "weight": 20}]}
+    proxy = compile_tcp_listener(
+        tcp_listener(weighted_clusters=weighted, idle_timeout="2s", max_connect_attempts=3)
+    ).tcp
+    assert (proxy.idle_timeout, proxy.max_connect_attempts) == (2.0, 3)
+    picks = [proxy.choose(i / 1000) for i in range(1000)]
+    assert picks.count("a") == 800 and picks.count("b") == 200
+
+
+@pytest.mark.parametrize(
+    ("proxy", "error"),
+    [
+        ({}, "cluster_specifier: exactly one of cluster, weighted_clusters"),
+        (
+            {"weighted_clusters": {"clusters": [{"name": "a", "weight": 0}]}},
+            "weighted_clusters.clusters[0].weight: value must be greater than or equal to 1",
+        ),
+        (
+            {"weighted_clusters": {"clusters": [{"weight": 3}]}},
+            "weighted_clusters.clusters[0].name: value length must be at least 1 characters",
+        ),
+        (
+            {"cluster": "a", "max_connect_attempts": 0},
+            "max_connect_attempts: value must be greater than or equal to 1",
+        ),
+        (
+            {"cluster": "a", "max_downstream_connection_duration": "1s"},
+            "field not supported by pilotfish: max_downstream_connection_duration",
+        ),
+    ],
+)
+def test_bad_tcp_proxy_is_rejected_by_path(proxy: dict[str, object], error: str) -> None:
+    with pytest.raises(ListenerError, match="listener redis: ") as e:
+        compile_tcp_listener(tcp_listener(**proxy))
+    assert error in str(e.value)
+
+
+def test_a_bad_tcp_listener_rejects_the_whole_update() -> None:
+    config = ProxyConfig()
+    config.load_static([tcp_listener(cluster="redis")], [])
+    assert set(config.snapshot.tcp_listeners) == {"redis"}
+    with pytest.raises(ListenerError):
+        config.load_static([tcp_listener(cluster="redis", max_connect_attempts=0)], [])
+    assert config.snapshot.tcp_listeners["redis"].tcp.max_connect_attempts == 1
