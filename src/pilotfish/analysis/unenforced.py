@@ -61,8 +61,15 @@ TABLE: tuple[Unenforced, ...] = (
         NETWORKING,
         "VirtualService",
         "spec.tcp",
-        "only http routes are served",
-        (("model", '"tcp"'),),
+        "served by gateways only: a sidecar has no outbound TCP listener to apply it",
+        (("translate", "translate_outbound_tcp"),),
+    ),
+    Unenforced(
+        NETWORKING,
+        "VirtualService",
+        "spec.tcp[].match[].destinationSubnets",
+        "a match that names it is never taken: TCP routes cannot match destination addresses",
+        (("translate", "prefix_ranges"),),
     ),
     Unenforced(
         NETWORKING,

@@ -44,6 +44,7 @@ from pilotfish.translate.jwt import applicable, translate_jwt_filter
 from pilotfish.translate.protos import ads, duration, pack, socket_address
 from pilotfish.translate.proxyless import translate_server_listeners
 from pilotfish.translate.routes import gateway_http_ports
+from pilotfish.translate.tcp import translate_gateway_tcp_listeners, translate_inbound_tcp_listener
 
 FAULT_FILTER = "envoy.filters.http.fault"
 CORS_FILTER = "envoy.filters.http.cors"
@@ -119,19 +120,26 @@ def translate_outbound_listener(proxy: Proxy) -> Listener:
 
 
 def translate_inbound_listeners(snapshot: Snapshot, proxy: Proxy) -> list[Listener]:
-    """HTTP ports only: the pilotfish sidecar terminates HTTP on every listener."""
+    """HTTP ports terminate HTTP; TCP ports get a tcp_proxy (tcp.py)."""
     out: dict[str, Listener] = {}
     authz = translate_proxy_authz_http(snapshot, proxy)
     for instance in snapshot.own_instances(proxy):
         for port_name, port in sorted(instance.ports.items()):
-            if not _inbound_protocol(snapshot, instance, port_name).is_http_or_sniffed:
-                continue
+            protocol = _inbound_protocol(snapshot, instance, port_name)
             name = f"inbound_{instance.address}_{port}"
-            manager = _inbound_manager(port, authz)
-            _add_jwt_filter(snapshot, instance.namespace, instance.labels, manager)
-            listener = _listener(name, instance.address, port, manager, base_pb2.INBOUND)
+            if protocol.is_http_or_sniffed:
+                manager = _inbound_manager(port, authz)
+                _add_jwt_filter(snapshot, instance.namespace, instance.labels, manager)
+                listener = _listener(name, instance.address, port, manager, base_pb2.INBOUND)
+            elif protocol is not Protocol.UDP and not authz:
+                # an AuthorizationPolicy on this workload would need the network
+                # RBAC filter, which the proxy does not run yet: no listener, closed
+                listener = translate_inbound_tcp_listener(instance.address, port)
+            else:
+                continue
             mode = mtls.inbound_mode(snapshot, instance.namespace, instance.labels, port)
-            out[name] = _inbound_chains(listener, mode)
+            alpn = mtls.SERVER_ALPN if protocol.is_http_or_sniffed else mtls.TCP_SERVER_ALPN
+            out[name] = _inbound_chains(listener, mode, alpn)
     return list(out.values())
 
 
@@ -145,7 +153,7 @@ def _add_jwt_filter(
         manager.http_filters.insert(0, jwt)
 
 
-def _inbound_chains(listener: Listener, mode: mtls.Mode) -> Listener:
+def _inbound_chains(listener: Listener, mode: mtls.Mode, alpn: tuple[str, ...]) -> Listener:
     """Istio's inbound filter chains for the port's mode: a TLS chain (a
     verified client certificate required) unless DISABLE, a plaintext chain
     unless STRICT, told apart by the tls_inspector."""
@@ -156,7 +164,7 @@ def _inbound_chains(listener: Listener, mode: mtls.Mode) -> Listener:
     secure.CopyFrom(plain)
     secure.filter_chain_match.transport_protocol = "tls"
     secure.filter_chain_match.application_protocols.extend(mtls.INBOUND_ALPN)
-    secure.transport_socket.CopyFrom(mtls.transport_socket(mtls.downstream_tls()))
+    secure.transport_socket.CopyFrom(mtls.transport_socket(mtls.downstream_tls(alpn)))
     plain.filter_chain_match.transport_protocol = "raw_buffer"
     del listener.filter_chains[:]
     listener.filter_chains.append(secure)
@@ -215,7 +223,11 @@ def translate_gateway_listeners(snapshot: Snapshot, proxy: Proxy) -> list[Listen
         # A gateway is the edge: the client's address is the peer's, not a header's.
         manager.use_remote_address.value = True
         out.append(_listener(name, host, port, manager, base_pb2.OUTBOUND))
-    return out
+    if authz:  # no network RBAC on the proxy's TCP path yet: such ports stay closed
+        return out
+    return out + translate_gateway_tcp_listeners(
+        snapshot, proxy, gateway_http_ports(snapshot, proxy)
+    )
 
 
 def translate_grpc_listeners(snapshot: Snapshot, proxy: Proxy) -> list[Listener]:

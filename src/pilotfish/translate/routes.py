@@ -216,7 +216,7 @@ def translate_gateway_routes(
     by_host: dict[str, list[rc.Route]] = {}
     for gateway, server in servers:
         for vs in snapshot.gateway_virtual_services(proxy, gateway.key):
-            hosts = _server_vs_hosts(gateway, server, vs.namespace, vs.hosts)
+            hosts = server_vs_hosts(gateway, server, vs.namespace, vs.hosts)
             if not hosts:
                 continue
             ctx = RouteContext(snapshot, proxy, port, frozenset({gateway.key}))
@@ -242,7 +242,7 @@ def translate_gateway_routes(
     return out
 
 
-def _server_vs_hosts(
+def server_vs_hosts(
     gateway: Gateway, server: dict[str, Any], vs_namespace: str, vs_hosts: tuple[str, ...]
 ) -> list[str]:
     """Where a server's hosts (`ns/host`) and a VirtualService's meet, the

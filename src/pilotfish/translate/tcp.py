@@ -1,0 +1,130 @@
+"""TCP listeners (LDS): Envoy's `tcp_proxy` network filter where a port's
+protocol is not HTTP.
+
+- sidecar: per TCP port of its own instance (a port named `tcp`, `redis`,
+  `mysql`, `mongo`, `tls`, `https`..., or with such an `appProtocol`), an
+  inbound listener proxying to `inbound|PORT||`, with the port's mTLS chains
+  (listeners.py). A port an AuthorizationPolicy covers gets no TCP listener
+  until the network RBAC filter is enforced by the proxy: closed, never open.
+- gateway: per Gateway server of an L4 protocol (TCP, MONGO, REDIS, MYSQL)
+  without TLS, a listener whose tcp_proxy goes to the first VirtualService
+  `tcp` route that applies (port, gateways, sourceLabels, sourceNamespace),
+  its destinations weighted as Istio's (a TCP canary moves connections).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from envoy.config.core.v3 import base_pb2
+from envoy.config.listener.v3 import listener_components_pb2
+from envoy.config.listener.v3.listener_pb2 import Listener
+from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
+
+from pilotfish.model import Gateway, Proxy, Snapshot
+from pilotfish.objects import Obj
+from pilotfish.translate import names
+from pilotfish.translate.http_route import RouteContext, destination_cluster
+from pilotfish.translate.protos import pack, socket_address
+from pilotfish.translate.route_match import applies
+from pilotfish.translate.routes import server_vs_hosts
+
+TCP_PROXY_FILTER = "envoy.filters.network.tcp_proxy"
+GATEWAY_TCP_PROTOCOLS = ("TCP", "MONGO", "REDIS", "MYSQL")
+
+
+def translate_tcp_filter(
+    stat_prefix: str, clusters: Sequence[tuple[str, int]]
+) -> listener_components_pb2.Filter:
+    """One cluster by name, or several by weight."""
+    proxy = tcp_proxy_pb2.TcpProxy(stat_prefix=stat_prefix)
+    if len(clusters) == 1:
+        proxy.cluster = clusters[0][0]
+    else:
+        for name, weight in clusters:
+            proxy.weighted_clusters.clusters.append(
+                tcp_proxy_pb2.TcpProxy.WeightedCluster.ClusterWeight(name=name, weight=weight)
+            )
+    return listener_components_pb2.Filter(name=TCP_PROXY_FILTER, typed_config=pack(proxy))
+
+
+def tcp_listener(
+    name: str, host: str, port: int, tcp: listener_components_pb2.Filter, direction: int
+) -> Listener:
+    return Listener(
+        name=name,
+        address=socket_address(host, port),
+        traffic_direction=direction,
+        filter_chains=[listener_components_pb2.FilterChain(filters=[tcp])],
+    )
+
+
+def translate_inbound_tcp_listener(address: str, port: int) -> Listener:
+    cluster = names.inbound_cluster(port)
+    tcp = translate_tcp_filter(cluster, [(cluster, 1)])
+    return tcp_listener(f"inbound_{address}_{port}", address, port, tcp, base_pb2.INBOUND)
+
+
+def translate_gateway_tcp_listeners(
+    snapshot: Snapshot, proxy: Proxy, http_ports: Sequence[int]
+) -> list[Listener]:
+    """Ports already serving HTTP keep it: one protocol per gateway port, as Istio's."""
+    host = proxy.metadata.get("BIND_ADDRESS", "0.0.0.0")
+    out = []
+    for port, servers in sorted(_tcp_servers(snapshot.gateways_for(proxy)).items()):
+        if port in http_ports:
+            continue
+        clusters = _gateway_tcp_clusters(snapshot, proxy, port, servers)
+        if clusters:
+            name = f"{host}_{port}"
+            tcp = translate_tcp_filter(name, clusters)
+            out.append(tcp_listener(name, host, port, tcp, base_pb2.OUTBOUND))
+    return out
+
+
+def _tcp_servers(gateways: Sequence[Gateway]) -> dict[int, list[tuple[Gateway, Obj]]]:
+    found: dict[int, list[tuple[Gateway, Obj]]] = {}
+    for gateway in gateways:
+        for server in gateway.servers:
+            port = server.get("port") or {}
+            if str(port.get("protocol", "")).upper() in GATEWAY_TCP_PROTOCOLS and not server.get(
+                "tls"
+            ):
+                found.setdefault(int(port["number"]), []).append((gateway, server))
+    return found
+
+
+def _gateway_tcp_clusters(
+    snapshot: Snapshot, proxy: Proxy, port: int, servers: list[tuple[Gateway, Obj]]
+) -> list[tuple[str, int]]:
+    """The destinations of the first `tcp` route that applies, over the
+    VirtualServices bound to these servers' gateways, oldest first."""
+    for gateway, server in servers:
+        ctx = RouteContext(snapshot, proxy, port, frozenset({gateway.key}))
+        for vs in snapshot.gateway_virtual_services(proxy, gateway.key):
+            if not server_vs_hosts(gateway, server, vs.namespace, vs.hosts):
+                continue
+            for route in vs.tcp:
+                if any(_applies(ctx, m) for m in route.get("match") or [None]):
+                    return tcp_destinations(ctx, route.get("route") or [])
+    return []
+
+
+def _applies(ctx: RouteContext, match: Obj | None) -> bool:
+    """A destinationSubnets match is never taken: the proxy cannot check it
+    (PF0001 says so), and taking it unchecked would widen the route."""
+    if match is not None and match.get("destinationSubnets"):
+        return False
+    proxy = ctx.proxy
+    return applies(match, ctx.port, proxy.labels, proxy.namespace, ctx.gateways)
+
+
+def tcp_destinations(ctx: RouteContext, destinations: list[Obj]) -> list[tuple[str, int]]:
+    """Clusters and weights; zero weights are dropped when there are others, as Istio does."""
+    if len(destinations) == 1:
+        return [(destination_cluster(ctx, destinations[0]["destination"]), 1)]
+    return [
+        (destination_cluster(ctx, d["destination"]), int(d.get("weight") or 0))
+        for d in destinations
+        if int(d.get("weight") or 0) > 0
+    ]

@@ -1,0 +1,159 @@
+"""TCP ports in translation: Istio's protocol selection by port name or
+appProtocol, inbound tcp_proxy listeners, and a gateway's TCP servers routed
+by VirtualService `tcp` routes; every listener compiles in the proxy."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from translate_sim import INGRESS, instance, service
+
+from pilotfish.model import Proxy, build_snapshot
+from pilotfish.proxy.listeners import compile_listener
+from pilotfish.proxy.tcp.listener import compile_tcp_listener, is_tcp_listener
+from pilotfish.translate import translate_listeners
+
+Obj = dict[str, Any]
+REDIS = Proxy(node_id="sidecar~127.0.0.1~redis-v1-0.default~x", namespace="default")
+
+
+def redis_service(port: Obj) -> Obj:
+    return service("redis", spec_ports=None) | {
+        "spec": {"selector": {"app": "redis"}, "ports": [{"port": 6379, **port}]}
+    }
+
+
+def inbound(port: Obj, *extra: Obj) -> Any:
+    inst = instance("redis", "v1", 16379)
+    snap = build_snapshot([redis_service({"targetPort": "http", **port}), *extra], [inst])
+    (listener,) = [x for x in translate_listeners(snap, REDIS) if x.name.startswith("inbound")]
+    return listener
+
+
+@pytest.mark.parametrize(
+    "port",
+    [
+        {"name": "tcp"},
+        {"name": "redis-main"},
+        {"name": "mysql"},
+        {"name": "mongo"},
+        {"name": "tls-db"},
+        {"name": "db", "appProtocol": "redis"},
+        {"name": "http-looking", "appProtocol": "tcp"},
+    ],
+)
+def test_tcp_ports_by_name_or_app_protocol_get_a_tcp_proxy(port: Obj) -> None:
+    listener = inbound(port)
+    assert is_tcp_listener(listener)
+    compiled = compile_tcp_listener(listener)
+    assert compiled.tcp.clusters == (("inbound|16379||", 1),)
+    assert compiled.inbound and (compiled.host, compiled.port) == ("127.0.0.1", 16379)
+    # PERMISSIVE by default: mutual TLS (ALPN istio) and plaintext, as for HTTP ports
+    assert compiled.tls is not None and compiled.plaintext
+    assert "istio" in compiled.tls.settings.alpn
+
+
+@pytest.mark.parametrize("port", [{"name": "http"}, {"name": "grpc-x"}, {"name": ""}])
+def test_http_and_unnamed_ports_stay_http(port: Obj) -> None:
+    listener = inbound(port)
+    assert not is_tcp_listener(listener)
+    assert compile_listener(listener).http.routes is not None
+
+
+def test_strict_mtls_leaves_only_the_tls_chain() -> None:
+    strict = {
+        "apiVersion": "security.istio.io/v1",
+        "kind": "PeerAuthentication",
+        "metadata": {"name": "default", "namespace": "default"},
+        "spec": {"mtls": {"mode": "STRICT"}},
+    }
+    compiled = compile_tcp_listener(inbound({"name": "tcp"}, strict))
+    assert compiled.tls is not None and not compiled.plaintext
+
+
+def test_a_tcp_port_under_authorization_gets_no_listener() -> None:
+    """Until the proxy runs the network RBAC filter, closed rather than open."""
+    policy = {
+        "apiVersion": "security.istio.io/v1",
+        "kind": "AuthorizationPolicy",
+        "metadata": {"name": "deny-all", "namespace": "default"},
+        "spec": {},
+    }
+    inst = instance("redis", "v1", 16379)
+    snap = build_snapshot([redis_service({"name": "tcp", "targetPort": "http"}), policy], [inst])
+    assert [x.name for x in translate_listeners(snap, REDIS)] == ["127.0.0.1_15001"]
+
+
+def gateway(protocol: str = "TCP", number: int = 31400) -> Obj:
+    return {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "Gateway",
+        "metadata": {"name": "tcp-gw", "namespace": "istio-system"},
+        "spec": {
+            "selector": {"istio": "ingressgateway"},
+            "servers": [
+                {"port": {"number": number, "name": "tcp", "protocol": protocol}, "hosts": ["*"]}
+            ],
+        },
+    }
+
+
+def tcp_vs(routes: list[Obj], name: str = "redis") -> Obj:
+    return {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "VirtualService",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {"hosts": ["*"], "gateways": ["istio-system/tcp-gw"], "tcp": routes},
+    }
+
+
+def dest(subset: str, weight: int | None = None) -> Obj:
+    out: Obj = {"destination": {"host": "redis", "subset": subset, "port": {"number": 6379}}}
+    if weight is not None:
+        out["weight"] = weight
+    return out
+
+
+def gateway_tcp(*objects: Obj) -> list[Any]:
+    snap = build_snapshot([redis_service({"name": "tcp"}), *objects], [])
+    return [x for x in translate_listeners(snap, INGRESS) if is_tcp_listener(x)]
+
+
+def test_a_gateway_tcp_server_splits_connections_by_weight() -> None:
+    routes = [{"match": [{"port": 31400}], "route": [dest("v1", 80), dest("v2", 20)]}]
+    (listener,) = gateway_tcp(gateway(), tcp_vs(routes))
+    compiled = compile_tcp_listener(listener)
+    assert (compiled.host, compiled.port, compiled.tls) == ("0.0.0.0", 31400, None)
+    host = "redis.default.svc.cluster.local"
+    assert compiled.tcp.clusters == (
+        (f"outbound|6379|v1|{host}", 80),
+        (f"outbound|6379|v2|{host}", 20),
+    )
+
+
+def test_the_first_tcp_route_that_applies_wins() -> None:
+    routes = [
+        {"match": [{"port": 9999}], "route": [dest("v9")]},
+        {"match": [{"sourceLabels": {"istio": "other"}}], "route": [dest("v8")]},
+        {"match": [{"sourceLabels": {"istio": "ingressgateway"}}], "route": [dest("v1")]},
+        {"route": [dest("v2")]},
+    ]
+    (listener,) = gateway_tcp(gateway(), tcp_vs(routes))
+    host = "redis.default.svc.cluster.local"
+    assert compile_tcp_listener(listener).tcp.clusters == ((f"outbound|6379|v1|{host}", 1),)
+
+
+def test_no_tcp_route_no_listener_and_http_servers_are_untouched() -> None:
+    assert gateway_tcp(gateway(), tcp_vs([{"match": [{"port": 1}], "route": [dest("v1")]}])) == []
+    assert gateway_tcp(gateway("HTTP", 8080), tcp_vs([{"route": [dest("v1")]}])) == []
+
+
+def test_a_destination_subnets_match_is_never_taken() -> None:
+    routes = [
+        {"match": [{"destinationSubnets": ["10.0.0.0/8"]}], "route": [dest("v9")]},
+        {"route": [dest("v1")]},
+    ]
+    (listener,) = gateway_tcp(gateway(), tcp_vs(routes))
+    host = "redis.default.svc.cluster.local"
+    assert compile_tcp_listener(listener).tcp.clusters == ((f"outbound|6379|v1|{host}", 1),)
