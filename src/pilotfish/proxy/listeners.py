@@ -250,7 +250,7 @@ def compile_http_manager(hcm: hcm_pb2.HttpConnectionManager, where: str) -> Http
             for u in hcm.upgrade_configs
             if not u.HasField("enabled") or u.enabled.value
         ),
-        access_log_paths=tuple(_access_log_path(a, where) for a in hcm.access_log),
+        access_log_paths=tuple(access_log_path(a, where) for a in hcm.access_log),
     )
 
 
@@ -276,7 +276,7 @@ def prepare_routes(chain: FilterChain, table: RouteTable) -> None:
                 chain.prepare(target.filter_configs)
 
 
-def _access_log_path(access_log: AccessLog, where: str) -> str:
+def access_log_path(access_log: AccessLog, where: str) -> str:
     config = FileAccessLog()
     if not access_log.typed_config.Unpack(config):
         raise ListenerError(f"{where}: access_log: only envoy.access_loggers.file is supported")

@@ -98,7 +98,7 @@ class Listeners:
         def factory() -> asyncio.Protocol:
             current = newest()
             if isinstance(current, TcpListener):  # piped, never through the HTTP exchange
-                return TcpRelay(self.runtime, current.tcp)
+                return TcpRelay(self.runtime, current)
             return Downstream(self.runtime, current)
 
         loop = asyncio.get_running_loop()

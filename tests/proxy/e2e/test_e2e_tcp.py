@@ -5,6 +5,7 @@ attempts, and TCP inside mutual TLS between two proxies."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 import subprocess
@@ -224,18 +225,18 @@ def test_idle_timeout_closes_a_silent_connection(start_proxy: Any) -> None:
 
 def test_max_connect_attempts_tries_another_host(start_proxy: Any) -> None:
     backend, dead, port, once = _EofServer(), closed_port(), free_port(), free_port()
-    cluster = static_cluster("two", [dead, backend.port], lb_policy="RANDOM")
+    cluster = static_cluster("two", [dead, backend.port])  # round robin: every other is dead
     start_proxy(
         [
-            tcp_listener("retrying", port, cluster="two", max_connect_attempts=5),
+            tcp_listener("retrying", port, cluster="two", max_connect_attempts=2),
             tcp_listener("once", once, cluster="two"),
         ],
         [cluster],
     )
     assert all(_exchange(port, b"hi") == b"got 2" for _ in range(20))
-    # with one attempt, about half the connections pick the dead host and are closed
-    answers = [_answer_or_closed(once, b"hi") for _ in range(40)]
-    assert b"" in answers and b"got 2" in answers
+    # with one attempt, every other connection picks the dead host and is closed
+    answers = [_answer_or_closed(once, b"hi") for _ in range(20)]
+    assert answers.count(b"") == 10 and answers.count(b"got 2") == 10
     backend.sock.close()
 
 
@@ -298,3 +299,65 @@ def _common(identity: tuple[Path, Path], root: Path) -> dict[str, Any]:
 
 def proxy_stderr(starter: Any) -> str:
     return "\n".join(p.stderr() for p in starter.proxies)
+
+
+def _samples(proxy: Any, family: str) -> dict[str, float]:
+    """`{labels: value}` of one family on the Prometheus page."""
+    status, page = proxy.admin_get("/stats/prometheus")
+    assert status == 200
+    out = {}
+    for line in page.splitlines():
+        if line.startswith(family + "{"):
+            labels, _, value = line[len(family) + 1 :].rpartition("} ")
+            out[labels] = float(value)
+    return out
+
+
+def test_istio_tcp_metrics_and_an_access_log_line_per_connection(
+    tmp_path: Path, start_proxy: Any
+) -> None:
+    backend, port, dead = _EofServer(), free_port(), free_port()
+    log = tmp_path / "tcp.log"
+    file_log = {
+        "name": "envoy.access_loggers.file",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+            "path": str(log),
+        },
+    }
+    proxy = start_proxy(
+        [
+            tcp_listener("ok", port, cluster="outbound|9000||echo.default.svc.cluster.local",
+                         access_log=[file_log]),
+            tcp_listener("dead", dead, cluster="gone", access_log=[file_log]),
+        ],
+        [
+            static_cluster("outbound|9000||echo.default.svc.cluster.local", [backend.port]),
+            static_cluster("gone", [closed_port()]),
+        ],
+    )  # fmt: skip
+    assert _exchange(port, b"x" * 1000) == b"got 1000"
+    assert _exchange(port, b"y" * 10) == b"got 10"
+    assert _answer_or_closed(dead, b"z") == b""
+
+    def closed() -> dict[str, float]:
+        return _samples(proxy, "istio_tcp_connections_closed_total")
+
+    assert wait_for(lambda: sum(closed().values()) == 3)
+    echo = 'destination_service="echo.default.svc.cluster.local"'
+    opened = _samples(proxy, "istio_tcp_connections_opened_total")
+    [(labels, count)] = [(k, v) for k, v in opened.items() if echo in k]
+    assert count == 2 and 'reporter="source"' in labels and 'request_protocol="tcp"' in labels
+    assert 'response_flags="-"' in labels and "response_code" not in labels
+    assert _samples(proxy, "istio_tcp_received_bytes_total")[labels] == 1010
+    assert _samples(proxy, "istio_tcp_sent_bytes_total")[labels] == len(b"got 1000got 10")
+    assert any('response_flags="UF"' in k for k in closed())
+    assert wait_for(lambda: log.exists() and len(log.read_text().splitlines()) == 3, 10)
+    lines = [json.loads(x) for x in log.read_text().splitlines()]
+    ok = [x for x in lines if x["response_flags"] == "-"]
+    assert sorted(x["bytes_received"] for x in ok) == [10, 1000]
+    assert {x["upstream_cluster"] for x in ok} == {"outbound|9000||echo.default.svc.cluster.local"}
+    assert all(x["method"] is None and x["response_code"] == 0 for x in lines)
+    assert {x["upstream_host"] for x in ok} == {f"127.0.0.1:{backend.port}"}
+    assert [x["response_flags"] for x in lines if x not in ok] == ["UF"]
+    backend.sock.close()

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 
 from pilotfish.proxy import xds_types
+from pilotfish.proxy.listeners import access_log_path
 from pilotfish.proxy.proto_fields import seconds, unsupported
 
 TCP_PROXY_NAME = "envoy.filters.network.tcp_proxy"
@@ -26,6 +27,7 @@ FIELDS = frozenset(
         "weighted_clusters.clusters.weight",
         "idle_timeout",
         "max_connect_attempts",
+        "access_log",
     }
 )
 
@@ -40,6 +42,7 @@ class TcpProxy:
     clusters: tuple[tuple[str, int], ...]  # (name, weight); one entry for `cluster`
     idle_timeout: float  # 0: none
     max_connect_attempts: int
+    access_log_paths: tuple[str, ...] = ()  # one line per connection, when it closes
 
     def __repr__(self) -> str:
         return f"<TcpProxy {self.stat_prefix} {list(self.clusters)}>"
@@ -75,6 +78,7 @@ def compile_tcp_proxy(proto: tcp_proxy_pb2.TcpProxy, where: str) -> TcpProxy:
         if proto.HasField("idle_timeout")
         else DEFAULT_IDLE_TIMEOUT_S,
         max_connect_attempts=attempts,
+        access_log_paths=tuple(access_log_path(a, where) for a in proto.access_log),
     )
 
 

@@ -19,7 +19,9 @@ import ssl
 import time
 from typing import TYPE_CHECKING, cast
 
-from pilotfish.proxy.tcp.config import TcpProxy
+from pilotfish.proxy.tcp.listener import TcpListener
+from pilotfish.proxy.tcp.report import ConnectionReport
+from pilotfish.proxy.telemetry import UNKNOWN_SERVICE
 from pilotfish.proxy.tls import check_sans, peer_uri_sans
 from pilotfish.proxy.upstream.cluster import Cluster
 from pilotfish.proxy.upstream.host import Host, LocalOrigin
@@ -90,9 +92,13 @@ class _Upstream(_Side):
 class TcpRelay(_Side):
     """The downstream end: the protocol a TCP listener's connections get."""
 
-    def __init__(self, runtime: Runtime, proxy: TcpProxy) -> None:
+    def __init__(self, runtime: Runtime, listener: TcpListener) -> None:
         super().__init__(self)
-        self.runtime, self.proxy = runtime, proxy
+        self.runtime, self.listener, self.proxy = runtime, listener, listener.tcp
+        telemetry = runtime.telemetry
+        self.report = ConnectionReport(
+            telemetry.inbound if listener.inbound else telemetry.outbound
+        )
         self.upstream: _Upstream | None = None
         self.cluster: Cluster | None = None
         self.host: Host | None = None
@@ -101,12 +107,10 @@ class TcpRelay(_Side):
         self.task: asyncio.Task[None] | None = None
         self.done = False
         self.early: list[bytes] = []  # bytes read before the upstream connected
-        self.sent = self.received = 0  # bytes to and from the downstream
 
     def __repr__(self) -> str:
-        return (
-            f"<TcpRelay {self.proxy.stat_prefix} -> {self.host} in={self.received} out={self.sent}>"
-        )
+        r = self.report
+        return f"<TcpRelay {self.proxy.stat_prefix} -> {self.host} in={r.received} out={r.sent}>"
 
     def other(self, side: _Side) -> _Side:
         if side is self:
@@ -116,17 +120,32 @@ class TcpRelay(_Side):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport = cast(asyncio.Transport, transport)
         transport.pause_reading()
+        self._downstream_facts(transport)
         name = self.proxy.choose(random.random())
-        cluster = self.runtime.config.snapshot.clusters.get(name)
+        snapshot = self.runtime.config.snapshot
+        cluster = snapshot.clusters.get(name)
+        self.report.cluster = name
+        self.report.service = snapshot.services.get(name, UNKNOWN_SERVICE)
         if cluster is None:
             log.debug("tcp %s: no cluster %s", self.proxy.stat_prefix, name)
-            transport.close()
+            self.report.flags = "NC"
+            self.close_all()
             return
         if not cluster.breakers.try_acquire_connection():  # counts upstream_cx_overflow
-            transport.close()
+            self.report.flags = "UO"
+            self.close_all()
             return
         self.cluster = cluster
         self.task = asyncio.ensure_future(self._connect(cluster))
+
+    def _downstream_facts(self, transport: asyncio.Transport) -> None:
+        report = self.report
+        report.downstream_local = _address(transport.get_extra_info("sockname"))
+        report.downstream_remote = _address(transport.get_extra_info("peername"))
+        sans = peer_uri_sans(transport.get_extra_info("ssl_object"))
+        if self.listener.inbound and transport.get_extra_info("ssl_object") is not None:
+            report.mtls = True
+            report.peer_principal = report.downstream_san = sans[0] if sans else None
 
     async def _connect(self, cluster: Cluster) -> None:
         for _ in range(self.proxy.max_connect_attempts):
@@ -134,9 +153,11 @@ class TcpRelay(_Side):
                 return
             host = cluster.pick()
             if host is None:
+                self.report.flags = "UH"
                 break
             if await self._attempt(cluster, host):
                 return
+            self.report.flags = "UF"
         self.close_all()
 
     async def _attempt(self, cluster: Cluster, host: Host) -> bool:
@@ -159,7 +180,7 @@ class TcpRelay(_Side):
             stats.upstream_cx_connect_timeout += isinstance(e, TimeoutError)
             cluster.report(host, LocalOrigin.CONNECT_FAILED)
             return False
-        if tls is not None and not self._verified(upstream, tls.settings.sans):
+        if tls is not None and not self._verified(upstream, tls.settings.sans, host):
             stats.ssl__fail_verify_san += 1
             upstream.close()
             cluster.report(host, LocalOrigin.CONNECT_FAILED)
@@ -168,17 +189,24 @@ class TcpRelay(_Side):
         cluster.report(host, LocalOrigin.CONNECT_SUCCESS)
         return self._start(upstream, host)
 
-    @staticmethod
-    def _verified(upstream: _Upstream, sans: tuple[str, ...]) -> bool:
+    def _verified(self, upstream: _Upstream, sans: tuple[str, ...], host: Host) -> bool:
         assert upstream.transport is not None
         obj = upstream.transport.get_extra_info("ssl_object")
-        return isinstance(obj, ssl.SSLObject) and check_sans(peer_uri_sans(obj), sans) is None
+        if not isinstance(obj, ssl.SSLObject):
+            return False
+        found = peer_uri_sans(obj)
+        if not self.listener.inbound:  # outbound, the peer is the server
+            self.report.mtls = True
+            self.report.peer_principal = found[0] if found else None
+        return check_sans(found, sans) is None
 
     def _start(self, upstream: _Upstream, host: Host) -> bool:
         if self.done:  # the downstream left while we connected
             upstream.close()
             return True
         self.upstream, self.host = upstream, host
+        self.report.upstream_host = str(host)
+        self.report.opened()
         for data in self.early:
             upstream.write(data)
         self.early.clear()
@@ -204,10 +232,10 @@ class TcpRelay(_Side):
     def moved(self, side: _Side, data: bytes) -> None:
         self.last_moved = time.monotonic()
         if side is not self:
-            self.sent += len(data)
+            self.report.moved(0, len(data))
             self.write(data)
             return
-        self.received += len(data)
+        self.report.moved(len(data), 0)
         if self.upstream is None:  # early bytes (uvloop reads before connection_made returns)
             self.early.append(data)
             self.pause()
@@ -240,3 +268,13 @@ class TcpRelay(_Side):
             self.host.connection_closed()
         if self.cluster is not None:
             self.cluster.breakers.release_connection()
+        record = self.report.closed()
+        for path in self.proxy.access_log_paths:
+            self.runtime.access_log(path).log(record)
+
+
+def _address(name: object) -> str | None:
+    """`host:port` of a socket name; None when the transport has none."""
+    if isinstance(name, tuple) and len(name) >= 2:
+        return f"{name[0]}:{name[1]}"
+    return None
