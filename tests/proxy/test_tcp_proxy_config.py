@@ -3,8 +3,11 @@ rejected by field path."""
 
 from __future__ import annotations
 
+from collections import Counter
+
 import pytest
 from envoy.config.listener.v3.listener_pb2 import Listener
+from envoy.extensions.filters.network.ext_authz.v3 import ext_authz_pb2  # noqa: F401  (registers it)
 from google.protobuf import json_format
 
 from pilotfish.proxy.config import ProxyConfig
@@ -85,3 +88,75 @@ def test_a_bad_tcp_listener_rejects_the_whole_update() -> None:
     with pytest.raises(ListenerError):
         config.load_static([tcp_listener(cluster="redis", max_connect_attempts=0)], [])
     assert config.snapshot.tcp_listeners["redis"].tcp.max_connect_attempts == 1
+
+
+NETWORK_RBAC = "type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC"
+
+
+def with_filter(listener: Listener, config: dict[str, object]) -> Listener:
+    extra = json_format.ParseDict(
+        {"name": "f", "typed_config": config}, listener.filter_chains[0].filters.add()
+    )
+    chain = listener.filter_chains[0]
+    filters = [extra, *list(chain.filters)[:-1]]
+    del chain.filters[:]
+    chain.filters.extend(filters)
+    return listener
+
+
+@pytest.mark.parametrize(
+    ("config", "error"),
+    [
+        (
+            {"@type": NETWORK_RBAC, "stat_prefix": "tcp.", "enforcement_type": "CONTINUOUS"},
+            "filters[0].typed_config: field not supported by pilotfish: enforcement_type",
+        ),
+        (
+            {"@type": NETWORK_RBAC, "rules": {}},
+            "filters[0].typed_config.stat_prefix: value length must be at least 1 characters",
+        ),
+        (
+            {
+                "@type": "type.googleapis.com/"
+                "envoy.extensions.filters.network.ext_authz.v3.ExtAuthz",
+                "stat_prefix": "x",
+            },
+            "filters[0]: before a tcp_proxy only envoy.filters.network.rbac is supported",
+        ),
+    ],
+)
+def test_bad_filters_before_the_tcp_proxy_are_rejected(
+    config: dict[str, object], error: str
+) -> None:
+    with pytest.raises(ListenerError) as e:
+        compile_tcp_listener(with_filter(tcp_listener(cluster="redis"), config))
+    assert error in str(e.value)
+
+
+def test_network_rbac_decides_on_the_connection() -> None:
+    from pilotfish.proxy.filters.base import Connection
+
+    config = {
+        "@type": NETWORK_RBAC,
+        "stat_prefix": "tcp.",
+        "rules": {
+            "action": "ALLOW",
+            "policies": {
+                "ns[a]": {
+                    "permissions": [{"destination_port": 6379}],
+                    "principals": [
+                        {"authenticated": {"principal_name": {"exact": "spiffe://td/ns/a/sa/x"}}}
+                    ],
+                }
+            },
+        },
+    }
+    (rbac,) = compile_tcp_listener(with_filter(tcp_listener(cluster="redis"), config)).rbac
+    counters: Counter[str] = Counter()
+    good = Connection.of("10.0.0.1", "127.0.0.1:6379", "", "spiffe://td/ns/a/sa/x")
+    assert rbac.check(good, counters) is None
+    plaintext = Connection.of("10.0.0.1", "127.0.0.1:6379")
+    assert rbac.check(plaintext, counters) == "rbac_access_denied_matched_policy[none]"
+    other_port = Connection.of("10.0.0.1", "127.0.0.1:6380", "", "spiffe://td/ns/a/sa/x")
+    assert rbac.check(other_port, counters) is not None
+    assert counters == {"tcp.rbac.allowed": 1, "tcp.rbac.denied": 2}

@@ -72,16 +72,39 @@ def test_strict_mtls_leaves_only_the_tls_chain() -> None:
     assert compiled.tls is not None and not compiled.plaintext
 
 
-def test_a_tcp_port_under_authorization_gets_no_listener() -> None:
-    """Until the proxy runs the network RBAC filter, closed rather than open."""
-    policy = {
+def authz_policy(spec: Obj) -> Obj:
+    return {
         "apiVersion": "security.istio.io/v1",
         "kind": "AuthorizationPolicy",
-        "metadata": {"name": "deny-all", "namespace": "default"},
-        "spec": {},
+        "metadata": {"name": "policy", "namespace": "default"},
+        "spec": spec,
+    }
+
+
+def test_a_tcp_port_under_authorization_runs_network_rbac_first() -> None:
+    allow = {"rules": [{"from": [{"source": {"principals": ["cluster.local/ns/a/sa/b"]}}]}]}
+    listener = inbound({"name": "tcp"}, authz_policy(allow))
+    names = [f.name for f in listener.filter_chains[0].filters]
+    assert names == ["envoy.filters.network.rbac", "envoy.filters.network.tcp_proxy"]
+    compiled = compile_tcp_listener(listener)
+    assert [r.stat_prefix for r in compiled.rbac] == ["tcp."]
+
+
+def test_a_tcp_port_under_a_custom_policy_gets_no_listener() -> None:
+    """The proxy runs no network ext_authz: closed rather than open."""
+    custom = authz_policy({"action": "CUSTOM", "provider": {"name": "opa"}, "rules": [{}]})
+    mesh = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "istio", "namespace": "istio-system"},
+        "data": {
+            "mesh": "extensionProviders:\n- name: opa\n  envoyExtAuthzGrpc:\n"
+            "    service: opa.default.svc.cluster.local\n    port: 9000\n"
+        },
     }
     inst = instance("redis", "v1", 16379)
-    snap = build_snapshot([redis_service({"name": "tcp", "targetPort": "http"}), policy], [inst])
+    service_obj = redis_service({"name": "tcp", "targetPort": "http"})
+    snap = build_snapshot([service_obj, service("opa", port=9000), mesh, custom], [inst])
     assert [x.name for x in translate_listeners(snap, REDIS)] == ["127.0.0.1_15001"]
 
 

@@ -39,12 +39,16 @@ from pilotfish.model import Instance, Protocol, Proxy, ProxyType, Snapshot
 from pilotfish.model.services import infer_protocol
 from pilotfish.model.types import Labels
 from pilotfish.translate import mtls, names
-from pilotfish.translate.authz import translate_proxy_authz_http
+from pilotfish.translate.authz import translate_proxy_authz_http, translate_proxy_authz_tcp
 from pilotfish.translate.jwt import applicable, translate_jwt_filter
 from pilotfish.translate.protos import ads, duration, pack, socket_address
 from pilotfish.translate.proxyless import translate_server_listeners
 from pilotfish.translate.routes import gateway_http_ports
-from pilotfish.translate.tcp import translate_gateway_tcp_listeners, translate_inbound_tcp_listener
+from pilotfish.translate.tcp import (
+    enforceable,
+    translate_gateway_tcp_listeners,
+    translate_inbound_tcp_listener,
+)
 
 FAULT_FILTER = "envoy.filters.http.fault"
 CORS_FILTER = "envoy.filters.http.cors"
@@ -123,18 +127,17 @@ def translate_inbound_listeners(snapshot: Snapshot, proxy: Proxy) -> list[Listen
     """HTTP ports terminate HTTP; TCP ports get a tcp_proxy (tcp.py)."""
     out: dict[str, Listener] = {}
     authz = translate_proxy_authz_http(snapshot, proxy)
+    authz_tcp = translate_proxy_authz_tcp(snapshot, proxy)
     for instance in snapshot.own_instances(proxy):
         for port_name, port in sorted(instance.ports.items()):
-            protocol = _inbound_protocol(snapshot, instance, port_name)
+            protocol = _inbound_protocol(snapshot, instance, port_name, port)
             name = f"inbound_{instance.address}_{port}"
             if protocol.is_http_or_sniffed:
                 manager = _inbound_manager(port, authz)
                 _add_jwt_filter(snapshot, instance.namespace, instance.labels, manager)
                 listener = _listener(name, instance.address, port, manager, base_pb2.INBOUND)
-            elif protocol is not Protocol.UDP and not authz:
-                # an AuthorizationPolicy on this workload would need the network
-                # RBAC filter, which the proxy does not run yet: no listener, closed
-                listener = translate_inbound_tcp_listener(instance.address, port)
+            elif protocol is not Protocol.UDP and enforceable(authz_tcp):
+                listener = translate_inbound_tcp_listener(instance.address, port, authz_tcp)
             else:
                 continue
             mode = mtls.inbound_mode(snapshot, instance.namespace, instance.labels, port)
@@ -178,12 +181,16 @@ def _inbound_chains(listener: Listener, mode: mtls.Mode, alpn: tuple[str, ...]) 
     return listener
 
 
-def _inbound_protocol(snapshot: Snapshot, instance: Instance, port_name: str) -> Protocol:
+def _inbound_protocol(
+    snapshot: Snapshot, instance: Instance, port_name: str, number: int
+) -> Protocol:
     """The protocol a service selecting this instance declares for the port,
-    else what the port's own name says."""
-    for service in snapshot.services:
-        if service.namespace != instance.namespace:
-            continue
+    else what the port's own name says. The services whose endpoints hold the
+    instance decide (another service of the namespace may name a port alike);
+    while it has none (not ready yet), any service of its namespace."""
+    selecting = snapshot.services_at(instance.namespace, instance.address, number)
+    local = [s for s in snapshot.services if s.namespace == instance.namespace]
+    for service in selecting or local:
         for port in service.ports:
             if port.target_port == port_name or (
                 port.target_port is None and port.name == port_name
@@ -223,8 +230,6 @@ def translate_gateway_listeners(snapshot: Snapshot, proxy: Proxy) -> list[Listen
         # A gateway is the edge: the client's address is the peer's, not a header's.
         manager.use_remote_address.value = True
         out.append(_listener(name, host, port, manager, base_pb2.OUTBOUND))
-    if authz:  # no network RBAC on the proxy's TCP path yet: such ports stay closed
-        return out
     return out + translate_gateway_tcp_listeners(
         snapshot, proxy, gateway_http_ports(snapshot, proxy)
     )

@@ -4,8 +4,9 @@ protocol is not HTTP.
 - sidecar: per TCP port of its own instance (a port named `tcp`, `redis`,
   `mysql`, `mongo`, `tls`, `https`..., or with such an `appProtocol`), an
   inbound listener proxying to `inbound|PORT||`, with the port's mTLS chains
-  (listeners.py). A port an AuthorizationPolicy covers gets no TCP listener
-  until the network RBAC filter is enforced by the proxy: closed, never open.
+  (listeners.py), after the AuthorizationPolicy's network RBAC filters. A
+  port under a CUSTOM policy gets no listener: the proxy does not run the
+  network ext_authz filter, so the port stays closed rather than open.
 - gateway: per Gateway server of an L4 protocol (TCP, MONGO, REDIS, MYSQL)
   without TLS, a listener whose tcp_proxy goes to the first VirtualService
   `tcp` route that applies (port, gateways, sourceLabels, sourceNamespace),
@@ -24,6 +25,7 @@ from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from pilotfish.model import Gateway, Proxy, Snapshot
 from pilotfish.objects import Obj
 from pilotfish.translate import names
+from pilotfish.translate.authz import TCP_RBAC, translate_proxy_authz_tcp
 from pilotfish.translate.http_route import RouteContext, destination_cluster
 from pilotfish.translate.protos import pack, socket_address
 from pilotfish.translate.route_match import applies
@@ -49,20 +51,30 @@ def translate_tcp_filter(
 
 
 def tcp_listener(
-    name: str, host: str, port: int, tcp: listener_components_pb2.Filter, direction: int
+    name: str, host: str, port: int, filters: list[listener_components_pb2.Filter], direction: int
 ) -> Listener:
+    """`filters`: the authorization filters, then the tcp_proxy."""
     return Listener(
         name=name,
         address=socket_address(host, port),
         traffic_direction=direction,
-        filter_chains=[listener_components_pb2.FilterChain(filters=[tcp])],
+        filter_chains=[listener_components_pb2.FilterChain(filters=filters)],
     )
 
 
-def translate_inbound_tcp_listener(address: str, port: int) -> Listener:
+def enforceable(authz: list[listener_components_pb2.Filter]) -> bool:
+    """The proxy runs network RBAC, not the network ext_authz of CUSTOM
+    policies: a TCP port under one gets no listener (closed, never open)."""
+    return all(f.name == TCP_RBAC for f in authz)
+
+
+def translate_inbound_tcp_listener(
+    address: str, port: int, authz: list[listener_components_pb2.Filter]
+) -> Listener:
     cluster = names.inbound_cluster(port)
     tcp = translate_tcp_filter(cluster, [(cluster, 1)])
-    return tcp_listener(f"inbound_{address}_{port}", address, port, tcp, base_pb2.INBOUND)
+    name = f"inbound_{address}_{port}"
+    return tcp_listener(name, address, port, [*authz, tcp], base_pb2.INBOUND)
 
 
 def translate_gateway_tcp_listeners(
@@ -70,6 +82,9 @@ def translate_gateway_tcp_listeners(
 ) -> list[Listener]:
     """Ports already serving HTTP keep it: one protocol per gateway port, as Istio's."""
     host = proxy.metadata.get("BIND_ADDRESS", "0.0.0.0")
+    authz = translate_proxy_authz_tcp(snapshot, proxy)
+    if not enforceable(authz):
+        return []
     out = []
     for port, servers in sorted(_tcp_servers(snapshot.gateways_for(proxy)).items()):
         if port in http_ports:
@@ -78,7 +93,7 @@ def translate_gateway_tcp_listeners(
         if clusters:
             name = f"{host}_{port}"
             tcp = translate_tcp_filter(name, clusters)
-            out.append(tcp_listener(name, host, port, tcp, base_pb2.OUTBOUND))
+            out.append(tcp_listener(name, host, port, [*authz, tcp], base_pb2.OUTBOUND))
     return out
 
 

@@ -361,3 +361,50 @@ def test_istio_tcp_metrics_and_an_access_log_line_per_connection(
     assert {x["upstream_host"] for x in ok} == {f"127.0.0.1:{backend.port}"}
     assert [x["response_flags"] for x in lines if x not in ok] == ["UF"]
     backend.sock.close()
+
+
+NETWORK_RBAC = "type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC"
+
+
+def _rbac(stat_prefix: str, action: str, policy: str) -> dict[str, Any]:
+    local = {"direct_remote_ip": {"address_prefix": "127.0.0.1", "prefix_len": 32}}
+    return {
+        "name": "envoy.filters.network.rbac",
+        "typed_config": {
+            "@type": NETWORK_RBAC,
+            "stat_prefix": stat_prefix,
+            "rules": {
+                "action": action,
+                "policies": {policy: {"permissions": [{"any": True}], "principals": [local]}},
+            },
+        },
+    }
+
+
+def test_network_rbac_closes_denied_connections(tmp_path: Path, start_proxy: Any) -> None:
+    backend, denied, allowed = _EofServer(), free_port(), free_port()
+    log = tmp_path / "tcp.log"
+    file_log = {
+        "name": "envoy.access_loggers.file",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+            "path": str(log),
+        },
+    }
+    deny = tcp_listener("deny", denied, cluster="echo", access_log=[file_log])
+    deny["filter_chains"][0]["filters"].insert(0, _rbac("tcp.", "DENY", "no-local"))
+    allow = tcp_listener("allow", allowed, cluster="echo")
+    allow["filter_chains"][0]["filters"].insert(0, _rbac("tcp.", "ALLOW", "local"))
+    proxy = start_proxy([deny, allow], [static_cluster("echo", [backend.port])])
+    assert _answer_or_closed(denied, b"let me in") == b""
+    assert _exchange(allowed, b"hello") == b"got 5"
+    _, stats = proxy.admin_get("/stats")
+    assert "tcp.rbac.denied: 1" in stats.splitlines()
+    assert "tcp.rbac.allowed: 1" in stats.splitlines()
+    _, page = proxy.admin_get("/stats/prometheus")
+    assert "envoy_tcp_rbac_denied 1" in page.splitlines()
+    assert wait_for(lambda: log.exists() and log.read_text().strip() != "", 10)
+    [line] = [json.loads(x) for x in log.read_text().splitlines()]
+    details = "rbac_access_denied_matched_policy[no-local]"
+    assert (line["connection_termination_details"], line["upstream_host"]) == (details, None)
+    backend.sock.close()

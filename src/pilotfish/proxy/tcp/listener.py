@@ -18,6 +18,12 @@ from pilotfish.proxy.listeners import (
 )
 from pilotfish.proxy.proto_fields import unsupported
 from pilotfish.proxy.tcp.config import TCP_PROXY, TcpConfigError, TcpProxy, compile_tcp_proxy
+from pilotfish.proxy.tcp.rbac import (
+    NETWORK_RBAC,
+    NetworkRbac,
+    NetworkRbacError,
+    compile_network_rbac,
+)
 from pilotfish.proxy.tls import DownstreamTls
 
 
@@ -28,6 +34,7 @@ class TcpListener:
     port: int
     tcp: TcpProxy
     inbound: bool  # traffic_direction INBOUND
+    rbac: tuple[NetworkRbac, ...] = ()  # the network RBAC filters before the tcp_proxy
     tls: DownstreamTls | None = None  # a filter chain for TLS connections
     plaintext: bool = True  # a filter chain for plaintext ones
 
@@ -36,10 +43,10 @@ class TcpListener:
 
 
 def is_tcp_listener(listener: Listener) -> bool:
-    """Its first chain's network filter is a tcp_proxy."""
+    """Its first chain's last network filter is a tcp_proxy."""
     chains = listener.filter_chains
     return bool(
-        chains and chains[0].filters and chains[0].filters[0].typed_config.type_url == TCP_PROXY
+        chains and chains[0].filters and chains[0].filters[-1].typed_config.type_url == TCP_PROXY
     )
 
 
@@ -53,31 +60,45 @@ def compile_tcp_listener(listener: Listener) -> TcpListener:
         raise ListenerError(f"{where}: address.socket_address needs an address and a port_value")
     check_listener_filters(listener, where)
     tls, plaintext = transports(listener, where)
+    rbac, tcp = _one_chain(listener, where)
     return TcpListener(
         name=listener.name,
         host=socket.address,
         port=socket.port_value,
-        tcp=_one_proxy(listener, where),
+        tcp=tcp,
+        rbac=rbac,
         inbound=listener.traffic_direction == TrafficDirection.INBOUND,
         tls=tls,
         plaintext=plaintext,
     )
 
 
-def _one_proxy(listener: Listener, where: str) -> TcpProxy:
-    """The tcp_proxy every chain runs: chains differ only in their transport."""
+def _one_chain(listener: Listener, where: str) -> tuple[tuple[NetworkRbac, ...], TcpProxy]:
+    """The filters every chain runs (chains differ only in their transport):
+    network RBAC filters, then the tcp_proxy."""
     chains = listener.filter_chains
-    if any(len(chain.filters) != 1 for chain in chains):
-        raise ListenerError(f"{where}: filter_chains: every chain needs exactly one filter")
-    config = chains[0].filters[0].typed_config
-    if any(chain.filters[0].typed_config != config for chain in chains):
+    filters = list(chains[0].filters)
+    if any(list(chain.filters) != filters for chain in chains):
         raise ListenerError(
             f"{where}: filter_chains: chains that differ in more than their transport "
             "are not supported"
         )
+    rbac = []
+    for i, network_filter in enumerate(filters[:-1]):
+        path = f"{where}: filter_chains[0].filters[{i}]"
+        if network_filter.typed_config.type_url != NETWORK_RBAC:
+            raise ListenerError(
+                f"{path}: before a tcp_proxy only envoy.filters.network.rbac is supported, "
+                f"got {network_filter.name or network_filter.typed_config.type_url}"
+            )
+        try:
+            rbac.append(compile_network_rbac(network_filter.typed_config, f"{path}.typed_config"))
+        except NetworkRbacError as e:
+            raise ListenerError(str(e)) from e
     proto = tcp_proxy_pb2.TcpProxy()
-    config.Unpack(proto)
+    filters[-1].typed_config.Unpack(proto)
+    where = f"{where}: filter_chains[0].filters[{len(filters) - 1}].typed_config"
     try:
-        return compile_tcp_proxy(proto, f"{where}: filter_chains[0].filters[0].typed_config")
+        return tuple(rbac), compile_tcp_proxy(proto, where)
     except TcpConfigError as e:
         raise ListenerError(str(e)) from e

@@ -19,6 +19,7 @@ import ssl
 import time
 from typing import TYPE_CHECKING, cast
 
+from pilotfish.proxy.filters.base import Connection
 from pilotfish.proxy.tcp.listener import TcpListener
 from pilotfish.proxy.tcp.report import ConnectionReport
 from pilotfish.proxy.telemetry import UNKNOWN_SERVICE
@@ -121,6 +122,9 @@ class TcpRelay(_Side):
         self.transport = transport = cast(asyncio.Transport, transport)
         transport.pause_reading()
         self._downstream_facts(transport)
+        if self.listener.rbac and not self._authorized():
+            self.close_all()
+            return
         name = self.proxy.choose(random.random())
         snapshot = self.runtime.config.snapshot
         cluster = snapshot.clusters.get(name)
@@ -142,10 +146,26 @@ class TcpRelay(_Side):
         report = self.report
         report.downstream_local = _address(transport.get_extra_info("sockname"))
         report.downstream_remote = _address(transport.get_extra_info("peername"))
-        sans = peer_uri_sans(transport.get_extra_info("ssl_object"))
-        if self.listener.inbound and transport.get_extra_info("ssl_object") is not None:
-            report.mtls = True
-            report.peer_principal = report.downstream_san = sans[0] if sans else None
+        ssl_object = transport.get_extra_info("ssl_object")
+        if ssl_object is None:
+            return
+        sans = peer_uri_sans(ssl_object)
+        report.downstream_san = sans[0] if sans else None
+        if self.listener.inbound:  # the peer is the client: the metrics' source
+            report.mtls, report.peer_principal = True, report.downstream_san
+
+    def _authorized(self) -> bool:
+        """Every network RBAC filter lets the connection through; a denial is
+        logged as Envoy's connection termination details."""
+        report = self.report
+        remote, local = report.downstream_remote or "", report.downstream_local
+        connection = Connection.of(remote.rpartition(":")[0], local, "", report.downstream_san)
+        for rbac in self.listener.rbac:
+            denied = rbac.check(connection, self.runtime.stats.network)
+            if denied is not None:
+                report.termination = denied
+                return False
+        return True
 
     async def _connect(self, cluster: Cluster) -> None:
         for _ in range(self.proxy.max_connect_attempts):

@@ -55,6 +55,7 @@ class ConnectionReport:
     peer_principal: str | None = None  # the other workload's, from its verified certificate
     downstream_san: str | None = None  # the client's URI SAN, under mutual TLS
     service: ServiceInfo = UNKNOWN_SERVICE
+    termination: str | None = None  # why the proxy closed it (an RBAC denial)
     mtls: bool = False
 
     def opened(self) -> None:
@@ -82,6 +83,7 @@ class ConnectionReport:
             start_time=self.start_time,
             protocol=None,
             response_flags=self.flags,
+            connection_termination_details=self.termination,
             bytes_received=self.received,
             bytes_sent=self.sent,
             duration=int((time.monotonic() - self.started) * 1000),
