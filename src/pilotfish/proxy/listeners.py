@@ -130,7 +130,19 @@ class CompiledListener:
         return f"<Listener {self.name} {self.host}:{self.port}>"
 
 
-def compile_listener(listener: Listener) -> CompiledListener:
+@dataclass(frozen=True)
+class ListenerFacts:
+    """What every listener has whatever its filters: where, and which transports."""
+
+    where: str  # "listener NAME", for errors
+    host: str
+    port: int
+    tls: DownstreamTls | None
+    plaintext: bool
+
+
+def listener_facts(listener: Listener) -> ListenerFacts:
+    """Check the listener's own fields, address and transports."""
     where = f"listener {listener.name or '(unnamed)'}"
     bad = unsupported(listener, LISTENER_FIELDS)
     if bad:
@@ -140,10 +152,16 @@ def compile_listener(listener: Listener) -> CompiledListener:
         raise ListenerError(f"{where}: address.socket_address needs an address and a port_value")
     check_listener_filters(listener, where)
     tls, plaintext = transports(listener, where)
+    return ListenerFacts(where, socket.address, socket.port_value, tls, plaintext)
+
+
+def compile_listener(listener: Listener) -> CompiledListener:
+    placed = listener_facts(listener)
+    where, tls, plaintext = placed.where, placed.tls, placed.plaintext
     return CompiledListener(
         name=listener.name,
-        host=socket.address,
-        port=socket.port_value,
+        host=placed.host,
+        port=placed.port,
         http=compile_http_manager(_one_manager(listener, where), where),
         inbound=listener.traffic_direction == TrafficDirection.INBOUND,
         tls=tls,

@@ -9,14 +9,13 @@ import json
 import shutil
 import socket
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import closed_port, free_port, static_cluster, wait_for
+from harness import RawServer, closed_port, free_port, static_cluster, wait_for
 from test_e2e_tls import TLS_CONTEXT, issue, sds
 
 from pilotfish.ca.cacerts import self_signed
@@ -134,25 +133,14 @@ def test_weighted_clusters_split_connections_80_20(start_proxy: Any, redis: Any)
     assert 0.70 <= share <= 0.90, share
 
 
-class _EofServer:
+class _EofServer(RawServer):
     """Reads to the client's FIN, then answers how much it got and closes:
     the answer only arrives if the proxy passes the FIN on and keeps the
     other direction open."""
 
-    def __init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            with conn:
-                got = _read_all(conn)
-                conn.sendall(b"got %d" % len(got))
+    def converse(self, conn: socket.socket) -> None:
+        got = _read_all(conn)
+        conn.sendall(b"got %d" % len(got))
 
 
 def test_half_close_keeps_the_other_direction_open(start_proxy: Any) -> None:
@@ -160,34 +148,16 @@ def test_half_close_keeps_the_other_direction_open(start_proxy: Any) -> None:
     start_proxy([tcp_listener("eof", port, cluster="eof")], [static_cluster("eof", [backend.port])])
     payload = b"x" * 300_000
     assert _exchange(port, payload) == b"got 300000"
-    backend.sock.close()
+    backend.close()
 
 
-class _Firehose:
+class _Firehose(RawServer):
     """Writes for as long as the peer takes it."""
 
-    def __init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
+    def converse(self, conn: socket.socket) -> None:
         block = b"y" * 65536
         while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._pour, args=(conn, block), daemon=True).start()
-
-    @staticmethod
-    def _pour(conn: socket.socket, block: bytes) -> None:
-        with conn:
-            try:
-                while True:
-                    conn.sendall(block)
-            except OSError:
-                return
+            conn.sendall(block)
 
 
 def test_a_client_that_never_reads_holds_bounded_memory(start_proxy: Any) -> None:
@@ -204,8 +174,8 @@ def test_a_client_that_never_reads_holds_bounded_memory(start_proxy: Any) -> Non
     assert grown < 40_000, f"proxy grew {grown} kB while its clients did not read"
     for s in stalled:
         s.close()
-    firehose.sock.close()
-    echo.sock.close()
+    firehose.close()
+    echo.close()
 
 
 def test_idle_timeout_closes_a_silent_connection(start_proxy: Any) -> None:
@@ -220,7 +190,7 @@ def test_idle_timeout_closes_a_silent_connection(start_proxy: Any) -> None:
         # the backend waits for a FIN that never comes; the proxy's idle timer closes both
         assert s.recv(100) == b""
         assert 0.4 <= time.monotonic() - started < 4
-    backend.sock.close()
+    backend.close()
 
 
 def test_max_connect_attempts_tries_another_host(start_proxy: Any) -> None:
@@ -237,7 +207,7 @@ def test_max_connect_attempts_tries_another_host(start_proxy: Any) -> None:
     # with one attempt, every other connection picks the dead host and is closed
     answers = [_answer_or_closed(once, b"hi") for _ in range(20)]
     assert answers.count(b"") == 10 and answers.count(b"got 2") == 10
-    backend.sock.close()
+    backend.close()
 
 
 @needs_redis
@@ -301,6 +271,16 @@ def proxy_stderr(starter: Any) -> str:
     return "\n".join(p.stderr() for p in starter.proxies)
 
 
+def _file_log(path: Path) -> dict[str, Any]:
+    return {
+        "name": "envoy.access_loggers.file",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+            "path": str(path),
+        },
+    }
+
+
 def _samples(proxy: Any, family: str) -> dict[str, float]:
     """`{labels: value}` of one family on the Prometheus page."""
     status, page = proxy.admin_get("/stats/prometheus")
@@ -318,13 +298,7 @@ def test_istio_tcp_metrics_and_an_access_log_line_per_connection(
 ) -> None:
     backend, port, dead = _EofServer(), free_port(), free_port()
     log = tmp_path / "tcp.log"
-    file_log = {
-        "name": "envoy.access_loggers.file",
-        "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
-            "path": str(log),
-        },
-    }
+    file_log = _file_log(log)
     proxy = start_proxy(
         [
             tcp_listener("ok", port, cluster="outbound|9000||echo.default.svc.cluster.local",
@@ -360,7 +334,7 @@ def test_istio_tcp_metrics_and_an_access_log_line_per_connection(
     assert all(x["method"] is None and x["response_code"] == 0 for x in lines)
     assert {x["upstream_host"] for x in ok} == {f"127.0.0.1:{backend.port}"}
     assert [x["response_flags"] for x in lines if x not in ok] == ["UF"]
-    backend.sock.close()
+    backend.close()
 
 
 NETWORK_RBAC = "type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC"
@@ -384,13 +358,7 @@ def _rbac(stat_prefix: str, action: str, policy: str) -> dict[str, Any]:
 def test_network_rbac_closes_denied_connections(tmp_path: Path, start_proxy: Any) -> None:
     backend, denied, allowed = _EofServer(), free_port(), free_port()
     log = tmp_path / "tcp.log"
-    file_log = {
-        "name": "envoy.access_loggers.file",
-        "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
-            "path": str(log),
-        },
-    }
+    file_log = _file_log(log)
     deny = tcp_listener("deny", denied, cluster="echo", access_log=[file_log])
     deny["filter_chains"][0]["filters"].insert(0, _rbac("tcp.", "DENY", "no-local"))
     allow = tcp_listener("allow", allowed, cluster="echo")
@@ -407,4 +375,4 @@ def test_network_rbac_closes_denied_connections(tmp_path: Path, start_proxy: Any
     [line] = [json.loads(x) for x in log.read_text().splitlines()]
     details = "rbac_access_denied_matched_policy[no-local]"
     assert (line["connection_termination_details"], line["upstream_host"]) == (details, None)
-    backend.sock.close()
+    backend.close()

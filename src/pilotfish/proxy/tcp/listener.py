@@ -10,13 +10,7 @@ from envoy.config.core.v3.base_pb2 import TrafficDirection
 from envoy.config.listener.v3.listener_pb2 import Listener
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 
-from pilotfish.proxy.listeners import (
-    LISTENER_FIELDS,
-    ListenerError,
-    check_listener_filters,
-    transports,
-)
-from pilotfish.proxy.proto_fields import unsupported
+from pilotfish.proxy.listeners import ListenerError, listener_facts
 from pilotfish.proxy.tcp.config import TCP_PROXY, TcpConfigError, TcpProxy, compile_tcp_proxy
 from pilotfish.proxy.tcp.rbac import (
     NETWORK_RBAC,
@@ -51,25 +45,17 @@ def is_tcp_listener(listener: Listener) -> bool:
 
 
 def compile_tcp_listener(listener: Listener) -> TcpListener:
-    where = f"listener {listener.name or '(unnamed)'}"
-    bad = unsupported(listener, LISTENER_FIELDS)
-    if bad:
-        raise ListenerError(f"{where}: field not supported by pilotfish: {', '.join(bad)}")
-    socket = listener.address.socket_address
-    if not socket.address or not socket.port_value:
-        raise ListenerError(f"{where}: address.socket_address needs an address and a port_value")
-    check_listener_filters(listener, where)
-    tls, plaintext = transports(listener, where)
-    rbac, tcp = _one_chain(listener, where)
+    placed = listener_facts(listener)
+    rbac, tcp = _one_chain(listener, placed.where)
     return TcpListener(
         name=listener.name,
-        host=socket.address,
-        port=socket.port_value,
+        host=placed.host,
+        port=placed.port,
         tcp=tcp,
         rbac=rbac,
         inbound=listener.traffic_direction == TrafficDirection.INBOUND,
-        tls=tls,
-        plaintext=plaintext,
+        tls=placed.tls,
+        plaintext=placed.plaintext,
     )
 
 
