@@ -75,7 +75,9 @@ class _Side(asyncio.Protocol):
     def eof_received(self) -> bool:
         self.eof = True
         self.relay.half_closed(self)
-        return True  # keep our write side open for the other direction
+        # keep our write side open for the other direction, where the
+        # transport can (TLS closes on the peer's close_notify regardless)
+        return self.transport is not None and self.transport.can_write_eof()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.relay.lost(self)
