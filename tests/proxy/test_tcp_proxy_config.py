@@ -160,3 +160,46 @@ def test_network_rbac_decides_on_the_connection() -> None:
     other_port = Connection.of("10.0.0.1", "127.0.0.1:6380", "", "spiffe://td/ns/a/sa/x")
     assert rbac.check(other_port, counters) is not None
     assert counters == {"tcp.rbac.allowed": 1, "tcp.rbac.denied": 2}
+
+
+def sni_listener(*chains: tuple[list[str], str]) -> Listener:
+    listener = tcp_listener(cluster="unused")
+    proto = listener.filter_chains[0]
+    del listener.filter_chains[:]
+    for names, cluster in chains:
+        chain = listener.filter_chains.add()
+        chain.CopyFrom(proto)
+        chain.filter_chain_match.server_names.extend(names)
+        config = json_format.ParseDict(
+            {"@type": TCP_PROXY, "stat_prefix": cluster, "cluster": cluster},
+            chain.filters[0].typed_config,
+        )
+        chain.filters[0].typed_config.CopyFrom(config)
+    return listener
+
+
+def test_chains_chosen_by_sni_as_envoy_orders_them() -> None:
+    compiled = compile_tcp_listener(
+        sni_listener((["*.example.com"], "wild"), (["*.a.example.com"], "longer"),
+                     (["exact.a.example.com"], "exact"), ([], "default"))
+    )  # fmt: skip
+    assert compiled.by_sni and compiled.tls is None
+
+    def cluster(sni: str) -> str | None:
+        chain = compiled.chain_for(sni)
+        return None if chain is None else chain.tcp.clusters[0][0]
+
+    assert cluster("exact.a.example.com") == "exact"
+    assert cluster("x.a.example.com") == "longer"
+    assert cluster("b.example.com") == "wild"
+    assert cluster("example.com") == "default"
+    assert cluster("") == "default"
+    no_default = compile_tcp_listener(sni_listener((["a.test"], "a")))
+    assert no_default.chain_for("b.test") is None
+
+
+def test_a_passthrough_chain_must_not_terminate_tls() -> None:
+    listener = sni_listener((["a.test"], "a"))
+    listener.filter_chains[0].transport_socket.name = "envoy.transport_sockets.tls"
+    with pytest.raises(ListenerError, match="must not terminate TLS"):
+        compile_tcp_listener(listener)

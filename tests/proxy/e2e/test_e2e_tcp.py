@@ -376,3 +376,91 @@ def test_network_rbac_closes_denied_connections(tmp_path: Path, start_proxy: Any
     details = "rbac_access_denied_matched_policy[no-local]"
     assert (line["connection_termination_details"], line["upstream_host"]) == (details, None)
     backend.close()
+
+
+def _chain_by_sni(names: list[str], cluster: str) -> dict[str, Any]:
+    config = {"@type": TCP_PROXY, "stat_prefix": cluster, "cluster": cluster}
+    return {
+        "filter_chain_match": {"server_names": names, "transport_protocol": "tls"},
+        "filters": [{"name": "envoy.filters.network.tcp_proxy", "typed_config": config}],
+    }
+
+
+class _FirstBytes(RawServer):
+    """Keeps the first bytes a connection brings, then closes it."""
+
+    first = b""
+
+    def converse(self, conn: socket.socket) -> None:
+        self.first = conn.recv(65536)
+
+
+@pytest.fixture
+def tls_backend(tmp_path: Path) -> Iterator[int]:
+    """`openssl s_server` with its own certificate for backend.example.com."""
+    key, cert, port = tmp_path / "backend.key", tmp_path / "backend.pem", free_port()
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+         "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1",
+         "-subj", "/CN=backend.example.com"],
+        check=True, capture_output=True, timeout=30,
+    )  # fmt: skip
+    server = subprocess.Popen(
+        ["openssl", "s_server", "-accept", str(port), "-cert", str(cert), "-key", str(key),
+         "-www", "-quiet"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert wait_for(lambda: _listening(port), 10)
+    yield port
+    server.terminate()
+    server.wait(timeout=10)
+
+
+def _listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+def _s_client(port: int, servername: str) -> str:
+    done = subprocess.run(
+        ["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-servername", servername],
+        input=b"", capture_output=True, timeout=20,
+    )  # fmt: skip
+    return done.stdout.decode(errors="replace")
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")
+def test_tls_passthrough_by_sni_reaches_the_backends_own_certificate(
+    start_proxy: Any, tls_backend: int
+) -> None:
+    port, other = free_port(), _FirstBytes()
+    listener = tcp_listener("passthrough", port, cluster="unused")
+    listener["filter_chains"] = [
+        _chain_by_sni(["backend.example.com"], "backend"),
+        _chain_by_sni(["*.other.test"], "other"),
+    ]
+    listener["listener_filters"] = [
+        {
+            "name": "envoy.filters.listener.tls_inspector",
+            "typed_config": {
+                "@type": "type.googleapis.com/"
+                "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"
+            },
+        }
+    ]
+    proxy = start_proxy(
+        [listener],
+        [static_cluster("backend", [tls_backend]), static_cluster("other", [other.port])],
+    )
+    seen = _s_client(port, "backend.example.com")
+    assert "subject=CN" in seen and "backend.example.com" in seen.partition("subject=")[2], seen
+    # a wildcard chain gets the ClientHello untouched
+    assert "backend.example.com" not in _s_client(port, "a.other.test")
+    assert other.first[:1] == b"\x16" and b"a.other.test" in other.first
+    assert "no peer certificate" in _s_client(port, "unknown.test")  # no chain: closed
+    _, stats = proxy.admin_get("/stats")
+    assert f"listener.127.0.0.1_{port}.no_filter_chain_match: 1" in stats.splitlines()
+    other.close()

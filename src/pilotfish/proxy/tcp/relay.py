@@ -19,9 +19,12 @@ import ssl
 import time
 from typing import TYPE_CHECKING, cast
 
+from pilotfish.proxy.accept import LISTENER_FILTERS_TIMEOUT_S
 from pilotfish.proxy.filters.base import Connection
+from pilotfish.proxy.stats import listener_stat_name
 from pilotfish.proxy.tcp.listener import TcpListener
 from pilotfish.proxy.tcp.report import ConnectionReport
+from pilotfish.proxy.tcp.sni import MAX_CLIENT_HELLO, NEED_MORE, client_hello_sni
 from pilotfish.proxy.telemetry import UNKNOWN_SERVICE
 from pilotfish.proxy.tls import check_sans, peer_uri_sans
 from pilotfish.proxy.upstream.cluster import Cluster
@@ -97,7 +100,9 @@ class TcpRelay(_Side):
 
     def __init__(self, runtime: Runtime, listener: TcpListener) -> None:
         super().__init__(self)
-        self.runtime, self.listener, self.proxy = runtime, listener, listener.tcp
+        self.runtime, self.listener = runtime, listener
+        self.proxy, self.rbac = listener.tcp, listener.rbac  # by SNI: once it is read
+        self.sniffing = listener.by_sni
         telemetry = runtime.telemetry
         self.report = ConnectionReport(
             telemetry.inbound if listener.inbound else telemetry.outbound
@@ -122,9 +127,41 @@ class TcpRelay(_Side):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport = cast(asyncio.Transport, transport)
-        transport.pause_reading()
         self._downstream_facts(transport)
-        if self.listener.rbac and not self._authorized():
+        if not self.sniffing:
+            transport.pause_reading()
+            self._begin()
+        else:  # a client that never says hello is dropped, as by Envoy's listener filters
+            self.timer = self.runtime.loop.call_later(LISTENER_FILTERS_TIMEOUT_S, self._silent)
+
+    def _silent(self) -> None:
+        if self.sniffing:
+            self.close_all()
+
+    def _sniffed(self) -> None:
+        """The chain the ClientHello's server name chooses, once it is read
+        (bytes held in `early`, forwarded untouched), or the connection closed."""
+        data = b"".join(self.early)
+        sni = client_hello_sni(data)
+        if sni is NEED_MORE and len(data) < MAX_CLIENT_HELLO:
+            return
+        self.sniffing = False
+        self.pause()
+        if self.timer is not None:
+            self.timer.cancel()
+        self.report.requested_server_name = sni or None
+        chain = self.listener.chain_for(sni or "")
+        if chain is None:  # as Envoy: no filter chain matches, closed
+            self.runtime.stats.listener(
+                listener_stat_name(self.listener.host, self.listener.port)
+            ).no_filter_chain_match += 1
+            self.close_all()
+            return
+        self.proxy, self.rbac = chain.tcp, chain.rbac
+        self._begin()
+
+    def _begin(self) -> None:
+        if self.rbac and not self._authorized():
             self.close_all()
             return
         name = self.proxy.choose(random.random())
@@ -161,8 +198,9 @@ class TcpRelay(_Side):
         logged as Envoy's connection termination details."""
         report = self.report
         remote, local = report.downstream_remote or "", report.downstream_local
-        connection = Connection.of(remote.rpartition(":")[0], local, "", report.downstream_san)
-        for rbac in self.listener.rbac:
+        sni = report.requested_server_name or ""
+        connection = Connection.of(remote.rpartition(":")[0], local, sni, report.downstream_san)
+        for rbac in self.rbac:
             denied = rbac.check(connection, self.runtime.stats.network)
             if denied is not None:
                 report.termination = denied
@@ -260,7 +298,10 @@ class TcpRelay(_Side):
         self.report.moved(len(data), 0)
         if self.upstream is None:  # early bytes (uvloop reads before connection_made returns)
             self.early.append(data)
-            self.pause()
+            if self.sniffing:
+                self._sniffed()
+            else:
+                self.pause()
         else:
             self.upstream.write(data)
 

@@ -56,6 +56,7 @@ class ConnectionReport:
     downstream_san: str | None = None  # the client's URI SAN, under mutual TLS
     service: ServiceInfo = UNKNOWN_SERVICE
     termination: str | None = None  # why the proxy closed it (an RBAC denial)
+    requested_server_name: str | None = None  # the ClientHello's, on a passthrough listener
     mtls: bool = False
 
     def opened(self) -> None:
@@ -84,6 +85,7 @@ class ConnectionReport:
             protocol=None,
             response_flags=self.flags,
             connection_termination_details=self.termination,
+            requested_server_name=self.requested_server_name,
             bytes_received=self.received,
             bytes_sent=self.sent,
             duration=int((time.monotonic() - self.started) * 1000),
