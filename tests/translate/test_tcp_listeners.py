@@ -180,3 +180,53 @@ def test_a_destination_subnets_match_is_never_taken() -> None:
     (listener,) = gateway_tcp(gateway(), tcp_vs(routes))
     host = "redis.default.svc.cluster.local"
     assert compile_tcp_listener(listener).tcp.clusters == ((f"outbound|6379|v1|{host}", 1),)
+
+
+def passthrough_gateway() -> Obj:
+    return {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "Gateway",
+        "metadata": {"name": "tcp-gw", "namespace": "istio-system"},
+        "spec": {
+            "selector": {"istio": "ingressgateway"},
+            "servers": [
+                {
+                    "port": {"number": 8443, "name": "tls", "protocol": "TLS"},
+                    "hosts": ["*.example.com"],
+                    "tls": {"mode": "PASSTHROUGH"},
+                }
+            ],
+        },
+    }
+
+
+def tls_vs(host: str, subsets: list[tuple[str, int]]) -> Obj:
+    route = [dest(s, w) for s, w in subsets] if len(subsets) > 1 else [dest(subsets[0][0])]
+    return {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "VirtualService",
+        "metadata": {"name": host.partition(".")[0], "namespace": "default"},
+        "spec": {
+            "hosts": [host],
+            "gateways": ["istio-system/tcp-gw"],
+            "tls": [{"match": [{"port": 8443, "sniHosts": [host]}], "route": route}],
+        },
+    }
+
+
+def test_a_passthrough_server_chooses_clusters_by_sni() -> None:
+    (listener,) = gateway_tcp(
+        passthrough_gateway(),
+        tls_vs("a.example.com", [("v1", 90), ("v2", 10)]),
+        tls_vs("b.example.com", [("v3", 100)]),
+        tls_vs("c.other.com", [("v4", 100)]),  # not a host of the server
+    )
+    compiled = compile_tcp_listener(listener)
+    assert compiled.by_sni and compiled.tls is None  # TLS is not terminated
+    host = "redis.default.svc.cluster.local"
+    a, b = compiled.chain_for("a.example.com"), compiled.chain_for("b.example.com")
+    assert a is not None and b is not None
+    assert a.tcp.clusters == ((f"outbound|6379|v1|{host}", 90), (f"outbound|6379|v2|{host}", 10))
+    assert b.tcp.clusters == ((f"outbound|6379|v3|{host}", 1),)
+    assert compiled.chain_for("c.other.com") is None
+    assert [f.name for f in listener.listener_filters] == ["envoy.filters.listener.tls_inspector"]

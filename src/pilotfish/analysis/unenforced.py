@@ -75,8 +75,15 @@ TABLE: tuple[Unenforced, ...] = (
         NETWORKING,
         "VirtualService",
         "spec.tls",
-        "only http routes are served",
-        (("model", '"tls"'),),
+        "served by PASSTHROUGH gateway servers only: a sidecar has no outbound TLS listener",
+        (("translate", "translate_outbound_tls"),),
+    ),
+    Unenforced(
+        NETWORKING,
+        "VirtualService",
+        "spec.tls[].match[].destinationSubnets",
+        "a match that names it is never taken: TLS routes cannot match destination addresses",
+        (("translate", "prefix_ranges"),),
     ),
     Unenforced(
         NETWORKING,
@@ -103,7 +110,7 @@ TABLE: tuple[Unenforced, ...] = (
         NETWORKING,
         "Gateway",
         "spec.servers[].tls",
-        "gateways serve plain HTTP only; this server is not served",
+        "only PASSTHROUGH (TLS passed through by SNI) is served; a server of another mode is not",
         (("translate", "httpsRedirect"),),
     ),
     *[

@@ -55,6 +55,7 @@ class VirtualService:
     export_to: frozenset[str]
     created: str = ""
     tcp: tuple[Obj, ...] = ()  # Istio's TCPRoute list, destinations resolved
+    tls: tuple[Obj, ...] = ()  # Istio's TLSRoute list (by SNI), destinations resolved
 
     @property
     def key(self) -> str:
@@ -149,6 +150,7 @@ def read_virtual_service(obj: Obj) -> VirtualService:
         created=created,
         # a TCPRoute's `route` is shaped as an HTTP route's: destinations resolve the same way
         tcp=tuple(_resolve_http_route(r, namespace) for r in spec.get("tcp") or []),
+        tls=tuple(_resolve_http_route(r, namespace) for r in spec.get("tls") or []),
     )
 
 

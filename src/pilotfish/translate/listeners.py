@@ -45,6 +45,7 @@ from pilotfish.translate.protos import ads, duration, pack, socket_address
 from pilotfish.translate.proxyless import translate_server_listeners
 from pilotfish.translate.routes import gateway_http_ports
 from pilotfish.translate.tcp import (
+    TLS_INSPECTOR,
     enforceable,
     translate_gateway_tcp_listeners,
     translate_inbound_tcp_listener,
@@ -52,7 +53,6 @@ from pilotfish.translate.tcp import (
 
 FAULT_FILTER = "envoy.filters.http.fault"
 CORS_FILTER = "envoy.filters.http.cors"
-TLS_INSPECTOR = "envoy.filters.listener.tls_inspector"
 OUTBOUND_ADDRESS = "127.0.0.1"
 OUTBOUND_PORT = 15001
 

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from envoy.config.core.v3 import base_pb2
 from envoy.config.listener.v3 import listener_components_pb2
 from envoy.config.listener.v3.listener_pb2 import Listener
+from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 
 from pilotfish.model import Gateway, Proxy, Snapshot
@@ -33,6 +34,7 @@ from pilotfish.translate.routes import server_vs_hosts
 
 TCP_PROXY_FILTER = "envoy.filters.network.tcp_proxy"
 GATEWAY_TCP_PROTOCOLS = ("TCP", "MONGO", "REDIS", "MYSQL")
+TLS_INSPECTOR = "envoy.filters.listener.tls_inspector"
 
 
 def translate_tcp_filter(
@@ -89,24 +91,87 @@ def translate_gateway_tcp_listeners(
     for port, servers in sorted(_tcp_servers(snapshot.gateways_for(proxy)).items()):
         if port in http_ports:
             continue
+        name = f"{host}_{port}"
+        if any(_passthrough(server) for _, server in servers):
+            chains = _sni_chains(snapshot, proxy, port, servers)
+            if chains:
+                out.append(_passthrough_listener(name, host, port, chains, authz))
+            continue
         clusters = _gateway_tcp_clusters(snapshot, proxy, port, servers)
         if clusters:
-            name = f"{host}_{port}"
             tcp = translate_tcp_filter(name, clusters)
             out.append(tcp_listener(name, host, port, [*authz, tcp], base_pb2.OUTBOUND))
     return out
 
 
+def _passthrough_listener(
+    name: str,
+    host: str,
+    port: int,
+    chains: list[listener_components_pb2.FilterChain],
+    authz: list[listener_components_pb2.Filter],
+) -> Listener:
+    for chain in chains:
+        own = list(chain.filters)
+        del chain.filters[:]
+        chain.filters.extend([*authz, *own])
+    listener = Listener(
+        name=name,
+        address=socket_address(host, port),
+        traffic_direction=base_pb2.OUTBOUND,
+        filter_chains=chains,
+    )
+    listener.listener_filters.append(
+        listener_components_pb2.ListenerFilter(
+            name=TLS_INSPECTOR, typed_config=pack(tls_inspector_pb2.TlsInspector())
+        )
+    )
+    return listener
+
+
 def _tcp_servers(gateways: Sequence[Gateway]) -> dict[int, list[tuple[Gateway, Obj]]]:
+    """L4 servers without TLS, and TLS servers in PASSTHROUGH mode, by port."""
     found: dict[int, list[tuple[Gateway, Obj]]] = {}
     for gateway in gateways:
         for server in gateway.servers:
             port = server.get("port") or {}
-            if str(port.get("protocol", "")).upper() in GATEWAY_TCP_PROTOCOLS and not server.get(
-                "tls"
-            ):
+            plain = str(port.get("protocol", "")).upper() in GATEWAY_TCP_PROTOCOLS
+            if (plain and not server.get("tls")) or _passthrough(server):
                 found.setdefault(int(port["number"]), []).append((gateway, server))
     return found
+
+
+def _passthrough(server: Obj) -> bool:
+    return (server.get("tls") or {}).get("mode") == "PASSTHROUGH"
+
+
+def _sni_chains(
+    snapshot: Snapshot, proxy: Proxy, port: int, servers: list[tuple[Gateway, Obj]]
+) -> list[listener_components_pb2.FilterChain]:
+    """Istio's PASSTHROUGH: a chain per `tls` route match, chosen by its
+    sniHosts, proxying to the route's destinations; first come, first kept."""
+    chains: list[listener_components_pb2.FilterChain] = []
+    taken: set[str] = set()
+    for gateway, server in servers:
+        ctx = RouteContext(snapshot, proxy, port, frozenset({gateway.key}))
+        for vs in snapshot.gateway_virtual_services(proxy, gateway.key):
+            if not server_vs_hosts(gateway, server, vs.namespace, vs.hosts):
+                continue
+            for route in vs.tls:
+                for match in route.get("match") or []:
+                    names = [str(h).lower() for h in match.get("sniHosts") or []]
+                    names = [n for n in names if n not in taken]
+                    if not names or not _applies(ctx, match):
+                        continue
+                    taken.update(names)
+                    clusters = tcp_destinations(ctx, route.get("route") or [])
+                    chain = listener_components_pb2.FilterChain(
+                        filters=[translate_tcp_filter(names[0], clusters)]
+                    )
+                    chain.filter_chain_match.server_names.extend(names)
+                    chain.filter_chain_match.transport_protocol = "tls"
+                    chains.append(chain)
+    return chains
 
 
 def _gateway_tcp_clusters(
