@@ -29,7 +29,7 @@ pytestmark = [
         shutil.which("redis-server") is None, reason="needs redis-server (scripts/setup --test)"
     ),
 ]
-GATEWAY_PORT = free_port()
+GATEWAY_PORT, TLS_GATEWAY_PORT = free_port(), free_port()
 MESH = f"""
 apiVersion: v1
 kind: Service
@@ -55,6 +55,26 @@ spec:
   servers:
   - port: {{number: {GATEWAY_PORT}, name: tcp, protocol: TCP}}
     hosts: ["*"]
+  - port: {{number: {TLS_GATEWAY_PORT}, name: tls, protocol: TLS}}
+    hosts: ["*.example.com"]
+    tls: {{mode: PASSTHROUGH}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: secure}}
+spec:
+  selector: {{app: secure}}
+  ports: [{{name: tls, port: 8443, targetPort: http}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: secure}}
+spec:
+  hosts: [secure.example.com]
+  gateways: [tcp-gateway]
+  tls:
+  - match: [{{sniHosts: [secure.example.com]}}]
+    route: [{{destination: {{host: secure, port: {{number: 8443}}}}}}]
 ---
 apiVersion: networking.istio.io/v1
 kind: VirtualService
@@ -130,11 +150,40 @@ def _complete(reply: bytes) -> bool:
     return len(rest) >= int(head[1:]) + 2
 
 
+class TlsServer:
+    """`openssl s_server` with its own certificate for secure.example.com."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory, self.port = directory, free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> TlsServer:
+        key, cert = self.directory / "secure.key", self.directory / "secure.pem"
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+             "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1",
+             "-subj", "/CN=secure.example.com"],
+            check=True, capture_output=True, timeout=30,
+        )  # fmt: skip
+        self.process = subprocess.Popen(
+            ["openssl", "s_server", "-accept", str(self.port), "-cert", str(cert),
+             "-key", str(key), "-www", "-quiet"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+
+
 @dataclass
 class World:
     mesh: SidecarMesh
     gateway: Proxy
     redis: dict[str, Sidecar]
+    secure: Sidecar  # in front of an openssl s_server
 
 
 @pytest.fixture(scope="module")
@@ -154,13 +203,15 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             sidecar, _ = mesh.workload(f"redis-{version}", labels, Redis(version, tmp))  # type: ignore[arg-type]
             mesh.wait_serving(sidecar)
             sidecars[version] = sidecar
+        secure, _ = mesh.workload("secure-v1", {"app": "secure"}, TlsServer(tmp))  # type: ignore[arg-type]
+        mesh.wait_serving(secure)
         gateway = _start_gateway(mesh, tmp)
         wait_until(
             lambda: Redis.ask(GATEWAY_PORT, "PING") == b"+PONG\r\n",
             20,
             f"no way in: {gateway.stderr()[-2000:]} {sidecars['v1'].proxy.stderr()[-2000:]}",
         )
-        yield World(mesh, gateway, sidecars)
+        yield World(mesh, gateway, sidecars, secure)
     finally:
         mesh.close()
 
@@ -266,3 +317,28 @@ def test_authorization_policy_closes_the_tcp_port_to_other_identities(world: Wor
         10,
         "the gateway's identity still refused",
     )
+
+
+def test_openssl_through_a_passthrough_gateway_sees_the_backends_own_certificate(
+    world: World,
+) -> None:
+    def s_client() -> str:
+        done = subprocess.run(
+            ["openssl", "s_client", "-connect", f"127.0.0.1:{TLS_GATEWAY_PORT}",
+             "-servername", "secure.example.com"],
+            input=b"", capture_output=True, timeout=20,
+        )  # fmt: skip
+        return done.stdout.decode(errors="replace")
+
+    wait_until(lambda: "secure.example.com" in s_client(), 20, "no certificate through the gateway")
+    seen = s_client()
+    # the backend's own self-signed certificate, not the mesh's SPIFFE one
+    assert "subject=CN" in seen and "secure.example.com" in seen.partition("subject=")[2], seen
+    assert "spiffe://" not in seen
+    # and the hop from the gateway to the backend's sidecar was the mesh's mutual TLS
+    opened = [
+        line
+        for line in world.secure.stats().splitlines()
+        if line.startswith("istio_tcp_connections_opened_total{")
+    ]
+    assert opened and all('connection_security_policy="mutual_tls"' in x for x in opened), opened
