@@ -410,10 +410,12 @@ def tls_backend(tmp_path: Path) -> Iterator[int]:
          "-www", "-quiet"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
-    assert wait_for(lambda: _listening(port), 10)
-    yield port
-    server.terminate()
-    server.wait(timeout=10)
+    try:
+        assert wait_for(lambda: _listening(port), 10)
+        yield port
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
 
 
 def _listening(port: int) -> bool:
