@@ -466,3 +466,22 @@ def test_tls_passthrough_by_sni_reaches_the_backends_own_certificate(
     _, stats = proxy.admin_get("/stats")
     assert f"listener.127.0.0.1_{port}.no_filter_chain_match: 1" in stats.splitlines()
     other.close()
+
+
+def test_max_connections_closes_what_goes_over(start_proxy: Any) -> None:
+    """DestinationRule connectionPool.tcp.maxConnections, as Envoy's circuit breaker."""
+    backend, port = _EofServer(), free_port()
+    breakers = {"thresholds": [{"max_connections": 1}]}
+    proxy = start_proxy(
+        [tcp_listener("limited", port, cluster="one")],
+        [static_cluster("one", [backend.port], circuit_breakers=breakers)],
+    )
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as held:
+        held.sendall(b"abc")  # the backend waits for its FIN: the slot stays taken
+        assert wait_for(lambda: "cluster.one.upstream_cx_total: 1" in proxy.admin_get("/stats")[1])
+        assert _answer_or_closed(port, b"over") == b""
+        held.shutdown(socket.SHUT_WR)
+        assert _read_all(held) == b"got 3"
+    assert "cluster.one.upstream_cx_overflow: 1" in proxy.admin_get("/stats")[1].splitlines()
+    assert wait_for(lambda: _answer_or_closed(port, b"again") == b"got 5")  # the slot is back
+    backend.close()
