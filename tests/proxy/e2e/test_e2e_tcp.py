@@ -485,3 +485,23 @@ def test_max_connections_closes_what_goes_over(start_proxy: Any) -> None:
     assert "cluster.one.upstream_cx_overflow: 1" in proxy.admin_get("/stats")[1].splitlines()
     assert wait_for(lambda: _answer_or_closed(port, b"again") == b"got 5")  # the slot is back
     backend.close()
+
+
+def test_outlier_detection_ejects_a_host_that_refuses_connections(start_proxy: Any) -> None:
+    backend, dead, port = _EofServer(), closed_port(), free_port()
+    outlier = {
+        "consecutive_5xx": 2,
+        "interval": "60s",
+        "base_ejection_time": "60s",
+        "max_ejection_percent": 100,
+    }
+    proxy = start_proxy(
+        [tcp_listener("ejecting", port, cluster="two")],
+        [static_cluster("two", [dead, backend.port], outlier_detection=outlier)],
+    )
+    answers = [_answer_or_closed(port, b"hi") for _ in range(30)]
+    # round robin: the dead host is tried twice, then ejected; the rest all reach the live one
+    assert answers.count(b"") == 2 and answers.count(b"got 2") == 28, answers
+    _, clusters = proxy.admin_get("/clusters")
+    assert f"two::127.0.0.1:{dead}::health_flags::/failed_outlier_check" in clusters.splitlines()
+    backend.close()
