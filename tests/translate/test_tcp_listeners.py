@@ -108,16 +108,15 @@ def test_a_tcp_port_under_a_custom_policy_gets_no_listener() -> None:
     assert [x.name for x in translate_listeners(snap, REDIS)] == ["127.0.0.1_15001"]
 
 
-def gateway(protocol: str = "TCP", number: int = 31400) -> Obj:
+def gateway(protocol: str = "TCP", number: int = 31400, **server: Any) -> Obj:
+    port = {"number": number, "name": protocol.lower(), "protocol": protocol}
     return {
         "apiVersion": "networking.istio.io/v1",
         "kind": "Gateway",
         "metadata": {"name": "tcp-gw", "namespace": "istio-system"},
         "spec": {
             "selector": {"istio": "ingressgateway"},
-            "servers": [
-                {"port": {"number": number, "name": "tcp", "protocol": protocol}, "hosts": ["*"]}
-            ],
+            "servers": [{"port": port, "hosts": ["*"], **server}],
         },
     }
 
@@ -183,21 +182,7 @@ def test_a_destination_subnets_match_is_never_taken() -> None:
 
 
 def passthrough_gateway() -> Obj:
-    return {
-        "apiVersion": "networking.istio.io/v1",
-        "kind": "Gateway",
-        "metadata": {"name": "tcp-gw", "namespace": "istio-system"},
-        "spec": {
-            "selector": {"istio": "ingressgateway"},
-            "servers": [
-                {
-                    "port": {"number": 8443, "name": "tls", "protocol": "TLS"},
-                    "hosts": ["*.example.com"],
-                    "tls": {"mode": "PASSTHROUGH"},
-                }
-            ],
-        },
-    }
+    return gateway("TLS", 8443, hosts=["*.example.com"], tls={"mode": "PASSTHROUGH"})
 
 
 def tls_vs(host: str, subsets: list[tuple[str, int]]) -> Obj:

@@ -15,7 +15,7 @@ protocol is not HTTP.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from envoy.config.core.v3 import base_pb2
 from envoy.config.listener.v3 import listener_components_pb2
@@ -145,6 +145,19 @@ def _passthrough(server: Obj) -> bool:
     return (server.get("tls") or {}).get("mode") == "PASSTHROUGH"
 
 
+def _bound_routes(
+    snapshot: Snapshot, proxy: Proxy, port: int, servers: list[tuple[Gateway, Obj]], kind: str
+) -> Iterator[tuple[RouteContext, Obj]]:
+    """The `tcp` or `tls` routes of the VirtualServices bound to these
+    servers' gateways whose hosts meet the server's, oldest first."""
+    for gateway, server in servers:
+        ctx = RouteContext(snapshot, proxy, port, frozenset({gateway.key}))
+        for vs in snapshot.gateway_virtual_services(proxy, gateway.key):
+            if server_vs_hosts(gateway, server, vs.namespace, vs.hosts):
+                for route in vs.tcp if kind == "tcp" else vs.tls:
+                    yield ctx, route
+
+
 def _sni_chains(
     snapshot: Snapshot, proxy: Proxy, port: int, servers: list[tuple[Gateway, Obj]]
 ) -> list[listener_components_pb2.FilterChain]:
@@ -152,41 +165,30 @@ def _sni_chains(
     sniHosts, proxying to the route's destinations; first come, first kept."""
     chains: list[listener_components_pb2.FilterChain] = []
     taken: set[str] = set()
-    for gateway, server in servers:
-        ctx = RouteContext(snapshot, proxy, port, frozenset({gateway.key}))
-        for vs in snapshot.gateway_virtual_services(proxy, gateway.key):
-            if not server_vs_hosts(gateway, server, vs.namespace, vs.hosts):
+    for ctx, route in _bound_routes(snapshot, proxy, port, servers, "tls"):
+        for match in route.get("match") or []:
+            names = [str(h).lower() for h in match.get("sniHosts") or []]
+            names = [n for n in names if n not in taken]
+            if not names or not _applies(ctx, match):
                 continue
-            for route in vs.tls:
-                for match in route.get("match") or []:
-                    names = [str(h).lower() for h in match.get("sniHosts") or []]
-                    names = [n for n in names if n not in taken]
-                    if not names or not _applies(ctx, match):
-                        continue
-                    taken.update(names)
-                    clusters = tcp_destinations(ctx, route.get("route") or [])
-                    chain = listener_components_pb2.FilterChain(
-                        filters=[translate_tcp_filter(names[0], clusters)]
-                    )
-                    chain.filter_chain_match.server_names.extend(names)
-                    chain.filter_chain_match.transport_protocol = "tls"
-                    chains.append(chain)
+            taken.update(names)
+            clusters = tcp_destinations(ctx, route.get("route") or [])
+            chain = listener_components_pb2.FilterChain(
+                filters=[translate_tcp_filter(names[0], clusters)]
+            )
+            chain.filter_chain_match.server_names.extend(names)
+            chain.filter_chain_match.transport_protocol = "tls"
+            chains.append(chain)
     return chains
 
 
 def _gateway_tcp_clusters(
     snapshot: Snapshot, proxy: Proxy, port: int, servers: list[tuple[Gateway, Obj]]
 ) -> list[tuple[str, int]]:
-    """The destinations of the first `tcp` route that applies, over the
-    VirtualServices bound to these servers' gateways, oldest first."""
-    for gateway, server in servers:
-        ctx = RouteContext(snapshot, proxy, port, frozenset({gateway.key}))
-        for vs in snapshot.gateway_virtual_services(proxy, gateway.key):
-            if not server_vs_hosts(gateway, server, vs.namespace, vs.hosts):
-                continue
-            for route in vs.tcp:
-                if any(_applies(ctx, m) for m in route.get("match") or [None]):
-                    return tcp_destinations(ctx, route.get("route") or [])
+    """The destinations of the first `tcp` route that applies."""
+    for ctx, route in _bound_routes(snapshot, proxy, port, servers, "tcp"):
+        if any(_applies(ctx, m) for m in route.get("match") or [None]):
+            return tcp_destinations(ctx, route.get("route") or [])
     return []
 
 
