@@ -78,15 +78,29 @@ TABLE: tuple[Unenforced, ...] = (
         NETWORKING,
         "VirtualService",
         "spec.tcp",
-        "only http routes are served",
-        (("model", '"tcp"'),),
+        "served by gateways only: a sidecar has no outbound TCP listener to apply it",
+        (("translate", "translate_outbound_tcp"),),
+    ),
+    Unenforced(
+        NETWORKING,
+        "VirtualService",
+        "spec.tcp[].match[].destinationSubnets",
+        "a match that names it is never taken: TCP routes cannot match destination addresses",
+        (("translate", "prefix_ranges"),),
     ),
     Unenforced(
         NETWORKING,
         "VirtualService",
         "spec.tls",
-        "only http routes are served",
-        (("model", '"tls"'),),
+        "served by PASSTHROUGH gateway servers only: a sidecar has no outbound TLS listener",
+        (("translate", "translate_outbound_tls"),),
+    ),
+    Unenforced(
+        NETWORKING,
+        "VirtualService",
+        "spec.tls[].match[].destinationSubnets",
+        "a match that names it is never taken: TLS routes cannot match destination addresses",
+        (("translate", "prefix_ranges"),),
     ),
     *[
         Unenforced(

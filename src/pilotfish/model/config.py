@@ -54,6 +54,8 @@ class VirtualService:
     http: tuple[Obj, ...]
     export_to: frozenset[str]
     created: str = ""
+    tcp: tuple[Obj, ...] = ()  # Istio's TCPRoute list, destinations resolved
+    tls: tuple[Obj, ...] = ()  # Istio's TLSRoute list (by SNI), destinations resolved
 
     @property
     def key(self) -> str:
@@ -146,6 +148,9 @@ def read_virtual_service(obj: Obj) -> VirtualService:
         http=tuple(_resolve_http_route(r, namespace) for r in spec.get("http") or []),
         export_to=export_to(spec.get("exportTo"), namespace),
         created=created,
+        # a TCPRoute's `route` is shaped as an HTTP route's: destinations resolve the same way
+        tcp=tuple(_resolve_http_route(r, namespace) for r in spec.get("tcp") or []),
+        tls=tuple(_resolve_http_route(r, namespace) for r in spec.get("tls") or []),
     )
 
 

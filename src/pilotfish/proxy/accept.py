@@ -25,6 +25,7 @@ from typing import cast
 
 from pilotfish.proxy.listeners import CompiledListener
 from pilotfish.proxy.stats import ListenerStats
+from pilotfish.proxy.tcp.listener import TcpListener
 from pilotfish.proxy.tls import TlsContexts, client_certificate_missing
 
 log = logging.getLogger("pilotfish.proxy")
@@ -39,7 +40,7 @@ class SniffingServer:
     def __init__(
         self,
         sock: socket.socket,
-        listener: Callable[[], CompiledListener],
+        listener: Callable[[], CompiledListener | TcpListener],
         factory: Callable[[], asyncio.Protocol],
         contexts: TlsContexts,
         stats: ListenerStats,

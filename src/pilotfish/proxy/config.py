@@ -26,6 +26,7 @@ from pilotfish.proxy import xds_types
 from pilotfish.proxy.listeners import CompiledListener, compile_listener, prepare_routes
 from pilotfish.proxy.routing import RouteTable, compile_route_config
 from pilotfish.proxy.sds_secrets import check_secrets, wanted_names
+from pilotfish.proxy.tcp.listener import TcpListener, compile_tcp_listener, is_tcp_listener
 from pilotfish.proxy.telemetry import ServiceInfo
 from pilotfish.proxy.tls import DownstreamTls
 from pilotfish.proxy.upstream.cluster_set import ClusterSet
@@ -36,6 +37,7 @@ class Snapshot:
     """What the data path reads; replaced whole, never changed in place."""
 
     listeners: Mapping[str, CompiledListener] = field(default_factory=dict)
+    tcp_listeners: Mapping[str, TcpListener] = field(default_factory=dict)  # tcp_proxy ones
     routes: Mapping[str, RouteTable] = field(default_factory=dict)
     clusters: ClusterSet = field(default_factory=ClusterSet)
     # The destination service each cluster stands for (Istio's istio.services metadata).
@@ -120,10 +122,14 @@ class ProxyConfig:
         s = self.snapshot
         if type_url == xds_types.LISTENER:
             # A changed listener is new, and its open connections drain.
-            listeners = {m.name: self._compiled(m) for m in decoded}
+            listeners = {m.name: self._compiled(m) for m in decoded if not is_tcp_listener(m)}
+            tcp = {m.name: compile_tcp_listener(m) for m in decoded if is_tcp_listener(m)}
             _prepare(listeners.values(), s.routes)
             rds = frozenset(lst.http.rds_name for lst in listeners.values() if lst.http.rds_name)
-            return replace(s, listeners=MappingProxyType(listeners)), {xds_types.ROUTE: rds}
+            updated = replace(
+                s, listeners=MappingProxyType(listeners), tcp_listeners=MappingProxyType(tcp)
+            )
+            return updated, {xds_types.ROUTE: rds}
         if type_url == xds_types.ROUTE:
             routes = {rc.name: compile_route_config(rc) for rc in decoded}
             _prepare(s.listeners.values(), routes)

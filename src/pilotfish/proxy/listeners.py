@@ -146,7 +146,23 @@ class CompiledListener:
         return ServerChains(self.sni_tls, self.tls)
 
 
-def compile_listener(listener: Listener) -> CompiledListener:
+SniChains = tuple[tuple[str, DownstreamTls], ...]
+
+
+@dataclass(frozen=True)
+class ListenerFacts:
+    """What every listener has whatever its filters: where, and which transports."""
+
+    where: str  # "listener NAME", for errors
+    host: str
+    port: int
+    tls: DownstreamTls | None
+    plaintext: bool
+    sni_tls: SniChains  # TLS chains chosen by the ClientHello's server name
+
+
+def listener_facts(listener: Listener) -> ListenerFacts:
+    """Check the listener's own fields, address and transports."""
     where = f"listener {listener.name or '(unnamed)'}"
     bad = unsupported(listener, LISTENER_FIELDS)
     if bad:
@@ -154,12 +170,18 @@ def compile_listener(listener: Listener) -> CompiledListener:
     socket = listener.address.socket_address
     if not socket.address or not socket.port_value:
         raise ListenerError(f"{where}: address.socket_address needs an address and a port_value")
-    _check_listener_filters(listener, where)
-    tls, plaintext, sni_tls = _transports(listener, where)
+    check_listener_filters(listener, where)
+    tls, plaintext, sni_tls = transports(listener, where)
+    return ListenerFacts(where, socket.address, socket.port_value, tls, plaintext, sni_tls)
+
+
+def compile_listener(listener: Listener) -> CompiledListener:
+    placed = listener_facts(listener)
+    where, tls, plaintext, sni_tls = placed.where, placed.tls, placed.plaintext, placed.sni_tls
     return CompiledListener(
         name=listener.name,
-        host=socket.address,
-        port=socket.port_value,
+        host=placed.host,
+        port=placed.port,
         http=compile_http_manager(_one_manager(listener, where), where),
         inbound=listener.traffic_direction == TrafficDirection.INBOUND,
         tls=tls,
@@ -190,7 +212,7 @@ def _one_manager(listener: Listener, where: str) -> hcm_pb2.HttpConnectionManage
     return hcm
 
 
-def _check_listener_filters(listener: Listener, where: str) -> None:
+def check_listener_filters(listener: Listener, where: str) -> None:
     for i, listener_filter in enumerate(listener.listener_filters):
         if listener_filter.typed_config.type_url != TLS_INSPECTOR:
             raise ListenerError(
@@ -199,10 +221,7 @@ def _check_listener_filters(listener: Listener, where: str) -> None:
             )
 
 
-SniChains = tuple[tuple[str, DownstreamTls], ...]
-
-
-def _transports(listener: Listener, where: str) -> tuple[DownstreamTls | None, bool, SniChains]:
+def transports(listener: Listener, where: str) -> tuple[DownstreamTls | None, bool, SniChains]:
     """The TLS chain without server_names, whether plaintext has a chain, and
     the TLS chains by SNI name: what the first bytes of a connection (and
     its ClientHello) choose between (see accept.py)."""
@@ -284,7 +303,7 @@ def compile_http_manager(hcm: hcm_pb2.HttpConnectionManager, where: str) -> Http
             for u in hcm.upgrade_configs
             if not u.HasField("enabled") or u.enabled.value
         ),
-        access_log_paths=tuple(_access_log_path(a, where) for a in hcm.access_log),
+        access_log_paths=tuple(access_log_path(a, where) for a in hcm.access_log),
         tracing=_tracing(hcm, where),
     )
 
@@ -320,7 +339,7 @@ def prepare_routes(chain: FilterChain, table: RouteTable) -> None:
                 chain.prepare(target.filter_configs)
 
 
-def _access_log_path(access_log: AccessLog, where: str) -> str:
+def access_log_path(access_log: AccessLog, where: str) -> str:
     config = FileAccessLog()
     if not access_log.typed_config.Unpack(config):
         raise ListenerError(f"{where}: access_log: only envoy.access_loggers.file is supported")

@@ -34,6 +34,8 @@ from pilotfish.proxy.sds_secrets import SecretSet
 from pilotfish.proxy.server import Downstream, Runtime
 from pilotfish.proxy.stats import State, StatsRegistry, listener_stat_name, prometheus_page
 from pilotfish.proxy.tap import Tap
+from pilotfish.proxy.tcp.listener import TcpListener
+from pilotfish.proxy.tcp.relay import TcpRelay
 from pilotfish.proxy.telemetry import (
     TRUST_DOMAIN,
     Telemetry,
@@ -63,9 +65,10 @@ class Server(Protocol):
 
 
 Placement = tuple[str, int, bool]  # host, port, and whether the first bytes choose TLS
+AnyListener = CompiledListener | TcpListener
 
 
-def _placement(listener: CompiledListener) -> Placement:
+def _placement(listener: AnyListener) -> Placement:
     return listener.host, listener.port, listener.has_tls
 
 
@@ -75,26 +78,30 @@ class Listeners:
 
     runtime: Runtime
     servers: dict[str, tuple[Placement, Server]] = field(default_factory=dict)
-    current: dict[str, CompiledListener] = field(default_factory=dict)
+    current: dict[str, AnyListener] = field(default_factory=dict)
 
     async def sync(self, snapshot: Snapshot) -> None:
-        wanted = snapshot.active_listeners()
-        self.current = self.runtime.listeners = wanted
+        self.runtime.listeners = snapshot.active_listeners()
+        wanted: dict[str, AnyListener] = {**self.runtime.listeners, **snapshot.tcp_listeners}
+        self.current = wanted
         for name in [n for n in self.servers if n not in wanted or self._moved(n, wanted[n])]:
             self.servers.pop(name)[1].close()
         for name, listener in wanted.items():
             if name not in self.servers:
                 await self._bind(name, listener)
 
-    def _moved(self, name: str, listener: CompiledListener) -> bool:
+    def _moved(self, name: str, listener: AnyListener) -> bool:
         return self.servers[name][0] != _placement(listener)
 
-    async def _bind(self, name: str, listener: CompiledListener) -> None:
-        def newest() -> CompiledListener:
+    async def _bind(self, name: str, listener: AnyListener) -> None:
+        def newest() -> AnyListener:
             return self.current.get(name, listener)
 
-        def factory() -> Downstream:
-            return Downstream(self.runtime, newest())
+        def factory() -> asyncio.Protocol:
+            current = newest()
+            if isinstance(current, TcpListener):  # piped, never through the HTTP exchange
+                return TcpRelay(self.runtime, current)
+            return Downstream(self.runtime, current)
 
         loop = asyncio.get_running_loop()
         server: Server

@@ -193,6 +193,9 @@ class StatsRegistry:
         self.listeners: dict[str, ListenerStats] = {}
         self.http_managers: dict[str, HttpStats] = {}
         self.tracing = TracingStats("opentelemetry")
+        # Counters network filters name in full (`tcp.rbac.allowed`: the network
+        # RBAC filter's `<stat_prefix>rbac.allowed`), in no scope.
+        self.network: Counter[str] = Counter()
 
     def __repr__(self) -> str:
         return (
@@ -227,8 +230,11 @@ class StatsRegistry:
     def text(self) -> bytes:
         """Envoy's `/stats`: `name: value` lines, sorted by name."""
         lines = sorted(
-            f"{family if family == 'server' else f'{family}.{scope}'}.{stat}: {value}"
-            for family, _, scope, stat, _, value in self._entries()
+            [
+                f"{family if family == 'server' else f'{family}.{scope}'}.{stat}: {value}"
+                for family, _, scope, stat, _, value in self._entries()
+            ]
+            + [f"{name}: {value}" for name, value in self.network.items()]
         )
         return ("\n".join(lines) + "\n").encode() if lines else b""
 
@@ -238,6 +244,10 @@ class StatsRegistry:
         for family, tag, scope, stat, kind, value in self._entries():
             name, labels = _prometheus_name(family, stat, tag, scope)
             families.setdefault(name, (kind, []))[1].append((labels, value))
+        for stat, value in self.network.items():
+            families.setdefault("envoy_" + stat.replace(".", "_"), ("counter", []))[1].append(
+                ("", value)
+            )
         return "".join(_render(families)).encode()
 
     def _entries(self) -> Iterator[tuple[str, str | None, str, str, str, int]]:

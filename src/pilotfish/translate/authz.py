@@ -569,6 +569,16 @@ def authz_settings(snapshot: Snapshot) -> AuthzSettings:
     )
 
 
+def translate_proxy_authz_tcp(
+    snapshot: Snapshot, proxy: Proxy
+) -> list[listener_components_pb2.Filter]:
+    """The authorization filters of a proxy's TCP chains."""
+    if not snapshot.authorization_policies:
+        return []
+    policies = policies_for(snapshot.authorization_policies, proxy.namespace, proxy.labels)
+    return translate_authz_tcp(policies, authz_settings(snapshot))
+
+
 def translate_proxy_authz_http(snapshot: Snapshot, proxy: Proxy) -> list[hcm_pb2.HttpFilter]:
     """The authorization filters of a proxy's inbound HTTP chains."""
     if not snapshot.authorization_policies:

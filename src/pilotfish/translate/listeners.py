@@ -44,16 +44,21 @@ from pilotfish.model.services import infer_protocol
 from pilotfish.model.types import Labels
 from pilotfish.objects import Obj
 from pilotfish.translate import gateway_tls, mtls, names
-from pilotfish.translate.authz import translate_proxy_authz_http
+from pilotfish.translate.authz import translate_proxy_authz_http, translate_proxy_authz_tcp
 from pilotfish.translate.jwt import applicable, translate_jwt_filter
 from pilotfish.translate.protos import ads, duration, pack, socket_address
 from pilotfish.translate.proxyless import translate_server_listeners
-from pilotfish.translate.routes import gateway_http_servers
+from pilotfish.translate.routes import gateway_http_ports, gateway_http_servers
+from pilotfish.translate.tcp import (
+    TLS_INSPECTOR,
+    enforceable,
+    translate_gateway_tcp_listeners,
+    translate_inbound_tcp_listener,
+)
 from pilotfish.translate.telemetry import translate_access_logs, translate_tracing
 
 FAULT_FILTER = "envoy.filters.http.fault"
 CORS_FILTER = "envoy.filters.http.cors"
-TLS_INSPECTOR = "envoy.filters.listener.tls_inspector"
 OUTBOUND_ADDRESS = "127.0.0.1"
 OUTBOUND_PORT = 15001
 
@@ -137,24 +142,30 @@ def translate_outbound_listener(
 
 
 def translate_inbound_listeners(snapshot: Snapshot, proxy: Proxy) -> list[Listener]:
-    """HTTP ports only: the pilotfish sidecar terminates HTTP on every listener."""
+    """HTTP ports terminate HTTP; TCP ports get a tcp_proxy (tcp.py)."""
     out: dict[str, Listener] = {}
     authz = translate_proxy_authz_http(snapshot, proxy)
+    authz_tcp = translate_proxy_authz_tcp(snapshot, proxy)
     tracing = translate_tracing(snapshot, proxy, True)
     logs = translate_access_logs(snapshot, proxy, True)
     for instance in snapshot.own_instances(proxy):
         for port_name, port in sorted(instance.ports.items()):
-            if not _inbound_protocol(snapshot, instance, port_name).is_http_or_sniffed:
-                continue
+            protocol = _inbound_protocol(snapshot, instance, port_name, port)
             name = f"inbound_{instance.address}_{port}"
-            manager = _inbound_manager(port, authz)
-            if tracing is not None:
-                manager.tracing.CopyFrom(tracing)
-            manager.access_log.extend(logs)
-            _add_jwt_filter(snapshot, instance.namespace, instance.labels, manager)
-            listener = _listener(name, instance.address, port, manager, base_pb2.INBOUND)
+            if protocol.is_http_or_sniffed:
+                manager = _inbound_manager(port, authz)
+                if tracing is not None:
+                    manager.tracing.CopyFrom(tracing)
+                manager.access_log.extend(logs)
+                _add_jwt_filter(snapshot, instance.namespace, instance.labels, manager)
+                listener = _listener(name, instance.address, port, manager, base_pb2.INBOUND)
+            elif protocol is not Protocol.UDP and enforceable(authz_tcp):
+                listener = translate_inbound_tcp_listener(instance.address, port, authz_tcp)
+            else:
+                continue
             mode = mtls.inbound_mode(snapshot, instance.namespace, instance.labels, port)
-            out[name] = _inbound_chains(listener, mode)
+            alpn = mtls.SERVER_ALPN if protocol.is_http_or_sniffed else mtls.TCP_SERVER_ALPN
+            out[name] = _inbound_chains(listener, mode, alpn)
     return list(out.values())
 
 
@@ -168,7 +179,7 @@ def _add_jwt_filter(
         manager.http_filters.insert(0, jwt)
 
 
-def _inbound_chains(listener: Listener, mode: mtls.Mode) -> Listener:
+def _inbound_chains(listener: Listener, mode: mtls.Mode, alpn: tuple[str, ...]) -> Listener:
     """Istio's inbound filter chains for the port's mode: a TLS chain (a
     verified client certificate required) unless DISABLE, a plaintext chain
     unless STRICT, told apart by the tls_inspector."""
@@ -179,7 +190,7 @@ def _inbound_chains(listener: Listener, mode: mtls.Mode) -> Listener:
     secure.CopyFrom(plain)
     secure.filter_chain_match.transport_protocol = "tls"
     secure.filter_chain_match.application_protocols.extend(mtls.INBOUND_ALPN)
-    secure.transport_socket.CopyFrom(mtls.transport_socket(mtls.downstream_tls()))
+    secure.transport_socket.CopyFrom(mtls.transport_socket(mtls.downstream_tls(alpn)))
     plain.filter_chain_match.transport_protocol = "raw_buffer"
     del listener.filter_chains[:]
     listener.filter_chains.append(secure)
@@ -198,12 +209,16 @@ def _add_tls_inspector(listener: Listener) -> None:
     )
 
 
-def _inbound_protocol(snapshot: Snapshot, instance: Instance, port_name: str) -> Protocol:
+def _inbound_protocol(
+    snapshot: Snapshot, instance: Instance, port_name: str, number: int
+) -> Protocol:
     """The protocol a service selecting this instance declares for the port,
-    else what the port's own name says."""
-    for service in snapshot.services:
-        if service.namespace != instance.namespace:
-            continue
+    else what the port's own name says. The services whose endpoints hold the
+    instance decide (another service of the namespace may name a port alike);
+    while it has none (not ready yet), any service of its namespace."""
+    selecting = snapshot.services_at(instance.namespace, instance.address, number)
+    local = [s for s in snapshot.services if s.namespace == instance.namespace]
+    for service in selecting or local:
         for port in service.ports:
             if port.target_port == port_name or (
                 port.target_port is None and port.name == port_name
@@ -249,7 +264,9 @@ def translate_gateway_listeners(snapshot: Snapshot, proxy: Proxy) -> list[Listen
         manager.use_remote_address.value = True
         listener = _listener(name, host, port, manager, base_pb2.OUTBOUND)
         out.append(_gateway_chains(listener, servers))
-    return out
+    return out + translate_gateway_tcp_listeners(
+        snapshot, proxy, gateway_http_ports(snapshot, proxy)
+    )
 
 
 def _gateway_chains(listener: Listener, servers: list[tuple[Gateway, Obj]]) -> Listener:

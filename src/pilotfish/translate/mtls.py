@@ -49,6 +49,7 @@ RAW_SOCKET = "envoy.transport_sockets.raw_buffer"
 INBOUND_ALPN = ("istio-peer-exchange", "istio", "istio-http/1.0", "istio-http/1.1", "istio-h2")
 OUTBOUND_ALPN = ("istio-peer-exchange", "istio-http/1.1", "istio")
 SERVER_ALPN = ("istio-http/1.1", "http/1.1")  # the sidecar speaks HTTP/1.1 inside TLS
+TCP_SERVER_ALPN = ("istio",)  # what a mesh client offers for bytes that are not HTTP
 
 
 class Mode(StrEnum):
@@ -120,10 +121,10 @@ def common_tls(
     return context
 
 
-def downstream_tls() -> tls_pb2.DownstreamTlsContext:
+def downstream_tls(alpn: Iterable[str] = SERVER_ALPN) -> tls_pb2.DownstreamTlsContext:
     """The inbound chain's: a client certificate is required and verified."""
     return tls_pb2.DownstreamTlsContext(
-        common_tls_context=common_tls(SERVER_ALPN), require_client_certificate=BoolValue(value=True)
+        common_tls_context=common_tls(alpn), require_client_certificate=BoolValue(value=True)
     )
 
 

@@ -238,7 +238,7 @@ def translate_gateway_routes(
     redirected: set[str] = set()
     for gateway, server in servers:
         for vs in snapshot.gateway_virtual_services(proxy, gateway.key):
-            hosts = _server_vs_hosts(gateway, server, vs.namespace, vs.hosts)
+            hosts = server_vs_hosts(gateway, server, vs.namespace, vs.hosts)
             if not hosts:
                 continue
             ctx = RouteContext(snapshot, proxy, port, frozenset({gateway.key}))
@@ -287,7 +287,7 @@ def _secure_vhost(
             route.match.tls_context.validated.value = True
 
 
-def _server_vs_hosts(
+def server_vs_hosts(
     gateway: Gateway, server: dict[str, Any], vs_namespace: str, vs_hosts: tuple[str, ...]
 ) -> list[str]:
     """Where a server's hosts (`ns/host`) and a VirtualService's meet, the

@@ -18,13 +18,14 @@ WILDCARD_TYPES = frozenset({LISTENER, CLUSTER})
 SHORT_NAMES = {CLUSTER: "CDS", ENDPOINT: "EDS", LISTENER: "LDS", ROUTE: "RDS", SECRET: "SDS"}
 ALL_TYPES = frozenset(PUSH_ORDER)
 # The types a change of a kind can alter, from what translate/ reads (checked
-# by tests/translate/test_affected_types.py): a VirtualService only routes; a
+# by tests/translate/test_affected_types.py): a VirtualService routes, and a
+# gateway's TCP listeners (its `tcp` routes choose their clusters); a
 # DestinationRule clusters, their endpoints (subsets) and routes (hashing);
 # a Gateway a gateway's listeners and routes; a Secret only what SDS serves.
 # Any other kind (Service, ServiceEntry, WorkloadEntry, Sidecar, a registered
 # instance) may alter all.
 AFFECTED_BY_KIND = {
-    "VirtualService": frozenset({ROUTE}),
+    "VirtualService": frozenset({LISTENER, ROUTE}),
     "DestinationRule": frozenset({CLUSTER, ENDPOINT, ROUTE}),
     "Gateway": frozenset({LISTENER, ROUTE}),
     "Secret": frozenset({SECRET}),
