@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from mesh_harness import DIRECT, Mesh, free_port, isolated_env, mesh_started, wait_for
+from tests.agent.mesh_harness import DIRECT, Mesh, free_port, isolated_env, mesh_started, wait_for
 
 DETAILS = """\
 apiVersion: v1
