@@ -5,6 +5,8 @@ refused; bad flags stop the start."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import re
 import socket
 import subprocess
@@ -235,3 +237,40 @@ def test_off_loopback_only_the_tls_port_is_open(tmp_path: Path) -> None:
     finally:
         process.terminate()
         process.wait(timeout=15)
+
+
+def test_grpc_agent_gets_its_certificate_and_streams_xds_over_tls(
+    plane: ControlPlane,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`pilotfish grpc-agent --xds-root-cert`: its CSR goes to the TLS port,
+    and the bootstrap it writes has gRPC's `tls` channel credentials, which
+    grpcio's own xDS client takes to stream ADS from that port."""
+    assert plane.ads is not None
+    monkeypatch.setenv("PILOTFISH_CONFIG", str(tmp_path / "config.yaml"))
+    assert cli(["create", "token", "default"]) == 0
+    (tmp_path / "token").write_text(capsys.readouterr().out.strip())
+    (tmp_path / "root.pem").write_bytes(root_of(plane))
+    port, out = plane.ads.secure_port, tmp_path / "grpc"
+    argv = [sys.executable, "-m", "pilotfish", "grpc-agent", "echo-0", "--dir", str(out)]
+    argv += ["--xds", f"127.0.0.1:{port}", "--xds-root-cert", str(tmp_path / "root.pem")]
+    argv += ["--ca-token-file", str(tmp_path / "token")]
+    with (tmp_path / "agent.log").open("wb") as log:
+        agent = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_until(lambda: (out / "cert-chain.pem").exists(), agent)
+        bootstrap = json.loads((out / "bootstrap.json").read_text())
+        (server,) = bootstrap["xds_servers"]
+        assert server["channel_creds"] == [
+            {"type": "tls", "config": {"ca_certificate_file": str(tmp_path / "root.pem")}}
+        ]
+        monkeypatch.setenv("GRPC_XDS_BOOTSTRAP", str(out / "bootstrap.json"))
+        with grpc.insecure_channel("xds:///echo.default.svc.cluster.local:7070") as channel:
+            with contextlib.suppress(grpc.FutureTimeoutError):
+                grpc.channel_ready_future(channel).result(timeout=3)
+            wait_until(lambda: "proxyless~" in repr(plane.ads.connections()), agent)  # type: ignore[union-attr]
+    finally:
+        agent.terminate()
+        agent.wait(timeout=15)

@@ -13,6 +13,7 @@ a credential (instance.write_bootstrap writes it 0600)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from pilotfish.model.locality import locality_from_labels, split_locality
@@ -57,6 +58,21 @@ class XdsServer:
     @property
     def ports(self) -> list[int]:
         return [self.port, *(port for _, port in self.replicas)]
+
+
+def checked_root_cert(path: str | None) -> str:
+    """`--xds-root-cert`'s file as an absolute path (sidecars start in their
+    own directories), checked once here rather than by every sidecar; ""
+    for none; ValueError naming what is wrong."""
+    if not path:
+        return ""
+    try:
+        text = Path(path).read_text(encoding="ascii")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"--xds-root-cert {path}: {getattr(e, 'strerror', None) or e}") from e
+    if "-----BEGIN CERTIFICATE-----" not in text:
+        raise ValueError(f"--xds-root-cert {path}: not a PEM certificate")
+    return str(Path(path).resolve())
 
 
 @dataclass(frozen=True)

@@ -105,22 +105,8 @@ def _state(args: argparse.Namespace) -> Path:
     return Path(args.state_dir) if args.state_dir else default_state_dir(args.node_name)
 
 
-def _root_cert(path: str | None) -> str:
-    """The root file's absolute path (sidecars start in their own directories),
-    checked now rather than by every sidecar."""
-    if not path:
-        return ""
-    try:
-        text = Path(path).read_text(encoding="ascii")
-    except (OSError, UnicodeDecodeError) as e:
-        raise NodeError(f"--xds-root-cert {path}: {getattr(e, 'strerror', None) or e}") from e
-    if "-----BEGIN CERTIFICATE-----" not in text:
-        raise NodeError(f"--xds-root-cert {path}: not a PEM certificate")
-    return str(Path(path).resolve())
-
-
 def run_node(args: argparse.Namespace) -> int:
-    from pilotfish.agent.bootstrap import XDS_TLS_PORT, Placement, XdsServer
+    from pilotfish.agent.bootstrap import XDS_TLS_PORT, Placement, XdsServer, checked_root_cert
     from pilotfish.agent.gateway import GatewaySpec
     from pilotfish.agent.node import NodeAgent
     from pilotfish.model.locality import check_locality
@@ -130,7 +116,10 @@ def run_node(args: argparse.Namespace) -> int:
         signal.signal(sig, lambda *_: stop.set())
     config = load_client_config(args.server)
     # The sidecars present the agent's own token to the ADS server (needed off loopback).
-    root = _root_cert(args.xds_root_cert)
+    try:
+        root = checked_root_cert(args.xds_root_cert)
+    except ValueError as e:
+        raise NodeError(str(e)) from e
     try:
         xds = XdsServer.parse(args.xds, config.token or "", config.server.split(",")[0], root)
     except ValueError as e:
