@@ -135,9 +135,10 @@ def test_a_sidecar_verifies_the_control_plane_against_its_root(
     )
     try:
         wait_until(lambda: _ok(trusted[1]), trusted[0])
+        refused = f"xDS stream to 127.0.0.1:{port} ended: UNAVAILABLE"
+        log = tmp_path / "other-root" / "sidecar.log"
+        wait_until(lambda: refused in log.read_text(), stranger[0])  # the handshake failed
         assert not _ok(stranger[1])
-        log = (tmp_path / "other-root" / "sidecar.log").read_text()
-        assert f"xDS stream to 127.0.0.1:{port} ended: UNAVAILABLE" in log
     finally:
         for process, _ in (trusted, stranger):
             process.terminate()
