@@ -54,6 +54,7 @@ class Mesh:
     gateway_port: int = 0  # where a test's own Gateway listens, when it has one
     agent: subprocess.Popen[bytes] | None = None
     plane_args: tuple[str, ...] = ()  # more `pilotfish controlplane` flags
+    agent_args: tuple[str, ...] = ()  # more `pilotfish node` flags (a later --xds wins)
 
     def start_plane(self) -> subprocess.Popen[bytes]:
         """The control plane on this mesh's ports and data (again, after a stop)."""
@@ -74,6 +75,7 @@ class Mesh:
     def start_agent(self) -> subprocess.Popen[bytes]:
         argv = [sys.executable, "-m", "pilotfish", "node", "--state-dir", str(self.state)]
         argv += ["--xds", f"127.0.0.1:{self.xds_port}", *(["--gateway"] if self.gateway else [])]
+        argv += self.agent_args
         with (self.tmp / "node.log").open("ab") as log:
             self.agent = subprocess.Popen(
                 argv, env=self.env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT
@@ -217,12 +219,16 @@ def isolated_env(tmp: Path) -> dict[str, str]:
 
 @contextmanager
 def mesh_started(
-    tmp: Path, *, gateway: bool = False, plane_args: tuple[str, ...] = ()
+    tmp: Path,
+    *,
+    gateway: bool = False,
+    plane_args: tuple[str, ...] = (),
+    agent_args: tuple[str, ...] = (),
 ) -> Iterator[Mesh]:
     """A control plane (with `plane_args`) and a node agent (with its gateway
     when asked) and nothing applied yet; every process is stopped on the way out."""
     m = Mesh(tmp, isolated_env(tmp), free_port(), tmp / "node", None, free_port(), gateway=gateway)
-    m.plane_args = plane_args
+    m.plane_args, m.agent_args = plane_args, agent_args
     try:
         m.start_plane()
         wait_for(lambda: (tmp / "config.yaml").exists(), 20, "the control plane did not start")

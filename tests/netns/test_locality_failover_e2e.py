@@ -1,5 +1,6 @@
 """Istio's locality failover across three hosts (network namespaces), end to
-end: a control plane in the root namespace; on each host a node agent with
+end: a control plane in the root namespace (xDS over TLS, as off loopback it
+must be); on each host a node agent with
 its own locality; `echo` with an instance on host b (the caller's locality)
 and one on host c (another zone); a caller on host a calling echo through
 its sidecar, with retries, as an application does.
@@ -150,6 +151,7 @@ class Cluster:
         host = self.host(label)
         argv = [sys.executable, "-m", "pilotfish", "node", "--node-name", f"host-{label}"]
         argv += ["--server", self.api, "--xds", self.xds, "--address", host.address]
+        argv += ["--xds-root-cert", str(self.tmp / "data" / "ca" / "root-cert.pem")]  # 15012-style
         argv += ["--locality", LOCALITIES[label], "--state-dir", str(self.state(label))]
         with (self.tmp / f"node-{label}.log").open("ab") as log:
             self.agents[label] = host.popen(
@@ -173,12 +175,13 @@ class Cluster:
 def mesh(netns: Callable[[int], Network], tmp_path: Path) -> Iterator[Cluster]:  # noqa: F811
     net = netns(3)
     env = isolated_env(tmp_path)
-    api, xds = free_port(), free_port()
+    api, xds, xds_tls = free_port(), free_port(), free_port()
     argv = [sys.executable, "-m", "pilotfish", "controlplane", "--data-dir", str(tmp_path / "data")]
     argv += ["--listen", f"{net.gateway}:{api}", "--xds-port", str(xds)]
+    argv += ["--xds-tls-port", str(xds_tls)]  # off loopback xDS is TLS only (plaintext: loopback)
     with (tmp_path / "controlplane.log").open("ab") as log:
         plane = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
-    cluster = Cluster(tmp_path, net, env, f"http://{net.gateway}:{api}", f"{net.gateway}:{xds}")
+    cluster = Cluster(tmp_path, net, env, f"http://{net.gateway}:{api}", f"{net.gateway}:{xds_tls}")
     try:
         wait_for(lambda: (tmp_path / "config.yaml").exists(), 30, "no control plane")
         token = (tmp_path / "data" / "token").read_text().strip()

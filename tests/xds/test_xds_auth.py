@@ -116,13 +116,15 @@ def test_xds_binds_where_the_api_binds_unless_told() -> None:
 
 @pytest.fixture
 def plane_process(tmp_path: Path) -> Iterator[tuple[str, int, str]]:
-    """`pilotfish controlplane --xds-listen OUTSIDE:PORT`: (address, xDS port, token)."""
+    """`pilotfish controlplane --xds-listen OUTSIDE:PORT`, plaintext there as
+    allowed by --xds-plaintext-off-loopback: (address, xDS port, token)."""
     address, api, xds = outside_address(), free_port(), free_port()
     data = tmp_path / "data"
     log = (tmp_path / "controlplane.log").open("wb")
     argv = ["controlplane", "--data-dir", str(data), "--listen", f"127.0.0.1:{api}"]
+    argv += ["--xds-listen", f"{address}:{xds}", "--xds-plaintext-off-loopback"]
     process = subprocess.Popen(
-        [sys.executable, "-m", "pilotfish", *argv, "--xds-listen", f"{address}:{xds}"],
+        [sys.executable, "-m", "pilotfish", *argv],
         env={"HOME": str(tmp_path), "PILOTFISH_CONFIG": str(tmp_path / "config.yaml")},
         stdout=log,
         stderr=subprocess.STDOUT,

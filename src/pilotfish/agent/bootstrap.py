@@ -3,7 +3,9 @@ Istio-style node id and metadata, which the control plane matches to the
 registered instance), its admin port, its outbound port (metadata
 OUTBOUND_PORT, read by the listener translation), and ADS at the control
 plane through the static cluster `xds-grpc`, as Istio's bootstrap has it,
-with the control plane's token as the stream's `authorization` metadata
+over TLS verified against the mesh root when the agent has it (the
+cluster's transport socket, as istio-agent's), with the control plane's
+token as the stream's `authorization` metadata
 (Envoy's `grpc_services[].initial_metadata`) when the agent has one: off
 loopback the ADS server refuses streams without it. The file therefore holds
 a credential (instance.write_bootstrap writes it 0600)."""
@@ -11,12 +13,15 @@ a credential (instance.write_bootstrap writes it 0600)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from pilotfish.model.locality import locality_from_labels, split_locality
 from pilotfish.model.types import Labels
 
 XDS_CLUSTER = "xds-grpc"
+XDS_TLS_PORT = 15012  # istiod's
+TLS_CONTEXT = "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
 HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 
 
@@ -33,10 +38,14 @@ class XdsServer:
     token: str = field(default="", repr=False)
     replicas: tuple[tuple[str, int], ...] = ()
     api: str = ""
+    root_cert: str = ""  # the mesh root's file: xDS over TLS (15012), verified against it
 
     @classmethod
-    def parse(cls, addresses: str, token: str = "", api: str = "") -> XdsServer:
-        """HOST:PORT[,HOST:PORT...], as `pilotfish node --xds` takes it."""
+    def parse(
+        cls, addresses: str, token: str = "", api: str = "", root_cert: str = ""
+    ) -> XdsServer:
+        """HOST:PORT[,HOST:PORT...], as `pilotfish node --xds` takes it; with
+        `root_cert` (the mesh root's file) over TLS."""
         parsed = []
         for address in addresses.split(","):
             host, _, port = address.strip().rpartition(":")
@@ -44,7 +53,26 @@ class XdsServer:
                 raise ValueError(f"not HOST:PORT: {address.strip()!r}")
             parsed.append((host.strip("[]"), int(port)))
         (first_host, first_port), *replicas = parsed
-        return cls(first_host, first_port, token, tuple(replicas), api)
+        return cls(first_host, first_port, token, tuple(replicas), api, root_cert)
+
+    @property
+    def ports(self) -> list[int]:
+        return [self.port, *(port for _, port in self.replicas)]
+
+
+def checked_root_cert(path: str | None) -> str:
+    """`--xds-root-cert`'s file as an absolute path (sidecars start in their
+    own directories), checked once here rather than by every sidecar; ""
+    for none; ValueError naming what is wrong."""
+    if not path:
+        return ""
+    try:
+        text = Path(path).read_text(encoding="ascii")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"--xds-root-cert {path}: {getattr(e, 'strerror', None) or e}") from e
+    if "-----BEGIN CERTIFICATE-----" not in text:
+        raise ValueError(f"--xds-root-cert {path}: not a PEM certificate")
+    return str(Path(path).resolve())
 
 
 @dataclass(frozen=True)
@@ -133,7 +161,7 @@ def _bootstrap(
             "lds_config": {"ads": {}, "resource_api_version": "V3"},
             "cds_config": {"ads": {}, "resource_api_version": "V3"},
         },
-        "static_resources": {"clusters": [_xds_cluster([(xds.host, xds.port), *xds.replicas])]},
+        "static_resources": {"clusters": [_xds_cluster(xds)]},
     }
 
 
@@ -152,10 +180,12 @@ def _ads_service(token: str) -> dict[str, Any]:
     return service
 
 
-def _xds_cluster(servers: list[tuple[str, int]]) -> dict[str, Any]:
+def _xds_cluster(xds: XdsServer) -> dict[str, Any]:
     """One endpoint per control-plane replica, as Envoy's bootstrap lists them."""
+    servers = [(xds.host, xds.port), *xds.replicas]
     endpoints = [{"endpoint": {"address": _address(host, port)}} for host, port in servers]
     return {
+        **_xds_tls(xds.root_cert),
         "name": XDS_CLUSTER,
         "type": "STATIC",
         "connect_timeout": "1s",
@@ -169,6 +199,26 @@ def _xds_cluster(servers: list[tuple[str, int]]) -> dict[str, Any]:
             "cluster_name": XDS_CLUSTER,
             "endpoints": [{"lb_endpoints": endpoints}],
         },
+    }
+
+
+def _xds_tls(root_cert: str) -> dict[str, Any]:
+    """istio-agent's transport socket on xds-grpc: TLS, the control plane's
+    certificate verified against the mesh root's file."""
+    if not root_cert:
+        return {}
+    validation = {"trusted_ca": {"filename": root_cert}}
+    return {
+        "transport_socket": {
+            "name": "envoy.transport_sockets.tls",
+            "typed_config": {
+                "@type": f"type.googleapis.com/{TLS_CONTEXT}",
+                "common_tls_context": {
+                    "validation_context": validation,
+                    "alpn_protocols": ["h2"],
+                },
+            },
+        }
     }
 
 

@@ -75,6 +75,7 @@ def grpc_agent_args(
     args += ["--service-account", who.service_account, "--address", who.address]
     args += ["--xds", f"{xds.host}:{xds.port}", "--dir", str(directory)]
     args += ["--ca-token-file", str(token_file)]
+    args += ["--xds-root-cert", xds.root_cert] if xds.root_cert else []
     for key, value in sorted(who.labels.items()):
         args += ["--label", f"{key}={value}"]
     return args
@@ -89,7 +90,7 @@ def grpc_bootstrap(
         "xds_servers": [
             {
                 "server_uri": f"{xds.host}:{xds.port}",
-                "channel_creds": [{"type": "insecure"}],
+                "channel_creds": [_channel_creds(xds)],
                 "server_features": ["xds_v3"],
             }
         ],
@@ -119,6 +120,14 @@ def grpc_bootstrap(
         },
         "server_listener_resource_name_template": SERVER_LISTENER_TEMPLATE,
     }
+
+
+def _channel_creds(xds: XdsServer) -> dict[str, Any]:
+    """gRPC's `tls` channel credentials (gRFC A65) verifying the control
+    plane against the mesh root, when the agent has it; else plaintext."""
+    if not xds.root_cert:
+        return {"type": "insecure"}
+    return {"type": "tls", "config": {"ca_certificate_file": xds.root_cert}}
 
 
 def write_bootstrap(path: Path, bootstrap: dict[str, Any]) -> None:

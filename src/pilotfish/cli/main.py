@@ -208,7 +208,7 @@ def _run_controlplane(args: argparse.Namespace) -> int:
     from pilotfish.controlplane.identity import ca_options
     from pilotfish.controlplane.main import run_controlplane, xds_listen
     from pilotfish.controlplane.traces_api import retention
-    from pilotfish.controlplane.xds_tls import secure_listen
+    from pilotfish.controlplane.xds_tls import plaintext_listen, secure_listen
     from pilotfish.store.backends import StoreOptions
     from pilotfish.xds.limits import Limits
 
@@ -223,6 +223,7 @@ def _run_controlplane(args: argparse.Namespace) -> int:
         store.check()
         api_tls = tls_options(args)
         xds_tls = secure_listen(args.xds_tls_port, xds)
+        xds = plaintext_listen(xds, args.xds_tls_port, args.xds_plaintext_off_loopback)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

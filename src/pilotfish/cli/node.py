@@ -47,6 +47,13 @@ def add_commands(sub: Sub[argparse.ArgumentParser], common: argparse.ArgumentPar
         "(one per control-plane replica; sidecars fail over between them)",
     )
     p.add_argument(
+        "--xds-root-cert",
+        metavar="FILE",
+        help="the mesh root (the control plane's DATA_DIR/ca/root-cert.pem): sidecars "
+        "reach xDS and the CA over TLS, verifying the control plane against it "
+        "(needed when --xds names port 15012)",
+    )
+    p.add_argument(
         "--gateway",
         action="store_true",
         help="also run an ingress gateway proxy (labels istio=ingressgateway, namespace "
@@ -99,7 +106,7 @@ def _state(args: argparse.Namespace) -> Path:
 
 
 def run_node(args: argparse.Namespace) -> int:
-    from pilotfish.agent.bootstrap import Placement, XdsServer
+    from pilotfish.agent.bootstrap import XDS_TLS_PORT, Placement, XdsServer, checked_root_cert
     from pilotfish.agent.gateway import GatewaySpec
     from pilotfish.agent.node import NodeAgent
     from pilotfish.model.locality import check_locality
@@ -110,9 +117,18 @@ def run_node(args: argparse.Namespace) -> int:
     config = load_client_config(args.server)
     # The sidecars present the agent's own token to the ADS server (needed off loopback).
     try:
-        xds = XdsServer.parse(args.xds, config.token or "", config.server.split(",")[0])
+        root = checked_root_cert(args.xds_root_cert)
+    except ValueError as e:
+        raise NodeError(str(e)) from e
+    try:
+        xds = XdsServer.parse(args.xds, config.token or "", config.server.split(",")[0], root)
     except ValueError as e:
         raise NodeError(f"--xds: {e}") from e
+    if not root and XDS_TLS_PORT in xds.ports:
+        raise NodeError(
+            f"--xds: port {XDS_TLS_PORT} is xDS over TLS: give the mesh root to verify it "
+            "with (--xds-root-cert FILE)"
+        )
     try:
         ipaddress.ip_address(args.address)
     except ValueError as e:

@@ -39,6 +39,11 @@ def add_commands(sub: Sub[argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--xds", default="127.0.0.1:15010", help="the control plane's ADS and CA address"
     )
+    p.add_argument(
+        "--xds-root-cert",
+        metavar="FILE",
+        help="the mesh root: reach xDS and the CA over TLS (15012), verifying it against FILE",
+    )
     p.add_argument("--dir", type=Path, required=True, help="where the bootstrap and files go")
     p.add_argument(
         "--ca-token-file",
@@ -59,8 +64,9 @@ def run_grpc_agent(args: argparse.Namespace) -> int:
     from pilotfish.agent.proxyless import BOOTSTRAP, grpc_bootstrap, write_bootstrap
     from pilotfish.ca.identity import DEFAULT_TRUST_DOMAIN, IdentityError, SpiffeId
     from pilotfish.proxy.sds import WorkloadCertificates
+    from pilotfish.proxy.xds_channel import ControlPlaneChannel
 
-    who, xds = _workload(args), _xds(args.xds)
+    who, xds = _workload(args), _xds(args.xds, args.xds_root_cert)
     refresh = _refresh(args.refresh_interval)
     try:
         spiffe_id = SpiffeId.of(DEFAULT_TRUST_DOMAIN, who.namespace, who.service_account)
@@ -77,6 +83,7 @@ def run_grpc_agent(args: argparse.Namespace) -> int:
         str(spiffe_id),
         args.ca_token_file,
         on_issued=lambda issued: _written(cert_dir, issued),
+        channel=ControlPlaneChannel(Path(xds.root_cert).read_bytes() if xds.root_cert else None),
     )
     return asyncio.run(_hold(certificates))
 
@@ -120,11 +127,15 @@ def _workload(args: argparse.Namespace) -> ProxylessWorkload:
     )
 
 
-def _xds(address: str) -> XdsServer:
-    from pilotfish.agent.bootstrap import XdsServer
+def _xds(address: str, root_cert: str | None) -> XdsServer:
+    from pilotfish.agent.bootstrap import XdsServer, checked_root_cert
 
     try:
-        return XdsServer.parse(address)
+        root = checked_root_cert(root_cert)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    try:
+        return XdsServer.parse(address, root_cert=root)
     except ValueError as e:
         raise UsageError(f"--xds: {e}") from None
 

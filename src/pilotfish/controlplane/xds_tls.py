@@ -15,6 +15,7 @@ import socket
 import grpc
 from cryptography import x509
 
+from pilotfish.addresses import is_loopback
 from pilotfish.ca.authority import CertificateAuthority
 from pilotfish.ca.workload import key_pem, new_key
 from pilotfish.controlplane.http import parse_listen
@@ -29,7 +30,14 @@ def add_xds_tls_flags(p: argparse.ArgumentParser) -> None:
         default=-1,
         metavar="PORT",
         help="also serve xDS and the CA over TLS on this port of --xds-listen's host "
-        "(istiod uses 15012; default: off)",
+        "(istiod uses 15012; default: off); off loopback the plaintext port then "
+        "listens on loopback only",
+    )
+    p.add_argument(
+        "--xds-plaintext-off-loopback",
+        action="store_true",
+        help="serve xDS and the CA in plaintext on a non-loopback address (insecure: "
+        "the token and the config cross the network in clear)",
     )
 
 
@@ -44,6 +52,24 @@ def secure_listen(port: int, xds_listen: str | None) -> str | None:
         raise ValueError("--xds-tls-port needs xDS on (it is off with --xds-port -1)")
     host = parse_listen(xds_listen)[0]
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def plaintext_listen(xds_listen: str | None, tls_port: int, allowed: bool) -> str | None:
+    """Where the plaintext port binds: as asked on loopback or when
+    `allowed`; off loopback with TLS on, the same port on loopback (local
+    clients keep it, other hosts get TLS only); off loopback without TLS, a
+    ValueError: the secure default holds unless the user opts out."""
+    if xds_listen is None or allowed:
+        return xds_listen
+    host, port = parse_listen(xds_listen)
+    if host == "localhost" or is_loopback(host):
+        return xds_listen
+    if tls_port < 0:
+        raise ValueError(
+            f"xDS on {xds_listen} would be plaintext off loopback: serve it over TLS "
+            "(--xds-tls-port 15012) or allow it (--xds-plaintext-off-loopback)"
+        )
+    return f"[::1]:{port}" if ":" in host else f"127.0.0.1:{port}"
 
 
 def serving_names(listen: str) -> list[x509.GeneralName]:

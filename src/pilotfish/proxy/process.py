@@ -53,6 +53,7 @@ if TYPE_CHECKING:  # imported where used: gRPC, the client library and cryptogra
     from pilotfish.proxy.register import Registrar
     from pilotfish.proxy.sds import WorkloadCertificates
     from pilotfish.proxy.tap_stream import TapStream
+    from pilotfish.proxy.xds_channel import ControlPlaneChannel
     from pilotfish.proxy.xds_client import AdsClient
 
 log = logging.getLogger("pilotfish.proxy")
@@ -165,7 +166,8 @@ def workload_certificates(bootstrap: Bootstrap, token_file: Path) -> WorkloadCer
         spiffe_id = SpiffeId.of(TRUST_DOMAIN, namespace, account)
     except IdentityError as e:
         raise SystemExit(f"error: --ca-token-file: the node metadata's identity: {e}") from e
-    return WorkloadCertificates(targets, str(spiffe_id), token_file)
+    channel = _ads_channel(bootstrap)  # the CA is served beside ADS: the same TLS
+    return WorkloadCertificates(targets, str(spiffe_id), token_file, channel=channel)
 
 
 async def _serve(
@@ -309,7 +311,8 @@ def _ads_client(bootstrap: Bootstrap, config: ProxyConfig) -> AdsClient | None:
         return None
     from pilotfish.proxy.xds_client import AdsClient
 
-    return AdsClient(hosts, AdsProtocol(bootstrap.node, config.apply), _ads_metadata(bootstrap))
+    protocol = AdsProtocol(bootstrap.node, config.apply)
+    return AdsClient(hosts, protocol, _ads_metadata(bootstrap), _ads_channel(bootstrap))
 
 
 def _ads_metadata(bootstrap: Bootstrap) -> list[tuple[str, str]]:
@@ -329,7 +332,8 @@ def _tap_stream(
     identity = certificates.spiffe_id if certificates is not None else ""
     runtime.tap = Tap(me, identity)
     hello = {"node": bootstrap.node.id, "namespace": me.namespace, "workload": me.workload}
-    return TapStream(runtime.tap, _ads_targets(bootstrap), _ads_metadata(bootstrap), hello)
+    targets, metadata = _ads_targets(bootstrap), _ads_metadata(bootstrap)
+    return TapStream(runtime.tap, targets, metadata, hello, _ads_channel(bootstrap))
 
 
 def _ads_targets(bootstrap: Bootstrap) -> list[str]:
@@ -344,6 +348,18 @@ def _ads_targets(bootstrap: Bootstrap) -> list[str]:
             f"error: the ADS cluster {cluster_name!r} is not a static cluster with an endpoint"
         )
     return hosts
+
+
+def _ads_channel(bootstrap: Bootstrap) -> ControlPlaneChannel:
+    """Plaintext, or TLS as the xds cluster's transport socket says."""
+    from pilotfish.proxy.xds_channel import PLAINTEXT, channel_for
+
+    name = _ads_cluster_name(bootstrap)
+    proto = next((c for c in bootstrap.static_resources.clusters if c.name == name), None)
+    try:
+        return channel_for(proto) if proto is not None else PLAINTEXT
+    except ValueError as e:
+        raise SystemExit(f"error: the ADS cluster {name!r}: {e}") from e
 
 
 def _ads_hosts(proto: ClusterProto) -> list[str]:

@@ -43,6 +43,7 @@ from pilotfish.ca.workload import (
     renew_at,
 )
 from pilotfish.proxy.sds_secrets import DEFAULT, REDACTED, ROOTCA, SECRETS_DUMP
+from pilotfish.proxy.xds_channel import PLAINTEXT, ControlPlaneChannel
 
 log = logging.getLogger("pilotfish.proxy.sds")
 RETRY_FIRST_S, RETRY_MAX_S = 1.0, 30.0
@@ -76,11 +77,13 @@ class WorkloadCertificates:
         spiffe_id: str,
         token_file: Path,
         on_issued: Callable[[Issued], None] | None = None,
+        channel: ControlPlaneChannel = PLAINTEXT,
     ) -> None:
         self.ca_targets = tuple(ca_targets)  # the control-plane replicas, the last good first
         self.spiffe_id = spiffe_id
         self.token_file = token_file
         self.on_issued = on_issued  # e.g. write the files a proxyless gRPC workload reads
+        self.channel = channel  # over TLS as the ADS stream, when the bootstrap says so
         self.current: Issued | None = None
         self.ready = asyncio.Event()
         self.last_error = ""
@@ -141,7 +144,7 @@ class WorkloadCertificates:
     async def _call(
         self, target: str, request: protos.IstioCertificateRequest, token: str
     ) -> protos.IstioCertificateResponse:
-        async with grpc.aio.insecure_channel(target) as channel:
+        async with self.channel.open(target) as channel:
             call = channel.unary_unary(
                 protos.METHOD_PATH,
                 request_serializer=lambda m: m.SerializeToString(),

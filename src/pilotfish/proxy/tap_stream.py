@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Sequence
 import grpc
 
 from pilotfish.proxy.tap import Tap
+from pilotfish.proxy.xds_channel import PLAINTEXT, ControlPlaneChannel
 
 log = logging.getLogger("pilotfish.proxy.tap")
 METHOD = "/pilotfish.tap.v1.Tap/Watch"
@@ -39,10 +40,12 @@ class TapStream:
         targets: Sequence[str],
         metadata: Sequence[tuple[str, str]],
         hello: dict[str, str],
+        channel: ControlPlaneChannel = PLAINTEXT,
     ) -> None:
         self.tap, self.targets = tap, tuple(targets)
         self._metadata = tuple(metadata)  # may hold a credential: kept out of __repr__
         self._hello = hello  # node id, namespace, workload
+        self._channel = channel  # TLS as the ADS stream's
         self._ready = asyncio.Event()
         self._answers: list[dict[str, object]] = []  # refusals of bad commands
         tap.wake = self._ready.set
@@ -71,7 +74,7 @@ class TapStream:
             delay = min(delay * 2, BACKOFF_MAX_S)
 
     async def _stream(self, target: str) -> None:
-        async with grpc.aio.insecure_channel(target) as channel:
+        async with self._channel.open(target) as channel:
             watch = channel.stream_stream(
                 METHOD, request_serializer=_same, response_deserializer=_same
             )

@@ -5,7 +5,8 @@ exponential backoff and jitter, and keep serving with the last good config
 meanwhile (nothing is torn down on disconnect). Given several control-plane
 replicas (the xds cluster's endpoints), a broken stream fails over to the
 next one at once; the back-off applies once every replica has failed. Every stream carries the
-bootstrap's `initial_metadata` (the control plane's token, off loopback).
+bootstrap's `initial_metadata` (the control plane's token, off loopback),
+over TLS when the xds cluster asks for it (xds_channel.py).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from envoy.service.discovery.v3.ads_pb2_grpc import AggregatedDiscoveryServiceSt
 from envoy.service.discovery.v3.discovery_pb2 import DiscoveryRequest
 
 from pilotfish.proxy.ads import AdsProtocol
+from pilotfish.proxy.xds_channel import PLAINTEXT, ControlPlaneChannel
 
 log = logging.getLogger("pilotfish.proxy.xds")
 BACKOFF_FIRST_S, BACKOFF_MAX_S = 0.25, 30.0
@@ -30,13 +32,18 @@ Metadata = Sequence[tuple[str, str]]
 
 class AdsClient:
     def __init__(
-        self, targets: Sequence[str], protocol: AdsProtocol, metadata: Metadata = ()
+        self,
+        targets: Sequence[str],
+        protocol: AdsProtocol,
+        metadata: Metadata = (),
+        channel: ControlPlaneChannel = PLAINTEXT,
     ) -> None:
         if not targets:
             raise ValueError("an ADS client needs at least one server address")
         self.targets, self.protocol = tuple(targets), protocol
         self._current = 0
         self._metadata = tuple(metadata)  # may hold a credential: kept out of __repr__
+        self._channel = channel
         self.connected = asyncio.Event()
         self._outbox: asyncio.Queue[DiscoveryRequest | None] = asyncio.Queue()
 
@@ -76,7 +83,7 @@ class AdsClient:
     async def _stream(self) -> None:
         self._outbox = asyncio.Queue()
         self.send(self.protocol.start())
-        async with grpc.aio.insecure_channel(self.target) as channel:
+        async with self._channel.open(self.target) as channel:
             stub = AggregatedDiscoveryServiceStub(channel)
             call = stub.StreamAggregatedResources(self._requests(), metadata=self._metadata)
             async for response in call:
