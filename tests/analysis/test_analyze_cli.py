@@ -156,7 +156,11 @@ def test_validate_warns_on_config_pilotfish_does_not_enforce(
                 "spec": {
                     "tracing": [{"providers": [{"name": "otel"}]}],  # enforced: no warning
                     "metrics": [
-                        {"providers": [{"name": "prometheus"}], "overrides": [{"disabled": True}]}
+                        {
+                            "providers": [{"name": "prometheus"}],
+                            "overrides": [{"disabled": True}],  # enforced: no warning
+                            "reportingInterval": "10s",
+                        }
                     ],
                 },
             }
@@ -166,7 +170,7 @@ def test_validate_warns_on_config_pilotfish_does_not_enforce(
     out, err = capsys.readouterr()
     assert out == "1 of 1 document valid (1 file read)\n"
     assert err.splitlines() == [
-        "Warning: Warning [PF0001] (Telemetry istio-system/mesh-default) Telemetry spec.metrics "
-        "is stored but not enforced by pilotfish: proxies report Istio's standard metrics "
-        "whatever it says"
+        "Warning: Warning [PF0001] (Telemetry istio-system/mesh-default) Telemetry "
+        "spec.metrics[].reportingInterval is stored but not enforced by pilotfish: sidecars' "
+        "metrics are scraped from /stats/prometheus, not pushed at an interval"
     ]

@@ -49,7 +49,11 @@ from pilotfish.translate.jwt import applicable, translate_jwt_filter
 from pilotfish.translate.protos import ads, duration, pack, socket_address
 from pilotfish.translate.proxyless import translate_server_listeners
 from pilotfish.translate.routes import gateway_http_servers
-from pilotfish.translate.telemetry import translate_access_logs, translate_tracing
+from pilotfish.translate.telemetry import (
+    translate_access_logs,
+    translate_stats_filter,
+    translate_tracing,
+)
 
 FAULT_FILTER = "envoy.filters.http.fault"
 CORS_FILTER = "envoy.filters.http.cors"
@@ -72,6 +76,7 @@ def translate_listeners(
             proxy,
             translate_tracing(snapshot, proxy, False),
             translate_access_logs(snapshot, proxy, False),
+            translate_stats_filter(snapshot, proxy, False),
         )
         out = [outbound, *translate_inbound_listeners(snapshot, proxy)]
     return sorted(out, key=lambda listener: listener.name)
@@ -102,6 +107,14 @@ def _rds_manager(
     )
 
 
+def _add_stats_filter(
+    manager: hcm_pb2.HttpConnectionManager, stats: hcm_pb2.HttpFilter | None
+) -> None:
+    """Telemetry metric overrides, just before the router, where Istio puts them."""
+    if stats is not None:
+        manager.http_filters.insert(len(manager.http_filters) - 1, stats)
+
+
 def _listener(
     name: str, host: str, port: int, manager: hcm_pb2.HttpConnectionManager, direction: int
 ) -> Listener:
@@ -125,6 +138,7 @@ def translate_outbound_listener(
     proxy: Proxy,
     tracing: hcm_pb2.HttpConnectionManager.Tracing | None = None,
     logs: Sequence[AccessLog] = (),
+    stats: hcm_pb2.HttpFilter | None = None,
 ) -> Listener:
     host = proxy.metadata.get("OUTBOUND_ADDRESS", OUTBOUND_ADDRESS)
     port = int(proxy.metadata.get("OUTBOUND_PORT", OUTBOUND_PORT))
@@ -133,6 +147,7 @@ def translate_outbound_listener(
     if tracing is not None:
         manager.tracing.CopyFrom(tracing)
     manager.access_log.extend(logs)
+    _add_stats_filter(manager, stats)
     return _listener(name, host, port, manager, base_pb2.OUTBOUND)
 
 
@@ -142,6 +157,7 @@ def translate_inbound_listeners(snapshot: Snapshot, proxy: Proxy) -> list[Listen
     authz = translate_proxy_authz_http(snapshot, proxy)
     tracing = translate_tracing(snapshot, proxy, True)
     logs = translate_access_logs(snapshot, proxy, True)
+    stats = translate_stats_filter(snapshot, proxy, True)
     for instance in snapshot.own_instances(proxy):
         for port_name, port in sorted(instance.ports.items()):
             if not _inbound_protocol(snapshot, instance, port_name).is_http_or_sniffed:
@@ -151,6 +167,7 @@ def translate_inbound_listeners(snapshot: Snapshot, proxy: Proxy) -> list[Listen
             if tracing is not None:
                 manager.tracing.CopyFrom(tracing)
             manager.access_log.extend(logs)
+            _add_stats_filter(manager, stats)
             _add_jwt_filter(snapshot, instance.namespace, instance.labels, manager)
             listener = _listener(name, instance.address, port, manager, base_pb2.INBOUND)
             mode = mtls.inbound_mode(snapshot, instance.namespace, instance.labels, port)
@@ -238,12 +255,14 @@ def translate_gateway_listeners(snapshot: Snapshot, proxy: Proxy) -> list[Listen
     authz = translate_proxy_authz_http(snapshot, proxy)
     tracing = translate_tracing(snapshot, proxy, False)
     logs = translate_access_logs(snapshot, proxy, False)
+    stats = translate_stats_filter(snapshot, proxy, False)
     for port, servers in sorted(gateway_http_servers(snapshot, proxy).items()):
         name = f"{host}_{port}"
         manager = _rds_manager(name, names.gateway_route(port), authz)
         if tracing is not None:
             manager.tracing.CopyFrom(tracing)
         manager.access_log.extend(logs)
+        _add_stats_filter(manager, stats)
         _add_jwt_filter(snapshot, proxy.namespace, proxy.labels, manager)
         # A gateway is the edge: the client's address is the peer's, not a header's.
         manager.use_remote_address.value = True
