@@ -192,3 +192,27 @@ def test_unsupported_expression_is_left_out_and_analysis_says_why() -> None:
         "Telemetry spec.metrics[0].overrides[1].match is stored but not enforced by pilotfish: "
         "only the HTTP metrics' overrides are applied",
     ]
+
+
+def test_an_override_added_live_keeps_one_series_per_label_set() -> None:
+    """Prometheus refuses a scrape with a sample twice: requests recorded
+    before and after an override that leaves their labels alone add up."""
+    telemetry_ = Telemetry()
+    request = RequestAttributes("reviews:9080", "GET", "/", 200, lambda name: None)
+    key = (UNKNOWN_WORKLOAD, REVIEWS, 200, "", "http", "", False)
+    telemetry_.outbound.record(UNKNOWN_WORKLOAD, REVIEWS, 200, "", 3.0, 10, 20)
+    drop_sizes = MetricsConfig({"request_bytes": MetricOverride(drop=True)})
+    telemetry_.outbound.record_overridden(drop_sizes, request, key, 3.0, 10, 20)
+    found: dict[tuple[str, frozenset[tuple[str, str]]], float] = {}
+    for family in text_string_to_metric_families(telemetry_.prometheus().decode()):
+        for s in family.samples:
+            sample = (s.name, frozenset(s.labels.items()))
+            assert sample not in found, f"duplicate sample {sample}"
+            found[sample] = s.value
+    counts = {name: v for (name, _), v in found.items() if name.endswith(("_total", "_count"))}
+    assert counts == {
+        "istio_requests_total": 2.0,
+        "istio_request_duration_milliseconds_count": 2.0,
+        "istio_request_bytes_count": 1.0,  # dropped after the first request
+        "istio_response_bytes_count": 2.0,
+    }

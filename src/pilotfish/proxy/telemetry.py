@@ -357,9 +357,10 @@ class Reporter:
         # Equal label sets reached through unequal keys share one series.
         self._http_by_labels: dict[str, HttpSeries] = {}
         self._tcp_by_labels: dict[str, TcpSeries] = {}
-        # Series of requests recorded under Telemetry overrides (metric_overrides.py).
+        # Requests recorded under Telemetry overrides (metric_overrides.py):
+        # their series share _http_by_labels, so a label set is one series
+        # whichever way it was reached (an override added or removed live).
         self._overridden: dict[tuple[object, ...], OverriddenSeries] = {}
-        self._custom: dict[str, dict[str, HttpSeries]] = {m: {} for m in HTTP_METRICS}
 
     def __repr__(self) -> str:
         return f"<Reporter {self.kind} http_series={len(self._http_by_labels)}>"
@@ -430,7 +431,7 @@ class Reporter:
         if len(self._overridden) >= 4 * self.max_series:
             self._overridden.clear()  # only a cache, as self.http
         peer, service, code, flags, protocol, grpc_status, mtls = key
-        if max(len(c) for c in self._custom.values()) >= self.max_series:
+        if len(self._http_by_labels) >= self.max_series:
             peer, service = UNKNOWN_WORKLOAD, UNKNOWN_SERVICE
             values = dict.fromkeys(values, UNKNOWN)
         pairs = self.label_pairs(peer, service, protocol, (code, grpc_status), flags, mtls)
@@ -441,7 +442,7 @@ class Reporter:
                 found.append(None)
                 continue
             text = format_labels(override.apply(pairs, values))
-            found.append(self._custom[metric].setdefault(text, HttpSeries(text)))
+            found.append(self._http_by_labels.setdefault(text, HttpSeries(text)))
         self._overridden[full] = series = tuple(found)
         return series
 
@@ -539,10 +540,6 @@ class Reporter:
     def http_series(self) -> list[HttpSeries]:
         return list(self._http_by_labels.values())
 
-    def series_of(self, metric: str) -> list[HttpSeries]:
-        """The series that report `metric`: standard ones, then overridden ones."""
-        return [*self._http_by_labels.values(), *self._custom[metric].values()]
-
     @property
     def tcp_series_list(self) -> list[TcpSeries]:
         return list(self._tcp_by_labels.values())
@@ -565,8 +562,13 @@ class Telemetry:
 
     def _families(self) -> Iterable[str]:
         reporters = (self.outbound, self.inbound)
-        count, duration, sent, received = (
-            [s for r in reporters for s in r.series_of(m)] for m in HTTP_METRICS
+        http = [s for r in reporters for s in r.http_series]
+        # Under overrides a series may hold some metrics only (the others
+        # dropped, or labelled otherwise): each family shows what it observed.
+        count = [s for s in http if s.requests]
+        duration, sent, received = (
+            [s for s in http if any(getattr(s, f))]
+            for f in ("duration", "request_bytes", "response_bytes")
         )
         tcp = [s for r in reporters for s in r.tcp_series_list]
         yield from counter(
