@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
-from test_telemetry_tracing import mesh, telemetry
+from test_telemetry_tracing import GATEWAY, mesh, telemetry
 from translate_sim import BOOKINFO_INSTANCES, BOOKINFO_SERVICES, INGRESS, PRODUCTPAGE
 
 from pilotfish.analysis import analyze
@@ -140,14 +140,7 @@ def test_only_the_prometheus_provider_and_the_narrowest_scopes_providers() -> No
 
 
 def test_the_gateway_is_the_client_side() -> None:
-    gateway = {
-        "apiVersion": "networking.istio.io/v1",
-        "kind": "Gateway",
-        "metadata": {"name": "gw", "namespace": "istio-system"},
-        "spec": {"selector": {"istio": "ingressgateway"},
-                 "servers": [{"port": {"number": 8080, "name": "http", "protocol": "HTTP"},
-                              "hosts": ["*"]}]},
-    }  # fmt: skip
+    gateway = GATEWAY
     server_only = [{"overrides": [override("REQUEST_DURATION", "SERVER", disabled=True)]}]
     client_only = [{"overrides": [override("REQUEST_DURATION", "CLIENT", disabled=True)]}]
     found = configs_of(gateway, metrics("m", "istio-system", server_only), proxy=INGRESS)

@@ -458,7 +458,7 @@ class Reporter:
                 self.tcp.clear()  # only a cache: the series stay in _tcp_by_labels
             if len(self._tcp_by_labels) >= self.max_series:
                 peer, service = UNKNOWN_WORKLOAD, UNKNOWN_SERVICE
-            text = self.labels(peer, service, "tcp", None, flags, mtls)
+            text = format_labels(self.label_pairs(peer, service, "tcp", None, flags, mtls))
             series = self._tcp_by_labels.setdefault(text, TcpSeries(text))
             self.tcp[key] = series
         return series
@@ -471,22 +471,11 @@ class Reporter:
             # Past the cap (a client inventing Host headers, say), new label
             # sets lose their peer and service rather than grow memory.
             peer, service = UNKNOWN_WORKLOAD, UNKNOWN_SERVICE
-        text = self.labels(peer, service, protocol, (code, grpc_status), flags, mtls)
+        pairs = self.label_pairs(peer, service, protocol, (code, grpc_status), flags, mtls)
+        text = format_labels(pairs)
         series = self._http_by_labels.setdefault(text, HttpSeries(text))
         self.http[key] = series
         return series
-
-    def labels(
-        self,
-        peer: WorkloadInfo,
-        service: ServiceInfo,
-        protocol: str,
-        response: tuple[int, str] | None,
-        flags: str,
-        mtls: bool,
-    ) -> str:
-        """The escaped label text of a series."""
-        return format_labels(self.label_pairs(peer, service, protocol, response, flags, mtls))
 
     def label_pairs(
         self,
