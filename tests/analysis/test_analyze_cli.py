@@ -174,3 +174,35 @@ def test_validate_warns_on_config_pilotfish_does_not_enforce(
         "spec.metrics[].reportingInterval is stored but not enforced by pilotfish: sidecars' "
         "metrics are scraped from /stats/prometheus, not pushed at an interval"
     ]
+
+
+def test_validate_names_a_metric_tag_expression_the_sidecars_cannot_evaluate(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    telemetry = tmp_path / "metrics.yaml"
+    override = {
+        "match": {"metric": "REQUEST_COUNT"},
+        "tagOverrides": {
+            "size": {"value": "request.size > 10"},
+            "host": {"value": "request.host"},  # evaluated: no warning
+        },
+    }
+    telemetry.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "telemetry.istio.io/v1",
+                "kind": "Telemetry",
+                "metadata": {"name": "mesh-default", "namespace": "istio-system"},
+                "spec": {"metrics": [{"overrides": [override]}]},
+            }
+        )
+    )
+    assert main(["validate", "-f", str(telemetry)]) == 0
+    _, err = capsys.readouterr()
+    assert err.splitlines() == [
+        "Warning: Warning [PF0001] (Telemetry istio-system/mesh-default) Telemetry "
+        "spec.metrics[0].overrides[0].tagOverrides.size.value is stored but not enforced by "
+        "pilotfish: expression 'request.size > 10' is not supported: pilotfish evaluates string "
+        "literals, request.headers['NAME'] and request.host, request.method, request.path, "
+        "request.url_path, response.code; the label is not added"
+    ]
