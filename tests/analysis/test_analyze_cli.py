@@ -203,6 +203,8 @@ def test_validate_names_a_metric_tag_expression_the_sidecars_cannot_evaluate(
         "Warning: Warning [PF0001] (Telemetry istio-system/mesh-default) Telemetry "
         "spec.metrics[0].overrides[0].tagOverrides.size.value is stored but not enforced by "
         "pilotfish: expression 'request.size > 10' is not supported: pilotfish evaluates string "
-        "literals, request.headers['NAME'] and request.host, request.method, request.path, "
-        "request.url_path, response.code; the label is not added"
+        "literals, request.headers['NAME'], request.host, request.method, request.path, "
+        "request.url_path, response.code, and upstream_peer/downstream_peer.labels['LABEL']"
+        ".value for app, version, service.istio.io/canonical-name, "
+        "service.istio.io/canonical-revision; the label is not added"
     ]

@@ -13,12 +13,18 @@ from translate_sim import BOOKINFO_INSTANCES, BOOKINFO_SERVICES, INGRESS, PRODUC
 from pilotfish.analysis import analyze
 from pilotfish.model import Proxy, build_snapshot
 from pilotfish.proxy.listeners import compile_listener
-from pilotfish.proxy.metric_overrides import MetricOverride, MetricsConfig, RequestAttributes
-from pilotfish.proxy.telemetry import UNKNOWN_WORKLOAD, ServiceInfo, Telemetry
+from pilotfish.proxy.metric_overrides import (
+    MetricOverride,
+    MetricsConfig,
+    RequestAttributes,
+    parse_expression,
+)
+from pilotfish.proxy.telemetry import UNKNOWN_WORKLOAD, ServiceInfo, Telemetry, WorkloadInfo
 from pilotfish.translate import translate_listeners
 
 Obj = dict[str, Any]
 REVIEWS = ServiceInfo("reviews.default.svc.cluster.local", "reviews", "default")
+REVIEWS_V2 = WorkloadInfo("reviews-v2", "default", "reviews", "v2", "reviews", "v2")
 
 
 def metrics(name: str, namespace: str, entries: list[Obj], selector: Obj | None = None) -> Obj:
@@ -53,7 +59,7 @@ def exposition(config: MetricsConfig | None, **headers: str) -> dict[str, list[d
     telemetry_ = Telemetry()
     wanted = {k.replace("_", "-").encode(): v.encode() for k, v in headers.items()}
     request = RequestAttributes(
-        "reviews:9080", "GET", "/api?x=1", 200, lambda name: wanted.get(name)
+        "reviews:9080", "GET", "/api?x=1", 200, wanted.get, REVIEWS_V2.label, inbound=False
     )
     key = (UNKNOWN_WORKLOAD, REVIEWS, 200, "", "http", "", False)
     if config is None:
@@ -179,8 +185,10 @@ def test_unsupported_expression_is_left_out_and_analysis_says_why() -> None:
     assert found == [
         "Telemetry spec.metrics[0].overrides[0].tagOverrides.size_class.value is stored but not "
         "enforced by pilotfish: expression \"request.size > 1024 ? 'big' : 'small'\" is not "
-        "supported: pilotfish evaluates string literals, request.headers['NAME'] and "
-        "request.host, request.method, request.path, request.url_path, response.code; "
+        "supported: pilotfish evaluates string literals, request.headers['NAME'], "
+        "request.host, request.method, request.path, request.url_path, response.code, and "
+        "upstream_peer/downstream_peer.labels['LABEL'].value for app, version, "
+        "service.istio.io/canonical-name, service.istio.io/canonical-revision; "
         "the label is not added",
         "Telemetry spec.metrics[0].overrides[1].match is stored but not enforced by pilotfish: "
         "only the HTTP metrics' overrides are applied",
@@ -191,7 +199,7 @@ def test_an_override_added_live_keeps_one_series_per_label_set() -> None:
     """Prometheus refuses a scrape with a sample twice: requests recorded
     before and after an override that leaves their labels alone add up."""
     telemetry_ = Telemetry()
-    request = RequestAttributes("reviews:9080", "GET", "/", 200, lambda name: None)
+    request = RequestAttributes("reviews:9080", "GET", "/", 200, {}.get, REVIEWS_V2.label, False)
     key = (UNKNOWN_WORKLOAD, REVIEWS, 200, "", "http", "", False)
     telemetry_.outbound.record(UNKNOWN_WORKLOAD, REVIEWS, 200, "", 3.0, 10, 20)
     drop_sizes = MetricsConfig({"request_bytes": MetricOverride(drop=True)})
@@ -209,3 +217,14 @@ def test_an_override_added_live_keeps_one_series_per_label_set() -> None:
         "istio_request_bytes_count": 1.0,  # dropped after the first request
         "istio_response_bytes_count": 2.0,
     }
+
+
+def test_peer_labels_come_from_the_side_that_sent_its_metadata() -> None:
+    """Outbound, the peer is the upstream (the destination's sidecar says who
+    it is); the downstream is the local app, which says nothing."""
+    config = MetricsConfig({"requests_total": MetricOverride(dimensions=(
+        ("dst_version", parse_expression("upstream_peer.labels['version'].value")),
+        ("src_app", parse_expression('downstream_peer.labels["app"].value')),
+    ))})  # fmt: skip
+    (labels,) = exposition(config)["istio_requests"]
+    assert (labels["dst_version"], labels["src_app"]) == ("v2", "unknown")

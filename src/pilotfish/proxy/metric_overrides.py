@@ -40,9 +40,17 @@ ATTRIBUTES = (
     "response.code",
 )
 HEADER, LITERAL = "request.headers", "literal"
+# Peer labels a sidecar knows from Istio's metadata exchange.
+PEER_LABELS = (
+    "app",
+    "version",
+    "service.istio.io/canonical-name",
+    "service.istio.io/canonical-revision",
+)
 _QUOTED = r"""(?:'([^'\\]*)'|"([^"\\]*)")"""
 _HEADER_RE = re.compile(rf"^request\.headers\[{_QUOTED}\]$")
 _LITERAL_RE = re.compile(rf"^{_QUOTED}$")
+_PEER_RE = re.compile(rf"^(upstream_peer|downstream_peer)\.labels\[{_QUOTED}\]\.value$")
 _LABEL_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 
 Expression = tuple[str, str]  # (attribute, argument): ("request.headers", "x-user")
@@ -62,9 +70,13 @@ def parse_expression(text: str) -> Expression:
         if found:
             arg = found.group(1) if found.group(1) is not None else found.group(2)
             return (kind, arg.lower() if kind == HEADER else arg)
+    peer = _PEER_RE.match(text)
+    if peer and (peer.group(2) or peer.group(3) or "") in PEER_LABELS:
+        return (peer.group(1), peer.group(2) or peer.group(3) or "")
     raise ValueError(
         f"expression {text!r} is not supported: pilotfish evaluates string literals, "
-        f"request.headers['NAME'] and {', '.join(ATTRIBUTES)}"
+        f"request.headers['NAME'], {', '.join(ATTRIBUTES)}, and "
+        f"upstream_peer/downstream_peer.labels['LABEL'].value for {', '.join(PEER_LABELS)}"
     )
 
 
@@ -77,6 +89,8 @@ class RequestAttributes:
     path: str
     code: int
     header: Callable[[bytes], bytes | None]
+    peer_label: Callable[[str], str]  # the other side's label (metadata exchange)
+    inbound: bool  # the peer is the downstream one; else the upstream one
 
     def evaluate(self, expression: Expression) -> str:
         kind, arg = expression
@@ -85,6 +99,10 @@ class RequestAttributes:
         if kind == HEADER:
             value = self.header(arg.encode("latin-1"))
             return "unknown" if value is None else value.decode("latin-1")
+        if kind in ("upstream_peer", "downstream_peer"):
+            # The local app, on the other side, sends no metadata: unknown, as in Istio.
+            known = (kind == "downstream_peer") == self.inbound
+            return self.peer_label(arg) if known else "unknown"
         if kind == "request.host":
             return self.host
         if kind == "request.method":

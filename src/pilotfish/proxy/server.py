@@ -40,6 +40,7 @@ from pilotfish.proxy.telemetry import (
     UNKNOWN_SERVICE,
     UNKNOWN_WORKLOAD,
     Telemetry,
+    WorkloadInfo,
     peer_from_header,
     service_from_authority,
 )
@@ -114,7 +115,7 @@ class Runtime:
             )  # fmt: skip
         else:
             reporter.record_overridden(
-                listener.http.metrics, request_attributes(ex),
+                listener.http.metrics, request_attributes(ex, peer),
                 (peer, service, ex.status, ex.flags, "http", "", mtls),
                 elapsed * 1000.0, ex.request_bytes, ex.response_bytes,
             )  # fmt: skip
@@ -149,7 +150,7 @@ class Runtime:
         self.pool.close()
 
 
-def request_attributes(ex: Exchange) -> RequestAttributes:
+def request_attributes(ex: Exchange, peer: WorkloadInfo) -> RequestAttributes:
     """What Telemetry metric overrides may read of a request."""
     return RequestAttributes(
         host=ex.authority.decode("latin-1"),
@@ -157,6 +158,8 @@ def request_attributes(ex: Exchange) -> RequestAttributes:
         path=ex.original_path.decode("latin-1"),
         code=ex.status,
         header=partial(get_header, ex.headers),
+        peer_label=peer.label,
+        inbound=ex.down.listener.inbound,
     )
 
 

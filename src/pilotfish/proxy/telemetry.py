@@ -90,6 +90,16 @@ class WorkloadInfo:
     def __hash__(self) -> int:
         return self._hash
 
+    def label(self, name: str) -> str:
+        """One of PEER_LABELS, for Telemetry tag overrides."""
+        found = {
+            "app": self.app,
+            "version": self.version,
+            "service.istio.io/canonical-name": self.canonical_service,
+            "service.istio.io/canonical-revision": self.canonical_revision,
+        }
+        return found.get(name, UNKNOWN)
+
     @property
     def principal(self) -> str:
         if not self.service_account or self.namespace == UNKNOWN:

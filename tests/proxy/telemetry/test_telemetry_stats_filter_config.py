@@ -40,6 +40,11 @@ ROUTER = hcm_pb2.HttpFilter(name="envoy.filters.http.router")
         ("request.headers['X-Team']", ("request.headers", "x-team")),
         ('request.headers["x-team"]', ("request.headers", "x-team")),
         ("'canary'", ("literal", "canary")),
+        ("upstream_peer.labels['app'].value", ("upstream_peer", "app")),
+        (
+            'downstream_peer.labels["service.istio.io/canonical-revision"].value',
+            ("downstream_peer", "service.istio.io/canonical-revision"),
+        ),
     ],
 )
 def test_attribute_references_and_literals_parse(text: str, parsed: tuple[str, str]) -> None:
@@ -47,7 +52,15 @@ def test_attribute_references_and_literals_parse(text: str, parsed: tuple[str, s
 
 
 @pytest.mark.parametrize(
-    "text", ["request.size", "request.host + 'x'", "request.headers[x]", "has(request.host)", ""]
+    "text",
+    [
+        "request.size",
+        "request.host + 'x'",
+        "request.headers[x]",
+        "has(request.host)",
+        "upstream_peer.labels['team'].value",  # not a label metadata exchange carries here
+        "",
+    ],
 )
 def test_other_expressions_are_refused_by_name(text: str) -> None:
     with pytest.raises(ValueError, match="is not supported: pilotfish evaluates"):
