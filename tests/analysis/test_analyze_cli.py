@@ -156,7 +156,11 @@ def test_validate_warns_on_config_pilotfish_does_not_enforce(
                 "spec": {
                     "tracing": [{"providers": [{"name": "otel"}]}],  # enforced: no warning
                     "metrics": [
-                        {"providers": [{"name": "prometheus"}], "overrides": [{"disabled": True}]}
+                        {
+                            "providers": [{"name": "prometheus"}],
+                            "overrides": [{"disabled": True}],  # enforced: no warning
+                            "reportingInterval": "10s",
+                        }
                     ],
                 },
             }
@@ -166,7 +170,41 @@ def test_validate_warns_on_config_pilotfish_does_not_enforce(
     out, err = capsys.readouterr()
     assert out == "1 of 1 document valid (1 file read)\n"
     assert err.splitlines() == [
-        "Warning: Warning [PF0001] (Telemetry istio-system/mesh-default) Telemetry spec.metrics "
-        "is stored but not enforced by pilotfish: proxies report Istio's standard metrics "
-        "whatever it says"
+        "Warning: Warning [PF0001] (Telemetry istio-system/mesh-default) Telemetry "
+        "spec.metrics[].reportingInterval is stored but not enforced by pilotfish: sidecars' "
+        "metrics are scraped from /stats/prometheus, not pushed at an interval"
+    ]
+
+
+def test_validate_names_a_metric_tag_expression_the_sidecars_cannot_evaluate(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    telemetry = tmp_path / "metrics.yaml"
+    override = {
+        "match": {"metric": "REQUEST_COUNT"},
+        "tagOverrides": {
+            "size": {"value": "request.size > 10"},
+            "host": {"value": "request.host"},  # evaluated: no warning
+        },
+    }
+    telemetry.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "telemetry.istio.io/v1",
+                "kind": "Telemetry",
+                "metadata": {"name": "mesh-default", "namespace": "istio-system"},
+                "spec": {"metrics": [{"overrides": [override]}]},
+            }
+        )
+    )
+    assert main(["validate", "-f", str(telemetry)]) == 0
+    _, err = capsys.readouterr()
+    assert err.splitlines() == [
+        "Warning: Warning [PF0001] (Telemetry istio-system/mesh-default) Telemetry "
+        "spec.metrics[0].overrides[0].tagOverrides.size.value is stored but not enforced by "
+        "pilotfish: expression 'request.size > 10' is not supported: pilotfish evaluates string "
+        "literals, request.headers['NAME'], request.host, request.method, request.path, "
+        "request.url_path, response.code, and upstream_peer/downstream_peer.labels['LABEL']"
+        ".value for app, version, service.istio.io/canonical-name, "
+        "service.istio.io/canonical-revision; the label is not added"
     ]

@@ -120,15 +120,18 @@ def test_disable_span_reporting_and_match_mode() -> None:
     assert outbound is not None and outbound.provider is not None and outbound.sampling == 42.0
 
 
+GATEWAY = {
+    "apiVersion": "networking.istio.io/v1",
+    "kind": "Gateway",
+    "metadata": {"name": "gw", "namespace": "istio-system"},
+    "spec": {"selector": {"istio": "ingressgateway"},
+             "servers": [{"port": {"number": 8080, "name": "http", "protocol": "HTTP"},
+                          "hosts": ["*"]}]},
+}  # fmt: skip
+
+
 def test_gateway_is_the_client_side() -> None:
-    gateway = {
-        "apiVersion": "networking.istio.io/v1",
-        "kind": "Gateway",
-        "metadata": {"name": "gw", "namespace": "istio-system"},
-        "spec": {"selector": {"istio": "ingressgateway"},
-                 "servers": [{"port": {"number": 8080, "name": "http", "protocol": "HTTP"},
-                              "hosts": ["*"]}]},
-    }  # fmt: skip
+    gateway = GATEWAY
     objects = [gateway, telemetry("t", "istio-system", [
         {"match": {"mode": "CLIENT"}, "randomSamplingPercentage": 100}])]  # fmt: skip
     (config,) = tracing_of(*objects, proxy=INGRESS).values()

@@ -79,6 +79,7 @@ ANALYZERS: tuple[Analyzer, ...] = (
     Analyzer("sidecar.SelectorAnalyzer", selectors.sidecars, ("IST0101", "IST0110", "IST0111")),
     Analyzer("telemetry.SelectorAnalyzer", selectors.telemetry_selectors, ("IST0101", "IST0159")),
     Analyzer("telemetry.ProdiverAnalyzer", telemetry.providers, ("IST0157",)),
+    Analyzer("pilotfish.MetricOverridesAnalyzer", telemetry.metric_overrides, ("PF0001",)),
     Analyzer("telemetry.DefaultSelectorAnalyzer", selectors.telemetry_namespace_wide, ("IST0160",)),
     Analyzer(
         "virtualservice.ConflictingMeshGatewayHostsAnalyzer",

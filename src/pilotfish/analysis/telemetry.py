@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from pilotfish.analysis.config import (
     TELEMETRY,
     Config,
@@ -12,10 +15,13 @@ from pilotfish.analysis.config import (
     spec,
 )
 from pilotfish.analysis.messages import Message, new
+from pilotfish.translate.telemetry import upsert_error
 
 # Tracing is not here: an entry without providers falls back on the mesh's
 # default, the control plane's own receiver (translate/telemetry.py).
-_SECTIONS = ("accessLogging", "metrics")
+# Nor metrics: an entry without providers reports to the mesh's default,
+# prometheus unless the mesh config names others, as in Istio.
+_SECTIONS = ("accessLogging",)
 
 
 def providers(config: Config) -> list[Message]:
@@ -45,3 +51,34 @@ def _empty(entry: object) -> bool:
         and not entry.get("disabled")
         and "disableSpanReporting" not in entry
     )
+
+
+def metric_overrides(config: Config) -> list[Message]:
+    """PF0001 for a metrics override the sidecars do not apply: an UPSERT
+    whose value is not an expression pilotfish evaluates (that label is left
+    out), and an override of TCP or custom metrics."""
+    out = []
+    for telemetry in config.of(TELEMETRY, "Telemetry"):
+        for i, entry in enumerate(items(spec(telemetry).get("metrics"))):
+            for j, override in enumerate(items(mapping(entry).get("overrides"))):
+                where = f"Telemetry spec.metrics[{i}].overrides[{j}]"
+                out += [
+                    new("NotEnforced", telemetry, f"{where}.{field}", reason)
+                    for field, reason in _unapplied(mapping(override))
+                ]
+    return out
+
+
+def _unapplied(override: Mapping[str, Any]) -> list[tuple[str, str]]:
+    match = mapping(override.get("match"))
+    metric = str(match.get("metric") or "")
+    if match.get("customMetric") or metric.startswith("TCP_"):
+        return [("match", "only the HTTP metrics' overrides are applied")]
+    found = []
+    for tag, tag_override in sorted(mapping(override.get("tagOverrides")).items()):
+        tag_override = mapping(tag_override)
+        if str(tag_override.get("operation") or "UPSERT") == "UPSERT":
+            error = upsert_error(tag_override.get("value"))
+            if error is not None:
+                found.append((f"tagOverrides.{tag}.value", f"{error}; the label is not added"))
+    return found

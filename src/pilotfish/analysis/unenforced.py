@@ -53,9 +53,9 @@ TABLE: tuple[Unenforced, ...] = (
     Unenforced(
         TELEMETRY,
         "Telemetry",
-        "spec.metrics",
-        "proxies report Istio's standard metrics whatever it says",
-        (("translate", '"metrics"'),),
+        "spec.metrics[].reportingInterval",
+        "sidecars' metrics are scraped from /stats/prometheus, not pushed at an interval",
+        (("translate", "reportingInterval"),),
     ),
     Unenforced(
         TELEMETRY,

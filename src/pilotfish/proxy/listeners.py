@@ -25,6 +25,12 @@ from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 
 from pilotfish.proxy import xds_types
 from pilotfish.proxy.filters import FilterChain, FilterConfigError, compile_http_filters
+from pilotfish.proxy.metric_overrides import (
+    STATS_FILTER,
+    MetricsConfig,
+    MetricsConfigError,
+    split_stats_filter,
+)
 from pilotfish.proxy.proto_fields import seconds, unsupported
 from pilotfish.proxy.routing import Forward, RouteTable, compile_route_config
 from pilotfish.proxy.tls import DownstreamTls, ServerChains, TlsConfigError, compile_downstream
@@ -120,6 +126,7 @@ class HttpManager:
     upgrades: frozenset[bytes]  # lower-case upgrade types allowed, e.g. b"websocket"
     access_log_paths: tuple[str, ...]
     tracing: TracingConfig | None = None  # None: no trace context read, written or reported
+    metrics: MetricsConfig | None = None  # Telemetry overrides; None: Istio's standard metrics
 
 
 @dataclass(frozen=True)
@@ -280,6 +287,7 @@ def compile_http_manager(hcm: hcm_pb2.HttpConnectionManager, where: str) -> Http
         routes=routes,
         rds_name=hcm.rds.route_config_name,
         filters=_filter_chain(hcm, routes, where),
+        metrics=_metrics(hcm, where),
         generate_request_id=hcm.generate_request_id.value
         if hcm.HasField("generate_request_id")
         else True,
@@ -317,11 +325,19 @@ def _tracing(hcm: hcm_pb2.HttpConnectionManager, where: str) -> TracingConfig | 
         raise ListenerError(f"{where}: {e}") from e
 
 
+def _metrics(hcm: hcm_pb2.HttpConnectionManager, where: str) -> MetricsConfig | None:
+    try:
+        return split_stats_filter(hcm.http_filters, where)[0]
+    except MetricsConfigError as e:
+        raise ListenerError(str(e)) from e
+
+
 def _filter_chain(
     hcm: hcm_pb2.HttpConnectionManager, routes: RouteTable | None, where: str
 ) -> FilterChain:
     try:
-        chain = compile_http_filters(hcm.http_filters)
+        # istio.stats is the metrics' config (_metrics), not a filter in the chain.
+        chain = compile_http_filters([f for f in hcm.http_filters if f.name != STATS_FILTER])
         if routes is not None:
             prepare_routes(chain, routes)
     except FilterConfigError as e:

@@ -21,6 +21,7 @@ from pilotfish.proxy.accesslog import AccessLogWriter, AccessRecord
 from pilotfish.proxy.config import ProxyConfig
 from pilotfish.proxy.exchange import Exchange
 from pilotfish.proxy.listeners import CompiledListener
+from pilotfish.proxy.metric_overrides import RequestAttributes
 from pilotfish.proxy.protocol.express import ExpressRequest, encode_lines, parse_request
 from pilotfish.proxy.protocol.http1 import (
     EndOfMessage,
@@ -39,6 +40,7 @@ from pilotfish.proxy.telemetry import (
     UNKNOWN_SERVICE,
     UNKNOWN_WORKLOAD,
     Telemetry,
+    WorkloadInfo,
     peer_from_header,
     service_from_authority,
 )
@@ -105,10 +107,18 @@ class Runtime:
             service = service_from_authority(ex.authority.decode("latin-1"))
         peer = peer_from_header(ex.peer_header) if ex.peer_header else UNKNOWN_WORKLOAD
         reporter = self.telemetry.inbound if listener.inbound else self.telemetry.outbound
-        reporter.record(
-            peer, service, ex.status, ex.flags, elapsed * 1000.0, ex.request_bytes,
-            ex.response_bytes, mtls=ex.down.mtls if listener.inbound else ex.upstream_tls,
-        )  # fmt: skip
+        mtls = ex.down.mtls if listener.inbound else ex.upstream_tls
+        if listener.http.metrics is None:
+            reporter.record(
+                peer, service, ex.status, ex.flags, elapsed * 1000.0, ex.request_bytes,
+                ex.response_bytes, mtls=mtls,
+            )  # fmt: skip
+        else:
+            reporter.record_overridden(
+                listener.http.metrics, request_attributes(ex, peer),
+                (peer, service, ex.status, ex.flags, "http", "", mtls),
+                elapsed * 1000.0, ex.request_bytes, ex.response_bytes,
+            )  # fmt: skip
         http = ex.down.stats
         http.downstream_rq_total += 1
         if ex.status:
@@ -138,6 +148,19 @@ class Runtime:
         if self.tracer is not None:
             self.tracer.close()
         self.pool.close()
+
+
+def request_attributes(ex: Exchange, peer: WorkloadInfo) -> RequestAttributes:
+    """What Telemetry metric overrides may read of a request."""
+    return RequestAttributes(
+        host=ex.authority.decode("latin-1"),
+        method=ex.method.decode("latin-1"),
+        path=ex.original_path.decode("latin-1"),
+        code=ex.status,
+        header=partial(get_header, ex.headers),
+        peer_label=peer.label,
+        inbound=ex.down.listener.inbound,
+    )
 
 
 def access_record(ex: Exchange, elapsed: float) -> AccessRecord:

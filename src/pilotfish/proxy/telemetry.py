@@ -30,6 +30,12 @@ from google.protobuf import message, struct_pb2
 
 from pilotfish.ca.identity import DEFAULT_TRUST_DOMAIN
 from pilotfish.proxy import response_flags
+from pilotfish.proxy.metric_overrides import (
+    HTTP_METRICS,
+    MetricOverride,
+    MetricsConfig,
+    RequestAttributes,
+)
 
 UNKNOWN = "unknown"
 TRUST_DOMAIN = DEFAULT_TRUST_DOMAIN
@@ -83,6 +89,16 @@ class WorkloadInfo:
 
     def __hash__(self) -> int:
         return self._hash
+
+    def label(self, name: str) -> str:
+        """One of PEER_LABELS, for Telemetry tag overrides."""
+        found = {
+            "app": self.app,
+            "version": self.version,
+            "service.istio.io/canonical-name": self.canonical_service,
+            "service.istio.io/canonical-revision": self.canonical_revision,
+        }
+        return found.get(name, UNKNOWN)
 
     @property
     def principal(self) -> str:
@@ -332,6 +348,8 @@ class TcpSeries:
 
 
 HttpKey = tuple[WorkloadInfo, ServiceInfo, int, str, str, str, bool]
+# Under overrides each metric has its own series (None: dropped), in HTTP_METRICS order.
+OverriddenSeries = tuple[HttpSeries | None, ...]
 TcpKey = tuple[WorkloadInfo, ServiceInfo, str, bool]
 
 
@@ -349,6 +367,10 @@ class Reporter:
         # Equal label sets reached through unequal keys share one series.
         self._http_by_labels: dict[str, HttpSeries] = {}
         self._tcp_by_labels: dict[str, TcpSeries] = {}
+        # Requests recorded under Telemetry overrides (metric_overrides.py):
+        # their series share _http_by_labels, so a label set is one series
+        # whichever way it was reached (an override added or removed live).
+        self._overridden: dict[tuple[object, ...], OverriddenSeries] = {}
 
     def __repr__(self) -> str:
         return f"<Reporter {self.kind} http_series={len(self._http_by_labels)}>"
@@ -380,6 +402,60 @@ class Reporter:
         series.response_bytes[bisect_left(BYTES_BUCKETS, response_bytes)] += 1
         series.response_bytes_sum += response_bytes
 
+    def record_overridden(
+        self,
+        config: MetricsConfig,
+        request: RequestAttributes,
+        key: HttpKey,
+        duration_ms: float,
+        request_bytes: int,
+        response_bytes: int,
+    ) -> None:
+        """One finished request on a listener with metric overrides; `key` as
+        record() builds it. Only such listeners pay for evaluating them."""
+        values = config.values(request)
+        full = (*key, config, *values.values())
+        found = self._overridden.get(full)
+        if found is None:
+            found = self._new_overridden(full, config, key, values)
+        count, duration, sent, received = found
+        if count is not None:
+            count.requests += 1
+        if duration is not None:
+            duration.duration[bisect_left(DURATION_BUCKETS_MS, duration_ms)] += 1
+            duration.duration_sum += duration_ms
+        if sent is not None:
+            sent.request_bytes[bisect_left(BYTES_BUCKETS, request_bytes)] += 1
+            sent.request_bytes_sum += request_bytes
+        if received is not None:
+            received.response_bytes[bisect_left(BYTES_BUCKETS, response_bytes)] += 1
+            received.response_bytes_sum += response_bytes
+
+    def _new_overridden(
+        self,
+        full: tuple[object, ...],
+        config: MetricsConfig,
+        key: HttpKey,
+        values: Mapping[tuple[str, str], str],
+    ) -> OverriddenSeries:
+        if len(self._overridden) >= 4 * self.max_series:
+            self._overridden.clear()  # only a cache, as self.http
+        peer, service, code, flags, protocol, grpc_status, mtls = key
+        if len(self._http_by_labels) >= self.max_series:
+            peer, service = UNKNOWN_WORKLOAD, UNKNOWN_SERVICE
+            values = dict.fromkeys(values, UNKNOWN)
+        pairs = self.label_pairs(peer, service, protocol, (code, grpc_status), flags, mtls)
+        found: list[HttpSeries | None] = []
+        for metric in HTTP_METRICS:
+            override = config.metrics.get(metric, _NO_OVERRIDE)
+            if override.drop:
+                found.append(None)
+                continue
+            text = format_labels(override.apply(pairs, values))
+            found.append(self._http_by_labels.setdefault(text, HttpSeries(text)))
+        self._overridden[full] = series = tuple(found)
+        return series
+
     def tcp_series(
         self, peer: WorkloadInfo, service: ServiceInfo, flags: str = "", mtls: bool = False
     ) -> TcpSeries:
@@ -392,7 +468,7 @@ class Reporter:
                 self.tcp.clear()  # only a cache: the series stay in _tcp_by_labels
             if len(self._tcp_by_labels) >= self.max_series:
                 peer, service = UNKNOWN_WORKLOAD, UNKNOWN_SERVICE
-            text = self.labels(peer, service, "tcp", None, flags, mtls)
+            text = format_labels(self.label_pairs(peer, service, "tcp", None, flags, mtls))
             series = self._tcp_by_labels.setdefault(text, TcpSeries(text))
             self.tcp[key] = series
         return series
@@ -405,12 +481,13 @@ class Reporter:
             # Past the cap (a client inventing Host headers, say), new label
             # sets lose their peer and service rather than grow memory.
             peer, service = UNKNOWN_WORKLOAD, UNKNOWN_SERVICE
-        text = self.labels(peer, service, protocol, (code, grpc_status), flags, mtls)
+        pairs = self.label_pairs(peer, service, protocol, (code, grpc_status), flags, mtls)
+        text = format_labels(pairs)
         series = self._http_by_labels.setdefault(text, HttpSeries(text))
         self.http[key] = series
         return series
 
-    def labels(
+    def label_pairs(
         self,
         peer: WorkloadInfo,
         service: ServiceInfo,
@@ -418,9 +495,9 @@ class Reporter:
         response: tuple[int, str] | None,
         flags: str,
         mtls: bool,
-    ) -> str:
-        """The escaped label text of a series, in Istio's label order; TCP
-        series (`response` None) have no response_code nor grpc_response_status."""
+    ) -> list[tuple[str, str]]:
+        """A series' labels in Istio's order; TCP series (`response` None)
+        have no response_code nor grpc_response_status."""
         outbound = self.kind == "source"
         src, dst = (self.own, peer) if outbound else (peer, self.own)
         # A principal comes from a peer certificate, so it is known only under mTLS.
@@ -456,7 +533,7 @@ class Reporter:
             ("response_flags", response_flags.label(flags)),
             ("connection_security_policy", security),
         ]
-        return format_labels(pairs)
+        return pairs
 
     @property
     def http_series(self) -> list[HttpSeries]:
@@ -485,35 +562,43 @@ class Telemetry:
     def _families(self) -> Iterable[str]:
         reporters = (self.outbound, self.inbound)
         http = [s for r in reporters for s in r.http_series]
+        # Under overrides a series may hold some metrics only (the others
+        # dropped, or labelled otherwise): each family shows what it observed.
+        count = [s for s in http if s.requests]
+        duration, sent, received = (
+            [s for s in http if any(getattr(s, f))]
+            for f in ("duration", "request_bytes", "response_bytes")
+        )
         tcp = [s for r in reporters for s in r.tcp_series_list]
         yield from counter(
             "istio_requests_total",
             "Requests handled by the proxy.",
-            [(s.labels, s.requests) for s in http],
+            [(s.labels, s.requests) for s in count],
         )
         yield from histogram(
             "istio_request_duration_milliseconds",
             "Request duration.",
             DURATION_BUCKETS_MS,
-            [(s.labels, s.duration, s.duration_sum) for s in http],
+            [(s.labels, s.duration, s.duration_sum) for s in duration],
         )
         yield from histogram(
             "istio_request_bytes",
             "HTTP request body sizes.",
             BYTES_BUCKETS,
-            [(s.labels, s.request_bytes, s.request_bytes_sum) for s in http],
+            [(s.labels, s.request_bytes, s.request_bytes_sum) for s in sent],
         )
         yield from histogram(
             "istio_response_bytes",
             "HTTP response body sizes.",
             BYTES_BUCKETS,
-            [(s.labels, s.response_bytes, s.response_bytes_sum) for s in http],
+            [(s.labels, s.response_bytes, s.response_bytes_sum) for s in received],
         )
         for name, attribute, text in TCP_FAMILIES:
             samples = [(s.labels, getattr(s, attribute)) for s in tcp]
             yield from counter(name, text, samples)
 
 
+_NO_OVERRIDE = MetricOverride()
 TCP_FAMILIES = (
     ("istio_tcp_connections_opened_total", "opened", "TCP connections opened."),
     ("istio_tcp_connections_closed_total", "closed", "TCP connections closed."),

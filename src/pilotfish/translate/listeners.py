@@ -55,7 +55,11 @@ from pilotfish.translate.tcp import (
     translate_gateway_tcp_listeners,
     translate_inbound_tcp_listener,
 )
-from pilotfish.translate.telemetry import translate_access_logs, translate_tracing
+from pilotfish.translate.telemetry import (
+    translate_access_logs,
+    translate_stats_filter,
+    translate_tracing,
+)
 
 FAULT_FILTER = "envoy.filters.http.fault"
 CORS_FILTER = "envoy.filters.http.cors"
@@ -77,6 +81,7 @@ def translate_listeners(
             proxy,
             translate_tracing(snapshot, proxy, False),
             translate_access_logs(snapshot, proxy, False),
+            translate_stats_filter(snapshot, proxy, False),
         )
         out = [outbound, *translate_inbound_listeners(snapshot, proxy)]
     return sorted(out, key=lambda listener: listener.name)
@@ -107,6 +112,14 @@ def _rds_manager(
     )
 
 
+def _add_stats_filter(
+    manager: hcm_pb2.HttpConnectionManager, stats: hcm_pb2.HttpFilter | None
+) -> None:
+    """Telemetry metric overrides, just before the router, where Istio puts them."""
+    if stats is not None:
+        manager.http_filters.insert(len(manager.http_filters) - 1, stats)
+
+
 def _listener(
     name: str, host: str, port: int, manager: hcm_pb2.HttpConnectionManager, direction: int
 ) -> Listener:
@@ -130,6 +143,7 @@ def translate_outbound_listener(
     proxy: Proxy,
     tracing: hcm_pb2.HttpConnectionManager.Tracing | None = None,
     logs: Sequence[AccessLog] = (),
+    stats: hcm_pb2.HttpFilter | None = None,
 ) -> Listener:
     host = proxy.metadata.get("OUTBOUND_ADDRESS", OUTBOUND_ADDRESS)
     port = int(proxy.metadata.get("OUTBOUND_PORT", OUTBOUND_PORT))
@@ -138,6 +152,7 @@ def translate_outbound_listener(
     if tracing is not None:
         manager.tracing.CopyFrom(tracing)
     manager.access_log.extend(logs)
+    _add_stats_filter(manager, stats)
     return _listener(name, host, port, manager, base_pb2.OUTBOUND)
 
 
@@ -148,6 +163,7 @@ def translate_inbound_listeners(snapshot: Snapshot, proxy: Proxy) -> list[Listen
     authz_tcp = translate_proxy_authz_tcp(snapshot, proxy)
     tracing = translate_tracing(snapshot, proxy, True)
     logs = translate_access_logs(snapshot, proxy, True)
+    stats = translate_stats_filter(snapshot, proxy, True)
     for instance in snapshot.own_instances(proxy):
         for port_name, port in sorted(instance.ports.items()):
             protocol = _inbound_protocol(snapshot, instance, port_name, port)
@@ -157,6 +173,7 @@ def translate_inbound_listeners(snapshot: Snapshot, proxy: Proxy) -> list[Listen
                 if tracing is not None:
                     manager.tracing.CopyFrom(tracing)
                 manager.access_log.extend(logs)
+                _add_stats_filter(manager, stats)
                 _add_jwt_filter(snapshot, instance.namespace, instance.labels, manager)
                 listener = _listener(name, instance.address, port, manager, base_pb2.INBOUND)
             elif protocol is not Protocol.UDP and enforceable(authz_tcp):
@@ -253,12 +270,14 @@ def translate_gateway_listeners(snapshot: Snapshot, proxy: Proxy) -> list[Listen
     authz = translate_proxy_authz_http(snapshot, proxy)
     tracing = translate_tracing(snapshot, proxy, False)
     logs = translate_access_logs(snapshot, proxy, False)
+    stats = translate_stats_filter(snapshot, proxy, False)
     for port, servers in sorted(gateway_http_servers(snapshot, proxy).items()):
         name = f"{host}_{port}"
         manager = _rds_manager(name, names.gateway_route(port), authz)
         if tracing is not None:
             manager.tracing.CopyFrom(tracing)
         manager.access_log.extend(logs)
+        _add_stats_filter(manager, stats)
         _add_jwt_filter(snapshot, proxy.namespace, proxy.labels, manager)
         # A gateway is the edge: the client's address is the peer's, not a header's.
         manager.use_remote_address.value = True

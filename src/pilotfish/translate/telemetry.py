@@ -24,6 +24,10 @@ provider is Istio's built-in `envoy` (the proxy's stdout) or an
 `envoyFileAccessLog` extension provider (its `path`); none named: the mesh
 config's `defaultProviders.accessLogging`, else its `accessLogFile`, else no
 access log, as Istio's defaults. The log's format is the proxy's own.
+
+Metrics overrides merge as istiod merges them (merged_metrics) and become
+the `istio.stats` filter's config, for the prometheus provider only (the
+mesh config's `defaultProviders.metrics`, else Istio's default, prometheus).
 """
 
 from __future__ import annotations
@@ -42,10 +46,13 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 )
 from envoy.type.tracing.v3 import custom_tag_pb2
 from envoy.type.v3 import percent_pb2
+from google.protobuf import struct_pb2
+from xds.type.v3 import typed_struct_pb2
 
 from pilotfish.model import ROOT_NAMESPACE, Proxy, ProxyType, Snapshot
 from pilotfish.model.config import labels_match
 from pilotfish.objects import Obj
+from pilotfish.proxy.metric_overrides import PLUGIN_CONFIG_TYPE, STATS_FILTER, parse_expression
 from pilotfish.translate import names
 from pilotfish.translate.protos import duration, pack
 
@@ -260,3 +267,109 @@ def _file_log(path: str) -> accesslog_pb2.AccessLog:
     return accesslog_pb2.AccessLog(
         name=FILE_ACCESS_LOG, typed_config=pack(file_pb2.FileAccessLog(path=path))
     )
+
+
+# -- metrics ---------------------------------------------------------------
+
+# Telemetry's metric names -> the stats filter's (Istio's telemetry.go).
+METRIC_NAMES = {
+    "REQUEST_COUNT": "requests_total",
+    "REQUEST_DURATION": "request_duration_milliseconds",
+    "REQUEST_SIZE": "request_bytes",
+    "RESPONSE_SIZE": "response_bytes",
+}
+PROMETHEUS = "prometheus"
+
+
+@dataclass
+class MetricOverrideSpec:
+    """One metric's override on one side, merged over the scopes."""
+
+    disabled: bool = False
+    tags: dict[str, Obj] = field(default_factory=dict)  # tag -> its last tagOverride
+
+
+def merged_metrics(
+    telemetries: list[Obj], side: str, default_providers: tuple[str, ...]
+) -> dict[str, MetricOverrideSpec]:
+    """The prometheus provider's overrides for `side`, by stats metric name,
+    as istiod merges them: an entry without providers inherits the wider
+    scope's; `disabled` replaces, `tagOverrides` add by tag; only the
+    narrowest scope's providers report at all."""
+    found: dict[str, MetricOverrideSpec] = {}
+    in_scope = default_providers
+    for telemetry in telemetries:
+        for entry in (telemetry.get("spec") or {}).get("metrics") or ():
+            named = tuple(str(p.get("name")) for p in entry.get("providers") or () if p.get("name"))
+            in_scope = named or in_scope
+            if PROMETHEUS in in_scope:
+                _apply_overrides(found, entry.get("overrides") or (), side)
+    return found if PROMETHEUS in in_scope else {}
+
+
+def _apply_overrides(found: dict[str, MetricOverrideSpec], overrides: Any, side: str) -> None:
+    for override in overrides:
+        match = override.get("match") or {}
+        mode = str(match.get("mode") or "CLIENT_AND_SERVER")
+        if mode not in ("CLIENT_AND_SERVER", side):
+            continue
+        metric = str(match.get("metric") or "ALL_METRICS")
+        # A customMetric names no standard metric; TCP ones are not overridable here.
+        targets = METRIC_NAMES.values() if metric == "ALL_METRICS" else [METRIC_NAMES.get(metric)]
+        for name in (t for t in targets if t is not None and not match.get("customMetric")):
+            spec = found.setdefault(name, MetricOverrideSpec())
+            if override.get("disabled") is not None:
+                spec.disabled = bool(override["disabled"])
+            spec.tags.update(override.get("tagOverrides") or {})
+
+
+def translate_stats_filter(
+    snapshot: Snapshot, proxy: Proxy, inbound: bool
+) -> hcm_pb2.HttpFilter | None:
+    """The `istio.stats` filter carrying the Telemetry metric overrides of one
+    of the proxy's connection managers; None when nothing is overridden, so
+    that such a proxy pays nothing for them."""
+    mesh = snapshot.mesh_config
+    defaults = tuple((mesh.get("defaultProviders") or {}).get("metrics") or (PROMETHEUS,))
+    merged = merged_metrics(
+        scoped_telemetries(snapshot, proxy), proxy_side(proxy, inbound), defaults
+    )
+    metrics = [m for m in (_stats_metric(n, s) for n, s in sorted(merged.items())) if m]
+    if not metrics:
+        return None
+    value = struct_pb2.Struct()
+    value.update({"metrics": metrics})
+    config = typed_struct_pb2.TypedStruct(type_url=PLUGIN_CONFIG_TYPE, value=value)
+    return hcm_pb2.HttpFilter(name=STATS_FILTER, typed_config=pack(config))
+
+
+def _stats_metric(name: str, spec: MetricOverrideSpec) -> Obj:
+    """One metric's PluginConfig entry; {} when it changes nothing. A tag
+    whose expression the proxy cannot evaluate is left out (analysis says so)."""
+    remove, dimensions = [], {}
+    for tag, override in sorted(spec.tags.items()):
+        if str((override or {}).get("operation") or "UPSERT") == "REMOVE":
+            remove.append(tag)
+        elif upsert_error((override or {}).get("value")) is None:
+            dimensions[tag] = str(override["value"])
+    if not (spec.disabled or remove or dimensions):
+        return {}
+    out: Obj = {"name": name}
+    if spec.disabled:
+        out["drop"] = True
+    if dimensions:
+        out["dimensions"] = dimensions
+    if remove:
+        out["tags_to_remove"] = remove
+    return out
+
+
+def upsert_error(value: object) -> str | None:
+    """Why an UPSERT's `value` cannot be reported by pilotfish; None: it can."""
+    if not isinstance(value, str) or not value.strip():
+        return "an UPSERT needs a value"
+    try:
+        parse_expression(value)
+    except ValueError as e:
+        return str(e)
+    return None
