@@ -39,10 +39,12 @@ from tests.netns.netns import Host, Network, netns  # noqa: F401  (the fixture)
 from tests.netns.test_locality_failover_e2e import CALLER, ECHO_APP, Calls
 
 from pilotfish.agent.node import stop_leftovers
+from pilotfish.store.etcd_client import message
 
 pytestmark = pytest.mark.slow
 
-ELECTION_KEY = "election/rollout: leading as"
+LEADING = "election/rollout: leading as"  # the log line of a replica taking the lead
+ELECTION_KEY = b"/pilotfish-election/rollout"
 STEPS = (20, 40, 60)  # stepWeight 20 up to maxWeight 60
 
 
@@ -85,7 +87,7 @@ class Replica:
         wait_for(lambda: _answers(f"{self.url}/readyz"), 30, f"replica {self.url} not ready")
 
     def leading(self) -> bool:
-        return self.log.exists() and ELECTION_KEY in self.log.read_text(errors="replace")
+        return self.log.exists() and LEADING in self.log.read_text(errors="replace")
 
 
 def _answers(url: str) -> bool:
@@ -103,6 +105,7 @@ class Cluster:
     b: Replica
     c: Host
     env: dict[str, str]
+    etcd: EtcdServer
 
     @property
     def state(self) -> Path:
@@ -131,6 +134,17 @@ class Cluster:
         except AssertionError:
             raise AssertionError(f"the Canary never reached {phase}:\n{self.describe()}") from None
 
+    def lease_left(self) -> float:
+        """The latest the leader's lease can run out, in seconds from now:
+        etcd's whole seconds are rounded down."""
+        client = self.etcd.client()
+        try:
+            (key,) = client.call("Range", message("RangeRequest", key=ELECTION_KEY)).kvs
+            request = message("LeaseTimeToLiveRequest", ID=key.lease)
+            return float(client.call("LeaseTimeToLive", request).TTL) + 1
+        finally:
+            client.close()
+
     def describe(self) -> str:
         return self.cli("describe", "canary", "echo", check=False) + self.cli(
             "get", "workloads", check=False
@@ -157,7 +171,7 @@ def cluster(netns: Callable[[int], Network], tmp_path: Path) -> Iterator[Cluster
     a = Replica(net.hosts[0], tmp_path / "a")
     b = Replica(net.hosts[1], tmp_path / "b")
     agent: subprocess.Popen[bytes] | None = None
-    c = Cluster(tmp_path, a, b, net.hosts[2], env)
+    c = Cluster(tmp_path, a, b, net.hosts[2], env, etcd)
     try:
         a.start(etcd, {**env, "PILOTFISH_CONFIG": str(tmp_path / "a-config.yaml")})
         wait_for(a.leading, 20, "replica a never led")
@@ -251,6 +265,7 @@ def test_killing_the_leader_mid_analysis_loses_no_step_and_no_call(cluster: Clus
     )
     assert cluster.a.leading() and not cluster.b.leading()
     assert cluster.a.process is not None
+    left = cluster.lease_left()
     cluster.a.process.send_signal(signal.SIGKILL)
     killed_at = time.monotonic()
     cluster.a.process.wait()
@@ -261,10 +276,15 @@ def test_killing_the_leader_mid_analysis_loses_no_step_and_no_call(cluster: Clus
     cluster.wait_phase("Succeeded")
     done = time.monotonic() - killed_at
     print(
-        f"leader killed at weight {weight_at_kill}: replica b led {took_over:.1f} s later; "
+        f"leader killed at weight {weight_at_kill}, its lease ending within {left:.0f} s: "
+        f"replica b led {took_over:.1f} s later; "
         f"the release Succeeded {done:.1f} s after the kill; {len(calls.lines)} calls"
     )
-    assert took_over <= 15, f"replica b took the lead {took_over:.1f} s after the kill"
+    # Within the lease (15 s from the dead leader's last renewal), and within
+    # a second of its end: etcd expires it on its own check (every 0.5 s),
+    # and b campaigns on its next tick (0.5 s) once the last second began.
+    assert left <= 15 + 1, f"the leader's lease had {left} s left"  # client-go's 15 s
+    assert took_over <= left + 1, f"b led {took_over - left:.1f} s after the lease ran out"
     assert weight_at_kill < STEPS[-1], "the leader was killed after the analysis"
 
     events = cluster.events()
