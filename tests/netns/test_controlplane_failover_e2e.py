@@ -284,7 +284,7 @@ def test_killing_the_leader_mid_analysis_loses_no_step_and_no_call(cluster: Clus
     # a second of its end: etcd expires it on its own check (every 0.5 s),
     # and b campaigns on its next tick (0.5 s) once the last second began.
     assert left <= 15 + 1, f"the leader's lease had {left} s left"  # client-go's 15 s
-    assert took_over <= left + 1, f"b led {took_over - left:.1f} s after the lease ran out"
+    assert took_over <= left + 1, f"b led {took_over - left:.1f} s after the lease was over"
     assert weight_at_kill < STEPS[-1], "the leader was killed after the analysis"
 
     events = cluster.events()

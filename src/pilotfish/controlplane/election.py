@@ -2,9 +2,10 @@
 
 The leader holds one key, created only if absent (a transaction on its
 create_revision) and attached to an etcd lease of `Timing.lease` seconds that
-it renews every `Timing.retry` seconds. Followers look every `retry` seconds
-and take the key once it is gone: revoked by a leader that stopped, or expired
-with the lease of one that died. Work that must happen once asks leading().
+it renews every `Timing.retry` seconds. Followers look every `retry` seconds,
+or when etcd says the holder's lease runs out if sooner, and take the key once
+it is gone: revoked by a leader that stopped, or expired with the lease of one
+that died. Work that must happen once asks leading().
 """
 
 from __future__ import annotations
