@@ -26,8 +26,8 @@ from typing import Any
 import pytest
 import yaml
 from tests.agent.mesh_harness import (
-    DIRECT,
     REPO,
+    answers,
     free_port,
     isolated_env,
     run_cli,
@@ -84,18 +84,10 @@ class Replica:
             self.process = self.host.popen(
                 argv, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT
             )
-        wait_for(lambda: _answers(f"{self.url}/readyz"), 30, f"replica {self.url} not ready")
+        wait_for(lambda: answers(f"{self.url}/readyz"), 30, f"replica {self.url} not ready")
 
     def leading(self) -> bool:
         return self.log.exists() and LEADING in self.log.read_text(errors="replace")
-
-
-def _answers(url: str) -> bool:
-    try:
-        with DIRECT.open(url, timeout=1) as response:
-            return bool(response.status == 200)
-    except OSError:
-        return False
 
 
 @dataclass
