@@ -32,6 +32,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def answers(url: str, timeout: float = 2) -> bool:
+    """Whether `url` answers 200 (directly, whatever the proxy settings)."""
+    try:
+        with DIRECT.open(url, timeout=timeout) as response:
+            return bool(response.status == 200)
+    except OSError:  # URLError is one
+        return False
+
+
 def wait_for(what: Callable[[], Any], timeout: float, message: str) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -79,3 +79,16 @@ def test_an_input_the_table_does_not_expect_is_an_error() -> None:
 def test_timings_must_leave_the_leader_time_to_stop() -> None:
     with pytest.raises(ValueError, match="needs 0 < retry < renew_deadline < lease"):
         Timing(lease=10, renew_deadline=10, retry=2)
+
+
+def test_a_follower_campaigns_as_the_holders_lease_runs_out() -> None:
+    # A dead leader's key goes with its lease: campaign then, not up to a
+    # retry period later (takeover within the lease duration of a kill -9).
+    state, _ = step(State(), Held(100.0, "other", left=1.0), T)
+    assert step(state, Tick(100.9), T)[1] == []
+    assert step(state, Tick(101.0), T)[1] == ["campaign"]
+    state, _ = step(State(), Held(100.0, "other", left=0.0), T)  # its last second
+    assert step(state, Tick(100.0), T)[1] == ["campaign"]
+    state, _ = step(State(), Held(100.0, "other", left=9.0), T)  # a live leader: retry period
+    assert step(state, Tick(101.9), T)[1] == []
+    assert step(state, Tick(102.0), T)[1] == ["campaign"]

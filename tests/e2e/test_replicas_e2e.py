@@ -24,6 +24,7 @@ import yaml
 from tests.agent.mesh_harness import (
     DIRECT,
     REPO,
+    answers,
     free_port,
     isolated_env,
     run_cli,
@@ -78,15 +79,7 @@ class Replica:
         argv += ["--store", etcd.url]
         with (self.data.parent / f"{self.data.name}.log").open("ab") as log:
             self.process = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
-        wait_for(lambda: _answers(f"{self.url}/readyz"), 30, f"replica {self.url} not ready")
-
-
-def _answers(url: str) -> bool:
-    try:
-        with DIRECT.open(url, timeout=1) as response:
-            return bool(response.status == 200)
-    except OSError:
-        return False
+        wait_for(lambda: answers(f"{self.url}/readyz"), 30, f"replica {self.url} not ready")
 
 
 def _get(url: str, token: str) -> Any:
@@ -135,7 +128,7 @@ def test_sidecar_and_agent_fail_over_to_the_other_replica(
         wait_for(lambda: _ready(a, token), 60, "details-v1 did not become ready")
         instance = _get(f"{a.url}/api/v1/registry/instances", token)["items"][0]
         name, inbound = instance["name"], instance["ports"]["http"]
-        assert _answers(f"http://127.0.0.1:{inbound}/health")  # through the sidecar
+        assert answers(f"http://127.0.0.1:{inbound}/health")  # through the sidecar
         admin = _admin_port(state / "instances" / "default" / name / "bootstrap.yaml")
         assert "details.default.svc.cluster.local" in _config_dump(admin)
 
@@ -152,14 +145,14 @@ def test_sidecar_and_agent_fail_over_to_the_other_replica(
         # knows the instance) sends it its inbound listener: no call fails.
         answered = []
         while name not in json.dumps(_get(f"{b.url}/debug/syncz", token)):
-            answered.append(_answers(f"http://127.0.0.1:{inbound}/health"))
+            answered.append(answers(f"http://127.0.0.1:{inbound}/health"))
             assert len(answered) < 150, "the sidecar did not reconnect to the surviving replica"
             time.sleep(0.1)
         for _ in range(20):  # and after b's first push
-            answered.append(_answers(f"http://127.0.0.1:{inbound}/health"))
+            answered.append(answers(f"http://127.0.0.1:{inbound}/health"))
             time.sleep(0.1)
         assert all(answered), f"{answered.count(False)} of {len(answered)} calls failed"
-        assert _answers(f"http://127.0.0.1:{admin}/ready")
+        assert answers(f"http://127.0.0.1:{admin}/ready")
         assert "details.default.svc.cluster.local" in _config_dump(admin)  # kept
         (tmp_path / "extra.yaml").write_text(EXTRA)
         run_cli(agent_env, "apply", "-f", str(tmp_path / "extra.yaml"), "--server", b.url)

@@ -17,7 +17,15 @@ from typing import Any
 
 import pytest
 import yaml
-from tests.agent.mesh_harness import DIRECT, Mesh, free_port, mesh_started, stop_process, wait_for
+from tests.agent.mesh_harness import (
+    DIRECT,
+    Mesh,
+    answers,
+    free_port,
+    mesh_started,
+    stop_process,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow
 Obj = dict[str, Any]
@@ -502,18 +510,10 @@ def prometheus(mesh: Mesh) -> Iterator[str]:
     with (mesh.tmp / "prometheus.log").open("wb") as log:
         server = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
     try:
-        wait_for(lambda: _answers(f"http://127.0.0.1:{port}/-/ready"), 30, "Prometheus not ready")
+        wait_for(lambda: answers(f"http://127.0.0.1:{port}/-/ready"), 30, "Prometheus not ready")
         yield f"http://127.0.0.1:{port}"
     finally:
         stop_process(server)
-
-
-def _answers(url: str) -> bool:
-    try:
-        with DIRECT.open(url, timeout=2) as answer:
-            return bool(answer.status == 200)
-    except (urllib.error.URLError, OSError):
-        return False
 
 
 def test_a_metric_template_queries_a_real_prometheus(mesh: Mesh, prometheus: str) -> None:

@@ -2,9 +2,10 @@
 
 The leader holds one key, created only if absent (a transaction on its
 create_revision) and attached to an etcd lease of `Timing.lease` seconds that
-it renews every `Timing.retry` seconds. Followers look every `retry` seconds
-and take the key once it is gone: revoked by a leader that stopped, or expired
-with the lease of one that died. Work that must happen once asks leading().
+it renews every `Timing.retry` seconds. Followers look every `retry` seconds,
+or when etcd says the holder's lease runs out if sooner, and take the key once
+it is gone: revoked by a leader that stopped, or expired with the lease of one
+that died. Work that must happen once asks leading().
 """
 
 from __future__ import annotations
@@ -147,7 +148,7 @@ class Elector:
         try:
             found = self.client.call("Range", message("RangeRequest", key=self.key)).kvs
             if found:
-                return Held(self._clock(), found[0].value.decode())
+                return Held(self._clock(), found[0].value.decode(), self._left(found[0].lease))
             sent = self._clock()
             granted = self.client.call(
                 "LeaseGrant", message("LeaseGrantRequest", TTL=math.ceil(self.timing.lease))
@@ -171,6 +172,12 @@ class Elector:
         except ApiError as e:
             log.warning("%s: cannot campaign: %s", self.key.decode(), e)
             return None
+
+    def _left(self, lease: int) -> float:
+        """Seconds the holder's lease has left, as etcd counts them: whole
+        seconds rounded down, so 0 in its last second (and -1 once gone)."""
+        reply = self.client.call("LeaseTimeToLive", message("LeaseTimeToLiveRequest", ID=lease))
+        return float(max(0, reply.TTL))
 
     def _revoke(self) -> None:
         """Give up our lease (and so the key) if we have one; etcd would let it expire anyway."""

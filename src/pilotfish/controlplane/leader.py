@@ -3,7 +3,8 @@ client-go's timings (leaderelection.LeaderElectionConfig's usual values).
 
     following --tick, retry due--> following [campaign]
     following --acquired--> leading [start]          (the key is ours, on our lease)
-    following --held by another--> following         (try again in `retry`)
+    following --held by another--> following         (try again in `retry`, or
+                                                      as the holder's lease ends if sooner)
     leading --tick, renewal due--> leading [renew]
     leading --renewed--> leading                     (the deadline moves on)
     leading --renewal failed--> leading              (still within the deadline)
@@ -58,6 +59,7 @@ class Acquired:
 class Held:
     now: float
     holder: str
+    left: float = float("inf")  # seconds etcd says the holder's lease has left
 
 
 @dataclass(frozen=True)
@@ -92,7 +94,12 @@ def _acquired(state: State, event: Acquired, timing: Timing) -> Outcome:
 
 
 def _held(state: State, event: Held, timing: Timing) -> Outcome:
-    return State("following", state.renewed_at, event.now + timing.retry), []
+    # A dead leader's key goes when etcd expires its lease: try again then,
+    # not up to a retry period later, so a successor leads about the lease
+    # duration after the last renewal. In the lease's last second (etcd says
+    # 0) that is every tick of the shell.
+    wait = min(timing.retry, max(0.0, event.left))
+    return State("following", state.renewed_at, event.now + wait), []
 
 
 def _tick_leading(state: State, event: Tick, timing: Timing) -> Outcome:

@@ -119,6 +119,13 @@ _MESSAGES: dict[str, list[tuple[str, int, int | str, str]]] = {
     ],
     "LeaseRevokeRequest": [("ID", 1, _I64, "")],
     "LeaseRevokeResponse": [("header", 1, "ResponseHeader", "")],
+    "LeaseTimeToLiveRequest": [("ID", 1, _I64, "")],
+    "LeaseTimeToLiveResponse": [
+        ("header", 1, "ResponseHeader", ""),
+        ("ID", 2, _I64, ""),
+        ("TTL", 3, _I64, ""),
+        ("grantedTTL", 4, _I64, ""),
+    ],
     "LeaseKeepAliveRequest": [("ID", 1, _I64, "")],
     "LeaseKeepAliveResponse": [
         ("header", 1, "ResponseHeader", ""),
@@ -240,6 +247,7 @@ _UNARY = {
     "Compact": ("KV", "CompactionResponse"),
     "LeaseGrant": ("Lease", "LeaseGrantResponse"),
     "LeaseRevoke": ("Lease", "LeaseRevokeResponse"),
+    "LeaseTimeToLive": ("Lease", "LeaseTimeToLiveResponse"),
 }
 CALL_TIMEOUT_S = 10.0
 # A list is one Range answer: no 4 MiB cap on it (etcd's client sets the same).
