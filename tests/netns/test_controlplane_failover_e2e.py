@@ -66,6 +66,7 @@ class Replica:
     data: Path
     api: int = field(default_factory=free_port)
     xds: int = field(default_factory=free_port)
+    xds_tls: int = field(default_factory=free_port)  # 15012-style: off loopback, xDS is TLS only
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -79,7 +80,7 @@ class Replica:
     def start(self, etcd: EtcdServer, env: dict[str, str]) -> None:
         argv = [sys.executable, "-m", "pilotfish", "controlplane", "--data-dir", str(self.data)]
         argv += ["--listen", f"{self.host.address}:{self.api}", "--xds-port", str(self.xds)]
-        argv += ["--store", etcd.url]
+        argv += ["--xds-tls-port", str(self.xds_tls), "--store", etcd.url]
         with self.log.open("ab") as log:
             self.process = self.host.popen(
                 argv, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT
@@ -179,7 +180,8 @@ def cluster(netns: Callable[[int], Network], tmp_path: Path) -> Iterator[Cluster
         c.env = {**env, "PILOTFISH_TOKEN": token, "PILOTFISH_SERVER": b.url}
         argv = [sys.executable, "-m", "pilotfish", "node", "--node-name", "host-c"]
         argv += ["--server", f"{a.url},{b.url}", "--address", c.c.address]
-        argv += ["--xds", f"{a.host.address}:{a.xds},{b.host.address}:{b.xds}"]
+        argv += ["--xds", f"{a.host.address}:{a.xds_tls},{b.host.address}:{b.xds_tls}"]
+        argv += ["--xds-root-cert", str(a.data / "ca" / "root-cert.pem")]  # the shared CA's
         argv += ["--state-dir", str(c.state)]
         with (tmp_path / "node-c.log").open("ab") as log:
             agent = c.c.popen(argv, env=c.env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
