@@ -152,6 +152,50 @@ def test_a_failed_connect_fails_retries_or_is_exhausted(
     assert core.failure == "UF"
 
 
+@pytest.mark.parametrize(
+    ("mirror", "deadline"), [(m, d) for m in (False, True) for d in (False, True)]
+)
+def test_a_route_without_a_mirror_or_a_timeout_is_not_told_to_arm_them(
+    mirror: bool, deadline: bool
+) -> None:
+    core = ExchangeCore()
+    commands = core.forward(None, 0, mirror=mirror, deadline=deadline)
+    expected = ["mirror"] * mirror + ["arm deadline"] * deadline + ["pick host"]
+    assert names(commands) == expected
+    assert core.state == PICKING
+    assert names(core.on(E.HOST_PICKED)) == ["start try timer", "open"]
+
+
+def test_a_try_without_a_per_try_timeout_has_no_timer_commands() -> None:
+    core = ExchangeCore()
+    assert names(core.forward(RETRY, 1, try_timer=False)) == ["mirror", "arm deadline", "pick host"]
+    assert names(core.on(E.HOST_PICKED)) == ["open"]
+    assert names(core.on(E.CONNECT_FAILED)) == ["acquire retry"]  # no "cancel try timer"
+    assert names(core.on(E.RETRY_GRANTED)) == ["start backoff"]
+    assert names(core.on(E.BACKOFF_ELAPSED)) == ["pick host"]
+    assert names(core.on(E.HOST_PICKED)) == ["open"]
+    assert names(core.on(E.CONNECTED)) == ["write upstream"]
+    assert names(core.on(E.RESPONSE_HEAD, 503)) == ["mark exhausted", "write response"]
+    assert (core.state, core.attempt, core.retries_left) == (RESPONDING, 1, 0)
+    assert names(core.on(E.RESPONSE_END)) == ["release connection", "finish"]
+
+
+def test_the_untimed_table_is_the_table_without_timer_commands() -> None:
+    timers = {E.START_TRY_TIMER, E.CANCEL_TRY_TIMER}
+    assert core_mod.UNTIMED.keys() == TRANSITIONS.keys()
+    for key, (commands, next_state) in TRANSITIONS.items():
+        lean = tuple(c for c in commands if c not in timers)
+        assert core_mod.UNTIMED[key] == (lean, next_state)
+
+
+def test_forward_twice_is_an_error_and_changes_nothing() -> None:
+    core = reach(SENT)
+    with pytest.raises(ExchangeStateError, match="unexpected forward while SENT"):
+        core.forward(None, 0, mirror=False, deadline=False, try_timer=False)
+    assert core.state == SENT
+    assert names(core.on(E.RESPONSE_HEAD, 200)) == ["cancel try timer", "write response"]
+
+
 def test_a_body_not_kept_whole_cannot_be_retried() -> None:
     core = reach(SENT)
     core.replayable = False
@@ -326,7 +370,7 @@ class World:
             self.forwarded = True
             retry = self.draw.draw(st.sampled_from([None, RETRY]))
             self.per_try = self.draw.draw(st.booleans())
-            if retry is None:
+            if retry is None and self.per_try:
                 self.feed(E.FORWARD)
             else:
                 self.run_forward(retry)
@@ -365,9 +409,17 @@ class World:
         elif what == "response end":
             self.feed(E.RESPONSE_END)  # a tunnel's changes nothing: it ends when a side closes
 
-    def run_forward(self, retry: RetryPolicy) -> None:
-        self.log.append("forward (retries on)")
-        for command in self.core.forward(retry, retry.num_retries):
+    def run_forward(self, retry: RetryPolicy | None) -> None:
+        """Through forward(); a try without a per-try timeout runs on the
+        table without timer commands, which must keep every promise too."""
+        retries = retry.num_retries if retry is not None else 0
+        self.log.append(f"forward (retries {retries}, try timer {self.per_try})")
+        mirror, deadline = self.draw.draw(st.booleans()), self.draw.draw(st.booleans())
+        commands = self.core.forward(
+            retry, retries, mirror=mirror, deadline=deadline, try_timer=self.per_try
+        )
+        assert (E.MIRROR in commands, E.ARM_DEADLINE in commands) == (mirror, deadline)
+        for command in commands:
             self.carry_out(command)
 
     def answer(self) -> None:

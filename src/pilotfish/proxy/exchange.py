@@ -424,7 +424,11 @@ class Exchange:
         if self.head.expect_continue and not self.body_done:
             self.down.write(CONTINUE_RESPONSE)  # Envoy answers 100-continue itself
         self.action = action
-        self.run(self.core.forward(retry, retries))
+        commands = self.core.forward(
+            retry, retries, mirror=bool(action.mirrors), deadline=bool(action.timeout),
+            try_timer=bool(per_try_timeout(retry)),
+        )  # fmt: skip
+        self.run(commands)
 
     def buffers_body_first(self) -> bool:
         """A body small enough to keep whole is read before the request takes

@@ -169,6 +169,43 @@ for _state in (SENT, BACKOFF, RESPONDING, TUNNEL, DONE):
 
 _VERDICT_EVENTS: Final = {ACCEPT: _ACCEPT, RETRY: _RETRY, EXHAUSTED: _EXHAUSTED}
 
+Table = dict[tuple[int, int], Row]
+
+
+def without(table: Table, dropped: frozenset[int]) -> Table:
+    """`table` with the commands in `dropped` taken out of every row."""
+    return {key: (tuple(c for c in row if c not in dropped), s) for key, (row, s) in table.items()}
+
+
+def fused(table: Table) -> dict[tuple[int, int, int], Row]:
+    """Each row into a transient verdict state joined with the row that leaves
+    it, by verdict: built once, so a request's `on` allocates no tuple."""
+    return {
+        (state, event, taken): (cmds + table[after, left][0], table[after, left][1])
+        for (state, event), (cmds, after) in table.items()
+        if after in (TRY_FAILED, HEAD_IN)
+        for taken, left in _VERDICT_EVENTS.items()
+    }
+
+
+# A try with no per-try timeout has no timer to start or cancel: its
+# exchange runs on a table without those commands (one shell call less
+# per try, and one per response).
+UNTIMED: Final = without(TRANSITIONS, frozenset({START_TRY_TIMER, CANCEL_TRY_TIMER}))
+_FUSED: Final = fused(TRANSITIONS)
+_UNTIMED_FUSED: Final = fused(UNTIMED)
+
+# (START, FORWARD) for a route without a mirror and/or a timeout, by
+# (mirror, deadline): a command with nothing to do is still a shell call.
+_FORWARD_ROWS: Final = {
+    (mirror, deadline): tuple(
+        c for c in TRANSITIONS[START, FORWARD][0]
+        if (c != MIRROR or mirror) and (c != ARM_DEADLINE or deadline)
+    )
+    for mirror in (False, True)
+    for deadline in (False, True)
+}  # fmt: skip
+
 # The Envoy flag of a failure, where the event alone says it.
 _FLAGS: Final = {
     NO_HOST: "UH", OVERFLOW: "UO", CONNECT_FAILED: "UF", TRY_TIMEOUT: "UT", DEADLINE: "UT",
@@ -192,6 +229,7 @@ class ExchangeCore:
 
     __slots__ = (
         "attempt", "failure", "replayable", "request_done", "retries_left", "retry", "state",
+        "table", "verdict_rows",
     )  # fmt: skip
 
     def __init__(self) -> None:
@@ -202,14 +240,30 @@ class ExchangeCore:
         self.failure = ""
         self.replayable = True
         self.request_done = False
+        self.table: Table = TRANSITIONS
+        self.verdict_rows = _FUSED
 
     def __repr__(self) -> str:
         return f"<ExchangeCore {STATE_NAMES[self.state]} retries_left={self.retries_left}>"
 
-    def forward(self, retry: RetryPolicy | None, retries: int) -> tuple[int, ...]:
-        """The route forwards: the commands that start the first try."""
+    def forward(
+        self,
+        retry: RetryPolicy | None,
+        retries: int,
+        *,
+        mirror: bool = True,
+        deadline: bool = True,
+        try_timer: bool = True,
+    ) -> tuple[int, ...]:
+        """The route forwards: the commands that start the first try. A route
+        with no mirror, no timeout or no per-try timeout says so, and is not
+        told to MIRROR, ARM_DEADLINE or START/CANCEL_TRY_TIMER."""
+        self._step(self.state, FORWARD)  # raises unless START, changing nothing
         self.retry, self.retries_left = retry, retries
-        return self.on(FORWARD)
+        if not try_timer:
+            self.table, self.verdict_rows = UNTIMED, _UNTIMED_FUSED
+        self.state = PICKING
+        return _FORWARD_ROWS[mirror, deadline]
 
     def on(self, event: int, outcome: str | int = "") -> tuple[int, ...]:
         """The commands for `event`. `outcome` is a response head's status
@@ -224,8 +278,7 @@ class ExchangeCore:
                 self.failure = outcome
         if state in (TRY_FAILED, HEAD_IN):
             taken = verdict(self.retry, self.retries_left, self.replayable, outcome)
-            more, state = self._step(state, _VERDICT_EVENTS[taken])
-            commands += more
+            commands, state = self.verdict_rows[self.state, event, taken]
         elif event == RETRY_GRANTED:
             self.retries_left -= 1
             self.attempt += 1
@@ -233,9 +286,10 @@ class ExchangeCore:
         return commands
 
     def _step(self, state: int, event: int) -> Row:
-        row = TRANSITIONS.get((state, event))
+        row = self.table.get((state, event))
         if row is None:
             raise ExchangeStateError(
                 f"unexpected {EVENT_NAMES[event]} while {STATE_NAMES[state]}"
             )
         return row
+
