@@ -52,7 +52,12 @@ def _whole_trace(spans: list[Received]) -> list[Received] | None:
         traces[span.span.trace_id].append(span)
     for found in traces.values():
         services = {s.service for s in found}
-        if services >= SERVICES and len(services) >= 5:
+        ids = {s.span.span_id for s in found}
+        # Whole: every hop's spans are in, each span's parent among them.
+        # Sidecars export in batches (every 5 s or 5 spans), so one hop's
+        # spans may still be on their way when the others have arrived.
+        linked = all(s.span.parent_span_id in ids or not s.span.parent_span_id for s in found)
+        if services >= SERVICES and len(services) >= 5 and linked:
             return found
     return None
 
