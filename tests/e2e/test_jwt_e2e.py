@@ -128,6 +128,10 @@ def enforcing(mesh: JwtMesh) -> JwtMesh:
         return bool(conditions[0].get("status") == "True")
 
     wait_until(ready, 15, f"keys never fetched: {mesh.policy_status()}")
+    # In force once a bad token is refused: a valid one passes without the
+    # filter too, so only a refusal shows the sidecar has it.
+    bad = {"Authorization": "Bearer not-a-token"}
+    wait_until(lambda: mesh.get(bad).status == 401, 15, "the jwt_authn filter never applied")
     good = {"Authorization": f"Bearer {token()}"}
     wait_until(lambda: mesh.get(good).status == 200, 15, "a valid token never passed")
     return mesh

@@ -57,9 +57,17 @@ def test_demo_canary_promotes_v3_and_rolls_back_the_faulty_build(tmp_path: Path)
         assert "Canary failed! Scaling down reviews.default" in text
         url = URL_LINE.search(text)
         assert url is not None
-        with DIRECT.open(urllib.request.Request(url.group(1)), timeout=20) as page:
-            body = page.read().decode()
-        assert "reviews-primary-" in body and '<font color="red">' in body
+        link = url.group(1)
+
+        def served_by_primary() -> str | None:
+            with DIRECT.open(urllib.request.Request(link), timeout=20) as answer:
+                body = str(answer.read().decode())
+            return body if "reviews-primary-" in body else None
+
+        # The rolled-back routes reach the gateway's sidecars a push after the
+        # Canary says Failed: the primary serves within a few seconds.
+        body = wait_for(served_by_primary, 30, "the primary never served the page")
+        assert '<font color="red">' in body
     finally:
         if process.poll() is None:
             subprocess.run(
