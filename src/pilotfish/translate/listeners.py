@@ -33,7 +33,6 @@ from envoy.config.route.v3 import route_pb2
 from envoy.extensions.filters.http.cors.v3 import cors_pb2
 from envoy.extensions.filters.http.fault.v3 import fault_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
-from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
@@ -50,7 +49,7 @@ from pilotfish.translate.protos import ads, duration, pack, socket_address
 from pilotfish.translate.proxyless import translate_server_listeners
 from pilotfish.translate.routes import gateway_http_ports, gateway_http_servers
 from pilotfish.translate.tcp import (
-    TLS_INSPECTOR,
+    add_tls_inspector,
     enforceable,
     translate_gateway_tcp_listeners,
     translate_inbound_tcp_listener,
@@ -213,17 +212,8 @@ def _inbound_chains(listener: Listener, mode: mtls.Mode, alpn: tuple[str, ...]) 
     listener.filter_chains.append(secure)
     if mode is mtls.Mode.PERMISSIVE:
         listener.filter_chains.append(plain)
-    _add_tls_inspector(listener)
+    add_tls_inspector(listener)
     return listener
-
-
-def _add_tls_inspector(listener: Listener) -> None:
-    """What tells TLS from plaintext (and reads the SNI) before a chain is chosen."""
-    listener.listener_filters.append(
-        listener_components_pb2.ListenerFilter(
-            name=TLS_INSPECTOR, typed_config=pack(tls_inspector_pb2.TlsInspector())
-        )
-    )
 
 
 def _inbound_protocol(
@@ -313,7 +303,7 @@ def _gateway_chains(listener: Listener, servers: list[tuple[Gateway, Obj]]) -> L
     listener.filter_chains.extend(chains[k] for k in sorted(chains))
     if any(not gateway_tls.terminates_tls(s) for _, s in servers):
         listener.filter_chains.append(plain)
-    _add_tls_inspector(listener)
+    add_tls_inspector(listener)
     return listener
 
 

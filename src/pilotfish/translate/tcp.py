@@ -121,12 +121,17 @@ def _passthrough_listener(
         traffic_direction=base_pb2.OUTBOUND,
         filter_chains=chains,
     )
+    add_tls_inspector(listener)
+    return listener
+
+
+def add_tls_inspector(listener: Listener) -> None:
+    """What tells TLS from plaintext (and reads the SNI) before a chain is chosen."""
     listener.listener_filters.append(
         listener_components_pb2.ListenerFilter(
             name=TLS_INSPECTOR, typed_config=pack(tls_inspector_pb2.TlsInspector())
         )
     )
-    return listener
 
 
 def _tcp_servers(gateways: Sequence[Gateway]) -> dict[int, list[tuple[Gateway, Obj]]]:
