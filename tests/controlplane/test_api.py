@@ -240,6 +240,23 @@ def test_delete_returns_the_object_and_dry_run_keeps_it(call: Caller) -> None:
     assert call("DELETE", f"{VS_PATH}/reviews").status == 404
 
 
+def test_a_delete_whose_uid_precondition_is_another_object_is_refused(call: Caller) -> None:
+    """The object was deleted and made again under the same name: a delete
+    meant for the old one must not remove the new one (Kubernetes' 409)."""
+    old = call.apply(virtual_service(), f"{VS_PATH}/reviews").json()["metadata"]["uid"]
+    assert call("DELETE", f"{VS_PATH}/reviews").status == 200
+    new = call.apply(virtual_service(), f"{VS_PATH}/reviews").json()["metadata"]["uid"]
+    refused = call("DELETE", f"{VS_PATH}/reviews", {"preconditions": {"uid": old}})
+    assert refused.status == 409 and refused.json()["reason"] == "Conflict"
+    assert refused.json()["message"] == (
+        'Operation cannot be fulfilled on virtualservices.networking.istio.io "reviews": '
+        f"Precondition failed: UID in precondition: {old}, UID in object meta: {new}"
+    )
+    assert call("GET", f"{VS_PATH}/reviews").json()["metadata"]["uid"] == new
+    done = call("DELETE", f"{VS_PATH}/reviews", {"preconditions": {"uid": new}})
+    assert done.status == 200 and call("GET", f"{VS_PATH}/reviews").status == 404
+
+
 def test_a_delete_held_by_a_finalizer_marks_until_a_patch_removes_it(call: Caller) -> None:
     vs = virtual_service()
     vs["metadata"]["finalizers"] = ["example.com/hold"]

@@ -420,11 +420,12 @@ class Api:
     def _delete(self, request: Request, target: Target) -> Response:
         options = _body(request) if request.body.strip() else {}
         check_delete_options(options)
-        version = (options.get("preconditions") or {}).get("resourceVersion")
+        preconditions = options.get("preconditions") or {}
         dry_run = _dry_run(request.query) or bool(options.get("dryRun"))
         deleted = self.store.delete(
             target.key(),
-            resource_version=version or None,
+            resource_version=preconditions.get("resourceVersion") or None,
+            uid=preconditions.get("uid") or None,
             dry_run=dry_run,
         )
         return self._ok(target, deleted)

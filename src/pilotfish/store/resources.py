@@ -106,6 +106,12 @@ class ResourceStore:
             "has been modified; please apply your changes to the latest version and try again"
         )
 
+    def _precondition_failed(self, key: Key, wanted: str, actual: object) -> Conflict:
+        return Conflict(
+            f'Operation cannot be fulfilled on {self._qualified(key)} "{key.name}": '
+            f"Precondition failed: UID in precondition: {wanted}, UID in object meta: {actual}"
+        )
+
     # -- reads -------------------------------------------------------------------------
 
     def get(self, key: Key) -> Obj:
@@ -210,11 +216,18 @@ class ResourceStore:
         return self._write(key, build, resource_version, False, must_exist=True)
 
     def delete(
-        self, key: Key, *, resource_version: str | None = None, dry_run: bool = False
+        self,
+        key: Key,
+        *,
+        resource_version: str | None = None,
+        uid: str | None = None,
+        dry_run: bool = False,
     ) -> Obj:
         """Remove an object; what it was is returned, at the delete's revision.
         An object with finalizers is only marked (metadata.deletionTimestamp),
-        as in Kubernetes: it goes when a write leaves it none."""
+        as in Kubernetes: it goes when a write leaves it none. `resource_version`
+        and `uid` are DeleteOptions' preconditions, checked against the very
+        revision the delete replaces."""
         for _ in range(_RETRIES):
             found = self._backend.read(key)
             if found is None:
@@ -222,6 +235,8 @@ class ResourceStore:
             live, revision = found
             if resource_version is not None and resource_version != str(revision):
                 raise self._modified(key)
+            if uid is not None and uid != live["metadata"].get("uid"):
+                raise self._precondition_failed(key, uid, live["metadata"].get("uid"))
             finalizing = bool(live["metadata"].get("finalizers"))
             after = self._marked(live) if finalizing else live
             if dry_run or (finalizing and after is live):
