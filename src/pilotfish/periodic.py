@@ -7,6 +7,8 @@ import logging
 import threading
 from collections.abc import Callable
 
+from pilotfish.store.types import FenceLost
+
 log = logging.getLogger("pilotfish")
 
 
@@ -34,6 +36,8 @@ class Periodic:
         while not self._stop.wait(self.period_s):
             try:
                 self.work()
+            except FenceLost as lost:  # the lead went mid-pass: the next leader does it
+                log.warning("%s stopped: %s", self.name, lost)
             except Exception:  # one bad pass must not end the loop
                 log.exception("%s failed", self.name)
 

@@ -21,10 +21,10 @@ from pilotfish.controlplane.leader import Tick, Timing
 from pilotfish.objects import Obj
 from pilotfish.rollout.scheduler import RolloutController
 from pilotfish.rollout.types import MetricResult
-from pilotfish.store.etcd import EtcdBackend, FenceLost
+from pilotfish.store.etcd import EtcdBackend
 from pilotfish.store.etcd_client import message
 from pilotfish.store.resources import ResourceStore
-from pilotfish.store.types import Key
+from pilotfish.store.types import FenceLost, Key
 
 KEY = "/pilotfish-election/rollout"
 SLOW = Timing()  # client-go's: the leader renews only every 2 s, so it has not noticed yet
@@ -109,7 +109,7 @@ class EtcdWorld(World):
 
 
 def test_the_lease_lost_in_the_middle_of_a_step_then_the_next_leader_steps_once(
-    etcd: EtcdServer, tmp_path: Path
+    etcd: EtcdServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     world = EtcdWorld(tmp_path, etcd, leader(etcd))
     for obj in (CONFIG, WORKLOAD, CANARY):
@@ -126,8 +126,14 @@ def test_the_lease_lost_in_the_middle_of_a_step_then_the_next_leader_steps_once(
 
     before, events = copy.deepcopy(world.canary()), world.events()
     world.during_measure = lose_the_lead
+    caplog.clear()
     world.tick()
     assert measured, "the analysis did run in that step"
+    stopped = [r for r in caplog.records if "step of default/reviews" in r.getMessage()]
+    assert [(r.levelname, r.exc_info) for r in stopped] == [("WARNING", None)], (
+        "one line, no traceback: losing the lead is not a bug"
+    )
+    assert "stopped: " in stopped[0].getMessage()
     assert world.canary() == before, "the old leader's step wrote nothing"
     assert world.events() == events
     world.during_measure = lambda: None

@@ -34,8 +34,8 @@ from pilotfish.controlplane.leader import (
     acting,
     step,
 )
-from pilotfish.store.etcd import FenceLost
 from pilotfish.store.etcd_client import EQUAL, TARGET_CREATE, EtcdClient, message
+from pilotfish.store.types import FenceLost
 
 log = logging.getLogger("pilotfish.election")
 

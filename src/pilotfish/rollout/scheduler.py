@@ -50,7 +50,7 @@ from pilotfish.rollout.phases import (
 from pilotfish.rollout.status import CanaryStatus
 from pilotfish.rollout.types import EVENT, MetricResult, WebhookResult
 from pilotfish.store.resources import ResourceStore
-from pilotfish.store.types import Key
+from pilotfish.store.types import FenceLost, Key
 
 log = logging.getLogger("pilotfish.rollout")
 
@@ -138,6 +138,9 @@ class RolloutController:
         """One Canary's step; what goes wrong in it stays with it."""
         try:
             self.tick(canary, obj)
+        except FenceLost as lost:  # the lead went mid-step; the next leader steps it again
+            name = f"{canary.namespace}/{canary.name}"
+            log.warning("rollout: the step of %s stopped: %s", name, lost)
         except Exception:
             log.exception("rollout: the step of %s/%s failed", canary.namespace, canary.name)
         finally:

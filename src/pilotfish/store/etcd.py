@@ -25,7 +25,7 @@ from typing import Any
 
 import grpc
 
-from pilotfish.api.errors import ApiError, Conflict, Expired, NotFound
+from pilotfish.api.errors import Conflict, Expired, NotFound
 from pilotfish.api.kinds import KindRegistry, registry
 from pilotfish.objects import Obj
 from pilotfish.store.etcd_client import (
@@ -41,7 +41,7 @@ from pilotfish.store.etcd_client import (
     prefix_end,
 )
 from pilotfish.store.resources import ObjectFilter
-from pilotfish.store.types import Event, EventType, Key
+from pilotfish.store.types import Event, EventType, FenceLost, Key
 
 DEFAULT_PREFIX = "/pilotfish"
 _QUEUE = 1000  # events a watch holds unread before etcd is made to wait (and may compact it away)
@@ -50,14 +50,6 @@ _RESUME_S = 0.5  # pause before a watch reconnects after etcd went away
 
 # What a fenced backend's writes also require: an etcd Compare, from the leader.
 Fence = Callable[[], Any]
-
-
-class FenceLost(ApiError):
-    """A fenced write refused: its writer no longer holds what fences it (the
-    lead). Not a Conflict, which the store retries: no retry can succeed."""
-
-    code = 409
-    reason = "Conflict"
 
 
 def check_prefix(prefix: str) -> None:

@@ -5,9 +5,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
+from pilotfish.api.errors import ApiError
 from pilotfish.objects import Obj
 
 EventType = Literal["ADDED", "MODIFIED", "DELETED"]
+
+
+class FenceLost(ApiError):
+    """A fenced write refused: its writer no longer holds what fences it (the
+    lead). Not a Conflict, which the store retries: no retry can succeed."""
+
+    code = 409
+    reason = "Conflict"
 
 
 @dataclass(frozen=True, order=True)
