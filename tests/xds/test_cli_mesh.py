@@ -41,6 +41,26 @@ def test_listener_table_shows_api_listeners_and_socket_listeners() -> None:
     ]
 
 
+def test_listener_table_has_one_row_per_filter_chain_named_by_its_terminal_filter() -> None:
+    rbac = {"name": "envoy.filters.network.rbac", "typedConfig": {"statPrefix": "tcp."}}
+    split = {"clusters": [{"name": "outbound|6379|v1|redis", "weight": 80},
+                          {"name": "outbound|6379|v2|redis", "weight": 20}]}  # fmt: skip
+    listener = {
+        "name": "0.0.0.0_6379",
+        "address": {"socketAddress": {"address": "0.0.0.0", "portValue": 6379}},
+        "filterChains": [
+            {"filters": [rbac, {"typedConfig": {"weightedClusters": split}}]},
+            {"filters": [{"typedConfig": {"cluster": "PassthroughCluster"}}]},
+        ],
+    }
+    rows = config_table("listeners", [listener]).splitlines()[1:]
+    assert [row.split(None, 4) for row in rows] == [
+        ["0.0.0.0_6379", "0.0.0.0", "6379", "TCP",
+         "WeightedClusters: outbound|6379|v1|redis (80), outbound|6379|v2|redis (20)"],
+        ["0.0.0.0_6379", "0.0.0.0", "6379", "TCP", "Cluster: PassthroughCluster"],
+    ]  # fmt: skip
+
+
 def test_route_cluster_and_endpoint_tables() -> None:
     routes = config_table("routes", dumped(GRPC, types.ROUTE, frozenset({REVIEWS})))
     assert REVIEWS in routes.splitlines()[1]

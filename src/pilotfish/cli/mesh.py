@@ -104,28 +104,31 @@ def config_table(kind: str, resources: list[Obj]) -> str:
 
 
 def _listener_rows(listener: Obj) -> list[list[str]]:
+    """One row per filter chain, as istioctl shows them: what its last
+    (terminal) filter does, not every network filter before it."""
     if "apiListener" in listener:
         manager = listener["apiListener"].get("apiListener") or {}
         route = (manager.get("rds") or {}).get("routeConfigName", "")
         return [[listener["name"], "-", "-", "API", f"Route: {route}"]]
     address = (listener.get("address") or {}).get("socketAddress") or {}
-    rows = []
-    for chain in listener.get("filterChains") or [{}]:
-        for f in chain.get("filters") or [{}]:
-            config = f.get("typedConfig") or {}
-            route = (config.get("rds") or {}).get("routeConfigName") or (
-                (config.get("routeConfig") or {}).get("name", "")
-            )
-            rows.append(
-                [
-                    listener["name"],
-                    str(address.get("address", "")),
-                    str(address.get("portValue", "")),
-                    "HTTP" if "httpFilters" in config else "TCP",
-                    f"Route: {route}" if route else "",
-                ]
-            )
-    return rows
+    where = [listener["name"], str(address.get("address", "")), str(address.get("portValue", ""))]
+    return [where + _chain_destination(chain) for chain in listener.get("filterChains") or [{}]]
+
+
+def _chain_destination(chain: Obj) -> list[str]:
+    """[TYPE, DESTINATION] of a filter chain, from its terminal filter."""
+    config = ((chain.get("filters") or [{}])[-1]).get("typedConfig") or {}
+    if "httpFilters" in config:
+        route = (config.get("rds") or {}).get("routeConfigName") or (
+            (config.get("routeConfig") or {}).get("name", "")
+        )
+        return ["HTTP", f"Route: {route}" if route else ""]
+    weighted = (config.get("weightedClusters") or {}).get("clusters") or []
+    if weighted:
+        shares = ", ".join(f"{c.get('name', '')} ({c.get('weight', 0)})" for c in weighted)
+        return ["TCP", f"WeightedClusters: {shares}"]
+    cluster = config.get("cluster")
+    return ["TCP", f"Cluster: {cluster}" if cluster else ""]
 
 
 def _route_rows(config: Obj) -> list[list[str]]:
