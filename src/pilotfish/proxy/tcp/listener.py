@@ -11,7 +11,7 @@ from envoy.config.listener.v3 import listener_components_pb2
 from envoy.config.listener.v3.listener_pb2 import Listener
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 
-from pilotfish.proxy.listeners import ListenerError, listener_facts
+from pilotfish.proxy.listeners import ListenerError, is_sniffed, listener_facts
 from pilotfish.proxy.tcp.config import TCP_PROXY, TcpConfigError, TcpProxy, compile_tcp_proxy
 from pilotfish.proxy.tcp.rbac import (
     NETWORK_RBAC,
@@ -87,11 +87,13 @@ class TcpListener:
 
 
 def is_tcp_listener(listener: Listener) -> bool:
-    """Its first chain's last network filter is a tcp_proxy."""
+    """Its first chain's last network filter is a tcp_proxy (and no
+    http_inspector chooses between it and HTTP chains: sniff.py)."""
     chains = listener.filter_chains
-    return bool(
+    first = bool(
         chains and chains[0].filters and chains[0].filters[-1].typed_config.type_url == TCP_PROXY
     )
+    return first and not is_sniffed(listener)
 
 
 def compile_tcp_listener(listener: Listener) -> TcpListener:
