@@ -23,7 +23,10 @@ TLS_INSPECTOR = "envoy.filters.listener.tls_inspector"
 
 def app_service(port: Obj) -> Obj:
     return service("app", spec_ports=None) | {
-        "spec": {"selector": {"app": "app"}, "ports": [{"port": 7000, "targetPort": "http", **port}]}
+        "spec": {
+            "selector": {"app": "app"},
+            "ports": [{"port": 7000, "targetPort": "http", **port}],
+        }
     }
 
 

@@ -21,9 +21,8 @@ import logging
 import socket
 import ssl
 from collections.abc import Callable
-from typing import cast
+from typing import Protocol, cast, runtime_checkable
 
-from pilotfish.proxy.detecting import Detecting
 from pilotfish.proxy.listeners import CompiledListener
 from pilotfish.proxy.stats import ListenerStats
 from pilotfish.proxy.tcp.listener import TcpListener
@@ -33,6 +32,13 @@ log = logging.getLogger("pilotfish.proxy")
 TLS_HANDSHAKE_RECORD = 0x16  # the first byte of a TLS ClientHello
 LISTENER_FILTERS_TIMEOUT_S = 15.0  # Envoy's default: a silent client is closed after it
 HANDSHAKE_TIMEOUT_S = 10.0
+
+
+@runtime_checkable
+class Detection(Protocol):
+    """What a sniffed listener's connections get first (detecting.py)."""
+
+    def timed_out(self) -> None: ...
 
 
 class SniffingServer:
@@ -146,7 +152,7 @@ class SniffingServer:
         try:
             if context is None:
                 _, protocol = await self.loop.connect_accepted_socket(self.factory, conn)
-                if silent and isinstance(protocol, Detecting):  # its time is already up
+                if silent and isinstance(protocol, Detection):  # its time is already up
                     protocol.timed_out()
             else:
                 gated = context.sni_callback is not None  # chains chosen by SNI
