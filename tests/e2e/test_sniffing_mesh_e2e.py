@@ -3,13 +3,15 @@ and mutual TLS between sidecars: Istio's protocol detection tells HTTP
 (curl through a client sidecar, counted in istio_requests_total with
 request_protocol http) from redis (through a gateway's TCP route, counted in
 the TCP metrics), and a server-first protocol speaks once the mesh config's
-protocolDetectionTimeout has passed."""
+protocolDetectionTimeout has passed. And a Gateway server in AUTO_PASSTHROUGH
+mode passes openssl's TLS, untouched, to the cluster its SNI names."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -19,7 +21,7 @@ import pytest
 from mesh_processes import XdsControlPlane, wait_until
 from processes import free_port
 from sidecar_mesh import Backend, Sidecar, SidecarMesh, curl
-from test_tcp_mesh_e2e import Redis, _start_gateway, _total
+from test_tcp_mesh_e2e import Redis, TlsServer, _start_gateway, _total
 
 pytestmark = [
     pytest.mark.slow,
@@ -27,7 +29,8 @@ pytestmark = [
         shutil.which("redis-server") is None, reason="needs redis-server (scripts/setup --test)"
     ),
 ]
-CACHE_PORT, GREETER_PORT = free_port(), free_port()
+CACHE_PORT, GREETER_PORT, EAST_WEST_PORT = free_port(), free_port(), free_port()
+VAULT = "vault.default.svc.cluster.local"
 MESH = f"""
 apiVersion: v1
 kind: ConfigMap
@@ -66,6 +69,16 @@ spec:
     hosts: ["*"]
   - port: {{number: {GREETER_PORT}, name: tcp-greeter, protocol: TCP}}
     hosts: ["*"]
+  - port: {{number: {EAST_WEST_PORT}, name: tls-east-west, protocol: TLS}}
+    hosts: ["*.local"]
+    tls: {{mode: AUTO_PASSTHROUGH}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: vault}}
+spec:
+  selector: {{app: vault}}
+  ports: [{{name: tls, port: 8443, targetPort: http}}]
 ---
 apiVersion: networking.istio.io/v1
 kind: VirtualService
@@ -137,6 +150,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         web, _ = mesh.workload("web-v1", {"app": "web"}, Backend("web"))
         cache, _ = mesh.workload("cache-v1", {"app": "cache"}, Redis("cache", tmp))  # type: ignore[arg-type]
         greeter, _ = mesh.workload("greeter-v1", {"app": "greeter"}, Greeter())  # type: ignore[arg-type]
+        mesh.plain_workload("vault-v1", {"app": "vault"}, TlsServer(tmp))  # type: ignore[arg-type]
         client = mesh.client("client-0", {"app": "client"})
         for sidecar in (web, cache, greeter, client):
             mesh.wait_serving(sidecar)
@@ -199,3 +213,24 @@ def test_a_server_first_protocol_speaks_after_the_detection_timeout(world: World
     assert greeting == b"220 greeter ready\r\n", world.greeter.proxy.stderr()[-3000:]
     assert echo == b"echo EHLO me\r\n"
     assert 0.45 <= waited < 5, waited  # the mesh config's 500ms, then TCP
+
+
+def s_client(servername: str) -> str:
+    done = subprocess.run(
+        ["openssl", "s_client", "-connect", f"127.0.0.1:{EAST_WEST_PORT}",
+         "-servername", servername],
+        input=b"", capture_output=True, timeout=20,
+    )  # fmt: skip
+    return done.stdout.decode(errors="replace")
+
+
+def test_auto_passthrough_reaches_the_cluster_the_sni_names(world: World) -> None:
+    sni = f"outbound_.8443_._.{VAULT}"
+    wait_until(lambda: "secure.example.com" in s_client(sni), 20, "no certificate through")
+    seen = s_client(sni)
+    # the backend's own certificate: the gateway neither terminated nor wrapped the TLS
+    assert "secure.example.com" in seen.partition("subject=")[2], seen
+    assert "spiffe://" not in seen
+    # a name no cluster has: closed, as Envoy closes a connection to an unknown cluster
+    assert "subject=" not in s_client(f"outbound_.9999_._.{VAULT}")
+    assert "subject=" not in s_client("vault.example.org")  # outside the server's hosts
