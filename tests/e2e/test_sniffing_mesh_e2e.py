@@ -12,7 +12,6 @@ import os
 import shutil
 import socket
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ import pytest
 from mesh_processes import XdsControlPlane, wait_until
 from processes import free_port
 from sidecar_mesh import Backend, Sidecar, SidecarMesh, curl
+from test_e2e_sniffing import Greeter
 from test_tcp_mesh_e2e import Redis, TlsServer, _start_gateway, _total
 
 pytestmark = [
@@ -92,39 +92,6 @@ spec:
   - match: [{{port: {GREETER_PORT}}}]
     route: [{{destination: {{host: greeter, port: {{number: 2525}}}}}}]
 """
-
-
-class Greeter:
-    """A server-first protocol (as SMTP or MySQL): it greets, then echoes lines."""
-
-    def __init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = int(self.sock.getsockname()[1])
-
-    def start(self) -> Greeter:
-        threading.Thread(target=self._serve, daemon=True).start()
-        return self
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._converse, args=(conn,), daemon=True).start()
-
-    @staticmethod
-    def _converse(conn: socket.socket) -> None:
-        with conn:
-            try:
-                conn.sendall(b"220 greeter ready\r\n")
-                while data := conn.recv(4096):
-                    conn.sendall(b"echo " + data)
-            except OSError:
-                pass
-
-    def stop(self) -> None:
-        self.sock.close()
 
 
 @dataclass

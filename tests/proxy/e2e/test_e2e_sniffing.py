@@ -50,6 +50,13 @@ class Greeter(RawServer):
         while data := conn.recv(4096):
             conn.sendall(b"echo " + data)
 
+    def start(self) -> Greeter:
+        """Serving already: as a workload's app, for a mesh's `workload`."""
+        return self
+
+    def stop(self) -> None:
+        self.close()
+
 
 def first_line(port: int, send: bytes = b"", timeout: float = 3.0) -> bytes:
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
