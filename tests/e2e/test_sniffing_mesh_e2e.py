@@ -201,3 +201,16 @@ def test_auto_passthrough_reaches_the_cluster_the_sni_names(world: World) -> Non
     # a name no cluster has: closed, as Envoy closes a connection to an unknown cluster
     assert "subject=" not in s_client(f"outbound_.9999_._.{VAULT}")
     assert "subject=" not in s_client("vault.example.org")  # outside the server's hosts
+
+
+def test_a_silent_plaintext_client_of_a_permissive_port_gets_the_tcp_chain(world: World) -> None:
+    """Straight to the sidecar (PERMISSIVE: TLS or plaintext, told apart by
+    the first byte): no byte ever comes, so after the detection timeout the
+    connection is plaintext TCP, and the server-first app speaks."""
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", world.greeter.inbound_port), timeout=10) as s:
+        greeting = b""
+        while b"\n" not in greeting and (chunk := s.recv(4096)):
+            greeting += chunk
+    assert greeting == b"220 greeter ready\r\n", world.greeter.proxy.stderr()[-3000:]
+    assert 0.45 <= time.monotonic() - started < 5
