@@ -17,11 +17,19 @@ import asyncio
 from typing import cast
 
 from pilotfish.proxy.listeners import CompiledListener
-from pilotfish.proxy.protocol.detect import NEED_MORE, NOT_HTTP, detect
+from pilotfish.proxy.protocol.detect import H2C, HTTP10, HTTP11, NEED_MORE, NOT_HTTP, detect
 from pilotfish.proxy.server import Downstream, Runtime
 from pilotfish.proxy.sniff import Sniffing
 from pilotfish.proxy.stats import listener_stat_name
 from pilotfish.proxy.tcp.relay import TcpRelay
+
+# Envoy's http_inspector counters (global, as Envoy roots them at `http_inspector.`)
+FOUND = {
+    HTTP10: "http_inspector.http10_found",
+    HTTP11: "http_inspector.http11_found",
+    H2C: "http_inspector.http2_found",
+    NOT_HTTP: "http_inspector.http_not_found",
+}
 
 
 class Detecting(asyncio.Protocol):
@@ -46,11 +54,14 @@ class Detecting(asyncio.Protocol):
         self.held += data
         verdict = detect(self.held)
         if verdict is not NEED_MORE:
+            self.runtime.stats.network[FOUND[verdict]] += 1
             self._choose(verdict)
 
     def eof_received(self) -> bool:
         """The client has said all it will before its bytes could tell: TCP
         (a half-close is the TCP side's to carry)."""
+        if self.held and self.chosen is None:
+            self.runtime.stats.network[FOUND[NOT_HTTP]] += 1
         chosen = self._choose(NOT_HTTP)
         return bool(chosen.eof_received()) if chosen is not None else False
 

@@ -84,6 +84,10 @@ def test_http_and_redis_on_one_sniffed_port(
     assert _redis(port, "GET", "who") == "r1"  # RESP is not HTTP: piped to redis
     assert _redis(port, "PING") == "PONG"
     assert web.count == 1
+    # Envoy's http_inspector counters say what the first bytes were
+    stats = start_proxy.proxies[0].admin_get("/stats")[1]
+    assert "http_inspector.http11_found: 1\n" in stats, stats
+    assert "http_inspector.http_not_found: 2\n" in stats, stats
 
 
 def test_a_request_line_in_pieces_is_still_http(start_proxy: Any, make_backend: Any) -> None:
