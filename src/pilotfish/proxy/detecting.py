@@ -33,6 +33,8 @@ FOUND = {
 
 
 class Detecting(asyncio.Protocol):
+    """A sniffed listener's connection until its first bytes choose a side."""
+
     def __init__(self, runtime: Runtime, listener: CompiledListener) -> None:
         assert listener.sniffing is not None
         self.runtime, self.listener = runtime, listener
