@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
+from cryptography import x509
 from mesh_processes import XdsControlPlane, wait_until
 from processes import free_port
 from sidecar_mesh import Backend, Sidecar, SidecarMesh, curl
@@ -214,3 +215,27 @@ def test_a_silent_plaintext_client_of_a_permissive_port_gets_the_tcp_chain(world
             greeting += chunk
     assert greeting == b"220 greeter ready\r\n", world.greeter.proxy.stderr()[-3000:]
     assert 0.45 <= time.monotonic() - started < 5
+
+
+def test_auto_passthrough_to_a_sidecar_meets_its_mesh_certificate(world: World) -> None:
+    """East-west as Istio's: the SNI names a service whose endpoints have
+    sidecars, and the TLS is the destination sidecar's own (its SPIFFE
+    identity), not terminated or wrapped by the gateway."""
+    sni = "outbound_.8000_._.web.default.svc.cluster.local"
+
+    def served() -> list[str]:
+        done = subprocess.run(
+            ["openssl", "s_client", "-connect", f"127.0.0.1:{EAST_WEST_PORT}",
+             "-servername", sni, "-showcerts"],
+            input=b"", capture_output=True, timeout=20,
+        )  # fmt: skip
+        pem = done.stdout.partition(b"-----BEGIN CERTIFICATE-----")[2].partition(b"-----END")[0]
+        if not pem:
+            return []
+        whole = b"-----BEGIN CERTIFICATE-----" + pem + b"-----END CERTIFICATE-----\n"
+        cert = x509.load_pem_x509_certificate(whole)
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        return [str(uri) for uri in names.get_values_for_type(x509.UniformResourceIdentifier)]
+
+    wait_until(lambda: served() != [], 20, "no certificate from the web sidecar")
+    assert served() == ["spiffe://cluster.local/ns/default/sa/bookinfo-web"]
