@@ -121,7 +121,8 @@ def with_filter(listener: Listener, config: dict[str, object]) -> Listener:
                 "envoy.extensions.filters.network.ext_authz.v3.ExtAuthz",
                 "stat_prefix": "x",
             },
-            "filters[0]: before a tcp_proxy only envoy.filters.network.rbac is supported",
+            "filters[0]: before a tcp_proxy only envoy.filters.network.rbac and "
+            "envoy.filters.network.sni_cluster are supported",
         ),
     ],
 )

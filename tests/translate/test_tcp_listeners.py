@@ -54,8 +54,8 @@ def test_tcp_ports_by_name_or_app_protocol_get_a_tcp_proxy(port: Obj) -> None:
     assert "istio" in compiled.tls.settings.alpn
 
 
-@pytest.mark.parametrize("port", [{"name": "http"}, {"name": "grpc-x"}, {"name": ""}])
-def test_http_and_unnamed_ports_stay_http(port: Obj) -> None:
+@pytest.mark.parametrize("port", [{"name": "http"}, {"name": "grpc-x"}])
+def test_http_ports_stay_http(port: Obj) -> None:
     listener = inbound(port)
     assert not is_tcp_listener(listener)
     assert compile_listener(listener).http.routes is not None

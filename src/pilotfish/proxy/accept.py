@@ -21,7 +21,7 @@ import logging
 import socket
 import ssl
 from collections.abc import Callable
-from typing import cast
+from typing import Protocol, cast, runtime_checkable
 
 from pilotfish.proxy.listeners import CompiledListener
 from pilotfish.proxy.stats import ListenerStats
@@ -32,6 +32,13 @@ log = logging.getLogger("pilotfish.proxy")
 TLS_HANDSHAKE_RECORD = 0x16  # the first byte of a TLS ClientHello
 LISTENER_FILTERS_TIMEOUT_S = 15.0  # Envoy's default: a silent client is closed after it
 HANDSHAKE_TIMEOUT_S = 10.0
+
+
+@runtime_checkable
+class Detection(Protocol):
+    """What a sniffed listener's connections get first (detecting.py)."""
+
+    def timed_out(self) -> None: ...
 
 
 class SniffingServer:
@@ -48,7 +55,7 @@ class SniffingServer:
         self.sock, self.listener, self.factory = sock, listener, factory
         self.contexts, self.stats = contexts, stats
         self.loop = asyncio.get_running_loop()
-        self.pending: dict[socket.socket, asyncio.TimerHandle] = {}
+        self.pending: dict[socket.socket, asyncio.TimerHandle | None] = {}
         self.handshakes: set[asyncio.Task[None]] = set()
         sock.setblocking(False)
         self.loop.add_reader(sock.fileno(), self._accept)
@@ -75,9 +82,22 @@ class SniffingServer:
                 return
             conn.setblocking(False)
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            timer = self.loop.call_later(LISTENER_FILTERS_TIMEOUT_S, self._drop, conn)
+            timeout = _filters_timeout(self.listener())
+            timer = self.loop.call_later(timeout, self._timed_out, conn) if timeout else None
             self.pending[conn] = timer
             self.loop.add_reader(conn.fileno(), self._sniff, conn)
+
+    def _timed_out(self, conn: socket.socket) -> None:
+        """Silent past the listener filters' timeout: closed, unless a sniffed
+        listener continues to its plaintext TCP chain (a server-first protocol)."""
+        listener = self.listener()
+        sniffing = listener.sniffing if isinstance(listener, CompiledListener) else None
+        if sniffing is None or not sniffing.continue_on_timeout or not listener.plaintext:
+            self._drop(conn)
+            return
+        self.pending.pop(conn, None)
+        self.loop.remove_reader(conn.fileno())
+        self._hand_over(conn, None, silent=True)
 
     def _drop(self, conn: socket.socket) -> None:
         timer = self.pending.pop(conn, None)
@@ -98,7 +118,8 @@ class SniffingServer:
             self._drop(conn)
             return
         timer = self.pending.pop(conn)
-        timer.cancel()
+        if timer is not None:
+            timer.cancel()
         self.loop.remove_reader(conn.fileno())
         listener = self.listener()
         context = None
@@ -118,15 +139,21 @@ class SniffingServer:
             return
         self._hand_over(conn, context)
 
-    def _hand_over(self, conn: socket.socket, context: ssl.SSLContext | None) -> None:
-        task = asyncio.ensure_future(self._connect(conn, context))
+    def _hand_over(
+        self, conn: socket.socket, context: ssl.SSLContext | None, silent: bool = False
+    ) -> None:
+        task = asyncio.ensure_future(self._connect(conn, context, silent))
         self.handshakes.add(task)
         task.add_done_callback(self.handshakes.discard)
 
-    async def _connect(self, conn: socket.socket, context: ssl.SSLContext | None) -> None:
+    async def _connect(
+        self, conn: socket.socket, context: ssl.SSLContext | None, silent: bool = False
+    ) -> None:
         try:
             if context is None:
-                await self.loop.connect_accepted_socket(self.factory, conn)
+                _, protocol = await self.loop.connect_accepted_socket(self.factory, conn)
+                if silent and isinstance(protocol, Detection):  # its time is already up
+                    protocol.timed_out()
             else:
                 gated = context.sni_callback is not None  # chains chosen by SNI
                 factory = (lambda: _ClientCertificateGate(self)) if gated else self.factory
@@ -162,3 +189,10 @@ class _ClientCertificateGate(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         pass
+
+
+def _filters_timeout(listener: CompiledListener | TcpListener) -> float:
+    """How long a connection may stay silent before its first byte: Envoy's
+    default, or a sniffed listener's own (0: as long as it likes)."""
+    sniffing = listener.sniffing if isinstance(listener, CompiledListener) else None
+    return LISTENER_FILTERS_TIMEOUT_S if sniffing is None else sniffing.timeout

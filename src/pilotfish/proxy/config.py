@@ -23,9 +23,10 @@ from google.protobuf.any_pb2 import Any as AnyProto
 from google.protobuf.message import Message
 
 from pilotfish.proxy import xds_types
-from pilotfish.proxy.listeners import CompiledListener, compile_listener, prepare_routes
+from pilotfish.proxy.listeners import CompiledListener, compile_listener, is_sniffed, prepare_routes
 from pilotfish.proxy.routing import RouteTable, compile_route_config
 from pilotfish.proxy.sds_secrets import check_secrets, wanted_names
+from pilotfish.proxy.sniff import compile_sniffed
 from pilotfish.proxy.tcp.listener import TcpListener, compile_tcp_listener, is_tcp_listener
 from pilotfish.proxy.telemetry import ServiceInfo
 from pilotfish.proxy.tls import DownstreamTls
@@ -114,7 +115,9 @@ class ProxyConfig:
         s = self.snapshot
         same = s.raw.get(xds_types.LISTENER, {}).get(listener.name) == listener
         kept = s.listeners.get(listener.name) if same else None
-        return kept if kept is not None else compile_listener(listener)
+        if kept is not None:
+            return kept
+        return compile_sniffed(listener) if is_sniffed(listener) else compile_listener(listener)
 
     def _updated(
         self, type_url: str, decoded: list[Any]

@@ -12,6 +12,7 @@ other field that is set fails the compile with its path (a NACK).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from envoy.config.accesslog.v3.accesslog_pb2 import AccessLog
 from envoy.config.core.v3.base_pb2 import TrafficDirection
@@ -36,9 +37,15 @@ from pilotfish.proxy.routing import Forward, RouteTable, compile_route_config
 from pilotfish.proxy.tls import DownstreamTls, ServerChains, TlsConfigError, compile_downstream
 from pilotfish.proxy.tracing.config import TracingConfig, TracingConfigError, compile_tracing
 
+if TYPE_CHECKING:  # sniff.py compiles a listener's TCP half with tcp/, which imports this
+    from pilotfish.proxy.sniff import Sniffing
+
 HCM_NAME = "envoy.filters.network.http_connection_manager"
 TLS_CONTEXT = xds_types.PREFIX + "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
 TLS_INSPECTOR = xds_types.PREFIX + "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"
+HTTP_INSPECTOR = (
+    xds_types.PREFIX + "envoy.extensions.filters.listener.http_inspector.v3.HttpInspector"
+)
 DEFAULT_MAX_HEADERS_KB = 60
 # Envoy has no default; a slow-headers guard is what a sidecar wants (0s in the config disables it).
 DEFAULT_REQUEST_HEADERS_TIMEOUT_S = 10.0
@@ -140,6 +147,7 @@ class CompiledListener:
     plaintext: bool = True  # a filter chain for plaintext ones (PERMISSIVE, DISABLE)
     # TLS chains chosen by SNI (a gateway's HTTPS servers); `tls` then serves other names
     sni_tls: tuple[tuple[str, DownstreamTls], ...] = ()
+    sniffing: Sniffing | None = None  # HTTP or TCP by the first bytes (sniff.py)
 
     def __repr__(self) -> str:
         return f"<Listener {self.name} {self.host}:{self.port}>"
@@ -219,12 +227,17 @@ def _one_manager(listener: Listener, where: str) -> hcm_pb2.HttpConnectionManage
     return hcm
 
 
+def is_sniffed(listener: Listener) -> bool:
+    """Its chains are chosen by the http_inspector: HTTP ones and TCP ones."""
+    return any(f.typed_config.type_url == HTTP_INSPECTOR for f in listener.listener_filters)
+
+
 def check_listener_filters(listener: Listener, where: str) -> None:
     for i, listener_filter in enumerate(listener.listener_filters):
         if listener_filter.typed_config.type_url != TLS_INSPECTOR:
             raise ListenerError(
                 f"{where}: listener_filters[{i}]: only envoy.filters.listener.tls_inspector "
-                "is supported"
+                "and envoy.filters.listener.http_inspector are supported"
             )
 
 

@@ -29,6 +29,7 @@ from pilotfish.proxy.accept import SniffingServer
 from pilotfish.proxy.ads import AdsProtocol
 from pilotfish.proxy.bootstrap import load_bootstrap
 from pilotfish.proxy.config import ProxyConfig, Snapshot
+from pilotfish.proxy.detecting import Detecting
 from pilotfish.proxy.listeners import CompiledListener
 from pilotfish.proxy.sds_secrets import SecretSet
 from pilotfish.proxy.server import Downstream, Runtime
@@ -102,6 +103,8 @@ class Listeners:
             current = newest()
             if isinstance(current, TcpListener):  # piped, never through the HTTP exchange
                 return TcpRelay(self.runtime, current)
+            if current.sniffing is not None:  # HTTP or TCP, by the first bytes
+                return Detecting(self.runtime, current)
             return Downstream(self.runtime, current)
 
         loop = asyncio.get_running_loop()

@@ -30,6 +30,7 @@ from pilotfish.translate import mtls, names
 from pilotfish.translate.locality import locality_policy
 from pilotfish.translate.protos import ads, duration, pack, socket_address
 from pilotfish.translate.proxyless import apply_grpc_tls
+from pilotfish.translate.sni_dnat import translate_sni_dnat_clusters
 from pilotfish.translate.traffic_policy import cluster_policy
 
 DEFAULT_CONNECT_TIMEOUT = "10s"  # Istio's mesh default connectTimeout
@@ -48,6 +49,7 @@ def translate_clusters(snapshot: Snapshot, proxy: Proxy) -> list[Cluster]:
     out = translate_outbound_clusters(snapshot, proxy)
     if proxy.type is ProxyType.SIDECAR:
         out += translate_inbound_clusters(snapshot, proxy)
+    out += translate_sni_dnat_clusters(snapshot, proxy, out)  # gateways' AUTO_PASSTHROUGH
     return sorted(out, key=lambda c: c.name)
 
 

@@ -42,7 +42,7 @@ from pilotfish.model import Gateway, Instance, Protocol, Proxy, ProxyType, Snaps
 from pilotfish.model.services import infer_protocol
 from pilotfish.model.types import Labels
 from pilotfish.objects import Obj
-from pilotfish.translate import gateway_tls, mtls, names
+from pilotfish.translate import gateway_tls, mtls, names, sniff
 from pilotfish.translate.authz import translate_proxy_authz_http, translate_proxy_authz_tcp
 from pilotfish.translate.jwt import applicable, translate_jwt_filter
 from pilotfish.translate.protos import ads, duration, pack, socket_address
@@ -156,7 +156,8 @@ def translate_outbound_listener(
 
 
 def translate_inbound_listeners(snapshot: Snapshot, proxy: Proxy) -> list[Listener]:
-    """HTTP ports terminate HTTP; TCP ports get a tcp_proxy (tcp.py)."""
+    """HTTP ports terminate HTTP; TCP ports get a tcp_proxy (tcp.py); a port of
+    no declared protocol gets both, chosen by what its first bytes say (sniff.py)."""
     out: dict[str, Listener] = {}
     authz = translate_proxy_authz_http(snapshot, proxy)
     authz_tcp = translate_proxy_authz_tcp(snapshot, proxy)
@@ -182,6 +183,11 @@ def translate_inbound_listeners(snapshot: Snapshot, proxy: Proxy) -> list[Listen
             mode = mtls.inbound_mode(snapshot, instance.namespace, instance.labels, port)
             alpn = mtls.SERVER_ALPN if protocol.is_http_or_sniffed else mtls.TCP_SERVER_ALPN
             out[name] = _inbound_chains(listener, mode, alpn)
+            if protocol is Protocol.UNSUPPORTED and enforceable(authz_tcp):  # sniffed
+                tcp = translate_inbound_tcp_listener(instance.address, port, authz_tcp)
+                tcp = _inbound_chains(tcp, mode, mtls.TCP_SERVER_ALPN)
+                timeout = sniff.detection_timeout(snapshot.mesh_config)
+                out[name] = sniff.translate_sniffed_listener(out[name], tcp, timeout)
     return list(out.values())
 
 

@@ -31,6 +31,11 @@ from pilotfish.translate.http_route import RouteContext, destination_cluster
 from pilotfish.translate.protos import pack, socket_address
 from pilotfish.translate.route_match import applies
 from pilotfish.translate.routes import server_vs_hosts
+from pilotfish.translate.sni_dnat import (
+    BLACKHOLE_CLUSTER,
+    auto_passthrough,
+    translate_auto_passthrough_chains,
+)
 
 TCP_PROXY_FILTER = "envoy.filters.network.tcp_proxy"
 GATEWAY_TCP_PROTOCOLS = ("TCP", "MONGO", "REDIS", "MYSQL")
@@ -92,8 +97,10 @@ def translate_gateway_tcp_listeners(
         if port in http_ports:
             continue
         name = f"{host}_{port}"
-        if any(_passthrough(server) for _, server in servers):
+        if any(_passthrough(server) or auto_passthrough(server) for _, server in servers):
             chains = _sni_chains(snapshot, proxy, port, servers)
+            blackhole = translate_tcp_filter(BLACKHOLE_CLUSTER, [(BLACKHOLE_CLUSTER, 1)])
+            chains += translate_auto_passthrough_chains(servers, blackhole)
             if chains:
                 out.append(_passthrough_listener(name, host, port, chains, authz))
             continue
@@ -135,13 +142,15 @@ def add_tls_inspector(listener: Listener) -> None:
 
 
 def _tcp_servers(gateways: Sequence[Gateway]) -> dict[int, list[tuple[Gateway, Obj]]]:
-    """L4 servers without TLS, and TLS servers in PASSTHROUGH mode, by port."""
+    """L4 servers without TLS, and TLS servers in PASSTHROUGH or
+    AUTO_PASSTHROUGH mode (sni_dnat.py), by port."""
     found: dict[int, list[tuple[Gateway, Obj]]] = {}
     for gateway in gateways:
         for server in gateway.servers:
             port = server.get("port") or {}
             plain = str(port.get("protocol", "")).upper() in GATEWAY_TCP_PROTOCOLS
-            if (plain and not server.get("tls")) or _passthrough(server):
+            passed = _passthrough(server) or auto_passthrough(server)
+            if (plain and not server.get("tls")) or passed:
                 found.setdefault(int(port["number"]), []).append((gateway, server))
     return found
 

@@ -11,7 +11,8 @@ from envoy.config.listener.v3 import listener_components_pb2
 from envoy.config.listener.v3.listener_pb2 import Listener
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 
-from pilotfish.proxy.listeners import ListenerError, listener_facts
+from pilotfish.proxy import xds_types
+from pilotfish.proxy.listeners import ListenerError, is_sniffed, listener_facts
 from pilotfish.proxy.tcp.config import TCP_PROXY, TcpConfigError, TcpProxy, compile_tcp_proxy
 from pilotfish.proxy.tcp.rbac import (
     NETWORK_RBAC,
@@ -20,6 +21,8 @@ from pilotfish.proxy.tcp.rbac import (
     compile_network_rbac,
 )
 from pilotfish.proxy.tls import DownstreamTls, ServerChains
+
+SNI_CLUSTER = xds_types.PREFIX + "envoy.extensions.filters.network.sni_cluster.v3.SniCluster"
 
 
 @dataclass(frozen=True)
@@ -30,6 +33,7 @@ class TcpChain:
     tcp: TcpProxy
     rbac: tuple[NetworkRbac, ...] = ()
     server_names: tuple[str, ...] = ()
+    sni_cluster: bool = False  # Envoy's sni_cluster: the SNI names the cluster (AUTO_PASSTHROUGH)
 
 
 @dataclass(frozen=True)
@@ -67,7 +71,7 @@ class TcpListener:
     @property
     def by_sni(self) -> bool:
         """Chains are chosen by the ClientHello's server name, TLS left untouched."""
-        return any(chain.server_names for chain in self.chains)
+        return any(chain.server_names or chain.sni_cluster for chain in self.chains)
 
     def chain_for(self, sni: str) -> TcpChain | None:
         """Envoy's order: an exact name, then the longest wildcard, then a
@@ -87,15 +91,17 @@ class TcpListener:
 
 
 def is_tcp_listener(listener: Listener) -> bool:
-    """Its first chain's last network filter is a tcp_proxy."""
+    """Its first chain's last network filter is a tcp_proxy (and no
+    http_inspector chooses between it and HTTP chains: sniff.py)."""
     chains = listener.filter_chains
-    return bool(
+    first = bool(
         chains and chains[0].filters and chains[0].filters[-1].typed_config.type_url == TCP_PROXY
     )
+    return first and not is_sniffed(listener)
 
 
 def compile_tcp_listener(listener: Listener) -> TcpListener:
-    if any(c.filter_chain_match.server_names for c in listener.filter_chains):
+    if any(c.filter_chain_match.server_names or _sni_cluster(c) for c in listener.filter_chains):
         return _passthrough_listener(listener)
     placed = listener_facts(listener)
     return TcpListener(
@@ -149,14 +155,17 @@ def _one_chain(listener: Listener, where: str) -> TcpChain:
 def _chain(
     chain: listener_components_pb2.FilterChain, index: int, where: str, names: tuple[str, ...]
 ) -> TcpChain:
-    """Network RBAC filters, then the tcp_proxy."""
+    """Network RBAC filters (and an sni_cluster filter), then the tcp_proxy."""
     filters = list(chain.filters)
     rbac = []
     for i, network_filter in enumerate(filters[:-1]):
         path = f"{where}: filter_chains[{index}].filters[{i}]"
+        if network_filter.typed_config.type_url == SNI_CLUSTER:
+            continue
         if network_filter.typed_config.type_url != NETWORK_RBAC:
             raise ListenerError(
-                f"{path}: before a tcp_proxy only envoy.filters.network.rbac is supported, "
+                f"{path}: before a tcp_proxy only envoy.filters.network.rbac and "
+                "envoy.filters.network.sni_cluster are supported, "
                 f"got {network_filter.name or network_filter.typed_config.type_url}"
             )
         try:
@@ -169,6 +178,11 @@ def _chain(
     proto = tcp_proxy_pb2.TcpProxy()
     filters[-1].typed_config.Unpack(proto)
     try:
-        return TcpChain(compile_tcp_proxy(proto, f"{last}.typed_config"), tuple(rbac), names)
+        proxy = compile_tcp_proxy(proto, f"{last}.typed_config")
     except TcpConfigError as e:
         raise ListenerError(str(e)) from e
+    return TcpChain(proxy, tuple(rbac), names, _sni_cluster(chain))
+
+
+def _sni_cluster(chain: listener_components_pb2.FilterChain) -> bool:
+    return any(f.typed_config.type_url == SNI_CLUSTER for f in chain.filters)

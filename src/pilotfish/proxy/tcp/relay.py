@@ -115,6 +115,7 @@ class TcpRelay(_Side):
         self.task: asyncio.Task[None] | None = None
         self.done = False
         self.early: list[bytes] = []  # bytes read before the upstream connected
+        self.sni_cluster = ""  # the cluster an sni_cluster filter named
 
     def __repr__(self) -> str:
         r = self.report
@@ -158,13 +159,15 @@ class TcpRelay(_Side):
             self.close_all()
             return
         self.proxy, self.rbac = chain.tcp, chain.rbac
+        if chain.sni_cluster and sni:  # AUTO_PASSTHROUGH: the SNI is the cluster's name
+            self.sni_cluster = sni
         self._begin()
 
     def _begin(self) -> None:
         if self.rbac and not self._authorized():
             self.close_all()
             return
-        name = self.proxy.choose(random.random())
+        name = self.sni_cluster or self.proxy.choose(random.random())
         snapshot = self.runtime.config.snapshot
         cluster = snapshot.clusters.get(name)
         self.report.cluster = name
