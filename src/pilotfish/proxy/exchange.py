@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from pilotfish.proxy import filters, response_flags
+from pilotfish.proxy import filters, grpc, response_flags
 from pilotfish.proxy.authz_call import send_check
 from pilotfish.proxy.exchange_core import (
     BACKOFF_ELAPSED,
@@ -95,7 +95,12 @@ from pilotfish.proxy.tracing.propagation import SpanContext
 from pilotfish.proxy.tracing.tracer import trace_request
 from pilotfish.proxy.upstream import Cluster, Host, LocalOrigin, stable_hash
 from pilotfish.proxy.upstream.pool import UpstreamConnection
-from pilotfish.proxy.upstream.retry import backoff_delay, per_try_timeout, retries_allowed
+from pilotfish.proxy.upstream.retry import (
+    GRPC_CONDITIONS,
+    backoff_delay,
+    per_try_timeout,
+    retries_allowed,
+)
 
 if TYPE_CHECKING:
     from pilotfish.proxy.server import Downstream
@@ -149,6 +154,8 @@ class Exchange:
         "forwarded_headers",
         "fx",
         "generated_id",
+        "grpc_request",
+        "grpc_status",
         "hash_key",
         "head",
         "held",
@@ -243,6 +250,8 @@ class Exchange:
         self.peer_header: bytes | None = None  # the other side's x-envoy-peer-metadata
         self.generated_id: bytes | None = None  # the x-request-id the proxy made up
         self.details: str | None = None  # Envoy's response code details, where a local reply says
+        self.grpc_request: bool | None = None  # content-type application/grpc; None: not read yet
+        self.grpc_status: int | None = None  # the response's grpc-status, headers or trailers
         self.trace: SpanContext | None = None  # this hop's span, once forwarded (tracing/)
         self.done = False
         self._headers: Headers | None = None
@@ -268,6 +277,31 @@ class Exchange:
                 headers = [(n.lower(), v) for n, v in head.headers]
             self._headers = headers
         return headers
+
+    def is_grpc(self) -> bool:
+        """Envoy's Grpc::Common::isGrpcRequestHeaders, read once. An express
+        request whose bytes never say application/grpc is not one: no need
+        to split its headers to know."""
+        found = self.grpc_request
+        if found is None:
+            express = self.express
+            if express is not None and grpc.CONTENT_TYPE not in express.lines:
+                found = False
+            else:
+                found = grpc.is_grpc_content_type(get_header(self.headers, b"content-type"))
+            self.grpc_request = found
+        return found
+
+    def reported_grpc_status(self) -> int | None:
+        """What Envoy's Grpc::Common::getGrpcStatus gives the access log and
+        Istio's grpc_response_status: the grpc-status of the trailers or the
+        headers, else the HTTP status mapped; None for a request that is not
+        gRPC, or had no response."""
+        if not self.is_grpc():
+            return None
+        if self.grpc_status is not None:
+            return self.grpc_status
+        return grpc.http_to_grpc(self.status) if self.status else None
 
     def take_body(self, body: bytes) -> None:
         """The whole request body, read with the head (the express way)."""
@@ -552,9 +586,9 @@ class Exchange:
 
     # -- the core's commands --------------------------------------------------------------
 
-    def feed(self, event: int, outcome: str | int = "") -> None:
+    def feed(self, event: int, outcome: str | int = "", grpc_status: int | None = None) -> None:
         """Hand `event` to the exchange core and carry out its commands."""
-        for command in self.core.on(event, outcome):
+        for command in self.core.on(event, outcome, grpc_status):
             _COMMANDS[command](self)
 
     def run(self, commands: tuple[int, ...]) -> None:
@@ -779,6 +813,8 @@ class Exchange:
                         return
                 else:
                     assert isinstance(event, EndOfMessage)
+                    if event.trailers and self.is_grpc():
+                        self.grpc_status = grpc.status_of(event.trailers)
                     if self.response_chunked:
                         out.append(encode_last_chunk(event.trailers))
                     ended = not self.tunnel  # a tunnel ends when either side closes
@@ -803,6 +839,8 @@ class Exchange:
     def respond_express(self, resp: ExpressResponse) -> None:
         """respond()'s policy applied to the header lines as received."""
         self.status, self.responding = resp.status, True
+        if self.is_grpc():
+            self.grpc_status = grpc.status_of(resp.headers())
         down = self.down
         inbound, peer_lines = down.listener.inbound, down.runtime.peer_lines
         cut, add_own = response_peers(inbound, bool(peer_lines))
@@ -849,7 +887,13 @@ class Exchange:
             self.conn.reusable = False
         self.report(status)
         self.held = head
-        self.feed(RESPONSE_HEAD, status)
+        retry = self.retry
+        grpc_status = None
+        if retry is not None and retry.retry_on & GRPC_CONDITIONS:
+            grpc_status = grpc.status_of(
+                head.headers if isinstance(head, ResponseHead) else head.headers()
+            )
+        self.feed(RESPONSE_HEAD, status, grpc_status)
         self.held = None
 
     def respond(self, head: ResponseHead) -> bytes:
@@ -858,6 +902,8 @@ class Exchange:
         if self.tunnel:
             self.keep_alive = False
         headers = [(n.lower(), v) for n, v in strip_hop_by_hop(head.headers, tunnel=self.tunnel)]
+        if self.is_grpc():
+            self.grpc_status = grpc.status_of(headers)
         inbound, peer_headers = self.down.listener.inbound, self.down.runtime.peer_headers
         cut, add_own = response_peers(inbound, bool(peer_headers))
         if cut:
@@ -944,11 +990,14 @@ class Exchange:
         self.add_flag(flag)
         if flag in LOCAL_REPLY_STATS:
             self.http_stat(LOCAL_REPLY_STATS[flag])
-        self.status, self.responding = status, True
         out = list(headers or ())
         if self.fx is not None and headers is None:
             self.down.listener.http.filters.encode(self.fx, out)
         out += response_additions(self.flags, close=False)  # error_response says close
+        if self.is_grpc():  # a gRPC caller reads grpc-status, not the HTTP status
+            status, out, body = grpc.local_reply(status, body, out)
+            self.grpc_status = grpc.status_of(out)
+        self.status, self.responding = status, True
         expects_body = self.head.chunked or (self.head.content_length or 0) > 0
         self.keep_alive = self.keep_alive and (self.body_done or not expects_body)
         if self.method == b"HEAD":
