@@ -149,6 +149,7 @@ class Exchange:
         "details",
         "done",
         "down",
+        "duration_cut",
         "express",
         "flags",
         "forwarded_headers",
@@ -245,6 +246,7 @@ class Exchange:
         self.try_timer: asyncio.TimerHandle | None = None
         self.deadline_at = 0.0  # the route timeout, in time.monotonic(); 0: none
         self.deadline: asyncio.TimerHandle | None = None  # its timer, once near
+        self.duration_cut = False  # the deadline is a gRPC stream's duration (route_timeout)
         self.holds_request = False  # a circuit breaker request slot
         self.holds_retry = False  # and a retry slot
         self.peer_header: bytes | None = None  # the other side's x-envoy-peer-metadata
@@ -459,10 +461,29 @@ class Exchange:
             self.down.write(CONTINUE_RESPONSE)  # Envoy answers 100-continue itself
         self.action = action
         commands = self.core.forward(
-            retry, retries, mirror=bool(action.mirrors), deadline=bool(action.timeout),
+            retry, retries, mirror=bool(action.mirrors), deadline=bool(self.route_timeout(action)),
             try_timer=bool(per_try_timeout(retry)),
         )  # fmt: skip
         self.run(commands)
+
+    def route_timeout(self, action: Forward) -> float | None:
+        """The route's timeout; for a gRPC request on a route that honours
+        grpc-timeout, Envoy's (grpc.route_timeout). As max_grpc_timeout it
+        replaces the route timeout (the router's: UT, then UNAVAILABLE); as
+        max_stream_duration.grpc_timeout_header_max, where Istio puts it
+        inbound, it is the stream's duration, which ends otherwise
+        (stream_duration_reached)."""
+        cap = action.grpc_timeout_header_max
+        if cap is None or not self.is_grpc():
+            return action.timeout
+        header = grpc.parse_timeout(get_header(self.headers, b"grpc-timeout"))
+        timeout = grpc.route_timeout(header, cap, action.grpc_timeout_header_offset)
+        if not action.stream_grpc_timeout:
+            return timeout
+        if timeout is not None and (action.timeout is None or timeout < action.timeout):
+            self.duration_cut = True
+            return timeout
+        return action.timeout
 
     def buffers_body_first(self) -> bool:
         """A body small enough to keep whole is read before the request takes
@@ -620,9 +641,10 @@ class Exchange:
 
     def start_deadline(self) -> None:
         action = self.action
-        if action is not None and action.timeout:
+        timeout = self.route_timeout(action) if action is not None else None
+        if timeout:
             now = time.monotonic()
-            self.deadline_at = now + action.timeout
+            self.deadline_at = now + timeout
             self.arm_deadline(now, PRECISE_WITHIN_S)
 
     def pick_host(self) -> None:
@@ -947,10 +969,22 @@ class Exchange:
     def on_deadline(self) -> None:
         self.deadline = None
         self.deadline_at = 0.0
+        if self.duration_cut:
+            self.stream_duration_reached()
+            return
         self.stat("upstream_rq_timeout")
         if self.host is not None:
             self.report(LocalOrigin.TIMEOUT)
         self.feed(DEADLINE)
+
+    def stream_duration_reached(self) -> None:
+        """Envoy's onStreamMaxDurationReached: a local reply, 504 (408 while
+        the request is still coming), DEADLINE_EXCEEDED to a gRPC caller, flag DT."""
+        self.http_stat("downstream_rq_max_duration_reached")
+        self.details = "max_duration_timeout"
+        deadline_exceeded = [(b"grpc-status", b"%d" % grpc.DEADLINE_EXCEEDED)]
+        status = 504 if self.body_done else 408
+        self.local(status, b"downstream duration timeout", "DT", deadline_exceeded)
 
     def cancel_try_timer(self) -> None:
         if self.try_timer is not None:
