@@ -109,3 +109,21 @@ def test_local_reply_applied_twice_changes_nothing() -> None:
     once = grpc.local_reply(403, b"RBAC: access denied", [])
     assert once[1][1] == (b"grpc-status", b"7")
     assert grpc.local_reply(once[0], once[2], once[1]) == once
+
+
+@pytest.mark.parametrize(
+    ("seconds", "header"),
+    [(0.0001, b"1m"), (0.3, b"300m"), (5, b"5000m"), (99999.999, b"99999999m"),
+     (100000, b"100000S"), (6e8, b"10000000M"), (1e12, b"99999999H")],
+)  # fmt: skip
+def test_grpc_timeout_formatting_as_envoy(seconds: float, header: bytes) -> None:
+    assert grpc.format_timeout(seconds) == header
+    parsed = grpc.parse_timeout(header)
+    assert parsed is not None and (parsed >= seconds or header == b"99999999H" or seconds < 1e-3)
+
+
+def test_expected_timeout_prefers_a_shorter_try() -> None:
+    assert grpc.expected_timeout(5.0, 0.2) == 0.2
+    assert grpc.expected_timeout(5.0, 9.0) == 5.0
+    assert grpc.expected_timeout(None, 0.2) == 0.2
+    assert grpc.expected_timeout(None, None) is None

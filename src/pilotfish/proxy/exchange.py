@@ -485,6 +485,21 @@ class Exchange:
             return timeout
         return action.timeout
 
+    def tells_grpc_timeout(self, action: Forward) -> bool:
+        """Under max_grpc_timeout Envoy rewrites a gRPC request's grpc-timeout
+        to the time it gives the upstream (capped, or a try's), so the
+        server knows its real deadline."""
+        return (
+            action.grpc_timeout_header_max is not None
+            and not action.stream_grpc_timeout
+            and self.is_grpc()
+        )
+
+    def tell_grpc_timeout(self, headers: Headers, action: Forward) -> None:
+        seconds = grpc.expected_timeout(self.route_timeout(action), per_try_timeout(action.retry))
+        if seconds is not None:
+            filters.base.set_header(headers, b"grpc-timeout", grpc.format_timeout(seconds))
+
     def buffers_body_first(self) -> bool:
         """A body small enough to keep whole is read before the request takes
         an upstream slot (a circuit breaker's request, a pool's connection),
@@ -536,6 +551,7 @@ class Exchange:
             and not target.request_headers
             and not target.host_rewrite
             and (express.host is None or express.host == self.authority)
+            and not self.tells_grpc_timeout(action)
         ):
             self.upstream_path = path
             return self.express_head(express, path)
@@ -550,6 +566,8 @@ class Exchange:
             for mutation in self.fx.upstream_headers:
                 mutation.apply(headers)
         target.request_headers.apply(headers)
+        if self.tells_grpc_timeout(action):
+            self.tell_grpc_timeout(headers, action)
         if tracing is not None:
             self.trace = trace_request(headers, tracing)
         self.forwarded_headers, self.upstream_path = headers, path

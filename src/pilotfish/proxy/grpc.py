@@ -41,6 +41,7 @@ _TIMEOUT_UNITS: Final = {
     ord("m"): 1e-3, ord("u"): 1e-6, ord("n"): 1e-9,
 }  # fmt: skip
 _MAX_TIMEOUT_DIGITS: Final = 8
+_MAX_TIMEOUT_VALUE: Final = 10**_MAX_TIMEOUT_DIGITS - 1
 
 
 def is_grpc_content_type(content_type: bytes | None) -> bool:
@@ -105,6 +106,28 @@ def route_timeout(header: float | None, header_max: float, offset: float | None)
     if header_max and (not timeout or timeout > header_max):
         timeout = header_max
     return timeout or None
+
+
+def expected_timeout(route: float | None, per_try: float | None) -> float | None:
+    """Envoy's setTimeoutHeaders: the time an upstream is told it has, the
+    per-try timeout where it is the shorter, else the route's; None for none."""
+    if per_try and (not route or per_try < route):
+        return per_try
+    return route or None
+
+
+def format_timeout(seconds: float) -> bytes:
+    """Envoy's Grpc::Common::toGrpcTimeout: whole milliseconds (1 at least),
+    or seconds, minutes, hours, whichever first fits grpc-timeout's 8 digits."""
+    value = max(1, round(seconds * 1000))
+    if value <= _MAX_TIMEOUT_VALUE:
+        return b"%dm" % value
+    value //= 1000
+    for unit in b"SMH":
+        if value <= _MAX_TIMEOUT_VALUE:
+            return b"%d%c" % (value, unit)
+        value //= 60
+    return b"%dH" % _MAX_TIMEOUT_VALUE
 
 
 def encode_message(message: bytes) -> bytes:

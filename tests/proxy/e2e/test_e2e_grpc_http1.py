@@ -272,6 +272,22 @@ def test_grpc_timeout_capped_by_max_grpc_timeout(start_proxy) -> None:
         backend.close()
     assert (status, headers["grpc-status"], headers["x-pilotfish-flags"]) == (200, "14", "UT")
     assert 0.25 < took < 1.5
+    # The upstream is told the deadline the proxy keeps, as Envoy rewrites grpc-timeout.
+    assert backend.calls[0]["grpc-timeout"] == "300m"
+
+
+def test_upstream_grpc_timeout_is_a_try_s(start_proxy) -> None:
+    backend = GrpcBackend()
+    retry = {"retry_on": "unavailable", "num_retries": 1, "per_try_timeout": "0.2s"}
+    try:
+        _, port = grpc_proxy(
+            start_proxy, backend.port, {"max_grpc_timeout": "0s", "retry_policy": retry}
+        )
+        status, headers, _ = answer(grpc_call(port, grpc_timeout="5S"))
+    finally:
+        backend.close()
+    assert (status, headers["grpc-status"]) == (200, "0")
+    assert backend.calls[0]["grpc-timeout"] == "200m"
 
 
 def test_grpc_timeout_as_stream_duration_is_deadline_exceeded(start_proxy, tmp_path) -> None:
