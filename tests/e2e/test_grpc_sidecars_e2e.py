@@ -37,6 +37,7 @@ from mesh_processes import XdsControlPlane, wait_until
 from processes import free_port
 from prometheus_client.parser import text_string_to_metric_families
 from sidecar_mesh import Sidecar, SidecarMesh
+from test_proxyless_grpc import weights
 
 pytestmark = pytest.mark.slow
 
@@ -76,7 +77,7 @@ spec:
 """
 
 
-ONLY_V1 = virtual_service("    route: [{destination: {host: echo, subset: v1}}]")
+ONLY_V1 = weights(100, 0)
 
 
 @dataclass
@@ -283,13 +284,7 @@ def test_deadline(world: World) -> None:
 
 
 def test_canary_80_20(world: World) -> None:
-    world.apply(
-        virtual_service(
-            "    route:\n"
-            "    - {destination: {host: echo, subset: v1}, weight: 80}\n"
-            "    - {destination: {host: echo, subset: v2}, weight: 20}"
-        )
-    )
+    world.apply(weights(80, 20))
     n = 500
     replies = Counter(world.unary("Call").decode() for _ in range(n))
     assert set(replies) <= {"v1", "v2"} and sum(replies.values()) == n
