@@ -127,3 +127,13 @@ def test_expected_timeout_prefers_a_shorter_try() -> None:
     assert grpc.expected_timeout(5.0, 9.0) == 5.0
     assert grpc.expected_timeout(None, 0.2) == 0.2
     assert grpc.expected_timeout(None, None) is None
+
+
+@pytest.mark.parametrize(
+    ("te", "kept"),
+    [(b"trailers", True), (b"gzip, trailers", True), (b" trailers ", True), (b"gzip", False),
+     (None, False)],
+)  # fmt: skip
+def test_te_trailers_is_kept_as_envoys_sanitize(te: bytes | None, kept: bool) -> None:
+    headers = [(b"host", b"x")] + ([(b"te", te)] if te is not None else [])
+    assert grpc.keeps_te(headers) is kept

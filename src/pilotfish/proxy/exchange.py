@@ -551,7 +551,7 @@ class Exchange:
             and not target.request_headers
             and not target.host_rewrite
             and (express.host is None or express.host == self.authority)
-            and not self.tells_grpc_timeout(action)
+            and not self.is_grpc()  # te: trailers and grpc-timeout (tell_grpc_timeout)
         ):
             self.upstream_path = path
             return self.express_head(express, path)
@@ -593,9 +593,9 @@ class Exchange:
 
     def forwarding_headers(self, authority: bytes) -> Headers:
         """The request's headers for the upstream, in one pass: Host first,
-        hop-by-hop and Expect gone (the proxy answers 100-continue itself),
-        x-forwarded-for appended to, x-forwarded-proto and x-request-id added
-        when absent."""
+        hop-by-hop and Expect gone (the proxy answers 100-continue itself)
+        but for `te: trailers` (grpc.keeps_te), x-forwarded-for appended to,
+        x-forwarded-proto and x-request-id added when absent."""
         headers: Headers = [(b"host", authority)]
         xff = proto = request_id_seen = None
         for header in strip_hop_by_hop(self.headers, tunnel=self.head.upgrade):
@@ -612,6 +612,8 @@ class Exchange:
                     continue  # host, expect
             headers.append(header)
         headers += self.additions(xff, proto is not None, request_id_seen is not None)
+        if grpc.keeps_te(self.headers):
+            headers.append(grpc.TE_TRAILERS)
         return headers
 
     def additions(self, xff: bytes | None, has_proto: bool, has_request_id: bool) -> Headers:

@@ -15,6 +15,7 @@ from typing import Final
 from pilotfish.proxy.protocol.http1 import Headers
 
 CONTENT_TYPE: Final = b"application/grpc"
+TE_TRAILERS: Final = (b"te", b"trailers")
 
 # Status codes, by number (google.rpc.Code).
 OK, CANCELLED, UNKNOWN, INVALID_ARGUMENT, DEADLINE_EXCEEDED, NOT_FOUND = range(6)
@@ -128,6 +129,16 @@ def format_timeout(seconds: float) -> bytes:
             return b"%d%c" % (value, unit)
         value //= 60
     return b"%dH" % _MAX_TIMEOUT_VALUE
+
+
+def keeps_te(headers: Headers) -> bool:
+    """Envoy's sanitizeTEHeader: TE is hop-by-hop, but one that lists
+    `trailers` goes on as `te: trailers` (for every request: gRPC servers
+    such as grpcio's refuse a call without it)."""
+    for name, value in headers:
+        if name == b"te":
+            return any(token.strip() == b"trailers" for token in value.split(b","))
+    return False
 
 
 def encode_message(message: bytes) -> bytes:
