@@ -931,7 +931,9 @@ class Exchange:
         self.held = head
         retry = self.retry
         grpc_status = None
-        if retry is not None and retry.retry_on & GRPC_CONDITIONS:
+        # Only a gRPC call's answer is read for one: a plain response's header
+        # lines are never split on the hot path for a status it cannot have.
+        if retry is not None and retry.retry_on & GRPC_CONDITIONS and self.is_grpc():
             grpc_status = grpc.status_of(
                 head.headers if isinstance(head, ResponseHead) else head.headers()
             )
