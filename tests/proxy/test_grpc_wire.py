@@ -137,3 +137,9 @@ def test_expected_timeout_prefers_a_shorter_try() -> None:
 def test_te_trailers_is_kept_as_envoys_sanitize(te: bytes | None, kept: bool) -> None:
     headers = [(b"host", b"x")] + ([(b"te", te)] if te is not None else [])
     assert grpc.keeps_te(headers) is kept
+
+
+def test_grpc_to_http_is_envoys_mapping() -> None:
+    assert [grpc.grpc_to_http(c) for c in (0, 1, 4, 8, 12, 14, 16, 17, -1)] == [
+        200, 499, 504, 429, 501, 503, 401, 500, 500,
+    ]  # fmt: skip

@@ -95,12 +95,7 @@ from pilotfish.proxy.tracing.propagation import SpanContext
 from pilotfish.proxy.tracing.tracer import trace_request
 from pilotfish.proxy.upstream import Cluster, Host, LocalOrigin, stable_hash
 from pilotfish.proxy.upstream.pool import UpstreamConnection
-from pilotfish.proxy.upstream.retry import (
-    GRPC_CONDITIONS,
-    backoff_delay,
-    per_try_timeout,
-    retries_allowed,
-)
+from pilotfish.proxy.upstream.retry import backoff_delay, per_try_timeout, retries_allowed
 
 if TYPE_CHECKING:
     from pilotfish.proxy.server import Downstream
@@ -927,16 +922,16 @@ class Exchange:
         retry. Without keep-alive its connection goes once the response is through."""
         if not keep_alive and self.conn is not None:
             self.conn.reusable = False
-        self.report(status)
-        self.held = head
-        retry = self.retry
         grpc_status = None
-        # Only a gRPC call's answer is read for one: a plain response's header
-        # lines are never split on the hot path for a status it cannot have.
-        if retry is not None and retry.retry_on & GRPC_CONDITIONS and self.is_grpc():
+        # Only a gRPC call's answer is read for one (Envoy's router reads it
+        # for outlier detection and retries): a plain response's header lines
+        # are never split on the hot path for a status it cannot have.
+        if self.is_grpc():
             grpc_status = grpc.status_of(
                 head.headers if isinstance(head, ResponseHead) else head.headers()
             )
+        self.report(status, grpc_status)
+        self.held = head
         self.feed(RESPONSE_HEAD, status, grpc_status)
         self.held = None
 
@@ -1013,9 +1008,13 @@ class Exchange:
             self.try_timer.cancel()
             self.try_timer = None
 
-    def report(self, result: int) -> None:
+    def report(self, result: int, grpc_status: int | None = None) -> None:
+        """A try's outcome for the host's health. A trailers-only grpc-status
+        counts as its HTTP equivalent (UNAVAILABLE as 503, as Envoy's outlier
+        detection has it); the status code stats keep the HTTP status."""
         if self.cluster is not None and self.host is not None:
-            self.cluster.report(self.host, result)
+            health = result if grpc_status is None else grpc.grpc_to_http(grpc_status)
+            self.cluster.report(self.host, health)
             if result >= 0 and self.cluster_stats is not None:
                 self.cluster_stats.codes[result] += 1
 

@@ -36,6 +36,11 @@ _FROM_HTTP: Final = {
     429: UNAVAILABLE, 502: UNAVAILABLE, 503: UNAVAILABLE, 504: UNAVAILABLE,
 }  # fmt: skip
 
+# Envoy's Grpc::Utility::grpcToHttpStatus, by code; any other is 500.
+_TO_HTTP: Final = (
+    200, 499, 500, 400, 504, 404, 409, 403, 429, 400, 409, 400, 501, 500, 503, 500, 401,
+)  # fmt: skip
+
 # grpc-timeout's units, in seconds (gRPC's PROTOCOL-HTTP2.md).
 _TIMEOUT_UNITS: Final = {
     ord("H"): 3600.0, ord("M"): 60.0, ord("S"): 1.0,
@@ -56,6 +61,11 @@ def is_grpc_content_type(content_type: bytes | None) -> bool:
 def http_to_grpc(status: int) -> int:
     """Envoy's httpToGrpcStatus."""
     return _FROM_HTTP.get(status, UNKNOWN)
+
+
+def grpc_to_http(code: int) -> int:
+    """Envoy's grpcToHttpStatus: the HTTP status outlier detection counts for a code."""
+    return _TO_HTTP[code] if 0 <= code < len(_TO_HTTP) else 500
 
 
 def parse_status(value: bytes | None) -> int | None:

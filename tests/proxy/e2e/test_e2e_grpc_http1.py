@@ -18,6 +18,7 @@ from typing import Any
 from harness import (
     RawServer,
     access_log_lines,
+    admin_clusters_health,
     closed_port,
     free_port,
     listener,
@@ -319,3 +320,37 @@ def test_without_grpc_timeout_an_ok_call_passes(start_proxy) -> None:
     finally:
         backend.close()
     assert (status, headers["grpc-status"], body) == (200, "0", GRPC_FRAME)
+
+
+def test_outlier_detection_counts_trailers_only_unavailable(start_proxy) -> None:
+    """Envoy's router gives outlier detection a gRPC call's trailers-only
+    status as its HTTP equivalent: UNAVAILABLE counts as a 503, although the
+    HTTP status is 200."""
+    good, bad = GrpcBackend(), GrpcBackend(unavailable_first=1000)
+    port = free_port()
+    cluster = static_cluster(
+        CLUSTER,
+        [good.port, bad.port],
+        outlier_detection={
+            "consecutive_5xx": 2,
+            "interval": "0.1s",
+            "base_ejection_time": "30s",
+            "max_ejection_percent": 50,
+        },
+    )
+    proxy = start_proxy(
+        [listener("outbound", port, [vhost("echo", ["*"], [route(CLUSTER)])], outbound=True)],
+        [cluster],
+    )
+    try:
+        statuses = [answer(grpc_call(port))[1]["grpc-status"] for _ in range(12)]
+    finally:
+        good.close()
+        bad.close()
+    assert len(bad.calls) == 2  # round robin: its second UNAVAILABLE in a row ejects it
+    assert statuses[4:] == ["0"] * 8
+    health = admin_clusters_health(proxy.admin_get("/clusters")[1], CLUSTER)
+    assert "failed_outlier_check" in health[f"127.0.0.1:{bad.port}"]
+    # The status code stats keep the HTTP status, as Envoy's.
+    stats = proxy.admin_get("/stats")[1]
+    assert f"cluster.{CLUSTER}.upstream_rq_200: 12\n" in stats, stats

@@ -31,10 +31,6 @@ _ON_GRPC: Final = {
     grpc.UNAVAILABLE: RetryOn.GRPC_UNAVAILABLE,
     grpc.INTERNAL: RetryOn.GRPC_INTERNAL,
 }
-GRPC_CONDITIONS: Final = (
-    RetryOn.GRPC_CANCELLED | RetryOn.GRPC_DEADLINE_EXCEEDED | RetryOn.GRPC_RESOURCE_EXHAUSTED
-    | RetryOn.GRPC_UNAVAILABLE | RetryOn.GRPC_INTERNAL
-)  # fmt: skip
 
 
 def retriable_status(status: int, retry: RetryPolicy, grpc_status: int | None = None) -> bool:
