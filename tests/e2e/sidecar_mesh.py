@@ -108,6 +108,9 @@ class SidecarMesh:
     # Sidecars hold a certificate from the CA (--ca-token-file) and their
     # instances carry Istio's tlsMode label, as the node agent's do: mTLS.
     certificates: bool = False
+    # The name of the Service port workloads are registered under; its
+    # prefix says the protocol (`grpc` for a gRPC app, as in Istio).
+    port_name: str = "http"
 
     def apply(self, manifest: str) -> None:
         done = self.plane.cli("apply", "-f", "-", stdin=manifest)
@@ -166,8 +169,8 @@ class SidecarMesh:
             "namespace": who.namespace,
             "workload": who.workload,
             "address": who.address,
-            "ports": {"http": inbound},
-            "appPorts": {"http": app_port},
+            "ports": {self.port_name: inbound},
+            "appPorts": {self.port_name: app_port},
             "labels": {**who.labels, **({TLS_MODE_LABEL: "istio"} if self.certificates else {})},
             "serviceAccount": who.service_account,
             "ttlSeconds": REGISTRATION_TTL_S,

@@ -134,6 +134,20 @@ def test_a_held_response_is_dropped_with_its_connection_when_the_retry_is_grante
     assert names(core.on(E.BACKOFF_ELAPSED)) == ["pick host"]
 
 
+def test_a_trailers_only_grpc_status_in_the_head_is_weighed_for_a_retry() -> None:
+    core = ExchangeCore()
+    core.forward(RetryPolicy(retry_on=RetryOn.GRPC_UNAVAILABLE, num_retries=1), 1)
+    core.on(E.HOST_PICKED)
+    core.on(E.CONNECTED)
+    assert names(core.on(E.RESPONSE_HEAD, 200, 14)) == ["cancel try timer", "acquire retry"]
+    assert core.state == HELD
+    core.on(E.RETRY_GRANTED)
+    core.on(E.BACKOFF_ELAPSED)
+    core.on(E.HOST_PICKED)
+    core.on(E.CONNECTED)
+    assert names(core.on(E.RESPONSE_HEAD, 200, 0)) == ["cancel try timer", "write response"]
+
+
 @pytest.mark.parametrize(
     ("retry", "retries", "commands"),
     [

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from pilotfish.proxy import response_flags
+from pilotfish.proxy.grpc import camel_name
 
 log = logging.getLogger("pilotfish.proxy.accesslog")
 
@@ -64,6 +65,7 @@ class AccessRecord:
     downstream_peer_uri_san: str | None = None
     requested_server_name: str | None = None
     route_name: str | None = None
+    grpc_status: int | None = None  # None unless the request was gRPC
 
 
 def format_start_time(seconds: float) -> str:
@@ -76,11 +78,17 @@ def format_start_time(seconds: float) -> str:
 def to_json(record: AccessRecord) -> dict[str, object]:
     """The JSON object of one line, keys sorted as Envoy prints a Struct:
     Istio's default JSON format, and under mutual TLS the caller's SPIFFE ID
-    (Envoy's %DOWNSTREAM_PEER_URI_SAN%), so plaintext lines keep Istio's shape."""
+    (Envoy's %DOWNSTREAM_PEER_URI_SAN%), and for a gRPC request its status
+    (%GRPC_STATUS% and %GRPC_STATUS(NUMBER)%), so other lines keep Istio's shape."""
     line = _istio_fields(record)
+    extra: dict[str, object] = {}
     if record.downstream_peer_uri_san is not None:
-        line["downstream_peer_uri_san"] = record.downstream_peer_uri_san
-        line = dict(sorted(line.items()))
+        extra["downstream_peer_uri_san"] = record.downstream_peer_uri_san
+    if record.grpc_status is not None:
+        extra["grpc_status"] = camel_name(record.grpc_status)
+        extra["grpc_status_number"] = record.grpc_status
+    if extra:
+        line = dict(sorted({**line, **extra}.items()))
     return line
 
 

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from pilotfish.proxy import filters, response_flags
+from pilotfish.proxy import filters, grpc, response_flags
 from pilotfish.proxy.authz_call import send_check
 from pilotfish.proxy.exchange_core import (
     BACKOFF_ELAPSED,
@@ -144,11 +144,14 @@ class Exchange:
         "details",
         "done",
         "down",
+        "duration_cut",
         "express",
         "flags",
         "forwarded_headers",
         "fx",
         "generated_id",
+        "grpc_request",
+        "grpc_status",
         "hash_key",
         "head",
         "held",
@@ -238,11 +241,14 @@ class Exchange:
         self.try_timer: asyncio.TimerHandle | None = None
         self.deadline_at = 0.0  # the route timeout, in time.monotonic(); 0: none
         self.deadline: asyncio.TimerHandle | None = None  # its timer, once near
+        self.duration_cut = False  # the deadline is a gRPC stream's duration (route_timeout)
         self.holds_request = False  # a circuit breaker request slot
         self.holds_retry = False  # and a retry slot
         self.peer_header: bytes | None = None  # the other side's x-envoy-peer-metadata
         self.generated_id: bytes | None = None  # the x-request-id the proxy made up
         self.details: str | None = None  # Envoy's response code details, where a local reply says
+        self.grpc_request: bool | None = None  # content-type application/grpc; None: not read yet
+        self.grpc_status: int | None = None  # the response's grpc-status, headers or trailers
         self.trace: SpanContext | None = None  # this hop's span, once forwarded (tracing/)
         self.done = False
         self._headers: Headers | None = None
@@ -268,6 +274,31 @@ class Exchange:
                 headers = [(n.lower(), v) for n, v in head.headers]
             self._headers = headers
         return headers
+
+    def is_grpc(self) -> bool:
+        """Envoy's Grpc::Common::isGrpcRequestHeaders, read once. An express
+        request whose bytes never say application/grpc is not one: no need
+        to split its headers to know."""
+        found = self.grpc_request
+        if found is None:
+            express = self.express
+            if express is not None and grpc.CONTENT_TYPE not in express.lines:
+                found = False
+            else:
+                found = grpc.is_grpc_content_type(get_header(self.headers, b"content-type"))
+            self.grpc_request = found
+        return found
+
+    def reported_grpc_status(self) -> int | None:
+        """What Envoy's Grpc::Common::getGrpcStatus gives the access log and
+        Istio's grpc_response_status: the grpc-status of the trailers or the
+        headers, else the HTTP status mapped; None for a request that is not
+        gRPC, or had no response."""
+        if not self.is_grpc():
+            return None
+        if self.grpc_status is not None:
+            return self.grpc_status
+        return grpc.http_to_grpc(self.status) if self.status else None
 
     def take_body(self, body: bytes) -> None:
         """The whole request body, read with the head (the express way)."""
@@ -425,10 +456,44 @@ class Exchange:
             self.down.write(CONTINUE_RESPONSE)  # Envoy answers 100-continue itself
         self.action = action
         commands = self.core.forward(
-            retry, retries, mirror=bool(action.mirrors), deadline=bool(action.timeout),
+            retry, retries, mirror=bool(action.mirrors), deadline=bool(self.route_timeout(action)),
             try_timer=bool(per_try_timeout(retry)),
         )  # fmt: skip
         self.run(commands)
+
+    def route_timeout(self, action: Forward) -> float | None:
+        """The route's timeout; for a gRPC request on a route that honours
+        grpc-timeout, Envoy's (grpc.route_timeout). As max_grpc_timeout it
+        replaces the route timeout (the router's: UT, then UNAVAILABLE); as
+        max_stream_duration.grpc_timeout_header_max, where Istio puts it
+        inbound, it is the stream's duration, which ends otherwise
+        (stream_duration_reached)."""
+        cap = action.grpc_timeout_header_max
+        if cap is None or not self.is_grpc():
+            return action.timeout
+        header = grpc.parse_timeout(get_header(self.headers, b"grpc-timeout"))
+        timeout = grpc.route_timeout(header, cap, action.grpc_timeout_header_offset)
+        if not action.stream_grpc_timeout:
+            return timeout
+        if timeout is not None and (action.timeout is None or timeout < action.timeout):
+            self.duration_cut = True
+            return timeout
+        return action.timeout
+
+    def tells_grpc_timeout(self, action: Forward) -> bool:
+        """Under max_grpc_timeout Envoy rewrites a gRPC request's grpc-timeout
+        to the time it gives the upstream (capped, or a try's), so the
+        server knows its real deadline."""
+        return (
+            action.grpc_timeout_header_max is not None
+            and not action.stream_grpc_timeout
+            and self.is_grpc()
+        )
+
+    def tell_grpc_timeout(self, headers: Headers, action: Forward) -> None:
+        seconds = grpc.expected_timeout(self.route_timeout(action), per_try_timeout(action.retry))
+        if seconds is not None:
+            filters.base.set_header(headers, b"grpc-timeout", grpc.format_timeout(seconds))
 
     def buffers_body_first(self) -> bool:
         """A body small enough to keep whole is read before the request takes
@@ -481,6 +546,7 @@ class Exchange:
             and not target.request_headers
             and not target.host_rewrite
             and (express.host is None or express.host == self.authority)
+            and not self.is_grpc()  # te: trailers and grpc-timeout (tell_grpc_timeout)
         ):
             self.upstream_path = path
             return self.express_head(express, path)
@@ -495,6 +561,8 @@ class Exchange:
             for mutation in self.fx.upstream_headers:
                 mutation.apply(headers)
         target.request_headers.apply(headers)
+        if self.tells_grpc_timeout(action):
+            self.tell_grpc_timeout(headers, action)
         if tracing is not None:
             self.trace = trace_request(headers, tracing)
         self.forwarded_headers, self.upstream_path = headers, path
@@ -520,9 +588,9 @@ class Exchange:
 
     def forwarding_headers(self, authority: bytes) -> Headers:
         """The request's headers for the upstream, in one pass: Host first,
-        hop-by-hop and Expect gone (the proxy answers 100-continue itself),
-        x-forwarded-for appended to, x-forwarded-proto and x-request-id added
-        when absent."""
+        hop-by-hop and Expect gone (the proxy answers 100-continue itself)
+        but for `te: trailers` (grpc.keeps_te), x-forwarded-for appended to,
+        x-forwarded-proto and x-request-id added when absent."""
         headers: Headers = [(b"host", authority)]
         xff = proto = request_id_seen = None
         for header in strip_hop_by_hop(self.headers, tunnel=self.head.upgrade):
@@ -539,6 +607,8 @@ class Exchange:
                     continue  # host, expect
             headers.append(header)
         headers += self.additions(xff, proto is not None, request_id_seen is not None)
+        if grpc.keeps_te(self.headers):
+            headers.append(grpc.TE_TRAILERS)
         return headers
 
     def additions(self, xff: bytes | None, has_proto: bool, has_request_id: bool) -> Headers:
@@ -552,9 +622,9 @@ class Exchange:
 
     # -- the core's commands --------------------------------------------------------------
 
-    def feed(self, event: int, outcome: str | int = "") -> None:
+    def feed(self, event: int, outcome: str | int = "", grpc_status: int | None = None) -> None:
         """Hand `event` to the exchange core and carry out its commands."""
-        for command in self.core.on(event, outcome):
+        for command in self.core.on(event, outcome, grpc_status):
             _COMMANDS[command](self)
 
     def run(self, commands: tuple[int, ...]) -> None:
@@ -586,9 +656,10 @@ class Exchange:
 
     def start_deadline(self) -> None:
         action = self.action
-        if action is not None and action.timeout:
+        timeout = self.route_timeout(action) if action is not None else None
+        if timeout:
             now = time.monotonic()
-            self.deadline_at = now + action.timeout
+            self.deadline_at = now + timeout
             self.arm_deadline(now, PRECISE_WITHIN_S)
 
     def pick_host(self) -> None:
@@ -779,6 +850,8 @@ class Exchange:
                         return
                 else:
                     assert isinstance(event, EndOfMessage)
+                    if event.trailers and self.is_grpc():
+                        self.grpc_status = grpc.status_of(event.trailers)
                     if self.response_chunked:
                         out.append(encode_last_chunk(event.trailers))
                     ended = not self.tunnel  # a tunnel ends when either side closes
@@ -803,6 +876,8 @@ class Exchange:
     def respond_express(self, resp: ExpressResponse) -> None:
         """respond()'s policy applied to the header lines as received."""
         self.status, self.responding = resp.status, True
+        if self.is_grpc():
+            self.grpc_status = grpc.status_of(resp.headers())
         down = self.down
         inbound, peer_lines = down.listener.inbound, down.runtime.peer_lines
         cut, add_own = response_peers(inbound, bool(peer_lines))
@@ -847,9 +922,17 @@ class Exchange:
         retry. Without keep-alive its connection goes once the response is through."""
         if not keep_alive and self.conn is not None:
             self.conn.reusable = False
-        self.report(status)
+        grpc_status = None
+        # Only a gRPC call's answer is read for one (Envoy's router reads it
+        # for outlier detection and retries): a plain response's header lines
+        # are never split on the hot path for a status it cannot have.
+        if self.is_grpc():
+            grpc_status = grpc.status_of(
+                head.headers if isinstance(head, ResponseHead) else head.headers()
+            )
+        self.report(status, grpc_status)
         self.held = head
-        self.feed(RESPONSE_HEAD, status)
+        self.feed(RESPONSE_HEAD, status, grpc_status)
         self.held = None
 
     def respond(self, head: ResponseHead) -> bytes:
@@ -858,6 +941,8 @@ class Exchange:
         if self.tunnel:
             self.keep_alive = False
         headers = [(n.lower(), v) for n, v in strip_hop_by_hop(head.headers, tunnel=self.tunnel)]
+        if self.is_grpc():
+            self.grpc_status = grpc.status_of(headers)
         inbound, peer_headers = self.down.listener.inbound, self.down.runtime.peer_headers
         cut, add_own = response_peers(inbound, bool(peer_headers))
         if cut:
@@ -901,19 +986,35 @@ class Exchange:
     def on_deadline(self) -> None:
         self.deadline = None
         self.deadline_at = 0.0
+        if self.duration_cut:
+            self.stream_duration_reached()
+            return
         self.stat("upstream_rq_timeout")
         if self.host is not None:
             self.report(LocalOrigin.TIMEOUT)
         self.feed(DEADLINE)
+
+    def stream_duration_reached(self) -> None:
+        """Envoy's onStreamMaxDurationReached: a local reply, 504 (408 while
+        the request is still coming), DEADLINE_EXCEEDED to a gRPC caller, flag DT."""
+        self.http_stat("downstream_rq_max_duration_reached")
+        self.details = "max_duration_timeout"
+        deadline_exceeded = [(b"grpc-status", b"%d" % grpc.DEADLINE_EXCEEDED)]
+        status = 504 if self.body_done else 408
+        self.local(status, b"downstream duration timeout", "DT", deadline_exceeded)
 
     def cancel_try_timer(self) -> None:
         if self.try_timer is not None:
             self.try_timer.cancel()
             self.try_timer = None
 
-    def report(self, result: int) -> None:
+    def report(self, result: int, grpc_status: int | None = None) -> None:
+        """A try's outcome for the host's health. A trailers-only grpc-status
+        counts as its HTTP equivalent (UNAVAILABLE as 503, as Envoy's outlier
+        detection has it); the status code stats keep the HTTP status."""
         if self.cluster is not None and self.host is not None:
-            self.cluster.report(self.host, result)
+            health = result if grpc_status is None else grpc.grpc_to_http(grpc_status)
+            self.cluster.report(self.host, health)
             if result >= 0 and self.cluster_stats is not None:
                 self.cluster_stats.codes[result] += 1
 
@@ -944,11 +1045,14 @@ class Exchange:
         self.add_flag(flag)
         if flag in LOCAL_REPLY_STATS:
             self.http_stat(LOCAL_REPLY_STATS[flag])
-        self.status, self.responding = status, True
         out = list(headers or ())
         if self.fx is not None and headers is None:
             self.down.listener.http.filters.encode(self.fx, out)
         out += response_additions(self.flags, close=False)  # error_response says close
+        if self.is_grpc():  # a gRPC caller reads grpc-status, not the HTTP status
+            status, out, body = grpc.local_reply(status, body, out)
+            self.grpc_status = grpc.status_of(out)
+        self.status, self.responding = status, True
         expects_body = self.head.chunked or (self.head.content_length or 0) > 0
         self.keep_alive = self.keep_alive and (self.body_done or not expects_body)
         if self.method == b"HEAD":

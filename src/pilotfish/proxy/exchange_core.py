@@ -265,10 +265,13 @@ class ExchangeCore:
         self.state = PICKING
         return _FORWARD_ROWS[mirror, deadline]
 
-    def on(self, event: int, outcome: str | int = "") -> tuple[int, ...]:
+    def on(
+        self, event: int, outcome: str | int = "", grpc_status: int | None = None
+    ) -> tuple[int, ...]:
         """The commands for `event`. `outcome` is a response head's status
-        (RESPONSE_HEAD) or a failure's Envoy flag: UPSTREAM_RESET's (UC by
-        default, UPE, UF for a refused certificate); the others' are implied."""
+        (RESPONSE_HEAD, with the grpc-status among its headers, if any) or a
+        failure's Envoy flag: UPSTREAM_RESET's (UC by default, UPE, UF for a
+        refused certificate); the others' are implied."""
         if event == REQUEST_END:
             self.request_done = True
         commands, state = self._step(self.state, event)
@@ -277,7 +280,7 @@ class ExchangeCore:
             if outcome:
                 self.failure = outcome
         if state in (TRY_FAILED, HEAD_IN):
-            taken = verdict(self.retry, self.retries_left, self.replayable, outcome)
+            taken = verdict(self.retry, self.retries_left, self.replayable, outcome, grpc_status)
             commands, state = self.verdict_rows[self.state, event, taken]
         elif event == RETRY_GRANTED:
             self.retries_left -= 1

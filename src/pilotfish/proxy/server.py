@@ -108,15 +108,17 @@ class Runtime:
         peer = peer_from_header(ex.peer_header) if ex.peer_header else UNKNOWN_WORKLOAD
         reporter = self.telemetry.inbound if listener.inbound else self.telemetry.outbound
         mtls = ex.down.mtls if listener.inbound else ex.upstream_tls
+        code = ex.reported_grpc_status()  # Istio labels gRPC requests "grpc", with their status
+        protocol, grpc_status = ("http", "") if code is None else ("grpc", str(code))
         if listener.http.metrics is None:
             reporter.record(
                 peer, service, ex.status, ex.flags, elapsed * 1000.0, ex.request_bytes,
-                ex.response_bytes, mtls=mtls,
+                ex.response_bytes, protocol, grpc_status, mtls,
             )  # fmt: skip
         else:
             reporter.record_overridden(
                 listener.http.metrics, request_attributes(ex, peer),
-                (peer, service, ex.status, ex.flags, "http", "", mtls),
+                (peer, service, ex.status, ex.flags, protocol, grpc_status, mtls),
                 elapsed * 1000.0, ex.request_bytes, ex.response_bytes,
             )  # fmt: skip
         http = ex.down.stats
@@ -191,6 +193,7 @@ def access_record(ex: Exchange, elapsed: float) -> AccessRecord:
         upstream_transport_failure_reason=ex.transport_failure,
         route_name=ex.route.name if ex.route is not None and ex.route.name else None,
         response_code_details=ex.details,
+        grpc_status=ex.reported_grpc_status(),
     )
 
 

@@ -107,6 +107,7 @@ class HttpStats(Scope):
     downstream_rq_timeout: int = 0
     downstream_rq_idle_timeout: int = 0
     downstream_rq_too_large: int = 0
+    downstream_rq_max_duration_reached: int = 0
     no_route: int = 0
     no_cluster: int = 0
     rq_redirect: int = 0

@@ -78,3 +78,25 @@ def test_per_try_timeout_and_retries_allowed() -> None:
     assert retries_allowed(p, upgrade=False) == 3
     assert retries_allowed(p, upgrade=True) == 0  # a tunnel cannot be replayed
     assert retries_allowed(None, upgrade=False) == 0
+
+
+@pytest.mark.parametrize(
+    ("name", "code"),
+    [("cancelled", 1), ("deadline-exceeded", 4), ("resource-exhausted", 8), ("internal", 13),
+     ("unavailable", 14)],
+)  # fmt: skip
+def test_grpc_conditions_retry_their_status_in_headers(name: str, code: int) -> None:
+    from pilotfish.proxy.routing.policies import RETRY_ON_NAMES
+
+    on = RETRY_ON_NAMES[name]
+    assert verdict(policy(on), 1, True, 200, code) == RETRY
+    assert verdict(policy(on), 0, True, 200, code) == EXHAUSTED
+    assert verdict(policy(on), 1, True, 200, 0) == ACCEPT  # OK
+    assert verdict(policy(on), 1, True, 200, None) == ACCEPT  # no grpc-status in the headers
+    others = RetryOn.GRPC_CANCELLED if code != 1 else RetryOn.GRPC_UNAVAILABLE
+    assert verdict(policy(others), 1, True, 200, code) == ACCEPT
+
+
+def test_grpc_conditions_do_not_retry_http_statuses() -> None:
+    assert verdict(policy(RetryOn.GRPC_UNAVAILABLE), 1, True, 503) == ACCEPT
+    assert verdict(policy(RetryOn.FIVE_XX), 1, True, 200, 14) == ACCEPT

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final, final
 
+from pilotfish.proxy import grpc
 from pilotfish.proxy.routing.headers import HeaderMutation
 from pilotfish.proxy.routing.match import grpc_condition
 from pilotfish.proxy.routing.per_filter import EMPTY, FilterConfigs
@@ -33,10 +34,6 @@ from pilotfish.proxy.routing.request import RequestView, index_headers
 ResponseHeaders = list[tuple[bytes, bytes]]
 Encoder = Callable[[ResponseHeaders], None]
 
-_GRPC_CONTENT_TYPE = b"application/grpc"
-# Envoy's Grpc::Utility::httpToGrpcStatus: what a gRPC caller sees for an HTTP status.
-_HTTP_TO_GRPC = {400: 13, 401: 16, 403: 7, 404: 12, 429: 14, 502: 14, 503: 14, 504: 14}
-_GRPC_UNKNOWN = 2
 
 
 @final
@@ -202,13 +199,7 @@ def local_reply(
     """Envoy's sendLocalReply: a text/plain body, or for a gRPC caller a
     trailers-only answer (HTTP 200, grpc-status, grpc-message, no body)."""
     if ex.is_grpc():
-        code = grpc_status if grpc_status is not None else _HTTP_TO_GRPC.get(status, _GRPC_UNKNOWN)
-        headers: ResponseHeaders = [
-            (b"content-type", _GRPC_CONTENT_TYPE),
-            (b"grpc-status", b"%d" % code),
-            (b"grpc-message", _grpc_message(message)),
-        ]
-        status, body = 200, b""
+        status, headers, body = grpc.local_reply(status, message.encode(), [], grpc_status)
     else:
         headers = [(b"content-type", b"text/plain")]
         body = message.encode()
@@ -216,9 +207,3 @@ def local_reply(
         extra.apply(headers)
     return LocalReply(status, tuple(headers), body, flag, details)
 
-
-def _grpc_message(message: str) -> bytes:
-    """grpc-message is percent-encoded outside printable ASCII (and % itself)."""
-    return b"".join(
-        bytes([c]) if 0x20 <= c <= 0x7E and c != 0x25 else b"%%%02X" % c for c in message.encode()
-    )

@@ -63,6 +63,9 @@ class Forward:
     max_stream_duration: float | None = None
     grpc_timeout_header_max: float | None = None  # 0.0: honour grpc-timeout uncapped
     grpc_timeout_header_offset: float | None = None
+    # grpc_timeout_header_max came in max_stream_duration (the connection
+    # manager's stream duration), not as max_grpc_timeout (the router's timeout).
+    stream_grpc_timeout: bool = False
     retry: RetryPolicy | None = None
     mirrors: tuple[MirrorPolicy, ...] = ()
     hash_key: HashKey | None = None

@@ -221,6 +221,7 @@ def _forward(a: Any, path: str, match: PathMatch, ctx: RouteContext, own: _Own) 
         grpc_timeout_header_offset=_optional_seconds(stream, "grpc_timeout_header_offset")
         if stream.HasField("grpc_timeout_header_offset")
         else _optional_seconds(a, "grpc_timeout_offset"),
+        stream_grpc_timeout=stream.HasField("grpc_timeout_header_max"),
         retry=compile_retry_policy(a.retry_policy, f"{path}.retry_policy")
         if a.HasField("retry_policy")
         else ctx.retry,

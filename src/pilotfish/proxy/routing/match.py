@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from pilotfish.proxy.grpc import is_grpc_content_type
 from pilotfish.proxy.routing.errors import RouteConfigError
 from pilotfish.proxy.routing.regex import compile_re2
 from pilotfish.proxy.routing.request import (
@@ -29,7 +30,6 @@ ValueTest = Callable[[bytes], bool]
 # Path match kinds, tested inline by the table in this order of likelihood.
 PREFIX, PREFIX_NOCASE, EXACT, EXACT_NOCASE, REGEX, SEPARATED, SEPARATED_NOCASE = range(7)
 _INT64 = re.compile(rb"\s*[+-]?\d{1,19}\s*")
-_GRPC = b"application/grpc"
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,7 +177,4 @@ def compile_query_matcher(m: Any, path: str) -> Condition:
 
 def grpc_condition(req: RequestView, index: dict[bytes, bytes]) -> bool:
     """RouteMatch.grpc: content-type application/grpc, or application/grpc+proto and the like."""
-    ctype = index.get(b"content-type")
-    if ctype is None or not ctype.startswith(_GRPC):
-        return False
-    return len(ctype) == len(_GRPC) or ctype[len(_GRPC)] in b"+;"
+    return is_grpc_content_type(index.get(b"content-type"))

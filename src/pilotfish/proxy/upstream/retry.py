@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Final
 
+from pilotfish.proxy import grpc
 from pilotfish.proxy.routing import RetryOn, RetryPolicy
 
 # What a try's outcome means for the exchange.
@@ -22,13 +23,24 @@ VERDICT_NAMES: Final = ("accept", "retry", "exhausted")
 _ON_RESET: Final = RetryOn.RESET | RetryOn.GATEWAY_ERROR | RetryOn.FIVE_XX
 _ON_CONNECT: Final = RetryOn.CONNECT_FAILURE | RetryOn.GATEWAY_ERROR | RetryOn.FIVE_XX
 _ON_TIMEOUT: Final = RetryOn.GATEWAY_ERROR | RetryOn.FIVE_XX
+# gRPC statuses, by the retry_on conditions that cover them (Envoy's RetryStateImpl).
+_ON_GRPC: Final = {
+    grpc.CANCELLED: RetryOn.GRPC_CANCELLED,
+    grpc.DEADLINE_EXCEEDED: RetryOn.GRPC_DEADLINE_EXCEEDED,
+    grpc.RESOURCE_EXHAUSTED: RetryOn.GRPC_RESOURCE_EXHAUSTED,
+    grpc.UNAVAILABLE: RetryOn.GRPC_UNAVAILABLE,
+    grpc.INTERNAL: RetryOn.GRPC_INTERNAL,
+}
 
 
-def retriable_status(status: int, retry: RetryPolicy) -> bool:
-    """Whether an upstream's final status is one the policy retries."""
+def retriable_status(status: int, retry: RetryPolicy, grpc_status: int | None = None) -> bool:
+    """Whether an upstream's final status, or the grpc-status in its headers
+    (a trailers-only answer: Envoy reads no trailers for this), is one the
+    policy retries."""
     on = retry.retry_on
     return (
-        (bool(on & RetryOn.FIVE_XX) and status >= 500)
+        (grpc_status is not None and bool(on & _ON_GRPC.get(grpc_status, 0)))
+        or (bool(on & RetryOn.FIVE_XX) and status >= 500)
         or (bool(on & RetryOn.GATEWAY_ERROR) and status in (502, 503, 504))
         or (bool(on & RetryOn.RETRIABLE_4XX) and status == 409)
         or (bool(on & RetryOn.RETRIABLE_STATUS_CODES) and status in retry.retriable_status_codes)
@@ -45,15 +57,20 @@ def retriable_failure(flag: str, on: RetryOn) -> bool:
 
 
 def verdict(
-    retry: RetryPolicy | None, retries_left: int, replayable: bool, outcome: str | int
+    retry: RetryPolicy | None,
+    retries_left: int,
+    replayable: bool,
+    outcome: str | int,
+    grpc_status: int | None = None,
 ) -> int:
     """ACCEPT, RETRY or EXHAUSTED for a try whose outcome is a final status
-    (int) or a failure flag (str). A request whose body was not kept whole
+    (int, with the grpc-status of its headers if any) or a failure flag
+    (str). A request whose body was not kept whole
     cannot be sent again: a retriable outcome is then EXHAUSTED."""
     if retry is None:
         return ACCEPT
     if isinstance(outcome, int):
-        retriable = retriable_status(outcome, retry)
+        retriable = retriable_status(outcome, retry, grpc_status)
     else:
         retriable = retriable_failure(outcome, retry.retry_on)
     if not retriable:
