@@ -33,6 +33,8 @@ class ConfigError(ApiError):
 class ClientConfig:
     server: str
     token: str | None
+    # A CA file to verify the server with (kubeconfig's certificate-authority).
+    certificate_authority: str | None = None
 
     def __repr__(self) -> str:
         # The token is a credential: never let it reach a log or a traceback.
@@ -54,13 +56,17 @@ def load_client_config(
     saved_server = (_text(saved, "server") or DEFAULT_SERVER).rstrip("/")
     server = (server_override or os.environ.get(SERVER_ENV) or saved_server).rstrip("/")
     token = os.environ.get(TOKEN_ENV) or (_text(saved, "token") if server == saved_server else None)
-    return ClientConfig(server, token)
+    authority = _text(saved, "certificate-authority") if server == saved_server else None
+    return ClientConfig(server, token, authority)
 
 
 def write_client_config(config: ClientConfig, path: Path | None = None) -> Path:
     """Save `config` with mode 0600, atomically; returns where it went."""
     target = path or config_path()
-    text = yaml.safe_dump({"server": config.server, "token": config.token}, sort_keys=False)
+    saved: dict[str, Any] = {"server": config.server, "token": config.token}
+    if config.certificate_authority:
+        saved["certificate-authority"] = config.certificate_authority
+    text = yaml.safe_dump(saved, sort_keys=False)
     write_private(target, text)
     return target
 

@@ -96,12 +96,22 @@ class Client:
     replicas, comma-separated: a request that cannot reach one goes to the
     next, which then stays the one asked."""
 
-    def __init__(self, server: str, token: str | None, *, timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        server: str,
+        token: str | None,
+        *,
+        timeout: float = 30.0,
+        ca_file: str | None = None,
+        cert: tuple[str, str] | None = None,
+    ) -> None:
+        """`ca_file`: verify HTTPS servers with it (else the system's roots,
+        SSL_CERT_FILE); `cert`: a client certificate and its key (files)."""
         self.servers = [s.strip().rstrip("/") for s in server.split(",") if s.strip()]
         self._current = 0
         self._token = token
         self.timeout = timeout
-        self._openers = {s: opener_for(s) for s in self.servers}
+        self._openers = {s: opener_for(s, ca_file=ca_file, cert=cert) for s in self.servers}
 
     def __repr__(self) -> str:
         return f"Client({self.server!r})"
@@ -113,7 +123,7 @@ class Client:
     @classmethod
     def from_config(cls, server_override: str | None = None) -> Client:
         config = load_client_config(server_override)
-        return cls(config.server, config.token)
+        return cls(config.server, config.token, ca_file=config.certificate_authority)
 
     # -- writes ------------------------------------------------------------------------
 
@@ -355,12 +365,18 @@ def _same_site(initial: str, target: str) -> bool:
 
 
 def opener_for(
-    url: str, *, insecure: bool = False, proxy: str = ""
+    url: str,
+    *,
+    insecure: bool = False,
+    proxy: str = "",
+    ca_file: str | None = None,
+    cert: tuple[str, str] | None = None,
 ) -> urllib.request.OpenerDirector:
     """`proxy` if given, else proxies from the environment except for
     loopback hosts, as Go's ProxyFromEnvironment: a proxy could not reach this
-    host, and would see the token. No certificate checks when `insecure`.
-    Redirects keep credentials on their host (RedirectHandler)."""
+    host, and would see the token. No certificate checks when `insecure`;
+    else against `ca_file` if given. `cert`: a client certificate (and key)
+    to present. Redirects keep credentials on their host (RedirectHandler)."""
     handlers: list[urllib.request.BaseHandler] = [_HttpHandler(), RedirectHandler()]
     host = urlsplit(url).hostname or ""
     if proxy:
@@ -368,10 +384,15 @@ def opener_for(
     elif host == "localhost" or is_loopback(host):
         handlers.append(urllib.request.ProxyHandler({}))
     context = None
+    if insecure or ca_file or cert:
+        context = ssl.create_default_context(cafile=ca_file)
     if insecure:
-        context = ssl.create_default_context()
+        assert context is not None
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
+    if cert:
+        assert context is not None
+        context.load_cert_chain(*cert)
     handlers.append(_HttpsHandler(context=context))
     return urllib.request.build_opener(*handlers)
 

@@ -25,24 +25,28 @@ from types import FrameType
 
 from pilotfish.analysis import warnings_for
 from pilotfish.api.errors import ApiError
+from pilotfish.api.kinds import registry
 from pilotfish.api.validation import validate_or_raise, with_defaults
 from pilotfish.ca import tokens
 from pilotfish.ca.cacerts import CaError
 from pilotfish.ca.identity import DEFAULT_TRUST_DOMAIN
+from pilotfish.ca.pin import ca_cert_hash
 from pilotfish.ca.service import CertificateService
 from pilotfish.config import ClientConfig, write_client_config
 from pilotfish.controlplane import analysis_status, xds_tls
 from pilotfish.controlplane.analysis_status import StatusWriter
 from pilotfish.controlplane.analyze_api import AnalyzeApi
 from pilotfish.controlplane.api import Api, chain
-from pilotfish.controlplane.api_tls import ApiTls
+from pilotfish.controlplane.api_tls import ROOT_FILE, ApiTls, serving_context
 from pilotfish.controlplane.auth import Authenticator, load_or_create_token
+from pilotfish.controlplane.bootstrap_tokens import BootstrapTokens
 from pilotfish.controlplane.election import Elector
 from pilotfish.controlplane.http import ApiServer, parse_listen
 from pilotfish.controlplane.identity import CaOptions, TokenApi, add_ca_flags, ca_options, open_ca
 from pilotfish.controlplane.jwks import JwksResolver, start_jwks_resolver
 from pilotfish.controlplane.loadtester_api import LoadTesterApi
 from pilotfish.controlplane.mesh_api import MeshApi
+from pilotfish.controlplane.nodes import NodeAuthorizer, NodeCertificates
 from pilotfish.controlplane.tap import TapHub
 from pilotfish.controlplane.traces_api import TracesApi
 from pilotfish.dashboard.api import DashboardApi, Metrics
@@ -139,6 +143,10 @@ class ControlPlane:
             service_tokens = tokens.load_or_create(data_dir)
             if xds_listen is not None:
                 plane.ca = open_ca(store, data_dir, token, service_tokens, ca or CaOptions())
+            authority = plane.ca.authority if plane.ca is not None else None
+            tls = serving_context(api_tls or ApiTls(), listen, authority, data_dir)
+            if tls is not None:
+                server.use_tls(tls)
             plane._start_mesh(
                 xds_listen, token, xds_limits, plane._instances_on(backend), xds_tls_listen
             )
@@ -154,12 +162,19 @@ class ControlPlane:
                 TracesApi(plane.spans),
                 plane.tap or TapHub(None),  # without xDS no sidecar connects: nothing to tap
                 plane._start_dashboard(prometheus),
+                plane._node_certificates(),
             )
             auth = Authenticator(
-                token, data_dir=data_dir, anonymous_reads=anonymous_reads, workloads=service_tokens
+                token,
+                data_dir=data_dir,
+                anonymous_reads=anonymous_reads,
+                workloads=service_tokens,
+                bootstrap=BootstrapTokens(data_dir),
+                nodes=plane._node_rules(),
             )
             server.api = Api(store, auth, analyze=warnings_for, extension=extensions)
-            write_client_config(ClientConfig(server.url, token), config_path)
+            root = str(data_dir / ROOT_FILE) if tls is not None and api_tls is None else None
+            write_client_config(ClientConfig(server.url, token, root), config_path)
         except BaseException as e:
             if plane is not None:
                 plane.close()
@@ -172,6 +187,23 @@ class ControlPlane:
                 raise
             raise reason from e
         return plane
+
+    def _node_certificates(self) -> NodeCertificates | None:
+        """Joining node agents' certificates, signed by the mesh CA (if it runs)."""
+        if self.ca is None:
+            return None
+        return NodeCertificates(self.ca.authority, lambda: self.server.url)
+
+    def _node_rules(self) -> NodeAuthorizer | None:
+        if self.ca is None:
+            return None
+        store, instances, kind = self.store, self.instances, registry().resolve("Workload")
+
+        def instance_workload(namespace: str, name: str) -> str | None:
+            found = [i for i in instances.instances() if (i.namespace, i.name) == (namespace, name)]
+            return found[0].workload if found else None
+
+        return NodeAuthorizer(lambda: store.list(kind.group, kind.kind, None)[0], instance_workload)
 
     @property
     def instances(self) -> InstanceRegistry:
@@ -339,6 +371,8 @@ def run_controlplane(
         log.info("xDS and the CA over TLS on port %d", plane.ads.secure_port)
     if plane.ca is not None:
         log.info("CA: trust domain %s, %s", plane.ca.authority.trust_domain, plane.ca.authority)
+        # kubeadm prints it too: what `pilotfish node --join --ca-cert-hash` pins.
+        log.info("CA certificate hash: %s", ca_cert_hash(plane.ca.authority.root))
     while not stop.wait(0.5) and serving.is_alive():
         pass
     log.info("pilotfish control plane stopping")
@@ -351,6 +385,8 @@ def _start_error(error: BaseException, data_dir: Path, store: StoreOptions) -> S
     an unreachable etcd, a bad CA); anything else is a bug and keeps its traceback."""
     if isinstance(error, CaError):
         return StartError(f"the CA cannot start: {error}")
+    if isinstance(error, ValueError):  # the REST API's TLS (api_tls.serving_context)
+        return StartError(str(error))
     if isinstance(error, BindError):
         return StartError(f"{error} (is another control plane running? see --xds-listen)")
     if isinstance(error, OSError):
@@ -364,8 +400,13 @@ def _start_error(error: BaseException, data_dir: Path, store: StoreOptions) -> S
 
 
 def _bind(listen: str, tls: ApiTls | None = None) -> ApiServer:
+    """The API's socket; the user's TLS files are checked here too, so a bad
+    one stops the start before anything is written (the context is made
+    again once the mesh CA, which verifies clients, is open)."""
     try:
-        return ApiServer(listen, tls=tls.context() if tls is not None else None)
+        if tls is not None and tls.cert_file is not None:
+            tls.context()
+        return ApiServer(listen)
     except ValueError as e:
         raise StartError(str(e)) from e
     except OSError as e:
