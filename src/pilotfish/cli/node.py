@@ -14,14 +14,14 @@ import signal
 import sys
 import threading
 import time
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from pilotfish.api.kinds import registry
 from pilotfish.cli.commands import CliError
 from pilotfish.client import Client
-from pilotfish.config import load_client_config
+from pilotfish.config import ClientConfig, load_client_config
 
 DEFAULT_NODE = os.environ.get("PILOTFISH_NODE_NAME", "local")
 Sub = argparse._SubParsersAction
@@ -73,6 +73,25 @@ def add_commands(sub: Sub[argparse.ArgumentParser], common: argparse.ArgumentPar
         help="this node's locality; an instance's labels topology.kubernetes.io/region, "
         "topology.kubernetes.io/zone, topology.istio.io/subzone (or istio-locality) win",
     )
+    p.add_argument(
+        "--join",
+        metavar="URL[,URL...]",
+        help="join the control plane(s) at these HTTPS URLs with a bootstrap token instead of "
+        "the admin token: the agent gets a certificate of its own (system:node:NAME) and "
+        "uses it from then on (with --token and --ca-cert-hash, as kubeadm join)",
+    )
+    p.add_argument(
+        "--token",
+        default="",
+        metavar="ID.SECRET",
+        help="a bootstrap token (pilotfish token create --bootstrap); needed for the first join",
+    )
+    p.add_argument(
+        "--ca-cert-hash",
+        metavar="sha256:HEX",
+        help="the control plane CA's public key hash (printed at its start): the CA is "
+        "trusted only if it matches",
+    )
     p.set_defaults(handler=run_node)
     p = sub.add_parser("logs", parents=[common, state], help="an application's log")
     p.add_argument("workload", help="a Workload (all its instances) or one instance")
@@ -114,10 +133,12 @@ def run_node(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    config = load_client_config(args.server)
+    config, client = _control_plane(args)
     # The sidecars present the agent's own token to the ADS server (needed off loopback).
+    # A joined node's pinned CA is the mesh root: its sidecars verify xDS with it too.
+    root_file = args.xds_root_cert or (config.certificate_authority if args.join else None)
     try:
-        root = checked_root_cert(args.xds_root_cert)
+        root = checked_root_cert(root_file)
     except ValueError as e:
         raise NodeError(str(e)) from e
     try:
@@ -142,11 +163,53 @@ def run_node(args: argparse.Namespace) -> int:
         if args.gateway
         else None
     )
-    client = Client(config.server, config.token)
     agent = NodeAgent(client, args.node_name, _state(args), xds, gateway, placement)
     print(f"node {args.node_name}: running workloads, state in {_state(args)}", flush=True)
     agent.run(stop)
     return 0
+
+
+def _control_plane(args: argparse.Namespace) -> tuple[ClientConfig, Client]:
+    """The servers and the client the agent calls them with: the admin
+    token's, or with --join the node's own certificate (renewed in the
+    background) and no token at all."""
+    if not args.join:
+        config = load_client_config(args.server)
+        return config, Client(config.server, config.token)
+    from pilotfish.agent.join import JoinError, join
+    from pilotfish.ca.pin import check_pin
+
+    if not args.ca_cert_hash:
+        raise NodeError("--join needs --ca-cert-hash sha256:HEX to verify the control plane")
+    try:
+        pin = check_pin(args.ca_cert_hash)
+        credentials = join(_state(args), args.join, args.token, pin, args.node_name)
+    except (ValueError, JoinError) as e:
+        raise NodeError(f"--join: {e}") from e
+    client = credentials.client(args.join)
+    threading.Thread(
+        target=_renew_forever, args=(client, args.node_name, credentials), daemon=True
+    ).start()
+    print(f"node {args.node_name}: joined as system:node:{args.node_name}", flush=True)
+    return ClientConfig(args.join, None, str(credentials.ca_file)), client
+
+
+def _renew_forever(client: Client, node: str, credentials: Any) -> None:
+    """Renew the node's certificate when due (70-90% of its life), with itself."""
+    from pilotfish.agent.join import JoinError, renewal_delay, request_certificate
+
+    while True:
+        cert = credentials.certificate()
+        delay = renewal_delay(cert, datetime.now(UTC)) if cert is not None else 0.0
+        if delay > 0:
+            time.sleep(min(delay, 3600.0))
+            continue
+        try:
+            request_certificate(client, node, credentials)
+            client.reload_tls()
+        except JoinError as e:
+            print(f"node {node}: renewing its certificate: {e}", flush=True)
+            time.sleep(60.0)
 
 
 def live_instances(state_dir: Path, workload: str, namespace: str) -> list[tuple[Path, Any]]:

@@ -104,14 +104,24 @@ class Client:
         timeout: float = 30.0,
         ca_file: str | None = None,
         cert: tuple[str, str] | None = None,
+        insecure: bool = False,
     ) -> None:
         """`ca_file`: verify HTTPS servers with it (else the system's roots,
-        SSL_CERT_FILE); `cert`: a client certificate and its key (files)."""
+        SSL_CERT_FILE); `cert`: a client certificate and its key (files);
+        `insecure`: no verification (a joining node's first, pinned, read)."""
         self.servers = [s.strip().rstrip("/") for s in server.split(",") if s.strip()]
         self._current = 0
         self._token = token
         self.timeout = timeout
-        self._openers = {s: opener_for(s, ca_file=ca_file, cert=cert) for s in self.servers}
+        self._tls = (ca_file, cert, insecure)
+        self.reload_tls()
+
+    def reload_tls(self) -> None:
+        """Load the CA and client certificate files again (after a renewal)."""
+        ca_file, cert, insecure = self._tls
+        self._openers = {
+            s: opener_for(s, insecure=insecure, ca_file=ca_file, cert=cert) for s in self.servers
+        }
 
     def __repr__(self) -> str:
         return f"Client({self.server!r})"
@@ -251,6 +261,15 @@ class Client:
     def stat(self, query: dict[str, str]) -> Obj:
         """`pilotfish stat`'s rows: the dashboard's stat API with `query`'s filters."""
         return self._call("GET", "/dashboard/api/stat", query)[0]
+
+    def cluster_info(self) -> Obj:
+        """kubeadm's kube-public/cluster-info: the server and its CA, for anyone."""
+        return self._call("GET", "/api/v1/namespaces/kube-public/configmaps/cluster-info")[0]
+
+    def create_csr(self, csr: Obj) -> Obj:
+        """A CertificateSigningRequest; a node's is answered signed at once."""
+        path = "/apis/certificates.k8s.io/v1/certificatesigningrequests"
+        return self._call("POST", path, body=csr)[0]
 
     def create_token(self, namespace: str, service_account: str, expiration_seconds: int) -> Obj:
         """A TokenRequest: a token bound to the service account, for the CA."""

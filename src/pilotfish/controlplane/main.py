@@ -134,6 +134,8 @@ class ControlPlane:
         store: ResourceStore | None = None
         plane: ControlPlane | None = None
         try:
+            if xds_listen is None:  # no CA to issue a certificate: refuse before writing
+                serving_context(api_tls or ApiTls(), listen, None, data_dir)
             _make_data_dir(data_dir)
             token = load_or_create_token(data_dir)
             backend = open_backend(options, data_dir)
