@@ -67,7 +67,7 @@ from pilotfish.tracing import jaeger
 from pilotfish.tracing.store import DEFAULT_RETENTION, TRACES_FILE, Retention, SpanStore
 from pilotfish.xds.limits import DEFAULT_LIMITS, Limits
 from pilotfish.xds.server import DEFAULT_LISTEN as DEFAULT_XDS_LISTEN
-from pilotfish.xds.server import AdsServer, BindError
+from pilotfish.xds.server import AdsServer, BindError, TokenCheck
 
 log = logging.getLogger("pilotfish.controlplane")
 
@@ -150,7 +150,12 @@ class ControlPlane:
             if tls is not None:
                 server.use_tls(tls)
             plane._start_mesh(
-                xds_listen, token, xds_limits, plane._instances_on(backend), xds_tls_listen
+                xds_listen,
+                token,
+                xds_limits,
+                plane._instances_on(backend),
+                xds_tls_listen,
+                workload_token(service_tokens),
             )
             loadtester = plane._start_rollout(backend)
             if analysis_status.enabled():
@@ -228,6 +233,7 @@ class ControlPlane:
         limits: Limits,
         instances: InstanceRegistry | None,
         tls_listen: str | None = None,
+        accept: TokenCheck | None = None,
     ) -> None:
         domain = self.ca.authority.trust_domain if self.ca is not None else DEFAULT_TRUST_DOMAIN
         self.mesh = MeshRegistry(self.store, instances, trust_domain=domain)
@@ -235,7 +241,7 @@ class ControlPlane:
         self.jwks = start_jwks_resolver(self.store, self.mesh)
         if xds_listen is None:
             return
-        self.tap = TapHub(token)  # sidecars' tap streams, authenticated as their ADS streams
+        self.tap = TapHub(token, accept)  # sidecars' tap streams, authenticated as ADS streams
         services = [self.ca.handler()] if self.ca is not None else []
         services.append(self.tap)
         secure = None
@@ -248,6 +254,7 @@ class ControlPlane:
             limits=limits,
             services=services,
             secure=secure,
+            accept=accept,
         )
         self.mesh.add_listener(self.ads.changed)
         self.ads.start()
@@ -380,6 +387,20 @@ def run_controlplane(
     log.info("pilotfish control plane stopping")
     plane.close()
     return 0
+
+
+def workload_token(service_tokens: tokens.ServiceAccountTokens) -> TokenCheck:
+    """xDS off loopback takes a workload's service account token too (a
+    joined node's sidecars have no admin token), as istiod takes a proxy's JWT."""
+
+    def valid(presented: str) -> bool:
+        try:
+            service_tokens.verify(presented)
+        except tokens.TokenError:
+            return False
+        return True
+
+    return valid
 
 
 def _start_error(error: BaseException, data_dir: Path, store: StoreOptions) -> StartError | None:

@@ -33,6 +33,7 @@ import yaml
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
+from pilotfish.agent.gateway import GatewaySpec
 from pilotfish.api.errors import BadRequest, Forbidden, Invalid, MethodNotAllowed
 from pilotfish.api.gotypes import rfc3339
 from pilotfish.api.kinds import registry
@@ -49,6 +50,8 @@ INSTANCES = "/api/v1/registry/instances"
 TELEMETRY = "/v1/traces"
 DISCOVERY = ("/version", "/api", "/apis")
 WORKLOAD = registry().resolve("Workload")
+_GATEWAY = GatewaySpec().identity("")
+GATEWAY_ACCOUNT = (_GATEWAY.namespace, _GATEWAY.service_account)
 ListWorkloads = Callable[[], list[Obj]]
 InstanceWorkload = Callable[[str, str], str | None]  # (namespace, instance) -> its Workload
 
@@ -105,6 +108,8 @@ class NodeAuthorizer:
         if len(parts) != 7 or parts[:3] != ["api", "v1", "namespaces"] or parts[6] != "token":
             return False
         namespace, account = parts[3], parts[5]
+        if (namespace, account) == GATEWAY_ACCOUNT:
+            return True  # `pilotfish node --gateway` runs the ingress gateway on any node
         return parts[4] == "serviceaccounts" and any(
             _namespace(w) == namespace and _account(w) == account for w in self.scheduled(node)
         )
