@@ -44,6 +44,7 @@ from pilotfish.controlplane.election import Elector
 from pilotfish.controlplane.http import ApiServer, parse_listen
 from pilotfish.controlplane.identity import CaOptions, TokenApi, add_ca_flags, ca_options, open_ca
 from pilotfish.controlplane.jwks import JwksResolver, start_jwks_resolver
+from pilotfish.controlplane.jwks_shared import SharedJwks
 from pilotfish.controlplane.loadtester_api import LoadTesterApi
 from pilotfish.controlplane.mesh_api import MeshApi
 from pilotfish.controlplane.nodes import NodeAuthorizer, NodeCertificates
@@ -238,7 +239,8 @@ class ControlPlane:
         domain = self.ca.authority.trust_domain if self.ca is not None else DEFAULT_TRUST_DOMAIN
         self.mesh = MeshRegistry(self.store, instances, trust_domain=domain)
         self.mesh.start()
-        self.jwks = start_jwks_resolver(self.store, self.mesh)
+        shared = SharedJwks(self.store, self.elector.leading) if self.elector else None
+        self.jwks = start_jwks_resolver(self.store, self.mesh, shared)
         if xds_listen is None:
             return
         self.tap = TapHub(token, accept)  # sidecars' tap streams, authenticated as ADS streams
