@@ -175,7 +175,7 @@ def _control_plane(args: argparse.Namespace) -> tuple[ClientConfig, Client]:
     background) and no token at all."""
     if not args.join:
         config = load_client_config(args.server)
-        return config, Client(config.server, config.token)
+        return config, Client(config.server, config.token, ca_file=config.certificate_authority)
     from pilotfish.agent.join import JoinError, join
     from pilotfish.ca.pin import check_pin
 

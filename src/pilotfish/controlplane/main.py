@@ -181,7 +181,8 @@ class ControlPlane:
                 nodes=plane._node_rules(),
             )
             server.api = Api(store, auth, analyze=warnings_for, extension=extensions)
-            root = str(data_dir / ROOT_FILE) if tls is not None and api_tls is None else None
+            issued = tls is not None and (api_tls is None or api_tls.cert_file is None)
+            root = str(data_dir / ROOT_FILE) if issued else None
             write_client_config(ClientConfig(server.url, token, root), config_path)
         except BaseException as e:
             if plane is not None:
