@@ -8,6 +8,10 @@ Callers, from a bearer token or its absence:
     "system:anonymous", who may read everything but Secrets and write nothing;
   - a workload's service account token (the one its sidecar shows the CA):
     "system:serviceaccount:NS:SA", who may only post telemetry (spans);
+  - a bootstrap token (bootstrap_tokens.py): "system:bootstrap:ID", who may
+    only ask for a node certificate (CSR_PATH);
+  - a client certificate for "system:node:NAME" from the mesh CA, verified
+    by the TLS layer: the node, whose rules are nodes.py's;
   - no token otherwise (another host, or `--anonymous-reads=false`), or a
     token that is not valid: 401 Unauthorized.
 Telemetry (`POST /v1/traces`) is open to loopback callers without a token

@@ -17,8 +17,9 @@ A node's certificate allows what its agent needs and no more, as
 Kubernetes' Node authorizer and NodeRestriction: read Workloads; update the
 status of, register and deregister instances of, and mint service-account
 tokens for Workloads scheduled to it (`spec.nodeName` it or empty, as the
-agent runs those); read ConfigMaps and Secrets in those Workloads'
-namespaces; post telemetry; renew its own certificate. Everything else: 403.
+agent runs those), and for the ingress gateway's account (`--gateway`);
+read ConfigMaps and Secrets in those Workloads' namespaces; post telemetry;
+renew its own certificate. Everything else: 403.
 """
 
 from __future__ import annotations
