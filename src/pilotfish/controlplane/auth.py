@@ -38,7 +38,7 @@ from pilotfish.api.errors import AlreadyExists, BadRequest, Forbidden, NotFound,
 from pilotfish.ca.tokens import SUBJECT_PREFIX, ServiceAccountTokens, TokenError
 from pilotfish.config import write_private
 from pilotfish.controlplane.bootstrap_tokens import BootstrapTokens
-from pilotfish.controlplane.watched_file import WatchedFile
+from pilotfish.controlplane.watched_file import WatchedFile, read_json_object
 
 log = logging.getLogger(__name__)
 
@@ -223,12 +223,7 @@ def _hashes(path: Path) -> dict[str, bytes]:
 
 
 def read_token_hashes(path: Path) -> dict[str, str]:
-    try:
-        loaded = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return {}
-    if not isinstance(loaded, dict):
-        raise BadRequest(f"{path}: expected a JSON object of token names to hashes")
+    loaded = read_json_object(path, "token names to hashes")
     return {str(name): str(digest) for name, digest in loaded.items()}
 
 

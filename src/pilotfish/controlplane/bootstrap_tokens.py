@@ -26,7 +26,7 @@ from typing import Any
 from pilotfish.api.errors import BadRequest, NotFound
 from pilotfish.api.gotypes import parse_rfc3339, rfc3339
 from pilotfish.config import write_private
-from pilotfish.controlplane.watched_file import WatchedFile
+from pilotfish.controlplane.watched_file import WatchedFile, read_json_object
 
 BOOTSTRAP_TOKENS_FILE = "bootstrap-tokens"
 DEFAULT_TTL_S = 24 * 3600  # kubeadm's --ttl default
@@ -74,13 +74,7 @@ def _random(length: int) -> str:
 
 
 def read_bootstrap_tokens(data_dir: Path) -> dict[str, BootstrapToken]:
-    path = data_dir / BOOTSTRAP_TOKENS_FILE
-    try:
-        loaded = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return {}
-    if not isinstance(loaded, dict):
-        raise BadRequest(f"{path}: expected a JSON object of token IDs to tokens")
+    loaded = read_json_object(data_dir / BOOTSTRAP_TOKENS_FILE, "token IDs to tokens")
     return {str(k): BootstrapToken.of(str(k), v) for k, v in loaded.items()}
 
 

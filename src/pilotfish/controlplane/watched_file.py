@@ -3,10 +3,11 @@ so `pilotfish token create` and `token delete` act at once."""
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from pilotfish.api.errors import BadRequest
 
@@ -43,3 +44,15 @@ class WatchedFile(Generic[T]):
                 self._value = self._empty
             self._seen = seen
         return self._value
+
+
+def read_json_object(path: Path, what: str) -> dict[str, Any]:
+    """A tokens file's JSON object; {} if there is none; BadRequest naming
+    `what` it should map if it is not an object."""
+    try:
+        loaded = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    if not isinstance(loaded, dict):
+        raise BadRequest(f"{path}: expected a JSON object of {what}")
+    return loaded
