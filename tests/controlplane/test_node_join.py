@@ -273,3 +273,19 @@ def test_a_restarted_agent_keeps_its_certificate_and_needs_no_token(
     request_certificate(again.client(plane.server.url), "host-a", again)
     assert again.cert_file.read_bytes() != before
     assert os.path.exists(again.key_file)
+
+
+def test_the_cli_verifies_the_api_with_certificate_authority_as_kubectl(
+    plane: ControlPlane,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("PILOTFISH_CONFIG", str(tmp_path / "elsewhere.yaml"))  # no saved CA
+    monkeypatch.setenv("PILOTFISH_TOKEN", token(plane))
+    argv = ["get", "workloads", "--server", plane.server.url, "-o", "name"]
+    assert cli(argv) == 1
+    assert "cannot verify the control plane's certificate" in capsys.readouterr().err
+    assert cli([*argv, "--certificate-authority", str(root_file(plane))]) == 0
+    assert "workload.pilotfish.dev/web" in capsys.readouterr().out
+    assert "PILOTFISH_CERTIFICATE_AUTHORITY" not in os.environ  # for that command only

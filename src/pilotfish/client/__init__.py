@@ -339,6 +339,12 @@ class Client:
                     f"the control plane at {self.server} closed the connection before it "
                     f"answered a request of {_size(len(request.data))}"
                 ) from e
+            if isinstance(reason, ssl.SSLCertVerificationError):
+                raise Unreachable(
+                    f"cannot verify the control plane's certificate at {self.server}: "
+                    f"{reason.verify_message} (give its CA: --certificate-authority FILE, "
+                    "or SSL_CERT_FILE)"
+                ) from e
             raise Unreachable(
                 f'cannot reach the control plane at {self.server}: is "pilotfish controlplane" '
                 "running?"
