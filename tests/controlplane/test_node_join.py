@@ -233,6 +233,8 @@ def test_a_joined_node_proves_itself_with_its_certificate_and_may_do_its_own_wor
     registration = {"name": "web-0", "workload": "web", "address": "10.0.0.5", "ports": {"http": 1}}
     assert node.register_instance(registration)["name"] == "web-0"
     assert node.create_token("default", "web", 600)["status"]["token"]
+    gateway = node.create_token("istio-system", "istio-ingressgateway-service-account", 600)
+    assert gateway["status"]["token"]  # `pilotfish node --gateway` runs on any node
     # Nothing else: another node's namespace, Workload and identity; any config write.
     user = '"system:node:host-a"'
     with pytest.raises(Forbidden, match=user):

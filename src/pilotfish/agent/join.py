@@ -173,8 +173,3 @@ def renew_at(cert: x509.Certificate, rng: random.Random | None = None) -> dateti
     """70-90% into the certificate's life, as the kubelet's certificate manager."""
     start, end = cert.not_valid_before_utc, cert.not_valid_after_utc
     return start + (end - start) * (rng or random).uniform(*RENEW_AT)
-
-
-def renewal_delay(cert: x509.Certificate, now: datetime.datetime) -> float:
-    """Seconds until the certificate is due for renewal (0: now)."""
-    return max(0.0, (renew_at(cert) - now).total_seconds())

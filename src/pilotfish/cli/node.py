@@ -16,12 +16,15 @@ import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pilotfish.api.kinds import registry
 from pilotfish.cli.commands import CliError
 from pilotfish.client import Client
 from pilotfish.config import ClientConfig, load_client_config
+
+if TYPE_CHECKING:  # the agent's modules load only when it runs
+    from pilotfish.agent.join import NodeCredentials
 
 DEFAULT_NODE = os.environ.get("PILOTFISH_NODE_NAME", "local")
 Sub = argparse._SubParsersAction
@@ -194,13 +197,15 @@ def _control_plane(args: argparse.Namespace) -> tuple[ClientConfig, Client]:
     return ClientConfig(args.join, None, str(credentials.ca_file)), client
 
 
-def _renew_forever(client: Client, node: str, credentials: Any) -> None:
+def _renew_forever(client: Client, node: str, credentials: NodeCredentials) -> None:
     """Renew the node's certificate when due (70-90% of its life), with itself."""
-    from pilotfish.agent.join import JoinError, renewal_delay, request_certificate
+    from pilotfish.agent.join import JoinError, renew_at, request_certificate
 
+    due: dict[int, datetime] = {}  # by serial: the jittered time is drawn once per certificate
     while True:
         cert = credentials.certificate()
-        delay = renewal_delay(cert, datetime.now(UTC)) if cert is not None else 0.0
+        when = due.setdefault(cert.serial_number, renew_at(cert)) if cert is not None else None
+        delay = (when - datetime.now(UTC)).total_seconds() if when is not None else 0.0
         if delay > 0:
             time.sleep(min(delay, 3600.0))
             continue
