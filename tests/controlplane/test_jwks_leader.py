@@ -2,19 +2,29 @@
 JWKS and writes the policies' status; it stores the last good keys, and the
 followers serve those without fetching. A follower that takes the lead
 starts from them: no fetch again before the refresh interval is up. Two
-resolvers over one store, the election as a flag, a fake clock."""
+resolvers over one store, the election as a flag, a fake clock; then two
+control planes on one etcd and a real JWKS server, fetched once."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+from tests.agent.mesh_harness import wait_for
 
 from pilotfish.controlplane.jwks import JwksResolver
 from pilotfish.controlplane.jwks_shared import NAME, NAMESPACE, SharedJwks
+from pilotfish.controlplane.main import ControlPlane
+from pilotfish.store.backends import StoreOptions
 from pilotfish.store.resources import ResourceStore
 from pilotfish.store.types import Key
 
-from .test_jwks import JWKS, TIMING, URI, policy
+from .test_jwks import JWKS, TIMING, URI, jwks_server, policy
+
+__all__ = ["jwks_server"]  # the fixture
 
 
 @dataclass
@@ -79,3 +89,34 @@ def test_a_new_leader_starts_from_the_stored_keys_and_refreshes_on_time(
     b.resolver.step()
     a.resolver.step()
     assert b.fetched == [URI] and a.fetched == [URI]
+
+
+def test_two_replicas_on_etcd_fetch_once_and_both_serve_the_keys(
+    etcd: Any, tmp_path: Path, jwks_server: tuple[str, type[Any]]
+) -> None:
+    uri, handler = jwks_server
+    fetches = []
+    handler.do_GET = _counting(handler.do_GET, fetches)
+    planes: list[ControlPlane] = []
+    try:
+        for name in ("a", "b"):
+            options = StoreOptions(etcd.url)
+            planes.append(ControlPlane.open(tmp_path / name, "127.0.0.1:0", store_options=options))
+        planes[0].store.apply(policy({"issuer": "a", "jwksUri": uri}), manager="t")
+        for plane in planes:
+            assert plane.mesh is not None
+            mesh = plane.mesh
+            wait_for(lambda m=mesh: m.snapshot().jwks == {uri: JWKS}, 20, "keys never served")
+        time.sleep(1.0)  # both resolvers' passes go on (every 0.5 s): no second fetch
+        assert len(fetches) == 1
+    finally:
+        for plane in planes:
+            plane.close()
+
+
+def _counting(get: Callable[[Any], None], calls: list[float]) -> Callable[[Any], None]:
+    def counted(self: Any) -> None:
+        calls.append(time.monotonic())
+        get(self)
+
+    return counted

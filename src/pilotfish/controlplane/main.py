@@ -98,6 +98,7 @@ class ControlPlane:
         self.ads = ads
         self.rollout: RolloutService | None = None
         self.elector: Elector | None = None
+        self.leader_store: ResourceStore | None = None  # on etcd: writes fenced by the lead
         self.loadtester: LoadTesterApi | None = None
         self.ca: CertificateService | None = None
         self.analysis: StatusWriter | None = None
@@ -158,7 +159,7 @@ class ControlPlane:
                 xds_tls_listen,
                 workload_token(service_tokens),
             )
-            loadtester = plane._start_rollout(backend)
+            loadtester = plane._start_rollout()
             if analysis_status.enabled():
                 plane.analysis = StatusWriter(store)
                 plane.analysis.start()
@@ -226,6 +227,9 @@ class ControlPlane:
             return None
         self.elector = Elector(backend.client, f"{backend.prefix}-election/rollout")
         self.elector.start()
+        # The leader's writes land only while it leads (EtcdBackend.fenced).
+        fenced = backend.fenced(self.elector.fence)
+        self.leader_store = ResourceStore(fenced, validate=validate_or_raise, default=with_defaults)
         return SharedInstanceRegistry(backend, self.elector.leading)
 
     def _start_mesh(
@@ -240,8 +244,11 @@ class ControlPlane:
         domain = self.ca.authority.trust_domain if self.ca is not None else DEFAULT_TRUST_DOMAIN
         self.mesh = MeshRegistry(self.store, instances, trust_domain=domain)
         self.mesh.start()
-        shared = SharedJwks(self.store, self.elector.leading) if self.elector else None
-        self.jwks = start_jwks_resolver(self.store, self.mesh, shared)
+        shared, writes = None, self.store
+        if self.elector is not None and self.leader_store is not None:
+            shared = SharedJwks(self.leader_store, self.elector.leading)
+            writes = self.leader_store
+        self.jwks = start_jwks_resolver(writes, self.mesh, shared)
         if xds_listen is None:
             return
         self.tap = TapHub(token, accept)  # sidecars' tap streams, authenticated as ADS streams
@@ -262,7 +269,7 @@ class ControlPlane:
         self.mesh.add_listener(self.ads.changed)
         self.ads.start()
 
-    def _start_rollout(self, backend: Backend) -> LoadTesterApi:
+    def _start_rollout(self) -> LoadTesterApi:
         """The rollout controller, its metrics sampler and the load tester. On
         etcd, where other control planes may share the store, the controller
         and sampler act only while this one is the elected leader, and the
@@ -270,10 +277,8 @@ class ControlPlane:
         assert self.mesh is not None
         self.loadtester = LoadTesterApi(self.mesh.snapshot)
         leading, store = None, self.store
-        if self.elector is not None and isinstance(backend, EtcdBackend):
-            leading = self.elector.leading
-            fenced = backend.fenced(self.elector.fence)
-            store = ResourceStore(fenced, validate=validate_or_raise, default=with_defaults)
+        if self.elector is not None and self.leader_store is not None:
+            leading, store = self.elector.leading, self.leader_store
         self.rollout = RolloutService(store, self.instances.instances, leading)
         self.rollout.start()
         return self.loadtester
