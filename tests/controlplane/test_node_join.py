@@ -12,6 +12,7 @@ the node's agent needs and nothing more.
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import os
@@ -26,9 +27,12 @@ from typing import Any
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
-from pilotfish.agent.join import JoinError, NodeCredentials, join, request_certificate
-from pilotfish.api.errors import Forbidden, Unauthorized
+from pilotfish.agent.join import JoinError, NodeCredentials, csr_body, join, request_certificate
+from pilotfish.api.errors import Forbidden, Invalid, Unauthorized
 from pilotfish.api.kinds import registry
 from pilotfish.ca.pin import ca_cert_hash
 from pilotfish.cli.main import main as cli
@@ -291,3 +295,40 @@ def test_the_cli_verifies_the_api_with_certificate_authority_as_kubectl(
     assert cli([*argv, "--certificate-authority", str(root_file(plane))]) == 0
     assert "workload.pilotfish.dev/web" in capsys.readouterr().out
     assert "PILOTFISH_CERTIFICATE_AUTHORITY" not in os.environ  # for that command only
+
+
+def test_bad_csrs_are_invalid_and_sign_nothing(plane: ControlPlane) -> None:
+    bootstrap = Client(plane.server.url, create(plane.data_dir), ca_file=str(root_file(plane)))
+    key = ec.generate_private_key(ec.SECP256R1())
+    good = csr_body("host-a", key)
+    with pytest.raises(Invalid, match=re.escape("spec.signerName: Unsupported value")):
+        bootstrap.create_csr({**good, "spec": {**good["spec"], "signerName": "example.com/x"}})
+    with pytest.raises(Invalid, match=re.escape("spec.request: Invalid value: not a base64 PEM")):
+        bootstrap.create_csr({**good, "spec": {**good["spec"], "request": "bm90IGEgY3Ny"}})
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "system:admin")])
+    pem = x509.CertificateSigningRequestBuilder().subject_name(subject).sign(key, hashes.SHA256())
+    request = base64.b64encode(pem.public_bytes(serialization.Encoding.PEM)).decode()
+    with pytest.raises(
+        Invalid, match=re.escape('the subject must be "CN=system:node:NAME, O=system:nodes"')
+    ):
+        bootstrap.create_csr({**good, "spec": {**good["spec"], "request": request}})
+    signed = bootstrap.create_csr(good)
+    assert signed["status"]["conditions"][0]["type"] == "Approved"
+    cert = x509.load_pem_x509_certificate(base64.b64decode(signed["status"]["certificate"]))
+    assert cert.subject.rfc4514_string() == "CN=system:node:host-a,O=system:nodes"
+
+
+@pytest.mark.parametrize(
+    ("flags", "error"),
+    [
+        (["--token", "abcdef.0123456789abcdef"], "--join needs --ca-cert-hash sha256:HEX"),
+        (["--ca-cert-hash", "md5:00"], 'invalid CA certificate hash "md5:00"'),
+        (["--ca-cert-hash", "sha256:" + "0" * 64], "--join needs a bootstrap token"),
+    ],
+)
+def test_bad_join_flags_are_refused_before_anything_is_sent(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str], error: str
+) -> None:
+    argv = ["node", "--join", "https://127.0.0.1:1", "--state-dir", str(tmp_path / "n"), *flags]
+    assert cli(argv) == 1
+    assert error in capsys.readouterr().err
