@@ -332,3 +332,10 @@ def test_bad_join_flags_are_refused_before_anything_is_sent(
     argv = ["node", "--join", "https://127.0.0.1:1", "--state-dir", str(tmp_path / "n"), *flags]
     assert cli(argv) == 1
     assert error in capsys.readouterr().err
+
+
+def test_a_joining_agent_dials_xds_over_tls_on_each_control_planes_host() -> None:
+    from pilotfish.cli.node import _xds_of
+
+    servers = "https://10.0.0.11:15080, https://[fd00::12]:15080"
+    assert _xds_of(servers, 15012) == "10.0.0.11:15012,[fd00::12]:15012"

@@ -17,6 +17,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from pilotfish.api.kinds import registry
 from pilotfish.cli.commands import CliError
@@ -27,6 +28,7 @@ if TYPE_CHECKING:  # the agent's modules load only when it runs
     from pilotfish.agent.join import NodeCredentials
 
 DEFAULT_NODE = os.environ.get("PILOTFISH_NODE_NAME", "local")
+DEFAULT_XDS = "127.0.0.1:15010"
 Sub = argparse._SubParsersAction
 
 
@@ -45,9 +47,9 @@ def add_commands(sub: Sub[argparse.ArgumentParser], common: argparse.ArgumentPar
     p = sub.add_parser("node", parents=[common, state], help="run the node agent")
     p.add_argument(
         "--xds",
-        default="127.0.0.1:15010",
         help="the control plane's ADS address: HOST:PORT, or several, comma-separated "
-        "(one per control-plane replica; sidecars fail over between them)",
+        f"(one per control-plane replica; sidecars fail over between them; default "
+        f"{DEFAULT_XDS}, or with --join port 15012 of each --join host)",
     )
     p.add_argument(
         "--xds-root-cert",
@@ -145,7 +147,8 @@ def run_node(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise NodeError(str(e)) from e
     try:
-        xds = XdsServer.parse(args.xds, config.token or "", config.server.split(",")[0], root)
+        addresses = args.xds or (_xds_of(args.join, XDS_TLS_PORT) if args.join else DEFAULT_XDS)
+        xds = XdsServer.parse(addresses, config.token or "", config.server.split(",")[0], root)
     except ValueError as e:
         raise NodeError(f"--xds: {e}") from e
     if not root and XDS_TLS_PORT in xds.ports:
@@ -170,6 +173,12 @@ def run_node(args: argparse.Namespace) -> int:
     print(f"node {args.node_name}: running workloads, state in {_state(args)}", flush=True)
     agent.run(stop)
     return 0
+
+
+def _xds_of(servers: str, port: int) -> str:
+    """xDS over TLS on each control plane's host, as istiod serves 15012 beside its API."""
+    hosts = [urlsplit(url.strip()).hostname or "" for url in servers.split(",") if url.strip()]
+    return ",".join(f"[{h}]:{port}" if ":" in h else f"{h}:{port}" for h in hosts)
 
 
 def _control_plane(args: argparse.Namespace) -> tuple[ClientConfig, Client]:
