@@ -29,7 +29,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from pilotfish.agent.join import JoinError, NodeCredentials, csr_body, join, request_certificate
 from pilotfish.api.errors import Forbidden, Invalid, Unauthorized
@@ -229,6 +229,8 @@ def test_a_joined_node_proves_itself_with_its_certificate_and_may_do_its_own_wor
     assert stat.S_IMODE(credentials.key_file.stat().st_mode) == 0o600
     cert = x509.load_pem_x509_certificate(credentials.cert_file.read_bytes())
     assert cert.subject.rfc4514_string() == "CN=system:node:host-a,O=system:nodes"
+    usage = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert list(usage) == [ExtendedKeyUsageOID.CLIENT_AUTH]  # a client, never a server
     node = credentials.client(plane.server.url)
     # What its agent does: read Workloads and its namespaces' Secrets, register, mint tokens.
     names = {w["metadata"]["name"] for w in node.list(WORKLOAD, None)["items"]}
@@ -305,6 +307,8 @@ def test_bad_csrs_are_invalid_and_sign_nothing(plane: ControlPlane) -> None:
         bootstrap.create_csr({**good, "spec": {**good["spec"], "signerName": "example.com/x"}})
     with pytest.raises(Invalid, match=re.escape("spec.request: Invalid value: not a base64 PEM")):
         bootstrap.create_csr({**good, "spec": {**good["spec"], "request": "bm90IGEgY3Ny"}})
+    with pytest.raises(Invalid, match=re.escape('spec.usages: Unsupported value: ["server auth"]')):
+        bootstrap.create_csr({**good, "spec": {**good["spec"], "usages": ["server auth"]}})
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "system:admin")])
     pem = x509.CertificateSigningRequestBuilder().subject_name(subject).sign(key, hashes.SHA256())
     request = base64.b64encode(pem.public_bytes(serialization.Encoding.PEM)).decode()
@@ -316,6 +320,8 @@ def test_bad_csrs_are_invalid_and_sign_nothing(plane: ControlPlane) -> None:
     assert signed["status"]["conditions"][0]["type"] == "Approved"
     cert = x509.load_pem_x509_certificate(base64.b64decode(signed["status"]["certificate"]))
     assert cert.subject.rfc4514_string() == "CN=system:node:host-a,O=system:nodes"
+    usage = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert list(usage) == [ExtendedKeyUsageOID.CLIENT_AUTH]  # a client, never a server
 
 
 @pytest.mark.parametrize(

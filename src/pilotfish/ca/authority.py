@@ -86,7 +86,9 @@ class CertificateAuthority:
             raise CsrError("the CSR's signature is not valid (it was not signed by its own key)")
         _check_key(csr.public_key(), "the CSR's key")
         not_after = min(now + ttl, self.cert.not_valid_after_utc)
-        leaf = _leaf(csr.public_key(), [], self.cert, self.key, now, not_after, csr.subject)
+        leaf = _leaf(
+            csr.public_key(), [], self.cert, self.key, now, not_after, csr.subject, server=False
+        )
         return self._chain(leaf)
 
     def _chain(self, leaf: x509.Certificate) -> list[str]:
@@ -202,6 +204,8 @@ def _leaf(
     now: datetime.datetime,
     not_after: datetime.datetime,
     subject: x509.Name | None = None,
+    *,
+    server: bool = True,
 ) -> x509.Certificate:
     # An empty subject, so the SAN is critical (RFC 5280 4.2.1.6), as Istio's;
     # a node's client certificate has a subject and no SAN, as the kubelet's.
@@ -218,6 +222,8 @@ def _leaf(
         .add_extension(
             x509.ExtendedKeyUsage(
                 [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+                if server
+                else [ExtendedKeyUsageOID.CLIENT_AUTH]  # a node's: a client only
             ),
             critical=False,
         )

@@ -45,7 +45,7 @@ from pilotfish.controlplane.auth import CSR_PATH, NODE_PREFIX, NODES_GROUP, Attr
 from pilotfish.objects import Obj
 
 SIGNER = "kubernetes.io/kube-apiserver-client-kubelet"
-USAGES = ["digital signature", "client auth"]  # the kubelet asks for these (and key encipherment)
+ALLOWED_USAGES = ("digital signature", "key encipherment", "client auth")  # the kubelet's
 NODE_CERT_TTL = datetime.timedelta(days=365)  # kube-controller-manager's signing duration
 INSTANCES = "/api/v1/registry/instances"
 TELEMETRY = "/v1/traces"
@@ -178,6 +178,13 @@ def _csr_object(body: bytes) -> x509.CertificateSigningRequest:
         raise Invalid(
             f"spec.signerName: Unsupported value: {spec.get('signerName')!r}: "
             f'supported values: "{SIGNER}"'
+        )
+    usages = spec.get("usages") or []
+    wrong = [u for u in usages if u not in ALLOWED_USAGES] if isinstance(usages, list) else usages
+    if wrong or "client auth" not in usages:
+        raise Invalid(
+            f"spec.usages: Unsupported value: {json.dumps(wrong or usages)}: {SIGNER} "
+            f'signs "client auth" with "digital signature" and "key encipherment" only'
         )
     try:
         return x509.load_pem_x509_csr(base64.b64decode(str(spec.get("request", "")), validate=True))
