@@ -147,18 +147,9 @@ class ControlPlane:
             service_tokens = tokens.load_or_create(data_dir)
             if xds_listen is not None:
                 plane.ca = open_ca(store, data_dir, token, service_tokens, ca or CaOptions())
-            authority = plane.ca.authority if plane.ca is not None else None
-            tls = serving_context(api_tls or ApiTls(), listen, authority, data_dir)
-            if tls is not None:
-                server.use_tls(tls)
-            plane._start_mesh(
-                xds_listen,
-                token,
-                xds_limits,
-                plane._instances_on(backend),
-                xds_tls_listen,
-                workload_token(service_tokens),
-            )
+            root = plane._use_tls(api_tls, listen)
+            instances, accept = plane._instances_on(backend), workload_token(service_tokens)
+            plane._start_mesh(xds_listen, token, xds_limits, instances, xds_tls_listen, accept)
             loadtester = plane._start_rollout()
             if analysis_status.enabled():
                 plane.analysis = StatusWriter(store)
@@ -173,17 +164,8 @@ class ControlPlane:
                 plane._start_dashboard(prometheus),
                 plane._node_certificates(),
             )
-            auth = Authenticator(
-                token,
-                data_dir=data_dir,
-                anonymous_reads=anonymous_reads,
-                workloads=service_tokens,
-                bootstrap=BootstrapTokens(data_dir),
-                nodes=plane._node_rules(),
-            )
+            auth = plane._authenticator(token, anonymous_reads, service_tokens)
             server.api = Api(store, auth, analyze=warnings_for, extension=extensions)
-            issued = tls is not None and (api_tls is None or api_tls.cert_file is None)
-            root = str(data_dir / ROOT_FILE) if issued else None
             write_client_config(ClientConfig(server.url, token, root), config_path)
         except BaseException as e:
             if plane is not None:
@@ -197,6 +179,31 @@ class ControlPlane:
                 raise
             raise reason from e
         return plane
+
+    def _use_tls(self, api_tls: ApiTls | None, listen: str) -> str | None:
+        """HTTPS as api_tls.serving_context decides; the CA file local clients
+        verify the API with when the mesh CA issued its certificate."""
+        authority = self.ca.authority if self.ca is not None else None
+        tls = serving_context(api_tls or ApiTls(), listen, authority, self.data_dir)
+        if tls is None:
+            return None
+        self.server.use_tls(tls)
+        issued = api_tls is None or api_tls.cert_file is None
+        return str(self.data_dir / ROOT_FILE) if issued else None
+
+    def _authenticator(
+        self, token: str, anonymous_reads: bool, service_tokens: tokens.ServiceAccountTokens
+    ) -> Authenticator:
+        """Who is calling: the admin, read-only, bootstrap and service account
+        tokens, and nodes' certificates (when the mesh CA, their issuer, runs)."""
+        return Authenticator(
+            token,
+            data_dir=self.data_dir,
+            anonymous_reads=anonymous_reads,
+            workloads=service_tokens,
+            bootstrap=BootstrapTokens(self.data_dir),
+            nodes=self._node_rules(),
+        )
 
     def _node_certificates(self) -> NodeCertificates | None:
         """Joining node agents' certificates, signed by the mesh CA (if it runs)."""
