@@ -346,7 +346,7 @@ def _tap_stream(
     runtime.tap = Tap(me, identity)
     hello = {"node": bootstrap.node.id, "namespace": me.namespace, "workload": me.workload}
     token_file = certificates.token_file if certificates is not None else None
-    targets, metadata = _ads_targets(bootstrap), _ads_metadata(bootstrap, token_file)
+    targets, metadata = _ads_targets(bootstrap), partial(_ads_metadata, bootstrap, token_file)
     return TapStream(runtime.tap, targets, metadata, hello, _ads_channel(bootstrap))
 
 
