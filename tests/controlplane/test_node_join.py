@@ -19,6 +19,7 @@ import os
 import re
 import stat
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import redirect_stdout
@@ -345,3 +346,27 @@ def test_a_joining_agent_dials_xds_over_tls_on_each_control_planes_host() -> Non
 
     servers = "https://10.0.0.11:15080, https://[fd00::12]:15080"
     assert _xds_of(servers, 15012) == "10.0.0.11:15012,[fd00::12]:15012"
+
+
+def test_a_joined_agent_stops_watching_what_it_may_not_watch(
+    plane: ControlPlane, tmp_path: Path
+) -> None:
+    """Every namespace's Secrets are not a node's to watch: the agent's watch
+    thread ends at the 403 (its resync reads its own namespaces), instead of
+    asking again every second."""
+    from pilotfish.agent.bootstrap import XdsServer
+    from pilotfish.agent.node import NodeAgent
+
+    credentials = join(
+        tmp_path / "n", plane.server.url, create(plane.data_dir), pin(plane), "host-a"
+    )
+    agent = NodeAgent(
+        credentials.client(plane.server.url), "host-a", tmp_path / "s", XdsServer("x", 1)
+    )
+    stop = threading.Event()
+    watcher = threading.Thread(target=agent._watch, args=("Secret", stop), daemon=True)
+    watcher.start()
+    watcher.join(5)
+    alive = watcher.is_alive()
+    stop.set()
+    assert not alive
