@@ -8,6 +8,8 @@ reads it, so `pilotfish apply` works with no flags on the same machine.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,9 @@ DEFAULT_SERVER = "http://127.0.0.1:15080"
 CONFIG_ENV = "PILOTFISH_CONFIG"
 SERVER_ENV = "PILOTFISH_SERVER"
 TOKEN_ENV = "PILOTFISH_TOKEN"
+# A CA file to verify the control plane with, over the client config's (kubectl's
+# --certificate-authority; the CLI's flag of that name sets it for its run).
+CA_ENV = "PILOTFISH_CERTIFICATE_AUTHORITY"
 
 
 class ConfigError(ApiError):
@@ -33,10 +38,29 @@ class ConfigError(ApiError):
 class ClientConfig:
     server: str
     token: str | None
+    # A CA file to verify the server with (kubeconfig's certificate-authority).
+    certificate_authority: str | None = None
 
     def __repr__(self) -> str:
         # The token is a credential: never let it reach a log or a traceback.
         return f"ClientConfig(server={self.server!r}, token={'***' if self.token else None})"
+
+
+@contextmanager
+def certificate_authority(path: str | None) -> Iterator[None]:
+    """The CLI's --certificate-authority for the length of one command."""
+    if not path:
+        yield
+        return
+    before = os.environ.get(CA_ENV)
+    os.environ[CA_ENV] = path
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(CA_ENV, None)
+        else:
+            os.environ[CA_ENV] = before
 
 
 def config_path() -> Path:
@@ -54,13 +78,17 @@ def load_client_config(
     saved_server = (_text(saved, "server") or DEFAULT_SERVER).rstrip("/")
     server = (server_override or os.environ.get(SERVER_ENV) or saved_server).rstrip("/")
     token = os.environ.get(TOKEN_ENV) or (_text(saved, "token") if server == saved_server else None)
-    return ClientConfig(server, token)
+    authority = _text(saved, "certificate-authority") if server == saved_server else None
+    return ClientConfig(server, token, os.environ.get(CA_ENV) or authority)
 
 
 def write_client_config(config: ClientConfig, path: Path | None = None) -> Path:
     """Save `config` with mode 0600, atomically; returns where it went."""
     target = path or config_path()
-    text = yaml.safe_dump({"server": config.server, "token": config.token}, sort_keys=False)
+    saved: dict[str, Any] = {"server": config.server, "token": config.token}
+    if config.certificate_authority:
+        saved["certificate-authority"] = config.certificate_authority
+    text = yaml.safe_dump(saved, sort_keys=False)
     write_private(target, text)
     return target
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from pilotfish.controlplane.api import Api
+from pilotfish.controlplane.api_tls import ApiTls
 from pilotfish.controlplane.http import ApiServer
 from pilotfish.controlplane.main import ControlPlane
 from pilotfish.store.resources import ResourceStore
@@ -178,7 +179,9 @@ def test_anonymous_reads_are_never_served_off_loopback(tmp_path: Path) -> None:
     address = _outbound_address()
     if address is None:
         pytest.skip("no non-loopback interface to call from")
-    plane = ControlPlane.open(tmp_path / "data", "0.0.0.0:0", tmp_path / "config.yaml")
+    # Plaintext by name (HTTPS is the default off loopback): the raw requests are the subject.
+    plaintext = ApiTls(plaintext_off_loopback=True)
+    plane = ControlPlane.open(tmp_path / "data", "0.0.0.0:0", tmp_path / "c.yaml", api_tls=plaintext)
     plane.server.start()
     try:
         request = f"GET {VS_PATH} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".encode()

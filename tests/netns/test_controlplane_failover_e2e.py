@@ -81,6 +81,7 @@ class Replica:
         argv = [sys.executable, "-m", "pilotfish", "controlplane", "--data-dir", str(self.data)]
         argv += ["--listen", f"{self.host.address}:{self.api}", "--xds-port", str(self.xds)]
         argv += ["--xds-tls-port", str(self.xds_tls), "--store", etcd.url]
+        argv += ["--api-plaintext-off-loopback"]  # failover is this test's subject, not TLS
         with self.log.open("ab") as log:
             self.process = self.host.popen(
                 argv, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT

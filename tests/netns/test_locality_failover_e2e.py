@@ -179,6 +179,7 @@ def mesh(netns: Callable[[int], Network], tmp_path: Path) -> Iterator[Cluster]: 
     argv = [sys.executable, "-m", "pilotfish", "controlplane", "--data-dir", str(tmp_path / "data")]
     argv += ["--listen", f"{net.gateway}:{api}", "--xds-port", str(xds)]
     argv += ["--xds-tls-port", str(xds_tls)]  # off loopback xDS is TLS only (plaintext: loopback)
+    argv += ["--api-plaintext-off-loopback"]  # localities are this test's subject, not TLS
     with (tmp_path / "controlplane.log").open("ab") as log:
         plane = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
     cluster = Cluster(tmp_path, net, env, f"http://{net.gateway}:{api}", f"{net.gateway}:{xds_tls}")

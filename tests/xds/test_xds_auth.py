@@ -235,5 +235,5 @@ def test_initial_metadata_keys_are_sent_lowercased_as_envoy_does() -> None:
     service = config["dynamic_resources"]["ads_config"]["grpc_services"][0]
     service["initial_metadata"] = [{"key": "Authorization", "value": "Bearer t"}]
     client = ads_client(parse_bootstrap(config), ProxyConfig())
-    assert client is not None and client._metadata == (("authorization", "Bearer t"),)
+    assert client is not None and client._metadata() == [("authorization", "Bearer t")]
     assert "Bearer" not in repr(client)

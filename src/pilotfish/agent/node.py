@@ -37,7 +37,7 @@ from pilotfish.agent.instance import RECORD, Instance, Ports
 from pilotfish.agent.ports import PortAllocator
 from pilotfish.agent.proxyless import BOOTSTRAP, GRPC_AGENT, INJECT_TEMPLATES, is_proxyless
 from pilotfish.agent.spec import SpecError, config_data, resolve
-from pilotfish.api.errors import ApiError
+from pilotfish.api.errors import ApiError, Forbidden
 from pilotfish.api.kinds import Kind, registry
 from pilotfish.api.workloads import ConfigData
 from pilotfish.api.workloads import template_hash as hash_of
@@ -311,6 +311,10 @@ class NodeAgent:
                     self._dirty.set()
                     if stop.is_set():
                         return
+            except Forbidden:
+                # A joined node may not watch every namespace's Secrets (or
+                # ConfigMaps): the periodic resync reads its own namespaces.
+                return
             except (ApiError, OSError, ValueError):
                 pass
             stop.wait(1.0)

@@ -76,6 +76,21 @@ class CertificateAuthority:
         not_after = min(now + self.max_ttl, self.cert.not_valid_after_utc)
         return self._chain(_leaf(public_key, names, self.cert, self.key, now, not_after))
 
+    def client(
+        self, csr: x509.CertificateSigningRequest, ttl: datetime.timedelta, now: datetime.datetime
+    ) -> list[str]:
+        """A client certificate with the CSR's subject (a node agent's: CN
+        system:node:NAME, O system:nodes, as the kubelet's; the caller checked
+        it), if the CSR is well signed."""
+        if not csr.is_signature_valid:
+            raise CsrError("the CSR's signature is not valid (it was not signed by its own key)")
+        _check_key(csr.public_key(), "the CSR's key")
+        not_after = min(now + ttl, self.cert.not_valid_after_utc)
+        leaf = _leaf(
+            csr.public_key(), [], self.cert, self.key, now, not_after, csr.subject, server=False
+        )
+        return self._chain(leaf)
+
     def _chain(self, leaf: x509.Certificate) -> list[str]:
         chain = [leaf, *self.chain]
         if chain[-1] != self.root:
@@ -188,22 +203,27 @@ def _leaf(
     key: SigningKey,
     now: datetime.datetime,
     not_after: datetime.datetime,
+    subject: x509.Name | None = None,
+    *,
+    server: bool = True,
 ) -> x509.Certificate:
-    # An empty subject, so the SAN is critical (RFC 5280 4.2.1.6), as Istio's.
+    # An empty subject, so the SAN is critical (RFC 5280 4.2.1.6), as Istio's;
+    # a node's client certificate has a subject and no SAN, as the kubelet's.
     builder = (
         x509.CertificateBuilder()
-        .subject_name(x509.Name([]))
+        .subject_name(subject or x509.Name([]))
         .issuer_name(issuer.subject)
         .public_key(public_key)
         .serial_number(x509.random_serial_number())
         .not_valid_before(now)
         .not_valid_after(not_after)
-        .add_extension(x509.SubjectAlternativeName(names), critical=True)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(key_usage(digital_signature=True, key_encipherment=True), critical=True)
         .add_extension(
             x509.ExtendedKeyUsage(
                 [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+                if server
+                else [ExtendedKeyUsageOID.CLIENT_AUTH]  # a node's: a client only
             ),
             critical=False,
         )
@@ -212,6 +232,8 @@ def _leaf(
             critical=False,
         )
     )
+    if names:
+        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=True)
     return builder.sign(key, hashes.SHA256())
 
 

@@ -32,6 +32,7 @@ from pilotfish.cli import (
 from pilotfish.cli.flags import UsageError
 from pilotfish.cli.help import GroupedParser
 from pilotfish.cli.manifests import ManifestError
+from pilotfish.config import certificate_authority
 from pilotfish.proxy.compiled import describe
 
 Handler = Callable[[argparse.Namespace], int]
@@ -45,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
         build_parser().print_help()
         return 2
     try:
-        code = handler(args)
+        with certificate_authority(getattr(args, "certificate_authority", None)):
+            code = handler(args)
         sys.stdout.flush()  # here, where a closed pipe is caught, not at exit
         return code
     except (commands.CliError, ManifestError, UsageError) as e:
@@ -106,6 +108,12 @@ def _common_options() -> argparse.ArgumentParser:
         "then the client config written by the control plane)",
     )
     common.add_argument("-n", "--namespace", help="namespace (default: default)")
+    common.add_argument(
+        "--certificate-authority",
+        metavar="FILE",
+        help="verify an HTTPS control plane with this CA (default: "
+        "$PILOTFISH_CERTIFICATE_AUTHORITY, then the client config's, then the system's)",
+    )
     return common
 
 

@@ -14,16 +14,21 @@ import signal
 import sys
 import threading
 import time
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from pilotfish.api.kinds import registry
 from pilotfish.cli.commands import CliError
 from pilotfish.client import Client
-from pilotfish.config import load_client_config
+from pilotfish.config import ClientConfig, load_client_config
+
+if TYPE_CHECKING:  # the agent's modules load only when it runs
+    from pilotfish.agent.join import NodeCredentials
 
 DEFAULT_NODE = os.environ.get("PILOTFISH_NODE_NAME", "local")
+DEFAULT_XDS = "127.0.0.1:15010"
 Sub = argparse._SubParsersAction
 
 
@@ -42,9 +47,9 @@ def add_commands(sub: Sub[argparse.ArgumentParser], common: argparse.ArgumentPar
     p = sub.add_parser("node", parents=[common, state], help="run the node agent")
     p.add_argument(
         "--xds",
-        default="127.0.0.1:15010",
         help="the control plane's ADS address: HOST:PORT, or several, comma-separated "
-        "(one per control-plane replica; sidecars fail over between them)",
+        f"(one per control-plane replica; sidecars fail over between them; default "
+        f"{DEFAULT_XDS}, or with --join port 15012 of each --join host)",
     )
     p.add_argument(
         "--xds-root-cert",
@@ -72,6 +77,25 @@ def add_commands(sub: Sub[argparse.ArgumentParser], common: argparse.ArgumentPar
         metavar="REGION/ZONE/SUBZONE",
         help="this node's locality; an instance's labels topology.kubernetes.io/region, "
         "topology.kubernetes.io/zone, topology.istio.io/subzone (or istio-locality) win",
+    )
+    p.add_argument(
+        "--join",
+        metavar="URL[,URL...]",
+        help="join the control plane(s) at these HTTPS URLs with a bootstrap token instead of "
+        "the admin token: the agent gets a certificate of its own (system:node:NAME) and "
+        "uses it from then on (with --token and --ca-cert-hash, as kubeadm join)",
+    )
+    p.add_argument(
+        "--token",
+        default="",
+        metavar="ID.SECRET",
+        help="a bootstrap token (pilotfish token create --bootstrap); needed for the first join",
+    )
+    p.add_argument(
+        "--ca-cert-hash",
+        metavar="sha256:HEX",
+        help="the control plane CA's public key hash (printed at its start): the CA is "
+        "trusted only if it matches",
     )
     p.set_defaults(handler=run_node)
     p = sub.add_parser("logs", parents=[common, state], help="an application's log")
@@ -114,14 +138,17 @@ def run_node(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    config = load_client_config(args.server)
+    config, client = _control_plane(args)
     # The sidecars present the agent's own token to the ADS server (needed off loopback).
+    # A joined node's pinned CA is the mesh root: its sidecars verify xDS with it too.
+    root_file = args.xds_root_cert or (config.certificate_authority if args.join else None)
     try:
-        root = checked_root_cert(args.xds_root_cert)
+        root = checked_root_cert(root_file)
     except ValueError as e:
         raise NodeError(str(e)) from e
     try:
-        xds = XdsServer.parse(args.xds, config.token or "", config.server.split(",")[0], root)
+        addresses = args.xds or (_xds_of(args.join, XDS_TLS_PORT) if args.join else DEFAULT_XDS)
+        xds = XdsServer.parse(addresses, config.token or "", config.server.split(",")[0], root)
     except ValueError as e:
         raise NodeError(f"--xds: {e}") from e
     if not root and XDS_TLS_PORT in xds.ports:
@@ -142,11 +169,61 @@ def run_node(args: argparse.Namespace) -> int:
         if args.gateway
         else None
     )
-    client = Client(config.server, config.token)
     agent = NodeAgent(client, args.node_name, _state(args), xds, gateway, placement)
     print(f"node {args.node_name}: running workloads, state in {_state(args)}", flush=True)
     agent.run(stop)
     return 0
+
+
+def _xds_of(servers: str, port: int) -> str:
+    """xDS over TLS on each control plane's host, as istiod serves 15012 beside its API."""
+    hosts = [urlsplit(url.strip()).hostname or "" for url in servers.split(",") if url.strip()]
+    return ",".join(f"[{h}]:{port}" if ":" in h else f"{h}:{port}" for h in hosts)
+
+
+def _control_plane(args: argparse.Namespace) -> tuple[ClientConfig, Client]:
+    """The servers and the client the agent calls them with: the admin
+    token's, or with --join the node's own certificate (renewed in the
+    background) and no token at all."""
+    if not args.join:
+        config = load_client_config(args.server)
+        return config, Client(config.server, config.token, ca_file=config.certificate_authority)
+    from pilotfish.agent.join import JoinError, join
+    from pilotfish.ca.pin import check_pin
+
+    if not args.ca_cert_hash:
+        raise NodeError("--join needs --ca-cert-hash sha256:HEX to verify the control plane")
+    try:
+        pin = check_pin(args.ca_cert_hash)
+        credentials = join(_state(args), args.join, args.token, pin, args.node_name)
+    except (ValueError, JoinError) as e:
+        raise NodeError(f"--join: {e}") from e
+    client = credentials.client(args.join)
+    threading.Thread(
+        target=_renew_forever, args=(client, args.node_name, credentials), daemon=True
+    ).start()
+    print(f"node {args.node_name}: joined as system:node:{args.node_name}", flush=True)
+    return ClientConfig(args.join, None, str(credentials.ca_file)), client
+
+
+def _renew_forever(client: Client, node: str, credentials: NodeCredentials) -> None:
+    """Renew the node's certificate when due (70-90% of its life), with itself."""
+    from pilotfish.agent.join import JoinError, renew_at, request_certificate
+
+    due: dict[int, datetime] = {}  # by serial: the jittered time is drawn once per certificate
+    while True:
+        cert = credentials.certificate()
+        when = due.setdefault(cert.serial_number, renew_at(cert)) if cert is not None else None
+        delay = (when - datetime.now(UTC)).total_seconds() if when is not None else 0.0
+        if delay > 0:
+            time.sleep(min(delay, 3600.0))
+            continue
+        try:
+            request_certificate(client, node, credentials)
+            client.reload_tls()
+        except JoinError as e:
+            print(f"node {node}: renewing its certificate: {e}", flush=True)
+            time.sleep(60.0)
 
 
 def live_instances(state_dir: Path, workload: str, namespace: str) -> list[tuple[Path, Any]]:

@@ -96,12 +96,32 @@ class Client:
     replicas, comma-separated: a request that cannot reach one goes to the
     next, which then stays the one asked."""
 
-    def __init__(self, server: str, token: str | None, *, timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        server: str,
+        token: str | None,
+        *,
+        timeout: float = 30.0,
+        ca_file: str | None = None,
+        cert: tuple[str, str] | None = None,
+        insecure: bool = False,
+    ) -> None:
+        """`ca_file`: verify HTTPS servers with it (else the system's roots,
+        SSL_CERT_FILE); `cert`: a client certificate and its key (files);
+        `insecure`: no verification (a joining node's first, pinned, read)."""
         self.servers = [s.strip().rstrip("/") for s in server.split(",") if s.strip()]
         self._current = 0
         self._token = token
         self.timeout = timeout
-        self._openers = {s: opener_for(s) for s in self.servers}
+        self._tls = (ca_file, cert, insecure)
+        self.reload_tls()
+
+    def reload_tls(self) -> None:
+        """Load the CA and client certificate files again (after a renewal)."""
+        ca_file, cert, insecure = self._tls
+        self._openers = {
+            s: opener_for(s, insecure=insecure, ca_file=ca_file, cert=cert) for s in self.servers
+        }
 
     def __repr__(self) -> str:
         return f"Client({self.server!r})"
@@ -113,7 +133,7 @@ class Client:
     @classmethod
     def from_config(cls, server_override: str | None = None) -> Client:
         config = load_client_config(server_override)
-        return cls(config.server, config.token)
+        return cls(config.server, config.token, ca_file=config.certificate_authority)
 
     # -- writes ------------------------------------------------------------------------
 
@@ -242,6 +262,15 @@ class Client:
         """`pilotfish stat`'s rows: the dashboard's stat API with `query`'s filters."""
         return self._call("GET", "/dashboard/api/stat", query)[0]
 
+    def cluster_info(self) -> Obj:
+        """kubeadm's kube-public/cluster-info: the server and its CA, for anyone."""
+        return self._call("GET", "/api/v1/namespaces/kube-public/configmaps/cluster-info")[0]
+
+    def create_csr(self, csr: Obj) -> Obj:
+        """A CertificateSigningRequest; a node's is answered signed at once."""
+        path = "/apis/certificates.k8s.io/v1/certificatesigningrequests"
+        return self._call("POST", path, body=csr)[0]
+
     def create_token(self, namespace: str, service_account: str, expiration_seconds: int) -> Obj:
         """A TokenRequest: a token bound to the service account, for the CA."""
         path = (
@@ -310,6 +339,12 @@ class Client:
                     f"the control plane at {self.server} closed the connection before it "
                     f"answered a request of {_size(len(request.data))}"
                 ) from e
+            if isinstance(reason, ssl.SSLCertVerificationError):
+                raise Unreachable(
+                    f"cannot verify the control plane's certificate at {self.server}: "
+                    f"{reason.verify_message} (give its CA: --certificate-authority FILE, "
+                    "or SSL_CERT_FILE)"
+                ) from e
             raise Unreachable(
                 f'cannot reach the control plane at {self.server}: is "pilotfish controlplane" '
                 "running?"
@@ -355,12 +390,18 @@ def _same_site(initial: str, target: str) -> bool:
 
 
 def opener_for(
-    url: str, *, insecure: bool = False, proxy: str = ""
+    url: str,
+    *,
+    insecure: bool = False,
+    proxy: str = "",
+    ca_file: str | None = None,
+    cert: tuple[str, str] | None = None,
 ) -> urllib.request.OpenerDirector:
     """`proxy` if given, else proxies from the environment except for
     loopback hosts, as Go's ProxyFromEnvironment: a proxy could not reach this
-    host, and would see the token. No certificate checks when `insecure`.
-    Redirects keep credentials on their host (RedirectHandler)."""
+    host, and would see the token. No certificate checks when `insecure`;
+    else against `ca_file` if given. `cert`: a client certificate (and key)
+    to present. Redirects keep credentials on their host (RedirectHandler)."""
     handlers: list[urllib.request.BaseHandler] = [_HttpHandler(), RedirectHandler()]
     host = urlsplit(url).hostname or ""
     if proxy:
@@ -368,10 +409,15 @@ def opener_for(
     elif host == "localhost" or is_loopback(host):
         handlers.append(urllib.request.ProxyHandler({}))
     context = None
+    if insecure or ca_file or cert:
+        context = ssl.create_default_context(cafile=ca_file)
     if insecure:
-        context = ssl.create_default_context()
+        assert context is not None
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
+    if cert:
+        assert context is not None
+        context.load_cert_chain(*cert)
     handlers.append(_HttpsHandler(context=context))
     return urllib.request.build_opener(*handlers)
 

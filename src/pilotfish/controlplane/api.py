@@ -27,7 +27,15 @@ from pilotfish.api.errors import (
 )
 from pilotfish.api.kinds import Kind, KindRegistry, registry
 from pilotfish.controlplane import openapi
-from pilotfish.controlplane.auth import TELEMETRY_PATHS, Attributes, Authenticator, forbidden
+from pilotfish.controlplane.auth import (
+    NODE_PREFIX,
+    TELEMETRY_PATHS,
+    Attributes,
+    Authenticator,
+    Caller,
+    CertSubject,
+    forbidden,
+)
 from pilotfish.controlplane.bodies import parse
 from pilotfish.controlplane.browsers import refuse_cross_site
 from pilotfish.objects import Obj
@@ -53,6 +61,8 @@ MERGE = "application/merge-patch+json"
 JSON_TYPES = ("", "application/json")
 YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml")
 HEALTH_PATHS = ("/healthz", "/readyz", "/livez")
+# Read by anyone, as kubeadm's RBAC lets system:unauthenticated read it.
+CLUSTER_INFO = "/api/v1/namespaces/kube-public/configmaps/cluster-info"
 # Paths anyone local may call: Flagger's webhooks (to the load tester) carry no token.
 PUBLIC_PREFIXES = ("/loadtester",)
 _READS = ("GET", "HEAD")
@@ -89,6 +99,7 @@ class Request:
     headers: Mapping[str, str] = field(default_factory=dict)  # names in lower case
     body: bytes = b""
     peer: str = "127.0.0.1"
+    certificate: CertSubject | None = None  # a client certificate the TLS layer verified
 
     @classmethod
     def of(
@@ -98,12 +109,13 @@ class Request:
         headers: Mapping[str, str] | None = None,
         body: bytes = b"",
         peer: str = "127.0.0.1",
+        certificate: CertSubject | None = None,
     ) -> Request:
         """A request from its request line's target (`/path?query`)."""
         parts = urlsplit(target)
         query = dict(parse_qsl(parts.query, keep_blank_values=True))
         lowered = {k.lower(): v for k, v in (headers or {}).items()}
-        return cls(method.upper(), parts.path or "/", query, lowered, body, peer)
+        return cls(method.upper(), parts.path or "/", query, lowered, body, peer, certificate)
 
     def header(self, name: str) -> str | None:
         return self.headers.get(name.lower())
@@ -188,20 +200,26 @@ class Api:
             log.exception("%s %s failed", request.method, request.path)
             return status_response(ApiError("an internal error occurred; see the server log"))
 
-    def admit(self, request: Request) -> None:
+    def admit(self, request: Request) -> Caller | None:
         """Authenticate and authorize from the request's head alone, so the HTTP
         shell can refuse a caller before reading a byte of its body."""
         path = _clean(request.path)
-        if path in HEALTH_PATHS:
-            return
+        if path in HEALTH_PATHS or (path == CLUSTER_INFO and request.method in _READS):
+            return None  # cluster-info: how a joining node finds the CA it has the hash of
         public = _public(path)
         local = public or path in TELEMETRY_PATHS  # loopback needs no token here
-        caller = self.auth.caller(request.header("authorization"), request.peer, public=local)
+        caller = self.auth.caller(
+            request.header("authorization"),
+            request.peer,
+            public=local,
+            certificate=request.certificate,
+        )
         attributes = self.attributes(request, path)
-        if not public and not caller.may(attributes):
+        if not public and not self.auth.may(caller, attributes):
             raise forbidden(caller, attributes)
         if caller.role == "anonymous":  # what a web page could make a browser send
             refuse_cross_site(request.headers)
+        return caller
 
     def attributes(self, request: Request, path: str) -> Attributes:
         """The verb and resource a request asks for, as Kubernetes' RequestInfo."""
@@ -227,7 +245,11 @@ class Api:
         path = _clean(request.path)
         if path in HEALTH_PATHS:
             return Response(200, b"ok", "text/plain; charset=utf-8")
-        self.admit(request)
+        caller = self.admit(request)
+        if caller is not None and caller.role == "node" and self.auth.nodes is not None:
+            # What a node may write depends on the body too (its own instances).
+            node = caller.name.removeprefix(NODE_PREFIX)
+            self.auth.nodes.admit_body(node, request.method, path, request.body)
         extra = self.extension(request, path) if self.extension else None
         if extra is not None:
             return extra
@@ -533,11 +555,11 @@ class EventStream:
         return max(0.0, min(timeout, self._deadline - time.monotonic()))
 
 
-def chain(*extensions: Extension) -> Extension:
-    """Extensions asked in turn; the first answer wins."""
+def chain(*extensions: Extension | None) -> Extension:
+    """Extensions asked in turn (None: one that is off); the first answer wins."""
 
     def ask(request: Request, path: str) -> Response | None:
-        for extension in extensions:
+        for extension in filter(None, extensions):
             answer = extension(request, path)
             if answer is not None:
                 return answer

@@ -8,6 +8,10 @@ Callers, from a bearer token or its absence:
     "system:anonymous", who may read everything but Secrets and write nothing;
   - a workload's service account token (the one its sidecar shows the CA):
     "system:serviceaccount:NS:SA", who may only post telemetry (spans);
+  - a bootstrap token (bootstrap_tokens.py): "system:bootstrap:ID", who may
+    only ask for a node certificate (CSR_PATH);
+  - a client certificate for "system:node:NAME" from the mesh CA, verified
+    by the TLS layer: the node, whose rules are nodes.py's;
   - no token otherwise (another host, or `--anonymous-reads=false`), or a
     token that is not valid: 401 Unauthorized.
 Telemetry (`POST /v1/traces`) is open to loopback callers without a token
@@ -27,12 +31,14 @@ import re
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 from pilotfish.addresses import is_loopback
 from pilotfish.api.errors import AlreadyExists, BadRequest, Forbidden, NotFound, Unauthorized
 from pilotfish.ca.tokens import SUBJECT_PREFIX, ServiceAccountTokens, TokenError
 from pilotfish.config import write_private
+from pilotfish.controlplane.bootstrap_tokens import BootstrapTokens
+from pilotfish.controlplane.watched_file import WatchedFile, read_json_object
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +53,22 @@ _BEARER = "bearer "
 TELEMETRY_PATHS = frozenset({"/v1/traces"})
 _TOKEN_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
-Role = Literal["admin", "reader", "anonymous", "workload"]
+# The one thing a bootstrap token may do: ask for its node's certificate.
+CSR_PATH = "/apis/certificates.k8s.io/v1/certificatesigningrequests"
+NODE_PREFIX = "system:node:"
+NODES_GROUP = "system:nodes"
+
+Role = Literal["admin", "reader", "anonymous", "workload", "bootstrap", "node"]
+# A verified client certificate's subject: (common name, organizations).
+CertSubject = tuple[str, tuple[str, ...]]
+
+
+class NodeRules(Protocol):
+    """What a node's certificate allows (nodes.py), NodeRestriction-like."""
+
+    def may(self, node: str, attributes: Attributes) -> bool: ...
+
+    def admit_body(self, node: str, method: str, path: str, body: bytes) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -58,9 +79,11 @@ class Caller:
     def may(self, attributes: Attributes) -> bool:
         if self.role == "admin":
             return True
+        if self.role == "bootstrap":
+            return attributes.verb == "post" and attributes.path == CSR_PATH
         if attributes.path in TELEMETRY_PATHS and attributes.verb == "post":
             return self.role in ("anonymous", "workload")
-        if self.role == "workload" or attributes.verb not in READ_VERBS:
+        if self.role in ("workload", "node") or attributes.verb not in READ_VERBS:
             return False
         return self.role == "reader" or (attributes.group, attributes.resource) != SECRETS
 
@@ -108,18 +131,35 @@ class Authenticator:
         data_dir: Path | None = None,
         anonymous_reads: bool = True,
         workloads: ServiceAccountTokens | None = None,
+        bootstrap: BootstrapTokens | None = None,
+        nodes: NodeRules | None = None,
     ) -> None:
         self._admin = admin_token.encode()
         self._workloads = workloads
+        self._bootstrap = bootstrap
+        self.nodes = nodes
         self._readers = ReadOnlyTokens(data_dir) if data_dir is not None else None
         self.anonymous_reads = anonymous_reads
 
     def __repr__(self) -> str:
         return f"Authenticator(anonymous_reads={self.anonymous_reads})"
 
-    def caller(self, authorization: str | None, peer: str, *, public: bool = False) -> Caller:
+    def caller(
+        self,
+        authorization: str | None,
+        peer: str,
+        *,
+        public: bool = False,
+        certificate: CertSubject | None = None,
+    ) -> Caller:
         """`public`: a path for local callers without a token (Flagger's
-        webhooks), open to loopback whatever `anonymous_reads` says."""
+        webhooks), open to loopback whatever `anonymous_reads` says.
+        `certificate`: the subject of a client certificate the TLS layer
+        verified against the mesh root; a node's authenticates it, as
+        apiserver's x509 authenticator comes before its token ones."""
+        node = node_of(certificate) if self.nodes is not None else None
+        if node is not None:
+            return Caller(NODE_PREFIX + node, "node")
         presented = bearer_token(authorization)
         if presented is not None:
             found = self._by_token(presented)
@@ -137,7 +177,15 @@ class Authenticator:
         name = self._readers.match(given) if self._readers is not None else None
         if name is not None:
             return Caller(name, "reader")
+        bootstrapper = self._bootstrap.user(presented) if self._bootstrap is not None else None
+        if bootstrapper is not None:
+            return Caller(bootstrapper, "bootstrap")
         return self._workload(presented)
+
+    def may(self, caller: Caller, attributes: Attributes) -> bool:
+        if caller.role == "node" and self.nodes is not None:
+            return self.nodes.may(caller.name.removeprefix(NODE_PREFIX), attributes)
+        return caller.may(attributes)
 
     def _workload(self, presented: str) -> Caller | None:
         if self._workloads is None or presented.count(".") != 2:
@@ -156,43 +204,26 @@ class ReadOnlyTokens:
 
     def __init__(self, data_dir: Path) -> None:
         self.path = data_dir / READ_ONLY_TOKENS_FILE
-        self._seen: tuple[int, int, int] | None = None
-        self._hashes: dict[str, bytes] = {}
+        self._file: WatchedFile[dict[str, bytes]] = WatchedFile(
+            self.path, lambda: _hashes(self.path), {}
+        )
 
     def match(self, given: bytes) -> str | None:
         digest = hashlib.sha256(given).digest()
         found = None
-        for name, expected in self._current().items():
+        for name, expected in self._file.current().items():
             # Every entry is compared, so the time taken says nothing about which matched.
             if hmac.compare_digest(digest, expected):
                 found = name
         return found
 
-    def _current(self) -> dict[str, bytes]:
-        try:
-            info = self.path.stat()
-        except FileNotFoundError:
-            return {}
-        seen = (info.st_ino, info.st_mtime_ns, info.st_size)  # each write is a new file
-        if seen != self._seen:
-            try:
-                hashes = {n: bytes.fromhex(h) for n, h in read_token_hashes(self.path).items()}
-            except (ValueError, BadRequest) as e:
-                # A damaged file admits no reader (the admin token still works);
-                # the error names the file, never a token.
-                log.error("ignoring the read-only tokens in %s: %s", self.path, e)
-                hashes = {}
-            self._hashes, self._seen = hashes, seen
-        return self._hashes
+
+def _hashes(path: Path) -> dict[str, bytes]:
+    return {n: bytes.fromhex(h) for n, h in read_token_hashes(path).items()}
 
 
 def read_token_hashes(path: Path) -> dict[str, str]:
-    try:
-        loaded = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return {}
-    if not isinstance(loaded, dict):
-        raise BadRequest(f"{path}: expected a JSON object of token names to hashes")
+    loaded = read_json_object(path, "token names to hashes")
     return {str(name): str(digest) for name, digest in loaded.items()}
 
 
@@ -238,6 +269,18 @@ def load_or_create_token(data_dir: Path) -> str:
         write_private(path, token + "\n")
     os.chmod(path, 0o600)  # a copy made by hand with a looser mode is tightened
     return token
+
+
+def node_of(certificate: CertSubject | None) -> str | None:
+    """The node a client certificate names (CN "system:node:NAME" in the
+    organization "system:nodes", as the kubelet's), or None."""
+    if certificate is None:
+        return None
+    common_name, organizations = certificate
+    name = common_name.removeprefix(NODE_PREFIX)
+    if name == common_name or not name or NODES_GROUP not in organizations:
+        return None
+    return name
 
 
 def bearer_token(authorization: str | None) -> str | None:

@@ -26,6 +26,7 @@ from typing import Any
 from pilotfish import __version__
 from pilotfish.api.errors import ApiError, BadRequest, MethodNotAllowed
 from pilotfish.controlplane.api import Api, LineStream, Request, Response, status_response
+from pilotfish.controlplane.auth import CertSubject
 from pilotfish.controlplane.bodies import MAX_BODY, too_large
 
 log = logging.getLogger(__name__)
@@ -155,6 +156,11 @@ class ApiServer:
     def url(self) -> str:
         return client_url(self.host, self.port, "https" if self._http.tls else "http")
 
+    def use_tls(self, tls: ssl.SSLContext) -> None:
+        """Serve HTTPS from now on (before serving starts): for a certificate
+        made once the mesh CA is open, which is after the port is bound."""
+        self._http.tls = tls
+
     @property
     def api(self) -> Api:
         if self._api is None:
@@ -188,6 +194,22 @@ class ApiServer:
         self._http.server_close()
         if self._thread is not None:
             self._thread.join(timeout)
+
+
+def client_subject(connection: socket.socket) -> CertSubject | None:
+    """The subject of the client certificate the handshake verified (the
+    context asks for one and checks it against the mesh root), if any."""
+    if not isinstance(connection, ssl.SSLSocket):
+        return None
+    cert = connection.getpeercert()
+    if not cert:
+        return None
+    fields: list[tuple[str, str]] = [
+        (str(pair[0]), str(pair[1])) for rdn in cert.get("subject", ()) for pair in rdn
+    ]
+    names = [v for k, v in fields if k == "commonName"]
+    organizations = tuple(v for k, v in fields if k == "organizationName")
+    return (names[0], organizations) if len(names) == 1 else None
 
 
 class _HttpServer(ThreadingHTTPServer):
@@ -320,7 +342,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _head(self) -> Request:
         method = "GET" if self.command == "HEAD" else self.command
-        return Request.of(method, self.path, dict(self.headers), b"", self.client_address[0])
+        certificate = client_subject(self.connection)
+        return Request.of(
+            method, self.path, dict(self.headers), b"", self.client_address[0], certificate
+        )
 
     def _refuse(self, error: ApiError) -> None:
         self.close_connection = True  # the unread body would be taken for the next request

@@ -26,6 +26,7 @@ import urllib.request
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
+from typing import Protocol
 
 from pilotfish.analysis.authn import TARGET_REFS_IGNORED
 from pilotfish.api.gotypes import parse_duration_ns, rfc3339
@@ -237,6 +238,16 @@ def fetch(uri: str, timeout: float) -> tuple[str | None, str]:
 Fetch = Callable[[str, float], tuple[str | None, str]]
 
 
+class Shared(Protocol):
+    """The keys' home when replicas share a store, and whether this one leads."""
+
+    def leading(self) -> bool: ...
+
+    def load(self) -> JwksState: ...
+
+    def save(self, state: JwksState) -> None: ...
+
+
 class JwksResolver:
     """The shell: a periodic pass over the registry's RequestAuthentications.
     `policies` lists them; `publish` hands the keys to the snapshot;
@@ -252,9 +263,13 @@ class JwksResolver:
         timing: Timing | None = None,
         fetcher: Fetch = fetch,
         period_s: float = 0.5,
+        shared: Shared | None = None,
     ) -> None:
+        """`shared`: replicas share a store (jwks_shared.py); only the leader
+        fetches and writes, the others serve the keys it stored."""
         self.policies, self.publish, self.write_status = policies, publish, write_status
         self.clock, self.timing, self.fetcher = clock, timing or Timing.from_env(), fetcher
+        self.shared = shared
         self.state = JwksState()
         self._periodic = Periodic("jwks-resolver", period_s, self.step)
 
@@ -268,6 +283,9 @@ class JwksResolver:
         self._periodic.stop()
 
     def step(self) -> None:
+        if self.shared is not None and not self.shared.leading():
+            self._follow()
+            return
         policies = list(self.policies())
         uris = wanted(policies)
         before = self.state.keys()
@@ -280,8 +298,18 @@ class JwksResolver:
         self.state = state
         if state.keys() != before:
             self.publish(state.keys())
+            if self.shared is not None:
+                self.shared.save(state)
         for policy in policies:
             self._update_status(policy)
+
+    def _follow(self) -> None:
+        """A follower: the leader's keys from the store, no fetch, no status."""
+        assert self.shared is not None
+        state = self.shared.load()
+        if state.keys() != self.state.keys():
+            self.publish(state.keys())
+        self.state = state
 
     def _update_status(self, policy: Obj) -> None:
         """Only this resolver's keys of the status; others' (analysis's
@@ -296,7 +324,9 @@ class JwksResolver:
             log.info("status of RequestAuthentication not written: %s", e)
 
 
-def start_jwks_resolver(store: ResourceStore, mesh: MeshRegistry) -> JwksResolver:
+def start_jwks_resolver(
+    store: ResourceStore, mesh: MeshRegistry, shared: Shared | None = None
+) -> JwksResolver:
     """Keys for the mesh's snapshots, status on the store's policies."""
 
     def write_status(policy: Obj, status: Obj) -> None:
@@ -307,6 +337,7 @@ def start_jwks_resolver(store: ResourceStore, mesh: MeshRegistry) -> JwksResolve
         mesh.set_jwks,
         write_status,
         clock=time.time,
+        shared=shared,
     )
     resolver.start()
     return resolver

@@ -25,24 +25,29 @@ from types import FrameType
 
 from pilotfish.analysis import warnings_for
 from pilotfish.api.errors import ApiError
+from pilotfish.api.kinds import registry
 from pilotfish.api.validation import validate_or_raise, with_defaults
 from pilotfish.ca import tokens
 from pilotfish.ca.cacerts import CaError
 from pilotfish.ca.identity import DEFAULT_TRUST_DOMAIN
+from pilotfish.ca.pin import ca_cert_hash
 from pilotfish.ca.service import CertificateService
 from pilotfish.config import ClientConfig, write_client_config
 from pilotfish.controlplane import analysis_status, xds_tls
 from pilotfish.controlplane.analysis_status import StatusWriter
 from pilotfish.controlplane.analyze_api import AnalyzeApi
 from pilotfish.controlplane.api import Api, chain
-from pilotfish.controlplane.api_tls import ApiTls
+from pilotfish.controlplane.api_tls import ROOT_FILE, ApiTls, serving_context
 from pilotfish.controlplane.auth import Authenticator, load_or_create_token
+from pilotfish.controlplane.bootstrap_tokens import BootstrapTokens
 from pilotfish.controlplane.election import Elector
 from pilotfish.controlplane.http import ApiServer, parse_listen
 from pilotfish.controlplane.identity import CaOptions, TokenApi, add_ca_flags, ca_options, open_ca
 from pilotfish.controlplane.jwks import JwksResolver, start_jwks_resolver
+from pilotfish.controlplane.jwks_shared import SharedJwks
 from pilotfish.controlplane.loadtester_api import LoadTesterApi
 from pilotfish.controlplane.mesh_api import MeshApi
+from pilotfish.controlplane.nodes import NodeAuthorizer, NodeCertificates
 from pilotfish.controlplane.tap import TapHub
 from pilotfish.controlplane.traces_api import TracesApi
 from pilotfish.dashboard.api import DashboardApi, Metrics
@@ -63,7 +68,7 @@ from pilotfish.tracing import jaeger
 from pilotfish.tracing.store import DEFAULT_RETENTION, TRACES_FILE, Retention, SpanStore
 from pilotfish.xds.limits import DEFAULT_LIMITS, Limits
 from pilotfish.xds.server import DEFAULT_LISTEN as DEFAULT_XDS_LISTEN
-from pilotfish.xds.server import AdsServer, BindError
+from pilotfish.xds.server import AdsServer, BindError, TokenCheck
 
 log = logging.getLogger("pilotfish.controlplane")
 
@@ -93,6 +98,7 @@ class ControlPlane:
         self.ads = ads
         self.rollout: RolloutService | None = None
         self.elector: Elector | None = None
+        self.leader_store: ResourceStore | None = None  # on etcd: writes fenced by the lead
         self.loadtester: LoadTesterApi | None = None
         self.ca: CertificateService | None = None
         self.analysis: StatusWriter | None = None
@@ -130,6 +136,8 @@ class ControlPlane:
         store: ResourceStore | None = None
         plane: ControlPlane | None = None
         try:
+            if xds_listen is None:  # no CA to issue a certificate: refuse before writing
+                serving_context(api_tls or ApiTls(), listen, None, data_dir)
             _make_data_dir(data_dir)
             token = load_or_create_token(data_dir)
             backend = open_backend(options, data_dir)
@@ -139,10 +147,10 @@ class ControlPlane:
             service_tokens = tokens.load_or_create(data_dir)
             if xds_listen is not None:
                 plane.ca = open_ca(store, data_dir, token, service_tokens, ca or CaOptions())
-            plane._start_mesh(
-                xds_listen, token, xds_limits, plane._instances_on(backend), xds_tls_listen
-            )
-            loadtester = plane._start_rollout(backend)
+            root = plane._use_tls(api_tls, listen)
+            instances, accept = plane._instances_on(backend), workload_token(service_tokens)
+            plane._start_mesh(xds_listen, token, xds_limits, instances, xds_tls_listen, accept)
+            loadtester = plane._start_rollout()
             if analysis_status.enabled():
                 plane.analysis = StatusWriter(store)
                 plane.analysis.start()
@@ -154,12 +162,11 @@ class ControlPlane:
                 TracesApi(plane.spans),
                 plane.tap or TapHub(None),  # without xDS no sidecar connects: nothing to tap
                 plane._start_dashboard(prometheus),
+                plane._node_certificates(),
             )
-            auth = Authenticator(
-                token, data_dir=data_dir, anonymous_reads=anonymous_reads, workloads=service_tokens
-            )
+            auth = plane._authenticator(token, anonymous_reads, service_tokens)
             server.api = Api(store, auth, analyze=warnings_for, extension=extensions)
-            write_client_config(ClientConfig(server.url, token), config_path)
+            write_client_config(ClientConfig(server.url, token, root), config_path)
         except BaseException as e:
             if plane is not None:
                 plane.close()
@@ -173,6 +180,48 @@ class ControlPlane:
             raise reason from e
         return plane
 
+    def _use_tls(self, api_tls: ApiTls | None, listen: str) -> str | None:
+        """HTTPS as api_tls.serving_context decides; the CA file local clients
+        verify the API with when the mesh CA issued its certificate."""
+        authority = self.ca.authority if self.ca is not None else None
+        tls = serving_context(api_tls or ApiTls(), listen, authority, self.data_dir)
+        if tls is None:
+            return None
+        self.server.use_tls(tls)
+        issued = api_tls is None or api_tls.cert_file is None
+        return str(self.data_dir / ROOT_FILE) if issued else None
+
+    def _authenticator(
+        self, token: str, anonymous_reads: bool, service_tokens: tokens.ServiceAccountTokens
+    ) -> Authenticator:
+        """Who is calling: the admin, read-only, bootstrap and service account
+        tokens, and nodes' certificates (when the mesh CA, their issuer, runs)."""
+        return Authenticator(
+            token,
+            data_dir=self.data_dir,
+            anonymous_reads=anonymous_reads,
+            workloads=service_tokens,
+            bootstrap=BootstrapTokens(self.data_dir),
+            nodes=self._node_rules(),
+        )
+
+    def _node_certificates(self) -> NodeCertificates | None:
+        """Joining node agents' certificates, signed by the mesh CA (if it runs)."""
+        if self.ca is None:
+            return None
+        return NodeCertificates(self.ca.authority, lambda: self.server.url)
+
+    def _node_rules(self) -> NodeAuthorizer | None:
+        if self.ca is None:
+            return None
+        store, instances, kind = self.store, self.instances, registry().resolve("Workload")
+
+        def instance_workload(namespace: str, name: str) -> str | None:
+            found = [i for i in instances.instances() if (i.namespace, i.name) == (namespace, name)]
+            return found[0].workload if found else None
+
+        return NodeAuthorizer(lambda: store.list(kind.group, kind.kind, None)[0], instance_workload)
+
     @property
     def instances(self) -> InstanceRegistry:
         assert self.mesh is not None
@@ -185,6 +234,9 @@ class ControlPlane:
             return None
         self.elector = Elector(backend.client, f"{backend.prefix}-election/rollout")
         self.elector.start()
+        # The leader's writes land only while it leads (EtcdBackend.fenced).
+        fenced = backend.fenced(self.elector.fence)
+        self.leader_store = ResourceStore(fenced, validate=validate_or_raise, default=with_defaults)
         return SharedInstanceRegistry(backend, self.elector.leading)
 
     def _start_mesh(
@@ -194,14 +246,19 @@ class ControlPlane:
         limits: Limits,
         instances: InstanceRegistry | None,
         tls_listen: str | None = None,
+        accept: TokenCheck | None = None,
     ) -> None:
         domain = self.ca.authority.trust_domain if self.ca is not None else DEFAULT_TRUST_DOMAIN
         self.mesh = MeshRegistry(self.store, instances, trust_domain=domain)
         self.mesh.start()
-        self.jwks = start_jwks_resolver(self.store, self.mesh)
+        shared, writes = None, self.store
+        if self.elector is not None and self.leader_store is not None:
+            shared = SharedJwks(self.leader_store, self.elector.leading)
+            writes = self.leader_store
+        self.jwks = start_jwks_resolver(writes, self.mesh, shared)
         if xds_listen is None:
             return
-        self.tap = TapHub(token)  # sidecars' tap streams, authenticated as their ADS streams
+        self.tap = TapHub(token, accept)  # sidecars' tap streams, authenticated as ADS streams
         services = [self.ca.handler()] if self.ca is not None else []
         services.append(self.tap)
         secure = None
@@ -214,11 +271,12 @@ class ControlPlane:
             limits=limits,
             services=services,
             secure=secure,
+            accept=accept,
         )
         self.mesh.add_listener(self.ads.changed)
         self.ads.start()
 
-    def _start_rollout(self, backend: Backend) -> LoadTesterApi:
+    def _start_rollout(self) -> LoadTesterApi:
         """The rollout controller, its metrics sampler and the load tester. On
         etcd, where other control planes may share the store, the controller
         and sampler act only while this one is the elected leader, and the
@@ -226,10 +284,8 @@ class ControlPlane:
         assert self.mesh is not None
         self.loadtester = LoadTesterApi(self.mesh.snapshot)
         leading, store = None, self.store
-        if self.elector is not None and isinstance(backend, EtcdBackend):
-            leading = self.elector.leading
-            fenced = backend.fenced(self.elector.fence)
-            store = ResourceStore(fenced, validate=validate_or_raise, default=with_defaults)
+        if self.elector is not None and self.leader_store is not None:
+            leading, store = self.elector.leading, self.leader_store
         self.rollout = RolloutService(store, self.instances.instances, leading)
         self.rollout.start()
         return self.loadtester
@@ -339,6 +395,8 @@ def run_controlplane(
         log.info("xDS and the CA over TLS on port %d", plane.ads.secure_port)
     if plane.ca is not None:
         log.info("CA: trust domain %s, %s", plane.ca.authority.trust_domain, plane.ca.authority)
+        # kubeadm prints it too: what `pilotfish node --join --ca-cert-hash` pins.
+        log.info("CA certificate hash: %s", ca_cert_hash(plane.ca.authority.root))
     while not stop.wait(0.5) and serving.is_alive():
         pass
     log.info("pilotfish control plane stopping")
@@ -346,11 +404,27 @@ def run_controlplane(
     return 0
 
 
+def workload_token(service_tokens: tokens.ServiceAccountTokens) -> TokenCheck:
+    """xDS off loopback takes a workload's service account token too (a
+    joined node's sidecars have no admin token), as istiod takes a proxy's JWT."""
+
+    def valid(presented: str) -> bool:
+        try:
+            service_tokens.verify(presented)
+        except tokens.TokenError:
+            return False
+        return True
+
+    return valid
+
+
 def _start_error(error: BaseException, data_dir: Path, store: StoreOptions) -> StartError | None:
     """A one-line reason for what users can fix (permissions, a bad store file,
     an unreachable etcd, a bad CA); anything else is a bug and keeps its traceback."""
     if isinstance(error, CaError):
         return StartError(f"the CA cannot start: {error}")
+    if isinstance(error, ValueError):  # the REST API's TLS (api_tls.serving_context)
+        return StartError(str(error))
     if isinstance(error, BindError):
         return StartError(f"{error} (is another control plane running? see --xds-listen)")
     if isinstance(error, OSError):
@@ -364,8 +438,13 @@ def _start_error(error: BaseException, data_dir: Path, store: StoreOptions) -> S
 
 
 def _bind(listen: str, tls: ApiTls | None = None) -> ApiServer:
+    """The API's socket; the user's TLS files are checked here too, so a bad
+    one stops the start before anything is written (the context is made
+    again once the mesh CA, which verifies clients, is open)."""
     try:
-        return ApiServer(listen, tls=tls.context() if tls is not None else None)
+        if tls is not None and tls.cert_file is not None:
+            tls.context()
+        return ApiServer(listen)
     except ValueError as e:
         raise StartError(str(e)) from e
     except OSError as e:

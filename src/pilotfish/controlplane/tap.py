@@ -38,7 +38,7 @@ from pilotfish.objects import Obj
 from pilotfish.proxy.tap import DEFAULT_MAX_RPS, InvalidTap, TapFilter
 from pilotfish.proxy.tap_stream import METHOD
 from pilotfish.xds.limits import StreamRefused
-from pilotfish.xds.server import authenticate, peer_ip
+from pilotfish.xds.server import TokenCheck, authenticate, peer_ip
 
 log = logging.getLogger(__name__)
 
@@ -103,8 +103,9 @@ class TapWatch:
 class TapHub(grpc.GenericRpcHandler):  # type: ignore[misc]  # grpc ships no types
     """Served on the xDS port (AdsServer's `services`)."""
 
-    def __init__(self, token: str | None) -> None:
+    def __init__(self, token: str | None, accept: TokenCheck | None = None) -> None:
         self._token = token
+        self._accept = accept
         self._sessions: set[_Session] = set()
         self._watches: dict[str, TapWatch] = {}
         self._lock = threading.Lock()
@@ -126,7 +127,8 @@ class TapHub(grpc.GenericRpcHandler):  # type: ignore[misc]  # grpc ships no typ
         self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[bytes]:
         try:
-            authenticate(peer_ip(context.peer()), context.invocation_metadata() or (), self._token)
+            metadata = context.invocation_metadata() or ()
+            authenticate(peer_ip(context.peer()), metadata, self._token, self._accept)
             first = await asyncio.wait_for(anext(aiter(requests)), HELLO_WITHIN_S)
             hello = json.loads(first)["hello"]
             session = _Session(

@@ -190,7 +190,8 @@ async def _serve(
     load_static(bootstrap, runtime.config)
     await listeners.sync(runtime.config.snapshot)
     tasks = [asyncio.create_task(_follow(changed, listeners, runtime))]
-    ads = _ads_client(bootstrap, runtime.config)
+    token_file = certificates.token_file if certificates is not None else None
+    ads = _ads_client(bootstrap, runtime.config, token_file)
     if ads is not None:
         tasks.append(asyncio.create_task(ads.run()))
         tasks.append(asyncio.create_task(_tap_stream(bootstrap, runtime, certificates).run()))
@@ -308,21 +309,33 @@ async def _follow(changed: asyncio.Event, listeners: Listeners, runtime: Runtime
         await listeners.sync(runtime.config.snapshot)
 
 
-def _ads_client(bootstrap: Bootstrap, config: ProxyConfig) -> AdsClient | None:
+def _ads_client(
+    bootstrap: Bootstrap, config: ProxyConfig, token_file: Path | None = None
+) -> AdsClient | None:
     hosts = _ads_targets(bootstrap)
     if not hosts:
         return None
     from pilotfish.proxy.xds_client import AdsClient
 
     protocol = AdsProtocol(bootstrap.node, config.apply)
-    return AdsClient(hosts, protocol, _ads_metadata(bootstrap), _ads_channel(bootstrap))
+    metadata = partial(_ads_metadata, bootstrap, token_file)
+    return AdsClient(hosts, protocol, metadata, _ads_channel(bootstrap))
 
 
-def _ads_metadata(bootstrap: Bootstrap) -> list[tuple[str, str]]:
-    return [
+def _ads_metadata(bootstrap: Bootstrap, token_file: Path | None = None) -> list[tuple[str, str]]:
+    """The bootstrap's initial_metadata; without an `authorization` there,
+    the workload's service account token (`--ca-token-file`, read at each
+    stream as it is rotated), as istio-agent sends its JWT to istiod."""
+    headers = [
         (header.key.lower(), header.value)
         for header in bootstrap.dynamic_resources.ads_config.grpc_services[0].initial_metadata
     ]
+    if token_file is not None and not any(key == "authorization" for key, _ in headers):
+        try:
+            headers.append(("authorization", f"Bearer {token_file.read_text().strip()}"))
+        except OSError as e:
+            log.warning("xDS: cannot read the token file %s: %s", token_file, e.strerror)
+    return headers
 
 
 def _tap_stream(
@@ -335,7 +348,8 @@ def _tap_stream(
     identity = certificates.spiffe_id if certificates is not None else ""
     runtime.tap = Tap(me, identity)
     hello = {"node": bootstrap.node.id, "namespace": me.namespace, "workload": me.workload}
-    targets, metadata = _ads_targets(bootstrap), _ads_metadata(bootstrap)
+    token_file = certificates.token_file if certificates is not None else None
+    targets, metadata = _ads_targets(bootstrap), partial(_ads_metadata, bootstrap, token_file)
     return TapStream(runtime.tap, targets, metadata, hello, _ads_channel(bootstrap))
 
 

@@ -16,12 +16,13 @@ import asyncio
 import json
 import logging
 import random
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 
 import grpc
 
 from pilotfish.proxy.tap import Tap
 from pilotfish.proxy.xds_channel import PLAINTEXT, ControlPlaneChannel
+from pilotfish.proxy.xds_client import Metadata
 
 log = logging.getLogger("pilotfish.proxy.tap")
 METHOD = "/pilotfish.tap.v1.Tap/Watch"
@@ -38,12 +39,13 @@ class TapStream:
         self,
         tap: Tap,
         targets: Sequence[str],
-        metadata: Sequence[tuple[str, str]],
+        metadata: Metadata | Callable[[], Metadata],
         hello: dict[str, str],
         channel: ControlPlaneChannel = PLAINTEXT,
     ) -> None:
         self.tap, self.targets = tap, tuple(targets)
-        self._metadata = tuple(metadata)  # may hold a credential: kept out of __repr__
+        # May hold a credential: kept out of __repr__. A callable is asked for each stream.
+        self._metadata = metadata if callable(metadata) else (lambda: tuple(metadata))
         self._hello = hello  # node id, namespace, workload
         self._channel = channel  # TLS as the ADS stream's
         self._ready = asyncio.Event()
@@ -78,7 +80,7 @@ class TapStream:
             watch = channel.stream_stream(
                 METHOD, request_serializer=_same, response_deserializer=_same
             )
-            call = watch(self._outgoing(), metadata=self._metadata)
+            call = watch(self._outgoing(), metadata=self._metadata())
             async for message in call:
                 answer = self.tap.command(json.loads(message))
                 if answer is not None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 
 import grpc
 from envoy.service.discovery.v3.ads_pb2_grpc import AggregatedDiscoveryServiceStub
@@ -35,14 +35,17 @@ class AdsClient:
         self,
         targets: Sequence[str],
         protocol: AdsProtocol,
-        metadata: Metadata = (),
+        metadata: Metadata | Callable[[], Metadata] = (),
         channel: ControlPlaneChannel = PLAINTEXT,
     ) -> None:
+        """`metadata` a callable: asked again for each stream (a token file
+        that is rotated, read as istio-agent reads its JWT)."""
         if not targets:
             raise ValueError("an ADS client needs at least one server address")
         self.targets, self.protocol = tuple(targets), protocol
         self._current = 0
-        self._metadata = tuple(metadata)  # may hold a credential: kept out of __repr__
+        # May hold a credential: kept out of __repr__.
+        self._metadata = metadata if callable(metadata) else (lambda: tuple(metadata))
         self._channel = channel
         self.connected = asyncio.Event()
         self._outbox: asyncio.Queue[DiscoveryRequest | None] = asyncio.Queue()
@@ -85,7 +88,7 @@ class AdsClient:
         self.send(self.protocol.start())
         async with self._channel.open(self.target) as channel:
             stub = AggregatedDiscoveryServiceStub(channel)
-            call = stub.StreamAggregatedResources(self._requests(), metadata=self._metadata)
+            call = stub.StreamAggregatedResources(self._requests(), metadata=self._metadata())
             async for response in call:
                 self.connected.set()
                 self.send(self.protocol.on_response(response))

@@ -17,7 +17,9 @@ translated once (generate.Generator).
 
 Who may connect: any loopback peer, as before; from any other address a
 stream must carry the control plane's token in its gRPC metadata
-(`authorization: Bearer TOKEN`), or it ends UNAUTHENTICATED at once.
+(`authorization: Bearer TOKEN`), or a token `accept` takes (a workload's
+service account token, as istiod takes a proxy's JWT), or it ends
+UNAUTHENTICATED at once.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from envoy.service.discovery.v3.discovery_pb2 import (
 )
 
 from pilotfish.addresses import is_loopback
-from pilotfish.controlplane.auth import has_token
+from pilotfish.controlplane.auth import bearer_token, has_token
 from pilotfish.model import Snapshot
 from pilotfish.xds import types
 from pilotfish.xds.connection import Connection
@@ -60,6 +62,7 @@ from pilotfish.xds.node import proxy_from_node
 log = logging.getLogger("pilotfish.xds")
 
 DEFAULT_LISTEN = "127.0.0.1:15010"
+TokenCheck = Callable[[str], bool]  # whether a bearer token (not the admin's) is one to accept
 ADS_SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
 DEBOUNCE_S, DEBOUNCE_MAX_S = 0.1, 1.0
 MAX_SEND_BYTES = 64 * 1024 * 1024  # a large mesh's full CDS fits in one response
@@ -111,8 +114,10 @@ class AdsServer:
         limits: Limits = DEFAULT_LIMITS,
         services: Sequence[grpc.GenericRpcHandler] = (),
         secure: tuple[str, grpc.ServerCredentials] | None = None,
+        accept: TokenCheck | None = None,
     ) -> None:
         self.listen = listen
+        self._accept = accept
         # The same services over TLS too (istiod's 15012): where, and the server's certificate.
         self._secure = secure
         self.secure_port = 0
@@ -271,7 +276,7 @@ class AdsServer:
             ) from None
 
     def _authenticate(self, address: str, metadata: Sequence[tuple[str, Any]]) -> None:
-        authenticate(address, metadata, self._token)
+        authenticate(address, metadata, self._token, self._accept)
 
     async def DeltaAggregatedResources(
         self, request_iterator: AsyncIterator[object], context: grpc.aio.ServicerContext
@@ -364,13 +369,21 @@ def _server_loop() -> asyncio.AbstractEventLoop:
         return _loop
 
 
-def authenticate(address: str, metadata: Sequence[tuple[str, Any]], token: str | None) -> None:
+def authenticate(
+    address: str,
+    metadata: Sequence[tuple[str, Any]],
+    token: str | None,
+    accept: TokenCheck | None = None,
+) -> None:
     """A stream on the xDS port (ADS, `pilotfish tap`'s) is served to loopback
-    peers, and to others that present `token`; StreamRefused otherwise."""
+    peers, and to others that present `token` or a token `accept` takes;
+    StreamRefused otherwise."""
     if is_loopback(address):
         return
     given = [str(v) for k, v in metadata if k == "authorization"]
     if token is not None and given and has_token(given[0], token):
+        return
+    if accept is not None and given and accept(bearer_token(given[0]) or ""):
         return
     if given:
         raise StreamRefused("UNAUTHENTICATED", "the bearer token in 'authorization' is not valid")
