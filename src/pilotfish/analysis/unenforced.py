@@ -121,7 +121,7 @@ TABLE: tuple[Unenforced, ...] = (
             "a Sidecar's egress hosts and workloadSelector are all that is applied",
             (("model", f'"{field}"'), ("translate", f'"{field}"')),
         )
-        for field in ("ingress", "outboundTrafficPolicy", "inboundConnectionPool")
+        for field in ("ingress", "inboundConnectionPool")
     ],
     Unenforced(
         "flagger.app",

@@ -44,6 +44,7 @@ from pilotfish.model.types import Labels
 from pilotfish.objects import Obj
 from pilotfish.translate import gateway_tls, mtls, names
 from pilotfish.translate.authz import translate_proxy_authz_http, translate_proxy_authz_tcp
+from pilotfish.translate.connect import allow_connect
 from pilotfish.translate.jwt import applicable, translate_jwt_filter
 from pilotfish.translate.protos import ads, duration, pack, socket_address
 from pilotfish.translate.proxyless import translate_server_listeners
@@ -148,6 +149,7 @@ def translate_outbound_listener(
     port = int(proxy.metadata.get("OUTBOUND_PORT", OUTBOUND_PORT))
     name = f"{host}_{port}"
     manager = _rds_manager(f"outbound_{name}", names.HTTP_PROXY_ROUTE)
+    allow_connect(manager)  # translate/connect.py
     if tracing is not None:
         manager.tracing.CopyFrom(tracing)
     manager.access_log.extend(logs)
