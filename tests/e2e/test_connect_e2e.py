@@ -45,6 +45,13 @@ spec:
 CLIENT_PRINCIPAL = 'source_principal="spiffe://cluster.local/ns/default/sa/bookinfo-client"'
 
 
+REDIS_LOCAL, REVIEWS_LOCAL = free_port(), free_port()
+UPSTREAMS = [
+    {"service": "redis", "port": 6379, "localPort": REDIS_LOCAL},
+    {"service": "reviews.default", "port": 9080, "localPort": REVIEWS_LOCAL},
+]
+
+
 @dataclass
 class World:
     mesh: SidecarMesh
@@ -66,7 +73,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         mesh.apply(MESH)
         redis, _ = mesh.workload("redis-v1", {"app": "redis"}, Redis("v1", tmp))  # type: ignore[arg-type]
         reviews, _ = mesh.workload("reviews-v1", {"app": "reviews"}, Backend("reviews-v1"))
-        client = mesh.client("client-0", {"app": "client"})
+        client = mesh.client("client-0", {"app": "client"}, UPSTREAMS)
         for sidecar in (redis, reviews, client):
             mesh.wait_serving(sidecar)
         world = World(mesh, client, redis, reviews)
@@ -217,3 +224,33 @@ spec:
     finally:
         world.mesh.delete("Sidecar", "default")
         server.stop(0)
+
+
+def test_declared_upstreams_let_unmodified_clients_connect_to_localhost(world: World) -> None:
+    """redis's own protocol and curl without a proxy, to 127.0.0.1:LOCALPORT."""
+    wait_until(
+        lambda: Redis.ask(REDIS_LOCAL, "GET", "who") == b"$2\r\nv1\r\n",
+        10,
+        f"no upstream listener: {world.client.proxy.stderr()[-2000:]}",
+    )
+    before = _total_received(world.redis)
+    for _ in range(5):
+        assert Redis.ask(REDIS_LOCAL, "GET", "who") == b"$2\r\nv1\r\n"
+    assert _total_received(world.redis) >= before + 5 * 22  # each GET is 22 bytes of RESP
+    inbound = _lines(world.redis.stats(), "istio_tcp_connections_opened_total", CLIENT_PRINCIPAL)
+    assert inbound and all('connection_security_policy="mutual_tls"' in x for x in inbound)
+    got = curl(f"http://127.0.0.1:{REVIEWS_LOCAL}/echo")
+    assert got.status == 200 and got.headers.get("x-backend") == "reviews-v1", got
+    served = _lines(
+        world.reviews.stats(), "istio_requests_total", CLIENT_PRINCIPAL, 'reporter="destination"'
+    )
+    assert served and all('connection_security_policy="mutual_tls"' in x for x in served)
+
+
+def _total_received(sidecar: Sidecar) -> float:
+    return sum(
+        float(line.rpartition(" ")[2])
+        for line in _lines(
+            sidecar.stats(), "istio_tcp_received_bytes_total", 'reporter="destination"'
+        )
+    )

@@ -129,6 +129,10 @@ class ProxyType(StrEnum):
     GRPC = "proxyless"  # a gRPC client reading xDS itself
 
 
+# Node metadata: a sidecar's declared upstreams, as JSON (a Workload's spec.upstreams)
+UPSTREAMS_METADATA = "UPSTREAMS"
+
+
 @dataclass(frozen=True)
 class Proxy:
     """Who is asking: a node's identity and metadata, as the ADS server reads

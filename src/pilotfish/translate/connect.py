@@ -76,14 +76,24 @@ def service_connect_route(
     snapshot: Snapshot, proxy: Proxy, service: Service, port: int, tcp: bool
 ) -> rc.Route:
     """To the port's cluster; for a TCP port, where its VirtualService's `tcp` routes say."""
+    if tcp:
+        return connect_route(tcp_service_clusters(snapshot, proxy, service, port))
+    return connect_route([(names.outbound_cluster(port, "", service.hostname), 1)])
+
+
+def tcp_service_clusters(
+    snapshot: Snapshot, proxy: Proxy, service: Service, port: int
+) -> list[tuple[str, int]]:
+    """A sidecar's connections to a TCP port: its VirtualService's first `tcp`
+    route that applies, weights and all, else the port's cluster."""
     # tcp.py reads routes.py, which builds its table with this module: imported when called
     from pilotfish.translate.tcp import tcp_route_clusters
 
     clusters: list[tuple[str, int]] = []
-    vs = snapshot.virtual_service_for(proxy, service.hostname) if tcp else None
+    vs = snapshot.virtual_service_for(proxy, service.hostname)
     if vs is not None:
         clusters = tcp_route_clusters(RouteContext(snapshot, proxy, port, MESH), vs.tcp)
-    return connect_route(clusters or [(names.outbound_cluster(port, "", service.hostname), 1)])
+    return clusters or [(names.outbound_cluster(port, "", service.hostname), 1)]
 
 
 def catch_all_vhost(snapshot: Snapshot, proxy: Proxy) -> rc.VirtualHost:
