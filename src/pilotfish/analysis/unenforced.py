@@ -77,13 +77,6 @@ TABLE: tuple[Unenforced, ...] = (
     Unenforced(
         NETWORKING,
         "VirtualService",
-        "spec.tcp",
-        "served by gateways only: a sidecar has no outbound TCP listener to apply it",
-        (("translate", "translate_outbound_tcp"),),
-    ),
-    Unenforced(
-        NETWORKING,
-        "VirtualService",
         "spec.tcp[].match[].destinationSubnets",
         "a match that names it is never taken: TCP routes cannot match destination addresses",
         (("translate", "prefix_ranges"),),

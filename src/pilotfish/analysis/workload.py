@@ -129,7 +129,9 @@ def upstreams_without_service(config: Config) -> list[Message]:
     for workload in config.of("pilotfish.dev", "Workload"):
         namespace = namespace_of(workload)
         for i, upstream in enumerate(mapping(u) for u in items(spec(workload).get("upstreams"))):
-            name, port = str(upstream.get("service") or ""), upstream.get("port")
+            name, port = upstream.get("service"), upstream.get("port")
+            if not isinstance(name, str) or not isinstance(port, int):
+                continue  # the schema says what is wrong with it
             if port in _upstream_ports(config, name, namespace):
                 continue
             where = f"{upstream.get('localAddress') or '127.0.0.1'}:{upstream.get('localPort')}"
