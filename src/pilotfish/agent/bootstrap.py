@@ -12,7 +12,6 @@ a credential (instance.write_bootstrap writes it 0600)."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -120,9 +119,12 @@ def sidecar_bootstrap(
 ) -> dict[str, Any]:
     """`upstreams`: the Workload's spec.upstreams, which the control plane
     turns into this sidecar's local listeners (translate/upstreams.py)."""
-    placement = {"OUTBOUND_ADDRESS": "127.0.0.1", "OUTBOUND_PORT": str(outbound_port)}
+    placement: dict[str, Any] = {
+        "OUTBOUND_ADDRESS": "127.0.0.1",
+        "OUTBOUND_PORT": str(outbound_port),
+    }
     if upstreams:
-        placement[UPSTREAMS_METADATA] = json.dumps([dict(u) for u in upstreams], sort_keys=True)
+        placement[UPSTREAMS_METADATA] = [dict(u) for u in upstreams]
     return _bootstrap(who, "sidecar", placement, admin_port, xds)
 
 
@@ -139,7 +141,7 @@ CLUSTER_ID = "Kubernetes"
 def _bootstrap(
     who: SidecarIdentity,
     kind: str,
-    placement: dict[str, str],
+    placement: dict[str, Any],
     admin_port: int,
     xds: XdsServer,
 ) -> dict[str, Any]:

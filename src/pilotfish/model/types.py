@@ -129,7 +129,8 @@ class ProxyType(StrEnum):
     GRPC = "proxyless"  # a gRPC client reading xDS itself
 
 
-# Node metadata: a sidecar's declared upstreams, as JSON (a Workload's spec.upstreams)
+# Node metadata: a sidecar's declared upstreams (a Workload's spec.upstreams), a
+# list in the bootstrap, JSON in Proxy.metadata (xds/node.py)
 UPSTREAMS_METADATA = "UPSTREAMS"
 
 

@@ -1,5 +1,5 @@
 """Declared upstreams (LDS): a Workload's `spec.upstreams`, which the node
-agent hands its sidecars as node metadata UPSTREAMS (JSON), each become a
+agent hands its sidecars as node metadata UPSTREAMS, each become a
 listener on `localAddress:localPort` that carries what arrives to one port
 of one service, so an application that knows nothing of proxies (a redis
 client, curl without HTTP_PROXY) connects to localhost and is in the mesh.
