@@ -41,6 +41,14 @@ metadata: {name: reviews}
 spec:
   selector: {app: reviews}
   ports: [{name: http, port: 9080, targetPort: http}]
+---
+# gRPC's HTTP/2 goes through the tunnel as opaque bytes: a tcp- port
+apiVersion: v1
+kind: Service
+metadata: {name: echo}
+spec:
+  selector: {app: echo}
+  ports: [{name: tcp-grpc, port: 50051, targetPort: http}]
 """
 CLIENT_PRINCIPAL = 'source_principal="spiffe://cluster.local/ns/default/sa/bookinfo-client"'
 
@@ -58,6 +66,24 @@ class World:
     client: Sidecar
     redis: Sidecar
     reviews: Sidecar
+    echo: Sidecar
+
+
+class GrpcEcho:
+    """A grpcio server (`/echo.Echo/Say` answers `echo:` + the request), as
+    SidecarMesh.workload starts and stops a backend."""
+
+    def __init__(self) -> None:
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+        self.server.add_generic_rpc_handlers((_Echo(),))
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
+
+    def start(self) -> GrpcEcho:
+        self.server.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.stop(0)
 
 
 @pytest.fixture(scope="module")
@@ -73,10 +99,11 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         mesh.apply(MESH)
         redis, _ = mesh.workload("redis-v1", {"app": "redis"}, Redis("v1", tmp))  # type: ignore[arg-type]
         reviews, _ = mesh.workload("reviews-v1", {"app": "reviews"}, Backend("reviews-v1"))
+        echo, _ = mesh.workload("echo-v1", {"app": "echo"}, GrpcEcho())  # type: ignore[arg-type]
         client = mesh.client("client-0", {"app": "client"}, UPSTREAMS)
-        for sidecar in (redis, reviews, client):
+        for sidecar in (redis, reviews, echo, client):
             mesh.wait_serving(sidecar)
-        world = World(mesh, client, redis, reviews)
+        world = World(mesh, client, redis, reviews, echo)
         wait_until(
             lambda: tunnel_ask(client, "redis:6379", "PING") == (200, b"+PONG\r\n"),
             20,
@@ -174,6 +201,23 @@ class _Echo(grpc.GenericRpcHandler):
         if details.method != "/echo.Echo/Say":
             return None
         return grpc.unary_unary_rpc_method_handler(lambda request, _: b"echo:" + request)
+
+
+def test_grpc_proxy_tunnels_grpcio_to_a_mesh_service_with_mtls(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for var in ("no_proxy", "NO_PROXY", "no_grpc_proxy", "https_proxy", "http_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("grpc_proxy", f"http://127.0.0.1:{world.client.outbound_port}")
+    with grpc.insecure_channel("echo.default.svc.cluster.local:50051") as channel:
+        say = channel.unary_unary("/echo.Echo/Say")
+        assert [say(b"hi %d" % i, timeout=10) for i in range(3)] == [
+            b"echo:hi 0",
+            b"echo:hi 1",
+            b"echo:hi 2",
+        ]
+    served = _lines(world.echo.stats(), "istio_tcp_connections_opened_total", CLIENT_PRINCIPAL)
+    assert served and all('connection_security_policy="mutual_tls"' in x for x in served)
 
 
 def test_grpc_proxy_tunnels_grpcio_and_the_outbound_policy_decides(
