@@ -169,6 +169,7 @@ def stop_process(process: subprocess.Popen[bytes]) -> None:
 BOOKINFO_WORKLOADS = (
     "details-v1",
     "ratings-v1",
+    "redis-v1",
     "reviews-v1",
     "reviews-v2",
     "reviews-v3",
@@ -183,6 +184,10 @@ def bookinfo_with_gateway_port(tmp: Path, port: int) -> Path:
     shutil.copytree(REPO / "examples" / "bookinfo", target, ignore=shutil.ignore_patterns("apps"))
     gateway = target / "40-gateway.yaml"
     gateway.write_text(gateway.read_text().replace("number: 8080", f"number: {port}"))
+    # ratings' declared upstream (redis on 127.0.0.1:16379) moves aside too
+    workloads, redis = target / "30-workloads.yaml", free_port()
+    text = workloads.read_text().replace("127.0.0.1:16379", f"127.0.0.1:{redis}")
+    workloads.write_text(text.replace("localPort: 16379", f"localPort: {redis}"))
     return target
 
 
@@ -191,10 +196,8 @@ def mesh_up(tmp: Path, gateway_port: int | None = None) -> Iterator[Mesh]:
     """The mesh with Bookinfo ready; with `gateway_port`, the agent's gateway
     serves Bookinfo there. Every process is stopped on the way out."""
     with mesh_started(tmp, gateway=bool(gateway_port)) as m:
-        if gateway_port:
-            m.cli("apply", "-f", str(bookinfo_with_gateway_port(tmp, gateway_port)))
-        else:
-            m.cli("apply", "-f", "examples/bookinfo")
+        # a copy whatever the gateway: ratings' redis upstream gets a free local port
+        m.cli("apply", "-f", str(bookinfo_with_gateway_port(tmp, gateway_port or free_port())))
         for workload in BOOKINFO_WORKLOADS:
             wait_for(
                 lambda w=workload: m.ready(w), 60, f"{workload} not ready: {m.status(workload)}"

@@ -115,6 +115,38 @@ def test_istio_routing_file_sends_jason_to_v2_through_the_gateway(demo: RunningD
     assert '<font color="black">' in body and "reviews-v1-" in demo.page()
 
 
+def test_ratings_reads_redis_over_tcp_beside_http(demo: RunningDemo) -> None:
+    """ratings keeps its stars in redis, reached through its declared upstream
+    on localhost: the metrics show TCP traffic to redis beside the HTTP."""
+    cookie = login(int(urllib.parse.urlsplit(demo.url).port or 80), "jason")
+    demo.cli("apply", "-f", str(BOOKINFO_ISTIO / "virtual-service-reviews-test-v2.yaml"))
+    wait_for(lambda: "reviews-v2-" in demo.page(cookie), 15, "jason never reached reviews v2")
+    assert "glyphicon-star" in demo.page(cookie)  # v2 shows the stars ratings read from redis
+
+    def metrics(workload: str) -> list[str]:
+        config = load_client_config(path=Path(demo.env["PILOTFISH_CONFIG"]))
+        instances = Client(config.server, config.token).instances()
+        found = next(i for i in instances if i["workload"] == workload)
+        url = f"http://127.0.0.1:{found['metricsPort']}/stats/prometheus"
+        with DIRECT.open(url, timeout=10) as r:
+            return str(r.read().decode()).splitlines()
+
+    redis = 'destination_service="redis.default.svc.cluster.local"'
+    sent = [
+        line
+        for line in metrics("ratings-v1")
+        if line.startswith("istio_tcp_sent_bytes_total{") and redis in line
+    ]
+    assert sent and 'reporter="source"' in sent[0] and float(sent[0].rpartition(" ")[2]) > 0
+    served = [
+        line
+        for line in metrics("redis-v1")
+        if line.startswith("istio_tcp_received_bytes_total{") and 'reporter="destination"' in line
+    ]
+    assert served and all('connection_security_policy="mutual_tls"' in x for x in served)
+    assert any("sa/bookinfo-ratings" in x for x in served), served
+
+
 def test_sidecars_talk_mutual_tls_by_default(demo: RunningDemo) -> None:
     """Istio's default: every hop between sidecars is mTLS without asking, and
     an inbound port shows the workload's SPIFFE certificate to openssl."""

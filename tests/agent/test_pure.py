@@ -166,6 +166,25 @@ def test_sidecar_bootstrap_is_accepted_by_the_proxy() -> None:
         metadata["SERVICE_ACCOUNT"] == "bookinfo-reviews" and metadata["OUTBOUND_PORT"] == "15001"
     )
     assert bootstrap.static_resources.clusters[0].name == "xds-grpc"
+    assert "UPSTREAMS" not in metadata
+
+
+def test_a_workloads_upstreams_reach_the_control_plane_in_the_node_metadata() -> None:
+    """What the translation reads (translate/upstreams.py), as the xDS server parses it."""
+    from pilotfish.translate.upstreams import Upstream, declared_upstreams
+    from pilotfish.xds.node import proxy_from_node
+
+    who = SidecarIdentity("ratings-v1-abc", "default", "ratings-v1", {"app": "ratings"}, "x", "r")
+    upstreams = [{"service": "redis", "port": 6379, "localPort": 16379}]
+    config = sidecar_bootstrap(
+        who,
+        admin_port=15000,
+        outbound_port=15001,
+        xds=XdsServer("127.0.0.1", 15010),
+        upstreams=upstreams,
+    )
+    proxy = proxy_from_node(parse_bootstrap(config).node)
+    assert declared_upstreams(proxy) == [Upstream("redis", 6379, 16379, "127.0.0.1")]
 
 
 def _three_free_ports_holding_the_first() -> socket.socket:

@@ -140,3 +140,44 @@ def test_workload_cross_references() -> None:
         'spec.livenessProbe.httpGet.port: Not found: "admin": no port of spec.ports has that name',
         'spec.strategy.rollingUpdate.maxSurge: Invalid value: "150%": must not be greater than 100%',
     ]
+
+
+def test_workload_upstreams() -> None:
+    ok = [
+        {"service": "redis", "port": 6379, "localPort": 16379},
+        {
+            "service": "reviews.bookinfo",
+            "port": 9080,
+            "localPort": 16379,
+            "localAddress": "127.0.0.2",
+        },
+    ]
+    assert messages(workload(upstreams=ok)) == []
+    bad = [
+        {"service": "redis", "port": 6379, "localPort": 16379},
+        {"service": "Redis!", "port": 0, "localPort": 16379, "localAddress": "10.0.0.1"},
+        {"service": "cache", "port": 11211, "localPort": 16379, "localAddress": "127.0.0.1"},
+        {"port": 1},
+    ]
+    got = messages(workload(upstreams=bad))
+    assert got == [
+        'spec.upstreams[1].service: Invalid value: "Redis!": spec.upstreams[1].service in body '
+        "should match '^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$'",
+        "spec.upstreams[1].port: Invalid value: 0: spec.upstreams[1].port in body should be "
+        "greater than or equal to 1",
+        'spec.upstreams[1].localAddress: Invalid value: "10.0.0.1": spec.upstreams[1].localAddress '
+        "in body should match '^127\\.[0-9]{1,3}\\.[0-9]{1,3}\\.[0-9]{1,3}$'",
+        "spec.upstreams[3].service: Required value",
+        "spec.upstreams[3].localPort: Required value",
+    ], got
+
+
+def test_workload_upstreams_may_not_share_a_local_address() -> None:
+    twice = [
+        {"service": "redis", "port": 6379, "localPort": 16379},
+        {"service": "cache", "port": 11211, "localPort": 16379, "localAddress": "127.0.0.1"},
+        {"service": "cache", "port": 11211, "localPort": 16379, "localAddress": "127.0.0.2"},
+    ]
+    assert messages(workload(upstreams=twice)) == [
+        "spec.upstreams[1].localPort: Duplicate value: 16379"
+    ]

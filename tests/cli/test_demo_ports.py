@@ -77,3 +77,24 @@ def test_demo_fails_at_once_when_the_api_port_is_taken(tmp_path: Path, held_port
     assert done.returncode == 1 and took < 10
     assert f"port {held_port} on 127.0.0.1 is already in use" in done.stderr
     assert "choose another port with --listen" in done.stderr
+
+
+def test_demo_fails_at_once_when_a_workloads_program_is_missing(tmp_path: Path) -> None:
+    """On a machine without redis-server (its ratings keeps the stars there),
+    the demo says what is missing rather than wait for an instance that
+    never starts."""
+    examples = bookinfo_with_gateway_port(tmp_path, free_port())
+    workloads = examples / "30-workloads.yaml"
+    workloads.write_text(workloads.read_text().replace("redis-server ", "no-such-redis-server "))
+    done, took = _demo(
+        tmp_path,
+        "--examples",
+        str(examples),
+        "--listen",
+        f"127.0.0.1:{free_port()}",
+        "--xds-port",
+        str(free_port()),
+    )
+    assert done.returncode == 1 and took < 10
+    assert "Workload redis-v1 runs no-such-redis-server, which is not installed" in done.stderr
+    assert not (tmp_path / "state" / "controlplane.pid").exists()  # nothing was started

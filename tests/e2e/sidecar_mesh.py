@@ -148,9 +148,12 @@ class SidecarMesh:
         self._register(self._identity(instance, labels), backend.port, backend.port)
         return backend
 
-    def client(self, instance: str, labels: dict[str, str]) -> Sidecar:
-        """A sidecar for a caller with no inbound port of its own."""
-        return self._start_sidecar(self._identity(instance, labels), 0)
+    def client(
+        self, instance: str, labels: dict[str, str], upstreams: list[dict[str, Any]] | None = None
+    ) -> Sidecar:
+        """A sidecar for a caller with no inbound port of its own; `upstreams`
+        as a Workload's spec.upstreams."""
+        return self._start_sidecar(self._identity(instance, labels), 0, upstreams=upstreams or [])
 
     def _identity(self, instance: str, labels: dict[str, str]) -> SidecarIdentity:
         workload = f"{labels['app']}-{labels.get('version', 'v1')}"
@@ -179,7 +182,11 @@ class SidecarMesh:
         self.registered.append(who.instance)
 
     def _start_sidecar(
-        self, who: SidecarIdentity, inbound: int, register: tuple[str, ...] = ()
+        self,
+        who: SidecarIdentity,
+        inbound: int,
+        register: tuple[str, ...] = (),
+        upstreams: list[dict[str, Any]] | None = None,
     ) -> Sidecar:
         admin, outbound = free_port(), free_port()
         config = sidecar_bootstrap(
@@ -187,6 +194,7 @@ class SidecarMesh:
             admin_port=admin,
             outbound_port=outbound,
             xds=XdsServer("127.0.0.1", self.plane.xds_port),
+            upstreams=upstreams or [],
         )
         path = self.directory / f"bootstrap-{who.instance}.yaml"
         path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")

@@ -12,12 +12,13 @@ a credential (instance.write_bootstrap writes it 0600)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pilotfish.model.locality import locality_from_labels, split_locality
-from pilotfish.model.types import Labels
+from pilotfish.model.types import UPSTREAMS_METADATA, Labels
 
 XDS_CLUSTER = "xds-grpc"
 XDS_TLS_PORT = 15012  # istiod's
@@ -109,9 +110,21 @@ def node_id(who: SidecarIdentity, kind: str = "sidecar") -> str:
 
 
 def sidecar_bootstrap(
-    who: SidecarIdentity, *, admin_port: int, outbound_port: int, xds: XdsServer
+    who: SidecarIdentity,
+    *,
+    admin_port: int,
+    outbound_port: int,
+    xds: XdsServer,
+    upstreams: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, Any]:
-    placement = {"OUTBOUND_ADDRESS": "127.0.0.1", "OUTBOUND_PORT": str(outbound_port)}
+    """`upstreams`: the Workload's spec.upstreams, which the control plane
+    turns into this sidecar's local listeners (translate/upstreams.py)."""
+    placement: dict[str, Any] = {
+        "OUTBOUND_ADDRESS": "127.0.0.1",
+        "OUTBOUND_PORT": str(outbound_port),
+    }
+    if upstreams:
+        placement[UPSTREAMS_METADATA] = [dict(u) for u in upstreams]
     return _bootstrap(who, "sidecar", placement, admin_port, xds)
 
 
@@ -128,7 +141,7 @@ CLUSTER_ID = "Kubernetes"
 def _bootstrap(
     who: SidecarIdentity,
     kind: str,
-    placement: dict[str, str],
+    placement: dict[str, Any],
     admin_port: int,
     xds: XdsServer,
 ) -> dict[str, Any]:

@@ -304,6 +304,7 @@ class Instance:
             admin_port=self.ports.admin,
             outbound_port=self.ports.outbound,
             xds=self.xds,
+            upstreams=self.spec.get("upstreams") or (),
         )
         write_bootstrap(path, config)
         token = ["--ca-token-file", str(self.directory / TOKEN_FILE)]

@@ -51,6 +51,7 @@ SCHEMA = Analyzer("schema.ValidationAnalyzer", schema_errors, ("IST0106",))
 ANALYZERS: tuple[Analyzer, ...] = (
     SCHEMA,
     Analyzer("pilotfish.WorkloadPortAnalyzer", workload.ports_without_service, ("PF0002",)),
+    Analyzer("pilotfish.UpstreamAnalyzer", workload.upstreams_without_service, ("PF0007",)),
     Analyzer("service.PortNameAnalyzer", service.port_names, ("IST0118", "IST0150")),
     Analyzer("authz.AuthorizationPoliciesAnalyzer", authz.policies, ("IST0101", "IST0127")),
     Analyzer("pilotfish.JwtKeysAnalyzer", authn.jwt_keys, ("PF0003", "PF0004", "PF0005")),

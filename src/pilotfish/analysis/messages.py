@@ -279,6 +279,13 @@ _TYPES = (
         "Warning",
         "%s: outlier detection policy must be provided for failover",
     ),
+    MessageType(
+        "UpstreamServiceNotFound",
+        "PF0007",
+        "Warning",
+        "upstreams[%d]: no service %q with port %d: its sidecars do not listen on %s until one "
+        "exists",
+    ),
 )
 TYPES: dict[str, MessageType] = {t.name: t for t in _TYPES}
 CODES: dict[str, MessageType] = {t.code: t for t in _TYPES}

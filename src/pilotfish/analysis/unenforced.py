@@ -77,13 +77,6 @@ TABLE: tuple[Unenforced, ...] = (
     Unenforced(
         NETWORKING,
         "VirtualService",
-        "spec.tcp",
-        "served by gateways only: a sidecar has no outbound TCP listener to apply it",
-        (("translate", "translate_outbound_tcp"),),
-    ),
-    Unenforced(
-        NETWORKING,
-        "VirtualService",
         "spec.tcp[].match[].destinationSubnets",
         "a match that names it is never taken: TCP routes cannot match destination addresses",
         (("translate", "prefix_ranges"),),
@@ -121,7 +114,7 @@ TABLE: tuple[Unenforced, ...] = (
             "a Sidecar's egress hosts and workloadSelector are all that is applied",
             (("model", f'"{field}"'), ("translate", f'"{field}"')),
         )
-        for field in ("ingress", "outboundTrafficPolicy", "inboundConnectionPool")
+        for field in ("ingress", "inboundConnectionPool")
     ],
     Unenforced(
         "flagger.app",

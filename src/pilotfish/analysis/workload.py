@@ -4,6 +4,7 @@ MultiServiceAnalyzer; pilotfish's Workload is its Deployment)."""
 from __future__ import annotations
 
 from pilotfish.analysis.config import (
+    NETWORKING,
     Config,
     full_name,
     items,
@@ -12,6 +13,7 @@ from pilotfish.analysis.config import (
     name_of,
     namespace_of,
     spec,
+    to_fqdn,
 )
 from pilotfish.analysis.messages import Message, new
 from pilotfish.model.endpoints import target_port
@@ -117,3 +119,36 @@ def _service_ports(service: Obj) -> tuple[ServicePort, ...]:
     """The Service's usable ports as the model reads them."""
     clean = {"metadata": {"name": name_of(service)}, "spec": {"ports": _ports(service)}}
     return service_from_v1(clean).ports
+
+
+def upstreams_without_service(config: Config) -> list[Message]:
+    """PF0007: a declared upstream whose service or port is not in the mesh
+    yet; only a warning, since services come and go (translate/upstreams.py
+    gives it a listener as soon as there is one)."""
+    out = []
+    for workload in config.of("pilotfish.dev", "Workload"):
+        namespace = namespace_of(workload)
+        for i, upstream in enumerate(mapping(u) for u in items(spec(workload).get("upstreams"))):
+            name, port = upstream.get("service"), upstream.get("port")
+            if not isinstance(name, str) or not isinstance(port, int):
+                continue  # the schema says what is wrong with it
+            if port in _upstream_ports(config, name, namespace):
+                continue
+            where = f"{upstream.get('localAddress') or '127.0.0.1'}:{upstream.get('localPort')}"
+            out.append(new("UpstreamServiceNotFound", workload, i, name, port, where))
+    return out
+
+
+def _upstream_ports(config: Config, name: str, namespace: str) -> set[int]:
+    """The ports of the Services or ServiceEntry hosts `name` may mean, as
+    translate/upstreams.py reads it: NAME, NAME.NAMESPACE, or a host."""
+    hosts = {to_fqdn(namespace, name)}
+    if name.count(".") == 1:
+        hosts.add(to_fqdn(name.split(".")[1], name.split(".")[0]))
+    found = {p.port for host in hosts for s in config.services_at(host) for p in _service_ports(s)}
+    for entry in config.of(NETWORKING, "ServiceEntry"):
+        if name in items(spec(entry).get("hosts")):
+            found.update(
+                int(mapping(p).get("number") or 0) for p in items(spec(entry).get("ports"))
+            )
+    return found

@@ -35,9 +35,20 @@ def workload(obj: Obj, errors: Errors) -> None:
     ports = {p["name"] for p in spec.get("ports") or []}
     for probe in ("readinessProbe", "livenessProbe"):
         _probe(f"spec.{probe}", spec.get(probe), ports, errors)
+    _upstreams(spec.get("upstreams") or [], errors)
     rolling = (spec.get("strategy") or {}).get("rollingUpdate") or {}
     for field in ("maxSurge", "maxUnavailable"):
         _int_or_percent(f"spec.strategy.rollingUpdate.{field}", rolling.get(field), errors)
+
+
+def _upstreams(upstreams: list[Obj], errors: Errors) -> None:
+    """Two upstreams cannot listen on one address and port."""
+    taken: set[tuple[str, int]] = set()
+    for i, upstream in enumerate(upstreams):
+        where = (upstream.get("localAddress") or "127.0.0.1", upstream["localPort"])
+        if where in taken:
+            errors.add(f"spec.upstreams[{i}].localPort", f"Duplicate value: {where[1]}")
+        taken.add(where)
 
 
 def _probe(path: str, probe: Any, ports: set[str], errors: Errors) -> None:

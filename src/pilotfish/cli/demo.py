@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -109,6 +110,7 @@ def demo(args: argparse.Namespace) -> int:
     if args.canary:
         docs = canary_documents(docs, args.canary_examples, args.listen)
     check_free(_ports(args, docs))
+    _check_programs(docs)
     running.write_text(str(os.getpid()))
     run = Demo(state)
     previous = {s: signal.signal(s, lambda *_: run.stop.set()) for s in _SIGNALS}
@@ -125,6 +127,24 @@ def demo(args: argparse.Namespace) -> int:
 
 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def _check_programs(docs: list[Document]) -> None:
+    """Every Workload's program is installed (through `sh -c`, the script's
+    first word), or the demo would wait for instances that never start."""
+    for doc in docs:
+        spec = doc.obj.get("spec") or {}
+        argv = [*(spec.get("command") or []), *(spec.get("args") or [])]
+        if doc.obj.get("kind") != "Workload" or not argv:
+            continue
+        program = str(argv[0])
+        if program in ("sh", "bash") and len(argv) > 2 and argv[1] == "-c":
+            program = str(argv[2]).split()[0] if str(argv[2]).split() else program
+        if shutil.which(program) is None:
+            raise CliError(
+                f"Workload {doc.obj['metadata']['name']} runs {program}, which is not "
+                "installed: scripts/setup installs what the demo needs (Debian packages too)"
+            )
 
 
 def default_data_dir(canary: bool) -> Path:

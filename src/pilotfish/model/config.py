@@ -106,6 +106,7 @@ class Sidecar:
     # (namespace, host pattern); the namespace may be `*`, `~`, or `.` for the
     # proxy's own: a root-namespace Sidecar's `./*` means each proxy's namespace.
     egress: tuple[tuple[str, str], ...]
+    outbound_mode: str = ""  # outboundTrafficPolicy.mode; "": the mesh config's
 
 
 @dataclass(frozen=True)
@@ -212,7 +213,8 @@ def read_sidecar(obj: Obj) -> Sidecar:
         for listener in spec.get("egress") or []
         for h in listener.get("hosts") or []
     )
-    return Sidecar(name, namespace, dict(selector) if selector else None, egress)
+    mode = str((spec.get("outboundTrafficPolicy") or {}).get("mode") or "")
+    return Sidecar(name, namespace, dict(selector) if selector else None, egress, mode)
 
 
 def labels_match(selector: Labels, labels: Labels) -> bool:

@@ -129,6 +129,11 @@ class ProxyType(StrEnum):
     GRPC = "proxyless"  # a gRPC client reading xDS itself
 
 
+# Node metadata: a sidecar's declared upstreams (a Workload's spec.upstreams), a
+# list in the bootstrap, JSON in Proxy.metadata (xds/node.py)
+UPSTREAMS_METADATA = "UPSTREAMS"
+
+
 @dataclass(frozen=True)
 class Proxy:
     """Who is asking: a node's identity and metadata, as the ADS server reads

@@ -19,6 +19,7 @@ from typing import BinaryIO
 from pilotfish.proxy import filters
 from pilotfish.proxy.accesslog import AccessLogWriter, AccessRecord
 from pilotfish.proxy.config import ProxyConfig
+from pilotfish.proxy.connect import connect_tunnel
 from pilotfish.proxy.exchange import Exchange
 from pilotfish.proxy.listeners import CompiledListener
 from pilotfish.proxy.metric_overrides import RequestAttributes
@@ -345,10 +346,13 @@ class Downstream(asyncio.Protocol):
             self.next_request()
 
     def handle(self, events: list[RequestEvent]) -> None:
-        for event in events:
+        for i, event in enumerate(events):
             kind = event.__class__
             if kind is RequestHead:
                 assert isinstance(event, RequestHead)
+                if event.method == b"CONNECT":  # the connection becomes a tunnel, or is refused
+                    connect_tunnel(self, event, events[i + 1 :])
+                    return
                 self.begin(event)
                 continue
             exchange = self.exchange

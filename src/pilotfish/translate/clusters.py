@@ -27,6 +27,7 @@ from google.protobuf.wrappers_pb2 import UInt32Value, UInt64Value
 from pilotfish.model import Instance, Proxy, ProxyType, Service, ServicePort, Snapshot
 from pilotfish.objects import Obj
 from pilotfish.translate import mtls, names
+from pilotfish.translate.connect import translate_egress_clusters
 from pilotfish.translate.locality import locality_policy
 from pilotfish.translate.protos import ads, duration, pack, socket_address
 from pilotfish.translate.proxyless import apply_grpc_tls
@@ -63,6 +64,8 @@ def translate_outbound_clusters(snapshot: Snapshot, proxy: Proxy) -> list[Cluste
         if port.protocol != "UDP"
         for cluster in translate_service_clusters(snapshot, proxy, service, port)
     ]
+    if proxy.type is ProxyType.SIDECAR:  # where CONNECT to no service goes
+        out += translate_egress_clusters()
     return sorted(out, key=lambda c: c.name)
 
 

@@ -44,6 +44,7 @@ from pilotfish.model.types import Labels
 from pilotfish.objects import Obj
 from pilotfish.translate import gateway_tls, mtls, names, sniff
 from pilotfish.translate.authz import translate_proxy_authz_http, translate_proxy_authz_tcp
+from pilotfish.translate.connect import allow_connect
 from pilotfish.translate.jwt import applicable, translate_jwt_filter
 from pilotfish.translate.protos import ads, duration, pack, socket_address
 from pilotfish.translate.proxyless import translate_server_listeners
@@ -59,6 +60,7 @@ from pilotfish.translate.telemetry import (
     translate_stats_filter,
     translate_tracing,
 )
+from pilotfish.translate.upstreams import translate_upstream_listeners
 
 FAULT_FILTER = "envoy.filters.http.fault"
 CORS_FILTER = "envoy.filters.http.cors"
@@ -76,13 +78,15 @@ def translate_listeners(
     elif proxy.type is ProxyType.ROUTER:
         out = translate_gateway_listeners(snapshot, proxy)
     else:
-        outbound = translate_outbound_listener(
-            proxy,
+        telemetry = (
             translate_tracing(snapshot, proxy, False),
             translate_access_logs(snapshot, proxy, False),
             translate_stats_filter(snapshot, proxy, False),
         )
+        outbound = translate_outbound_listener(proxy, *telemetry)
         out = [outbound, *translate_inbound_listeners(snapshot, proxy)]
+        taken = {listener.name for listener in out}  # an upstream cannot take their address
+        out += [u for u in _upstream_listeners(snapshot, proxy, *telemetry) if u.name not in taken]
     return sorted(out, key=lambda listener: listener.name)
 
 
@@ -148,11 +152,43 @@ def translate_outbound_listener(
     port = int(proxy.metadata.get("OUTBOUND_PORT", OUTBOUND_PORT))
     name = f"{host}_{port}"
     manager = _rds_manager(f"outbound_{name}", names.HTTP_PROXY_ROUTE)
+    allow_connect(manager)  # translate/connect.py
+    return _outbound_http(name, host, port, manager, tracing, logs, stats)
+
+
+def _outbound_http(
+    name: str,
+    host: str,
+    port: int,
+    manager: hcm_pb2.HttpConnectionManager,
+    tracing: hcm_pb2.HttpConnectionManager.Tracing | None,
+    logs: Sequence[AccessLog],
+    stats: hcm_pb2.HttpFilter | None,
+) -> Listener:
+    """An outbound HTTP listener with the telemetry the mesh gives the sidecar."""
     if tracing is not None:
         manager.tracing.CopyFrom(tracing)
     manager.access_log.extend(logs)
     _add_stats_filter(manager, stats)
     return _listener(name, host, port, manager, base_pb2.OUTBOUND)
+
+
+def _upstream_listeners(
+    snapshot: Snapshot,
+    proxy: Proxy,
+    tracing: hcm_pb2.HttpConnectionManager.Tracing | None,
+    logs: Sequence[AccessLog],
+    stats: hcm_pb2.HttpFilter | None,
+) -> list[Listener]:
+    """The Workload's declared upstreams (translate/upstreams.py)."""
+
+    def http(name: str, host: str, port: int, table: route_pb2.RouteConfiguration) -> Listener:
+        manager = hcm_pb2.HttpConnectionManager(
+            stat_prefix=f"outbound_{name}", route_config=table, http_filters=http_filters()
+        )
+        return _outbound_http(name, host, port, manager, tracing, logs, stats)
+
+    return translate_upstream_listeners(snapshot, proxy, http)
 
 
 def translate_inbound_listeners(snapshot: Snapshot, proxy: Proxy) -> list[Listener]:

@@ -28,6 +28,7 @@ from pilotfish.model.hosts import (
     split_namespaced_host,
 )
 from pilotfish.translate import names
+from pilotfish.translate.connect import catch_all_vhost, service_connect_route
 from pilotfish.translate.gateway_tls import (
     https_redirect,
     requires_client_certificate,
@@ -107,8 +108,30 @@ def translate_sidecar_routes(snapshot: Snapshot, proxy: Proxy) -> route_pb2.Rout
             taken.update(domains)
             routes = service_routes(snapshot, proxy, service, port)
             if domains and routes:
+                routes.append(service_connect_route(snapshot, proxy, service, port, False))
                 out.virtual_hosts.append(_vhost(service.hostname, port, domains, routes))
+    _add_connect_vhosts(snapshot, proxy, out, taken)
     return out
+
+
+def _add_connect_vhosts(
+    snapshot: Snapshot, proxy: Proxy, table: route_pb2.RouteConfiguration, taken: set[str]
+) -> None:
+    """CONNECT to a TCP port (only `host:port` names it), and to anything else
+    (translate/connect.py)."""
+    for service in snapshot.visible_services(proxy):
+        for port in sorted(p.port for p in service.ports if not p.protocol.is_http_or_sniffed):
+            if any(p.port == port and p.protocol == "UDP" for p in service.ports):
+                continue
+            domains = [
+                d for d in service_domains(service, port, proxy.namespace)
+                if ":" in d and d not in taken
+            ]  # fmt: skip
+            taken.update(domains)
+            if domains:
+                route = service_connect_route(snapshot, proxy, service, port, True)
+                table.virtual_hosts.append(_vhost(service.hostname, port, domains, [route]))
+    table.virtual_hosts.append(catch_all_vhost(snapshot, proxy))
 
 
 def _vhost(host: str, port: int, domains: list[str], routes: list[rc.Route]) -> rc.VirtualHost:

@@ -17,7 +17,7 @@ functions read, directly or through Snapshot lookups:
   that `failoverPriority` settings name (locality.py);
 - clusters: those, and the instances the sidecar fronts (inbound clusters);
 - listeners: those, and the metadata that places listeners (OUTBOUND_ADDRESS,
-  OUTBOUND_PORT, BIND_ADDRESS).
+  OUTBOUND_PORT, BIND_ADDRESS, UPSTREAMS).
 
 A translate function that starts reading another field must add it here;
 tests/translate/test_scope.py checks keys against translation on proxies
@@ -30,9 +30,10 @@ from collections.abc import Hashable
 from enum import StrEnum
 
 from pilotfish.model import Proxy, Snapshot
+from pilotfish.model.types import UPSTREAMS_METADATA
 from pilotfish.translate.locality import caller
 
-LISTENER_METADATA = ("OUTBOUND_ADDRESS", "OUTBOUND_PORT", "BIND_ADDRESS")
+LISTENER_METADATA = ("OUTBOUND_ADDRESS", "OUTBOUND_PORT", "BIND_ADDRESS", UPSTREAMS_METADATA)
 
 
 class Kind(StrEnum):

@@ -15,7 +15,7 @@ protocol is not HTTP.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 from envoy.config.core.v3 import base_pb2
 from envoy.config.listener.v3 import listener_components_pb2
@@ -201,6 +201,15 @@ def _gateway_tcp_clusters(
 ) -> list[tuple[str, int]]:
     """The destinations of the first `tcp` route that applies."""
     for ctx, route in _bound_routes(snapshot, proxy, port, servers, "tcp"):
+        found = tcp_route_clusters(ctx, [route])
+        if found:
+            return found
+    return []
+
+
+def tcp_route_clusters(ctx: RouteContext, routes: Iterable[Obj]) -> list[tuple[str, int]]:
+    """The destinations of the first of `routes` (VirtualService `tcp` routes) that applies."""
+    for route in routes:
         if any(_applies(ctx, m) for m in route.get("match") or [None]):
             return tcp_destinations(ctx, route.get("route") or [])
     return []

@@ -11,6 +11,7 @@ a sidecar's socket listeners.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
@@ -19,6 +20,7 @@ from envoy.config.core.v3.base_pb2 import Node
 from google.protobuf.json_format import MessageToDict
 
 from pilotfish.model import Proxy, ProxyType
+from pilotfish.model.types import UPSTREAMS_METADATA
 
 _TYPES = {"sidecar": ProxyType.SIDECAR, "router": ProxyType.ROUTER, "proxyless": ProxyType.GRPC}
 
@@ -36,9 +38,19 @@ def proxy_from_node(node: Node, peer_ip: str = "127.0.0.1") -> Proxy:
         ip=_ip(metadata, parts[1] if istio_style else "", peer_ip),
         metadata=MappingProxyType(
             {k: str(v) for k, v in metadata.items() if isinstance(v, str | int | float | bool)}
+            | _upstreams(metadata)
         ),
         locality=_locality(node),
     )
+
+
+def _upstreams(metadata: Mapping[str, Any]) -> dict[str, str]:
+    """UPSTREAMS, a list in the bootstrap (a Workload's spec.upstreams), kept
+    as JSON: the Proxy's metadata holds strings only."""
+    found = metadata.get(UPSTREAMS_METADATA)
+    if not isinstance(found, list):
+        return {}
+    return {UPSTREAMS_METADATA: json.dumps(found, sort_keys=True)}
 
 
 def _locality(node: Node) -> str:

@@ -24,6 +24,7 @@ from pilotfish.proxy.routing.actions import (
 from pilotfish.proxy.routing.errors import RouteConfigError
 from pilotfish.proxy.routing.headers import HeaderMutation, HeaderOp, compile_level, merge_levels
 from pilotfish.proxy.routing.match import (
+    CONNECT,
     REGEX,
     Condition,
     PathMatch,
@@ -118,6 +119,7 @@ def compile_route(r: Any, path: str, ctx: RouteContext) -> CompiledRoute:
         filters=decode_filter_configs(r.typed_per_filter_config, path),
     )
     which = r.WhichOneof("action")
+    _check_connect(r, path, match, which)
     action: Action
     if which == "route":
         action = _forward(r.route, f"{path}.route", match, ctx, own)
@@ -136,6 +138,31 @@ def compile_route(r: Any, path: str, ctx: RouteContext) -> CompiledRoute:
         response_headers=_merged(own.response, ctx.response_levels, ctx.most_specific_wins),
         filter_configs=merge_filter_configs(*ctx.filter_levels, own.filters),
     )
+
+
+def _check_connect(r: Any, path: str, match: PathMatch, which: str | None) -> None:
+    """The proxy terminates CONNECT (Envoy's connect_config) and forwards no
+    other upgrade by route: a connect_matcher route needs that, and a route's
+    upgrade_configs are accepted for nothing else."""
+    configs = list(r.route.upgrade_configs) if which == "route" else []
+    terminates = [
+        c
+        for c in configs
+        if c.upgrade_type.lower() == "connect"
+        and c.HasField("connect_config")
+        and (not c.HasField("enabled") or c.enabled.value)
+    ]
+    if match.kind == CONNECT and (which != "route" or not terminates):
+        raise RouteConfigError(
+            f"{path}.route.upgrade_configs",
+            "a connect_matcher route must terminate CONNECT: "
+            "an upgrade_configs entry with upgrade_type CONNECT and connect_config",
+        )
+    if len(terminates) != len(configs) or (configs and match.kind != CONNECT):
+        raise RouteConfigError(
+            f"{path}.route.upgrade_configs",
+            "only CONNECT with connect_config on a connect_matcher route is supported",
+        )
 
 
 @dataclass(frozen=True, slots=True)

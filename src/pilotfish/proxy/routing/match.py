@@ -29,6 +29,7 @@ ValueTest = Callable[[bytes], bool]
 
 # Path match kinds, tested inline by the table in this order of likelihood.
 PREFIX, PREFIX_NOCASE, EXACT, EXACT_NOCASE, REGEX, SEPARATED, SEPARATED_NOCASE = range(7)
+CONNECT = 7  # connect_matcher: only a CONNECT request, which has no path (proxy/connect.py)
 _INT64 = re.compile(rb"\s*[+-]?\d{1,19}\s*")
 
 
@@ -43,7 +44,10 @@ class PathMatch:
     regex: re.Pattern[bytes] | None = None
 
     def __repr__(self) -> str:
-        names = ("prefix", "prefix~i", "path", "path~i", "regex", "sep_prefix", "sep_prefix~i")
+        names = (
+            "prefix", "prefix~i", "path", "path~i", "regex", "sep_prefix", "sep_prefix~i",
+            "connect",
+        )  # fmt: skip
         return f"{names[self.kind]}={self.text!r}"
 
 
@@ -64,8 +68,11 @@ def compile_path_match(match: Any, path: str) -> PathMatch:
     if which == "safe_regex":
         regex = compile_re2(match.safe_regex.regex, f"{path}.safe_regex.regex")
         return PathMatch(REGEX, b"", match.safe_regex.regex, regex)
+    if which == "connect_matcher":
+        return PathMatch(CONNECT, b"", "CONNECT")
     raise RouteConfigError(
-        path, "a route match needs prefix, path, safe_regex or path_separated_prefix"
+        path,
+        "a route match needs prefix, path, safe_regex, path_separated_prefix or connect_matcher",
     )
 
 
@@ -88,6 +95,8 @@ def path_matches(match: PathMatch, path: bytes, bare: bytes) -> bool:
         return bare.lower() == value
     if match.regex is not None:
         return match.regex.fullmatch(bare) is not None
+    if kind == CONNECT:  # a request with a path is never a CONNECT
+        return False
     head = bare[: len(value)] if kind == SEPARATED else bare[: len(value)].lower()
     return head == value and (len(bare) == len(value) or bare[len(value)] == 0x2F)
 

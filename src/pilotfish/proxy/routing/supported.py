@@ -39,6 +39,7 @@ _MATCH = (
     "query_parameters",
     "grpc",
     "tls_context",
+    "connect_matcher",
 )
 _WEIGHTED = (
     "total_weight",
@@ -74,6 +75,9 @@ _ACTION = (
     "max_grpc_timeout",
     "grpc_timeout_offset",
     "include_vh_rate_limits",
+    "upgrade_configs.upgrade_type",
+    "upgrade_configs.enabled",
+    "upgrade_configs.connect_config",
     *(f"weighted_clusters.{f}" for f in _WEIGHTED),
     *(f"retry_policy.{f}" for f in _RETRY),
     *(f"request_mirror_policies.{f}" for f in _MIRROR),

@@ -28,7 +28,14 @@ from pilotfish.proxy.routing.compile import (
 )
 from pilotfish.proxy.routing.errors import RouteConfigError
 from pilotfish.proxy.routing.headers import NO_HEADERS, HeaderMutation
-from pilotfish.proxy.routing.match import EXACT, PREFIX, Condition, PathMatch, path_matches
+from pilotfish.proxy.routing.match import (
+    CONNECT,
+    EXACT,
+    PREFIX,
+    Condition,
+    PathMatch,
+    path_matches,
+)
 from pilotfish.proxy.routing.per_filter import EMPTY, FilterConfigs
 from pilotfish.proxy.routing.request import RequestView, index_headers, path_only
 from pilotfish.proxy.routing.supported import SUPPORTED
@@ -122,6 +129,18 @@ class RouteTable:
                     return route
                 continue
             return route
+        return None
+
+    def connect_route(self, req: RequestView) -> Route | None:
+        """A CONNECT request's route: the first connect_matcher route of its
+        virtual host whose headers match (`route` never takes one: it has no path)."""
+        host = self._find(req)
+        if host is None:
+            return None
+        index = index_headers(req.headers)
+        for kind, _, _, conditions, route in host.entries:
+            if kind == CONNECT and all(condition(req, index) for condition in conditions):
+                return route
         return None
 
     def select(self, req: RequestView, rand: int = 0) -> tuple[Route, Target | None] | None:

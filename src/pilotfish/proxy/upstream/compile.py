@@ -157,10 +157,17 @@ def compile_cluster(proto: Any) -> ClusterSpec:
     bad = unsupported(proto, CLUSTER_FIELDS)
     if bad:
         raise ClusterConfigError(where, bad[0], "field not supported by pilotfish")
-    if proto.type not in (ClusterProto.STATIC, ClusterProto.EDS):
+    if proto.type not in (ClusterProto.STATIC, ClusterProto.EDS, ClusterProto.ORIGINAL_DST):
         kind = ClusterProto.DiscoveryType.Name(proto.type)
-        raise ClusterConfigError(where, "type", f"{kind} is not supported (STATIC, EDS)")
-    policy = _POLICIES.get(proto.lb_policy)
+        raise ClusterConfigError(
+            where, "type", f"{kind} is not supported (STATIC, EDS, ORIGINAL_DST)"
+        )
+    original_dst = proto.type == ClusterProto.ORIGINAL_DST
+    if original_dst != (proto.lb_policy == ClusterProto.CLUSTER_PROVIDED):
+        raise ClusterConfigError(
+            where, "lb_policy", "CLUSTER_PROVIDED goes with type ORIGINAL_DST, and only with it"
+        )
+    policy = _POLICIES.get(ClusterProto.ROUND_ROBIN if original_dst else proto.lb_policy)
     if policy is None:
         kind = ClusterProto.LbPolicy.Name(proto.lb_policy)
         raise ClusterConfigError(where, "lb_policy", f"{kind} is not supported")
@@ -176,6 +183,7 @@ def compile_cluster(proto: Any) -> ClusterSpec:
     return ClusterSpec(
         name=name,
         eds_service_name=(proto.eds_cluster_config.service_name or name) if eds else "",
+        original_dst=original_dst,
         connect_timeout=seconds(proto.connect_timeout)
         if proto.HasField("connect_timeout")
         else 5.0,

@@ -95,6 +95,9 @@ class TransportSocketMatch:
 class ClusterSpec:
     name: str
     eds_service_name: str = ""  # "" for STATIC
+    # ORIGINAL_DST: no endpoints of its own; without iptables the original
+    # destination is a CONNECT request's target (proxy/connect.py), nothing else.
+    original_dst: bool = False
     connect_timeout: float = 5.0
     lb: LbConfig = LbConfig()
     thresholds: Thresholds = field(default_factory=Thresholds)
