@@ -34,8 +34,6 @@ from pilotfish.translate import names
 from pilotfish.translate.http_route import RouteContext
 from pilotfish.translate.protos import duration
 
-PASSTHROUGH_CLUSTER = "PassthroughCluster"
-BLACKHOLE_CLUSTER = "BlackHoleCluster"
 ALLOW_ANY, REGISTRY_ONLY = "ALLOW_ANY", "REGISTRY_ONLY"
 CONNECT_ROUTE = "connect"
 MESH = frozenset({MESH_GATEWAY})
@@ -100,23 +98,23 @@ def catch_all_vhost(snapshot: Snapshot, proxy: Proxy) -> rc.VirtualHost:
     """Istio's `allow_any` or `block_all` virtual host, for CONNECT only."""
     if outbound_mode(snapshot, proxy) == REGISTRY_ONLY:
         return rc.VirtualHost(
-            name="block_all", domains=["*"], routes=[connect_route([(BLACKHOLE_CLUSTER, 1)])]
+            name="block_all", domains=["*"], routes=[connect_route([(names.BLACKHOLE_CLUSTER, 1)])]
         )
     return rc.VirtualHost(
-        name="allow_any", domains=["*"], routes=[connect_route([(PASSTHROUGH_CLUSTER, 1)])]
+        name="allow_any", domains=["*"], routes=[connect_route([(names.PASSTHROUGH_CLUSTER, 1)])]
     )
 
 
 def translate_egress_clusters() -> list[Cluster]:
     """Where CONNECT to no service of the mesh goes (see the module's doc)."""
     passthrough = Cluster(
-        name=PASSTHROUGH_CLUSTER,
+        name=names.PASSTHROUGH_CLUSTER,
         type=Cluster.ORIGINAL_DST,
         lb_policy=Cluster.CLUSTER_PROVIDED,
         connect_timeout=duration(PASSTHROUGH_CONNECT_TIMEOUT),
     )
     blackhole = Cluster(
-        name=BLACKHOLE_CLUSTER,
+        name=names.BLACKHOLE_CLUSTER,
         type=Cluster.STATIC,
         connect_timeout=duration(PASSTHROUGH_CONNECT_TIMEOUT),
     )

@@ -10,6 +10,8 @@ HTTP_PROXY_ROUTE = "http_proxy"  # the sidecar's outbound route table, all servi
 DEFAULT_ROUTE = "default"
 HCM_FILTER = "envoy.filters.network.http_connection_manager"
 ROUTER_FILTER = "envoy.filters.http.router"
+PASSTHROUGH_CLUSTER = "PassthroughCluster"  # to the address the client asked for
+BLACKHOLE_CLUSTER = "BlackHoleCluster"  # nowhere: the connection is closed
 
 
 class ClusterName(NamedTuple):

@@ -29,7 +29,6 @@ from pilotfish.translate.gateway_tls import server_names
 from pilotfish.translate.protos import pack
 
 SNI_CLUSTER_FILTER = "envoy.filters.network.sni_cluster"
-BLACKHOLE_CLUSTER = "BlackHoleCluster"  # the tcp_proxy's cluster when the SNI names none
 AUTO_PASSTHROUGH = "AUTO_PASSTHROUGH"
 
 
@@ -41,7 +40,7 @@ def translate_auto_passthrough_chains(
     servers: Sequence[tuple[Gateway, Obj]], tcp_proxy: listener_components_pb2.Filter
 ) -> list[listener_components_pb2.FilterChain]:
     """A chain per AUTO_PASSTHROUGH server, matched by its hosts as SNI
-    (`*` matches any); `tcp_proxy` goes to BLACKHOLE_CLUSTER, which the
+    (`*` matches any); `tcp_proxy` goes to names.BLACKHOLE_CLUSTER, which the
     sni_cluster filter replaces."""
     chains = []
     for gateway, server in servers:

@@ -31,11 +31,7 @@ from pilotfish.translate.http_route import RouteContext, destination_cluster
 from pilotfish.translate.protos import pack, socket_address
 from pilotfish.translate.route_match import applies
 from pilotfish.translate.routes import server_vs_hosts
-from pilotfish.translate.sni_dnat import (
-    BLACKHOLE_CLUSTER,
-    auto_passthrough,
-    translate_auto_passthrough_chains,
-)
+from pilotfish.translate.sni_dnat import auto_passthrough, translate_auto_passthrough_chains
 
 TCP_PROXY_FILTER = "envoy.filters.network.tcp_proxy"
 GATEWAY_TCP_PROTOCOLS = ("TCP", "MONGO", "REDIS", "MYSQL")
@@ -99,7 +95,8 @@ def translate_gateway_tcp_listeners(
         name = f"{host}_{port}"
         if any(_passthrough(server) or auto_passthrough(server) for _, server in servers):
             chains = _sni_chains(snapshot, proxy, port, servers)
-            blackhole = translate_tcp_filter(BLACKHOLE_CLUSTER, [(BLACKHOLE_CLUSTER, 1)])
+            nowhere = names.BLACKHOLE_CLUSTER
+            blackhole = translate_tcp_filter(nowhere, [(nowhere, 1)])
             chains += translate_auto_passthrough_chains(servers, blackhole)
             if chains:
                 out.append(_passthrough_listener(name, host, port, chains, authz))
