@@ -1,0 +1,160 @@
+"""HTTP/1.1 clients through the proxy to HTTP/2 upstreams: a real grpcio
+server (h2c only) behind a cluster whose HttpProtocolOptions say HTTP/2.
+curl speaks HTTP/1.1 to the proxy; the proxy speaks HTTP/2 to the server,
+many requests on one connection, and the gRPC trailers come back to curl
+as chunked trailers."""
+
+from __future__ import annotations
+
+import re
+import struct
+import subprocess
+import threading
+from collections.abc import Iterator
+from concurrent import futures
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from harness import (
+    Proxy,
+    curl_many,
+    env_without_proxy,
+    free_port,
+    listener,
+    route,
+    static_cluster,
+    vhost,
+)
+
+from conftest import StartProxy
+
+SERVICE, METHOD = "pilotfish.test.Echo", "Call"
+H2 = {
+    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+        "explicit_http_config": {"http2_protocol_options": {}},
+    }
+}
+
+
+class Echo:
+    """A grpcio server answering `reply:<request>`; `calls` counts them."""
+
+    def __init__(self, **options: Any) -> None:
+        self.calls = 0
+        self.lock = threading.Lock()
+        self.port = free_port()
+        handler = grpc.method_handlers_generic_handler(
+            SERVICE,
+            {
+                METHOD: grpc.unary_unary_rpc_method_handler(self.call),
+                "Fail": grpc.unary_unary_rpc_method_handler(self.fail),
+            },
+        )
+        self.server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=32), options=list(options.items())
+        )
+        self.server.add_generic_rpc_handlers((handler,))
+        self.server.add_insecure_port(f"127.0.0.1:{self.port}")
+        self.server.start()
+
+    def call(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+        with self.lock:
+            self.calls += 1
+        return b"reply:" + request
+
+    def fail(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+        context.abort(grpc.StatusCode.NOT_FOUND, "no such thing")
+        raise AssertionError("unreachable")
+
+    def stop(self) -> None:
+        self.server.stop(0)
+
+
+@pytest.fixture
+def echo() -> Iterator[Echo]:
+    server = Echo()
+    yield server
+    server.stop()
+
+
+def frame(message: bytes) -> bytes:
+    """gRPC's length-prefixed message: not compressed, 4-byte length, bytes."""
+    return struct.pack(">BI", 0, len(message)) + message
+
+
+def grpc_proxy(
+    start_proxy: StartProxy, port: int, action: dict[str, Any] | None = None, **cluster: Any
+) -> tuple[Proxy, int]:
+    listen = free_port()
+    proxy = start_proxy(
+        [listener("in", listen, [vhost("all", ["*"], [route("grpc", action=action)])])],
+        [static_cluster("grpc", [port], typed_extension_protocol_options=H2, **cluster)],
+    )
+    return proxy, listen
+
+
+def stat(proxy: Proxy, name: str) -> int:
+    text = proxy.admin_get("/stats")[1]
+    found = re.search(rf"^{re.escape(name)}: (\d+)$", text, re.M)
+    assert found, f"{name} not in /stats"
+    return int(found.group(1))
+
+
+GRPC_HEADERS = ("-H", "content-type: application/grpc", "-H", "te: trailers")
+
+
+def grpc_call(url: str, message: bytes, tmp: Path) -> tuple[list[str], bytes]:
+    """One call with curl over HTTP/1.1: the header and trailer lines it
+    received (curl writes trailers with the headers), and the body."""
+    heads, body = tmp / "heads", tmp / "body"
+    done = subprocess.run(
+        ["curl", "-s", "-S", "--http1.1", "--max-time", "10", *GRPC_HEADERS,
+         "--data-binary", "@-", "-D", str(heads), "-o", str(body), url],
+        input=frame(message), capture_output=True, timeout=20, env=env_without_proxy(),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return heads.read_text().splitlines(), body.read_bytes()
+
+
+def test_an_http1_client_gets_a_grpc_answer_with_its_trailers(
+    start_proxy: StartProxy, echo: Echo, tmp_path: Path
+) -> None:
+    _, listen = grpc_proxy(start_proxy, echo.port)
+    lines, body = grpc_call(f"http://127.0.0.1:{listen}/{SERVICE}/{METHOD}", b"hello", tmp_path)
+    assert lines[0].startswith("HTTP/1.1 200")
+    assert "content-type: application/grpc" in lines
+    assert "transfer-encoding: chunked" in lines
+    assert body == frame(b"reply:hello")
+    # The trailers come after the body's last chunk, where gRPC puts them.
+    assert lines.index("grpc-status: 0") > lines.index("")
+    lines, body = grpc_call(f"http://127.0.0.1:{listen}/{SERVICE}/Fail", b"x", tmp_path)
+    assert lines[0].startswith("HTTP/1.1 200") and body == b""
+    assert "grpc-status: 5" in lines
+    assert "grpc-message: no such thing" in lines
+
+
+def many_calls(
+    listen: int, n: int, tmp: Path, parallel: int = 20
+) -> list[tuple[int, dict[str, str]]]:
+    body = tmp / "request"
+    body.write_bytes(frame(b"x"))
+    url = f"http://127.0.0.1:{listen}/{SERVICE}/{METHOD}"
+    return curl_many(
+        [url] * n, "--http1.1", *GRPC_HEADERS, "--data-binary", f"@{body}",
+        fields=("grpc-status",), parallel=parallel,
+    )  # fmt: skip
+
+
+def test_concurrent_requests_share_one_upstream_connection(
+    start_proxy: StartProxy, echo: Echo, tmp_path: Path
+) -> None:
+    proxy, listen = grpc_proxy(start_proxy, echo.port)
+    results = many_calls(listen, 40, tmp_path)
+    assert [status for status, _ in results] == [200] * 40
+    assert echo.calls == 40
+    assert stat(proxy, "cluster.grpc.upstream_rq_total") == 40
+    assert stat(proxy, "cluster.grpc.upstream_cx_http2_total") == 1
+    assert stat(proxy, "cluster.grpc.upstream_cx_total") == 1
