@@ -10,6 +10,7 @@ import re
 import struct
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from concurrent import futures
 from pathlib import Path
@@ -144,7 +145,7 @@ def many_calls(
     url = f"http://127.0.0.1:{listen}/{SERVICE}/{METHOD}"
     return curl_many(
         [url] * n, "--http1.1", *GRPC_HEADERS, "--data-binary", f"@{body}",
-        fields=("grpc-status",), parallel=parallel,
+        fields=("x-pilotfish-flags",), parallel=parallel,
     )  # fmt: skip
 
 
@@ -158,3 +159,24 @@ def test_concurrent_requests_share_one_upstream_connection(
     assert stat(proxy, "cluster.grpc.upstream_rq_total") == 40
     assert stat(proxy, "cluster.grpc.upstream_cx_http2_total") == 1
     assert stat(proxy, "cluster.grpc.upstream_cx_total") == 1
+
+
+def test_a_backend_that_drains_with_goaway_loses_no_request(
+    start_proxy: StartProxy, tmp_path: Path
+) -> None:
+    """grpcio's max_connection_age: the server sends GOAWAY every 200 ms and
+    closes the connection once its streams are done; requests in flight
+    finish, later ones go on a new connection, refused ones are retried."""
+    server = Echo(**{"grpc.max_connection_age_ms": 200, "grpc.max_connection_age_grace_ms": 5000})
+    try:
+        retry = {"retry_policy": {"retry_on": "refused-stream,connect-failure", "num_retries": 3}}
+        proxy, listen = grpc_proxy(start_proxy, server.port, action=retry)
+        results: list[tuple[int, dict[str, str]]] = []
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:
+            results += many_calls(listen, 30, tmp_path, parallel=10)
+        assert [r for r in results if r[0] != 200] == [], proxy.stderr()[-3000:]
+        assert server.calls == len(results)
+        assert stat(proxy, "cluster.grpc.upstream_cx_http2_total") > 1
+    finally:
+        server.stop()

@@ -9,6 +9,7 @@ import h2.connection
 import h2.events
 import h2.settings
 from h2.errors import ErrorCodes
+from hyperframe.frame import GoAwayFrame
 
 from pilotfish.proxy.protocol.http1 import EndOfMessage, ProtocolError, ResponseHead
 from pilotfish.proxy.routing import RetryOn, RetryPolicy
@@ -114,12 +115,16 @@ def test_goaway_refuses_the_streams_above_its_last_id_and_takes_no_more() -> Non
     peer = Peer(client)
     first, second = request(client, GET), request(client, GET)
     peer.pump()
-    peer.h2.close_connection(last_stream_id=first)
-    delivered = dict(peer.pump())
+    goaway = GoAwayFrame(0, last_stream_id=first).serialize()
+    delivered = dict(client.receive(goaway))
     error = delivered[second]
     assert isinstance(error, ProtocolError) and error.flag == "UR"
-    assert first not in delivered and first in client.streams  # it finishes
+    assert first not in delivered and first in client.streams
     assert client.capacity == 0
+    # The stream the server kept finishes on the draining connection.
+    peer.h2.send_headers(first, [(b":status", b"204")], end_stream=True)
+    (events,) = [evs for sid, evs in peer.pump() if sid == first]
+    assert isinstance(events[0], ResponseHead) and events[0].status == 204  # type: ignore[index]
     retry = RetryPolicy(retry_on=RetryOn.REFUSED_STREAM)
     assert verdict(retry, 1, True, "UR") == RETRY
     assert verdict(RetryPolicy(retry_on=RetryOn.CONNECT_FAILURE), 1, True, "UR") == ACCEPT

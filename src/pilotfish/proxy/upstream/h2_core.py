@@ -26,6 +26,7 @@ import h2.connection
 import h2.events
 import h2.exceptions
 import h2.settings
+from h2.connection import ConnectionInputs, ConnectionState
 from h2.errors import ErrorCodes
 
 from pilotfish.proxy.protocol.http1 import (
@@ -106,6 +107,21 @@ def response_head(headers: list[tuple[bytes, bytes]]) -> ResponseHead:
     return ResponseHead(status, b"", b"2", fields, True, False, length, False)
 
 
+def _drain_on_goaway(conn: h2.connection.H2Connection) -> None:
+    """h2 closes the whole connection on a GOAWAY, and then fails on the
+    frames of the streams RFC 9113 section 6.8 lets finish (at or below its
+    last stream id). A client stays open instead; H2Client opens no stream
+    after a GOAWAY (see `capacity`)."""
+    machine = conn.state_machine
+    machine._transitions = {
+        **machine._transitions,
+        (ConnectionState.CLIENT_OPEN, ConnectionInputs.RECV_GOAWAY): (
+            None,
+            ConnectionState.CLIENT_OPEN,
+        ),
+    }
+
+
 class H2Client:
     """One connection's HTTP/2 state: `send_request`/`send_body` take the
     exchange's bytes, `receive` the peer's; both leave bytes to write in
@@ -122,6 +138,7 @@ class H2Client:
                 h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: MAX_HEADER_LIST,
             },
         )
+        _drain_on_goaway(self.conn)
         self.conn.initiate_connection()
         self.conn.increment_flow_control_window(CONNECTION_WINDOW - 65535)
         self.scheme = scheme

@@ -293,7 +293,8 @@ class H2Pool:
             return
         if cluster.breakers.try_acquire_connection():
             self.opening[host] = self.opening.get(host, 0) + 1
-            self.pool._connect(host, cluster, _Opener(self, host), pending=False)
+            opener = _Opener(self, host)
+            self.pool._connect(host, cluster, opener, pending=False, kind=_Opening)
 
     def drain(self, host: Host) -> None:
         """Give the waiting requests the room there is, and ask for more."""
@@ -323,6 +324,10 @@ class H2Pool:
         return False
 
     def opened(self, host: Host, conn: UpstreamConnection) -> None:
+        assert isinstance(conn, _Opening)
+        if conn.transport is None or conn.transport.is_closing():
+            self.failed(host, False, None)  # closed by the peer as soon as made
+            return
         self.opening[host] -= 1
         ssl_object = conn.transport.get_extra_info("ssl_object") if conn.transport else None
         alpn = ssl_object.selected_alpn_protocol() if ssl_object is not None else None
@@ -330,12 +335,17 @@ class H2Pool:
             self._fall_back(host, conn)
             return
         self.stats(conn.cluster).upstream_cx_http2_total += 1
-        self.conns.setdefault(host, []).append(H2Connection(self, conn))
+        link = H2Connection(self, conn)
+        self.conns.setdefault(host, []).append(link)
+        early = conn.adopt()
+        if early:
+            link.data_received(early)
         self.drain(host)
 
-    def _fall_back(self, host: Host, conn: UpstreamConnection) -> None:
+    def _fall_back(self, host: Host, conn: _Opening) -> None:
         """The TLS peer chose HTTP/1.1: the waiting requests go that way."""
         self.http1_only.add(host)
+        conn.adopt()
         self.pool.release(conn)
         queue = self.waiting.pop(host, deque())
         for sink, cluster in queue:
@@ -363,6 +373,26 @@ class H2Pool:
         for conns in self.conns.values():
             for conn in list(conns):
                 conn.close()
+
+
+class _Opening(UpstreamConnection):
+    """A connection opened for HTTP/2: the peer's first frames (its SETTINGS)
+    may come before the pool has it, and are kept for the H2Connection."""
+
+    def __init__(self, pool: Pool, host: Host, cluster: Cluster) -> None:
+        super().__init__(pool, host, cluster)
+        self.early: bytearray | None = bytearray()
+
+    def data_received(self, data: bytes) -> None:
+        if self.early is None:
+            super().data_received(data)
+        else:
+            self.early += data
+
+    def adopt(self) -> bytes:
+        """What came so far; from now on, bytes go the HTTP/1.1 way."""
+        early, self.early = bytes(self.early or b""), None
+        return early
 
 
 class _Opener:

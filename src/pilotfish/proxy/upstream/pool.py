@@ -279,22 +279,34 @@ class Pool:
             self._connect(conn.host, cluster, sink)
 
     def _connect(
-        self, host: Host, cluster: Cluster, sink: ResponseSink, pending: bool = True
+        self,
+        host: Host,
+        cluster: Cluster,
+        sink: ResponseSink,
+        pending: bool = True,
+        kind: type[UpstreamConnection] = UpstreamConnection,
     ) -> None:
-        """Open a connection for `sink`, which holds a connection slot, and a
-        pending request slot unless `pending` is False."""
-        task = asyncio.ensure_future(self._open(host, cluster, sink, pending))
+        """Open a connection (a `kind`) for `sink`, which holds a connection
+        slot, and a pending request slot unless `pending` is False."""
+        task = asyncio.ensure_future(self._open(host, cluster, sink, pending, kind))
         self.connecting.add(task)
         task.add_done_callback(self.connecting.discard)
 
-    async def _open(self, host: Host, cluster: Cluster, sink: ResponseSink, pending: bool) -> None:
+    async def _open(
+        self,
+        host: Host,
+        cluster: Cluster,
+        sink: ResponseSink,
+        pending: bool,
+        kind: type[UpstreamConnection],
+    ) -> None:
         loop = asyncio.get_running_loop()
         tls = cluster.spec.upstream_tls(host.metadata)
         try:
             context = self.tls.client(tls) if tls is not None else None
             async with asyncio.timeout(cluster.spec.connect_timeout):
                 _, conn = await loop.create_connection(
-                    lambda: UpstreamConnection(self, host, cluster),
+                    lambda: kind(self, host, cluster),
                     host.address,
                     host.port,
                     ssl=context,
