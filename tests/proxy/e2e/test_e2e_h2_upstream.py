@@ -27,6 +27,7 @@ from harness import (
     route,
     static_cluster,
     vhost,
+    wait_for,
 )
 
 from conftest import StartProxy
@@ -180,3 +181,22 @@ def test_a_backend_that_drains_with_goaway_loses_no_request(
         assert stat(proxy, "cluster.grpc.upstream_cx_http2_total") > 1
     finally:
         server.stop()
+
+
+def test_an_idle_connection_closes_after_idle_timeout(
+    start_proxy: StartProxy, echo: Echo, tmp_path: Path
+) -> None:
+    options = {
+        name: {**value, "common_http_protocol_options": {"idle_timeout": "0.3s"}}
+        for name, value in H2.items()
+    }
+    listen = free_port()
+    proxy = start_proxy(
+        [listener("in", listen, [vhost("all", ["*"], [route("grpc")])])],
+        [static_cluster("grpc", [echo.port], typed_extension_protocol_options=options)],
+    )
+    assert [s for s, _ in many_calls(listen, 3, tmp_path)] == [200] * 3
+    assert wait_for(lambda: stat(proxy, "cluster.grpc.upstream_cx_idle_timeout") == 1, 3.0)
+    assert stat(proxy, "cluster.grpc.upstream_cx_destroy") == 1
+    assert [s for s, _ in many_calls(listen, 1, tmp_path)] == [200]
+    assert stat(proxy, "cluster.grpc.upstream_cx_http2_total") == 2

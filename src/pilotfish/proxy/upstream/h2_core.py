@@ -233,6 +233,11 @@ class H2Client:
         with contextlib.suppress(h2.exceptions.StreamClosedError):  # the peer ended it first
             self.conn.reset_stream(sid, ErrorCodes.CANCEL)
 
+    def close(self) -> None:
+        """GOAWAY: this side is done with the connection."""
+        with contextlib.suppress(h2.exceptions.ProtocolError):  # already closed
+            self.conn.close_connection(ErrorCodes.NO_ERROR)
+
     def forget(self, sid: int) -> None:
         """The stream is complete both ways."""
         self.streams.pop(sid, None)

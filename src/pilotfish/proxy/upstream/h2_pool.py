@@ -97,6 +97,8 @@ class H2Connection:
         self.tls, self.made_with, self.principal = conn.tls, conn.made_with, conn.peer_principal
         spec = conn.cluster.spec.pool
         self.max_requests = spec.max_requests_per_connection
+        self.idle_timeout = spec.idle_timeout
+        self.idle_timer: asyncio.TimerHandle | None = None
         scheme = b"https" if conn.made_with is not None else b"http"
         self.core = H2Client(scheme, spec.max_concurrent_streams)
         self.streams: dict[int, H2Stream] = {}
@@ -106,6 +108,7 @@ class H2Connection:
         self.transport: asyncio.Transport = transport
         transport.set_protocol(self)  # type: ignore[arg-type]
         self.flush()
+        self._arm_idle()
 
     def __repr__(self) -> str:
         return f"<H2Connection {self.host} streams={len(self.streams)}>"
@@ -124,6 +127,9 @@ class H2Connection:
         return room
 
     def attach(self) -> H2Stream:
+        if self.idle_timer is not None:
+            self.idle_timer.cancel()
+            self.idle_timer = None
         self.core.reserved += 1
         return H2Stream(self)
 
@@ -208,7 +214,8 @@ class H2Connection:
 
     def _close_if_spent(self) -> None:
         """A connection the peer is draining (GOAWAY), or that carried its
-        max_requests_per_connection, closes once its last stream is done."""
+        max_requests_per_connection, closes once its last stream is done;
+        another waits idle_timeout for its next stream."""
         if self.streams or self.core.reserved or self.transport.is_closing():
             return
         spent = self.max_requests is not None and self.started >= self.max_requests
@@ -216,11 +223,30 @@ class H2Connection:
             self.pool.stats(self.cluster).upstream_cx_max_requests += 1
         if spent or self.core.last_stream_id is not None:
             self.transport.close()
+        else:
+            self._arm_idle()
+
+    def _arm_idle(self) -> None:
+        if self.idle_timeout is not None and self.idle_timer is None:
+            loop = asyncio.get_running_loop()
+            self.idle_timer = loop.call_later(self.idle_timeout, self._idle_elapsed)
+
+    def _idle_elapsed(self) -> None:
+        """Envoy's idle_timeout: no stream for that long, GOAWAY and close."""
+        self.idle_timer = None
+        if self.streams or self.core.reserved or self.transport.is_closing():
+            return
+        self.pool.stats(self.cluster).upstream_cx_idle_timeout += 1
+        self.core.close()
+        self.flush()
+        self.transport.close()
 
     def eof_received(self) -> bool:
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.idle_timer is not None:
+            self.idle_timer.cancel()
         self.pool.forget(self)
         streams, self.streams = list(self.streams.values()), {}
         error = ProtocolError("upstream connection reset", 503, "UC")
