@@ -46,6 +46,7 @@ class Echo:
 
     def __init__(self, **options: Any) -> None:
         self.calls = 0
+        self.cancelled = threading.Event()
         self.lock = threading.Lock()
         self.port = free_port()
         handler = grpc.method_handlers_generic_handler(
@@ -53,6 +54,7 @@ class Echo:
             {
                 METHOD: grpc.unary_unary_rpc_method_handler(self.call),
                 "Fail": grpc.unary_unary_rpc_method_handler(self.fail),
+                "Slow": grpc.unary_unary_rpc_method_handler(self.slow),
             },
         )
         self.server = grpc.server(
@@ -70,6 +72,14 @@ class Echo:
     def fail(self, request: bytes, context: grpc.ServicerContext) -> bytes:
         context.abort(grpc.StatusCode.NOT_FOUND, "no such thing")
         raise AssertionError("unreachable")
+
+    def slow(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+        """Answers after 3 s, unless the caller cancels first (RST_STREAM)."""
+        done = threading.Event()
+        context.add_callback(done.set)  # runs when the RPC ends, cancelled or not
+        if done.wait(3.0):
+            self.cancelled.set()
+        return b"late"
 
     def stop(self) -> None:
         self.server.stop(0)
@@ -200,3 +210,18 @@ def test_an_idle_connection_closes_after_idle_timeout(
     assert stat(proxy, "cluster.grpc.upstream_cx_destroy") == 1
     assert [s for s, _ in many_calls(listen, 1, tmp_path)] == [200]
     assert stat(proxy, "cluster.grpc.upstream_cx_http2_total") == 2
+
+
+def test_a_timed_out_request_resets_its_stream(
+    start_proxy: StartProxy, echo: Echo, tmp_path: Path
+) -> None:
+    proxy, listen = grpc_proxy(start_proxy, echo.port, action={"timeout": "0.3s"})
+    lines, _ = grpc_call(f"http://127.0.0.1:{listen}/{SERVICE}/Slow", b"x", tmp_path)
+    assert lines[0].startswith("HTTP/1.1 504"), lines
+    assert echo.cancelled.wait(2.0)  # the server saw the RST_STREAM, not the 3 s out
+    assert stat(proxy, "cluster.grpc.upstream_rq_tx_reset") == 1
+    # The connection carries on for the next call.
+    assert grpc_call(f"http://127.0.0.1:{listen}/{SERVICE}/{METHOD}", b"y", tmp_path)[1] == frame(
+        b"reply:y"
+    )
+    assert stat(proxy, "cluster.grpc.upstream_cx_http2_total") == 1
