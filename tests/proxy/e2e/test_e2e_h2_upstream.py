@@ -31,6 +31,9 @@ from harness import (
 )
 
 from conftest import StartProxy
+from pilotfish.ca.cacerts import self_signed
+from pilotfish.ca.identity import SpiffeId
+from pilotfish.ca.workload import csr_for, key_pem, new_key, pem
 
 SERVICE, METHOD = "pilotfish.test.Echo", "Call"
 H2 = {
@@ -44,7 +47,7 @@ H2 = {
 class Echo:
     """A grpcio server answering `reply:<request>`; `calls` counts them."""
 
-    def __init__(self, **options: Any) -> None:
+    def __init__(self, credentials: grpc.ServerCredentials | None = None, **options: Any) -> None:
         self.calls = 0
         self.cancelled = threading.Event()
         self.lock = threading.Lock()
@@ -61,7 +64,10 @@ class Echo:
             futures.ThreadPoolExecutor(max_workers=32), options=list(options.items())
         )
         self.server.add_generic_rpc_handlers((handler,))
-        self.server.add_insecure_port(f"127.0.0.1:{self.port}")
+        if credentials is None:
+            self.server.add_insecure_port(f"127.0.0.1:{self.port}")
+        else:
+            self.server.add_secure_port(f"127.0.0.1:{self.port}", credentials)
         self.server.start()
 
     def call(self, request: bytes, context: grpc.ServicerContext) -> bytes:
@@ -225,3 +231,43 @@ def test_a_timed_out_request_resets_its_stream(
         b"reply:y"
     )
     assert stat(proxy, "cluster.grpc.upstream_cx_http2_total") == 1
+
+
+def test_tls_upstreams_speak_http2_when_alpn_selects_h2(
+    start_proxy: StartProxy, tmp_path: Path
+) -> None:
+    ca = self_signed(tmp_path / "ca", "cluster.local")
+    root = tmp_path / "root.pem"
+    root.write_text(pem(ca.root))
+    key = new_key()
+    identity = "spiffe://cluster.local/ns/default/sa/echo"
+    chain = "".join(ca.sign(csr_for(key, identity), SpiffeId.parse(identity), 3600))
+    server = Echo(grpc.ssl_server_credentials([(key_pem(key), chain.encode())]))
+    try:
+        tls = {
+            "name": "envoy.transport_sockets.tls",
+            "typed_config": {
+                "@type": "type.googleapis.com/"
+                "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                "common_tls_context": {
+                    "alpn_protocols": ["h2"],
+                    "combined_validation_context": {
+                        "default_validation_context": {
+                            "match_subject_alt_names": [{"exact": identity}]
+                        },
+                        "validation_context_sds_secret_config": {
+                            "name": f"file-root:{root}",
+                            "sds_config": {"ads": {}, "resource_api_version": "V3"},
+                        },
+                    },
+                },
+            },
+        }
+        proxy, listen = grpc_proxy(start_proxy, server.port, transport_socket=tls)
+        lines, body = grpc_call(f"http://127.0.0.1:{listen}/{SERVICE}/{METHOD}", b"s", tmp_path)
+        assert lines[0].startswith("HTTP/1.1 200") and body == frame(b"reply:s")
+        assert "grpc-status: 0" in lines
+        assert stat(proxy, "cluster.grpc.upstream_cx_http2_total") == 1
+        assert stat(proxy, "cluster.grpc.ssl.handshake") == 1
+    finally:
+        server.stop()
