@@ -27,7 +27,7 @@ from pilotfish.proxy.protocol.express import ExpressResponse
 from pilotfish.proxy.protocol.http1 import ProtocolError, ResponseEvent
 from pilotfish.proxy.stats import ClusterStats
 from pilotfish.proxy.upstream import Cluster, Host
-from pilotfish.proxy.upstream.h2_core import Delivery, H2Client
+from pilotfish.proxy.upstream.h2_core import Delivery, H2Client, refused
 from pilotfish.proxy.upstream.pool import Pool, ResponseSink, UpstreamConnection
 from pilotfish.proxy.upstream.spec import UpstreamHttp
 
@@ -45,6 +45,7 @@ class H2Stream(UpstreamConnection):
         self.sid = 0  # until the request starts
         self.tls, self.made_with, self.peer_principal = link.tls, link.made_with, link.principal
         self.blocked = False  # its client was paused for the peer's window
+        self.ended = False  # the connection is done with it
 
     def __repr__(self) -> str:
         return f"<H2Stream {self.host} #{self.sid}>"
@@ -141,6 +142,13 @@ class H2Connection:
     # -- from the exchanges ---------------------------------------------------------------
 
     def start(self, stream: H2Stream, data: bytes) -> None:
+        """A stream taken while the connection was fine, started once it no
+        longer is (lost, or the peer's GOAWAY came in between), fails as Envoy's would."""
+        if not self.alive or self.core.last_stream_id is not None:
+            self.end(stream, reset=False)
+            lost = ProtocolError("upstream connection reset", 503, "UC")
+            self._fail_soon(stream, lost if not self.alive else refused())
+            return
         self.started += 1
         sid, error = self.core.send_request(data)
         stream.sid = sid
@@ -156,13 +164,22 @@ class H2Connection:
     def _after_send(self, stream: H2Stream, error: ProtocolError | None) -> None:
         if error is not None:
             self.streams.pop(stream.sid, None)
-            stream.deliver(error)
+            self._fail_soon(stream, error)
         elif self.core.blocked(stream.sid) and not stream.blocked and stream.sink is not None:
             stream.blocked = True
             stream.sink.on_flow(True)
 
+    @staticmethod
+    def _fail_soon(stream: H2Stream, error: ProtocolError) -> None:
+        """Fail a stream from the exchange's own call: in the next loop turn,
+        not inside the exchange's command that is sending."""
+        asyncio.get_running_loop().call_soon(stream.deliver, error)
+
     def end(self, stream: H2Stream, reset: bool) -> None:
         """The exchange is done with `stream`: reset it if it is still open."""
+        if stream.ended:
+            return
+        stream.ended = True
         if not stream.sid:
             self.core.reserved -= 1
         elif self.streams.pop(stream.sid, None) is not None:
