@@ -176,6 +176,10 @@ def test_concurrent_requests_share_one_upstream_connection(
     assert stat(proxy, "cluster.grpc.upstream_rq_total") == 40
     assert stat(proxy, "cluster.grpc.upstream_cx_http2_total") == 1
     assert stat(proxy, "cluster.grpc.upstream_cx_total") == 1
+    # Every slot the requests took is back: none pending, none active, one connection.
+    assert stat(proxy, "cluster.grpc.upstream_rq_pending_active") == 0
+    assert stat(proxy, "cluster.grpc.upstream_rq_active") == 0
+    assert stat(proxy, "cluster.grpc.upstream_cx_active") == 1
 
 
 def test_a_backend_that_drains_with_goaway_loses_no_request(
@@ -195,6 +199,8 @@ def test_a_backend_that_drains_with_goaway_loses_no_request(
         assert [r for r in results if r[0] != 200] == [], proxy.stderr()[-3000:]
         assert server.calls == len(results)
         assert stat(proxy, "cluster.grpc.upstream_cx_http2_total") > 1
+        assert stat(proxy, "cluster.grpc.upstream_rq_pending_active") == 0
+        assert stat(proxy, "cluster.grpc.upstream_rq_active") == 0
     finally:
         server.stop()
 
