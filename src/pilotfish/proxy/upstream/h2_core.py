@@ -48,7 +48,8 @@ HIGH_WATER = (
 )  # request bytes a stream holds for the peer's window before pausing its client
 STREAMS_BEFORE_SETTINGS = 100  # RFC 9113 section 6.5.2's floor, until the peer's SETTINGS say
 MAX_HEADER_LIST = 60 * 1024
-_DROPPED = frozenset({b"host", b"te", b"http2-settings"})
+_DROPPED = frozenset({b"host", b"http2-settings"})
+TE_TRAILERS = (b"te", b"trailers")
 Failure = ProtocolError
 Delivery = tuple[int, list[ResponseEvent] | ProtocolError]
 
@@ -81,17 +82,21 @@ def request_headers(head: RequestHead, scheme: bytes) -> list[tuple[bytes, bytes
         (b":authority", head.host or b""),
         (b":path", head.target),
     ]
-    grpc = False
+    grpc = te = False
+    for name, value in head.headers:
+        lowered = name.lower()
+        if lowered == b"te" and value.strip().lower() == b"trailers":
+            te = True  # the one TE value HTTP/2 allows
+        elif lowered == b"content-type" and value.startswith(b"application/grpc"):
+            grpc = True
     for name, value in strip_hop_by_hop(head.headers):
         lowered = name.lower()
-        if lowered in _DROPPED:
-            continue
-        if lowered == b"content-type" and value.startswith(b"application/grpc"):
-            grpc = True
-        out.append((lowered, value))
-    if grpc:
-        # gRPC requires `te: trailers`; HTTP/1.1 forwarding drops TE as hop-by-hop.
-        out.append((b"te", b"trailers"))
+        if lowered not in _DROPPED:
+            out.append((lowered, value))
+    if te or grpc:
+        # gRPC servers refuse a call without it, and a forwarder that took
+        # TE for hop-by-hop may have dropped it.
+        out.append(TE_TRAILERS)
     return out
 
 
