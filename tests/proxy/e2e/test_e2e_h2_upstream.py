@@ -30,7 +30,6 @@ from harness import (
     wait_for,
 )
 
-from conftest import StartProxy
 from pilotfish.ca.cacerts import self_signed
 from pilotfish.ca.identity import SpiffeId
 from pilotfish.ca.workload import csr_for, key_pem, new_key, pem
@@ -104,7 +103,7 @@ def frame(message: bytes) -> bytes:
 
 
 def grpc_proxy(
-    start_proxy: StartProxy, port: int, action: dict[str, Any] | None = None, **cluster: Any
+    start_proxy: Any, port: int, action: dict[str, Any] | None = None, **cluster: Any
 ) -> tuple[Proxy, int]:
     listen = free_port()
     proxy = start_proxy(
@@ -138,7 +137,7 @@ def grpc_call(url: str, message: bytes, tmp: Path) -> tuple[list[str], bytes]:
 
 
 def test_an_http1_client_gets_a_grpc_answer_with_its_trailers(
-    start_proxy: StartProxy, echo: Echo, tmp_path: Path
+    start_proxy: Any, echo: Echo, tmp_path: Path
 ) -> None:
     _, listen = grpc_proxy(start_proxy, echo.port)
     lines, body = grpc_call(f"http://127.0.0.1:{listen}/{SERVICE}/{METHOD}", b"hello", tmp_path)
@@ -167,7 +166,7 @@ def many_calls(
 
 
 def test_concurrent_requests_share_one_upstream_connection(
-    start_proxy: StartProxy, echo: Echo, tmp_path: Path
+    start_proxy: Any, echo: Echo, tmp_path: Path
 ) -> None:
     proxy, listen = grpc_proxy(start_proxy, echo.port)
     results = many_calls(listen, 40, tmp_path)
@@ -183,7 +182,7 @@ def test_concurrent_requests_share_one_upstream_connection(
 
 
 def test_a_backend_that_drains_with_goaway_loses_no_request(
-    start_proxy: StartProxy, tmp_path: Path
+    start_proxy: Any, tmp_path: Path
 ) -> None:
     """grpcio's max_connection_age: the server sends GOAWAY every 200 ms and
     closes the connection once its streams are done; requests in flight
@@ -206,7 +205,7 @@ def test_a_backend_that_drains_with_goaway_loses_no_request(
 
 
 def test_an_idle_connection_closes_after_idle_timeout(
-    start_proxy: StartProxy, echo: Echo, tmp_path: Path
+    start_proxy: Any, echo: Echo, tmp_path: Path
 ) -> None:
     options = {
         name: {**value, "common_http_protocol_options": {"idle_timeout": "0.3s"}}
@@ -225,11 +224,11 @@ def test_an_idle_connection_closes_after_idle_timeout(
 
 
 def test_a_timed_out_request_resets_its_stream(
-    start_proxy: StartProxy, echo: Echo, tmp_path: Path
+    start_proxy: Any, echo: Echo, tmp_path: Path
 ) -> None:
     proxy, listen = grpc_proxy(start_proxy, echo.port, action={"timeout": "0.3s"})
     lines, _ = grpc_call(f"http://127.0.0.1:{listen}/{SERVICE}/Slow", b"x", tmp_path)
-    assert lines[0].startswith("HTTP/1.1 504"), lines
+    assert "x-pilotfish-flags: UT" in lines, lines  # a 504, or gRPC-shaped where gRPC's replies are
     assert echo.cancelled.wait(2.0)  # the server saw the RST_STREAM, not the 3 s out
     assert stat(proxy, "cluster.grpc.upstream_rq_tx_reset") == 1
     # The connection carries on for the next call.
@@ -239,9 +238,7 @@ def test_a_timed_out_request_resets_its_stream(
     assert stat(proxy, "cluster.grpc.upstream_cx_http2_total") == 1
 
 
-def test_tls_upstreams_speak_http2_when_alpn_selects_h2(
-    start_proxy: StartProxy, tmp_path: Path
-) -> None:
+def test_tls_upstreams_speak_http2_when_alpn_selects_h2(start_proxy: Any, tmp_path: Path) -> None:
     ca = self_signed(tmp_path / "ca", "cluster.local")
     root = tmp_path / "root.pem"
     root.write_text(pem(ca.root))
