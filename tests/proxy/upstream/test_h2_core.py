@@ -13,7 +13,7 @@ from hyperframe.frame import GoAwayFrame
 
 from pilotfish.proxy.protocol.http1 import EndOfMessage, ProtocolError, ResponseHead
 from pilotfish.proxy.routing import RetryOn, RetryPolicy
-from pilotfish.proxy.upstream.h2_core import HIGH_WATER, STREAM_WINDOW, H2Client
+from pilotfish.proxy.upstream.h2_core import HIGH_WATER, MAX_HEADER_LIST, STREAM_WINDOW, H2Client
 from pilotfish.proxy.upstream.retry import ACCEPT, RETRY, verdict
 
 
@@ -201,3 +201,15 @@ def test_te_trailers_goes_on_and_other_te_values_do_not() -> None:
     kept, dropped = (e.headers for e in peer.of(h2.events.RequestReceived))
     assert [v for n, v in kept if n == b"te"] == [b"trailers"]
     assert [v for n, v in dropped if n == b"te"] == []
+
+
+def test_a_response_header_list_over_the_limit_fails_the_connection_not_the_proxy() -> None:
+    client = H2Client(b"http")
+    peer = Peer(client)
+    sid = request(client, GET)
+    peer.pump()
+    peer.h2.send_headers(sid, [(b":status", b"200"), (b"x-big", b"v" * (MAX_HEADER_LIST + 1))])
+    delivered = dict(peer.pump())
+    error = delivered[sid]
+    assert isinstance(error, ProtocolError) and error.flag == "UPE"
+    assert client.broken is not None and client.capacity == 0

@@ -32,7 +32,7 @@ from h2.errors import ErrorCodes
 from pilotfish.proxy.protocol.http1 import (
     END,
     EndOfMessage,
-    Headers,
+    Header,
     ProtocolError,
     RequestHead,
     RequestParser,
@@ -50,7 +50,6 @@ STREAMS_BEFORE_SETTINGS = 100  # RFC 9113 section 6.5.2's floor, until the peer'
 MAX_HEADER_LIST = 60 * 1024
 _DROPPED = frozenset({b"host", b"http2-settings"})
 TE_TRAILERS = (b"te", b"trailers")
-Failure = ProtocolError
 Delivery = tuple[int, list[ResponseEvent] | ProtocolError]
 
 
@@ -65,10 +64,9 @@ class _Stream:
 
     parser: RequestParser = field(default_factory=RequestParser)
     pending: bytearray = field(default_factory=bytearray)
-    end: tuple[bool, Headers] = (False, [])  # the request ended, with these trailers
+    end: tuple[bool, tuple[Header, ...]] = (False, ())  # the request ended, with these trailers
     started: bool = False  # the HEADERS went out
     closed: bool = False  # nothing more goes out
-    method: bytes = b"GET"
     paused: bool = False  # the client is slow: DATA is not acknowledged until it reads
     unacked: int = 0
     trailers_seen: bool = False
@@ -143,6 +141,9 @@ class H2Client:
                 h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: MAX_HEADER_LIST,
             },
         )
+        # What SETTINGS tells the peer is also what we hold it to (h2 leaves
+        # its decoder at hpack's default otherwise).
+        self.conn.decoder.max_header_list_size = MAX_HEADER_LIST
         _drain_on_goaway(self.conn)
         self.conn.initiate_connection()
         self.conn.increment_flow_control_window(CONNECTION_WINDOW - 65535)
@@ -196,11 +197,10 @@ class H2Client:
                 if event.upgrade:
                     self.reset(sid)
                     return ProtocolError("upgrade over an HTTP/2 upstream", 503, "UPE")
-                stream.method = event.method
                 self.conn.send_headers(sid, request_headers(event, self.scheme))
                 stream.started = True
             elif isinstance(event, EndOfMessage):
-                stream.end = (True, list(event.trailers))
+                stream.end = (True, event.trailers)
             elif isinstance(event, bytes):
                 stream.pending += event
         self._flush(sid, stream)
