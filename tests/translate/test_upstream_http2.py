@@ -10,7 +10,7 @@ import pytest
 from envoy.config.cluster.v3.cluster_pb2 import Cluster
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2 as hpo
-from translate_sim import BOOKINFO_INSTANCES, PRODUCTPAGE, cluster, instance, service
+from translate_sim import BOOKINFO_INSTANCES, INGRESS, PRODUCTPAGE, cluster, instance, service
 
 from pilotfish.model import Proxy, build_snapshot
 from pilotfish.proxy.upstream.compile import compile_cluster
@@ -183,3 +183,13 @@ def test_the_proxy_refuses_http2_settings_it_does_not_honour() -> None:
     c.typed_extension_protocol_options[OPTIONS].Pack(opts)
     with pytest.raises(ClusterConfigError, match="initial_stream_window_size"):
         compile_cluster(c)
+
+
+def test_a_sidecars_sniffed_port_uses_the_client_protocol_and_a_gateways_does_not() -> None:
+    sniffed = reviews({"name": "web"})
+    downstream = options(built(sniffed)).use_downstream_protocol_config
+    assert downstream.HasField("http_protocol_options")
+    assert downstream.HasField("http2_protocol_options")
+    assert not options(built(reviews({"name": "http"}))).HasField("use_downstream_protocol_config")
+    gateway = options(built(sniffed, proxy=INGRESS))
+    assert not gateway.HasField("use_downstream_protocol_config")

@@ -110,8 +110,7 @@ def translate_outbound_cluster(
         return out
     out.connect_timeout.CopyFrom(duration(DEFAULT_CONNECT_TIMEOUT))
     options = hpo.HttpProtocolOptions()
-    if port.protocol.is_http2:
-        upstream_http.set_http2(options)
+    upstream_http.set_port_protocol(options, port.protocol, proxy.type is ProxyType.SIDECAR)
     pool = policy.get("connectionPool") or {}
     # Even with no connectionPool: Istio gives every cluster maximal thresholds,
     # where Envoy's defaults (3 retries in flight) would fail requests under load.

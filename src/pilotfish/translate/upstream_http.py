@@ -3,7 +3,8 @@
 HttpProtocolOptions' `explicit_http_config.http2_protocol_options` for a port
 whose protocol is HTTP/2 (`http2`, `grpc`, `grpc-web`), or one a
 DestinationRule's `h2UpgradePolicy: UPGRADE` (or the mesh config's) upgrades;
-`use_downstream_protocol_config` for `useClientProtocol: true`.
+`use_downstream_protocol_config` for `useClientProtocol: true`, and for a
+sidecar's port whose protocol is sniffed.
 """
 
 from __future__ import annotations
@@ -17,6 +18,16 @@ from pilotfish.model import Protocol
 from pilotfish.objects import Obj
 
 UPGRADE, DO_NOT_UPGRADE = "UPGRADE", "DO_NOT_UPGRADE"
+
+
+def set_port_protocol(options: hpo.HttpProtocolOptions, protocol: Protocol, sidecar: bool) -> None:
+    """Istio's setUpstreamProtocol: HTTP/2 for an HTTP/2 port; a sidecar's
+    sniffed port speaks upstream what its client spoke (a gateway's does not:
+    clients that negotiate h2 with it say nothing of the backend)."""
+    if protocol.is_http2:
+        set_http2(options)
+    elif sidecar and protocol is Protocol.UNSUPPORTED:
+        use_client_protocol(options)
 
 
 def should_h2_upgrade(mesh: Mapping[str, Any], protocol: Protocol, pool: Obj) -> bool:
