@@ -57,6 +57,7 @@ class Echo:
                 METHOD: grpc.unary_unary_rpc_method_handler(self.call),
                 "Fail": grpc.unary_unary_rpc_method_handler(self.fail),
                 "Slow": grpc.unary_unary_rpc_method_handler(self.slow),
+                "Wait": grpc.unary_unary_rpc_method_handler(self.wait),
             },
         )
         self.server = grpc.server(
@@ -85,6 +86,10 @@ class Echo:
         if done.wait(3.0):
             self.cancelled.set()
         return b"late"
+
+    def wait(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+        time.sleep(0.3)
+        return self.call(request, context)
 
     def stop(self) -> None:
         self.server.stop(0)
@@ -154,11 +159,11 @@ def test_an_http1_client_gets_a_grpc_answer_with_its_trailers(
 
 
 def many_calls(
-    listen: int, n: int, tmp: Path, parallel: int = 20
+    listen: int, n: int, tmp: Path, parallel: int = 20, method: str = METHOD
 ) -> list[tuple[int, dict[str, str]]]:
     body = tmp / "request"
     body.write_bytes(frame(b"x"))
-    url = f"http://127.0.0.1:{listen}/{SERVICE}/{METHOD}"
+    url = f"http://127.0.0.1:{listen}/{SERVICE}/{method}"
     return curl_many(
         [url] * n, "--http1.1", *GRPC_HEADERS, "--data-binary", f"@{body}",
         fields=("x-pilotfish-flags",), parallel=parallel,
@@ -274,3 +279,43 @@ def test_tls_upstreams_speak_http2_when_alpn_selects_h2(start_proxy: Any, tmp_pa
         assert stat(proxy, "cluster.grpc.ssl.handshake") == 1
     finally:
         server.stop()
+
+
+def test_streams_per_connection_are_capped_and_the_pool_opens_more_within_max_connections(
+    start_proxy: Any, echo: Echo, tmp_path: Path
+) -> None:
+    capped = {
+        name: {
+            **value,
+            "explicit_http_config": {"http2_protocol_options": {"max_concurrent_streams": 2}},
+        }
+        for name, value in H2.items()
+    }
+    listen = free_port()
+    one = free_port()
+    breakers = {"thresholds": [{"max_connections": 1}]}
+    proxy = start_proxy(
+        [
+            listener("capped", listen, [vhost("all", ["*"], [route("capped")])]),
+            listener("one", one, [vhost("all", ["*"], [route("one")])]),
+        ],
+        [
+            static_cluster("capped", [echo.port], typed_extension_protocol_options=capped),
+            static_cluster(
+                "one",
+                [echo.port],
+                typed_extension_protocol_options=capped,
+                circuit_breakers=breakers,
+            ),
+        ],
+    )
+    results = many_calls(listen, 8, tmp_path, parallel=8, method="Wait")
+    assert [status for status, _ in results] == [200] * 8
+    # 8 calls at once, 2 streams a connection: more connections, never more than 4.
+    assert 2 <= stat(proxy, "cluster.capped.upstream_cx_http2_total") <= 4
+    # One connection allowed: the calls beyond its 2 streams wait for room on it.
+    results = many_calls(one, 8, tmp_path, parallel=8, method="Wait")
+    assert [status for status, _ in results] == [200] * 8
+    assert stat(proxy, "cluster.one.upstream_cx_http2_total") == 1
+    assert stat(proxy, "cluster.one.upstream_rq_pending_total") >= 6
+    assert stat(proxy, "cluster.one.upstream_rq_pending_active") == 0
