@@ -4,12 +4,16 @@ side), its frames back in, HTTP/1.1 events out."""
 
 from __future__ import annotations
 
+import itertools
+
 import h2.config
 import h2.connection
 import h2.events
 import h2.settings
 from h2.errors import ErrorCodes
 from hyperframe.frame import GoAwayFrame
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pilotfish.proxy.protocol.http1 import EndOfMessage, ProtocolError, ResponseHead
 from pilotfish.proxy.routing import RetryOn, RetryPolicy
@@ -213,3 +217,36 @@ def test_a_response_header_list_over_the_limit_fails_the_connection_not_the_prox
     error = delivered[sid]
     assert isinstance(error, ProtocolError) and error.flag == "UPE"
     assert client.broken is not None and client.capacity == 0
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    body=st.binary(max_size=300_000),
+    cuts=st.lists(st.integers(min_value=0, max_value=300_000), max_size=8),
+    trailers=st.booleans(),
+)
+def test_any_chunked_body_arrives_whole_with_its_trailers(
+    body: bytes, cuts: list[int], trailers: bool
+) -> None:
+    """However the client's chunks fall, the server reads the same body (the
+    windows opened as it reads), then the trailers or the end."""
+    client = H2Client(b"http")
+    peer = Peer(client)
+    head = b"POST /u HTTP/1.1\r\nHost: a\r\ntransfer-encoding: chunked\r\n\r\n"
+    sid = request(client, head)
+    edges = sorted({0, len(body), *(c for c in cuts if c < len(body))})
+    for start, end in itertools.pairwise(edges):
+        assert client.send_body(sid, b"%x\r\n%s\r\n" % (end - start, body[start:end])) is None
+    assert client.send_body(sid, b"0\r\nx-t: 1\r\n\r\n" if trailers else b"0\r\n\r\n") is None
+    received = b""
+    for _ in range(100):
+        peer.pump()
+        got = b"".join(e.data for e in peer.of(h2.events.DataReceived))
+        if len(got) > len(received):
+            peer.h2.acknowledge_received_data(len(got) - len(received), sid)
+            received = got
+        elif peer.of(h2.events.StreamEnded):
+            break
+    assert received == body
+    assert bool(peer.of(h2.events.TrailersReceived)) == trailers
+    assert peer.of(h2.events.StreamEnded)
