@@ -72,11 +72,14 @@ class ClusterStats(Scope):
     upstream_cx_destroy: int = 0
     upstream_cx_idle_timeout: int = 0
     upstream_cx_max_requests: int = 0
+    upstream_cx_http2_total: int = 0
+    upstream_cx_protocol_error: int = 0
     upstream_rq_total: int = 0
     upstream_rq_pending_total: int = 0
     upstream_rq_timeout: int = 0
     upstream_rq_per_try_timeout: int = 0
     upstream_rq_rx_reset: int = 0
+    upstream_rq_tx_reset: int = 0
     upstream_rq_retry: int = 0
     upstream_rq_retry_success: int = 0
     upstream_rq_retry_limit_exceeded: int = 0

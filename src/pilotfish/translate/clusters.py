@@ -26,8 +26,9 @@ from google.protobuf.wrappers_pb2 import UInt32Value, UInt64Value
 
 from pilotfish.model import Instance, Proxy, ProxyType, Service, ServicePort, Snapshot
 from pilotfish.objects import Obj
-from pilotfish.translate import mtls, names
+from pilotfish.translate import mtls, names, upstream_http
 from pilotfish.translate.connect import translate_egress_clusters
+from pilotfish.translate.listeners import _inbound_protocol
 from pilotfish.translate.locality import locality_policy
 from pilotfish.translate.protos import ads, duration, pack, socket_address
 from pilotfish.translate.proxyless import apply_grpc_tls
@@ -114,31 +115,42 @@ def translate_outbound_cluster(
         return out
     out.connect_timeout.CopyFrom(duration(DEFAULT_CONNECT_TIMEOUT))
     options = hpo.HttpProtocolOptions()
-    if port.protocol.is_http2:
-        options.explicit_http_config.http2_protocol_options.SetInParent()
+    upstream_http.set_port_protocol(options, port.protocol, proxy.type is ProxyType.SIDECAR)
+    pool = policy.get("connectionPool") or {}
     # Even with no connectionPool: Istio gives every cluster maximal thresholds,
     # where Envoy's defaults (3 retries in flight) would fail requests under load.
-    _apply_connection_pool(out, options, policy.get("connectionPool") or {})
+    _apply_connection_pool(out, options, pool)
+    if upstream_http.should_h2_upgrade(snapshot.mesh_config, port.protocol, pool):
+        upstream_http.set_http2(options)
     if policy.get("outlierDetection") is not None:  # `{}` too: Envoy's defaults, as in Istio
         _apply_outlier_detection(out, policy["outlierDetection"])
     if options.ListFields():
         out.typed_extension_protocol_options[HTTP_OPTIONS].CopyFrom(pack(options))
-    _apply_tls(out, snapshot, service, port.port, subset, policy.get("tls") or {})
+    h2 = upstream_http.is_http2(options)
+    _apply_tls(out, snapshot, service, port.port, subset, policy.get("tls") or {}, h2)
     return out
 
 
 def _apply_tls(
-    out: Cluster, snapshot: Snapshot, service: Service, port: int, subset: str, tls: Obj
+    out: Cluster,
+    snapshot: Snapshot,
+    service: Service,
+    port: int,
+    subset: str,
+    tls: Obj,
+    h2: bool,
 ) -> None:
-    """Auto mTLS, unless the DestinationRule's `tls` says otherwise."""
+    """Auto mTLS, unless the DestinationRule's `tls` says otherwise; an
+    HTTP/2 cluster offers HTTP/2 in ALPN, as Istio's do."""
     decision = mtls.outbound_tls(snapshot, service, port, subset, tls)
     if decision.mode is mtls.Outbound.ORIGINATE:
-        origination = mtls.origination_tls(tls, service.hostname)
+        origination = mtls.origination_tls(tls, service.hostname, mtls.H2_ONLY_ALPN if h2 else ())
         out.transport_socket.CopyFrom(mtls.transport_socket(origination))
         return
     if decision.mode is mtls.Outbound.PLAINTEXT:
         return
-    context = mtls.upstream_tls(decision.sni, decision.sans)
+    alpn: tuple[str, ...] = mtls.OUTBOUND_H2_ALPN if h2 else mtls.OUTBOUND_ALPN
+    context = mtls.upstream_tls(decision.sni, decision.sans, alpn)
     if decision.mode is mtls.Outbound.MUTUAL:
         out.transport_socket.CopyFrom(mtls.transport_socket(context))
     else:
@@ -217,9 +229,11 @@ def _apply_connection_pool(out: Cluster, options: hpo.HttpProtocolOptions, pool:
     if tcp.get("maxConnectionDuration"):
         common.max_connection_duration.CopyFrom(duration(tcp["maxConnectionDuration"]))
     streams = int(http.get("maxConcurrentStreams") or 0)
-    if streams and options.explicit_http_config.HasField("http2_protocol_options"):
+    if streams and upstream_http.is_http2(options):
         h2 = options.explicit_http_config.http2_protocol_options
         h2.max_concurrent_streams.value = streams
+    if http.get("useClientProtocol"):
+        upstream_http.use_client_protocol(options)
 
 
 def _apply_keepalive(out: Cluster, keepalive: Obj | None) -> None:
@@ -279,7 +293,7 @@ def translate_inbound_clusters(snapshot: Snapshot, proxy: Proxy) -> list[Cluster
         for port_name, port in sorted(instance.ports.items()):
             name = names.inbound_cluster(port)
             app = socket_address(instance.app_address, instance.app_port(port_name))
-            out[name] = Cluster(
+            out[name] = cluster = Cluster(
                 name=name,
                 metadata=_inbound_metadata(snapshot, instance, port),
                 type=Cluster.STATIC,
@@ -293,7 +307,17 @@ def translate_inbound_clusters(snapshot: Snapshot, proxy: Proxy) -> list[Cluster
                     ],
                 ),
             )
+            if _inbound_protocol(snapshot, instance, port_name, port).is_http2:
+                _inbound_http2(cluster)
     return list(out.values())
+
+
+def _inbound_http2(cluster: Cluster) -> None:
+    """The app behind an HTTP/2 port (`grpc`, `http2`) gets HTTP/2 (h2c), as
+    Istio's inbound clusters give it, whatever the caller spoke."""
+    options = hpo.HttpProtocolOptions()
+    upstream_http.set_http2(options)
+    cluster.typed_extension_protocol_options[HTTP_OPTIONS].CopyFrom(pack(options))
 
 
 def _inbound_metadata(snapshot: Snapshot, instance: Instance, port: int) -> base_pb2.Metadata:

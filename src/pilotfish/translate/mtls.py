@@ -48,6 +48,10 @@ RAW_SOCKET = "envoy.transport_sockets.raw_buffer"
 # What Istio's inbound TLS chain matches, and what its clients offer.
 INBOUND_ALPN = ("istio-peer-exchange", "istio", "istio-http/1.0", "istio-http/1.1", "istio-h2")
 OUTBOUND_ALPN = ("istio-peer-exchange", "istio-http/1.1", "istio")
+# An HTTP/2 cluster's offer: a peer sidecar that speaks HTTP/2 inside TLS picks
+# istio-h2; one that does not picks istio-http/1.1, and gets HTTP/1.1.
+OUTBOUND_H2_ALPN = ("istio-peer-exchange", "istio-h2", "istio-http/1.1", "istio")
+H2_ONLY_ALPN = ("h2",)  # TLS a DestinationRule originates to an HTTP/2 cluster
 SERVER_ALPN = ("istio-http/1.1", "http/1.1")  # the sidecar speaks HTTP/1.1 inside TLS
 TCP_SERVER_ALPN = ("istio",)  # what a mesh client offers for bytes that are not HTTP
 
@@ -187,13 +191,13 @@ def outbound_tls(
     return OutboundTls(Outbound.MUTUAL if mode == "ISTIO_MUTUAL" else Outbound.AUTO, name, sans)
 
 
-def upstream_tls(sni_name: str, sans: Iterable[str]) -> tls_pb2.UpstreamTlsContext:
-    return tls_pb2.UpstreamTlsContext(
-        common_tls_context=common_tls(OUTBOUND_ALPN, sans), sni=sni_name
-    )
+def upstream_tls(
+    sni_name: str, sans: Iterable[str], alpn: Iterable[str] = OUTBOUND_ALPN
+) -> tls_pb2.UpstreamTlsContext:
+    return tls_pb2.UpstreamTlsContext(common_tls_context=common_tls(alpn, sans), sni=sni_name)
 
 
-def origination_tls(tls: Obj, host: str) -> tls_pb2.UpstreamTlsContext:
+def origination_tls(tls: Obj, host: str, alpn: Iterable[str] = ()) -> tls_pb2.UpstreamTlsContext:
     """DestinationRule tls SIMPLE or MUTUAL with files, as Istio writes it:
     istio-agent's file-backed SDS names `file-root:CA` and `file-cert:CERT~KEY`;
     SNI `sni`, else the host. A credentialName becomes Istio's SDS names
@@ -212,7 +216,7 @@ def origination_tls(tls: Obj, host: str) -> tls_pb2.UpstreamTlsContext:
             certificate = (
                 f"file-cert:{tls.get('clientCertificate', '')}~{tls.get('privateKey', '')}"
             )
-    context = common_tls((), tls.get("subjectAltNames") or (), certificate, root)
+    context = common_tls(alpn, tls.get("subjectAltNames") or (), certificate, root)
     return tls_pb2.UpstreamTlsContext(common_tls_context=context, sni=tls.get("sni") or host)
 
 

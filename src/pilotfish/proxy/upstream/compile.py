@@ -34,6 +34,7 @@ from pilotfish.proxy.upstream.spec import (
     PoolOptions,
     TcpKeepalive,
     TransportSocketMatch,
+    UpstreamHttp,
 )
 
 HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
@@ -107,7 +108,9 @@ HTTP_OPTIONS_FIELDS = frozenset(
         "common_http_protocol_options.idle_timeout",
         "common_http_protocol_options.max_requests_per_connection",
         "explicit_http_config.http_protocol_options",
+        "explicit_http_config.http2_protocol_options.max_concurrent_streams",
         "use_downstream_protocol_config.http_protocol_options",
+        "use_downstream_protocol_config.http2_protocol_options.max_concurrent_streams",
     }
 )
 ASSIGNMENT_FIELDS = frozenset(
@@ -367,6 +370,7 @@ def _outlier(o: Any) -> OutlierConfig:
 def _pool_options(proto: Any, where: str) -> PoolOptions:
     common = proto.common_http_protocol_options
     max_requests = _wrapped(proto, "max_requests_per_connection", None)
+    http, streams = UpstreamHttp.HTTP1, None
     for key, any_options in proto.typed_extension_protocol_options.items():
         path = f"typed_extension_protocol_options[{key}]"
         if key != HTTP_OPTIONS or not any_options.Is(HttpProtocolOptions.DESCRIPTOR):
@@ -377,6 +381,7 @@ def _pool_options(proto: Any, where: str) -> PoolOptions:
         if bad:
             raise ClusterConfigError(where, f"{path}.{bad[0]}", "field not supported by pilotfish")
         common = options.common_http_protocol_options
+        http, streams = _upstream_http(options)
     idle = seconds(common.idle_timeout) if common.HasField("idle_timeout") else 3600.0
     max_requests = _wrapped(common, "max_requests_per_connection", max_requests)
     keepalive = None
@@ -394,7 +399,24 @@ def _pool_options(proto: Any, where: str) -> PoolOptions:
             proto, "per_connection_buffer_limit_bytes", 1024 * 1024
         ),
         tcp_keepalive=keepalive,
+        http=http,
+        max_concurrent_streams=streams,
     )
+
+
+def _upstream_http(options: HttpProtocolOptions) -> tuple[UpstreamHttp, int | None]:
+    """The upstream protocol, and the HTTP/2 streams a connection carries at
+    most (Envoy's max_concurrent_streams; the peer's SETTINGS may say fewer)."""
+    which = options.WhichOneof("upstream_protocol_options")
+    if which == "use_downstream_protocol_config":
+        h2 = options.use_downstream_protocol_config.http2_protocol_options
+        return UpstreamHttp.DOWNSTREAM, _wrapped(h2, "max_concurrent_streams", None)
+    if which == "explicit_http_config" and options.explicit_http_config.HasField(
+        "http2_protocol_options"
+    ):
+        h2 = options.explicit_http_config.http2_protocol_options
+        return UpstreamHttp.HTTP2, _wrapped(h2, "max_concurrent_streams", None)
+    return UpstreamHttp.HTTP1, None
 
 
 def _initial_fetch_timeout(proto: Any) -> float | None:

@@ -51,6 +51,7 @@ class ResponseSink(Protocol):
 
 
 class UpstreamConnection(asyncio.Protocol):
+    multiplexed = False  # an HTTP/2 stream (h2_pool.H2Stream), not a connection of its own
     tls = False  # mutual TLS (set once the handshake and the SAN check passed)
     made_with: UpstreamTls | None = None  # the cluster's TLS settings it was opened with
     peer_principal: str | None = None  # the server certificate's SPIFFE ID under TLS
@@ -193,6 +194,9 @@ class Pool:
         self.waiting: dict[Host, deque[tuple[ResponseSink, Cluster]]] = {}
         self.connecting: set[asyncio.Task[None]] = set()
         self._sweeper: asyncio.TimerHandle | None = None
+        from pilotfish.proxy.upstream.h2_pool import H2Pool  # it builds on this module
+
+        self.h2 = H2Pool(self)
 
     def __repr__(self) -> str:
         return f"<Pool idle={sum(map(len, self.idle.values()))}>"
@@ -200,6 +204,8 @@ class Pool:
     def request(self, host: Host, cluster: Cluster, sink: ResponseSink) -> bool:
         """Give `sink` a connection to `host` now (idle) or soon (connect, or
         wait for one to free up). False: the circuit breakers refused (UO)."""
+        if self.h2.handles(host, cluster):
+            return self.h2.request(host, cluster, sink)
         idle = self.idle.get(host)
         while idle:
             conn = idle.pop()
@@ -224,6 +230,8 @@ class Pool:
 
     def cancel(self, host: Host, sink: ResponseSink) -> None:
         """A waiting request gave up (timeout, client gone)."""
+        if self.h2.cancel(host, sink):
+            return
         queue = self.waiting.get(host)
         if queue:
             for entry in queue:
@@ -234,6 +242,9 @@ class Pool:
 
     def release(self, conn: UpstreamConnection) -> None:
         """The response is complete: the next waiter takes the connection, or it idles."""
+        if conn.multiplexed:  # an HTTP/2 stream ends; its connection goes on
+            self.h2.release(conn)
+            return
         conn.detach()
         limit = conn.cluster.spec.pool.max_requests_per_connection
         if not conn.alive or (limit is not None and conn.requests >= limit):
@@ -267,19 +278,35 @@ class Pool:
             sink, cluster = queue.popleft()
             self._connect(conn.host, cluster, sink)
 
-    def _connect(self, host: Host, cluster: Cluster, sink: ResponseSink) -> None:
-        task = asyncio.ensure_future(self._open(host, cluster, sink))
+    def _connect(
+        self,
+        host: Host,
+        cluster: Cluster,
+        sink: ResponseSink,
+        pending: bool = True,
+        kind: type[UpstreamConnection] = UpstreamConnection,
+    ) -> None:
+        """Open a connection (a `kind`) for `sink`, which holds a connection
+        slot, and a pending request slot unless `pending` is False."""
+        task = asyncio.ensure_future(self._open(host, cluster, sink, pending, kind))
         self.connecting.add(task)
         task.add_done_callback(self.connecting.discard)
 
-    async def _open(self, host: Host, cluster: Cluster, sink: ResponseSink) -> None:
+    async def _open(
+        self,
+        host: Host,
+        cluster: Cluster,
+        sink: ResponseSink,
+        pending: bool,
+        kind: type[UpstreamConnection],
+    ) -> None:
         loop = asyncio.get_running_loop()
         tls = cluster.spec.upstream_tls(host.metadata)
         try:
             context = self.tls.client(tls) if tls is not None else None
             async with asyncio.timeout(cluster.spec.connect_timeout):
                 _, conn = await loop.create_connection(
-                    lambda: UpstreamConnection(self, host, cluster),
+                    lambda: kind(self, host, cluster),
                     host.address,
                     host.port,
                     ssl=context,
@@ -287,17 +314,18 @@ class Pool:
                 )
         except (OSError, TimeoutError) as e:
             reason = failure_reason(e) if isinstance(e, ssl.SSLError) else None
-            self._open_failed(cluster, sink, isinstance(e, TimeoutError), reason)
+            self._open_failed(cluster, sink, isinstance(e, TimeoutError), reason, pending=pending)
             return
         conn.made_with = tls
         if tls is not None:
             reason = self._verify(conn, tls)
             if reason is not None:
                 conn.close()  # its connection_lost gives the connection slot back
-                self._open_failed(cluster, sink, False, reason, slot=False)
+                self._open_failed(cluster, sink, False, reason, slot=False, pending=pending)
                 return
         self.stats.cluster(cluster.name).upstream_cx_total += 1
-        cluster.breakers.release_pending()
+        if pending:
+            cluster.breakers.release_pending()
         sink.on_connection(conn)
 
     def _verify(self, conn: UpstreamConnection, tls: UpstreamTls) -> str | None:
@@ -322,11 +350,13 @@ class Pool:
         timed_out: bool,
         reason: str | None,
         slot: bool = True,
+        pending: bool = True,
     ) -> None:
         """`slot`: the connection slot is still held (no connection was made)."""
         if slot:
             cluster.breakers.release_connection()
-        cluster.breakers.release_pending()
+        if pending:
+            cluster.breakers.release_pending()
         stats = self.stats.cluster(cluster.name)
         stats.upstream_cx_connect_fail += 1
         if timed_out:
@@ -360,6 +390,7 @@ class Pool:
             for conn in conns:
                 conn.close()
         self.idle.clear()
+        self.h2.close()
         for task in self.connecting:
             task.cancel()
         if self._sweeper is not None:

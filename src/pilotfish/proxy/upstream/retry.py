@@ -53,6 +53,8 @@ def retriable_failure(flag: str, on: RetryOn) -> bool:
         return bool(on & _ON_CONNECT)
     if flag == "UT":
         return bool(on & _ON_TIMEOUT)
+    if flag == "UR":  # only ever a refused HTTP/2 stream (upstream/h2_core.py): never processed
+        return bool(on & (_ON_RESET | RetryOn.REFUSED_STREAM))
     return flag in ("UC", "UPE") and bool(on & _ON_RESET)
 
 

@@ -67,15 +67,27 @@ class TcpKeepalive:
     interval: float | None = None
 
 
+class UpstreamHttp(Enum):
+    """The HttpProtocolOptions' upstream protocol: explicit HTTP/1.1 or
+    HTTP/2, or the downstream's own (use_downstream_protocol_config)."""
+
+    HTTP1 = "HTTP/1.1"
+    HTTP2 = "HTTP/2"
+    DOWNSTREAM = "downstream"
+
+
 @dataclass(frozen=True, slots=True)
 class PoolOptions:
     """Passed through to the shell's connection pool. Envoy's defaults:
-    idle timeout one hour, unlimited requests per connection, 1 MiB buffers."""
+    idle timeout one hour, unlimited requests per connection, 1 MiB buffers,
+    HTTP/1.1, and (HTTP/2) as many streams per connection as the peer allows."""
 
     idle_timeout: float | None = 3600.0  # None: never
     max_requests_per_connection: int | None = None
     per_connection_buffer_limit_bytes: int = 1024 * 1024
     tcp_keepalive: TcpKeepalive | None = None
+    http: UpstreamHttp = UpstreamHttp.HTTP1
+    max_concurrent_streams: int | None = None  # HTTP/2 streams per connection, at most
 
 
 TRANSPORT_SOCKET_MATCH = "envoy.transport_socket_match"  # the endpoint metadata key
