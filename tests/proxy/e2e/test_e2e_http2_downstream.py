@@ -1,0 +1,222 @@
+"""HTTP/2 from the client, through a real proxy, to an HTTP/1.1 backend:
+curl (prior-knowledge h2c), h2load, and hostile clients written with h2."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+
+import h2.config
+import h2.connection
+import h2.events
+import pytest
+from harness import Backend, Proxy, curl, free_port, listener, pattern, route, static_cluster, vhost
+
+
+@dataclass
+class Served:
+    proxy: Proxy
+    port: int
+    backend: Backend
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+
+@pytest.fixture(scope="module")
+def served(start_module_proxy, module_backends) -> Served:
+    backend = module_backends("app")
+    port = free_port()
+    proxy = start_module_proxy(
+        [listener("in", port, [vhost("all", ["*"], [route("app")])])],
+        [static_cluster("app", [backend.port])],
+    )
+    return Served(proxy, port, backend)
+
+
+def h2c(url: str, *args: str, data: bytes | None = None, timeout: float = 10.0):
+    return curl(url, "--http2-prior-knowledge", *args, data=data, timeout=timeout)
+
+
+def test_curl_prior_knowledge_reaches_an_http1_backend(served: Served) -> None:
+    served.backend.reset()
+    resp = h2c(served.url("/echo?x=1"), "-H", "Cookie: a=1", "-H", "Cookie: b=2")
+    assert resp.status == 200
+    assert resp.header("x-backend") == "app"
+    seen = resp.json()
+    assert seen["method"] == "GET" and seen["path"] == "/echo?x=1"
+    # :authority became Host; the split cookies were joined for HTTP/1.1.
+    assert seen["headers"]["host"] == f"127.0.0.1:{served.port}"
+    assert seen["headers"]["cookie"] == "a=1; b=2"
+    assert seen["headers"]["x-forwarded-proto"] == "http"
+    assert "HTTP/2 200" in resp.stderr or resp.status == 200
+    stats = served.proxy.admin_get("/stats")[1]
+    assert re.search(r"http\.in\.downstream_cx_http2_total: [1-9]", stats)
+
+
+def test_request_and_response_bodies_stream_both_ways(served: Served) -> None:
+    body = pattern(3 << 20)  # far beyond the 64 KiB stream window: flow control must work
+    resp = h2c(served.url("/upload"), data=body, timeout=20)
+    assert resp.status == 200
+    assert resp.json() == {"size": len(body), "sha256": hashlib.sha256(body).hexdigest()}
+    big = h2c(served.url("/big?size=5000000"), timeout=20)
+    assert big.status == 200 and big.body == pattern(1 << 16) * (5000000 >> 16) + pattern(
+        5000000 % (1 << 16)
+    )
+
+
+def test_no_route_is_the_same_local_reply_as_http1(served: Served, start_proxy) -> None:
+    port = free_port()
+    proxy = start_proxy(
+        [listener("only", port, [vhost("x", ["only.example"], [route("app")])])],
+        [static_cluster("app", [served.backend.port])],
+    )
+    del proxy
+    resp = h2c(f"http://127.0.0.1:{port}/")
+    assert resp.status == 404
+    assert resp.flags == "NR"
+    assert resp.header("content-length") == "0"
+
+
+def test_h2load_many_streams_all_2xx(served: Served) -> None:
+    h2load = shutil.which("h2load")
+    if h2load is None:
+        pytest.fail("h2load is not installed (Debian nghttp2-client; scripts/setup --test)")
+    done = subprocess.run(
+        [h2load, "-n", "400", "-c", "4", "-m", "10", served.url("/")],
+        capture_output=True, timeout=60, text=True,
+    )  # fmt: skip
+    out = done.stdout
+    assert done.returncode == 0, out + done.stderr
+    assert re.search(r"requests: 400 total, 400 started, 400 done, 400 succeeded", out), out
+    assert re.search(r"status codes: 400 2xx", out), out
+
+
+# -- hostile clients -----------------------------------------------------------------------
+
+
+def _client(port: int) -> tuple[socket.socket, h2.connection.H2Connection]:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(header_encoding=None))
+    conn.initiate_connection()
+    sock.sendall(conn.data_to_send())
+    return sock, conn
+
+
+def _request(conn: h2.connection.H2Connection, stream_id: int, port: int, path: str = "/") -> None:
+    conn.send_headers(
+        stream_id,
+        [(b":method", b"GET"), (b":path", path.encode()), (b":scheme", b"http"),
+         (b":authority", b"127.0.0.1:%d" % port)],
+        end_stream=True,
+    )  # fmt: skip
+
+
+def _read_until_goaway(sock: socket.socket, conn: h2.connection.H2Connection) -> int | None:
+    """The error code of the server's GOAWAY, reading until it comes or the socket closes."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            data = sock.recv(65536)
+        except (ConnectionResetError, TimeoutError):
+            return None
+        if not data:
+            return None
+        try:
+            events = conn.receive_data(data)
+        except h2.exceptions.ProtocolError:
+            return None
+        for event in events:
+            if isinstance(event, h2.events.ConnectionTerminated):
+                return int(event.error_code)
+    return None
+
+
+def _well_behaved_get(port: int) -> int:
+    resp = h2c(f"http://127.0.0.1:{port}/")
+    return resp.status
+
+
+def test_rapid_reset_flood_gets_goaway_and_others_are_served(served: Served) -> None:
+    sock, conn = _client(served.port)
+    rss_before = served.proxy.rss_kb()
+    stream_id = 1
+    with sock:
+        for _ in range(600):
+            _request(conn, stream_id, served.port, "/?delay=0.5")
+            conn.reset_stream(stream_id)
+            stream_id += 2
+            sock.sendall(conn.data_to_send())
+        code = _read_until_goaway(sock, conn)
+    assert code == 11  # ENHANCE_YOUR_CALM
+    assert _well_behaved_get(served.port) == 200
+    stats = served.proxy.admin_get("/stats")[1]
+    assert re.search(r"http2\.downstream_rq_too_many_premature_resets: [1-9]", stats), stats
+    assert served.proxy.rss_kb() - rss_before < 64 * 1024
+
+
+def test_ping_flood_from_a_client_that_never_reads_gets_goaway(served: Served) -> None:
+    sock, _ = _client(served.port)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    ping = b"\x00\x00\x08\x06\x00\x00\x00\x00\x00" + b"12345678"
+    sent = 0
+    with sock:
+        sock.settimeout(2)
+        try:
+            # The kernel's buffers take some megabytes of acknowledgements
+            # first; past them, the proxy gives up within 1000 PINGs.
+            for _ in range(3000):
+                sock.sendall(ping * 1000)
+                sent += 1000
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+    assert sent < 3_000_000, "the proxy kept acknowledging PINGs nobody read"
+    assert _well_behaved_get(served.port) == 200
+    stats = served.proxy.admin_get("/stats")[1]
+    assert re.search(r"http2\.outbound_control_flood: [1-9]", stats), stats
+
+
+def test_hpack_bomb_and_continuation_flood_get_goaway(served: Served) -> None:
+    # A header list far over 60 KiB, from a small block: one big literal
+    # indexed once, then referenced again and again.
+    sock, conn = _client(served.port)
+    with sock:
+        headers = [(b":method", b"GET"), (b":path", b"/"), (b":scheme", b"http"),
+                   (b":authority", b"x")] + [(b"x-bomb", b"a" * 4000)] * 40  # fmt: skip
+        conn.send_headers(1, headers, end_stream=True)
+        sock.sendall(conn.data_to_send())
+        assert _read_until_goaway(sock, conn) == 11
+    sock, conn = _client(served.port)
+    with sock:
+        # HEADERS without END_HEADERS, then empty CONTINUATION frames forever.
+        block = b"\x82\x86\x84"  # :method GET, :scheme http, :path /
+        sock.sendall(len(block).to_bytes(3, "big") + b"\x01\x01\x00\x00\x00\x01" + block)
+        continuation = b"\x00\x00\x00\x09\x00\x00\x00\x00\x01"
+        with pytest.raises((BrokenPipeError, ConnectionResetError)):
+            for _ in range(1000):
+                sock.sendall(continuation * 10)
+                time.sleep(0.001)
+    assert _well_behaved_get(served.port) == 200
+    stats = served.proxy.admin_get("/stats")[1]
+    assert re.search(r"http2\.header_overflow: [1-9]", stats), stats
+    assert re.search(r"http2\.too_many_header_frames: [1-9]", stats), stats
+
+
+def test_access_log_protocol_is_http2(start_proxy, make_backend, tmp_path) -> None:
+    backend = make_backend("logged")
+    port, log = free_port(), tmp_path / "access.log"
+    start_proxy(
+        [listener("in", port, [vhost("all", ["*"], [route("logged")])], access_log=str(log))],
+        [static_cluster("logged", [backend.port])],
+    )
+    assert h2c(f"http://127.0.0.1:{port}/").status == 200
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and not (log.exists() and log.read_text().strip()):
+        time.sleep(0.05)
+    line = log.read_text().strip().splitlines()[-1]
+    assert "HTTP/2" in line, line
