@@ -256,7 +256,8 @@ class H2ServerCodec:
             # connection's window only, given back at once.
             self.conn.acknowledge_received_data(event.flow_controlled_length, stream_id)
             return
-        out.append(StreamData(stream_id, data))
+        if data:
+            out.append(StreamData(stream_id, data))
         if event.flow_controlled_length > len(data):  # padding is consumed as it comes
             self.conn.acknowledge_received_data(
                 event.flow_controlled_length - len(data), stream_id
