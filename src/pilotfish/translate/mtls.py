@@ -48,7 +48,9 @@ RAW_SOCKET = "envoy.transport_sockets.raw_buffer"
 # What Istio's inbound TLS chain matches, and what its clients offer.
 INBOUND_ALPN = ("istio-peer-exchange", "istio", "istio-http/1.0", "istio-http/1.1", "istio-h2")
 OUTBOUND_ALPN = ("istio-peer-exchange", "istio-http/1.1", "istio")
-SERVER_ALPN = ("istio-http/1.1", "http/1.1")  # the sidecar speaks HTTP/1.1 inside TLS
+# What the sidecar's inbound TLS answers: HTTP/2 to a client that offers it
+# (istio-h2 between sidecars, h2 from others), else HTTP/1.1.
+SERVER_ALPN = ("istio-h2", "istio-http/1.1", "h2", "http/1.1")
 TCP_SERVER_ALPN = ("istio",)  # what a mesh client offers for bytes that are not HTTP
 
 

@@ -4,18 +4,39 @@ curl (prior-knowledge h2c), h2load, and hostile clients written with h2."""
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import shutil
 import socket
+import ssl
 import subprocess
 import time
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import h2.config
 import h2.connection
 import h2.events
 import pytest
-from harness import Backend, Proxy, curl, free_port, listener, pattern, route, static_cluster, vhost
+from harness import (
+    Backend,
+    Proxy,
+    curl,
+    env_without_proxy,
+    free_port,
+    listener,
+    pattern,
+    route,
+    static_cluster,
+    vhost,
+)
+from test_e2e_tls import TLS_CONTEXT, issue, sds
+
+from pilotfish.ca.cacerts import self_signed
+from pilotfish.ca.workload import pem
+from pilotfish.translate.gateway_tls import GATEWAY_ALPN
+from pilotfish.translate.mtls import SERVER_ALPN
 
 
 @dataclass
@@ -220,3 +241,94 @@ def test_access_log_protocol_is_http2(start_proxy, make_backend, tmp_path) -> No
         time.sleep(0.05)
     line = log.read_text().strip().splitlines()[-1]
     assert "HTTP/2" in line, line
+
+
+# -- under TLS: ALPN h2 (the gateway) and istio-h2 (between sidecars) ------------------------
+
+
+def _tls_listener(port: int, cert: tuple[Path, Path], alpn: tuple[str, ...], root: Path | None):
+    config = listener("tls", port, [vhost("all", ["*"], [route("app")])], inbound=root is not None)
+    chain = config["filter_chains"][0]
+    chain["filter_chain_match"] = {"transport_protocol": "tls"}
+    common: dict[str, Any] = {
+        "tls_certificate_sds_secret_configs": [sds(f"file-cert:{cert[0]}~{cert[1]}")],
+        "alpn_protocols": list(alpn),
+    }
+    if root is not None:
+        common["combined_validation_context"] = {
+            "default_validation_context": {},
+            "validation_context_sds_secret_config": sds(f"file-root:{root}"),
+        }
+    chain["transport_socket"] = {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": TLS_CONTEXT, "require_client_certificate": root is not None,
+            "common_tls_context": common,
+        },
+    }  # fmt: skip
+    config["listener_filters"] = [
+        {
+            "name": "envoy.filters.listener.tls_inspector",
+            "typed_config": {
+                "@type": "type.googleapis.com/"
+                "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"
+            },
+        }
+    ]
+    return config
+
+
+def test_curl_http2_over_tls_to_the_gateways_alpn(tmp_path: Path, start_proxy, make_backend) -> None:
+    ca = self_signed(tmp_path / "ca", "cluster.local")
+    backend = make_backend("app")
+    port = free_port()
+    start_proxy(
+        [_tls_listener(port, issue(ca, tmp_path, "gateway"), GATEWAY_ALPN, None)],
+        [static_cluster("app", [backend.port])],
+    )
+    url = f"https://127.0.0.1:{port}/echo"
+    for flag, version in (("--http2", "2"), ("--http1.1", "1.1")):
+        done = subprocess.run(
+            ["curl", "-sk", flag, "--max-time", "5", "-w", "\n%{http_code} %{http_version}", url],
+            capture_output=True, timeout=15, env=env_without_proxy(), text=True,
+        )  # fmt: skip
+        body, _, outcome = done.stdout.rpartition("\n")
+        assert outcome == f"200 {version}", done.stdout + done.stderr
+        assert json.loads(body)["headers"]["host"] == f"127.0.0.1:{port}"
+
+
+def test_istio_h2_between_sidecars_under_mutual_tls(tmp_path: Path, start_proxy, make_backend) -> None:
+    ca = self_signed(tmp_path / "ca", "cluster.local")
+    root = tmp_path / "root.pem"
+    root.write_text(pem(ca.root))
+    backend = make_backend("app")
+    port = free_port()
+    start_proxy(
+        [_tls_listener(port, issue(ca, tmp_path, "server"), SERVER_ALPN, root)],
+        [static_cluster("app", [backend.port])],
+    )
+    cert, key = issue(ca, tmp_path, "client")
+    context = ssl.create_default_context(cafile=str(root))
+    context.check_hostname = False
+    context.load_cert_chain(str(cert), str(key))
+    context.set_alpn_protocols(["istio-h2"])
+    with context.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=5)) as sock:
+        assert sock.selected_alpn_protocol() == "istio-h2"
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(header_encoding=None))
+        conn.initiate_connection()
+        _request(conn, 1, port, "/echo")
+        sock.sendall(conn.data_to_send())
+        status, body, ended = None, b"", False
+        while not ended:
+            data = sock.recv(65536)
+            assert data, "the proxy closed the connection"
+            for event in conn.receive_data(data):
+                if isinstance(event, h2.events.ResponseReceived):
+                    status = dict(event.headers)[b":status"]
+                elif isinstance(event, h2.events.DataReceived):
+                    body += event.data
+                    conn.acknowledge_received_data(event.flow_controlled_length, 1)
+                ended = ended or isinstance(event, h2.events.StreamEnded)
+            sock.sendall(conn.data_to_send())
+    assert status == b"200"
+    assert b'"backend": "app"' in body
