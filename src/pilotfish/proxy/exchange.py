@@ -61,8 +61,8 @@ from pilotfish.proxy.protocol.express import (
     splice,
 )
 from pilotfish.proxy.protocol.http1 import (
-    LAST_CHUNK,
     EndOfMessage,
+    Header,
     Headers,
     ProtocolError,
     RequestHead,
@@ -177,6 +177,7 @@ class Exchange:
         "target",
         "timer",
         "trace",
+        "trailers",
         "transport_failure",
         "tried",
         "try_timer",
@@ -244,6 +245,7 @@ class Exchange:
         self.trace: SpanContext | None = None  # this hop's span, once forwarded (tracing/)
         self.done = False
         self._headers: Headers | None = None
+        self.trailers: tuple[Header, ...] = ()  # the request's, until an upstream takes them
 
     @property
     def client_certificate_verified(self) -> bool:
@@ -325,6 +327,7 @@ class Exchange:
 
     def request_end(self, end: EndOfMessage) -> None:
         self.body_done = True
+        self.trailers = end.trailers
         if self.core.on(REQUEST_END) and self.conn is not None and self.head.chunked:
             self.conn.write(encode_last_chunk(end.trailers))
         callbacks, self.on_body_done = self.on_body_done, ()
@@ -740,7 +743,8 @@ class Exchange:
         if self.body_overflow and not self.keep_body:
             self.down.resume_body()
         if self.head.chunked:
-            return encode_chunk(data) + (LAST_CHUNK if self.body_done else b"")
+            end = encode_last_chunk(self.trailers) if self.body_done else b""
+            return encode_chunk(data) + end
         return data
 
     def on_connect_failure(self, timed_out: bool, reason: str | None = None) -> None:

@@ -22,11 +22,13 @@ import pytest
 from harness import (
     Backend,
     Proxy,
+    RawServer,
     curl,
     env_without_proxy,
     free_port,
     listener,
     pattern,
+    raw_exchange,
     route,
     static_cluster,
     vhost,
@@ -332,3 +334,147 @@ def test_istio_h2_between_sidecars_under_mutual_tls(tmp_path: Path, start_proxy,
             sock.sendall(conn.data_to_send())
     assert status == b"200"
     assert b'"backend": "app"' in body
+
+
+# -- trailers, resets and drain ----------------------------------------------------------------
+
+
+class _TrailersBackend(RawServer):
+    """An HTTP/1.1 backend that keeps the request it read and answers with a
+    chunked body and a trailer, or (`cut`) with half a body and a close."""
+
+    def __init__(self, cut: bool = False) -> None:
+        super().__init__()
+        self.cut, self.seen = cut, b""
+
+    def converse(self, conn: socket.socket) -> None:
+        data = b""
+        while not data.endswith(b"\r\n\r\n") or b"0\r\n" not in data.partition(b"\r\n\r\n")[2]:
+            chunk = conn.recv(65536)
+            if not chunk:
+                return
+            data += chunk
+        self.seen = data
+        head = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntrailer: grpc-status\r\n\r\n"
+        if self.cut:
+            conn.sendall(head + b"5\r\nhel")
+            return
+        conn.sendall(head + b"5\r\nhello\r\n0\r\ngrpc-status: 0\r\n\r\n")
+
+
+def _converse(sock: socket.socket, conn: h2.connection.H2Connection, until: type) -> list[Any]:
+    """Events until one of type `until` (or the socket closes)."""
+    seen: list[Any] = []
+    sock.sendall(conn.data_to_send())
+    while not any(isinstance(e, until) for e in seen):
+        data = sock.recv(65536)
+        if not data:
+            break
+        for event in conn.receive_data(data):
+            seen.append(event)
+            if isinstance(event, h2.events.DataReceived):
+                conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+        sock.sendall(conn.data_to_send())
+    return seen
+
+
+def _post_with_trailers(conn: h2.connection.H2Connection, stream_id: int, port: int) -> None:
+    conn.send_headers(stream_id, [(b":method", b"POST"), (b":path", b"/t"), (b":scheme", b"http"),
+                                  (b":authority", b"127.0.0.1:%d" % port)])  # fmt: skip
+    conn.send_data(stream_id, b"abc")
+    conn.send_headers(stream_id, [(b"x-checksum", b"900150983cd24fb0")], end_stream=True)
+
+
+def test_trailers_go_both_ways_through_an_http1_backend(start_proxy) -> None:
+    backend = _TrailersBackend()
+    port = free_port()
+    start_proxy(
+        [listener("in", port, [vhost("all", ["*"], [route("raw")])])],
+        [static_cluster("raw", [backend.port])],
+    )
+    sock, conn = _client(port)
+    with sock:
+        _post_with_trailers(conn, 1, port)
+        events = _converse(sock, conn, h2.events.StreamEnded)
+    backend.close()
+    # HTTP/2's request trailers became the HTTP/1.1 chunked body's trailer section.
+    assert b"transfer-encoding: chunked" in backend.seen.lower()
+    assert backend.seen.endswith(b"3\r\nabc\r\n0\r\nx-checksum: 900150983cd24fb0\r\n\r\n")
+    head = next(e for e in events if isinstance(e, h2.events.ResponseReceived))
+    assert dict(head.headers)[b":status"] == b"200"
+    assert b"transfer-encoding" not in dict(head.headers)
+    assert b"".join(e.data for e in events if isinstance(e, h2.events.DataReceived)) == b"hello"
+    trailers = next(e for e in events if isinstance(e, h2.events.TrailersReceived))
+    assert trailers.headers == [(b"grpc-status", b"0")]
+
+
+def test_an_upstream_cut_resets_the_stream_and_a_client_reset_is_dc(
+    start_proxy, make_backend, tmp_path: Path
+) -> None:
+    cut, slow = _TrailersBackend(cut=True), make_backend("slow")
+    port, log = free_port(), tmp_path / "access.log"
+    start_proxy(
+        [listener("in", port, [vhost("all", ["*"], [route("raw", prefix="/t"), route("slow")])],
+                  access_log=str(log))],
+        [static_cluster("raw", [cut.port]), static_cluster("slow", [slow.port])],
+    )  # fmt: skip
+    sock, conn = _client(port)
+    with sock:
+        _post_with_trailers(conn, 1, port)
+        events = _converse(sock, conn, h2.events.StreamReset)
+        reset = next(e for e in events if isinstance(e, h2.events.StreamReset))
+        assert reset.stream_id == 1
+        # The connection goes on: a client reset of a slow request is the
+        # client's doing (DC), and the next stream is served.
+        _request(conn, 3, port, "/?delay=1")
+        sock.sendall(conn.data_to_send())
+        time.sleep(0.2)
+        conn.reset_stream(3, 8)
+        _request(conn, 5, port, "/")
+        events = _converse(sock, conn, h2.events.StreamEnded)
+        assert any(isinstance(e, h2.events.ResponseReceived) and e.stream_id == 5 for e in events)
+    cut.close()
+    lines = []
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and len(lines) < 3:
+        lines = log.read_text().splitlines() if log.exists() else []
+        time.sleep(0.05)
+    flags = {json.loads(line)["path"]: json.loads(line)["response_flags"] for line in lines}
+    assert flags == {"/t": "UC", "/?delay=1": "DC", "/": "-"}, lines
+
+
+def test_drain_sends_goaway_and_closes(start_proxy, make_backend) -> None:
+    backend = make_backend("app")
+    port = free_port()
+    proxy = start_proxy(
+        [listener("in", port, [vhost("all", ["*"], [route("app")])])],
+        [static_cluster("app", [backend.port])],
+    )
+    sock, conn = _client(port)
+    with sock:
+        _request(conn, 1, port)
+        _converse(sock, conn, h2.events.StreamEnded)
+        assert proxy.admin_post("/drain_listeners")[0] == 200
+        events = _converse(sock, conn, h2.events.ConnectionTerminated)
+        goaway = next(e for e in events if isinstance(e, h2.events.ConnectionTerminated))
+        assert goaway.error_code == 0 and goaway.last_stream_id == 1
+        sock.settimeout(3)
+        assert sock.recv(100) == b""  # and the connection closes, nothing in flight
+
+
+def test_http1_request_trailers_read_before_the_upstream_connects_are_kept(start_proxy) -> None:
+    # A defect the HTTP/2 work found: a chunked request whose end (with its
+    # trailers) was read before the upstream connection opened lost them.
+    backend = _TrailersBackend()
+    port = free_port()
+    start_proxy(
+        [listener("in", port, [vhost("all", ["*"], [route("raw")])])],
+        [static_cluster("raw", [backend.port])],
+    )
+    raw_exchange(
+        port,
+        b"POST /t HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n"
+        b"3\r\nabc\r\n0\r\nx-checksum: 1\r\n\r\n",
+    )
+    backend.close()
+    assert backend.seen.endswith(b"3\r\nabc\r\n0\r\nx-checksum: 1\r\n\r\n"), backend.seen
