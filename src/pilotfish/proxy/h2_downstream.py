@@ -31,6 +31,7 @@ from pilotfish.proxy.protocol.http1 import EndOfMessage, Header, Headers
 from pilotfish.proxy.protocol.http2 import (
     INTERNAL_ERROR,
     H2Event,
+    H2Limits,
     H2ServerCodec,
     StreamData,
     StreamEnd,
@@ -152,7 +153,8 @@ class H2Downstream(asyncio.Protocol):
         self.runtime, self.listener = runtime, listener
         http = listener.http
         self.stats = runtime.stats.http(http.stat_prefix or listener.name)
-        self.codec = H2ServerCodec(stats=runtime.stats.network, prefix=STATS_PREFIX)
+        limits = H2Limits(max_header_list_size=http.max_request_headers)
+        self.codec = H2ServerCodec(limits, runtime.stats.network, STATS_PREFIX)
         self.transport: asyncio.Transport | None = None
         self.streams: dict[int, H2Stream] = {}
         self.peer = "-"

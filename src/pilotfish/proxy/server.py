@@ -252,7 +252,7 @@ class Downstream(asyncio.Protocol):
         self.moved = 0  # its bytes moved, both ways, when last seen changing
         self.moved_at = 0.0
         self.filter_view: filters.Connection | None = None  # what filters read of it, once
-        self.sniffing = True  # until the first bytes say HTTP/1.1 or HTTP/2
+        self.sniffing = http.http2  # until the first bytes say HTTP/1.1 or HTTP/2
         self.sniffed = b""  # the start of HTTP/2's preface, until the rest comes
 
     def __repr__(self) -> str:

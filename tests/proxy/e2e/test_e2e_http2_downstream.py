@@ -478,3 +478,29 @@ def test_http1_request_trailers_read_before_the_upstream_connects_are_kept(start
     )
     backend.close()
     assert backend.seen.endswith(b"3\r\nabc\r\n0\r\nx-checksum: 1\r\n\r\n"), backend.seen
+
+
+def test_codec_type_http1_takes_no_http2_and_the_header_limit_is_the_listeners(
+    start_proxy, make_backend
+) -> None:
+    backend = make_backend("app")
+    h1_only, small = free_port(), free_port()
+    start_proxy(
+        [listener("h1", h1_only, [vhost("all", ["*"], [route("app")])], codec_type="HTTP1"),
+         listener("small", small, [vhost("all", ["*"], [route("app")])],
+                  max_request_headers_kb=2)],
+        [static_cluster("app", [backend.port])],
+    )  # fmt: skip
+    done = subprocess.run(
+        ["curl", "-s", "--http2-prior-knowledge", "--max-time", "5", f"http://127.0.0.1:{h1_only}/"],
+        capture_output=True, timeout=15, env=env_without_proxy(),
+    )  # fmt: skip
+    assert done.returncode != 0  # the preface is not HTTP/1.1: no HTTP/2 answer comes
+    assert curl(f"http://127.0.0.1:{h1_only}/").status == 200
+    sock, conn = _client(small)
+    with sock:
+        conn.send_headers(1, [(b":method", b"GET"), (b":path", b"/"), (b":scheme", b"http"),
+                              (b":authority", b"x"), (b"x-big", b"a" * 3000)], end_stream=True)
+        sock.sendall(conn.data_to_send())
+        assert _read_until_goaway(sock, conn) == 11  # ENHANCE_YOUR_CALM
+    assert h2c(f"http://127.0.0.1:{small}/", "-H", "x-small: " + "a" * 1000).status == 200
