@@ -11,7 +11,6 @@ import socket
 import ssl
 import subprocess
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +19,6 @@ import h2.connection
 import h2.events
 import pytest
 from harness import (
-    Backend,
-    Proxy,
     RawServer,
     curl,
     env_without_proxy,
@@ -33,6 +30,8 @@ from harness import (
     static_cluster,
     vhost,
 )
+from test_e2e_hardening import Served
+from test_e2e_hardening import served as shared_served  # noqa: F401 - a fixture
 from test_e2e_tls import TLS_CONTEXT, issue, sds
 
 from pilotfish.ca.cacerts import self_signed
@@ -41,25 +40,9 @@ from pilotfish.translate.gateway_tls import GATEWAY_ALPN
 from pilotfish.translate.mtls import SERVER_ALPN
 
 
-@dataclass
-class Served:
-    proxy: Proxy
-    port: int
-    backend: Backend
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
-
-
 @pytest.fixture(scope="module")
-def served(start_module_proxy, module_backends) -> Served:
-    backend = module_backends("app")
-    port = free_port()
-    proxy = start_module_proxy(
-        [listener("in", port, [vhost("all", ["*"], [route("app")])])],
-        [static_cluster("app", [backend.port])],
-    )
-    return Served(proxy, port, backend)
+def served(shared_served: Served) -> Served:  # noqa: F811 - asks for the imported fixture
+    return shared_served
 
 
 def h2c(url: str, *args: str, data: bytes | None = None, timeout: float = 10.0):
