@@ -64,6 +64,8 @@ class H2Stream:
         self.body_paused = False
         self.unacked = 0  # request bytes taken while paused: acknowledged on resume
         self.upstream_paused = False
+        self.moved = 0  # bytes of the exchange moved either way, when the sweep last saw a change
+        self.moved_at = time.monotonic()
 
     def __repr__(self) -> str:
         return f"<H2Stream {self.stream_id} of {self.conn!r}>"
@@ -134,6 +136,13 @@ class H2Stream:
             self.unacked += size
         else:
             self.conn.codec.consumed(self.stream_id, size)
+
+    def idle_for(self, exchange: Exchange, now: float) -> float:
+        """How long no byte of the stream moved, as the timer sweep sees it."""
+        moved = exchange.request_bytes + exchange.response_bytes + exchange.responding
+        if moved != self.moved:
+            self.moved, self.moved_at = moved, now
+        return now - self.moved_at
 
     def pause_upstream(self, paused: bool) -> None:
         conn = self.exchange.conn if self.exchange is not None else None
@@ -283,6 +292,10 @@ class H2Downstream(asyncio.Protocol):
     def stream_done(self, stream: H2Stream) -> None:
         if self.streams.get(stream.stream_id) is stream:
             del self.streams[stream.stream_id]
+        if stream.exchange is not None and not stream.exchange.body_done:
+            # Answered before the whole request came: the rest is not wanted
+            # (RFC 9113 8.1, RST_STREAM NO_ERROR after a complete response).
+            self.codec.abort_request(stream.stream_id)
         self.flush()
         if not self.streams:
             self.idle_since = time.monotonic()
@@ -319,13 +332,16 @@ class H2Downstream(asyncio.Protocol):
                     self.stats.downstream_cx_idle_timeout += 1
                 self.close()
             return
+        timeout, idle_limit = http.request_timeout, http.stream_idle_timeout
         for stream in list(self.streams.values()):
             exchange = stream.exchange
             if exchange is None:
                 continue
-            timeout = http.request_timeout
             if timeout and not exchange.body_done and now - exchange.started > timeout:
                 self.stats.downstream_rq_timeout += 1
                 exchange.request_timed_out()
+            elif idle_limit and stream.idle_for(exchange, now) > idle_limit:
+                self.stats.downstream_rq_idle_timeout += 1
+                exchange.stream_idle_timed_out()
             else:
                 exchange.arm_deadline(now, 0.5)

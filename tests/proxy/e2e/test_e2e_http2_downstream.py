@@ -487,3 +487,34 @@ def test_codec_type_http1_takes_no_http2_and_the_header_limit_is_the_listeners(
         sock.sendall(conn.data_to_send())
         assert _read_until_goaway(sock, conn) == 11  # ENHANCE_YOUR_CALM
     assert h2c(f"http://127.0.0.1:{small}/", "-H", "x-small: " + "a" * 1000).status == 200
+
+
+def test_a_stream_idle_too_long_gets_408_and_the_connection_goes_on(
+    start_proxy, make_backend
+) -> None:
+    backend = make_backend("app")
+    port = free_port()
+    start_proxy(
+        [listener("in", port, [vhost("all", ["*"], [route("app")])], stream_idle_timeout="1s")],
+        [static_cluster("app", [backend.port])],
+    )
+    sock, conn = _client(port)
+    with sock:
+        conn.send_headers(1, [(b":method", b"POST"), (b":path", b"/upload"), (b":scheme", b"http"),
+                              (b":authority", b"x")])  # a body that never comes  # fmt: skip
+        started = time.monotonic()
+        events = _converse(sock, conn, h2.events.StreamEnded)
+        waited = time.monotonic() - started
+        head = next(e for e in events if isinstance(e, h2.events.ResponseReceived))
+        assert dict(head.headers)[b":status"] == b"408"
+        body = b"".join(e.data for e in events if isinstance(e, h2.events.DataReceived))
+        assert body == b"stream timeout"
+        assert 0.9 < waited < 3
+        # The proxy asks the client to stop sending the body it no longer wants.
+        if not any(isinstance(e, h2.events.StreamReset) for e in events):
+            events = _converse(sock, conn, h2.events.StreamReset)
+        reset = next(e for e in events if isinstance(e, h2.events.StreamReset))
+        assert (reset.stream_id, reset.error_code) == (1, 0)
+        _request(conn, 3, port)
+        events = _converse(sock, conn, h2.events.StreamEnded)
+        assert any(isinstance(e, h2.events.ResponseReceived) for e in events)

@@ -313,3 +313,18 @@ def test_every_flood_is_answered_with_goaway(kind: str, prefix: list[Frame]) -> 
     terminated = [e for e in events if isinstance(e, Terminated)]
     assert terminated and terminated[0].error_code == ENHANCE_YOUR_CALM
     del prefix
+
+
+def test_a_response_complete_before_its_request_asks_the_client_to_stop() -> None:
+    server, client, _ = pair()
+    client.send_headers(1, POST)
+    client.send_data(1, b"part")
+    server.receive(client.data_to_send())
+    server.send_head(1, 404, [(b"content-length", b"0")], end=True)
+    server.abort_request(1)
+    got = client.receive_data(server.data_to_send())
+    assert any(isinstance(e, h2.events.ResponseReceived) for e in got)
+    resets = [e for e in got if isinstance(e, h2.events.StreamReset)]
+    assert [(e.stream_id, e.error_code) for e in resets] == [(1, 0)]
+    server.abort_request(1)  # once only
+    assert server.data_to_send() == b""

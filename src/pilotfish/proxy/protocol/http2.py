@@ -335,6 +335,17 @@ class H2ServerCodec:
         self._control_frame()
         self._stream_closed(premature=False)
 
+    def abort_request(self, stream_id: int) -> None:
+        """The response is complete but the request is not: ask the client to
+        stop sending it (RST_STREAM NO_ERROR), if the stream is still open
+        and no response bytes wait for the window (the reset would drop them)."""
+        stream = self.conn.streams.get(stream_id)
+        if stream_id in self.outbound or self.terminated is not None:
+            return
+        if stream is not None and not stream.closed:
+            self.conn.reset_stream(stream_id, NO_ERROR)
+            self._control_frame()
+
     def consumed(self, stream_id: int, size: int) -> None:
         """`size` bytes of the stream's request body went on: the client may send more."""
         if size and self.terminated is None:
