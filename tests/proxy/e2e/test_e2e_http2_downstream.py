@@ -10,6 +10,7 @@ import shutil
 import socket
 import ssl
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -518,3 +519,38 @@ def test_a_stream_idle_too_long_gets_408_and_the_connection_goes_on(
         _request(conn, 3, port)
         events = _converse(sock, conn, h2.events.StreamEnded)
         assert any(isinstance(e, h2.events.ResponseReceived) for e in events)
+
+
+def _rapid_reset_flood(port: int) -> int | None:
+    sock, conn = _client(port)
+    with sock:
+        for stream_id in range(1, 1201, 2):
+            _request(conn, stream_id, port, "/?delay=0.2")
+            conn.reset_stream(stream_id)
+            sock.sendall(conn.data_to_send())
+        return _read_until_goaway(sock, conn)
+
+
+def test_floods_side_by_side_while_a_good_client_is_served(served: Served) -> None:
+    """Several hostile connections at once; a well-behaved HTTP/2 client on
+    its own connection gets every answer meanwhile, and the proxy's memory
+    comes back to where it was."""
+    rss_before = served.proxy.rss_kb()
+    codes: list[int | None] = []
+    floods = [threading.Thread(target=lambda: codes.append(_rapid_reset_flood(served.port)))
+              for _ in range(4)]  # fmt: skip
+    for flood in floods:
+        flood.start()
+    statuses = []
+    sock, conn = _client(served.port)
+    with sock:
+        for stream_id in range(1, 41, 2):
+            _request(conn, stream_id, served.port, f"/echo?n={stream_id}")
+            events = _converse(sock, conn, h2.events.StreamEnded)
+            statuses += [dict(e.headers)[b":status"] for e in events
+                         if isinstance(e, h2.events.ResponseReceived)]  # fmt: skip
+    for flood in floods:
+        flood.join(timeout=30)
+    assert statuses == [b"200"] * 20
+    assert codes == [11, 11, 11, 11]
+    assert served.proxy.rss_kb() - rss_before < 32 * 1024
