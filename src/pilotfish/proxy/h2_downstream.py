@@ -317,9 +317,11 @@ class H2Downstream(asyncio.Protocol):
             self.transport.close()
 
     def check_timers(self, now: float) -> None:
-        """Called by the runtime's sweep: drain with GOAWAY, the idle timeout,
-        request timeouts, route timeouts that are near."""
-        if self.runtime.draining and not self.going_away:
+        """Called by the runtime's sweep: drain with GOAWAY (the proxy's, or
+        this listener's when an update replaced it, as Envoy drains them), the
+        idle timeout, request and stream idle timeouts, route timeouts that are near."""
+        stale = self.runtime.config.snapshot.listeners.get(self.listener.name) is not self.listener
+        if (self.runtime.draining or stale) and not self.going_away:
             self.going_away = True
             self.codec.goaway()
             self.flush()

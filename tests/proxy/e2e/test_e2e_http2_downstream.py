@@ -438,12 +438,20 @@ def test_drain_sends_goaway_and_closes(start_proxy, make_backend) -> None:
     with sock:
         _request(conn, 1, port)
         _converse(sock, conn, h2.events.StreamEnded)
+        _request(conn, 3, port, "/?delay=1")  # in flight when the drain starts
+        sock.sendall(conn.data_to_send())
+        time.sleep(0.2)
         assert proxy.admin_post("/drain_listeners")[0] == 200
         events = _converse(sock, conn, h2.events.ConnectionTerminated)
         goaway = next(e for e in events if isinstance(e, h2.events.ConnectionTerminated))
-        assert goaway.error_code == 0 and goaway.last_stream_id == 1
+        assert goaway.error_code == 0 and goaway.last_stream_id == 3
+        # The stream in flight is still answered, then the connection closes.
+        conn.state_machine.state = h2.connection.ConnectionState.CLIENT_OPEN  # h2 reads on
+        events = _converse(sock, conn, h2.events.StreamEnded)
+        head = next(e for e in events if isinstance(e, h2.events.ResponseReceived))
+        assert head.stream_id == 3 and dict(head.headers)[b":status"] == b"200"
         sock.settimeout(3)
-        assert sock.recv(100) == b""  # and the connection closes, nothing in flight
+        assert sock.recv(100) == b""
 
 
 def test_http1_request_trailers_read_before_the_upstream_connects_are_kept(start_proxy) -> None:

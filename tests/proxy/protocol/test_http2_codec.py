@@ -328,3 +328,34 @@ def test_a_response_complete_before_its_request_asks_the_client_to_stop() -> Non
     assert [(e.stream_id, e.error_code) for e in resets] == [(1, 0)]
     server.abort_request(1)  # once only
     assert server.data_to_send() == b""
+
+
+def test_streams_open_at_a_graceful_goaway_still_get_their_responses() -> None:
+    # Our GOAWAY on drain: the stream in flight is answered, a newer one refused.
+    server, client, _ = pair()
+    client.send_headers(1, GET, end_stream=True)
+    server.receive(client.data_to_send())
+    server.goaway()
+    got = client.receive_data(server.data_to_send())
+    assert [(e.error_code, e.last_stream_id) for e in got
+            if isinstance(e, h2.events.ConnectionTerminated)] == [(0, 1)]  # fmt: skip
+    server.send_head(1, 200, [], end=False)
+    server.send_data(1, b"late")
+    server.send_end(1)
+    raw = server.data_to_send()
+    assert b"late" in raw
+    newer = HeadersFrame(3, data=b"\x82\x86\x84\x41\x03x.y", flags=["END_STREAM", "END_HEADERS"])
+    assert server.receive(newer.serialize()) == []
+    assert RstStreamFrame(3, error_code=7).serialize() in server.data_to_send()  # REFUSED_STREAM
+
+
+def test_the_clients_graceful_goaway_leaves_its_streams_answered() -> None:
+    server, client, _ = pair()
+    client.send_headers(1, GET, end_stream=True)
+    client.close_connection()
+    events = server.receive(client.data_to_send())
+    assert isinstance(events[-1], Terminated) and events[-1].error_code == 0
+    server.send_head(1, 200, [(b"content-length", b"2")], end=False)
+    server.send_data(1, b"ok")
+    server.send_end(1)
+    assert server.data_to_send().endswith(b"\x00\x00\x00\x00\x01\x00\x00\x00\x01")  # END_STREAM

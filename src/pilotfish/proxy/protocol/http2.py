@@ -43,6 +43,7 @@ import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
+from hyperframe.frame import GoAwayFrame
 
 from pilotfish.proxy.protocol.http1 import Header, Headers, RequestHead
 
@@ -51,6 +52,7 @@ NO_ERROR: Final = int(h2.errors.ErrorCodes.NO_ERROR)
 PROTOCOL_ERROR: Final = int(h2.errors.ErrorCodes.PROTOCOL_ERROR)
 INTERNAL_ERROR: Final = int(h2.errors.ErrorCodes.INTERNAL_ERROR)
 CANCEL: Final = int(h2.errors.ErrorCodes.CANCEL)
+REFUSED_STREAM: Final = int(h2.errors.ErrorCodes.REFUSED_STREAM)
 ENHANCE_YOUR_CALM: Final = int(h2.errors.ErrorCodes.ENHANCE_YOUR_CALM)
 # Connection-specific fields HTTP/2 forbids (RFC 9113 8.2.2): an HTTP/1.1
 # response's framing and hop-by-hop headers never go out on a stream.
@@ -168,6 +170,8 @@ class H2ServerCodec:
         self.blocked_frames = 0
         self.blocked_control_frames = 0
         self.terminated: Terminated | None = None
+        self.goaway_last: int | None = None  # our graceful GOAWAY's last stream, once sent
+        self.goaway_frame = b""  # that GOAWAY, until written
 
     def __repr__(self) -> str:
         return f"<H2ServerCodec streams={len(self.outbound)} closed={self.closed_streams}>"
@@ -232,11 +236,18 @@ class H2ServerCodec:
                 self.terminated = ended
                 self.outbound.clear()
             else:
+                # h2 would send nothing more; the client's own streams are
+                # still owed their responses (RFC 9113 6.8): keep it open.
+                self.conn.state_machine.state = h2.connection.ConnectionState.SERVER_OPEN
                 out.append(ended)
         # Priority, acknowledgements of our SETTINGS and the like need nothing.
 
     def _request(self, event: h2.events.RequestReceived, out: list[H2Event]) -> None:
         stream_id = event.stream_id
+        if self.goaway_last is not None and stream_id > self.goaway_last:
+            self.conn.reset_stream(stream_id, REFUSED_STREAM)  # after our GOAWAY: retry elsewhere
+            self._control_frame()
+            return
         head = request_head(event.headers or [], event.stream_ended is not None)
         self.outbound[stream_id] = _Outbound()
         out.append(StreamHead(stream_id, head, event.stream_ended is not None))
@@ -287,7 +298,10 @@ class H2ServerCodec:
     # -- bytes out ------------------------------------------------------------------------
 
     def data_to_send(self) -> bytes:
-        return self.conn.data_to_send()
+        data = self.conn.data_to_send()
+        if self.goaway_frame:
+            data, self.goaway_frame = data + self.goaway_frame, b""
+        return data
 
     def set_blocked(self, blocked: bool) -> None:
         """The shell's transport is backed up (the peer is not reading) or drained."""
@@ -351,11 +365,15 @@ class H2ServerCodec:
         if size and self.terminated is None:
             self.conn.acknowledge_received_data(size, stream_id)
 
-    def goaway(self, error_code: int = NO_ERROR) -> None:
-        """Drain: no new streams; those open finish (the shell closes after)."""
-        if self.terminated is None:
-            last = self.conn.highest_inbound_stream_id
-            self.conn.close_connection(error_code, last_stream_id=last)
+    def goaway(self) -> None:
+        """Drain: GOAWAY NO_ERROR; the streams open finish, newer ones are
+        refused (the shell closes once none is left). The frame is written
+        here rather than by h2, whose connection could send nothing more
+        after it, not even the responses of the streams it lets finish."""
+        if self.terminated is None and self.goaway_last is None:
+            self.goaway_last = self.conn.highest_inbound_stream_id or 0
+            frame = GoAwayFrame(0, last_stream_id=self.goaway_last, error_code=NO_ERROR)
+            self.goaway_frame = frame.serialize()
 
     @property
     def streams(self) -> int:
