@@ -115,11 +115,14 @@ def _client(port: int) -> tuple[socket.socket, h2.connection.H2Connection]:
     return sock, conn
 
 
-def _request(conn: h2.connection.H2Connection, stream_id: int, port: int, path: str = "/") -> None:
+def _request(
+    conn: h2.connection.H2Connection, stream_id: int, port: int, path: str = "/",
+    authority: bytes | None = None,
+) -> None:
     conn.send_headers(
         stream_id,
         [(b":method", b"GET"), (b":path", path.encode()), (b":scheme", b"http"),
-         (b":authority", b"127.0.0.1:%d" % port)],
+         (b":authority", authority or b"127.0.0.1:%d" % port)],
         end_stream=True,
     )  # fmt: skip
 
@@ -533,16 +536,25 @@ def _rapid_reset_flood(port: int) -> int | None:
     sock, conn = _client(port)
     with sock:
         for stream_id in range(1, 1201, 2):
-            _request(conn, stream_id, port, "/?delay=0.2")
+            _request(conn, stream_id, port, "/?delay=0.2", b"flood.example")
             conn.reset_stream(stream_id)
             sock.sendall(conn.data_to_send())
         return _read_until_goaway(sock, conn)
 
 
-def test_floods_side_by_side_while_a_good_client_is_served(served: Served) -> None:
+def test_floods_side_by_side_while_a_good_client_is_served(start_proxy, make_backend) -> None:
     """Several hostile connections at once; a well-behaved HTTP/2 client on
     its own connection gets every answer meanwhile, and the proxy's memory
-    comes back to where it was."""
+    stays bounded. The floods go to a service of their own: what reaches the
+    upstream before the GOAWAY (500 streams a connection, as Envoy lets
+    through) would otherwise meet the same circuit breakers (503 UO)."""
+    app, flooded, port = make_backend("app"), make_backend("flooded"), free_port()
+    proxy = start_proxy(
+        [listener("in", port, [vhost("flood", ["flood.example"], [route("flooded")]),
+                               vhost("all", ["*"], [route("app")])])],
+        [static_cluster("app", [app.port]), static_cluster("flooded", [flooded.port])],
+    )  # fmt: skip
+    served = Served(proxy, port, app)
     rss_before = served.proxy.rss_kb()
     codes: list[int | None] = []
     floods = [threading.Thread(target=lambda: codes.append(_rapid_reset_flood(served.port)))
