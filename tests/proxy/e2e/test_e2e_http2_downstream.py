@@ -574,3 +574,11 @@ def test_floods_side_by_side_while_a_good_client_is_served(start_proxy, make_bac
     assert statuses == [b"200"] * 20
     assert codes == [11, 11, 11, 11]
     assert served.proxy.rss_kb() - rss_before < 32 * 1024
+
+
+def test_head_and_a_small_post(served: Served) -> None:
+    head = h2c(served.url("/"), "-I")
+    assert head.status == 200 and head.body.strip() == b""  # curl -I: the head only
+    assert head.header("content-length") == "4"  # the GET's, as HTTP/1.1 says it
+    posted = h2c(served.url("/upload"), "-H", "content-type: application/octet-stream", data=b"x" * 10)
+    assert posted.json()["size"] == 10

@@ -359,3 +359,17 @@ def test_the_clients_graceful_goaway_leaves_its_streams_answered() -> None:
     server.send_data(1, b"ok")
     server.send_end(1)
     assert server.data_to_send().endswith(b"\x00\x00\x00\x00\x01\x00\x00\x00\x01")  # END_STREAM
+
+
+def test_a_204_goes_out_without_content_length() -> None:
+    # An HTTP/1.1 upstream may say one; an HTTP/2 client takes it as DATA to
+    # come and resets the stream (curl: PROTOCOL_ERROR).
+    server, client, _ = pair()
+    client.send_headers(1, GET, end_stream=True)
+    server.receive(client.data_to_send())
+    server.send_head(1, 204, [(b"Content-Length", b"17"), (b"x-k", b"v")], end=False)
+    server.send_end(1)
+    got = client.receive_data(server.data_to_send())
+    head = next(e for e in got if isinstance(e, h2.events.ResponseReceived))
+    assert head.headers == [(b":status", b"204"), (b"x-k", b"v")]
+    assert any(isinstance(e, h2.events.StreamEnded) for e in got)

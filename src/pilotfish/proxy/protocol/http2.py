@@ -59,6 +59,7 @@ ENHANCE_YOUR_CALM: Final = int(h2.errors.ErrorCodes.ENHANCE_YOUR_CALM)
 _CONNECTION_SPECIFIC: Final = frozenset(
     {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade", b"te"}
 )
+_NO_LENGTH: Final = _CONNECTION_SPECIFIC | {b"content-length"}
 _PSEUDO: Final = frozenset({b":method", b":scheme", b":authority", b":path", b":protocol"})
 
 
@@ -315,7 +316,10 @@ class H2ServerCodec:
             return
         state.responded = True
         fields = [(b":status", b"%d" % status)]
-        fields += [(n.lower(), v) for n, v in headers if n.lower() not in _CONNECTION_SPECIFIC]
+        # A 204 has no Content-Length (RFC 9110 8.6), whatever the upstream said:
+        # an HTTP/2 client takes one as a promise of DATA and resets the stream.
+        dropped = _NO_LENGTH if status == 204 else _CONNECTION_SPECIFIC
+        fields += [(n.lower(), v) for n, v in headers if n.lower() not in dropped]
         self.conn.send_headers(stream_id, fields, end_stream=end)
         self._frame()
         if end:
