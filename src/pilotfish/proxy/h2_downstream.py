@@ -21,6 +21,8 @@ On drain the connection sends GOAWAY and closes once its streams are done.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import time
 from typing import TYPE_CHECKING
 
@@ -44,6 +46,7 @@ from pilotfish.proxy.protocol.http2 import (
 if TYPE_CHECKING:
     from pilotfish.proxy.server import Downstream, Runtime
 
+log = logging.getLogger("pilotfish.proxy")
 RESPONSE_HIGH_WATER = 64 * 1024  # response bytes a stream holds before its upstream pauses
 STATS_PREFIX = "http2."  # Envoy roots the downstream codec's stats there
 
@@ -201,7 +204,14 @@ class H2Downstream(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         events = self.codec.receive(data)
         for event in events:
-            self.handle(event)
+            try:
+                self.handle(event)
+            except Exception:
+                # A defect met by one exchange ends its stream, not the
+                # connection and every stream multiplexed on it.
+                stream_id = getattr(event, "stream_id", 0)
+                log.exception("HTTP/2 stream %d on %r failed", stream_id, self)
+                self.fail_stream(stream_id)
         self.flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -262,6 +272,13 @@ class H2Downstream(asyncio.Protocol):
         stream = self.streams[event.stream_id] = H2Stream(self, event.stream_id)
         exchange = stream.exchange = Exchange(stream, event.head)
         exchange.start()
+
+    def fail_stream(self, stream_id: int) -> None:
+        stream = self.streams.pop(stream_id, None)
+        self.codec.reset(stream_id, INTERNAL_ERROR)
+        if stream is not None and stream.exchange is not None:
+            with contextlib.suppress(Exception):  # already failing: finish what it holds
+                stream.exchange.downstream_lost()
 
     def reset_by_client(self, stream_id: int) -> None:
         stream = self.streams.pop(stream_id, None)

@@ -582,3 +582,46 @@ def test_head_and_a_small_post(served: Served) -> None:
     assert head.header("content-length") == "4"  # the GET's, as HTTP/1.1 says it
     posted = h2c(served.url("/upload"), "-H", "content-type: application/octet-stream", data=b"x" * 10)
     assert posted.json()["size"] == 10
+
+
+class _BodyOn204Backend(RawServer):
+    """A keep-alive backend that wrongly sends a body after its 204, once."""
+
+    once = True
+
+    def converse(self, conn: socket.socket) -> None:
+        while True:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    return
+                data += chunk
+            if self.once:
+                self.once = False
+                conn.sendall(b"HTTP/1.1 204 No Content\r\ncontent-length: 5\r\n\r\nstray")
+            else:
+                conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+
+
+def test_a_stream_that_meets_a_defect_fails_alone(start_proxy) -> None:
+    backend = _BodyOn204Backend()
+    port = free_port()
+    start_proxy(
+        [listener("in", port, [vhost("all", ["*"], [route("raw")])])],
+        [static_cluster("raw", [backend.port])],
+    )
+    statuses: dict[int, bytes] = {}
+    sock, conn = _client(port)
+    with sock:
+        for stream_id in (1, 3, 5):
+            _request(conn, stream_id, port)
+            events = _converse(sock, conn, (h2.events.StreamEnded, h2.events.StreamReset))
+            for event in events:
+                if isinstance(event, h2.events.ResponseReceived):
+                    statuses[event.stream_id] = dict(event.headers)[b":status"]
+                elif isinstance(event, h2.events.StreamReset):
+                    statuses[event.stream_id] = b"reset"
+    backend.close()
+    assert statuses[1] == b"204"
+    assert statuses[5] == b"200"  # the connection lived on
