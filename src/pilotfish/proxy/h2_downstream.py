@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from pilotfish.proxy.server import Downstream, Runtime
 
 log = logging.getLogger("pilotfish.proxy")
+DELAYED_CLOSE_S = 1.0  # Envoy's delayed_close_timeout
 RESPONSE_HIGH_WATER = 64 * 1024  # response bytes a stream holds before its upstream pauses
 STATS_PREFIX = "http2."  # Envoy roots the downstream codec's stats there
 
@@ -297,14 +298,30 @@ class H2Downstream(asyncio.Protocol):
         if event.error_code or self.codec.terminated is not None:
             self.stats.downstream_cx_protocol_error += 1
             self.flush()
-            if self.writing_paused and self.transport is not None:
-                self.transport.abort()  # a peer that does not read would never see it close
-            else:
-                self.close()
+            self.close_after_goaway()
             return
         self.going_away = True
         if not self.streams:
             self.close()
+
+    def close_after_goaway(self) -> None:
+        """As Envoy's delayed close: the GOAWAY goes with a FIN, and what the
+        client still sends is read and dropped for a moment before the close,
+        so that a close with unread bytes (a reset) cannot overtake the
+        GOAWAY. A client that does not read would never see it: abort."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if self.writing_paused:
+            transport.abort()
+            return
+        for stream in list(self.streams.values()):
+            if stream.exchange is not None:
+                stream.exchange.downstream_lost()
+        self.streams.clear()
+        if transport.can_write_eof():
+            transport.write_eof()
+        self.runtime.loop.call_later(DELAYED_CLOSE_S, self.close)
 
     def stream_done(self, stream: H2Stream) -> None:
         if self.streams.get(stream.stream_id) is stream:
