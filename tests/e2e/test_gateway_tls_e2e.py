@@ -197,6 +197,18 @@ def test_https_with_the_secrets_certificate(world: World) -> None:
     assert "CN = gw.example.com" in done.stdout or "CN=gw.example.com" in done.stdout
 
 
+def test_curl_http2_through_the_gateway_negotiates_h2_by_alpn(world: World) -> None:
+    done = world.https_get("gw.example.com", "--http2", "-w", "\n%{http_version}")
+    assert done.stdout.endswith("\n2"), done.stdout + done.stderr  # ALPN h2, then HTTP/2
+    assert "web" in done.stdout
+    load = subprocess.run(
+        ["h2load", "-n", "100", "-c", "2", "-m", "10", f"--connect-to=127.0.0.1:{world.https}",
+         f"https://gw.example.com:{world.https}/hello"],  # SNI picks the gateway's chain
+        capture_output=True, timeout=60, text=True,
+    )  # fmt: skip
+    assert "100 succeeded" in load.stdout and "status codes: 100 2xx" in load.stdout, load.stdout
+
+
 def test_a_client_that_does_not_trust_the_ca_is_refused(world: World) -> None:
     done = subprocess.run(
         ["curl", "-sS", "--max-time", "5", "--resolve", f"gw.example.com:{world.https}:127.0.0.1",

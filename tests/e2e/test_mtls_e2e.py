@@ -140,6 +140,30 @@ def test_two_sidecars_talk_mutual_tls_and_the_callee_says_so(world: World) -> No
     assert 1 <= int(handshakes.group(1)) <= 5
 
 
+def test_http2_prior_knowledge_through_two_sidecars_over_mutual_tls(world: World) -> None:
+    """h2c from the app to its sidecar's outbound listener (dialled directly,
+    :authority naming the service), HTTP/1.1 inside mutual TLS to the callee."""
+    out = world.client.outbound_port
+    done = subprocess.run(
+        ["curl", "-s", "--http2-prior-knowledge", "--max-time", "5", "-w", "\n%{http_version}",
+         "--connect-to", f"reviews:9080:127.0.0.1:{out}", REVIEWS],
+        capture_output=True, timeout=15, text=True,
+    )  # fmt: skip
+    assert done.stdout.endswith("\n2"), done.stdout + done.stderr
+    load = subprocess.run(
+        ["h2load", "-n", "200", "-c", "2", "-m", "10", "-H", ":authority: reviews:9080",
+         f"http://127.0.0.1:{out}/"],
+        capture_output=True, timeout=60, text=True,
+    )  # fmt: skip
+    assert "200 succeeded" in load.stdout and "status codes: 200 2xx" in load.stdout, load.stdout
+    inbound = [
+        line
+        for line in world.reviews.stats().splitlines()
+        if line.startswith("istio_requests_total{") and 'reporter="destination"' in line
+    ]
+    assert all('connection_security_policy="mutual_tls"' in line for line in inbound), inbound
+
+
 def test_openssl_sees_the_workloads_spiffe_certificate_chained_to_the_mesh_root(
     world: World,
 ) -> None:

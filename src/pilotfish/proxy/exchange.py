@@ -61,9 +61,8 @@ from pilotfish.proxy.protocol.express import (
     splice,
 )
 from pilotfish.proxy.protocol.http1 import (
-    CONTINUE_RESPONSE,
-    LAST_CHUNK,
     EndOfMessage,
+    Header,
     Headers,
     ProtocolError,
     RequestHead,
@@ -72,11 +71,9 @@ from pilotfish.proxy.protocol.http1 import (
     Tunnel,
     encode_chunk,
     encode_last_chunk,
-    error_response,
     get_header,
     request_authority,
     serialize_request_head,
-    serialize_response_head,
     status_line,
     strip_hop_by_hop,
 )
@@ -98,6 +95,7 @@ from pilotfish.proxy.upstream.pool import UpstreamConnection
 from pilotfish.proxy.upstream.retry import backoff_delay, per_try_timeout, retries_allowed
 
 if TYPE_CHECKING:
+    from pilotfish.proxy.h2_downstream import H2Stream
     from pilotfish.proxy.server import Downstream
 
 MAX_BUFFERED_BODY = 64 * 1024  # request bytes kept for retries and mirrors
@@ -182,6 +180,7 @@ class Exchange:
         "target",
         "timer",
         "trace",
+        "trailers",
         "transport_failure",
         "tried",
         "try_timer",
@@ -191,7 +190,7 @@ class Exchange:
         "upstream_tls",
     )
 
-    def __init__(self, down: Downstream, head: RequestHead | ExpressRequest) -> None:
+    def __init__(self, down: Downstream | H2Stream, head: RequestHead | ExpressRequest) -> None:
         self.down = down
         self.head = head
         self.express = head if isinstance(head, ExpressRequest) else None
@@ -252,6 +251,7 @@ class Exchange:
         self.trace: SpanContext | None = None  # this hop's span, once forwarded (tracing/)
         self.done = False
         self._headers: Headers | None = None
+        self.trailers: tuple[Header, ...] = ()  # the request's, until an upstream takes them
 
     @property
     def client_certificate_verified(self) -> bool:
@@ -358,6 +358,7 @@ class Exchange:
 
     def request_end(self, end: EndOfMessage) -> None:
         self.body_done = True
+        self.trailers = end.trailers
         if self.core.on(REQUEST_END) and self.conn is not None and self.head.chunked:
             self.conn.write(encode_last_chunk(end.trailers))
         callbacks, self.on_body_done = self.on_body_done, ()
@@ -453,7 +454,7 @@ class Exchange:
             self.hash_key = stable_hash(key) if key is not None else None
         self.upstream_head = self.build_head(action, target)
         if self.head.expect_continue and not self.body_done:
-            self.down.write(CONTINUE_RESPONSE)  # Envoy answers 100-continue itself
+            self.down.write(self.down.writer.informational())  # Envoy answers 100-continue itself
         self.action = action
         commands = self.core.forward(
             retry, retries, mirror=bool(action.mirrors), deadline=bool(self.route_timeout(action)),
@@ -506,7 +507,7 @@ class Exchange:
 
     def forward_after_body(self, action: Forward) -> None:
         if self.head.expect_continue:
-            self.down.write(CONTINUE_RESPONSE)  # or the client never sends the body
+            self.down.write(self.down.writer.informational())  # or the client never sends the body
         self.on_body_done = (*self.on_body_done, lambda: self.forward(action))
 
     def request_timed_out(self) -> None:
@@ -813,7 +814,8 @@ class Exchange:
         if self.body_overflow and not self.keep_body:
             self.down.resume_body()
         if self.head.chunked:
-            return encode_chunk(data) + (LAST_CHUNK if self.body_done else b"")
+            end = encode_last_chunk(self.trailers) if self.body_done else b""
+            return encode_chunk(data) + end
         return data
 
     def on_connect_failure(self, timed_out: bool, reason: str | None = None) -> None:
@@ -834,6 +836,7 @@ class Exchange:
         assert isinstance(events, list)
         out: list[bytes] = []
         ended = False
+        writer = self.down.writer
         self.outbox = out
         try:
             for event in events:
@@ -843,7 +846,7 @@ class Exchange:
                     assert isinstance(data, bytes)
                     self.core.on(RESPONSE_BODY)  # WRITE_DOWNSTREAM: into this write
                     self.response_bytes += len(data)
-                    out.append(encode_chunk(data) if self.response_chunked else data)
+                    out.append(writer.data(data, self.response_chunked))
                 elif kind is ResponseHead:
                     assert isinstance(event, ResponseHead)
                     if not self.on_response_head(event):
@@ -852,8 +855,7 @@ class Exchange:
                     assert isinstance(event, EndOfMessage)
                     if event.trailers and self.is_grpc():
                         self.grpc_status = grpc.status_of(event.trailers)
-                    if self.response_chunked:
-                        out.append(encode_last_chunk(event.trailers))
+                    out.append(writer.end(event.trailers, self.response_chunked))
                     ended = not self.tunnel  # a tunnel ends when either side closes
         finally:
             self.outbox = None
@@ -866,7 +868,11 @@ class Exchange:
         """A response head with its Content-Length body, or the start of it,
         from one read; the connection counts the rest of the body in."""
         target = self.target
-        if (self.fx is not None and self.fx.encoders) or (target and target.response_headers):
+        if (
+            (self.fx is not None and self.fx.encoders)
+            or (target and target.response_headers)
+            or not self.down.writer.express  # the head as received is HTTP/1.1's
+        ):
             self.on_response(express_events(resp))
             return
         self.take_response_head(resp, resp.status, resp.keep_alive)
@@ -958,7 +964,7 @@ class Exchange:
         headers += response_additions(self.flags, not self.keep_alive and not self.tunnel)
         bodyless = self.method == b"HEAD" or head.status in (204, 304) or self.tunnel
         self.response_chunked = not bodyless and head.content_length is None
-        return serialize_response_head(head.status, headers, chunked=self.response_chunked)
+        return self.down.writer.head(head.status, headers, self.response_chunked)
 
     def on_upstream_error(self, error: ProtocolError) -> None:
         self.conn = None  # closed by the pool already
@@ -1058,7 +1064,7 @@ class Exchange:
         if self.method == b"HEAD":
             body = b""
         self.response_bytes = len(body)
-        self.down.write(error_response(status, body, out, close=not self.keep_alive))
+        self.down.write(self.down.writer.local_reply(status, body, out, not self.keep_alive))
 
     def finish(self) -> None:
         """Once, however the exchange ended: release what it holds, record it."""

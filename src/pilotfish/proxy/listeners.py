@@ -134,6 +134,7 @@ class HttpManager:
     access_log_paths: tuple[str, ...]
     tracing: TracingConfig | None = None  # None: no trace context read, written or reported
     metrics: MetricsConfig | None = None  # Telemetry overrides; None: Istio's standard metrics
+    http2: bool = True  # codec_type AUTO (or HTTP2): a client may speak HTTP/2; HTTP1: not
 
 
 @dataclass(frozen=True)
@@ -326,6 +327,7 @@ def compile_http_manager(hcm: hcm_pb2.HttpConnectionManager, where: str) -> Http
         ),
         access_log_paths=tuple(access_log_path(a, where) for a in hcm.access_log),
         tracing=_tracing(hcm, where),
+        http2=hcm.codec_type != hcm_pb2.HttpConnectionManager.HTTP1,
     )
 
 

@@ -21,6 +21,7 @@ from pilotfish.proxy.accesslog import AccessLogWriter, AccessRecord
 from pilotfish.proxy.config import ProxyConfig
 from pilotfish.proxy.connect import connect_tunnel
 from pilotfish.proxy.exchange import Exchange
+from pilotfish.proxy.h2_downstream import H2Downstream
 from pilotfish.proxy.listeners import CompiledListener
 from pilotfish.proxy.metric_overrides import RequestAttributes
 from pilotfish.proxy.protocol.express import ExpressRequest, encode_lines, parse_request
@@ -35,6 +36,8 @@ from pilotfish.proxy.protocol.http1 import (
     error_response,
     get_header,
 )
+from pilotfish.proxy.protocol.http2 import PREFACE
+from pilotfish.proxy.response_writer import H1_WRITER
 from pilotfish.proxy.stats import StatsRegistry, listener_stat_name
 from pilotfish.proxy.tap import Tap
 from pilotfish.proxy.telemetry import (
@@ -69,7 +72,7 @@ class Runtime:
     listeners: dict[str, CompiledListener] = field(default_factory=dict)  # the ones in force
     # Cached: on 3.11 asyncio.get_running_loop() costs a getpid() system call.
     loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.get_running_loop)
-    downstreams: set[Downstream] = field(default_factory=set)
+    downstreams: set[Downstream | H2Downstream] = field(default_factory=set)
     ticker: asyncio.TimerHandle | None = None
     tls: TlsContexts = field(default_factory=lambda: TlsContexts(None))
     tap: Tap | None = None  # `pilotfish tap`'s view of finished requests
@@ -214,7 +217,10 @@ def is_mesh_peer(listener: CompiledListener, transport: asyncio.BaseTransport) -
 
 
 class Downstream(asyncio.Protocol):
-    """One client connection; requests are answered one at a time, in order."""
+    """One client connection; requests are answered one at a time, in order.
+    One that opens with HTTP/2's preface goes to an H2Downstream (sniff)."""
+
+    writer = H1_WRITER  # how its exchanges' responses are framed (response_writer.py)
 
     def __init__(self, runtime: Runtime, listener: CompiledListener) -> None:
         self.runtime, self.listener = runtime, listener
@@ -250,6 +256,8 @@ class Downstream(asyncio.Protocol):
         self.moved = 0  # its bytes moved, both ways, when last seen changing
         self.moved_at = 0.0
         self.filter_view: filters.Connection | None = None  # what filters read of it, once
+        self.sniffing = http.http2  # until the first bytes say HTTP/1.1 or HTTP/2
+        self.sniffed = b""  # the start of HTTP/2's preface, until the rest comes
 
     def __repr__(self) -> str:
         return f"<Downstream {self.peer} on {self.listener.name} requests={self.requests}>"
@@ -287,6 +295,11 @@ class Downstream(asyncio.Protocol):
             self.exchange.downstream_lost()
 
     def data_received(self, data: bytes) -> None:
+        if self.sniffing:
+            sniffed = self.sniff(data)
+            if sniffed is None:
+                return
+            data = sniffed
         if self.exchange is None and self.parser.idle:
             express = parse_request(data, self.parser.max_head)
             if express is not None:
@@ -317,6 +330,21 @@ class Downstream(asyncio.Protocol):
             self.refuse(error)
             return
         self.dispatch(events)
+
+    def sniff(self, data: bytes) -> bytes | None:
+        """A connection that opens with HTTP/2's preface (prior-knowledge h2c,
+        or ALPN h2 / istio-h2, whose clients send it too) goes to an
+        H2Downstream: None. Otherwise the bytes to read as HTTP/1.1."""
+        seen = self.sniffed + data
+        if seen.startswith(PREFACE):
+            self.sniffing = False
+            H2Downstream(self.runtime, self.listener).take_over(self, seen)
+            return None
+        if PREFACE.startswith(seen):
+            self.sniffed = seen  # a preface in pieces
+            return None
+        self.sniffing, self.sniffed = False, b""
+        return seen
 
     def eof_received(self) -> bool:
         with contextlib.suppress(ProtocolError):

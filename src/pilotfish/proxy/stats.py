@@ -118,7 +118,9 @@ class HttpStats(Scope):
     fault__aborts_injected: int = 0
     fault__delays_injected: int = 0
     local_rate_limit__rate_limited: int = 0
+    downstream_cx_http2_total: int = 0
     downstream_cx_active: int = gauge()
+    downstream_cx_http2_active: int = gauge()
     codes: Counter[int] = field(default_factory=Counter)  # responses sent, by status
     # Counters the HTTP filters name themselves (`rbac.allowed`, with their
     # configs' stat prefixes in the names).

@@ -35,7 +35,7 @@ from pilotfish.translate.secrets import credential_names
 
 TERMINATING = ("SIMPLE", "MUTUAL", "OPTIONAL_MUTUAL", "ISTIO_MUTUAL")
 CLIENT_CERTIFICATE = ("MUTUAL", "OPTIONAL_MUTUAL", "ISTIO_MUTUAL")
-GATEWAY_ALPN = ("http/1.1",)  # the gateway speaks HTTP/1.1 inside TLS
+GATEWAY_ALPN = ("h2", "http/1.1")  # as Istio's gateways offer: HTTP/2 first
 _VERSIONS = {
     "TLS_AUTO": common_pb2.TlsParameters.TLS_AUTO,
     "TLSV1_0": common_pb2.TlsParameters.TLSv1_0,

@@ -52,7 +52,9 @@ OUTBOUND_ALPN = ("istio-peer-exchange", "istio-http/1.1", "istio")
 # istio-h2; one that does not picks istio-http/1.1, and gets HTTP/1.1.
 OUTBOUND_H2_ALPN = ("istio-peer-exchange", "istio-h2", "istio-http/1.1", "istio")
 H2_ONLY_ALPN = ("h2",)  # TLS a DestinationRule originates to an HTTP/2 cluster
-SERVER_ALPN = ("istio-http/1.1", "http/1.1")  # the sidecar speaks HTTP/1.1 inside TLS
+# What the sidecar's inbound TLS answers: HTTP/2 to a client that offers it
+# (istio-h2 between sidecars, h2 from others), else HTTP/1.1.
+SERVER_ALPN = ("istio-h2", "istio-http/1.1", "h2", "http/1.1")
 TCP_SERVER_ALPN = ("istio",)  # what a mesh client offers for bytes that are not HTTP
 
 

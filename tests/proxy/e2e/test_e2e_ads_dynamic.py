@@ -14,6 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import h2.config
+import h2.connection
+import h2.events
 import pytest
 import yaml
 from envoy.config.cluster.v3.cluster_pb2 import Cluster
@@ -333,3 +336,35 @@ def test_a_changed_listener_drains_open_connections(
         head = _keep_alive_get(sock)
         assert head.startswith(b"http/1.1 200") and b"connection: close" in head
     assert curl(f"http://127.0.0.1:{port}/").status == 403
+
+
+def test_a_changed_listener_sends_goaway_to_http2_connections(
+    ads: tuple[Ads, grpc.Server, int], dynamic_proxy: tuple[int, int], make_backend
+) -> None:
+    """Envoy drains an updated listener's HTTP/2 connections with GOAWAY, so
+    the client's next stream opens a connection under the new config."""
+    servicer, _, _ = ads
+    port, _ = dynamic_proxy
+    v1 = make_backend("v1")
+    servicer.set(xds_types.CLUSTER, [eds_cluster("v1")])
+    servicer.set(xds_types.ENDPOINT, [assignment("v1", v1.port)])
+    servicer.set(xds_types.ROUTE, [route_config("v1")])
+    servicer.set(xds_types.LISTENER, [rds_listener(port)])
+    assert wait_for(lambda: backend_of(port) == "v1", timeout=10)
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(header_encoding=None))
+        conn.initiate_connection()
+        sock.sendall(conn.data_to_send())
+        changed = rds_listener(port)
+        changed["filter_chains"][0]["filters"][0]["typed_config"]["stat_prefix"] = "renamed"
+        servicer.set(xds_types.LISTENER, [changed])
+        code, data = None, b"-"
+        while code is None and data:
+            data = sock.recv(65536)
+            for event in conn.receive_data(data):
+                if isinstance(event, h2.events.ConnectionTerminated):
+                    code = event.error_code
+        assert code == 0
+        sock.settimeout(3)
+        while data:
+            data = sock.recv(65536)  # and it closes, no stream being open
