@@ -5,13 +5,10 @@ of grpcio servers v1 and v2. Every kind of RPC (unary, server, client and
 bidirectional streaming), grpc-timeout reaching the server, a deadline, an
 80/20 canary, a fault abort with grpcStatus, a retry hiding UNAVAILABLE, and
 grpc_response_status in the caller's metrics.
-
-Skipped while the sidecar cannot speak HTTP/2 (no pilotfish.proxy.protocol.http2).
 """
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import os
 import threading
@@ -23,16 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-if importlib.util.find_spec("pilotfish.proxy.protocol.http2") is None:
-    pytest.skip(
-        "the sidecar cannot speak HTTP/2 yet (no pilotfish.proxy.protocol.http2): "
-        "grpcio needs h2 end to end",
-        allow_module_level=True,
-    )
-
 import grpc
+import pytest
 from mesh_processes import XdsControlPlane, wait_until
 from processes import free_port
 from prometheus_client.parser import text_string_to_metric_families
