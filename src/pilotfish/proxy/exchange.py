@@ -688,7 +688,8 @@ class Exchange:
     def open_connection(self) -> None:
         host, cluster = self.host, self.cluster
         assert host is not None and cluster is not None
-        if not self.down.runtime.pool.request(host, cluster, self):
+        h2_client = self.head.version == b"2"
+        if not self.down.runtime.pool.request(host, cluster, self, h2_client=h2_client):
             host.request_finished()
             self.host = None
             self.feed(OVERFLOW)

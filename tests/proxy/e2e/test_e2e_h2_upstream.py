@@ -319,3 +319,41 @@ def test_streams_per_connection_are_capped_and_the_pool_opens_more_within_max_co
     assert stat(proxy, "cluster.one.upstream_cx_http2_total") == 1
     assert stat(proxy, "cluster.one.upstream_rq_pending_total") >= 6
     assert stat(proxy, "cluster.one.upstream_rq_pending_active") == 0
+
+
+DOWNSTREAM_PROTOCOL = {
+    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+        "use_downstream_protocol_config": {"http2_protocol_options": {}},
+    }
+}
+
+
+def test_use_downstream_protocol_carries_an_http2_client_on_in_http2(
+    start_proxy: Any, echo: Echo, tmp_path: Path
+) -> None:
+    """Istio's useClientProtocol and sniffed ports: a grpcio client (h2c)
+    reaches an h2c-only server; an HTTP/1.1 client goes on in HTTP/1.1."""
+    listen = free_port()
+    proxy = start_proxy(
+        [listener("in", listen, [vhost("all", ["*"], [route("grpc")])])],
+        [static_cluster("grpc", [echo.port], typed_extension_protocol_options=DOWNSTREAM_PROTOCOL)],
+    )
+    with grpc.insecure_channel(
+        f"127.0.0.1:{listen}", options=[("grpc.enable_http_proxy", 0)]
+    ) as ch:
+        call = ch.unary_unary(f"/{SERVICE}/{METHOD}")
+        assert [call(b"h2-%d" % i, timeout=10) for i in range(3)] == [
+            b"reply:h2-%d" % i for i in range(3)
+        ]
+    assert stat(proxy, "cluster.grpc.upstream_cx_http2_total") == 1
+    assert echo.calls == 3
+    # curl over HTTP/1.1: the proxy speaks HTTP/1.1 upstream, which the
+    # h2c-only grpcio server does not understand: no second HTTP/2 connection.
+    subprocess.run(
+        ["curl", "-s", "--http1.1", "--max-time", "5", *GRPC_HEADERS, "--data-binary", "x",
+         f"http://127.0.0.1:{listen}/{SERVICE}/{METHOD}"],
+        capture_output=True, timeout=20, env=env_without_proxy(),
+    )  # fmt: skip
+    assert stat(proxy, "cluster.grpc.upstream_cx_http2_total") == 1
+    assert echo.calls == 3

@@ -303,10 +303,13 @@ class H2Pool:
     def stats(self, cluster: Cluster) -> ClusterStats:
         return self.pool.stats.cluster(cluster.name)
 
-    def handles(self, host: Host, cluster: Cluster) -> bool:
-        """Whether requests to `host` go HTTP/2. use_downstream_protocol_config
-        is HTTP/1.1 until the downstream side speaks HTTP/2."""
-        return cluster.spec.pool.http is UpstreamHttp.HTTP2 and host not in self.http1_only
+    def handles(self, host: Host, cluster: Cluster, h2_client: bool = False) -> bool:
+        """Whether a request to `host` goes HTTP/2: the cluster says so, or it
+        says use_downstream_protocol_config and the client spoke HTTP/2."""
+        wanted = cluster.spec.pool.http
+        if wanted is UpstreamHttp.DOWNSTREAM:
+            return h2_client and host not in self.http1_only
+        return wanted is UpstreamHttp.HTTP2 and host not in self.http1_only
 
     def request(self, host: Host, cluster: Cluster, sink: ResponseSink) -> bool:
         conn = self._room(host, cluster)

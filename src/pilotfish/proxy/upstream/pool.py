@@ -201,10 +201,14 @@ class Pool:
     def __repr__(self) -> str:
         return f"<Pool idle={sum(map(len, self.idle.values()))}>"
 
-    def request(self, host: Host, cluster: Cluster, sink: ResponseSink) -> bool:
+    def request(
+        self, host: Host, cluster: Cluster, sink: ResponseSink, *, h2_client: bool = False
+    ) -> bool:
         """Give `sink` a connection to `host` now (idle) or soon (connect, or
-        wait for one to free up). False: the circuit breakers refused (UO)."""
-        if self.h2.handles(host, cluster):
+        wait for one to free up). False: the circuit breakers refused (UO).
+        `h2_client`: the request came over HTTP/2, which a cluster with
+        use_downstream_protocol_config carries on in."""
+        if self.h2.handles(host, cluster, h2_client):
             return self.h2.request(host, cluster, sink)
         idle = self.idle.get(host)
         while idle:
