@@ -5,6 +5,7 @@ kubectl's exit codes, and output shapes (columns, `-o name`, jsonpath)."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import re
@@ -135,6 +136,18 @@ def test_ctrl_c_ends_a_watch_quietly_with_kubectls_code(plane: ControlPlane) -> 
     assert watcher.returncode == 1 and err == ""  # kubectl's interrupt handler exits 1
 
 
+def wait_until_reading_stdin(pid: int, timeout: float = 30.0) -> None:
+    """Until the process blocks in read(0, ...): a fixed sleep lost the race
+    with a slow start-up on a busy machine (SIGINT came before Python's handler)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            if Path(f"/proc/{pid}/syscall").read_text().startswith("0 0x0 "):
+                return
+        time.sleep(0.05)
+    raise AssertionError(f"pid {pid} never blocked reading its stdin")
+
+
 def test_ctrl_c_elsewhere_ends_quietly_with_130(plane: ControlPlane, tmp_path: Path) -> None:
     reader = subprocess.Popen(
         [*PILOTFISH, "apply", "-f", "-"],
@@ -144,7 +157,7 @@ def test_ctrl_c_elsewhere_ends_quietly_with_130(plane: ControlPlane, tmp_path: P
         stderr=subprocess.PIPE,
         text=True,
     )
-    time.sleep(1.0)  # reading stdin
+    wait_until_reading_stdin(reader.pid)
     reader.send_signal(signal.SIGINT)
     out, err = reader.communicate(timeout=10)
     assert reader.returncode == 130 and err == "" and out == ""
@@ -204,7 +217,7 @@ def test_get_with_a_label_selector_and_all_namespaces(plane: ControlPlane) -> No
 
 def test_get_jsonpath_as_kubectl_prints_it(plane: ControlPlane) -> None:
     names = ok(plane.cli("get", "svc", "-o", "jsonpath={.items[*].metadata.name}"))
-    assert names == "details productpage ratings reviews"  # no newline, as kubectl
+    assert names == "details productpage ratings redis reviews"  # no newline, as kubectl
     port = ok(plane.cli("get", "svc", "reviews", "-o", "jsonpath={.spec.ports[0].port}"))
     assert port == "9080"
     ranged = ok(
