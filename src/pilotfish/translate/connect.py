@@ -90,7 +90,8 @@ def tcp_service_clusters(
     clusters: list[tuple[str, int]] = []
     vs = snapshot.virtual_service_for(proxy, service.hostname)
     if vs is not None:
-        clusters = tcp_route_clusters(RouteContext(snapshot, proxy, port, MESH), vs.tcp)
+        ctx = RouteContext(snapshot, proxy, port, MESH)
+        clusters = tcp_route_clusters(ctx, vs.tcp, service.addresses)
     return clusters or [(names.outbound_cluster(port, "", service.hostname), 1)]
 
 

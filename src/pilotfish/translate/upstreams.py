@@ -35,6 +35,7 @@ from pilotfish.model.hosts import resolve_host, service_fqdn
 from pilotfish.model.types import UPSTREAMS_METADATA
 from pilotfish.translate.connect import tcp_service_clusters
 from pilotfish.translate.routes import service_routes
+from pilotfish.translate.sidecar_tls import TLS_PROTOCOLS, translate_sidecar_tls_listener
 from pilotfish.translate.tcp import tcp_listener, translate_tcp_filter
 
 DEFAULT_LOCAL_ADDRESS = "127.0.0.1"
@@ -104,6 +105,9 @@ def translate_upstream_listeners(
         if port.protocol.is_http_or_sniffed:
             table = _route_table(snapshot, proxy, service, upstream)
             out[name] = http_listener(name, upstream.local_address, upstream.local_port, table)
+        elif port.protocol in TLS_PROTOCOLS:
+            at = (name, upstream.local_address, upstream.local_port)
+            out[name] = translate_sidecar_tls_listener(snapshot, proxy, service, port.port, at)
         else:
             clusters = tcp_service_clusters(snapshot, proxy, service, upstream.port)
             tcp = translate_tcp_filter(name, clusters)
