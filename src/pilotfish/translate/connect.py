@@ -83,7 +83,8 @@ def tcp_service_clusters(
     snapshot: Snapshot, proxy: Proxy, service: Service, port: int
 ) -> list[tuple[str, int]]:
     """A sidecar's connections to a TCP port: its VirtualService's first `tcp`
-    route that applies, weights and all, else the port's cluster."""
+    route that applies, weights and all, else the port's cluster. Their
+    destination is the service: `destinationSubnets` meet its addresses."""
     # tcp.py reads routes.py, which builds its table with this module: imported when called
     from pilotfish.translate.tcp import tcp_route_clusters
 

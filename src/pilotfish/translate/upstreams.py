@@ -12,8 +12,9 @@ Consul has it, since it is what the application's configuration points at.
 The Service's port decides the protocol, as everywhere in the mesh: an HTTP
 port gets an HttpConnectionManager whose one virtual host (`*`: the client
 says Host `127.0.0.1:PORT`) holds the service's routes, VirtualService and
-all; any other port a tcp_proxy to the service's clusters (`tcp` route
-weights included). Mutual TLS, circuit breakers and metrics are the
+all; a TLS/HTTPS port chains chosen by SNI (`tls` routes: sidecar_tls.py);
+any other port a tcp_proxy to the service's clusters (`tcp` route weights
+included). Mutual TLS, circuit breakers and metrics are the
 clusters', as for any outbound call. An upstream whose service or port is
 not in the registry gets no listener until it is (`pilotfish analyze` warns).
 """
