@@ -8,14 +8,13 @@ subset, each with a certificate of its own name."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
-from mesh_processes import XdsControlPlane, wait_until
+from mesh_processes import wait_until, xds_plane
 from processes import free_port
 from sidecar_mesh import Sidecar, SidecarMesh
 from test_tcp_mesh_e2e import TlsServer
@@ -69,10 +68,7 @@ class World:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     tmp = tmp_path_factory.mktemp("sidecar-tls")
-    env = {**os.environ, "HOME": str(tmp / "home"), "PILOTFISH_CONFIG": str(tmp / "config.yaml")}
-    for var in ("PILOTFISH_SERVER", "PILOTFISH_TOKEN", "HTTP_PROXY", "http_proxy"):
-        env.pop(var, None)
-    plane = XdsControlPlane(tmp / "data", free_port(), env, xds_port=free_port())
+    plane = xds_plane(tmp)
     mesh = SidecarMesh(plane, tmp, certificates=True)
     try:
         plane.start()
