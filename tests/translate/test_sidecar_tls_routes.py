@@ -9,8 +9,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from translate_sim import sidecar_table
+
 from pilotfish.model import Proxy, build_snapshot
 from pilotfish.model.types import UPSTREAMS_METADATA
+from pilotfish.proxy.routing import Forward
+from pilotfish.proxy.routing.request import Request
 from pilotfish.proxy.tcp.listener import TcpListener, compile_tcp_listener, is_tcp_listener
 from pilotfish.translate import translate_listeners
 
@@ -203,3 +207,20 @@ def test_translation_is_pure_and_ordered() -> None:
     objects = (vault(), vs(tls=two_subsets()))
     first = listener(*objects).SerializeToString(deterministic=True)
     assert listener(*objects).SerializeToString(deterministic=True) == first
+
+
+def test_connect_to_a_service_decides_destination_subnets_by_its_address() -> None:
+    routes = [
+        {"match": [{"destinationSubnets": ["10.96.0.0/16"]}], "route": [dest("v2")]},
+        {"route": [dest("v1")]},
+    ]
+
+    def tunnel_cluster(address: str) -> str:
+        snapshot = build_snapshot([vault(port_name="tcp", clusterIP=address), vs(tcp=routes)], [])
+        req = Request(method=b"CONNECT", path=b"", authority=f"{HOST}:8443".encode())
+        route = sidecar_table(snapshot).connect_route(req)
+        assert route is not None and isinstance(route.action, Forward)
+        return route.action.pick(req, 0).cluster
+
+    assert tunnel_cluster("10.96.3.4") == cluster("v2")
+    assert tunnel_cluster("10.20.3.4") == cluster("v1")
