@@ -36,6 +36,7 @@ import signal
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from types import FrameType
@@ -91,16 +92,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def measure_shape(bench: Bench, target: Target, shape: Shape, settings: Settings) -> ShapeResult:
-    """Measures once, and again (up to settings.retries times) while other
-    processes' CPU use made it noisy; keeps the quietest attempt."""
+Measure = Callable[[Target, list[int], Shape, Settings, Path], ShapeResult]
+
+
+def measure_shape(
+    bench: Bench, target: Target, shape: Shape, settings: Settings, measure: Measure | None = None
+) -> ShapeResult:
+    """Measures once (with `measure`, by default wrk and h2load --h1), and again
+    (up to settings.retries times) while other processes' CPU use made it
+    noisy; keeps the quietest attempt."""
     pids = target.pids()
     assert bench.backend is not None
     ours = sorted({os.getpid(), *pids, *process_tree(bench.backend.pid)})
     best: ShapeResult | None = None
     for attempt in range(1 + settings.retries):
         with OtherLoad(ours) as other:
-            result = _measure_shape(target, pids, shape, settings, bench.dir)
+            result = (measure or _measure_shape)(target, pids, shape, settings, bench.dir)
         result.other_cpus = round(other.cpus, 3)
         if best is None or result.other_cpus < best.other_cpus:
             best = result
