@@ -137,7 +137,11 @@ def _h2load_argv(
 
 def h2load(shape: Shape, port: int, connections: int, seconds: int, streams: int = 0) -> Load:
     argv = _h2load_argv(shape, port, connections, seconds, streams)
-    out = _run(argv, timeout_s=seconds + 30)
+    return parse_h2load(_run(argv, timeout_s=seconds + 30))
+
+
+def parse_h2load(out: str) -> Load:
+    """What h2load's summary says: requests done, seconds, and the failed ones."""
     finished = re.search(r"^finished in ([\d.]+)s, ([\d.]+) req/s", out, re.M)
     counts = re.search(
         r"^requests: (\d+) total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed, "
