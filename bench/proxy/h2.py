@@ -25,11 +25,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
-import signal
 import subprocess
 import sys
-import tempfile
 import time
 from functools import partial
 from pathlib import Path
@@ -38,11 +35,11 @@ from typing import Any
 sys.dont_write_bytecode = True  # leave no __pycache__ beside the harness
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import report  # noqa: E402
 from load import LoadError, h2load, paced, versions  # noqa: E402
 from procs import (  # noqa: E402
     RssPeak,
     Started,
-    Supervisor,
     cpu_seconds,
     free_port,
     listening,
@@ -50,7 +47,6 @@ from procs import (  # noqa: E402
     wait_until,
 )
 from report import (  # noqa: E402
-    NOISY_CPUS,
     Settings,
     ShapeResult,
     TargetResult,
@@ -58,8 +54,9 @@ from report import (  # noqa: E402
     _num,
     added_p90,
     document,
+    table,
 )
-from run import WARMUP_S, _interrupt, _summary, log, measure_shape  # noqa: E402
+from run import WARMUP_S, _summary, log, measure_all, measure_shape, run_options  # noqa: E402
 from shapes import SHAPES, Shape  # noqa: E402
 from targets import (  # noqa: E402
     START_TIMEOUT_S,
@@ -202,19 +199,8 @@ def measure_target(bench: Bench, name: str, h2c_port: int, settings: Settings) -
 
 # --- the table and the ratios ----------------------------------------------------
 
-COLUMNS = [
-    "target",
-    "shape",
-    "req/s",
-    "errors",
-    "p50 µs",
-    "p90 µs",
-    "p99 µs",
-    "+p90 µs",
-    "CPU µs/req",
-    "RSS idle MiB",
-    "RSS busy MiB",
-]
+# run.py's columns less wrk's and the TLS rows'.
+COLUMNS = [c for c in report.COLUMNS if c not in ("wrk req/s", "TLS hs/1k req")]
 
 
 def _row(res: TargetResult, shape: str, results: dict[str, TargetResult]) -> list[str]:
@@ -233,25 +219,6 @@ def _row(res: TargetResult, shape: str, results: dict[str, TargetResult]) -> lis
         _mib(res.rss_idle_kib),
         _mib(r.rss_busy_kib),
     ]
-
-
-def table(results: dict[str, TargetResult], settings: Settings) -> str:
-    rows, notes = [COLUMNS, ["---"] * len(COLUMNS)], []
-    for res in results.values():
-        if res.unavailable is not None:
-            rows.append([res.name, "all", "not available", *["-"] * (len(COLUMNS) - 3)])
-            notes.append(f"- {res.name}: not available ({res.unavailable})")
-            continue
-        rows += [_row(res, shape, results) for shape in settings.shapes]
-        for s, r in res.shapes.items():
-            notes += [f"- {res.name}/{s}: {e}" for e in r.errors]
-            if r.other_cpus > NOISY_CPUS:
-                notes.append(
-                    f"- {res.name}/{s}: other processes used {r.other_cpus:.0%} of a CPU "
-                    "meanwhile (noisy)"
-                )
-    lines = ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines + (["", *notes] if notes else []))
 
 
 def _metric(results: dict[str, TargetResult], name: str, shape: str, what: str) -> float | None:
@@ -292,17 +259,12 @@ def ratio_lines(rat: dict[str, Any]) -> str:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="3 s per run instead of 10 s")
-    p.add_argument("--seconds", type=int, help="seconds per run (overrides --quick)")
     p.add_argument(
         "--targets",
         default=",".join(TARGETS),
         help=f"comma-separated subset of {','.join(TARGETS)}",
     )
-    p.add_argument(
-        "--retries", type=int, default=2, help="re-measure a noisy shape up to this many times"
-    )
-    p.add_argument("--output", type=Path, default=HERE / "h2_results.json")
+    run_options(p, HERE / "h2_results.json")
     args = p.parse_args(argv)
     unknown = set(args.targets.split(",")) - set(TARGETS)
     if unknown:
@@ -319,24 +281,7 @@ def run(bench: Bench, settings: Settings, names: list[str]) -> dict[str, TargetR
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    missing = [t for t in TOOLS if shutil.which(t) is None]
-    if missing:
-        log(f"missing: {', '.join(missing)}; run `bash bench/proxy/setup.sh` first")
-        return 2
-    seconds = args.seconds or (3 if args.quick else 10)
-    settings = Settings(seconds, 32, 1000, tuple(SHAPES), max(0, args.retries))
-    signal.signal(signal.SIGINT, _interrupt)
-    signal.signal(signal.SIGTERM, _interrupt)
-    with tempfile.TemporaryDirectory(prefix="pilotfish-h2-bench-") as tmp:
-        Path(tmp).chmod(0o755)  # nginx workers drop to an unprivileged user
-        bench = Bench(Supervisor(Path(tmp)), pool_size=settings.connections)
-        try:
-            results = run(bench, settings, args.targets.split(","))
-        except KeyboardInterrupt:
-            log("interrupted; stopping everything")
-            return 130
-        finally:
-            bench.sup.stop_all()
+    settings, results = measure_all(args, TOOLS, run)
     doc = document(results, settings, versions())
     doc["settings"]["streams_per_connection"] = STREAMS
     doc["settings"]["latency_generator"] = f"h2load -m{STREAMS} --rps (10 connections), --log-file"
@@ -346,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{doc['date']}  {settings.seconds} s per run, {settings.connections} connections "
         f"x {STREAMS} streams, latency at {settings.rate} req/s"
     )
-    print(table(results, settings))
+    print(table(results, settings, COLUMNS, _row))
     print()
     print(ratio_lines(doc["ratios"]))
     log(f"wrote {args.output}")
