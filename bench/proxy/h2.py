@@ -27,7 +27,6 @@ import argparse
 import json
 import subprocess
 import sys
-import time
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -43,7 +42,6 @@ from procs import (  # noqa: E402
     cpu_seconds,
     free_port,
     listening,
-    rss_kib,
     wait_until,
 )
 from report import (  # noqa: E402
@@ -56,7 +54,7 @@ from report import (  # noqa: E402
     document,
     table,
 )
-from run import WARMUP_S, _summary, log, measure_all, measure_shape, run_options  # noqa: E402
+from run import WARMUP_S, log, measure_all, measure_target, run_options  # noqa: E402
 from shapes import SHAPES, Shape  # noqa: E402
 from targets import (  # noqa: E402
     START_TIMEOUT_S,
@@ -177,26 +175,6 @@ def measure_h2(
     return result
 
 
-def measure_target(bench: Bench, name: str, h2c_port: int, settings: Settings) -> TargetResult:
-    log(f"[{name}] starting")
-    target = start_h2_target(bench, name, h2c_port)
-    result = TargetResult(name, target.hops, target.unavailable)
-    try:
-        if target.unavailable is not None:
-            log(f"[{name}] not available: {target.unavailable}")
-            return result
-        time.sleep(0.5)
-        result.rss_idle_kib = rss_kib(target.pids())
-        for shape_name in settings.shapes:
-            shape = SHAPES[shape_name]
-            result.shapes[shape_name] = measure_shape(bench, target, shape, settings, measure_h2)
-            log(f"[{name}] {shape_name}: {_summary(result.shapes[shape_name])}")
-    finally:
-        for proc in reversed(target.owned):
-            bench.sup.stop(proc)
-    return result
-
-
 # --- the table and the ratios ----------------------------------------------------
 
 # run.py's columns less wrk's and the TLS rows'.
@@ -276,7 +254,8 @@ def run(bench: Bench, settings: Settings, names: list[str]) -> dict[str, TargetR
     h2c_port = start_backends(bench)
     # "direct" is measured whenever anything is: the added latency is relative to it.
     ordered = ["direct"] + [n for n in names if n != "direct"]
-    return {name: measure_target(bench, name, h2c_port, settings) for name in ordered}
+    start = partial(start_h2_target, h2c_port=h2c_port)
+    return {name: measure_target(bench, name, settings, start, measure_h2) for name in ordered}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -159,9 +159,16 @@ def _measure_shape(
     return result
 
 
-def measure_target(bench: Bench, name: str, settings: Settings) -> TargetResult:
+def measure_target(
+    bench: Bench,
+    name: str,
+    settings: Settings,
+    start: Callable[[Bench, str], Target] = start_target,
+    measure: Measure | None = None,
+) -> TargetResult:
+    """Starts the target with `start`, measures each shape, stops what it started."""
     log(f"[{name}] starting")
-    target = start_target(bench, name)
+    target = start(bench, name)
     result = TargetResult(name, target.hops, target.unavailable)
     try:
         if target.unavailable is not None:
@@ -170,7 +177,7 @@ def measure_target(bench: Bench, name: str, settings: Settings) -> TargetResult:
         time.sleep(0.5)
         result.rss_idle_kib = rss_kib(target.pids())
         for shape_name in settings.shapes:
-            shape_result = measure_shape(bench, target, SHAPES[shape_name], settings)
+            shape_result = measure_shape(bench, target, SHAPES[shape_name], settings, measure)
             result.shapes[shape_name] = shape_result
             log(f"[{name}] {shape_name}: {_summary(shape_result)}")
     finally:
