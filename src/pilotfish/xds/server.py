@@ -6,11 +6,11 @@ and what each may make the server hold, is limits.py's. Every stream is a
 Connection (connection.py) fed by one queue: the client's requests (moved
 there by the reader task, at most a few ahead) and "a push is due" markers
 arrive in order, so a stream's state is only ever touched by its handler.
-Changes from the registry (any thread) are debounced by a pusher thread: a
-push starts once changes stop for `debounce` seconds, or `debounce_max` after
-the first, whichever comes first; then every stream regenerates the types the
-changed kinds can alter (types.affected_types: a VirtualService, routes only)
-and sends only those whose version moved. A stream that is slow to read
+Changes from the registry (any thread) are debounced by a pusher thread
+(debounce.py: Istio's PILOT_DEBOUNCE_AFTER and PILOT_DEBOUNCE_MAX); then
+every stream regenerates the types the changed kinds can alter
+(types.affected_types: a VirtualService, routes only) and sends only those
+whose version moved. A stream that is slow to read
 keeps one pending push, the newest, not a backlog. Regenerating is shared:
 proxies that translation cannot tell apart get the same resources,
 translated once (generate.Generator).
@@ -44,6 +44,7 @@ from pilotfish.controlplane.auth import has_token
 from pilotfish.model import Snapshot
 from pilotfish.xds import types
 from pilotfish.xds.connection import Connection
+from pilotfish.xds.debounce import DEBOUNCE_AFTER_S, DEBOUNCE_MAX_S, Debounce
 from pilotfish.xds.generate import Generator
 from pilotfish.xds.handlers import AsyncAdapter
 from pilotfish.xds.limits import (
@@ -61,7 +62,6 @@ log = logging.getLogger("pilotfish.xds")
 
 DEFAULT_LISTEN = "127.0.0.1:15010"
 ADS_SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
-DEBOUNCE_S, DEBOUNCE_MAX_S = 0.1, 1.0
 MAX_SEND_BYTES = 64 * 1024 * 1024  # a large mesh's full CDS fits in one response
 REQUESTS_AHEAD = 4  # requests read from a stream before its handler took the first
 T = TypeVar("T")
@@ -105,7 +105,7 @@ class AdsServer:
         snapshot_of: Callable[[], Snapshot],
         listen: str = DEFAULT_LISTEN,
         *,
-        debounce: float = DEBOUNCE_S,
+        debounce: float = DEBOUNCE_AFTER_S,
         debounce_max: float = DEBOUNCE_MAX_S,
         token: str | None = None,
         limits: Limits = DEFAULT_LIMITS,
@@ -379,47 +379,6 @@ def authenticate(address: str, metadata: Sequence[tuple[str, Any]], token: str |
         f"xDS from {address} (not loopback) needs the control plane's token: "
         "send gRPC metadata 'authorization: Bearer TOKEN'",
     )
-
-
-class Debounce:
-    """Turns a burst of change events into one push: `wait_for_quiet` returns
-    True once events stop for `quiet` seconds or `longest` after the first."""
-
-    def __init__(self, quiet: float, longest: float) -> None:
-        self.quiet, self.longest = quiet, longest
-        self._cond = threading.Condition()
-        self._first: float | None = None
-        self._last = 0.0
-
-    def __repr__(self) -> str:
-        pending = self._first is not None
-        return f"Debounce(quiet={self.quiet}, longest={self.longest}, pending={pending})"
-
-    def event(self) -> None:
-        with self._cond:
-            self._last = time.monotonic()
-            if self._first is None:
-                self._first = self._last
-            self._cond.notify_all()
-
-    def wake(self) -> None:
-        with self._cond:
-            self._cond.notify_all()
-
-    def wait_for_quiet(self, stopping: threading.Event) -> bool:
-        """Block until a burst settles (True), or `stopping` is set (False)."""
-        with self._cond:
-            while not stopping.is_set():
-                if self._first is None:
-                    self._cond.wait()
-                    continue
-                due = min(self._last + self.quiet, self._first + self.longest)
-                left = due - time.monotonic()
-                if left <= 0:
-                    self._first = None
-                    return True
-                self._cond.wait(left)
-            return False
 
 
 async def _read_requests(requests: AsyncIterator[DiscoveryRequest], stream: _Stream) -> None:
