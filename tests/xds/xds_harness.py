@@ -5,13 +5,18 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import grpc
 from envoy.config.core.v3.base_pb2 import Node
 from envoy.service.discovery.v3.ads_pb2_grpc import AggregatedDiscoveryServiceStub
-from envoy.service.discovery.v3.discovery_pb2 import DiscoveryRequest, DiscoveryResponse
+from envoy.service.discovery.v3.discovery_pb2 import (
+    DeltaDiscoveryRequest,
+    DeltaDiscoveryResponse,
+    DiscoveryRequest,
+    DiscoveryResponse,
+)
 from google.protobuf import struct_pb2
 from google.rpc.status_pb2 import Status
 
@@ -93,6 +98,75 @@ class AdsStream:
         raise AssertionError(f"the stream was answered, not refused: {answer.type_url}")
 
     def receive(self, timeout: float = 5.0) -> DiscoveryResponse:
+        item = self.responses.get(timeout=timeout)
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+    def nothing_within(self, seconds: float) -> bool:
+        try:
+            item = self.responses.get(timeout=seconds)
+        except queue.Empty:
+            return True
+        self.responses.put(item)
+        return False
+
+    def close(self) -> None:
+        self._requests.put(None)
+        self.channel.close()
+
+
+class DeltaStream:
+    """An incremental ADS client (DeltaAggregatedResources), as Envoy speaks it."""
+
+    def __init__(self, target: str, node_: Node) -> None:
+        self.channel = grpc.insecure_channel(target)
+        self.node: Node | None = node_
+        self._requests: queue.Queue[DeltaDiscoveryRequest | None] = queue.Queue()
+        self.responses: queue.Queue[DeltaDiscoveryResponse | Exception] = queue.Queue()
+        stub = AggregatedDiscoveryServiceStub(self.channel)
+        self._call = stub.DeltaAggregatedResources(self._iterate())
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _iterate(self) -> Iterator[DeltaDiscoveryRequest]:
+        while (request := self._requests.get()) is not None:
+            yield request
+
+    def _pump(self) -> None:
+        try:
+            for response in self._call:
+                self.responses.put(response)
+        except Exception as e:
+            self.responses.put(e)
+
+    def send(
+        self,
+        type_url: str,
+        subscribe: Sequence[str] = (),
+        unsubscribe: Sequence[str] = (),
+        *,
+        nonce: str = "",
+        error: str = "",
+        initial: dict[str, str] | None = None,
+    ) -> None:
+        request = DeltaDiscoveryRequest(
+            type_url=type_url,
+            resource_names_subscribe=subscribe,
+            resource_names_unsubscribe=unsubscribe,
+            response_nonce=nonce,
+            initial_resource_versions=initial or {},
+        )
+        if error:
+            request.error_detail.CopyFrom(Status(code=3, message=error))
+        if self.node is not None:
+            request.node.CopyFrom(self.node)
+            self.node = None
+        self._requests.put(request)
+
+    def ack(self, response: DeltaDiscoveryResponse, **changes: Any) -> None:
+        self.send(response.type_url, nonce=response.nonce, **changes)
+
+    def receive(self, timeout: float = 5.0) -> DeltaDiscoveryResponse:
         item = self.responses.get(timeout=timeout)
         if isinstance(item, Exception):
             raise item

@@ -60,6 +60,7 @@ class Generated:
     resources: tuple[AnyProto, ...]
     names: tuple[str, ...]  # each resource's name, same order
     type_url: str = ""
+    resource_versions: tuple[str, ...] = ()  # each resource's version, same order
 
     @functools.cached_property
     def body(self) -> bytes:
@@ -71,6 +72,12 @@ class Generated:
         )
         return bytes(response.SerializeToString(deterministic=True))
 
+    @functools.cached_property
+    def by_name(self) -> dict[str, tuple[str, AnyProto]]:
+        """Each resource's version and body by name, for incremental (delta) streams."""
+        triples = zip(self.names, self.resource_versions, self.resources, strict=True)
+        return {name: (version, resource) for name, version, resource in triples}
+
 
 def generate(snapshot: Snapshot, proxy: Proxy, type_url: str, names: frozenset[str]) -> Generated:
     """What `proxy` gets of `type_url` when it asked for `names` (for LDS and
@@ -78,32 +85,34 @@ def generate(snapshot: Snapshot, proxy: Proxy, type_url: str, names: frozenset[s
     return assemble(type_url, names, packed(_translate(snapshot, proxy, type_url, names)))
 
 
-Packed = tuple[tuple[str, AnyProto], ...]  # (name, resource), sorted by name
+Packed = tuple[tuple[str, AnyProto, str], ...]  # (name, resource, version), sorted by name
 
 
 def packed(messages: Sequence[Message]) -> Packed:
+    """Each message packed, with its version: a hash of its bytes, computed
+    once where the packed resources are shared by many proxies."""
     out = []
     for message in messages:
         wrapped = AnyProto()
         wrapped.Pack(message, deterministic=True)
-        out.append((_name(message), wrapped))
+        out.append((_name(message), wrapped, hashlib.sha256(wrapped.value).hexdigest()[:16]))
     return tuple(out)
 
 
 def assemble(type_url: str, names: frozenset[str], resources: Packed) -> Generated:
     """The response body: resources narrowed to `names` (wildcard types), and
-    the version, a hash of their bytes."""
+    the version, a hash of the resources' versions."""
     if names and type_url in types.WILDCARD_TYPES:
         resources = tuple(r for r in resources if r[0] in names)
     digest = hashlib.sha256()
-    for _, wrapped in resources:
-        digest.update(wrapped.value)
-        digest.update(b"\0")
+    for _, _, version in resources:
+        digest.update(version.encode())
     return Generated(
         digest.hexdigest()[:16],
-        tuple(wrapped for _, wrapped in resources),
-        tuple(name for name, _ in resources),
+        tuple(wrapped for _, wrapped, _ in resources),
+        tuple(name for name, _, _ in resources),
         type_url,
+        tuple(version for _, _, version in resources),
     )
 
 
@@ -261,5 +270,5 @@ class Generator:
             return memo.add(key), True
 
 
-def _first(pair: tuple[str, AnyProto]) -> str:
-    return pair[0]
+def _first(packed: tuple[str, AnyProto, str]) -> str:
+    return packed[0]

@@ -33,11 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeAlias, TypeVar
 
 import grpc
-from envoy.service.discovery.v3.discovery_pb2 import (
-    DeltaDiscoveryRequest,
-    DeltaDiscoveryResponse,
-    DiscoveryRequest,
-)
+from envoy.service.discovery.v3.discovery_pb2 import DeltaDiscoveryRequest, DiscoveryRequest
 
 from pilotfish.addresses import is_loopback
 from pilotfish.controlplane.auth import has_token
@@ -45,7 +41,8 @@ from pilotfish.model import Snapshot
 from pilotfish.xds import types
 from pilotfish.xds.connection import Connection
 from pilotfish.xds.debounce import DEBOUNCE_AFTER_S, DEBOUNCE_MAX_S, Debounce
-from pilotfish.xds.generate import Generator
+from pilotfish.xds.delta import DeltaConnection
+from pilotfish.xds.generate import Generator, assemble
 from pilotfish.xds.handlers import AsyncAdapter
 from pilotfish.xds.limits import (
     DEFAULT_LIMITS,
@@ -80,7 +77,8 @@ class _PushDue:
 
 
 _PUSH_DUE = _PushDue()
-StreamItem: TypeAlias = DiscoveryRequest | _PushDue | None  # None: the client hung up
+Request: TypeAlias = DiscoveryRequest | DeltaDiscoveryRequest
+StreamItem: TypeAlias = Request | _PushDue | None  # None: the client hung up
 
 
 class BindError(Exception):
@@ -221,13 +219,31 @@ class AdsServer:
     async def StreamAggregatedResources(
         self, request_iterator: AsyncIterator[DiscoveryRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[bytes]:
+        async for response in self._open(request_iterator, context, Connection):
+            yield response
+
+    async def DeltaAggregatedResources(
+        self,
+        request_iterator: AsyncIterator[DeltaDiscoveryRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[bytes]:
+        async for response in self._open(request_iterator, context, DeltaConnection):
+            yield response
+
+    async def _open(
+        self,
+        request_iterator: AsyncIterator[Request],
+        context: grpc.aio.ServicerContext,
+        kind: type[Connection],
+    ) -> AsyncIterator[bytes]:
+        """One stream, SotW or incremental (`kind`), from its opening to its end."""
         address = peer_ip(context.peer())
         try:
             self._authenticate(address, context.invocation_metadata() or ())
             self._counts.open(address)
         except StreamRefused as e:
             await context.abort(grpc.StatusCode[e.code], str(e))
-        conn = Connection(f"{context.peer()}-{next(self._ids)}", address)
+        conn = kind(f"{context.peer()}-{next(self._ids)}", address)
         stream = _Stream(conn, (address, ""))
         reader = asyncio.create_task(_read_requests(request_iterator, stream))
         with self._lock:
@@ -273,26 +289,50 @@ class AdsServer:
     def _authenticate(self, address: str, metadata: Sequence[tuple[str, Any]]) -> None:
         authenticate(address, metadata, self._token)
 
-    async def DeltaAggregatedResources(
-        self, request_iterator: AsyncIterator[object], context: grpc.aio.ServicerContext
-    ) -> None:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "delta xDS is not served; use SotW")
-
-    def _answer(self, stream: _Stream, request: DiscoveryRequest) -> list[bytes]:
+    def _answer(self, stream: _Stream, request: Request) -> list[bytes]:
         conn = stream.connection
         if conn.proxy is None:
             self._identify(stream, request)
         assert conn.proxy is not None
+        if isinstance(conn, DeltaConnection):
+            assert isinstance(request, DeltaDiscoveryRequest)
+            return self._answer_delta(conn, request)
+        assert isinstance(request, DiscoveryRequest)
         subscribed = {type_url: w.names for type_url, w in conn.watched.items()}
         check_request(request, subscribed, self.limits)
         if not conn.on_request(request):
-            _log_nack(conn, request)
+            _log_nack(conn, request, request.version_info)
             return []
         names = conn.watched[request.type_url].names
         generated = self._generator.generate(self._snapshot, conn.proxy, request.type_url, names)
         return [conn.response(request.type_url, generated)]
 
-    def _identify(self, stream: _Stream, request: DiscoveryRequest) -> None:
+    def _answer_delta(self, conn: DeltaConnection, request: DeltaDiscoveryRequest) -> list[bytes]:
+        # The limits SotW requests meet, on the names the request would leave.
+        names = conn.names_after(request)
+        after = DiscoveryRequest(type_url=request.type_url, resource_names=names)
+        check_request(after, conn.subscriptions(), self.limits)
+        first = request.type_url not in conn.deltas
+        if not conn.on_delta_request(request):
+            _log_nack(conn, request, conn.watched[request.type_url].acked_version)
+            return []
+        return self._send_delta(conn, self._snapshot, request.type_url, always=first)
+
+    def _send_delta(
+        self, conn: DeltaConnection, snapshot: Snapshot, type_url: str, *, always: bool
+    ) -> list[bytes]:
+        """What the client lacks of `type_url`; the first answer of a type goes
+        even when empty, since the client waits for it to finish starting."""
+        assert conn.proxy is not None
+        names = conn.deltas[type_url].asks_for(type_url)
+        if names is None:
+            generated = assemble(type_url, frozenset(), ())
+        else:
+            generated = self._generator.generate(snapshot, conn.proxy, type_url, names)
+        delta = conn.delta(type_url, generated)
+        return [conn.delta_response(type_url, generated, delta)] if delta or always else []
+
+    def _identify(self, stream: _Stream, request: Request) -> None:
         """The first request says who the proxy is; it must, within the deadline."""
         if not request.HasField("node") or not request.node.id:
             raise StreamRefused("INVALID_ARGUMENT", "the first request must carry a node id")
@@ -312,15 +352,27 @@ class AdsServer:
         if conn.proxy is None:
             return []
         out = []
-        others = sorted(set(conn.watched) - set(types.PUSH_ORDER))
-        for type_url in (*types.PUSH_ORDER, *(others if push.types == types.ALL_TYPES else [])):
-            watched = conn.watched.get(type_url)
-            if watched is None or (type_url in types.ALL_TYPES and type_url not in push.types):
+        for type_url in _push_types(conn, push):
+            if isinstance(conn, DeltaConnection):
+                out += self._send_delta(conn, push.snapshot, type_url, always=False)
                 continue
-            generated = self._generator.generate(push.snapshot, conn.proxy, type_url, watched.names)
+            names = conn.watched[type_url].names
+            generated = self._generator.generate(push.snapshot, conn.proxy, type_url, names)
             if conn.needs_push(type_url, generated):
                 out.append(conn.response(type_url, generated))
         return out
+
+
+def _push_types(conn: Connection, push: _Push) -> list[str]:
+    """The types the stream watches that the push can have altered, in
+    Envoy's order; other types only on a push of everything."""
+    others = sorted(set(conn.watched) - set(types.PUSH_ORDER))
+    candidates = (*types.PUSH_ORDER, *(others if push.types == types.ALL_TYPES else []))
+    return [
+        t
+        for t in candidates
+        if t in conn.watched and not (t in types.ALL_TYPES and t not in push.types)
+    ]
 
 
 def _ads_handler(server: AdsServer) -> grpc.GenericRpcHandler:
@@ -338,7 +390,7 @@ def _ads_handler(server: AdsServer) -> grpc.GenericRpcHandler:
             "DeltaAggregatedResources": grpc.stream_stream_rpc_method_handler(
                 server.DeltaAggregatedResources,
                 request_deserializer=DeltaDiscoveryRequest.FromString,
-                response_serializer=DeltaDiscoveryResponse.SerializeToString,
+                response_serializer=_already_bytes,
             ),
         },
     )
@@ -381,7 +433,7 @@ def authenticate(address: str, metadata: Sequence[tuple[str, Any]], token: str |
     )
 
 
-async def _read_requests(requests: AsyncIterator[DiscoveryRequest], stream: _Stream) -> None:
+async def _read_requests(requests: AsyncIterator[Request], stream: _Stream) -> None:
     """Move requests to the stream's queue, at most REQUESTS_AHEAD ahead of its
     handler, so a client cannot queue requests faster than they are answered."""
     try:
@@ -394,13 +446,13 @@ async def _read_requests(requests: AsyncIterator[DiscoveryRequest], stream: _Str
         stream.queue.put_nowait(None)
 
 
-def _log_nack(conn: Connection, request: DiscoveryRequest) -> None:
+def _log_nack(conn: Connection, request: Request, version: str) -> None:
     if request.HasField("error_detail") and conn.proxy is not None:
         log.warning(
             "xDS NACK from %s for %s version %s: %s",
             conn.proxy.node_id,
             types.short_name(request.type_url),
-            request.version_info or "(none)",
+            version or "(none)",
             request.error_detail.message,
         )
 
