@@ -46,7 +46,9 @@ def _imported(stderr: str) -> set[str]:
 
 def _env(plane: ControlPlane) -> dict[str, str]:
     token = (plane.data_dir / "token").read_text().strip()
-    return {**os.environ, "PILOTFISH_SERVER": plane.server.url, "PILOTFISH_TOKEN": token}
+    cache = str(plane.data_dir / "cache")  # the parsed CRDs, kept by the first command
+    env = {"PILOTFISH_SERVER": plane.server.url, "PILOTFISH_TOKEN": token}
+    return {**os.environ, **env, "XDG_CACHE_HOME": cache}
 
 
 def test_apply_sends_the_change_with_only_the_client_loaded(
