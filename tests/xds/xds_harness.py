@@ -38,13 +38,15 @@ class AdsStream:
     ) -> None:
         self.channel = grpc.insecure_channel(target)
         self.node = node_
-        self._requests: queue.Queue[DiscoveryRequest | None] = queue.Queue()
-        self.responses: queue.Queue[DiscoveryResponse | Exception] = queue.Queue()
+        self._requests: queue.Queue[Any] = queue.Queue()  # DiscoveryRequest, or delta's
+        self.responses: queue.Queue[Any] = queue.Queue()
         self._first = True
         self.names: dict[str, list[str]] = {}  # what each type last asked for
-        stub = AggregatedDiscoveryServiceStub(self.channel)
-        self._call = stub.StreamAggregatedResources(self._iterate(), metadata=metadata)
+        self._call = self._open(AggregatedDiscoveryServiceStub(self.channel), metadata)
         threading.Thread(target=self._pump, daemon=True).start()
+
+    def _open(self, stub: Any, metadata: tuple[tuple[str, str], ...]) -> Any:
+        return stub.StreamAggregatedResources(self._iterate(), metadata=metadata)
 
     def _iterate(self) -> Iterator[DiscoveryRequest]:
         while (request := self._requests.get()) is not None:
@@ -116,30 +118,13 @@ class AdsStream:
         self.channel.close()
 
 
-class DeltaStream:
+class DeltaStream(AdsStream):
     """An incremental ADS client (DeltaAggregatedResources), as Envoy speaks it."""
 
-    def __init__(self, target: str, node_: Node) -> None:
-        self.channel = grpc.insecure_channel(target)
-        self.node: Node | None = node_
-        self._requests: queue.Queue[DeltaDiscoveryRequest | None] = queue.Queue()
-        self.responses: queue.Queue[DeltaDiscoveryResponse | Exception] = queue.Queue()
-        stub = AggregatedDiscoveryServiceStub(self.channel)
-        self._call = stub.DeltaAggregatedResources(self._iterate())
-        threading.Thread(target=self._pump, daemon=True).start()
+    def _open(self, stub: Any, metadata: tuple[tuple[str, str], ...]) -> Any:
+        return stub.DeltaAggregatedResources(self._iterate(), metadata=metadata)
 
-    def _iterate(self) -> Iterator[DeltaDiscoveryRequest]:
-        while (request := self._requests.get()) is not None:
-            yield request
-
-    def _pump(self) -> None:
-        try:
-            for response in self._call:
-                self.responses.put(response)
-        except Exception as e:
-            self.responses.put(e)
-
-    def send(
+    def send(  # type: ignore[override]
         self,
         type_url: str,
         subscribe: Sequence[str] = (),
@@ -158,31 +143,13 @@ class DeltaStream:
         )
         if error:
             request.error_detail.CopyFrom(Status(code=3, message=error))
-        if self.node is not None:
+        if self._first:
             request.node.CopyFrom(self.node)
-            self.node = None
+            self._first = False
         self._requests.put(request)
 
-    def ack(self, response: DeltaDiscoveryResponse, **changes: Any) -> None:
+    def ack(self, response: DeltaDiscoveryResponse, **changes: Any) -> None:  # type: ignore[override]
         self.send(response.type_url, nonce=response.nonce, **changes)
-
-    def receive(self, timeout: float = 5.0) -> DeltaDiscoveryResponse:
-        item = self.responses.get(timeout=timeout)
-        if isinstance(item, Exception):
-            raise item
-        return item
-
-    def nothing_within(self, seconds: float) -> bool:
-        try:
-            item = self.responses.get(timeout=seconds)
-        except queue.Empty:
-            return True
-        self.responses.put(item)
-        return False
-
-    def close(self) -> None:
-        self._requests.put(None)
-        self.channel.close()
 
 
 def service(name: str, port: int = 9080, port_name: str = "http") -> Obj:
@@ -215,6 +182,14 @@ class MutableMesh:
     def snapshot(self) -> Any:
         self.builds += 1
         return build_snapshot(list(self.objects), list(self.instances))
+
+
+def reviews_and_ratings() -> MutableMesh:
+    """Two services of one instance each (ports 19081, 19091)."""
+    return MutableMesh(
+        [service("reviews"), service("ratings")],
+        [instance("reviews", "v1", 19081), instance("ratings", "v1", 19091)],
+    )
 
 
 SIDECAR = "sidecar~127.0.0.1~productpage-v1-0.default~default.svc.cluster.local"
