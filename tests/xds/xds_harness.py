@@ -75,6 +75,10 @@ class AdsStream:
             version_info=version,
             response_nonce=nonce,
         )
+        self._put(request, error)
+
+    def _put(self, request: Any, error: str) -> None:
+        """Send `request`, a NACK when `error`; the first one carries the node."""
         if error:
             request.error_detail.CopyFrom(Status(code=3, message=error))
         if self._first:
@@ -141,12 +145,7 @@ class DeltaStream(AdsStream):
             response_nonce=nonce,
             initial_resource_versions=initial or {},
         )
-        if error:
-            request.error_detail.CopyFrom(Status(code=3, message=error))
-        if self._first:
-            request.node.CopyFrom(self.node)
-            self._first = False
-        self._requests.put(request)
+        self._put(request, error)
 
     def ack(self, response: DeltaDiscoveryResponse, **changes: Any) -> None:  # type: ignore[override]
         self.send(response.type_url, nonce=response.nonce, **changes)
