@@ -905,10 +905,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         # keeps discovery): the timed ones start warm, as a user's do.
         plane.cli("get", "virtualservices", "-n", namespace)
         vias = ("cli", "api") if not args.cli_only else ("cli",)
+        # Numbered on from one via to the next: every change differs from the last.
         changes = [
-            change_once(plane, clients, the_change(args.change, namespace, k + n * 100), via)
-            for n, via in enumerate(vias)
-            for k in range(args.changes)
+            change_once(plane, clients, the_change(args.change, namespace, k), via)
+            for k, via in enumerate(v for v in vias for _ in range(args.changes))
         ]
         result["changes"] = [vars(c) for c in changes]
         result["rss_mb"], result["peak_rss_mb"] = plane.memory_mb()
