@@ -59,9 +59,10 @@ class DeltaWatch:
 
 @dataclass
 class Delta:
-    """What a response must carry: resources by name, and names removed."""
+    """What a response must carry: resources (by index into the Generated),
+    and names removed."""
 
-    updated: list[str]
+    updated: list[int]
     removed: list[str]
 
     def __bool__(self) -> bool:
@@ -114,11 +115,15 @@ class DeltaConnection(Connection):
     def delta(self, type_url: str, generated: Generated) -> Delta:
         """What the client lacks of `generated`, and what it holds that is gone."""
         watch = self.deltas[type_url]
-        versions = generated.by_name
+        sent = self.watched[type_url].sent
+        if sent is not None and sent.version == generated.version and not watch.unanswered:
+            return Delta([], [])  # the whole set is what it was last sent
         held = watch.held
-        updated = [n for n, (v, _) in versions.items() if held.get(n) != v]
-        gone = {n for n in held if n not in versions}
-        gone |= {n for n in watch.unanswered if n not in versions}
+        pairs = enumerate(zip(generated.names, generated.resource_versions, strict=True))
+        updated = [i for i, (name, version) in pairs if held.get(name) != version]
+        present = generated.name_set
+        gone = {n for n in held if n not in present}
+        gone |= {n for n in watch.unanswered if n not in present}
         return Delta(updated, sorted(gone))
 
     def delta_response(self, type_url: str, generated: Generated, delta: Delta) -> bytes:
@@ -129,8 +134,13 @@ class DeltaConnection(Connection):
         watched = self.watched[type_url]
         watched.sent = generated
         watched.sent_nonce = next_nonce(generated.version)
-        for name in delta.updated:
-            watch.held[name] = generated.by_name[name][0]
+        names, versions, resources = (
+            generated.names,
+            generated.resource_versions,
+            generated.resources,
+        )
+        for i in delta.updated:
+            watch.held[names[i]] = versions[i]
         for name in delta.removed:
             watch.held.pop(name, None)
         watch.unanswered.clear()
@@ -140,8 +150,9 @@ class DeltaConnection(Connection):
             removed_resources=delta.removed,
             nonce=watched.sent_nonce,
         )
-        by_name = generated.by_name
-        entries = (ENTRIES.get(type_url, n, *by_name[n]) for n in delta.updated)
+        entries = (
+            ENTRIES.get(type_url, names[i], versions[i], resources[i]) for i in delta.updated
+        )
         return b"".join(entries) + bytes(tail.SerializeToString())
 
 

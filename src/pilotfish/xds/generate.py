@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import operator
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
@@ -73,10 +74,9 @@ class Generated:
         return bytes(response.SerializeToString(deterministic=True))
 
     @functools.cached_property
-    def by_name(self) -> dict[str, tuple[str, AnyProto]]:
-        """Each resource's version and body by name, for incremental (delta) streams."""
-        triples = zip(self.names, self.resource_versions, self.resources, strict=True)
-        return {name: (version, resource) for name, version, resource in triples}
+    def name_set(self) -> frozenset[str]:
+        """The resources' names, for incremental (delta) streams' removals."""
+        return frozenset(self.names)
 
 
 def generate(snapshot: Snapshot, proxy: Proxy, type_url: str, names: frozenset[str]) -> Generated:
@@ -101,19 +101,15 @@ def packed(messages: Sequence[Message]) -> Packed:
 
 def assemble(type_url: str, names: frozenset[str], resources: Packed) -> Generated:
     """The response body: resources narrowed to `names` (wildcard types), and
-    the version, a hash of the resources' versions."""
+    the version, a hash of the resources' versions. Run per proxy for a
+    sidecar's clusters, so written for speed: one hash update, one transpose."""
     if names and type_url in types.WILDCARD_TYPES:
         resources = tuple(r for r in resources if r[0] in names)
-    digest = hashlib.sha256()
-    for _, _, version in resources:
-        digest.update(version.encode())
-    return Generated(
-        digest.hexdigest()[:16],
-        tuple(wrapped for _, wrapped, _ in resources),
-        tuple(name for name, _, _ in resources),
-        type_url,
-        tuple(version for _, _, version in resources),
-    )
+    if not resources:
+        return Generated(hashlib.sha256().hexdigest()[:16], (), (), type_url, ())
+    found, wrapped, versions = zip(*resources, strict=True)
+    digest = hashlib.sha256("".join(versions).encode()).hexdigest()[:16]
+    return Generated(digest, wrapped, found, type_url, versions)
 
 
 def _translate(
@@ -239,7 +235,8 @@ class Generator:
             lambda: packed(translate_outbound_clusters(snapshot, proxy)),
         )
         inbound = packed(translate_inbound_clusters(snapshot, proxy))
-        return assemble(type_url, names, tuple(sorted((*outbound, *inbound), key=_first)))
+        merged = tuple(sorted((*outbound, *inbound), key=operator.itemgetter(0)))
+        return assemble(type_url, names, merged)
 
     def _shared(self, snapshot: Snapshot, key: Hashable, compute: Callable[[], T]) -> T:
         """`compute()` once per snapshot and key; concurrent callers wait for it."""
@@ -268,7 +265,3 @@ class Generator:
                 return cell, False
             self.translations += 1
             return memo.add(key), True
-
-
-def _first(packed: tuple[str, AnyProto, str]) -> str:
-    return packed[0]
