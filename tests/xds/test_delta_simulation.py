@@ -97,7 +97,9 @@ def test_after_each_push_every_delta_client_holds_a_fresh_translation(
         before = [_versions(snapshot, c) for c in clients]
         kind = mesh.apply(change)
         snapshot = mesh.snapshot()
-        push = _Push(snapshot, types.affected_types(frozenset({kind})))
+        kinds = frozenset({kind})
+        sidecars = types.affected_types(kinds, sidecar=True)
+        push = _Push(snapshot, types.affected_types(kinds), sidecars)
         for client, versions in zip(clients, before, strict=True):
             sent = client.receive(server._push(client.conn, push))
             now = _versions(snapshot, client)

@@ -8,9 +8,9 @@ there by the reader task, at most a few ahead) and "a push is due" markers
 arrive in order, so a stream's state is only ever touched by its handler.
 Changes from the registry (any thread) are debounced by a pusher thread
 (debounce.py: Istio's PILOT_DEBOUNCE_AFTER and PILOT_DEBOUNCE_MAX); then
-every stream regenerates the types the changed kinds can alter
-(types.affected_types: a VirtualService, routes only) and sends only those
-whose version moved. A stream that is slow to read
+every stream regenerates the types the changed kinds can alter for its
+proxy (types.affected_types: a VirtualService, a sidecar's routes only) and
+sends only those whose version moved. A stream that is slow to read
 keeps one pending push, the newest, not a backlog. Regenerating is shared:
 proxies that translation cannot tell apart get the same resources,
 translated once (generate.Generator).
@@ -37,7 +37,7 @@ from envoy.service.discovery.v3.discovery_pb2 import DeltaDiscoveryRequest, Disc
 
 from pilotfish.addresses import is_loopback
 from pilotfish.controlplane.auth import has_token
-from pilotfish.model import Snapshot
+from pilotfish.model import Proxy, ProxyType, Snapshot
 from pilotfish.xds import types
 from pilotfish.xds.connection import Connection
 from pilotfish.xds.debounce import DEBOUNCE_AFTER_S, DEBOUNCE_MAX_S, Debounce
@@ -66,10 +66,22 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class _Push:
-    """A new snapshot, and the types the changes behind it can have altered."""
+    """A new snapshot, and the types the changes behind it can have altered
+    (for sidecars, `sidecar_types`, when narrower)."""
 
     snapshot: Snapshot
     types: frozenset[str]
+    sidecar_types: frozenset[str] | None = None
+
+    def types_for(self, proxy: Proxy) -> frozenset[str]:
+        if proxy.type is ProxyType.SIDECAR and self.sidecar_types is not None:
+            return self.sidecar_types
+        return self.types
+
+    def after(self, newer: _Push) -> _Push:
+        """This push not yet sent, merged into `newer`."""
+        sidecar = (self.sidecar_types or self.types) | (newer.sidecar_types or newer.types)
+        return _Push(newer.snapshot, self.types | newer.types, sidecar)
 
 
 class _PushDue:
@@ -125,6 +137,7 @@ class AdsServer:
         self._snapshot = Snapshot()
         self._generator = Generator()
         self._pending: frozenset[str] = frozenset()  # types the changes since the last push alter
+        self._pending_sidecar: frozenset[str] = frozenset()  # ... for sidecars
         self._streams: dict[str, _Stream] = {}
         self._counts = StreamCounts(limits)
         self._lock = threading.Lock()
@@ -179,6 +192,7 @@ class AdsServer:
         (empty: unknown) narrow the push to the types they can alter."""
         with self._lock:
             self._pending |= types.affected_types(frozenset(kinds))
+            self._pending_sidecar |= types.affected_types(frozenset(kinds), sidecar=True)
         self._debounce.event()
 
     def connections(self) -> list[Connection]:
@@ -194,16 +208,18 @@ class AdsServer:
                 continue
             with self._lock:  # taken before the snapshot: later changes push again
                 affected, self._pending = self._pending, frozenset()
+                sidecar, self._pending_sidecar = self._pending_sidecar, frozenset()
             try:
-                self._publish(self._snapshot_of(), affected or types.ALL_TYPES)
+                push = _Push(self._snapshot_of(), affected or types.ALL_TYPES, sidecar or None)
+                self._publish(push)
             except Exception:  # a bad snapshot must not stop every later push
                 log.exception("building a snapshot failed; proxies keep their config")
 
-    def _publish(self, snapshot: Snapshot, affected: frozenset[str]) -> None:
-        self._snapshot = snapshot
+    def _publish(self, push: _Push) -> None:
+        self._snapshot = push.snapshot
         self.pushes += 1
         if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._fan_out, _Push(snapshot, affected))
+            self._loop.call_soon_threadsafe(self._fan_out, push)
 
     def _fan_out(self, push: _Push) -> None:
         """On the loop: every stream gets the push, merged into any it has not sent yet."""
@@ -212,7 +228,7 @@ class AdsServer:
                 stream.queue.put_nowait(_PUSH_DUE)
                 stream.push = push
             else:
-                stream.push = _Push(push.snapshot, stream.push.types | push.types)
+                stream.push = stream.push.after(push)
 
     # -- one stream ----------------------------------------------------------------------
 
@@ -366,13 +382,12 @@ class AdsServer:
 def _push_types(conn: Connection, push: _Push) -> list[str]:
     """The types the stream watches that the push can have altered, in
     Envoy's order; other types only on a push of everything."""
+    assert conn.proxy is not None
+    wanted = push.types_for(conn.proxy)
     others = sorted(set(conn.watched) - set(types.PUSH_ORDER))
-    candidates = (*types.PUSH_ORDER, *(others if push.types == types.ALL_TYPES else []))
-    return [
-        t
-        for t in candidates
-        if t in conn.watched and not (t in types.ALL_TYPES and t not in push.types)
-    ]
+    candidates = (*types.PUSH_ORDER, *(others if wanted == types.ALL_TYPES else []))
+    skipped = types.ALL_TYPES - wanted
+    return [t for t in candidates if t in conn.watched and t not in skipped]
 
 
 def _ads_handler(server: AdsServer) -> grpc.GenericRpcHandler:
