@@ -178,22 +178,24 @@ def _subscribe(watch: DeltaWatch, request: DeltaDiscoveryRequest) -> bool:
     return added
 
 
-ENTRIES_KEPT = 65_536  # serialized resources shared between streams and pushes
+ENTRIES_BYTES = 64 * 1024 * 1024  # serialized resources shared between streams and pushes
 
 
 class _Entries:
     """Serialized `resources` entries by (type, name, version): the version is
     a hash of the resource's bytes, so the key names the bytes, and an entry
     made for one stream serves every other stream, and later pushes of the
-    unchanged resource, until it is among the least recently used."""
+    unchanged resource, until it is among the least recently used. Weighed in
+    bytes: one route table can be as large as a thousand clusters."""
 
-    def __init__(self, kept: int = ENTRIES_KEPT) -> None:
-        self._kept = kept
+    def __init__(self, budget: int = ENTRIES_BYTES) -> None:
+        self._budget = budget
+        self._held = 0
         self._lock = threading.Lock()
         self._cache: OrderedDict[tuple[str, str, str], bytes] = OrderedDict()
 
     def __repr__(self) -> str:
-        return f"_Entries({len(self._cache)} of {self._kept})"
+        return f"_Entries({len(self._cache)} entries, {self._held} of {self._budget} bytes)"
 
     def get(self, type_url: str, name: str, version: str, resource: AnyProto) -> bytes:
         key = (type_url, name, version)
@@ -208,9 +210,11 @@ class _Entries:
             DeltaDiscoveryResponse(resources=[entry]).SerializeToString(deterministic=True)
         )
         with self._lock:
-            self._cache[key] = body
-            while len(self._cache) > self._kept:
-                self._cache.popitem(last=False)
+            if key not in self._cache:
+                self._cache[key] = body
+                self._held += len(body)
+            while self._held > self._budget and self._cache:
+                self._held -= len(self._cache.popitem(last=False)[1])
         return body
 
 
