@@ -19,6 +19,13 @@ idle and per change, and its RSS.
     .venv/bin/python bench/xds_push.py --services 1000 --endpoints 2 --routed 100 \
         --proxies 2000 --namespaces 50 --sidecar        # Istio's scale, scoped
     .venv/bin/python bench/xds_push.py --profile         # cProfile of the control plane
+    .venv/bin/python bench/xds_push.py --delta --change destinationrule  # incremental xDS
+
+`--delta` makes the simulated sidecars speak incremental ADS
+(DeltaAggregatedResources: wildcard CDS and LDS, EDS and RDS by name, holding
+resources by name). `--change destinationrule` changes svc-0's
+DestinationRule (its connection pool: a cluster) instead of its
+VirtualService's weights (routes). Bytes are what the proxies received.
 
 `--sidecar` applies, in each namespace, a default `Sidecar` whose egress is
 `./*` (Istio's recommended scoping: a proxy gets its own namespace's
@@ -80,17 +87,21 @@ spec:
     if not routed:
         return service
     return f"""{service}---
-apiVersion: networking.istio.io/v1
+{destination_rule_yaml(name, namespace, 100)}---
+{virtual_service_yaml(name, namespace, 90)}"""
+
+
+def destination_rule_yaml(name: str, namespace: str, pending: int) -> str:
+    return f"""apiVersion: networking.istio.io/v1
 kind: DestinationRule
 metadata: {{name: {name}, namespace: {namespace}}}
 spec:
   host: {name}
-  trafficPolicy: {{connectionPool: {{http: {{http1MaxPendingRequests: 100}}}}}}
+  trafficPolicy: {{connectionPool: {{http: {{http1MaxPendingRequests: {pending}}}}}}}
   subsets:
   - {{name: v1, labels: {{version: v1}}}}
   - {{name: v2, labels: {{version: v2}}}}
----
-{virtual_service_yaml(name, namespace, 90)}"""
+"""
 
 
 def virtual_service_yaml(name: str, namespace: str, v1_weight: int) -> str:
@@ -317,42 +328,59 @@ def register(plane: ControlPlane, instances: list[Workload]) -> None:
 
 
 class Decoded:
-    """What responses mean to a sidecar, decoded once per (type, version) in a
-    client process: a version is a hash of the resources' bytes."""
+    """What responses mean to a sidecar, decoded once per version in a client
+    process: a version is a hash of the resources' bytes. SotW streams log a
+    type's version; delta streams log a key naming the resources the probe
+    reads (`name@version`, one a line)."""
 
-    def __init__(self) -> None:
+    def __init__(self, probed_cluster: str) -> None:
+        self.probed_cluster = probed_cluster  # the changed service's cluster
         self._follow: dict[tuple[str, str], dict[str, list[str]]] = {}
-        self._weights: dict[str, dict[str, int] | None] = {}
-        self.routes: dict[str, Any] = {}  # RDS version -> the response, until decoded
+        self._probes: dict[tuple[str, str], Any] = {}
+        self.responses: dict[tuple[str, str], Any] = {}  # SotW: until probed
+        self.parts: dict[str, Any] = {}  # delta: `name@version` -> the resource
 
     def follow(self, response: Any) -> dict[str, list[str]]:
-        """What a CDS or LDS response makes the proxy ask for next."""
+        """What a SotW CDS or LDS response makes the proxy ask for next."""
         key = (response.type_url, response.version_info)
         if key not in self._follow:
-            self._follow[key] = _names_for(response)
+            self._follow[key] = _names_for(response.type_url, response.resources)
         return self._follow[key]
 
-    def weights(self, version: str) -> dict[str, int] | None:
-        """Subset -> weight on the changed service's default route; None when
-        the routes have no virtual host for it (the proxy is not affected)."""
-        if version not in self._weights:
-            self._weights[version] = _weights(self.routes.pop(version))
-        return self._weights[version]
+    def follow_one(self, type_url: str, part: str, resource: Any) -> dict[str, list[str]]:
+        """What one delta resource (`name@version`) makes the proxy ask for."""
+        key = (type_url, part)
+        if key not in self._follow:
+            self._follow[key] = _names_for(type_url, [resource])
+        return self._follow[key]
+
+    def probe(self, type_url: str, key: str) -> Any:
+        """RDS: subset -> weight on the changed service's default route; CDS:
+        the changed service's cluster's max pending requests; None when the
+        proxy does not hold it (it is not affected)."""
+        if (type_url, key) not in self._probes:
+            response = self.responses.pop((type_url, key), None)
+            if response is not None:
+                resources = list(response.resources)
+            else:
+                resources = [self.parts[part] for part in key.split("\n") if part]
+            self._probes[type_url, key] = _probe(type_url, resources, self.probed_cluster)
+        return self._probes[type_url, key]
 
 
-def _names_for(response: Any) -> dict[str, list[str]]:
+def _names_for(type_url: str, resources: list[Any]) -> dict[str, list[str]]:
     from envoy.config.cluster.v3.cluster_pb2 import Cluster
     from envoy.config.listener.v3.listener_pb2 import Listener
     from envoy.extensions.filters.network.http_connection_manager.v3 import (
         http_connection_manager_pb2 as hcm_pb2,
     )
 
-    if response.type_url == CDS:
-        clusters = [_unpack(r, Cluster) for r in response.resources]
+    if type_url == CDS:
+        clusters = [_unpack(r, Cluster) for r in resources]
         return {EDS: sorted(c.name for c in clusters if c.type == Cluster.EDS)}
-    if response.type_url == LDS:
+    if type_url == LDS:
         routes = set()
-        for resource in response.resources:
+        for resource in resources:
             for chain in _unpack(resource, Listener).filter_chains:
                 for network_filter in chain.filters:
                     manager = hcm_pb2.HttpConnectionManager()
@@ -368,10 +396,17 @@ def _unpack(resource: Any, kind: type[Any]) -> Any:
     return out
 
 
-def _weights(response: Any) -> dict[str, int] | None:
+def _probe(type_url: str, resources: list[Any], cluster_name: str) -> Any:
+    from envoy.config.cluster.v3.cluster_pb2 import Cluster
     from envoy.config.route.v3.route_pb2 import RouteConfiguration
 
-    for resource in response.resources:
+    if type_url == CDS:
+        for resource in resources:
+            cluster = _unpack(resource, Cluster)
+            if cluster.name == cluster_name:
+                return cluster.circuit_breakers.thresholds[0].max_pending_requests.value
+        return None
+    for resource in resources:
         for vhost in _unpack(resource, RouteConfiguration).virtual_hosts:
             if vhost.name.startswith(f"{CHANGED}.") and ".svc." in vhost.name:
                 action = vhost.routes[-1].route
@@ -383,13 +418,16 @@ def _weights(response: Any) -> dict[str, int] | None:
 
 class AioSidecar:
     """One ADS stream on its own connection, as Envoy subscribes; every
-    response is ACKed as soon as it is read, and logged (time, type, version)."""
+    response is ACKed as soon as it is read, and logged (time, type, version,
+    bytes)."""
+
+    METHOD = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources"
 
     def __init__(self, index: int, fronts: Workload, decoded: Decoded) -> None:
         self.index = index
         self.fronts = fronts
         self.decoded = decoded
-        self.log: list[tuple[float, str, str]] = []
+        self.log: list[tuple[float, str, str, int]] = []
         self.acked: dict[str, str] = {}
         self.counts: dict[str, int] = {}
         self.error = ""
@@ -397,7 +435,7 @@ class AioSidecar:
         self._requests: asyncio.Queue[Any] = asyncio.Queue()
 
     def __repr__(self) -> str:
-        return f"<AioSidecar {self.index} {self.fronts.name} acked={sorted(self.acked)}>"
+        return f"<{type(self).__name__} {self.index} {self.fronts.name} acked={sorted(self.acked)}>"
 
     @property
     def synced(self) -> bool:
@@ -405,26 +443,38 @@ class AioSidecar:
 
     async def run(self, target: str, gate: asyncio.Semaphore) -> None:
         import grpc
-        from envoy.service.discovery.v3 import ads_pb2_grpc
 
-        self._send(CDS, [], first=True)
-        self._send(LDS, [])
+        self._start()
         await gate.acquire()
         held = True
         try:
             async with grpc.aio.insecure_channel(target) as channel:
-                stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
-                async for response in stub.StreamAggregatedResources(self._outgoing()):
+                call = channel.stream_stream(
+                    self.METHOD,
+                    request_serializer=lambda r: r.SerializeToString(),
+                    response_deserializer=self._parse,
+                )
+                async for size, response in call(self._outgoing()):
                     if held:
                         gate.release()
                         held = False
-                    self._on_response(response)
+                    self._on_response(response, size)
         except grpc.RpcError as e:
             if e.code() != grpc.StatusCode.CANCELLED:
                 self.error = f"{e.code()}: {e.details()}"
         finally:
             if held:
                 gate.release()
+
+    @staticmethod
+    def _parse(body: bytes) -> tuple[int, Any]:
+        from envoy.service.discovery.v3.discovery_pb2 import DiscoveryResponse
+
+        return len(body), DiscoveryResponse.FromString(body)
+
+    def _start(self) -> None:
+        self._send(CDS, [], first=True)
+        self._send(LDS, [])
 
     async def _outgoing(self) -> AsyncIterator[Any]:
         while (request := await self._requests.get()) is not None:
@@ -433,54 +483,141 @@ class AioSidecar:
     def close(self) -> None:
         self._requests.put_nowait(None)
 
+    def _node(self, request: Any) -> None:
+        w = self.fronts
+        request.node.id = (
+            f"sidecar~{w.address}~{w.name}.{w.namespace}~{w.namespace}.svc.cluster.local"
+        )
+        request.node.metadata.update(
+            {
+                "NAMESPACE": w.namespace,
+                "WORKLOAD_NAME": w.workload,
+                "NAME": w.name,
+                "LABELS": w.labels,
+                "SERVICE_ACCOUNT": "default",
+                "INSTANCE_IPS": w.address,
+                "OUTBOUND_PORT": "15001",
+            }
+        )
+
     def _send(self, type_url: str, names: list[str], ack: Any = None, first: bool = False) -> None:
         from envoy.service.discovery.v3.discovery_pb2 import DiscoveryRequest
 
         request = DiscoveryRequest(type_url=type_url, resource_names=names)
         if first:
-            w = self.fronts
-            request.node.id = (
-                f"sidecar~{w.address}~{w.name}.{w.namespace}~{w.namespace}.svc.cluster.local"
-            )
-            request.node.metadata.update(
-                {
-                    "NAMESPACE": w.namespace,
-                    "WORKLOAD_NAME": w.workload,
-                    "NAME": w.name,
-                    "LABELS": w.labels,
-                    "SERVICE_ACCOUNT": "default",
-                    "INSTANCE_IPS": w.address,
-                    "OUTBOUND_PORT": "15001",
-                }
-            )
+            self._node(request)
         if ack is not None:
             request.version_info, request.response_nonce = ack.version_info, ack.nonce
         self._requests.put_nowait(request)
 
-    def _on_response(self, response: Any) -> None:
+    def _on_response(self, response: Any, size: int) -> None:
         type_url = response.type_url
         self._send(type_url, self._subscribed.get(type_url, []), ack=response)
-        self.log.append((time.monotonic(), type_url, response.version_info))
+        self.log.append((time.monotonic(), type_url, response.version_info, size))
         self.acked[type_url] = response.version_info
         self.counts[type_url] = len(response.resources)
-        if type_url == RDS:
-            self.decoded.routes.setdefault(response.version_info, response)
+        if type_url in (CDS, RDS):
+            self.decoded.responses.setdefault((type_url, response.version_info), response)
         for follow_type, names in self.decoded.follow(response).items():
             if names != self._subscribed.get(follow_type):
                 self._subscribed[follow_type] = names
                 self._send(follow_type, names)
 
-    def arrival(self, since: float, wanted: dict[str, int]) -> tuple[bool, float | None, int]:
-        """(affected, when routes with `wanted` arrived after `since`, responses
-        of any type after `since`). Affected: its routes before `since` held
-        the changed host."""
-        before = [version for at, t, version in self.log if t == RDS and at < since]
-        affected = bool(before) and self.decoded.weights(before[-1]) is not None
-        after = [(at, t, version) for at, t, version in self.log if at >= since]
+    def arrival(
+        self, since: float, type_url: str, wanted: Any
+    ) -> tuple[bool, float | None, int, int]:
+        """(affected, when `type_url` carrying `wanted` arrived after `since`,
+        responses of any type after `since`, their bytes). Affected: what it
+        held of `type_url` before `since` had the changed service."""
+        probe = self.decoded.probe
+        before = [key for at, t, key, _ in self.log if t == type_url and at < since]
+        affected = bool(before) and probe(type_url, before[-1]) is not None
+        after = [(at, t, key) for at, t, key, _ in self.log if at >= since]
         arrived = next(
-            (at for at, t, v in after if t == RDS and self.decoded.weights(v) == wanted), None
+            (at for at, t, key in after if t == type_url and probe(type_url, key) == wanted), None
         )
-        return affected, arrived, len(after)
+        size = sum(n for at, _, _, n in self.log if at >= since)
+        return affected, arrived, len(after), size
+
+
+class DeltaSidecar(AioSidecar):
+    """The same sidecar on incremental ADS: subscribes as Envoy does (CDS and
+    LDS wildcard, EDS and RDS by name, changing only what moved), holds each
+    type's resources by name, and ACKs every response by its nonce."""
+
+    METHOD = "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources"
+
+    def __init__(self, index: int, fronts: Workload, decoded: Decoded) -> None:
+        super().__init__(index, fronts, decoded)
+        self.held: dict[str, dict[str, tuple[str, Any]]] = {t: {} for t in (CDS, EDS, LDS, RDS)}
+
+    @staticmethod
+    def _parse(body: bytes) -> tuple[int, Any]:
+        from envoy.service.discovery.v3.discovery_pb2 import DeltaDiscoveryResponse
+
+        return len(body), DeltaDiscoveryResponse.FromString(body)
+
+    def _start(self) -> None:
+        self._delta(CDS, first=True)
+        self._delta(LDS)
+
+    def _delta(
+        self,
+        type_url: str,
+        subscribe: list[str] = [],  # noqa: B006 - never mutated
+        unsubscribe: list[str] = [],  # noqa: B006
+        nonce: str = "",
+        first: bool = False,
+    ) -> None:
+        from envoy.service.discovery.v3.discovery_pb2 import DeltaDiscoveryRequest
+
+        request = DeltaDiscoveryRequest(
+            type_url=type_url,
+            resource_names_subscribe=subscribe,
+            resource_names_unsubscribe=unsubscribe,
+            response_nonce=nonce,
+        )
+        if first:
+            self._node(request)
+        self._requests.put_nowait(request)
+
+    def _on_response(self, response: Any, size: int) -> None:
+        type_url = response.type_url
+        self._delta(type_url, nonce=response.nonce)
+        held = self.held[type_url]
+        for name in response.removed_resources:
+            held.pop(name, None)
+        for resource in response.resources:
+            held[resource.name] = (resource.version, resource.resource)
+            self.decoded.parts.setdefault(f"{resource.name}@{resource.version}", resource.resource)
+        self.log.append((time.monotonic(), type_url, self._key(type_url), size))
+        self.acked[type_url] = response.system_version_info or response.nonce
+        self.counts[type_url] = len(held)
+        self._follow(type_url)
+
+    def _key(self, type_url: str) -> str:
+        """What the probe of `type_url` reads: the changed service's cluster, or
+        every route configuration held."""
+        held = self.held[type_url]
+        if type_url == CDS:
+            name = self.decoded.probed_cluster
+            return f"{name}@{held[name][0]}" if name in held else ""
+        if type_url == RDS:
+            return "\n".join(f"{n}@{v}" for n, (v, _) in sorted(held.items()))
+        return ""
+
+    def _follow(self, type_url: str) -> None:
+        follow_type = {CDS: EDS, LDS: RDS}.get(type_url)
+        if follow_type is None:
+            return
+        wanted: set[str] = set()
+        for name, (version, resource) in self.held[type_url].items():
+            part = f"{name}@{version}"
+            wanted.update(self.decoded.follow_one(type_url, part, resource)[follow_type])
+        now = set(self._subscribed.get(follow_type, []))
+        if wanted != now:
+            self._subscribed[follow_type] = sorted(wanted)
+            self._delta(follow_type, sorted(wanted - now), sorted(now - wanted))
 
 
 class ClientProcess:
@@ -497,28 +634,32 @@ class ClientProcess:
             "counts": first.counts if first else {},
         }
 
-    async def wait(self, since: float, wanted: dict[str, int], timeout: float) -> dict[str, Any]:
+    async def wait(
+        self, since: float, type_url: str, wanted: Any, timeout: float
+    ) -> dict[str, Any]:
         """Until every affected sidecar has the change, then a quiet 0.3 s in
         which anything else that arrives is counted."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if all(not a or at is not None for a, at, _ in self._arrivals(since, wanted)):
+            rows = self._arrivals(since, type_url, wanted)
+            if all(not a or at is not None for a, at, _, _ in rows):
                 break
             await asyncio.sleep(0.01)
         await asyncio.sleep(0.3)
-        rows = self._arrivals(since, wanted)
+        rows = self._arrivals(since, type_url, wanted)
         return {
-            "affected": sum(a for a, _, _ in rows),
-            "arrivals": [at for a, at, _ in rows if a and at is not None],
-            "missing": sum(a and at is None for a, at, _ in rows),
-            "unaffected_got": sum(n for a, _, n in rows if not a),
-            "affected_extra": sum(n - 1 for a, at, n in rows if a and at is not None),
+            "affected": sum(a for a, _, _, _ in rows),
+            "arrivals": [at for a, at, _, _ in rows if a and at is not None],
+            "missing": sum(a and at is None for a, at, _, _ in rows),
+            "unaffected_got": sum(n for a, _, n, _ in rows if not a),
+            "affected_extra": sum(n - 1 for a, at, n, _ in rows if a and at is not None),
+            "bytes": sum(size for _, _, _, size in rows),
         }
 
     def _arrivals(
-        self, since: float, wanted: dict[str, int]
-    ) -> list[tuple[bool, float | None, int]]:
-        return [s.arrival(since, wanted) for s in self.sidecars]
+        self, since: float, type_url: str, wanted: Any
+    ) -> list[tuple[bool, float | None, int, int]]:
+        return [s.arrival(since, type_url, wanted) for s in self.sidecars]
 
 
 async def client_main() -> None:
@@ -528,9 +669,10 @@ async def client_main() -> None:
     spec = json.loads(lines.read(60) or "null")
     if spec is None:
         return
-    decoded = Decoded()
+    decoded = Decoded(spec["probed_cluster"])
     target = f"127.0.0.1:{spec['xds_port']}"
-    sidecars = [AioSidecar(i, Workload(**w), decoded) for i, w in enumerate(spec["fronts"])]
+    kind = DeltaSidecar if spec["delta"] else AioSidecar
+    sidecars = [kind(i, Workload(**w), decoded) for i, w in enumerate(spec["fronts"])]
     gate = asyncio.Semaphore(FIRST_RESPONSES_AT_ONCE)
     tasks = [asyncio.create_task(s.run(target, gate)) for s in sidecars]
     process = ClientProcess(sidecars)
@@ -545,7 +687,8 @@ async def client_main() -> None:
             if command["op"] == "status":
                 reply = process.status()
             elif command["op"] == "wait":
-                reply = await process.wait(command["since"], command["wanted"], command["timeout"])
+                args = (command["since"], command["type_url"], command["wanted"])
+                reply = await process.wait(*args, command["timeout"])
             else:
                 break
             sys.stdout.write(json.dumps(reply) + "\n")
@@ -582,7 +725,12 @@ class Clients:
     """The client processes, each pinned off the control plane's CPU."""
 
     def __init__(
-        self, xds_port: int, fronts: list[Workload], processes: int, deadline: float
+        self,
+        xds_port: int,
+        fronts: list[Workload],
+        processes: int,
+        deadline: float,
+        spec: dict[str, Any],
     ) -> None:
         self.processes: list[subprocess.Popen[str]] = []
         cpus = os.cpu_count() or 1
@@ -594,13 +742,14 @@ class Clients:
             process = subprocess.Popen(
                 command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO
             )
-            spec = {
+            mine = {
+                **spec,
                 "xds_port": xds_port,
                 "fronts": [asdict(w) for w in share],
                 "deadline": deadline,
             }
             assert process.stdin is not None
-            process.stdin.write(json.dumps(spec) + "\n")
+            process.stdin.write(json.dumps(mine) + "\n")
             process.stdin.flush()
             self.processes.append(process)
 
@@ -660,17 +809,28 @@ class ChangeResult:
     cpu_s: float
     affected: int
     unaffected_got: int  # responses unaffected proxies received (want 0)
-    affected_extra: int  # responses beyond the one RDS the affected ones received
+    affected_extra: int  # responses beyond the one the affected ones received
+    bytes: int = 0  # what every proxy received, all types
+
+
+def the_change(kind: str, namespace: str, k: int) -> tuple[str, str, Any]:
+    """The k-th change of `kind`: (YAML, the type it shows in, what it shows)."""
+    if kind == "destinationrule":
+        pending = 200 + k  # the mesh starts at 100
+        return destination_rule_yaml(CHANGED, namespace, pending), CDS, pending
+    v1_weight = 10 * (1 + k % 8)
+    wanted = {"v1": v1_weight, "v2": 100 - v1_weight}
+    return virtual_service_yaml(CHANGED, namespace, v1_weight), RDS, wanted
 
 
 def change_once(
-    plane: ControlPlane, clients: Clients, namespace: str, v1_weight: int, via: str
+    plane: ControlPlane, clients: Clients, change: tuple[str, str, Any], via: str
 ) -> ChangeResult:
-    """Apply one weight change with the CLI (`via` "cli") or the same
-    server-side apply from this process ("api": no CLI start-up); each
-    affected proxy's first routes carrying the new weights are timed."""
-    wanted = {"v1": v1_weight, "v2": 100 - v1_weight}
-    text = virtual_service_yaml(CHANGED, namespace, v1_weight)
+    """Apply one change with the CLI (`via` "cli") or the same server-side
+    apply from this process ("api": no CLI start-up); each affected proxy's
+    first response carrying it (routes with the new weights, or the cluster
+    with the new connection pool) is timed."""
+    text, type_url, wanted = change
     cpu_before = plane.cpu_seconds()
     started = time.monotonic()
     if via == "cli":
@@ -678,7 +838,8 @@ def change_once(
     else:
         plane.api_apply(text)
     exited = time.monotonic()
-    replies = clients.ask({"op": "wait", "since": started, "wanted": wanted, "timeout": 60})
+    wait = {"op": "wait", "since": started, "type_url": type_url, "wanted": wanted}
+    replies = clients.ask({**wait, "timeout": 60})
     cpu = plane.cpu_seconds() - cpu_before
     missing = sum(r["missing"] for r in replies)
     if missing:
@@ -693,6 +854,7 @@ def change_once(
         sum(r["affected"] for r in replies),
         sum(r["unaffected_got"] for r in replies),
         sum(r["affected_extra"] for r in replies),
+        sum(r["bytes"] for r in replies),
     )
 
 
@@ -707,7 +869,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     clients: Clients | None = None
     result: dict[str, Any] = {k: getattr(args, k) for k in ("services", "endpoints", "routed")}
     result |= {k: getattr(args, k) for k in ("proxies", "namespaces", "sidecar")}
-    result["client_processes"] = args.client_processes
+    result |= {k: getattr(args, k) for k in ("client_processes", "delta", "change")}
     try:
         started = time.monotonic()
         preload(directory / "data", mesh_yaml(args))
@@ -724,7 +886,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         result["fronting"] = min(args.proxies, len(instances))
         progress(f"connecting {len(fronts)} proxies")
         cpu_before, started = plane.cpu_seconds(), time.monotonic()
-        clients = Clients(plane.xds_port, fronts, args.client_processes, args.deadline)
+        namespace = namespace_of(0, args.namespaces)
+        probed = f"outbound|9080||{CHANGED}.{namespace}.svc.cluster.local"
+        spec = {"delta": args.delta, "probed_cluster": probed}
+        clients = Clients(plane.xds_port, fronts, args.client_processes, args.deadline, spec)
         counts = clients.wait_synced(len(fronts), 600)
         result["first_push_s"] = time.monotonic() - started
         result["first_push_cpu_s"] = plane.cpu_seconds() - cpu_before
@@ -736,11 +901,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         time.sleep(args.idle_seconds)
         result["idle_cpu_pct"] = 100 * (plane.cpu_seconds() - cpu_before) / args.idle_seconds
         progress("changes")
-        namespace = namespace_of(0, args.namespaces)
+        # Any first command keeps the parsed CRDs in the CLI's cache (as kubectl
+        # keeps discovery): the timed ones start warm, as a user's do.
+        plane.cli("get", "virtualservices", "-n", namespace)
+        vias = ("cli", "api") if not args.cli_only else ("cli",)
+        # Numbered on from one via to the next: every change differs from the last.
         changes = [
-            change_once(plane, clients, namespace, 10 * (1 + k % 8), via)
-            for via in ("cli", "api")
-            for k in range(args.changes)
+            change_once(plane, clients, the_change(args.change, namespace, k), via)
+            for k, via in enumerate(v for v in vias for _ in range(args.changes))
         ]
         result["changes"] = [vars(c) for c in changes]
         result["rss_mb"], result["peak_rss_mb"] = plane.memory_mb()
@@ -768,7 +936,9 @@ def report(result: dict[str, Any]) -> str:
         ("first full push, all proxies ACKed", f"{result['first_push_s']:.2f} s"),
         ("  control plane CPU for it", f"{result['first_push_cpu_s']:.2f} s"),
         ("control plane CPU idle (proxies connected)", f"{result['idle_cpu_pct']:.1f} %"),
-        ("VS change: affected proxies", f"{all_changes[0].affected}"),
+        ("ADS", "incremental (delta)" if result.get("delta") else "state of the world"),
+        (f"{result.get('change', 'virtualservice')} change: affected proxies",
+            f"{all_changes[0].affected}"),
     ]  # fmt: skip
     for via in ("cli", "api"):
         changes = [c for c in all_changes if c.via == via]
@@ -804,6 +974,8 @@ def _change_rows(via: str, changes: list[ChangeResult]) -> list[tuple[str, str]]
             f"{statistics.median(c.cpu_s for c in changes) * ms:.0f} ms"),
         ("  responses to unaffected proxies / extra to affected",
             f"{sum(c.unaffected_got for c in changes)} / {sum(c.affected_extra for c in changes)}"),
+        ("  bytes to all proxies per change (median)",
+            f"{statistics.median(c.bytes for c in changes) / 1e6:.2f} MB"),
     ]  # fmt: skip
 
 
@@ -829,6 +1001,19 @@ def main() -> None:
         "--deadline", type=float, default=900.0, help="client processes exit after this long"
     )
     parser.add_argument("--profile", action="store_true", help="cProfile the control plane")
+    parser.add_argument(
+        "--delta", action="store_true", help="the sidecars speak incremental (delta) ADS"
+    )
+    parser.add_argument(
+        "--change",
+        choices=["virtualservice", "destinationrule"],
+        default="virtualservice",
+        help="what changes: svc-0's VirtualService weights (routes), or its "
+        "DestinationRule's connection pool (clusters)",
+    )
+    parser.add_argument(
+        "--cli-only", action="store_true", help="time `pilotfish apply` only, not REST apply"
+    )
     parser.add_argument("--json", type=Path, help="also write the raw numbers here")
     args = parser.parse_args()
     args.routed = args.services if args.routed is None else min(args.routed, args.services)

@@ -1,4 +1,5 @@
-"""The load generators, pinned to the load CPU: wrk and h2load (HTTP/1.1).
+"""The load generators, pinned to the load CPU: wrk and h2load (HTTP/1.1, or
+h2c with prior knowledge and `streams` concurrent streams per connection).
 
 Throughput: a closed loop of N keep-alive connections for a fixed time.
 Latency: h2load paced with --rps (requests per second per connection), every
@@ -117,11 +118,15 @@ def wrk(shape: Shape, port: int, connections: int, seconds: int, workdir: Path) 
 # --- h2load -----------------------------------------------------------------
 
 
-def _h2load_argv(shape: Shape, port: int, connections: int, seconds: int) -> list[str]:
+def _h2load_argv(
+    shape: Shape, port: int, connections: int, seconds: int, streams: int = 0
+) -> list[str]:
+    """HTTP/1.1 (one request at a time per connection), or with `streams`, h2c
+    (h2load's default for an http:// URL) with that many streams in flight."""
     headers = [arg for k, v in shape.headers for arg in ("-H", f"{k}: {v}")]
     return [
         "h2load",
-        "--h1",
+        f"-m{streams}" if streams else "--h1",
         "-t1",
         f"-c{connections}",
         f"-D{seconds}",
@@ -130,8 +135,13 @@ def _h2load_argv(shape: Shape, port: int, connections: int, seconds: int) -> lis
     ]
 
 
-def h2load(shape: Shape, port: int, connections: int, seconds: int) -> Load:
-    out = _run(_h2load_argv(shape, port, connections, seconds), timeout_s=seconds + 30)
+def h2load(shape: Shape, port: int, connections: int, seconds: int, streams: int = 0) -> Load:
+    argv = _h2load_argv(shape, port, connections, seconds, streams)
+    return parse_h2load(_run(argv, timeout_s=seconds + 30))
+
+
+def parse_h2load(out: str) -> Load:
+    """What h2load's summary says: requests done, seconds, and the failed ones."""
     finished = re.search(r"^finished in ([\d.]+)s, ([\d.]+) req/s", out, re.M)
     counts = re.search(
         r"^requests: (\d+) total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed, "
@@ -139,19 +149,22 @@ def h2load(shape: Shape, port: int, connections: int, seconds: int) -> Load:
         out,
         re.M,
     )
-    codes = re.search(r"^status codes: (\d+) 2xx", out, re.M)
+    codes = re.search(r"^status codes: \d+ 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", out, re.M)
     if finished is None or counts is None or codes is None:
         raise LoadError(f"h2load output not understood: {out[-300:]}")
-    done, ok_2xx = int(counts.group(2)), int(codes.group(1))
-    failed = sum(int(counts.group(i)) for i in (4, 5, 6)) + (done - ok_2xx)
-    return Load(done, float(finished.group(1)), failed)
+    # Not done minus 2xx: over h2c, answers to streams still in flight when
+    # the time is up count in the status codes but not in `done`.
+    failed = sum(int(counts.group(i)) for i in (4, 5, 6)) + sum(map(int, codes.groups()))
+    return Load(int(counts.group(2)), float(finished.group(1)), failed)
 
 
-def paced(shape: Shape, port: int, rate: int, seconds: int, workdir: Path) -> Latency:
+def paced(
+    shape: Shape, port: int, rate: int, seconds: int, workdir: Path, streams: int = 0
+) -> Latency:
     """h2load at `rate` req/s in all, spread over LATENCY_CONNECTIONS connections."""
     log = workdir / f"latency-{shape.name}-{port}.tsv"
     per_conn = max(1, rate // LATENCY_CONNECTIONS)
-    argv = _h2load_argv(shape, port, LATENCY_CONNECTIONS, seconds)
+    argv = _h2load_argv(shape, port, LATENCY_CONNECTIONS, seconds, streams)
     _run([*argv[:-1], f"--rps={per_conn}", f"--log-file={log}", argv[-1]], seconds + 30)
     rows = [line.split("\t") for line in log.read_text().splitlines() if line.strip()]
     log.unlink()

@@ -7,6 +7,7 @@ import math
 import os
 import platform
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -182,26 +183,33 @@ def _row(res: TargetResult, shape: str, results: dict[str, TargetResult]) -> lis
     ]
 
 
-def table(results: dict[str, TargetResult], settings: Settings) -> str:
+Row = Callable[[TargetResult, str, dict[str, TargetResult]], list[str]]
+
+
+def table(
+    results: dict[str, TargetResult],
+    settings: Settings,
+    columns: list[str] = COLUMNS,
+    row: Row = _row,
+) -> str:
     """A Markdown table: readable in a terminal, pasteable into the docs."""
-    rows = [COLUMNS, ["---"] * len(COLUMNS)]
+    rows = [columns, ["---"] * len(columns)]
     notes = []
     for res in results.values():
         if res.unavailable is not None:
-            rows.append([res.name, "all", "not available", *["-"] * (len(COLUMNS) - 3)])
+            rows.append([res.name, "all", "not available", *["-"] * (len(columns) - 3)])
             notes.append(f"- {res.name}: not available ({res.unavailable})")
             continue
-        rows += [_row(res, shape, results) for shape in settings.shapes]
+        rows += [row(res, shape, results) for shape in settings.shapes]
         notes += [f"- {res.name}/{s}: {e}" for s, r in res.shapes.items() for e in r.errors]
         notes += [
             f"- {res.name}/{s}: other processes used {r.other_cpus:.0%} of a CPU meanwhile (noisy)"
             for s, r in res.shapes.items()
             if r.other_cpus > NOISY_CPUS
         ]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(columns))]
     lines = [
-        "| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |"
-        for row in rows
+        "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in rows
     ]
     return "\n".join(lines + (["", *notes] if notes else []))
 

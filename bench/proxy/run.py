@@ -36,6 +36,7 @@ import signal
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from types import FrameType
@@ -66,16 +67,10 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def run_options(p: argparse.ArgumentParser, output: Path) -> None:
+    """The options of every run: how long, how many retries, where the JSON goes."""
     p.add_argument("--quick", action="store_true", help="3 s per run instead of 10 s")
     p.add_argument("--seconds", type=int, help="seconds per run (overrides --quick)")
-    p.add_argument(
-        "--targets",
-        default=",".join(TARGETS),
-        help=f"comma-separated subset of {','.join(TARGETS)}, or relay+N (N µs of work "
-        "per request, to see what each µs costs)",
-    )
     p.add_argument(
         "--retries",
         type=int,
@@ -83,7 +78,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="re-measure a shape up to this many times while other processes' CPU use "
         "makes it noisy (default 2)",
     )
-    p.add_argument("--output", type=Path, default=HERE / "results.json")
+    p.add_argument("--output", type=Path, default=output)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument(
+        "--targets",
+        default=",".join(TARGETS),
+        help=f"comma-separated subset of {','.join(TARGETS)}, or relay+N (N µs of work "
+        "per request, to see what each µs costs)",
+    )
+    run_options(p, HERE / "results.json")
     args = p.parse_args(argv)
     unknown = {name for name in args.targets.split(",") if not known_target(name)}
     if unknown:
@@ -91,16 +97,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def measure_shape(bench: Bench, target: Target, shape: Shape, settings: Settings) -> ShapeResult:
-    """Measures once, and again (up to settings.retries times) while other
-    processes' CPU use made it noisy; keeps the quietest attempt."""
+Measure = Callable[[Target, list[int], Shape, Settings, Path], ShapeResult]
+
+
+def measure_shape(
+    bench: Bench, target: Target, shape: Shape, settings: Settings, measure: Measure | None = None
+) -> ShapeResult:
+    """Measures once (with `measure`, by default wrk and h2load --h1), and again
+    (up to settings.retries times) while other processes' CPU use made it
+    noisy; keeps the quietest attempt."""
     pids = target.pids()
     assert bench.backend is not None
     ours = sorted({os.getpid(), *pids, *process_tree(bench.backend.pid)})
     best: ShapeResult | None = None
     for attempt in range(1 + settings.retries):
         with OtherLoad(ours) as other:
-            result = _measure_shape(target, pids, shape, settings, bench.dir)
+            result = (measure or _measure_shape)(target, pids, shape, settings, bench.dir)
         result.other_cpus = round(other.cpus, 3)
         if best is None or result.other_cpus < best.other_cpus:
             best = result
@@ -147,9 +159,16 @@ def _measure_shape(
     return result
 
 
-def measure_target(bench: Bench, name: str, settings: Settings) -> TargetResult:
+def measure_target(
+    bench: Bench,
+    name: str,
+    settings: Settings,
+    start: Callable[[Bench, str], Target] = start_target,
+    measure: Measure | None = None,
+) -> TargetResult:
+    """Starts the target with `start`, measures each shape, stops what it started."""
     log(f"[{name}] starting")
-    target = start_target(bench, name)
+    target = start(bench, name)
     result = TargetResult(name, target.hops, target.unavailable)
     try:
         if target.unavailable is not None:
@@ -158,7 +177,7 @@ def measure_target(bench: Bench, name: str, settings: Settings) -> TargetResult:
         time.sleep(0.5)
         result.rss_idle_kib = rss_kib(target.pids())
         for shape_name in settings.shapes:
-            shape_result = measure_shape(bench, target, SHAPES[shape_name], settings)
+            shape_result = measure_shape(bench, target, SHAPES[shape_name], settings, measure)
             result.shapes[shape_name] = shape_result
             log(f"[{name}] {shape_name}: {_summary(shape_result)}")
     finally:
@@ -191,12 +210,18 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    missing = [t for t in TOOLS if shutil.which(t) is None]
+Runner = Callable[[Bench, Settings, list[str]], dict[str, TargetResult]]
+
+
+def measure_all(
+    args: argparse.Namespace, tools: list[str], runner: Runner
+) -> tuple[Settings, dict[str, TargetResult]]:
+    """Runs `runner` over args.targets in a temp dir, every process it starts
+    stopped at the end; exits 2 when a tool is missing, 130 when interrupted."""
+    missing = [t for t in tools if shutil.which(t) is None]
     if missing:
         log(f"missing: {', '.join(missing)}; run `bash bench/proxy/setup.sh` first")
-        return 2
+        raise SystemExit(2)
     seconds = args.seconds or (3 if args.quick else 10)
     settings = Settings(seconds, 32, 1000, tuple(SHAPES), max(0, args.retries))
     # Explicit, so a run started in the background (SIGINT ignored) still cleans up.
@@ -206,12 +231,18 @@ def main(argv: list[str] | None = None) -> int:
         Path(tmp).chmod(0o755)  # nginx workers drop to an unprivileged user
         bench = Bench(Supervisor(Path(tmp)), pool_size=settings.connections)
         try:
-            results = run(bench, settings, args.targets.split(","))
+            results = runner(bench, settings, args.targets.split(","))
         except KeyboardInterrupt:
             log("interrupted; stopping everything")
-            return 130
+            raise SystemExit(130) from None
         finally:
             bench.sup.stop_all()
+    return settings, results
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    settings, results = measure_all(args, TOOLS, run)
     doc = document(results, settings, versions())
     args.output.write_text(json.dumps(doc, indent=2) + "\n")
     print(

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Install what bench/proxy/run.py needs, only if missing (idempotent).
+# Install what bench/proxy/run.py (and tcp.py, h2.py) needs, only if missing (idempotent).
 #   bash bench/proxy/setup.sh
 # Debian packages: nginx (backend + reverse proxy), haproxy, wrk, h2load
-# (in nghttp2-client), taskset (util-linux, normally present).
+# (in nghttp2-client), curl (h2.py's h2c checks), taskset (util-linux,
+# normally present).
 set -euo pipefail
 
 missing=()
@@ -10,6 +11,7 @@ command -v nginx   >/dev/null 2>&1 || missing+=(nginx)
 command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)
 command -v wrk     >/dev/null 2>&1 || missing+=(wrk)
 command -v h2load  >/dev/null 2>&1 || missing+=(nghttp2-client)
+command -v curl    >/dev/null 2>&1 || missing+=(curl)
 command -v taskset >/dev/null 2>&1 || missing+=(util-linux)
 
 if [ ${#missing[@]} -eq 0 ]; then

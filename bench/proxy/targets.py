@@ -111,11 +111,13 @@ http {{
 """
 
 
-def _backend_block(port: int) -> str:
+def _backend_block(port: int, *, h2c: bool = False) -> str:
+    """The fixed answers of both shapes; with `h2c`, over HTTP/2 with prior knowledge."""
     extra = "\n".join(f'            add_header {k} "{v}";' for k, v in REALISTIC_EXTRA_HEADERS)
+    h2 = " http2" if h2c else ""
     return f"""\
     server {{
-        listen 127.0.0.1:{port} backlog=4096;
+        listen 127.0.0.1:{port}{h2} backlog=4096;
         location = {SHAPES["tiny"].path} {{
             default_type text/plain;
             return 200 '{TINY_BODY.decode()}';
@@ -136,11 +138,23 @@ def _proxy_block(
     server_tls: str = "",
     location_tls: str = "",
     extra_servers: str = "",
+    h2c_listen: bool = False,
+    h2c_upstream: bool = False,
 ) -> str:
     """A reverse proxy with a keepalive pool to the next hop; with
-    `server_tls` its listener does TLS, with `location_tls` its upstream."""
+    `server_tls` its listener does TLS, with `location_tls` its upstream;
+    `h2c_listen` takes HTTP/2 with prior knowledge from clients,
+    `h2c_upstream` speaks it to the next hop (grpc_pass: nginx's only
+    HTTP/2 upstream, which relays any HTTP/2 request, not only gRPC)."""
     ssl = " ssl" if server_tls else ""
+    ssl += " http2" if h2c_listen else ""
     scheme = "https" if location_tls else "http"
+    forward = (
+        "grpc_pass grpc://next_hop;"
+        if h2c_upstream
+        else f'proxy_pass {scheme}://next_hop;\n            proxy_http_version 1.1;\n'
+        '            proxy_set_header Connection "";'
+    )
     return f"""\
     upstream next_hop {{
         server 127.0.0.1:{upstream_port};
@@ -152,9 +166,7 @@ def _proxy_block(
         listen 127.0.0.1:{port}{ssl} backlog=4096;
 {server_tls}
         location / {{
-            proxy_pass {scheme}://next_hop;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
+            {forward}
 {location_tls}
         }}
     }}
@@ -248,6 +260,7 @@ def pilotfish_bootstrap(
     upstream_port: int,
     security: Security | None = None,
     tracing: dict[str, Any] | None = None,
+    upstream_h2: bool = False,
 ) -> str:
     """The Envoy v3 bootstrap the harness gives `pilotfish proxy`: one listener
     routing / to one STATIC cluster, with a sidecar's HTTP filters (CORS and
@@ -255,7 +268,7 @@ def pilotfish_bootstrap(
     metrics on, access log off. `security` adds what a mesh sidecar's inbound
     or outbound side carries: TLS on the listener or the cluster, and HTTP
     filters before CORS (jwt_authn, RBAC); `tracing`, the connection
-    manager's tracing."""
+    manager's tracing; `upstream_h2`, HTTP/2 to the cluster (h2c)."""
     security = security or Security()
     filters = [
         *security.http_filters,
@@ -308,6 +321,8 @@ def pilotfish_bootstrap(
     }
     if security.cluster_tls is not None:
         cluster["transport_socket"] = security.cluster_tls
+    if upstream_h2:
+        cluster["typed_extension_protocol_options"] = {HTTP_OPTIONS: _explicit_h2()}
     config = {
         "node": {
             "id": f"sidecar~127.0.0.1~{name}.bench~bench.svc.cluster.local",
@@ -326,6 +341,16 @@ def pilotfish_bootstrap(
         },
     }
     return yaml.safe_dump(config, sort_keys=False)
+
+
+HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+
+
+def _explicit_h2() -> dict[str, Any]:
+    return {
+        "@type": f"type.googleapis.com/{HTTP_OPTIONS}",
+        "explicit_http_config": {"http2_protocol_options": {}},
+    }
 
 
 def _address(port: int) -> dict[str, Any]:
@@ -358,13 +383,19 @@ def _collector(bench: Bench) -> int:
 
 
 def _pilotfish_hop(
-    bench: Bench, name: str, upstream_port: int, security: Security | None = None
+    bench: Bench,
+    name: str,
+    upstream_port: int,
+    security: Security | None = None,
+    upstream_h2: bool = False,
 ) -> HopStart:
     port, admin_port = free_port(), free_port()
     path = bench.dir / f"{name}.bootstrap.yaml"
     percent = name.partition("-trace")[2].partition("-")[0]  # pilotfish-traceN: N% sampled
     tracing = tracing_config(int(percent), _collector(bench)) if percent else None
-    bootstrap = pilotfish_bootstrap(name, port, admin_port, upstream_port, security, tracing)
+    bootstrap = pilotfish_bootstrap(
+        name, port, admin_port, upstream_port, security, tracing, upstream_h2
+    )
     path.write_text(bootstrap)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = bench.sup.start(name, [*PILOTFISH, str(path)], env=env)

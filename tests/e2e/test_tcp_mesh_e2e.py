@@ -151,18 +151,18 @@ def _complete(reply: bytes) -> bool:
 
 
 class TlsServer:
-    """`openssl s_server` with its own certificate for secure.example.com."""
+    """`openssl s_server` with its own certificate for `name`."""
 
-    def __init__(self, directory: Path) -> None:
-        self.directory, self.port = directory, free_port()
+    def __init__(self, directory: Path, name: str = "secure.example.com") -> None:
+        self.directory, self.port, self.name = directory, free_port(), name
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> TlsServer:
-        key, cert = self.directory / "secure.key", self.directory / "secure.pem"
+        key, cert = self.directory / f"{self.name}.key", self.directory / f"{self.name}.pem"
         subprocess.run(
             ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
              "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1",
-             "-subj", "/CN=secure.example.com"],
+             "-subj", f"/CN={self.name}"],
             check=True, capture_output=True, timeout=30,
         )  # fmt: skip
         self.process = subprocess.Popen(

@@ -12,7 +12,7 @@ import pytest
 from test_scope import _names, _proxies
 from translate_sim import BOOKINFO_DIR, BOOKINFO_INSTANCES, BOOKINFO_SERVICES, load_file
 
-from pilotfish.model import build_snapshot
+from pilotfish.model import ProxyType, build_snapshot
 from pilotfish.xds import types
 from pilotfish.xds.generate import generate
 
@@ -70,9 +70,10 @@ def _changed(objects: list[Obj], kind: str) -> list[Obj]:
 def test_a_change_of_a_kind_alters_only_its_types(kind: str) -> None:
     before = build_snapshot(_base(), BOOKINFO_INSTANCES)
     after = build_snapshot(_changed(_base(), kind), BOOKINFO_INSTANCES)
-    affected = types.affected_types(frozenset({kind}))
     moved: set[str] = set()
     for proxy in _proxies():
+        sidecar = proxy.type is ProxyType.SIDECAR
+        affected = types.affected_types(frozenset({kind}), sidecar=sidecar)
         for type_url in types.PUSH_ORDER:
             names = _names(before, proxy, type_url) | _names(after, proxy, type_url)
             old = generate(before, proxy, type_url, names).version
@@ -89,3 +90,5 @@ def test_other_kinds_and_unknown_changes_push_everything() -> None:
         assert types.affected_types(frozenset({kind})) == types.ALL_TYPES
     both = types.affected_types(frozenset({"VirtualService", "Gateway"}))
     assert both == {types.ROUTE, types.LISTENER}
+    assert types.affected_types(frozenset({"VirtualService"}), sidecar=True) == {types.ROUTE}
+    assert types.affected_types(frozenset({"Service"}), sidecar=True) == types.ALL_TYPES

@@ -21,6 +21,7 @@ from xds_harness import (
     MutableMesh,
     instance,
     node,
+    reviews_and_ratings,
     service,
 )
 
@@ -32,10 +33,7 @@ REVIEWS = "outbound|9080||reviews.default.svc.cluster.local"
 
 @pytest.fixture
 def mesh() -> MutableMesh:
-    return MutableMesh(
-        [service("reviews"), service("ratings")],
-        [instance("reviews", "v1", 19081), instance("ratings", "v1", 19091)],
-    )
+    return reviews_and_ratings()
 
 
 @pytest.fixture

@@ -213,7 +213,9 @@ def test_after_each_push_every_proxy_holds_a_fresh_translation(
     for change in changes:
         kind = mesh.apply(change)
         snapshot = mesh.snapshot()
-        push = _Push(snapshot, types.affected_types(frozenset({kind})))
+        kinds = frozenset({kind})
+        sidecars = types.affected_types(kinds, sidecar=True)
+        push = _Push(snapshot, types.affected_types(kinds), sidecars)
         for conn in conns:
             assert conn.proxy is not None
             before = {t: w.sent.version for t, w in conn.watched.items() if w.sent}

@@ -5,13 +5,18 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import grpc
 from envoy.config.core.v3.base_pb2 import Node
 from envoy.service.discovery.v3.ads_pb2_grpc import AggregatedDiscoveryServiceStub
-from envoy.service.discovery.v3.discovery_pb2 import DiscoveryRequest, DiscoveryResponse
+from envoy.service.discovery.v3.discovery_pb2 import (
+    DeltaDiscoveryRequest,
+    DeltaDiscoveryResponse,
+    DiscoveryRequest,
+    DiscoveryResponse,
+)
 from google.protobuf import struct_pb2
 from google.rpc.status_pb2 import Status
 
@@ -33,13 +38,15 @@ class AdsStream:
     ) -> None:
         self.channel = grpc.insecure_channel(target)
         self.node = node_
-        self._requests: queue.Queue[DiscoveryRequest | None] = queue.Queue()
-        self.responses: queue.Queue[DiscoveryResponse | Exception] = queue.Queue()
+        self._requests: queue.Queue[Any] = queue.Queue()  # DiscoveryRequest, or delta's
+        self.responses: queue.Queue[Any] = queue.Queue()
         self._first = True
         self.names: dict[str, list[str]] = {}  # what each type last asked for
-        stub = AggregatedDiscoveryServiceStub(self.channel)
-        self._call = stub.StreamAggregatedResources(self._iterate(), metadata=metadata)
+        self._call = self._open(AggregatedDiscoveryServiceStub(self.channel), metadata)
         threading.Thread(target=self._pump, daemon=True).start()
+
+    def _open(self, stub: Any, metadata: tuple[tuple[str, str], ...]) -> Any:
+        return stub.StreamAggregatedResources(self._iterate(), metadata=metadata)
 
     def _iterate(self) -> Iterator[DiscoveryRequest]:
         while (request := self._requests.get()) is not None:
@@ -68,6 +75,10 @@ class AdsStream:
             version_info=version,
             response_nonce=nonce,
         )
+        self._put(request, error)
+
+    def _put(self, request: Any, error: str) -> None:
+        """Send `request`, a NACK when `error`; the first one carries the node."""
         if error:
             request.error_detail.CopyFrom(Status(code=3, message=error))
         if self._first:
@@ -111,6 +122,35 @@ class AdsStream:
         self.channel.close()
 
 
+class DeltaStream(AdsStream):
+    """An incremental ADS client (DeltaAggregatedResources), as Envoy speaks it."""
+
+    def _open(self, stub: Any, metadata: tuple[tuple[str, str], ...]) -> Any:
+        return stub.DeltaAggregatedResources(self._iterate(), metadata=metadata)
+
+    def send(  # type: ignore[override]
+        self,
+        type_url: str,
+        subscribe: Sequence[str] = (),
+        unsubscribe: Sequence[str] = (),
+        *,
+        nonce: str = "",
+        error: str = "",
+        initial: dict[str, str] | None = None,
+    ) -> None:
+        request = DeltaDiscoveryRequest(
+            type_url=type_url,
+            resource_names_subscribe=subscribe,
+            resource_names_unsubscribe=unsubscribe,
+            response_nonce=nonce,
+            initial_resource_versions=initial or {},
+        )
+        self._put(request, error)
+
+    def ack(self, response: DeltaDiscoveryResponse, **changes: Any) -> None:  # type: ignore[override]
+        self.send(response.type_url, nonce=response.nonce, **changes)
+
+
 def service(name: str, port: int = 9080, port_name: str = "http") -> Obj:
     return {
         "apiVersion": "v1",
@@ -141,6 +181,14 @@ class MutableMesh:
     def snapshot(self) -> Any:
         self.builds += 1
         return build_snapshot(list(self.objects), list(self.instances))
+
+
+def reviews_and_ratings() -> MutableMesh:
+    """Two services of one instance each (ports 19081, 19091)."""
+    return MutableMesh(
+        [service("reviews"), service("ratings")],
+        [instance("reviews", "v1", 19081), instance("ratings", "v1", 19091)],
+    )
 
 
 SIDECAR = "sidecar~127.0.0.1~productpage-v1-0.default~default.svc.cluster.local"

@@ -78,21 +78,24 @@ TABLE: tuple[Unenforced, ...] = (
         NETWORKING,
         "VirtualService",
         "spec.tcp[].match[].destinationSubnets",
-        "a match that names it is never taken: TCP routes cannot match destination addresses",
+        "taken in sidecars when the destination service's address lies in a subnet; "
+        "on a gateway a match that names it is never taken",
         (("translate", "prefix_ranges"),),
     ),
     Unenforced(
         NETWORKING,
         "VirtualService",
         "spec.tls",
-        "served by PASSTHROUGH gateway servers only: a sidecar has no outbound TLS listener",
-        (("translate", "translate_outbound_tls"),),
+        "served by PASSTHROUGH gateway servers and sidecars' declared upstreams; a CONNECT "
+        "tunnel to a TLS port follows its `tcp` routes only",
+        (("proxy", "internal_listener"),),
     ),
     Unenforced(
         NETWORKING,
         "VirtualService",
         "spec.tls[].match[].destinationSubnets",
-        "a match that names it is never taken: TLS routes cannot match destination addresses",
+        "taken in sidecars when the destination service's address lies in a subnet; "
+        "on a gateway a match that names it is never taken",
         (("translate", "prefix_ranges"),),
     ),
     *[

@@ -10,9 +10,13 @@ Canary's targetRef may also name a Workload.
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib import resources
+from pathlib import Path
 
 import yaml
 
@@ -136,14 +140,48 @@ SCHEMA_FILES = ("istio-crd-all.gen.yaml", "flagger-crd.yaml", "core-v1.yaml", "p
 @functools.cache
 def registry() -> KindRegistry:
     """Every kind pilotfish serves, loaded once from the packaged CRD files."""
+    return KindRegistry([kind_from_crd(_extend(crd)) for crd in _crds()])
+
+
+def _crds() -> list[Obj]:
+    """The packaged CRDs. Parsing their 1 MB of YAML takes 0.4-1 s, most of a
+    CLI command's start-up, so the result is kept as JSON (10 ms to read) in
+    the user's cache, named by a hash of the files, as kubectl keeps the
+    server's discovery; without a usable cache they are parsed each time."""
     folder = resources.files("pilotfish.api") / "schemas"
-    kinds: list[Kind] = []
-    for filename in SCHEMA_FILES:
-        text = (folder / filename).read_text(encoding="utf-8")
-        for doc in yaml.load_all(text, Loader=_loader()):
-            if doc and doc.get("kind") == "CustomResourceDefinition":
-                kinds.append(kind_from_crd(_extend(doc)))
-    return KindRegistry(kinds)
+    texts = [(folder / filename).read_bytes() for filename in SCHEMA_FILES]
+    digest = hashlib.sha256(b"\0".join(texts)).hexdigest()[:16]
+    cached = _cache_dir() / f"crds-{digest}.json"
+    try:
+        crds: list[Obj] = json.loads(cached.read_bytes())
+        return crds
+    except (OSError, ValueError):
+        pass
+    crds = [
+        doc
+        for text in texts
+        for doc in yaml.load_all(text.decode("utf-8"), Loader=_loader())
+        if doc and doc.get("kind") == "CustomResourceDefinition"
+    ]
+    _write_quietly(cached, json.dumps(crds).encode())
+    return crds
+
+
+def _cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "pilotfish"
+
+
+def _write_quietly(path: Path, body: bytes) -> None:
+    """Write whole or not at all (a rename), and never fail the caller: a
+    cache that cannot be written is only slower."""
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        partial = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        partial.write_bytes(body)
+        partial.replace(path)
+    except OSError:
+        pass
 
 
 def _extend(crd: Obj) -> Obj:

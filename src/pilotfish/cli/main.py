@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 from pilotfish import __version__
-from pilotfish.api.errors import ApiError
 from pilotfish.api.gotypes import parse_duration_ns
 from pilotfish.cli import (
     analyze,
@@ -16,6 +14,7 @@ from pilotfish.cli import (
     commands,
     dashboard,
     discovery,
+    dispatch,
     get,
     identity,
     mesh,
@@ -26,39 +25,17 @@ from pilotfish.cli import (
     sidecar,
     stat,
     tap,
-    terminal,
     token,
 )
-from pilotfish.cli.flags import UsageError
+from pilotfish.cli.flags import common_options as _common_options
+from pilotfish.cli.flags import dry_run as _dry_run
+from pilotfish.cli.flags import files as _files
 from pilotfish.cli.help import GroupedParser
-from pilotfish.cli.manifests import ManifestError
-from pilotfish.config import certificate_authority
 from pilotfish.proxy.compiled import describe
-
-Handler = Callable[[argparse.Namespace], int]
 
 
 def main(argv: list[str] | None = None) -> int:
-    terminal.whole_writes()
-    args = build_parser().parse_args(argv)
-    handler: Handler | None = getattr(args, "handler", None)
-    if handler is None:
-        build_parser().print_help()
-        return 2
-    try:
-        with certificate_authority(getattr(args, "certificate_authority", None)):
-            code = handler(args)
-        sys.stdout.flush()  # here, where a closed pipe is caught, not at exit
-        return code
-    except (commands.CliError, ManifestError, UsageError) as e:
-        print(f"error: {e}", file=sys.stderr)
-    except ApiError as e:
-        commands.server_error(e)
-    except KeyboardInterrupt:
-        return terminal.EXIT_INTERRUPTED
-    except BrokenPipeError:
-        return terminal.closed_pipe()
-    return 1
+    return dispatch.run(build_parser(), argv)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -76,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_controlplane(sub)
     _add_demo(sub)
     sidecar.add_command(sub)
-    _add_apply(sub, common)
+    dispatch.add_apply(sub, common)
     _add_get(sub, common)
     _add_describe(sub, common)
     _add_delete(sub, common)
@@ -98,47 +75,6 @@ def build_parser() -> argparse.ArgumentParser:
     discovery.add_commands(sub, common)
     patch.add_commands(sub, common)
     return parser
-
-
-def _common_options() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--server",
-        help="control plane URL (default: $PILOTFISH_SERVER, "
-        "then the client config written by the control plane)",
-    )
-    common.add_argument("-n", "--namespace", help="namespace (default: default)")
-    common.add_argument(
-        "--certificate-authority",
-        metavar="FILE",
-        help="verify an HTTPS control plane with this CA (default: "
-        "$PILOTFISH_CERTIFICATE_AUTHORITY, then the client config's, then the system's)",
-    )
-    return common
-
-
-def _files(p: argparse.ArgumentParser, required: bool = True) -> None:
-    p.add_argument(
-        "-f",
-        "--filename",
-        action="append",
-        required=required,
-        default=None,
-        metavar="FILE",
-        help="file, directory or - for stdin (repeatable)",
-    )
-    p.add_argument("-R", "--recursive", action="store_true", help="read directories recursively")
-
-
-def _dry_run(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--dry-run",
-        nargs="?",
-        const="server",
-        default="none",
-        choices=["none", "server"],
-        help="server: validate and merge, store nothing",
-    )
 
 
 def _add_controlplane(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -290,22 +226,6 @@ def _run_demo(args: argparse.Namespace) -> int:
     from pilotfish.cli.demo import demo
 
     return demo(args)
-
-
-def _add_apply(
-    sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
-) -> None:
-    p = sub.add_parser(
-        "apply", parents=[common], help="create or update resources (server-side apply)"
-    )
-    _files(p)
-    p.add_argument(
-        "--force-conflicts",
-        action="store_true",
-        help="take ownership of fields another manager owns",
-    )
-    _dry_run(p)
-    p.set_defaults(handler=commands.apply)
 
 
 def _add_get(

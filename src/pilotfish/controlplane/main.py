@@ -66,6 +66,7 @@ from pilotfish.store.resources import ResourceStore
 from pilotfish.store.types import Backend
 from pilotfish.tracing import jaeger
 from pilotfish.tracing.store import DEFAULT_RETENTION, TRACES_FILE, Retention, SpanStore
+from pilotfish.xds.debounce import debounce_from_env
 from pilotfish.xds.limits import DEFAULT_LIMITS, Limits
 from pilotfish.xds.server import DEFAULT_LISTEN as DEFAULT_XDS_LISTEN
 from pilotfish.xds.server import AdsServer, BindError, TokenCheck
@@ -264,9 +265,15 @@ class ControlPlane:
         secure = None
         if tls_listen is not None and self.ca is not None:
             secure = (tls_listen, xds_tls.credentials(self.ca.authority, tls_listen))
+        try:
+            quiet, longest = debounce_from_env(os.environ)
+        except ValueError as e:
+            raise StartError(str(e)) from None
         self.ads = AdsServer(
             self.mesh.snapshot,
             xds_listen,
+            debounce=quiet,
+            debounce_max=longest,
             token=token,
             limits=limits,
             services=services,

@@ -83,14 +83,16 @@ def tcp_service_clusters(
     snapshot: Snapshot, proxy: Proxy, service: Service, port: int
 ) -> list[tuple[str, int]]:
     """A sidecar's connections to a TCP port: its VirtualService's first `tcp`
-    route that applies, weights and all, else the port's cluster."""
+    route that applies, weights and all, else the port's cluster. Their
+    destination is the service: `destinationSubnets` meet its addresses."""
     # tcp.py reads routes.py, which builds its table with this module: imported when called
     from pilotfish.translate.tcp import tcp_route_clusters
 
     clusters: list[tuple[str, int]] = []
     vs = snapshot.virtual_service_for(proxy, service.hostname)
     if vs is not None:
-        clusters = tcp_route_clusters(RouteContext(snapshot, proxy, port, MESH), vs.tcp)
+        ctx = RouteContext(snapshot, proxy, port, MESH)
+        clusters = tcp_route_clusters(ctx, vs.tcp, service.addresses)
     return clusters or [(names.outbound_cluster(port, "", service.hostname), 1)]
 
 

@@ -266,8 +266,9 @@ def _inbound_protocol(
     instance decide (another service of the namespace may name a port alike);
     while it has none (not ready yet), any service of its namespace."""
     selecting = snapshot.services_at(instance.namespace, instance.address, number)
-    local = [s for s in snapshot.services if s.namespace == instance.namespace]
-    for service in selecting or local:
+    # The namespace's services only when none selects it: listing them scanned
+    # the mesh's services per proxy on every push (0.2 s of 2,000 proxies' LDS).
+    for service in selecting or [s for s in snapshot.services if s.namespace == instance.namespace]:
         for port in service.ports:
             if port.target_port == port_name or (
                 port.target_port is None and port.name == port_name

@@ -9,6 +9,8 @@ exists for a proxy at all (see `applies`).
 
 from __future__ import annotations
 
+import ipaddress
+from collections.abc import Iterable
 from typing import TypeVar
 
 from envoy.config.route.v3 import route_components_pb2 as rc
@@ -37,6 +39,22 @@ def applies(
     if not labels_match(match.get("sourceLabels") or {}, proxy_labels):
         return False
     return not match.get("sourceNamespace") or match["sourceNamespace"] == proxy_ns
+
+
+def in_subnets(addresses: Iterable[str], subnets: Iterable[str]) -> bool:
+    """Whether any of a destination's addresses (an IP, or a CIDR as a
+    ServiceEntry may have) lies within one of `subnets`, as Istio matches the
+    original destination address against a `destinationSubnets` prefix."""
+    nets = [ipaddress.ip_network(str(s), strict=False) for s in subnets]
+    for address in addresses:
+        try:
+            ours = ipaddress.ip_network(address, strict=False)
+        except ValueError:  # a hostname: not an address to match
+            continue
+        first, last = ours.network_address, ours.broadcast_address
+        if any(first in net and last in net for net in nets):
+            return True
+    return False
 
 
 def translate_route_match(match: Obj | None) -> rc.RouteMatch:

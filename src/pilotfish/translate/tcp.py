@@ -29,7 +29,7 @@ from pilotfish.translate import names
 from pilotfish.translate.authz import TCP_RBAC, translate_proxy_authz_tcp
 from pilotfish.translate.http_route import RouteContext, destination_cluster
 from pilotfish.translate.protos import pack, socket_address
-from pilotfish.translate.route_match import applies
+from pilotfish.translate.route_match import applies, in_subnets
 from pilotfish.translate.routes import server_vs_hosts
 from pilotfish.translate.sni_dnat import auto_passthrough, translate_auto_passthrough_chains
 
@@ -172,15 +172,23 @@ def _bound_routes(
 def _sni_chains(
     snapshot: Snapshot, proxy: Proxy, port: int, servers: list[tuple[Gateway, Obj]]
 ) -> list[listener_components_pb2.FilterChain]:
-    """Istio's PASSTHROUGH: a chain per `tls` route match, chosen by its
-    sniHosts, proxying to the route's destinations; first come, first kept."""
+    """Istio's PASSTHROUGH: a chain per `tls` route match, chosen by its sniHosts."""
+    return sni_chains(_bound_routes(snapshot, proxy, port, servers, "tls"), None)
+
+
+def sni_chains(
+    routes: Iterable[tuple[RouteContext, Obj]], destination: Sequence[str] | None
+) -> list[listener_components_pb2.FilterChain]:
+    """A chain per `tls` route match that applies, chosen by its sniHosts,
+    proxying to the route's destinations; first come, first kept.
+    `destination`: the addresses connections are for (None: unknown)."""
     chains: list[listener_components_pb2.FilterChain] = []
     taken: set[str] = set()
-    for ctx, route in _bound_routes(snapshot, proxy, port, servers, "tls"):
+    for ctx, route in routes:
         for match in route.get("match") or []:
             names = [str(h).lower() for h in match.get("sniHosts") or []]
             names = [n for n in names if n not in taken]
-            if not names or not _applies(ctx, match):
+            if not names or not _applies(ctx, match, destination):
                 continue
             taken.update(names)
             clusters = tcp_destinations(ctx, route.get("route") or [])
@@ -204,18 +212,22 @@ def _gateway_tcp_clusters(
     return []
 
 
-def tcp_route_clusters(ctx: RouteContext, routes: Iterable[Obj]) -> list[tuple[str, int]]:
-    """The destinations of the first of `routes` (VirtualService `tcp` routes) that applies."""
+def tcp_route_clusters(
+    ctx: RouteContext, routes: Iterable[Obj], destination: Sequence[str] | None = None
+) -> list[tuple[str, int]]:
+    """The destinations of the first of `routes` (VirtualService `tcp` routes)
+    that applies; `destination` as for sni_chains."""
     for route in routes:
-        if any(_applies(ctx, m) for m in route.get("match") or [None]):
+        if any(_applies(ctx, m, destination) for m in route.get("match") or [None]):
             return tcp_destinations(ctx, route.get("route") or [])
     return []
 
 
-def _applies(ctx: RouteContext, match: Obj | None) -> bool:
-    """A destinationSubnets match is never taken: the proxy cannot check it
-    (PF0001 says so), and taking it unchecked would widen the route."""
-    if match is not None and match.get("destinationSubnets"):
+def _applies(ctx: RouteContext, match: Obj | None, destination: Sequence[str] | None) -> bool:
+    """A destinationSubnets match is taken only where the destination is
+    known; taking it unchecked would widen the route (PF0001 says where)."""
+    subnets = (match or {}).get("destinationSubnets")
+    if subnets and (destination is None or not in_subnets(destination, subnets)):
         return False
     proxy = ctx.proxy
     return applies(match, ctx.port, proxy.labels, proxy.namespace, ctx.gateways)

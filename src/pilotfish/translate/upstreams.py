@@ -12,8 +12,9 @@ Consul has it, since it is what the application's configuration points at.
 The Service's port decides the protocol, as everywhere in the mesh: an HTTP
 port gets an HttpConnectionManager whose one virtual host (`*`: the client
 says Host `127.0.0.1:PORT`) holds the service's routes, VirtualService and
-all; any other port a tcp_proxy to the service's clusters (`tcp` route
-weights included). Mutual TLS, circuit breakers and metrics are the
+all; a TLS/HTTPS port chains chosen by SNI (`tls` routes: sidecar_tls.py);
+any other port a tcp_proxy to the service's clusters (`tcp` route weights
+included). Mutual TLS, circuit breakers and metrics are the
 clusters', as for any outbound call. An upstream whose service or port is
 not in the registry gets no listener until it is (`pilotfish analyze` warns).
 """
@@ -35,6 +36,7 @@ from pilotfish.model.hosts import resolve_host, service_fqdn
 from pilotfish.model.types import UPSTREAMS_METADATA
 from pilotfish.translate.connect import tcp_service_clusters
 from pilotfish.translate.routes import service_routes
+from pilotfish.translate.sidecar_tls import TLS_PROTOCOLS, translate_sidecar_tls_listener
 from pilotfish.translate.tcp import tcp_listener, translate_tcp_filter
 
 DEFAULT_LOCAL_ADDRESS = "127.0.0.1"
@@ -104,6 +106,9 @@ def translate_upstream_listeners(
         if port.protocol.is_http_or_sniffed:
             table = _route_table(snapshot, proxy, service, upstream)
             out[name] = http_listener(name, upstream.local_address, upstream.local_port, table)
+        elif port.protocol in TLS_PROTOCOLS:
+            at = (name, upstream.local_address, upstream.local_port)
+            out[name] = translate_sidecar_tls_listener(snapshot, proxy, service, port.port, at)
         else:
             clusters = tcp_service_clusters(snapshot, proxy, service, upstream.port)
             tcp = translate_tcp_filter(name, clusters)

@@ -25,7 +25,11 @@ import time
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from envoy.service.discovery.v3.discovery_pb2 import DiscoveryRequest, DiscoveryResponse
+from envoy.service.discovery.v3.discovery_pb2 import (
+    DeltaDiscoveryRequest,
+    DiscoveryRequest,
+    DiscoveryResponse,
+)
 
 from pilotfish.model import Proxy
 from pilotfish.xds import types
@@ -96,20 +100,7 @@ class Connection:
             return True
         if request.response_nonce != watched.sent_nonce:
             return False
-        if request.HasField("error_detail"):
-            nack = Nack(
-                request.version_info,
-                request.response_nonce,
-                request.error_detail.message,
-                time.time(),
-            )
-            watched.nack = watched.ever_nacked = nack
-        else:
-            watched.acked_version, watched.acked_nonce = (
-                request.version_info,
-                request.response_nonce,
-            )
-            watched.nack = None
+        record_answer(watched, request, request.version_info)
         if names != watched.names:
             watched.names = names
             return True
@@ -122,7 +113,7 @@ class Connection:
         assert generated.type_url == type_url
         watched = self.watched[type_url]
         watched.sent = generated
-        watched.sent_nonce = f"{next(_nonces)}-{generated.version[:8]}"
+        watched.sent_nonce = next_nonce(generated.version)
         nonce = DiscoveryResponse(nonce=watched.sent_nonce).SerializeToString()
         return generated.body + bytes(nonce)
 
@@ -132,3 +123,21 @@ class Connection:
         return watched is not None and (
             watched.sent is None or watched.sent.version != generated.version
         )
+
+
+def next_nonce(version: str) -> str:
+    """A nonce unique in the process, with the version it goes with for reading logs."""
+    return f"{next(_nonces)}-{version[:8]}"
+
+
+def record_answer(
+    watched: WatchedType, request: DiscoveryRequest | DeltaDiscoveryRequest, version: str
+) -> None:
+    """The client's answer to the last response sent: an ACK of `version`, or a
+    NACK (`error_detail`) that leaves it running what it had."""
+    if request.HasField("error_detail"):
+        nack = Nack(version, request.response_nonce, request.error_detail.message, time.time())
+        watched.nack = watched.ever_nacked = nack
+    else:
+        watched.acked_version, watched.acked_nonce = version, request.response_nonce
+        watched.nack = None

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import operator
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
@@ -60,6 +61,7 @@ class Generated:
     resources: tuple[AnyProto, ...]
     names: tuple[str, ...]  # each resource's name, same order
     type_url: str = ""
+    resource_versions: tuple[str, ...] = ()  # each resource's version, same order
 
     @functools.cached_property
     def body(self) -> bytes:
@@ -71,6 +73,11 @@ class Generated:
         )
         return bytes(response.SerializeToString(deterministic=True))
 
+    @functools.cached_property
+    def name_set(self) -> frozenset[str]:
+        """The resources' names, for incremental (delta) streams' removals."""
+        return frozenset(self.names)
+
 
 def generate(snapshot: Snapshot, proxy: Proxy, type_url: str, names: frozenset[str]) -> Generated:
     """What `proxy` gets of `type_url` when it asked for `names` (for LDS and
@@ -78,33 +85,31 @@ def generate(snapshot: Snapshot, proxy: Proxy, type_url: str, names: frozenset[s
     return assemble(type_url, names, packed(_translate(snapshot, proxy, type_url, names)))
 
 
-Packed = tuple[tuple[str, AnyProto], ...]  # (name, resource), sorted by name
+Packed = tuple[tuple[str, AnyProto, str], ...]  # (name, resource, version), sorted by name
 
 
 def packed(messages: Sequence[Message]) -> Packed:
+    """Each message packed, with its version: a hash of its bytes, computed
+    once where the packed resources are shared by many proxies."""
     out = []
     for message in messages:
         wrapped = AnyProto()
         wrapped.Pack(message, deterministic=True)
-        out.append((_name(message), wrapped))
+        out.append((_name(message), wrapped, hashlib.sha256(wrapped.value).hexdigest()[:16]))
     return tuple(out)
 
 
 def assemble(type_url: str, names: frozenset[str], resources: Packed) -> Generated:
     """The response body: resources narrowed to `names` (wildcard types), and
-    the version, a hash of their bytes."""
+    the version, a hash of the resources' versions. Run per proxy for a
+    sidecar's clusters, so written for speed: one hash update, one transpose."""
     if names and type_url in types.WILDCARD_TYPES:
         resources = tuple(r for r in resources if r[0] in names)
-    digest = hashlib.sha256()
-    for _, wrapped in resources:
-        digest.update(wrapped.value)
-        digest.update(b"\0")
-    return Generated(
-        digest.hexdigest()[:16],
-        tuple(wrapped for _, wrapped in resources),
-        tuple(name for name, _ in resources),
-        type_url,
-    )
+    if not resources:
+        return Generated(hashlib.sha256().hexdigest()[:16], (), (), type_url, ())
+    found, wrapped, versions = zip(*resources, strict=True)
+    digest = hashlib.sha256("".join(versions).encode()).hexdigest()[:16]
+    return Generated(digest, wrapped, found, type_url, versions)
 
 
 def _translate(
@@ -230,7 +235,8 @@ class Generator:
             lambda: packed(translate_outbound_clusters(snapshot, proxy)),
         )
         inbound = packed(translate_inbound_clusters(snapshot, proxy))
-        return assemble(type_url, names, tuple(sorted((*outbound, *inbound), key=_first)))
+        merged = tuple(sorted((*outbound, *inbound), key=operator.itemgetter(0)))
+        return assemble(type_url, names, merged)
 
     def _shared(self, snapshot: Snapshot, key: Hashable, compute: Callable[[], T]) -> T:
         """`compute()` once per snapshot and key; concurrent callers wait for it."""
@@ -259,7 +265,3 @@ class Generator:
                 return cell, False
             self.translations += 1
             return memo.add(key), True
-
-
-def _first(pair: tuple[str, AnyProto]) -> str:
-    return pair[0]

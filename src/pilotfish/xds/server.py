@@ -6,11 +6,11 @@ and what each may make the server hold, is limits.py's. Every stream is a
 Connection (connection.py) fed by one queue: the client's requests (moved
 there by the reader task, at most a few ahead) and "a push is due" markers
 arrive in order, so a stream's state is only ever touched by its handler.
-Changes from the registry (any thread) are debounced by a pusher thread: a
-push starts once changes stop for `debounce` seconds, or `debounce_max` after
-the first, whichever comes first; then every stream regenerates the types the
-changed kinds can alter (types.affected_types: a VirtualService, routes only)
-and sends only those whose version moved. A stream that is slow to read
+Changes from the registry (any thread) are debounced by a pusher thread
+(debounce.py: Istio's PILOT_DEBOUNCE_AFTER and PILOT_DEBOUNCE_MAX); then
+every stream regenerates the types the changed kinds can alter for its
+proxy (types.affected_types: a VirtualService, a sidecar's routes only) and
+sends only those whose version moved. A stream that is slow to read
 keeps one pending push, the newest, not a backlog. Regenerating is shared:
 proxies that translation cannot tell apart get the same resources,
 translated once (generate.Generator).
@@ -35,18 +35,16 @@ from dataclasses import dataclass, field
 from typing import Any, TypeAlias, TypeVar
 
 import grpc
-from envoy.service.discovery.v3.discovery_pb2 import (
-    DeltaDiscoveryRequest,
-    DeltaDiscoveryResponse,
-    DiscoveryRequest,
-)
+from envoy.service.discovery.v3.discovery_pb2 import DeltaDiscoveryRequest, DiscoveryRequest
 
 from pilotfish.addresses import is_loopback
 from pilotfish.controlplane.auth import bearer_token, has_token
-from pilotfish.model import Snapshot
+from pilotfish.model import Proxy, ProxyType, Snapshot
 from pilotfish.xds import types
 from pilotfish.xds.connection import Connection
-from pilotfish.xds.generate import Generator
+from pilotfish.xds.debounce import DEBOUNCE_AFTER_S, DEBOUNCE_MAX_S, Debounce
+from pilotfish.xds.delta import DeltaConnection
+from pilotfish.xds.generate import Generator, assemble
 from pilotfish.xds.handlers import AsyncAdapter
 from pilotfish.xds.limits import (
     DEFAULT_LIMITS,
@@ -64,7 +62,6 @@ log = logging.getLogger("pilotfish.xds")
 DEFAULT_LISTEN = "127.0.0.1:15010"
 TokenCheck = Callable[[str], bool]  # whether a bearer token (not the admin's) is one to accept
 ADS_SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
-DEBOUNCE_S, DEBOUNCE_MAX_S = 0.1, 1.0
 MAX_SEND_BYTES = 64 * 1024 * 1024  # a large mesh's full CDS fits in one response
 REQUESTS_AHEAD = 4  # requests read from a stream before its handler took the first
 T = TypeVar("T")
@@ -72,10 +69,22 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class _Push:
-    """A new snapshot, and the types the changes behind it can have altered."""
+    """A new snapshot, and the types the changes behind it can have altered
+    (for sidecars, `sidecar_types`, when narrower)."""
 
     snapshot: Snapshot
     types: frozenset[str]
+    sidecar_types: frozenset[str] | None = None
+
+    def types_for(self, proxy: Proxy) -> frozenset[str]:
+        if proxy.type is ProxyType.SIDECAR and self.sidecar_types is not None:
+            return self.sidecar_types
+        return self.types
+
+    def after(self, newer: _Push) -> _Push:
+        """This push not yet sent, merged into `newer`."""
+        sidecar = (self.sidecar_types or self.types) | (newer.sidecar_types or newer.types)
+        return _Push(newer.snapshot, self.types | newer.types, sidecar)
 
 
 class _PushDue:
@@ -83,7 +92,8 @@ class _PushDue:
 
 
 _PUSH_DUE = _PushDue()
-StreamItem: TypeAlias = DiscoveryRequest | _PushDue | None  # None: the client hung up
+Request: TypeAlias = DiscoveryRequest | DeltaDiscoveryRequest
+StreamItem: TypeAlias = Request | _PushDue | None  # None: the client hung up
 
 
 class BindError(Exception):
@@ -108,7 +118,7 @@ class AdsServer:
         snapshot_of: Callable[[], Snapshot],
         listen: str = DEFAULT_LISTEN,
         *,
-        debounce: float = DEBOUNCE_S,
+        debounce: float = DEBOUNCE_AFTER_S,
         debounce_max: float = DEBOUNCE_MAX_S,
         token: str | None = None,
         limits: Limits = DEFAULT_LIMITS,
@@ -132,6 +142,7 @@ class AdsServer:
         self._snapshot = Snapshot()
         self._generator = Generator()
         self._pending: frozenset[str] = frozenset()  # types the changes since the last push alter
+        self._pending_sidecar: frozenset[str] = frozenset()  # ... for sidecars
         self._streams: dict[str, _Stream] = {}
         self._counts = StreamCounts(limits)
         self._lock = threading.Lock()
@@ -186,6 +197,7 @@ class AdsServer:
         (empty: unknown) narrow the push to the types they can alter."""
         with self._lock:
             self._pending |= types.affected_types(frozenset(kinds))
+            self._pending_sidecar |= types.affected_types(frozenset(kinds), sidecar=True)
         self._debounce.event()
 
     def connections(self) -> list[Connection]:
@@ -201,16 +213,18 @@ class AdsServer:
                 continue
             with self._lock:  # taken before the snapshot: later changes push again
                 affected, self._pending = self._pending, frozenset()
+                sidecar, self._pending_sidecar = self._pending_sidecar, frozenset()
             try:
-                self._publish(self._snapshot_of(), affected or types.ALL_TYPES)
+                push = _Push(self._snapshot_of(), affected or types.ALL_TYPES, sidecar or None)
+                self._publish(push)
             except Exception:  # a bad snapshot must not stop every later push
                 log.exception("building a snapshot failed; proxies keep their config")
 
-    def _publish(self, snapshot: Snapshot, affected: frozenset[str]) -> None:
-        self._snapshot = snapshot
+    def _publish(self, push: _Push) -> None:
+        self._snapshot = push.snapshot
         self.pushes += 1
         if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._fan_out, _Push(snapshot, affected))
+            self._loop.call_soon_threadsafe(self._fan_out, push)
 
     def _fan_out(self, push: _Push) -> None:
         """On the loop: every stream gets the push, merged into any it has not sent yet."""
@@ -219,20 +233,38 @@ class AdsServer:
                 stream.queue.put_nowait(_PUSH_DUE)
                 stream.push = push
             else:
-                stream.push = _Push(push.snapshot, stream.push.types | push.types)
+                stream.push = stream.push.after(push)
 
     # -- one stream ----------------------------------------------------------------------
 
     async def StreamAggregatedResources(
         self, request_iterator: AsyncIterator[DiscoveryRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[bytes]:
+        async for response in self._open(request_iterator, context, Connection):
+            yield response
+
+    async def DeltaAggregatedResources(
+        self,
+        request_iterator: AsyncIterator[DeltaDiscoveryRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[bytes]:
+        async for response in self._open(request_iterator, context, DeltaConnection):
+            yield response
+
+    async def _open(
+        self,
+        request_iterator: AsyncIterator[Request],
+        context: grpc.aio.ServicerContext,
+        kind: type[Connection],
+    ) -> AsyncIterator[bytes]:
+        """One stream, SotW or incremental (`kind`), from its opening to its end."""
         address = peer_ip(context.peer())
         try:
             self._authenticate(address, context.invocation_metadata() or ())
             self._counts.open(address)
         except StreamRefused as e:
             await context.abort(grpc.StatusCode[e.code], str(e))
-        conn = Connection(f"{context.peer()}-{next(self._ids)}", address)
+        conn = kind(f"{context.peer()}-{next(self._ids)}", address)
         stream = _Stream(conn, (address, ""))
         reader = asyncio.create_task(_read_requests(request_iterator, stream))
         with self._lock:
@@ -278,26 +310,50 @@ class AdsServer:
     def _authenticate(self, address: str, metadata: Sequence[tuple[str, Any]]) -> None:
         authenticate(address, metadata, self._token, self._accept)
 
-    async def DeltaAggregatedResources(
-        self, request_iterator: AsyncIterator[object], context: grpc.aio.ServicerContext
-    ) -> None:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "delta xDS is not served; use SotW")
-
-    def _answer(self, stream: _Stream, request: DiscoveryRequest) -> list[bytes]:
+    def _answer(self, stream: _Stream, request: Request) -> list[bytes]:
         conn = stream.connection
         if conn.proxy is None:
             self._identify(stream, request)
         assert conn.proxy is not None
+        if isinstance(conn, DeltaConnection):
+            assert isinstance(request, DeltaDiscoveryRequest)
+            return self._answer_delta(conn, request)
+        assert isinstance(request, DiscoveryRequest)
         subscribed = {type_url: w.names for type_url, w in conn.watched.items()}
         check_request(request, subscribed, self.limits)
         if not conn.on_request(request):
-            _log_nack(conn, request)
+            _log_nack(conn, request, request.version_info)
             return []
         names = conn.watched[request.type_url].names
         generated = self._generator.generate(self._snapshot, conn.proxy, request.type_url, names)
         return [conn.response(request.type_url, generated)]
 
-    def _identify(self, stream: _Stream, request: DiscoveryRequest) -> None:
+    def _answer_delta(self, conn: DeltaConnection, request: DeltaDiscoveryRequest) -> list[bytes]:
+        # The limits SotW requests meet, on the names the request would leave.
+        names = conn.names_after(request)
+        after = DiscoveryRequest(type_url=request.type_url, resource_names=names)
+        check_request(after, conn.subscriptions(), self.limits)
+        first = request.type_url not in conn.deltas
+        if not conn.on_delta_request(request):
+            _log_nack(conn, request, conn.watched[request.type_url].acked_version)
+            return []
+        return self._send_delta(conn, self._snapshot, request.type_url, always=first)
+
+    def _send_delta(
+        self, conn: DeltaConnection, snapshot: Snapshot, type_url: str, *, always: bool
+    ) -> list[bytes]:
+        """What the client lacks of `type_url`; the first answer of a type goes
+        even when empty, since the client waits for it to finish starting."""
+        assert conn.proxy is not None
+        names = conn.deltas[type_url].asks_for(type_url)
+        if names is None:
+            generated = assemble(type_url, frozenset(), ())
+        else:
+            generated = self._generator.generate(snapshot, conn.proxy, type_url, names)
+        delta = conn.delta(type_url, generated)
+        return [conn.delta_response(type_url, generated, delta)] if delta or always else []
+
+    def _identify(self, stream: _Stream, request: Request) -> None:
         """The first request says who the proxy is; it must, within the deadline."""
         if not request.HasField("node") or not request.node.id:
             raise StreamRefused("INVALID_ARGUMENT", "the first request must carry a node id")
@@ -317,15 +373,26 @@ class AdsServer:
         if conn.proxy is None:
             return []
         out = []
-        others = sorted(set(conn.watched) - set(types.PUSH_ORDER))
-        for type_url in (*types.PUSH_ORDER, *(others if push.types == types.ALL_TYPES else [])):
-            watched = conn.watched.get(type_url)
-            if watched is None or (type_url in types.ALL_TYPES and type_url not in push.types):
+        for type_url in _push_types(conn, push):
+            if isinstance(conn, DeltaConnection):
+                out += self._send_delta(conn, push.snapshot, type_url, always=False)
                 continue
-            generated = self._generator.generate(push.snapshot, conn.proxy, type_url, watched.names)
+            names = conn.watched[type_url].names
+            generated = self._generator.generate(push.snapshot, conn.proxy, type_url, names)
             if conn.needs_push(type_url, generated):
                 out.append(conn.response(type_url, generated))
         return out
+
+
+def _push_types(conn: Connection, push: _Push) -> list[str]:
+    """The types the stream watches that the push can have altered, in
+    Envoy's order; other types only on a push of everything."""
+    assert conn.proxy is not None
+    wanted = push.types_for(conn.proxy)
+    others = sorted(set(conn.watched) - set(types.PUSH_ORDER))
+    candidates = (*types.PUSH_ORDER, *(others if wanted == types.ALL_TYPES else []))
+    skipped = types.ALL_TYPES - wanted
+    return [t for t in candidates if t in conn.watched and t not in skipped]
 
 
 def _ads_handler(server: AdsServer) -> grpc.GenericRpcHandler:
@@ -343,7 +410,7 @@ def _ads_handler(server: AdsServer) -> grpc.GenericRpcHandler:
             "DeltaAggregatedResources": grpc.stream_stream_rpc_method_handler(
                 server.DeltaAggregatedResources,
                 request_deserializer=DeltaDiscoveryRequest.FromString,
-                response_serializer=DeltaDiscoveryResponse.SerializeToString,
+                response_serializer=_already_bytes,
             ),
         },
     )
@@ -394,48 +461,7 @@ def authenticate(
     )
 
 
-class Debounce:
-    """Turns a burst of change events into one push: `wait_for_quiet` returns
-    True once events stop for `quiet` seconds or `longest` after the first."""
-
-    def __init__(self, quiet: float, longest: float) -> None:
-        self.quiet, self.longest = quiet, longest
-        self._cond = threading.Condition()
-        self._first: float | None = None
-        self._last = 0.0
-
-    def __repr__(self) -> str:
-        pending = self._first is not None
-        return f"Debounce(quiet={self.quiet}, longest={self.longest}, pending={pending})"
-
-    def event(self) -> None:
-        with self._cond:
-            self._last = time.monotonic()
-            if self._first is None:
-                self._first = self._last
-            self._cond.notify_all()
-
-    def wake(self) -> None:
-        with self._cond:
-            self._cond.notify_all()
-
-    def wait_for_quiet(self, stopping: threading.Event) -> bool:
-        """Block until a burst settles (True), or `stopping` is set (False)."""
-        with self._cond:
-            while not stopping.is_set():
-                if self._first is None:
-                    self._cond.wait()
-                    continue
-                due = min(self._last + self.quiet, self._first + self.longest)
-                left = due - time.monotonic()
-                if left <= 0:
-                    self._first = None
-                    return True
-                self._cond.wait(left)
-            return False
-
-
-async def _read_requests(requests: AsyncIterator[DiscoveryRequest], stream: _Stream) -> None:
+async def _read_requests(requests: AsyncIterator[Request], stream: _Stream) -> None:
     """Move requests to the stream's queue, at most REQUESTS_AHEAD ahead of its
     handler, so a client cannot queue requests faster than they are answered."""
     try:
@@ -448,13 +474,13 @@ async def _read_requests(requests: AsyncIterator[DiscoveryRequest], stream: _Str
         stream.queue.put_nowait(None)
 
 
-def _log_nack(conn: Connection, request: DiscoveryRequest) -> None:
+def _log_nack(conn: Connection, request: Request, version: str) -> None:
     if request.HasField("error_detail") and conn.proxy is not None:
         log.warning(
             "xDS NACK from %s for %s version %s: %s",
             conn.proxy.node_id,
             types.short_name(request.type_url),
-            request.version_info or "(none)",
+            version or "(none)",
             request.error_detail.message,
         )
 

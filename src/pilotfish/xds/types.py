@@ -30,6 +30,14 @@ AFFECTED_BY_KIND = {
     "Gateway": frozenset({LISTENER, ROUTE}),
     "Secret": frozenset({SECRET}),
 }
+# A sidecar's listeners read neither (its outbound listener routes by RDS;
+# only gateways' TCP listeners and proxyless clients' read VirtualServices),
+# so for sidecars these kinds alter routes only (tests/translate/test_affected_types.py).
+SIDECAR_AFFECTED_BY_KIND = {
+    **AFFECTED_BY_KIND,
+    "VirtualService": frozenset({ROUTE}),
+    "Gateway": frozenset({ROUTE}),
+}
 BY_COMMAND_NAME = {
     "listeners": LISTENER,
     "routes": ROUTE,
@@ -42,11 +50,13 @@ def short_name(type_url: str) -> str:
     return SHORT_NAMES.get(type_url, type_url.rpartition(".")[2])
 
 
-def affected_types(kinds: frozenset[str]) -> frozenset[str]:
-    """What a push after changes of `kinds` must regenerate; no kinds: all."""
+def affected_types(kinds: frozenset[str], *, sidecar: bool = False) -> frozenset[str]:
+    """What a push after changes of `kinds` must regenerate (for a sidecar,
+    when `sidecar`); no kinds: all."""
     if not kinds:
         return ALL_TYPES
+    table = SIDECAR_AFFECTED_BY_KIND if sidecar else AFFECTED_BY_KIND
     out: frozenset[str] = frozenset()
     for kind in kinds:
-        out |= AFFECTED_BY_KIND.get(kind, ALL_TYPES)
+        out |= table.get(kind, ALL_TYPES)
     return out
