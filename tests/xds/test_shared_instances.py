@@ -111,27 +111,34 @@ def test_heartbeats_go_on_through_the_other_replica_and_the_silent_are_swept_onc
         deletes.close()
 
 
+def _stored(etcd: EtcdServer, name: str) -> bool:
+    key = f"/pilotfish-instances/default/{name}".encode()
+    return bool(etcd.client().call("Range", message("RangeRequest", key=key)).kvs)
+
+
 def test_only_the_leader_sweeps(etcd: EtcdServer) -> None:
-    """On a clock of the test's, past the lease: nothing is swept while the
-    replica does not lead; once it leads, the instance is removed."""
+    """On a clock of the test's, past the lease: while the replica does not
+    lead, the instance is hidden (and its listeners told once) but not
+    deleted; once it leads, the instance is removed from etcd."""
     now = [0.0]
     leads = [False]
     backend = EtcdBackend(etcd.client())
     shared = SharedInstanceRegistry(backend, lambda: leads[0], clock=lambda: now[0])
+    changes: list[int] = []
+    shared.add_listener(lambda: changes.append(1))
     shared.start()
     try:
         shared.register(registration_instance("quiet"), ttl=1.0)
+        assert [i.name for i in shared.instances()] == ["quiet"] and len(changes) == 1
         now[0] = 5.0
+        assert shared.instances() == () and shared.leases() == []
         assert shared.sweep() == []
         time.sleep(0.5)  # a couple of passes of the sweeping thread too
-        assert [i.name for i in shared.instances()] == ["quiet"]
+        assert len(changes) == 2  # one push for the lapse, not one per pass
+        assert _stored(etcd, "quiet")
         leads[0] = True
-        wait_until(lambda: shared.instances() == ())
-        assert (
-            not etcd.client()
-            .call("Range", message("RangeRequest", key=b"/pilotfish-instances/default/quiet"))
-            .kvs
-        )
+        wait_until(lambda: not _stored(etcd, "quiet"))
+        wait_until(lambda: shared.leases() == [] and shared._table.leases() == [])
     finally:
         shared.stop()
         backend.close()
@@ -166,3 +173,58 @@ def test_a_heartbeat_is_not_a_change(etcd: EtcdServer) -> None:
     finally:
         shared.stop()
         backend.close()
+
+
+def test_a_lapsed_registration_comes_back_with_a_heartbeat(etcd: EtcdServer) -> None:
+    """No replica leads: the lapse is only hidden, so a heartbeat (through
+    any replica) serves the instance again, and tells the listeners."""
+    now = [0.0]
+    backend = EtcdBackend(etcd.client())
+    shared = SharedInstanceRegistry(backend, lambda: False, clock=lambda: now[0])
+    changes: list[int] = []
+    shared.add_listener(lambda: changes.append(1))
+    shared.start()
+    try:
+        instance = registration_instance("late")
+        shared.register(instance, ttl=1.0)
+        now[0] = 2.0
+        shared.sweep()
+        assert shared.instances() == () and len(changes) == 2
+        shared.register(instance, ttl=1.0)
+        assert [i.name for i in shared.instances()] == ["late"] and len(changes) == 3
+        now[0] = 4.0  # lapsed again before any pass noticed: the renewal still pushes
+        shared.register(instance, ttl=1.0)
+        assert len(changes) == 4
+    finally:
+        shared.stop()
+        backend.close()
+
+
+def test_with_no_leader_every_replica_stops_serving_a_lapsed_instance(
+    planes: tuple[ControlPlane, ControlPlane], etcd: EtcdServer
+) -> None:
+    """Neither replica leads (as between a leader's death and the next one's
+    election): B's EDS drops the silent instance once its lease runs out on
+    B's clock, and B's REST list no longer shows it, while etcd still holds
+    it for a leader to delete."""
+    a, b = planes
+    for plane in planes:
+        assert isinstance(plane.instances, SharedInstanceRegistry)
+        plane.instances._leading = lambda: False  # no replica leads
+    token = (a.data_dir / "token").read_text().strip()
+    Client(a.server.url, token, timeout=10).apply(service("reviews"))
+    Client(a.server.url, token, timeout=10).register_instance(registration("reviews-1", 19081, 1))
+    wait_until(lambda: names(b) == ["reviews-1"])
+    assert b.ads is not None
+    stream = AdsStream(f"127.0.0.1:{b.ads.port}", node(SIDECAR, NAMESPACE="default"))
+    try:
+        stream.send(EDS, [REVIEWS])
+        ports = endpoint_ports(stream)
+        if not ports:  # B's store watch had not shown it the Service yet: the next push
+            ports = endpoint_ports(stream)
+        assert ports == [19081]
+        assert endpoint_ports(stream, timeout=5.0) == []  # pushed when the lease ran out
+    finally:
+        stream.close()
+    assert Client(b.server.url, token, timeout=10).instances() == []
+    assert _stored(etcd, "reviews-1")
