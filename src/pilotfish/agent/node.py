@@ -35,7 +35,13 @@ from pilotfish.agent.bootstrap import Placement, XdsServer
 from pilotfish.agent.gateway import GatewayProxy, GatewaySpec
 from pilotfish.agent.instance import RECORD, Instance, Ports
 from pilotfish.agent.ports import PortAllocator
-from pilotfish.agent.proxyless import BOOTSTRAP, GRPC_AGENT, INJECT_TEMPLATES, is_proxyless
+from pilotfish.agent.proxyless import (
+    BOOTSTRAP,
+    CALL_CREDS_ENV,
+    GRPC_AGENT,
+    INJECT_TEMPLATES,
+    is_proxyless,
+)
 from pilotfish.agent.spec import SpecError, config_data, resolve
 from pilotfish.api.errors import ApiError, Forbidden, NotFound
 from pilotfish.api.kinds import Kind, registry
@@ -399,6 +405,7 @@ def instance_env(instance: Instance, base: Any) -> dict[str, str]:
     env["PATH"] = os.pathsep.join([python_dir, env.get("PATH", os.defpath)])
     if instance.proxyless:  # it reads xDS itself: no sidecar to send HTTP through
         env["GRPC_XDS_BOOTSTRAP"] = str(instance.grpc_dir / BOOTSTRAP)
+        env[CALL_CREDS_ENV] = "true"  # its token, to xDS off the control plane's host
     else:
         proxy = f"http://127.0.0.1:{instance.ports.outbound}"
         env.update(HTTP_PROXY=proxy, http_proxy=proxy, NO_PROXY="localhost,127.0.0.1")
