@@ -225,3 +225,23 @@ def test_ports_come_from_outside_the_ephemeral_range() -> None:
             allocator.allocate()
     allocator.release(taken + 1)
     assert allocator.allocate() in (taken, taken + 1)
+
+
+def test_a_proxyless_app_is_told_to_read_its_bootstraps_call_creds(tmp_path: object) -> None:
+    """gRPC reads the bootstrap's `call_creds` (its service account token for
+    xDS off the control plane's host) only with the experiment's switch on;
+    a sidecar's app gets its proxy instead."""
+    from pathlib import Path
+
+    from pilotfish.agent.instance import Instance, Ports
+    from pilotfish.agent.node import instance_env
+
+    ports = Ports(app={"grpc": 1}, inbound={"grpc": 2}, outbound=3, admin=4)
+    common = dict(name="echo-0", namespace="default", workload="echo", template="t", spec={},
+                  directory=Path(str(tmp_path)), ports=ports, xds=XdsServer("127.0.0.1", 1),
+                  client=None)  # fmt: skip
+    proxyless = instance_env(Instance(**common, proxyless=True), {})  # type: ignore[arg-type]
+    assert proxyless["GRPC_EXPERIMENTAL_XDS_BOOTSTRAP_CALL_CREDS"] == "true"
+    assert proxyless["GRPC_XDS_BOOTSTRAP"].endswith("bootstrap.json")
+    sidecar = instance_env(Instance(**common), {})  # type: ignore[arg-type]
+    assert "GRPC_EXPERIMENTAL_XDS_BOOTSTRAP_CALL_CREDS" not in sidecar

@@ -60,15 +60,16 @@ def workload(name: str, node: str, namespace: str = "default", account: str = "w
             "serviceAccountName": account,
             "command": ["true"],
             "ports": [{"name": "http", "port": 8080}],
+            "env": [{"name": "DB", "valueFrom": {"secretKeyRef": {"name": "db", "key": "password"}}}],
         },
     }
 
 
-def secret(namespace: str) -> Any:
+def secret(namespace: str, name: str = "db") -> Any:
     return {
         "apiVersion": "v1",
         "kind": "Secret",
-        "metadata": {"name": "db", "namespace": namespace},
+        "metadata": {"name": name, "namespace": namespace},
         "stringData": {"password": "hunter2"},
     }
 
@@ -86,6 +87,7 @@ def plane(tmp_path: Path) -> Iterator[ControlPlane]:
     for namespace in ("default", "elsewhere"):
         admin.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
         admin.apply(secret(namespace))
+    admin.apply(secret("default", "unreferenced"))  # no Workload names it
     yield running
     running.close()
 
@@ -233,10 +235,10 @@ def test_a_joined_node_proves_itself_with_its_certificate_and_may_do_its_own_wor
     usage = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     assert list(usage) == [ExtendedKeyUsageOID.CLIENT_AUTH]  # a client, never a server
     node = credentials.client(plane.server.url)
-    # What its agent does: read Workloads and its namespaces' Secrets, register, mint tokens.
+    # What its agent does: read Workloads and the Secrets its own reference, register, mint tokens.
     names = {w["metadata"]["name"] for w in node.list(WORKLOAD, None)["items"]}
     assert names == {"web", "other"}
-    assert node.list(registry().resolve("Secret"), "default")["items"]
+    assert node.get(registry().resolve("Secret"), "db", "default")["data"]
     registration = {"name": "web-0", "workload": "web", "address": "10.0.0.5", "ports": {"http": 1}}
     assert node.register_instance(registration)["name"] == "web-0"
     assert node.create_token("default", "web", 600)["status"]["token"]
@@ -245,7 +247,15 @@ def test_a_joined_node_proves_itself_with_its_certificate_and_may_do_its_own_wor
     # Nothing else: another node's namespace, Workload and identity; any config write.
     user = '"system:node:host-a"'
     with pytest.raises(Forbidden, match=user):
-        node.list(registry().resolve("Secret"), "elsewhere")
+        node.get(registry().resolve("Secret"), "db", "elsewhere")  # another node's Workload's
+    with pytest.raises(Forbidden) as refused:
+        node.get(registry().resolve("Secret"), "unreferenced", "default")
+    assert refused.value.message == (
+        f'secrets "unreferenced" is forbidden: User {user} cannot get resource "secrets" '
+        'in API group "" in the namespace "default"'
+    )
+    with pytest.raises(Forbidden, match=user):
+        node.list(registry().resolve("Secret"), "default")  # by name only, as the Node authorizer
     with pytest.raises(Forbidden, match="no Workload of that name is scheduled to this node"):
         node.register_instance({**registration, "name": "x-0", "workload": "other"})
     with pytest.raises(Forbidden):
@@ -264,11 +274,11 @@ def test_curl_with_the_node_certificate_is_the_node_and_without_it_nobody(
     )
     tls = ["--cacert", str(credentials.ca_file)]
     mine = ["--cert", str(credentials.cert_file), "--key", str(credentials.key_file)]
-    path = plane.server.url + SECRETS.format(ns="elsewhere")
+    path = plane.server.url + SECRETS.format(ns="elsewhere") + "/db"
     refused = json.loads(curl(*tls, *mine, path).stdout)
     assert refused["code"] == 403 and 'User "system:node:host-a"' in refused["message"]
-    allowed = json.loads(curl(*tls, *mine, plane.server.url + SECRETS.format(ns="default")).stdout)
-    assert allowed["kind"] == "SecretList"
+    allowed = json.loads(curl(*tls, *mine, plane.server.url + SECRETS.format(ns="default") + "/db").stdout)
+    assert allowed["kind"] == "Secret"
 
 
 def test_a_restarted_agent_keeps_its_certificate_and_needs_no_token(
@@ -370,3 +380,31 @@ def test_a_joined_agent_stops_watching_what_it_may_not_watch(
     alive = watcher.is_alive()
     stop.set()
     assert not alive
+
+
+def test_a_joined_agent_reads_the_secrets_its_workloads_reference_and_no_others(
+    plane: ControlPlane, tmp_path: Path
+) -> None:
+    """The agent gets each referenced Secret by name (a node may not list
+    them), so its Workload resolves; a reference to a missing one is left
+    out, and resolving names it, as before."""
+    from pilotfish.agent.bootstrap import XdsServer
+    from pilotfish.agent.node import NodeAgent
+    from pilotfish.agent.spec import SpecError, resolve
+
+    credentials = join(
+        tmp_path / "n", plane.server.url, create(plane.data_dir), pin(plane), "host-a"
+    )
+    agent = NodeAgent(
+        credentials.client(plane.server.url), "host-a", tmp_path / "s", XdsServer("x", 1)
+    )
+    web = workload("web", "host-a")
+    configs = agent._configs([web])
+    assert set(configs["default"]) == {("Secret", "db")}
+    assert resolve(web["spec"], {}, configs["default"]).env["DB"] == "hunter2"
+    gone = {**web, "spec": {**web["spec"], "envFrom": [{"secretRef": {"name": "missing"}}]}}
+    admin = Client(plane.server.url, token(plane), ca_file=str(root_file(plane)))
+    admin.apply(gone)
+    configs = agent._configs([gone])
+    with pytest.raises(SpecError, match='Secret "missing" not found'):
+        resolve(gone["spec"], {}, configs["default"])

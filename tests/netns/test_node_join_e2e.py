@@ -1,9 +1,11 @@
 """Issue 20, across hosts: a node agent joins with a bootstrap token and the
 CA's hash, with no admin token anywhere on its host, and runs a workload
 whose sidecar gets its config over xDS TLS (15012-style); the REST API is
-HTTPS off loopback by default. From another host, a stolen bootstrap token
-cannot list Secrets (403), an expired one is refused (401), and no token
-reads nothing (401).
+HTTPS off loopback by default. The joined node reads the Secret its
+Workload references and no other (403), and its sidecar's spans reach the
+control plane's /v1/traces with the workload's service account token. From
+another host, a stolen bootstrap token cannot list Secrets (403), an expired
+one is refused (401), and no token reads nothing (401).
 
 The control plane runs in the root namespace on the bridge's address (what
 the hosts reach); the join command is the one `pilotfish token create
@@ -54,6 +56,12 @@ def workload(app: Path) -> str:
                 "labels": {"app": "echo"},
                 "serviceAccountName": "echo",
                 "command": ["python3", str(app)],
+                "env": [
+                    {
+                        "name": "DB_PASSWORD",
+                        "valueFrom": {"secretKeyRef": {"name": "echo-db", "key": "password"}},
+                    }
+                ],
                 "ports": [{"name": "http", "port": 80}],
                 "readinessProbe": {"httpGet": {"path": "/", "port": "http"}, "periodSeconds": 1},
                 "terminationGracePeriodSeconds": 2,
@@ -105,6 +113,11 @@ def test_a_node_joins_with_a_bootstrap_token_and_a_thief_gets_nothing(
             agent = a.popen(join, env=node_env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
         app = tmp_path / "echo.py"
         app.write_text(textwrap.dedent(APP))
+        for name in ("echo-db", "unreferenced"):
+            secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name},
+                      "stringData": {"password": "hunter2"}}  # fmt: skip
+            (tmp_path / f"{name}.json").write_text(json.dumps(secret))
+            run_cli(admin_env, "apply", "-f", str(tmp_path / f"{name}.json"))
         (tmp_path / "echo.json").write_text(workload(app))
         run_cli(admin_env, "apply", "-f", str(tmp_path / "echo.json"))
 
@@ -126,14 +139,42 @@ def test_a_node_joins_with_a_bootstrap_token_and_a_thief_gets_nothing(
         assert done.stdout.endswith(" 200"), done.stdout + done.stderr
         wait_for(lambda: "echo-" in run_cli(admin_env, "proxy-status"), 30, "no sidecar connected")
 
+        # The node reads the Secret its Workload references (the app started
+        # with it), and no other; it may not list them.
+        ca = str(state / "pki" / "ca.crt")
+        secrets = f"{server}/api/v1/namespaces/default/secrets"
+        pki = state / "pki"
+        mine = ["--cacert", ca, "--cert", str(pki / "node-client.crt")]
+        mine += ["--key", str(pki / "node-client.key")]
+        for url, code in [(f"{secrets}/echo-db", 200), (f"{secrets}/unreferenced", 403),
+                          (secrets, 403)]:  # fmt: skip
+            done = a.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", *mine, url])
+            assert done.stdout == str(code), (url, done.stdout, done.stderr)
+
+        # A sampled call into its sidecar: the span reaches the control plane
+        # from host a with the workload's token (the API is HTTPS there).
+        inbound = json.loads(record.read_text())["ports"]["inbound"]["http"]
+        trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+        traceparent = f"traceparent: 00-{trace_id}-00f067aa0ba902b7-01"
+        done = b.run(["curl", "-sS", "-H", traceparent, f"http://{a.address}:{inbound}/"])
+        assert done.stdout == "ok", done.stdout + done.stderr
+
+        def traced() -> bool:
+            done = subprocess.run(
+                ["curl", "-sS", "--cacert", str(data / "api-ca.crt"), "-H",
+                 f"Authorization: Bearer {admin_token}", f"{server}/api/traces/{trace_id}"],
+                capture_output=True, text=True, timeout=20,
+            )  # fmt: skip
+            return '"spans"' in done.stdout and "echo.default" in done.stdout
+
+        wait_for(traced, 20, "no span from host a's sidecar")
+
         # Nothing on host a holds the admin token.
         for path in [*state.rglob("*"), *(tmp_path / "host-a").rglob("*")]:
             if path.is_file():
                 assert admin_token not in path.read_text(errors="replace"), path
 
         # Host b: a stolen bootstrap token reads no Secret; expired and absent ones are 401.
-        ca = str(state / "pki" / "ca.crt")
-        secrets = f"{server}/api/v1/namespaces/default/secrets"
 
         def status(*headers: str) -> tuple[int, str]:
             args = ["curl", "-sS", "--cacert", ca, *headers, secrets]

@@ -63,6 +63,18 @@ def test_default_is_the_control_plane_at_one_percent() -> None:
         assert config.provider.path == "/v1/traces"
 
 
+def test_off_loopback_the_control_plane_receiver_is_https() -> None:
+    """A joined node's sidecars know the API as https://: spans go there over
+    TLS (before, an https:// API meant no spans at all)."""
+    api = {"PILOTFISH_API": "https://10.0.0.11:15080"}
+    proxy = replace(PRODUCTPAGE, metadata={**PRODUCTPAGE.metadata, **api})
+    snapshot = build_snapshot(BOOKINFO_SERVICES, BOOKINFO_INSTANCES)
+    for listener in translate_listeners(snapshot, proxy):
+        provider = compile_listener(listener).http.tracing.provider  # type: ignore[union-attr]
+        assert provider is not None and provider.tls
+        assert (provider.host, provider.port, provider.path) == ("10.0.0.11", 15080, "/v1/traces")
+
+
 def test_without_a_known_receiver_trace_context_still_propagates() -> None:
     snapshot = build_snapshot(BOOKINFO_SERVICES, BOOKINFO_INSTANCES)
     for listener in translate_listeners(snapshot, PRODUCTPAGE):

@@ -21,6 +21,7 @@ import grpc
 import pytest
 import yaml
 from tests.e2e.processes import free_port
+from tests.outside import outside_address
 from xds_harness import CDS, SIDECAR, AdsStream, node
 
 from pilotfish.agent.bootstrap import SidecarIdentity, XdsServer, sidecar_bootstrap
@@ -34,20 +35,6 @@ NEEDS_TOKEN = (
     "xDS from {address} (not loopback) needs the control plane's token: "
     "send gRPC metadata 'authorization: Bearer TOKEN'"
 )
-
-
-def outside_address() -> str:
-    """An address of this host that is not loopback, as a peer on the network sees it."""
-    for probe in ("192.0.2.254", "10.255.255.254", "8.8.8.8"):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            try:
-                s.connect((probe, 9))  # UDP: nothing is sent
-            except OSError:
-                continue
-            address = str(s.getsockname()[0])
-            if not address.startswith("127."):
-                return address
-    pytest.skip("this host has no non-loopback IPv4 address")
 
 
 @pytest.fixture

@@ -275,3 +275,65 @@ def test_grpc_agent_gets_its_certificate_and_streams_xds_over_tls(
     finally:
         agent.terminate()
         agent.wait(timeout=15)
+
+
+_XDS_CLIENT = """
+import contextlib, sys, grpc
+with grpc.insecure_channel("xds:///echo.default.svc.cluster.local:7070") as channel:
+    with contextlib.suppress(grpc.FutureTimeoutError):
+        grpc.channel_ready_future(channel).result(timeout=float(sys.argv[1]))
+"""
+
+
+def test_grpcs_xds_client_off_loopback_presents_the_service_account_token(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """From another host (this host's outside address, as the control plane
+    sees it), grpcio's own xDS client is let in over TLS: the bootstrap
+    `pilotfish grpc-agent` writes gives gRPC the token file as
+    `jwt_token_file` call credentials (gRFC A97), which the agent's env
+    switch turns on. Before, its stream was refused UNAUTHENTICATED."""
+    address = outside_address()
+    plane = ControlPlane.open(
+        tmp_path / "data",
+        "127.0.0.1:0",
+        tmp_path / "config.yaml",
+        xds_listen="127.0.0.1:0",
+        xds_tls_listen=f"{address}:0",
+    )
+    plane.server.start()
+    try:
+        assert plane.ads is not None
+        monkeypatch.setenv("PILOTFISH_CONFIG", str(tmp_path / "config.yaml"))
+        assert cli(["create", "token", "default"]) == 0
+        (tmp_path / "token").write_text(capsys.readouterr().out.strip())
+        (tmp_path / "root.pem").write_bytes(root_of(plane))
+        out = tmp_path / "grpc"
+        argv = [sys.executable, "-m", "pilotfish", "grpc-agent", "echo-0", "--dir", str(out)]
+        argv += ["--xds", f"{address}:{plane.ads.secure_port}"]
+        argv += ["--xds-root-cert", str(tmp_path / "root.pem")]
+        argv += ["--ca-token-file", str(tmp_path / "token")]
+        with (tmp_path / "agent.log").open("wb") as log:
+            agent = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            wait_until(lambda: (out / "cert-chain.pem").exists(), agent)
+            (server,) = json.loads((out / "bootstrap.json").read_text())["xds_servers"]
+            assert server["call_creds"] == [
+                {"type": "jwt_token_file", "config": {"jwt_token_file": str(tmp_path / "token")}}
+            ]
+            env = {
+                "PATH": "/usr/bin:/bin",
+                "GRPC_XDS_BOOTSTRAP": str(out / "bootstrap.json"),
+                "GRPC_EXPERIMENTAL_XDS_BOOTSTRAP_CALL_CREDS": "true",
+            }
+            client = subprocess.Popen([sys.executable, "-c", _XDS_CLIENT, "20"], env=env)
+            try:
+                wait_until(lambda: "proxyless~" in repr(plane.ads.connections()), client)  # type: ignore[union-attr]
+            finally:
+                client.kill()
+                client.wait(timeout=10)
+        finally:
+            agent.terminate()
+            agent.wait(timeout=15)
+    finally:
+        plane.close()

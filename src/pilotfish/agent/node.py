@@ -35,11 +35,17 @@ from pilotfish.agent.bootstrap import Placement, XdsServer
 from pilotfish.agent.gateway import GatewayProxy, GatewaySpec
 from pilotfish.agent.instance import RECORD, Instance, Ports
 from pilotfish.agent.ports import PortAllocator
-from pilotfish.agent.proxyless import BOOTSTRAP, GRPC_AGENT, INJECT_TEMPLATES, is_proxyless
+from pilotfish.agent.proxyless import (
+    BOOTSTRAP,
+    CALL_CREDS_ENV,
+    GRPC_AGENT,
+    INJECT_TEMPLATES,
+    is_proxyless,
+)
 from pilotfish.agent.spec import SpecError, config_data, resolve
-from pilotfish.api.errors import ApiError, Forbidden
+from pilotfish.api.errors import ApiError, Forbidden, NotFound
 from pilotfish.api.kinds import Kind, registry
-from pilotfish.api.workloads import ConfigData
+from pilotfish.api.workloads import ConfigData, referenced
 from pilotfish.api.workloads import template_hash as hash_of
 from pilotfish.config import private_dir
 from pilotfish.objects import Obj
@@ -50,6 +56,7 @@ MANAGER = "pilotfish-node"
 
 
 class NodeClient(Protocol):
+    def get(self, kind: Kind, name: str, namespace: str | None) -> Obj: ...
     def list(self, kind: Kind, namespace: str | None, label_selector: str | None = None) -> Obj: ...
     def update_status(self, obj: Obj, *, manager: str = ...) -> Obj: ...
     def register_instance(self, registration: Obj) -> Obj: ...
@@ -115,7 +122,7 @@ class NodeAgent:
         """One pass: converge every Workload of this node, then write statuses."""
         try:
             workloads = self._my_workloads()
-            configs = self._configs({w["metadata"]["namespace"] for w in workloads})
+            configs = self._configs(workloads)
         except ApiError as e:
             print(f"node {self.node_name}: {e.message}", flush=True)
             return
@@ -147,7 +154,7 @@ class NodeAgent:
             workloads = {
                 (w["metadata"]["namespace"], w["metadata"]["name"]): w for w in self._my_workloads()
             }
-            configs = self._configs({ns for ns, _ in workloads})
+            configs = self._configs(list(workloads.values()))
         except ApiError:
             return set()  # the control plane is not there: start afresh
         root = self.state_dir / "instances"
@@ -291,15 +298,23 @@ class NodeAgent:
             w for w in items if (w.get("spec") or {}).get("nodeName") in (None, "", self.node_name)
         ]
 
-    def _configs(self, namespaces: set[str]) -> dict[str, ConfigData]:
-        out: dict[str, ConfigData] = {}
-        for namespace in namespaces:
-            objects: list[Obj] = []
-            for kind in ("ConfigMap", "Secret"):
-                listed = self.client.list(registry().resolve(kind), namespace)
-                objects += [{**o, "kind": kind} for o in listed.get("items") or []]
-            out[namespace] = config_data(objects)
-        return out
+    def _configs(self, workloads: list[Obj]) -> dict[str, ConfigData]:
+        """Each namespace's ConfigMaps and Secrets that these Workloads
+        reference, got one by one: a joined node may read no others. A missing
+        one is left out (resolve() says so, unless it is optional)."""
+        objects: dict[str, list[Obj]] = {w["metadata"]["namespace"]: [] for w in workloads}
+        wanted = {
+            (w["metadata"]["namespace"], kind, name)
+            for w in workloads
+            for kind, name in referenced(w.get("spec") or {})
+        }
+        for namespace, kind, name in sorted(wanted):
+            try:
+                found = self.client.get(registry().resolve(kind), name, namespace)
+            except NotFound:
+                continue
+            objects[namespace].append({**found, "kind": kind})
+        return {namespace: config_data(found) for namespace, found in objects.items()}
 
     def _watch(self, kind: str, stop: threading.Event) -> None:
         """Any change wakes the loop; the loop re-reads (a watch that breaks
@@ -312,8 +327,8 @@ class NodeAgent:
                     if stop.is_set():
                         return
             except Forbidden:
-                # A joined node may not watch every namespace's Secrets (or
-                # ConfigMaps): the periodic resync reads its own namespaces.
+                # A joined node may not watch Secrets (or ConfigMaps): the
+                # periodic resync gets those its Workloads reference.
                 return
             except (ApiError, OSError, ValueError):
                 pass
@@ -390,6 +405,7 @@ def instance_env(instance: Instance, base: Any) -> dict[str, str]:
     env["PATH"] = os.pathsep.join([python_dir, env.get("PATH", os.defpath)])
     if instance.proxyless:  # it reads xDS itself: no sidecar to send HTTP through
         env["GRPC_XDS_BOOTSTRAP"] = str(instance.grpc_dir / BOOTSTRAP)
+        env[CALL_CREDS_ENV] = "true"  # its token, to xDS off the control plane's host
     else:
         proxy = f"http://127.0.0.1:{instance.ports.outbound}"
         env.update(HTTP_PROXY=proxy, http_proxy=proxy, NO_PROXY="localhost,127.0.0.1")

@@ -2,8 +2,10 @@
 gives it: gRPC's xDS bootstrap, and the certificate files that bootstrap's
 `file_watcher` provider reads.
 
-The bootstrap names the ADS server (plaintext: gRPC's xDS client sends no
-token, so the workload runs on the control plane's host), an Istio-style
+The bootstrap names the ADS server (over TLS with gRPC's `tls` channel
+credentials when given the mesh root, then with the service account token as
+gRPC's `jwt_token_file` call credentials, gRFC A97, so that a workload on
+another host is let in; plaintext on the control plane's host), an Istio-style
 node (type `proxyless`, metadata GENERATOR grpc, NAMESPACE, LABELS,
 SERVICE_ACCOUNT, WORKLOAD_NAME), the certificate provider instance `default`
 (the name translation's TLS contexts use), and Istio's server listener
@@ -32,6 +34,8 @@ from pilotfish.translate.proxyless import PROVIDER_INSTANCE, SERVER_LISTENER_TEM
 
 CERT_CHAIN, KEY, ROOT_CERT = "cert-chain.pem", "key.pem", "root-cert.pem"  # istio-agent's names
 BOOTSTRAP = "bootstrap.json"
+# gRPC reads the bootstrap's `call_creds` (gRFC A97) only with this set to true.
+CALL_CREDS_ENV = "GRPC_EXPERIMENTAL_XDS_BOOTSTRAP_CALL_CREDS"
 # Istio's annotation choosing what is injected beside an application; a
 # Workload whose value lists `grpc-agent` runs proxyless: no sidecar, this
 # agent's bootstrap and certificates instead.
@@ -82,18 +86,26 @@ def grpc_agent_args(
 
 
 def grpc_bootstrap(
-    who: ProxylessWorkload, xds: XdsServer, cert_dir: Path, refresh: str
+    who: ProxylessWorkload,
+    xds: XdsServer,
+    cert_dir: Path,
+    refresh: str,
+    token_file: Path | None = None,
 ) -> dict[str, Any]:
-    """`refresh`: how often gRPC rereads the files, a JSON Duration ("900s")."""
+    """`refresh`: how often gRPC rereads the files, a JSON Duration ("900s");
+    `token_file`: the service account token gRPC presents to xDS over TLS."""
     identity = who.identity
+    server: dict[str, Any] = {
+        "server_uri": f"{xds.host}:{xds.port}",
+        "channel_creds": [_channel_creds(xds)],
+        "server_features": ["xds_v3"],
+    }
+    if xds.root_cert and token_file is not None:
+        # gRPC sends call credentials over secure channels only: none in clear.
+        jwt = {"jwt_token_file": str(token_file)}
+        server["call_creds"] = [{"type": "jwt_token_file", "config": jwt}]
     return {
-        "xds_servers": [
-            {
-                "server_uri": f"{xds.host}:{xds.port}",
-                "channel_creds": [_channel_creds(xds)],
-                "server_features": ["xds_v3"],
-            }
-        ],
+        "xds_servers": [server],
         "node": {
             "id": node_id(identity, "proxyless"),
             "metadata": {

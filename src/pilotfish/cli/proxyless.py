@@ -76,7 +76,8 @@ def run_grpc_agent(args: argparse.Namespace) -> int:
         raise UsageError(f"--ca-token-file {args.ca_token_file}: no such file")
     cert_dir = args.dir.resolve()
     bootstrap_path = cert_dir / BOOTSTRAP
-    write_bootstrap(bootstrap_path, grpc_bootstrap(who, xds, cert_dir, refresh))
+    token_file = args.ca_token_file.resolve()
+    write_bootstrap(bootstrap_path, grpc_bootstrap(who, xds, cert_dir, refresh, token_file))
     print(f"bootstrap: {bootstrap_path}", flush=True)
     certificates = WorkloadCertificates(
         [f"{xds.host}:{xds.port}"],

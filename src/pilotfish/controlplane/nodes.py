@@ -18,8 +18,10 @@ Kubernetes' Node authorizer and NodeRestriction: read Workloads; update the
 status of, register and deregister instances of, and mint service-account
 tokens for Workloads scheduled to it (`spec.nodeName` it or empty, as the
 agent runs those), and for the ingress gateway's account (`--gateway`);
-read ConfigMaps and Secrets in those Workloads' namespaces; post telemetry;
-renew its own certificate. Everything else: 403.
+get (by name; no list or watch) the ConfigMaps and Secrets those Workloads'
+specs reference (env, envFrom, volumes), as the Node authorizer's graph of a
+node's pods to their Secrets; post telemetry; renew its own certificate.
+Everything else: 403.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from pilotfish.agent.gateway import GatewaySpec
 from pilotfish.api.errors import BadRequest, Forbidden, Invalid, MethodNotAllowed
 from pilotfish.api.gotypes import rfc3339
 from pilotfish.api.kinds import registry
+from pilotfish.api.workloads import referenced
 from pilotfish.ca.authority import CertificateAuthority, CsrError
 from pilotfish.ca.identity import DEFAULT_SERVICE_ACCOUNT
 from pilotfish.controlplane.api import CLUSTER_INFO, Request, Response, encode
@@ -99,9 +102,12 @@ class NodeAuthorizer:
                 and a.verb in ("update", "patch", "get")
                 and (self._runs(node, a.namespace, a.name))
             )
-        if a.group == "" and a.resource in ("configmaps", "secrets"):
-            namespaces = {_namespace(w) for w in self.scheduled(node)}
-            return a.verb in ("get", "list", "watch") and a.namespace in namespaces
+        if a.group == "" and a.resource in ("configmaps", "secrets") and a.verb == "get":
+            wanted = ("ConfigMap" if a.resource == "configmaps" else "Secret", a.name)
+            return any(
+                _namespace(w) == a.namespace and wanted in referenced(w.get("spec") or {})
+                for w in self.scheduled(node)
+            )
         return False
 
     def _may_mint(self, node: str, path: str) -> bool:

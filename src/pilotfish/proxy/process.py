@@ -45,6 +45,7 @@ from pilotfish.proxy.telemetry import (
     peer_metadata_headers,
 )
 from pilotfish.proxy.tls import SecretSource, TlsContexts
+from pilotfish.proxy.tracing.exporter import Authorization
 from pilotfish.proxy.tracing.tracer import Tracer
 from pilotfish.proxy.upstream import render_clusters
 from pilotfish.proxy.upstream.pool import Pool
@@ -184,7 +185,7 @@ async def _serve(
     changed = asyncio.Event()
     config = ProxyConfig(on_change=lambda _: changed.set())
     secrets = SecretSet(certificates, config.served_secrets)
-    runtime = new_runtime(bootstrap, config, secrets)
+    runtime = new_runtime(bootstrap, config, secrets, certificates)
     runtime.start()
     listeners = Listeners(runtime)
     load_static(bootstrap, runtime.config)
@@ -223,10 +224,14 @@ def _serving(runtime: Runtime, ads: AdsClient | None) -> bool:
 
 
 def new_runtime(
-    bootstrap: Bootstrap, config: ProxyConfig, secrets: SecretSource | None = None
+    bootstrap: Bootstrap,
+    config: ProxyConfig,
+    secrets: SecretSource | None = None,
+    certificates: WorkloadCertificates | None = None,
 ) -> Runtime:
     """What the proxy's connections share, for the node the bootstrap names;
-    TLS uses `secrets` (the workload certificate and the Secrets from SDS)."""
+    TLS uses `secrets` (the workload certificate and the Secrets from SDS);
+    spans to the control plane carry the token `certificates` reads."""
     stats = StatsRegistry()
     contexts = TlsContexts(secrets)
     own = WorkloadInfo.from_node(bootstrap.node)
@@ -242,22 +247,26 @@ def new_runtime(
             bootstrap.node.id,
             stats.tracing,
             partial(pick_host, config),
-            _control_plane(bootstrap),
+            _control_plane(bootstrap, certificates),
             metadata_text(bootstrap.node.metadata.fields, "MESH_ID"),
+            _ads_channel(bootstrap).root_pem,
         ),
     )
     stats.state = partial(live_stats, runtime, time.monotonic())
     return runtime
 
 
-def _control_plane(bootstrap: Bootstrap) -> tuple[str, str]:
+def _control_plane(
+    bootstrap: Bootstrap, certificates: WorkloadCertificates | None = None
+) -> tuple[str, Authorization]:
     """The control plane's API URL (node metadata PILOTFISH_API) and the ADS
-    `authorization` the proxy presents, for the spans it sends there."""
+    `authorization` the proxy presents (the bootstrap's, else the service
+    account token, read at each export as it rotates), for its spans there."""
     api = metadata_text(bootstrap.node.metadata.fields, "PILOTFISH_API")
-    services = bootstrap.dynamic_resources.ads_config.grpc_services
-    headers = services[0].initial_metadata if services else ()
-    auth = next((h.value for h in headers if h.key.lower() == "authorization"), "")
-    return api, auth
+    if not bootstrap.dynamic_resources.ads_config.grpc_services:
+        return api, str
+    token_file = certificates.token_file if certificates is not None else None
+    return api, lambda: dict(_ads_metadata(bootstrap, token_file)).get("authorization", "")
 
 
 def pick_host(config: ProxyConfig, cluster: str) -> tuple[str, int] | None:

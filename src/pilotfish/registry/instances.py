@@ -60,11 +60,12 @@ class InstanceTable:
         return f"<InstanceTable {len(self._leases)} instances>"
 
     def register(self, instance: Instance, ttl: float, now: float) -> bool:
-        """Add or renew; True when what the mesh sees changed (not a bare renewal)."""
+        """Add or renew; True when what the mesh sees changed (not a bare renewal:
+        renewing a lease that had run out brings the instance back)."""
         key = (instance.namespace, instance.name)
         previous = self._leases.get(key)
         self._leases[key] = Lease(instance, ttl, now + ttl)
-        return previous is None or previous.instance != instance
+        return previous is None or previous.instance != instance or previous.expires <= now
 
     def remove(self, namespace: str, name: str) -> bool:
         return self._leases.pop((namespace, name), None) is not None
@@ -74,11 +75,13 @@ class InstanceTable:
         gone = [k for k, lease in self._leases.items() if lease.expires <= now]
         return [self._leases.pop(k).instance for k in gone]
 
-    def leases(self) -> list[Lease]:
-        return [self._leases[k] for k in sorted(self._leases)]
+    def leases(self, now: float | None = None) -> list[Lease]:
+        """Every lease; with `now`, those that have not run out by then."""
+        found = (self._leases[k] for k in sorted(self._leases))
+        return [lease for lease in found if now is None or lease.expires > now]
 
-    def instances(self) -> tuple[Instance, ...]:
-        return tuple(lease.instance for lease in self.leases())
+    def instances(self, now: float | None = None) -> tuple[Instance, ...]:
+        return tuple(lease.instance for lease in self.leases(now))
 
 
 class InstanceRegistry:
@@ -130,12 +133,14 @@ class InstanceRegistry:
         return expired
 
     def leases(self) -> list[Lease]:
+        """The live leases: one that ran out is not served even before a sweep
+        removes it (on a replica that does not sweep, until the leader does)."""
         with self._lock:
-            return self._table.leases()
+            return self._table.leases(self._clock())
 
     def instances(self) -> tuple[Instance, ...]:
         with self._lock:
-            return self._table.instances()
+            return self._table.instances(self._clock())
 
     def start(self) -> None:
         self._sweeper.start()

@@ -12,7 +12,11 @@ last write of a registration (no wall clocks compared across hosts). Only the
 elected leader sweeps: it deletes a registration whose heartbeats stopped
 with a transaction comparing the key's mod_revision with the one it timed,
 so a heartbeat written meanwhile through another replica wins, and the
-instance is removed once, everywhere, by the watch.
+instance is removed once, everywhere, by the watch. Every replica hides a
+registration whose lease ran out on its own clock from what it serves, and
+wakes its listeners (an xDS push) when one does, so that with no leader (or
+a slow one) a dead instance leaves the endpoints all the same; a heartbeat
+brings it back.
 """
 
 from __future__ import annotations
@@ -60,6 +64,7 @@ class SharedInstanceRegistry(InstanceRegistry):
         self._prefix = f"{backend.prefix}-instances"
         self._leading = leading
         self._revisions: dict[InstanceKey, int] = {}  # mod_revision each lease was timed from
+        self._lapsed: set[InstanceKey] = set()  # ran out here, hidden, not yet deleted
         self._position = 0  # the last revision this replica's table reflects
         self._seen = threading.Condition(self._lock)
         self._stopping = threading.Event()
@@ -88,10 +93,9 @@ class SharedInstanceRegistry(InstanceRegistry):
         return int(reply.responses[0].response_delete_range.deleted) > 0
 
     def sweep(self) -> list[Instance]:
-        """On the leader: delete the registrations whose lease ran out here,
-        unless renewed since (then etcd's mod_revision moved on)."""
-        if not self._leading():
-            return []
+        """On every replica: tell the listeners of leases that ran out here
+        since the last pass (they are hidden already). On the leader only:
+        delete them, unless renewed since (then etcd's mod_revision moved on)."""
         now = self._clock()
         with self._lock:
             due = [
@@ -99,6 +103,12 @@ class SharedInstanceRegistry(InstanceRegistry):
                 for lease in self._table.leases()
                 if lease.expires <= now
             ]
+            lapsed = {_key_of(instance) for instance, _ in due}
+            newly, self._lapsed = lapsed - self._lapsed, lapsed
+        if newly:
+            self._notify()
+        if not self._leading():
+            return []
         swept = [instance for instance, revision in due if self._delete_at(instance, revision)]
         for instance in swept:
             log.info("instance %s/%s: lease expired; removed", instance.namespace, instance.name)
@@ -187,6 +197,7 @@ class SharedInstanceRegistry(InstanceRegistry):
             for key in set(self._revisions) - set(found):
                 changed |= self._table.remove(*key)
                 del self._revisions[key]
+                self._lapsed.discard(key)
             for key, (instance, ttl, revision) in found.items():
                 if self._revisions.get(key) != revision:
                     changed |= self._record(instance, ttl, revision)
@@ -203,6 +214,7 @@ class SharedInstanceRegistry(InstanceRegistry):
                 if event.type == "DELETED":
                     changed = self._table.remove(instance.namespace, instance.name)
                     self._revisions.pop(_key_of(instance), None)
+                    self._lapsed.discard(_key_of(instance))
                 else:
                     changed = self._record(instance, ttl, event.resource_version)
             self._moved_to(event.resource_version)
@@ -211,7 +223,9 @@ class SharedInstanceRegistry(InstanceRegistry):
 
     def _record(self, instance: Instance, ttl: float, revision: int) -> bool:
         """A write seen now: the lease runs from now, on this replica's clock."""
-        self._revisions[_key_of(instance)] = revision
+        key = _key_of(instance)
+        self._revisions[key] = revision
+        self._lapsed.discard(key)
         return self._table.register(instance, ttl, self._clock())
 
     def _moved_to(self, revision: int) -> None:

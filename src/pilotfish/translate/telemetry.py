@@ -184,7 +184,7 @@ def _provider(
     names_ = named or tuple((mesh.get("defaultProviders") or {}).get("tracing") or ())
     if not names_:
         api = proxy.metadata.get(API_METADATA, "").rstrip("/")
-        if not api.startswith("http://"):
+        if not api.startswith(("http://", "https://")):
             return None
         return _otel(api + OTLP_PATH, CONTROL_PLANE_CLUSTER, None, "")
     for provider in mesh.get("extensionProviders") or ():

@@ -80,8 +80,8 @@ def test_compiled() -> None:
             "tracing.provider.typed_config.grpc_service",
         ),
         (
-            {"provider": provider(httpService={"httpUri": {"uri": "https://c/v1/traces", "cluster": "c"}})},
-            "http_uri.uri: an http:// URL (OTLP/HTTP) is needed, got 'https://c/v1/traces'",
+            {"provider": provider(httpService={"httpUri": {"uri": "ftp://c/v1/traces", "cluster": "c"}})},
+            "http_uri.uri: an http:// or https:// URL (OTLP/HTTP) is needed, got 'ftp://c/v1/traces'",
         ),
         (
             {"provider": {"name": "envoy.tracers.zipkin", "typed_config": {

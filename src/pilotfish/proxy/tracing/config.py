@@ -84,6 +84,7 @@ class OtlpHttp:
     headers: tuple[tuple[str, str], ...] = ()
     max_queued: int = DEFAULT_MAX_CACHE_SIZE  # spans waiting to be sent; beyond, dropped
     cluster: str = ""
+    tls: bool = False  # an https:// URI (the control plane's API off loopback)
 
     def __repr__(self) -> str:
         return f"<OtlpHttp {self.host}:{self.port}{self.path}>"
@@ -150,15 +151,16 @@ def _provider(tracing: hcm_pb2.HttpConnectionManager.Tracing) -> OtlpHttp:
         )
     uri = config.http_service.http_uri
     parts = urlsplit(uri.uri)
-    if parts.scheme != "http" or not parts.hostname:
+    if parts.scheme not in ("http", "https") or not parts.hostname:
         raise TracingConfigError(
-            "tracing.provider.typed_config.http_service.http_uri.uri: an http:// URL "
-            f"(OTLP/HTTP) is needed, got {uri.uri!r}"
+            "tracing.provider.typed_config.http_service.http_uri.uri: an http:// or https:// "
+            f"URL (OTLP/HTTP) is needed, got {uri.uri!r}"
         )
+    tls = parts.scheme == "https"
     timeout = seconds(uri.timeout) if uri.HasField("timeout") else DEFAULT_EXPORT_TIMEOUT_S
     return OtlpHttp(
         host=parts.hostname,
-        port=parts.port or 80,
+        port=parts.port or (443 if tls else 80),
         path=parts.path or "/v1/traces",
         timeout=timeout or DEFAULT_EXPORT_TIMEOUT_S,
         service_name=config.service_name,
@@ -167,4 +169,5 @@ def _provider(tracing: hcm_pb2.HttpConnectionManager.Tracing) -> OtlpHttp:
         ),
         max_queued=config.max_cache_size.value or DEFAULT_MAX_CACHE_SIZE,
         cluster=uri.cluster,
+        tls=tls,
     )

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from collections.abc import Callable
 
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
@@ -31,6 +32,7 @@ MIN_FLUSH_SPANS = 5
 MAX_RESPONSE_HEAD = 16 * 1024
 Resolve = Callable[[str], "tuple[str, int] | None"]  # a cluster's name -> one of its hosts
 PendingSpan = Callable[[], Span]  # builds the span's message
+Authorization = Callable[[], str]  # the header's value, read at each POST ("": none)
 
 
 class OtlpExporter:
@@ -43,9 +45,14 @@ class OtlpExporter:
         stats: TracingStats,
         resolve: Resolve | None = None,
         flush_interval: float = FLUSH_INTERVAL_S,
+        authorization: Authorization | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
+        """`authorization`: for the control plane's receiver, the token the
+        proxy shows it, re-read per POST as it rotates; `tls`: how to verify
+        an https:// target."""
         self.target, self.service, self.stats = target, service, stats
-        self.resolve = resolve
+        self.resolve, self.authorization, self.tls = resolve, authorization, tls
         self.max_queued, self.flush_interval = target.max_queued, flush_interval
         self.queue: list[PendingSpan] = []
         self.sending: asyncio.Task[None] | None = None
@@ -101,9 +108,16 @@ class OtlpExporter:
         target = self.target
         found = self.resolve(target.cluster) if self.resolve and target.cluster else None
         host, port = found or (target.host, target.port)
-        reader, writer = await asyncio.open_connection(host, port)
+        context = (self.tls or ssl.create_default_context()) if target.tls else None
+        reader, writer = await asyncio.open_connection(
+            host, port, ssl=context, server_hostname=target.host if context else None
+        )
         try:
-            extra = "".join(f"{k}: {v}\r\n" for k, v in target.headers)
+            headers = list(target.headers)
+            authorization = self.authorization() if self.authorization else ""
+            if authorization:
+                headers.append(("authorization", authorization))
+            extra = "".join(f"{k}: {v}\r\n" for k, v in headers)
             writer.write(
                 (
                     f"POST {target.path} HTTP/1.1\r\nhost: {target.host}:{target.port}\r\n"

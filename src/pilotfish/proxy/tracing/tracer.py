@@ -8,8 +8,8 @@ recorded: a sampled span goes to its provider's exporter.
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Callable
-from dataclasses import replace
 from functools import partial
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
@@ -19,7 +19,7 @@ from pilotfish.proxy.protocol.http1 import Headers
 from pilotfish.proxy.stats import TracingStats
 from pilotfish.proxy.telemetry import WorkloadInfo
 from pilotfish.proxy.tracing.config import OtlpHttp, TracingConfig
-from pilotfish.proxy.tracing.exporter import OtlpExporter, Resolve
+from pilotfish.proxy.tracing.exporter import Authorization, OtlpExporter, Resolve
 from pilotfish.proxy.tracing.propagation import (
     SpanContext,
     decide,
@@ -55,14 +55,18 @@ class Tracer:
         node_id: str,
         stats: TracingStats,
         resolve: Resolve | None = None,
-        control_plane: tuple[str, str] = ("", ""),
+        control_plane: tuple[str, Authorization] = ("", str),
         mesh_id: str = "",
+        root_pem: bytes | None = None,
     ) -> None:
         """`control_plane`: its API URL and the `authorization` header value the
-        proxy presents to it (the ADS token), sent with spans to that address only;
-        `mesh_id`: the node metadata's MESH_ID, for `istio.mesh_id`."""
+        proxy presents to it (the ADS token, read per export as it rotates), sent
+        with spans to that address only; `mesh_id`: the node metadata's MESH_ID,
+        for `istio.mesh_id`; `root_pem`: the mesh root an https:// collector
+        is verified against (the xDS server's), else the system's roots."""
         self.own, self.node_id, self.stats, self.resolve = own, node_id, stats, resolve
         self.control_plane, self.mesh_id = control_plane, mesh_id
+        self.tls = ssl.create_default_context(cadata=root_pem.decode()) if root_pem else None
         self.exporters: dict[OtlpHttp, OtlpExporter] = {}
 
     def __repr__(self) -> str:
@@ -98,11 +102,16 @@ class Tracer:
             service = service_name(target.service_name, self.own)
             api, authorization = self.control_plane
             parts = urlsplit(api)
-            if authorization and (parts.hostname, parts.port or 80) == (target.host, target.port):
-                sent = replace(target, headers=(*target.headers, ("authorization", authorization)))
-            else:
-                sent = target
-            found = OtlpExporter(sent, service, self.stats, self.resolve)
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+            mine = (parts.hostname, port) == (target.host, target.port)
+            found = OtlpExporter(
+                target,
+                service,
+                self.stats,
+                self.resolve,
+                authorization=authorization if mine else None,
+                tls=self.tls,
+            )
             self.exporters[target] = found
         return found
 
