@@ -54,6 +54,8 @@ MODULES: Final = (
     "pilotfish.proxy.filters.overrides",
     "pilotfish.proxy.filters.percent",
     "pilotfish.proxy.filters.ratelimit",
+    "pilotfish.proxy.config",
+    "pilotfish.proxy.listeners",
     "pilotfish.proxy.exchange_core",
     "pilotfish.proxy.exchange",
     "pilotfish.proxy.exchange_commands",
