@@ -19,13 +19,13 @@ import asyncio
 import random
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from pilotfish.proxy import filters, grpc, response_flags
 from pilotfish.proxy.authz_call import send_check
+from pilotfish.proxy.exchange_commands import carry_out
 from pilotfish.proxy.exchange_core import (
     BACKOFF_ELAPSED,
-    COMMAND_NAMES,
     CONNECT_FAILED,
     CONNECTED,
     CONNECTING,
@@ -98,11 +98,11 @@ if TYPE_CHECKING:
     from pilotfish.proxy.h2_downstream import H2Stream
     from pilotfish.proxy.server import Downstream
 
-MAX_BUFFERED_BODY = 64 * 1024  # request bytes kept for retries and mirrors
-PRECISE_WITHIN_S = 0.5  # a route timeout this short gets its timer at once
-RNG = random.Random()
+MAX_BUFFERED_BODY: Final = 64 * 1024  # request bytes kept for retries and mirrors
+PRECISE_WITHIN_S: Final = 0.5  # a route timeout this short gets its timer at once
+RNG: Final = random.Random()
 RESET_BEFORE_HEADERS = b"upstream connect error or disconnect/reset before headers. reset reason: "
-FAILURE_BODIES = {
+FAILURE_BODIES: Final = {
     "UH": (503, b"no healthy upstream"),
     "UF": (503, RESET_BEFORE_HEADERS + b"connection failure"),
     "UC": (503, RESET_BEFORE_HEADERS + b"connection termination"),
@@ -111,7 +111,7 @@ FAILURE_BODIES = {
     "UT": (504, b"upstream request timeout"),
 }
 # Envoy's connection manager counters for the local replies that have one.
-LOCAL_REPLY_STATS = {
+LOCAL_REPLY_STATS: Final = {
     "NR": "no_route",
     "NC": "no_cluster",
     "FI": "fault__aborts_injected",
@@ -626,11 +626,11 @@ class Exchange:
     def feed(self, event: int, outcome: str | int = "", grpc_status: int | None = None) -> None:
         """Hand `event` to the exchange core and carry out its commands."""
         for command in self.core.on(event, outcome, grpc_status):
-            _COMMANDS[command](self)
+            carry_out(self, command)
 
     def run(self, commands: tuple[int, ...]) -> None:
         for command in commands:
-            _COMMANDS[command](self)
+            carry_out(self, command)
 
     def mirror_now(self) -> None:
         """Mirror the request now if its body is complete, else when it is."""
@@ -1095,8 +1095,8 @@ def request_id() -> bytes:
     return b"%s-%s-%s-%s-%s" % (h[:8], h[8:12], h[12:16], h[16:20], h[20:])
 
 
-_UUID_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))
-_UUID_SET = (0x4000 << 64) | (0x8000 << 48)  # version 4, RFC 4122 variant
+_UUID_CLEAR: Final = ~((0xF000 << 64) | (0xC000 << 48))
+_UUID_SET: Final = (0x4000 << 64) | (0x8000 << 48)  # version 4, RFC 4122 variant
 
 
 def take_peer(headers: Headers) -> bytes | None:
@@ -1114,38 +1114,8 @@ def take_peer(headers: Headers) -> bytes | None:
     return found
 
 
-_REWRITTEN = frozenset(
+_REWRITTEN: Final = frozenset(
     {b"host", b"expect", b"x-forwarded-for", b"x-forwarded-proto", b"x-request-id"}
 )
-PEER_HEADERS = frozenset({PEER_METADATA_HEADER, PEER_METADATA_ID_HEADER})
+PEER_HEADERS: Final = frozenset({PEER_METADATA_HEADER, PEER_METADATA_ID_HEADER})
 
-
-# The shell's side of each exchange_core command, by its number. The body
-# commands (BUFFER, WRITE_DOWNSTREAM, and WRITE_UPSTREAM for a body piece)
-# are carried out where the bytes are, in request_body and on_response.
-_COMMANDS: tuple[Callable[[Exchange], None], ...] = (
-    Exchange.mirror_now,  # MIRROR
-    Exchange.start_deadline,  # ARM_DEADLINE
-    Exchange.pick_host,  # PICK_HOST
-    Exchange.start_try_timer,  # START_TRY_TIMER
-    Exchange.open_connection,  # OPEN
-    Exchange.send_request,  # WRITE_UPSTREAM
-    Exchange.cannot_carry,  # BUFFER
-    Exchange.cancel_try_timer,  # CANCEL_TRY_TIMER
-    Exchange.leave_queue,  # LEAVE_QUEUE
-    Exchange.close_connection,  # CLOSE_CONNECTION
-    Exchange.release_connection,  # RELEASE_CONNECTION
-    Exchange.acquire_retry,  # ACQUIRE_RETRY
-    Exchange.start_backoff,  # START_BACKOFF
-    Exchange.mark_exhausted,  # MARK_EXHAUSTED
-    Exchange.write_response,  # WRITE_RESPONSE
-    Exchange.cannot_carry,  # WRITE_DOWNSTREAM
-    Exchange.write_local,  # WRITE_LOCAL
-    Exchange.write_failure,  # WRITE_FAILURE
-    Exchange.cut_short,  # CUT_SHORT
-    Exchange.flag_dc,  # FLAG_DC
-    Exchange.close_downstream,  # CLOSE_DOWNSTREAM
-    Exchange.finish,  # FINISH
-    Exchange.return_connection,  # RETURN_CONNECTION
-)
-assert len(_COMMANDS) == len(COMMAND_NAMES)

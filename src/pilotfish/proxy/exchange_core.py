@@ -48,22 +48,51 @@ from pilotfish.proxy.upstream.retry import ACCEPT, EXHAUSTED, RETRY, verdict
 #    lost downstream end the exchange, dropping whatever upstream it holds.
 #
 # Plain ints rather than an Enum, as protocol/http1 has them: the shell feeds
-# several events per request.
+# several events per request. Final literals, so that mypyc inlines them (see
+# protocol/http1).
 
-START, PICKING, CONNECTING, SENT, HEAD_IN, TRY_FAILED, RETRY_ASKED, HELD = range(8)
-BACKOFF, RESPONDING, TUNNEL, DONE = range(8, 12)
+START: Final = 0
+PICKING: Final = 1
+CONNECTING: Final = 2
+SENT: Final = 3
+HEAD_IN: Final = 4
+TRY_FAILED: Final = 5
+RETRY_ASKED: Final = 6
+HELD: Final = 7
+BACKOFF: Final = 8
+RESPONDING: Final = 9
+TUNNEL: Final = 10
+DONE: Final = 11
 STATE_NAMES: Final = (
     "START", "PICKING", "CONNECTING", "SENT", "HEAD_IN", "TRY_FAILED",
     "RETRY_ASKED", "HELD", "BACKOFF", "RESPONDING", "TUNNEL", "DONE",
 )  # fmt: skip
 
 # Events, from the shell.
-FORWARD, LOCAL_REPLY, DOWNSTREAM_LOST, REQUEST_BODY, REQUEST_END = range(5)
-HOST_PICKED, NO_HOST, OVERFLOW, CONNECTED, CONNECT_FAILED = range(5, 10)
-RESPONSE_HEAD, SWITCHED, RESPONSE_BODY, RESPONSE_END, UPSTREAM_RESET = range(10, 15)
-TRY_TIMEOUT, DEADLINE, BACKOFF_ELAPSED, RETRY_GRANTED, RETRY_REFUSED = range(15, 20)
+FORWARD: Final = 0
+LOCAL_REPLY: Final = 1
+DOWNSTREAM_LOST: Final = 2
+REQUEST_BODY: Final = 3
+REQUEST_END: Final = 4
+HOST_PICKED: Final = 5
+NO_HOST: Final = 6
+OVERFLOW: Final = 7
+CONNECTED: Final = 8
+CONNECT_FAILED: Final = 9
+RESPONSE_HEAD: Final = 10
+SWITCHED: Final = 11
+RESPONSE_BODY: Final = 12
+RESPONSE_END: Final = 13
+UPSTREAM_RESET: Final = 14
+TRY_TIMEOUT: Final = 15
+DEADLINE: Final = 16
+BACKOFF_ELAPSED: Final = 17
+RETRY_GRANTED: Final = 18
+RETRY_REFUSED: Final = 19
 # Events the core gives itself, leaving a transient state.
-_ACCEPT, _RETRY, _EXHAUSTED = range(20, 23)
+_ACCEPT: Final = 20
+_RETRY: Final = 21
+_EXHAUSTED: Final = 22
 EVENT_NAMES: Final = (
     "forward", "local reply", "downstream lost", "request body", "request end",
     "host picked", "no host", "overflow", "connected", "connect failed",
@@ -73,11 +102,29 @@ EVENT_NAMES: Final = (
 )  # fmt: skip
 
 # Commands, to the shell.
-MIRROR, ARM_DEADLINE, PICK_HOST, START_TRY_TIMER, OPEN = range(5)
-WRITE_UPSTREAM, BUFFER, CANCEL_TRY_TIMER, LEAVE_QUEUE, CLOSE_CONNECTION = range(5, 10)
-RELEASE_CONNECTION, ACQUIRE_RETRY, START_BACKOFF, MARK_EXHAUSTED, WRITE_RESPONSE = range(10, 15)
-WRITE_DOWNSTREAM, WRITE_LOCAL, WRITE_FAILURE, CUT_SHORT, FLAG_DC = range(15, 20)
-CLOSE_DOWNSTREAM, FINISH, RETURN_CONNECTION = range(20, 23)
+MIRROR: Final = 0
+ARM_DEADLINE: Final = 1
+PICK_HOST: Final = 2
+START_TRY_TIMER: Final = 3
+OPEN: Final = 4
+WRITE_UPSTREAM: Final = 5
+BUFFER: Final = 6
+CANCEL_TRY_TIMER: Final = 7
+LEAVE_QUEUE: Final = 8
+CLOSE_CONNECTION: Final = 9
+RELEASE_CONNECTION: Final = 10
+ACQUIRE_RETRY: Final = 11
+START_BACKOFF: Final = 12
+MARK_EXHAUSTED: Final = 13
+WRITE_RESPONSE: Final = 14
+WRITE_DOWNSTREAM: Final = 15
+WRITE_LOCAL: Final = 16
+WRITE_FAILURE: Final = 17
+CUT_SHORT: Final = 18
+FLAG_DC: Final = 19
+CLOSE_DOWNSTREAM: Final = 20
+FINISH: Final = 21
+RETURN_CONNECTION: Final = 22
 COMMAND_NAMES: Final = (
     "mirror", "arm deadline", "pick host", "start try timer", "open",
     "write upstream", "buffer", "cancel try timer", "leave queue", "close connection",

@@ -14,7 +14,7 @@ import contextlib
 import time
 from dataclasses import dataclass, field
 from functools import partial
-from typing import BinaryIO
+from typing import BinaryIO, Final
 
 from pilotfish.proxy import filters
 from pilotfish.proxy.accesslog import AccessLogWriter, AccessRecord
@@ -52,8 +52,8 @@ from pilotfish.proxy.tls import TlsContexts, peer_uri_sans
 from pilotfish.proxy.tracing.tracer import Tracer
 from pilotfish.proxy.upstream.pool import Pool
 
-MAX_HELD_BYTES = 64 * 1024  # pipelined bytes read ahead before reading pauses
-TIMER_SWEEP_S = 0.25  # resolution of the 408, idle and outlier-interval timers
+MAX_HELD_BYTES: Final = 64 * 1024  # pipelined bytes read ahead before reading pauses
+TIMER_SWEEP_S: Final = 0.25  # resolution of the 408, idle and outlier-interval timers
 
 
 @dataclass

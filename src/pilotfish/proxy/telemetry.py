@@ -24,6 +24,7 @@ import functools
 from bisect import bisect_left
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Final
 
 from envoy.config.core.v3.base_pb2 import Metadata, Node
 from google.protobuf import message, struct_pb2
@@ -46,8 +47,8 @@ DEFAULT_BUCKETS: tuple[float, ...] = (
     0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000,
     300000, 600000, 1800000, 3600000,
 )  # fmt: skip
-DURATION_BUCKETS_MS = DEFAULT_BUCKETS
-BYTES_BUCKETS = DEFAULT_BUCKETS
+DURATION_BUCKETS_MS: Final = DEFAULT_BUCKETS
+BYTES_BUCKETS: Final = DEFAULT_BUCKETS
 
 # The metadata keys Istio's bootstrap writes on the node, and that its
 # metadata exchange carries between proxies.
@@ -155,7 +156,7 @@ _WORKLOAD_FIELDS = (
     "service_account",
     "trust_domain",
 )
-UNKNOWN_WORKLOAD = WorkloadInfo()
+UNKNOWN_WORKLOAD: Final = WorkloadInfo()
 
 
 @functools.lru_cache(maxsize=4096)
@@ -252,7 +253,7 @@ class ServiceInfo:
         return service_from_cluster_name(name)
 
 
-UNKNOWN_SERVICE = ServiceInfo()
+UNKNOWN_SERVICE: Final = ServiceInfo()
 
 
 @functools.lru_cache(maxsize=4096)

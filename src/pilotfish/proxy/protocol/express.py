@@ -58,7 +58,10 @@ _REFUSED: Final = frozenset({b"transfer-encoding", b"expect", b"upgrade"})
 Span = tuple[int, int]
 
 
-@dataclass(slots=True)
+# init=False and an __init__ of its own, in both classes: a dataclass's
+# generated __init__ is interpreted Python even in a compiled module, and
+# costs more than the rest of building the message.
+@dataclass(slots=True, init=False)
 class ExpressRequest:
     """A request head (and its whole body) found in one read; the exchange
     takes it where it takes a RequestHead.
@@ -83,19 +86,29 @@ class ExpressRequest:
     peer: bytes | None
     peer_cuts: list[Span]
     # What a RequestHead says that is the same for every express request:
-    # fields with defaults, not ClassVars (mypyc takes a dataclass's
-    # class-level values for field defaults) nor properties (a call each).
-    version: bytes = b"1.1"
-    upgrade: bool = False
-    expect_continue: bool = False
-    chunked: bool = False
+    # fields, not ClassVars (mypyc takes a dataclass's class-level values
+    # for field defaults) nor properties (a call each).
+    version: bytes
+    upgrade: bool
+    expect_continue: bool
+    chunked: bool
+
+    def __init__(self, method: bytes, target: bytes, lines: bytes) -> None:
+        """The rest as parse_request finds it in the special headers."""
+        self.method, self.target, self.lines = method, target, lines
+        self.cuts, self.peer_cuts = [], []
+        self.host = self.content_length = self.forwarded_for = self.peer = None
+        self.keep_alive, self.body = True, b""
+        self.has_proto = self.has_request_id = False
+        self.version = b"1.1"
+        self.upgrade = self.expect_continue = self.chunked = False
 
     def headers(self) -> Headers:
         """Every header, names lower-cased, values stripped, in order."""
         return header_list(self.lines)
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class ExpressResponse:
     """A response head found in one read, with a Content-Length body."""
 
@@ -107,6 +120,11 @@ class ExpressResponse:
     body: bytes  # the part of the body in the same read
     peer: bytes | None
     peer_cuts: list[Span]
+
+    def __init__(self, status: int, lines: bytes) -> None:
+        self.status, self.lines = status, lines
+        self.cuts, self.peer_cuts = [], []
+        self.keep_alive, self.content_length, self.body, self.peer = True, None, b"", None
 
     def headers(self) -> Headers:
         return header_list(self.lines)
@@ -122,21 +140,7 @@ def parse_request(data: bytes, max_head: int = DEFAULT_MAX_HEAD) -> ExpressReque
     if match is None or match.end() > max_head:
         return None
     lines = match.group(3)
-    req = ExpressRequest(
-        match.group(1),
-        match.group(2),
-        lines,
-        [],
-        None,
-        True,
-        None,
-        b"",
-        None,
-        False,
-        False,
-        None,
-        [],
-    )
+    req = ExpressRequest(match.group(1), match.group(2), lines)
     for special in _REQUEST_SPECIAL.finditer(lines):
         if not _request_header(req, special):
             return None
@@ -181,7 +185,7 @@ def parse_response(data: bytes, max_head: int = DEFAULT_MAX_HEAD) -> ExpressResp
     if status in (204, 304):
         return None
     lines = match.group(2)
-    resp = ExpressResponse(status, lines, [], True, None, b"", None, [])
+    resp = ExpressResponse(status, lines)
     for special in _RESPONSE_SPECIAL.finditer(lines):
         name, value = special.groups()
         if not _message_header(resp, name.lower(), value.rstrip(b" \t"), special):

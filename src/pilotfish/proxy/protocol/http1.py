@@ -146,11 +146,24 @@ Event = TypeVar("Event", RequestEvent, ResponseEvent)
 #
 # Plain ints rather than an Enum: on 3.11 reading an Enum member costs about
 # as much as a whole header callback, and the per-message callbacks read several.
+# Each a Final literal, which mypyc inlines; a name bound by unpacking range()
+# would be a lookup in the module's dict at every use.
 
-_IDLE, _HEAD, _BODY, _INTERIM, _TUNNEL, _CLOSED, _FAILED = range(7)  # >= _TUNNEL: no more HTTP
+_IDLE: Final = 0
+_HEAD: Final = 1
+_BODY: Final = 2
+_INTERIM: Final = 3
+_TUNNEL: Final = 4  # >= _TUNNEL: no more HTTP
+_CLOSED: Final = 5
+_FAILED: Final = 6
 _STATE_NAMES: Final = ("IDLE", "HEAD", "BODY", "INTERIM", "TUNNEL", "CLOSED", "FAILED")
 _QUIET_SLACK: Final = 4096
-_BEGIN, _HEADERS, _INTERIM_HEADERS, _END, _SWITCH, _EOF = range(6)
+_BEGIN: Final = 0
+_HEADERS: Final = 1
+_INTERIM_HEADERS: Final = 2
+_END: Final = 3
+_SWITCH: Final = 4
+_EOF: Final = 5
 _INPUT_NAMES: Final = ("begin", "headers", "interim headers", "end", "switch", "eof")
 
 _TRANSITIONS: Final[dict[tuple[int, int], int]] = {
@@ -177,7 +190,11 @@ def _next_state(state: int, event: int) -> int:
 
 
 # Headers the core reads while parsing; by length first, since most headers are none of them.
-_HOST, _CONTENT_LENGTH, _TRANSFER_ENCODING, _EXPECT, _CONNECTION = range(5)
+_HOST: Final = 0
+_CONTENT_LENGTH: Final = 1
+_TRANSFER_ENCODING: Final = 2
+_EXPECT: Final = 3
+_CONNECTION: Final = 4
 _REQUEST_WATCH: Final = {
     b"host": _HOST,
     b"content-length": _CONTENT_LENGTH,

@@ -18,7 +18,7 @@ import asyncio
 import ssl
 import time
 from collections import deque
-from typing import Protocol
+from typing import Final, Protocol
 
 from pilotfish.proxy.protocol.express import ExpressResponse, parse_response
 from pilotfish.proxy.protocol.http1 import (
@@ -31,9 +31,9 @@ from pilotfish.proxy.stats import StatsRegistry
 from pilotfish.proxy.tls import TlsContexts, UpstreamTls, check_sans, failure_reason, peer_uri_sans
 from pilotfish.proxy.upstream import Cluster, Host
 
-MAX_IDLE_PER_HOST = 256
-_NOT_EXPRESS = frozenset({b"HEAD", b"CONNECT"})  # their responses' bytes do not say their end
-SWEEP_INTERVAL_S = 1.0
+MAX_IDLE_PER_HOST: Final = 256
+_NOT_EXPRESS: Final = frozenset({b"HEAD", b"CONNECT"})  # their responses do not say their end
+SWEEP_INTERVAL_S: Final = 1.0
 
 
 class ResponseSink(Protocol):
