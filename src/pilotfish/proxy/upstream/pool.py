@@ -20,6 +20,8 @@ import time
 from collections import deque
 from typing import Final, Protocol
 
+from mypy_extensions import mypyc_attr
+
 from pilotfish.proxy.protocol.express import ExpressResponse, parse_response
 from pilotfish.proxy.protocol.http1 import (
     END,
@@ -50,6 +52,7 @@ class ResponseSink(Protocol):
     def on_flow(self, paused: bool) -> None: ...
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # h2_pool's H2Stream is one, uncompiled
 class UpstreamConnection(asyncio.Protocol):
     multiplexed = False  # an HTTP/2 stream (h2_pool.H2Stream), not a connection of its own
     tls = False  # mutual TLS (set once the handshake and the SAN check passed)
