@@ -162,8 +162,9 @@ class H2Connection:
         sid, error = self.core.send_request(data)
         stream.sid = sid
         self.streams[sid] = stream
-        # At once, not deferred: a GOAWAY read in between would leave the
-        # stream sent past the peer's last stream id.
+        # At once, right after the GOAWAY check above: deferred to the end of
+        # the turn, calls were lost to a grpcio server draining with
+        # max_connection_age (test_e2e_h2_upstream's GOAWAY test).
         self.send_out()
         self._after_send(stream, error)
 
