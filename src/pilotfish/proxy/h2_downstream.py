@@ -169,6 +169,7 @@ class H2Downstream(asyncio.Protocol):
         limits = H2Limits(max_header_list_size=http.max_request_headers)
         self.codec = H2ServerCodec(limits, runtime.stats.network, STATS_PREFIX)
         self.transport: asyncio.Transport | None = None
+        self.outgoing: list[bytes] = []  # written, not yet sent: see write
         self.streams: dict[int, H2Stream] = {}
         self.peer = "-"
         self.peer_address: str | None = None
@@ -319,6 +320,7 @@ class H2Downstream(asyncio.Protocol):
             if stream.exchange is not None:
                 stream.exchange.downstream_lost()
         self.streams.clear()
+        self.send_out()
         if transport.can_write_eof():
             transport.write_eof()
         self.runtime.loop.call_later(DELAYED_CLOSE_S, self.close)
@@ -339,6 +341,18 @@ class H2Downstream(asyncio.Protocol):
     # -- the connection -------------------------------------------------------------------
 
     def write(self, data: bytes) -> None:
+        """Sent once the loop's ready callbacks have run: the streams answered
+        in one iteration (each by its own upstream's read) share one send
+        instead of a syscall each."""
+        transport = self.transport
+        if data and transport is not None and not transport.is_closing():
+            if not self.outgoing:
+                self.runtime.loop.call_soon(self.send_out)
+            self.outgoing.append(data)
+
+    def send_out(self) -> None:
+        data = b"".join(self.outgoing)
+        self.outgoing.clear()
         transport = self.transport
         if data and transport is not None and not transport.is_closing():
             transport.write(data)
@@ -348,6 +362,7 @@ class H2Downstream(asyncio.Protocol):
 
     def close(self) -> None:
         if self.transport is not None:
+            self.send_out()
             self.transport.close()
 
     def check_timers(self, now: float) -> None:

@@ -146,8 +146,16 @@ class H2ServerCodec:
         self.limits = limits = limits or H2Limits()
         self.stats: Counter[str] = stats if stats is not None else Counter()
         self.prefix = prefix
+        # What we receive keeps RFC 9113's checks (they guard against
+        # smuggling); what we send is built lowercased and without
+        # connection-specific fields by send_head/send_end, so h2's second
+        # pass over it would only cost time.
         config = h2.config.H2Configuration(
-            client_side=False, header_encoding=None, validate_inbound_headers=True
+            client_side=False,
+            header_encoding=None,
+            validate_inbound_headers=True,
+            validate_outbound_headers=False,
+            normalize_outbound_headers=False,
         )
         self.conn = h2.connection.H2Connection(config)
         self.conn.decoder.max_header_list_size = limits.max_header_list_size

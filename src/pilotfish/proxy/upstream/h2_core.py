@@ -131,7 +131,14 @@ class H2Client:
     `data_to_send()`. `max_streams`: the cluster's max_concurrent_streams."""
 
     def __init__(self, scheme: bytes, max_streams: int | None = None) -> None:
-        config = h2.config.H2Configuration(client_side=True, header_encoding=None)
+        # Responses keep h2's RFC 9113 checks; requests are built lowercased
+        # and without connection-specific fields by request_headers.
+        config = h2.config.H2Configuration(
+            client_side=True,
+            header_encoding=None,
+            validate_outbound_headers=False,
+            normalize_outbound_headers=False,
+        )
         self.conn = h2.connection.H2Connection(config=config)
         self.conn.local_settings = h2.settings.Settings(
             client=True,

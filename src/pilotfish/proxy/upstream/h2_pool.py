@@ -104,6 +104,7 @@ class H2Connection:
         self.core = H2Client(scheme, spec.max_concurrent_streams)
         self.streams: dict[int, H2Stream] = {}
         self.started = 0
+        self.flush_pending = False  # a send_out is scheduled: see flush
         transport = conn.transport
         assert transport is not None
         self.transport: asyncio.Transport = transport
@@ -135,6 +136,14 @@ class H2Connection:
         return H2Stream(self)
 
     def flush(self) -> None:
+        """Sends what the codec holds once the loop's ready callbacks have run:
+        the streams started or read in one iteration share one send."""
+        if not self.flush_pending:
+            self.flush_pending = True
+            asyncio.get_running_loop().call_soon(self.send_out)
+
+    def send_out(self) -> None:
+        self.flush_pending = False
         data = self.core.data_to_send()
         if data and not self.transport.is_closing():
             self.transport.write(data)
@@ -153,7 +162,10 @@ class H2Connection:
         sid, error = self.core.send_request(data)
         stream.sid = sid
         self.streams[sid] = stream
-        self.flush()
+        # At once, right after the GOAWAY check above: deferred to the end of
+        # the turn, calls were lost to a grpcio server draining with
+        # max_connection_age (test_e2e_h2_upstream's GOAWAY test).
+        self.send_out()
         self._after_send(stream, error)
 
     def body(self, stream: H2Stream, data: bytes) -> None:
@@ -207,7 +219,7 @@ class H2Connection:
         self.flush()
         if self.core.broken is not None:
             self.pool.stats(self.cluster).upstream_cx_protocol_error += 1
-            self.transport.close()
+            self.close()
         self._deliver(deliveries)
         self._unblock()
         self.pool.drain(self.host)
@@ -239,7 +251,7 @@ class H2Connection:
         if spent:
             self.pool.stats(self.cluster).upstream_cx_max_requests += 1
         if spent or self.core.last_stream_id is not None:
-            self.transport.close()
+            self.close()
         else:
             self._arm_idle()
 
@@ -255,8 +267,7 @@ class H2Connection:
             return
         self.pool.stats(self.cluster).upstream_cx_idle_timeout += 1
         self.core.close()
-        self.flush()
-        self.transport.close()
+        self.close()
 
     def eof_received(self) -> bool:
         return False
@@ -283,6 +294,7 @@ class H2Connection:
                 stream.sink.on_flow(False)
 
     def close(self) -> None:
+        self.send_out()  # the GOAWAY or resets the codec holds go first
         self.transport.close()
 
 
