@@ -98,6 +98,11 @@ def test_demo_prints_the_url_and_next_steps(demo: RunningDemo) -> None:
     assert demo.url.endswith("/productpage") and "127.0.0.1:" in demo.url
     assert "workload productpage-v1" in out and "virtual-service-reviews-test-v2.yaml" in out
     assert "pilotfish chaos kill reviews-v2" in out and "pilotfish down" in out
+    # the metrics of the three kinds of traffic: HTTP, gRPC and TCP
+    for pattern in ("istio_requests_total", "'request_protocol=\"grpc\"'", "istio_tcp_"):
+        assert re.search(
+            rf"curl -s http://127\.0\.0\.1:\d+/stats/prometheus \| grep {pattern}", out
+        )
 
 
 def test_demo_ends_with_the_dashboards_url(demo: RunningDemo) -> None:
