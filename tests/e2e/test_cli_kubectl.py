@@ -204,7 +204,7 @@ def test_get_with_a_label_selector_and_all_namespaces(plane: ControlPlane) -> No
 
 def test_get_jsonpath_as_kubectl_prints_it(plane: ControlPlane) -> None:
     names = ok(plane.cli("get", "svc", "-o", "jsonpath={.items[*].metadata.name}"))
-    assert names == "details productpage ratings reviews"  # no newline, as kubectl
+    assert names == "details productpage ratings redis reviews"  # no newline, as kubectl
     port = ok(plane.cli("get", "svc", "reviews", "-o", "jsonpath={.spec.ports[0].port}"))
     assert port == "9080"
     ranged = ok(

@@ -47,6 +47,7 @@ def test_apply_get_describe_delete(controlplane: ControlPlane) -> None:
         "details",
         "productpage",
         "ratings",
+        "redis",
         "reviews",
     ]
 
