@@ -184,10 +184,15 @@ def bookinfo_with_gateway_port(tmp: Path, port: int) -> Path:
     shutil.copytree(REPO / "examples" / "bookinfo", target, ignore=shutil.ignore_patterns("apps"))
     gateway = target / "40-gateway.yaml"
     gateway.write_text(gateway.read_text().replace("number: 8080", f"number: {port}"))
-    # ratings' declared upstream (redis on 127.0.0.1:16379) moves aside too
-    workloads, redis = target / "30-workloads.yaml", free_port()
-    text = workloads.read_text().replace("127.0.0.1:16379", f"127.0.0.1:{redis}")
-    workloads.write_text(text.replace("localPort: 16379", f"localPort: {redis}"))
+    # the declared upstreams (ratings' redis on 127.0.0.1:16379, productpage's
+    # details gRPC on 127.0.0.1:19090) move aside too
+    workloads = target / "30-workloads.yaml"
+    text = workloads.read_text()
+    for local in (16379, 19090):
+        port = free_port()
+        text = text.replace(f"127.0.0.1:{local}", f"127.0.0.1:{port}")
+        text = text.replace(f"localPort: {local}", f"localPort: {port}")
+    workloads.write_text(text)
     return target
 
 

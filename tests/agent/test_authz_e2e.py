@@ -112,16 +112,18 @@ def test_istio_http_authorization_task(mesh: Mesh, tmp_path: Path) -> None:
     )
 
     # details-viewer and reviews-viewer by service-account principal: the
-    # caller's identity is its mTLS certificate's.
+    # caller's identity is its mTLS certificate's. The demo's productpage asks
+    # details over gRPC, whose calls are POSTs: details-viewer allows POST too.
     def by_principal(app: str, account: str) -> dict[str, Any]:
         principal = f"cluster.local/ns/default/sa/{account}"
+        methods = ["GET", "POST"] if app == "details" else ["GET"]
         return {
             "selector": {"matchLabels": {"app": app}},
             "action": "ALLOW",
             "rules": [
                 {
                     "from": [{"source": {"principals": [principal]}}],
-                    "to": [{"operation": {"methods": ["GET"]}}],
+                    "to": [{"operation": {"methods": methods}}],
                 }
             ],
         }

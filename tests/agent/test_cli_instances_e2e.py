@@ -60,8 +60,11 @@ def test_get_instances_shows_where_each_instance_listens(mesh: Mesh) -> None:
         "local",
         "127.0.0.1",
     ]
-    assert cells[8] == f"http={status['ports']['http']}"
-    app_port = int(cells[7].removeprefix("http="))
+    # details has two named ports (http, and grpc for productpage's calls)
+    assert cells[8] == f"grpc={status['ports']['grpc']},http={status['ports']['http']}"
+    app_ports = dict(port.split("=") for port in cells[7].split(","))
+    assert sorted(app_ports) == ["grpc", "http"]
+    app_port = int(app_ports["http"])
     with DIRECT.open(f"http://127.0.0.1:{app_port}/health", timeout=5) as answer:
         assert answer.status == 200  # the application itself, behind its sidecar
     with DIRECT.open(f"http://127.0.0.1:{cells[9]}/ready", timeout=5) as answer:

@@ -56,6 +56,15 @@ class RunningDemo:
         with DIRECT.open(urllib.request.Request(self.url, headers=headers), timeout=20) as r:
             return str(r.read().decode())
 
+    def metrics(self, workload: str) -> list[str]:
+        """The lines of `workload`'s sidecar's /stats/prometheus."""
+        config = load_client_config(path=Path(self.env["PILOTFISH_CONFIG"]))
+        instances = Client(config.server, config.token).instances()
+        found = next(i for i in instances if i["workload"] == workload)
+        url = f"http://127.0.0.1:{found['metricsPort']}/stats/prometheus"
+        with DIRECT.open(url, timeout=10) as r:
+            return str(r.read().decode()).splitlines()
+
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningDemo]:
@@ -89,6 +98,11 @@ def test_demo_prints_the_url_and_next_steps(demo: RunningDemo) -> None:
     assert demo.url.endswith("/productpage") and "127.0.0.1:" in demo.url
     assert "workload productpage-v1" in out and "virtual-service-reviews-test-v2.yaml" in out
     assert "pilotfish chaos kill reviews-v2" in out and "pilotfish down" in out
+    # the metrics of the three kinds of traffic: HTTP, gRPC and TCP
+    for pattern in ("istio_requests_total", "'request_protocol=\"grpc\"'", "istio_tcp_"):
+        assert re.search(
+            rf"curl -s http://127\.0\.0\.1:\d+/stats/prometheus \| grep {pattern}", out
+        )
 
 
 def test_demo_ends_with_the_dashboards_url(demo: RunningDemo) -> None:
@@ -122,29 +136,53 @@ def test_ratings_reads_redis_over_tcp_beside_http(demo: RunningDemo) -> None:
     demo.cli("apply", "-f", str(BOOKINFO_ISTIO / "virtual-service-reviews-test-v2.yaml"))
     wait_for(lambda: "reviews-v2-" in demo.page(cookie), 15, "jason never reached reviews v2")
     assert "glyphicon-star" in demo.page(cookie)  # v2 shows the stars ratings read from redis
-
-    def metrics(workload: str) -> list[str]:
-        config = load_client_config(path=Path(demo.env["PILOTFISH_CONFIG"]))
-        instances = Client(config.server, config.token).instances()
-        found = next(i for i in instances if i["workload"] == workload)
-        url = f"http://127.0.0.1:{found['metricsPort']}/stats/prometheus"
-        with DIRECT.open(url, timeout=10) as r:
-            return str(r.read().decode()).splitlines()
-
     redis = 'destination_service="redis.default.svc.cluster.local"'
     sent = [
         line
-        for line in metrics("ratings-v1")
+        for line in demo.metrics("ratings-v1")
         if line.startswith("istio_tcp_sent_bytes_total{") and redis in line
     ]
     assert sent and 'reporter="source"' in sent[0] and float(sent[0].rpartition(" ")[2]) > 0
     served = [
         line
-        for line in metrics("redis-v1")
+        for line in demo.metrics("redis-v1")
         if line.startswith("istio_tcp_received_bytes_total{") and 'reporter="destination"' in line
     ]
     assert served and all('connection_security_policy="mutual_tls"' in x for x in served)
     assert any("sa/bookinfo-ratings" in x for x in served), served
+
+
+def test_productpage_reaches_details_over_grpc(demo: RunningDemo) -> None:
+    """productpage asks details over gRPC through its declared upstream: the
+    page shows the details, and both sidecars count gRPC requests (status 0)
+    beside the HTTP ones and ratings' redis TCP series."""
+    body = demo.page()
+    assert "<dt>Type:</dt>paperback" in body and "<dt>Pages:</dt>200<" in body
+    grpc = (
+        'request_protocol="grpc"',
+        'destination_service_name="details"',
+        'grpc_response_status="0"',
+        'response_code="200"',
+    )
+    for workload, reporter in (("productpage-v1", "source"), ("details-v1", "destination")):
+        requests = [x for x in demo.metrics(workload) if x.startswith("istio_requests_total{")]
+        calls = [x for x in requests if all(label in x for label in grpc)]
+        assert calls and f'reporter="{reporter}"' in calls[0], (workload, requests)
+        assert float(calls[0].rpartition(" ")[2]) >= 1
+    assert 'connection_security_policy="mutual_tls"' in calls[0]  # details' inbound
+    # beside HTTP (productpage calls reviews) and TCP (ratings reads redis)
+    ratings = demo.url.replace("/productpage", "/api/v1/products/0/ratings")
+    with DIRECT.open(ratings, timeout=20) as answer:
+        assert answer.status == 200
+    assert any(
+        x.startswith("istio_requests_total{")
+        and 'destination_service_name="reviews"' in x
+        and 'request_protocol="http"' in x
+        for x in demo.metrics("productpage-v1")
+    )
+    redis = 'destination_service="redis.default.svc.cluster.local"'
+    tcp = [x for x in demo.metrics("ratings-v1") if x.startswith("istio_tcp_sent_bytes_total{")]
+    assert any(redis in x for x in tcp), tcp
 
 
 def test_sidecars_talk_mutual_tls_by_default(demo: RunningDemo) -> None:

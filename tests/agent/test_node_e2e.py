@@ -149,7 +149,13 @@ def test_configmap_change_rolls_productpage_forward(mesh: Mesh) -> None:
         return before not in names and mesh.ready("productpage-v1")
 
     wait_for(rolled, 40, "productpage was not rolled forward")
-    assert "paperback" in page(mesh.inbound("productpage-v1"))
+    # details over gRPC: the new sidecar binds productpage's declared upstream
+    # (127.0.0.1:19090) once the old one, which held it during the surge, stops
+    wait_for(
+        lambda: "paperback" in page(mesh.inbound("productpage-v1")),
+        10,
+        "the new productpage never reached details through its declared upstream",
+    )
 
 
 def test_a_restarted_agent_adopts_the_running_instances(mesh: Mesh) -> None:

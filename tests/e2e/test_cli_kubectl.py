@@ -349,7 +349,12 @@ def test_patch_merge_json_and_strategic(plane: ControlPlane) -> None:
     ports = '{"spec":{"ports":[{"port":9080,"name":"http-web"},{"port":9443,"name":"https"}]}}'
     ok(plane.cli("patch", "svc", "details", "-p", ports))
     merged = json.loads(ok(plane.cli("get", "svc", "details", "-o", "jsonpath={.spec.ports}")))
-    assert [(p["port"], p["name"]) for p in merged] == [(9080, "http-web"), (9443, "https")]
+    # merged by `port`, as kubectl's strategic merge: details' grpc port stays
+    assert [(p["port"], p["name"]) for p in merged] == [
+        (9080, "http-web"),
+        (9090, "grpc"),
+        (9443, "https"),
+    ]
     invalid = '{"spec":{"http":[{"route":[{"destination":{"host":""}}]}]}}'
     bad = plane.cli("patch", "vs", "ratings", "--type", "merge", "-p", invalid)
     assert bad.returncode == 1 and bad.stderr.startswith("Error from server (Invalid): ")

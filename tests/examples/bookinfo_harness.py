@@ -122,12 +122,15 @@ class App:
         return f"http://127.0.0.1:{self.port}"
 
 
-def start_app(variant: str, proxy: str, log_dir: Path) -> App:
+def start_app(
+    variant: str, proxy: str, log_dir: Path, extra_env: dict[str, str] | None = None
+) -> App:
     script = variant.split("-")[0] + ".py"
     port = free_port()
     env = {
         **os.environ,
         **VARIANTS[variant],
+        **(extra_env or {}),
         "PORT": str(port),
         "HTTP_PROXY": proxy,
         "POD_NAME": f"{variant}-0",

@@ -47,6 +47,9 @@ FORWARD_HEADERS = (
     "end-user",
 )
 SERVICES_PORT = int(os.environ.get("SERVICES_PORT", "9080"))
+# details over gRPC: one unary method whose messages are google.protobuf.Struct
+DETAILS_GRPC_SERVICE = "bookinfo.Details"
+DETAILS_GRPC_METHOD = f"/{DETAILS_GRPC_SERVICE}/GetDetails"
 
 
 def service_url(service: str, path: str) -> str:

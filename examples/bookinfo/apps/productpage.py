@@ -6,6 +6,11 @@ cookie), and every call then carries `end-user: NAME`, which is what
 `virtual-service-reviews-test-v2.yaml` matches on. Calls to reviews time out
 after 3 s and are tried twice; what the page says when details, reviews or
 ratings fail are Bookinfo's own words.
+
+With DETAILS_GRPC_ADDR (host:port) productpage asks details over gRPC
+(details.py's `/bookinfo.Details/GetDetails`) at that address, which in the
+mesh is its sidecar's declared upstream for details' `grpc` port: so the demo
+carries gRPC beside HTTP and TCP. Without it details is called over HTTP.
 """
 
 from __future__ import annotations
@@ -16,12 +21,15 @@ import hmac
 import html
 import json
 import os
+import threading
 from collections.abc import Mapping
 from http.cookies import CookieError, SimpleCookie
 from typing import Any
 from urllib.parse import parse_qs
 
 import common
+import grpc
+from google.protobuf import json_format, struct_pb2
 
 SECRET = os.environ.get("SESSION_SECRET", "pilotfish-bookinfo").encode()
 COOKIE = "session"
@@ -30,6 +38,15 @@ REVIEWS_ATTEMPTS = 2
 REVIEWS_UNAVAILABLE = "Sorry, product reviews are currently unavailable for this book."
 RATINGS_UNAVAILABLE = "Sorry, product ratings are currently unavailable for this book."
 DETAILS_UNAVAILABLE = "Sorry, product details are currently unavailable for this book."
+DETAILS_GRPC_ADDR = os.environ.get("DETAILS_GRPC_ADDR", "")
+# What the API answers when the gRPC call fails: gRPC's codes as HTTP statuses,
+# as grpc-gateway maps them (anything else is a 500).
+GRPC_HTTP_STATUS = {
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+}
 PRODUCTS = [
     {
         "id": 0,
@@ -86,11 +103,61 @@ def outgoing_headers(incoming: Mapping[str, str], user: str | None) -> dict[str,
 
 
 def product_details(book_id: int, headers: Mapping[str, str]) -> tuple[int, dict[str, Any]]:
+    if DETAILS_GRPC_ADDR:
+        return grpc_details(book_id, headers)
     url = common.service_url("details", f"/details/{book_id}")
     status, body = common.call_json(url, headers, CALL_TIMEOUT_S)
     if status == 200 and isinstance(body, dict):
         return 200, body
     return status or 500, {"error": DETAILS_UNAVAILABLE}
+
+
+_channel: grpc.Channel | None = None
+_channel_lock = threading.Lock()
+
+
+def _details_stub() -> Any:
+    """One channel for the process (an HTTP/2 connection that every page's
+    call shares). HTTP_PROXY is for the HTTP calls: gRPC goes straight to
+    the declared upstream."""
+    global _channel
+    with _channel_lock:
+        if _channel is None:
+            options = [("grpc.enable_http_proxy", 0)]
+            _channel = grpc.insecure_channel(DETAILS_GRPC_ADDR, options=options)
+    return _channel.unary_unary(
+        common.DETAILS_GRPC_METHOD,
+        request_serializer=struct_pb2.Struct.SerializeToString,
+        response_deserializer=struct_pb2.Struct.FromString,
+    )
+
+
+def grpc_metadata(headers: Mapping[str, str]) -> list[tuple[str, str]]:
+    """The forwarded headers as gRPC metadata, less what gRPC will not carry:
+    its reserved grpc-* keys (grpc-trace-bin is binary, not this text),
+    user-agent (gRPC sends its own), and values outside printable ASCII."""
+    return [
+        (name.lower(), value)
+        for name, value in headers.items()
+        if not name.lower().startswith("grpc-")
+        and name.lower() != "user-agent"
+        and all(" " <= c <= "~" for c in value)
+    ]
+
+
+def grpc_details(book_id: int, headers: Mapping[str, str]) -> tuple[int, dict[str, Any]]:
+    request = struct_pb2.Struct()
+    request.update({"id": book_id})
+    try:
+        reply = _details_stub()(request, metadata=grpc_metadata(headers), timeout=CALL_TIMEOUT_S)
+    except grpc.RpcError as e:
+        return GRPC_HTTP_STATUS.get(e.code(), 500), {"error": DETAILS_UNAVAILABLE}
+    return 200, {k: _whole(v) for k, v in json_format.MessageToDict(reply).items()}
+
+
+def _whole(value: Any) -> Any:
+    """A Struct's numbers are doubles: the page shows 200 pages, not 200.0."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
 def product_reviews(book_id: int, headers: Mapping[str, str]) -> tuple[int, dict[str, Any]]:

@@ -319,8 +319,6 @@ def _next_steps(url: str, state: Path, examples: Path, canary: bool) -> None:
         )
         return
     samples = str(ISTIO_SAMPLES) if ISTIO_SAMPLES.is_dir() else ISTIO_SAMPLES_URL
-    admin = _gateway_admin(state)
-    metrics = f"curl -s {admin}/stats/prometheus | grep istio_requests_total" if admin else ""
     print(
         f"\nBookinfo is up: {url}\n\n"
         "Next steps, in another terminal:\n"
@@ -330,19 +328,45 @@ def _next_steps(url: str, state: Path, examples: Path, canary: bool) -> None:
         "      then sign in as jason on the page: he sees reviews v2 (black stars)\n"
         f"  pilotfish apply -f {samples}/virtual-service-reviews-50-v3.yaml\n"
         "  pilotfish chaos kill reviews-v2        # the agent brings it back\n"
-        f"  {metrics or 'pilotfish proxy-status'}\n"
+        f"{_metrics_steps(state) or '  pilotfish proxy-status'}\n"
         f"  pilotfish apply -f {examples}/20-routing.yaml   # back to v1\n"
         "  pilotfish down                         # stop everything (or Ctrl-C here)\n",
         flush=True,
     )
 
 
-def _gateway_admin(state: Path) -> str:
-    """The gateway proxy's admin address, from the bootstrap the agent wrote."""
-    for path in (state / "instances").glob("*/*/bootstrap.yaml"):
+# Where the demo's three kinds of traffic show in the sidecars' metrics: HTTP
+# at the gateway, gRPC from productpage to details, TCP from ratings to redis.
+METRICS_STEPS = (
+    (None, "istio_requests_total", "HTTP through the gateway"),
+    ("productpage-v1", "'request_protocol=\"grpc\"'", "gRPC: productpage -> details"),
+    ("ratings-v1", "istio_tcp_", "TCP: ratings -> redis"),
+)
+
+
+def _metrics_steps(state: Path) -> str:
+    """One `curl | grep` per kind of traffic, for the sidecars that exist."""
+    lines = []
+    for workload, pattern, what in METRICS_STEPS:
+        if admin := _admin(state, workload):
+            command = f"curl -s {admin}/stats/prometheus | grep {pattern}"
+            lines.append(f"  {command}   # {what}")
+    return "\n".join(lines)
+
+
+def _admin(state: Path, workload: str | None) -> str:
+    """A proxy's admin address, from the bootstrap the agent wrote: the
+    gateway's (workload None), else the first sidecar of `workload`."""
+    for path in sorted((state / "instances").glob("*/*/bootstrap.yaml")):
         with contextlib.suppress(OSError, yaml.YAMLError, KeyError, TypeError):
             config: Any = yaml.safe_load(path.read_text())
-            if str(config["node"]["id"]).startswith("router~"):
+            node = config["node"]
+            if workload is None:
+                found = str(node["id"]).startswith("router~")
+            else:
+                found = node["metadata"]["WORKLOAD_NAME"] == workload
+                found = found and str(node["id"]).startswith("sidecar~")
+            if found:
                 port = config["admin"]["address"]["socket_address"]["port_value"]
                 return f"http://127.0.0.1:{port}"
     return ""

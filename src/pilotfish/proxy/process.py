@@ -60,6 +60,7 @@ if TYPE_CHECKING:  # imported where used: gRPC, the client library and cryptogra
 
 log = logging.getLogger("pilotfish.proxy")
 DRAIN_TIMEOUT_S = 5.0
+BIND_RETRY_S = 1.0
 RegisterWith = Callable[[Bootstrap], "Registrar"]
 
 
@@ -82,6 +83,9 @@ class Listeners:
     runtime: Runtime
     servers: dict[str, tuple[Placement, Server]] = field(default_factory=dict)
     current: dict[str, AnyListener] = field(default_factory=dict)
+    unbound: set[str] = field(default_factory=set)  # names whose bind failed, retried
+    closed: bool = False
+    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     async def sync(self, snapshot: Snapshot) -> None:
         self.runtime.listeners = snapshot.active_listeners()
@@ -122,12 +126,36 @@ class Listeners:
                 )
                 server = SniffingServer(sock, newest, factory, self.runtime.tls, stats)
         except OSError as e:
-            log.error("listener %s cannot bind %s:%d: %s", name, listener.host, listener.port, e)
+            if name not in self.unbound:  # once: a retry that fails again is quiet
+                where = f"{listener.host}:{listener.port}"
+                log.error("listener %s cannot bind %s: %s; retrying", name, where, e)
+            self._retry_bind(name)
             return
+        self.unbound.discard(name)
         self.servers[name] = (_placement(listener), server)
         log.info("listener %s serving on %s:%d", name, listener.host, listener.port)
 
+    def _retry_bind(self, name: str) -> None:
+        """Try a taken address again shortly: in a rolling update the old
+        instance's sidecar holds a declared upstream's 127.0.0.1:LOCALPORT
+        until it stops, and no new xDS snapshot may come to retry it then."""
+        self.unbound.add(name)
+
+        async def again() -> None:
+            listener = self.current.get(name)
+            if not self.closed and listener is not None and name not in self.servers:
+                await self._bind(name, listener)
+
+        def start() -> None:
+            task = loop.create_task(again())
+            self._tasks.add(task)  # held until done, so it is not collected mid-way
+            task.add_done_callback(self._tasks.discard)
+
+        loop = asyncio.get_running_loop()
+        loop.call_later(BIND_RETRY_S, start)
+
     def close(self) -> None:
+        self.closed = True
         for _, server in self.servers.values():
             server.close()
         self.servers.clear()
