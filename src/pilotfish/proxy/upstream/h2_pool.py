@@ -37,10 +37,11 @@ H2_ALPN = frozenset({"h2", "istio-h2"})
 class H2Stream(UpstreamConnection):
     """One exchange's stream on an H2Connection."""
 
-    multiplexed = True
-
     def __init__(self, link: H2Connection) -> None:
         super().__init__(link.pool.pool, link.host, link.cluster)
+        # Set here, not as a class attribute: the compiled base reads its own
+        # slot, which an uncompiled subclass's class attribute does not change.
+        self.multiplexed = True
         self.link = link
         self.sid = 0  # until the request starts
         self.tls, self.made_with, self.peer_principal = link.tls, link.made_with, link.principal
