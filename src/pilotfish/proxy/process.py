@@ -277,7 +277,7 @@ def new_runtime(
             partial(pick_host, config),
             _control_plane(bootstrap, certificates),
             metadata_text(bootstrap.node.metadata.fields, "MESH_ID"),
-            _ads_channel(bootstrap).root_pem,
+            _ads_root(bootstrap),
         ),
     )
     stats.state = partial(live_stats, runtime, time.monotonic())
@@ -402,6 +402,14 @@ def _ads_targets(bootstrap: Bootstrap) -> list[str]:
             f"error: the ADS cluster {cluster_name!r} is not a static cluster with an endpoint"
         )
     return hosts
+
+
+def _ads_root(bootstrap: Bootstrap) -> bytes | None:
+    """The root the xds cluster's TLS trusts, for spans to an https control
+    plane; None without ADS, so a static proxy never loads gRPC."""
+    if not bootstrap.dynamic_resources.ads_config.grpc_services:
+        return None
+    return _ads_channel(bootstrap).root_pem
 
 
 def _ads_channel(bootstrap: Bootstrap) -> ControlPlaneChannel:

@@ -14,14 +14,13 @@ import contextlib
 import time
 from dataclasses import dataclass, field
 from functools import partial
-from typing import BinaryIO, Final
+from typing import TYPE_CHECKING, BinaryIO, Final
 
 from pilotfish.proxy import filters
 from pilotfish.proxy.accesslog import AccessLogWriter, AccessRecord
 from pilotfish.proxy.config import ProxyConfig
 from pilotfish.proxy.connect import connect_tunnel
 from pilotfish.proxy.exchange import Exchange
-from pilotfish.proxy.h2_downstream import H2Downstream
 from pilotfish.proxy.listeners import CompiledListener
 from pilotfish.proxy.metric_overrides import RequestAttributes
 from pilotfish.proxy.protocol.express import ExpressRequest, encode_lines, parse_request
@@ -51,6 +50,9 @@ from pilotfish.proxy.telemetry import (
 from pilotfish.proxy.tls import TlsContexts, peer_uri_sans
 from pilotfish.proxy.tracing.tracer import Tracer
 from pilotfish.proxy.upstream.pool import Pool
+
+if TYPE_CHECKING:
+    from pilotfish.proxy.h2_downstream import H2Downstream
 
 MAX_HELD_BYTES: Final = 64 * 1024  # pipelined bytes read ahead before reading pauses
 TIMER_SWEEP_S: Final = 0.25  # resolution of the 408, idle and outlier-interval timers
@@ -338,6 +340,10 @@ class Downstream(asyncio.Protocol):
         seen = self.sniffed + data
         if seen.startswith(PREFACE):
             self.sniffing = False
+            from pilotfish.proxy.h2_downstream import (
+                H2Downstream,  # h2 loads on the first h2 client
+            )
+
             H2Downstream(self.runtime, self.listener).take_over(self, seen)
             return None
         if PREFACE.startswith(seen):
