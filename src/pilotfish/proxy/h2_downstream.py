@@ -42,6 +42,7 @@ from pilotfish.proxy.protocol.http2 import (
     Terminated,
     WindowOpened,
 )
+from pilotfish.proxy.server import check_exchange
 
 if TYPE_CHECKING:
     from pilotfish.proxy.server import Downstream, Runtime
@@ -383,16 +384,6 @@ class H2Downstream(asyncio.Protocol):
                     self.stats.downstream_cx_idle_timeout += 1
                 self.close()
             return
-        timeout, idle_limit = http.request_timeout, http.stream_idle_timeout
         for stream in list(self.streams.values()):
-            exchange = stream.exchange
-            if exchange is None:
-                continue
-            if timeout and not exchange.body_done and now - exchange.started > timeout:
-                self.stats.downstream_rq_timeout += 1
-                exchange.request_timed_out()
-            elif idle_limit and stream.idle_for(exchange, now) > idle_limit:
-                self.stats.downstream_rq_idle_timeout += 1
-                exchange.stream_idle_timed_out()
-            else:
-                exchange.arm_deadline(now, 0.5)
+            if stream.exchange is not None:
+                check_exchange(stream.exchange, http, self.stats, stream.idle_for, now, 0.5)

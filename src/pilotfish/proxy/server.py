@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, BinaryIO, Final
@@ -21,7 +22,7 @@ from pilotfish.proxy.accesslog import AccessLogWriter, AccessRecord
 from pilotfish.proxy.config import ProxyConfig
 from pilotfish.proxy.connect import connect_tunnel
 from pilotfish.proxy.exchange import Exchange
-from pilotfish.proxy.listeners import CompiledListener
+from pilotfish.proxy.listeners import CompiledListener, HttpManager
 from pilotfish.proxy.metric_overrides import RequestAttributes
 from pilotfish.proxy.protocol.express import ExpressRequest, encode_lines, parse_request
 from pilotfish.proxy.protocol.http1 import (
@@ -37,7 +38,7 @@ from pilotfish.proxy.protocol.http1 import (
 )
 from pilotfish.proxy.protocol.http2 import PREFACE
 from pilotfish.proxy.response_writer import H1_WRITER
-from pilotfish.proxy.stats import StatsRegistry, listener_stat_name
+from pilotfish.proxy.stats import HttpStats, StatsRegistry, listener_stat_name
 from pilotfish.proxy.tap import Tap
 from pilotfish.proxy.telemetry import (
     UNKNOWN_SERVICE,
@@ -470,15 +471,7 @@ class Downstream(asyncio.Protocol):
         http = self.listener.http
         exchange = self.exchange
         if exchange is not None:
-            timeout, idle = http.request_timeout, http.stream_idle_timeout
-            if timeout and not exchange.body_done and now - exchange.started > timeout:
-                self.stats.downstream_rq_timeout += 1
-                exchange.request_timed_out()
-            elif idle and self.stream_idle(exchange, now) > idle:
-                self.stats.downstream_rq_idle_timeout += 1
-                exchange.stream_idle_timed_out()
-            else:
-                exchange.arm_deadline(now, 2 * TIMER_SWEEP_S)
+            check_exchange(exchange, http, self.stats, self.stream_idle, now, 2 * TIMER_SWEEP_S)
             return
         self.watched = None  # a finished exchange (and its buffers) is not kept alive
         if self.head_since and http.request_headers_timeout:
@@ -528,3 +521,25 @@ class Downstream(asyncio.Protocol):
             transport.pause_reading()
         else:
             transport.resume_reading()
+
+
+def check_exchange(
+    exchange: Exchange,
+    http: HttpManager,
+    stats: HttpStats,
+    idle_for: Callable[[Exchange, float], float],
+    now: float,
+    horizon: float,
+) -> None:
+    """The timer sweep's look at one exchange, on HTTP/1.1 or an HTTP/2
+    stream: 408 for a request too slow to arrive, the stream idle timeout,
+    else the route timeout's timer armed once it is within `horizon`."""
+    timeout, idle = http.request_timeout, http.stream_idle_timeout
+    if timeout and not exchange.body_done and now - exchange.started > timeout:
+        stats.downstream_rq_timeout += 1
+        exchange.request_timed_out()
+    elif idle and idle_for(exchange, now) > idle:
+        stats.downstream_rq_idle_timeout += 1
+        exchange.stream_idle_timed_out()
+    else:
+        exchange.arm_deadline(now, horizon)
