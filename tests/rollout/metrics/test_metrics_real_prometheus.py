@@ -205,7 +205,9 @@ def register(registry: InstanceRegistry, sidecar: Sidecar) -> None:
         metrics_port=sidecar.proxy.admin_port,
         healthy=True,
     )
-    registry.register(instance_from_json(body)[0])
+    # Nothing renews it here, as a node agent would: a lease as long as the
+    # test, since a registration whose lease ran out is no longer served.
+    registry.register(instance_from_json(body)[0], ttl=600.0)
 
 
 def template(address: str, query: str) -> dict[str, Any]:
