@@ -1,4 +1,4 @@
-"""The HTTP/2 bench's helpers (bench/proxy/h2.py): the configs it gives nginx
+"""The HTTP/2 bench's helpers (bench/proxy/run_h2.py): the configs it gives nginx
 and pilotfish, and how it reads h2load's summary. No timing is asserted."""
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 10 streams per connection, in one run.
 
     bash bench/proxy/setup.sh                  # nginx, h2load, curl (once)
-    .venv/bin/python bench/proxy/h2.py [--quick] [--targets direct,nginx,...]
+    .venv/bin/python bench/proxy/run_h2.py [--quick] [--targets direct,nginx,...]
 
 Clients speak HTTP/2 with prior knowledge (h2c) to every target:
   direct          the backend alone, over h2c
