@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -55,6 +56,15 @@ spec:
   selector: {app: reviews}
   ports: [{name: http, port: 9080}]
 """
+
+
+def isolated_env(tmp: Path) -> dict[str, str]:
+    """This process's environment for a test mesh's control plane and CLI:
+    its own HOME and client config, no server, token or proxy of the caller's."""
+    env = {**os.environ, "HOME": str(tmp / "home"), "PILOTFISH_CONFIG": str(tmp / "config.yaml")}
+    for var in ("PILOTFISH_SERVER", "PILOTFISH_TOKEN", "HTTP_PROXY", "http_proxy"):
+        env.pop(var, None)
+    return env
 
 
 @dataclass

@@ -7,7 +7,6 @@ traffic policy; an inbound listener refuses CONNECT."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 from collections.abc import Iterator
@@ -18,7 +17,7 @@ import grpc
 import pytest
 from mesh_processes import XdsControlPlane, wait_until
 from processes import free_port
-from sidecar_mesh import Backend, Sidecar, SidecarMesh, curl
+from sidecar_mesh import Backend, Sidecar, SidecarMesh, curl, isolated_env
 from test_tcp_mesh_e2e import Redis, _complete
 
 pytestmark = [
@@ -89,9 +88,7 @@ class GrpcEcho:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     tmp = tmp_path_factory.mktemp("connect")
-    env = {**os.environ, "HOME": str(tmp / "home"), "PILOTFISH_CONFIG": str(tmp / "config.yaml")}
-    for var in ("PILOTFISH_SERVER", "PILOTFISH_TOKEN", "HTTP_PROXY", "http_proxy"):
-        env.pop(var, None)
+    env = isolated_env(tmp)
     plane = XdsControlPlane(tmp / "data", free_port(), env, xds_port=free_port())
     mesh = SidecarMesh(plane, tmp, certificates=True)
     try:

@@ -12,7 +12,6 @@ https, and an HTTPS port for tls13.example.com with minProtocolVersion TLSV1_3.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import socket
@@ -28,7 +27,7 @@ import pytest
 import yaml
 from mesh_processes import XdsControlPlane, wait_until
 from processes import free_port
-from sidecar_mesh import Backend, Proxy, SidecarMesh, curl
+from sidecar_mesh import Backend, Proxy, SidecarMesh, curl, isolated_env
 from tests.tls_certs import Issued, issue
 from tests.tls_certs import tls_secret as secret_object
 
@@ -142,9 +141,7 @@ def status_of(done: subprocess.CompletedProcess[str]) -> str:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     tmp = tmp_path_factory.mktemp("gwtls")
-    env = {**os.environ, "HOME": str(tmp / "home"), "PILOTFISH_CONFIG": str(tmp / "config.yaml")}
-    for var in ("PILOTFISH_SERVER", "PILOTFISH_TOKEN", "HTTP_PROXY", "http_proxy"):
-        env.pop(var, None)
+    env = isolated_env(tmp)
     plane = XdsControlPlane(tmp / "data", free_port(), env, xds_port=free_port())
     mesh = SidecarMesh(plane, tmp)
     ca = issue("test-ca")

@@ -10,7 +10,6 @@ grpc_response_status in the caller's metrics.
 from __future__ import annotations
 
 import math
-import os
 import threading
 import time
 from collections import Counter
@@ -25,7 +24,7 @@ import pytest
 from mesh_processes import XdsControlPlane, wait_until
 from processes import free_port
 from prometheus_client.parser import text_string_to_metric_families
-from sidecar_mesh import Sidecar, SidecarMesh
+from sidecar_mesh import Sidecar, SidecarMesh, isolated_env
 from test_proxyless_grpc import weights
 
 pytestmark = pytest.mark.slow
@@ -175,9 +174,7 @@ class World:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     tmp: Path = tmp_path_factory.mktemp("grpc")
-    env = {**os.environ, "HOME": str(tmp / "home"), "PILOTFISH_CONFIG": str(tmp / "config.yaml")}
-    for var in ("PILOTFISH_SERVER", "PILOTFISH_TOKEN", "HTTP_PROXY", "http_proxy"):
-        env.pop(var, None)
+    env = isolated_env(tmp)
     plane = XdsControlPlane(tmp / "data", free_port(), env, xds_port=free_port())
     mesh = SidecarMesh(plane, tmp, certificates=True, port_name="grpc")
     channel = None

@@ -19,7 +19,7 @@ import grpc
 import pytest
 from mesh_processes import XdsControlPlane, wait_until
 from processes import free_port
-from sidecar_mesh import Sidecar, SidecarMesh, curl_many
+from sidecar_mesh import Sidecar, SidecarMesh, curl_many, isolated_env
 
 pytestmark = [pytest.mark.slow]
 SERVICE = """
@@ -83,9 +83,7 @@ class World:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     tmp = tmp_path_factory.mktemp("h2-mesh")
-    env = {**os.environ, "HOME": str(tmp / "home"), "PILOTFISH_CONFIG": str(tmp / "config.yaml")}
-    for var in ("PILOTFISH_SERVER", "PILOTFISH_TOKEN", "HTTP_PROXY", "http_proxy"):
-        env.pop(var, None)
+    env = isolated_env(tmp)
     plane = XdsControlPlane(tmp / "data", free_port(), env, xds_port=free_port())
     mesh = SidecarMesh(plane, tmp, certificates=True)
     try:

@@ -10,7 +10,6 @@ selects reviews, so the reviews sidecar verifies tokens as Envoy would.
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 from collections.abc import Iterator
@@ -22,7 +21,15 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from mesh_processes import XdsControlPlane, wait_until
 from processes import free_port
-from sidecar_mesh import REVIEWS_SERVICE, Backend, Response, Sidecar, SidecarMesh, curl
+from sidecar_mesh import (
+    REVIEWS_SERVICE,
+    Backend,
+    Response,
+    Sidecar,
+    SidecarMesh,
+    curl,
+    isolated_env,
+)
 from tests.agent.mesh_harness import wait_for
 
 from pilotfish.cli.commands import resolve
@@ -103,9 +110,7 @@ class JwtMesh:
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[JwtMesh]:
     tmp = tmp_path_factory.mktemp("jwt")
-    env = {**os.environ, "HOME": str(tmp / "home"), "PILOTFISH_CONFIG": str(tmp / "config.yaml")}
-    for var in ("PILOTFISH_SERVER", "PILOTFISH_TOKEN", "HTTP_PROXY", "http_proxy"):
-        env.pop(var, None)
+    env = isolated_env(tmp)
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Jwks)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     plane = XdsControlPlane(tmp / "data", free_port(), env, xds_port=free_port())

@@ -11,7 +11,6 @@ sees what the caller's sidecar puts on the wire).
 from __future__ import annotations
 
 import base64
-import os
 import re
 import time
 from collections import Counter
@@ -21,7 +20,7 @@ import pytest
 from google.protobuf import json_format, struct_pb2
 from mesh_processes import XdsControlPlane, wait_until
 from processes import REPO, free_port
-from sidecar_mesh import Backend, Response, Sidecar, SidecarMesh, curl, curl_many
+from sidecar_mesh import Backend, Response, Sidecar, SidecarMesh, curl, curl_many, isolated_env
 
 pytestmark = pytest.mark.slow
 
@@ -129,9 +128,7 @@ class Bookinfo:
 @pytest.fixture(scope="module")
 def bookinfo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bookinfo]:
     tmp = tmp_path_factory.mktemp("sidecars")
-    env = {**os.environ, "HOME": str(tmp / "home"), "PILOTFISH_CONFIG": str(tmp / "config.yaml")}
-    for var in ("PILOTFISH_SERVER", "PILOTFISH_TOKEN", "HTTP_PROXY", "http_proxy"):
-        env.pop(var, None)
+    env = isolated_env(tmp)
     plane = XdsControlPlane(tmp / "data", free_port(), env, xds_port=free_port())
     mesh = SidecarMesh(plane, tmp)
     try:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import http.client
-import os
 import re
 import shutil
 import subprocess
@@ -25,7 +24,7 @@ import pytest
 from cryptography import x509
 from mesh_processes import XdsControlPlane, wait_until
 from processes import free_port
-from sidecar_mesh import Backend, Sidecar, SidecarMesh, curl
+from sidecar_mesh import Backend, Sidecar, SidecarMesh, curl, isolated_env
 
 from pilotfish.agent.bootstrap import SidecarIdentity
 from pilotfish.ca.authority import CertificateAuthority
@@ -85,9 +84,7 @@ class World:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     tmp = tmp_path_factory.mktemp("mtls")
-    env = {**os.environ, "HOME": str(tmp / "home"), "PILOTFISH_CONFIG": str(tmp / "config.yaml")}
-    for var in ("PILOTFISH_SERVER", "PILOTFISH_TOKEN", "HTTP_PROXY", "http_proxy"):
-        env.pop(var, None)
+    env = isolated_env(tmp)
     plane = XdsControlPlane(
         tmp / "data", free_port(), env, xds_port=free_port(), args=("--workload-cert-ttl", TTL)
     )

@@ -8,7 +8,6 @@ mode passes openssl's TLS, untouched, to the cluster its SNI names."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 import subprocess
@@ -20,7 +19,7 @@ import pytest
 from cryptography import x509
 from mesh_processes import XdsControlPlane, wait_until
 from processes import free_port
-from sidecar_mesh import Backend, Sidecar, SidecarMesh, curl
+from sidecar_mesh import Backend, Sidecar, SidecarMesh, curl, isolated_env
 from test_e2e_sniffing import Greeter
 from test_tcp_mesh_e2e import Redis, TlsServer, _start_gateway, _total
 
@@ -107,9 +106,7 @@ class World:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     tmp = tmp_path_factory.mktemp("sniff-mesh")
-    env = {**os.environ, "HOME": str(tmp / "home"), "PILOTFISH_CONFIG": str(tmp / "config.yaml")}
-    for var in ("PILOTFISH_SERVER", "PILOTFISH_TOKEN", "HTTP_PROXY", "http_proxy"):
-        env.pop(var, None)
+    env = isolated_env(tmp)
     plane = XdsControlPlane(tmp / "data", free_port(), env, xds_port=free_port())
     mesh = SidecarMesh(plane, tmp, certificates=True)
     try:

@@ -7,7 +7,6 @@ reader that stops reading costs the requests nothing (drops are counted)."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -21,7 +20,15 @@ from typing import IO
 import pytest
 from mesh_processes import XdsControlPlane
 from processes import REPO, free_port
-from sidecar_mesh import REVIEWS_SERVICE, Backend, Sidecar, SidecarMesh, curl, curl_many
+from sidecar_mesh import (
+    REVIEWS_SERVICE,
+    Backend,
+    Sidecar,
+    SidecarMesh,
+    curl,
+    curl_many,
+    isolated_env,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -51,9 +58,7 @@ class Mesh:
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     tmp = tmp_path_factory.mktemp("tap")
-    env = {**os.environ, "HOME": str(tmp / "home"), "PILOTFISH_CONFIG": str(tmp / "config.yaml")}
-    for var in ("PILOTFISH_SERVER", "PILOTFISH_TOKEN", "HTTP_PROXY", "http_proxy"):
-        env.pop(var, None)
+    env = isolated_env(tmp)
     plane = XdsControlPlane(tmp / "data", free_port(), env, xds_port=free_port())
     sidecars = SidecarMesh(plane, tmp)
     try:
