@@ -24,6 +24,7 @@ from pilotfish.proxy.connect import connect_tunnel
 from pilotfish.proxy.exchange import Exchange
 from pilotfish.proxy.listeners import CompiledListener, HttpManager
 from pilotfish.proxy.metric_overrides import RequestAttributes
+from pilotfish.proxy.protocol.detect import H2_PREFACE as PREFACE  # h2 itself loads later
 from pilotfish.proxy.protocol.express import ExpressRequest, encode_lines, parse_request
 from pilotfish.proxy.protocol.http1 import (
     EndOfMessage,
@@ -36,7 +37,6 @@ from pilotfish.proxy.protocol.http1 import (
     error_response,
     get_header,
 )
-from pilotfish.proxy.protocol.http2 import PREFACE
 from pilotfish.proxy.response_writer import H1_WRITER
 from pilotfish.proxy.stats import HttpStats, StatsRegistry, listener_stat_name
 from pilotfish.proxy.tap import Tap

@@ -45,9 +45,10 @@ import h2.exceptions
 import h2.settings
 from hyperframe.frame import GoAwayFrame
 
+from pilotfish.proxy.protocol.detect import H2_PREFACE
 from pilotfish.proxy.protocol.http1 import Header, Headers, RequestHead
 
-PREFACE: Final = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+PREFACE: Final = H2_PREFACE
 NO_ERROR: Final = int(h2.errors.ErrorCodes.NO_ERROR)
 PROTOCOL_ERROR: Final = int(h2.errors.ErrorCodes.PROTOCOL_ERROR)
 INTERNAL_ERROR: Final = int(h2.errors.ErrorCodes.INTERNAL_ERROR)
