@@ -19,6 +19,9 @@ SRC = HERE / "src"
 compiled = runpy.run_path(str(SRC / "pilotfish" / "proxy" / "compiled.py"))
 MODULES: tuple[str, ...] = compiled["MODULES"]
 GROUP = "pilotfish_proxy"  # the shared library: pilotfish_proxy__mypyc.*.so
+# The sources as mypyc is about to read them (set by extensions()): the record
+# written after the build must not take an edit made while gcc ran for built.
+BUILT: dict[str, str] = {}
 
 
 def remove_compiled() -> None:
@@ -38,7 +41,7 @@ class BuildExt(build_ext):
             remove_compiled()
         super().run()
         package_dir = SRC / "pilotfish" if self.inplace else Path(self.build_lib) / "pilotfish"
-        compiled["write_record"](package_dir, SRC / "pilotfish")
+        compiled["write_record"](package_dir, SRC / "pilotfish", BUILT or None)
 
 
 def extensions() -> list[object]:
@@ -47,6 +50,7 @@ def extensions() -> list[object]:
         return []
     from mypyc.build import mypycify
 
+    BUILT.update(compiled["hashes"](SRC / "pilotfish"))
     paths = [str(compiled["source"](m, SRC / "pilotfish").relative_to(HERE)) for m in MODULES]
     return mypycify(paths, opt_level="3", group_name=GROUP)
 

@@ -83,3 +83,12 @@ def test_version_says_how_the_data_path_runs() -> None:
         [pilotfish, "--version"], capture_output=True, text=True, check=True
     ).stdout
     assert out.strip().endswith(f"data path: {compiled.describe()}")
+
+
+def test_a_source_edited_while_the_build_ran_is_stale(package: Path) -> None:
+    # setup.py hashes the sources before mypyc reads them and records those
+    # hashes after gcc is done: an edit in between must not pass as built.
+    before = compiled.hashes(package)
+    edit(package, "pilotfish.proxy.stats")
+    compiled.write_record(package, package, before)
+    assert compiled.stale(package) == ["pilotfish.proxy.stats"]

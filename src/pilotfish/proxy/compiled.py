@@ -128,10 +128,14 @@ def hashes(root: Path = PACKAGE) -> dict[str, str]:
     return {m: hashlib.sha256(source(m, root).read_bytes()).hexdigest() for m in build_inputs(root)}
 
 
-def write_record(package_dir: Path, root: Path = PACKAGE) -> None:
+def write_record(
+    package_dir: Path, root: Path = PACKAGE, built: dict[str, str] | None = None
+) -> None:
     """Called by setup.py once the compiled modules are built into
-    `package_dir` (the checkout's for an editable install)."""
-    text = json.dumps(hashes(root), indent=1, sort_keys=True)
+    `package_dir` (the checkout's for an editable install). `built`: the
+    hashes taken before mypyc read the sources, so a source edited while the
+    build ran is recorded as it was read, and found stale, not as it is now."""
+    text = json.dumps(hashes(root) if built is None else built, indent=1, sort_keys=True)
     (package_dir / "proxy" / RECORD).write_text(text + "\n")
 
 
