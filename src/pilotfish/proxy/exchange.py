@@ -52,7 +52,12 @@ from pilotfish.proxy.exchange_core import (
     ExchangeStateError,
 )
 from pilotfish.proxy.filters.mirror import MirrorRequest, send_mirror
-from pilotfish.proxy.forwarding import request_additions, response_additions, response_peers
+from pilotfish.proxy.forwarding import (
+    request_additions,
+    request_id,
+    response_additions,
+    response_peers,
+)
 from pilotfish.proxy.protocol.express import (
     ExpressRequest,
     ExpressResponse,
@@ -677,7 +682,9 @@ class Exchange:
         if exclude is not None:
             self.tried = {*self.tried, host}
         host.request_started()
-        self.stat("upstream_rq_total")
+        scope = self.cluster_stats
+        if scope is not None:  # a field read, where stat() is a getattr and a setattr by name
+            scope.upstream_rq_total += 1
         self.feed(HOST_PICKED)
 
     def start_try_timer(self) -> None:
@@ -1087,16 +1094,6 @@ class Exchange:
                 self.add_flag(flag)
         self.down.runtime.observe(self)
         self.down.exchange_done(self)
-
-
-def request_id() -> bytes:
-    """A random (version 4) UUID, as Envoy generates x-request-id."""
-    h = b"%032x" % (RNG.getrandbits(128) & _UUID_CLEAR | _UUID_SET)
-    return b"%s-%s-%s-%s-%s" % (h[:8], h[8:12], h[12:16], h[16:20], h[20:])
-
-
-_UUID_CLEAR: Final = ~((0xF000 << 64) | (0xC000 << 48))
-_UUID_SET: Final = (0x4000 << 64) | (0x8000 << 48)  # version 4, RFC 4122 variant
 
 
 def take_peer(headers: Headers) -> bytes | None:

@@ -211,7 +211,7 @@ class Pool:
         wait for one to free up). False: the circuit breakers refused (UO).
         `h2_client`: the request came over HTTP/2, which a cluster with
         use_downstream_protocol_config carries on in."""
-        if self.h2.handles(host, cluster, h2_client):
+        if not cluster.http1_only and self.h2.handles(host, cluster, h2_client):
             return self.h2.request(host, cluster, sink)
         idle = self.idle.get(host)
         while idle:
