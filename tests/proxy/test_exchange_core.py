@@ -202,6 +202,34 @@ def test_the_untimed_table_is_the_table_without_timer_commands() -> None:
         assert core_mod.UNTIMED[key] == (lean, next_state)
 
 
+@pytest.mark.parametrize(
+    ("table", "flat", "verdicts"),
+    [
+        (TRANSITIONS, core_mod.FLAT, core_mod._FUSED),
+        (core_mod.UNTIMED, core_mod.FLAT_UNTIMED, core_mod._UNTIMED_FUSED),
+    ],
+    ids=["timed", "untimed"],
+)
+def test_the_flat_tables_the_core_reads_are_the_tables_as_written(
+    table: core_mod.Table, flat: core_mod.FlatTable, verdicts: core_mod.FlatTable
+) -> None:
+    """`on` indexes flat tuples (state * N_EVENTS + event) built from the
+    dicts: every pair of state and event finds the dict's row, or None where
+    the dict has none (an error), and every row into a verdict state finds
+    its row fused with the one each verdict leaves by."""
+    assert len(EVENT_NAMES) == core_mod.N_EVENTS
+    assert len(flat) == len(STATE_NAMES) * core_mod.N_EVENTS
+    fused = core_mod.fused(table)
+    for state in range(len(STATE_NAMES)):
+        for event in range(len(EVENT_NAMES)):
+            at = state * core_mod.N_EVENTS + event
+            assert flat[at] == table.get((state, event)), (STATE_NAMES[state], EVENT_NAMES[event])
+            for taken in range(core_mod.N_VERDICTS):
+                row = verdicts[at * core_mod.N_VERDICTS + taken]
+                assert row == fused.get((state, event, taken))
+    assert sum(row is not None for row in verdicts) == len(fused)
+
+
 def test_forward_twice_is_an_error_and_changes_nothing() -> None:
     core = reach(SENT)
     with pytest.raises(ExchangeStateError, match="unexpected forward while SENT"):

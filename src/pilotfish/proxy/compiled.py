@@ -49,6 +49,8 @@ MODULES: Final = (
     "pilotfish.proxy.upstream.outlier",
     "pilotfish.proxy.upstream.priority",
     "pilotfish.proxy.upstream.retry",
+    "pilotfish.proxy.upstream.spec",
+    "pilotfish.proxy.filters.chain",
     "pilotfish.proxy.filters.cors",
     "pilotfish.proxy.filters.fault",
     "pilotfish.proxy.filters.overrides",

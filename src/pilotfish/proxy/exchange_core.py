@@ -217,6 +217,13 @@ for _state in (SENT, BACKOFF, RESPONDING, TUNNEL, DONE):
 _VERDICT_EVENTS: Final = {ACCEPT: _ACCEPT, RETRY: _RETRY, EXHAUSTED: _EXHAUSTED}
 
 Table = dict[tuple[int, int], Row]
+# What `on` reads: a table laid out flat, row (state, event) at
+# state * N_EVENTS + event (None: no such row). Indexing a tuple by an int is
+# a fraction of hashing a (state, event) tuple for a dict, several times a
+# request; the dicts stay the readable form, and these are built from them.
+FlatTable = tuple[Row | None, ...]
+N_EVENTS: Final = 23  # len(EVENT_NAMES)
+N_VERDICTS: Final = 3  # ACCEPT, RETRY, EXHAUSTED
 
 
 def without(table: Table, dropped: frozenset[int]) -> Table:
@@ -235,12 +242,31 @@ def fused(table: Table) -> dict[tuple[int, int, int], Row]:
     }
 
 
+def flat(table: Table) -> FlatTable:
+    """`table` as `on` reads it: row (state, event) at state * N_EVENTS + event."""
+    rows: list[Row | None] = [None] * (len(STATE_NAMES) * N_EVENTS)
+    for (state, event), row in table.items():
+        rows[state * N_EVENTS + event] = row
+    return tuple(rows)
+
+
+def flat_fused(table: Table) -> FlatTable:
+    """`fused(table)` laid out flat: row (state, event, verdict) at
+    (state * N_EVENTS + event) * N_VERDICTS + verdict."""
+    rows: list[Row | None] = [None] * (len(STATE_NAMES) * N_EVENTS * N_VERDICTS)
+    for (state, event, taken), row in fused(table).items():
+        rows[(state * N_EVENTS + event) * N_VERDICTS + taken] = row
+    return tuple(rows)
+
+
 # A try with no per-try timeout has no timer to start or cancel: its
 # exchange runs on a table without those commands (one shell call less
 # per try, and one per response).
 UNTIMED: Final = without(TRANSITIONS, frozenset({START_TRY_TIMER, CANCEL_TRY_TIMER}))
-_FUSED: Final = fused(TRANSITIONS)
-_UNTIMED_FUSED: Final = fused(UNTIMED)
+FLAT: Final = flat(TRANSITIONS)
+FLAT_UNTIMED: Final = flat(UNTIMED)
+_FUSED: Final = flat_fused(TRANSITIONS)
+_UNTIMED_FUSED: Final = flat_fused(UNTIMED)
 
 # (START, FORWARD) for a route without a mirror and/or a timeout, by
 # (mirror, deadline): a command with nothing to do is still a shell call.
@@ -287,8 +313,8 @@ class ExchangeCore:
         self.failure = ""
         self.replayable = True
         self.request_done = False
-        self.table: Table = TRANSITIONS
-        self.verdict_rows = _FUSED
+        self.table: FlatTable = FLAT
+        self.verdict_rows: FlatTable = _FUSED
 
     def __repr__(self) -> str:
         return f"<ExchangeCore {STATE_NAMES[self.state]} retries_left={self.retries_left}>"
@@ -308,7 +334,7 @@ class ExchangeCore:
         self._step(self.state, FORWARD)  # raises unless START, changing nothing
         self.retry, self.retries_left = retry, retries
         if not try_timer:
-            self.table, self.verdict_rows = UNTIMED, _UNTIMED_FUSED
+            self.table, self.verdict_rows = FLAT_UNTIMED, _UNTIMED_FUSED
         self.state = PICKING
         return _FORWARD_ROWS[mirror, deadline]
 
@@ -328,7 +354,9 @@ class ExchangeCore:
                 self.failure = outcome
         if state in (TRY_FAILED, HEAD_IN):
             taken = verdict(self.retry, self.retries_left, self.replayable, outcome, grpc_status)
-            commands, state = self.verdict_rows[self.state, event, taken]
+            fused_row = self.verdict_rows[(self.state * N_EVENTS + event) * N_VERDICTS + taken]
+            assert fused_row is not None  # every row into a verdict state has its three
+            commands, state = fused_row
         elif event == RETRY_GRANTED:
             self.retries_left -= 1
             self.attempt += 1
@@ -336,7 +364,7 @@ class ExchangeCore:
         return commands
 
     def _step(self, state: int, event: int) -> Row:
-        row = self.table.get((state, event))
+        row = self.table[state * N_EVENTS + event]
         if row is None:
             raise ExchangeStateError(
                 f"unexpected {EVENT_NAMES[event]} while {STATE_NAMES[state]}"

@@ -32,6 +32,7 @@ from pilotfish.proxy.upstream.spec import (
     EndpointSpec,
     LbPolicy,
     LoadAssignment,
+    UpstreamHttp,
 )
 
 Locality = tuple[str, str, str]
@@ -65,6 +66,9 @@ class Cluster:
     ) -> None:
         self.spec = spec
         self.name = spec.name
+        # Decided once here rather than by the pool for every request: a
+        # cluster that speaks HTTP/1.1 only never asks the HTTP/2 pool.
+        self.http1_only = spec.pool.http is UpstreamHttp.HTTP1
         self.rng = rng if rng is not None else random.Random()
         self.hosts: tuple[Host, ...] = ()
         self.assignment = spec.load_assignment or LoadAssignment(spec.eds_service_name or spec.name)
