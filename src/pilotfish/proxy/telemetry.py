@@ -48,7 +48,8 @@ DEFAULT_BUCKETS: tuple[float, ...] = (
 )  # fmt: skip
 DURATION_BUCKETS_MS: Final = DEFAULT_BUCKETS
 BYTES_BUCKETS: Final = DEFAULT_BUCKETS
-# The same bounds as floats, searched per request by `bucket` (see there).
+# The same bounds as floats, searched per request by `bucket` (see there). Not
+# a Final literal: mypyc inlines those, and leaves the module's name unset.
 _BOUNDS: Final[tuple[float, ...]] = tuple(float(b) for b in DEFAULT_BUCKETS)
 
 # The metadata keys Istio's bootstrap writes on the node, and that its
@@ -305,11 +306,11 @@ def _service_from_metadata(metadata: Metadata) -> ServiceInfo | None:
 
 
 def bucket(value: float) -> int:
-    """The histogram bucket of `value`: `bisect_left(DEFAULT_BUCKETS, value)`
-    (the first bound >= value; the last index is +Inf). Written out because,
-    compiled, this loop compares unboxed floats where a call of
-    `bisect.bisect_left` cost about 1,000 instructions (a generic call, and
-    an object comparison per step), three times a request."""
+    """The histogram bucket of `value` in every histogram (all have the default
+    bounds): `bisect_left(DEFAULT_BUCKETS, value)`, the first bound >= value,
+    the last index +Inf. Written out because, compiled, this loop compares
+    unboxed floats where `bisect.bisect_left` cost about 1,000 instructions
+    a call (a generic call, an object comparison per step), three a request."""
     lo, hi = 0, len(_BOUNDS)
     while lo < hi:
         mid = (lo + hi) >> 1
@@ -389,6 +390,17 @@ class Reporter:
         # their series share _http_by_labels, so a label set is one series
         # whichever way it was reached (an override added or removed live).
         self._overridden: dict[tuple[object, ...], OverriddenSeries] = {}
+        # The last label set recorded, part by part, and its series: a run of
+        # requests to one service with one outcome (the common case) skips
+        # building and hashing the key (about 900 instructions a request).
+        self._last_peer: WorkloadInfo | None = None
+        self._last_service: ServiceInfo | None = None
+        self._last_code = -1
+        self._last_flags = ""
+        self._last_protocol = ""
+        self._last_grpc = ""
+        self._last_mtls = False
+        self._last_series: HttpSeries | None = None
 
     def __repr__(self) -> str:
         return f"<Reporter {self.kind} http_series={len(self._http_by_labels)}>"
@@ -408,10 +420,18 @@ class Reporter:
     ) -> None:
         """One finished request. `flags` are Envoy's short codes joined by ","
         ("" for none); `code` 0 means no response was sent."""
-        key = (peer, service, code, flags, protocol, grpc_status, mtls)
-        series = self.http.get(key)
-        if series is None:
-            series = self._new_http(key)
+        series = self._last_series
+        if (
+            series is None
+            or peer is not self._last_peer
+            or service is not self._last_service
+            or code != self._last_code
+            or flags != self._last_flags
+            or protocol != self._last_protocol
+            or grpc_status != self._last_grpc
+            or mtls != self._last_mtls
+        ):
+            series = self._series((peer, service, code, flags, protocol, grpc_status, mtls))
         series.requests += 1
         series.duration[bucket(duration_ms)] += 1
         series.duration_sum += duration_ms
@@ -419,6 +439,23 @@ class Reporter:
         series.request_bytes_sum += request_bytes
         series.response_bytes[bucket(response_bytes)] += 1
         series.response_bytes_sum += response_bytes
+
+    def _series(self, key: HttpKey) -> HttpSeries:
+        """The series of a label set, remembered as the last one recorded."""
+        series = self.http.get(key)
+        if series is None:
+            series = self._new_http(key)
+        (
+            self._last_peer,
+            self._last_service,
+            self._last_code,
+            self._last_flags,
+            self._last_protocol,
+            self._last_grpc,
+            self._last_mtls,
+        ) = key
+        self._last_series = series
+        return series
 
     def record_overridden(
         self,

@@ -4,21 +4,30 @@ label sets that follow every change of what they are made of."""
 
 from __future__ import annotations
 
+import asyncio
 from bisect import bisect_left
 
+from envoy.config.cluster.v3.cluster_pb2 import Cluster
+from google.protobuf import json_format
+from google.protobuf.any_pb2 import Any as AnyProto
 from hypothesis import given
 from hypothesis import strategies as st
 from telemetry_fixtures import bootstrap_node, samples
 
+from pilotfish.proxy import xds_types
+from pilotfish.proxy.config import ProxyConfig
+from pilotfish.proxy.server import Runtime
 from pilotfish.proxy.stats import StatsRegistry
 from pilotfish.proxy.telemetry import (
     DEFAULT_BUCKETS,
+    ServiceInfo,
     Telemetry,
     WorkloadInfo,
     bucket,
     service_from_cluster_name,
     workload_from_endpoint_text,
 )
+from pilotfish.proxy.upstream.pool import Pool
 
 REVIEWS = "outbound|9080||reviews.default.svc.cluster.local"
 V1 = workload_from_endpoint_text("reviews-v1;default;reviews;v1;Kubernetes")
@@ -84,18 +93,18 @@ def test_each_part_of_a_label_set_changes_the_series_between_two_requests() -> N
     telemetry = Telemetry(WorkloadInfo.from_node(bootstrap_node()))
     base = (V1, SERVICE, 200, "", "http", "", False)
     variants = [
-        base,
         (V2, *base[1:]),
         (V1, RATINGS, *base[2:]),
         (*base[:2], 503, *base[3:]),
         (*base[:3], "UF", *base[4:]),
-        (*base[:4], "grpc", "0", False),
-        (*base[:4], "grpc", "14", False),
+        (*base[:4], "grpc", *base[5:]),
+        (*base[:5], "14", False),
         (*base[:6], True),
-        base,
     ]
+    # base, a variant, base, the next...: each request differs from the one before in one part.
+    requests = [base, *(r for variant in variants for r in (variant, base))]
     reporter = telemetry.inbound  # mTLS shows in its labels (the source side's are unknown)
-    for peer, service, code, flags, protocol, grpc_status, mtls in variants:
+    for peer, service, code, flags, protocol, grpc_status, mtls in requests:
         reporter.record(peer, service, code, flags, 1.0, 0, 0, protocol, grpc_status, mtls)
     counts = {
         (
@@ -111,13 +120,71 @@ def test_each_part_of_a_label_set_changes_the_series_between_two_requests() -> N
         if name == "istio_requests_total"
     }
     assert counts == {
-        ("v1", "reviews", "200", "-", "http", "", "none"): 2,
+        ("v1", "reviews", "200", "-", "http", "", "none"): 8,
         ("v2", "reviews", "200", "-", "http", "", "none"): 1,
         ("v1", "ratings", "200", "-", "http", "", "none"): 1,
         ("v1", "reviews", "503", "-", "http", "", "none"): 1,
         ("v1", "reviews", "200", "UF", "http", "", "none"): 1,
-        ("v1", "reviews", "200", "-", "grpc", "0", "none"): 1,
-        ("v1", "reviews", "200", "-", "grpc", "14", "none"): 1,
+        ("v1", "reviews", "200", "-", "grpc", "", "none"): 1,
+        ("v1", "reviews", "200", "-", "http", "14", "none"): 1,
         ("v1", "reviews", "200", "-", "http", "", "mutual_tls"): 1,
     }
 
+
+def cds_cluster(name: str, service_host: str | None) -> AnyProto:
+    """A STATIC cluster; with `service_host`, Istio's metadata naming its service."""
+    spec: dict[str, object] = {
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [
+                {
+                    "lb_endpoints": [
+                        {
+                            "endpoint": {
+                                "address": {
+                                    "socket_address": {"address": "127.0.0.1", "port_value": 9}
+                                }
+                            }
+                        }
+                    ]
+                }
+            ],
+        },
+    }
+    if service_host is not None:
+        services = [{"host": service_host, "namespace": "default"}]
+        spec["metadata"] = {"filter_metadata": {"istio": {"services": services}}}
+    packed = AnyProto()
+    packed.Pack(json_format.ParseDict(spec, Cluster()))
+    return packed
+
+
+def test_the_destination_service_follows_each_cds_update() -> None:
+    """The data path keeps the services of the snapshot it last read; a CDS
+    update (new metadata, a cluster gone) must show in the next request's labels."""
+
+    async def scenario() -> list[ServiceInfo]:
+        config = ProxyConfig()
+        runtime = Runtime(config, Pool(), Telemetry(), StatsRegistry())
+        seen = [runtime.service_of(REVIEWS)]  # no clusters yet
+        config.apply(xds_types.CLUSTER, [cds_cluster(REVIEWS, "reviews.default.svc.cluster.local")])
+        seen += [runtime.service_of(REVIEWS), runtime.service_of(REVIEWS)]
+        config.apply(xds_types.CLUSTER, [cds_cluster(REVIEWS, "ratings.default.svc.cluster.local")])
+        seen.append(runtime.service_of(REVIEWS))
+        config.apply(xds_types.CLUSTER, [cds_cluster("other", None)])
+        seen += [runtime.service_of(REVIEWS), runtime.service_of("other")]
+        return seen
+
+    seen = asyncio.run(scenario())
+    assert [s.host for s in seen] == [
+        "unknown",
+        "reviews.default.svc.cluster.local",
+        "reviews.default.svc.cluster.local",
+        "ratings.default.svc.cluster.local",
+        "unknown",
+        "other",
+    ]
+    assert seen[3] == ServiceInfo("ratings.default.svc.cluster.local", "ratings", "default")
