@@ -912,7 +912,8 @@ class Exchange:
         added = response_additions(self.flags, not self.keep_alive)
         if added:
             parts.append(encode_lines(added))
-        parts += (b"\r\n\r\n", resp.body)
+        parts.append(b"\r\n\r\n")
+        parts.append(resp.body)
         self.response_bytes = len(resp.body)
         self.emit(b"".join(parts))
 
@@ -1085,9 +1086,14 @@ class Exchange:
         if self.done:
             return
         self.done = True
-        for handle in (self.timer, self.try_timer, self.deadline):
-            if handle is not None:
-                handle.cancel()
+        # Each timer on its own: a loop over a tuple of them is a tuple and
+        # an iterator built per request.
+        if self.timer is not None:
+            self.timer.cancel()
+        if self.try_timer is not None:
+            self.try_timer.cancel()
+        if self.deadline is not None:
+            self.deadline.cancel()
         if self.host is not None:
             self.host.request_finished()
         if self.holds_request and self.cluster is not None:

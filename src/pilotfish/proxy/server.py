@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, BinaryIO, Final
@@ -43,6 +43,7 @@ from pilotfish.proxy.tap import Tap
 from pilotfish.proxy.telemetry import (
     UNKNOWN_SERVICE,
     UNKNOWN_WORKLOAD,
+    ServiceInfo,
     Telemetry,
     WorkloadInfo,
     peer_from_header,
@@ -80,9 +81,17 @@ class Runtime:
     tls: TlsContexts = field(default_factory=lambda: TlsContexts(None))
     tap: Tap | None = None  # `pilotfish tap`'s view of finished requests
     tracer: Tracer | None = None  # spans of listeners that trace (proxy/tracing)
+    # The snapshot's services as a plain dict, read per request (a get on its
+    # MappingProxyType is a generic method call); copied again when a CDS
+    # update replaces them (see service_of), so one copy, of the current ones.
+    services_seen: Mapping[str, ServiceInfo] | None = field(init=False, repr=False)
+    services: dict[str, ServiceInfo] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.peer_lines = encode_lines(self.peer_headers)
+        # Here, not as the field's default: compiled, a dataclass field that
+        # is not an __init__ argument gets no default.
+        self.services_seen = None
 
     @property
     def connections(self) -> int:
@@ -109,7 +118,7 @@ class Runtime:
         listener = ex.down.listener
         service = UNKNOWN_SERVICE
         if ex.cluster is not None:
-            service = self.config.snapshot.services.get(ex.cluster.name, UNKNOWN_SERVICE)
+            service = self.service_of(ex.cluster.name)
         if service is UNKNOWN_SERVICE:
             service = service_from_authority(ex.authority.decode("latin-1"))
         peer = peer_from_header(ex.peer_header) if ex.peer_header else UNKNOWN_WORKLOAD
@@ -139,6 +148,13 @@ class Runtime:
         tracing = listener.http.tracing
         if tracing is not None and self.tracer is not None:
             self.tracer.finish(ex, tracing, partial(access_record, ex, elapsed), elapsed)
+
+    def service_of(self, cluster: str) -> ServiceInfo:
+        """The destination service a cluster stands for, in the config in force."""
+        services = self.config.snapshot.services
+        if services is not self.services_seen:
+            self.services_seen, self.services = services, dict(services)
+        return self.services.get(cluster, UNKNOWN_SERVICE)
 
     def access_log(self, path: str) -> AccessLogWriter:
         writer = self.access_logs.get(path)

@@ -72,6 +72,9 @@ class UpstreamConnection(asyncio.Protocol):
         self.idle_since = 0.0
         self.express = False  # the response may be read the express way
         self.remaining = 0  # body bytes of an express response still to come
+        # Read once: the cluster a connection was made for stays its cluster,
+        # and the spec's objects are interpreted (generic reads per release).
+        self.max_requests = cluster.spec.pool.max_requests_per_connection
 
     def __repr__(self) -> str:
         return f"<UpstreamConnection {self.host} busy={self.sink is not None}>"
@@ -256,7 +259,7 @@ class Pool:
             self.h2.release(conn)
             return
         conn.detach()
-        limit = conn.cluster.spec.pool.max_requests_per_connection
+        limit = conn.max_requests
         if not conn.alive or (limit is not None and conn.requests >= limit):
             if conn.alive:
                 self.stats.cluster(conn.cluster.name).upstream_cx_max_requests += 1
