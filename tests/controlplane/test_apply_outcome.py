@@ -1,0 +1,94 @@
+"""What a server-side apply did, said by the server in its answer: 201 when it
+created the object (as Kubernetes answers), and `Pilotfish-Apply-Result`
+(created, configured, unchanged), so that `pilotfish apply` prints kubectl's
+lines from one PATCH, with no GET before it."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+from pilotfish.cli import commands
+from pilotfish.cli.manifests import Document
+from pilotfish.client import Client
+from pilotfish.controlplane.api import Request, Response
+from pilotfish.controlplane.main import ControlPlane
+
+from .cp_testkit import VS_PATH, Caller, virtual_service
+
+RESULT = "Pilotfish-Apply-Result"
+
+
+def result_of(response: Response) -> list[str]:
+    return [value for name, value in response.headers if name == RESULT]
+
+
+def test_the_answer_says_created_unchanged_or_configured(call: Caller) -> None:
+    created = call.apply(virtual_service(), f"{VS_PATH}/reviews")
+    assert (created.status, result_of(created)) == (201, ["created"])
+    version = created.json()["metadata"]["resourceVersion"]
+
+    again = call.apply(virtual_service(), f"{VS_PATH}/reviews")
+    assert (again.status, result_of(again)) == (200, ["unchanged"])
+    assert again.json()["metadata"]["resourceVersion"] == version
+
+    changed = call.apply(virtual_service(hosts=["reviews", "r2"]), f"{VS_PATH}/reviews")
+    assert (changed.status, result_of(changed)) == (200, ["configured"])
+    assert changed.json()["metadata"]["resourceVersion"] != version
+
+
+def test_a_dry_run_says_what_it_would_do_and_stores_nothing(call: Caller) -> None:
+    dry_create = call.apply(virtual_service(), f"{VS_PATH}/reviews", "fieldManager=a&dryRun=All")
+    assert (dry_create.status, result_of(dry_create)) == (201, ["created"])
+    assert call("GET", f"{VS_PATH}/reviews").status == 404
+
+    call.apply(virtual_service(), f"{VS_PATH}/reviews")
+    # A dry run keeps the revision it would replace: still a change the user made.
+    dry = call.apply(
+        virtual_service(hosts=["r2"]), f"{VS_PATH}/reviews", "fieldManager=alice&dryRun=All"
+    )
+    assert (dry.status, result_of(dry)) == (200, ["configured"])
+    assert call("GET", f"{VS_PATH}/reviews").json()["spec"]["hosts"] == ["reviews"]
+
+
+def test_a_refused_apply_says_no_result(call: Caller) -> None:
+    bad = virtual_service()
+    bad["spec"]["http"] = "not a list"
+    refused = call.apply(bad, f"{VS_PATH}/reviews")
+    assert refused.status == 422 and result_of(refused) == []
+
+
+@pytest.fixture
+def requests_seen(plane: ControlPlane, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The method and path of every request the real server answers."""
+    api = plane.server.api
+    assert api is not None
+    seen: list[str] = []
+    handle = api.handle
+
+    def recording(request: Request) -> Any:
+        seen.append(f"{request.method} {request.path}")
+        return handle(request)
+
+    monkeypatch.setattr(api, "handle", recording)
+    return seen
+
+
+def test_pilotfish_apply_sends_one_patch_and_prints_kubectls_lines(
+    client: Client, requests_seen: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    def apply(obj: dict[str, Any]) -> str:
+        doc = Document("vs.yaml", 0, copy.deepcopy(obj))
+        assert commands.apply_documents(client, [doc], None)
+        return capsys.readouterr().out
+
+    vs = virtual_service()
+    assert apply(vs) == "virtualservice.networking.istio.io/reviews created\n"
+    assert apply(vs) == "virtualservice.networking.istio.io/reviews unchanged\n"
+    assert apply(virtual_service(hosts=["r2"])) == (
+        "virtualservice.networking.istio.io/reviews configured\n"
+    )
+    path = "/apis/networking.istio.io/v1/namespaces/default/virtualservices/reviews"
+    assert requests_seen == [f"PATCH {path}"] * 3  # no GET before each PATCH
