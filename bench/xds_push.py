@@ -409,9 +409,12 @@ def _probe(type_url: str, resources: list[Any], cluster_name: str) -> Any:
     for resource in resources:
         for vhost in _unpack(resource, RouteConfiguration).virtual_hosts:
             if vhost.name.startswith(f"{CHANGED}.") and ".svc." in vhost.name:
-                action = vhost.routes[-1].route
+                # The split route: not the header match before it, nor the
+                # CONNECT route Istio's sidecars end each virtual host with.
+                split = [r.route for r in vhost.routes if r.route.HasField("weighted_clusters")]
                 return {
-                    c.name.split("|")[2]: c.weight.value for c in action.weighted_clusters.clusters
+                    c.name.split("|")[2]: c.weight.value
+                    for c in (split[-1].weighted_clusters.clusters if split else ())
                 }
     return None
 
