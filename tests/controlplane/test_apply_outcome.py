@@ -6,10 +6,14 @@ lines from one PATCH, with no GET before it."""
 from __future__ import annotations
 
 import copy
+import threading
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from pilotfish.api.kinds import registry
+from pilotfish.api.validation import compiled_schema
 from pilotfish.cli import commands
 from pilotfish.cli.manifests import Document
 from pilotfish.client import Client
@@ -92,3 +96,20 @@ def test_pilotfish_apply_sends_one_patch_and_prints_kubectls_lines(
     )
     path = "/apis/networking.istio.io/v1/namespaces/default/virtualservices/reviews"
     assert requests_seen == [f"PATCH {path}"] * 3  # no GET before each PATCH
+
+
+def test_a_starting_control_plane_compiles_every_schema_before_any_write(
+    tmp_path: Path,
+) -> None:
+    """The first apply of a kind after a start does not wait for its schema's
+    compilation (CEL rules: 0.2-1 s under load)."""
+    compiled_schema.cache_clear()
+    running = ControlPlane.open(tmp_path / "data", "127.0.0.1:0", tmp_path / "config.yaml")
+    try:
+        warming = [t for t in threading.enumerate() if t.name == "schemas"]
+        for thread in warming:
+            thread.join(timeout=30)
+        served = sum(len(kind.versions) for kind in registry())
+        assert compiled_schema.cache_info().currsize == served
+    finally:
+        running.close()

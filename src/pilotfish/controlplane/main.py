@@ -26,7 +26,7 @@ from types import FrameType
 from pilotfish.analysis import warnings_for
 from pilotfish.api.errors import ApiError
 from pilotfish.api.kinds import registry
-from pilotfish.api.validation import validate_or_raise, with_defaults
+from pilotfish.api.validation import compile_all_schemas, validate_or_raise, with_defaults
 from pilotfish.ca import tokens
 from pilotfish.ca.cacerts import CaError
 from pilotfish.ca.identity import DEFAULT_TRUST_DOMAIN
@@ -168,6 +168,7 @@ class ControlPlane:
             auth = plane._authenticator(token, anonymous_reads, service_tokens)
             server.api = Api(store, auth, analyze=warnings_for, extension=extensions)
             write_client_config(ClientConfig(server.url, token, root), config_path)
+            threading.Thread(target=compile_all_schemas, name="schemas", daemon=True).start()
         except BaseException as e:
             if plane is not None:
                 plane.close()
