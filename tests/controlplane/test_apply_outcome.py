@@ -20,7 +20,7 @@ from pilotfish.client import Client
 from pilotfish.controlplane.api import Request, Response
 from pilotfish.controlplane.main import ControlPlane
 
-from .cp_testkit import VS_PATH, Caller, virtual_service
+from .cp_testkit import VS_PATH, Caller, service, virtual_service
 
 RESULT = "Pilotfish-Apply-Result"
 
@@ -113,3 +113,24 @@ def test_a_starting_control_plane_compiles_every_schema_before_any_write(
         assert compiled_schema.cache_info().currsize == served
     finally:
         running.close()
+
+
+def test_apply_analyzes_the_config_in_memory_with_the_writes_before_it(
+    plane: ControlPlane, client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The warnings of an apply come from the mesh registry's copy of the
+    config, not from listing (and decoding) the whole store again; a write
+    just before is already in it."""
+    vs = virtual_service()
+    vs["metadata"]["namespace"] = "default"
+
+    def no_listing(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("apply's analysis listed the store")
+
+    monkeypatch.setattr(plane.store, "list", no_listing)
+    _, warnings = client.apply(vs)
+    assert any('Referenced host not found: "reviews"' in w for w in warnings), warnings
+
+    client.apply(service())
+    _, warnings = client.apply(virtual_service(hosts=["reviews", "r2"]))
+    assert not any('host not found: "reviews"' in w for w in warnings), warnings

@@ -52,6 +52,17 @@ log = logging.getLogger(__name__)
 
 Lookup = Callable[[str, str, str | None], list[Obj]]  # namespace None: every namespace
 Analyzer = Callable[[Obj, Lookup], list[str]]
+CAUGHT_UP_S = 1.0  # how long analysis waits for the config in memory to hold a write
+
+
+class ConfigCache(Protocol):
+    """The store's config kept in memory by a watch (the mesh registry)."""
+
+    def listed(self, group: str, kind: str, namespace: str | None) -> list[Obj]: ...
+
+    def caught_up(self, revision: int, timeout: float) -> bool: ...
+
+
 # Serves paths beyond the resource API (registry, xDS debug); None: not its path.
 Extension = Callable[["Request", str], "Response | None"]
 
@@ -183,8 +194,12 @@ class Api:
         analyze: Analyzer | None = None,
         kinds: KindRegistry | None = None,
         extension: Extension | None = None,
+        config: ConfigCache | None = None,
     ) -> None:
+        """`config`: what `analyze` reads instead of listing the store, once
+        it holds the write analyzed."""
         self.store = store
+        self._config = config
         self.extension = extension
         # A plain string is the admin token, with the default rules for the rest.
         self.auth = auth if isinstance(auth, Authenticator) else Authenticator(auth)
@@ -494,16 +509,29 @@ class Api:
     def _warnings(self, obj: Obj) -> list[str]:
         if self._analyze is None:
             return []
-
-        def lookup(group: str, kind: str, namespace: str | None) -> list[Obj]:
-            return self.store.list(group, kind, namespace)[0]
-
         try:
-            return self._analyze(obj, lookup)
+            return self._analyze(obj, self._lookup_after(obj))
         except Exception:
             # Warnings are advice: a bug in one analyzer must not fail a write that succeeded.
             log.exception("analysis of %s failed", obj.get("metadata", {}).get("name"))
             return []
+
+    def _lookup_after(self, written: Obj) -> Lookup:
+        """The config in memory once it holds `written`'s revision (so a
+        client's earlier writes are seen too); else the store's own lists."""
+        revision = str(written.get("metadata", {}).get("resourceVersion") or "")
+        config = self._config
+        if (
+            config is not None
+            and revision.isdigit()
+            and config.caught_up(int(revision), CAUGHT_UP_S)
+        ):
+            return config.listed
+
+        def listed(group: str, kind: str, namespace: str | None) -> list[Obj]:
+            return self.store.list(group, kind, namespace)[0]
+
+        return listed
 
 
 class EventStream:

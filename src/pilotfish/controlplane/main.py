@@ -166,7 +166,9 @@ class ControlPlane:
                 plane._node_certificates(),
             )
             auth = plane._authenticator(token, anonymous_reads, service_tokens)
-            server.api = Api(store, auth, analyze=warnings_for, extension=extensions)
+            server.api = Api(
+                store, auth, analyze=warnings_for, extension=extensions, config=plane.mesh
+            )
             write_client_config(ClientConfig(server.url, token, root), config_path)
             threading.Thread(target=compile_all_schemas, name="schemas", daemon=True).start()
         except BaseException as e:

@@ -28,6 +28,8 @@ ChangeListener = Callable[[frozenset[str]], None]
 INSTANCE = "Instance"  # the "kind" a listener hears for a registration change
 JWKS = "Jwks"  # ... and for newly fetched RequestAuthentication keys
 _WATCH_POLL_S = 0.5
+# Records, not config: frequent, and read by neither snapshots nor analysis.
+_NOT_KEPT = {("", "Event"), ("events.k8s.io", "Event"), ("", "ConfigMap")}
 
 
 class MeshRegistry:
@@ -45,6 +47,8 @@ class MeshRegistry:
         self.instances.add_listener(lambda: self._changed(frozenset({INSTANCE})))
         self._objects: dict[ObjectKey, Obj] = {}
         self._lock = threading.Lock()
+        self._seen = threading.Condition(self._lock)
+        self._revision = 0  # the newest store revision the watch has delivered
         self._listeners: list[ChangeListener] = []
         self._cached: Snapshot | None = None
         self._stop = threading.Event()
@@ -90,24 +94,50 @@ class MeshRegistry:
             self._jwks = dict(keys)
         self._changed(frozenset({JWKS}))
 
+    # -- the config, for apply's analysis -----------------------------------------------
+
+    def listed(self, group: str, kind: str, namespace: str | None) -> list[Obj]:
+        """The objects of a kind (every namespace when None), as the store
+        lists them, from memory: apply's analysis reads the whole mesh on
+        every write, and decoding it from the store was most of its time.
+        Events and ConfigMaps (the mesh config aside) are not kept."""
+        with self._lock:
+            found = [
+                (ns, name, obj)
+                for (g, k, ns, name), obj in self._objects.items()
+                if (g, k) == (group, kind) and namespace in (None, ns)
+            ]
+        return [obj for _, _, obj in sorted(found, key=lambda f: f[:2])]
+
+    def caught_up(self, revision: int, timeout: float) -> bool:
+        """Wait until the watch has delivered the store's `revision` (a write
+        just made); False if it has not within `timeout` seconds."""
+        with self._seen:
+            return self._seen.wait_for(lambda: self._revision >= revision, timeout)
+
     # -- keeping current ---------------------------------------------------------------
 
     def apply_event(self, event: Event) -> str | None:
-        """Record one store event; the kind it changed, or None if not a mesh kind."""
+        """Record one store event; the kind it changed, or None if not a mesh
+        kind (such an object is kept for `listed`, and pushes nothing)."""
         obj = event.object
-        if not is_mesh_object(obj):
-            return None
         group = str(obj.get("apiVersion", "")).rpartition("/")[0]
         kind = str(obj.get("kind", ""))
+        mesh = is_mesh_object(obj)
         meta = obj.get("metadata") or {}
         key = (group, kind, str(meta.get("namespace") or ""), str(meta.get("name") or ""))
-        with self._lock:
+        with self._seen:
+            self._revision = max(self._revision, int(event.resource_version or 0))
+            self._seen.notify_all()
+            if not mesh and (group, kind) in _NOT_KEPT:
+                return None
             if event.type == "DELETED":
                 self._objects.pop(key, None)
             else:
                 self._objects[key] = obj
-            self._cached = None
-        return kind
+            if mesh:
+                self._cached = None
+        return kind if mesh else None
 
     def _changed(self, kinds: frozenset[str]) -> None:
         with self._lock:
