@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from pilotfish.api.validation import validate_or_raise
-from pilotfish.model import Instance
+from pilotfish.model import Instance, build_snapshot
 from pilotfish.registry.mesh import INSTANCE, MeshRegistry
 from pilotfish.store.resources import ResourceStore
 from pilotfish.store.sqlite import SqliteBackend
@@ -224,3 +224,30 @@ def test_caught_up_waits_for_a_revision_not_yet_written(
     started = time.monotonic()
     assert not mesh.caught_up(10_000, 0.2)
     assert time.monotonic() - started >= 0.2
+
+
+def test_a_snapshot_reads_again_only_the_services_that_changed(
+    registry: tuple[MeshRegistry, Changes], store: ResourceStore
+) -> None:
+    """A VirtualService change does not read every Service again: the
+    services of unchanged objects are the very ones of the last snapshot,
+    and the whole equals a snapshot built from scratch."""
+    mesh, changes = registry
+    store.apply(STATIC_ENTRY, manager="test")
+    changes.wait("ServiceEntry")
+    first = mesh.snapshot()
+    changes.kinds.clear()
+    store.apply(
+        {**SERVICE, "spec": {**SERVICE["spec"], "ports": [{"name": "http", "port": 9081}]}},
+        manager="test",
+    )
+    changes.wait("Service")
+    second = mesh.snapshot()
+    (entry_before,) = [s for s in first.services if s.hostname == "legacy.internal"]
+    (entry_after,) = [s for s in second.services if s.hostname == "legacy.internal"]
+    assert entry_after is entry_before
+    (ratings_after,) = [s for s in second.services if s.hostname.startswith("ratings.")]
+    assert [p.port for p in ratings_after.ports] == [9081]
+    objects = [*store.list("", "Service", None)[0]]
+    objects += store.list("networking.istio.io", "ServiceEntry", None)[0]
+    assert second.services == build_snapshot(objects).services

@@ -15,7 +15,8 @@ from collections.abc import Callable
 from pilotfish.api.errors import ApiError
 from pilotfish.ca.identity import DEFAULT_TRUST_DOMAIN
 from pilotfish.model import Snapshot, build_snapshot
-from pilotfish.model.snapshot import is_mesh_object
+from pilotfish.model.snapshot import is_mesh_object, services_of
+from pilotfish.model.types import Service
 from pilotfish.objects import Obj
 from pilotfish.registry.instances import InstanceRegistry
 from pilotfish.store.resources import ResourceStore
@@ -30,6 +31,27 @@ JWKS = "Jwks"  # ... and for newly fetched RequestAuthentication keys
 _WATCH_POLL_S = 0.5
 # Records, not config: frequent, and read by neither snapshots nor analysis.
 _NOT_KEPT = {("", "Event"), ("events.k8s.io", "Event"), ("", "ConfigMap")}
+
+
+class ServicesMemo:
+    """`services_of`, remembered from one snapshot to the next per object:
+    the watch replaces an object's dict on every change, so a dict seen
+    before declares the same services. Reading 1,000 Services again was most
+    of a snapshot's time, on every push's path."""
+
+    def __init__(self) -> None:
+        self._last: dict[int, tuple[Obj, tuple[Service, ...]]] = {}
+        self._next: dict[int, tuple[Obj, tuple[Service, ...]]] = {}
+
+    def __call__(self, obj: Obj) -> tuple[Service, ...]:
+        hit = self._last.get(id(obj))  # the dict is held below, so its id is not reused
+        found = hit[1] if hit is not None and hit[0] is obj else services_of(obj)
+        self._next[id(obj)] = (obj, found)
+        return found
+
+    def rotate(self) -> None:
+        """A snapshot is built: what it did not read is forgotten."""
+        self._last, self._next = self._next, {}
 
 
 class MeshRegistry:
@@ -55,6 +77,7 @@ class MeshRegistry:
         self._thread: threading.Thread | None = None
         self._synced = threading.Event()
         self._jwks: dict[str, str] = {}
+        self._services = ServicesMemo()
 
     def __repr__(self) -> str:
         return f"MeshRegistry({len(self._objects)} objects, {self.instances!r})"
@@ -85,7 +108,9 @@ class MeshRegistry:
                     self.instances.instances(),
                     self.trust_domain,
                     self._jwks,
+                    self._services,
                 )
+                self._services.rotate()
             return self._cached
 
     def set_jwks(self, keys: dict[str, str]) -> None:
