@@ -41,6 +41,7 @@ from pilotfish.controlplane.api_tls import ROOT_FILE, ApiTls, serving_context
 from pilotfish.controlplane.auth import Authenticator, load_or_create_token
 from pilotfish.controlplane.bootstrap_tokens import BootstrapTokens
 from pilotfish.controlplane.election import Elector
+from pilotfish.controlplane.heap import HeapKeeper
 from pilotfish.controlplane.http import ApiServer, parse_listen
 from pilotfish.controlplane.identity import CaOptions, TokenApi, add_ca_flags, ca_options, open_ca
 from pilotfish.controlplane.jwks import JwksResolver, start_jwks_resolver
@@ -107,6 +108,7 @@ class ControlPlane:
         self.sampler: MeshSampler | None = None
         self.spans: SpanStore | None = None
         self.tap: TapHub | None = None
+        self.heap = HeapKeeper()  # started with the server; see heap.py for why
 
     def __repr__(self) -> str:
         return f"ControlPlane({self.server.url}, data_dir={str(self.data_dir)!r})"
@@ -171,6 +173,7 @@ class ControlPlane:
             )
             write_client_config(ClientConfig(server.url, token, root), config_path)
             threading.Thread(target=compile_all_schemas, name="schemas", daemon=True).start()
+            plane.heap.start()
         except BaseException as e:
             if plane is not None:
                 plane.close()
@@ -334,6 +337,7 @@ class ControlPlane:
 
     def close(self) -> None:
         """Stop what was started, newest first; safe on a half-open plane."""
+        self.heap.stop()
         if self.analysis is not None:
             self.analysis.stop()
         if self.sampler is not None:
