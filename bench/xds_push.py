@@ -409,9 +409,12 @@ def _probe(type_url: str, resources: list[Any], cluster_name: str) -> Any:
     for resource in resources:
         for vhost in _unpack(resource, RouteConfiguration).virtual_hosts:
             if vhost.name.startswith(f"{CHANGED}.") and ".svc." in vhost.name:
-                action = vhost.routes[-1].route
+                # The split route: not the header match before it, nor the
+                # CONNECT route Istio's sidecars end each virtual host with.
+                split = [r.route for r in vhost.routes if r.route.HasField("weighted_clusters")]
                 return {
-                    c.name.split("|")[2]: c.weight.value for c in action.weighted_clusters.clusters
+                    c.name.split("|")[2]: c.weight.value
+                    for c in (split[-1].weighted_clusters.clusters if split else ())
                 }
     return None
 
@@ -901,6 +904,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         time.sleep(args.idle_seconds)
         result["idle_cpu_pct"] = 100 * (plane.cpu_seconds() - cpu_before) / args.idle_seconds
         progress("changes")
+        # The machine is shared: what else ran is part of every number below.
+        result["load_before"] = os.getloadavg()
         # Any first command keeps the parsed CRDs in the CLI's cache (as kubectl
         # keeps discovery): the timed ones start warm, as a user's do.
         plane.cli("get", "virtualservices", "-n", namespace)
@@ -911,6 +916,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for k, via in enumerate(v for v in vias for _ in range(args.changes))
         ]
         result["changes"] = [vars(c) for c in changes]
+        result["load_after"] = os.getloadavg()
         result["rss_mb"], result["peak_rss_mb"] = plane.memory_mb()
     finally:
         if clients is not None:
@@ -944,6 +950,10 @@ def report(result: dict[str, Any]) -> str:
         changes = [c for c in all_changes if c.via == via]
         if changes:
             rows += _change_rows(via, changes)
+    if "load_before" in result:
+        loads = [f"{x:.1f}" for x in (*result["load_before"], *result["load_after"])]
+        rows.append(("load average (1, 5, 15 min) before / after the changes",
+            f"{', '.join(loads[:3])} / {', '.join(loads[3:])}"))  # fmt: skip
     rows.append(("control plane RSS: idle / now / peak", f"{result['idle_rss_mb']:.0f} / "
         f"{result['rss_mb']:.0f} / {result['peak_rss_mb']:.0f} MB"))  # fmt: skip
     width = max(len(r[0]) for r in rows)

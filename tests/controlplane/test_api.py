@@ -28,7 +28,7 @@ def events(stream: EventStream | None, count: int) -> list[dict]:
 
 def test_apply_then_get_and_list_in_the_version_of_the_path(call: Caller) -> None:
     applied = call.apply(virtual_service(labels={"app": "reviews"}), f"{VS_PATH}/reviews")
-    assert applied.status == 200, applied.body
+    assert applied.status == 201, applied.body
     assert applied.json()["metadata"]["resourceVersion"] == "1"
 
     got = call(
@@ -55,7 +55,7 @@ def test_list_across_namespaces_and_a_cluster_scoped_kind(call: Caller) -> None:
         ("two", "b"),
     ]
     namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "one"}}
-    assert call.apply(namespace, "/api/v1/namespaces/one").status == 200
+    assert call.apply(namespace, "/api/v1/namespaces/one").status == 201
     assert call("GET", "/api/v1/namespaces/one").json()["kind"] == "Namespace"
     assert [n["metadata"]["name"] for n in call("GET", "/api/v1/namespaces").json()["items"]] == [
         "one"
@@ -81,7 +81,7 @@ def test_a_second_manager_conflicts_on_the_field_until_it_forces(call: Caller) -
 
 def test_dry_run_stores_nothing(call: Caller) -> None:
     dry = call.apply(virtual_service(), f"{VS_PATH}/reviews", "fieldManager=a&dryRun=All")
-    assert dry.status == 200 and dry.json()["spec"]["hosts"] == ["reviews"]
+    assert dry.status == 201 and dry.json()["spec"]["hosts"] == ["reviews"]
     assert call("GET", f"{VS_PATH}/reviews").status == 404
     assert call("POST", f"{VS_PATH}?dryRun=All", virtual_service()).status == 201
     assert call("GET", VS_PATH).json()["items"] == []
@@ -121,7 +121,7 @@ def test_path_and_body_must_agree(call: Caller) -> None:
 
 def test_a_body_without_identity_takes_it_from_the_path(call: Caller) -> None:
     response = call.apply({"spec": virtual_service()["spec"]}, f"{VS_PATH}/reviews")
-    assert response.status == 200, response.body
+    assert response.status == 201, response.body
     assert response.json()["metadata"]["name"] == "reviews"
     assert response.json()["kind"] == "VirtualService"
 
@@ -191,7 +191,7 @@ spec:
         body,
         content_type="application/apply-patch+yaml",
     )
-    assert response.status == 200, response.body
+    assert response.status == 201, response.body
     assert response.json()["metadata"]["annotations"] == {"at": "2024-05-01T12:00:00Z"}
     broken = call(
         "PATCH",
@@ -288,7 +288,7 @@ def test_analysis_warnings_come_back_as_warning_headers(call: Caller) -> None:
     vs = virtual_service()
     vs["spec"]["http"][0]["route"][0]["destination"]["subset"] = "v9"
     response = call.apply(vs, f"{VS_PATH}/reviews")
-    assert response.status == 200
+    assert response.status == 201
     assert response.warnings and all(w.startswith('299 - "') for w in response.warnings)
     assert any("v9" in w for w in response.warnings)
     assert any('host not found: \\"reviews\\"' in w for w in response.warnings)

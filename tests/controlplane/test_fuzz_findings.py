@@ -42,7 +42,7 @@ def test_a_field_manager_is_printable_and_at_most_128_characters(call: Caller) -
     long_enough = "m" * 128
     assert (
         call.apply(virtual_service(), f"{VS_PATH}/reviews", f"fieldManager={long_enough}").status
-        == 200
+        == 201
     )
 
 
@@ -189,5 +189,5 @@ def test_yaml_keys_that_are_not_strings_become_strings_as_in_kubernetes(call: Ca
     answer = call(
         "PATCH", f"{path}?fieldManager=a", body, content_type="application/apply-patch+yaml"
     )
-    assert answer.status == 200, answer.body
+    assert answer.status == 201, answer.body
     assert answer.json()["data"] == {"1": "a", "true": "b", "null": "c", "2.5": "d"}

@@ -86,7 +86,7 @@ def test_a_well_formed_chunked_body_with_an_extension_still_works(plane: Control
         body,
     )
     code, obj = exchange(plane, data)
-    assert code == 200 and obj["metadata"]["name"] == "reviews"
+    assert code == 201 and obj["metadata"]["name"] == "reviews"
 
 
 def test_a_chunked_body_over_the_limit_is_413_with_the_limit(plane: ControlPlane) -> None:

@@ -12,10 +12,11 @@ from typing import Any
 import pytest
 
 from pilotfish.api.validation import validate_or_raise
-from pilotfish.model import Instance
+from pilotfish.model import Instance, build_snapshot
 from pilotfish.registry.mesh import INSTANCE, MeshRegistry
 from pilotfish.store.resources import ResourceStore
 from pilotfish.store.sqlite import SqliteBackend
+from pilotfish.store.types import Key
 
 Obj = dict[str, Any]
 
@@ -180,3 +181,73 @@ def test_other_kinds_do_not_change_the_mesh(
     assert all("MetricTemplate" not in k for k in changes.kinds)
     assert mesh.snapshot() is not before
     assert mesh.snapshot() is mesh.snapshot()  # cached until the next change
+
+
+NAMESPACE: Obj = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}}
+EVENT: Obj = {
+    "apiVersion": "v1",
+    "kind": "Event",
+    "metadata": {"name": "e1", "namespace": "default"},
+    "involvedObject": {"kind": "Service", "name": "ratings", "namespace": "default"},
+    "reason": "Test",
+    "message": "m",
+}
+
+
+def test_the_config_apply_analyzes_is_kept_in_memory_and_pushes_nothing(
+    registry: tuple[MeshRegistry, Changes], store: ResourceStore
+) -> None:
+    """Apply's analysis reads every kind (Namespaces too) from here, not from
+    the store; a kind proxies never see changes no snapshot."""
+    mesh, changes = registry
+    before = mesh.snapshot()
+    written = store.apply(NAMESPACE, manager="test")
+    assert mesh.caught_up(int(written["metadata"]["resourceVersion"]), 5.0)
+    assert [o["metadata"]["name"] for o in mesh.listed("", "Namespace", None)] == ["shop"]
+    assert mesh.listed("", "Service", "default") == store.list("", "Service", "default")[0]
+    assert mesh.listed("", "Service", "elsewhere") == []
+    assert mesh.snapshot() is before and not any("Namespace" in k for k in changes.kinds)
+
+    event = store.create(EVENT, manager="test")
+    assert mesh.caught_up(int(event["metadata"]["resourceVersion"]), 5.0)
+    assert mesh.listed("", "Event", None) == []  # records are not kept
+
+    gone = store.delete(Key("", "Namespace", "", "shop"))
+    assert mesh.caught_up(int(gone["metadata"]["resourceVersion"]), 5.0)
+    assert mesh.listed("", "Namespace", None) == []
+
+
+def test_caught_up_waits_for_a_revision_not_yet_written(
+    registry: tuple[MeshRegistry, Changes],
+) -> None:
+    mesh, _ = registry
+    started = time.monotonic()
+    assert not mesh.caught_up(10_000, 0.2)
+    assert time.monotonic() - started >= 0.2
+
+
+def test_a_snapshot_reads_again_only_the_services_that_changed(
+    registry: tuple[MeshRegistry, Changes], store: ResourceStore
+) -> None:
+    """A VirtualService change does not read every Service again: the
+    services of unchanged objects are the very ones of the last snapshot,
+    and the whole equals a snapshot built from scratch."""
+    mesh, changes = registry
+    store.apply(STATIC_ENTRY, manager="test")
+    changes.wait("ServiceEntry")
+    first = mesh.snapshot()
+    changes.kinds.clear()
+    store.apply(
+        {**SERVICE, "spec": {**SERVICE["spec"], "ports": [{"name": "http", "port": 9081}]}},
+        manager="test",
+    )
+    changes.wait("Service")
+    second = mesh.snapshot()
+    (entry_before,) = [s for s in first.services if s.hostname == "legacy.internal"]
+    (entry_after,) = [s for s in second.services if s.hostname == "legacy.internal"]
+    assert entry_after is entry_before
+    (ratings_after,) = [s for s in second.services if s.hostname.startswith("ratings.")]
+    assert [p.port for p in ratings_after.ports] == [9081]
+    objects = [*store.list("", "Service", None)[0]]
+    objects += store.list("networking.istio.io", "ServiceEntry", None)[0]
+    assert second.services == build_snapshot(objects).services

@@ -90,6 +90,15 @@ def compiled_schema(group: str, kind: str, version: str) -> Node:
     return compile_schema(found.schemas.get(version) or {"type": "object"})
 
 
+def compile_all_schemas() -> None:
+    """Compile every served (kind, version)'s schema now: a control plane does
+    it as it starts, so that no user's first write of a kind waits for it
+    (0.2 s of CPU for all kinds, most of it their CEL rules)."""
+    for kind in registry():
+        for version in kind.versions:
+            compiled_schema(kind.group, kind.kind, version)
+
+
 def _kind(group: str, kind: str) -> Kind:
     return next(k for k in registry() if k.group == group and k.kind == kind)
 

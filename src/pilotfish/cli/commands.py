@@ -13,12 +13,10 @@ from pilotfish.api.kinds import Kind, registry
 from pilotfish.cli import output
 from pilotfish.cli.manifests import Document, read_documents
 from pilotfish.client import Client
-from pilotfish.objects import Obj
+from pilotfish.objects import Obj, user_part
 
 FIELD_MANAGER = "pilotfish"
 DELETE_POLL_S = 0.5  # how often delete --wait looks whether a held object is gone
-# Fields the server owns; showing them in a diff would only be noise.
-SERVER_FIELDS = ("resourceVersion", "generation", "managedFields", "uid", "creationTimestamp")
 
 
 class CliError(Exception):
@@ -103,7 +101,7 @@ def apply_documents(
             print(f'error: "{doc.source}": {e}', file=sys.stderr)
             continue
         try:
-            verb = _apply_one(client, kind, obj, force, dry_run)
+            verb = _apply_one(client, obj, force, dry_run)
         except ApiError as e:
             failed = True
             server_error(e, f'error when applying "{doc.source}"')
@@ -113,16 +111,15 @@ def apply_documents(
     return not failed
 
 
-def _apply_one(client: Client, kind: Kind, obj: Obj, force: bool, dry_run: bool) -> str:
-    meta = obj.get("metadata", {})
-    before = _get_or_none(client, kind, meta.get("name", ""), meta.get("namespace"))
-    after, warnings = client.apply(obj, manager=FIELD_MANAGER, force=force, dry_run=dry_run)
+def _apply_one(client: Client, obj: Obj, force: bool, dry_run: bool) -> str:
+    """One PATCH, as kubectl's --server-side apply sends: the server says
+    whether it created, changed or left the object (no GET before)."""
+    _, warnings, outcome = client.apply_outcome(
+        obj, manager=FIELD_MANAGER, force=force, dry_run=dry_run
+    )
     for w in warnings:
         warn(w)  # the server's analysis message, naming its resource, as kubectl prints it
-    if before is None:
-        return "created"
-    same = _strip(before) == _strip(after)
-    return "unchanged" if same else "configured"
+    return outcome
 
 
 def _get_or_none(client: Client, kind: Kind, name: str, namespace: str | None) -> Obj | None:
@@ -132,11 +129,6 @@ def _get_or_none(client: Client, kind: Kind, name: str, namespace: str | None) -
         return None
 
 
-def _strip(obj: Obj) -> Obj:
-    """The object without what the server writes on its own."""
-    clean = {k: v for k, v in obj.items() if k != "status"}
-    meta = {k: v for k, v in obj.get("metadata", {}).items() if k not in SERVER_FIELDS}
-    return {**clean, "metadata": meta}
 
 
 def describe(args: argparse.Namespace) -> int:
@@ -328,8 +320,8 @@ def diff(args: argparse.Namespace) -> int:
 
 
 def _unified(name: str, live: Obj | None, merged: Obj) -> str:
-    before = output.to_yaml(_strip(live)).splitlines(keepends=True) if live else []
-    after = output.to_yaml(_strip(merged)).splitlines(keepends=True)
+    before = output.to_yaml(user_part(live)).splitlines(keepends=True) if live else []
+    after = output.to_yaml(user_part(merged)).splitlines(keepends=True)
     return "".join(difflib.unified_diff(before, after, f"live/{name}", f"merged/{name}"))
 
 

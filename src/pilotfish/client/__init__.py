@@ -30,6 +30,7 @@ Warnings = list[str]  # named here: inside Client, `list` is the method
 APPLY = "application/apply-patch+yaml"
 JSON = "application/json"
 MERGE = "application/merge-patch+json"
+APPLY_RESULT = "Pilotfish-Apply-Result"  # the server's word for what an apply did
 _WARNING = re.compile(r'^\s*\d{3}\s+\S+\s+"((?:[^"\\]|\\.)*)"')
 
 
@@ -141,9 +142,22 @@ class Client:
         self, obj: Obj, *, manager: str = "pilotfish", force: bool = False, dry_run: bool = False
     ) -> tuple[Obj, Warnings]:
         """Server-side apply; the object as stored (or as it would be) and any warnings."""
+        stored, warnings, _ = self.apply_outcome(obj, manager=manager, force=force, dry_run=dry_run)
+        return stored, warnings
+
+    def apply_outcome(
+        self, obj: Obj, *, manager: str = "pilotfish", force: bool = False, dry_run: bool = False
+    ) -> tuple[Obj, Warnings, str]:
+        """`apply`, and what it did, from the same one request: `created`,
+        `configured` or `unchanged` (a server that does not say: by the status,
+        201 `created`, else `configured`)."""
         query = {"fieldManager": manager, **_flags(force=force, dry_run=dry_run)}
-        path = _object_path(obj, with_name=True)
-        return self._call("PATCH", path, query, obj, content_type=APPLY)
+        request = self._request("PATCH", _object_path(obj, with_name=True), query, obj, APPLY)
+        with self._open(request, timeout=self.timeout) as response:
+            stored, warnings = _read(response)
+            said = response.headers.get(APPLY_RESULT)
+            created = response.status == 201
+        return stored, warnings, said or ("created" if created else "configured")
 
     def create(self, obj: Obj, *, manager: str = "pilotfish", dry_run: bool = False) -> Obj:
         query = {"fieldManager": manager, **_flags(dry_run=dry_run)}
@@ -295,9 +309,7 @@ class Client:
     ) -> tuple[Obj, Warnings]:
         request = self._request(method, path, query or {}, body, content_type)
         with self._open(request, timeout=self.timeout) as response:
-            data = json.loads(response.read() or b"{}")
-            warnings = [_warning_text(w) for w in response.headers.get_all("Warning") or []]
-        return data, warnings
+            return _read(response)
 
     def _request(
         self,
@@ -433,6 +445,12 @@ def _object_path(obj: Obj, *, with_name: bool) -> str:
 
 def _namespace(kind: Kind, namespace: str | None) -> str | None:
     return (namespace or "default") if kind.namespaced else None
+
+
+def _read(response: Any) -> tuple[Obj, Warnings]:
+    """An answer's object and the warnings of its `Warning` headers."""
+    data = json.loads(response.read() or b"{}")
+    return data, [_warning_text(w) for w in response.headers.get_all("Warning") or []]
 
 
 def _flags(*, force: bool = False, dry_run: bool = False) -> dict[str, str]:

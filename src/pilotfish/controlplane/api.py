@@ -38,7 +38,7 @@ from pilotfish.controlplane.auth import (
 )
 from pilotfish.controlplane.bodies import parse
 from pilotfish.controlplane.browsers import refuse_cross_site
-from pilotfish.objects import Obj
+from pilotfish.objects import Obj, user_part
 from pilotfish.store.resources import ResourceStore
 from pilotfish.store.selectors import (
     Selector,
@@ -52,11 +52,26 @@ log = logging.getLogger(__name__)
 
 Lookup = Callable[[str, str, str | None], list[Obj]]  # namespace None: every namespace
 Analyzer = Callable[[Obj, Lookup], list[str]]
+CAUGHT_UP_S = 1.0  # how long analysis waits for the config in memory to hold a write
+
+
+class ConfigCache(Protocol):
+    """The store's config kept in memory by a watch (the mesh registry)."""
+
+    def listed(self, group: str, kind: str, namespace: str | None) -> list[Obj]: ...
+
+    def caught_up(self, revision: int, timeout: float) -> bool: ...
+
+
 # Serves paths beyond the resource API (registry, xDS debug); None: not its path.
 Extension = Callable[["Request", str], "Response | None"]
 
 MAX_FIELD_MANAGER = 128  # Kubernetes' limit on a fieldManager name
 APPLY = "application/apply-patch+yaml"
+# What a server-side apply did: `created`, `configured` or `unchanged`, the words
+# `pilotfish apply` prints, so that it needs no GET before its one PATCH. Kubernetes
+# says "created" with 201 alone and has no word for a no-op apply.
+APPLY_RESULT = "Pilotfish-Apply-Result"
 MERGE = "application/merge-patch+json"
 JSON_TYPES = ("", "application/json")
 YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml")
@@ -179,8 +194,12 @@ class Api:
         analyze: Analyzer | None = None,
         kinds: KindRegistry | None = None,
         extension: Extension | None = None,
+        config: ConfigCache | None = None,
     ) -> None:
+        """`config`: what `analyze` reads instead of listing the store, once
+        it holds the write analyzed."""
         self.store = store
+        self._config = config
         self.extension = extension
         # A plain string is the admin token, with the default rules for the rest.
         self.auth = auth if isinstance(auth, Authenticator) else Authenticator(auth)
@@ -399,13 +418,23 @@ class Api:
         _checked_manager(manager)
         if target.subresource is not None:
             raise BadRequest("server-side apply of the status subresource is not supported")
+        before = self._live_or_none(target)
         applied = self.store.apply(
             self._bind(_body(request, yaml_too=True), target),
             manager=manager,
             force=_flag(request.query, "force"),
             dry_run=_dry_run(request.query),
         )
-        return self._ok(target, applied, warn=True)
+        outcome = apply_outcome(before, applied)
+        response = self._ok(target, applied, 201 if outcome == "created" else 200, warn=True)
+        response.headers.append((APPLY_RESULT, outcome))
+        return response
+
+    def _live_or_none(self, target: Target) -> Obj | None:
+        try:
+            return self.store.get(target.key())
+        except NotFound:
+            return None
 
     def _merge(self, request: Request, target: Target) -> Obj:
         """RFC 7386 merge onto the live object, then an update; pinned to the
@@ -480,16 +509,29 @@ class Api:
     def _warnings(self, obj: Obj) -> list[str]:
         if self._analyze is None:
             return []
-
-        def lookup(group: str, kind: str, namespace: str | None) -> list[Obj]:
-            return self.store.list(group, kind, namespace)[0]
-
         try:
-            return self._analyze(obj, lookup)
+            return self._analyze(obj, self._lookup_after(obj))
         except Exception:
             # Warnings are advice: a bug in one analyzer must not fail a write that succeeded.
             log.exception("analysis of %s failed", obj.get("metadata", {}).get("name"))
             return []
+
+    def _lookup_after(self, written: Obj) -> Lookup:
+        """The config in memory once it holds `written`'s revision (so a
+        client's earlier writes are seen too); else the store's own lists."""
+        revision = str(written.get("metadata", {}).get("resourceVersion") or "")
+        config = self._config
+        if (
+            config is not None
+            and revision.isdigit()
+            and config.caught_up(int(revision), CAUGHT_UP_S)
+        ):
+            return config.listed
+
+        def listed(group: str, kind: str, namespace: str | None) -> list[Obj]:
+            return self.store.list(group, kind, namespace)[0]
+
+        return listed
 
 
 class EventStream:
@@ -597,6 +639,17 @@ def warning_header(text: str) -> str:
 
 def _error_line(error: ApiError) -> bytes:
     return encode({"type": "ERROR", "object": error.to_status()})
+
+
+def apply_outcome(before: Obj | None, after: Obj) -> str:
+    """`created` if there was no object; `unchanged` if what the user sees of
+    it is the same (not the fields the server keeps: so a dry run, which
+    keeps the revision, still says `configured`); else `configured`. A write
+    by someone else between the read and the apply counts, as it did when
+    the CLI sent a GET before its PATCH."""
+    if before is None:
+        return "created"
+    return "unchanged" if user_part(before) == user_part(after) else "configured"
 
 
 def _no_such_path(path: str) -> NotFound:

@@ -26,7 +26,7 @@ from types import FrameType
 from pilotfish.analysis import warnings_for
 from pilotfish.api.errors import ApiError
 from pilotfish.api.kinds import registry
-from pilotfish.api.validation import validate_or_raise, with_defaults
+from pilotfish.api.validation import compile_all_schemas, validate_or_raise, with_defaults
 from pilotfish.ca import tokens
 from pilotfish.ca.cacerts import CaError
 from pilotfish.ca.identity import DEFAULT_TRUST_DOMAIN
@@ -41,6 +41,7 @@ from pilotfish.controlplane.api_tls import ROOT_FILE, ApiTls, serving_context
 from pilotfish.controlplane.auth import Authenticator, load_or_create_token
 from pilotfish.controlplane.bootstrap_tokens import BootstrapTokens
 from pilotfish.controlplane.election import Elector
+from pilotfish.controlplane.heap import HeapKeeper
 from pilotfish.controlplane.http import ApiServer, parse_listen
 from pilotfish.controlplane.identity import CaOptions, TokenApi, add_ca_flags, ca_options, open_ca
 from pilotfish.controlplane.jwks import JwksResolver, start_jwks_resolver
@@ -107,6 +108,7 @@ class ControlPlane:
         self.sampler: MeshSampler | None = None
         self.spans: SpanStore | None = None
         self.tap: TapHub | None = None
+        self.heap = HeapKeeper()  # started with the server; see heap.py for why
 
     def __repr__(self) -> str:
         return f"ControlPlane({self.server.url}, data_dir={str(self.data_dir)!r})"
@@ -166,8 +168,12 @@ class ControlPlane:
                 plane._node_certificates(),
             )
             auth = plane._authenticator(token, anonymous_reads, service_tokens)
-            server.api = Api(store, auth, analyze=warnings_for, extension=extensions)
+            server.api = Api(
+                store, auth, analyze=warnings_for, extension=extensions, config=plane.mesh
+            )
             write_client_config(ClientConfig(server.url, token, root), config_path)
+            threading.Thread(target=compile_all_schemas, name="schemas", daemon=True).start()
+            plane.heap.start()
         except BaseException as e:
             if plane is not None:
                 plane.close()
@@ -331,6 +337,7 @@ class ControlPlane:
 
     def close(self) -> None:
         """Stop what was started, newest first; safe on a half-open plane."""
+        self.heap.stop()
         if self.analysis is not None:
             self.analysis.stop()
         if self.sampler is not None:

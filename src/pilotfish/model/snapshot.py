@@ -15,7 +15,7 @@ its own Sidecar sees the same mesh.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -439,16 +439,27 @@ def _merge_rules(
     return {ns: MappingProxyType(by_host) for ns, by_host in merged.items()}
 
 
+def services_of(obj: Obj) -> tuple[Service, ...]:
+    """The services one Service or ServiceEntry declares."""
+    if obj.get("kind") == "Service":
+        return (service_from_v1(obj),)
+    return tuple(services_from_entry(obj))
+
+
+ServicesOf = Callable[[Obj], tuple[Service, ...]]
+
+
 def build_snapshot(
     objects: Iterable[Obj],
     instances: Iterable[Instance] = (),
     trust_domain: str = DEFAULT_TRUST_DOMAIN,
     jwks: Mapping[str, str] | None = None,
+    services: ServicesOf = services_of,
 ) -> Snapshot:
     """A snapshot from stored objects (any kinds; others are ignored) and the
     registered instances. Config is ordered oldest first, as Istio orders it
     to settle conflicts. `jwks`: the keys fetched for RequestAuthentication
-    jwksUris, by URI."""
+    jwksUris, by URI. `services`: `services_of`, or a memo of it."""
     by_kind: dict[str, list[Obj]] = defaultdict(list)
     for obj in objects:
         if is_mesh_object(obj):
@@ -456,9 +467,10 @@ def build_snapshot(
     for kind in by_kind:
         by_kind[kind].sort(key=_age)
     live = tuple(sorted(instances, key=lambda i: (i.namespace, i.name, i.address)))
-    services = _services(by_kind)
+    declaring = (*by_kind["Service"], *by_kind["ServiceEntry"])
+    found = tuple(service for obj in declaring for service in services(obj))
     return Snapshot(
-        services=services,
+        services=found,
         instances=live,
         virtual_services=tuple(map(read_virtual_service, by_kind["VirtualService"])),
         destination_rules=tuple(map(read_destination_rule, by_kind["DestinationRule"])),
@@ -474,7 +486,7 @@ def build_snapshot(
         secrets=MappingProxyType(
             {(_ns(o), str(o["metadata"]["name"])): o for o in by_kind["Secret"]}
         ),
-        endpoint_index=MappingProxyType(_endpoint_index(by_kind, services, live)),
+        endpoint_index=MappingProxyType(_endpoint_index(by_kind, found, live)),
     )
 
 
@@ -497,13 +509,6 @@ def _age(obj: Obj) -> tuple[str, str, str]:
         str(metadata.get("namespace") or "default"),
         str(metadata.get("name") or ""),
     )
-
-
-def _services(by_kind: Mapping[str, list[Obj]]) -> tuple[Service, ...]:
-    found = [service_from_v1(o) for o in by_kind.get("Service", [])]
-    for entry in by_kind.get("ServiceEntry", []):
-        found += services_from_entry(entry)
-    return tuple(found)
 
 
 def _endpoint_index(

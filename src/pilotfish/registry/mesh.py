@@ -15,7 +15,8 @@ from collections.abc import Callable
 from pilotfish.api.errors import ApiError
 from pilotfish.ca.identity import DEFAULT_TRUST_DOMAIN
 from pilotfish.model import Snapshot, build_snapshot
-from pilotfish.model.snapshot import is_mesh_object
+from pilotfish.model.snapshot import is_mesh_object, services_of
+from pilotfish.model.types import Service
 from pilotfish.objects import Obj
 from pilotfish.registry.instances import InstanceRegistry
 from pilotfish.store.resources import ResourceStore
@@ -28,6 +29,29 @@ ChangeListener = Callable[[frozenset[str]], None]
 INSTANCE = "Instance"  # the "kind" a listener hears for a registration change
 JWKS = "Jwks"  # ... and for newly fetched RequestAuthentication keys
 _WATCH_POLL_S = 0.5
+# Records, not config: frequent, and read by neither snapshots nor analysis.
+_NOT_KEPT = {("", "Event"), ("events.k8s.io", "Event"), ("", "ConfigMap")}
+
+
+class ServicesMemo:
+    """`services_of`, remembered from one snapshot to the next per object:
+    the watch replaces an object's dict on every change, so a dict seen
+    before declares the same services. Reading 1,000 Services again was most
+    of a snapshot's time, on every push's path."""
+
+    def __init__(self) -> None:
+        self._last: dict[int, tuple[Obj, tuple[Service, ...]]] = {}
+        self._next: dict[int, tuple[Obj, tuple[Service, ...]]] = {}
+
+    def __call__(self, obj: Obj) -> tuple[Service, ...]:
+        hit = self._last.get(id(obj))  # the dict is held below, so its id is not reused
+        found = hit[1] if hit is not None and hit[0] is obj else services_of(obj)
+        self._next[id(obj)] = (obj, found)
+        return found
+
+    def rotate(self) -> None:
+        """A snapshot is built: what it did not read is forgotten."""
+        self._last, self._next = self._next, {}
 
 
 class MeshRegistry:
@@ -45,12 +69,15 @@ class MeshRegistry:
         self.instances.add_listener(lambda: self._changed(frozenset({INSTANCE})))
         self._objects: dict[ObjectKey, Obj] = {}
         self._lock = threading.Lock()
+        self._seen = threading.Condition(self._lock)
+        self._revision = 0  # the newest store revision the watch has delivered
         self._listeners: list[ChangeListener] = []
         self._cached: Snapshot | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._synced = threading.Event()
         self._jwks: dict[str, str] = {}
+        self._services = ServicesMemo()
 
     def __repr__(self) -> str:
         return f"MeshRegistry({len(self._objects)} objects, {self.instances!r})"
@@ -81,7 +108,9 @@ class MeshRegistry:
                     self.instances.instances(),
                     self.trust_domain,
                     self._jwks,
+                    self._services,
                 )
+                self._services.rotate()
             return self._cached
 
     def set_jwks(self, keys: dict[str, str]) -> None:
@@ -90,24 +119,50 @@ class MeshRegistry:
             self._jwks = dict(keys)
         self._changed(frozenset({JWKS}))
 
+    # -- the config, for apply's analysis -----------------------------------------------
+
+    def listed(self, group: str, kind: str, namespace: str | None) -> list[Obj]:
+        """The objects of a kind (every namespace when None), as the store
+        lists them, from memory: apply's analysis reads the whole mesh on
+        every write, and decoding it from the store was most of its time.
+        Events and ConfigMaps (the mesh config aside) are not kept."""
+        with self._lock:
+            found = [
+                (ns, name, obj)
+                for (g, k, ns, name), obj in self._objects.items()
+                if (g, k) == (group, kind) and namespace in (None, ns)
+            ]
+        return [obj for _, _, obj in sorted(found, key=lambda f: f[:2])]
+
+    def caught_up(self, revision: int, timeout: float) -> bool:
+        """Wait until the watch has delivered the store's `revision` (a write
+        just made); False if it has not within `timeout` seconds."""
+        with self._seen:
+            return self._seen.wait_for(lambda: self._revision >= revision, timeout)
+
     # -- keeping current ---------------------------------------------------------------
 
     def apply_event(self, event: Event) -> str | None:
-        """Record one store event; the kind it changed, or None if not a mesh kind."""
+        """Record one store event; the kind it changed, or None if not a mesh
+        kind (such an object is kept for `listed`, and pushes nothing)."""
         obj = event.object
-        if not is_mesh_object(obj):
-            return None
         group = str(obj.get("apiVersion", "")).rpartition("/")[0]
         kind = str(obj.get("kind", ""))
+        mesh = is_mesh_object(obj)
         meta = obj.get("metadata") or {}
         key = (group, kind, str(meta.get("namespace") or ""), str(meta.get("name") or ""))
-        with self._lock:
+        with self._seen:
+            self._revision = max(self._revision, int(event.resource_version or 0))
+            self._seen.notify_all()
+            if not mesh and (group, kind) in _NOT_KEPT:
+                return None
             if event.type == "DELETED":
                 self._objects.pop(key, None)
             else:
                 self._objects[key] = obj
-            self._cached = None
-        return kind
+            if mesh:
+                self._cached = None
+        return kind if mesh else None
 
     def _changed(self, kinds: frozenset[str]) -> None:
         with self._lock:
