@@ -44,18 +44,22 @@ _EXT_AUTHZ = "envoy.extensions.filters.http.ext_authz.v3"
 _JWT_AUTHN = "envoy.extensions.filters.http.jwt_authn.v3"
 _HTTP_RBAC = "envoy.extensions.filters.http.rbac.v3"
 _NETWORK_RBAC = "envoy.extensions.filters.network.rbac.v3"
+EXT_AUTHZ_CONFIG = f"{_EXT_AUTHZ}.ExtAuthz"
+JWT_AUTHN_CONFIG = f"{_JWT_AUTHN}.JwtAuthentication"
+HTTP_RBAC_CONFIG = f"{_HTTP_RBAC}.RBAC"
+NETWORK_RBAC_CONFIG = f"{_NETWORK_RBAC}.RBAC"
 # The configs of filters that only some sidecars are sent (authorization,
 # JWT): their modules, imported -- and so registered for `Any` -- when a
 # config names the type, not by every sidecar at start (with the filters'
 # own code, ~0.5 MiB that most sidecars never use).
 ON_DEMAND = {
-    f"{_EXT_AUTHZ}.ExtAuthz": f"{_EXT_AUTHZ}.ext_authz_pb2",
+    EXT_AUTHZ_CONFIG: f"{_EXT_AUTHZ}.ext_authz_pb2",
     f"{_EXT_AUTHZ}.ExtAuthzPerRoute": f"{_EXT_AUTHZ}.ext_authz_pb2",
-    f"{_JWT_AUTHN}.JwtAuthentication": f"{_JWT_AUTHN}.config_pb2",
+    JWT_AUTHN_CONFIG: f"{_JWT_AUTHN}.config_pb2",
     f"{_JWT_AUTHN}.PerRouteConfig": f"{_JWT_AUTHN}.config_pb2",
-    f"{_HTTP_RBAC}.RBAC": f"{_HTTP_RBAC}.rbac_pb2",
+    HTTP_RBAC_CONFIG: f"{_HTTP_RBAC}.rbac_pb2",
     f"{_HTTP_RBAC}.RBACPerRoute": f"{_HTTP_RBAC}.rbac_pb2",
-    f"{_NETWORK_RBAC}.RBAC": f"{_NETWORK_RBAC}.rbac_pb2",
+    NETWORK_RBAC_CONFIG: f"{_NETWORK_RBAC}.rbac_pb2",
 }
 
 

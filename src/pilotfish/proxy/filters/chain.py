@@ -129,25 +129,22 @@ def _jwt_authn(name: str, msg: Message, path: str, clock: Clock) -> HttpFilter:
     return JwtAuthnFilter(name, compile_jwt_authn(msg, path))
 
 
-_RBAC_TYPE = "envoy.extensions.filters.http.rbac.v3.RBAC"
-_EXT_AUTHZ_TYPE = "envoy.extensions.filters.http.ext_authz.v3.ExtAuthz"
-_JWT_AUTHN_TYPE = "envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication"
 _KINDS: dict[str, _Builder | None] = {  # config type -> builder (None: the router)
-    _EXT_AUTHZ_TYPE: _ext_authz,
-    _RBAC_TYPE: _rbac,
+    xds_types.EXT_AUTHZ_CONFIG: _ext_authz,
+    xds_types.HTTP_RBAC_CONFIG: _rbac,
     fault_pb2.HTTPFault.DESCRIPTOR.full_name: _fault,
     cors_pb2.Cors.DESCRIPTOR.full_name: _cors,
     local_rate_limit_pb2.LocalRateLimit.DESCRIPTOR.full_name: _local_ratelimit,
-    _JWT_AUTHN_TYPE: _jwt_authn,
+    xds_types.JWT_AUTHN_CONFIG: _jwt_authn,
     router_pb2.Router.DESCRIPTOR.full_name: None,
 }
 _WELL_KNOWN = {
     FAULT: fault_pb2.HTTPFault.DESCRIPTOR.full_name,
     CORS: cors_pb2.Cors.DESCRIPTOR.full_name,
     LOCAL_RATELIMIT: local_rate_limit_pb2.LocalRateLimit.DESCRIPTOR.full_name,
-    RBAC: _RBAC_TYPE,
-    EXT_AUTHZ: _EXT_AUTHZ_TYPE,
-    JWT_AUTHN: _JWT_AUTHN_TYPE,
+    RBAC: xds_types.HTTP_RBAC_CONFIG,
+    EXT_AUTHZ: xds_types.EXT_AUTHZ_CONFIG,
+    JWT_AUTHN: xds_types.JWT_AUTHN_CONFIG,
     ROUTER: router_pb2.Router.DESCRIPTOR.full_name,
 }
 SUPPORTED_NAMES = tuple(_WELL_KNOWN)

@@ -21,7 +21,7 @@ if TYPE_CHECKING:  # imported with the first network RBAC filter: few sidecars h
     from pilotfish.proxy.tcp.rbac import NetworkRbac
 
 SNI_CLUSTER = xds_types.PREFIX + "envoy.extensions.filters.network.sni_cluster.v3.SniCluster"
-NETWORK_RBAC = xds_types.PREFIX + "envoy.extensions.filters.network.rbac.v3.RBAC"
+NETWORK_RBAC = xds_types.PREFIX + xds_types.NETWORK_RBAC_CONFIG
 
 
 @dataclass(frozen=True)
