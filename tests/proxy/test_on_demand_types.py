@@ -49,7 +49,7 @@ NETWORK_RBAC = {
 PRELUDE = """
 import sys
 import pilotfish.proxy.process
-ON_DEMAND = ("rbac", "ext_authz", "jwt_authn", "authz_call")
+ON_DEMAND = ("rbac", "ext_authz", "jwt_authn")
 def loaded():
     return sorted(m for m in sys.modules if any(k in m for k in ON_DEMAND))
 assert not loaded(), loaded()

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
 
 from pilotfish.proxy import filters, grpc, response_flags
+from pilotfish.proxy.authz_call import send_check
 from pilotfish.proxy.exchange_commands import carry_out
 from pilotfish.proxy.exchange_core import (
     BACKOFF_ELAPSED,
@@ -407,8 +408,6 @@ class Exchange:
                 self.run_filters()
 
         cluster = runtime.config.snapshot.clusters.get(step.cluster)
-        from pilotfish.proxy.authz_call import send_check  # with the first check: few need it
-
         send_check(runtime.loop, runtime.pool, cluster, step, done)
 
     def act(self, route: Route) -> None:

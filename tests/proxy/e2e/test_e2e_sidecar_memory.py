@@ -66,7 +66,6 @@ LAZY = (
     "pilotfish.proxy.filters.rbac",
     "pilotfish.proxy.filters.ext_authz",
     "pilotfish.proxy.filters.jwt_authn",
-    "pilotfish.proxy.authz_call",
     "pilotfish.proxy.tcp.rbac",
     "envoy.config.rbac",
     "envoy.extensions.filters.http.rbac",
