@@ -10,6 +10,11 @@ does. Shapes as in bench/http1_parse.py.
     .venv/bin/python bench/proxy_path.py [--seconds 2] [--profile]
     .venv/bin/python bench/proxy_path.py --instructions   # needs valgrind, ~3 min
     .venv/bin/python bench/proxy_path.py --shapes tiny tiny+rbac10   # some rows only
+    .venv/bin/python bench/proxy_path.py --instructions --interpreted  # both builds
+
+`--interpreted` measures the installed build (compiled, when installed so)
+and then the same rows on an interpreted copy of the package (bench/proxy/
+builds.py), each table under the data path it ran.
 
 `+rbac10` rows put in front of the router the RBAC filter the control plane
 translates from one ALLOW AuthorizationPolicy of ten rules, the request
@@ -37,6 +42,7 @@ import pstats
 import re
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -47,6 +53,7 @@ import yaml
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE / "proxy")]
 
+from builds import INTERPRETED, interpreted_env, interpreted_tree  # noqa: E402
 from http1_parse import (  # noqa: E402
     REALISTIC_REQUEST,
     REALISTIC_RESPONSE,
@@ -57,6 +64,7 @@ from policies import jwt_filter, ten_rule_allow_filter, token  # noqa: E402
 from security import Security  # noqa: E402
 from targets import pilotfish_bootstrap, tracing_config  # noqa: E402
 
+from pilotfish.proxy import compiled  # noqa: E402
 from pilotfish.proxy.bootstrap import parse_bootstrap  # noqa: E402
 from pilotfish.proxy.config import ProxyConfig  # noqa: E402
 from pilotfish.proxy.process import load_static, new_runtime  # noqa: E402
@@ -200,17 +208,42 @@ def instructions(shape: str) -> int:
     return (counted(COUNTED_REQUESTS) - counted(0)) // COUNTED_REQUESTS
 
 
-def main() -> int:
+def interpreted(argv: list[str]) -> int:
+    """This command again, without --interpreted, on an interpreted copy of the package."""
+    with tempfile.TemporaryDirectory(prefix="pilotfish-path-") as tmp:
+        env = interpreted_env(interpreted_tree(Path(tmp)))
+        args = [a for a in argv if a != "--interpreted"]
+        command = [sys.executable, __file__, *args, "--expect", INTERPRETED]
+        sys.stdout.flush()  # this build's table first
+        return subprocess.run(command, env=env, check=False).returncode
+
+
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seconds", type=float, default=2.0)
     p.add_argument("--profile", action="store_true")
     p.add_argument("--instructions", action="store_true")
     p.add_argument("--shapes", nargs="+", choices=ROWS, default=ROWS, metavar="SHAPE")
+    p.add_argument(
+        "--interpreted", action="store_true", help="then the same on an interpreted copy"
+    )
     p.add_argument("--run", nargs=2, metavar=("SHAPE", "N"), help=argparse.SUPPRESS)
-    args = p.parse_args()
+    p.add_argument("--expect", help=argparse.SUPPRESS)  # the build the parent meant to run
+    argv = sys.argv[1:] if argv is None else argv
+    args = p.parse_args(argv)
     if args.run:
         uvloop.run(run_requests(args.run[0], int(args.run[1])))
         return 0
+    data_path = compiled.describe()
+    if args.expect is not None and data_path.split()[0] != args.expect:
+        print(f"error: the data path is {data_path}, not {args.expect}", file=sys.stderr)
+        return 1
+    print(f"data path: {data_path}")
+    status = table(args)
+    return interpreted(argv) if args.interpreted and status == 0 else status
+
+
+def table(args: argparse.Namespace) -> int:
     if args.instructions:
         print(f"{'shape':<20}{'instructions per request':>26}")
         for name in args.shapes:

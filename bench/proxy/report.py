@@ -17,6 +17,9 @@ from load import Latency, Load
 THROUGHPUT_TARGET = 0.7  # pilotfish req/s / nginx req/s, at least
 CHAIN_P90_TARGET = 1.3  # pilotfish chain added p90 / nginx chain added p90, at most
 NOISY_CPUS = 0.05  # other processes' CPU use during a measurement worth a warning
+# The builds whose ratios are reported: the installed one (compiled), and the
+# same proxy run from an interpreted copy (targets pilotfish-interpreted*).
+BUILDS = ("pilotfish", "pilotfish-interpreted")
 
 
 @dataclass
@@ -67,11 +70,16 @@ def ratios(results: dict[str, TargetResult], shapes: tuple[str, ...]) -> dict[st
     """The two numbers the issue sets targets for, per shape (None: not measurable)."""
     out: dict[str, Any] = {}
     for shape in shapes:
-        tput = throughput_ratio(results, "pilotfish", shape)
         out[shape] = {
-            "throughput_pilotfish_over_nginx": tput,
+            **{
+                f"throughput_{_key(build)}_over_nginx": throughput_ratio(results, build, shape)
+                for build in BUILDS
+            },
             "throughput_target_min": THROUGHPUT_TARGET,
-            "chain_added_p90_pilotfish_over_nginx": chain_ratio(results, "pilotfish", shape),
+            **{
+                f"chain_added_p90_{_key(build)}_over_nginx": chain_ratio(results, build, shape)
+                for build in BUILDS
+            },
             "chain_added_p90_target_max": CHAIN_P90_TARGET,
             "throughput_relay_over_nginx": throughput_ratio(results, "relay", shape),
             "throughput_httptools_over_nginx": throughput_ratio(results, "httptools", shape),
@@ -79,6 +87,10 @@ def ratios(results: dict[str, TargetResult], shapes: tuple[str, ...]) -> dict[st
             **security_costs(results, shape),
         }
     return out
+
+
+def _key(build: str) -> str:
+    return build.replace("-", "_")
 
 
 def security_costs(results: dict[str, TargetResult], shape: str) -> dict[str, float | None]:
@@ -230,11 +242,16 @@ REFERENCES = {
 def ratio_lines(rat: dict[str, Any]) -> str:
     lines = []
     for shape, r in rat.items():
-        t, c = r["throughput_pilotfish_over_nginx"], r["chain_added_p90_pilotfish_over_nginx"]
-        lines.append(
-            f"{shape:>9}: pilotfish/nginx throughput = {_verdict(t, THROUGHPUT_TARGET, True)}; "
-            f"chain added p90 pilotfish/nginx = {_verdict(c, CHAIN_P90_TARGET, False)}"
-        )
+        for build in BUILDS:
+            t = r.get(f"throughput_{_key(build)}_over_nginx")
+            c = r.get(f"chain_added_p90_{_key(build)}_over_nginx")
+            if build != BUILDS[0] and t is None and c is None:
+                continue  # not measured in this run
+            lines.append(
+                f"{shape if build == BUILDS[0] else '':>9}: {build}/nginx throughput = "
+                f"{_verdict(t, THROUGHPUT_TARGET, True)}; chain added p90 {build}/nginx = "
+                f"{_verdict(c, CHAIN_P90_TARGET, False)}"
+            )
         for key, what in REFERENCES.items():
             ref = r.get(key)
             if ref is not None:

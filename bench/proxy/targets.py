@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from builds import COMPILED, INTERPRETED, build_mismatch, interpreted_env, interpreted_tree
 from policies import jwt_filter, ten_rule_allow_filter, token
 from procs import Started, Supervisor, free_port, get, listening, process_tree, wait_until
 from security import (
@@ -71,6 +72,7 @@ class Bench:
     backend_port: int = 0
     certs: MeshCerts | None = None
     collector_port: int = 0  # the OTLP sink of the tracing rows, once started
+    interpreted: Path | None = None  # PYTHONPATH of the interpreted copy, once made
 
     @property
     def dir(self) -> Path:
@@ -81,6 +83,13 @@ class Bench:
         if self.certs is None:
             self.certs = mesh_certs(self.dir)
         return self.certs
+
+    def interpreted_env(self) -> dict[str, str]:
+        """The environment of an interpreted sidecar: the run's copy of the
+        package without its compiled modules (made on first use) first on PYTHONPATH."""
+        if self.interpreted is None:
+            self.interpreted = interpreted_tree(self.dir)
+        return interpreted_env(self.interpreted)
 
 
 # --- nginx ----------------------------------------------------------------
@@ -397,9 +406,17 @@ def _pilotfish_hop(
         name, port, admin_port, upstream_port, security, tracing, upstream_h2
     )
     path.write_text(bootstrap)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    interpreted = "-interpreted" in name  # pilotfish-interpreted: the same proxy, uncompiled
+    env = {**(bench.interpreted_env() if interpreted else os.environ), "PYTHONUNBUFFERED": "1"}
     proc = bench.sup.start(name, [*PILOTFISH, str(path)], env=env)
-    return HopStart(proc, port, lambda: get(admin_port, "/ready").status == 200, admin=admin_port)
+    build = INTERPRETED if interpreted else COMPILED
+    return HopStart(
+        proc,
+        port,
+        lambda: get(admin_port, "/ready").status == 200,
+        admin=admin_port,
+        check=partial(build_mismatch, admin_port, build),
+    )
 
 
 def _pilotfish_mtls_hop(bench: Bench, name: str, upstream_port: int) -> HopStart:
@@ -451,6 +468,7 @@ class HopStart:
     handshakes: Callable[[], int] | None = None
     headers: tuple[tuple[str, str], ...] = ()
     admin: int = 0  # pilotfish's admin port
+    check: Callable[[], str | None] | None = None  # once ready: None, or why it is not the one
 
 
 Hop = Callable[[Bench, str, int], HopStart]
@@ -464,6 +482,8 @@ def _chain(bench: Bench, target: Target, hop: Hop, base: str) -> Target:
         started = hop(bench, name, upstream)
         target.owned.append(started.proc)
         why = wait_until(started.ready, START_TIMEOUT_S, started.proc)
+        if why is None and started.check is not None:
+            why = started.check()
         if why is not None:
             target.unavailable = f"{name}: {why}"
             return target
@@ -479,6 +499,7 @@ HOPS: dict[str, Hop] = {
     "nginx": _nginx_hop,
     "haproxy": _haproxy_hop,
     "pilotfish": _pilotfish_hop,
+    "pilotfish-interpreted": _pilotfish_hop,
     "pilotfish-trace1": _pilotfish_hop,
     "pilotfish-trace100": _pilotfish_hop,
     "relay": _relay_hop,
@@ -494,11 +515,13 @@ TARGETS = [
     "relay",
     "httptools",
     "pilotfish",
+    "pilotfish-interpreted",
     "pilotfish-trace1",
     "pilotfish-trace100",
     "nginx-chain",
     "httptools-chain",
     "pilotfish-chain",
+    "pilotfish-interpreted-chain",
     "pilotfish-authz",
     "nginx-mtls-chain",
     "pilotfish-mtls-chain",

@@ -10,6 +10,7 @@ from envoy.config.listener.v3.listener_pb2 import Listener
 from envoy.extensions.filters.network.ext_authz.v3 import ext_authz_pb2  # noqa: F401  (registers it)
 from google.protobuf import json_format
 
+from pilotfish.proxy import xds_types
 from pilotfish.proxy.config import ProxyConfig
 from pilotfish.proxy.listeners import ListenerError
 from pilotfish.proxy.tcp.config import TcpProxy
@@ -94,6 +95,7 @@ NETWORK_RBAC = "type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBA
 
 
 def with_filter(listener: Listener, config: dict[str, object]) -> Listener:
+    xds_types.register_named(config)  # network RBAC's messages load on demand
     extra = json_format.ParseDict(
         {"name": "f", "typed_config": config}, listener.filter_chains[0].filters.add()
     )

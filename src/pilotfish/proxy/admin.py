@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +20,6 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from pilotfish import __version__
-from pilotfish.proxy import compiled
 
 log = logging.getLogger("pilotfish.proxy.admin")
 Handler = Callable[[], tuple[int, str, bytes]]
@@ -35,7 +35,9 @@ class AdminRoutes:
     post: dict[str, Handler]
 
 
-async def serve_admin(host: str, port: int, routes: AdminRoutes) -> asyncio.Server:
+async def serve_admin(sock: socket.socket, routes: AdminRoutes) -> asyncio.Server:
+    """Answers on `sock`, a listening socket."""
+
     async def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             status, ctype, body = await _answer(reader, routes)
@@ -59,7 +61,7 @@ async def serve_admin(host: str, port: int, routes: AdminRoutes) -> asyncio.Serv
         finally:
             writer.close()
 
-    return await asyncio.start_server(on_client, host, port, limit=MAX_REQUEST_HEAD)
+    return await asyncio.start_server(on_client, sock=sock, limit=MAX_REQUEST_HEAD)
 
 
 async def _answer(reader: asyncio.StreamReader, routes: AdminRoutes) -> tuple[int, str, bytes]:
@@ -82,6 +84,9 @@ def server_info(state: str) -> bytes:
     """Envoy's /server_info, its version and state, and whether this
     sidecar's data path runs compiled: "compiled": "mypyc" or "interpreted",
     and the modules that are."""
+    # Imported here: its build checks (ast, hashlib) would weigh on every idle sidecar.
+    from pilotfish.proxy import compiled
+
     modules = compiled.compiled_modules()
     data_path = {"compiled": "mypyc" if modules else "interpreted", "modules": modules}
     info = {"version": f"pilotfish/{__version__}", "state": state, "data_path": data_path}

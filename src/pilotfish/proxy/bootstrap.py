@@ -11,7 +11,7 @@ import yaml
 from envoy.config.bootstrap.v3.bootstrap_pb2 import Bootstrap
 from google.protobuf import json_format
 
-from pilotfish.proxy import xds_types  # noqa: F401  (registers Any payload types)
+from pilotfish.proxy import xds_types
 from pilotfish.proxy.proto_fields import unsupported
 
 # Listener and cluster contents are checked by their own compilers, which the
@@ -53,6 +53,7 @@ def load_bootstrap(path: Path) -> Bootstrap:
 
 def parse_bootstrap(data: dict[str, object], source: str = "bootstrap") -> Bootstrap:
     bootstrap = Bootstrap()
+    xds_types.register_named(data)
     try:
         json_format.ParseDict(data, bootstrap)
     except json_format.ParseError as e:

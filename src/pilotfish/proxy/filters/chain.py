@@ -24,14 +24,13 @@ from random import Random
 from typing import Any, Protocol
 
 from envoy.extensions.filters.http.cors.v3 import cors_pb2
-from envoy.extensions.filters.http.ext_authz.v3 import ext_authz_pb2
 from envoy.extensions.filters.http.fault.v3 import fault_pb2
-from envoy.extensions.filters.http.jwt_authn.v3 import config_pb2 as jwt_authn_pb2
 from envoy.extensions.filters.http.local_ratelimit.v3 import local_rate_limit_pb2
-from envoy.extensions.filters.http.rbac.v3 import rbac_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
+from google.protobuf import descriptor_pool, message_factory
 from google.protobuf.message import Message
 
+from pilotfish.proxy import xds_types
 from pilotfish.proxy.filters.base import (
     NO_CONNECTION,
     PROCEED,
@@ -45,15 +44,12 @@ from pilotfish.proxy.filters.base import (
 )
 from pilotfish.proxy.filters.cors import CorsFilter
 from pilotfish.proxy.filters.errors import FilterConfigError
-from pilotfish.proxy.filters.ext_authz import compile_ext_authz
 from pilotfish.proxy.filters.fault import FaultFilter, compile_fault
-from pilotfish.proxy.filters.jwt_authn import JwtAuthnFilter, compile_jwt_authn
 from pilotfish.proxy.filters.ratelimit import (
     Clock,
     LocalRateLimitFilter,
     compile_local_rate_limit,
 )
-from pilotfish.proxy.filters.rbac import compile_rbac
 from pilotfish.proxy.proto_fields import unsupported
 from pilotfish.proxy.routing.per_filter import EMPTY, FilterConfigs
 from pilotfish.proxy.routing.request import RequestView
@@ -104,43 +100,51 @@ def _local_ratelimit(name: str, msg: Message, path: str, clock: Clock) -> HttpFi
     return LocalRateLimitFilter(name, compile_local_rate_limit(msg, path, clock), clock)
 
 
+# The authorization filters' code and config types are imported with the
+# first config that has them (xds_types.ON_DEMAND): most sidecars have none.
 def _rbac(name: str, msg: Message, path: str, clock: Clock) -> HttpFilter:
+    from envoy.extensions.filters.http.rbac.v3 import rbac_pb2
+
+    from pilotfish.proxy.filters.rbac import compile_rbac
+
     assert isinstance(msg, rbac_pb2.RBAC)
     return compile_rbac(name, msg, path)
 
 
 def _ext_authz(name: str, msg: Message, path: str, clock: Clock) -> HttpFilter:
+    from envoy.extensions.filters.http.ext_authz.v3 import ext_authz_pb2
+
+    from pilotfish.proxy.filters.ext_authz import compile_ext_authz
+
     assert isinstance(msg, ext_authz_pb2.ExtAuthz)
     return compile_ext_authz(name, msg, path)
 
 
 def _jwt_authn(name: str, msg: Message, path: str, clock: Clock) -> HttpFilter:
+    from envoy.extensions.filters.http.jwt_authn.v3 import config_pb2 as jwt_authn_pb2
+
+    from pilotfish.proxy.filters.jwt_authn import JwtAuthnFilter, compile_jwt_authn
+
     assert isinstance(msg, jwt_authn_pb2.JwtAuthentication)
     return JwtAuthnFilter(name, compile_jwt_authn(msg, path))
 
 
-_KINDS: dict[str, tuple[type[Message], _Builder | None]] = {
-    ext_authz_pb2.ExtAuthz.DESCRIPTOR.full_name: (ext_authz_pb2.ExtAuthz, _ext_authz),
-    rbac_pb2.RBAC.DESCRIPTOR.full_name: (rbac_pb2.RBAC, _rbac),
-    fault_pb2.HTTPFault.DESCRIPTOR.full_name: (fault_pb2.HTTPFault, _fault),
-    cors_pb2.Cors.DESCRIPTOR.full_name: (cors_pb2.Cors, _cors),
-    local_rate_limit_pb2.LocalRateLimit.DESCRIPTOR.full_name: (
-        local_rate_limit_pb2.LocalRateLimit,
-        _local_ratelimit,
-    ),
-    jwt_authn_pb2.JwtAuthentication.DESCRIPTOR.full_name: (
-        jwt_authn_pb2.JwtAuthentication,
-        _jwt_authn,
-    ),
-    router_pb2.Router.DESCRIPTOR.full_name: (router_pb2.Router, None),  # None: the router
+_KINDS: dict[str, _Builder | None] = {  # config type -> builder (None: the router)
+    xds_types.EXT_AUTHZ_CONFIG: _ext_authz,
+    xds_types.HTTP_RBAC_CONFIG: _rbac,
+    fault_pb2.HTTPFault.DESCRIPTOR.full_name: _fault,
+    cors_pb2.Cors.DESCRIPTOR.full_name: _cors,
+    local_rate_limit_pb2.LocalRateLimit.DESCRIPTOR.full_name: _local_ratelimit,
+    xds_types.JWT_AUTHN_CONFIG: _jwt_authn,
+    router_pb2.Router.DESCRIPTOR.full_name: None,
 }
 _WELL_KNOWN = {
     FAULT: fault_pb2.HTTPFault.DESCRIPTOR.full_name,
     CORS: cors_pb2.Cors.DESCRIPTOR.full_name,
     LOCAL_RATELIMIT: local_rate_limit_pb2.LocalRateLimit.DESCRIPTOR.full_name,
-    RBAC: rbac_pb2.RBAC.DESCRIPTOR.full_name,
-    EXT_AUTHZ: ext_authz_pb2.ExtAuthz.DESCRIPTOR.full_name,
-    JWT_AUTHN: jwt_authn_pb2.JwtAuthentication.DESCRIPTOR.full_name,
+    RBAC: xds_types.HTTP_RBAC_CONFIG,
+    EXT_AUTHZ: xds_types.EXT_AUTHZ_CONFIG,
+    JWT_AUTHN: xds_types.JWT_AUTHN_CONFIG,
     ROUTER: router_pb2.Router.DESCRIPTOR.full_name,
 }
 SUPPORTED_NAMES = tuple(_WELL_KNOWN)
@@ -277,8 +281,8 @@ def _compile_one(proto: Any, where: str, clock: Clock) -> HttpFilter | _Router |
         raise FilterConfigError(f"{where}.{bad[0]}", "not supported by pilotfish")
     has_config = proto.HasField("typed_config")
     type_name = proto.typed_config.type_url.rpartition("/")[2] if has_config else ""
-    kind = _KINDS.get(type_name or _WELL_KNOWN.get(proto.name, ""))
-    if kind is None:
+    kind = type_name or _WELL_KNOWN.get(proto.name, "")
+    if kind not in _KINDS:
         if proto.is_optional:
             return None
         shown = f"type {type_name}" if type_name else "no typed_config"
@@ -287,8 +291,9 @@ def _compile_one(proto: Any, where: str, clock: Clock) -> HttpFilter | _Router |
             f"HTTP filter {proto.name!r} ({shown}) is not supported by pilotfish "
             f"(supported: {', '.join(SUPPORTED_NAMES)}); mark it is_optional to skip it",
         )
-    message_type, build = kind
-    msg = message_type()
+    build = _KINDS[kind]
+    xds_types.register(kind)
+    msg = message_factory.GetMessageClass(descriptor_pool.Default().FindMessageTypeByName(kind))()
     if has_config and not proto.typed_config.Unpack(msg):
         raise FilterConfigError(f"{where}.typed_config", f"cannot decode {type_name}")
     if build is None:

@@ -17,6 +17,7 @@ from google.protobuf import descriptor_pool, message_factory
 from google.protobuf.any_pb2 import Any as AnyProto
 from google.protobuf.message import Message
 
+from pilotfish.proxy import xds_types
 from pilotfish.proxy.routing.errors import RouteConfigError
 
 FAULT = "envoy.filters.http.fault"
@@ -60,6 +61,7 @@ def _decode(name: str, any_msg: AnyProto, path: str) -> Message:
 
 def _unpack(any_msg: AnyProto, path: str) -> Message:
     type_name = any_msg.type_url.rpartition("/")[2]
+    xds_types.register(type_name)
     try:
         descriptor = descriptor_pool.Default().FindMessageTypeByName(type_name)
     except KeyError:

@@ -5,6 +5,7 @@ proxying to `inbound|PORT||`), or one a user writes in a bootstrap."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from envoy.config.core.v3.base_pb2 import TrafficDirection
 from envoy.config.listener.v3 import listener_components_pb2
@@ -14,15 +15,13 @@ from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from pilotfish.proxy import xds_types
 from pilotfish.proxy.listeners import ListenerError, is_sniffed, listener_facts
 from pilotfish.proxy.tcp.config import TCP_PROXY, TcpConfigError, TcpProxy, compile_tcp_proxy
-from pilotfish.proxy.tcp.rbac import (
-    NETWORK_RBAC,
-    NetworkRbac,
-    NetworkRbacError,
-    compile_network_rbac,
-)
 from pilotfish.proxy.tls import DownstreamTls, ServerChains
 
+if TYPE_CHECKING:  # imported with the first network RBAC filter: few sidecars have one
+    from pilotfish.proxy.tcp.rbac import NetworkRbac
+
 SNI_CLUSTER = xds_types.PREFIX + "envoy.extensions.filters.network.sni_cluster.v3.SniCluster"
+NETWORK_RBAC = xds_types.PREFIX + xds_types.NETWORK_RBAC_CONFIG
 
 
 @dataclass(frozen=True)
@@ -168,6 +167,8 @@ def _chain(
                 "envoy.filters.network.sni_cluster are supported, "
                 f"got {network_filter.name or network_filter.typed_config.type_url}"
             )
+        from pilotfish.proxy.tcp.rbac import NetworkRbacError, compile_network_rbac
+
         try:
             rbac.append(compile_network_rbac(network_filter.typed_config, f"{path}.typed_config"))
         except NetworkRbacError as e:

@@ -23,14 +23,12 @@ from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as http_rbac_pb2
 from envoy.extensions.filters.network.rbac.v3 import rbac_pb2
 from google.protobuf.any_pb2 import Any as AnyProto
 
-from pilotfish.proxy import xds_types
 from pilotfish.proxy.filters.base import PROCEED, Connection, Exchange, LocalReply
 from pilotfish.proxy.filters.errors import FilterConfigError
 from pilotfish.proxy.filters.rbac import RbacFilter, compile_rbac
 from pilotfish.proxy.proto_fields import unsupported
 from pilotfish.proxy.routing.request import Request
 
-NETWORK_RBAC = xds_types.PREFIX + "envoy.extensions.filters.network.rbac.v3.RBAC"
 FIELDS = frozenset({"stat_prefix", "rules", "shadow_rules", "shadow_rules_stat_prefix"})
 _NO_REQUEST = Request(method=b"", path=b"", scheme=b"")
 
