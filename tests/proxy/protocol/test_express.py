@@ -15,7 +15,14 @@ from pilotfish.proxy.protocol.express import (
     parse_response,
     splice,
 )
-from pilotfish.proxy.protocol.http1 import END, RequestHead, ResponseHead, ResponseParser
+from pilotfish.proxy.protocol.http1 import (
+    DEFAULT_MAX_HEAD,
+    END,
+    RequestHead,
+    RequestParser,
+    ResponseHead,
+    ResponseParser,
+)
 
 GET = b"GET /reviews/1?x=y HTTP/1.1\r\nHost: reviews:9080\r\nUser-Agent: curl/8.5\r\n\r\n"
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: keep-alive\r\nX-A: b\r\n\r\nhello"
@@ -104,6 +111,9 @@ class TestRequests:
             pytest.param(b"GET / HTTP/1.1\nHost: h\n\n", id="bare LF"),
             pytest.param(b"BREW / HTTP/1.1\r\nHost: h\r\n\r\n", id="unknown method"),
             pytest.param(b"CONNECT h:443 HTTP/1.1\r\nHost: h\r\n\r\n", id="CONNECT"),
+            pytest.param(b"GET HTTP/1.1\r\nHost: h\r\n\r\n", id="no target"),
+            pytest.param(b"GET /\r\nHost: h\r\n\r\n", id="no version"),
+            pytest.param(b"GET \r\n\r\n", id="a method alone"),
         ],
     )
     def test_anything_else_goes_the_long_way(self, data: bytes) -> None:
@@ -231,3 +241,92 @@ def assert_same(events: list[object], resp: ExpressResponse) -> None:
     )
     assert [(n.lower(), v) for n, v in head.headers] == express_head.headers
     assert events[1:] == express_events(resp)[1:]
+
+
+# -- hostile bytes: the scan never takes what the long way refuses ---------------------------
+
+PIECES = [b"a", b"H", b"-", b"0", b"\r", b"\n", b"\r\n", b"\x00", b"\x01", b"\x0b", b"\x7f",
+          b"\x80", b"\xff", b"\t", b" ", b":", b"\r\n "]  # fmt: skip
+RAW = st.lists(st.sampled_from(PIECES), max_size=6).map(b"".join)
+HOSTILE_LINES = st.lists(
+    st.tuples(
+        st.one_of(NAMES, RAW, st.sampled_from([b"HOST", b"content-LENGTH", b" folded", b"X\tA"])),
+        st.one_of(VALUES, RAW, st.sampled_from([b"\th\t", b"99999999999999999999", b"0" * 15])),
+    ),
+    max_size=6,
+)
+MAX_HEADS = st.one_of(st.just(DEFAULT_MAX_HEAD), st.integers(min_value=0, max_value=120))
+
+
+@settings(max_examples=600, deadline=None)
+@given(METHODS, TARGETS, HOSTILE_LINES, BODIES, MAX_HEADS)
+def test_a_hostile_request_goes_the_long_way_or_reads_the_same(
+    method: bytes, target: bytes, lines: list[tuple[bytes, bytes]], body: bytes, max_head: int
+) -> None:
+    data = message(b"%s %s HTTP/1.1" % (method, target), lines, body)
+    req = parse_request(data, max_head)
+    if req is None:
+        return
+    events = requests([data], RequestParser(max_head))
+    head = events[0]
+    assert isinstance(head, RequestHead)
+    assert (head.method, head.target, head.host, head.content_length, head.keep_alive) == (
+        req.method, req.target, req.host, req.content_length, req.keep_alive,
+    )  # fmt: skip
+    assert [(n.lower(), v) for n, v in head.headers] == req.headers()
+    assert events[1:] == ([req.body, END] if req.body else [END])
+
+
+@settings(max_examples=600, deadline=None)
+@given(STATUSES, HOSTILE_LINES, BODIES, MAX_HEADS)
+def test_a_hostile_response_goes_the_long_way_or_reads_the_same(
+    status: bytes, lines: list[tuple[bytes, bytes]], body: bytes, max_head: int
+) -> None:
+    data = message(b"HTTP/1.1 " + status, lines, body)
+    resp = parse_response(data, max_head)
+    if resp is None:
+        return
+    parser = ResponseParser(max_head)
+    parser.next_message(b"GET")
+    assert_same(parser.feed(data), resp)
+
+
+# -- and takes the common message: a scan that refused too much would not show above ---------
+
+TOKENS = st.text(alphabet="abcXYZ019!#$%&'*+-.^_`|~", min_size=1, max_size=8).map(str.encode)
+FIELD = st.binary(max_size=12).map(lambda b: bytes(c for c in b if c == 9 or 32 <= c != 127))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(TOKENS, FIELD), max_size=6))
+def test_plain_lines_are_taken_as_they_are(lines: list[tuple[bytes, bytes]]) -> None:
+    lines = [(b"x-" + name, value) for name, value in lines]  # none the proxy acts on
+    data = message(b"GET /p HTTP/1.1", [(b"Host", b"h"), *lines], b"")
+    req = parse_request(data)
+    assert req is not None and req.host == b"h" and req.cuts == []
+    assert req.headers() == [(b"host", b"h")] + [
+        (name.lower(), value.strip(b" \t")) for name, value in lines
+    ]
+    resp = parse_response(message(b"HTTP/1.1 200 OK", [(b"Content-Length", b"0"), *lines], b""))
+    assert resp is not None and resp.content_length == 0
+
+
+@pytest.mark.parametrize(
+    ("line", "taken"),
+    [
+        pytest.param(b"HOST: h", True, id="an upper-case name"),
+        pytest.param(b"Host:\t h \t", True, id="tabs around a value"),
+        pytest.param(b"Host: h\r\nX-Empty:", True, id="an empty value"),
+        pytest.param(b"Host: caf\xc3\xa9", True, id="obs-text in a value"),
+        pytest.param(b"Host: h\rX", False, id="a bare CR"),
+        pytest.param(b"Host: h\rXX-A: y", False, id="a bare CR before what looks like a line"),
+        pytest.param(b"Host: h\nX: y", False, id="a bare LF"),
+        pytest.param(b"Host: h\x7f", False, id="DEL in a value"),
+        pytest.param(b"Host: h\r\nX\x80: y", False, id="obs-text in a name"),
+        pytest.param(b"Host: h\r\nX\t: y", False, id="a tab before the colon"),
+        pytest.param(b"Host: h\r\n: y", False, id="an empty name"),
+        pytest.param(b"Host: h\r\nContent-Length: 1234567890123456", False, id="16 digits"),
+    ],
+)
+def test_the_edges_of_a_header_line(line: bytes, taken: bool) -> None:
+    assert (parse_request(b"GET / HTTP/1.1\r\n" + line + b"\r\n\r\n") is not None) is taken

@@ -2,24 +2,29 @@
 
 Most requests through a sidecar are one complete head (and maybe a small
 body) in one read, and most responses a head with a Content-Length. For
-those, the proxy does not need every header as a Python object: one regular
-expression checks the whole head, a second finds the few headers the proxy
-acts on, and forwarding keeps the header section as received, cutting the
-lines it must drop and appending the ones it adds.
+those, the proxy does not need every header as a Python object: the head is
+split at its CRLFs, its bytes are checked in one `translate` (and each name
+in one), only the few headers the proxy acts on are looked at further, and
+forwarding keeps the header section as received, cutting the lines it must
+drop and appending the ones it adds. No regular expression: matching the
+head and finding those headers with `re` cost more than all of this
+(docs/benchmarks.md, "The express recognizer without regular expressions").
 
 `parse_request` / `parse_response` return None for anything else (a partial
 head, chunked framing, Upgrade, Expect, HTTP/1.0, a repeated Host or
 Content-Length, a Connection header naming other headers, an unknown method,
-anything the regular expressions do not accept): the caller then hands the
-same bytes to protocol/http1's parsers, which decide, and answer bad input.
-So this module only ever accepts a subset of what those parsers accept, with
-the same meaning (tests/proxy/protocol/test_express.py checks both).
+a name that is not a token, a byte outside field-content, a bare CR or LF):
+the caller then hands the same bytes to protocol/http1's parsers, which
+decide, and answer bad input. So this module only ever accepts a subset of
+what those parsers accept, with the same meaning
+(tests/proxy/protocol/test_express.py checks both).
 """
 
 from __future__ import annotations
 
-import re
+from collections.abc import Iterable
 from dataclasses import dataclass
+from string import ascii_letters, ascii_lowercase, ascii_uppercase, digits
 from typing import Final
 
 from pilotfish.proxy.protocol.http1 import (
@@ -30,30 +35,72 @@ from pilotfish.proxy.protocol.http1 import (
     ResponseHead,
 )
 
-_TOKEN: Final = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
-_LINES: Final = rb"((?:\r\n" + _TOKEN + rb":[\t\x20-\x7e\x80-\xff]*)*)\r\n\r\n"
-# The methods llhttp knows that carry no tunnel; CONNECT and the rest go the long way.
-_METHOD: Final = rb"(GET|HEAD|POST|PUT|DELETE|OPTIONS|PATCH|TRACE)"
-_TARGET: Final = rb"((?:/|https?://)[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=%]*)"
-_REQUEST: Final = re.compile(_METHOD + rb" " + _TARGET + rb" HTTP/1\.1" + _LINES)
-_RESPONSE: Final = re.compile(rb"HTTP/1\.1 ([2-5][0-9][0-9]) [\t\x20-\x7e\x80-\xff]*" + _LINES)
-_HEADER: Final = re.compile(rb"\r\n(" + _TOKEN + rb"):[ \t]*([^\r]*)")
 
-# Headers the proxy acts on; every other line goes through as it came.
-_REQUEST_NAMES: Final = (
-    rb"host|content-length|transfer-encoding|expect|upgrade|connection|keep-alive"
-    rb"|proxy-connection|te|trailer|x-forwarded-for|x-forwarded-proto|x-request-id"
-    rb"|x-envoy-peer-metadata|x-envoy-peer-metadata-id"
-)
-_RESPONSE_NAMES: Final = (
-    rb"content-length|transfer-encoding|upgrade|connection|keep-alive|proxy-connection"
-    rb"|te|trailer|x-envoy-peer-metadata|x-envoy-peer-metadata-id"
-)
-_REQUEST_SPECIAL: Final = re.compile(rb"\r\n(" + _REQUEST_NAMES + rb"):[ \t]*([^\r]*)", re.I)
-_RESPONSE_SPECIAL: Final = re.compile(rb"\r\n(" + _RESPONSE_NAMES + rb"):[ \t]*([^\r]*)", re.I)
+def _check_table(allowed: bytes) -> bytes:
+    """A `translate` table that changes exactly the bytes not in `allowed`:
+    a block is made only of allowed bytes when translating leaves it equal
+    (one C loop; no new object when it does)."""
+    return bytes(b if b in allowed else b ^ 1 for b in range(256))
+
+
+_TOKEN: Final = _check_table((ascii_letters + digits + "!#$%&'*+-.^_`|~").encode())
+# field-content as llhttp takes it (RFC 9110 5.5: HTAB, SP, VCHAR, obs-text)
+_FIELD: Final = _check_table(bytes([9, *range(0x20, 0x7F), *range(0x80, 0x100)]))
+_TARGET: Final = _check_table((ascii_letters + digits + "-._~:/?#[]@!$&'()*+,;=%").encode())
+_LOWER: Final = bytes.maketrans(ascii_uppercase.encode(), ascii_lowercase.encode())
+_OWS: Final = b" \t"
+# The methods llhttp knows that carry no tunnel; CONNECT and the rest go the long way.
+_METHODS: Final = (b"GET", b"POST", b"PUT", b"DELETE", b"HEAD", b"OPTIONS", b"PATCH", b"TRACE")
+_METHODS_SP: Final = tuple(method + b" " for method in _METHODS)
+_VERSION: Final = b" HTTP/1.1"
+_STATUS_LINE: Final = b"HTTP/1.1 "
+
+# What the proxy does with a header it acts on; every other line goes
+# through as it came.
+_HOST: Final = 1
+_FORWARDED_FOR: Final = 2
+_FORWARDED_PROTO: Final = 3
+_REQUEST_ID: Final = 4
+_CONTENT_LENGTH: Final = 5
+_REFUSED: Final = 6  # only the long way can take the message
+_PEER: Final = 7  # Istio's metadata exchange: set aside
+_PEER_ID: Final = 8
+_CONNECTION: Final = 9
+_HOP: Final = 10  # hop-by-hop: cut
+_RESPONSE_NAMES: Final[dict[bytes, int]] = {
+    b"content-length": _CONTENT_LENGTH,
+    b"transfer-encoding": _REFUSED,
+    b"upgrade": _REFUSED,
+    b"connection": _CONNECTION,
+    b"keep-alive": _HOP,
+    b"proxy-connection": _HOP,
+    b"te": _HOP,
+    b"trailer": _HOP,
+    b"x-envoy-peer-metadata": _PEER,
+    b"x-envoy-peer-metadata-id": _PEER_ID,
+}
+_REQUEST_NAMES: Final[dict[bytes, int]] = {
+    **_RESPONSE_NAMES,
+    b"host": _HOST,
+    b"expect": _REFUSED,
+    b"x-forwarded-for": _FORWARDED_FOR,
+    b"x-forwarded-proto": _FORWARDED_PROTO,
+    b"x-request-id": _REQUEST_ID,
+}
+
+
+def _lengths_by_start(names: Iterable[bytes]) -> tuple[int, ...]:
+    """For each byte, a bit set at the length of each name that starts
+    with it (either case): most other lines need no lookup at all."""
+    masks = [0] * 256
+    for name in names:
+        for start in (name[0], name[0] ^ 0x20):
+            masks[start] |= 1 << len(name)
+    return tuple(masks)
+
+
+_NAME_LENGTHS: Final = _lengths_by_start(_REQUEST_NAMES)
 _MAX_LENGTH_DIGITS: Final = 15
-_PEER: Final = frozenset({b"x-envoy-peer-metadata", b"x-envoy-peer-metadata-id"})
-_REFUSED: Final = frozenset({b"transfer-encoding", b"expect", b"upgrade"})
 
 Span = tuple[int, int]
 
@@ -62,7 +109,21 @@ Span = tuple[int, int]
 # generated __init__ is interpreted Python even in a compiled module, and
 # costs more than the rest of building the message.
 @dataclass(slots=True, init=False)
-class ExpressRequest:
+class _Message:
+    """What requests and responses share, set by the headers both have (one
+    native class, so that compiled code reads and sets them directly)."""
+
+    lines: bytes
+    cuts: list[Span]
+    keep_alive: bool
+    content_length: int | None  # as RequestHead has it: None when absent
+    body: bytes
+    peer: bytes | None
+    peer_cuts: list[Span]
+
+
+@dataclass(slots=True, init=False)
+class ExpressRequest(_Message):
     """A request head (and its whole body) found in one read; the exchange
     takes it where it takes a RequestHead.
 
@@ -74,17 +135,10 @@ class ExpressRequest:
 
     method: bytes
     target: bytes
-    lines: bytes
-    cuts: list[Span]
     host: bytes | None
-    keep_alive: bool
-    content_length: int | None  # as RequestHead has it: None when absent
-    body: bytes
     forwarded_for: bytes | None
     has_proto: bool
     has_request_id: bool
-    peer: bytes | None
-    peer_cuts: list[Span]
     # What a RequestHead says that is the same for every express request:
     # fields, not ClassVars (mypyc takes a dataclass's class-level values
     # for field defaults) nor properties (a call each).
@@ -109,17 +163,12 @@ class ExpressRequest:
 
 
 @dataclass(slots=True, init=False)
-class ExpressResponse:
-    """A response head found in one read, with a Content-Length body."""
+class ExpressResponse(_Message):
+    """A response head found in one read, with a Content-Length body (its
+    content_length is None only while parsing; its body is the part of the
+    body in the same read)."""
 
     status: int
-    lines: bytes
-    cuts: list[Span]
-    keep_alive: bool
-    content_length: int | None  # None only while parsing: none yet
-    body: bytes  # the part of the body in the same read
-    peer: bytes | None
-    peer_cuts: list[Span]
 
     def __init__(self, status: int, lines: bytes) -> None:
         self.status, self.lines = status, lines
@@ -131,46 +180,111 @@ class ExpressResponse:
 
 
 def header_list(lines: bytes) -> Headers:
-    return [(name.lower(), value.rstrip(b" \t")) for name, value in _HEADER.findall(lines)]
+    headers: Headers = []
+    for line in lines.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        headers.append((name.lower(), value.strip(b" \t")))
+    return headers
+
+
+Special = tuple[int, bytes, int, int]  # what to do, the value, the line's span
+
+
+def _head(data: bytes, max_head: int) -> tuple[list[bytes], bytes]:
+    """The lines of the head `data` starts with (the first line, then each
+    header line, without CRLFs) and what follows the head, if the head is
+    whole, within `max_head` and made of field-content with no CR or LF but
+    those that end lines; else no lines."""
+    head, blank, rest = data.partition(b"\r\n\r\n")
+    if not blank or len(head) + 4 > max_head:
+        return [], rest
+    parts = head.split(b"\r\n")
+    text = b"".join(parts)  # a CR or LF left here stands alone
+    return (parts if text.translate(_FIELD) == text else []), rest
+
+
+def _specials(parts: list[bytes], names: dict[bytes, int]) -> list[Special] | None:
+    """The header lines named in `names`, with their spans in the section
+    after the first line (each line led by its CRLF); None unless every
+    line is a token, a colon and a value. A few C calls a line, and no
+    lookup for a name that no special one has the first letter and length of."""
+    found: list[Special] = []
+    start = 0
+    for i in range(1, len(parts)):
+        line = parts[i]
+        name, colon, value = line.partition(b":")
+        end = start + 2 + len(line)
+        if not name or not colon or name.translate(_TOKEN) != name:
+            return None
+        if _NAME_LENGTHS[name[0]] >> min(len(name), 31) & 1:
+            kind = names.get(name.translate(_LOWER), 0)
+            if kind:
+                found.append((kind, value.strip(_OWS), start, end))
+        start = end
+    return found
+
+
+def _method(line: bytes) -> bytes:
+    """The method `line` starts with (then a space) if express takes it, else b"" """
+    for i in range(len(_METHODS)):  # by index: no iterator object
+        if line.startswith(_METHODS_SP[i]):
+            return _METHODS[i]
+    return b""
 
 
 def parse_request(data: bytes, max_head: int = DEFAULT_MAX_HEAD) -> ExpressRequest | None:
     """The request that is exactly `data`, or None (see the module docstring)."""
-    match = _REQUEST.match(data)
-    if match is None or match.end() > max_head:
+    parts, body = _head(data, max_head)
+    first = parts[0] if parts else b""
+    method = _method(first)
+    stop = len(first) - len(_VERSION)
+    # (A compiled slice whose start is past its stop fails: mypyc's
+    # CPyBytes_GetSlice makes a negative size rather than an empty block.)
+    if not method or stop <= len(method) or not first.endswith(_VERSION):
         return None
-    lines = match.group(3)
-    req = ExpressRequest(match.group(1), match.group(2), lines)
-    for special in _REQUEST_SPECIAL.finditer(lines):
-        if not _request_header(req, special):
+    target = first[len(method) + 1 : stop]
+    if not _origin_or_absolute(target):
+        return None
+    found = _specials(parts, _REQUEST_NAMES)
+    if found is None:
+        return None
+    req = ExpressRequest(method, target, data[len(first) : len(data) - len(body) - 4])
+    for kind, value, begin, stop in found:
+        if not _request_header(req, kind, value, (begin, stop)):
             return None
-    if req.host is None and req.target[:1] == b"/":
+    if req.host is None and target.startswith(b"/"):
         return None  # HTTP/1.1 without Host: the long way answers 400
-    body = data[match.end() :]
     if len(body) != (req.content_length or 0):
         return None  # a body still coming, or pipelined bytes after it
     req.body = body
     return req
 
 
-def _request_header(req: ExpressRequest, special: re.Match[bytes]) -> bool:
-    name, value = special.groups()
-    name, value = name.lower(), value.rstrip(b" \t")
-    if name == b"host":
+def _origin_or_absolute(target: bytes) -> bool:
+    """An origin-form or http(s) absolute-form target of plain characters."""
+    if target.translate(_TARGET) != target:
+        return False
+    return (
+        target.startswith(b"/") or target.startswith(b"http://") or target.startswith(b"https://")
+    )
+
+
+def _request_header(req: ExpressRequest, kind: int, value: bytes, span: Span) -> bool:
+    if kind == _HOST:
         if req.host is not None:
             return False
         req.host = value
-    elif name == b"x-forwarded-for":
+    elif kind == _FORWARDED_FOR:
         if req.forwarded_for is not None:
             return False
         req.forwarded_for = value
-        req.cuts.append(special.span())  # appended to, at the end
-    elif name == b"x-forwarded-proto":
+        req.cuts.append(span)  # appended to, at the end
+    elif kind == _FORWARDED_PROTO:
         req.has_proto = True
-    elif name == b"x-request-id":
+    elif kind == _REQUEST_ID:
         req.has_request_id = True
     else:
-        return _message_header(req, name, value, special)
+        return _message_header(req, kind, value, span)
     return True
 
 
@@ -178,52 +292,69 @@ def parse_response(data: bytes, max_head: int = DEFAULT_MAX_HEAD) -> ExpressResp
     """The response at the start of `data`, if it is a final (2xx-5xx,
     not 204 or 304) HTTP/1.1 response with a Content-Length and no more than
     its body follows; else None."""
-    match = _RESPONSE.match(data)
-    if match is None or match.end() > max_head:
+    parts, body = _head(data, max_head)
+    status = _status(parts[0]) if parts else 0
+    found = _specials(parts, _RESPONSE_NAMES) if status else None
+    if found is None:
         return None
-    status = int(match.group(1))
-    if status in (204, 304):
-        return None
-    lines = match.group(2)
-    resp = ExpressResponse(status, lines)
-    for special in _RESPONSE_SPECIAL.finditer(lines):
-        name, value = special.groups()
-        if not _message_header(resp, name.lower(), value.rstrip(b" \t"), special):
+    resp = ExpressResponse(status, data[len(parts[0]) : len(data) - len(body) - 4])
+    for kind, value, begin, stop in found:
+        if not _message_header(resp, kind, value, (begin, stop)):
             return None
-    body = data[match.end() :]
     if resp.content_length is None or len(body) > resp.content_length:
         return None
     resp.body = body
     return resp
 
 
-def _message_header(
-    message: ExpressRequest | ExpressResponse, name: bytes, value: bytes, found: re.Match[bytes]
-) -> bool:
+def _status(line: bytes) -> int:
+    """The status of an `HTTP/1.1 NNN reason` line with a final status
+    other than 204 and 304, else 0 (the reason is checked with the head)."""
+    if len(line) < 13 or not line.startswith(_STATUS_LINE) or line[12] != 32:
+        return 0
+    hundreds, tens, units = line[9] - 48, line[10] - 48, line[11] - 48
+    if not (2 <= hundreds <= 5 and 0 <= tens <= 9 and 0 <= units <= 9):
+        return 0
+    status = hundreds * 100 + tens * 10 + units
+    return 0 if status in (204, 304) else status
+
+
+def _message_header(message: _Message, kind: int, value: bytes, span: Span) -> bool:
     """What requests and responses share: framing, Connection, hop-by-hop
     headers (cut) and Istio's metadata exchange (set aside). False: only the
     long way can take this message."""
-    if name == b"content-length":
-        if message.content_length is not None or not value.isdigit():
+    if kind == _CONTENT_LENGTH:
+        length = _length(value)
+        if message.content_length is not None or length < 0:
             return False
-        if len(value) > _MAX_LENGTH_DIGITS:
-            return False
-        message.content_length = int(value)
+        message.content_length = length
         return True
-    if name in _REFUSED:
+    if kind == _REFUSED:
         return False
-    if name in _PEER:
-        message.peer_cuts.append(found.span())
-        if name == b"x-envoy-peer-metadata":
+    if kind in (_PEER, _PEER_ID):
+        message.peer_cuts.append(span)
+        if kind == _PEER:
             message.peer = value
         return True
-    if name == b"connection":
+    if kind == _CONNECTION:
         keep = _connection(value)
         if keep is None:
             return False
         message.keep_alive = keep
-    message.cuts.append(found.span())
+    message.cuts.append(span)
     return True
+
+
+def _length(value: bytes) -> int:
+    """A Content-Length of at most 15 digits (2 ** 53 is 16), else -1."""
+    if not 0 < len(value) <= _MAX_LENGTH_DIGITS:
+        return -1
+    length = 0
+    for digit in value:
+        if not 48 <= digit <= 57:  # "0" to "9"
+            return -1
+        length = length * 10 + digit - 48
+    return length
 
 
 def _connection(value: bytes) -> bool | None:
