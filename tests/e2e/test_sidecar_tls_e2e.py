@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import pytest
 from mesh_processes import wait_until, xds_plane
-from processes import free_port
+from processes import config_port
 from sidecar_mesh import Sidecar, SidecarMesh
 from test_tcp_mesh_e2e import TlsServer
 
@@ -23,7 +23,7 @@ pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl"),
 ]
-LOCAL = free_port()
+LOCAL = config_port()
 MESH = """
 apiVersion: v1
 kind: Service
