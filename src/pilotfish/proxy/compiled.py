@@ -13,7 +13,11 @@ Rules for code in these modules (mypyc's, checked when the package builds):
 no monkeypatching of their functions or attributes (pass a seam as an
 argument instead), no subclass of their classes outside the compiled set,
 no attribute set on an instance that its class does not declare, and no
-class-level defaults on dataclass fields that are meant as ClassVars.
+class-level defaults on dataclass fields that are meant as ClassVars. One
+more, which no build checks: a bytes or bytearray slice whose start can
+pass its end must be guarded (mypyc 2.4.1 raises SystemError, "Negative
+size passed to PyBytes_FromStringAndSize", where Python gives b"");
+`x[i:]`, `x[:j]` and str slices are safe.
 """
 
 from __future__ import annotations

@@ -238,8 +238,8 @@ def parse_request(data: bytes, max_head: int = DEFAULT_MAX_HEAD) -> ExpressReque
     first = parts[0] if parts else b""
     method = _method(first)
     stop = len(first) - len(_VERSION)
-    # (A compiled slice whose start is past its stop fails: mypyc's
-    # CPyBytes_GetSlice makes a negative size rather than an empty block.)
+    # (A compiled slice whose start is past its stop fails: mypyc 2.4.1's
+    # CPyBytes_GetSlice raises SystemError rather than returning b"".)
     if not method or stop <= len(method) or not first.endswith(_VERSION):
         return None
     target = first[len(method) + 1 : stop]
