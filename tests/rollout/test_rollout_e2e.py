@@ -7,6 +7,7 @@ one mesh; the control-plane restart runs last."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import time
@@ -441,9 +442,10 @@ def test_the_cli_follows_pauses_resumes_promotes_and_aborts(mesh: Mesh) -> None:
     shown = mesh.cli("rollout", "status", name)
     assert "Phase:          Progressing" in shown and "% to the canary (max 95%)" in shown
     assert "request-success-rate" in shown and "(min 99)" in shown, shown
-    # The load test starts with the first rollout hook, so the first check may
-    # find no traffic yet, as Flagger's does.
-    assert "Failed checks:  0/3" in shown or "Failed checks:  1/3" in shown, shown
+    # The load test starts with the first rollout hook, so the first checks may
+    # find no traffic yet, as Flagger's do (two, once, on a loaded CI machine);
+    # still Progressing, the count shown is below the threshold.
+    assert re.search(r"Failed checks:  [0-2]/3\n", shown), shown
     assert f"Advance {name}.default canary weight" in shown
     assert "paused" in mesh.cli("rollout", "pause", name)
     held = status(mesh, name)["canaryWeight"]
