@@ -121,6 +121,14 @@ class _Message:
     peer: bytes | None
     peer_cuts: list[Span]
 
+    def headers(self) -> Headers:
+        """Every header, names lower-cased, values stripped, in order."""
+        headers: Headers = []
+        for line in self.lines.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            headers.append((name.lower(), value.strip(b" \t")))
+        return headers
+
 
 @dataclass(slots=True, init=False)
 class ExpressRequest(_Message):
@@ -157,10 +165,6 @@ class ExpressRequest(_Message):
         self.version = b"1.1"
         self.upgrade = self.expect_continue = self.chunked = False
 
-    def headers(self) -> Headers:
-        """Every header, names lower-cased, values stripped, in order."""
-        return header_list(self.lines)
-
 
 @dataclass(slots=True, init=False)
 class ExpressResponse(_Message):
@@ -174,17 +178,6 @@ class ExpressResponse(_Message):
         self.status, self.lines = status, lines
         self.cuts, self.peer_cuts = [], []
         self.keep_alive, self.content_length, self.body, self.peer = True, None, b"", None
-
-    def headers(self) -> Headers:
-        return header_list(self.lines)
-
-
-def header_list(lines: bytes) -> Headers:
-    headers: Headers = []
-    for line in lines.split(b"\r\n")[1:]:
-        name, _, value = line.partition(b":")
-        headers.append((name.lower(), value.strip(b" \t")))
-    return headers
 
 
 Special = tuple[int, bytes, int, int]  # what to do, the value, the line's span
