@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -20,16 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 BOOKINFO_ISTIO = REPO.parent / "shared" / "conformance" / "istio" / "bookinfo-networking"
 DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def answers(url: str, timeout: float = 2) -> bool:

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from tests.ports import free_port
 
 from pilotfish.api.kinds import registry
 from pilotfish.client import Client, Unreachable
@@ -19,12 +20,6 @@ from pilotfish.config import load_client_config
 from .cp_testkit import virtual_service
 
 VS = registry().resolve("virtualservice")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def start(tmp_path: Path, port: int) -> subprocess.Popen[str]:

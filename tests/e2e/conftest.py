@@ -7,7 +7,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from processes import ControlPlane, free_port
+from processes import ControlPlane
+from tests.ports import free_port
 
 
 @pytest.fixture

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from processes import REPO, ControlPlane, free_port
+from processes import REPO, ControlPlane
+from tests.ports import free_port
 
 APPS = Path(__file__).with_name("grpc_apps.py")
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 from mesh_processes import XdsControlPlane, wait_until
-from processes import free_port
+from tests.ports import free_port
 
 # The sidecar's own e2e harness: its backends, proxy process and curl helpers.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "proxy" / "e2e"))

@@ -33,8 +33,8 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from mesh_processes import XdsControlPlane, wait_until
-from processes import free_port
 from sidecar_mesh import REVIEWS_SERVICE, Backend, Response, Sidecar, SidecarMesh, curl
+from tests.ports import free_port
 
 from pilotfish.cli.commands import resolve
 

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from processes import REPO, ControlPlane, free_port
+from processes import REPO, ControlPlane
+from tests.ports import free_port
 
 PILOTFISH = (sys.executable, "-m", "pilotfish")
 BOOKINFO = str(REPO / "examples" / "bookinfo")

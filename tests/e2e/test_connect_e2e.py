@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import grpc
 import pytest
 from mesh_processes import XdsControlPlane, wait_until
-from processes import config_port, free_port
 from sidecar_mesh import Backend, Sidecar, SidecarMesh, curl, isolated_env
 from test_tcp_mesh_e2e import Redis, _complete
+from tests.ports import free_port
 
 pytestmark = [
     pytest.mark.slow,
@@ -52,7 +52,7 @@ spec:
 CLIENT_PRINCIPAL = 'source_principal="spiffe://cluster.local/ns/default/sa/bookinfo-client"'
 
 
-REDIS_LOCAL, REVIEWS_LOCAL = config_port(), config_port()
+REDIS_LOCAL, REVIEWS_LOCAL = free_port(), free_port()
 UPSTREAMS = [
     {"service": "redis", "port": 6379, "localPort": REDIS_LOCAL},
     {"service": "reviews.default", "port": 9080, "localPort": REVIEWS_LOCAL},

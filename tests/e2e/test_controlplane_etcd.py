@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from processes import REPO, ControlPlane, free_port
+from processes import REPO, ControlPlane
 from tests.etcd_server import EtcdServer, make_certs
+from tests.ports import free_port
 
 from pilotfish.api.errors import Expired
 from pilotfish.api.kinds import registry

@@ -26,8 +26,8 @@ from pathlib import Path
 import pytest
 import yaml
 from mesh_processes import XdsControlPlane, wait_until
-from processes import free_port
 from sidecar_mesh import Backend, Proxy, SidecarMesh, curl, isolated_env
+from tests.ports import free_port
 from tests.tls_certs import Issued, issue
 from tests.tls_certs import tls_secret as secret_object
 

@@ -22,10 +22,10 @@ from typing import Any
 import grpc
 import pytest
 from mesh_processes import XdsControlPlane, wait_until
-from processes import free_port
 from prometheus_client.parser import text_string_to_metric_families
 from sidecar_mesh import Sidecar, SidecarMesh, isolated_env
 from test_proxyless_grpc import weights
+from tests.ports import free_port
 
 pytestmark = pytest.mark.slow
 

@@ -18,8 +18,8 @@ from pathlib import Path
 import grpc
 import pytest
 from mesh_processes import XdsControlPlane, wait_until
-from processes import free_port
 from sidecar_mesh import Sidecar, SidecarMesh, curl_many, isolated_env
+from tests.ports import free_port
 
 pytestmark = [pytest.mark.slow]
 SERVICE = """

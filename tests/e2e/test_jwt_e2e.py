@@ -20,7 +20,6 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from mesh_processes import XdsControlPlane, wait_until
-from processes import free_port
 from sidecar_mesh import (
     REVIEWS_SERVICE,
     Backend,
@@ -31,6 +30,7 @@ from sidecar_mesh import (
     isolated_env,
 )
 from tests.agent.mesh_harness import wait_for
+from tests.ports import free_port
 
 from pilotfish.cli.commands import resolve
 

@@ -19,8 +19,9 @@ from collections.abc import Iterator
 import pytest
 from google.protobuf import json_format, struct_pb2
 from mesh_processes import XdsControlPlane, wait_until
-from processes import REPO, free_port
+from processes import REPO
 from sidecar_mesh import Backend, Response, Sidecar, SidecarMesh, curl, curl_many, isolated_env
+from tests.ports import free_port
 
 pytestmark = pytest.mark.slow
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 from mesh_processes import XdsControlPlane
-from processes import free_port
 from prometheus_client.parser import text_string_to_metric_families
 from sidecar_mesh import REVIEWS_SERVICE, Backend, Sidecar, SidecarMesh, curl
+from tests.ports import free_port
 
 TELEMETRY = """
 apiVersion: telemetry.istio.io/v1

@@ -23,8 +23,8 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from mesh_processes import XdsControlPlane, wait_until
-from processes import free_port
 from sidecar_mesh import Backend, Sidecar, SidecarMesh, curl, isolated_env
+from tests.ports import free_port
 
 from pilotfish.agent.bootstrap import SidecarIdentity
 from pilotfish.ca.authority import CertificateAuthority

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from cryptography import x509
 from mesh_processes import XdsControlPlane, wait_until, xds_plane
-from processes import free_port
+from tests.ports import free_port
 
 APPS = Path(__file__).with_name("grpc_secure_apps.py")
 HOST = "secure.default.svc.cluster.local"

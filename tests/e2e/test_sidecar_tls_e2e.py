@@ -15,15 +15,15 @@ from dataclasses import dataclass
 
 import pytest
 from mesh_processes import wait_until, xds_plane
-from processes import config_port
 from sidecar_mesh import Sidecar, SidecarMesh
 from test_tcp_mesh_e2e import TlsServer
+from tests.ports import free_port
 
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl"),
 ]
-LOCAL = config_port()
+LOCAL = free_port()
 MESH = """
 apiVersion: v1
 kind: Service

@@ -18,10 +18,10 @@ from dataclasses import dataclass
 import pytest
 from cryptography import x509
 from mesh_processes import XdsControlPlane, wait_until
-from processes import config_port, free_port
 from sidecar_mesh import Backend, Sidecar, SidecarMesh, curl, isolated_env
 from test_e2e_sniffing import Greeter
 from test_tcp_mesh_e2e import Redis, TlsServer, _start_gateway, _total
+from tests.ports import free_port
 
 pytestmark = [
     pytest.mark.slow,
@@ -29,7 +29,7 @@ pytestmark = [
         shutil.which("redis-server") is None, reason="needs redis-server (scripts/setup --test)"
     ),
 ]
-CACHE_PORT, GREETER_PORT, EAST_WEST_PORT = config_port(), config_port(), config_port()
+CACHE_PORT, GREETER_PORT, EAST_WEST_PORT = free_port(), free_port(), free_port()
 VAULT = "vault.default.svc.cluster.local"
 MESH = f"""
 apiVersion: v1

@@ -19,7 +19,7 @@ from typing import IO
 
 import pytest
 from mesh_processes import XdsControlPlane
-from processes import REPO, free_port
+from processes import REPO
 from sidecar_mesh import (
     REVIEWS_SERVICE,
     Backend,
@@ -29,6 +29,7 @@ from sidecar_mesh import (
     curl_many,
     isolated_env,
 )
+from tests.ports import free_port
 
 pytestmark = pytest.mark.slow
 

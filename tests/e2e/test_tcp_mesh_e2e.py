@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 from mesh_processes import XdsControlPlane, wait_until
-from processes import config_port, free_port
 from sidecar_mesh import Proxy, Sidecar, SidecarMesh, isolated_env
+from tests.ports import free_port
 
 from pilotfish.agent.bootstrap import SidecarIdentity, XdsServer, gateway_bootstrap
 
@@ -28,7 +28,7 @@ pytestmark = [
         shutil.which("redis-server") is None, reason="needs redis-server (scripts/setup --test)"
     ),
 ]
-GATEWAY_PORT, TLS_GATEWAY_PORT = config_port(), config_port()
+GATEWAY_PORT, TLS_GATEWAY_PORT = free_port(), free_port()
 MESH = f"""
 apiVersion: v1
 kind: Service

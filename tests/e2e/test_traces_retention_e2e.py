@@ -10,8 +10,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from processes import ControlPlane, free_port
+from processes import ControlPlane
 from tests.controlplane.otel_spans import export_trace
+from tests.ports import free_port
 
 pytestmark = pytest.mark.slow
 DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))

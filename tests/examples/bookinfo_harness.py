@@ -7,7 +7,6 @@ and can answer for a service itself, to play a failing one."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -20,6 +19,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from tests.ports import free_port
+
 APPS = Path(__file__).resolve().parents[2] / "examples" / "bookinfo" / "apps"
 
 # What Istio's deployments set for each version (bookinfo.yaml).
@@ -31,12 +32,6 @@ VARIANTS: dict[str, dict[str, str]] = {
     "reviews-v2": {"ENABLE_RATINGS": "true", "STAR_COLOR": "black"},
     "reviews-v3": {"ENABLE_RATINGS": "true", "STAR_COLOR": "red"},
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

@@ -28,6 +28,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import yaml
+from tests.ports import free_port
 
 REPO = Path(__file__).resolve().parents[3]
 PILOTFISH = REPO / ".venv" / "bin" / "pilotfish"
@@ -44,12 +45,6 @@ NODE_METADATA = {
     "CLUSTER_ID": "Kubernetes",
     "LABELS": {"app": "productpage", "version": "v1"},
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def closed_port() -> int:
