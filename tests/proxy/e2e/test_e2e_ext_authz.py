@@ -107,6 +107,37 @@ def start(start_proxy, make_backend, authz_port: int, **provider: Any) -> tuple[
     return port, svc
 
 
+def test_a_route_turns_ext_authz_off_with_per_route_config(start_proxy, make_backend) -> None:
+    """Envoy's ExtAuthzPerRoute `disabled: true`: that route is never
+    checked (its requests pass though the authorizer is down); others are."""
+    svc = make_backend("svc")
+    port = free_port()
+    down = closed_port()
+    off = {
+        "envoy.filters.http.ext_authz": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute",
+            "disabled": True,
+        }
+    }
+    routes = [route("svc", prefix="/headers/open", typed_per_filter_config=off), route("svc")]
+    cluster = f"outbound|{down}||{AUTHZ_HOST}"
+    start_proxy(
+        [
+            listener(
+                "inbound_8000",
+                port,
+                [vhost("all", ["*"], routes)],
+                http_filters=custom_filters(down),
+            )
+        ],
+        [static_cluster("svc", [svc.port]), static_cluster(cluster, [down])],
+    )
+    assert curl(f"http://127.0.0.1:{port}/headers/open").status == 200
+    refused = curl(f"http://127.0.0.1:{port}/headers")
+    assert (refused.status, refused.flags) == (403, "UAEX")
+    assert svc.count == 1
+
+
 def test_custom_denial_carries_the_authorizers_status_body_and_headers(
     start_proxy, make_backend, authorizer: int
 ) -> None:

@@ -29,6 +29,8 @@ RATELIMIT_TYPE = (
 )
 CORS_TYPE = "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors"
 CORS_POLICY_TYPE = "type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy"
+RBAC_TYPE = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC"
+RBAC_PER_ROUTE_TYPE = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBACPerRoute"
 
 
 def test_local_rate_limit_is_429_rl(start_proxy, make_backend) -> None:
@@ -197,3 +199,44 @@ def test_downstream_disconnect_logged_dc(start_proxy, make_backend, tmp_path: Pa
     time.sleep(0.1)
     [line] = access_log_lines(log, 1, timeout=5)
     assert "DC" in line["response_flags"].split(","), json.dumps(line)
+
+
+def test_rbac_per_route_opens_one_route_of_a_deny_all_listener(start_proxy, make_backend) -> None:
+    """Envoy's RBACPerRoute: without `rbac` it turns the filter off for the
+    route (a health check under a deny-all policy), with one it replaces the
+    listener's rules there."""
+    svc = make_backend("svc")
+    port = free_port()
+    deny_all = {
+        "name": "envoy.filters.http.rbac",
+        "typed_config": {"@type": RBAC_TYPE, "rules": {"action": "ALLOW"}},
+    }
+    get_only = {
+        "rules": {
+            "action": "ALLOW",
+            "policies": {
+                "get-only": {
+                    "permissions": [{"header": {"name": ":method", "exact_match": "GET"}}],
+                    "principals": [{"any": True}],
+                }
+            },
+        }
+    }
+    off = {"envoy.filters.http.rbac": {"@type": RBAC_PER_ROUTE_TYPE}}
+    own = {"envoy.filters.http.rbac": {"@type": RBAC_PER_ROUTE_TYPE, "rbac": get_only}}
+    routes = [
+        route("svc", prefix="/healthz", typed_per_filter_config=off),
+        route("svc", prefix="/read", typed_per_filter_config=own),
+        route("svc"),
+    ]
+    start_proxy(
+        [listener("in", port, [vhost("all", ["*"], routes)], http_filters=[deny_all])],
+        [static_cluster("svc", [svc.port])],
+    )
+    base = f"http://127.0.0.1:{port}"
+    assert curl(f"{base}/healthz", "-X", "POST").status == 200
+    assert curl(f"{base}/read").status == 200
+    denied = curl(f"{base}/read", "-X", "POST")
+    assert (denied.status, denied.body) == (403, b"RBAC: access denied")
+    assert curl(f"{base}/other").status == 403
+    assert svc.count == 2

@@ -14,7 +14,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from envoy.extensions.filters.http.jwt_authn.v3 import config_pb2
-from filters_sim import chain
+from filters_sim import chain, per_route
 from google.protobuf import json_format
 
 from pilotfish.proxy.filters import FilterConfigError, LocalReply, Proceed
@@ -375,3 +375,35 @@ def test_envoys_counters_allowed_denied_and_cors_preflight_bypassed() -> None:
     config.rules[0].match.prefix = "/only-here"  # no rule for the path: let through, counted
     ex, _ = run(config, bearer("garbage"))
     assert dict(ex.counters) == {"jwt_authn.inbound_9080.allowed": 1}
+
+
+JWT_PER_ROUTE_T = "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.PerRouteConfig"
+
+
+def test_a_route_may_turn_the_filter_off_with_per_route_config() -> None:
+    """Envoy's PerRouteConfig `disabled: true`: no token is checked there, so
+    a bad one passes and nothing is counted; other routes still check."""
+    flt = JwtAuthnFilter("jwt", compile_jwt_authn(istio_config(provider()), "jwt"), now=lambda: NOW)
+    off = per_route(jwt={"@type": JWT_PER_ROUTE_T, "disabled": True})
+    flt.prepare(off)
+    assert flt.idle(off)
+    bad = [(b"authorization", b"Bearer not.a.jwt")]
+    req = Request(method=b"GET", path=b"/", authority=b"svc", headers=bad)
+    ex = Exchange(req, off)
+    assert isinstance(flt.decode(ex, random.Random(0)), Proceed)
+    assert not ex.counters
+    assert isinstance(flt.decode(Exchange(req), random.Random(0)), LocalReply)
+
+
+@pytest.mark.parametrize(
+    ("config", "field"),
+    [
+        ({"requirement_name": "origins"}, "['jwt'].requirement_name: not supported"),
+        ({"disabled": False}, "['jwt'].disabled: value must equal true"),
+    ],
+)
+def test_per_route_config_beyond_disabled_is_refused(config: dict[str, Any], field: str) -> None:
+    flt = JwtAuthnFilter("jwt", compile_jwt_authn(istio_config(provider()), "jwt"))
+    with pytest.raises(FilterConfigError) as raised:
+        flt.prepare(per_route(jwt={"@type": JWT_PER_ROUTE_T, **config}))
+    assert field in str(raised.value)

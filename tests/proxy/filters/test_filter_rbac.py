@@ -13,7 +13,7 @@ import pytest
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
-from filters_sim import ROUTER, http_filters, request
+from filters_sim import ROUTER, http_filters, per_route, request
 
 from pilotfish.proxy.filters import Connection, FilterConfigError, LocalReply, compile_http_filters
 from pilotfish.proxy.filters.base import Proceed
@@ -300,3 +300,87 @@ def test_ext_authz_asks_only_where_the_custom_policy_matched_and_reads_the_answe
     assert isinstance(denied, LocalReply)
     assert (denied.status, denied.body, denied.details) == (401, b"no", "ext_authz_denied")
     assert ex.counters["ext_authz.denied"] == 1
+
+
+RBAC_PER_ROUTE_T = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBACPerRoute"
+ALLOW_GET = {
+    "rules": {
+        "action": "ALLOW",
+        "policies": {
+            "get-only": {
+                "permissions": [{"header": {"name": ":method", "exact_match": "GET"}}],
+                "principals": [{"any": True}],
+            }
+        },
+    }
+}
+
+
+def deny_all_chain() -> Any:
+    return compile_http_filters(
+        [
+            *translate_rbac_http([policy("allow-nothing", {})], AuthzSettings()),
+            *http_filters(ROUTER),
+        ]
+    )
+
+
+def decide_on_route(chain: Any, configs: Any, req: Any) -> tuple[int, str, Counter[str]]:
+    chain.prepare(configs)
+    counters: Counter[str] = Counter()
+    ex = chain.start(req, configs, connection=PLAIN, counters=counters)
+    step = chain.decode(ex, random.Random(1))
+    if isinstance(step, LocalReply):
+        return step.status, step.details, counters
+    return 0, "", counters
+
+
+def test_rbac_per_route_without_rules_turns_the_filter_off_on_that_route_only() -> None:
+    chain = deny_all_chain()
+    off = per_route(**{"envoy.filters.http.rbac": {"@type": RBAC_PER_ROUTE_T}})
+    assert decide_on_route(chain, off, request("POST", "/healthz"))[0] == 0
+    status, details, counters = decide_on_route(chain, per_route(), request("GET", "/"))
+    assert (status, details) == (403, "rbac_access_denied_matched_policy[none]")
+    assert counters == {"rbac.denied": 1}
+
+
+def test_rbac_per_route_rules_replace_the_filters_on_that_route() -> None:
+    chain = deny_all_chain()
+    own = per_route(**{"envoy.filters.http.rbac": {"@type": RBAC_PER_ROUTE_T, "rbac": ALLOW_GET}})
+    assert decide_on_route(chain, own, request("GET", "/")) == (0, "", {"rbac.allowed": 1})
+    status, details, counters = decide_on_route(chain, own, request("POST", "/"))
+    assert (status, details, counters) == (
+        403,
+        "rbac_access_denied_matched_policy[none]",
+        {"rbac.denied": 1},
+    )
+
+
+@pytest.mark.parametrize(
+    ("config", "field"),
+    [
+        (
+            {"@type": "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC"},
+            "typed_per_filter_config",
+        ),
+        (
+            {
+                "@type": RBAC_PER_ROUTE_T,
+                "rbac": {
+                    "rules": {
+                        "policies": {"p": {"condition": {"const_expr": {"bool_value": True}}}}
+                    }
+                },
+            },
+            "condition",
+        ),
+        ({"@type": RBAC_PER_ROUTE_T, "rbac": {"matcher": {}}}, "rbac.matcher"),
+    ],
+)
+def test_a_per_route_rbac_that_cannot_be_enforced_rejects_the_route_config(
+    config: dict[str, Any], field: str
+) -> None:
+    chain = deny_all_chain()
+    with pytest.raises(FilterConfigError) as raised:
+        chain.prepare(per_route(**{"envoy.filters.http.rbac": config}))
+    assert field in str(raised.value)

@@ -51,6 +51,7 @@ from pilotfish.proxy.filters.ext_authz_grpc import (
     check_request,
     read_response,
 )
+from pilotfish.proxy.filters.overrides import RouteOverrides, only_disabled
 from pilotfish.proxy.filters.rbac import compile_metadata_matcher
 from pilotfish.proxy.proto_fields import unsupported
 from pilotfish.proxy.routing.errors import RouteConfigError
@@ -122,6 +123,7 @@ class ExtAuthzFilter:
     ) -> None:
         self.name, self.service = name, service
         self.allowed_headers, self.enabled = allowed_headers, enabled
+        self.off = RouteOverrides(name, False, only_disabled(ext_authz_pb2.ExtAuthzPerRoute))
         self.fail_open, self.status_on_error = fail_open, status_on_error
         self.stat = f"ext_authz.{prefix}." if prefix else "ext_authz."
 
@@ -129,6 +131,8 @@ class ExtAuthzFilter:
         return f"ExtAuthzFilter({self.name} -> {self.service.cluster})"
 
     def decode(self, ex: Exchange, rng: Random) -> Step:
+        if self.off.resolve(ex.route_configs):
+            return PROCEED
         if self.enabled is not None and not self.enabled(ex):
             return PROCEED
         service = self.service
@@ -206,10 +210,10 @@ class ExtAuthzFilter:
                 ex.encoders.append(lambda response: _set_all(response, chosen))
 
     def prepare(self, route_configs: FilterConfigs) -> None:
-        return None
+        self.off.resolve(route_configs)
 
     def idle(self, route_configs: FilterConfigs) -> bool:
-        return False
+        return self.off.resolve(route_configs)
 
 
 def _set_all(response: ResponseHeaders, chosen: list[tuple[bytes, bytes]]) -> None:

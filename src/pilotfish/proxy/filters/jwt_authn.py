@@ -41,6 +41,7 @@ from pilotfish.proxy.filters.jwt_verify import (
     verify_signature,
     verify_time,
 )
+from pilotfish.proxy.filters.overrides import RouteOverrides, only_disabled
 from pilotfish.proxy.proto_fields import unsupported
 from pilotfish.proxy.routing.headers import OVERWRITE_IF_EXISTS_OR_ADD, REMOVE, HeaderMutation
 from pilotfish.proxy.routing.per_filter import FilterConfigs
@@ -377,20 +378,25 @@ class JwtAuthnFilter:
         scope = f"jwt_authn.{config.stat_prefix}"
         self.allowed, self.denied = f"{scope}allowed", f"{scope}denied"
         self.cors_bypassed = f"{scope}cors_preflight_bypassed"
+        self.off = RouteOverrides(name, False, only_disabled(config_pb2.PerRouteConfig))
 
     def __repr__(self) -> str:
         return f"JwtAuthnFilter({self.name}, providers={sorted(self.config.providers)})"
 
     def prepare(self, route_configs: FilterConfigs) -> None:
-        """No per-route config: Istio sets none, and pilotfish takes none."""
+        """A route's `PerRouteConfig` may turn the filter off there (Istio
+        sets none; `requirement_name` is refused: no `requirement_map`)."""
+        self.off.resolve(route_configs)
 
     def idle(self, route_configs: FilterConfigs) -> bool:
-        return not self.config.rules
+        return not self.config.rules or self.off.resolve(route_configs)
 
     def resume(self, ex: Exchange, rng: Random) -> Step:
         return PROCEED
 
     def decode(self, ex: Exchange, rng: Random) -> Step:
+        if self.off.resolve(ex.route_configs):
+            return PROCEED
         if self._cors_preflight(ex):
             ex.counters[self.cors_bypassed] += 1
             ex.counters[self.allowed] += 1

@@ -21,6 +21,7 @@ from typing import Generic, TypeVar
 from google.protobuf.message import Message
 
 from pilotfish.proxy.filters.errors import FilterConfigError
+from pilotfish.proxy.proto_fields import unsupported
 from pilotfish.proxy.routing.per_filter import FilterConfigs
 
 T = TypeVar("T")
@@ -65,3 +66,21 @@ def expect(msg: Message, kind: type[M], path: str) -> M:
             path, f"expected {kind.DESCRIPTOR.full_name}, got {msg.DESCRIPTOR.full_name}"
         )
     return msg
+
+
+def only_disabled(kind: type[Message]) -> Callable[[Message, str], bool]:
+    """The compile of a per-route config of which pilotfish honours only
+    `disabled: true` (ext_authz's `ExtAuthzPerRoute`, jwt_authn's
+    `PerRouteConfig`): True turns the filter off on that route; any other
+    setting is refused, with its path, rather than stored and ignored."""
+
+    def compile_disabled(msg: Message, path: str) -> bool:
+        config = expect(msg, kind, path)
+        bad = unsupported(config, frozenset({"disabled"}))
+        if bad:
+            raise FilterConfigError(f"{path}.{bad[0]}", "not supported by pilotfish")
+        if not getattr(config, "disabled", False):
+            raise FilterConfigError(f"{path}.disabled", "value must equal true")
+        return True
+
+    return compile_disabled

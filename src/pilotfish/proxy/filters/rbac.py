@@ -29,9 +29,11 @@ from typing import Any
 
 from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as http_rbac_pb2
 from envoy.extensions.path.match.uri_template.v3 import uri_template_match_pb2
+from google.protobuf.message import Message
 
 from pilotfish.proxy.filters.base import PROCEED, Exchange, Step, local_reply
 from pilotfish.proxy.filters.errors import FilterConfigError
+from pilotfish.proxy.filters.overrides import RouteOverrides, expect
 from pilotfish.proxy.proto_fields import unsupported
 from pilotfish.proxy.routing.errors import RouteConfigError
 from pilotfish.proxy.routing.match import compile_header_matcher, compile_string_matcher
@@ -69,8 +71,16 @@ class Engine:
         return self.action == LOG or matched is None
 
 
+Engines = tuple[Engine | None, Engine | None]  # enforced, shadow
+
+
 class RbacFilter:
-    """One RBAC filter of a chain: enforced and shadow engines, either optional."""
+    """One RBAC filter of a chain: enforced and shadow engines, either
+    optional, replaced on a route by its `RBACPerRoute` (Envoy's
+    `RoleBasedAccessControlRouteSpecificFilterConfig`): the route's `rbac`
+    takes the place of the filter's rules and shadow rules there, and an
+    `RBACPerRoute` without one turns the filter off for that route. The
+    counters keep the filter's own stat prefixes, as Envoy's do."""
 
     def __init__(
         self,
@@ -81,7 +91,7 @@ class RbacFilter:
         shadow_prefix: str,
     ) -> None:
         self.name = name
-        self.rules, self.shadow = rules, shadow
+        self.engines = RouteOverrides(name, (rules, shadow), _compile_per_route)
         self.allowed, self.denied = f"rbac.{prefix}allowed", f"rbac.{prefix}denied"
         self.shadow_allowed = f"rbac.{shadow_prefix}shadow_allowed"
         self.shadow_denied = f"rbac.{shadow_prefix}shadow_denied"
@@ -89,13 +99,14 @@ class RbacFilter:
         self.result_key = f"{shadow_prefix}shadow_engine_result"
 
     def __repr__(self) -> str:
-        engines = [k for k, e in (("rules", self.rules), ("shadow", self.shadow)) if e]
+        base = zip(("rules", "shadow"), self.engines.base, strict=True)
+        engines = [k for k, e in base if e]
         return f"RbacFilter({self.name}, {'+'.join(engines) or 'no rules'})"
 
     def decode(self, ex: Exchange, rng: Random) -> Step:
-        if self.shadow is not None:
-            self._shadow(ex, self.shadow)
-        rules = self.rules
+        rules, shadow = self.engines.resolve(ex.route_configs)
+        if shadow is not None:
+            self._shadow(ex, shadow)
         if rules is None:
             return PROCEED
         matched = rules.matched(ex)
@@ -119,7 +130,7 @@ class RbacFilter:
         return PROCEED
 
     def prepare(self, route_configs: FilterConfigs) -> None:
-        return None
+        self.engines.resolve(route_configs)
 
     def idle(self, route_configs: FilterConfigs) -> bool:
         return False
@@ -130,6 +141,20 @@ def _no_spaces(text: str) -> str:
 
 
 def compile_rbac(name: str, config: http_rbac_pb2.RBAC, path: str) -> RbacFilter:
+    rules, shadow = _engines(config, path)
+    return RbacFilter(
+        name, rules, shadow, config.rules_stat_prefix, config.shadow_rules_stat_prefix
+    )
+
+
+def _compile_per_route(msg: Message, path: str) -> Engines:
+    per_route = expect(msg, http_rbac_pb2.RBACPerRoute, path)
+    if not per_route.HasField("rbac"):
+        return None, None
+    return _engines(per_route.rbac, f"{path}.rbac")
+
+
+def _engines(config: http_rbac_pb2.RBAC, path: str) -> Engines:
     bad = unsupported(config, SUPPORTED)
     if bad:
         raise FilterConfigError(f"{path}.{bad[0]}", "not supported by pilotfish")
@@ -142,9 +167,7 @@ def compile_rbac(name: str, config: http_rbac_pb2.RBAC, path: str) -> RbacFilter
         )
     except RouteConfigError as e:
         raise FilterConfigError(e.path, e.reason) from None
-    return RbacFilter(
-        name, rules, shadow, config.rules_stat_prefix, config.shadow_rules_stat_prefix
-    )
+    return rules, shadow
 
 
 def _engine(rbac: Any, path: str) -> Engine:
