@@ -9,7 +9,8 @@ from collections.abc import Iterator
 
 import pytest
 import yaml
-from tests.e2e.processes import ControlPlane, free_port
+from tests.e2e.processes import ControlPlane
+from tests.ports import free_port
 
 pytestmark = pytest.mark.slow
 

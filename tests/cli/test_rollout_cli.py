@@ -21,7 +21,8 @@ from typing import Any
 
 import pytest
 import yaml
-from tests.e2e.processes import REPO, ControlPlane, free_port
+from tests.e2e.processes import REPO, ControlPlane
+from tests.ports import free_port
 
 from pilotfish.api.kinds import registry
 from pilotfish.client import Client

@@ -20,8 +20,8 @@ from pathlib import Path
 import grpc
 import pytest
 import yaml
-from tests.e2e.processes import free_port
 from tests.outside import outside_address
+from tests.ports import free_port
 from xds_harness import CDS, SIDECAR, AdsStream, node
 
 from pilotfish.agent.bootstrap import SidecarIdentity, XdsServer, sidecar_bootstrap

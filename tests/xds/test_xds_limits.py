@@ -17,7 +17,8 @@ import grpc
 import pytest
 from envoy.service.discovery.v3.ads_pb2_grpc import AggregatedDiscoveryServiceStub
 from envoy.service.discovery.v3.discovery_pb2 import DiscoveryRequest
-from tests.e2e.processes import ControlPlane, free_port
+from tests.e2e.processes import ControlPlane
+from tests.ports import free_port
 from xds_harness import CDS, EDS, RDS, SIDECAR, AdsStream, MutableMesh, instance, node, service
 
 from pilotfish.xds import limits

@@ -22,8 +22,8 @@ from envoy.service.discovery.v3.ads_pb2_grpc import AggregatedDiscoveryServiceSt
 from envoy.service.discovery.v3.discovery_pb2 import DiscoveryRequest
 from google.protobuf import json_format
 from test_xds_auth import _ok, outside_address, start_proxy, wait_until
-from tests.e2e.processes import free_port
 from tests.etcd_server import make_certs
+from tests.ports import free_port
 from xds_harness import SIDECAR, node
 
 from pilotfish.agent.bootstrap import XdsServer

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import grpc
 from test_xds_auth import _ok, answered, outside_address, plane, refusal, wait_until
-from tests.e2e.processes import free_port
+from tests.ports import free_port
 
 from pilotfish.agent.bootstrap import SidecarIdentity, XdsServer, sidecar_bootstrap
 from pilotfish.agent.instance import write_bootstrap
