@@ -89,8 +89,8 @@ def test_a_node_joins_with_a_bootstrap_token_and_a_thief_gets_nothing(
         wait_for(lambda: (tmp_path / "config.yaml").exists(), 30, "no control plane")
         server = f"https://{net.gateway}:{api}"
         admin_token = (data / "token").read_text().strip()
-        started = (tmp_path / "controlplane.log").read_text()
-        assert "CA certificate hash: sha256:" in started
+        log = tmp_path / "controlplane.log"  # printed once serving, after config.yaml
+        wait_for(lambda: "CA certificate hash: sha256:" in log.read_text(), 30, "no CA hash")
 
         # The admin's host: a token and the join command, as kubeadm prints it.
         printed = run_cli(
@@ -100,7 +100,7 @@ def test_a_node_joins_with_a_bootstrap_token_and_a_thief_gets_nothing(
         assert printed[:2] == ["pilotfish", "node"] and server in printed
         token = printed[printed.index("--token") + 1]
         pin = printed[printed.index("--ca-cert-hash") + 1]
-        assert pin in started
+        assert pin in log.read_text()
 
         # Host a: no admin token, no client config; only the join command.
         node_env = isolated_env(tmp_path / "host-a")
