@@ -479,18 +479,26 @@ class Exchange:
         replaces the route timeout (the router's: UT, then UNAVAILABLE); as
         max_stream_duration.grpc_timeout_header_max, where Istio puts it
         inbound, it is the stream's duration, which ends otherwise
-        (stream_duration_reached)."""
+        (stream_duration_reached), as the route's max_stream_duration does
+        when the request has no grpc-timeout for it."""
         cap = action.grpc_timeout_header_max
         if cap is None or not self.is_grpc():
-            return action.timeout
+            return self.within_duration(action.timeout, action.max_stream_duration)
         header = grpc.parse_timeout(get_header(self.headers, b"grpc-timeout"))
         timeout = grpc.route_timeout(header, cap, action.grpc_timeout_header_offset)
         if not action.stream_grpc_timeout:
-            return timeout
-        if timeout is not None and (action.timeout is None or timeout < action.timeout):
+            return self.within_duration(timeout, action.max_stream_duration)
+        if header is None:
+            timeout = action.max_stream_duration
+        return self.within_duration(action.timeout, timeout)
+
+    def within_duration(self, timeout: float | None, duration: float | None) -> float | None:
+        """The sooner of the router's timeout and the stream's duration
+        limit; the exchange's deadline then ends as the limit says."""
+        if duration is not None and (timeout is None or duration < timeout):
             self.duration_cut = True
-            return timeout
-        return action.timeout
+            return duration
+        return timeout
 
     def tells_grpc_timeout(self, action: Forward) -> bool:
         """Under max_grpc_timeout Envoy rewrites a gRPC request's grpc-timeout
@@ -1020,7 +1028,10 @@ class Exchange:
         the request is still coming), DEADLINE_EXCEEDED to a gRPC caller, flag DT."""
         self.http_stat("downstream_rq_max_duration_reached")
         self.details = "max_duration_timeout"
-        deadline_exceeded = [(b"grpc-status", b"%d" % grpc.DEADLINE_EXCEEDED)]
+        grpc_caller = self.is_grpc()
+        deadline_exceeded = (
+            [(b"grpc-status", b"%d" % grpc.DEADLINE_EXCEEDED)] if grpc_caller else None
+        )
         status = 504 if self.body_done else 408
         self.local(status, b"downstream duration timeout", "DT", deadline_exceeded)
 
@@ -1127,4 +1138,3 @@ _REWRITTEN: Final = frozenset(
     {b"host", b"expect", b"x-forwarded-for", b"x-forwarded-proto", b"x-request-id"}
 )
 PEER_HEADERS: Final = frozenset({PEER_METADATA_HEADER, PEER_METADATA_ID_HEADER})
-

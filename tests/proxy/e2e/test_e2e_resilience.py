@@ -151,6 +151,35 @@ def test_route_timeout_is_504_ut(start_proxy, make_backend) -> None:
     assert 0.25 < elapsed < 1.2
 
 
+def test_max_stream_duration_is_504_dt_with_envoys_details(
+    start_proxy, make_backend, tmp_path: Path
+) -> None:
+    """A route's max_stream_duration ends the stream as Envoy's connection
+    manager does: 504 (the request had all come), `downstream duration
+    timeout`, flag DT, details max_duration_timeout; no grpc-status for a
+    plain HTTP caller. The sooner of it and the route timeout wins."""
+    slow = make_backend("slow", delay=1.5)
+    log = tmp_path / "access.log"
+    action = {"timeout": "10s", "max_stream_duration": {"max_stream_duration": "0.3s"}}
+    port = one_route_proxy(start_proxy, static_cluster("slow", [slow.port]), action, str(log))
+    r, elapsed = timed_curl(f"http://127.0.0.1:{port}/")
+    assert (r.status, r.flags, r.body) == (504, "DT", b"downstream duration timeout")
+    assert r.header("grpc-status") is None
+    assert 0.25 < elapsed < 1.2
+    [line] = access_log_lines(log, 1)
+    assert (line["response_flags"], line["response_code_details"]) == ("DT", "max_duration_timeout")
+
+
+def test_a_route_timeout_sooner_than_max_stream_duration_is_504_ut(
+    start_proxy, make_backend
+) -> None:
+    slow = make_backend("slow", delay=1.5)
+    action = {"timeout": "0.3s", "max_stream_duration": {"max_stream_duration": "5s"}}
+    port = one_route_proxy(start_proxy, static_cluster("slow", [slow.port]), action)
+    r, _ = timed_curl(f"http://127.0.0.1:{port}/")
+    assert (r.status, r.flags) == (504, "UT")
+
+
 def test_a_longer_route_timeout_fires_on_time_too(start_proxy, make_backend) -> None:
     # Past exchange.PRECISE_WITHIN_S the timer is armed by the connections' sweep.
     slow = make_backend("slow", delay=3)

@@ -128,7 +128,7 @@ def test_istio_route_action_compiles_to_what_the_shell_needs() -> None:
     action = route.action
     assert isinstance(action, Forward)
     assert action.timeout is None  # Istio's 0s: no timeout
-    assert action.grpc_timeout_header_max == 0.0 and action.max_stream_duration == 0.0
+    assert action.grpc_timeout_header_max == 0.0 and action.max_stream_duration is None  # 0s: none
     assert (
         action.retry is not None and action.retry.num_retries == 2 and action.retry.previous_hosts
     )

@@ -60,7 +60,7 @@ class Forward:
     append_x_forwarded_host: bool = False
     timeout: float | None = DEFAULT_TIMEOUT_S
     idle_timeout: float | None = None
-    max_stream_duration: float | None = None
+    max_stream_duration: float | None = None  # the stream's limit; None: none (0 or unset)
     grpc_timeout_header_max: float | None = None  # 0.0: honour grpc-timeout uncapped
     grpc_timeout_header_offset: float | None = None
     # grpc_timeout_header_max came in max_stream_duration (the connection

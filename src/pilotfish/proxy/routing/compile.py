@@ -241,7 +241,7 @@ def _forward(a: Any, path: str, match: PathMatch, ctx: RouteContext, own: _Own) 
         append_x_forwarded_host=a.append_x_forwarded_host,
         timeout=(seconds(a.timeout) or None) if a.HasField("timeout") else DEFAULT_TIMEOUT_S,
         idle_timeout=seconds(a.idle_timeout) if a.HasField("idle_timeout") else None,
-        max_stream_duration=_optional_seconds(stream, "max_stream_duration"),
+        max_stream_duration=seconds(stream.max_stream_duration) or None,
         grpc_timeout_header_max=_optional_seconds(stream, "grpc_timeout_header_max")
         if stream.HasField("grpc_timeout_header_max")
         else _optional_seconds(a, "max_grpc_timeout"),
