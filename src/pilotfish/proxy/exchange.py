@@ -483,6 +483,8 @@ class Exchange:
         when the request has no grpc-timeout for it."""
         cap = action.grpc_timeout_header_max
         if cap is None or not self.is_grpc():
+            if action.max_stream_duration is None:  # most routes: no call for it
+                return action.timeout
             return self.within_duration(action.timeout, action.max_stream_duration)
         header = grpc.parse_timeout(get_header(self.headers, b"grpc-timeout"))
         timeout = grpc.route_timeout(header, cap, action.grpc_timeout_header_offset)
