@@ -284,17 +284,13 @@ class Exchange:
         return headers
 
     def is_grpc(self) -> bool:
-        """Envoy's Grpc::Common::isGrpcRequestHeaders, read once. An express
-        request whose bytes never say application/grpc is not one: no need
-        to split its headers to know."""
+        """Envoy's Grpc::Common::isGrpcRequestHeaders, read once (an express
+        request's parse has read it)."""
         found = self.grpc_request
         if found is None:
             express = self.express
-            # find(), not `in`: bytes.__contains__ first tries its argument as
-            # an int, and raising and clearing that TypeError costs ~2,000
-            # instructions.
-            if express is not None and express.lines.find(grpc.CONTENT_TYPE) < 0:
-                found = False
+            if express is not None:
+                found = express.grpc
             else:
                 found = grpc.is_grpc_content_type(get_header(self.headers, b"content-type"))
             self.grpc_request = found

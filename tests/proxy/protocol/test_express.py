@@ -8,9 +8,11 @@ from http1_support import requests
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pilotfish.proxy.grpc import is_grpc_content_type
 from pilotfish.proxy.protocol.express import (
     ExpressRequest,
     ExpressResponse,
+    encode_lines,
     express_events,
     parse_request,
     parse_response,
@@ -23,6 +25,7 @@ from pilotfish.proxy.protocol.http1 import (
     RequestParser,
     ResponseHead,
     ResponseParser,
+    get_header,
 )
 
 GET = b"GET /reviews/1?x=y HTTP/1.1\r\nHost: reviews:9080\r\nUser-Agent: curl/8.5\r\n\r\n"
@@ -44,7 +47,7 @@ class TestRequests:
             True,
         )
         assert req.headers() == [(b"host", b"reviews:9080"), (b"user-agent", b"curl/8.5")]
-        assert req.cuts == [] and req.body == b""
+        assert req.cuts == [] and req.body == b"" and req.grpc is False
 
     def test_a_post_with_its_whole_body(self) -> None:
         req = parse_request(b"POST /r HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello")
@@ -122,9 +125,53 @@ class TestRequests:
 
     def test_a_head_over_the_limit_goes_the_long_way(self) -> None:
         assert parse_request(GET, max_head=len(GET) - 1) is None
+        assert parse_request(GET, max_head=len(GET)) is not None
+
+    def test_a_long_head_is_read_whole(self) -> None:
+        lines = b"".join(b"X-Filler-%d: %s\r\n" % (i, b"v" * 100) for i in range(500))
+        data = b"GET / HTTP/1.1\r\n" + lines + b"Host: h\r\nContent-Length: 2\r\n\r\nok"
+        req = parse_request(data, max_head=len(data))
+        assert req is not None and (req.host, req.content_length, req.body) == (b"h", 2, b"ok")
+        assert len(req.headers()) == 502
+        assert parse_request(data, max_head=len(data) - 3) is None
+
+    def test_a_head_split_across_reads_is_taken_only_whole(self) -> None:
+        data = b"POST /r HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello"
+        assert all(parse_request(data[:cut]) is None for cut in range(len(data)))
+        assert parse_request(data) is not None
+
+    @pytest.mark.parametrize(
+        ("lines", "grpc"),
+        [
+            pytest.param(b"Content-Type: application/grpc", True, id="application/grpc"),
+            pytest.param(b"content-type: application/grpc+proto", True, id="+proto"),
+            pytest.param(b"CONTENT-TYPE:application/grpc;x=y", True, id="parameters"),
+            pytest.param(b"Content-Type: application/grpcx", False, id="another type"),
+            pytest.param(b"Content-Type: text/plain", False, id="text"),
+            pytest.param(b"X-A: application/grpc", False, id="in another header"),
+            pytest.param(
+                b"Content-Type: text/plain\r\nContent-Type: application/grpc", False,
+                id="the first of two counts",
+            ),
+            pytest.param(
+                b"Content-Type: application/grpc\r\nContent-Type: text/plain", True,
+                id="the first of two, gRPC",
+            ),
+        ],
+    )  # fmt: skip
+    def test_the_parse_says_whether_a_request_is_grpc(self, lines: bytes, grpc: bool) -> None:
+        req = parse_request(b"POST /s/M HTTP/1.1\r\nHost: h\r\n" + lines + b"\r\n\r\n")
+        assert req is not None and req.grpc is grpc
 
 
 class TestResponses:
+    def test_upper_case_names_and_tabs_are_read(self) -> None:
+        resp = parse_response(b"HTTP/1.1 200 OK\r\nCONTENT-LENGTH:\t2 \r\nCONNECTION: Close\r\n\r\nok")
+        assert resp is not None and (resp.content_length, resp.keep_alive) == (2, False)
+
+    def test_a_head_split_across_reads_is_taken_only_whole(self) -> None:
+        assert all(parse_response(OK[:cut]) is None for cut in range(OK.index(b"\r\n\r\n") + 4))
+
     def test_a_whole_response(self) -> None:
         resp = parse_response(OK)
         assert resp is not None
@@ -162,6 +209,15 @@ class TestResponses:
                 b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx",
                 id="two lengths",
             ),
+            pytest.param(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\ncontent-length: 1\r\n\r\nx",
+                id="two lengths, two spellings",
+            ),
+            pytest.param(b"HTTP/1.1 200 OK\r\nContent-Length : 1\r\n\r\nx", id="space before colon"),
+            pytest.param(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n fold\r\n\r\nx", id="obs-fold"),
+            pytest.param(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nA: \x00\r\n\r\nx", id="NUL"),
+            pytest.param(b"HTTP/1.1 200 OK\r\nContent-Length: 1\nA: b\r\n\r\nx", id="bare LF"),
+            pytest.param(b"HTTP/1.1 200 OK\r\nContent-Length: 1\rA: b\r\n\r\nx", id="bare CR"),
         ],
     )
     def test_anything_else_goes_the_long_way(self, data: bytes) -> None:
@@ -173,11 +229,12 @@ class TestResponses:
 NAMES = st.sampled_from(
     [b"Host", b"host", b"Content-Length", b"Connection", b"Keep-Alive", b"TE", b"Upgrade",
      b"Transfer-Encoding", b"X-Forwarded-For", b"x-request-id", b"Accept", b"X-A", b"Bad Name",
-     b"x-envoy-peer-metadata", b"Expect", b""]
+     b"x-envoy-peer-metadata", b"Expect", b"", b"Content-Type", b"content-type"]
 )  # fmt: skip
 VALUES = st.sampled_from(
     [b"h", b" spaced \t", b"0", b"5", b"-1", b"close", b"keep-alive", b"x-a", b"chunked",
-     b"100-continue", b"", b"a\x00b", b"caf\xc3\xa9", b"a\rb"]
+     b"100-continue", b"", b"a\x00b", b"caf\xc3\xa9", b"a\rb", b"application/grpc",
+     b"application/grpc+proto", b"application/grpc-web"]
 )  # fmt: skip
 LINES = st.lists(st.tuples(NAMES, VALUES), max_size=6)
 METHODS = st.sampled_from([b"GET", b"POST", b"HEAD", b"DELETE", b"BREW", b"CONNECT", b"get"])
@@ -236,6 +293,13 @@ def assert_reads_like_the_long_way(data: bytes, req: ExpressRequest) -> None:
     assert {f: getattr(req, f) for f in same} == {f: getattr(head, f) for f in same}
     assert [(n.lower(), v) for n, v in head.headers] == req.headers()
     assert events[1:] == ([req.body, END] if req.body else [END])
+    # What Exchange.is_grpc reads from the long way's headers.
+    assert req.grpc is is_grpc_content_type(get_header(req.headers(), b"content-type"))
+
+
+def test_header_lines_are_encoded_as_the_head_has_them() -> None:
+    assert encode_lines([(b"x-a", b"1"), (b"X-B", b"")]) == b"\r\nx-a: 1\r\nX-B: "
+    assert encode_lines([]) == b""
 
 
 STATUSES = st.sampled_from(
@@ -351,6 +415,9 @@ def test_plain_lines_are_taken_as_they_are(lines: list[tuple[bytes, bytes]]) -> 
         pytest.param(b"Host: h\x7f", False, id="DEL in a value"),
         pytest.param(b"Host: h\r\nX\x80: y", False, id="obs-text in a name"),
         pytest.param(b"Host: h\r\nX\t: y", False, id="a tab before the colon"),
+        pytest.param(b"Host : h", False, id="a space before the colon"),
+        pytest.param(b"Host: h\r\nX-A y", False, id="no colon"),
+        pytest.param(b"Host: h\r\nX-A", False, id="a name alone"),
         pytest.param(b"Host: h\r\n: y", False, id="an empty name"),
         pytest.param(b"Host: h\r\nContent-Length: 1234567890123456", False, id="16 digits"),
     ],

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from string import ascii_letters, ascii_lowercase, ascii_uppercase, digits
 from typing import Final
 
+from pilotfish.proxy import grpc
 from pilotfish.proxy.protocol.http1 import (
     DEFAULT_MAX_HEAD,
     END,
@@ -67,6 +68,7 @@ _PEER: Final = 7  # Istio's metadata exchange: set aside
 _PEER_ID: Final = 8
 _CONNECTION: Final = 9
 _HOP: Final = 10  # hop-by-hop: cut
+_CONTENT_TYPE: Final = 11  # a request's: is it gRPC?
 _RESPONSE_NAMES: Final[dict[bytes, int]] = {
     b"content-length": _CONTENT_LENGTH,
     b"transfer-encoding": _REFUSED,
@@ -86,6 +88,7 @@ _REQUEST_NAMES: Final[dict[bytes, int]] = {
     b"x-forwarded-for": _FORWARDED_FOR,
     b"x-forwarded-proto": _FORWARDED_PROTO,
     b"x-request-id": _REQUEST_ID,
+    b"content-type": _CONTENT_TYPE,
 }
 
 
@@ -99,7 +102,8 @@ def _lengths_by_start(names: Iterable[bytes]) -> tuple[int, ...]:
     return tuple(masks)
 
 
-_NAME_LENGTHS: Final = _lengths_by_start(_REQUEST_NAMES)
+_REQUEST_LENGTHS: Final = _lengths_by_start(_REQUEST_NAMES)
+_RESPONSE_LENGTHS: Final = _lengths_by_start(_RESPONSE_NAMES)
 _MAX_LENGTH_DIGITS: Final = 15
 
 Span = tuple[int, int]
@@ -126,7 +130,7 @@ class _Message:
         headers: Headers = []
         for line in self.lines.split(b"\r\n")[1:]:
             name, _, value = line.partition(b":")
-            headers.append((name.lower(), value.strip(b" \t")))
+            headers.append((name.lower(), value.strip(_OWS)))
         return headers
 
 
@@ -147,6 +151,8 @@ class ExpressRequest(_Message):
     forwarded_for: bytes | None
     has_proto: bool
     has_request_id: bool
+    content_type: bytes | None  # the first one's value
+    grpc: bool  # Envoy's Grpc::Common::isGrpcRequestHeaders
     # What a RequestHead says that is the same for every express request:
     # fields, not ClassVars (mypyc takes a dataclass's class-level values
     # for field defaults) nor properties (a call each).
@@ -161,7 +167,8 @@ class ExpressRequest(_Message):
         self.cuts, self.peer_cuts = [], []
         self.host = self.content_length = self.forwarded_for = self.peer = None
         self.keep_alive, self.body = True, b""
-        self.has_proto = self.has_request_id = False
+        self.has_proto = self.has_request_id = self.grpc = False
+        self.content_type = None
         self.version = b"1.1"
         self.upgrade = self.expect_continue = self.chunked = False
 
@@ -180,9 +187,6 @@ class ExpressResponse(_Message):
         self.keep_alive, self.content_length, self.body, self.peer = True, None, b"", None
 
 
-Special = tuple[int, bytes, int, int]  # what to do, the value, the line's span
-
-
 def _head(data: bytes, max_head: int) -> tuple[list[bytes], bytes]:
     """The lines of the head `data` starts with (the first line, then each
     header line, without CRLFs) and what follows the head, if the head is
@@ -196,25 +200,28 @@ def _head(data: bytes, max_head: int) -> tuple[list[bytes], bytes]:
     return (parts if text.translate(_FIELD) == text else []), rest
 
 
-def _specials(parts: list[bytes], names: dict[bytes, int]) -> list[Special] | None:
-    """The header lines named in `names`, with their spans in the section
-    after the first line (each line led by its CRLF); None unless every
-    line is a token, a colon and a value. A few C calls a line, and no
-    lookup for a name that no special one has the first letter and length of."""
-    found: list[Special] = []
+def _headers(
+    parts: list[bytes], message: _Message, names: dict[bytes, int], lengths: tuple[int, ...]
+) -> bool:
+    """Apply to `message` the header lines named in `names`, with their
+    spans in the section after the first line (each line led by its CRLF);
+    False unless every line is a token, a colon and a value, and the
+    message takes its special headers. A few C calls a line, and no lookup
+    for a name that no special one has the first letter and length of."""
     start = 0
     for i in range(1, len(parts)):
         line = parts[i]
         name, colon, value = line.partition(b":")
         end = start + 2 + len(line)
         if not name or not colon or name.translate(_TOKEN) != name:
-            return None
-        if _NAME_LENGTHS[name[0]] >> min(len(name), 31) & 1:
+            return False
+        size = len(name)
+        if size < 32 and lengths[name[0]] >> size & 1:
             kind = names.get(name.translate(_LOWER), 0)
-            if kind:
-                found.append((kind, value.strip(_OWS), start, end))
+            if kind and not _header(message, kind, value.strip(_OWS), (start, end)):
+                return False
         start = end
-    return found
+    return True
 
 
 def _method(line: bytes) -> bytes:
@@ -238,13 +245,9 @@ def parse_request(data: bytes, max_head: int = DEFAULT_MAX_HEAD) -> ExpressReque
     target = first[len(method) + 1 : stop]
     if not _origin_or_absolute(target):
         return None
-    found = _specials(parts, _REQUEST_NAMES)
-    if found is None:
-        return None
     req = ExpressRequest(method, target, data[len(first) : len(data) - len(body) - 4])
-    for kind, value, begin, stop in found:
-        if not _request_header(req, kind, value, (begin, stop)):
-            return None
+    if not _headers(parts, req, _REQUEST_NAMES, _REQUEST_LENGTHS):
+        return None
     if req.host is None and target.startswith(b"/"):
         return None  # HTTP/1.1 without Host: the long way answers 400
     if len(body) != (req.content_length or 0):
@@ -262,6 +265,13 @@ def _origin_or_absolute(target: bytes) -> bool:
     )
 
 
+def _header(message: _Message, kind: int, value: bytes, span: Span) -> bool:
+    """Take one special header; False: only the long way can take this message."""
+    if isinstance(message, ExpressRequest):  # and the response's names are the request's
+        return _request_header(message, kind, value, span)
+    return _message_header(message, kind, value, span)
+
+
 def _request_header(req: ExpressRequest, kind: int, value: bytes, span: Span) -> bool:
     if kind == _HOST:
         if req.host is not None:
@@ -276,6 +286,11 @@ def _request_header(req: ExpressRequest, kind: int, value: bytes, span: Span) ->
         req.has_proto = True
     elif kind == _REQUEST_ID:
         req.has_request_id = True
+    elif kind == _CONTENT_TYPE:
+        if req.content_type is None:  # the first one counts, as get_header reads it
+            req.content_type = value
+            # startswith first: is_grpc_content_type is interpreted Python
+            req.grpc = value.startswith(grpc.CONTENT_TYPE) and grpc.is_grpc_content_type(value)
     else:
         return _message_header(req, kind, value, span)
     return True
@@ -287,13 +302,11 @@ def parse_response(data: bytes, max_head: int = DEFAULT_MAX_HEAD) -> ExpressResp
     its body follows; else None."""
     parts, body = _head(data, max_head)
     status = _status(parts[0]) if parts else 0
-    found = _specials(parts, _RESPONSE_NAMES) if status else None
-    if found is None:
+    if not status:
         return None
     resp = ExpressResponse(status, data[len(parts[0]) : len(data) - len(body) - 4])
-    for kind, value, begin, stop in found:
-        if not _message_header(resp, kind, value, (begin, stop)):
-            return None
+    if not _headers(parts, resp, _RESPONSE_NAMES, _RESPONSE_LENGTHS):
+        return None
     if resp.content_length is None or len(body) > resp.content_length:
         return None
     resp.body = body
@@ -374,7 +387,14 @@ def splice(lines: bytes, cuts: list[Span]) -> bytes:
 
 def encode_lines(headers: Headers) -> bytes:
     """Header lines in the form of `lines`: each led by CRLF."""
-    return b"".join([b"\r\n" + name + b": " + value for name, value in headers])
+    # One list and one join: a `+` per piece would make a bytes object each.
+    parts: list[bytes] = []
+    for name, value in headers:
+        parts.append(b"\r\n")
+        parts.append(name)
+        parts.append(b": ")
+        parts.append(value)
+    return b"".join(parts)
 
 
 def express_events(resp: ExpressResponse) -> list[ResponseEvent]:
