@@ -268,16 +268,18 @@ FLAT_UNTIMED: Final = flat(UNTIMED)
 _FUSED: Final = flat_fused(TRANSITIONS)
 _UNTIMED_FUSED: Final = flat_fused(UNTIMED)
 
-# (START, FORWARD) for a route without a mirror and/or a timeout, by
-# (mirror, deadline): a command with nothing to do is still a shell call.
-_FORWARD_ROWS: Final = {
-    (mirror, deadline): tuple(
+# (START, FORWARD) for a route without a mirror and/or a timeout, at
+# mirror * 2 + deadline: a command with nothing to do is still a shell call.
+# A tuple indexed by an int, where a dict keyed by (mirror, deadline) built
+# and hashed a tuple per request.
+_FORWARD_ROWS: Final = tuple(
+    tuple(
         c for c in TRANSITIONS[START, FORWARD][0]
         if (c != MIRROR or mirror) and (c != ARM_DEADLINE or deadline)
     )
     for mirror in (False, True)
     for deadline in (False, True)
-}  # fmt: skip
+)  # fmt: skip
 
 # The Envoy flag of a failure, where the event alone says it.
 _FLAGS: Final = {
@@ -336,7 +338,7 @@ class ExchangeCore:
         if not try_timer:
             self.table, self.verdict_rows = FLAT_UNTIMED, _UNTIMED_FUSED
         self.state = PICKING
-        return _FORWARD_ROWS[mirror, deadline]
+        return _FORWARD_ROWS[2 * mirror + deadline]
 
     def on(
         self, event: int, outcome: str | int = "", grpc_status: int | None = None
