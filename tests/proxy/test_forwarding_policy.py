@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import re
+
 from pilotfish.proxy.forwarding import (
+    RequestIds,
     add_lines,
     addition_headers,
     request_additions,
@@ -10,29 +13,29 @@ from pilotfish.proxy.forwarding import (
     response_peers,
 )
 
-
-def new_id() -> bytes:
-    return b"made-up"
+UUID4 = re.compile(rb"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
 
 
 def test_xff_is_appended_to_and_proto_and_request_id_added_when_absent() -> None:
-    added = request_additions(b"1.1.1.1", False, False, b"10.0.0.9", b"http", True, new_id)
-    assert added == (b"1.1.1.1, 10.0.0.9", b"http", b"made-up")
+    added = request_additions(b"1.1.1.1", False, False, b"10.0.0.9", b"http", True, RequestIds())
+    xff, proto, made = added
+    assert (xff, proto) == (b"1.1.1.1, 10.0.0.9", b"http")
+    assert made is not None and UUID4.fullmatch(made)
     assert addition_headers(added) == [
         (b"x-forwarded-for", b"1.1.1.1, 10.0.0.9"),
         (b"x-forwarded-proto", b"http"),
-        (b"x-request-id", b"made-up"),
+        (b"x-request-id", made),
     ]
     parts = [b"GET / HTTP/1.1"]
     add_lines(parts, added)
     assert b"".join(parts) == (
         b"GET / HTTP/1.1\r\nx-forwarded-for: 1.1.1.1, 10.0.0.9\r\nx-forwarded-proto: http"
-        b"\r\nx-request-id: made-up"
+        b"\r\nx-request-id: " + made
     )
 
 
 def test_what_the_client_sent_is_kept() -> None:
-    added = request_additions(None, True, True, b"10.0.0.9", b"http", True, new_id)
+    added = request_additions(None, True, True, b"10.0.0.9", b"http", True, RequestIds())
     assert added == (b"10.0.0.9", None, None)
     assert addition_headers(added) == [(b"x-forwarded-for", b"10.0.0.9")]
 

@@ -52,11 +52,11 @@ from pilotfish.proxy.exchange_core import (
 )
 from pilotfish.proxy.filters.mirror import MirrorRequest, send_mirror
 from pilotfish.proxy.forwarding import (
+    REQUEST_IDS,
     Additions,
     add_lines,
     addition_headers,
     request_additions,
-    request_id,
     response_additions,
     response_peers,
 )
@@ -636,7 +636,7 @@ class Exchange:
         http = self.down.listener.http
         added = request_additions(
             xff, has_proto, has_request_id, self.source_ip.encode(), self.scheme,
-            not http.skip_xff_append, request_id if http.generate_request_id else None,
+            not http.skip_xff_append, REQUEST_IDS if http.generate_request_id else None,
         )  # fmt: skip
         self.generated_id = added[2]
         return added

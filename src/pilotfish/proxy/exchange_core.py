@@ -281,11 +281,14 @@ _FORWARD_ROWS: Final = tuple(
     for deadline in (False, True)
 )  # fmt: skip
 
-# The Envoy flag of a failure, where the event alone says it.
+# The Envoy flag of a failure, where the event alone says it ("" for the
+# others); by event, a tuple: `on` reads it for most events, and a dict's
+# get boxed the event and hashed it.
 _FLAGS: Final = {
     NO_HOST: "UH", OVERFLOW: "UO", CONNECT_FAILED: "UF", TRY_TIMEOUT: "UT", DEADLINE: "UT",
     UPSTREAM_RESET: "UC",
 }  # fmt: skip
+_FLAG_OF: Final = tuple(_FLAGS.get(event, "") for event in range(N_EVENTS))
 
 
 class ExchangeStateError(Exception):
@@ -351,7 +354,7 @@ class ExchangeCore:
             self.request_done = True
         commands, state = self._step(self.state, event)
         if isinstance(outcome, str):
-            outcome = outcome or _FLAGS.get(event, "")
+            outcome = outcome or _FLAG_OF[event]
             if outcome:
                 self.failure = outcome
         if state in (TRY_FAILED, HEAD_IN):

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import binascii
 import os
-from collections.abc import Callable
 from typing import Final
 
 from pilotfish.proxy.protocol.http1 import Headers
@@ -37,20 +36,20 @@ def request_additions(
     client: bytes,
     scheme: bytes,
     append_xff: bool,
-    new_id: Callable[[], bytes] | None,
+    ids: RequestIds | None,
 ) -> Additions:
     """What a forwarded request gets after the client's headers (whose
     x-forwarded-for is cut and given again here). Envoy's connection
     manager: x-forwarded-for appended with the client's address unless
     skip_xff_append; x-forwarded-proto and x-request-id added when absent
-    (the latter made up by `new_id` if generate_request_id, None otherwise):
+    (the latter taken from `ids` if generate_request_id, None otherwise):
     an x-request-id here is always one the proxy made."""
     if append_xff:
         xff: bytes | None = forwarded_for + b", " + client if forwarded_for else client
     else:
         xff = forwarded_for
     proto = None if has_proto else scheme
-    return xff, proto, new_id() if new_id is not None and not has_request_id else None
+    return xff, proto, ids.take() if ids is not None and not has_request_id else None
 
 
 def addition_headers(added: Additions) -> Headers:
@@ -164,8 +163,3 @@ class RequestIds:
 
 REQUEST_IDS: Final = RequestIds()
 os.register_at_fork(after_in_child=REQUEST_IDS.discard)
-
-
-def request_id() -> bytes:
-    """A random (version 4) UUID, as Envoy generates x-request-id."""
-    return REQUEST_IDS.take()
