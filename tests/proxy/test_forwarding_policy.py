@@ -2,32 +2,53 @@
 
 from __future__ import annotations
 
-from pilotfish.proxy.forwarding import request_additions, response_additions, response_peers
+import re
 
+from pilotfish.proxy.forwarding import (
+    RequestIds,
+    add_lines,
+    addition_headers,
+    request_additions,
+    response_additions,
+    response_peers,
+)
 
-def new_id() -> bytes:
-    return b"made-up"
+UUID4 = re.compile(rb"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
 
 
 def test_xff_is_appended_to_and_proto_and_request_id_added_when_absent() -> None:
-    added, generated = request_additions(b"1.1.1.1", False, False, b"10.0.0.9", b"http", True, new_id)
-    assert added == [
+    added = request_additions(b"1.1.1.1", False, False, b"10.0.0.9", b"http", True, RequestIds())
+    xff, proto, made = added
+    assert (xff, proto) == (b"1.1.1.1, 10.0.0.9", b"http")
+    assert made is not None and UUID4.fullmatch(made)
+    assert addition_headers(added) == [
         (b"x-forwarded-for", b"1.1.1.1, 10.0.0.9"),
         (b"x-forwarded-proto", b"http"),
-        (b"x-request-id", b"made-up"),
+        (b"x-request-id", made),
     ]
-    assert generated == b"made-up"
+    parts = [b"GET / HTTP/1.1"]
+    add_lines(parts, added)
+    assert b"".join(parts) == (
+        b"GET / HTTP/1.1\r\nx-forwarded-for: 1.1.1.1, 10.0.0.9\r\nx-forwarded-proto: http"
+        b"\r\nx-request-id: " + made
+    )
 
 
 def test_what_the_client_sent_is_kept() -> None:
-    added, generated = request_additions(None, True, True, b"10.0.0.9", b"http", True, new_id)
-    assert (added, generated) == ([(b"x-forwarded-for", b"10.0.0.9")], None)
+    added = request_additions(None, True, True, b"10.0.0.9", b"http", True, RequestIds())
+    assert added == (b"10.0.0.9", None, None)
+    assert addition_headers(added) == [(b"x-forwarded-for", b"10.0.0.9")]
 
 
 def test_skip_xff_append_passes_the_clients_on_and_no_id_is_made_when_generation_is_off() -> None:
-    added, generated = request_additions(b"1.1.1.1", True, False, b"10.0.0.9", b"http", False, None)
-    assert (added, generated) == ([(b"x-forwarded-for", b"1.1.1.1")], None)
-    assert request_additions(None, True, True, b"10.0.0.9", b"http", False, None) == ([], None)
+    added = request_additions(b"1.1.1.1", True, False, b"10.0.0.9", b"http", False, None)
+    assert addition_headers(added) == [(b"x-forwarded-for", b"1.1.1.1")]
+    nothing = request_additions(None, True, True, b"10.0.0.9", b"http", False, None)
+    assert nothing == (None, None, None)
+    assert addition_headers(nothing) == []
+    parts: list[bytes] = []
+    add_lines(parts, nothing)
+    assert parts == []
 
 
 def test_a_response_ends_with_the_flags_and_connection_close() -> None:

@@ -6,8 +6,9 @@ from __future__ import annotations
 import os
 import uuid
 
-from pilotfish.proxy.exchange import request_id
 from pilotfish.proxy.forwarding import IDS_PER_BATCH, REQUEST_IDS, RequestIds, uuid4_batch
+
+request_id = REQUEST_IDS.take  # where the proxy takes each generated x-request-id from
 
 
 def test_a_generated_request_id_is_a_canonical_random_uuid() -> None:

@@ -268,22 +268,27 @@ FLAT_UNTIMED: Final = flat(UNTIMED)
 _FUSED: Final = flat_fused(TRANSITIONS)
 _UNTIMED_FUSED: Final = flat_fused(UNTIMED)
 
-# (START, FORWARD) for a route without a mirror and/or a timeout, by
-# (mirror, deadline): a command with nothing to do is still a shell call.
-_FORWARD_ROWS: Final = {
-    (mirror, deadline): tuple(
+# (START, FORWARD) for a route without a mirror and/or a timeout, at
+# mirror * 2 + deadline: a command with nothing to do is still a shell call.
+# A tuple indexed by an int, where a dict keyed by (mirror, deadline) built
+# and hashed a tuple per request.
+_FORWARD_ROWS: Final = tuple(
+    tuple(
         c for c in TRANSITIONS[START, FORWARD][0]
         if (c != MIRROR or mirror) and (c != ARM_DEADLINE or deadline)
     )
     for mirror in (False, True)
     for deadline in (False, True)
-}  # fmt: skip
+)  # fmt: skip
 
-# The Envoy flag of a failure, where the event alone says it.
+# The Envoy flag of a failure, where the event alone says it ("" for the
+# others); by event, a tuple: `on` reads it for most events, and a dict's
+# get boxed the event and hashed it.
 _FLAGS: Final = {
     NO_HOST: "UH", OVERFLOW: "UO", CONNECT_FAILED: "UF", TRY_TIMEOUT: "UT", DEADLINE: "UT",
     UPSTREAM_RESET: "UC",
 }  # fmt: skip
+_FLAG_OF: Final = tuple(_FLAGS.get(event, "") for event in range(N_EVENTS))
 
 
 class ExchangeStateError(Exception):
@@ -336,7 +341,7 @@ class ExchangeCore:
         if not try_timer:
             self.table, self.verdict_rows = FLAT_UNTIMED, _UNTIMED_FUSED
         self.state = PICKING
-        return _FORWARD_ROWS[mirror, deadline]
+        return _FORWARD_ROWS[2 * mirror + deadline]
 
     def on(
         self, event: int, outcome: str | int = "", grpc_status: int | None = None
@@ -349,7 +354,7 @@ class ExchangeCore:
             self.request_done = True
         commands, state = self._step(self.state, event)
         if isinstance(outcome, str):
-            outcome = outcome or _FLAGS.get(event, "")
+            outcome = outcome or _FLAG_OF[event]
             if outcome:
                 self.failure = outcome
         if state in (TRY_FAILED, HEAD_IN):

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import binascii
 import os
-from collections.abc import Callable
 from typing import Final
 
 from pilotfish.proxy.protocol.http1 import Headers
@@ -23,6 +22,13 @@ REQUEST_ID: Final = b"x-request-id"
 FLAGS: Final = b"x-pilotfish-flags"
 
 
+# What request_additions gives: the values of x-forwarded-for,
+# x-forwarded-proto and x-request-id to add after the client's headers, each
+# None when not added. Values rather than header pairs, so that each reading
+# writes them in its own form without building pairs first.
+Additions = tuple[bytes | None, bytes | None, bytes | None]
+
+
 def request_additions(
     forwarded_for: bytes | None,
     has_proto: bool,
@@ -30,26 +36,54 @@ def request_additions(
     client: bytes,
     scheme: bytes,
     append_xff: bool,
-    new_id: Callable[[], bytes] | None,
-) -> tuple[Headers, bytes | None]:
-    """The headers a forwarded request gets after the client's (whose
-    x-forwarded-for is cut and given again here), and the x-request-id made
-    up for it, if any. Envoy's connection manager: x-forwarded-for appended
-    with the client's address unless skip_xff_append; x-forwarded-proto and
-    x-request-id added when absent (the latter if generate_request_id,
-    `new_id` None otherwise)."""
-    added: Headers = []
+    ids: RequestIds | None,
+) -> Additions:
+    """What a forwarded request gets after the client's headers (whose
+    x-forwarded-for is cut and given again here). Envoy's connection
+    manager: x-forwarded-for appended with the client's address unless
+    skip_xff_append; x-forwarded-proto and x-request-id added when absent
+    (the latter taken from `ids` if generate_request_id, None otherwise):
+    an x-request-id here is always one the proxy made."""
     if append_xff:
-        added.append((XFF, forwarded_for + b", " + client if forwarded_for else client))
-    elif forwarded_for is not None:
-        added.append((XFF, forwarded_for))
-    if not has_proto:
-        added.append((XFP, scheme))
-    generated = None
-    if not has_request_id and new_id is not None:
-        generated = new_id()
-        added.append((REQUEST_ID, generated))
-    return added, generated
+        xff: bytes | None = forwarded_for + b", " + client if forwarded_for else client
+    else:
+        xff = forwarded_for
+    proto = None if has_proto else scheme
+    return xff, proto, ids.take() if ids is not None and not has_request_id else None
+
+
+def addition_headers(added: Additions) -> Headers:
+    """`added` as header pairs (protocol/http1's reading)."""
+    xff, proto, request_id = added
+    headers: Headers = []
+    if xff is not None:
+        headers.append((XFF, xff))
+    if proto is not None:
+        headers.append((XFP, proto))
+    if request_id is not None:
+        headers.append((REQUEST_ID, request_id))
+    return headers
+
+
+_XFF_LINE: Final = b"\r\n" + XFF + b": "
+_XFP_LINE: Final = b"\r\n" + XFP + b": "
+_REQUEST_ID_LINE: Final = b"\r\n" + REQUEST_ID + b": "
+
+
+def add_lines(parts: list[bytes], added: Additions) -> None:
+    """`added` as header lines, each led by CRLF (protocol/express's reading),
+    appended to the parts of a head being joined: no pair, line or join of
+    its own."""
+    xff, proto, request_id = added
+    if xff is not None:
+        parts.append(_XFF_LINE)
+        parts.append(xff)
+    if proto is not None:
+        parts.append(_XFP_LINE)
+        parts.append(proto)
+    if request_id is not None:
+        parts.append(_REQUEST_ID_LINE)
+        parts.append(request_id)
 
 
 def response_additions(flags: str, close: bool) -> Headers:
@@ -129,8 +163,3 @@ class RequestIds:
 
 REQUEST_IDS: Final = RequestIds()
 os.register_at_fork(after_in_child=REQUEST_IDS.discard)
-
-
-def request_id() -> bytes:
-    """A random (version 4) UUID, as Envoy generates x-request-id."""
-    return REQUEST_IDS.take()

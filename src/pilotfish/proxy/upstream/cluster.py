@@ -37,6 +37,7 @@ from pilotfish.proxy.upstream.spec import (
 
 Locality = tuple[str, str, str]
 _HASHING = (LbPolicy.RING_HASH, LbPolicy.MAGLEV)
+_PLAIN = (RoundRobin, LeastRequest, RandomPicker)  # any of them over one host gives it
 
 
 class _Slot(NamedTuple):
@@ -54,6 +55,10 @@ class _LbState:
     load: PriorityLoad | None
     single: Picker | None = None
     single_panic: bool = False
+    # The one host a single plain balancer (round robin, least request,
+    # random) over one host always gives: no balancer call for a cluster
+    # of one endpoint, the common sidecar case.
+    only: Host | None = None
 
 
 class Cluster:
@@ -150,6 +155,9 @@ class Cluster:
         retry predicate rejects: up to `retries` more picks are made to avoid
         them, and, as in Envoy, the last pick is used if all are excluded.
         """
+        only = self._state.only
+        if only is not None:
+            return only
         if rng is None:
             rng = self.rng
         host = self._choose(hash_key, 0, rng)
@@ -225,6 +233,7 @@ class Cluster:
 
     def _state_for(self, levels: list[list[Host]], load: PriorityLoad) -> _LbState:
         slots: list[_Slot] = []
+        slot_hosts: Sequence[Host] = ()  # the last slot's
         upto = 0
         for wanted, loads in ((Health.HEALTHY, load.healthy), (Health.DEGRADED, load.degraded)):
             for p, share in enumerate(loads):
@@ -235,10 +244,13 @@ class Cluster:
                 hosts = levels[p] if panic else [h for h in levels[p] if h.health is wanted]
                 picker = self._picker(hosts, levels[p], wanted, locality=not panic)
                 slots.append(_Slot(upto, picker, panic))
+                slot_hosts = hosts
         hashing = self.spec.lb.policy in _HASHING
         state = _LbState(tuple(slots), hashing, load)
         if len(slots) == 1:
             state.single, state.single_panic = slots[0].picker, slots[0].panic
+            if not state.single_panic and isinstance(state.single, _PLAIN) and len(slot_hosts) == 1:
+                state.only = slot_hosts[0]
         return state
 
     def _picker(

@@ -219,13 +219,10 @@ class Pool:
         use_downstream_protocol_config carries on in."""
         if not cluster.http1_only and self.h2.handles(host, cluster, h2_client):
             return self.h2.request(host, cluster, sink)
-        idle = self.idle.get(host)
-        while idle:
-            conn = idle.pop()
-            if conn.alive and (conn.cluster is cluster or self._still_fits(conn, host, cluster)):
-                sink.on_connection(conn)
-                return True
-            conn.close()
+        conn = self.take_idle(host, cluster)
+        if conn is not None:
+            sink.on_connection(conn)
+            return True
         breakers = cluster.breakers
         if not breakers.try_acquire_pending():
             return False
@@ -235,6 +232,17 @@ class Pool:
         else:
             self.waiting.setdefault(host, deque()).append((sink, cluster))
         return True
+
+    def take_idle(self, host: Host, cluster: Cluster) -> UpstreamConnection | None:
+        """An idle HTTP/1.1 connection to `host` that `cluster` may reuse, or
+        None; the dead and unfit ones met on the way are closed."""
+        idle = self.idle.get(host)
+        while idle:
+            conn = idle.pop()
+            if conn.alive and (conn.cluster is cluster or self._still_fits(conn, host, cluster)):
+                return conn
+            conn.close()
+        return None
 
     def _still_fits(self, conn: UpstreamConnection, host: Host, cluster: Cluster) -> bool:
         """After a CDS push: a connection made under the old cluster is reused
