@@ -4,6 +4,7 @@ and a connection of a replaced one closes after the request in hand."""
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from pathlib import Path
 
@@ -12,6 +13,10 @@ from google.protobuf.any_pb2 import Any as AnyProto
 from pilotfish.model import Proxy, build_snapshot
 from pilotfish.proxy import xds_types
 from pilotfish.proxy.config import ProxyConfig
+from pilotfish.proxy.server import Downstream, Runtime
+from pilotfish.proxy.stats import StatsRegistry
+from pilotfish.proxy.telemetry import Telemetry
+from pilotfish.proxy.upstream.pool import Pool
 from pilotfish.translate import translate_listeners
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "translate"))
@@ -46,3 +51,26 @@ def test_an_unchanged_listener_is_kept_and_a_changed_one_replaced() -> None:
     after = config.snapshot.listeners
     changed = {n for n in before if after[n] is not before[n]}
     assert changed == {"inbound_127.0.0.1_19083"}  # the outbound listener is untouched
+
+
+def test_a_connection_sees_its_listener_replaced_whatever_came_between() -> None:
+    """A connection remembers the listeners map it last found its listener in
+    (Downstream.stale): a re-push of the same listeners (a new map) and a CDS
+    update (the same map) leave it current; the update that replaces its
+    listener must still show, on every later request."""
+
+    async def scenario() -> list[bool]:
+        config = ProxyConfig()
+        config.apply(xds_types.LISTENER, listeners())
+        runtime = Runtime(config, Pool(), Telemetry(), StatsRegistry())
+        down = Downstream(runtime, config.snapshot.listeners["inbound_127.0.0.1_19083"])
+        seen = [down.stale(), down.stale()]
+        config.apply(xds_types.LISTENER, listeners())
+        seen.append(down.stale())
+        config.apply(xds_types.CLUSTER, [])
+        seen.append(down.stale())
+        config.apply(xds_types.LISTENER, listeners(RA))
+        seen += [down.stale(), down.stale()]
+        return seen
+
+    assert asyncio.run(scenario()) == [False, False, False, False, True, True]

@@ -93,7 +93,7 @@ from pilotfish.proxy.routing import (
     Route,
     Target,
 )
-from pilotfish.proxy.stats import ClusterStats
+from pilotfish.proxy.stats import ClusterStats, count_status
 from pilotfish.proxy.telemetry import PEER_METADATA_HEADER, PEER_METADATA_ID_HEADER
 from pilotfish.proxy.tracing.propagation import SpanContext
 from pilotfish.proxy.tracing.tracer import trace_request
@@ -908,7 +908,10 @@ class Exchange:
         if (
             (self.fx is not None and self.fx.encoders)
             or (target and target.response_headers)
-            or not self.down.writer.express  # the head as received is HTTP/1.1's
+            # The head as received is HTTP/1.1's. An express request came
+            # over HTTP/1.1 (only server.Downstream parses them): no need to
+            # read its writer (a generic attribute read through the union).
+            or (self.express is None and not self.down.writer.express)
         ):
             self.on_response(express_events(resp))
             return
@@ -929,16 +932,16 @@ class Exchange:
             cuts = cuts + resp.peer_cuts
         if cut and not inbound:
             self.peer_header = resp.peer
-        parts = [status_line(resp.status), splice(resp.lines, cuts)]
+        lines = splice(resp.lines, cuts)
         if add_own:
-            parts.append(peer_lines)
-        added = response_additions(self.flags, not self.keep_alive)
-        if added:
-            parts.append(encode_lines(added))
-        parts.append(b"\r\n\r\n")
-        parts.append(resp.body)
-        self.response_bytes = len(resp.body)
-        self.emit(b"".join(parts))
+            lines += peer_lines
+        # Most responses carry no flags and keep the connection: no list of
+        # additions to build and encode.
+        if self.flags or not self.keep_alive:
+            lines += encode_lines(response_additions(self.flags, not self.keep_alive))
+        body = resp.body
+        self.response_bytes = len(body)
+        self.emit(b"".join((status_line(resp.status), lines, b"\r\n\r\n", body)))
 
     def on_response_head(self, head: ResponseHead) -> bool:
         """Whether the response goes on; an interim (1xx) head is dropped: the
@@ -1063,7 +1066,7 @@ class Exchange:
             health = result if grpc_status is None else grpc.grpc_to_http(grpc_status)
             self.cluster.report(self.host, health)
             if result >= 0 and self.cluster_stats is not None:
-                self.cluster_stats.codes[result] += 1
+                count_status(self.cluster_stats.codes, result)
 
     def stat(self, name: str) -> None:
         scope = self.cluster_stats

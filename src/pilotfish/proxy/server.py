@@ -38,7 +38,7 @@ from pilotfish.proxy.protocol.http1 import (
     get_header,
 )
 from pilotfish.proxy.response_writer import H1_WRITER
-from pilotfish.proxy.stats import HttpStats, StatsRegistry, listener_stat_name
+from pilotfish.proxy.stats import HttpStats, StatsRegistry, count_status, listener_stat_name
 from pilotfish.proxy.tap import Tap
 from pilotfish.proxy.telemetry import (
     UNKNOWN_SERVICE,
@@ -51,7 +51,7 @@ from pilotfish.proxy.telemetry import (
 )
 from pilotfish.proxy.tls import TlsContexts, peer_uri_sans
 from pilotfish.proxy.tracing.tracer import Tracer
-from pilotfish.proxy.upstream.pool import Pool
+from pilotfish.proxy.upstream.pool import MONOTONIC, Pool
 
 if TYPE_CHECKING:
     from pilotfish.proxy.h2_downstream import H2Downstream
@@ -86,12 +86,17 @@ class Runtime:
     # update replaces them (see service_of), so one copy, of the current ones.
     services_seen: Mapping[str, ServiceInfo] | None = field(init=False, repr=False)
     services: dict[str, ServiceInfo] = field(default_factory=dict, init=False, repr=False)
+    # The last Host header read for a destination service, and its service.
+    authority_seen: bytes = field(init=False, repr=False)
+    authority_service: ServiceInfo = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.peer_lines = encode_lines(self.peer_headers)
         # Here, not as the field's default: compiled, a dataclass field that
         # is not an __init__ argument gets no default.
         self.services_seen = None
+        # A true entry: no Host header is no service.
+        self.authority_seen, self.authority_service = b"", UNKNOWN_SERVICE
 
     @property
     def connections(self) -> int:
@@ -114,13 +119,13 @@ class Runtime:
 
     def observe(self, ex: Exchange) -> None:
         """Golden metrics, stats and access log lines for a finished exchange."""
-        elapsed = time.monotonic() - ex.started
+        elapsed = MONOTONIC() - ex.started
         listener = ex.down.listener
         service = UNKNOWN_SERVICE
         if ex.cluster is not None:
             service = self.service_of(ex.cluster.name)
         if service is UNKNOWN_SERVICE:
-            service = service_from_authority(ex.authority.decode("latin-1"))
+            service = self.service_by_authority(ex.authority)
         peer = peer_from_header(ex.peer_header) if ex.peer_header else UNKNOWN_WORKLOAD
         reporter = self.telemetry.inbound if listener.inbound else self.telemetry.outbound
         mtls = ex.down.mtls if listener.inbound else ex.upstream_tls
@@ -140,7 +145,7 @@ class Runtime:
         http = ex.down.stats
         http.downstream_rq_total += 1
         if ex.status:
-            http.codes[ex.status] += 1
+            count_status(http.codes, ex.status)
         for path in listener.http.access_log_paths:
             self.access_log(path).log(access_record(ex, elapsed))
         if self.tap is not None and self.tap.filters:  # only while a tap runs
@@ -155,6 +160,15 @@ class Runtime:
         if services is not self.services_seen:
             self.services_seen, self.services = services, dict(services)
         return self.services.get(cluster, UNKNOWN_SERVICE)
+
+    def service_by_authority(self, authority: bytes) -> ServiceInfo:
+        """service_from_authority, with the last authority's answer at hand:
+        a run of requests to one host costs a bytes comparison, not a decode
+        and a call through functools' cache. One entry, of a pure function."""
+        if authority != self.authority_seen:
+            self.authority_service = service_from_authority(authority.decode("latin-1"))
+            self.authority_seen = authority
+        return self.authority_service
 
     def access_log(self, path: str) -> AccessLogWriter:
         writer = self.access_logs.get(path)
@@ -277,6 +291,10 @@ class Downstream(asyncio.Protocol):
         self.filter_view: filters.Connection | None = None  # what filters read of it, once
         self.sniffing = http.http2  # until the first bytes say HTTP/1.1 or HTTP/2
         self.sniffed = b""  # the start of HTTP/2's preface, until the rest comes
+        # The listeners map in which this connection's listener was last found
+        # in force (see stale): one map per connection, and a connection whose
+        # listener was replaced closes after its next request.
+        self.current_in: Mapping[str, CompiledListener] | None = None
 
     def __repr__(self) -> str:
         return f"<Downstream {self.peer} on {self.listener.name} requests={self.requests}>"
@@ -433,8 +451,15 @@ class Downstream(asyncio.Protocol):
     def stale(self) -> bool:
         """The listener changed since this connection opened: Envoy drains such
         connections, so that the next request meets the new config (a new
-        AuthorizationPolicy, say) on a new connection."""
-        return self.runtime.config.snapshot.listeners.get(self.listener.name) is not self.listener
+        AuthorizationPolicy, say) on a new connection. Looked up once per
+        listeners map: an update that leaves the listeners keeps their map."""
+        listeners = self.runtime.config.snapshot.listeners
+        if listeners is self.current_in:
+            return False
+        if listeners.get(self.listener.name) is not self.listener:
+            return True
+        self.current_in = listeners
+        return False
 
     def exchange_done(self, ex: Exchange) -> None:
         """The response is written: start the next request, or close."""
@@ -458,7 +483,7 @@ class Downstream(asyncio.Protocol):
         if held:
             self.dispatch(held)
         if self.exchange is None:
-            self.idle_since = time.monotonic()
+            self.idle_since = MONOTONIC()
         self.held = 0
         if self.early:
             early, self.early = self.early, []

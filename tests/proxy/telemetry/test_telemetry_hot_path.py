@@ -17,13 +17,14 @@ from telemetry_fixtures import bootstrap_node, samples
 from pilotfish.proxy import xds_types
 from pilotfish.proxy.config import ProxyConfig
 from pilotfish.proxy.server import Runtime
-from pilotfish.proxy.stats import StatsRegistry
+from pilotfish.proxy.stats import StatsRegistry, count_status
 from pilotfish.proxy.telemetry import (
     DEFAULT_BUCKETS,
     ServiceInfo,
     Telemetry,
     WorkloadInfo,
     bucket,
+    service_from_authority,
     service_from_cluster_name,
     workload_from_endpoint_text,
 )
@@ -73,12 +74,12 @@ def test_byte_counts_on_a_bound_count_in_that_bound() -> None:
     assert (received["3.6e+06"], received["+Inf"]) == (2, 3)
 
 
-def test_status_counts_read_zero_when_absent_and_show_only_what_came() -> None:
+def test_status_counts_show_only_what_came() -> None:
     stats = StatsRegistry()
     cluster = stats.cluster(REVIEWS)
-    cluster.codes[200] += 1
-    cluster.codes[200] += 1
-    assert cluster.codes[404] == 0  # reading a status that never came adds none
+    count_status(cluster.codes, 200)
+    count_status(cluster.codes, 200)
+    assert cluster.codes == {200: 2}
     lines = stats.text().decode().splitlines()
     assert f"cluster.{REVIEWS}.upstream_rq_200: 2" in lines
     assert f"cluster.{REVIEWS}.upstream_rq_2xx: 2" in lines
@@ -188,3 +189,20 @@ def test_the_destination_service_follows_each_cds_update() -> None:
         "other",
     ]
     assert seen[3] == ServiceInfo("ratings.default.svc.cluster.local", "ratings", "default")
+
+
+def test_the_destination_service_by_host_follows_each_request() -> None:
+    """Runtime keeps the last Host header's service (the inbound fallback,
+    Istio's): each request in a run of different hosts gets its own."""
+
+    async def scenario() -> list[ServiceInfo]:
+        runtime = Runtime(ProxyConfig(), Pool(), Telemetry(), StatsRegistry())
+        return [runtime.service_by_authority(host) for host in HOSTS]
+
+    assert asyncio.run(scenario()) == [service_from_authority(h.decode()) for h in HOSTS]
+    assert [s.name for s in asyncio.run(scenario())] == [
+        "unknown", "reviews", "reviews", "ratings", "unknown", "ratings",
+    ]  # fmt: skip
+
+
+HOSTS = (b"", b"reviews:9080", b"reviews", b"ratings.default.svc.cluster.local", b"", b"ratings")

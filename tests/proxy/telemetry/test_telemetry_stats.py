@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from telemetry_fixtures import bootstrap_node, families, samples
 
-from pilotfish.proxy.stats import StatsRegistry, listener_stat_name, prometheus_page
+from pilotfish.proxy.stats import (
+    StatsRegistry,
+    count_status,
+    listener_stat_name,
+    prometheus_page,
+)
 from pilotfish.proxy.telemetry import Telemetry, WorkloadInfo, service_from_cluster_name
 
 REVIEWS = "outbound|9080||reviews.default.svc.cluster.local"
@@ -15,12 +20,12 @@ def busy_registry() -> StatsRegistry:
     cluster = stats.cluster(REVIEWS)
     for code in (200, 200, 201, 404, 503):
         cluster.upstream_rq_total += 1
-        cluster.codes[code] += 1
+        count_status(cluster.codes, code)
     cluster.upstream_rq_retry += 2
     http = stats.http("outbound_0.0.0.0_15001")
     http.downstream_rq_total += 2
-    http.codes[200] += 1
-    http.codes[404] += 1
+    count_status(http.codes, 200)
+    count_status(http.codes, 404)
     http.downstream_cx_active = 1
     stats.listener(listener_stat_name("0.0.0.0", 15001)).downstream_cx_total += 4
     stats.state = lambda: {  # what the live cluster and server say when read

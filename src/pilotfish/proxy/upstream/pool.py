@@ -268,19 +268,33 @@ class Pool:
             return
         conn.detach()
         limit = conn.max_requests
-        if not conn.alive or (limit is not None and conn.requests >= limit):
+        # `reusable`, not `alive`, on the way to the idle list: a transport
+        # closing on its own (a write error, the server's FIN) has its
+        # connection_lost scheduled, which takes it out of the list, and a
+        # request that comes first checks `alive` (request()). One generic
+        # is_closing() call less per response; a waiter checks it here.
+        if not conn.reusable or conn.transport is None or (
+            limit is not None and conn.requests >= limit
+        ):
             if conn.alive:
                 self.stats.cluster(conn.cluster.name).upstream_cx_max_requests += 1
             conn.close()
             return
-        queue = self.waiting.get(conn.host)
-        if queue:
-            sink, cluster = queue.popleft()
-            cluster.breakers.release_pending()
-            sink.on_connection(conn)
-            return
-        idle = self.idle.setdefault(conn.host, [])
-        if len(idle) >= MAX_IDLE_PER_HOST:
+        host = conn.host
+        if self.waiting:
+            queue = self.waiting.get(host)
+            if queue:
+                if not conn.alive:
+                    conn.close()  # its connection_lost connects for the waiter
+                    return
+                sink, cluster = queue.popleft()
+                cluster.breakers.release_pending()
+                sink.on_connection(conn)
+                return
+        idle = self.idle.get(host)
+        if idle is None:
+            idle = self.idle[host] = []
+        elif len(idle) >= MAX_IDLE_PER_HOST:
             conn.close()
             return
         conn.idle_since = MONOTONIC()
