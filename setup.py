@@ -52,7 +52,13 @@ def extensions() -> list[object]:
 
     BUILT.update(compiled["hashes"](SRC / "pilotfish"))
     paths = [str(compiled["source"](m, SRC / "pilotfish").relative_to(HERE)) for m in MODULES]
-    return mypycify(paths, opt_level="3", group_name=GROUP)
+    built = mypycify(paths, opt_level="3", group_name=GROUP)
+    for extension in built:
+        # Only PyInit_ is the loader's (pyport.h exports it): the modules reach
+        # one another through capsules, so the rest is hidden and the dynamic
+        # linker binds no symbol of our own at load (docs/benchmarks.md).
+        extension.extra_compile_args.append("-fvisibility=hidden")
+    return built
 
 
 setup(ext_modules=extensions(), cmdclass={"build_ext": BuildExt})

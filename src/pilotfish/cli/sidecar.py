@@ -9,6 +9,7 @@ other commands, for `pilotfish --help`.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from functools import partial
 from pathlib import Path
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
 
 def main(argv: list[str]) -> int:
     """`pilotfish proxy ...` (argv[0] is "proxy"), as cli/main.py would run it."""
-    parser = argparse.ArgumentParser(prog="pilotfish")
+    parser = argparse.ArgumentParser(prog="pilotfish", formatter_class=formatter)
     add_command(parser.add_subparsers(metavar="COMMAND"))
     args = parser.parse_args(argv)
     try:
@@ -37,8 +38,24 @@ def main(argv: list[str]) -> int:
         return terminal.EXIT_INTERRUPTED
 
 
+def formatter(prog: str) -> argparse.HelpFormatter:
+    """argparse's help formatter. argparse makes one for every argument added,
+    and its default width imports shutil (with zlib, bz2 and lzma: 0.4 MiB
+    of every sidecar, docs/benchmarks.md) to ask the terminal; where there
+    is none and no COLUMNS, shutil's answer is its fallback of 80 columns,
+    given here without asking (argparse keeps 2 of them as margin)."""
+    stdout = sys.__stdout__
+    if "COLUMNS" in os.environ or (stdout is not None and stdout.isatty()):
+        return argparse.HelpFormatter(prog)
+    return argparse.HelpFormatter(prog, width=80 - 2)
+
+
 def add_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("proxy", help="run the sidecar proxy from an Envoy-style bootstrap")
+    p = sub.add_parser(
+        "proxy",
+        help="run the sidecar proxy from an Envoy-style bootstrap",
+        formatter_class=formatter,
+    )
     p.add_argument(
         "--bootstrap",
         type=Path,

@@ -28,7 +28,6 @@ from envoy.config.cluster.v3.cluster_pb2 import Cluster as ClusterProto
 from pilotfish.ca.identity import IdentityError, SpiffeId
 from pilotfish.proxy import admin
 from pilotfish.proxy.accept import SniffingServer
-from pilotfish.proxy.ads import AdsProtocol
 from pilotfish.proxy.bootstrap import load_bootstrap
 from pilotfish.proxy.config import ProxyConfig, Snapshot
 from pilotfish.proxy.detecting import Detecting
@@ -47,7 +46,6 @@ from pilotfish.proxy.telemetry import (
     peer_metadata_headers,
 )
 from pilotfish.proxy.tls import SecretSource, TlsContexts
-from pilotfish.proxy.tracing.exporter import Authorization
 from pilotfish.proxy.tracing.tracer import Tracer
 from pilotfish.proxy.upstream import render_clusters
 from pilotfish.proxy.upstream.pool import Pool
@@ -57,6 +55,7 @@ if TYPE_CHECKING:  # imported where used: gRPC, the client library and cryptogra
     from pilotfish.proxy.register import Registrar
     from pilotfish.proxy.sds import WorkloadCertificates
     from pilotfish.proxy.tap_stream import TapStream
+    from pilotfish.proxy.tracing.exporter import Authorization
     from pilotfish.proxy.xds_channel import ControlPlaneChannel
     from pilotfish.proxy.xds_client import AdsClient
 
@@ -374,6 +373,7 @@ def _ads_client(
     hosts = _ads_targets(bootstrap)
     if not hosts:
         return None
+    from pilotfish.proxy.ads import AdsProtocol  # with DiscoveryRequest's messages
     from pilotfish.proxy.xds_client import AdsClient
 
     protocol = AdsProtocol(bootstrap.node, config.apply)

@@ -19,7 +19,6 @@ from pilotfish.proxy.protocol.http1 import Headers
 from pilotfish.proxy.stats import TracingStats
 from pilotfish.proxy.telemetry import WorkloadInfo
 from pilotfish.proxy.tracing.config import OtlpHttp, TracingConfig
-from pilotfish.proxy.tracing.exporter import Authorization, OtlpExporter, Resolve
 from pilotfish.proxy.tracing.propagation import (
     SpanContext,
     decide,
@@ -27,10 +26,11 @@ from pilotfish.proxy.tracing.propagation import (
     inject,
     start_span,
 )
-from pilotfish.proxy.tracing.spans import Hop, build_span, operation_name, service_name
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # spans and their exporter are imported with the first sampled span:
+    # the OTLP messages cost a sidecar that traces nothing ~1 MiB (docs/benchmarks.md)
     from pilotfish.proxy.exchange import Exchange
+    from pilotfish.proxy.tracing.exporter import Authorization, OtlpExporter, Resolve
 
 
 def context_of(headers: Headers, tracing: TracingConfig) -> SpanContext:
@@ -87,6 +87,8 @@ class Tracer:
         span = ex.trace or context_of(ex.headers, tracing)
         if not span.sampled:
             return
+        from pilotfish.proxy.tracing.spans import Hop, build_span, operation_name
+
         listener = ex.down.listener
         done = record()
         operation = ex.route.operation if ex.route is not None else ""
@@ -99,6 +101,9 @@ class Tracer:
     def exporter(self, target: OtlpHttp) -> OtlpExporter:
         found = self.exporters.get(target)
         if found is None:
+            from pilotfish.proxy.tracing.exporter import OtlpExporter
+            from pilotfish.proxy.tracing.spans import service_name
+
             service = service_name(target.service_name, self.own)
             api, authorization = self.control_plane
             parts = urlsplit(api)
