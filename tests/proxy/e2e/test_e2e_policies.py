@@ -23,6 +23,7 @@ from harness import (
     vhost,
     wait_for,
 )
+from tests.proxy.filters.filters_sim import ALLOW_GET, RBAC_PER_ROUTE_T
 
 RATELIMIT_TYPE = (
     "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit"
@@ -30,7 +31,6 @@ RATELIMIT_TYPE = (
 CORS_TYPE = "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors"
 CORS_POLICY_TYPE = "type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy"
 RBAC_TYPE = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC"
-RBAC_PER_ROUTE_TYPE = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBACPerRoute"
 
 
 def test_local_rate_limit_is_429_rl(start_proxy, make_backend) -> None:
@@ -211,19 +211,8 @@ def test_rbac_per_route_opens_one_route_of_a_deny_all_listener(start_proxy, make
         "name": "envoy.filters.http.rbac",
         "typed_config": {"@type": RBAC_TYPE, "rules": {"action": "ALLOW"}},
     }
-    get_only = {
-        "rules": {
-            "action": "ALLOW",
-            "policies": {
-                "get-only": {
-                    "permissions": [{"header": {"name": ":method", "exact_match": "GET"}}],
-                    "principals": [{"any": True}],
-                }
-            },
-        }
-    }
-    off = {"envoy.filters.http.rbac": {"@type": RBAC_PER_ROUTE_TYPE}}
-    own = {"envoy.filters.http.rbac": {"@type": RBAC_PER_ROUTE_TYPE, "rbac": get_only}}
+    off = {"envoy.filters.http.rbac": {"@type": RBAC_PER_ROUTE_T}}
+    own = {"envoy.filters.http.rbac": {"@type": RBAC_PER_ROUTE_T, "rbac": ALLOW_GET}}
     routes = [
         route("svc", prefix="/healthz", typed_per_filter_config=off),
         route("svc", prefix="/read", typed_per_filter_config=own),

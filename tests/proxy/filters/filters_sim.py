@@ -124,3 +124,19 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
+
+
+# An RBACPerRoute and the RBAC config it may carry (GET only), for the
+# RBAC filter's simulation and its end-to-end test.
+RBAC_PER_ROUTE_T = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBACPerRoute"
+ALLOW_GET = {
+    "rules": {
+        "action": "ALLOW",
+        "policies": {
+            "get-only": {
+                "permissions": [{"header": {"name": ":method", "exact_match": "GET"}}],
+                "principals": [{"any": True}],
+            }
+        },
+    }
+}

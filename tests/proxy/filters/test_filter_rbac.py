@@ -13,7 +13,7 @@ import pytest
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
-from filters_sim import ROUTER, http_filters, per_route, request
+from filters_sim import ALLOW_GET, RBAC_PER_ROUTE_T, ROUTER, http_filters, per_route, request
 
 from pilotfish.proxy.filters import Connection, FilterConfigError, LocalReply, compile_http_filters
 from pilotfish.proxy.filters.base import Proceed
@@ -300,20 +300,6 @@ def test_ext_authz_asks_only_where_the_custom_policy_matched_and_reads_the_answe
     assert isinstance(denied, LocalReply)
     assert (denied.status, denied.body, denied.details) == (401, b"no", "ext_authz_denied")
     assert ex.counters["ext_authz.denied"] == 1
-
-
-RBAC_PER_ROUTE_T = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBACPerRoute"
-ALLOW_GET = {
-    "rules": {
-        "action": "ALLOW",
-        "policies": {
-            "get-only": {
-                "permissions": [{"header": {"name": ":method", "exact_match": "GET"}}],
-                "principals": [{"any": True}],
-            }
-        },
-    }
-}
 
 
 def deny_all_chain() -> Any:
