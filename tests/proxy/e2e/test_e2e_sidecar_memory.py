@@ -4,9 +4,8 @@ JWT rule, no --register) serves without gRPC, cryptography, PyJWT, the client
 library, the API's kinds or the CLI's other commands, nor HTTP/2 to its
 upstreams, OpenSSL's digests (hashlib), the idna codec, the build checks,
 the span exporter or shutil: each of them costs its memory on every host of
-the mesh (docs/benchmarks.md, "Idle memory"). And such a sidecar, started
-as `pilotfish proxy` and having answered a few requests, stays within the
-issue's 40 MB (read as MiB).
+the mesh (docs/benchmarks.md, "Idle memory"; the memory itself is measured
+there, by bench/proxy/idle.py and run.py, not asserted here).
 
 The modules are read in a process that runs the sidecar as the `pilotfish`
 command does (pilotfish.cli.run) and, once the proxy is ready and has
