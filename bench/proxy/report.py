@@ -28,6 +28,9 @@ class ShapeResult:
     h2load: Load | None = None
     latency: Latency | None = None
     cpu_us_per_req: float | None = None
+    # The same at the paced rate: what each request of a burst costs with the
+    # caches cold between bursts, which is what the latency columns follow.
+    cpu_us_per_req_paced: float | None = None
     rss_busy_kib: int | None = None
     handshakes_per_1k: float | None = None  # TLS handshakes per 1000 wrk requests
     other_cpus: float = 0.0  # CPUs used by processes not ours meanwhile: noise
@@ -157,6 +160,7 @@ COLUMNS = [
     "p99 µs",
     "+p90 µs",
     "CPU µs/req",
+    "CPU µs/req paced",
     "RSS idle MiB",
     "RSS busy MiB",
     "TLS hs/1k req",
@@ -189,6 +193,7 @@ def _row(res: TargetResult, shape: str, results: dict[str, TargetResult]) -> lis
         _num(lat.p99_us if lat else None),
         _num(added),
         _num(r.cpu_us_per_req, 1),
+        _num(r.cpu_us_per_req_paced, 1),
         _mib(res.rss_idle_kib),
         _mib(r.rss_busy_kib),
         _num(r.handshakes_per_1k, 2),

@@ -150,7 +150,11 @@ def _measure_shape(
     except LoadError as e:
         result.errors.append(f"h2load: {e}")
     try:
+        cpu_before = cpu_seconds(pids)
         result.latency = paced(shape, target.port, settings.rate, settings.seconds, workdir)
+        if result.latency.samples:
+            spent = cpu_seconds(pids) - cpu_before
+            result.cpu_us_per_req_paced = spent * 1e6 / result.latency.samples
     except LoadError as e:
         result.errors.append(f"latency: {e}")
     dead = [p.name for p in target.measured if not p.alive()]

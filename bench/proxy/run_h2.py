@@ -177,8 +177,8 @@ def measure_h2(
 
 # --- the table and the ratios ----------------------------------------------------
 
-# run.py's columns less wrk's and the TLS rows'.
-COLUMNS = [c for c in report.COLUMNS if c not in ("wrk req/s", "TLS hs/1k req")]
+# run.py's columns less wrk's, the paced CPU and the TLS rows'.
+COLUMNS = [c for c in report.COLUMNS if c not in ("wrk req/s", "CPU µs/req paced", "TLS hs/1k req")]
 
 
 def _row(res: TargetResult, shape: str, results: dict[str, TargetResult]) -> list[str]:
