@@ -6,6 +6,7 @@ import re
 
 from pilotfish.proxy.forwarding import (
     XFF_LINE,
+    ClientAddress,
     RequestIds,
     addition_headers,
     head_tail,
@@ -73,3 +74,10 @@ def test_peer_metadata_on_responses() -> None:
     assert response_peers(inbound=True, speaks_for_itself=False) == (True, True)
     assert response_peers(inbound=False, speaks_for_itself=True) == (True, False)
     assert response_peers(inbound=False, speaks_for_itself=False) == (False, False)
+
+
+def test_the_client_address_follows_each_request() -> None:
+    addresses = ClientAddress()
+    one, other = "10.0.0.9", "".join(["10.0.0.", "7"])
+    seen = [addresses.encode(text) for text in (one, one, other, one, "".join(["10.0.0.", "9"]))]
+    assert seen == [b"10.0.0.9", b"10.0.0.9", b"10.0.0.7", b"10.0.0.9", b"10.0.0.9"]

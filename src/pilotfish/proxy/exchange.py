@@ -52,6 +52,7 @@ from pilotfish.proxy.exchange_core import (
 )
 from pilotfish.proxy.filters.mirror import MirrorRequest, send_mirror
 from pilotfish.proxy.forwarding import (
+    CLIENT_ADDRESS,
     REQUEST_IDS,
     XFF_LINE,
     Additions,
@@ -659,7 +660,7 @@ class Exchange:
         """The forwarding policy's additions for this request (proxy/forwarding.py)."""
         http = self.down.listener.http
         added = request_additions(
-            xff, has_proto, has_request_id, self.source_ip.encode(), self.scheme,
+            xff, has_proto, has_request_id, CLIENT_ADDRESS.encode(self.source_ip), self.scheme,
             not http.skip_xff_append, REQUEST_IDS if http.generate_request_id else None,
         )  # fmt: skip
         self.generated_id = added[2]
