@@ -5,9 +5,11 @@ from __future__ import annotations
 import re
 
 from pilotfish.proxy.forwarding import (
+    XFF_LINE,
+    ClientAddress,
     RequestIds,
-    add_lines,
     addition_headers,
+    head_tail,
     request_additions,
     response_additions,
     response_peers,
@@ -26,11 +28,22 @@ def test_xff_is_appended_to_and_proto_and_request_id_added_when_absent() -> None
         (b"x-forwarded-proto", b"http"),
         (b"x-request-id", made),
     ]
-    parts = [b"GET / HTTP/1.1"]
-    add_lines(parts, added)
-    assert b"".join(parts) == (
-        b"GET / HTTP/1.1\r\nx-forwarded-for: 1.1.1.1, 10.0.0.9\r\nx-forwarded-proto: http"
-        b"\r\nx-request-id: " + made
+    assert b"".join(head_tail(added, b"", XFF_LINE)) == (
+        b"\r\nx-forwarded-for: 1.1.1.1, 10.0.0.9\r\nx-forwarded-proto: http"
+        b"\r\nx-request-id: " + made + b"\r\n\r\n"
+    )
+    own = b"\r\nx-envoy-peer-metadata-id: sidecar~a"
+    assert b"".join(head_tail(added, own, own + XFF_LINE)) == (
+        own + b"\r\nx-forwarded-for: 1.1.1.1, 10.0.0.9\r\nx-forwarded-proto: http"
+        b"\r\nx-request-id: " + made + b"\r\n\r\n"
+    )
+    https = (b"10.0.0.9", b"https", None)
+    assert b"".join(head_tail(https, b"", XFF_LINE)) == (
+        b"\r\nx-forwarded-for: 10.0.0.9\r\nx-forwarded-proto: https\r\n\r\n"
+    )
+    only_id = (None, None, b"abc")
+    assert b"".join(head_tail(only_id, own, own + XFF_LINE)) == (
+        own + b"\r\nx-request-id: abc\r\n\r\n"
     )
 
 
@@ -46,9 +59,7 @@ def test_skip_xff_append_passes_the_clients_on_and_no_id_is_made_when_generation
     nothing = request_additions(None, True, True, b"10.0.0.9", b"http", False, None)
     assert nothing == (None, None, None)
     assert addition_headers(nothing) == []
-    parts: list[bytes] = []
-    add_lines(parts, nothing)
-    assert parts == []
+    assert b"".join(head_tail(nothing, b"", XFF_LINE)) == b"\r\n\r\n"
 
 
 def test_a_response_ends_with_the_flags_and_connection_close() -> None:
@@ -63,3 +74,10 @@ def test_peer_metadata_on_responses() -> None:
     assert response_peers(inbound=True, speaks_for_itself=False) == (True, True)
     assert response_peers(inbound=False, speaks_for_itself=True) == (True, False)
     assert response_peers(inbound=False, speaks_for_itself=False) == (False, False)
+
+
+def test_the_client_address_follows_each_request() -> None:
+    addresses = ClientAddress()
+    one, other = "10.0.0.9", "".join(["10.0.0.", "7"])
+    seen = [addresses.encode(text) for text in (one, one, other, one, "".join(["10.0.0.", "9"]))]
+    assert seen == [b"10.0.0.9", b"10.0.0.9", b"10.0.0.7", b"10.0.0.9", b"10.0.0.9"]

@@ -65,25 +65,34 @@ def addition_headers(added: Additions) -> Headers:
     return headers
 
 
-_XFF_LINE: Final = b"\r\n" + XFF + b": "
+XFF_LINE: Final = b"\r\n" + XFF + b": "
 _XFP_LINE: Final = b"\r\n" + XFP + b": "
 _REQUEST_ID_LINE: Final = b"\r\n" + REQUEST_ID + b": "
+_XFP_HTTP: Final = _XFP_LINE + b"http"
+_XFP_HTTP_ID: Final = _XFP_HTTP + _REQUEST_ID_LINE
+END_OF_HEAD: Final = b"\r\n\r\n"
+# What head_tail gives: pieces of a head's join, b"" where absent.
+Tail = tuple[bytes, bytes, bytes, bytes, bytes]
 
 
-def add_lines(parts: list[bytes], added: Additions) -> None:
-    """`added` as header lines, each led by CRLF (protocol/express's reading),
-    appended to the parts of a head being joined: no pair, line or join of
-    its own."""
+def head_tail(added: Additions, own: bytes, own_xff: bytes) -> Tail:
+    """The end of a head read the express way, after the client's header
+    lines: this proxy's own lines `own` (its peer metadata, outbound; else
+    b""), `added` as header lines each led by CRLF, and the blank line, as
+    five pieces of the head's one join (protocol/express's reading).
+    `own_xff` is `own + XFF_LINE`, made once by the caller. Few pieces, the
+    constant ones made at import: each is a buffer the join acquires and
+    releases, and more than ten make it allocate an array of its own."""
     xff, proto, request_id = added
-    if xff is not None:
-        parts.append(_XFF_LINE)
-        parts.append(xff)
-    if proto is not None:
-        parts.append(_XFP_LINE)
-        parts.append(proto)
-    if request_id is not None:
-        parts.append(_REQUEST_ID_LINE)
-        parts.append(request_id)
+    if proto is None:
+        middle = b"" if request_id is None else _REQUEST_ID_LINE
+    elif proto == b"http":
+        middle = _XFP_HTTP if request_id is None else _XFP_HTTP_ID
+    else:
+        middle = _XFP_LINE + proto + (b"" if request_id is None else _REQUEST_ID_LINE)
+    if xff is None:
+        return own, b"", middle, request_id or b"", END_OF_HEAD
+    return own_xff, xff, middle, request_id or b"", END_OF_HEAD
 
 
 def response_additions(flags: str, close: bool) -> Headers:
@@ -108,6 +117,29 @@ def response_peers(inbound: bool, speaks_for_itself: bool) -> tuple[bool, bool]:
     if inbound:
         return True, True
     return speaks_for_itself, False
+
+
+class ClientAddress:
+    """The client's address as bytes, for x-forwarded-for: the last one
+    encoded, kept with the str it came from (a connection's requests share
+    that str; an encode is ~120 instructions a request)."""
+
+    __slots__ = ("raw", "text")
+
+    def __init__(self) -> None:
+        self.text = ""
+        self.raw = b""
+
+    def __repr__(self) -> str:
+        return f"<ClientAddress {self.text!r}>"
+
+    def encode(self, text: str) -> bytes:
+        if text is not self.text:
+            self.text, self.raw = text, text.encode()
+        return self.raw
+
+
+CLIENT_ADDRESS: Final = ClientAddress()
 
 
 # -- x-request-id -------------------------------------------------------------------------------

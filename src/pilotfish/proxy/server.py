@@ -22,6 +22,7 @@ from pilotfish.proxy.accesslog import AccessLogWriter, AccessRecord
 from pilotfish.proxy.config import ProxyConfig
 from pilotfish.proxy.connect import connect_tunnel
 from pilotfish.proxy.exchange import Exchange
+from pilotfish.proxy.forwarding import XFF_LINE
 from pilotfish.proxy.listeners import CompiledListener, HttpManager
 from pilotfish.proxy.metric_overrides import RequestAttributes
 from pilotfish.proxy.protocol.detect import H2_PREFACE as PREFACE  # h2 itself loads later
@@ -70,6 +71,7 @@ class Runtime:
     stats: StatsRegistry
     peer_headers: Headers = field(default_factory=list)  # this proxy's metadata exchange
     peer_lines: bytes = field(init=False)  # the same, as header lines (see protocol/express)
+    peer_lines_xff: bytes = field(init=False)  # and the x-forwarded-for line's start (forwarding)
     access_logs: dict[str, AccessLogWriter] = field(default_factory=dict)
     files: list[BinaryIO] = field(default_factory=list)
     draining: bool = False
@@ -92,6 +94,7 @@ class Runtime:
 
     def __post_init__(self) -> None:
         self.peer_lines = encode_lines(self.peer_headers)
+        self.peer_lines_xff = self.peer_lines + XFF_LINE
         # Here, not as the field's default: compiled, a dataclass field that
         # is not an __init__ argument gets no default.
         self.services_seen = None

@@ -242,6 +242,26 @@ def test_weighted_clusters_80_20(routed: Routed) -> None:
     assert 280 <= alpha <= 360, (alpha, beta)
 
 
+def test_a_runtime_fraction_match_takes_its_share(start_proxy, make_backend) -> None:
+    """The request's random value is drawn before routing only when a route
+    of the table has a runtime fraction (Exchange.start): one that does must
+    match its share, not every request."""
+    alpha, beta = make_backend("alpha"), make_backend("beta")
+    port = free_port()
+    quarter = route("beta")
+    quarter["match"]["runtime_fraction"] = {"default_value": {"numerator": 25}}
+    start_proxy(
+        [listener("in", port, [vhost("all", ["*"], [quarter, route("alpha")])])],
+        [static_cluster("alpha", [alpha.port]), static_cluster("beta", [beta.port])],
+    )
+    n = 400
+    results = curl_many([f"http://127.0.0.1:{port}/"] * n)
+    assert all(status == 200 for status, _ in results)
+    to_beta = sum(1 for _, h in results if h["x-backend"] == "beta")
+    # Binomial(400, 0.25): mean 100, sd 8.7; five sd either side.
+    assert 57 <= to_beta <= 143, to_beta
+
+
 @pytest.mark.parametrize(
     ("path", "headers", "expected"),
     [

@@ -841,7 +841,15 @@ class RequestLine(Protocol):
 def request_authority(head: RequestLine) -> tuple[bytes | None, bytes]:
     """Where a request goes, (authority, path): an absolute-form target wins over
     Host (RFC 9112 3.2.2); CONNECT's target is the authority itself."""
-    if head.method == b"CONNECT":
-        return head.target, b""
-    authority, path = split_target(head.target)
-    return (head.host if authority is None else authority), path
+    return target_authority(head.method, head.target, head.host)
+
+
+def target_authority(
+    method: bytes, target: bytes, host: bytes | None
+) -> tuple[bytes | None, bytes]:
+    """request_authority from the head's fields, for a caller that reads them
+    natively (through the RequestLine protocol, each read is a generic getattr)."""
+    if method == b"CONNECT":
+        return target, b""
+    authority, path = split_target(target)
+    return (host if authority is None else authority), path

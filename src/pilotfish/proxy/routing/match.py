@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from pilotfish.proxy.grpc import is_grpc_content_type
 from pilotfish.proxy.routing.errors import RouteConfigError
@@ -28,8 +28,16 @@ Condition = Callable[[RequestView, dict[bytes, bytes]], bool]
 ValueTest = Callable[[bytes], bool]
 
 # Path match kinds, tested inline by the table in this order of likelihood.
-PREFIX, PREFIX_NOCASE, EXACT, EXACT_NOCASE, REGEX, SEPARATED, SEPARATED_NOCASE = range(7)
-CONNECT = 7  # connect_matcher: only a CONNECT request, which has no path (proxy/connect.py)
+# Final literals: compiled, the importing modules inline them, where a name
+# unpacked from range() is a globals-dict lookup at every use (per route).
+PREFIX: Final = 0
+PREFIX_NOCASE: Final = 1
+EXACT: Final = 2
+EXACT_NOCASE: Final = 3
+REGEX: Final = 4
+SEPARATED: Final = 5
+SEPARATED_NOCASE: Final = 6
+CONNECT: Final = 7  # connect_matcher: only a CONNECT request, which has no path (proxy/connect.py)
 _INT64 = re.compile(rb"\s*[+-]?\d{1,19}\s*")
 
 

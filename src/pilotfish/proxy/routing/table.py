@@ -92,6 +92,10 @@ class RouteTable:
     _ignore_port: bool = False
     _host_header: bytes | None = None
     _strip_path_parameters: bool = False
+    # Some route has a runtime fraction: the request's random value (which
+    # also weighs its clusters, as Envoy's one per request) is drawn before
+    # routing; otherwise only for an action with weighted clusters.
+    random: bool = False
 
     def __repr__(self) -> str:
         return f"RouteTable({self.name!r}, {len(self.virtual_hosts())} virtual hosts)"
@@ -235,8 +239,10 @@ def compile_route_config(config: route_pb2.RouteConfiguration) -> RouteTable:
     suffixes: dict[int, dict[bytes, _Host]] = {}
     prefixes: dict[int, dict[bytes, _Host]] = {}
     default: _Host | None = None
+    random = False
     for i, vh in enumerate(config.virtual_hosts):
         host = _compile_vhost(vh, f"virtual_hosts[{i}]", ctx)
+        random = random or any(entry[2] is not None for entry in host.entries)
         for domain in vh.domains:
             default = _add_domain(
                 domain.lower(),
@@ -257,6 +263,7 @@ def compile_route_config(config: route_pb2.RouteConfiguration) -> RouteTable:
         _ignore_port=config.ignore_port_in_host_matching,
         _host_header=config.vhost_header.lower().encode() or None,
         _strip_path_parameters=config.ignore_path_parameters_in_path_matching,
+        random=random,
     )
 
 
