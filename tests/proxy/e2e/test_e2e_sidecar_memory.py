@@ -3,7 +3,8 @@ bootstrap (routing, the fault filter, an upstream; no ADS server, no TLS, no
 JWT rule, no --register) serves without gRPC, cryptography, PyJWT, the client
 library, the API's kinds or the CLI's other commands, nor HTTP/2 to its
 upstreams, OpenSSL's digests (hashlib), the idna codec, the build checks,
-the span exporter or shutil: each of them costs its memory on every host of
+the span exporter, shutil, the TCP relay (with CONNECT), PyYAML (the bootstrap
+is JSON, as the node agent writes it) or pathlib: each of them costs its memory on every host of
 the mesh (docs/benchmarks.md, "Idle memory"; the memory itself is measured
 there, by bench/proxy/idle.py and run.py, not asserted here).
 
@@ -14,6 +15,7 @@ SIGTERM."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -31,7 +33,6 @@ from harness import (
     route,
     static_cluster,
     vhost,
-    write_bootstrap,
 )
 
 # Imported where a config asks for them (ADS, SDS, ext_authz over gRPC, JWT,
@@ -83,6 +84,16 @@ LAZY = (
     "shutil",
     "lzma",
     "bz2",
+    # with the first TCP listener, sniffed listener or CONNECT (process.py, server.py)
+    "pilotfish.proxy.tcp.relay",
+    "pilotfish.proxy.connect",
+    "pilotfish.proxy.detecting",
+    # a YAML bootstrap's (bootstrap.py reads JSON as JSON)
+    "yaml",
+    # pathlib (with urllib.parse and ipaddress) for --ca-token-file; urllib for a tracing provider
+    "pathlib",
+    "urllib",
+    "ipaddress",
 )
 # As a sidecar is started: pytest exports COLUMNS, which a supervisor does not,
 # and with it set, argparse asks shutil for the width.
@@ -137,7 +148,8 @@ def plain_config(port: int, app: Backend) -> tuple[list[dict[str, Any]], list[di
 
 def loaded_by_a_plain_sidecar(tmp_path: Path, app: Backend) -> list[str]:
     admin, port = free_port(), free_port()
-    path = write_bootstrap(tmp_path, bootstrap(*plain_config(port, app), admin))
+    path = tmp_path / "bootstrap.json"  # JSON, as the node agent writes it
+    path.write_text(json.dumps(bootstrap(*plain_config(port, app), admin)), encoding="utf-8")
     out = tmp_path / "modules.txt"
     argv = [
         sys.executable,
