@@ -84,7 +84,7 @@ def server_info(state: str) -> bytes:
     """Envoy's /server_info, its version and state, and whether this
     sidecar's data path runs compiled: "compiled": "mypyc" or "interpreted",
     and the modules that are."""
-    # Imported here: its build checks (ast, hashlib) would weigh on every idle sidecar.
+    # Imported here, as pathlib with it (0.5 MiB): not every idle sidecar is asked.
     from pilotfish.proxy import compiled
 
     modules = compiled.compiled_modules()

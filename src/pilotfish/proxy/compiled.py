@@ -22,9 +22,6 @@ size passed to PyBytes_FromStringAndSize", where Python gives b"");
 
 from __future__ import annotations
 
-import ast
-import hashlib
-import json
 import sys
 from importlib.machinery import EXTENSION_SUFFIXES
 from pathlib import Path
@@ -103,6 +100,8 @@ def describe(root: Path = PACKAGE) -> str:
 
 def _imports(module: str, root: Path) -> set[str]:
     """The pilotfish modules `module` imports (those that exist as files)."""
+    import ast  # the build checks' alone (as hashlib, json): /server_info imports this file
+
     tree = ast.parse(source(module, root).read_bytes())
     found: set[str] = set()
     package = module if source(module, root).name == "__init__.py" else module.rpartition(".")[0]
@@ -131,6 +130,8 @@ def build_inputs(root: Path = PACKAGE) -> list[str]:
 
 
 def hashes(root: Path = PACKAGE) -> dict[str, str]:
+    import hashlib  # _hashlib walks OpenSSL's digests: 0.5 MiB in a sidecar
+
     return {m: hashlib.sha256(source(m, root).read_bytes()).hexdigest() for m in build_inputs(root)}
 
 
@@ -141,6 +142,8 @@ def write_record(
     `package_dir` (the checkout's for an editable install). `built`: the
     hashes taken before mypyc read the sources, so a source edited while the
     build ran is recorded as it was read, and found stale, not as it is now."""
+    import json
+
     text = json.dumps(hashes(root) if built is None else built, indent=1, sort_keys=True)
     (package_dir / "proxy" / RECORD).write_text(text + "\n")
 
@@ -151,6 +154,8 @@ def stale(root: Path = PACKAGE) -> list[str]:
     if not compiled_modules(root):
         return []
     record = root / "proxy" / RECORD
+    import json
+
     built: dict[str, str] = json.loads(record.read_text()) if record.exists() else {}
     now = hashes(root)
     return sorted(m for m in now.keys() | built.keys() if now.get(m) != built.get(m))

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, BinaryIO, Final
 from pilotfish.proxy import filters
 from pilotfish.proxy.accesslog import AccessLogWriter, AccessRecord
 from pilotfish.proxy.config import ProxyConfig
+from pilotfish.proxy.connect import connect_tunnel
 from pilotfish.proxy.exchange import Exchange
 from pilotfish.proxy.listeners import CompiledListener, HttpManager
 from pilotfish.proxy.metric_overrides import RequestAttributes
@@ -419,9 +420,6 @@ class Downstream(asyncio.Protocol):
             if kind is RequestHead:
                 assert isinstance(event, RequestHead)
                 if event.method == b"CONNECT":  # the connection becomes a tunnel, or is refused
-                    # the TCP relay is loaded by the first CONNECT: idle memory (docs/benchmarks.md)
-                    from pilotfish.proxy.connect import connect_tunnel
-
                     connect_tunnel(self, event, events[i + 1 :])
                     return
                 self.begin(event)

@@ -231,6 +231,16 @@ def dynamic_proxy(tmp_path: Path, ads: tuple[Ads, grpc.Server, int]) -> Iterator
         assert process.returncode == 0, stderr.decode()
 
 
+def serve_v1(servicer: Ads, port: int, backend_port: int) -> None:
+    """An HTTP listener on `port` routing all to the cluster v1 (EDS: the
+    backend on `backend_port`), pushed and serving."""
+    servicer.set(xds_types.CLUSTER, [eds_cluster("v1")])
+    servicer.set(xds_types.ENDPOINT, [assignment("v1", backend_port)])
+    servicer.set(xds_types.ROUTE, [route_config("v1")])
+    servicer.set(xds_types.LISTENER, [rds_listener(port)])
+    assert wait_for(lambda: backend_of(port) == "v1", timeout=10)
+
+
 def backend_of(port: int) -> str | None:
     """The backend that answered a request through the proxy, None if none did."""
     try:
@@ -309,11 +319,7 @@ def test_a_changed_listener_drains_open_connections(
     servicer, _, _ = ads
     port, _ = dynamic_proxy
     v1 = make_backend("v1")
-    servicer.set(xds_types.CLUSTER, [eds_cluster("v1")])
-    servicer.set(xds_types.ENDPOINT, [assignment("v1", v1.port)])
-    servicer.set(xds_types.ROUTE, [route_config("v1")])
-    servicer.set(xds_types.LISTENER, [rds_listener(port)])
-    assert wait_for(lambda: backend_of(port) == "v1", timeout=10)
+    serve_v1(servicer, port, v1.port)
     with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
         assert b"connection: close" not in _keep_alive_get(sock)
         servicer.set(xds_types.LISTENER, [rds_listener(port)])  # the same listener again
@@ -346,11 +352,7 @@ def test_a_changed_listener_sends_goaway_to_http2_connections(
     servicer, _, _ = ads
     port, _ = dynamic_proxy
     v1 = make_backend("v1")
-    servicer.set(xds_types.CLUSTER, [eds_cluster("v1")])
-    servicer.set(xds_types.ENDPOINT, [assignment("v1", v1.port)])
-    servicer.set(xds_types.ROUTE, [route_config("v1")])
-    servicer.set(xds_types.LISTENER, [rds_listener(port)])
-    assert wait_for(lambda: backend_of(port) == "v1", timeout=10)
+    serve_v1(servicer, port, v1.port)
     with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
         conn = h2.connection.H2Connection(h2.config.H2Configuration(header_encoding=None))
         conn.initiate_connection()
@@ -395,11 +397,7 @@ def test_tcp_and_connect_sent_after_an_http_only_start_are_served(
     port, _ = dynamic_proxy
     tcp_port = free_port()
     v1 = make_backend("v1")
-    servicer.set(xds_types.CLUSTER, [eds_cluster("v1")])
-    servicer.set(xds_types.ENDPOINT, [assignment("v1", v1.port)])
-    servicer.set(xds_types.ROUTE, [route_config("v1")])
-    servicer.set(xds_types.LISTENER, [rds_listener(port)])
-    assert wait_for(lambda: backend_of(port) == "v1", timeout=10)
+    serve_v1(servicer, port, v1.port)
 
     connect = rds_listener(port)
     connect["filter_chains"][0]["filters"][0]["typed_config"]["upgrade_configs"] = [

@@ -84,9 +84,9 @@ LAZY = (
     "shutil",
     "lzma",
     "bz2",
-    # with the first TCP listener, sniffed listener or CONNECT (process.py, server.py)
+    # with the first TCP listener, sniffed listener or CONNECT (process.py, connect.py)
     "pilotfish.proxy.tcp.relay",
-    "pilotfish.proxy.connect",
+    "pilotfish.proxy.connect_relay",
     "pilotfish.proxy.detecting",
     # a YAML bootstrap's (bootstrap.py reads JSON as JSON)
     "yaml",
