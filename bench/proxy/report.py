@@ -157,8 +157,8 @@ COLUMNS = [
     "p99 µs",
     "+p90 µs",
     "CPU µs/req",
-    "RSS idle MiB (MB)",
-    "RSS busy MiB (MB)",
+    "RSS idle MiB",
+    "RSS busy MiB",
     "TLS hs/1k req",
 ]
 
@@ -170,7 +170,7 @@ def _num(value: float | None, digits: int = 0) -> str:
 
 
 def _mib(kib: int | None) -> str:
-    return "-" if kib is None else f"{kib / 1024:.1f} ({kib * 1024 / 1e6:.1f})"  # the MB
+    return "-" if kib is None else f"{kib / 1024:.1f} ({kib * 1024 / 1e6:.1f} MB)"  # the MB
 
 
 def _row(res: TargetResult, shape: str, results: dict[str, TargetResult]) -> list[str]:
