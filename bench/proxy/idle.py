@@ -103,7 +103,8 @@ def slowest_imports(stderr: str, count: int) -> list[str]:
 
 
 def _mib(runs: list[int]) -> str:
-    return f"median {statistics.median(runs) / 1024:.1f} MiB (runs: " + ", ".join(
+    median = statistics.median(runs)
+    return f"median {median / 1024:.1f} MiB = {median * 1024 / 1e6:.1f} MB (runs: " + ", ".join(
         f"{kib / 1024:.1f}" for kib in runs
     ) + " MiB)"
 

@@ -174,7 +174,7 @@ def _num(value: float | None, digits: int = 0) -> str:
 
 
 def _mib(kib: int | None) -> str:
-    return "-" if kib is None else f"{kib / 1024:.1f}"
+    return "-" if kib is None else f"{kib / 1024:.1f} ({kib * 1024 / 1e6:.1f} MB)"  # the MB
 
 
 def _row(res: TargetResult, shape: str, results: dict[str, TargetResult]) -> list[str]:

@@ -6,6 +6,7 @@ listens on a free 127.0.0.1 port, and is pinned to the server CPU.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from collections.abc import Callable
@@ -14,7 +15,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import yaml
 from builds import COMPILED, INTERPRETED, build_mismatch, interpreted_env, interpreted_tree
 from policies import jwt_filter, ten_rule_allow_filter, token
 from procs import Started, Supervisor, free_port, get, listening, process_tree, wait_until
@@ -349,7 +349,7 @@ def pilotfish_bootstrap(
             "clusters": [cluster],
         },
     }
-    return yaml.safe_dump(config, sort_keys=False)
+    return json.dumps(config, indent=2)  # as the node agent writes it (agent/instance.py)
 
 
 HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"

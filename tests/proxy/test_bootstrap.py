@@ -80,3 +80,33 @@ def test_unknown_field_and_bad_value_name_the_field(tmp_path: Path) -> None:
     f.write_text("- a list\n")
     with pytest.raises(BootstrapError, match="YAML or JSON object"):
         load_bootstrap(f)
+
+
+def test_a_json_bootstrap_reads_as_its_yaml_twin(tmp_path: Path) -> None:
+    """JSON is read as JSON (without PyYAML: the node agent writes JSON);
+    a YAML flow mapping, which also starts with "{", is still YAML."""
+    import json
+
+    import yaml
+
+    data = yaml.safe_load(STATIC)
+    as_json, as_yaml, flow = (tmp_path / n for n in ("b.json", "b.yaml", "flow.yaml"))
+    as_json.write_text(json.dumps(data, indent=2))
+    as_yaml.write_text(STATIC)
+    flow.write_text("{node: {id: n1, cluster: c}, admin: {address: {socket_address: {port_value: 9}}}}")
+    assert load_bootstrap(as_json) == load_bootstrap(as_yaml)
+    assert load_bootstrap(str(as_json)).node.metadata["NAME"] == "reviews-v1-1"
+    read = load_bootstrap(flow)
+    assert read.node.id == "n1" and read.admin.address.socket_address.port_value == 9
+
+
+def test_an_unreadable_bootstrap_says_why(tmp_path: Path) -> None:
+    f = tmp_path / "b.json"
+    f.write_text('{"node": {"id": "n1"},')  # cut short: neither JSON nor YAML
+    with pytest.raises(BootstrapError, match=r"b.json: while parsing a flow node .* line 1, column 23"):
+        load_bootstrap(f)
+    f.write_bytes(b'{"node": {"id": "\xff"}}')
+    with pytest.raises(BootstrapError, match=r"b.json: 'utf-8' codec can't decode"):
+        load_bootstrap(f)
+    with pytest.raises(BootstrapError, match=r"missing.json: \[Errno 2\] No such file"):
+        load_bootstrap(tmp_path / "missing.json")

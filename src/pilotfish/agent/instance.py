@@ -29,8 +29,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-import yaml
-
 from pilotfish.agent import lifecycle as lc
 from pilotfish.agent.adopted import Adopted
 from pilotfish.agent.bootstrap import Placement, SidecarIdentity, XdsServer, sidecar_bootstrap
@@ -371,8 +369,10 @@ _PROXY_VARS = {"http_proxy", "https_proxy", "all_proxy", "no_proxy"}
 
 
 def write_bootstrap(path: Path, config: dict[str, Any]) -> None:
-    """Write a bootstrap only its owner can read: it may carry the token."""
-    write_private(path, yaml.safe_dump(config, sort_keys=False))
+    """Write a bootstrap only its owner can read: it may carry the token. In
+    JSON (which is YAML too): the sidecar then reads it without loading
+    PyYAML (docs/benchmarks.md, "Idle memory")."""
+    write_private(path, json.dumps(config, indent=2) + "\n")
 
 
 def spawn_proxy(

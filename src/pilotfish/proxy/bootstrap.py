@@ -4,10 +4,10 @@ honour rejected at start, by path."""
 
 from __future__ import annotations
 
+import json
+import os
 import re
-from pathlib import Path
 
-import yaml
 from envoy.config.bootstrap.v3.bootstrap_pb2 import Bootstrap
 from google.protobuf import json_format
 
@@ -41,14 +41,32 @@ class BootstrapError(Exception):
     """The bootstrap cannot be used; the message names the file and the field."""
 
 
-def load_bootstrap(path: Path) -> Bootstrap:
+def load_bootstrap(path: str | os.PathLike[str]) -> Bootstrap:
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        with open(path, encoding="utf-8") as file:
+            data = _json_or_yaml(file.read())
+    except (OSError, ValueError) as e:  # unreadable, not UTF-8, or not YAML
         raise BootstrapError(f"{path}: {' '.join(str(e).split())}") from e
     if not isinstance(data, dict):
         raise BootstrapError(f"{path}: a bootstrap is a YAML or JSON object")
     return parse_bootstrap(data, str(path))
+
+
+def _json_or_yaml(text: str) -> object:
+    """A JSON object is read as JSON (YAML's reading of it is the same), so a
+    sidecar whose bootstrap is JSON, as the node agent writes it, never loads
+    PyYAML (0.8 MiB of idle memory); anything else is YAML."""
+    if text.lstrip().startswith("{"):
+        try:
+            return json.loads(text)
+        except ValueError:
+            pass  # YAML's flow mapping, or an error YAML words better
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:  # load_bootstrap's one error type for a bad text
+        raise ValueError(str(e)) from e
 
 
 def parse_bootstrap(data: dict[str, object], source: str = "bootstrap") -> Bootstrap:

@@ -22,13 +22,13 @@ size passed to PyBytes_FromStringAndSize", where Python gives b"");
 
 from __future__ import annotations
 
-import ast
-import hashlib
-import json
 import sys
 from importlib.machinery import EXTENSION_SUFFIXES
-from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Any, Final
+
+if TYPE_CHECKING:
+    from importlib.machinery import ModuleSpec
+    from pathlib import Path
 
 MODULES: Final = (
     "pilotfish.proxy.protocol.http1",
@@ -74,35 +74,67 @@ MODULES: Final = (
     "pilotfish.proxy.telemetry",
 )
 RECORD: Final = "mypyc-build.json"
-# The package root: src/pilotfish in a checkout, site-packages/pilotfish installed.
-PACKAGE: Final = Path(__file__).resolve().parent.parent
 
 
-def source(module: str, root: Path = PACKAGE) -> Path:
+def package_root() -> Path:
+    """The package root: src/pilotfish in a checkout, site-packages/pilotfish
+    installed. pathlib is imported here, not at the top: a sidecar asked
+    /server_info imports this file (running()), and pathlib with urllib.parse
+    and ipaddress would stay in it (0.5 MiB)."""
+    from pathlib import Path
+
+    return Path(__file__).resolve().parent.parent
+
+
+def __getattr__(name: str) -> Any:  # PACKAGE, computed when asked (see package_root())
+    if name == "PACKAGE":
+        return package_root()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def running() -> list[str]:
+    """The MODULES this process runs compiled, as the import system finds
+    them (each spec's origin; nothing read, no pathlib): /server_info's answer."""
+    from importlib.util import find_spec
+
+    return [m for m in MODULES if _extension(find_spec(m))]
+
+
+def _extension(spec: ModuleSpec | None) -> bool:
+    return spec is not None and (spec.origin or "").endswith(tuple(EXTENSION_SUFFIXES))
+
+
+def source(module: str, root: Path | None = None) -> Path:
     """The .py file of a pilotfish module (or its package's __init__.py)."""
+    root = root or package_root()
     parts = module.split(".")[1:]
     path = root.joinpath(*parts)
     return path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
 
 
-def compiled_files(module: str, root: Path = PACKAGE) -> list[Path]:
+def compiled_files(module: str, root: Path | None = None) -> list[Path]:
     """The extension modules that shadow `module`'s source, if any."""
+    root = root or package_root()
     py = source(module, root)
     return [so for suffix in EXTENSION_SUFFIXES if (so := py.with_suffix(suffix)).exists()]
 
 
-def compiled_modules(root: Path = PACKAGE) -> list[str]:
+def compiled_modules(root: Path | None = None) -> list[str]:
+    root = root or package_root()
     return [m for m in MODULES if compiled_files(m, root)]
 
 
-def describe(root: Path = PACKAGE) -> str:
+def describe(root: Path | None = None) -> str:
     """What `pilotfish --version` says of the data path."""
+    root = root or package_root()
     count = len(compiled_modules(root))
     return f"mypyc ({count}/{len(MODULES)} modules)" if count else "interpreted"
 
 
 def _imports(module: str, root: Path) -> set[str]:
     """The pilotfish modules `module` imports (those that exist as files)."""
+    import ast  # the build checks' alone (as hashlib, json): /server_info imports this file
+
     tree = ast.parse(source(module, root).read_bytes())
     found: set[str] = set()
     package = module if source(module, root).name == "__init__.py" else module.rpartition(".")[0]
@@ -117,9 +149,10 @@ def _imports(module: str, root: Path) -> set[str]:
     return {m for m in found if m.startswith("pilotfish.") and source(m, root).exists()}
 
 
-def build_inputs(root: Path = PACKAGE) -> list[str]:
+def build_inputs(root: Path | None = None) -> list[str]:
     """The compiled modules and every pilotfish module they import,
     transitively: mypyc compiled against their types."""
+    root = root or package_root()
     seen: set[str] = set()
     todo = list(MODULES)
     while todo:
@@ -130,24 +163,33 @@ def build_inputs(root: Path = PACKAGE) -> list[str]:
     return sorted(seen)
 
 
-def hashes(root: Path = PACKAGE) -> dict[str, str]:
+def hashes(root: Path | None = None) -> dict[str, str]:
+    import hashlib  # _hashlib walks OpenSSL's digests: 0.5 MiB in a sidecar
+
+    root = root or package_root()
     return {m: hashlib.sha256(source(m, root).read_bytes()).hexdigest() for m in build_inputs(root)}
 
 
 def write_record(
-    package_dir: Path, root: Path = PACKAGE, built: dict[str, str] | None = None
+    package_dir: Path, root: Path | None = None, built: dict[str, str] | None = None
 ) -> None:
     """Called by setup.py once the compiled modules are built into
     `package_dir` (the checkout's for an editable install). `built`: the
     hashes taken before mypyc read the sources, so a source edited while the
     build ran is recorded as it was read, and found stale, not as it is now."""
+    import json
+
+    root = root or package_root()
     text = json.dumps(hashes(root) if built is None else built, indent=1, sort_keys=True)
     (package_dir / "proxy" / RECORD).write_text(text + "\n")
 
 
-def stale(root: Path = PACKAGE) -> list[str]:
+def stale(root: Path | None = None) -> list[str]:
     """The sources edited since the compiled modules were built from them
     (all of them when there is no record); empty when nothing is compiled."""
+    import json
+
+    root = root or package_root()
     if not compiled_modules(root):
         return []
     record = root / "proxy" / RECORD

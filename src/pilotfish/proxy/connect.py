@@ -22,22 +22,17 @@ from __future__ import annotations
 import random
 from typing import TYPE_CHECKING
 
-from pilotfish.proxy.exchange import FAILURE_BODIES, Exchange
-from pilotfish.proxy.protocol.http1 import RequestEvent, RequestHead, Tunnel, error_response
+from pilotfish.proxy.exchange import Exchange
+from pilotfish.proxy.protocol.http1 import RequestEvent, RequestHead, Tunnel
 from pilotfish.proxy.routing import Forward
 from pilotfish.proxy.routing.request import Request
 from pilotfish.proxy.tcp.config import TcpProxy
 from pilotfish.proxy.tcp.listener import TcpChain, TcpListener
-from pilotfish.proxy.tcp.relay import TcpRelay
-from pilotfish.proxy.upstream.cluster import Cluster
-from pilotfish.proxy.upstream.host import Host
 
 if TYPE_CHECKING:
-    from pilotfish.proxy.server import Downstream, Runtime
-    from pilotfish.proxy.tcp.relay import _Side, _Upstream
+    from pilotfish.proxy.server import Downstream
 
 CONNECT = b"CONNECT"
-ESTABLISHED = b"HTTP/1.1 200 OK\r\n\r\n"
 UPGRADE_FAILED = "upgrade_failed"  # Envoy's response code details for a refused upgrade
 
 
@@ -65,6 +60,10 @@ def connect_tunnel(down: Downstream, head: RequestHead, rest: list[RequestEvent]
     if runtime.config.snapshot.clusters.get(target.cluster) is None:
         _refuse(down, head, route.action.cluster_not_found_status, "NC", "cluster_not_found")
         return
+    # the TCP relay is imported with the first tunnel: an HTTP-only sidecar
+    # never loads it (docs/benchmarks.md, "Idle memory")
+    from pilotfish.proxy.connect_relay import ConnectRelay
+
     early = [event.data for event in rest if isinstance(event, Tunnel)]
     relay = ConnectRelay(runtime, _tunnel_listener(down, target.cluster), down, head, early)
     transport = down.transport
@@ -101,75 +100,3 @@ def _tunnel_listener(down: Downstream, cluster: str) -> TcpListener:
         chains=(TcpChain(proxy),),
         inbound=False,
     )
-
-
-class ConnectRelay(TcpRelay):
-    """A TcpRelay whose downstream asked by CONNECT: it is answered 200 once
-    the upstream is connected, or an HTTP error if it cannot be."""
-
-    def __init__(
-        self,
-        runtime: Runtime,
-        listener: TcpListener,
-        down: Downstream,
-        head: RequestHead,
-        early: list[bytes],
-    ) -> None:
-        super().__init__(runtime, listener)
-        self.down, self.target = down, head.target
-        self.answered = False  # the 200 went out
-        self.early.extend(early)
-        self.report.moved(sum(len(data) for data in early), 0)
-
-    def __repr__(self) -> str:
-        return f"<ConnectRelay {self.target.decode(errors='replace')} {super().__repr__()}>"
-
-    async def _connect(self, cluster: Cluster) -> None:
-        if not cluster.spec.original_dst:
-            await super()._connect(cluster)
-            return
-        found = target_address(self.target)
-        if found is None:
-            self.report.flags = "UH"
-        elif not await self._attempt(cluster, Host(*found)):
-            self.report.flags = "UF"
-        if self.upstream is None:
-            self.close_all()
-
-    def _start(self, upstream: _Upstream, host: Host) -> bool:
-        self._answer()
-        return super()._start(upstream, host)
-
-    def moved(self, side: _Side, data: bytes) -> None:
-        if side is not self:  # a server that speaks first may be heard before _start
-            self._answer()
-        super().moved(side, data)
-
-    def _answer(self) -> None:
-        if not self.answered:
-            self.answered = True
-            self.write(ESTABLISHED)
-
-    def close_all(self) -> None:
-        if self.done:
-            return
-        if not self.answered and self.report.flags:
-            # never connected: the client is told why, as Envoy's router would
-            status, body = FAILURE_BODIES.get(self.report.flags, (503, b""))
-            flags = [(b"x-pilotfish-flags", self.report.flags.encode())]
-            self.write(error_response(status, body, flags))
-        super().close_all()
-        self.down.connection_lost(None)  # the HTTP connection's counters end with it
-
-
-def target_address(target: bytes) -> tuple[str, int] | None:
-    """A CONNECT target's (host, port): `host:port` or `[v6]:port`, the port required."""
-    host, colon, port = target.rpartition(b":")
-    if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        return None
-    if host.startswith(b"[") and host.endswith(b"]"):
-        host = host[1:-1]
-    try:
-        return host.decode("ascii"), int(port)
-    except UnicodeDecodeError:
-        return None

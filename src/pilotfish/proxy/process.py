@@ -13,13 +13,13 @@ import contextlib
 import ctypes
 import gc
 import logging
+import os
 import signal
 import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
-from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from envoy.config.bootstrap.v3.bootstrap_pb2 import Bootstrap
@@ -30,14 +30,12 @@ from pilotfish.proxy import admin
 from pilotfish.proxy.accept import SniffingServer
 from pilotfish.proxy.bootstrap import load_bootstrap
 from pilotfish.proxy.config import ProxyConfig, Snapshot
-from pilotfish.proxy.detecting import Detecting
 from pilotfish.proxy.listeners import CompiledListener
 from pilotfish.proxy.sds_secrets import SecretSet
 from pilotfish.proxy.server import Downstream, Runtime
 from pilotfish.proxy.stats import State, StatsRegistry, listener_stat_name, prometheus_page
 from pilotfish.proxy.tap import Tap
 from pilotfish.proxy.tcp.listener import TcpListener
-from pilotfish.proxy.tcp.relay import TcpRelay
 from pilotfish.proxy.telemetry import (
     TRUST_DOMAIN,
     Telemetry,
@@ -52,6 +50,8 @@ from pilotfish.proxy.upstream.pool import Pool
 
 if TYPE_CHECKING:  # imported where used: gRPC, the client library and cryptography
     # cost a sidecar ~25 MiB, and one with a static bootstrap uses none of them
+    from pathlib import Path  # a --ca-token-file's (cli/sidecar.py)
+
     from pilotfish.proxy.register import Registrar
     from pilotfish.proxy.sds import WorkloadCertificates
     from pilotfish.proxy.tap_stream import TapStream
@@ -71,6 +71,22 @@ class Server(Protocol):
 
 Placement = tuple[str, int, bool]  # host, port, and whether the first bytes choose TLS
 AnyListener = CompiledListener | TcpListener
+
+
+def tcp_relay(runtime: Runtime, listener: TcpListener) -> asyncio.Protocol:
+    """A TCP listener's connection. The relay is imported with the first one:
+    an HTTP-only sidecar never loads it (docs/benchmarks.md, "Idle memory")."""
+    from pilotfish.proxy.tcp.relay import TcpRelay
+
+    return TcpRelay(runtime, listener)
+
+
+def detecting(runtime: Runtime, listener: CompiledListener) -> asyncio.Protocol:
+    """A sniffed listener's connection, HTTP or TCP by its first bytes; the
+    detection shell and the TCP relay it may hand over to load with the first."""
+    from pilotfish.proxy.detecting import Detecting
+
+    return Detecting(runtime, listener)
 
 
 def _placement(listener: AnyListener) -> Placement:
@@ -108,9 +124,9 @@ class Listeners:
         def factory() -> asyncio.Protocol:
             current = newest()
             if isinstance(current, TcpListener):  # piped, never through the HTTP exchange
-                return TcpRelay(self.runtime, current)
+                return tcp_relay(self.runtime, current)
             if current.sniffing is not None:  # HTTP or TCP, by the first bytes
-                return Detecting(self.runtime, current)
+                return detecting(self.runtime, current)
             return Downstream(self.runtime, current)
 
         loop = asyncio.get_running_loop()
@@ -170,7 +186,9 @@ def listen_socket(host: str, port: int) -> socket.socket:
 
 
 def run_proxy(
-    bootstrap_path: Path, register: RegisterWith | None = None, ca_token_file: Path | None = None
+    bootstrap_path: str | os.PathLike[str],
+    register: RegisterWith | None = None,
+    ca_token_file: Path | None = None,
 ) -> int:
     """Serve until stopped; with `register`, keep the instance in the registry
     (see register.py). `register` makes a Registrar for the bootstrap. With

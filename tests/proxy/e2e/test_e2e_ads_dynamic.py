@@ -231,6 +231,16 @@ def dynamic_proxy(tmp_path: Path, ads: tuple[Ads, grpc.Server, int]) -> Iterator
         assert process.returncode == 0, stderr.decode()
 
 
+def serve_v1(servicer: Ads, port: int, backend_port: int) -> None:
+    """An HTTP listener on `port` routing all to the cluster v1 (EDS: the
+    backend on `backend_port`), pushed and serving."""
+    servicer.set(xds_types.CLUSTER, [eds_cluster("v1")])
+    servicer.set(xds_types.ENDPOINT, [assignment("v1", backend_port)])
+    servicer.set(xds_types.ROUTE, [route_config("v1")])
+    servicer.set(xds_types.LISTENER, [rds_listener(port)])
+    assert wait_for(lambda: backend_of(port) == "v1", timeout=10)
+
+
 def backend_of(port: int) -> str | None:
     """The backend that answered a request through the proxy, None if none did."""
     try:
@@ -309,11 +319,7 @@ def test_a_changed_listener_drains_open_connections(
     servicer, _, _ = ads
     port, _ = dynamic_proxy
     v1 = make_backend("v1")
-    servicer.set(xds_types.CLUSTER, [eds_cluster("v1")])
-    servicer.set(xds_types.ENDPOINT, [assignment("v1", v1.port)])
-    servicer.set(xds_types.ROUTE, [route_config("v1")])
-    servicer.set(xds_types.LISTENER, [rds_listener(port)])
-    assert wait_for(lambda: backend_of(port) == "v1", timeout=10)
+    serve_v1(servicer, port, v1.port)
     with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
         assert b"connection: close" not in _keep_alive_get(sock)
         servicer.set(xds_types.LISTENER, [rds_listener(port)])  # the same listener again
@@ -346,11 +352,7 @@ def test_a_changed_listener_sends_goaway_to_http2_connections(
     servicer, _, _ = ads
     port, _ = dynamic_proxy
     v1 = make_backend("v1")
-    servicer.set(xds_types.CLUSTER, [eds_cluster("v1")])
-    servicer.set(xds_types.ENDPOINT, [assignment("v1", v1.port)])
-    servicer.set(xds_types.ROUTE, [route_config("v1")])
-    servicer.set(xds_types.LISTENER, [rds_listener(port)])
-    assert wait_for(lambda: backend_of(port) == "v1", timeout=10)
+    serve_v1(servicer, port, v1.port)
     with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
         conn = h2.connection.H2Connection(h2.config.H2Configuration(header_encoding=None))
         conn.initiate_connection()
@@ -368,3 +370,74 @@ def test_a_changed_listener_sends_goaway_to_http2_connections(
         sock.settimeout(3)
         while data:
             data = sock.recv(65536)  # and it closes, no stream being open
+
+
+def _raw_get(port: int, first: bytes = b"") -> bytes:
+    """`first` (a CONNECT) and its answer's head, then a GET on the same
+    connection: everything read until the server closes it."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        got = b""
+        if first:
+            sock.sendall(first)
+            while b"\r\n\r\n" not in got and (chunk := sock.recv(65536)):
+                got += chunk
+        sock.sendall(b"GET / HTTP/1.1\r\nhost: svc\r\nconnection: close\r\n\r\n")
+        while chunk := sock.recv(65536):
+            got += chunk
+        return got
+
+
+def test_tcp_and_connect_sent_after_an_http_only_start_are_served(
+    ads: tuple[Ads, grpc.Server, int], dynamic_proxy: tuple[int, int], make_backend
+) -> None:
+    """A sidecar that starts with HTTP only does not load the TCP relay
+    (test_e2e_sidecar_memory.py); a TCP listener, and CONNECT on an HTTP
+    listener, that the control plane sends later load it then and work."""
+    servicer, _, _ = ads
+    port, _ = dynamic_proxy
+    tcp_port = free_port()
+    v1 = make_backend("v1")
+    serve_v1(servicer, port, v1.port)
+
+    connect = rds_listener(port)
+    connect["filter_chains"][0]["filters"][0]["typed_config"]["upgrade_configs"] = [
+        {"upgrade_type": "CONNECT"}
+    ]
+    tcp = {
+        "name": "tcp",
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": tcp_port}},
+        "filter_chains": [
+            {
+                "filters": [
+                    {
+                        "name": "envoy.filters.network.tcp_proxy",
+                        "typed_config": {
+                            "@type": "type.googleapis.com/envoy.extensions.filters.network"
+                            ".tcp_proxy.v3.TcpProxy",
+                            "stat_prefix": "tcp",
+                            "cluster": "v1",
+                        },
+                    }
+                ]
+            }
+        ],
+    }
+    routes = route_config("v1")
+    routes["virtual_hosts"][0]["routes"].insert(
+        0,
+        {
+            "match": {"connect_matcher": {}},
+            "route": {
+                "cluster": "v1",
+                "upgrade_configs": [{"upgrade_type": "CONNECT", "connect_config": {}}],
+            },
+        },
+    )
+    servicer.set(xds_types.ROUTE, [routes])
+    servicer.set(xds_types.LISTENER, [connect, tcp])
+    assert wait_for(lambda: servicer.acked(xds_types.LISTENER, 2), timeout=10)
+
+    assert wait_for(lambda: b"x-backend: v1" in _raw_get(tcp_port).lower(), timeout=10)
+    tunnelled = _raw_get(port, b"CONNECT v1:80 HTTP/1.1\r\nhost: v1:80\r\n\r\n")
+    assert tunnelled.startswith(b"HTTP/1.1 200 OK\r\n\r\n"), tunnelled[:200]
+    assert b"x-backend: v1" in tunnelled.lower()

@@ -3,7 +3,8 @@ bootstrap (routing, the fault filter, an upstream; no ADS server, no TLS, no
 JWT rule, no --register) serves without gRPC, cryptography, PyJWT, the client
 library, the API's kinds or the CLI's other commands, nor HTTP/2 to its
 upstreams, OpenSSL's digests (hashlib), the idna codec, the build checks,
-the span exporter or shutil: each of them costs its memory on every host of
+the span exporter, shutil, the TCP relay (with CONNECT), PyYAML (the bootstrap
+is JSON, as the node agent writes it) or pathlib: each of them costs its memory on every host of
 the mesh (docs/benchmarks.md, "Idle memory"; the memory itself is measured
 there, by bench/proxy/idle.py and run.py, not asserted here).
 
@@ -14,6 +15,7 @@ SIGTERM."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -31,7 +33,6 @@ from harness import (
     route,
     static_cluster,
     vhost,
-    write_bootstrap,
 )
 
 # Imported where a config asks for them (ADS, SDS, ext_authz over gRPC, JWT,
@@ -83,6 +84,16 @@ LAZY = (
     "shutil",
     "lzma",
     "bz2",
+    # with the first TCP listener, sniffed listener or CONNECT (process.py, connect.py)
+    "pilotfish.proxy.tcp.relay",
+    "pilotfish.proxy.connect_relay",
+    "pilotfish.proxy.detecting",
+    # a YAML bootstrap's (bootstrap.py reads JSON as JSON)
+    "yaml",
+    # pathlib (with urllib.parse and ipaddress) for --ca-token-file; urllib for a tracing provider
+    "pathlib",
+    "urllib",
+    "ipaddress",
 )
 # As a sidecar is started: pytest exports COLUMNS, which a supervisor does not,
 # and with it set, argparse asks shutil for the width.
@@ -107,11 +118,13 @@ def watch(admin, port, out):
     while not answer(admin, b"/ready").startswith(b"HTTP/1.1 200"):
         time.sleep(0.05)
     status = answer(port, b"/echo")[:12].decode()
+    if info == "1":
+        status += answer(admin, b"/server_info")[:12].decode()
     with open(out, "w") as f:
         f.write(status + "\\n" + "\\n".join(sorted(sys.modules)))
     os.kill(os.getpid(), signal.SIGTERM)
 
-admin, port, out, path = sys.argv[1:5]
+admin, port, out, path, info = sys.argv[1:6]
 threading.Thread(target=watch, args=(int(admin), int(port), out), daemon=True).start()
 sys.argv = ["pilotfish", "proxy", "--bootstrap", path]
 from pilotfish.cli import run
@@ -135,9 +148,10 @@ def plain_config(port: int, app: Backend) -> tuple[list[dict[str, Any]], list[di
     return [inbound], [static_cluster("app", [app.port])]
 
 
-def loaded_by_a_plain_sidecar(tmp_path: Path, app: Backend) -> list[str]:
+def loaded_by_a_plain_sidecar(tmp_path: Path, app: Backend, server_info: bool = False) -> list[str]:
     admin, port = free_port(), free_port()
-    path = write_bootstrap(tmp_path, bootstrap(*plain_config(port, app), admin))
+    path = tmp_path / "bootstrap.json"  # JSON, as the node agent writes it
+    path.write_text(json.dumps(bootstrap(*plain_config(port, app), admin)), encoding="utf-8")
     out = tmp_path / "modules.txt"
     argv = [
         sys.executable,
@@ -147,11 +161,12 @@ def loaded_by_a_plain_sidecar(tmp_path: Path, app: Backend) -> list[str]:
         str(port),
         str(out),
         str(path),
+        "1" if server_info else "0",
     ]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=SIDECAR_ENV)
     assert done.returncode == 0, done.stderr
     status, *modules = out.read_text().splitlines()
-    assert status == "HTTP/1.1 200", "the sidecar did not forward the request"
+    assert status == "HTTP/1.1 200" * (2 if server_info else 1), status
     return modules
 
 
@@ -162,4 +177,14 @@ def test_a_plain_sidecar_loads_none_of_what_its_config_does_not_use(
     assert "pilotfish.proxy.process" in modules
     assert "pilotfish.proxy.filters.fault" in modules
     loaded = sorted(m for m in modules for lazy in LAZY if m == lazy or m.startswith(lazy + "."))
+    assert not loaded, loaded
+
+
+def test_server_info_loads_the_build_record_not_its_checks(tmp_path: Path, app: Backend) -> None:
+    """/server_info (which bench/proxy/run.py asks before it reads RSS) says
+    which modules run compiled by asking the import system: it loads neither
+    pathlib nor the build checks' hashlib into the sidecar."""
+    modules = loaded_by_a_plain_sidecar(tmp_path, app, server_info=True)
+    assert "pilotfish.proxy.compiled" in modules
+    loaded = sorted(m for m in ("pathlib", "hashlib", "_hashlib", "urllib", "ipaddress") if m in modules)
     assert not loaded, loaded

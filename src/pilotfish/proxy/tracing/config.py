@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 from envoy.config.trace.v3 import opentelemetry_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
@@ -149,6 +148,8 @@ def _provider(tracing: hcm_pb2.HttpConnectionManager.Tracing) -> OtlpHttp:
             "field not supported by pilotfish: "
             + ", ".join(f"tracing.provider.typed_config.{b}" for b in bad)
         )
+    from urllib.parse import urlsplit  # with ipaddress (0.3 MiB): only for a tracing config
+
     uri = config.http_service.http_uri
     parts = urlsplit(uri.uri)
     if parts.scheme not in ("http", "https") or not parts.hostname:

@@ -12,7 +12,6 @@ import ssl
 from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit
 
 from pilotfish.proxy.accesslog import AccessRecord
 from pilotfish.proxy.protocol.http1 import Headers
@@ -101,6 +100,8 @@ class Tracer:
     def exporter(self, target: OtlpHttp) -> OtlpExporter:
         found = self.exporters.get(target)
         if found is None:
+            from urllib.parse import urlsplit  # with ipaddress: only where spans are sent
+
             from pilotfish.proxy.tracing.exporter import OtlpExporter
             from pilotfish.proxy.tracing.spans import service_name
 
