@@ -923,7 +923,10 @@ class Exchange:
             self.on_response(express_events(resp))
             return
         self.take_response_head(resp, resp.status, resp.keep_alive)
-        if self.core.state == RESPONDING and len(resp.body) == resp.content_length:
+        # The length narrowed to an int: compiled, `len(...) == an int | None`
+        # is a generic comparison of two objects.
+        length = resp.content_length
+        if self.core.state == RESPONDING and length is not None and len(resp.body) == length:
             self.feed(RESPONSE_END)
 
     def respond_express(self, resp: ExpressResponse) -> None:

@@ -56,6 +56,12 @@ def test_bucket_is_the_first_bound_at_or_above_the_value(value: float) -> None:
     assert bucket(value) == bisect_left(DEFAULT_BUCKETS, value)
 
 
+def test_bucket_on_and_beside_every_bound() -> None:
+    """Every bound, not a sample of them: bucket() writes them out one by one."""
+    for value in on_and_beside_the_bounds():
+        assert bucket(value) == bisect_left(DEFAULT_BUCKETS, value), value
+
+
 def test_byte_counts_on_a_bound_count_in_that_bound() -> None:
     telemetry = Telemetry(WorkloadInfo.from_node(bootstrap_node()))
     for sent, received in [(1000, 1001), (0, 5), (5, 3600001)]:
