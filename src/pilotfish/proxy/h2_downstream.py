@@ -132,7 +132,7 @@ class H2Stream:
         self.conn.codec.consumed(self.stream_id, unacked)
         self.conn.flush()
 
-    def exchange_done(self, ex: Exchange) -> None:
+    def exchange_done(self, ex: Exchange, now: float) -> None:
         self.conn.stream_done(self)
 
     def took(self, size: int) -> None:

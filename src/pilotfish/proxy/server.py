@@ -120,9 +120,10 @@ class Runtime:
                 cluster.tick(now)
         self.ticker = self.loop.call_later(TIMER_SWEEP_S, self.tick)
 
-    def observe(self, ex: Exchange) -> None:
-        """Golden metrics, stats and access log lines for a finished exchange."""
-        elapsed = MONOTONIC() - ex.started
+    def observe(self, ex: Exchange, now: float) -> None:
+        """Golden metrics, stats and access log lines for an exchange finished
+        at `now` (time.monotonic())."""
+        elapsed = now - ex.started
         listener = ex.down.listener
         service = UNKNOWN_SERVICE
         if ex.cluster is not None:
@@ -148,7 +149,7 @@ class Runtime:
         http = ex.down.stats
         http.downstream_rq_total += 1
         if ex.status:
-            count_status(http.codes, ex.status)
+            count_status(http, ex.status)
         for path in listener.http.access_log_paths:
             self.access_log(path).log(access_record(ex, elapsed))
         if self.tap is not None and self.tap.filters:  # only while a tap runs
@@ -464,8 +465,9 @@ class Downstream(asyncio.Protocol):
         self.current_in = listeners
         return False
 
-    def exchange_done(self, ex: Exchange) -> None:
-        """The response is written: start the next request, or close."""
+    def exchange_done(self, ex: Exchange, now: float) -> None:
+        """The response is written (at `now`, time.monotonic()): start the
+        next request, or close."""
         if ex is not self.exchange:
             return
         self.exchange = None
@@ -475,9 +477,10 @@ class Downstream(asyncio.Protocol):
         if self.dispatching:
             self.next_pending = True  # after the events of this read are handled
             return
-        self.next_request()
+        self.next_request(now)
 
-    def next_request(self) -> None:
+    def next_request(self, now: float = 0.0) -> None:
+        """`now`: the clock as read when the last response was through; 0.0: read it."""
         try:
             held = self.parser.next_message()
         except ProtocolError as error:
@@ -486,7 +489,7 @@ class Downstream(asyncio.Protocol):
         if held:
             self.dispatch(held)
         if self.exchange is None:
-            self.idle_since = MONOTONIC()
+            self.idle_since = now or MONOTONIC()
         self.held = 0
         if self.early:
             early, self.early = self.early, []

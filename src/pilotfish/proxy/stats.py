@@ -24,13 +24,35 @@ from pilotfish.proxy.telemetry import Telemetry, counter, format_labels
 CODE_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
 
 
-def count_status(codes: dict[int, int], status: int) -> None:
-    """One more response of `status` in a scope's `codes`. A plain dict, not a
-    Counter nor a dict subclass that reads 0 when absent: compiled, this is
-    dict's own get and store (about 200 instructions), where a subclass's
-    `codes[status] += 1` went through generic item calls (about 700, twice
-    a request), and a Counter's store through a Python-level slot."""
-    codes[status] = codes.get(status, 0) + 1
+class StatusCount:
+    """Responses of one status in a scope. An object with an int attribute:
+    compiled, counting one more is an unboxed add, where a dict's int value
+    was a new int object (above 256) and a dict store per response."""
+
+    __slots__ = ("count", "status")
+
+    def __init__(self, status: int) -> None:
+        self.status = status
+        self.count = 0
+
+    def __repr__(self) -> str:
+        return f"<StatusCount {self.status}: {self.count}>"
+
+
+def count_status(scope: StatusScope, status: int) -> None:
+    """One more response of `status` in `scope`. Most responses have the
+    status of the one before: the scope keeps that one's count at hand (a
+    comparison, about 40 instructions), and looks others up in its dict
+    (about 500 before, twice a request: a dict get and a dict store). The
+    count at hand is always the dict's own entry, which is never removed,
+    so it cannot go stale."""
+    last = scope.last
+    if last is None or last.status != status:
+        last = scope.statuses.get(status)
+        if last is None:
+            last = scope.statuses[status] = StatusCount(status)
+        scope.last = last
+    last.count += 1
 
 
 def gauge() -> Any:
@@ -57,6 +79,20 @@ class Scope:
             )
 
 
+@dataclass(slots=True, eq=False, repr=False)
+class StatusScope(Scope):
+    """A scope that counts responses by status (count_status); Envoy's
+    per-code, per-class and completed counters are read from these counts."""
+
+    statuses: dict[int, StatusCount] = field(default_factory=dict)
+    last: StatusCount | None = None  # the status counted last (count_status)
+
+    @property
+    def codes(self) -> dict[int, int]:
+        """Responses counted, by status."""
+        return {status: found.count for status, found in self.statuses.items()}
+
+
 _FIELDS: dict[type[Scope], tuple[Field[Any], ...]] = {}
 
 
@@ -70,7 +106,7 @@ def _stat_fields(cls: type[Scope]) -> tuple[Field[Any], ...]:
 
 
 @dataclass(slots=True, eq=False, repr=False)
-class ClusterStats(Scope):
+class ClusterStats(StatusScope):
     """`cluster.<name>.*` counted as events happen. What the cluster's state
     says (membership, circuit breakers, outlier detection, active connections
     and requests) is read from it when the stats are (`StatsRegistry.state`)."""
@@ -95,18 +131,17 @@ class ClusterStats(Scope):
     ssl__handshake: int = 0
     ssl__connection_error: int = 0
     ssl__fail_verify_san: int = 0
-    # Upstream responses by status; the per-class and completed counters are sums of these.
-    codes: dict[int, int] = field(default_factory=dict)  # count_status
 
     def stats(self) -> Iterator[tuple[str, str, int]]:
         yield from Scope.stats(self)
-        yield from code_stats("upstream_rq_", self.codes)
-        for code in sorted(self.codes):
-            yield f"upstream_rq_{code}", "counter", self.codes[code]
+        codes = self.codes  # upstream responses by status
+        yield from code_stats("upstream_rq_", codes)
+        for code in sorted(codes):
+            yield f"upstream_rq_{code}", "counter", codes[code]
 
 
 @dataclass(slots=True, eq=False, repr=False)
-class HttpStats(Scope):
+class HttpStats(StatusScope):
     """`http.<stat_prefix>.*`: the HTTP connection manager's downstream side."""
 
     downstream_cx_total: int = 0
@@ -130,7 +165,6 @@ class HttpStats(Scope):
     downstream_cx_http2_total: int = 0
     downstream_cx_active: int = gauge()
     downstream_cx_http2_active: int = gauge()
-    codes: dict[int, int] = field(default_factory=dict)  # responses sent, by status
     # Counters the HTTP filters name themselves (`rbac.allowed`, with their
     # configs' stat prefixes in the names).
     filters: Counter[str] = field(default_factory=Counter)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from bisect import bisect_left
+from collections import Counter
 
 from envoy.config.cluster.v3.cluster_pb2 import Cluster
 from google.protobuf import json_format
@@ -55,6 +56,12 @@ def test_bucket_is_the_first_bound_at_or_above_the_value(value: float) -> None:
     assert bucket(value) == bisect_left(DEFAULT_BUCKETS, value)
 
 
+def test_bucket_on_and_beside_every_bound() -> None:
+    """Every bound, not a sample of them: bucket() writes them out one by one."""
+    for value in on_and_beside_the_bounds():
+        assert bucket(value) == bisect_left(DEFAULT_BUCKETS, value), value
+
+
 def test_byte_counts_on_a_bound_count_in_that_bound() -> None:
     telemetry = Telemetry(WorkloadInfo.from_node(bootstrap_node()))
     for sent, received in [(1000, 1001), (0, 5), (5, 3600001)]:
@@ -77,8 +84,8 @@ def test_byte_counts_on_a_bound_count_in_that_bound() -> None:
 def test_status_counts_show_only_what_came() -> None:
     stats = StatsRegistry()
     cluster = stats.cluster(REVIEWS)
-    count_status(cluster.codes, 200)
-    count_status(cluster.codes, 200)
+    count_status(cluster, 200)
+    count_status(cluster, 200)
     assert cluster.codes == {200: 2}
     lines = stats.text().decode().splitlines()
     assert f"cluster.{REVIEWS}.upstream_rq_200: 2" in lines
@@ -86,6 +93,33 @@ def test_status_counts_show_only_what_came() -> None:
     assert f"cluster.{REVIEWS}.upstream_rq_4xx: 0" in lines
     assert not [line for line in lines if "upstream_rq_404" in line]
     assert f"cluster.{REVIEWS}.upstream_rq_completed: 2" in lines
+
+
+@given(st.lists(st.sampled_from([200, 200, 201, 404, 503, 599, 100, 200]), max_size=40))
+def test_status_counts_follow_any_run_of_statuses(statuses: list[int]) -> None:
+    """count_status keeps the last status's count at hand: a status after a
+    different one (or back to an earlier one) must count under its own code,
+    in /stats and in the Prometheus page."""
+    stats = StatsRegistry()
+    cluster, http = stats.cluster(REVIEWS), stats.http("outbound_0.0.0.0_15001")
+    for status in statuses:
+        count_status(cluster, status)
+        count_status(http, status)
+    expected = Counter(statuses)
+    assert cluster.codes == http.codes == dict(expected)
+    lines = set(stats.text().decode().splitlines())
+    for status, count in expected.items():
+        assert f"cluster.{REVIEWS}.upstream_rq_{status}: {count}" in lines
+    by_class = Counter(f"{status // 100}xx" for status in statuses)
+    page = stats.prometheus().decode()
+    for code_class in ("1xx", "2xx", "4xx", "5xx"):
+        count = by_class[code_class]
+        assert f"http.outbound_0.0.0.0_15001.downstream_rq_{code_class}: {count}" in lines
+        assert (
+            f'envoy_cluster_upstream_rq{{response_code_class="{code_class}",'
+            f'cluster_name="{REVIEWS}"}} {count}'
+        ) in page
+    assert f"cluster.{REVIEWS}.upstream_rq_completed: {len(statuses)}" in lines
 
 
 def test_each_part_of_a_label_set_changes_the_series_between_two_requests() -> None:

@@ -20,12 +20,12 @@ def busy_registry() -> StatsRegistry:
     cluster = stats.cluster(REVIEWS)
     for code in (200, 200, 201, 404, 503):
         cluster.upstream_rq_total += 1
-        count_status(cluster.codes, code)
+        count_status(cluster, code)
     cluster.upstream_rq_retry += 2
     http = stats.http("outbound_0.0.0.0_15001")
     http.downstream_rq_total += 2
-    count_status(http.codes, 200)
-    count_status(http.codes, 404)
+    count_status(http, 200)
+    count_status(http, 404)
     http.downstream_cx_active = 1
     stats.listener(listener_stat_name("0.0.0.0", 15001)).downstream_cx_total += 4
     stats.state = lambda: {  # what the live cluster and server say when read

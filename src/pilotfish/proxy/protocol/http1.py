@@ -674,9 +674,12 @@ class ResponseParser(_Parser[ResponseEvent]):
 
 # -- writing --------------------------------------------------------------------------------
 
-_STATUS_LINES: Final = {
-    s.value: b"HTTP/1.1 %d %s" % (s.value, s.phrase.encode()) for s in HTTPStatus
-}
+# Indexed by status, b"" where HTTPStatus has none: compiled, a list item
+# read (about 20 instructions) where a dict's get hashed a new int object
+# (about 200), once per response.
+_STATUS_LINES: Final[list[bytes]] = [b""] * 600
+for _known in HTTPStatus:
+    _STATUS_LINES[_known.value] = b"HTTP/1.1 %d %s" % (_known.value, _known.phrase.encode())
 _CHUNKED_END_OF_HEAD: Final = b"transfer-encoding: chunked\r\n\r\n"
 
 
@@ -689,7 +692,9 @@ def status_phrase(status: int) -> bytes:
 
 def status_line(status: int) -> bytes:
     """`HTTP/1.1 200 OK`, with the standard reason phrase and without CRLF."""
-    return _STATUS_LINES.get(status) or b"HTTP/1.1 %d %s" % (status, status_phrase(status))
+    if 0 <= status < 600 and _STATUS_LINES[status]:
+        return _STATUS_LINES[status]
+    return b"HTTP/1.1 %d %s" % (status, status_phrase(status))
 
 
 def serialize_request_head(

@@ -18,7 +18,7 @@ import asyncio
 import ssl
 import time
 from collections import deque
-from typing import Final, Protocol
+from typing import TYPE_CHECKING, Final, Protocol
 
 from mypy_extensions import mypyc_attr
 
@@ -32,6 +32,9 @@ from pilotfish.proxy.protocol.http1 import (
 from pilotfish.proxy.stats import StatsRegistry
 from pilotfish.proxy.tls import TlsContexts, UpstreamTls, check_sans, failure_reason, peer_uri_sans
 from pilotfish.proxy.upstream import Cluster, Host
+
+if TYPE_CHECKING:
+    from pilotfish.proxy.exchange import Exchange
 
 MAX_IDLE_PER_HOST: Final = 256
 # time.monotonic as a Final name: compiled, a C static, where `time.monotonic`
@@ -64,7 +67,10 @@ class UpstreamConnection(asyncio.Protocol):
     def __init__(self, pool: Pool, host: Host, cluster: Cluster) -> None:
         self.pool, self.host, self.cluster = pool, host, cluster
         self.transport: asyncio.Transport | None = None
-        self.sink: ResponseSink | None = None
+        # Named beside the protocol so that, compiled, a response reaches an
+        # exchange (nearly every sink) by a native call: a call through the
+        # protocol alone is a generic method call (about 250 instructions).
+        self.sink: Exchange | ResponseSink | None = None
         self.parser = ResponseParser()
         self.reusable = True
         self.requests = 0
@@ -262,8 +268,9 @@ class Pool:
                     entry[1].breakers.release_pending()
                     return
 
-    def release(self, conn: UpstreamConnection) -> None:
-        """The response is complete: the next waiter takes the connection, or it idles."""
+    def release(self, conn: UpstreamConnection, now: float = 0.0) -> None:
+        """The response is complete: the next waiter takes the connection, or
+        it idles. `now`: the clock as the caller read it (0.0: read it here)."""
         if conn.multiplexed:  # an HTTP/2 stream ends; its connection goes on
             self.h2.release(conn)
             return
@@ -298,7 +305,7 @@ class Pool:
         elif len(idle) >= MAX_IDLE_PER_HOST:
             conn.close()
             return
-        conn.idle_since = MONOTONIC()
+        conn.idle_since = now or MONOTONIC()
         idle.append(conn)
         if self._sweeper is None:
             self._arm_sweeper()
