@@ -244,15 +244,19 @@ def _headers(
         line = parts[i]
         name, colon, value = _PARTITION(line, b":")
         end = start + 2 + len(line)
-        if not name or not colon or name.translate(_TOKEN) != name:
+        if not name or not colon:
             return False
         size = len(name)
         if size < 32 and lengths[name[0]] >> size & 1:
-            kind = names.get(name, -1)
-            if kind < 0:
+            kind = names.get(name, 0)  # as it came: a name the table has is a token
+            if not kind:
+                if name.translate(_TOKEN) != name:
+                    return False
                 kind = names.get(name.translate(_LOWER), 0)
             if kind and not _header(message, kind, _STRIP(value, _OWS), start, end):
                 return False
+        elif name.translate(_TOKEN) != name:
+            return False
         start = end
     return True
 
