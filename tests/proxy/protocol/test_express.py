@@ -3,6 +3,8 @@ the same meaning, and None for everything else (the long way then decides)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 from http1_support import requests
 from hypothesis import given, settings
@@ -122,6 +124,53 @@ class TestRequests:
     )
     def test_anything_else_goes_the_long_way(self, data: bytes) -> None:
         assert parse_request(data) is None
+
+    @pytest.mark.parametrize(
+        ("data", "body"),
+        [
+            pytest.param(GET + b"\r\n", None, id="a blank line after the head"),
+            pytest.param(
+                b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\n\r\n\r\n\r\n", b"\r\n\r\n",
+                id="a body that is a blank line",
+            ),
+        ],
+    )  # fmt: skip
+    def test_a_blank_line_inside_a_read_that_ends_with_one(
+        self, data: bytes, body: bytes | None
+    ) -> None:
+        # A read that ends with a blank line is split whole: a blank line
+        # before the last leaves an empty line there, which is no header line.
+        req = parse_request(data)
+        if body is None:  # bytes after the head: the long way's to read
+            assert req is None
+        else:
+            assert req is None or req.body == body
+            assert long_way(data)[1:] == [body, END]
+
+    @pytest.mark.parametrize(
+        "spell", [bytes.lower, bytes.title, bytes.upper, bytes.swapcase], ids=lambda f: f.__name__
+    )
+    def test_special_headers_are_read_however_spelled(
+        self, spell: Callable[[bytes], bytes]
+    ) -> None:
+        lines = [
+            b"Host: h", b"X-Forwarded-For: 10.0.0.1", b"X-Forwarded-Proto: http",
+            b"X-Request-Id: r", b"Content-Type: application/grpc", b"Content-Length: 2",
+            b"Connection: close", b"Keep-Alive: 5", b"TE: trailers",
+            b"X-Envoy-Peer-Metadata: m", b"X-Envoy-Peer-Metadata-Id: i", b"X-Other: v",
+        ]  # fmt: skip
+        names = [line.partition(b":")[0] for line in lines]
+        spelled = [spell(name) + line[len(name) :] for name, line in zip(names, lines, strict=True)]
+        req = parse_request(b"POST /s/M HTTP/1.1\r\n" + b"\r\n".join(spelled) + b"\r\n\r\nok")
+        assert req is not None
+        assert (req.host, req.forwarded_for, req.has_proto, req.has_request_id) == (
+            b"h", b"10.0.0.1", True, True,
+        )  # fmt: skip
+        assert (req.content_length, req.body, req.keep_alive, req.grpc, req.peer) == (
+            2, b"ok", False, True, b"m",
+        )  # fmt: skip
+        kept = splice(req.lines, req.cuts + req.peer_cuts)
+        assert kept == b"".join(b"\r\n" + spelled[i] for i in (0, 2, 3, 4, 5, 11))
 
     def test_a_head_over_the_limit_goes_the_long_way(self) -> None:
         assert parse_request(GET, max_head=len(GET) - 1) is None

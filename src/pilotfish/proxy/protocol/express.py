@@ -62,13 +62,14 @@ _HOST: Final = 1
 _FORWARDED_FOR: Final = 2
 _FORWARDED_PROTO: Final = 3
 _REQUEST_ID: Final = 4
-_CONTENT_LENGTH: Final = 5
-_REFUSED: Final = 6  # only the long way can take the message
-_PEER: Final = 7  # Istio's metadata exchange: set aside
-_PEER_ID: Final = 8
-_CONNECTION: Final = 9
-_HOP: Final = 10  # hop-by-hop: cut
-_CONTENT_TYPE: Final = 11  # a request's: is it gRPC?
+_CONTENT_TYPE: Final = 5  # a request's: is it gRPC?
+_SHARED: Final = 6  # from here on, what requests and responses share
+_CONTENT_LENGTH: Final = 6
+_REFUSED: Final = 7  # only the long way can take the message
+_PEER: Final = 8  # Istio's metadata exchange: set aside
+_PEER_ID: Final = 9
+_CONNECTION: Final = 10
+_HOP: Final = 11  # hop-by-hop: cut
 _RESPONSE_NAMES: Final[dict[bytes, int]] = {
     b"content-length": _CONTENT_LENGTH,
     b"transfer-encoding": _REFUSED,
@@ -104,7 +105,27 @@ def _lengths_by_start(names: Iterable[bytes]) -> tuple[int, ...]:
 
 _REQUEST_LENGTHS: Final = _lengths_by_start(_REQUEST_NAMES)
 _RESPONSE_LENGTHS: Final = _lengths_by_start(_RESPONSE_NAMES)
+
+
+def _spellings(names: dict[bytes, int]) -> dict[bytes, int]:
+    """`names` under their usual spellings too (Content-Length): a name
+    found as it came needs no lower-cased copy to be looked up."""
+    spelled = {
+        b"-".join(part.capitalize() for part in name.split(b"-")): kind
+        for name, kind in names.items()
+    }
+    return {**spelled, **names}
+
+
+_REQUEST_SPELLINGS: Final = _spellings(_REQUEST_NAMES)
+_RESPONSE_SPELLINGS: Final = _spellings(_RESPONSE_NAMES)
 _MAX_LENGTH_DIGITS: Final = 15
+# bytes' methods mypyc has no primitive for, called through their
+# descriptors: compiled, `x.partition(...)` looks the method up on the type
+# at every call.
+_PARTITION: Final = bytes.partition
+_SPLIT: Final = bytes.split
+_STRIP: Final = bytes.strip
 
 Span = tuple[int, int]
 
@@ -191,11 +212,21 @@ def _head(data: bytes, max_head: int) -> tuple[list[bytes], bytes]:
     """The lines of the head `data` starts with (the first line, then each
     header line, without CRLFs) and what follows the head, if the head is
     whole, within `max_head` and made of field-content with no CR or LF but
-    those that end lines; else no lines."""
-    head, blank, rest = data.partition(b"\r\n\r\n")
-    if not blank or len(head) + 4 > max_head:
-        return [], rest
-    parts = head.split(b"\r\n")
+    those that end lines; else no lines. (When `data` ends with a blank
+    line, the lines may include an empty one, which _headers refuses.)"""
+    if data.endswith(b"\r\n\r\n"):
+        # Most requests have no body: split `data` itself (a blank line
+        # before the last leaves an empty line that no header line passes).
+        if len(data) > max_head:
+            return [], b""
+        parts, rest = _SPLIT(data, b"\r\n"), b""
+        parts.pop()
+        parts.pop()
+    else:
+        head, blank, rest = _PARTITION(data, b"\r\n\r\n")
+        if not blank or len(head) + 4 > max_head:
+            return [], rest
+        parts = _SPLIT(head, b"\r\n")
     text = b"".join(parts)  # a CR or LF left here stands alone
     return (parts if text.translate(_FIELD) == text else []), rest
 
@@ -211,15 +242,21 @@ def _headers(
     start = 0
     for i in range(1, len(parts)):
         line = parts[i]
-        name, colon, value = line.partition(b":")
+        name, colon, value = _PARTITION(line, b":")
         end = start + 2 + len(line)
-        if not name or not colon or name.translate(_TOKEN) != name:
+        if not name or not colon:
             return False
         size = len(name)
         if size < 32 and lengths[name[0]] >> size & 1:
-            kind = names.get(name.translate(_LOWER), 0)
-            if kind and not _header(message, kind, value.strip(_OWS), (start, end)):
+            kind = names.get(name, 0)  # as it came: a name the table has is a token
+            if not kind:
+                if name.translate(_TOKEN) != name:
+                    return False
+                kind = names.get(name.translate(_LOWER), 0)
+            if kind and not _header(message, kind, _STRIP(value, _OWS), start, end):
                 return False
+        elif name.translate(_TOKEN) != name:
+            return False
         start = end
     return True
 
@@ -246,7 +283,7 @@ def parse_request(data: bytes, max_head: int = DEFAULT_MAX_HEAD) -> ExpressReque
     if not _origin_or_absolute(target):
         return None
     req = ExpressRequest(method, target, data[len(first) : len(data) - len(body) - 4])
-    if not _headers(parts, req, _REQUEST_NAMES, _REQUEST_LENGTHS):
+    if not _headers(parts, req, _REQUEST_SPELLINGS, _REQUEST_LENGTHS):
         return None
     if req.host is None and target.startswith(b"/"):
         return None  # HTTP/1.1 without Host: the long way answers 400
@@ -265,14 +302,15 @@ def _origin_or_absolute(target: bytes) -> bool:
     )
 
 
-def _header(message: _Message, kind: int, value: bytes, span: Span) -> bool:
-    """Take one special header; False: only the long way can take this message."""
-    if isinstance(message, ExpressRequest):  # and the response's names are the request's
-        return _request_header(message, kind, value, span)
-    return _message_header(message, kind, value, span)
+def _header(message: _Message, kind: int, value: bytes, start: int, end: int) -> bool:
+    """Take one special header (its line from `start` to `end`); False: only
+    the long way can take this message."""
+    if kind < _SHARED and isinstance(message, ExpressRequest):  # only a request's names
+        return _request_header(message, kind, value, start, end)
+    return _message_header(message, kind, value, start, end)
 
 
-def _request_header(req: ExpressRequest, kind: int, value: bytes, span: Span) -> bool:
+def _request_header(req: ExpressRequest, kind: int, value: bytes, start: int, end: int) -> bool:
     if kind == _HOST:
         if req.host is not None:
             return False
@@ -281,18 +319,16 @@ def _request_header(req: ExpressRequest, kind: int, value: bytes, span: Span) ->
         if req.forwarded_for is not None:
             return False
         req.forwarded_for = value
-        req.cuts.append(span)  # appended to, at the end
+        req.cuts.append((start, end))  # appended to, at the end
     elif kind == _FORWARDED_PROTO:
         req.has_proto = True
     elif kind == _REQUEST_ID:
         req.has_request_id = True
-    elif kind == _CONTENT_TYPE:
-        if req.content_type is None:  # the first one counts, as get_header reads it
-            req.content_type = value
-            # startswith first: is_grpc_content_type is interpreted Python
-            req.grpc = value.startswith(grpc.CONTENT_TYPE) and grpc.is_grpc_content_type(value)
-    else:
-        return _message_header(req, kind, value, span)
+    elif kind == _CONTENT_TYPE and req.content_type is None:
+        # the first one counts, as get_header reads it
+        req.content_type = value
+        # startswith first: is_grpc_content_type is interpreted Python
+        req.grpc = value.startswith(grpc.CONTENT_TYPE) and grpc.is_grpc_content_type(value)
     return True
 
 
@@ -305,7 +341,7 @@ def parse_response(data: bytes, max_head: int = DEFAULT_MAX_HEAD) -> ExpressResp
     if not status:
         return None
     resp = ExpressResponse(status, data[len(parts[0]) : len(data) - len(body) - 4])
-    if not _headers(parts, resp, _RESPONSE_NAMES, _RESPONSE_LENGTHS):
+    if not _headers(parts, resp, _RESPONSE_SPELLINGS, _RESPONSE_LENGTHS):
         return None
     if resp.content_length is None or len(body) > resp.content_length:
         return None
@@ -325,7 +361,7 @@ def _status(line: bytes) -> int:
     return 0 if status in (204, 304) else status
 
 
-def _message_header(message: _Message, kind: int, value: bytes, span: Span) -> bool:
+def _message_header(message: _Message, kind: int, value: bytes, start: int, end: int) -> bool:
     """What requests and responses share: framing, Connection, hop-by-hop
     headers (cut) and Istio's metadata exchange (set aside). False: only the
     long way can take this message."""
@@ -338,7 +374,7 @@ def _message_header(message: _Message, kind: int, value: bytes, span: Span) -> b
     if kind == _REFUSED:
         return False
     if kind in (_PEER, _PEER_ID):
-        message.peer_cuts.append(span)
+        message.peer_cuts.append((start, end))
         if kind == _PEER:
             message.peer = value
         return True
@@ -347,7 +383,7 @@ def _message_header(message: _Message, kind: int, value: bytes, span: Span) -> b
         if keep is None:
             return False
         message.keep_alive = keep
-    message.cuts.append(span)
+    message.cuts.append((start, end))
     return True
 
 
