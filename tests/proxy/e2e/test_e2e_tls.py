@@ -112,7 +112,10 @@ def test_a_tls_listener_forwards_x_forwarded_proto_https(
     server = issue(ca, tmp_path, "gateway")
     backend: Backend = make_backend("app")
     tls_port, plain_port = free_port(), free_port()
-    secure = listener("https", tls_port, [vhost("all", ["*"], [route("app")])])
+    # require_tls ALL (a Gateway's httpsRedirect) redirects plaintext only
+    strict = {**vhost("strict", ["strict.example"], [route("app")]), "require_tls": "ALL"}
+    hosts = [strict, vhost("all", ["*"], [route("app")])]
+    secure = listener("https", tls_port, hosts)
     secure["filter_chains"][0]["transport_socket"] = {
         "name": "envoy.transport_sockets.tls",
         "typed_config": {
@@ -123,7 +126,7 @@ def test_a_tls_listener_forwards_x_forwarded_proto_https(
             },
         },
     }
-    plain = listener("http", plain_port, [vhost("all", ["*"], [route("app")])])
+    plain = listener("http", plain_port, hosts)
     start_proxy([secure, plain], [static_cluster("app", [backend.port])])
 
     def proto(url: str, version: str, *args: str) -> str:
@@ -144,4 +147,7 @@ def test_a_tls_listener_forwards_x_forwarded_proto_https(
     assert proto(http, "2", "--http2-prior-knowledge") == "http"
     kept = ("--http1.1", "-H", "x-forwarded-proto: http")  # the client's own is kept
     assert proto(https, "1.1", *kept) == "http"
-    assert backend.count == 5
+    assert proto(https, "1.1", "--http1.1", "-H", "host: strict.example") == "https"
+    code, body = curl_status("-H", "host: strict.example", http)
+    assert (code, body[-3:]) == (0, b"301"), body
+    assert backend.count == 6
