@@ -183,7 +183,6 @@ class Exchange:
     Slots, all set at once: on 3.11 an attribute that falls back to a class
     default costs a dictionary lookup, and a request reads dozens of them."""
 
-    scheme = b"http"  # what Envoy calls x-forwarded-proto, for routing and forwarding
     __slots__ = (
         "_headers",
         "action",
@@ -312,6 +311,13 @@ class Exchange:
         self.done = False
         self._headers: Headers | None = None
         self.trailers: tuple[Header, ...] = ()  # the request's, until an upstream takes them
+
+    @property
+    def scheme(self) -> bytes:
+        """b"https" on a TLS downstream connection, else b"http": what Envoy
+        calls x-forwarded-proto, for routing (`:scheme`, require_tls) and forwarding.
+        The connection's, set once when it is made: no per-request copy."""
+        return self.down.scheme
 
     @property
     def client_certificate_verified(self) -> bool:
@@ -703,9 +709,10 @@ class Exchange:
 
     def additions(self, xff: bytes | None, has_proto: bool, has_request_id: bool) -> Additions:
         """The forwarding policy's additions for this request (proxy/forwarding.py)."""
-        http = self.down.listener.http
+        down = self.down
+        http = down.listener.http
         added = request_additions(
-            xff, has_proto, has_request_id, CLIENT_ADDRESS.encode(self.source_ip), self.scheme,
+            xff, has_proto, has_request_id, CLIENT_ADDRESS.encode(self.source_ip), down.scheme,
             not http.skip_xff_append, REQUEST_IDS if http.generate_request_id else None,
         )  # fmt: skip
         self.generated_id = added[2]

@@ -63,7 +63,7 @@ class H2Stream:
         self.runtime, self.listener, self.stats = conn.runtime, conn.listener, conn.stats
         self.peer, self.peer_address = conn.peer, conn.peer_address
         self.local_address, self.peer_principal = conn.local_address, conn.peer_principal
-        self.mtls, self.mesh_peer = conn.mtls, conn.mesh_peer
+        self.mtls, self.mesh_peer, self.scheme = conn.mtls, conn.mesh_peer, conn.scheme
         self.filter_view: filters.Connection | None = None
         self.exchange: Exchange | None = None
         self.body_paused = False
@@ -177,6 +177,7 @@ class H2Downstream(asyncio.Protocol):
         self.local_address: str | None = None
         self.peer_principal: str | None = None
         self.mtls = self.mesh_peer = False
+        self.scheme = b"http"  # the connection's, from the Downstream it takes over
         self.writing_paused = False
         self.going_away = False  # GOAWAY sent: close once the streams are done
         self.idle_since = time.monotonic()
@@ -192,7 +193,7 @@ class H2Downstream(asyncio.Protocol):
         self.transport = down.transport
         self.peer, self.peer_address = down.peer, down.peer_address
         self.local_address, self.peer_principal = down.local_address, down.peer_principal
-        self.mtls, self.mesh_peer = down.mtls, down.mesh_peer
+        self.mtls, self.mesh_peer, self.scheme = down.mtls, down.mesh_peer, down.scheme
         self.listener_stats = down.listener_stats
         self.runtime.downstreams.discard(down)
         self.runtime.downstreams.add(self)

@@ -276,6 +276,7 @@ class Downstream(asyncio.Protocol):
         # the telemetry labels and the peer-metadata trust check. None in plaintext.
         self.peer_principal: str | None = None
         self.mtls = False  # the connection is TLS with a verified client certificate
+        self.scheme = b"http"  # b"https" on TLS: the x-forwarded-proto its requests get
         self.exchange: Exchange | None = None
         self.mesh_peer = False  # may say who it is (is_mesh_peer), decided once connected
         self.requests = 0
@@ -314,6 +315,7 @@ class Downstream(asyncio.Protocol):
             self.local_address = f"{local[0]}:{local[1]}"
         ssl_object = transport.get_extra_info("ssl_object")
         if ssl_object is not None:
+            self.scheme = b"https"
             sans = peer_uri_sans(ssl_object)
             self.mtls = bool(sans) or ssl_object.getpeercert() is not None
             self.peer_principal = sans[0] if sans else None
