@@ -64,6 +64,26 @@ class TestRequests:
         assert req is not None and req.forwarded_for == b"10.0.0.1"
         assert splice(req.lines, req.cuts) == b"\r\nHost: h\r\nX-Mixed-Case: V "
 
+    def test_cuts_are_each_message_s_own(self) -> None:
+        """A message with no cuts shares its empty list with every other such
+        message: one with cuts must not add them to it."""
+        cut = parse_request(
+            b"GET / HTTP/1.1\r\nHost: h\r\nConnection: keep-alive\r\n"
+            b"x-envoy-peer-metadata: abc\r\nX-Forwarded-For: 10.0.0.1\r\n\r\n"
+        )
+        other = parse_request(b"GET / HTTP/1.1\r\nHost: h\r\nTE: trailers\r\n\r\n")
+        plain = parse_request(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+        answer = parse_response(
+            b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n"
+        )
+        plain_answer = parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+        assert cut is not None and other is not None and plain is not None
+        assert answer is not None and plain_answer is not None
+        assert splice(cut.lines, cut.cuts) == b"\r\nHost: h\r\nx-envoy-peer-metadata: abc"
+        assert len(cut.peer_cuts) == 1 and len(other.cuts) == 1 and len(answer.cuts) == 1
+        assert cut.cuts is not other.cuts
+        assert plain.cuts == plain.peer_cuts == plain_answer.cuts == plain_answer.peer_cuts == []
+
     def test_connection_close_is_understood(self) -> None:
         req = parse_request(b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
         assert req is not None and req.keep_alive is False
