@@ -22,7 +22,9 @@ def package(tmp_path: Path) -> Path:
     """A copy of src/pilotfish "built" with stats compiled: no real .so,
     only a file where the extension module would be, and the build record."""
     root = tmp_path / "src" / "pilotfish"
-    shutil.copytree(compiled.PACKAGE, root, ignore=shutil.ignore_patterns("*.so", "__pycache__"))
+    shutil.copytree(
+        compiled.package_root(), root, ignore=shutil.ignore_patterns("*.so", "__pycache__")
+    )
     (root / "proxy" / compiled.RECORD).unlink(missing_ok=True)
     (root / "proxy" / f"stats{EXTENSION_SUFFIXES[0]}").write_bytes(b"")
     compiled.write_record(root, root)

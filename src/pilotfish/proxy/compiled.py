@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import sys
 from importlib.machinery import EXTENSION_SUFFIXES
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
     from importlib.machinery import ModuleSpec
@@ -86,12 +86,6 @@ def package_root() -> Path:
     return Path(__file__).resolve().parent.parent
 
 
-def __getattr__(name: str) -> Any:  # PACKAGE, computed when asked (see package_root())
-    if name == "PACKAGE":
-        return package_root()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 def running() -> list[str]:
     """The MODULES this process runs compiled, as the import system finds
     them (each spec's origin; nothing read, no pathlib): /server_info's answer."""
@@ -104,17 +98,15 @@ def _extension(spec: ModuleSpec | None) -> bool:
     return spec is not None and (spec.origin or "").endswith(tuple(EXTENSION_SUFFIXES))
 
 
-def source(module: str, root: Path | None = None) -> Path:
+def source(module: str, root: Path) -> Path:
     """The .py file of a pilotfish module (or its package's __init__.py)."""
-    root = root or package_root()
     parts = module.split(".")[1:]
     path = root.joinpath(*parts)
     return path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
 
 
-def compiled_files(module: str, root: Path | None = None) -> list[Path]:
+def compiled_files(module: str, root: Path) -> list[Path]:
     """The extension modules that shadow `module`'s source, if any."""
-    root = root or package_root()
     py = source(module, root)
     return [so for suffix in EXTENSION_SUFFIXES if (so := py.with_suffix(suffix)).exists()]
 
@@ -149,10 +141,9 @@ def _imports(module: str, root: Path) -> set[str]:
     return {m for m in found if m.startswith("pilotfish.") and source(m, root).exists()}
 
 
-def build_inputs(root: Path | None = None) -> list[str]:
+def build_inputs(root: Path) -> list[str]:
     """The compiled modules and every pilotfish module they import,
     transitively: mypyc compiled against their types."""
-    root = root or package_root()
     seen: set[str] = set()
     todo = list(MODULES)
     while todo:
@@ -163,23 +154,19 @@ def build_inputs(root: Path | None = None) -> list[str]:
     return sorted(seen)
 
 
-def hashes(root: Path | None = None) -> dict[str, str]:
+def hashes(root: Path) -> dict[str, str]:
     import hashlib  # _hashlib walks OpenSSL's digests: 0.5 MiB in a sidecar
 
-    root = root or package_root()
     return {m: hashlib.sha256(source(m, root).read_bytes()).hexdigest() for m in build_inputs(root)}
 
 
-def write_record(
-    package_dir: Path, root: Path | None = None, built: dict[str, str] | None = None
-) -> None:
+def write_record(package_dir: Path, root: Path, built: dict[str, str] | None = None) -> None:
     """Called by setup.py once the compiled modules are built into
     `package_dir` (the checkout's for an editable install). `built`: the
     hashes taken before mypyc read the sources, so a source edited while the
     build ran is recorded as it was read, and found stale, not as it is now."""
     import json
 
-    root = root or package_root()
     text = json.dumps(hashes(root) if built is None else built, indent=1, sort_keys=True)
     (package_dir / "proxy" / RECORD).write_text(text + "\n")
 
