@@ -787,16 +787,8 @@ class Exchange:
     def open_connection(self) -> None:
         host, cluster = self.host, self.cluster
         assert host is not None and cluster is not None
-        pool = self.down.runtime.pool
-        if cluster.http1_only:
-            # An idle connection taken here is handed over by a native call,
-            # where the pool's is a generic one through ResponseSink.
-            conn = pool.take_idle(host, cluster)
-            if conn is not None:
-                self.on_connection(conn)
-                return
         h2_client = self.head.version == b"2"
-        if not pool.request(host, cluster, self, h2_client=h2_client):
+        if not self.down.runtime.pool.request(host, cluster, self, h2_client=h2_client):
             host.request_finished()
             self.host = None
             self.feed(OVERFLOW)

@@ -218,7 +218,12 @@ class Pool:
         return f"<Pool idle={sum(map(len, self.idle.values()))}>"
 
     def request(
-        self, host: Host, cluster: Cluster, sink: ResponseSink, *, h2_client: bool = False
+        self,
+        host: Host,
+        cluster: Cluster,
+        sink: Exchange | ResponseSink,
+        *,
+        h2_client: bool = False,
     ) -> bool:
         """Give `sink` a connection to `host` now (idle) or soon (connect, or
         wait for one to free up). False: the circuit breakers refused (UO).
@@ -228,6 +233,8 @@ class Pool:
             return self.h2.request(host, cluster, sink)
         conn = self.take_idle(host, cluster)
         if conn is not None:
+            # Named in the union, an exchange (nearly every sink) gets it by a
+            # native call, where the protocol's is a generic one.
             sink.on_connection(conn)
             return True
         breakers = cluster.breakers
